@@ -1,0 +1,199 @@
+"""What each kind of task does on the node that carries it out. All of it is idempotent."""
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from heron.agent.tasks import Handler, TaskContext, TaskFailed
+from heron.agent.vms import VMController, VMError
+from heron.configdb import ConfigDB, Txn, keys
+from heron.hypervisor.qemu import QemuError
+from heron.models.storage import Pool, Volume
+from heron.models.vm import VM, RunState
+from heron.storage.dirpool import DirPool
+from heron.storage.qemuimg import QemuImgError
+
+
+class Handlers:
+    def __init__(self, db: ConfigDB, node: str, state_dir: Path, vms: VMController):
+        self.db = db
+        self.node = node
+        self.state_dir = state_dir
+        self.vms = vms
+
+    def table(self) -> dict[str, Handler]:
+        table: dict[str, Handler] = {
+            "vm.create": self.vm_create,
+            "vm.delete": self.vm_delete,
+            "vm.reboot": self.vm_reboot,
+            "volume.create": self.volume_create,
+            "volume.import": self.volume_import,
+            "volume.resize": self.volume_resize,
+            "volume.delete": self.volume_delete,
+        }
+        for action in ("start", "stop", "shutdown", "pause", "resume"):
+            table[f"vm.{action}"] = self.vm_power
+        return table
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _volume(self, volume_id: str) -> tuple[Volume, DirPool]:
+        entry = await self.db.get(Volume, keys.volume(volume_id))
+        if entry is None:
+            raise TaskFailed(f"volume {volume_id} does not exist")
+        pool = await self.db.get(Pool, keys.pool(entry.value.pool))
+        if pool is None:
+            raise TaskFailed(f"pool {entry.value.pool} does not exist")
+        return entry.value, DirPool(pool.value, self.state_dir)
+
+    async def _set_volume(self, volume_id: str, **changes: Any) -> None:
+        def change(volume: Volume) -> Volume:
+            return volume.model_copy(update=changes)
+
+        await self.db.update(Volume, keys.volume(volume_id), change)
+
+    async def _make_volume(
+        self,
+        ctx: TaskContext,
+        volume_id: str,
+        source_id: str | None,
+        source_path: Path | None,
+        share: tuple[float, float],
+    ) -> None:
+        """Create one volume, empty or copied from a source; progress in [share)."""
+        volume, pool = await self._volume(volume_id)
+        if volume.state == "ready":
+            return  # done before a restart cut the task short
+        low, high = share
+
+        async def progress(fraction: float) -> None:
+            await ctx.progress(low + (high - low) * fraction)
+
+        try:
+            if source_id is not None:
+                source, source_pool = await self._volume(source_id)
+                source_path = source_pool.path(source)
+            if source_path is not None:
+                size = await pool.import_image(volume, source_path, progress)
+                await self._set_volume(volume_id, state="ready", size=size, error="")
+            else:
+                await pool.create(volume)
+                await self._set_volume(volume_id, state="ready", error="")
+        except QemuImgError as exc:
+            await self._set_volume(volume_id, state="error", error=str(exc))
+            raise TaskFailed(f"volume {volume.name}: {exc}") from exc
+        await ctx.log(f"volume {volume.name} ready")
+
+    # -- VMs -----------------------------------------------------------------------------
+
+    async def vm_create(self, ctx: TaskContext) -> dict[str, Any]:
+        volumes = ctx.task.params.get("volumes", [])
+        for index, item in enumerate(volumes):
+            share = (index / (len(volumes) + 1), (index + 1) / (len(volumes) + 1))
+            await self._make_volume(ctx, item["id"], item.get("source"), None, share)
+        state = await self._reconcile(ctx.task.target)
+        return {"vm": ctx.task.target, "state": state.value}
+
+    async def _reconcile(self, vm_id: str, **options: Any) -> RunState:
+        try:
+            return await self.vms.reconcile(vm_id, **options)
+        except (VMError, QemuError) as exc:
+            await self.vms.report_error(vm_id, str(exc))
+            raise TaskFailed(str(exc)) from exc
+
+    async def vm_power(self, ctx: TaskContext) -> dict[str, Any]:
+        params = ctx.task.params
+        state = await self._reconcile(
+            ctx.task.target,
+            graceful=params.get("graceful", True),
+            timeout=float(params.get("timeout", 60)),
+        )
+        return {"state": state.value}
+
+    async def vm_reboot(self, ctx: TaskContext) -> dict[str, Any]:
+        try:
+            await self.vms.reboot(ctx.task.target)
+        except (VMError, QemuError) as exc:
+            raise TaskFailed(str(exc)) from exc
+        return {"state": RunState.running.value}
+
+    async def vm_delete(self, ctx: TaskContext) -> dict[str, Any]:
+        vm_id = ctx.task.target
+        entry = await self.db.get(VM, keys.vm(vm_id))
+        await self.vms.destroy(vm_id)
+        await ctx.progress(0.5, "QEMU stopped")
+        if entry is None:
+            return {"deleted": vm_id}  # a repeat after a crash: the record is already gone
+        vm = entry.value
+        txn = Txn().delete(keys.vm(vm_id)).delete(keys.vm_name(vm.spec.name))
+        removed = []
+        if ctx.task.params.get("volumes"):
+            for disk in vm.spec.disks:
+                with contextlib.suppress(TaskFailed):
+                    volume, pool = await self._volume(disk.volume)
+                    pool.delete(volume)
+                    txn.delete(keys.volume(volume.id))
+                    txn.delete(keys.volume_name(volume.pool, volume.name))
+                    removed.append(volume.name)
+        await self.db.commit(txn)
+        await self.db.delete(keys.vm_status(vm_id))
+        return {"deleted": vm_id, "volumes": removed}
+
+    # -- volumes -------------------------------------------------------------------------
+
+    async def volume_create(self, ctx: TaskContext) -> dict[str, Any]:
+        await self._make_volume(ctx, ctx.task.target, None, None, (0.0, 1.0))
+        return {"volume": ctx.task.target}
+
+    async def volume_import(self, ctx: TaskContext) -> dict[str, Any]:
+        path = Path(ctx.task.params["path"])
+        volume, _ = await self._volume(ctx.task.target)
+        if volume.state != "ready" and not path.exists():
+            await self._set_volume(volume.id, state="error", error=f"{path} does not exist")
+            raise TaskFailed(f"{path} does not exist on node {self.node}")
+        try:
+            await self._make_volume(ctx, ctx.task.target, None, path, (0.0, 1.0))
+        finally:
+            if ctx.task.params.get("remove_source"):
+                path.unlink(missing_ok=True)
+        return {"volume": ctx.task.target}
+
+    async def volume_resize(self, ctx: TaskContext) -> dict[str, Any]:
+        volume, pool = await self._volume(ctx.task.target)
+        size = int(ctx.task.params["size"])
+        vm_id = ctx.task.params.get("vm")
+        online = False
+        if vm_id is not None:
+            rt = self.vms.runtime(vm_id)
+            if rt.qemu.running():
+                entry = await self.db.get(VM, keys.vm(vm_id))
+                index = (
+                    next(i for i, d in enumerate(entry.value.spec.disks) if d.volume == volume.id)
+                    if entry
+                    else 0
+                )
+                try:
+                    await rt.qemu.execute(
+                        "block_resize", {"node-name": f"disk{index}", "size": size}
+                    )
+                except QemuError as exc:
+                    raise TaskFailed(str(exc)) from exc
+                online = True
+        if not online:
+            try:
+                await pool.resize(volume, size)
+            except QemuImgError as exc:
+                raise TaskFailed(str(exc)) from exc
+        await self._set_volume(volume.id, size=size)
+        return {"volume": volume.id, "size": size, "online": online}
+
+    async def volume_delete(self, ctx: TaskContext) -> dict[str, Any]:
+        entry = await self.db.get(Volume, keys.volume(ctx.task.target))
+        if entry is None:
+            return {"deleted": ctx.task.target}
+        volume, pool = await self._volume(ctx.task.target)
+        pool.delete(volume)
+        await self.db.commit(
+            Txn().delete(keys.volume(volume.id)).delete(keys.volume_name(volume.pool, volume.name))
+        )
+        return {"deleted": volume.id}

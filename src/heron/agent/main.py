@@ -1,0 +1,223 @@
+"""herond: the node agent.
+
+It serves the API, keeps the node registered, carries out the node's tasks and watches its
+VMs. It holds no state of its own that matters: etcd has the desired state, QEMU processes run
+on their own, so it can be killed and started again at any time.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+import heron
+from heron.agent.handlers import Handlers
+from heron.agent.registration import Registration
+from heron.agent.tasks import TaskRunner
+from heron.agent.vms import VMController
+from heron.api.app import create_app
+from heron.api.audit import AuditLog
+from heron.api.auth import hash_password
+from heron.api.context import ApiContext
+from heron.configdb import ConfigDB, Conflict, keys
+from heron.configdb.etcd import EtcdMember
+from heron.hypervisor.accel import choose_accelerator
+from heron.models.auth import Role, User
+from heron.models.node import Node
+from heron.models.storage import Pool
+
+log = logging.getLogger("herond")
+
+DEFAULT_CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    state_dir: Path
+    address: str
+    api_port: int
+    etcd: list[str]
+    lease_ttl: int = 5
+    embedded_etcd: EtcdMember | None = None
+    admin_password_file: Path | None = None
+
+
+def _memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 1024
+
+
+def _versions() -> dict[str, str]:
+    versions = {"heron": heron.__version__}
+    for name, args in (
+        ("qemu", ["qemu-system-x86_64", "--version"]),
+        ("etcd", ["etcd", "--version"]),
+    ):
+        with contextlib.suppress(OSError):
+            out = subprocess.run(args, capture_output=True, text=True, timeout=10).stdout
+            versions[name] = out.splitlines()[0].split("version")[-1].strip(" :") if out else "?"
+    return versions
+
+
+async def bootstrap(db: ConfigDB, password_file: Path | None) -> None:
+    """First start of a cluster: a `local` pool and an admin user. Harmless to repeat."""
+    with contextlib.suppress(Conflict):
+        await db.create(keys.pool("local"), Pool(name="local", created_at=time.time()))
+    if password_file is None or await db.list(User, keys.USERS):
+        return
+    if password_file.exists():
+        password = password_file.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(12)
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.touch(mode=0o600)
+        password_file.write_text(password + "\n")
+    admin = User(
+        name="admin", role=Role.admin, password_hash=hash_password(password), created_at=time.time()
+    )
+    with contextlib.suppress(Conflict):
+        await db.create(keys.user("admin"), admin)
+
+
+async def run(config: AgentConfig) -> None:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    if config.embedded_etcd is not None:
+        config.embedded_etcd.start()
+        await asyncio.to_thread(config.embedded_etcd.wait_healthy)
+    accelerator = await asyncio.to_thread(choose_accelerator, DEFAULT_CACHE)
+    db = ConfigDB(config.etcd)
+    await db.connect()
+    await bootstrap(db, config.admin_password_file)
+    node = Node(
+        name=config.name,
+        address=config.address,
+        api_url=f"http://{config.address}:{config.api_port}",
+        cpus=os.cpu_count() or 1,
+        memory_mib=_memory_mib(),
+        accelerator=accelerator,
+        versions=_versions(),
+        started_at=time.time(),
+    )
+    registration = Registration(db, node, config.lease_ttl)
+    vms = VMController(db, config.name, config.state_dir, accelerator)
+    runner = TaskRunner(db, config.name, Handlers(db, config.name, config.state_dir, vms).table())
+    async with httpx.AsyncClient(timeout=10) as http:
+        ctx = ApiContext(
+            db=db,
+            node=config.name,
+            state_dir=config.state_dir,
+            audit=AuditLog(config.state_dir / "audit.jsonl", config.name),
+            http=http,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(ctx),
+                host=config.address,
+                port=config.api_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await vms.resume()
+        background = [
+            asyncio.create_task(c, name=n)
+            for n, c in (
+                ("registration", registration.run()),
+                ("tasks", runner.run()),
+                ("api", server.serve()),
+            )
+        ]
+        await registration.registered.wait()
+        log.info("node %s up: API %s, accelerator %s", config.name, node.api_url, accelerator)
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *background], return_when=asyncio.FIRST_COMPLETED)
+        for job in done:
+            if job is not waiter and job.exception() is not None:
+                log.error("%s stopped: %r", job.get_name(), job.exception())
+        server.should_exit = True
+        await registration.leave()
+        for job in background:
+            job.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+    await db.close()
+
+
+def parse(argv: list[str] | None = None) -> AgentConfig:
+    parser = argparse.ArgumentParser(prog="herond", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default=os.uname().nodename.split(".")[0].lower())
+    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/heron"))
+    parser.add_argument("--address", default="127.0.0.1", help="address the API listens on")
+    parser.add_argument("--api-port", type=int, default=8443)
+    parser.add_argument(
+        "--etcd",
+        default="127.0.0.1:2379",
+        help="comma-separated client endpoints of the etcd cluster",
+    )
+    parser.add_argument(
+        "--embedded-etcd",
+        action="store_true",
+        help="start a single etcd member under the state dir if none runs",
+    )
+    parser.add_argument("--etcd-peer-port", type=int, default=2380)
+    parser.add_argument(
+        "--lease-ttl", type=int, default=5, help="seconds after which a silent node counts as gone"
+    )
+    parser.add_argument(
+        "--admin-password-file",
+        type=Path,
+        help="on a new cluster, create user admin with the password in this "
+        "file (generated and written there if it does not exist)",
+    )
+    args = parser.parse_args(argv)
+    endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
+    member = None
+    if args.embedded_etcd:
+        host, port = endpoints[0].rsplit(":", 1)
+        member = EtcdMember(
+            name=args.name,
+            data_dir=args.state_dir / "etcd",
+            host=host,
+            client_port=int(port),
+            peer_port=args.etcd_peer_port,
+        )
+    return AgentConfig(
+        name=args.name,
+        state_dir=args.state_dir,
+        address=args.address,
+        api_port=args.api_port,
+        etcd=endpoints,
+        lease_ttl=args.lease_ttl,
+        embedded_etcd=member,
+        admin_password_file=args.admin_password_file,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=os.environ.get("HERON_LOG", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(run(parse(argv)))
+
+
+if __name__ == "__main__":
+    main()

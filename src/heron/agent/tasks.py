@@ -1,0 +1,142 @@
+"""Carrying out the tasks addressed to this node.
+
+A task is claimed by compare-and-swap (queued -> running), so it runs once even if several
+watch events or a restart deliver it twice. A task found `running` at start-up was cut off by
+a crash of this agent; every handler is idempotent, so it simply runs again.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from heron.configdb import ConfigDB, Conflict, keys
+from heron.models.task import LOG_LINES, Task, TaskState
+
+log = logging.getLogger(__name__)
+
+# Progress is written at most this often: etcd holds current state, not a stream.
+_PROGRESS_INTERVAL = 0.25
+
+
+class TaskCancelled(Exception):
+    pass
+
+
+class TaskFailed(Exception):
+    """A handler's way to fail a task with a message meant for the user."""
+
+
+class TaskContext:
+    def __init__(self, db: ConfigDB, task: Task):
+        self.db = db
+        self.task = task
+        self._last_write = 0.0
+
+    async def _write(self, change: Callable[[Task], None]) -> None:
+        def apply(task: Task) -> Task:
+            change(task)
+            task.updated_at = time.time()
+            return task
+
+        entry = await self.db.update(Task, keys.task(self.task.id), apply)
+        self.task = entry.value
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        now = time.monotonic()
+        if message is None and now - self._last_write < _PROGRESS_INTERVAL and fraction < 1:
+            return
+        self._last_write = now
+        bounded = min(max(fraction, 0.0), 1.0)
+
+        def change(task: Task) -> None:
+            task.progress = max(task.progress, bounded)
+            if message:
+                task.log = [*task.log, message][-LOG_LINES:]
+
+        await self._write(change)
+        if self.task.cancel_requested:
+            raise TaskCancelled()
+
+    async def log(self, message: str) -> None:
+        await self.progress(self.task.progress, message)
+
+
+Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
+
+
+class TaskRunner:
+    def __init__(self, db: ConfigDB, node: str, handlers: dict[str, Handler]):
+        self.db = db
+        self.node = node
+        self.handlers = handlers
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        entries, revision = await self.db.list_at(Task, keys.TASKS)
+        for entry in entries:
+            if entry.value.node == self.node and not entry.value.state.finished:
+                self._start(entry.value, resume=entry.value.state == TaskState.running)
+        async for event in self.db.watch(keys.TASKS, revision + 1):
+            if event.type == "resync":
+                for entry in await self.db.list(Task, keys.TASKS):
+                    self._offer(entry.value)
+            elif event.type == "put":
+                self._offer(Task.model_validate_json(event.value))
+
+    def _offer(self, task: Task) -> None:
+        if task.node == self.node and task.state == TaskState.queued:
+            self._start(task, resume=False)
+
+    def _start(self, task: Task, resume: bool) -> None:
+        if task.id in self._running:
+            return
+        job = asyncio.create_task(self._execute(task, resume), name=f"task-{task.kind}")
+        self._running[task.id] = job
+        job.add_done_callback(lambda _: self._running.pop(task.id, None))
+
+    async def _execute(self, task: Task, resume: bool) -> None:
+        ctx = TaskContext(self.db, task)
+        try:
+            await ctx._write(lambda t: _claim(t, resume))
+        except Conflict:
+            return  # claimed by another delivery of the same event
+        handler = self.handlers.get(task.kind)
+        try:
+            if handler is None:
+                raise TaskFailed(f"this node cannot carry out {task.kind!r} tasks")
+            result = await handler(ctx)
+        except TaskCancelled:
+            await self._finish(ctx, TaskState.cancelled, None, "cancelled by request")
+        except Exception as exc:
+            if not isinstance(exc, TaskFailed):
+                log.exception("task %s (%s) failed", task.id, task.kind)
+            await self._finish(ctx, TaskState.failed, None, str(exc) or type(exc).__name__)
+        else:
+            await self._finish(ctx, TaskState.succeeded, result or {}, None)
+
+    async def _finish(
+        self, ctx: TaskContext, state: TaskState, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        def change(task: Task) -> None:
+            task.state = state
+            task.result = result
+            task.error = error
+            if state == TaskState.succeeded:
+                task.progress = 1.0
+            task.log = [*task.log, error or state.value][-LOG_LINES:]
+
+        try:
+            await ctx._write(change)
+        except Exception:
+            log.exception("could not record the end of task %s", ctx.task.id)
+
+
+def _claim(task: Task, resume: bool) -> None:
+    expected = TaskState.running if resume else TaskState.queued
+    if task.state != expected:
+        raise Conflict(f"task {task.id} is {task.state}")
+    task.state = TaskState.running
+    if resume:
+        task.log = [*task.log, "resumed after an agent restart"][-LOG_LINES:]

@@ -1,0 +1,280 @@
+"""The VMs of this node: drive QEMU towards each VM's desired state and report what runs.
+
+`reconcile` is idempotent and safe to repeat after a crash at any line: it looks at the
+desired state in the ConfigDB and at the QEMU process that really runs, and closes the gap.
+A monitor per running QEMU writes status back when it changes, and tells a guest shutdown or an
+operator's stop (shutoff) from an unexpected death (crashed).
+"""
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heron.configdb import ConfigDB, keys
+from heron.hypervisor import command
+from heron.hypervisor.command import ResolvedDisk, RuntimePaths
+from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.models.storage import Pool, Volume
+from heron.models.vm import VM, PowerState, RunState, VMStatus
+from heron.storage.dirpool import DirPool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHUTDOWN_TIMEOUT = 60.0
+
+
+class VMError(Exception):
+    pass
+
+
+@dataclass
+class _Runtime:
+    qemu: QemuVM
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    monitor: asyncio.Task[None] | None = None
+    # Set before we stop QEMU on purpose, so its exit is not taken for a crash.
+    expect_exit: bool = False
+    guest_shutdown: bool = False
+    last_status: VMStatus | None = None
+
+
+class VMController:
+    def __init__(self, db: ConfigDB, node: str, state_dir: Path, accelerator: str):
+        self.db = db
+        self.node = node
+        self.state_dir = state_dir
+        self.accelerator = accelerator
+        self._vms: dict[str, _Runtime] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def paths(self, vm_id: str) -> RuntimePaths:
+        return RuntimePaths(self.state_dir / "vms" / vm_id)
+
+    def runtime(self, vm_id: str) -> _Runtime:
+        if vm_id not in self._vms:
+            self._vms[vm_id] = _Runtime(QemuVM(vm_id, self.paths(vm_id)))
+        return self._vms[vm_id]
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """After an agent (re)start: watch every QEMU still running, settle the rest."""
+        vms = {e.value.id: e.value for e in await self.db.list(VM, keys.VMS)}
+        statuses = {
+            e.key.rsplit("/", 1)[1]: e.value for e in await self.db.list(VMStatus, keys.VM_STATUS)
+        }
+        vm_root = self.state_dir / "vms"
+        local = {p.name for p in vm_root.iterdir()} if vm_root.exists() else set()
+        for vm_id in local | {i for i, vm in vms.items() if vm.node == self.node}:
+            rt = self.runtime(vm_id)
+            rt.last_status = statuses.get(vm_id)
+            vm = vms.get(vm_id)
+            if rt.qemu.running():
+                if vm is None or vm.node != self.node:
+                    await rt.qemu.kill()  # deleted or moved while we were away
+                    continue
+                self._watch(vm_id)
+            elif vm is not None and vm.node == self.node:
+                previous = rt.last_status
+                if previous and previous.state in (RunState.running, RunState.paused):
+                    # It was running when we last looked and nobody stopped it.
+                    await self._report(
+                        vm_id, RunState.crashed, vm, message="QEMU exited while the agent was down"
+                    )
+        for vm in vms.values():
+            status = statuses.get(vm.id)
+            if vm.node == self.node and (
+                status is None or status.observed_generation < vm.generation
+            ):
+                job = asyncio.create_task(self._reconcile_logged(vm.id))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+
+    async def _reconcile_logged(self, vm_id: str) -> None:
+        try:
+            await self.reconcile(vm_id)
+        except Exception:
+            log.exception("reconciling VM %s failed", vm_id)
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    async def reconcile(
+        self, vm_id: str, *, graceful: bool = True, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    ) -> RunState:
+        rt = self.runtime(vm_id)
+        async with rt.lock:
+            entry = await self.db.get(VM, keys.vm(vm_id))
+            if entry is None or entry.value.node != self.node:
+                await self._stop(rt, graceful=False, timeout=timeout)
+                return RunState.shutoff
+            vm = entry.value
+            running = rt.qemu.running()
+            if vm.power == PowerState.stopped:
+                if running:
+                    await self._stop(rt, graceful=graceful, timeout=timeout)
+                state = RunState.shutoff
+            else:
+                if not running:
+                    await self._start(rt, vm)
+                qemu_state = await rt.qemu.run_state()
+                if vm.power == PowerState.paused and qemu_state == "running":
+                    await rt.qemu.execute("stop")
+                elif vm.power == PowerState.running and qemu_state == "paused":
+                    await rt.qemu.execute("cont")
+                state = RunState.paused if vm.power == PowerState.paused else RunState.running
+            await self._report(vm_id, state, vm)
+            return state
+
+    async def _start(self, rt: _Runtime, vm: VM) -> None:
+        disks = await self.resolve_disks(vm)
+        paths = rt.qemu.paths
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if vm.spec.firmware == "uefi" and not paths.efivars.exists():
+            shutil.copyfile(command.OVMF_VARS, paths.efivars)
+        for stale in (paths.qmp, paths.serial):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        args = command.build(vm, disks, paths, self.accelerator)
+        rt.expect_exit = False
+        rt.guest_shutdown = False
+        # Start paused when the user wants it paused, so the guest never runs a cycle.
+        await rt.qemu.launch(args + (["-S"] if vm.power == PowerState.paused else []))
+        self._watch(vm.id)
+
+    async def _stop(self, rt: _Runtime, *, graceful: bool, timeout: float) -> None:
+        if not rt.qemu.running():
+            return
+        rt.expect_exit = True
+        if graceful:
+            with contextlib.suppress(QemuError):
+                # A paused guest cannot see the power button: let it run to handle it.
+                if await rt.qemu.run_state() == "paused":
+                    await rt.qemu.execute("cont")
+                await rt.qemu.execute("system_powerdown")
+            if await rt.qemu.wait_gone(timeout):
+                return
+            log.warning("VM %s ignored ACPI shutdown for %.0fs: forcing", rt.qemu.vm_id, timeout)
+        await rt.qemu.kill()
+
+    async def reboot(self, vm_id: str) -> None:
+        rt = self.runtime(vm_id)
+        async with rt.lock:
+            if not rt.qemu.running():
+                raise VMError("the VM is not running")
+            await rt.qemu.execute("system_reset")
+
+    async def destroy(self, vm_id: str) -> None:
+        """Stop QEMU and forget its runtime files (the VM record is already gone)."""
+        rt = self.runtime(vm_id)
+        async with rt.lock:
+            await self._stop(rt, graceful=False, timeout=10)
+            if rt.monitor is not None:
+                rt.monitor.cancel()
+            shutil.rmtree(rt.qemu.paths.root, ignore_errors=True)
+        self._vms.pop(vm_id, None)
+        with contextlib.suppress(KeyError):
+            await self.db.delete(keys.vm_status(vm_id))
+
+    async def resolve_disks(self, vm: VM) -> list[ResolvedDisk]:
+        disks = []
+        for disk in vm.spec.disks:
+            volume = await self.db.get(Volume, keys.volume(disk.volume))
+            if volume is None:
+                raise VMError(f"volume {disk.volume} does not exist")
+            if volume.value.state != "ready":
+                raise VMError(f"volume {volume.value.name} is {volume.value.state}")
+            if volume.value.node not in (None, self.node):
+                raise VMError(f"volume {volume.value.name} is on node {volume.value.node}")
+            pool = await self.db.get(Pool, keys.pool(volume.value.pool))
+            if pool is None:
+                raise VMError(f"pool {volume.value.pool} does not exist")
+            path = DirPool(pool.value, self.state_dir).path(volume.value)
+            disks.append(ResolvedDisk(disk.bus, path, volume.value.format.value))
+        return disks
+
+    # -- status --------------------------------------------------------------------------
+
+    async def _report(self, vm_id: str, state: RunState, vm: VM | None, message: str = "") -> None:
+        rt = self.runtime(vm_id)
+        pid = rt.qemu.pid() if state in (RunState.running, RunState.paused) else None
+        vnc = None
+        if pid is not None:
+            with contextlib.suppress(QemuError):
+                vnc = await rt.qemu.vnc_address()
+        previous = rt.last_status
+        observed = (
+            vm.generation if vm is not None else (previous.observed_generation if previous else 0)
+        )
+        status = VMStatus(
+            state=state,
+            node=self.node,
+            observed_generation=observed,
+            pid=pid,
+            vnc=vnc,
+            accelerator=self.accelerator if pid else None,
+            message=message,
+            updated_at=time.time(),
+        )
+        if previous is not None and previous.model_copy(update={"updated_at": 0}) == (
+            status.model_copy(update={"updated_at": 0})
+        ):
+            return  # unchanged: write nothing, so an idle cluster leaves etcd alone
+        await self.db.put(keys.vm_status(vm_id), status)
+        rt.last_status = status
+
+    async def report_error(self, vm_id: str, message: str) -> None:
+        entry = await self.db.get(VM, keys.vm(vm_id))
+        await self._report(vm_id, RunState.error, entry.value if entry else None, message)
+
+    def _watch(self, vm_id: str) -> None:
+        rt = self.runtime(vm_id)
+        if rt.monitor is None or rt.monitor.done():
+            rt.monitor = asyncio.create_task(self._monitor(vm_id), name=f"monitor-{vm_id[:8]}")
+
+    async def _monitor(self, vm_id: str) -> None:
+        """Follow one QEMU until it exits; polls its pid and listens to its QMP events."""
+        rt = self.runtime(vm_id)
+        while rt.qemu.running():
+            try:
+                qemu_state = await rt.qemu.run_state()
+            except QemuError:
+                qemu_state = None
+            if qemu_state in ("running", "paused") and not rt.lock.locked():
+                state = RunState.running if qemu_state == "running" else RunState.paused
+                await self._report(vm_id, state, None)
+            event = await rt.qemu.next_event(timeout=1.0)
+            if event and event.get("event") == "SHUTDOWN" and event.get("data", {}).get("guest"):
+                rt.guest_shutdown = True
+        await rt.qemu.close()
+        await self._exited(vm_id)
+
+    async def _exited(self, vm_id: str) -> None:
+        rt = self.runtime(vm_id)
+        entry = await self.db.get(VM, keys.vm(vm_id))
+        if entry is None:
+            return
+        if rt.expect_exit:
+            return  # reconcile or destroy reports the outcome itself
+        if rt.guest_shutdown:
+            # The guest powered itself off: the VM is off, as the user of the guest wanted.
+            def stopped(vm: VM) -> VM:
+                vm.power = PowerState.stopped
+                vm.generation += 1
+                return vm
+
+            updated = await self.db.update(VM, keys.vm(vm_id), stopped)
+            await self._report(
+                vm_id, RunState.shutoff, updated.value, message="shut down from inside the guest"
+            )
+        else:
+            log.warning("QEMU of VM %s exited unexpectedly: %s", vm_id, rt.qemu.last_error())
+            await self._report(
+                vm_id,
+                RunState.crashed,
+                None,
+                message=f"QEMU exited unexpectedly: {rt.qemu.last_error()}",
+            )

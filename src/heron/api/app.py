@@ -1,0 +1,54 @@
+"""The FastAPI application: routes, error mapping and the audit of every change."""
+
+import time
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import RedirectResponse
+
+import heron
+from heron.api import errors
+from heron.api.context import ApiContext
+from heron.api.routes import auth, events, nodes, pools, tasks, vms
+
+API = "/api/v1"
+_CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="Heron API",
+        version=heron.__version__,
+        description="Manage a Heron cluster from any of its nodes. Every call except "
+        "`POST /auth/login` needs `Authorization: Bearer <token>`.",
+        openapi_url=f"{API}/openapi.json",
+        docs_url=f"{API}/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for module in (auth, nodes, vms, pools, tasks, events):
+        app.include_router(module.router, prefix=API)
+
+    @app.middleware("http")
+    async def audit(request: Request, call_next):
+        started = time.monotonic()
+        response: Response = await call_next(request)
+        if request.method in _CHANGES or response.status_code in (401, 403):
+            principal = getattr(request.state, "principal", None)
+            ctx.audit.record(
+                user=principal.user if principal else getattr(request.state, "login_user", None),
+                method=request.method,
+                path=request.url.path,
+                status=response.status_code,
+                result="ok" if response.status_code < 400 else "refused",
+                client=request.client.host if request.client else None,
+                target=getattr(request.state, "audit_target", None),
+                ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse(f"{API}/docs")
+
+    return app

@@ -1,0 +1,55 @@
+"""The audit log: who did what, when, with what result.
+
+Append-only data stays out of etcd (see DESIGN.md, principle 7): each node appends the requests
+it served to a JSON-lines file in its state directory, rotated by size; `GET /events` merges
+the files of every node.
+"""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_BYTES = 16 * 1024 * 1024  # one file; one rotated predecessor is kept
+
+
+class AuditLog:
+    def __init__(self, path: Path, node: str):
+        self.path = path
+        self.node = node
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, **fields: Any) -> None:
+        entry = {"time": time.time(), "node": self.node, **fields}
+        line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
+        with self._lock:
+            try:
+                if self.path.stat().st_size > MAX_BYTES:
+                    os.replace(self.path, self.path.with_suffix(".1.jsonl"))
+            except FileNotFoundError:
+                pass
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write(line)
+
+    def read(self, limit: int, since: float = 0.0) -> list[dict[str, Any]]:
+        """The newest `limit` entries after `since`, newest first."""
+        entries: list[dict[str, Any]] = []
+        for path in (self.path, self.path.with_suffix(".1.jsonl")):
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                continue
+            for line in reversed(lines):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if entry.get("time", 0) <= since:
+                    return entries
+                entries.append(entry)
+                if len(entries) >= limit:
+                    return entries
+        return entries

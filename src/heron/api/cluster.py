@@ -1,0 +1,69 @@
+"""Reads of cluster-wide state shared by several routes."""
+
+from heron.api.errors import Invalid, NotFound
+from heron.configdb import ConfigDB, Entry, keys
+from heron.models.node import Node
+from heron.models.storage import Pool, Volume
+from heron.models.vm import VM, PowerState
+from heron.scheduler.placement import NodeLoad
+
+
+async def live_nodes(db: ConfigDB) -> dict[str, Node]:
+    return {e.value.name: e.value for e in await db.list(Node, keys.NODES)}
+
+
+def loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
+    used: dict[str, list[VM]] = {name: [] for name in nodes}
+    for vm in vms:
+        if vm.node in used and vm.power != PowerState.stopped:
+            used[vm.node].append(vm)
+    return [
+        NodeLoad(
+            name=n.name,
+            cpus=n.cpus,
+            memory_mib=n.memory_mib,
+            memory_used_mib=sum(v.spec.memory_mib for v in used[n.name]),
+            vcpus_used=sum(v.spec.vcpus for v in used[n.name]),
+            vms=sum(1 for v in vms if v.node == n.name),
+            maintenance=n.maintenance,
+        )
+        for n in nodes.values()
+    ]
+
+
+async def find_vm(db: ConfigDB, ref: str) -> Entry[VM]:
+    """A VM by id or by name."""
+    entry = await db.get(VM, keys.vm(ref)) if "/" not in ref else None
+    if entry is None and "/" not in ref:
+        index = await db.get_raw(keys.vm_name(ref))
+        if index is not None:
+            entry = await db.get(VM, keys.vm(index[0].decode()))
+    if entry is None:
+        raise NotFound(f"no VM {ref!r}")
+    return entry
+
+
+async def find_pool(db: ConfigDB, name: str, field: str | None = None) -> Entry[Pool]:
+    entry = await db.get(Pool, keys.pool(name)) if "/" not in name else None
+    if entry is None:
+        if field is not None:
+            raise Invalid(field, f"no pool {name!r}")
+        raise NotFound(f"no pool {name!r}")
+    return entry
+
+
+async def find_volume(db: ConfigDB, pool: str, ref: str) -> Entry[Volume]:
+    """A volume of `pool` by id or name."""
+    entry = await db.get(Volume, keys.volume(ref)) if "/" not in ref else None
+    if entry is None and "/" not in ref:
+        index = await db.get_raw(keys.volume_name(pool, ref))
+        if index is not None:
+            entry = await db.get(Volume, keys.volume(index[0].decode()))
+    if entry is None or entry.value.pool != pool:
+        raise NotFound(f"no volume {ref!r} in pool {pool!r}")
+    return entry
+
+
+def attached(vms: list[VM]) -> dict[str, str]:
+    """volume id -> name of the VM using it."""
+    return {disk.volume: vm.spec.name for vm in vms for disk in vm.spec.disks}

@@ -1,0 +1,86 @@
+"""Domain errors and the one place that maps them to HTTP.
+
+Every error body has the same shape: {"error": code, "message": text, "fields": [...]} where
+each field entry names the offending input ("body.memory_mib") and the reason.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from heron.configdb.store import Conflict as StoreConflict
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, fields: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+
+
+class Invalid(ApiError):
+    status = 422
+    code = "invalid"
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}", [{"field": field, "reason": reason}])
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+
+def _body(code: str, message: str, fields: list[dict[str, str]]) -> dict[str, Any]:
+    return {"error": code, "message": message, "fields": fields}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(_body(exc.code, exc.message, exc.fields), exc.status, headers=headers)
+
+    @app.exception_handler(StoreConflict)
+    async def _conflict(_: Request, exc: StoreConflict) -> JSONResponse:
+        return JSONResponse(_body("conflict", str(exc), []), 409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for error in exc.errors():
+            location = ".".join(str(part) for part in error.get("loc", ()))
+            fields.append({"field": location, "reason": str(error.get("msg", "invalid"))})
+        message = "; ".join(f"{f['field']}: {f['reason']}" for f in fields) or "invalid input"
+        return JSONResponse(_body("invalid", message, fields), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return JSONResponse(_body(code, str(exc.detail), []), exc.status_code)

@@ -1,0 +1,304 @@
+"""Pools and volumes: define pools, create, import, resize and delete volumes."""
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import BaseModel, Field
+
+from heron.api import auth
+from heron.api.auth import Principal
+from heron.api.cluster import attached, find_pool, find_volume, live_nodes
+from heron.api.context import ApiContext, new_task, with_task
+from heron.api.errors import Conflict, Invalid
+from heron.configdb import Txn, keys
+from heron.configdb.store import Conflict as StoreConflict
+from heron.models.common import Name, new_id
+from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.vm import VM
+from heron.storage.dirpool import DirPool
+
+router = APIRouter(tags=["storage"])
+
+_UPLOAD_CHUNK = 4 * 1024 * 1024
+
+
+class PoolCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    type: str = Field(default="dir", pattern="^dir$")
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description="absolute path; omitted: each node's <state>/pools/<name>",
+    )
+    shared: bool = Field(default=False, description="every node sees the same directory")
+
+
+class PoolView(Pool):
+    revision: int
+
+
+class VolumeCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    size: int = Field(gt=0, le=64 * 2**40, description="bytes")
+    format: VolumeFormat = VolumeFormat.qcow2
+    node: Name | None = Field(default=None, description="for a local pool; default this node")
+
+
+class VolumeImport(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    path: str = Field(pattern=r"^/", description="image file on the node")
+    format: VolumeFormat = VolumeFormat.qcow2
+    node: Name | None = Field(default=None, description="node holding the file; default this")
+
+
+class VolumeResize(BaseModel):
+    model_config = {"extra": "forbid"}
+    size: int = Field(gt=0, le=64 * 2**40, description="new size in bytes; only growing")
+
+
+class VolumeView(Volume):
+    revision: int
+    allocation: int | None = None
+    attached_to: str | None = None
+
+
+class TaskRef(BaseModel):
+    task: str
+    volume: str | None = None
+
+
+def _ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+@router.get("/pools", response_model=list[PoolView])
+async def list_pools(request: Request, _: Principal = Depends(auth.viewer)) -> list[PoolView]:
+    entries = await _ctx(request).db.list(Pool, keys.POOLS)
+    return [PoolView(**e.value.model_dump(), revision=e.revision) for e in entries]
+
+
+@router.post("/pools", response_model=PoolView, status_code=201)
+async def create_pool(
+    body: PoolCreate, request: Request, _: Principal = Depends(auth.admin)
+) -> PoolView:
+    pool = Pool(name=body.name, path=body.path, shared=body.shared, created_at=time.time())
+    if pool.shared and pool.path is None:
+        raise Invalid("body.path", "a shared pool needs the path where every node mounts it")
+    try:
+        revision = await _ctx(request).db.create(keys.pool(pool.name), pool)
+    except StoreConflict as exc:
+        raise Conflict(f"pool {pool.name} already exists") from exc
+    return PoolView(**pool.model_dump(), revision=revision)
+
+
+@router.get("/pools/{name}", response_model=PoolView)
+async def get_pool(name: str, request: Request, _: Principal = Depends(auth.viewer)) -> PoolView:
+    entry = await find_pool(_ctx(request).db, name)
+    return PoolView(**entry.value.model_dump(), revision=entry.revision)
+
+
+@router.delete("/pools/{name}", status_code=204)
+async def delete_pool(name: str, request: Request, _: Principal = Depends(auth.admin)) -> None:
+    db = _ctx(request).db
+    entry = await find_pool(db, name)
+    if any(v.value.pool == name for v in await db.list(Volume, keys.VOLUMES)):
+        raise Conflict(f"pool {name} still has volumes")
+    await db.delete(entry.key, revision=entry.revision)
+
+
+@router.get("/pools/{name}/volumes", response_model=list[VolumeView])
+async def list_volumes(
+    name: str, request: Request, _: Principal = Depends(auth.viewer)
+) -> list[VolumeView]:
+    ctx = _ctx(request)
+    pool = (await find_pool(ctx.db, name)).value
+    users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
+    local = DirPool(pool, ctx.state_dir)
+    views = []
+    for entry in await ctx.db.list(Volume, keys.VOLUMES):
+        volume = entry.value
+        if volume.pool != name:
+            continue
+        # Allocation is read where the file is: here for shared and our own volumes.
+        here = volume.node in (None, ctx.node)
+        views.append(
+            VolumeView(
+                **volume.model_dump(),
+                revision=entry.revision,
+                allocation=local.allocation(volume) if here else None,
+                attached_to=users.get(volume.id),
+            )
+        )
+    return sorted(views, key=lambda v: v.name)
+
+
+@router.get("/pools/{name}/volumes/{ref}", response_model=VolumeView)
+async def get_volume(
+    name: str, ref: str, request: Request, _: Principal = Depends(auth.viewer)
+) -> VolumeView:
+    ctx = _ctx(request)
+    pool = (await find_pool(ctx.db, name)).value
+    entry = await find_volume(ctx.db, name, ref)
+    users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
+    volume = entry.value
+    here = volume.node in (None, ctx.node)
+    return VolumeView(
+        **volume.model_dump(),
+        revision=entry.revision,
+        allocation=DirPool(pool, ctx.state_dir).allocation(volume) if here else None,
+        attached_to=users.get(volume.id),
+    )
+
+
+async def _new_volume(
+    ctx: ApiContext,
+    pool_name: str,
+    name: str,
+    fmt: VolumeFormat,
+    size: int,
+    node: str | None,
+    kind: str,
+    params: dict,
+    user: str,
+) -> TaskRef:
+    pool = (await find_pool(ctx.db, pool_name)).value
+    target = node or ctx.node
+    if node is not None and node not in await live_nodes(ctx.db):
+        raise Invalid("body.node", f"no live node {node!r}")
+    volume = Volume(
+        id=new_id(),
+        pool=pool.name,
+        name=name,
+        format=fmt,
+        size=size,
+        node=None if pool.shared else target,
+        created_at=time.time(),
+    )
+    task = new_task(kind, target, volume.id, user, params)
+    txn = (
+        Txn()
+        .require_absent(keys.volume_name(pool.name, name))
+        .put(keys.volume_name(pool.name, name), volume.id)
+        .put(keys.volume(volume.id), volume)
+    )
+    try:
+        await ctx.db.commit(with_task(txn, task))
+    except StoreConflict as exc:
+        raise Conflict(f"pool {pool.name} already has a volume {name}") from exc
+    return TaskRef(task=task.id, volume=volume.id)
+
+
+@router.post("/pools/{name}/volumes", response_model=TaskRef, status_code=202)
+async def create_volume(
+    name: str, body: VolumeCreate, request: Request, principal: Principal = Depends(auth.operator)
+) -> TaskRef:
+    return await _new_volume(
+        _ctx(request),
+        name,
+        body.name,
+        body.format,
+        body.size,
+        body.node,
+        "volume.create",
+        {},
+        principal.user,
+    )
+
+
+@router.post("/pools/{name}/volumes/import", response_model=TaskRef, status_code=202)
+async def import_volume(
+    name: str, body: VolumeImport, request: Request, principal: Principal = Depends(auth.admin)
+) -> TaskRef:
+    """Import an image file that is already on a node (admins only: it reads node paths)."""
+    return await _new_volume(
+        _ctx(request),
+        name,
+        body.name,
+        body.format,
+        0,
+        body.node,
+        "volume.import",
+        {"path": body.path},
+        principal.user,
+    )
+
+
+@router.post("/pools/{name}/volumes/upload", response_model=TaskRef, status_code=202)
+async def upload_volume(
+    name: str,
+    request: Request,
+    file: UploadFile = File(...),
+    volume_name: Name = Form(..., alias="name"),
+    format: VolumeFormat = Form(VolumeFormat.qcow2),
+    principal: Principal = Depends(auth.operator),
+) -> TaskRef:
+    """Upload an image (any format qemu-img reads) into a new volume on this node."""
+    ctx = _ctx(request)
+    await find_pool(ctx.db, name)
+    uploads = ctx.state_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    staged = uploads / f"{new_id()}.upload"
+    try:
+        with open(staged, "wb") as out:
+            while chunk := await file.read(_UPLOAD_CHUNK):
+                out.write(chunk)
+        return await _new_volume(
+            ctx,
+            name,
+            volume_name,
+            format,
+            0,
+            None,
+            "volume.import",
+            {"path": str(staged), "remove_source": True},
+            principal.user,
+        )
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+
+
+@router.patch("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
+async def resize_volume(
+    name: str,
+    ref: str,
+    body: VolumeResize,
+    request: Request,
+    principal: Principal = Depends(auth.operator),
+) -> TaskRef:
+    ctx = _ctx(request)
+    entry = await find_volume(ctx.db, name, ref)
+    volume = entry.value
+    if body.size < volume.size:
+        raise Invalid("body.size", f"volumes only grow; it is {volume.size} bytes")
+    vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]
+    owner = next((vm for vm in vms if any(d.volume == volume.id for d in vm.spec.disks)), None)
+    # A disk in use is grown by the node running its VM, online through QMP.
+    node = owner.node if owner is not None else (volume.node or ctx.node)
+    task = new_task(
+        "volume.resize",
+        node,
+        volume.id,
+        principal.user,
+        {"size": body.size, "vm": owner.id if owner else None},
+    )
+    await ctx.db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
+    return TaskRef(task=task.id, volume=volume.id)
+
+
+@router.delete("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
+async def delete_volume(
+    name: str, ref: str, request: Request, principal: Principal = Depends(auth.operator)
+) -> TaskRef:
+    ctx = _ctx(request)
+    entry = await find_volume(ctx.db, name, ref)
+    users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
+    if entry.value.id in users:
+        raise Conflict(f"volume {entry.value.name} is used by VM {users[entry.value.id]}")
+    task = new_task("volume.delete", entry.value.node or ctx.node, entry.value.id, principal.user)
+    await ctx.db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
+    return TaskRef(task=task.id, volume=entry.value.id)

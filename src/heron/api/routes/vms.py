@@ -1,0 +1,369 @@
+"""Virtual machines: create (with their disks), read, change, power actions, delete."""
+
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field, model_validator
+
+from heron.api import auth
+from heron.api.auth import Principal
+from heron.api.cluster import attached, find_pool, find_vm, live_nodes, loads
+from heron.api.context import ApiContext, new_task, with_task
+from heron.api.errors import Conflict, Invalid
+from heron.configdb import Txn, keys
+from heron.configdb.store import Conflict as StoreConflict
+from heron.models.common import Name, new_id
+from heron.models.storage import Volume, VolumeFormat
+from heron.models.task import Task
+from heron.models.vm import (
+    VM,
+    DiskBus,
+    DiskSpec,
+    Hardware,
+    NicSpec,
+    PowerState,
+    RunState,
+    VMSpec,
+    VMStatus,
+    check_boot_order,
+)
+from heron.scheduler.placement import NoCapacity, choose_node
+
+router = APIRouter(tags=["vms"])
+
+Action = Literal["start", "shutdown", "stop", "reboot", "pause", "resume"]
+
+
+class DiskRequest(BaseModel):
+    """A disk: an existing volume, or a new one (empty, or a copy of an image volume)."""
+
+    bus: DiskBus = "virtio"
+    volume: str | None = Field(default=None, description="existing volume as pool/name or id")
+    pool: Name | None = Field(default=None, description="pool for a new volume")
+    size: int | None = Field(default=None, gt=0, le=64 * 2**40, description="bytes")
+    source: str | None = Field(default=None, description="image volume to copy, pool/name")
+    format: VolumeFormat = VolumeFormat.qcow2
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "DiskRequest":
+        if self.volume is not None:
+            if self.pool or self.size or self.source:
+                raise ValueError("give either volume, or pool with size and/or source")
+        elif self.pool is None:
+            raise ValueError("give volume, or pool with size and/or source")
+        elif self.size is None and self.source is None:
+            raise ValueError("a new volume needs a size or a source")
+        return self
+
+
+class VMCreate(Hardware):
+    name: Name
+    disks: list[DiskRequest] = Field(default_factory=list, max_length=16)
+    nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+    node: Name | None = Field(default=None, description="where to run it; chosen if omitted")
+    start: bool = False
+
+    @model_validator(mode="after")
+    def _devices(self) -> "VMCreate":
+        check_boot_order(self.boot_order, len(self.disks), len(self.nics))
+        return self
+
+
+class VMUpdate(BaseModel):
+    """Changes to a VM's hardware, applied at its next start; `revision` guards the write."""
+
+    model_config = {"extra": "forbid"}
+    revision: int | None = Field(default=None, description="write only if still at this revision")
+    name: Name | None = None
+    vcpus: int | None = Field(default=None, ge=1, le=256)
+    memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
+    description: str | None = Field(default=None, max_length=1024)
+    boot_order: list[str] | None = Field(default=None, max_length=8)
+
+
+class ActionRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    timeout: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="shutdown: seconds to wait for the guest before forcing it off",
+    )
+
+
+class VMView(BaseModel):
+    id: str
+    name: str
+    node: str
+    power: PowerState
+    state: RunState | Literal["unknown"]
+    spec: VMSpec
+    status: VMStatus | None
+    revision: int
+    created_at: float
+
+
+class TaskRef(BaseModel):
+    task: str
+    vm: str | None = None
+
+
+def _ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+def _view(vm: VM, revision: int, status: VMStatus | None) -> VMView:
+    state: RunState | Literal["unknown"] = status.state if status else "unknown"
+    return VMView(
+        id=vm.id,
+        name=vm.spec.name,
+        node=vm.node,
+        power=vm.power,
+        state=state,
+        spec=vm.spec,
+        status=status,
+        revision=revision,
+        created_at=vm.created_at,
+    )
+
+
+@router.get("/vms", response_model=list[VMView])
+async def list_vms(
+    request: Request, node: Name | None = None, _: Principal = Depends(auth.viewer)
+) -> list[VMView]:
+    db = _ctx(request).db
+    vms = await db.list(VM, keys.VMS)
+    statuses = {e.key.rsplit("/", 1)[1]: e.value for e in await db.list(VMStatus, keys.VM_STATUS)}
+    views = [
+        _view(e.value, e.revision, statuses.get(e.value.id))
+        for e in vms
+        if node is None or e.value.node == node
+    ]
+    return sorted(views, key=lambda v: v.name)
+
+
+@router.get("/vms/{ref}", response_model=VMView)
+async def get_vm(ref: str, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
+    db = _ctx(request).db
+    entry = await find_vm(db, ref)
+    status = await db.get(VMStatus, keys.vm_status(entry.value.id))
+    return _view(entry.value, entry.revision, status.value if status else None)
+
+
+@router.post("/vms", response_model=TaskRef, status_code=202)
+async def create_vm(
+    body: VMCreate, request: Request, principal: Principal = Depends(auth.operator)
+) -> TaskRef:
+    """Define a VM and create its disks; a `vm.create` task on its node does the work."""
+    ctx = _ctx(request)
+    db = ctx.db
+    if await db.get_raw(keys.vm_name(body.name)) is not None:
+        raise Conflict(f"a VM named {body.name!r} already exists")
+    vms = [e.value for e in await db.list(VM, keys.VMS)]
+    in_use = attached(vms)
+    nodes = await live_nodes(db)
+    now = time.time()
+    vm_id = new_id()
+    disks: list[DiskSpec] = []
+    new_volumes: list[tuple[Volume, str | None]] = []
+    pinned: set[str] | None = None  # nodes the VM may run on, narrowed by local volumes
+    if body.node is not None:
+        if body.node not in nodes:
+            raise Invalid("body.node", f"no live node {body.node!r}")
+        pinned = {body.node}
+
+    def pin(node: str | None, field: str) -> None:
+        nonlocal pinned
+        if node is None:
+            return
+        if pinned is not None and node not in pinned:
+            raise Invalid(
+                field, f"is on node {node}, but the VM must run on {', '.join(sorted(pinned))}"
+            )
+        pinned = {node}
+
+    for index, disk in enumerate(body.disks):
+        field = f"body.disks.{index}"
+        if disk.volume is not None:
+            volume = await _volume_by_ref(ctx, disk.volume, f"{field}.volume")
+            if volume.id in in_use:
+                raise Conflict(f"volume {disk.volume} is used by VM {in_use[volume.id]}")
+            pin(volume.node, f"{field}.volume")
+            disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
+            continue
+        assert disk.pool is not None
+        pool = (await find_pool(db, disk.pool, f"{field}.pool")).value
+        source_id = None
+        size = disk.size or 0
+        if disk.source is not None:
+            source = await _volume_by_ref(ctx, disk.source, f"{field}.source")
+            if source.state != "ready":
+                raise Invalid(f"{field}.source", f"volume is {source.state}")
+            pin(source.node, f"{field}.source")
+            source_id = source.id
+            if size and size < source.size:
+                raise Invalid(f"{field}.size", f"smaller than the source ({source.size} bytes)")
+        volume = Volume(
+            id=new_id(),
+            pool=pool.name,
+            name=f"{body.name}-disk{index}",
+            format=disk.format,
+            size=size,
+            node=None,
+            created_at=now,
+        )
+        if await db.get_raw(keys.volume_name(pool.name, volume.name)) is not None:
+            raise Conflict(f"pool {pool.name} already has a volume {volume.name}")
+        new_volumes.append((volume, source_id))
+        disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
+    try:
+        node = choose_node(loads(nodes, vms), body.memory_mib, body.vcpus, pinned)
+    except NoCapacity as exc:
+        raise Conflict(str(exc)) from exc
+    for volume, _ in new_volumes:
+        pool = (await find_pool(db, volume.pool)).value
+        if not pool.shared:
+            volume.node = node
+    spec = VMSpec(
+        name=body.name,
+        vcpus=body.vcpus,
+        memory_mib=body.memory_mib,
+        firmware=body.firmware,
+        machine=body.machine,
+        boot_order=body.boot_order,
+        description=body.description,
+        disks=disks,
+        nics=body.nics,
+    )
+    vm = VM(
+        id=vm_id,
+        spec=spec,
+        node=node,
+        power=PowerState.running if body.start else PowerState.stopped,
+        created_at=now,
+    )
+    task = new_task(
+        "vm.create",
+        node,
+        vm_id,
+        principal.user,
+        {"volumes": [{"id": v.id, "source": s} for v, s in new_volumes]},
+    )
+    txn = Txn().require_absent(keys.vm_name(body.name)).put(keys.vm_name(body.name), vm_id)
+    txn.put(keys.vm(vm_id), vm)
+    for volume, _ in new_volumes:
+        txn.require_absent(keys.volume_name(volume.pool, volume.name))
+        txn.put(keys.volume_name(volume.pool, volume.name), volume.id)
+        txn.put(keys.volume(volume.id), volume)
+    try:
+        await db.commit(with_task(txn, task))
+    except StoreConflict as exc:
+        raise Conflict(f"a VM named {body.name!r} or one of its volumes already exists") from exc
+    request.state.audit_target = vm_id
+    return TaskRef(task=task.id, vm=vm_id)
+
+
+async def _volume_by_ref(ctx: ApiContext, ref: str, field: str) -> Volume:
+    """A volume named as pool/name, or by id."""
+    db = ctx.db
+    if "/" in ref:
+        pool, _, name = ref.partition("/")
+        index = await db.get_raw(keys.volume_name(pool, name))
+        entry = await db.get(Volume, keys.volume(index[0].decode())) if index else None
+    else:
+        entry = await db.get(Volume, keys.volume(ref))
+    if entry is None:
+        raise Invalid(field, f"no volume {ref!r}")
+    return entry.value
+
+
+@router.patch("/vms/{ref}", response_model=VMView)
+async def update_vm(
+    ref: str, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
+) -> VMView:
+    db = _ctx(request).db
+    entry = await find_vm(db, ref)
+    if body.revision is not None and body.revision != entry.revision:
+        raise Conflict(
+            f"VM {ref} changed since revision {body.revision} (now {entry.revision}); read it again"
+        )
+    vm = entry.value.model_copy(deep=True)
+    changes = body.model_dump(exclude_none=True, exclude={"revision"})
+    try:
+        spec = VMSpec.model_validate({**vm.spec.model_dump(), **changes})
+    except ValueError as exc:
+        raise Invalid("body", str(exc).splitlines()[-1] if str(exc) else "invalid") from exc
+    vm.spec = spec
+    txn = Txn().require_revision(entry.key, entry.revision).put(entry.key, vm)
+    if spec.name != entry.value.spec.name:
+        txn.require_absent(keys.vm_name(spec.name)).put(keys.vm_name(spec.name), vm.id)
+        txn.delete(keys.vm_name(entry.value.spec.name))
+    try:
+        revision = await db.commit(txn)
+    except StoreConflict as exc:
+        raise Conflict(f"VM {ref} was changed by someone else, or the name is taken") from exc
+    request.state.audit_target = vm.id
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    return _view(vm, revision, status.value if status else None)
+
+
+_DESIRED: dict[str, PowerState | None] = {
+    "start": PowerState.running,
+    "resume": PowerState.running,
+    "pause": PowerState.paused,
+    "stop": PowerState.stopped,
+    "shutdown": PowerState.stopped,
+    "reboot": None,
+}
+
+
+@router.post("/vms/{ref}/actions/{action}", response_model=TaskRef, status_code=202)
+async def vm_action(
+    ref: str,
+    action: Action,
+    request: Request,
+    body: ActionRequest | None = None,
+    principal: Principal = Depends(auth.operator),
+) -> TaskRef:
+    """Power actions. The desired power state is written with the task in one transaction,
+    so a node that restarts mid-way still knows what the VM should be doing."""
+    db = _ctx(request).db
+    entry = await find_vm(db, ref)
+    vm = entry.value.model_copy(deep=True)
+    params = {"timeout": (body or ActionRequest()).timeout, "graceful": action == "shutdown"}
+    task = new_task(f"vm.{action}", vm.node, vm.id, principal.user, params)
+    txn = Txn().require_revision(entry.key, entry.revision)
+    desired = _DESIRED[action]
+    if desired is not None:
+        if action == "resume" and vm.power != PowerState.paused:
+            raise Conflict(f"VM {vm.spec.name} is not paused")
+        vm.power = desired
+        vm.generation += 1
+        txn.put(entry.key, vm)
+    elif vm.power != PowerState.running:
+        raise Conflict(f"VM {vm.spec.name} is not running")
+    await db.commit(with_task(txn, task))
+    request.state.audit_target = vm.id
+    return TaskRef(task=task.id, vm=vm.id)
+
+
+@router.delete("/vms/{ref}", response_model=TaskRef, status_code=202)
+async def delete_vm(
+    ref: str, request: Request, volumes: bool = False, principal: Principal = Depends(auth.operator)
+) -> TaskRef:
+    """Delete a VM (stopping it first); with `volumes=true` its volumes go too."""
+    db = _ctx(request).db
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    running = [
+        t
+        for t in await db.list(Task, keys.TASKS)
+        if t.value.target == vm.id and t.value.kind == "vm.delete" and not t.value.state.finished
+    ]
+    if running:
+        return TaskRef(task=running[0].value.id, vm=vm.id)
+    task = new_task("vm.delete", vm.node, vm.id, principal.user, {"volumes": volumes})
+    await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
+    request.state.audit_target = vm.id
+    return TaskRef(task=task.id, vm=vm.id)

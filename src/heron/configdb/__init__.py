@@ -1,0 +1,11 @@
+"""Typed access to the ConfigDB (etcd): records, compare-and-swap, watches, leases, election."""
+
+from heron.configdb.store import (
+    ConfigDB,
+    Conflict,
+    Entry,
+    Txn,
+    WatchEvent,
+)
+
+__all__ = ["ConfigDB", "Conflict", "Entry", "Txn", "WatchEvent"]

@@ -1,0 +1,58 @@
+"""The key layout of the ConfigDB, in one place.
+
+Records live under `/heron/<kind>/<id>`. Unique names are kept as index keys written in the
+same transaction as the record, so a name clash is caught by etcd, not by a read-then-write.
+"""
+
+ROOT = "/heron/"
+NODES = ROOT + "nodes/"
+VMS = ROOT + "vms/"
+VM_STATUS = ROOT + "vm-status/"
+VM_NAMES = ROOT + "names/vm/"
+POOLS = ROOT + "pools/"
+VOLUMES = ROOT + "volumes/"
+VOLUME_NAMES = ROOT + "names/volume/"
+TASKS = ROOT + "tasks/"
+USERS = ROOT + "users/"
+TOKENS = ROOT + "tokens/"
+LEADER = ROOT + "leader"
+
+
+def node(name: str) -> str:
+    return NODES + name
+
+
+def vm(vm_id: str) -> str:
+    return VMS + vm_id
+
+
+def vm_status(vm_id: str) -> str:
+    return VM_STATUS + vm_id
+
+
+def vm_name(name: str) -> str:
+    return VM_NAMES + name
+
+
+def pool(name: str) -> str:
+    return POOLS + name
+
+
+def volume(volume_id: str) -> str:
+    return VOLUMES + volume_id
+
+
+def volume_name(pool_name: str, name: str) -> str:
+    return f"{VOLUME_NAMES}{pool_name}/{name}"
+
+
+def task(task_id: str) -> str:
+    return TASKS + task_id
+
+
+def user(name: str) -> str:
+    return USERS + name
+
+
+def token(token_hash: str) -> str:
+    return TOKENS + token_hash

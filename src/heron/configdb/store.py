@@ -1,0 +1,292 @@
+"""ConfigDB: typed records in etcd.
+
+Every write that depends on what was read is a compare-and-swap on the key's mod_revision, so
+two writers never silently overwrite each other; a failed comparison raises `Conflict`.
+Watches resume from the last revision they delivered after a reconnect, so a watcher sees
+every change exactly once, or is told to re-list when etcd has compacted that history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+import aetcd
+import aetcd.exceptions
+import aetcd.rtypes
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+# A request that etcd has not answered in this time is failed rather than hung on.
+REQUEST_TIMEOUT = 5.0
+_RETRYABLE = (
+    aetcd.exceptions.ConnectionFailedError,
+    aetcd.exceptions.ConnectionTimeoutError,
+    aetcd.exceptions.InternalError,
+    aetcd.exceptions.WatchTimeoutError,
+)
+
+
+class Conflict(Exception):
+    """A compare-and-swap failed: the key was changed, created or deleted by someone else."""
+
+
+class Unavailable(Exception):
+    """etcd could not be reached."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[M]):
+    key: str
+    value: M
+    revision: int  # the key's mod_revision: pass it back to write only if nothing changed
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change under a watched prefix. `resync` means history was lost: list again."""
+
+    type: Literal["put", "delete", "resync"]
+    key: str
+    value: bytes
+    revision: int
+
+
+def _encode(value: BaseModel | str) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    return value.encode()
+
+
+@dataclass
+class Txn:
+    """An atomic group of checks and writes; build with the methods, run with `ConfigDB.commit`."""
+
+    checks: list[tuple[str, str, int]] = field(default_factory=list)
+    puts: list[tuple[str, bytes, int]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+
+    def require_absent(self, key: str) -> Txn:
+        self.checks.append(("version", key, 0))
+        return self
+
+    def require_revision(self, key: str, revision: int) -> Txn:
+        """The key must still be at `revision` (0: must not exist)."""
+        self.checks.append(("mod", key, revision))
+        return self
+
+    def put(self, key: str, value: BaseModel | str, lease: int = 0) -> Txn:
+        self.puts.append((key, _encode(value), lease))
+        return self
+
+    def delete(self, key: str) -> Txn:
+        self.deletes.append(key)
+        return self
+
+
+def grpc_target(endpoints: Sequence[str]) -> tuple[str, int]:
+    """Turn ["127.0.0.1:2379", ...] into the host and port aetcd joins into one gRPC target.
+
+    gRPC's `ipv4:` scheme takes a list of addresses and fails over between them, which is how
+    one client talks to a 3- or 5-member cluster; aetcd only joins host and port with a colon.
+    """
+    hosts = [e.removeprefix("http://") for e in endpoints]
+    if len(hosts) == 1:
+        host, port = hosts[0].rsplit(":", 1)
+        return host, int(port)
+    last_host, last_port = hosts[-1].rsplit(":", 1)
+    return "ipv4:" + ",".join([*hosts[:-1], last_host]), int(last_port)
+
+
+class ConfigDB:
+    def __init__(self, endpoints: Sequence[str]):
+        self.endpoints = list(endpoints)
+        host, port = grpc_target(self.endpoints)
+        self.client = aetcd.Client(
+            host=host,
+            port=port,
+            timeout=int(REQUEST_TIMEOUT),
+            options={
+                # Notice a dead member quickly so the channel fails over to another one.
+                "grpc.keepalive_time_ms": 2000,
+                "grpc.keepalive_timeout_ms": 2000,
+                "grpc.keepalive_permit_without_calls": 1,
+                "grpc.http2.max_pings_without_data": 0,
+                "grpc.max_receive_message_length": 64 * 1024 * 1024,
+            },
+        )
+
+    async def connect(self) -> None:
+        await self.client.connect()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
+
+    async def __aenter__(self) -> ConfigDB:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_raw(self, key: str) -> tuple[bytes, int] | None:
+        result = await self.client.get(key.encode())
+        if result is None:
+            return None
+        return result.value, result.mod_revision
+
+    async def get(self, model: type[M], key: str) -> Entry[M] | None:
+        result = await self.client.get(key.encode())
+        if result is None:
+            return None
+        return Entry(
+            key, model.model_validate_json(result.value), result.mod_revision, result.lease
+        )
+
+    async def list(self, model: type[M], prefix: str) -> list[Entry[M]]:
+        entries, _ = await self.list_at(model, prefix)
+        return entries
+
+    async def list_at(self, model: type[M], prefix: str) -> tuple[list[Entry[M]], int]:
+        """The records under `prefix` and the store revision they were read at."""
+        result = await self.client.get_prefix(prefix.encode())
+        entries = [
+            Entry(kv.key.decode(), model.model_validate_json(kv.value), kv.mod_revision, kv.lease)
+            for kv in result
+        ]
+        return entries, result.header.revision
+
+    async def dump(self, prefix: str = "/") -> dict[str, bytes]:
+        """Every key and value under `prefix`: for tests and diagnostics."""
+        result = await self.client.get_prefix(prefix.encode())
+        return {kv.key.decode(): kv.value for kv in result}
+
+    async def revision(self) -> int:
+        result = await self.client.get_prefix(b"/heron/\xff", keys_only=True)
+        return result.header.revision
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def commit(self, txn: Txn) -> int:
+        """Run the transaction; returns the new store revision or raises `Conflict`."""
+        tx = self.client.transactions
+        compare = []
+        for kind, key, value in txn.checks:
+            target = tx.version(key.encode()) if kind == "version" else tx.mod(key.encode())
+            compare.append(target == value)
+        success = [tx.put(k.encode(), v, lease=lease or None) for k, v, lease in txn.puts]
+        success += [tx.delete(k.encode()) for k in txn.deletes]
+        ok, responses = await self.client.transaction(compare=compare, success=success, failure=[])
+        if not ok:
+            raise Conflict("the record was changed by someone else; read it again")
+        for response in responses:
+            if response.WhichOneof("response") == "response_put":
+                return int(response.response_put.header.revision)
+            return int(response.response_delete_range.header.revision)
+        return await self.revision()
+
+    async def put(
+        self, key: str, value: BaseModel | str, *, revision: int | None = None, lease: int = 0
+    ) -> int:
+        """Write one record; with `revision`, only if the key is still at it (0: absent)."""
+        txn = Txn().put(key, value, lease)
+        if revision is not None:
+            txn.require_revision(key, revision)
+        return await self.commit(txn)
+
+    async def create(self, key: str, value: BaseModel | str, *, lease: int = 0) -> int:
+        return await self.commit(Txn().require_absent(key).put(key, value, lease))
+
+    async def delete(self, key: str, *, revision: int | None = None) -> int:
+        txn = Txn().delete(key)
+        if revision is not None:
+            txn.require_revision(key, revision)
+        return await self.commit(txn)
+
+    async def update(
+        self, model: type[M], key: str, change: Callable[[M], M], attempts: int = 20
+    ) -> Entry[M]:
+        """Read-modify-write with CAS, retried when another writer got in between."""
+        for _ in range(attempts):
+            entry = await self.get(model, key)
+            if entry is None:
+                raise KeyError(key)
+            value = change(entry.value.model_copy(deep=True))
+            try:
+                revision = await self.put(key, value, revision=entry.revision, lease=entry.lease)
+            except Conflict:
+                continue
+            return Entry(key, value, revision, entry.lease)
+        raise Conflict(f"{key} kept changing under {attempts} attempts")
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        lease = await self.client.lease(ttl)
+        return int(lease.id)
+
+    async def refresh(self, lease_id: int) -> int:
+        """Renew a lease; returns its remaining TTL (<= 0 when it has already expired)."""
+        reply = await self.client.refresh_lease(lease_id)
+        return int(reply.TTL) if reply is not None else 0
+
+    async def revoke(self, lease_id: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.revoke_lease(lease_id)
+
+    # -- watches -------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Every change under `prefix` from `start_revision` on, across reconnects.
+
+        After a broken stream the watch is re-created from the revision after the last event
+        delivered, so nothing is missed or repeated. If etcd compacted that history away, a
+        `resync` event is yielded and the watch continues from the current revision: the
+        consumer lists the prefix again.
+        """
+        next_revision = start_revision
+        backoff = 0.05
+        while True:
+            try:
+                watch = await self.client.watch_prefix(
+                    prefix.encode(), start_revision=next_revision
+                )
+            except aetcd.exceptions.RevisionCompactedError as exc:
+                next_revision = exc.compacted_revision
+                yield WatchEvent("resync", prefix, b"", next_revision)
+                continue
+            except _RETRYABLE as exc:
+                log.debug("watch %s: %r, retrying", prefix, exc)
+                await asyncio.sleep(backoff)  # back-off between reconnect attempts
+                backoff = min(backoff * 2, 1.0)
+                continue
+            try:
+                async for event in watch:
+                    backoff = 0.05
+                    kv = event.kv
+                    next_revision = kv.mod_revision + 1
+                    kind: Literal["put", "delete"] = (
+                        "delete" if event.kind == aetcd.rtypes.EventKind.DELETE else "put"
+                    )
+                    yield WatchEvent(kind, kv.key.decode(), kv.value, kv.mod_revision)
+            except aetcd.exceptions.RevisionCompactedError as exc:
+                next_revision = exc.compacted_revision
+                yield WatchEvent("resync", prefix, b"", next_revision)
+            except _RETRYABLE as exc:
+                log.debug("watch %s broke: %r, resuming at %d", prefix, exc, next_revision)
+                await asyncio.sleep(backoff)  # back-off between reconnect attempts
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watch.cancel()

@@ -1,0 +1,1 @@
+"""The hypervisor: QEMU driven directly over QMP, one process per VM."""

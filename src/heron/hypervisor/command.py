@@ -1,0 +1,171 @@
+"""The QEMU command line for a VM: pure, so it is unit-tested without starting anything."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from heron.models.vm import VM, DiskBus
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Where a VM's QEMU keeps its sockets and files on its node."""
+
+    root: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.root / "qmp.sock"
+
+    @property
+    def serial(self) -> Path:
+        return self.root / "serial.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.root / "console.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "qemu.pid"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.root / "qemu.log"
+
+    @property
+    def efivars(self) -> Path:
+        return self.root / "efivars.fd"
+
+
+@dataclass(frozen=True)
+class ResolvedDisk:
+    """A disk of the spec with its volume found on this node."""
+
+    bus: DiskBus
+    path: Path
+    format: str
+
+
+def _blockdev(node: str, disk: ResolvedDisk) -> str:
+    spec = {
+        "node-name": node,
+        "driver": disk.format,
+        "discard": "unmap",
+        "detect-zeroes": "unmap",
+        "cache": {"direct": False, "no-flush": False},
+        "file": {"driver": "file", "filename": str(disk.path), "aio": "threads"},
+    }
+    return json.dumps(spec, separators=(",", ":"))
+
+
+def disk_devices(index: int, disk: ResolvedDisk, machine: str, bootindex: int | None) -> list[str]:
+    """-device arguments for disk `index` (controllers are added by `build`)."""
+    node = f"disk{index}"
+    boot = f",bootindex={bootindex}" if bootindex is not None else ""
+    if disk.bus == "virtio":
+        return ["-device", f"virtio-blk-pci,drive={node},id={node}-dev{boot}"]
+    if disk.bus == "scsi":
+        return [
+            "-device",
+            f"scsi-hd,bus=scsi0.0,scsi-id={index},lun=0,drive={node},id={node}-dev{boot}",
+        ]
+    if disk.bus == "sata":
+        return ["-device", f"ide-hd,bus=sata0.{index},drive={node},id={node}-dev{boot}"]
+    # ide: the i440fx board has two IDE buses with two units each; q35 has only AHCI ports.
+    if machine.startswith("pc"):
+        place = f"bus=ide.{index // 2},unit={index % 2}"
+    else:
+        place = f"bus=ide.{index}"
+    return ["-device", f"ide-hd,{place},drive={node},id={node}-dev{boot}"]
+
+
+def boot_indexes(vm: VM) -> dict[str, int]:
+    order = vm.spec.boot_order or (["disk0"] if vm.spec.disks else [])
+    return {device: position + 1 for position, device in enumerate(order)}
+
+
+def build(
+    vm: VM,
+    disks: list[ResolvedDisk],
+    paths: RuntimePaths,
+    accelerator: str,
+    binary: str = "qemu-system-x86_64",
+) -> list[str]:
+    spec = vm.spec
+    boot = boot_indexes(vm)
+    args = [
+        binary,
+        "-name",
+        f"{spec.name},debug-threads=on",
+        "-uuid",
+        vm.id,
+        "-machine",
+        f"{spec.machine},accel={accelerator}",
+        "-cpu",
+        "host" if accelerator == "kvm" else "max",
+        "-smp",
+        str(spec.vcpus),
+        "-m",
+        str(spec.memory_mib),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-device",
+        "VGA",
+        # QEMU picks the first free display from 5900 on; the node reads it back over QMP.
+        "-vnc",
+        "127.0.0.1:0,to=2000",
+        "-chardev",
+        f"socket,id=serial0,path={paths.serial},server=on,wait=off,"
+        f"logfile={paths.console_log},logappend=on",
+        "-serial",
+        "chardev:serial0",
+        "-chardev",
+        f"socket,id=qmp,path={paths.qmp},server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
+        "-pidfile",
+        str(paths.pidfile),
+        "-daemonize",
+    ]
+    if spec.firmware == "uefi":
+        args += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={paths.efivars}",
+        ]
+    buses = {d.bus for d in disks}
+    if "scsi" in buses:
+        args += ["-device", "virtio-scsi-pci,id=scsi0"]
+    if "sata" in buses:
+        args += ["-device", "ahci,id=sata0"]
+    for index, disk in enumerate(disks):
+        args += ["-blockdev", _blockdev(f"disk{index}", disk)]
+        args += disk_devices(index, disk, spec.machine, boot.get(f"disk{index}"))
+    for index, nic in enumerate(spec.nics):
+        if nic.network == "none":
+            continue
+        model = "virtio-net-pci" if nic.model == "virtio" else "e1000"
+        mac = nic.mac or mac_for(vm.id, index)
+        bootindex = boot.get(f"net{index}")
+        # Without a boot index the option ROM is only dead weight in guest memory.
+        rom = f",bootindex={bootindex}" if bootindex else ",romfile="
+        args += [
+            "-netdev",
+            f"user,id=net{index}",
+            "-device",
+            f"{model},netdev=net{index},mac={mac},id=net{index}-dev{rom}",
+        ]
+    return args
+
+
+def mac_for(vm_id: str, index: int) -> str:
+    """A stable MAC from the VM id; 52:54 keeps it unicast and locally administered."""
+    digits = vm_id.replace("-", "")
+    return f"52:54:{digits[0:2]}:{digits[2:4]}:{digits[4:6]}:{index:02x}"

@@ -1,0 +1,23 @@
+"""A node: one server running herond."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from heron.models.common import Name, Record
+
+Accelerator = Literal["kvm", "tcg"]
+
+
+class Node(Record):
+    """What a node registers about itself under its lease. It vanishes when the lease expires."""
+
+    name: Name
+    address: str = Field(description="host or IP the other nodes and clients reach it on")
+    api_url: str
+    cpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    accelerator: Accelerator
+    versions: dict[str, str] = Field(default_factory=dict)
+    started_at: float
+    maintenance: bool = False

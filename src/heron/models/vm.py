@@ -1,0 +1,128 @@
+"""A virtual machine: the spec a user asks for, and the status its node observes."""
+
+import re
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from heron.models.common import Name, Record
+
+DiskBus = Literal["virtio", "scsi", "sata", "ide"]
+NicModel = Literal["virtio", "e1000"]
+_MACHINE = re.compile(r"^(q35|pc|pc-q35-\d+\.\d+|pc-i440fx-\d+\.\d+)$")
+_BOOT_DEVICE = re.compile(r"^(disk|net)(\d+)$")
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+class PowerState(StrEnum):
+    """What the user wants: the node's reconciler drives QEMU towards it."""
+
+    running = "running"
+    stopped = "stopped"
+    paused = "paused"
+
+
+class RunState(StrEnum):
+    """What the node observes."""
+
+    running = "running"
+    paused = "paused"
+    shutoff = "shutoff"
+    crashed = "crashed"
+    provisioning = "provisioning"
+    error = "error"
+
+
+class DiskSpec(Record):
+    bus: DiskBus = "virtio"
+    volume: str = Field(description="id of the pool volume backing this disk")
+
+
+class NicSpec(Record):
+    model: NicModel = "virtio"
+    network: Literal["user", "none"] = "user"
+    mac: str | None = Field(default=None, description="lower-case aa:bb:cc:dd:ee:ff")
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is not None and not _MAC.match(value):
+            raise ValueError("must look like 52:54:00:12:34:56 (lower case)")
+        return value
+
+
+class Hardware(Record):
+    """The virtual hardware; shared by the stored spec and the API's create request."""
+
+    vcpus: int = Field(default=1, ge=1, le=256)
+    memory_mib: int = Field(default=512, ge=16, le=4 * 1024 * 1024)
+    firmware: Literal["bios", "uefi"] = "bios"
+    machine: str = "q35"
+    boot_order: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="devices to boot from, e.g. ['disk0', 'net0']; empty: the first disk",
+    )
+    description: str = Field(default="", max_length=1024)
+
+    @field_validator("machine")
+    @classmethod
+    def _machine(cls, value: str) -> str:
+        if not _MACHINE.match(value):
+            raise ValueError("must be q35, pc, pc-q35-X.Y or pc-i440fx-X.Y")
+        return value
+
+    @field_validator("boot_order")
+    @classmethod
+    def _boot_order(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _BOOT_DEVICE.match(item):
+                raise ValueError(f"{item!r} is not diskN or netN")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a device twice")
+        return value
+
+
+def check_boot_order(boot_order: list[str], disks: int, nics: int) -> None:
+    for item in boot_order:
+        match = _BOOT_DEVICE.match(item)
+        assert match
+        kind, index = match.group(1), int(match.group(2))
+        if index >= (disks if kind == "disk" else nics):
+            raise ValueError(f"boot_order names {item}, which the VM does not have")
+
+
+class VMSpec(Hardware):
+    name: Name
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=16)
+    nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+
+    @model_validator(mode="after")
+    def _devices(self) -> "VMSpec":
+        check_boot_order(self.boot_order, len(self.disks), len(self.nics))
+        return self
+
+
+class VM(Record):
+    """The desired state. `generation` grows whenever the node has something new to act on."""
+
+    id: str
+    spec: VMSpec
+    node: Name
+    power: PowerState = PowerState.stopped
+    generation: int = 1
+    created_at: float
+
+
+class VMStatus(Record):
+    """Written only by the VM's node; never by the API."""
+
+    state: RunState
+    node: Name
+    observed_generation: int = 0
+    pid: int | None = None
+    vnc: str | None = None
+    accelerator: str | None = None
+    message: str = ""
+    updated_at: float

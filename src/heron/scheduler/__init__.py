@@ -1,0 +1,1 @@
+"""Where VMs go: placement (and later balancing and maintenance drains)."""

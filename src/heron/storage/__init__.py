@@ -1,0 +1,1 @@
+"""Storage pools behind one interface; volumes are files or devices QEMU opens."""

@@ -1,0 +1,75 @@
+"""qemu-img, the engine for creating, converting, resizing and inspecting images."""
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+Progress = Callable[[float], Awaitable[None]]
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+class QemuImgError(Exception):
+    pass
+
+
+async def _run(*args: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip().splitlines()
+        raise QemuImgError(message[-1] if message else f"qemu-img {args[0]} failed")
+    return out
+
+
+async def create(path: Path, fmt: str, size: int) -> None:
+    await _run("create", "-q", "-f", fmt, str(path), str(size))
+
+
+async def info(path: Path) -> dict[str, Any]:
+    return json.loads(await _run("info", "--output=json", "-U", str(path)))
+
+
+async def resize(path: Path, fmt: str, size: int) -> None:
+    await _run("resize", "-q", "-f", fmt, str(path), str(size))
+
+
+async def convert(
+    source: Path,
+    source_format: str | None,
+    target: Path,
+    target_format: str,
+    progress: Progress | None = None,
+) -> None:
+    """Copy an image into a new file, reporting progress as qemu-img prints it."""
+    args = ["convert", "-p", "-O", target_format]
+    if source_format:
+        args += ["-f", source_format]
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img",
+        *args,
+        str(source),
+        str(target),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    buffer = b""
+    while chunk := await proc.stdout.read(256):
+        buffer = (buffer + chunk)[-256:]
+        found = _PERCENT.findall(buffer)
+        if found and progress is not None:
+            await progress(float(found[-1]) / 100)
+            buffer = b""
+    err = await proc.stderr.read()
+    if await proc.wait() != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise QemuImgError(lines[-1] if lines else "qemu-img convert failed")
+
+
+async def detect_format(path: Path) -> str:
+    return str((await info(path))["format"])

@@ -1,0 +1,94 @@
+"""Processes that must outlive the one that started them (etcd, QEMU), found again by pidfile."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def alive(pid: int, marker: str) -> bool:
+    """True if `pid` runs and its command line contains `marker`: pids get reused."""
+    args = cmdline(pid)
+    return bool(args) and any(marker in a for a in args) and not is_zombie(pid)
+
+
+def read_pidfile(path: Path, marker: str) -> int | None:
+    """The pid in `path` if that process still runs and is the one we started."""
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if alive(pid, marker) else None
+
+
+def spawn_detached(
+    args: Sequence[str], log_path: Path, pidfile: Path, env: dict[str, str] | None = None
+) -> int:
+    """Start a process in its own session so it survives the death of its parent."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            list(args),
+            stdin=devnull,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    # The Popen object is dropped on purpose: the child is reaped by whoever ends up its
+    # parent; `reap_children` collects it if that is still us.
+    return proc.pid
+
+
+def reap_children() -> None:
+    """Collect exited children so they do not linger as zombies."""
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+
+
+def terminate(pid: int, marker: str, timeout: float = 10.0) -> None:
+    """SIGTERM, wait for the process to go, then SIGKILL."""
+    if not alive(pid, marker):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_until(lambda: not alive(pid, marker), timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not alive(pid, marker), 5.0)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; returns whether it held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reap_children()
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
