@@ -1,0 +1,214 @@
+"""A whole Heron cluster on one machine: etcd members and herond agents on loopback.
+
+Used by the tests, by the benchmarks, by people trying Heron, and (with one node) by the
+installer. Each process runs detached with its own state directory; `devcluster.json` in the
+cluster's directory records ports and commands, so `down` and `start_node` work from any shell.
+"""
+
+import json
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from heron.configdb.etcd import EtcdMember
+from heron.util.proc import read_pidfile, spawn_detached, terminate, wait_until
+
+STATE_FILE = "devcluster.json"
+
+
+class DevClusterError(Exception):
+    pass
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    api_port: int
+    state_dir: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+@dataclass
+class EtcdSpec:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+
+
+@dataclass
+class DevCluster:
+    dir: str
+    nodes: list[NodeSpec] = field(default_factory=list)
+    etcd: list[EtcdSpec] = field(default_factory=list)
+    # The pre-existing etcd (e.g. the embedded one of a single-node install) if not ours.
+    external_etcd: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "admin-password"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self.external_etcd or [f"127.0.0.1:{e.client_port}" for e in self.etcd]
+
+    def members(self) -> list[EtcdMember]:
+        cluster = {e.name: f"http://127.0.0.1:{e.peer_port}" for e in self.etcd}
+        return [EtcdMember(name=e.name, data_dir=Path(e.data_dir), client_port=e.client_port,
+                           peer_port=e.peer_port, initial_cluster=cluster) for e in self.etcd]
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> "DevCluster":
+        try:
+            data = json.loads((directory / STATE_FILE).read_text())
+        except FileNotFoundError as exc:
+            raise DevClusterError(f"no devcluster in {directory}") from exc
+        return cls(dir=data["dir"], nodes=[NodeSpec(**n) for n in data["nodes"]],
+                   etcd=[EtcdSpec(**e) for e in data["etcd"]],
+                   external_etcd=data.get("external_etcd", []))
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise DevClusterError(f"no node {name} in this devcluster")
+
+    # -- processes -----------------------------------------------------------------------
+
+    def herond_command(self, node: NodeSpec) -> list[str]:
+        return [sys.executable, "-m", "heron.agent.main", "--name", node.name,
+                "--state-dir", node.state_dir, "--address", "127.0.0.1",
+                "--api-port", str(node.api_port), "--etcd", ",".join(self.endpoints),
+                "--admin-password-file", str(self.password_file)]
+
+    def herond_pid(self, node: NodeSpec) -> int | None:
+        return read_pidfile(Path(node.state_dir) / "herond.pid", node.state_dir)
+
+    def start_node(self, name: str) -> int:
+        """Start a node's herond unless it runs; returns its pid."""
+        node = self.node(name)
+        pid = self.herond_pid(node)
+        if pid is not None:
+            return pid
+        state = Path(node.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        return spawn_detached(self.herond_command(node), state / "herond.log",
+                              state / "herond.pid")
+
+    def stop_node(self, name: str) -> None:
+        node = self.node(name)
+        pid = self.herond_pid(node)
+        if pid is not None:
+            terminate(pid, node.state_dir)
+
+    def qemu_pids(self, name: str) -> dict[str, int]:
+        """VM id -> pid of every QEMU the node started that still runs."""
+        found = {}
+        for pidfile in (Path(self.node(name).state_dir) / "vms").glob("*/qemu.pid"):
+            vm_id = pidfile.parent.name
+            pid = read_pidfile(pidfile, vm_id)
+            if pid is not None:
+                found[vm_id] = pid
+        return found
+
+    def wait_api(self, node: NodeSpec, timeout: float) -> None:
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{node.url}/api/v1/openapi.json", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        if not wait_until(answers, timeout, interval=0.1):
+            log = Path(node.state_dir) / "herond.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise DevClusterError(f"node {node.name} did not answer in {timeout}s\n{tail}")
+
+    def login(self) -> str:
+        password = self.password_file.read_text().strip()
+        reply = httpx.post(f"{self.nodes[0].url}/api/v1/auth/login",
+                           json={"username": "admin", "password": password}, timeout=10)
+        reply.raise_for_status()
+        return str(reply.json()["token"])
+
+    def wait_registered(self, token: str, timeout: float) -> None:
+        want = {n.name for n in self.nodes}
+
+        def registered() -> bool:
+            reply = httpx.get(f"{self.nodes[0].url}/api/v1/nodes", timeout=5,
+                              headers={"authorization": f"Bearer {token}"})
+            return reply.status_code == 200 and want <= {n["name"] for n in reply.json()}
+
+        if not wait_until(registered, timeout, interval=0.1):
+            raise DevClusterError("not every node registered in time")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def up(directory: Path, nodes: int, etcd_members: int | None = None,
+       external_etcd: list[str] | None = None, timeout: float = 120.0) -> tuple[DevCluster, str]:
+    """Start (or find running) a devcluster; returns it and an admin token."""
+    directory = directory.resolve()
+    if (directory / STATE_FILE).exists():
+        cluster = DevCluster.load(directory)
+        if len(cluster.nodes) != nodes:
+            raise DevClusterError(f"{directory} holds a devcluster of {len(cluster.nodes)} "
+                                  f"nodes; run `down` first or use another --dir")
+    else:
+        members = 0 if external_etcd else (etcd_members or (1 if nodes == 1 else 3))
+        ports = free_ports(2 * members + nodes)
+        cluster = DevCluster(
+            dir=str(directory),
+            etcd=[EtcdSpec(f"etcd{i + 1}", ports[2 * i], ports[2 * i + 1],
+                           str(directory / "etcd" / f"etcd{i + 1}")) for i in range(members)],
+            nodes=[NodeSpec(f"node{i + 1}", ports[2 * members + i],
+                            str(directory / "nodes" / f"node{i + 1}")) for i in range(nodes)],
+            external_etcd=external_etcd or [],
+        )
+        cluster.save()
+    for member in cluster.members():
+        member.start()
+    for member in cluster.members():
+        member.wait_healthy(timeout)
+    for node in cluster.nodes:
+        cluster.start_node(node.name)
+    for node in cluster.nodes:
+        cluster.wait_api(node, timeout)
+    token = cluster.login()
+    cluster.wait_registered(token, timeout)
+    return cluster, token
+
+
+def down(directory: Path) -> None:
+    """Stop every agent, every QEMU they started, and the etcd members."""
+    cluster = DevCluster.load(directory.resolve())
+    for node in cluster.nodes:
+        cluster.stop_node(node.name)
+    for node in cluster.nodes:
+        for vm_id, pid in cluster.qemu_pids(node.name).items():
+            terminate(pid, vm_id, timeout=5)
+    for member in cluster.members():
+        member.stop()

@@ -1,0 +1,1 @@
+"""A tiny bootable test guest built from Debian packages, for Heron's integration tests."""
