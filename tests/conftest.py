@@ -19,8 +19,9 @@ def testguest() -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster3(tmp_path_factory: pytest.TempPathFactory,
-             testguest: Path) -> Iterator[tuple[devcluster.DevCluster, str]]:
+def cluster3(
+    tmp_path_factory: pytest.TempPathFactory, testguest: Path
+) -> Iterator[tuple[devcluster.DevCluster, str]]:
     """A 3-node devcluster with a shared pool holding the test guest image."""
     directory = tmp_path_factory.mktemp("cluster3")
     cluster, token = devcluster.up(directory, 3)

@@ -63,8 +63,9 @@ class Api:
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*HERON, *args], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **env})
+    result = subprocess.run(
+        [*HERON, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
     if check:
         assert result.returncode == 0, f"heron {' '.join(args)}: {result.stderr}"
     return result

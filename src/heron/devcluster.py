@@ -64,8 +64,16 @@ class DevCluster:
 
     def members(self) -> list[EtcdMember]:
         cluster = {e.name: f"http://127.0.0.1:{e.peer_port}" for e in self.etcd}
-        return [EtcdMember(name=e.name, data_dir=Path(e.data_dir), client_port=e.client_port,
-                           peer_port=e.peer_port, initial_cluster=cluster) for e in self.etcd]
+        return [
+            EtcdMember(
+                name=e.name,
+                data_dir=Path(e.data_dir),
+                client_port=e.client_port,
+                peer_port=e.peer_port,
+                initial_cluster=cluster,
+            )
+            for e in self.etcd
+        ]
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -77,9 +85,12 @@ class DevCluster:
             data = json.loads((directory / STATE_FILE).read_text())
         except FileNotFoundError as exc:
             raise DevClusterError(f"no devcluster in {directory}") from exc
-        return cls(dir=data["dir"], nodes=[NodeSpec(**n) for n in data["nodes"]],
-                   etcd=[EtcdSpec(**e) for e in data["etcd"]],
-                   external_etcd=data.get("external_etcd", []))
+        return cls(
+            dir=data["dir"],
+            nodes=[NodeSpec(**n) for n in data["nodes"]],
+            etcd=[EtcdSpec(**e) for e in data["etcd"]],
+            external_etcd=data.get("external_etcd", []),
+        )
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -90,10 +101,23 @@ class DevCluster:
     # -- processes -----------------------------------------------------------------------
 
     def herond_command(self, node: NodeSpec) -> list[str]:
-        return [sys.executable, "-m", "heron.agent.main", "--name", node.name,
-                "--state-dir", node.state_dir, "--address", "127.0.0.1",
-                "--api-port", str(node.api_port), "--etcd", ",".join(self.endpoints),
-                "--admin-password-file", str(self.password_file)]
+        return [
+            sys.executable,
+            "-m",
+            "heron.agent.main",
+            "--name",
+            node.name,
+            "--state-dir",
+            node.state_dir,
+            "--address",
+            "127.0.0.1",
+            "--api-port",
+            str(node.api_port),
+            "--etcd",
+            ",".join(self.endpoints),
+            "--admin-password-file",
+            str(self.password_file),
+        ]
 
     def herond_pid(self, node: NodeSpec) -> int | None:
         return read_pidfile(Path(node.state_dir) / "herond.pid", node.state_dir)
@@ -106,8 +130,7 @@ class DevCluster:
             return pid
         state = Path(node.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        return spawn_detached(self.herond_command(node), state / "herond.log",
-                              state / "herond.pid")
+        return spawn_detached(self.herond_command(node), state / "herond.log", state / "herond.pid")
 
     def stop_node(self, name: str) -> None:
         node = self.node(name)
@@ -139,8 +162,11 @@ class DevCluster:
 
     def login(self) -> str:
         password = self.password_file.read_text().strip()
-        reply = httpx.post(f"{self.nodes[0].url}/api/v1/auth/login",
-                           json={"username": "admin", "password": password}, timeout=10)
+        reply = httpx.post(
+            f"{self.nodes[0].url}/api/v1/auth/login",
+            json={"username": "admin", "password": password},
+            timeout=10,
+        )
         reply.raise_for_status()
         return str(reply.json()["token"])
 
@@ -148,8 +174,11 @@ class DevCluster:
         want = {n.name for n in self.nodes}
 
         def registered() -> bool:
-            reply = httpx.get(f"{self.nodes[0].url}/api/v1/nodes", timeout=5,
-                              headers={"authorization": f"Bearer {token}"})
+            reply = httpx.get(
+                f"{self.nodes[0].url}/api/v1/nodes",
+                timeout=5,
+                headers={"authorization": f"Bearer {token}"},
+            )
             return reply.status_code == 200 and want <= {n["name"] for n in reply.json()}
 
         if not wait_until(registered, timeout, interval=0.1):
@@ -168,24 +197,44 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def up(directory: Path, nodes: int, etcd_members: int | None = None,
-       external_etcd: list[str] | None = None, timeout: float = 120.0) -> tuple[DevCluster, str]:
+def up(
+    directory: Path,
+    nodes: int,
+    etcd_members: int | None = None,
+    external_etcd: list[str] | None = None,
+    timeout: float = 120.0,
+) -> tuple[DevCluster, str]:
     """Start (or find running) a devcluster; returns it and an admin token."""
     directory = directory.resolve()
     if (directory / STATE_FILE).exists():
         cluster = DevCluster.load(directory)
         if len(cluster.nodes) != nodes:
-            raise DevClusterError(f"{directory} holds a devcluster of {len(cluster.nodes)} "
-                                  f"nodes; run `down` first or use another --dir")
+            raise DevClusterError(
+                f"{directory} holds a devcluster of {len(cluster.nodes)} "
+                f"nodes; run `down` first or use another --dir"
+            )
     else:
         members = 0 if external_etcd else (etcd_members or (1 if nodes == 1 else 3))
         ports = free_ports(2 * members + nodes)
         cluster = DevCluster(
             dir=str(directory),
-            etcd=[EtcdSpec(f"etcd{i + 1}", ports[2 * i], ports[2 * i + 1],
-                           str(directory / "etcd" / f"etcd{i + 1}")) for i in range(members)],
-            nodes=[NodeSpec(f"node{i + 1}", ports[2 * members + i],
-                            str(directory / "nodes" / f"node{i + 1}")) for i in range(nodes)],
+            etcd=[
+                EtcdSpec(
+                    f"etcd{i + 1}",
+                    ports[2 * i],
+                    ports[2 * i + 1],
+                    str(directory / "etcd" / f"etcd{i + 1}"),
+                )
+                for i in range(members)
+            ],
+            nodes=[
+                NodeSpec(
+                    f"node{i + 1}",
+                    ports[2 * members + i],
+                    str(directory / "nodes" / f"node{i + 1}"),
+                )
+                for i in range(nodes)
+            ],
             external_etcd=external_etcd or [],
         )
         cluster.save()

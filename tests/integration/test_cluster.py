@@ -23,8 +23,11 @@ def api(cluster3: tuple[DevCluster, str]) -> Api:
 @pytest.fixture(scope="module")
 def env(cluster3: tuple[DevCluster, str]) -> dict[str, str]:
     cluster, token = cluster3
-    return {"HERON_URL": cluster.nodes[1].url, "HERON_TOKEN": token,
-            "HERON_CONFIG": str(Path(cluster.dir) / "cli.json")}
+    return {
+        "HERON_URL": cluster.nodes[1].url,
+        "HERON_TOKEN": token,
+        "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,11 @@ def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
     shared = Path(cluster.dir) / "shared"
     shared.mkdir()
     api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-    reply = api.ok("POST", "/pools/shared/volumes/import",
-                   json={"name": "testguest", "path": str(testguest), "format": "qcow2"})
+    reply = api.ok(
+        "POST",
+        "/pools/shared/volumes/import",
+        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
+    )
     api.wait_task(reply["task"])
     return "shared/testguest"
 
@@ -46,16 +52,30 @@ def console(cluster: DevCluster, vm: dict) -> Path:
 
 def wait_ready(cluster: DevCluster, vm: dict, count: int = 1) -> None:
     log = console(cluster, vm)
-    wait_for(lambda: len(serial_lines(log, f"HERON-GUEST-READY uuid={vm['id']}")) >= count,
-             BOOT_TIMEOUT, f"serial line of {vm['name']}")
+    wait_for(
+        lambda: len(serial_lines(log, f"HERON-GUEST-READY uuid={vm['id']}")) >= count,
+        BOOT_TIMEOUT,
+        f"serial line of {vm['name']}",
+    )
 
 
 @pytest.fixture(scope="module")
 def six_vms(cluster3: tuple[DevCluster, str], env: dict[str, str], image: str) -> list[dict]:
     cluster, _ = cluster3
     for i in range(6):
-        cli(env, "vm", "create", f"web{i}", "--memory", "128M", "--disk",
-            f"local:from={image}", "--nic", "user", "--start")
+        cli(
+            env,
+            "vm",
+            "create",
+            f"web{i}",
+            "--memory",
+            "128M",
+            "--disk",
+            f"local:from={image}",
+            "--nic",
+            "user",
+            "--start",
+        )
     vms = json.loads(cli(env, "vm", "list", "--json").stdout)
     for vm in vms:
         wait_ready(cluster, vm)
@@ -78,8 +98,11 @@ def test_six_vms_spread_over_the_nodes_and_boot(cluster3, env, six_vms) -> None:
 def test_kill_9_of_an_agent_stops_no_vm(cluster3, api, six_vms) -> None:
     cluster, _ = cluster3
     victim = "node2"
-    before = {vm["id"]: vm["status"]["pid"] for vm in map(api.vm, (v["id"] for v in six_vms))
-              if vm["node"] == victim}
+    before = {
+        vm["id"]: vm["status"]["pid"]
+        for vm in map(api.vm, (v["id"] for v in six_vms))
+        if vm["node"] == victim
+    }
     assert before
     os.kill(cluster.herond_pid(cluster.node(victim)), signal.SIGKILL)
     wait_for(lambda: cluster.herond_pid(cluster.node(victim)) is None, 10, "herond to die")
@@ -100,15 +123,18 @@ def test_two_writers_one_wins_the_other_gets_409(cluster3, api, six_vms) -> None
     cluster, token = cluster3
     other = Api(cluster.nodes[2].url, token)
     revision = api.vm("web0")["revision"]
-    replies = [client.patch("/vms/web0", json={"revision": revision, "description": text})
-               for client, text in ((api, "first"), (other, "second"))]
+    replies = [
+        client.patch("/vms/web0", json={"revision": revision, "description": text})
+        for client, text in ((api, "first"), (other, "second"))
+    ]
     assert sorted(r.status_code for r in replies) == [200, 409]
     winner = next(r for r in replies if r.status_code == 200).json()["spec"]["description"]
     assert api.vm("web0")["spec"]["description"] == winner
 
 
-def _invalid_requests(api: Api, viewer: Api, operator: Api, anonymous: Api,
-                      finished_task: str) -> list[tuple[str, Api, str, str, dict, int]]:
+def _invalid_requests(
+    api: Api, viewer: Api, operator: Api, anonymous: Api, finished_task: str
+) -> list[tuple[str, Api, str, str, dict, int]]:
     vm = {"name": "valid-name", "memory_mib": 128}
     disk = {"pool": "local", "size": 1 << 20}
     web1 = api.vm("web1")
@@ -121,8 +147,14 @@ def _invalid_requests(api: Api, viewer: Api, operator: Api, anonymous: Api,
         ("viewer creates", viewer, "POST", "/vms", {"json": vm}, 403),
         ("viewer starts", viewer, "POST", "/vms/web1/actions/stop", {}, 403),
         ("operator makes a pool", operator, "POST", "/pools", {"json": {"name": "p2"}}, 403),
-        ("operator makes a user", operator, "POST", "/users",
-         {"json": {"name": "u", "role": "admin", "password": "12345678"}}, 403),
+        (
+            "operator makes a user",
+            operator,
+            "POST",
+            "/users",
+            {"json": {"name": "u", "role": "admin", "password": "12345678"}},
+            403,
+        ),
         ("viewer lists users", viewer, "GET", "/users", {}, 403),
         ("vcpus not a number", api, "POST", "/vms", {"json": {**vm, "vcpus": "many"}}, 422),
         ("negative memory", api, "POST", "/vms", {"json": {**vm, "memory_mib": -1}}, 422),
@@ -137,70 +169,200 @@ def _invalid_requests(api: Api, viewer: Api, operator: Api, anonymous: Api,
         ("no name", api, "POST", "/vms", {"json": {"memory_mib": 128}}, 422),
         ("bad firmware", api, "POST", "/vms", {"json": {**vm, "firmware": "coreboot"}}, 422),
         ("bad machine", api, "POST", "/vms", {"json": {**vm, "machine": "virt"}}, 422),
-        ("unknown pool", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"pool": "nope", "size": 1 << 20}]}}, 422),
-        ("unknown image", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"pool": "local", "source": "shared/nope"}]}}, 422),
-        ("unknown volume", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"volume": "local/nope"}]}}, 422),
-        ("disk with neither size nor source", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"pool": "local"}]}}, 422),
-        ("disk with volume and pool", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"volume": "x", "pool": "local"}]}}, 422),
-        ("negative disk size", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"pool": "local", "size": -5}]}}, 422),
-        ("unknown disk bus", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{**disk, "bus": "nvme"}]}}, 422),
-        ("unknown network", api, "POST", "/vms",
-         {"json": {**vm, "nics": [{"network": "br0"}]}}, 422),
-        ("bad MAC", api, "POST", "/vms",
-         {"json": {**vm, "nics": [{"mac": "zz:zz:zz:zz:zz:zz"}]}}, 422),
-        ("boot from a missing disk", api, "POST", "/vms",
-         {"json": {**vm, "boot_order": ["disk3"]}}, 422),
-        ("boot from a cdrom", api, "POST", "/vms", {"json": {**vm, "boot_order": ["cdrom"]}},
-         422),
+        (
+            "unknown pool",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"pool": "nope", "size": 1 << 20}]}},
+            422,
+        ),
+        (
+            "unknown image",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"pool": "local", "source": "shared/nope"}]}},
+            422,
+        ),
+        (
+            "unknown volume",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"volume": "local/nope"}]}},
+            422,
+        ),
+        (
+            "disk with neither size nor source",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"pool": "local"}]}},
+            422,
+        ),
+        (
+            "disk with volume and pool",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"volume": "x", "pool": "local"}]}},
+            422,
+        ),
+        (
+            "negative disk size",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"pool": "local", "size": -5}]}},
+            422,
+        ),
+        (
+            "unknown disk bus",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{**disk, "bus": "nvme"}]}},
+            422,
+        ),
+        (
+            "unknown network",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "nics": [{"network": "br0"}]}},
+            422,
+        ),
+        (
+            "bad MAC",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "nics": [{"mac": "zz:zz:zz:zz:zz:zz"}]}},
+            422,
+        ),
+        (
+            "boot from a missing disk",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "boot_order": ["disk3"]}},
+            422,
+        ),
+        ("boot from a cdrom", api, "POST", "/vms", {"json": {**vm, "boot_order": ["cdrom"]}}, 422),
         ("unknown field", api, "POST", "/vms", {"json": {**vm, "cpus": 2}}, 422),
         ("duplicate name", api, "POST", "/vms", {"json": {**vm, "name": "web1"}}, 409),
         ("unknown node", api, "POST", "/vms", {"json": {**vm, "node": "node9"}}, 422),
-        ("no node has the memory", api, "POST", "/vms",
-         {"json": {**vm, "memory_mib": 4 * 1024 * 1024}}, 409),
-        ("volume in use by another VM", api, "POST", "/vms",
-         {"json": {**vm, "disks": [{"volume": volume}]}}, 409),
-        ("body not JSON", api, "POST", "/vms",
-         {"content": b"{", "headers": {"content-type": "application/json"}}, 422),
+        (
+            "no node has the memory",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "memory_mib": 4 * 1024 * 1024}},
+            409,
+        ),
+        (
+            "volume in use by another VM",
+            api,
+            "POST",
+            "/vms",
+            {"json": {**vm, "disks": [{"volume": volume}]}},
+            409,
+        ),
+        (
+            "body not JSON",
+            api,
+            "POST",
+            "/vms",
+            {"content": b"{", "headers": {"content-type": "application/json"}},
+            422,
+        ),
         ("body a list", api, "POST", "/vms", {"json": [vm]}, 422),
         ("unknown VM", api, "GET", "/vms/nope", {}, 404),
         ("start an unknown VM", api, "POST", "/vms/nope/actions/start", {}, 404),
         ("unknown action", api, "POST", "/vms/web1/actions/explode", {}, 422),
         ("resume a running VM", api, "POST", "/vms/web1/actions/resume", {}, 409),
-        ("shutdown timeout negative", api, "POST", "/vms/web1/actions/shutdown",
-         {"json": {"timeout": -1}}, 422),
-        ("stale revision", api, "PATCH", "/vms/web1",
-         {"json": {"revision": web1["revision"] - 1, "description": "x"}}, 409),
-        ("negative memory on update", api, "PATCH", "/vms/web1", {"json": {"memory_mib": -5}},
-         422),
+        (
+            "shutdown timeout negative",
+            api,
+            "POST",
+            "/vms/web1/actions/shutdown",
+            {"json": {"timeout": -1}},
+            422,
+        ),
+        (
+            "stale revision",
+            api,
+            "PATCH",
+            "/vms/web1",
+            {"json": {"revision": web1["revision"] - 1, "description": "x"}},
+            409,
+        ),
+        ("negative memory on update", api, "PATCH", "/vms/web1", {"json": {"memory_mib": -5}}, 422),
         ("rename onto another VM", api, "PATCH", "/vms/web1", {"json": {"name": "web2"}}, 409),
         ("delete an unknown VM", api, "DELETE", "/vms/nope", {}, 404),
         ("relative pool path", api, "POST", "/pools", {"json": {"name": "p", "path": "x"}}, 422),
         ("duplicate pool", api, "POST", "/pools", {"json": {"name": "local"}}, 409),
-        ("shared pool without a path", api, "POST", "/pools",
-         {"json": {"name": "p", "shared": True}}, 422),
-        ("negative volume size", api, "POST", "/pools/local/volumes",
-         {"json": {"name": "v", "size": -1}}, 422),
-        ("volume in an unknown pool", api, "POST", "/pools/nope/volumes",
-         {"json": {"name": "v", "size": 1 << 20}}, 404),
-        ("duplicate volume", api, "POST", "/pools/local/volumes",
-         {"json": {"name": "web1-disk0", "size": 1 << 20}}, 409),
-        ("shrink a volume", api, "PATCH", f"/pools/local/volumes/{volume}",
-         {"json": {"size": 1 << 20}}, 422),
+        (
+            "shared pool without a path",
+            api,
+            "POST",
+            "/pools",
+            {"json": {"name": "p", "shared": True}},
+            422,
+        ),
+        (
+            "negative volume size",
+            api,
+            "POST",
+            "/pools/local/volumes",
+            {"json": {"name": "v", "size": -1}},
+            422,
+        ),
+        (
+            "volume in an unknown pool",
+            api,
+            "POST",
+            "/pools/nope/volumes",
+            {"json": {"name": "v", "size": 1 << 20}},
+            404,
+        ),
+        (
+            "duplicate volume",
+            api,
+            "POST",
+            "/pools/local/volumes",
+            {"json": {"name": "web1-disk0", "size": 1 << 20}},
+            409,
+        ),
+        (
+            "shrink a volume",
+            api,
+            "PATCH",
+            f"/pools/local/volumes/{volume}",
+            {"json": {"size": 1 << 20}},
+            422,
+        ),
         ("delete a volume in use", api, "DELETE", f"/pools/local/volumes/{volume}", {}, 409),
         ("delete a pool with volumes", api, "DELETE", "/pools/local", {}, 409),
         ("unknown task", api, "GET", "/tasks/nope", {}, 404),
         ("cancel a finished task", api, "POST", f"/tasks/{finished_task}/cancel", {}, 409),
-        ("wrong password", anonymous, "POST", "/auth/login",
-         {"json": {"username": "admin", "password": "wrong"}}, 401),
-        ("weak password", api, "POST", "/users",
-         {"json": {"name": "weak", "role": "viewer", "password": "123"}}, 422),
+        (
+            "wrong password",
+            anonymous,
+            "POST",
+            "/auth/login",
+            {"json": {"username": "admin", "password": "wrong"}},
+            401,
+        ),
+        (
+            "weak password",
+            api,
+            "POST",
+            "/users",
+            {"json": {"name": "weak", "role": "viewer", "password": "123"}},
+            422,
+        ),
     ]
     return cases
 
@@ -209,9 +371,12 @@ def test_invalid_requests_get_4xx_and_change_nothing(cluster3, api, six_vms) -> 
     cluster, _ = cluster3
     for name, role in (("vera", "viewer"), ("otto", "operator")):
         api.ok("POST", "/users", json={"name": name, "role": role, "password": "secret-pw-1"})
-    tokens = {name: api.ok("POST", "/auth/login",
-                           json={"username": name, "password": "secret-pw-1"})["token"]
-              for name in ("vera", "otto")}
+    tokens = {
+        name: api.ok("POST", "/auth/login", json={"username": name, "password": "secret-pw-1"})[
+            "token"
+        ]
+        for name in ("vera", "otto")
+    }
     viewer, operator = Api(api.url, tokens["vera"]), Api(api.url, tokens["otto"])
     finished = api.ok("GET", "/tasks")[-1]["id"]
     cases = _invalid_requests(api, viewer, operator, Api(api.url, None), finished)
@@ -227,8 +392,9 @@ def test_invalid_requests_get_4xx_and_change_nothing(cluster3, api, six_vms) -> 
             assert body["fields"] and all(f["field"] and f["reason"] for f in body["fields"])
     assert not failures, "\n".join(failures)
     assert etcd_snapshot(cluster.endpoints) == before
-    refused = [e for e in api.ok("GET", "/events", params={"limit": 1000})
-               if e["result"] == "refused"]
+    refused = [
+        e for e in api.ok("GET", "/events", params={"limit": 1000}) if e["result"] == "refused"
+    ]
     assert len(refused) >= len([c for c in cases if c[2] != "GET" or c[5] in (401, 403)])
 
 

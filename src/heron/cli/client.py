@@ -73,15 +73,23 @@ class Client:
     def wait_task(self, task_id: str, show: bool = True, timeout: float = 3600) -> dict[str, Any]:
         """Follow a task to its end with a progress bar; fails if the task failed."""
         deadline = time.monotonic() + timeout
-        with Progress(TextColumn("{task.description}"), BarColumn(),
-                      TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                      disable=not (show and sys.stderr.isatty()),
-                      console=None, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            disable=not (show and sys.stderr.isatty()),
+            console=None,
+            transient=True,
+        ) as bar:
             handle = bar.add_task("", total=1.0)
             while True:
                 task = self.get(f"/tasks/{task_id}")
-                bar.update(handle, completed=task["progress"],
-                           description=f"{task['kind']} {task['state']}")
+                bar.update(
+                    handle,
+                    completed=task["progress"],
+                    description=f"{task['kind']} {task['state']}",
+                )
                 if task["state"] in ("succeeded", "failed", "cancelled"):
                     break
                 if time.monotonic() > deadline:

@@ -22,9 +22,17 @@ event_app = typer.Typer(no_args_is_help=True, help="The audit log.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens for automation.")
 user_app = typer.Typer(no_args_is_help=True, help="Users and roles.")
 devcluster_app = typer.Typer(no_args_is_help=True, help="A whole cluster on this machine.")
-for sub, name in ((vm_app, "vm"), (node_app, "node"), (pool_app, "pool"),
-                  (volume_app, "volume"), (task_app, "task"), (event_app, "event"),
-                  (token_app, "token"), (user_app, "user"), (devcluster_app, "devcluster")):
+for sub, name in (
+    (vm_app, "vm"),
+    (node_app, "node"),
+    (pool_app, "pool"),
+    (volume_app, "volume"),
+    (task_app, "task"),
+    (event_app, "event"),
+    (token_app, "token"),
+    (user_app, "user"),
+    (devcluster_app, "devcluster"),
+):
     app.add_typer(sub, name=name)
 
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -34,18 +42,24 @@ Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the task to
 def _finish(client: Client, reply: dict[str, Any], wait: bool, as_json: bool) -> None:
     if wait:
         task = client.wait_task(reply["task"], show=not as_json)
-        emit(task if as_json else {**reply, "state": task["state"]}, as_json,
-             None if as_json else [("task", lambda r: r["task"]), ("state", lambda r: r["state"])])
+        emit(
+            task if as_json else {**reply, "state": task["state"]},
+            as_json,
+            None if as_json else [("task", lambda r: r["task"]), ("state", lambda r: r["state"])],
+        )
     else:
         emit(reply, as_json, [("task", lambda r: r["task"])])
 
 
 # -- session -------------------------------------------------------------------------------
 
+
 @app.command()
-def login(url: Annotated[str, typer.Option(envvar="HERON_URL", help="API address")],
-          username: Annotated[str, typer.Option("--username", "-u")] = "admin",
-          password: Annotated[str | None, typer.Option(envvar="HERON_PASSWORD")] = None) -> None:
+def login(
+    url: Annotated[str, typer.Option(envvar="HERON_URL", help="API address")],
+    username: Annotated[str, typer.Option("--username", "-u")] = "admin",
+    password: Annotated[str | None, typer.Option(envvar="HERON_PASSWORD")] = None,
+) -> None:
     """Log in and remember the API address and session token."""
     secret = password if password is not None else getpass.getpass("password: ")
     client = Client(url=url, token="-")
@@ -56,10 +70,16 @@ def login(url: Annotated[str, typer.Option(envvar="HERON_URL", help="API address
 
 # -- nodes ---------------------------------------------------------------------------------
 
-NODE_COLUMNS = [("name", lambda n: n["name"]), ("state", lambda n: n["state"]),
-                ("api", lambda n: n["api_url"]), ("accel", lambda n: n["accelerator"]),
-                ("cpus", lambda n: n["cpus"]), ("memory", lambda n: size(n["memory_mib"] << 20)),
-                ("used", lambda n: size(n["memory_used_mib"] << 20)), ("vms", lambda n: n["vms"])]
+NODE_COLUMNS = [
+    ("name", lambda n: n["name"]),
+    ("state", lambda n: n["state"]),
+    ("api", lambda n: n["api_url"]),
+    ("accel", lambda n: n["accelerator"]),
+    ("cpus", lambda n: n["cpus"]),
+    ("memory", lambda n: size(n["memory_mib"] << 20)),
+    ("used", lambda n: size(n["memory_used_mib"] << 20)),
+    ("vms", lambda n: n["vms"]),
+]
 
 
 @node_app.command("list")
@@ -74,17 +94,23 @@ def node_show(name: str, as_json: Json = False) -> None:
 
 # -- VMs -----------------------------------------------------------------------------------
 
-VM_COLUMNS = [("name", lambda v: v["name"]), ("state", lambda v: v["state"]),
-              ("power", lambda v: v["power"]), ("node", lambda v: v["node"]),
-              ("vcpus", lambda v: v["spec"]["vcpus"]),
-              ("memory", lambda v: size(v["spec"]["memory_mib"] << 20)),
-              ("pid", lambda v: (v["status"] or {}).get("pid")),
-              ("vnc", lambda v: (v["status"] or {}).get("vnc")), ("id", lambda v: v["id"])]
+VM_COLUMNS = [
+    ("name", lambda v: v["name"]),
+    ("state", lambda v: v["state"]),
+    ("power", lambda v: v["power"]),
+    ("node", lambda v: v["node"]),
+    ("vcpus", lambda v: v["spec"]["vcpus"]),
+    ("memory", lambda v: size(v["spec"]["memory_mib"] << 20)),
+    ("pid", lambda v: (v["status"] or {}).get("pid")),
+    ("vnc", lambda v: (v["status"] or {}).get("vnc")),
+    ("id", lambda v: v["id"]),
+]
 
 
 @vm_app.command("list")
-def vm_list(node: Annotated[str | None, typer.Option(help="only this node's")] = None,
-            as_json: Json = False) -> None:
+def vm_list(
+    node: Annotated[str | None, typer.Option(help="only this node's")] = None, as_json: Json = False
+) -> None:
     emit(Client().get("/vms", params={"node": node} if node else None), as_json, VM_COLUMNS)
 
 
@@ -118,9 +144,12 @@ def vm_create(
     name: str,
     vcpus: Annotated[int, typer.Option(help="virtual CPUs")] = 1,
     memory: Annotated[str, typer.Option(help="memory, e.g. 512M or 2G")] = "512M",
-    disk: Annotated[list[str] | None, typer.Option(
-        help="pool:SIZE, pool:from=POOL/IMAGE or vol=POOL/NAME; ',bus=scsi' etc. may follow")]
-    = None,
+    disk: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="pool:SIZE, pool:from=POOL/IMAGE or vol=POOL/NAME; ',bus=scsi' etc. may follow"
+        ),
+    ] = None,
     nic: Annotated[list[str] | None, typer.Option(help="user or none, ',model=e1000'")] = None,
     firmware: Annotated[str, typer.Option(help="bios or uefi")] = "bios",
     machine: Annotated[str, typer.Option(help="q35 or pc")] = "q35",
@@ -134,9 +163,16 @@ def vm_create(
     for item in nic or []:
         network, *options = item.split(",")
         nics.append({"network": network, **dict(o.split("=", 1) for o in options if "=" in o)})
-    body = {"name": name, "vcpus": vcpus, "memory_mib": parse_size(memory) >> 20,
-            "disks": [_disk(d) for d in disk or []], "nics": nics, "firmware": firmware,
-            "machine": machine, "start": start}
+    body = {
+        "name": name,
+        "vcpus": vcpus,
+        "memory_mib": parse_size(memory) >> 20,
+        "disks": [_disk(d) for d in disk or []],
+        "nics": nics,
+        "firmware": firmware,
+        "machine": machine,
+        "start": start,
+    }
     if node:
         body["node"] = node
     client = Client()
@@ -144,17 +180,24 @@ def vm_create(
 
 
 def _action(action: str) -> None:
-    def command(vm: str, wait: Wait = True, as_json: Json = False,
-                timeout: Annotated[float, typer.Option(
-                    help="shutdown: seconds before forcing")] = 60) -> None:
+    def command(
+        vm: str,
+        wait: Wait = True,
+        as_json: Json = False,
+        timeout: Annotated[float, typer.Option(help="shutdown: seconds before forcing")] = 60,
+    ) -> None:
         client = Client()
         body = {"timeout": timeout} if action == "shutdown" else None
         _finish(client, client.post(f"/vms/{vm}/actions/{action}", json=body), wait, as_json)
 
-    command.__doc__ = {"start": "Start a VM.", "stop": "Power a VM off at once.",
-                       "shutdown": "Shut a VM down through ACPI, forcing it after --timeout.",
-                       "reboot": "Reset a running VM.", "pause": "Pause a running VM.",
-                       "resume": "Resume a paused VM."}[action]
+    command.__doc__ = {
+        "start": "Start a VM.",
+        "stop": "Power a VM off at once.",
+        "shutdown": "Shut a VM down through ACPI, forcing it after --timeout.",
+        "reboot": "Reset a running VM.",
+        "pause": "Pause a running VM.",
+        "resume": "Resume a paused VM.",
+    }[action]
     vm_app.command(action)(command)
 
 
@@ -163,28 +206,38 @@ for _name in ("start", "stop", "shutdown", "reboot", "pause", "resume"):
 
 
 @vm_app.command("update")
-def vm_update(vm: str,
-              vcpus: Annotated[int | None, typer.Option()] = None,
-              memory: Annotated[str | None, typer.Option()] = None,
-              name: Annotated[str | None, typer.Option("--name")] = None,
-              description: Annotated[str | None, typer.Option()] = None,
-              revision: Annotated[int | None, typer.Option(
-                  help="refuse if the VM changed since this revision")] = None,
-              as_json: Json = False) -> None:
+def vm_update(
+    vm: str,
+    vcpus: Annotated[int | None, typer.Option()] = None,
+    memory: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    revision: Annotated[
+        int | None, typer.Option(help="refuse if the VM changed since this revision")
+    ] = None,
+    as_json: Json = False,
+) -> None:
     """Change a VM's hardware (takes effect at its next start)."""
-    body: dict[str, Any] = {"vcpus": vcpus, "name": name, "description": description,
-                            "revision": revision,
-                            "memory_mib": parse_size(memory) >> 20 if memory else None}
-    data = Client().request("PATCH", f"/vms/{vm}",
-                            json={k: v for k, v in body.items() if v is not None})
+    body: dict[str, Any] = {
+        "vcpus": vcpus,
+        "name": name,
+        "description": description,
+        "revision": revision,
+        "memory_mib": parse_size(memory) >> 20 if memory else None,
+    }
+    data = Client().request(
+        "PATCH", f"/vms/{vm}", json={k: v for k, v in body.items() if v is not None}
+    )
     emit(data, as_json, VM_COLUMNS)
 
 
 @vm_app.command("delete")
-def vm_delete(vm: str,
-              volumes: Annotated[bool, typer.Option("--volumes", help="delete its volumes")]
-              = False,
-              wait: Wait = True, as_json: Json = False) -> None:
+def vm_delete(
+    vm: str,
+    volumes: Annotated[bool, typer.Option("--volumes", help="delete its volumes")] = False,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
     """Delete a VM, stopping it first."""
     client = Client()
     reply = client.request("DELETE", f"/vms/{vm}", params={"volumes": volumes})
@@ -193,13 +246,22 @@ def vm_delete(vm: str,
 
 # -- storage -------------------------------------------------------------------------------
 
-POOL_COLUMNS = [("name", lambda p: p["name"]), ("type", lambda p: p["type"]),
-                ("shared", lambda p: p["shared"]), ("path", lambda p: p["path"] or "<node>")]
-VOLUME_COLUMNS = [("name", lambda v: v["name"]), ("format", lambda v: v["format"]),
-                  ("size", lambda v: size(v["size"])),
-                  ("allocated", lambda v: size(v["allocation"])),
-                  ("state", lambda v: v["state"]), ("node", lambda v: v["node"] or "shared"),
-                  ("vm", lambda v: v["attached_to"]), ("id", lambda v: v["id"])]
+POOL_COLUMNS = [
+    ("name", lambda p: p["name"]),
+    ("type", lambda p: p["type"]),
+    ("shared", lambda p: p["shared"]),
+    ("path", lambda p: p["path"] or "<node>"),
+]
+VOLUME_COLUMNS = [
+    ("name", lambda v: v["name"]),
+    ("format", lambda v: v["format"]),
+    ("size", lambda v: size(v["size"])),
+    ("allocated", lambda v: size(v["allocation"])),
+    ("state", lambda v: v["state"]),
+    ("node", lambda v: v["node"] or "shared"),
+    ("vm", lambda v: v["attached_to"]),
+    ("id", lambda v: v["id"]),
+]
 
 
 @pool_app.command("list")
@@ -208,12 +270,12 @@ def pool_list(as_json: Json = False) -> None:
 
 
 @pool_app.command("create")
-def pool_create(name: str,
-                path: Annotated[str | None, typer.Option(help="directory (default per node)")]
-                = None,
-                shared: Annotated[bool, typer.Option("--shared", help="every node sees it")]
-                = False,
-                as_json: Json = False) -> None:
+def pool_create(
+    name: str,
+    path: Annotated[str | None, typer.Option(help="directory (default per node)")] = None,
+    shared: Annotated[bool, typer.Option("--shared", help="every node sees it")] = False,
+    as_json: Json = False,
+) -> None:
     body = {"name": name, "type": "dir", "shared": shared, "path": path}
     emit(Client().post("/pools", json=body), as_json, POOL_COLUMNS)
 
@@ -229,24 +291,31 @@ def volume_list(pool: str, as_json: Json = False) -> None:
 
 
 @volume_app.command("create")
-def volume_create(pool: str, name: str, size_text: Annotated[str, typer.Argument(
-                  metavar="SIZE")], fmt: Annotated[str, typer.Option("--format")] = "qcow2",
-                  node: Annotated[str | None, typer.Option()] = None,
-                  wait: Wait = True, as_json: Json = False) -> None:
+def volume_create(
+    pool: str,
+    name: str,
+    size_text: Annotated[str, typer.Argument(metavar="SIZE")],
+    fmt: Annotated[str, typer.Option("--format")] = "qcow2",
+    node: Annotated[str | None, typer.Option()] = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
     client = Client()
     body = {"name": name, "size": parse_size(size_text), "format": fmt, "node": node}
     _finish(client, client.post(f"/pools/{pool}/volumes", json=body), wait, as_json)
 
 
 @volume_app.command("import")
-def volume_import(pool: str, name: str,
-                  path: Annotated[str | None, typer.Option(help="image file on the node")]
-                  = None,
-                  upload: Annotated[Path | None, typer.Option(help="local file to upload")]
-                  = None,
-                  fmt: Annotated[str, typer.Option("--format")] = "qcow2",
-                  node: Annotated[str | None, typer.Option()] = None,
-                  wait: Wait = True, as_json: Json = False) -> None:
+def volume_import(
+    pool: str,
+    name: str,
+    path: Annotated[str | None, typer.Option(help="image file on the node")] = None,
+    upload: Annotated[Path | None, typer.Option(help="local file to upload")] = None,
+    fmt: Annotated[str, typer.Option("--format")] = "qcow2",
+    node: Annotated[str | None, typer.Option()] = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
     """Import an image into a new volume: from a path on a node, or uploaded from here."""
     client = Client()
     if (path is None) == (upload is None):
@@ -255,9 +324,11 @@ def volume_import(pool: str, name: str,
         if not upload.is_file():
             raise CliError(f"{upload} is not a file", 2)
         with open(upload, "rb") as handle:
-            reply = client.post(f"/pools/{pool}/volumes/upload",
-                                data={"name": name, "format": fmt},
-                                files={"file": (upload.name, handle)})
+            reply = client.post(
+                f"/pools/{pool}/volumes/upload",
+                data={"name": name, "format": fmt},
+                files={"file": (upload.name, handle)},
+            )
     else:
         body = {"name": name, "path": path, "format": fmt, "node": node}
         reply = client.post(f"/pools/{pool}/volumes/import", json=body)
@@ -265,13 +336,18 @@ def volume_import(pool: str, name: str,
 
 
 @volume_app.command("resize")
-def volume_resize(pool: str, volume: str,
-                  size_text: Annotated[str, typer.Argument(metavar="SIZE")],
-                  wait: Wait = True, as_json: Json = False) -> None:
+def volume_resize(
+    pool: str,
+    volume: str,
+    size_text: Annotated[str, typer.Argument(metavar="SIZE")],
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
     """Grow a volume (online if its VM runs)."""
     client = Client()
-    reply = client.request("PATCH", f"/pools/{pool}/volumes/{volume}",
-                           json={"size": parse_size(size_text)})
+    reply = client.request(
+        "PATCH", f"/pools/{pool}/volumes/{volume}", json={"size": parse_size(size_text)}
+    )
     _finish(client, reply, wait, as_json)
 
 
@@ -283,10 +359,14 @@ def volume_delete(pool: str, volume: str, wait: Wait = True, as_json: Json = Fal
 
 # -- tasks, events, tokens, users ----------------------------------------------------------
 
-TASK_COLUMNS = [("id", lambda t: t["id"]), ("kind", lambda t: t["kind"]),
-                ("node", lambda t: t["node"]), ("state", lambda t: t["state"]),
-                ("progress", lambda t: f"{t['progress'] * 100:.0f}%"),
-                ("error", lambda t: t["error"])]
+TASK_COLUMNS = [
+    ("id", lambda t: t["id"]),
+    ("kind", lambda t: t["kind"]),
+    ("node", lambda t: t["node"]),
+    ("state", lambda t: t["state"]),
+    ("progress", lambda t: f"{t['progress'] * 100:.0f}%"),
+    ("error", lambda t: t["error"]),
+]
 
 
 @task_app.command("list")
@@ -314,25 +394,40 @@ def task_cancel(task_id: str) -> None:
 def event_list(limit: int = 50, as_json: Json = False) -> None:
     import datetime
 
-    columns = [("time", lambda e: datetime.datetime.fromtimestamp(e["time"]).isoformat(
-                   timespec="seconds")),
-               ("node", lambda e: e["node"]), ("user", lambda e: e.get("user")),
-               ("request", lambda e: f"{e.get('method')} {e.get('path')}"),
-               ("status", lambda e: e.get("status"))]
+    columns = [
+        (
+            "time",
+            lambda e: datetime.datetime.fromtimestamp(e["time"]).isoformat(timespec="seconds"),
+        ),
+        ("node", lambda e: e["node"]),
+        ("user", lambda e: e.get("user")),
+        ("request", lambda e: f"{e.get('method')} {e.get('path')}"),
+        ("status", lambda e: e.get("status")),
+    ]
     emit(Client().get("/events", params={"limit": limit}), as_json, columns)
 
 
 @token_app.command("create")
 def token_create(description: str = "", as_json: Json = False) -> None:
-    emit(Client().post("/tokens", json={"description": description}), as_json,
-         [("id", lambda t: t["id"]), ("token", lambda t: t["token"])])
+    emit(
+        Client().post("/tokens", json={"description": description}),
+        as_json,
+        [("id", lambda t: t["id"]), ("token", lambda t: t["token"])],
+    )
 
 
 @token_app.command("list")
 def token_list(as_json: Json = False) -> None:
-    emit(Client().get("/tokens"), as_json, [
-        ("id", lambda t: t["id"]), ("user", lambda t: t["user"]), ("kind", lambda t: t["kind"]),
-        ("description", lambda t: t["description"])])
+    emit(
+        Client().get("/tokens"),
+        as_json,
+        [
+            ("id", lambda t: t["id"]),
+            ("user", lambda t: t["user"]),
+            ("kind", lambda t: t["kind"]),
+            ("description", lambda t: t["description"]),
+        ],
+    )
 
 
 @token_app.command("revoke")
@@ -342,14 +437,19 @@ def token_revoke(token_id: str) -> None:
 
 @user_app.command("list")
 def user_list(as_json: Json = False) -> None:
-    emit(Client().get("/users"), as_json, [("name", lambda u: u["name"]),
-                                           ("role", lambda u: u["role"])])
+    emit(
+        Client().get("/users"),
+        as_json,
+        [("name", lambda u: u["name"]), ("role", lambda u: u["role"])],
+    )
 
 
 @user_app.command("create")
-def user_create(name: str, role: str = "viewer",
-                password: Annotated[str | None, typer.Option(envvar="HERON_NEW_PASSWORD")]
-                = None) -> None:
+def user_create(
+    name: str,
+    role: str = "viewer",
+    password: Annotated[str | None, typer.Option(envvar="HERON_NEW_PASSWORD")] = None,
+) -> None:
     secret = password if password is not None else getpass.getpass("new password: ")
     Client().post("/users", json={"name": name, "role": role, "password": secret})
 
@@ -361,14 +461,21 @@ def user_delete(name: str) -> None:
 
 # -- devcluster ----------------------------------------------------------------------------
 
+
 @devcluster_app.command("up")
-def devcluster_up(nodes: Annotated[int, typer.Option(min=1, max=64)] = 3,
-                  directory: Annotated[Path, typer.Option("--dir")] = Path("heron-devcluster"),
-                  as_json: Json = False) -> None:
+def devcluster_up(
+    nodes: Annotated[int, typer.Option(min=1, max=64)] = 3,
+    directory: Annotated[Path, typer.Option("--dir")] = Path("heron-devcluster"),
+    as_json: Json = False,
+) -> None:
     """Start N agents and an etcd of 3 members (1 for one node) on loopback."""
     cluster, token = dev.up(directory, nodes)
-    data = {"dir": cluster.dir, "token": token, "etcd": cluster.endpoints,
-            "nodes": [{"name": n.name, "url": n.url} for n in cluster.nodes]}
+    data = {
+        "dir": cluster.dir,
+        "token": token,
+        "etcd": cluster.endpoints,
+        "nodes": [{"name": n.name, "url": n.url} for n in cluster.nodes],
+    }
     if as_json:
         emit(data, True)
         return
@@ -378,15 +485,17 @@ def devcluster_up(nodes: Annotated[int, typer.Option(min=1, max=64)] = 3,
 
 
 @devcluster_app.command("down")
-def devcluster_down(directory: Annotated[Path, typer.Option("--dir")]
-                    = Path("heron-devcluster")) -> None:
+def devcluster_down(
+    directory: Annotated[Path, typer.Option("--dir")] = Path("heron-devcluster"),
+) -> None:
     """Stop every agent, VM and etcd member of the devcluster."""
     dev.down(directory)
 
 
 @devcluster_app.command("start-node")
-def devcluster_start_node(name: str, directory: Annotated[Path, typer.Option("--dir")]
-                          = Path("heron-devcluster")) -> None:
+def devcluster_start_node(
+    name: str, directory: Annotated[Path, typer.Option("--dir")] = Path("heron-devcluster")
+) -> None:
     """Start one node's agent again (after it was stopped or killed)."""
     cluster = dev.DevCluster.load(directory.resolve())
     cluster.start_node(name)
