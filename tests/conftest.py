@@ -29,3 +29,16 @@ def cluster3(
         yield cluster, token
     finally:
         devcluster.down(directory)
+
+
+@pytest.fixture(scope="module")
+def cluster1(
+    tmp_path_factory: pytest.TempPathFactory, testguest: Path
+) -> Iterator[tuple[devcluster.DevCluster, str]]:
+    """A single-node devcluster."""
+    directory = tmp_path_factory.mktemp("cluster1")
+    cluster, token = devcluster.up(directory, 1)
+    try:
+        yield cluster, token
+    finally:
+        devcluster.down(directory)
