@@ -6,6 +6,7 @@ a crash of this agent; every handler is idempotent, so it simply runs again.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,11 @@ log = logging.getLogger(__name__)
 
 # Progress is written at most this often: etcd holds current state, not a stream.
 _PROGRESS_INTERVAL = 0.25
+# Finished tasks stay visible this long, and at most this many per node (principle 7: etcd
+# holds small, current state; the audit log keeps the history).
+RETENTION = 24 * 3600
+KEEP_FINISHED = 1000
+_PRUNE_INTERVAL = 300
 
 
 class TaskCancelled(Exception):
@@ -74,6 +80,13 @@ class TaskRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
+        pruner = asyncio.create_task(self._prune_forever(), name="task-pruner")
+        try:
+            await self._follow()
+        finally:
+            pruner.cancel()
+
+    async def _follow(self) -> None:
         entries, revision = await self.db.list_at(Task, keys.TASKS)
         for entry in entries:
             if entry.value.node == self.node and not entry.value.state.finished:
@@ -84,6 +97,28 @@ class TaskRunner:
                     self._offer(entry.value)
             elif event.type == "put":
                 self._offer(Task.model_validate_json(event.value))
+
+    async def prune(self, now: float) -> int:
+        """Delete this node's finished tasks past retention; returns how many went."""
+        finished = sorted(
+            (e for e in await self.db.list(Task, keys.TASKS)
+             if e.value.node == self.node and e.value.state.finished),
+            key=lambda e: e.value.updated_at, reverse=True,
+        )  # fmt: skip
+        doomed = [e for i, e in enumerate(finished)
+                  if i >= KEEP_FINISHED or e.value.updated_at < now - RETENTION]  # fmt: skip
+        for entry in doomed:
+            with contextlib.suppress(Conflict):
+                await self.db.delete(entry.key, revision=entry.revision)
+        return len(doomed)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune(time.time())
+            except Exception as exc:
+                log.warning("pruning finished tasks failed: %r", exc)
+            await asyncio.sleep(_PRUNE_INTERVAL)  # the pruning period
 
     def _offer(self, task: Task) -> None:
         if task.node == self.node and task.state == TaskState.queued:
