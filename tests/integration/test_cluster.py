@@ -404,3 +404,13 @@ def test_cli_errors_are_one_line_and_nonzero(env) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "name" in result.stderr
     result = cli({**env, "HERON_TOKEN": "hrn_forged"}, "vm", "list", check=False)
     assert result.returncode != 0 and "401" in result.stderr
+
+
+def test_any_node_reports_every_volume_with_its_real_allocation(env, six_vms) -> None:
+    volumes = json.loads(cli(env, "volume", "list", "local", "--json").stdout)
+    disks = {v["name"]: v for v in volumes if v["name"].startswith("web")}
+    assert len(disks) == 6 and len({v["node"] for v in disks.values()}) == 3
+    for volume in disks.values():
+        # Read by the node holding the file; a booted guest's qcow2 holds real data.
+        assert volume["allocation"] and 0 < volume["allocation"] <= volume["size"] * 1.1
+        assert volume["attached_to"] == volume["name"].removesuffix("-disk0")

@@ -11,6 +11,7 @@ from heron.api.auth import Principal
 from heron.api.cluster import attached, find_pool, find_volume, live_nodes
 from heron.api.context import ApiContext, new_task, with_task
 from heron.api.errors import Conflict, Invalid
+from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
@@ -112,24 +113,36 @@ async def delete_pool(name: str, request: Request, _: Principal = Depends(auth.a
 
 @router.get("/pools/{name}/volumes", response_model=list[VolumeView])
 async def list_volumes(
-    name: str, request: Request, _: Principal = Depends(auth.viewer)
+    name: str, request: Request, local: bool = False, _: Principal = Depends(auth.viewer)
 ) -> list[VolumeView]:
+    """Volumes of the pool; allocation is read by the node holding each file.
+
+    `local=true` lists only what the answering node holds (shared volumes and its own).
+    """
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
     users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
-    local = DirPool(pool, ctx.state_dir)
+    here = DirPool(pool, ctx.state_dir)
+    volumes = [e for e in await ctx.db.list(Volume, keys.VOLUMES) if e.value.pool == name]
+    if local:
+        volumes = [e for e in volumes if e.value.node in (None, ctx.node)]
+    remote = {e.value.node for e in volumes} - {None, ctx.node}
+    allocations = {
+        view["id"]: view["allocation"]
+        for node, views in (await ask_others(request, f"/pools/{name}/volumes", {},
+                                             only=remote)).items()  # type: ignore[arg-type]
+        for view in views
+        if view["node"] == node
+    } if remote else {}  # fmt: skip
     views = []
-    for entry in await ctx.db.list(Volume, keys.VOLUMES):
+    for entry in volumes:
         volume = entry.value
-        if volume.pool != name:
-            continue
-        # Allocation is read where the file is: here for shared and our own volumes.
-        here = volume.node in (None, ctx.node)
+        mine = volume.node in (None, ctx.node)
         views.append(
             VolumeView(
                 **volume.model_dump(),
                 revision=entry.revision,
-                allocation=local.allocation(volume) if here else None,
+                allocation=here.allocation(volume) if mine else allocations.get(volume.id),
                 attached_to=users.get(volume.id),
             )
         )
