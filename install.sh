@@ -13,9 +13,20 @@ ADDRESS=${HERON_ADDRESS:-127.0.0.1}
 NAME=${HERON_NODE_NAME:-$(hostname -s | tr 'A-Z' 'a-z')}
 mkdir -p "$STATE"
 HEROND=("$PWD/.venv/bin/herond" --name "$NAME" --state-dir "$STATE" --address "$ADDRESS"
-        --api-port "$PORT" --etcd 127.0.0.1:2379 --embedded-etcd
-        --admin-password-file "$STATE/admin-password")
-
+        --api-port "$PORT" --admin-password-file "$STATE/admin-password")
+# Three ways to take part in the ConfigDB:
+#  - nothing set: a single-node cluster with its own etcd member;
+#  - HERON_ETCD_INITIAL_CLUSTER=n1=http://h1:2380,n2=...,n3=...: one of 3 or 5 voting members
+#    (run on each of them; set HERON_ETCD to all their client endpoints);
+#  - HERON_ETCD=h1:2379,h2:2379,h3:2379 alone: a client of an existing cluster.
+if [ -n "${HERON_ETCD_INITIAL_CLUSTER:-}" ]; then
+  HEROND+=(--embedded-etcd --etcd-initial-cluster "$HERON_ETCD_INITIAL_CLUSTER")
+  [ -n "${HERON_ETCD:-}" ] && HEROND+=(--etcd "$HERON_ETCD")
+elif [ -n "${HERON_ETCD:-}" ]; then
+  HEROND+=(--etcd "$HERON_ETCD")
+else
+  HEROND+=(--embedded-etcd)
+fi
 if [ -d /run/systemd/system ]; then
   cat > /etc/systemd/system/herond.service <<UNIT
 [Unit]

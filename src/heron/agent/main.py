@@ -169,15 +169,22 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
     parser.add_argument("--api-port", type=int, default=8443)
     parser.add_argument(
         "--etcd",
-        default="127.0.0.1:2379",
-        help="comma-separated client endpoints of the etcd cluster",
+        help="comma-separated client endpoints of the etcd cluster "
+        "(default: the embedded member, or 127.0.0.1:2379)",
     )
     parser.add_argument(
         "--embedded-etcd",
         action="store_true",
-        help="start a single etcd member under the state dir if none runs",
+        help="run a voting etcd member on this node (started under the state dir if none runs)",
     )
+    parser.add_argument("--etcd-client-port", type=int, default=2379)
     parser.add_argument("--etcd-peer-port", type=int, default=2380)
+    parser.add_argument(
+        "--etcd-initial-cluster",
+        help="name=http://host:peerport,... of every voting member when bootstrapping a "
+        "3- or 5-member cluster (default: this member alone)",
+    )
+    parser.add_argument("--etcd-cluster-state", choices=["new", "existing"], default="new")
     parser.add_argument(
         "--lease-ttl", type=int, default=5, help="seconds after which a silent node counts as gone"
     )
@@ -188,17 +195,24 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         "file (generated and written there if it does not exist)",
     )
     args = parser.parse_args(argv)
-    endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
     member = None
     if args.embedded_etcd:
-        host, port = endpoints[0].rsplit(":", 1)
+        initial = dict(
+            item.strip().split("=", 1)
+            for item in (args.etcd_initial_cluster or "").split(",")
+            if item.strip()
+        )
         member = EtcdMember(
             name=args.name,
             data_dir=args.state_dir / "etcd",
-            host=host,
-            client_port=int(port),
+            host=args.address,
+            client_port=args.etcd_client_port,
             peer_port=args.etcd_peer_port,
+            initial_cluster=initial,
+            cluster_state=args.etcd_cluster_state,
         )
+    default = member.endpoint if member else "127.0.0.1:2379"
+    endpoints = [e.strip() for e in (args.etcd or default).split(",") if e.strip()]
     return AgentConfig(
         name=args.name,
         state_dir=args.state_dir,
