@@ -107,10 +107,13 @@ def test_kill_9_of_an_agent_stops_no_vm(cluster3, api, six_vms) -> None:
     os.kill(cluster.herond_pid(cluster.node(victim)), signal.SIGKILL)
     wait_for(lambda: cluster.herond_pid(cluster.node(victim)) is None, 10, "herond to die")
     assert cluster.qemu_pids(victim) == before  # every QEMU still runs, same pids
+    # Once its lease runs out the node is gone, and nobody vouches for its VMs.
+    nodes = lambda: {n["name"] for n in api.ok("GET", "/nodes")}  # noqa: E731
+    wait_for(lambda: victim not in nodes(), 30, "the lease of the dead agent to expire")
+    assert {api.vm(vm_id)["state"] for vm_id in before} == {"unknown"}
 
     cluster.start_node(victim)
     cluster.wait_api(cluster.node(victim), 60)
-    nodes = lambda: {n["name"] for n in api.ok("GET", "/nodes")}  # noqa: E731
     wait_for(lambda: victim in nodes(), 30, "the node to register again")
     for vm_id, pid in before.items():
         vm = api.vm(vm_id)

@@ -6,6 +6,7 @@ each field entry names the offending input ("body.memory_mib") and the reason.
 
 from typing import Any
 
+import aetcd.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -52,11 +53,6 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
-class Unavailable(ApiError):
-    status = 503
-    code = "unavailable"
-
-
 def _body(code: str, message: str, fields: list[dict[str, str]]) -> dict[str, Any]:
     return {"error": code, "message": message, "fields": fields}
 
@@ -70,6 +66,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreConflict)
     async def _conflict(_: Request, exc: StoreConflict) -> JSONResponse:
         return JSONResponse(_body("conflict", str(exc), []), 409)
+
+    @app.exception_handler(aetcd.exceptions.ClientError)
+    async def _configdb(_: Request, exc: aetcd.exceptions.ClientError) -> JSONResponse:
+        message = f"the ConfigDB (etcd) cannot be reached: {type(exc).__name__}"
+        return JSONResponse(_body("unavailable", message, []), 503)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

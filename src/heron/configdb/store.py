@@ -38,10 +38,6 @@ class Conflict(Exception):
     """A compare-and-swap failed: the key was changed, created or deleted by someone else."""
 
 
-class Unavailable(Exception):
-    """etcd could not be reached."""
-
-
 @dataclass(frozen=True)
 class Entry(Generic[M]):
     key: str

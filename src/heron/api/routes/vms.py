@@ -11,7 +11,7 @@ from heron.api.auth import Principal
 from heron.api.cluster import attached, find_pool, find_vm, live_nodes, loads
 from heron.api.context import ApiContext, new_task, with_task
 from heron.api.errors import Conflict, Invalid
-from heron.configdb import Txn, keys
+from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
 from heron.models.storage import Volume, VolumeFormat
@@ -113,8 +113,10 @@ def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
-def _view(vm: VM, revision: int, status: VMStatus | None) -> VMView:
-    state: RunState | Literal["unknown"] = status.state if status else "unknown"
+def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> VMView:
+    # A node that is gone cannot vouch for its VMs: their state is unknown until it is back
+    # (the last status it wrote stays visible in `status`).
+    state: RunState | Literal["unknown"] = status.state if status and node_alive else "unknown"
     return VMView(
         id=vm.id,
         name=vm.spec.name,
@@ -133,22 +135,28 @@ async def list_vms(
     request: Request, node: Name | None = None, _: Principal = Depends(auth.viewer)
 ) -> list[VMView]:
     db = _ctx(request).db
-    vms = await db.list(VM, keys.VMS)
-    statuses = {e.key.rsplit("/", 1)[1]: e.value for e in await db.list(VMStatus, keys.VM_STATUS)}
-    views = [
-        _view(e.value, e.revision, statuses.get(e.value.id))
-        for e in vms
-        if node is None or e.value.node == node
+    vms = [e for e in await db.list(VM, keys.VMS) if node is None or e.value.node == node]
+    return sorted(await _views(db, vms), key=lambda v: v.name)
+
+
+async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
+    live = set(await live_nodes(db))
+    if len(entries) == 1:
+        found = await db.get(VMStatus, keys.vm_status(entries[0].value.id))
+        statuses = {entries[0].value.id: found.value} if found else {}
+    else:
+        statuses = {
+            e.key.rsplit("/", 1)[1]: e.value for e in await db.list(VMStatus, keys.VM_STATUS)
+        }
+    return [
+        _view(e.value, e.revision, statuses.get(e.value.id), e.value.node in live) for e in entries
     ]
-    return sorted(views, key=lambda v: v.name)
 
 
 @router.get("/vms/{ref}", response_model=VMView)
 async def get_vm(ref: str, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
     db = _ctx(request).db
-    entry = await find_vm(db, ref)
-    status = await db.get(VMStatus, keys.vm_status(entry.value.id))
-    return _view(entry.value, entry.revision, status.value if status else None)
+    return (await _views(db, [await find_vm(db, ref)]))[0]
 
 
 @router.post("/vms", response_model=TaskRef, status_code=202)
@@ -304,8 +312,7 @@ async def update_vm(
     except StoreConflict as exc:
         raise Conflict(f"VM {ref} was changed by someone else, or the name is taken") from exc
     request.state.audit_target = vm.id
-    status = await db.get(VMStatus, keys.vm_status(vm.id))
-    return _view(vm, revision, status.value if status else None)
+    return (await _views(db, [Entry(entry.key, vm, revision)]))[0]
 
 
 _DESIRED: dict[str, PowerState | None] = {
