@@ -125,7 +125,12 @@ class Handlers:
         if entry is None:
             return {"deleted": vm_id}  # a repeat after a crash: the record is already gone
         vm = entry.value
-        txn = Txn().delete(keys.vm(vm_id)).delete(keys.vm_name(vm.spec.name))
+        txn = (
+            Txn()
+            .delete(keys.vm(vm_id))
+            .delete(keys.vm_name(vm.spec.name))
+            .delete(keys.vm_status(vm_id))
+        )
         removed = []
         if ctx.task.params.get("volumes"):
             for disk in vm.spec.disks:
@@ -136,7 +141,6 @@ class Handlers:
                     txn.delete(keys.volume_name(volume.pool, volume.name))
                     removed.append(volume.name)
         await self.db.commit(txn)
-        await self.db.delete(keys.vm_status(vm_id))
         return {"deleted": vm_id, "volumes": removed}
 
     # -- volumes -------------------------------------------------------------------------

@@ -168,7 +168,7 @@ class VMController:
             await rt.qemu.execute("system_reset")
 
     async def destroy(self, vm_id: str) -> None:
-        """Stop QEMU and forget its runtime files (the VM record is already gone)."""
+        """Stop QEMU for good and forget its runtime files; the caller deletes the records."""
         rt = self.runtime(vm_id)
         async with rt.lock:
             await self._stop(rt, graceful=False, timeout=10)
@@ -176,8 +176,6 @@ class VMController:
                 rt.monitor.cancel()
             shutil.rmtree(rt.qemu.paths.root, ignore_errors=True)
         self._vms.pop(vm_id, None)
-        with contextlib.suppress(KeyError):
-            await self.db.delete(keys.vm_status(vm_id))
 
     async def resolve_disks(self, vm: VM) -> list[ResolvedDisk]:
         disks = []
