@@ -31,8 +31,13 @@ class AuditLog:
                     os.replace(self.path, self.path.with_suffix(".1.jsonl"))
             except FileNotFoundError:
                 pass
-            with open(self.path, "a", encoding="utf-8") as out:
-                out.write(line)
+            with open(self.path, "a+b") as out:
+                # A crash can leave a line cut short: end it, so this entry stands alone.
+                if out.tell() > 0:
+                    out.seek(out.tell() - 1)
+                    if out.read(1) != b"\n":
+                        line = "\n" + line
+                out.write(line.encode())
 
     def read(self, limit: int, since: float = 0.0) -> list[dict[str, Any]]:
         """The newest `limit` entries after `since`, newest first."""

@@ -117,6 +117,11 @@ class ConfigDB:
                 "grpc.keepalive_permit_without_calls": 1,
                 "grpc.http2.max_pings_without_data": 0,
                 "grpc.max_receive_message_length": 64 * 1024 * 1024,
+                # gRPC waits up to 120 s before redialling a member that was down: far too
+                # long for a ConfigDB that is back within seconds.
+                "grpc.initial_reconnect_backoff_ms": 100,
+                "grpc.min_reconnect_backoff_ms": 100,
+                "grpc.max_reconnect_backoff_ms": 1000,
             },
         )
 
@@ -248,8 +253,8 @@ class ConfigDB:
 
         After a broken stream the watch is re-created from the revision after the last event
         delivered, so nothing is missed or repeated. If etcd compacted that history away, a
-        `resync` event is yielded and the watch continues from the current revision: the
-        consumer lists the prefix again.
+        `resync` event is yielded and the watch continues from the oldest revision etcd still
+        has: the consumer lists the prefix again (and may see some changes twice).
         """
         next_revision = start_revision
         backoff = 0.05

@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from heron.models.vm import VM, DiskBus
+from heron.models.vm import VM, DiskBus, i440fx
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -62,25 +62,20 @@ def _blockdev(node: str, disk: ResolvedDisk) -> str:
     return json.dumps(spec, separators=(",", ":"))
 
 
-def disk_devices(index: int, disk: ResolvedDisk, machine: str, bootindex: int | None) -> list[str]:
-    """-device arguments for disk `index` (controllers are added by `build`)."""
+def disk_devices(
+    index: int, slot: int, disk: ResolvedDisk, machine: str, bootindex: int | None
+) -> list[str]:
+    """-device arguments for disk `index`, the `slot`-th disk on its bus."""
     node = f"disk{index}"
-    boot = f",bootindex={bootindex}" if bootindex is not None else ""
+    tail = f"drive={node},id={node}-dev" + (f",bootindex={bootindex}" if bootindex else "")
     if disk.bus == "virtio":
-        return ["-device", f"virtio-blk-pci,drive={node},id={node}-dev{boot}"]
+        return ["-device", f"virtio-blk-pci,{tail}"]
     if disk.bus == "scsi":
-        return [
-            "-device",
-            f"scsi-hd,bus=scsi0.0,scsi-id={index},lun=0,drive={node},id={node}-dev{boot}",
-        ]
+        return ["-device", f"scsi-hd,bus=scsi0.0,scsi-id={slot},lun=0,{tail}"]
     if disk.bus == "sata":
-        return ["-device", f"ide-hd,bus=sata0.{index},drive={node},id={node}-dev{boot}"]
-    # ide: the i440fx board has two IDE buses with two units each; q35 has only AHCI ports.
-    if machine.startswith("pc"):
-        place = f"bus=ide.{index // 2},unit={index % 2}"
-    else:
-        place = f"bus=ide.{index}"
-    return ["-device", f"ide-hd,{place},drive={node},id={node}-dev{boot}"]
+        return ["-device", f"ide-hd,bus=sata0.{slot},{tail}"]
+    place = f"bus=ide.{slot // 2},unit={slot % 2}" if i440fx(machine) else f"bus=ide.{slot}"
+    return ["-device", f"ide-hd,{place},{tail}"]
 
 
 def boot_indexes(vm: VM) -> dict[str, int]:
@@ -147,7 +142,8 @@ def build(
         args += ["-device", "ahci,id=sata0"]
     for index, disk in enumerate(disks):
         args += ["-blockdev", _blockdev(f"disk{index}", disk)]
-        args += disk_devices(index, disk, spec.machine, boot.get(f"disk{index}"))
+        slot = sum(1 for other in disks[:index] if other.bus == disk.bus)
+        args += disk_devices(index, slot, disk, spec.machine, boot.get(f"disk{index}"))
     for index, nic in enumerate(spec.nics):
         if nic.network == "none":
             continue

@@ -10,9 +10,9 @@ from heron.models.common import Name, Record
 
 DiskBus = Literal["virtio", "scsi", "sata", "ide"]
 NicModel = Literal["virtio", "e1000"]
-_MACHINE = re.compile(r"^(q35|pc|pc-q35-\d+\.\d+|pc-i440fx-\d+\.\d+)$")
-_BOOT_DEVICE = re.compile(r"^(disk|net)(\d+)$")
-_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+_MACHINE = re.compile(r"q35|pc|pc-q35-\d+\.\d+|pc-i440fx-\d+\.\d+")
+_BOOT_DEVICE = re.compile(r"(disk|net)(0|[1-9]\d?)")
+_MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
 
 
 class PowerState(StrEnum):
@@ -47,7 +47,7 @@ class NicSpec(Record):
     @field_validator("mac")
     @classmethod
     def _mac(cls, value: str | None) -> str | None:
-        if value is not None and not _MAC.match(value):
+        if value is not None and not _MAC.fullmatch(value):
             raise ValueError("must look like 52:54:00:12:34:56 (lower case)")
         return value
 
@@ -69,7 +69,7 @@ class Hardware(Record):
     @field_validator("machine")
     @classmethod
     def _machine(cls, value: str) -> str:
-        if not _MACHINE.match(value):
+        if not _MACHINE.fullmatch(value):
             raise ValueError("must be q35, pc, pc-q35-X.Y or pc-i440fx-X.Y")
         return value
 
@@ -77,16 +77,29 @@ class Hardware(Record):
     @classmethod
     def _boot_order(cls, value: list[str]) -> list[str]:
         for item in value:
-            if not _BOOT_DEVICE.match(item):
+            if not _BOOT_DEVICE.fullmatch(item):
                 raise ValueError(f"{item!r} is not diskN or netN")
         if len(set(value)) != len(value):
             raise ValueError("lists a device twice")
         return value
 
 
+def i440fx(machine: str) -> bool:
+    """The old PC board (two IDE buses of two units); every other machine here is q35 (AHCI)."""
+    return machine == "pc" or machine.startswith("pc-i440fx-")
+
+
+def check_disk_buses(buses: list[str], machine: str) -> None:
+    """Each bus has so many ports: AHCI six, the i440fx IDE four, q35's IDE its six AHCI."""
+    limits = {"sata": 6, "ide": 4 if i440fx(machine) else 6, "scsi": 256}
+    for bus, limit in limits.items():
+        if buses.count(bus) > limit:
+            raise ValueError(f"at most {limit} {bus} disks fit on machine {machine}")
+
+
 def check_boot_order(boot_order: list[str], disks: int, nics: int) -> None:
     for item in boot_order:
-        match = _BOOT_DEVICE.match(item)
+        match = _BOOT_DEVICE.fullmatch(item)
         assert match
         kind, index = match.group(1), int(match.group(2))
         if index >= (disks if kind == "disk" else nics):
@@ -101,6 +114,7 @@ class VMSpec(Hardware):
     @model_validator(mode="after")
     def _devices(self) -> "VMSpec":
         check_boot_order(self.boot_order, len(self.disks), len(self.nics))
+        check_disk_buses([d.bus for d in self.disks], self.machine)
         return self
 
 

@@ -27,6 +27,7 @@ from heron.models.vm import (
     VMSpec,
     VMStatus,
     check_boot_order,
+    check_disk_buses,
 )
 from heron.scheduler.placement import NoCapacity, choose_node
 
@@ -67,6 +68,7 @@ class VMCreate(Hardware):
     @model_validator(mode="after")
     def _devices(self) -> "VMCreate":
         check_boot_order(self.boot_order, len(self.disks), len(self.nics))
+        check_disk_buses([d.bus for d in self.disks], self.machine)
         return self
 
 
