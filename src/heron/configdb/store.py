@@ -17,6 +17,7 @@ from typing import Generic, Literal, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
 import aetcd.rtypes
 from pydantic import BaseModel
 
@@ -174,8 +175,13 @@ class ConfigDB:
         return {kv.key.decode(): kv.value for kv in result}
 
     async def revision(self) -> int:
-        result = await self.client.get_prefix(b"/heron/\xff", keys_only=True)
-        return result.header.revision
+        """The store's current revision (read as the header of a one-key range)."""
+        reply = await self.client.kvstub.Range(
+            aetcd.rpc.RangeRequest(key=b"/heron/.revision", keys_only=True),
+            timeout=REQUEST_TIMEOUT,
+            metadata=self.client.metadata,
+        )
+        return int(reply.header.revision)
 
     # -- writes --------------------------------------------------------------------------
 

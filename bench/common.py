@@ -1,0 +1,264 @@
+"""Helpers shared by the benchmarks: statistics, polling, the API, the results file.
+
+Every benchmark measures Heron and a baseline on the same machine in the same run and reports
+the ratio. Results go to `bench/results/<name>.json` (git-ignored) with a description of the
+machine, so figures from different machines are never compared by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from heron import devcluster
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+HERON_CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
+TESTGUEST = HERON_CACHE / "testguest" / "testguest.raw"
+ACCELERATOR_FILE = HERON_CACHE / "accelerator.json"
+READY_MARKER = "HERON-GUEST-READY"
+
+
+class BenchError(Exception):
+    """The benchmark could not be carried out (not a judgement on the figures)."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that `finally` blocks clean up (devclusters, QEMUs)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0..100), interpolating linearly between ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def stats(values: Sequence[float], digits: int = 4) -> dict[str, float | int]:
+    """Count, min, median, p90, p99, max and mean of `values`, in their own unit."""
+    return {
+        "n": len(values),
+        "min": round(min(values), digits),
+        "p50": round(percentile(values, 50), digits),
+        "p90": round(percentile(values, 90), digits),
+        "p99": round(percentile(values, 99), digits),
+        "max": round(max(values), digits),
+        "mean": round(sum(values) / len(values), digits),
+    }
+
+
+def ratio(value: float, baseline: float) -> float:
+    return round(value / baseline, 2) if baseline > 0 else float("nan")
+
+
+def ms(seconds: Sequence[float]) -> list[float]:
+    return [s * 1000 for s in seconds]
+
+
+# -- waiting ---------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll `predicate` until it returns something truthy; BenchError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def line_after(path: Path, text: str, offset: int = 0) -> bool:
+    """Whether `text` appears in the file after byte `offset` (from 0 if it was truncated)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(offset if size >= offset else 0)
+            return text.encode() in handle.read()
+    except FileNotFoundError:
+        return False
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+
+class Api:
+    """A small synchronous client: `ok` raises BenchError on any HTTP error."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60):
+        self.url = url
+        self.http = httpx.Client(
+            base_url=f"{url}/api/v1",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def ok(self, method: str, path: str, **kwargs: Any) -> Any:
+        reply = self.http.request(method, path, **kwargs)
+        if reply.status_code >= 300:
+            raise BenchError(f"{method} {path}: {reply.status_code} {reply.text[:500]}")
+        return reply.json() if reply.content else None
+
+    def wait_task(self, task_id: str, timeout: float = 180) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            task = self.ok("GET", f"/tasks/{task_id}")
+            return task if task["state"] in ("succeeded", "failed", "cancelled") else None
+
+        task = wait_for(finished, timeout, f"task {task_id}", interval=0.05)
+        if task["state"] != "succeeded":
+            raise BenchError(f"task {task_id} {task['state']}: {task.get('error')}")
+        return task
+
+
+@contextlib.contextmanager
+def running_devcluster(
+    directory: Path, nodes: int, keep: bool = False
+) -> Iterator[tuple[devcluster.DevCluster, str]]:
+    """A devcluster that is taken down again however the block ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield devcluster.up(directory, nodes)
+    finally:
+        # `up` records the cluster before it starts anything, so this finds whatever did start.
+        if (directory / devcluster.STATE_FILE).exists():
+            devcluster.down(directory)
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- the machine and the results file --------------------------------------------------------
+
+
+def _first_line(args: list[str]) -> str:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def _accelerator() -> Any:
+    try:
+        return json.loads(ACCELERATOR_FILE.read_text())
+    except (OSError, ValueError) as exc:
+        return {"accelerator": "unknown", "error": str(exc)}
+
+
+def _git() -> dict[str, Any]:
+    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {"commit": commit, "dirty": bool(status.stdout.strip())}
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "hostname": platform.node(),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "memory_mib": _memory_mib(),
+        "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": sys.version.split()[0],
+        "qemu": _first_line(["qemu-system-x86_64", "--version"]),
+        "etcd": _first_line([shutil.which("etcd") or "etcd", "--version"]),
+        "accelerator": _accelerator(),
+        "git": _git(),
+    }
+
+
+def load_snapshot() -> dict[str, Any]:
+    """How busy the machine is: other work running during a benchmark skews its figures."""
+    qemus = 0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().startswith("qemu-system"):
+                    qemus += 1
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "qemu_processes": qemus}
+
+
+def write_result(
+    name: str, params: dict[str, Any], results: dict[str, Any], load_before: dict[str, Any]
+) -> Path:
+    """Write `bench/results/<name>.json`; `load_before` is a `load_snapshot()` from the start."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    document = {
+        "benchmark": name,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "load": {"before": load_before, "after": load_snapshot()},
+        "params": params,
+        "results": results,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def print_rows(title: str, rows: Sequence[tuple[str, str]]) -> None:
+    """A short aligned summary on stdout."""
+    print(title)
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")

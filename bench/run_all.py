@@ -1,0 +1,102 @@
+"""Run every benchmark, one after the other, and write `bench/results/summary.json`.
+
+Each benchmark runs in a process of its own, so one that fails (its error is recorded) does not
+stop the others and leaves nothing behind in this one. The summary holds the headline figures
+and ratios of each; the full results stay in `bench/results/<name>.json`.
+
+Run from the repository root: `.venv/bin/python -m bench.run_all [--only vm_boot ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.common import RESULTS_DIR, ROOT, machine_info
+
+BENCHMARKS = ["vm_boot", "api_list", "configdb_propagation"]
+DEADLINE = 900  # seconds for one benchmark before it is killed: a hung run, not a slow one
+
+
+def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The figures worth a line in the summary."""
+    if name == "vm_boot":
+        s = results["summary"]
+        return {
+            "bare_boot_s": {k: s["bare_boot_s"][k] for k in ("p50", "p90")},
+            "heron_create_to_ready_s": {k: s["heron_create_to_ready_s"][k] for k in ("p50", "p90")},
+            "heron_start_to_ready_s": {k: s["heron_start_to_ready_s"][k] for k in ("p50", "p90")},
+            "ratios": s["ratios"],
+        }
+    if name == "api_list":
+        return {
+            "list_vms_ms": {k: results["list_vms_ms"][k] for k in ("p50", "p99")},
+            "whoami_ms": {k: results["whoami_ms"][k] for k in ("p50", "p99")},
+            "ratios": results["ratios"],
+            "creates_per_s": results["define"]["creates_per_s"],
+        }
+    if name == "configdb_propagation":
+        return {
+            scenario: {
+                "put_rtt_ms": {k: r["put_rtt_ms"][k] for k in ("p50", "p99")},
+                "propagation_ms": {k: r["propagation_ms"][k] for k in ("p50", "p99")},
+                "ratios": r["ratios"],
+            }
+            for scenario, r in results.items()
+        }
+    return {}
+
+
+def run_one(name: str) -> dict[str, Any]:
+    print(f"== {name}", flush=True)
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}"], cwd=ROOT)
+    code: int | str
+    try:
+        code = proc.wait(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: the benchmark's clean-up (devcluster down, QEMUs) runs on it.
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = f"stopped after {DEADLINE}s"
+    entry: dict[str, Any] = {"exit": code, "duration_s": round(time.monotonic() - started, 1)}
+    path = RESULTS_DIR / f"{name}.json"
+    if code == 0 and path.exists():
+        document = json.loads(path.read_text())
+        entry.update(ok=True, date=document["date"], headline=headline(name, document["results"]))
+    else:
+        entry["ok"] = False
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run just these")
+    args = parser.parse_args(argv)
+    chosen = args.only or BENCHMARKS
+    summary: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "benchmarks": {},
+    }
+    for name in chosen:
+        summary["benchmarks"][name] = run_one(name)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    failed = [n for n, e in summary["benchmarks"].items() if not e["ok"]]
+    print(f"summary: {path}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
