@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from heron.configdb import ConfigDB
+from heron.configdb import ConfigDB, keys
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,29 +79,53 @@ def serial_lines(console_log: Path, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
 
 
-def etcd_snapshot(endpoints: list[str]) -> tuple[int, dict[str, bytes]]:
-    """The store revision and every key and value: to prove that nothing was written."""
+def etcd_snapshot(endpoints: list[str]) -> dict[str, tuple[bytes, int]]:
+    """Every key with its value and last-modified revision: to prove nothing was written.
 
-    async def read() -> tuple[int, dict[str, bytes]]:
+    The leader's key is the one exception to "an idle cluster writes nothing": its heartbeat
+    re-writes the same value several times a second, so only its value is compared.
+    """
+
+    async def read() -> dict[str, tuple[bytes, int]]:
         async with ConfigDB(endpoints) as db:
-            return await db.revision(), await db.dump("/")
+            result = await db.client.get_prefix(b"/")
+            return {
+                kv.key.decode(): (
+                    kv.value,
+                    0 if kv.key.decode() == keys.LEADER else kv.mod_revision,
+                )
+                for kv in result
+            }
 
     return asyncio.run(read())
 
 
-def qemu_processes(vm_id: str) -> list[int]:
-    """Pids of every QEMU on this machine started for `vm_id` (its -uuid)."""
-    found = []
+def _qemus(vm_id: str) -> dict[int, str]:
+    """pid -> pidfile path of every QEMU on this machine running `vm_id` (its -uuid)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if args and args[0].endswith(b"qemu-system-x86_64") and vm_id.encode() in args:
-            found.append(int(proc.name))
+        if args and args[0].endswith("qemu-system-x86_64") and vm_id in args:
+            found[int(proc.name)] = args[args.index("-pidfile") + 1]
     return found
+
+
+def qemu_processes(vm_id: str) -> list[int]:
+    return sorted(_qemus(vm_id))
+
+
+def qemu_homes(vm_id: str) -> set[str]:
+    """The nodes (runtime directories) where a QEMU runs `vm_id`.
+
+    Counting homes, not processes: while `-daemonize` forks, QEMU's parent and its daemon are
+    briefly both there, which is one QEMU starting on one node.
+    """
+    return {str(Path(pidfile).parent.parent.parent) for pidfile in _qemus(vm_id).values()}
 
 
 def dump(data: Any) -> str:

@@ -5,7 +5,10 @@ installer. Each process runs detached with its own state directory; `devcluster.
 cluster's directory records ports and commands, so `down` and `start_node` work from any shell.
 """
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
@@ -49,6 +52,8 @@ class DevCluster:
     etcd: list[EtcdSpec] = field(default_factory=list)
     # The pre-existing etcd (e.g. the embedded one of a single-node install) if not ours.
     external_etcd: list[str] = field(default_factory=list)
+    # Memory each node offers to VMs, when smaller than the host's (capacity tests).
+    memory_mib: int | None = None
 
     @property
     def root(self) -> Path:
@@ -90,6 +95,7 @@ class DevCluster:
             nodes=[NodeSpec(**n) for n in data["nodes"]],
             etcd=[EtcdSpec(**e) for e in data["etcd"]],
             external_etcd=data.get("external_etcd", []),
+            memory_mib=data.get("memory_mib"),
         )
 
     def node(self, name: str) -> NodeSpec:
@@ -117,7 +123,7 @@ class DevCluster:
             ",".join(self.endpoints),
             "--admin-password-file",
             str(self.password_file),
-        ]
+        ] + (["--memory-mib", str(self.memory_mib)] if self.memory_mib else [])
 
     def herond_pid(self, node: NodeSpec) -> int | None:
         return read_pidfile(Path(node.state_dir) / "herond.pid", node.state_dir)
@@ -132,11 +138,24 @@ class DevCluster:
         state.mkdir(parents=True, exist_ok=True)
         return spawn_detached(self.herond_command(node), state / "herond.log", state / "herond.pid")
 
+    def fence_pid(self, node: NodeSpec) -> int | None:
+        return read_pidfile(Path(node.state_dir) / "fence.pid", node.state_dir)
+
     def stop_node(self, name: str) -> None:
+        """Stop the node's agent and its fence watchdog (its VMs keep running)."""
         node = self.node(name)
-        pid = self.herond_pid(node)
-        if pid is not None:
-            terminate(pid, node.state_dir)
+        for pid in (self.herond_pid(node), self.fence_pid(node)):
+            if pid is not None:
+                terminate(pid, node.state_dir)
+
+    def kill_node(self, name: str) -> None:
+        """The whole node dies at once: agent, watchdog and every QEMU, by SIGKILL."""
+        node = self.node(name)
+        pids = [self.herond_pid(node), self.fence_pid(node), *self.qemu_pids(name).values()]
+        for pid in pids:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def qemu_pids(self, name: str) -> dict[str, int]:
         """VM id -> pid of every QEMU the node started that still runs."""
@@ -203,6 +222,7 @@ def up(
     etcd_members: int | None = None,
     external_etcd: list[str] | None = None,
     timeout: float = 120.0,
+    memory_mib: int | None = None,
 ) -> tuple[DevCluster, str]:
     """Start (or find running) a devcluster; returns it and an admin token."""
     directory = directory.resolve()
@@ -236,6 +256,7 @@ def up(
                 for i in range(nodes)
             ],
             external_etcd=external_etcd or [],
+            memory_mib=memory_mib,
         )
         cluster.save()
     for member in cluster.members():

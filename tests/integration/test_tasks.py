@@ -9,11 +9,10 @@ import pytest
 
 from heron.agent import tasks as runner_module
 from heron.agent.tasks import TaskContext, TaskFailed, TaskRunner
-from heron.api.context import new_task
 from heron.configdb import ConfigDB, keys
 from heron.configdb.etcd import EtcdMember
 from heron.devcluster import free_ports
-from heron.models.task import Task, TaskState
+from heron.models.task import Task, TaskState, new_task
 
 
 @pytest.fixture

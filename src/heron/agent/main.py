@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import uvicorn
 
 import heron
 from heron.agent.handlers import Handlers
+from heron.agent.leader import LeaderRole
 from heron.agent.registration import Registration
 from heron.agent.tasks import TaskRunner
 from heron.agent.vms import VMController
@@ -31,10 +33,13 @@ from heron.api.auth import hash_password
 from heron.api.context import ApiContext
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
+from heron.ha.controller import FailoverController
+from heron.ha.fence import write_beat
 from heron.hypervisor.accel import choose_accelerator
 from heron.models.auth import Role, User
 from heron.models.node import Node
 from heron.models.storage import Pool
+from heron.util.proc import read_pidfile, spawn_detached
 
 log = logging.getLogger("herond")
 
@@ -48,7 +53,8 @@ class AgentConfig:
     address: str
     api_port: int
     etcd: list[str]
-    lease_ttl: int = 5
+    lease_ttl: int = 3
+    memory_mib: int | None = None
     embedded_etcd: EtcdMember | None = None
     admin_password_file: Path | None = None
 
@@ -106,12 +112,15 @@ async def run(config: AgentConfig) -> None:
         address=config.address,
         api_url=f"http://{config.address}:{config.api_port}",
         cpus=os.cpu_count() or 1,
-        memory_mib=_memory_mib(),
+        memory_mib=config.memory_mib or _memory_mib(),
         accelerator=accelerator,
         versions=_versions(),
         started_at=time.time(),
     )
-    registration = Registration(db, node, config.lease_ttl)
+    start_fence_watchdog(config.state_dir, deadline=config.lease_ttl - 1)
+    registration = Registration(
+        db, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
+    )
     vms = VMController(db, config.name, config.state_dir, accelerator)
     runner = TaskRunner(db, config.name, Handlers(db, config.name, config.state_dir, vms).table())
     async with httpx.AsyncClient(timeout=10) as http:
@@ -138,12 +147,14 @@ async def run(config: AgentConfig) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await vms.resume()
+        leader = LeaderRole(db, config.name, [FailoverController(db, ctx.audit).run])
         background = [
             asyncio.create_task(c, name=n)
             for n, c in (
                 ("registration", registration.run()),
                 ("tasks", runner.run()),
                 ("api", server.serve()),
+                ("leader", leader.run()),
             )
         ]
         await registration.registered.wait()
@@ -154,11 +165,23 @@ async def run(config: AgentConfig) -> None:
             if job is not waiter and job.exception() is not None:
                 log.error("%s stopped: %r", job.get_name(), job.exception())
         server.should_exit = True
+        await leader.stop()
         await registration.leave()
         for job in background:
             job.cancel()
         await asyncio.gather(*background, return_exceptions=True)
     await db.close()
+
+
+def start_fence_watchdog(state_dir: Path, deadline: float) -> int:
+    """The fence watchdog runs beside the agent, in a process of its own; one per node."""
+    pidfile = state_dir / "fence.pid"
+    pid = read_pidfile(pidfile, str(state_dir))
+    if pid is not None:
+        return pid
+    command = [sys.executable, "-m", "heron.ha.fence", "--state-dir", str(state_dir),
+               "--deadline", str(deadline)]  # fmt: skip
+    return spawn_detached(command, state_dir / "fence.log", pidfile)
 
 
 def parse(argv: list[str] | None = None) -> AgentConfig:
@@ -186,7 +209,14 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
     )
     parser.add_argument("--etcd-cluster-state", choices=["new", "existing"], default="new")
     parser.add_argument(
-        "--lease-ttl", type=int, default=5, help="seconds after which a silent node counts as gone"
+        "--lease-ttl",
+        type=int,
+        default=3,
+        help="seconds after which a silent node counts as failed; its HA VMs are fenced a "
+        "second before that",
+    )
+    parser.add_argument(
+        "--memory-mib", type=int, help="memory offered to VMs (default: all of the host's)"
     )
     parser.add_argument(
         "--admin-password-file",
@@ -219,7 +249,8 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         address=args.address,
         api_port=args.api_port,
         etcd=endpoints,
-        lease_ttl=args.lease_ttl,
+        lease_ttl=max(args.lease_ttl, 2),
+        memory_mib=args.memory_mib,
         embedded_etcd=member,
         admin_password_file=args.admin_password_file,
     )

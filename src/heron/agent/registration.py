@@ -6,20 +6,25 @@ runs out: that is how the cluster learns a node is gone, with no home-made failu
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from heron.configdb import ConfigDB, keys
 from heron.models.node import Node
 
 log = logging.getLogger(__name__)
 
-RENEW_INTERVAL = 1.0
+RENEW_INTERVAL = 1.0  # at most; a short TTL renews more often
 
 
 class Registration:
-    def __init__(self, db: ConfigDB, node: Node, ttl: int):
+    def __init__(
+        self, db: ConfigDB, node: Node, ttl: int, on_renewed: Callable[[], None] | None = None
+    ):
         self.db = db
         self.node = node
         self.ttl = ttl
+        self.on_renewed = on_renewed
+        self.interval = min(RENEW_INTERVAL, ttl / 6)
         self.lease = 0
         self.registered = asyncio.Event()
 
@@ -38,12 +43,14 @@ class Registration:
             try:
                 if not self.lease or await self.db.refresh(self.lease) <= 0:
                     await self._register()
+                if self.on_renewed is not None:
+                    self.on_renewed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("lease renewal failed: %r", exc)
                 self.lease = 0 if isinstance(exc, KeyError) else self.lease
-            await asyncio.sleep(RENEW_INTERVAL)  # the renewal period itself
+            await asyncio.sleep(self.interval)  # the renewal period itself
 
     async def leave(self) -> None:
         """A clean stop: revoke the lease so the node disappears at once."""

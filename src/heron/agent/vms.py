@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heron.configdb import ConfigDB, keys
+from heron.ha import fence
 from heron.hypervisor import command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
@@ -138,6 +139,13 @@ class VMController:
         for stale in (paths.qmp, paths.serial):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
+        # The fence watchdog kills the QEMUs marked HA when the node loses its lease.
+        marker = paths.root / fence.HA_MARKER
+        if vm.spec.ha.enabled:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+        (paths.root / fence.FENCED_MARKER).unlink(missing_ok=True)
         args = command.build(vm, disks, paths, self.accelerator)
         rt.expect_exit = False
         rt.guest_shutdown = False
@@ -253,8 +261,8 @@ class VMController:
     async def _exited(self, vm_id: str) -> None:
         rt = self.runtime(vm_id)
         entry = await self.db.get(VM, keys.vm(vm_id))
-        if entry is None:
-            return
+        if entry is None or entry.value.node != self.node:
+            return  # deleted, or HA has already given it to another node
         if rt.expect_exit:
             return  # reconcile or destroy reports the outcome itself
         if rt.guest_shutdown:
@@ -269,10 +277,11 @@ class VMController:
                 vm_id, RunState.shutoff, updated.value, message="shut down from inside the guest"
             )
         else:
-            log.warning("QEMU of VM %s exited unexpectedly: %s", vm_id, rt.qemu.last_error())
-            await self._report(
-                vm_id,
-                RunState.crashed,
-                None,
-                message=f"QEMU exited unexpectedly: {rt.qemu.last_error()}",
+            fenced = (rt.qemu.paths.root / fence.FENCED_MARKER).exists()
+            why = (
+                "stopped by the fence watchdog: the node lost its lease"
+                if fenced
+                else (f"QEMU exited unexpectedly: {rt.qemu.last_error()}")
             )
+            log.warning("VM %s: %s", vm_id, why)
+            await self._report(vm_id, RunState.crashed, None, message=why)

@@ -4,31 +4,11 @@ from heron.api.errors import Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, keys
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume
-from heron.models.vm import VM, PowerState
-from heron.scheduler.placement import NodeLoad
+from heron.models.vm import VM
 
 
 async def live_nodes(db: ConfigDB) -> dict[str, Node]:
     return {e.value.name: e.value for e in await db.list(Node, keys.NODES)}
-
-
-def loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
-    used: dict[str, list[VM]] = {name: [] for name in nodes}
-    for vm in vms:
-        if vm.node in used and vm.power != PowerState.stopped:
-            used[vm.node].append(vm)
-    return [
-        NodeLoad(
-            name=n.name,
-            cpus=n.cpus,
-            memory_mib=n.memory_mib,
-            memory_used_mib=sum(v.spec.memory_mib for v in used[n.name]),
-            vcpus_used=sum(v.spec.vcpus for v in used[n.name]),
-            vms=sum(1 for v in vms if v.node == n.name),
-            maintenance=n.maintenance,
-        )
-        for n in nodes.values()
-    ]
 
 
 async def find_vm(db: ConfigDB, ref: str) -> Entry[VM]:

@@ -1,80 +1,115 @@
-"""Leader election on etcd: one key, created under the candidate's lease.
+"""Leader election on etcd, with a fencing token and sub-second failover.
 
-Whoever creates `key` (compare: it does not exist) leads until its lease ends, by `resign` or
-by expiry when the leader stops renewing. The others watch the key and try again the moment it
-is deleted. This is etcd's own mechanism, used as etcd's election API uses it.
+The leader holds one key whose value is its token (`<candidate> <random>`) and re-writes it
+every `beat` seconds. Followers watch the key; when it has not changed for `timeout` seconds
+the leader is dead or hung, and a follower takes the key over with compare-and-swap on the
+revision it last saw, so exactly one of them wins. Leases cannot do this: etcd's minimum lease
+TTL and its expiry sweep add up to more than the one second we allow for a new leader.
+
+Everything a leader writes carries `fence(txn)`: a comparison that the key still holds its
+token. A leader that was paused, lost the key and has not noticed yet cannot write anything.
 """
 
 import asyncio
 import contextlib
 import logging
+import secrets
 
-from heron.configdb.store import ConfigDB, Conflict
+from heron.configdb.store import ConfigDB, Conflict, Txn
 
 log = logging.getLogger(__name__)
 
+BEAT = 0.2
+TIMEOUT = 0.8
+
 
 class Election:
-    def __init__(self, db: ConfigDB, key: str, candidate: str, ttl: int = 2):
+    def __init__(
+        self, db: ConfigDB, key: str, candidate: str, beat: float = BEAT, timeout: float = TIMEOUT
+    ):
         self.db = db
         self.key = key
         self.candidate = candidate
-        self.ttl = ttl
-        self.lease = 0
+        self.beat = beat
+        self.timeout = timeout
+        self.token = f"{candidate} {secrets.token_hex(8)}"
         self.leading = asyncio.Event()
         self.lost = asyncio.Event()
-        self._keeper: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
 
     async def leader(self) -> str | None:
         found = await self.db.get_raw(self.key)
-        return found[0].decode() if found else None
+        return found[0].decode().split(" ", 1)[0] if found else None
+
+    def fence(self, txn: Txn) -> Txn:
+        """Make `txn` apply only while this candidate still leads."""
+        return txn.require_value(self.key, self.token)
 
     async def campaign(self) -> None:
-        """Return once this candidate leads; keeps its lease renewed in the background."""
-        self.lease = await self.db.grant(self.ttl)
-        self._keeper = asyncio.create_task(self._keep_alive(), name=f"lease-{self.key}")
+        """Return once this candidate leads; the lead is then kept by a heartbeat task."""
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await self.db.create(self.key, self.candidate, lease=self.lease)
-            except Conflict:
-                await self._wait_vacant()
+            found = await self.db.get_raw(self.key)
+            if found is None:
+                with contextlib.suppress(Conflict):
+                    await self.db.create(self.key, self.token)
+                    break
                 continue
-            self.lost.clear()
-            self.leading.set()
-            log.info("%s leads %s", self.candidate, self.key)
-            return
+            seen = found[1]
+            changed = await self._changed_within(seen, self.timeout)
+            if changed:
+                continue
+            # Silent for `timeout`: take over, unless someone else already did.
+            with contextlib.suppress(Conflict):
+                await self.db.put(self.key, self.token, revision=seen)
+                break
+        self.lost.clear()
+        self.leading.set()
+        self._heart = loop.create_task(self._heartbeat(), name=f"heartbeat-{self.key}")
+        log.info("%s leads %s", self.candidate, self.key)
 
-    async def _wait_vacant(self) -> None:
-        """Wait until the key is deleted (or already is)."""
-        found = await self.db.get_raw(self.key)
-        if found is None:
-            return
-        async for event in self.db.watch(self.key, found[1] + 1):
-            if event.type in ("delete", "resync"):
+    async def _changed_within(self, revision: int, timeout: float) -> bool:
+        """True if the key changes (a heartbeat, a deletion) within `timeout` seconds."""
+
+        async def first_event() -> None:
+            async for _ in self.db.watch(self.key, revision + 1):
                 return
 
-    async def _keep_alive(self) -> None:
-        interval = max(self.ttl / 3, 0.2)
+        try:
+            await asyncio.wait_for(first_event(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
         while True:
             try:
-                remaining = await self.db.refresh(self.lease)
-            except Exception as exc:
-                log.warning("election lease renewal failed: %r", exc)
-                remaining = 1  # unknown yet: etcd may be failing over; try again
-            if remaining <= 0 and self.leading.is_set():
-                self.leading.clear()
-                self.lost.set()
-                log.warning("%s lost the lead of %s", self.candidate, self.key)
+                await self.db.commit(self.fence(Txn()).put(self.key, self.token))
+                last_ok = loop.time()
+            except Conflict:
+                self._step_down("another candidate took over")
                 return
-            await asyncio.sleep(interval)  # the renewal period
+            except Exception as exc:
+                # etcd unreachable: after `timeout` the others may have moved on without us.
+                if loop.time() - last_ok > self.timeout:
+                    self._step_down(f"heartbeat failing: {exc!r}")
+                    return
+            await asyncio.sleep(self.beat)  # the heartbeat period
+
+    def _step_down(self, why: str) -> None:
+        log.warning("%s lost the lead of %s: %s", self.candidate, self.key, why)
+        self.leading.clear()
+        self.lost.set()
 
     async def resign(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
+        if self._heart is not None:
+            self._heart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-            self._keeper = None
-        if self.lease:
-            await self.db.revoke(self.lease)
+                await self._heart
+            self._heart = None
+        if self.leading.is_set():
+            with contextlib.suppress(Conflict):
+                await self.db.commit(self.fence(Txn()).delete(self.key))
         self.leading.clear()
-        self.lease = 0

@@ -67,7 +67,7 @@ def _encode(value: BaseModel | str) -> bytes:
 class Txn:
     """An atomic group of checks and writes; build with the methods, run with `ConfigDB.commit`."""
 
-    checks: list[tuple[str, str, int]] = field(default_factory=list)
+    checks: list[tuple[str, str, int | bytes]] = field(default_factory=list)
     puts: list[tuple[str, bytes, int]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
 
@@ -78,6 +78,11 @@ class Txn:
     def require_revision(self, key: str, revision: int) -> Txn:
         """The key must still be at `revision` (0: must not exist)."""
         self.checks.append(("mod", key, revision))
+        return self
+
+    def require_value(self, key: str, value: str) -> Txn:
+        """The key must hold exactly `value` (e.g. a leader's fencing token)."""
+        self.checks.append(("value", key, value.encode()))
         return self
 
     def put(self, key: str, value: BaseModel | str, lease: int = 0) -> Txn:
@@ -189,9 +194,9 @@ class ConfigDB:
         """Run the transaction; returns the new store revision or raises `Conflict`."""
         tx = self.client.transactions
         compare = []
+        targets = {"version": tx.version, "mod": tx.mod, "value": tx.value}
         for kind, key, value in txn.checks:
-            target = tx.version(key.encode()) if kind == "version" else tx.mod(key.encode())
-            compare.append(target == value)
+            compare.append(targets[kind](key.encode()) == value)
         success = [tx.put(k.encode(), v, lease=lease or None) for k, v, lease in txn.puts]
         success += [tx.delete(k.encode()) for k in txn.deletes]
         ok, responses = await self.client.transaction(compare=compare, success=success, failure=[])

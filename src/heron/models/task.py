@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import Field
 
-from heron.models.common import Record
+from heron.models.common import Record, new_id, now
 
 LOG_LINES = 100  # etcd holds small, current state: older lines are dropped
 
@@ -37,3 +37,19 @@ class Task(Record):
     cancel_requested: bool = False
     created_at: float
     updated_at: float
+
+
+def new_task(
+    kind: str, node: str, target: str, user: str, params: dict[str, Any] | None = None
+) -> Task:
+    stamp = now()
+    return Task(
+        id=new_id(),
+        kind=kind,
+        node=node,
+        target=target,
+        user=user,
+        params=params or {},
+        created_at=stamp,
+        updated_at=stamp,
+    )

@@ -31,6 +31,7 @@ class RunState(StrEnum):
     shutoff = "shutoff"
     crashed = "crashed"
     provisioning = "provisioning"
+    pending = "pending"  # waiting for HA to find it a node
     error = "error"
 
 
@@ -52,8 +53,17 @@ class NicSpec(Record):
         return value
 
 
+class HAPolicy(Record):
+    """What happens to the VM when its node fails."""
+
+    enabled: bool = Field(default=False, description="restart it on another node")
+    priority: int = Field(
+        default=50, ge=0, le=100, description="higher restarts first when capacity is short"
+    )
+
+
 class Hardware(Record):
-    """The virtual hardware; shared by the stored spec and the API's create request."""
+    """The VM's hardware and policies; shared by the stored spec and the create request."""
 
     vcpus: int = Field(default=1, ge=1, le=256)
     memory_mib: int = Field(default=512, ge=16, le=4 * 1024 * 1024)
@@ -65,6 +75,7 @@ class Hardware(Record):
         description="devices to boot from, e.g. ['disk0', 'net0']; empty: the first disk",
     )
     description: str = Field(default="", max_length=1024)
+    ha: HAPolicy = Field(default_factory=HAPolicy)
 
     @field_validator("machine")
     @classmethod
@@ -130,7 +141,7 @@ class VM(Record):
 
 
 class VMStatus(Record):
-    """Written only by the VM's node; never by the API."""
+    """Written by the VM's node; by the leader only while no node holds it (HA pending)."""
 
     state: RunState
     node: Name

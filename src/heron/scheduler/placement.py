@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass
 
+from heron.models.node import Node
+from heron.models.vm import VM, PowerState
+
 
 @dataclass(frozen=True)
 class NodeLoad:
@@ -41,3 +44,22 @@ def choose_node(
     if not fitting:
         raise NoCapacity(f"no node has {memory_mib} MiB of memory free")
     return min(fitting, key=lambda n: (n.score(memory_mib, vcpus), n.name)).name
+
+
+def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
+    used: dict[str, list[VM]] = {name: [] for name in nodes}
+    for vm in vms:
+        if vm.node in used and vm.power != PowerState.stopped:
+            used[vm.node].append(vm)
+    return [
+        NodeLoad(
+            name=n.name,
+            cpus=n.cpus,
+            memory_mib=n.memory_mib,
+            memory_used_mib=sum(v.spec.memory_mib for v in used[n.name]),
+            vcpus_used=sum(v.spec.vcpus for v in used[n.name]),
+            vms=sum(1 for v in vms if v.node == n.name),
+            maintenance=n.maintenance,
+        )
+        for n in nodes.values()
+    ]

@@ -9,13 +9,14 @@ from pydantic import BaseModel, Field
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.cluster import attached, find_pool, find_volume, live_nodes
-from heron.api.context import ApiContext, new_task, with_task
+from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
 from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.storage.dirpool import DirPool
 

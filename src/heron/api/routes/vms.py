@@ -8,18 +8,19 @@ from pydantic import BaseModel, Field, model_validator
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_vm, live_nodes, loads
-from heron.api.context import ApiContext, new_task, with_task
+from heron.api.cluster import attached, find_pool, find_vm, live_nodes
+from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
 from heron.models.storage import Volume, VolumeFormat
-from heron.models.task import Task
+from heron.models.task import Task, new_task
 from heron.models.vm import (
     VM,
     DiskBus,
     DiskSpec,
+    HAPolicy,
     Hardware,
     NicSpec,
     PowerState,
@@ -29,7 +30,7 @@ from heron.models.vm import (
     check_boot_order,
     check_disk_buses,
 )
-from heron.scheduler.placement import NoCapacity, choose_node
+from heron.scheduler.placement import NoCapacity, choose_node, node_loads
 
 router = APIRouter(tags=["vms"])
 
@@ -82,6 +83,7 @@ class VMUpdate(BaseModel):
     memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
     description: str | None = Field(default=None, max_length=1024)
     boot_order: list[str] | None = Field(default=None, max_length=8)
+    ha: HAPolicy | None = None
 
 
 class ActionRequest(BaseModel):
@@ -228,7 +230,7 @@ async def create_vm(
         new_volumes.append((volume, source_id))
         disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
     try:
-        node = choose_node(loads(nodes, vms), body.memory_mib, body.vcpus, pinned)
+        node = choose_node(node_loads(nodes, vms), body.memory_mib, body.vcpus, pinned)
     except NoCapacity as exc:
         raise Conflict(str(exc)) from exc
     for volume, _ in new_volumes:
@@ -236,13 +238,8 @@ async def create_vm(
         if not pool.shared:
             volume.node = node
     spec = VMSpec(
+        **body.model_dump(include=set(Hardware.model_fields)),
         name=body.name,
-        vcpus=body.vcpus,
-        memory_mib=body.memory_mib,
-        firmware=body.firmware,
-        machine=body.machine,
-        boot_order=body.boot_order,
-        description=body.description,
         disks=disks,
         nics=body.nics,
     )

@@ -1,0 +1,171 @@
+"""The failover controller, run by the leader.
+
+A node is failed when its lease has expired (its record is gone from /heron/nodes/). After a
+margin, which covers the failed node's fence deadline, its HA VMs are given to the least-loaded
+nodes that fit them, highest priority first; a VM that fits nowhere waits as `pending`, with the
+reason, until capacity returns. An HA VM whose QEMU crashed on a live node is started again
+there. Every decision is fenced by the leader's token and written to the audit log.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from heron.api.audit import AuditLog
+from heron.configdb import ConfigDB, Entry, Txn, keys
+from heron.configdb.election import Election
+from heron.configdb.store import Conflict
+from heron.ha.planner import plan_restarts
+from heron.models.node import Node
+from heron.models.storage import Pool, Volume
+from heron.models.task import new_task
+from heron.models.vm import VM, PowerState, RunState, VMStatus
+from heron.scheduler.placement import node_loads
+
+log = logging.getLogger(__name__)
+
+MARGIN = 1.0  # after a lease expired, on top of the fence deadline being shorter than the TTL
+CRASH_RETRY = 10.0  # an HA VM that keeps crashing is restarted at most this often
+_TICK = 0.5
+
+
+class FailoverController:
+    def __init__(
+        self,
+        db: ConfigDB,
+        audit: AuditLog,
+        margin: float = MARGIN,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.db = db
+        self.audit = audit
+        self.margin = margin
+        self.clock = clock
+        self._missing_since: dict[str, float] = {}
+        self._restarted_at: dict[str, float] = {}
+        self._wake = asyncio.Event()
+
+    async def run(self, election: Election) -> None:
+        watchers = [asyncio.create_task(self._wake_on(prefix)) for prefix in (keys.NODES, keys.VMS)]
+        try:
+            while True:
+                # A conflict: someone changed a VM under us, or we lost the lead. Look again.
+                with contextlib.suppress(Conflict):
+                    await self.step(election)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _TICK)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+
+    async def _wake_on(self, prefix: str) -> None:
+        async for _ in self.db.watch(prefix, await self.db.revision() + 1):
+            self._wake.set()
+
+    async def step(self, election: Election) -> None:
+        nodes = {e.value.name: e.value for e in await self.db.list(Node, keys.NODES)}
+        vm_entries = await self.db.list(VM, keys.VMS)
+        statuses = {
+            e.key.rsplit("/", 1)[1]: e for e in await self.db.list(VMStatus, keys.VM_STATUS)
+        }
+        now = self.clock()
+        for name in {e.value.node for e in vm_entries} - set(nodes):
+            self._missing_since.setdefault(name, now)
+        for name in list(self._missing_since):
+            if name in nodes:
+                del self._missing_since[name]
+        wanted = [e for e in vm_entries if e.value.spec.ha.enabled and e.value.power != "stopped"]
+        orphans = [
+            e
+            for e in wanted
+            if e.value.node in self._missing_since
+            and now - self._missing_since[e.value.node] >= self.margin
+        ]
+        crashed = [
+            e
+            for e in wanted
+            if e.value.node in nodes
+            and (s := statuses.get(e.value.id)) is not None
+            and s.value.state == RunState.crashed
+            and now - self._restarted_at.get(e.value.id, -CRASH_RETRY) >= CRASH_RETRY
+        ]
+        if orphans:
+            await self._fail_over(election, orphans, nodes, [e.value for e in vm_entries], statuses)
+        for entry in crashed:
+            self._restarted_at[entry.value.id] = now
+            await self._restart(election, entry, entry.value.node, "its QEMU crashed")
+
+    async def _fail_over(
+        self,
+        election: Election,
+        orphans: list[Entry[VM]],
+        nodes: dict[str, Node],
+        vms: list[VM],
+        statuses: dict[str, Entry[VMStatus]],
+    ) -> None:
+        shared_pools = {
+            e.value.name for e in await self.db.list(Pool, keys.POOLS) if e.value.shared
+        }
+        shared = {
+            e.value.id
+            for e in await self.db.list(Volume, keys.VOLUMES)
+            if e.value.pool in shared_pools
+        }
+        orphan_ids = {e.value.id for e in orphans}
+        # The orphans' memory no longer counts anywhere: their node is gone.
+        loads = node_loads(nodes, [v for v in vms if v.id not in orphan_ids])
+        plan = plan_restarts([e.value for e in orphans], loads, shared)
+        by_id = {e.value.id: e for e in orphans}
+        for vm, target in plan.moves:
+            await self._restart(election, by_id[vm.id], target, f"node {vm.node} failed")
+        for vm, reason in plan.pending:
+            status = statuses.get(vm.id)
+            if (
+                status is not None
+                and status.value.state == RunState.pending
+                and (status.value.message == reason)
+            ):
+                continue
+            pending = VMStatus(
+                state=RunState.pending,
+                node=vm.node,
+                message=reason,
+                observed_generation=vm.generation,
+                updated_at=time.time(),
+            )
+            await self.db.commit(election.fence(Txn()).put(keys.vm_status(vm.id), pending))
+            self.audit.record(
+                user="ha",
+                method="HA",
+                path=f"/vms/{vm.id}",
+                status=0,
+                result="pending",
+                target=vm.id,
+                reason=reason,
+            )
+            log.warning("HA: VM %s pending: %s", vm.spec.name, reason)
+
+    async def _restart(self, election: Election, entry: Entry[VM], target: str, why: str) -> None:
+        vm = entry.value.model_copy(deep=True)
+        source = vm.node
+        vm.node = target
+        vm.power = PowerState.running
+        vm.generation += 1
+        task = new_task("vm.start", target, vm.id, "ha", {"graceful": False, "reason": why})
+        txn = election.fence(Txn()).require_revision(entry.key, entry.revision)
+        await self.db.commit(txn.put(entry.key, vm).put(keys.task(task.id), task))
+        self.audit.record(
+            user="ha",
+            method="HA",
+            path=f"/vms/{vm.id}",
+            status=0,
+            result="ok",
+            target=vm.id,
+            reason=f"{why}: restarting {vm.spec.name} on {target}",
+            source=source,
+            task=task.id,
+        )
+        log.warning("HA: %s; restarting VM %s on %s", why, vm.spec.name, target)

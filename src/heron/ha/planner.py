@@ -1,0 +1,39 @@
+"""Where the VMs of a failed node go: pure logic, so it is tested without a cluster."""
+
+from dataclasses import dataclass, replace
+
+from heron.models.vm import VM
+from heron.scheduler.placement import NoCapacity, NodeLoad, choose_node
+
+
+@dataclass(frozen=True)
+class Plan:
+    moves: list[tuple[VM, str]]  # VM -> target node, in restart order
+    pending: list[tuple[VM, str]]  # VM -> why it cannot start now
+
+
+def plan_restarts(vms: list[VM], nodes: list[NodeLoad], shared_volumes: set[str]) -> Plan:
+    """Restart order is priority (highest first), then name; each placement counts its VM's
+    memory against the target before the next VM is placed."""
+    loads = {n.name: n for n in nodes}
+    moves: list[tuple[VM, str]] = []
+    pending: list[tuple[VM, str]] = []
+    for vm in sorted(vms, key=lambda v: (-v.spec.ha.priority, v.spec.name)):
+        local = [d.volume for d in vm.spec.disks if d.volume not in shared_volumes]
+        if local:
+            pending.append((vm, f"its disk {local[0]} is on the failed node's local storage"))
+            continue
+        try:
+            target = choose_node(list(loads.values()), vm.spec.memory_mib, vm.spec.vcpus)
+        except NoCapacity as exc:
+            pending.append((vm, f"waiting for capacity: {exc}"))
+            continue
+        load = loads[target]
+        loads[target] = replace(
+            load,
+            memory_used_mib=load.memory_used_mib + vm.spec.memory_mib,
+            vcpus_used=load.vcpus_used + vm.spec.vcpus,
+            vms=load.vms + 1,
+        )
+        moves.append((vm, target))
+    return Plan(moves, pending)

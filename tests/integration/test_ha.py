@@ -1,0 +1,172 @@
+"""High availability on a real 3-node devcluster: leader failover, node failure, fencing."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support import Api, qemu_homes, qemu_processes, serial_lines, wait_for
+
+from heron.devcluster import DevCluster
+
+BOOT = 120
+
+
+@pytest.fixture(scope="module")
+def api(cluster3: tuple[DevCluster, str]) -> Api:
+    cluster, token = cluster3
+    return Api(cluster.nodes[0].url, token)
+
+
+@pytest.fixture(scope="module")
+def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
+    cluster, _ = cluster3
+    shared = Path(cluster.dir) / "shared"
+    shared.mkdir()
+    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
+    reply = api.ok(
+        "POST",
+        "/pools/shared/volumes/import",
+        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
+    )
+    api.wait_task(reply["task"])
+    return "shared/testguest"
+
+
+def live_api(cluster: DevCluster, token: str, avoid: str) -> Api:
+    """A client on a node other than `avoid`."""
+    return Api(next(n.url for n in cluster.nodes if n.name != avoid), token)
+
+
+def create(api: Api, name: str, image: str, node: str, ha: bool = True) -> str:
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": name,
+            "memory_mib": 128,
+            "node": node,
+            "start": True,
+            "ha": {"enabled": ha},
+            "disks": [{"pool": "shared", "source": image}],
+        },
+    )
+    api.wait_task(reply["task"])
+    return reply["vm"]
+
+
+def ready_on(cluster: DevCluster, vm_id: str, node: str) -> int:
+    log = Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
+    return len(serial_lines(log, f"HERON-GUEST-READY uuid={vm_id}"))
+
+
+class DoubleRunChecker(threading.Thread):
+    """Polls every QEMU on the machine; records if a VM ever runs on two nodes at once."""
+
+    def __init__(self, vm_ids: list[str]):
+        super().__init__(daemon=True)
+        self.vm_ids = vm_ids
+        self.most = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.most = max([self.most, *(len(qemu_homes(v)) for v in self.vm_ids)])
+            self.halt.wait(0.02)  # the polling period
+
+
+def test_a_new_leader_when_the_leader_dies(cluster3, api) -> None:
+    cluster, token = cluster3
+    leader = wait_for(lambda: api.ok("GET", "/cluster")["leader"], 20, "a leader")
+    os.kill(cluster.herond_pid(cluster.node(leader)), signal.SIGKILL)
+    other = live_api(cluster, token, leader)
+    successor = wait_for(
+        lambda: (new := other.ok("GET", "/cluster")["leader"]) != leader and new,
+        10,
+        "a new leader",
+    )
+    assert successor != leader
+    cluster.start_node(leader)
+    cluster.wait_api(cluster.node(leader), 60)
+
+
+def test_ha_vms_of_a_dead_node_restart_elsewhere(cluster3, api, image) -> None:
+    cluster, token = cluster3
+    victim = "node2"
+    ha_vms = [create(api, f"ha{i}", image, victim) for i in range(2)]
+    plain = create(api, "plain", image, victim, ha=False)
+    for vm_id in ha_vms:
+        wait_for(lambda v=vm_id: ready_on(cluster, v, victim), BOOT, "first boot")
+    checker = DoubleRunChecker(ha_vms)
+    checker.start()
+    cluster.kill_node(victim)
+    other = live_api(cluster, token, victim)
+    for vm_id in ha_vms:
+        moved = wait_for(
+            lambda v=vm_id: (vm := other.vm(v))["node"] != victim and vm,
+            30,
+            "the VM to be given to another node",
+        )
+        wait_for(
+            lambda v=vm_id, n=moved["node"]: ready_on(cluster, v, n),
+            BOOT,
+            "the guest's serial line on its new node",
+        )
+        assert other.vm(vm_id)["state"] == "running"
+    assert other.vm(plain)["node"] == victim and other.vm(plain)["state"] == "unknown"
+    checker.halt.set()
+    checker.join()
+    assert checker.most == 1, "a VM ran on two nodes at once"
+    events = other.ok("GET", "/events", params={"limit": 1000})
+    assert {e["target"] for e in events if e.get("user") == "ha" and e["result"] == "ok"} >= set(
+        ha_vms
+    )
+    cluster.start_node(victim)
+    cluster.wait_api(cluster.node(victim), 60)
+
+
+def test_a_stopped_agent_is_fenced_before_its_vms_restart_elsewhere(cluster3, api, image) -> None:
+    cluster, token = cluster3
+    victim = "node3"
+    vm_id = create(api, "fenced", image, victim)
+    wait_for(lambda: ready_on(cluster, vm_id, victim), BOOT, "first boot")
+    checker = DoubleRunChecker([vm_id])
+    checker.start()
+    herond = cluster.herond_pid(cluster.node(victim))
+    os.kill(herond, signal.SIGSTOP)  # hung agent: QEMU runs, nobody renews the lease
+    try:
+        other = live_api(cluster, token, victim)
+        moved = wait_for(
+            lambda: (vm := other.vm(vm_id))["node"] != victim and vm,
+            30,
+            "the VM to be given to another node",
+        )
+        fenced = Path(cluster.node(victim).state_dir) / "vms" / vm_id / "fenced"
+        assert fenced.exists(), "the old QEMU was not stopped by the node's own watchdog"
+        wait_for(lambda: ready_on(cluster, vm_id, moved["node"]), BOOT, "boot on the new node")
+    finally:
+        os.kill(herond, signal.SIGCONT)
+    # The agent wakes up, finds its lease gone and the VM elsewhere, and leaves it there.
+    wait_for(lambda: victim in {n["name"] for n in api.ok("GET", "/nodes")}, 30, "re-register")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # a bounded observation window, not synchronisation
+        assert len(qemu_processes(vm_id)) == 1
+        time.sleep(0.1)
+    checker.halt.set()
+    checker.join()
+    assert checker.most == 1, "a VM ran on two nodes at once"
+    assert api.vm(vm_id)["node"] == moved["node"]
+
+
+def test_a_crashed_ha_vm_is_restarted_in_place(api, image) -> None:
+    vm_id = create(api, "phoenix", image, "node1")
+    pid = api.vm(vm_id)["status"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (vm := api.vm(vm_id))["state"] == "running" and vm["status"]["pid"] != pid,
+        30,
+        "the HA VM to run again",
+    )
+    assert api.vm(vm_id)["node"] == "node1"
