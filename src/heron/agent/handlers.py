@@ -4,6 +4,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from heron.agent.migration import Migrations
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Txn, keys
@@ -15,17 +16,22 @@ from heron.storage.qemuimg import QemuImgError
 
 
 class Handlers:
-    def __init__(self, db: ConfigDB, node: str, state_dir: Path, vms: VMController):
+    def __init__(
+        self, db: ConfigDB, node: str, state_dir: Path, vms: VMController, migrations: Migrations
+    ):
         self.db = db
         self.node = node
         self.state_dir = state_dir
         self.vms = vms
+        self.migrations = migrations
 
     def table(self) -> dict[str, Handler]:
         table: dict[str, Handler] = {
             "vm.create": self.vm_create,
             "vm.delete": self.vm_delete,
             "vm.reboot": self.vm_reboot,
+            "vm.migrate": self.migrations.migrate,
+            "vm.receive": self.migrations.receive,
             "volume.create": self.volume_create,
             "volume.import": self.volume_import,
             "volume.resize": self.volume_resize,

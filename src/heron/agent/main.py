@@ -24,6 +24,7 @@ import uvicorn
 import heron
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
+from heron.agent.migration import Migrations
 from heron.agent.registration import Registration
 from heron.agent.tasks import TaskRunner
 from heron.agent.vms import VMController
@@ -122,7 +123,9 @@ async def run(config: AgentConfig) -> None:
         db, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
     )
     vms = VMController(db, config.name, config.state_dir, accelerator)
-    runner = TaskRunner(db, config.name, Handlers(db, config.name, config.state_dir, vms).table())
+    migrations = Migrations(db, config.name, config.address, vms)
+    handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
+    runner = TaskRunner(db, config.name, handlers.table())
     async with httpx.AsyncClient(timeout=10) as http:
         ctx = ApiContext(
             db=db,

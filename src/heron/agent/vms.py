@@ -130,7 +130,7 @@ class VMController:
             await self._report(vm_id, state, vm)
             return state
 
-    async def _start(self, rt: _Runtime, vm: VM) -> None:
+    async def _start(self, rt: _Runtime, vm: VM, extra: tuple[str, ...] = ()) -> None:
         disks = await self.resolve_disks(vm)
         paths = rt.qemu.paths
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -150,8 +150,22 @@ class VMController:
         rt.expect_exit = False
         rt.guest_shutdown = False
         # Start paused when the user wants it paused, so the guest never runs a cycle.
-        await rt.qemu.launch(args + (["-S"] if vm.power == PowerState.paused else []))
+        paused = ["-S"] if vm.power == PowerState.paused else []
+        await rt.qemu.launch([*args, *paused, *extra])
         self._watch(vm.id)
+
+    async def start_incoming(self, vm: VM) -> QemuVM:
+        """Start a QEMU that waits for this VM's state to arrive by migration."""
+        rt = self.runtime(vm.id)
+        async with rt.lock:
+            if rt.qemu.running():
+                raise VMError(f"VM {vm.spec.name} already runs on {self.node}")
+            await self._start(rt, vm, ("-incoming", "defer"))
+        return rt.qemu
+
+    async def hand_over(self, vm_id: str) -> None:
+        """The VM now runs elsewhere (or never arrived): stop our QEMU, not as a crash."""
+        await self.destroy(vm_id)
 
     async def _stop(self, rt: _Runtime, *, graceful: bool, timeout: float) -> None:
         if not rt.qemu.running():

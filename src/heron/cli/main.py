@@ -205,6 +205,20 @@ for _name in ("start", "stop", "shutdown", "reboot", "pause", "resume"):
     _action(_name)
 
 
+@vm_app.command("migrate")
+def vm_migrate(
+    vm: str,
+    target: Annotated[str | None, typer.Option(help="node to move to (default: chosen)")] = None,
+    max_downtime: Annotated[int, typer.Option(help="longest guest pause, ms")] = 300,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Live-migrate a running VM to another node."""
+    client = Client()
+    body = {"target": target, "max_downtime_ms": max_downtime}
+    _finish(client, client.post(f"/vms/{vm}/actions/migrate", json=body), wait, as_json)
+
+
 @vm_app.command("update")
 def vm_update(
     vm: str,

@@ -15,6 +15,7 @@ VOLUME_NAMES = ROOT + "names/volume/"
 TASKS = ROOT + "tasks/"
 USERS = ROOT + "users/"
 TOKENS = ROOT + "tokens/"
+MIGRATIONS = ROOT + "migrations/"
 LEADER = ROOT + "leader"
 
 
@@ -56,3 +57,7 @@ def user(name: str) -> str:
 
 def token(token_hash: str) -> str:
     return TOKENS + token_hash
+
+
+def migration(vm_id: str) -> str:
+    return MIGRATIONS + vm_id

@@ -324,6 +324,65 @@ _DESIRED: dict[str, PowerState | None] = {
 }
 
 
+class MigrateRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    target: Name | None = Field(default=None, description="node to move to; chosen if omitted")
+    max_downtime_ms: int = Field(
+        default=300, ge=1, le=60_000, description="longest pause of the guest QEMU may take"
+    )
+    auto_converge: bool = Field(
+        default=True, description="slow the guest's vCPUs down if it dirties memory too fast"
+    )
+
+
+@router.post("/vms/{ref}/actions/migrate", response_model=TaskRef, status_code=202)
+async def migrate_vm(
+    ref: str,
+    request: Request,
+    body: MigrateRequest | None = None,
+    principal: Principal = Depends(auth.operator),
+) -> TaskRef:
+    """Live-migrate a running VM to another node (its disks on shared storage)."""
+    db = _ctx(request).db
+    body = body or MigrateRequest()
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    if (
+        vm.power == PowerState.stopped
+        or status is None
+        or status.value.state
+        not in (
+            RunState.running,
+            RunState.paused,
+        )
+    ):
+        raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
+    if await db.get_raw(keys.migration(vm.id)) is not None:
+        raise Conflict(f"VM {vm.spec.name} is already migrating")
+    nodes = await live_nodes(db)
+    if vm.node not in nodes:
+        raise Conflict(f"the VM's node {vm.node} is not online")
+    if body.target is not None:
+        if body.target not in nodes:
+            raise Invalid("body.target", f"no live node {body.target!r}")
+        if body.target == vm.node:
+            raise Invalid("body.target", f"the VM already runs on {vm.node}")
+        target = body.target
+    else:
+        others = {n for n in nodes if n != vm.node}
+        vms = [e.value for e in await db.list(VM, keys.VMS) if e.value.id != vm.id]
+        try:
+            target = choose_node(node_loads(nodes, vms), vm.spec.memory_mib, vm.spec.vcpus, others)
+        except NoCapacity as exc:
+            raise Conflict(str(exc)) from exc
+    params = {"target": target, **body.model_dump(exclude={"target"})}
+    task = new_task("vm.migrate", vm.node, vm.id, principal.user, params)
+    await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
+    request.state.audit_target = vm.id
+    return TaskRef(task=task.id, vm=vm.id)
+
+
 @router.post("/vms/{ref}/actions/{action}", response_model=TaskRef, status_code=202)
 async def vm_action(
     ref: str,

@@ -1,0 +1,28 @@
+"""A live migration in flight: the record both nodes use to hand a VM over."""
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from heron.models.common import Name, Record
+
+
+class MigrationState(StrEnum):
+    preparing = "preparing"  # the target is starting its incoming QEMU
+    ready = "ready"  # the target listens on `uri`
+    running = "running"  # memory (and disks) are being copied
+    completed = "completed"  # the VM runs on the target; the record names it
+    failed = "failed"
+
+
+class Migration(Record):
+    vm: str
+    source: Name
+    target: Name
+    state: MigrationState = MigrationState.preparing
+    uri: str | None = None
+    max_downtime_ms: int = Field(default=300, ge=1, le=60_000)
+    auto_converge: bool = True
+    error: str = ""
+    downtime_ms: int | None = None
+    created_at: float

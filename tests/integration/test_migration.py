@@ -1,0 +1,105 @@
+"""Live migration between the nodes of a real devcluster, with the guest counting on."""
+
+import re
+from pathlib import Path
+
+import pytest
+from support import Api, qemu_homes, serial_lines, wait_for
+
+from heron.devcluster import DevCluster
+
+BOOT = 120
+
+
+@pytest.fixture(scope="module")
+def api(cluster3: tuple[DevCluster, str]) -> Api:
+    cluster, token = cluster3
+    return Api(cluster.nodes[0].url, token)
+
+
+@pytest.fixture(scope="module")
+def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
+    cluster, _ = cluster3
+    shared = Path(cluster.dir) / "shared"
+    shared.mkdir()
+    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
+    reply = api.ok(
+        "POST",
+        "/pools/shared/volumes/import",
+        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
+    )
+    api.wait_task(reply["task"])
+    return "shared/testguest"
+
+
+def console(cluster: DevCluster, vm_id: str, node: str) -> Path:
+    return Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
+
+
+def ticks(log: Path) -> list[int]:
+    return [
+        int(m.group(1))
+        for line in serial_lines(log, r"heron-tick \d+")
+        if (m := re.search(r"heron-tick (\d+)", line))
+    ]
+
+
+def running_guest(
+    cluster: DevCluster, api: Api, name: str, image: str, node: str, pool: str = "shared"
+) -> str:
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": name,
+            "memory_mib": 128,
+            "node": node,
+            "start": True,
+            "disks": [{"pool": pool, "source": image}],
+        },
+    )
+    api.wait_task(reply["task"])
+    vm_id = reply["vm"]
+    wait_for(lambda: len(ticks(console(cluster, vm_id, node))) >= 2, BOOT, "the guest to tick")
+    return vm_id
+
+
+def test_live_migration_keeps_the_guest_running(cluster3, api, image) -> None:
+    cluster, _ = cluster3
+    vm_id = running_guest(cluster, api, "mover", image, "node1")
+    seen = ticks(console(cluster, vm_id, "node1"))[-1]
+    reply = api.ok(
+        "POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2", "max_downtime_ms": 300}
+    )
+    task = api.wait_task(reply["task"])
+    assert task["result"]["node"] == "node2" and task["result"]["downtime_ms"] is not None
+    vm = api.vm(vm_id)
+    assert vm["node"] == "node2" and vm["state"] == "running"
+    assert qemu_homes(vm_id) == {cluster.node("node2").state_dir}
+    # The counter goes on past where it was: the guest was moved, not rebooted.
+    log = console(cluster, vm_id, "node2")
+    wait_for(lambda: len(ticks(log)) >= 2, 30, "ticks on the target")
+    after = ticks(log)
+    assert not serial_lines(log, "HERON-GUEST-READY")
+    assert after[0] > seen and after == list(range(after[0], after[0] + len(after)))
+
+    # Without a target, placement picks a node other than the current one.
+    task = api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/migrate")["task"])
+    assert task["result"]["node"] != "node2" and api.vm(vm_id)["node"] == task["result"]["node"]
+
+
+def test_refusals_leave_the_vm_where_it_is(cluster3, api, image) -> None:
+    cluster, _ = cluster3
+    local = running_guest(cluster, api, "rooted", image, "node3", pool="local")
+    task_id = api.ok("POST", f"/vms/{local}/actions/migrate", json={"target": "node1"})["task"]
+    task = wait_for(
+        lambda: (t := api.ok("GET", f"/tasks/{task_id}"))["state"] in ("failed", "succeeded") and t,
+        60,
+        "the migration task to end",
+    )
+    assert task["state"] == "failed" and "local storage" in task["error"]
+    assert api.vm(local)["node"] == "node3" and api.vm(local)["state"] == "running"
+    assert api.post(f"/vms/{local}/actions/migrate", json={"target": "node3"}).status_code == 422
+    assert api.post(f"/vms/{local}/actions/migrate", json={"target": "nope"}).status_code == 422
+    api.wait_task(api.ok("POST", f"/vms/{local}/actions/stop")["task"])
+    assert api.post(f"/vms/{local}/actions/migrate", json={"target": "node1"}).status_code == 409
