@@ -4,6 +4,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from heron.agent.drain import Drain
 from heron.agent.migration import Migrations
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
@@ -32,6 +33,7 @@ class Handlers:
             "vm.reboot": self.vm_reboot,
             "vm.migrate": self.migrations.migrate,
             "vm.receive": self.migrations.receive,
+            "node.drain": Drain(self.db, self.node, self.vms),
             "volume.create": self.volume_create,
             "volume.import": self.volume_import,
             "volume.resize": self.volume_resize,

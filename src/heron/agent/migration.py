@@ -60,16 +60,6 @@ class Migrations:
                 raise TaskFailed(f"no answer from node {entry.value.target} in {timeout:.0f}s")
             await asyncio.sleep(_POLL)  # polling the record the other node writes
 
-    async def _shared_disks_only(self, vm: VM) -> None:
-        shared = {e.value.name for e in await self.db.list(Pool, keys.POOLS) if e.value.shared}
-        for disk in vm.spec.disks:
-            volume = await self.db.get(Volume, keys.volume(disk.volume))
-            if volume is None or volume.value.pool not in shared:
-                raise TaskFailed(
-                    f"disk {disk.volume} is on node-local storage; "
-                    "only VMs on shared storage can migrate yet"
-                )
-
     # -- source ----------------------------------------------------------------------------
 
     async def migrate(self, ctx: TaskContext) -> dict[str, Any]:
@@ -86,7 +76,12 @@ class Migrations:
         qemu = self.vms.runtime(vm_id).qemu
         if not qemu.running():
             raise TaskFailed("the VM is not running")
-        await self._shared_disks_only(vm)
+        local = await local_disks(self.db, vm)
+        if local:
+            raise TaskFailed(
+                f"disk {local[0]} is on node-local storage; "
+                "only VMs on shared storage can migrate yet"
+            )
         record = Migration(
             vm=vm_id,
             source=self.node,
@@ -219,6 +214,17 @@ class Migrations:
                     vm_id, state=MigrationState.failed, error=f"source node {source} failed"
                 )
             await asyncio.sleep(_POLL * 5)  # polling the record the source writes
+
+
+async def local_disks(db: ConfigDB, vm: VM) -> list[str]:
+    """The VM's volumes that only its node can reach."""
+    shared = {e.value.name for e in await db.list(Pool, keys.POOLS) if e.value.shared}
+    local = []
+    for disk in vm.spec.disks:
+        volume = await db.get(Volume, keys.volume(disk.volume))
+        if volume is None or volume.value.pool not in shared:
+            local.append(disk.volume)
+    return local
 
 
 def _free_port(address: str) -> int:

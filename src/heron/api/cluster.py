@@ -2,13 +2,11 @@
 
 from heron.api.errors import Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, keys
-from heron.models.node import Node
 from heron.models.storage import Pool, Volume
 from heron.models.vm import VM
+from heron.scheduler.inventory import live_nodes
 
-
-async def live_nodes(db: ConfigDB) -> dict[str, Node]:
-    return {e.value.name: e.value for e in await db.list(Node, keys.NODES)}
+__all__ = ["attached", "find_pool", "find_vm", "find_volume", "live_nodes"]
 
 
 async def find_vm(db: ConfigDB, ref: str) -> Entry[VM]:

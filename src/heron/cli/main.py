@@ -73,6 +73,7 @@ def login(
 NODE_COLUMNS = [
     ("name", lambda n: n["name"]),
     ("state", lambda n: n["state"]),
+    ("leader", lambda n: "*" if n["leader"] else ""),
     ("api", lambda n: n["api_url"]),
     ("accel", lambda n: n["accelerator"]),
     ("cpus", lambda n: n["cpus"]),
@@ -105,6 +106,27 @@ VM_COLUMNS = [
     ("vnc", lambda v: (v["status"] or {}).get("vnc")),
     ("id", lambda v: v["id"]),
 ]
+
+
+maintenance_app = typer.Typer(no_args_is_help=True, help="Maintenance mode.")
+node_app.add_typer(maintenance_app, name="maintenance")
+
+
+@maintenance_app.command("enter")
+def maintenance_enter(name: str, wait: Wait = True, as_json: Json = False) -> None:
+    """Keep new VMs off the node and live-migrate its VMs away."""
+    client = Client()
+    _finish(client, client.post(f"/nodes/{name}/maintenance/enter"), wait, as_json)
+
+
+@maintenance_app.command("exit")
+def maintenance_exit(name: str, as_json: Json = False) -> None:
+    """Let the node take VMs again."""
+    emit(
+        Client().post(f"/nodes/{name}/maintenance/exit"),
+        as_json,
+        [("node", lambda r: r["node"]), ("maintenance", lambda r: r["maintenance"])],
+    )
 
 
 @vm_app.command("list")

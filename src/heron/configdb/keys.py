@@ -6,6 +6,7 @@ same transaction as the record, so a name clash is caught by etcd, not by a read
 
 ROOT = "/heron/"
 NODES = ROOT + "nodes/"
+NODE_SETTINGS = ROOT + "node-settings/"
 VMS = ROOT + "vms/"
 VM_STATUS = ROOT + "vm-status/"
 VM_NAMES = ROOT + "names/vm/"
@@ -21,6 +22,10 @@ LEADER = ROOT + "leader"
 
 def node(name: str) -> str:
     return NODES + name
+
+
+def node_settings(name: str) -> str:
+    return NODE_SETTINGS + name
 
 
 def vm(vm_id: str) -> str:

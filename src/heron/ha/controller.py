@@ -22,6 +22,7 @@ from heron.models.node import Node
 from heron.models.storage import Pool, Volume
 from heron.models.task import new_task
 from heron.models.vm import VM, PowerState, RunState, VMStatus
+from heron.scheduler.inventory import live_nodes
 from heron.scheduler.placement import node_loads
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class FailoverController:
             self._wake.set()
 
     async def step(self, election: Election) -> None:
-        nodes = {e.value.name: e.value for e in await self.db.list(Node, keys.NODES)}
+        nodes = await live_nodes(self.db)
         vm_entries = await self.db.list(VM, keys.VMS)
         statuses = {
             e.key.rsplit("/", 1)[1]: e for e in await self.db.list(VMStatus, keys.VM_STATUS)

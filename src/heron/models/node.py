@@ -20,4 +20,14 @@ class Node(Record):
     accelerator: Accelerator
     versions: dict[str, str] = Field(default_factory=dict)
     started_at: float
+    maintenance: bool = Field(
+        default=False, description="kept free of VMs; set by the admin (NodeSettings)"
+    )
+
+
+class NodeSettings(Record):
+    """What the admin decides about a node; kept apart from what the node registers itself,
+    so it outlives the node's lease and restarts."""
+
     maintenance: bool = False
+    changed_at: float

@@ -1,15 +1,19 @@
 """Nodes: the live members of the cluster and their load."""
 
+import time
+
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import heron
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.cluster import live_nodes
+from heron.api.context import with_task
 from heron.api.errors import NotFound
-from heron.configdb import keys
-from heron.models.node import Node
+from heron.configdb import Txn, keys
+from heron.models.node import Node, NodeSettings
+from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.scheduler.placement import node_loads
 
@@ -17,7 +21,8 @@ router = APIRouter(tags=["nodes"])
 
 
 class NodeView(Node):
-    state: str = "online"
+    state: str = Field(description="online or maintenance (a node without a lease is not listed)")
+    leader: bool
     vms: int
     memory_used_mib: int
     vcpus_used: int
@@ -28,9 +33,13 @@ async def _views(request: Request) -> list[NodeView]:
     nodes = await live_nodes(db)
     vms = [e.value for e in await db.list(VM, keys.VMS)]
     by_name = {load.name: load for load in node_loads(nodes, vms)}
+    found = await db.get_raw(keys.LEADER)
+    leader = found[0].decode().split(" ", 1)[0] if found else None
     return [
         NodeView(
             **node.model_dump(),
+            state="maintenance" if node.maintenance else "online",
+            leader=name == leader,
             vms=by_name[name].vms,
             memory_used_mib=by_name[name].memory_used_mib,
             vcpus_used=by_name[name].vcpus_used,
@@ -70,3 +79,37 @@ async def cluster(request: Request, _: Principal = Depends(auth.viewer)) -> Clus
         vms=len(await db.list(VM, keys.VMS)),
         version=heron.__version__,
     )
+
+
+class MaintenanceReply(BaseModel):
+    node: str
+    maintenance: bool
+    task: str | None = None
+
+
+@router.post("/nodes/{name}/maintenance/enter", response_model=MaintenanceReply, status_code=202)
+async def enter_maintenance(
+    name: str, request: Request, principal: Principal = Depends(auth.admin)
+) -> MaintenanceReply:
+    """Keep new VMs off the node and live-migrate its VMs away (a `node.drain` task)."""
+    db = request.app.state.ctx.db
+    if name not in await live_nodes(db):
+        raise NotFound(f"no live node {name!r}")
+    settings = NodeSettings(maintenance=True, changed_at=time.time())
+    task = new_task("node.drain", name, name, principal.user)
+    await db.commit(with_task(Txn().put(keys.node_settings(name), settings), task))
+    request.state.audit_target = name
+    return MaintenanceReply(node=name, maintenance=True, task=task.id)
+
+
+@router.post("/nodes/{name}/maintenance/exit", response_model=MaintenanceReply)
+async def exit_maintenance(
+    name: str, request: Request, _: Principal = Depends(auth.admin)
+) -> MaintenanceReply:
+    """Let the node take VMs again (they are not moved back by themselves)."""
+    db = request.app.state.ctx.db
+    if await db.get_raw(keys.node_settings(name)) is None and name not in await live_nodes(db):
+        raise NotFound(f"no node {name!r}")
+    await db.put(keys.node_settings(name), NodeSettings(maintenance=False, changed_at=time.time()))
+    request.state.audit_target = name
+    return MaintenanceReply(node=name, maintenance=False)

@@ -183,6 +183,8 @@ async def create_vm(
     if body.node is not None:
         if body.node not in nodes:
             raise Invalid("body.node", f"no live node {body.node!r}")
+        if nodes[body.node].maintenance:
+            raise Conflict(f"node {body.node} is in maintenance")
         pinned = {body.node}
 
     def pin(node: str | None, field: str) -> None:
@@ -368,6 +370,8 @@ async def migrate_vm(
             raise Invalid("body.target", f"no live node {body.target!r}")
         if body.target == vm.node:
             raise Invalid("body.target", f"the VM already runs on {vm.node}")
+        if nodes[body.target].maintenance:
+            raise Conflict(f"node {body.target} is in maintenance")
         target = body.target
     else:
         others = {n for n in nodes if n != vm.node}
