@@ -2,10 +2,14 @@
 
 The source writes a migration record and a `vm.receive` task for the target in one
 transaction (one migration per VM at a time). The target starts the VM's QEMU with
-`-incoming defer`, listens, and publishes its URI in the record. The source then migrates,
-reporting QEMU's progress in its task; on completion it gives the VM record to the target
-and stops its own, now paused, QEMU. On failure or cancel the source keeps running the VM
-and the target drops its incoming QEMU. Disks must be on shared storage for now.
+`-incoming defer`, listens, and publishes its URI in the record. Disks on shared storage are
+simply opened by both (QEMU hands the image over at the switch). Disks on the source's local
+storage are first copied while the guest runs: the target creates empty volumes and exports
+them over NBD, the source mirrors into them (`blockdev-mirror`, write-blocking so the copy
+converges), and only when every mirror is in sync does the memory follow. On completion the
+source gives the VM and its local volumes to the target in one transaction and drops its own,
+now paused, QEMU and its old volume files. On failure or cancel the VM stays on the source and
+the target drops what it made.
 """
 
 import asyncio
@@ -19,17 +23,20 @@ from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.store import Conflict
-from heron.hypervisor.qemu import QemuError
+from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume
 from heron.models.task import new_task
 from heron.models.vm import VM
+from heron.storage.dirpool import DirPool
 
 log = logging.getLogger(__name__)
 
 PREPARE_TIMEOUT = 60.0
 _POLL = 0.1
+# Task progress: disks are copied in the first part, memory in the rest.
+_DISKS_SHARE = 0.6
 
 
 class Migrations:
@@ -60,6 +67,16 @@ class Migrations:
                 raise TaskFailed(f"no answer from node {entry.value.target} in {timeout:.0f}s")
             await asyncio.sleep(_POLL)  # polling the record the other node writes
 
+    async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, DirPool]]:
+        found = []
+        for index in indexes:
+            volume = await self.db.get(Volume, keys.volume(vm.spec.disks[index].volume))
+            pool = await self.db.get(Pool, keys.pool(volume.value.pool)) if volume else None
+            if volume is None or pool is None:
+                raise TaskFailed(f"disk {index} lost its volume or pool")
+            found.append((volume.value, DirPool(pool.value, self.vms.state_dir)))
+        return found
+
     # -- source ----------------------------------------------------------------------------
 
     async def migrate(self, ctx: TaskContext) -> dict[str, Any]:
@@ -76,18 +93,14 @@ class Migrations:
         qemu = self.vms.runtime(vm_id).qemu
         if not qemu.running():
             raise TaskFailed("the VM is not running")
-        local = await local_disks(self.db, vm)
-        if local:
-            raise TaskFailed(
-                f"disk {local[0]} is on node-local storage; "
-                "only VMs on shared storage can migrate yet"
-            )
+        local = set(await local_disks(self.db, vm))
         record = Migration(
             vm=vm_id,
             source=self.node,
             target=target,
             max_downtime_ms=int(params.get("max_downtime_ms", 300)),
             auto_converge=bool(params.get("auto_converge", True)),
+            mirror=[i for i, disk in enumerate(vm.spec.disks) if disk.volume in local],
             created_at=time.time(),
         )
         receive = new_task("vm.receive", target, vm_id, ctx.task.user)
@@ -105,23 +118,101 @@ class Migrations:
             )
             if ready.state == MigrationState.failed:
                 raise TaskFailed(f"the target could not prepare: {ready.error}")
-            await ctx.progress(0.02, f"{target} listens on {ready.uri}")
-            downtime = await self._send(ctx, record, str(ready.uri))
-
-            await self._hand_record_over(vm_id, target, downtime)
+            await ctx.progress(0.01, f"{target} listens on {ready.uri}")
+            await self._set(vm_id, state=MigrationState.running)
+            if record.mirror:
+                await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
+            downtime = await self._send(ctx, qemu, record, str(ready.uri))
+            for index in record.mirror:
+                # Cancelling a mirror in sync ends it cleanly: the target has every block.
+                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
+            await self._hand_record_over(vm_id, target, downtime, record.mirror)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
             with contextlib.suppress(QemuError):
                 await qemu.execute("migrate_cancel")
+            for index in record.mirror:
+                with contextlib.suppress(QemuError):
+                    await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
             with contextlib.suppress(Exception):
                 await self._set(vm_id, state=MigrationState.failed, error=str(exc) or "cancelled")
             raise
         await self.vms.hand_over(vm_id)
+        for volume, pool in await self._volumes(vm, record.mirror):
+            pool.delete(volume)  # the target holds the disk now
         total = round((time.monotonic() - started) * 1000)
         await ctx.log(f"migrated to {target} in {total} ms, downtime {downtime} ms")
-        return {"node": target, "downtime_ms": downtime, "total_ms": total}
+        return {
+            "node": target,
+            "downtime_ms": downtime,
+            "total_ms": total,
+            "disks_copied": len(record.mirror),
+        }
 
-    async def _hand_record_over(self, vm_id: str, target: str, downtime: int | None) -> None:
-        """The VM runs on the target now: the VM record and the migration's end, at once."""
+    async def _mirror(self, ctx: TaskContext, qemu: QemuVM, disks: list[int], nbd: str) -> None:
+        """Copy local disks into the target's NBD exports until they are in sync."""
+        host, port = nbd.rsplit(":", 1)
+        for index in disks:
+            await qemu.execute(
+                "blockdev-add",
+                {
+                    "driver": "nbd",
+                    "node-name": f"mirror{index}",
+                    "export": f"disk{index}",
+                    "server": {"type": "inet", "host": host, "port": port},
+                },
+            )
+            await qemu.execute(
+                "blockdev-mirror",
+                {
+                    "job-id": f"mirror{index}",
+                    "device": f"disk{index}",
+                    "target": f"mirror{index}",
+                    "sync": "full",
+                    "copy-mode": "write-blocking",
+                },
+            )
+        wanted = {f"mirror{i}" for i in disks}
+        while True:
+            jobs = {j["device"]: j for j in await qemu.execute("query-block-jobs")}
+            gone = wanted - set(jobs)
+            if gone:
+                raise TaskFailed(f"disk copy {sorted(gone)[0]} stopped before it was in sync")
+            if all(jobs[name].get("ready") for name in wanted):
+                return
+            total = sum(jobs[name]["len"] for name in wanted) or 1
+            done = sum(jobs[name]["offset"] for name in wanted)
+            await ctx.progress(0.01 + _DISKS_SHARE * done / total)
+            await asyncio.sleep(_POLL)  # QEMU reports block job progress only when asked
+
+    async def _send(
+        self, ctx: TaskContext, qemu: QemuVM, record: Migration, uri: str
+    ) -> int | None:
+        low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
+        capabilities = [
+            {"capability": "auto-converge", "state": record.auto_converge},
+            {"capability": "events", "state": True},
+        ]
+        await qemu.execute("migrate-set-capabilities", {"capabilities": capabilities})
+        await qemu.execute("migrate-set-parameters", {"downtime-limit": record.max_downtime_ms})
+        await qemu.execute("migrate", {"uri": uri})
+        while True:
+            info = await qemu.execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return info.get("downtime")
+            if status in ("failed", "cancelled"):
+                raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")
+            ram = info.get("ram", {})
+            total = ram.get("total") or 0
+            if total:
+                done = min(ram.get("transferred", 0) / total, 0.99)
+                await ctx.progress(low + (0.99 - low) * done)
+            await asyncio.sleep(_POLL)  # QEMU reports progress only when asked
+
+    async def _hand_record_over(
+        self, vm_id: str, target: str, downtime: int | None, mirrored: list[int]
+    ) -> None:
+        """The VM (and its copied volumes) belong to the target now, all in one step."""
         for _ in range(20):
             vm = await self.db.get(VM, keys.vm(vm_id))
             record = await self.db.get(Migration, keys.migration(vm_id))
@@ -140,34 +231,16 @@ class Migrations:
                 .put(vm.key, moved)
                 .put(record.key, done)
             )
+            for index in mirrored:
+                volume = await self.db.get(Volume, keys.volume(vm.value.spec.disks[index].volume))
+                if volume is None:
+                    raise TaskFailed(f"the volume of disk {index} vanished")
+                txn.require_revision(volume.key, volume.revision)
+                txn.put(volume.key, volume.value.model_copy(update={"node": target}))
             with contextlib.suppress(Conflict):
                 await self.db.commit(txn)
                 return
         raise TaskFailed("the VM record kept changing; could not hand it over")
-
-    async def _send(self, ctx: TaskContext, record: Migration, uri: str) -> int | None:
-        qemu = self.vms.runtime(record.vm).qemu
-        capabilities = [
-            {"capability": "auto-converge", "state": record.auto_converge},
-            {"capability": "events", "state": True},
-        ]
-        await qemu.execute("migrate-set-capabilities", {"capabilities": capabilities})
-        await qemu.execute("migrate-set-parameters", {"downtime-limit": record.max_downtime_ms})
-        await self._set(record.vm, state=MigrationState.running)
-        await qemu.execute("migrate", {"uri": uri})
-        while True:
-            info = await qemu.execute("query-migrate")
-            status = info.get("status")
-            if status == "completed":
-                return info.get("downtime")
-            if status in ("failed", "cancelled"):
-                raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")
-            ram = info.get("ram", {})
-            total = ram.get("total") or 0
-            if total:
-                done = min(ram.get("transferred", 0) / total, 0.99)
-                await ctx.progress(0.02 + 0.97 * done)
-            await asyncio.sleep(_POLL)  # QEMU reports progress only when asked
 
     # -- target ----------------------------------------------------------------------------
 
@@ -177,29 +250,67 @@ class Migrations:
         vm = await self.db.get(VM, keys.vm(vm_id))
         if entry is None or vm is None or entry.value.target != self.node:
             return {"skipped": "no migration to this node"}
-        if entry.value.state == MigrationState.preparing:
+        record = entry.value
+        copies = await self._volumes(vm.value, record.mirror)
+        if record.state == MigrationState.preparing:
             try:
-                qemu = await self.vms.start_incoming(vm.value)
-                uri = f"tcp:{self.address}:{_free_port(self.address)}"
-                await qemu.execute(
-                    "migrate-set-capabilities",
-                    {"capabilities": [{"capability": "events", "state": True}]},
-                )
-                await qemu.execute("migrate-incoming", {"uri": uri})
-            except (VMError, QemuError) as exc:
+                await self._prepare(vm.value, record, copies)
+            except (VMError, QemuError, TaskFailed) as exc:
                 await self._set(vm_id, state=MigrationState.failed, error=str(exc))
-                await self.vms.hand_over(vm_id)
+                await self._drop(vm_id, copies)
                 raise TaskFailed(str(exc)) from exc
-            await self._set(vm_id, state=MigrationState.ready, uri=uri)
-        source = entry.value.source
-        end = await self._until_done(vm_id, source)
+        end = await self._until_done(vm_id, record.source)
+        qemu = self.vms.runtime(vm_id).qemu
         if end.state == MigrationState.completed:
+            if record.mirror:
+                with contextlib.suppress(QemuError):
+                    await qemu.execute("nbd-server-stop")
             await self.vms.reconcile(vm_id)
             await self.db.delete(keys.migration(vm_id))
             return {"node": self.node, "downtime_ms": end.downtime_ms}
-        await self.vms.hand_over(vm_id)
+        await self._drop(vm_id, copies)
         await self.db.delete(keys.migration(vm_id))
         raise TaskFailed(f"the migration failed: {end.error}")
+
+    async def _prepare(
+        self, vm: VM, record: Migration, copies: list[tuple[Volume, DirPool]]
+    ) -> None:
+        for volume, pool in copies:
+            await pool.create(volume)  # empty, the same size: the mirror fills it
+        qemu = await self.vms.start_incoming(vm, record.source)
+        nbd = None
+        if record.mirror:
+            port = _free_port(self.address)
+            await qemu.execute(
+                "nbd-server-start",
+                {
+                    "addr": {"type": "inet", "data": {"host": self.address, "port": str(port)}},
+                },
+            )
+            for index in record.mirror:
+                await qemu.execute(
+                    "block-export-add",
+                    {
+                        "type": "nbd",
+                        "id": f"export{index}",
+                        "node-name": f"disk{index}",
+                        "name": f"disk{index}",
+                        "writable": True,
+                    },
+                )
+            nbd = f"{self.address}:{port}"
+        uri = f"tcp:{self.address}:{_free_port(self.address)}"
+        await qemu.execute(
+            "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
+        )
+        await qemu.execute("migrate-incoming", {"uri": uri})
+        await self._set(vm.id, state=MigrationState.ready, uri=uri, nbd=nbd)
+
+    async def _drop(self, vm_id: str, copies: list[tuple[Volume, DirPool]]) -> None:
+        """Undo the target's side: its incoming QEMU and the partial disk copies."""
+        await self.vms.hand_over(vm_id)
+        for volume, pool in copies:
+            pool.delete(volume)
 
     async def _until_done(self, vm_id: str, source: str) -> Migration:
         """Wait for the source's verdict; a source whose lease expired gives none."""

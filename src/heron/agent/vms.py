@@ -130,8 +130,10 @@ class VMController:
             await self._report(vm_id, state, vm)
             return state
 
-    async def _start(self, rt: _Runtime, vm: VM, extra: tuple[str, ...] = ()) -> None:
-        disks = await self.resolve_disks(vm)
+    async def _start(
+        self, rt: _Runtime, vm: VM, extra: tuple[str, ...] = (), arriving_from: str | None = None
+    ) -> None:
+        disks = await self.resolve_disks(vm, arriving_from)
         paths = rt.qemu.paths
         paths.root.mkdir(parents=True, exist_ok=True)
         if vm.spec.firmware == "uefi" and not paths.efivars.exists():
@@ -154,13 +156,13 @@ class VMController:
         await rt.qemu.launch([*args, *paused, *extra])
         self._watch(vm.id)
 
-    async def start_incoming(self, vm: VM) -> QemuVM:
-        """Start a QEMU that waits for this VM's state to arrive by migration."""
+    async def start_incoming(self, vm: VM, source: str) -> QemuVM:
+        """Start a QEMU that waits for this VM's state to arrive by migration from `source`."""
         rt = self.runtime(vm.id)
         async with rt.lock:
             if rt.qemu.running():
                 raise VMError(f"VM {vm.spec.name} already runs on {self.node}")
-            await self._start(rt, vm, ("-incoming", "defer"))
+            await self._start(rt, vm, ("-incoming", "defer"), arriving_from=source)
         return rt.qemu
 
     async def hand_over(self, vm_id: str) -> None:
@@ -199,7 +201,9 @@ class VMController:
             shutil.rmtree(rt.qemu.paths.root, ignore_errors=True)
         self._vms.pop(vm_id, None)
 
-    async def resolve_disks(self, vm: VM) -> list[ResolvedDisk]:
+    async def resolve_disks(self, vm: VM, arriving_from: str | None = None) -> list[ResolvedDisk]:
+        """The files of the VM's disks on this node. During a migration from
+        `arriving_from`, that node's local volumes are the copies being made here."""
         disks = []
         for disk in vm.spec.disks:
             volume = await self.db.get(Volume, keys.volume(disk.volume))
@@ -207,7 +211,7 @@ class VMController:
                 raise VMError(f"volume {disk.volume} does not exist")
             if volume.value.state != "ready":
                 raise VMError(f"volume {volume.value.name} is {volume.value.state}")
-            if volume.value.node not in (None, self.node):
+            if volume.value.node not in (None, self.node, arriving_from):
                 raise VMError(f"volume {volume.value.name} is on node {volume.value.node}")
             pool = await self.db.get(Pool, keys.pool(volume.value.pool))
             if pool is None:

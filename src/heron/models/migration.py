@@ -10,7 +10,7 @@ from heron.models.common import Name, Record
 class MigrationState(StrEnum):
     preparing = "preparing"  # the target is starting its incoming QEMU
     ready = "ready"  # the target listens on `uri`
-    running = "running"  # memory (and disks) are being copied
+    running = "running"  # disks (if local) then memory are being copied
     completed = "completed"  # the VM runs on the target; the record names it
     failed = "failed"
 
@@ -21,6 +21,10 @@ class Migration(Record):
     target: Name
     state: MigrationState = MigrationState.preparing
     uri: str | None = None
+    mirror: list[int] = Field(
+        default_factory=list, description="disks on the source's local storage, copied too"
+    )
+    nbd: str | None = Field(default=None, description="host:port of the target's NBD server")
     max_downtime_ms: int = Field(default=300, ge=1, le=60_000)
     auto_converge: bool = True
     error: str = ""
