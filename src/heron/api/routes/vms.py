@@ -120,7 +120,9 @@ def _ctx(request: Request) -> ApiContext:
 def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> VMView:
     # A node that is gone cannot vouch for its VMs: their state is unknown until it is back
     # (the last status it wrote stays visible in `status`).
-    state: RunState | Literal["unknown"] = status.state if status and node_alive else "unknown"
+    # `pending` is the leader's word, not the node's, so it stands without the node.
+    known = status is not None and (node_alive or status.state == RunState.pending)
+    state: RunState | Literal["unknown"] = status.state if status and known else "unknown"
     return VMView(
         id=vm.id,
         name=vm.spec.name,
