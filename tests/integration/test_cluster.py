@@ -417,3 +417,30 @@ def test_any_node_reports_every_volume_with_its_real_allocation(env, six_vms) ->
         # Read by the node holding the file; a booted guest's qcow2 holds real data.
         assert volume["allocation"] and 0 < volume["allocation"] <= volume["size"] * 1.1
         assert volume["attached_to"] == volume["name"].removesuffix("-disk0")
+
+
+def test_groups_and_mass_deployment(api, six_vms) -> None:
+    before = len(api.ok("GET", "/vms"))
+    api.ok("POST", "/groups", json={"name": "db", "placement": "spread", "strict": True})
+    api.ok("POST", "/groups", json={"name": "app", "placement": "together", "strict": True})
+    template = {"name": "db", "count": 3, "memory_mib": 64, "group": "db"}
+    plan = api.ok("POST", "/vms/batch", json={**template, "dry_run": True})
+    assert plan["dry_run"] and len({item["node"] for item in plan["vms"]}) == 3
+    assert len(api.ok("GET", "/vms")) == before  # a dry run writes nothing
+
+    made = api.ok("POST", "/vms/batch", json=template)["vms"]
+    assert [m["name"] for m in made] == ["db-001", "db-002", "db-003"]
+    assert [m["node"] for m in made] == [p["node"] for p in plan["vms"]]
+    for item in made:
+        api.wait_task(item["task"])
+        assert api.vm(item["vm"])["node"] == item["node"]
+    refused = api.post("/vms", json={"name": "db-004", "memory_mib": 64, "group": "db"})
+    assert refused.status_code == 409 and "group db" in refused.json()["message"]
+
+    app = api.ok(
+        "POST", "/vms/batch", json={"name": "app", "count": 3, "memory_mib": 64, "group": "app"}
+    )["vms"]
+    assert len({item["node"] for item in app}) == 1
+    assert api.delete("/groups/app").status_code == 409
+    unknown = api.post("/vms", json={"name": "x", "memory_mib": 64, "group": "nope"})
+    assert unknown.status_code == 422

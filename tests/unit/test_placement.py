@@ -157,3 +157,33 @@ def test_deterministic_for_any_order() -> None:
     for _ in range(50):
         rng.shuffle(nodes)
         assert choose_node(nodes, 512, 1) == expected
+
+
+def test_strict_spread_puts_one_member_per_node() -> None:
+    from collections import Counter
+
+    from heron.scheduler.placement import Affinity
+
+    nodes = [NodeLoad(n, cpus=4, memory_mib=4096) for n in ("a", "b", "c")]
+    rule = Affinity("db", "spread", strict=True, members_on=Counter({"a": 1, "b": 1}))
+    assert choose_node(nodes, 128, 1, affinity=rule) == "c"
+    full = Affinity("db", "spread", strict=True, members_on=Counter({"a": 1, "b": 1, "c": 1}))
+    with pytest.raises(NoCapacity, match="group db"):
+        choose_node(nodes, 128, 1, affinity=full)
+    soft = Affinity("db", "spread", strict=False, members_on=Counter({"a": 1, "b": 1, "c": 1}))
+    assert choose_node(nodes, 128, 1, affinity=soft) in {"a", "b", "c"}
+
+
+def test_together_follows_the_first_member_even_onto_a_busier_node() -> None:
+    from collections import Counter
+
+    from heron.scheduler.placement import Affinity
+
+    nodes = [
+        NodeLoad("busy", cpus=4, memory_mib=4096, memory_used_mib=3000),
+        NodeLoad("idle", cpus=4, memory_mib=4096),
+    ]
+    rule = Affinity("app", "together", strict=True, members_on=Counter({"busy": 2}))
+    assert choose_node(nodes, 128, 1, affinity=rule) == "busy"
+    first = Affinity("app", "together", strict=True)
+    assert choose_node(nodes, 128, 1, affinity=first) == "idle"

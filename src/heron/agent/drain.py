@@ -15,8 +15,8 @@ from heron.configdb import ConfigDB, keys
 from heron.configdb.store import Conflict
 from heron.models.task import Task, new_task
 from heron.models.vm import VM, PowerState
-from heron.scheduler.inventory import live_nodes
-from heron.scheduler.placement import NoCapacity, choose_node, node_loads
+from heron.scheduler.inventory import group_of, live_nodes
+from heron.scheduler.placement import NoCapacity, affinity_for, choose_node, node_loads
 
 _POLL = 0.2
 
@@ -53,7 +53,8 @@ class Drain:
         nodes = await live_nodes(self.db)
         others = {name for name, node in nodes.items() if name != self.node}
         vms = [e.value for e in await self.db.list(VM, keys.VMS) if e.value.id != vm.id]
-        return choose_node(node_loads(nodes, vms), vm.spec.memory_mib, vm.spec.vcpus, others)
+        rule = affinity_for(vm.id, await group_of(self.db, vm), vms)
+        return choose_node(node_loads(nodes, vms), vm.spec.memory_mib, vm.spec.vcpus, others, rule)
 
     async def _migrate(self, ctx: TaskContext, vm: VM, target: str) -> None:
         params = {"target": target, "max_downtime_ms": 300, "auto_converge": True}

@@ -8,7 +8,7 @@ from fastapi.responses import RedirectResponse
 import heron
 from heron.api import errors
 from heron.api.context import ApiContext
-from heron.api.routes import auth, events, nodes, pools, tasks, vms
+from heron.api.routes import auth, events, groups, nodes, pools, tasks, vms
 
 API = "/api/v1"
 _CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -26,7 +26,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (auth, nodes, vms, pools, tasks, events):
+    for module in (auth, nodes, vms, groups, pools, tasks, events):
         app.include_router(module.router, prefix=API)
 
     @app.middleware("http")

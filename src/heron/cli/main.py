@@ -22,6 +22,7 @@ event_app = typer.Typer(no_args_is_help=True, help="The audit log.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens for automation.")
 user_app = typer.Typer(no_args_is_help=True, help="Users and roles.")
 devcluster_app = typer.Typer(no_args_is_help=True, help="A whole cluster on this machine.")
+group_app = typer.Typer(no_args_is_help=True, help="VM groups: affinity and anti-affinity.")
 for sub, name in (
     (vm_app, "vm"),
     (node_app, "node"),
@@ -32,6 +33,7 @@ for sub, name in (
     (token_app, "token"),
     (user_app, "user"),
     (devcluster_app, "devcluster"),
+    (group_app, "group"),
 ):
     app.add_typer(sub, name=name)
 
@@ -177,10 +179,18 @@ def vm_create(
     machine: Annotated[str, typer.Option(help="q35 or pc")] = "q35",
     node: Annotated[str | None, typer.Option(help="run on this node (default: chosen)")] = None,
     start: Annotated[bool, typer.Option("--start", help="start it once created")] = False,
+    ha: Annotated[
+        bool, typer.Option("--ha", help="restart it elsewhere if its node fails")
+    ] = False,
+    group: Annotated[str | None, typer.Option(help="VM group (placement rule)")] = None,
+    count: Annotated[int, typer.Option(help="create NAME-001..NAME-N from this template")] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="with --count: only show where")
+    ] = False,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Create a VM and its disks."""
+    """Create a VM and its disks (or --count of them, spread over the nodes)."""
     nics = []
     for item in nic or []:
         network, *options = item.split(",")
@@ -197,8 +207,24 @@ def vm_create(
     }
     if node:
         body["node"] = node
+    body.update({"ha": {"enabled": ha}, "group": group})
     client = Client()
-    _finish(client, client.post("/vms", json=body), wait, as_json)
+    if not count:
+        _finish(client, client.post("/vms", json=body), wait, as_json)
+        return
+    reply = client.post("/vms/batch", json={**body, "count": count, "dry_run": dry_run})
+    if wait and not dry_run:
+        for item in reply["vms"]:
+            client.wait_task(item["task"], show=not as_json)
+    emit(
+        reply["vms"],
+        as_json,
+        [
+            ("name", lambda v: v["name"]),
+            ("node", lambda v: v["node"]),
+            ("id", lambda v: v["vm"] or "(dry run)"),
+        ],
+    )
 
 
 def _action(action: str) -> None:
@@ -493,6 +519,35 @@ def user_create(
 @user_app.command("delete")
 def user_delete(name: str) -> None:
     Client().request("DELETE", f"/users/{name}")
+
+
+@group_app.command("list")
+def group_list(as_json: Json = False) -> None:
+    emit(
+        Client().get("/groups"),
+        as_json,
+        [
+            ("name", lambda g: g["name"]),
+            ("placement", lambda g: g["placement"]),
+            ("strict", lambda g: g["strict"]),
+        ],
+    )
+
+
+@group_app.command("create")
+def group_create(
+    name: str,
+    placement: Annotated[
+        str, typer.Option(help="spread (one per node), together, or none")
+    ] = "spread",
+    strict: Annotated[bool, typer.Option("--strict/--soft", help="must, or should")] = True,
+) -> None:
+    Client().post("/groups", json={"name": name, "placement": placement, "strict": strict})
+
+
+@group_app.command("delete")
+def group_delete(name: str) -> None:
+    Client().request("DELETE", f"/groups/{name}")
 
 
 # -- devcluster ----------------------------------------------------------------------------

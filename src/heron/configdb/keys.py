@@ -17,6 +17,7 @@ TASKS = ROOT + "tasks/"
 USERS = ROOT + "users/"
 TOKENS = ROOT + "tokens/"
 MIGRATIONS = ROOT + "migrations/"
+GROUPS = ROOT + "groups/"
 LEADER = ROOT + "leader"
 
 
@@ -66,3 +67,7 @@ def token(token_hash: str) -> str:
 
 def migration(vm_id: str) -> str:
     return MIGRATIONS + vm_id
+
+
+def group(name: str) -> str:
+    return GROUPS + name

@@ -18,6 +18,7 @@ from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
 from heron.ha.planner import plan_restarts
+from heron.models.group import VMGroup
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume
 from heron.models.task import new_task
@@ -118,7 +119,9 @@ class FailoverController:
         orphan_ids = {e.value.id for e in orphans}
         # The orphans' memory no longer counts anywhere: their node is gone.
         loads = node_loads(nodes, [v for v in vms if v.id not in orphan_ids])
-        plan = plan_restarts([e.value for e in orphans], loads, shared)
+        groups = {e.value.name: e.value for e in await self.db.list(VMGroup, keys.GROUPS)}
+        survivors = [v for v in vms if v.id not in orphan_ids]
+        plan = plan_restarts([e.value for e in orphans], loads, shared, groups, survivors)
         by_id = {e.value.id: e for e in orphans}
         for vm, target in plan.moves:
             await self._restart(election, by_id[vm.id], target, f"node {vm.node} failed")

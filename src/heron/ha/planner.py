@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass, replace
 
+from heron.models.group import VMGroup
 from heron.models.vm import VM
-from heron.scheduler.placement import NoCapacity, NodeLoad, choose_node
+from heron.scheduler.placement import NoCapacity, NodeLoad, affinity_for, choose_node
 
 
 @dataclass(frozen=True)
@@ -12,10 +13,19 @@ class Plan:
     pending: list[tuple[VM, str]]  # VM -> why it cannot start now
 
 
-def plan_restarts(vms: list[VM], nodes: list[NodeLoad], shared_volumes: set[str]) -> Plan:
+def plan_restarts(
+    vms: list[VM],
+    nodes: list[NodeLoad],
+    shared_volumes: set[str],
+    groups: dict[str, VMGroup] | None = None,
+    others: list[VM] | None = None,
+) -> Plan:
     """Restart order is priority (highest first), then name; each placement counts its VM's
-    memory against the target before the next VM is placed."""
+    memory (and group membership) against the target before the next VM is placed.
+    `others` are the VMs already running elsewhere, for the groups' rules."""
     loads = {n.name: n for n in nodes}
+    placed = list(others or [])
+    groups = groups or {}
     moves: list[tuple[VM, str]] = []
     pending: list[tuple[VM, str]] = []
     for vm in sorted(vms, key=lambda v: (-v.spec.ha.priority, v.spec.name)):
@@ -23,8 +33,11 @@ def plan_restarts(vms: list[VM], nodes: list[NodeLoad], shared_volumes: set[str]
         if local:
             pending.append((vm, f"its disk {local[0]} is on the failed node's local storage"))
             continue
+        rule = affinity_for(vm.id, groups.get(vm.spec.group or ""), placed)
         try:
-            target = choose_node(list(loads.values()), vm.spec.memory_mib, vm.spec.vcpus)
+            target = choose_node(
+                list(loads.values()), vm.spec.memory_mib, vm.spec.vcpus, affinity=rule
+            )
         except NoCapacity as exc:
             pending.append((vm, f"waiting for capacity: {exc}"))
             continue
@@ -36,4 +49,5 @@ def plan_restarts(vms: list[VM], nodes: list[NodeLoad], shared_volumes: set[str]
             vms=load.vms + 1,
         )
         moves.append((vm, target))
+        placed.append(vm.model_copy(update={"node": target}))
     return Plan(moves, pending)

@@ -76,6 +76,7 @@ class Hardware(Record):
     )
     description: str = Field(default="", max_length=1024)
     ha: HAPolicy = Field(default_factory=HAPolicy)
+    group: Name | None = Field(default=None, description="VM group whose placement rule applies")
 
     @field_validator("machine")
     @classmethod

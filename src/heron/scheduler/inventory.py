@@ -1,7 +1,9 @@
 """The nodes VMs may use: the live ones, with what the admin decided about them."""
 
 from heron.configdb import ConfigDB, keys
+from heron.models.group import VMGroup
 from heron.models.node import Node, NodeSettings
+from heron.models.vm import VM
 
 
 async def live_nodes(db: ConfigDB) -> dict[str, Node]:
@@ -12,3 +14,10 @@ async def live_nodes(db: ConfigDB) -> dict[str, Node]:
         if name in nodes:
             nodes[name] = nodes[name].model_copy(update={"maintenance": entry.value.maintenance})
     return nodes
+
+
+async def group_of(db: ConfigDB, vm: VM) -> VMGroup | None:
+    if vm.spec.group is None:
+        return None
+    found = await db.get(VMGroup, keys.group(vm.spec.group))
+    return found.value if found else None

@@ -1,7 +1,11 @@
-"""Placement: the node with the lowest load that fits the VM. Pure logic, no I/O."""
+"""Placement: the node with the lowest load that fits the VM, within the VM group's rule.
+Pure logic, no I/O."""
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
 
+from heron.models.group import VMGroup as VMGroupRule
 from heron.models.node import Node
 from heron.models.vm import VM, PowerState
 
@@ -30,8 +34,37 @@ class NoCapacity(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Affinity:
+    """A VM group's rule as it bears on placing one of its VMs.
+
+    spread (anti-affinity): one VM of the group per node; together (affinity): all on one.
+    Strict rules exclude nodes; soft ones only weigh them.
+    """
+
+    group: str
+    placement: Literal["spread", "together"]
+    strict: bool
+    members_on: Counter[str] = field(default_factory=Counter)  # node -> other members there
+
+    def allows(self, node: str) -> bool:
+        if not self.strict:
+            return True
+        if self.placement == "spread":
+            return self.members_on[node] == 0
+        return not self.members_on or self.members_on[node] > 0
+
+    def penalty(self, node: str) -> float:
+        count = self.members_on[node]
+        return float(count if self.placement == "spread" else -count)
+
+
 def choose_node(
-    nodes: list[NodeLoad], memory_mib: int, vcpus: int, allowed: set[str] | None = None
+    nodes: list[NodeLoad],
+    memory_mib: int,
+    vcpus: int,
+    allowed: set[str] | None = None,
+    affinity: Affinity | None = None,
 ) -> str:
     """The best node for a VM; `allowed` limits the choice (e.g. where its disks are)."""
     candidates = [n for n in nodes if not n.maintenance and (allowed is None or n.name in allowed)]
@@ -40,10 +73,20 @@ def choose_node(
             "no node is available"
             + (f" among {', '.join(sorted(allowed))}" if allowed is not None else "")
         )
+    if affinity is not None:
+        candidates = [n for n in candidates if affinity.allows(n.name)]
+        if not candidates:
+            rule = "one VM per node" if affinity.placement == "spread" else "all on one node"
+            raise NoCapacity(f"group {affinity.group} ({rule}) leaves no node")
     fitting = [n for n in candidates if n.fits(memory_mib)]
     if not fitting:
         raise NoCapacity(f"no node has {memory_mib} MiB of memory free")
-    return min(fitting, key=lambda n: (n.score(memory_mib, vcpus), n.name)).name
+
+    def rank(n: NodeLoad) -> tuple[float, float, str]:
+        rule = affinity.penalty(n.name) if affinity is not None else 0.0
+        return (rule, n.score(memory_mib, vcpus), n.name)
+
+    return min(fitting, key=rank).name
 
 
 def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
@@ -63,3 +106,11 @@ def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
         )
         for n in nodes.values()
     ]
+
+
+def affinity_for(vm_id: str | None, group: VMGroupRule | None, vms: list[VM]) -> Affinity | None:
+    """The rule for placing VM `vm_id` of `group`, counting the group's other VMs by node."""
+    if group is None or group.placement == "none":
+        return None
+    members = Counter(v.node for v in vms if v.spec.group == group.name and v.id != vm_id)
+    return Affinity(group.name, group.placement, group.strict, members)

@@ -14,6 +14,8 @@ from heron.api.errors import Conflict, Invalid
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
+from heron.models.group import VMGroup
+from heron.models.node import Node
 from heron.models.storage import Volume, VolumeFormat
 from heron.models.task import Task, new_task
 from heron.models.vm import (
@@ -30,7 +32,8 @@ from heron.models.vm import (
     check_boot_order,
     check_disk_buses,
 )
-from heron.scheduler.placement import NoCapacity, choose_node, node_loads
+from heron.scheduler.inventory import group_of
+from heron.scheduler.placement import NoCapacity, affinity_for, choose_node, node_loads
 
 router = APIRouter(tags=["vms"])
 
@@ -171,12 +174,76 @@ async def create_vm(
 ) -> TaskRef:
     """Define a VM and create its disks; a `vm.create` task on its node does the work."""
     ctx = _ctx(request)
+    vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]
+    vm, txn, task = await _plan_create(ctx, body, await live_nodes(ctx.db), vms, principal.user)
+    try:
+        await ctx.db.commit(txn)
+    except StoreConflict as exc:
+        raise Conflict(f"a VM named {body.name!r} or one of its volumes already exists") from exc
+    request.state.audit_target = vm.id
+    return TaskRef(task=task.id, vm=vm.id)
+
+
+class BatchCreate(VMCreate):
+    """`count` VMs named `<name>-001`, `<name>-002`, ... from one template (VDI style)."""
+
+    name: Name = Field(description="prefix of the names")
+    count: int = Field(ge=1, le=1000)
+    dry_run: bool = Field(default=False, description="only say where each VM would go")
+
+
+class BatchItem(BaseModel):
+    name: str
+    node: str
+    vm: str | None = None
+    task: str | None = None
+
+
+class BatchReply(BaseModel):
+    dry_run: bool
+    vms: list[BatchItem]
+
+
+@router.post("/vms/batch", response_model=BatchReply, status_code=202)
+async def create_vms(
+    body: BatchCreate, request: Request, principal: Principal = Depends(auth.operator)
+) -> BatchReply:
+    """Mass deployment: place every VM first (each one counting against the next), refuse
+    all if any does not fit, then create them; with `dry_run` nothing is written."""
+    ctx = _ctx(request)
+    vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]
+    nodes = await live_nodes(ctx.db)
+    width = max(3, len(str(body.count)))
+    plans = []
+    for i in range(1, body.count + 1):
+        one = VMCreate(
+            **body.model_dump(exclude={"name", "count", "dry_run"}),
+            name=f"{body.name}-{i:0{width}}",
+        )
+        vm, txn, task = await _plan_create(ctx, one, nodes, vms, principal.user)
+        vms.append(vm)
+        plans.append((vm, txn, task))
+    items = [BatchItem(name=vm.spec.name, node=vm.node) for vm, _, _ in plans]
+    if not body.dry_run:
+        for item, (vm, txn, task) in zip(items, plans, strict=True):
+            try:
+                await ctx.db.commit(txn)
+            except StoreConflict as exc:
+                raise Conflict(f"{vm.spec.name} was created meanwhile; stopped there") from exc
+            item.vm, item.task = vm.id, task.id
+    return BatchReply(dry_run=body.dry_run, vms=items)
+
+
+async def _plan_create(
+    ctx: ApiContext, body: VMCreate, nodes: dict[str, Node], vms: list[VM], user: str
+) -> tuple[VM, Txn, Task]:
+    """Check a create request and place the VM; the transaction that makes it, unwritten."""
     db = ctx.db
-    if await db.get_raw(keys.vm_name(body.name)) is not None:
+    if await db.get_raw(keys.vm_name(body.name)) is not None or any(
+        v.spec.name == body.name for v in vms
+    ):
         raise Conflict(f"a VM named {body.name!r} already exists")
-    vms = [e.value for e in await db.list(VM, keys.VMS)]
     in_use = attached(vms)
-    nodes = await live_nodes(db)
     now = time.time()
     vm_id = new_id()
     disks: list[DiskSpec] = []
@@ -188,6 +255,12 @@ async def create_vm(
         if nodes[body.node].maintenance:
             raise Conflict(f"node {body.node} is in maintenance")
         pinned = {body.node}
+    group = None
+    if body.group is not None:
+        found = await db.get(VMGroup, keys.group(body.group))
+        if found is None:
+            raise Invalid("body.group", f"no group {body.group!r}")
+        group = found.value
 
     def pin(node: str | None, field: str) -> None:
         nonlocal pinned
@@ -234,7 +307,13 @@ async def create_vm(
         new_volumes.append((volume, source_id))
         disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
     try:
-        node = choose_node(node_loads(nodes, vms), body.memory_mib, body.vcpus, pinned)
+        node = choose_node(
+            node_loads(nodes, vms),
+            body.memory_mib,
+            body.vcpus,
+            pinned,
+            affinity_for(vm_id, group, vms),
+        )
     except NoCapacity as exc:
         raise Conflict(str(exc)) from exc
     for volume, _ in new_volumes:
@@ -258,7 +337,7 @@ async def create_vm(
         "vm.create",
         node,
         vm_id,
-        principal.user,
+        user,
         {"volumes": [{"id": v.id, "source": s} for v, s in new_volumes]},
     )
     txn = Txn().require_absent(keys.vm_name(body.name)).put(keys.vm_name(body.name), vm_id)
@@ -267,12 +346,7 @@ async def create_vm(
         txn.require_absent(keys.volume_name(volume.pool, volume.name))
         txn.put(keys.volume_name(volume.pool, volume.name), volume.id)
         txn.put(keys.volume(volume.id), volume)
-    try:
-        await db.commit(with_task(txn, task))
-    except StoreConflict as exc:
-        raise Conflict(f"a VM named {body.name!r} or one of its volumes already exists") from exc
-    request.state.audit_target = vm_id
-    return TaskRef(task=task.id, vm=vm_id)
+    return vm, with_task(txn, task), task
 
 
 async def _volume_by_ref(ctx: ApiContext, ref: str, field: str) -> Volume:
@@ -346,27 +420,22 @@ async def migrate_vm(
     body: MigrateRequest | None = None,
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
-    """Live-migrate a running VM to another node (its disks on shared storage)."""
+    """Live-migrate a running VM to another node; disks on local storage are copied along."""
     db = _ctx(request).db
     body = body or MigrateRequest()
     entry = await find_vm(db, ref)
     vm = entry.value
     status = await db.get(VMStatus, keys.vm_status(vm.id))
-    if (
-        vm.power == PowerState.stopped
-        or status is None
-        or status.value.state
-        not in (
-            RunState.running,
-            RunState.paused,
-        )
-    ):
+    state = status.value.state if status else None
+    if vm.power == PowerState.stopped or state not in (RunState.running, RunState.paused):
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")
+    vms = [e.value for e in await db.list(VM, keys.VMS) if e.value.id != vm.id]
+    rule = affinity_for(vm.id, await group_of(db, vm), vms)
     if body.target is not None:
         if body.target not in nodes:
             raise Invalid("body.target", f"no live node {body.target!r}")
@@ -374,12 +443,15 @@ async def migrate_vm(
             raise Invalid("body.target", f"the VM already runs on {vm.node}")
         if nodes[body.target].maintenance:
             raise Conflict(f"node {body.target} is in maintenance")
+        if rule is not None and not rule.allows(body.target):
+            raise Conflict(f"group {rule.group}'s {rule.placement} rule forbids {body.target}")
         target = body.target
     else:
         others = {n for n in nodes if n != vm.node}
-        vms = [e.value for e in await db.list(VM, keys.VMS) if e.value.id != vm.id]
         try:
-            target = choose_node(node_loads(nodes, vms), vm.spec.memory_mib, vm.spec.vcpus, others)
+            target = choose_node(
+                node_loads(nodes, vms), vm.spec.memory_mib, vm.spec.vcpus, others, rule
+            )
         except NoCapacity as exc:
             raise Conflict(str(exc)) from exc
     params = {"target": target, **body.model_dump(exclude={"target"})}
