@@ -40,6 +40,7 @@ from heron.hypervisor.accel import choose_accelerator
 from heron.models.auth import Role, User
 from heron.models.node import Node
 from heron.models.storage import Pool
+from heron.scheduler.drs import BalancingController
 from heron.util.proc import read_pidfile, spawn_detached
 
 log = logging.getLogger("herond")
@@ -150,7 +151,11 @@ async def run(config: AgentConfig) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await vms.resume()
-        leader = LeaderRole(db, config.name, [FailoverController(db, ctx.audit).run])
+        controllers = [
+            FailoverController(db, ctx.audit).run,
+            BalancingController(db, ctx.audit).run,
+        ]
+        leader = LeaderRole(db, config.name, controllers)
         background = [
             asyncio.create_task(c, name=n)
             for n, c in (

@@ -19,6 +19,7 @@ TOKENS = ROOT + "tokens/"
 MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
 LEADER = ROOT + "leader"
+SETTINGS = ROOT + "settings/cluster"
 
 
 def node(name: str) -> str:

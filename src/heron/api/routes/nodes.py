@@ -13,6 +13,7 @@ from heron.api.context import with_task
 from heron.api.errors import NotFound
 from heron.configdb import Txn, keys
 from heron.models.node import Node, NodeSettings
+from heron.models.settings import ClusterSettings
 from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.scheduler.placement import node_loads
@@ -113,3 +114,18 @@ async def exit_maintenance(
     await db.put(keys.node_settings(name), NodeSettings(maintenance=False, changed_at=time.time()))
     request.state.audit_target = name
     return MaintenanceReply(node=name, maintenance=False)
+
+
+@router.get("/cluster/settings", response_model=ClusterSettings)
+async def get_settings(request: Request, _: Principal = Depends(auth.viewer)) -> ClusterSettings:
+    found = await request.app.state.ctx.db.get(ClusterSettings, keys.SETTINGS)
+    return found.value if found else ClusterSettings()
+
+
+@router.put("/cluster/settings", response_model=ClusterSettings)
+async def put_settings(
+    body: ClusterSettings, request: Request, _: Principal = Depends(auth.admin)
+) -> ClusterSettings:
+    """Cluster-wide settings, e.g. dynamic balancing (DRS); the leader applies them."""
+    await request.app.state.ctx.db.put(keys.SETTINGS, body)
+    return body

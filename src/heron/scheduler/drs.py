@@ -1,0 +1,86 @@
+"""The balancing controller (DRS), run by the leader when the administrator turns it on.
+
+Every `interval` seconds it asks the balancer for the one best move; the imbalance must
+persist for `hysteresis` checks in a row before it acts, and at most `max_concurrent` of its
+migrations run at once. Each decision goes to the audit log with the numbers behind it.
+"""
+
+import asyncio
+import logging
+
+from heron.api.audit import AuditLog
+from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb.election import Election
+from heron.configdb.store import Conflict
+from heron.models.group import VMGroup
+from heron.models.migration import Migration
+from heron.models.settings import ClusterSettings, DRSSettings
+from heron.models.task import Task, new_task
+from heron.models.vm import VM, RunState, VMStatus
+from heron.scheduler.balancer import propose
+from heron.scheduler.inventory import live_nodes
+from heron.scheduler.placement import node_loads
+
+log = logging.getLogger(__name__)
+
+_IDLE_CHECK = 2.0  # how often a disabled balancer looks whether it was turned on
+
+
+class BalancingController:
+    def __init__(self, db: ConfigDB, audit: AuditLog):
+        self.db = db
+        self.audit = audit
+        self.streak = 0
+
+    async def settings(self) -> DRSSettings:
+        found = await self.db.get(ClusterSettings, keys.SETTINGS)
+        return found.value.drs if found else DRSSettings()
+
+    async def run(self, election: Election) -> None:
+        while True:
+            drs = await self.settings()
+            if drs.enabled:
+                try:
+                    await self.step(election, drs)
+                except Conflict:
+                    self.streak = 0  # the cluster changed under us: start counting again
+            else:
+                self.streak = 0
+            await asyncio.sleep(drs.interval if drs.enabled else _IDLE_CHECK)  # check period
+
+    async def step(self, election: Election, drs: DRSSettings) -> None:
+        nodes = await live_nodes(self.db)
+        vms = [e.value for e in await self.db.list(VM, keys.VMS)]
+        states = {
+            e.key.rsplit("/", 1)[1]: e.value.state
+            for e in await self.db.list(VMStatus, keys.VM_STATUS)
+        }
+        running = [v for v in vms if v.node in nodes and states.get(v.id) == RunState.running]
+        migrating = {e.value.vm for e in await self.db.list(Migration, keys.MIGRATIONS)}
+        tasks = [e.value for e in await self.db.list(Task, keys.TASKS)]
+        ours = [t for t in tasks if t.user == "drs" and not t.state.finished]
+        groups = {e.value.name: e.value for e in await self.db.list(VMGroup, keys.GROUPS)}
+        pending = {t.target for t in tasks if t.kind == "vm.migrate" and not t.state.finished}
+        movable = {v.id for v in running} - migrating - pending
+        move = propose(node_loads(nodes, vms), running, drs.threshold, groups, movable)
+        if move is None:
+            self.streak = 0
+            return
+        self.streak += 1
+        if self.streak < drs.hysteresis or len(ours) >= drs.max_concurrent:
+            return
+        params = {"target": move.target, "max_downtime_ms": 300, "auto_converge": True}
+        task = new_task("vm.migrate", move.source, move.vm.id, "drs", params)
+        await self.db.commit(election.fence(Txn()).put(keys.task(task.id), task))
+        self.streak = 0
+        self.audit.record(
+            user="drs",
+            method="DRS",
+            path=f"/vms/{move.vm.id}",
+            status=0,
+            result="ok",
+            target=move.vm.id,
+            reason=move.explanation,
+            task=task.id,
+        )
+        log.info("DRS: %s", move.explanation)
