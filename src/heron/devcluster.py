@@ -31,6 +31,8 @@ class NodeSpec:
     name: str
     api_port: int
     state_dir: str
+    # With an embedded etcd: the client and peer port this node's member would use.
+    etcd_ports: list[int] | None = None
 
     @property
     def url(self) -> str:
@@ -54,6 +56,8 @@ class DevCluster:
     external_etcd: list[str] = field(default_factory=list)
     # Memory each node offers to VMs, when smaller than the host's (capacity tests).
     memory_mib: int | None = None
+    # etcd runs inside the nodes: node1's member first, the others join as the cluster grows.
+    embedded: bool = False
 
     @property
     def root(self) -> Path:
@@ -65,9 +69,18 @@ class DevCluster:
 
     @property
     def endpoints(self) -> list[str]:
+        if self.embedded:
+            assert self.nodes[0].etcd_ports is not None
+            return [f"127.0.0.1:{self.nodes[0].etcd_ports[0]}"]
         return self.external_etcd or [f"127.0.0.1:{e.client_port}" for e in self.etcd]
 
     def members(self) -> list[EtcdMember]:
+        if self.embedded:
+            return [
+                EtcdMember(node.name, Path(node.state_dir) / "etcd", *node.etcd_ports)
+                for node in self.nodes
+                if node.etcd_ports
+            ]
         cluster = {e.name: f"http://127.0.0.1:{e.peer_port}" for e in self.etcd}
         return [
             EtcdMember(
@@ -96,6 +109,7 @@ class DevCluster:
             etcd=[EtcdSpec(**e) for e in data["etcd"]],
             external_etcd=data.get("external_etcd", []),
             memory_mib=data.get("memory_mib"),
+            embedded=data.get("embedded", False),
         )
 
     def node(self, name: str) -> NodeSpec:
@@ -123,7 +137,37 @@ class DevCluster:
             ",".join(self.endpoints),
             "--admin-password-file",
             str(self.password_file),
-        ] + (["--memory-mib", str(self.memory_mib)] if self.memory_mib else [])
+            *self._node_options(node),
+        ]
+
+    def _node_options(self, node: NodeSpec) -> list[str]:
+        options = ["--memory-mib", str(self.memory_mib)] if self.memory_mib else []
+        if self.embedded and node.etcd_ports:
+            client, peer = node.etcd_ports
+            if node is self.nodes[0]:
+                options += [
+                    "--embedded-etcd",
+                    "--etcd-client-port",
+                    str(client),
+                    "--etcd-peer-port",
+                    str(peer),
+                ]
+            else:
+                options += ["--etcd-member-ports", f"{client}:{peer}"]
+        return options
+
+    def add_node(self, timeout: float = 120.0) -> NodeSpec:
+        """Start one more node and let it join the running cluster."""
+        ports = free_ports(3 if self.embedded else 1)
+        name = f"node{len(self.nodes) + 1}"
+        node = NodeSpec(
+            name, ports[0], str(self.root / "nodes" / name), ports[1:] if self.embedded else None
+        )
+        self.nodes.append(node)
+        self.save()
+        self.start_node(name)
+        self.wait_api(node, timeout)
+        return node
 
     def herond_pid(self, node: NodeSpec) -> int | None:
         return read_pidfile(Path(node.state_dir) / "herond.pid", node.state_dir)
@@ -223,6 +267,7 @@ def up(
     external_etcd: list[str] | None = None,
     timeout: float = 120.0,
     memory_mib: int | None = None,
+    embedded: bool = False,
 ) -> tuple[DevCluster, str]:
     """Start (or find running) a devcluster; returns it and an admin token."""
     directory = directory.resolve()
@@ -234,8 +279,10 @@ def up(
                 f"nodes; run `down` first or use another --dir"
             )
     else:
-        members = 0 if external_etcd else (etcd_members or (1 if nodes == 1 else 3))
-        ports = free_ports(2 * members + nodes)
+        members = 0 if external_etcd or embedded else (etcd_members or (1 if nodes == 1 else 3))
+        per_node = 3 if embedded else 1
+        ports = free_ports(2 * members + per_node * nodes)
+        base = 2 * members
         cluster = DevCluster(
             dir=str(directory),
             etcd=[
@@ -250,19 +297,22 @@ def up(
             nodes=[
                 NodeSpec(
                     f"node{i + 1}",
-                    ports[2 * members + i],
+                    ports[base + per_node * i],
                     str(directory / "nodes" / f"node{i + 1}"),
+                    ports[base + per_node * i + 1 : base + per_node * (i + 1)] or None,
                 )
                 for i in range(nodes)
             ],
             external_etcd=external_etcd or [],
             memory_mib=memory_mib,
+            embedded=embedded,
         )
         cluster.save()
-    for member in cluster.members():
-        member.start()
-    for member in cluster.members():
-        member.wait_healthy(timeout)
+    if not cluster.embedded:  # embedded members are started by their nodes
+        for member in cluster.members():
+            member.start()
+        for member in cluster.members():
+            member.wait_healthy(timeout)
     for node in cluster.nodes:
         cluster.start_node(node.name)
     for node in cluster.nodes:

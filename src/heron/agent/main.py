@@ -22,6 +22,7 @@ import httpx
 import uvicorn
 
 import heron
+from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
@@ -57,6 +58,8 @@ class AgentConfig:
     etcd: list[str]
     lease_ttl: int = 3
     memory_mib: int | None = None
+    # client and peer port on which this node may run an etcd member when the leader asks
+    etcd_member_ports: tuple[int, int] | None = None
     embedded_etcd: EtcdMember | None = None
     admin_password_file: Path | None = None
 
@@ -115,6 +118,8 @@ async def run(config: AgentConfig) -> None:
         api_url=f"http://{config.address}:{config.api_port}",
         cpus=os.cpu_count() or 1,
         memory_mib=config.memory_mib or _memory_mib(),
+        etcd_client_url=_url(config.address, config.etcd_member_ports, 0),
+        etcd_peer_url=_url(config.address, config.etcd_member_ports, 1),
         accelerator=accelerator,
         versions=_versions(),
         started_at=time.time(),
@@ -154,6 +159,7 @@ async def run(config: AgentConfig) -> None:
         controllers = [
             FailoverController(db, ctx.audit).run,
             BalancingController(db, ctx.audit).run,
+            MembershipController(db, ctx.audit).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
         background = [
@@ -165,6 +171,12 @@ async def run(config: AgentConfig) -> None:
                 ("leader", leader.run()),
             )
         ]
+        if config.etcd_member_ports is not None:
+            client_port, peer_port = config.etcd_member_ports
+            keeper = MemberKeeper(
+                db, config.name, config.state_dir, config.address, client_port, peer_port
+            )
+            background.append(asyncio.create_task(keeper.run(), name="etcd-member"))
         await registration.registered.wait()
         log.info("node %s up: API %s, accelerator %s", config.name, node.api_url, accelerator)
         waiter = asyncio.create_task(stop.wait())
@@ -181,14 +193,25 @@ async def run(config: AgentConfig) -> None:
     await db.close()
 
 
+def _url(host: str, ports: tuple[int, int] | None, which: int) -> str | None:
+    return f"http://{host}:{ports[which]}" if ports else None
+
+
 def start_fence_watchdog(state_dir: Path, deadline: float) -> int:
     """The fence watchdog runs beside the agent, in a process of its own; one per node."""
     pidfile = state_dir / "fence.pid"
     pid = read_pidfile(pidfile, str(state_dir))
     if pid is not None:
         return pid
-    command = [sys.executable, "-m", "heron.ha.fence", "--state-dir", str(state_dir),
-               "--deadline", str(deadline)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "heron.ha.fence",
+        "--state-dir",
+        str(state_dir),
+        "--deadline",
+        str(deadline),
+    ]
     return spawn_detached(command, state_dir / "fence.log", pidfile)
 
 
@@ -216,6 +239,12 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         "3- or 5-member cluster (default: this member alone)",
     )
     parser.add_argument("--etcd-cluster-state", choices=["new", "existing"], default="new")
+    parser.add_argument(
+        "--etcd-member-ports",
+        metavar="CLIENT:PEER",
+        help="this node may run an etcd member on these ports when the cluster grows "
+        "(implied by --embedded-etcd)",
+    )
     parser.add_argument(
         "--lease-ttl",
         type=int,
@@ -250,6 +279,12 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
             cluster_state=args.etcd_cluster_state,
         )
     default = member.endpoint if member else "127.0.0.1:2379"
+    ports = None
+    if args.etcd_member_ports:
+        client, _, peer = args.etcd_member_ports.partition(":")
+        ports = (int(client), int(peer))
+    elif member is not None:
+        ports = (member.client_port, member.peer_port)
     endpoints = [e.strip() for e in (args.etcd or default).split(",") if e.strip()]
     return AgentConfig(
         name=args.name,
@@ -259,6 +294,7 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         etcd=endpoints,
         lease_ttl=max(args.lease_ttl, 2),
         memory_mib=args.memory_mib,
+        etcd_member_ports=ports,
         embedded_etcd=member,
         admin_password_file=args.admin_password_file,
     )

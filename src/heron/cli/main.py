@@ -114,6 +114,19 @@ maintenance_app = typer.Typer(no_args_is_help=True, help="Maintenance mode.")
 node_app.add_typer(maintenance_app, name="maintenance")
 
 
+@node_app.command("leave")
+def node_leave(name: str, as_json: Json = False) -> None:
+    """Take an empty node out of the cluster (and out of etcd, if it runs a member)."""
+    emit(
+        Client().post(f"/nodes/{name}/leave"),
+        as_json,
+        [
+            ("node", lambda r: r["node"]),
+            ("etcd member removed", lambda r: r["etcd_member_removed"]),
+        ],
+    )
+
+
 @maintenance_app.command("enter")
 def maintenance_enter(name: str, wait: Wait = True, as_json: Json = False) -> None:
     """Keep new VMs off the node and live-migrate its VMs away."""
@@ -557,10 +570,13 @@ def group_delete(name: str) -> None:
 def devcluster_up(
     nodes: Annotated[int, typer.Option(min=1, max=64)] = 3,
     directory: Annotated[Path, typer.Option("--dir")] = Path("heron-devcluster"),
+    embedded_etcd: Annotated[
+        bool, typer.Option("--embedded-etcd", help="etcd inside the nodes, grown as they join")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Start N agents and an etcd of 3 members (1 for one node) on loopback."""
-    cluster, token = dev.up(directory, nodes)
+    cluster, token = dev.up(directory, nodes, embedded=embedded_etcd)
     data = {
         "dir": cluster.dir,
         "token": token,
@@ -581,6 +597,15 @@ def devcluster_down(
 ) -> None:
     """Stop every agent, VM and etcd member of the devcluster."""
     dev.down(directory)
+
+
+@devcluster_app.command("add-node")
+def devcluster_add_node(
+    directory: Annotated[Path, typer.Option("--dir")] = Path("heron-devcluster"),
+) -> None:
+    """Start one more node; it joins the running cluster."""
+    node = dev.DevCluster.load(directory.resolve()).add_node()
+    typer.echo(f"{node.name}  {node.url}")
 
 
 @devcluster_app.command("start-node")

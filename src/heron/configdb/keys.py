@@ -18,6 +18,7 @@ USERS = ROOT + "users/"
 TOKENS = ROOT + "tokens/"
 MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
+ETCD_JOINS = ROOT + "etcd-joins/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
 
@@ -72,3 +73,7 @@ def migration(vm_id: str) -> str:
 
 def group(name: str) -> str:
     return GROUPS + name
+
+
+def etcd_join(node_name: str) -> str:
+    return ETCD_JOINS + node_name

@@ -20,6 +20,10 @@ class Node(Record):
     accelerator: Accelerator
     versions: dict[str, str] = Field(default_factory=dict)
     started_at: float
+    etcd_peer_url: str | None = Field(
+        default=None, description="where this node can run an etcd member, if it can"
+    )
+    etcd_client_url: str | None = None
     maintenance: bool = Field(
         default=False, description="kept free of VMs; set by the admin (NodeSettings)"
     )
@@ -30,4 +34,15 @@ class NodeSettings(Record):
     so it outlives the node's lease and restarts."""
 
     maintenance: bool = False
+    left: bool = Field(default=False, description="removed from the cluster by the admin")
     changed_at: float
+
+
+class EtcdJoin(Record):
+    """The leader's word that a node shall run an etcd member (added as a learner)."""
+
+    node: Name
+    member_id: int
+    client_url: str
+    peer_url: str
+    initial_cluster: dict[str, str]

@@ -10,8 +10,9 @@ from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.cluster import live_nodes
 from heron.api.context import with_task
-from heron.api.errors import NotFound
+from heron.api.errors import Conflict, NotFound
 from heron.configdb import Txn, keys
+from heron.configdb.membership import Membership
 from heron.models.node import Node, NodeSettings
 from heron.models.settings import ClusterSettings
 from heron.models.task import new_task
@@ -129,3 +130,38 @@ async def put_settings(
     """Cluster-wide settings, e.g. dynamic balancing (DRS); the leader applies them."""
     await request.app.state.ctx.db.put(keys.SETTINGS, body)
     return body
+
+
+class LeaveReply(BaseModel):
+    node: str
+    etcd_member_removed: bool
+
+
+@router.post("/nodes/{name}/leave", response_model=LeaveReply)
+async def leave_cluster(
+    name: str, request: Request, _: Principal = Depends(auth.admin)
+) -> LeaveReply:
+    """Take an empty node out of the cluster: its etcd member (if any) is removed, and it is
+    kept out of placement for good. Drain it first (maintenance enter)."""
+    db = request.app.state.ctx.db
+    nodes = await live_nodes(db)
+    if name not in nodes and await db.get_raw(keys.node_settings(name)) is None:
+        raise NotFound(f"no node {name!r}")
+    still = [e.value.spec.name for e in await db.list(VM, keys.VMS) if e.value.node == name]
+    if still:
+        raise Conflict(
+            f"node {name} still has VMs ({', '.join(sorted(still)[:5])}): "
+            "drain it first with maintenance enter"
+        )
+    membership = Membership(db)
+    members = await membership.list()
+    mine = next((m for m in members if m.name == name), None)
+    if mine is not None:
+        voters = [m for m in members if not m.learner]
+        if voters == [mine]:
+            raise Conflict(f"node {name} runs the cluster's only etcd voter")
+        await membership.remove(mine.id)
+    settings = NodeSettings(maintenance=True, left=True, changed_at=time.time())
+    await db.commit(Txn().put(keys.node_settings(name), settings).delete(keys.etcd_join(name)))
+    request.state.audit_target = name
+    return LeaveReply(node=name, etcd_member_removed=mine is not None)

@@ -1,0 +1,61 @@
+"""etcd's own membership: list, add as learner, promote, remove (the Cluster RPCs).
+
+New members join as learners: a learner does not count towards quorum, so a member that
+fails to start never blocks the cluster; it is promoted to voter once it has caught up.
+"""
+
+from dataclasses import dataclass
+
+import aetcd.rpc
+
+from heron.configdb.store import REQUEST_TIMEOUT, ConfigDB
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str  # empty until the member has started
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    learner: bool
+
+    @property
+    def started(self) -> bool:
+        return bool(self.name)
+
+
+class Membership:
+    def __init__(self, db: ConfigDB):
+        self.db = db
+
+    async def _call(self, method: str, request: object) -> object:
+        client = self.db.client
+        await client.connect()
+        return await getattr(client.clusterstub, method)(
+            request, timeout=REQUEST_TIMEOUT, metadata=client.metadata
+        )
+
+    async def list(self) -> list[Member]:
+        reply = await self._call("MemberList", aetcd.rpc.MemberListRequest())
+        return [
+            Member(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
+            for m in reply.members  # type: ignore[attr-defined]
+        ]
+
+    async def add_learner(self, peer_url: str) -> int:
+        request = aetcd.rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
+        reply = await self._call("MemberAdd", request)
+        return int(reply.member.ID)  # type: ignore[attr-defined]
+
+    async def promote(self, member_id: int) -> None:
+        await self._call("MemberPromote", aetcd.rpc.MemberPromoteRequest(ID=member_id))
+
+    async def remove(self, member_id: int) -> None:
+        await self._call("MemberRemove", aetcd.rpc.MemberRemoveRequest(ID=member_id))
+
+
+def voters_wanted(capable_nodes: int) -> int:
+    """1, 3 or 5 voting members: odd, for a clear majority, and never more than five."""
+    if capable_nodes >= 5:
+        return 5
+    return 3 if capable_nodes >= 3 else 1
