@@ -23,6 +23,7 @@ token_app = typer.Typer(no_args_is_help=True, help="API tokens for automation.")
 user_app = typer.Typer(no_args_is_help=True, help="Users and roles.")
 devcluster_app = typer.Typer(no_args_is_help=True, help="A whole cluster on this machine.")
 group_app = typer.Typer(no_args_is_help=True, help="VM groups: affinity and anti-affinity.")
+cluster_app = typer.Typer(no_args_is_help=True, help="The cluster as a whole.")
 for sub, name in (
     (vm_app, "vm"),
     (node_app, "node"),
@@ -34,6 +35,7 @@ for sub, name in (
     (user_app, "user"),
     (devcluster_app, "devcluster"),
     (group_app, "group"),
+    (cluster_app, "cluster"),
 ):
     app.add_typer(sub, name=name)
 
@@ -561,6 +563,40 @@ def group_create(
 @group_app.command("delete")
 def group_delete(name: str) -> None:
     Client().request("DELETE", f"/groups/{name}")
+
+
+@cluster_app.command("show")
+def cluster_show(as_json: Json = False) -> None:
+    """The leader, the counts, and the settings."""
+    client = Client()
+    data = {**client.get("/cluster"), "settings": client.get("/cluster/settings")}
+    emit(
+        data,
+        as_json,
+        [
+            ("leader", lambda c: c["leader"]),
+            ("nodes", lambda c: c["nodes"]),
+            ("vms", lambda c: c["vms"]),
+            ("version", lambda c: c["version"]),
+            ("drs", lambda c: "on" if c["settings"]["drs"]["enabled"] else "off"),
+        ],
+    )
+
+
+@cluster_app.command("drs")
+def cluster_drs(
+    enable: Annotated[bool, typer.Option("--enable/--disable")],
+    threshold: Annotated[
+        float | None, typer.Option(help="memory load spread that triggers")
+    ] = None,
+    interval: Annotated[float | None, typer.Option(help="seconds between checks")] = None,
+) -> None:
+    """Turn dynamic balancing on or off."""
+    client = Client()
+    settings = client.get("/cluster/settings")
+    drs = {**settings["drs"], "enabled": enable}
+    drs.update({k: v for k, v in (("threshold", threshold), ("interval", interval)) if v})
+    client.request("PUT", "/cluster/settings", json={**settings, "drs": drs})
 
 
 # -- devcluster ----------------------------------------------------------------------------
