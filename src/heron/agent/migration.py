@@ -67,6 +67,17 @@ class Migrations:
                 raise TaskFailed(f"no answer from node {entry.value.target} in {timeout:.0f}s")
             await asyncio.sleep(_POLL)  # polling the record the other node writes
 
+    async def _wait_gone(self, vm_id: str, timeout: float = 30.0) -> None:
+        """Until the target has taken the VM over and removed the record: only then may the
+        next migration of this VM begin."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.db.get_raw(keys.migration(vm_id)) is not None:
+            if loop.time() > deadline:
+                log.warning("the target has not closed the migration of %s", vm_id)
+                return
+            await asyncio.sleep(_POLL)  # polling the record the target removes
+
     async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, DirPool]]:
         found = []
         for index in indexes:
@@ -100,6 +111,7 @@ class Migrations:
             target=target,
             max_downtime_ms=int(params.get("max_downtime_ms", 300)),
             auto_converge=bool(params.get("auto_converge", True)),
+            max_bandwidth_mib=int(params.get("max_bandwidth_mib", 1024)),
             mirror=[i for i, disk in enumerate(vm.spec.disks) if disk.volume in local],
             created_at=time.time(),
         )
@@ -123,10 +135,6 @@ class Migrations:
             if record.mirror:
                 await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
             downtime = await self._send(ctx, qemu, record, str(ready.uri))
-            for index in record.mirror:
-                # Cancelling a mirror in sync ends it cleanly: the target has every block.
-                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
-            await self._hand_record_over(vm_id, target, downtime, record.mirror)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
             with contextlib.suppress(QemuError):
                 await qemu.execute("migrate_cancel")
@@ -136,6 +144,13 @@ class Migrations:
             with contextlib.suppress(Exception):
                 await self._set(vm_id, state=MigrationState.failed, error=str(exc) or "cancelled")
             raise
+        # Past this point the guest runs on the target: whatever happens, never undo that.
+        for index in record.mirror:
+            # Cancelling a mirror in sync ends it cleanly: the target has every block.
+            with contextlib.suppress(QemuError):
+                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
+        await self._hand_record_over(vm_id, target, downtime, record.mirror)
+        await self._wait_gone(vm_id)
         await self.vms.hand_over(vm_id)
         for volume, pool in await self._volumes(vm, record.mirror):
             pool.delete(volume)  # the target holds the disk now
@@ -193,7 +208,13 @@ class Migrations:
             {"capability": "events", "state": True},
         ]
         await qemu.execute("migrate-set-capabilities", {"capabilities": capabilities})
-        await qemu.execute("migrate-set-parameters", {"downtime-limit": record.max_downtime_ms})
+        await qemu.execute(
+            "migrate-set-parameters",
+            {
+                "downtime-limit": record.max_downtime_ms,
+                "max-bandwidth": record.max_bandwidth_mib * 1024 * 1024,
+            },
+        )
         await qemu.execute("migrate", {"uri": uri})
         while True:
             info = await qemu.execute("query-migrate")
@@ -324,7 +345,7 @@ class Migrations:
                 return await self._set(
                     vm_id, state=MigrationState.failed, error=f"source node {source} failed"
                 )
-            await asyncio.sleep(_POLL * 5)  # polling the record the source writes
+            await asyncio.sleep(_POLL)  # polling the record the source writes
 
 
 async def local_disks(db: ConfigDB, vm: VM) -> list[str]:

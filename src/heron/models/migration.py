@@ -27,6 +27,7 @@ class Migration(Record):
     nbd: str | None = Field(default=None, description="host:port of the target's NBD server")
     max_downtime_ms: int = Field(default=300, ge=1, le=60_000)
     auto_converge: bool = True
+    max_bandwidth_mib: int = Field(default=1024, ge=1, le=100_000, description="MiB/s")
     error: str = ""
     downtime_ms: int | None = None
     created_at: float

@@ -411,6 +411,9 @@ class MigrateRequest(BaseModel):
     auto_converge: bool = Field(
         default=True, description="slow the guest's vCPUs down if it dirties memory too fast"
     )
+    max_bandwidth_mib: int = Field(
+        default=1024, ge=1, le=100_000, description="cap on the copy, MiB/s (QEMU's own: 128)"
+    )
 
 
 @router.post("/vms/{ref}/actions/migrate", response_model=TaskRef, status_code=202)
