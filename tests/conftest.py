@@ -5,8 +5,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import Api
 
 from heron import devcluster
+from heron.devcluster import DevCluster
 from heron.testguest import build
 
 CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
@@ -18,27 +20,49 @@ def testguest() -> Path:
     return build.build(CACHE / "testguest")
 
 
-@pytest.fixture(scope="module")
-def cluster3(
-    tmp_path_factory: pytest.TempPathFactory, testguest: Path
-) -> Iterator[tuple[devcluster.DevCluster, str]]:
-    """A 3-node devcluster with a shared pool holding the test guest image."""
-    directory = tmp_path_factory.mktemp("cluster3")
-    cluster, token = devcluster.up(directory, 3)
+def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:
+    directory = factory.mktemp(f"cluster{nodes}")
+    cluster, token = devcluster.up(directory, nodes)
     try:
         yield cluster, token
     finally:
         devcluster.down(directory)
+
+
+@pytest.fixture(scope="module")
+def cluster3(
+    tmp_path_factory: pytest.TempPathFactory, testguest: Path
+) -> Iterator[tuple[DevCluster, str]]:
+    """A 3-node devcluster (a 3-member etcd), for the module's tests."""
+    yield from _cluster(tmp_path_factory, 3)
 
 
 @pytest.fixture(scope="module")
 def cluster1(
     tmp_path_factory: pytest.TempPathFactory, testguest: Path
-) -> Iterator[tuple[devcluster.DevCluster, str]]:
+) -> Iterator[tuple[DevCluster, str]]:
     """A single-node devcluster."""
-    directory = tmp_path_factory.mktemp("cluster1")
-    cluster, token = devcluster.up(directory, 1)
-    try:
-        yield cluster, token
-    finally:
-        devcluster.down(directory)
+    yield from _cluster(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def api(cluster3: tuple[DevCluster, str]) -> Api:
+    """An admin client of the 3-node devcluster's first node."""
+    cluster, token = cluster3
+    return Api(cluster.nodes[0].url, token)
+
+
+@pytest.fixture(scope="module")
+def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
+    """The test guest imported into a pool every node sees (a stand-in for an NFS mount)."""
+    cluster, _ = cluster3
+    shared = Path(cluster.dir) / "shared"
+    shared.mkdir()
+    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
+    reply = api.ok(
+        "POST",
+        "/pools/shared/volumes/import",
+        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
+    )
+    api.wait_task(reply["task"])
+    return "shared/testguest"

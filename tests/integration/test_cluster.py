@@ -15,12 +15,6 @@ BOOT_TIMEOUT = 180  # six TCG guests booting at once on two cores
 
 
 @pytest.fixture(scope="module")
-def api(cluster3: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster3
-    return Api(cluster.nodes[0].url, token)
-
-
-@pytest.fixture(scope="module")
 def env(cluster3: tuple[DevCluster, str]) -> dict[str, str]:
     cluster, token = cluster3
     return {
@@ -28,22 +22,6 @@ def env(cluster3: tuple[DevCluster, str]) -> dict[str, str]:
         "HERON_TOKEN": token,
         "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
     }
-
-
-@pytest.fixture(scope="module")
-def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
-    """The test guest imported into a pool every node sees (a stand-in for an NFS mount)."""
-    cluster, _ = cluster3
-    shared = Path(cluster.dir) / "shared"
-    shared.mkdir()
-    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-    reply = api.ok(
-        "POST",
-        "/pools/shared/volumes/import",
-        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
-    )
-    api.wait_task(reply["task"])
-    return "shared/testguest"
 
 
 def console(cluster: DevCluster, vm: dict) -> Path:

@@ -6,33 +6,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from support import Api, qemu_homes, qemu_processes, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
 
 BOOT = 120
-
-
-@pytest.fixture(scope="module")
-def api(cluster3: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster3
-    return Api(cluster.nodes[0].url, token)
-
-
-@pytest.fixture(scope="module")
-def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
-    cluster, _ = cluster3
-    shared = Path(cluster.dir) / "shared"
-    shared.mkdir()
-    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-    reply = api.ok(
-        "POST",
-        "/pools/shared/volumes/import",
-        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
-    )
-    api.wait_task(reply["task"])
-    return "shared/testguest"
 
 
 def live_api(cluster: DevCluster, token: str, avoid: str) -> Api:
@@ -170,3 +148,31 @@ def test_a_crashed_ha_vm_is_restarted_in_place(api, image) -> None:
         "the HA VM to run again",
     )
     assert api.vm(vm_id)["node"] == "node1"
+
+
+def test_a_clean_agent_stop_never_runs_an_ha_vm_twice(cluster3, api, image) -> None:
+    """SIGTERM (as systemd sends) must not revoke the lease while HA VMs run: the watchdog
+    stops them before the leader may start them elsewhere."""
+    cluster, token = cluster3
+    victim = "node2"
+    vm_id = create(api, "graceful", image, victim)
+    wait_for(lambda: ready_on(cluster, vm_id, victim), BOOT, "first boot")
+    checker = DoubleRunChecker([vm_id])
+    checker.start()
+    os.kill(cluster.herond_pid(cluster.node(victim)), signal.SIGTERM)
+    other = live_api(cluster, token, victim)
+    moved = wait_for(
+        lambda: (vm := other.vm(vm_id))["node"] != victim and vm,
+        30,
+        "the VM to be given to another node",
+    )
+    wait_for(lambda: ready_on(cluster, vm_id, moved["node"]), BOOT, "boot on the new node")
+    assert other.vm(vm_id)["state"] == "running"
+    checker.halt.set()
+    checker.join()
+    assert checker.most == 1, "a VM ran on two nodes at once"
+    cluster.start_node(victim)
+    cluster.wait_api(cluster.node(victim), 60)
+    # The old node, back, keeps nothing of the VM that left it.
+    stale = Path(cluster.node(victim).state_dir) / "vms" / vm_id
+    wait_for(lambda: not stale.exists(), 30, "the old runtime directory to go")

@@ -3,18 +3,9 @@
 import re
 from pathlib import Path
 
-import pytest
-from support import Api, serial_lines, wait_for
-
-from heron.devcluster import DevCluster
+from support import serial_lines, wait_for
 
 BOOT = 180
-
-
-@pytest.fixture(scope="module")
-def api(cluster3: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster3
-    return Api(cluster.nodes[0].url, token)
 
 
 def ticks(log: Path) -> list[int]:

@@ -3,33 +3,11 @@
 import re
 from pathlib import Path
 
-import pytest
 from support import Api, qemu_homes, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
 
 BOOT = 120
-
-
-@pytest.fixture(scope="module")
-def api(cluster3: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster3
-    return Api(cluster.nodes[0].url, token)
-
-
-@pytest.fixture(scope="module")
-def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
-    cluster, _ = cluster3
-    shared = Path(cluster.dir) / "shared"
-    shared.mkdir()
-    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-    reply = api.ok(
-        "POST",
-        "/pools/shared/volumes/import",
-        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
-    )
-    api.wait_task(reply["task"])
-    return "shared/testguest"
 
 
 def console(cluster: DevCluster, vm_id: str, node: str) -> Path:

@@ -36,7 +36,7 @@ from heron.api.context import ApiContext
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.ha.controller import FailoverController
-from heron.ha.fence import write_beat
+from heron.ha.fence import ha_vms_running, write_beat
 from heron.hypervisor.accel import choose_accelerator
 from heron.models.auth import Role, User
 from heron.models.node import Node
@@ -186,7 +186,11 @@ async def run(config: AgentConfig) -> None:
                 log.error("%s stopped: %r", job.get_name(), job.exception())
         server.should_exit = True
         await leader.stop()
-        await registration.leave()
+        if not ha_vms_running(config.state_dir):
+            # With HA VMs running, the lease must run out instead: the watchdog stops them
+            # a second before the leader may start them elsewhere. Revoking it now would let
+            # the leader act while they still run.
+            await registration.leave()
         for job in background:
             job.cancel()
         await asyncio.gather(*background, return_exceptions=True)

@@ -74,18 +74,20 @@ class VMController:
             rt = self.runtime(vm_id)
             rt.last_status = statuses.get(vm_id)
             vm = vms.get(vm_id)
+            if vm is None or vm.node != self.node:
+                # Deleted, or moved (HA, migration) while we were away: nothing of it stays.
+                await self.destroy(vm_id)
+                continue
             if rt.qemu.running():
-                if vm is None or vm.node != self.node:
-                    await rt.qemu.kill()  # deleted or moved while we were away
-                    continue
                 self._watch(vm_id)
-            elif vm is not None and vm.node == self.node:
-                previous = rt.last_status
-                if previous and previous.state in (RunState.running, RunState.paused):
-                    # It was running when we last looked and nobody stopped it.
-                    await self._report(
-                        vm_id, RunState.crashed, vm, message="QEMU exited while the agent was down"
-                    )
+            elif (previous := rt.last_status) is not None and previous.state in (
+                RunState.running,
+                RunState.paused,
+            ):
+                # It was running when we last looked and nobody stopped it.
+                await self._report(
+                    vm_id, RunState.crashed, vm, message="QEMU exited while the agent was down"
+                )
         for vm in vms.values():
             status = statuses.get(vm.id)
             if vm.node == self.node and (

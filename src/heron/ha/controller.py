@@ -91,14 +91,15 @@ class FailoverController:
             for e in wanted
             if e.value.node in nodes
             and (s := statuses.get(e.value.id)) is not None
-            and s.value.state == RunState.crashed
+            and s.value.node == e.value.node
+            and s.value.state in (RunState.crashed, RunState.error)
             and now - self._restarted_at.get(e.value.id, -CRASH_RETRY) >= CRASH_RETRY
         ]
         if orphans:
             await self._fail_over(election, orphans, nodes, [e.value for e in vm_entries], statuses)
         for entry in crashed:
             self._restarted_at[entry.value.id] = now
-            await self._restart(election, entry, entry.value.node, "its QEMU crashed")
+            await self._restart(election, entry, entry.value.node, "its QEMU crashed or failed")
 
     async def _fail_over(
         self,

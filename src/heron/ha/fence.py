@@ -42,6 +42,14 @@ def read_beat(state_dir: Path) -> float | None:
         return None
 
 
+def ha_vms_running(state_dir: Path) -> bool:
+    """Whether any QEMU marked HA runs on this node."""
+    return any(
+        read_pidfile(marker.parent / "qemu.pid", marker.parent.name) is not None
+        for marker in (state_dir / "vms").glob(f"*/{HA_MARKER}")
+    )
+
+
 def fence(state_dir: Path) -> list[str]:
     """SIGKILL every HA VM's QEMU on this node; returns the VM ids."""
     killed = []

@@ -124,7 +124,11 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
     # A node that is gone cannot vouch for its VMs: their state is unknown until it is back
     # (the last status it wrote stays visible in `status`).
     # `pending` is the leader's word, not the node's, so it stands without the node.
-    known = status is not None and (node_alive or status.state == RunState.pending)
+    # A status counts only if written for the VM's current node (after a failover the old
+    # node's last word is not about where the VM runs now).
+    known = status is not None and (
+        status.state == RunState.pending or (node_alive and status.node == vm.node)
+    )
     state: RunState | Literal["unknown"] = status.state if status and known else "unknown"
     return VMView(
         id=vm.id,
