@@ -75,6 +75,22 @@ def test_ha_vms_of_a_dead_node_restart_elsewhere(cluster3, api, image) -> None:
     victim = "node2"
     ha_vms = [create(api, f"ha{i}", image, victim) for i in range(2)]
     plain = create(api, "plain", image, victim, ha=False)
+    # A VM without HA of its own, in a group whose policy enables it, is protected too.
+    api.ok("POST", "/groups", json={"name": "critical", "ha": {"enabled": True}})
+    member = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "member",
+            "memory_mib": 128,
+            "node": victim,
+            "start": True,
+            "group": "critical",
+            "disks": [{"pool": "shared", "source": image}],
+        },
+    )
+    api.wait_task(member["task"])
+    ha_vms.append(member["vm"])
     for vm_id in ha_vms:
         wait_for(lambda v=vm_id: ready_on(cluster, v, victim), BOOT, "first boot")
     checker = DoubleRunChecker(ha_vms)

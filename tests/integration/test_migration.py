@@ -107,3 +107,37 @@ def test_refusals_leave_the_vm_where_it_is(cluster3, api, image) -> None:
     api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/stop")["task"])
     assert api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node1"}).status_code == 409
     assert api.vm(vm_id)["node"] == "node2"
+
+
+def test_a_cancelled_migration_leaves_the_vm_running_where_it_was(cluster3, api, image) -> None:
+    cluster, _ = cluster3
+    vm_id = running_guest(cluster, api, "halted", image, "node1")
+    # A 1 MiB/s cap keeps the copy going long enough to cancel it half way.
+    reply = api.ok(
+        "POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node3", "max_bandwidth_mib": 1}
+    )
+    wait_for(
+        lambda: api.ok("GET", f"/tasks/{reply['task']}")["progress"] > 0.05,
+        60,
+        "the copy to be under way",
+    )
+    api.ok("POST", f"/tasks/{reply['task']}/cancel")
+    task = wait_for(
+        lambda: (
+            (t := api.ok("GET", f"/tasks/{reply['task']}"))["state"]
+            in ("cancelled", "failed", "succeeded")
+            and t
+        ),
+        60,
+        "the migration to stop",
+    )
+    assert task["state"] == "cancelled"
+    vm = api.vm(vm_id)
+    assert vm["node"] == "node1" and vm["state"] == "running"
+    assert qemu_homes(vm_id) == {cluster.node("node1").state_dir}
+    log = console(cluster, vm_id, "node1")
+    seen = ticks(log)[-1]
+    wait_for(lambda: ticks(log)[-1] > seen, 30, "the guest to keep counting")
+    again = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node3"})
+    assert again.status_code == 202, again.text  # the record of the cancelled one is gone
+    assert api.wait_task(again.json()["task"])["result"]["node"] == "node3"

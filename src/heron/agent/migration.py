@@ -143,6 +143,7 @@ class Migrations:
                     await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
             with contextlib.suppress(Exception):
                 await self._set(vm_id, state=MigrationState.failed, error=str(exc) or "cancelled")
+                await self._wait_gone(vm_id)  # the target has dropped its side
             raise
         # Past this point the guest runs on the target: whatever happens, never undo that.
         for index in record.mirror:

@@ -19,8 +19,10 @@ from heron.ha import fence
 from heron.hypervisor import command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
 from heron.models.vm import VM, PowerState, RunState, VMStatus
+from heron.scheduler.inventory import group_of
 from heron.storage.dirpool import DirPool
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ class VMController:
                 stale.unlink()
         # The fence watchdog kills the QEMUs marked HA when the node loses its lease.
         marker = paths.root / fence.HA_MARKER
-        if vm.spec.ha.enabled:
+        if effective_ha(vm, await group_of(self.db, vm)).enabled:
             marker.touch()
         else:
             marker.unlink(missing_ok=True)

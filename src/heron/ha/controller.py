@@ -18,7 +18,7 @@ from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
 from heron.ha.planner import plan_restarts
-from heron.models.group import VMGroup
+from heron.models.group import VMGroup, effective_ha
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume
 from heron.models.task import new_task
@@ -79,7 +79,13 @@ class FailoverController:
         for name in list(self._missing_since):
             if name in nodes:
                 del self._missing_since[name]
-        wanted = [e for e in vm_entries if e.value.spec.ha.enabled and e.value.power != "stopped"]
+        groups = {e.value.name: e.value for e in await self.db.list(VMGroup, keys.GROUPS)}
+        wanted = [
+            e
+            for e in vm_entries
+            if effective_ha(e.value, groups.get(e.value.spec.group or "")).enabled
+            and e.value.power != "stopped"
+        ]
         orphans = [
             e
             for e in wanted

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, replace
 
-from heron.models.group import VMGroup
+from heron.models.group import VMGroup, effective_ha
 from heron.models.vm import VM
 from heron.scheduler.placement import NoCapacity, NodeLoad, affinity_for, choose_node
 
@@ -28,7 +28,11 @@ def plan_restarts(
     groups = groups or {}
     moves: list[tuple[VM, str]] = []
     pending: list[tuple[VM, str]] = []
-    for vm in sorted(vms, key=lambda v: (-v.spec.ha.priority, v.spec.name)):
+
+    def priority(vm: VM) -> int:
+        return effective_ha(vm, groups.get(vm.spec.group or "")).priority
+
+    for vm in sorted(vms, key=lambda v: (-priority(v), v.spec.name)):
         local = [d.volume for d in vm.spec.disks if d.volume not in shared_volumes]
         if local:
             pending.append((vm, f"its disk {local[0]} is on the failed node's local storage"))

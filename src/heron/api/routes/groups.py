@@ -13,7 +13,7 @@ from heron.configdb import keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name
 from heron.models.group import VMGroup
-from heron.models.vm import VM
+from heron.models.vm import VM, HAPolicy
 
 router = APIRouter(tags=["groups"])
 
@@ -23,6 +23,7 @@ class GroupCreate(BaseModel):
     name: Name
     placement: Literal["none", "spread", "together"] = "none"
     strict: bool = Field(default=True, description="must (refuse to place) or should (prefer)")
+    ha: HAPolicy | None = Field(default=None, description="HA for members without their own")
 
 
 @router.get("/groups", response_model=list[VMGroup])
