@@ -123,6 +123,8 @@ class ConfigDB:
                 "grpc.keepalive_permit_without_calls": 1,
                 "grpc.http2.max_pings_without_data": 0,
                 "grpc.max_receive_message_length": 64 * 1024 * 1024,
+                # Spread requests over every member rather than all to the first that answers.
+                "grpc.lb_policy_name": "round_robin",
                 # gRPC waits up to 120 s before redialling a member that was down: far too
                 # long for a ConfigDB that is back within seconds.
                 "grpc.initial_reconnect_backoff_ms": 100,
