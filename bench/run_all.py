@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT, machine_info
 
-BENCHMARKS = ["vm_boot", "api_list", "configdb_propagation"]
+BENCHMARKS = ["vm_boot", "api_list", "configdb_propagation", "ha_failover", "migration", "scale"]
 DEADLINE = 900  # seconds for one benchmark before it is killed: a hung run, not a slow one
 
 
@@ -48,6 +48,51 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
                 "ratios": r["ratios"],
             }
             for scenario, r in results.items()
+        }
+    if name == "ha_failover":
+        lead, fail = results["summary"]["leader"], results["summary"]["failover"]
+        return {
+            "kill_to_new_leader_ms": {
+                k: lead["kill_to_new_leader_api_ms"][k] for k in ("p50", "max")
+            },
+            "leader_ratios": lead["ratios"],
+            "node_kill_to_ready_s": {k: fail["kill_to_ready_s"][k] for k in ("p50", "max")},
+            "node_kill_to_qemu_running_s": {
+                k: fail["kill_to_qemu_running_s"][k] for k in ("p50", "max")
+            },
+            "bare_boot_s": {k: fail["bare_boot_s"][k] for k in ("p50", "max")},
+            "failover_ratios": fail["ratios"],
+        }
+    if name == "migration":
+        return {
+            disk: {
+                "heron_total_s": {k: part["heron_total_s"][k] for k in ("p50", "p90")},
+                "bare_total_s": {k: part["bare_total_s"][k] for k in ("p50", "p90")},
+                "heron_downtime_ms": {k: part["heron_downtime_ms"][k] for k in ("p50", "p90")},
+                "bare_downtime_ms": {k: part["bare_downtime_ms"][k] for k in ("p50", "p90")},
+                "ratios": part["ratios"],
+                "continued": part["continued"],
+            }
+            for disk, part in results["summary"].items()
+        }
+    if name == "scale":
+        windows = {
+            "real_nodes": results["window_real_nodes"],
+            "all_nodes": results["window_all_nodes"],
+            "all_nodes_all_vms": results["window_all_nodes_all_vms"],
+        }
+        detection = results["failure_detection"]["last_renewal_to_decision_s"] or {}
+        return {
+            "etcd_cpu_pct": {k: w["etcd_cpu_pct_total"] for k, w in windows.items()},
+            "keepalives_per_s": {k: w["keepalive_msgs_per_s"] for k, w in windows.items()},
+            "failure_detection_s": {k: detection.get(k) for k in ("p50", "max")},
+            "failure_detection_decided": results["failure_detection"]["decided"],
+            "ha_step_cpu_ms": results["cost_loaded"]["ha_step_cpu_ms"]["p50"],
+            "creates_per_s": {
+                "baseline": results["placement_baseline"]["creates_per_s"],
+                "loaded": results["placement_loaded"]["creates_per_s"],
+            },
+            "ratios": results["ratios"],
         }
     return {}
 
