@@ -105,3 +105,25 @@ def test_txns_do_not_share_state() -> None:
 @pytest.mark.parametrize("revision", [0, 1, 10**12])
 def test_require_revision_keeps_the_number(revision: int) -> None:
     assert Txn().require_revision("/k", revision).checks == [("mod", "/k", revision)]
+
+
+def test_records_from_a_newer_version_are_read_without_their_new_fields() -> None:
+    import json
+
+    import pytest
+    from pydantic import ValidationError
+
+    from heron.configdb.store import parse
+    from heron.models.vm import VM, VMSpec
+
+    vm = VM(id="x", spec=VMSpec(name="web"), node="n1", created_at=1.0)
+    newer = json.loads(vm.model_dump_json())
+    newer["placement_hint"] = "rack-4"  # a field a later version added
+    newer["spec"]["tpm"] = {"version": "2.0"}
+    assert parse(VM, json.dumps(newer).encode()) == vm
+    broken = json.loads(vm.model_dump_json())
+    broken["spec"]["vcpus"] = "many"  # a real error still fails
+    with pytest.raises(ValidationError):
+        parse(VM, json.dumps(broken).encode())
+    with pytest.raises(ValidationError):  # API input stays strict
+        VMSpec.model_validate({"name": "web", "cpus": 2})

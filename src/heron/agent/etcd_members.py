@@ -19,6 +19,7 @@ from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.membership import Membership, voters_wanted
+from heron.configdb.store import parse
 from heron.models.node import EtcdJoin, NodeSettings
 from heron.scheduler.inventory import live_nodes
 
@@ -128,7 +129,7 @@ class MemberKeeper:
             await self._join(entry.value)
         async for event in self.db.watch(key, revision + 1):
             if event.type == "put":
-                await self._join(EtcdJoin.model_validate_json(event.value))
+                await self._join(parse(EtcdJoin, event.value))
             elif event.type == "delete":
                 await self._leave()
 

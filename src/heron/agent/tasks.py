@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from heron.configdb import ConfigDB, Conflict, keys
+from heron.configdb.store import parse
 from heron.models.task import LOG_LINES, Task, TaskState
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class TaskRunner:
                 for entry in await self.db.list(Task, keys.TASKS):
                     self._offer(entry.value)
             elif event.type == "put":
-                self._offer(Task.model_validate_json(event.value))
+                self._offer(parse(Task, event.value))
 
     async def prune(self, now: float) -> int:
         """Delete this node's finished tasks past retention; returns how many went."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import aetcd
 import aetcd.exceptions
 import aetcd.rpc
 import aetcd.rtypes
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,28 @@ class WatchEvent:
     key: str
     value: bytes
     revision: int
+
+
+def parse(model: type[M], raw: bytes) -> M:
+    """A stored record, ignoring fields this version does not know.
+
+    Records refuse unknown fields so that a typo in an API request fails loudly; but a record
+    written by a newer node during a rolling upgrade may carry fields an older node has never
+    heard of, and it must still read the rest.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        unknown = [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if not unknown or len(unknown) != len(exc.errors()):
+            raise
+    data = json.loads(raw)
+    for location in unknown:
+        holder = data
+        for part in location[:-1]:
+            holder = holder[part]
+        holder.pop(location[-1], None)
+    return model.model_validate(data)
 
 
 def _encode(value: BaseModel | str) -> bytes:
@@ -159,9 +182,7 @@ class ConfigDB:
         result = await self.client.get(key.encode())
         if result is None:
             return None
-        return Entry(
-            key, model.model_validate_json(result.value), result.mod_revision, result.lease
-        )
+        return Entry(key, parse(model, result.value), result.mod_revision, result.lease)
 
     async def list(self, model: type[M], prefix: str) -> list[Entry[M]]:
         entries, _ = await self.list_at(model, prefix)
@@ -171,7 +192,7 @@ class ConfigDB:
         """The records under `prefix` and the store revision they were read at."""
         result = await self.client.get_prefix(prefix.encode())
         entries = [
-            Entry(kv.key.decode(), model.model_validate_json(kv.value), kv.mod_revision, kv.lease)
+            Entry(kv.key.decode(), parse(model, kv.value), kv.mod_revision, kv.lease)
             for kv in result
         ]
         return entries, result.header.revision
