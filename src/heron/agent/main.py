@@ -126,7 +126,7 @@ async def run(config: AgentConfig) -> None:
     )
     start_fence_watchdog(config.state_dir, deadline=config.lease_ttl - 1)
     registration = Registration(
-        db, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
+        config.etcd, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
     )
     vms = VMController(db, config.name, config.state_dir, accelerator)
     migrations = Migrations(db, config.name, config.address, vms)
@@ -165,7 +165,7 @@ async def run(config: AgentConfig) -> None:
         background = [
             asyncio.create_task(c, name=n)
             for n, c in (
-                ("registration", registration.run()),
+                ("pulse", registration.pulse_forever()),
                 ("tasks", runner.run()),
                 ("api", server.serve()),
                 ("leader", leader.run()),
@@ -177,7 +177,8 @@ async def run(config: AgentConfig) -> None:
                 db, config.name, config.state_dir, config.address, client_port, peer_port
             )
             background.append(asyncio.create_task(keeper.run(), name="etcd-member"))
-        await registration.registered.wait()
+        registration.start()
+        await registration.wait_registered()
         log.info("node %s up: API %s, accelerator %s", config.name, node.api_url, accelerator)
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *background], return_when=asyncio.FIRST_COMPLETED)
@@ -186,11 +187,10 @@ async def run(config: AgentConfig) -> None:
                 log.error("%s stopped: %r", job.get_name(), job.exception())
         server.should_exit = True
         await leader.stop()
-        if not ha_vms_running(config.state_dir):
-            # With HA VMs running, the lease must run out instead: the watchdog stops them
-            # a second before the leader may start them elsewhere. Revoking it now would let
-            # the leader act while they still run.
-            await registration.leave()
+        # With HA VMs running, the lease must run out instead: the watchdog stops them a
+        # second before the leader may start them elsewhere. Revoking it now would let the
+        # leader act while they still run.
+        await registration.stop(leave=not ha_vms_running(config.state_dir))
         for job in background:
             job.cancel()
         await asyncio.gather(*background, return_exceptions=True)
