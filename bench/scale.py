@@ -2,7 +2,7 @@
 
 A 3-node devcluster (3 etcd members, 3 herond agents on loopback) provides the API, the leader
 and its HA controller. The other 1021 nodes are simulated in worker processes of this module:
-each is `heron.agent.registration.Registration` itself, the agent's own code, putting a Node
+each is `heron.agent.registration.LeaseKeeper` itself, the agent's own code, putting a Node
 record under a lease with herond's TTL (3 s) and renewing it every TTL/6 s. The workers hold a
 few `ConfigDB` clients, made as herond makes its own (all etcd endpoints, gRPC's `ipv4:`
 target). Simulated nodes run no QEMU and no task runner: the tasks addressed to them stay
@@ -81,7 +81,7 @@ from bench.common import (
 )
 from heron.agent import registration as registration_module
 from heron.agent.main import AgentConfig
-from heron.agent.registration import Registration
+from heron.agent.registration import LeaseKeeper
 from heron.api.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb import election as election_module
@@ -117,7 +117,7 @@ SETTLE_TIMEOUT = 300.0
 
 
 class _Failures(logging.Handler):
-    """Counts the renewal failures `Registration.run` logs (it retries on its own)."""
+    """Counts the renewal failures `LeaseKeeper.run` logs (it retries on its own)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -181,7 +181,7 @@ class SimNodes:
         self.lag = LoopLag()
         self.names = names
         self.ttl = ttl
-        self.regs: dict[str, Registration] = {}
+        self.regs: dict[str, LeaseKeeper] = {}
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self.last: dict[str, float] = {}
         self.leases: dict[str, int] = {}
@@ -204,9 +204,9 @@ class SimNodes:
             started_at=time.time(),
         )
 
-    def start(self, name: str, delay: float = 0.0) -> Registration:
+    def start(self, name: str, delay: float = 0.0) -> LeaseKeeper:
         index = self.names.index(name)
-        reg = Registration(
+        reg = LeaseKeeper(
             self.dbs[index % len(self.dbs)],
             self.node(name),
             self.ttl,

@@ -26,7 +26,63 @@ STALL_LIMIT = 10.0
 PULSE = 0.5
 
 
+class LeaseKeeper:
+    """Keeps one node record alive under a lease, on the event loop it runs in.
+
+    `may_renew` lets the owner hold renewals back (see `Registration`); simulated nodes in
+    the scale benchmark run thousands of these on one loop.
+    """
+
+    def __init__(
+        self,
+        db: ConfigDB,
+        node: Node,
+        ttl: int,
+        on_renewed: Callable[[], None] | None = None,
+        may_renew: Callable[[], bool] = lambda: True,
+    ):
+        self.db = db
+        self.node = node
+        self.ttl = ttl
+        self.on_renewed = on_renewed
+        self.may_renew = may_renew
+        self.interval = min(RENEW_INTERVAL, ttl / 6)
+        self.lease = 0
+        self.registered = asyncio.Event()
+
+    async def _register(self) -> None:
+        self.lease = await self.db.grant(self.ttl)
+        await self.db.put(keys.node(self.node.name), self.node, lease=self.lease)
+        self.registered.set()
+        log.info("node %s registered (lease %x, ttl %ds)", self.node.name, self.lease, self.ttl)
+
+    async def run(self) -> None:
+        held_back = False
+        while True:
+            if not self.may_renew():
+                if not held_back:
+                    log.error("the agent's main loop is stuck: no longer renewing the lease")
+                held_back = True
+            else:
+                held_back = False
+                try:
+                    if not self.lease or await self.db.refresh(self.lease) <= 0:
+                        await self._register()
+                    if self.on_renewed is not None:
+                        self.on_renewed()
+                except Exception as exc:
+                    log.warning("lease renewal failed: %r", exc)
+            await asyncio.sleep(self.interval)  # the renewal period itself
+
+    async def leave(self) -> None:
+        """Revoke the lease so the node disappears at once."""
+        if self.lease:
+            await self.db.revoke(self.lease)
+
+
 class Registration:
+    """The agent's lease, kept by a `LeaseKeeper` on a thread and event loop of its own."""
+
     def __init__(
         self,
         endpoints: Sequence[str],
@@ -40,15 +96,11 @@ class Registration:
         self.ttl = ttl
         self.on_renewed = on_renewed
         self.stall_limit = stall_limit
-        self.interval = min(RENEW_INTERVAL, ttl / 6)
-        self.lease = 0
         self.registered = threading.Event()
         self._pulse = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._db: ConfigDB | None = None
+        self._keeper: LeaseKeeper | None = None
         self._thread = threading.Thread(target=self._main, name="registration", daemon=True)
-
-    # -- the main loop's side ------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
@@ -64,51 +116,31 @@ class Registration:
 
     async def stop(self, leave: bool) -> None:
         """Stop renewing; with `leave`, revoke the lease so the node disappears at once."""
-        loop = self._loop
-        if loop is None:
+        loop, keeper = self._loop, self._keeper
+        if loop is None or keeper is None:
             return
         if leave:
-            done = asyncio.run_coroutine_threadsafe(self._leave(), loop)
-            await asyncio.wrap_future(done)
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(keeper.leave(), loop))
         loop.call_soon_threadsafe(loop.stop)
 
-    # -- the thread's side ---------------------------------------------------------------
+    def _renewed(self) -> None:
+        self.registered.set()
+        if self.on_renewed is not None:
+            self.on_renewed()
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
+        self._keeper = LeaseKeeper(
+            ConfigDB(self.endpoints),
+            self.node,
+            self.ttl,
+            on_renewed=self._renewed,
+            may_renew=lambda: time.monotonic() - self._pulse <= self.stall_limit,
+        )
         try:
-            renewing = loop.create_task(self._renew_forever())
+            renewing = loop.create_task(self._keeper.run())
             loop.run_forever()
             renewing.cancel()
         finally:
             loop.close()
-
-    async def _register(self, db: ConfigDB) -> None:
-        self.lease = await db.grant(self.ttl)
-        await db.put(keys.node(self.node.name), self.node, lease=self.lease)
-        self.registered.set()
-        log.info("node %s registered (lease %x, ttl %ds)", self.node.name, self.lease, self.ttl)
-
-    async def _renew_forever(self) -> None:
-        self._db = db = ConfigDB(self.endpoints)
-        stalled = False
-        while True:
-            if time.monotonic() - self._pulse > self.stall_limit:
-                if not stalled:
-                    log.error("the agent's main loop is stuck: no longer renewing the lease")
-                stalled = True
-            else:
-                stalled = False
-                try:
-                    if not self.lease or await db.refresh(self.lease) <= 0:
-                        await self._register(db)
-                    if self.on_renewed is not None:
-                        self.on_renewed()
-                except Exception as exc:
-                    log.warning("lease renewal failed: %r", exc)
-            await asyncio.sleep(self.interval)  # the renewal period itself
-
-    async def _leave(self) -> None:
-        if self.lease and self._db is not None:
-            await self._db.revoke(self.lease)
