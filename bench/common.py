@@ -7,6 +7,7 @@ machine, so figures from different machines are never compared by accident.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -16,14 +17,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 from heron import devcluster
+from heron.configdb import ConfigDB, keys
 
 T = TypeVar("T")
 
@@ -262,3 +266,102 @@ def print_rows(title: str, rows: Sequence[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label.ljust(width)}  {value}")
+
+
+# -- the ConfigDB as it changes ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One change in the ConfigDB, with the monotonic time it arrived here."""
+
+    t: float
+    type: str
+    key: str
+    value: bytes
+    revision: int
+
+    def record(self) -> dict[str, Any]:
+        try:
+            found = json.loads(self.value)
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
+
+
+class Observer:
+    """Watches `prefixes` of the ConfigDB from a thread of its own (its own asyncio loop) and
+    timestamps every change on arrival, on the same clock as the benchmark's own actions."""
+
+    PREFIXES: tuple[str, ...] = (keys.ROOT,)
+
+    def __init__(self, endpoints: list[str]):
+        self.endpoints = endpoints
+        self.events: list[Seen] = []
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="configdb-observer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        # The leader's heartbeat rewrites its key five times a second: the watch is live.
+        self.find(lambda e: e.key == keys.LEADER, 0.0, 30, "the ConfigDB watch")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self.error = exc
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with ConfigDB(self.endpoints) as db:
+            start = await db.revision() + 1
+            jobs = [asyncio.create_task(self._watch(db, p, start)) for p in self.PREFIXES]
+            stopper = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([stopper, *jobs], return_when=asyncio.FIRST_COMPLETED)
+            for job in (stopper, *jobs):
+                job.cancel()
+            await asyncio.gather(stopper, *jobs, return_exceptions=True)
+            for job in done:
+                if job is not stopper and job.exception() is not None:
+                    raise job.exception()  # type: ignore[misc]
+
+    async def _watch(self, db: ConfigDB, prefix: str, start: int) -> None:
+        async for event in db.watch(prefix, start):
+            seen = Seen(time.monotonic(), event.type, event.key, event.value, event.revision)
+            with self._lock:
+                self.events.append(seen)
+
+    def snapshot(self) -> list[Seen]:
+        with self._lock:
+            return list(self.events)
+
+    def find(self, match: Callable[[Seen], bool], after: float, timeout: float, what: str) -> Seen:
+        """The first change at or after monotonic time `after` that `match`es; waits for it."""
+        scanned = 0  # events are appended in arrival order: look at each only once
+
+        def first() -> Seen | None:
+            nonlocal scanned
+            if self.error is not None:
+                raise BenchError(f"ConfigDB watch failed: {self.error!r}")
+            with self._lock:
+                fresh = self.events[scanned:]
+            scanned += len(fresh)
+            return next((e for e in fresh if e.t >= after and match(e)), None)
+
+        return wait_for(first, timeout, what, interval=0.005)
+
+    def last(self, match: Callable[[Seen], bool], before: float) -> Seen | None:
+        return next((e for e in reversed(self.snapshot()) if e.t < before and match(e)), None)
+
+    def between(self, since: float, until: float) -> list[Seen]:
+        return [e for e in self.snapshot() if since <= e.t < until]

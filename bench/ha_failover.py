@@ -30,7 +30,6 @@ Run from the repository root: `.venv/bin/python -m bench.ha_failover [--leader-r
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import itertools
 import json
@@ -39,7 +38,6 @@ import random
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +49,8 @@ from bench.common import (
     TESTGUEST,
     Api,
     BenchError,
+    Observer,
+    Seen,
     exit_on_sigterm,
     line_after,
     load_snapshot,
@@ -64,8 +64,8 @@ from bench.common import (
 )
 from bench.vm_boot import HERON_DEVICES, bare_boot, qemu_img_convert
 from heron.agent.main import AgentConfig
-from heron.configdb import ConfigDB, keys
 from heron.configdb import election as election_module
+from heron.configdb import keys
 from heron.devcluster import DevCluster
 from heron.ha import controller as ha_controller
 
@@ -84,94 +84,6 @@ GOAL_FAILOVER_S = 10.0
 
 
 # -- the ConfigDB as it changes --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One change under /heron/, with the monotonic time it arrived here."""
-
-    t: float
-    type: str
-    key: str
-    value: bytes
-    revision: int
-
-    def record(self) -> dict[str, Any]:
-        try:
-            found = json.loads(self.value)
-        except ValueError:
-            return {}
-        return found if isinstance(found, dict) else {}
-
-
-class Observer:
-    """Watches every key under /heron/ from a thread of its own (its own asyncio loop)."""
-
-    def __init__(self, endpoints: list[str]):
-        self.endpoints = endpoints
-        self.events: list[Seen] = []
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="configdb-observer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        # Ready once the first event (a leader heartbeat, five a second) has arrived live.
-        wait_for(lambda: self._ready.is_set() or self.error, 30, "the ConfigDB watch")
-        if self.error is not None:
-            raise BenchError(f"ConfigDB watch failed: {self.error!r}")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with ConfigDB(self.endpoints) as db:
-            start = await db.revision() + 1
-            watcher = asyncio.create_task(self._watch(db, start))
-            stopper = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait([watcher, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for job in (watcher, stopper):
-                job.cancel()
-            await asyncio.gather(watcher, stopper, return_exceptions=True)
-            if watcher in done and watcher.exception() is not None:
-                raise watcher.exception()  # type: ignore[misc]
-
-    async def _watch(self, db: ConfigDB, start: int) -> None:
-        async for event in db.watch(keys.ROOT, start):
-            seen = Seen(time.monotonic(), event.type, event.key, event.value, event.revision)
-            with self._lock:
-                self.events.append(seen)
-            self._ready.set()
-
-    def snapshot(self) -> list[Seen]:
-        with self._lock:
-            return list(self.events)
-
-    def find(self, match: Callable[[Seen], bool], after: float, timeout: float, what: str) -> Seen:
-        """The first change at or after monotonic time `after` that `match`es; waits for it."""
-
-        def first() -> Seen | None:
-            if self.error is not None:
-                raise BenchError(f"ConfigDB watch failed: {self.error!r}")
-            return next((e for e in self.snapshot() if e.t >= after and match(e)), None)
-
-        return wait_for(first, timeout, what, interval=0.01)
-
-    def last(self, match: Callable[[Seen], bool], before: float) -> Seen | None:
-        return next((e for e in reversed(self.snapshot()) if e.t < before and match(e)), None)
 
 
 def is_leader_put(event: Seen, holder: str | None = None, other_than: str | None = None) -> bool:

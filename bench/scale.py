@@ -69,6 +69,8 @@ from bench.common import (
     ROOT,
     Api,
     BenchError,
+    Observer,
+    Seen,
     exit_on_sigterm,
     load_snapshot,
     ms,
@@ -385,82 +387,10 @@ class Worker:
 # == observing the cluster ===================================================================
 
 
-@dataclass(frozen=True)
-class Seen:
-    t: float  # monotonic, when it arrived here
-    type: str
-    key: str
-    value: bytes
-
-
-class Observer:
-    """Watches the node records, VM records and leader key from a thread of its own."""
+class ClusterObserver(Observer):
+    """Watches the node records, VM records and leader key."""
 
     PREFIXES = (keys.NODES, keys.VMS, keys.LEADER)
-
-    def __init__(self, endpoints: list[str]):
-        self.endpoints = endpoints
-        self.events: list[Seen] = []
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        # The leader's heartbeat rewrites its key five times a second: the watch is live.
-        self.find(lambda e: e.key == keys.LEADER, 0.0, 30, "the ConfigDB watch")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with ConfigDB(self.endpoints) as db:
-            start = await db.revision() + 1
-            jobs = [asyncio.create_task(self._watch(db, p, start)) for p in self.PREFIXES]
-            await self._stop.wait()
-            for job in jobs:
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
-
-    async def _watch(self, db: ConfigDB, prefix: str, start: int) -> None:
-        async for event in db.watch(prefix, start):
-            seen = Seen(time.monotonic(), event.type, event.key, event.value)
-            with self._lock:
-                self.events.append(seen)
-
-    def snapshot(self) -> list[Seen]:
-        with self._lock:
-            return list(self.events)
-
-    def find(self, match: Any, after: float, timeout: float, what: str) -> Seen:
-        """The first change at or after monotonic time `after` that `match`es; waits for it."""
-        scanned = 0  # events are appended in arrival order: look at each only once
-
-        def first() -> Seen | None:
-            nonlocal scanned
-            if self.error is not None:
-                raise BenchError(f"ConfigDB watch failed: {self.error!r}")
-            with self._lock:
-                fresh = self.events[scanned:]
-            scanned += len(fresh)
-            return next((e for e in fresh if e.t >= after and match(e)), None)
-
-        return wait_for(first, timeout, what, interval=0.005)
-
-    def between(self, since: float, until: float) -> list[Seen]:
-        return [e for e in self.snapshot() if since <= e.t < until]
 
     def leader_write_gaps(self, since: float, until: float) -> list[float]:
         """Seconds between consecutive writes of the leader key (heartbeats, takeovers)."""
@@ -1176,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
     load = load_snapshot()
     directory = Path(tempfile.mkdtemp(prefix="heron-bench-scale-"))
     with running_devcluster(directory, REAL_NODES, keep=args.keep) as (cluster, token):
-        observer = Observer(cluster.endpoints)
+        observer = ClusterObserver(cluster.endpoints)
         bench = Bench(cluster, token, observer, [], directory, args)
         try:
             observer.start()
