@@ -3,12 +3,11 @@
 import time
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import RedirectResponse
 
 import heron
-from heron.api import errors
+from heron.api import errors, web
 from heron.api.context import ApiContext
-from heron.api.routes import auth, events, groups, nodes, pools, tasks, vms
+from heron.api.routes import auth, console, events, groups, nodes, pools, stream, tasks, vms
 
 API = "/api/v1"
 _CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -26,7 +25,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (auth, nodes, vms, groups, pools, tasks, events):
+    for module in (auth, nodes, vms, groups, pools, tasks, events, stream, console):
         app.include_router(module.router, prefix=API)
 
     @app.middleware("http")
@@ -47,8 +46,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
             )
         return response
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse(f"{API}/docs")
-
+    web.install(app)  # last: its fallback must not shadow an API route
     return app

@@ -1,0 +1,130 @@
+"""Live updates for the web UI: a server-sent event stream fed by one ConfigDB watch.
+
+The stream says *what* changed (kind, id, put or delete), never the records themselves: the
+UI reads them again through the ordinary routes, so every role check stays where it is. Kinds
+a role may not read (users, for anyone below admin) are not even mentioned.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from heron.api import auth
+from heron.api.auth import Principal, token_hash
+from heron.configdb import ConfigDB, keys
+from heron.configdb.store import WatchEvent
+from heron.models.auth import Role, TokenRecord
+
+router = APIRouter(tags=["stream"])
+
+HEARTBEAT = 15.0  # seconds; keeps proxies from closing an idle stream
+
+# Key prefix -> the kind the UI refreshes, and the role needed to hear about it.
+KINDS: tuple[tuple[str, str, Role], ...] = (
+    (keys.VM_STATUS, "vms", Role.viewer),
+    (keys.VMS, "vms", Role.viewer),
+    (keys.MIGRATIONS, "vms", Role.viewer),
+    (keys.NODE_SETTINGS, "nodes", Role.viewer),
+    (keys.NODES, "nodes", Role.viewer),
+    (keys.TASKS, "tasks", Role.viewer),
+    (keys.POOLS, "pools", Role.viewer),
+    (keys.VOLUMES, "volumes", Role.viewer),
+    (keys.GROUPS, "groups", Role.viewer),
+    (keys.SETTINGS, "settings", Role.viewer),
+    (keys.USERS, "users", Role.admin),
+    (keys.TOKENS, "tokens", Role.viewer),
+)
+# Ids of these kinds are never sent: a token's key is its hash.
+_SECRET_IDS = {"tokens"}
+
+
+@dataclass
+class Filter:
+    """Turns watch events into what one principal may hear; pure, so it is tested alone."""
+
+    role: Role
+    leader: str | None = None
+    _started: bool = field(default=False, repr=False)
+
+    def change(self, event: WatchEvent) -> dict[str, str] | None:
+        if event.type == "resync":
+            return {"kind": "resync", "id": "", "type": "resync"}
+        if event.key == keys.LEADER:
+            # The leader re-writes its key several times a second: only a new leader is news.
+            leader = event.value.decode().split(" ", 1)[0] if event.type == "put" else None
+            if leader == self.leader:
+                return None
+            self.leader = leader
+            return {"kind": "nodes", "id": leader or "", "type": "leader"}
+        for prefix, kind, needed in KINDS:
+            if event.key.startswith(prefix):
+                if not self.role.allows(needed):
+                    return None
+                ident = "" if kind in _SECRET_IDS else event.key[len(prefix) :]
+                return {"kind": kind, "id": ident, "type": event.type}
+        return None
+
+
+def _message(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _pump(db: ConfigDB, start: int, queue: asyncio.Queue[WatchEvent]) -> None:
+    async for event in db.watch(keys.ROOT, start):
+        await queue.put(event)
+
+
+async def _events(request: Request, principal: Principal, token: str) -> AsyncIterator[str]:
+    db: ConfigDB = request.app.state.ctx.db
+    found = await db.get_raw(keys.LEADER)
+    changes = Filter(principal.role, found[0].decode().split(" ", 1)[0] if found else None)
+    queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+    pump = asyncio.create_task(_pump(db, await db.revision() + 1, queue))
+    try:
+        yield "retry: 2000\n\n"
+        yield _message("hello", {"user": principal.user, "role": principal.role.value})
+        while True:
+            try:
+                first = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:
+                if pump.done():
+                    return  # the watch ended: the client reconnects
+                yield ": heartbeat\n\n"
+                continue
+            batch = [first]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            found_changes = [c for c in map(changes.change, batch) if c is not None]
+            # Logged out or expired: the stream ends with the session it was opened on.
+            revoked = any(c["kind"] == "tokens" and c["type"] == "delete" for c in found_changes)
+            if revoked and await db.get(TokenRecord, keys.token(token_hash(token))) is None:
+                yield _message("expired", {})
+                return
+            unique = list({json.dumps(c, sort_keys=True): c for c in found_changes}.values())
+            if unique:
+                yield _message("change", {"changes": unique})
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+
+
+@router.get("/stream", response_class=StreamingResponse)
+async def stream(
+    request: Request, principal: Principal = Depends(auth.viewer)
+) -> StreamingResponse:
+    """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
+    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, settings, tokens, users
+    for admins, resync); `expired` when the session ends. Read the records through the other
+    routes."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return StreamingResponse(
+        _events(request, principal, token),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
