@@ -17,6 +17,7 @@ import aetcd.exceptions
 import pytest
 
 from heron.configdb import ConfigDB, Conflict, Txn, WatchEvent
+from heron.configdb.cache import Cache
 from heron.configdb.etcd import EtcdMember
 from heron.devcluster import free_ports
 from heron.models import Pool
@@ -529,6 +530,75 @@ async def test_update_keeps_the_lease(db: ConfigDB, prefix: str) -> None:
         assert await db.get_raw(f"{prefix}leased") is None
     finally:
         await db.revoke(lease)
+
+
+# -- watch-fed caches -------------------------------------------------------------------------
+
+
+async def test_cache_lists_then_follows_puts_and_deletes(db: ConfigDB, prefix: str) -> None:
+    await db.put(f"{prefix}a", Counter(name="a", count=1))
+    await db.put(f"{prefix}b", Counter(name="b"))
+    cache = Cache(db, Counter, prefix)
+    await cache.start()
+    try:
+        assert sorted((c.name, c.count) for c in cache.values()) == [("a", 1), ("b", 0)]
+        changed = cache.listen()
+        revision = await db.put(f"{prefix}a", Counter(name="a", count=2))
+        deleted = await db.delete(f"{prefix}b")
+        created = await db.put(f"{prefix}c", Counter(name="c", count=3))
+        # Reading one's own writes: after wait_for, the copy holds all three changes.
+        assert await cache.wait_for(max(revision, deleted, created))
+        assert changed.is_set()
+        assert sorted((c.name, c.count) for c in cache.values()) == [("a", 2), ("c", 3)]
+        entry = cache.get("c")
+        assert entry is not None
+        assert (entry.key, entry.revision) == (f"{prefix}c", created)
+        assert cache.get("b") is None
+        # And the copy matches what etcd lists, entry for entry.
+        listed = {e.key: (e.value, e.revision) for e in await db.list(Counter, prefix)}
+        assert {e.key: (e.value, e.revision) for e in cache} == listed
+    finally:
+        await cache.stop()
+
+
+async def test_cache_carries_leases_and_skips_records_it_cannot_read(
+    db: ConfigDB, prefix: str
+) -> None:
+    await db.put(f"{prefix}junk-at-start", "not a record")
+    cache = Cache(db, Counter, prefix)
+    await cache.start()
+    lease = await db.grant(30)
+    try:
+        assert len(cache) == 0
+        await db.put(f"{prefix}junk", '{"name": 5}')
+        revision = await db.put(f"{prefix}ok", Counter(name="ok"), lease=lease)
+        assert await cache.wait_for(revision)
+        assert [e.key for e in cache] == [f"{prefix}ok"]
+        entry = cache.get("ok")
+        assert entry is not None and entry.lease == lease
+    finally:
+        await db.revoke(lease)
+        await cache.stop()
+
+
+async def test_cache_wait_for_gives_up_on_a_revision_that_never_comes(
+    db: ConfigDB, prefix: str
+) -> None:
+    cache = Cache(db, Counter, prefix)
+    await cache.start()
+    try:
+        elsewhere = await db.put(prefix.rstrip("/") + "-other/x", Counter(name="x"))
+        assert not await cache.wait_for(elsewhere, timeout=0.2)
+    finally:
+        await cache.stop()
+
+
+async def test_cache_start_fails_when_etcd_is_unreachable() -> None:
+    [port] = free_ports(1)
+    async with ConfigDB([f"127.0.0.1:{port}"]) as unreachable:
+        cache = Cache(unreachable, Counter, "/heron/test/")
+        with pytest.raises(aetcd.exceptions.ConnectionFailedError):
+            await cache.start()
 
 
 # -- a 3-member cluster ----------------------------------------------------------------------

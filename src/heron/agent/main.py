@@ -42,6 +42,7 @@ from heron.models.auth import Role, User
 from heron.models.node import Node
 from heron.models.storage import Pool
 from heron.scheduler.drs import BalancingController
+from heron.scheduler.inventory import Inventory
 from heron.util.proc import read_pidfile, spawn_detached
 
 log = logging.getLogger("herond")
@@ -132,6 +133,7 @@ async def run(config: AgentConfig) -> None:
     migrations = Migrations(db, config.name, config.address, vms)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
     runner = TaskRunner(db, config.name, handlers.table())
+    inventory = Inventory(db)
     async with httpx.AsyncClient(timeout=10) as http:
         ctx = ApiContext(
             db=db,
@@ -139,6 +141,7 @@ async def run(config: AgentConfig) -> None:
             state_dir=config.state_dir,
             audit=AuditLog(config.state_dir / "audit.jsonl", config.name),
             http=http,
+            inventory=inventory,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -157,8 +160,8 @@ async def run(config: AgentConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await vms.resume()
         controllers = [
-            FailoverController(db, ctx.audit).run,
-            BalancingController(db, ctx.audit).run,
+            FailoverController(inventory, ctx.audit).run,
+            BalancingController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
@@ -194,6 +197,7 @@ async def run(config: AgentConfig) -> None:
         for job in background:
             job.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+    await inventory.stop()
     await db.close()
 
 

@@ -8,6 +8,7 @@ import httpx
 from heron.api.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
 from heron.models.task import Task
+from heron.scheduler.inventory import Inventory
 
 
 @dataclass
@@ -17,6 +18,7 @@ class ApiContext:
     state_dir: Path
     audit: AuditLog
     http: httpx.AsyncClient
+    inventory: Inventory  # watch-fed copies for placement
 
 
 def with_task(txn: Txn, task: Task) -> Txn:

@@ -56,6 +56,7 @@ class WatchEvent:
     key: str
     value: bytes
     revision: int
+    lease: int = 0
 
 
 def parse(model: type[M], raw: bytes) -> M:
@@ -314,7 +315,7 @@ class ConfigDB:
                     kind: Literal["put", "delete"] = (
                         "delete" if event.kind == aetcd.rtypes.EventKind.DELETE else "put"
                     )
-                    yield WatchEvent(kind, kv.key.decode(), kv.value, kv.mod_revision)
+                    yield WatchEvent(kind, kv.key.decode(), kv.value, kv.mod_revision, kv.lease)
             except aetcd.exceptions.RevisionCompactedError as exc:
                 next_revision = exc.compacted_revision
                 yield WatchEvent("resync", prefix, b"", next_revision)

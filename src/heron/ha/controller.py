@@ -14,16 +14,15 @@ import time
 from collections.abc import Callable
 
 from heron.api.audit import AuditLog
-from heron.configdb import ConfigDB, Entry, Txn, keys
+from heron.configdb import Entry, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
 from heron.ha.planner import plan_restarts
 from heron.models.group import VMGroup, effective_ha
 from heron.models.node import Node
-from heron.models.storage import Pool, Volume
 from heron.models.task import new_task
 from heron.models.vm import VM, PowerState, RunState, VMStatus
-from heron.scheduler.inventory import live_nodes
+from heron.scheduler.inventory import Inventory
 from heron.scheduler.placement import node_loads
 
 log = logging.getLogger(__name__)
@@ -39,54 +38,46 @@ _TICK = 0.5
 class FailoverController:
     def __init__(
         self,
-        db: ConfigDB,
+        inventory: Inventory,
         audit: AuditLog,
         margin: float = MARGIN,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.db = db
+        self.inventory = inventory
+        self.db = inventory.db
         self.audit = audit
         self.margin = margin
         self.clock = clock
         self._missing_since: dict[str, float] = {}
         self._restarted_at: dict[str, float] = {}
-        self._wake = asyncio.Event()
 
     async def run(self, election: Election) -> None:
-        watcher = asyncio.create_task(self._wake_on_node_changes())
-        try:
-            while True:
-                # A conflict: someone changed a VM under us, or we lost the lead. Look again.
-                with contextlib.suppress(Conflict):
-                    await self.step(election)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _TICK)
-        finally:
-            watcher.cancel()
-
-    async def _wake_on_node_changes(self) -> None:
-        async for _ in self.db.watch(keys.NODES, await self.db.revision() + 1):
-            self._wake.set()
+        await self.inventory.ready()
+        wake = self.inventory.nodes.listen()
+        while True:
+            # A conflict: someone changed a VM under us, or we lost the lead. Look again.
+            with contextlib.suppress(Conflict):
+                await self.step(election)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), _TICK)
 
     async def step(self, election: Election) -> None:
-        nodes = await live_nodes(self.db)
-        vm_entries = await self.db.list(VM, keys.VMS)
-        statuses = {
-            e.key.rsplit("/", 1)[1]: e for e in await self.db.list(VMStatus, keys.VM_STATUS)
-        }
+        inv = await self.inventory.ready()
+        nodes = inv.live_nodes()
+        vm_entries = list(inv.vms)
         now = self.clock()
         for name in {e.value.node for e in vm_entries} - set(nodes):
             self._missing_since.setdefault(name, now)
         for name in list(self._missing_since):
             if name in nodes:
                 del self._missing_since[name]
-        groups = {e.value.name: e.value for e in await self.db.list(VMGroup, keys.GROUPS)}
+        groups = inv.groups_by_name()
         wanted = [
             e
             for e in vm_entries
-            if effective_ha(e.value, groups.get(e.value.spec.group or "")).enabled
-            and e.value.power != "stopped"
+            if e.value.power != "stopped"
+            and effective_ha(e.value, groups.get(e.value.spec.group or "")).enabled
         ]
         orphans = [
             e
@@ -98,13 +89,13 @@ class FailoverController:
             e
             for e in wanted
             if e.value.node in nodes
-            and (s := statuses.get(e.value.id)) is not None
+            and (s := inv.vm_status.get(e.value.id)) is not None
             and s.value.node == e.value.node
             and s.value.state in (RunState.crashed, RunState.error)
             and now - self._restarted_at.get(e.value.id, -CRASH_RETRY) >= CRASH_RETRY
         ]
         if orphans:
-            await self._fail_over(election, orphans, nodes, [e.value for e in vm_entries], statuses)
+            await self._fail_over(election, orphans, nodes, [e.value for e in vm_entries], groups)
         for entry in crashed:
             self._restarted_at[entry.value.id] = now
             await self._restart(election, entry, entry.value.node, "its QEMU crashed or failed")
@@ -115,27 +106,19 @@ class FailoverController:
         orphans: list[Entry[VM]],
         nodes: dict[str, Node],
         vms: list[VM],
-        statuses: dict[str, Entry[VMStatus]],
+        groups: dict[str, VMGroup],
     ) -> None:
-        shared_pools = {
-            e.value.name for e in await self.db.list(Pool, keys.POOLS) if e.value.shared
-        }
-        shared = {
-            e.value.id
-            for e in await self.db.list(Volume, keys.VOLUMES)
-            if e.value.pool in shared_pools
-        }
         orphan_ids = {e.value.id for e in orphans}
-        # The orphans' memory no longer counts anywhere: their node is gone.
-        loads = node_loads(nodes, [v for v in vms if v.id not in orphan_ids])
-        groups = {e.value.name: e.value for e in await self.db.list(VMGroup, keys.GROUPS)}
         survivors = [v for v in vms if v.id not in orphan_ids]
+        # The orphans' memory no longer counts anywhere: their node is gone.
+        loads = node_loads(nodes, survivors)
+        shared = self.inventory.shared_volumes()
         plan = plan_restarts([e.value for e in orphans], loads, shared, groups, survivors)
         by_id = {e.value.id: e for e in orphans}
         for vm, target in plan.moves:
             await self._restart(election, by_id[vm.id], target, f"node {vm.node} failed")
         for vm, reason in plan.pending:
-            status = statuses.get(vm.id)
+            status = self.inventory.vm_status.get(vm.id)
             if (
                 status is not None
                 and status.value.state == RunState.pending
@@ -149,7 +132,10 @@ class FailoverController:
                 observed_generation=vm.generation,
                 updated_at=time.time(),
             )
-            await self.db.commit(election.fence(Txn()).put(keys.vm_status(vm.id), pending))
+            revision = await self.db.commit(
+                election.fence(Txn()).put(keys.vm_status(vm.id), pending)
+            )
+            await self.inventory.vm_status.wait_for(revision)
             self.audit.record(
                 user="ha",
                 method="HA",
@@ -169,7 +155,9 @@ class FailoverController:
         vm.generation += 1
         task = new_task("vm.start", target, vm.id, "ha", {"graceful": False, "reason": why})
         txn = election.fence(Txn()).require_revision(entry.key, entry.revision)
-        await self.db.commit(txn.put(entry.key, vm).put(keys.task(task.id), task))
+        revision = await self.db.commit(txn.put(entry.key, vm).put(keys.task(task.id), task))
+        # The next step must see this VM where it now is, not fail it over a second time.
+        await self.inventory.vms.wait_for(revision)
         self.audit.record(
             user="ha",
             method="HA",

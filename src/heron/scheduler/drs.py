@@ -9,16 +9,14 @@ import asyncio
 import logging
 
 from heron.api.audit import AuditLog
-from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb import Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
-from heron.models.group import VMGroup
-from heron.models.migration import Migration
 from heron.models.settings import ClusterSettings, DRSSettings
-from heron.models.task import Task, new_task
-from heron.models.vm import VM, RunState, VMStatus
+from heron.models.task import new_task
+from heron.models.vm import RunState
 from heron.scheduler.balancer import propose
-from heron.scheduler.inventory import live_nodes
+from heron.scheduler.inventory import Inventory
 from heron.scheduler.placement import node_loads
 
 log = logging.getLogger(__name__)
@@ -27,8 +25,9 @@ _IDLE_CHECK = 2.0  # how often a disabled balancer looks whether it was turned o
 
 
 class BalancingController:
-    def __init__(self, db: ConfigDB, audit: AuditLog):
-        self.db = db
+    def __init__(self, inventory: Inventory, audit: AuditLog):
+        self.inventory = inventory
+        self.db = inventory.db
         self.audit = audit
         self.streak = 0
 
@@ -49,17 +48,20 @@ class BalancingController:
             await asyncio.sleep(drs.interval if drs.enabled else _IDLE_CHECK)  # check period
 
     async def step(self, election: Election, drs: DRSSettings) -> None:
-        nodes = await live_nodes(self.db)
-        vms = [e.value for e in await self.db.list(VM, keys.VMS)]
-        states = {
-            e.key.rsplit("/", 1)[1]: e.value.state
-            for e in await self.db.list(VMStatus, keys.VM_STATUS)
-        }
-        running = [v for v in vms if v.node in nodes and states.get(v.id) == RunState.running]
-        migrating = {e.value.vm for e in await self.db.list(Migration, keys.MIGRATIONS)}
-        tasks = [e.value for e in await self.db.list(Task, keys.TASKS)]
+        inv = await self.inventory.ready()
+        nodes = inv.live_nodes()
+        vms = inv.vms.values()
+        running = [
+            v
+            for v in vms
+            if v.node in nodes
+            and (s := inv.vm_status.get(v.id)) is not None
+            and s.value.state == RunState.running
+        ]
+        migrating = {m.vm for m in inv.migrations.values()}
+        tasks = inv.tasks.values()
         ours = [t for t in tasks if t.user == "drs" and not t.state.finished]
-        groups = {e.value.name: e.value for e in await self.db.list(VMGroup, keys.GROUPS)}
+        groups = inv.groups_by_name()
         pending = {t.target for t in tasks if t.kind == "vm.migrate" and not t.state.finished}
         movable = {v.id for v in running} - migrating - pending
         move = propose(node_loads(nodes, vms), running, drs.threshold, groups, movable)
@@ -71,7 +73,8 @@ class BalancingController:
             return
         params = {"target": move.target, "max_downtime_ms": 300, "auto_converge": True}
         task = new_task("vm.migrate", move.source, move.vm.id, "drs", params)
-        await self.db.commit(election.fence(Txn()).put(keys.task(task.id), task))
+        revision = await self.db.commit(election.fence(Txn()).put(keys.task(task.id), task))
+        await self.inventory.tasks.wait_for(revision)  # the next step counts it as ours
         self.streak = 0
         self.audit.record(
             user="drs",

@@ -1,18 +1,30 @@
-"""The nodes VMs may use: the live ones, with what the admin decided about them."""
+"""The nodes VMs may use and what runs on them, as the controllers and placement see it."""
+
+import asyncio
 
 from heron.configdb import ConfigDB, keys
+from heron.configdb.cache import Cache
 from heron.models.group import VMGroup
+from heron.models.migration import Migration
 from heron.models.node import Node, NodeSettings
-from heron.models.vm import VM
+from heron.models.storage import Pool, Volume
+from heron.models.task import Task
+from heron.models.vm import VM, VMStatus
 
 
 async def live_nodes(db: ConfigDB) -> dict[str, Node]:
     """Nodes whose lease is alive, with their maintenance flag from the admin's settings."""
     nodes = {e.value.name: e.value for e in await db.list(Node, keys.NODES)}
-    for entry in await db.list(NodeSettings, keys.NODE_SETTINGS):
-        name = entry.key.rsplit("/", 1)[1]
-        if name in nodes:
-            nodes[name] = nodes[name].model_copy(update={"maintenance": entry.value.maintenance})
+    settings = {
+        e.key.rsplit("/", 1)[1]: e.value for e in await db.list(NodeSettings, keys.NODE_SETTINGS)
+    }
+    return _with_settings(nodes, settings)
+
+
+def _with_settings(nodes: dict[str, Node], settings: dict[str, NodeSettings]) -> dict[str, Node]:
+    for name, setting in settings.items():
+        if name in nodes and setting.maintenance != nodes[name].maintenance:
+            nodes[name] = nodes[name].model_copy(update={"maintenance": setting.maintenance})
     return nodes
 
 
@@ -21,3 +33,71 @@ async def group_of(db: ConfigDB, vm: VM) -> VMGroup | None:
         return None
     found = await db.get(VMGroup, keys.group(vm.spec.group))
     return found.value if found else None
+
+
+class Inventory:
+    """Watch-fed copies of the records cluster-wide decisions read (see `configdb.cache`).
+
+    One per agent, shared by the leader's controllers and the API's placement; the copies are
+    made on first use, so an agent that neither leads nor places VMs keeps none.
+    """
+
+    def __init__(self, db: ConfigDB):
+        self.db = db
+        self.nodes = Cache(db, Node, keys.NODES)
+        self.node_settings = Cache(db, NodeSettings, keys.NODE_SETTINGS)
+        self.vms = Cache(db, VM, keys.VMS)
+        self.vm_status = Cache(db, VMStatus, keys.VM_STATUS)
+        self.groups = Cache(db, VMGroup, keys.GROUPS)
+        self.pools = Cache(db, Pool, keys.POOLS)
+        self.volumes = Cache(db, Volume, keys.VOLUMES)
+        self.migrations = Cache(db, Migration, keys.MIGRATIONS)
+        self.tasks = Cache(db, Task, keys.TASKS)
+        self._caches = [
+            self.nodes,
+            self.node_settings,
+            self.vms,
+            self.vm_status,
+            self.groups,
+            self.pools,
+            self.volumes,
+            self.migrations,
+            self.tasks,
+        ]
+        self._ready: asyncio.Future[None] | None = None
+
+    async def ready(self) -> "Inventory":
+        """Start every copy (once; concurrent callers share the start) and return self."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._ready)
+        except Exception:
+            self._ready = None  # e.g. etcd unreachable: the next caller tries again
+            raise
+        return self
+
+    async def _start(self) -> None:
+        await asyncio.gather(*(c.start() for c in self._caches))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self._caches))
+
+    def live_nodes(self) -> dict[str, Node]:
+        nodes = {e.value.name: e.value for e in self.nodes}
+        settings = {name: e.value for name, e in self.node_settings.items()}
+        return _with_settings(nodes, settings)
+
+    def groups_by_name(self) -> dict[str, VMGroup]:
+        return {e.value.name: e.value for e in self.groups}
+
+    def group_of(self, vm: VM) -> VMGroup | None:
+        if vm.spec.group is None:
+            return None
+        found = self.groups.get(vm.spec.group)
+        return found.value if found else None
+
+    def shared_volumes(self) -> set[str]:
+        """Ids of volumes on shared pools: a VM using only these may run on any node."""
+        shared = {e.value.name for e in self.pools if e.value.shared}
+        return {e.value.id for e in self.volumes if e.value.pool in shared}

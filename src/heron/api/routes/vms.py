@@ -178,12 +178,15 @@ async def create_vm(
 ) -> TaskRef:
     """Define a VM and create its disks; a `vm.create` task on its node does the work."""
     ctx = _ctx(request)
-    vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]
-    vm, txn, task = await _plan_create(ctx, body, await live_nodes(ctx.db), vms, principal.user)
+    inventory = await ctx.inventory.ready()
+    nodes, vms = inventory.live_nodes(), inventory.vms.values()
+    vm, txn, task = await _plan_create(ctx, body, nodes, vms, principal.user)
     try:
-        await ctx.db.commit(txn)
+        revision = await ctx.db.commit(txn)
     except StoreConflict as exc:
         raise Conflict(f"a VM named {body.name!r} or one of its volumes already exists") from exc
+    # The next create through this node must count this VM where it was placed.
+    await inventory.vms.wait_for(revision)
     request.state.audit_target = vm.id
     return TaskRef(task=task.id, vm=vm.id)
 
@@ -215,8 +218,8 @@ async def create_vms(
     """Mass deployment: place every VM first (each one counting against the next), refuse
     all if any does not fit, then create them; with `dry_run` nothing is written."""
     ctx = _ctx(request)
-    vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]
-    nodes = await live_nodes(ctx.db)
+    inventory = await ctx.inventory.ready()
+    nodes, vms = inventory.live_nodes(), inventory.vms.values()
     width = max(3, len(str(body.count)))
     plans = []
     for i in range(1, body.count + 1):
@@ -231,10 +234,11 @@ async def create_vms(
     if not body.dry_run:
         for item, (vm, txn, task) in zip(items, plans, strict=True):
             try:
-                await ctx.db.commit(txn)
+                revision = await ctx.db.commit(txn)
             except StoreConflict as exc:
                 raise Conflict(f"{vm.spec.name} was created meanwhile; stopped there") from exc
             item.vm, item.task = vm.id, task.id
+        await inventory.vms.wait_for(revision)
     return BatchReply(dry_run=body.dry_run, vms=items)
 
 
