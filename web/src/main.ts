@@ -1,0 +1,39 @@
+import { createApp } from "vue";
+import { createRouter, createWebHistory } from "vue-router";
+import App from "./App.vue";
+import { t } from "./i18n";
+import { startLive } from "./live";
+import { can, loggedIn } from "./session";
+import { views } from "./views";
+import LoginView from "./views/LoginView.vue";
+import "./style.css";
+
+const router = createRouter({
+  history: createWebHistory(),
+  routes: [
+    { path: "/login", name: "login", component: LoginView, meta: { title: "login.title" } },
+    ...views.map((view) => ({
+      path: view.path,
+      name: view.name,
+      component: view.component,
+      meta: { title: view.title, role: view.role },
+    })),
+    { path: "/:rest(.*)*", redirect: "/" },
+  ],
+});
+
+router.beforeEach((to) => {
+  if (to.name !== "login" && !loggedIn.value) {
+    return { name: "login", query: to.fullPath !== "/" ? { next: to.fullPath } : {} };
+  }
+  const role = to.meta.role as Parameters<typeof can>[0] | undefined;
+  if (role && !can(role)) return { name: "overview" };
+  return true;
+});
+
+router.afterEach((to) => {
+  document.title = `${t(String(to.meta.title ?? "app.name"))} · Heron`;
+});
+
+if (loggedIn.value) startLive();
+createApp(App).use(router).mount("#app");

@@ -1,0 +1,130 @@
+// Shapes of the API's replies the UI reads (see docs/api.md).
+import type { Role } from "./session";
+
+export interface Node {
+  name: string;
+  address: string;
+  api_url: string;
+  cpus: number;
+  memory_mib: number;
+  accelerator: string;
+  state: string;
+  leader: boolean;
+  vms: number;
+  memory_used_mib: number;
+  vcpus_used: number;
+  maintenance: boolean;
+  started_at: number;
+}
+
+export interface Cluster {
+  leader: string | null;
+  nodes: number;
+  vms: number;
+  version: string;
+}
+
+export interface VMStatus {
+  state: string;
+  node: string;
+  pid: number | null;
+  vnc: string | null;
+  accelerator: string | null;
+  message: string;
+  updated_at: number;
+}
+
+export interface VM {
+  id: string;
+  name: string;
+  node: string;
+  power: string;
+  state: string;
+  revision: number;
+  created_at: number;
+  status: VMStatus | null;
+  spec: {
+    name: string;
+    vcpus: number;
+    memory_mib: number;
+    firmware: string;
+    machine: string;
+    boot_order: string[];
+    description: string;
+    ha: { enabled: boolean; priority: number };
+    group: string | null;
+    disks: { bus: string; volume: string }[];
+    nics: { model: string; network: string; mac: string | null }[];
+  };
+}
+
+export interface Pool {
+  name: string;
+  type: string;
+  path: string | null;
+  shared: boolean;
+  created_at: number;
+}
+
+export interface Volume {
+  id: string;
+  pool: string;
+  name: string;
+  format: string;
+  size: number;
+  node: string | null;
+  state: string;
+  error: string;
+  allocation: number | null;
+  attached_to: string | null;
+  created_at: number;
+}
+
+export interface Task {
+  id: string;
+  kind: string;
+  node: string;
+  target: string;
+  user: string;
+  state: string;
+  progress: number;
+  log: string[];
+  error: string | null;
+  cancel_requested: boolean;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface AuditEntry {
+  time: number;
+  node: string;
+  user: string | null;
+  method: string;
+  path: string;
+  status: number;
+  result: string;
+  client: string | null;
+  target: string | null;
+}
+
+export interface User {
+  name: string;
+  role: Role;
+  created_at: number;
+}
+
+export interface Token {
+  id: string;
+  user: string;
+  role: Role;
+  kind: string;
+  description: string;
+  created_at: number;
+  expires_at: number | null;
+}
+
+export interface TaskRef {
+  task: string;
+  vm?: string | null;
+  volume?: string | null;
+}

@@ -1,0 +1,37 @@
+// The view registry: every page of the UI is one entry here (a path, a title key from the
+// dictionaries, the component, whether it is in the menu, and the role it needs). Adding a
+// view is adding an entry, its component and its dictionary keys.
+import type { Component } from "vue";
+import type { Key } from "./i18n";
+import type { Role } from "./session";
+
+export interface ViewDef {
+  path: string;
+  name: string;
+  title: Key;
+  component: () => Promise<Component>;
+  icon?: string;
+  nav?: boolean;
+  role?: Role;
+}
+
+export const views: ViewDef[] = [
+  { path: "/", name: "overview", title: "nav.overview", icon: "◎", nav: true,
+    component: () => import("./views/OverviewView.vue") },
+  { path: "/nodes", name: "nodes", title: "nav.nodes", icon: "▤", nav: true,
+    component: () => import("./views/NodesView.vue") },
+  { path: "/vms", name: "vms", title: "nav.vms", icon: "▣", nav: true,
+    component: () => import("./views/VmsView.vue") },
+  { path: "/vms/new", name: "vm-create", title: "create.title", role: "operator",
+    component: () => import("./views/VmCreateView.vue") },
+  { path: "/vms/:id", name: "vm", title: "vm.title",
+    component: () => import("./views/VmDetailView.vue") },
+  { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
+    component: () => import("./views/StorageView.vue") },
+  { path: "/tasks", name: "tasks", title: "nav.tasks", icon: "↻", nav: true,
+    component: () => import("./views/TasksView.vue") },
+  { path: "/events", name: "events", title: "nav.events", icon: "≡", nav: true,
+    component: () => import("./views/EventsView.vue") },
+  { path: "/access", name: "access", title: "nav.access", icon: "⚿", nav: true,
+    component: () => import("./views/AccessView.vue") },
+];
