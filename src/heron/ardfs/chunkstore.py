@@ -1,0 +1,333 @@
+"""A chunk store: 4 MiB chunks of volumes kept as files in one directory (one disk).
+
+Layout under the store's root:
+    volumes/<volume id>/<chunk number, 16 hex digits>      the chunk's bytes, sparse
+    volumes/<volume id>/<chunk number>.sum                 one CRC-32 per 4 KiB sector
+    volumes/<volume id>/epoch                              the newest owner epoch seen
+
+An absent chunk reads as zeroes (thin provisioning). Writes go to the page cache and become
+durable on `sync` (fdatasync of every chunk written since) or at once with `durable=True`.
+The checksum table is written after the data: a crash between the two leaves sectors whose
+checksum does not match, which read as an error (and are repaired from another copy), never as
+wrong data.
+
+The methods are synchronous and meant to be called on the event loop for page-cache I/O
+(a thread hop per 4 KiB request costs more than the copy); `sync` is the one that waits for
+the disk, and callers run it in a thread.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heron.ardfs.checksum import (
+    CHUNK_SIZE,
+    SECTOR,
+    SECTORS,
+    ZERO_CRC,
+    bad_sectors,
+    sector_span,
+    sector_sums,
+)
+from heron.ardfs.volume import ChecksumError, FencedError, VolumeError
+
+# How many chunks keep their files open; beyond that the least recently used are closed.
+OPEN_CHUNKS = 1024
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Give the range's space back to the filesystem; it reads as zeroes afterwards."""
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        if code != errno.EOPNOTSUPP:
+            raise OSError(code, os.strerror(code))
+        os.pwrite(fd, bytes(length), offset)
+
+
+@dataclass
+class OpenChunk:
+    data_fd: int
+    sum_fd: int
+    sums: array.array[int]  # SECTORS CRC-32s ('I'), the in-memory copy of the .sum file
+    dirty: bool = False
+
+    def close(self) -> None:
+        os.close(self.data_fd)
+        os.close(self.sum_fd)
+
+
+@dataclass
+class ChunkStore:
+    """One directory's chunks. Not safe for concurrent use from several processes."""
+
+    root: Path
+    _open: OrderedDict[tuple[str, int], OpenChunk] = field(default_factory=OrderedDict)
+    _epochs: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        (self.root / "volumes").mkdir(parents=True, exist_ok=True)
+
+    # -- paths and open files ----------------------------------------------------------------
+
+    def volume_dir(self, volume: str) -> Path:
+        if not volume or "/" in volume or volume.startswith("."):
+            raise VolumeError(f"bad volume id {volume!r}", errno.EINVAL)
+        return self.root / "volumes" / volume
+
+    def chunk_path(self, volume: str, chunk: int) -> Path:
+        return self.volume_dir(volume) / f"{chunk:016x}"
+
+    def _get(self, volume: str, chunk: int, create: bool) -> OpenChunk | None:
+        key = (volume, chunk)
+        found = self._open.get(key)
+        if found is not None:
+            self._open.move_to_end(key)
+            return found
+        path = self.chunk_path(volume, chunk)
+        sum_path = path.with_suffix(".sum")
+        try:
+            data_fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            if not create:
+                return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The checksum table first: a data file never exists without one.
+            fd = os.open(sum_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.pwrite(fd, array.array("I", [ZERO_CRC]) * SECTORS, 0)
+            os.close(fd)
+            data_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.ftruncate(data_fd, CHUNK_SIZE)
+        try:
+            sum_fd = os.open(sum_path, os.O_RDWR)
+            sums = array.array("I", bytes(SECTORS * 4))
+            if os.preadv(sum_fd, [sums], 0) != SECTORS * 4:
+                raise ChecksumError(f"checksum table of {volume}/{chunk} is short")
+        except BaseException:
+            os.close(data_fd)
+            raise
+        entry = OpenChunk(data_fd, sum_fd, sums)
+        self._open[key] = entry
+        while len(self._open) > OPEN_CHUNKS:
+            _, old = self._open.popitem(last=False)
+            # Always, not only when dirty: a sync running in a thread may have taken the dirty
+            # mark already and would find the descriptor closed.
+            os.fdatasync(old.data_fd)
+            os.fdatasync(old.sum_fd)
+            old.close()
+        return entry
+
+    # -- fencing -----------------------------------------------------------------------------
+
+    def check_epoch(self, volume: str, epoch: int) -> None:
+        """Refuse a write from an owner older than the newest one seen; remember a newer one."""
+        known = self._epochs.get(volume)
+        if known is None:
+            try:
+                known = int((self.volume_dir(volume) / "epoch").read_text())
+            except FileNotFoundError:
+                known = 0
+            self._epochs[volume] = known
+        if epoch < known:
+            raise FencedError(f"volume {volume}: owner epoch {epoch} is older than {known}")
+        if epoch > known:
+            directory = self.volume_dir(volume)
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = directory / "epoch.tmp"
+            with open(tmp, "w") as handle:
+                handle.write(str(epoch))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, directory / "epoch")
+            self._epochs[volume] = epoch
+
+    # -- data --------------------------------------------------------------------------------
+
+    def exists(self, volume: str, chunk: int) -> bool:
+        return (volume, chunk) in self._open or self.chunk_path(volume, chunk).exists()
+
+    def read_into(self, volume: str, chunk: int, offset: int, view: memoryview) -> None:
+        """Fill `view` with the chunk's bytes at `offset`, every sector verified."""
+        _check_range(offset, len(view))
+        entry = self._get(volume, chunk, create=False)
+        if entry is None:
+            view[:] = bytes(len(view))
+            return
+        first, count = sector_span(offset, len(view))
+        aligned = offset % SECTOR == 0 and len(view) % SECTOR == 0
+        target = view if aligned else memoryview(bytearray(count * SECTOR))
+        start = first * SECTOR
+        got = os.preadv(entry.data_fd, [target], start)
+        if got != len(target):
+            raise ChecksumError(f"chunk {volume}/{chunk} is short ({got} bytes at {start})")
+        bad = bad_sectors(target, entry.sums[first : first + count], first)
+        if bad:
+            raise ChecksumError(f"chunk {volume}/{chunk}: checksum mismatch in sectors {bad[:8]}")
+        if not aligned:
+            skip = offset - start
+            view[:] = target[skip : skip + len(view)]
+
+    def write(
+        self, volume: str, chunk: int, offset: int, data: memoryview, durable: bool, epoch: int = 0
+    ) -> None:
+        """Store `data` at `offset` in the chunk, creating it if needed."""
+        _check_range(offset, len(data))
+        self.check_epoch(volume, epoch)
+        entry = self._get(volume, chunk, create=True)
+        assert entry is not None
+        first, count = sector_span(offset, len(data))
+        start = first * SECTOR
+        if offset % SECTOR or len(data) % SECTOR:
+            # Part of a sector: its checksum covers the whole sector, so merge with what is there.
+            merged = memoryview(bytearray(count * SECTOR))
+            head = merged[:SECTOR]
+            self.read_into(volume, chunk, start, head)
+            if count > 1:
+                self.read_into(volume, chunk, start + (count - 1) * SECTOR, merged[-SECTOR:])
+            merged[offset - start : offset - start + len(data)] = data
+            data = merged
+        entry.sums[first : first + count] = array.array("I", sector_sums(data))
+        os.pwrite(entry.data_fd, data, start)
+        self._write_sums(entry, first, count)
+        self._settle(entry, durable)
+
+    def _write_sums(self, entry: OpenChunk, first: int, count: int) -> None:
+        table = memoryview(entry.sums).cast("B")
+        os.pwrite(entry.sum_fd, table[first * 4 : (first + count) * 4], first * 4)
+
+    def trim(
+        self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int = 0
+    ) -> None:
+        """Make the range read as zeroes and free its space; a whole chunk is deleted."""
+        _check_range(offset, length)
+        self.check_epoch(volume, epoch)
+        if offset == 0 and length == CHUNK_SIZE:
+            self.delete(volume, chunk)
+            return
+        entry = self._get(volume, chunk, create=False)
+        if entry is None:
+            return  # already reads as zeroes
+        head = min(length, (-offset) % SECTOR)
+        if head:
+            self.write(volume, chunk, offset, memoryview(bytes(head)), False, epoch)
+            offset, length = offset + head, length - head
+        whole = length - length % SECTOR
+        if whole:
+            punch_hole(entry.data_fd, offset, whole)
+            first, count = offset // SECTOR, whole // SECTOR
+            entry.sums[first : first + count] = array.array("I", [ZERO_CRC]) * count
+            self._write_sums(entry, first, count)
+        if length - whole:
+            self.write(
+                volume, chunk, offset + whole, memoryview(bytes(length - whole)), False, epoch
+            )
+        self._settle(entry, durable)
+
+    def delete(self, volume: str, chunk: int) -> None:
+        entry = self._open.pop((volume, chunk), None)
+        if entry is not None:
+            entry.close()
+        path = self.chunk_path(volume, chunk)
+        # Data first: a checksum table without data is harmless, data without one is not.
+        for victim in (path, path.with_suffix(".sum")):
+            with contextlib.suppress(FileNotFoundError):
+                victim.unlink()
+
+    def _settle(self, entry: OpenChunk, durable: bool) -> None:
+        if durable:
+            os.fdatasync(entry.data_fd)
+            os.fdatasync(entry.sum_fd)
+            entry.dirty = False
+        else:
+            entry.dirty = True
+
+    def _sync_dir(self, directory: Path) -> None:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def dirty_files(self, volume: str | None = None) -> list[int]:
+        """The descriptors a sync must flush, marking their chunks clean (call on the loop)."""
+        fds: list[int] = []
+        for (vol, _), entry in self._open.items():
+            if entry.dirty and (volume is None or vol == volume):
+                fds += [entry.data_fd, entry.sum_fd]
+                entry.dirty = False
+        return fds
+
+    def chunk_fds(self, volume: str, chunk: int) -> list[int]:
+        """The descriptors of one open chunk, for a sync of just that chunk."""
+        entry = self._open.get((volume, chunk))
+        return [entry.data_fd, entry.sum_fd] if entry is not None else []
+
+    def sync_volume_dir(self, volume: str) -> None:
+        """Make created and deleted chunk files durable (blocking: run in a thread)."""
+        self._sync_dir(self.volume_dir(volume))
+
+    def sync(self, volume: str | None = None) -> None:
+        """fdatasync every chunk written since the last sync (blocking: for tools and tests)."""
+        for fd in self.dirty_files(volume):
+            os.fdatasync(fd)
+        if volume is not None:
+            self._sync_dir(self.volume_dir(volume))
+
+    # -- listing, scrubbing ------------------------------------------------------------------
+
+    def allocated(self, volume: str, first: int, count: int) -> list[bool]:
+        """Which of the chunks first..first+count-1 exist."""
+        if count <= 64:
+            return [self.exists(volume, first + i) for i in range(count)]
+        present = set(self.chunks(volume))
+        return [first + i in present for i in range(count)]
+
+    def chunks(self, volume: str) -> list[int]:
+        try:
+            names = os.listdir(self.volume_dir(volume))
+        except FileNotFoundError:
+            return []
+        return sorted(int(name, 16) for name in names if len(name) == 16)
+
+    def volumes(self) -> list[str]:
+        return sorted(os.listdir(self.root / "volumes"))
+
+    def verify(self, volume: str, chunk: int) -> list[int]:
+        """Sectors of the chunk whose bytes no longer match their checksum (the scrubber)."""
+        entry = self._get(volume, chunk, create=False)
+        if entry is None:
+            return []
+        data = memoryview(bytearray(CHUNK_SIZE))
+        got = os.preadv(entry.data_fd, [data], 0)
+        if got != CHUNK_SIZE:
+            return list(range(got // SECTOR, SECTORS))
+        return bad_sectors(data, entry.sums, 0)
+
+    def close(self) -> None:
+        while self._open:
+            _, entry = self._open.popitem()
+            if entry.dirty:
+                os.fdatasync(entry.data_fd)
+                os.fdatasync(entry.sum_fd)
+            entry.close()
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset + length > CHUNK_SIZE:
+        raise VolumeError(f"range {offset}+{length} is outside a chunk", errno.EINVAL)

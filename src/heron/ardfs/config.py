@@ -1,0 +1,120 @@
+"""The records heron-io is configured with: its node, the cluster's disks, the volumes.
+
+For now heron-io reads them from a JSON file (and again on SIGHUP); the node agent will write
+that file from the ConfigDB. The same records are meant to live in the ConfigDB as they are.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from heron.ardfs.checksum import SECTOR
+from heron.ardfs.placement import Disk
+
+DISK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,16}$")
+
+
+class DiskSpec(BaseModel):
+    id: str  # unique in the cluster, at most 16 characters (it travels in every peer request)
+    path: Path | None = None  # only meaningful on the disk's own node
+    weight: float = Field(default=1.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not DISK_ID.match(value):
+            raise ValueError("1-16 letters, digits, '_', '.', '-'")
+        return value
+
+
+class NodeSpec(BaseModel):
+    name: str
+    site: str = "default"
+    address: str  # host:port of its heron-io's peer (chunk server) listener
+    disks: list[DiskSpec]
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class Scheme(BaseModel):
+    """Replicated with `copies` copies, or erasure coded with `data` data shards + 1 parity."""
+
+    kind: Literal["replicated", "ec"] = "replicated"
+    copies: int = Field(default=2, ge=1, le=5)
+    data: int = Field(default=2, ge=2, le=8)
+
+    @property
+    def width(self) -> int:
+        """Disks a block group spans."""
+        return self.copies if self.kind == "replicated" else self.data + 1
+
+    def label(self) -> str:
+        return f"rf{self.copies}" if self.kind == "replicated" else f"ec{self.data}+1"
+
+
+class VolumeSpec(BaseModel):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    name: str
+    size: int = Field(gt=0)
+    scheme: Scheme = Scheme()
+    # Bumped by whoever takes ownership (HA failover): chunk stores refuse older epochs.
+    epoch: int = Field(default=1, ge=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return uuid.UUID(hex=value).hex
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value % SECTOR:
+            raise ValueError(f"must be a multiple of {SECTOR}")
+        return value
+
+
+class IoConfig(BaseModel):
+    node: str  # this heron-io's node, one of `nodes`
+    nbd_socket: Path
+    nbd_tcp: str | None = None  # host:port to serve NBD on TCP as well
+    state_dir: Path  # degraded-block logs
+    nodes: list[NodeSpec]
+    volumes: list[VolumeSpec] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IoConfig:
+        names = [n.name for n in self.nodes]
+        if self.node not in names:
+            raise ValueError(f"node {self.node!r} is not among the nodes")
+        disks = [d.id for n in self.nodes for d in n.disks]
+        if len(set(disks)) != len(disks):
+            raise ValueError("disk ids must be unique in the cluster")
+        if len({v.name for v in self.volumes}) != len(self.volumes):
+            raise ValueError("volume names must be unique")
+        for volume in self.volumes:
+            if volume.scheme.width > len(disks):
+                raise ValueError(f"volume {volume.name}: {volume.scheme.label()} needs more disks")
+        return self
+
+    @property
+    def me(self) -> NodeSpec:
+        return next(n for n in self.nodes if n.name == self.node)
+
+    def placement_disks(self) -> list[Disk]:
+        return [Disk(d.id, n.name, n.site, d.weight) for n in self.nodes for d in n.disks]
+
+    @classmethod
+    def load(cls, path: Path) -> IoConfig:
+        return cls.model_validate_json(path.read_text())
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)

@@ -1,0 +1,73 @@
+"""Which copies (or shards) missed writes: the record that makes degraded I/O safe.
+
+A write that could not reach a copy is acknowledged only after the (chunk, disk) pair is in
+this log on disk, so the stale copy is never read from and the rebuild knows what to copy,
+even after heron-io restarts. Append-only lines "+ chunk disk" / "- chunk disk", compacted
+when loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+
+class DegradedLog:
+    def __init__(self, path: Path):
+        self.path = path
+        self.missing: defaultdict[int, set[str]] = defaultdict(set)
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) != 3:
+                continue  # a torn last line: its write was never acknowledged
+            sign, chunk, disk = parts[0], int(parts[1]), parts[2]
+            if sign == "+":
+                self.missing[chunk].add(disk)
+            else:
+                self.missing[chunk].discard(disk)
+                if not self.missing[chunk]:
+                    del self.missing[chunk]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as handle:
+            handle.writelines(f"+ {c} {d}\n" for c, ds in self.missing.items() for d in ds)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.path)
+
+    def stale(self, chunk: int) -> set[str]:
+        found = self.missing.get(chunk)
+        return found if found is not None else set()
+
+    def pending(self, pairs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        return [(c, d) for c, d in pairs if d not in self.stale(c)]
+
+    def append(self, pairs: list[tuple[int, str]], added: bool) -> None:
+        """Record pairs durably (blocking: run in a thread for writes in flight)."""
+        sign = "+" if added else "-"
+        with open(self.path, "a") as handle:
+            handle.writelines(f"{sign} {c} {d}\n" for c, d in pairs)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def mark(self, pairs: list[tuple[int, str]]) -> None:
+        for chunk, disk in pairs:
+            self.missing[chunk].add(disk)
+
+    def clear(self, chunk: int, disk: str) -> None:
+        found = self.missing.get(chunk)
+        if found is not None:
+            found.discard(disk)
+            if not found:
+                del self.missing[chunk]
+
+    def count(self) -> int:
+        return sum(len(d) for d in self.missing.values())

@@ -1,0 +1,348 @@
+"""An erasure-coded volume, k data shards + 1 parity shard (see layout.py for the geometry).
+
+A write of a range of one block is a read-modify-write of that range only:
+    new parity = old parity ^ old data ^ new data
+under the stripe's lock (two writes to one stripe both change its parity). Every shard that
+cannot be read or written is recorded stale in the degraded log before the write is
+acknowledged, and the write still succeeds as long as the stripe stays decodable:
+  * data shard lost: parity = new data ^ the other data shards (a reconstruct-write);
+    the data lives in the parity until the shard is rebuilt;
+  * parity lost: the data is written, the parity rebuilt later.
+A read of a lost or corrupt data shard is the XOR of the same range of all other shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from heron.ardfs.checksum import CHUNK_SIZE
+from heron.ardfs.cluster import Cluster
+from heron.ardfs.config import VolumeSpec
+from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
+from heron.ardfs.parity import xor_into
+from heron.ardfs.replicated import block_extents, failures
+from heron.ardfs.target import ChunkTarget
+from heron.ardfs.volume import ChecksumError, Extent, UnavailableError, VolumeError
+
+log = logging.getLogger(__name__)
+
+
+class StripeLocks:
+    """One lock per stripe in use; dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    async def acquire(self, stripe: int) -> None:
+        lock, users = self._locks.get(stripe, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[stripe] = (lock, users + 1)
+        await lock.acquire()
+
+    def release(self, stripe: int) -> None:
+        lock, users = self._locks[stripe]
+        lock.release()
+        if users == 1:
+            del self._locks[stripe]
+        else:
+            self._locks[stripe] = (lock, users - 1)
+
+
+class ErasureVolume:
+    def __init__(self, spec: VolumeSpec, cluster: Cluster, degraded: DegradedLog):
+        self.spec = spec
+        self.id = spec.id
+        self.k = spec.scheme.data
+        self.cluster = cluster
+        self.degraded = degraded
+        self.locks = StripeLocks()
+        self.unsynced: defaultdict[str, set[int]] = defaultdict(set)
+        self.background: set[asyncio.Task[None]] = set()
+
+    @property
+    def size(self) -> int:
+        return self.spec.size
+
+    @property
+    def epoch(self) -> int:
+        return self.spec.epoch
+
+    def shards(self, stripe: int) -> list[ChunkTarget]:
+        return self.cluster.place(self.id, stripe, self.k + 1)
+
+    def chunk(self, stripe: int, shard: int) -> int:
+        return ec_chunk(stripe, shard, self.k)
+
+    def ok(self, stripe: int, shard: int, target: ChunkTarget) -> bool:
+        return target.disk not in self.degraded.stale(self.chunk(stripe, shard))
+
+    async def mark_stale(self, pairs: list[tuple[int, str]]) -> None:
+        fresh = self.degraded.pending(pairs)
+        if fresh:
+            self.degraded.mark(fresh)
+            await asyncio.to_thread(self.degraded.append, fresh, True)
+            log.warning("volume %s degraded: %s", self.spec.name, fresh[:8])
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _each_piece(
+        self, offset: int, length: int, action: Callable[[Piece], Awaitable[None]]
+    ) -> None:
+        parts = list(pieces(offset, length))
+        if len(parts) == 1:
+            await action(parts[0])
+            return
+        for result in await asyncio.gather(*(action(p) for p in parts), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def read_into(self, offset: int, view: memoryview) -> None:
+        async def piece(p: Piece) -> None:
+            await self._read_piece(p, view[p.at : p.at + p.length])
+
+        await self._each_piece(offset, len(view), piece)
+
+    async def _read_piece(self, piece: Piece, view: memoryview) -> None:
+        stripe, shard = ec_shard(piece.block, self.k)
+        target = self.shards(stripe)[shard]
+        if self.ok(stripe, shard, target):
+            try:
+                await target.read_into(self.id, self.chunk(stripe, shard), piece.offset, view)
+                return
+            except ChecksumError:
+                await self.mark_stale([(self.chunk(stripe, shard), target.disk)])
+                self.spawn(self.rebuild_chunk(self.chunk(stripe, shard)))
+            except (VolumeError, OSError) as exc:
+                log.info("shard %d of stripe %d unreadable, decoding: %s", shard, stripe, exc)
+        await self.locks.acquire(stripe)
+        try:
+            await self._decode(stripe, shard, piece.offset, view)
+        finally:
+            self.locks.release(stripe)
+
+    async def _read_shards(
+        self, stripe: int, wanted: list[int], offset: int, length: int
+    ) -> list[bytearray]:
+        """The same range of several shards; UnavailableError if any is stale or unreadable."""
+        targets = self.shards(stripe)
+        buffers = [bytearray(length) for _ in wanted]
+        for i in wanted:
+            if not self.ok(stripe, i, targets[i]):
+                raise UnavailableError(f"stripe {stripe}: shard {i} is stale as well")
+        results = await asyncio.gather(
+            *(
+                targets[i].read_into(self.id, self.chunk(stripe, i), offset, memoryview(buf))
+                for i, buf in zip(wanted, buffers, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        errors = failures(results)
+        for i, result in zip(wanted, results, strict=True):
+            if isinstance(result, ChecksumError):
+                await self.mark_stale([(self.chunk(stripe, i), targets[i].disk)])
+        if errors:
+            raise UnavailableError(f"stripe {stripe}: cannot decode, {errors}")
+        return buffers
+
+    async def _decode(self, stripe: int, shard: int, offset: int, view: memoryview) -> None:
+        others = [i for i in range(self.k + 1) if i != shard]
+        buffers = await self._read_shards(stripe, others, offset, len(view))
+        view[:] = buffers[0]
+        xor_into(view, *buffers[1:])
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        async def piece(p: Piece) -> None:
+            await self._update(p, data[p.at : p.at + p.length], fua, trim=False)
+
+        await self._each_piece(offset, len(data), piece)
+
+    async def trim(self, offset: int, length: int, fua: bool) -> None:
+        zeros = memoryview(bytes(min(length, CHUNK_SIZE)))
+
+        async def piece(p: Piece) -> None:
+            await self._update(p, zeros[: p.length], fua, trim=True)
+
+        await self._each_piece(offset, length, piece)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool, may_trim: bool) -> None:
+        zeros = memoryview(bytes(min(length, CHUNK_SIZE)))
+
+        async def piece(p: Piece) -> None:
+            await self._update(p, zeros[: p.length], fua, trim=may_trim)
+
+        await self._each_piece(offset, length, piece)
+
+    async def _update(self, p: Piece, data: memoryview, fua: bool, trim: bool) -> None:
+        stripe, shard = ec_shard(p.block, self.k)
+        await self.locks.acquire(stripe)
+        try:
+            await self._update_locked(stripe, shard, p.offset, data, fua, trim)
+        finally:
+            self.locks.release(stripe)
+
+    async def _update_locked(
+        self, stripe: int, shard: int, offset: int, data: memoryview, fua: bool, trim: bool
+    ) -> None:
+        targets = self.shards(stripe)
+        k = self.k
+        data_t, parity_t = targets[shard], targets[k]
+        data_chunk, parity_chunk = self.chunk(stripe, shard), self.chunk(stripe, k)
+        data_ok = self.ok(stripe, shard, data_t)
+        parity_ok = self.ok(stripe, k, parity_t)
+        n = len(data)
+        parity: bytearray | None = None
+        if data_ok and parity_ok:
+            old = bytearray(n)
+            old_parity = bytearray(n)
+            results = await asyncio.gather(
+                data_t.read_into(self.id, data_chunk, offset, memoryview(old)),
+                parity_t.read_into(self.id, parity_chunk, offset, memoryview(old_parity)),
+                return_exceptions=True,
+            )
+            failures(results)
+            if isinstance(results[0], BaseException):
+                data_ok = False
+                await self.mark_stale([(data_chunk, data_t.disk)])
+            if isinstance(results[1], BaseException):
+                parity_ok = False
+                await self.mark_stale([(parity_chunk, parity_t.disk)])
+            if data_ok and parity_ok:
+                xor_into(memoryview(old_parity), old, data)
+                parity = old_parity
+        if not data_ok and parity_ok:
+            # Reconstruct-write: the new parity from the new data and the other data shards.
+            others = [i for i in range(k) if i != shard]
+            buffers = await self._read_shards(stripe, others, offset, n)
+            parity = bytearray(data)
+            xor_into(memoryview(parity), *buffers)
+        if not data_ok and not parity_ok:
+            raise UnavailableError(f"stripe {stripe}: shard {shard} and parity both lost")
+
+        writes: list[tuple[ChunkTarget, int, Awaitable[None]]] = []
+        if data_ok:
+            writes.append((data_t, data_chunk, self._put(data_t, data_chunk, offset, data, fua,
+                                                         trim)))  # fmt: skip
+        if parity is not None:
+            zero = trim and not np.frombuffer(parity, dtype=np.uint8).any()
+            writes.append(
+                (parity_t, parity_chunk,
+                 self._put(parity_t, parity_chunk, offset, memoryview(parity), fua, zero))
+            )  # fmt: skip
+        results = await asyncio.gather(*(w for _, _, w in writes), return_exceptions=True)
+        errors = failures(results)
+        lost = [(c, t.disk) for (t, c, _), r in zip(writes, results, strict=True)
+                if isinstance(r, BaseException)]  # fmt: skip
+        if len(lost) == len(writes) or (lost and not (data_ok and parity is not None)):
+            # Nothing holds the new data (or the only shard that would have held it failed).
+            await self.mark_stale(lost)
+            raise UnavailableError(f"stripe {stripe}: write failed: {errors}")
+        if not fua:
+            for (t, c, _), r in zip(writes, results, strict=True):
+                if not isinstance(r, BaseException):
+                    self.unsynced[t.disk].add(c)
+        if not data_ok:
+            await self.mark_stale([(data_chunk, data_t.disk)])
+        if parity is None:
+            await self.mark_stale([(parity_chunk, parity_t.disk)])
+        if lost:
+            await self.mark_stale(lost)
+
+    async def _put(
+        self, target: ChunkTarget, chunk: int, offset: int, data: memoryview, fua: bool, trim: bool
+    ) -> None:
+        if trim:
+            await target.trim(self.id, chunk, offset, len(data), fua, self.epoch)
+        else:
+            await target.write(self.id, chunk, offset, data, fua, self.epoch)
+
+    async def flush(self) -> None:
+        pending, self.unsynced = self.unsynced, defaultdict(set)
+        if not pending:
+            return
+        disks = list(pending)
+        targets = [self.cluster.targets[d] for d in disks]
+        results = await asyncio.gather(*(t.sync(self.id) for t in targets), return_exceptions=True)
+        failures(results)
+        lost = [
+            (chunk, disk)
+            for disk, result in zip(disks, results, strict=True)
+            if isinstance(result, BaseException)
+            for chunk in pending[disk]
+        ]
+        if lost:
+            await self.mark_stale(lost)
+            for chunk, _ in lost:
+                stripe = chunk // (self.k + 1)
+                stale = sum(
+                    1 for i, t in enumerate(self.shards(stripe)) if not self.ok(stripe, i, t)
+                )
+                if stale > 1:
+                    raise UnavailableError(f"stripe {stripe}: more than one shard not durable")
+
+    # -- allocation --------------------------------------------------------------------------
+
+    async def allocated_blocks(self, first: int, count: int) -> list[bool]:
+        k = self.k
+        chunks = [self.chunk(*ec_shard(b, k)) for b in range(first, first + count)]
+        low, high = chunks[0], chunks[-1]
+        found = [False] * (high - low + 1)
+        results = await asyncio.gather(
+            *(t.allocated(self.id, low, high - low + 1) for t in self.cluster.all_targets()),
+            return_exceptions=True,
+        )
+        unknown = False
+        for result in results:
+            if isinstance(result, BaseException):
+                unknown = True
+                continue
+            found = [a or b for a, b in zip(found, result, strict=True)]
+        # A shard on an unreachable disk may hold data: report it as data, never as a hole.
+        return [found[c - low] or unknown for c in chunks]
+
+    async def extents(self, offset: int, length: int) -> list[Extent]:
+        return await block_extents(self.allocated_blocks, offset, length, self.size)
+
+    # -- rebuild -----------------------------------------------------------------------------
+
+    async def rebuild_chunk(self, chunk: int) -> bool:
+        """Decode a stale shard from the others and write it back; True when done."""
+        stripe, shard = divmod(chunk, self.k + 1)
+        await self.locks.acquire(stripe)
+        try:
+            target = self.shards(stripe)[shard]
+            if self.ok(stripe, shard, target):
+                return True
+            data = memoryview(bytearray(CHUNK_SIZE))
+            try:
+                await self._decode(stripe, shard, 0, data)
+                await target.write(self.id, chunk, 0, data, True, self.epoch)
+            except (VolumeError, OSError) as exc:
+                log.info("rebuild of chunk %d onto %s failed: %s", chunk, target.disk, exc)
+                return False
+            await asyncio.to_thread(self.degraded.append, [(chunk, target.disk)], False)
+            self.degraded.clear(chunk, target.disk)
+            return True
+        finally:
+            self.locks.release(stripe)
+
+    def stale_chunks(self) -> list[int]:
+        return sorted(self.degraded.missing)
+
+    async def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)

@@ -1,0 +1,148 @@
+"""heron-io: one node's ARDFS data path, a process of its own.
+
+It serves this node's chunk stores to the other nodes (the peer protocol) and every volume of
+the configuration to local clients over NBD (a unix socket; TCP optionally), export name =
+volume name. Configuration is a JSON file (config.IoConfig), re-read on SIGHUP: volumes come,
+go and grow without a restart. Management (herond) writes the file; the VMs keep running
+when herond restarts because this process does not depend on it.
+
+    heron-io --config /var/lib/heron/io.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from heron.ardfs.chunkstore import ChunkStore
+from heron.ardfs.cluster import Cluster
+from heron.ardfs.config import IoConfig, VolumeSpec
+from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.erasure import ErasureVolume
+from heron.ardfs.nbd import ExportTable, NbdServer
+from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget
+from heron.ardfs.replicated import ReplicatedVolume
+from heron.ardfs.target import ChunkTarget, LocalTarget
+
+log = logging.getLogger("heron.ardfs.io")
+
+READY = "heron-io ready"
+
+AnyVolume = ReplicatedVolume | ErasureVolume
+
+
+class Io:
+    """The running data path: stores, peers, volumes, servers."""
+
+    def __init__(self, config: IoConfig):
+        self.config = config
+        self.stores: dict[str, ChunkStore] = {}
+        self.local: dict[str, LocalTarget] = {}
+        for disk in config.me.disks:
+            if disk.path is None:
+                raise ValueError(f"disk {disk.id} of this node has no path")
+            store = ChunkStore(disk.path)
+            self.stores[disk.id] = store
+            self.local[disk.id] = LocalTarget(disk.id, config.node, store)
+        self.peers: dict[str, PeerClient] = {}
+        targets: dict[str, ChunkTarget] = dict(self.local)
+        for node in config.nodes:
+            if node.name == config.node:
+                continue
+            host, port = node.host_port()
+            client = PeerClient(node.name, host, port)
+            self.peers[node.name] = client
+            for disk in node.disks:
+                targets[disk.id] = RemoteTarget(disk.id, client)
+        self.cluster = Cluster(config.node, config.placement_disks(), targets)
+        self.volumes: dict[str, AnyVolume] = {}
+        self.peer_server = PeerServer(self.local.get)
+        self.nbd = NbdServer(ExportTable(self.volumes.get, lambda: sorted(self.volumes)))
+
+    def make_volume(self, spec: VolumeSpec) -> AnyVolume:
+        degraded = DegradedLog(self.config.state_dir / "degraded" / f"{spec.id}.log")
+        if spec.scheme.kind == "ec":
+            return ErasureVolume(spec, self.cluster, degraded)
+        return ReplicatedVolume(spec, self.cluster, degraded)
+
+    def apply_volumes(self, specs: list[VolumeSpec]) -> None:
+        """Bring the served volumes in line with `specs` (on start and on reload)."""
+        wanted = {s.name: s for s in specs}
+        for name in list(self.volumes):
+            if name not in wanted:
+                log.info("volume %s no longer served", name)
+                self.volumes.pop(name)
+        for name, spec in wanted.items():
+            current = self.volumes.get(name)
+            if current is None or current.spec.id != spec.id or current.spec.scheme != spec.scheme:
+                self.volumes[name] = self.make_volume(spec)
+                log.info("serving volume %s (%s, %d bytes)", name, spec.scheme.label(), spec.size)
+            else:
+                current.spec = spec  # size (online resize) and owner epoch may change
+
+    async def start(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.apply_volumes(self.config.volumes)
+        host, port = self.config.me.host_port()
+        await self.peer_server.listen(host, port)
+        if self.config.nbd_tcp:
+            nbd_host, _, nbd_port = self.config.nbd_tcp.rpartition(":")
+            await self.nbd.listen_tcp(nbd_host.strip("[]"), int(nbd_port))
+        await self.nbd.listen_unix(self.config.nbd_socket)
+
+    async def stop(self) -> None:
+        await self.nbd.close()
+        for volume in self.volumes.values():
+            try:
+                await volume.flush()
+            except Exception as exc:
+                log.warning("flush of %s on stop failed: %s", volume.spec.name, exc)
+            await volume.close()
+        await self.peer_server.close()
+        for client in self.peers.values():
+            await client.close()
+        for store in self.stores.values():
+            store.close()
+
+
+async def run(config_path: Path) -> None:
+    io = Io(IoConfig.load(config_path))
+    await io.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            fresh = IoConfig.load(config_path)
+        except (OSError, ValueError) as exc:
+            log.error("config reload failed, keeping the old one: %s", exc)
+            return
+        io.apply_volumes(fresh.volumes)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    print(READY, flush=True)
+    await stop.wait()
+    await io.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="heron-io", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="IoConfig JSON file")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(run(args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""The peer protocol: heron-io processes reading and writing each other's chunks over TCP.
+
+One fixed 72-byte request header, optionally followed by the bytes of a write; one fixed
+20-byte reply header, optionally followed by the bytes of a read (or an error message).
+Requests are pipelined on one connection and matched to replies by id, so a client keeps as
+many in flight as its volumes have. Payloads are received straight into their final buffers
+(a read lands in the NBD reply buffer), with `sock_recv_into`, as in the NBD server.
+
+Request:  magic u32 | op u8 | flags u8 | pad u16 | id u64 | volume 16 bytes (uuid) |
+          disk 16 bytes (ascii, NUL padded) | chunk u64 | offset u32 | length u32 | epoch u64
+Reply:    magic u32 | status u32 (0 or an errno) | id u64 | length u32
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from heron.ardfs.nbd import Disconnect, recv_exactly
+from heron.ardfs.target import LocalTarget
+from heron.ardfs.volume import ChecksumError, FencedError, UnavailableError, VolumeError
+
+log = logging.getLogger(__name__)
+
+REQUEST = struct.Struct("<IBBHQ16s16sQIIQ")
+REPLY = struct.Struct("<IIQI")
+REQUEST_MAGIC = 0x41524446  # "ARDF"
+REPLY_MAGIC = 0x41524452  # "ARDR"
+
+OP_READ = 1
+OP_WRITE = 2
+OP_SYNC = 3
+OP_TRIM = 4
+OP_ALLOCATED = 5
+OP_CHUNKS = 6
+OP_VERIFY = 7
+OP_DELETE = 8
+OP_PING = 9
+
+FLAG_DURABLE = 1
+
+MAX_PAYLOAD = 64 * 1024 * 1024
+# A peer that does not answer within this long is treated as dead for the request.
+REQUEST_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 2.0
+# After a failed connection, requests fail at once for this long instead of each waiting.
+RETRY_AFTER = 1.0
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, ChecksumError):
+        return errno.EBADMSG
+    if isinstance(exc, VolumeError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _error(status: int, message: str) -> VolumeError:
+    if status == errno.EBADMSG:
+        return ChecksumError(message)
+    if status == errno.EPERM:
+        return FencedError(message)
+    return VolumeError(message, status)
+
+
+def _volume_bytes(volume: str) -> bytes:
+    return bytes.fromhex(volume)
+
+
+def _disk_bytes(disk: str) -> bytes:
+    return disk.encode().ljust(16, b"\0")
+
+
+# -- server ----------------------------------------------------------------------------------
+
+
+class PeerServer:
+    """Serves this node's chunk stores to the other heron-io processes."""
+
+    def __init__(self, disks: Callable[[str], LocalTarget | None]):
+        self.disks = disks
+        self.listener: socket.socket | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def listen(self, host: str, port: int) -> int:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.listener = sock
+        self._spawn(self._accept(sock))
+        return int(sock.getsockname()[1])
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._serve(sock))
+
+    async def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        lock = asyncio.Lock()
+        header = bytearray(REQUEST.size)
+        view = memoryview(header)
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await recv_exactly(loop, sock, view)
+                fields = REQUEST.unpack(header)
+                if fields[0] != REQUEST_MAGIC:
+                    raise Disconnect(f"bad peer request magic {fields[0]:#x}")
+                op, length = fields[1], fields[9]
+                payload = None
+                if op == OP_WRITE:
+                    if length > MAX_PAYLOAD:
+                        raise Disconnect(f"peer write of {length} bytes")
+                    payload = bytearray(length)
+                    await recv_exactly(loop, sock, memoryview(payload))
+                task = asyncio.create_task(self._handle(sock, lock, fields, payload))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except (Disconnect, ConnectionError) as exc:
+            log.debug("peer connection ended: %s", exc)
+        finally:
+            for task in pending:
+                task.cancel()
+            sock.close()
+
+    async def _handle(
+        self, sock: socket.socket, lock: asyncio.Lock, fields: tuple, payload: bytearray | None
+    ) -> None:
+        _, op, flags, _, rid, raw_volume, raw_disk, chunk, offset, length, epoch = fields
+        volume = raw_volume.hex()
+        disk = raw_disk.rstrip(b"\0").decode(errors="replace")
+        durable = bool(flags & FLAG_DURABLE)
+        body: bytes | bytearray = b""
+        status = 0
+        try:
+            target = self.disks(disk)
+            if target is None:
+                raise VolumeError(f"no disk {disk!r} on this node", errno.ENODEV)
+            if op == OP_READ:
+                if length > MAX_PAYLOAD:
+                    raise VolumeError("read too large", errno.EINVAL)
+                body = bytearray(length)
+                await target.read_into(volume, chunk, offset, memoryview(body))
+            elif op == OP_WRITE:
+                assert payload is not None
+                await target.write(volume, chunk, offset, memoryview(payload), durable, epoch)
+            elif op == OP_SYNC:
+                await target.sync(volume)
+            elif op == OP_TRIM:
+                await target.trim(volume, chunk, offset, length, durable, epoch)
+            elif op == OP_ALLOCATED:
+                present = await target.allocated(volume, chunk, length)
+                body = bytes(present)
+            elif op == OP_CHUNKS:
+                body = struct.pack(f"<{len(c)}Q", *c) if (c := await target.chunks(volume)) else b""
+            elif op == OP_VERIFY:
+                bad = await target.verify(volume, chunk)
+                body = struct.pack(f"<{len(bad)}I", *bad)
+            elif op == OP_DELETE:
+                await target.delete(volume, chunk, epoch)
+            elif op == OP_PING:
+                pass
+            else:
+                raise VolumeError(f"unknown peer op {op}", errno.EINVAL)
+        except (VolumeError, OSError) as exc:
+            status = _status(exc)
+            body = str(exc).encode()[:4096]
+            if not isinstance(exc, FencedError):
+                log.warning("peer op %d on %s/%s/%d failed: %s", op, disk, volume, chunk, exc)
+        reply = REPLY.pack(REPLY_MAGIC, status, rid, len(body))
+        loop = asyncio.get_running_loop()
+        try:
+            async with lock:
+                if len(body) < 65536:
+                    await loop.sock_sendall(sock, reply + body)
+                else:
+                    await loop.sock_sendall(sock, reply)
+                    await loop.sock_sendall(sock, body)
+        except OSError as exc:
+            log.debug("peer reply failed: %s", exc)
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+# -- client ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[bytes]
+    into: memoryview | None
+
+
+class PeerClient:
+    """One pipelined connection to another node's heron-io, reconnected when lost."""
+
+    def __init__(self, node: str, host: str, port: int):
+        self.node = node
+        self.host = host
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.pending: dict[int, _Pending] = {}
+        self.next_id = 1
+        self.send_lock = asyncio.Lock()
+        self.connect_lock = asyncio.Lock()
+        self.reader: asyncio.Task[None] | None = None
+        self.failed_at = 0.0
+        self.failure = ""
+
+    @property
+    def up(self) -> bool:
+        return self.sock is not None
+
+    async def _connect(self) -> socket.socket:
+        async with self.connect_lock:
+            if self.sock is not None:
+                return self.sock
+            if time.monotonic() - self.failed_at < RETRY_AFTER:
+                raise UnavailableError(f"node {self.node} is unreachable: {self.failure}")
+            loop = asyncio.get_running_loop()
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await loop.sock_connect(sock, (self.host, self.port))
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                self.failed_at = time.monotonic()
+                self.failure = str(exc) or type(exc).__name__
+                raise UnavailableError(f"node {self.node} is unreachable: {self.failure}") from exc
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = sock
+            self.reader = asyncio.create_task(self._read(sock))
+            return sock
+
+    def _drop(self, sock: socket.socket, reason: str) -> None:
+        """Fail everything in flight on `sock`: each caller decides what a lost copy means."""
+        if self.sock is sock:
+            self.sock = None
+            self.failed_at = time.monotonic()
+            self.failure = reason
+        sock.close()
+        pending, self.pending = self.pending, {}
+        for item in pending.values():
+            if not item.future.done():
+                item.future.set_exception(UnavailableError(f"node {self.node}: {reason}"))
+
+    async def _read(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        header = bytearray(REPLY.size)
+        view = memoryview(header)
+        try:
+            while True:
+                await recv_exactly(loop, sock, view)
+                magic, status, rid, length = REPLY.unpack(header)
+                if magic != REPLY_MAGIC:
+                    raise Disconnect(f"bad reply magic {magic:#x}")
+                item = self.pending.pop(rid, None)
+                if item is not None and status == 0 and item.into is not None:
+                    if length != len(item.into):
+                        raise Disconnect(f"read reply of {length} bytes, {len(item.into)} asked")
+                    await recv_exactly(loop, sock, item.into)
+                    body = b""
+                else:
+                    buf = bytearray(length)
+                    await recv_exactly(loop, sock, memoryview(buf))
+                    body = bytes(buf)
+                if item is None or item.future.done():
+                    continue  # the caller gave up (timeout): nothing waits for this reply
+                if status:
+                    item.future.set_exception(_error(status, body.decode(errors="replace")))
+                else:
+                    item.future.set_result(body)
+        except (Disconnect, OSError) as exc:
+            self._drop(sock, str(exc) or type(exc).__name__)
+
+    async def call(
+        self,
+        op: int,
+        volume: str,
+        disk: str,
+        chunk: int = 0,
+        offset: int = 0,
+        length: int = 0,
+        epoch: int = 0,
+        flags: int = 0,
+        payload: memoryview | None = None,
+        into: memoryview | None = None,
+    ) -> bytes:
+        sock = await self._connect()
+        loop = asyncio.get_running_loop()
+        rid = self.next_id
+        self.next_id += 1
+        future: asyncio.Future[bytes] = loop.create_future()
+        self.pending[rid] = _Pending(future, into)
+        header = REQUEST.pack(
+            REQUEST_MAGIC, op, flags, 0, rid, _volume_bytes(volume), _disk_bytes(disk),
+            chunk, offset, length, epoch,
+        )  # fmt: skip
+        try:
+            async with self.send_lock:
+                if payload is not None and len(payload) < 65536:
+                    await loop.sock_sendall(sock, header + payload)
+                else:
+                    await loop.sock_sendall(sock, header)
+                    if payload is not None:
+                        await loop.sock_sendall(sock, payload)
+        except OSError as exc:
+            self._drop(sock, str(exc))
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                return await future
+        except TimeoutError:
+            # A peer that stops answering (SIGSTOP, a hung disk) is as good as dead to us.
+            self._drop(sock, f"no reply in {REQUEST_TIMEOUT:.0f}s")
+            raise UnavailableError(f"node {self.node} did not answer") from None
+
+    async def close(self) -> None:
+        if self.sock is not None:
+            self._drop(self.sock, "closed")
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
+
+
+class RemoteTarget:
+    """A disk on another node, reached through that node's PeerClient."""
+
+    local = False
+
+    def __init__(self, disk: str, client: PeerClient):
+        self.disk = disk
+        self.node = client.node
+        self.client = client
+
+    async def read_into(self, volume: str, chunk: int, offset: int, view: memoryview) -> None:
+        await self.client.call(OP_READ, volume, self.disk, chunk, offset, len(view), into=view)
+
+    async def write(
+        self, volume: str, chunk: int, offset: int, data: memoryview, durable: bool, epoch: int
+    ) -> None:
+        flags = FLAG_DURABLE if durable else 0
+        await self.client.call(
+            OP_WRITE, volume, self.disk, chunk, offset, len(data), epoch, flags, payload=data
+        )
+
+    async def trim(
+        self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int
+    ) -> None:
+        flags = FLAG_DURABLE if durable else 0
+        await self.client.call(OP_TRIM, volume, self.disk, chunk, offset, length, epoch, flags)
+
+    async def sync(self, volume: str) -> None:
+        await self.client.call(OP_SYNC, volume, self.disk)
+
+    async def allocated(self, volume: str, first: int, count: int) -> list[bool]:
+        body = await self.client.call(OP_ALLOCATED, volume, self.disk, first, 0, count)
+        return [bool(b) for b in body]
+
+    async def chunks(self, volume: str) -> list[int]:
+        body = await self.client.call(OP_CHUNKS, volume, self.disk)
+        return list(struct.unpack(f"<{len(body) // 8}Q", body))
+
+    async def verify(self, volume: str, chunk: int) -> list[int]:
+        body = await self.client.call(OP_VERIFY, volume, self.disk, chunk)
+        return list(struct.unpack(f"<{len(body) // 4}I", body))
+
+    async def delete(self, volume: str, chunk: int, epoch: int) -> None:
+        await self.client.call(OP_DELETE, volume, self.disk, chunk, epoch=epoch)

@@ -1,0 +1,308 @@
+"""A replicated volume: every 4 MiB block has `copies` copies on disks chosen by placement.
+
+Writes go to every healthy copy at once and are acknowledged when all that are reachable hold
+the data as durably as asked (FUA: on disk; otherwise in the page cache until the next flush).
+A copy that cannot be written is recorded as stale in the degraded log before the write is
+acknowledged, and is neither read nor written again until a rebuild copies the block back.
+Reads come from the local copy when there is one; a copy that fails its checksum is marked
+stale and rebuilt from a good one, and the read is answered from another copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from heron.ardfs.checksum import CHUNK_SIZE
+from heron.ardfs.cluster import Cluster
+from heron.ardfs.config import VolumeSpec
+from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.gates import BlockGates
+from heron.ardfs.layout import Piece, blocks_of, pieces
+from heron.ardfs.target import ChunkTarget
+from heron.ardfs.volume import (
+    ChecksumError,
+    Extent,
+    FencedError,
+    UnavailableError,
+    VolumeError,
+)
+
+log = logging.getLogger(__name__)
+
+ZERO_BLOCK = bytes(CHUNK_SIZE)
+
+
+def failures(results: list[object]) -> list[BaseException]:
+    """The exceptions among gather results; anything but an I/O failure is re-raised."""
+    found = []
+    for result in results:
+        if isinstance(result, FencedError):
+            raise result  # a newer owner exists: this node must stop writing, not degrade
+        if isinstance(result, VolumeError | OSError):
+            found.append(result)
+        elif isinstance(result, BaseException):
+            raise result
+    return found
+
+
+class ReplicatedVolume:
+    def __init__(self, spec: VolumeSpec, cluster: Cluster, degraded: DegradedLog):
+        self.spec = spec
+        self.id = spec.id
+        self.cluster = cluster
+        self.degraded = degraded
+        self.gates = BlockGates()
+        # Copies written since the last flush without FUA: a flush syncs them, and marks the
+        # ones it could not sync as stale.
+        self.unsynced: defaultdict[str, set[int]] = defaultdict(set)
+        self.background: set[asyncio.Task[None]] = set()
+
+    @property
+    def size(self) -> int:
+        return self.spec.size
+
+    @property
+    def epoch(self) -> int:
+        return self.spec.epoch
+
+    def copies(self, block: int) -> list[ChunkTarget]:
+        return self.cluster.place(self.id, block, self.spec.scheme.copies)
+
+    def healthy(self, block: int) -> list[ChunkTarget]:
+        stale = self.degraded.stale(block)
+        found = [t for t in self.copies(block) if t.disk not in stale]
+        return sorted(found, key=lambda t: not t.local)  # this node's copy first
+
+    async def mark_stale(self, pairs: list[tuple[int, str]]) -> None:
+        fresh = self.degraded.pending(pairs)
+        if fresh:
+            self.degraded.mark(fresh)  # at once: reads in flight must stop using them
+            await asyncio.to_thread(self.degraded.append, fresh, True)
+            log.warning("volume %s degraded: %s", self.spec.name, fresh[:8])
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def read_into(self, offset: int, view: memoryview) -> None:
+        parts = list(pieces(offset, len(view)))
+        if len(parts) == 1:
+            await self._read_piece(parts[0], view)
+            return
+        results = await asyncio.gather(
+            *(self._read_piece(p, view[p.at : p.at + p.length]) for p in parts),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _read_piece(self, piece: Piece, view: memoryview) -> None:
+        errors: list[Exception] = []
+        corrupt: list[tuple[int, str]] = []
+        for target in self.healthy(piece.block):
+            try:
+                await target.read_into(self.id, piece.block, piece.offset, view)
+            except ChecksumError as exc:
+                corrupt.append((piece.block, target.disk))
+                errors.append(exc)
+                continue
+            except (VolumeError, OSError) as exc:
+                errors.append(exc)
+                continue
+            if corrupt:
+                await self.mark_stale(corrupt)
+                self.spawn(self.rebuild_block(piece.block))
+            return
+        # Corrupt copies with no good one beside them are not marked stale: that would make the
+        # whole block unreadable, when only the damaged sectors are, until they are rewritten.
+        if not errors:
+            raise UnavailableError(f"block {piece.block} of {self.spec.name} has no healthy copy")
+        raise VolumeError(f"block {piece.block} of {self.spec.name}: no copy readable: {errors}")
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def _each_piece(
+        self, offset: int, length: int, action: Callable[[Piece], Awaitable[None]]
+    ) -> None:
+        parts = list(pieces(offset, length))
+        if len(parts) == 1:
+            await action(parts[0])
+            return
+        for result in await asyncio.gather(*(action(p) for p in parts), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _to_copies(
+        self,
+        block: int,
+        fua: bool,
+        act: Callable[[ChunkTarget], Awaitable[None]],
+    ) -> None:
+        async with self.gates.shared(block):
+            live = self.healthy(block)
+            if not live:
+                raise UnavailableError(f"block {block} of {self.spec.name} has no healthy copy")
+            results = await asyncio.gather(*(act(t) for t in live), return_exceptions=True)
+            errors = failures(results)
+            failed = [t for t, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
+            if len(failed) == len(live):
+                raise UnavailableError(f"block {block}: no copy could be written: {errors}")
+            if not fua:
+                for target, result in zip(live, results, strict=True):
+                    if not isinstance(result, BaseException):
+                        self.unsynced[target.disk].add(block)
+            if failed:
+                await self.mark_stale([(block, t.disk) for t in failed])
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        async def piece(p: Piece) -> None:
+            chunk = data[p.at : p.at + p.length]
+            await self._to_copies(
+                p.block, fua, lambda t: t.write(self.id, p.block, p.offset, chunk, fua, self.epoch)
+            )
+
+        await self._each_piece(offset, len(data), piece)
+
+    async def trim(self, offset: int, length: int, fua: bool) -> None:
+        async def piece(p: Piece) -> None:
+            await self._to_copies(
+                p.block,
+                fua,
+                lambda t: t.trim(self.id, p.block, p.offset, p.length, fua, self.epoch),
+            )
+
+        await self._each_piece(offset, length, piece)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool, may_trim: bool) -> None:
+        if may_trim:
+            await self.trim(offset, length, fua)
+            return
+
+        async def piece(p: Piece) -> None:
+            zeros = memoryview(ZERO_BLOCK)[: p.length]
+            await self._to_copies(
+                p.block, fua, lambda t: t.write(self.id, p.block, p.offset, zeros, fua, self.epoch)
+            )
+
+        await self._each_piece(offset, length, piece)
+
+    async def flush(self) -> None:
+        pending, self.unsynced = self.unsynced, defaultdict(set)
+        if not pending:
+            return
+        disks = list(pending)
+        targets = [self.cluster.targets[d] for d in disks]
+        results = await asyncio.gather(*(t.sync(self.id) for t in targets), return_exceptions=True)
+        failures(results)
+        lost = [
+            (block, disk)
+            for disk, result in zip(disks, results, strict=True)
+            if isinstance(result, BaseException)
+            for block in pending[disk]
+        ]
+        if lost:
+            # Those copies may not hold what they acknowledged: never trust them again unrebuilt.
+            await self.mark_stale(lost)
+            for block in {b for b, _ in lost}:
+                if not self.healthy(block):
+                    raise UnavailableError(f"block {block}: no copy could be made durable")
+
+    # -- allocation --------------------------------------------------------------------------
+
+    async def allocated_blocks(self, first: int, count: int) -> list[bool]:
+        targets = {t.disk: t for b in range(first, first + count) for t in self.healthy(b)}
+        found = [False] * count
+        results = await asyncio.gather(
+            *(t.allocated(self.id, first, count) for t in targets.values()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                continue  # another copy answers for the blocks it holds
+            found = [a or b for a, b in zip(found, result, strict=True)]
+        return found
+
+    async def extents(self, offset: int, length: int) -> list[Extent]:
+        return await block_extents(self.allocated_blocks, offset, length, self.size)
+
+    # -- repair ------------------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def rebuild_block(self, block: int) -> bool:
+        """Copy the block from a healthy copy to its stale ones; True if none is left stale."""
+        async with self.gates.exclusive(block):
+            stale = [t for t in self.copies(block) if t.disk in self.degraded.stale(block)]
+            if not stale:
+                return True
+            source = None
+            data = memoryview(bytearray(CHUNK_SIZE))
+            for target in self.healthy(block):
+                try:
+                    present = (await target.allocated(self.id, block, 1))[0]
+                    if present:
+                        await target.read_into(self.id, block, 0, data)
+                    source = target
+                    break
+                except ChecksumError:
+                    await self.mark_stale([(block, target.disk)])
+                except (VolumeError, OSError) as exc:
+                    log.info("rebuild of block %d: %s unreadable: %s", block, target.disk, exc)
+            if source is None:
+                return False
+            done = True
+            for target in stale:
+                try:
+                    if present:
+                        await target.write(self.id, block, 0, data, True, self.epoch)
+                    else:
+                        await target.delete(self.id, block, self.epoch)
+                except FencedError:
+                    raise
+                except (VolumeError, OSError) as exc:
+                    log.info("rebuild of block %d onto %s failed: %s", block, target.disk, exc)
+                    done = False
+                    continue
+                await asyncio.to_thread(self.degraded.append, [(block, target.disk)], False)
+                self.degraded.clear(block, target.disk)
+            return done
+
+    async def rebuild_chunk(self, chunk: int) -> bool:
+        return await self.rebuild_block(chunk)  # a block is its own chunk
+
+    def stale_chunks(self) -> list[int]:
+        return sorted(self.degraded.missing)
+
+    async def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+
+
+async def block_extents(
+    allocated: Callable[[int, int], Awaitable[list[bool]]], offset: int, length: int, size: int
+) -> list[Extent]:
+    """Extents of a byte range from per-block allocation, merged and clipped to the range."""
+    first = offset // CHUNK_SIZE
+    last = min(offset + length, size) - 1
+    count = last // CHUNK_SIZE - first + 1
+    present = await allocated(first, count)
+    extents: list[Extent] = []
+    for i, here in enumerate(present):
+        start = max(offset, (first + i) * CHUNK_SIZE)
+        end = min(offset + length, (first + i + 1) * CHUNK_SIZE)
+        hole = not here
+        if extents and extents[-1].hole == hole:
+            extents[-1] = Extent(extents[-1].length + end - start, hole)
+        else:
+            extents.append(Extent(end - start, hole))
+    return extents
+
+
+def total_blocks(spec: VolumeSpec) -> int:
+    return blocks_of(spec.size)

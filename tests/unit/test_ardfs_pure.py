@@ -1,0 +1,85 @@
+"""Pure parts of ARDFS: request geometry, parity, the degraded log, per-block gates."""
+
+import asyncio
+import os
+from pathlib import Path
+
+from heron.ardfs.checksum import CHUNK_SIZE, sector_span
+from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.gates import BlockGates
+from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
+from heron.ardfs.parity import xor_into, xor_of
+
+
+def test_pieces_split_requests_at_block_boundaries() -> None:
+    assert list(pieces(100, 50)) == [Piece(0, 100, 50, 0)]
+    assert list(pieces(CHUNK_SIZE - 10, 30)) == [
+        Piece(0, CHUNK_SIZE - 10, 10, 0),
+        Piece(1, 0, 20, 10),
+    ]
+    assert sum(p.length for p in pieces(5, 3 * CHUNK_SIZE)) == 3 * CHUNK_SIZE
+
+
+def test_sector_span() -> None:
+    assert sector_span(0, 4096) == (0, 1)
+    assert sector_span(4095, 2) == (0, 2)
+    assert sector_span(8192, 1) == (2, 1)
+
+
+def test_erasure_geometry() -> None:
+    assert [ec_shard(b, 3) for b in range(5)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    assert ec_chunk(1, 3, 3) == 7  # parity of stripe 1 under 3+1
+    chunks = {ec_chunk(s, i, 2) for s in range(10) for i in range(3)}
+    assert len(chunks) == 30  # no two shards share a chunk number
+
+
+def test_any_lost_shard_is_the_xor_of_the_others() -> None:
+    shards = [os.urandom(4096) for _ in range(3)]
+    parity = xor_of(shards)
+    for lost in range(3):
+        rest = [s for i, s in enumerate(shards) if i != lost] + [parity]
+        assert bytes(xor_of(rest)) == shards[lost]
+    odd = bytearray(b"abc")
+    xor_into(memoryview(odd), b"abc")
+    assert odd == bytearray(3)
+
+
+def test_degraded_log_survives_reopening_and_compacts(tmp_path: Path) -> None:
+    path = tmp_path / "v.log"
+    log = DegradedLog(path)
+    log.mark([(1, "d1"), (2, "d2")])
+    log.append([(1, "d1"), (2, "d2")], added=True)
+    log.append([(1, "d1")], added=False)
+    with open(path, "a") as handle:
+        handle.write("+ 9")  # a torn line, never acknowledged
+    again = DegradedLog(path)
+    assert again.stale(1) == set()
+    assert again.stale(2) == {"d2"}
+    assert again.count() == 1
+    assert path.read_text() == "+ 2 d2\n"
+
+
+async def test_exclusive_waits_for_writers_and_holds_new_ones() -> None:
+    gates = BlockGates()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def writer(name: str) -> None:
+        async with gates.shared(1):
+            order.append(f"{name} in")
+            await release.wait()
+            order.append(f"{name} out")
+
+    async def rebuild() -> None:
+        async with gates.exclusive(1):
+            order.append("rebuild")
+
+    first = asyncio.create_task(writer("w1"))
+    await asyncio.sleep(0)
+    job = asyncio.create_task(rebuild())
+    await asyncio.sleep(0)
+    late = asyncio.create_task(writer("w2"))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, job, late)
+    assert order == ["w1 in", "w1 out", "rebuild", "w2 in", "w2 out"]
