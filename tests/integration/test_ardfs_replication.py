@@ -1,0 +1,153 @@
+"""Replicated ARDFS volumes across several heron-io processes (one per simulated node):
+copies where placement says, degraded writes through a kill -9, repair of corrupt copies,
+and fencing of an old owner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import wait_for
+
+from heron.ardfs.checksum import CHUNK_SIZE
+from heron.ardfs.client import IoProcess, io_cluster
+from heron.ardfs.config import IoConfig, Scheme, VolumeSpec
+from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.placement import group_key, place
+from heron.ardfs.nbdtools import ToolError, qemu_io
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+
+
+def chunk_files(io: IoProcess, volume: VolumeSpec) -> set[int]:
+    found: set[int] = set()
+    for disk in io.config.me.disks:
+        assert disk.path is not None
+        directory = disk.path / "volumes" / volume.id
+        if directory.exists():
+            found |= {int(n, 16) for n in os.listdir(directory) if len(n) == 16}
+    return found
+
+
+def chunk_path(io: IoProcess, volume: VolumeSpec, chunk: int) -> Path:
+    disk = io.config.me.disks[0]
+    assert disk.path is not None
+    return disk.path / "volumes" / volume.id / f"{chunk:016x}"
+
+
+def holders(config: IoConfig, volume: VolumeSpec, block: int) -> list[str]:
+    chosen = place(config.placement_disks(), group_key(volume.id, block), volume.scheme.width)
+    return [d.node for d in chosen]
+
+
+def stale_copies(io: IoProcess, volume: VolumeSpec) -> int:
+    return DegradedLog(io.config.state_dir / "degraded" / f"{volume.id}.log").count()
+
+
+def test_copies_land_where_placement_says_and_any_node_reads_them(tmp_path: Path) -> None:
+    volume = VolumeSpec(name="r2", size=64 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        qemu_io(nodes[0].uri("r2"), "write -P 0x61 0 40M", "flush")
+        for block in range(10):
+            where = holders(nodes[0].config, volume, block)
+            assert len(set(where)) == 2
+            for io in nodes:
+                assert (block in chunk_files(io, volume)) == (io.config.node in where)
+        for io in nodes:
+            qemu_io(io.uri("r2"), "read -P 0x61 0 40M", "read -P 0 40M 24M")
+
+
+def test_two_sites_keep_one_copy_each(tmp_path: Path) -> None:
+    volume = VolumeSpec(name="metro", size=64 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 4, [volume], sites=["east", "west"]) as nodes:
+        qemu_io(nodes[0].uri("metro"), "write -P 0x62 0 64M", "flush")
+        sites = {io.config.node: io.config.me.site for io in nodes}
+        for block in range(16):
+            owners = [io.config.node for io in nodes if block in chunk_files(io, volume)]
+            assert sorted(sites[n] for n in owners) == ["east", "west"]
+
+
+def test_kill_9_of_a_chunk_server_during_a_large_write(tmp_path: Path) -> None:
+    """The write completes degraded, every byte reads back, the missed copies are recorded."""
+    size = 1024 * MiB
+    volume = VolumeSpec(name="big", size=size, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        owner, victim = nodes[0], nodes[2]
+        writer = subprocess.Popen(
+            ["qemu-io", "-f", "raw", "-c", "write -P 0xa5 0 1G", "-c", "flush", owner.uri("big")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            # Kill it once it holds a good part of its share, with much of the write to come.
+            wait_for(lambda: len(chunk_files(victim, volume)) >= 20, 120, "copies on the victim")
+            victim.kill()
+            out, _ = writer.communicate(timeout=600)
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+        assert writer.returncode == 0 and "failed" not in out, out
+        assert "wrote 1073741824/1073741824" in out
+        assert stale_copies(owner, volume) > 0
+        qemu_io(owner.uri("big"), "read -P 0xa5 0 1G")
+        qemu_io(nodes[1].uri("big"), "read -P 0xa5 0 512M")
+
+
+def test_a_corrupt_copy_is_read_around_and_repaired(tmp_path: Path) -> None:
+    volume = VolumeSpec(name="heal", size=32 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 2, [volume]) as nodes:
+        qemu_io(nodes[0].uri("heal"), "write -P 0x71 0 32M", "flush")
+        # Damage node 1's copy of block 3: node 1 reads its local copy first.
+        damaged = chunk_path(nodes[0], volume, 3)
+        with open(damaged, "r+b") as handle:
+            handle.seek(CHUNK_SIZE // 2)
+            handle.write(b"garbage")
+            handle.flush()
+            os.fsync(handle.fileno())
+        qemu_io(nodes[0].uri("heal"), f"read -P 0x71 {3 * CHUNK_SIZE} 4M")
+
+        def repaired() -> bool:
+            data = damaged.read_bytes()
+            return data == b"\x71" * CHUNK_SIZE and stale_copies(nodes[0], volume) == 0
+
+        wait_for(repaired, 60, "the corrupt copy to be rewritten from the good one")
+        qemu_io(nodes[0].uri("heal"), "read -P 0x71 0 32M")
+
+
+def test_rf3_survives_losing_two_copies(tmp_path: Path) -> None:
+    volume = VolumeSpec(name="r3", size=64 * MiB, scheme=Scheme(copies=3))
+    with io_cluster(tmp_path, 4, [volume]) as nodes:
+        qemu_io(nodes[0].uri("r3"), "write -P 0x33 0 64M", "flush")
+        nodes[2].kill()
+        nodes[3].kill()
+        qemu_io(nodes[0].uri("r3"), "read -P 0x33 0 64M")
+        qemu_io(nodes[1].uri("r3"), "read -P 0x33 0 64M")
+        # and it still takes writes, degraded
+        qemu_io(nodes[0].uri("r3"), "write -P 0x34 8M 8M", "read -P 0x34 8M 8M")
+
+
+def test_the_old_owner_is_fenced_after_a_handover(tmp_path: Path) -> None:
+    volume = VolumeSpec(name="vm-disk", size=16 * MiB, scheme=Scheme(copies=2), epoch=1)
+    with io_cluster(tmp_path, 2, [volume]) as (old, new):
+        qemu_io(old.uri("vm-disk"), "write -P 0x01 0 8M", "flush")
+        # HA hands the VM to the other node: its heron-io serves the volume at a newer epoch.
+        handed = new.config.model_copy(deep=True)
+        handed.volumes[0].epoch = 2
+        new.update(handed)
+
+        def new_epoch_writes() -> bool:
+            try:
+                qemu_io(new.uri("vm-disk"), "write -P 0x02 0 8M", "flush")
+            except ToolError:
+                return False
+            return True
+
+        wait_for(new_epoch_writes, 30, "the new owner to write")
+        with pytest.raises(ToolError, match="Operation not permitted"):
+            qemu_io(old.uri("vm-disk"), "write -P 0x03 0 4k")
+        qemu_io(new.uri("vm-disk"), "read -P 0x02 0 8M")
