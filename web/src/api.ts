@@ -1,4 +1,5 @@
 // The REST API client: bearer token, JSON, and the API's one error shape.
+import { busy } from "./busy";
 import { end, session } from "./session";
 
 export const API = "/api/v1";
@@ -40,7 +41,11 @@ async function failure(reply: Response): Promise<ApiError> {
   );
 }
 
-export async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+export function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  return busy(() => send<T>(method, path, body));
+}
+
+async function send<T>(method: string, path: string, body?: unknown): Promise<T> {
   const init: RequestInit = { method, headers: headers() };
   if (body !== undefined) {
     init.body = JSON.stringify(body);

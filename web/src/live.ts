@@ -2,6 +2,7 @@
 // token travels in a header, not in a URL. Views subscribe to the kinds they show and reload.
 import { onBeforeUnmount, onMounted, ref, type Ref } from "vue";
 import { API } from "./api";
+import { busy } from "./busy";
 import { end, session } from "./session";
 
 export type Kind =
@@ -115,7 +116,11 @@ export function useLive<T>(
   let running = false;
   let again = false;
 
-  async function reload(): Promise<void> {
+  function reload(): Promise<void> {
+    return busy(reloadNow);
+  }
+
+  async function reloadNow(): Promise<void> {
     if (running) {
       again = true;
       return;

@@ -32,6 +32,6 @@ export const views: ViewDef[] = [
     component: () => import("./views/TasksView.vue") },
   { path: "/events", name: "events", title: "nav.events", icon: "≡", nav: true,
     component: () => import("./views/EventsView.vue") },
-  { path: "/access", name: "access", title: "nav.access", icon: "⚿", nav: true,
+  { path: "/access", name: "access", title: "nav.access", icon: "◈", nav: true,
     component: () => import("./views/AccessView.vue") },
 ];

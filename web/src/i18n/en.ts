@@ -65,6 +65,7 @@ const en = {
   "state.ready": "ready",
   "state.ok": "ok",
   "state.refused": "refused",
+  "state.healthy": "healthy",
   "state.warning": "needs attention",
   "state.other": "{state}",
 

@@ -67,6 +67,7 @@ const ru: Record<keyof typeof en, string> = {
   "state.ready": "готов",
   "state.ok": "успешно",
   "state.refused": "отклонено",
+  "state.healthy": "в порядке",
   "state.warning": "требует внимания",
   "state.other": "{state}",
 

@@ -1,0 +1,63 @@
+"""Fixtures of the browser tests: Debian's chromium driven by Playwright, against a devcluster.
+
+No browser is downloaded: Playwright drives /usr/bin/chromium, which install-deps installs.
+"""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from heron.api.web import DIST
+from heron.devcluster import DevCluster
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        "Debian's chromium is not installed (/usr/bin/chromium); scripts/install-deps installs it",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, Playwright, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def built_ui() -> Path:
+    """The built UI; a test run without it would test nothing."""
+    index = DIST / "index.html"
+    assert index.is_file(), "the web UI is not built: run scripts/install-deps"
+    return index
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    SCREENSHOTS.mkdir(parents=True)
+    return SCREENSHOTS
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    # --no-sandbox: the tests run as root, where chromium refuses its sandbox.
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+    )
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def admin_password(cluster3: tuple[DevCluster, str]) -> str:
+    cluster, _ = cluster3
+    return cluster.password_file.read_text().strip()

@@ -1,0 +1,282 @@
+"""The web UI in a real browser (Debian's chromium) against a real 3-node devcluster.
+
+One browser session walks the acceptance path in order: log in, create a VM from the test
+guest image on another node than the one serving the UI, start it, see it running through
+the live stream without a reload, read its serial console, open its graphical console
+(noVNC through the API's websocket relay), check both languages on every view, and look at
+it all at phone width. Screenshots of the main views go to tests/e2e/screenshots/.
+"""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+from heron.devcluster import DevCluster
+
+pytestmark = pytest.mark.integration
+
+BOOT = 240_000  # ms: the guest boots under TCG on these hosts
+STEP = 30_000  # ms: anything the cluster does quickly (tasks, live updates)
+VM_NAME = "web1"
+
+# Every main view, by path; the VM's own page is added once it exists.
+VIEWS = ["/", "/nodes", "/vms", "/vms/new", "/storage", "/tasks", "/events", "/access"]
+VM_TABS = ["summary", "disks", "nics", "serial", "console"]
+
+# What the page shows that no dictionary produced, in one language or the other.
+UNTRANSLATED = """(language) => {
+  const i18n = window.__heronI18n;
+  const other = language === "ru" ? i18n.en : i18n.ru;
+  const mine = language === "ru" ? i18n.ru : i18n.en;
+  const foreign = new Set(
+    Object.keys(other).filter((k) => other[k] !== mine[k]).map((k) => other[k]));
+  const texts = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const text = walker.currentNode.textContent.trim();
+    if (text) texts.push(text);
+  }
+  for (const el of document.querySelectorAll("[placeholder],[aria-label],[title]")) {
+    for (const name of ["placeholder", "aria-label", "title"]) {
+      const value = el.getAttribute(name);
+      if (value) texts.push(value.trim());
+    }
+  }
+  return {
+    missing: [...i18n.missing],
+    raw: texts.filter((t) => t.includes("\u27e6")),
+    foreign: texts.filter((t) => foreign.has(t)),
+    onlyEn: Object.keys(i18n.en).filter((k) => !(k in i18n.ru)),
+    onlyRu: Object.keys(i18n.ru).filter((k) => !(k in i18n.en)),
+    empty: Object.keys(mine).filter((k) => !mine[k].trim()),
+  };
+}"""
+
+
+@pytest.fixture(scope="module")
+def ui(cluster3: tuple[DevCluster, str], built_ui: Path) -> str:
+    cluster, _ = cluster3
+    return cluster.nodes[0].url
+
+
+@pytest.fixture(scope="module")
+def desktop(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="en-US")
+    context.set_default_timeout(STEP)
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def page(desktop: BrowserContext) -> Page:
+    return desktop.new_page()
+
+
+@pytest.fixture(scope="module")
+def vm_state() -> dict[str, Any]:
+    """What the tests learn along the way (the VM's id), for the ones after."""
+    return {}
+
+
+def shot(page: Page, screenshots: Path, name: str) -> None:
+    page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, url: str, password: str) -> None:
+    page.goto(url)
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", password)
+    page.click("[data-testid=login-submit]")
+    expect(page.locator("[data-testid=logout]")).to_be_visible()
+
+
+def settle(page: Page) -> None:
+    """Wait until the view has loaded what it shows (no API request or load under way)."""
+    page.wait_for_function("window.__heronBusy === 0")
+
+
+def assert_translated(page: Page, language: str, where: str) -> None:
+    found = page.evaluate(UNTRANSLATED, language)
+    assert not found["onlyEn"] and not found["onlyRu"], f"dictionaries differ: {found}"
+    assert not found["empty"], f"empty texts in {language}: {found['empty']}"
+    assert not found["missing"], f"{where}: keys without a text: {found['missing']}"
+    assert not found["raw"], f"{where}: untranslated keys shown: {found['raw']}"
+    assert not found["foreign"], f"{where} in {language}: texts of the other language: {found}"
+
+
+def test_login_refuses_a_wrong_password_then_logs_in(
+    page: Page, ui: str, admin_password: str, screenshots: Path
+) -> None:
+    page.goto(ui)
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "not-the-password")
+    page.click("[data-testid=login-submit]")
+    error = page.locator("[data-testid=error]")
+    expect(error).to_contain_text("401")
+    expect(error).to_contain_text("wrong user name or password")
+    shot(page, screenshots, "login-refused")
+
+    log_in(page, ui, admin_password)
+    expect(page.locator("[data-testid=leader]")).to_have_text(re.compile(r"node"))
+    expect(page.locator("[data-testid=live]")).to_have_attribute("data-live", "true")
+    shot(page, screenshots, "overview")
+
+
+def test_create_a_vm_from_an_image_with_the_wizard(
+    page: Page, ui: str, image: str, cluster3: tuple[DevCluster, str], vm_state: dict[str, Any]
+) -> None:
+    cluster, _ = cluster3
+    other_node = cluster.nodes[1].name  # not the node serving the UI: consoles are relayed
+    page.click("[data-testid=nav-vms]")
+    page.click("[data-testid=vm-new]")
+    page.fill("[data-testid=create-name]", VM_NAME)
+    page.fill("input[name=memory_mib]", "128")
+    page.select_option("select[name=node]", other_node)
+    page.click("[data-testid=create-next]")
+    page.select_option("[data-testid=create-image]", image)
+    page.select_option("[data-testid=create-pool]", image.split("/")[0])
+    page.click("[data-testid=create-next]")
+    page.click("[data-testid=create-next]")
+    expect(page.locator("[data-testid=create-start]")).to_be_visible()
+    page.uncheck("[data-testid=create-start]")  # started in the next test, from its page
+    page.click("[data-testid=create-submit]")
+
+    expect(page).to_have_url(re.compile(r"/vms/[0-9a-f-]{8,}"))
+    vm_state["id"] = page.url.rsplit("/", 1)[1].split("?")[0]
+    # The create task copies the image, then the node reports the VM switched off.
+    expect(page.locator("[data-testid=vm-state]")).to_have_attribute(
+        "data-state", "shutoff", timeout=120_000
+    )
+
+
+def test_start_and_see_it_running_without_reload(
+    page: Page, screenshots: Path, vm_state: dict[str, Any]
+) -> None:
+    page.evaluate("window.__sameDocument = true")
+    page.click("[data-testid=vm-start]")
+    expect(page.locator("[data-testid=vm-state]")).to_have_attribute(
+        "data-state", "running", timeout=STEP * 2
+    )
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+
+    page.click("[data-testid=tab-serial]")
+    expect(page.locator("[data-testid=serial]")).to_contain_text(
+        f"HERON-GUEST-READY uuid={vm_state['id']}", timeout=BOOT
+    )
+    shot(page, screenshots, "vm-serial")
+    page.click("[data-testid=tab-summary]")
+    shot(page, screenshots, "vm-summary")
+
+
+def test_the_vm_list_shows_it_running(page: Page, screenshots: Path) -> None:
+    page.click("[data-testid=nav-vms]")
+    row = page.locator(f"tr[data-vm={VM_NAME}]")
+    expect(row.locator(".badge")).to_have_attribute("data-state", "running")
+    page.fill("[data-testid=vm-filter]", "no-such-vm")
+    expect(row).to_have_count(0)
+    page.fill("[data-testid=vm-filter]", VM_NAME[:3])
+    expect(row).to_have_count(1)
+    shot(page, screenshots, "vms")
+
+
+def test_graphical_console_connects(
+    page: Page, ui: str, screenshots: Path, vm_state: dict[str, Any]
+) -> None:
+    page.goto(f"{ui}/vms/{vm_state['id']}?tab=console")
+    console = page.locator("[data-testid=vnc]")
+    expect(console).to_have_attribute("data-rfb-state", "connected")
+    expect(console.locator("canvas")).to_be_visible()
+    shot(page, screenshots, "vm-console")
+
+
+def test_destructive_actions_ask_first(page: Page, ui: str, vm_state: dict[str, Any]) -> None:
+    page.goto(f"{ui}/vms/{vm_state['id']}")
+    page.click("[data-testid=vm-stop]")
+    dialog = page.locator("[data-testid=confirm]")
+    expect(dialog).to_be_visible()
+    expect(page.locator("[data-testid=confirm-ok]")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(page.locator("[data-testid=vm-state]")).to_have_attribute("data-state", "running")
+
+
+def test_api_errors_name_the_field(page: Page, ui: str) -> None:
+    page.goto(f"{ui}/vms/new")
+    page.fill("[data-testid=create-name]", "Not A Name!")
+    for _ in range(3):
+        page.click("[data-testid=create-next]")
+    page.click("[data-testid=create-submit]")
+    error = page.locator("[data-testid=error]")
+    expect(error).to_contain_text("422")
+    expect(error.locator("code")).to_contain_text("body.name")
+
+
+def test_every_view_in_russian_and_back_in_english(
+    page: Page, ui: str, screenshots: Path, vm_state: dict[str, Any]
+) -> None:
+    views = [*VIEWS, *(f"/vms/{vm_state['id']}?tab={tab}" for tab in VM_TABS)]
+    page.goto(ui)
+    for language, word in (("ru", "Обзор"), ("en", "Overview")):
+        page.select_option("[data-testid=language]", language)
+        expect(page.locator("[data-testid=nav-overview]")).to_have_text(re.compile(word))
+        for path in views:
+            # Navigation inside the app (no reload), as a user would go.
+            page.evaluate("(path) => { history.pushState({}, '', path); "
+                          "dispatchEvent(new PopStateEvent('popstate')); }", path)  # fmt: skip
+            expect(page.locator("main h1").first).to_be_visible()
+            settle(page)
+            assert_translated(page, language, path)
+            if path in VIEWS:
+                name = path.strip("/").replace("/", "-") or "overview"
+                shot(page, screenshots, f"{language}-{name}")
+    assert page.evaluate("document.documentElement.lang") == "en"
+
+
+def test_phone_width_without_horizontal_scrolling(
+    browser: Browser, ui: str, admin_password: str, screenshots: Path, vm_state: dict[str, Any]
+) -> None:
+    # A Russian phone: the UI also picks the browser's language by itself.
+    context = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
+    )
+    context.set_default_timeout(STEP)
+    try:
+        phone = context.new_page()
+        phone.goto(ui)
+        expect(phone.locator("[data-testid=login-submit]")).to_have_text("Войти")
+        log_in(phone, ui, admin_password)
+        for path in [*VIEWS, f"/vms/{vm_state['id']}"]:
+            phone.goto(f"{ui}{path}")
+            expect(phone.locator("main h1").first).to_be_visible()
+            settle(phone)
+            wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert wide[0] <= wide[1], f"{path} scrolls sideways at 375 px: {wide}"
+            assert_translated(phone, "ru", path)
+            name = path.strip("/").replace("/", "-") or "overview"
+            if not name.startswith("vms-") or name == "vms-new":
+                shot(phone, screenshots, f"phone-{name}")
+        shot(phone, screenshots, "phone-vm")
+        phone.click(".menu-button")
+        expect(phone.locator("[data-testid=nav-tasks]")).to_be_visible()
+        shot(phone, screenshots, "phone-menu")
+    finally:
+        context.close()
+
+
+def test_logout_ends_the_session(page: Page, ui: str) -> None:
+    page.goto(ui)
+    token = page.evaluate("JSON.parse(sessionStorage.getItem('heron.session')).token")
+    page.click("[data-testid=logout]")
+    expect(page).to_have_url(re.compile(r"/login"))
+    status = page.evaluate(
+        "async (token) => (await fetch('/api/v1/auth/whoami', "
+        "{headers: {authorization: 'Bearer ' + token}})).status",
+        token,
+    )
+    assert status == 401
