@@ -15,8 +15,8 @@ from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.client import IoProcess, io_cluster
 from heron.ardfs.config import IoConfig, Scheme, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
-from heron.ardfs.placement import group_key, place
 from heron.ardfs.nbdtools import ToolError, qemu_io
+from heron.ardfs.placement import group_key, place
 
 pytestmark = pytest.mark.integration
 
