@@ -7,13 +7,18 @@ the live stream without a reload, read its serial console, open its graphical co
 it all at phone width. Screenshots of the main views go to tests/e2e/screenshots/.
 """
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from support import Api
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from heron.devcluster import DevCluster
 
@@ -267,6 +272,54 @@ def test_phone_width_without_horizontal_scrolling(
         shot(phone, screenshots, "phone-menu")
     finally:
         context.close()
+
+
+def vnc_banner(url: str, vm_id: str, ticket: str) -> bytes:
+    ws_url = url.replace("http://", "ws://") + f"/api/v1/vms/{vm_id}/console/vnc?ticket={ticket}"
+    with connect(ws_url, subprotocols=["binary"], open_timeout=STEP / 1000) as ws:  # type: ignore[list-item]
+        return ws.recv(timeout=STEP / 1000)  # type: ignore[return-value]
+
+
+def test_console_tickets_are_checked_and_used_once(
+    cluster3: tuple[DevCluster, str], api: Api, vm_state: dict[str, Any]
+) -> None:
+    cluster, _ = cluster3
+    vm_id = vm_state["id"]
+    for node in cluster.nodes[:2]:  # relayed by node1, and direct on node2 where the VM runs
+        with pytest.raises(InvalidStatus):
+            vnc_banner(node.url, vm_id, "")
+        with pytest.raises(InvalidStatus):
+            vnc_banner(node.url, vm_id, "forged")
+        ticket = api.ok("POST", f"/vms/{vm_id}/console/ticket")["ticket"]
+        assert vnc_banner(node.url, vm_id, ticket).startswith(b"RFB 003.")
+        with pytest.raises(InvalidStatus):
+            vnc_banner(node.url, vm_id, ticket)
+
+
+def test_viewers_hear_only_what_they_may_read(api: Api, vm_state: dict[str, Any]) -> None:
+    assert httpx.get(f"{api.url}/api/v1/stream").status_code == 401
+    api.ok("POST", "/users", json={"name": "watcher", "role": "viewer", "password": "watch-only"})
+    login = {"username": "watcher", "password": "watch-only"}
+    viewer = Api(api.url, api.ok("POST", "/auth/login", json=login)["token"])
+    assert viewer.post(f"/vms/{vm_state['id']}/console/ticket").status_code == 403
+
+    headers = {"authorization": f"Bearer {viewer.token}"}
+    with httpx.stream("GET", f"{api.url}/api/v1/stream", headers=headers, timeout=STEP / 1000) as s:
+        lines = s.iter_lines()
+        assert next(line for line in lines if line.startswith("event:")) == "event: hello"
+        # A change a viewer may not read (a user), then one it may (a group): in etcd's order.
+        api.ok("POST", "/users", json={"name": "hidden", "role": "viewer", "password": "12345678"})
+        api.ok("POST", "/groups", json={"name": "seen", "placement": "spread"})
+        heard: list[str] = []
+        event = ""
+        for line in lines:
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "change":
+                heard.extend(c["kind"] for c in json.loads(line[5:])["changes"])
+                if "groups" in heard:
+                    break
+        assert "users" not in heard, heard
 
 
 def test_logout_ends_the_session(page: Page, ui: str) -> None:
