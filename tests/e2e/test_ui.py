@@ -222,6 +222,57 @@ def test_api_errors_name_the_field(page: Page, ui: str) -> None:
     expect(error.locator("code")).to_contain_text("body.name")
 
 
+def test_upload_an_image(page: Page, ui: str, image: str, tmp_path: Path) -> None:
+    disk = tmp_path / "blank.raw"
+    disk.write_bytes(b"\0" * (4 * 1024 * 1024))
+    page.goto(f"{ui}/storage")
+    page.select_option("[data-testid=pool-select]", image.split("/")[0])
+    form = page.locator("[data-testid=upload-form]")
+    form.locator("input[type=file]").set_input_files(str(disk))
+    form.locator("input[name=name]").fill("uploaded")
+    form.locator("select[name=format]").select_option("raw")
+    form.locator("button[type=submit]").click()
+    row = page.locator("tr[data-volume=uploaded]")
+    expect(row.locator(".badge")).to_have_attribute("data-state", "ready")
+    expect(row).to_contain_text("4 MiB")
+
+
+def test_tasks_show_progress_and_logs(page: Page, ui: str) -> None:
+    page.goto(f"{ui}/tasks")
+    create = page.locator("tr[data-kind='vm.create']").first
+    expect(create.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    expect(create).to_contain_text(VM_NAME)
+    create.locator("button.link").click()
+    expect(page.locator("tr.details pre.log")).to_be_visible()
+
+
+def test_maintenance_enter_and_exit(
+    page: Page, ui: str, screenshots: Path, cluster3: tuple[DevCluster, str]
+) -> None:
+    cluster, _ = cluster3
+    empty = cluster.nodes[2].name
+    page.goto(f"{ui}/nodes")
+    card = page.locator(f"[data-node={empty}]")
+    card.get_by_role("button", name="Enter maintenance").click()
+    page.click("[data-testid=confirm-ok]")
+    expect(card.locator(".badge").first).to_have_attribute("data-state", "maintenance")
+    shot(page, screenshots, "nodes-maintenance")
+    card.get_by_role("button", name="Exit maintenance").click()
+    expect(card.locator(".badge").first).to_have_attribute("data-state", "online")
+
+
+def test_api_tokens_are_shown_once_and_revoked(page: Page, ui: str) -> None:
+    page.goto(f"{ui}/access")
+    page.fill("input[maxlength='256']", "automation")
+    page.get_by_role("button", name="New API token").click()
+    expect(page.locator("[data-testid=new-token]")).to_contain_text("hrn_")
+    row = page.locator("[data-testid=token-table] tr", has_text="automation")
+    expect(row).to_have_count(1)
+    row.get_by_role("button", name="Revoke").click()
+    page.click("[data-testid=confirm-ok]")
+    expect(row).to_have_count(0)
+
+
 def test_every_view_in_russian_and_back_in_english(
     page: Page, ui: str, screenshots: Path, vm_state: dict[str, Any]
 ) -> None:

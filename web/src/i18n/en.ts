@@ -230,6 +230,7 @@ const en = {
   "storage.sharedLabel": "Every node mounts this path (NFS or similar)",
 
   "tasks.kind": "Task",
+  "tasks.target": "Object",
   "tasks.state": "State",
   "tasks.progress": "Progress",
   "tasks.user": "User",

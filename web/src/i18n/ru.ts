@@ -232,6 +232,7 @@ const ru: Record<keyof typeof en, string> = {
   "storage.sharedLabel": "Этот путь смонтирован на всех узлах (NFS или подобное)",
 
   "tasks.kind": "Задача",
+  "tasks.target": "Объект",
   "tasks.state": "Состояние",
   "tasks.progress": "Ход выполнения",
   "tasks.user": "Пользователь",
