@@ -373,6 +373,29 @@ def test_viewers_hear_only_what_they_may_read(api: Api, vm_state: dict[str, Any]
         assert "users" not in heard, heard
 
 
+def test_every_node_serves_the_ui_and_api_paths_stay_api(
+    cluster3: tuple[DevCluster, str],
+) -> None:
+    cluster, _ = cluster3
+    for node in cluster.nodes:
+        reply = httpx.get(f"{node.url}/vms/some-vm?tab=console")  # a deep link of the UI
+        assert reply.status_code == 200 and "text/html" in reply.headers["content-type"]
+        assert '<div id="app">' in reply.text
+    missing = httpx.get(f"{cluster.nodes[0].url}/api/v1/no-such-thing")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def test_keyboard_moves_between_tabs(page: Page, ui: str, vm_state: dict[str, Any]) -> None:
+    page.goto(f"{ui}/vms/{vm_state['id']}")
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip")).to_be_focused()
+    page.locator("[data-testid=tab-summary]").focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("[data-testid=tab-disks]")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("[data-testid=tab-disks]")).to_be_focused()
+    expect(page.locator("[role=tabpanel] table")).to_contain_text("disk0")
+
+
 def test_logout_ends_the_session(page: Page, ui: str) -> None:
     page.goto(ui)
     token = page.evaluate("JSON.parse(sessionStorage.getItem('heron.session')).token")
