@@ -1,6 +1,8 @@
 """Live migration between the nodes of a real devcluster, with the guest counting on."""
 
+import os
 import re
+import signal
 from pathlib import Path
 
 from support import Api, qemu_homes, serial_lines, wait_for
@@ -141,3 +143,34 @@ def test_a_cancelled_migration_leaves_the_vm_running_where_it_was(cluster3, api,
     again = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node3"})
     assert again.status_code == 202, again.text  # the record of the cancelled one is gone
     assert api.wait_task(again.json()["task"])["result"]["node"] == "node3"
+
+
+def test_a_migration_survives_a_crash_of_the_source_agent(cluster3, api, image) -> None:
+    cluster, _ = cluster3
+    vm_id = running_guest(cluster, api, "orphaned", image, "node2")
+    # A bandwidth cap keeps the memory transfer going while the source's agent dies.
+    reply = api.ok(
+        "POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node3", "max_bandwidth_mib": 4}
+    )
+    wait_for(
+        lambda: api.ok("GET", f"/tasks/{reply['task']}")["progress"] > 0.05,
+        60,
+        "the memory transfer to be under way",
+    )
+    source = cluster.node("node2")
+    pid = cluster.herond_pid(source)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: cluster.herond_pid(source) is None, 10, "the agent to die")
+    # QEMU migrates on without the agent; the restarted agent picks the task up again.
+    cluster.start_node("node2")
+    task = api.wait_task(reply["task"], timeout=120)
+    assert task["state"] == "succeeded", task
+    assert any("resumed" in line for line in task["log"]), task["log"]
+    vm = api.vm(vm_id)
+    assert vm["node"] == "node3" and vm["state"] == "running"
+    assert qemu_homes(vm_id) == {cluster.node("node3").state_dir}
+    log = console(cluster, vm_id, "node3")
+    wait_for(lambda: len(ticks(log)) >= 2, 30, "ticks on the target")
+    assert not serial_lines(log, "HERON-GUEST-READY"), "the guest was restarted"
+    assert api.get(f"/vms/{vm_id}").json()["status"]["node"] == "node3"

@@ -104,6 +104,13 @@ class Migrations:
         qemu = self.vms.runtime(vm_id).qemu
         if not qemu.running():
             raise TaskFailed("the VM is not running")
+        if ctx.resumed:
+            found = await self.db.get(Migration, keys.migration(vm_id))
+            if found is not None and (found.value.source, found.value.target) == (
+                self.node,
+                target,
+            ):
+                return await self._resume(ctx, vm, qemu, found.value)
         local = set(await local_disks(self.db, vm))
         record = Migration(
             vm=vm_id,
@@ -136,29 +143,59 @@ class Migrations:
                 await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
             downtime = await self._send(ctx, qemu, record, str(ready.uri))
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            with contextlib.suppress(QemuError):
-                await qemu.execute("migrate_cancel")
-            for index in record.mirror:
-                with contextlib.suppress(QemuError):
-                    await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
-            with contextlib.suppress(Exception):
-                await self._set(vm_id, state=MigrationState.failed, error=str(exc) or "cancelled")
-                await self._wait_gone(vm_id)  # the target has dropped its side
+            await self._abort(qemu, record, exc)
             raise
-        # Past this point the guest runs on the target: whatever happens, never undo that.
+        return await self._complete(ctx, vm, record, downtime, started)
+
+    async def _resume(
+        self, ctx: TaskContext, vm: VM, qemu: QemuVM, record: Migration
+    ) -> dict[str, Any]:
+        """This agent died during the migration. QEMU carried on without it: follow the
+        memory transfer to its end if it is still going or already done; a migration cut
+        off before that (preparing, copying disks) is undone and the VM stays here."""
+        started = time.monotonic()
+        try:
+            info = await qemu.execute("query-migrate")
+            status = info.get("status")
+            await ctx.log(f"resumed after an agent restart; QEMU's migration is {status}")
+            if record.state != MigrationState.running or status in (None, "none"):
+                raise TaskFailed("cut off by an agent restart before the memory transfer")
+            downtime = await self._follow_send(ctx, qemu, record)
+        except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
+            await self._abort(qemu, record, exc)
+            raise
+        return await self._complete(ctx, vm, record, downtime, started)
+
+    async def _abort(self, qemu: QemuVM, record: Migration, exc: BaseException) -> None:
+        """Stop QEMU's side, tell the target, and wait until it has dropped its own."""
+        with contextlib.suppress(QemuError):
+            await qemu.execute("migrate_cancel")
+        for index in record.mirror:
+            with contextlib.suppress(QemuError):
+                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
+        with contextlib.suppress(Exception):
+            await self._set(record.vm, state=MigrationState.failed, error=str(exc) or "cancelled")
+            await self._wait_gone(record.vm)
+
+    async def _complete(
+        self, ctx: TaskContext, vm: VM, record: Migration, downtime: int | None, started: float
+    ) -> dict[str, Any]:
+        # The guest runs on the target now: whatever happens, never undo that.
         for index in record.mirror:
             # Cancelling a mirror in sync ends it cleanly: the target has every block.
             with contextlib.suppress(QemuError):
-                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
-        await self._hand_record_over(vm_id, target, downtime, record.mirror)
-        await self._wait_gone(vm_id)
-        await self.vms.hand_over(vm_id)
+                await self.vms.runtime(vm.id).qemu.execute(
+                    "block-job-cancel", {"device": f"mirror{index}"}
+                )
+        await self._hand_record_over(vm.id, record.target, downtime, record.mirror)
+        await self._wait_gone(vm.id)
+        await self.vms.hand_over(vm.id)
         for volume, pool in await self._volumes(vm, record.mirror):
             pool.delete(volume)  # the target holds the disk now
         total = round((time.monotonic() - started) * 1000)
-        await ctx.log(f"migrated to {target} in {total} ms, downtime {downtime} ms")
+        await ctx.log(f"migrated to {record.target} in {total} ms, downtime {downtime} ms")
         return {
-            "node": target,
+            "node": record.target,
             "downtime_ms": downtime,
             "total_ms": total,
             "disks_copied": len(record.mirror),
@@ -203,7 +240,6 @@ class Migrations:
     async def _send(
         self, ctx: TaskContext, qemu: QemuVM, record: Migration, uri: str
     ) -> int | None:
-        low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
         capabilities = [
             {"capability": "auto-converge", "state": record.auto_converge},
             {"capability": "events", "state": True},
@@ -217,12 +253,17 @@ class Migrations:
             },
         )
         await qemu.execute("migrate", {"uri": uri})
+        return await self._follow_send(ctx, qemu, record)
+
+    async def _follow_send(self, ctx: TaskContext, qemu: QemuVM, record: Migration) -> int | None:
+        """Report the memory transfer's progress until QEMU says how it ended."""
+        low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
         while True:
             info = await qemu.execute("query-migrate")
             status = info.get("status")
             if status == "completed":
                 return info.get("downtime")
-            if status in ("failed", "cancelled"):
+            if status in ("failed", "cancelled", "none", None):
                 raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")
             ram = info.get("ram", {})
             total = ram.get("total") or 0

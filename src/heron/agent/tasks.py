@@ -36,9 +36,12 @@ class TaskFailed(Exception):
 
 
 class TaskContext:
-    def __init__(self, db: ConfigDB, task: Task):
+    def __init__(self, db: ConfigDB, task: Task, resumed: bool = False):
         self.db = db
         self.task = task
+        # Carried on after this agent died while running it: the handler may find its work
+        # half done (e.g. a migration that QEMU finished on its own meanwhile).
+        self.resumed = resumed
         self._last_write = 0.0
 
     async def _write(self, change: Callable[[Task], None]) -> None:
@@ -133,7 +136,7 @@ class TaskRunner:
         job.add_done_callback(lambda _: self._running.pop(task.id, None))
 
     async def _execute(self, task: Task, resume: bool) -> None:
-        ctx = TaskContext(self.db, task)
+        ctx = TaskContext(self.db, task, resume)
         try:
             await ctx._write(lambda t: _claim(t, resume))
         except Conflict:
