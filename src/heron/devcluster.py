@@ -33,6 +33,9 @@ class NodeSpec:
     state_dir: str
     # With an embedded etcd: the client and peer port this node's member would use.
     etcd_ports: list[int] | None = None
+    # A directory holding another version's `heron` package to run this node from (rolling
+    # upgrade tests); None: the installed one.
+    source: str | None = None
 
     @property
     def url(self) -> str:
@@ -180,7 +183,10 @@ class DevCluster:
             return pid
         state = Path(node.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        return spawn_detached(self.herond_command(node), state / "herond.log", state / "herond.pid")
+        env = {**os.environ, "PYTHONPATH": node.source} if node.source else None
+        return spawn_detached(
+            self.herond_command(node), state / "herond.log", state / "herond.pid", env
+        )
 
     def fence_pid(self, node: NodeSpec) -> int | None:
         return read_pidfile(Path(node.state_dir) / "fence.pid", node.state_dir)
@@ -268,6 +274,7 @@ def up(
     timeout: float = 120.0,
     memory_mib: int | None = None,
     embedded: bool = False,
+    source: str | None = None,
 ) -> tuple[DevCluster, str]:
     """Start (or find running) a devcluster; returns it and an admin token."""
     directory = directory.resolve()
@@ -300,6 +307,7 @@ def up(
                     ports[base + per_node * i],
                     str(directory / "nodes" / f"node{i + 1}"),
                     ports[base + per_node * i + 1 : base + per_node * (i + 1)] or None,
+                    source,
                 )
                 for i in range(nodes)
             ],
