@@ -144,7 +144,10 @@ class ConfigDB:
                 # Notice a dead member quickly so the channel fails over to another one.
                 "grpc.keepalive_time_ms": 2000,
                 "grpc.keepalive_timeout_ms": 2000,
-                "grpc.keepalive_permit_without_calls": 1,
+                # Only while calls or watches are open: etcd counts a ping on an idle
+                # connection as abuse and closes it (GOAWAY "too_many_pings"), whatever
+                # its --grpc-keepalive-min-time. An idle client has nothing to fail over.
+                "grpc.keepalive_permit_without_calls": 0,
                 "grpc.http2.max_pings_without_data": 0,
                 "grpc.max_receive_message_length": 64 * 1024 * 1024,
                 # Spread requests over every member rather than all to the first that answers.
