@@ -306,6 +306,7 @@ def test_phone_width_without_horizontal_scrolling(
         phone = context.new_page()
         phone.goto(ui)
         expect(phone.locator("[data-testid=login-submit]")).to_have_text("Войти")
+        assert_translated(phone, "ru", "/login")
         log_in(phone, ui, admin_password)
         for path in [*VIEWS, f"/vms/{vm_state['id']}"]:
             phone.goto(f"{ui}{path}")
@@ -394,6 +395,23 @@ def test_keyboard_moves_between_tabs(page: Page, ui: str, vm_state: dict[str, An
     expect(page.locator("[data-testid=tab-disks]")).to_have_attribute("aria-selected", "true")
     expect(page.locator("[data-testid=tab-disks]")).to_be_focused()
     expect(page.locator("[role=tabpanel] table")).to_contain_text("disk0")
+
+
+def test_shut_down_and_delete_the_vm(
+    page: Page, ui: str, screenshots: Path, vm_state: dict[str, Any]
+) -> None:
+    page.goto(f"{ui}/vms/{vm_state['id']}")
+    page.click("[data-testid=vm-shutdown]")
+    page.click("[data-testid=confirm-ok]")
+    expect(page.locator("[data-testid=vm-state]")).to_have_attribute(
+        "data-state", "shutoff", timeout=120_000
+    )
+    page.check("text=Also delete its volumes")
+    page.click("[data-testid=vm-delete]")
+    expect(page.locator("[data-testid=confirm]")).to_contain_text(VM_NAME)
+    page.click("[data-testid=confirm-ok]")
+    expect(page).to_have_url(re.compile(r"/vms$"))
+    expect(page.locator(f"tr[data-vm={VM_NAME}]")).to_have_count(0)
 
 
 def test_logout_ends_the_session(page: Page, ui: str) -> None:
