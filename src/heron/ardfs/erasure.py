@@ -27,7 +27,7 @@ from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.parity import xor_into
 from heron.ardfs.replicated import block_extents, failures
-from heron.ardfs.target import ChunkTarget
+from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import ChecksumError, Extent, UnavailableError, VolumeError
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,21 @@ class ErasureVolume:
             await self._read_piece(p, view[p.at : p.at + p.length])
 
         await self._each_piece(offset, len(view), piece)
+
+    def read_now(self, offset: int, view: memoryview) -> bool:
+        """Read a data shard held on this node without suspending (see ReplicatedVolume)."""
+        block, inside = divmod(offset, CHUNK_SIZE)
+        if inside + len(view) > CHUNK_SIZE:
+            return False
+        stripe, shard = ec_shard(block, self.k)
+        target = self.shards(stripe)[shard]
+        if not isinstance(target, LocalTarget) or not self.ok(stripe, shard, target):
+            return False
+        try:
+            target.store.read_into(self.id, self.chunk(stripe, shard), inside, view)
+        except (VolumeError, OSError):
+            return False
+        return True
 
     async def _read_piece(self, piece: Piece, view: memoryview) -> None:
         stripe, shard = ec_shard(piece.block, self.k)

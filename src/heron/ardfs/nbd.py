@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heron.ardfs import nbdproto as p
+from heron.ardfs.sender import Sender
 from heron.ardfs.volume import Volume, VolumeError
 
 log = logging.getLogger(__name__)
 
 # Requests in flight per connection: bounds the memory a client can make us hold.
 MAX_IN_FLIGHT = 64
-# Read replies shorter than this are sent in one piece with their header.
-SMALL_REPLY = 64 * 1024
+# How long the last replies may take to leave when a client disconnects.
+DRAIN_TIMEOUT = 10.0
 
 TRANSMISSION_FLAGS = (
     p.FLAG_HAS_FLAGS
@@ -80,7 +81,7 @@ class Connection:
         self.structured = False
         self.base_allocation = False
         self.volume: Volume | None = None
-        self.send_lock = asyncio.Lock()
+        self.sender = Sender(sock, self.loop)
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -89,20 +90,18 @@ class Connection:
         await recv_exactly(self.loop, self.sock, memoryview(buf))
         return buf
 
-    async def send(self, *parts: bytes | bytearray | memoryview) -> None:
-        async with self.send_lock:
-            for part in parts:
-                await self.loop.sock_sendall(self.sock, part)
+    def send(self, *parts: bytes | bytearray | memoryview) -> None:
+        self.sender.send(*parts)
 
     # -- negotiation -------------------------------------------------------------------------
 
     async def option_reply(self, option: int, kind: int, data: bytes = b"") -> None:
         header = p.OPTION_REPLY.pack(p.OPTION_REPLY_MAGIC, option, kind, len(data))
-        await self.send(header + data)
+        self.send(header + data)
 
     async def negotiate(self) -> Volume | None:
         flags = p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
-        await self.send(p.HANDSHAKE.pack(p.NBDMAGIC, p.IHAVEOPT, flags))
+        self.send(p.HANDSHAKE.pack(p.NBDMAGIC, p.IHAVEOPT, flags))
         (client_flags,) = struct.unpack(">I", await self.recv(4))
         if not client_flags & p.CLIENT_FLAG_FIXED_NEWSTYLE:
             raise Disconnect("client does not speak fixed newstyle negotiation")
@@ -127,7 +126,7 @@ class Connection:
                 # This option has no error reply: closing is the only answer the protocol has.
                 raise Disconnect(f"unknown export {data!r}")
             reply = struct.pack(">QH", volume.size, TRANSMISSION_FLAGS)
-            await self.send(reply if self.no_zeroes else reply + bytes(124))
+            self.send(reply if self.no_zeroes else reply + bytes(124))
             return volume
         if option == p.OPT_ABORT:
             await self.option_reply(option, p.REP_ACK)
@@ -237,6 +236,8 @@ class Connection:
                         raise Disconnect(f"write of {length} bytes is over the limit")
                     payload = bytearray(length)
                     await recv_exactly(self.loop, self.sock, memoryview(payload))
+                if cmd == p.CMD_READ and self.read_now(volume, offset, length, cookie):
+                    continue
                 await self.in_flight.acquire()
                 task = asyncio.create_task(
                     self.request(cmd, flags, cookie, offset, length, payload)
@@ -247,6 +248,17 @@ class Connection:
             # DISC: the client expects everything it sent before to be carried out.
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def read_now(self, volume: Volume, offset: int, length: int, cookie: int) -> bool:
+        """Answer a read at once when the volume can from this node's page cache (no task)."""
+        now = getattr(volume, "read_now", None)
+        if now is None or offset + length > volume.size or length > p.MAX_PAYLOAD:
+            return False
+        data = bytearray(length)
+        if not now(offset, memoryview(data)):
+            return False
+        self.read_reply(cookie, offset, data)
+        return True
 
     async def request(
         self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: bytearray | None
@@ -285,7 +297,7 @@ class Connection:
                     return
                 data = bytearray(length)
                 await volume.read_into(offset, memoryview(data))
-                await self.read_reply(cookie, offset, data)
+                self.read_reply(cookie, offset, data)
                 return
             if cmd == p.CMD_WRITE:
                 assert payload is not None
@@ -316,9 +328,9 @@ class Connection:
             log.warning("%s at %d+%d failed: %s", cmd, offset, length, exc)
             await self.error(cmd, cookie, _nbd_errno(exc), str(exc))
             return
-        await self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, cookie))
+        self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, cookie))
 
-    async def read_reply(self, cookie: int, offset: int, data: bytearray) -> None:
+    def read_reply(self, cookie: int, offset: int, data: bytearray) -> None:
         if not self.structured:
             header = p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, cookie)
         else:
@@ -329,10 +341,7 @@ class Connection:
                 cookie,
                 8 + len(data),
             ) + struct.pack(">Q", offset)
-        if len(data) < SMALL_REPLY:
-            await self.send(header + data)
-        else:
-            await self.send(header, data)
+        self.send(header, data)
 
     async def block_status(self, cookie: int, offset: int, length: int, one: bool) -> None:
         assert self.volume is not None
@@ -350,7 +359,7 @@ class Connection:
             cookie,
             len(body),
         )
-        await self.send(header + body)
+        self.send(header + body)
 
     async def error(self, cmd: int, cookie: int, code: int, message: str) -> None:
         if self.structured and cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS):
@@ -359,18 +368,20 @@ class Connection:
             header = p.STRUCTURED_REPLY.pack(
                 p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_ERROR, cookie, len(body)
             )
-            await self.send(header + body)
+            self.send(header + body)
         else:
-            await self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, cookie))
+            self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, cookie))
 
     async def run(self) -> None:
         try:
             volume = await self.negotiate()
             if volume is not None:
                 await self.transmit(volume)
-        except (Disconnect, ConnectionError) as exc:
+            await asyncio.wait_for(self.sender.drain(), DRAIN_TIMEOUT)
+        except (Disconnect, ConnectionError, TimeoutError) as exc:
             log.debug("NBD connection ended: %s", exc)
         finally:
+            self.sender.close()
             self.sock.close()
 
 

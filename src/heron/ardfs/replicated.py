@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.cluster import Cluster
@@ -21,7 +21,7 @@ from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, blocks_of, pieces
-from heron.ardfs.target import ChunkTarget
+from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import (
     ChecksumError,
     Extent,
@@ -46,6 +46,37 @@ def failures(results: list[object]) -> list[BaseException]:
         elif isinstance(result, BaseException):
             raise result
     return found
+
+
+async def on_each(
+    targets: Sequence[ChunkTarget], act: Callable[[ChunkTarget], Awaitable[None]]
+) -> list[Exception | None]:
+    """act(t) on every target at once; per target None or its exception, in order.
+
+    Cheaper than gather for the common cases: a single copy is awaited directly, and a local
+    copy (page-cache I/O that does not suspend) runs inline while the remote requests, started
+    first as tasks, are on the wire.
+    """
+    if len(targets) == 1:
+        try:
+            await act(targets[0])
+        except Exception as exc:
+            return [exc]
+        return [None]
+    tasks = {i: asyncio.ensure_future(act(t)) for i, t in enumerate(targets) if not t.local}
+    results: list[Exception | None] = [None] * len(targets)
+    for i, target in enumerate(targets):
+        if i not in tasks:
+            try:
+                await act(target)
+            except Exception as exc:
+                results[i] = exc
+    for i, task in tasks.items():
+        try:
+            await task
+        except Exception as exc:
+            results[i] = exc
+    return results
 
 
 class ReplicatedVolume:
@@ -98,6 +129,24 @@ class ReplicatedVolume:
             if isinstance(result, BaseException):
                 raise result
 
+    def read_now(self, offset: int, view: memoryview) -> bool:
+        """Read from this node's healthy copy without suspending, if the range has one.
+
+        False sends the caller to read_into, which also handles remote copies and repairs.
+        """
+        block, inside = divmod(offset, CHUNK_SIZE)
+        if inside + len(view) > CHUNK_SIZE:
+            return False
+        copies = self.healthy(block)
+        first = copies[0] if copies else None
+        if not isinstance(first, LocalTarget):
+            return False
+        try:
+            first.store.read_into(self.id, block, inside, view)
+        except (VolumeError, OSError):
+            return False
+        return True
+
     async def _read_piece(self, piece: Piece, view: memoryview) -> None:
         errors: list[Exception] = []
         corrupt: list[tuple[int, str]] = []
@@ -144,14 +193,14 @@ class ReplicatedVolume:
             live = self.healthy(block)
             if not live:
                 raise UnavailableError(f"block {block} of {self.spec.name} has no healthy copy")
-            results = await asyncio.gather(*(act(t) for t in live), return_exceptions=True)
+            results = await on_each(live, act)
             errors = failures(results)
-            failed = [t for t, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
+            failed = [t for t, r in zip(live, results, strict=True) if r is not None]
             if len(failed) == len(live):
                 raise UnavailableError(f"block {block}: no copy could be written: {errors}")
             if not fua:
                 for target, result in zip(live, results, strict=True):
-                    if not isinstance(result, BaseException):
+                    if result is None:
                         self.unsynced[target.disk].add(block)
             if failed:
                 await self.mark_stale([(block, t.disk) for t in failed])

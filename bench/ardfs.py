@@ -1,0 +1,207 @@
+"""ARDFS data path: fio's nbd engine against ARDFS volumes and against the local limit.
+
+In one run, on this machine:
+
+* local (the baseline): `qemu-nbd` exporting a raw file on the same filesystem as the chunk
+  stores, page cache on (QEMU's default, and what heron-io does): the most an NBD client here
+  can get from this disk without any storage layer of ours.
+* ARDFS RF=2, RF=3 and EC 2+1: one volume each on a cluster of three heron-io processes on
+  loopback (one per simulated node, each with its own chunk store directory), used through
+  node 1's NBD socket as a VM on node 1 would.
+
+For each: sequential 4 MiB writes then reads (MB/s, fio iodepth 8, over `--size`), then 4 KiB
+random reads and writes (IOPS and p99 completion latency, iodepth 16, for `--runtime`
+seconds each over the written range). Ratios are ARDFS / local. Every pattern runs on every
+target before the next pattern, in a rotating order per round, so drift on the machine hits
+all alike. Sizes are modest on purpose: the machine is shared.
+
+Run from the repository root: `.venv/bin/python -m bench.ardfs [--size-mib 256 --runtime 8]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BenchError,
+    exit_on_sigterm,
+    load_snapshot,
+    print_rows,
+    ratio,
+    wait_for,
+    write_result,
+)
+from heron.ardfs.client import io_cluster, nbd_uri
+from heron.ardfs.config import Scheme, VolumeSpec
+from heron.ardfs.nbdtools import fio
+
+NAME = "ardfs"
+MiB = 1024 * 1024
+
+SCHEMES = {
+    "rf2": Scheme(kind="replicated", copies=2),
+    "rf3": Scheme(kind="replicated", copies=3),
+    "ec2+1": Scheme(kind="ec", data=2),
+}
+PATTERNS = ["seq_write", "seq_read", "rand_read", "rand_write"]
+
+
+def fio_options(pattern: str, size_mib: int, runtime: int) -> list[str]:
+    size = f"--size={size_mib}M"
+    if pattern == "seq_write":
+        return ["--rw=write", "--bs=4M", "--iodepth=8", size]
+    if pattern == "seq_read":
+        return ["--rw=read", "--bs=4M", "--iodepth=8", size]
+    rw = "randread" if pattern == "rand_read" else "randwrite"
+    return [
+        f"--rw={rw}", "--bs=4k", "--iodepth=16", size, "--time_based", f"--runtime={runtime}",
+        "--randrepeat=0", "--norandommap",
+    ]  # fmt: skip
+
+
+def measure(uri: str, pattern: str, size_mib: int, runtime: int) -> dict[str, float]:
+    report = fio(uri, *fio_options(pattern, size_mib, runtime), timeout=600)
+    job = report["jobs"][0]
+    if job["error"]:
+        raise BenchError(f"fio {pattern} on {uri}: error {job['error']}")
+    side = job["write" if "write" in pattern else "read"]
+    return {
+        "mb_s": round(side["bw_bytes"] / 1e6, 1),
+        "iops": round(side["iops"]),
+        "p99_ms": round(side["clat_ns"]["percentile"]["99.000000"] / 1e6, 3),
+        "p50_ms": round(side["clat_ns"]["percentile"]["50.000000"] / 1e6, 3),
+    }
+
+
+@contextlib.contextmanager
+def local_limit(directory: Path, size_mib: int) -> Iterator[str]:
+    """qemu-nbd exporting a raw file in `directory`: the baseline."""
+    image = directory / "local.raw"
+    subprocess.run(["truncate", "-s", f"{size_mib * 2}M", str(image)], check=True)
+    sock = directory / "qemu-nbd.sock"
+    process = subprocess.Popen(
+        ["qemu-nbd", "-f", "raw", "-k", str(sock), "-x", "local", "--persistent",
+         "--shared=16", "--cache=writeback", "--discard=unmap", str(image)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: sock.exists() or process.poll() is not None, 30, "qemu-nbd")
+        if process.poll() is not None:
+            raise BenchError("qemu-nbd exited")
+        yield nbd_uri(sock, "local")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run(size_mib: int, runtime: int, rounds: int, keep: bool) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix="heron-bench-ardfs-", dir="/var/tmp"))
+    volumes = [
+        VolumeSpec(name=label, size=size_mib * 2 * MiB, scheme=scheme)
+        for label, scheme in SCHEMES.items()
+    ]
+    raw: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+        with (
+            local_limit(directory, size_mib) as local_uri,
+            io_cluster(directory / "cluster", 3, volumes) as nodes,
+        ):
+            uris = {"local": local_uri}
+            uris |= {label: nodes[0].uri(label) for label in SCHEMES}
+            targets = list(uris)
+            for n in range(rounds):
+                for pattern in PATTERNS:
+                    order = targets[n % len(targets) :] + targets[: n % len(targets)]
+                    for target in order:
+                        started = time.monotonic()
+                        figures = measure(uris[target], pattern, size_mib, runtime)
+                        figures["seconds"] = round(time.monotonic() - started, 1)
+                        raw.setdefault(target, {}).setdefault(pattern, []).append(figures)
+                        print(f"round {n + 1} {pattern:10} {target:6} {figures}", flush=True)
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    return summarise(raw)
+
+
+def best(runs: list[dict[str, float]], key: str) -> float:
+    """The median of the rounds (the best of 2 when there are only 2)."""
+    values = sorted(r[key] for r in runs)
+    return values[len(values) // 2]
+
+
+def summarise(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for target, patterns in raw.items():
+        table[target] = {}
+        for pattern, runs in patterns.items():
+            table[target][pattern] = {
+                key: best(runs, key) for key in ("mb_s", "iops", "p99_ms", "p50_ms")
+            }
+    local = table["local"]
+    ratios: dict[str, dict[str, float]] = {}
+    for target in SCHEMES:
+        mine = table[target]
+        ratios[target] = {
+            "seq_write_mb_s": ratio(mine["seq_write"]["mb_s"], local["seq_write"]["mb_s"]),
+            "seq_read_mb_s": ratio(mine["seq_read"]["mb_s"], local["seq_read"]["mb_s"]),
+            "rand_read_iops": ratio(mine["rand_read"]["iops"], local["rand_read"]["iops"]),
+            "rand_write_iops": ratio(mine["rand_write"]["iops"], local["rand_write"]["iops"]),
+        }
+    goals = {
+        target: {
+            "sequential_at_least_0.5": min(r["seq_write_mb_s"], r["seq_read_mb_s"]) >= 0.5,
+            "random_4k_at_least_0.3": min(r["rand_read_iops"], r["rand_write_iops"]) >= 0.3,
+        }
+        for target, r in ratios.items()
+    }
+    return {"figures": table, "ratios_to_local": ratios, "goals": goals, "rounds": raw}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256, help="bytes per sequential pass")
+    parser.add_argument("--runtime", type=int, default=8, help="seconds per random pattern")
+    parser.add_argument("--rounds", type=int, default=1, help="measured rounds")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+    load = load_snapshot()
+    params = {
+        "size_mib": args.size_mib,
+        "runtime_s": args.runtime,
+        "rounds": args.rounds,
+        "nodes": 3,
+        "fio": "nbd engine; 4M iodepth 8 sequential, 4k iodepth 16 random",
+        "baseline": "qemu-nbd --cache=writeback on a raw file on the same filesystem",
+    }
+    results = run(args.size_mib, args.runtime, args.rounds, args.keep)
+    path = write_result(NAME, params, results, load)
+    rows = []
+    for target, figures in results["figures"].items():
+        rows.append(
+            (
+                target,
+                f"write {figures['seq_write']['mb_s']} MB/s, read {figures['seq_read']['mb_s']}"
+                f" MB/s, 4k randread {figures['rand_read']['iops']} IOPS"
+                f" (p99 {figures['rand_read']['p99_ms']} ms), 4k randwrite"
+                f" {figures['rand_write']['iops']} IOPS (p99 {figures['rand_write']['p99_ms']} ms)",
+            )
+        )
+    for target, r in results["ratios_to_local"].items():
+        rows.append((f"{target} / local", str(r)))
+    print_rows(f"ARDFS vs qemu-nbd ({path})", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
