@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -49,7 +49,6 @@ class Filter:
 
     role: Role
     leader: str | None = None
-    _started: bool = field(default=False, repr=False)
 
     def change(self, event: WatchEvent) -> dict[str, str] | None:
         if event.type == "resync":

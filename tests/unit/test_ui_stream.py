@@ -1,0 +1,50 @@
+"""The live stream's filter: what each role hears about, and the leader's heartbeat."""
+
+from heron.api.routes.stream import Filter
+from heron.configdb import keys
+from heron.configdb.store import WatchEvent
+from heron.models.auth import Role
+
+
+def put(key: str, value: bytes = b"{}") -> WatchEvent:
+    return WatchEvent("put", key, value, 1)
+
+
+def test_changes_name_the_kind_and_id() -> None:
+    changes = Filter(Role.viewer)
+    assert changes.change(put(keys.vm_status("abc"))) == {"kind": "vms", "id": "abc", "type": "put"}
+    assert changes.change(WatchEvent("delete", keys.task("t1"), b"", 2)) == {
+        "kind": "tasks",
+        "id": "t1",
+        "type": "delete",
+    }
+    assert changes.change(put(keys.node_settings("n1")))["kind"] == "nodes"  # type: ignore[index]
+
+
+def test_users_only_for_admins_and_token_ids_never() -> None:
+    assert Filter(Role.operator).change(put(keys.user("bob"))) is None
+    assert Filter(Role.admin).change(put(keys.user("bob"))) == {
+        "kind": "users",
+        "id": "bob",
+        "type": "put",
+    }
+    heard = Filter(Role.viewer).change(put(keys.token("secret-hash")))
+    assert heard == {"kind": "tokens", "id": "", "type": "put"}
+
+
+def test_the_leader_heartbeat_is_news_only_when_the_leader_changes() -> None:
+    changes = Filter(Role.viewer, leader="node1")
+    assert changes.change(put(keys.LEADER, b"node1 token-a")) is None
+    assert changes.change(put(keys.LEADER, b"node2 token-b")) == {
+        "kind": "nodes",
+        "id": "node2",
+        "type": "leader",
+    }
+    assert changes.change(put(keys.LEADER, b"node2 token-b")) is None
+
+
+def test_unknown_keys_and_index_keys_are_not_sent() -> None:
+    changes = Filter(Role.admin)
+    assert changes.change(put(keys.vm_name("web"))) is None
+    assert changes.change(put(keys.ROOT + "console-tickets/x")) is None
+    assert changes.change(WatchEvent("resync", keys.ROOT, b"", 5))["kind"] == "resync"  # type: ignore[index]
