@@ -231,7 +231,17 @@ def test_upload_an_image(page: Page, ui: str, image: str, tmp_path: Path) -> Non
     form.locator("input[type=file]").set_input_files(str(disk))
     form.locator("input[name=name]").fill("uploaded")
     form.locator("select[name=format]").select_option("raw")
-    form.locator("button[type=submit]").click()
+    # A slow uplink, so that the progress of the upload is there to be seen.
+    network = page.context.new_cdp_session(page)
+    network.send("Network.enable")
+    slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1 << 20}
+    network.send("Network.emulateNetworkConditions", slow)
+    try:
+        form.locator("button[type=submit]").click()
+        expect(form.locator("[role=progressbar]")).to_be_visible()
+    finally:
+        network.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": -1})
+        network.detach()
     row = page.locator("tr[data-volume=uploaded]")
     expect(row.locator(".badge")).to_have_attribute("data-state", "ready")
     expect(row).to_contain_text("4 MiB")
@@ -372,6 +382,32 @@ def test_viewers_hear_only_what_they_may_read(api: Api, vm_state: dict[str, Any]
                 if "groups" in heard:
                     break
         assert "users" not in heard, heard
+
+
+def test_a_viewer_is_not_offered_what_it_may_not_do(
+    browser: Browser, ui: str, vm_state: dict[str, Any]
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    context.set_default_timeout(STEP)
+    try:
+        viewer = context.new_page()
+        viewer.goto(ui)
+        viewer.fill("input[name=username]", "watcher")
+        viewer.fill("input[name=password]", "watch-only")
+        viewer.click("[data-testid=login-submit]")
+        expect(viewer.locator("[data-testid=who]")).to_contain_text("viewer")
+        viewer.click("[data-testid=nav-vms]")
+        expect(viewer.locator(f"tr[data-vm={VM_NAME}]")).to_have_count(1)
+        expect(viewer.locator("[data-testid=vm-new]")).to_have_count(0)
+        viewer.goto(f"{ui}/vms/{vm_state['id']}")
+        expect(viewer.locator("[data-testid=vm-state]")).to_be_visible()
+        expect(viewer.locator("[data-testid^=vm-shutdown], [data-testid=vm-delete]")).to_have_count(
+            0
+        )
+        viewer.goto(f"{ui}/vms/new")  # not for viewers: back to the overview
+        expect(viewer).to_have_url(re.compile(r"/$"))
+    finally:
+        context.close()
 
 
 def test_every_node_serves_the_ui_and_api_paths_stay_api(
