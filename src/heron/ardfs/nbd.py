@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heron.ardfs import nbdproto as p
+from heron.ardfs.receiver import Receiver
 from heron.ardfs.sender import Sender
 from heron.ardfs.volume import Volume, VolumeError
 
@@ -220,11 +221,10 @@ class Connection:
 
     async def transmit(self, volume: Volume) -> None:
         self.volume = volume
-        header = bytearray(p.REQUEST.size)
-        view = memoryview(header)
+        rx = Receiver(self.sock, self.loop)
         try:
             while True:
-                await recv_exactly(self.loop, self.sock, view)
+                header = await rx.exactly(p.REQUEST.size)
                 magic, flags, cmd, cookie, offset, length = p.REQUEST.unpack(header)
                 if magic != p.REQUEST_MAGIC:
                     raise Disconnect(f"bad request magic {magic:#x}")
@@ -235,7 +235,7 @@ class Connection:
                     if length > p.MAX_PAYLOAD:
                         raise Disconnect(f"write of {length} bytes is over the limit")
                     payload = bytearray(length)
-                    await recv_exactly(self.loop, self.sock, memoryview(payload))
+                    await rx.into(memoryview(payload))
                 if cmd == p.CMD_READ and self.read_now(volume, offset, length, cookie):
                     continue
                 await self.in_flight.acquire()

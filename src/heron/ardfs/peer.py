@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from heron.ardfs.nbd import Disconnect, recv_exactly
+from heron.ardfs.nbd import Disconnect
+from heron.ardfs.receiver import Receiver
 from heron.ardfs.sender import Sender
 from heron.ardfs.target import LocalTarget
 from heron.ardfs.volume import ChecksumError, FencedError, UnavailableError, VolumeError
@@ -118,13 +119,11 @@ class PeerServer:
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         sender = Sender(sock, loop)
-        header = bytearray(REQUEST.size)
-        view = memoryview(header)
+        rx = Receiver(sock, loop)
         pending: set[asyncio.Task[None]] = set()
         try:
             while True:
-                await recv_exactly(loop, sock, view)
-                fields = REQUEST.unpack(header)
+                fields = REQUEST.unpack(await rx.exactly(REQUEST.size))
                 if fields[0] != REQUEST_MAGIC:
                     raise Disconnect(f"bad peer request magic {fields[0]:#x}")
                 op, length = fields[1], fields[9]
@@ -133,7 +132,7 @@ class PeerServer:
                     if length > MAX_PAYLOAD:
                         raise Disconnect(f"peer write of {length} bytes")
                     payload = bytearray(length)
-                    await recv_exactly(loop, sock, memoryview(payload))
+                    await rx.into(memoryview(payload))
                 if self._now(sender, fields, payload):
                     continue
                 task = asyncio.create_task(self._handle(sender, fields, payload))
@@ -303,24 +302,21 @@ class PeerClient:
                 item.future.set_exception(UnavailableError(f"node {self.node}: {reason}"))
 
     async def _read(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        header = bytearray(REPLY.size)
-        view = memoryview(header)
+        rx = Receiver(sock, asyncio.get_running_loop())
         try:
             while True:
-                await recv_exactly(loop, sock, view)
-                magic, status, rid, length = REPLY.unpack(header)
+                magic, status, rid, length = REPLY.unpack(await rx.exactly(REPLY.size))
                 if magic != REPLY_MAGIC:
                     raise Disconnect(f"bad reply magic {magic:#x}")
                 item = self.pending.pop(rid, None)
                 if item is not None and status == 0 and item.into is not None:
                     if length != len(item.into):
                         raise Disconnect(f"read reply of {length} bytes, {len(item.into)} asked")
-                    await recv_exactly(loop, sock, item.into)
+                    await rx.into(item.into)
                     body = b""
                 else:
                     buf = bytearray(length)
-                    await recv_exactly(loop, sock, memoryview(buf))
+                    await rx.into(memoryview(buf))
                     body = bytes(buf)
                 if item is None or item.future.done():
                     continue  # the caller gave up (timeout): nothing waits for this reply
