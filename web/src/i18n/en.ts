@@ -28,6 +28,7 @@ const en = {
   "common.delete": "Delete",
   "common.actions": "Actions",
   "common.no": "no",
+  "common.loading": "Loading…",
 
   "error.status": "The request was refused ({status})",
   "error.network": "The node cannot be reached",

@@ -30,6 +30,7 @@ const ru: Record<keyof typeof en, string> = {
   "common.delete": "Удалить",
   "common.actions": "Действия",
   "common.no": "нет",
+  "common.loading": "Загрузка…",
 
   "error.status": "Запрос отклонён ({status})",
   "error.network": "Узел недоступен",
