@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -62,10 +63,13 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 class OpenChunk:
     data_fd: int
     sum_fd: int
-    sums: array.array[int]  # SECTORS CRC-32s ('I'), the in-memory copy of the .sum file
+    table: mmap.mmap  # the .sum file, shared-mapped: updating a CRC is a store, not a syscall
+    sums: memoryview  # the table as SECTORS unsigned 32-bit CRCs
     dirty: bool = False
 
     def close(self) -> None:
+        self.sums.release()
+        self.table.close()
         os.close(self.data_fd)
         os.close(self.sum_fd)
 
@@ -113,13 +117,14 @@ class ChunkStore:
             os.ftruncate(data_fd, CHUNK_SIZE)
         try:
             sum_fd = os.open(sum_path, os.O_RDWR)
-            sums = array.array("I", bytes(SECTORS * 4))
-            if os.preadv(sum_fd, [sums], 0) != SECTORS * 4:
-                raise ChecksumError(f"checksum table of {volume}/{chunk} is short")
+            if os.fstat(sum_fd).st_size != SECTORS * 4:
+                os.close(sum_fd)
+                raise ChecksumError(f"checksum table of {volume}/{chunk} is damaged")
+            table = mmap.mmap(sum_fd, SECTORS * 4)
         except BaseException:
             os.close(data_fd)
             raise
-        entry = OpenChunk(data_fd, sum_fd, sums)
+        entry = OpenChunk(data_fd, sum_fd, table, memoryview(table).cast("I"))
         self._open[key] = entry
         while len(self._open) > OPEN_CHUNKS:
             _, old = self._open.popitem(last=False)
@@ -199,14 +204,10 @@ class ChunkStore:
                 self.read_into(volume, chunk, start + (count - 1) * SECTOR, merged[-SECTOR:])
             merged[offset - start : offset - start + len(data)] = data
             data = merged
-        entry.sums[first : first + count] = array.array("I", sector_sums(data))
         os.pwrite(entry.data_fd, data, start)
-        self._write_sums(entry, first, count)
+        # After the data: a crash in between leaves a mismatch (an error), never wrong data.
+        entry.sums[first : first + count] = memoryview(array.array("I", sector_sums(data)))
         self._settle(entry, durable)
-
-    def _write_sums(self, entry: OpenChunk, first: int, count: int) -> None:
-        table = memoryview(entry.sums).cast("B")
-        os.pwrite(entry.sum_fd, table[first * 4 : (first + count) * 4], first * 4)
 
     def trim(
         self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int = 0
@@ -228,8 +229,7 @@ class ChunkStore:
         if whole:
             punch_hole(entry.data_fd, offset, whole)
             first, count = offset // SECTOR, whole // SECTOR
-            entry.sums[first : first + count] = array.array("I", [ZERO_CRC]) * count
-            self._write_sums(entry, first, count)
+            entry.sums[first : first + count] = memoryview(array.array("I", [ZERO_CRC]) * count)
         if length - whole:
             self.write(
                 volume, chunk, offset + whole, memoryview(bytes(length - whole)), False, epoch

@@ -18,6 +18,21 @@ class BlockGates:
         self._closed: dict[int, asyncio.Event] = {}  # block -> set when its exclusive user leaves
         self._idle: dict[int, asyncio.Event] = {}  # block -> set when its last writer leaves
 
+    def try_enter(self, block: int) -> bool:
+        """Share the block at once if nobody has it alone (for writes that do not suspend)."""
+        if block in self._closed:
+            return False
+        self._writers[block] += 1
+        return True
+
+    def leave(self, block: int) -> None:
+        self._writers[block] -= 1
+        if not self._writers[block]:
+            del self._writers[block]
+            idle = self._idle.pop(block, None)
+            if idle is not None:
+                idle.set()
+
     @contextlib.asynccontextmanager
     async def shared(self, block: int) -> AsyncIterator[None]:
         while (closed := self._closed.get(block)) is not None:
@@ -26,12 +41,7 @@ class BlockGates:
         try:
             yield
         finally:
-            self._writers[block] -= 1
-            if not self._writers[block]:
-                del self._writers[block]
-                idle = self._idle.pop(block, None)
-                if idle is not None:
-                    idle.set()
+            self.leave(block)
 
     @contextlib.asynccontextmanager
     async def exclusive(self, block: int) -> AsyncIterator[None]:

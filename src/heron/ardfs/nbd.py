@@ -85,6 +85,9 @@ class Connection:
         self.sender = Sender(sock, self.loop)
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.callbacks = 0  # writes in flight that complete by callback, not as tasks
+        self.callbacks_idle = asyncio.Event()
+        self.callbacks_idle.set()
 
     async def recv(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -239,6 +242,8 @@ class Connection:
                 if cmd == p.CMD_READ and self.read_now(volume, offset, length, cookie):
                     continue
                 await self.in_flight.acquire()
+                if payload is not None and self.write_now(volume, flags, cookie, offset, payload):
+                    continue
                 task = asyncio.create_task(
                     self.request(cmd, flags, cookie, offset, length, payload)
                 )
@@ -248,6 +253,7 @@ class Connection:
             # DISC: the client expects everything it sent before to be carried out.
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.callbacks_idle.wait()
 
     def read_now(self, volume: Volume, offset: int, length: int, cookie: int) -> bool:
         """Answer a read at once when the volume can from this node's page cache (no task)."""
@@ -259,6 +265,38 @@ class Connection:
             return False
         self.read_reply(cookie, offset, data)
         return True
+
+    def write_now(
+        self, volume: Volume, flags: int, cookie: int, offset: int, payload: bytearray
+    ) -> bool:
+        """Start a write that completes by callback (see ReplicatedVolume.write_now)."""
+        now = getattr(volume, "write_now", None)
+        if now is None or offset + len(payload) > volume.size:
+            return False
+        self.callbacks += 1
+
+        def done(error: Exception | None) -> None:
+            self.callbacks -= 1
+            self.in_flight.release()
+            if not self.callbacks:
+                self.callbacks_idle.set()
+            try:
+                if error is None:
+                    self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, cookie))
+                else:
+                    log.warning("write at %d+%d failed: %s", offset, len(payload), error)
+                    code = error.errno if isinstance(error, VolumeError) else p.EIO
+                    self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, cookie))
+            except OSError as exc:
+                log.debug("reply to %s failed: %s", cookie, exc)
+
+        self.callbacks_idle.clear()
+        if now(offset, memoryview(payload), bool(flags & p.CMD_FLAG_FUA), done):
+            return True
+        self.callbacks -= 1
+        if not self.callbacks:
+            self.callbacks_idle.set()
+        return False
 
     async def request(
         self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: bytearray | None

@@ -239,8 +239,23 @@ class PeerServer:
 
 @dataclass
 class _Pending:
-    future: asyncio.Future[bytes]
+    """A request in flight: awaited by a coroutine (future) or completed by a callback."""
+
     into: memoryview | None
+    future: asyncio.Future[bytes] | None = None
+    callback: Callable[[Exception | None], None] | None = None
+
+    def finish(self, error: Exception | None, body: bytes = b"") -> None:
+        if self.future is not None:
+            if self.future.done():
+                return  # the caller gave up (timeout): nothing waits for this reply
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(body)
+        elif self.callback is not None:
+            callback, self.callback = self.callback, None
+            callback(error)
 
 
 class PeerClient:
@@ -258,6 +273,8 @@ class PeerClient:
         self.reader: asyncio.Task[None] | None = None
         self.failed_at = 0.0
         self.failure = ""
+        self.last_reply = 0.0
+        self.watchdog: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -283,7 +300,10 @@ class PeerClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock = sock
             self.sender = Sender(sock, loop)
+            self.last_reply = time.monotonic()
             self.reader = asyncio.create_task(self._read(sock))
+            if self.watchdog is None or self.watchdog.done():
+                self.watchdog = asyncio.create_task(self._watch())
             return sock
 
     def _drop(self, sock: socket.socket, reason: str) -> None:
@@ -298,8 +318,7 @@ class PeerClient:
         sock.close()
         pending, self.pending = self.pending, {}
         for item in pending.values():
-            if not item.future.done():
-                item.future.set_exception(UnavailableError(f"node {self.node}: {reason}"))
+            item.finish(UnavailableError(f"node {self.node}: {reason}"))
 
     async def _read(self, sock: socket.socket) -> None:
         rx = Receiver(sock, asyncio.get_running_loop())
@@ -318,14 +337,55 @@ class PeerClient:
                     buf = bytearray(length)
                     await rx.into(memoryview(buf))
                     body = bytes(buf)
-                if item is None or item.future.done():
-                    continue  # the caller gave up (timeout): nothing waits for this reply
-                if status:
-                    item.future.set_exception(_error(status, body.decode(errors="replace")))
-                else:
-                    item.future.set_result(body)
+                self.last_reply = time.monotonic()
+                if item is not None:
+                    error = _error(status, body.decode(errors="replace")) if status else None
+                    item.finish(error, body)
         except (Disconnect, OSError) as exc:
             self._drop(sock, str(exc) or type(exc).__name__)
+
+    async def _watch(self) -> None:
+        """Drop a connection whose peer stopped answering (SIGSTOP, a hung disk): requests
+        started by send() have no timeout of their own."""
+        while self.sock is not None:
+            await asyncio.sleep(REQUEST_TIMEOUT / 4)
+            sock = self.sock
+            stalled = time.monotonic() - self.last_reply > REQUEST_TIMEOUT
+            if sock is not None and self.pending and stalled:
+                self._drop(sock, f"no reply in {REQUEST_TIMEOUT:.0f}s")
+
+    def send(
+        self,
+        op: int,
+        volume: str,
+        disk: str,
+        chunk: int,
+        offset: int,
+        epoch: int,
+        payload: memoryview,
+        callback: Callable[[Exception | None], None],
+    ) -> bool:
+        """Start a write on an open connection, `callback` called with its outcome once.
+
+        False (and no callback) when the connection is down: the caller takes the slow path.
+        """
+        sender = self.sender
+        if self.sock is None or sender is None:
+            return False
+        rid = self.next_id
+        self.next_id += 1
+        if not self.pending:
+            self.last_reply = time.monotonic()  # the stall clock starts with the first request
+        self.pending[rid] = _Pending(None, callback=callback)
+        header = REQUEST.pack(
+            REQUEST_MAGIC, op, 0, 0, rid, _volume_bytes(volume), _disk_bytes(disk),
+            chunk, offset, len(payload), epoch,
+        )  # fmt: skip
+        try:
+            sender.send(header, payload)
+        except OSError as exc:
+            self._drop(self.sock, str(exc))
+        return True
 
     async def call(
         self,
@@ -347,7 +407,9 @@ class PeerClient:
         rid = self.next_id
         self.next_id += 1
         future: asyncio.Future[bytes] = loop.create_future()
-        self.pending[rid] = _Pending(future, into)
+        if not self.pending:
+            self.last_reply = time.monotonic()
+        self.pending[rid] = _Pending(into, future=future)
         header = REQUEST.pack(
             REQUEST_MAGIC, op, flags, 0, rid, _volume_bytes(volume), _disk_bytes(disk),
             chunk, offset, length, epoch,
@@ -367,6 +429,8 @@ class PeerClient:
     async def close(self) -> None:
         if self.sock is not None:
             self._drop(self.sock, "closed")
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         if self.reader is not None:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, blocks_of, pieces
+from heron.ardfs.peer import OP_WRITE, RemoteTarget
 from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import (
     ChecksumError,
@@ -204,6 +205,84 @@ class ReplicatedVolume:
                         self.unsynced[target.disk].add(block)
             if failed:
                 await self.mark_stale([(block, t.disk) for t in failed])
+
+    def write_now(
+        self, offset: int, data: memoryview, fua: bool, done: Callable[[Exception | None], None]
+    ) -> bool:
+        """Start a write without a task when nothing about it is unusual; `done` gets the
+        outcome once. False: nothing was started, use write().
+
+        The common case of a replicated 4 KiB write (one block, every copy healthy, peers
+        connected, no FUA) then costs no coroutine, task or future on this node: the local
+        copy is written inline, the remote ones are sent, and the last reply completes it.
+        Anything that goes wrong hands over to the general path in a task.
+        """
+        block, inside = divmod(offset, CHUNK_SIZE)
+        if fua or inside + len(data) > CHUNK_SIZE or self.degraded.stale(block):
+            return False
+        copies = self.copies(block)
+        remote = [t for t in copies if isinstance(t, RemoteTarget)]
+        if any(not t.client.up for t in remote) or not self.gates.try_enter(block):
+            return False
+        for target in copies:
+            if isinstance(target, LocalTarget):
+                try:
+                    target.store.write(self.id, block, inside, data, False, self.epoch)
+                except (VolumeError, OSError):
+                    self.gates.leave(block)
+                    return False  # the general path retries it and decides what it means
+                self.unsynced[target.disk].add(block)
+        if not remote:
+            self.gates.leave(block)
+            done(None)
+            return True
+        waiting = len(remote)
+        failed: list[tuple[ChunkTarget, Exception]] = []
+
+        def replied(target: ChunkTarget, error: Exception | None) -> None:
+            nonlocal waiting
+            if error is None:
+                self.unsynced[target.disk].add(block)
+            else:
+                failed.append((target, error))
+            waiting -= 1
+            if waiting:
+                return
+            if not failed:
+                self.gates.leave(block)
+                done(None)
+            else:
+                self.spawn(self._after_failed_copies(block, copies, failed, done))
+
+        for target in remote:
+            started = target.client.send(
+                OP_WRITE, self.id, target.disk, block, inside, self.epoch, data,
+                lambda error, t=target: replied(t, error),
+            )  # fmt: skip
+            if not started:
+                replied(target, UnavailableError(f"node {target.node} is not connected"))
+        return True
+
+    async def _after_failed_copies(
+        self,
+        block: int,
+        copies: list[ChunkTarget],
+        failed: list[tuple[ChunkTarget, Exception]],
+        done: Callable[[Exception | None], None],
+    ) -> None:
+        try:
+            fenced = next((e for _, e in failed if isinstance(e, FencedError)), None)
+            if fenced is not None:
+                done(fenced)
+            elif len(failed) == len(copies):
+                done(UnavailableError(f"block {block}: no copy could be written: {failed}"))
+            else:
+                await self.mark_stale([(block, t.disk) for t, _ in failed])
+                done(None)
+        except Exception as exc:
+            done(exc)
+        finally:
+            self.gates.leave(block)
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         async def piece(p: Piece) -> None:
