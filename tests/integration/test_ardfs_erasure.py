@@ -12,6 +12,7 @@ from support import wait_for
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.client import IoProcess, io_cluster
 from heron.ardfs.config import Scheme, VolumeSpec
+from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.layout import ec_chunk
 from heron.ardfs.nbdtools import fio, qemu_io
 from heron.ardfs.placement import group_key, place
@@ -32,6 +33,11 @@ def shard_path(io: IoProcess, volume: VolumeSpec, chunk: int) -> Path:
     disk = io.config.me.disks[0]
     assert disk.path is not None
     return disk.path / "volumes" / volume.id / f"{chunk:016x}"
+
+
+def stale(io: IoProcess, volume: VolumeSpec) -> int:
+    log = DegradedLog.read(io.config.state_dir / "degraded" / f"{volume.id}.log")
+    return sum(len(disks) for disks in log.values())
 
 
 # A known, non-uniform content: every 4 KiB sector of the first 24 MiB has its own pattern.
@@ -71,7 +77,9 @@ def test_partial_stripe_writes_and_any_lost_shard(tmp_path: Path, data: int) -> 
             with open(path, "r+b") as handle:
                 handle.write(os.urandom(CHUNK_SIZE))
             check_updates(uri)
-            path.write_bytes(saved)  # put it back before the next shard is lost
+            with open(path, "r+b") as handle:
+                handle.write(saved)  # put it back, and let the owner rebuild what it marked
+            wait_for(lambda: stale(nodes[0], volume) == 0, 60, "the damaged shard rebuilt")
         # what the updates left alone
         pattern = (5 * 37 + 11) % 251 + 1
         qemu_io(uri, READS[1], READS[4], f"read -P {pattern} 7680k {512 * 1024 + 777}")

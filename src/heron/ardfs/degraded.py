@@ -19,9 +19,12 @@ class DegradedLog:
         self.missing: defaultdict[int, set[str]] = defaultdict(set)
         self._load()
 
-    def _load(self) -> None:
+    @staticmethod
+    def read(path: Path) -> defaultdict[int, set[str]]:
+        """The stale copies a log records, without touching the file (for status and tools)."""
+        missing: defaultdict[int, set[str]] = defaultdict(set)
         try:
-            lines = self.path.read_text().splitlines()
+            lines = path.read_text().splitlines()
         except FileNotFoundError:
             lines = []
         for line in lines:
@@ -30,11 +33,15 @@ class DegradedLog:
                 continue  # a torn last line: its write was never acknowledged
             sign, chunk, disk = parts[0], int(parts[1]), parts[2]
             if sign == "+":
-                self.missing[chunk].add(disk)
+                missing[chunk].add(disk)
             else:
-                self.missing[chunk].discard(disk)
-                if not self.missing[chunk]:
-                    del self.missing[chunk]
+                missing[chunk].discard(disk)
+                if not missing[chunk]:
+                    del missing[chunk]
+        return missing
+
+    def _load(self) -> None:
+        self.missing = self.read(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as handle:
