@@ -2,7 +2,9 @@
 VM keeps running and the API keeps answering."""
 
 import asyncio
+import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +68,38 @@ def test_etcd_grows_to_five_voters_and_shrinks(cluster) -> None:
     assert api.vm(vm["vm"])["status"]["pid"] == pid and os.path.exists(f"/proc/{pid}")
     assert api.post("/vms", json={"name": "later", "memory_mib": 16}).status_code == 202
     assert api.post("/nodes/node1/leave").status_code == 409  # it still runs a VM
+
+    # Every agent was started knowing only node1's member; they follow etcd's membership, so
+    # when node1 dies as a whole (agent, VM, its etcd member) the others carry on through the
+    # two surviving voters: their leases hold, the API answers, node1 is seen as failed.
+    for name in ("node2", "node3"):
+        saved = Path(dev.node(name).state_dir) / "etcd-endpoints.json"
+        wait_for(lambda s=saved: s.exists() and len(json.loads(s.read_text())) == 3, 30,
+                 f"{name} to follow etcd's three voters")  # fmt: skip
+    survivor = Api(dev.node("node2").url, token)
+    [first] = [m for m in dev.members() if m.name == "node1"]
+    etcd_pid = first.pid()
+    assert etcd_pid is not None
+
+    def fence_logs() -> dict[str, str]:
+        found = {}
+        for node in dev.nodes[1:]:
+            path = Path(node.state_dir) / "fence.log"
+            found[node.name] = path.read_text(errors="replace") if path.exists() else ""
+        return found
+
+    before = fence_logs()
+    dev.kill_node("node1")
+    os.kill(etcd_pid, signal.SIGKILL)
+
+    def node1_gone() -> bool:
+        reply = survivor.get("/nodes")
+        return reply.status_code == 200 and "node1" not in {n["name"] for n in reply.json()}
+
+    wait_for(node1_gone, 30, "node1's lease to expire, seen through the surviving members")
+    nodes = {n["name"]: n for n in survivor.ok("GET", "/nodes")}
+    assert set(nodes) == {"node2", "node3", "node4", "node5"}  # 4 and 5 left etcd only
+    # Their leases were renewed all along: no fence watchdog saw a renewal missing.
+    for name, text in fence_logs().items():
+        assert "no lease renewal" not in text[len(before[name]) :], (name, before[name], text)
+    assert survivor.post("/vms", json={"name": "after-node1", "memory_mib": 16}).status_code == 202

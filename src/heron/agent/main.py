@@ -22,6 +22,7 @@ import httpx
 import uvicorn
 
 import heron
+from heron.agent.endpoints import EndpointFollower, startup_endpoints
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
@@ -110,7 +111,8 @@ async def run(config: AgentConfig) -> None:
         config.embedded_etcd.start()
         await asyncio.to_thread(config.embedded_etcd.wait_healthy)
     accelerator = await asyncio.to_thread(choose_accelerator, DEFAULT_CACHE)
-    db = ConfigDB(config.etcd)
+    endpoints = startup_endpoints(config.etcd, config.state_dir)
+    db = ConfigDB(endpoints)
     await db.connect()
     await bootstrap(db, config.admin_password_file)
     node = Node(
@@ -127,7 +129,7 @@ async def run(config: AgentConfig) -> None:
     )
     start_fence_watchdog(config.state_dir, deadline=config.lease_ttl - 1)
     registration = Registration(
-        config.etcd, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
+        endpoints, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
     )
     vms = VMController(db, config.name, config.state_dir, accelerator)
     migrations = Migrations(db, config.name, config.address, vms)
@@ -172,6 +174,10 @@ async def run(config: AgentConfig) -> None:
                 ("tasks", runner.run()),
                 ("api", server.serve()),
                 ("leader", leader.run()),
+                (
+                    "etcd-endpoints",
+                    EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),
+                ),
             )
         ]
         if config.etcd_member_ports is not None:

@@ -6,6 +6,7 @@ fails to start never blocks the cluster; it is promoted to voter once it has cau
 
 from dataclasses import dataclass
 
+import aetcd.exceptions
 import aetcd.rpc
 
 from heron.configdb.store import REQUEST_TIMEOUT, ConfigDB
@@ -31,9 +32,16 @@ class Membership:
     async def _call(self, method: str, request: object) -> object:
         client = self.db.client
         await client.connect()
-        return await getattr(client.clusterstub, method)(
-            request, timeout=REQUEST_TIMEOUT, metadata=client.metadata
-        )
+        try:
+            return await getattr(client.clusterstub, method)(
+                request, timeout=REQUEST_TIMEOUT, metadata=client.metadata
+            )
+        except aetcd.rpc.AioRpcError as exc:
+            # The errors every other ConfigDB call raises (e.g. "unhealthy cluster" while a
+            # member is down: ConnectionFailedError, which callers retry).
+            if exc.code() == aetcd.rpc.StatusCode.UNAVAILABLE:
+                raise aetcd.exceptions.ConnectionFailedError(exc.details()) from exc
+            raise aetcd.exceptions.ClientError(exc.details()) from exc
 
     async def list(self) -> list[Member]:
         reply = await self._call("MemberList", aetcd.rpc.MemberListRequest())
@@ -52,6 +60,18 @@ class Membership:
 
     async def remove(self, member_id: int) -> None:
         await self._call("MemberRemove", aetcd.rpc.MemberRemoveRequest(ID=member_id))
+
+
+async def client_endpoints(db: ConfigDB) -> list[str]:
+    """host:port of every started voting member: where a client should send its requests
+    (learners answer no client requests)."""
+    members = await Membership(db).list()
+    return sorted(
+        url.removeprefix("http://")
+        for m in members
+        if m.started and not m.learner
+        for url in m.client_urls
+    )
 
 
 def voters_wanted(capable_nodes: int) -> int:

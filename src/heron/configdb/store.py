@@ -132,40 +132,58 @@ def grpc_target(endpoints: Sequence[str]) -> tuple[str, int]:
     return "ipv4:" + ",".join([*hosts[:-1], last_host]), int(last_port)
 
 
+def _client(endpoints: Sequence[str]) -> aetcd.Client:
+    host, port = grpc_target(endpoints)
+    return aetcd.Client(
+        host=host,
+        port=port,
+        timeout=int(REQUEST_TIMEOUT),
+        options={
+            # Notice a dead member quickly so the channel fails over to another one.
+            "grpc.keepalive_time_ms": 2000,
+            "grpc.keepalive_timeout_ms": 2000,
+            # Only while calls or watches are open: etcd counts a ping on an idle
+            # connection as abuse and closes it (GOAWAY "too_many_pings"), whatever
+            # its --grpc-keepalive-min-time. An idle client has nothing to fail over.
+            "grpc.keepalive_permit_without_calls": 0,
+            "grpc.http2.max_pings_without_data": 0,
+            "grpc.max_receive_message_length": 64 * 1024 * 1024,
+            # Spread requests over every member rather than all to the first that answers.
+            "grpc.lb_policy_name": "round_robin",
+            # gRPC waits up to 120 s before redialling a member that was down: far too
+            # long for a ConfigDB that is back within seconds.
+            "grpc.initial_reconnect_backoff_ms": 100,
+            "grpc.min_reconnect_backoff_ms": 100,
+            "grpc.max_reconnect_backoff_ms": 1000,
+        },
+    )
+
+
 class ConfigDB:
     def __init__(self, endpoints: Sequence[str]):
         self.endpoints = list(endpoints)
-        host, port = grpc_target(self.endpoints)
-        self.client = aetcd.Client(
-            host=host,
-            port=port,
-            timeout=int(REQUEST_TIMEOUT),
-            options={
-                # Notice a dead member quickly so the channel fails over to another one.
-                "grpc.keepalive_time_ms": 2000,
-                "grpc.keepalive_timeout_ms": 2000,
-                # Only while calls or watches are open: etcd counts a ping on an idle
-                # connection as abuse and closes it (GOAWAY "too_many_pings"), whatever
-                # its --grpc-keepalive-min-time. An idle client has nothing to fail over.
-                "grpc.keepalive_permit_without_calls": 0,
-                "grpc.http2.max_pings_without_data": 0,
-                "grpc.max_receive_message_length": 64 * 1024 * 1024,
-                # Spread requests over every member rather than all to the first that answers.
-                "grpc.lb_policy_name": "round_robin",
-                # gRPC waits up to 120 s before redialling a member that was down: far too
-                # long for a ConfigDB that is back within seconds.
-                "grpc.initial_reconnect_backoff_ms": 100,
-                "grpc.min_reconnect_backoff_ms": 100,
-                "grpc.max_reconnect_backoff_ms": 1000,
-            },
-        )
+        self.client = _client(self.endpoints)
+        # Clients of earlier endpoint lists: watches opened on them carry on until they
+        # break and resume on the current client; closed with this ConfigDB.
+        self._retired: list[aetcd.Client] = []
+
+    async def use_endpoints(self, endpoints: Sequence[str]) -> bool:
+        """Talk to these members from now on (etcd grew or shrank); False if unchanged."""
+        if not endpoints or set(endpoints) == set(self.endpoints):
+            return False
+        client = _client(endpoints)
+        await client.connect()
+        self._retired.append(self.client)
+        self.client, self.endpoints = client, list(endpoints)
+        return True
 
     async def connect(self) -> None:
         await self.client.connect()
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.close()
+        for client in [*self._retired, self.client]:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def __aenter__(self) -> ConfigDB:
         await self.connect()

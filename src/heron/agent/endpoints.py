@@ -1,0 +1,62 @@
+"""The etcd members the agent talks to follow etcd's own membership.
+
+An agent starts with the endpoints it was given (with an embedded etcd: the first node's one
+member). When etcd grows to 3 and 5 voters and shrinks again, the agent's clients must reach
+the members that exist: a node that only knew the first member would lose its lease, and have
+its HA VMs fenced, the moment that member's node failed, although a quorum lives on. The list
+is saved in the state directory, so a restarted agent starts from the cluster it last saw.
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from heron.configdb import ConfigDB
+from heron.configdb.membership import client_endpoints
+
+log = logging.getLogger(__name__)
+
+FILE = "etcd-endpoints.json"
+INTERVAL = 5.0  # membership changes take tens of seconds; a new one is picked up within this
+
+
+def startup_endpoints(configured: Sequence[str], state_dir: Path) -> list[str]:
+    """The configured endpoints, then those last seen (members that joined since)."""
+    try:
+        saved = json.loads((state_dir / FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        saved = []
+    return list(dict.fromkeys([*configured, *(e for e in saved if isinstance(e, str))]))
+
+
+class EndpointFollower:
+    def __init__(
+        self,
+        db: ConfigDB,
+        state_dir: Path,
+        also: Callable[[list[str]], None] = lambda _: None,
+    ):
+        self.db = db
+        self.state_dir = state_dir
+        self.also = also  # e.g. the lease renewal thread's own client
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except Exception as exc:
+                log.debug("reading etcd's members: %r", exc)
+            await asyncio.sleep(INTERVAL)  # the check period
+
+    async def step(self) -> bool:
+        endpoints = await client_endpoints(self.db)
+        if not await self.db.use_endpoints(endpoints):
+            return False
+        path = self.state_dir / FILE
+        path.with_suffix(".tmp").write_text(json.dumps(endpoints))
+        path.with_suffix(".tmp").replace(path)
+        self.also(endpoints)
+        log.info("etcd members now %s", ", ".join(endpoints))
+        return True
