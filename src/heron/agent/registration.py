@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 RENEW_INTERVAL = 1.0  # at most; a short TTL renews more often
 STALL_LIMIT = 10.0
 PULSE = 0.5
+# A renewal that has not come back in this time is given up and sent again (a request to a
+# member that lost its raft leader waits for the next one, which may not be quick).
+CALL_TIMEOUT = 1.0
+RETRY = 0.1
 
 
 class LeaseKeeper:
@@ -66,13 +70,20 @@ class LeaseKeeper:
             else:
                 held_back = False
                 try:
-                    if not self.lease or await self.db.refresh(self.lease) <= 0:
-                        await self._register()
-                    if self.on_renewed is not None:
-                        self.on_renewed()
+                    await asyncio.wait_for(self._renew(), CALL_TIMEOUT)
                 except Exception as exc:
+                    # e.g. etcd electing a new raft leader: try again at once, the fence
+                    # deadline is counting.
                     log.warning("lease renewal failed: %r", exc)
+                    await asyncio.sleep(RETRY)  # a short pause between attempts
+                    continue
             await asyncio.sleep(self.interval)  # the renewal period itself
+
+    async def _renew(self) -> None:
+        if not self.lease or await self.db.refresh(self.lease) <= 0:
+            await self._register()
+        if self.on_renewed is not None:
+            self.on_renewed()
 
     async def leave(self) -> None:
         """Revoke the lease so the node disappears at once."""
@@ -122,6 +133,12 @@ class Registration:
         if leave:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(keeper.leave(), loop))
         loop.call_soon_threadsafe(loop.stop)
+
+    def use_endpoints(self, endpoints: list[str]) -> None:
+        """Callable from any thread: renew through these etcd members from now on."""
+        loop, keeper = self._loop, self._keeper
+        if loop is not None and keeper is not None:
+            asyncio.run_coroutine_threadsafe(keeper.db.use_endpoints(endpoints), loop)
 
     def _renewed(self) -> None:
         self.registered.set()

@@ -69,7 +69,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(aetcd.exceptions.ClientError)
     async def _configdb(_: Request, exc: aetcd.exceptions.ClientError) -> JSONResponse:
-        message = f"the ConfigDB (etcd) cannot be reached: {type(exc).__name__}"
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = f"the ConfigDB (etcd) cannot be reached: {detail}"
         return JSONResponse(_body("unavailable", message, []), 503)
 
     @app.exception_handler(RequestValidationError)

@@ -49,24 +49,31 @@ class Election:
         """Return once this candidate leads; the lead is then kept by a heartbeat task."""
         loop = asyncio.get_running_loop()
         while True:
-            found = await self.db.get_raw(self.key)
-            if found is None:
-                with contextlib.suppress(Conflict):
-                    await self.db.create(self.key, self.token)
+            try:
+                if await self._try_to_lead():
                     break
-                continue
-            seen = found[1]
-            changed = await self._changed_within(seen, self.timeout)
-            if changed:
-                continue
-            # Silent for `timeout`: take over, unless someone else already did.
-            with contextlib.suppress(Conflict):
-                await self.db.put(self.key, self.token, revision=seen)
-                break
+            except Conflict:
+                continue  # someone else was quicker: look again
+            except Exception as exc:
+                # etcd unavailable (e.g. electing its own leader): keep campaigning.
+                log.debug("campaign for %s: %r", self.key, exc)
+                await asyncio.sleep(self.beat)  # back-off while etcd is unavailable
         self.lost.clear()
         self.leading.set()
         self._heart = loop.create_task(self._heartbeat(), name=f"heartbeat-{self.key}")
         log.info("%s leads %s", self.candidate, self.key)
+
+    async def _try_to_lead(self) -> bool:
+        found = await self.db.get_raw(self.key)
+        if found is None:
+            await self.db.create(self.key, self.token)
+            return True
+        seen = found[1]
+        if await self._changed_within(seen, self.timeout):
+            return False
+        # Silent for `timeout`: take over, unless someone else already did (Conflict).
+        await self.db.put(self.key, self.token, revision=seen)
+        return True
 
     async def _changed_within(self, revision: int, timeout: float) -> bool:
         """True if the key changes (a heartbeat, a deletion) within `timeout` seconds."""
@@ -110,6 +117,7 @@ class Election:
                 await self._heart
             self._heart = None
         if self.leading.is_set():
-            with contextlib.suppress(Conflict):
+            # Unreachable etcd: the key then simply goes silent and another node takes over.
+            with contextlib.suppress(Exception):
                 await self.db.commit(self.fence(Txn()).delete(self.key))
         self.leading.clear()

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from heron.util.proc import read_pidfile, spawn_detached, terminate, wait_until
 
+HEARTBEAT_MS = 100
+ELECTION_MS = 500
+
 
 class EtcdError(Exception):
     pass
@@ -75,6 +78,13 @@ class EtcdMember:
             # Clients ping every 2 s to notice a dead member; allow it.
             "--grpc-keepalive-min-time",
             "1s",
+            # A new raft leader within about a second of losing one (defaults: 100 ms and
+            # 1 s, which took 1.3 s and more here): meanwhile no lease can be renewed, and
+            # a node's fence watchdog stops its HA VMs 2 s after its last renewal.
+            "--heartbeat-interval",
+            str(HEARTBEAT_MS),
+            "--election-timeout",
+            str(ELECTION_MS),
             # History is kept for an hour: enough for any watcher to resume after a reconnect,
             # bounded so the database does not grow without end.
             "--auto-compaction-mode",

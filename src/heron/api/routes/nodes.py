@@ -1,7 +1,9 @@
 """Nodes: the live members of the cluster and their load."""
 
+import asyncio
 import time
 
+import aetcd.exceptions
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
@@ -132,6 +134,22 @@ async def put_settings(
     return body
 
 
+async def _remove_member(membership: Membership, member_id: int, patience: float = 10.0) -> None:
+    """etcd refuses a reconfiguration for a moment after the previous one (its members must
+    have been connected for a while): try again until `patience` runs out."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            await membership.remove(member_id)
+            return
+        except aetcd.exceptions.ClientError:
+            if all(m.id != member_id for m in await membership.list()):
+                return  # an earlier attempt went through after all
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # the pause between attempts
+
+
 class LeaveReply(BaseModel):
     node: str
     etcd_member_removed: bool
@@ -160,7 +178,7 @@ async def leave_cluster(
         voters = [m for m in members if not m.learner]
         if voters == [mine]:
             raise Conflict(f"node {name} runs the cluster's only etcd voter")
-        await membership.remove(mine.id)
+        await _remove_member(membership, mine.id)
     settings = NodeSettings(maintenance=True, left=True, changed_at=time.time())
     await db.commit(Txn().put(keys.node_settings(name), settings).delete(keys.etcd_join(name)))
     request.state.audit_target = name
