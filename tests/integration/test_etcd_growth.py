@@ -103,3 +103,6 @@ def test_etcd_grows_to_five_voters_and_shrinks(cluster) -> None:
     for name, text in fence_logs().items():
         assert "no lease renewal" not in text[len(before[name]) :], (name, before[name], text)
     assert survivor.post("/vms", json={"name": "after-node1", "memory_mib": 16}).status_code == 202
+    # A dead node is still known by its etcd member: leave refuses only because of its VM.
+    refused = survivor.post("/nodes/node1/leave")
+    assert refused.status_code == 409 and "steady" in refused.json()["message"], refused.text

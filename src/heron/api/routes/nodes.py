@@ -163,7 +163,11 @@ async def leave_cluster(
     kept out of placement for good. Drain it first (maintenance enter)."""
     db = request.app.state.ctx.db
     nodes = await live_nodes(db)
-    if name not in nodes and await db.get_raw(keys.node_settings(name)) is None:
+    membership = Membership(db)
+    members = await membership.list()
+    mine = next((m for m in members if m.name == name), None)
+    # A node that is gone for good may be known only as an etcd member any more.
+    if name not in nodes and mine is None and await db.get_raw(keys.node_settings(name)) is None:
         raise NotFound(f"no node {name!r}")
     still = [e.value.spec.name for e in await db.list(VM, keys.VMS) if e.value.node == name]
     if still:
@@ -171,9 +175,6 @@ async def leave_cluster(
             f"node {name} still has VMs ({', '.join(sorted(still)[:5])}): "
             "drain it first with maintenance enter"
         )
-    membership = Membership(db)
-    members = await membership.list()
-    mine = next((m for m in members if m.name == name), None)
     if mine is not None:
         voters = [m for m in members if not m.learner]
         if voters == [mine]:
