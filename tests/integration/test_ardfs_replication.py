@@ -12,7 +12,7 @@ import pytest
 from support import wait_for
 
 from heron.ardfs.checksum import CHUNK_SIZE
-from heron.ardfs.client import IoProcess, io_cluster
+from heron.ardfs.client import IoProcess, io_cluster, start
 from heron.ardfs.config import IoConfig, Scheme, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.nbdtools import ToolError, qemu_io
@@ -97,6 +97,22 @@ def test_kill_9_of_a_chunk_server_during_a_large_write(tmp_path: Path) -> None:
         assert stale_copies(owner, volume) > 0
         qemu_io(owner.uri("big"), "read -P 0xa5 0 1G")
         qemu_io(nodes[1].uri("big"), "read -P 0xa5 0 512M")
+        assert owner.status()["volumes"]["big"]["state"] == "degraded"
+
+        # The node comes back: the owner rebuilds what it missed, and the volume is whole.
+        back = start(victim.config, tmp_path / victim.config.node)
+
+        def healthy() -> bool:
+            found = owner.status().get("volumes", {}).get("big", {})
+            return found.get("state") == "healthy" and found.get("rebuilt_chunks", 0) > 0
+
+        wait_for(healthy, 300, "the rebuild of the copies the killed node missed")
+        expected = {
+            b for b in range(256) if victim.config.node in holders(victim.config, volume, b)
+        }
+        assert chunk_files(back, volume) == expected
+        for block in expected:
+            assert chunk_path(back, volume, block).read_bytes() == b"\xa5" * CHUNK_SIZE, block
 
 
 def test_a_corrupt_copy_is_read_around_and_repaired(tmp_path: Path) -> None:
@@ -118,6 +134,26 @@ def test_a_corrupt_copy_is_read_around_and_repaired(tmp_path: Path) -> None:
 
         wait_for(repaired, 60, "the corrupt copy to be rewritten from the good one")
         qemu_io(nodes[0].uri("heal"), "read -P 0x71 0 32M")
+
+
+def test_the_scrubber_finds_a_corrupt_copy_and_its_owner_repairs_it(tmp_path: Path) -> None:
+    volume = VolumeSpec(name="scrub", size=16 * MiB, scheme=Scheme(copies=2), owner="n1")
+    settings = {"scrub_mb_s": 400, "scrub_pause_s": 0.2}
+    with io_cluster(tmp_path, 2, [volume], settings=settings) as nodes:
+        qemu_io(nodes[0].uri("scrub"), "write -P 0x5e 0 16M", "flush")
+        # Rot on node 2, which does not own the volume: nobody reads it, the scrubber finds it.
+        damaged = chunk_path(nodes[1], volume, 2)
+        with open(damaged, "r+b") as handle:
+            handle.seek(3 * 4096 + 5)
+            handle.write(b"bitrot")
+
+        def repaired() -> bool:
+            return damaged.read_bytes() == b"\x5e" * CHUNK_SIZE
+
+        wait_for(repaired, 120, "the scrubbed copy repaired by the owner")
+        wait_for(lambda: nodes[1].status()["scrub"]["reported"] >= 1, 30, "the scrub report")
+        wait_for(lambda: nodes[0].status()["volumes"]["scrub"]["state"] == "healthy", 30, "ok")
+        qemu_io(nodes[1].uri("scrub"), "read -P 0x5e 0 16M")
 
 
 def test_rf3_survives_losing_two_copies(tmp_path: Path) -> None:

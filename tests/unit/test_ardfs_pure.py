@@ -8,6 +8,7 @@ from heron.ardfs.checksum import CHUNK_SIZE, sector_span
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
+from heron.ardfs.maintenance import RateLimiter
 from heron.ardfs.parity import xor_into, xor_of
 
 
@@ -83,3 +84,13 @@ async def test_exclusive_waits_for_writers_and_holds_new_ones() -> None:
     release.set()
     await asyncio.gather(first, job, late)
     assert order == ["w1 in", "w1 out", "rebuild", "w2 in", "w2 out"]
+
+
+def test_rate_limiter_spaces_work_at_the_rate() -> None:
+    now = [100.0]
+    limiter = RateLimiter(1000.0, clock=lambda: now[0])
+    assert limiter.delay(500) == 0.0
+    assert limiter.delay(500) == 0.5  # the first 500 bytes take until 100.5
+    now[0] = 103.0  # idle time is not saved up as a burst
+    assert limiter.delay(1000) == 0.0
+    assert limiter.delay(10) == 1.0

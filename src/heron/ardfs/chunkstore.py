@@ -308,16 +308,20 @@ class ChunkStore:
     def volumes(self) -> list[str]:
         return sorted(os.listdir(self.root / "volumes"))
 
-    def verify(self, volume: str, chunk: int) -> list[int]:
-        """Sectors of the chunk whose bytes no longer match their checksum (the scrubber)."""
+    def verify(self, volume: str, chunk: int, first: int = 0, count: int = SECTORS) -> list[int]:
+        """Sectors (of first..first+count-1) whose bytes no longer match their checksum.
+
+        Synchronous on purpose: bytes and checksums are read in one step, so a write cannot
+        come between them and look like corruption. The scrubber calls it a slice at a time.
+        """
         entry = self._get(volume, chunk, create=False)
         if entry is None:
             return []
-        data = memoryview(bytearray(CHUNK_SIZE))
-        got = os.preadv(entry.data_fd, [data], 0)
-        if got != CHUNK_SIZE:
-            return list(range(got // SECTOR, SECTORS))
-        return bad_sectors(data, entry.sums, 0)
+        data = memoryview(bytearray(count * SECTOR))
+        got = os.preadv(entry.data_fd, [data], first * SECTOR)
+        if got != len(data):
+            return list(range(first + got // SECTOR, first + count))
+        return bad_sectors(data, entry.sums[first : first + count], first)
 
     def close(self) -> None:
         while self._open:

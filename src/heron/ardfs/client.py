@@ -8,6 +8,7 @@ changing volumes, SIGTERM to stop (it flushes every volume first).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, VolumeSpec
 from heron.ardfs.io import READY
@@ -52,6 +54,7 @@ def local_cluster(
     volumes: list[VolumeSpec],
     sites: list[str] | None = None,
     disks_per_node: int = 1,
+    settings: dict[str, Any] | None = None,
 ) -> list[IoConfig]:
     """Configurations of `nodes` heron-io processes on loopback, each with its own dirs."""
     specs = []
@@ -71,6 +74,7 @@ def local_cluster(
             state_dir=base / node.name / "state",
             nodes=specs,
             volumes=volumes,
+            **(settings or {}),
         )
         for node in specs
     ]
@@ -89,6 +93,13 @@ class IoProcess:
 
     def uri(self, volume: str) -> str:
         return nbd_uri(self.config.nbd_socket, volume)
+
+    def status(self) -> dict[str, Any]:
+        """heron-io's status file: volumes (healthy/degraded, stale and rebuilt chunks), scrub."""
+        try:
+            return json.loads((self.config.state_dir / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -151,9 +162,10 @@ def io_cluster(
     volumes: list[VolumeSpec],
     sites: list[str] | None = None,
     disks_per_node: int = 1,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[list[IoProcess]]:
     """`nodes` heron-io processes on loopback, stopped (or killed) however the block ends."""
-    configs = local_cluster(base, nodes, volumes, sites=sites, disks_per_node=disks_per_node)
+    configs = local_cluster(base, nodes, volumes, sites, disks_per_node, settings)
     started: list[IoProcess] = []
     try:
         for config in configs:

@@ -66,6 +66,10 @@ class VolumeSpec(BaseModel):
     scheme: Scheme = Scheme()
     # Bumped by whoever takes ownership (HA failover): chunk stores refuse older epochs.
     epoch: int = Field(default=1, ge=1)
+    # The node whose heron-io writes the volume (where its VM runs). It keeps the degraded
+    # log and repairs; other nodes' scrubbers report corrupt copies to it. None: unattached,
+    # any node may repair.
+    owner: str | None = None
 
     @field_validator("id")
     @classmethod
@@ -87,6 +91,10 @@ class IoConfig(BaseModel):
     state_dir: Path  # degraded-block logs
     nodes: list[NodeSpec]
     volumes: list[VolumeSpec] = []
+    rebuild_mb_s: float = Field(default=400, gt=0)  # rate limit of rebuilding stale copies
+    rebuild_parallel: int = Field(default=4, ge=1)  # chunks rebuilt at once
+    scrub_mb_s: float = Field(default=50, ge=0)  # 0: no scrubbing
+    scrub_pause_s: float = Field(default=3600, ge=0)  # between two passes over the disks
 
     @model_validator(mode="after")
     def _consistent(self) -> IoConfig:

@@ -333,6 +333,12 @@ class ErasureVolume:
 
     # -- rebuild -----------------------------------------------------------------------------
 
+    def repairable(self, chunk: int, disk: str) -> bool:
+        """Whether every other shard of the stripe is healthy, to decode this one from."""
+        stripe, shard = divmod(chunk, self.k + 1)
+        targets = self.shards(stripe)
+        return all(self.ok(stripe, i, t) for i, t in enumerate(targets) if i != shard)
+
     async def rebuild_chunk(self, chunk: int) -> bool:
         """Decode a stale shard from the others and write it back; True when done."""
         stripe, shard = divmod(chunk, self.k + 1)

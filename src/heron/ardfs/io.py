@@ -23,6 +23,7 @@ from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import IoConfig, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.erasure import ErasureVolume
+from heron.ardfs.maintenance import Maintenance
 from heron.ardfs.nbd import ExportTable, NbdServer
 from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget
 from heron.ardfs.replicated import ReplicatedVolume
@@ -60,7 +61,8 @@ class Io:
                 targets[disk.id] = RemoteTarget(disk.id, client)
         self.cluster = Cluster(config.node, config.placement_disks(), targets)
         self.volumes: dict[str, AnyVolume] = {}
-        self.peer_server = PeerServer(self.local.get)
+        self.maintenance = Maintenance(self)
+        self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt)
         self.nbd = NbdServer(ExportTable(self.volumes.get, lambda: sorted(self.volumes)))
 
     def make_volume(self, spec: VolumeSpec) -> AnyVolume:
@@ -93,8 +95,10 @@ class Io:
             nbd_host, _, nbd_port = self.config.nbd_tcp.rpartition(":")
             await self.nbd.listen_tcp(nbd_host.strip("[]"), int(nbd_port))
         await self.nbd.listen_unix(self.config.nbd_socket)
+        self.maintenance.start()
 
     async def stop(self) -> None:
+        await self.maintenance.stop()
         await self.nbd.close()
         for volume in self.volumes.values():
             try:

@@ -20,7 +20,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from heron.ardfs.nbd import Disconnect
@@ -45,6 +45,7 @@ OP_CHUNKS = 6
 OP_VERIFY = 7
 OP_DELETE = 8
 OP_PING = 9
+OP_CORRUPT = 10  # to a volume's owner: "chunk <chunk> on disk <disk> is corrupt, repair it"
 
 FLAG_DURABLE = 1
 
@@ -88,8 +89,13 @@ def _disk_bytes(disk: str) -> bytes:
 class PeerServer:
     """Serves this node's chunk stores to the other heron-io processes."""
 
-    def __init__(self, disks: Callable[[str], LocalTarget | None]):
+    def __init__(
+        self,
+        disks: Callable[[str], LocalTarget | None],
+        corrupt: Callable[[str, int, str], Awaitable[None]] | None = None,
+    ):
         self.disks = disks
+        self.corrupt = corrupt
         self.listener: socket.socket | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -187,35 +193,13 @@ class PeerServer:
         body: bytes | bytearray = b""
         status = 0
         try:
-            target = self.disks(disk)
-            if target is None:
-                raise VolumeError(f"no disk {disk!r} on this node", errno.ENODEV)
-            if op == OP_READ:
-                if length > MAX_PAYLOAD:
-                    raise VolumeError("read too large", errno.EINVAL)
-                body = bytearray(length)
-                await target.read_into(volume, chunk, offset, memoryview(body))
-            elif op == OP_WRITE:
-                assert payload is not None
-                await target.write(volume, chunk, offset, memoryview(payload), durable, epoch)
-            elif op == OP_SYNC:
-                await target.sync(volume)
-            elif op == OP_TRIM:
-                await target.trim(volume, chunk, offset, length, durable, epoch)
-            elif op == OP_ALLOCATED:
-                present = await target.allocated(volume, chunk, length)
-                body = bytes(present)
-            elif op == OP_CHUNKS:
-                body = struct.pack(f"<{len(c)}Q", *c) if (c := await target.chunks(volume)) else b""
-            elif op == OP_VERIFY:
-                bad = await target.verify(volume, chunk)
-                body = struct.pack(f"<{len(bad)}I", *bad)
-            elif op == OP_DELETE:
-                await target.delete(volume, chunk, epoch)
-            elif op == OP_PING:
-                pass
-            else:
-                raise VolumeError(f"unknown peer op {op}", errno.EINVAL)
+            if op == OP_CORRUPT:
+                if self.corrupt is None:
+                    raise VolumeError("this node repairs nothing", errno.ENOTSUP)
+                await self.corrupt(volume, chunk, disk)
+            elif op != OP_PING:
+                body = await self._on_disk(op, volume, disk, chunk, offset, length, epoch,
+                                           durable, payload)  # fmt: skip
         except (VolumeError, OSError) as exc:
             status = _status(exc)
             body = str(exc).encode()[:4096]
@@ -225,6 +209,48 @@ class PeerServer:
             sender.send(REPLY.pack(REPLY_MAGIC, status, rid, len(body)), body)
         except OSError as exc:
             log.debug("peer reply failed: %s", exc)
+
+    async def _on_disk(
+        self,
+        op: int,
+        volume: str,
+        disk: str,
+        chunk: int,
+        offset: int,
+        length: int,
+        epoch: int,
+        durable: bool,
+        payload: bytearray | None,
+    ) -> bytes | bytearray:
+        target = self.disks(disk)
+        if target is None:
+            raise VolumeError(f"no disk {disk!r} on this node", errno.ENODEV)
+        if op == OP_READ:
+            if length > MAX_PAYLOAD:
+                raise VolumeError("read too large", errno.EINVAL)
+            body = bytearray(length)
+            await target.read_into(volume, chunk, offset, memoryview(body))
+            return body
+        if op == OP_WRITE:
+            assert payload is not None
+            await target.write(volume, chunk, offset, memoryview(payload), durable, epoch)
+        elif op == OP_SYNC:
+            await target.sync(volume)
+        elif op == OP_TRIM:
+            await target.trim(volume, chunk, offset, length, durable, epoch)
+        elif op == OP_ALLOCATED:
+            return bytes(await target.allocated(volume, chunk, length))
+        elif op == OP_CHUNKS:
+            found = await target.chunks(volume)
+            return struct.pack(f"<{len(found)}Q", *found)
+        elif op == OP_VERIFY:
+            bad = await target.verify(volume, chunk)
+            return struct.pack(f"<{len(bad)}I", *bad)
+        elif op == OP_DELETE:
+            await target.delete(volume, chunk, epoch)
+        else:
+            raise VolumeError(f"unknown peer op {op}", errno.EINVAL)
+        return b""
 
     async def close(self) -> None:
         if self.listener is not None:

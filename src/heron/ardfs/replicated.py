@@ -370,7 +370,10 @@ class ReplicatedVolume:
                 return True
             source = None
             data = memoryview(bytearray(CHUNK_SIZE))
-            for target in self.healthy(block):
+            sources = self.healthy(block)
+            # Rotate over the healthy copies: a rebuild then reads from all of them at once.
+            sources = sources[block % len(sources) :] + sources[: block % len(sources)]
+            for target in sources:
                 try:
                     present = (await target.allocated(self.id, block, 1))[0]
                     if present:
@@ -399,6 +402,10 @@ class ReplicatedVolume:
                 await asyncio.to_thread(self.degraded.append, [(block, target.disk)], False)
                 self.degraded.clear(block, target.disk)
             return done
+
+    def repairable(self, chunk: int, disk: str) -> bool:
+        """Whether another healthy copy exists to rebuild this one from."""
+        return any(t.disk != disk for t in self.healthy(chunk))
 
     async def rebuild_chunk(self, chunk: int) -> bool:
         return await self.rebuild_block(chunk)  # a block is its own chunk

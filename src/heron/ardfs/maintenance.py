@@ -1,0 +1,266 @@
+"""Background work of a heron-io: rebuilding stale copies, scrubbing, publishing status.
+
+Rebuild: every volume's degraded log lists copies (or shards) that missed writes or were
+found corrupt. As soon as the disk holding one is reachable again, the chunk is copied back
+from a healthy copy (replication: the source rotates over all healthy copies, so a rebuild
+reads from every one of them in parallel) or decoded from the other shards (EC), several at
+once and rate-limited. It is resumable by construction: each rebuilt chunk leaves the log
+durably, so a restart goes on with what is left.
+
+Scrub: every chunk on this node's disks is read back and checked against its checksums,
+slowly (rate-limited, a slice at a time so VM I/O barely notices). A corrupt copy is marked
+stale with the volume's owner (this node, or the owner's heron-io over the peer protocol),
+which rebuilds it like any other stale copy.
+
+Status: state_dir/status.json, rewritten every second, for herond (and people) to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from heron.ardfs.checksum import CHUNK_SIZE, SECTORS
+from heron.ardfs.peer import OP_CORRUPT, OP_PING, RemoteTarget
+from heron.ardfs.volume import VolumeError
+
+if TYPE_CHECKING:
+    from heron.ardfs.io import AnyVolume, Io
+
+log = logging.getLogger(__name__)
+
+IDLE = 1.0  # seconds between looks at the degraded logs when there was nothing to do
+SCRUB_SLICE = 64  # sectors verified in one step on the event loop (256 KiB)
+
+
+class RateLimiter:
+    """A token bucket without the bucket: how long to wait before spending `n` bytes."""
+
+    def __init__(self, bytes_per_s: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = bytes_per_s
+        self.clock = clock
+        self.next_free = clock()
+
+    def delay(self, n: int) -> float:
+        now = self.clock()
+        start = max(now, self.next_free)
+        self.next_free = start + n / self.rate
+        return start - now
+
+
+@dataclass
+class RebuildProgress:
+    rebuilt_chunks: int = 0
+    failed_attempts: int = 0
+    started: float | None = None  # monotonic time of the first chunk of this run
+    bytes: int = 0
+
+    def rate(self) -> float:
+        if self.started is None:
+            return 0.0
+        return self.bytes / max(time.monotonic() - self.started, 1e-6)
+
+
+@dataclass
+class ScrubProgress:
+    passes: int = 0
+    chunks_checked: int = 0
+    corrupt_found: int = 0
+    reported: int = 0
+    unrepaired: list[str] = field(default_factory=list)
+
+
+class Maintenance:
+    def __init__(self, io: Io):
+        self.io = io
+        config = io.config
+        self.rebuild_limit = RateLimiter(config.rebuild_mb_s * 1e6)
+        self.scrub_limit = RateLimiter(max(config.scrub_mb_s, 1e-3) * 1e6)
+        self.rebuild: dict[str, RebuildProgress] = {}
+        self.scrub = ScrubProgress()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self._forever(self.rebuild_pass, "rebuild")))
+        self.tasks.append(asyncio.create_task(self._forever(self.write_status, "status")))
+        if self.io.config.scrub_mb_s > 0:
+            self.tasks.append(asyncio.create_task(self._scrub_forever()))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _forever(self, work: Callable[[], Any], name: str) -> None:
+        while True:
+            try:
+                busy = await work()
+            except Exception:
+                log.exception("%s pass failed", name)
+                busy = False
+            if not busy:
+                await asyncio.sleep(IDLE)
+
+    # -- rebuild -----------------------------------------------------------------------------
+
+    async def reachable(self, volume: AnyVolume, chunk: int) -> bool:
+        """Whether every disk that holds a stale copy of the chunk answers now."""
+        for disk in volume.degraded.stale(chunk):
+            target = self.io.cluster.targets.get(disk)
+            if target is None:
+                return False  # left the cluster: moving its data is the leader's job
+            if isinstance(target, RemoteTarget) and not target.client.up:
+                try:
+                    await target.client.call(OP_PING, volume.id, disk)
+                except VolumeError:
+                    return False
+        return True
+
+    async def rebuild_pass(self) -> bool:
+        did = False
+        gate = asyncio.Semaphore(self.io.config.rebuild_parallel)
+        for name, volume in list(self.io.volumes.items()):
+            chunks = volume.stale_chunks()
+            if not chunks:
+                continue
+            progress = self.rebuild.setdefault(name, RebuildProgress())
+
+            results = await asyncio.gather(
+                *(self._rebuild_one(volume, c, progress, gate) for c in chunks),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.warning("rebuild of %s: %s", name, result)
+            done = sum(1 for r in results if r is True)
+            if done:
+                did = True
+                log.info("volume %s: %d chunks rebuilt, %d stale left", name, done,
+                         len(volume.stale_chunks()))  # fmt: skip
+            if not volume.stale_chunks():
+                progress.started = None
+                progress.bytes = 0
+        return did
+
+    async def _rebuild_one(
+        self, volume: AnyVolume, chunk: int, progress: RebuildProgress, gate: asyncio.Semaphore
+    ) -> bool:
+        async with gate:
+            if not await self.reachable(volume, chunk):
+                return False
+            await asyncio.sleep(self.rebuild_limit.delay(CHUNK_SIZE))
+            if progress.started is None:
+                progress.started = time.monotonic()
+            if await volume.rebuild_chunk(chunk):
+                progress.rebuilt_chunks += 1
+                progress.bytes += CHUNK_SIZE
+                return True
+            progress.failed_attempts += 1
+            return False
+
+    # -- scrub -------------------------------------------------------------------------------
+
+    async def _scrub_forever(self) -> None:
+        while True:
+            try:
+                await self.scrub_pass()
+            except Exception:
+                log.exception("scrub pass failed")
+            await asyncio.sleep(max(self.io.config.scrub_pause_s, IDLE))
+
+    async def scrub_pass(self) -> None:
+        for disk, store in self.io.stores.items():
+            for volume in store.volumes():
+                for chunk in store.chunks(volume):
+                    bad: list[int] = []
+                    for first in range(0, SECTORS, SCRUB_SLICE):
+                        await asyncio.sleep(self.scrub_limit.delay(SCRUB_SLICE * 4096))
+                        try:
+                            bad += store.verify(volume, chunk, first, SCRUB_SLICE)
+                        except (VolumeError, OSError) as exc:
+                            log.info("scrub of %s/%d: %s", volume, chunk, exc)
+                            break  # deleted or unreadable meanwhile: the next pass sees
+                    self.scrub.chunks_checked += 1
+                    if bad:
+                        self.scrub.corrupt_found += 1
+                        log.warning("scrub: chunk %s/%d on %s corrupt in sectors %s",
+                                    volume, chunk, disk, bad[:8])  # fmt: skip
+                        await self.report(volume, chunk, disk)
+        self.scrub.passes += 1
+
+    async def report(self, volume_id: str, chunk: int, disk: str) -> None:
+        """Hand a corrupt copy to whoever repairs the volume."""
+        volume = next((v for v in self.io.volumes.values() if v.id == volume_id), None)
+        if volume is None:
+            self.scrub.unrepaired.append(f"{volume_id}/{chunk}@{disk}: no such volume here")
+            return
+        owner = volume.spec.owner
+        if owner is None or owner == self.io.config.node:
+            await self.mark_corrupt(volume_id, chunk, disk)
+            self.scrub.reported += 1
+            return
+        client = self.io.peers.get(owner)
+        try:
+            if client is None:
+                raise VolumeError(f"owner {owner} unknown")
+            await client.call(OP_CORRUPT, volume_id, disk, chunk)
+            self.scrub.reported += 1
+        except VolumeError as exc:
+            self.scrub.unrepaired.append(f"{volume_id}/{chunk}@{disk}: {exc}")
+
+    async def mark_corrupt(self, volume_id: str, chunk: int, disk: str) -> None:
+        """A corrupt copy reported here (by our scrubber or another node's): rebuild it."""
+        volume = next((v for v in self.io.volumes.values() if v.id == volume_id), None)
+        if volume is None:
+            raise VolumeError(f"volume {volume_id} is not served here")
+        if not volume.repairable(chunk, disk):
+            # Marking the only good-looking copy stale would make the whole chunk unreadable;
+            # the damaged sectors alone fail to read until they are rewritten.
+            self.scrub.unrepaired.append(f"{volume_id}/{chunk}@{disk}: no other copy")
+            raise VolumeError(f"chunk {chunk} of {volume.spec.name}: no copy to repair from")
+        await volume.mark_stale([(chunk, disk)])
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        volumes = {}
+        for name, volume in self.io.volumes.items():
+            progress = self.rebuild.get(name, RebuildProgress())
+            stale = volume.stale_chunks()
+            volumes[name] = {
+                "id": volume.id,
+                "scheme": volume.spec.scheme.label(),
+                "size": volume.spec.size,
+                "epoch": volume.spec.epoch,
+                "state": "degraded" if stale else "healthy",
+                "stale_copies": volume.degraded.count(),
+                "stale_chunks": len(stale),
+                "rebuilt_chunks": progress.rebuilt_chunks,
+                "rebuild_bytes_per_s": round(progress.rate()),
+            }
+        return {
+            "node": self.io.config.node,
+            "time": time.time(),
+            "peers": {name: client.up for name, client in self.io.peers.items()},
+            "volumes": volumes,
+            "scrub": {
+                "passes": self.scrub.passes,
+                "chunks_checked": self.scrub.chunks_checked,
+                "corrupt_found": self.scrub.corrupt_found,
+                "reported": self.scrub.reported,
+                "unrepaired": self.scrub.unrepaired[-20:],
+            },
+        }
+
+    async def write_status(self) -> bool:
+        path = self.io.config.state_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1))
+        os.replace(tmp, path)
+        return False
