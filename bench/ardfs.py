@@ -9,6 +9,9 @@ In one run, on this machine:
   loopback (one per simulated node, each with its own chunk store directory), used through
   node 1's NBD socket as a VM on node 1 would.
 
+Then the rebuild: node 3 is killed, the RF=2 volume overwritten (degraded), node 3 restarted,
+and the time until node 1 reports the volume healthy again gives the rebuild speed.
+
 For each: sequential 4 MiB writes then reads (MB/s, fio iodepth 8, over `--size`), then 4 KiB
 random reads and writes (IOPS and p99 completion latency, iodepth 16, for `--runtime`
 seconds each over the written range). Ratios are ARDFS / local. Every pattern runs on every
@@ -39,7 +42,8 @@ from bench.common import (
     wait_for,
     write_result,
 )
-from heron.ardfs.client import io_cluster, nbd_uri
+from heron.ardfs.checksum import CHUNK_SIZE
+from heron.ardfs.client import IoProcess, io_cluster, nbd_uri, start
 from heron.ardfs.config import Scheme, VolumeSpec
 from heron.ardfs.nbdtools import fio
 
@@ -106,7 +110,7 @@ def local_limit(directory: Path, size_mib: int) -> Iterator[str]:
 def run(size_mib: int, runtime: int, rounds: int, keep: bool) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="heron-bench-ardfs-", dir="/var/tmp"))
     volumes = [
-        VolumeSpec(name=label, size=size_mib * 2 * MiB, scheme=scheme)
+        VolumeSpec(name=label, size=size_mib * 2 * MiB, scheme=scheme, owner="n1")
         for label, scheme in SCHEMES.items()
     ]
     raw: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -127,10 +131,48 @@ def run(size_mib: int, runtime: int, rounds: int, keep: bool) -> dict[str, Any]:
                         figures["seconds"] = round(time.monotonic() - started, 1)
                         raw.setdefault(target, {}).setdefault(pattern, []).append(figures)
                         print(f"round {n + 1} {pattern:10} {target:6} {figures}", flush=True)
+            rebuild = measure_rebuild(nodes, directory / "cluster", size_mib)
+            print(f"rebuild {rebuild}", flush=True)
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
-    return summarise(raw)
+    results = summarise(raw)
+    results["rebuild"] = rebuild
+    return results
+
+
+def measure_rebuild(nodes: list[IoProcess], base: Path, size_mib: int) -> dict[str, float]:
+    """Kill node 3, overwrite the RF=2 volume (degraded), bring node 3 back, time the rebuild
+    of every copy it missed: from its restart to the owner reporting the volume healthy."""
+    owner, victim = nodes[0], nodes[2]
+    victim.kill()
+    fio(owner.uri("rf2"), "--rw=write", "--bs=4M", "--iodepth=8", f"--size={2 * size_mib}M")
+    stale = wait_for(
+        lambda: owner.status().get("volumes", {}).get("rf2", {}).get("stale_chunks"),
+        30,
+        "the degraded status",
+    )
+    started = time.monotonic()
+    nodes[2] = start(victim.config, base / victim.config.node)
+
+    def healthy() -> bool:
+        return owner.status().get("volumes", {}).get("rf2", {}).get("state") == "healthy"
+
+    wait_for(healthy, 600, "the rebuild", interval=0.05)
+    seconds = time.monotonic() - started
+    inside = wait_for(
+        lambda: owner.status()["volumes"]["rf2"].get("last_rebuild_bytes_per_s"), 10, "the rate"
+    )
+    return {
+        "stale_chunks": stale,
+        # from the restart of the node (process start included) to "healthy" in the status
+        "seconds": round(seconds, 2),
+        "mb_s": round(stale * CHUNK_SIZE / seconds / 1e6, 1),
+        # as the owner measured it, from the first rebuilt chunk to the last
+        "owner_measured_mb_s": round(inside / 1e6, 1),
+        "rate_limit_mb_s": owner.config.rebuild_mb_s,
+        "parallel": owner.config.rebuild_parallel,
+    }
 
 
 def best(runs: list[dict[str, float]], key: str) -> float:
@@ -199,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for target, r in results["ratios_to_local"].items():
         rows.append((f"{target} / local", str(r)))
+    rows.append(("rebuild (rf2)", str(results["rebuild"])))
     print_rows(f"ARDFS vs qemu-nbd ({path})", rows)
     return 0
 

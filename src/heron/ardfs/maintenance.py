@@ -60,6 +60,7 @@ class RebuildProgress:
     failed_attempts: int = 0
     started: float | None = None  # monotonic time of the first chunk of this run
     bytes: int = 0
+    last_run_bytes_per_s: float = 0.0  # of the last run that left nothing stale
 
     def rate(self) -> float:
         if self.started is None:
@@ -143,7 +144,8 @@ class Maintenance:
                 did = True
                 log.info("volume %s: %d chunks rebuilt, %d stale left", name, done,
                          len(volume.stale_chunks()))  # fmt: skip
-            if not volume.stale_chunks():
+            if not volume.stale_chunks() and progress.started is not None:
+                progress.last_run_bytes_per_s = progress.rate()
                 progress.started = None
                 progress.bytes = 0
         return did
@@ -243,6 +245,7 @@ class Maintenance:
                 "stale_chunks": len(stale),
                 "rebuilt_chunks": progress.rebuilt_chunks,
                 "rebuild_bytes_per_s": round(progress.rate()),
+                "last_rebuild_bytes_per_s": round(progress.last_run_bytes_per_s),
             }
         return {
             "node": self.io.config.node,

@@ -224,19 +224,7 @@ class ReplicatedVolume:
         remote = [t for t in copies if isinstance(t, RemoteTarget)]
         if any(not t.client.up for t in remote) or not self.gates.try_enter(block):
             return False
-        for target in copies:
-            if isinstance(target, LocalTarget):
-                try:
-                    target.store.write(self.id, block, inside, data, False, self.epoch)
-                except (VolumeError, OSError):
-                    self.gates.leave(block)
-                    return False  # the general path retries it and decides what it means
-                self.unsynced[target.disk].add(block)
-        if not remote:
-            self.gates.leave(block)
-            done(None)
-            return True
-        waiting = len(remote)
+        waiting = len(copies)
         failed: list[tuple[ChunkTarget, Exception]] = []
 
         def replied(target: ChunkTarget, error: Exception | None) -> None:
@@ -254,6 +242,8 @@ class ReplicatedVolume:
             else:
                 self.spawn(self._after_failed_copies(block, copies, failed, done))
 
+        # Remote copies first, and on the wire at once: the local copy is written while the
+        # peers write theirs.
         for target in remote:
             started = target.client.send(
                 OP_WRITE, self.id, target.disk, block, inside, self.epoch, data,
@@ -261,6 +251,14 @@ class ReplicatedVolume:
             )  # fmt: skip
             if not started:
                 replied(target, UnavailableError(f"node {target.node} is not connected"))
+        for target in copies:
+            if isinstance(target, LocalTarget):
+                try:
+                    target.store.write(self.id, block, inside, data, False, self.epoch)
+                except (VolumeError, OSError) as exc:
+                    replied(target, exc)
+                else:
+                    replied(target, None)
         return True
 
     async def _after_failed_copies(

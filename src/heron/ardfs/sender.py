@@ -39,6 +39,12 @@ class Sender:
             self.scheduled = True
             self.loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Send what is queued now rather than at the end of the loop turn (a large write
+        that should be on the wire while this process does something else)."""
+        if not self.waiting_writable:
+            self._flush()
+
     def _flush(self) -> None:
         self.scheduled = False
         queue = self.queue
