@@ -3,6 +3,7 @@ qemu-img, qemu-io, nbdinfo, nbdcopy, fio's nbd engine, and QEMU booting the test
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -184,3 +185,37 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
             qemu_io(again.uri("keep"), "read -P 0x99 0 6M", "read -P 0 6M 58M")
         finally:
             again.stop()
+
+
+def test_export_list_and_unknown_exports(node: IoProcess) -> None:
+    listed = run("nbdinfo", "--list", "--json", f"nbd+unix://?socket={node.socket}")
+    assert sorted(e["export-name"] for e in json.loads(listed)["exports"]) == sorted(NAMES)
+    with pytest.raises(ToolError, match="nope"):
+        run("nbdinfo", f"nbd+unix:///nope?socket={node.socket}")
+    # the server is still there for everyone else
+    assert '"virtual-size"' in run("qemu-img", "info", "--output=json", node.uri("img"))
+
+
+def test_several_connections_at_once_see_each_others_writes(node: IoProcess) -> None:
+    """Multi-conn: nbdcopy uses several connections when the server allows it."""
+    info = run("nbdinfo", "--json", node.uri("pattern"))
+    assert json.loads(info)["exports"][0]["can_multi_conn"] is True
+    writers = [
+        subprocess.Popen(
+            [
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                f"write -P {0x30 + i} {64 + i * 8}M 8M",
+                node.uri("pattern"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(4)
+    ]
+    for writer in writers:
+        out, _ = writer.communicate(timeout=120)
+        assert writer.returncode == 0 and b"failed" not in out, out
+    qemu_io(node.uri("pattern"), *[f"read -P {0x30 + i} {64 + i * 8}M 8M" for i in range(4)])

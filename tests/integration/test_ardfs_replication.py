@@ -5,6 +5,7 @@ and fencing of an old owner."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def holders(config: IoConfig, volume: VolumeSpec, block: int) -> list[str]:
 def stale_copies(io: IoProcess, volume: VolumeSpec) -> int:
     log = DegradedLog.read(io.config.state_dir / "degraded" / f"{volume.id}.log")
     return sum(len(disks) for disks in log.values())
+
+
+def state(io: IoProcess, name: str) -> tuple[str, int]:
+    """A volume's state and rebuilt chunks, from heron-io's status file."""
+    found = io.status().get("volumes", {}).get(name, {})
+    return found.get("state", "unknown"), found.get("rebuilt_chunks", 0)
 
 
 def test_copies_land_where_placement_says_and_any_node_reads_them(tmp_path: Path) -> None:
@@ -188,3 +195,20 @@ def test_the_old_owner_is_fenced_after_a_handover(tmp_path: Path) -> None:
         with pytest.raises(ToolError, match="Operation not permitted"):
             qemu_io(old.uri("vm-disk"), "write -P 0x03 0 4k")
         qemu_io(new.uri("vm-disk"), "read -P 0x02 0 8M")
+
+
+def test_a_frozen_chunk_server_is_written_around(tmp_path: Path) -> None:
+    """SIGSTOP: the peer neither answers nor closes; after the peer timeout it counts as down."""
+    volume = VolumeSpec(name="stop", size=32 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 2, [volume], settings={"peer_timeout_s": 2}) as (owner, frozen):
+        qemu_io(owner.uri("stop"), "write -P 0x10 0 32M", "flush")
+        os.kill(frozen.process.pid, signal.SIGSTOP)
+        try:
+            qemu_io(owner.uri("stop"), "write -P 0x11 0 16M", "flush", "read -P 0x11 0 16M")
+            assert stale_copies(owner, volume) > 0
+            wait_for(lambda: state(owner, "stop") == ("degraded", 0), 30, "degraded status")
+        finally:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+        wait_for(lambda: state(owner, "stop")[0] == "healthy", 120, "the copies rebuilt")
+        assert state(owner, "stop")[1] >= 4
+        qemu_io(frozen.uri("stop"), "read -P 0x11 0 16M", "read -P 0x10 16M 16M")

@@ -91,6 +91,8 @@ class IoConfig(BaseModel):
     state_dir: Path  # degraded-block logs
     nodes: list[NodeSpec]
     volumes: list[VolumeSpec] = []
+    # A peer with requests in flight and no reply for this long is treated as down.
+    peer_timeout_s: float = Field(default=30, gt=0)
     rebuild_mb_s: float = Field(default=400, gt=0)  # rate limit of rebuilding stale copies
     rebuild_parallel: int = Field(default=4, ge=1)  # chunks rebuilt at once
     scrub_mb_s: float = Field(default=50, ge=0)  # 0: no scrubbing

@@ -26,7 +26,7 @@ from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.parity import xor_into
-from heron.ardfs.replicated import block_extents, failures
+from heron.ardfs.replicated import block_extents, failures, together
 from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import ChecksumError, Extent, UnavailableError, VolumeError
 
@@ -223,16 +223,19 @@ class ErasureVolume:
         if data_ok and parity_ok:
             old = bytearray(n)
             old_parity = bytearray(n)
-            results = await asyncio.gather(
-                data_t.read_into(self.id, data_chunk, offset, memoryview(old)),
-                parity_t.read_into(self.id, parity_chunk, offset, memoryview(old_parity)),
-                return_exceptions=True,
-            )
+            old_view, parity_view = memoryview(old), memoryview(old_parity)
+            results = await together(
+                [
+                    (data_t, lambda: data_t.read_into(self.id, data_chunk, offset, old_view)),
+                    (parity_t, lambda: parity_t.read_into(self.id, parity_chunk, offset,
+                                                          parity_view)),
+                ]
+            )  # fmt: skip
             failures(results)
-            if isinstance(results[0], BaseException):
+            if results[0] is not None:
                 data_ok = False
                 await self.mark_stale([(data_chunk, data_t.disk)])
-            if isinstance(results[1], BaseException):
+            if results[1] is not None:
                 parity_ok = False
                 await self.mark_stale([(parity_chunk, parity_t.disk)])
             if data_ok and parity_ok:
@@ -247,27 +250,32 @@ class ErasureVolume:
         if not data_ok and not parity_ok:
             raise UnavailableError(f"stripe {stripe}: shard {shard} and parity both lost")
 
-        writes: list[tuple[ChunkTarget, int, Awaitable[None]]] = []
+        writes: list[tuple[ChunkTarget, int, Callable[[], Awaitable[None]]]] = []
         if data_ok:
-            writes.append((data_t, data_chunk, self._put(data_t, data_chunk, offset, data, fua,
-                                                         trim)))  # fmt: skip
+            writes.append(
+                (data_t, data_chunk, lambda: self._put(data_t, data_chunk, offset, data, fua, trim))
+            )
         if parity is not None:
+            new_parity = memoryview(parity)
             zero = trim and not np.frombuffer(parity, dtype=np.uint8).any()
             writes.append(
-                (parity_t, parity_chunk,
-                 self._put(parity_t, parity_chunk, offset, memoryview(parity), fua, zero))
-            )  # fmt: skip
-        results = await asyncio.gather(*(w for _, _, w in writes), return_exceptions=True)
+                (
+                    parity_t,
+                    parity_chunk,
+                    lambda: self._put(parity_t, parity_chunk, offset, new_parity, fua, zero),
+                )
+            )
+        results = await together([(t, job) for t, _, job in writes])
         errors = failures(results)
         lost = [(c, t.disk) for (t, c, _), r in zip(writes, results, strict=True)
-                if isinstance(r, BaseException)]  # fmt: skip
+                if r is not None]  # fmt: skip
         if len(lost) == len(writes) or (lost and not (data_ok and parity is not None)):
             # Nothing holds the new data (or the only shard that would have held it failed).
             await self.mark_stale(lost)
             raise UnavailableError(f"stripe {stripe}: write failed: {errors}")
         if not fua:
             for (t, c, _), r in zip(writes, results, strict=True):
-                if not isinstance(r, BaseException):
+                if r is None:
                     self.unsynced[t.disk].add(c)
         if not data_ok:
             await self.mark_stale([(data_chunk, data_t.disk)])

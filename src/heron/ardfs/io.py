@@ -55,7 +55,7 @@ class Io:
             if node.name == config.node:
                 continue
             host, port = node.host_port()
-            client = PeerClient(node.name, host, port)
+            client = PeerClient(node.name, host, port, config.peer_timeout_s)
             self.peers[node.name] = client
             for disk in node.disks:
                 targets[disk.id] = RemoteTarget(disk.id, client)

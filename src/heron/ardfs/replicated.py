@@ -49,27 +49,27 @@ def failures(results: list[object]) -> list[BaseException]:
     return found
 
 
-async def on_each(
-    targets: Sequence[ChunkTarget], act: Callable[[ChunkTarget], Awaitable[None]]
+async def together(
+    jobs: Sequence[tuple[ChunkTarget, Callable[[], Awaitable[None]]]],
 ) -> list[Exception | None]:
-    """act(t) on every target at once; per target None or its exception, in order.
+    """Run every job at once; per job None or its exception, in order.
 
-    Cheaper than gather for the common cases: a single copy is awaited directly, and a local
-    copy (page-cache I/O that does not suspend) runs inline while the remote requests, started
-    first as tasks, are on the wire.
+    Cheaper than gather for what volumes do: a single job is awaited directly, and jobs on
+    local copies (page-cache I/O that does not suspend) run inline while the remote ones,
+    started first as tasks, are on the wire.
     """
-    if len(targets) == 1:
+    if len(jobs) == 1:
         try:
-            await act(targets[0])
+            await jobs[0][1]()
         except Exception as exc:
             return [exc]
         return [None]
-    tasks = {i: asyncio.ensure_future(act(t)) for i, t in enumerate(targets) if not t.local}
-    results: list[Exception | None] = [None] * len(targets)
-    for i, target in enumerate(targets):
+    tasks = {i: asyncio.ensure_future(job()) for i, (t, job) in enumerate(jobs) if not t.local}
+    results: list[Exception | None] = [None] * len(jobs)
+    for i, (_, job) in enumerate(jobs):
         if i not in tasks:
             try:
-                await act(target)
+                await job()
             except Exception as exc:
                 results[i] = exc
     for i, task in tasks.items():
@@ -78,6 +78,13 @@ async def on_each(
         except Exception as exc:
             results[i] = exc
     return results
+
+
+async def on_each(
+    targets: Sequence[ChunkTarget], act: Callable[[ChunkTarget], Awaitable[None]]
+) -> list[Exception | None]:
+    """act(t) on every target at once (see together)."""
+    return await together([(t, lambda t=t: act(t)) for t in targets])
 
 
 class ReplicatedVolume:
