@@ -150,6 +150,8 @@ def test_the_scrubber_finds_a_corrupt_copy_and_its_owner_repairs_it(tmp_path: Pa
         qemu_io(nodes[0].uri("scrub"), "write -P 0x5e 0 16M", "flush")
         # Rot on node 2, which does not own the volume: nobody reads it, the scrubber finds it.
         damaged = chunk_path(nodes[1], volume, 2)
+        # (node 2 may have started after the owner's first write: then wait for the rebuild)
+        wait_for(lambda: stale_copies(nodes[0], volume) == 0, 60, "both copies written")
         with open(damaged, "r+b") as handle:
             handle.seek(3 * 4096 + 5)
             handle.write(b"bitrot")
@@ -160,7 +162,7 @@ def test_the_scrubber_finds_a_corrupt_copy_and_its_owner_repairs_it(tmp_path: Pa
         wait_for(repaired, 120, "the scrubbed copy repaired by the owner")
         wait_for(lambda: nodes[1].status()["scrub"]["reported"] >= 1, 30, "the scrub report")
         wait_for(lambda: nodes[0].status()["volumes"]["scrub"]["state"] == "healthy", 30, "ok")
-        qemu_io(nodes[1].uri("scrub"), "read -P 0x5e 0 16M")
+        qemu_io(nodes[0].uri("scrub"), "read -P 0x5e 0 16M")
 
 
 def test_rf3_survives_losing_two_copies(tmp_path: Path) -> None:
@@ -176,25 +178,29 @@ def test_rf3_survives_losing_two_copies(tmp_path: Path) -> None:
 
 
 def test_the_old_owner_is_fenced_after_a_handover(tmp_path: Path) -> None:
-    volume = VolumeSpec(name="vm-disk", size=16 * MiB, scheme=Scheme(copies=2), epoch=1)
+    volume = VolumeSpec(name="vm-disk", size=16 * MiB, scheme=Scheme(copies=2), owner="n1")
     with io_cluster(tmp_path, 2, [volume]) as (old, new):
         qemu_io(old.uri("vm-disk"), "write -P 0x01 0 8M", "flush")
-        # HA hands the VM to the other node: its heron-io serves the volume at a newer epoch.
+        # HA hands the VM to node 2: it owns the volume at a newer epoch and claims it on
+        # every chunk store at once, before it has written anything.
         handed = new.config.model_copy(deep=True)
         handed.volumes[0].epoch = 2
+        handed.volumes[0].owner = "n2"
         new.update(handed)
 
-        def new_epoch_writes() -> bool:
+        def old_owner_refused() -> bool:
             try:
-                qemu_io(new.uri("vm-disk"), "write -P 0x02 0 8M", "flush")
-            except ToolError:
-                return False
-            return True
+                qemu_io(old.uri("vm-disk"), "write -P 0x03 0 4k")
+            except ToolError as exc:
+                assert "Operation not permitted" in str(exc)
+                return True
+            return False
 
-        wait_for(new_epoch_writes, 30, "the new owner to write")
+        wait_for(old_owner_refused, 30, "the chunk stores to refuse the old owner")
+        qemu_io(new.uri("vm-disk"), "read -P 0x01 4k 8188k", "write -P 0x02 0 8M", "flush")
+        qemu_io(new.uri("vm-disk"), "read -P 0x02 0 8M")
         with pytest.raises(ToolError, match="Operation not permitted"):
             qemu_io(old.uri("vm-disk"), "write -P 0x03 0 4k")
-        qemu_io(new.uri("vm-disk"), "read -P 0x02 0 8M")
 
 
 def test_a_frozen_chunk_server_is_written_around(tmp_path: Path) -> None:
@@ -212,3 +218,29 @@ def test_a_frozen_chunk_server_is_written_around(tmp_path: Path) -> None:
         wait_for(lambda: state(owner, "stop")[0] == "healthy", 120, "the copies rebuilt")
         assert state(owner, "stop")[1] >= 4
         qemu_io(frozen.uri("stop"), "read -P 0x11 0 16M", "read -P 0x10 16M 16M")
+
+
+def test_a_new_owner_takes_over_what_the_old_one_knew_was_stale(tmp_path: Path) -> None:
+    """The owner writes around a dead node, then dies itself; the dead node comes back and
+    becomes the owner (HA): it must not read its own stale copies."""
+    volume = VolumeSpec(name="ha", size=16 * MiB, scheme=Scheme(copies=3), owner="n1")
+    with io_cluster(tmp_path, 3, [volume]) as (first, other, late):
+        wait_for(lambda: state(first, "ha")[0] == "healthy", 30, "the owner's claim")
+        qemu_io(first.uri("ha"), "write -P 0x01 0 16M", "flush")
+        wait_for(lambda: stale_copies(first, volume) == 0, 60, "three copies")
+        late.kill()
+        qemu_io(first.uri("ha"), "write -P 0x02 0 16M", "flush")
+        assert stale_copies(first, volume) == 4  # every block's copy on the dead node
+        first.kill()
+
+        handed = late.config.model_copy(deep=True)
+        handed.volumes[0].owner = "n3"
+        handed.volumes[0].epoch = 2
+        late.config_path.write_text(handed.model_dump_json())
+        back = start(handed, tmp_path / "n3")
+        wait_for(lambda: stale_copies(back, volume) == 4, 30, "the stale notes taken over")
+        qemu_io(back.uri("ha"), "read -P 0x02 0 16M")
+        # and it rebuilds its own copies from node 2, the one good copy left
+        wait_for(lambda: stale_copies(back, volume) == 0, 60, "the rebuild")
+        assert chunk_path(back, volume, 1).read_bytes() == b"\x02" * CHUNK_SIZE
+        assert other.alive()

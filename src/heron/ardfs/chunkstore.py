@@ -38,6 +38,7 @@ from heron.ardfs.checksum import (
     sector_span,
     sector_sums,
 )
+from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.volume import ChecksumError, FencedError, VolumeError
 
 # How many chunks keep their files open; beyond that the least recently used are closed.
@@ -81,6 +82,7 @@ class ChunkStore:
     root: Path
     _open: OrderedDict[tuple[str, int], OpenChunk] = field(default_factory=OrderedDict)
     _epochs: dict[str, int] = field(default_factory=dict)
+    _stale: dict[str, DegradedLog] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         (self.root / "volumes").mkdir(parents=True, exist_ok=True)
@@ -158,6 +160,17 @@ class ChunkStore:
                 os.fsync(handle.fileno())
             os.replace(tmp, directory / "epoch")
             self._epochs[volume] = epoch
+
+    # -- stale copies, as the owner tells them --------------------------------------------
+
+    def stale_log(self, volume: str) -> DegradedLog:
+        """The volume's stale copies as recorded here by its owner: a copy of the owner's
+        degraded log on the disks that hold good copies, for a new owner to take over."""
+        found = self._stale.get(volume)
+        if found is None:
+            found = DegradedLog(self.volume_dir(volume) / "stale.log")
+            self._stale[volume] = found
+        return found
 
     # -- data --------------------------------------------------------------------------------
 

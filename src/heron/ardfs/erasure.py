@@ -23,7 +23,7 @@ import numpy as np
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
-from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.parity import xor_into
 from heron.ardfs.replicated import block_extents, failures, together
@@ -80,6 +80,11 @@ class ErasureVolume:
     def chunk(self, stripe: int, shard: int) -> int:
         return ec_chunk(stripe, shard, self.k)
 
+    def holders(self, chunk: int) -> list[ChunkTarget]:
+        """The healthy shards of the chunk's stripe (where stale notes are kept)."""
+        stripe = chunk // (self.k + 1)
+        return [t for i, t in enumerate(self.shards(stripe)) if self.ok(stripe, i, t)]
+
     def ok(self, stripe: int, shard: int, target: ChunkTarget) -> bool:
         return target.disk not in self.degraded.stale(self.chunk(stripe, shard))
 
@@ -88,6 +93,7 @@ class ErasureVolume:
         if fresh:
             self.degraded.mark(fresh)
             await asyncio.to_thread(self.degraded.append, fresh, True)
+            await share(self.id, fresh, True, self.holders)
             log.warning("volume %s degraded: %s", self.spec.name, fresh[:8])
 
     def spawn(self, coro: Awaitable[None]) -> None:
@@ -364,6 +370,7 @@ class ErasureVolume:
                 return False
             await asyncio.to_thread(self.degraded.append, [(chunk, target.disk)], False)
             self.degraded.clear(chunk, target.disk)
+            await share(self.id, [(chunk, target.disk)], False, self.holders)
             return True
         finally:
             self.locks.release(stripe)

@@ -61,9 +61,25 @@ class Io:
                 targets[disk.id] = RemoteTarget(disk.id, client)
         self.cluster = Cluster(config.node, config.placement_disks(), targets)
         self.volumes: dict[str, AnyVolume] = {}
+        self.claimed: dict[str, int] = {}  # volume id -> epoch claimed on the chunk stores
+        self.claims: set[asyncio.Task[None]] = set()
+        self.opening: set[str] = set()  # volumes being taken over: not served yet
         self.maintenance = Maintenance(self)
         self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt)
-        self.nbd = NbdServer(ExportTable(self.volumes.get, lambda: sorted(self.volumes)))
+        self.nbd = NbdServer(ExportTable(self.export, self.export_names))
+
+    def export(self, name: str) -> AnyVolume | None:
+        """The volume NBD clients may open by this name: only where it is owned (or nobody
+        owns it), and only once a new owner has merged what the old one knew was stale."""
+        volume = self.volumes.get(name)
+        if volume is None or name in self.opening:
+            return None
+        if volume.spec.owner not in (None, self.config.node):
+            return None
+        return volume
+
+    def export_names(self) -> list[str]:
+        return sorted(name for name in self.volumes if self.export(name) is not None)
 
     def make_volume(self, spec: VolumeSpec) -> AnyVolume:
         degraded = DegradedLog(self.config.state_dir / "degraded" / f"{spec.id}.log")
@@ -85,6 +101,51 @@ class Io:
                 log.info("serving volume %s (%s, %d bytes)", name, spec.scheme.label(), spec.size)
             else:
                 current.spec = spec  # size (online resize) and owner epoch may change
+        for spec in specs:
+            if spec.owner == self.config.node and self.claimed.get(spec.id) != spec.epoch:
+                self.claimed[spec.id] = spec.epoch
+                self.opening.add(spec.name)
+                task = asyncio.ensure_future(self.claim(spec))
+                self.claims.add(task)
+                task.add_done_callback(self.claims.discard)
+
+    async def claim(self, spec: VolumeSpec) -> None:
+        """Tell every chunk store this node now owns the volume at spec.epoch (HA handover):
+        from then on they refuse writes from the previous owner. A store that cannot be
+        reached now learns the epoch from the first write it gets."""
+        targets = self.cluster.all_targets()
+        results = await asyncio.gather(
+            *(t.claim(spec.id, spec.epoch) for t in targets), return_exceptions=True
+        )
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("claim of %s on %s: %s", spec.name, target.disk, result)
+        try:
+            await self.take_over_stale_notes(spec)
+        finally:
+            self.opening.discard(spec.name)
+
+    async def take_over_stale_notes(self, spec: VolumeSpec) -> None:
+        """Merge the stale copies the previous owner recorded on the chunk stores into this
+        node's degraded log, so no stale copy is read after a handover."""
+        volume = self.volumes.get(spec.name)
+        if volume is None:
+            return
+        targets = self.cluster.all_targets()
+        results = await asyncio.gather(
+            *(t.stale_list(spec.id) for t in targets), return_exceptions=True
+        )
+        found: set[tuple[int, str]] = set()
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("stale notes of %s on %s: %s", spec.name, target.disk, result)
+            else:
+                found |= set(result)
+        fresh = volume.degraded.pending(sorted(found))
+        if fresh:
+            volume.degraded.mark(fresh)
+            await asyncio.to_thread(volume.degraded.append, fresh, True)
+            log.warning("volume %s: %d stale copies taken over", spec.name, len(fresh))
 
     async def start(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +159,8 @@ class Io:
         self.maintenance.start()
 
     async def stop(self) -> None:
+        for task in list(self.claims):
+            task.cancel()
         await self.maintenance.stop()
         await self.nbd.close()
         for volume in self.volumes.values():

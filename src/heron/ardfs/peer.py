@@ -45,6 +45,9 @@ OP_CHUNKS = 6
 OP_VERIFY = 7
 OP_DELETE = 8
 OP_PING = 9
+OP_CLAIM = 11  # a new owner's epoch: refuse older ones from now on
+OP_STALE = 12  # payload "+ chunk disk" / "- chunk disk" lines: record them in the stale log
+OP_STALE_LIST = 13  # the stale log's copies, as "chunk disk" lines
 OP_CORRUPT = 10  # to a volume's owner: "chunk <chunk> on disk <disk> is corrupt, repair it"
 
 FLAG_DURABLE = 1
@@ -84,6 +87,14 @@ def _volume_bytes(volume: str) -> bytes:
 
 def _disk_bytes(disk: str) -> bytes:
     return disk.encode().ljust(16, b"\0")
+
+
+def _parse_stale(text: bytes) -> tuple[bool, list[tuple[int, str]]]:
+    lines = [line.split() for line in text.decode().splitlines()]
+    signs = {sign for sign, _, _ in lines}
+    if len(signs) != 1 or not signs <= {"+", "-"}:
+        raise VolumeError("stale notes must all add or all remove", errno.EINVAL)
+    return signs == {"+"}, [(int(c), d) for _, c, d in lines]
 
 
 # -- server ----------------------------------------------------------------------------------
@@ -137,7 +148,7 @@ class PeerServer:
                     raise Disconnect(f"bad peer request magic {fields[0]:#x}")
                 op, length = fields[1], fields[9]
                 payload = None
-                if op == OP_WRITE:
+                if op in (OP_WRITE, OP_STALE):
                     if length > MAX_PAYLOAD:
                         raise Disconnect(f"peer write of {length} bytes")
                     payload = bytearray(length)
@@ -254,6 +265,15 @@ class PeerServer:
             return struct.pack(f"<{len(bad)}I", *bad)
         elif op == OP_DELETE:
             await target.delete(volume, chunk, epoch)
+        elif op == OP_CLAIM:
+            await target.claim(volume, epoch)
+        elif op == OP_STALE:
+            assert payload is not None
+            added, pairs = _parse_stale(bytes(payload))
+            await target.note_stale(volume, pairs, added)
+        elif op == OP_STALE_LIST:
+            pairs = await target.stale_list(volume)
+            return "".join(f"{c} {d}\n" for c, d in pairs).encode()
         else:
             raise VolumeError(f"unknown peer op {op}", errno.EINVAL)
         return b""
@@ -518,3 +538,17 @@ class RemoteTarget:
 
     async def delete(self, volume: str, chunk: int, epoch: int) -> None:
         await self.client.call(OP_DELETE, volume, self.disk, chunk, epoch=epoch)
+
+    async def claim(self, volume: str, epoch: int) -> None:
+        await self.client.call(OP_CLAIM, volume, self.disk, epoch=epoch)
+
+    async def note_stale(self, volume: str, pairs: list[tuple[int, str]], added: bool) -> None:
+        sign = "+" if added else "-"
+        text = "".join(f"{sign} {c} {d}\n" for c, d in pairs).encode()
+        await self.client.call(
+            OP_STALE, volume, self.disk, length=len(text), payload=memoryview(text)
+        )
+
+    async def stale_list(self, volume: str) -> list[tuple[int, str]]:
+        body = await self.client.call(OP_STALE_LIST, volume, self.disk)
+        return [(int(c), d) for c, d in (line.split() for line in body.decode().splitlines())]

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
-from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, blocks_of, pieces
 from heron.ardfs.peer import OP_WRITE, RemoteTarget
@@ -120,6 +120,7 @@ class ReplicatedVolume:
         if fresh:
             self.degraded.mark(fresh)  # at once: reads in flight must stop using them
             await asyncio.to_thread(self.degraded.append, fresh, True)
+            await share(self.id, fresh, True, self.healthy)
             log.warning("volume %s degraded: %s", self.spec.name, fresh[:8])
 
     # -- reads -------------------------------------------------------------------------------
@@ -406,6 +407,7 @@ class ReplicatedVolume:
                     continue
                 await asyncio.to_thread(self.degraded.append, [(block, target.disk)], False)
                 self.degraded.clear(block, target.disk)
+                await share(self.id, [(block, target.disk)], False, self.copies)
             return done
 
     def repairable(self, chunk: int, disk: str) -> bool:

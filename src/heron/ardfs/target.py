@@ -38,6 +38,12 @@ class ChunkTarget(Protocol):
 
     async def delete(self, volume: str, chunk: int, epoch: int) -> None: ...
 
+    async def claim(self, volume: str, epoch: int) -> None: ...
+
+    async def note_stale(self, volume: str, pairs: list[tuple[int, str]], added: bool) -> None: ...
+
+    async def stale_list(self, volume: str) -> list[tuple[int, str]]: ...
+
 
 def _fdatasync_all(fds: list[int]) -> None:
     for fd in fds:
@@ -98,3 +104,20 @@ class LocalTarget:
     async def delete(self, volume: str, chunk: int, epoch: int) -> None:
         self.store.check_epoch(volume, epoch)
         self.store.delete(volume, chunk)
+
+    async def claim(self, volume: str, epoch: int) -> None:
+        """Take ownership at `epoch`: from now on this disk refuses writes of older ones."""
+        self.store.check_epoch(volume, epoch)
+
+    async def note_stale(self, volume: str, pairs: list[tuple[int, str]], added: bool) -> None:
+        log = self.store.stale_log(volume)
+        if added:
+            log.mark(pairs)
+        else:
+            for chunk, disk in pairs:
+                log.clear(chunk, disk)
+        await asyncio.to_thread(log.append, pairs, added)
+
+    async def stale_list(self, volume: str) -> list[tuple[int, str]]:
+        log = self.store.stale_log(volume)
+        return [(c, d) for c, disks in log.missing.items() for d in disks]
