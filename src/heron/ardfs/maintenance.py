@@ -247,9 +247,22 @@ class Maintenance:
                 "rebuild_bytes_per_s": round(progress.rate()),
                 "last_rebuild_bytes_per_s": round(progress.last_run_bytes_per_s),
             }
+        disks = {}
+        for disk, store in self.io.stores.items():
+            try:
+                fs = os.statvfs(store.root)
+            except OSError as exc:
+                disks[disk] = {"path": str(store.root), "error": str(exc)}
+                continue
+            disks[disk] = {
+                "path": str(store.root),
+                "total_bytes": fs.f_blocks * fs.f_frsize,
+                "free_bytes": fs.f_bavail * fs.f_frsize,
+            }
         return {
             "node": self.io.config.node,
             "time": time.time(),
+            "disks": disks,
             "peers": {name: client.up for name, client in self.io.peers.items()},
             "volumes": volumes,
             "scrub": {
