@@ -50,13 +50,18 @@ class Api:
         return reply.json() if reply.content else None
 
     def wait_task(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        task = self.task_end(task_id, timeout)
+        assert task["state"] == "succeeded", task
+        return task
+
+    def task_end(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        """The task once it has ended, however it ended."""
+
         def finished() -> dict[str, Any] | None:
             task = self.ok("GET", f"/tasks/{task_id}")
             return task if task["state"] in ("succeeded", "failed", "cancelled") else None
 
-        task = wait_for(finished, timeout, f"task {task_id}")
-        assert task["state"] == "succeeded", task
-        return task
+        return wait_for(finished, timeout, f"task {task_id}")
 
     def vm(self, ref: str) -> dict[str, Any]:
         return self.ok("GET", f"/vms/{ref}")

@@ -40,9 +40,13 @@ def make_vm(
     return VM(id=vm_id, spec=spec, node="n1", created_at=0)
 
 
+def file(path: Path) -> dict[str, str]:
+    return {"driver": "file", "filename": str(path), "aio": "threads"}
+
+
 def resolved(vm: VM, directory: Path = Path("/images")) -> list[ResolvedDisk]:
     return [
-        ResolvedDisk(d.bus, directory / f"disk{i}.qcow2", "qcow2")
+        ResolvedDisk(d.bus, file(directory / f"disk{i}.qcow2"), "qcow2")
         for i, d in enumerate(vm.spec.disks)
     ]
 
@@ -117,16 +121,21 @@ def test_runtime_paths_are_used() -> None:
 # -- disks -----------------------------------------------------------------------------------
 
 
-def test_blockdev_describes_the_file() -> None:
-    vm = make_vm(["virtio", "scsi"])
+def test_blockdev_layers_the_format_on_the_pool_protocol() -> None:
+    vm = make_vm(["virtio", "scsi", "virtio"])
     disks = resolved(vm)
-    disks[1] = ResolvedDisk("scsi", Path("/images/raw.img"), "raw")
+    disks[1] = ResolvedDisk("scsi", file(Path("/images/raw.img")), "raw")
+    lun = {"driver": "iscsi", "transport": "tcp", "portal": "h:3260", "target": "iqn.x:y", "lun": 1}
+    disks[2] = ResolvedDisk("virtio", lun, "raw")
     args = build(vm, disks, RuntimePaths(Path("/r")), "tcg")
     blockdevs = [json.loads(b) for b in values(args, "-blockdev")]
-    assert [b["node-name"] for b in blockdevs] == ["disk0", "disk1"]
-    assert [b["driver"] for b in blockdevs] == ["qcow2", "raw"]
-    assert [b["file"]["filename"] for b in blockdevs] == ["/images/disk0.qcow2", "/images/raw.img"]
-    assert all(b["file"]["driver"] == "file" for b in blockdevs)
+    assert [b["node-name"] for b in blockdevs] == ["disk0", "disk1", "disk2"]
+    assert [b["driver"] for b in blockdevs] == ["qcow2", "raw", "raw"]
+    assert [b["file"] for b in blockdevs] == [
+        file(Path("/images/disk0.qcow2")),
+        file(Path("/images/raw.img")),
+        lun,
+    ]
 
 
 @pytest.mark.parametrize("machine", ["q35", "pc"])

@@ -1,6 +1,7 @@
 """What each kind of task does on the node that carries it out. All of it is idempotent."""
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -8,11 +9,12 @@ from heron.agent.drain import Drain
 from heron.agent.migration import Migrations
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
-from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb import ConfigDB, Conflict, Txn, keys
 from heron.hypervisor.qemu import QemuError
-from heron.models.storage import Pool, Volume
+from heron.models.common import new_id
+from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.vm import VM, RunState
-from heron.storage.dirpool import DirPool
+from heron.storage.driver import PoolDriver, StorageError, driver_for
 from heron.storage.qemuimg import QemuImgError
 
 
@@ -38,6 +40,7 @@ class Handlers:
             "volume.import": self.volume_import,
             "volume.resize": self.volume_resize,
             "volume.delete": self.volume_delete,
+            "pool.scan": self.pool_scan,
         }
         for action in ("start", "stop", "shutdown", "pause", "resume"):
             table[f"vm.{action}"] = self.vm_power
@@ -45,14 +48,22 @@ class Handlers:
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _volume(self, volume_id: str) -> tuple[Volume, DirPool]:
+    async def _volume(self, volume_id: str) -> tuple[Volume, PoolDriver]:
         entry = await self.db.get(Volume, keys.volume(volume_id))
         if entry is None:
             raise TaskFailed(f"volume {volume_id} does not exist")
-        pool = await self.db.get(Pool, keys.pool(entry.value.pool))
+        return entry.value, await self._pool(entry.value.pool)
+
+    async def _pool(self, name: str) -> PoolDriver:
+        pool = await self.db.get(Pool, keys.pool(name))
         if pool is None:
-            raise TaskFailed(f"pool {entry.value.pool} does not exist")
-        return entry.value, DirPool(pool.value, self.state_dir)
+            raise TaskFailed(f"pool {name} does not exist")
+        driver = driver_for(pool.value, self.state_dir)
+        try:
+            await driver.prepare()
+        except StorageError as exc:
+            raise TaskFailed(str(exc)) from exc
+        return driver
 
     async def _set_volume(self, volume_id: str, **changes: Any) -> None:
         def change(volume: Volume) -> Volume:
@@ -65,11 +76,16 @@ class Handlers:
         ctx: TaskContext,
         volume_id: str,
         source_id: str | None,
-        source_path: Path | None,
+        source_image: str | None,
         share: tuple[float, float],
     ) -> None:
         """Create one volume, empty or copied from a source; progress in [share)."""
-        volume, pool = await self._volume(volume_id)
+        try:
+            volume, pool = await self._volume(volume_id)
+        except TaskFailed as exc:  # e.g. the pool cannot be mounted here
+            with contextlib.suppress(KeyError):
+                await self._set_volume(volume_id, state="error", error=str(exc))
+            raise
         if volume.state == "ready":
             return  # done before a restart cut the task short
         low, high = share
@@ -80,14 +96,14 @@ class Handlers:
         try:
             if source_id is not None:
                 source, source_pool = await self._volume(source_id)
-                source_path = source_pool.path(source)
-            if source_path is not None:
-                size = await pool.import_image(volume, source_path, progress)
+                source_image = source_pool.image(source)
+            if source_image is not None:
+                size = await pool.import_image(volume, source_image, progress, None)
                 await self._set_volume(volume_id, state="ready", size=size, error="")
             else:
                 await pool.create(volume)
                 await self._set_volume(volume_id, state="ready", error="")
-        except QemuImgError as exc:
+        except (QemuImgError, StorageError) as exc:
             await self._set_volume(volume_id, state="error", error=str(exc))
             raise TaskFailed(f"volume {volume.name}: {exc}") from exc
         await ctx.log(f"volume {volume.name} ready")
@@ -142,9 +158,9 @@ class Handlers:
         removed = []
         if ctx.task.params.get("volumes"):
             for disk in vm.spec.disks:
-                with contextlib.suppress(TaskFailed):
+                with contextlib.suppress(TaskFailed, StorageError):
                     volume, pool = await self._volume(disk.volume)
-                    pool.delete(volume)
+                    await pool.delete(volume)
                     txn.delete(keys.volume(volume.id))
                     txn.delete(keys.volume_name(volume.pool, volume.name))
                     removed.append(volume.name)
@@ -164,7 +180,7 @@ class Handlers:
             await self._set_volume(volume.id, state="error", error=f"{path} does not exist")
             raise TaskFailed(f"{path} does not exist on node {self.node}")
         try:
-            await self._make_volume(ctx, ctx.task.target, None, path, (0.0, 1.0))
+            await self._make_volume(ctx, ctx.task.target, None, str(path), (0.0, 1.0))
         finally:
             if ctx.task.params.get("remove_source"):
                 path.unlink(missing_ok=True)
@@ -194,7 +210,7 @@ class Handlers:
         if not online:
             try:
                 await pool.resize(volume, size)
-            except QemuImgError as exc:
+            except (QemuImgError, StorageError) as exc:
                 raise TaskFailed(str(exc)) from exc
         await self._set_volume(volume.id, size=size)
         return {"volume": volume.id, "size": size, "online": online}
@@ -204,8 +220,53 @@ class Handlers:
         if entry is None:
             return {"deleted": ctx.task.target}
         volume, pool = await self._volume(ctx.task.target)
-        pool.delete(volume)
+        try:
+            await pool.delete(volume)
+        except StorageError as exc:
+            raise TaskFailed(str(exc)) from exc
         await self.db.commit(
             Txn().delete(keys.volume(volume.id)).delete(keys.volume_name(volume.pool, volume.name))
         )
         return {"deleted": volume.id}
+
+    # -- pools ---------------------------------------------------------------------------
+
+    async def pool_scan(self, ctx: TaskContext) -> dict[str, Any]:
+        """LUNs the array offers become volumes (raw, ready); known ones get their size."""
+        name = ctx.task.target
+        driver = await self._pool(name)
+        try:
+            found = await driver.scan()
+        except StorageError as exc:
+            raise TaskFailed(str(exc)) from exc
+        await ctx.progress(0.5, f"{len(found)} LUN(s) offered")
+        known = {
+            e.value.location: e for e in await self.db.list(Volume, keys.VOLUMES)
+            if e.value.pool == name
+        }  # fmt: skip
+        added, grown = [], []
+        for lun in found:
+            entry = known.pop(lun.location, None)
+            if entry is None:
+                volume = Volume(
+                    id=new_id(),
+                    pool=name,
+                    name=lun.name,
+                    format=VolumeFormat.raw,
+                    size=lun.size,
+                    location=lun.location,
+                    state="ready",
+                    created_at=time.time(),
+                )
+                index = keys.volume_name(name, lun.name)
+                txn = Txn().require_absent(index).put(index, volume.id)
+                with contextlib.suppress(Conflict):  # a concurrent scan added it
+                    await self.db.commit(txn.put(keys.volume(volume.id), volume))
+                    added.append(lun.name)
+            elif entry.value.size != lun.size:
+                await self._set_volume(entry.value.id, size=lun.size)
+                grown.append(entry.value.name)
+        missing = sorted(e.value.name for e in known.values())
+        if missing:
+            await ctx.log(f"no longer offered (kept): {', '.join(missing)}")
+        return {"added": added, "resized": grown, "missing": missing}

@@ -191,7 +191,7 @@ class Migrations:
         await self._wait_gone(vm.id)
         await self.vms.hand_over(vm.id)
         for volume, pool in await self._volumes(vm, record.mirror):
-            pool.delete(volume)  # the target holds the disk now
+            await pool.delete(volume)  # the target holds the disk now
         total = round((time.monotonic() - started) * 1000)
         await ctx.log(f"migrated to {record.target} in {total} ms, downtime {downtime} ms")
         return {
@@ -373,7 +373,7 @@ class Migrations:
         """Undo the target's side: its incoming QEMU and the partial disk copies."""
         await self.vms.hand_over(vm_id)
         for volume, pool in copies:
-            pool.delete(volume)
+            await pool.delete(volume)
 
     async def _until_done(self, vm_id: str, source: str) -> Migration:
         """Wait for the source's verdict; a source whose lease expired gives none."""

@@ -23,7 +23,7 @@ from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
 from heron.models.vm import VM, PowerState, RunState, VMStatus
 from heron.scheduler.inventory import group_of
-from heron.storage.dirpool import DirPool
+from heron.storage.driver import StorageError, driver_for
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class VMController:
         self._vms.pop(vm_id, None)
 
     async def resolve_disks(self, vm: VM, arriving_from: str | None = None) -> list[ResolvedDisk]:
-        """The files of the VM's disks on this node. During a migration from
+        """How QEMU reaches the VM's disks on this node. During a migration from
         `arriving_from`, that node's local volumes are the copies being made here."""
         disks = []
         for disk in vm.spec.disks:
@@ -220,8 +220,14 @@ class VMController:
             pool = await self.db.get(Pool, keys.pool(volume.value.pool))
             if pool is None:
                 raise VMError(f"pool {volume.value.pool} does not exist")
-            path = DirPool(pool.value, self.state_dir).path(volume.value)
-            disks.append(ResolvedDisk(disk.bus, path, volume.value.format.value))
+            driver = driver_for(pool.value, self.state_dir)
+            try:
+                await driver.prepare()
+            except StorageError as exc:
+                raise VMError(str(exc)) from exc
+            disks.append(
+                ResolvedDisk(disk.bus, driver.protocol(volume.value), volume.value.format.value)
+            )
         return disks
 
     # -- status --------------------------------------------------------------------------

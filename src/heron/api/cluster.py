@@ -2,11 +2,18 @@
 
 from heron.api.errors import Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, keys
-from heron.models.storage import Pool, Volume
+from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.vm import VM
 from heron.scheduler.inventory import live_nodes
 
-__all__ = ["attached", "find_pool", "find_vm", "find_volume", "live_nodes"]
+__all__ = [
+    "attached",
+    "find_pool",
+    "find_vm",
+    "find_volume",
+    "live_nodes",
+    "refuse_new_volume",
+]
 
 
 async def find_vm(db: ConfigDB, ref: str) -> Entry[VM]:
@@ -40,6 +47,18 @@ async def find_volume(db: ConfigDB, pool: str, ref: str) -> Entry[Volume]:
     if entry is None or entry.value.pool != pool:
         raise NotFound(f"no volume {ref!r} in pool {pool!r}")
     return entry
+
+
+def refuse_new_volume(pool: Pool, fmt: VolumeFormat, pool_field: str, format_field: str) -> None:
+    """New volumes only where the pool type makes them, in a format it holds."""
+    if pool.lun_backed:
+        raise Invalid(
+            pool_field,
+            f"pool {pool.name} ({pool.type}) holds the array's LUNs: make the LUN there, "
+            f"scan the pool (POST /pools/{pool.name}/scan) and use the volume it finds",
+        )
+    if pool.type == "rbd" and fmt != VolumeFormat.raw:
+        raise Invalid(format_field, "an rbd pool holds raw images")
 
 
 def attached(vms: list[VM]) -> dict[str, str]:

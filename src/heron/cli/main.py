@@ -327,8 +327,23 @@ POOL_COLUMNS = [
     ("name", lambda p: p["name"]),
     ("type", lambda p: p["type"]),
     ("shared", lambda p: p["shared"]),
-    ("path", lambda p: p["path"] or "<node>"),
+    ("where", lambda p: _pool_where(p)),
 ]
+
+
+def _pool_where(pool: dict[str, Any]) -> str:
+    kind = pool["type"]
+    if kind == "nfs":
+        return f"{pool['server']}:{pool['export']}"
+    if kind == "iscsi":
+        return f"{pool['portal']} {pool['target']}"
+    if kind == "block":
+        return f"{pool['path']}/{pool['pattern']}"
+    if kind == "rbd":
+        return f"rbd:{pool['rbd_pool']}"
+    return pool["path"] or "<node>"
+
+
 VOLUME_COLUMNS = [
     ("name", lambda v: v["name"]),
     ("format", lambda v: v["format"]),
@@ -349,12 +364,65 @@ def pool_list(as_json: Json = False) -> None:
 @pool_app.command("create")
 def pool_create(
     name: str,
-    path: Annotated[str | None, typer.Option(help="directory (default per node)")] = None,
-    shared: Annotated[bool, typer.Option("--shared", help="every node sees it")] = False,
+    kind: Annotated[
+        str, typer.Option("--type", help="dir, nfs, iscsi, block (FC/multipath) or rbd")
+    ] = "dir",
+    path: Annotated[
+        str | None, typer.Option(help="dir: directory (default per node); block: device dir")
+    ] = None,
+    shared: Annotated[bool, typer.Option("--shared", help="dir: every node sees it")] = False,
+    server: Annotated[str | None, typer.Option(help="nfs: server")] = None,
+    export: Annotated[str | None, typer.Option(help="nfs: exported path")] = None,
+    options: Annotated[str | None, typer.Option(help="nfs: mount options")] = None,
+    portal: Annotated[str | None, typer.Option(help="iscsi: host[:port]")] = None,
+    target: Annotated[str | None, typer.Option(help="iscsi: target IQN")] = None,
+    pattern: Annotated[str | None, typer.Option(help="block: device names, e.g. mpath*")] = None,
+    rbd_pool: Annotated[str | None, typer.Option(help="rbd: Ceph pool")] = None,
+    monitor: Annotated[list[str] | None, typer.Option(help="rbd: monitor host[:port]")] = None,
+    user: Annotated[str | None, typer.Option(help="rbd: Ceph user")] = None,
+    conf: Annotated[str | None, typer.Option(help="rbd: ceph.conf path")] = None,
     as_json: Json = False,
 ) -> None:
-    body = {"name": name, "type": "dir", "shared": shared, "path": path}
+    given = {
+        "path": path,
+        "server": server,
+        "export": export,
+        "options": options,
+        "portal": portal,
+        "target": target,
+        "pattern": pattern,
+        "rbd_pool": rbd_pool,
+        "monitors": monitor,
+        "user": user,
+        "conf": conf,
+    }
+    body = {"name": name, "type": kind, "shared": shared}
+    body.update({k: v for k, v in given.items() if v})
     emit(Client().post("/pools", json=body), as_json, POOL_COLUMNS)
+
+
+@pool_app.command("scan")
+def pool_scan(name: str, wait: Wait = True, as_json: Json = False) -> None:
+    """Find an iscsi or block pool's LUNs: new ones become volumes."""
+    client = Client()
+    reply = client.post(f"/pools/{name}/scan")
+    if not wait:
+        emit(reply, as_json, [("task", lambda r: r["task"])])
+        return
+    task = client.wait_task(reply["task"], show=not as_json)
+    result = task.get("result") or {}
+    emit(
+        task if as_json else {**result, "state": task["state"]},
+        as_json,
+        None
+        if as_json
+        else [
+            ("state", lambda r: r["state"]),
+            ("added", lambda r: ", ".join(r.get("added", [])) or "-"),
+            ("resized", lambda r: ", ".join(r.get("resized", [])) or "-"),
+            ("missing", lambda r: ", ".join(r.get("missing", [])) or "-"),
+        ],
+    )
 
 
 @pool_app.command("delete")

@@ -3,6 +3,7 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from heron.models.vm import VM, DiskBus, i440fx
 
@@ -46,7 +47,7 @@ class ResolvedDisk:
     """A disk of the spec with its volume found on this node."""
 
     bus: DiskBus
-    path: Path
+    protocol: dict[str, Any]  # QEMU's protocol node: file, iscsi, host_device, rbd, nbd
     format: str
 
 
@@ -57,7 +58,7 @@ def _blockdev(node: str, disk: ResolvedDisk) -> str:
         "discard": "unmap",
         "detect-zeroes": "unmap",
         "cache": {"direct": False, "no-flush": False},
-        "file": {"driver": "file", "filename": str(disk.path), "aio": "threads"},
+        "file": disk.protocol,
     }
     return json.dumps(spec, separators=(",", ":"))
 

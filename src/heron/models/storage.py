@@ -1,9 +1,9 @@
 """Pools and the volumes in them."""
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from heron.models.common import Name, Record
 
@@ -13,17 +13,96 @@ class VolumeFormat(StrEnum):
     raw = "raw"
 
 
-class Pool(Record):
-    """A `dir` pool is a directory on each node (local) or one mount every node sees (shared).
+PoolType = Literal["dir", "nfs", "iscsi", "block", "rbd"]
 
-    `path` None means the node's own state directory, `<state>/pools/<name>`.
+
+class PoolSpec(Record):
+    """Where volumes live. By type:
+
+    - `dir`: a directory on each node (local) or one mount every node sees (`shared`); `path`
+      None means the node's own `<state>/pools/<name>`.
+    - `nfs`: an NFS export (`server`, `export`, mount `options`) that every node mounts itself.
+    - `iscsi`: the LUNs of one target (`portal`, `target` IQN), reached by QEMU's own initiator.
+    - `block`: block devices every node sees, e.g. FC/multipath LUNs: those in `path` whose
+      names match `pattern` (`/dev/mapper`, `mpath*`).
+    - `rbd`: images in a Ceph pool (`rbd_pool`; `monitors`, `user` and a ceph.conf `conf`
+      naming the keyring, or the host's /etc/ceph/ceph.conf).
+
+    LUN-backed pools (iscsi, block) hold what the array made: their volumes are found by a
+    scan, not created. Every type but a local `dir` is shared: a VM on it may run anywhere.
     """
 
     name: Name
-    type: Literal["dir"] = "dir"
-    path: str | None = Field(default=None, pattern=r"^/")
-    shared: bool = False
+    type: PoolType = "dir"
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description="dir: the directory (omitted: each node's <state>/pools/<name>); "
+        "block: where the device nodes are",
+    )
+    shared: bool = Field(
+        default=False, description="every node sees the same volumes (always, but for dir)"
+    )
+    server: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.:\[\]-]+$", description="nfs: the server"
+    )
+    export: str | None = Field(default=None, pattern=r"^/", description="nfs: exported path")
+    options: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9=,._-]+$",
+        description="nfs: mount options (default vers=4.2,hard,noatime)",
+    )
+    portal: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.\[\]:-]+$", description="iscsi: host[:port]"
+    )
+    target: str | None = Field(
+        default=None, pattern=r"^(iqn|eui|naa)\.[A-Za-z0-9.:-]+$", description="iscsi: target"
+    )
+    pattern: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9*?._-]+$", description="block: device names (glob)"
+    )
+    rbd_pool: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._-]+$", description="rbd: the Ceph pool"
+    )
+    monitors: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.\[\]-]+(:[0-9]+)?$")]] = Field(
+        default_factory=list, max_length=16, description="rbd: monitors, host[:port]"
+    )
+    user: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._-]+$", description="rbd: Ceph user (id)"
+    )
+    conf: str | None = Field(default=None, pattern=r"^/", description="rbd: ceph.conf")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_unless_local(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type", "dir") != "dir":
+            data = {**data, "shared": True}
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> "PoolSpec":
+        missing = [f for f in _NEEDS[self.type] if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"a {self.type} pool needs {', '.join(missing)}")
+        return self
+
+    @property
+    def lun_backed(self) -> bool:
+        """Its volumes are the array's LUNs: found by a scan, never created or deleted here."""
+        return self.type in ("iscsi", "block")
+
+
+class Pool(PoolSpec):
     created_at: float
+
+
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "dir": (),
+    "nfs": ("server", "export"),
+    "iscsi": ("portal", "target"),
+    "block": ("path", "pattern"),
+    "rbd": ("rbd_pool",),
+}
 
 
 class Volume(Record):
@@ -33,6 +112,10 @@ class Volume(Record):
     format: VolumeFormat
     size: int = Field(ge=0, description="virtual size in bytes")
     node: Name | None = Field(default=None, description="the node holding it; None if shared")
+    location: str = Field(
+        default="",
+        description="where a LUN-backed pool has it (LUN number, device path); else empty",
+    )
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
     created_at: float

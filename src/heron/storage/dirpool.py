@@ -1,31 +1,43 @@
-"""The `dir` pool: volumes are qcow2 or raw files in a directory.
+"""File pools: volumes are qcow2 or raw files in a directory.
 
-The directory is the node's own (`<state>/pools/<name>` by default) or a mount every node sees
-(NFS or similar, `shared`), which the administrator provides.
+`dir`: the node's own `<state>/pools/<name>`, or a path every node mounts (`shared`), which
+the administrator provides. `nfs`: an export each node mounts itself, at
+`<state>/mnt/<pool>`, the first time the pool is used there.
 """
 
+import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
-from heron.models.storage import Pool, Volume
+from heron.models.storage import Volume
 from heron.storage import qemuimg
+from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import Progress
 
 
-class DirPool:
-    def __init__(self, pool: Pool, state_dir: Path):
-        self.pool = pool
-        self.root = Path(pool.path) if pool.path else state_dir / "pools" / pool.name
+class DirPool(PoolDriver):
+    @property
+    def root(self) -> Path:
+        if self.pool.path:
+            return Path(self.pool.path)
+        return self.state_dir / "pools" / self.pool.name
 
     def path(self, volume: Volume) -> Path:
         return self.root / f"{volume.name}.{volume.format.value}"
 
-    def ensure(self) -> None:
+    def protocol(self, volume: Volume) -> dict[str, Any]:
+        return {"driver": "file", "filename": str(self.path(volume)), "aio": "threads"}
+
+    def image(self, volume: Volume) -> str:
+        return str(self.path(volume))
+
+    async def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
     async def create(self, volume: Volume) -> None:
-        self.ensure()
+        await self.prepare()
         target = self.path(volume)
         if target.exists():
             # A retried task after a crash finds its own half-made file: start again.
@@ -35,16 +47,15 @@ class DirPool:
     async def import_image(
         self,
         volume: Volume,
-        source: Path,
+        source: str,
         progress: Progress | None,
         source_format: str | None = None,
     ) -> int:
-        """Copy `source` into the volume; returns the volume's virtual size."""
-        self.ensure()
+        await self.prepare()
         target = self.path(volume)
         partial = target.with_name(target.name + ".partial")
         fmt = source_format or await qemuimg.detect_format(source)
-        await qemuimg.convert(source, fmt, partial, volume.format.value, progress)
+        await qemuimg.convert(source, fmt, str(partial), volume.format.value, progress)
         if volume.size > 0:
             current = int((await qemuimg.info(partial))["virtual-size"])
             if volume.size > current:
@@ -56,7 +67,7 @@ class DirPool:
     async def resize(self, volume: Volume, size: int) -> None:
         await qemuimg.resize(self.path(volume), volume.format.value, size)
 
-    def delete(self, volume: Volume) -> None:
+    async def delete(self, volume: Volume) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(volume).unlink()
 
@@ -67,8 +78,51 @@ class DirPool:
         except FileNotFoundError:
             return None
 
-    def capacity(self) -> tuple[int, int]:
+    def capacity(self) -> tuple[int, int] | None:
         """(total, free) bytes of the filesystem holding the pool."""
-        self.ensure()
-        stat = os.statvfs(self.root)
+        try:
+            stat = os.statvfs(self.root)
+        except OSError:
+            return None
         return stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
+
+
+class NfsPool(DirPool):
+    @property
+    def root(self) -> Path:
+        return self.state_dir / "mnt" / self.pool.name
+
+    def source(self) -> str:
+        return f"{self.pool.server}:{self.pool.export}"
+
+    async def prepare(self) -> None:
+        if mounted(self.root):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        options = self.pool.options or "vers=4.2,hard,noatime"
+        proc = await asyncio.create_subprocess_exec(
+            "mount", "-t", "nfs", "-o", options, self.source(), str(self.root),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            message = err.decode(errors="replace").strip() or f"mount exited {proc.returncode}"
+            raise StorageError(f"cannot mount {self.source()}: {message}")
+
+    def capacity(self) -> tuple[int, int] | None:
+        return super().capacity() if mounted(self.root) else None
+
+
+def mounted(path: Path) -> bool:
+    """Is something mounted exactly at `path` (as this process sees the mount table)?"""
+    wanted = str(path.resolve())
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    # Field 5 is the mount point, with spaces and the like escaped as octal.
+    return any(
+        line.split()[4].encode().decode("unicode_escape") == wanted
+        for line in lines
+        if len(line.split()) > 4
+    )

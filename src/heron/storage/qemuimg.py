@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 Progress = Callable[[float], Awaitable[None]]
+# A file, or any name qemu-img understands (iscsi://..., rbd:..., nbd+unix://..., json:{...}).
+Image = str | Path
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -26,22 +28,22 @@ async def _run(*args: str) -> bytes:
     return out
 
 
-async def create(path: Path, fmt: str, size: int) -> None:
+async def create(path: Image, fmt: str, size: int) -> None:
     await _run("create", "-q", "-f", fmt, str(path), str(size))
 
 
-async def info(path: Path) -> dict[str, Any]:
+async def info(path: Image) -> dict[str, Any]:
     return json.loads(await _run("info", "--output=json", "-U", str(path)))
 
 
-async def resize(path: Path, fmt: str, size: int) -> None:
+async def resize(path: Image, fmt: str, size: int) -> None:
     await _run("resize", "-q", "-f", fmt, str(path), str(size))
 
 
 async def convert(
-    source: Path,
+    source: Image,
     source_format: str | None,
-    target: Path,
+    target: Image,
     target_format: str,
     progress: Progress | None = None,
 ) -> None:
@@ -71,5 +73,5 @@ async def convert(
         raise QemuImgError(lines[-1] if lines else "qemu-img convert failed")
 
 
-async def detect_format(path: Path) -> str:
+async def detect_format(path: Image) -> str:
     return str((await info(path))["format"])

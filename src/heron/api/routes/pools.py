@@ -8,33 +8,25 @@ from pydantic import BaseModel, Field
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_volume, live_nodes
+from heron.api.cluster import attached, find_pool, find_volume, live_nodes, refuse_new_volume
 from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Pool, PoolSpec, Volume, VolumeFormat
 from heron.models.task import new_task
 from heron.models.vm import VM
-from heron.storage.dirpool import DirPool
+from heron.storage.driver import driver_for
 
 router = APIRouter(tags=["storage"])
 
 _UPLOAD_CHUNK = 4 * 1024 * 1024
 
 
-class PoolCreate(BaseModel):
-    model_config = {"extra": "forbid"}
-    name: Name
-    type: str = Field(default="dir", pattern="^dir$")
-    path: str | None = Field(
-        default=None,
-        pattern=r"^/",
-        description="absolute path; omitted: each node's <state>/pools/<name>",
-    )
-    shared: bool = Field(default=False, description="every node sees the same directory")
+class PoolCreate(PoolSpec):
+    """A pool definition: the fields that apply depend on `type` (see the Pool schema)."""
 
 
 class PoolView(Pool):
@@ -87,8 +79,8 @@ async def list_pools(request: Request, _: Principal = Depends(auth.viewer)) -> l
 async def create_pool(
     body: PoolCreate, request: Request, _: Principal = Depends(auth.admin)
 ) -> PoolView:
-    pool = Pool(name=body.name, path=body.path, shared=body.shared, created_at=time.time())
-    if pool.shared and pool.path is None:
+    pool = Pool(**body.model_dump(), created_at=time.time())
+    if pool.type == "dir" and pool.shared and pool.path is None:
         raise Invalid("body.path", "a shared pool needs the path where every node mounts it")
     try:
         revision = await _ctx(request).db.create(keys.pool(pool.name), pool)
@@ -123,7 +115,7 @@ async def list_volumes(
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
     users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
-    here = DirPool(pool, ctx.state_dir)
+    here = driver_for(pool, ctx.state_dir)
     volumes = [e for e in await ctx.db.list(Volume, keys.VOLUMES) if e.value.pool == name]
     if local:
         volumes = [e for e in volumes if e.value.node in (None, ctx.node)]
@@ -163,7 +155,7 @@ async def get_volume(
     return VolumeView(
         **volume.model_dump(),
         revision=entry.revision,
-        allocation=DirPool(pool, ctx.state_dir).allocation(volume) if here else None,
+        allocation=driver_for(pool, ctx.state_dir).allocation(volume) if here else None,
         attached_to=users.get(volume.id),
     )
 
@@ -180,6 +172,7 @@ async def _new_volume(
     user: str,
 ) -> TaskRef:
     pool = (await find_pool(ctx.db, pool_name)).value
+    refuse_new_volume(pool, fmt, "path.name", "body.format")
     target = node or ctx.node
     if node is not None and node not in await live_nodes(ctx.db):
         raise Invalid("body.node", f"no live node {node!r}")
@@ -276,6 +269,21 @@ async def upload_volume(
         raise
 
 
+@router.post("/pools/{name}/scan", response_model=TaskRef, status_code=202)
+async def scan_pool(
+    name: str, request: Request, principal: Principal = Depends(auth.admin)
+) -> TaskRef:
+    """Find the LUNs of an iscsi or block pool: new ones become volumes, sizes are updated;
+    carried out by the answering node."""
+    ctx = _ctx(request)
+    entry = await find_pool(ctx.db, name)
+    if not entry.value.lun_backed:
+        raise Conflict(f"pool {name} ({entry.value.type}) makes its volumes; nothing to scan")
+    task = new_task("pool.scan", ctx.node, name, principal.user)
+    await ctx.db.commit(with_task(Txn(), task))
+    return TaskRef(task=task.id)
+
+
 @router.patch("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
 async def resize_volume(
     name: str,
@@ -287,6 +295,9 @@ async def resize_volume(
     ctx = _ctx(request)
     entry = await find_volume(ctx.db, name, ref)
     volume = entry.value
+    pool = (await find_pool(ctx.db, name)).value
+    if pool.lun_backed:
+        raise Conflict(f"grow the LUN on the array, then scan pool {name}")
     if body.size < volume.size:
         raise Invalid("body.size", f"volumes only grow; it is {volume.size} bytes")
     vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_vm, live_nodes
+from heron.api.cluster import attached, find_pool, find_vm, live_nodes, refuse_new_volume
 from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.configdb import ConfigDB, Entry, Txn, keys
@@ -291,6 +291,7 @@ async def _plan_create(
             continue
         assert disk.pool is not None
         pool = (await find_pool(db, disk.pool, f"{field}.pool")).value
+        refuse_new_volume(pool, disk.format, f"{field}.pool", f"{field}.format")
         source_id = None
         size = disk.size or 0
         if disk.source is not None:

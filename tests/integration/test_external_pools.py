@@ -1,0 +1,259 @@
+"""External storage pools: an iSCSI target (Debian's tgt on loopback, reached by QEMU's own
+initiator) and block devices standing for FC/multipath LUNs (loop devices; no FC here). The
+test guest, written into a LUN on the array side, boots from it and live-migrates between
+nodes. NFS cannot be mounted on these machines (no NFS in the kernel): its failure is checked
+to be a clear one. RBD needs a Ceph cluster: see test_rbd_pool_where_ceph_is_reachable.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import Api, qemu_homes, serial_lines, wait_for
+
+from heron.devcluster import DevCluster, free_ports
+
+pytestmark = pytest.mark.integration
+
+BOOT = 180
+IQN = "iqn.2026-11.org.heron:test-array"
+
+
+@dataclass
+class Target:
+    portal: str
+    control: int
+    pid: int
+
+    def admin(self, *args: str) -> None:
+        subprocess.run(
+            ["tgtadm", "-C", str(self.control), "--lld", "iscsi", *args],
+            check=True,
+            capture_output=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def array(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Iterator[Target]:
+    """An iSCSI target with two LUNs: 1 holds the test guest, 2 is empty."""
+    directory = tmp_path_factory.mktemp("array")
+    guest_lun = directory / "lun1.raw"
+    shutil.copyfile(testguest, guest_lun)
+    empty_lun = directory / "lun2.raw"
+    with open(empty_lun, "wb") as f:
+        f.truncate(64 * 2**20)
+    [port] = free_ports(1)
+    control = 1000 + port % 30000  # tgtd's control socket number, unique per instance
+    log = open(directory / "tgtd.log", "wb")  # noqa: SIM115 - closed with the daemon
+    proc = subprocess.Popen(
+        ["tgtd", "-f", "-C", str(control), "--iscsi", f"portal=127.0.0.1:{port}"],
+        stdout=log,
+        stderr=log,
+    )
+    target = Target(f"127.0.0.1:{port}", control, proc.pid)
+    try:
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["tgtadm", "-C", str(control), "--lld", "iscsi", "--op", "show", "--mode",
+                     "target"], capture_output=True,
+                ).returncode == 0
+            ),
+            10,
+            "tgtd to answer",
+        )  # fmt: skip
+        target.admin("--op", "new", "--mode", "target", "--tid", "1", "-T", IQN)
+        for lun, backing in ((1, guest_lun), (2, empty_lun)):
+            target.admin(
+                "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", str(lun),
+                "-b", str(backing),
+            )  # fmt: skip
+        target.admin("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        yield target
+    finally:
+        proc.kill()  # a test array: its LUNs' files go with the test's directory
+        proc.wait(10)
+        log.close()
+
+
+def ticks(log: Path) -> list[int]:
+    return [
+        int(m.group(1))
+        for line in serial_lines(log, r"heron-tick \d+")
+        if (m := re.search(r"heron-tick (\d+)", line))
+    ]
+
+
+def console(cluster: DevCluster, vm_id: str, node: str) -> Path:
+    return Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
+
+
+def iscsi(name: str, array: Target) -> dict[str, str]:
+    return {"name": name, "type": "iscsi", "portal": array.portal, "target": IQN}
+
+
+def scan(api: Api, pool: str) -> dict:
+    task = api.wait_task(api.ok("POST", f"/pools/{pool}/scan")["task"])
+    assert task["state"] == "succeeded", task
+    return task["result"]
+
+
+def test_iscsi_luns_become_volumes_a_vm_boots_from_and_migrates_with(cluster3, api, array) -> None:
+    cluster, _ = cluster3
+    pool = api.ok("POST", "/pools", json=iscsi("san", array))
+    assert pool["shared"] is True
+    assert scan(api, "san") == {"added": ["lun1", "lun2"], "resized": [], "missing": []}
+    volumes = {v["name"]: v for v in api.ok("GET", "/pools/san/volumes")}
+    assert volumes["lun2"]["size"] == 64 * 2**20 and volumes["lun1"]["format"] == "raw"
+    assert {v["state"] for v in volumes.values()} == {"ready"}
+    assert scan(api, "san")["added"] == []  # a second scan finds nothing new
+
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={"name": "on-san", "memory_mib": 128, "node": "node2", "start": True,
+              "disks": [{"volume": "san/lun1"}]},
+    )  # fmt: skip
+    api.wait_task(reply["task"])
+    vm_id = reply["vm"]
+    log = console(cluster, vm_id, "node2")
+    wait_for(lambda: serial_lines(log, "HERON-GUEST-READY"), BOOT, "the guest to boot from the LUN")
+    wait_for(lambda: len(ticks(log)) >= 2, BOOT, "the guest to tick")
+    # QEMU's own initiator: no iSCSI session or device node on the host.
+    assert not Path("/sys/class/iscsi_session").exists() or not os.listdir(
+        "/sys/class/iscsi_session"
+    )
+    seen = ticks(log)[-1]
+
+    # The LUN is on every node: the VM live-migrates with nothing to copy.
+    task = api.wait_task(
+        api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node3"})["task"]
+    )
+    assert task["state"] == "succeeded" and task["result"]["disks_copied"] == 0, task
+    assert qemu_homes(vm_id) == {cluster.node("node3").state_dir}
+    moved = console(cluster, vm_id, "node3")
+    wait_for(lambda: ticks(moved) and ticks(moved)[-1] > seen, 30, "ticks on node3")
+    assert not serial_lines(moved, "HERON-GUEST-READY")
+
+    # A LUN in use cannot be forgotten; grown on the array, a scan finds its new size.
+    assert api.delete("/pools/san/volumes/lun1").status_code == 409
+    assert api.patch("/pools/san/volumes/lun2", json={"size": 2**27}).status_code == 409
+
+
+def test_what_lun_pools_refuse(cluster3, api, array) -> None:
+    api.ok("POST", "/pools", json=iscsi("san2", array))
+    refused = api.post("/pools/san2/volumes", json={"name": "new", "size": 2**20})
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "path.name"
+    refused = api.post(
+        "/vms",
+        json={"name": "nope", "memory_mib": 64, "disks": [{"pool": "san2", "size": 2**20}]},
+    )
+    assert refused.status_code == 422
+    assert refused.json()["fields"][0]["field"] == "body.disks.0.pool", refused.text
+    assert api.post("/pools/local/scan").status_code in (404, 409)
+    bad = api.post("/pools", json={"name": "half", "type": "iscsi", "portal": array.portal})
+    assert bad.status_code == 422 and "target" in bad.json()["message"], bad.text
+    bad = api.post("/pools", json={"name": "bad", "type": "nfs", "server": "x", "export": "rel"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "body.export"
+    # A target the portal does not offer: the scan fails and says so.
+    api.ok(
+        "POST",
+        "/pools",
+        json={"name": "wrong", "type": "iscsi", "portal": array.portal, "target": IQN + "-x"},
+    )
+    task = api.task_end(api.ok("POST", "/pools/wrong/scan")["task"])
+    assert task["state"] == "failed" and "offers no target" in task["error"], task
+    assert api.ok("GET", "/pools/wrong/volumes") == []
+
+
+@pytest.fixture
+def loop_lun(tmp_path: Path, testguest: Path) -> Iterator[Path]:
+    """A loop device holding the test guest, under a by-id style name (an FC LUN stand-in)."""
+    backing = tmp_path / "fc-lun.raw"
+    shutil.copyfile(testguest, backing)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    link = by_id / "wwn-0x5000c500a1b2c3d4"
+    link.symlink_to(device)
+    try:
+        yield link
+    finally:
+        # The kernel may hold the device a moment after QEMU exits.
+        deadline = time.monotonic() + 10
+        while subprocess.run(["losetup", "-d", device]).returncode != 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # retry until the device is released
+
+
+def test_block_device_luns_boot_a_vm(cluster3, api, loop_lun, testguest) -> None:
+    cluster, _ = cluster3
+    api.ok(
+        "POST",
+        "/pools",
+        json={"name": "fc", "type": "block", "path": str(loop_lun.parent), "pattern": "wwn-*"},
+    )
+    assert scan(api, "fc")["added"] == ["wwn-0x5000c500a1b2c3d4"]
+    [volume] = api.ok("GET", "/pools/fc/volumes")
+    assert volume["location"] == str(loop_lun) and volume["size"] == testguest.stat().st_size
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={"name": "on-fc", "memory_mib": 128, "node": "node1", "start": True,
+              "disks": [{"volume": "fc/wwn-0x5000c500a1b2c3d4"}]},
+    )  # fmt: skip
+    api.wait_task(reply["task"])
+    log = console(cluster, reply["vm"], "node1")
+    wait_for(lambda: serial_lines(log, "HERON-GUEST-READY"), BOOT, "the guest to boot")
+    api.wait_task(api.ok("DELETE", f"/vms/{reply['vm']}")["task"])
+    # Forgetting the volume leaves the LUN's data alone.
+    api.wait_task(api.ok("DELETE", "/pools/fc/volumes/wwn-0x5000c500a1b2c3d4")["task"])
+    assert api.ok("GET", "/pools/fc/volumes") == []
+    assert scan(api, "fc")["added"] == ["wwn-0x5000c500a1b2c3d4"]
+
+
+def test_nfs_pool_that_cannot_be_mounted_says_why(cluster3, api) -> None:
+    api.ok(
+        "POST",
+        "/pools",
+        json={"name": "filer", "type": "nfs", "server": "127.0.0.1", "export": "/exports/vm"},
+    )
+    reply = api.ok("POST", "/pools/filer/volumes", json={"name": "d1", "size": 2**20})
+    task = api.task_end(reply["task"])
+    assert task["state"] == "failed"
+    assert "cannot mount 127.0.0.1:/exports/vm" in task["error"], task
+    volume = api.ok("GET", f"/pools/filer/volumes/{reply['volume']}")
+    assert volume["state"] == "error" and "cannot mount" in volume["error"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("HERON_TEST_RBD"),
+    reason="needs a Ceph cluster: set HERON_TEST_RBD=<pool>[,<ceph.conf>] where one is reachable",
+)
+def test_rbd_pool_where_ceph_is_reachable(cluster3, api, image) -> None:
+    rbd_pool, _, conf = os.environ["HERON_TEST_RBD"].partition(",")
+    body = {"name": "ceph", "type": "rbd", "rbd_pool": rbd_pool}
+    if conf:
+        body["conf"] = conf
+    api.ok("POST", "/pools", json=body)
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={"name": "on-ceph", "memory_mib": 128, "start": True,
+              "disks": [{"pool": "ceph", "source": image, "format": "raw"}]},
+    )  # fmt: skip
+    api.wait_task(reply["task"])
+    cluster, _ = cluster3
+    node = api.vm(reply["vm"])["node"]
+    log = console(cluster, reply["vm"], node)
+    wait_for(lambda: serial_lines(log, "HERON-GUEST-READY"), BOOT, "the guest to boot from RBD")
+    api.wait_task(api.ok("DELETE", f"/vms/{reply['vm']}", params={"volumes": True})["task"])

@@ -1,0 +1,104 @@
+"""Pool drivers' pure parts: definitions, LUN listings, names QEMU and qemu-img get."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.storage.driver import driver_for
+from heron.storage.lunpool import disk_luns, volume_name
+
+STATE = Path("/var/lib/heron")
+LISTING = """\
+Target:iqn.2026-11.org.heron:other Portal:10.0.0.5:3260,1
+Lun:0    Type:STORAGE_ARRAY_CONTROLLER
+Lun:1    Type:DIRECT_ACCESS (Size:10G)
+Target:iqn.2026-11.org.heron:array Portal:10.0.0.5:3260,1
+Lun:0    Type:STORAGE_ARRAY_CONTROLLER
+Lun:1    Type:DIRECT_ACCESS (Size:63M)
+Lun:3    Type:DIRECT_ACCESS (Size:1T)
+Lun:4    Type:SEQUENTIAL_ACCESS
+"""
+
+
+def pool(**fields: object) -> Pool:
+    return Pool.model_validate({"name": "p", "created_at": 0, **fields})
+
+
+def volume(**fields: object) -> Volume:
+    base = {"id": "v1", "pool": "p", "name": "d1", "format": "raw", "size": 1, "created_at": 0}
+    return Volume.model_validate({**base, **fields})
+
+
+def test_every_type_but_dir_is_shared_and_needs_its_fields() -> None:
+    assert pool(type="dir").shared is False
+    assert pool(type="nfs", server="filer", export="/vm").shared is True
+    assert pool(type="iscsi", portal="a", target="iqn.2026-11.x:y", shared=False).shared is True
+    for kind, missing in (("nfs", "server"), ("iscsi", "portal"), ("block", "path"),
+                          ("rbd", "rbd_pool")):  # fmt: skip
+        with pytest.raises(ValidationError, match=missing):
+            pool(type=kind)
+    with pytest.raises(ValidationError):
+        pool(type="tape")
+    with pytest.raises(ValidationError):
+        pool(type="nfs", server="filer", export="/vm", options="vers=4;rm -rf /")
+
+
+def test_disk_luns_of_one_target() -> None:
+    assert disk_luns(LISTING, "iqn.2026-11.org.heron:array") == [1, 3]
+    assert disk_luns(LISTING, "iqn.2026-11.org.heron:other") == [1]
+    assert disk_luns(LISTING, "iqn.2026-11.org.heron:absent") is None
+
+
+def test_volume_names_from_device_names() -> None:
+    assert volume_name("wwn-0x5000C500A1B2C3D4") == "wwn-0x5000c500a1b2c3d4"
+    assert volume_name("scsi-3600a0980:part1") == "scsi-3600a0980-part1"
+    assert volume_name("__") == "device"
+    assert len(volume_name("x" * 100)) == 63
+
+
+def test_iscsi_protocol_and_url() -> None:
+    driver = driver_for(pool(type="iscsi", portal="10.0.0.5", target="iqn.2026-11.x:y"), STATE)
+    lun = volume(location="3")
+    assert driver.protocol(lun) == {
+        "driver": "iscsi",
+        "transport": "tcp",
+        "portal": "10.0.0.5:3260",
+        "target": "iqn.2026-11.x:y",
+        "lun": 3,
+        "initiator-name": "iqn.2026-11.org.heron:initiator",
+    }
+    assert driver.image(lun) == "iscsi://10.0.0.5:3260/iqn.2026-11.x:y/3"
+
+
+def test_block_protocol_is_the_device() -> None:
+    driver = driver_for(pool(type="block", path="/dev/mapper", pattern="mpath*"), STATE)
+    lun = volume(location="/dev/mapper/mpatha")
+    assert driver.protocol(lun)["driver"] == "host_device"
+    assert driver.image(lun) == "/dev/mapper/mpatha"
+
+
+def test_rbd_names() -> None:
+    driver = driver_for(
+        pool(type="rbd", rbd_pool="vms", user="heron", monitors=["10.0.0.1", "10.0.0.2:3300"]),
+        STATE,
+    )
+    disk = volume(name="web-disk0")
+    assert driver.image(disk) == ("rbd:vms/web-disk0:id=heron:mon_host=10.0.0.1\\;10.0.0.2:3300")
+    assert driver.protocol(disk) == {
+        "driver": "rbd",
+        "pool": "vms",
+        "image": "web-disk0",
+        "user": "heron",
+        "server": [{"host": "10.0.0.1", "port": "6789"}, {"host": "10.0.0.2", "port": "3300"}],
+    }
+
+
+def test_file_pools_paths() -> None:
+    local = driver_for(pool(type="dir"), STATE)
+    disk = volume(format=VolumeFormat.qcow2)
+    assert local.image(disk) == "/var/lib/heron/pools/p/d1.qcow2"
+    nfs = driver_for(pool(type="nfs", server="filer", export="/vm"), STATE)
+    assert nfs.image(disk) == "/var/lib/heron/mnt/p/d1.qcow2"
+    assert nfs.protocol(disk)["driver"] == "file"
