@@ -331,12 +331,18 @@ def up(
 
 
 def down(directory: Path) -> None:
-    """Stop every agent, every QEMU they started, and the etcd members."""
+    """Stop every agent, every QEMU and heron-io they started, and the etcd members."""
     cluster = DevCluster.load(directory.resolve())
     for node in cluster.nodes:
         cluster.stop_node(node.name)
     for node in cluster.nodes:
         for vm_id, pid in cluster.qemu_pids(node.name).items():
             terminate(pid, vm_id, timeout=5)
+        # The ARDFS data path outlives agents too; it goes after the VMs that use it.
+        for pidfile in (Path(node.state_dir) / "ardfs").glob("*/heron-io.pid"):
+            marker = str(pidfile.parent / "io.json")
+            pid = read_pidfile(pidfile, marker)
+            if pid is not None:
+                terminate(pid, marker, timeout=30)
     for member in cluster.members():
         member.stop()

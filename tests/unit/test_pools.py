@@ -102,3 +102,36 @@ def test_file_pools_paths() -> None:
     nfs = driver_for(pool(type="nfs", server="filer", export="/vm"), STATE)
     assert nfs.image(disk) == "/var/lib/heron/mnt/p/d1.qcow2"
     assert nfs.protocol(disk)["driver"] == "file"
+
+
+def test_ardfs_io_config_from_the_configdb_records() -> None:
+    from heron.agent.ardfs import io_config, scheme
+    from heron.models.storage import ArdfsDisk, ArdfsMember
+
+    assert scheme("rf3").label() == "rf3" and scheme("ec3+1").label() == "ec3+1"
+    hci = pool(name="hci", type="ardfs", protection="ec2+1")
+    members = [
+        ArdfsMember(pool="hci", node=f"n{i}", address=f"10.0.0.{i}:7000",
+                    disks=[ArdfsDisk(id=f"d{i}", path=f"/srv/d{i}")])
+        for i in (1, 2, 3)
+    ] + [ArdfsMember(pool="hci", node="n4")]  # fmt: skip
+    volumes = [
+        volume(id="6f1c2a52-8a3e-4d2b-9a4e-0f5d7c1b2a30", pool="hci", size=10_000, owner="n2",
+               epoch=3),
+        volume(id="00000000-0000-4000-8000-000000000001", pool="hci", size=0),  # not sized yet
+        volume(id="00000000-0000-4000-8000-000000000002", pool="other", size=4096),
+    ]  # fmt: skip
+    config = io_config("n2", STATE, hci, members, volumes)
+    assert [n.name for n in config.nodes] == ["n1", "n2", "n3"]  # n4 has no address yet
+    assert [d.path for n in config.nodes for d in n.disks] == [None, Path("/srv/d2"), None]
+    [served] = config.volumes
+    assert served.name == "6f1c2a52-8a3e-4d2b-9a4e-0f5d7c1b2a30"
+    assert (served.size, served.owner, served.epoch, served.scheme.label()) == (
+        12288,
+        "n2",
+        3,
+        "ec2+1",
+    )
+    assert config.nbd_socket == STATE / "ardfs" / "hci" / "nbd.sock"
+    with pytest.raises(ValueError, match="needs more disks"):
+        io_config("n2", STATE, hci, members[:2], volumes)

@@ -58,7 +58,7 @@ class Handlers:
         pool = await self.db.get(Pool, keys.pool(name))
         if pool is None:
             raise TaskFailed(f"pool {name} does not exist")
-        driver = driver_for(pool.value, self.state_dir)
+        driver = driver_for(pool.value, self.state_dir, self.db)
         try:
             await driver.prepare()
         except StorageError as exc:

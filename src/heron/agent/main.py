@@ -22,6 +22,7 @@ import httpx
 import uvicorn
 
 import heron
+from heron.agent.ardfs import IoSupervisor
 from heron.agent.endpoints import EndpointFollower, startup_endpoints
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
@@ -174,6 +175,10 @@ async def run(config: AgentConfig) -> None:
                 ("tasks", runner.run()),
                 ("api", server.serve()),
                 ("leader", leader.run()),
+                (
+                    "ardfs",
+                    IoSupervisor(db, config.name, config.address, config.state_dir).run(),
+                ),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),

@@ -220,9 +220,10 @@ class VMController:
             pool = await self.db.get(Pool, keys.pool(volume.value.pool))
             if pool is None:
                 raise VMError(f"pool {volume.value.pool} does not exist")
-            driver = driver_for(pool.value, self.state_dir)
+            driver = driver_for(pool.value, self.state_dir, self.db)
             try:
                 await driver.prepare()
+                await driver.attach(volume.value, self.node)
             except StorageError as exc:
                 raise VMError(str(exc)) from exc
             disks.append(

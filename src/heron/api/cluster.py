@@ -12,7 +12,7 @@ __all__ = [
     "find_vm",
     "find_volume",
     "live_nodes",
-    "refuse_new_volume",
+    "new_volume_format",
 ]
 
 
@@ -49,16 +49,22 @@ async def find_volume(db: ConfigDB, pool: str, ref: str) -> Entry[Volume]:
     return entry
 
 
-def refuse_new_volume(pool: Pool, fmt: VolumeFormat, pool_field: str, format_field: str) -> None:
-    """New volumes only where the pool type makes them, in a format it holds."""
+def new_volume_format(
+    pool: Pool, fmt: VolumeFormat | None, pool_field: str, format_field: str
+) -> VolumeFormat:
+    """The format of a new volume in `pool` (`fmt` None: not given, the pool's default);
+    refuses pools whose volumes are not created here and formats a pool does not hold."""
     if pool.lun_backed:
         raise Invalid(
             pool_field,
             f"pool {pool.name} ({pool.type}) holds the array's LUNs: make the LUN there, "
             f"scan the pool (POST /pools/{pool.name}/scan) and use the volume it finds",
         )
-    if pool.type == "rbd" and fmt != VolumeFormat.raw:
-        raise Invalid(format_field, "an rbd pool holds raw images")
+    if pool.type in ("rbd", "ardfs"):  # block devices of their own: the image is the disk
+        if fmt not in (None, VolumeFormat.raw):
+            raise Invalid(format_field, f"an {pool.type} pool holds raw volumes")
+        return VolumeFormat.raw
+    return fmt or VolumeFormat.qcow2
 
 
 def attached(vms: list[VM]) -> dict[str, str]:

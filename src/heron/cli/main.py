@@ -341,6 +341,8 @@ def _pool_where(pool: dict[str, Any]) -> str:
         return f"{pool['path']}/{pool['pattern']}"
     if kind == "rbd":
         return f"rbd:{pool['rbd_pool']}"
+    if kind == "ardfs":
+        return pool["protection"]
     return pool["path"] or "<node>"
 
 
@@ -381,6 +383,9 @@ def pool_create(
     monitor: Annotated[list[str] | None, typer.Option(help="rbd: monitor host[:port]")] = None,
     user: Annotated[str | None, typer.Option(help="rbd: Ceph user")] = None,
     conf: Annotated[str | None, typer.Option(help="rbd: ceph.conf path")] = None,
+    protection: Annotated[
+        str | None, typer.Option(help="ardfs: rf1, rf2, rf3, ec2+1 or ec3+1")
+    ] = None,
     as_json: Json = False,
 ) -> None:
     given = {
@@ -395,10 +400,32 @@ def pool_create(
         "monitors": monitor,
         "user": user,
         "conf": conf,
+        "protection": protection,
     }
     body = {"name": name, "type": kind, "shared": shared}
     body.update({k: v for k, v in given.items() if v})
     emit(Client().post("/pools", json=body), as_json, POOL_COLUMNS)
+
+
+@pool_app.command("add-disk")
+def pool_add_disk(
+    name: str,
+    node: Annotated[str, typer.Option(help="the node whose directory it is")],
+    path: Annotated[str, typer.Option(help="a directory for the pool's chunks")],
+    site: Annotated[str | None, typer.Option(help="the node's site")] = None,
+    as_json: Json = False,
+) -> None:
+    """Give an ardfs pool a disk: a directory on one of the nodes."""
+    body = {"node": node, "path": path, **({"site": site} if site else {})}
+    emit(
+        Client().post(f"/pools/{name}/disks", json=body),
+        as_json,
+        [
+            ("node", lambda m: m["node"]),
+            ("site", lambda m: m["site"]),
+            ("disks", lambda m: ", ".join(f"{d['id']}:{d['path']}" for d in m["disks"])),
+        ],
+    )
 
 
 @pool_app.command("scan")
@@ -440,7 +467,9 @@ def volume_create(
     pool: str,
     name: str,
     size_text: Annotated[str, typer.Argument(metavar="SIZE")],
-    fmt: Annotated[str, typer.Option("--format")] = "qcow2",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="qcow2 or raw (default: the pool's)")
+    ] = None,
     node: Annotated[str | None, typer.Option()] = None,
     wait: Wait = True,
     as_json: Json = False,
@@ -456,7 +485,9 @@ def volume_import(
     name: str,
     path: Annotated[str | None, typer.Option(help="image file on the node")] = None,
     upload: Annotated[Path | None, typer.Option(help="local file to upload")] = None,
-    fmt: Annotated[str, typer.Option("--format")] = "qcow2",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="qcow2 or raw (default: the pool's)")
+    ] = None,
     node: Annotated[str | None, typer.Option()] = None,
     wait: Wait = True,
     as_json: Json = False,
@@ -471,7 +502,7 @@ def volume_import(
         with open(upload, "rb") as handle:
             reply = client.post(
                 f"/pools/{pool}/volumes/upload",
-                data={"name": name, "format": fmt},
+                data={"name": name, **({"format": fmt} if fmt else {})},
                 files={"file": (upload.name, handle)},
             )
     else:

@@ -18,6 +18,7 @@ USERS = ROOT + "users/"
 TOKENS = ROOT + "tokens/"
 MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
+ARDFS_MEMBERS = ROOT + "ardfs-members/"
 ETCD_JOINS = ROOT + "etcd-joins/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
@@ -77,3 +78,7 @@ def group(name: str) -> str:
 
 def etcd_join(node_name: str) -> str:
     return ETCD_JOINS + node_name
+
+
+def ardfs_member(pool: str, node: str) -> str:
+    return f"{ARDFS_MEMBERS}{pool}/{node}"

@@ -13,7 +13,7 @@ class VolumeFormat(StrEnum):
     raw = "raw"
 
 
-PoolType = Literal["dir", "nfs", "iscsi", "block", "rbd"]
+PoolType = Literal["dir", "nfs", "iscsi", "block", "rbd", "ardfs"]
 
 
 class PoolSpec(Record):
@@ -25,6 +25,8 @@ class PoolSpec(Record):
     - `iscsi`: the LUNs of one target (`portal`, `target` IQN), reached by QEMU's own initiator.
     - `block`: block devices every node sees, e.g. FC/multipath LUNs: those in `path` whose
       names match `pattern` (`/dev/mapper`, `mpath*`).
+    - `ardfs`: Heron's own distributed block storage over the disks its nodes contribute
+      (`protection`: rf1..rf3 replicas, or ec2+1 / ec3+1 erasure coding).
     - `rbd`: images in a Ceph pool (`rbd_pool`; `monitors`, `user` and a ceph.conf `conf`
       naming the keyring, or the host's /etc/ceph/ceph.conf).
 
@@ -71,6 +73,11 @@ class PoolSpec(Record):
         default=None, pattern=r"^[A-Za-z0-9._-]+$", description="rbd: Ceph user (id)"
     )
     conf: str | None = Field(default=None, pattern=r"^/", description="rbd: ceph.conf")
+    protection: str = Field(
+        default="rf2",
+        pattern=r"^(rf[1-3]|ec[23]\+1)$",
+        description="ardfs: rf1..rf3 (copies) or ec2+1 / ec3+1 (erasure coding)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -83,7 +90,7 @@ class PoolSpec(Record):
     def _fields_of_type(self) -> "PoolSpec":
         missing = [f for f in _NEEDS[self.type] if not getattr(self, f)]
         if missing:
-            raise ValueError(f"a {self.type} pool needs {', '.join(missing)}")
+            raise ValueError(f"pool type {self.type} needs {', '.join(missing)}")
         return self
 
     @property
@@ -102,6 +109,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "iscsi": ("portal", "target"),
     "block": ("path", "pattern"),
     "rbd": ("rbd_pool",),
+    "ardfs": (),
 }
 
 
@@ -116,6 +124,31 @@ class Volume(Record):
         default="",
         description="where a LUN-backed pool has it (LUN number, device path); else empty",
     )
+    owner: Name | None = Field(
+        default=None, description="ardfs: the node whose heron-io writes it (its VM's node)"
+    )
+    epoch: int = Field(
+        default=0, ge=0, description="ardfs: grows with each new owner; older owners are fenced"
+    )
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
     created_at: float
+
+
+class ArdfsDisk(Record):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,16}$", description="unique in the cluster")
+    path: str = Field(pattern=r"^/", description="a directory on the node for its chunks")
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
+class ArdfsMember(Record):
+    """A node's part in an ardfs pool: where its heron-io listens and the disks it gives.
+
+    Every node that runs VMs on the pool is a member (with no disks, it only serves NBD).
+    """
+
+    pool: Name
+    node: Name
+    site: Name = "default"
+    address: str | None = Field(default=None, description="host:port of its heron-io peers")
+    disks: list[ArdfsDisk] = Field(default_factory=list, max_length=64)

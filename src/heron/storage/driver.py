@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heron.configdb import ConfigDB
 from heron.models.storage import Pool, Volume
 from heron.storage.qemuimg import Progress
 
@@ -43,6 +44,9 @@ class PoolDriver:
     async def prepare(self) -> None:
         """Make the pool usable on this node (e.g. mount it); cheap when it already is."""
 
+    async def attach(self, volume: Volume, node: str) -> None:
+        """Before a VM on `node` (this node) opens the volume."""
+
     async def create(self, volume: Volume) -> None:
         raise StorageError(self._not_here("new volumes are made on the array; scan the pool"))
 
@@ -72,8 +76,10 @@ class PoolDriver:
         return f"pool {self.pool.name} ({self.pool.type}): {why}"
 
 
-def driver_for(pool: Pool, state_dir: Path) -> PoolDriver:
+def driver_for(pool: Pool, state_dir: Path, db: ConfigDB | None = None) -> PoolDriver:
+    """The driver of `pool` on this node; `db` lets ardfs pools change their volume records."""
     # Imported here: the drivers import this module for the base class.
+    from heron.storage.ardfspool import ArdfsPool
     from heron.storage.dirpool import DirPool, NfsPool
     from heron.storage.lunpool import BlockPool, IscsiPool
     from heron.storage.rbdpool import RbdPool
@@ -85,4 +91,6 @@ def driver_for(pool: Pool, state_dir: Path) -> PoolDriver:
         "block": BlockPool,
         "rbd": RbdPool,
     }
+    if pool.type == "ardfs":
+        return ArdfsPool(pool, state_dir, db)
     return kinds[pool.type](pool, state_dir)

@@ -46,9 +46,13 @@ async def convert(
     target: Image,
     target_format: str,
     progress: Progress | None = None,
+    existing_zero_target: bool = False,
 ) -> None:
-    """Copy an image into a new file, reporting progress as qemu-img prints it."""
+    """Copy an image into a new file (or into an existing target that reads as zeroes),
+    reporting progress as qemu-img prints it."""
     args = ["convert", "-p", "-O", target_format]
+    if existing_zero_target:
+        args += ["-n", "--target-is-zero"]
     if source_format:
         args += ["-f", source_format]
     proc = await asyncio.create_subprocess_exec(

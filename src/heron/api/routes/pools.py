@@ -8,14 +8,14 @@ from pydantic import BaseModel, Field
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_volume, live_nodes, refuse_new_volume
+from heron.api.cluster import attached, find_pool, find_volume, live_nodes, new_volume_format
 from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
-from heron.models.storage import Pool, PoolSpec, Volume, VolumeFormat
+from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, PoolSpec, Volume, VolumeFormat
 from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.storage.driver import driver_for
@@ -37,7 +37,9 @@ class VolumeCreate(BaseModel):
     model_config = {"extra": "forbid"}
     name: Name
     size: int = Field(gt=0, le=64 * 2**40, description="bytes")
-    format: VolumeFormat = VolumeFormat.qcow2
+    format: VolumeFormat | None = Field(
+        default=None, description="qcow2 by default; raw in rbd and ardfs pools"
+    )
     node: Name | None = Field(default=None, description="for a local pool; default this node")
 
 
@@ -45,7 +47,9 @@ class VolumeImport(BaseModel):
     model_config = {"extra": "forbid"}
     name: Name
     path: str = Field(pattern=r"^/", description="image file on the node")
-    format: VolumeFormat = VolumeFormat.qcow2
+    format: VolumeFormat | None = Field(
+        default=None, description="qcow2 by default; raw in rbd and ardfs pools"
+    )
     node: Name | None = Field(default=None, description="node holding the file; default this")
 
 
@@ -164,7 +168,7 @@ async def _new_volume(
     ctx: ApiContext,
     pool_name: str,
     name: str,
-    fmt: VolumeFormat,
+    fmt: VolumeFormat | None,
     size: int,
     node: str | None,
     kind: str,
@@ -172,7 +176,7 @@ async def _new_volume(
     user: str,
 ) -> TaskRef:
     pool = (await find_pool(ctx.db, pool_name)).value
-    refuse_new_volume(pool, fmt, "path.name", "body.format")
+    fmt = new_volume_format(pool, fmt, "path.name", "body.format")
     target = node or ctx.node
     if node is not None and node not in await live_nodes(ctx.db):
         raise Invalid("body.node", f"no live node {node!r}")
@@ -240,7 +244,7 @@ async def upload_volume(
     request: Request,
     file: UploadFile = File(...),
     volume_name: Name = Form(..., alias="name"),
-    format: VolumeFormat = Form(VolumeFormat.qcow2),
+    format: VolumeFormat | None = Form(None),
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Upload an image (any format qemu-img reads) into a new volume on this node."""
@@ -267,6 +271,55 @@ async def upload_volume(
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
+
+
+class DiskAdd(BaseModel):
+    model_config = {"extra": "forbid"}
+    node: Name
+    path: str = Field(pattern=r"^/", description="a directory on that node for its chunks")
+    site: Name | None = Field(default=None, description="the node's site (failure domain)")
+    weight: float = Field(default=1.0, gt=0, le=1000, description="share of the data, relative")
+
+
+@router.get("/pools/{name}/members", response_model=list[ArdfsMember])
+async def list_members(
+    name: str, request: Request, _: Principal = Depends(auth.viewer)
+) -> list[ArdfsMember]:
+    """The nodes of an ardfs pool, with their heron-io address and the disks they give."""
+    ctx = _ctx(request)
+    await find_pool(ctx.db, name)
+    return [e.value for e in await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")]
+
+
+@router.post("/pools/{name}/disks", response_model=ArdfsMember, status_code=201)
+async def add_disk(
+    name: str, body: DiskAdd, request: Request, _: Principal = Depends(auth.admin)
+) -> ArdfsMember:
+    """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it)."""
+    ctx = _ctx(request)
+    pool = (await find_pool(ctx.db, name)).value
+    if pool.type != "ardfs":
+        raise Conflict(f"pool {name} ({pool.type}) takes no disks; only ardfs pools do")
+    if body.node not in await live_nodes(ctx.db):
+        raise Invalid("body.node", f"no live node {body.node!r}")
+    key = keys.ardfs_member(name, body.node)
+    for _ in range(20):
+        members = await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
+        entry = next((e for e in members if e.value.node == body.node), None)
+        member = entry.value if entry else ArdfsMember(pool=name, node=body.node)
+        if any(d.path == body.path for d in member.disks):
+            raise Conflict(f"{body.node}:{body.path} is already a disk of pool {name}")
+        taken = {d.id for e in members for d in e.value.disks}
+        disk_id = next(i for i in (f"d{new_id()[:8]}" for _ in range(100)) if i not in taken)
+        disks = [*member.disks, ArdfsDisk(id=disk_id, path=body.path, weight=body.weight)]
+        member = member.model_copy(update={"disks": disks, "site": body.site or member.site})
+        try:
+            await ctx.db.put(key, member, revision=entry.revision if entry else 0)
+        except StoreConflict:
+            continue  # its heron-io registered meanwhile: read again
+        request.state.audit_target = f"{name}/{body.node}"
+        return member
+    raise Conflict(f"the membership of {body.node} in pool {name} kept changing")
 
 
 @router.post("/pools/{name}/scan", response_model=TaskRef, status_code=202)

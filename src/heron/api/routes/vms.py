@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_vm, live_nodes, refuse_new_volume
+from heron.api.cluster import attached, find_pool, find_vm, live_nodes, new_volume_format
 from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.configdb import ConfigDB, Entry, Txn, keys
@@ -16,7 +16,7 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
 from heron.models.group import VMGroup
 from heron.models.node import Node
-from heron.models.storage import Volume, VolumeFormat
+from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.task import Task, new_task
 from heron.models.vm import (
     VM,
@@ -48,7 +48,9 @@ class DiskRequest(BaseModel):
     pool: Name | None = Field(default=None, description="pool for a new volume")
     size: int | None = Field(default=None, gt=0, le=64 * 2**40, description="bytes")
     source: str | None = Field(default=None, description="image volume to copy, pool/name")
-    format: VolumeFormat = VolumeFormat.qcow2
+    format: VolumeFormat | None = Field(
+        default=None, description="of a new volume: qcow2 by default; raw in rbd and ardfs pools"
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> "DiskRequest":
@@ -291,7 +293,7 @@ async def _plan_create(
             continue
         assert disk.pool is not None
         pool = (await find_pool(db, disk.pool, f"{field}.pool")).value
-        refuse_new_volume(pool, disk.format, f"{field}.pool", f"{field}.format")
+        fmt = new_volume_format(pool, disk.format, f"{field}.pool", f"{field}.format")
         source_id = None
         size = disk.size or 0
         if disk.source is not None:
@@ -306,7 +308,7 @@ async def _plan_create(
             id=new_id(),
             pool=pool.name,
             name=f"{body.name}-disk{index}",
-            format=disk.format,
+            format=fmt,
             size=size,
             node=None,
             created_at=now,
@@ -443,6 +445,14 @@ async def migrate_vm(
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
+    for disk in vm.spec.disks:
+        volume = await db.get(Volume, keys.volume(disk.volume))
+        pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
+        if pool is not None and pool.value.type == "ardfs":
+            raise Conflict(
+                f"VM {vm.spec.name} has a disk on ardfs pool {pool.value.name}: live migration "
+                "of those is not available yet (the volume's owner must change at the switch)"
+            )
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")

@@ -1,0 +1,185 @@
+"""heron-io on this node, kept in line with the ConfigDB.
+
+For every ardfs pool the node is a member of it (it registers itself, with the port its
+heron-io listens on for peers, and the disks the administrator gave it), and runs one heron-io
+process: started detached like etcd and QEMU, so restarting the agent never touches the data
+path. Its configuration file is written from the pool, its members and its volumes; volume
+changes (new, grown, deleted, a new owner) are applied by SIGHUP, membership changes by a
+restart, which QEMU rides out by reconnecting to the NBD socket.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
+from heron.ardfs.io import READY
+from heron.configdb import ConfigDB, Conflict, keys
+from heron.configdb.cache import Cache
+from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, Volume
+from heron.storage.ardfspool import SECTOR, socket_path
+from heron.util.proc import alive, read_pidfile, spawn_detached, terminate, wait_until
+
+log = logging.getLogger(__name__)
+
+CHECK = 5.0  # also look this often whether heron-io still runs
+START_TIMEOUT = 60.0
+
+
+def scheme(protection: str) -> Scheme:
+    if protection.startswith("ec"):
+        return Scheme(kind="ec", data=int(protection[2]))
+    return Scheme(kind="replicated", copies=int(protection[2:]))
+
+
+def io_config(
+    node: str, state_dir: Path, pool: Pool, members: list[ArdfsMember], volumes: list[Volume]
+) -> IoConfig:
+    """What this node's heron-io for `pool` is to serve (raises ValueError if impossible)."""
+    root = state_dir / "ardfs" / pool.name
+    return IoConfig(
+        node=node,
+        nbd_socket=socket_path(state_dir, pool.name),
+        state_dir=root / "state",
+        nodes=[
+            NodeSpec(
+                name=m.node,
+                site=m.site,
+                address=str(m.address),
+                disks=[_disk(d, mine=m.node == node) for d in m.disks],
+            )
+            for m in sorted(members, key=lambda m: m.node)
+            if m.address
+        ],
+        volumes=[
+            VolumeSpec(
+                id=uuid.UUID(v.id).hex,
+                name=v.id,
+                size=-(-v.size // SECTOR) * SECTOR,
+                scheme=scheme(pool.protection),
+                epoch=max(v.epoch, 1),
+                owner=v.owner,
+            )
+            for v in sorted(volumes, key=lambda v: v.id)
+            if v.pool == pool.name and v.size > 0
+        ],
+    )
+
+
+def _disk(disk: ArdfsDisk, mine: bool) -> DiskSpec:
+    """Other nodes' disks are known by id only; their paths mean nothing here."""
+    return DiskSpec(id=disk.id, path=Path(disk.path) if mine else None, weight=disk.weight)
+
+
+class IoSupervisor:
+    def __init__(self, db: ConfigDB, node: str, address: str, state_dir: Path):
+        self.db = db
+        self.node = node
+        self.address = address
+        self.state_dir = state_dir
+        self.pools = Cache(db, Pool, keys.POOLS)
+        self.volumes = Cache(db, Volume, keys.VOLUMES)
+        self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
+
+    async def run(self) -> None:
+        caches = (self.pools, self.volumes, self.members)
+        for cache in caches:
+            await cache.start()
+        wakes = [cache.listen() for cache in caches]
+        try:
+            while True:
+                for pool in [p for p in self.pools.values() if p.type == "ardfs"]:
+                    try:
+                        await self.step(pool)
+                    except Exception as exc:
+                        log.warning("ardfs pool %s: %s", pool.name, exc)
+                woken = [asyncio.create_task(w.wait()) for w in wakes]
+                await asyncio.wait(woken, timeout=CHECK, return_when=asyncio.FIRST_COMPLETED)
+                for task in woken:
+                    task.cancel()
+                for wake in wakes:
+                    wake.clear()
+        finally:
+            for cache in caches:
+                await cache.stop()
+
+    async def step(self, pool: Pool) -> None:
+        if not await self._registered(pool):
+            return  # the record changes: this runs again
+        members = [e.value for e in self.members if e.value.pool == pool.name]
+        try:
+            config = io_config(self.node, self.state_dir, pool, members, self.volumes.values())
+        except ValueError as exc:
+            log.warning("ardfs pool %s cannot be served yet: %s", pool.name, exc)
+            return
+        root = self.state_dir / "ardfs" / pool.name
+        path, pidfile = root / "io.json", root / "heron-io.pid"
+        marker = str(path)
+        pid = read_pidfile(pidfile, marker)
+        try:
+            running = IoConfig.load(path) if pid is not None else None
+        except (OSError, ValueError):
+            running = None
+        if running == config:
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        for disk in config.me.disks:
+            assert disk.path is not None
+            disk.path.mkdir(parents=True, exist_ok=True)
+        config.save(path)
+        if pid is not None and running is not None and running.nodes == config.nodes:
+            os.kill(pid, 1)  # SIGHUP: apply the volumes
+            return
+        if pid is not None:
+            log.info("ardfs pool %s: membership changed, restarting heron-io", pool.name)
+            await asyncio.to_thread(terminate, pid, marker, 60.0)
+        command = [sys.executable, "-m", "heron.ardfs.io", "--config", str(path)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        logfile = root / "heron-io.log"
+        offset = logfile.stat().st_size if logfile.exists() else 0
+        pid = spawn_detached(command, logfile, pidfile, env)
+        # Settle before anything else: a restart must not overtake a start still under way.
+        if await asyncio.to_thread(_wait_ready, logfile, offset, pid, marker):
+            log.info("ardfs pool %s: heron-io %d serving", pool.name, pid)
+        else:
+            tail = logfile.read_text(errors="replace")[offset:][-500:]
+            log.error("ardfs pool %s: heron-io did not start: %s", pool.name, tail)
+
+    async def _registered(self, pool: Pool) -> bool:
+        """This node is a member with a peer address; False if the record had to change."""
+        entry = self.members.get(f"{pool.name}/{self.node}")
+        if entry is not None and entry.value.address:
+            return True
+        address = f"{self.address}:{_free_port(self.address)}"
+        key = keys.ardfs_member(pool.name, self.node)
+        if entry is None:
+            member = ArdfsMember(pool=pool.name, node=self.node, address=address)
+            with contextlib.suppress(Conflict):
+                await self.db.create(key, member)
+        else:
+            member = entry.value.model_copy(update={"address": address})
+            with contextlib.suppress(Conflict):
+                await self.db.put(key, member, revision=entry.revision)
+        return False
+
+
+def _wait_ready(logfile: Path, offset: int, pid: int, marker: str) -> bool:
+    """Until heron-io says it serves (True) or exits (False)."""
+    ready = READY.encode()
+    return (
+        wait_until(
+            lambda: ready in logfile.read_bytes()[offset:] or not alive(pid, marker), START_TIMEOUT
+        )
+        and ready in logfile.read_bytes()[offset:]
+    )
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,112 @@
+"""ARDFS pools: volumes served by the node's own heron-io over NBD on a unix socket.
+
+The node agent keeps heron-io's configuration in line with the ConfigDB (`agent/ardfs.py`);
+this driver only names volumes for QEMU and qemu-img and waits until heron-io serves them.
+A volume is exported by heron-io under its Heron id. It is thin: creating one is writing its
+record; an image is copied into it with qemu-img once heron-io serves it at the right size.
+Its `owner` is the node whose heron-io writes it: the node that runs its VM claims it (owner
+and epoch + 1) before QEMU starts, and the chunk stores refuse the previous owner's writes.
+"""
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from heron.configdb import ConfigDB, keys
+from heron.models.storage import Pool, Volume
+from heron.storage import qemuimg
+from heron.storage.driver import PoolDriver, StorageError
+from heron.storage.qemuimg import Progress, QemuImgError
+
+SERVE_TIMEOUT = 60.0  # heron-io (re)loads its configuration and claims in well under this
+SECTOR = 4096  # heron-io volumes are a whole number of 4 KiB sectors
+
+
+def socket_path(state_dir: Path, pool: str) -> Path:
+    return state_dir / "ardfs" / pool / "nbd.sock"
+
+
+class ArdfsPool(PoolDriver):
+    def __init__(self, pool: Pool, state_dir: Path, db: ConfigDB | None = None):
+        super().__init__(pool, state_dir)
+        self.db = db
+        self.socket = socket_path(state_dir, pool.name)
+
+    def protocol(self, volume: Volume) -> dict[str, Any]:
+        return {
+            "driver": "nbd",
+            "server": {"type": "unix", "path": str(self.socket)},
+            "export": volume.id,
+            # heron-io restarts (membership changes, upgrades) without the guest noticing.
+            "reconnect-delay": 30,
+        }
+
+    def image(self, volume: Volume) -> str:
+        return f"nbd+unix:///{volume.id}?socket={self.socket}"
+
+    async def attach(self, volume: Volume, node: str) -> None:
+        if self.db is None:
+            raise StorageError("an ardfs volume is attached only through the node agent")
+        await self.wait_served(await claim(self.db, volume.id, node))
+
+    async def create(self, volume: Volume) -> None:
+        await self.wait_served(volume, volume.size)
+
+    async def import_image(
+        self, volume: Volume, source: str, progress: Progress | None, source_format: str | None
+    ) -> int:
+        fmt = source_format or await qemuimg.detect_format(source)
+        size = max(volume.size, int((await qemuimg.info(source))["virtual-size"]))
+        size = -(-size // SECTOR) * SECTOR
+        if size != volume.size:
+            await self._set_size(volume, size)
+        await self.wait_served(volume, size)
+        # A new volume reads as zeroes: qemu-img need not write them.
+        await qemuimg.convert(
+            source, fmt, self.image(volume), "raw", progress, existing_zero_target=True
+        )
+        return size
+
+    async def resize(self, volume: Volume, size: int) -> None:
+        size = -(-size // SECTOR) * SECTOR
+        await self._set_size(volume, size)
+        await self.wait_served(volume, size)
+
+    async def wait_served(self, volume: Volume, size: int | None = None) -> None:
+        """Until this node's heron-io exports the volume (at `size`, if given)."""
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        while True:
+            try:
+                found = int((await qemuimg.info(self.image(volume)))["virtual-size"])
+                if size is None or found == size:
+                    return
+                why = f"served at {found} bytes, not {size}"
+            except QemuImgError as exc:
+                why = str(exc)
+            if time.monotonic() > deadline:
+                raise StorageError(f"heron-io on this node does not serve {volume.name}: {why}")
+            await asyncio.sleep(0.2)  # heron-io applies configuration changes in the background
+
+    async def _set_size(self, volume: Volume, size: int) -> None:
+        if self.db is None:
+            raise StorageError("an ardfs pool changes volumes only through the node agent")
+
+        def change(current: Volume) -> Volume:
+            return current.model_copy(update={"size": size})
+
+        await self.db.update(Volume, keys.volume(volume.id), change)
+
+
+async def claim(db: ConfigDB, volume_id: str, node: str) -> Volume:
+    """Make `node` the volume's owner (a new epoch) unless it already is."""
+    found = await db.get(Volume, keys.volume(volume_id))
+    if found is not None and found.value.owner == node:
+        return found.value
+
+    def change(volume: Volume) -> Volume:
+        if volume.owner == node:
+            return volume
+        return volume.model_copy(update={"owner": node, "epoch": volume.epoch + 1})
+
+    return (await db.update(Volume, keys.volume(volume_id), change)).value

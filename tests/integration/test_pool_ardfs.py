@@ -1,0 +1,99 @@
+"""An ardfs pool in a real devcluster: every node's agent runs heron-io, a VM boots from a
+replicated volume, and when its node dies as a whole (agent, QEMU, heron-io) HA starts it on
+another node, which claims the volume with a new epoch and boots from the surviving copy."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from support import serial_lines, wait_for
+
+from heron.devcluster import DevCluster
+
+pytestmark = pytest.mark.integration
+
+BOOT = 180
+
+
+def console(cluster: DevCluster, vm_id: str, node: str) -> Path:
+    return Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
+
+
+def heron_io_pid(cluster: DevCluster, node: str, pool: str) -> int | None:
+    pidfile = Path(cluster.node(node).state_dir) / "ardfs" / pool / "heron-io.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except FileNotFoundError:
+        return None
+    return pid if os.path.exists(f"/proc/{pid}") else None
+
+
+def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, image) -> None:
+    cluster, _ = cluster3
+    api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
+    for node in cluster.nodes:
+        disk = f"{node.state_dir}/ardfs-disk0"
+        api.ok("POST", "/pools/hci/disks", json={"node": node.name, "path": disk})
+    again = {"node": "node1", "path": f"{cluster.node('node1').state_dir}/ardfs-disk0"}
+    refused = api.post("/pools/hci/disks", json=again)
+    assert refused.status_code == 409  # that directory is already one of its disks
+
+    def members_ready() -> bool:
+        members = api.ok("GET", "/pools/hci/members")
+        return len(members) == 3 and all(m["address"] and m["disks"] for m in members)
+
+    wait_for(members_ready, 30, "every node to join the pool with its disk")
+    wait_for(
+        lambda: all(heron_io_pid(cluster, n.name, "hci") for n in cluster.nodes),
+        30,
+        "heron-io on every node",
+    )
+
+    # qcow2 is refused, raw is the default: the volume is the disk.
+    refused = api.post(
+        "/vms",
+        json={"name": "bad", "memory_mib": 64, "disks": [{"pool": "hci", "size": 2**20,
+                                                          "format": "qcow2"}]},
+    )  # fmt: skip
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == (
+        "body.disks.0.format"
+    )
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={"name": "hci-vm", "memory_mib": 128, "node": "node2", "start": True,
+              "ha": {"enabled": True}, "disks": [{"pool": "hci", "source": image}]},
+    )  # fmt: skip
+    api.wait_task(reply["task"], timeout=180)
+    vm_id = reply["vm"]
+    first = console(cluster, vm_id, "node2")
+    wait_for(lambda: serial_lines(first, "HERON-GUEST-READY"), BOOT, "the guest to boot on ARDFS")
+    volume_id = api.vm(vm_id)["spec"]["disks"][0]["volume"]
+    volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
+    assert (volume["format"], volume["owner"], volume["epoch"]) == ("raw", "node2", 1)
+    # Two copies of each block, on two different nodes' disks.
+    holders = [
+        n.name
+        for n in cluster.nodes
+        if any(p.is_file() for p in Path(f"{n.state_dir}/ardfs-disk0").rglob("*"))
+    ]
+    assert len(holders) >= 2, holders
+    refused = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node1"})
+    assert refused.status_code == 409 and "ardfs" in refused.json()["message"]
+
+    # node2 dies as a whole: its agent, watchdog, QEMU and heron-io.
+    io_pid = heron_io_pid(cluster, "node2", "hci")
+    assert io_pid is not None
+    cluster.kill_node("node2")
+    os.kill(io_pid, signal.SIGKILL)
+
+    def restarted() -> dict | None:
+        vm = api.vm(vm_id)
+        return vm if vm["node"] != "node2" and vm["state"] == "running" else None
+
+    vm = wait_for(restarted, 90, "HA to restart the VM on another node")
+    second = console(cluster, vm_id, vm["node"])
+    wait_for(lambda: serial_lines(second, "HERON-GUEST-READY"), BOOT, "the guest to boot again")
+    volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
+    assert (volume["owner"], volume["epoch"]) == (vm["node"], 2)
