@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
 from support import Api
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -247,6 +247,89 @@ def test_upload_an_image(page: Page, ui: str, image: str, tmp_path: Path) -> Non
     expect(row).to_contain_text("4 MiB")
 
 
+POOL_TYPES = ["dir", "nfs", "iscsi", "block", "rbd"]
+
+
+def is_pool_create(request: Request) -> bool:
+    return request.method == "POST" and request.url.endswith("/api/v1/pools")
+
+
+def test_create_an_nfs_pool_with_the_form(page: Page, ui: str, screenshots: Path) -> None:
+    page.goto(f"{ui}/storage")
+    expect(page.locator("[data-testid=pool-select]")).to_have_value("local")  # the first pool
+    form = page.locator("[data-testid=pool-form]")
+    form.locator("input[name=name]").fill("nas")
+    form.locator("[data-testid=pool-type-select]").select_option("nfs")
+    # Only the fields of the type, each with its hint.
+    for field in ("server", "export", "options"):
+        expect(form.locator(f"input[name={field}]")).to_be_visible()
+    others = "input[name=path], input[name=shared], input[name=portal]"
+    expect(form.locator(others)).to_have_count(0)
+    expect(form.locator(".hint")).to_have_count(4)  # the type's and one per field
+    form.locator("input[name=server]").fill("nas1.example")
+    settle(page)
+    shot(page, screenshots, "storage-pool-types")
+
+    # No export: the API refuses, naming what is missing; empty fields are not sent.
+    with page.expect_request(is_pool_create) as sent:
+        form.locator("[data-testid=pool-submit]").click()
+    assert sent.value.post_data_json == {"name": "nas", "type": "nfs", "server": "nas1.example"}
+    error = form.locator("[data-testid=error]")
+    expect(error).to_contain_text("422")
+    expect(error.locator("li")).to_contain_text("export")
+
+    form.locator("input[name=export]").fill("/srv/vm")
+    with page.expect_request(is_pool_create) as sent:
+        form.locator("[data-testid=pool-submit]").click()
+    body = {"name": "nas", "type": "nfs", "server": "nas1.example", "export": "/srv/vm"}
+    assert sent.value.post_data_json == body
+    expect(error).to_have_count(0)
+    expect(page.locator("[data-testid=pool-select]")).to_have_value("nas")
+    expect(page.locator("[data-testid=pool-type]")).to_have_text("NFS")
+    expect(page.locator("[data-testid=pool-where]")).to_have_text("nas1.example:/srv/vm")
+    expect(page.locator("[data-testid=pool-header]")).to_contain_text("shared by every node")
+    # Heron makes the volumes of an NFS pool: nothing to scan, volumes can be created.
+    expect(page.locator("[data-testid=pool-scan]")).to_have_count(0)
+    expect(page.locator("[data-testid=volume-form]")).to_be_visible()
+
+
+def test_scan_a_block_pool(page: Page, ui: str, api: Api, screenshots: Path) -> None:
+    pool = {"name": "san", "type": "block", "path": "/dev", "pattern": "heron-none-*"}
+    api.ok("POST", "/pools", json=pool)
+    page.goto(f"{ui}/storage")
+    page.select_option("[data-testid=pool-select]", "san")
+    expect(page.locator("[data-testid=pool-where]")).to_have_text("/dev/heron-none-*")
+    # Its volumes are the array's: found by a scan, never created, imported or uploaded here.
+    expect(page.locator("[data-testid=lun-hint]")).to_be_visible()
+    expect(page.locator("[data-testid$=-form]:not([data-testid=pool-form])")).to_have_count(0)
+    expect(page.locator("[data-testid=location-head]")).to_be_visible()
+
+    page.click("[data-testid=pool-scan]")
+    scan = page.locator("[data-testid=scan-task]")
+    expect(scan).to_have_attribute("data-state", "succeeded")
+    expect(scan.locator(".badge")).to_have_attribute("data-state", "succeeded")
+    expect(scan.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    added = page.locator("[data-testid=scan-added]")
+    expect(added).to_have_attribute("data-count", "0")
+    expect(added).to_have_text("none")
+    shot(page, screenshots, "storage-scan")
+
+    # The scan, the LUN pool and every type of the pool form, in Russian too.
+    form = page.locator("[data-testid=pool-form]")
+    page.select_option("[data-testid=language]", "ru")
+    try:
+        expect(added).to_have_text("нет")
+        for kind in POOL_TYPES:
+            form.locator("[data-testid=pool-type-select]").select_option(kind)
+            settle(page)
+            assert_translated(page, "ru", f"/storage (block pool, form for {kind})")
+    finally:
+        page.select_option("[data-testid=language]", "en")
+    for kind in POOL_TYPES:
+        form.locator("[data-testid=pool-type-select]").select_option(kind)
+        assert_translated(page, "en", f"/storage (block pool, form for {kind})")
+
+
 def test_tasks_show_progress_and_logs(page: Page, ui: str) -> None:
     page.goto(f"{ui}/tasks")
     create = page.locator("tr[data-kind='vm.create']").first
@@ -329,6 +412,17 @@ def test_phone_width_without_horizontal_scrolling(
             if not name.startswith("vms-") or name == "vms-new":
                 shot(phone, screenshots, f"phone-{name}")
         shot(phone, screenshots, "phone-vm")
+        phone.goto(f"{ui}/storage")
+        for pool in ("nas", "san"):
+            phone.select_option("[data-testid=pool-select]", pool)
+            for kind in POOL_TYPES:
+                phone.select_option("[data-testid=pool-type-select]", kind)
+                settle(phone)
+                wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+                assert wide[0] <= wide[1], f"/storage ({pool}, {kind}) scrolls sideways: {wide}"
+        phone.select_option("[data-testid=pool-type-select]", "iscsi")
+        assert_translated(phone, "ru", "/storage (form for iscsi)")
+        shot(phone, screenshots, "phone-storage-pool-types")
         phone.click(".menu-button")
         expect(phone.locator("[data-testid=nav-tasks]")).to_be_visible()
         shot(phone, screenshots, "phone-menu")

@@ -58,12 +58,32 @@ export interface VM {
   };
 }
 
+/** Pool types the API knows; LUN-backed ones (iscsi, block) get their volumes by a scan. */
+export type PoolType = "dir" | "nfs" | "iscsi" | "block" | "rbd";
+
 export interface Pool {
   name: string;
   type: string;
   path: string | null;
   shared: boolean;
+  server?: string | null;
+  export?: string | null;
+  options?: string | null;
+  portal?: string | null;
+  target?: string | null;
+  pattern?: string | null;
+  rbd_pool?: string | null;
+  monitors?: string[];
+  user?: string | null;
+  conf?: string | null;
   created_at: number;
+}
+
+/** What a pool scan found: volume names. */
+export interface ScanResult {
+  added: string[];
+  resized: string[];
+  missing: string[];
 }
 
 export interface Volume {
@@ -73,6 +93,7 @@ export interface Volume {
   format: string;
   size: number;
   node: string | null;
+  location?: string;
   state: string;
   error: string;
   allocation: number | null;
@@ -89,6 +110,7 @@ export interface Task {
   state: string;
   progress: number;
   log: string[];
+  result?: Record<string, unknown> | null;
   error: string | null;
   cancel_requested: boolean;
   created_at: number;
