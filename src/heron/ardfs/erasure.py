@@ -26,7 +26,8 @@ from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.parity import xor_into
-from heron.ardfs.replicated import block_extents, failures, together
+from heron.ardfs.peer import OP_READ, RemoteTarget
+from heron.ardfs.replicated import NOTHING, block_extents, failures, finish, together
 from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import ChecksumError, Extent, UnavailableError, VolumeError
 
@@ -134,6 +135,31 @@ class ErasureVolume:
         except (VolumeError, OSError):
             return False
         return True
+
+    def read_start(
+        self, offset: int, view: memoryview, done: Callable[[Exception | None], None]
+    ) -> bool:
+        """Start a read of a data shard on a connected peer, completed by callback."""
+        block, inside = divmod(offset, CHUNK_SIZE)
+        if inside + len(view) > CHUNK_SIZE:
+            return False
+        stripe, shard = ec_shard(block, self.k)
+        target = self.shards(stripe)[shard]
+        if not isinstance(target, RemoteTarget) or not target.client.up:
+            return False
+        if not self.ok(stripe, shard, target):
+            return False
+
+        def replied(error: Exception | None) -> None:
+            if error is None:
+                done(None)
+            else:  # decode from the other shards, mark and rebuild: the general path
+                self.spawn(finish(self._read_piece(Piece(block, inside, len(view), 0), view), done))
+
+        chunk = self.chunk(stripe, shard)
+        return target.client.send(
+            OP_READ, self.id, target.disk, chunk, inside, 0, NOTHING, replied, into=view
+        )
 
     async def _read_piece(self, piece: Piece, view: memoryview) -> None:
         stripe, shard = ec_shard(piece.block, self.k)

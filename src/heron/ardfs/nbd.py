@@ -244,6 +244,8 @@ class Connection:
                 await self.in_flight.acquire()
                 if payload is not None and self.write_now(volume, flags, cookie, offset, payload):
                     continue
+                if cmd == p.CMD_READ and self.read_start(volume, offset, length, cookie):
+                    continue
                 task = asyncio.create_task(
                     self.request(cmd, flags, cookie, offset, length, payload)
                 )
@@ -266,6 +268,48 @@ class Connection:
         self.read_reply(cookie, offset, data)
         return True
 
+    def read_start(self, volume: Volume, offset: int, length: int, cookie: int) -> bool:
+        """Start a read that completes by callback (a remote copy; see read_start of the
+        volumes). The caller holds an in-flight permit, released on completion."""
+        start = getattr(volume, "read_start", None)
+        if start is None or offset + length > volume.size or length > p.MAX_PAYLOAD:
+            return False
+        data = bytearray(length)
+
+        def done(error: Exception | None) -> None:
+            self.callback_done()
+            try:
+                if error is None:
+                    self.read_reply(cookie, offset, data)
+                else:
+                    log.warning("read at %d+%d failed: %s", offset, length, error)
+                    code = error.errno if isinstance(error, VolumeError) else p.EIO
+                    self.error_now(p.CMD_READ, cookie, code, str(error))
+            except OSError as exc:
+                log.debug("reply to %s failed: %s", cookie, exc)
+
+        self.callback_start()
+        if start(offset, memoryview(data), done):
+            return True
+        self.callback_abandon()
+        return False
+
+    def callback_start(self) -> None:
+        self.callbacks += 1
+        self.callbacks_idle.clear()
+
+    def callback_done(self) -> None:
+        self.callbacks -= 1
+        self.in_flight.release()
+        if not self.callbacks:
+            self.callbacks_idle.set()
+
+    def callback_abandon(self) -> None:
+        """Nothing was started: the permit stays with the caller's general path."""
+        self.callbacks -= 1
+        if not self.callbacks:
+            self.callbacks_idle.set()
+
     def write_now(
         self, volume: Volume, flags: int, cookie: int, offset: int, payload: bytearray
     ) -> bool:
@@ -273,13 +317,9 @@ class Connection:
         now = getattr(volume, "write_now", None)
         if now is None or offset + len(payload) > volume.size:
             return False
-        self.callbacks += 1
 
         def done(error: Exception | None) -> None:
-            self.callbacks -= 1
-            self.in_flight.release()
-            if not self.callbacks:
-                self.callbacks_idle.set()
+            self.callback_done()
             try:
                 if error is None:
                     self.send(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, cookie))
@@ -290,12 +330,10 @@ class Connection:
             except OSError as exc:
                 log.debug("reply to %s failed: %s", cookie, exc)
 
-        self.callbacks_idle.clear()
+        self.callback_start()
         if now(offset, memoryview(payload), bool(flags & p.CMD_FLAG_FUA), done):
             return True
-        self.callbacks -= 1
-        if not self.callbacks:
-            self.callbacks_idle.set()
+        self.callback_abandon()
         return False
 
     async def request(
@@ -400,6 +438,9 @@ class Connection:
         self.send(header + body)
 
     async def error(self, cmd: int, cookie: int, code: int, message: str) -> None:
+        self.error_now(cmd, cookie, code, message)
+
+    def error_now(self, cmd: int, cookie: int, code: int, message: str) -> None:
         if self.structured and cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS):
             raw = message.encode()[:4096]
             body = struct.pack(">IH", code, len(raw)) + raw

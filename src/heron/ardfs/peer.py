@@ -423,11 +423,11 @@ class PeerClient:
         epoch: int,
         payload: memoryview,
         callback: Callable[[Exception | None], None],
+        into: memoryview | None = None,
     ) -> bool:
-        """Start a write on an open connection, `callback` called with its outcome once.
-
-        False (and no callback) when the connection is down: the caller takes the slow path.
-        """
+        """Start a write (or with `into`, a read) on an open connection, `callback` called
+        with its outcome once. False (and no callback) when the connection is down: the
+        caller takes the slow path."""
         sender = self.sender
         if self.sock is None or sender is None:
             return False
@@ -435,10 +435,11 @@ class PeerClient:
         self.next_id += 1
         if not self.pending:
             self.last_reply = time.monotonic()  # the stall clock starts with the first request
-        self.pending[rid] = _Pending(None, callback=callback)
+        self.pending[rid] = _Pending(into, callback=callback)
+        length = len(into) if into is not None else len(payload)
         header = REQUEST.pack(
             REQUEST_MAGIC, op, 0, 0, rid, _volume_bytes(volume), _disk_bytes(disk),
-            chunk, offset, len(payload), epoch,
+            chunk, offset, length, epoch,
         )  # fmt: skip
         try:
             sender.send(header, payload)

@@ -21,7 +21,7 @@ from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, blocks_of, pieces
-from heron.ardfs.peer import OP_WRITE, RemoteTarget
+from heron.ardfs.peer import OP_READ, OP_WRITE, RemoteTarget
 from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import (
     ChecksumError,
@@ -34,6 +34,7 @@ from heron.ardfs.volume import (
 log = logging.getLogger(__name__)
 
 ZERO_BLOCK = bytes(CHUNK_SIZE)
+NOTHING = memoryview(b"")  # the payload of a read request
 
 
 def failures(results: list[object]) -> list[BaseException]:
@@ -47,6 +48,16 @@ def failures(results: list[object]) -> list[BaseException]:
         elif isinstance(result, BaseException):
             raise result
     return found
+
+
+async def finish(work: Awaitable[None], done: Callable[[Exception | None], None]) -> None:
+    """Await `work` and report its outcome to `done` (a callback path falling back)."""
+    try:
+        await work
+    except Exception as exc:
+        done(exc)
+    else:
+        done(None)
 
 
 async def together(
@@ -155,6 +166,29 @@ class ReplicatedVolume:
         except (VolumeError, OSError):
             return False
         return True
+
+    def read_start(
+        self, offset: int, view: memoryview, done: Callable[[Exception | None], None]
+    ) -> bool:
+        """Start a read from a remote copy that completes by callback (no task), when the
+        range is in one block whose first healthy copy is on a connected peer."""
+        block, inside = divmod(offset, CHUNK_SIZE)
+        if inside + len(view) > CHUNK_SIZE:
+            return False
+        copies = self.healthy(block)
+        first = copies[0] if copies else None
+        if not isinstance(first, RemoteTarget) or not first.client.up:
+            return False
+
+        def replied(error: Exception | None) -> None:
+            if error is None:
+                done(None)
+            else:  # the general path tries every copy and repairs
+                self.spawn(finish(self._read_piece(Piece(block, inside, len(view), 0), view), done))
+
+        return first.client.send(
+            OP_READ, self.id, first.disk, block, inside, 0, NOTHING, replied, into=view
+        )
 
     async def _read_piece(self, piece: Piece, view: memoryview) -> None:
         errors: list[Exception] = []
