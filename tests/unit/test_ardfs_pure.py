@@ -6,6 +6,7 @@ from pathlib import Path
 
 from heron.ardfs.checksum import CHUNK_SIZE, sector_span
 from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.erasure import RegionLocks
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.maintenance import RateLimiter
@@ -94,3 +95,27 @@ def test_rate_limiter_spaces_work_at_the_rate() -> None:
     now[0] = 103.0  # idle time is not saved up as a burst
     assert limiter.delay(1000) == 0.0
     assert limiter.delay(10) == 1.0
+
+
+async def test_region_locks_conflict_only_on_the_same_range_of_a_stripe() -> None:
+    locks = RegionLocks()
+    assert locks.try_acquire(0, 0, 4096)
+    assert locks.try_acquire(0, 512 * 1024, 4096)  # same stripe, another range: no conflict
+    assert locks.try_acquire(1, 0, 4096)  # another stripe
+    assert not locks.try_acquire(0, 4096, 4096)  # same 256 KiB region of stripe 0
+    assert not locks.try_acquire(0, 0, CHUNK_SIZE)  # a whole-stripe user waits for all
+    order: list[str] = []
+
+    async def rebuild() -> None:
+        await locks.acquire(0, 0, CHUNK_SIZE)
+        order.append("rebuild")
+        locks.release(0, 0, CHUNK_SIZE)
+
+    job = asyncio.create_task(rebuild())
+    await asyncio.sleep(0)
+    assert order == []
+    locks.release(0, 0, 4096)
+    locks.release(0, 512 * 1024, 4096)
+    await job
+    assert order == ["rebuild"]
+    assert locks.try_acquire(0, 0, CHUNK_SIZE)

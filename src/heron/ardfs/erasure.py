@@ -14,8 +14,9 @@ A read of a lost or corrupt data shard is the XOR of the same range of all other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -26,34 +27,95 @@ from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.parity import xor_into
-from heron.ardfs.peer import OP_READ, RemoteTarget
+from heron.ardfs.peer import OP_READ, OP_WRITE, RemoteTarget
 from heron.ardfs.replicated import NOTHING, block_extents, failures, finish, together
 from heron.ardfs.target import ChunkTarget, LocalTarget
-from heron.ardfs.volume import ChecksumError, Extent, UnavailableError, VolumeError
+from heron.ardfs.volume import ChecksumError, Extent, FencedError, UnavailableError, VolumeError
 
 log = logging.getLogger(__name__)
 
 
 class StripeLocks:
-    """One lock per stripe in use; dropped when nobody holds or waits for it."""
+    """One lock per stripe in use, handed to waiters in order; gone when nobody holds it.
+
+    Unlike asyncio.Lock it can be taken without awaiting (try_acquire), which the callback
+    write path needs.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._held: dict[int, deque[asyncio.Future[None]]] = {}
+
+    def try_acquire(self, stripe: int) -> bool:
+        if stripe in self._held:
+            return False
+        self._held[stripe] = deque()
+        return True
 
     async def acquire(self, stripe: int) -> None:
-        lock, users = self._locks.get(stripe, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[stripe] = (lock, users + 1)
-        await lock.acquire()
+        if self.try_acquire(stripe):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held[stripe].append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(stripe)  # handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._held[stripe].remove(waiter)
+            raise
 
     def release(self, stripe: int) -> None:
-        lock, users = self._locks[stripe]
-        lock.release()
-        if users == 1:
-            del self._locks[stripe]
-        else:
-            self._locks[stripe] = (lock, users - 1)
+        waiters = self._held[stripe]
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the lock goes to the next writer, still held
+                return
+        del self._held[stripe]
+
+
+REGION = 256 * 1024  # parity is locked per 256 KiB of a stripe's chunks, not per stripe
+
+
+class RegionLocks:
+    """Locks over the byte ranges of stripes: two writes conflict only when they change the
+    same bytes of the parity chunk, i.e. the same range inside their chunks (whichever data
+    shard they are in). Regions are taken in ascending order, so no two spans deadlock."""
+
+    def __init__(self) -> None:
+        self._locks = StripeLocks()
+
+    @staticmethod
+    def _keys(stripe: int, offset: int, length: int) -> range:
+        base = stripe * (CHUNK_SIZE // REGION)
+        return range(base + offset // REGION, base + (offset + max(length, 1) - 1) // REGION + 1)
+
+    def try_acquire(self, stripe: int, offset: int, length: int) -> bool:
+        taken: list[int] = []
+        for key in self._keys(stripe, offset, length):
+            if not self._locks.try_acquire(key):
+                for held in taken:
+                    self._locks.release(held)
+                return False
+            taken.append(key)
+        return True
+
+    async def acquire(self, stripe: int, offset: int, length: int) -> None:
+        taken: list[int] = []
+        try:
+            for key in self._keys(stripe, offset, length):
+                await self._locks.acquire(key)
+                taken.append(key)
+        except BaseException:
+            for held in taken:
+                self._locks.release(held)
+            raise
+
+    def release(self, stripe: int, offset: int, length: int) -> None:
+        for key in self._keys(stripe, offset, length):
+            self._locks.release(key)
 
 
 class ErasureVolume:
@@ -63,7 +125,7 @@ class ErasureVolume:
         self.k = spec.scheme.data
         self.cluster = cluster
         self.degraded = degraded
-        self.locks = StripeLocks()
+        self.locks = RegionLocks()
         self.unsynced: defaultdict[str, set[int]] = defaultdict(set)
         self.background: set[asyncio.Task[None]] = set()
 
@@ -173,11 +235,11 @@ class ErasureVolume:
                 self.spawn(self.rebuild_chunk(self.chunk(stripe, shard)))
             except (VolumeError, OSError) as exc:
                 log.info("shard %d of stripe %d unreadable, decoding: %s", shard, stripe, exc)
-        await self.locks.acquire(stripe)
+        await self.locks.acquire(stripe, piece.offset, len(view))
         try:
             await self._decode(stripe, shard, piece.offset, view)
         finally:
-            self.locks.release(stripe)
+            self.locks.release(stripe, piece.offset, len(view))
 
     async def _read_shards(
         self, stripe: int, wanted: list[int], offset: int, length: int
@@ -233,13 +295,139 @@ class ErasureVolume:
 
         await self._each_piece(offset, length, piece)
 
+    def write_now(
+        self, offset: int, data: memoryview, fua: bool, done: Callable[[Exception | None], None]
+    ) -> bool:
+        """The read-modify-write of a healthy stripe by callbacks, without tasks (see
+        ReplicatedVolume.write_now); anything unusual goes to the general path."""
+        block, inside = divmod(offset, CHUNK_SIZE)
+        if fua or inside + len(data) > CHUNK_SIZE:
+            return False
+        stripe, shard = ec_shard(block, self.k)
+        targets = self.shards(stripe)
+        data_t, parity_t = targets[shard], targets[self.k]
+        if not (self.ok(stripe, shard, data_t) and self.ok(stripe, self.k, parity_t)):
+            return False
+        for target in (data_t, parity_t):
+            if isinstance(target, RemoteTarget) and not target.client.up:
+                return False
+        if not self.locks.try_acquire(stripe, inside, len(data)):
+            return False
+        data_chunk, parity_chunk = self.chunk(stripe, shard), self.chunk(stripe, self.k)
+        n = len(data)
+        old, old_parity = bytearray(n), bytearray(n)
+        waiting = 2
+        errors: dict[str, Exception | None] = {}
+
+        def general_path() -> None:  # nothing written yet: start over, the slow way
+            self.locks.release(stripe, inside, n)
+            self.spawn(finish(self._update(Piece(block, inside, n, 0), data, fua, False), done))
+
+        def written(which: str, error: Exception | None) -> None:
+            errors[which] = error
+            if len(errors) < 2:
+                return
+            if errors["data"] is None and errors["parity"] is None:
+                self.unsynced[data_t.disk].add(data_chunk)
+                self.unsynced[parity_t.disk].add(parity_chunk)
+                self.locks.release(stripe, inside, n)
+                done(None)
+                return
+            lost = [
+                (data_chunk, data_t, errors["data"]),
+                (parity_chunk, parity_t, errors["parity"]),
+            ]
+            self.spawn(self._after_failed_shards(stripe, inside, n, lost, done))
+
+        def read(error: Exception | None) -> None:
+            nonlocal waiting
+            if error is not None:
+                errors["read"] = error
+            waiting -= 1
+            if waiting:
+                return
+            if "read" in errors:
+                general_path()
+                return
+            errors.clear()
+            xor_into(memoryview(old_parity), old, data)
+            self._issue(parity_t, OP_WRITE, parity_chunk, inside, memoryview(old_parity),
+                        lambda e: written("parity", e))  # fmt: skip
+            self._issue(data_t, OP_WRITE, data_chunk, inside, data, lambda e: written("data", e))
+
+        self._issue(data_t, OP_READ, data_chunk, inside, memoryview(old), read)
+        self._issue(parity_t, OP_READ, parity_chunk, inside, memoryview(old_parity), read)
+        return True
+
+    def _issue(
+        self,
+        target: ChunkTarget,
+        op: int,
+        chunk: int,
+        offset: int,
+        buffer: memoryview,
+        callback: Callable[[Exception | None], None],
+    ) -> None:
+        """One shard read (into `buffer`) or write (of it) by callback: inline if local."""
+        if isinstance(target, LocalTarget):
+            try:
+                if op == OP_READ:
+                    target.store.read_into(self.id, chunk, offset, buffer)
+                else:
+                    target.store.write(self.id, chunk, offset, buffer, False, self.epoch)
+            except (VolumeError, OSError) as exc:
+                callback(exc)
+            else:
+                callback(None)
+            return
+        assert isinstance(target, RemoteTarget)
+        if op == OP_READ:
+            started = target.client.send(
+                op, self.id, target.disk, chunk, offset, 0, NOTHING, callback, into=buffer
+            )
+        else:
+            started = target.client.send(
+                op, self.id, target.disk, chunk, offset, self.epoch, buffer, callback
+            )
+        if not started:
+            callback(UnavailableError(f"node {target.node} is not connected"))
+
+    async def _after_failed_shards(
+        self,
+        stripe: int,
+        offset: int,
+        length: int,
+        writes: list[tuple[int, ChunkTarget, Exception | None]],
+        done: Callable[[Exception | None], None],
+    ) -> None:
+        """A callback write where a shard failed: the data and the parity were both sent, so
+        the stripe stays decodable with either one; both lost fails the write."""
+        try:
+            fenced = next((e for _, _, e in writes if isinstance(e, FencedError)), None)
+            lost = [(c, t.disk) for c, t, e in writes if e is not None]
+            for chunk, target, error in writes:
+                if error is None:
+                    self.unsynced[target.disk].add(chunk)
+            if fenced is not None:
+                done(fenced)
+            elif len(lost) == len(writes):
+                await self.mark_stale(lost)
+                done(UnavailableError(f"stripe {stripe}: write failed on every shard"))
+            else:
+                await self.mark_stale(lost)
+                done(None)
+        except Exception as exc:
+            done(exc)
+        finally:
+            self.locks.release(stripe, offset, length)
+
     async def _update(self, p: Piece, data: memoryview, fua: bool, trim: bool) -> None:
         stripe, shard = ec_shard(p.block, self.k)
-        await self.locks.acquire(stripe)
+        await self.locks.acquire(stripe, p.offset, p.length)
         try:
             await self._update_locked(stripe, shard, p.offset, data, fua, trim)
         finally:
-            self.locks.release(stripe)
+            self.locks.release(stripe, p.offset, p.length)
 
     async def _update_locked(
         self, stripe: int, shard: int, offset: int, data: memoryview, fua: bool, trim: bool
@@ -382,7 +570,7 @@ class ErasureVolume:
     async def rebuild_chunk(self, chunk: int) -> bool:
         """Decode a stale shard from the others and write it back; True when done."""
         stripe, shard = divmod(chunk, self.k + 1)
-        await self.locks.acquire(stripe)
+        await self.locks.acquire(stripe, 0, CHUNK_SIZE)
         try:
             target = self.shards(stripe)[shard]
             if self.ok(stripe, shard, target):
@@ -399,7 +587,7 @@ class ErasureVolume:
             await share(self.id, [(chunk, target.disk)], False, self.holders)
             return True
         finally:
-            self.locks.release(stripe)
+            self.locks.release(stripe, 0, CHUNK_SIZE)
 
     def stale_chunks(self) -> list[int]:
         return sorted(self.degraded.missing)
