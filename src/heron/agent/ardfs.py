@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
@@ -77,7 +78,15 @@ def _disk(disk: ArdfsDisk, mine: bool) -> DiskSpec:
 
 
 class IoSupervisor:
-    def __init__(self, db: ConfigDB, node: str, address: str, state_dir: Path):
+    def __init__(
+        self,
+        db: ConfigDB,
+        node: str,
+        address: str,
+        state_dir: Path,
+        on_start: Callable[[int], None] = lambda _: None,
+    ):
+        self.on_start = on_start  # e.g. onto the cores reserved for I/O
         self.db = db
         self.node = node
         self.address = address
@@ -143,6 +152,7 @@ class IoSupervisor:
         logfile = root / "heron-io.log"
         offset = logfile.stat().st_size if logfile.exists() else 0
         pid = spawn_detached(command, logfile, pidfile, env)
+        self.on_start(pid)
         # Settle before anything else: a restart must not overtake a start still under way.
         if await asyncio.to_thread(_wait_ready, logfile, offset, pid, marker):
             log.info("ardfs pool %s: heron-io %d serving", pool.name, pid)

@@ -29,6 +29,7 @@ from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
 from heron.agent.registration import Registration
+from heron.agent.reservation import CoreReservation
 from heron.agent.tasks import TaskRunner
 from heron.agent.vms import VMController
 from heron.api.app import create_app
@@ -38,7 +39,7 @@ from heron.api.context import ApiContext
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.ha.controller import FailoverController
-from heron.ha.fence import ha_vms_running, write_beat
+from heron.ha.fence import deadline_for, ha_vms_running, write_beat
 from heron.hypervisor.accel import choose_accelerator
 from heron.models.auth import Role, User
 from heron.models.node import Node
@@ -128,11 +129,12 @@ async def run(config: AgentConfig) -> None:
         versions=_versions(),
         started_at=time.time(),
     )
-    start_fence_watchdog(config.state_dir, deadline=config.lease_ttl - 1)
+    start_fence_watchdog(config.state_dir, deadline=deadline_for(config.lease_ttl))
     registration = Registration(
         endpoints, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
     )
-    vms = VMController(db, config.name, config.state_dir, accelerator)
+    cores = CoreReservation(db, config.name, config.state_dir)
+    vms = VMController(db, config.name, config.state_dir, accelerator, on_launch=cores.pin_vm)
     migrations = Migrations(db, config.name, config.address, vms)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
     runner = TaskRunner(db, config.name, handlers.table())
@@ -177,8 +179,11 @@ async def run(config: AgentConfig) -> None:
                 ("leader", leader.run()),
                 (
                     "ardfs",
-                    IoSupervisor(db, config.name, config.address, config.state_dir).run(),
+                    IoSupervisor(
+                        db, config.name, config.address, config.state_dir, cores.pin_io
+                    ).run(),
                 ),
+                ("io-cores", cores.run()),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),

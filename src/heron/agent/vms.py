@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,11 +47,19 @@ class _Runtime:
 
 
 class VMController:
-    def __init__(self, db: ConfigDB, node: str, state_dir: Path, accelerator: str):
+    def __init__(
+        self,
+        db: ConfigDB,
+        node: str,
+        state_dir: Path,
+        accelerator: str,
+        on_launch: Callable[[int], None] = lambda _: None,
+    ):
         self.db = db
         self.node = node
         self.state_dir = state_dir
         self.accelerator = accelerator
+        self.on_launch = on_launch  # e.g. keep QEMU off the cores reserved for I/O
         self._vms: dict[str, _Runtime] = {}
         self._jobs: set[asyncio.Task[None]] = set()
 
@@ -157,7 +166,7 @@ class VMController:
         rt.guest_shutdown = False
         # Start paused when the user wants it paused, so the guest never runs a cycle.
         paused = ["-S"] if vm.power == PowerState.paused else []
-        await rt.qemu.launch([*args, *paused, *extra])
+        self.on_launch(await rt.qemu.launch([*args, *paused, *extra]))
         self._watch(vm.id)
 
     async def start_incoming(self, vm: VM, source: str) -> QemuVM:

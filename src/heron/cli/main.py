@@ -112,6 +112,22 @@ VM_COLUMNS = [
 ]
 
 
+@node_app.command("io")
+def node_io(
+    name: str,
+    cpus: Annotated[int, typer.Option(help="cores reserved for heron-io (0: none)")],
+    memory: Annotated[str, typer.Option(help="memory reserved for heron-io, e.g. 2G")] = "0",
+    as_json: Json = False,
+) -> None:
+    """Reserve cores and memory of a node for the storage data path (taken from the VMs)."""
+    body = {"cpus": cpus, "memory_mib": parse_size(memory) // 2**20 if memory != "0" else 0}
+    emit(
+        Client().request("PUT", f"/nodes/{name}/io", json=body),
+        as_json,
+        [("cpus", lambda r: r["cpus"]), ("memory", lambda r: size(r["memory_mib"] * 2**20))],
+    )
+
+
 maintenance_app = typer.Typer(no_args_is_help=True, help="Maintenance mode.")
 node_app.add_typer(maintenance_app, name="maintenance")
 

@@ -27,6 +27,21 @@ class Node(Record):
     maintenance: bool = Field(
         default=False, description="kept free of VMs; set by the admin (NodeSettings)"
     )
+    io_cpus: int = Field(
+        default=0, ge=0, description="cores reserved for heron-io (NodeSettings): not for VMs"
+    )
+    io_memory_mib: int = Field(
+        default=0, ge=0, description="memory reserved for heron-io (NodeSettings): not for VMs"
+    )
+
+    @property
+    def vm_cpus(self) -> int:
+        """The cores VMs may use: what is not reserved for I/O (at least one)."""
+        return max(self.cpus - self.io_cpus, 1)
+
+    @property
+    def vm_memory_mib(self) -> int:
+        return max(self.memory_mib - self.io_memory_mib, 1)
 
 
 class NodeSettings(Record):
@@ -35,6 +50,10 @@ class NodeSettings(Record):
 
     maintenance: bool = False
     left: bool = Field(default=False, description="removed from the cluster by the admin")
+    io_cpus: int = Field(default=0, ge=0, le=1024, description="cores reserved for heron-io")
+    io_memory_mib: int = Field(
+        default=0, ge=0, le=64 * 1024 * 1024, description="memory reserved for heron-io"
+    )
     changed_at: float
 
 

@@ -13,7 +13,7 @@ from heron.models.vm import VM, VMStatus
 
 
 async def live_nodes(db: ConfigDB) -> dict[str, Node]:
-    """Nodes whose lease is alive, with their maintenance flag from the admin's settings."""
+    """Nodes whose lease is alive, with what the admin set (maintenance, I/O reservation)."""
     nodes = {e.value.name: e.value for e in await db.list(Node, keys.NODES)}
     settings = {
         e.key.rsplit("/", 1)[1]: e.value for e in await db.list(NodeSettings, keys.NODE_SETTINGS)
@@ -23,8 +23,14 @@ async def live_nodes(db: ConfigDB) -> dict[str, Node]:
 
 def _with_settings(nodes: dict[str, Node], settings: dict[str, NodeSettings]) -> dict[str, Node]:
     for name, setting in settings.items():
-        if name in nodes and setting.maintenance != nodes[name].maintenance:
-            nodes[name] = nodes[name].model_copy(update={"maintenance": setting.maintenance})
+        if name in nodes:
+            admin = {
+                "maintenance": setting.maintenance,
+                "io_cpus": setting.io_cpus,
+                "io_memory_mib": setting.io_memory_mib,
+            }
+            if any(getattr(nodes[name], k) != v for k, v in admin.items()):
+                nodes[name] = nodes[name].model_copy(update=admin)
     return nodes
 
 

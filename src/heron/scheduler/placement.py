@@ -102,8 +102,8 @@ def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
     return [
         NodeLoad(
             name=n.name,
-            cpus=n.cpus,
-            memory_mib=n.memory_mib,
+            cpus=n.vm_cpus,
+            memory_mib=n.vm_memory_mib,
             memory_used_mib=memory[n.name],
             vcpus_used=vcpus[n.name],
             vms=count[n.name],

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from typing import Any
 
 import aetcd.exceptions
 from fastapi import APIRouter, Depends, Request
@@ -12,9 +13,10 @@ from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.cluster import live_nodes
 from heron.api.context import with_task
-from heron.api.errors import Conflict, NotFound
-from heron.configdb import Txn, keys
+from heron.api.errors import Conflict, Invalid, NotFound
+from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.membership import Membership
+from heron.configdb.store import Conflict as StoreConflict
 from heron.models.node import Node, NodeSettings
 from heron.models.settings import ClusterSettings
 from heron.models.task import new_task
@@ -99,9 +101,11 @@ async def enter_maintenance(
     db = request.app.state.ctx.db
     if name not in await live_nodes(db):
         raise NotFound(f"no live node {name!r}")
-    settings = NodeSettings(maintenance=True, changed_at=time.time())
+    current = await db.get(NodeSettings, keys.node_settings(name))
+    settings = _changed(current, maintenance=True)
     task = new_task("node.drain", name, name, principal.user)
-    await db.commit(with_task(Txn().put(keys.node_settings(name), settings), task))
+    txn = Txn().require_revision(keys.node_settings(name), current.revision if current else 0)
+    await db.commit(with_task(txn.put(keys.node_settings(name), settings), task))
     request.state.audit_target = name
     return MaintenanceReply(node=name, maintenance=True, task=task.id)
 
@@ -114,9 +118,54 @@ async def exit_maintenance(
     db = request.app.state.ctx.db
     if await db.get_raw(keys.node_settings(name)) is None and name not in await live_nodes(db):
         raise NotFound(f"no node {name!r}")
-    await db.put(keys.node_settings(name), NodeSettings(maintenance=False, changed_at=time.time()))
+    await _update_settings(db, name, maintenance=False)
     request.state.audit_target = name
     return MaintenanceReply(node=name, maintenance=False)
+
+
+class IoReservation(BaseModel):
+    model_config = {"extra": "forbid"}
+    cpus: int = Field(ge=0, le=1024, description="cores for heron-io, taken from the VMs' share")
+    memory_mib: int = Field(ge=0, le=64 * 1024 * 1024, description="memory for heron-io")
+
+
+@router.put("/nodes/{name}/io", response_model=IoReservation)
+async def reserve_for_io(
+    name: str, body: IoReservation, request: Request, _: Principal = Depends(auth.admin)
+) -> IoReservation:
+    """Reserve cores and memory of a node for its storage data path (heron-io): heron-io runs
+    on the last `cpus` cores, VMs on the others, and placement counts only what is left."""
+    db = request.app.state.ctx.db
+    nodes = await live_nodes(db)
+    if name not in nodes:
+        raise NotFound(f"no live node {name!r}")
+    node = nodes[name]
+    if body.cpus >= node.cpus:
+        raise Invalid("body.cpus", f"node {name} has {node.cpus} cores: leave at least one for VMs")
+    if body.memory_mib >= node.memory_mib:
+        raise Invalid("body.memory_mib", f"node {name} has {node.memory_mib} MiB")
+    await _update_settings(db, name, io_cpus=body.cpus, io_memory_mib=body.memory_mib)
+    request.state.audit_target = name
+    return body
+
+
+def _changed(current: Entry[NodeSettings] | None, **changes: Any) -> NodeSettings:
+    base = current.value if current else NodeSettings(changed_at=time.time())
+    return base.model_copy(update={**changes, "changed_at": time.time()})
+
+
+async def _update_settings(db: ConfigDB, name: str, **changes: Any) -> None:
+    """Change some of what the admin set about a node, keeping the rest."""
+    key = keys.node_settings(name)
+    for _ in range(20):
+        current = await db.get(NodeSettings, key)
+        revision = current.revision if current else 0
+        try:
+            await db.put(key, _changed(current, **changes), revision=revision)
+            return
+        except StoreConflict:
+            continue
+    raise Conflict(f"the settings of node {name} kept changing")
 
 
 @router.get("/cluster/settings", response_model=ClusterSettings)
@@ -180,7 +229,9 @@ async def leave_cluster(
         if voters == [mine]:
             raise Conflict(f"node {name} runs the cluster's only etcd voter")
         await _remove_member(membership, mine.id)
-    settings = NodeSettings(maintenance=True, left=True, changed_at=time.time())
-    await db.commit(Txn().put(keys.node_settings(name), settings).delete(keys.etcd_join(name)))
+    current = await db.get(NodeSettings, keys.node_settings(name))
+    settings = _changed(current, maintenance=True, left=True)
+    txn = Txn().require_revision(keys.node_settings(name), current.revision if current else 0)
+    await db.commit(txn.put(keys.node_settings(name), settings).delete(keys.etcd_join(name)))
     request.state.audit_target = name
     return LeaveReply(node=name, etcd_member_removed=mine is not None)
