@@ -23,8 +23,17 @@ from heron.util.proc import read_pidfile
 log = logging.getLogger("heron-fence")
 
 BEAT_FILE = "fence.beat"
+# The watchdog acts this long before the lease could expire. etcd counts a lease from the last
+# keepalive it received, never earlier than the agent's last successful renewal (the beat), so
+# fencing at beat + TTL - 0.5 s is always before the expiry; the rest of the TTL is room for
+# etcd to elect a new raft leader without healthy nodes fencing their own VMs.
+BEFORE_EXPIRY = 0.5
 HA_MARKER = "ha"  # in a VM's runtime directory: this VM is fenced
 FENCED_MARKER = "fenced"  # written next to it when the watchdog killed that VM
+
+
+def deadline_for(lease_ttl: float) -> float:
+    return lease_ttl - BEFORE_EXPIRY
 
 
 def write_beat(state_dir: Path) -> None:
