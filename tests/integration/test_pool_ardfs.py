@@ -4,6 +4,7 @@ another node, which claims the volume with a new epoch and boots from the surviv
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,30 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     wait_for(lambda: serial_lines(second, "HERON-GUEST-READY"), BOOT, "the guest to boot again")
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
     assert (volume["owner"], volume["epoch"]) == (vm["node"], 2)
+
+    # Written while node2 is away, the block's copy there is stale: the volume is degraded and
+    # its owner follows the rebuild as a task, which ends once node2 is back and caught up.
+    socket_path = Path(cluster.node(vm["node"]).state_dir) / "ardfs/hci/nbd.sock"
+    written = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x5a 20M 4M",
+         f"nbd+unix:///{volume_id}?socket={socket_path}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+
+    def health() -> dict:
+        return api.ok("GET", f"/pools/hci/volumes/{volume_id}")["health"] or {}
+
+    degraded = wait_for(lambda: health().get("state") == "degraded" and health(), 30, "degraded")
+    assert degraded["stale_chunks"] >= 1 and degraded["node"] == vm["node"]
+
+    def rebuild_task() -> dict | None:
+        tasks = [t for t in api.ok("GET", "/tasks") if t["kind"] == "volume.rebuild"]
+        return tasks[0] if tasks and tasks[0]["target"] == volume_id else None
+
+    task = wait_for(rebuild_task, 30, "a rebuild task")
+    assert task["node"] == vm["node"] and task["state"] in ("queued", "running")
+    cluster.start_node("node2")
+    done = api.wait_task(task["id"], timeout=120)
+    assert done["result"]["rebuilt_chunks"] >= 1, done
+    wait_for(lambda: health().get("state") == "healthy", 30, "healthy again")

@@ -10,25 +10,30 @@ restart, which QEMU rides out by reconnecting to the NBD socket.
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
 from heron.ardfs.io import READY
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.cache import Cache
-from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, Volume
+from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, Volume, VolumeHealth
+from heron.models.task import Task, new_task
 from heron.storage.ardfspool import SECTOR, socket_path
 from heron.util.proc import alive, read_pidfile, spawn_detached, terminate, wait_until
 
 log = logging.getLogger(__name__)
 
 CHECK = 5.0  # also look this often whether heron-io still runs
+PUBLISH = 1.0  # how often the owner looks at its volumes' redundancy
 START_TIMEOUT = 60.0
 
 
@@ -94,12 +99,15 @@ class IoSupervisor:
         self.pools = Cache(db, Pool, keys.POOLS)
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
+        self._published: dict[str, tuple[str, int, int]] = {}
+        self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
 
     async def run(self) -> None:
         caches = (self.pools, self.volumes, self.members)
         for cache in caches:
             await cache.start()
         wakes = [cache.listen() for cache in caches]
+        publisher = asyncio.create_task(self._publish_forever())
         try:
             while True:
                 for pool in [p for p in self.pools.values() if p.type == "ardfs"]:
@@ -114,8 +122,53 @@ class IoSupervisor:
                 for wake in wakes:
                     wake.clear()
         finally:
+            publisher.cancel()
             for cache in caches:
                 await cache.stop()
+
+    # -- health --------------------------------------------------------------------------
+
+    async def _publish_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH)  # the owner's view changes by the second at most
+            try:
+                await self.publish()
+            except Exception as exc:
+                log.warning("publishing ARDFS health: %r", exc)
+
+    async def publish(self) -> None:
+        """For each volume this node owns: its health in the ConfigDB when it changed, and a
+        `volume.rebuild` task following the rebuild while copies are stale."""
+        for pool in [p for p in self.pools.values() if p.type == "ardfs"]:
+            served = io_status(self.state_dir, pool.name).get("volumes", {})
+            for volume in self.volumes.values():
+                seen = served.get(volume.id)
+                if volume.pool != pool.name or volume.owner != self.node or seen is None:
+                    continue
+                health = VolumeHealth(
+                    state=seen["state"],
+                    stale_chunks=seen["stale_chunks"],
+                    rebuilt_chunks=seen["rebuilt_chunks"],
+                    rebuild_bytes_per_s=seen.get("rebuild_bytes_per_s", 0),
+                    node=self.node,
+                    updated_at=time.time(),
+                )
+                summary = (health.state, health.stale_chunks, health.rebuilt_chunks)
+                if self._published.get(volume.id) != summary:
+                    await self.db.put(keys.volume_health(volume.id), health)
+                    self._published[volume.id] = summary
+                if health.stale_chunks:
+                    await self._follow_rebuild(volume)
+
+    async def _follow_rebuild(self, volume: Volume) -> None:
+        task_id = self._rebuilds.get(volume.id)
+        if task_id is not None:
+            found = await self.db.get(Task, keys.task(task_id))
+            if found is not None and not found.value.state.finished:
+                return
+        task = new_task("volume.rebuild", self.node, volume.id, "ardfs")
+        await self.db.create(keys.task(task.id), task)
+        self._rebuilds[volume.id] = task.id
 
     async def step(self, pool: Pool) -> None:
         if not await self._registered(pool):
@@ -176,6 +229,14 @@ class IoSupervisor:
             with contextlib.suppress(Conflict):
                 await self.db.put(key, member, revision=entry.revision)
         return False
+
+
+def io_status(state_dir: Path, pool: str) -> dict[str, Any]:
+    """What this node's heron-io of `pool` last wrote about itself (empty if nothing yet)."""
+    try:
+        return json.loads((state_dir / "ardfs" / pool / "state" / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def _wait_ready(logfile: Path, offset: int, pid: int, marker: str) -> bool:

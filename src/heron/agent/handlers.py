@@ -1,10 +1,12 @@
 """What each kind of task does on the node that carries it out. All of it is idempotent."""
 
+import asyncio
 import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
+from heron.agent.ardfs import io_status
 from heron.agent.drain import Drain
 from heron.agent.migration import Migrations
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
@@ -41,6 +43,7 @@ class Handlers:
             "volume.resize": self.volume_resize,
             "volume.delete": self.volume_delete,
             "pool.scan": self.pool_scan,
+            "volume.rebuild": self.volume_rebuild,
         }
         for action in ("start", "stop", "shutdown", "pause", "resume"):
             table[f"vm.{action}"] = self.vm_power
@@ -161,7 +164,7 @@ class Handlers:
                 with contextlib.suppress(TaskFailed, StorageError):
                     volume, pool = await self._volume(disk.volume)
                     await pool.delete(volume)
-                    txn.delete(keys.volume(volume.id))
+                    txn.delete(keys.volume(volume.id)).delete(keys.volume_health(volume.id))
                     txn.delete(keys.volume_name(volume.pool, volume.name))
                     removed.append(volume.name)
         await self.db.commit(txn)
@@ -225,7 +228,10 @@ class Handlers:
         except StorageError as exc:
             raise TaskFailed(str(exc)) from exc
         await self.db.commit(
-            Txn().delete(keys.volume(volume.id)).delete(keys.volume_name(volume.pool, volume.name))
+            Txn()
+            .delete(keys.volume(volume.id))
+            .delete(keys.volume_name(volume.pool, volume.name))
+            .delete(keys.volume_health(volume.id))
         )
         return {"deleted": volume.id}
 
@@ -270,3 +276,27 @@ class Handlers:
         if missing:
             await ctx.log(f"no longer offered (kept): {', '.join(missing)}")
         return {"added": added, "resized": grown, "missing": missing}
+
+    async def volume_rebuild(self, ctx: TaskContext) -> dict[str, Any]:
+        """Follow heron-io rebuilding an ardfs volume's stale copies until none is left.
+
+        heron-io does the work (rate-limited, from every healthy copy, resumable); this task
+        is how it shows: progress, a log line per change, the end. Cancelling it only stops
+        following; heron-io carries on, the volume must become redundant again."""
+        volume, _ = await self._volume(ctx.task.target)
+        started, first, last = time.monotonic(), None, None
+        while True:
+            seen = io_status(self.state_dir, volume.pool).get("volumes", {}).get(volume.id)
+            if seen is None:
+                raise TaskFailed(f"heron-io on {self.node} no longer serves {volume.name}")
+            stale, rebuilt = seen["stale_chunks"], seen["rebuilt_chunks"]
+            first = rebuilt if first is None else first
+            if stale == 0:
+                await ctx.log(f"{volume.name} is redundant again")
+                done = rebuilt - first
+                return {"rebuilt_chunks": done, "seconds": round(time.monotonic() - started, 1)}
+            done = rebuilt - first
+            message = None if (stale, done) == last else f"{stale} chunk(s) to rebuild"
+            last = (stale, done)
+            await ctx.progress(done / (done + stale), message)
+            await asyncio.sleep(1.0)  # heron-io rewrites its status every second

@@ -19,6 +19,7 @@ TOKENS = ROOT + "tokens/"
 MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
 ARDFS_MEMBERS = ROOT + "ardfs-members/"
+VOLUME_HEALTH = ROOT + "volume-health/"
 ETCD_JOINS = ROOT + "etcd-joins/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
@@ -82,3 +83,7 @@ def etcd_join(node_name: str) -> str:
 
 def ardfs_member(pool: str, node: str) -> str:
     return f"{ARDFS_MEMBERS}{pool}/{node}"
+
+
+def volume_health(volume_id: str) -> str:
+    return VOLUME_HEALTH + volume_id

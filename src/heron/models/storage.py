@@ -152,3 +152,14 @@ class ArdfsMember(Record):
     site: Name = "default"
     address: str | None = Field(default=None, description="host:port of its heron-io peers")
     disks: list[ArdfsDisk] = Field(default_factory=list, max_length=64)
+
+
+class VolumeHealth(Record):
+    """An ardfs volume's redundancy as its owner's heron-io sees it, written when it changes."""
+
+    state: Literal["healthy", "degraded"]
+    stale_chunks: int = Field(ge=0, description="chunks with a copy or shard still to rebuild")
+    rebuilt_chunks: int = Field(ge=0, description="rebuilt since heron-io started")
+    rebuild_bytes_per_s: int = Field(default=0, ge=0)
+    node: Name = Field(description="the owner that reported it")
+    updated_at: float

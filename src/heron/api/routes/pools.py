@@ -15,7 +15,15 @@ from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
-from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, PoolSpec, Volume, VolumeFormat
+from heron.models.storage import (
+    ArdfsDisk,
+    ArdfsMember,
+    Pool,
+    PoolSpec,
+    Volume,
+    VolumeFormat,
+    VolumeHealth,
+)
 from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.storage.driver import driver_for
@@ -62,6 +70,9 @@ class VolumeView(Volume):
     revision: int
     allocation: int | None = None
     attached_to: str | None = None
+    health: VolumeHealth | None = Field(
+        default=None, description="ardfs: redundancy as the owner's heron-io last reported it"
+    )
 
 
 class TaskRef(BaseModel):
@@ -131,6 +142,7 @@ async def list_volumes(
         for view in views
         if view["node"] == node
     } if remote else {}  # fmt: skip
+    health = await _health(ctx, pool)
     views = []
     for entry in volumes:
         volume = entry.value
@@ -141,6 +153,7 @@ async def list_volumes(
                 revision=entry.revision,
                 allocation=here.allocation(volume) if mine else allocations.get(volume.id),
                 attached_to=users.get(volume.id),
+                health=health.get(volume.id),
             )
         )
     return sorted(views, key=lambda v: v.name)
@@ -161,7 +174,17 @@ async def get_volume(
         revision=entry.revision,
         allocation=driver_for(pool, ctx.state_dir).allocation(volume) if here else None,
         attached_to=users.get(volume.id),
+        health=(await _health(ctx, pool)).get(volume.id),
     )
+
+
+async def _health(ctx: ApiContext, pool: Pool) -> dict[str, VolumeHealth]:
+    if pool.type != "ardfs":
+        return {}
+    return {
+        e.key.rsplit("/", 1)[1]: e.value
+        for e in await ctx.db.list(VolumeHealth, keys.VOLUME_HEALTH)
+    }
 
 
 async def _new_volume(
