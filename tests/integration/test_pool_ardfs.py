@@ -51,6 +51,13 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         "heron-io on every node",
     )
 
+    # Capacity: the three disks' space, halved by the two copies of every block.
+    capacity = wait_for(
+        lambda: api.ok("GET", "/pools/hci")["capacity"], 30, "the disks' space to be reported"
+    )
+    assert capacity["raw_total_bytes"] > 0
+    assert capacity["total_bytes"] == capacity["raw_total_bytes"] // 2
+
     # qcow2 is refused, raw is the default: the volume is the disk.
     refused = api.post(
         "/vms",

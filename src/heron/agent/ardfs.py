@@ -25,7 +25,15 @@ from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
 from heron.ardfs.io import READY
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.cache import Cache
-from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, Volume, VolumeHealth
+from heron.models.storage import (
+    ArdfsDisk,
+    ArdfsMember,
+    ArdfsNodeStatus,
+    DiskUsage,
+    Pool,
+    Volume,
+    VolumeHealth,
+)
 from heron.models.task import Task, new_task
 from heron.storage.ardfspool import SECTOR, socket_path
 from heron.util.proc import alive, read_pidfile, spawn_detached, terminate, wait_until
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CHECK = 5.0  # also look this often whether heron-io still runs
 PUBLISH = 1.0  # how often the owner looks at its volumes' redundancy
+DISK_REPORT = 60.0  # disks' free space is reported at least this often
 START_TIMEOUT = 60.0
 
 
@@ -101,6 +110,7 @@ class IoSupervisor:
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self._published: dict[str, tuple[str, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
+        self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
 
     async def run(self) -> None:
         caches = (self.pools, self.volumes, self.members)
@@ -140,7 +150,9 @@ class IoSupervisor:
         """For each volume this node owns: its health in the ConfigDB when it changed, and a
         `volume.rebuild` task following the rebuild while copies are stale."""
         for pool in [p for p in self.pools.values() if p.type == "ardfs"]:
-            served = io_status(self.state_dir, pool.name).get("volumes", {})
+            status = io_status(self.state_dir, pool.name)
+            await self._publish_disks(pool.name, status.get("disks", {}))
+            served = status.get("volumes", {})
             for volume in self.volumes.values():
                 seen = served.get(volume.id)
                 if volume.pool != pool.name or volume.owner != self.node or seen is None:
@@ -159,6 +171,28 @@ class IoSupervisor:
                     self._published[volume.id] = summary
                 if health.stale_chunks:
                     await self._follow_rebuild(volume)
+
+    async def _publish_disks(self, pool: str, disks: dict[str, Any]) -> None:
+        """This node's disks' space, when it moved by 1 % or a minute has passed."""
+        usage = {
+            disk: DiskUsage(total_bytes=d["total_bytes"], free_bytes=d["free_bytes"])
+            for disk, d in disks.items()
+            if "total_bytes" in d
+        }
+        last = self._disks_published.get(pool)
+        if (
+            last is not None
+            and time.monotonic() - last[0] < DISK_REPORT
+            and set(usage) == set(last[1])
+            and all(
+                abs(usage[d].free_bytes - last[1][d].free_bytes) <= usage[d].total_bytes // 100
+                for d in usage
+            )
+        ):
+            return
+        record = ArdfsNodeStatus(disks=usage, updated_at=time.time())
+        await self.db.put(keys.ardfs_status(pool, self.node), record)
+        self._disks_published[pool] = (time.monotonic(), usage)
 
     async def _follow_rebuild(self, volume: Volume) -> None:
         task_id = self._rebuilds.get(volume.id)

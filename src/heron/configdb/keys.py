@@ -20,6 +20,7 @@ MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
 ARDFS_MEMBERS = ROOT + "ardfs-members/"
 VOLUME_HEALTH = ROOT + "volume-health/"
+ARDFS_STATUS = ROOT + "ardfs-status/"
 ETCD_JOINS = ROOT + "etcd-joins/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
@@ -87,3 +88,7 @@ def ardfs_member(pool: str, node: str) -> str:
 
 def volume_health(volume_id: str) -> str:
     return VOLUME_HEALTH + volume_id
+
+
+def ardfs_status(pool: str, node: str) -> str:
+    return f"{ARDFS_STATUS}{pool}/{node}"

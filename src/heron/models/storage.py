@@ -163,3 +163,15 @@ class VolumeHealth(Record):
     rebuild_bytes_per_s: int = Field(default=0, ge=0)
     node: Name = Field(description="the owner that reported it")
     updated_at: float
+
+
+class DiskUsage(Record):
+    total_bytes: int = Field(ge=0)
+    free_bytes: int = Field(ge=0)
+
+
+class ArdfsNodeStatus(Record):
+    """A member's disks as its heron-io measured them; rewritten when they change noticeably."""
+
+    disks: dict[str, DiskUsage] = Field(default_factory=dict)
+    updated_at: float

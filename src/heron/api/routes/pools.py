@@ -18,6 +18,7 @@ from heron.models.common import Name, new_id
 from heron.models.storage import (
     ArdfsDisk,
     ArdfsMember,
+    ArdfsNodeStatus,
     Pool,
     PoolSpec,
     Volume,
@@ -37,8 +38,18 @@ class PoolCreate(PoolSpec):
     """A pool definition: the fields that apply depend on `type` (see the Pool schema)."""
 
 
+class PoolCapacity(BaseModel):
+    total_bytes: int = Field(description="what volumes can hold, after replication or parity")
+    free_bytes: int
+    raw_total_bytes: int = Field(description="the disks' space")
+    raw_free_bytes: int
+
+
 class PoolView(Pool):
     revision: int
+    capacity: PoolCapacity | None = Field(
+        default=None, description="ardfs and shared pools; a local pool's differs by node"
+    )
 
 
 class VolumeCreate(BaseModel):
@@ -86,8 +97,39 @@ def _ctx(request: Request) -> ApiContext:
 
 @router.get("/pools", response_model=list[PoolView])
 async def list_pools(request: Request, _: Principal = Depends(auth.viewer)) -> list[PoolView]:
-    entries = await _ctx(request).db.list(Pool, keys.POOLS)
-    return [PoolView(**e.value.model_dump(), revision=e.revision) for e in entries]
+    ctx = _ctx(request)
+    entries = await ctx.db.list(Pool, keys.POOLS)
+    return [await _pool_view(ctx, e.value, e.revision) for e in entries]
+
+
+async def _pool_view(ctx: ApiContext, pool: Pool, revision: int) -> PoolView:
+    return PoolView(**pool.model_dump(), revision=revision, capacity=await _capacity(ctx, pool))
+
+
+async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
+    if pool.type == "ardfs":
+        nodes = await ctx.db.list(ArdfsNodeStatus, f"{keys.ARDFS_STATUS}{pool.name}/")
+        disks = [d for e in nodes for d in e.value.disks.values()]
+        if not disks:
+            return None
+        total = sum(d.total_bytes for d in disks)
+        free = sum(d.free_bytes for d in disks)
+        kind, number = pool.protection[:2], int(pool.protection[2])
+        share = 1 / number if kind == "rf" else number / (number + 1)
+        return PoolCapacity(
+            total_bytes=int(total * share),
+            free_bytes=int(free * share),
+            raw_total_bytes=total,
+            raw_free_bytes=free,
+        )
+    if not pool.shared or pool.lun_backed:
+        return None
+    found = driver_for(pool, ctx.state_dir).capacity()
+    if found is None:
+        return None
+    return PoolCapacity(
+        total_bytes=found[0], free_bytes=found[1], raw_total_bytes=found[0], raw_free_bytes=found[1]
+    )
 
 
 @router.post("/pools", response_model=PoolView, status_code=201)
@@ -106,8 +148,9 @@ async def create_pool(
 
 @router.get("/pools/{name}", response_model=PoolView)
 async def get_pool(name: str, request: Request, _: Principal = Depends(auth.viewer)) -> PoolView:
-    entry = await find_pool(_ctx(request).db, name)
-    return PoolView(**entry.value.model_dump(), revision=entry.revision)
+    ctx = _ctx(request)
+    entry = await find_pool(ctx.db, name)
+    return await _pool_view(ctx, entry.value, entry.revision)
 
 
 @router.delete("/pools/{name}", status_code=204)
