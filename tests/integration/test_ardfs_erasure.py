@@ -111,6 +111,7 @@ def test_fio_verifies_random_writes_on_ec(tmp_path: Path) -> None:
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         )
         assert report["jobs"][0]["error"] == 0
 

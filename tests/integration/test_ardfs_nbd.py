@@ -97,6 +97,7 @@ def test_fio_nbd_engine_verifies_random_writes(node: IoProcess) -> None:
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
     )
     job = report["jobs"][0]
     assert job["error"] == 0
