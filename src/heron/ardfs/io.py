@@ -32,6 +32,9 @@ from heron.ardfs.target import ChunkTarget, LocalTarget
 log = logging.getLogger("heron.ardfs.io")
 
 READY = "heron-io ready"
+# How long a handover waits for each chunk store to take the claim and give its stale notes:
+# a hung node must not keep the volume from its new owner (its notes are on the good copies).
+TAKEOVER_WAIT = 5.0
 
 AnyVolume = ReplicatedVolume | ErasureVolume
 
@@ -115,7 +118,8 @@ class Io:
         reached now learns the epoch from the first write it gets."""
         targets = self.cluster.all_targets()
         results = await asyncio.gather(
-            *(t.claim(spec.id, spec.epoch) for t in targets), return_exceptions=True
+            *(asyncio.wait_for(t.claim(spec.id, spec.epoch), TAKEOVER_WAIT) for t in targets),
+            return_exceptions=True,
         )
         for target, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
@@ -133,7 +137,8 @@ class Io:
             return
         targets = self.cluster.all_targets()
         results = await asyncio.gather(
-            *(t.stale_list(spec.id) for t in targets), return_exceptions=True
+            *(asyncio.wait_for(t.stale_list(spec.id), TAKEOVER_WAIT) for t in targets),
+            return_exceptions=True,
         )
         found: set[tuple[int, str]] = set()
         for target, result in zip(targets, results, strict=True):
