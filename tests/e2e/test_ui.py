@@ -247,7 +247,7 @@ def test_upload_an_image(page: Page, ui: str, image: str, tmp_path: Path) -> Non
     expect(row).to_contain_text("4 MiB")
 
 
-POOL_TYPES = ["dir", "nfs", "iscsi", "block", "rbd"]
+POOL_TYPES = ["dir", "nfs", "iscsi", "block", "rbd", "ardfs"]
 
 
 def is_pool_create(request: Request) -> bool:
@@ -330,6 +330,70 @@ def test_scan_a_block_pool(page: Page, ui: str, api: Api, screenshots: Path) -> 
         assert_translated(page, "en", f"/storage (block pool, form for {kind})")
 
 
+def test_an_ardfs_pool_and_its_disks(
+    page: Page, ui: str, screenshots: Path, cluster3: tuple[DevCluster, str]
+) -> None:
+    cluster, _ = cluster3
+    node1 = cluster.nodes[0]
+    path = f"{node1.state_dir}/ardfs-ui-disk"
+    page.goto(f"{ui}/storage")
+    form = page.locator("[data-testid=pool-form]")
+    form.locator("input[name=name]").fill("hci")
+    form.locator("[data-testid=pool-type-select]").select_option("ardfs")
+    protection = form.locator("select[name=protection]")
+    expect(protection).to_have_value("rf2")
+    expect(protection.locator("option")).to_have_count(5)
+    expect(form.locator("input[name=path], input[name=shared]")).to_have_count(0)
+    protection.select_option("rf1")
+    with page.expect_request(is_pool_create) as sent:
+        form.locator("[data-testid=pool-submit]").click()
+    assert sent.value.post_data_json == {"name": "hci", "type": "ardfs", "protection": "rf1"}
+    expect(page.locator("[data-testid=pool-select]")).to_have_value("hci")
+    expect(page.locator("[data-testid=pool-type]")).to_have_text("ARDFS")
+    expect(page.locator("[data-testid=pool-where]")).to_have_text("rf1")
+    expect(page.locator("[data-testid=pool-header]")).to_contain_text("shared by every node")
+    # Raw volumes only; who owns each one and since which epoch.
+    expect(page.locator("[data-testid=volume-form] select option")).to_have_text(["raw"])
+    expect(page.locator("[data-testid=owner-head]")).to_be_visible()
+    expect(page.locator("[data-testid=epoch-head]")).to_be_visible()
+
+    disks = page.locator("[data-testid=ardfs-disks]")
+    add = disks.locator("[data-testid=disk-form]")
+    add.locator("select[name=node]").select_option(node1.name)
+    add.locator("input[name=path]").fill(path)
+    with page.expect_response(lambda r: r.url.endswith("/pools/hci/disks")) as reply:
+        add.locator("[data-testid=disk-submit]").click()
+    assert reply.value.status == 201
+    expect(add.locator("[data-testid=error]")).to_have_count(0)
+    row = disks.locator(f"tr[data-member={node1.name}]")
+    expect(row.locator("[data-testid=member-disks] code")).to_have_text([path])
+    expect(row).to_contain_text("default")  # no site given
+    # Its agent registers node1's heron-io in the pool; the table reads members again.
+    expect(row.locator("[data-testid=member-address] code")).to_have_text(
+        re.compile(r"^\S+:\d+$"), timeout=STEP
+    )
+
+    # The same directory again: the API's refusal, as it came.
+    add.locator("input[name=path]").fill(path)
+    add.locator("[data-testid=disk-submit]").click()
+    error = add.locator("[data-testid=error]")
+    expect(error).to_contain_text("409")
+    expect(error).to_contain_text("already a disk of pool hci")
+    expect(row.locator("[data-testid=member-disks] code")).to_have_count(1)
+    settle(page)
+    shot(page, screenshots, "storage-ardfs")
+
+    page.select_option("[data-testid=language]", "ru")
+    try:
+        expect(error).to_contain_text("Запрос отклонён")
+        form.locator("[data-testid=pool-type-select]").select_option("ardfs")
+        settle(page)
+        assert_translated(page, "ru", "/storage (ardfs pool)")
+    finally:
+        page.select_option("[data-testid=language]", "en")
+    assert_translated(page, "en", "/storage (ardfs pool)")
+
+
 def test_tasks_show_progress_and_logs(page: Page, ui: str) -> None:
     page.goto(f"{ui}/tasks")
     create = page.locator("tr[data-kind='vm.create']").first
@@ -352,6 +416,48 @@ def test_maintenance_enter_and_exit(
     shot(page, screenshots, "nodes-maintenance")
     card.get_by_role("button", name="Exit maintenance").click()
     expect(card.locator(".badge").first).to_have_attribute("data-state", "online")
+
+
+def test_reserve_cores_of_a_node_for_io(
+    page: Page, ui: str, api: Api, screenshots: Path, cluster3: tuple[DevCluster, str]
+) -> None:
+    cluster, _ = cluster3
+    node2 = cluster.nodes[1].name
+    cores = api.ok("GET", f"/nodes/{node2}")["cpus"]
+    if cores < 2:
+        pytest.skip("one core: none can be reserved for I/O")
+    page.goto(f"{ui}/nodes")
+    card = page.locator(f"[data-node={node2}]")
+    shown = card.locator("[data-testid=io-reservation]")
+    expect(shown).to_have_text("nothing")
+    card.locator("[data-testid=io-edit]").click()
+    form = card.locator("[data-testid=io-form]")
+    try:
+        # Every core: the API refuses, naming the field.
+        form.locator("input[name=cpus]").fill(str(cores))
+        form.locator("[data-testid=io-submit]").click()
+        error = form.locator("[data-testid=error]")
+        expect(error).to_contain_text("422")
+        expect(error.locator("code")).to_have_text("body.cpus")
+        page.select_option("[data-testid=language]", "ru")
+        try:
+            expect(error).to_contain_text("Запрос отклонён")
+            settle(page)
+            assert_translated(page, "ru", "/nodes (I/O reservation form)")
+        finally:
+            page.select_option("[data-testid=language]", "en")
+
+        form.locator("input[name=cpus]").fill("1")
+        form.locator("input[name=memory_mib]").fill("256")
+        form.locator("[data-testid=io-submit]").click()
+        expect(form).to_have_count(0)
+        expect(shown).to_have_attribute("data-cpus", "1")
+        expect(shown).to_have_text(f"1 of {cores} cores, 256 MiB")
+        settle(page)
+        shot(page, screenshots, "nodes-io")
+    finally:
+        api.ok("PUT", f"/nodes/{node2}/io", json={"cpus": 0, "memory_mib": 0})
+    expect(shown).to_have_text("nothing")
 
 
 def test_api_tokens_are_shown_once_and_revoked(page: Page, ui: str) -> None:
@@ -413,13 +519,14 @@ def test_phone_width_without_horizontal_scrolling(
                 shot(phone, screenshots, f"phone-{name}")
         shot(phone, screenshots, "phone-vm")
         phone.goto(f"{ui}/storage")
-        for pool in ("nas", "san"):
+        for pool in ("nas", "san", "hci"):
             phone.select_option("[data-testid=pool-select]", pool)
             for kind in POOL_TYPES:
                 phone.select_option("[data-testid=pool-type-select]", kind)
                 settle(phone)
                 wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
                 assert wide[0] <= wide[1], f"/storage ({pool}, {kind}) scrolls sideways: {wide}"
+        shot(phone, screenshots, "phone-storage-ardfs")
         phone.select_option("[data-testid=pool-type-select]", "iscsi")
         assert_translated(phone, "ru", "/storage (form for iscsi)")
         shot(phone, screenshots, "phone-storage-pool-types")

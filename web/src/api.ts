@@ -63,6 +63,7 @@ async function send<T>(method: string, path: string, body?: unknown): Promise<T>
 
 export const get = <T>(path: string) => request<T>("GET", path);
 export const post = <T>(path: string, body?: unknown) => request<T>("POST", path, body ?? {});
+export const put = <T>(path: string, body: unknown) => request<T>("PUT", path, body);
 export const del = <T>(path: string) => request<T>("DELETE", path);
 
 /** A multipart upload with progress (fetch cannot report upload progress; XHR can). */

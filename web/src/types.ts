@@ -15,6 +15,9 @@ export interface Node {
   vcpus_used: number;
   maintenance: boolean;
   started_at: number;
+  /** Cores and memory the admin reserved for heron-io (not for VMs). */
+  io_cpus: number;
+  io_memory_mib: number;
 }
 
 export interface Cluster {
@@ -59,7 +62,10 @@ export interface VM {
 }
 
 /** Pool types the API knows; LUN-backed ones (iscsi, block) get their volumes by a scan. */
-export type PoolType = "dir" | "nfs" | "iscsi" | "block" | "rbd";
+export type PoolType = "dir" | "nfs" | "iscsi" | "block" | "rbd" | "ardfs";
+
+/** How an ardfs pool keeps its blocks: copies (rf) or erasure coding (ec data+parity). */
+export type Protection = "rf1" | "rf2" | "rf3" | "ec2+1" | "ec3+1";
 
 export interface Pool {
   name: string;
@@ -76,7 +82,24 @@ export interface Pool {
   monitors?: string[];
   user?: string | null;
   conf?: string | null;
+  protection?: string;
   created_at: number;
+}
+
+/** A directory of a node that an ardfs pool keeps its chunks in. */
+export interface ArdfsDisk {
+  id: string;
+  path: string;
+  weight: number;
+}
+
+/** A node's part in an ardfs pool: its heron-io's address and the disks it gives. */
+export interface ArdfsMember {
+  pool: string;
+  node: string;
+  site: string;
+  address: string | null;
+  disks: ArdfsDisk[];
 }
 
 /** What a pool scan found: volume names. */
@@ -94,6 +117,8 @@ export interface Volume {
   size: number;
   node: string | null;
   location?: string;
+  owner?: string | null;
+  epoch?: number;
   state: string;
   error: string;
   allocation: number | null;
