@@ -244,3 +244,23 @@ def test_a_new_owner_takes_over_what_the_old_one_knew_was_stale(tmp_path: Path) 
         wait_for(lambda: stale_copies(back, volume) == 0, 60, "the rebuild")
         assert chunk_path(back, volume, 1).read_bytes() == b"\x02" * CHUNK_SIZE
         assert other.alive()
+
+
+def test_a_joining_node_does_not_move_or_hide_existing_blocks(tmp_path: Path) -> None:
+    """Placement is pinned per volume: a third node joining gets none of the old volume's
+    blocks (until a rebalance copies them), while a new volume spreads over all three."""
+    old = VolumeSpec(name="old", size=32 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 2, [old]) as nodes:
+        qemu_io(nodes[0].uri("old"), "write -P 0x6f 0 32M", "flush")
+        wait_for(lambda: stale_copies(nodes[0], old) == 0, 60, "both copies")
+        for io in nodes:
+            io.stop()
+    new = VolumeSpec(name="new", size=32 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 3, [old, new]) as nodes:
+        for io in nodes[:2]:
+            qemu_io(io.uri("old"), "read -P 0x6f 0 32M")
+        qemu_io(nodes[0].uri("old"), "write -P 0x70 0 32M", "flush")
+        qemu_io(nodes[0].uri("new"), "write -P 0x71 0 32M", "flush")
+        assert chunk_files(nodes[2], old) == set()
+        assert chunk_files(nodes[2], new)  # the new node takes part in new volumes
+        qemu_io(nodes[1].uri("old"), "read -P 0x70 0 32M")

@@ -79,3 +79,28 @@ def test_a_leaving_node_moves_only_its_own_copies() -> None:
         new = {d.id for d in place(after, key, 2)}
         survivors = {d.id for d in old if d.node != "n3"}
         assert survivors <= new
+
+
+async def test_a_pinned_volume_keeps_its_placement_and_sees_gone_disks_as_unavailable() -> None:
+    from heron.ardfs.cluster import Cluster, GoneTarget
+    from heron.ardfs.volume import UnavailableError
+
+    class Target:
+        local = False
+
+        def __init__(self, disk: str, node: str):
+            self.disk, self.node = disk, node
+
+    before = cluster(4, disks=1)
+    after = cluster(6, disks=1)[1:]  # n0 left, n4 and n5 joined
+    view = Cluster("n1", after, {d.id: Target(d.id, d.node) for d in after})  # type: ignore[misc]
+    view.pin("vol", before)
+    for group in range(200):
+        expected = [d.id for d in place(before, group_key("vol", group), 2)]
+        assert [t.disk for t in view.place("vol", group, 2)] == expected
+    gone = view.targets["n0d0"]
+    assert isinstance(gone, GoneTarget)
+    with pytest.raises(UnavailableError, match="left the cluster"):
+        await gone.read_into("vol", 0, 0, memoryview(bytearray(1)))
+    # an unpinned volume uses today's disks
+    assert {t.node for g in range(200) for t in view.place("other", g, 2)} >= {"n4", "n5"}

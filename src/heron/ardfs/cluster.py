@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from heron.ardfs.placement import Disk, group_key, place
 from heron.ardfs.target import ChunkTarget
+from heron.ardfs.volume import UnavailableError
 
 PLACEMENT_CACHE = 65536
+
+
+class GoneTarget:
+    """A disk a volume is placed on that is no longer in the cluster: every copy on it is
+    unavailable (the volume runs degraded) until a rebalance moves its blocks elsewhere."""
+
+    local = False
+
+    def __init__(self, disk: str, node: str):
+        self.disk = disk
+        self.node = node
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[None]]:
+        async def unavailable(*args: object, **kwargs: object) -> None:
+            raise UnavailableError(f"disk {self.disk} of node {self.node} left the cluster")
+
+        return unavailable
 
 
 class Cluster:
@@ -16,14 +34,25 @@ class Cluster:
         self.node = node
         self.disks = list(disks)
         self.targets = dict(targets)
+        self.pinned: dict[str, list[Disk]] = {}  # volume -> the disks it is placed over
         self._cache: OrderedDict[tuple[str, int, int], list[ChunkTarget]] = OrderedDict()
+
+    def pin(self, volume: str, disks: Sequence[Disk]) -> None:
+        """Place `volume` over `disks` (some perhaps gone from the cluster) from now on."""
+        self.pinned[volume] = list(disks)
+        for disk in disks:
+            if disk.id not in self.targets:
+                self.targets[disk.id] = GoneTarget(disk.id, disk.node)  # type: ignore[assignment]
+        for key in [k for k in self._cache if k[0] == volume]:
+            del self._cache[key]
 
     def place(self, volume: str, group: int, width: int) -> list[ChunkTarget]:
         """The targets of a block group in shard order (placement is pure and cached)."""
         key = (volume, group, width)
         found = self._cache.get(key)
         if found is None:
-            chosen = place(self.disks, group_key(volume, group), width)
+            disks = self.pinned.get(volume, self.disks)
+            chosen = place(disks, group_key(volume, group), width)
             found = [self.targets[d.id] for d in chosen]
             self._cache[key] = found
             if len(self._cache) > PLACEMENT_CACHE:

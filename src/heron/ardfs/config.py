@@ -59,6 +59,18 @@ class Scheme(BaseModel):
         return f"rf{self.copies}" if self.kind == "replicated" else f"ec{self.data}+1"
 
 
+class PlacedDisk(BaseModel):
+    """A disk a volume's blocks are placed over, with what placement needs to know of it."""
+
+    id: str
+    node: str
+    site: str = "default"
+    weight: float = 1.0
+
+    def disk(self) -> Disk:
+        return Disk(self.id, self.node, self.site, self.weight)
+
+
 class VolumeSpec(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     name: str
@@ -70,6 +82,10 @@ class VolumeSpec(BaseModel):
     # log and repairs; other nodes' scrubbers report corrupt copies to it. None: unattached,
     # any node may repair.
     owner: str | None = None
+    # The disks the volume's blocks are placed over, fixed when it is created, so that a disk
+    # joining the cluster later does not move (or hide) existing blocks before a rebalance
+    # copies them. None: heron-io pins the cluster's disks when it first serves the volume.
+    placement: list[PlacedDisk] | None = None
 
     @field_validator("id")
     @classmethod

@@ -309,6 +309,8 @@ class ErasureVolume:
         if not (self.ok(stripe, shard, data_t) and self.ok(stripe, self.k, parity_t)):
             return False
         for target in (data_t, parity_t):
+            if not isinstance(target, RemoteTarget | LocalTarget):
+                return False  # a shard on a disk gone from the cluster: the general path
             if isinstance(target, RemoteTarget) and not target.client.up:
                 return False
         if not self.locks.try_acquire(stripe, inside, len(data)):

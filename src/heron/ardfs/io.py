@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from heron.ardfs.chunkstore import ChunkStore
 from heron.ardfs.cluster import Cluster
-from heron.ardfs.config import IoConfig, VolumeSpec
+from heron.ardfs.config import IoConfig, PlacedDisk, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.erasure import ErasureVolume
 from heron.ardfs.maintenance import Maintenance
@@ -84,6 +85,31 @@ class Io:
     def export_names(self) -> list[str]:
         return sorted(name for name in self.volumes if self.export(name) is not None)
 
+    def pin_placement(self, spec: VolumeSpec) -> None:
+        """Fix the disks the volume is placed over: from its spec, else from the pin this
+        node recorded when it first served it, else the cluster's disks now (recorded)."""
+        if spec.placement is not None:
+            disks = [d.disk() for d in spec.placement]
+        else:
+            path = self.config.state_dir / "placement" / f"{spec.id}.json"
+            try:
+                records = json.loads(path.read_text())
+                disks = [PlacedDisk.model_validate(r).disk() for r in records]
+            except FileNotFoundError:
+                disks = self.config.placement_disks()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps([vars(d) for d in disks]))
+                tmp.replace(path)
+        current = {d.id for d in self.config.placement_disks()}
+        pinned = {d.id for d in disks}
+        if pinned != current:
+            log.warning(
+                "volume %s stays on its disks until rebalanced: new %s, gone %s",
+                spec.name, sorted(current - pinned), sorted(pinned - current),
+            )  # fmt: skip
+        self.cluster.pin(spec.id, disks)
+
     def make_volume(self, spec: VolumeSpec) -> AnyVolume:
         degraded = DegradedLog(self.config.state_dir / "degraded" / f"{spec.id}.log")
         if spec.scheme.kind == "ec":
@@ -100,6 +126,7 @@ class Io:
         for name, spec in wanted.items():
             current = self.volumes.get(name)
             if current is None or current.spec.id != spec.id or current.spec.scheme != spec.scheme:
+                self.pin_placement(spec)
                 self.volumes[name] = self.make_volume(spec)
                 log.info("serving volume %s (%s, %d bytes)", name, spec.scheme.label(), spec.size)
             else:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from heron.ardfs.checksum import CHUNK_SIZE, SECTORS
+from heron.ardfs.cluster import GoneTarget
 from heron.ardfs.peer import OP_CORRUPT, OP_PING, RemoteTarget
 from heron.ardfs.volume import VolumeError
 
@@ -114,8 +115,8 @@ class Maintenance:
         """Whether every disk that holds a stale copy of the chunk answers now."""
         for disk in volume.degraded.stale(chunk):
             target = self.io.cluster.targets.get(disk)
-            if target is None:
-                return False  # left the cluster: moving its data is the leader's job
+            if target is None or isinstance(target, GoneTarget):
+                return False  # left the cluster: moving its data is a rebalance's job
             if isinstance(target, RemoteTarget) and not target.client.up:
                 try:
                     await target.client.call(OP_PING, volume.id, disk)

@@ -264,6 +264,8 @@ class ReplicatedVolume:
             return False
         copies = self.copies(block)
         remote = [t for t in copies if isinstance(t, RemoteTarget)]
+        if len(remote) + sum(isinstance(t, LocalTarget) for t in copies) != len(copies):
+            return False  # a copy on a disk gone from the cluster: the general path
         if any(not t.client.up for t in remote) or not self.gates.try_enter(block):
             return False
         waiting = len(copies)
