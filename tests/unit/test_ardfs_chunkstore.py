@@ -104,3 +104,13 @@ def test_writes_from_an_older_owner_epoch_are_refused(tmp_path: Path) -> None:
     # the epoch is durable: a restarted store still refuses the old owner
     with pytest.raises(FencedError):
         ChunkStore(tmp_path).write(VOL, 0, 0, memoryview(b"bad"), durable=False, epoch=1)
+
+
+def test_only_so_many_chunks_stay_open_and_closed_ones_keep_their_data(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, open_chunks=4)
+    for chunk in range(10):
+        store.write(VOL, chunk, 0, memoryview(bytes([chunk + 1]) * SECTOR), durable=False)
+    assert len(store._open) == 4
+    for chunk in range(10):
+        assert read(store, chunk, 0, SECTOR) == bytes([chunk + 1]) * SECTOR
+    assert store.verify(VOL, 0) == []

@@ -80,6 +80,7 @@ class ChunkStore:
     """One directory's chunks. Not safe for concurrent use from several processes."""
 
     root: Path
+    open_chunks: int = OPEN_CHUNKS  # each open chunk holds two descriptors and a mapping
     _open: OrderedDict[tuple[str, int], OpenChunk] = field(default_factory=OrderedDict)
     _epochs: dict[str, int] = field(default_factory=dict)
     _stale: dict[str, DegradedLog] = field(default_factory=dict)
@@ -128,7 +129,7 @@ class ChunkStore:
             raise
         entry = OpenChunk(data_fd, sum_fd, table, memoryview(table).cast("I"))
         self._open[key] = entry
-        while len(self._open) > OPEN_CHUNKS:
+        while len(self._open) > self.open_chunks:
             _, old = self._open.popitem(last=False)
             # Always, not only when dirty: a sync running in a thread may have taken the dirty
             # mark already and would find the descriptor closed.

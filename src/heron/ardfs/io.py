@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
 
-from heron.ardfs.chunkstore import ChunkStore
+from heron.ardfs.chunkstore import OPEN_CHUNKS, ChunkStore
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import IoConfig, PlacedDisk, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
@@ -40,6 +42,20 @@ TAKEOVER_WAIT = 5.0
 AnyVolume = ReplicatedVolume | ErasureVolume
 
 
+def descriptors_per_store(disks: int) -> int:
+    """How many chunks each store may keep open within this process's descriptor limit,
+    raised to the hard limit first (the usual soft limit of 1024 would not even cover the
+    chunks of one 4 GiB volume)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    spare = soft - 512  # sockets, logs, and the rest of the process
+    return max(16, min(OPEN_CHUNKS, spare // (2 * max(disks, 1))))
+
+
 class Io:
     """The running data path: stores, peers, volumes, servers."""
 
@@ -47,10 +63,11 @@ class Io:
         self.config = config
         self.stores: dict[str, ChunkStore] = {}
         self.local: dict[str, LocalTarget] = {}
+        open_chunks = descriptors_per_store(len(config.me.disks))
         for disk in config.me.disks:
             if disk.path is None:
                 raise ValueError(f"disk {disk.id} of this node has no path")
-            store = ChunkStore(disk.path)
+            store = ChunkStore(disk.path, open_chunks)
             self.stores[disk.id] = store
             self.local[disk.id] = LocalTarget(disk.id, config.node, store)
         self.peers: dict[str, PeerClient] = {}
