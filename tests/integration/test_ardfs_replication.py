@@ -264,3 +264,5 @@ def test_a_joining_node_does_not_move_or_hide_existing_blocks(tmp_path: Path) ->
         assert chunk_files(nodes[2], old) == set()
         assert chunk_files(nodes[2], new)  # the new node takes part in new volumes
         qemu_io(nodes[1].uri("old"), "read -P 0x70 0 32M")
+        # node 3 never served the volume: it finds the pin the others left on the chunk stores
+        qemu_io(nodes[2].uri("old"), "read -P 0x70 0 32M")

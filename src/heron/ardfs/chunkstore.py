@@ -173,6 +173,30 @@ class ChunkStore:
             self._stale[volume] = found
         return found
 
+    # -- the volume's placement, as first pinned ------------------------------------------
+
+    def read_pin(self, volume: str) -> bytes:
+        try:
+            return (self.volume_dir(volume) / "placement.json").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def write_pin(self, volume: str, pin: bytes) -> bytes:
+        """Keep `pin` unless one is already kept (the first pin wins); the pin kept."""
+        kept = self.read_pin(volume)
+        if kept:
+            return kept
+        directory = self.volume_dir(volume)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "placement.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(pin)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / "placement.json")
+        self._sync_dir(directory)
+        return pin
+
     # -- data --------------------------------------------------------------------------------
 
     def exists(self, volume: str, chunk: int) -> bool:

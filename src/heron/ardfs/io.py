@@ -19,7 +19,9 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from heron.ardfs.chunkstore import OPEN_CHUNKS, ChunkStore
 from heron.ardfs.cluster import Cluster
@@ -29,6 +31,7 @@ from heron.ardfs.erasure import ErasureVolume
 from heron.ardfs.maintenance import Maintenance
 from heron.ardfs.nbd import ExportTable, NbdServer
 from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget
+from heron.ardfs.placement import Disk
 from heron.ardfs.replicated import ReplicatedVolume
 from heron.ardfs.target import ChunkTarget, LocalTarget
 
@@ -85,6 +88,7 @@ class Io:
         self.claimed: dict[str, int] = {}  # volume id -> epoch claimed on the chunk stores
         self.claims: set[asyncio.Task[None]] = set()
         self.opening: set[str] = set()  # volumes being taken over: not served yet
+        self.pinning: set[str] = set()  # volumes whose placement is being looked up
         self.maintenance = Maintenance(self)
         self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt)
         self.nbd = NbdServer(ExportTable(self.export, self.export_names))
@@ -93,7 +97,7 @@ class Io:
         """The volume NBD clients may open by this name: only where it is owned (or nobody
         owns it), and only once a new owner has merged what the old one knew was stale."""
         volume = self.volumes.get(name)
-        if volume is None or name in self.opening:
+        if volume is None or name in self.opening or name in self.pinning:
             return None
         if volume.spec.owner not in (None, self.config.node):
             return None
@@ -102,22 +106,23 @@ class Io:
     def export_names(self) -> list[str]:
         return sorted(name for name in self.volumes if self.export(name) is not None)
 
-    def pin_placement(self, spec: VolumeSpec) -> None:
-        """Fix the disks the volume is placed over: from its spec, else from the pin this
-        node recorded when it first served it, else the cluster's disks now (recorded)."""
+    def pin_placement(self, spec: VolumeSpec) -> bool:
+        """Fix the disks the volume is placed over, from its spec or from the pin this node
+        recorded earlier. False when neither exists: find_pin must run before it is served."""
         if spec.placement is not None:
-            disks = [d.disk() for d in spec.placement]
-        else:
-            path = self.config.state_dir / "placement" / f"{spec.id}.json"
-            try:
-                records = json.loads(path.read_text())
-                disks = [PlacedDisk.model_validate(r).disk() for r in records]
-            except FileNotFoundError:
-                disks = self.config.placement_disks()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps([vars(d) for d in disks]))
-                tmp.replace(path)
+            self._pin(spec, [d.disk() for d in spec.placement])
+            return True
+        try:
+            records = json.loads(self._pin_path(spec).read_text())
+        except FileNotFoundError:
+            return False
+        self._pin(spec, [PlacedDisk.model_validate(r).disk() for r in records])
+        return True
+
+    def _pin_path(self, spec: VolumeSpec) -> Path:
+        return self.config.state_dir / "placement" / f"{spec.id}.json"
+
+    def _pin(self, spec: VolumeSpec, disks: list[Disk]) -> None:
         current = {d.id for d in self.config.placement_disks()}
         pinned = {d.id for d in disks}
         if pinned != current:
@@ -126,6 +131,36 @@ class Io:
                 spec.name, sorted(current - pinned), sorted(pinned - current),
             )  # fmt: skip
         self.cluster.pin(spec.id, disks)
+
+    async def find_pin(self, spec: VolumeSpec) -> None:
+        """The pin another node made when it first served the volume, kept on the chunk
+        stores; else pin the cluster's disks now and keep that there. Every node thus places
+        an unpinned volume over the same disks, whenever it first serves it."""
+        try:
+            mine = json.dumps([vars(d) for d in self.config.placement_disks()]).encode()
+            targets = self.cluster.all_targets()
+            asked = await asyncio.gather(
+                *(asyncio.wait_for(t.pin(spec.id, b""), TAKEOVER_WAIT) for t in targets),
+                return_exceptions=True,
+            )
+            kept = [r for r in asked if isinstance(r, bytes) and r]
+            chosen = max(set(kept), key=kept.count) if kept else mine
+            if not kept:
+                results = await asyncio.gather(
+                    *(asyncio.wait_for(t.pin(spec.id, mine), TAKEOVER_WAIT) for t in targets),
+                    return_exceptions=True,
+                )
+                won = [r for r in results if isinstance(r, bytes) and r]
+                chosen = max(set(won), key=won.count) if won else mine
+            disks = [PlacedDisk.model_validate(r).disk() for r in json.loads(chosen)]
+            path = self._pin_path(spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(chosen)
+            tmp.replace(path)
+            self._pin(spec, disks)
+        finally:
+            self.pinning.discard(spec.name)
 
     def make_volume(self, spec: VolumeSpec) -> AnyVolume:
         degraded = DegradedLog(self.config.state_dir / "degraded" / f"{spec.id}.log")
@@ -143,7 +178,9 @@ class Io:
         for name, spec in wanted.items():
             current = self.volumes.get(name)
             if current is None or current.spec.id != spec.id or current.spec.scheme != spec.scheme:
-                self.pin_placement(spec)
+                if not self.pin_placement(spec):
+                    self.pinning.add(spec.name)
+                    self.background(self.find_pin(spec))
                 self.volumes[name] = self.make_volume(spec)
                 log.info("serving volume %s (%s, %d bytes)", name, spec.scheme.label(), spec.size)
             else:
@@ -152,9 +189,12 @@ class Io:
             if spec.owner == self.config.node and self.claimed.get(spec.id) != spec.epoch:
                 self.claimed[spec.id] = spec.epoch
                 self.opening.add(spec.name)
-                task = asyncio.ensure_future(self.claim(spec))
-                self.claims.add(task)
-                task.add_done_callback(self.claims.discard)
+                self.background(self.claim(spec))
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.claims.add(task)
+        task.add_done_callback(self.claims.discard)
 
     async def claim(self, spec: VolumeSpec) -> None:
         """Tell every chunk store this node now owns the volume at spec.epoch (HA handover):
@@ -206,6 +246,9 @@ class Io:
             await self.nbd.listen_tcp(nbd_host.strip("[]"), int(nbd_port))
         await self.nbd.listen_unix(self.config.nbd_socket)
         self.maintenance.start()
+        # Ready means serving: the first placement lookups and claims are done (each bounded).
+        if self.claims:
+            await asyncio.gather(*self.claims, return_exceptions=True)
 
     async def stop(self) -> None:
         for task in list(self.claims):

@@ -48,6 +48,7 @@ OP_PING = 9
 OP_CLAIM = 11  # a new owner's epoch: refuse older ones from now on
 OP_STALE = 12  # payload "+ chunk disk" / "- chunk disk" lines: record them in the stale log
 OP_STALE_LIST = 13  # the stale log's copies, as "chunk disk" lines
+OP_PIN = 14  # payload: a placement to keep unless one is kept; reply: the one kept
 OP_CORRUPT = 10  # to a volume's owner: "chunk <chunk> on disk <disk> is corrupt, repair it"
 
 FLAG_DURABLE = 1
@@ -148,7 +149,7 @@ class PeerServer:
                     raise Disconnect(f"bad peer request magic {fields[0]:#x}")
                 op, length = fields[1], fields[9]
                 payload = None
-                if op in (OP_WRITE, OP_STALE):
+                if op in (OP_WRITE, OP_STALE, OP_PIN):
                     if length > MAX_PAYLOAD:
                         raise Disconnect(f"peer write of {length} bytes")
                     payload = bytearray(length)
@@ -271,6 +272,8 @@ class PeerServer:
             assert payload is not None
             added, pairs = _parse_stale(bytes(payload))
             await target.note_stale(volume, pairs, added)
+        elif op == OP_PIN:
+            return await target.pin(volume, bytes(payload or b""))
         elif op == OP_STALE_LIST:
             pairs = await target.stale_list(volume)
             return "".join(f"{c} {d}\n" for c, d in pairs).encode()
@@ -347,7 +350,10 @@ class PeerClient:
                     await loop.sock_connect(sock, (self.host, self.port))
             except (OSError, TimeoutError) as exc:
                 sock.close()
-                self.failed_at = time.monotonic()
+                # Only a slow failure holds later requests back: a refused connection costs
+                # nothing to try again, and the peer may be starting.
+                if not isinstance(exc, ConnectionRefusedError):
+                    self.failed_at = time.monotonic()
                 self.failure = str(exc) or type(exc).__name__
                 raise UnavailableError(f"node {self.node} is unreachable: {self.failure}") from exc
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -548,6 +554,11 @@ class RemoteTarget:
         text = "".join(f"{sign} {c} {d}\n" for c, d in pairs).encode()
         await self.client.call(
             OP_STALE, volume, self.disk, length=len(text), payload=memoryview(text)
+        )
+
+    async def pin(self, volume: str, pin: bytes) -> bytes:
+        return await self.client.call(
+            OP_PIN, volume, self.disk, length=len(pin), payload=memoryview(pin)
         )
 
     async def stale_list(self, volume: str) -> list[tuple[int, str]]:

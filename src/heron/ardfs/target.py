@@ -42,6 +42,8 @@ class ChunkTarget(Protocol):
 
     async def note_stale(self, volume: str, pairs: list[tuple[int, str]], added: bool) -> None: ...
 
+    async def pin(self, volume: str, pin: bytes) -> bytes: ...
+
     async def stale_list(self, volume: str) -> list[tuple[int, str]]: ...
 
 
@@ -117,6 +119,11 @@ class LocalTarget:
             for chunk, disk in pairs:
                 log.clear(chunk, disk)
         await asyncio.to_thread(log.append, pairs, added)
+
+    async def pin(self, volume: str, pin: bytes) -> bytes:
+        """The volume's pinned placement kept here; `pin` is kept if there is none (b"" only
+        asks)."""
+        return self.store.write_pin(volume, pin) if pin else self.store.read_pin(volume)
 
     async def stale_list(self, volume: str) -> list[tuple[int, str]]:
         log = self.store.stale_log(volume)
