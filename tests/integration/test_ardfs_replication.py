@@ -108,18 +108,21 @@ def test_kill_9_of_a_chunk_server_during_a_large_write(tmp_path: Path) -> None:
 
         # The node comes back: the owner rebuilds what it missed, and the volume is whole.
         back = start(victim.config, tmp_path / victim.config.node)
+        try:
 
-        def healthy() -> bool:
-            found = owner.status().get("volumes", {}).get("big", {})
-            return found.get("state") == "healthy" and found.get("rebuilt_chunks", 0) > 0
+            def healthy() -> bool:
+                found = owner.status().get("volumes", {}).get("big", {})
+                return found.get("state") == "healthy" and found.get("rebuilt_chunks", 0) > 0
 
-        wait_for(healthy, 300, "the rebuild of the copies the killed node missed")
-        expected = {
-            b for b in range(256) if victim.config.node in holders(victim.config, volume, b)
-        }
-        assert chunk_files(back, volume) == expected
-        for block in expected:
-            assert chunk_path(back, volume, block).read_bytes() == b"\xa5" * CHUNK_SIZE, block
+            wait_for(healthy, 300, "the rebuild of the copies the killed node missed")
+            expected = {
+                b for b in range(256) if victim.config.node in holders(victim.config, volume, b)
+            }
+            assert chunk_files(back, volume) == expected
+            for block in expected:
+                assert chunk_path(back, volume, block).read_bytes() == b"\xa5" * CHUNK_SIZE, block
+        finally:
+            back.kill()  # started here, not by io_cluster: stopped here too
 
 
 def test_a_corrupt_copy_is_read_around_and_repaired(tmp_path: Path) -> None:
@@ -238,12 +241,15 @@ def test_a_new_owner_takes_over_what_the_old_one_knew_was_stale(tmp_path: Path) 
         handed.volumes[0].epoch = 2
         late.config_path.write_text(handed.model_dump_json())
         back = start(handed, tmp_path / "n3")
-        wait_for(lambda: stale_copies(back, volume) == 4, 30, "the stale notes taken over")
-        qemu_io(back.uri("ha"), "read -P 0x02 0 16M")
-        # and it rebuilds its own copies from node 2, the one good copy left
-        wait_for(lambda: stale_copies(back, volume) == 0, 60, "the rebuild")
-        assert chunk_path(back, volume, 1).read_bytes() == b"\x02" * CHUNK_SIZE
-        assert other.alive()
+        try:
+            wait_for(lambda: stale_copies(back, volume) == 4, 30, "the stale notes taken over")
+            qemu_io(back.uri("ha"), "read -P 0x02 0 16M")
+            # and it rebuilds its own copies from node 2, the one good copy left
+            wait_for(lambda: stale_copies(back, volume) == 0, 60, "the rebuild")
+            assert chunk_path(back, volume, 1).read_bytes() == b"\x02" * CHUNK_SIZE
+            assert other.alive()
+        finally:
+            back.kill()  # started here, not by io_cluster: stopped here too
 
 
 def test_a_joining_node_does_not_move_or_hide_existing_blocks(tmp_path: Path) -> None:

@@ -106,11 +106,13 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
     assert (volume["owner"], volume["epoch"]) == (vm["node"], 2)
 
-    # Written while node2 is away, the block's copy there is stale: the volume is degraded and
-    # its owner follows the rebuild as a task, which ends once node2 is back and caught up.
+    # Written while node2 is away, the copies there are stale: the volume is degraded and its
+    # owner follows the rebuild as a task, which ends once node2 is back and caught up. (The
+    # whole volume is written, so that blocks with a copy on node2 are among them whatever the
+    # placement; the guest runs from memory by now.)
     socket_path = Path(cluster.node(vm["node"]).state_dir) / "ardfs/hci/nbd.sock"
     written = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", "write -P 0x5a 20M 4M",
+        ["qemu-io", "-f", "raw", "-c", f"write -P 0x5a 0 {volume['size']}",
          f"nbd+unix:///{volume_id}?socket={socket_path}"],
         capture_output=True, text=True,
     )  # fmt: skip
