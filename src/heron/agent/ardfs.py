@@ -100,11 +100,11 @@ class IoSupervisor:
         state_dir: Path,
         on_start: Callable[[int], None] = lambda _: None,
     ):
-        self.on_start = on_start  # e.g. onto the cores reserved for I/O
         self.db = db
         self.node = node
         self.address = address
         self.state_dir = state_dir
+        self.on_start = on_start  # e.g. onto the cores reserved for I/O
         self.pools = Cache(db, Pool, keys.POOLS)
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
