@@ -134,3 +134,13 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     done = api.wait_task(task["id"], timeout=120)
     assert done["result"]["rebuilt_chunks"] >= 1, done
     wait_for(lambda: health().get("state") == "healthy", 30, "healthy again")
+
+    # Deleted with the VM, the volume's chunks leave every node's disk.
+    api.wait_task(api.ok("DELETE", f"/vms/{vm_id}", params={"volumes": True})["task"])
+    chunk_dirs = [
+        Path(f"{n.state_dir}/ardfs-disk0/volumes/{volume_id.replace('-', '')}")
+        for n in cluster.nodes
+    ]
+    assert any(d.exists() for d in chunk_dirs)
+    wait_for(lambda: not any(d.exists() for d in chunk_dirs), 60, "the chunks to be removed")
+    assert api.get(f"/pools/hci/volumes/{volume_id}").status_code == 404

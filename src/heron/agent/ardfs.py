@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -29,6 +30,7 @@ from heron.models.storage import (
     ArdfsDisk,
     ArdfsMember,
     ArdfsNodeStatus,
+    ArdfsTombstone,
     DiskUsage,
     Pool,
     Volume,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 CHECK = 5.0  # also look this often whether heron-io still runs
 PUBLISH = 1.0  # how often the owner looks at its volumes' redundancy
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
+TOMBSTONE_KEEP = 7 * 24 * 3600.0
+SETTLE = 5.0
 START_TIMEOUT = 60.0
 
 
@@ -108,12 +112,13 @@ class IoSupervisor:
         self.pools = Cache(db, Pool, keys.POOLS)
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
+        self.deleted = Cache(db, ArdfsTombstone, keys.ARDFS_DELETED)
         self._published: dict[str, tuple[str, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
 
     async def run(self) -> None:
-        caches = (self.pools, self.volumes, self.members)
+        caches = (self.pools, self.volumes, self.members, self.deleted)
         for cache in caches:
             await cache.start()
         wakes = [cache.listen() for cache in caches]
@@ -222,6 +227,7 @@ class IoSupervisor:
         except (OSError, ValueError):
             running = None
         if running == config:
+            await self._remove_deleted(pool, config)
             return
         root.mkdir(parents=True, exist_ok=True)
         for disk in config.me.disks:
@@ -246,6 +252,29 @@ class IoSupervisor:
         else:
             tail = logfile.read_text(errors="replace")[offset:][-500:]
             log.error("ardfs pool %s: heron-io did not start: %s", pool.name, tail)
+
+    async def _remove_deleted(self, pool: Pool, serving: IoConfig) -> None:
+        """The chunks (and degraded log) of deleted volumes heron-io no longer serves."""
+        served = {v.name for v in serving.volumes}
+        for entry in self.deleted:
+            mark = entry.value
+            if mark.pool != pool.name or mark.volume in served:
+                continue
+            if time.time() - mark.deleted_at < SETTLE:
+                continue  # give every heron-io a moment to let the volume go
+            hexid = uuid.UUID(mark.volume).hex
+            doomed = [Path(str(d.path)) / "volumes" / hexid for d in serving.me.disks]
+            doomed.append(serving.state_dir / "degraded" / f"{hexid}.log")
+            for path in doomed:
+                if path.is_dir():
+                    await asyncio.to_thread(shutil.rmtree, path, True)
+                    log.info("ardfs pool %s: removed %s", pool.name, path)
+                elif path.exists():
+                    path.unlink(missing_ok=True)
+            if time.time() - mark.deleted_at > TOMBSTONE_KEEP:
+                # Members away longer than this keep that garbage: a week is plenty.
+                with contextlib.suppress(Conflict):
+                    await self.db.delete(entry.key, revision=entry.revision)
 
     async def _registered(self, pool: Pool) -> bool:
         """This node is a member with a peer address; False if the record had to change."""

@@ -21,6 +21,7 @@ GROUPS = ROOT + "groups/"
 ARDFS_MEMBERS = ROOT + "ardfs-members/"
 VOLUME_HEALTH = ROOT + "volume-health/"
 ARDFS_STATUS = ROOT + "ardfs-status/"
+ARDFS_DELETED = ROOT + "ardfs-deleted/"
 ETCD_JOINS = ROOT + "etcd-joins/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
@@ -92,3 +93,7 @@ def volume_health(volume_id: str) -> str:
 
 def ardfs_status(pool: str, node: str) -> str:
     return f"{ARDFS_STATUS}{pool}/{node}"
+
+
+def ardfs_deleted(pool: str, volume_id: str) -> str:
+    return f"{ARDFS_DELETED}{pool}/{volume_id}"

@@ -175,3 +175,11 @@ class ArdfsNodeStatus(Record):
 
     disks: dict[str, DiskUsage] = Field(default_factory=dict)
     updated_at: float
+
+
+class ArdfsTombstone(Record):
+    """A deleted ardfs volume: every member removes its chunks, then the mark ages out."""
+
+    pool: Name
+    volume: str
+    deleted_at: float

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from heron.configdb import ConfigDB, keys
-from heron.models.storage import Pool, Volume
+from heron.models.storage import ArdfsTombstone, Pool, Volume
 from heron.storage import qemuimg
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import Progress, QemuImgError
@@ -72,6 +72,13 @@ class ArdfsPool(PoolDriver):
         size = -(-size // SECTOR) * SECTOR
         await self._set_size(volume, size)
         await self.wait_served(volume, size)
+
+    async def delete(self, volume: Volume) -> None:
+        """Mark it deleted: each member's agent removes its chunks once heron-io let it go."""
+        if self.db is None:
+            raise StorageError("an ardfs volume is deleted only through the node agent")
+        mark = ArdfsTombstone(pool=self.pool.name, volume=volume.id, deleted_at=time.time())
+        await self.db.put(keys.ardfs_deleted(self.pool.name, volume.id), mark)
 
     async def wait_served(self, volume: Volume, size: int | None = None) -> None:
         """Until this node's heron-io exports the volume (at `size`, if given)."""
