@@ -117,7 +117,9 @@ class Cache(Generic[M]):
             await self._announce()
 
     async def _load(self) -> int:
-        result = await self.db.client.get_prefix(self.prefix.encode())
+        result = await self.db.retrying_read(
+            lambda: self.db.client.get_prefix(self.prefix.encode())
+        )
         self._entries = {}
         for kv in result:
             key = kv.key.decode()

@@ -44,7 +44,9 @@ class Membership:
             raise aetcd.exceptions.ClientError(exc.details()) from exc
 
     async def list(self) -> list[Member]:
-        reply = await self._call("MemberList", aetcd.rpc.MemberListRequest())
+        reply = await self.db.retrying_read(
+            lambda: self._call("MemberList", aetcd.rpc.MemberListRequest())
+        )
         return [
             Member(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
             for m in reply.members  # type: ignore[attr-defined]

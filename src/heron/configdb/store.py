@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -25,9 +25,11 @@ from pydantic import BaseModel, ValidationError
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # A request that etcd has not answered in this time is failed rather than hung on.
 REQUEST_TIMEOUT = 5.0
+READ_ATTEMPTS = 3
 _RETRYABLE = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
@@ -194,14 +196,27 @@ class ConfigDB:
 
     # -- reads ---------------------------------------------------------------------------
 
+    async def retrying_read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A read, tried again on another member when the one it went to has just gone
+        (a removed or killed member resets its streams). Reads are idempotent; writes are
+        never retried here."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await call()
+            except aetcd.exceptions.ConnectionFailedError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))  # a moment for the channel to move on
+        raise AssertionError("unreachable")
+
     async def get_raw(self, key: str) -> tuple[bytes, int] | None:
-        result = await self.client.get(key.encode())
+        result = await self.retrying_read(lambda: self.client.get(key.encode()))
         if result is None:
             return None
         return result.value, result.mod_revision
 
     async def get(self, model: type[M], key: str) -> Entry[M] | None:
-        result = await self.client.get(key.encode())
+        result = await self.retrying_read(lambda: self.client.get(key.encode()))
         if result is None:
             return None
         return Entry(key, parse(model, result.value), result.mod_revision, result.lease)
@@ -212,7 +227,7 @@ class ConfigDB:
 
     async def list_at(self, model: type[M], prefix: str) -> tuple[list[Entry[M]], int]:
         """The records under `prefix` and the store revision they were read at."""
-        result = await self.client.get_prefix(prefix.encode())
+        result = await self.retrying_read(lambda: self.client.get_prefix(prefix.encode()))
         entries = [
             Entry(kv.key.decode(), parse(model, kv.value), kv.mod_revision, kv.lease)
             for kv in result
@@ -221,15 +236,17 @@ class ConfigDB:
 
     async def dump(self, prefix: str = "/") -> dict[str, bytes]:
         """Every key and value under `prefix`: for tests and diagnostics."""
-        result = await self.client.get_prefix(prefix.encode())
+        result = await self.retrying_read(lambda: self.client.get_prefix(prefix.encode()))
         return {kv.key.decode(): kv.value for kv in result}
 
     async def revision(self) -> int:
         """The store's current revision (read as the header of a one-key range)."""
-        reply = await self.client.kvstub.Range(
-            aetcd.rpc.RangeRequest(key=b"/heron/.revision", keys_only=True),
-            timeout=REQUEST_TIMEOUT,
-            metadata=self.client.metadata,
+        reply = await self.retrying_read(
+            lambda: self.client.kvstub.Range(
+                aetcd.rpc.RangeRequest(key=b"/heron/.revision", keys_only=True),
+                timeout=REQUEST_TIMEOUT,
+                metadata=self.client.metadata,
+            )
         )
         return int(reply.header.revision)
 
