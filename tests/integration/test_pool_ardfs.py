@@ -1,8 +1,10 @@
 """An ardfs pool in a real devcluster: every node's agent runs heron-io, a VM boots from a
-replicated volume, and when its node dies as a whole (agent, QEMU, heron-io) HA starts it on
-another node, which claims the volume with a new epoch and boots from the surviving copy."""
+replicated volume and live-migrates (the volume changes owner at the switch), and when its
+node dies as a whole (agent, QEMU, heron-io) HA starts it on another node, which claims the
+volume with a new epoch and boots from the surviving copy."""
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -19,6 +21,14 @@ BOOT = 180
 
 def console(cluster: DevCluster, vm_id: str, node: str) -> Path:
     return Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
+
+
+def ticks(log: Path) -> list[int]:
+    return [
+        int(m.group(1))
+        for line in serial_lines(log, r"heron-tick \d+")
+        if (m := re.search(r"heron-tick (\d+)", line))
+    ]
 
 
 def heron_io_pid(cluster: DevCluster, node: str, pool: str) -> int | None:
@@ -70,16 +80,16 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     reply = api.ok(
         "POST",
         "/vms",
-        json={"name": "hci-vm", "memory_mib": 128, "node": "node2", "start": True,
+        json={"name": "hci-vm", "memory_mib": 128, "node": "node1", "start": True,
               "ha": {"enabled": True}, "disks": [{"pool": "hci", "source": image}]},
     )  # fmt: skip
     api.wait_task(reply["task"], timeout=180)
     vm_id = reply["vm"]
-    first = console(cluster, vm_id, "node2")
+    first = console(cluster, vm_id, "node1")
     wait_for(lambda: serial_lines(first, "HERON-GUEST-READY"), BOOT, "the guest to boot on ARDFS")
     volume_id = api.vm(vm_id)["spec"]["disks"][0]["volume"]
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
-    assert (volume["format"], volume["owner"], volume["epoch"]) == ("raw", "node2", 1)
+    assert (volume["format"], volume["owner"], volume["epoch"]) == ("raw", "node1", 1)
     # Two copies of each block, on two different nodes' disks.
     holders = [
         n.name
@@ -87,8 +97,19 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         if any(p.is_file() for p in Path(f"{n.state_dir}/ardfs-disk0").rglob("*"))
     ]
     assert len(holders) >= 2, holders
-    refused = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node1"})
-    assert refused.status_code == 409 and "ardfs" in refused.json()["message"]
+
+    # Live migration to node2: the volume changes owner while the guest is stopped at the
+    # switch, and the guest counts on without a reboot.
+    wait_for(lambda: len(ticks(first)) >= 2, BOOT, "the guest to tick")
+    seen = ticks(first)[-1]
+    reply = api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})
+    task = api.wait_task(reply["task"], timeout=180)
+    assert task["result"]["node"] == "node2", task
+    moved = console(cluster, vm_id, "node2")
+    wait_for(lambda: ticks(moved) and ticks(moved)[-1] > seen, 30, "ticks on node2")
+    assert not serial_lines(moved, "HERON-GUEST-READY"), "the guest was restarted"
+    volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
+    assert (volume["owner"], volume["epoch"], volume["standby"]) == ("node2", 2, None)
 
     # node2 dies as a whole: its agent, watchdog, QEMU and heron-io.
     io_pid = heron_io_pid(cluster, "node2", "hci")
@@ -104,7 +125,7 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     second = console(cluster, vm_id, vm["node"])
     wait_for(lambda: serial_lines(second, "HERON-GUEST-READY"), BOOT, "the guest to boot again")
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
-    assert (volume["owner"], volume["epoch"]) == (vm["node"], 2)
+    assert (volume["owner"], volume["epoch"]) == (vm["node"], 3)
 
     # Written while node2 is away, the copies there are stale: the volume is degraded and its
     # owner follows the rebuild as a task, which ends once node2 is back and caught up. (The

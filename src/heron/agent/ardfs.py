@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import sys
@@ -47,6 +48,7 @@ PUBLISH = 1.0  # how often the owner looks at its volumes' redundancy
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
 TOMBSTONE_KEEP = 7 * 24 * 3600.0
 SETTLE = 5.0
+PEER_PORTS = (20000, 32000)  # where heron-io listens for peers, unless the record says
 START_TIMEOUT = 60.0
 
 
@@ -83,6 +85,7 @@ def io_config(
                 scheme=scheme(pool.protection),
                 epoch=max(v.epoch, 1),
                 owner=v.owner,
+                standby=v.standby,
             )
             for v in sorted(volumes, key=lambda v: v.id)
             if v.pool == pool.name and v.size > 0
@@ -113,7 +116,7 @@ class IoSupervisor:
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self.deleted = Cache(db, ArdfsTombstone, keys.ARDFS_DELETED)
-        self._published: dict[str, tuple[str, int, int]] = {}
+        self._published: dict[str, tuple[str, int, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
 
@@ -162,15 +165,18 @@ class IoSupervisor:
                 seen = served.get(volume.id)
                 if volume.pool != pool.name or volume.owner != self.node or seen is None:
                     continue
+                if not seen.get("owned", True):
+                    continue  # still taking over: its word counts once it serves as owner
                 health = VolumeHealth(
                     state=seen["state"],
                     stale_chunks=seen["stale_chunks"],
                     rebuilt_chunks=seen["rebuilt_chunks"],
                     rebuild_bytes_per_s=seen.get("rebuild_bytes_per_s", 0),
                     node=self.node,
+                    epoch=volume.epoch,
                     updated_at=time.time(),
                 )
-                summary = (health.state, health.stale_chunks, health.rebuilt_chunks)
+                summary = (health.state, health.stale_chunks, health.rebuilt_chunks, volume.epoch)
                 if self._published.get(volume.id) != summary:
                     await self.db.put(keys.volume_health(volume.id), health)
                     self._published[volume.id] = summary
@@ -252,6 +258,8 @@ class IoSupervisor:
         else:
             tail = logfile.read_text(errors="replace")[offset:][-500:]
             log.error("ardfs pool %s: heron-io did not start: %s", pool.name, tail)
+            if "Address already in use" in tail:
+                await self._new_address(pool)  # someone took the port: pick another
 
     async def _remove_deleted(self, pool: Pool, serving: IoConfig) -> None:
         """The chunks (and degraded log) of deleted volumes heron-io no longer serves."""
@@ -275,6 +283,13 @@ class IoSupervisor:
                 # Members away longer than this keep that garbage: a week is plenty.
                 with contextlib.suppress(Conflict):
                     await self.db.delete(entry.key, revision=entry.revision)
+
+    async def _new_address(self, pool: Pool) -> None:
+        entry = self.members.get(f"{pool.name}/{self.node}")
+        if entry is not None:
+            member = entry.value.model_copy(update={"address": None})
+            with contextlib.suppress(Conflict):
+                await self.db.put(entry.key, member, revision=entry.revision)
 
     async def _registered(self, pool: Pool) -> bool:
         """This node is a member with a peer address; False if the record had to change."""
@@ -314,6 +329,14 @@ def _wait_ready(logfile: Path, offset: int, pid: int, marker: str) -> bool:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range: the ports it hands out to other
+    programs' connections and listeners on port 0 cannot take it between now and then."""
+    for _ in range(200):
+        port = random.randrange(*PEER_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {PEER_PORTS} on {host}")

@@ -26,14 +26,16 @@ from heron.configdb.store import Conflict
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
-from heron.models.storage import Pool, Volume
+from heron.models.storage import Pool, Volume, VolumeHealth
 from heron.models.task import new_task
 from heron.models.vm import VM
+from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
 
 log = logging.getLogger(__name__)
 
 PREPARE_TIMEOUT = 60.0
+HANDOVER_TIMEOUT = 30.0
 _POLL = 0.1
 # Task progress: disks are copied in the first part, memory in the rest.
 _DISKS_SHARE = 0.6
@@ -112,6 +114,7 @@ class Migrations:
             ):
                 return await self._resume(ctx, vm, qemu, found.value)
         local = set(await local_disks(self.db, vm))
+        shared_volumes = await ardfs_volumes(self.db, vm)
         record = Migration(
             vm=vm_id,
             source=self.node,
@@ -132,6 +135,8 @@ class Migrations:
             raise TaskFailed("another migration of this VM is in progress") from exc
         started = time.monotonic()
         try:
+            for volume_id in shared_volumes:
+                await self._set_standby(volume_id, target)
             ready = await self._wait(
                 vm_id, {MigrationState.ready, MigrationState.failed}, PREPARE_TIMEOUT
             )
@@ -141,9 +146,9 @@ class Migrations:
             await self._set(vm_id, state=MigrationState.running)
             if record.mirror:
                 await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
-            downtime = await self._send(ctx, qemu, record, str(ready.uri))
+            downtime = await self._send(ctx, qemu, record, str(ready.uri), shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            await self._abort(qemu, record, exc)
+            await self._abort(qemu, record, exc, shared_volumes)
             raise
         return await self._complete(ctx, vm, record, downtime, started)
 
@@ -160,14 +165,18 @@ class Migrations:
             await ctx.log(f"resumed after an agent restart; QEMU's migration is {status}")
             if record.state != MigrationState.running or status in (None, "none"):
                 raise TaskFailed("cut off by an agent restart before the memory transfer")
-            downtime = await self._follow_send(ctx, qemu, record)
+            shared_volumes = await ardfs_volumes(self.db, vm)
+            downtime = await self._follow_send(ctx, qemu, record, shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            await self._abort(qemu, record, exc)
+            await self._abort(qemu, record, exc, await ardfs_volumes(self.db, vm))
             raise
         return await self._complete(ctx, vm, record, downtime, started)
 
-    async def _abort(self, qemu: QemuVM, record: Migration, exc: BaseException) -> None:
-        """Stop QEMU's side, tell the target, and wait until it has dropped its own."""
+    async def _abort(
+        self, qemu: QemuVM, record: Migration, exc: BaseException, shared_volumes: list[str]
+    ) -> None:
+        """Stop QEMU's side, tell the target, and wait until it has dropped its own; ardfs
+        volumes stay with (or come back to) this node."""
         with contextlib.suppress(QemuError):
             await qemu.execute("migrate_cancel")
         for index in record.mirror:
@@ -176,6 +185,10 @@ class Migrations:
         with contextlib.suppress(Exception):
             await self._set(record.vm, state=MigrationState.failed, error=str(exc) or "cancelled")
             await self._wait_gone(record.vm)
+        for volume_id in shared_volumes:
+            with contextlib.suppress(Exception):
+                await claim(self.db, volume_id, self.node)
+                await self._set_standby(volume_id, None)
 
     async def _complete(
         self, ctx: TaskContext, vm: VM, record: Migration, downtime: int | None, started: float
@@ -238,11 +251,18 @@ class Migrations:
             await asyncio.sleep(_POLL)  # QEMU reports block job progress only when asked
 
     async def _send(
-        self, ctx: TaskContext, qemu: QemuVM, record: Migration, uri: str
+        self,
+        ctx: TaskContext,
+        qemu: QemuVM,
+        record: Migration,
+        uri: str,
+        shared_volumes: list[str],
     ) -> int | None:
         capabilities = [
             {"capability": "auto-converge", "state": record.auto_converge},
             {"capability": "events", "state": True},
+            # ardfs volumes change owner while the guest is stopped, before the target runs.
+            {"capability": "pause-before-switchover", "state": bool(shared_volumes)},
         ]
         await qemu.execute("migrate-set-capabilities", {"capabilities": capabilities})
         await qemu.execute(
@@ -253,16 +273,24 @@ class Migrations:
             },
         )
         await qemu.execute("migrate", {"uri": uri})
-        return await self._follow_send(ctx, qemu, record)
+        return await self._follow_send(ctx, qemu, record, shared_volumes)
 
-    async def _follow_send(self, ctx: TaskContext, qemu: QemuVM, record: Migration) -> int | None:
-        """Report the memory transfer's progress until QEMU says how it ended."""
+    async def _follow_send(
+        self, ctx: TaskContext, qemu: QemuVM, record: Migration, shared_volumes: list[str]
+    ) -> int | None:
+        """Report the memory transfer's progress until QEMU says how it ended; hand the
+        ardfs volumes over when QEMU pauses before the switch."""
         low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
         while True:
             info = await qemu.execute("query-migrate")
             status = info.get("status")
             if status == "completed":
                 return info.get("downtime")
+            if status == "pre-switchover":
+                # The guest is stopped and its disks flushed: the target takes them over.
+                await self._hand_over_volumes(ctx, shared_volumes, record.target)
+                await qemu.execute("migrate-continue", {"state": "pre-switchover"})
+                continue
             if status in ("failed", "cancelled", "none", None):
                 raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")
             ram = info.get("ram", {})
@@ -271,6 +299,34 @@ class Migrations:
                 done = min(ram.get("transferred", 0) / total, 0.99)
                 await ctx.progress(low + (0.99 - low) * done)
             await asyncio.sleep(_POLL)  # QEMU reports progress only when asked
+
+    async def _set_standby(self, volume_id: str, node: str | None) -> None:
+        def change(volume: Volume) -> Volume:
+            return volume.model_copy(update={"standby": node})
+
+        await self.db.update(Volume, keys.volume(volume_id), change)
+
+    async def _hand_over_volumes(
+        self, ctx: TaskContext, volume_ids: list[str], target: str
+    ) -> None:
+        """Make `target` the owner of each volume and wait until its heron-io serves them as
+        their owner (its chunk stores claimed, stale notes merged)."""
+        epochs = {v: (await claim(self.db, v, target)).epoch for v in volume_ids}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOVER_TIMEOUT
+        while True:
+            reported = {
+                v: await self.db.get(VolumeHealth, keys.volume_health(v)) for v in volume_ids
+            }
+            if all(
+                h is not None and (h.value.node, h.value.epoch) == (target, epochs[v])
+                for v, h in reported.items()
+            ):
+                await ctx.log(f"{len(volume_ids)} ardfs volume(s) handed over to {target}")
+                return
+            if loop.time() > deadline:
+                raise TaskFailed(f"{target} did not take the ardfs volumes over in time")
+            await asyncio.sleep(_POLL)  # polling what the target's agent reports
 
     async def _hand_record_over(
         self, vm_id: str, target: str, downtime: int | None, mirrored: list[int]
@@ -405,3 +461,14 @@ def _free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
+
+
+async def ardfs_volumes(db: ConfigDB, vm: VM) -> list[str]:
+    """The VM's volumes on ardfs pools: they change owner at the switch."""
+    found = []
+    for disk in vm.spec.disks:
+        volume = await db.get(Volume, keys.volume(disk.volume))
+        pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
+        if pool is not None and pool.value.type == "ardfs":
+            found.append(disk.volume)
+    return found

@@ -232,7 +232,7 @@ class VMController:
             driver = driver_for(pool.value, self.state_dir, self.db)
             try:
                 await driver.prepare()
-                await driver.attach(volume.value, self.node)
+                await driver.attach(volume.value, self.node, incoming=arriving_from is not None)
             except StorageError as exc:
                 raise VMError(str(exc)) from exc
             disks.append(

@@ -82,6 +82,10 @@ class VolumeSpec(BaseModel):
     # log and repairs; other nodes' scrubbers report corrupt copies to it. None: unattached,
     # any node may repair.
     owner: str | None = None
+    # A node about to become the owner (the target of a live migration): its heron-io may
+    # export the volume already, for the incoming QEMU to connect; it writes nothing before
+    # the handover, when the owner becomes this node with the next epoch.
+    standby: str | None = None
     # The disks the volume's blocks are placed over, fixed when it is created, so that a disk
     # joining the cluster later does not move (or hide) existing blocks before a rebalance
     # copies them. None: heron-io pins the cluster's disks when it first serves the volume.

@@ -99,9 +99,22 @@ class Io:
         volume = self.volumes.get(name)
         if volume is None or name in self.opening or name in self.pinning:
             return None
-        if volume.spec.owner not in (None, self.config.node):
-            return None
+        if (
+            volume.spec.owner not in (None, self.config.node)
+            and volume.spec.standby != self.config.node
+        ):
+            return None  # another node's, and this is not the target of its live migration
         return volume
+
+    def owns(self, name: str) -> bool:
+        """Served here as its owner, with the previous owner's stale notes merged."""
+        volume = self.volumes.get(name)
+        return (
+            volume is not None
+            and volume.spec.owner == self.config.node
+            and name not in self.opening
+            and name not in self.pinning
+        )
 
     def export_names(self) -> list[str]:
         return sorted(name for name in self.volumes if self.export(name) is not None)

@@ -242,6 +242,7 @@ class Maintenance:
                 "size": volume.spec.size,
                 "epoch": volume.spec.epoch,
                 "state": "degraded" if stale else "healthy",
+                "owned": self.io.owns(name),
                 "stale_copies": volume.degraded.count(),
                 "stale_chunks": len(stale),
                 "rebuilt_chunks": progress.rebuilt_chunks,

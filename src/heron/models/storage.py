@@ -130,6 +130,9 @@ class Volume(Record):
     epoch: int = Field(
         default=0, ge=0, description="ardfs: grows with each new owner; older owners are fenced"
     )
+    standby: Name | None = Field(
+        default=None, description="ardfs: the node a live migration is moving it to"
+    )
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
     created_at: float
@@ -162,6 +165,7 @@ class VolumeHealth(Record):
     rebuilt_chunks: int = Field(ge=0, description="rebuilt since heron-io started")
     rebuild_bytes_per_s: int = Field(default=0, ge=0)
     node: Name = Field(description="the owner that reported it")
+    epoch: int = Field(default=0, ge=0, description="the owner's epoch when it reported")
     updated_at: float
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from heron.configdb import ConfigDB, keys
-from heron.models.storage import ArdfsTombstone, Pool, Volume
+from heron.models.storage import ArdfsMember, ArdfsTombstone, Pool, Volume
 from heron.storage import qemuimg
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import Progress, QemuImgError
 
 SERVE_TIMEOUT = 60.0  # heron-io (re)loads its configuration and claims in well under this
 SECTOR = 4096  # heron-io volumes are a whole number of 4 KiB sectors
+MEMBERS_PATIENCE = 30.0
 
 
 def socket_path(state_dir: Path, pool: str) -> Path:
@@ -45,12 +46,16 @@ class ArdfsPool(PoolDriver):
     def image(self, volume: Volume) -> str:
         return f"nbd+unix:///{volume.id}?socket={self.socket}"
 
-    async def attach(self, volume: Volume, node: str) -> None:
+    async def attach(self, volume: Volume, node: str, incoming: bool = False) -> None:
         if self.db is None:
             raise StorageError("an ardfs volume is attached only through the node agent")
-        await self.wait_served(await claim(self.db, volume.id, node))
+        if incoming:
+            await self.wait_served(volume)  # exported here as the standby
+        else:
+            await self.wait_served(await claim(self.db, volume.id, node))
 
     async def create(self, volume: Volume) -> None:
+        await self.wait_members()
         await self.wait_served(volume, volume.size)
 
     async def import_image(
@@ -61,6 +66,7 @@ class ArdfsPool(PoolDriver):
         size = -(-size // SECTOR) * SECTOR
         if size != volume.size:
             await self._set_size(volume, size)
+        await self.wait_members()
         await self.wait_served(volume, size)
         # A new volume reads as zeroes: qemu-img need not write them.
         await qemuimg.convert(
@@ -79,6 +85,20 @@ class ArdfsPool(PoolDriver):
             raise StorageError("an ardfs volume is deleted only through the node agent")
         mark = ArdfsTombstone(pool=self.pool.name, volume=volume.id, deleted_at=time.time())
         await self.db.put(keys.ardfs_deleted(self.pool.name, volume.id), mark)
+
+    async def wait_members(self, patience: float = MEMBERS_PATIENCE) -> None:
+        """Until every member's heron-io accepts connections (they restart when the pool's
+        membership changes), so a new volume is not written degraded from its first block;
+        after `patience` go on anyway: writes then record what the absent ones miss."""
+        assert self.db is not None
+        prefix = f"{keys.ARDFS_MEMBERS}{self.pool.name}/"
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            members = [e.value for e in await self.db.list(ArdfsMember, prefix)]
+            listening = await asyncio.gather(*(_listens(m.address) for m in members))
+            if members and all(listening):
+                return
+            await asyncio.sleep(0.2)  # heron-io processes are (re)starting
 
     async def wait_served(self, volume: Volume, size: int | None = None) -> None:
         """Until this node's heron-io exports the volume (at `size`, if given)."""
@@ -114,6 +134,18 @@ async def claim(db: ConfigDB, volume_id: str, node: str) -> Volume:
     def change(volume: Volume) -> Volume:
         if volume.owner == node:
             return volume
-        return volume.model_copy(update={"owner": node, "epoch": volume.epoch + 1})
+        return volume.model_copy(update={"owner": node, "epoch": volume.epoch + 1, "standby": None})
 
     return (await db.update(Volume, keys.volume(volume_id), change)).value
+
+
+async def _listens(address: str | None) -> bool:
+    if not address:
+        return False
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 1)
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    return True

@@ -44,8 +44,9 @@ class PoolDriver:
     async def prepare(self) -> None:
         """Make the pool usable on this node (e.g. mount it); cheap when it already is."""
 
-    async def attach(self, volume: Volume, node: str) -> None:
-        """Before a VM on `node` (this node) opens the volume."""
+    async def attach(self, volume: Volume, node: str, incoming: bool = False) -> None:
+        """Before a VM on `node` (this node) opens the volume; `incoming`: for a live
+        migration to this node, which takes the volume over only at the switch."""
 
     async def create(self, volume: Volume) -> None:
         raise StorageError(self._not_here("new volumes are made on the array; scan the pool"))

@@ -16,7 +16,7 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
 from heron.models.group import VMGroup
 from heron.models.node import Node
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Volume, VolumeFormat
 from heron.models.task import Task, new_task
 from heron.models.vm import (
     VM,
@@ -445,14 +445,6 @@ async def migrate_vm(
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
-    for disk in vm.spec.disks:
-        volume = await db.get(Volume, keys.volume(disk.volume))
-        pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
-        if pool is not None and pool.value.type == "ardfs":
-            raise Conflict(
-                f"VM {vm.spec.name} has a disk on ardfs pool {pool.value.name}: live migration "
-                "of those is not available yet (the volume's owner must change at the switch)"
-            )
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")
