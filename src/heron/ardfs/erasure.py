@@ -28,7 +28,14 @@ from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.parity import xor_into
 from heron.ardfs.peer import OP_READ, OP_WRITE, RemoteTarget
-from heron.ardfs.replicated import NOTHING, block_extents, failures, finish, together
+from heron.ardfs.replicated import (
+    NOTHING,
+    block_extents,
+    failures,
+    finish,
+    sync_written,
+    together,
+)
 from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import ChecksumError, Extent, FencedError, UnavailableError, VolumeError
 
@@ -518,16 +525,7 @@ class ErasureVolume:
         pending, self.unsynced = self.unsynced, defaultdict(set)
         if not pending:
             return
-        disks = list(pending)
-        targets = [self.cluster.targets[d] for d in disks]
-        results = await asyncio.gather(*(t.sync(self.id) for t in targets), return_exceptions=True)
-        failures(results)
-        lost = [
-            (chunk, disk)
-            for disk, result in zip(disks, results, strict=True)
-            if isinstance(result, BaseException)
-            for chunk in pending[disk]
-        ]
+        lost = await sync_written(self.cluster, self.id, pending)
         if lost:
             await self.mark_stale(lost)
             for chunk, _ in lost:

@@ -37,6 +37,23 @@ ZERO_BLOCK = bytes(CHUNK_SIZE)
 NOTHING = memoryview(b"")  # the payload of a read request
 
 
+async def sync_written(
+    cluster: Cluster, volume_id: str, pending: dict[str, set[int]]
+) -> list[tuple[int, str]]:
+    """fdatasync every disk written since the last flush; the (chunk, disk) pairs whose sync
+    failed: those copies may not hold what they acknowledged."""
+    disks = list(pending)
+    targets = [cluster.targets[d] for d in disks]
+    results = await asyncio.gather(*(t.sync(volume_id) for t in targets), return_exceptions=True)
+    failures(results)
+    return [
+        (chunk, disk)
+        for disk, result in zip(disks, results, strict=True)
+        if isinstance(result, BaseException)
+        for chunk in pending[disk]
+    ]
+
+
 def failures(results: list[object]) -> list[BaseException]:
     """The exceptions among gather results; anything but an I/O failure is re-raised."""
     found = []
@@ -362,16 +379,7 @@ class ReplicatedVolume:
         pending, self.unsynced = self.unsynced, defaultdict(set)
         if not pending:
             return
-        disks = list(pending)
-        targets = [self.cluster.targets[d] for d in disks]
-        results = await asyncio.gather(*(t.sync(self.id) for t in targets), return_exceptions=True)
-        failures(results)
-        lost = [
-            (block, disk)
-            for disk, result in zip(disks, results, strict=True)
-            if isinstance(result, BaseException)
-            for block in pending[disk]
-        ]
+        lost = await sync_written(self.cluster, self.id, pending)
         if lost:
             # Those copies may not hold what they acknowledged: never trust them again unrebuilt.
             await self.mark_stale(lost)
