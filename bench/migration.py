@@ -14,6 +14,10 @@ and each round moves every one of them once, in a shuffled order, back and forth
 * heron local: the same with the disk on the source node's `local` pool: the target also
   creates an empty volume and exports it over NBD, and the source mirrors the disk into it
   (`blockdev-mirror`, sync full, write-blocking) before the memory moves.
+* heron ardfs: the disk is an ARDFS volume (RF=2 over one chunk-store directory per node):
+  the target's heron-io exports it as the standby, QEMU pauses before the switchover while
+  the volume changes owner (epoch + 1) and the target reports owning it, then switches. Its
+  baseline is bare shared: the same QEMU operations without the hand-over.
 * bare shared (the baseline): the same guest on Heron's own QEMU command line
   (`heron.hypervisor.command.build` for the same VM spec, without `-daemonize`/`-pidfile`),
   started as a child of this process. From just before the destination QEMU is started with
@@ -81,7 +85,7 @@ BOOT_TIMEOUT = 180.0
 MIGRATE_TIMEOUT = 120.0
 TICK_TIMEOUT = 30.0
 TICK = re.compile(rb"heron-tick (\d+)")
-KINDS = ("heron_shared", "heron_local", "bare_shared", "bare_local")
+KINDS = ("heron_shared", "heron_local", "heron_ardfs", "bare_shared", "bare_local")
 
 
 def ticks(path: Path) -> list[int]:
@@ -370,7 +374,8 @@ def launch_bare(
     """Start a QEMU with Heron's command line for `vm` (`heron.hypervisor.command.build`)."""
     paths = command.RuntimePaths(root)
     root.mkdir(parents=True)
-    args = command.build(vm, [command.ResolvedDisk("virtio", disk, "qcow2")], paths, "tcg")
+    file = {"driver": "file", "filename": str(disk), "aio": "threads"}  # as a dir pool gives
+    args = command.build(vm, [command.ResolvedDisk("virtio", file, "qcow2")], paths, "tcg")
     # Heron's QEMU daemonizes; this one stays our child, with everything else the same.
     at = args.index("-pidfile")
     del args[at : at + 2]
@@ -464,9 +469,14 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
                 json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
             )
             api.wait_task(reply["task"])
+            api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
+            for node in cluster.nodes:
+                disk = f"{node.state_dir}/ardfs-disk0"
+                api.ok("POST", "/pools/hci/disks", json={"node": node.name, "path": disk})
             heron = {
                 "shared": heron_guest(api, cluster, "mig-shared", "shared"),
                 "local": heron_guest(api, cluster, "mig-local", "local"),
+                "ardfs": heron_guest(api, cluster, "mig-ardfs", "hci"),
             }
             # The baseline runs the same VM spec on Heron's command line, from the same image.
             spec = VMSpec.model_validate(api.ok("GET", f"/vms/{heron['shared'].vm_id}")["spec"])
@@ -486,6 +496,7 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
             steps: dict[str, Callable[[], dict[str, Any]]] = {
                 "heron_shared": heron["shared"].migrate,
                 "heron_local": heron["local"].migrate,
+                "heron_ardfs": heron["ardfs"].migrate,
                 "bare_shared": bare[0].migrate,
                 "bare_local": bare[1].migrate,
             }
@@ -548,6 +559,19 @@ def summarize(measured: list[dict[str, Any]]) -> dict[str, Any]:
             ),
         }
         summary[disk] = part
+    ardfs: dict[str, Any] = {
+        "heron_total_s": stats(series("heron_ardfs", "total_s"), 3),
+        "heron_downtime_ms": stats(series("heron_ardfs", "downtime_ms"), 0),
+        "continued": sum(1 for r in measured if r["heron_ardfs"]["continued"]),
+        "rounds": len(measured),
+    }
+    ardfs["ratios_to_bare_shared"] = {
+        "total_p50": ratio(ardfs["heron_total_s"]["p50"], summary["shared"]["bare_total_s"]["p50"]),
+        "downtime_p50": ratio(
+            ardfs["heron_downtime_ms"]["p50"], summary["shared"]["bare_downtime_ms"]["p50"]
+        ),
+    }
+    summary["ardfs"] = ardfs
     return summary
 
 
@@ -569,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = write_result(NAME, params, results, load)
     rows: list[tuple[str, str]] = []
-    for disk, s in results["summary"].items():
+    summary = dict(results["summary"])
+    ardfs = summary.pop("ardfs")
+    for disk, s in summary.items():
 
         def fmt(key: str, unit: str, s: dict[str, Any] = s) -> str:
             return f"median {s[key]['p50']}{unit}  p90 {s[key]['p90']}{unit}"
@@ -584,6 +610,13 @@ def main(argv: list[str] | None = None) -> int:
             (f"{disk}: ratio heron / bare", f"{r['total_p50']}x median, {r['total_p90']}x p90"),
             (f"{disk}: guest continued", f"{s['continued']} of {s['rounds']}"),
         ]
+    a = ardfs["ratios_to_bare_shared"]
+    rows += [
+        ("ardfs: heron POST to task end", f"median {ardfs['heron_total_s']['p50']}s"),
+        ("ardfs: heron downtime", f"median {ardfs['heron_downtime_ms']['p50']}ms"),
+        ("ardfs: ratio to bare shared", f"{a['total_p50']}x total, {a['downtime_p50']}x downtime"),
+        ("ardfs: guest continued", f"{ardfs['continued']} of {ardfs['rounds']}"),
+    ]
     rows.append(("results", str(path)))
     print_rows(f"migration ({args.runs} rounds): live migration between two nodes", rows)
     return 0
