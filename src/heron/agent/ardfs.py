@@ -44,7 +44,7 @@ from heron.util.proc import alive, read_pidfile, spawn_detached, terminate, wait
 log = logging.getLogger(__name__)
 
 CHECK = 5.0  # also look this often whether heron-io still runs
-PUBLISH = 1.0  # how often the owner looks at its volumes' redundancy
+PUBLISH = 0.25  # how often the owner looks at its volumes' redundancy (a file read)
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
 TOMBSTONE_KEEP = 7 * 24 * 3600.0
 SETTLE = 5.0
@@ -148,7 +148,7 @@ class IoSupervisor:
 
     async def _publish_forever(self) -> None:
         while True:
-            await asyncio.sleep(PUBLISH)  # the owner's view changes by the second at most
+            await asyncio.sleep(PUBLISH)  # a live migration waits for what this reports
             try:
                 await self.publish()
             except Exception as exc:

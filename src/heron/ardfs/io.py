@@ -225,6 +225,9 @@ class Io:
             await self.take_over_stale_notes(spec)
         finally:
             self.opening.discard(spec.name)
+            # Say so at once: a live migration waits for the new owner to report it.
+            with contextlib.suppress(OSError):
+                await self.maintenance.write_status()
 
     async def take_over_stale_notes(self, spec: VolumeSpec) -> None:
         """Merge the stale copies the previous owner recorded on the chunk stores into this
