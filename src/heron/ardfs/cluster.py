@@ -35,23 +35,55 @@ class Cluster:
         self.disks = list(disks)
         self.targets = dict(targets)
         self.pinned: dict[str, list[Disk]] = {}  # volume -> the disks it is placed over
-        self._cache: OrderedDict[tuple[str, int, int], list[ChunkTarget]] = OrderedDict()
+        # volume -> the disks it is being moved onto (a rebalance): its block groups have
+        # copies or shards there as well, written with the others, stale until copied.
+        self.moving: dict[str, list[Disk]] = {}
+        self._cache: OrderedDict[tuple[str, int, int, bool], list[ChunkTarget]] = OrderedDict()
 
     def pin(self, volume: str, disks: Sequence[Disk]) -> None:
         """Place `volume` over `disks` (some perhaps gone from the cluster) from now on."""
-        self.pinned[volume] = list(disks)
+        self.pinned[volume] = self._known(disks)
+        self.moving.pop(volume, None)
+        self._forget(volume)
+
+    def move(self, volume: str, disks: Sequence[Disk] | None) -> None:
+        """Give `volume` a destination placement beside its own (None: none any more)."""
+        if disks is None:
+            self.moving.pop(volume, None)
+        else:
+            self.moving[volume] = self._known(disks)
+        self._forget(volume)
+
+    def _known(self, disks: Sequence[Disk]) -> list[Disk]:
         for disk in disks:
             if disk.id not in self.targets:
                 self.targets[disk.id] = GoneTarget(disk.id, disk.node)  # type: ignore[assignment]
+        return list(disks)
+
+    def _forget(self, volume: str) -> None:
         for key in [k for k in self._cache if k[0] == volume]:
             del self._cache[key]
 
     def place(self, volume: str, group: int, width: int) -> list[ChunkTarget]:
         """The targets of a block group in shard order (placement is pure and cached)."""
-        key = (volume, group, width)
+        return self._place(volume, group, width, False)
+
+    def destination(self, volume: str, group: int, width: int) -> list[ChunkTarget] | None:
+        """Where a block group is being moved to, in shard order; None if it is not moving."""
+        if volume not in self.moving:
+            return None
+        return self._place(volume, group, width, True)
+
+    def plan(self, volume: str, disks: Sequence[Disk], group: int, width: int) -> list[ChunkTarget]:
+        """Where a block group would go over `disks` (not cached: for moves and clean-ups)."""
+        chosen = place(self._known(disks), group_key(volume, group), width)
+        return [self.targets[d.id] for d in chosen]
+
+    def _place(self, volume: str, group: int, width: int, moving: bool) -> list[ChunkTarget]:
+        key = (volume, group, width, moving)
         found = self._cache.get(key)
         if found is None:
-            disks = self.pinned.get(volume, self.disks)
+            disks = self.moving[volume] if moving else self.pinned.get(volume, self.disks)
             chosen = place(disks, group_key(volume, group), width)
             found = [self.targets[d.id] for d in chosen]
             self._cache[key] = found

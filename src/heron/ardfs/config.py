@@ -90,6 +90,18 @@ class VolumeSpec(BaseModel):
     # joining the cluster later does not move (or hide) existing blocks before a rebalance
     # copies them. None: heron-io pins the cluster's disks when it first serves the volume.
     placement: list[PlacedDisk] | None = None
+    # Where the volume is being moved (a rebalance, e.g. off a disk that died): its owner
+    # gives each block group copies or shards there too, written with the others and copied
+    # from them; once all are, `placement` becomes this list.
+    moving_to: list[PlacedDisk] | None = None
+
+    @model_validator(mode="after")
+    def _wide_enough(self) -> VolumeSpec:
+        for field in ("placement", "moving_to"):
+            disks = getattr(self, field)
+            if disks is not None and len({d.id for d in disks}) < self.scheme.width:
+                raise ValueError(f"{field}: {self.scheme.label()} needs {self.scheme.width} disks")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -117,6 +129,8 @@ class IoConfig(BaseModel):
     rebuild_parallel: int = Field(default=4, ge=1)  # chunks rebuilt at once
     scrub_mb_s: float = Field(default=50, ge=0)  # 0: no scrubbing
     scrub_pause_s: float = Field(default=3600, ge=0)  # between two passes over the disks
+    # After a move, how long reads begun on the old placement get before its leftovers go.
+    leftover_delay_s: float = Field(default=10, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> IoConfig:

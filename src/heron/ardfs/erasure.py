@@ -17,17 +17,19 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import numpy as np
 
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
-from heron.ardfs.degraded import DegradedLog, share
-from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
+from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.layout import Piece, blocks_of, ec_chunk, ec_shard
 from heron.ardfs.parity import xor_into
 from heron.ardfs.peer import OP_READ, OP_WRITE, RemoteTarget
+from heron.ardfs.placed import Copy, PlacedVolume
 from heron.ardfs.replicated import (
     NOTHING,
     block_extents,
@@ -125,24 +127,21 @@ class RegionLocks:
             self._locks.release(key)
 
 
-class ErasureVolume:
+class ErasureVolume(PlacedVolume):
     def __init__(self, spec: VolumeSpec, cluster: Cluster, degraded: DegradedLog):
-        self.spec = spec
-        self.id = spec.id
+        super().__init__(spec, cluster, degraded)
         self.k = spec.scheme.data
-        self.cluster = cluster
-        self.degraded = degraded
+        self.width = self.k + 1
         self.locks = RegionLocks()
-        self.unsynced: defaultdict[str, set[int]] = defaultdict(set)
-        self.background: set[asyncio.Task[None]] = set()
 
-    @property
-    def size(self) -> int:
-        return self.spec.size
+    def groups(self) -> int:
+        return -(-blocks_of(self.size) // self.k)
 
-    @property
-    def epoch(self) -> int:
-        return self.spec.epoch
+    def group_of(self, chunk: int) -> int:
+        return chunk // (self.k + 1)
+
+    def layout(self, group: int, targets: Sequence[ChunkTarget]) -> list[Copy]:
+        return [(self.chunk(group, i), t) for i, t in enumerate(targets)]
 
     def shards(self, stripe: int) -> list[ChunkTarget]:
         return self.cluster.place(self.id, stripe, self.k + 1)
@@ -157,30 +156,6 @@ class ErasureVolume:
 
     def ok(self, stripe: int, shard: int, target: ChunkTarget) -> bool:
         return target.disk not in self.degraded.stale(self.chunk(stripe, shard))
-
-    async def mark_stale(self, pairs: list[tuple[int, str]]) -> None:
-        fresh = self.degraded.pending(pairs)
-        if fresh:
-            self.degraded.mark(fresh)
-            await asyncio.to_thread(self.degraded.append, fresh, True)
-            await share(self.id, fresh, True, self.holders)
-            log.warning("volume %s degraded: %s", self.spec.name, fresh[:8])
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    async def _each_piece(
-        self, offset: int, length: int, action: Callable[[Piece], Awaitable[None]]
-    ) -> None:
-        parts = list(pieces(offset, length))
-        if len(parts) == 1:
-            await action(parts[0])
-            return
-        for result in await asyncio.gather(*(action(p) for p in parts), return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -308,8 +283,8 @@ class ErasureVolume:
         """The read-modify-write of a healthy stripe by callbacks, without tasks (see
         ReplicatedVolume.write_now); anything unusual goes to the general path."""
         block, inside = divmod(offset, CHUNK_SIZE)
-        if fua or inside + len(data) > CHUNK_SIZE:
-            return False
+        if fua or inside + len(data) > CHUNK_SIZE or self.id in self.cluster.moving:
+            return False  # a moving volume writes mirrors too: the general path
         stripe, shard = ec_shard(block, self.k)
         targets = self.shards(stripe)
         data_t, parity_t = targets[shard], targets[self.k]
@@ -479,14 +454,14 @@ class ErasureVolume:
         if not data_ok and not parity_ok:
             raise UnavailableError(f"stripe {stripe}: shard {shard} and parity both lost")
 
+        new_parity = None if parity is None else memoryview(parity)
+        zero = parity is not None and trim and not np.frombuffer(parity, dtype=np.uint8).any()
         writes: list[tuple[ChunkTarget, int, Callable[[], Awaitable[None]]]] = []
         if data_ok:
             writes.append(
                 (data_t, data_chunk, lambda: self._put(data_t, data_chunk, offset, data, fua, trim))
             )
-        if parity is not None:
-            new_parity = memoryview(parity)
-            zero = trim and not np.frombuffer(parity, dtype=np.uint8).any()
+        if new_parity is not None:
             writes.append(
                 (
                     parity_t,
@@ -494,24 +469,41 @@ class ErasureVolume:
                     lambda: self._put(parity_t, parity_chunk, offset, new_parity, fua, zero),
                 )
             )
+        primary = len(writes)
+        # A moving volume writes the same to the shards' destinations, once they are copied
+        # (one still to copy is copied under the stripe's lock, with this write in it).
+        missed: list[tuple[int, str]] = []
+        for index, chunk, content, hole in (
+            (shard, data_chunk, data, trim),
+            (k, parity_chunk, new_parity, zero),
+        ):
+            for mirror in self.mirrors(chunk):
+                if not self.ok(stripe, index, mirror):
+                    continue
+                if content is None:
+                    missed.append((chunk, mirror.disk))  # the parity was not computed
+                    continue
+                job = partial(self._put, mirror, chunk, offset, content, fua, hole)
+                writes.append((mirror, chunk, job))
         results = await together([(t, job) for t, _, job in writes])
         errors = failures(results)
-        lost = [(c, t.disk) for (t, c, _), r in zip(writes, results, strict=True)
-                if r is not None]  # fmt: skip
-        if len(lost) == len(writes) or (lost and not (data_ok and parity is not None)):
+        outcomes = list(zip(writes, results, strict=True))
+        lost = [(c, t.disk) for (t, c, _), r in outcomes[:primary] if r is not None]
+        missed += [(c, t.disk) for (t, c, _), r in outcomes[primary:] if r is not None]
+        if len(lost) == primary or (lost and not (data_ok and parity is not None)):
             # Nothing holds the new data (or the only shard that would have held it failed).
-            await self.mark_stale(lost)
+            await self.mark_stale(lost + missed)
             raise UnavailableError(f"stripe {stripe}: write failed: {errors}")
         if not fua:
-            for (t, c, _), r in zip(writes, results, strict=True):
+            for (t, c, _), r in outcomes:
                 if r is None:
                     self.unsynced[t.disk].add(c)
         if not data_ok:
             await self.mark_stale([(data_chunk, data_t.disk)])
         if parity is None:
             await self.mark_stale([(parity_chunk, parity_t.disk)])
-        if lost:
-            await self.mark_stale(lost)
+        if lost or missed:
+            await self.mark_stale(lost + missed)
 
     async def _put(
         self, target: ChunkTarget, chunk: int, offset: int, data: memoryview, fua: bool, trim: bool
@@ -567,32 +559,56 @@ class ErasureVolume:
         targets = self.shards(stripe)
         return all(self.ok(stripe, i, t) for i, t in enumerate(targets) if i != shard)
 
-    async def rebuild_chunk(self, chunk: int) -> bool:
-        """Decode a stale shard from the others and write it back; True when done."""
+    async def rebuild_chunk(self, chunk: int, disks: set[str] | None = None) -> bool:
+        """Write a stale shard back (those on `disks`, if given): copied from the shard's
+        placement when only its destination is stale (a move), else decoded from the other
+        shards. True when none of them is left stale."""
         stripe, shard = divmod(chunk, self.k + 1)
         await self.locks.acquire(stripe, 0, CHUNK_SIZE)
         try:
-            target = self.shards(stripe)[shard]
-            if self.ok(stripe, shard, target):
+            stale = [
+                t
+                for t in self.targets_of(chunk)
+                if not self.ok(stripe, shard, t) and (disks is None or t.disk in disks)
+            ]
+            if not stale:
                 return True
             data = memoryview(bytearray(CHUNK_SIZE))
             try:
-                await self._decode(stripe, shard, 0, data)
-                await target.write(self.id, chunk, 0, data, True, self.epoch)
+                await self._shard_content(stripe, shard, data)
             except (VolumeError, OSError) as exc:
-                log.info("rebuild of chunk %d onto %s failed: %s", chunk, target.disk, exc)
+                log.info("rebuild of chunk %d: %s", chunk, exc)
                 return False
-            await asyncio.to_thread(self.degraded.append, [(chunk, target.disk)], False)
-            self.degraded.clear(chunk, target.disk)
-            await share(self.id, [(chunk, target.disk)], False, self.holders)
-            return True
+            empty = not np.frombuffer(data, dtype=np.uint8).any()
+            done = True
+            for target in stale:
+                try:
+                    if empty:  # thin: nothing where nothing was written
+                        await target.delete(self.id, chunk, self.epoch)
+                    else:
+                        await target.write(self.id, chunk, 0, data, True, self.epoch)
+                except FencedError:
+                    raise
+                except (VolumeError, OSError) as exc:
+                    log.info("rebuild of chunk %d onto %s failed: %s", chunk, target.disk, exc)
+                    done = False
+                    continue
+                await self._rebuilt(chunk, target)
+            return done
         finally:
             self.locks.release(stripe, 0, CHUNK_SIZE)
 
-    def stale_chunks(self) -> list[int]:
-        return sorted(self.degraded.missing)
-
-    async def close(self) -> None:
-        for task in list(self.background):
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+    async def _shard_content(self, stripe: int, shard: int, into: memoryview) -> None:
+        """A whole shard: read where it is healthy, else decoded from the other shards."""
+        target = self.shards(stripe)[shard]
+        if self.ok(stripe, shard, target):
+            chunk = self.chunk(stripe, shard)
+            try:
+                if (await target.allocated(self.id, chunk, 1))[0]:
+                    await target.read_into(self.id, chunk, 0, into)
+                return  # absent: reads as zeroes
+            except ChecksumError:
+                await self.mark_stale([(chunk, target.disk)])
+            except (VolumeError, OSError) as exc:
+                log.info("shard %d of stripe %d unreadable, decoding: %s", shard, stripe, exc)
+        await self._decode(stripe, shard, 0, into)

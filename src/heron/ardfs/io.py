@@ -89,6 +89,7 @@ class Io:
         self.claims: set[asyncio.Task[None]] = set()
         self.opening: set[str] = set()  # volumes being taken over: not served yet
         self.pinning: set[str] = set()  # volumes whose placement is being looked up
+        self.starting: set[str] = set()  # volumes whose move is being started
         self.maintenance = Maintenance(self)
         self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt)
         self.nbd = NbdServer(ExportTable(self.export, self.export_names))
@@ -136,13 +137,10 @@ class Io:
         return self.config.state_dir / "placement" / f"{spec.id}.json"
 
     def _pin(self, spec: VolumeSpec, disks: list[Disk]) -> None:
-        current = {d.id for d in self.config.placement_disks()}
-        pinned = {d.id for d in disks}
-        if pinned != current:
-            log.warning(
-                "volume %s stays on its disks until rebalanced: new %s, gone %s",
-                spec.name, sorted(current - pinned), sorted(pinned - current),
-            )  # fmt: skip
+        gone = {d.id for d in disks} - {d.id for d in self.config.placement_disks()}
+        if gone:
+            log.warning("volume %s is placed on disks gone from the cluster, degraded until "
+                        "moved: %s", spec.name, sorted(gone))  # fmt: skip
         self.cluster.pin(spec.id, disks)
 
     async def find_pin(self, spec: VolumeSpec) -> None:
@@ -197,12 +195,90 @@ class Io:
                 self.volumes[name] = self.make_volume(spec)
                 log.info("serving volume %s (%s, %d bytes)", name, spec.scheme.label(), spec.size)
             else:
-                current.spec = spec  # size (online resize) and owner epoch may change
+                previous, current.spec = current.spec, spec  # size, owner, epoch, placement
+                if spec.placement is not None and spec.placement != previous.placement:
+                    self.placement_changed(current, previous)
         for spec in specs:
             if spec.owner == self.config.node and self.claimed.get(spec.id) != spec.epoch:
                 self.claimed[spec.id] = spec.epoch
                 self.opening.add(spec.name)
                 self.background(self.claim(spec))
+            else:
+                self.steer(self.volumes[spec.name])
+
+    # -- moves (rebalance) -------------------------------------------------------------------
+
+    def placement_changed(self, volume: AnyVolume, previous: VolumeSpec) -> None:
+        """A move ended (its destination is the placement now): serve the new placement,
+        forget stale copies on the disks left, and remove what they hold of the volume."""
+        before = [d.disk() for d in previous.placement] if previous.placement else None
+        assert volume.spec.placement is not None
+        self._pin(volume.spec, [d.disk() for d in volume.spec.placement])
+        self._move_marker(volume.spec).unlink(missing_ok=True)
+        log.info("volume %s placed on %s", volume.spec.name,
+                 [d.id for d in volume.spec.placement])  # fmt: skip
+        self.background(self._after_move(volume, before))
+
+    async def _after_move(self, volume: AnyVolume, before: list[Disk] | None) -> None:
+        dropped = await volume.prune()
+        if dropped:
+            log.info("volume %s: %d stale copies on disks it left forgotten",
+                     volume.spec.name, dropped)  # fmt: skip
+        if before is None or not self.owns(volume.spec.name):
+            return
+        # Reads that started on the old placement finish first.
+        await asyncio.sleep(self.config.leftover_delay_s)
+
+        def settled() -> bool:  # a new move may copy onto a disk this one left
+            spec = volume.spec
+            return (
+                volume is self.volumes.get(spec.name)
+                and self.owns(spec.name)
+                and spec.moving_to is None
+                and spec.id not in self.cluster.moving
+            )
+
+        removed = await volume.collect_garbage(before, settled)
+        log.info("volume %s: %d chunks removed from disks it left", volume.spec.name, removed)
+
+    def steer(self, volume: AnyVolume) -> None:
+        """Move the volume as its spec says, where this node owns it; nowhere else."""
+        spec = volume.spec
+        wanted = [d.disk() for d in spec.moving_to] if spec.moving_to else None
+        if not self.owns(spec.name):
+            wanted = None
+        if wanted == self.cluster.moving.get(spec.id) or spec.id in self.starting:
+            return
+        if wanted is None:
+            self.cluster.move(spec.id, None)
+            self.background(volume.prune())
+            return
+        self.starting.add(spec.id)
+        self.background(self._start_move(volume, wanted))
+
+    def _move_marker(self, spec: VolumeSpec) -> Path:
+        return self.config.state_dir / "moving" / f"{spec.id}.json"
+
+    async def _start_move(self, volume: AnyVolume, disks: list[Disk]) -> None:
+        spec = volume.spec
+        marker = self._move_marker(spec)
+        wanted = {"epoch": spec.epoch, "to": [vars(d) for d in disks]}
+        try:
+            try:
+                resumed = json.loads(marker.read_text()) == wanted
+            except (OSError, ValueError):
+                resumed = False
+            if resumed:  # this owner began it: its degraded log knows what is left
+                self.cluster.move(spec.id, disks)
+            else:
+                count = await volume.start_move(disks)
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps(wanted))
+                log.info("volume %s moving to %s: %d copies to make", spec.name,
+                         [d.id for d in disks], count)  # fmt: skip
+        finally:
+            self.starting.discard(spec.id)
+        self.steer(volume)  # the spec may have changed meanwhile
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -225,6 +301,9 @@ class Io:
             await self.take_over_stale_notes(spec)
         finally:
             self.opening.discard(spec.name)
+            volume = self.volumes.get(spec.name)
+            if volume is not None and volume.spec.id == spec.id:
+                self.steer(volume)
             # Say so at once: a live migration waits for the new owner to report it.
             with contextlib.suppress(OSError):
                 await self.maintenance.write_status()
@@ -251,6 +330,7 @@ class Io:
             volume.degraded.mark(fresh)
             await asyncio.to_thread(volume.degraded.append, fresh, True)
             log.warning("volume %s: %d stale copies taken over", spec.name, len(fresh))
+        await volume.prune()  # notes about disks a move has since left
 
     async def start(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)

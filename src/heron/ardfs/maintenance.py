@@ -111,26 +111,29 @@ class Maintenance:
 
     # -- rebuild -----------------------------------------------------------------------------
 
-    async def reachable(self, volume: AnyVolume, chunk: int) -> bool:
-        """Whether every disk that holds a stale copy of the chunk answers now."""
+    async def reachable(self, volume: AnyVolume, chunk: int) -> set[str]:
+        """The disks holding a stale copy of the chunk that answer now: those are rebuilt
+        (one gone from the cluster waits for a move to take its copies elsewhere)."""
+        found = set()
         for disk in volume.degraded.stale(chunk):
             target = self.io.cluster.targets.get(disk)
             if target is None or isinstance(target, GoneTarget):
-                return False  # left the cluster: moving its data is a rebalance's job
+                continue
             if isinstance(target, RemoteTarget) and not target.client.up:
                 try:
                     await target.client.call(OP_PING, volume.id, disk)
                 except VolumeError:
-                    return False
-        return True
+                    continue
+            found.add(disk)
+        return found
 
     async def rebuild_pass(self) -> bool:
         did = False
         gate = asyncio.Semaphore(self.io.config.rebuild_parallel)
         for name, volume in list(self.io.volumes.items()):
             chunks = volume.stale_chunks()
-            if not chunks:
-                continue
+            if not chunks or volume.spec.owner not in (None, self.io.config.node):
+                continue  # another node's to repair: it writes the volume
             progress = self.rebuild.setdefault(name, RebuildProgress())
 
             results = await asyncio.gather(
@@ -155,12 +158,13 @@ class Maintenance:
         self, volume: AnyVolume, chunk: int, progress: RebuildProgress, gate: asyncio.Semaphore
     ) -> bool:
         async with gate:
-            if not await self.reachable(volume, chunk):
+            disks = await self.reachable(volume, chunk)
+            if not disks:
                 return False
             await asyncio.sleep(self.rebuild_limit.delay(CHUNK_SIZE))
             if progress.started is None:
                 progress.started = time.monotonic()
-            if await volume.rebuild_chunk(chunk):
+            if await volume.rebuild_chunk(chunk, disks):
                 progress.rebuilt_chunks += 1
                 progress.bytes += CHUNK_SIZE
                 return True
@@ -245,6 +249,9 @@ class Maintenance:
                 "owned": self.io.owns(name),
                 "stale_copies": volume.degraded.count(),
                 "stale_chunks": len(stale),
+                "placement": [d.id for d in self.io.cluster.pinned.get(volume.id, [])],
+                "moving_to": [d.id for d in self.io.cluster.moving.get(volume.id, [])] or None,
+                "move_left": volume.move_left(),
                 "rebuilt_chunks": progress.rebuilt_chunks,
                 "rebuild_bytes_per_s": round(progress.rate()),
                 "last_rebuild_bytes_per_s": round(progress.last_run_bytes_per_s),

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
-from heron.ardfs.degraded import DegradedLog, share
+from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, blocks_of, pieces
 from heron.ardfs.peer import OP_READ, OP_WRITE, RemoteTarget
+from heron.ardfs.placed import Copy, PlacedVolume
 from heron.ardfs.target import ChunkTarget, LocalTarget
 from heron.ardfs.volume import (
     ChecksumError,
@@ -115,41 +116,35 @@ async def on_each(
     return await together([(t, lambda t=t: act(t)) for t in targets])
 
 
-class ReplicatedVolume:
+class ReplicatedVolume(PlacedVolume):
     def __init__(self, spec: VolumeSpec, cluster: Cluster, degraded: DegradedLog):
-        self.spec = spec
-        self.id = spec.id
-        self.cluster = cluster
-        self.degraded = degraded
+        super().__init__(spec, cluster, degraded)
+        self.width = spec.scheme.copies
         self.gates = BlockGates()
-        # Copies written since the last flush without FUA: a flush syncs them, and marks the
-        # ones it could not sync as stale.
-        self.unsynced: defaultdict[str, set[int]] = defaultdict(set)
-        self.background: set[asyncio.Task[None]] = set()
 
-    @property
-    def size(self) -> int:
-        return self.spec.size
+    def groups(self) -> int:
+        return blocks_of(self.size)
 
-    @property
-    def epoch(self) -> int:
-        return self.spec.epoch
+    def group_of(self, chunk: int) -> int:
+        return chunk  # a block is its own group and chunk
+
+    def layout(self, group: int, targets: Sequence[ChunkTarget]) -> list[Copy]:
+        return [(group, t) for t in targets]
+
+    def holders(self, chunk: int) -> list[ChunkTarget]:
+        return self.healthy(chunk)
 
     def copies(self, block: int) -> list[ChunkTarget]:
-        return self.cluster.place(self.id, block, self.spec.scheme.copies)
+        """The block's copies: its placement's, and the destination's too while moving."""
+        current = self.cluster.place(self.id, block, self.width)
+        if self.id not in self.cluster.moving:
+            return current
+        return current + self.mirrors(block)
 
     def healthy(self, block: int) -> list[ChunkTarget]:
         stale = self.degraded.stale(block)
         found = [t for t in self.copies(block) if t.disk not in stale]
         return sorted(found, key=lambda t: not t.local)  # this node's copy first
-
-    async def mark_stale(self, pairs: list[tuple[int, str]]) -> None:
-        fresh = self.degraded.pending(pairs)
-        if fresh:
-            self.degraded.mark(fresh)  # at once: reads in flight must stop using them
-            await asyncio.to_thread(self.degraded.append, fresh, True)
-            await share(self.id, fresh, True, self.healthy)
-            log.warning("volume %s degraded: %s", self.spec.name, fresh[:8])
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -231,17 +226,6 @@ class ReplicatedVolume:
         raise VolumeError(f"block {piece.block} of {self.spec.name}: no copy readable: {errors}")
 
     # -- writes ------------------------------------------------------------------------------
-
-    async def _each_piece(
-        self, offset: int, length: int, action: Callable[[Piece], Awaitable[None]]
-    ) -> None:
-        parts = list(pieces(offset, length))
-        if len(parts) == 1:
-            await action(parts[0])
-            return
-        for result in await asyncio.gather(*(action(p) for p in parts), return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
 
     async def _to_copies(
         self,
@@ -407,15 +391,15 @@ class ReplicatedVolume:
 
     # -- repair ------------------------------------------------------------------------------
 
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    async def rebuild_block(self, block: int) -> bool:
-        """Copy the block from a healthy copy to its stale ones; True if none is left stale."""
+    async def rebuild_block(self, block: int, disks: set[str] | None = None) -> bool:
+        """Copy the block from a healthy copy to its stale ones (those on `disks`, if given);
+        True if none of those is left stale."""
         async with self.gates.exclusive(block):
-            stale = [t for t in self.copies(block) if t.disk in self.degraded.stale(block)]
+            stale = [
+                t
+                for t in self.copies(block)
+                if t.disk in self.degraded.stale(block) and (disks is None or t.disk in disks)
+            ]
             if not stale:
                 return True
             source = None
@@ -449,25 +433,15 @@ class ReplicatedVolume:
                     log.info("rebuild of block %d onto %s failed: %s", block, target.disk, exc)
                     done = False
                     continue
-                await asyncio.to_thread(self.degraded.append, [(block, target.disk)], False)
-                self.degraded.clear(block, target.disk)
-                await share(self.id, [(block, target.disk)], False, self.copies)
+                await self._rebuilt(block, target)
             return done
 
     def repairable(self, chunk: int, disk: str) -> bool:
         """Whether another healthy copy exists to rebuild this one from."""
         return any(t.disk != disk for t in self.healthy(chunk))
 
-    async def rebuild_chunk(self, chunk: int) -> bool:
-        return await self.rebuild_block(chunk)  # a block is its own chunk
-
-    def stale_chunks(self) -> list[int]:
-        return sorted(self.degraded.missing)
-
-    async def close(self) -> None:
-        for task in list(self.background):
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+    async def rebuild_chunk(self, chunk: int, disks: set[str] | None = None) -> bool:
+        return await self.rebuild_block(chunk, disks)
 
 
 async def block_extents(

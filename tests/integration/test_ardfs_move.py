@@ -1,0 +1,157 @@
+"""Moving a volume to another placement (the rebalance after a node is lost for good): the
+owner copies every block group's missing copies or shards onto the destination while the
+volume stays in use, then the destination becomes the placement, the volume is fully
+redundant on it (it survives losing another node), and the disks it left hold nothing of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import wait_for
+
+from heron.ardfs.client import IoProcess, io_cluster
+from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
+from heron.ardfs.nbdtools import qemu_io
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+
+BEFORE = [f"write -P {0x30 + i} {i * 4}M 4M" for i in range(12)]  # 48 MiB, a pattern per block
+DURING = ["write -P 0x71 1M 9M", "write -P 0x72 30M 1000"]  # degraded, then while moving
+AFTER = ["write -P 0x73 40M 3M"]
+# What no later write overwrote.
+UNTOUCHED = [
+    "read -P 0x30 0 1M",
+    *[f"read -P {0x30 + i} {i * 4}M 4M" for i in (3, 4, 5, 6, 8, 9, 11)],
+    "read -P 0x37 28M 2M",
+]
+
+
+def reads(writes: list[str]) -> list[str]:
+    return [w.replace("write", "read") for w in writes]
+
+
+def disks_of(nodes: list[IoProcess]) -> list[PlacedDisk]:
+    return [
+        PlacedDisk(id=d.id, node=io.config.node, site=io.config.me.site)
+        for io in nodes
+        for d in io.config.me.disks
+    ]
+
+
+def reconfigure(nodes: list[IoProcess], volume: VolumeSpec) -> None:
+    for io in nodes:
+        if io.alive():
+            io.update(io.config.model_copy(update={"volumes": [volume]}))
+
+
+def volume_status(io: IoProcess) -> dict:
+    return io.status().get("volumes", {}).get("v", {})
+
+
+def chunks_on(io: IoProcess, volume: VolumeSpec) -> int:
+    found = 0
+    for disk in io.config.me.disks:
+        assert disk.path is not None
+        folder = disk.path / "volumes" / volume.id
+        if folder.is_dir():
+            found += sum(1 for p in folder.iterdir() if len(p.name) == 16)
+    return found
+
+
+@pytest.mark.parametrize("scheme", [Scheme(copies=2), Scheme(kind="ec", data=2)], ids=str)
+def test_a_volume_moves_off_a_lost_node_and_is_redundant_again(
+    tmp_path: Path, scheme: Scheme
+) -> None:
+    spec = VolumeSpec(name="v", size=64 * MiB, scheme=scheme, owner="n1")
+    with io_cluster(tmp_path, 4, [], settings={"leftover_delay_s": 0}) as nodes:
+        everything = disks_of(nodes)
+        volume = spec.model_copy(update={"placement": everything})
+        reconfigure(nodes, volume)
+        wait_for(lambda: "v" in nodes[0].status().get("volumes", {}), 30, "v served")
+        uri = nodes[0].uri("v")
+        qemu_io(uri, *BEFORE, "flush")
+        # Placed over all four disks: the fourth node holds part of the volume.
+        assert chunks_on(nodes[3], volume) > 0
+
+        nodes[3].kill()
+        qemu_io(uri, DURING[0], "flush")  # degraded: the lost node's copies go stale
+        wait_for(lambda: volume_status(nodes[0]).get("state") == "degraded", 30, "degraded")
+
+        # The leader's decision, as herond writes it: move onto the three that are left.
+        remaining = disks_of(nodes[:3])
+        volume = volume.model_copy(update={"moving_to": remaining})
+        reconfigure(nodes, volume)
+        qemu_io(uri, DURING[1], "flush")  # writes go on during the move
+
+        def moved() -> bool:
+            seen = volume_status(nodes[0])
+            return seen.get("moving_to") is not None and seen.get("move_left") == 0
+
+        wait_for(moved, 120, "every copy made on the destination")
+        qemu_io(uri, *UNTOUCHED, *reads(DURING))
+
+        # The move ends: the destination is the placement.
+        volume = volume.model_copy(update={"placement": remaining, "moving_to": None})
+        reconfigure(nodes, volume)
+
+        def settled() -> bool:
+            seen = volume_status(nodes[0])
+            return (
+                seen.get("placement") == [d.id for d in remaining]
+                and seen.get("moving_to") is None
+                and seen.get("state") == "healthy"
+            )
+
+        wait_for(settled, 60, "healthy on its new placement")
+        qemu_io(uri, *AFTER, "flush")
+        qemu_io(uri, *UNTOUCHED, *reads(DURING), *reads(AFTER))
+
+        # Fully redundant again: losing one more node loses nothing.
+        nodes[2].kill()
+        qemu_io(uri, *UNTOUCHED, *reads(DURING), *reads(AFTER))
+
+
+def test_a_new_owner_finishes_a_move_it_did_not_start(tmp_path: Path) -> None:
+    spec = VolumeSpec(name="v", size=48 * MiB, scheme=Scheme(copies=2), owner="n1")
+    settings = {"leftover_delay_s": 0, "rebuild_mb_s": 10}
+    with io_cluster(tmp_path, 4, [], settings=settings) as nodes:
+        volume = spec.model_copy(update={"placement": disks_of(nodes)})
+        reconfigure(nodes, volume)
+        wait_for(lambda: "v" in nodes[0].status().get("volumes", {}), 30, "v served")
+        qemu_io(nodes[0].uri("v"), *BEFORE, "flush")
+        nodes[3].kill()
+        # Slow enough that the handover comes in the middle of the copying.
+        remaining = disks_of(nodes[:3])
+        volume = volume.model_copy(update={"moving_to": remaining})
+        reconfigure(nodes, volume)
+        qemu_io(nodes[0].uri("v"), DURING[0], "flush")
+        volume = volume.model_copy(update={"owner": "n2", "epoch": 2})
+        reconfigure(nodes, volume)
+        uri = nodes[1].uri("v")
+        wait_for(lambda: volume_status(nodes[1]).get("owned"), 30, "n2 owns v")
+        qemu_io(uri, DURING[1], "flush")
+
+        def moved() -> bool:
+            seen = volume_status(nodes[1])
+            return seen.get("moving_to") is not None and seen.get("move_left") == 0
+
+        wait_for(moved, 120, "the new owner made every copy")
+        volume = volume.model_copy(update={"placement": remaining, "moving_to": None})
+        reconfigure(nodes, volume)
+        wait_for(lambda: volume_status(nodes[1]).get("state") == "healthy", 60, "healthy")
+        # Once the chunks on the disks it left are gone, everything still reads.
+        wait_for(
+            lambda: (
+                chunks_on(nodes[0], volume)
+                + chunks_on(nodes[1], volume)
+                + chunks_on(nodes[2], volume)
+                <= 2 * 12
+            ),
+            60,
+            "leftovers removed",
+        )
+        nodes[0].kill()
+        qemu_io(uri, *UNTOUCHED, *reads(DURING))
