@@ -165,3 +165,77 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     assert any(d.exists() for d in chunk_dirs)
     wait_for(lambda: not any(d.exists() for d in chunk_dirs), 60, "the chunks to be removed")
     assert api.get(f"/pools/hci/volumes/{volume_id}").status_code == 404
+
+
+def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, api) -> None:
+    cluster, _ = cluster3
+    api.ok("POST", "/pools", json={"name": "moves", "type": "ardfs", "protection": "rf2",
+                                   "rebuild_grace_s": 3})  # fmt: skip
+    disks = {n.name: Path(n.state_dir) / "moves-disk0" for n in cluster.nodes}
+    for node, path in disks.items():
+        api.ok("POST", "/pools/moves/disks", json={"node": node, "path": str(path)})
+
+    def members_ready() -> bool:
+        members = api.ok("GET", "/pools/moves/members")
+        return len(members) == 3 and all(m["address"] and m["disks"] for m in members)
+
+    wait_for(members_ready, 30, "every node to join the pool with its disk")
+    reply = api.ok("POST", "/pools/moves/volumes", json={"name": "data", "size": 48 * 2**20})
+    api.wait_task(reply["task"], timeout=120)
+    volume_id = reply["volume"]
+    volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+    assert sorted(d["node"] for d in volume["placement"]) == ["node1", "node2", "node3"]
+
+    def qemu_io(node: str, *commands: str) -> None:
+        socket_path = Path(cluster.node(node).state_dir) / "ardfs/moves/nbd.sock"
+        args = [a for c in commands for a in ("-c", c)]
+        uri = f"nbd+unix:///{volume_id}?socket={socket_path}"
+        done = subprocess.run(["qemu-io", "-f", "raw", *args, uri], capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, (
+            done.stdout + done.stderr
+        )
+
+    pattern = [f"write -P {0x40 + i} {i * 4}M 4M" for i in range(12)]
+    qemu_io("node1", *pattern, "flush")
+    hexid = volume_id.replace("-", "")
+
+    def chunks(node: str) -> int:
+        folder = disks[node] / "volumes" / hexid
+        return sum(1 for p in folder.iterdir() if len(p.name) == 16) if folder.is_dir() else 0
+
+    assert chunks("node3") > 0
+
+    # node3 dies as a whole and stays away past the pool's grace: the leader moves the
+    # volume onto the two disks left, under a live owner, as a task with progress.
+    io_pid = heron_io_pid(cluster, "node3", "moves")
+    assert io_pid is not None
+    cluster.kill_node("node3")
+    os.kill(io_pid, signal.SIGKILL)
+
+    def rebalance_task() -> dict | None:
+        tasks = [t for t in api.ok("GET", "/tasks")
+                 if t["kind"] == "volume.rebalance" and t["target"] == volume_id]  # fmt: skip
+        return tasks[0] if tasks else None
+
+    task = wait_for(rebalance_task, 60, "a rebalance task")
+    done = api.wait_task(task["id"], timeout=180)
+    volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+    assert sorted(d["node"] for d in volume["placement"]) == ["node1", "node2"]
+    assert done["result"]["disks"] == [d["id"] for d in volume["placement"]]
+    assert volume["moving_to"] is None and volume["owner"] in ("node1", "node2")
+    wait_for(
+        lambda: (
+            (api.ok("GET", f"/pools/moves/volumes/{volume_id}")["health"] or {}).get("state")
+            == "healthy"
+        ),
+        30,
+        "healthy on two disks",
+    )
+    # Two copies of every block again: each of the two disks holds all twelve.
+    assert (chunks("node1"), chunks("node2")) == (12, 12)
+    qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
+
+    # node3 comes back: what its disk still holds of the volume is removed.
+    cluster.start_node("node3")
+    wait_for(lambda: chunks("node3") == 0, 90, "node3's leftovers removed")

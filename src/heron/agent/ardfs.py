@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
+from heron.ardfs.config import PlacedDisk as IoPlacedDisk
 from heron.ardfs.io import READY
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.cache import Cache
@@ -33,6 +34,7 @@ from heron.models.storage import (
     ArdfsNodeStatus,
     ArdfsTombstone,
     DiskUsage,
+    PlacedDisk,
     Pool,
     Volume,
     VolumeHealth,
@@ -48,6 +50,7 @@ PUBLISH = 0.25  # how often the owner looks at its volumes' redundancy (a file r
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
 TOMBSTONE_KEEP = 7 * 24 * 3600.0
 SETTLE = 5.0
+LEFTOVER_SWEEP = 60.0
 PEER_PORTS = (20000, 32000)  # where heron-io listens for peers, unless the record says
 START_TIMEOUT = 60.0
 
@@ -86,11 +89,19 @@ def io_config(
                 epoch=max(v.epoch, 1),
                 owner=v.owner,
                 standby=v.standby,
+                placement=_placed(v.placement),
+                moving_to=_placed(v.moving_to),
             )
             for v in sorted(volumes, key=lambda v: v.id)
             if v.pool == pool.name and v.size > 0
         ],
     )
+
+
+def _placed(disks: list[PlacedDisk] | None) -> list[IoPlacedDisk] | None:
+    if disks is None:
+        return None
+    return [IoPlacedDisk(id=d.id, node=d.node, site=d.site, weight=d.weight) for d in disks]
 
 
 def _disk(disk: ArdfsDisk, mine: bool) -> DiskSpec:
@@ -119,6 +130,7 @@ class IoSupervisor:
         self._published: dict[str, tuple[str, int, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
+        self._swept: dict[str, float] = {}  # pool -> when leftovers were last looked for
 
     async def run(self) -> None:
         caches = (self.pools, self.volumes, self.members, self.deleted)
@@ -172,16 +184,41 @@ class IoSupervisor:
                     stale_chunks=seen["stale_chunks"],
                     rebuilt_chunks=seen["rebuilt_chunks"],
                     rebuild_bytes_per_s=seen.get("rebuild_bytes_per_s", 0),
+                    move_left=seen.get("move_left", 0),
                     node=self.node,
                     epoch=volume.epoch,
                     updated_at=time.time(),
                 )
-                summary = (health.state, health.stale_chunks, health.rebuilt_chunks, volume.epoch)
+                summary = (
+                    health.state,
+                    health.stale_chunks,
+                    health.rebuilt_chunks,
+                    health.move_left,
+                    volume.epoch,
+                )
                 if self._published.get(volume.id) != summary:
                     await self.db.put(keys.volume_health(volume.id), health)
                     self._published[volume.id] = summary
-                if health.stale_chunks:
+                if volume.moving_to is not None:
+                    await self._finish_move(volume, seen)  # a volume.rebalance task follows
+                elif health.stale_chunks:
                     await self._follow_rebuild(volume)
+
+    async def _finish_move(self, volume: Volume, seen: dict[str, Any]) -> None:
+        """Make the destination of a move the placement once heron-io has made every copy
+        there; heron-io then forgets the disks left and removes what they hold."""
+        assert volume.moving_to is not None
+        target = [d.id for d in volume.moving_to]
+        if seen.get("moving_to") != target or seen.get("move_left") != 0:
+            return
+
+        def switch(current: Volume) -> Volume:
+            if current.moving_to != volume.moving_to or current.owner != self.node:
+                return current  # changed meanwhile: the next look decides
+            return current.model_copy(update={"placement": current.moving_to, "moving_to": None})
+
+        await self.db.update(Volume, keys.volume(volume.id), switch)
+        log.info("ardfs volume %s placed on %s", volume.id, ", ".join(target))
 
     async def _publish_disks(self, pool: str, disks: dict[str, Any]) -> None:
         """This node's disks' space, when it moved by 1 % or a minute has passed."""
@@ -234,6 +271,7 @@ class IoSupervisor:
             running = None
         if running == config:
             await self._remove_deleted(pool, config)
+            await self._remove_left(pool, config)
             return
         root.mkdir(parents=True, exist_ok=True)
         for disk in config.me.disks:
@@ -283,6 +321,30 @@ class IoSupervisor:
                 # Members away longer than this keep that garbage: a week is plenty.
                 with contextlib.suppress(Conflict):
                     await self.db.delete(entry.key, revision=entry.revision)
+
+    async def _remove_left(self, pool: Pool, serving: IoConfig) -> None:
+        """What this node's disks still hold of volumes moved off them while it was away
+        (a node back after its copies were made elsewhere), once a minute at most."""
+        if time.monotonic() - self._swept.get(pool.name, -LEFTOVER_SWEEP) < LEFTOVER_SWEEP:
+            return
+        self._swept[pool.name] = time.monotonic()
+        for volume in self.volumes.values():
+            if volume.pool != pool.name or volume.placement is None or volume.moving_to:
+                continue
+            hexid = uuid.UUID(volume.id).hex
+            placed = {d.id for d in volume.placement}
+            for disk in serving.me.disks:
+                folder = Path(str(disk.path)) / "volumes" / hexid
+                if disk.id in placed or not folder.is_dir():
+                    continue
+                # Read again: a move onto this disk may have begun since the cache saw it.
+                entry = await self.db.get(Volume, keys.volume(volume.id))
+                if entry is None or entry.value.moving_to or entry.value.placement is None:
+                    continue
+                if disk.id in {d.id for d in entry.value.placement}:
+                    continue
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+                log.info("ardfs pool %s: removed %s, moved elsewhere", pool.name, folder)
 
     async def _new_address(self, pool: Pool) -> None:
         entry = self.members.get(f"{pool.name}/{self.node}")

@@ -14,7 +14,7 @@ from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Conflict, Txn, keys
 from heron.hypervisor.qemu import QemuError
 from heron.models.common import new_id
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Pool, Volume, VolumeFormat, VolumeHealth
 from heron.models.vm import VM, RunState
 from heron.storage.driver import PoolDriver, StorageError, driver_for
 from heron.storage.qemuimg import QemuImgError
@@ -44,6 +44,7 @@ class Handlers:
             "volume.delete": self.volume_delete,
             "pool.scan": self.pool_scan,
             "volume.rebuild": self.volume_rebuild,
+            "volume.rebalance": self.volume_rebalance,
         }
         for action in ("start", "stop", "shutdown", "pause", "resume"):
             table[f"vm.{action}"] = self.vm_power
@@ -300,3 +301,31 @@ class Handlers:
             last = (stale, done)
             await ctx.progress(done / (done + stale), message)
             await asyncio.sleep(1.0)  # heron-io rewrites its status every second
+
+    async def volume_rebalance(self, ctx: TaskContext) -> dict[str, Any]:
+        """Follow an ardfs volume moving onto other disks until they are its placement.
+
+        The leader decided the move (`scheduler/rebalance.py`), the owner's heron-io makes the
+        copies (rate-limited, from every healthy copy), the owner's agent switches the
+        placement; this task shows it, from the ConfigDB, wherever the owner is meanwhile."""
+        target = list(ctx.task.params["to"])
+        started, first, last = time.monotonic(), 0, None
+        while True:
+            entry = await self.db.get(Volume, keys.volume(ctx.task.target))
+            if entry is None:
+                raise TaskFailed(f"volume {ctx.task.target} was deleted")
+            volume = entry.value
+            if volume.moving_to is None and [d.id for d in volume.placement or []] == target:
+                await ctx.log(f"{volume.name} is placed on {', '.join(target)}")
+                return {"disks": target, "seconds": round(time.monotonic() - started, 1)}
+            if volume.moving_to is None or [d.id for d in volume.moving_to] != target:
+                await ctx.log(f"{volume.name}: another move took over from this one")
+                return {"superseded": True}
+            health = await self.db.get(VolumeHealth, keys.volume_health(volume.id))
+            left = health.value.move_left if health is not None else 0
+            first = max(first, left)
+            if first:
+                message = None if left == last else f"{left} copies to make"
+                await ctx.progress((first - left) / first, message)
+            last = left
+            await asyncio.sleep(1.0)  # the owner publishes what is left as it changes

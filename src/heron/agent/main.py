@@ -46,6 +46,7 @@ from heron.models.node import Node
 from heron.models.storage import Pool
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
+from heron.scheduler.rebalance import RebalanceController
 from heron.util.proc import read_pidfile, spawn_detached
 
 log = logging.getLogger("herond")
@@ -167,6 +168,7 @@ async def run(config: AgentConfig) -> None:
         controllers = [
             FailoverController(inventory, ctx.audit).run,
             BalancingController(inventory, ctx.audit).run,
+            RebalanceController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
         ]
         leader = LeaderRole(db, config.name, controllers)

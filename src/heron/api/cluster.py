@@ -2,7 +2,7 @@
 
 from heron.api.errors import Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, keys
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume, VolumeFormat
 from heron.models.vm import VM
 from heron.scheduler.inventory import live_nodes
 
@@ -12,6 +12,7 @@ __all__ = [
     "find_vm",
     "find_volume",
     "live_nodes",
+    "new_placement",
     "new_volume_format",
 ]
 
@@ -65,6 +66,34 @@ def new_volume_format(
             raise Invalid(format_field, f"an {pool.type} pool holds raw volumes")
         return VolumeFormat.raw
     return fmt or VolumeFormat.qcow2
+
+
+async def new_placement(db: ConfigDB, pool: Pool, field: str) -> list[PlacedDisk] | None:
+    """ardfs: the disks a new volume's blocks are placed over: every member's, but those of
+    nodes that are down while enough others remain (their copies would only be moved off
+    again); None for other pools. Refused while the pool has too few disks."""
+    if pool.type != "ardfs":
+        return None
+    members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{pool.name}/")
+    disks = sorted(
+        (
+            PlacedDisk(id=d.id, node=m.value.node, site=m.value.site, weight=d.weight)
+            for m in members
+            if m.value.address
+            for d in m.value.disks
+        ),
+        key=lambda d: d.id,
+    )
+    live = await live_nodes(db)
+    up = [d for d in disks if d.node in live]
+    chosen = up if len(up) >= pool.width else disks
+    if len(chosen) < pool.width:
+        raise Invalid(
+            field,
+            f"pool {pool.name} has {len(chosen)} disks, {pool.protection} needs {pool.width}: "
+            f"give it disks first (POST /pools/{pool.name}/disks)",
+        )
+    return chosen
 
 
 def attached(vms: list[VM]) -> dict[str, str]:

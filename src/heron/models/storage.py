@@ -78,6 +78,13 @@ class PoolSpec(Record):
         pattern=r"^(rf[1-3]|ec[23]\+1)$",
         description="ardfs: rf1..rf3 (copies) or ec2+1 / ec3+1 (erasure coding)",
     )
+    rebuild_grace_s: float = Field(
+        default=600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="ardfs: how long a member node may be down before the leader moves "
+        "the copies its disks held onto the other disks",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -92,6 +99,13 @@ class PoolSpec(Record):
         if missing:
             raise ValueError(f"pool type {self.type} needs {', '.join(missing)}")
         return self
+
+    @property
+    def width(self) -> int:
+        """ardfs: how many disks the copies or shards of each block take."""
+        if self.protection.startswith("ec"):
+            return int(self.protection[2]) + 1
+        return int(self.protection[2:])
 
     @property
     def lun_backed(self) -> bool:
@@ -113,6 +127,15 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
+class PlacedDisk(Record):
+    """A disk an ardfs volume's blocks are placed over (placement hashes these fields)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,16}$")
+    node: Name
+    site: Name = "default"
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
 class Volume(Record):
     id: str
     pool: Name
@@ -132,6 +155,14 @@ class Volume(Record):
     )
     standby: Name | None = Field(
         default=None, description="ardfs: the node a live migration is moving it to"
+    )
+    placement: list[PlacedDisk] | None = Field(
+        default=None, description="ardfs: the disks its blocks are placed over"
+    )
+    moving_to: list[PlacedDisk] | None = Field(
+        default=None,
+        description="ardfs: the disks it is being moved onto (a rebalance); they become "
+        "its placement once every block has its copies there",
     )
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
@@ -164,6 +195,9 @@ class VolumeHealth(Record):
     stale_chunks: int = Field(ge=0, description="chunks with a copy or shard still to rebuild")
     rebuilt_chunks: int = Field(ge=0, description="rebuilt since heron-io started")
     rebuild_bytes_per_s: int = Field(default=0, ge=0)
+    move_left: int = Field(
+        default=0, ge=0, description="copies still to make on the disks it is moving onto"
+    )
     node: Name = Field(description="the owner that reported it")
     epoch: int = Field(default=0, ge=0, description="the owner's epoch when it reported")
     updated_at: float

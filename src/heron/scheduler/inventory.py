@@ -7,7 +7,7 @@ from heron.configdb.cache import Cache
 from heron.models.group import VMGroup
 from heron.models.migration import Migration
 from heron.models.node import Node, NodeSettings
-from heron.models.storage import Pool, Volume
+from heron.models.storage import ArdfsMember, Pool, Volume
 from heron.models.task import Task
 from heron.models.vm import VM, VMStatus
 
@@ -57,6 +57,7 @@ class Inventory:
         self.groups = Cache(db, VMGroup, keys.GROUPS)
         self.pools = Cache(db, Pool, keys.POOLS)
         self.volumes = Cache(db, Volume, keys.VOLUMES)
+        self.ardfs_members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self.migrations = Cache(db, Migration, keys.MIGRATIONS)
         self.tasks = Cache(db, Task, keys.TASKS)
         self._caches = [
@@ -67,6 +68,7 @@ class Inventory:
             self.groups,
             self.pools,
             self.volumes,
+            self.ardfs_members,
             self.migrations,
             self.tasks,
         ]

@@ -8,7 +8,14 @@ from pydantic import BaseModel, Field
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_volume, live_nodes, new_volume_format
+from heron.api.cluster import (
+    attached,
+    find_pool,
+    find_volume,
+    live_nodes,
+    new_placement,
+    new_volume_format,
+)
 from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.api.fanout import ask_others
@@ -253,6 +260,7 @@ async def _new_volume(
         format=fmt,
         size=size,
         node=None if pool.shared else target,
+        placement=await new_placement(ctx.db, pool, "path.name"),
         created_at=time.time(),
     )
     task = new_task(kind, target, volume.id, user, params)

@@ -8,7 +8,14 @@ from pydantic import BaseModel, Field, model_validator
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import attached, find_pool, find_vm, live_nodes, new_volume_format
+from heron.api.cluster import (
+    attached,
+    find_pool,
+    find_vm,
+    live_nodes,
+    new_placement,
+    new_volume_format,
+)
 from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.configdb import ConfigDB, Entry, Txn, keys
@@ -311,6 +318,7 @@ async def _plan_create(
             format=fmt,
             size=size,
             node=None,
+            placement=await new_placement(db, pool, f"{field}.pool"),
             created_at=now,
         )
         if await db.get_raw(keys.volume_name(pool.name, volume.name)) is not None:

@@ -1,0 +1,152 @@
+"""The leader's rebalance of ardfs pools: copies held by disks that are gone get made again.
+
+A member node that has been down for longer than its pool's `rebuild_grace_s`, or has left
+the cluster, or a disk taken out of a member, no longer counts: every volume placed on one of
+its disks is given a destination (`moving_to`: the pool's disks that do count) and an owner
+that is alive (claimed with a new epoch when its own is down or there is none). The owner's
+heron-io copies each block's missing copies or shards there while the volume stays in use,
+and the owner's agent switches `placement` to the destination when all are made
+(`agent/ardfs.py`). A `volume.rebalance` task follows each move with progress.
+
+The grace is counted from when this leader first saw the node down: a new leader starts
+counting again, which delays a move and never hastens one.
+"""
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Callable
+
+from heron.api.audit import AuditLog
+from heron.configdb import Conflict, Txn, keys
+from heron.configdb.election import Election
+from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume
+from heron.models.task import new_task
+from heron.scheduler.inventory import Inventory
+
+log = logging.getLogger(__name__)
+
+CHECK = 2.0  # seconds between two looks
+
+
+class RebalanceController:
+    def __init__(
+        self, inventory: Inventory, audit: AuditLog, clock: Callable[[], float] = time.monotonic
+    ):
+        self.inventory = inventory
+        self.db = inventory.db
+        self.audit = audit
+        self.clock = clock
+        self.down_since: dict[str, float] = {}
+        self._said: set[tuple[str, str]] = set()  # warnings given once per pool and reason
+
+    async def run(self, election: Election) -> None:
+        while True:
+            try:
+                await self.step(election)
+            except Conflict:
+                pass  # a record changed under us: look again
+            except Exception:
+                log.exception("ardfs rebalance step failed")
+            await asyncio.sleep(CHECK)
+
+    def counted(self, pool: Pool, members: list[ArdfsMember]) -> tuple[list[PlacedDisk], set[str]]:
+        """The pool's disks that count (on members alive, or down for less than the grace),
+        and the members that do not."""
+        inv = self.inventory
+        live = inv.live_nodes()
+        now = self.clock()
+        for node in [n for n in self.down_since if n in live]:
+            del self.down_since[node]
+        disks, gone = [], set()
+        for member in members:
+            settings = inv.node_settings.get(member.node)
+            if settings is not None and settings.value.left:
+                gone.add(member.node)
+                continue
+            if member.node not in live:
+                since = self.down_since.setdefault(member.node, now)
+                if now - since >= pool.rebuild_grace_s:
+                    gone.add(member.node)
+                    continue
+            disks += [
+                PlacedDisk(id=d.id, node=member.node, site=member.site, weight=d.weight)
+                for d in member.disks
+            ]
+        return sorted(disks, key=lambda d: d.id), gone
+
+    async def step(self, election: Election) -> None:
+        inv = await self.inventory.ready()
+        live = inv.live_nodes()
+        for pool in [p for p in inv.pools.values() if p.type == "ardfs"]:
+            members = [m for m in inv.ardfs_members.values() if m.pool == pool.name]
+            counted, gone = self.counted(pool, members)
+            ids = {d.id for d in counted}
+            hosts = sorted({m.node for m in members if m.node in live and m.address})
+            for entry in inv.volumes:
+                volume = entry.value
+                if volume.pool != pool.name or volume.placement is None:
+                    continue
+                current = volume.moving_to or volume.placement
+                if all(d.id in ids for d in current):
+                    if volume.moving_to is None or volume.owner not in gone | {None}:
+                        continue  # nothing it is on is gone, or its move has an owner
+                    destination = volume.moving_to  # the move lost its owner: hand it on
+                elif len(ids) < pool.width:
+                    self._once(pool.name, "narrow", "ardfs pool %s: %d disks left, %s needs %d: "
+                               "volumes stay degraded", pool.name, len(ids), pool.protection,
+                               pool.width)  # fmt: skip
+                    continue
+                else:
+                    destination = counted
+                if hosts:
+                    await self._move(election, entry.key, entry.revision, volume, destination,
+                                     hosts)  # fmt: skip
+
+    async def _move(
+        self,
+        election: Election,
+        key: str,
+        revision: int,
+        volume: Volume,
+        destination: list[PlacedDisk],
+        hosts: list[str],
+    ) -> None:
+        update: dict = {"moving_to": destination}
+        owner = volume.owner
+        if owner not in hosts:
+            # Its owner is down (or it has none): a live member takes it over to do the move.
+            owner = hosts[zlib.crc32(volume.id.encode()) % len(hosts)]
+            update |= {"owner": owner, "epoch": volume.epoch + 1, "standby": None}
+        moved = volume.model_copy(update=update)
+        gone = sorted({d.id for d in volume.moving_to or volume.placement or []}
+                      - {d.id for d in destination})  # fmt: skip
+        task = new_task(
+            "volume.rebalance", owner, volume.id, "rebalance", {"to": [d.id for d in destination]}
+        )
+        txn = (
+            election.fence(Txn())
+            .require_revision(key, revision)
+            .put(key, moved)
+            .put(keys.task(task.id), task)
+        )
+        revision = await self.db.commit(txn)
+        await self.inventory.volumes.wait_for(revision)  # the next step sees it moving
+        reason = f"disks gone: {', '.join(gone)}; moving onto {len(destination)} disks"
+        log.warning("ardfs volume %s (%s): %s, by %s", volume.name, volume.id, reason, owner)
+        self.audit.record(
+            user="rebalance",
+            method="REBALANCE",
+            path=f"/pools/{volume.pool}/volumes/{volume.id}",
+            status=0,
+            result="ok",
+            target=volume.id,
+            reason=reason,
+            task=task.id,
+        )
+
+    def _once(self, pool: str, reason: str, message: str, *args: object) -> None:
+        if (pool, reason) not in self._said:
+            self._said.add((pool, reason))
+            log.warning(message, *args)
