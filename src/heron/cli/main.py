@@ -402,6 +402,13 @@ def pool_create(
     protection: Annotated[
         str | None, typer.Option(help="ardfs: rf1, rf2, rf3, ec2+1 or ec3+1")
     ] = None,
+    rebuild_grace: Annotated[
+        float | None,
+        typer.Option(
+            help="ardfs: seconds a node may be down before its copies are made on the others "
+            "(default 600)"
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     given = {
@@ -417,9 +424,10 @@ def pool_create(
         "user": user,
         "conf": conf,
         "protection": protection,
+        "rebuild_grace_s": rebuild_grace,
     }
     body = {"name": name, "type": kind, "shared": shared}
-    body.update({k: v for k, v in given.items() if v})
+    body.update({k: v for k, v in given.items() if v is not None and v != []})
     emit(Client().post("/pools", json=body), as_json, POOL_COLUMNS)
 
 
