@@ -127,6 +127,13 @@ class RegionLocks:
             self._locks.release(key)
 
 
+def reachable(target: ChunkTarget) -> bool:
+    """A shard the callback path can use now: this node's, or on a connected peer."""
+    if isinstance(target, RemoteTarget):
+        return target.client.up
+    return isinstance(target, LocalTarget)
+
+
 class ErasureVolume(PlacedVolume):
     def __init__(self, spec: VolumeSpec, cluster: Cluster, degraded: DegradedLog):
         super().__init__(spec, cluster, degraded)
@@ -280,7 +287,7 @@ class ErasureVolume(PlacedVolume):
     def write_now(
         self, offset: int, data: memoryview, fua: bool, done: Callable[[Exception | None], None]
     ) -> bool:
-        """The read-modify-write of a healthy stripe by callbacks, without tasks (see
+        """The update of a healthy stripe by callbacks, without tasks (see
         ReplicatedVolume.write_now); anything unusual goes to the general path."""
         block, inside = divmod(offset, CHUNK_SIZE)
         if fua or inside + len(data) > CHUNK_SIZE or self.id in self.cluster.moving:
@@ -290,17 +297,21 @@ class ErasureVolume(PlacedVolume):
         data_t, parity_t = targets[shard], targets[self.k]
         if not (self.ok(stripe, shard, data_t) and self.ok(stripe, self.k, parity_t)):
             return False
-        for target in (data_t, parity_t):
-            if not isinstance(target, RemoteTarget | LocalTarget):
-                return False  # a shard on a disk gone from the cluster: the general path
-            if isinstance(target, RemoteTarget) and not target.client.up:
-                return False
-        if not self.locks.try_acquire(stripe, inside, len(data)):
+        if not (reachable(data_t) and reachable(parity_t)):
             return False
         data_chunk, parity_chunk = self.chunk(stripe, shard), self.chunk(stripe, self.k)
         n = len(data)
-        old, old_parity = bytearray(n), bytearray(n)
-        waiting = 2
+        # parity = old parity ^ old data ^ new data (read-modify-write: two reads), or with
+        # k=2 parity = new data ^ the other data shard (reconstruct-write: one read).
+        parity = bytearray(n)
+        reads = [(data_t, data_chunk, bytearray(n)), (parity_t, parity_chunk, parity)]
+        if self.k == 2:
+            other_t = targets[1 - shard]
+            if self.ok(stripe, 1 - shard, other_t) and reachable(other_t):
+                reads = [(other_t, self.chunk(stripe, 1 - shard), parity)]
+        if not self.locks.try_acquire(stripe, inside, n):
+            return False
+        waiting = len(reads)
         errors: dict[str, Exception | None] = {}
 
         def general_path() -> None:  # nothing written yet: start over, the slow way
@@ -334,13 +345,13 @@ class ErasureVolume(PlacedVolume):
                 general_path()
                 return
             errors.clear()
-            xor_into(memoryview(old_parity), old, data)
-            self._issue(parity_t, OP_WRITE, parity_chunk, inside, memoryview(old_parity),
+            xor_into(memoryview(parity), data, *(buffer for _, _, buffer in reads[:-1]))
+            self._issue(parity_t, OP_WRITE, parity_chunk, inside, memoryview(parity),
                         lambda e: written("parity", e))  # fmt: skip
             self._issue(data_t, OP_WRITE, data_chunk, inside, data, lambda e: written("data", e))
 
-        self._issue(data_t, OP_READ, data_chunk, inside, memoryview(old), read)
-        self._issue(parity_t, OP_READ, parity_chunk, inside, memoryview(old_parity), read)
+        for target, chunk, buffer in reads:
+            self._issue(target, OP_READ, chunk, inside, memoryview(buffer), read)
         return True
 
     def _issue(
@@ -424,7 +435,23 @@ class ErasureVolume(PlacedVolume):
         parity_ok = self.ok(stripe, k, parity_t)
         n = len(data)
         parity: bytearray | None = None
-        if data_ok and parity_ok:
+        others = [i for i in range(k) if i != shard]
+        if (
+            parity_ok
+            and (not data_ok or len(others) < 2)
+            and all(self.ok(stripe, i, targets[i]) for i in others)
+        ):
+            # Reconstruct-write: the new parity from the new data and the other data shards;
+            # with k=2 that is one read where read-modify-write needs two.
+            try:
+                buffers = await self._read_shards(stripe, others, offset, n)
+            except UnavailableError:
+                if not data_ok:
+                    raise
+            else:
+                parity = bytearray(data)
+                xor_into(memoryview(parity), *buffers)
+        if parity is None and data_ok and parity_ok:
             old = bytearray(n)
             old_parity = bytearray(n)
             old_view, parity_view = memoryview(old), memoryview(old_parity)
@@ -445,14 +472,12 @@ class ErasureVolume(PlacedVolume):
             if data_ok and parity_ok:
                 xor_into(memoryview(old_parity), old, data)
                 parity = old_parity
-        if not data_ok and parity_ok:
-            # Reconstruct-write: the new parity from the new data and the other data shards.
-            others = [i for i in range(k) if i != shard]
-            buffers = await self._read_shards(stripe, others, offset, n)
-            parity = bytearray(data)
-            xor_into(memoryview(parity), *buffers)
-        if not data_ok and not parity_ok:
-            raise UnavailableError(f"stripe {stripe}: shard {shard} and parity both lost")
+            elif parity_ok:  # the data shard failed: its data goes into the parity
+                buffers = await self._read_shards(stripe, others, offset, n)
+                parity = bytearray(data)
+                xor_into(memoryview(parity), *buffers)
+        if not data_ok and parity is None:
+            raise UnavailableError(f"stripe {stripe}: shard {shard} and another shard lost")
 
         new_parity = None if parity is None else memoryview(parity)
         zero = parity is not None and trim and not np.frombuffer(parity, dtype=np.uint8).any()

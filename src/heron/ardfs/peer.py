@@ -57,6 +57,7 @@ FLAG_DURABLE = 1
 ABSENT = errno.ENODATA
 
 MAX_PAYLOAD = 64 * 1024 * 1024
+WHOLE = 4 * 1024 * 1024  # a whole chunk: the common large write
 # A peer that does not answer within this long is treated as dead for the request.
 REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 2.0
@@ -142,6 +143,7 @@ class PeerServer:
         sender = Sender(sock, loop)
         rx = Receiver(sock, loop)
         pending: set[asyncio.Task[None]] = set()
+        spare: list[bytearray] = []  # a whole chunk's receive buffer, used again (see nbd.py)
         try:
             while True:
                 fields = REQUEST.unpack(await rx.exactly(REQUEST.size))
@@ -152,9 +154,11 @@ class PeerServer:
                 if op in (OP_WRITE, OP_STALE, OP_PIN):
                     if length > MAX_PAYLOAD:
                         raise Disconnect(f"peer write of {length} bytes")
-                    payload = bytearray(length)
+                    payload = spare.pop() if spare and length == WHOLE else bytearray(length)
                     await rx.into(memoryview(payload))
                 if self._now(sender, fields, payload):
+                    if payload is not None and length == WHOLE:
+                        spare[:] = [payload]  # written: nothing refers to it any more
                     continue
                 task = asyncio.create_task(self._handle(sender, fields, payload))
                 pending.add(task)
