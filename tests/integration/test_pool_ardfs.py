@@ -239,3 +239,21 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     # node3 comes back: what its disk still holds of the volume is removed.
     cluster.start_node("node3")
     wait_for(lambda: chunks("node3") == 0, 90, "node3's leftovers removed")
+
+    # A disk taken out of the pool (failed, say) has its copies made on the others at once;
+    # the last disks the protection needs cannot be taken out.
+    disk1 = next(m for m in api.ok("GET", "/pools/moves/members") if m["node"] == "node1")
+    disk1 = disk1["disks"][0]["id"]
+    api.ok("DELETE", f"/pools/moves/disks/{disk1}")
+
+    def placed_off_node1() -> bool:
+        volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+        nodes = sorted(d["node"] for d in volume["placement"])
+        return nodes == ["node2", "node3"] and volume["moving_to"] is None
+
+    wait_for(placed_off_node1, 120, "the volume moved off node1's disk")
+    volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+    qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
+    disk2 = next(m for m in api.ok("GET", "/pools/moves/members") if m["node"] == "node2")
+    refused = api.delete(f"/pools/moves/disks/{disk2['disks'][0]['id']}")
+    assert refused.status_code == 409, refused.text

@@ -431,6 +431,13 @@ def pool_create(
     emit(Client().post("/pools", json=body), as_json, POOL_COLUMNS)
 
 
+MEMBER_COLUMNS = [
+    ("node", lambda m: m["node"]),
+    ("site", lambda m: m["site"]),
+    ("disks", lambda m: ", ".join(f"{d['id']}:{d['path']}" for d in m["disks"])),
+]
+
+
 @pool_app.command("add-disk")
 def pool_add_disk(
     name: str,
@@ -441,15 +448,13 @@ def pool_add_disk(
 ) -> None:
     """Give an ardfs pool a disk: a directory on one of the nodes."""
     body = {"node": node, "path": path, **({"site": site} if site else {})}
-    emit(
-        Client().post(f"/pools/{name}/disks", json=body),
-        as_json,
-        [
-            ("node", lambda m: m["node"]),
-            ("site", lambda m: m["site"]),
-            ("disks", lambda m: ", ".join(f"{d['id']}:{d['path']}" for d in m["disks"])),
-        ],
-    )
+    emit(Client().post(f"/pools/{name}/disks", json=body), as_json, MEMBER_COLUMNS)
+
+
+@pool_app.command("remove-disk")
+def pool_remove_disk(name: str, disk: str, as_json: Json = False) -> None:
+    """Take a disk out of an ardfs pool: its copies are made on the other disks."""
+    emit(Client().request("DELETE", f"/pools/{name}/disks/{disk}"), as_json, MEMBER_COLUMNS)
 
 
 @pool_app.command("scan")

@@ -17,7 +17,7 @@ from heron.api.cluster import (
     new_volume_format,
 )
 from heron.api.context import ApiContext, with_task
-from heron.api.errors import Conflict, Invalid
+from heron.api.errors import Conflict, Invalid, NotFound
 from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
@@ -394,6 +394,37 @@ async def add_disk(
         request.state.audit_target = f"{name}/{body.node}"
         return member
     raise Conflict(f"the membership of {body.node} in pool {name} kept changing")
+
+
+@router.delete("/pools/{name}/disks/{disk}", response_model=ArdfsMember)
+async def remove_disk(
+    name: str, disk: str, request: Request, _: Principal = Depends(auth.admin)
+) -> ArdfsMember:
+    """Take a disk out of an ardfs pool (it failed, or leaves): the leader moves the copies it
+    held onto the pool's other disks at once (`volume.rebalance` tasks); its directory is
+    left as it is. Refused when the disks left would be fewer than the protection spans."""
+    ctx = _ctx(request)
+    pool = (await find_pool(ctx.db, name)).value
+    for _ in range(20):
+        members = await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
+        entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
+        if entry is None:
+            raise NotFound(f"pool {name} has no disk {disk!r}")
+        left = sum(len(e.value.disks) for e in members) - 1
+        if left < pool.width:
+            raise Conflict(
+                f"pool {name} would keep {left} disks, {pool.protection} needs {pool.width}: "
+                "add a disk first"
+            )
+        disks = [d for d in entry.value.disks if d.id != disk]
+        member = entry.value.model_copy(update={"disks": disks})
+        try:
+            await ctx.db.put(entry.key, member, revision=entry.revision)
+        except StoreConflict:
+            continue
+        request.state.audit_target = f"{name}/{member.node}/{disk}"
+        return member
+    raise Conflict(f"the disks of pool {name} kept changing")
 
 
 @router.post("/pools/{name}/scan", response_model=TaskRef, status_code=202)
