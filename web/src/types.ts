@@ -109,6 +109,12 @@ export interface ScanResult {
   missing: string[];
 }
 
+export interface VolumeHealth {
+  state: string;
+  stale_chunks: number;
+  move_left: number;
+}
+
 export interface Volume {
   id: string;
   pool: string;
@@ -119,6 +125,7 @@ export interface Volume {
   location?: string;
   owner?: string | null;
   epoch?: number;
+  health?: VolumeHealth | null;
   state: string;
   error: string;
   allocation: number | null;

@@ -369,9 +369,21 @@ VOLUME_COLUMNS = [
     ("allocated", lambda v: size(v["allocation"])),
     ("state", lambda v: v["state"]),
     ("node", lambda v: v["node"] or "shared"),
+    ("redundancy", lambda v: redundancy(v.get("health"))),
     ("vm", lambda v: v["attached_to"]),
     ("id", lambda v: v["id"]),
 ]
+
+
+def redundancy(health: dict | None) -> str:
+    """An ardfs volume's health in a few words ('' for other pools)."""
+    if not health:
+        return ""
+    if health.get("move_left"):
+        return f"{health['state']}, moving: {health['move_left']} copies to make"
+    if health.get("stale_chunks"):
+        return f"{health['state']}, {health['stale_chunks']} blocks to rebuild"
+    return health["state"]
 
 
 @pool_app.command("list")
