@@ -395,6 +395,7 @@ class PeerClient:
                     log.warning("node %s: %s", self.node, failure)  # once, not every retry
                 self.failure = failure
                 raise UnavailableError(f"node {self.node}: {self.failure}") from exc
+            self.failure = ""  # a later failure is news again
             self.sock = sock
             self.sender = Sender(sock, loop)
             self.last_reply = time.monotonic()
