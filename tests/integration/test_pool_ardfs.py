@@ -6,12 +6,14 @@ volume with a new epoch and boots from the surviving copy."""
 import os
 import re
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import serial_lines, wait_for
+from support import etcd_snapshot, serial_lines, wait_for
 
+from heron.configdb import keys
 from heron.devcluster import DevCluster
 
 pytestmark = pytest.mark.integration
@@ -60,6 +62,16 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         30,
         "heron-io on every node",
     )
+    # One peer key for the pool, in the ConfigDB and in a 0600 file on every node (heron-io
+    # refuses any other mode); no API reply carries it.
+    secret = etcd_snapshot(cluster.endpoints)[keys.ardfs_secret("hci")][0].decode()
+    assert len(bytes.fromhex(secret)) >= 32
+    for node in cluster.nodes:
+        key_file = Path(node.state_dir) / "ardfs" / "hci" / "peer.key"
+        assert key_file.read_text().strip() == secret
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    for path in ("/pools", "/pools/hci", "/pools/hci/members", "/pools/hci/volumes", "/nodes"):
+        assert secret not in api.get(path).text
 
     # Capacity: the three disks' space, halved by the two copies of every block.
     capacity = wait_for(
@@ -165,6 +177,10 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     assert any(d.exists() for d in chunk_dirs)
     wait_for(lambda: not any(d.exists() for d in chunk_dirs), 60, "the chunks to be removed")
     assert api.get(f"/pools/hci/volumes/{volume_id}").status_code == 404
+
+    # The pool's peer key goes with the pool.
+    api.ok("DELETE", "/pools/hci")
+    assert keys.ardfs_secret("hci") not in etcd_snapshot(cluster.endpoints)
 
 
 def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, api) -> None:

@@ -133,5 +133,6 @@ def test_ardfs_io_config_from_the_configdb_records() -> None:
         "ec2+1",
     )
     assert config.nbd_socket == STATE / "ardfs" / "hci" / "nbd.sock"
+    assert config.peer_key_file == STATE / "ardfs" / "hci" / "peer.key"
     with pytest.raises(ValueError, match="needs more disks"):
         io_config("n2", STATE, hci, members[:2], volumes)

@@ -47,4 +47,5 @@ def test_unknown_keys_and_index_keys_are_not_sent() -> None:
     changes = Filter(Role.admin)
     assert changes.change(put(keys.vm_name("web"))) is None
     assert changes.change(put(keys.ROOT + "console-tickets/x")) is None
+    assert changes.change(put(keys.ardfs_secret("hci"), b"00" * 32)) is None  # a peer key
     assert changes.change(WatchEvent("resync", keys.ROOT, b"", 5))["kind"] == "resync"  # type: ignore[index]

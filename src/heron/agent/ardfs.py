@@ -26,7 +26,8 @@ from typing import Any
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
 from heron.ardfs.config import PlacedDisk as IoPlacedDisk
 from heron.ardfs.io import READY
-from heron.configdb import ConfigDB, Conflict, keys
+from heron.ardfs.peerauth import new_key, write_key
+from heron.configdb import ConfigDB, Conflict, Txn, keys
 from heron.configdb.cache import Cache
 from heron.models.storage import (
     ArdfsDisk,
@@ -70,6 +71,7 @@ def io_config(
         node=node,
         nbd_socket=socket_path(state_dir, pool.name),
         state_dir=root / "state",
+        peer_key_file=root / "peer.key",
         nodes=[
             NodeSpec(
                 name=m.node,
@@ -263,12 +265,15 @@ class IoSupervisor:
             return
         root = self.state_dir / "ardfs" / pool.name
         path, pidfile = root / "io.json", root / "heron-io.pid"
+        rekeyed = await self._peer_key(pool, config.peer_key_file)
         marker = str(path)
         pid = read_pidfile(pidfile, marker)
         try:
             running = IoConfig.load(path) if pid is not None else None
         except (OSError, ValueError):
             running = None
+        if rekeyed or (pid is not None and _newer(config.peer_key_file, pidfile)):
+            running = None  # heron-io reads its key when it starts: it restarts to use a new one
         if running == config:
             await self._remove_deleted(pool, config)
             await self._remove_left(pool, config)
@@ -282,7 +287,7 @@ class IoSupervisor:
             os.kill(pid, 1)  # SIGHUP: apply the volumes
             return
         if pid is not None:
-            log.info("ardfs pool %s: membership changed, restarting heron-io", pool.name)
+            log.info("ardfs pool %s: membership or key changed, restarting heron-io", pool.name)
             await asyncio.to_thread(terminate, pid, marker, 60.0)
         command = [sys.executable, "-m", "heron.ardfs.io", "--config", str(path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -298,6 +303,22 @@ class IoSupervisor:
             log.error("ardfs pool %s: heron-io did not start: %s", pool.name, tail)
             if "Address already in use" in tail:
                 await self._new_address(pool)  # someone took the port: pick another
+
+    async def _peer_key(self, pool: Pool, path: Path) -> bool:
+        """Write the pool's peer key to `path` (mode 0600); True if the file changed (heron-io
+        must restart to use it). The first agent to need the key makes it, only while the pool
+        exists (a pool deleted meanwhile must not get a key again)."""
+        key = keys.ardfs_secret(pool.name)
+        found = await self.db.get_raw(key)
+        entry = self.pools.get(pool.name)
+        if found is None and entry is not None:
+            made = Txn().require_absent(key).require_revision(entry.key, entry.revision)
+            with contextlib.suppress(Conflict):  # another agent was first, or the pool changed
+                await self.db.commit(made.put(key, new_key()))
+            found = await self.db.get_raw(key)
+        if found is None:
+            raise ValueError("the pool has no peer key yet")
+        return await asyncio.to_thread(write_key, path, found[0].decode())
 
     async def _remove_deleted(self, pool: Pool, serving: IoConfig) -> None:
         """The chunks (and degraded log) of deleted volumes heron-io no longer serves."""
@@ -377,6 +398,15 @@ def io_status(state_dir: Path, pool: str) -> dict[str, Any]:
         return json.loads((state_dir / "ardfs" / pool / "state" / "status.json").read_text())
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def _newer(path: Path, than: Path) -> bool:
+    """`path` was written after `than` (a key written after heron-io started, by an agent that
+    died before restarting it)."""
+    try:
+        return path.stat().st_mtime_ns > than.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _wait_ready(logfile: Path, offset: int, pid: int, marker: str) -> bool:

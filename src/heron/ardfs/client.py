@@ -22,6 +22,7 @@ from typing import Any
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, VolumeSpec
 from heron.ardfs.io import READY
+from heron.ardfs.peerauth import PeerKeyError, new_key, read_key, write_key
 
 
 class IoError(Exception):
@@ -56,7 +57,13 @@ def local_cluster(
     disks_per_node: int = 1,
     settings: dict[str, Any] | None = None,
 ) -> list[IoConfig]:
-    """Configurations of `nodes` heron-io processes on loopback, each with its own dirs."""
+    """Configurations of `nodes` heron-io processes on loopback, each with its own dirs, and
+    one peer key for them all (`base/peer.key`, made unless a valid one is there already)."""
+    key_file = base / "peer.key"
+    try:
+        read_key(key_file)
+    except PeerKeyError:
+        write_key(key_file, new_key())
     specs = []
     for i in range(nodes):
         name = f"n{i + 1}"
@@ -74,7 +81,7 @@ def local_cluster(
             state_dir=base / node.name / "state",
             nodes=specs,
             volumes=volumes,
-            **(settings or {}),
+            **({"peer_key_file": key_file} | (settings or {})),
         )
         for node in specs
     ]

@@ -121,6 +121,9 @@ class IoConfig(BaseModel):
     nbd_socket: Path
     nbd_tcp: str | None = None  # host:port to serve NBD on TCP as well
     state_dir: Path  # degraded-block logs
+    # The cluster's secret key, in hex (peerauth.py): every peer connection proves both ends
+    # hold it. Mode 0600 or stricter, or heron-io refuses to start.
+    peer_key_file: Path
     nodes: list[NodeSpec]
     volumes: list[VolumeSpec] = []
     # A peer with requests in flight and no reply for this long is treated as down.

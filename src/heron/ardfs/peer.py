@@ -9,6 +9,9 @@ many in flight as its volumes have. Payloads are received straight into their fi
 Request:  magic u32 | op u8 | flags u8 | pad u16 | id u64 | volume 16 bytes (uuid) |
           disk 16 bytes (ascii, NUL padded) | chunk u64 | offset u32 | length u32 | epoch u64
 Reply:    magic u32 | status u32 (0 or an errno) | id u64 | length u32
+
+Before the first request, both ends of a connection prove they hold the cluster's peer key
+(peerauth.py); a connection that does not is closed before anything is served.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from heron.ardfs import peerauth
 from heron.ardfs.nbd import Disconnect
 from heron.ardfs.receiver import Receiver
 from heron.ardfs.sender import Sender
@@ -109,9 +113,13 @@ class PeerServer:
         self,
         disks: Callable[[str], LocalTarget | None],
         corrupt: Callable[[str, int, str], Awaitable[None]] | None = None,
+        *,
+        key: bytes,
     ):
         self.disks = disks
         self.corrupt = corrupt
+        self.key = key  # the cluster's peer key: a client must prove it holds it
+        self.handshake_timeout = peerauth.HANDSHAKE_TIMEOUT
         self.listener: socket.socket | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -133,18 +141,20 @@ class PeerServer:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            sock, _ = await loop.sock_accept(listener)
+            sock, address = await loop.sock_accept(listener)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._serve(sock))
+            self._spawn(self._serve(sock, address))
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, sock: socket.socket, address: object = None) -> None:
         loop = asyncio.get_running_loop()
         sender = Sender(sock, loop)
         rx = Receiver(sock, loop)
         pending: set[asyncio.Task[None]] = set()
         spare: list[bytearray] = []  # a whole chunk's receive buffer, used again (see nbd.py)
         try:
+            if not await self._authenticate(sock, address):
+                return
             while True:
                 fields = REQUEST.unpack(await rx.exactly(REQUEST.size))
                 if fields[0] != REQUEST_MAGIC:
@@ -170,6 +180,18 @@ class PeerServer:
                 task.cancel()
             sender.close()
             sock.close()
+
+    async def _authenticate(self, sock: socket.socket, address: object) -> bool:
+        """The client proved it holds the peer key (bounded in time); else one warning."""
+        try:
+            await peerauth.accept(
+                asyncio.get_running_loop(), sock, self.key, self.handshake_timeout
+            )
+        except peerauth.AuthError as exc:
+            where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else address
+            log.warning("peer connection from %s refused: %s", where, exc)
+            return False
+        return True
 
     def _now(self, sender: Sender, fields: tuple, payload: bytearray | None) -> bool:
         """Carry out a page-cache read or write at once, without a task: True if done.
@@ -320,8 +342,11 @@ class _Pending:
 class PeerClient:
     """One pipelined connection to another node's heron-io, reconnected when lost."""
 
-    def __init__(self, node: str, host: str, port: int, timeout: float = REQUEST_TIMEOUT):
+    def __init__(
+        self, node: str, host: str, port: int, timeout: float = REQUEST_TIMEOUT, *, key: bytes
+    ):
         self.node = node
+        self.key = key  # the cluster's peer key, proved at each connection
         self.timeout = timeout
         self.host = host
         self.port = port
@@ -361,6 +386,20 @@ class PeerClient:
                 self.failure = str(exc) or type(exc).__name__
                 raise UnavailableError(f"node {self.node} is unreachable: {self.failure}") from exc
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                await peerauth.connect(
+                    loop, sock, self.key, min(peerauth.HANDSHAKE_TIMEOUT, self.timeout)
+                )
+            except BaseException as exc:
+                sock.close()
+                if not isinstance(exc, peerauth.AuthError):
+                    raise  # cancelled
+                self.failed_at = time.monotonic()  # a wrong key is not fixed in a second
+                if self.failure != (failure := f"peer authentication failed: {exc}"):
+                    log.warning("node %s: %s", self.node, failure)  # once, not every retry
+                self.failure = failure
+                raise UnavailableError(f"node {self.node}: {self.failure}") from exc
+            self.failure = ""  # a later failure is news again
             self.sock = sock
             self.sender = Sender(sock, loop)
             self.last_reply = time.monotonic()

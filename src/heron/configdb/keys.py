@@ -22,6 +22,9 @@ ARDFS_MEMBERS = ROOT + "ardfs-members/"
 VOLUME_HEALTH = ROOT + "volume-health/"
 ARDFS_STATUS = ROOT + "ardfs-status/"
 ARDFS_DELETED = ROOT + "ardfs-deleted/"
+# Each ardfs pool's peer key (hex): read by the node agents only, never by an API route, and
+# not under any prefix the UI's event stream follows.
+ARDFS_SECRETS = ROOT + "ardfs-secrets/"
 ETCD_JOINS = ROOT + "etcd-joins/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
@@ -97,3 +100,7 @@ def ardfs_status(pool: str, node: str) -> str:
 
 def ardfs_deleted(pool: str, volume_id: str) -> str:
     return f"{ARDFS_DELETED}{pool}/{volume_id}"
+
+
+def ardfs_secret(pool: str) -> str:
+    return ARDFS_SECRETS + pool

@@ -166,7 +166,9 @@ async def delete_pool(name: str, request: Request, _: Principal = Depends(auth.a
     entry = await find_pool(db, name)
     if any(v.value.pool == name for v in await db.list(Volume, keys.VOLUMES)):
         raise Conflict(f"pool {name} still has volumes")
-    await db.delete(entry.key, revision=entry.revision)
+    # An ardfs pool's peer key goes with it (a pool made again under that name gets another).
+    gone = Txn().require_revision(entry.key, entry.revision).delete(entry.key)
+    await db.commit(gone.delete(keys.ardfs_secret(name)))
 
 
 @router.get("/pools/{name}/volumes", response_model=list[VolumeView])
