@@ -180,7 +180,15 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
 
     # The pool's peer key goes with the pool.
     api.ok("DELETE", "/pools/hci")
-    assert keys.ardfs_secret("hci") not in etcd_snapshot(cluster.endpoints)
+    left = etcd_snapshot(cluster.endpoints)
+    assert keys.ardfs_secret("hci") not in left
+    assert not [k for k in left if k.startswith(f"{keys.ARDFS_MEMBERS}hci/")]
+    # and every node stops the pool's heron-io
+    wait_for(
+        lambda: not any(heron_io_pid(cluster, n.name, "hci") for n in cluster.nodes),
+        60,
+        "the deleted pool's heron-io to stop",
+    )
 
 
 def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, api) -> None:

@@ -147,6 +147,7 @@ class IoSupervisor:
                         await self.step(pool)
                     except Exception as exc:
                         log.warning("ardfs pool %s: %s", pool.name, exc)
+                await self._stop_deleted_pools()
                 woken = [asyncio.create_task(w.wait()) for w in wakes]
                 await asyncio.wait(woken, timeout=CHECK, return_when=asyncio.FIRST_COMPLETED)
                 for task in woken:
@@ -157,6 +158,19 @@ class IoSupervisor:
             publisher.cancel()
             for cache in caches:
                 await cache.stop()
+
+    async def _stop_deleted_pools(self) -> None:
+        """Stop the heron-io of a pool that was deleted, and forget its state and key."""
+        pools = {p.name for p in self.pools.values() if p.type == "ardfs"}
+        root = self.state_dir / "ardfs"
+        for folder in root.iterdir() if root.is_dir() else []:
+            if folder.name in pools or not (folder / "io.json").exists():
+                continue
+            pid = read_pidfile(folder / "heron-io.pid", str(folder / "io.json"))
+            if pid is not None:
+                await asyncio.to_thread(terminate, pid, str(folder / "io.json"), 60.0)
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            log.info("ardfs pool %s was deleted: its heron-io stopped", folder.name)
 
     # -- health --------------------------------------------------------------------------
 

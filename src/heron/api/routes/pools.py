@@ -169,6 +169,11 @@ async def delete_pool(name: str, request: Request, _: Principal = Depends(auth.a
     # An ardfs pool's peer key goes with it (a pool made again under that name gets another).
     gone = Txn().require_revision(entry.key, entry.revision).delete(entry.key)
     await db.commit(gone.delete(keys.ardfs_secret(name)))
+    # Its members, their disks' status and old tombstones: each node's agent then stops the
+    # pool's heron-io. One by one: a transaction holds at most 128 operations.
+    for prefix in (keys.ARDFS_MEMBERS, keys.ARDFS_STATUS, keys.ARDFS_DELETED):
+        for key in await db.dump(f"{prefix}{name}/"):
+            await db.delete(key)
 
 
 @router.get("/pools/{name}/volumes", response_model=list[VolumeView])
