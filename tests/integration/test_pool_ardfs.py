@@ -93,7 +93,9 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         "POST",
         "/vms",
         json={"name": "hci-vm", "memory_mib": 128, "node": "node1", "start": True,
-              "ha": {"enabled": True}, "disks": [{"pool": "hci", "source": image}]},
+              "ha": {"enabled": True},
+              # hybrid: its boot disk on ARDFS, a data disk on another (shared) pool
+              "disks": [{"pool": "hci", "source": image}, {"pool": "shared", "size": 2**20}]},
     )  # fmt: skip
     api.wait_task(reply["task"], timeout=180)
     vm_id = reply["vm"]
@@ -109,6 +111,14 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         if any(p.is_file() for p in Path(f"{n.state_dir}/ardfs-disk0").rglob("*"))
     ]
     assert len(holders) >= 2, holders
+
+    # Grown online: heron-io serves the larger volume, QEMU takes a new NBD connection to it
+    # (an NBD client learns a size only when it connects) and the guest's disk grows.
+    grown = volume["size"] + 64 * 2**20
+    reply = api.ok("PATCH", f"/pools/hci/volumes/{volume_id}", json={"size": grown})
+    assert api.wait_task(reply["task"])["result"] == {"volume": volume_id, "size": grown,
+                                                      "online": True}  # fmt: skip
+    assert api.ok("GET", f"/pools/hci/volumes/{volume_id}")["size"] == grown
 
     # Live migration to node2: the volume changes owner while the guest is stopped at the
     # switch, and the guest counts on without a reboot.

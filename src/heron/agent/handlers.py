@@ -12,7 +12,8 @@ from heron.agent.migration import Migrations
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Conflict, Txn, keys
-from heron.hypervisor.qemu import QemuError
+from heron.hypervisor.command import format_node
+from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.common import new_id
 from heron.models.storage import Pool, Volume, VolumeFormat, VolumeHealth
 from heron.models.vm import VM, RunState
@@ -205,10 +206,12 @@ class Handlers:
                     else 0
                 )
                 try:
+                    if pool.protocol(volume)["driver"] == "nbd":
+                        await self._reconnect_grown(rt.qemu, pool, volume, index, size)
                     await rt.qemu.execute(
                         "block_resize", {"node-name": f"disk{index}", "size": size}
                     )
-                except QemuError as exc:
+                except (QemuError, StorageError) as exc:
                     raise TaskFailed(str(exc)) from exc
                 online = True
         if not online:
@@ -218,6 +221,18 @@ class Handlers:
                 raise TaskFailed(str(exc)) from exc
         await self._set_volume(volume.id, size=size)
         return {"volume": volume.id, "size": size, "online": online}
+
+    async def _reconnect_grown(
+        self, qemu: QemuVM, pool: PoolDriver, volume: Volume, index: int, size: int
+    ) -> None:
+        """QEMU learns an NBD export's size only when it connects ("Cannot grow NBD nodes"):
+        the export grows first, then the disk's format node gets a new connection as its
+        file, and block_resize then finds the room."""
+        await pool.resize(volume, size)
+        fresh = f"disk{index}-{new_id()[:8]}"
+        await qemu.execute("blockdev-add", {"node-name": fresh, **pool.protocol(volume)})
+        options = format_node(f"disk{index}", volume.format, fresh)
+        await qemu.execute("blockdev-reopen", {"options": [options]})
 
     async def volume_delete(self, ctx: TaskContext) -> dict[str, Any]:
         entry = await self.db.get(Volume, keys.volume(ctx.task.target))

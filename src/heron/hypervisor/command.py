@@ -51,16 +51,21 @@ class ResolvedDisk:
     format: str
 
 
-def _blockdev(node: str, disk: ResolvedDisk) -> str:
-    spec = {
+def format_node(node: str, fmt: str, file: dict[str, Any] | str) -> dict[str, Any]:
+    """A disk's format node (the one its device uses) over its protocol node `file` (given
+    inline, or the name of a node that exists): for -blockdev and for blockdev-reopen."""
+    return {
         "node-name": node,
-        "driver": disk.format,
+        "driver": fmt,
         "discard": "unmap",
         "detect-zeroes": "unmap",
         "cache": {"direct": False, "no-flush": False},
-        "file": disk.protocol,
+        "file": file,
     }
-    return json.dumps(spec, separators=(",", ":"))
+
+
+def _blockdev(node: str, disk: ResolvedDisk) -> str:
+    return json.dumps(format_node(node, disk.format, disk.protocol), separators=(",", ":"))
 
 
 def disk_devices(
