@@ -10,7 +10,9 @@ In one run, on this machine:
   node 1's NBD socket as a VM on node 1 would.
 
 Then the rebuild: node 3 is killed, the RF=2 volume overwritten (degraded), node 3 restarted,
-and the time until node 1 reports the volume healthy again gives the rebuild speed.
+and the time until node 1 reports the volume healthy again gives the rebuild speed. Last, the
+move: node 3 is killed for good and the RF=2 volume moved onto nodes 1 and 2 (what the leader
+does after the grace); the time until every copy node 3 held is made again gives its speed.
 
 For each: sequential 4 MiB writes then reads (MB/s, fio iodepth 8), then 4 KiB random reads
 and writes (IOPS and p99 completion latency, iodepth 16), each for `--runtime` seconds over
@@ -45,7 +47,7 @@ from bench.common import (
 )
 from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.client import IoProcess, io_cluster, nbd_uri, start
-from heron.ardfs.config import Scheme, VolumeSpec
+from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
 from heron.ardfs.nbdtools import fio
 
 NAME = "ardfs"
@@ -133,11 +135,14 @@ def run(size_mib: int, runtime: int, rounds: int, keep: bool) -> dict[str, Any]:
                         print(f"round {n + 1} {pattern:10} {target:6} {figures}", flush=True)
             rebuild = measure_rebuild(nodes, directory / "cluster", size_mib)
             print(f"rebuild {rebuild}", flush=True)
+            move = measure_move(nodes)
+            print(f"move {move}", flush=True)
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
     results = summarise(raw)
     results["rebuild"] = rebuild
+    results["move"] = move
     return results
 
 
@@ -172,6 +177,45 @@ def measure_rebuild(nodes: list[IoProcess], base: Path, size_mib: int) -> dict[s
         "owner_measured_mb_s": round(inside / 1e6, 1),
         "rate_limit_mb_s": owner.config.rebuild_mb_s,
         "parallel": owner.config.rebuild_parallel,
+    }
+
+
+def measure_move(nodes: list[IoProcess]) -> dict[str, float]:
+    """Kill node 3 for good and move the RF=2 volume onto the other two nodes' disks, as the
+    leader does after the grace: the time until the owner has made every copy that node 3
+    held (the blocks it held, copied from the surviving copy while the volume stays open)."""
+    owner, victim = nodes[0], nodes[2]
+    spec = next(v for v in owner.config.volumes if v.name == "rf2")
+    held = sum(
+        1
+        for disk in victim.config.me.disks
+        if disk.path is not None and (disk.path / "volumes" / spec.id).is_dir()
+        for p in (disk.path / "volumes" / spec.id).iterdir()
+        if len(p.name) == 16
+    )
+    victim.kill()
+
+    def placed(io_nodes: list[IoProcess]) -> list[PlacedDisk]:
+        return [PlacedDisk(id=d.id, node=io.config.node) for io in io_nodes
+                for d in io.config.me.disks]  # fmt: skip
+
+    moving = spec.model_copy(update={"placement": placed(nodes), "moving_to": placed(nodes[:2])})
+    started = time.monotonic()
+    for io in nodes[:2]:
+        volumes = [moving if v.name == "rf2" else v for v in io.config.volumes]
+        io.update(io.config.model_copy(update={"volumes": volumes}))
+
+    def moved() -> bool:
+        seen = owner.status().get("volumes", {}).get("rf2", {})
+        return seen.get("moving_to") is not None and seen.get("move_left") == 0
+
+    wait_for(moved, 600, "the move", interval=0.05)
+    seconds = time.monotonic() - started
+    return {
+        "chunks_held_by_the_lost_node": held,
+        "seconds": round(seconds, 2),
+        "mb_s": round(held * CHUNK_SIZE / seconds / 1e6, 1),
+        "rate_limit_mb_s": owner.config.rebuild_mb_s,
     }
 
 
@@ -248,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     for target, r in results["ratios_to_local"].items():
         rows.append((f"{target} / local", str(r)))
     rows.append(("rebuild (rf2)", str(results["rebuild"])))
+    rows.append(("move off a lost node (rf2)", str(results["move"])))
     print_rows(f"ARDFS vs qemu-nbd ({path})", rows)
     return 0
 
