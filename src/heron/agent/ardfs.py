@@ -129,7 +129,7 @@ class IoSupervisor:
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self.deleted = Cache(db, ArdfsTombstone, keys.ARDFS_DELETED)
-        self._published: dict[str, tuple[str, int, int, int]] = {}
+        self._published: dict[str, tuple[str, int, int, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
         self._swept: dict[str, float] = {}  # pool -> when leftovers were last looked for
@@ -166,6 +166,8 @@ class IoSupervisor:
         for folder in root.iterdir() if root.is_dir() else []:
             if folder.name in pools or not (folder / "io.json").exists():
                 continue
+            if await self.db.get_raw(keys.pool(folder.name)) is not None:
+                continue  # not an ardfs pool in the copy, yet there: never stop a data path idly
             pid = read_pidfile(folder / "heron-io.pid", str(folder / "io.json"))
             if pid is not None:
                 await asyncio.to_thread(terminate, pid, str(folder / "io.json"), 60.0)

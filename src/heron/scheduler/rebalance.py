@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Callable
 
 from heron.api.audit import AuditLog
 from heron.configdb import Conflict, Txn, keys
@@ -31,13 +30,10 @@ CHECK = 2.0  # seconds between two looks
 
 
 class RebalanceController:
-    def __init__(
-        self, inventory: Inventory, audit: AuditLog, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, inventory: Inventory, audit: AuditLog):
         self.inventory = inventory
         self.db = inventory.db
         self.audit = audit
-        self.clock = clock
         self.down_since: dict[str, float] = {}
         self._said: set[tuple[str, str]] = set()  # warnings given once per pool and reason
 
@@ -56,7 +52,7 @@ class RebalanceController:
         and the members that do not."""
         inv = self.inventory
         live = inv.live_nodes()
-        now = self.clock()
+        now = time.monotonic()
         for node in [n for n in self.down_since if n in live]:
             del self.down_since[node]
         disks, gone = [], set()
