@@ -13,10 +13,12 @@ from support import wait_for
 from heron.ardfs.client import IoProcess, io_cluster
 from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
 from heron.ardfs.nbdtools import qemu_io
+from heron.ardfs.placement import group_key, place
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
+VOLUME_ID = "5e1f0c2a9b3d4e6f8a7b6c5d4e3f2a1b"
 
 BEFORE = [f"write -P {0x30 + i} {i * 4}M 4M" for i in range(12)]  # 48 MiB, a pattern per block
 DURING = ["write -P 0x71 1M 9M", "write -P 0x72 30M 1000"]  # degraded, then while moving
@@ -51,6 +53,24 @@ def volume_status(io: IoProcess) -> dict:
     return io.status().get("volumes", {}).get("v", {})
 
 
+def block_reaching(volume: VolumeSpec, node: str) -> int:
+    """A block in the volume's last 16 MiB (which the other writes leave alone) whose write
+    reaches `node`'s disk: a copy there, or its data or parity shard."""
+    assert volume.placement is not None
+    disks = [d.disk() for d in volume.placement]
+    scheme = volume.scheme
+    for block in range(12, 16):
+        if scheme.kind == "ec":
+            stripe, shard = divmod(block, scheme.data)
+            shards = place(disks, group_key(volume.id, stripe), scheme.width)
+            reached = {shards[shard].node, shards[-1].node}
+        else:
+            reached = {d.node for d in place(disks, group_key(volume.id, block), scheme.width)}
+        if node in reached:
+            return block
+    raise AssertionError(f"no block of {volume.name} in 48-64 MiB reaches {node}")
+
+
 def chunks_on(io: IoProcess, volume: VolumeSpec) -> int:
     found = 0
     for disk in io.config.me.disks:
@@ -65,7 +85,8 @@ def chunks_on(io: IoProcess, volume: VolumeSpec) -> int:
 def test_a_volume_moves_off_a_lost_node_and_is_redundant_again(
     tmp_path: Path, scheme: Scheme
 ) -> None:
-    spec = VolumeSpec(name="v", size=64 * MiB, scheme=scheme, owner="n1")
+    # A fixed id: placement, and so which blocks the lost node held, is the same every run.
+    spec = VolumeSpec(id=VOLUME_ID, name="v", size=64 * MiB, scheme=scheme, owner="n1")
     with io_cluster(tmp_path, 4, [], settings={"leftover_delay_s": 0}) as nodes:
         everything = disks_of(nodes)
         volume = spec.model_copy(update={"placement": everything})
@@ -76,9 +97,12 @@ def test_a_volume_moves_off_a_lost_node_and_is_redundant_again(
         # Placed over all four disks: the fourth node holds part of the volume.
         assert chunks_on(nodes[3], volume) > 0
 
+        # Degraded: a write that reaches the lost node's disk makes its copy there stale.
+        hit = block_reaching(volume, "n4")
         nodes[3].kill()
-        qemu_io(uri, DURING[0], "flush")  # degraded: the lost node's copies go stale
+        qemu_io(uri, f"write -P 0x74 {hit * 4 + 3}M 512k", "flush")
         wait_for(lambda: volume_status(nodes[0]).get("state") == "degraded", 30, "degraded")
+        qemu_io(uri, DURING[0], "flush")
 
         # The leader's decision, as herond writes it: move onto the three that are left.
         remaining = disks_of(nodes[:3])
@@ -107,11 +131,12 @@ def test_a_volume_moves_off_a_lost_node_and_is_redundant_again(
 
         wait_for(settled, 60, "healthy on its new placement")
         qemu_io(uri, *AFTER, "flush")
-        qemu_io(uri, *UNTOUCHED, *reads(DURING), *reads(AFTER))
+        degraded = f"read -P 0x74 {hit * 4 + 3}M 512k"
+        qemu_io(uri, *UNTOUCHED, *reads(DURING), *reads(AFTER), degraded)
 
         # Fully redundant again: losing one more node loses nothing.
         nodes[2].kill()
-        qemu_io(uri, *UNTOUCHED, *reads(DURING), *reads(AFTER))
+        qemu_io(uri, *UNTOUCHED, *reads(DURING), *reads(AFTER), degraded)
 
 
 def test_a_new_owner_finishes_a_move_it_did_not_start(tmp_path: Path) -> None:
