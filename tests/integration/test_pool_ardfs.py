@@ -270,9 +270,19 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     assert (chunks("node1"), chunks("node2")) == (12, 12)
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
 
-    # node3 comes back: what its disk still holds of the volume is removed.
+    # node3 comes back: the volume spreads onto its disk again (a move like the one before),
+    # and no disk keeps a chunk the placement does not give it (node3 held old copies).
     cluster.start_node("node3")
-    wait_for(lambda: chunks("node3") == 0, 90, "node3's leftovers removed")
+
+    def spread() -> bool:
+        volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+        nodes = sorted(d["node"] for d in volume["placement"])
+        return nodes == ["node1", "node2", "node3"] and volume["moving_to"] is None
+
+    wait_for(spread, 120, "the volume spread onto node3's disk again")
+    wait_for(lambda: sum(chunks(n) for n in disks) == 2 * 12, 90, "two copies of each block")
+    volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+    qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
 
     # A disk taken out of the pool (failed, say) has its copies made on the others at once;
     # the last disks the protection needs cannot be taken out.

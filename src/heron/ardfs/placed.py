@@ -11,7 +11,8 @@ group each disk holds. Both kinds move the same way:
   like any stale copy; reads keep using the current placement, whose copies stay complete.
 * When no mirror is stale (`move_left` is 0), the destination becomes the placement (the
   ConfigDB record changes, heron-io re-pins); `prune` drops what the degraded log says of
-  disks the volume no longer uses, and `collect_garbage` deletes the chunks left on them.
+  disks the volume no longer uses, and `collect_garbage` deletes every chunk a disk holds
+  that the placement does not give it (on the disks left, and old copies on disks back).
 
 A move interrupted by a restart goes on from the degraded log; a new owner (handover) starts
 it again, because it cannot know which mirrors the previous one had copied.
@@ -159,23 +160,28 @@ class PlacedVolume:
         )
 
     async def collect_garbage(self, before: Sequence[Disk], go_on: Callable[[], bool]) -> int:
-        """Delete the chunks the placement `before` had where the current one has none,
-        while `go_on()` says so."""
+        """Delete every chunk the placement does not give to the disk holding it, on the disks
+        of the placement `before` and of the current one (a disk back from an absence may
+        hold old copies of blocks it no longer has), while `go_on()` says so."""
+        disks = {d.id for d in before} | {d.id for d in self.cluster.pinned.get(self.id, [])}
         deleted = 0
-        for group in range(self.groups()):
-            if not go_on():
-                break
-            previous = self.cluster.plan(self.id, before, group, self.width)
-            current = {(c, t.disk) for c, t in self._current(group)}
-            for chunk, target in self.layout(group, previous):
-                if (chunk, target.disk) in current:
+        for disk in sorted(disks):
+            target = self.cluster.targets[disk]
+            try:
+                held = await target.chunks(self.id)
+            except (VolumeError, OSError) as exc:
+                log.info("leftovers of %s on %s not looked for: %s", self.spec.name, disk, exc)
+                continue
+            for chunk in held:
+                if not go_on():
+                    return deleted
+                if disk in {t.disk for t in self.targets_of(chunk)}:
                     continue
                 try:
                     await target.delete(self.id, chunk, self.epoch)
                     deleted += 1
                 except (VolumeError, OSError) as exc:
-                    log.info("leftover %d of %s on %s: %s", chunk, self.spec.name,
-                             target.disk, exc)  # fmt: skip
+                    log.info("leftover %d of %s on %s: %s", chunk, self.spec.name, disk, exc)
         return deleted
 
     # -- plumbing ----------------------------------------------------------------------------

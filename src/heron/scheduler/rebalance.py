@@ -1,4 +1,5 @@
-"""The leader's rebalance of ardfs pools: copies held by disks that are gone get made again.
+"""The leader's rebalance of ardfs pools: copies held by disks that are gone get made again,
+and volumes spread onto disks that joined.
 
 A member node that has been down for longer than its pool's `rebuild_grace_s`, or has left
 the cluster, or a disk taken out of a member, no longer counts: every volume placed on one of
@@ -7,6 +8,10 @@ that is alive (claimed with a new epoch when its own is down or there is none). 
 heron-io copies each block's missing copies or shards there while the volume stays in use,
 and the owner's agent switches `placement` to the destination when all are made
 (`agent/ardfs.py`). A `volume.rebalance` task follows each move with progress.
+
+A volume placed on fewer disks than count (disks added, a node back after its copies were
+moved off) is moved onto all of them the same way, a few volumes at a time: rendezvous
+placement moves only the blocks the new disks win, about their share of the data.
 
 The grace is counted from when this leader first saw the node down: a new leader starts
 counting again, which delays a move and never hastens one.
@@ -27,6 +32,9 @@ from heron.scheduler.inventory import Inventory
 log = logging.getLogger(__name__)
 
 CHECK = 2.0  # seconds between two looks
+# Volumes spreading onto disks that joined, at once per pool (copies lost are made again
+# without waiting for these).
+SPREAD_AT_ONCE = 2
 
 
 class RebalanceController:
@@ -80,22 +88,37 @@ class RebalanceController:
             counted, gone = self.counted(pool, members)
             ids = {d.id for d in counted}
             hosts = sorted({m.node for m in members if m.node in live and m.address})
-            for entry in inv.volumes:
+            # Copies go to disks that answer now (a node down within its grace still counts,
+            # but a move onto it would wait for it), unless too few do.
+            up = [d for d in counted if d.node in hosts]
+            target = up if len(up) >= pool.width else counted
+            volumes = [e for e in inv.volumes if e.value.pool == pool.name and e.value.placement]
+            moving = sum(1 for e in volumes if e.value.moving_to is not None)
+            for entry in volumes:
                 volume = entry.value
-                if volume.pool != pool.name or volume.placement is None:
-                    continue
+                assert volume.placement is not None
                 current = volume.moving_to or volume.placement
                 if all(d.id in ids for d in current):
-                    if volume.moving_to is None or volume.owner not in gone | {None}:
-                        continue  # nothing it is on is gone, or its move has an owner
-                    destination = volume.moving_to  # the move lost its owner: hand it on
+                    if volume.moving_to is not None:
+                        if volume.owner not in gone | {None}:
+                            continue  # its move has an owner
+                        destination = volume.moving_to  # the move lost its owner: hand it on
+                    elif (
+                        {d.id for d in volume.placement} == ids
+                        or len(up) < len(counted)
+                        or moving >= SPREAD_AT_ONCE
+                    ):
+                        continue  # on every disk, a node is away, or enough moves under way
+                    else:
+                        destination = counted  # disks joined: spread onto them too
+                        moving += 1
                 elif len(ids) < pool.width:
                     self._once(pool.name, "narrow", "ardfs pool %s: %d disks left, %s needs %d: "
                                "volumes stay degraded", pool.name, len(ids), pool.protection,
                                pool.width)  # fmt: skip
                     continue
                 else:
-                    destination = counted
+                    destination = target
                 if hosts:
                     await self._move(election, entry.key, entry.revision, volume, destination,
                                      hosts)  # fmt: skip
@@ -116,8 +139,8 @@ class RebalanceController:
             owner = hosts[zlib.crc32(volume.id.encode()) % len(hosts)]
             update |= {"owner": owner, "epoch": volume.epoch + 1, "standby": None}
         moved = volume.model_copy(update=update)
-        gone = sorted({d.id for d in volume.moving_to or volume.placement or []}
-                      - {d.id for d in destination})  # fmt: skip
+        before = {d.id for d in volume.moving_to or volume.placement or []}
+        after = {d.id for d in destination}
         task = new_task(
             "volume.rebalance", owner, volume.id, "rebalance", {"to": [d.id for d in destination]}
         )
@@ -129,7 +152,13 @@ class RebalanceController:
         )
         revision = await self.db.commit(txn)
         await self.inventory.volumes.wait_for(revision)  # the next step sees it moving
-        reason = f"disks gone: {', '.join(gone)}; moving onto {len(destination)} disks"
+        if before - after:
+            reason = f"disks gone: {', '.join(sorted(before - after))}"
+        elif after - before:
+            reason = f"disks joined: {', '.join(sorted(after - before))}"
+        else:
+            reason = f"its owner is gone, {owner} takes the move over"
+        reason += f"; moving onto {len(destination)} disks"
         log.warning("ardfs volume %s (%s): %s, by %s", volume.name, volume.id, reason, owner)
         self.audit.record(
             user="rebalance",
