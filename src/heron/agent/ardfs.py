@@ -51,7 +51,6 @@ PUBLISH = 0.25  # how often the owner looks at its volumes' redundancy (a file r
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
 TOMBSTONE_KEEP = 7 * 24 * 3600.0
 SETTLE = 5.0
-LEFTOVER_SWEEP = 60.0
 PEER_PORTS = (20000, 32000)  # where heron-io listens for peers, unless the record says
 START_TIMEOUT = 60.0
 
@@ -132,7 +131,6 @@ class IoSupervisor:
         self._published: dict[str, tuple[str, int, int, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
-        self._swept: dict[str, float] = {}  # pool -> when leftovers were last looked for
 
     async def run(self) -> None:
         caches = (self.pools, self.volumes, self.members, self.deleted)
@@ -292,7 +290,6 @@ class IoSupervisor:
             running = None  # heron-io reads its key when it starts: it restarts to use a new one
         if running == config:
             await self._remove_deleted(pool, config)
-            await self._remove_left(pool, config)
             return
         root.mkdir(parents=True, exist_ok=True)
         for disk in config.me.disks:
@@ -358,30 +355,6 @@ class IoSupervisor:
                 # Members away longer than this keep that garbage: a week is plenty.
                 with contextlib.suppress(Conflict):
                     await self.db.delete(entry.key, revision=entry.revision)
-
-    async def _remove_left(self, pool: Pool, serving: IoConfig) -> None:
-        """What this node's disks still hold of volumes moved off them while it was away
-        (a node back after its copies were made elsewhere), once a minute at most."""
-        if time.monotonic() - self._swept.get(pool.name, -LEFTOVER_SWEEP) < LEFTOVER_SWEEP:
-            return
-        self._swept[pool.name] = time.monotonic()
-        for volume in self.volumes.values():
-            if volume.pool != pool.name or volume.placement is None or volume.moving_to:
-                continue
-            hexid = uuid.UUID(volume.id).hex
-            placed = {d.id for d in volume.placement}
-            for disk in serving.me.disks:
-                folder = Path(str(disk.path)) / "volumes" / hexid
-                if disk.id in placed or not folder.is_dir():
-                    continue
-                # Read again: a move onto this disk may have begun since the cache saw it.
-                entry = await self.db.get(Volume, keys.volume(volume.id))
-                if entry is None or entry.value.moving_to or entry.value.placement is None:
-                    continue
-                if disk.id in {d.id for d in entry.value.placement}:
-                    continue
-                await asyncio.to_thread(shutil.rmtree, folder, True)
-                log.info("ardfs pool %s: removed %s, moved elsewhere", pool.name, folder)
 
     async def _new_address(self, pool: Pool) -> None:
         entry = self.members.get(f"{pool.name}/{self.node}")
