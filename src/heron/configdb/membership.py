@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import aetcd.exceptions
 import aetcd.rpc
 
-from heron.configdb.store import REQUEST_TIMEOUT, ConfigDB
+from heron.configdb.store import REQUEST_TIMEOUT, ConfigDB, member_removed
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class Membership:
         except aetcd.rpc.AioRpcError as exc:
             # The errors every other ConfigDB call raises (e.g. "unhealthy cluster" while a
             # member is down: ConnectionFailedError, which callers retry).
-            if exc.code() == aetcd.rpc.StatusCode.UNAVAILABLE:
+            if exc.code() == aetcd.rpc.StatusCode.UNAVAILABLE or member_removed(
+                exc.details() or ""
+            ):
                 raise aetcd.exceptions.ConnectionFailedError(exc.details()) from exc
             raise aetcd.exceptions.ClientError(exc.details()) from exc
 

@@ -38,6 +38,20 @@ _RETRYABLE = (
 )
 
 
+# What a member that was just removed from the cluster answers: its raft has stopped, so
+# nothing sent to it was applied and the request may go to another member.
+_REMOVED_MEMBER = ("raft: stopped", "server stopped", "permanently removed")
+
+
+def member_removed(message: str) -> bool:
+    """Whether an etcd error says the member asked has been removed (or is stopping)."""
+    return any(sign in message for sign in _REMOVED_MEMBER)
+
+
+def _member_removed(exc: BaseException) -> bool:
+    return isinstance(exc, aetcd.exceptions.ClientError) and member_removed(str(exc))
+
+
 class Conflict(Exception):
     """A compare-and-swap failed: the key was changed, created or deleted by someone else."""
 
@@ -203,8 +217,9 @@ class ConfigDB:
         for attempt in range(READ_ATTEMPTS):
             try:
                 return await call()
-            except aetcd.exceptions.ConnectionFailedError:
-                if attempt == READ_ATTEMPTS - 1:
+            except aetcd.exceptions.ClientError as exc:
+                gone = isinstance(exc, aetcd.exceptions.ConnectionFailedError)
+                if not (gone or _member_removed(exc)) or attempt == READ_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))  # a moment for the channel to move on
         raise AssertionError("unreachable")
@@ -261,7 +276,17 @@ class ConfigDB:
             compare.append(targets[kind](key.encode()) == value)
         success = [tx.put(k.encode(), v, lease=lease or None) for k, v, lease in txn.puts]
         success += [tx.delete(k.encode()) for k in txn.deletes]
-        ok, responses = await self.client.transaction(compare=compare, success=success, failure=[])
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                ok, responses = await self.client.transaction(
+                    compare=compare, success=success, failure=[]
+                )
+                break
+            except aetcd.exceptions.ClientError as exc:
+                # Only a removed member's refusal is safe to send again: it applied nothing.
+                if not _member_removed(exc) or attempt == READ_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
         if not ok:
             raise Conflict("the record was changed by someone else; read it again")
         for response in responses:
