@@ -604,22 +604,8 @@ class ErasureVolume(PlacedVolume):
             except (VolumeError, OSError) as exc:
                 log.info("rebuild of chunk %d: %s", chunk, exc)
                 return False
-            empty = not np.frombuffer(data, dtype=np.uint8).any()
-            done = True
-            for target in stale:
-                try:
-                    if empty:  # thin: nothing where nothing was written
-                        await target.delete(self.id, chunk, self.epoch)
-                    else:
-                        await target.write(self.id, chunk, 0, data, True, self.epoch)
-                except FencedError:
-                    raise
-                except (VolumeError, OSError) as exc:
-                    log.info("rebuild of chunk %d onto %s failed: %s", chunk, target.disk, exc)
-                    done = False
-                    continue
-                await self._rebuilt(chunk, target)
-            return done
+            empty = not np.frombuffer(data, dtype=np.uint8).any()  # thin: leave none there
+            return await self._put_back(chunk, stale, None if empty else data)
         finally:
             self.locks.release(stripe, 0, CHUNK_SIZE)
 

@@ -31,7 +31,7 @@ from heron.ardfs.degraded import DegradedLog, share
 from heron.ardfs.layout import Piece, pieces
 from heron.ardfs.placement import Disk
 from heron.ardfs.target import ChunkTarget
-from heron.ardfs.volume import VolumeError
+from heron.ardfs.volume import FencedError, VolumeError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,28 @@ class PlacedVolume:
         await asyncio.to_thread(self.degraded.append, [(chunk, target.disk)], False)
         self.degraded.clear(chunk, target.disk)
         await share(self.id, [(chunk, target.disk)], False, self.holders)
+
+    async def _put_back(
+        self, chunk: int, stale: Sequence[ChunkTarget], data: memoryview | None
+    ) -> bool:
+        """Write a chunk's content to its stale copies (None: it holds nothing, so they are
+        deleted) and record each that took it; True if every one did."""
+        done = True
+        for target in stale:
+            try:
+                if data is None:
+                    await target.delete(self.id, chunk, self.epoch)
+                else:
+                    await target.write(self.id, chunk, 0, data, True, self.epoch)
+            except FencedError:
+                raise  # a newer owner exists: this node must stop writing
+            except (VolumeError, OSError) as exc:
+                log.info("rebuild of chunk %d of %s onto %s failed: %s", chunk, self.spec.name,
+                         target.disk, exc)  # fmt: skip
+                done = False
+                continue
+            await self._rebuilt(chunk, target)
+        return done
 
     def stale_chunks(self) -> list[int]:
         return sorted(self.degraded.missing)

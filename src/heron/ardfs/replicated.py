@@ -420,21 +420,7 @@ class ReplicatedVolume(PlacedVolume):
                     log.info("rebuild of block %d: %s unreadable: %s", block, target.disk, exc)
             if source is None:
                 return False
-            done = True
-            for target in stale:
-                try:
-                    if present:
-                        await target.write(self.id, block, 0, data, True, self.epoch)
-                    else:
-                        await target.delete(self.id, block, self.epoch)
-                except FencedError:
-                    raise
-                except (VolumeError, OSError) as exc:
-                    log.info("rebuild of block %d onto %s failed: %s", block, target.disk, exc)
-                    done = False
-                    continue
-                await self._rebuilt(block, target)
-            return done
+            return await self._put_back(block, stale, data if present else None)
 
     def repairable(self, chunk: int, disk: str) -> bool:
         """Whether another healthy copy exists to rebuild this one from."""
