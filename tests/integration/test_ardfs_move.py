@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import wait_for
 
-from heron.ardfs.client import IoProcess, io_cluster
+from heron.ardfs.client import IoProcess, io_cluster, start
 from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
 from heron.ardfs.nbdtools import qemu_io
 from heron.ardfs.placement import group_key, place
@@ -180,3 +180,22 @@ def test_a_new_owner_finishes_a_move_it_did_not_start(tmp_path: Path) -> None:
         )
         nodes[0].kill()
         qemu_io(uri, *UNTOUCHED, *reads(DURING))
+
+
+def test_a_disk_whose_filesystem_is_gone_is_not_read_as_zeroes(tmp_path: Path) -> None:
+    """An unmounted disk leaves an empty directory where its chunks were: heron-io must not
+    serve it (its chunks would read as zeroes), and says why in its status."""
+    volume = VolumeSpec(id=VOLUME_ID, name="v", size=48 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        qemu_io(nodes[0].uri("v"), *BEFORE, "flush")
+        victim = nodes[1]
+        disk = victim.config.me.disks[0]
+        assert disk.path is not None and chunks_on(victim, volume) > 0
+        victim.stop()
+        disk.path.rename(disk.path.with_name("unmounted"))
+        disk.path.mkdir()  # the mount point, without its filesystem
+        nodes[1] = victim = start(victim.config, tmp_path / victim.config.node)
+        seen = wait_for(lambda: victim.status().get("disks"), 30, "its status")
+        assert "not mounted" in seen[disk.id]["error"], seen
+        # Read through that node: its own copies are not served, the others' are.
+        qemu_io(victim.uri("v"), *reads(BEFORE))

@@ -301,3 +301,23 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     disk2 = next(m for m in api.ok("GET", "/pools/moves/members") if m["node"] == "node2")
     refused = api.delete(f"/pools/moves/disks/{disk2['disks'][0]['id']}")
     assert refused.status_code == 409, refused.text
+
+    # A disk whose filesystem is gone (its mount point left empty): heron-io does not serve
+    # it, its node reports it, and after the grace its copies are made on the other disks.
+    spare = Path(cluster.node("node1").state_dir) / "moves-disk1"
+    api.ok("POST", "/pools/moves/disks", json={"node": "node1", "path": str(spare)})
+    wait_for(spread, 120, "the volume spread onto node1's new disk")
+    io_pid = heron_io_pid(cluster, "node3", "moves")
+    assert io_pid is not None
+    os.kill(io_pid, signal.SIGKILL)
+    disks["node3"].rename(disks["node3"].with_name("moves-disk0-unmounted"))
+    disks["node3"].mkdir()  # node3's agent starts heron-io again, on the empty directory
+
+    def off_node3() -> bool:
+        volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+        nodes = sorted(d["node"] for d in volume["placement"])
+        return nodes == ["node1", "node2"] and volume["moving_to"] is None
+
+    wait_for(off_node3, 120, "the volume moved off node3's failed disk")
+    volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+    qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])

@@ -237,17 +237,21 @@ class IoSupervisor:
         log.info("ardfs volume %s placed on %s", volume.id, ", ".join(target))
 
     async def _publish_disks(self, pool: str, disks: dict[str, Any]) -> None:
-        """This node's disks' space, when it moved by 1 % or a minute has passed."""
+        """This node's disks' space, when it moved by 1 % or a minute has passed, and at
+        once when one fails (the leader moves its copies elsewhere after the grace)."""
         usage = {
-            disk: DiskUsage(total_bytes=d["total_bytes"], free_bytes=d["free_bytes"])
+            disk: DiskUsage(
+                total_bytes=d.get("total_bytes", 0),
+                free_bytes=d.get("free_bytes", 0),
+                error=d.get("error", ""),
+            )
             for disk, d in disks.items()
-            if "total_bytes" in d
         }
         last = self._disks_published.get(pool)
         if (
             last is not None
             and time.monotonic() - last[0] < DISK_REPORT
-            and set(usage) == set(last[1])
+            and {d: u.error for d, u in usage.items()} == {d: u.error for d, u in last[1].items()}
             and all(
                 abs(usage[d].free_bytes - last[1][d].free_bytes) <= usage[d].total_bytes // 100
                 for d in usage

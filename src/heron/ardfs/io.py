@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import os
 import resource
 import signal
 import sys
@@ -62,6 +63,41 @@ def descriptors_per_store(disks: int) -> int:
     return max(16, min(OPEN_CHUNKS, spare // (2 * max(disks, 1))))
 
 
+DISK_LABEL = "heron-disk"  # in a disk's root: which disk it is
+
+
+def claim_disk(disk: str, root: Path, state_dir: Path) -> str | None:
+    """Check that `root` holds the chunk store of `disk`; None if so, else why not.
+
+    A disk is labelled the first time this node serves it, and the node remembers that in
+    its own state. A labelled disk whose label is gone lost its contents, typically a
+    filesystem that is not mounted: served, its empty directory would read as zeroes where
+    the volume has data."""
+    label, seen = root / DISK_LABEL, state_dir / "disks" / disk
+    try:
+        found = label.read_text().strip()
+    except FileNotFoundError:
+        if seen.exists():
+            return f"its label {label} is gone: the filesystem is not mounted, or was replaced"
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = label.with_suffix(".tmp")
+        with open(tmp, "w") as handle:
+            handle.write(disk + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(label)
+        seen.parent.mkdir(parents=True, exist_ok=True)
+        seen.touch()
+        return None
+    except OSError as exc:
+        return f"its label cannot be read: {exc}"
+    if found != disk:
+        return f"it holds disk {found}, not {disk}"
+    seen.parent.mkdir(parents=True, exist_ok=True)
+    seen.touch()
+    return None
+
+
 class Io:
     """The running data path: stores, peers, volumes, servers."""
 
@@ -70,10 +106,18 @@ class Io:
         key = read_key(config.peer_key_file)  # PeerKeyError: heron-io must not start
         self.stores: dict[str, ChunkStore] = {}
         self.local: dict[str, LocalTarget] = {}
+        self.failed_disks: dict[str, str] = {}  # disk id -> why it is not served
         open_chunks = descriptors_per_store(len(config.me.disks))
         for disk in config.me.disks:
             if disk.path is None:
                 raise ValueError(f"disk {disk.id} of this node has no path")
+            why = claim_disk(disk.id, disk.path, config.state_dir)
+            if why is not None:
+                # Its copies are unavailable, as on a disk gone from the cluster: reads go to
+                # other copies and writes record it stale, instead of it reading as zeroes.
+                log.error("disk %s (%s) is not served: %s", disk.id, disk.path, why)
+                self.failed_disks[disk.id] = why
+                continue
             store = ChunkStore(disk.path, open_chunks)
             self.stores[disk.id] = store
             self.local[disk.id] = LocalTarget(disk.id, config.node, store)

@@ -256,7 +256,9 @@ class Maintenance:
                 "rebuild_bytes_per_s": round(progress.rate()),
                 "last_rebuild_bytes_per_s": round(progress.last_run_bytes_per_s),
             }
-        disks = {}
+        disks: dict[str, dict[str, Any]] = {
+            disk: {"error": why} for disk, why in self.io.failed_disks.items()
+        }
         for disk, store in self.io.stores.items():
             try:
                 fs = os.statvfs(store.root)

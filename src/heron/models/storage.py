@@ -206,6 +206,9 @@ class VolumeHealth(Record):
 class DiskUsage(Record):
     total_bytes: int = Field(ge=0)
     free_bytes: int = Field(ge=0)
+    error: str = Field(
+        default="", description="why heron-io does not serve the disk (empty: it does)"
+    )
 
 
 class ArdfsNodeStatus(Record):

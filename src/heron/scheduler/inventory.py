@@ -7,7 +7,7 @@ from heron.configdb.cache import Cache
 from heron.models.group import VMGroup
 from heron.models.migration import Migration
 from heron.models.node import Node, NodeSettings
-from heron.models.storage import ArdfsMember, Pool, Volume
+from heron.models.storage import ArdfsMember, ArdfsNodeStatus, Pool, Volume
 from heron.models.task import Task
 from heron.models.vm import VM, VMStatus
 
@@ -58,6 +58,7 @@ class Inventory:
         self.pools = Cache(db, Pool, keys.POOLS)
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.ardfs_members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
+        self.ardfs_status = Cache(db, ArdfsNodeStatus, keys.ARDFS_STATUS)
         self.migrations = Cache(db, Migration, keys.MIGRATIONS)
         self.tasks = Cache(db, Task, keys.TASKS)
         self._caches = [
@@ -69,6 +70,7 @@ class Inventory:
             self.pools,
             self.volumes,
             self.ardfs_members,
+            self.ardfs_status,
             self.migrations,
             self.tasks,
         ]

@@ -2,7 +2,8 @@
 and volumes spread onto disks that joined.
 
 A member node that has been down for longer than its pool's `rebuild_grace_s`, or has left
-the cluster, or a disk taken out of a member, no longer counts: every volume placed on one of
+the cluster, a disk its heron-io has reported failed for that long (not mounted, unreadable),
+or a disk taken out of a member, no longer counts: every volume placed on one of
 its disks is given a destination (`moving_to`: the pool's disks that do count) and an owner
 that is alive (claimed with a new epoch when its own is down or there is none). The owner's
 heron-io copies each block's missing copies or shards there while the volume stays in use,
@@ -42,7 +43,9 @@ class RebalanceController:
         self.inventory = inventory
         self.db = inventory.db
         self.audit = audit
-        self.down_since: dict[str, float] = {}
+        self.down_since: dict[str, float] = {}  # node -> when this leader saw it down
+        # (pool, disk) -> when this leader saw the disk reported failed by its node
+        self.failing_since: dict[tuple[str, str], float] = {}
         self._said: set[tuple[str, str]] = set()  # warnings given once per pool and reason
 
     async def run(self, election: Election) -> None:
@@ -55,14 +58,25 @@ class RebalanceController:
                 log.exception("ardfs rebalance step failed")
             await asyncio.sleep(CHECK)
 
-    def counted(self, pool: Pool, members: list[ArdfsMember]) -> tuple[list[PlacedDisk], set[str]]:
-        """The pool's disks that count (on members alive, or down for less than the grace),
-        and the members that do not."""
+    def counted(
+        self, pool: Pool, members: list[ArdfsMember]
+    ) -> tuple[list[PlacedDisk], set[str], set[str]]:
+        """The pool's disks that count (on members alive or down for less than the grace, not
+        reported failed for longer), the members that do not, and the disks reported failed."""
         inv = self.inventory
         live = inv.live_nodes()
         now = time.monotonic()
         for node in [n for n in self.down_since if n in live]:
             del self.down_since[node]
+        failing = {
+            disk
+            for name, entry in inv.ardfs_status.items()
+            if name.startswith(f"{pool.name}/")
+            for disk, usage in entry.value.disks.items()
+            if usage.error
+        }
+        for key in [k for k in self.failing_since if k[0] == pool.name and k[1] not in failing]:
+            del self.failing_since[key]
         disks, gone = [], set()
         for member in members:
             settings = inv.node_settings.get(member.node)
@@ -77,20 +91,23 @@ class RebalanceController:
             disks += [
                 PlacedDisk(id=d.id, node=member.node, site=member.site, weight=d.weight)
                 for d in member.disks
+                if d.id not in failing
+                or now - self.failing_since.setdefault((pool.name, d.id), now)
+                < pool.rebuild_grace_s
             ]
-        return sorted(disks, key=lambda d: d.id), gone
+        return sorted(disks, key=lambda d: d.id), gone, failing
 
     async def step(self, election: Election) -> None:
         inv = await self.inventory.ready()
         live = inv.live_nodes()
         for pool in [p for p in inv.pools.values() if p.type == "ardfs"]:
             members = [m for m in inv.ardfs_members.values() if m.pool == pool.name]
-            counted, gone = self.counted(pool, members)
+            counted, gone, failing = self.counted(pool, members)
             ids = {d.id for d in counted}
             hosts = sorted({m.node for m in members if m.node in live and m.address})
             # Copies go to disks that answer now (a node down within its grace still counts,
             # but a move onto it would wait for it), unless too few do.
-            up = [d for d in counted if d.node in hosts]
+            up = [d for d in counted if d.node in hosts and d.id not in failing]
             target = up if len(up) >= pool.width else counted
             volumes = [e for e in inv.volumes if e.value.pool == pool.name and e.value.placement]
             moving = sum(1 for e in volumes if e.value.moving_to is not None)
