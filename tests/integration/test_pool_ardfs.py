@@ -8,6 +8,7 @@ import re
 import signal
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,16 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
 
     assert chunks("node3") > 0
 
+    def placed_on(*nodes: str) -> Callable[[], bool]:
+        """The volume is placed on those nodes' disks, and no move is under way."""
+
+        def check() -> bool:
+            volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
+            on = sorted(d["node"] for d in volume["placement"])
+            return on == sorted(nodes) and volume["moving_to"] is None
+
+        return check
+
     # node3 dies as a whole and stays away past the pool's grace: the leader moves the
     # volume onto the two disks left, under a live owner, as a task with progress.
     io_pid = heron_io_pid(cluster, "node3", "moves")
@@ -274,12 +285,7 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     # and no disk keeps a chunk the placement does not give it (node3 held old copies).
     cluster.start_node("node3")
 
-    def spread() -> bool:
-        volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
-        nodes = sorted(d["node"] for d in volume["placement"])
-        return nodes == ["node1", "node2", "node3"] and volume["moving_to"] is None
-
-    wait_for(spread, 120, "the volume spread onto node3's disk again")
+    wait_for(placed_on("node1", "node2", "node3"), 120, "the volume spread onto node3 again")
     wait_for(lambda: sum(chunks(n) for n in disks) == 2 * 12, 90, "two copies of each block")
     volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
@@ -290,12 +296,7 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     disk1 = disk1["disks"][0]["id"]
     api.ok("DELETE", f"/pools/moves/disks/{disk1}")
 
-    def placed_off_node1() -> bool:
-        volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
-        nodes = sorted(d["node"] for d in volume["placement"])
-        return nodes == ["node2", "node3"] and volume["moving_to"] is None
-
-    wait_for(placed_off_node1, 120, "the volume moved off node1's disk")
+    wait_for(placed_on("node2", "node3"), 120, "the volume moved off node1's disk")
     volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
     disk2 = next(m for m in api.ok("GET", "/pools/moves/members") if m["node"] == "node2")
@@ -306,18 +307,13 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     # it, its node reports it, and after the grace its copies are made on the other disks.
     spare = Path(cluster.node("node1").state_dir) / "moves-disk1"
     api.ok("POST", "/pools/moves/disks", json={"node": "node1", "path": str(spare)})
-    wait_for(spread, 120, "the volume spread onto node1's new disk")
+    wait_for(placed_on("node1", "node2", "node3"), 120, "the volume spread onto node1's new disk")
     io_pid = heron_io_pid(cluster, "node3", "moves")
     assert io_pid is not None
     os.kill(io_pid, signal.SIGKILL)
     disks["node3"].rename(disks["node3"].with_name("moves-disk0-unmounted"))
     disks["node3"].mkdir()  # node3's agent starts heron-io again, on the empty directory
 
-    def off_node3() -> bool:
-        volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
-        nodes = sorted(d["node"] for d in volume["placement"])
-        return nodes == ["node1", "node2"] and volume["moving_to"] is None
-
-    wait_for(off_node3, 120, "the volume moved off node3's failed disk")
+    wait_for(placed_on("node1", "node2"), 120, "the volume moved off node3's failed disk")
     volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
