@@ -41,6 +41,13 @@ from heron.ardfs.checksum import (
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.volume import ChecksumError, FencedError, VolumeError
 
+# Large writes go to the page cache in pieces of this size. The kernel sizes a new page-cache
+# folio after the write that creates it: one 4 MiB pwrite makes 2 MiB folios, and ext4 (6.16+,
+# buffer heads) then walks all 512 block heads of a folio on every later 4 KiB write into it.
+# Measured here with RF=3, 4 KiB random writes: 35-54 % of each heron-io's CPU went there, and
+# 64 KiB pieces doubled the IOPS while 4 MiB sequential writes kept their speed.
+PIECE = 64 * 1024
+
 # How many chunks keep their files open; beyond that the least recently used are closed.
 OPEN_CHUNKS = 1024
 
@@ -242,7 +249,8 @@ class ChunkStore:
                 self.read_into(volume, chunk, start + (count - 1) * SECTOR, merged[-SECTOR:])
             merged[offset - start : offset - start + len(data)] = data
             data = merged
-        os.pwrite(entry.data_fd, data, start)
+        for at in range(0, len(data), PIECE):
+            os.pwrite(entry.data_fd, data[at : at + PIECE], start + at)
         # After the data: a crash in between leaves a mismatch (an error), never wrong data.
         entry.sums[first : first + count] = memoryview(array.array("I", sector_sums(data)))
         self._settle(entry, durable)
