@@ -1,10 +1,10 @@
 """An asyncio NBD server: fixed newstyle negotiation, structured replies, block status.
 
-Requests are received straight into preallocated buffers with `loop.sock_recv_into` (a
-StreamReader copies every payload through its own buffer, which costs most of the throughput of
-4 MiB writes). Each request runs as its own task, so one connection keeps as many requests in
-flight as the client sends (QEMU: up to 16); replies go out in completion order, which NBD
-allows because the client matches them by cookie.
+Requests are received straight into preallocated buffers (receiver.py; a StreamReader copies
+every payload through its own buffer, which costs most of the throughput of 4 MiB writes).
+Each request runs as its own task, so one connection keeps as many requests in flight as the
+client sends (QEMU: up to 16); replies go out in completion order, which NBD allows because the
+client matches them by cookie.
 """
 
 from __future__ import annotations
@@ -59,19 +59,6 @@ class ExportTable:
     default: str | None = None  # what the empty export name means
 
 
-async def recv_exactly(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview
-) -> None:
-    """Fill `view` from the socket; Disconnect if the peer closes first."""
-    got = 0
-    total = len(view)
-    while got < total:
-        n = await loop.sock_recv_into(sock, view[got:])
-        if n == 0:
-            raise Disconnect("connection closed by the client")
-        got += n
-
-
 class Connection:
     """One client connection: negotiation, then the transmission phase."""
 
@@ -84,6 +71,7 @@ class Connection:
         self.base_allocation = False
         self.volume: Volume | None = None
         self.sender = Sender(sock, self.loop)
+        self.rx = Receiver(sock, self.loop)
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         # Receive buffers of whole-block writes, used again once a write is carried out: a
         # fresh 4 MiB bytearray per write cost more CPU (page faults) than the receive itself.
@@ -95,7 +83,7 @@ class Connection:
 
     async def recv(self, n: int) -> bytearray:
         buf = bytearray(n)
-        await recv_exactly(self.loop, self.sock, memoryview(buf))
+        await self.rx.into(memoryview(buf))
         return buf
 
     def send(self, *parts: bytes | bytearray | memoryview) -> None:
@@ -228,7 +216,7 @@ class Connection:
 
     async def transmit(self, volume: Volume) -> None:
         self.volume = volume
-        rx = Receiver(self.sock, self.loop)
+        rx = self.rx
         try:
             while True:
                 header = await rx.exactly(p.REQUEST.size)
@@ -479,6 +467,7 @@ class Connection:
             log.debug("NBD connection ended: %s", exc)
         finally:
             self.sender.close()
+            self.rx.close()
             self.sock.close()
 
 

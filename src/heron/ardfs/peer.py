@@ -4,7 +4,7 @@ One fixed 72-byte request header, optionally followed by the bytes of a write; o
 20-byte reply header, optionally followed by the bytes of a read (or an error message).
 Requests are pipelined on one connection and matched to replies by id, so a client keeps as
 many in flight as its volumes have. Payloads are received straight into their final buffers
-(a read lands in the NBD reply buffer), with `sock_recv_into`, as in the NBD server.
+(a read lands in the NBD reply buffer), by receiver.py, as in the NBD server.
 
 Request:  magic u32 | op u8 | flags u8 | pad u16 | id u64 | volume 16 bytes (uuid) |
           disk 16 bytes (ascii, NUL padded) | chunk u64 | offset u32 | length u32 | epoch u64
@@ -179,6 +179,7 @@ class PeerServer:
             for task in pending:
                 task.cancel()
             sender.close()
+            rx.close()
             sock.close()
 
     async def _authenticate(self, sock: socket.socket, address: object) -> bool:
@@ -356,6 +357,7 @@ class PeerClient:
         self.sender: Sender | None = None
         self.connect_lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
+        self.rx: Receiver | None = None
         self.failed_at = 0.0
         self.failure = ""
         self.last_reply = 0.0
@@ -403,7 +405,8 @@ class PeerClient:
             self.sock = sock
             self.sender = Sender(sock, loop)
             self.last_reply = time.monotonic()
-            self.reader = asyncio.create_task(self._read(sock))
+            self.rx = Receiver(sock, loop)
+            self.reader = asyncio.create_task(self._read(sock, self.rx))
             if self.watchdog is None or self.watchdog.done():
                 self.watchdog = asyncio.create_task(self._watch())
             return sock
@@ -415,6 +418,9 @@ class PeerClient:
             if self.sender is not None:
                 self.sender.close()
                 self.sender = None
+            if self.rx is not None:
+                self.rx.close()  # a read waiting on it ends
+                self.rx = None
             self.failed_at = time.monotonic()
             self.failure = reason
         sock.close()
@@ -422,8 +428,7 @@ class PeerClient:
         for item in pending.values():
             item.finish(UnavailableError(f"node {self.node}: {reason}"))
 
-    async def _read(self, sock: socket.socket) -> None:
-        rx = Receiver(sock, asyncio.get_running_loop())
+    async def _read(self, sock: socket.socket, rx: Receiver) -> None:
         try:
             while True:
                 magic, status, rid, length = REPLY.unpack(await rx.exactly(REPLY.size))

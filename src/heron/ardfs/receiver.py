@@ -2,8 +2,14 @@
 
 Headers and small payloads come out of one preallocated buffer that each recv fills as far
 as it can, so sixteen 4 KiB requests in flight cost one or two syscalls, not thirty-two. A
-large payload (a 4 MiB write) is received straight into its final buffer with
-`loop.sock_recv_into` after whatever part of it was already buffered is copied.
+large payload (a 4 MiB write) is received straight into its final buffer after whatever part
+of it was already buffered is copied.
+
+The socket stays registered with the event loop while the connection lives, and a recv is made
+only once the loop has seen the socket readable. `loop.sock_recv_into` instead tries a recv
+first, and when that fails (most of the time, with 4 KiB requests) registers the socket and
+removes it again once woken: three syscalls and a future more per wait. Measured here, that
+was 40 % of the syscalls of a node writing 4 KiB blocks.
 """
 
 from __future__ import annotations
@@ -28,6 +34,51 @@ class Receiver:
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.fd = sock.fileno()
+        self.watching = False  # registered with the loop's selector
+        # A receive that waits: the view to fill and the future that gets the byte count.
+        self.want: memoryview | None = None
+        self.waiter: asyncio.Future[int] | None = None
+        self.closed = False
+
+    def _readable(self) -> None:
+        waiter, view = self.waiter, self.want
+        if waiter is None or view is None or waiter.done():
+            # Nobody is receiving (the connection is busy elsewhere): stop watching rather
+            # than be told on every loop turn until it is back.
+            self.loop.remove_reader(self.fd)
+            self.watching = False
+            return
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(n)
+        self.waiter = self.want = None
+
+    async def _recv_into(self, view: memoryview) -> int:
+        """Receive into `view` when the socket is readable: the byte count, 0 at its end."""
+        if self.closed:
+            raise Closed("connection closed")
+        if not self.watching:
+            self.loop.add_reader(self.fd, self._readable)
+            self.watching = True
+        self.want = view
+        self.waiter = self.loop.create_future()
+        return await self.waiter
+
+    def close(self) -> None:
+        """Stop watching the socket (call before it is closed); a waiting receive fails."""
+        self.closed = True
+        if self.watching:
+            self.loop.remove_reader(self.fd)
+            self.watching = False
+        waiter, self.waiter, self.want = self.waiter, None, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(Closed("connection closed"))
 
     async def _fill(self, need: int) -> None:
         """Have at least `need` bytes buffered (need <= the buffer's size)."""
@@ -36,7 +87,7 @@ class Receiver:
             self.view[:held] = self.view[self.start : self.end]
             self.start, self.end = 0, held
         while self.end - self.start < need:
-            n = await self.loop.sock_recv_into(self.sock, self.view[self.end :])
+            n = await self._recv_into(self.view[self.end :])
             if n == 0:
                 raise Closed("connection closed by the peer")
             self.end += n
@@ -59,7 +110,7 @@ class Receiver:
         got = held
         if total - got >= DIRECT:
             while got < total:
-                n = await self.loop.sock_recv_into(self.sock, target[got:])
+                n = await self._recv_into(target[got:])
                 if n == 0:
                     raise Closed("connection closed by the peer")
                 got += n
@@ -68,7 +119,3 @@ class Receiver:
             chunk = await self.exactly(min(total - got, len(self.buf)))
             target[got : got + len(chunk)] = chunk
             got += len(chunk)
-
-    def drop(self) -> None:
-        """Forget what is buffered (after the connection is done with)."""
-        self.start = self.end = 0
