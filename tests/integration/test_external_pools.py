@@ -1,8 +1,10 @@
 """External storage pools: an iSCSI target (Debian's tgt on loopback, reached by QEMU's own
 initiator) and block devices standing for FC/multipath LUNs (loop devices; no FC here). The
 test guest, written into a LUN on the array side, boots from it and live-migrates between
-nodes. NFS cannot be mounted on these machines (no NFS in the kernel): its failure is checked
-to be a clear one. RBD needs a Ceph cluster: see test_rbd_pool_where_ceph_is_reachable.
+nodes. NFS cannot be mounted on these machines (no NFS client in the kernel): a real mount is
+checked to fail clearly, and a stand-in for the kernel client (named as such, below) lets the
+rest of an nfs pool's life run for real. RBD needs a Ceph cluster: see
+test_rbd_pool_where_ceph_is_reachable.
 """
 
 import os
@@ -18,11 +20,47 @@ import pytest
 from support import Api, qemu_homes, serial_lines, wait_for
 
 from heron.devcluster import DevCluster, free_ports
+from heron.storage.dirpool import mounted
 
 pytestmark = pytest.mark.integration
 
 BOOT = 180
 IQN = "iqn.2026-11.org.heron:test-array"
+FAKE_NAS = "fake-nas"  # the one NFS server name the stand-in client answers for
+
+STAND_IN = """#!/bin/sh
+# Heron's tests: a stand-in for the kernel NFS client, which this machine lacks.
+# `mount -t nfs -o OPTIONS fake-nas:EXPORT DIR` bind-mounts {exports}EXPORT at DIR;
+# every other mount, NFS from any other server included, is the real one.
+if [ "$1" = -t ] && [ "$2" = nfs ] && [ "${{5%%:*}}" = {server} ]; then
+    echo "$6" >> {log}
+    exec /usr/bin/mount --bind "{exports}${{5#*:}}" "$6"
+fi
+exec /usr/bin/mount "$@"
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nfs_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The FAKE kernel NFS client for this module's devcluster (see STAND_IN): a `mount` first
+    on the PATH the nodes inherit. Everything Heron does around the mount is real: when and
+    where each node mounts, the volumes' files, the VM's I/O, unmounting. Yields the directory
+    that stands for the server's exports."""
+    directory = tmp_path_factory.mktemp("fake-nas")
+    exports, bin_dir, log = directory / "exports", directory / "bin", directory / "mounts.log"
+    exports.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "mount").write_text(STAND_IN.format(exports=exports, server=FAKE_NAS, log=log))
+    (bin_dir / "mount").chmod(0o755)
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{path}"  # before cluster3 starts: autouse comes first
+    try:
+        yield exports
+    finally:
+        os.environ["PATH"] = path
+        for point in log.read_text().split() if log.exists() else []:
+            if mounted(Path(point)):  # left by a failed test
+                subprocess.run(["umount", "-l", point], check=False)
 
 
 @dataclass
@@ -233,6 +271,50 @@ def test_nfs_pool_that_cannot_be_mounted_says_why(cluster3, api) -> None:
     assert "cannot mount 127.0.0.1:/exports/vm" in task["error"], task
     volume = api.ok("GET", f"/pools/filer/volumes/{reply['volume']}")
     assert volume["state"] == "error" and "cannot mount" in volume["error"]
+
+
+def test_nfs_pool_each_node_mounts_it_where_used_and_unmounts_it_when_deleted(
+    cluster3, api, image, nfs_stand_in
+) -> None:
+    cluster, _ = cluster3
+    (nfs_stand_in / "vm").mkdir()
+    body = {"name": "nas", "type": "nfs", "server": FAKE_NAS, "export": "/vm"}
+    assert api.ok("POST", "/pools", json=body)["shared"] is True
+    points = {n.name: Path(n.state_dir) / "mnt" / "nas" for n in cluster.nodes}
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={"name": "on-nfs", "memory_mib": 128, "node": "node1", "start": True,
+              "disks": [{"pool": "nas", "source": image}]},
+    )  # fmt: skip
+    assert api.wait_task(reply["task"])["state"] == "succeeded"
+    vm_id = reply["vm"]
+    log = console(cluster, vm_id, "node1")
+    wait_for(lambda: serial_lines(log, "HERON-GUEST-READY"), BOOT, "the guest to boot from NFS")
+    [volume] = api.ok("GET", "/pools/nas/volumes")
+    assert (nfs_stand_in / "vm" / f"{volume['name']}.qcow2").is_file()  # on the server
+    assert mounted(points["node1"]) and not mounted(points["node3"])  # only where used
+    assert api.ok("GET", "/pools/nas")["capacity"]["total_bytes"] > 0
+
+    # Shared: node2 mounts it too, and the VM moves with nothing to copy.
+    seen = ticks(log)[-1] if ticks(log) else 0
+    task = api.wait_task(
+        api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})["task"]
+    )
+    assert task["state"] == "succeeded" and task["result"]["disks_copied"] == 0, task
+    assert mounted(points["node2"])
+    moved = console(cluster, vm_id, "node2")
+    wait_for(lambda: ticks(moved) and ticks(moved)[-1] > seen, 30, "ticks on node2")
+
+    assert api.delete("/pools/nas").status_code == 409  # it holds a volume
+    api.wait_task(api.ok("DELETE", f"/vms/{vm_id}", params={"volumes": True})["task"])
+    assert api.delete("/pools/nas").status_code in (200, 204)
+    wait_for(
+        lambda: not any(mounted(p) or p.exists() for p in points.values()),
+        30,
+        "every node to unmount the deleted pool",
+    )
+    assert sorted(p.name for p in (nfs_stand_in / "vm").iterdir()) == []  # the file went too
 
 
 @pytest.mark.skipif(

@@ -28,6 +28,7 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
+from heron.agent.mounts import MountKeeper
 from heron.agent.registration import Registration
 from heron.agent.reservation import CoreReservation
 from heron.agent.tasks import TaskRunner
@@ -186,6 +187,7 @@ async def run(config: AgentConfig) -> None:
                     ).run(),
                 ),
                 ("io-cores", cores.run()),
+                ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),
