@@ -3,10 +3,12 @@
 `dir`: the node's own `<state>/pools/<name>`, or a path every node mounts (`shared`), which
 the administrator provides. `nfs`: an export each node mounts itself, at
 `<state>/mnt/<pool>`, the first time the pool is used there.
+
+Filesystem calls run in threads, not on the event loop: on a hard NFS mount whose server is
+away they block until it is back, and the node's agent must go on meanwhile (see probe.py).
 """
 
 import asyncio
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,13 @@ class DirPool(PoolDriver):
         return str(self.path(volume))
 
     async def prepare(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
 
     async def create(self, volume: Volume) -> None:
         await self.prepare()
         target = self.path(volume)
-        if target.exists():
-            # A retried task after a crash finds its own half-made file: start again.
-            target.unlink()
+        # A retried task after a crash finds its own half-made file: start again.
+        await asyncio.to_thread(target.unlink, missing_ok=True)
         await qemuimg.create(target, volume.format.value, volume.size)
 
     async def import_image(
@@ -61,15 +62,14 @@ class DirPool(PoolDriver):
             if volume.size > current:
                 await qemuimg.resize(partial, volume.format.value, volume.size)
         # Only a complete copy gets the volume's name: a crash leaves just a .partial file.
-        os.replace(partial, target)
+        await asyncio.to_thread(os.replace, partial, target)
         return int((await qemuimg.info(target))["virtual-size"])
 
     async def resize(self, volume: Volume, size: int) -> None:
         await qemuimg.resize(self.path(volume), volume.format.value, size)
 
     async def delete(self, volume: Volume) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(volume).unlink()
+        await asyncio.to_thread(self.path(volume).unlink, missing_ok=True)
 
     def allocation(self, volume: Volume) -> int | None:
         """Bytes really allocated on disk (sparse files count only written blocks)."""

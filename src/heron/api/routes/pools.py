@@ -35,6 +35,7 @@ from heron.models.storage import (
 from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.storage.driver import driver_for
+from heron.storage.probe import probe
 
 router = APIRouter(tags=["storage"])
 
@@ -131,7 +132,7 @@ async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
         )
     if not pool.shared or pool.lun_backed:
         return None
-    found = driver_for(pool, ctx.state_dir).capacity()
+    found = await probe(pool.name, driver_for(pool, ctx.state_dir).capacity)
     if found is None:
         return None
     return PoolCapacity(
@@ -200,15 +201,16 @@ async def list_volumes(
         if view["node"] == node
     } if remote else {}  # fmt: skip
     health = await _health(ctx, pool)
+    mine = [e.value for e in volumes if e.value.node in (None, ctx.node)]
+    allocations |= await probe(name, lambda: {v.id: here.allocation(v) for v in mine}) or {}
     views = []
     for entry in volumes:
         volume = entry.value
-        mine = volume.node in (None, ctx.node)
         views.append(
             VolumeView(
                 **volume.model_dump(),
                 revision=entry.revision,
-                allocation=here.allocation(volume) if mine else allocations.get(volume.id),
+                allocation=allocations.get(volume.id),
                 attached_to=users.get(volume.id),
                 health=health.get(volume.id),
             )
@@ -226,10 +228,11 @@ async def get_volume(
     users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
     volume = entry.value
     here = volume.node in (None, ctx.node)
+    driver = driver_for(pool, ctx.state_dir)
     return VolumeView(
         **volume.model_dump(),
         revision=entry.revision,
-        allocation=driver_for(pool, ctx.state_dir).allocation(volume) if here else None,
+        allocation=await probe(name, lambda: driver.allocation(volume)) if here else None,
         attached_to=users.get(volume.id),
         health=(await _health(ctx, pool)).get(volume.id),
     )
