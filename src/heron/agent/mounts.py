@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from heron.configdb import ConfigDB, keys
@@ -49,17 +50,24 @@ class MountKeeper:
 
     async def sweep(self) -> None:
         wanted = {p.name for p in self.pools.values() if p.type == "nfs"}
-        folders = sorted(self.root.iterdir()) if self.root.is_dir() else []
-        for folder in folders:
-            if folder.name in wanted or not folder.is_dir():
+        try:
+            # The directory's own entries: nothing here looks inside a mount (its server may
+            # be away, and a stat of the mount point would wait for it).
+            with os.scandir(self.root) as entries:
+                names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return
+        for name in names:
+            folder = self.root / name
+            if name in wanted:
                 continue
-            if await self.db.get_raw(keys.pool(folder.name)) is not None:
+            if await self.db.get_raw(keys.pool(name)) is not None:
                 continue  # in the ConfigDB though not (yet) in the copy: leave it be
             if mounted(folder) and not await self._unmount(folder):
                 continue
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: never delete what a failed unmount shows
-            self._warned.discard(folder.name)
+            self._warned.discard(name)
 
     async def _unmount(self, folder: Path) -> bool:
         proc = await asyncio.create_subprocess_exec(

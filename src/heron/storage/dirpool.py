@@ -114,8 +114,11 @@ class NfsPool(DirPool):
 
 
 def mounted(path: Path) -> bool:
-    """Is something mounted exactly at `path` (as this process sees the mount table)?"""
-    wanted = str(path.resolve())
+    """Is something mounted exactly at `path` (as this process sees the mount table)?
+
+    Touches nothing on the mount itself (its parent is resolved, not the path), so it answers
+    even when the mount's server does not."""
+    wanted = str(path.parent.resolve() / path.name)
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
