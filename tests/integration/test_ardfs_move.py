@@ -5,6 +5,11 @@ redundant on it (it survives losing another node), and the disks it left hold no
 
 from __future__ import annotations
 
+import fcntl
+import os
+import struct
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -199,3 +204,56 @@ def test_a_disk_whose_filesystem_is_gone_is_not_read_as_zeroes(tmp_path: Path) -
         assert "not mounted" in seen[disk.id]["error"], seen
         # Read through that node: its own copies are not served, the others' are.
         qemu_io(victim.uri("v"), *reads(BEFORE))
+
+
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2  # as when the device dies: nothing more reaches it
+
+
+@pytest.fixture
+def ext4_disk(tmp_path: Path) -> Iterator[Path]:
+    """An ext4 filesystem on a loop device, mounted where io_cluster puts node n2's disk."""
+    image, mount_point = tmp_path / "n2-disk.img", tmp_path / "n2" / "disk0"
+    with open(image, "wb") as handle:
+        handle.truncate(256 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mount_point.mkdir(parents=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_disk_that_dies_while_served_is_taken_out_and_reported(
+    tmp_path: Path, ext4_disk: Path
+) -> None:
+    """A filesystem shut down by errors still answers statvfs; only its I/O fails. heron-io
+    stops serving it within a disk check, reports it (so the leader moves its copies after the
+    grace), and the volume is read and written through every node meanwhile."""
+    volume = VolumeSpec(id=VOLUME_ID, name="v", size=48 * MiB, scheme=Scheme(copies=2))
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        victim = nodes[1]
+        disk = victim.config.me.disks[0]
+        assert disk.path == ext4_disk
+        qemu_io(nodes[0].uri("v"), *BEFORE, "flush")
+        assert chunks_on(victim, volume) > 0
+        assert "error" not in victim.status()["disks"][disk.id]
+
+        fd = os.open(ext4_disk, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+        os.statvfs(ext4_disk)  # what the status used to rely on: it still answers
+
+        def reported() -> str:
+            return victim.status()["disks"][disk.id].get("error", "")
+
+        assert "Input/output error" in wait_for(reported, 30, "the failed disk reported")
+        # Its copies are read elsewhere, through the node that holds it too.
+        qemu_io(victim.uri("v"), *reads(BEFORE))
+        # Writes go on degraded: the copies it should hold are recorded stale.
+        qemu_io(nodes[0].uri("v"), *DURING, "flush")
+        wait_for(lambda: volume_status(nodes[0])["state"] == "degraded", 10, "stale copies")
+        qemu_io(victim.uri("v"), *UNTOUCHED, *reads(DURING))

@@ -369,6 +369,13 @@ class ChunkStore:
             return list(range(first + got // SECTOR, first + count))
         return bad_sectors(data, entry.sums[first : first + count], first)
 
+    def abandon(self) -> None:
+        """Close every file without syncing: the disk failed (a sync would fail or hang)."""
+        while self._open:
+            _, entry = self._open.popitem()
+            with contextlib.suppress(OSError):
+                entry.close()
+
     def close(self) -> None:
         while self._open:
             _, entry = self._open.popitem()

@@ -13,18 +13,20 @@ PLACEMENT_CACHE = 65536
 
 
 class GoneTarget:
-    """A disk a volume is placed on that is no longer in the cluster: every copy on it is
-    unavailable (the volume runs degraded) until a rebalance moves its blocks elsewhere."""
+    """A disk a volume is placed on that is no longer in the cluster, or that failed: every
+    copy on it is unavailable (the volume runs degraded) until a rebalance moves its blocks
+    elsewhere."""
 
     local = False
 
-    def __init__(self, disk: str, node: str):
+    def __init__(self, disk: str, node: str, why: str = "left the cluster"):
         self.disk = disk
         self.node = node
+        self.why = why
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[None]]:
         async def unavailable(*args: object, **kwargs: object) -> None:
-            raise UnavailableError(f"disk {self.disk} of node {self.node} left the cluster")
+            raise UnavailableError(f"disk {self.disk} of node {self.node}: {self.why}")
 
         return unavailable
 
@@ -53,6 +55,11 @@ class Cluster:
         else:
             self.moving[volume] = self._known(disks)
         self._forget(volume)
+
+    def fail(self, disk: str, node: str, why: str) -> None:
+        """A disk of this node stopped working: its copies are unavailable from now on."""
+        self.targets[disk] = GoneTarget(disk, node, f"failed: {why}")  # type: ignore[assignment]
+        self._cache.clear()
 
     def _known(self, disks: Sequence[Disk]) -> list[Disk]:
         for disk in disks:

@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import os
 import resource
 import signal
 import sys
@@ -29,6 +28,7 @@ from heron.ardfs.chunkstore import OPEN_CHUNKS, ChunkStore
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import IoConfig, PlacedDisk, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
+from heron.ardfs.disks import claim_disk
 from heron.ardfs.erasure import ErasureVolume
 from heron.ardfs.maintenance import Maintenance
 from heron.ardfs.nbd import ExportTable, NbdServer
@@ -61,41 +61,6 @@ def descriptors_per_store(disks: int) -> int:
             soft = target
     spare = soft - 512  # sockets, logs, and the rest of the process
     return max(16, min(OPEN_CHUNKS, spare // (2 * max(disks, 1))))
-
-
-DISK_LABEL = "heron-disk"  # in a disk's root: which disk it is
-
-
-def claim_disk(disk: str, root: Path, state_dir: Path) -> str | None:
-    """Check that `root` holds the chunk store of `disk`; None if so, else why not.
-
-    A disk is labelled the first time this node serves it, and the node remembers that in
-    its own state. A labelled disk whose label is gone lost its contents, typically a
-    filesystem that is not mounted: served, its empty directory would read as zeroes where
-    the volume has data."""
-    label, seen = root / DISK_LABEL, state_dir / "disks" / disk
-    try:
-        found = label.read_text().strip()
-    except FileNotFoundError:
-        if seen.exists():
-            return f"its label {label} is gone: the filesystem is not mounted, or was replaced"
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = label.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            handle.write(disk + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(label)
-        seen.parent.mkdir(parents=True, exist_ok=True)
-        seen.touch()
-        return None
-    except OSError as exc:
-        return f"its label cannot be read: {exc}"
-    if found != disk:
-        return f"it holds disk {found}, not {disk}"
-    seen.parent.mkdir(parents=True, exist_ok=True)
-    seen.touch()
-    return None
 
 
 class Io:
@@ -141,6 +106,20 @@ class Io:
         self.maintenance = Maintenance(self)
         self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt, key=key)
         self.nbd = NbdServer(ExportTable(self.export, self.export_names))
+
+    def fail_disk(self, disk: str, why: str) -> None:
+        """Stop serving a disk that failed while served, as if it had failed at start: its
+        copies are read elsewhere and written around (recorded stale), peers' requests for it
+        are refused, and the status reports it, so the leader moves its copies after the
+        pool's grace. Served again only after a restart that finds it sound."""
+        store = self.stores.pop(disk, None)
+        if store is None:
+            return
+        log.error("disk %s (%s) failed and is no longer served: %s", disk, store.root, why)
+        self.failed_disks[disk] = why
+        self.local.pop(disk, None)
+        self.cluster.fail(disk, self.config.node, why)
+        store.abandon()
 
     def export(self, name: str) -> AnyVolume | None:
         """The volume NBD clients may open by this name: only where it is owned (or nobody
@@ -382,6 +361,7 @@ class Io:
 
     async def start(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.maintenance.check_disks()  # a disk that fails its first check is not used
         self.apply_volumes(self.config.volumes)
         host, port = self.config.me.host_port()
         await self.peer_server.listen(host, port)

@@ -24,10 +24,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heron.ardfs.checksum import CHUNK_SIZE, SECTORS
 from heron.ardfs.cluster import GoneTarget
+from heron.ardfs.disks import check_disk
 from heron.ardfs.peer import OP_CORRUPT, OP_PING, RemoteTarget
 from heron.ardfs.volume import VolumeError
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE = 1.0  # seconds between looks at the degraded logs when there was nothing to do
+DISK_CHECK = 5.0  # seconds between checks of this node's disks
+DISK_HANG = 30.0  # a disk whose check has not returned by then has failed
 SCRUB_SLICE = 64  # sectors verified in one step on the event loop (256 KiB)
 
 
@@ -86,9 +90,11 @@ class Maintenance:
         self.scrub_limit = RateLimiter(max(config.scrub_mb_s, 1e-3) * 1e6)
         self.rebuild: dict[str, RebuildProgress] = {}
         self.scrub = ScrubProgress()
+        self.usage: dict[str, tuple[int, int]] = {}  # disk -> (total, free) at its last check
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self._check_disks_forever()))
         self.tasks.append(asyncio.create_task(self._forever(self.rebuild_pass, "rebuild")))
         self.tasks.append(asyncio.create_task(self._forever(self.write_status, "status")))
         if self.io.config.scrub_mb_s > 0:
@@ -108,6 +114,33 @@ class Maintenance:
                 busy = False
             if not busy:
                 await asyncio.sleep(IDLE)
+
+    # -- disks -------------------------------------------------------------------------------
+
+    async def _check_disks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DISK_CHECK)
+            try:
+                await self.check_disks()
+            except Exception:
+                log.exception("disk check failed")
+
+    async def check_disks(self) -> None:
+        """Check every served disk (in threads, at once) and stop serving those that failed:
+        a disk can die while served, and I/O errors on single chunks only mark those copies
+        stale. Also measures their capacity, off the event loop."""
+
+        async def check(disk: str, root: Path) -> None:
+            try:
+                self.usage[disk] = await asyncio.wait_for(
+                    asyncio.to_thread(check_disk, disk, root), DISK_HANG
+                )
+            except TimeoutError:
+                self.io.fail_disk(disk, f"it did not answer a check in {DISK_HANG:.0f} s")
+            except OSError as exc:
+                self.io.fail_disk(disk, str(exc) or type(exc).__name__)
+
+        await asyncio.gather(*(check(d, s.root) for d, s in list(self.io.stores.items())))
 
     # -- rebuild -----------------------------------------------------------------------------
 
@@ -182,7 +215,7 @@ class Maintenance:
             await asyncio.sleep(max(self.io.config.scrub_pause_s, IDLE))
 
     async def scrub_pass(self) -> None:
-        for disk, store in self.io.stores.items():
+        for disk, store in list(self.io.stores.items()):
             for volume in store.volumes():
                 for chunk in store.chunks(volume):
                     bad: list[int] = []
@@ -260,16 +293,8 @@ class Maintenance:
             disk: {"error": why} for disk, why in self.io.failed_disks.items()
         }
         for disk, store in self.io.stores.items():
-            try:
-                fs = os.statvfs(store.root)
-            except OSError as exc:
-                disks[disk] = {"path": str(store.root), "error": str(exc)}
-                continue
-            disks[disk] = {
-                "path": str(store.root),
-                "total_bytes": fs.f_blocks * fs.f_frsize,
-                "free_bytes": fs.f_bavail * fs.f_frsize,
-            }
+            total, free = self.usage.get(disk, (0, 0))
+            disks[disk] = {"path": str(store.root), "total_bytes": total, "free_bytes": free}
         return {
             "node": self.io.config.node,
             "time": time.time(),
