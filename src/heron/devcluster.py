@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from heron.configdb.etcd import EtcdMember
-from heron.util.proc import read_pidfile, spawn_detached, terminate, wait_until
+from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
 
 STATE_FILE = "devcluster.json"
 
@@ -338,11 +338,10 @@ def down(directory: Path) -> None:
     for node in cluster.nodes:
         for vm_id, pid in cluster.qemu_pids(node.name).items():
             terminate(pid, vm_id, timeout=5)
-        # The ARDFS data path outlives agents too; it goes after the VMs that use it.
-        for pidfile in (Path(node.state_dir) / "ardfs").glob("*/heron-io.pid"):
-            marker = str(pidfile.parent / "io.json")
-            pid = read_pidfile(pidfile, marker)
-            if pid is not None:
-                terminate(pid, marker, timeout=30)
+        # The ARDFS data path outlives agents too; it goes after the VMs that use it. Found by
+        # command line, not pidfile: one whose pool folder is gone would be missed.
+        marker = f"{Path(node.state_dir) / 'ardfs'}/"
+        for pid in find_running(marker):
+            terminate(pid, marker, timeout=30)
     for member in cluster.members():
         member.stop()

@@ -16,6 +16,7 @@ from support import etcd_snapshot, serial_lines, wait_for
 
 from heron.configdb import keys
 from heron.devcluster import DevCluster
+from heron.util.proc import find_running
 
 pytestmark = pytest.mark.integration
 
@@ -317,3 +318,20 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     wait_for(placed_on("node1", "node2"), 120, "the volume moved off node3's failed disk")
     volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
+
+
+def test_a_heron_io_whose_pidfile_is_lost_is_taken_back_not_doubled(cluster3, api) -> None:
+    """An agent can die between starting heron-io and writing its pidfile: the agent must
+    find the one running, not start a second one on the same disks."""
+    cluster, _ = cluster3
+    api.ok("POST", "/pools", json={"name": "lost", "type": "ardfs", "protection": "rf1"})
+    path = Path(cluster.node("node2").state_dir) / "lost-disk0"
+    api.ok("POST", "/pools/lost/disks", json={"node": "node2", "path": str(path)})
+    pid = wait_for(lambda: heron_io_pid(cluster, "node2", "lost"), 30, "node2's heron-io")
+    pidfile = Path(cluster.node("node2").state_dir) / "ardfs/lost/heron-io.pid"
+    pidfile.unlink()
+    wait_for(pidfile.exists, 30, "the agent's next look at its heron-io")
+    assert int(pidfile.read_text()) == pid
+    assert find_running(str(pidfile.parent / "io.json")) == [pid]
+    api.ok("DELETE", "/pools/lost")
+    wait_for(lambda: not find_running(str(pidfile.parent / "io.json")), 90, "heron-io stopped")

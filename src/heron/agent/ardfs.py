@@ -42,7 +42,14 @@ from heron.models.storage import (
 )
 from heron.models.task import Task, new_task
 from heron.storage.ardfspool import SECTOR, socket_path
-from heron.util.proc import alive, read_pidfile, spawn_detached, terminate, wait_until
+from heron.util.proc import (
+    alive,
+    find_running,
+    read_pidfile,
+    spawn_detached,
+    terminate,
+    wait_until,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,21 @@ def _disk(disk: ArdfsDisk, mine: bool) -> DiskSpec:
     return DiskSpec(id=disk.id, path=Path(disk.path) if mine else None, weight=disk.weight)
 
 
+def adopt(pidfile: Path, marker: str) -> int | None:
+    """A heron-io running for this pool that no pidfile names (its starter died between
+    starting it and writing the file, or the file was lost): taken back, not doubled. Two
+    processes would serve the same disks, and the second would find its port taken. If
+    there are several, the oldest is kept and the others stopped."""
+    found = find_running(marker)
+    if not found:
+        return None
+    for extra in found[1:]:
+        terminate(extra, marker, 60.0)
+    pidfile.write_text(f"{found[0]}\n")
+    log.warning("found heron-io %d running without its pidfile: taken back", found[0])
+    return found[0]
+
+
 class IoSupervisor:
     def __init__(
         self,
@@ -166,9 +188,9 @@ class IoSupervisor:
                 continue
             if await self.db.get_raw(keys.pool(folder.name)) is not None:
                 continue  # not an ardfs pool in the copy, yet there: never stop a data path idly
-            pid = read_pidfile(folder / "heron-io.pid", str(folder / "io.json"))
-            if pid is not None:
-                await asyncio.to_thread(terminate, pid, str(folder / "io.json"), 60.0)
+            marker = str(folder / "io.json")
+            for pid in await asyncio.to_thread(find_running, marker):  # pidfile or not
+                await asyncio.to_thread(terminate, pid, marker, 60.0)
             await asyncio.to_thread(shutil.rmtree, folder, True)
             log.info("ardfs pool %s was deleted: its heron-io stopped", folder.name)
 
@@ -285,7 +307,7 @@ class IoSupervisor:
         path, pidfile = root / "io.json", root / "heron-io.pid"
         rekeyed = await self._peer_key(pool, config.peer_key_file)
         marker = str(path)
-        pid = read_pidfile(pidfile, marker)
+        pid = read_pidfile(pidfile, marker) or await asyncio.to_thread(adopt, pidfile, marker)
         try:
             running = IoConfig.load(path) if pid is not None else None
         except (OSError, ValueError):

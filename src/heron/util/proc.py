@@ -31,6 +31,23 @@ def alive(pid: int, marker: str) -> bool:
     return bool(args) and any(marker in a for a in args) and not is_zombie(pid)
 
 
+def find_running(marker: str) -> list[int]:
+    """Every live process whose command line contains `marker`, oldest first: for processes a
+    pidfile does not name (their starter died before writing it, or it was lost)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and alive(int(entry), marker):
+            found.append(int(entry))
+    return sorted(found, key=_start_time)
+
+
+def _start_time(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0
+
+
 def read_pidfile(path: Path, marker: str) -> int | None:
     """The pid in `path` if that process still runs and is the one we started."""
     try:
