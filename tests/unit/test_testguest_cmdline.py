@@ -74,7 +74,12 @@ def fake_module(modinfo: dict[str, str]) -> bytes:
 
 
 def test_kernel_cmdline_keeps_serial_console_and_reboot_on_panic() -> None:
-    assert build.KERNEL_CMDLINE.split() == ["console=ttyS0,115200", "quiet", "panic=-1"]
+    assert build.KERNEL_CMDLINE.split() == [
+        "console=ttyS0,115200",
+        "quiet",
+        "panic=-1",
+        f"heron.memcheck={build.MEMCHECK_DEFAULT}",
+    ]
     cfg = build.render_syslinux_cfg()
     assert f"  APPEND {build.KERNEL_CMDLINE}\n" in cfg
     assert "LINUX /vmlinuz\n" in cfg
@@ -160,10 +165,12 @@ def test_newc_archive_round_trip() -> None:
 
 def test_initramfs_is_reproducible_and_complete() -> None:
     modules = [("button", b"\x7fELF-button"), ("evdev", b"\x7fELF-evdev")]
-    first = build.build_initramfs(b"BUSYBOX", modules)
-    assert first == build.build_initramfs(b"BUSYBOX", modules)
+    first = build.build_initramfs(b"BUSYBOX", modules, b"MEMCHECK")
+    assert first == build.build_initramfs(b"BUSYBOX", modules, b"MEMCHECK")
     entries = read_newc(gzip.decompress(first))
     assert entries["bin/busybox"][1] == b"BUSYBOX"
+    assert entries[build.MEMCHECK_BINARY][1] == b"MEMCHECK"
+    assert stat.S_IMODE(entries[build.MEMCHECK_BINARY][0][1]) == 0o755
     for applet in build.BUSYBOX_APPLETS:
         assert entries[f"bin/{applet}"][1] == b"busybox"
     assert entries["lib/modules/evdev.ko"][1] == b"\x7fELF-evdev"
@@ -186,6 +193,9 @@ def test_init_script_protocol() -> None:
     # The power button must be opened before READY is announced, and the marker must come out
     # before the machine is gone.
     assert script.index("exec $fd<") < script.index("HERON-GUEST-READY")
+    # The memory checker starts, in the background, from the settings on the command line.
+    assert f'    /{build.MEMCHECK_BINARY} "$@" &' in lines
+    assert script.index("heron.memcheck=*)") < script.index(build.MEMCHECK_BINARY + ' "$@"')
     assert script.index("HERON-GUEST-POWEROFF") < script.index("poweroff -f")
     used = {line.split()[0] for line in lines if line and not line.startswith(("#", " "))}
     assert {"mount", "insmod"} <= used
@@ -201,6 +211,25 @@ def test_init_script_is_valid_shell() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_memcheck_settings_are_checked() -> None:
+    assert build.parse_memcheck("48:256:1024") == (48, 256, 1024)
+    assert build.parse_memcheck(build.MEMCHECK_DEFAULT) == (32, 64, 256)
+    for bad in ("48", "0:1:1", "a:b:c", "1:2:3:4", "1:-2:3"):
+        with pytest.raises(BuildError, match="MIB:HOT:RATE"):
+            build.parse_memcheck(bad)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_memcheck_compiles_to_a_static_binary(tmp_path: Path) -> None:
+    binary = build.compile_memcheck(tmp_path)
+    assert binary[:4] == b"\x7fELF"
+    # No PT_INTERP program header: it needs no dynamic loader, as the guest has no libc.
+    phoff = struct.unpack_from("<Q", binary, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", binary, 0x36)
+    types = [struct.unpack_from("<I", binary, phoff + i * phentsize)[0] for i in range(phnum)]
+    assert types and 3 not in types
 
 
 def test_disk_layout() -> None:

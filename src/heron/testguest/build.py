@@ -19,6 +19,12 @@ Why it is built this way:
   the SMBIOS UUID (proves which VM answered), then ``heron-tick N`` once a second (proves a
   migrated guest keeps running rather than rebooting), and on an ACPI power button press it prints
   ``HERON-GUEST-POWEROFF`` and powers off (proves graceful shutdown is wired end to end).
+* The guest checks its own memory (``memcheck.c``, compiled here with the host's gcc): a region
+  filled with a known pattern, kept changing and read back every second, with ``heron-memcheck``
+  lines on the console and a ``MISMATCH`` line for every word that is not what was written. A
+  live migration that loses a page therefore shows in the guest's own output
+  (``heron.testguest.console`` reads it). ``heron.memcheck=MIB:HOT:RATE`` on the kernel command
+  line sets its size; ``variant()`` makes an image with other settings.
 * /init opens the power button before it prints READY, so ``system_powerdown`` works from the
   READY line on. A press before that is lost, as on any OS still booting: QEMU drops it while
   the guest has not yet enabled the ACPI power button event. Callers wait for READY first.
@@ -29,9 +35,11 @@ from __future__ import annotations
 import argparse
 import fcntl
 import gzip
+import hashlib
 import json
 import lzma
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -42,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever the output of this script changes for the same packages: it invalidates stamps.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 IMAGE_NAME = "testguest.raw"
 STAMP_NAME = "testguest.stamp.json"
@@ -52,13 +60,18 @@ CACHE_DIR_NAME = "cache"
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 # Host packages whose files end up in the image (boot code, ldlinux): their versions are inputs.
-HOST_PACKAGES = ("syslinux", "syslinux-common")
+HOST_PACKAGES = ("syslinux", "syslinux-common", "gcc", "libc6-dev")
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 
 READY_MARKER = "HERON-GUEST-READY"
 POWEROFF_MARKER = "HERON-GUEST-POWEROFF"
 TICK_PREFIX = "heron-tick"
-KERNEL_CMDLINE = "console=ttyS0,115200 quiet panic=-1"
+# The memory checker's defaults: MiB checked (at most half of what is free), hot pages rewritten
+# 100 times a second, pages a second of the slow sweep over the rest. Small enough for a 64 MiB
+# guest and for a migration capped at 1 MiB/s to converge.
+MEMCHECK_DEFAULT = "32:64:256"
+KERNEL_CMDLINE = f"console=ttyS0,115200 quiet panic=-1 heron.memcheck={MEMCHECK_DEFAULT}"
+MEMCHECK_SOURCE = Path(__file__).with_name("memcheck.c")
 
 SECTOR_SIZE = 512
 MIB = 1024 * 1024
@@ -88,6 +101,7 @@ REQUIRED_BUILTIN_CONFIG = (
 POWER_BUTTON_CONFIG = (("CONFIG_ACPI_BUTTON", "button"), ("CONFIG_INPUT_EVDEV", "evdev"))
 
 BUSYBOX_APPLETS = ("sh", "mount", "cat", "sleep", "insmod", "dd", "poweroff")
+MEMCHECK_BINARY = "bin/heron-memcheck"
 
 # The ACPI button driver names its input device like this for the fixed and the PNP0C0C button.
 POWER_BUTTON_INPUT_NAME = "Power Button"
@@ -437,6 +451,18 @@ for input in /sys/class/input/event*; do
 done
 [ "$fd" -gt 3 ] || echo "heron-guest: no ACPI power button found, system_powerdown will not work"
 
+# The memory checker, with the settings of heron.memcheck=MIB:HOT:RATE on the kernel command line.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in heron.memcheck=*) memcheck=${{arg#*=}} ;; esac
+done
+if [ -n "$memcheck" ]; then
+    saved_ifs=$IFS
+    IFS=:
+    set -- $memcheck
+    IFS=$saved_ifs
+    /{MEMCHECK_BINARY} "$@" &
+fi
+
 uuid=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null)
 # The empty line first: SeaBIOS's serial console (QEMU -nographic) leaves terminal escapes
 # without a newline, which would otherwise end up at the start of the READY line.
@@ -452,7 +478,16 @@ done
 """
 
 
-def build_initramfs(busybox: bytes, modules: Sequence[tuple[str, bytes]]) -> bytes:
+def compile_memcheck(work: Path) -> bytes:
+    """The memory checker as a static binary: the guest has no libc of its own."""
+    binary = work / "heron-memcheck"
+    run(
+        ["gcc", "-static", "-O2", "-s", "-Wall", "-Werror", "-o", str(binary), str(MEMCHECK_SOURCE)]
+    )
+    return binary.read_bytes()
+
+
+def build_initramfs(busybox: bytes, modules: Sequence[tuple[str, bytes]], memcheck: bytes) -> bytes:
     archive = NewcArchive()
     for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules"):
         archive.directory(directory)
@@ -461,6 +496,7 @@ def build_initramfs(busybox: bytes, modules: Sequence[tuple[str, bytes]]) -> byt
     archive.file("bin/busybox", busybox, 0o755)
     for applet in BUSYBOX_APPLETS:
         archive.symlink(f"bin/{applet}", "busybox")
+    archive.file(MEMCHECK_BINARY, memcheck, 0o755)
     for name, data in modules:
         archive.file(f"lib/modules/{name}.ko", data)
     archive.file("init", render_init([name for name, _ in modules]).encode(), 0o755)
@@ -552,6 +588,7 @@ def stamp_inputs(kernel: DebPackage, busybox: DebPackage) -> dict[str, object]:
         "kernel": kernel.spec,
         "busybox": busybox.spec,
         "host": {name: host_package_version(name) for name in HOST_PACKAGES},
+        "memcheck": hashlib.sha256(MEMCHECK_SOURCE.read_bytes()).hexdigest(),
     }
 
 
@@ -597,7 +634,7 @@ def _build_locked(out: Path, *, force: bool) -> Path:
 
         wanted = modules_to_load(parse_kernel_config(kernel.config.read_text()))
         modules = resolve_modules(kernel.modules, wanted)
-        initrd = build_initramfs(busybox, modules)
+        initrd = build_initramfs(busybox, modules, compile_memcheck(tmp))
         log(f"initramfs {len(initrd) // 1024} KiB with modules {', '.join(wanted) or 'none'}")
 
         files = {
@@ -617,6 +654,37 @@ def _build_locked(out: Path, *, force: bool) -> Path:
     return image
 
 
+def parse_memcheck(settings: str) -> tuple[int, int, int]:
+    """``MIB:HOT:RATE`` for the memory checker, checked."""
+    parts = settings.split(":")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts) or int(parts[0]) < 1:
+        raise BuildError(f"memcheck settings {settings!r} are not MIB:HOT:RATE")
+    mib, hot, rate = map(int, parts)
+    return mib, hot, rate
+
+
+def variant(out: Path, memcheck: str) -> Path:
+    """A copy of the built image whose memory checker runs with other settings
+    (``MIB:HOT:RATE``): a bigger or busier self-checking guest for migration soaks."""
+    mib, hot, rate = parse_memcheck(memcheck)
+    base = build(out)
+    image = out / f"testguest-memcheck-{mib}-{hot}-{rate}.raw"
+    with (out / LOCK_NAME).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if image.exists() and image.stat().st_mtime >= base.stat().st_mtime:
+            return image
+        with tempfile.TemporaryDirectory(dir=out, prefix=".variant-") as tmp:
+            partial = Path(tmp, image.name)
+            shutil.copyfile(base, partial)
+            config = Path(tmp, "syslinux.cfg")
+            cmdline = KERNEL_CMDLINE.replace(MEMCHECK_DEFAULT, f"{mib}:{hot}:{rate}")
+            config.write_text(render_syslinux_cfg(cmdline))
+            target = f"{partial}@@{PARTITION_START_SECTOR * SECTOR_SIZE}"
+            run(["mcopy", "-o", "-i", target, str(config), "::syslinux.cfg"])
+            os.replace(partial, image)
+    return image
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m heron.testguest.build",
@@ -624,9 +692,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True, help="output and cache directory")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--memcheck", metavar="MIB:HOT:RATE", help="also make a variant with these checker settings"
+    )
     args = parser.parse_args(argv)
     try:
         image = build(args.out.resolve(), force=args.force)
+        if args.memcheck:
+            image = variant(args.out.resolve(), args.memcheck)
     except BuildError as exc:
         log(f"error: {exc}")
         return 1
