@@ -17,6 +17,7 @@ import pytest
 from support import wait_for
 
 from heron.hypervisor import command
+from heron.hypervisor.accel import parse_qemu_version
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths, boot_indexes, build, mac_for
 from heron.models.vm import VM, VMSpec
 
@@ -92,6 +93,34 @@ def test_identity_and_resources() -> None:
     assert value(args, "-m") == "768"
     assert "-daemonize" in args
     assert "-nodefaults" in args
+
+
+@pytest.mark.parametrize("memory_mib", [64, 128, 768, 4096, 65536])
+def test_tcg_on_qemu_before_9_gets_ram_off_the_256k_grid(memory_mib: int) -> None:
+    # Off the grid, QEMU 7.2's dirty-bitmap sync goes page by page and keeps TCG's TLB in step
+    # (docs/architecture.md, "Live migration under TCG").
+    padded = command.ram_kib(memory_mib, "tcg", (7, 2))
+    assert padded == memory_mib * 1024 + 8 and padded % 256 != 0
+    assert command.ram_kib(memory_mib, "tcg", (0, 0)) == padded  # version unknown: the safe side
+    assert command.ram_kib(memory_mib, "tcg", (9, 0)) == memory_mib * 1024
+    assert command.ram_kib(memory_mib, "kvm", (7, 2)) == memory_mib * 1024
+
+
+def test_ram_is_given_in_kib_when_set() -> None:
+    args = build(make_vm(memory_mib=128), [], RuntimePaths(Path("/r")), "tcg", ram=131080)
+    assert value(args, "-m") == "131080K"
+
+
+@pytest.mark.parametrize(
+    ("line", "version"),
+    [
+        ("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)", (7, 2)),
+        ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)", (10, 0)),
+        ("unknown", (0, 0)),
+    ],
+)
+def test_qemu_version_is_read_from_its_banner(line: str, version: tuple[int, int]) -> None:
+    assert parse_qemu_version(line) == version
 
 
 def test_binary_can_be_chosen() -> None:
@@ -370,7 +399,7 @@ def qmp_status(path: Path) -> str:
         return status["return"]["status"]
 
 
-def qemu_accepts(vm: VM, tmp_path: Path) -> None:
+def qemu_accepts(vm: VM, tmp_path: Path, ram: int | None = None) -> None:
     """Start QEMU paused on the built command line; it must come up and answer over QMP."""
     images = tmp_path / "images"
     images.mkdir()
@@ -384,7 +413,7 @@ def qemu_accepts(vm: VM, tmp_path: Path) -> None:
     paths = RuntimePaths(root)
     if vm.spec.firmware == "uefi":
         shutil.copy(command.OVMF_VARS, paths.efivars)
-    args = build(vm, resolved(vm, images), paths, "tcg", binary=QEMU)
+    args = build(vm, resolved(vm, images), paths, "tcg", binary=QEMU, ram=ram)
     args.remove("-daemonize")
     args.append("-S")
     with open(tmp_path / "qemu.out", "w+b") as log:
@@ -437,6 +466,14 @@ def test_qemu_accepts_disks(buses: list[str], machine: str, tmp_path: Path) -> N
 @pytest.mark.skipif(not command.OVMF_VARS.exists(), reason="OVMF is not installed")
 def test_qemu_accepts_uefi(tmp_path: Path) -> None:
     qemu_accepts(make_vm(["virtio"], firmware="uefi"), tmp_path)
+
+
+@pytest.mark.integration
+@needs_qemu
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_qemu_accepts_the_padded_tcg_ram(machine: str, tmp_path: Path) -> None:
+    vm = make_vm(["virtio"], machine=machine, memory_mib=256)
+    qemu_accepts(vm, tmp_path, ram=command.ram_kib(256, "tcg", (7, 2)))
 
 
 @pytest.mark.integration

@@ -41,7 +41,7 @@ from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.ha.controller import FailoverController
 from heron.ha.fence import deadline_for, ha_vms_running, write_beat
-from heron.hypervisor.accel import choose_accelerator
+from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
 from heron.models.node import Node
 from heron.models.storage import Pool
@@ -136,7 +136,14 @@ async def run(config: AgentConfig) -> None:
         endpoints, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
     )
     cores = CoreReservation(db, config.name, config.state_dir)
-    vms = VMController(db, config.name, config.state_dir, accelerator, on_launch=cores.pin_vm)
+    vms = VMController(
+        db,
+        config.name,
+        config.state_dir,
+        accelerator,
+        on_launch=cores.pin_vm,
+        qemu_version=await asyncio.to_thread(qemu_version),
+    )
     migrations = Migrations(db, config.name, config.address, vms)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
     runner = TaskRunner(db, config.name, handlers.table())

@@ -122,6 +122,7 @@ class Migrations:
             max_downtime_ms=int(params.get("max_downtime_ms", 300)),
             auto_converge=bool(params.get("auto_converge", True)),
             max_bandwidth_mib=int(params.get("max_bandwidth_mib", 1024)),
+            ram_kib=await qemu.ram_kib(),
             mirror=[i for i, disk in enumerate(vm.spec.disks) if disk.volume in local],
             created_at=time.time(),
         )
@@ -396,7 +397,8 @@ class Migrations:
     ) -> None:
         for volume, pool in copies:
             await pool.create(volume)  # empty, the same size: the mirror fills it
-        qemu = await self.vms.start_incoming(vm, record.source)
+        ram = record.ram_kib or vm.spec.memory_mib * 1024
+        qemu = await self.vms.start_incoming(vm, record.source, ram)
         nbd = None
         if record.mirror:
             port = _free_port(self.address)

@@ -54,11 +54,13 @@ class VMController:
         state_dir: Path,
         accelerator: str,
         on_launch: Callable[[int], None] = lambda _: None,
+        qemu_version: tuple[int, int] = (0, 0),
     ):
         self.db = db
         self.node = node
         self.state_dir = state_dir
         self.accelerator = accelerator
+        self.qemu_version = qemu_version
         self.on_launch = on_launch  # e.g. keep QEMU off the cores reserved for I/O
         self._vms: dict[str, _Runtime] = {}
         self._jobs: set[asyncio.Task[None]] = set()
@@ -144,8 +146,15 @@ class VMController:
             return state
 
     async def _start(
-        self, rt: _Runtime, vm: VM, extra: tuple[str, ...] = (), arriving_from: str | None = None
+        self,
+        rt: _Runtime,
+        vm: VM,
+        extra: tuple[str, ...] = (),
+        arriving_from: str | None = None,
+        ram: int | None = None,
     ) -> None:
+        """Start the VM's QEMU; `ram` (KiB) is given for an incoming migration, where it must
+        be the source's."""
         disks = await self.resolve_disks(vm, arriving_from)
         paths = rt.qemu.paths
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -161,7 +170,9 @@ class VMController:
         else:
             marker.unlink(missing_ok=True)
         (paths.root / fence.FENCED_MARKER).unlink(missing_ok=True)
-        args = command.build(vm, disks, paths, self.accelerator)
+        if ram is None:
+            ram = command.ram_kib(vm.spec.memory_mib, self.accelerator, self.qemu_version)
+        args = command.build(vm, disks, paths, self.accelerator, ram=ram)
         rt.expect_exit = False
         rt.guest_shutdown = False
         # Start paused when the user wants it paused, so the guest never runs a cycle.
@@ -169,13 +180,14 @@ class VMController:
         self.on_launch(await rt.qemu.launch([*args, *paused, *extra]))
         self._watch(vm.id)
 
-    async def start_incoming(self, vm: VM, source: str) -> QemuVM:
-        """Start a QEMU that waits for this VM's state to arrive by migration from `source`."""
+    async def start_incoming(self, vm: VM, source: str, ram: int) -> QemuVM:
+        """Start a QEMU that waits for this VM's state to arrive by migration from `source`,
+        with the source's RAM size in KiB."""
         rt = self.runtime(vm.id)
         async with rt.lock:
             if rt.qemu.running():
                 raise VMError(f"VM {vm.spec.name} already runs on {self.node}")
-            await self._start(rt, vm, ("-incoming", "defer"), arriving_from=source)
+            await self._start(rt, vm, ("-incoming", "defer"), arriving_from=source, ram=ram)
         return rt.qemu
 
     async def hand_over(self, vm_id: str) -> None:

@@ -13,6 +13,7 @@ only the last resort.
 import fcntl
 import json
 import os
+import re
 import select
 import subprocess
 import tempfile
@@ -33,6 +34,17 @@ _BOOT_SECTOR = bytes([
 def _qemu_version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+def parse_qemu_version(line: str) -> tuple[int, int]:
+    """(major, minor) from `qemu-system-x86_64 --version`'s first line; (0, 0) if unreadable,
+    which callers treat as the oldest QEMU."""
+    found = re.search(r"version (\d+)\.(\d+)", line)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def qemu_version(binary: str = "qemu-system-x86_64") -> tuple[int, int]:
+    return parse_qemu_version(_qemu_version(binary))
 
 
 def probe_kernel(cache_dir: Path) -> tuple[Path, Path | None] | None:

@@ -89,13 +89,33 @@ def boot_indexes(vm: VM) -> dict[str, int]:
     return {device: position + 1 for position, device in enumerate(order)}
 
 
+# QEMU before 9.0 loses guest writes during a live migration under TCG: when a RAM block's
+# size is a multiple of 256 KiB, the dirty bitmap is synced 64 pages at a time without telling
+# TCG's TLB, so later stores through TLB entries already marked dirty are never tracked and the
+# target gets stale pages (fixed upstream by 03bfc2188f, "physmem: Fix migration dirty bitmap
+# coherency with TCG memory access", not in Debian 12's 7.2). A RAM size 8 KiB past such a
+# multiple takes the page-by-page path, which does tell the TLB. See docs/architecture.md.
+TCG_MIGRATION_FIXED_IN = (9, 0)
+TCG_RAM_PAD_KIB = 8
+
+
+def ram_kib(memory_mib: int, accelerator: str, qemu_version: tuple[int, int]) -> int:
+    """The RAM to give QEMU for `memory_mib`: exact, except under TCG on a QEMU whose live
+    migration needs the padding above to keep every guest write."""
+    pad = accelerator == "tcg" and qemu_version < TCG_MIGRATION_FIXED_IN
+    return memory_mib * 1024 + (TCG_RAM_PAD_KIB if pad else 0)
+
+
 def build(
     vm: VM,
     disks: list[ResolvedDisk],
     paths: RuntimePaths,
     accelerator: str,
     binary: str = "qemu-system-x86_64",
+    *,
+    ram: int | None = None,
 ) -> list[str]:
+    """QEMU's arguments for `vm`; `ram` in KiB, by default exactly the spec's memory."""
     spec = vm.spec
     boot = boot_indexes(vm)
     args = [
@@ -111,7 +131,7 @@ def build(
         "-smp",
         str(spec.vcpus),
         "-m",
-        str(spec.memory_mib),
+        str(spec.memory_mib) if ram is None else f"{ram}K",
         "-nodefaults",
         "-no-user-config",
         "-display",

@@ -106,6 +106,11 @@ class QemuVM:
         reply = await self.execute("query-status")
         return str(reply["status"])
 
+    async def ram_kib(self) -> int:
+        """The guest's RAM as this QEMU was given it, in KiB."""
+        reply = await self.execute("query-memory-size-summary")
+        return int(reply["base-memory"]) // 1024
+
     async def vnc_address(self) -> str | None:
         reply = await self.execute("query-vnc")
         if not reply.get("enabled"):

@@ -28,6 +28,11 @@ class Migration(Record):
     max_downtime_ms: int = Field(default=300, ge=1, le=60_000)
     auto_converge: bool = True
     max_bandwidth_mib: int = Field(default=1024, ge=1, le=100_000, description="MiB/s")
+    ram_kib: int | None = Field(
+        default=None,
+        description="the source QEMU's RAM in KiB, which the target must match "
+        "(not written by releases before it: then exactly the VM's memory)",
+    )
     error: str = ""
     downtime_ms: int | None = None
     created_at: float
