@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx
 
 from heron.configdb import ConfigDB, keys
+from heron.testguest import console
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,24 @@ def serial_lines(console_log: Path, pattern: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+def guest_intact(
+    log: Path, *, booted_here: bool = False, last_tick: int | None = None, timeout: float = 60
+) -> console.GuestReport:
+    """Wait until the test guest has checked all of its memory twice in `log` (its console on
+    the node it runs on now), then fail on anything wrong there: a word of memory that is not
+    what it wrote, a kernel complaint, a new boot, a counter that does not go on from
+    `last_tick` (the last it printed before it moved)."""
+
+    def checked() -> console.GuestReport | None:
+        report = console.read_log(log, booted_here=booted_here)
+        return report if report.problems or report.verifications >= 2 else None
+
+    report = wait_for(checked, timeout, f"two memory checks in {log}")
+    report.problems += console.follows(last_tick, report)
+    assert report.intact, f"the guest is not whole after all: {report.problems[:10]}"
+    return report
 
 
 def etcd_snapshot(endpoints: list[str]) -> dict[str, tuple[bytes, int]]:

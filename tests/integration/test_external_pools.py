@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import Api, qemu_homes, serial_lines, wait_for
+from support import Api, guest_intact, qemu_homes, serial_lines, wait_for
 
 from heron.devcluster import DevCluster, free_ports
 from heron.storage.dirpool import mounted
@@ -175,9 +175,7 @@ def test_iscsi_luns_become_volumes_a_vm_boots_from_and_migrates_with(cluster3, a
     )
     assert task["state"] == "succeeded" and task["result"]["disks_copied"] == 0, task
     assert qemu_homes(vm_id) == {cluster.node("node3").state_dir}
-    moved = console(cluster, vm_id, "node3")
-    wait_for(lambda: ticks(moved) and ticks(moved)[-1] > seen, 30, "ticks on node3")
-    assert not serial_lines(moved, "HERON-GUEST-READY")
+    guest_intact(console(cluster, vm_id, "node3"), last_tick=seen)
 
     # A LUN in use cannot be forgotten; grown on the array, a scan finds its new size.
     assert api.delete("/pools/san/volumes/lun1").status_code == 409
@@ -303,8 +301,7 @@ def test_nfs_pool_each_node_mounts_it_where_used_and_unmounts_it_when_deleted(
     )
     assert task["state"] == "succeeded" and task["result"]["disks_copied"] == 0, task
     assert mounted(points["node2"])
-    moved = console(cluster, vm_id, "node2")
-    wait_for(lambda: ticks(moved) and ticks(moved)[-1] > seen, 30, "ticks on node2")
+    guest_intact(console(cluster, vm_id, "node2"), last_tick=seen)
 
     assert api.delete("/pools/nas").status_code == 409  # it holds a volume
     api.wait_task(api.ok("DELETE", f"/vms/{vm_id}", params={"volumes": True})["task"])

@@ -157,6 +157,9 @@ def test_rolling_upgrade_from_the_previous_release_stops_no_vm(
     # migrated guest's console there starts mid-count).
     new = apis["node1"]
     assert {runs_from(cluster, n.name) for n in cluster.nodes} == {None}
+    # Their memory is not checked (support.guest_intact): the previous release started their
+    # QEMUs without the RAM padding that keeps TCG migrations from losing writes
+    # (hypervisor/command.py), so a lost write here would be that release's known bug.
     for vm_id in vms:
         assert new.vm(vm_id)["state"] == "running"
         assert not serial_lines(console(vm_id), "HERON-GUEST-READY"), f"{vm_id} was restarted"
