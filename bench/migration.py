@@ -74,6 +74,7 @@ from bench.common import (
 )
 from heron.devcluster import DevCluster
 from heron.hypervisor import command
+from heron.hypervisor.accel import qemu_version
 from heron.models.vm import VM, PowerState, VMSpec
 
 NAME = "migration"
@@ -375,7 +376,8 @@ def launch_bare(
     paths = command.RuntimePaths(root)
     root.mkdir(parents=True)
     file = {"driver": "file", "filename": str(disk), "aio": "threads"}  # as a dir pool gives
-    args = command.build(vm, [command.ResolvedDisk("virtio", file, "qcow2")], paths, "tcg")
+    ram = command.ram_kib(vm.spec.memory_mib, "tcg", qemu_version())  # as Heron's agent does
+    args = command.build(vm, [command.ResolvedDisk("virtio", file, "qcow2")], paths, "tcg", ram=ram)
     # Heron's QEMU daemonizes; this one stays our child, with everything else the same.
     at = args.index("-pidfile")
     del args[at : at + 2]
