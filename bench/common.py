@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from qemu.qmp import QMPClient
 
 from heron import devcluster
 from heron.configdb import ConfigDB, keys
@@ -118,6 +120,56 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- bare QEMU -------------------------------------------------------------------------------
+
+
+async def connect_qmp(proc: subprocess.Popen[bytes], qmp: Path, log: Path) -> QMPClient:
+    """Connect to a bare QEMU (our child) as soon as its QMP socket accepts, with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-500:]
+            raise BenchError(f"bare QEMU exited with {proc.returncode}: {tail}")
+        client = QMPClient("bare")
+        try:
+            await client.connect(str(qmp))
+            return client
+        except Exception:
+            if loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.01)  # polling for the socket: QEMU gives no other signal
+
+
+async def migrate_bare(
+    src: QMPClient, uri: str, auto_converge: bool, parameters: dict[str, int], timeout: float
+) -> dict[str, Any]:
+    """Migrate a bare source QEMU to `uri` with the capabilities Heron sets, waiting on QMP's
+    MIGRATION events; returns `query-migrate` at completion."""
+    capabilities = [
+        {"capability": "auto-converge", "state": auto_converge},
+        {"capability": "events", "state": True},
+    ]
+    await src.execute("migrate-set-capabilities", {"capabilities": capabilities})
+    await src.execute("migrate-set-parameters", parameters)
+    with src.listener("MIGRATION") as events:
+        await src.execute("migrate", {"uri": uri})
+        while True:
+            event = await asyncio.wait_for(events.get(), timeout)
+            status = event["data"]["status"]
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                raise BenchError(f"bare migration {status}")
+    return dict(await src.execute("query-migrate"))
 
 
 # -- the API ---------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ import json
 import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -63,8 +62,11 @@ from bench.common import (
     TESTGUEST,
     Api,
     BenchError,
+    connect_qmp,
     exit_on_sigterm,
+    free_port,
     load_snapshot,
+    migrate_bare,
     print_rows,
     ratio,
     running_devcluster,
@@ -117,12 +119,6 @@ def continuity(before: int, log: Path) -> dict[str, Any]:
         "ready_on_target": has_ready(log),
         "continued": after > before and not has_ready(log),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- Heron -----------------------------------------------------------------------------------
@@ -253,7 +249,7 @@ class BareGuest:
                 )
             root = self.work / f"bare-{self.kind}-{len(self.spawned)}"
             target = launch_bare(root, self.vm, disk, True, self.spawned)
-            dst = await connect_qmp(target)
+            dst = await connect_qmp(target.proc, target.paths.qmp, target.paths.qemu_log)
             await dst.execute(
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": "events", "state": True}]},
@@ -305,26 +301,8 @@ class BareGuest:
                     )
                     await asyncio.wait_for(ready.get(), MIGRATE_TIMEOUT)
             mirrored = time.perf_counter()
-            await src.execute(
-                "migrate-set-capabilities",
-                {
-                    "capabilities": [
-                        {"capability": "auto-converge", "state": True},
-                        {"capability": "events", "state": True},
-                    ]
-                },
-            )
-            await src.execute("migrate-set-parameters", {"downtime-limit": DOWNTIME_LIMIT_MS})
-            with src.listener("MIGRATION") as events:
-                await src.execute("migrate", {"uri": uri})
-                while True:
-                    event = await asyncio.wait_for(events.get(), MIGRATE_TIMEOUT)
-                    status = event["data"]["status"]
-                    if status == "completed":
-                        break
-                    if status in ("failed", "cancelled"):
-                        raise BenchError(f"bare {self.kind} migration {status}")
-            info = await src.execute("query-migrate")
+            parameters = {"downtime-limit": DOWNTIME_LIMIT_MS}
+            info = await migrate_bare(src, uri, True, parameters, MIGRATE_TIMEOUT)
             migrated = time.perf_counter()
             if local:
                 await src.execute("block-job-cancel", {"device": "mirror0"})
@@ -397,24 +375,6 @@ async def run_exec(*args: str) -> None:
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise BenchError(f"{args[0]} failed: {out.decode(errors='replace')[-500:]}")
-
-
-async def connect_qmp(qemu: BareQemu) -> QMPClient:
-    """Connect as soon as QEMU's QMP socket accepts, polling with a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
-        if qemu.proc.poll() is not None:
-            log = qemu.paths.qemu_log.read_text(errors="replace")[-500:]
-            raise BenchError(f"bare QEMU exited with {qemu.proc.returncode}: {log}")
-        client = QMPClient("bare")
-        try:
-            await client.connect(str(qemu.paths.qmp))
-            return client
-        except Exception:
-            if loop.time() > deadline:
-                raise
-        await asyncio.sleep(0.01)  # polling for the socket: QEMU gives no other signal
 
 
 def bare_guest(

@@ -27,6 +27,8 @@ Results: bench/results/migration_soak.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import sys
 import tempfile
 import threading
@@ -36,6 +38,7 @@ from typing import Any
 
 from bench.common import (
     HERON_CACHE,
+    RESULTS_DIR,
     Api,
     BenchError,
     exit_on_sigterm,
@@ -100,6 +103,9 @@ def soak(
         except BenchError as exc:
             results.append({"move": move + 1, "setting": setting, "failed": str(exc)})
             print(f"{kind} {move + 1}: migration failed: {exc}", flush=True)
+            if [r.get("failed") for r in results[-3:]].count(None) == 0 and move >= 2:
+                print(f"{kind}: three failures in a row, the guest is stuck: stopped", flush=True)
+                break
             continue  # the VM stays where it was; that is not a corruption
         node = target
         report = checked(console_log(cluster, vm_id, node), booted_here=False)
@@ -114,6 +120,12 @@ def soak(
                 "problems": problems[:20],
             }
         )
+        if problems:
+            # Keep what the guest said, for the report.
+            keep = RESULTS_DIR / f"{NAME}-{kind}-{move + 1}.log"
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(console_log(cluster, vm_id, node), keep)
         if problems or (move + 1) % 50 == 0:
             mark = "CORRUPT" if problems else "ok"
             print(f"{kind} {move + 1}: {mark}", *problems[:5], sep="\n  ", flush=True)

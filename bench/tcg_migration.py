@@ -43,8 +43,11 @@ from qemu.qmp import QMPClient
 from bench.common import (
     HERON_CACHE,
     BenchError,
+    connect_qmp,
     exit_on_sigterm,
+    free_port,
     load_snapshot,
+    migrate_bare,
     print_rows,
     stats,
     write_result,
@@ -133,19 +136,7 @@ def stop(guest: Guest) -> None:
 
 
 async def connect(guest: Guest) -> QMPClient:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
-        if guest.proc.poll() is not None:
-            raise BenchError(f"QEMU exited: {guest.paths.qemu_log.read_text()[-400:]}")
-        client = QMPClient("tcg-migration")
-        try:
-            await client.connect(str(guest.paths.qmp))
-            return client
-        except Exception:
-            if loop.time() > deadline:
-                raise
-        await asyncio.sleep(0.02)  # polling for the socket: QEMU gives no other signal
+    return await connect_qmp(guest.proc, guest.paths.qmp, guest.paths.qemu_log)
 
 
 async def wait_report(
@@ -172,30 +163,10 @@ async def migrate(opts: Options, source: Guest, target: Guest) -> dict[str, Any]
         )
         port = free_port()
         await dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
-        await src.execute(
-            "migrate-set-capabilities",
-            {
-                "capabilities": [
-                    {"capability": "auto-converge", "state": opts.auto_converge},
-                    {"capability": "events", "state": True},
-                ]
-            },
-        )
-        await src.execute(
-            "migrate-set-parameters",
-            {"downtime-limit": opts.downtime_ms, "max-bandwidth": opts.bandwidth_mib << 20},
-        )
+        parameters = {"downtime-limit": opts.downtime_ms, "max-bandwidth": opts.bandwidth_mib << 20}
         started = time.perf_counter()
-        with src.listener("MIGRATION") as events:
-            await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-            while True:
-                event = await asyncio.wait_for(events.get(), MIGRATE_TIMEOUT)
-                status = event["data"]["status"]
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled"):
-                    raise BenchError(f"migration {status}")
-        info = await src.execute("query-migrate")
+        uri = f"tcp:127.0.0.1:{port}"
+        info = await migrate_bare(src, uri, opts.auto_converge, parameters, MIGRATE_TIMEOUT)
         total = time.perf_counter() - started
         with contextlib.suppress(Exception):
             await src.execute("quit")
@@ -212,14 +183,6 @@ async def migrate(opts: Options, source: Guest, target: Guest) -> dict[str, Any]
         "iterations": ram.get("dirty-sync-count"),
         "throttle_pct": info.get("cpu-throttle-percentage", 0),
     }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_hogs(count: int) -> list[subprocess.Popen[bytes]]:

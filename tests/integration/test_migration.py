@@ -241,7 +241,8 @@ def test_back_and_forth_the_guest_stays_whole(
     guest_intact(console(cluster, vm_id, nodes[0]), booted_here=True)
     for move in range(MOVES):
         source, target = nodes[move % 2], nodes[(move + 1) % 2]
-        seen = ticks(console(cluster, vm_id, source))[-1]
+        log = console(cluster, vm_id, source)
+        seen = wait_for(lambda log=log: ticks(log), 30, f"a tick on {source}")[-1]
         settings = SETTINGS[move % len(SETTINGS)]
         reply = api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": target, **settings})
         task = api.wait_task(reply["task"], timeout=300)

@@ -104,6 +104,8 @@ def test_tcg_on_qemu_before_9_gets_ram_off_the_256k_grid(memory_mib: int) -> Non
     assert command.ram_kib(memory_mib, "tcg", (0, 0)) == padded  # version unknown: the safe side
     assert command.ram_kib(memory_mib, "tcg", (9, 0)) == memory_mib * 1024
     assert command.ram_kib(memory_mib, "kvm", (7, 2)) == memory_mib * 1024
+    assert command.loses_writes(memory_mib * 1024, "tcg", (7, 2))
+    assert not command.loses_writes(padded, "tcg", (7, 2))
 
 
 def test_ram_is_given_in_kib_when_set() -> None:

@@ -23,6 +23,7 @@ from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.store import Conflict
+from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
@@ -115,6 +116,13 @@ class Migrations:
                 return await self._resume(ctx, vm, qemu, found.value)
         local = set(await local_disks(self.db, vm))
         shared_volumes = await ardfs_volumes(self.db, vm)
+        ram = await qemu.ram_kib()
+        if command.loses_writes(ram, self.vms.accelerator, self.vms.qemu_version):
+            # Started by a release before the TCG padding (docs/architecture.md).
+            await ctx.log(
+                "warning: this QEMU's RAM size lets a TCG live migration lose guest writes; "
+                "stop and start the VM once to have it started with the padding"
+            )
         record = Migration(
             vm=vm_id,
             source=self.node,
@@ -122,7 +130,7 @@ class Migrations:
             max_downtime_ms=int(params.get("max_downtime_ms", 300)),
             auto_converge=bool(params.get("auto_converge", True)),
             max_bandwidth_mib=int(params.get("max_bandwidth_mib", 1024)),
-            ram_kib=await qemu.ram_kib(),
+            ram_kib=ram,
             mirror=[i for i, disk in enumerate(vm.spec.disks) if disk.volume in local],
             created_at=time.time(),
         )
@@ -149,8 +157,11 @@ class Migrations:
                 await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
             downtime = await self._send(ctx, qemu, record, str(ready.uri), shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            await self._abort(qemu, record, exc, shared_volumes)
-            raise
+            done = await self._completed_anyway(ctx, qemu, exc)
+            if done is None:
+                await self._abort(qemu, record, exc, shared_volumes)
+                raise
+            downtime = done.get("downtime")
         return await self._complete(ctx, vm, record, downtime, started)
 
     async def _resume(
@@ -169,9 +180,26 @@ class Migrations:
             shared_volumes = await ardfs_volumes(self.db, vm)
             downtime = await self._follow_send(ctx, qemu, record, shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            await self._abort(qemu, record, exc, await ardfs_volumes(self.db, vm))
-            raise
+            done = await self._completed_anyway(ctx, qemu, exc)
+            if done is None:
+                await self._abort(qemu, record, exc, await ardfs_volumes(self.db, vm))
+                raise
+            downtime = done.get("downtime")
         return await self._complete(ctx, vm, record, downtime, started)
+
+    async def _completed_anyway(
+        self, ctx: TaskContext, qemu: QemuVM, exc: BaseException
+    ) -> dict[str, Any] | None:
+        """After an error: QEMU's `query-migrate` if it finished the move all the same (the
+        guest runs on the target then, and undoing that would kill it), else None."""
+        try:
+            info = await qemu.execute("query-migrate")
+        except QemuError:
+            return None
+        if info.get("status") != "completed":
+            return None
+        await ctx.log(f"QEMU completed the migration despite an error, carried on: {exc}")
+        return dict(info)
 
     async def _abort(
         self, qemu: QemuVM, record: Migration, exc: BaseException, shared_volumes: list[str]
@@ -282,15 +310,23 @@ class Migrations:
         """Report the memory transfer's progress until QEMU says how it ended; hand the
         ardfs volumes over when QEMU pauses before the switch."""
         low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
+        continued = False
         while True:
             info = await qemu.execute("query-migrate")
             status = info.get("status")
             if status == "completed":
                 return info.get("downtime")
-            if status == "pre-switchover":
+            # QEMU may still say pre-switchover just after migrate-continue: act once only.
+            if status == "pre-switchover" and not continued:
                 # The guest is stopped and its disks flushed: the target takes them over.
                 await self._hand_over_volumes(ctx, shared_volumes, record.target)
-                await qemu.execute("migrate-continue", {"state": "pre-switchover"})
+                try:
+                    await qemu.execute("migrate-continue", {"state": "pre-switchover"})
+                except QemuError:
+                    # Sent already, by this agent before it was restarted: QEMU moved on.
+                    if (await qemu.execute("query-migrate")).get("status") == "pre-switchover":
+                        raise
+                continued = True
                 continue
             if status in ("failed", "cancelled", "none", None):
                 raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")

@@ -99,11 +99,16 @@ TCG_MIGRATION_FIXED_IN = (9, 0)
 TCG_RAM_PAD_KIB = 8
 
 
+def loses_writes(ram: int, accelerator: str, qemu_version: tuple[int, int]) -> bool:
+    """Whether a live migration of a QEMU with `ram` KiB can lose guest writes (see above)."""
+    return accelerator == "tcg" and qemu_version < TCG_MIGRATION_FIXED_IN and ram % 256 == 0
+
+
 def ram_kib(memory_mib: int, accelerator: str, qemu_version: tuple[int, int]) -> int:
-    """The RAM to give QEMU for `memory_mib`: exact, except under TCG on a QEMU whose live
-    migration needs the padding above to keep every guest write."""
-    pad = accelerator == "tcg" and qemu_version < TCG_MIGRATION_FIXED_IN
-    return memory_mib * 1024 + (TCG_RAM_PAD_KIB if pad else 0)
+    """The RAM to give QEMU for `memory_mib`: exact, except where its live migration would
+    lose writes with the exact size."""
+    exact = memory_mib * 1024
+    return exact + TCG_RAM_PAD_KIB if loses_writes(exact, accelerator, qemu_version) else exact
 
 
 def build(
