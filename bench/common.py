@@ -128,6 +128,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_hogs(count: int) -> list[subprocess.Popen[bytes]]:
+    """Busy processes competing with QEMU for the cores, as other VMs would."""
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+        for _ in range(count)
+    ]
+
+
+def end_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
+
+
 # -- bare QEMU -------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,8 @@ from bench.common import (
     RESULTS_DIR,
     Api,
     BenchError,
+    cpu_hogs,
+    end_hogs,
     exit_on_sigterm,
     load_snapshot,
     print_rows,
@@ -84,6 +87,21 @@ def checked(log: Path, booted_here: bool) -> console.GuestReport:
         return report
 
 
+def keep_evidence(api: Api, cluster: DevCluster, vm_id: str, name: str) -> None:
+    """Copy what tells how a move went wrong (the guest's console and QEMU's log on every node,
+    the agents' logs, the VM's tasks) into bench/results/migration_soak-NAME/."""
+    folder = RESULTS_DIR / f"{NAME}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(BenchError, OSError):
+        tasks = [t for t in api.ok("GET", "/tasks?limit=1000") if t["target"] == vm_id]
+        (folder / "tasks.json").write_text(json.dumps(tasks[:6], indent=2))
+    for node in cluster.nodes:
+        state = Path(node.state_dir)
+        for source in (state / "herond.log", *(state / "vms" / vm_id).glob("*.log")):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(source, folder / f"{node.name}-{source.name}")
+
+
 def soak(
     api: Api, cluster: DevCluster, kind: str, vm_id: str, moves: int, settings: list[str]
 ) -> list[dict[str, Any]]:
@@ -93,16 +111,17 @@ def soak(
         target = NODES[(NODES.index(node) + 1) % 2]
         ticks = console.read_log(console_log(cluster, vm_id, node), booted_here=True).ticks
         setting = settings[move % len(settings)]
-        reply = api.ok(
-            "POST",
-            f"/vms/{vm_id}/actions/migrate",
-            json={"target": target, **SETTINGS[setting]},
-        )
         try:
+            reply = api.ok(
+                "POST",
+                f"/vms/{vm_id}/actions/migrate",
+                json={"target": target, **SETTINGS[setting]},
+            )
             task = api.wait_task(reply["task"], timeout=600)
         except BenchError as exc:
             results.append({"move": move + 1, "setting": setting, "failed": str(exc)})
             print(f"{kind} {move + 1}: migration failed: {exc}", flush=True)
+            keep_evidence(api, cluster, vm_id, f"{kind}-{move + 1}-failed")
             if [r.get("failed") for r in results[-3:]].count(None) == 0 and move >= 2:
                 print(f"{kind}: three failures in a row, the guest is stuck: stopped", flush=True)
                 break
@@ -121,11 +140,7 @@ def soak(
             }
         )
         if problems:
-            # Keep what the guest said, for the report.
-            keep = RESULTS_DIR / f"{NAME}-{kind}-{move + 1}.log"
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                shutil.copyfile(console_log(cluster, vm_id, node), keep)
+            keep_evidence(api, cluster, vm_id, f"{kind}-{move + 1}")
         if problems or (move + 1) % 50 == 0:
             mark = "CORRUPT" if problems else "ok"
             print(f"{kind} {move + 1}: {mark}", *problems[:5], sep="\n  ", flush=True)
@@ -231,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moves", type=int, default=500, help="migrations per storage kind")
     parser.add_argument("--kinds", default="shared,local,ardfs")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="cycled move by move")
+    parser.add_argument("--load", type=int, default=0, help="busy processes during the soak")
     parser.add_argument("--keep", action="store_true", help="keep the devcluster's files")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args(argv)
     kinds = args.kinds.split(",")
     settings = args.settings.split(",")
@@ -239,12 +256,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unknown storage kind or setting")
     exit_on_sigterm()
     load_before = load_snapshot()
+    hogs = cpu_hogs(args.load)
     try:
         results = run(args.moves, kinds, settings, args.keep)
     except BenchError as exc:
         print(f"migration_soak: {exc}", file=sys.stderr)
         return 1
-    path = write_result(NAME, vars(args), results, load_before)
+    finally:
+        end_hogs(hogs)
+    name = NAME + (f"-{args.tag}" if args.tag else "")
+    path = write_result(name, vars(args), results, load_before)
     rows = []
     for kind, s in results["summary"].items():
         d, t = s["downtime_ms"], s["total_ms"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -44,6 +43,8 @@ from bench.common import (
     HERON_CACHE,
     BenchError,
     connect_qmp,
+    cpu_hogs,
+    end_hogs,
     exit_on_sigterm,
     free_port,
     load_snapshot,
@@ -185,14 +186,6 @@ async def migrate(opts: Options, source: Guest, target: Guest) -> dict[str, Any]
     }
 
 
-def cpu_hogs(count: int) -> list[subprocess.Popen[bytes]]:
-    """Busy processes competing with QEMU for the cores, as other VMs would."""
-    return [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
-        for _ in range(count)
-    ]
-
-
 async def soak(opts: Options, work: Path) -> list[dict[str, Any]]:
     image = testguest.variant(HERON_CACHE / "testguest", opts.memcheck)
     disk = work / "disk.raw"
@@ -287,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tcg_migration: {exc}", file=sys.stderr)
         return 1
     finally:
-        for hog in hogs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(hog.pid, signal.SIGKILL)
+        end_hogs(hogs)
         shutil.rmtree(work, ignore_errors=True)
     summary = summarize(results)
     name = "tcg_migration" + (f"-{tag}" if tag else "")
