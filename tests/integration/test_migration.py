@@ -191,6 +191,34 @@ def test_a_migration_survives_a_crash_of_the_source_agent(cluster3, api, image) 
     assert api.get(f"/vms/{vm_id}").json()["status"]["node"] == "node3"
 
 
+def test_a_migrated_in_guest_whose_next_move_fails_stays_where_it_is(cluster3, api, image) -> None:
+    """A QEMU that was migrated in reports that incoming migration as "completed" until it
+    sends one of its own: a failure before its own migration starts must not be taken for
+    the end of one (which would hand the VM to a target that holds nothing)."""
+    cluster, _ = cluster3
+    vm_id = running_guest(cluster, api, "twice", image, "node1")
+    api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})["task"])
+    seen = wait_for(lambda: ticks(console(cluster, vm_id, "node2")), 30, "ticks on node2")[-1]
+    # node3's agent hangs: it never prepares, and the source gives up after its deadline.
+    target = cluster.herond_pid(cluster.node("node3"))
+    assert target is not None
+    os.kill(target, signal.SIGSTOP)
+    try:
+        reply = api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node3"})
+        task = api.task_end(reply["task"], timeout=180)
+    finally:
+        os.kill(target, signal.SIGCONT)
+    wait_for(
+        lambda: "node3" in {n["name"] for n in api.ok("GET", "/nodes")}, 30, "node3 to be back"
+    )
+    assert task["state"] == "failed" and "no answer from node node3" in task["error"], task
+    vm = api.vm(vm_id)
+    assert vm["node"] == "node2" and vm["state"] == "running", vm
+    log = console(cluster, vm_id, "node2")
+    wait_for(lambda: ticks(log)[-1] > seen, 30, "the guest to count on where it was")
+    guest_intact(log)
+
+
 @pytest.fixture(scope="module")
 def busy_image(cluster3, api: Api, image: str, testguest: Path) -> str:
     """The self-checking guest with a busier memory checker, in the shared pool."""

@@ -172,7 +172,7 @@ class Migrations:
         off before that (preparing, copying disks) is undone and the VM stays here."""
         started = time.monotonic()
         try:
-            info = await qemu.execute("query-migrate")
+            info = await qemu.outgoing_migration()
             status = info.get("status")
             await ctx.log(f"resumed after an agent restart; QEMU's migration is {status}")
             if record.state != MigrationState.running or status in (None, "none"):
@@ -193,7 +193,7 @@ class Migrations:
         """After an error: QEMU's `query-migrate` if it finished the move all the same (the
         guest runs on the target then, and undoing that would kill it), else None."""
         try:
-            info = await qemu.execute("query-migrate")
+            info = await qemu.outgoing_migration()
         except QemuError:
             return None
         if info.get("status") != "completed":
@@ -312,7 +312,7 @@ class Migrations:
         low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
         continued = False
         while True:
-            info = await qemu.execute("query-migrate")
+            info = await qemu.outgoing_migration()
             status = info.get("status")
             if status == "completed":
                 return info.get("downtime")
@@ -324,7 +324,7 @@ class Migrations:
                     await qemu.execute("migrate-continue", {"state": "pre-switchover"})
                 except QemuError:
                     # Sent already, by this agent before it was restarted: QEMU moved on.
-                    if (await qemu.execute("query-migrate")).get("status") == "pre-switchover":
+                    if (await qemu.outgoing_migration()).get("status") == "pre-switchover":
                         raise
                 continued = True
                 continue

@@ -106,6 +106,15 @@ class QemuVM:
         reply = await self.execute("query-status")
         return str(reply["status"])
 
+    async def outgoing_migration(self) -> dict[str, Any]:
+        """`query-migrate` about the migration this QEMU sends. A QEMU that was itself
+        migrated in says "completed" about that incoming one, without transfer figures, until
+        it sends one: that is no migration of its own, so its status is "none" here."""
+        info = dict(await self.execute("query-migrate"))
+        if info.get("status") == "completed" and "ram" not in info:
+            return {"status": "none"}
+        return info
+
     async def ram_kib(self) -> int:
         """The guest's RAM as this QEMU was given it, in KiB."""
         reply = await self.execute("query-memory-size-summary")
