@@ -219,6 +219,34 @@ def test_a_migrated_in_guest_whose_next_move_fails_stays_where_it_is(cluster3, a
     guest_intact(log)
 
 
+def test_a_target_that_cannot_prepare_leaves_the_vm_where_it_was(cluster3, api, image) -> None:
+    """The target fails to make the disk copy: the move fails at once, the guest goes on on
+    its node, and the VM can be moved again as soon as the target can take it."""
+    cluster, _ = cluster3
+    vm_id = running_guest(cluster, api, "unmade", image, "node1", pool="local")
+    local = Path(cluster.node("node2").state_dir) / "pools" / "local"
+    aside = local.with_name("local.aside")
+    if local.exists():
+        local.rename(aside)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_text("not a directory")  # node2 cannot create the empty volume here
+    try:
+        reply = api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})
+        task = api.task_end(reply["task"])
+    finally:
+        local.unlink()
+        if aside.exists():
+            aside.rename(local)
+    assert task["state"] == "failed", task
+    assert api.vm(vm_id)["node"] == "node1" and api.vm(vm_id)["state"] == "running"
+    guest_intact(console(cluster, vm_id, "node1"), booted_here=True)
+    seen = ticks(console(cluster, vm_id, "node1"))[-1]
+    again = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})
+    assert again.status_code == 202, again.text
+    assert api.wait_task(again.json()["task"])["result"]["node"] == "node2"
+    guest_intact(console(cluster, vm_id, "node2"), last_tick=seen)
+
+
 @pytest.fixture(scope="module")
 def busy_image(cluster3, api: Api, image: str, testguest: Path) -> str:
     """The self-checking guest with a busier memory checker, in the shared pool."""

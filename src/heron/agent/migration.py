@@ -32,6 +32,7 @@ from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
+from heron.storage.driver import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class Migrations:
         while True:
             entry = await self.db.get(Migration, keys.migration(vm_id))
             if entry is None:
-                raise TaskFailed("the migration record vanished")
+                # The target removes the record when it gives up preparing.
+                raise TaskFailed("the target gave up preparing (see its vm.receive task)")
             if entry.value.state in states:
                 return entry.value
             if loop.time() > deadline:
@@ -411,9 +413,13 @@ class Migrations:
         if record.state == MigrationState.preparing:
             try:
                 await self._prepare(vm.value, record, copies)
-            except (VMError, QemuError, TaskFailed) as exc:
+            except Exception as exc:  # whatever it was, nothing half-made may stay here
                 await self._set(vm_id, state=MigrationState.failed, error=str(exc))
-                await self._drop(vm_id, copies)
+                try:
+                    await self._drop(vm_id, copies)
+                finally:
+                    # Nothing of the move runs here: the next migration of this VM may begin.
+                    await self.db.delete(keys.migration(vm_id))
                 raise TaskFailed(str(exc)) from exc
         end = await self._until_done(vm_id, record.source)
         qemu = self.vms.runtime(vm_id).qemu
@@ -467,7 +473,11 @@ class Migrations:
         """Undo the target's side: its incoming QEMU and the partial disk copies."""
         await self.vms.hand_over(vm_id)
         for volume, pool in copies:
-            await pool.delete(volume)
+            try:
+                await pool.delete(volume)
+            except (StorageError, OSError) as exc:
+                # An unfinished copy that stays behind holds nothing anyone needs.
+                log.warning("could not delete the partial copy of %s: %s", volume.name, exc)
 
     async def _until_done(self, vm_id: str, source: str) -> Migration:
         """Wait for the source's verdict; a source whose lease expired gives none."""
