@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -270,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.__dict__.pop("tag")
     opts = Options(**vars(args))
     exit_on_sigterm()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     load_before = load_snapshot()
     work = Path(tempfile.mkdtemp(prefix="htm-"))  # short: QEMU's socket paths are limited
     hogs = cpu_hogs(opts.load)

@@ -159,11 +159,7 @@ class Migrations:
                 await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
             downtime = await self._send(ctx, qemu, record, str(ready.uri), shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            done = await self._completed_anyway(ctx, qemu, exc)
-            if done is None:
-                await self._abort(qemu, record, exc, shared_volumes)
-                raise
-            downtime = done.get("downtime")
+            downtime = await self._after_error(ctx, qemu, record, exc, shared_volumes)
         return await self._complete(ctx, vm, record, downtime, started)
 
     async def _resume(
@@ -173,35 +169,39 @@ class Migrations:
         memory transfer to its end if it is still going or already done; a migration cut
         off before that (preparing, copying disks) is undone and the VM stays here."""
         started = time.monotonic()
+        shared_volumes = await ardfs_volumes(self.db, vm)
         try:
             info = await qemu.outgoing_migration()
             status = info.get("status")
             await ctx.log(f"resumed after an agent restart; QEMU's migration is {status}")
             if record.state != MigrationState.running or status in (None, "none"):
                 raise TaskFailed("cut off by an agent restart before the memory transfer")
-            shared_volumes = await ardfs_volumes(self.db, vm)
             downtime = await self._follow_send(ctx, qemu, record, shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
-            done = await self._completed_anyway(ctx, qemu, exc)
-            if done is None:
-                await self._abort(qemu, record, exc, await ardfs_volumes(self.db, vm))
-                raise
-            downtime = done.get("downtime")
+            downtime = await self._after_error(ctx, qemu, record, exc, shared_volumes)
         return await self._complete(ctx, vm, record, downtime, started)
 
-    async def _completed_anyway(
-        self, ctx: TaskContext, qemu: QemuVM, exc: BaseException
-    ) -> dict[str, Any] | None:
-        """After an error: QEMU's `query-migrate` if it finished the move all the same (the
-        guest runs on the target then, and undoing that would kill it), else None."""
+    async def _after_error(
+        self,
+        ctx: TaskContext,
+        qemu: QemuVM,
+        record: Migration,
+        exc: TaskFailed | TaskCancelled | QemuError | VMError,
+        shared_volumes: list[str],
+    ) -> int | None:
+        """After an error: QEMU's downtime if it finished the move all the same (the guest
+        runs on the target then, and undoing that would kill it); otherwise the move is
+        undone and the error raised."""
         try:
             info = await qemu.outgoing_migration()
         except QemuError:
-            return None
+            info = {}
         if info.get("status") != "completed":
-            return None
+            await self._abort(qemu, record, exc, shared_volumes)
+            raise exc
         await ctx.log(f"QEMU completed the migration despite an error, carried on: {exc}")
-        return dict(info)
+        downtime = info.get("downtime")
+        return int(downtime) if downtime is not None else None
 
     async def _abort(
         self, qemu: QemuVM, record: Migration, exc: BaseException, shared_volumes: list[str]
