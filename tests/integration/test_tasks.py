@@ -12,7 +12,10 @@ from heron.agent.tasks import TaskContext, TaskFailed, TaskRunner
 from heron.configdb import ConfigDB, keys
 from heron.configdb.etcd import EtcdMember
 from heron.devcluster import free_ports
-from heron.models.task import Task, TaskState, new_task
+from heron.models.task import Task, TaskKind, TaskState, new_task
+
+# Stand-ins for real kinds: the runner only cares that the table maps them.
+WORK, BROKEN, SLOW = TaskKind.volume_create, TaskKind.pool_scan, TaskKind.volume_rebuild
 
 
 @pytest.fixture
@@ -53,15 +56,17 @@ async def test_tasks_run_once_and_record_their_outcome(db: ConfigDB) -> None:
         await release.wait()
         await ctx.progress(0.9)  # raises TaskCancelled once cancel was requested
 
-    runner = TaskRunner(db, "n1", {"work": work, "broken": broken, "slow": slow})
+    runner = TaskRunner(db, "n1", {WORK: work, BROKEN: broken, SLOW: slow})
     job = asyncio.create_task(runner.run())
     try:
-        ok = new_task("work", "n1", "t", "tester")
-        elsewhere = new_task("work", "n2", "t", "tester")
-        bad = new_task("broken", "n1", "t", "tester")
-        unknown = new_task("nope", "n1", "t", "tester")
-        cancelled = new_task("slow", "n1", "t", "tester")
-        for task in (ok, elsewhere, bad, unknown, cancelled):
+        ok = new_task(WORK, "n1", "t", "tester")
+        elsewhere = new_task(WORK, "n2", "t", "tester")
+        bad = new_task(BROKEN, "n1", "t", "tester")
+        unhandled = new_task(TaskKind.volume_delete, "n1", "t", "tester")
+        # written by a newer release during a rolling upgrade: a kind this one does not know
+        unknown = bad.model_copy(update={"id": "newer", "kind": "vm.future"})
+        cancelled = new_task(SLOW, "n1", "t", "tester")
+        for task in (ok, elsewhere, bad, unhandled, unknown, cancelled):
             await db.create(keys.task(task.id), task)
         runner._offer(ok)  # a second delivery of the same task must not run it twice
 
@@ -71,7 +76,10 @@ async def test_tasks_run_once_and_record_their_outcome(db: ConfigDB) -> None:
         assert calls == [ok.id]
         failed = await _wait_state(db, bad.id)
         assert failed.state == TaskState.failed and failed.error == "the disk is on fire"
-        assert (await _wait_state(db, unknown.id)).state == TaskState.failed
+        assert (await _wait_state(db, unhandled.id)).state == TaskState.failed
+        refused = await _wait_state(db, unknown.id)
+        assert refused.state == TaskState.failed
+        assert refused.error == "this node cannot carry out 'vm.future' tasks"
 
         def request_cancel(task: Task) -> Task:
             task.cancel_requested = True
@@ -99,7 +107,7 @@ async def test_finished_tasks_are_pruned_after_retention(db: ConfigDB, monkeypat
         ("n1", TaskState.running, old),  # not finished: stays
         ("n2", TaskState.succeeded, old),  # another node's: stays
     ]:
-        task = new_task("work", node, "t", "tester").model_copy(
+        task = new_task(WORK, node, "t", "tester").model_copy(
             update={"state": state, "updated_at": updated}
         )
         await db.create(keys.task(task.id), task)

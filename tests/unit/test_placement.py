@@ -187,3 +187,35 @@ def test_together_follows_the_first_member_even_onto_a_busier_node() -> None:
     assert choose_node(nodes, 128, 1, affinity=rule) == "busy"
     first = Affinity("app", "together", strict=True)
     assert choose_node(nodes, 128, 1, affinity=first) == "idle"
+
+
+def test_migration_target_named_is_checked_and_kept() -> None:
+    from collections import Counter
+
+    from heron.scheduler.placement import (
+        Affinity,
+        NotAllowed,
+        UnknownNode,
+        migration_target,
+    )
+
+    nodes = [node("a"), node("b"), node("c", maintenance=True), node("d")]
+    assert migration_target(nodes, "a", 512, 1, requested="d") == "d"
+    with pytest.raises(UnknownNode, match="no live node 'x'"):
+        migration_target(nodes, "a", 512, 1, requested="x")
+    with pytest.raises(UnknownNode, match="already runs on a"):
+        migration_target(nodes, "a", 512, 1, requested="a")
+    with pytest.raises(NotAllowed, match="maintenance"):
+        migration_target(nodes, "a", 512, 1, requested="c")
+    spread = Affinity("g", "spread", strict=True, members_on=Counter({"d": 1}))
+    with pytest.raises(NotAllowed, match="spread rule forbids d"):
+        migration_target(nodes, "a", 512, 1, spread, requested="d")
+
+
+def test_migration_target_chosen_is_never_the_source() -> None:
+    from heron.scheduler.placement import migration_target
+
+    nodes = [node("a"), node("b", memory_used_mib=4096)]
+    assert migration_target(nodes, "a", 512, 1) == "b"
+    with pytest.raises(NoCapacity):
+        migration_target([node("a")], "a", 512, 1)

@@ -40,7 +40,7 @@ from heron.models.storage import (
     Volume,
     VolumeHealth,
 )
-from heron.models.task import Task, new_task
+from heron.models.task import Task, TaskKind, new_task
 from heron.storage.ardfspool import SECTOR, socket_path
 from heron.util.proc import (
     alive,
@@ -290,7 +290,7 @@ class IoSupervisor:
             found = await self.db.get(Task, keys.task(task_id))
             if found is not None and not found.value.state.finished:
                 return
-        task = new_task("volume.rebuild", self.node, volume.id, "ardfs")
+        task = new_task(TaskKind.volume_rebuild, self.node, volume.id, "ardfs")
         await self.db.create(keys.task(task.id), task)
         self._rebuilds[volume.id] = task.id
 

@@ -13,10 +13,10 @@ from heron.agent.tasks import TaskContext, TaskFailed
 from heron.agent.vms import VMController
 from heron.configdb import ConfigDB, keys
 from heron.configdb.store import Conflict
-from heron.models.task import Task, new_task
+from heron.models.task import MigrateParams, Task, TaskKind, new_task
 from heron.models.vm import VM, PowerState
 from heron.scheduler.inventory import group_of, live_nodes
-from heron.scheduler.placement import NoCapacity, affinity_for, choose_node, node_loads
+from heron.scheduler.placement import PlacementError, affinity_for, migration_target, node_loads
 
 _POLL = 0.2
 
@@ -42,7 +42,7 @@ class Drain:
                 else:
                     await self._reassign(vm, target)
                 moved.append(f"{vm.spec.name}->{target}")
-            except (TaskFailed, NoCapacity, Conflict) as exc:
+            except (TaskFailed, PlacementError, Conflict) as exc:
                 stuck.append(f"{vm.spec.name}: {exc}")
             await ctx.progress((done + 1) / len(mine), f"{done + 1}/{len(mine)} handled")
         if stuck:
@@ -51,14 +51,15 @@ class Drain:
 
     async def _target(self, vm: VM) -> str:
         nodes = await live_nodes(self.db)
-        others = {name for name, node in nodes.items() if name != self.node}
         vms = [e.value for e in await self.db.list(VM, keys.VMS) if e.value.id != vm.id]
         rule = affinity_for(vm.id, await group_of(self.db, vm), vms)
-        return choose_node(node_loads(nodes, vms), vm.spec.memory_mib, vm.spec.vcpus, others, rule)
+        loads = node_loads(nodes, vms)
+        return migration_target(loads, self.node, vm.spec.memory_mib, vm.spec.vcpus, rule)
 
     async def _migrate(self, ctx: TaskContext, vm: VM, target: str) -> None:
-        params = {"target": target, "max_downtime_ms": 300, "auto_converge": True}
-        task = new_task("vm.migrate", self.node, vm.id, ctx.task.user, params)
+        task = new_task(
+            TaskKind.vm_migrate, self.node, vm.id, ctx.task.user, MigrateParams(target=target)
+        )
         await self.db.create(keys.task(task.id), task)
         while True:
             entry = await self.db.get(Task, keys.task(task.id))

@@ -16,6 +16,15 @@ from heron.hypervisor.command import format_node
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.common import new_id
 from heron.models.storage import Pool, Volume, VolumeFormat, VolumeHealth
+from heron.models.task import (
+    PowerParams,
+    RebalanceParams,
+    TaskKind,
+    VMCreateParams,
+    VMDeleteParams,
+    VolumeImportParams,
+    VolumeResizeParams,
+)
 from heron.models.vm import VM, RunState
 from heron.storage.driver import PoolDriver, StorageError, driver_for
 from heron.storage.qemuimg import QemuImgError
@@ -31,25 +40,28 @@ class Handlers:
         self.vms = vms
         self.migrations = migrations
 
-    def table(self) -> dict[str, Handler]:
-        table: dict[str, Handler] = {
-            "vm.create": self.vm_create,
-            "vm.delete": self.vm_delete,
-            "vm.reboot": self.vm_reboot,
-            "vm.migrate": self.migrations.migrate,
-            "vm.receive": self.migrations.receive,
-            "node.drain": Drain(self.db, self.node, self.vms),
-            "volume.create": self.volume_create,
-            "volume.import": self.volume_import,
-            "volume.resize": self.volume_resize,
-            "volume.delete": self.volume_delete,
-            "pool.scan": self.pool_scan,
-            "volume.rebuild": self.volume_rebuild,
-            "volume.rebalance": self.volume_rebalance,
+    def table(self) -> dict[TaskKind, Handler]:
+        """The handler of every kind of task; a test checks that no kind is left out."""
+        return {
+            TaskKind.vm_create: self.vm_create,
+            TaskKind.vm_start: self.vm_power,
+            TaskKind.vm_stop: self.vm_power,
+            TaskKind.vm_shutdown: self.vm_power,
+            TaskKind.vm_pause: self.vm_power,
+            TaskKind.vm_resume: self.vm_power,
+            TaskKind.vm_reboot: self.vm_reboot,
+            TaskKind.vm_delete: self.vm_delete,
+            TaskKind.vm_migrate: self.migrations.migrate,
+            TaskKind.vm_receive: self.migrations.receive,
+            TaskKind.node_drain: Drain(self.db, self.node, self.vms),
+            TaskKind.volume_create: self.volume_create,
+            TaskKind.volume_import: self.volume_import,
+            TaskKind.volume_resize: self.volume_resize,
+            TaskKind.volume_delete: self.volume_delete,
+            TaskKind.volume_rebuild: self.volume_rebuild,
+            TaskKind.volume_rebalance: self.volume_rebalance,
+            TaskKind.pool_scan: self.pool_scan,
         }
-        for action in ("start", "stop", "shutdown", "pause", "resume"):
-            table[f"vm.{action}"] = self.vm_power
-        return table
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -116,10 +128,10 @@ class Handlers:
     # -- VMs -----------------------------------------------------------------------------
 
     async def vm_create(self, ctx: TaskContext) -> dict[str, Any]:
-        volumes = ctx.task.params.get("volumes", [])
+        volumes = ctx.params(VMCreateParams).volumes
         for index, item in enumerate(volumes):
             share = (index / (len(volumes) + 1), (index + 1) / (len(volumes) + 1))
-            await self._make_volume(ctx, item["id"], item.get("source"), None, share)
+            await self._make_volume(ctx, item.id, item.source, None, share)
         state = await self._reconcile(ctx.task.target)
         return {"vm": ctx.task.target, "state": state.value}
 
@@ -131,11 +143,9 @@ class Handlers:
             raise TaskFailed(str(exc)) from exc
 
     async def vm_power(self, ctx: TaskContext) -> dict[str, Any]:
-        params = ctx.task.params
+        params = ctx.params(PowerParams)
         state = await self._reconcile(
-            ctx.task.target,
-            graceful=params.get("graceful", True),
-            timeout=float(params.get("timeout", 60)),
+            ctx.task.target, graceful=params.graceful, timeout=params.timeout
         )
         return {"state": state.value}
 
@@ -161,7 +171,7 @@ class Handlers:
             .delete(keys.vm_status(vm_id))
         )
         removed = []
-        if ctx.task.params.get("volumes"):
+        if ctx.params(VMDeleteParams).volumes:
             for disk in vm.spec.disks:
                 with contextlib.suppress(TaskFailed, StorageError):
                     volume, pool = await self._volume(disk.volume)
@@ -179,7 +189,8 @@ class Handlers:
         return {"volume": ctx.task.target}
 
     async def volume_import(self, ctx: TaskContext) -> dict[str, Any]:
-        path = Path(ctx.task.params["path"])
+        params = ctx.params(VolumeImportParams)
+        path = Path(params.path)
         volume, _ = await self._volume(ctx.task.target)
         if volume.state != "ready" and not path.exists():
             await self._set_volume(volume.id, state="error", error=f"{path} does not exist")
@@ -187,14 +198,14 @@ class Handlers:
         try:
             await self._make_volume(ctx, ctx.task.target, None, str(path), (0.0, 1.0))
         finally:
-            if ctx.task.params.get("remove_source"):
+            if params.remove_source:
                 path.unlink(missing_ok=True)
         return {"volume": ctx.task.target}
 
     async def volume_resize(self, ctx: TaskContext) -> dict[str, Any]:
         volume, pool = await self._volume(ctx.task.target)
-        size = int(ctx.task.params["size"])
-        vm_id = ctx.task.params.get("vm")
+        params = ctx.params(VolumeResizeParams)
+        size, vm_id = params.size, params.vm
         online = False
         if vm_id is not None:
             rt = self.vms.runtime(vm_id)
@@ -323,7 +334,7 @@ class Handlers:
         The leader decided the move (`scheduler/rebalance.py`), the owner's heron-io makes the
         copies (rate-limited, from every healthy copy), the owner's agent switches the
         placement; this task shows it, from the ConfigDB, wherever the owner is meanwhile."""
-        target = list(ctx.task.params["to"])
+        target = ctx.params(RebalanceParams).to
         started, first, last = time.monotonic(), 0, None
         while True:
             entry = await self.db.get(Volume, keys.volume(ctx.task.target))

@@ -28,7 +28,7 @@ from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume, VolumeHealth
-from heron.models.task import new_task
+from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import VM
 from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
@@ -96,8 +96,8 @@ class Migrations:
     # -- source ----------------------------------------------------------------------------
 
     async def migrate(self, ctx: TaskContext) -> dict[str, Any]:
-        vm_id, params = ctx.task.target, ctx.task.params
-        target = str(params["target"])
+        vm_id, params = ctx.task.target, ctx.params(MigrateParams)
+        target = params.target
         entry = await self.db.get(VM, keys.vm(vm_id))
         if entry is None:
             raise TaskFailed("the VM no longer exists")
@@ -129,14 +129,12 @@ class Migrations:
             vm=vm_id,
             source=self.node,
             target=target,
-            max_downtime_ms=int(params.get("max_downtime_ms", 300)),
-            auto_converge=bool(params.get("auto_converge", True)),
-            max_bandwidth_mib=int(params.get("max_bandwidth_mib", 1024)),
+            **params.model_dump(exclude={"target"}),
             ram_kib=ram,
             mirror=[i for i, disk in enumerate(vm.spec.disks) if disk.volume in local],
             created_at=time.time(),
         )
-        receive = new_task("vm.receive", target, vm_id, ctx.task.user)
+        receive = new_task(TaskKind.vm_receive, target, vm_id, ctx.task.user)
         key = keys.migration(vm_id)
         try:
             await self.db.commit(

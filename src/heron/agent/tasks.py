@@ -14,7 +14,7 @@ from typing import Any
 
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.store import parse
-from heron.models.task import LOG_LINES, Task, TaskState
+from heron.models.task import LOG_LINES, BadParams, P, Task, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,19 @@ class TaskContext:
     async def log(self, message: str) -> None:
         await self.progress(self.task.progress, message)
 
+    def params(self, model: type[P]) -> P:
+        """The task's parameters as its kind's model; a task that does not fit fails."""
+        try:
+            return self.task.params_as(model)
+        except BadParams as exc:
+            raise TaskFailed(str(exc)) from exc
+
 
 Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
 
 
 class TaskRunner:
-    def __init__(self, db: ConfigDB, node: str, handlers: dict[str, Handler]):
+    def __init__(self, db: ConfigDB, node: str, handlers: dict[TaskKind, Handler]):
         self.db = db
         self.node = node
         self.handlers = handlers
@@ -144,7 +151,7 @@ class TaskRunner:
         handler = self.handlers.get(task.kind)
         try:
             if handler is None:
-                raise TaskFailed(f"this node cannot carry out {task.kind!r} tasks")
+                raise TaskFailed(f"this node cannot carry out {str(task.kind)!r} tasks")
             result = await handler(ctx)
         except TaskCancelled:
             await self._finish(ctx, TaskState.cancelled, None, "cancelled by request")

@@ -6,8 +6,7 @@ from pathlib import Path
 import httpx
 
 from heron.api.audit import AuditLog
-from heron.configdb import ConfigDB, Txn, keys
-from heron.models.task import Task
+from heron.configdb import ConfigDB
 from heron.scheduler.inventory import Inventory
 
 
@@ -19,7 +18,3 @@ class ApiContext:
     audit: AuditLog
     http: httpx.AsyncClient
     inventory: Inventory  # watch-fed copies for placement
-
-
-def with_task(txn: Txn, task: Task) -> Txn:
-    return txn.put(keys.task(task.id), task)

@@ -13,6 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heron.configdb.store import Conflict as StoreConflict
+from heron.services.errors import Conflict, Invalid, NotFound, ServiceError
+
+__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "Unauthorized", "install"]
 
 
 class ApiError(Exception):
@@ -25,24 +28,6 @@ class ApiError(Exception):
         self.fields = fields or []
 
 
-class Invalid(ApiError):
-    status = 422
-    code = "invalid"
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}", [{"field": field, "reason": reason}])
-
-
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
-
-
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
@@ -51,6 +36,14 @@ class Unauthorized(ApiError):
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"
+
+
+# The service layer's errors, as HTTP: status and the body's `error` code.
+_SERVICE: dict[type[ServiceError], tuple[int, str]] = {
+    Invalid: (422, "invalid"),
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+}
 
 
 def _body(code: str, message: str, fields: list[dict[str, str]]) -> dict[str, Any]:
@@ -62,6 +55,13 @@ def install(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(_body(exc.code, exc.message, exc.fields), exc.status, headers=headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        status, code = next(
+            (found for kind, found in _SERVICE.items() if isinstance(exc, kind)), (400, "invalid")
+        )
+        return JSONResponse(_body(code, exc.message, exc.fields), status)
 
     @app.exception_handler(StoreConflict)
     async def _conflict(_: Request, exc: StoreConflict) -> JSONResponse:

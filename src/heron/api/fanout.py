@@ -5,8 +5,8 @@ from typing import Any
 
 from fastapi import Request
 
-from heron.api.cluster import live_nodes
 from heron.api.context import ApiContext
+from heron.services.lookup import live_nodes
 
 
 async def ask_others(

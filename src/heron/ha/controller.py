@@ -20,7 +20,7 @@ from heron.configdb.store import Conflict
 from heron.ha.planner import plan_restarts
 from heron.models.group import VMGroup, effective_ha
 from heron.models.node import Node
-from heron.models.task import new_task
+from heron.models.task import PowerParams, TaskKind, new_task
 from heron.models.vm import VM, PowerState, RunState, VMStatus
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.placement import node_loads
@@ -153,7 +153,8 @@ class FailoverController:
         vm.node = target
         vm.power = PowerState.running
         vm.generation += 1
-        task = new_task("vm.start", target, vm.id, "ha", {"graceful": False, "reason": why})
+        params = PowerParams(graceful=False, reason=why)
+        task = new_task(TaskKind.vm_start, target, vm.id, "ha", params)
         txn = election.fence(Txn()).require_revision(entry.key, entry.revision)
         revision = await self.db.commit(txn.put(entry.key, vm).put(keys.task(task.id), task))
         # The next step must see this VM where it now is, not fail it over a second time.

@@ -2,9 +2,12 @@
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from heron.models.common import Name, Record
+
+# How long the guest may be paused at the end of a move, unless asked otherwise.
+DEFAULT_MAX_DOWNTIME_MS = 300
 
 
 class MigrationState(StrEnum):
@@ -15,7 +18,29 @@ class MigrationState(StrEnum):
     failed = "failed"
 
 
-class Migration(Record):
+class MigrationOptions(BaseModel):
+    """How a live migration may go: asked for by the API, DRS and drain alike."""
+
+    max_downtime_ms: int = Field(
+        default=DEFAULT_MAX_DOWNTIME_MS,
+        ge=1,
+        le=60_000,
+        description="longest pause of the guest QEMU may take",
+    )
+    auto_converge: bool = Field(
+        default=True, description="slow the guest's vCPUs down if it dirties memory too fast"
+    )
+    max_bandwidth_mib: int = Field(
+        default=1024, ge=1, le=100_000, description="cap on the copy, MiB/s (QEMU's own: 128)"
+    )
+
+
+class MigrateRequest(MigrationOptions):
+    model_config = {"extra": "forbid"}
+    target: Name | None = Field(default=None, description="node to move to; chosen if omitted")
+
+
+class Migration(MigrationOptions, Record):
     vm: str
     source: Name
     target: Name
@@ -25,9 +50,6 @@ class Migration(Record):
         default_factory=list, description="disks on the source's local storage, copied too"
     )
     nbd: str | None = Field(default=None, description="host:port of the target's NBD server")
-    max_downtime_ms: int = Field(default=300, ge=1, le=60_000)
-    auto_converge: bool = True
-    max_bandwidth_mib: int = Field(default=1024, ge=1, le=100_000, description="MiB/s")
     ram_kib: int | None = Field(
         default=None,
         description="the source QEMU's RAM in KiB, which the target must match "

@@ -3,7 +3,7 @@
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from heron.models.common import Name, Record
 
@@ -224,3 +224,31 @@ class ArdfsTombstone(Record):
     pool: Name
     volume: str
     deleted_at: float
+
+
+# -- what users ask for ------------------------------------------------------------------
+
+
+class VolumeCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    size: int = Field(gt=0, le=64 * 2**40, description="bytes")
+    format: VolumeFormat | None = Field(
+        default=None, description="qcow2 by default; raw in rbd and ardfs pools"
+    )
+    node: Name | None = Field(default=None, description="for a local pool; default this node")
+
+
+class VolumeImport(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    path: str = Field(pattern=r"^/", description="image file on the node")
+    format: VolumeFormat | None = Field(
+        default=None, description="qcow2 by default; raw in rbd and ardfs pools"
+    )
+    node: Name | None = Field(default=None, description="node holding the file; default this")
+
+
+class VolumeResize(BaseModel):
+    model_config = {"extra": "forbid"}
+    size: int = Field(gt=0, le=64 * 2**40, description="new size in bytes; only growing")

@@ -1,13 +1,114 @@
-"""Long work is a task: state, progress 0..1, a bounded log, a result or an error."""
+"""Long work is a task: a typed operation (its kind and its parameters), carried out by one
+node, with state, progress 0..1, a bounded log, a result or an error.
+
+A kind's parameters are one pydantic model (`PARAMS`), built by whoever asks for the work (a
+route, DRS, drain, HA, rebalance) and read back by the node's handler. They travel as a plain
+JSON object in the task record, so tasks written by earlier releases, which had no models,
+still load: every field a release added later has a default.
+"""
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from heron.models.common import Record, new_id, now
+from heron.models.migration import MigrationOptions
 
 LOG_LINES = 100  # etcd holds small, current state: older lines are dropped
+
+
+class TaskKind(StrEnum):
+    vm_create = "vm.create"
+    vm_start = "vm.start"
+    vm_stop = "vm.stop"
+    vm_shutdown = "vm.shutdown"
+    vm_pause = "vm.pause"
+    vm_resume = "vm.resume"
+    vm_reboot = "vm.reboot"
+    vm_delete = "vm.delete"
+    vm_migrate = "vm.migrate"
+    vm_receive = "vm.receive"
+    node_drain = "node.drain"
+    volume_create = "volume.create"
+    volume_import = "volume.import"
+    volume_resize = "volume.resize"
+    volume_delete = "volume.delete"
+    volume_rebuild = "volume.rebuild"
+    volume_rebalance = "volume.rebalance"
+    pool_scan = "pool.scan"
+
+
+class TaskParams(BaseModel):
+    """Parameters of a kind of task. Unknown fields are ignored, so a task written by a newer
+    release can still be read (and refused by kind) by an older one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class NoParams(TaskParams):
+    pass
+
+
+class NewVolume(BaseModel):
+    id: str
+    source: str | None = Field(default=None, description="volume id to copy from")
+
+
+class VMCreateParams(TaskParams):
+    volumes: list[NewVolume] = Field(default_factory=list, description="to make first")
+
+
+class PowerParams(TaskParams):
+    graceful: bool = Field(default=True, description="ask the guest to shut down first")
+    timeout: float = Field(default=60, gt=0, description="seconds the guest gets to do so")
+    reason: str = Field(default="", description="why (HA restarts say what happened)")
+
+
+class VMDeleteParams(TaskParams):
+    volumes: bool = Field(default=False, description="delete the VM's volumes too")
+
+
+class MigrateParams(MigrationOptions, TaskParams):
+    target: str = Field(description="node to move to")
+
+
+class VolumeImportParams(TaskParams):
+    path: str = Field(description="image file on the node that carries the task out")
+    remove_source: bool = Field(default=False, description="delete the file afterwards")
+
+
+class VolumeResizeParams(TaskParams):
+    size: int = Field(gt=0, description="new size, bytes")
+    vm: str | None = Field(default=None, description="the VM using it, grown online")
+
+
+class RebalanceParams(TaskParams):
+    to: list[str] = Field(description="ids of the disks the volume moves onto")
+
+
+PARAMS: dict[TaskKind, type[TaskParams]] = {
+    TaskKind.vm_create: VMCreateParams,
+    TaskKind.vm_start: PowerParams,
+    TaskKind.vm_stop: PowerParams,
+    TaskKind.vm_shutdown: PowerParams,
+    TaskKind.vm_pause: PowerParams,
+    TaskKind.vm_resume: PowerParams,
+    TaskKind.vm_reboot: PowerParams,
+    TaskKind.vm_delete: VMDeleteParams,
+    TaskKind.vm_migrate: MigrateParams,
+    TaskKind.vm_receive: NoParams,
+    TaskKind.node_drain: NoParams,
+    TaskKind.volume_create: NoParams,
+    TaskKind.volume_import: VolumeImportParams,
+    TaskKind.volume_resize: VolumeResizeParams,
+    TaskKind.volume_delete: NoParams,
+    TaskKind.volume_rebuild: NoParams,
+    TaskKind.volume_rebalance: RebalanceParams,
+    TaskKind.pool_scan: NoParams,
+}
+
+P = TypeVar("P", bound=TaskParams)
 
 
 class TaskState(StrEnum):
@@ -22,12 +123,20 @@ class TaskState(StrEnum):
         return self in (TaskState.succeeded, TaskState.failed, TaskState.cancelled)
 
 
+class BadParams(ValueError):
+    """A task's stored parameters do not fit its kind."""
+
+
 class Task(Record):
     id: str
-    kind: str = Field(description="what it does, e.g. vm.start, volume.create")
+    # A kind this release does not know stays a string: the task still lists, and the node
+    # asked to carry it out says it cannot (a newer node wrote it during a rolling upgrade).
+    kind: TaskKind | str = Field(
+        union_mode="left_to_right", description="what it does, e.g. vm.start, volume.create"
+    )
     node: str = Field(description="the node that carries it out")
     target: str = Field(default="", description="id of the object it acts on")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="depend on the kind")
     user: str = ""
     state: TaskState = TaskState.queued
     progress: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -38,10 +147,24 @@ class Task(Record):
     created_at: float
     updated_at: float
 
+    def params_as(self, model: type[P]) -> P:
+        """The parameters, read as `model` (which must be its kind's)."""
+        if PARAMS.get(self.kind) is not model:  # type: ignore[call-overload]  # str kinds too
+            raise BadParams(f"a {self.kind} task has no {model.__name__}")
+        try:
+            return model.model_validate(self.params)
+        except ValidationError as exc:
+            raise BadParams(f"a {self.kind} task's parameters: {exc}") from exc
+
 
 def new_task(
-    kind: str, node: str, target: str, user: str, params: dict[str, Any] | None = None
+    kind: TaskKind, node: str, target: str, user: str, params: TaskParams | None = None
 ) -> Task:
+    """A queued task; `params` must be the model of `kind` (none: its defaults)."""
+    model = PARAMS[kind]
+    params = params if params is not None else model()
+    if type(params) is not model:
+        raise TypeError(f"{kind} takes {model.__name__}, not {type(params).__name__}")
     stamp = now()
     return Task(
         id=new_id(),
@@ -49,7 +172,7 @@ def new_task(
         node=node,
         target=target,
         user=user,
-        params=params or {},
+        params=params.model_dump(mode="json"),
         created_at=stamp,
         updated_at=stamp,
     )

@@ -4,9 +4,10 @@ import re
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from heron.models.common import Name, Record
+from heron.models.storage import VolumeFormat
 
 DiskBus = Literal["virtio", "scsi", "sata", "ide"]
 NicModel = Literal["virtio", "e1000"]
@@ -152,3 +153,65 @@ class VMStatus(Record):
     accelerator: str | None = None
     message: str = ""
     updated_at: float
+
+
+# -- what users ask for ------------------------------------------------------------------
+
+
+class DiskRequest(BaseModel):
+    """A disk: an existing volume, or a new one (empty, or a copy of an image volume)."""
+
+    bus: DiskBus = "virtio"
+    volume: str | None = Field(default=None, description="existing volume as pool/name or id")
+    pool: Name | None = Field(default=None, description="pool for a new volume")
+    size: int | None = Field(default=None, gt=0, le=64 * 2**40, description="bytes")
+    source: str | None = Field(default=None, description="image volume to copy, pool/name")
+    format: VolumeFormat | None = Field(
+        default=None, description="of a new volume: qcow2 by default; raw in rbd and ardfs pools"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "DiskRequest":
+        if self.volume is not None:
+            if self.pool or self.size or self.source:
+                raise ValueError("give either volume, or pool with size and/or source")
+        elif self.pool is None:
+            raise ValueError("give volume, or pool with size and/or source")
+        elif self.size is None and self.source is None:
+            raise ValueError("a new volume needs a size or a source")
+        return self
+
+
+class VMCreate(Hardware):
+    name: Name
+    disks: list[DiskRequest] = Field(default_factory=list, max_length=16)
+    nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+    node: Name | None = Field(default=None, description="where to run it; chosen if omitted")
+    start: bool = False
+
+    @model_validator(mode="after")
+    def _devices(self) -> "VMCreate":
+        check_boot_order(self.boot_order, len(self.disks), len(self.nics))
+        check_disk_buses([d.bus for d in self.disks], self.machine)
+        return self
+
+
+class VMUpdate(BaseModel):
+    """Changes to a VM's hardware, applied at its next start; `revision` guards the write."""
+
+    model_config = {"extra": "forbid"}
+    revision: int | None = Field(default=None, description="write only if still at this revision")
+    name: Name | None = None
+    vcpus: int | None = Field(default=None, ge=1, le=256)
+    memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
+    description: str | None = Field(default=None, max_length=1024)
+    boot_order: list[str] | None = Field(default=None, max_length=8)
+    ha: HAPolicy | None = None
+
+
+class BatchCreate(VMCreate):
+    """`count` VMs named `<name>-001`, `<name>-002`, ... from one template (VDI style)."""
+
+    name: Name = Field(description="prefix of the names")
+    count: int = Field(ge=1, le=1000)
+    dry_run: bool = Field(default=False, description="only say where each VM would go")

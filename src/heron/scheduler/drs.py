@@ -13,7 +13,7 @@ from heron.configdb import Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
 from heron.models.settings import ClusterSettings, DRSSettings
-from heron.models.task import new_task
+from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import RunState
 from heron.scheduler.balancer import propose
 from heron.scheduler.inventory import Inventory
@@ -62,7 +62,9 @@ class BalancingController:
         tasks = inv.tasks.values()
         ours = [t for t in tasks if t.user == "drs" and not t.state.finished]
         groups = inv.groups_by_name()
-        pending = {t.target for t in tasks if t.kind == "vm.migrate" and not t.state.finished}
+        pending = {
+            t.target for t in tasks if t.kind == TaskKind.vm_migrate and not t.state.finished
+        }
         movable = {v.id for v in running} - migrating - pending
         move = propose(node_loads(nodes, vms), running, drs.threshold, groups, movable)
         if move is None:
@@ -71,8 +73,8 @@ class BalancingController:
         self.streak += 1
         if self.streak < drs.hysteresis or len(ours) >= drs.max_concurrent:
             return
-        params = {"target": move.target, "max_downtime_ms": 300, "auto_converge": True}
-        task = new_task("vm.migrate", move.source, move.vm.id, "drs", params)
+        params = MigrateParams(target=move.target)
+        task = new_task(TaskKind.vm_migrate, move.source, move.vm.id, "drs", params)
         revision = await self.db.commit(election.fence(Txn()).put(keys.task(task.id), task))
         await self.inventory.tasks.wait_for(revision)  # the next step counts it as ours
         self.streak = 0

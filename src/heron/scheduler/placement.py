@@ -30,8 +30,20 @@ class NodeLoad:
         return max(memory, cpu / 4) + self.vms / 1000
 
 
-class NoCapacity(Exception):
-    pass
+class PlacementError(Exception):
+    """No node can take the VM as asked; the message says why."""
+
+
+class NoCapacity(PlacementError):
+    """No node has the room, or the rules leave none."""
+
+
+class NotAllowed(PlacementError):
+    """The node asked for exists but may not take the VM (maintenance, a group's rule)."""
+
+
+class UnknownNode(PlacementError):
+    """The node asked for is not a live node of the cluster."""
 
 
 @dataclass(frozen=True)
@@ -119,3 +131,28 @@ def affinity_for(vm_id: str | None, group: VMGroupRule | None, vms: list[VM]) ->
         return None
     members = Counter(v.node for v in vms if v.spec.group == group.name and v.id != vm_id)
     return Affinity(group.name, group.placement, group.strict, members)
+
+
+def migration_target(
+    nodes: list[NodeLoad],
+    source: str,
+    memory_mib: int,
+    vcpus: int,
+    affinity: Affinity | None = None,
+    requested: str | None = None,
+) -> str:
+    """Where a running VM on `source` may live-migrate: `requested` if it may go there, else
+    the best other node. One rule for the API, drain and DRS alike."""
+    if requested is None:
+        others = {n.name for n in nodes if n.name != source}
+        return choose_node(nodes, memory_mib, vcpus, others, affinity)
+    node = next((n for n in nodes if n.name == requested), None)
+    if node is None:
+        raise UnknownNode(f"no live node {requested!r}")
+    if requested == source:
+        raise UnknownNode(f"the VM already runs on {source}")
+    if node.maintenance:
+        raise NotAllowed(f"node {requested} is in maintenance")
+    if affinity is not None and not affinity.allows(requested):
+        raise NotAllowed(f"group {affinity.group}'s {affinity.placement} rule forbids {requested}")
+    return requested

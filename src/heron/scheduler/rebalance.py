@@ -27,7 +27,7 @@ from heron.api.audit import AuditLog
 from heron.configdb import Conflict, Txn, keys
 from heron.configdb.election import Election
 from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume
-from heron.models.task import new_task
+from heron.models.task import RebalanceParams, TaskKind, new_task
 from heron.scheduler.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,8 @@ class RebalanceController:
         moved = volume.model_copy(update=update)
         before = {d.id for d in volume.moving_to or volume.placement or []}
         after = {d.id for d in destination}
-        task = new_task(
-            "volume.rebalance", owner, volume.id, "rebalance", {"to": [d.id for d in destination]}
-        )
+        params = RebalanceParams(to=[d.id for d in destination])
+        task = new_task(TaskKind.volume_rebalance, owner, volume.id, "rebalance", params)
         txn = (
             election.fence(Txn())
             .require_revision(key, revision)

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import find_vm, live_nodes
 from heron.api.context import ApiContext
 from heron.api.errors import Conflict
 from heron.configdb import ConfigDB, keys
@@ -28,6 +27,7 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.hypervisor.command import RuntimePaths
 from heron.models.common import Record
 from heron.models.vm import RunState, VMStatus
+from heron.services.lookup import find_vm, live_nodes
 
 router = APIRouter(tags=["console"])
 

@@ -11,17 +11,17 @@ from pydantic import BaseModel, Field
 import heron
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import live_nodes
-from heron.api.context import with_task
 from heron.api.errors import Conflict, Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.membership import Membership
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.node import Node, NodeSettings
 from heron.models.settings import ClusterSettings
-from heron.models.task import new_task
+from heron.models.task import TaskKind, new_task
 from heron.models.vm import VM
 from heron.scheduler.placement import node_loads
+from heron.services.lookup import live_nodes
+from heron.services.tasks import with_task
 
 router = APIRouter(tags=["nodes"])
 
@@ -103,7 +103,7 @@ async def enter_maintenance(
         raise NotFound(f"no live node {name!r}")
     current = await db.get(NodeSettings, keys.node_settings(name))
     settings = _changed(current, maintenance=True)
-    task = new_task("node.drain", name, name, principal.user)
+    task = new_task(TaskKind.node_drain, name, name, principal.user)
     txn = Txn().require_revision(keys.node_settings(name), current.revision if current else 0)
     await db.commit(with_task(txn.put(keys.node_settings(name), settings), task))
     request.state.audit_target = name

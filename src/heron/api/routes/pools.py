@@ -8,15 +8,7 @@ from pydantic import BaseModel, Field
 
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.cluster import (
-    attached,
-    find_pool,
-    find_volume,
-    live_nodes,
-    new_placement,
-    new_volume_format,
-)
-from heron.api.context import ApiContext, with_task
+from heron.api.context import ApiContext
 from heron.api.errors import Conflict, Invalid, NotFound
 from heron.api.fanout import ask_others
 from heron.configdb import Txn, keys
@@ -29,11 +21,21 @@ from heron.models.storage import (
     Pool,
     PoolSpec,
     Volume,
+    VolumeCreate,
     VolumeFormat,
     VolumeHealth,
+    VolumeImport,
+    VolumeResize,
 )
-from heron.models.task import new_task
+from heron.models.task import VolumeImportParams
 from heron.models.vm import VM
+from heron.services import volumes
+from heron.services.lookup import (
+    attached,
+    find_pool,
+    find_volume,
+    live_nodes,
+)
 from heron.storage.driver import driver_for
 from heron.storage.probe import probe
 
@@ -58,31 +60,6 @@ class PoolView(Pool):
     capacity: PoolCapacity | None = Field(
         default=None, description="ardfs and shared pools; a local pool's differs by node"
     )
-
-
-class VolumeCreate(BaseModel):
-    model_config = {"extra": "forbid"}
-    name: Name
-    size: int = Field(gt=0, le=64 * 2**40, description="bytes")
-    format: VolumeFormat | None = Field(
-        default=None, description="qcow2 by default; raw in rbd and ardfs pools"
-    )
-    node: Name | None = Field(default=None, description="for a local pool; default this node")
-
-
-class VolumeImport(BaseModel):
-    model_config = {"extra": "forbid"}
-    name: Name
-    path: str = Field(pattern=r"^/", description="image file on the node")
-    format: VolumeFormat | None = Field(
-        default=None, description="qcow2 by default; raw in rbd and ardfs pools"
-    )
-    node: Name | None = Field(default=None, description="node holding the file; default this")
-
-
-class VolumeResize(BaseModel):
-    model_config = {"extra": "forbid"}
-    size: int = Field(gt=0, le=64 * 2**40, description="new size in bytes; only growing")
 
 
 class VolumeView(Volume):
@@ -247,61 +224,15 @@ async def _health(ctx: ApiContext, pool: Pool) -> dict[str, VolumeHealth]:
     }
 
 
-async def _new_volume(
-    ctx: ApiContext,
-    pool_name: str,
-    name: str,
-    fmt: VolumeFormat | None,
-    size: int,
-    node: str | None,
-    kind: str,
-    params: dict,
-    user: str,
-) -> TaskRef:
-    pool = (await find_pool(ctx.db, pool_name)).value
-    fmt = new_volume_format(pool, fmt, "path.name", "body.format")
-    target = node or ctx.node
-    if node is not None and node not in await live_nodes(ctx.db):
-        raise Invalid("body.node", f"no live node {node!r}")
-    volume = Volume(
-        id=new_id(),
-        pool=pool.name,
-        name=name,
-        format=fmt,
-        size=size,
-        node=None if pool.shared else target,
-        placement=await new_placement(ctx.db, pool, "path.name"),
-        created_at=time.time(),
-    )
-    task = new_task(kind, target, volume.id, user, params)
-    txn = (
-        Txn()
-        .require_absent(keys.volume_name(pool.name, name))
-        .put(keys.volume_name(pool.name, name), volume.id)
-        .put(keys.volume(volume.id), volume)
-    )
-    try:
-        await ctx.db.commit(with_task(txn, task))
-    except StoreConflict as exc:
-        raise Conflict(f"pool {pool.name} already has a volume {name}") from exc
-    return TaskRef(task=task.id, volume=volume.id)
-
-
 @router.post("/pools/{name}/volumes", response_model=TaskRef, status_code=202)
 async def create_volume(
     name: str, body: VolumeCreate, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TaskRef:
-    return await _new_volume(
-        _ctx(request),
-        name,
-        body.name,
-        body.format,
-        body.size,
-        body.node,
-        "volume.create",
-        {},
-        principal.user,
+    ctx = _ctx(request)
+    task = await volumes.create(
+        ctx.db, ctx.node, name, body.name, body.format, body.size, body.node, principal.user
     )
+    return TaskRef(task=task.id, volume=task.target)
 
 
 @router.post("/pools/{name}/volumes/import", response_model=TaskRef, status_code=202)
@@ -309,17 +240,12 @@ async def import_volume(
     name: str, body: VolumeImport, request: Request, principal: Principal = Depends(auth.admin)
 ) -> TaskRef:
     """Import an image file that is already on a node (admins only: it reads node paths)."""
-    return await _new_volume(
-        _ctx(request),
-        name,
-        body.name,
-        body.format,
-        0,
-        body.node,
-        "volume.import",
-        {"path": body.path},
-        principal.user,
+    ctx = _ctx(request)
+    source = VolumeImportParams(path=body.path)
+    task = await volumes.create(
+        ctx.db, ctx.node, name, body.name, body.format, 0, body.node, principal.user, source
     )
+    return TaskRef(task=task.id, volume=task.target)
 
 
 @router.post("/pools/{name}/volumes/upload", response_model=TaskRef, status_code=202)
@@ -341,17 +267,11 @@ async def upload_volume(
         with open(staged, "wb") as out:
             while chunk := await file.read(_UPLOAD_CHUNK):
                 out.write(chunk)
-        return await _new_volume(
-            ctx,
-            name,
-            volume_name,
-            format,
-            0,
-            None,
-            "volume.import",
-            {"path": str(staged), "remove_source": True},
-            principal.user,
+        source = VolumeImportParams(path=str(staged), remove_source=True)
+        task = await volumes.create(
+            ctx.db, ctx.node, name, volume_name, format, 0, None, principal.user, source
         )
+        return TaskRef(task=task.id, volume=task.target)
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
@@ -444,11 +364,7 @@ async def scan_pool(
     """Find the LUNs of an iscsi or block pool: new ones become volumes, sizes are updated;
     carried out by the answering node."""
     ctx = _ctx(request)
-    entry = await find_pool(ctx.db, name)
-    if not entry.value.lun_backed:
-        raise Conflict(f"pool {name} ({entry.value.type}) makes its volumes; nothing to scan")
-    task = new_task("pool.scan", ctx.node, name, principal.user)
-    await ctx.db.commit(with_task(Txn(), task))
+    task = await volumes.scan(ctx.db, ctx.node, name, principal.user)
     return TaskRef(task=task.id)
 
 
@@ -461,26 +377,8 @@ async def resize_volume(
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     ctx = _ctx(request)
-    entry = await find_volume(ctx.db, name, ref)
-    volume = entry.value
-    pool = (await find_pool(ctx.db, name)).value
-    if pool.lun_backed:
-        raise Conflict(f"grow the LUN on the array, then scan pool {name}")
-    if body.size < volume.size:
-        raise Invalid("body.size", f"volumes only grow; it is {volume.size} bytes")
-    vms = [e.value for e in await ctx.db.list(VM, keys.VMS)]
-    owner = next((vm for vm in vms if any(d.volume == volume.id for d in vm.spec.disks)), None)
-    # A disk in use is grown by the node running its VM, online through QMP.
-    node = owner.node if owner is not None else (volume.node or ctx.node)
-    task = new_task(
-        "volume.resize",
-        node,
-        volume.id,
-        principal.user,
-        {"size": body.size, "vm": owner.id if owner else None},
-    )
-    await ctx.db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
-    return TaskRef(task=task.id, volume=volume.id)
+    task = await volumes.resize(ctx.db, ctx.node, name, ref, body.size, principal.user)
+    return TaskRef(task=task.id, volume=task.target)
 
 
 @router.delete("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
@@ -488,10 +386,5 @@ async def delete_volume(
     name: str, ref: str, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TaskRef:
     ctx = _ctx(request)
-    entry = await find_volume(ctx.db, name, ref)
-    users = attached([e.value for e in await ctx.db.list(VM, keys.VMS)])
-    if entry.value.id in users:
-        raise Conflict(f"volume {entry.value.name} is used by VM {users[entry.value.id]}")
-    task = new_task("volume.delete", entry.value.node or ctx.node, entry.value.id, principal.user)
-    await ctx.db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
-    return TaskRef(task=task.id, volume=entry.value.id)
+    task = await volumes.delete(ctx.db, ctx.node, name, ref, principal.user)
+    return TaskRef(task=task.id, volume=task.target)

@@ -1,10 +1,10 @@
-"""Reads of cluster-wide state shared by several routes."""
+"""Finding the objects a request names, and reads of cluster-wide state services share."""
 
-from heron.api.errors import Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, keys
 from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume, VolumeFormat
 from heron.models.vm import VM
 from heron.scheduler.inventory import live_nodes
+from heron.services.errors import Invalid, NotFound
 
 __all__ = [
     "attached",

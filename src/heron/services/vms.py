@@ -1,0 +1,333 @@
+"""Virtual machines: plan and create them (one or a batch), change them, power actions,
+live migration and deletion. Each call checks the request against the cluster's state,
+writes the change with the task that carries it out in one transaction, and raises
+`services.errors` when it cannot."""
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from heron.configdb import ConfigDB, Entry, Txn, keys
+from heron.configdb.store import Conflict as StoreConflict
+from heron.models.common import new_id
+from heron.models.group import VMGroup
+from heron.models.migration import MigrateRequest
+from heron.models.node import Node
+from heron.models.storage import Volume
+from heron.models.task import (
+    MigrateParams,
+    NewVolume,
+    PowerParams,
+    Task,
+    TaskKind,
+    VMCreateParams,
+    VMDeleteParams,
+    new_task,
+)
+from heron.models.vm import (
+    VM,
+    BatchCreate,
+    DiskSpec,
+    Hardware,
+    PowerState,
+    RunState,
+    VMCreate,
+    VMSpec,
+    VMStatus,
+    VMUpdate,
+)
+from heron.scheduler.inventory import Inventory, group_of
+from heron.scheduler.placement import (
+    NoCapacity,
+    NotAllowed,
+    UnknownNode,
+    affinity_for,
+    choose_node,
+    migration_target,
+    node_loads,
+)
+from heron.services.errors import Conflict, Invalid
+from heron.services.lookup import (
+    attached,
+    find_pool,
+    find_vm,
+    live_nodes,
+    new_placement,
+    new_volume_format,
+)
+from heron.services.tasks import with_task
+
+Action = Literal["start", "shutdown", "stop", "reboot", "pause", "resume"]
+
+_DESIRED: dict[str, PowerState | None] = {
+    "start": PowerState.running,
+    "resume": PowerState.running,
+    "pause": PowerState.paused,
+    "stop": PowerState.stopped,
+    "shutdown": PowerState.stopped,
+    "reboot": None,
+}
+
+
+@dataclass
+class Plan:
+    """A VM that may be created, and the transaction (with its task) that creates it."""
+
+    vm: VM
+    txn: Txn
+    task: Task
+
+
+async def create(db: ConfigDB, inventory: Inventory, body: VMCreate, user: str) -> Plan:
+    """Define a VM and create its disks (a `vm.create` task on its node does the work)."""
+    inventory = await inventory.ready()
+    plan = await plan_create(db, body, inventory.live_nodes(), inventory.vms.values(), user)
+    try:
+        revision = await db.commit(plan.txn)
+    except StoreConflict as exc:
+        raise Conflict(f"a VM named {body.name!r} or one of its volumes already exists") from exc
+    # The next create through this node must count this VM where it was placed.
+    await inventory.vms.wait_for(revision)
+    return plan
+
+
+async def create_batch(
+    db: ConfigDB, inventory: Inventory, body: BatchCreate, user: str
+) -> list[Plan]:
+    """Mass deployment: place every VM first (each one counting against the next), refuse
+    all if any does not fit, then create them; with `dry_run` nothing is written."""
+    inventory = await inventory.ready()
+    nodes, vms = inventory.live_nodes(), inventory.vms.values()
+    width = max(3, len(str(body.count)))
+    plans = []
+    for i in range(1, body.count + 1):
+        one = VMCreate(
+            **body.model_dump(exclude={"name", "count", "dry_run"}),
+            name=f"{body.name}-{i:0{width}}",
+        )
+        plan = await plan_create(db, one, nodes, vms, user)
+        vms.append(plan.vm)
+        plans.append(plan)
+    if body.dry_run:
+        return plans
+    for plan in plans:
+        try:
+            revision = await db.commit(plan.txn)
+        except StoreConflict as exc:
+            raise Conflict(f"{plan.vm.spec.name} was created meanwhile; stopped there") from exc
+    await inventory.vms.wait_for(revision)
+    return plans
+
+
+async def plan_create(
+    db: ConfigDB, body: VMCreate, nodes: dict[str, Node], vms: list[VM], user: str
+) -> Plan:
+    """Check a create request and place the VM; the transaction that makes it, unwritten."""
+    if await db.get_raw(keys.vm_name(body.name)) is not None or any(
+        v.spec.name == body.name for v in vms
+    ):
+        raise Conflict(f"a VM named {body.name!r} already exists")
+    in_use = attached(vms)
+    now = time.time()
+    vm_id = new_id()
+    disks: list[DiskSpec] = []
+    new_volumes: list[tuple[Volume, str | None]] = []
+    pinned: set[str] | None = None  # nodes the VM may run on, narrowed by local volumes
+    if body.node is not None:
+        if body.node not in nodes:
+            raise Invalid("body.node", f"no live node {body.node!r}")
+        if nodes[body.node].maintenance:
+            raise Conflict(f"node {body.node} is in maintenance")
+        pinned = {body.node}
+    group = None
+    if body.group is not None:
+        found = await db.get(VMGroup, keys.group(body.group))
+        if found is None:
+            raise Invalid("body.group", f"no group {body.group!r}")
+        group = found.value
+
+    def pin(node: str | None, field: str) -> None:
+        nonlocal pinned
+        if node is None:
+            return
+        if pinned is not None and node not in pinned:
+            raise Invalid(
+                field, f"is on node {node}, but the VM must run on {', '.join(sorted(pinned))}"
+            )
+        pinned = {node}
+
+    for index, disk in enumerate(body.disks):
+        field = f"body.disks.{index}"
+        if disk.volume is not None:
+            volume = await volume_by_ref(db, disk.volume, f"{field}.volume")
+            if volume.id in in_use:
+                raise Conflict(f"volume {disk.volume} is used by VM {in_use[volume.id]}")
+            pin(volume.node, f"{field}.volume")
+            disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
+            continue
+        assert disk.pool is not None  # DiskRequest's validator: a volume, or a pool
+        pool = (await find_pool(db, disk.pool, f"{field}.pool")).value
+        fmt = new_volume_format(pool, disk.format, f"{field}.pool", f"{field}.format")
+        source_id = None
+        size = disk.size or 0
+        if disk.source is not None:
+            source = await volume_by_ref(db, disk.source, f"{field}.source")
+            if source.state != "ready":
+                raise Invalid(f"{field}.source", f"volume is {source.state}")
+            pin(source.node, f"{field}.source")
+            source_id = source.id
+            if size and size < source.size:
+                raise Invalid(f"{field}.size", f"smaller than the source ({source.size} bytes)")
+        volume = Volume(
+            id=new_id(),
+            pool=pool.name,
+            name=f"{body.name}-disk{index}",
+            format=fmt,
+            size=size,
+            node=None,
+            placement=await new_placement(db, pool, f"{field}.pool"),
+            created_at=now,
+        )
+        if await db.get_raw(keys.volume_name(pool.name, volume.name)) is not None:
+            raise Conflict(f"pool {pool.name} already has a volume {volume.name}")
+        new_volumes.append((volume, source_id))
+        disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
+    try:
+        node = choose_node(
+            node_loads(nodes, vms),
+            body.memory_mib,
+            body.vcpus,
+            pinned,
+            affinity_for(vm_id, group, vms),
+        )
+    except NoCapacity as exc:
+        raise Conflict(str(exc)) from exc
+    for volume, _ in new_volumes:
+        pool = (await find_pool(db, volume.pool)).value
+        if not pool.shared:
+            volume.node = node
+    spec = VMSpec(
+        **body.model_dump(include=set(Hardware.model_fields)),
+        name=body.name,
+        disks=disks,
+        nics=body.nics,
+    )
+    vm = VM(
+        id=vm_id,
+        spec=spec,
+        node=node,
+        power=PowerState.running if body.start else PowerState.stopped,
+        created_at=now,
+    )
+    made = [NewVolume(id=v.id, source=s) for v, s in new_volumes]
+    task = new_task(TaskKind.vm_create, node, vm_id, user, VMCreateParams(volumes=made))
+    txn = Txn().require_absent(keys.vm_name(body.name)).put(keys.vm_name(body.name), vm_id)
+    txn.put(keys.vm(vm_id), vm)
+    for volume, _ in new_volumes:
+        txn.require_absent(keys.volume_name(volume.pool, volume.name))
+        txn.put(keys.volume_name(volume.pool, volume.name), volume.id)
+        txn.put(keys.volume(volume.id), volume)
+    return Plan(vm, with_task(txn, task), task)
+
+
+async def volume_by_ref(db: ConfigDB, ref: str, field: str) -> Volume:
+    """A volume named as pool/name, or by id; `field` is the input that named it."""
+    if "/" in ref:
+        pool, _, name = ref.partition("/")
+        index = await db.get_raw(keys.volume_name(pool, name))
+        entry = await db.get(Volume, keys.volume(index[0].decode())) if index else None
+    else:
+        entry = await db.get(Volume, keys.volume(ref))
+    if entry is None:
+        raise Invalid(field, f"no volume {ref!r}")
+    return entry.value
+
+
+async def update(db: ConfigDB, ref: str, body: VMUpdate) -> Entry[VM]:
+    """Change a VM's hardware (applied at its next start); `body.revision` guards the write."""
+    entry = await find_vm(db, ref)
+    if body.revision is not None and body.revision != entry.revision:
+        raise Conflict(
+            f"VM {ref} changed since revision {body.revision} (now {entry.revision}); read it again"
+        )
+    vm = entry.value.model_copy(deep=True)
+    changes = body.model_dump(exclude_none=True, exclude={"revision"})
+    try:
+        spec = VMSpec.model_validate({**vm.spec.model_dump(), **changes})
+    except ValueError as exc:
+        raise Invalid("body", str(exc).splitlines()[-1] if str(exc) else "invalid") from exc
+    vm.spec = spec
+    txn = Txn().require_revision(entry.key, entry.revision).put(entry.key, vm)
+    if spec.name != entry.value.spec.name:
+        txn.require_absent(keys.vm_name(spec.name)).put(keys.vm_name(spec.name), vm.id)
+        txn.delete(keys.vm_name(entry.value.spec.name))
+    try:
+        revision = await db.commit(txn)
+    except StoreConflict as exc:
+        raise Conflict(f"VM {ref} was changed by someone else, or the name is taken") from exc
+    return Entry(entry.key, vm, revision)
+
+
+async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) -> Task:
+    """Live-migrate a running VM to `request.target`, or to the best node if none is named."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    state = status.value.state if status else None
+    if vm.power == PowerState.stopped or state not in (RunState.running, RunState.paused):
+        raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
+    if await db.get_raw(keys.migration(vm.id)) is not None:
+        raise Conflict(f"VM {vm.spec.name} is already migrating")
+    nodes = await live_nodes(db)
+    if vm.node not in nodes:
+        raise Conflict(f"the VM's node {vm.node} is not online")
+    vms = [e.value for e in await db.list(VM, keys.VMS) if e.value.id != vm.id]
+    rule = affinity_for(vm.id, await group_of(db, vm), vms)
+    try:
+        target = migration_target(
+            node_loads(nodes, vms), vm.node, vm.spec.memory_mib, vm.spec.vcpus, rule, request.target
+        )
+    except UnknownNode as exc:
+        raise Invalid("body.target", str(exc)) from exc
+    except (NoCapacity, NotAllowed) as exc:
+        raise Conflict(str(exc)) from exc
+    params = MigrateParams(target=target, **request.model_dump(exclude={"target"}))
+    task = new_task(TaskKind.vm_migrate, vm.node, vm.id, user, params)
+    await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
+    return task
+
+
+async def power(db: ConfigDB, ref: str, action: Action, timeout: float, user: str) -> Task:
+    """A power action. The desired power state is written with the task in one transaction,
+    so a node that restarts mid-way still knows what the VM should be doing."""
+    entry = await find_vm(db, ref)
+    vm = entry.value.model_copy(deep=True)
+    params = PowerParams(timeout=timeout, graceful=action == "shutdown")
+    task = new_task(TaskKind(f"vm.{action}"), vm.node, vm.id, user, params)
+    txn = Txn().require_revision(entry.key, entry.revision)
+    desired = _DESIRED[action]
+    if desired is not None:
+        if action == "resume" and vm.power != PowerState.paused:
+            raise Conflict(f"VM {vm.spec.name} is not paused")
+        vm.power = desired
+        vm.generation += 1
+        txn.put(entry.key, vm)
+    elif vm.power != PowerState.running:
+        raise Conflict(f"VM {vm.spec.name} is not running")
+    await db.commit(with_task(txn, task))
+    return task
+
+
+async def delete(db: ConfigDB, ref: str, volumes: bool, user: str) -> Task:
+    """Delete a VM (stopping it first), and its volumes if asked; a delete already under way
+    is the answer to a second request."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    for found in await db.list(Task, keys.TASKS):
+        t = found.value
+        if t.target == vm.id and t.kind == TaskKind.vm_delete and not t.state.finished:
+            return t
+    params = VMDeleteParams(volumes=volumes)
+    task = new_task(TaskKind.vm_delete, vm.node, vm.id, user, params)
+    await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))
+    return task
