@@ -48,9 +48,10 @@ def _usage_error(exc: typer.TyperException) -> NoReturn:
     _fail(f"{message} ({hint})", exc.exit_code, command)
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The `heron` command; `args` defaults to the process's arguments."""
     try:
-        code = app(prog_name="heron", standalone_mode=False)
+        code = app(args, prog_name="heron", standalone_mode=False)
     except CliError as exc:
         _fail(str(exc), exc.code)
     except dev.DevClusterError as exc:
