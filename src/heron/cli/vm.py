@@ -1,10 +1,11 @@
 """heron vm: virtual machines, their power, placement and serial console."""
 
+import sys
 from typing import Annotated, Any, get_args
 
 import typer
 
-from heron.cli import parse
+from heron.cli import console, parse
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
@@ -185,6 +186,14 @@ def vm_update(
         "PATCH", f"/vms/{vm}", json={k: v for k, v in body.items() if v is not None}
     )
     emit(data, as_json, VM_COLUMNS)
+
+
+@app.command("console")
+def vm_console(vm: str) -> None:
+    """Attach this terminal to a VM's serial console; Ctrl-] leaves."""
+    code = console.attach(Client(), vm, sys.stdin.fileno(), sys.stdout.buffer, sys.stderr)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("delete")
