@@ -14,6 +14,8 @@ from typing import IO
 
 import pytest
 from support import HERON, Api, wait_for
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from heron.devcluster import DevCluster
 
@@ -136,6 +138,25 @@ def test_a_terminal_is_raw_during_the_session_and_restored_after(cluster3, vm) -
         session.close()
         os.close(leader)
         os.close(follower)
+
+
+def first_bytes(node_url: str, vm_id: str, kind: str, ticket: str) -> bytes:
+    url = node_url.replace("http://", "ws://") + f"/api/v1/vms/{vm_id}/console/{kind}"
+    with connect(f"{url}?ticket={ticket}", open_timeout=30) as ws:
+        data = ws.recv(timeout=30)
+        return data if isinstance(data, bytes) else data.encode()
+
+
+def test_both_consoles_check_tickets_and_use_them_once(cluster3, api, vm) -> None:
+    cluster, _ = cluster3
+    for node in cluster.nodes[:2]:  # relayed by node1, and direct on node2 where the VM runs
+        for kind, first in (("vnc", b"RFB 003."), ("serial/ws", b"")):
+            with pytest.raises(InvalidStatus):
+                first_bytes(node.url, vm, kind, "forged")
+            ticket = api.ok("POST", f"/vms/{vm}/console/ticket")["ticket"]
+            assert first_bytes(node.url, vm, kind, ticket).startswith(first)
+            with pytest.raises(InvalidStatus):
+                first_bytes(node.url, vm, kind, ticket)
 
 
 def test_a_vm_that_stops_ends_the_console_and_a_stopped_one_has_none(cluster3, api, vm) -> None:
