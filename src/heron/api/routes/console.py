@@ -1,4 +1,4 @@
-"""A VM's consoles: the serial log, and the graphical console (VNC) over a websocket.
+"""A VM's consoles: the serial log, and the graphical (VNC) and serial consoles over websockets.
 
 QEMU's VNC listens on loopback on the VM's node. The browser talks to whichever node served
 the UI; that node relays the websocket to the VM's node when the VM runs elsewhere, and the
@@ -6,6 +6,9 @@ VM's node relays it to QEMU. Browsers cannot put a bearer token on a websocket, 
 first asks for a ticket (an operator's right: the console types into the guest): a random
 string, good for one connection to one VM within TICKET_TTL seconds. It lives in etcd under a
 lease, so any node can check it and only the node that opens the VNC connection consumes it.
+The serial console (`heron vm console`) works the same way: the same ticket opens the websocket
+`/api/v1/vms/{id}/console/serial/ws`, relayed to the unix socket of the VM's first serial port;
+its bytes are the guest's terminal, as raw as a serial line.
 """
 
 import asyncio
@@ -13,6 +16,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import websockets
 from fastapi import APIRouter, Depends, Request, WebSocket
@@ -144,8 +148,11 @@ async def _take_ticket(
     return entry.value
 
 
-async def _relay_tcp(websocket: WebSocket, host: str, port: int) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def _relay_stream(websocket: WebSocket, connect: Connect) -> None:
+    reader, writer = await connect()
 
     async def upstream() -> None:
         while True:
@@ -203,6 +210,38 @@ async def _first_done(*jobs: object) -> None:
 
 @router.websocket("/vms/{vm_id}/console/vnc")
 async def vnc(websocket: WebSocket, vm_id: str, ticket: str = "") -> None:
+    await _console(websocket, vm_id, ticket, "vnc", _vnc)
+
+
+@router.websocket("/vms/{vm_id}/console/serial/ws")
+async def serial(websocket: WebSocket, vm_id: str, ticket: str = "") -> None:
+    await _console(websocket, vm_id, ticket, "serial/ws", _serial)
+
+
+def _vnc(ctx: ApiContext, vm_id: str, status: VMStatus) -> Connect | None:
+    if status.state != RunState.running or not status.vnc:
+        return None
+    host, _, port = status.vnc.rpartition(":")
+    return lambda: asyncio.open_connection(host, int(port))
+
+
+def _serial(ctx: ApiContext, vm_id: str, status: VMStatus) -> Connect | None:
+    # A paused guest's console is still there: it answers once the guest resumes.
+    if status.state not in (RunState.running, RunState.paused):
+        return None
+    path = str(_runtime(ctx, vm_id).serial)
+    return lambda: asyncio.open_unix_connection(path)
+
+
+async def _console(
+    websocket: WebSocket,
+    vm_id: str,
+    ticket: str,
+    kind: str,
+    local: Callable[[ApiContext, str, VMStatus], Connect | None],
+) -> None:
+    """Check the ticket and relay the websocket: to the console on this node (`local` says
+    how to reach it), or to the same websocket on the VM's node."""
     ctx = _ctx(websocket)
     try:
         vm = (await find_vm(ctx.db, vm_id)).value
@@ -228,14 +267,13 @@ async def vnc(websocket: WebSocket, vm_id: str, ticket: str = "") -> None:
     chosen = "binary" if "binary" in offered else None
     if here:
         found = await ctx.db.get(VMStatus, keys.vm_status(vm.id))
-        status = found.value if found else None
-        if status is None or status.state != RunState.running or not status.vnc:
+        connect = local(ctx, vm.id, found.value) if found else None
+        if connect is None:
             await websocket.close(_POLICY_VIOLATION)
             return
-        host, _, port = status.vnc.rpartition(":")
         await websocket.accept(subprotocol=chosen)
         with contextlib.suppress(Exception):
-            await _relay_tcp(websocket, host, int(port))
+            await _relay_stream(websocket, connect)
     else:
         node = (await live_nodes(ctx.db)).get(vm.node)
         if node is None:
@@ -244,7 +282,7 @@ async def vnc(websocket: WebSocket, vm_id: str, ticket: str = "") -> None:
         base = node.api_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         await websocket.accept(subprotocol=chosen)
         with contextlib.suppress(Exception):
-            await _relay_ws(websocket, f"{base}/api/v1/vms/{vm.id}/console/vnc?ticket={ticket}",
+            await _relay_ws(websocket, f"{base}/api/v1/vms/{vm.id}/console/{kind}?ticket={ticket}",
                             offered)  # fmt: skip
     with contextlib.suppress(Exception):
         await websocket.close()

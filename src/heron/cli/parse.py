@@ -1,0 +1,116 @@
+"""Text given on the command line, turned into API values.
+
+Each parser is given to an option as `typer.Option(parser=...)`; bad text raises
+`typer.BadParameter`, which `heron` prints as one usage line naming the option (exit 2) before
+any request is sent. The messages say what the option wants, with an example.
+"""
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import typer
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+# "10G", "10GiB", "10gb", "1.5T", "512" (bytes): the binary units users type for disks and RAM.
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_WANTED = "a size like 512M, 10G or 1.5T"
+
+
+def size(text: str | int) -> int:
+    """Bytes from '10G', '512M', '1T' or plain bytes (an int is a default, already parsed)."""
+    if isinstance(text, int):
+        return text
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise typer.BadParameter(f"{text!r} is not {_SIZE_WANTED}")
+    number, unit = found.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def mebibytes(text: str | int) -> int:
+    """Memory in MiB, from a size; a non-zero size under 1 MiB is surely a missing unit.
+    An int is a default, already in MiB."""
+    if isinstance(text, int):
+        return text
+    value = size(text)
+    if 0 < value < 2**20:
+        raise typer.BadParameter(f"{text!r} is less than 1 MiB: give a unit, e.g. {text}M")
+    return value >> 20
+
+
+def seconds(text: str | float) -> float:
+    """A duration in seconds: a finite number, not negative."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{text!r} is not a number of seconds (e.g. 60 or 0.5)")
+    return value
+
+
+def _options(parts: Iterable[str], spec: str, wanted: str) -> dict[str, str]:
+    """The ',key=value' items after a disk's or NIC's main part."""
+    options = {}
+    for part in parts:
+        key, equals, value = part.partition("=")
+        if not equals or not key or not value:
+            raise typer.BadParameter(f"{part!r} in {spec!r} is not KEY=VALUE; {wanted}")
+        options[key] = value
+    return options
+
+
+_DISK_WANTED = "give pool:SIZE, pool:from=POOL/IMAGE[:SIZE] or vol=POOL/NAME, then ,bus=... etc."
+
+
+def disk(text: str) -> dict[str, Any]:
+    """pool:SIZE, pool:from=POOL/IMAGE[:SIZE], or vol=POOL/NAME; ',bus=...' etc. may follow."""
+    main, *rest = text.split(",")
+    result: dict[str, Any] = {}
+    if main.startswith("vol="):
+        if not main[4:]:
+            raise typer.BadParameter(f"{text!r} names no volume; {_DISK_WANTED}")
+        result["volume"] = main[4:]
+    else:
+        pool, _, items = main.partition(":")
+        if not pool or "=" in pool:
+            raise typer.BadParameter(f"{text!r} names no pool; {_DISK_WANTED}")
+        result["pool"] = pool
+        for item in filter(None, items.split(":")):
+            if item.startswith("from=") and item[5:] and "source" not in result:
+                result["source"] = item[5:]
+            elif _SIZE.fullmatch(item.strip()) and "size" not in result:
+                result["size"] = size(item)
+            else:
+                raise typer.BadParameter(f"{item!r} in {text!r} is not understood; {_DISK_WANTED}")
+    result.update(_options(rest, text, _DISK_WANTED))
+    return result
+
+
+_NIC_WANTED = "give a network (user or none), then ,model=e1000 etc."
+
+
+def nic(text: str) -> dict[str, str]:
+    """NETWORK[,key=value...]: e.g. 'user' or 'user,model=e1000'."""
+    network, *rest = text.split(",")
+    if not network or "=" in network:
+        raise typer.BadParameter(f"{text!r} names no network; {_NIC_WANTED}")
+    return {"network": network, **_options(rest, text, _NIC_WANTED)}
+
+
+class Choice:
+    """One of a fixed set of words (the vocabulary comes from the models)."""
+
+    def __init__(self, choices: Iterable[str]):
+        self.choices = tuple(choices)
+        self.__name__ = "choice"  # typer names the parser in its help
+
+    def __call__(self, text: str) -> str:
+        if text not in self.choices:
+            wanted = ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}"
+            raise typer.BadParameter(f"{text!r} is not {wanted}")
+        return text

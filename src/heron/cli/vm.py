@@ -1,0 +1,209 @@
+"""heron vm: virtual machines, their power, placement and serial console."""
+
+import sys
+from typing import Annotated, Any, get_args
+
+import typer
+
+from heron.cli import console, parse
+from heron.cli.client import Client
+from heron.cli.options import Json, Wait
+from heron.cli.output import emit, size
+from heron.cli.task import finish
+from heron.models.vm import Hardware
+
+app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
+
+VM_COLUMNS = [
+    ("name", lambda v: v["name"]),
+    ("state", lambda v: v["state"]),
+    ("power", lambda v: v["power"]),
+    ("node", lambda v: v["node"]),
+    ("vcpus", lambda v: v["spec"]["vcpus"]),
+    ("memory", lambda v: size(v["spec"]["memory_mib"] << 20)),
+    ("pid", lambda v: (v["status"] or {}).get("pid")),
+    ("vnc", lambda v: (v["status"] or {}).get("vnc")),
+    ("id", lambda v: v["id"]),
+]
+
+FIRMWARE = parse.Choice(get_args(Hardware.model_fields["firmware"].annotation))
+
+
+@app.command("list")
+def vm_list(
+    node: Annotated[str | None, typer.Option(help="only this node's")] = None, as_json: Json = False
+) -> None:
+    emit(Client().get("/vms", params={"node": node} if node else None), as_json, VM_COLUMNS)
+
+
+@app.command("show")
+def vm_show(vm: str, as_json: Json = False) -> None:
+    data = Client().get(f"/vms/{vm}")
+    emit(data, True) if as_json else emit(data, False, VM_COLUMNS)
+
+
+@app.command("create")
+def vm_create(
+    name: str,
+    vcpus: Annotated[int, typer.Option(help="virtual CPUs")] = 1,
+    memory: Annotated[
+        int,
+        typer.Option(
+            parser=parse.mebibytes,
+            metavar="SIZE",
+            show_default="512M",
+            help="memory, e.g. 512M or 2G",
+        ),
+    ] = 512,
+    disk: Annotated[
+        list[dict] | None,
+        typer.Option(
+            parser=parse.disk,
+            metavar="SPEC",
+            help="pool:SIZE, pool:from=POOL/IMAGE or vol=POOL/NAME; ',bus=scsi' etc. may follow",
+        ),
+    ] = None,
+    nic: Annotated[
+        list[dict] | None,
+        typer.Option(parser=parse.nic, metavar="SPEC", help="user or none, ',model=e1000'"),
+    ] = None,
+    firmware: Annotated[
+        str, typer.Option(parser=FIRMWARE, metavar="FIRMWARE", help="bios or uefi")
+    ] = "bios",
+    machine: Annotated[str, typer.Option(help="q35 or pc")] = "q35",
+    node: Annotated[str | None, typer.Option(help="run on this node (default: chosen)")] = None,
+    start: Annotated[bool, typer.Option("--start", help="start it once created")] = False,
+    ha: Annotated[
+        bool, typer.Option("--ha", help="restart it elsewhere if its node fails")
+    ] = False,
+    group: Annotated[str | None, typer.Option(help="VM group (placement rule)")] = None,
+    count: Annotated[int, typer.Option(help="create NAME-001..NAME-N from this template")] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="with --count: only show where")
+    ] = False,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Create a VM and its disks (or --count of them, spread over the nodes)."""
+    body: dict[str, Any] = {
+        "name": name,
+        "vcpus": vcpus,
+        "memory_mib": memory,
+        "disks": disk or [],
+        "nics": nic or [],
+        "firmware": firmware,
+        "machine": machine,
+        "start": start,
+    }
+    if node:
+        body["node"] = node
+    body.update({"ha": {"enabled": ha}, "group": group})
+    client = Client()
+    if not count:
+        finish(client, client.post("/vms", json=body), wait, as_json)
+        return
+    reply = client.post("/vms/batch", json={**body, "count": count, "dry_run": dry_run})
+    if wait and not dry_run:
+        for item in reply["vms"]:
+            client.wait_task(item["task"], show=not as_json)
+    emit(
+        reply["vms"],
+        as_json,
+        [
+            ("name", lambda v: v["name"]),
+            ("node", lambda v: v["node"]),
+            ("id", lambda v: v["vm"] or "(dry run)"),
+        ],
+    )
+
+
+def _action(action: str) -> None:
+    def command(
+        vm: str,
+        wait: Wait = True,
+        as_json: Json = False,
+        timeout: Annotated[
+            float,
+            typer.Option(
+                parser=parse.seconds, metavar="SECONDS", help="shutdown: seconds before forcing"
+            ),
+        ] = 60,
+    ) -> None:
+        client = Client()
+        body = {"timeout": timeout} if action == "shutdown" else None
+        finish(client, client.post(f"/vms/{vm}/actions/{action}", json=body), wait, as_json)
+
+    command.__doc__ = {
+        "start": "Start a VM.",
+        "stop": "Power a VM off at once.",
+        "shutdown": "Shut a VM down through ACPI, forcing it after --timeout.",
+        "reboot": "Reset a running VM.",
+        "pause": "Pause a running VM.",
+        "resume": "Resume a paused VM.",
+    }[action]
+    app.command(action)(command)
+
+
+for _name in ("start", "stop", "shutdown", "reboot", "pause", "resume"):
+    _action(_name)
+
+
+@app.command("migrate")
+def vm_migrate(
+    vm: str,
+    target: Annotated[str | None, typer.Option(help="node to move to (default: chosen)")] = None,
+    max_downtime: Annotated[int, typer.Option(help="longest guest pause, ms")] = 300,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Live-migrate a running VM to another node."""
+    client = Client()
+    body = {"target": target, "max_downtime_ms": max_downtime}
+    finish(client, client.post(f"/vms/{vm}/actions/migrate", json=body), wait, as_json)
+
+
+@app.command("update")
+def vm_update(
+    vm: str,
+    vcpus: Annotated[int | None, typer.Option()] = None,
+    memory: Annotated[int | None, typer.Option(parser=parse.mebibytes, metavar="SIZE")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    revision: Annotated[
+        int | None, typer.Option(help="refuse if the VM changed since this revision")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Change a VM's hardware (takes effect at its next start)."""
+    body: dict[str, Any] = {
+        "vcpus": vcpus,
+        "name": name,
+        "description": description,
+        "revision": revision,
+        "memory_mib": memory,
+    }
+    data = Client().request(
+        "PATCH", f"/vms/{vm}", json={k: v for k, v in body.items() if v is not None}
+    )
+    emit(data, as_json, VM_COLUMNS)
+
+
+@app.command("console")
+def vm_console(vm: str) -> None:
+    """Attach this terminal to a VM's serial console; Ctrl-] leaves."""
+    code = console.attach(Client(), vm, sys.stdin.fileno(), sys.stdout.buffer, sys.stderr)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("delete")
+def vm_delete(
+    vm: str,
+    volumes: Annotated[bool, typer.Option("--volumes", help="delete its volumes")] = False,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Delete a VM, stopping it first."""
+    client = Client()
+    reply = client.request("DELETE", f"/vms/{vm}", params={"volumes": volumes})
+    finish(client, reply, wait, as_json)
