@@ -5,7 +5,7 @@ from pathlib import Path
 
 import httpx
 
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
 from heron.models.task import Task
 from heron.scheduler.inventory import Inventory
