@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 
 from heron.configdb.etcd import EtcdMember
+from heron.errors import HeronError
 from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
 
 STATE_FILE = "devcluster.json"
 
 
-class DevClusterError(Exception):
+class DevClusterError(HeronError):
     pass
 
 

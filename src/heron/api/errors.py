@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heron.configdb.store import Conflict as StoreConflict
+from heron.errors import HeronError
 
 
-class ApiError(Exception):
+class ApiError(HeronError):
     status = 400
     code = "bad_request"
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, VolumeSpec
+from heron.ardfs.errors import ArdfsError
 from heron.ardfs.io import READY
 from heron.ardfs.peerauth import PeerKeyError, new_key, read_key, write_key
 
 
-class IoError(Exception):
+class IoError(ArdfsError):
     """heron-io did not start or stop as expected."""
 
 

@@ -22,6 +22,8 @@ import aetcd.rpc
 import aetcd.rtypes
 from pydantic import BaseModel, ValidationError
 
+from heron.errors import ConfigDBError
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
@@ -52,7 +54,7 @@ def _member_removed(exc: BaseException) -> bool:
     return isinstance(exc, aetcd.exceptions.ClientError) and member_removed(str(exc))
 
 
-class Conflict(Exception):
+class Conflict(ConfigDBError):
     """A compare-and-swap failed: the key was changed, created or deleted by someone else."""
 
 

@@ -15,13 +15,14 @@ from typing import Any
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
+from heron.errors import HypervisorError
 from heron.hypervisor.command import RuntimePaths
 from heron.util.proc import alive, read_pidfile
 
 log = logging.getLogger(__name__)
 
 
-class QemuError(Exception):
+class QemuError(HypervisorError):
     pass
 
 
