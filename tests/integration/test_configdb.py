@@ -19,9 +19,9 @@ import pytest
 from heron.configdb import ConfigDB, Conflict, Txn, WatchEvent
 from heron.configdb.cache import Cache
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
 from heron.models import Pool
 from heron.models.common import Record
+from heron.util.ports import free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from support import Api, guest_intact, qemu_homes, serial_lines, wait_for
 
-from heron.devcluster import DevCluster, free_ports
+from heron.devcluster import DevCluster
 from heron.storage.dirpool import mounted
+from heron.util.ports import free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 from heron.agent.registration import Registration
 from heron.configdb import ConfigDB, keys
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
 from heron.models.node import Node
+from heron.util.ports import free_ports
 
 
 @pytest.fixture

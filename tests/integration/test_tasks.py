@@ -11,8 +11,8 @@ from heron.agent import tasks as runner_module
 from heron.agent.tasks import TaskContext, TaskFailed, TaskRunner
 from heron.configdb import ConfigDB, keys
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
 from heron.models.task import Task, TaskState, new_task
+from heron.util.ports import free_ports
 
 
 @pytest.fixture

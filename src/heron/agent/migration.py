@@ -15,7 +15,6 @@ the target drops what it made.
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
@@ -33,6 +32,7 @@ from heron.models.vm import VM
 from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
 from heron.storage.driver import StorageError
+from heron.util.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ class Migrations:
         qemu = await self.vms.start_incoming(vm, record.source, ram)
         nbd = None
         if record.mirror:
-            port = _free_port(self.address)
+            port = free_port(self.address)
             await qemu.execute(
                 "nbd-server-start",
                 {
@@ -462,7 +462,7 @@ class Migrations:
                     },
                 )
             nbd = f"{self.address}:{port}"
-        uri = f"tcp:{self.address}:{_free_port(self.address)}"
+        uri = f"tcp:{self.address}:{free_port(self.address)}"
         await qemu.execute(
             "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
         )
@@ -503,12 +503,6 @@ async def local_disks(db: ConfigDB, vm: VM) -> list[str]:
         if volume is None or volume.value.pool not in shared:
             local.append(disk.volume)
     return local
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
 
 
 async def ardfs_volumes(db: ConfigDB, vm: VM) -> list[str]:

@@ -31,6 +31,7 @@ class IoError(ArdfsError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    # heron.util.ports has the same for the rest of Heron: ARDFS imports nothing else from it.
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
