@@ -33,6 +33,7 @@ from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
 from heron.storage.driver import StorageError
 from heron.util.ports import free_port
+from heron.util.wait import until
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +60,31 @@ class Migrations:
         return (await self.db.update(Migration, keys.migration(vm_id), change)).value
 
     async def _wait(self, vm_id: str, states: set[MigrationState], timeout: float) -> Migration:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
+        target = "?"
+
+        async def reached() -> Migration | None:  # polling the record the other node writes
+            nonlocal target
             entry = await self.db.get(Migration, keys.migration(vm_id))
             if entry is None:
                 # The target removes the record when it gives up preparing.
                 raise TaskFailed("the target gave up preparing (see its vm.receive task)")
-            if entry.value.state in states:
-                return entry.value
-            if loop.time() > deadline:
-                raise TaskFailed(f"no answer from node {entry.value.target} in {timeout:.0f}s")
-            await asyncio.sleep(_POLL)  # polling the record the other node writes
+            target = entry.value.target
+            return entry.value if entry.value.state in states else None
+
+        found = await until(reached, timeout, _POLL)
+        if found is None:
+            raise TaskFailed(f"no answer from node {target} in {timeout:.0f}s")
+        return found
 
     async def _wait_gone(self, vm_id: str, timeout: float = 30.0) -> None:
         """Until the target has taken the VM over and removed the record: only then may the
         next migration of this VM begin."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await self.db.get_raw(keys.migration(vm_id)) is not None:
-            if loop.time() > deadline:
-                log.warning("the target has not closed the migration of %s", vm_id)
-                return
-            await asyncio.sleep(_POLL)  # polling the record the target removes
+
+        async def gone() -> bool:  # polling the record the target removes
+            return await self.db.get_raw(keys.migration(vm_id)) is None
+
+        if await until(gone, timeout, _POLL) is None:
+            log.warning("the target has not closed the migration of %s", vm_id)
 
     async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, DirPool]]:
         found = []
@@ -351,21 +354,19 @@ class Migrations:
         """Make `target` the owner of each volume and wait until its heron-io serves them as
         their owner (its chunk stores claimed, stale notes merged)."""
         epochs = {v: (await claim(self.db, v, target)).epoch for v in volume_ids}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HANDOVER_TIMEOUT
-        while True:
+
+        async def served_by_target() -> bool:  # polling what the target's agent reports
             reported = {
                 v: await self.db.get(VolumeHealth, keys.volume_health(v)) for v in volume_ids
             }
-            if all(
+            return all(
                 h is not None and (h.value.node, h.value.epoch) == (target, epochs[v])
                 for v, h in reported.items()
-            ):
-                await ctx.log(f"{len(volume_ids)} ardfs volume(s) handed over to {target}")
-                return
-            if loop.time() > deadline:
-                raise TaskFailed(f"{target} did not take the ardfs volumes over in time")
-            await asyncio.sleep(_POLL)  # polling what the target's agent reports
+            )
+
+        if await until(served_by_target, HANDOVER_TIMEOUT, _POLL) is None:
+            raise TaskFailed(f"{target} did not take the ardfs volumes over in time")
+        await ctx.log(f"{len(volume_ids)} ardfs volume(s) handed over to {target}")
 
     async def _hand_record_over(
         self, vm_id: str, target: str, downtime: int | None, mirrored: list[int]
