@@ -20,7 +20,7 @@ from typing import Any
 
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
-from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb import ConfigDB, Txn, cas, keys
 from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
@@ -372,7 +372,8 @@ class Migrations:
         self, vm_id: str, target: str, downtime: int | None, mirrored: list[int]
     ) -> None:
         """The VM (and its copied volumes) belong to the target now, all in one step."""
-        for _ in range(20):
+
+        async def attempt() -> None:
             vm = await self.db.get(VM, keys.vm(vm_id))
             record = await self.db.get(Migration, keys.migration(vm_id))
             if vm is None or record is None:
@@ -396,10 +397,12 @@ class Migrations:
                     raise TaskFailed(f"the volume of disk {index} vanished")
                 txn.require_revision(volume.key, volume.revision)
                 txn.put(volume.key, volume.value.model_copy(update={"node": target}))
-            with contextlib.suppress(Conflict):
-                await self.db.commit(txn)
-                return
-        raise TaskFailed("the VM record kept changing; could not hand it over")
+            await self.db.commit(txn)
+
+        try:
+            await cas.retry(attempt, f"VM {vm_id}")
+        except Conflict as exc:
+            raise TaskFailed("the VM record kept changing; could not hand it over") from exc
 
     # -- target ----------------------------------------------------------------------------
 
