@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from qemu.qmp import QMPClient
 
 from heron import devcluster
 from heron.configdb import ConfigDB, keys
+from heron.util.wait import until_sync
 
 T = TypeVar("T")
 
@@ -94,14 +94,10 @@ def ms(seconds: Sequence[float]) -> list[float]:
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll `predicate` until it returns something truthy; BenchError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    value = until_sync(predicate, timeout, interval)
+    if value is None:
+        raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return value
 
 
 def line_after(path: Path, text: str, offset: int = 0) -> bool:
@@ -120,12 +116,6 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_hogs(count: int) -> list[subprocess.Popen[bytes]]:

@@ -45,7 +45,7 @@ from bench.common import (
 )
 from heron.configdb import ConfigDB
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
+from heron.util.ports import free_ports
 
 NAME = "configdb_propagation"
 PREFIX = "/bench/propagation/"

@@ -64,7 +64,6 @@ from bench.common import (
     BenchError,
     connect_qmp,
     exit_on_sigterm,
-    free_port,
     load_snapshot,
     migrate_bare,
     print_rows,
@@ -78,6 +77,7 @@ from heron.devcluster import DevCluster
 from heron.hypervisor import command
 from heron.hypervisor.accel import qemu_version
 from heron.models.vm import VM, PowerState, VMSpec
+from heron.util.ports import free_port
 
 NAME = "migration"
 MEMORY_MIB = 128

@@ -84,7 +84,7 @@ from bench.common import (
 from heron.agent import registration as registration_module
 from heron.agent.main import AgentConfig
 from heron.agent.registration import LeaseKeeper
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb import election as election_module
 from heron.configdb.election import Election

@@ -45,7 +45,6 @@ from bench.common import (
     cpu_hogs,
     end_hogs,
     exit_on_sigterm,
-    free_port,
     load_snapshot,
     migrate_bare,
     print_rows,
@@ -57,6 +56,7 @@ from heron.hypervisor.accel import qemu_version
 from heron.models.vm import VM, PowerState, VMSpec
 from heron.testguest import build as testguest
 from heron.testguest import console
+from heron.util.ports import free_port
 
 BOOT_TIMEOUT = 180.0
 MIGRATE_TIMEOUT = 600.0

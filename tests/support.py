@@ -6,8 +6,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,22 +14,31 @@ import httpx
 
 from heron.configdb import ConfigDB, keys
 from heron.testguest import console
+from heron.util.wait import until, until_sync
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 HERON = [sys.executable, "-m", "heron.cli.main"]
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
     """Poll until `predicate` returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    value = until_sync(predicate, timeout, interval)
+    if value is None:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[T | None]], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """The async twin of wait_for: poll until truthy, fail after `timeout`."""
+    value = await until(predicate, timeout, interval)
+    if value is None:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 class Api:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,12 +16,14 @@ from pathlib import Path
 import httpx
 
 from heron.configdb.etcd import EtcdMember
+from heron.errors import HeronError
+from heron.util.ports import free_ports
 from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
 
 STATE_FILE = "devcluster.json"
 
 
-class DevClusterError(Exception):
+class DevClusterError(HeronError):
     pass
 
 
@@ -252,18 +253,6 @@ class DevCluster:
 
         if not wait_until(registered, timeout, interval=0.1):
             raise DevClusterError("not every node registered in time")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def up(

@@ -8,20 +8,20 @@ client fail-over.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aetcd.exceptions
 import pytest
+from support import eventually
 
 from heron.configdb import ConfigDB, Conflict, Txn, WatchEvent
 from heron.configdb.cache import Cache
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
 from heron.models import Pool
 from heron.models.common import Record
+from heron.util.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +33,6 @@ class Counter(Record):
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[object]], timeout: float, what: str, interval: float = 0.1
-) -> object:
-    """The async twin of support.wait_for: poll until truthy, fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class Collector:

@@ -9,7 +9,7 @@ import pytest
 from heron.configdb import ConfigDB, Conflict, Txn
 from heron.configdb.election import Election
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
+from heron.util.ports import free_ports
 
 
 @pytest.fixture

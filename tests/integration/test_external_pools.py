@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,10 @@ from pathlib import Path
 import pytest
 from support import Api, guest_intact, qemu_homes, serial_lines, wait_for
 
-from heron.devcluster import DevCluster, free_ports
+from heron.devcluster import DevCluster
 from heron.storage.dirpool import mounted
+from heron.util.ports import free_ports
+from heron.util.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -224,11 +225,7 @@ def loop_lun(tmp_path: Path, testguest: Path) -> Iterator[Path]:
         yield link
     finally:
         # The kernel may hold the device a moment after QEMU exits.
-        deadline = time.monotonic() + 10
-        while subprocess.run(["losetup", "-d", device]).returncode != 0:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)  # retry until the device is released
+        until_sync(lambda: subprocess.run(["losetup", "-d", device]).returncode == 0, 10, 0.2)
 
 
 def test_block_device_luns_boot_a_vm(cluster3, api, loop_lun, testguest) -> None:

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from support import eventually
 
 from heron.agent import tasks as runner_module
 from heron.agent.tasks import TaskContext, TaskFailed, TaskRunner
 from heron.configdb import ConfigDB, keys
 from heron.configdb.etcd import EtcdMember
-from heron.devcluster import free_ports
 from heron.models.task import Task, TaskKind, TaskState, new_task
+from heron.util.ports import free_ports
 
 # Stand-ins for real kinds: the runner only cares that the table maps them.
 WORK, BROKEN, SLOW = TaskKind.volume_create, TaskKind.pool_scan, TaskKind.volume_rebuild
@@ -30,14 +31,11 @@ async def db(tmp_path: Path) -> AsyncIterator[ConfigDB]:
 
 
 async def _wait_state(db: ConfigDB, task_id: str, timeout: float = 10) -> Task:
-    async def finished() -> Task:
-        while True:
-            entry = await db.get(Task, keys.task(task_id))
-            if entry is not None and entry.value.state.finished:
-                return entry.value
-            await asyncio.sleep(0.02)  # polling etcd for the end of the task
+    async def finished() -> Task | None:  # polling etcd for the end of the task
+        entry = await db.get(Task, keys.task(task_id))
+        return entry.value if entry is not None and entry.value.state.finished else None
 
-    return await asyncio.wait_for(finished(), timeout)
+    return await eventually(finished, timeout, f"task {task_id} to finish", 0.02)
 
 
 async def test_tasks_run_once_and_record_their_outcome(db: ConfigDB) -> None:

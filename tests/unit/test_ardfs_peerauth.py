@@ -9,12 +9,12 @@ import logging
 import os
 import socket
 import stat
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import eventually
 
 from heron.ardfs import peerauth
 from heron.ardfs.chunkstore import ChunkStore
@@ -59,11 +59,10 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 
 
 async def until(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    async def check() -> object:
+        return predicate()
+
+    await eventually(check, timeout, what, 0.01)
 
 
 async def read_to_end(sock: socket.socket) -> bytes:

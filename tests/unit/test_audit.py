@@ -1,4 +1,4 @@
-"""The audit log (heron.api.audit.AuditLog): a JSON-lines file per node, rotated by size."""
+"""The audit log (heron.audit.AuditLog): a JSON-lines file per node, rotated by size."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from heron.api import audit
-from heron.api.audit import AuditLog
+from heron import audit
+from heron.audit import AuditLog
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import contextlib
 import json
 import logging
 import os
-import random
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -42,6 +40,7 @@ from heron.models.storage import (
 )
 from heron.models.task import Task, TaskKind, new_task
 from heron.storage.ardfspool import SECTOR, socket_path
+from heron.util.ports import free_port_in
 from heron.util.proc import (
     alive,
     find_running,
@@ -394,7 +393,7 @@ class IoSupervisor:
         entry = self.members.get(f"{pool.name}/{self.node}")
         if entry is not None and entry.value.address:
             return True
-        address = f"{self.address}:{_free_port(self.address)}"
+        address = f"{self.address}:{free_port_in(PEER_PORTS, self.address)}"
         key = keys.ardfs_member(pool.name, self.node)
         if entry is None:
             member = ArdfsMember(pool=pool.name, node=self.node, address=address)
@@ -433,17 +432,3 @@ def _wait_ready(logfile: Path, offset: int, pid: int, marker: str) -> bool:
         )
         and ready in logfile.read_bytes()[offset:]
     )
-
-
-def _free_port(host: str) -> int:
-    """A port free now, below the kernel's ephemeral range: the ports it hands out to other
-    programs' connections and listeners on port 0 cannot take it between now and then."""
-    for _ in range(200):
-        port = random.randrange(*PEER_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no free port in {PEER_PORTS} on {host}")

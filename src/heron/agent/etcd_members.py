@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aetcd.exceptions
 
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.etcd import EtcdMember

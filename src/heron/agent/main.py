@@ -34,9 +34,9 @@ from heron.agent.reservation import CoreReservation
 from heron.agent.tasks import TaskRunner
 from heron.agent.vms import VMController
 from heron.api.app import create_app
-from heron.api.audit import AuditLog
 from heron.api.auth import hash_password
 from heron.api.context import ApiContext
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.ha.controller import FailoverController

@@ -15,13 +15,12 @@ the target drops what it made.
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
-from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb import ConfigDB, Txn, cas, keys
 from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
@@ -33,6 +32,8 @@ from heron.models.vm import VM
 from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
 from heron.storage.driver import StorageError
+from heron.util.ports import free_port
+from heron.util.wait import until
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +60,31 @@ class Migrations:
         return (await self.db.update(Migration, keys.migration(vm_id), change)).value
 
     async def _wait(self, vm_id: str, states: set[MigrationState], timeout: float) -> Migration:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
+        target = "?"
+
+        async def reached() -> Migration | None:  # polling the record the other node writes
+            nonlocal target
             entry = await self.db.get(Migration, keys.migration(vm_id))
             if entry is None:
                 # The target removes the record when it gives up preparing.
                 raise TaskFailed("the target gave up preparing (see its vm.receive task)")
-            if entry.value.state in states:
-                return entry.value
-            if loop.time() > deadline:
-                raise TaskFailed(f"no answer from node {entry.value.target} in {timeout:.0f}s")
-            await asyncio.sleep(_POLL)  # polling the record the other node writes
+            target = entry.value.target
+            return entry.value if entry.value.state in states else None
+
+        found = await until(reached, timeout, _POLL)
+        if found is None:
+            raise TaskFailed(f"no answer from node {target} in {timeout:.0f}s")
+        return found
 
     async def _wait_gone(self, vm_id: str, timeout: float = 30.0) -> None:
         """Until the target has taken the VM over and removed the record: only then may the
         next migration of this VM begin."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await self.db.get_raw(keys.migration(vm_id)) is not None:
-            if loop.time() > deadline:
-                log.warning("the target has not closed the migration of %s", vm_id)
-                return
-            await asyncio.sleep(_POLL)  # polling the record the target removes
+
+        async def gone() -> bool:  # polling the record the target removes
+            return await self.db.get_raw(keys.migration(vm_id)) is None
+
+        if await until(gone, timeout, _POLL) is None:
+            log.warning("the target has not closed the migration of %s", vm_id)
 
     async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, DirPool]]:
         found = []
@@ -349,27 +352,26 @@ class Migrations:
         """Make `target` the owner of each volume and wait until its heron-io serves them as
         their owner (its chunk stores claimed, stale notes merged)."""
         epochs = {v: (await claim(self.db, v, target)).epoch for v in volume_ids}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HANDOVER_TIMEOUT
-        while True:
+
+        async def served_by_target() -> bool:  # polling what the target's agent reports
             reported = {
                 v: await self.db.get(VolumeHealth, keys.volume_health(v)) for v in volume_ids
             }
-            if all(
+            return all(
                 h is not None and (h.value.node, h.value.epoch) == (target, epochs[v])
                 for v, h in reported.items()
-            ):
-                await ctx.log(f"{len(volume_ids)} ardfs volume(s) handed over to {target}")
-                return
-            if loop.time() > deadline:
-                raise TaskFailed(f"{target} did not take the ardfs volumes over in time")
-            await asyncio.sleep(_POLL)  # polling what the target's agent reports
+            )
+
+        if await until(served_by_target, HANDOVER_TIMEOUT, _POLL) is None:
+            raise TaskFailed(f"{target} did not take the ardfs volumes over in time")
+        await ctx.log(f"{len(volume_ids)} ardfs volume(s) handed over to {target}")
 
     async def _hand_record_over(
         self, vm_id: str, target: str, downtime: int | None, mirrored: list[int]
     ) -> None:
         """The VM (and its copied volumes) belong to the target now, all in one step."""
-        for _ in range(20):
+
+        async def attempt() -> None:
             vm = await self.db.get(VM, keys.vm(vm_id))
             record = await self.db.get(Migration, keys.migration(vm_id))
             if vm is None or record is None:
@@ -393,10 +395,12 @@ class Migrations:
                     raise TaskFailed(f"the volume of disk {index} vanished")
                 txn.require_revision(volume.key, volume.revision)
                 txn.put(volume.key, volume.value.model_copy(update={"node": target}))
-            with contextlib.suppress(Conflict):
-                await self.db.commit(txn)
-                return
-        raise TaskFailed("the VM record kept changing; could not hand it over")
+            await self.db.commit(txn)
+
+        try:
+            await cas.retry(attempt, f"VM {vm_id}")
+        except Conflict as exc:
+            raise TaskFailed("the VM record kept changing; could not hand it over") from exc
 
     # -- target ----------------------------------------------------------------------------
 
@@ -441,7 +445,7 @@ class Migrations:
         qemu = await self.vms.start_incoming(vm, record.source, ram)
         nbd = None
         if record.mirror:
-            port = _free_port(self.address)
+            port = free_port(self.address)
             await qemu.execute(
                 "nbd-server-start",
                 {
@@ -460,7 +464,7 @@ class Migrations:
                     },
                 )
             nbd = f"{self.address}:{port}"
-        uri = f"tcp:{self.address}:{_free_port(self.address)}"
+        uri = f"tcp:{self.address}:{free_port(self.address)}"
         await qemu.execute(
             "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
         )
@@ -501,12 +505,6 @@ async def local_disks(db: ConfigDB, vm: VM) -> list[str]:
         if volume is None or volume.value.pool not in shared:
             local.append(disk.volume)
     return local
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
 
 
 async def ardfs_volumes(db: ConfigDB, vm: VM) -> list[str]:

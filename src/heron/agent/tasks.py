@@ -14,6 +14,7 @@ from typing import Any
 
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.store import parse
+from heron.errors import AgentError
 from heron.models.task import LOG_LINES, BadParams, P, Task, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ KEEP_FINISHED = 1000
 _PRUNE_INTERVAL = 300
 
 
-class TaskCancelled(Exception):
+class TaskCancelled(AgentError):
     pass
 
 
-class TaskFailed(Exception):
+class TaskFailed(AgentError):
     """A handler's way to fail a task with a message meant for the user."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heron.configdb import ConfigDB, keys
+from heron.errors import AgentError
 from heron.ha import fence
 from heron.hypervisor import command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 
 
-class VMError(Exception):
+class VMError(AgentError):
     pass
 
 

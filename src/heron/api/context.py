@@ -5,7 +5,7 @@ from pathlib import Path
 
 import httpx
 
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB
 from heron.scheduler.inventory import Inventory
 

@@ -13,12 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heron.configdb.store import Conflict as StoreConflict
+from heron.errors import HeronError
 from heron.services.errors import Conflict, Invalid, NotFound, ServiceError
 
 __all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "Unauthorized", "install"]
 
 
-class ApiError(Exception):
+class ApiError(HeronError):
     status = 400
     code = "bad_request"
 

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, VolumeSpec
+from heron.ardfs.errors import ArdfsError
 from heron.ardfs.io import READY
 from heron.ardfs.peerauth import PeerKeyError, new_key, read_key, write_key
 
 
-class IoError(Exception):
+class IoError(ArdfsError):
     """heron-io did not start or stop as expected."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    # heron.util.ports has the same for the rest of Heron: ARDFS imports nothing else from it.
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

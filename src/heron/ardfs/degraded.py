@@ -6,20 +6,9 @@ even after heron-io restarts. Append-only lines "+ chunk disk" / "- chunk disk",
 when loaded.
 """
 
-from __future__ import annotations
-
-import asyncio
-import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from heron.ardfs.target import ChunkTarget
-
-log = logging.getLogger(__name__)
 
 
 class DegradedLog:
@@ -87,28 +76,3 @@ class DegradedLog:
 
     def count(self) -> int:
         return sum(len(d) for d in self.missing.values())
-
-
-async def share(
-    volume: str,
-    pairs: list[tuple[int, str]],
-    added: bool,
-    holders: Callable[[int], Sequence[ChunkTarget]],
-) -> None:
-    """Copy stale notes to the disks that hold good copies of those chunks.
-
-    The owner's own log is what it uses; these copies are for a new owner after a handover
-    (HA), which merges them from every reachable store before it serves the volume. A note
-    that cannot be delivered is logged: it matters only if the owner is lost as well.
-    """
-    by_target: dict[str, tuple[ChunkTarget, list[tuple[int, str]]]] = {}
-    for chunk, disk in pairs:
-        for target in holders(chunk):
-            by_target.setdefault(target.disk, (target, []))[1].append((chunk, disk))
-    jobs = list(by_target.values())
-    results = await asyncio.gather(
-        *(t.note_stale(volume, notes, added) for t, notes in jobs), return_exceptions=True
-    )
-    for (target, _), result in zip(jobs, results, strict=True):
-        if isinstance(result, BaseException):
-            log.warning("stale note for %s on %s not delivered: %s", volume, target.disk, result)

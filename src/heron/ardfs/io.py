@@ -30,6 +30,7 @@ from heron.ardfs.config import IoConfig, PlacedDisk, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.disks import claim_disk
 from heron.ardfs.erasure import ErasureVolume
+from heron.ardfs.kinds import AnyVolume
 from heron.ardfs.maintenance import Maintenance
 from heron.ardfs.nbd import ExportTable, NbdServer
 from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget
@@ -45,8 +46,6 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
 # How long a handover waits for each chunk store to take the claim and give its stale notes:
 # a hung node must not keep the volume from its new owner (its notes are on the good copies).
 TAKEOVER_WAIT = 5.0
-
-AnyVolume = ReplicatedVolume | ErasureVolume
 
 
 def descriptors_per_store(disks: int) -> int:

@@ -25,16 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from heron.ardfs.checksum import CHUNK_SIZE, SECTORS
-from heron.ardfs.cluster import GoneTarget
+from heron.ardfs.chunkstore import ChunkStore
+from heron.ardfs.cluster import Cluster, GoneTarget
+from heron.ardfs.config import IoConfig
 from heron.ardfs.disks import check_disk
-from heron.ardfs.peer import OP_CORRUPT, OP_PING, RemoteTarget
+from heron.ardfs.kinds import AnyVolume
+from heron.ardfs.peer import OP_CORRUPT, OP_PING, PeerClient, RemoteTarget
 from heron.ardfs.volume import VolumeError
-
-if TYPE_CHECKING:
-    from heron.ardfs.io import AnyVolume, Io
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,36 @@ class ScrubProgress:
     unrepaired: list[str] = field(default_factory=list)
 
 
+class Host(Protocol):
+    """What maintenance needs of the heron-io it runs in (io.Io): a protocol, because the
+    process owns its maintenance and must stay the only one of the two that imports the other.
+    """
+
+    @property
+    def config(self) -> IoConfig: ...
+
+    @property
+    def stores(self) -> dict[str, ChunkStore]: ...
+
+    @property
+    def cluster(self) -> Cluster: ...
+
+    @property
+    def volumes(self) -> dict[str, AnyVolume]: ...
+
+    @property
+    def peers(self) -> dict[str, PeerClient]: ...
+
+    @property
+    def failed_disks(self) -> dict[str, str]: ...
+
+    def fail_disk(self, disk: str, why: str) -> None: ...
+
+    def owns(self, name: str) -> bool: ...
+
+
 class Maintenance:
-    def __init__(self, io: Io):
+    def __init__(self, io: Host):
         self.io = io
         config = io.config
         self.rebuild_limit = RateLimiter(config.rebuild_mb_s * 1e6)

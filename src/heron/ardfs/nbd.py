@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heron.ardfs import nbdproto as p
+from heron.ardfs.errors import ArdfsError
 from heron.ardfs.receiver import Receiver
 from heron.ardfs.sender import Sender
 from heron.ardfs.volume import Volume, VolumeError
@@ -46,7 +47,7 @@ TRANSMISSION_FLAGS = (
 )
 
 
-class Disconnect(Exception):
+class Disconnect(ArdfsError):
     """The client went away or broke the protocol: drop the connection."""
 
 

@@ -6,8 +6,10 @@ import json
 import subprocess
 from typing import Any
 
+from heron.ardfs.errors import ArdfsError
 
-class ToolError(Exception):
+
+class ToolError(ArdfsError):
     pass
 
 

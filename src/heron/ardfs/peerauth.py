@@ -34,6 +34,8 @@ import stat
 import struct
 from pathlib import Path
 
+from heron.ardfs.errors import ArdfsError
+
 VERSION = 1
 NONCE = 32
 MIN_KEY = 32  # bytes
@@ -49,11 +51,11 @@ CLIENT = b"heron-ardfs-peer-auth client"
 SERVER = b"heron-ardfs-peer-auth server"
 
 
-class AuthError(Exception):
+class AuthError(ArdfsError):
     """The other end did not authenticate (or the handshake broke off)."""
 
 
-class PeerKeyError(ValueError):
+class PeerKeyError(ArdfsError, ValueError):
     """The peer key file is missing, malformed, too short or readable by others."""
 
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
-from heron.ardfs.degraded import DegradedLog, share
+from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.layout import Piece, pieces
 from heron.ardfs.placement import Disk
 from heron.ardfs.target import ChunkTarget
@@ -228,3 +228,28 @@ class PlacedVolume:
         for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+
+
+async def share(
+    volume: str,
+    pairs: list[tuple[int, str]],
+    added: bool,
+    holders: Callable[[int], Sequence[ChunkTarget]],
+) -> None:
+    """Copy stale notes to the disks that hold good copies of those chunks.
+
+    The owner's own log is what it uses; these copies are for a new owner after a handover
+    (HA), which merges them from every reachable store before it serves the volume. A note
+    that cannot be delivered is logged: it matters only if the owner is lost as well.
+    """
+    by_target: dict[str, tuple[ChunkTarget, list[tuple[int, str]]]] = {}
+    for chunk, disk in pairs:
+        for target in holders(chunk):
+            by_target.setdefault(target.disk, (target, []))[1].append((chunk, disk))
+    jobs = list(by_target.values())
+    results = await asyncio.gather(
+        *(t.note_stale(volume, notes, added) for t, notes in jobs), return_exceptions=True
+    )
+    for (target, _), result in zip(jobs, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("stale note for %s on %s not delivered: %s", volume, target.disk, result)

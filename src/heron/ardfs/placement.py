@@ -17,8 +17,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from heron.ardfs.errors import ArdfsError
 
-class PlacementError(Exception):
+
+class PlacementError(ArdfsError):
     """Fewer disks than the copies or shards asked for."""
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from heron.ardfs.errors import ArdfsError
+
 BUFFER = 256 * 1024
 # Payloads at least this large bypass the buffer.
 DIRECT = 64 * 1024
 
 
-class Closed(ConnectionError):
+class Closed(ArdfsError, ConnectionError):
     """The peer closed the connection."""
 
 

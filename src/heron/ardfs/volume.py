@@ -8,8 +8,10 @@ import errno
 from dataclasses import dataclass
 from typing import Protocol
 
+from heron.ardfs.errors import ArdfsError
 
-class VolumeError(Exception):
+
+class VolumeError(ArdfsError):
     """An I/O request failed; `errno` is what the NBD client is told."""
 
     errno: int = errno.EIO

@@ -11,13 +11,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heron.errors import ConfigDBError
 from heron.util.proc import read_pidfile, spawn_detached, terminate, wait_until
 
 HEARTBEAT_MS = 100
 ELECTION_MS = 500
 
 
-class EtcdError(Exception):
+class EtcdError(ConfigDBError):
     pass
 
 

@@ -22,6 +22,11 @@ import aetcd.rpc
 import aetcd.rtypes
 from pydantic import BaseModel, ValidationError
 
+from heron.configdb import cas
+
+# Conflict is defined with the retry that handles it; callers have always imported it here.
+from heron.configdb.cas import Conflict as Conflict
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,10 +55,6 @@ def member_removed(message: str) -> bool:
 
 def _member_removed(exc: BaseException) -> bool:
     return isinstance(exc, aetcd.exceptions.ClientError) and member_removed(str(exc))
-
-
-class Conflict(Exception):
-    """A compare-and-swap failed: the key was changed, created or deleted by someone else."""
 
 
 @dataclass(frozen=True)
@@ -314,20 +315,19 @@ class ConfigDB:
         return await self.commit(txn)
 
     async def update(
-        self, model: type[M], key: str, change: Callable[[M], M], attempts: int = 20
+        self, model: type[M], key: str, change: Callable[[M], M], attempts: int = cas.ATTEMPTS
     ) -> Entry[M]:
         """Read-modify-write with CAS, retried when another writer got in between."""
-        for _ in range(attempts):
+
+        async def attempt() -> Entry[M]:
             entry = await self.get(model, key)
             if entry is None:
                 raise KeyError(key)
             value = change(entry.value.model_copy(deep=True))
-            try:
-                revision = await self.put(key, value, revision=entry.revision, lease=entry.lease)
-            except Conflict:
-                continue
+            revision = await self.put(key, value, revision=entry.revision, lease=entry.lease)
             return Entry(key, value, revision, entry.lease)
-        raise Conflict(f"{key} kept changing under {attempts} attempts")
+
+        return await cas.retry(attempt, key, attempts)
 
     # -- leases --------------------------------------------------------------------------
 

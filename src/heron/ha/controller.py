@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import Entry, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict

@@ -15,13 +15,15 @@ from typing import Any
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
+from heron.errors import HypervisorError
 from heron.hypervisor.command import RuntimePaths
 from heron.util.proc import alive, read_pidfile
+from heron.util.wait import until
 
 log = logging.getLogger(__name__)
 
 
-class QemuError(Exception):
+class QemuError(HypervisorError):
     pass
 
 
@@ -139,12 +141,11 @@ class QemuVM:
             await self.wait_gone(timeout / 2)
 
     async def wait_gone(self, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.running():
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)  # polling the pid: QEMU is not our child to wait on
+        async def gone() -> bool:  # polling the pid: QEMU is not our child to wait on
+            return not self.running()
+
+        if await until(gone, timeout, 0.05) is None:
+            return False
         await self.close()
         return True
 

@@ -8,7 +8,7 @@ migrations run at once. Each decision goes to the audit log with the numbers beh
 import asyncio
 import logging
 
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict

@@ -5,6 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from heron.errors import SchedulingError
 from heron.models.group import VMGroup as VMGroupRule
 from heron.models.node import Node
 from heron.models.vm import VM, PowerState
@@ -30,7 +31,7 @@ class NodeLoad:
         return max(memory, cpu / 4) + self.vms / 1000
 
 
-class PlacementError(Exception):
+class PlacementError(SchedulingError):
     """No node can take the VM as asked; the message says why."""
 
 

@@ -23,7 +23,7 @@ import logging
 import time
 import zlib
 
-from heron.api.audit import AuditLog
+from heron.audit import AuditLog
 from heron.configdb import Conflict, Txn, keys
 from heron.configdb.election import Election
 from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume

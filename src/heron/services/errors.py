@@ -1,7 +1,9 @@
 """The errors of the service layer: what the caller asked cannot be done, and why."""
 
+from heron.errors import HeronError
 
-class ServiceError(Exception):
+
+class ServiceError(HeronError):
     """Root of the service layer's errors; `fields` name the offending inputs."""
 
     def __init__(self, message: str, fields: list[dict[str, str]] | None = None):

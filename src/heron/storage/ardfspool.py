@@ -18,6 +18,7 @@ from heron.models.storage import ArdfsMember, ArdfsTombstone, Pool, Volume
 from heron.storage import qemuimg
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import Progress, QemuImgError
+from heron.util.wait import until
 
 SERVE_TIMEOUT = 60.0  # heron-io (re)loads its configuration and claims in well under this
 SECTOR = 4096  # heron-io volumes are a whole number of 4 KiB sectors
@@ -92,28 +93,31 @@ class ArdfsPool(PoolDriver):
         after `patience` go on anyway: writes then record what the absent ones miss."""
         assert self.db is not None
         prefix = f"{keys.ARDFS_MEMBERS}{self.pool.name}/"
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            members = [e.value for e in await self.db.list(ArdfsMember, prefix)]
+        db = self.db
+
+        async def all_listen() -> bool:  # heron-io processes are (re)starting
+            members = [e.value for e in await db.list(ArdfsMember, prefix)]
             listening = await asyncio.gather(*(_listens(m.address) for m in members))
-            if members and all(listening):
-                return
-            await asyncio.sleep(0.2)  # heron-io processes are (re)starting
+            return bool(members) and all(listening)
+
+        await until(all_listen, patience, 0.2)
 
     async def wait_served(self, volume: Volume, size: int | None = None) -> None:
         """Until this node's heron-io exports the volume (at `size`, if given)."""
-        deadline = time.monotonic() + SERVE_TIMEOUT
-        while True:
+        why = ""
+
+        async def served() -> bool:  # heron-io applies configuration changes in the background
+            nonlocal why
             try:
                 found = int((await qemuimg.info(self.image(volume)))["virtual-size"])
-                if size is None or found == size:
-                    return
-                why = f"served at {found} bytes, not {size}"
             except QemuImgError as exc:
                 why = str(exc)
-            if time.monotonic() > deadline:
-                raise StorageError(f"heron-io on this node does not serve {volume.name}: {why}")
-            await asyncio.sleep(0.2)  # heron-io applies configuration changes in the background
+                return False
+            why = f"served at {found} bytes, not {size}"
+            return size is None or found == size
+
+        if await until(served, SERVE_TIMEOUT, 0.2) is None:
+            raise StorageError(f"heron-io on this node does not serve {volume.name}: {why}")
 
     async def _set_size(self, volume: Volume, size: int) -> None:
         if self.db is None:

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from heron.configdb import ConfigDB
+
+# The storage family's root; pool drivers and their callers import it from here.
+from heron.errors import StorageError as StorageError
 from heron.models.storage import Pool, Volume
 from heron.storage.qemuimg import Progress
-
-
-class StorageError(Exception):
-    """A pool operation failed or is not possible for this pool type; the message says why."""
 
 
 @dataclass(frozen=True)

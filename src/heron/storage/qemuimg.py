@@ -7,13 +7,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from heron.errors import StorageError
+
 Progress = Callable[[float], Awaitable[None]]
 # A file, or any name qemu-img understands (iscsi://..., rbd:..., nbd+unix://..., json:{...}).
 Image = str | Path
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
-class QemuImgError(Exception):
+class QemuImgError(StorageError):
     pass
 
 

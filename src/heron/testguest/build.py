@@ -49,6 +49,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from heron.errors import HeronError
+
 # Bump whenever the output of this script changes for the same packages: it invalidates stamps.
 BUILD_VERSION = 4
 
@@ -109,7 +111,7 @@ POWER_BUTTON_INPUT_NAME = "Power Button"
 INPUT_EVENT_SIZE = 24
 
 
-class BuildError(Exception):
+class BuildError(HeronError):
     """A step of the build failed; the message says which and why."""
 
 

@@ -4,9 +4,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from heron.util.wait import until_sync
 
 
 def cmdline(pid: int) -> list[str]:
@@ -100,12 +101,11 @@ def terminate(pid: int, marker: str, timeout: float = 10.0) -> None:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it holds or `timeout` passes; returns whether it held."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll `predicate` until it holds or `timeout` passes; returns whether it held. Our own
+    exited children are reaped first each time: a zombie would still look alive."""
+
+    def reaped_then_checked() -> bool:
         reap_children()
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+        return predicate()
+
+    return until_sync(reaped_then_checked, timeout, interval) is not None

@@ -12,9 +12,8 @@ import heron
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.errors import Conflict, Invalid, NotFound
-from heron.configdb import ConfigDB, Entry, Txn, keys
+from heron.configdb import ConfigDB, Entry, Txn, cas, keys
 from heron.configdb.membership import Membership
-from heron.configdb.store import Conflict as StoreConflict
 from heron.models.node import Node, NodeSettings
 from heron.models.settings import ClusterSettings
 from heron.models.task import TaskKind, new_task
@@ -157,15 +156,13 @@ def _changed(current: Entry[NodeSettings] | None, **changes: Any) -> NodeSetting
 async def _update_settings(db: ConfigDB, name: str, **changes: Any) -> None:
     """Change some of what the admin set about a node, keeping the rest."""
     key = keys.node_settings(name)
-    for _ in range(20):
+
+    async def attempt() -> None:
         current = await db.get(NodeSettings, key)
         revision = current.revision if current else 0
-        try:
-            await db.put(key, _changed(current, **changes), revision=revision)
-            return
-        except StoreConflict:
-            continue
-    raise Conflict(f"the settings of node {name} kept changing")
+        await db.put(key, _changed(current, **changes), revision=revision)
+
+    await cas.retry(attempt, f"the settings of node {name}")
 
 
 @router.get("/cluster/settings", response_model=ClusterSettings)

@@ -11,7 +11,7 @@ from heron.api.auth import Principal
 from heron.api.context import ApiContext
 from heron.api.errors import Conflict, Invalid, NotFound
 from heron.api.fanout import ask_others
-from heron.configdb import Txn, keys
+from heron.configdb import Txn, cas, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import Name, new_id
 from heron.models.storage import (
@@ -307,7 +307,9 @@ async def add_disk(
     if body.node not in await live_nodes(ctx.db):
         raise Invalid("body.node", f"no live node {body.node!r}")
     key = keys.ardfs_member(name, body.node)
-    for _ in range(20):
+
+    async def attempt() -> ArdfsMember:
+        # Read again after a lost swap: its heron-io may have registered meanwhile.
         members = await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
         entry = next((e for e in members if e.value.node == body.node), None)
         member = entry.value if entry else ArdfsMember(pool=name, node=body.node)
@@ -317,13 +319,12 @@ async def add_disk(
         disk_id = next(i for i in (f"d{new_id()[:8]}" for _ in range(100)) if i not in taken)
         disks = [*member.disks, ArdfsDisk(id=disk_id, path=body.path, weight=body.weight)]
         member = member.model_copy(update={"disks": disks, "site": body.site or member.site})
-        try:
-            await ctx.db.put(key, member, revision=entry.revision if entry else 0)
-        except StoreConflict:
-            continue  # its heron-io registered meanwhile: read again
-        request.state.audit_target = f"{name}/{body.node}"
+        await ctx.db.put(key, member, revision=entry.revision if entry else 0)
         return member
-    raise Conflict(f"the membership of {body.node} in pool {name} kept changing")
+
+    member = await cas.retry(attempt, f"the membership of {body.node} in pool {name}")
+    request.state.audit_target = f"{name}/{body.node}"
+    return member
 
 
 @router.delete("/pools/{name}/disks/{disk}", response_model=ArdfsMember)
@@ -335,7 +336,8 @@ async def remove_disk(
     left as it is. Refused when the disks left would be fewer than the protection spans."""
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
-    for _ in range(20):
+
+    async def attempt() -> ArdfsMember:
         members = await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
         entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
         if entry is None:
@@ -348,13 +350,12 @@ async def remove_disk(
             )
         disks = [d for d in entry.value.disks if d.id != disk]
         member = entry.value.model_copy(update={"disks": disks})
-        try:
-            await ctx.db.put(entry.key, member, revision=entry.revision)
-        except StoreConflict:
-            continue
-        request.state.audit_target = f"{name}/{member.node}/{disk}"
+        await ctx.db.put(entry.key, member, revision=entry.revision)
         return member
-    raise Conflict(f"the disks of pool {name} kept changing")
+
+    member = await cas.retry(attempt, f"the disks of pool {name}")
+    request.state.audit_target = f"{name}/{member.node}/{disk}"
+    return member
 
 
 @router.post("/pools/{name}/scan", response_model=TaskRef, status_code=202)
