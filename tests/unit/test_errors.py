@@ -5,7 +5,7 @@ import pytest
 
 from heron.agent.tasks import TaskCancelled, TaskFailed
 from heron.agent.vms import VMError
-from heron.api.errors import ApiError, Conflict, Invalid
+from heron.api.errors import ApiError, Forbidden, Unauthorized
 from heron.ardfs.client import IoError
 from heron.ardfs.errors import ArdfsError
 from heron.ardfs.nbd import Disconnect
@@ -27,6 +27,7 @@ from heron.errors import (
 )
 from heron.hypervisor.qemu import QemuError
 from heron.scheduler.placement import NoCapacity
+from heron.services.errors import Conflict, Invalid, NotFound, ServiceError
 from heron.storage import driver
 from heron.storage.qemuimg import QemuImgError
 from heron.testguest.build import BuildError
@@ -37,7 +38,8 @@ FAMILIES = [
     (StorageError, [QemuImgError]),
     (SchedulingError, [NoCapacity]),
     (AgentError, [TaskCancelled, TaskFailed, VMError]),
-    (ApiError, [Invalid, Conflict]),
+    (ApiError, [Unauthorized, Forbidden]),
+    (ServiceError, [Invalid, Conflict, NotFound]),
     (HeronError, [DevClusterError, BuildError]),
 ]
 
