@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Pool, Protection, Volume, VolumeFormat
 from heron.storage.driver import driver_for
 from heron.storage.lunpool import disk_luns, volume_name
 
@@ -43,6 +43,18 @@ def test_every_type_but_dir_is_shared_and_needs_its_fields() -> None:
         pool(type="tape")
     with pytest.raises(ValidationError):
         pool(type="nfs", server="filer", export="/vm", options="vers=4;rm -rf /")
+
+
+def test_protection_is_read_in_one_place() -> None:
+    replicated, coded = Protection.parse("rf3"), Protection.parse("ec2+1")
+    assert (replicated.width, replicated.erasure_coded, replicated.label()) == (3, False, "rf3")
+    assert (coded.width, coded.erasure_coded, coded.label()) == (3, True, "ec2+1")
+    assert replicated.share == pytest.approx(1 / 3) and coded.share == pytest.approx(2 / 3)
+    assert Protection.parse("rf1").share == 1 and Protection.parse("ec3+1").width == 4
+    assert pool(type="ardfs", protection="ec3+1").width == 4
+    for wrong in ("rf4", "ec4+1", "ec2+2", "rf", ""):
+        with pytest.raises(ValueError, match="protection"):
+            Protection.parse(wrong)
 
 
 def test_disk_luns_of_one_target() -> None:

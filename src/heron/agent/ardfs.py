@@ -37,6 +37,7 @@ from heron.models.storage import (
     DiskUsage,
     PlacedDisk,
     Pool,
+    Protection,
     Volume,
     VolumeHealth,
 )
@@ -63,9 +64,10 @@ START_TIMEOUT = 60.0
 
 
 def scheme(protection: str) -> Scheme:
-    if protection.startswith("ec"):
-        return Scheme(kind="ec", data=int(protection[2]))
-    return Scheme(kind="replicated", copies=int(protection[2:]))
+    wanted = Protection.parse(protection)
+    if wanted.erasure_coded:
+        return Scheme(kind="ec", data=wanted.data)
+    return Scheme(kind="replicated", copies=wanted.copies)
 
 
 def io_config(
