@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from heron.models.storage import Pool, Protection, Volume, VolumeFormat
-from heron.storage.driver import driver_for
 from heron.storage.lunpool import disk_luns, volume_name
+from heron.storage.registry import driver_for
 
 STATE = Path("/var/lib/heron")
 LISTING = """\

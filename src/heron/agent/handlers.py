@@ -17,8 +17,9 @@ from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.common import new_id
 from heron.models.storage import Pool, Volume, VolumeFormat, VolumeHealth
 from heron.models.vm import VM, RunState
-from heron.storage.driver import PoolDriver, StorageError, driver_for
+from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import QemuImgError
+from heron.storage.registry import driver_for
 
 
 class Handlers:

@@ -30,9 +30,9 @@ from heron.models.node import Node
 from heron.models.storage import Pool, Volume, VolumeHealth
 from heron.models.task import new_task
 from heron.models.vm import VM
-from heron.storage.ardfspool import claim
 from heron.storage.dirpool import DirPool
 from heron.storage.driver import StorageError
+from heron.storage.ownership import claim
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from heron.models.storage import (
 )
 from heron.models.task import new_task
 from heron.models.vm import VM
-from heron.storage.driver import driver_for
 from heron.storage.probe import probe
+from heron.storage.registry import driver_for
 
 router = APIRouter(tags=["storage"])
 
