@@ -35,7 +35,7 @@ from heron.models.storage import (
 from heron.models.task import new_task
 from heron.models.vm import VM
 from heron.storage.probe import probe
-from heron.storage.registry import driver_for
+from heron.storage.registry import capabilities, definition_problem, driver_for
 
 router = APIRouter(tags=["storage"])
 
@@ -115,24 +115,24 @@ async def _pool_view(ctx: ApiContext, pool: Pool, revision: int) -> PoolView:
 
 
 async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
-    if pool.type == "ardfs":
+    can = capabilities(pool)
+    driver = driver_for(pool, ctx.state_dir)
+    if can.member_disks:
         nodes = await ctx.db.list(ArdfsNodeStatus, f"{keys.ARDFS_STATUS}{pool.name}/")
         disks = [d for e in nodes for d in e.value.disks.values()]
         if not disks:
             return None
         total = sum(d.total_bytes for d in disks)
         free = sum(d.free_bytes for d in disks)
-        kind, number = pool.protection[:2], int(pool.protection[2])
-        share = 1 / number if kind == "rf" else number / (number + 1)
         return PoolCapacity(
-            total_bytes=int(total * share),
-            free_bytes=int(free * share),
+            total_bytes=driver.usable_capacity(total),
+            free_bytes=driver.usable_capacity(free),
             raw_total_bytes=total,
             raw_free_bytes=free,
         )
-    if not pool.shared or pool.lun_backed:
+    if not can.shared or can.scanned:
         return None
-    found = await probe(pool.name, driver_for(pool, ctx.state_dir).capacity)
+    found = await probe(pool.name, driver.capacity)
     if found is None:
         return None
     return PoolCapacity(
@@ -145,8 +145,8 @@ async def create_pool(
     body: PoolCreate, request: Request, _: Principal = Depends(auth.admin)
 ) -> PoolView:
     pool = Pool(**body.model_dump(), created_at=time.time())
-    if pool.type == "dir" and pool.shared and pool.path is None:
-        raise Invalid("body.path", "a shared pool needs the path where every node mounts it")
+    if problem := definition_problem(pool):
+        raise Invalid(f"body.{problem[0]}", problem[1])
     try:
         revision = await _ctx(request).db.create(keys.pool(pool.name), pool)
     except StoreConflict as exc:
@@ -239,7 +239,7 @@ async def get_volume(
 
 
 async def _health(ctx: ApiContext, pool: Pool) -> dict[str, VolumeHealth]:
-    if pool.type != "ardfs":
+    if not capabilities(pool).member_disks:
         return {}
     return {
         e.key.rsplit("/", 1)[1]: e.value
@@ -382,7 +382,7 @@ async def add_disk(
     """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it)."""
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
-    if pool.type != "ardfs":
+    if not capabilities(pool).member_disks:
         raise Conflict(f"pool {name} ({pool.type}) takes no disks; only ardfs pools do")
     if body.node not in await live_nodes(ctx.db):
         raise Invalid("body.node", f"no live node {body.node!r}")
@@ -445,7 +445,7 @@ async def scan_pool(
     carried out by the answering node."""
     ctx = _ctx(request)
     entry = await find_pool(ctx.db, name)
-    if not entry.value.lun_backed:
+    if not capabilities(entry.value).scanned:
         raise Conflict(f"pool {name} ({entry.value.type}) makes its volumes; nothing to scan")
     task = new_task("pool.scan", ctx.node, name, principal.user)
     await ctx.db.commit(with_task(Txn(), task))
@@ -464,7 +464,7 @@ async def resize_volume(
     entry = await find_volume(ctx.db, name, ref)
     volume = entry.value
     pool = (await find_pool(ctx.db, name)).value
-    if pool.lun_backed:
+    if capabilities(pool).scanned:
         raise Conflict(f"grow the LUN on the array, then scan pool {name}")
     if body.size < volume.size:
         raise Invalid("body.size", f"volumes only grow; it is {volume.size} bytes")
