@@ -207,7 +207,7 @@ class Handlers:
                     else 0
                 )
                 try:
-                    if pool.protocol(volume)["driver"] == "nbd":
+                    if pool.capabilities.grows_by_reconnect:
                         await self._reconnect_grown(rt.qemu, pool, volume, index, size)
                     await rt.qemu.execute(
                         "block_resize", {"node-name": f"disk{index}", "size": size}
