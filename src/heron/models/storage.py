@@ -149,11 +149,6 @@ class PoolSpec(Record):
         """ardfs: how many disks the copies or shards of each block take."""
         return self.redundancy.width
 
-    @property
-    def lun_backed(self) -> bool:
-        """Its volumes are the array's LUNs: found by a scan, never created or deleted here."""
-        return self.type in ("iscsi", "block")
-
 
 class Pool(PoolSpec):
     created_at: float
