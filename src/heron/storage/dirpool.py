@@ -10,7 +10,6 @@ away they block until it is back, and the node's agent must go on meanwhile (see
 
 import asyncio
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ class DirPool(PoolDriver):
     @classmethod
     def capabilities_of(cls, pool: PoolSpec) -> Capabilities:
         # Whether every node sees the directory is the administrator's word (`shared`).
-        return replace(cls.CAPABILITIES, shared=pool.shared)
+        return cls.CAPABILITIES.model_copy(update={"shared": pool.shared})
 
     @classmethod
     def definition_problem(cls, pool: PoolSpec) -> tuple[str, str] | None:
@@ -103,7 +102,7 @@ class DirPool(PoolDriver):
 
 
 class NfsPool(DirPool):
-    CAPABILITIES = replace(DirPool.CAPABILITIES, mounted=True)
+    CAPABILITIES = DirPool.CAPABILITIES.model_copy(update={"mounted": True})
 
     @classmethod
     def definition_problem(cls, pool: PoolSpec) -> tuple[str, str] | None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from heron.configdb import ConfigDB
 from heron.models.storage import Pool, PoolSpec, Volume, VolumeFormat
 from heron.storage.qemuimg import Progress
@@ -30,31 +32,43 @@ class Found:
     location: str
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What the pools of a driver can do, as the rest of Heron needs to know it.
+class Capabilities(BaseModel):
+    """What the pools of a driver can do, as the rest of Heron needs to know it."""
 
-    - `shared`: every node sees the same volumes, so a VM may run on any node and a live
-      migration copies no disk; otherwise a volume is one node's and a migration copies it.
-    - `scanned`: the volumes are the array's LUNs, found by a scan; Heron never creates,
-      grows or deletes them there.
-    - `formats`: the image formats its volumes may have; the first is a new volume's default.
-    - `mounted`: each node mounts the pool itself, under `<state>/mnt/<pool>`.
-    - `member_disks`: Heron's own store over disks its member nodes give, each member running
-      heron-io: volumes are placed over those disks, rebuilt and rebalanced among them, and
-      their owner reports their redundancy; the pool's capacity is the disks' after it.
-    - `owned`: a volume has one writing node, its owner, which follows its VM: claimed before
-      QEMU opens it, handed over at the switch of a live migration (`storage/ownership.py`).
-    - `grows_by_reconnect`: QEMU learns a grown volume's size only on a new connection.
-    """
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    shared: bool = True
-    scanned: bool = False
-    formats: tuple[VolumeFormat, ...] = (VolumeFormat.raw,)
-    mounted: bool = False
-    member_disks: bool = False
-    owned: bool = False
-    grows_by_reconnect: bool = False
+    shared: bool = Field(
+        default=True,
+        description="every node sees the same volumes: a VM may run on any node and a live "
+        "migration copies no disk (otherwise a volume is one node's, and a migration copies it)",
+    )
+    scanned: bool = Field(
+        default=False,
+        description="its volumes are the array's LUNs, found by a scan: Heron never creates, "
+        "grows or deletes them there",
+    )
+    formats: tuple[VolumeFormat, ...] = Field(
+        default=(VolumeFormat.raw,),
+        description="the image formats its volumes may have; the first is a new volume's default",
+    )
+    mounted: bool = Field(
+        default=False, description="each node mounts the pool itself, under <state>/mnt/<pool>"
+    )
+    member_disks: bool = Field(
+        default=False,
+        description="Heron's own store over disks its member nodes give, each running heron-io: "
+        "volumes are placed over those disks, rebuilt and rebalanced among them, their "
+        "redundancy reported; its capacity is the disks' after redundancy",
+    )
+    owned: bool = Field(
+        default=False,
+        description="a volume has one writing node, its owner, which follows its VM: claimed "
+        "before QEMU opens it, handed over at the switch of a live migration",
+    )
+    grows_by_reconnect: bool = Field(
+        default=False,
+        description="QEMU learns a grown volume's size only on a new connection (NBD)",
+    )
 
 
 class PoolDriver:

@@ -34,6 +34,7 @@ from heron.models.storage import (
 )
 from heron.models.task import new_task
 from heron.models.vm import VM
+from heron.storage.driver import Capabilities
 from heron.storage.probe import probe
 from heron.storage.registry import capabilities, definition_problem, driver_for
 
@@ -55,6 +56,7 @@ class PoolCapacity(BaseModel):
 
 class PoolView(Pool):
     revision: int
+    capabilities: Capabilities = Field(description="what the pool can do, by its driver")
     capacity: PoolCapacity | None = Field(
         default=None, description="ardfs and shared pools; a local pool's differs by node"
     )
@@ -111,7 +113,12 @@ async def list_pools(request: Request, _: Principal = Depends(auth.viewer)) -> l
 
 
 async def _pool_view(ctx: ApiContext, pool: Pool, revision: int) -> PoolView:
-    return PoolView(**pool.model_dump(), revision=revision, capacity=await _capacity(ctx, pool))
+    return PoolView(
+        **pool.model_dump(),
+        revision=revision,
+        capabilities=capabilities(pool),
+        capacity=await _capacity(ctx, pool),
+    )
 
 
 async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
@@ -151,7 +158,7 @@ async def create_pool(
         revision = await _ctx(request).db.create(keys.pool(pool.name), pool)
     except StoreConflict as exc:
         raise Conflict(f"pool {pool.name} already exists") from exc
-    return PoolView(**pool.model_dump(), revision=revision)
+    return PoolView(**pool.model_dump(), revision=revision, capabilities=capabilities(pool))
 
 
 @router.get("/pools/{name}", response_model=PoolView)
