@@ -1,13 +1,16 @@
-"""Pool drivers' pure parts: definitions, LUN listings, names QEMU and qemu-img get."""
+"""Pool drivers' pure parts: definitions, capabilities, LUN listings, names QEMU and
+qemu-img get."""
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from heron.models.storage import Pool, Volume, VolumeFormat
-from heron.storage.driver import driver_for
+from heron.models.storage import Pool, PoolType, Protection, Volume, VolumeFormat
+from heron.storage.driver import Capabilities
 from heron.storage.lunpool import disk_luns, volume_name
+from heron.storage.registry import DRIVERS, capabilities, definition_problem, driver_for
 
 STATE = Path("/var/lib/heron")
 LISTING = """\
@@ -43,6 +46,18 @@ def test_every_type_but_dir_is_shared_and_needs_its_fields() -> None:
         pool(type="tape")
     with pytest.raises(ValidationError):
         pool(type="nfs", server="filer", export="/vm", options="vers=4;rm -rf /")
+
+
+def test_protection_is_read_in_one_place() -> None:
+    replicated, coded = Protection.parse("rf3"), Protection.parse("ec2+1")
+    assert (replicated.width, replicated.erasure_coded, replicated.label()) == (3, False, "rf3")
+    assert (coded.width, coded.erasure_coded, coded.label()) == (3, True, "ec2+1")
+    assert replicated.share == pytest.approx(1 / 3) and coded.share == pytest.approx(2 / 3)
+    assert Protection.parse("rf1").share == 1 and Protection.parse("ec3+1").width == 4
+    assert pool(type="ardfs", protection="ec3+1").width == 4
+    for wrong in ("rf4", "ec4+1", "ec2+2", "rf", ""):
+        with pytest.raises(ValueError, match="protection"):
+            Protection.parse(wrong)
 
 
 def test_disk_luns_of_one_target() -> None:
@@ -136,3 +151,70 @@ def test_ardfs_io_config_from_the_configdb_records() -> None:
     assert config.peer_key_file == STATE / "ardfs" / "hci" / "peer.key"
     with pytest.raises(ValueError, match="needs more disks"):
         io_config("n2", STATE, hci, members[:2], volumes)
+
+
+def test_every_pool_type_has_a_driver() -> None:
+    assert set(get_args(PoolType)) == set(DRIVERS)
+
+
+def test_what_each_pool_type_can_do() -> None:
+    local, shared_dir = pool(type="dir"), pool(type="dir", shared=True, path="/srv/vm")
+    nfs = pool(type="nfs", server="filer", export="/vm")
+    luns = [pool(type="iscsi", portal="a", target="iqn.2026-11.x:y"),
+            pool(type="block", path="/dev/mapper", pattern="mpath*")]  # fmt: skip
+    rbd, ardfs = pool(type="rbd", rbd_pool="vms"), pool(type="ardfs")
+    files = (VolumeFormat.qcow2, VolumeFormat.raw)
+    assert capabilities(local) == Capabilities(shared=False, formats=files)
+    assert capabilities(shared_dir) == Capabilities(shared=True, formats=files)
+    assert capabilities(nfs) == Capabilities(formats=files, mounted=True)
+    for lun in luns:
+        assert capabilities(lun) == Capabilities(scanned=True)
+    assert capabilities(rbd) == Capabilities()
+    assert capabilities(ardfs) == Capabilities(
+        member_disks=True, owned=True, grows_by_reconnect=True
+    )
+    # A driver made for a node says the same as the registry.
+    for each in (local, nfs, *luns, rbd, ardfs):
+        assert driver_for(each, STATE).capabilities == capabilities(each)
+
+
+def test_qemu_needs_a_new_connection_to_see_growth_exactly_over_nbd() -> None:
+    for each in (pool(type="dir"), pool(type="rbd", rbd_pool="vms"), pool(type="ardfs")):
+        driver = driver_for(each, STATE)
+        nbd = driver.protocol(volume(pool=each.name))["driver"] == "nbd"
+        assert driver.capabilities.grows_by_reconnect is nbd
+
+
+def test_capacity_after_redundancy() -> None:
+    tib = 2**40
+    assert driver_for(pool(type="ardfs", protection="rf2"), STATE).usable_capacity(tib) == tib // 2
+    assert driver_for(pool(type="ardfs", protection="rf3"), STATE).usable_capacity(3) == 1
+    ec = driver_for(pool(type="ardfs", protection="ec3+1"), STATE)
+    assert ec.usable_capacity(4 * tib) == 3 * tib
+    assert driver_for(pool(type="dir"), STATE).usable_capacity(tib) == tib
+
+
+def test_definitions_the_model_accepts_but_cannot_work() -> None:
+    assert definition_problem(pool(type="dir", shared=True)) == (
+        "path",
+        "a shared pool needs the path where every node mounts it",
+    )
+    assert definition_problem(pool(type="dir", shared=True, path="/srv/vm")) is None
+    assert definition_problem(pool(type="dir")) is None
+    assert definition_problem(pool(type="nfs", server="filer", export="/vm")) is None
+
+
+def test_new_volume_formats_follow_the_pool() -> None:
+    from heron.services.errors import Invalid
+    from heron.services.lookup import new_volume_format
+
+    def fmt(kind: Pool, wanted: VolumeFormat | None) -> VolumeFormat:
+        return new_volume_format(kind, wanted, "pool", "format")
+
+    local, rbd = pool(type="dir"), pool(type="rbd", rbd_pool="vms")
+    assert fmt(local, None) == VolumeFormat.qcow2 and fmt(local, VolumeFormat.raw) == "raw"
+    assert fmt(rbd, None) == VolumeFormat.raw == fmt(pool(type="ardfs"), VolumeFormat.raw)
+    with pytest.raises(Invalid, match="an rbd pool holds raw volumes"):
+        fmt(rbd, VolumeFormat.qcow2)
+    with pytest.raises(Invalid, match="holds the array's LUNs"):
+        fmt(pool(type="block", path="/dev/mapper", pattern="mpath*"), None)

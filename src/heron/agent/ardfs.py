@@ -35,11 +35,13 @@ from heron.models.storage import (
     DiskUsage,
     PlacedDisk,
     Pool,
+    Protection,
     Volume,
     VolumeHealth,
 )
 from heron.models.task import Task, TaskKind, new_task
 from heron.storage.ardfspool import SECTOR, socket_path
+from heron.storage.registry import capabilities
 from heron.util.ports import free_port_in
 from heron.util.proc import (
     alive,
@@ -62,9 +64,10 @@ START_TIMEOUT = 60.0
 
 
 def scheme(protection: str) -> Scheme:
-    if protection.startswith("ec"):
-        return Scheme(kind="ec", data=int(protection[2]))
-    return Scheme(kind="replicated", copies=int(protection[2:]))
+    wanted = Protection.parse(protection)
+    if wanted.erasure_coded:
+        return Scheme(kind="ec", data=wanted.data)
+    return Scheme(kind="replicated", copies=wanted.copies)
 
 
 def io_config(
@@ -161,7 +164,7 @@ class IoSupervisor:
         publisher = asyncio.create_task(self._publish_forever())
         try:
             while True:
-                for pool in [p for p in self.pools.values() if p.type == "ardfs"]:
+                for pool in self._served():
                     try:
                         await self.step(pool)
                     except Exception as exc:
@@ -178,9 +181,13 @@ class IoSupervisor:
             for cache in caches:
                 await cache.stop()
 
+    def _served(self) -> list[Pool]:
+        """The pools a heron-io on this node serves: those over their members' disks."""
+        return [p for p in self.pools.values() if capabilities(p).member_disks]
+
     async def _stop_deleted_pools(self) -> None:
         """Stop the heron-io of a pool that was deleted, and forget its state and key."""
-        pools = {p.name for p in self.pools.values() if p.type == "ardfs"}
+        pools = {p.name for p in self._served()}
         root = self.state_dir / "ardfs"
         for folder in root.iterdir() if root.is_dir() else []:
             if folder.name in pools or not (folder / "io.json").exists():
@@ -206,7 +213,7 @@ class IoSupervisor:
     async def publish(self) -> None:
         """For each volume this node owns: its health in the ConfigDB when it changed, and a
         `volume.rebuild` task following the rebuild while copies are stale."""
-        for pool in [p for p in self.pools.values() if p.type == "ardfs"]:
+        for pool in self._served():
             status = io_status(self.state_dir, pool.name)
             await self._publish_disks(pool.name, status.get("disks", {}))
             served = status.get("volumes", {})

@@ -26,8 +26,9 @@ from heron.models.task import (
     VolumeResizeParams,
 )
 from heron.models.vm import VM, RunState
-from heron.storage.driver import PoolDriver, StorageError, driver_for
+from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import QemuImgError
+from heron.storage.registry import driver_for
 
 
 class Handlers:
@@ -217,7 +218,7 @@ class Handlers:
                     else 0
                 )
                 try:
-                    if pool.protocol(volume)["driver"] == "nbd":
+                    if pool.capabilities.grows_by_reconnect:
                         await self._reconnect_grown(rt.qemu, pool, volume, index, size)
                     await rt.qemu.execute(
                         "block_resize", {"node-name": f"disk{index}", "size": size}

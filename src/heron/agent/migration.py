@@ -29,9 +29,9 @@ from heron.models.node import Node
 from heron.models.storage import Pool, Volume, VolumeHealth
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import VM
-from heron.storage.ardfspool import claim
-from heron.storage.dirpool import DirPool
-from heron.storage.driver import StorageError
+from heron.storage.driver import PoolDriver, StorageError
+from heron.storage.ownership import claim
+from heron.storage.registry import capabilities, driver_for
 from heron.util.ports import free_port
 from heron.util.wait import until
 
@@ -86,14 +86,14 @@ class Migrations:
         if await until(gone, timeout, _POLL) is None:
             log.warning("the target has not closed the migration of %s", vm_id)
 
-    async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, DirPool]]:
+    async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, PoolDriver]]:
         found = []
         for index in indexes:
             volume = await self.db.get(Volume, keys.volume(vm.spec.disks[index].volume))
             pool = await self.db.get(Pool, keys.pool(volume.value.pool)) if volume else None
             if volume is None or pool is None:
                 raise TaskFailed(f"disk {index} lost its volume or pool")
-            found.append((volume.value, DirPool(pool.value, self.vms.state_dir)))
+            found.append((volume.value, driver_for(pool.value, self.vms.state_dir, self.db)))
         return found
 
     # -- source ----------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class Migrations:
             ):
                 return await self._resume(ctx, vm, qemu, found.value)
         local = set(await local_disks(self.db, vm))
-        shared_volumes = await ardfs_volumes(self.db, vm)
+        shared_volumes = await owned_volumes(self.db, vm)
         ram = await qemu.ram_kib()
         if command.loses_writes(ram, self.vms.accelerator, self.vms.qemu_version):
             # Started by a release before the TCG padding (docs/architecture.md).
@@ -170,7 +170,7 @@ class Migrations:
         memory transfer to its end if it is still going or already done; a migration cut
         off before that (preparing, copying disks) is undone and the VM stays here."""
         started = time.monotonic()
-        shared_volumes = await ardfs_volumes(self.db, vm)
+        shared_volumes = await owned_volumes(self.db, vm)
         try:
             info = await qemu.outgoing_migration()
             status = info.get("status")
@@ -437,7 +437,7 @@ class Migrations:
         raise TaskFailed(f"the migration failed: {end.error}")
 
     async def _prepare(
-        self, vm: VM, record: Migration, copies: list[tuple[Volume, DirPool]]
+        self, vm: VM, record: Migration, copies: list[tuple[Volume, PoolDriver]]
     ) -> None:
         for volume, pool in copies:
             await pool.create(volume)  # empty, the same size: the mirror fills it
@@ -471,7 +471,7 @@ class Migrations:
         await qemu.execute("migrate-incoming", {"uri": uri})
         await self._set(vm.id, state=MigrationState.ready, uri=uri, nbd=nbd)
 
-    async def _drop(self, vm_id: str, copies: list[tuple[Volume, DirPool]]) -> None:
+    async def _drop(self, vm_id: str, copies: list[tuple[Volume, PoolDriver]]) -> None:
         """Undo the target's side: its incoming QEMU and the partial disk copies."""
         await self.vms.hand_over(vm_id)
         for volume, pool in copies:
@@ -498,7 +498,8 @@ class Migrations:
 
 async def local_disks(db: ConfigDB, vm: VM) -> list[str]:
     """The VM's volumes that only its node can reach."""
-    shared = {e.value.name for e in await db.list(Pool, keys.POOLS) if e.value.shared}
+    pools = await db.list(Pool, keys.POOLS)
+    shared = {e.value.name for e in pools if capabilities(e.value).shared}
     local = []
     for disk in vm.spec.disks:
         volume = await db.get(Volume, keys.volume(disk.volume))
@@ -507,12 +508,13 @@ async def local_disks(db: ConfigDB, vm: VM) -> list[str]:
     return local
 
 
-async def ardfs_volumes(db: ConfigDB, vm: VM) -> list[str]:
-    """The VM's volumes on ardfs pools: they change owner at the switch."""
+async def owned_volumes(db: ConfigDB, vm: VM) -> list[str]:
+    """The VM's volumes on pools with one writing node per volume: they change owner at the
+    switch."""
     found = []
     for disk in vm.spec.disks:
         volume = await db.get(Volume, keys.volume(disk.volume))
         pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
-        if pool is not None and pool.value.type == "ardfs":
+        if pool is not None and capabilities(pool.value).owned:
             found.append(disk.volume)
     return found

@@ -19,6 +19,7 @@ from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
 from heron.models.storage import Pool
 from heron.storage.dirpool import mounted
+from heron.storage.registry import capabilities
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class MountKeeper:
             await self.pools.stop()
 
     async def sweep(self) -> None:
-        wanted = {p.name for p in self.pools.values() if p.type == "nfs"}
+        wanted = {p.name for p in self.pools.values() if capabilities(p).mounted}
         try:
             # The directory's own entries: nothing here looks inside a mount (its server may
             # be away, and a stat of the mount point would wait for it).

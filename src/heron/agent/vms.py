@@ -25,7 +25,8 @@ from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
 from heron.models.vm import VM, PowerState, RunState, VMStatus
 from heron.scheduler.inventory import group_of
-from heron.storage.driver import StorageError, driver_for
+from heron.storage.driver import StorageError
+from heron.storage.registry import driver_for
 
 log = logging.getLogger(__name__)
 

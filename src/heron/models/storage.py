@@ -1,5 +1,7 @@
 """Pools and the volumes in them."""
 
+import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -14,6 +16,43 @@ class VolumeFormat(StrEnum):
 
 
 PoolType = Literal["dir", "nfs", "iscsi", "block", "rbd", "ardfs"]
+
+_PROTECTION = re.compile(r"^(?:rf(?P<copies>[1-3])|ec(?P<data>[23])\+1)$")
+
+
+@dataclass(frozen=True)
+class Protection:
+    """How an ardfs pool keeps each block: `copies` whole copies (rfN), or `data` data
+    shards and one parity shard (ecD+1). The one reading of a pool's `protection` text."""
+
+    copies: int = 0
+    data: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Protection":
+        found = _PROTECTION.match(text)
+        if found is None:
+            raise ValueError(f"protection {text!r} is none of rf1..rf3, ec2+1, ec3+1")
+        if found["copies"]:
+            return cls(copies=int(found["copies"]))
+        return cls(data=int(found["data"]))
+
+    @property
+    def erasure_coded(self) -> bool:
+        return self.data > 0
+
+    @property
+    def width(self) -> int:
+        """How many disks the copies or shards of each block take."""
+        return self.data + 1 if self.erasure_coded else self.copies
+
+    @property
+    def share(self) -> float:
+        """The part of the disks' raw space that volumes can fill; the rest is redundancy."""
+        return self.data / (self.data + 1) if self.erasure_coded else 1 / self.copies
+
+    def label(self) -> str:
+        return f"ec{self.data}+1" if self.erasure_coded else f"rf{self.copies}"
 
 
 class PoolSpec(Record):
@@ -101,16 +140,14 @@ class PoolSpec(Record):
         return self
 
     @property
-    def width(self) -> int:
-        """ardfs: how many disks the copies or shards of each block take."""
-        if self.protection.startswith("ec"):
-            return int(self.protection[2]) + 1
-        return int(self.protection[2:])
+    def redundancy(self) -> Protection:
+        """ardfs: `protection` as a typed value."""
+        return Protection.parse(self.protection)
 
     @property
-    def lun_backed(self) -> bool:
-        """Its volumes are the array's LUNs: found by a scan, never created or deleted here."""
-        return self.type in ("iscsi", "block")
+    def width(self) -> int:
+        """ardfs: how many disks the copies or shards of each block take."""
+        return self.redundancy.width
 
 
 class Pool(PoolSpec):

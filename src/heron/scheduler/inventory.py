@@ -10,6 +10,7 @@ from heron.models.node import Node, NodeSettings
 from heron.models.storage import ArdfsMember, ArdfsNodeStatus, Pool, Volume
 from heron.models.task import Task
 from heron.models.vm import VM, VMStatus
+from heron.storage.registry import capabilities
 
 
 async def live_nodes(db: ConfigDB) -> dict[str, Node]:
@@ -109,5 +110,5 @@ class Inventory:
 
     def shared_volumes(self) -> set[str]:
         """Ids of volumes on shared pools: a VM using only these may run on any node."""
-        shared = {e.value.name for e in self.pools if e.value.shared}
+        shared = {e.value.name for e in self.pools if capabilities(e.value).shared}
         return {e.value.id for e in self.volumes if e.value.pool in shared}

@@ -29,6 +29,7 @@ from heron.configdb.election import Election
 from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume
 from heron.models.task import RebalanceParams, TaskKind, new_task
 from heron.scheduler.inventory import Inventory
+from heron.storage.registry import capabilities
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class RebalanceController:
     async def step(self, election: Election) -> None:
         inv = await self.inventory.ready()
         live = inv.live_nodes()
-        for pool in [p for p in inv.pools.values() if p.type == "ardfs"]:
+        for pool in [p for p in inv.pools.values() if capabilities(p).member_disks]:
             members = [m for m in inv.ardfs_members.values() if m.pool == pool.name]
             counted, gone, failing = self.counted(pool, members)
             ids = {d.id for d in counted}

@@ -5,6 +5,7 @@ from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume, VolumeFo
 from heron.models.vm import VM
 from heron.scheduler.inventory import live_nodes
 from heron.services.errors import Invalid, NotFound
+from heron.storage.registry import capabilities
 
 __all__ = [
     "attached",
@@ -55,24 +56,24 @@ def new_volume_format(
 ) -> VolumeFormat:
     """The format of a new volume in `pool` (`fmt` None: not given, the pool's default);
     refuses pools whose volumes are not created here and formats a pool does not hold."""
-    if pool.lun_backed:
+    can = capabilities(pool)
+    if can.scanned:
         raise Invalid(
             pool_field,
             f"pool {pool.name} ({pool.type}) holds the array's LUNs: make the LUN there, "
             f"scan the pool (POST /pools/{pool.name}/scan) and use the volume it finds",
         )
-    if pool.type in ("rbd", "ardfs"):  # block devices of their own: the image is the disk
-        if fmt not in (None, VolumeFormat.raw):
-            raise Invalid(format_field, f"an {pool.type} pool holds raw volumes")
-        return VolumeFormat.raw
-    return fmt or VolumeFormat.qcow2
+    if fmt is not None and fmt not in can.formats:
+        held = " or ".join(f.value for f in can.formats)
+        raise Invalid(format_field, f"an {pool.type} pool holds {held} volumes")
+    return fmt or can.formats[0]
 
 
 async def new_placement(db: ConfigDB, pool: Pool, field: str) -> list[PlacedDisk] | None:
     """ardfs: the disks a new volume's blocks are placed over: every member's, but those of
     nodes that are down while enough others remain (their copies would only be moved off
     again); None for other pools. Refused while the pool has too few disks."""
-    if pool.type != "ardfs":
+    if not capabilities(pool).member_disks:
         return None
     members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{pool.name}/")
     disks = sorted(

@@ -56,6 +56,7 @@ from heron.services.lookup import (
     new_volume_format,
 )
 from heron.services.tasks import with_task
+from heron.storage.registry import capabilities
 
 Action = Literal["start", "shutdown", "stop", "reboot", "pause", "resume"]
 
@@ -204,7 +205,7 @@ async def plan_create(
         raise Conflict(str(exc)) from exc
     for volume, _ in new_volumes:
         pool = (await find_pool(db, volume.pool)).value
-        if not pool.shared:
+        if not capabilities(pool).shared:
             volume.node = node
     spec = VMSpec(
         **body.model_dump(include=set(Hardware.model_fields)),

@@ -26,6 +26,7 @@ from heron.services.lookup import (
     new_volume_format,
 )
 from heron.services.tasks import with_task
+from heron.storage.registry import capabilities
 
 
 async def create(
@@ -52,7 +53,7 @@ async def create(
         name=name,
         format=fmt,
         size=size,
-        node=None if pool.shared else target,
+        node=None if capabilities(pool).shared else target,
         placement=await new_placement(db, pool, "path.name"),
         created_at=time.time(),
     )
@@ -78,7 +79,7 @@ async def resize(db: ConfigDB, here: str, pool_name: str, ref: str, size: int, u
     entry = await find_volume(db, pool_name, ref)
     volume = entry.value
     pool = (await find_pool(db, pool_name)).value
-    if pool.lun_backed:
+    if capabilities(pool).scanned:
         raise Conflict(f"grow the LUN on the array, then scan pool {pool_name}")
     if size < volume.size:
         raise Invalid("body.size", f"volumes only grow; it is {volume.size} bytes")
@@ -106,7 +107,7 @@ async def delete(db: ConfigDB, here: str, pool_name: str, ref: str, user: str) -
 async def scan(db: ConfigDB, here: str, pool_name: str, user: str) -> Task:
     """Find the LUNs of an array's pool (new ones become volumes), carried out by `here`."""
     pool = (await find_pool(db, pool_name)).value
-    if not pool.lun_backed:
+    if not capabilities(pool).scanned:
         raise Conflict(f"pool {pool_name} ({pool.type}) makes its volumes; nothing to scan")
     task = new_task(TaskKind.pool_scan, here, pool_name, user)
     await db.commit(with_task(Txn(), task))

@@ -16,7 +16,8 @@ from typing import Any
 from heron.configdb import ConfigDB, keys
 from heron.models.storage import ArdfsMember, ArdfsTombstone, Pool, Volume
 from heron.storage import qemuimg
-from heron.storage.driver import PoolDriver, StorageError
+from heron.storage.driver import Capabilities, PoolDriver, StorageError
+from heron.storage.ownership import claim
 from heron.storage.qemuimg import Progress, QemuImgError
 from heron.util.wait import until
 
@@ -30,10 +31,14 @@ def socket_path(state_dir: Path, pool: str) -> Path:
 
 
 class ArdfsPool(PoolDriver):
+    CAPABILITIES = Capabilities(member_disks=True, owned=True, grows_by_reconnect=True)
+
     def __init__(self, pool: Pool, state_dir: Path, db: ConfigDB | None = None):
-        super().__init__(pool, state_dir)
-        self.db = db
+        super().__init__(pool, state_dir, db)
         self.socket = socket_path(state_dir, pool.name)
+
+    def usable_capacity(self, raw: int) -> int:
+        return int(raw * self.pool.redundancy.share)
 
     def protocol(self, volume: Volume) -> dict[str, Any]:
         return {
@@ -127,20 +132,6 @@ class ArdfsPool(PoolDriver):
             return current.model_copy(update={"size": size})
 
         await self.db.update(Volume, keys.volume(volume.id), change)
-
-
-async def claim(db: ConfigDB, volume_id: str, node: str) -> Volume:
-    """Make `node` the volume's owner (a new epoch) unless it already is."""
-    found = await db.get(Volume, keys.volume(volume_id))
-    if found is not None and found.value.owner == node:
-        return found.value
-
-    def change(volume: Volume) -> Volume:
-        if volume.owner == node:
-            return volume
-        return volume.model_copy(update={"owner": node, "epoch": volume.epoch + 1, "standby": None})
-
-    return (await db.update(Volume, keys.volume(volume_id), change)).value
 
 
 async def _listens(address: str | None) -> bool:

@@ -13,13 +13,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from heron.models.storage import Volume
+from heron.models.storage import PoolSpec, Volume, VolumeFormat
 from heron.storage import qemuimg
-from heron.storage.driver import PoolDriver, StorageError
+from heron.storage.driver import Capabilities, PoolDriver, StorageError
 from heron.storage.qemuimg import Progress
 
 
 class DirPool(PoolDriver):
+    CAPABILITIES = Capabilities(formats=(VolumeFormat.qcow2, VolumeFormat.raw))
+
+    @classmethod
+    def capabilities_of(cls, pool: PoolSpec) -> Capabilities:
+        # Whether every node sees the directory is the administrator's word (`shared`).
+        return cls.CAPABILITIES.model_copy(update={"shared": pool.shared})
+
+    @classmethod
+    def definition_problem(cls, pool: PoolSpec) -> tuple[str, str] | None:
+        if pool.shared and pool.path is None:
+            # <state>/pools/<name> is each node's own: no other node sees its files.
+            return "path", "a shared pool needs the path where every node mounts it"
+        return None
+
     @property
     def root(self) -> Path:
         if self.pool.path:
@@ -88,6 +102,12 @@ class DirPool(PoolDriver):
 
 
 class NfsPool(DirPool):
+    CAPABILITIES = DirPool.CAPABILITIES.model_copy(update={"mounted": True})
+
+    @classmethod
+    def definition_problem(cls, pool: PoolSpec) -> tuple[str, str] | None:
+        return None  # the mount point is Heron's own (`<state>/mnt/<pool>`), not `path`
+
     @property
     def root(self) -> Path:
         return self.state_dir / "mnt" / self.pool.name

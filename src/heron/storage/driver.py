@@ -4,17 +4,21 @@ A driver answers two questions for a volume: how QEMU reaches its bytes (a block
 node: a file, an iSCSI LUN, a host block device, an RBD image, an NBD export) and how qemu-img
 names it; and it carries out what the pool type allows (create, import, grow, delete, scan).
 The image format (qcow2 or raw) is layered on top by the caller, the same for every type.
+It also says what its pools can do (`Capabilities`): callers decide by that, never by the
+pool's type. Which driver serves which type is `storage/registry.py`.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from heron.configdb import ConfigDB
 
 # The storage family's root; pool drivers and their callers import it from here.
 from heron.errors import StorageError as StorageError
-from heron.models.storage import Pool, Volume
+from heron.models.storage import Pool, PoolSpec, Volume, VolumeFormat
 from heron.storage.qemuimg import Progress
 
 
@@ -27,10 +31,70 @@ class Found:
     location: str
 
 
+class Capabilities(BaseModel):
+    """What the pools of a driver can do, as the rest of Heron needs to know it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shared: bool = Field(
+        default=True,
+        description="every node sees the same volumes: a VM may run on any node and a live "
+        "migration copies no disk (otherwise a volume is one node's, and a migration copies it)",
+    )
+    scanned: bool = Field(
+        default=False,
+        description="its volumes are the array's LUNs, found by a scan: Heron never creates, "
+        "grows or deletes them there",
+    )
+    formats: tuple[VolumeFormat, ...] = Field(
+        default=(VolumeFormat.raw,),
+        description="the image formats its volumes may have; the first is a new volume's default",
+    )
+    mounted: bool = Field(
+        default=False, description="each node mounts the pool itself, under <state>/mnt/<pool>"
+    )
+    member_disks: bool = Field(
+        default=False,
+        description="Heron's own store over disks its member nodes give, each running heron-io: "
+        "volumes are placed over those disks, rebuilt and rebalanced among them, their "
+        "redundancy reported; its capacity is the disks' after redundancy",
+    )
+    owned: bool = Field(
+        default=False,
+        description="a volume has one writing node, its owner, which follows its VM: claimed "
+        "before QEMU opens it, handed over at the switch of a live migration",
+    )
+    grows_by_reconnect: bool = Field(
+        default=False,
+        description="QEMU learns a grown volume's size only on a new connection (NBD)",
+    )
+
+
 class PoolDriver:
-    def __init__(self, pool: Pool, state_dir: Path):
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, pool: Pool, state_dir: Path, db: ConfigDB | None = None):
+        """`db` lets drivers that keep volume records (ardfs) change them."""
         self.pool = pool
         self.state_dir = state_dir
+        self.db = db
+
+    @classmethod
+    def capabilities_of(cls, pool: PoolSpec) -> Capabilities:
+        return cls.CAPABILITIES
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.capabilities_of(self.pool)
+
+    @classmethod
+    def definition_problem(cls, pool: PoolSpec) -> tuple[str, str] | None:
+        """(field, reason) when a definition passes the model yet cannot work; else None."""
+        return None
+
+    def usable_capacity(self, raw: int) -> int:
+        """How much of `raw` bytes of the pool's disks volumes can fill (after redundancy)."""
+        return raw
 
     def protocol(self, volume: Volume) -> dict[str, Any]:
         """QEMU's blockdev protocol node for the volume's bytes."""
@@ -74,23 +138,3 @@ class PoolDriver:
 
     def _not_here(self, why: str) -> str:
         return f"pool {self.pool.name} ({self.pool.type}): {why}"
-
-
-def driver_for(pool: Pool, state_dir: Path, db: ConfigDB | None = None) -> PoolDriver:
-    """The driver of `pool` on this node; `db` lets ardfs pools change their volume records."""
-    # Imported here: the drivers import this module for the base class.
-    from heron.storage.ardfspool import ArdfsPool
-    from heron.storage.dirpool import DirPool, NfsPool
-    from heron.storage.lunpool import BlockPool, IscsiPool
-    from heron.storage.rbdpool import RbdPool
-
-    kinds: dict[str, type[PoolDriver]] = {
-        "dir": DirPool,
-        "nfs": NfsPool,
-        "iscsi": IscsiPool,
-        "block": BlockPool,
-        "rbd": RbdPool,
-    }
-    if pool.type == "ardfs":
-        return ArdfsPool(pool, state_dir, db)
-    return kinds[pool.type](pool, state_dir)

@@ -18,14 +18,18 @@ from typing import Any
 
 from heron.models.storage import Volume
 from heron.storage import qemuimg
-from heron.storage.driver import Found, PoolDriver, StorageError
+from heron.storage.driver import Capabilities, Found, PoolDriver, StorageError
 from heron.storage.qemuimg import QemuImgError
 
 _TARGET = re.compile(r"^Target:(\S+)")
 _DISK_LUN = re.compile(r"^\s*Lun:(\d+)\s+Type:DIRECT_ACCESS")
+# What the array made: every node reaches it, Heron only finds the LUNs and runs VMs on them.
+LUNS = Capabilities(scanned=True)
 
 
 class IscsiPool(PoolDriver):
+    CAPABILITIES = LUNS
+
     def portal(self) -> str:
         portal = str(self.pool.portal)
         return portal if ":" in portal.rsplit("]", 1)[-1] else f"{portal}:3260"
@@ -84,6 +88,8 @@ def disk_luns(listing: str, target: str) -> list[int] | None:
 
 
 class BlockPool(PoolDriver):
+    CAPABILITIES = LUNS
+
     def protocol(self, volume: Volume) -> dict[str, Any]:
         return {"driver": "host_device", "filename": volume.location, "aio": "threads"}
 

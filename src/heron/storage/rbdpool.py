@@ -10,11 +10,14 @@ from typing import Any
 
 from heron.models.storage import Volume
 from heron.storage import qemuimg
-from heron.storage.driver import PoolDriver, StorageError
+from heron.storage.driver import Capabilities, PoolDriver, StorageError
 from heron.storage.qemuimg import Progress
 
 
 class RbdPool(PoolDriver):
+    # Images are raw: Ceph itself thins, replicates and snapshots them.
+    CAPABILITIES = Capabilities()
+
     def image_spec(self, volume: Volume) -> str:
         return f"{self.pool.rbd_pool}/{volume.name}"
 

@@ -36,8 +36,9 @@ from heron.services.lookup import (
     find_volume,
     live_nodes,
 )
-from heron.storage.driver import driver_for
+from heron.storage.driver import Capabilities
 from heron.storage.probe import probe
+from heron.storage.registry import capabilities, definition_problem, driver_for
 
 router = APIRouter(tags=["storage"])
 
@@ -57,6 +58,7 @@ class PoolCapacity(BaseModel):
 
 class PoolView(Pool):
     revision: int
+    capabilities: Capabilities = Field(description="what the pool can do, by its driver")
     capacity: PoolCapacity | None = Field(
         default=None, description="ardfs and shared pools; a local pool's differs by node"
     )
@@ -88,28 +90,33 @@ async def list_pools(request: Request, _: Principal = Depends(auth.viewer)) -> l
 
 
 async def _pool_view(ctx: ApiContext, pool: Pool, revision: int) -> PoolView:
-    return PoolView(**pool.model_dump(), revision=revision, capacity=await _capacity(ctx, pool))
+    return PoolView(
+        **pool.model_dump(),
+        revision=revision,
+        capabilities=capabilities(pool),
+        capacity=await _capacity(ctx, pool),
+    )
 
 
 async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
-    if pool.type == "ardfs":
+    can = capabilities(pool)
+    driver = driver_for(pool, ctx.state_dir)
+    if can.member_disks:
         nodes = await ctx.db.list(ArdfsNodeStatus, f"{keys.ARDFS_STATUS}{pool.name}/")
         disks = [d for e in nodes for d in e.value.disks.values()]
         if not disks:
             return None
         total = sum(d.total_bytes for d in disks)
         free = sum(d.free_bytes for d in disks)
-        kind, number = pool.protection[:2], int(pool.protection[2])
-        share = 1 / number if kind == "rf" else number / (number + 1)
         return PoolCapacity(
-            total_bytes=int(total * share),
-            free_bytes=int(free * share),
+            total_bytes=driver.usable_capacity(total),
+            free_bytes=driver.usable_capacity(free),
             raw_total_bytes=total,
             raw_free_bytes=free,
         )
-    if not pool.shared or pool.lun_backed:
+    if not can.shared or can.scanned:
         return None
-    found = await probe(pool.name, driver_for(pool, ctx.state_dir).capacity)
+    found = await probe(pool.name, driver.capacity)
     if found is None:
         return None
     return PoolCapacity(
@@ -122,13 +129,13 @@ async def create_pool(
     body: PoolCreate, request: Request, _: Principal = Depends(auth.admin)
 ) -> PoolView:
     pool = Pool(**body.model_dump(), created_at=time.time())
-    if pool.type == "dir" and pool.shared and pool.path is None:
-        raise Invalid("body.path", "a shared pool needs the path where every node mounts it")
+    if problem := definition_problem(pool):
+        raise Invalid(f"body.{problem[0]}", problem[1])
     try:
         revision = await _ctx(request).db.create(keys.pool(pool.name), pool)
     except StoreConflict as exc:
         raise Conflict(f"pool {pool.name} already exists") from exc
-    return PoolView(**pool.model_dump(), revision=revision)
+    return PoolView(**pool.model_dump(), revision=revision, capabilities=capabilities(pool))
 
 
 @router.get("/pools/{name}", response_model=PoolView)
@@ -216,7 +223,7 @@ async def get_volume(
 
 
 async def _health(ctx: ApiContext, pool: Pool) -> dict[str, VolumeHealth]:
-    if pool.type != "ardfs":
+    if not capabilities(pool).member_disks:
         return {}
     return {
         e.key.rsplit("/", 1)[1]: e.value
@@ -302,7 +309,7 @@ async def add_disk(
     """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it)."""
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
-    if pool.type != "ardfs":
+    if not capabilities(pool).member_disks:
         raise Conflict(f"pool {name} ({pool.type}) takes no disks; only ardfs pools do")
     if body.node not in await live_nodes(ctx.db):
         raise Invalid("body.node", f"no live node {body.node!r}")
