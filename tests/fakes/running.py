@@ -1,0 +1,52 @@
+"""Running the VM controller on the fakes: the fake QEMU on PATH, waiting on conditions, and
+clearing away every fake QEMU a test started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from fakes import qemu
+from heron.util.proc import find_running
+
+T = TypeVar("T")
+
+
+def fake_qemu_on_path(directory: Path, monkeypatch: pytest.MonkeyPatch) -> qemu.Script:
+    """Make `qemu-system-x86_64` the fake for this test (the VM controller launches QEMU by
+    that name from PATH); returns the script the fake follows."""
+    program = qemu.install(directory / "bin")
+    monkeypatch.setenv("PATH", f"{program.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    script = qemu.Script(directory / "fake-qemu.json")
+    monkeypatch.setenv(qemu.SCRIPT_VARIABLE, str(script.path))
+    return script
+
+
+def kill_fakes_under(directory: Path) -> None:
+    """SIGKILL the fake QEMUs whose command line names `directory` (only this test's own:
+    their pidfile and sockets live there)."""
+    for pid in find_running(str(directory)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def until(
+    predicate: Callable[[], Awaitable[T | None]], what: str, timeout: float = 10.0
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)  # polling interval
