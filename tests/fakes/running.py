@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,6 +30,19 @@ def fake_qemu_on_path(directory: Path, monkeypatch: pytest.MonkeyPatch) -> qemu.
     script = qemu.Script(directory / "fake-qemu.json")
     monkeypatch.setenv(qemu.SCRIPT_VARIABLE, str(script.path))
     return script
+
+
+@contextlib.contextmanager
+def short_directory() -> Iterator[Path]:
+    """A node's state directory: short, as a unix socket's path must fit in 108 bytes (and
+    pytest's tmp_path does not leave room for `vms/<id>/qmp.sock`). Any fake QEMU still
+    running from it is killed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="heron-", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        kill_fakes_under(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def kill_fakes_under(directory: Path) -> None:

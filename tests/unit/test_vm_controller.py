@@ -4,16 +4,14 @@ paths in tests/integration/test_lifecycle.py."""
 
 import asyncio
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
-from fakes.running import fake_qemu_on_path, kill_fakes_under, until
+from fakes.running import fake_qemu_on_path, kill_fakes_under, short_directory, until
 
 from heron.agent.handlers import Handlers
 from heron.agent.migration import Migrations
@@ -28,11 +26,8 @@ from heron.models.vm import VM, PowerState, RunState, VMSpec, VMStatus
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    """The node's state directory: short, as a unix socket's path must fit in 108 bytes."""
-    directory = Path(tempfile.mkdtemp(prefix="heron-", dir="/tmp"))
-    yield directory
-    kill_fakes_under(directory)
-    shutil.rmtree(directory, ignore_errors=True)
+    with short_directory() as directory:
+        yield directory
 
 
 @pytest.fixture
