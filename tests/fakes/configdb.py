@@ -15,6 +15,7 @@ What it does not model: several members, lost connections, request timeouts.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,7 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from heron.configdb.store import Conflict, Entry, M, T, Txn, WatchEvent, parse
+from heron.configdb.interface import ConfigStore
+from heron.configdb.store import ConfigDB, Conflict, Entry, M, T, Txn, WatchEvent, parse
 
 
 class LeaseNotFound(Exception):
@@ -114,7 +116,7 @@ class FakeConfigDB:
         entries, _ = await self.list_at(model, prefix)
         return entries
 
-    async def list_at(self, model: type[M], prefix: str) -> tuple[list[Entry[M]], int]:
+    async def list_at(self, model: type[M], prefix: str) -> tuple[builtins.list[Entry[M]], int]:
         await self._round_trip()
         entries = [
             Entry(key, parse(model, kv.value), kv.mod_revision, kv.lease)
@@ -143,7 +145,7 @@ class FakeConfigDB:
                 raise LeaseNotFound(f"lease {lease:x} does not exist")
         if not all(self._holds(kind, key, expected) for kind, key, expected in txn.checks):
             raise Conflict("the record was changed by someone else; read it again")
-        changes: list[_Change] = []
+        changes: builtins.list[_Change] = []
         revision = self._revision + 1
         for key, value, lease in txn.puts:
             changes.append(_Change("put", key, value, revision, lease))
@@ -163,7 +165,7 @@ class FakeConfigDB:
             return (kv.mod_revision if kv else 0) == expected
         raise ValueError(f"unknown comparison {kind!r}")
 
-    def _apply(self, changes: list[_Change]) -> None:
+    def _apply(self, changes: builtins.list[_Change]) -> None:
         if not changes:
             return
         self._revision = changes[0].revision
@@ -289,3 +291,8 @@ class FakeConfigDB:
                     await wakeup.wait()  # set by the next write
         finally:
             self._wakeups.discard(wakeup)
+
+
+def _both_are_config_stores(fake: FakeConfigDB, real: ConfigDB) -> tuple[ConfigStore, ...]:
+    """Never called: a type checker proves here that both provide the whole interface."""
+    return fake, real

@@ -2,13 +2,18 @@
 tests/integration/test_configdb_contract.py), plus what only the fake offers."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from contracts.configdb import ConfigDBContract
 from fakes.clock import ManualClock
 from fakes.configdb import FakeConfigDB
+
+from heron.configdb import ConfigDB
+from heron.configdb.interface import ConfigStore
 
 
 class TestFakeConfigDB(ConfigDBContract):
@@ -48,3 +53,27 @@ async def test_expire_ends_a_lease_at_once_and_watchers_see_it() -> None:
         ("delete", "/heron/nodes/n1", written + 1)
     ]
     assert await db.refresh(lease) == 0
+
+
+def _public_methods(cls: type) -> dict[str, Callable[..., Any]]:
+    return {
+        name: member
+        for name, member in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_")
+    }
+
+
+def _shape(method: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    """Parameter names, kinds and defaults (annotations are strings, spelled differently)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
+
+
+def test_the_interface_covers_configdb_and_the_fake_has_all_of_it() -> None:
+    real, fake = _public_methods(ConfigDB), _public_methods(FakeConfigDB)
+    interface = _public_methods(ConfigStore)  # type: ignore[type-abstract]
+    assert set(real) == set(interface), "a ConfigDB method is missing from ConfigStore"
+    for name in interface:
+        assert name in fake, f"the fake has no {name}"
+        assert _shape(fake[name]) == _shape(real[name]) == _shape(interface[name]), name
+        assert inspect.iscoroutinefunction(fake[name]) == inspect.iscoroutinefunction(real[name])
+        assert inspect.isasyncgenfunction(fake[name]) == inspect.isasyncgenfunction(real[name])
