@@ -113,6 +113,12 @@ class ConfigDBContract:
         assert await db.dump(f"{prefix}pools/") == {
             f"{prefix}pools/{n}": p.model_dump_json().encode() for n, p in pools.items()
         }
+        raw, raw_at = await db.list_raw_at(f"{prefix}pools/")
+        assert raw_at == at
+        assert [(r.key, r.value, r.revision, r.lease) for r in raw] == [
+            (f"{prefix}pools/{n}", p.model_dump_json().encode(), revisions[n], 0)
+            for n, p in pools.items()
+        ]
         assert await db.get(Pool, f"{prefix}pools/missing") is None
         assert await db.get_raw(f"{prefix}pools/missing") is None
         assert await db.get_raw(f"{prefix}pools/a") == (

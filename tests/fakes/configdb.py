@@ -9,7 +9,8 @@ through `expire`, which is what a node that lost its lease looks like to everyon
 Every call yields to the event loop first, as a round trip to etcd would: concurrent writers
 interleave, so compare-and-swap conflicts really happen.
 
-What it does not model: several members, lost connections, request timeouts.
+What it does not model: several members, request timeouts, lost connections (but for a
+watch: `watches_cut` breaks every watch stream for a while, as a reconnect would).
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from typing import Literal
 from pydantic import BaseModel
 
 from heron.configdb.interface import ConfigStore
-from heron.configdb.store import ConfigDB, Conflict, Entry, M, T, Txn, WatchEvent, parse
+from heron.configdb.store import (
+    ConfigDB,
+    Conflict,
+    Entry,
+    M,
+    RawEntry,
+    T,
+    Txn,
+    WatchEvent,
+    parse,
+)
 
 
 class LeaseNotFound(Exception):
@@ -73,6 +84,9 @@ class FakeConfigDB:
         self._leases: dict[int, _Lease] = {}
         self._next_lease = 0x1000
         self._wakeups: set[asyncio.Event] = set()
+        self._watched: builtins.list[str] = []  # the prefix of each live watch
+        self._cut = False  # watch streams broken (see `watches_cut`)
+        self._cuts = 0
 
     # -- connection (nothing to connect to) ----------------------------------------------
 
@@ -120,6 +134,15 @@ class FakeConfigDB:
         await self._round_trip()
         entries = [
             Entry(key, parse(model, kv.value), kv.mod_revision, kv.lease)
+            for key, kv in sorted(self._data.items())
+            if key.startswith(prefix)
+        ]
+        return entries, self._revision
+
+    async def list_raw_at(self, prefix: str) -> tuple[builtins.list[RawEntry], int]:
+        await self._round_trip()
+        entries = [
+            RawEntry(key, kv.value, kv.mod_revision, kv.lease)
             for key, kv in sorted(self._data.items())
             if key.startswith(prefix)
         ]
@@ -181,6 +204,9 @@ class FakeConfigDB:
             if change.lease:
                 self._leases[change.lease].keys.add(change.key)
         self._history.extend(changes)
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
         for wakeup in self._wakeups:
             wakeup.set()
 
@@ -263,19 +289,46 @@ class FakeConfigDB:
         self._compacted = max(self._compacted, revision)
         self._history = [c for c in self._history if c.revision >= self._compacted]
 
+    def watching(self, prefix: str) -> bool:
+        """Whether a watch of `prefix` is open: a test waits for it before a change that
+        only the watch would report."""
+        return prefix in self._watched
+
+    @contextlib.asynccontextmanager
+    async def watches_cut(self) -> AsyncIterator[None]:
+        """Watch streams are broken meanwhile (etcd out of their reach); then each resumes as
+        ConfigDB.watch does after a reconnect: from the revision after the last event it
+        delivered, with a `resync` first if that history was compacted meanwhile."""
+        self._cut = True
+        try:
+            yield
+        finally:
+            self._cut = False
+            self._cuts += 1
+            self._wake_watchers()
+
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Every change under `prefix` from `start_revision` on; a `resync` first when that
         history was compacted, then from the oldest revision still kept."""
         await self._round_trip()
         next_revision = start_revision if start_revision > 0 else self._revision + 1
-        if next_revision < self._compacted:
-            next_revision = self._compacted
-            yield WatchEvent("resync", prefix, b"", next_revision)
+        resumed = -1  # a new watch is a (re)connect too
         wakeup = asyncio.Event()
         self._wakeups.add(wakeup)
+        self._watched.append(prefix)
         try:
             while True:
                 wakeup.clear()
+                if self._cut:
+                    await wakeup.wait()
+                    continue
+                if resumed != self._cuts:
+                    resumed = self._cuts
+                    # A live stream is never cut short by compaction; one that (re)starts
+                    # from a compacted revision is told to list again.
+                    if next_revision < self._compacted:
+                        next_revision = self._compacted
+                        yield WatchEvent("resync", prefix, b"", next_revision)
                 pending = [
                     c
                     for c in self._history
@@ -291,6 +344,7 @@ class FakeConfigDB:
                     await wakeup.wait()  # set by the next write
         finally:
             self._wakeups.discard(wakeup)
+            self._watched.remove(prefix)
 
 
 def _both_are_config_stores(fake: FakeConfigDB, real: ConfigDB) -> tuple[ConfigStore, ...]:

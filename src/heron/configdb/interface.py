@@ -15,7 +15,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from heron.configdb.store import Entry, M, T, Txn, WatchEvent
+from heron.configdb.store import Entry, M, RawEntry, T, Txn, WatchEvent
 
 
 class ConfigStore(Protocol):
@@ -36,6 +36,8 @@ class ConfigStore(Protocol):
     async def list(self, model: type[M], prefix: str) -> list[Entry[M]]: ...
 
     async def list_at(self, model: type[M], prefix: str) -> tuple[builtins.list[Entry[M]], int]: ...
+
+    async def list_raw_at(self, prefix: str) -> tuple[builtins.list[RawEntry], int]: ...
 
     async def dump(self, prefix: str = "/") -> dict[str, bytes]: ...
 
