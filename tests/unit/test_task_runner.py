@@ -193,3 +193,22 @@ async def test_prune_keeps_recent_unfinished_and_other_nodes_tasks(
     assert left == {newest.id, second.id, old_queued.id, old_running.id, foreign.id}
     assert old.id not in left and third.id not in left
     assert await runner.prune(now) == 0
+
+
+async def test_a_task_queued_in_compacted_history_is_found_by_listing_again(
+    db: FakeConfigDB, start_runner: Callable[..., TaskRunner]
+) -> None:
+    async def work(ctx: TaskContext) -> dict[str, str]:
+        return {"ran": ctx.task.id}
+
+    start_runner({"work": work})
+
+    async def watching() -> bool:
+        return db.watching(keys.TASKS)
+
+    await until(watching, "the runner to watch for tasks")
+    async with db.watches_cut():
+        task = await submit(db, new_task("work", "n1", "t", "u"))
+        db.compact(await db.put("/heron/unrelated", "y"))  # its creation is history no more
+    done = await ended(db, task.id)
+    assert (done.state, done.result) == (TaskState.succeeded, {"ran": task.id})
