@@ -54,7 +54,9 @@ def install(directory: Path) -> Path:
     this Python; prepend `directory` to PATH and the VM controller launches it."""
     directory.mkdir(parents=True, exist_ok=True)
     program = directory / "qemu-system-x86_64"
-    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" "$@"\n')
+    # -S: no site-packages to scan, it needs the standard library only (and starts sooner).
+    here = Path(__file__).resolve()
+    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{here}" "$@"\n')
     program.chmod(0o755)
     return program
 
@@ -151,6 +153,7 @@ class FakeQemu:
         self.migration_step: int | None = 0 if script.get("migrating") else None
         self.clients: set[asyncio.StreamWriter] = set()
         self.done = asyncio.Event()
+        self.guest_shutdown = False
         self.journal = args.pidfile.parent / JOURNAL if args.pidfile else None
 
     async def serve(self) -> None:
@@ -162,9 +165,10 @@ class FakeQemu:
         server = await asyncio.start_unix_server(self._client, sock=self.listener)
         async with server:
             await self.done.wait()
-            # QEMU takes a moment to tear its devices down after SHUTDOWN; a client between
-            # two reads still hears the event before the socket closes.
-            await asyncio.sleep(LINGER)
+            if self.guest_shutdown:
+                # A guest's shutdown takes QEMU a moment to act on; a client between two
+                # reads still hears the SHUTDOWN event before the socket closes.
+                await asyncio.sleep(LINGER)
             for writer in list(self.clients):
                 with contextlib.suppress(Exception):
                     await writer.drain()
@@ -327,6 +331,7 @@ class FakeQemu:
         self._shutdown(True, "guest-shutdown")
 
     def _shutdown(self, guest: bool, reason: str) -> None:
+        self.guest_shutdown = guest
         self._event("SHUTDOWN", {"guest": guest, "reason": reason})
         self.done.set()
 
