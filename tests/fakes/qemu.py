@@ -3,14 +3,16 @@
 Run as a program (`python tests/fakes/qemu.py <QEMU's arguments>`; `install` puts it on a
 PATH under QEMU's name). Only the standard library is used: it runs outside the test process.
 
-What it does as QEMU does: `-daemonize` (the launcher returns once the pidfile and the QMP
-socket exist), `-pidfile`, the QMP server of `-chardev socket,id=qmp,...`, the serial console
-log of the `serial0` chardev (the test guest's READY line once the guest runs), `-S` (start
-paused), `-incoming defer` (wait for a migration), `-m`. Over QMP: the greeting and
-qmp_capabilities, query-status, stop/cont (STOP/RESUME events), system_powerdown (POWERDOWN,
-then the guest powers off: SHUTDOWN and exit), quit, system_reset, query-memory-size-summary,
-query-vnc, the migration commands with `query-migrate` following a script, query-block-jobs;
-any other command is answered as QEMU answers a command it does not have.
+What it does as QEMU does (tests/contracts/qemu.py holds it to qemu-system-x86_64):
+`-daemonize` (the launcher returns once the pidfile and the QMP socket exist), `-pidfile` (also
+a lock: a second QEMU for the same VM fails), the QMP server of `-chardev socket,id=qmp,...`,
+the serial console log of the `serial0` chardev (the test guest's READY line once the guest
+boots), `-S` (status "prelaunch": the guest boots at the first `cont`), `-incoming defer`
+(status "inmigrate"), `-m`. Over QMP: the greeting and qmp_capabilities, query-status,
+stop/cont (STOP/RESUME events), system_powerdown (POWERDOWN; a booted guest that runs then
+powers itself off: SHUTDOWN and exit; a paused one once it runs again), quit, system_reset,
+query-memory-size-summary, query-vnc, the migration commands with `query-migrate` following a
+script, query-block-jobs; any other command is answered as QEMU answers one it does not have.
 
 What it is told to do wrong comes from the JSON file named by $HERON_FAKE_QEMU_SCRIPT, read at
 start and again before each command (so a test may change it while the fake runs):
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -148,7 +151,10 @@ class FakeQemu:
     def __init__(self, args: Arguments, listener: socket.socket):
         self.args = args
         self.listener = listener
-        self.status = "inmigrate" if args.incoming else ("paused" if args.paused else "running")
+        # With -S QEMU is "prelaunch" (not "paused"): the machine has never run.
+        self.status = "inmigrate" if args.incoming else ("prelaunch" if args.paused else "running")
+        self.button_pressed = False  # ACPI power button, seen by the guest once it runs
+        self.booted = self.status != "prelaunch"  # an incoming guest booted on its source
         script = _script()
         self.migration_step: int | None = 0 if script.get("migrating") else None
         self.clients: set[asyncio.StreamWriter] = set()
@@ -228,14 +234,21 @@ class FakeQemu:
         handler = getattr(self, "qmp_" + name.replace("-", "_"), None)
         if handler is None:
             return _error("CommandNotFound", f"The command {name} has not been found")
-        return {"return": handler(arguments, script)}
+        answer = handler(arguments, script)
+        if isinstance(answer, dict) and "error" in answer:
+            return answer
+        return {"return": answer}
 
     def _after(self, name: str) -> None:
         """What a command sets off once it was answered: QEMU answers before it exits."""
         if name == "quit":
             self._shutdown(False, "host-qmp-quit")
-        elif name == "system_powerdown" and not _script().get("ignore_powerdown"):
-            self._guest_poweroff()
+        elif self.button_pressed and self.status == "running":
+            # The guest (it runs now) handles the power button: it powers itself off. One
+            # that never booted (prelaunch) has no OS to do so.
+            self.button_pressed = False
+            if self.booted and not _script().get("ignore_powerdown"):
+                self._guest_poweroff()
 
     # -- commands ------------------------------------------------------------------------
 
@@ -243,14 +256,17 @@ class FakeQemu:
         return {"status": self.status, "running": self.status == "running", "singlestep": False}
 
     def qmp_stop(self, _: dict[str, Any], __: dict[str, Any]) -> dict[str, Any]:
-        if self.status == "running":
+        if self.status == "running":  # QEMU keeps "prelaunch" and "inmigrate" as they are
             self.status = "paused"
             self._event("STOP")
         return {}
 
     def qmp_cont(self, _: dict[str, Any], __: dict[str, Any]) -> dict[str, Any]:
+        if self.status == "inmigrate":
+            return _error("GenericError", "Guest is waiting for an incoming migration")
         if self.status != "running":
-            if self.status == "paused" and not self._booted():
+            if self.status == "prelaunch":
+                self.booted = True
                 self._console(READY_LINE.format(uuid=self.args.uuid))
             self.status = "running"
             self._event("RESUME")
@@ -258,6 +274,7 @@ class FakeQemu:
 
     def qmp_system_powerdown(self, _: dict[str, Any], __: dict[str, Any]) -> dict[str, Any]:
         self._event("POWERDOWN")
+        self.button_pressed = True
         return {}
 
     def qmp_system_reset(self, _: dict[str, Any], __: dict[str, Any]) -> dict[str, Any]:
@@ -357,10 +374,6 @@ class FakeQemu:
             with open(self.journal, "a") as journal:
                 journal.write(json.dumps(entry) + "\n")
 
-    def _booted(self) -> bool:
-        log = self.args.console_log
-        return log is not None and log.exists() and "HERON-GUEST-READY" in log.read_text()
-
     def _console(self, line: str) -> None:
         if self.args.console_log is not None:
             with open(self.args.console_log, "a") as log:
@@ -393,11 +406,6 @@ def main(argv: list[str]) -> int:
         print(f"qemu-system-x86_64: {start_error}", file=sys.stderr)
         return 1
     assert args.qmp is not None and args.pidfile is not None
-    with contextlib.suppress(FileNotFoundError):
-        args.qmp.unlink()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(args.qmp))
-    listener.listen()
     ready = None
     if args.daemonize:
         ready, told = os.pipe()
@@ -408,7 +416,25 @@ def main(argv: list[str]) -> int:
         os.close(ready)
         os.setsid()
         ready = told
-    args.pidfile.write_text(f"{os.getpid()}\n")
+    # The pidfile is QEMU's lock: a second QEMU for the same VM stops here, before it touches
+    # the first one's sockets. The descriptor stays open (and locked) while this one lives.
+    pidfile = os.open(args.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(pidfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(
+            "qemu-system-x86_64: cannot create PID file: Cannot lock pid file: "
+            "Resource temporarily unavailable",
+            file=sys.stderr,
+        )
+        return 1
+    with contextlib.suppress(FileNotFoundError):
+        args.qmp.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(args.qmp))
+    listener.listen()
+    os.ftruncate(pidfile, 0)
+    os.write(pidfile, f"{os.getpid()}\n".encode())
     if ready is not None:
         os.write(ready, b"1")
         os.close(ready)
