@@ -7,4 +7,4 @@ implementation and supplies the fixtures (and the few hooks) it names.
 import pytest
 
 # Their asserts live outside test modules: have pytest explain them as it does in tests.
-pytest.register_assert_rewrite("contracts.configdb")
+pytest.register_assert_rewrite("contracts.configdb", "contracts.qemu")
