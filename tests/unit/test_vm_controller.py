@@ -82,14 +82,20 @@ async def want(db: FakeConfigDB, vm_id: str, power: PowerState) -> None:
     await db.update(VM, keys.vm(vm_id), change)
 
 
-async def status(db: FakeConfigDB, vm_id: str) -> VMStatus | None:
+async def maybe_status(db: FakeConfigDB, vm_id: str) -> VMStatus | None:
     entry = await db.get(VMStatus, keys.vm_status(vm_id))
     return entry.value if entry else None
 
 
+async def status(db: FakeConfigDB, vm_id: str) -> VMStatus:
+    current = await maybe_status(db, vm_id)
+    assert current is not None, f"no status of VM {vm_id}"
+    return current
+
+
 async def reported(db: FakeConfigDB, vm_id: str, state: RunState) -> VMStatus:
     async def seen() -> VMStatus | None:
-        current = await status(db, vm_id)
+        current = await maybe_status(db, vm_id)
         return current if current is not None and current.state == state else None
 
     return await until(seen, f"VM {vm_id} reported {state}")
@@ -119,7 +125,6 @@ async def test_start_launches_qemu_and_reports_it_running(
     vm = await new_vm(db)
     assert await agent.reconcile(vm.id) == RunState.running
     current = await status(db, vm.id)
-    assert current is not None
     assert (current.state, current.pid, current.vnc, current.accelerator) == (
         RunState.running,
         qemu_pid(agent, vm.id),
