@@ -212,3 +212,24 @@ async def test_a_task_queued_in_compacted_history_is_found_by_listing_again(
         db.compact(await db.put("/heron/unrelated", "y"))  # its creation is history no more
     done = await ended(db, task.id)
     assert (done.state, done.result) == (TaskState.succeeded, {"ran": task.id})
+
+
+async def test_a_task_deleted_while_it_ran_does_not_stop_the_runner(
+    db: FakeConfigDB, start_runner: Callable[..., TaskRunner]
+) -> None:
+    async def vanish(ctx: TaskContext) -> None:
+        await db.delete(keys.task(ctx.task.id))  # e.g. pruned, or removed by hand
+
+    async def work(ctx: TaskContext) -> dict[str, str]:
+        return {}
+
+    start_runner({"vanish": vanish, "work": work})
+    gone = await submit(db, new_task("vanish", "n1", "t", "u"))
+
+    async def deleted() -> bool:
+        return await db.get_raw(keys.task(gone.id)) is None
+
+    await until(deleted, "the task to delete itself")
+    later = await submit(db, new_task("work", "n1", "t", "u"))
+    assert (await ended(db, later.id)).state == TaskState.succeeded
+    assert await db.get_raw(keys.task(gone.id)) is None  # its end was not written back
