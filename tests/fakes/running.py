@@ -17,6 +17,7 @@ from typing import TypeVar
 import pytest
 
 from fakes import qemu
+from heron.agent.vms import VMController
 from heron.util.proc import find_running
 
 T = TypeVar("T")
@@ -43,6 +44,17 @@ def short_directory() -> Iterator[Path]:
     finally:
         kill_fakes_under(directory)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def stop_agent(controller: VMController) -> None:
+    """What an agent's death does to its VM controller: its monitors stop and its QMP
+    sessions close; the QEMUs it started run on."""
+    for runtime in list(controller._vms.values()):
+        if runtime.monitor is not None:
+            runtime.monitor.cancel()
+            # Let it unwind before closing its QMP session under it.
+            await asyncio.gather(runtime.monitor, return_exceptions=True)
+        await runtime.qemu.close()
 
 
 def kill_fakes_under(directory: Path) -> None:

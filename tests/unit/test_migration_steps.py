@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
-from fakes.running import fake_qemu_on_path, short_directory, until
+from fakes.running import fake_qemu_on_path, short_directory, stop_agent, until
 
 from heron.agent.migration import Migrations
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
@@ -49,10 +49,7 @@ async def controllers(
     }
     yield made
     for controller in made.values():
-        for runtime in list(controller._vms.values()):
-            if runtime.monitor is not None:
-                runtime.monitor.cancel()
-            await runtime.qemu.close()
+        await stop_agent(controller)
 
 
 @pytest.fixture

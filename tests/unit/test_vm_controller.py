@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
-from fakes.running import fake_qemu_on_path, kill_fakes_under, short_directory, until
+from fakes.running import (
+    fake_qemu_on_path,
+    kill_fakes_under,
+    short_directory,
+    stop_agent,
+    until,
+)
 
 from heron.agent.handlers import Handlers
 from heron.agent.migration import Migrations
@@ -48,10 +54,7 @@ async def agents(
     made: list[VMController] = []
     yield made
     for controller in made:
-        for runtime in list(controller._vms.values()):
-            if runtime.monitor is not None:
-                runtime.monitor.cancel()
-            await runtime.qemu.close()
+        await stop_agent(controller)
     kill_fakes_under(state_dir)
 
 
@@ -317,10 +320,7 @@ async def test_after_a_restart_the_agent_follows_the_qemu_that_still_runs(
     vm = await new_vm(db)
     await agent.reconcile(vm.id)
     pid = qemu_pid(agent, vm.id)
-    for runtime in agent._vms.values():  # the old agent is gone (its QEMU is not)
-        assert runtime.monitor is not None
-        runtime.monitor.cancel()
-        await runtime.qemu.close()
+    await stop_agent(agent)  # the old agent is gone (its QEMU is not)
 
     again = restart(agents, db, state_dir)
     await again.resume()
@@ -335,10 +335,7 @@ async def test_a_qemu_that_died_while_the_agent_was_down_is_reported_crashed(
 ) -> None:
     vm = await new_vm(db)
     await agent.reconcile(vm.id)
-    runtime = agent.runtime(vm.id)
-    assert runtime.monitor is not None
-    runtime.monitor.cancel()  # the agent dies...
-    await runtime.qemu.close()
+    await stop_agent(agent)  # the agent dies...
     pid = qemu_pid(agent, vm.id)
     os.kill(pid, signal.SIGKILL)  # ...and then its QEMU
     await until(lambda: _gone(agent, vm.id), "QEMU to be gone")
@@ -358,10 +355,7 @@ async def test_a_vm_deleted_while_the_agent_was_down_is_cleared_away(
 ) -> None:
     vm = await new_vm(db)
     await agent.reconcile(vm.id)
-    runtime = agent.runtime(vm.id)
-    assert runtime.monitor is not None
-    runtime.monitor.cancel()
-    await runtime.qemu.close()
+    await stop_agent(agent)
     await db.delete(keys.vm(vm.id))
 
     again = restart(agents, db, state_dir)

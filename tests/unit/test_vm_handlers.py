@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
-from fakes.running import fake_qemu_on_path, short_directory
+from fakes.running import fake_qemu_on_path, short_directory, stop_agent
 
 from heron.agent.handlers import Handlers
 from heron.agent.migration import Migrations
@@ -36,10 +36,7 @@ async def vms(
     fake_qemu_on_path(tmp_path, monkeypatch)
     controller = VMController(db, "n1", state_dir, "tcg")  # type: ignore[arg-type]
     yield controller
-    for runtime in list(controller._vms.values()):
-        if runtime.monitor is not None:
-            runtime.monitor.cancel()
-        await runtime.qemu.close()
+    await stop_agent(controller)
 
 
 @pytest.fixture
