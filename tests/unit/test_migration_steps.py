@@ -18,8 +18,9 @@ from heron.agent.vms import VMController
 from heron.configdb import keys
 from heron.models.common import new_id
 from heron.models.migration import Migration, MigrationState
+from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.task import Task, new_task
-from heron.models.vm import VM, PowerState, VMSpec
+from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
 
 
 @pytest.fixture
@@ -93,13 +94,17 @@ class Target:
         self.answered_at = 0  # the revision of this side's answer
         self.last: Migration | None = None
 
-    async def prepare(self, outcome: MigrationState, error: str = "") -> None:
-        """Answer the source's request: ready (listening), or failed."""
+    async def prepare(
+        self, outcome: MigrationState, error: str = "", nbd: str | None = None
+    ) -> None:
+        """Answer the source's request: ready (listening, and serving its disks over NBD
+        when it has some to receive), or failed."""
         await until(lambda: record(self.db, self.vm_id), "the migration record")
         uri = "tcp:127.0.0.1:1" if outcome == MigrationState.ready else None
+        changes = {"state": outcome, "uri": uri, "error": error, "nbd": nbd}
 
         def answer(found: Migration) -> Migration:
-            return found.model_copy(update={"state": outcome, "uri": uri, "error": error})
+            return found.model_copy(update=changes)
 
         entry = await self.db.update(Migration, keys.migration(self.vm_id), answer)
         self.answered_at = entry.revision
@@ -119,8 +124,10 @@ class Target:
         await self.db.delete(keys.migration(self.vm_id))
 
 
-async def play(target: Target, outcome: MigrationState, error: str = "") -> None:
-    await target.prepare(outcome, error)
+async def play(
+    target: Target, outcome: MigrationState, error: str = "", nbd: str | None = None
+) -> None:
+    await target.prepare(outcome, error, nbd)
     await target.close()
 
 
@@ -258,6 +265,40 @@ async def test_a_resumed_migration_that_had_not_reached_the_transfer_is_undone(
         await source.migrate(await migrate_task(db, vm, resumed=True))
     await asyncio.wait_for(closing, 10)
     assert target.last is not None and target.last.state == MigrationState.failed
+    await stays_on_the_source(db, controllers, vm)
+
+
+async def test_a_disk_copy_that_stops_before_it_is_in_sync_undoes_the_move(
+    db: FakeConfigDB, controllers: dict[str, VMController], source: Migrations
+) -> None:
+    # A disk on n1's own pool: it must be copied (mirrored) to the target before the memory.
+    await db.put(keys.pool("local"), Pool(name="local", created_at=1.0))
+    volume = Volume(
+        id=new_id(), pool="local", name="root", format=VolumeFormat.qcow2, size=1 << 20,
+        node="n1", state="ready", created_at=1.0,
+    )  # fmt: skip
+    await db.put(keys.volume(volume.id), volume)
+    spec = VMSpec(name="web", disks=[DiskSpec(volume=volume.id)])
+    vm = VM(id=new_id(), spec=spec, node="n1", power=PowerState.running, created_at=1.0)
+    await db.put(keys.vm(vm.id), vm)
+    await controllers["n1"].reconcile(vm.id)
+
+    target = Target(db, vm.id)
+    playing = asyncio.create_task(play(target, MigrationState.ready, nbd="127.0.0.1:10809"))
+    # The fake QEMU lists no block job: the mirror it was asked for is gone at once.
+    with pytest.raises(TaskFailed, match="disk copy mirror0 stopped before it was in sync"):
+        await source.migrate(await migrate_task(db, vm))
+    await asyncio.wait_for(playing, 10)
+
+    assert target.last is not None and target.last.mirror == [0]
+    assert actions(controllers["n1"], vm.id) == [
+        "blockdev-add",
+        "blockdev-mirror",
+        "migrate_cancel",
+        "block-job-cancel",
+    ]
+    kept = await db.get(Volume, keys.volume(volume.id))
+    assert kept is not None and kept.value.node == "n1"  # the disk stays with the VM
     await stays_on_the_source(db, controllers, vm)
 
 
