@@ -20,7 +20,8 @@ from typing import Generic
 
 from pydantic import ValidationError
 
-from heron.configdb.store import ConfigDB, Entry, M, parse
+from heron.configdb.interface import ConfigStore
+from heron.configdb.store import Entry, M, parse
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ CATCH_UP = 5.0
 
 
 class Cache(Generic[M]):
-    def __init__(self, db: ConfigDB, model: type[M], prefix: str):
+    def __init__(self, db: ConfigStore, model: type[M], prefix: str):
         self.db = db
         self.model = model
         self.prefix = prefix
@@ -117,14 +118,11 @@ class Cache(Generic[M]):
             await self._announce()
 
     async def _load(self) -> int:
-        result = await self.db.retrying_read(
-            lambda: self.db.client.get_prefix(self.prefix.encode())
-        )
+        stored, revision = await self.db.list_raw_at(self.prefix)
         self._entries = {}
-        for kv in result:
-            key = kv.key.decode()
-            self._put(key, key[len(self.prefix) :], kv.value, kv.mod_revision, kv.lease)
-        self.revision = result.header.revision
+        for raw in stored:
+            self._put(raw.key, raw.key[len(self.prefix) :], raw.value, raw.revision, raw.lease)
+        self.revision = revision
         return self.revision
 
     def _put(self, key: str, name: str, raw: bytes, revision: int, lease: int = 0) -> None:

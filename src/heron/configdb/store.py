@@ -66,6 +66,16 @@ class Entry(Generic[M]):
 
 
 @dataclass(frozen=True)
+class RawEntry:
+    """A record as stored, not parsed: for readers that skip the ones they cannot read."""
+
+    key: str
+    value: bytes
+    revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
 class WatchEvent:
     """One change under a watched prefix. `resync` means history was lost: list again."""
 
@@ -248,6 +258,12 @@ class ConfigDB:
             Entry(kv.key.decode(), parse(model, kv.value), kv.mod_revision, kv.lease)
             for kv in result
         ]
+        return entries, result.header.revision
+
+    async def list_raw_at(self, prefix: str) -> tuple[list[RawEntry], int]:
+        """The records under `prefix` unparsed, and the store revision they were read at."""
+        result = await self.retrying_read(lambda: self.client.get_prefix(prefix.encode()))
+        entries = [RawEntry(kv.key.decode(), kv.value, kv.mod_revision, kv.lease) for kv in result]
         return entries, result.header.revision
 
     async def dump(self, prefix: str = "/") -> dict[str, bytes]:
