@@ -19,7 +19,7 @@ from heron.configdb import keys
 from heron.models.common import new_id
 from heron.models.migration import Migration, MigrationState
 from heron.models.storage import Pool, Volume, VolumeFormat
-from heron.models.task import Task, new_task
+from heron.models.task import MigrateParams, Task, TaskKind, new_task
 from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
 
 
@@ -70,7 +70,9 @@ async def running_vm(db: FakeConfigDB, controllers: dict[str, VMController]) -> 
 async def migrate_task(
     db: FakeConfigDB, vm: VM, *, resumed: bool = False, **params: Any
 ) -> TaskContext:
-    task = new_task("vm.migrate", "n1", vm.id, "tester", {"target": "n2", **params})
+    task = new_task(
+        TaskKind.vm_migrate, "n1", vm.id, "tester", MigrateParams(target="n2", **params)
+    )
     await db.create(keys.task(task.id), task)
     return TaskContext(db, task, resumed)  # type: ignore[arg-type]
 
@@ -390,7 +392,7 @@ async def test_a_target_whose_qemu_cannot_listen_drops_everything_at_once(
     await db.put(keys.migration(vm.id), asked)
     script.set(errors={"migrate-incoming": "Failed to bind socket: Address already in use"})
     receiving = Migrations(db, "n2", "127.0.0.1", controllers["n2"])  # type: ignore[arg-type]
-    task = new_task("vm.receive", "n2", vm.id, "tester")
+    task = new_task(TaskKind.vm_receive, "n2", vm.id, "tester")
     await db.create(keys.task(task.id), task)
 
     with pytest.raises(TaskFailed, match="Failed to bind socket"):

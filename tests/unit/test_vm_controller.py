@@ -26,7 +26,7 @@ from heron.agent.vms import VMController
 from heron.configdb import keys
 from heron.hypervisor.qemu import QemuError
 from heron.models.common import new_id
-from heron.models.task import Task, TaskState, new_task
+from heron.models.task import Task, TaskKind, TaskState, new_task
 from heron.models.vm import VM, PowerState, RunState, VMSpec, VMStatus
 
 
@@ -234,7 +234,7 @@ async def test_qemu_refusing_to_start_fails_the_task_and_says_why(
     runner = TaskRunner(db, "n1", handlers.table())  # type: ignore[arg-type]
     job = asyncio.create_task(runner.run())
     try:
-        task = new_task("vm.start", "n1", vm.id, "tester")
+        task = new_task(TaskKind.vm_start, "n1", vm.id, "tester")
         await db.create(keys.task(task.id), task)
 
         async def ended() -> Task | None:

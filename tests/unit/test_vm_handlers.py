@@ -14,7 +14,7 @@ from heron.agent.tasks import TaskContext, TaskFailed
 from heron.agent.vms import VMController
 from heron.configdb import Txn, keys
 from heron.models.common import new_id
-from heron.models.task import new_task
+from heron.models.task import TaskKind, new_task
 from heron.models.vm import VM, PowerState, RunState, VMSpec
 
 
@@ -57,7 +57,7 @@ async def created(db: FakeConfigDB, power: PowerState = PowerState.running) -> V
     return vm
 
 
-async def context(db: FakeConfigDB, kind: str, vm: VM) -> TaskContext:
+async def context(db: FakeConfigDB, kind: TaskKind, vm: VM) -> TaskContext:
     task = new_task(kind, "n1", vm.id, "tester")
     await db.create(keys.task(task.id), task)
     return TaskContext(db, task)  # type: ignore[arg-type]
@@ -67,7 +67,7 @@ async def test_create_starts_the_vm(
     db: FakeConfigDB, handlers: Handlers, vms: VMController
 ) -> None:
     vm = await created(db)
-    result = await handlers.vm_create(await context(db, "vm.create", vm))
+    result = await handlers.vm_create(await context(db, TaskKind.vm_create, vm))
     assert result == {"vm": vm.id, "state": RunState.running.value}
     assert vms.runtime(vm.id).qemu.running()
 
@@ -77,7 +77,7 @@ async def test_delete_stops_qemu_and_removes_every_record_of_the_vm(
 ) -> None:
     vm = await created(db)
     await vms.reconcile(vm.id)
-    ctx = await context(db, "vm.delete", vm)
+    ctx = await context(db, TaskKind.vm_delete, vm)
     before = await db.revision()
     assert await handlers.vm_delete(ctx) == {"deleted": vm.id, "volumes": []}
     assert not vms.runtime(vm.id).qemu.running()
@@ -93,8 +93,8 @@ async def test_delete_repeated_after_a_crash_finds_nothing_left_to_do(
     db: FakeConfigDB, handlers: Handlers
 ) -> None:
     vm = await created(db)
-    first = await handlers.vm_delete(await context(db, "vm.delete", vm))
-    again = await handlers.vm_delete(await context(db, "vm.delete", vm))
+    first = await handlers.vm_delete(await context(db, TaskKind.vm_delete, vm))
+    again = await handlers.vm_delete(await context(db, TaskKind.vm_delete, vm))
     assert first["deleted"] == again["deleted"] == vm.id
     assert "volumes" not in again  # it saw the record gone, and touched nothing
 
@@ -102,9 +102,9 @@ async def test_delete_repeated_after_a_crash_finds_nothing_left_to_do(
 async def test_reboot(db: FakeConfigDB, handlers: Handlers, vms: VMController) -> None:
     vm = await created(db)
     with pytest.raises(TaskFailed, match="the VM is not running"):
-        await handlers.vm_reboot(await context(db, "vm.reboot", vm))
+        await handlers.vm_reboot(await context(db, TaskKind.vm_reboot, vm))
     await vms.reconcile(vm.id)
-    result = await handlers.vm_reboot(await context(db, "vm.reboot", vm))
+    result = await handlers.vm_reboot(await context(db, TaskKind.vm_reboot, vm))
     assert result == {"state": RunState.running.value}
     sent = [c["execute"] for c in fake_qemu.read_journal(vms.paths(vm.id).root)]
     assert "system_reset" in sent
