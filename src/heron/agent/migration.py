@@ -25,6 +25,7 @@ from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.hypervisor.qmp_migration import MigrationInfo
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume, VolumeHealth
@@ -172,9 +173,9 @@ class Migrations:
         shared_volumes = await ardfs_volumes(self.db, vm)
         try:
             info = await qemu.outgoing_migration()
-            status = info.get("status")
+            status = info.status
             await ctx.log(f"resumed after an agent restart; QEMU's migration is {status}")
-            if record.state != MigrationState.running or status in (None, "none"):
+            if record.state != MigrationState.running or status == "none":
                 raise TaskFailed("cut off by an agent restart before the memory transfer")
             downtime = await self._follow_send(ctx, qemu, record, shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
@@ -195,13 +196,12 @@ class Migrations:
         try:
             info = await qemu.outgoing_migration()
         except QemuError:
-            info = {}
-        if info.get("status") != "completed":
+            info = MigrationInfo()
+        if info.status != "completed":
             await self._abort(qemu, record, exc, shared_volumes)
             raise exc
         await ctx.log(f"QEMU completed the migration despite an error, carried on: {exc}")
-        downtime = info.get("downtime")
-        return int(downtime) if downtime is not None else None
+        return info.downtime_ms
 
     async def _abort(
         self, qemu: QemuVM, record: Migration, exc: BaseException, shared_volumes: list[str]
@@ -315,9 +315,9 @@ class Migrations:
         continued = False
         while True:
             info = await qemu.outgoing_migration()
-            status = info.get("status")
+            status = info.status
             if status == "completed":
-                return info.get("downtime")
+                return info.downtime_ms
             # QEMU may still say pre-switchover just after migrate-continue: act once only.
             if status == "pre-switchover" and not continued:
                 # The guest is stopped and its disks flushed: the target takes them over.
@@ -326,16 +326,14 @@ class Migrations:
                     await qemu.execute("migrate-continue", {"state": "pre-switchover"})
                 except QemuError:
                     # Sent already, by this agent before it was restarted: QEMU moved on.
-                    if (await qemu.outgoing_migration()).get("status") == "pre-switchover":
+                    if (await qemu.outgoing_migration()).status == "pre-switchover":
                         raise
                 continued = True
                 continue
-            if status in ("failed", "cancelled", "none", None):
-                raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")
-            ram = info.get("ram", {})
-            total = ram.get("total") or 0
-            if total:
-                done = min(ram.get("transferred", 0) / total, 0.99)
+            if status in ("failed", "cancelled", "none"):
+                raise TaskFailed(f"QEMU migration {status}: {info.error}")
+            if info.ram_total:
+                done = min(info.ram_transferred / info.ram_total, 0.99)
                 await ctx.progress(low + (0.99 - low) * done)
             await asyncio.sleep(_POLL)  # QEMU reports progress only when asked
 
