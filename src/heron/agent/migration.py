@@ -209,10 +209,10 @@ class Migrations:
         """Stop QEMU's side, tell the target, and wait until it has dropped its own; ardfs
         volumes stay with (or come back to) this node."""
         with contextlib.suppress(QemuError):
-            await qemu.execute("migrate_cancel")
+            await qemu.migrate_cancel()
         for index in record.mirror:
             with contextlib.suppress(QemuError):
-                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
+                await qemu.block_job_cancel(f"mirror{index}")
         with contextlib.suppress(Exception):
             await self._set(record.vm, state=MigrationState.failed, error=str(exc) or "cancelled")
             await self._wait_gone(record.vm)
@@ -228,9 +228,7 @@ class Migrations:
         for index in record.mirror:
             # Cancelling a mirror in sync ends it cleanly: the target has every block.
             with contextlib.suppress(QemuError):
-                await self.vms.runtime(vm.id).qemu.execute(
-                    "block-job-cancel", {"device": f"mirror{index}"}
-                )
+                await self.vms.runtime(vm.id).qemu.block_job_cancel(f"mirror{index}")
         await self._hand_record_over(vm.id, record.target, downtime, record.mirror)
         await self._wait_gone(vm.id)
         await self.vms.hand_over(vm.id)
@@ -249,35 +247,24 @@ class Migrations:
         """Copy local disks into the target's NBD exports until they are in sync."""
         host, port = nbd.rsplit(":", 1)
         for index in disks:
-            await qemu.execute(
-                "blockdev-add",
-                {
-                    "driver": "nbd",
-                    "node-name": f"mirror{index}",
-                    "export": f"disk{index}",
-                    "server": {"type": "inet", "host": host, "port": port},
-                },
-            )
-            await qemu.execute(
-                "blockdev-mirror",
-                {
-                    "job-id": f"mirror{index}",
-                    "device": f"disk{index}",
-                    "target": f"mirror{index}",
-                    "sync": "full",
-                    "copy-mode": "write-blocking",
-                },
+            await qemu.blockdev_add_nbd(f"mirror{index}", host, port, export=f"disk{index}")
+            await qemu.blockdev_mirror(
+                f"mirror{index}",
+                device=f"disk{index}",
+                target=f"mirror{index}",
+                sync="full",
+                copy_mode="write-blocking",
             )
         wanted = {f"mirror{i}" for i in disks}
         while True:
-            jobs = {j["device"]: j for j in await qemu.execute("query-block-jobs")}
+            jobs = {j.id: j for j in await qemu.query_block_jobs()}
             gone = wanted - set(jobs)
             if gone:
                 raise TaskFailed(f"disk copy {sorted(gone)[0]} stopped before it was in sync")
-            if all(jobs[name].get("ready") for name in wanted):
+            if all(jobs[name].ready for name in wanted):
                 return
-            total = sum(jobs[name]["len"] for name in wanted) or 1
-            done = sum(jobs[name]["offset"] for name in wanted)
+            total = sum(jobs[name].length for name in wanted) or 1
+            done = sum(jobs[name].offset for name in wanted)
             await ctx.progress(0.01 + _DISKS_SHARE * done / total)
             await asyncio.sleep(_POLL)  # QEMU reports block job progress only when asked
 
@@ -289,21 +276,18 @@ class Migrations:
         uri: str,
         shared_volumes: list[str],
     ) -> int | None:
-        capabilities = [
-            {"capability": "auto-converge", "state": record.auto_converge},
-            {"capability": "events", "state": True},
+        capabilities = {
+            "auto-converge": record.auto_converge,
+            "events": True,
             # ardfs volumes change owner while the guest is stopped, before the target runs.
-            {"capability": "pause-before-switchover", "state": bool(shared_volumes)},
-        ]
-        await qemu.execute("migrate-set-capabilities", {"capabilities": capabilities})
-        await qemu.execute(
-            "migrate-set-parameters",
-            {
-                "downtime-limit": record.max_downtime_ms,
-                "max-bandwidth": record.max_bandwidth_mib * 1024 * 1024,
-            },
+            "pause-before-switchover": bool(shared_volumes),
+        }
+        await qemu.migrate_set_capabilities(capabilities)
+        await qemu.migrate_set_parameters(
+            downtime_limit_ms=record.max_downtime_ms,
+            max_bandwidth=record.max_bandwidth_mib * 1024 * 1024,
         )
-        await qemu.execute("migrate", {"uri": uri})
+        await qemu.migrate(uri)
         return await self._follow_send(ctx, qemu, record, shared_volumes)
 
     async def _follow_send(
@@ -323,7 +307,7 @@ class Migrations:
                 # The guest is stopped and its disks flushed: the target takes them over.
                 await self._hand_over_volumes(ctx, shared_volumes, record.target)
                 try:
-                    await qemu.execute("migrate-continue", {"state": "pre-switchover"})
+                    await qemu.migrate_continue("pre-switchover")
                 except QemuError:
                     # Sent already, by this agent before it was restarted: QEMU moved on.
                     if (await qemu.outgoing_migration()).status == "pre-switchover":
@@ -424,7 +408,7 @@ class Migrations:
         if end.state == MigrationState.completed:
             if record.mirror:
                 with contextlib.suppress(QemuError):
-                    await qemu.execute("nbd-server-stop")
+                    await qemu.nbd_server_stop()
             await self.vms.reconcile(vm_id)
             await self.db.delete(keys.migration(vm_id))
             return {"node": self.node, "downtime_ms": end.downtime_ms}
@@ -442,29 +426,15 @@ class Migrations:
         nbd = None
         if record.mirror:
             port = _free_port(self.address)
-            await qemu.execute(
-                "nbd-server-start",
-                {
-                    "addr": {"type": "inet", "data": {"host": self.address, "port": str(port)}},
-                },
-            )
+            await qemu.nbd_server_start(self.address, port)
             for index in record.mirror:
-                await qemu.execute(
-                    "block-export-add",
-                    {
-                        "type": "nbd",
-                        "id": f"export{index}",
-                        "node-name": f"disk{index}",
-                        "name": f"disk{index}",
-                        "writable": True,
-                    },
+                await qemu.block_export_add_nbd(
+                    f"export{index}", node_name=f"disk{index}", name=f"disk{index}", writable=True
                 )
             nbd = f"{self.address}:{port}"
         uri = f"tcp:{self.address}:{_free_port(self.address)}"
-        await qemu.execute(
-            "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
-        )
-        await qemu.execute("migrate-incoming", {"uri": uri})
+        await qemu.migrate_set_capabilities({"events": True})
+        await qemu.migrate_incoming(uri)
         await self._set(vm.id, state=MigrationState.ready, uri=uri, nbd=nbd)
 
     async def _drop(self, vm_id: str, copies: list[tuple[Volume, DirPool]]) -> None:
