@@ -1,6 +1,7 @@
 """QemuVM's QMP methods against a fake QMP server: what each sends, how replies are read, and
-which errors come out."""
+which errors come out. Plus the layer rule: no raw QMP command outside hypervisor/."""
 
+import ast
 import asyncio
 import contextlib
 import json
@@ -363,3 +364,36 @@ async def test_a_lost_connection_is_a_session_error_and_the_next_call_reconnects
         fake.script("query-migrate", {"return": {"status": "pre-switchover"}})
         assert (await qemu.outgoing_migration()).status == "pre-switchover"
         assert fake.connections == 2
+
+
+# -- the layer rule --------------------------------------------------------------------------
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "heron"
+
+
+def raw_qmp_calls(source: str) -> list[str]:
+    """The QMP commands named as strings in `.execute("...")` calls."""
+    return [
+        node.args[0].value
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "execute"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ]
+
+
+def test_the_rule_finds_raw_qmp() -> None:
+    assert raw_qmp_calls('await qemu.execute("stop")\nself._execute(task)') == ["stop"]
+
+
+def test_every_qmp_command_is_sent_from_hypervisor() -> None:
+    found = {
+        str(path.relative_to(SRC)): calls
+        for path in SRC.rglob("*.py")
+        if path.parent.name != "hypervisor"
+        and (calls := raw_qmp_calls(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}, "send QMP through a QemuVM method (hypervisor/), not execute()"
