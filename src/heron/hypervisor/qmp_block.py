@@ -72,7 +72,7 @@ class BlockCommands(QMPCommands):
         Raises QMPCommandError when a node does not exist or an option cannot change on a
         reopen; nothing changes then. QMPSessionError.
         """
-        await self.execute("blockdev-reopen", {"options": list(options)})
+        await self.execute("blockdev-reopen", {"options": [dict(o) for o in options]})
 
     async def blockdev_mirror(
         self,
