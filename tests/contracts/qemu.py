@@ -76,12 +76,13 @@ class QemuContract:
         assert await qemu.ram_kib() == RAM_KIB
         vnc = await qemu.vnc_address()
         assert vnc is not None and vnc.startswith("127.0.0.1:59")
-        assert (await qemu.outgoing_migration()).get("status") is None  # none yet
+        assert (await qemu.outgoing_migration()).status == "none"  # none yet
 
-    async def test_dash_s_starts_prelaunch_and_cont_and_stop_say_so(self, launch: Launch) -> None:
+    async def test_dash_s_starts_paused_and_cont_and_stop_say_so(self, launch: Launch) -> None:
         qemu = await launch("-S")
-        # Not "paused": the machine has never run (the VM controller must cont it all the same).
-        assert await qemu.run_state() == "prelaunch"
+        # QEMU says "prelaunch" (never run); to its callers that is paused, resumed by cont.
+        assert await qemu.run_state() == "paused"
+        assert (await qemu.execute("query-status"))["status"] == "prelaunch"
         await qemu.execute("cont")
         assert await qemu.run_state() == "running"
         await qemu.execute("stop")

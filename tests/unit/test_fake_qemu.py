@@ -46,10 +46,11 @@ class TestFakeQemu(QemuContract):
         steps = [{"status": "active", "ram": {"total": 10, "transferred": 5}}]
         qemu_on_path.set(migration=[*steps, {"status": "completed", "downtime": 3, "ram": {}}])
         qemu = await launch()
-        await qemu.execute("migrate", {"uri": "tcp:127.0.0.1:1"})
-        assert (await qemu.outgoing_migration())["status"] == "active"
-        assert (await qemu.outgoing_migration())["downtime"] == 3
-        assert (await qemu.outgoing_migration())["status"] == "completed"  # the last repeats
+        await qemu.migrate("tcp:127.0.0.1:1")
+        first = await qemu.outgoing_migration()
+        assert (first.status, first.ram_transferred, first.ram_total) == ("active", 5, 10)
+        assert (await qemu.outgoing_migration()).downtime_ms == 3
+        assert (await qemu.outgoing_migration()).status == "completed"  # the last repeats
         assert await qemu.run_state() == "postmigrate"  # the guest stopped at the switch
 
     async def test_the_guest_powers_off_on_the_button_or_by_itself(

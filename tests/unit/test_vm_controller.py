@@ -155,11 +155,6 @@ async def test_a_vm_wanted_paused_starts_without_running_a_cycle(
     assert actions(agent, vm.id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: QEMU started with -S is 'prelaunch', and reconcile only sends cont from "
-    "'paused': a VM restarted paused (HA, node reboot) reports running but never boots",
-)
 async def test_resuming_a_vm_that_started_paused_boots_it(
     agent: VMController, db: FakeConfigDB
 ) -> None:

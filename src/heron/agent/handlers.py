@@ -220,9 +220,7 @@ class Handlers:
                 try:
                     if pool.capabilities.grows_by_reconnect:
                         await self._reconnect_grown(rt.qemu, pool, volume, index, size)
-                    await rt.qemu.execute(
-                        "block_resize", {"node-name": f"disk{index}", "size": size}
-                    )
+                    await rt.qemu.block_resize(f"disk{index}", size)
                 except (QemuError, StorageError) as exc:
                     raise TaskFailed(str(exc)) from exc
                 online = True
@@ -242,9 +240,9 @@ class Handlers:
         file, and block_resize then finds the room."""
         await pool.resize(volume, size)
         fresh = f"disk{index}-{new_id()[:8]}"
-        await qemu.execute("blockdev-add", {"node-name": fresh, **pool.protocol(volume)})
+        await qemu.blockdev_add(fresh, pool.protocol(volume))
         options = format_node(f"disk{index}", volume.format, fresh)
-        await qemu.execute("blockdev-reopen", {"options": [options]})
+        await qemu.blockdev_reopen([options])
 
     async def volume_delete(self, ctx: TaskContext) -> dict[str, Any]:
         entry = await self.db.get(Volume, keys.volume(ctx.task.target))

@@ -24,6 +24,7 @@ from heron.configdb import ConfigDB, Txn, cas, keys
 from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.hypervisor.qmp_migration import MigrationInfo
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
 from heron.models.storage import Pool, Volume, VolumeHealth
@@ -173,9 +174,9 @@ class Migrations:
         shared_volumes = await owned_volumes(self.db, vm)
         try:
             info = await qemu.outgoing_migration()
-            status = info.get("status")
+            status = info.status
             await ctx.log(f"resumed after an agent restart; QEMU's migration is {status}")
-            if record.state != MigrationState.running or status in (None, "none"):
+            if record.state != MigrationState.running or status == "none":
                 raise TaskFailed("cut off by an agent restart before the memory transfer")
             downtime = await self._follow_send(ctx, qemu, record, shared_volumes)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
@@ -196,13 +197,12 @@ class Migrations:
         try:
             info = await qemu.outgoing_migration()
         except QemuError:
-            info = {}
-        if info.get("status") != "completed":
+            info = MigrationInfo()
+        if info.status != "completed":
             await self._abort(qemu, record, exc, shared_volumes)
             raise exc
         await ctx.log(f"QEMU completed the migration despite an error, carried on: {exc}")
-        downtime = info.get("downtime")
-        return int(downtime) if downtime is not None else None
+        return info.downtime_ms
 
     async def _abort(
         self, qemu: QemuVM, record: Migration, exc: BaseException, shared_volumes: list[str]
@@ -210,10 +210,10 @@ class Migrations:
         """Stop QEMU's side, tell the target, and wait until it has dropped its own; ardfs
         volumes stay with (or come back to) this node."""
         with contextlib.suppress(QemuError):
-            await qemu.execute("migrate_cancel")
+            await qemu.migrate_cancel()
         for index in record.mirror:
             with contextlib.suppress(QemuError):
-                await qemu.execute("block-job-cancel", {"device": f"mirror{index}"})
+                await qemu.block_job_cancel(f"mirror{index}")
         with contextlib.suppress(Exception):
             await self._set(record.vm, state=MigrationState.failed, error=str(exc) or "cancelled")
             await self._wait_gone(record.vm)
@@ -229,9 +229,7 @@ class Migrations:
         for index in record.mirror:
             # Cancelling a mirror in sync ends it cleanly: the target has every block.
             with contextlib.suppress(QemuError):
-                await self.vms.runtime(vm.id).qemu.execute(
-                    "block-job-cancel", {"device": f"mirror{index}"}
-                )
+                await self.vms.runtime(vm.id).qemu.block_job_cancel(f"mirror{index}")
         await self._hand_record_over(vm.id, record.target, downtime, record.mirror)
         await self._wait_gone(vm.id)
         await self.vms.hand_over(vm.id)
@@ -250,35 +248,24 @@ class Migrations:
         """Copy local disks into the target's NBD exports until they are in sync."""
         host, port = nbd.rsplit(":", 1)
         for index in disks:
-            await qemu.execute(
-                "blockdev-add",
-                {
-                    "driver": "nbd",
-                    "node-name": f"mirror{index}",
-                    "export": f"disk{index}",
-                    "server": {"type": "inet", "host": host, "port": port},
-                },
-            )
-            await qemu.execute(
-                "blockdev-mirror",
-                {
-                    "job-id": f"mirror{index}",
-                    "device": f"disk{index}",
-                    "target": f"mirror{index}",
-                    "sync": "full",
-                    "copy-mode": "write-blocking",
-                },
+            await qemu.blockdev_add_nbd(f"mirror{index}", host, port, export=f"disk{index}")
+            await qemu.blockdev_mirror(
+                f"mirror{index}",
+                device=f"disk{index}",
+                target=f"mirror{index}",
+                sync="full",
+                copy_mode="write-blocking",
             )
         wanted = {f"mirror{i}" for i in disks}
         while True:
-            jobs = {j["device"]: j for j in await qemu.execute("query-block-jobs")}
+            jobs = {j.id: j for j in await qemu.query_block_jobs()}
             gone = wanted - set(jobs)
             if gone:
                 raise TaskFailed(f"disk copy {sorted(gone)[0]} stopped before it was in sync")
-            if all(jobs[name].get("ready") for name in wanted):
+            if all(jobs[name].ready for name in wanted):
                 return
-            total = sum(jobs[name]["len"] for name in wanted) or 1
-            done = sum(jobs[name]["offset"] for name in wanted)
+            total = sum(jobs[name].length for name in wanted) or 1
+            done = sum(jobs[name].offset for name in wanted)
             await ctx.progress(0.01 + _DISKS_SHARE * done / total)
             await asyncio.sleep(_POLL)  # QEMU reports block job progress only when asked
 
@@ -290,21 +277,18 @@ class Migrations:
         uri: str,
         shared_volumes: list[str],
     ) -> int | None:
-        capabilities = [
-            {"capability": "auto-converge", "state": record.auto_converge},
-            {"capability": "events", "state": True},
+        capabilities = {
+            "auto-converge": record.auto_converge,
+            "events": True,
             # ardfs volumes change owner while the guest is stopped, before the target runs.
-            {"capability": "pause-before-switchover", "state": bool(shared_volumes)},
-        ]
-        await qemu.execute("migrate-set-capabilities", {"capabilities": capabilities})
-        await qemu.execute(
-            "migrate-set-parameters",
-            {
-                "downtime-limit": record.max_downtime_ms,
-                "max-bandwidth": record.max_bandwidth_mib * 1024 * 1024,
-            },
+            "pause-before-switchover": bool(shared_volumes),
+        }
+        await qemu.migrate_set_capabilities(capabilities)
+        await qemu.migrate_set_parameters(
+            downtime_limit_ms=record.max_downtime_ms,
+            max_bandwidth=record.max_bandwidth_mib * 1024 * 1024,
         )
-        await qemu.execute("migrate", {"uri": uri})
+        await qemu.migrate(uri)
         return await self._follow_send(ctx, qemu, record, shared_volumes)
 
     async def _follow_send(
@@ -316,27 +300,25 @@ class Migrations:
         continued = False
         while True:
             info = await qemu.outgoing_migration()
-            status = info.get("status")
+            status = info.status
             if status == "completed":
-                return info.get("downtime")
+                return info.downtime_ms
             # QEMU may still say pre-switchover just after migrate-continue: act once only.
             if status == "pre-switchover" and not continued:
                 # The guest is stopped and its disks flushed: the target takes them over.
                 await self._hand_over_volumes(ctx, shared_volumes, record.target)
                 try:
-                    await qemu.execute("migrate-continue", {"state": "pre-switchover"})
+                    await qemu.migrate_continue("pre-switchover")
                 except QemuError:
                     # Sent already, by this agent before it was restarted: QEMU moved on.
-                    if (await qemu.outgoing_migration()).get("status") == "pre-switchover":
+                    if (await qemu.outgoing_migration()).status == "pre-switchover":
                         raise
                 continued = True
                 continue
-            if status in ("failed", "cancelled", "none", None):
-                raise TaskFailed(f"QEMU migration {status}: {info.get('error-desc', '')}")
-            ram = info.get("ram", {})
-            total = ram.get("total") or 0
-            if total:
-                done = min(ram.get("transferred", 0) / total, 0.99)
+            if status in ("failed", "cancelled", "none"):
+                raise TaskFailed(f"QEMU migration {status}: {info.error}")
+            if info.ram_total:
+                done = min(info.ram_transferred / info.ram_total, 0.99)
                 await ctx.progress(low + (0.99 - low) * done)
             await asyncio.sleep(_POLL)  # QEMU reports progress only when asked
 
@@ -428,7 +410,7 @@ class Migrations:
         if end.state == MigrationState.completed:
             if record.mirror:
                 with contextlib.suppress(QemuError):
-                    await qemu.execute("nbd-server-stop")
+                    await qemu.nbd_server_stop()
             await self.vms.reconcile(vm_id)
             await self.db.delete(keys.migration(vm_id))
             return {"node": self.node, "downtime_ms": end.downtime_ms}
@@ -446,29 +428,15 @@ class Migrations:
         nbd = None
         if record.mirror:
             port = free_port(self.address)
-            await qemu.execute(
-                "nbd-server-start",
-                {
-                    "addr": {"type": "inet", "data": {"host": self.address, "port": str(port)}},
-                },
-            )
+            await qemu.nbd_server_start(self.address, port)
             for index in record.mirror:
-                await qemu.execute(
-                    "block-export-add",
-                    {
-                        "type": "nbd",
-                        "id": f"export{index}",
-                        "node-name": f"disk{index}",
-                        "name": f"disk{index}",
-                        "writable": True,
-                    },
+                await qemu.block_export_add_nbd(
+                    f"export{index}", node_name=f"disk{index}", name=f"disk{index}", writable=True
                 )
             nbd = f"{self.address}:{port}"
         uri = f"tcp:{self.address}:{free_port(self.address)}"
-        await qemu.execute(
-            "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
-        )
-        await qemu.execute("migrate-incoming", {"uri": uri})
+        await qemu.migrate_set_capabilities({"events": True})
+        await qemu.migrate_incoming(uri)
         await self._set(vm.id, state=MigrationState.ready, uri=uri, nbd=nbd)
 
     async def _drop(self, vm_id: str, copies: list[tuple[Volume, PoolDriver]]) -> None:

@@ -140,9 +140,9 @@ class VMController:
                     await self._start(rt, vm)
                 qemu_state = await rt.qemu.run_state()
                 if vm.power == PowerState.paused and qemu_state == "running":
-                    await rt.qemu.execute("stop")
+                    await rt.qemu.pause()
                 elif vm.power == PowerState.running and qemu_state == "paused":
-                    await rt.qemu.execute("cont")
+                    await rt.qemu.resume()
                 state = RunState.paused if vm.power == PowerState.paused else RunState.running
             await self._report(vm_id, state, vm)
             return state
@@ -204,8 +204,8 @@ class VMController:
             with contextlib.suppress(QemuError):
                 # A paused guest cannot see the power button: let it run to handle it.
                 if await rt.qemu.run_state() == "paused":
-                    await rt.qemu.execute("cont")
-                await rt.qemu.execute("system_powerdown")
+                    await rt.qemu.resume()
+                await rt.qemu.powerdown()
             if await rt.qemu.wait_gone(timeout):
                 return
             log.warning("VM %s ignored ACPI shutdown for %.0fs: forcing", rt.qemu.vm_id, timeout)
@@ -216,7 +216,7 @@ class VMController:
         async with rt.lock:
             if not rt.qemu.running():
                 raise VMError("the VM is not running")
-            await rt.qemu.execute("system_reset")
+            await rt.qemu.reset()
 
     async def destroy(self, vm_id: str) -> None:
         """Stop QEMU for good and forget its runtime files; the caller deletes the records."""

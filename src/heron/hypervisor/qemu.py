@@ -3,6 +3,9 @@
 QEMU daemonizes itself, so it is never the agent's child: killing or restarting herond leaves
 every VM running, and a new herond reconnects to the QMP socket it finds in the VM's runtime
 directory. The pidfile is also QEMU's own lock: a second QEMU for the same VM cannot start.
+
+Every QMP command Heron sends is a method of `QemuVM`: run control here, the others by topic
+in `qmp_migration` and `qmp_block`. Each says what it raises, from the tree in `qmp_base`.
 """
 
 import asyncio
@@ -12,22 +15,23 @@ import os
 import signal
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.error import QMPError
 
-from heron.errors import HypervisorError
 from heron.hypervisor.command import RuntimePaths
+from heron.hypervisor.qmp_base import QemuError, QMPCommandError, QMPSessionError
+from heron.hypervisor.qmp_block import BlockCommands
+from heron.hypervisor.qmp_migration import MigrationCommands
 from heron.util.proc import alive, read_pidfile
 from heron.util.wait import until
 
 log = logging.getLogger(__name__)
 
 
-class QemuError(HypervisorError):
-    pass
+class QemuVM(MigrationCommands, BlockCommands):
+    """The QEMU of one VM on this node: its process, and one QMP session to it that is
+    (re)connected when a command needs it."""
 
-
-class QemuVM:
     def __init__(self, vm_id: str, paths: RuntimePaths):
         self.vm_id = vm_id
         self.paths = paths
@@ -42,7 +46,10 @@ class QemuVM:
         return pid is not None and alive(pid, self.vm_id)
 
     async def launch(self, args: list[str]) -> int:
-        """Start QEMU; returns once it has daemonized (its devices and sockets exist)."""
+        """Start QEMU; returns once it has daemonized (its devices and sockets exist).
+
+        Raises QemuError when QEMU exits with an error or leaves no pidfile.
+        """
         self.paths.root.mkdir(parents=True, exist_ok=True)
         with open(self.paths.qemu_log, "ab") as qemu_log:
             proc = await asyncio.create_subprocess_exec(
@@ -68,7 +75,10 @@ class QemuVM:
         return lines[-1] if lines else "no output"
 
     async def qmp(self) -> QMPClient:
-        """The QMP session, (re)connected on demand."""
+        """The QMP session, (re)connected on demand.
+
+        Raises QMPSessionError when QEMU's QMP socket does not accept in time.
+        """
         async with self._lock:
             if self._qmp is not None and self._qmp.runstate.name == "RUNNING":
                 return self._qmp
@@ -80,16 +90,24 @@ class QemuVM:
             try:
                 await asyncio.wait_for(client.connect(str(self.paths.qmp)), timeout=10)
             except (OSError, QMPError, TimeoutError) as exc:
-                raise QemuError(f"cannot reach QMP of VM {self.vm_id}: {exc}") from exc
+                raise QMPSessionError(f"cannot reach QMP of VM {self.vm_id}: {exc}") from exc
             self._qmp = client
             return client
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Send one QMP command; returns the "return" member of QEMU's reply. Callers outside
+        hypervisor/ use the method named after the command instead (a unit test checks).
+
+        Raises QMPCommandError when QEMU refuses the command, QMPSessionError when it does
+        not answer within 30 s.
+        """
         client = await self.qmp()
         try:
             return await asyncio.wait_for(client.execute(command, arguments), timeout=30)
+        except ExecuteError as exc:
+            raise QMPCommandError(command, exc.error_class, str(exc)) from exc
         except (QMPError, TimeoutError, OSError) as exc:
-            raise QemuError(f"{command}: {exc}") from exc
+            raise QMPSessionError(f"{command}: {exc}") from exc
 
     async def next_event(self, timeout: float) -> dict[str, Any] | None:
         """The next QMP event, or None after `timeout` seconds or a lost session."""
@@ -103,26 +121,74 @@ class QemuVM:
             return None
         return dict(event)
 
-    async def run_state(self) -> str:
-        """QEMU's run state: 'running', 'paused', 'shutdown', ..."""
-        reply = await self.execute("query-status")
-        return str(reply["status"])
+    # -- run control (QMP) ---------------------------------------------------------------
 
-    async def outgoing_migration(self) -> dict[str, Any]:
-        """`query-migrate` about the migration this QEMU sends. A QEMU that was itself
-        migrated in says "completed" about that incoming one, without transfer figures, until
-        it sends one: that is no migration of its own, so its status is "none" here."""
-        info = dict(await self.execute("query-migrate"))
-        if info.get("status") == "completed" and "ram" not in info:
-            return {"status": "none"}
-        return info
+    async def run_state(self) -> str:
+        """QEMU's run state: 'running', 'paused', 'shutdown', 'inmigrate'...
+
+        A QEMU started with -S says 'prelaunch' until its first `cont`: its guest is paused
+        like any other and resumes the same way, so it is 'paused' here (callers that cont
+        only a paused guest would otherwise leave it never booted).
+
+        Raises QMPSessionError; QEMU refuses no `query-status`.
+        """
+        reply = await self.execute("query-status")
+        status = str(reply["status"])
+        return "paused" if status == "prelaunch" else status
+
+    async def pause(self) -> None:
+        """Stop the guest's CPUs (QMP `stop`); a no-op when they are stopped already. A QEMU
+        awaiting an incoming migration keeps the guest paused once it has arrived.
+
+        Raises QMPSessionError; QEMU does not refuse it.
+        """
+        await self.execute("stop")
+
+    async def resume(self) -> None:
+        """Let the guest's CPUs run (QMP `cont`); a no-op when they run already. A QEMU
+        awaiting an incoming migration runs the guest once it has arrived.
+
+        Raises QMPCommandError when QEMU needs a reset first ("Resetting the Virtual Machine
+        is required", after a guest panic or shutdown) or is sending the guest's last state
+        away ("Migration is not finished"); QMPSessionError.
+        """
+        await self.execute("cont")
+
+    async def powerdown(self) -> None:
+        """Press the ACPI power button; returns at once. The guest decides: it may shut
+        down, take its time, or ignore it. A paused guest sees it only once resumed.
+
+        Raises QMPSessionError.
+        """
+        await self.execute("system_powerdown")
+
+    async def reset(self) -> None:
+        """Press the reset button: the guest restarts at once, without shutting down.
+
+        Raises QMPSessionError.
+        """
+        await self.execute("system_reset")
+
+    async def quit(self) -> None:
+        """Make QEMU exit at once, as if the power cord were pulled.
+
+        Raises QMPSessionError, also when QEMU quit before its reply reached us.
+        """
+        await self.execute("quit")
 
     async def ram_kib(self) -> int:
-        """The guest's RAM as this QEMU was given it, in KiB."""
+        """The guest's RAM as this QEMU was given it, in KiB.
+
+        Raises QMPSessionError.
+        """
         reply = await self.execute("query-memory-size-summary")
         return int(reply["base-memory"]) // 1024
 
     async def vnc_address(self) -> str | None:
+        """HOST:PORT of the VNC server, or None when it has none.
+
+        Raises QMPSessionError.
+        """
         reply = await self.execute("query-vnc")
         if not reply.get("enabled"):
             return None
@@ -134,7 +200,7 @@ class QemuVM:
         if pid is None:
             return
         with contextlib.suppress(QemuError):
-            await self.execute("quit")
+            await self.quit()
         if not await self.wait_gone(timeout / 2):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
