@@ -27,6 +27,7 @@ from heron.models.storage import Volume, VolumeFormat
 from heron.models.task import Task, new_task
 from heron.models.vm import (
     VM,
+    BootDevice,
     DiskBus,
     DiskSpec,
     HAPolicy,
@@ -94,7 +95,7 @@ class VMUpdate(BaseModel):
     vcpus: int | None = Field(default=None, ge=1, le=256)
     memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
     description: str | None = Field(default=None, max_length=1024)
-    boot_order: list[str] | None = Field(default=None, max_length=8)
+    boot_order: list[BootDevice] | None = Field(default=None, max_length=8)
     ha: HAPolicy | None = None
 
 
