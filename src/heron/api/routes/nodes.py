@@ -17,6 +17,7 @@ from heron.api.errors import Conflict, Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.membership import Membership
 from heron.configdb.store import Conflict as StoreConflict
+from heron.models.common import Name
 from heron.models.node import Node, NodeSettings
 from heron.models.settings import ClusterSettings
 from heron.models.task import new_task
@@ -60,7 +61,7 @@ async def list_nodes(request: Request, _: Principal = Depends(auth.viewer)) -> l
 
 
 @router.get("/nodes/{name}", response_model=NodeView)
-async def get_node(name: str, request: Request, _: Principal = Depends(auth.viewer)) -> NodeView:
+async def get_node(name: Name, request: Request, _: Principal = Depends(auth.viewer)) -> NodeView:
     for view in await _views(request):
         if view.name == name:
             return view
@@ -95,7 +96,7 @@ class MaintenanceReply(BaseModel):
 
 @router.post("/nodes/{name}/maintenance/enter", response_model=MaintenanceReply, status_code=202)
 async def enter_maintenance(
-    name: str, request: Request, principal: Principal = Depends(auth.admin)
+    name: Name, request: Request, principal: Principal = Depends(auth.admin)
 ) -> MaintenanceReply:
     """Keep new VMs off the node and live-migrate its VMs away (a `node.drain` task)."""
     db = request.app.state.ctx.db
@@ -112,7 +113,7 @@ async def enter_maintenance(
 
 @router.post("/nodes/{name}/maintenance/exit", response_model=MaintenanceReply)
 async def exit_maintenance(
-    name: str, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, request: Request, _: Principal = Depends(auth.admin)
 ) -> MaintenanceReply:
     """Let the node take VMs again (they are not moved back by themselves)."""
     db = request.app.state.ctx.db
@@ -131,7 +132,7 @@ class IoReservation(BaseModel):
 
 @router.put("/nodes/{name}/io", response_model=IoReservation)
 async def reserve_for_io(
-    name: str, body: IoReservation, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, body: IoReservation, request: Request, _: Principal = Depends(auth.admin)
 ) -> IoReservation:
     """Reserve cores and memory of a node for its storage data path (heron-io): heron-io runs
     on the last `cpus` cores, VMs on the others, and placement counts only what is left."""
@@ -206,7 +207,7 @@ class LeaveReply(BaseModel):
 
 @router.post("/nodes/{name}/leave", response_model=LeaveReply)
 async def leave_cluster(
-    name: str, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, request: Request, _: Principal = Depends(auth.admin)
 ) -> LeaveReply:
     """Take an empty node out of the cluster: its etcd member (if any) is removed, and it is
     kept out of placement for good. Drain it first (maintenance enter)."""

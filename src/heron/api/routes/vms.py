@@ -177,7 +177,7 @@ async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
 
 
 @router.get("/vms/{ref}", response_model=VMView)
-async def get_vm(ref: str, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
+async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
     db = _ctx(request).db
     return (await _views(db, [await find_vm(db, ref)]))[0]
 
@@ -385,7 +385,7 @@ async def _volume_by_ref(ctx: ApiContext, ref: str, field: str) -> Volume:
 
 @router.patch("/vms/{ref}", response_model=VMView)
 async def update_vm(
-    ref: str, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
+    ref: Name, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
 ) -> VMView:
     db = _ctx(request).db
     entry = await find_vm(db, ref)
@@ -438,7 +438,7 @@ class MigrateRequest(BaseModel):
 
 @router.post("/vms/{ref}/actions/migrate", response_model=TaskRef, status_code=202)
 async def migrate_vm(
-    ref: str,
+    ref: Name,
     request: Request,
     body: MigrateRequest | None = None,
     principal: Principal = Depends(auth.operator),
@@ -486,7 +486,7 @@ async def migrate_vm(
 
 @router.post("/vms/{ref}/actions/{action}", response_model=TaskRef, status_code=202)
 async def vm_action(
-    ref: str,
+    ref: Name,
     action: Action,
     request: Request,
     body: ActionRequest | None = None,
@@ -516,7 +516,10 @@ async def vm_action(
 
 @router.delete("/vms/{ref}", response_model=TaskRef, status_code=202)
 async def delete_vm(
-    ref: str, request: Request, volumes: bool = False, principal: Principal = Depends(auth.operator)
+    ref: Name,
+    request: Request,
+    volumes: bool = False,
+    principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Delete a VM (stopping it first); with `volumes=true` its volumes go too."""
     db = _ctx(request).db
