@@ -7,7 +7,7 @@ breaks them. Writing the codes by hand on each route drifts, so they follow from
 - 403 where a role above viewer is required;
 - 404 where a path names something (and where a route declares it itself);
 - 409 on every change (name clash, stale revision, conflicting state);
-- 422 wherever there is input to validate; 400 where a multipart body must be parsed;
+- 422 wherever there is input to validate; 400 where a body that cannot be parsed is refused;
 - 503 everywhere: the ConfigDB may be out of reach.
 
 All of them carry `ErrorBody` (see `errors`), which replaces FastAPI's own 422 schema: the
@@ -20,7 +20,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.params import File, Form
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
@@ -30,7 +29,7 @@ from heron.api.errors import ErrorBody
 _REF = "#/components/schemas/"
 _CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
 _WHY = {
-    400: "The multipart body cannot be parsed",
+    400: "The body cannot be parsed (not JSON, not UTF-8, broken multipart)",
     401: "No token, or an invalid or expired one",
     403: "The token's role is too weak",
     404: "It does not exist",
@@ -70,8 +69,8 @@ def error_codes(route: APIRoute, method: str) -> set[int]:
         codes.add(409)
     if dependant.path_params or dependant.query_params or route.body_field is not None:
         codes.add(422)
-    if any(isinstance(p.field_info, File | Form) for p in dependant.body_params):
-        codes.add(400)
+    if route.body_field is not None:
+        codes.add(400)  # a body that is not even JSON (or multipart) is refused before checks
     # What the route declares itself (e.g. a 404 with no path parameter) is kept as well.
     codes |= {int(code) for code in route.responses if str(code).isdigit()}
     return {code for code in codes if code >= 400}

@@ -2,6 +2,7 @@
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
@@ -327,8 +328,10 @@ async def import_volume(
 async def upload_volume(
     name: Name,
     request: Request,
+    # Annotated, not `= Form(...)`: FastAPI drops a Name's validator from a Form default, and
+    # an invalid name then failed deep inside as a 500.
+    volume_name: Annotated[Name, Form(alias="name")],
     file: UploadFile = File(...),
-    volume_name: Name = Form(..., alias="name"),
     format: VolumeFormat | None = Form(None),
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:

@@ -1,10 +1,10 @@
 """Virtual machines: create (with their disks), read, change, power actions, delete."""
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from heron.api import auth
 from heron.api.auth import Principal
@@ -20,7 +20,7 @@ from heron.api.context import ApiContext, with_task
 from heron.api.errors import Conflict, Invalid
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
-from heron.models.common import Name, new_id
+from heron.models.common import NAME_REASON, Name, matching, new_id, string_schema
 from heron.models.group import VMGroup
 from heron.models.node import Node
 from heron.models.storage import Volume, VolumeFormat
@@ -201,10 +201,19 @@ async def create_vm(
     return TaskRef(task=task.id, vm=vm.id)
 
 
+# A Name short enough for the longest suffix ("-1000") to leave a valid name.
+_PREFIX_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,56}[a-z0-9])?$"
+NamePrefix = Annotated[
+    str,
+    AfterValidator(matching(_PREFIX_PATTERN, NAME_REASON.replace("1-63", "1-58"))),
+    string_schema(_PREFIX_PATTERN, 1, 58),
+]
+
+
 class BatchCreate(VMCreate):
     """`count` VMs named `<name>-001`, `<name>-002`, ... from one template (VDI style)."""
 
-    name: Name = Field(description="prefix of the names")
+    name: NamePrefix = Field(description="prefix of the names")
     count: int = Field(ge=1, le=1000)
     dry_run: bool = Field(default=False, description="only say where each VM would go")
 
