@@ -81,6 +81,43 @@ def test_node_serves_this_schema(node: tuple[str, dict[str, str]]) -> None:
     assert httpx.get(f"{url}/api/v1/openapi.json", timeout=30).json() == openapi()
 
 
+def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]]) -> None:
+    url, headers = node
+    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60)
+    assert api.post("/groups", json={"name": "paged"}).status_code == 201
+    names = [f"paged-{i}" for i in range(5)]
+    for name in names:
+        reply = api.post("/vms", json={"name": name, "memory_mib": 16, "group": "paged"})
+        assert reply.status_code == 202, reply.text
+    assert api.post("/vms", json={"name": "other", "memory_mib": 16}).status_code == 202
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"group": "paged", "limit": 2} | ({"continue": cursor} if cursor else {})
+        reply = api.get("/vms", params=params)
+        assert reply.status_code == 200, reply.text
+        seen += [vm["name"] for vm in reply.json()]
+        pages += 1
+        cursor = reply.headers.get("x-continue")
+        if cursor is None:
+            break
+    assert (seen, pages) == (names, 3)
+    everything = api.get("/vms").json()
+    assert [vm["name"] for vm in everything] == sorted([*names, "other"])
+    assert "x-continue" not in api.get("/vms").headers
+    assert [vm["name"] for vm in api.get("/vms", params={"power": "running"}).json()] == []
+    refused = api.get("/vms", params={"continue": "not-a-token"})
+    assert refused.status_code == 422
+    assert refused.json()["fields"][0]["field"] == "query.continue"
+
+
+def test_a_wrong_method_is_answered_with_the_allowed_ones(node: tuple[str, dict[str, str]]) -> None:
+    url, headers = node
+    reply = httpx.delete(f"{url}/api/v1/vms", headers=headers, timeout=30)
+    assert reply.status_code == 405
+    assert reply.headers["allow"] == "GET, POST"
+
+
 def _bounded(case: Any, scratch: Path) -> None:
     """Keep a generated call within what the test machine can take (see the module's doc)."""
     body = case.body if isinstance(case.body, dict) else None

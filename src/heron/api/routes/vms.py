@@ -1,12 +1,13 @@
 """Virtual machines: create (with their disks), read, change, power actions, delete."""
 
 import time
+from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from heron.api import auth
+from heron.api import auth, listing
 from heron.api.auth import Principal
 from heron.api.cluster import (
     attached,
@@ -153,13 +154,49 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
     )
 
 
-@router.get("/vms", response_model=list[VMView])
+@router.get("/vms", response_model=list[VMView], responses=listing.PAGED_RESPONSES)
 async def list_vms(
-    request: Request, node: Name | None = None, _: Principal = Depends(auth.viewer)
-) -> list[VMView]:
-    db = _ctx(request).db
-    vms = [e for e in await db.list(VM, keys.VMS) if node is None or e.value.node == node]
-    return sorted(await _views(db, vms), key=lambda v: v.name)
+    request: Request,
+    node: Name | None = Query(None, description="only the VMs assigned to this node"),
+    state: RunState | Literal["unknown"] | None = Query(None, description="only in this state"),
+    power: PowerState | None = Query(None, description="only with this desired power state"),
+    group: Name | None = Query(None, description="only the members of this group"),
+    limit: int | None = Query(
+        None, ge=1, le=listing.MAX_LIMIT, description="at most this many, by name"
+    ),
+    cursor: str | None = Query(
+        None, alias="continue", description="the X-Continue header of the previous page"
+    ),
+    _: Principal = Depends(auth.viewer),
+) -> Response:
+    """Sorted by name; without `limit`, all of them. Served from this node's watch-fed copy
+    of the ConfigDB, which may be a few milliseconds behind it."""
+    ctx = _ctx(request)
+    after = listing.decode_cursor(cursor)
+    inventory = await ctx.inventory.ready()
+    live = inventory.live_nodes()
+    statuses = inventory.vm_status
+    entries = sorted(inventory.vms, key=lambda e: e.value.spec.name)
+    views = ctx.vm_views
+    views.keep_only({e.value.id for e in entries})
+    chosen = []
+    for entry in entries:
+        vm = entry.value
+        if (node is not None and vm.node != node) or (power is not None and vm.power != power):
+            continue
+        if group is not None and vm.spec.group != group:
+            continue
+        status = statuses.get(vm.id)
+        alive = vm.node in live
+        rendered = views.get(
+            vm.id,
+            (entry.revision, status.revision if status else 0, alive),
+            partial(_view, vm, entry.revision, status.value if status else None, alive),
+        )
+        if state is None or rendered.view.state == state:
+            chosen.append(rendered)
+    items, next_cursor = listing.page(chosen, lambda r: r.view.name, limit, after)
+    return listing.json_list(items, next_cursor)
 
 
 async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
