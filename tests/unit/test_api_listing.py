@@ -77,3 +77,17 @@ def test_the_list_is_the_json_array_of_its_items_with_the_cursor_header() -> Non
     assert json.loads(reply.body) == [{"name": "a", "size": 1}, {"name": "b", "size": 1}]
     assert reply.headers[listing.CONTINUE_HEADER] == "next"
     assert listing.CONTINUE_HEADER not in listing.json_list([], None).headers
+
+
+def test_the_whole_list_is_built_again_only_when_its_version_changes() -> None:
+    views: listing.RenderedViews[Item] = listing.RenderedViews()
+    builds = []
+
+    def build() -> list[listing.Rendered[Item]]:
+        builds.append(1)
+        return []
+
+    views.whole((1, 1), build)
+    views.whole((1, 1), build)
+    views.whole((2, 1), build)
+    assert len(builds) == 2

@@ -93,6 +93,14 @@ class RenderedViews(Generic[V]):
     """Each item's view and its JSON, made again only when what it is made from changes."""
 
     _held: dict[str, tuple[Hashable, Rendered[V]]] = field(default_factory=dict)
+    _whole: tuple[Hashable, list[Rendered[V]]] | None = None
+
+    def whole(self, version: Hashable, build: Callable[[], list[Rendered[V]]]) -> list[Rendered[V]]:
+        """The whole list, built again only when `version` (e.g. the caches' revisions)
+        changes: while nothing changes, a list call costs no more than the filters."""
+        if self._whole is None or self._whole[0] != version:
+            self._whole = (version, build())
+        return self._whole[1]
 
     def get(self, item_id: str, version: Hashable, make: Callable[[], V]) -> Rendered[V]:
         held = self._held.get(item_id)

@@ -41,7 +41,7 @@ from heron.models.vm import (
     check_boot_order,
     check_disk_buses,
 )
-from heron.scheduler.inventory import group_of
+from heron.scheduler.inventory import Inventory, group_of
 from heron.scheduler.placement import NoCapacity, affinity_for, choose_node, node_loads
 
 router = APIRouter(tags=["vms"])
@@ -174,29 +174,41 @@ async def list_vms(
     ctx = _ctx(request)
     after = listing.decode_cursor(cursor)
     inventory = await ctx.inventory.ready()
-    live = inventory.live_nodes()
-    statuses = inventory.vm_status
+    live = frozenset(inventory.live_nodes())
+    version = (inventory.vms.revision, inventory.vm_status.revision, live)
+    everything = ctx.vm_views.whole(version, partial(_render_all, ctx, inventory, live))
+    chosen = [
+        r
+        for r in everything
+        if (node is None or r.view.node == node)
+        and (state is None or r.view.state == state)
+        and (power is None or r.view.power == power)
+        and (group is None or r.view.spec.group == group)
+    ]
+    items, next_cursor = listing.page(chosen, lambda r: r.view.name, limit, after)
+    return listing.json_list(items, next_cursor)
+
+
+def _render_all(
+    ctx: ApiContext, inventory: Inventory, live: frozenset[str]
+) -> list[listing.Rendered[VMView]]:
+    """Every VM's view, sorted by name; a VM's JSON is made again only when it changed."""
     entries = sorted(inventory.vms, key=lambda e: e.value.spec.name)
     views = ctx.vm_views
     views.keep_only({e.value.id for e in entries})
-    chosen = []
+    rendered = []
     for entry in entries:
         vm = entry.value
-        if (node is not None and vm.node != node) or (power is not None and vm.power != power):
-            continue
-        if group is not None and vm.spec.group != group:
-            continue
-        status = statuses.get(vm.id)
+        status = inventory.vm_status.get(vm.id)
         alive = vm.node in live
-        rendered = views.get(
-            vm.id,
-            (entry.revision, status.revision if status else 0, alive),
-            partial(_view, vm, entry.revision, status.value if status else None, alive),
+        rendered.append(
+            views.get(
+                vm.id,
+                (entry.revision, status.revision if status else 0, alive),
+                partial(_view, vm, entry.revision, status.value if status else None, alive),
+            )
         )
-        if state is None or rendered.view.state == state:
-            chosen.append(rendered)
-    items, next_cursor = listing.page(chosen, lambda r: r.view.name, limit, after)
-    return listing.json_list(items, next_cursor)
+    return rendered
 
 
 async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
