@@ -11,7 +11,8 @@ breaks them. Writing the codes by hand on each route drifts, so they follow from
 - 503 everywhere: the ConfigDB may be out of reach.
 
 All of them carry `ErrorBody` (see `errors`), which replaces FastAPI's own 422 schema: the
-app's handler reshapes validation errors, so FastAPI's would be a lie.
+app's handler reshapes validation errors, so FastAPI's would be a lie. Operations that need a
+token say so (`security: bearer`), so generated clients send it.
 """
 
 from collections.abc import Callable, Iterator
@@ -97,6 +98,8 @@ def openapi(app: FastAPI) -> dict[str, Any]:
     body = {"application/json": {"schema": {"$ref": _REF + ErrorBody.__name__}}}
     for path, method, route in operations(app.routes):
         operation = spec["paths"][path][method.lower()]
+        if auth.authenticate in set(_calls(route.dependant)):
+            operation["security"] = [{"bearer": []}]
         responses = operation["responses"]
         for code in error_codes(route, method):
             declared = responses.get(str(code), {})
@@ -105,7 +108,15 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                 "content": body,
             }
         operation["responses"] = dict(sorted(responses.items()))
-    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    components = spec.setdefault("components", {})
+    components["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A session token from POST /auth/login, or an API token",
+        }
+    }
+    schemas = components.setdefault("schemas", {})
     schemas.update(_error_schemas())
     # FastAPI's validation-error shapes are never sent (the handler reshapes them).
     for unused in ("HTTPValidationError", "ValidationError"):

@@ -86,6 +86,9 @@ def render() -> str:
                 for code, r in op.get("responses", {}).items()
             )  # fmt: skip
             out += [f"Responses: {answers}", ""]
+            for code, answer in op.get("responses", {}).items():
+                for header, about in answer.get("headers", {}).items():
+                    out += [f"Header `{header}` ({code}): {about.get('description', '')}", ""]
     out += ["## Schemas", ""]
     for name, schema in sorted(components.items()):
         rows = _fields(schema, components)
