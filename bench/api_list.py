@@ -6,9 +6,10 @@ both until the last API reply and until every node has carried out its `vm.creat
 VM then has a status record, which the list call also reads).
 
 Measured: sequential `GET /api/v1/vms` calls, round-robin over the three nodes, each timed from
-sending the request to having read the whole body (not parsing it). The baseline, interleaved
-call by call with the list: `GET /api/v1/auth/whoami`, the cheapest authenticated call (the same
-HTTP stack, token lookup in etcd and audit path, but no listing).
+sending the request to having read the whole body (not parsing it), and the same for one page
+of it (`GET /api/v1/vms?limit=100`, the page a UI shows). The baseline, interleaved call by call
+with the lists: `GET /api/v1/auth/whoami`, the cheapest authenticated call (the same HTTP stack,
+token lookup in etcd and audit path, but no listing).
 
 Run from the repository root: `.venv/bin/python -m bench.api_list [--vms 1000 --calls 200]`.
 """
@@ -42,6 +43,7 @@ from heron.devcluster import DevCluster
 
 NAME = "api_list"
 CONCURRENCY = 12  # four clients per node
+PAGE = 100  # VMs on one page of the paged list
 
 
 async def define_vms(urls: list[str], token: str, count: int) -> dict[str, Any]:
@@ -91,12 +93,14 @@ def measure(cluster: DevCluster, token: str, count: int, calls: int) -> dict[str
         listing: list[float] = []
         listing_per_node: dict[str, list[float]] = {n.name: [] for n in cluster.nodes}
         whoami: list[float] = []
+        paged: list[float] = []
         sizes: list[int] = []
         warmup = 3 * len(apis)
         for index in range(warmup + calls):
             node = cluster.nodes[index % len(apis)].name
             http = apis[index % len(apis)].http
-            for path, into in (("/auth/whoami", whoami), ("/vms", listing)):
+            calls = (("/auth/whoami", whoami), ("/vms", listing), (f"/vms?limit={PAGE}", paged))
+            for path, into in calls:
                 begin = time.perf_counter()
                 reply = http.get(path)  # the body is read in full before get() returns
                 elapsed = time.perf_counter() - begin
@@ -118,6 +122,7 @@ def measure(cluster: DevCluster, token: str, count: int, calls: int) -> dict[str
     creates = created["latencies_s"]
     tenth = max(1, count // 10)
     list_ms, whoami_ms = stats(ms(listing), 2), stats(ms(whoami), 2)
+    page_ms = stats(ms(paged), 2)
     return {
         "define": {
             "vms": count,
@@ -133,11 +138,14 @@ def measure(cluster: DevCluster, token: str, count: int, calls: int) -> dict[str
         },
         "list_vms_ms": list_ms,
         "list_vms_per_node_ms": {n: stats(ms(v), 2) for n, v in listing_per_node.items()},
+        "list_page_ms": page_ms,
         "whoami_ms": whoami_ms,
         "list_response_bytes": round(sum(sizes) / len(sizes)),
         "ratios": {
             "list_vs_whoami_p50": ratio(list_ms["p50"], whoami_ms["p50"]),
             "list_vs_whoami_p99": ratio(list_ms["p99"], whoami_ms["p99"]),
+            "page_vs_whoami_p50": ratio(page_ms["p50"], whoami_ms["p50"]),
+            "page_vs_whoami_p99": ratio(page_ms["p99"], whoami_ms["p99"]),
         },
     }
 
@@ -155,15 +163,25 @@ def main(argv: list[str] | None = None) -> int:
         results = measure(cluster, token, args.vms, args.calls)
     path = write_result(NAME, {"vms": args.vms, "calls": args.calls, "nodes": 3}, results, load)
     d, lst, who = results["define"], results["list_vms_ms"], results["whoami_ms"]
+    page = results["list_page_ms"]
     print_rows(
         f"api_list: {args.calls} sequential calls each, round-robin over 3 nodes",
         [
             (f"GET /vms ({args.vms} VMs)", f"p50 {lst['p50']:.1f} ms  p99 {lst['p99']:.1f} ms"),
+            (
+                f"GET /vms?limit={PAGE}",
+                f"p50 {page['p50']:.1f} ms  p99 {page['p99']:.1f} ms",
+            ),
             ("GET /auth/whoami (baseline)", f"p50 {who['p50']:.1f} ms  p99 {who['p99']:.1f} ms"),
             (
                 "ratio list / whoami",
                 f"{results['ratios']['list_vs_whoami_p50']}x p50  "
                 f"{results['ratios']['list_vs_whoami_p99']}x p99",
+            ),
+            (
+                "ratio page / whoami",
+                f"{results['ratios']['page_vs_whoami_p50']}x p50  "
+                f"{results['ratios']['page_vs_whoami_p99']}x p99",
             ),
             ("list response size", f"{results['list_response_bytes'] / 1024:.0f} KiB"),
             (

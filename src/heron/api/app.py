@@ -5,7 +5,7 @@ import time
 from fastapi import FastAPI, Request, Response
 
 import heron
-from heron.api import errors, web
+from heron.api import contract, errors, web
 from heron.api.context import ApiContext
 from heron.api.routes import auth, console, events, groups, nodes, pools, stream, tasks, vms
 
@@ -47,4 +47,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return response
 
     web.install(app)  # last: its fallback must not shadow an API route
+    contract.install(app)
     return app

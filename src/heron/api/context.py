@@ -1,10 +1,12 @@
 """What every route needs, passed in once when the app is built (no global state)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from heron.api.listing import RenderedViews
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB
 from heron.scheduler.inventory import Inventory
@@ -17,4 +19,6 @@ class ApiContext:
     state_dir: Path
     audit: AuditLog
     http: httpx.AsyncClient
-    inventory: Inventory  # watch-fed copies for placement
+    inventory: Inventory  # watch-fed copies for placement and the big lists
+    # The JSON of each VM's view, kept until the VM, its status or its node's liveness change.
+    vm_views: RenderedViews[Any] = field(default_factory=RenderedViews)

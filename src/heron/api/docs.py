@@ -53,7 +53,9 @@ def render() -> str:
         "",
         'Errors: `{"error": code, "message": text, "fields": [{"field", "reason"}]}` '
         "with 400/422 (invalid input, naming the field), 401 (no or bad token), 403 (role too "
-        "weak), 404 (unknown id), 409 (name clash, stale revision, conflicting state).",
+        "weak), 404 (unknown id), 409 (name clash, stale revision, conflicting state), 503 (the "
+        "ConfigDB cannot be reached); each operation lists the ones it can answer. A method a "
+        "path does not take is a 405 whose `Allow` header names those it does.",
         "",
     ]
     by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
@@ -86,6 +88,9 @@ def render() -> str:
                 for code, r in op.get("responses", {}).items()
             )  # fmt: skip
             out += [f"Responses: {answers}", ""]
+            for code, answer in op.get("responses", {}).items():
+                for header, about in answer.get("headers", {}).items():
+                    out += [f"Header `{header}` ({code}): {about.get('description', '')}", ""]
     out += ["## Schemas", ""]
     for name, schema in sorted(components.items()):
         rows = _fields(schema, components)

@@ -10,6 +10,8 @@ import aetcd.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heron.configdb.store import Conflict as StoreConflict
@@ -17,6 +19,19 @@ from heron.errors import HeronError
 from heron.services.errors import Conflict, Invalid, NotFound, ServiceError
 
 __all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "Unauthorized", "install"]
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """What every error answer carries: the schema the OpenAPI document declares for them."""
+
+    error: str
+    message: str
+    fields: list[FieldError]
 
 
 class ApiError(HeronError):
@@ -84,6 +99,23 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body("invalid", message, fields), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-        return JSONResponse(_body(code, str(exc.detail), []), exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route that matched the path; a
+            # path served by several routes (GET and POST /vms) allows all of theirs.
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(_body(code, str(exc.detail), []), exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers for the request's path."""
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for route in iter_route_contexts(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

@@ -9,6 +9,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from heron.models.common import Name, Record
 
+# An ardfs disk's id: chosen by Heron (d + 8 hex digits) or given by older releases.
+DISK_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,16}$"
+DiskId = Annotated[str, Field(pattern=DISK_ID_PATTERN)]
+
 
 class VolumeFormat(StrEnum):
     qcow2 = "qcow2"
@@ -167,7 +171,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 class PlacedDisk(Record):
     """A disk an ardfs volume's blocks are placed over (placement hashes these fields)."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,16}$")
+    id: DiskId
     node: Name
     site: Name = "default"
     weight: float = Field(default=1.0, gt=0, le=1000)
@@ -207,7 +211,7 @@ class Volume(Record):
 
 
 class ArdfsDisk(Record):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,16}$", description="unique in the cluster")
+    id: DiskId = Field(description="unique in the cluster")
     path: str = Field(pattern=r"^/", description="a directory on the node for its chunks")
     weight: float = Field(default=1.0, gt=0, le=1000)
 

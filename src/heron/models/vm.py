@@ -2,18 +2,35 @@
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
-from heron.models.common import Name, Record
+from heron.models.common import NAME_REASON, Name, Record, matching, string_schema
 from heron.models.storage import VolumeFormat
 
 DiskBus = Literal["virtio", "scsi", "sata", "ide"]
 NicModel = Literal["virtio", "e1000"]
-_MACHINE = re.compile(r"q35|pc|pc-q35-\d+\.\d+|pc-i440fx-\d+\.\d+")
-_BOOT_DEVICE = re.compile(r"(disk|net)(0|[1-9]\d?)")
-_MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
+MACHINE_PATTERN = r"^(q35|pc|pc-q35-[0-9]+\.[0-9]+|pc-i440fx-[0-9]+\.[0-9]+)$"
+BOOT_DEVICE_PATTERN = r"^(disk|net)(0|[1-9][0-9]?)$"
+MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+_BOOT_DEVICE = re.compile(BOOT_DEVICE_PATTERN)
+
+Machine = Annotated[
+    str,
+    AfterValidator(matching(MACHINE_PATTERN, "must be q35, pc, pc-q35-X.Y or pc-i440fx-X.Y")),
+    string_schema(MACHINE_PATTERN),
+]
+BootDevice = Annotated[
+    str,
+    AfterValidator(matching(BOOT_DEVICE_PATTERN, "is not diskN or netN")),
+    string_schema(BOOT_DEVICE_PATTERN),
+]
+Mac = Annotated[
+    str,
+    AfterValidator(matching(MAC_PATTERN, "must look like 52:54:00:12:34:56 (lower case)")),
+    string_schema(MAC_PATTERN),
+]
 
 
 class PowerState(StrEnum):
@@ -44,14 +61,7 @@ class DiskSpec(Record):
 class NicSpec(Record):
     model: NicModel = "virtio"
     network: Literal["user", "none"] = "user"
-    mac: str | None = Field(default=None, description="lower-case aa:bb:cc:dd:ee:ff")
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, value: str | None) -> str | None:
-        if value is not None and not _MAC.fullmatch(value):
-            raise ValueError("must look like 52:54:00:12:34:56 (lower case)")
-        return value
+    mac: Mac | None = Field(default=None, description="lower-case aa:bb:cc:dd:ee:ff")
 
 
 class HAPolicy(Record):
@@ -69,8 +79,8 @@ class Hardware(Record):
     vcpus: int = Field(default=1, ge=1, le=256)
     memory_mib: int = Field(default=512, ge=16, le=4 * 1024 * 1024)
     firmware: Literal["bios", "uefi"] = "bios"
-    machine: str = "q35"
-    boot_order: list[str] = Field(
+    machine: Machine = "q35"
+    boot_order: list[BootDevice] = Field(
         default_factory=list,
         max_length=8,
         description="devices to boot from, e.g. ['disk0', 'net0']; empty: the first disk",
@@ -79,19 +89,9 @@ class Hardware(Record):
     ha: HAPolicy = Field(default_factory=HAPolicy)
     group: Name | None = Field(default=None, description="VM group whose placement rule applies")
 
-    @field_validator("machine")
-    @classmethod
-    def _machine(cls, value: str) -> str:
-        if not _MACHINE.fullmatch(value):
-            raise ValueError("must be q35, pc, pc-q35-X.Y or pc-i440fx-X.Y")
-        return value
-
     @field_validator("boot_order")
     @classmethod
     def _boot_order(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not _BOOT_DEVICE.fullmatch(item):
-                raise ValueError(f"{item!r} is not diskN or netN")
         if len(set(value)) != len(value):
             raise ValueError("lists a device twice")
         return value
@@ -205,13 +205,22 @@ class VMUpdate(BaseModel):
     vcpus: int | None = Field(default=None, ge=1, le=256)
     memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
     description: str | None = Field(default=None, max_length=1024)
-    boot_order: list[str] | None = Field(default=None, max_length=8)
+    boot_order: list[BootDevice] | None = Field(default=None, max_length=8)
     ha: HAPolicy | None = None
+
+
+# A Name short enough for the longest suffix ("-1000") to leave a valid name.
+_PREFIX_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,56}[a-z0-9])?$"
+NamePrefix = Annotated[
+    str,
+    AfterValidator(matching(_PREFIX_PATTERN, NAME_REASON.replace("1-63", "1-58"))),
+    string_schema(_PREFIX_PATTERN, 1, 58),
+]
 
 
 class BatchCreate(VMCreate):
     """`count` VMs named `<name>-001`, `<name>-002`, ... from one template (VDI style)."""
 
-    name: Name = Field(description="prefix of the names")
+    name: NamePrefix = Field(description="prefix of the names")
     count: int = Field(ge=1, le=1000)
     dry_run: bool = Field(default=False, description="only say where each VM would go")

@@ -79,7 +79,12 @@ async def list_tokens(
     return sorted(records, key=lambda r: r.created_at)
 
 
-@router.post("/tokens", response_model=TokenReply, status_code=201)
+@router.post(
+    "/tokens",
+    response_model=TokenReply,
+    status_code=201,
+    responses={404: {"description": "The caller's user no longer exists"}},
+)
 async def create_token(
     body: TokenRequest, request: Request, principal: Principal = Depends(auth.viewer)
 ) -> TokenReply:
@@ -96,7 +101,7 @@ async def create_token(
 
 @router.delete("/tokens/{token_id}", status_code=204)
 async def revoke_token(
-    token_id: str, request: Request, principal: Principal = Depends(auth.viewer)
+    token_id: Name, request: Request, principal: Principal = Depends(auth.viewer)
 ) -> None:
     db = _db(request)
     for entry in await db.list(TokenRecord, keys.TOKENS):
@@ -136,7 +141,7 @@ async def create_user(
 
 @router.delete("/users/{name}", status_code=204)
 async def delete_user(
-    name: str, request: Request, principal: Principal = Depends(auth.admin)
+    name: Name, request: Request, principal: Principal = Depends(auth.admin)
 ) -> None:
     if name == principal.user:
         raise Conflict("you cannot delete yourself")

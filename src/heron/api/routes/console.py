@@ -29,7 +29,7 @@ from heron.api.errors import Conflict
 from heron.configdb import ConfigDB, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.hypervisor.command import RuntimePaths
-from heron.models.common import Record
+from heron.models.common import Name, Record
 from heron.models.vm import RunState, VMStatus
 from heron.services.lookup import find_vm, live_nodes
 
@@ -77,7 +77,7 @@ def _runtime(ctx: ApiContext, vm_id: str) -> RuntimePaths:
 
 @router.get("/vms/{ref}/console/serial", response_model=SerialLog)
 async def serial_log(
-    ref: str,
+    ref: Name,
     request: Request,
     limit: int = SERIAL_MAX // 4,
     local: bool = False,
@@ -112,7 +112,7 @@ async def serial_log(
 
 @router.post("/vms/{ref}/console/ticket", response_model=TicketReply, status_code=201)
 async def console_ticket(
-    ref: str, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TicketReply:
     """A one-time ticket for the websocket `/api/v1/vms/{id}/console/vnc?ticket=...`, which
     speaks the RFB protocol (noVNC) with the VM's graphical console."""

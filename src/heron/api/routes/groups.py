@@ -44,7 +44,7 @@ async def create_group(
 
 
 @router.delete("/groups/{name}", status_code=204)
-async def delete_group(name: str, request: Request, _: Principal = Depends(auth.operator)) -> None:
+async def delete_group(name: Name, request: Request, _: Principal = Depends(auth.operator)) -> None:
     db = request.app.state.ctx.db
     entry = await db.get(VMGroup, keys.group(name)) if "/" not in name else None
     if entry is None:

@@ -14,6 +14,7 @@ from heron.api.auth import Principal
 from heron.api.errors import Conflict, Invalid, NotFound
 from heron.configdb import ConfigDB, Entry, Txn, cas, keys
 from heron.configdb.membership import Membership
+from heron.models.common import Name
 from heron.models.node import Node, NodeSettings
 from heron.models.settings import ClusterSettings
 from heron.models.task import TaskKind, new_task
@@ -59,7 +60,7 @@ async def list_nodes(request: Request, _: Principal = Depends(auth.viewer)) -> l
 
 
 @router.get("/nodes/{name}", response_model=NodeView)
-async def get_node(name: str, request: Request, _: Principal = Depends(auth.viewer)) -> NodeView:
+async def get_node(name: Name, request: Request, _: Principal = Depends(auth.viewer)) -> NodeView:
     for view in await _views(request):
         if view.name == name:
             return view
@@ -75,13 +76,16 @@ class ClusterView(BaseModel):
 
 @router.get("/cluster", response_model=ClusterView)
 async def cluster(request: Request, _: Principal = Depends(auth.viewer)) -> ClusterView:
-    """The cluster at a glance: which node leads (runs HA and the other controllers)."""
-    db = request.app.state.ctx.db
-    found = await db.get_raw(keys.LEADER)
+    """The cluster at a glance: which node leads (runs HA and the other controllers). The
+    counts come from this node's watch-fed copies: the UI asks often, and counting 10 000
+    VMs must not mean reading them all from etcd."""
+    ctx = request.app.state.ctx
+    found = await ctx.db.get_raw(keys.LEADER)
+    inventory = await ctx.inventory.ready()
     return ClusterView(
         leader=found[0].decode().split(" ", 1)[0] if found else None,
-        nodes=len(await live_nodes(db)),
-        vms=len(await db.list(VM, keys.VMS)),
+        nodes=len(inventory.live_nodes()),
+        vms=len(inventory.vms),
         version=heron.__version__,
     )
 
@@ -94,7 +98,7 @@ class MaintenanceReply(BaseModel):
 
 @router.post("/nodes/{name}/maintenance/enter", response_model=MaintenanceReply, status_code=202)
 async def enter_maintenance(
-    name: str, request: Request, principal: Principal = Depends(auth.admin)
+    name: Name, request: Request, principal: Principal = Depends(auth.admin)
 ) -> MaintenanceReply:
     """Keep new VMs off the node and live-migrate its VMs away (a `node.drain` task)."""
     db = request.app.state.ctx.db
@@ -111,7 +115,7 @@ async def enter_maintenance(
 
 @router.post("/nodes/{name}/maintenance/exit", response_model=MaintenanceReply)
 async def exit_maintenance(
-    name: str, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, request: Request, _: Principal = Depends(auth.admin)
 ) -> MaintenanceReply:
     """Let the node take VMs again (they are not moved back by themselves)."""
     db = request.app.state.ctx.db
@@ -130,7 +134,7 @@ class IoReservation(BaseModel):
 
 @router.put("/nodes/{name}/io", response_model=IoReservation)
 async def reserve_for_io(
-    name: str, body: IoReservation, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, body: IoReservation, request: Request, _: Principal = Depends(auth.admin)
 ) -> IoReservation:
     """Reserve cores and memory of a node for its storage data path (heron-io): heron-io runs
     on the last `cpus` cores, VMs on the others, and placement counts only what is left."""
@@ -203,7 +207,7 @@ class LeaveReply(BaseModel):
 
 @router.post("/nodes/{name}/leave", response_model=LeaveReply)
 async def leave_cluster(
-    name: str, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, request: Request, _: Principal = Depends(auth.admin)
 ) -> LeaveReply:
     """Take an empty node out of the cluster: its etcd member (if any) is removed, and it is
     kept out of placement for good. Drain it first (maintenance enter)."""

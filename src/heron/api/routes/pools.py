@@ -2,6 +2,7 @@
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
@@ -18,6 +19,7 @@ from heron.models.storage import (
     ArdfsDisk,
     ArdfsMember,
     ArdfsNodeStatus,
+    DiskId,
     Pool,
     PoolSpec,
     Volume,
@@ -139,14 +141,14 @@ async def create_pool(
 
 
 @router.get("/pools/{name}", response_model=PoolView)
-async def get_pool(name: str, request: Request, _: Principal = Depends(auth.viewer)) -> PoolView:
+async def get_pool(name: Name, request: Request, _: Principal = Depends(auth.viewer)) -> PoolView:
     ctx = _ctx(request)
     entry = await find_pool(ctx.db, name)
     return await _pool_view(ctx, entry.value, entry.revision)
 
 
 @router.delete("/pools/{name}", status_code=204)
-async def delete_pool(name: str, request: Request, _: Principal = Depends(auth.admin)) -> None:
+async def delete_pool(name: Name, request: Request, _: Principal = Depends(auth.admin)) -> None:
     db = _ctx(request).db
     entry = await find_pool(db, name)
     if any(v.value.pool == name for v in await db.list(Volume, keys.VOLUMES)):
@@ -163,7 +165,7 @@ async def delete_pool(name: str, request: Request, _: Principal = Depends(auth.a
 
 @router.get("/pools/{name}/volumes", response_model=list[VolumeView])
 async def list_volumes(
-    name: str, request: Request, local: bool = False, _: Principal = Depends(auth.viewer)
+    name: Name, request: Request, local: bool = False, _: Principal = Depends(auth.viewer)
 ) -> list[VolumeView]:
     """Volumes of the pool; allocation is read by the node holding each file.
 
@@ -204,7 +206,7 @@ async def list_volumes(
 
 @router.get("/pools/{name}/volumes/{ref}", response_model=VolumeView)
 async def get_volume(
-    name: str, ref: str, request: Request, _: Principal = Depends(auth.viewer)
+    name: Name, ref: Name, request: Request, _: Principal = Depends(auth.viewer)
 ) -> VolumeView:
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
@@ -233,7 +235,7 @@ async def _health(ctx: ApiContext, pool: Pool) -> dict[str, VolumeHealth]:
 
 @router.post("/pools/{name}/volumes", response_model=TaskRef, status_code=202)
 async def create_volume(
-    name: str, body: VolumeCreate, request: Request, principal: Principal = Depends(auth.operator)
+    name: Name, body: VolumeCreate, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volumes.create(
@@ -244,7 +246,7 @@ async def create_volume(
 
 @router.post("/pools/{name}/volumes/import", response_model=TaskRef, status_code=202)
 async def import_volume(
-    name: str, body: VolumeImport, request: Request, principal: Principal = Depends(auth.admin)
+    name: Name, body: VolumeImport, request: Request, principal: Principal = Depends(auth.admin)
 ) -> TaskRef:
     """Import an image file that is already on a node (admins only: it reads node paths)."""
     ctx = _ctx(request)
@@ -257,10 +259,12 @@ async def import_volume(
 
 @router.post("/pools/{name}/volumes/upload", response_model=TaskRef, status_code=202)
 async def upload_volume(
-    name: str,
+    name: Name,
     request: Request,
+    # Annotated, not `= Form(...)`: FastAPI drops a Name's validator from a Form default, and
+    # an invalid name then failed deep inside as a 500.
+    volume_name: Annotated[Name, Form(alias="name")],
     file: UploadFile = File(...),
-    volume_name: Name = Form(..., alias="name"),
     format: VolumeFormat | None = Form(None),
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
@@ -294,7 +298,7 @@ class DiskAdd(BaseModel):
 
 @router.get("/pools/{name}/members", response_model=list[ArdfsMember])
 async def list_members(
-    name: str, request: Request, _: Principal = Depends(auth.viewer)
+    name: Name, request: Request, _: Principal = Depends(auth.viewer)
 ) -> list[ArdfsMember]:
     """The nodes of an ardfs pool, with their heron-io address and the disks they give."""
     ctx = _ctx(request)
@@ -304,7 +308,7 @@ async def list_members(
 
 @router.post("/pools/{name}/disks", response_model=ArdfsMember, status_code=201)
 async def add_disk(
-    name: str, body: DiskAdd, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, body: DiskAdd, request: Request, _: Principal = Depends(auth.admin)
 ) -> ArdfsMember:
     """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it)."""
     ctx = _ctx(request)
@@ -336,7 +340,7 @@ async def add_disk(
 
 @router.delete("/pools/{name}/disks/{disk}", response_model=ArdfsMember)
 async def remove_disk(
-    name: str, disk: str, request: Request, _: Principal = Depends(auth.admin)
+    name: Name, disk: DiskId, request: Request, _: Principal = Depends(auth.admin)
 ) -> ArdfsMember:
     """Take a disk out of an ardfs pool (it failed, or leaves): the leader moves the copies it
     held onto the pool's other disks at once (`volume.rebalance` tasks); its directory is
@@ -367,7 +371,7 @@ async def remove_disk(
 
 @router.post("/pools/{name}/scan", response_model=TaskRef, status_code=202)
 async def scan_pool(
-    name: str, request: Request, principal: Principal = Depends(auth.admin)
+    name: Name, request: Request, principal: Principal = Depends(auth.admin)
 ) -> TaskRef:
     """Find the LUNs of an iscsi or block pool: new ones become volumes, sizes are updated;
     carried out by the answering node."""
@@ -378,8 +382,8 @@ async def scan_pool(
 
 @router.patch("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
 async def resize_volume(
-    name: str,
-    ref: str,
+    name: Name,
+    ref: Name,
     body: VolumeResize,
     request: Request,
     principal: Principal = Depends(auth.operator),
@@ -391,7 +395,7 @@ async def resize_volume(
 
 @router.delete("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
 async def delete_volume(
-    name: str, ref: str, request: Request, principal: Principal = Depends(auth.operator)
+    name: Name, ref: Name, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volumes.delete(ctx.db, ctx.node, name, ref, principal.user)

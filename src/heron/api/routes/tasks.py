@@ -6,6 +6,7 @@ from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.errors import Conflict, NotFound
 from heron.configdb import keys
+from heron.models.common import Name
 from heron.models.task import Task
 
 router = APIRouter(tags=["tasks"])
@@ -20,7 +21,7 @@ async def list_tasks(
 
 
 @router.get("/tasks/{task_id}", response_model=Task)
-async def get_task(task_id: str, request: Request, _: Principal = Depends(auth.viewer)) -> Task:
+async def get_task(task_id: Name, request: Request, _: Principal = Depends(auth.viewer)) -> Task:
     entry = (
         await request.app.state.ctx.db.get(Task, keys.task(task_id))
         if ("/" not in task_id)
@@ -33,7 +34,7 @@ async def get_task(task_id: str, request: Request, _: Principal = Depends(auth.v
 
 @router.post("/tasks/{task_id}/cancel", response_model=Task, status_code=202)
 async def cancel_task(
-    task_id: str, request: Request, _: Principal = Depends(auth.operator)
+    task_id: Name, request: Request, _: Principal = Depends(auth.operator)
 ) -> Task:
     db = request.app.state.ctx.db
     entry = await db.get(Task, keys.task(task_id)) if "/" not in task_id else None

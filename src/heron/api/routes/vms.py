@@ -1,11 +1,12 @@
 """Virtual machines: create (with their disks), read, change, power actions, delete."""
 
+from functools import partial
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from heron.api import auth
+from heron.api import auth, listing
 from heron.api.auth import Principal
 from heron.api.context import ApiContext
 from heron.configdb import ConfigDB, Entry, keys
@@ -21,6 +22,7 @@ from heron.models.vm import (
     VMStatus,
     VMUpdate,
 )
+from heron.scheduler.inventory import Inventory
 from heron.services import vms
 from heron.services.lookup import find_vm, live_nodes
 from heron.services.vms import Action
@@ -82,13 +84,61 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
     )
 
 
-@router.get("/vms", response_model=list[VMView])
+@router.get("/vms", response_model=list[VMView], responses=listing.PAGED_RESPONSES)
 async def list_vms(
-    request: Request, node: Name | None = None, _: Principal = Depends(auth.viewer)
-) -> list[VMView]:
-    db = _ctx(request).db
-    vms = [e for e in await db.list(VM, keys.VMS) if node is None or e.value.node == node]
-    return sorted(await _views(db, vms), key=lambda v: v.name)
+    request: Request,
+    node: Name | None = Query(None, description="only the VMs assigned to this node"),
+    state: RunState | Literal["unknown"] | None = Query(None, description="only in this state"),
+    power: PowerState | None = Query(None, description="only with this desired power state"),
+    group: Name | None = Query(None, description="only the members of this group"),
+    limit: int | None = Query(
+        None, ge=1, le=listing.MAX_LIMIT, description="at most this many, by name"
+    ),
+    cursor: str | None = Query(
+        None, alias="continue", description="the X-Continue header of the previous page"
+    ),
+    _: Principal = Depends(auth.viewer),
+) -> Response:
+    """Sorted by name; without `limit`, all of them. Served from this node's watch-fed copy
+    of the ConfigDB, which may be a few milliseconds behind it."""
+    ctx = _ctx(request)
+    after = listing.decode_cursor(cursor)
+    inventory = await ctx.inventory.ready()
+    live = frozenset(inventory.live_nodes())
+    version = (inventory.vms.revision, inventory.vm_status.revision, live)
+    everything = ctx.vm_views.whole(version, partial(_render_all, ctx, inventory, live))
+    chosen = [
+        r
+        for r in everything
+        if (node is None or r.view.node == node)
+        and (state is None or r.view.state == state)
+        and (power is None or r.view.power == power)
+        and (group is None or r.view.spec.group == group)
+    ]
+    items, next_cursor = listing.page(chosen, lambda r: r.view.name, limit, after)
+    return listing.json_list(items, next_cursor)
+
+
+def _render_all(
+    ctx: ApiContext, inventory: Inventory, live: frozenset[str]
+) -> list[listing.Rendered[VMView]]:
+    """Every VM's view, sorted by name; a VM's JSON is made again only when it changed."""
+    entries = sorted(inventory.vms, key=lambda e: e.value.spec.name)
+    views = ctx.vm_views
+    views.keep_only({e.value.id for e in entries})
+    rendered = []
+    for entry in entries:
+        vm = entry.value
+        status = inventory.vm_status.get(vm.id)
+        alive = vm.node in live
+        rendered.append(
+            views.get(
+                vm.id,
+                (entry.revision, status.revision if status else 0, alive),
+                partial(_view, vm, entry.revision, status.value if status else None, alive),
+            )
+        )
+    return rendered
 
 
 async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
@@ -106,7 +156,7 @@ async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
 
 
 @router.get("/vms/{ref}", response_model=VMView)
-async def get_vm(ref: str, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
+async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
     db = _ctx(request).db
     return (await _views(db, [await find_vm(db, ref)]))[0]
 
@@ -157,7 +207,7 @@ async def create_vms(
 
 @router.patch("/vms/{ref}", response_model=VMView)
 async def update_vm(
-    ref: str, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
+    ref: Name, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
 ) -> VMView:
     db = _ctx(request).db
     entry = await vms.update(db, ref, body)
@@ -167,7 +217,7 @@ async def update_vm(
 
 @router.post("/vms/{ref}/actions/migrate", response_model=TaskRef, status_code=202)
 async def migrate_vm(
-    ref: str,
+    ref: Name,
     request: Request,
     body: MigrateRequest | None = None,
     principal: Principal = Depends(auth.operator),
@@ -180,7 +230,7 @@ async def migrate_vm(
 
 @router.post("/vms/{ref}/actions/{action}", response_model=TaskRef, status_code=202)
 async def vm_action(
-    ref: str,
+    ref: Name,
     action: Action,
     request: Request,
     body: ActionRequest | None = None,
@@ -196,7 +246,10 @@ async def vm_action(
 
 @router.delete("/vms/{ref}", response_model=TaskRef, status_code=202)
 async def delete_vm(
-    ref: str, request: Request, volumes: bool = False, principal: Principal = Depends(auth.operator)
+    ref: Name,
+    request: Request,
+    volumes: bool = False,
+    principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Delete a VM (stopping it first); with `volumes=true` its volumes go too."""
     task = await vms.delete(_ctx(request).db, ref, volumes, principal.user)
