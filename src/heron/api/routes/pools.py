@@ -1,6 +1,5 @@
 """Pools and volumes: define pools, create, import, resize and delete volumes."""
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +9,10 @@ from pydantic import BaseModel, Field
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.context import ApiContext
-from heron.api.errors import Conflict, Invalid, NotFound
 from heron.api.fanout import ask_others
-from heron.configdb import Txn, cas, keys
-from heron.configdb.store import Conflict as StoreConflict
+from heron.configdb import keys
 from heron.models.common import Name, new_id
 from heron.models.storage import (
-    ArdfsDisk,
     ArdfsMember,
     ArdfsNodeStatus,
     DiskId,
@@ -31,16 +27,16 @@ from heron.models.storage import (
 )
 from heron.models.task import VolumeImportParams
 from heron.models.vm import VM
-from heron.services import volumes
+from heron.services import pools as pool_service
+from heron.services import volumes as volume_service
 from heron.services.lookup import (
     attached,
     find_pool,
     find_volume,
-    live_nodes,
 )
 from heron.storage.driver import Capabilities
 from heron.storage.probe import probe
-from heron.storage.registry import capabilities, definition_problem, driver_for
+from heron.storage.registry import capabilities, driver_for
 
 router = APIRouter(tags=["storage"])
 
@@ -130,13 +126,7 @@ async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
 async def create_pool(
     body: PoolCreate, request: Request, _: Principal = Depends(auth.admin)
 ) -> PoolView:
-    pool = Pool(**body.model_dump(), created_at=time.time())
-    if problem := definition_problem(pool):
-        raise Invalid(f"body.{problem[0]}", problem[1])
-    try:
-        revision = await _ctx(request).db.create(keys.pool(pool.name), pool)
-    except StoreConflict as exc:
-        raise Conflict(f"pool {pool.name} already exists") from exc
+    pool, revision = await pool_service.create(_ctx(request).db, body)
     return PoolView(**pool.model_dump(), revision=revision, capabilities=capabilities(pool))
 
 
@@ -149,18 +139,7 @@ async def get_pool(name: Name, request: Request, _: Principal = Depends(auth.vie
 
 @router.delete("/pools/{name}", status_code=204)
 async def delete_pool(name: Name, request: Request, _: Principal = Depends(auth.admin)) -> None:
-    db = _ctx(request).db
-    entry = await find_pool(db, name)
-    if any(v.value.pool == name for v in await db.list(Volume, keys.VOLUMES)):
-        raise Conflict(f"pool {name} still has volumes")
-    # An ardfs pool's peer key goes with it (a pool made again under that name gets another).
-    gone = Txn().require_revision(entry.key, entry.revision).delete(entry.key)
-    await db.commit(gone.delete(keys.ardfs_secret(name)))
-    # Its members, their disks' status and old tombstones: each node's agent then stops the
-    # pool's heron-io. One by one: a transaction holds at most 128 operations.
-    for prefix in (keys.ARDFS_MEMBERS, keys.ARDFS_STATUS, keys.ARDFS_DELETED):
-        for key in await db.dump(f"{prefix}{name}/"):
-            await db.delete(key)
+    await pool_service.delete(_ctx(request).db, name)
 
 
 @router.get("/pools/{name}/volumes", response_model=list[VolumeView])
@@ -238,7 +217,7 @@ async def create_volume(
     name: Name, body: VolumeCreate, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TaskRef:
     ctx = _ctx(request)
-    task = await volumes.create(
+    task = await volume_service.create(
         ctx.db, ctx.node, name, body.name, body.format, body.size, body.node, principal.user
     )
     return TaskRef(task=task.id, volume=task.target)
@@ -251,7 +230,7 @@ async def import_volume(
     """Import an image file that is already on a node (admins only: it reads node paths)."""
     ctx = _ctx(request)
     source = VolumeImportParams(path=body.path)
-    task = await volumes.create(
+    task = await volume_service.create(
         ctx.db, ctx.node, name, body.name, body.format, 0, body.node, principal.user, source
     )
     return TaskRef(task=task.id, volume=task.target)
@@ -279,7 +258,7 @@ async def upload_volume(
             while chunk := await file.read(_UPLOAD_CHUNK):
                 out.write(chunk)
         source = VolumeImportParams(path=str(staged), remove_source=True)
-        task = await volumes.create(
+        task = await volume_service.create(
             ctx.db, ctx.node, name, volume_name, format, 0, None, principal.user, source
         )
         return TaskRef(task=task.id, volume=task.target)
@@ -311,29 +290,8 @@ async def add_disk(
     name: Name, body: DiskAdd, request: Request, _: Principal = Depends(auth.admin)
 ) -> ArdfsMember:
     """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it)."""
-    ctx = _ctx(request)
-    pool = (await find_pool(ctx.db, name)).value
-    if not capabilities(pool).member_disks:
-        raise Conflict(f"pool {name} ({pool.type}) takes no disks; only ardfs pools do")
-    if body.node not in await live_nodes(ctx.db):
-        raise Invalid("body.node", f"no live node {body.node!r}")
-    key = keys.ardfs_member(name, body.node)
-
-    async def attempt() -> ArdfsMember:
-        # Read again after a lost swap: its heron-io may have registered meanwhile.
-        members = await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
-        entry = next((e for e in members if e.value.node == body.node), None)
-        member = entry.value if entry else ArdfsMember(pool=name, node=body.node)
-        if any(d.path == body.path for d in member.disks):
-            raise Conflict(f"{body.node}:{body.path} is already a disk of pool {name}")
-        taken = {d.id for e in members for d in e.value.disks}
-        disk_id = next(i for i in (f"d{new_id()[:8]}" for _ in range(100)) if i not in taken)
-        disks = [*member.disks, ArdfsDisk(id=disk_id, path=body.path, weight=body.weight)]
-        member = member.model_copy(update={"disks": disks, "site": body.site or member.site})
-        await ctx.db.put(key, member, revision=entry.revision if entry else 0)
-        return member
-
-    member = await cas.retry(attempt, f"the membership of {body.node} in pool {name}")
+    db = _ctx(request).db
+    member = await pool_service.add_disk(db, name, body.node, body.path, body.site, body.weight)
     request.state.audit_target = f"{name}/{body.node}"
     return member
 
@@ -345,26 +303,7 @@ async def remove_disk(
     """Take a disk out of an ardfs pool (it failed, or leaves): the leader moves the copies it
     held onto the pool's other disks at once (`volume.rebalance` tasks); its directory is
     left as it is. Refused when the disks left would be fewer than the protection spans."""
-    ctx = _ctx(request)
-    pool = (await find_pool(ctx.db, name)).value
-
-    async def attempt() -> ArdfsMember:
-        members = await ctx.db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
-        entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
-        if entry is None:
-            raise NotFound(f"pool {name} has no disk {disk!r}")
-        left = sum(len(e.value.disks) for e in members) - 1
-        if left < pool.width:
-            raise Conflict(
-                f"pool {name} would keep {left} disks, {pool.protection} needs {pool.width}: "
-                "add a disk first"
-            )
-        disks = [d for d in entry.value.disks if d.id != disk]
-        member = entry.value.model_copy(update={"disks": disks})
-        await ctx.db.put(entry.key, member, revision=entry.revision)
-        return member
-
-    member = await cas.retry(attempt, f"the disks of pool {name}")
+    member = await pool_service.remove_disk(_ctx(request).db, name, disk)
     request.state.audit_target = f"{name}/{member.node}/{disk}"
     return member
 
@@ -376,7 +315,7 @@ async def scan_pool(
     """Find the LUNs of an iscsi or block pool: new ones become volumes, sizes are updated;
     carried out by the answering node."""
     ctx = _ctx(request)
-    task = await volumes.scan(ctx.db, ctx.node, name, principal.user)
+    task = await volume_service.scan(ctx.db, ctx.node, name, principal.user)
     return TaskRef(task=task.id)
 
 
@@ -389,7 +328,7 @@ async def resize_volume(
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     ctx = _ctx(request)
-    task = await volumes.resize(ctx.db, ctx.node, name, ref, body.size, principal.user)
+    task = await volume_service.resize(ctx.db, ctx.node, name, ref, body.size, principal.user)
     return TaskRef(task=task.id, volume=task.target)
 
 
@@ -398,5 +337,5 @@ async def delete_volume(
     name: Name, ref: Name, request: Request, principal: Principal = Depends(auth.operator)
 ) -> TaskRef:
     ctx = _ctx(request)
-    task = await volumes.delete(ctx.db, ctx.node, name, ref, principal.user)
+    task = await volume_service.delete(ctx.db, ctx.node, name, ref, principal.user)
     return TaskRef(task=task.id, volume=task.target)

@@ -23,7 +23,7 @@ from heron.models.vm import (
     VMUpdate,
 )
 from heron.scheduler.inventory import Inventory
-from heron.services import vms
+from heron.services import vms as vm_service
 from heron.services.lookup import find_vm, live_nodes
 from heron.services.vms import Action
 
@@ -167,7 +167,7 @@ async def create_vm(
 ) -> TaskRef:
     """Define a VM and create its disks; a `vm.create` task on its node does the work."""
     ctx = _ctx(request)
-    plan = await vms.create(ctx.db, ctx.inventory, body, principal.user)
+    plan = await vm_service.create(ctx.db, ctx.inventory, body, principal.user)
     request.state.audit_target = plan.vm.id
     return TaskRef(task=plan.task.id, vm=plan.vm.id)
 
@@ -191,7 +191,7 @@ async def create_vms(
     """Mass deployment: place every VM first (each one counting against the next), refuse
     all if any does not fit, then create them; with `dry_run` nothing is written."""
     ctx = _ctx(request)
-    plans = await vms.create_batch(ctx.db, ctx.inventory, body, principal.user)
+    plans = await vm_service.create_batch(ctx.db, ctx.inventory, body, principal.user)
     made = not body.dry_run
     items = [
         BatchItem(
@@ -210,7 +210,7 @@ async def update_vm(
     ref: Name, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
 ) -> VMView:
     db = _ctx(request).db
-    entry = await vms.update(db, ref, body)
+    entry = await vm_service.update(db, ref, body)
     request.state.audit_target = entry.value.id
     return (await _views(db, [entry]))[0]
 
@@ -223,7 +223,7 @@ async def migrate_vm(
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Live-migrate a running VM to another node; disks on local storage are copied along."""
-    task = await vms.migrate(_ctx(request).db, ref, body or MigrateRequest(), principal.user)
+    task = await vm_service.migrate(_ctx(request).db, ref, body or MigrateRequest(), principal.user)
     request.state.audit_target = task.target
     return TaskRef(task=task.id, vm=task.target)
 
@@ -239,7 +239,7 @@ async def vm_action(
     """Power actions. The desired power state is written with the task in one transaction,
     so a node that restarts mid-way still knows what the VM should be doing."""
     timeout = (body or ActionRequest()).timeout
-    task = await vms.power(_ctx(request).db, ref, action, timeout, principal.user)
+    task = await vm_service.power(_ctx(request).db, ref, action, timeout, principal.user)
     request.state.audit_target = task.target
     return TaskRef(task=task.id, vm=task.target)
 
@@ -252,6 +252,6 @@ async def delete_vm(
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Delete a VM (stopping it first); with `volumes=true` its volumes go too."""
-    task = await vms.delete(_ctx(request).db, ref, volumes, principal.user)
+    task = await vm_service.delete(_ctx(request).db, ref, volumes, principal.user)
     request.state.audit_target = task.target
     return TaskRef(task=task.id, vm=task.target)

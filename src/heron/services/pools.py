@@ -1,0 +1,90 @@
+"""Pools: define one, delete an empty one, and give or take the disks of a pool whose
+driver keeps its data on its members' disks (ardfs)."""
+
+import time
+
+from heron.configdb import ConfigDB, Txn, cas, keys
+from heron.configdb.store import Conflict as StoreConflict
+from heron.models.common import new_id
+from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, PoolSpec, Volume
+from heron.services.errors import Conflict, Invalid, NotFound
+from heron.services.lookup import find_pool, live_nodes
+from heron.storage.registry import capabilities, definition_problem
+
+
+async def create(db: ConfigDB, spec: PoolSpec) -> tuple[Pool, int]:
+    """Define a pool; returns it with its revision."""
+    pool = Pool(**spec.model_dump(), created_at=time.time())
+    if problem := definition_problem(pool):
+        raise Invalid(f"body.{problem[0]}", problem[1])
+    try:
+        return pool, await db.create(keys.pool(pool.name), pool)
+    except StoreConflict as exc:
+        raise Conflict(f"pool {pool.name} already exists") from exc
+
+
+async def delete(db: ConfigDB, name: str) -> None:
+    """Delete a pool that has no volumes any more."""
+    entry = await find_pool(db, name)
+    if any(v.value.pool == name for v in await db.list(Volume, keys.VOLUMES)):
+        raise Conflict(f"pool {name} still has volumes")
+    # An ardfs pool's peer key goes with it (a pool made again under that name gets another).
+    gone = Txn().require_revision(entry.key, entry.revision).delete(entry.key)
+    await db.commit(gone.delete(keys.ardfs_secret(name)))
+    # Its members, their disks' status and old tombstones: each node's agent then stops the
+    # pool's heron-io. One by one: a transaction holds at most 128 operations.
+    for prefix in (keys.ARDFS_MEMBERS, keys.ARDFS_STATUS, keys.ARDFS_DELETED):
+        for key in await db.dump(f"{prefix}{name}/"):
+            await db.delete(key)
+
+
+async def add_disk(
+    db: ConfigDB, name: str, node: str, path: str, site: str | None, weight: float
+) -> ArdfsMember:
+    """Give the pool a directory of `node` for its chunks (a disk, as the pool sees it)."""
+    pool = (await find_pool(db, name)).value
+    if not capabilities(pool).member_disks:
+        raise Conflict(f"pool {name} ({pool.type}) takes no disks; only ardfs pools do")
+    if node not in await live_nodes(db):
+        raise Invalid("body.node", f"no live node {node!r}")
+    key = keys.ardfs_member(name, node)
+
+    async def attempt() -> ArdfsMember:
+        # Read again after a lost swap: its heron-io may have registered meanwhile.
+        members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
+        entry = next((e for e in members if e.value.node == node), None)
+        member = entry.value if entry else ArdfsMember(pool=name, node=node)
+        if any(d.path == path for d in member.disks):
+            raise Conflict(f"{node}:{path} is already a disk of pool {name}")
+        taken = {d.id for e in members for d in e.value.disks}
+        disk_id = next(i for i in (f"d{new_id()[:8]}" for _ in range(100)) if i not in taken)
+        disks = [*member.disks, ArdfsDisk(id=disk_id, path=path, weight=weight)]
+        member = member.model_copy(update={"disks": disks, "site": site or member.site})
+        await db.put(key, member, revision=entry.revision if entry else 0)
+        return member
+
+    return await cas.retry(attempt, f"the membership of {node} in pool {name}")
+
+
+async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
+    """Take a disk out of the pool; refused when the disks left would be fewer than the
+    protection spans. The leader then moves the copies it held."""
+    pool = (await find_pool(db, name)).value
+
+    async def attempt() -> ArdfsMember:
+        members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
+        entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
+        if entry is None:
+            raise NotFound(f"pool {name} has no disk {disk!r}")
+        left = sum(len(e.value.disks) for e in members) - 1
+        if left < pool.width:
+            raise Conflict(
+                f"pool {name} would keep {left} disks, {pool.protection} needs {pool.width}: "
+                "add a disk first"
+            )
+        disks = [d for d in entry.value.disks if d.id != disk]
+        member = entry.value.model_copy(update={"disks": disks})
+        await db.put(entry.key, member, revision=entry.revision)
+        return member
+
+    return await cas.retry(attempt, f"the disks of pool {name}")
