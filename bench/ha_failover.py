@@ -63,12 +63,12 @@ from bench.common import (
     write_result,
 )
 from bench.vm_boot import HERON_DEVICES, bare_boot, qemu_img_convert
-from heron.agent.main import AgentConfig
 from heron.configdb import election as election_module
 from heron.configdb import keys
 from heron.devcluster import DevCluster
 from heron.ha import controller as ha_controller
 from heron.ha.fence import deadline_for
+from heron.herond import AgentConfig
 
 NAME = "ha_failover"
 NODES = 3

@@ -82,7 +82,6 @@ from bench.common import (
     write_result,
 )
 from heron.agent import registration as registration_module
-from heron.agent.main import AgentConfig
 from heron.agent.registration import LeaseKeeper
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
@@ -92,6 +91,7 @@ from heron.configdb.etcd import EtcdMember
 from heron.devcluster import DevCluster
 from heron.ha import controller as ha_controller
 from heron.ha.fence import deadline_for
+from heron.herond import AgentConfig
 from heron.models.common import new_id
 from heron.models.node import Node
 from heron.models.vm import VM, HAPolicy, PowerState, RunState, VMSpec, VMStatus

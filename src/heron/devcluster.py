@@ -128,7 +128,7 @@ class DevCluster:
         return [
             sys.executable,
             "-m",
-            "heron.agent.main",
+            _herond_module(node.source),
             "--name",
             node.name,
             "--state-dir",
@@ -334,3 +334,11 @@ def down(directory: Path) -> None:
             terminate(pid, marker, timeout=30)
     for member in cluster.members():
         member.stop()
+
+
+def _herond_module(source: str | None) -> str:
+    """herond's module in the code a node runs: releases before issue 12 kept it in the agent
+    package (the rolling upgrade test starts one)."""
+    if source is not None and not (Path(source) / "heron" / "herond.py").exists():
+        return "heron.agent.main"
+    return "heron.herond"

@@ -1,4 +1,5 @@
-"""herond: the node agent.
+"""herond: the node agent's process, composed here of the API and the controllers of agent/,
+ha/ and scheduler/ (the one module that may import them all).
 
 It serves the API, keeps the node registered, carries out the node's tasks and watches its
 VMs. It holds no state of its own that matters: etcd has the desired state, QEMU processes run
