@@ -106,6 +106,14 @@ def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]]) -> None:
     assert (seen, pages) == (names, 3)
     everything = api.get("/vms").json()
     assert [vm["name"] for vm in everything] == sorted([*names, "other"])
+    # The list renders each VM itself: it must read as the VM does on its own (but for its
+    # status, which its node may write in between).
+    alone = api.get(f"/vms/{everything[0]['id']}").json()
+    assert alone.keys() == everything[0].keys()
+    unsettled = ("state", "status")
+    assert {k: v for k, v in alone.items() if k not in unsettled} == {
+        k: v for k, v in everything[0].items() if k not in unsettled
+    }
     assert "x-continue" not in api.get("/vms").headers
     assert [vm["name"] for vm in api.get("/vms", params={"power": "running"}).json()] == []
     refused = api.get("/vms", params={"continue": "not-a-token"})
