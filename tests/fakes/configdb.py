@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel
-
 from heron.configdb.interface import ConfigStore
 from heron.configdb.store import (
     ConfigDB,
@@ -35,6 +33,7 @@ from heron.configdb.store import (
     T,
     Txn,
     WatchEvent,
+    Writes,
     parse,
 )
 
@@ -71,7 +70,7 @@ class _Lease:
     keys: set[str] = field(default_factory=set)
 
 
-class FakeConfigDB:
+class FakeConfigDB(Writes):
     """Same public methods as ConfigDB; several "clients" of one store are one object."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
@@ -209,38 +208,6 @@ class FakeConfigDB:
     def _wake_watchers(self) -> None:
         for wakeup in self._wakeups:
             wakeup.set()
-
-    async def put(
-        self, key: str, value: BaseModel | str, *, revision: int | None = None, lease: int = 0
-    ) -> int:
-        txn = Txn().put(key, value, lease)
-        if revision is not None:
-            txn.require_revision(key, revision)
-        return await self.commit(txn)
-
-    async def create(self, key: str, value: BaseModel | str, *, lease: int = 0) -> int:
-        return await self.commit(Txn().require_absent(key).put(key, value, lease))
-
-    async def delete(self, key: str, *, revision: int | None = None) -> int:
-        txn = Txn().delete(key)
-        if revision is not None:
-            txn.require_revision(key, revision)
-        return await self.commit(txn)
-
-    async def update(
-        self, model: type[M], key: str, change: Callable[[M], M], attempts: int = 20
-    ) -> Entry[M]:
-        for _ in range(attempts):
-            entry = await self.get(model, key)
-            if entry is None:
-                raise KeyError(key)
-            value = change(entry.value.model_copy(deep=True))
-            try:
-                revision = await self.put(key, value, revision=entry.revision, lease=entry.lease)
-            except Conflict:
-                continue
-            return Entry(key, value, revision, entry.lease)
-        raise Conflict(f"{key} kept changing under {attempts} attempts")
 
     # -- leases --------------------------------------------------------------------------
 

@@ -18,11 +18,6 @@ class Counter(Record):
 
 
 @pytest.fixture
-def db() -> FakeConfigDB:
-    return FakeConfigDB()
-
-
-@pytest.fixture
 async def cache(db: FakeConfigDB) -> AsyncIterator[Cache[Counter]]:
     await db.put(PREFIX + "a", Counter(name="a", count=1))
     await db.put(PREFIX + "b", Counter(name="b"))

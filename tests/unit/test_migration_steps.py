@@ -3,14 +3,14 @@ other node by writing the migration record as it would. The whole move between t
 QEMUs is tests/integration/test_migration.py."""
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
-from fakes.running import fake_qemu_on_path, short_directory, stop_agent, until
+from fakes.running import stop_agent, until
 
 from heron.agent.migration import Migrations
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
@@ -21,22 +21,6 @@ from heron.models.migration import Migration, MigrationState
 from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.task import MigrateParams, Task, TaskKind, new_task
 from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    with short_directory() as directory:
-        yield directory
-
-
-@pytest.fixture
-def script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> fake_qemu.Script:
-    return fake_qemu_on_path(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def db() -> FakeConfigDB:
-    return FakeConfigDB()
 
 
 @pytest.fixture

@@ -19,11 +19,6 @@ REFUSED, BROKEN, MUTE = TaskKind.pool_scan, TaskKind.volume_delete, TaskKind.vm_
 
 
 @pytest.fixture
-def db() -> FakeConfigDB:
-    return FakeConfigDB()
-
-
-@pytest.fixture
 async def start_runner(db: FakeConfigDB) -> AsyncIterator[Callable[..., TaskRunner]]:
     """Start a runner for a node, as an agent does; all are stopped after the test."""
     jobs: list[asyncio.Task[None]] = []

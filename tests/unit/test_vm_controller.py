@@ -5,16 +5,14 @@ paths in tests/integration/test_lifecycle.py."""
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
 from fakes.running import (
-    fake_qemu_on_path,
     kill_fakes_under,
-    short_directory,
     stop_agent,
     until,
 )
@@ -28,22 +26,6 @@ from heron.hypervisor.qemu import QemuError
 from heron.models.common import new_id
 from heron.models.task import Task, TaskKind, TaskState, new_task
 from heron.models.vm import VM, PowerState, RunState, VMSpec, VMStatus
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    with short_directory() as directory:
-        yield directory
-
-
-@pytest.fixture
-def script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> fake_qemu.Script:
-    return fake_qemu_on_path(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def db() -> FakeConfigDB:
-    return FakeConfigDB()
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """The VM task handlers on the fakes: what each leaves behind, and a repeat after a crash."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
-from fakes.running import fake_qemu_on_path, short_directory, stop_agent
+from fakes.running import fake_qemu_on_path, stop_agent
 
 from heron.agent.handlers import Handlers
 from heron.agent.migration import Migrations
@@ -16,17 +16,6 @@ from heron.configdb import Txn, keys
 from heron.models.common import new_id
 from heron.models.task import TaskKind, new_task
 from heron.models.vm import VM, PowerState, RunState, VMSpec
-
-
-@pytest.fixture
-def db() -> FakeConfigDB:
-    return FakeConfigDB()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    with short_directory() as directory:
-        yield directory
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ every change exactly once, or is told to re-list when etcd has compacted that hi
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -186,7 +187,51 @@ def _client(endpoints: Sequence[str]) -> aetcd.Client:
     )
 
 
-class ConfigDB:
+class Writes(abc.ABC):
+    """The ConfigDB's writes of one record, all made of `commit` and `get` (so the tests'
+    in-memory ConfigDB, which provides those two, writes exactly the same way)."""
+
+    @abc.abstractmethod
+    async def commit(self, txn: Txn) -> int: ...
+
+    @abc.abstractmethod
+    async def get(self, model: type[M], key: str) -> Entry[M] | None: ...
+
+    async def put(
+        self, key: str, value: BaseModel | str, *, revision: int | None = None, lease: int = 0
+    ) -> int:
+        """Write one record; with `revision`, only if the key is still at it (0: absent)."""
+        txn = Txn().put(key, value, lease)
+        if revision is not None:
+            txn.require_revision(key, revision)
+        return await self.commit(txn)
+
+    async def create(self, key: str, value: BaseModel | str, *, lease: int = 0) -> int:
+        return await self.commit(Txn().require_absent(key).put(key, value, lease))
+
+    async def delete(self, key: str, *, revision: int | None = None) -> int:
+        txn = Txn().delete(key)
+        if revision is not None:
+            txn.require_revision(key, revision)
+        return await self.commit(txn)
+
+    async def update(
+        self, model: type[M], key: str, change: Callable[[M], M], attempts: int = cas.ATTEMPTS
+    ) -> Entry[M]:
+        """Read-modify-write with CAS, retried when another writer got in between."""
+
+        async def attempt() -> Entry[M]:
+            entry = await self.get(model, key)
+            if entry is None:
+                raise KeyError(key)
+            value = change(entry.value.model_copy(deep=True))
+            revision = await self.put(key, value, revision=entry.revision, lease=entry.lease)
+            return Entry(key, value, revision, entry.lease)
+
+        return await cas.retry(attempt, key, attempts)
+
+
+class ConfigDB(Writes):
     def __init__(self, endpoints: Sequence[str]):
         self.endpoints = list(endpoints)
         self.client = _client(self.endpoints)
@@ -311,39 +356,6 @@ class ConfigDB:
                 return int(response.response_put.header.revision)
             return int(response.response_delete_range.header.revision)
         return await self.revision()
-
-    async def put(
-        self, key: str, value: BaseModel | str, *, revision: int | None = None, lease: int = 0
-    ) -> int:
-        """Write one record; with `revision`, only if the key is still at it (0: absent)."""
-        txn = Txn().put(key, value, lease)
-        if revision is not None:
-            txn.require_revision(key, revision)
-        return await self.commit(txn)
-
-    async def create(self, key: str, value: BaseModel | str, *, lease: int = 0) -> int:
-        return await self.commit(Txn().require_absent(key).put(key, value, lease))
-
-    async def delete(self, key: str, *, revision: int | None = None) -> int:
-        txn = Txn().delete(key)
-        if revision is not None:
-            txn.require_revision(key, revision)
-        return await self.commit(txn)
-
-    async def update(
-        self, model: type[M], key: str, change: Callable[[M], M], attempts: int = cas.ATTEMPTS
-    ) -> Entry[M]:
-        """Read-modify-write with CAS, retried when another writer got in between."""
-
-        async def attempt() -> Entry[M]:
-            entry = await self.get(model, key)
-            if entry is None:
-                raise KeyError(key)
-            value = change(entry.value.model_copy(deep=True))
-            revision = await self.put(key, value, revision=entry.revision, lease=entry.lease)
-            return Entry(key, value, revision, entry.lease)
-
-        return await cas.retry(attempt, key, attempts)
 
     # -- leases --------------------------------------------------------------------------
 
