@@ -58,13 +58,13 @@ class Cluster:
 
     def fail(self, disk: str, node: str, why: str) -> None:
         """A disk of this node stopped working: its copies are unavailable from now on."""
-        self.targets[disk] = GoneTarget(disk, node, f"failed: {why}")  # type: ignore[assignment]
+        self.targets[disk] = GoneTarget(disk, node, f"failed: {why}")  # type: ignore[assignment]  # answers as one by __getattr__
         self._cache.clear()
 
     def _known(self, disks: Sequence[Disk]) -> list[Disk]:
         for disk in disks:
             if disk.id not in self.targets:
-                self.targets[disk.id] = GoneTarget(disk.id, disk.node)  # type: ignore[assignment]
+                self.targets[disk.id] = GoneTarget(disk.id, disk.node)  # type: ignore[assignment]  # answers as one by __getattr__
         return list(disks)
 
     def _forget(self, volume: str) -> None:
