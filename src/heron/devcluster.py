@@ -81,7 +81,12 @@ class DevCluster:
     def members(self) -> list[EtcdMember]:
         if self.embedded:
             return [
-                EtcdMember(node.name, Path(node.state_dir) / "etcd", *node.etcd_ports)
+                EtcdMember(
+                    node.name,
+                    Path(node.state_dir) / "etcd",
+                    node.etcd_ports[0],
+                    node.etcd_ports[1],
+                )
                 for node in self.nodes
                 if node.etcd_ports
             ]

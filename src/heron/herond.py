@@ -168,7 +168,9 @@ async def run(config: AgentConfig) -> None:
                 lifespan="off",
             )
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn (0.29 on) has no install_signal_handlers to turn off: while it serves it
+        # catches SIGINT/SIGTERM too and stops the API; the loop's handlers below still see
+        # the signal (asyncio's wakeup fd gets every one), so herond stops as before.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

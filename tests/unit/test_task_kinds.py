@@ -79,6 +79,8 @@ def test_a_kind_from_a_newer_release_still_lists_but_has_no_parameters() -> None
     stored = {"id": "t1", "kind": "vm.snapshot", "node": "n1", "created_at": 1, "updated_at": 1}
     task = Task.model_validate(stored)
     assert task.kind == "vm.snapshot" and not isinstance(task.kind, TaskKind)
+    assert task.known_kind is None
+    assert Task.model_validate({**stored, "kind": "vm.start"}).known_kind is TaskKind.vm_start
     with pytest.raises(BadParams):
         task.params_as(NoParams)
 

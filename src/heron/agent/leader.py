@@ -8,18 +8,20 @@ writes are fenced by the election's token, so a deposed leader cannot act on sta
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from heron.configdb import ConfigDB, keys
 from heron.configdb.election import Election
 
 log = logging.getLogger(__name__)
 
-Controller = Callable[[Election], Awaitable[None]]
+# A coroutine function, not any awaitable: each runs as its own task.
+Controller = Callable[[Election], Coroutine[Any, Any, None]]
 
 
 class LeaderRole:
-    def __init__(self, db: ConfigDB, node: str, controllers: list[Controller]):
+    def __init__(self, db: ConfigDB, node: str, controllers: Sequence[Controller]):
         self.election = Election(db, keys.LEADER, node)
         self.controllers = controllers
 

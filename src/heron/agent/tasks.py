@@ -149,7 +149,8 @@ class TaskRunner:
             await ctx._write(lambda t: _claim(t, resume))
         except Conflict:
             return  # claimed by another delivery of the same event
-        handler = self.handlers.get(task.kind)
+        kind = task.known_kind
+        handler = None if kind is None else self.handlers.get(kind)
         try:
             if handler is None:
                 raise TaskFailed(f"this node cannot carry out {str(task.kind)!r} tasks")

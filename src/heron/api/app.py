@@ -1,6 +1,7 @@
 """The FastAPI application: routes, error mapping and the audit of every change."""
 
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
@@ -29,7 +30,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(module.router, prefix=API)
 
     @app.middleware("http")
-    async def audit(request: Request, call_next):
+    async def audit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.monotonic()
         response: Response = await call_next(request)
         if request.method in _CHANGES or response.status_code in (401, 403):

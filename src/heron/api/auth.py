@@ -3,6 +3,7 @@
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -11,7 +12,7 @@ from fastapi import Depends, Request
 
 from heron.api.errors import Forbidden, Unauthorized
 from heron.configdb import ConfigDB, keys
-from heron.models.auth import Role, TokenRecord, User
+from heron.models.auth import Role, TokenKind, TokenRecord, User
 from heron.models.common import new_id
 
 SESSION_TTL = 12 * 3600
@@ -45,7 +46,7 @@ class Principal:
 
 
 async def issue_token(
-    db: ConfigDB, user: User, kind: str, description: str = "", ttl: int | None = None
+    db: ConfigDB, user: User, kind: TokenKind, description: str = "", ttl: int | None = None
 ) -> tuple[str, TokenRecord]:
     """Create a token; session tokens vanish from etcd with their lease when they expire."""
     token = new_token()
@@ -54,7 +55,7 @@ async def issue_token(
         id=new_id()[:13],
         user=user.name,
         role=user.role,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         description=description,
         created_at=now,
         expires_at=now + ttl if ttl else None,
@@ -81,7 +82,7 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-def require(role: Role):
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     async def check(principal: Principal = Depends(authenticate)) -> Principal:
         if not principal.role.allows(role):
             raise Forbidden(f"this needs the {role.value} role; you are {principal.role.value}")

@@ -31,6 +31,11 @@ class GoneTarget:
         return unavailable
 
 
+def _gone(disk: str, node: str, why: str = "left the cluster") -> ChunkTarget:
+    """A GoneTarget as what it stands for: a ChunkTarget whose every method fails."""
+    return GoneTarget(disk, node, why)  # type: ignore[return-value]  # methods by __getattr__
+
+
 class Cluster:
     def __init__(self, node: str, disks: Sequence[Disk], targets: Mapping[str, ChunkTarget]):
         self.node = node
@@ -58,13 +63,13 @@ class Cluster:
 
     def fail(self, disk: str, node: str, why: str) -> None:
         """A disk of this node stopped working: its copies are unavailable from now on."""
-        self.targets[disk] = GoneTarget(disk, node, f"failed: {why}")  # type: ignore[assignment]
+        self.targets[disk] = _gone(disk, node, f"failed: {why}")
         self._cache.clear()
 
     def _known(self, disks: Sequence[Disk]) -> list[Disk]:
         for disk in disks:
             if disk.id not in self.targets:
-                self.targets[disk.id] = GoneTarget(disk.id, disk.node)  # type: ignore[assignment]
+                self.targets[disk.id] = _gone(disk.id, disk.node)
         return list(disks)
 
     def _forget(self, volume: str) -> None:

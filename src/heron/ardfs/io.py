@@ -98,7 +98,7 @@ class Io:
         self.cluster = Cluster(config.node, config.placement_disks(), targets)
         self.volumes: dict[str, AnyVolume] = {}
         self.claimed: dict[str, int] = {}  # volume id -> epoch claimed on the chunk stores
-        self.claims: set[asyncio.Task[None]] = set()
+        self.claims: set[asyncio.Task[object]] = set()
         self.opening: set[str] = set()  # volumes being taken over: not served yet
         self.pinning: set[str] = set()  # volumes whose placement is being looked up
         self.starting: set[str] = set()  # volumes whose move is being started
@@ -306,7 +306,7 @@ class Io:
             self.starting.discard(spec.id)
         self.steer(volume)  # the spec may have changed meanwhile
 
-    def background(self, work: Coroutine[Any, Any, None]) -> None:
+    def background(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(work)
         self.claims.add(task)
         task.add_done_callback(self.claims.discard)

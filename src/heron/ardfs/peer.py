@@ -23,8 +23,9 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from heron.ardfs import peerauth
 from heron.ardfs.nbd import Disconnect
@@ -133,8 +134,8 @@ class PeerServer:
         self._spawn(self._accept(sock))
         return int(sock.getsockname()[1])
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -194,7 +195,7 @@ class PeerServer:
             return False
         return True
 
-    def _now(self, sender: Sender, fields: tuple, payload: bytearray | None) -> bool:
+    def _now(self, sender: Sender, fields: tuple[Any, ...], payload: bytearray | None) -> bool:
         """Carry out a page-cache read or write at once, without a task: True if done.
 
         Most peer requests are these, and they never wait; a task per request was a good part
@@ -230,7 +231,9 @@ class PeerServer:
             log.debug("peer reply failed: %s", exc)
         return True
 
-    async def _handle(self, sender: Sender, fields: tuple, payload: bytearray | None) -> None:
+    async def _handle(
+        self, sender: Sender, fields: tuple[Any, ...], payload: bytearray | None
+    ) -> None:
         _, op, flags, _, rid, raw_volume, raw_disk, chunk, offset, length, epoch = fields
         volume = raw_volume.hex()
         disk = raw_disk.rstrip(b"\0").decode(errors="replace")

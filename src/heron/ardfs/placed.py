@@ -49,7 +49,7 @@ class PlacedVolume:
         # Copies written since the last flush without FUA: a flush syncs them, and marks the
         # ones it could not sync as stale.
         self.unsynced: defaultdict[str, set[int]] = defaultdict(set)
-        self.background: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[object]] = set()
 
     @property
     def size(self) -> int:
@@ -219,7 +219,7 @@ class PlacedVolume:
             if isinstance(result, BaseException):
                 raise result
 
-    def spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)

@@ -43,11 +43,12 @@ def place(disks: Sequence[Disk], key: bytes, count: int) -> list[Disk]:
     """`count` distinct disks for `key`, in shard order; deterministic for the same inputs."""
     if count > len(disks):
         raise PlacementError(f"{count} copies asked for, {len(disks)} disks known")
-    site_weight: Counter[str] = Counter()
-    node_weight: Counter[str] = Counter()
+    # Counter[str] holds ints; the weights are floats, so plain dicts.
+    site_weight: dict[str, float] = {}
+    node_weight: dict[str, float] = {}
     for disk in disks:
-        site_weight[disk.site] += disk.weight
-        node_weight[disk.node] += disk.weight
+        site_weight[disk.site] = site_weight.get(disk.site, 0.0) + disk.weight
+        node_weight[disk.node] = node_weight.get(disk.node, 0.0) + disk.weight
     site_score = {s: score(key, "site:" + s, w) for s, w in site_weight.items()}
     node_score = {n: score(key, "node:" + n, w) for n, w in node_weight.items()}
     disk_score = {d.id: score(key, "disk:" + d.id, d.weight) for d in disks}

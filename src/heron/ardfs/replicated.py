@@ -11,6 +11,7 @@ stale and rebuilt from a good one, and the read is answered from another copy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,9 +56,9 @@ async def sync_written(
     ]
 
 
-def failures(results: list[object]) -> list[BaseException]:
+def failures(results: Sequence[object]) -> list[BaseException]:
     """The exceptions among gather results; anything but an I/O failure is re-raised."""
-    found = []
+    found: list[BaseException] = []
     for result in results:
         if isinstance(result, FencedError):
             raise result  # a newer owner exists: this node must stop writing, not degrade
@@ -113,7 +114,7 @@ async def on_each(
     targets: Sequence[ChunkTarget], act: Callable[[ChunkTarget], Awaitable[None]]
 ) -> list[Exception | None]:
     """act(t) on every target at once (see together)."""
-    return await together([(t, lambda t=t: act(t)) for t in targets])
+    return await together([(t, functools.partial(act, t)) for t in targets])
 
 
 class ReplicatedVolume(PlacedVolume):
@@ -289,13 +290,13 @@ class ReplicatedVolume(PlacedVolume):
 
         # Remote copies first, and on the wire at once: the local copy is written while the
         # peers write theirs.
-        for target in remote:
-            started = target.client.send(
-                OP_WRITE, self.id, target.disk, block, inside, self.epoch, data,
-                lambda error, t=target: replied(t, error),
+        for peer in remote:
+            started = peer.client.send(
+                OP_WRITE, self.id, peer.disk, block, inside, self.epoch, data,
+                functools.partial(replied, peer),
             )  # fmt: skip
             if not started:
-                replied(target, UnavailableError(f"node {target.node} is not connected"))
+                replied(peer, UnavailableError(f"node {peer.node} is not connected"))
         for target in copies:
             if isinstance(target, LocalTarget):
                 try:

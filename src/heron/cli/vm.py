@@ -56,7 +56,7 @@ def vm_create(
         ),
     ] = 512,
     disk: Annotated[
-        list[dict] | None,
+        list[dict] | None,  # type: ignore[type-arg]  # typer rejects dict[str, Any] here
         typer.Option(
             parser=parse.disk,
             metavar="SPEC",
@@ -64,7 +64,7 @@ def vm_create(
         ),
     ] = None,
     nic: Annotated[
-        list[dict] | None,
+        list[dict] | None,  # type: ignore[type-arg]  # typer rejects dict[str, Any] here
         typer.Option(parser=parse.nic, metavar="SPEC", help="user or none, ',model=e1000'"),
     ] = None,
     firmware: Annotated[

@@ -1,7 +1,7 @@
 """heron volume: volumes in pools: create, import or upload, grow, delete."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,7 +37,7 @@ Format = Annotated[
 Size = Annotated[int, typer.Argument(parser=parse.size, metavar="SIZE")]
 
 
-def redundancy(health: dict | None) -> str:
+def redundancy(health: dict[str, Any] | None) -> str:
     """An ardfs volume's health in a few words ('' for other pools)."""
     if not health:
         return ""

@@ -5,6 +5,7 @@ fails to start never blocks the cluster; it is promoted to voter once it has cau
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import aetcd.exceptions
 import aetcd.rpc
@@ -29,7 +30,8 @@ class Membership:
     def __init__(self, db: ConfigDB):
         self.db = db
 
-    async def _call(self, method: str, request: object) -> object:
+    # Any: the reply is one of etcd's protobuf messages, which aetcd does not type.
+    async def _call(self, method: str, request: object) -> Any:
         client = self.db.client
         await client.connect()
         try:
@@ -51,13 +53,13 @@ class Membership:
         )
         return [
             Member(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
-            for m in reply.members  # type: ignore[attr-defined]
+            for m in reply.members
         ]
 
     async def add_learner(self, peer_url: str) -> int:
         request = aetcd.rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
         reply = await self._call("MemberAdd", request)
-        return int(reply.member.ID)  # type: ignore[attr-defined]
+        return int(reply.member.ID)
 
     async def promote(self, member_id: int) -> None:
         await self._call("MemberPromote", aetcd.rpc.MemberPromoteRequest(ID=member_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
@@ -296,7 +297,8 @@ class ConfigDB(Writes):
         entries, _ = await self.list_at(model, prefix)
         return entries
 
-    async def list_at(self, model: type[M], prefix: str) -> tuple[list[Entry[M]], int]:
+    # builtins.list: inside the class, `list` is the method above.
+    async def list_at(self, model: type[M], prefix: str) -> tuple[builtins.list[Entry[M]], int]:
         """The records under `prefix` and the store revision they were read at."""
         result = await self.retrying_read(lambda: self.client.get_prefix(prefix.encode()))
         entries = [
@@ -305,7 +307,7 @@ class ConfigDB(Writes):
         ]
         return entries, result.header.revision
 
-    async def list_raw_at(self, prefix: str) -> tuple[list[RawEntry], int]:
+    async def list_raw_at(self, prefix: str) -> tuple[builtins.list[RawEntry], int]:
         """The records under `prefix` unparsed, and the store revision they were read at."""
         result = await self.retrying_read(lambda: self.client.get_prefix(prefix.encode()))
         entries = [RawEntry(kv.key.decode(), kv.value, kv.mod_revision, kv.lease) for kv in result]

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from heron.models.node import Accelerator
+
 PROBE_TIMEOUT = 10.0
 
 # A boot sector that turns on interrupts, waits for five BIOS timer ticks and writes "K" to
@@ -101,10 +103,19 @@ def probe_kvm(
         return expect in seen
 
 
-def choose_accelerator(cache_dir: Path, binary: str = "qemu-system-x86_64") -> str:
+def _known(value: object) -> Accelerator | None:
+    """`value` if it names an accelerator (read from the environment or a file), else None."""
+    if value == "kvm":
+        return "kvm"
+    if value == "tcg":
+        return "tcg"
+    return None
+
+
+def choose_accelerator(cache_dir: Path, binary: str = "qemu-system-x86_64") -> Accelerator:
     """'kvm' or 'tcg', probed once per host and QEMU version and remembered in `cache_dir`."""
-    forced = os.environ.get("HERON_ACCEL")
-    if forced in ("kvm", "tcg"):
+    forced = _known(os.environ.get("HERON_ACCEL"))
+    if forced is not None:
         return forced
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Nodes of a devcluster start together: one probes, the others wait and read its answer.
@@ -117,10 +128,12 @@ def choose_accelerator(cache_dir: Path, binary: str = "qemu-system-x86_64") -> s
         cache = cache_dir / "accelerator.json"
         try:
             cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                return str(cached["accelerator"])
+            remembered = _known(cached.get("accelerator"))
+            # A cache that names no accelerator is as good as none: probe again.
+            if cached.get("key") == key and remembered is not None:
+                return remembered
         except (FileNotFoundError, ValueError):
             pass
-        accelerator = "kvm" if probe_kvm(binary, kernel, initrd) else "tcg"
+        accelerator: Accelerator = "kvm" if probe_kvm(binary, kernel, initrd) else "tcg"
         cache.write_text(json.dumps({"key": key, "accelerator": accelerator}))
         return accelerator

@@ -30,13 +30,17 @@ class User(Record):
     created_at: float
 
 
+# A session ends with its lease (a login); an API token lives until revoked or it expires.
+TokenKind = Literal["session", "api"]
+
+
 class TokenRecord(Record):
     """Stored under the token's SHA-256, never the token itself."""
 
     id: str
     user: Name
     role: Role
-    kind: Literal["session", "api"]
+    kind: TokenKind
     description: str = ""
     created_at: float
     expires_at: float | None = None

@@ -1,6 +1,7 @@
 """The nodes VMs may use and what runs on them, as the controllers and placement see it."""
 
 import asyncio
+from typing import Any
 
 from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
@@ -62,7 +63,7 @@ class Inventory:
         self.ardfs_status = Cache(db, ArdfsNodeStatus, keys.ARDFS_STATUS)
         self.migrations = Cache(db, Migration, keys.MIGRATIONS)
         self.tasks = Cache(db, Task, keys.TASKS)
-        self._caches = [
+        self._caches: list[Cache[Any]] = [
             self.nodes,
             self.node_settings,
             self.vms,

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 import zlib
+from typing import Any
 
 from heron.audit import AuditLog
 from heron.configdb import Conflict, Txn, keys
@@ -150,7 +151,7 @@ class RebalanceController:
         destination: list[PlacedDisk],
         hosts: list[str],
     ) -> None:
-        update: dict = {"moving_to": destination}
+        update: dict[str, Any] = {"moving_to": destination}
         owner = volume.owner
         if owner not in hosts:
             # Its owner is down (or it has none): a live member takes it over to do the move.

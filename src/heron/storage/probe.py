@@ -16,7 +16,7 @@ import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 TIMEOUT = 2.0
 _threads = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
-_stuck: dict[str, concurrent.futures.Future[object]] = {}
+# Any: the calls return all sorts of things; only whether they are done is asked here.
+_stuck: dict[str, concurrent.futures.Future[Any]] = {}
 
 
 async def probe(key: str, call: Callable[[], T], timeout: float = TIMEOUT) -> T | None:
@@ -40,6 +41,6 @@ async def probe(key: str, call: Callable[[], T], timeout: float = TIMEOUT) -> T 
     try:
         return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
     except TimeoutError:
-        _stuck[key] = future  # type: ignore[assignment]
+        _stuck[key] = future
         log.warning("storage %s did not answer in %.0f s (an NFS server away?)", key, timeout)
         return None

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import websockets
 from fastapi import APIRouter, Depends, Request, WebSocket
 from pydantic import BaseModel
+from websockets.typing import Subprotocol
 
 from heron.api import auth
 from heron.api.auth import Principal
@@ -178,7 +179,7 @@ async def _relay_stream(websocket: WebSocket, connect: Connect) -> None:
 async def _relay_ws(websocket: WebSocket, url: str, subprotocols: list[str]) -> None:
     async with websockets.connect(
         url,
-        subprotocols=subprotocols or None,  # type: ignore[arg-type]
+        subprotocols=[Subprotocol(p) for p in subprotocols] or None,
         max_size=None,
         compression=None,
     ) as remote:
@@ -197,9 +198,9 @@ async def _relay_ws(websocket: WebSocket, url: str, subprotocols: list[str]) -> 
         await _first_done(upstream(), downstream())
 
 
-async def _first_done(*jobs: object) -> None:
+async def _first_done(*jobs: Awaitable[None]) -> None:
     """Run both directions of a relay; when one ends (either side closed), end the other."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]  # type: ignore[arg-type]
+    tasks = [asyncio.ensure_future(job) for job in jobs]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

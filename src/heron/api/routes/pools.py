@@ -157,11 +157,11 @@ async def list_volumes(
     volumes = [e for e in await ctx.db.list(Volume, keys.VOLUMES) if e.value.pool == name]
     if local:
         volumes = [e for e in volumes if e.value.node in (None, ctx.node)]
-    remote = {e.value.node for e in volumes} - {None, ctx.node}
+    remote = {n for e in volumes if (n := e.value.node) is not None} - {ctx.node}
     allocations = {
         view["id"]: view["allocation"]
         for node, views in (await ask_others(request, f"/pools/{name}/volumes", {},
-                                             only=remote)).items()  # type: ignore[arg-type]
+                                             only=remote)).items()
         for view in views
         if view["node"] == node
     } if remote else {}  # fmt: skip
