@@ -19,7 +19,8 @@ from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.error import QMPError
 
 from heron.hypervisor.command import RuntimePaths
-from heron.hypervisor.qmp_base import QemuError, QMPCommandError, QMPSessionError
+from heron.hypervisor.qmp_base import QemuError as QemuError  # the agent catches it from here
+from heron.hypervisor.qmp_base import QMPCommandError, QMPSessionError
 from heron.hypervisor.qmp_block import BlockCommands
 from heron.hypervisor.qmp_migration import MigrationCommands
 from heron.util.proc import alive, read_pidfile
