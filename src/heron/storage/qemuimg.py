@@ -26,7 +26,12 @@ async def _run(*args: str) -> bytes:
     out, err = await proc.communicate()
     if proc.returncode != 0:
         message = err.decode(errors="replace").strip().splitlines()
-        raise QemuImgError(message[-1] if message else f"qemu-img {args[0]} failed")
+        if message:
+            raise QemuImgError(message[-1])
+        # Nothing said: killed, or out of memory; the exit status is all there is to tell.
+        status = proc.returncode or 0  # set: communicate() waited for the exit
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        raise QemuImgError(f"qemu-img {args[0]} failed ({how})")
     return out
 
 
