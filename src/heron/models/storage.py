@@ -293,3 +293,10 @@ class VolumeImport(BaseModel):
 class VolumeResize(BaseModel):
     model_config = {"extra": "forbid"}
     size: int = Field(gt=0, le=64 * 2**40, description="new size in bytes; only growing")
+
+
+class PoolCapacity(BaseModel):
+    total_bytes: int = Field(description="what volumes can hold, after replication or parity")
+    free_bytes: int
+    raw_total_bytes: int = Field(description="the disks' space")
+    raw_free_bytes: int

@@ -2,14 +2,24 @@
 driver keeps its data on its members' disks (ardfs)."""
 
 import time
+from pathlib import Path
 
 from heron.configdb import ConfigDB, Txn, cas, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
-from heron.models.storage import ArdfsDisk, ArdfsMember, Pool, PoolSpec, Volume
+from heron.models.storage import (
+    ArdfsDisk,
+    ArdfsMember,
+    ArdfsNodeStatus,
+    Pool,
+    PoolCapacity,
+    PoolSpec,
+    Volume,
+)
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import find_pool, live_nodes
-from heron.storage.registry import capabilities, definition_problem
+from heron.storage.probe import probe
+from heron.storage.registry import capabilities, definition_problem, driver_for
 
 
 async def create(db: ConfigDB, spec: PoolSpec) -> tuple[Pool, int]:
@@ -88,3 +98,31 @@ async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
         return member
 
     return await cas.retry(attempt, f"the disks of pool {name}")
+
+
+async def capacity(db: ConfigDB, state_dir: Path, pool: Pool) -> PoolCapacity | None:
+    """What the pool's volumes can hold and have left, after redundancy; None where no one
+    figure fits (a local pool differs by node, an array's LUNs are its own) or it is unknown."""
+    can = capabilities(pool)
+    driver = driver_for(pool, state_dir)
+    if can.member_disks:
+        nodes = await db.list(ArdfsNodeStatus, f"{keys.ARDFS_STATUS}{pool.name}/")
+        disks = [d for e in nodes for d in e.value.disks.values()]
+        if not disks:
+            return None
+        total = sum(d.total_bytes for d in disks)
+        free = sum(d.free_bytes for d in disks)
+        return PoolCapacity(
+            total_bytes=driver.usable_capacity(total),
+            free_bytes=driver.usable_capacity(free),
+            raw_total_bytes=total,
+            raw_free_bytes=free,
+        )
+    if not can.shared or can.scanned:
+        return None
+    found = await probe(pool.name, driver.capacity)
+    if found is None:
+        return None
+    return PoolCapacity(
+        total_bytes=found[0], free_bytes=found[1], raw_total_bytes=found[0], raw_free_bytes=found[1]
+    )

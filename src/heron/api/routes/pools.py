@@ -14,9 +14,9 @@ from heron.configdb import keys
 from heron.models.common import Name, new_id
 from heron.models.storage import (
     ArdfsMember,
-    ArdfsNodeStatus,
     DiskId,
     Pool,
+    PoolCapacity,
     PoolSpec,
     Volume,
     VolumeCreate,
@@ -45,13 +45,6 @@ _UPLOAD_CHUNK = 4 * 1024 * 1024
 
 class PoolCreate(PoolSpec):
     """A pool definition: the fields that apply depend on `type` (see the Pool schema)."""
-
-
-class PoolCapacity(BaseModel):
-    total_bytes: int = Field(description="what volumes can hold, after replication or parity")
-    free_bytes: int
-    raw_total_bytes: int = Field(description="the disks' space")
-    raw_free_bytes: int
 
 
 class PoolView(Pool):
@@ -92,33 +85,7 @@ async def _pool_view(ctx: ApiContext, pool: Pool, revision: int) -> PoolView:
         **pool.model_dump(),
         revision=revision,
         capabilities=capabilities(pool),
-        capacity=await _capacity(ctx, pool),
-    )
-
-
-async def _capacity(ctx: ApiContext, pool: Pool) -> PoolCapacity | None:
-    can = capabilities(pool)
-    driver = driver_for(pool, ctx.state_dir)
-    if can.member_disks:
-        nodes = await ctx.db.list(ArdfsNodeStatus, f"{keys.ARDFS_STATUS}{pool.name}/")
-        disks = [d for e in nodes for d in e.value.disks.values()]
-        if not disks:
-            return None
-        total = sum(d.total_bytes for d in disks)
-        free = sum(d.free_bytes for d in disks)
-        return PoolCapacity(
-            total_bytes=driver.usable_capacity(total),
-            free_bytes=driver.usable_capacity(free),
-            raw_total_bytes=total,
-            raw_free_bytes=free,
-        )
-    if not can.shared or can.scanned:
-        return None
-    found = await probe(pool.name, driver.capacity)
-    if found is None:
-        return None
-    return PoolCapacity(
-        total_bytes=found[0], free_bytes=found[1], raw_total_bytes=found[0], raw_free_bytes=found[1]
+        capacity=await pool_service.capacity(ctx.db, ctx.state_dir, pool),
     )
 
 

@@ -141,24 +141,17 @@ def _render_all(
     return rendered
 
 
-async def _views(db: ConfigDB, entries: list[Entry[VM]]) -> list[VMView]:
-    live = set(await live_nodes(db))
-    if len(entries) == 1:
-        found = await db.get(VMStatus, keys.vm_status(entries[0].value.id))
-        statuses = {entries[0].value.id: found.value} if found else {}
-    else:
-        statuses = {
-            e.key.rsplit("/", 1)[1]: e.value for e in await db.list(VMStatus, keys.VM_STATUS)
-        }
-    return [
-        _view(e.value, e.revision, statuses.get(e.value.id), e.value.node in live) for e in entries
-    ]
+async def _one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
+    """One VM's view, read from etcd (not the caches): right after a change, it shows it."""
+    found = await db.get(VMStatus, keys.vm_status(entry.value.id))
+    alive = entry.value.node in await live_nodes(db)
+    return _view(entry.value, entry.revision, found.value if found else None, alive)
 
 
 @router.get("/vms/{ref}", response_model=VMView)
 async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
     db = _ctx(request).db
-    return (await _views(db, [await find_vm(db, ref)]))[0]
+    return await _one_view(db, await find_vm(db, ref))
 
 
 @router.post("/vms", response_model=TaskRef, status_code=202)
@@ -212,7 +205,7 @@ async def update_vm(
     db = _ctx(request).db
     entry = await vm_service.update(db, ref, body)
     request.state.audit_target = entry.value.id
-    return (await _views(db, [entry]))[0]
+    return await _one_view(db, entry)
 
 
 @router.post("/vms/{ref}/actions/migrate", response_model=TaskRef, status_code=202)
