@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
+from support import eventually
 
 from heron.configdb import Conflict, Txn, WatchEvent
 from heron.models import Pool
@@ -42,14 +43,13 @@ class Collector:
             self.events.append(event)
 
     async def wait_count(self, count: int, timeout: float = 15.0) -> list[WatchEvent]:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count:
+        async def enough() -> bool:
             if self._task.done():
                 self._task.result()  # raise what ended the watch
                 raise AssertionError("the watch ended")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{count} watch events expected, have {self.events}")
-            await asyncio.sleep(0.02)  # polling the collector's list
+            return len(self.events) >= count
+
+        await eventually(enough, timeout, f"{count} watch events (have {len(self.events)})", 0.02)
         return self.events
 
     async def close(self) -> None:

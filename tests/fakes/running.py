@@ -9,12 +9,12 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from support import eventually
 
 from fakes import qemu
 from heron.agent.vms import VMController
@@ -68,12 +68,5 @@ def kill_fakes_under(directory: Path) -> None:
 async def until(
     predicate: Callable[[], Awaitable[T | None]], what: str, timeout: float = 10.0
 ) -> T:
-    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)  # polling interval
+    """support.eventually with the fakes' pace: they answer within milliseconds."""
+    return await eventually(predicate, timeout, what, interval=0.02)
