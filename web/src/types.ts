@@ -46,6 +46,8 @@ export interface VM {
   revision: number;
   created_at: number;
   status: VMStatus | null;
+  /** Hardware fields changed since its QEMU started: they apply at its next start. */
+  pending: string[];
   spec: {
     name: string;
     vcpus: number;

@@ -13,6 +13,8 @@ export interface ViewDef {
   icon?: string;
   nav?: boolean;
   role?: Role;
+  /** Shown alone, without the menu and the top bar (a console in its own window). */
+  bare?: boolean;
 }
 
 export const views: ViewDef[] = [
@@ -24,6 +26,8 @@ export const views: ViewDef[] = [
     component: () => import("./views/VmsView.vue") },
   { path: "/vms/new", name: "vm-create", title: "create.title", role: "operator",
     component: () => import("./views/VmCreateView.vue") },
+  { path: "/vms/:id/console", name: "vm-console", title: "console.title", role: "operator", bare: true,
+    component: () => import("./views/VmConsoleView.vue") },
   { path: "/vms/:id", name: "vm", title: "vm.title",
     component: () => import("./views/VmDetailView.vue") },
   { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
