@@ -16,9 +16,10 @@ export function powerActions(vm: Pick<VM, "power">): PowerAction[] {
   return ["start"];
 }
 
-/** Everything one VM's menu offers: its power actions, a move while it runs, deletion. */
+/** Everything one VM's menu offers: its power actions, a live move (running or paused),
+ * deletion. */
 export function vmActions(vm: Pick<VM, "power">): VmAction[] {
-  const moves: VmAction[] = vm.power === "running" ? ["migrate"] : [];
+  const moves: VmAction[] = vm.power === "stopped" ? [] : ["migrate"];
   return [...powerActions(vm), ...moves, "delete"];
 }
 
