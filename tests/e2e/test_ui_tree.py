@@ -239,8 +239,12 @@ def test_bulk_start_then_bulk_stop(
 ) -> None:
     page.goto(f"{ui}/vms")
     a, b = rows(page, "tree-a", "tree-b")
-    for row in (a, b):
-        row.locator("[data-testid=select]").check()
+    every = page.locator("[data-testid=select-all]")
+    a.locator("[data-testid=select]").check()
+    expect(page.locator("[data-testid=bulk-count]")).to_have_attribute("data-count", "1")
+    assert every.evaluate("(box) => box.indeterminate"), "some shown are chosen, not all"
+    every.check()  # every VM shown: both
+    expect(b.locator("[data-testid=select]")).to_be_checked()
     expect(page.locator("[data-testid=bulk-count]")).to_have_attribute("data-count", "2")
 
     start = page.locator("[data-testid=bulk-start]")
