@@ -426,7 +426,7 @@ const ru: Record<keyof typeof en, string> = {
   // Forms drawn from the API's schema: a label per field path, optional hints and options.
   "form.setThis": "Задать",
   "field.name": "Имя",
-  "field.vcpus": "vCPU",
+  "field.vcpus": "Число vCPU",
   "field.memory_mib": "Память (МиБ)",
   "field.description": "Описание",
   "field.boot_order": "Порядок загрузки",
