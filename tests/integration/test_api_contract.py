@@ -121,6 +121,42 @@ def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]]) -> None:
     assert refused.json()["fields"][0]["field"] == "query.continue"
 
 
+def test_a_group_s_rules_change_unless_its_members_break_them(
+    node: tuple[str, dict[str, str]],
+) -> None:
+    url, headers = node
+    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60)
+    made = api.post("/groups", json={"name": "rules", "placement": "spread", "strict": False})
+    assert made.status_code == 201, made.text
+    for name in ("rules-1", "rules-2"):  # one node: a soft spread lets both onto it
+        reply = api.post("/vms", json={"name": name, "memory_mib": 16, "group": "rules"})
+        assert reply.status_code == 202, reply.text
+
+    refused = api.patch("/groups/rules", json={"strict": True})
+    assert refused.status_code == 409, refused.text
+    body = refused.json()
+    assert "rules-1, rules-2 on node1" in body["message"]
+    assert body["fields"][0]["field"] == "body.strict"
+    stored = next(g for g in api.get("/groups").json() if g["name"] == "rules")
+    assert stored["strict"] is False  # a refusal writes nothing
+
+    changed = api.patch(
+        "/groups/rules",
+        json={"placement": "together", "strict": True, "ha": {"enabled": True, "priority": 80}},
+    )
+    assert changed.status_code == 200, changed.text
+    assert {k: changed.json()[k] for k in ("placement", "strict", "ha")} == {
+        "placement": "together",
+        "strict": True,
+        "ha": {"enabled": True, "priority": 80},
+    }
+    kept = api.patch("/groups/rules", json={"ha": None}).json()
+    assert (kept["placement"], kept["ha"]) == ("together", None)
+    wrong = api.patch("/groups/rules", json={"placement": "apart"})
+    assert wrong.status_code == 422 and wrong.json()["fields"][0]["field"] == "body.placement"
+    assert api.patch("/groups/nope", json={"strict": True}).status_code == 404
+
+
 def test_a_wrong_method_is_answered_with_the_allowed_ones(node: tuple[str, dict[str, str]]) -> None:
     url, headers = node
     reply = httpx.delete(f"{url}/api/v1/vms", headers=headers, timeout=30)
