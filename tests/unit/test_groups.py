@@ -70,3 +70,17 @@ async def test_a_strict_rule_the_members_break_is_refused(db: FakeConfigDB) -> N
     assert (await groups.update(db, "db", GroupUpdate(placement="together", strict=True))).strict
     with pytest.raises(Conflict, match="still has VMs: db-1, db-2"):
         await groups.delete(db, "db")
+
+
+async def test_a_rule_kept_as_it_is_is_not_checked_again(db: FakeConfigDB) -> None:
+    await groups.create(db, GroupCreate(name="db", placement="spread", strict=True))
+    # Members that break it already (placed while it was soft, say).
+    for member in (vm("db-1", "n1"), vm("db-2", "n1")):
+        await db.put(keys.vm(member.id), member)
+    changed = await groups.update(db, "db", GroupUpdate(strict=True, ha=HAPolicy(enabled=True)))
+    assert changed.ha == HAPolicy(enabled=True)
+    # A change of placement is checked, and the refusal names that field.
+    await groups.update(db, "db", GroupUpdate(placement="together"))
+    with pytest.raises(Conflict) as refused:
+        await groups.update(db, "db", GroupUpdate(placement="spread"))
+    assert refused.value.fields[0]["field"] == "body.placement"

@@ -42,13 +42,17 @@ async def update(db: ConfigDB, name: str, body: GroupUpdate) -> VMGroup:
     async def attempt() -> VMGroup:
         entry = await find(db, name)
         group = entry.value.model_copy(update=changes)
-        members = [e.value for e in await db.list(VM, keys.VMS) if e.value.spec.group == name]
-        if why := rule_broken(group, members):
-            raise Conflict(
-                f"group {name}: {why}; move them first (or make the rule soft)",
-                [{"field": "body.placement" if "placement" in changes else "body.strict",
-                  "reason": why}],
-            )  # fmt: skip
+        before = entry.value
+        # Only a rule that changes is checked: one kept as it is (an HA change) is not
+        # refused for what happened under it (members placed while it was soft).
+        if (group.placement, group.strict) != (before.placement, before.strict):
+            members = [e.value for e in await db.list(VM, keys.VMS) if e.value.spec.group == name]
+            if why := rule_broken(group, members):
+                field = "placement" if group.placement != before.placement else "strict"
+                raise Conflict(
+                    f"group {name}: {why}; move them first (or make the rule soft)",
+                    [{"field": f"body.{field}", "reason": why}],
+                )
         await db.put(entry.key, group, revision=entry.revision)
         return group
 
