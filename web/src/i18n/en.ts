@@ -391,7 +391,7 @@ const en = {
   // Forms drawn from the API's schema: a label per field path, optional hints and options.
   "form.setThis": "Set",
   "field.name": "Name",
-  "field.vcpus": "vCPUs",
+  "field.vcpus": "vCPU",
   "field.memory_mib": "Memory (MiB)",
   "field.description": "Description",
   "field.boot_order": "Boot order",
