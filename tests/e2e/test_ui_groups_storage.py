@@ -268,20 +268,35 @@ def test_add_then_take_out_an_ardfs_disk(
         row = disks.locator(f"tr[data-member={node.name}]")
         expect(row.locator("[data-testid=member-disks] code")).to_have_text([paths[node.name]])
 
-    # No volume is placed on it: nothing moves, and its directory stays.
+    # One copy of each block (rf1): a disk that a volume is placed on holds its only copies.
+    made = api.ok(
+        "POST", "/pools/hci1/volumes", json={"name": "solo", "size": 8 * MIB, "format": "raw"}
+    )
+    api.wait_task(made["task"])
+    expect(page.locator("tr[data-volume=solo]")).to_be_visible()
     row2 = disks.locator(f"tr[data-member={node2.name}]")
+    row2.locator("[data-testid=disk-remove]").click()
+    confirm(page, "volumes solo have blocks on this disk and nowhere else", "refuses")
+    error = add.locator("[data-testid=error]")
+    expect(error).to_contain_text("409")
+    expect(error).to_contain_text("volumes solo have blocks only on disk")
+    expect(row2.locator("[data-testid=member-disks] code")).to_have_text([paths[node2.name]])
+    api.wait_task(api.ok("DELETE", f"/pools/hci1/volumes/{made['volume']}")["task"])
+    expect(page.locator("tr[data-volume=solo]")).to_have_count(0)
+
+    # No volume is placed on it now: nothing moves, and its directory stays.
     with page.expect_response(lambda r: "/pools/hci1/disks/" in r.url) as reply:
         row2.locator("[data-testid=disk-remove]").click()
         confirm(page, "nothing has to move", f"{paths[node2.name]} on {node2.name} is left")
     assert (reply.value.request.method, reply.value.status) == ("DELETE", 200)
     expect(row2.locator("[data-testid=member-disks] code")).to_have_count(0)
+    expect(error).to_have_count(0)
     expect(row2.locator("[data-testid=member-disks]")).to_have_text("no disks")
 
     # The last disk of a pool that needs one: the API's refusal, as it came.
     row1 = disks.locator(f"tr[data-member={node1.name}]")
     row1.locator("[data-testid=disk-remove]").click()
     confirm(page)
-    error = add.locator("[data-testid=error]")
     expect(error).to_contain_text("409")
     expect(error).to_contain_text("pool hci1 would keep 0 disks, rf1 needs 1")
     expect(row1.locator("[data-testid=member-disks] code")).to_have_text([paths[node1.name]])

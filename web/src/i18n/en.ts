@@ -461,7 +461,7 @@ const en = {
   "storage.removeDiskTitle": "Take {node}:{path} out of pool {pool}?",
   "storage.removeDiskUnused": "No volume has blocks on it: nothing has to move.",
   "storage.removeDiskMoved": "The pool stops reading it at once; the copies it holds of {count} volume(s) ({volumes}) are made again from their other copies on the remaining disks, shown below as moves. Until then those volumes run with one copy fewer.",
-  "storage.removeDiskLost": "This pool keeps one copy of each block (rf1): the blocks of {volumes} held on this disk have no other copy and are lost.",
+  "storage.removeDiskLost": "This pool keeps one copy of each block (rf1): volumes {volumes} have blocks on this disk and nowhere else, so the cluster refuses to take it out until they are deleted.",
   "storage.removeDiskKept": "The directory {path} on {node} is left as it is; delete it yourself when you no longer need it.",
   "storage.diskRemoved": "{node}:{path} taken out of pool {pool}",
   "storage.moves": "Copies being moved",
