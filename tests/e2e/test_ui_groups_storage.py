@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import test_ui
 from playwright.sync_api import Browser, Page, expect
-from support import Api
+from support import Api, wait_for
 from test_ui import STEP, assert_translated, log_in, settle, shot
 
 from heron.devcluster import DevCluster
@@ -267,6 +267,10 @@ def test_add_then_take_out_an_ardfs_disk(
         add.locator("[data-testid=disk-submit]").click()
         row = disks.locator(f"tr[data-member={node.name}]")
         expect(row.locator("[data-testid=member-disks] code")).to_have_text([paths[node.name]])
+        # Its heron-io registers: only then do new volumes get placed on its disk too.
+        expect(row.locator("[data-testid=member-address] code")).to_have_text(
+            re.compile(r"^\S+:\d+$")
+        )
 
     # One copy of each block (rf1): a disk that a volume is placed on holds its only copies.
     made = api.ok(
@@ -303,6 +307,45 @@ def test_add_then_take_out_an_ardfs_disk(
     settle(page)
     shot(page, screenshots, "storage-disk-removal-refused")
     in_russian(page, "/storage (ardfs disk removal)")
+
+
+def test_a_disk_taken_out_has_its_copies_moved_with_progress(
+    page: Page, ui: str, api: Api, cluster3: tuple[DevCluster, str], screenshots: Path
+) -> None:
+    cluster, _ = cluster3
+    api.ok("POST", "/pools", json={"name": "hci2", "type": "ardfs", "protection": "rf2"})
+    for node in cluster.nodes:
+        disk = {"node": node.name, "path": f"{node.state_dir}/hci2-disk"}
+        api.ok("POST", "/pools/hci2/disks", json=disk)
+
+    def serving() -> bool:
+        members = api.ok("GET", "/pools/hci2/members")
+        return len(members) == 3 and all(m["address"] for m in members)
+
+    wait_for(serving, STEP / 1000, "every node's heron-io in pool hci2")
+    made = api.ok(
+        "POST", "/pools/hci2/volumes", json={"name": "mirror", "size": 8 * MIB, "format": "raw"}
+    )
+    api.wait_task(made["task"])
+    page.goto(f"{ui}/storage")
+    page.select_option("[data-testid=pool-select]", "hci2")
+    expect(page.locator("tr[data-volume=mirror]")).to_be_visible()
+
+    gone = cluster.nodes[2]
+    row = page.locator(f"[data-testid=ardfs-disks] tr[data-member={gone.name}]")
+    row.locator("[data-testid=disk-remove]").click()
+    confirm(page, "of 1 volume(s) (mirror) are made again from their other copies")
+    expect(row.locator("[data-testid=member-disks]")).to_have_text("no disks")
+    # The leader moves the volume off it: a volume.rebalance task, with its progress here.
+    move = page.locator("[data-testid=disk-moves] li[data-move=mirror]")
+    expect(move.locator("[role=progressbar]")).to_be_visible(timeout=STEP)
+    expect(move.locator(".badge")).to_have_attribute("data-state", "succeeded", timeout=STEP * 4)
+    expect(move.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    volume = api.ok("GET", f"/pools/hci2/volumes/{made['volume']}")
+    assert gone.name not in {d["node"] for d in volume["placement"]}
+    settle(page)
+    shot(page, screenshots, "storage-disk-moved")
+    in_russian(page, "/storage (a move after a disk left)")
 
 
 def test_phone_width_without_horizontal_scrolling(
