@@ -78,6 +78,7 @@ def group_set(
     clear_ha: Annotated[
         bool, typer.Option("--clear-ha", help="members follow their own HA policy only")
     ] = False,
+    as_json: Json = False,
 ) -> None:
     """Change a group's rules; what is not given stays. A strict rule that the members break
     where they run now is refused, with who is where."""
@@ -86,6 +87,8 @@ def group_set(
         body["placement"] = placement
     if strict is not None:
         body["strict"] = strict
+    if clear_ha and (ha is not None or ha_priority is not None):
+        raise typer.BadParameter("--clear-ha takes the group's HA policy away: give it alone")
     if clear_ha:
         body["ha"] = None
     elif ha is not None or ha_priority is not None:
@@ -95,7 +98,7 @@ def group_set(
         body["ha"] = policy
     if not body:
         raise typer.BadParameter("give --placement, --strict/--soft, --ha/--no-ha or --clear-ha")
-    emit(Client().request("PATCH", f"/groups/{name}", json=body), False, COLUMNS)
+    emit(Client().request("PATCH", f"/groups/{name}", json=body), as_json, COLUMNS)
 
 
 @app.command("delete")
