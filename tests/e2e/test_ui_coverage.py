@@ -59,6 +59,7 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
         "/vms",
         json={
             "name": "walker",
+            "node": "node1",
             "memory_mib": 96,
             "start": True,
             "group": "walk",
@@ -72,6 +73,8 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf1"})
     disk = f"{cluster.nodes[0].state_dir}/walk-disk"
     api.ok("POST", "/pools/hci/disks", json={"node": cluster.nodes[0].name, "path": disk})
+    api.ok("POST", "/pools", json={"name": "san", "type": "block", "path": "/dev", "pattern": "x*"})
+    api.wait_task(api.ok("POST", "/nodes/node3/maintenance/enter")["task"])  # its exit button
     api.ok("POST", "/users", json={"name": "someone", "role": "viewer", "password": "12345678"})
     api.ok("POST", "/tokens", json={"description": "walk"})
     return {"vm": running["vm"]}
@@ -84,7 +87,7 @@ def walk(page: Page, ui: str, vm_id: str) -> set[str]:
     for path in menu:
         page.goto(f"{ui}{path}")
         found |= offered(page)
-    for path in ("/vms/new",):
+    for path in ("/vms/new", "/vms/batch"):  # reached by links, not from the menu
         page.goto(f"{ui}{path}")
         found |= offered(page)
     page.goto(f"{ui}/vms/{vm_id}")

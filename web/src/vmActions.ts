@@ -4,7 +4,7 @@
 import { ApiError, del, post } from "./api";
 import { t } from "./i18n";
 import { confirm } from "./notify";
-import type { TaskRef, VM } from "./types";
+import type { Node, TaskRef, VM } from "./types";
 
 export type PowerAction = "start" | "shutdown" | "stop" | "reboot" | "pause" | "resume";
 export type VmAction = PowerAction | "migrate" | "delete";
@@ -48,6 +48,11 @@ export function perform(vm: Pick<VM, "id">, action: VmAction, options: ActionOpt
     return post<TaskRef>(`/vms/${ref}/actions/migrate`, options.target ? { target: options.target } : {});
   }
   return post<TaskRef>(`/vms/${ref}/actions/${action}`);
+}
+
+/** Where a VM on `from` can move: an online node other than its own (maintenance takes none). */
+export function migrationTargets(nodes: Node[], from?: string): Node[] {
+  return nodes.filter((n) => n.name !== from && n.state === "online" && !n.maintenance);
 }
 
 /** An action's name on a button or in a menu. */
