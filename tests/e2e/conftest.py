@@ -21,11 +21,19 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Playwright, expect, sync_playwright  # noqa: E402
+from browsing import STEP  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 # What the cluster does takes its time under TCG on two cores (a task, a live update):
 # expect() waits up to this long by default, as the pages' own actions do.
-expect.set_options(timeout=30_000)
+expect.set_options(timeout=STEP)
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +73,29 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 def admin_password(cluster3: tuple[DevCluster, str]) -> str:
     cluster, _ = cluster3
     return cluster.password_file.read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def ui(cluster3: tuple[DevCluster, str], built_ui: Path) -> str:
+    """The UI as the first node serves it (VMs on other nodes: consoles are relayed)."""
+    cluster, _ = cluster3
+    return cluster.nodes[0].url
+
+
+@pytest.fixture(scope="module")
+def desktop(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="en-US")
+    context.set_default_timeout(STEP)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[Page]:
+    """A Russian phone, 375 px wide (the UI picks the browser's language by itself)."""
+    context = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
+    )
+    context.set_default_timeout(STEP)
+    yield context.new_page()
+    context.close()

@@ -9,12 +9,12 @@ it all at phone width. Screenshots of the main views go to tests/e2e/screenshots
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from browsing import BOOT, STEP, assert_fits, assert_translated, log_in, settle, shot
 from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
 from support import Api
 from websockets.exceptions import InvalidStatus
@@ -24,56 +24,11 @@ from heron.devcluster import DevCluster
 
 pytestmark = pytest.mark.integration
 
-BOOT = 240_000  # ms: the guest boots under TCG on these hosts
-STEP = 30_000  # ms: anything the cluster does quickly (tasks, live updates)
 VM_NAME = "web1"
 
 # Every main view, by path; the VM's own page is added once it exists.
 VIEWS = ["/", "/nodes", "/vms", "/vms/new", "/storage", "/tasks", "/events", "/access"]
 VM_TABS = ["summary", "hardware", "disks", "nics", "serial", "console"]
-
-# What the page shows that no dictionary produced, in one language or the other.
-UNTRANSLATED = """(language) => {
-  const i18n = window.__heronI18n;
-  const other = language === "ru" ? i18n.en : i18n.ru;
-  const mine = language === "ru" ? i18n.ru : i18n.en;
-  const foreign = new Set(
-    Object.keys(other).filter((k) => other[k] !== mine[k]).map((k) => other[k]));
-  const texts = [];
-  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  while (walker.nextNode()) {
-    const text = walker.currentNode.textContent.trim();
-    if (text) texts.push(text);
-  }
-  for (const el of document.querySelectorAll("[placeholder],[aria-label],[title]")) {
-    for (const name of ["placeholder", "aria-label", "title"]) {
-      const value = el.getAttribute(name);
-      if (value) texts.push(value.trim());
-    }
-  }
-  return {
-    missing: [...i18n.missing],
-    raw: texts.filter((t) => t.includes("\u27e6")),
-    foreign: texts.filter((t) => foreign.has(t)),
-    onlyEn: Object.keys(i18n.en).filter((k) => !(k in i18n.ru)),
-    onlyRu: Object.keys(i18n.ru).filter((k) => !(k in i18n.en)),
-    empty: Object.keys(mine).filter((k) => !mine[k].trim()),
-  };
-}"""
-
-
-@pytest.fixture(scope="module")
-def ui(cluster3: tuple[DevCluster, str], built_ui: Path) -> str:
-    cluster, _ = cluster3
-    return cluster.nodes[0].url
-
-
-@pytest.fixture(scope="module")
-def desktop(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="en-US")
-    context.set_default_timeout(STEP)
-    yield context
-    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,33 +40,6 @@ def page(desktop: BrowserContext) -> Page:
 def vm_state() -> dict[str, Any]:
     """What the tests learn along the way (the VM's id), for the ones after."""
     return {}
-
-
-def shot(page: Page, screenshots: Path, name: str) -> None:
-    page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
-
-
-def log_in(page: Page, url: str, password: str) -> None:
-    page.goto(url)
-    expect(page).to_have_url(re.compile(r"/login"))
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", password)
-    page.click("[data-testid=login-submit]")
-    expect(page.locator("[data-testid=logout]")).to_be_visible()
-
-
-def settle(page: Page) -> None:
-    """Wait until the view has loaded what it shows (no API request or load under way)."""
-    page.wait_for_function("window.__heronBusy === 0")
-
-
-def assert_translated(page: Page, language: str, where: str) -> None:
-    found = page.evaluate(UNTRANSLATED, language)
-    assert not found["onlyEn"] and not found["onlyRu"], f"dictionaries differ: {found}"
-    assert not found["empty"], f"empty texts in {language}: {found['empty']}"
-    assert not found["missing"], f"{where}: keys without a text: {found['missing']}"
-    assert not found["raw"], f"{where}: untranslated keys shown: {found['raw']}"
-    assert not found["foreign"], f"{where} in {language}: texts of the other language: {found}"
 
 
 def test_login_refuses_a_wrong_password_then_logs_in(
@@ -494,47 +422,34 @@ def test_every_view_in_russian_and_back_in_english(
 
 
 def test_phone_width_without_horizontal_scrolling(
-    browser: Browser, ui: str, admin_password: str, screenshots: Path, vm_state: dict[str, Any]
+    phone: Page, ui: str, admin_password: str, screenshots: Path, vm_state: dict[str, Any]
 ) -> None:
-    # A Russian phone: the UI also picks the browser's language by itself.
-    context = browser.new_context(
-        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
-    )
-    context.set_default_timeout(STEP)
-    try:
-        phone = context.new_page()
-        phone.goto(ui)
-        expect(phone.locator("[data-testid=login-submit]")).to_have_text("Войти")
-        assert_translated(phone, "ru", "/login")
-        log_in(phone, ui, admin_password)
-        for path in [*VIEWS, f"/vms/{vm_state['id']}"]:
-            phone.goto(f"{ui}{path}")
-            expect(phone.locator("main h1").first).to_be_visible()
-            settle(phone)
-            wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-            assert wide[0] <= wide[1], f"{path} scrolls sideways at 375 px: {wide}"
-            assert_translated(phone, "ru", path)
-            name = path.strip("/").replace("/", "-") or "overview"
-            if not name.startswith("vms-") or name == "vms-new":
-                shot(phone, screenshots, f"phone-{name}")
-        shot(phone, screenshots, "phone-vm")
-        phone.goto(f"{ui}/storage")
-        for pool in ("nas", "san", "hci"):
-            phone.select_option("[data-testid=pool-select]", pool)
-            for kind in POOL_TYPES:
-                phone.select_option("[data-testid=pool-type-select]", kind)
-                settle(phone)
-                wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-                assert wide[0] <= wide[1], f"/storage ({pool}, {kind}) scrolls sideways: {wide}"
-        shot(phone, screenshots, "phone-storage-ardfs")
-        phone.select_option("[data-testid=pool-type-select]", "iscsi")
-        assert_translated(phone, "ru", "/storage (form for iscsi)")
-        shot(phone, screenshots, "phone-storage-pool-types")
-        phone.click(".menu-button")
-        expect(phone.locator("[data-testid=nav-tasks]")).to_be_visible()
-        shot(phone, screenshots, "phone-menu")
-    finally:
-        context.close()
+    phone.goto(ui)
+    expect(phone.locator("[data-testid=login-submit]")).to_have_text("Войти")
+    assert_translated(phone, "ru", "/login")
+    log_in(phone, ui, admin_password)
+    for path in [*VIEWS, f"/vms/{vm_state['id']}"]:
+        phone.goto(f"{ui}{path}")
+        expect(phone.locator("main h1").first).to_be_visible()
+        assert_fits(phone, path)
+        assert_translated(phone, "ru", path)
+        name = path.strip("/").replace("/", "-") or "overview"
+        if not name.startswith("vms-") or name == "vms-new":
+            shot(phone, screenshots, f"phone-{name}")
+    shot(phone, screenshots, "phone-vm")
+    phone.goto(f"{ui}/storage")
+    for pool in ("nas", "san", "hci"):
+        phone.select_option("[data-testid=pool-select]", pool)
+        for kind in POOL_TYPES:
+            phone.select_option("[data-testid=pool-type-select]", kind)
+            assert_fits(phone, f"/storage ({pool}, {kind})")
+    shot(phone, screenshots, "phone-storage-ardfs")
+    phone.select_option("[data-testid=pool-type-select]", "iscsi")
+    assert_translated(phone, "ru", "/storage (form for iscsi)")
+    shot(phone, screenshots, "phone-storage-pool-types")
+    phone.click(".menu-button")
+    expect(phone.locator("[data-testid=nav-tasks]")).to_be_visible()
+    shot(phone, screenshots, "phone-menu")
 
 
 def vnc_banner(url: str, vm_id: str, ticket: str) -> bytes:

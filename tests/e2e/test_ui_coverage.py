@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page
+from browsing import log_in, settle
+from playwright.sync_api import BrowserContext, Page
 from support import Api
-from test_ui import STEP, log_in, settle
 
 from heron.devcluster import DevCluster
 
@@ -109,25 +109,15 @@ def walk(page: Page, ui: str, vm_id: str) -> set[str]:
 
 
 def test_every_mutating_operation_is_offered_by_the_ui(
-    browser: Browser,
-    cluster3: tuple[DevCluster, str],
-    admin_password: str,
-    one_of_everything: dict[str, Any],
+    desktop: BrowserContext, ui: str, admin_password: str, one_of_everything: dict[str, Any]
 ) -> None:
-    cluster, _ = cluster3
-    ui = cluster.nodes[0].url
     wanted = schema_operations(ui)
     assert len(wanted) >= 29, wanted
-    context = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="en-US")
-    context.set_default_timeout(STEP)
-    try:
-        page = context.new_page()
-        page.goto(ui)
-        found = offered(page)  # the login page
-        log_in(page, ui, admin_password)
-        found |= walk(page, ui, one_of_everything["vm"])
-    finally:
-        context.close()
+    page = desktop.new_page()
+    page.goto(ui)
+    found = offered(page)  # the login page
+    log_in(page, ui, admin_password)
+    found |= walk(page, ui, one_of_everything["vm"])
 
     unknown = found - wanted
     assert not unknown, f"data-op names operations the API does not have: {sorted(unknown)}"

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import test_ui
-from playwright.sync_api import Browser, Page, expect
+from browsing import STEP, assert_fits, assert_translated, log_in, settle, shot
+from playwright.sync_api import Page, expect
 from support import Api, wait_for
-from test_ui import STEP, assert_translated, log_in, settle, shot
 
 from heron.devcluster import DevCluster
 
 pytestmark = pytest.mark.integration
 
-# The browser page, its context and the UI's address, set up as test_ui sets them up.
-desktop, page, ui = test_ui.desktop, test_ui.page, test_ui.ui
+# One browser page for the module, as test_ui has it: logged in by the first test.
+page = test_ui.page
 
 MIB = 2**20
 
@@ -349,33 +349,21 @@ def test_a_disk_taken_out_has_its_copies_moved_with_progress(
 
 
 def test_phone_width_without_horizontal_scrolling(
-    browser: Browser, ui: str, admin_password: str, screenshots: Path
+    phone: Page, ui: str, admin_password: str, screenshots: Path
 ) -> None:
-    context = browser.new_context(
-        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
-    )
-    context.set_default_timeout(STEP)
-    try:
-        phone = context.new_page()
-        log_in(phone, ui, admin_password)
-        for path in ("/groups", "/vms/batch", "/storage"):
-            phone.goto(f"{ui}{path}")
-            expect(phone.locator("main h1").first).to_be_visible()
-            if path == "/groups":
-                expect(phone.locator("tr[data-group=desks]")).to_be_visible()
-                phone.locator("tr[data-group=desks] [data-testid=group-edit]").click()
-            if path == "/storage":
-                phone.select_option("[data-testid=pool-select]", "shared")
-                phone.locator("tr[data-volume=grows] [data-testid=volume-resize]").click()
-            settle(phone)
-            wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-            assert wide[0] <= wide[1], f"{path} scrolls sideways at 375 px: {wide}"
-            assert_translated(phone, "ru", path)
-            shot(phone, screenshots, "phone" + path.replace("/", "-"))
-        phone.select_option("[data-testid=pool-select]", "hci1")
-        settle(phone)
-        wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        assert wide[0] <= wide[1], f"/storage (ardfs) scrolls sideways at 375 px: {wide}"
-        assert_translated(phone, "ru", "/storage (ardfs)")
-    finally:
-        context.close()
+    log_in(phone, ui, admin_password)
+    for path in ("/groups", "/vms/batch", "/storage"):
+        phone.goto(f"{ui}{path}")
+        expect(phone.locator("main h1").first).to_be_visible()
+        if path == "/groups":
+            expect(phone.locator("tr[data-group=desks]")).to_be_visible()
+            phone.locator("tr[data-group=desks] [data-testid=group-edit]").click()
+        if path == "/storage":
+            phone.select_option("[data-testid=pool-select]", "shared")
+            phone.locator("tr[data-volume=grows] [data-testid=volume-resize]").click()
+        assert_fits(phone, path)
+        assert_translated(phone, "ru", path)
+        shot(phone, screenshots, "phone" + path.replace("/", "-"))
+    phone.select_option("[data-testid=pool-select]", "hci1")
+    assert_fits(phone, "/storage (ardfs)")
+    assert_translated(phone, "ru", "/storage (ardfs)")

@@ -10,26 +10,19 @@ them with the API's reason. Both languages, and a phone's width.
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
+from browsing import BOOT, STEP, assert_fits, assert_translated, log_in, settle, shot
+from playwright.sync_api import BrowserContext, Locator, Page, Route, expect
 from support import Api
-from test_ui import BOOT, STEP, assert_translated, log_in, settle, shot
 
 from heron.devcluster import DevCluster
 
 pytestmark = pytest.mark.integration
 
 GROUP = "tree-grp"
-
-
-@pytest.fixture(scope="module")
-def ui(cluster3: tuple[DevCluster, str], built_ui: Path) -> str:
-    cluster, _ = cluster3
-    return cluster.nodes[0].url
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +46,6 @@ def vms(api: Api, image: str, cluster3: tuple[DevCluster, str]) -> dict[str, dic
         api.wait_task(reply["task"])
         made[name] = {"id": reply["vm"], "node": node}
     return made
-
-
-@pytest.fixture(scope="module")
-def desktop(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="en-US")
-    context.set_default_timeout(STEP)
-    yield context
-    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -386,58 +371,45 @@ def test_delete_a_vm_with_its_volumes_from_its_row(
 
 
 def test_phone_width(
-    browser: Browser,
+    phone: Page,
     ui: str,
     admin_password: str,
     vms: dict[str, dict[str, str]],
     screenshots: Path,
 ) -> None:
-    context = browser.new_context(
-        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
-    )
-    context.set_default_timeout(STEP)
-    try:
-        phone = context.new_page()
-        log_in(phone, ui, admin_password)
+    log_in(phone, ui, admin_password)
 
-        def no_sideways(where: str) -> None:
-            settle(phone)
-            wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-            assert wide[0] <= wide[1], f"{where} scrolls sideways at 375 px: {wide}"
+    phone.goto(f"{ui}/vms")
+    expect(phone.locator("tr[data-vm=tree-a]")).to_be_visible()
+    expect(phone.locator("[role=tree]")).to_have_count(0)  # a drawer, closed
+    assert_fits(phone, "/vms")
+    assert_translated(phone, "ru", "/vms at 375 px")
+    menu = open_menu(phone, "tree-a")
+    box = menu.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+    assert_fits(phone, "/vms with a row menu")
+    shot(phone, screenshots, "phone-vms-menu")
+    phone.keyboard.press("Escape")
 
-        phone.goto(f"{ui}/vms")
-        expect(phone.locator("tr[data-vm=tree-a]")).to_be_visible()
-        expect(phone.locator("[role=tree]")).to_have_count(0)  # a drawer, closed
-        no_sideways("/vms")
-        assert_translated(phone, "ru", "/vms at 375 px")
-        menu = open_menu(phone, "tree-a")
-        box = menu.bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, box
-        no_sideways("/vms with a row menu")
-        shot(phone, screenshots, "phone-vms-menu")
-        phone.keyboard.press("Escape")
-
-        phone.click(".menu-button")
-        phone.click("[data-testid=tree-toggle]")
-        tree = phone.locator("[role=tree]")
-        expect(tree).to_be_visible()
-        phone.mouse.click(360, 600)  # beside the drawer: it closes
-        expect(tree).to_have_count(0)
-        phone.click(".menu-button")
-        phone.click("[data-testid=tree-toggle]")
-        expect(phone.locator("#nav")).not_to_be_visible()  # the menu gave way to the tree
-        expand(item(tree, "node", vms["tree-a"]["node"]))
-        vm_a = item(tree, "vm", "tree-a")
-        expect(vm_a).to_be_visible()
-        no_sideways("the tree drawer")
-        assert_translated(phone, "ru", "the tree drawer at 375 px")
-        shot(phone, screenshots, "phone-tree")
-        vm_a.click()
-        expect(phone).to_have_url(re.compile(rf"/vms/{vms['tree-a']['id']}$"))
-        expect(tree).to_have_count(0)  # the drawer closes once it took you somewhere
-        no_sideways("/vms/{id}")
-    finally:
-        context.close()
+    phone.click(".menu-button")
+    phone.click("[data-testid=tree-toggle]")
+    tree = phone.locator("[role=tree]")
+    expect(tree).to_be_visible()
+    phone.mouse.click(360, 600)  # beside the drawer: it closes
+    expect(tree).to_have_count(0)
+    phone.click(".menu-button")
+    phone.click("[data-testid=tree-toggle]")
+    expect(phone.locator("#nav")).not_to_be_visible()  # the menu gave way to the tree
+    expand(item(tree, "node", vms["tree-a"]["node"]))
+    vm_a = item(tree, "vm", "tree-a")
+    expect(vm_a).to_be_visible()
+    assert_fits(phone, "the tree drawer")
+    assert_translated(phone, "ru", "the tree drawer at 375 px")
+    shot(phone, screenshots, "phone-tree")
+    vm_a.click()
+    expect(phone).to_have_url(re.compile(rf"/vms/{vms['tree-a']['id']}$"))
+    expect(tree).to_have_count(0)  # the drawer closes once it took you somewhere
+    assert_fits(phone, "/vms/{id}")
 
 
 def fake_vm(number: int, node: str) -> dict[str, object]:

@@ -6,34 +6,17 @@ and at phone width.
 """
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from browsing import BOOT, STEP, assert_fits, assert_translated, log_in, settle, shot
+from playwright.sync_api import BrowserContext, Page, expect
 from support import Api
-from test_ui import BOOT, STEP, assert_translated, log_in, settle, shot
-
-from heron.devcluster import DevCluster
 
 pytestmark = pytest.mark.integration
 
 NAME = "edited"
-
-
-@pytest.fixture(scope="module")
-def ui(cluster3: tuple[DevCluster, str], built_ui: Path) -> str:
-    cluster, _ = cluster3
-    return cluster.nodes[0].url
-
-
-@pytest.fixture(scope="module")
-def desktop(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="en-US")
-    context.set_default_timeout(STEP)
-    yield context
-    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -231,26 +214,16 @@ def test_the_vm_page_in_russian(page: Page, ui: str, vm: dict[str, Any]) -> None
 
 
 def test_the_vm_page_at_phone_width(
-    browser: Browser, ui: str, admin_password: str, vm: dict[str, Any], screenshots: Path
+    phone: Page, ui: str, admin_password: str, vm: dict[str, Any], screenshots: Path
 ) -> None:
-    context = browser.new_context(
-        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
-    )
-    context.set_default_timeout(STEP)
-    try:
-        phone = context.new_page()
-        log_in(phone, ui, admin_password)
-        for tab in ("summary", "hardware", "disks", "serial"):
-            open_tab(phone, ui, vm, tab)
-            if tab == "summary":
-                phone.click("[data-testid=vm-migrate]")
-            settle(phone)
-            wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-            assert wide[0] <= wide[1], f"the {tab} tab scrolls sideways at 375 px: {wide}"
-            assert_translated(phone, "ru", f"/vms/{NAME}?tab={tab} (phone)")
-            shot(phone, screenshots, f"phone-vm-{tab}")
-    finally:
-        context.close()
+    log_in(phone, ui, admin_password)
+    for tab in ("summary", "hardware", "disks", "serial"):
+        open_tab(phone, ui, vm, tab)
+        if tab == "summary":
+            phone.click("[data-testid=vm-migrate]")
+        assert_fits(phone, f"the {tab} tab")
+        assert_translated(phone, "ru", f"/vms/{NAME}?tab={tab} (phone)")
+        shot(phone, screenshots, f"phone-vm-{tab}")
 
 
 def test_no_script_failed_on_the_way(page: Page, script_errors: list[str]) -> None:
