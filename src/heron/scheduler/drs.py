@@ -7,6 +7,7 @@ migrations run at once. Each decision goes to the audit log with the numbers beh
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from heron.audit import AuditLog
 from heron.configdb import Txn, keys
@@ -15,13 +16,42 @@ from heron.configdb.store import Conflict
 from heron.models.settings import ClusterSettings, DRSSettings
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import RunState
-from heron.scheduler.balancer import propose
+from heron.scheduler.balancer import Move, propose
 from heron.scheduler.inventory import Inventory
-from heron.scheduler.placement import node_loads
+from heron.scheduler.placement import NodeLoad, node_loads
 
 log = logging.getLogger(__name__)
 
 _IDLE_CHECK = 2.0  # how often a disabled balancer looks whether it was turned on
+
+
+@dataclass(frozen=True)
+class Assessment:
+    loads: list[NodeLoad]  # every live node's
+    move: Move | None  # the one DRS would make now
+
+
+def assess(inv: Inventory, threshold: float) -> Assessment:
+    """The cluster's memory loads and the move the balancer proposes for them: only running
+    VMs move, and none that is migrating or has a migration task waiting."""
+    nodes = inv.live_nodes()
+    vms = inv.vms.values()
+    running = [
+        v
+        for v in vms
+        if v.node in nodes
+        and (s := inv.vm_status.get(v.id)) is not None
+        and s.value.state == RunState.running
+    ]
+    migrating = {m.vm for m in inv.migrations.values()}
+    pending = {
+        t.target
+        for t in inv.tasks.values()
+        if t.kind == TaskKind.vm_migrate and not t.state.finished
+    }
+    movable = {v.id for v in running} - migrating - pending
+    loads = node_loads(nodes, vms)
+    return Assessment(loads, propose(loads, running, threshold, inv.groups_by_name(), movable))
 
 
 class BalancingController:
@@ -49,24 +79,8 @@ class BalancingController:
 
     async def step(self, election: Election, drs: DRSSettings) -> None:
         inv = await self.inventory.ready()
-        nodes = inv.live_nodes()
-        vms = inv.vms.values()
-        running = [
-            v
-            for v in vms
-            if v.node in nodes
-            and (s := inv.vm_status.get(v.id)) is not None
-            and s.value.state == RunState.running
-        ]
-        migrating = {m.vm for m in inv.migrations.values()}
-        tasks = inv.tasks.values()
-        ours = [t for t in tasks if t.user == "drs" and not t.state.finished]
-        groups = inv.groups_by_name()
-        pending = {
-            t.target for t in tasks if t.kind == TaskKind.vm_migrate and not t.state.finished
-        }
-        movable = {v.id for v in running} - migrating - pending
-        move = propose(node_loads(nodes, vms), running, drs.threshold, groups, movable)
+        ours = [t for t in inv.tasks.values() if t.user == "drs" and not t.state.finished]
+        move = assess(inv, drs.threshold).move
         if move is None:
             self.streak = 0
             return
@@ -87,5 +101,8 @@ class BalancingController:
             target=move.vm.id,
             reason=move.explanation,
             task=task.id,
+            vm_name=move.vm.spec.name,
+            source=move.source,
+            destination=move.target,
         )
         log.info("DRS: %s", move.explanation)
