@@ -387,6 +387,25 @@ const en = {
   "access.deleteUserTitle": "Delete user {name}?",
   "access.deleteUserText": "Their sessions and API tokens are revoked too.",
   "access.roles": "Viewers read; operators also manage VMs and volumes; administrators also manage nodes, pools and users.",
+
+  // Forms drawn from the API's schema: a label per field path, optional hints and options.
+  "form.setThis": "Set",
+  "field.name": "Name",
+  "field.vcpus": "vCPUs",
+  "field.memory_mib": "Memory (MiB)",
+  "field.description": "Description",
+  "field.boot_order": "Boot order",
+  "hint.boot_order": "Comma-separated, e.g. disk0, net0; empty: the first disk",
+  "field.group": "Group",
+  "field.ha": "High availability",
+  "field.ha.enabled": "Restart on another node when its node fails",
+  "field.ha.priority": "HA priority (0–100)",
+  "hint.ha.priority": "Higher restarts first when capacity is short",
+  "field.target": "Target node",
+  "field.max_downtime_ms": "Longest pause (ms)",
+  "hint.max_downtime_ms": "The guest is paused at most this long at the switch-over",
+  "field.auto_converge": "Slow the guest down if it changes memory too fast",
+  "field.max_bandwidth_mib": "Bandwidth cap (MiB/s)",
 };
 
 export default en;

@@ -44,6 +44,11 @@ export function t(key: Key | string, params: Record<string, string | number> = {
   );
 }
 
+/** Whether the dictionary has a text for a key built at run time (an optional hint). */
+export function has(key: string): boolean {
+  return key in DICTIONARIES[locale.value];
+}
+
 /** t() of a key built at run time (a state, a task kind): a fallback when there is none. */
 export function tOr(key: string, fallback: string): string {
   return key in DICTIONARIES[locale.value] ? t(key) : fallback;

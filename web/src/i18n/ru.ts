@@ -389,6 +389,25 @@ const ru: Record<keyof typeof en, string> = {
   "access.deleteUserTitle": "Удалить пользователя {name}?",
   "access.deleteUserText": "Его сеансы и API-токены тоже будут отозваны.",
   "access.roles": "Наблюдатели только читают; операторы также управляют ВМ и томами; администраторы также управляют узлами, пулами и пользователями.",
+
+  // Forms drawn from the API's schema: a label per field path, optional hints and options.
+  "form.setThis": "Задать",
+  "field.name": "Имя",
+  "field.vcpus": "vCPU",
+  "field.memory_mib": "Память (МиБ)",
+  "field.description": "Описание",
+  "field.boot_order": "Порядок загрузки",
+  "hint.boot_order": "Через запятую, например disk0, net0; пусто — первый диск",
+  "field.group": "Группа",
+  "field.ha": "Высокая доступность",
+  "field.ha.enabled": "Перезапускать на другом узле при отказе узла",
+  "field.ha.priority": "Приоритет HA (0–100)",
+  "hint.ha.priority": "При нехватке ресурсов первыми перезапускаются ВМ с большим приоритетом",
+  "field.target": "Целевой узел",
+  "field.max_downtime_ms": "Наибольшая пауза (мс)",
+  "hint.max_downtime_ms": "Гостевая система приостанавливается не дольше этого при переключении",
+  "field.auto_converge": "Замедлять гостя, если он слишком быстро меняет память",
+  "field.max_bandwidth_mib": "Предел скорости (МиБ/с)",
 };
 
 export default ru;

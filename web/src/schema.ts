@@ -1,0 +1,141 @@
+// The API's OpenAPI schema drives the create and edit forms: a field added to a request model
+// appears in the form that sends it, with the model's type, bounds and default, and needs
+// only its label in the dictionaries (`field.<path>`; an optional hint `hint.<path>` and
+// option labels `enum.<path>.<value>`). Validation stays the API's: the form shows its
+// field and reason next to the input.
+import { ref, type Ref } from "vue";
+import { API, ApiError, get } from "./api";
+
+export interface JsonSchema {
+  type?: string;
+  title?: string;
+  description?: string;
+  properties?: Record<string, JsonSchema>;
+  required?: string[];
+  anyOf?: JsonSchema[];
+  $ref?: string;
+  enum?: (string | number)[];
+  items?: JsonSchema;
+  default?: unknown;
+  minimum?: number;
+  maximum?: number;
+  exclusiveMinimum?: number;
+  exclusiveMaximum?: number;
+  minLength?: number;
+  maxLength?: number;
+  pattern?: string;
+}
+
+interface OpenApi {
+  paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: JsonSchema }> } }>>;
+  components: { schemas: Record<string, JsonSchema> };
+}
+
+export type FieldKind = "boolean" | "integer" | "number" | "string" | "enum" | "list" | "object";
+
+/** One input of a form, at `path` ("drs.threshold") in the request body. */
+export interface Field {
+  name: string;
+  path: string;
+  kind: FieldKind;
+  nullable: boolean;
+  required: boolean;
+  default: unknown;
+  options: (string | number)[];
+  min?: number;
+  max?: number;
+  maxLength?: number;
+  children: Field[];
+}
+
+let loading: Promise<OpenApi> | null = null;
+
+export function openapi(): Promise<OpenApi> {
+  loading ??= get<OpenApi>("/openapi.json").catch((error: unknown) => {
+    loading = null; // try again next time
+    throw error;
+  });
+  return loading;
+}
+
+function deref(schema: JsonSchema, api: OpenApi): JsonSchema {
+  let found = schema;
+  while (found.$ref) found = api.components.schemas[found.$ref.split("/").pop() ?? ""];
+  return found;
+}
+
+function field(name: string, path: string, raw: JsonSchema, required: boolean, api: OpenApi): Field {
+  const choices = (raw.anyOf ?? [raw]).map((s) => deref(s, api));
+  const nullable = choices.some((s) => s.type === "null");
+  const schema = choices.find((s) => s.type !== "null") ?? {};
+  const kind: FieldKind = schema.enum
+    ? "enum"
+    : schema.properties
+      ? "object"
+      : schema.type === "array"
+        ? "list"
+        : ((schema.type ?? "string") as FieldKind);
+  const exclusive = schema.exclusiveMinimum !== undefined;
+  return {
+    name,
+    path,
+    kind,
+    nullable,
+    required,
+    default: raw.default ?? schema.default,
+    options: schema.enum ?? [],
+    min: schema.minimum ?? (exclusive ? schema.exclusiveMinimum : undefined),
+    max: schema.maximum ?? schema.exclusiveMaximum,
+    maxLength: schema.maxLength,
+    children: kind === "object" ? fieldsOf(schema, path, api) : [],
+  };
+}
+
+function fieldsOf(schema: JsonSchema, prefix: string, api: OpenApi): Field[] {
+  const required = new Set(schema.required ?? []);
+  return Object.entries(schema.properties ?? {}).map(([name, raw]) =>
+    field(name, prefix ? `${prefix}.${name}` : name, raw, required.has(name), api),
+  );
+}
+
+/** The fields of an operation's JSON body, e.g. `operationFields("PATCH /vms/{ref}")`. */
+export async function operationFields(op: string): Promise<Field[]> {
+  const api = await openapi();
+  const [method, path] = op.split(" ");
+  const body = api.paths[API + path]?.[method.toLowerCase()]?.requestBody;
+  const schema = body?.content["application/json"]?.schema;
+  if (!schema) throw new Error(`the API has no JSON body for ${op}`);
+  return fieldsOf(deref(schema, api), "", api);
+}
+
+/** The fields of `op`, loaded once the view mounts; `only` picks and orders them. */
+export function useFields(op: string, only?: string[]): { fields: Ref<Field[]>; error: Ref<unknown> } {
+  const fields = ref<Field[]>([]);
+  const error = ref<unknown>(null);
+  operationFields(op)
+    .then((all) => {
+      fields.value = only
+        ? only.map((name) => all.find((f) => f.name === name)).filter((f): f is Field => !!f)
+        : all;
+    })
+    .catch((failure: unknown) => {
+      error.value = failure;
+    });
+  return { fields, error };
+}
+
+/** A value with every field at its schema default (objects filled in, nullable ones null). */
+export function defaults(fields: Field[]): Record<string, unknown> {
+  return Object.fromEntries(
+    fields.map((f) => [
+      f.name,
+      f.kind === "object" && !f.nullable ? defaults(f.children) : (f.default ?? null),
+    ]),
+  );
+}
+
+/** The API's reasons by field path ("body.drs.threshold" → "drs.threshold"). */
+export function fieldErrors(error: unknown): Record<string, string> {
+  if (!(error instanceof ApiError)) return {};
+  return Object.fromEntries(error.fields.map((f) => [f.field.replace(/^body\.?/, ""), f.reason]));
+}
