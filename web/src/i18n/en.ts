@@ -429,7 +429,7 @@ const en = {
   "cluster.drsHint": "Live-migrates one VM at a time from the busiest node to another when nodes' memory load differs by more than the threshold for several checks in a row.",
   "cluster.drsOn": "on",
   "cluster.drsOff": "off",
-  "cluster.drsSettingsText": "threshold {threshold}, a check every {interval} s, {hysteresis} checks in a row, at most {concurrent} migrations at once",
+  "cluster.drsSettingsText": "threshold {threshold}, a check every {interval} s, checks in a row: {hysteresis}, migrations at once: up to {concurrent}",
   "cluster.loadMaintenance": "{node} (maintenance: not balanced)",
   "cluster.spreadOver": "Spread of memory load {spread}: above the threshold {threshold}",
   "cluster.spreadWithin": "Spread of memory load {spread}: within the threshold {threshold}",

@@ -431,7 +431,7 @@ const ru: Record<keyof typeof en, string> = {
   "cluster.drsHint": "Переносит на ходу по одной ВМ с самого загруженного узла на другой, когда загрузка памяти узлов расходится больше порога несколько проверок подряд.",
   "cluster.drsOn": "включена",
   "cluster.drsOff": "выключена",
-  "cluster.drsSettingsText": "порог {threshold}, проверка каждые {interval} с, {hysteresis} проверок подряд, не больше {concurrent} миграций одновременно",
+  "cluster.drsSettingsText": "порог {threshold}, проверка каждые {interval} с, проверок подряд: {hysteresis}, миграций одновременно: до {concurrent}",
   "cluster.loadMaintenance": "{node} (обслуживание: не балансируется)",
   "cluster.spreadOver": "Разброс загрузки памяти {spread}: выше порога {threshold}",
   "cluster.spreadWithin": "Разброс загрузки памяти {spread}: в пределах порога {threshold}",
