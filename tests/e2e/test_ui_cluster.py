@@ -5,12 +5,13 @@ it makes with its reason, the join instructions, and a node's leave with its con
 first. In English, in Russian, and at phone width."""
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
-from support import Api
+from support import Api, wait_for
 from test_ui import STEP, assert_translated, log_in, settle, shot, ui
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,7 @@ def test_drs_settings_are_checked_by_the_api_then_saved(page: Page, ui: str, api
 def test_drs_proposes_a_move_then_makes_it_with_its_reason(
     page: Page, ui: str, api: Api, screenshots: Path
 ) -> None:
-    for i in range(2):  # no disks: only their firmware runs, which is enough to migrate
+    for i in range(3):  # no disks: only their firmware runs, which is enough to migrate
         reply = api.ok(
             "POST",
             "/vms",
@@ -88,11 +89,23 @@ def test_drs_proposes_a_move_then_makes_it_with_its_reason(
         api.wait_task(reply["task"])
     go(page, ui, "/cluster")
     expect(page.locator("[data-testid=drs-spread]")).to_have_attribute("data-exceeded", "true")
+    expect(page.locator("[data-load]")).to_have_count(3)
     proposal = page.locator("[data-testid=drs-proposal]")
     expect(proposal).to_contain_text(re.compile(r"move drs\d from node1 to node[23]"))
-    expect(proposal).to_contain_text("balancing is off")
-    expect(page.locator("[data-load]")).to_have_count(3)
+    expect(proposal).to_contain_text("applied by hand")
 
+    # Off, DRS only proposes: the first move is applied by hand, as a live migration.
+    page.click("[data-testid=drs-apply]")
+    expect(page.locator(".notice").filter(has_text=re.compile(r"Migrating drs\d"))).to_be_visible()
+    wait = 3 * STEP
+
+    def spread() -> list[int]:
+        return sorted(Counter(v["node"] for v in api.ok("GET", "/vms")).values())
+
+    wait_for(lambda: spread() == [1, 2], wait / 1000, "the move applied by hand")
+    expect(proposal).to_contain_text(re.compile(r"move drs\d from node1 to node[23]"))
+
+    # On, it makes the next move itself and says why.
     form = page.locator("[data-testid=settings-form]")
     form.locator("input[name='drs.enabled']").check()
     form.locator("[data-op='PUT /cluster/settings']").click()
@@ -107,6 +120,8 @@ def test_drs_proposes_a_move_then_makes_it_with_its_reason(
     api.ok("PUT", "/cluster/settings", json={"drs": {**drs, "enabled": False}})
     [made] = api.ok("GET", "/cluster/drs")["decisions"]
     api.wait_task(made["task"])
+    assert spread() == [1, 1, 1]
+    expect(proposal).to_contain_text("balanced within the threshold")
 
 
 def test_join_instructions_are_ready_to_copy(page: Page, ui: str, api: Api) -> None:
@@ -118,12 +133,6 @@ def test_join_instructions_are_ready_to_copy(page: Page, ui: str, api: Api) -> N
     expect(commands).to_have_count(2)
     expect(commands.first).to_contain_text(f"HERON_ETCD={endpoints} ./install.sh")
     expect(commands.nth(1)).to_contain_text("--etcd-member-ports")
-
-
-def empty_node(api: Api) -> str:
-    """node2 or node3, whichever DRS did not move a VM to."""
-    taken = {v["node"] for v in api.ok("GET", "/vms")}
-    return next(n for n in ("node3", "node2") if n not in taken)
 
 
 def test_leave_shows_its_consequences_first_and_refuses_a_node_with_vms(
@@ -142,8 +151,10 @@ def test_leave_shows_its_consequences_first_and_refuses_a_node_with_vms(
     expect(dialog).to_have_count(0)
     assert api.ok("GET", "/nodes/node1")["state"] == "online"
 
-    empty = empty_node(api)
+    # A drained node is empty: its VM live-migrates away first.
+    empty = "node3"
     api.wait_task(api.ok("POST", f"/nodes/{empty}/maintenance/enter")["task"])
+    assert not [v for v in api.ok("GET", "/vms") if v["node"] == empty]
     page.locator(f"[data-node={empty}] [data-testid=leave-open]").click()
     expect(dialog.locator("[data-testid=leave-verdict]")).to_have_attribute(
         "data-can-leave", "true"
