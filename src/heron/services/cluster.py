@@ -91,6 +91,11 @@ async def drs_status(db: ConfigDB, inventory: Inventory) -> DRSStatus:
     )
 
 
+# What every line of a DRS decision holds as written (the audit log's compact JSON): lines
+# without it are not parsed.
+DRS_MARKER = '"method":"DRS"'
+
+
 def is_drs_decision(entry: dict[str, Any]) -> bool:
     """An audit entry the balancer wrote for a move it made."""
     return entry.get("user") == "drs" and entry.get("method") == "DRS"

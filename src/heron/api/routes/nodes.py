@@ -182,6 +182,20 @@ async def cluster_members(
 _DECISIONS_MAX = 500
 
 
+async def _decisions(request: Request, limit: int, local: bool) -> list[DRSDecision]:
+    """DRS's decisions in this node's audit log and, unless `local`, every other node's."""
+    ctx = request.app.state.ctx
+    found = cluster_service.drs_decisions(
+        ctx.audit.read(
+            limit, where=cluster_service.is_drs_decision, marker=cluster_service.DRS_MARKER
+        )
+    )
+    if not local:
+        others = await ask_others(request, "/cluster/drs/decisions", {"limit": limit})
+        found += [DRSDecision.model_validate(d) for part in others.values() for d in part]
+    return cluster_service.newest(found, limit)
+
+
 @router.get("/cluster/drs/decisions", response_model=list[DRSDecision])
 async def drs_decisions(
     request: Request,
@@ -191,14 +205,7 @@ async def drs_decisions(
 ) -> list[DRSDecision]:
     """DRS's last moves with their reasons, newest first, from every node's audit log (the
     leader of the moment writes them); `local=true` reads only the node that answers."""
-    ctx = request.app.state.ctx
-    found = cluster_service.drs_decisions(
-        ctx.audit.read(limit, where=cluster_service.is_drs_decision)
-    )
-    if not local:
-        others = await ask_others(request, "/cluster/drs/decisions", {"limit": limit})
-        found += [DRSDecision.model_validate(d) for part in others.values() for d in part]
-    return cluster_service.newest(found, limit)
+    return await _decisions(request, limit, local)
 
 
 @router.get("/cluster/drs", response_model=DRSStatus)
@@ -208,11 +215,11 @@ async def drs_status(
     _: Principal = Depends(auth.viewer),
 ) -> DRSStatus:
     """Dynamic balancing now: its settings, each live node's memory load, the spread against
-    the threshold, the move it would make now (or why none) and its last decisions."""
+    the threshold, the move it would make now (or why none) and its last `decisions`."""
     ctx = request.app.state.ctx
     status = await cluster_service.drs_status(ctx.db, ctx.inventory)
     if decisions:
-        status.decisions = await drs_decisions(request, decisions, False, _)
+        status.decisions = await _decisions(request, decisions, local=False)
     return status
 
 
