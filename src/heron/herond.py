@@ -197,6 +197,7 @@ async def run(config: AgentConfig) -> None:
                     ).run(),
                 ),
                 ("io-cores", cores.run()),
+                ("ha-marks", vms.follow_ha(inventory)),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 (
                     "etcd-endpoints",

@@ -196,3 +196,58 @@ def test_online_resize_and_delete_with_volumes(cluster1, api, image) -> None:
     assert api.get(f"/pools/local/volumes/{volume}").status_code == 404
     # The name is free again.
     create(api, "grow", image, start=False)
+
+
+def test_edits_of_a_running_vm_wait_for_its_next_start(api, image) -> None:
+    vm = create(api, "edited", image)
+    assert api.vm(vm)["pending"] == []
+    changed = api.ok("PATCH", f"/vms/{vm}", json={"vcpus": 2, "description": "at once"})
+    assert changed["pending"] == ["vcpus"] and changed["spec"]["description"] == "at once"
+
+    api.wait_task(
+        api.ok("POST", "/pools/local/volumes", json={"name": "extra", "size": 16 << 20})["task"]
+    )
+    attached = api.ok("POST", f"/vms/{vm}/disks", json={"volume": "local/extra", "bus": "scsi"})
+    assert attached["pending"] == ["vcpus", "disks"] and len(attached["spec"]["disks"]) == 2
+    taken = api.post(f"/vms/{vm}/disks", json={"volume": "local/extra"})
+    assert taken.status_code == 409 and "a disk of VM edited" in taken.json()["message"]
+    # Its QEMU does not have the disk, but nothing may take the volume from under a restart.
+    running = api.request("DELETE", f"/vms/{vm}/disks/1")
+    assert running.status_code == 409 and "switch it off" in running.json()["message"]
+    assert api.request("DELETE", f"/vms/{vm}/disks/7").status_code == 404
+
+    act(api, vm, "stop")
+    assert api.vm(vm)["pending"] == []  # nothing runs: nothing waits
+    act(api, vm, "start")
+    view = api.vm(vm)
+    assert view["pending"] == [] and view["status"]["hardware"]["vcpus"] == 2
+    args = Path(f"/proc/{qemu_processes(vm)[0]}/cmdline").read_bytes().split(b"\0")
+    assert args[args.index(b"-smp") + 1] == b"2"
+    act(api, vm, "stop")
+    detached = api.ok("DELETE", f"/vms/{vm}/disks/1")
+    assert len(detached["spec"]["disks"]) == 1
+    assert api.ok("GET", "/pools/local/volumes/extra")["attached_to"] is None
+    api.wait_task(api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})["task"])
+    api.wait_task(api.ok("DELETE", "/pools/local/volumes/extra")["task"])
+
+
+def test_group_and_ha_policy_change_at_once(cluster1, api, image) -> None:
+    cluster, _ = cluster1
+    vm = create(api, "policy", image)
+    refused = api.request("PATCH", f"/vms/{vm}", json={"group": "nope"})
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.group"
+    api.ok("POST", "/groups", json={"name": "web"})
+    assert api.ok("PATCH", f"/vms/{vm}", json={"group": "web"})["spec"]["group"] == "web"
+    assert api.ok("PATCH", f"/vms/{vm}", json={"description": "kept"})["spec"]["group"] == "web"
+    assert api.ok("PATCH", f"/vms/{vm}", json={"group": None})["spec"]["group"] is None
+
+    # The running QEMU is marked for fencing as soon as HA is turned on, and unmarked after.
+    marker = Path(cluster.nodes[0].state_dir) / "vms" / vm / "ha"
+    assert not marker.exists()
+    view = api.ok("PATCH", f"/vms/{vm}", json={"ha": {"enabled": True, "priority": 70}})
+    assert view["pending"] == []
+    wait_for(marker.exists, 10, "the HA mark of the running QEMU")
+    api.ok("PATCH", f"/vms/{vm}", json={"ha": {"enabled": False}})
+    wait_for(lambda: not marker.exists(), 10, "the HA mark to go")
+    api.wait_task(api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})["task"])
+    assert api.request("DELETE", "/groups/web").status_code == 204

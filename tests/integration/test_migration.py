@@ -64,6 +64,8 @@ def running_guest(
 def test_live_migration_keeps_the_guest_running(cluster3, api, image) -> None:
     cluster, _ = cluster3
     vm_id = running_guest(cluster, api, "mover", image, "node1")
+    # An edit made while it runs waits for its next start: the guest moves as it is.
+    assert api.ok("PATCH", f"/vms/{vm_id}", json={"vcpus": 2})["pending"] == ["vcpus"]
     seen = ticks(console(cluster, vm_id, "node1"))[-1]
     reply = api.ok(
         "POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2", "max_downtime_ms": 300}
@@ -72,6 +74,7 @@ def test_live_migration_keeps_the_guest_running(cluster3, api, image) -> None:
     assert task["result"]["node"] == "node2" and task["result"]["downtime_ms"] is not None
     vm = api.vm(vm_id)
     assert vm["node"] == "node2" and vm["state"] == "running"
+    assert vm["pending"] == ["vcpus"] and vm["status"]["hardware"]["vcpus"] == 1
     assert qemu_homes(vm_id) == {cluster.node("node2").state_dir}
     # The counter goes on past where it was (moved, not rebooted), memory intact.
     guest_intact(console(cluster, vm_id, "node2"), last_tick=seen)

@@ -108,6 +108,11 @@ class Migrations:
         vm = entry.value
         if vm.node == target:
             return {"node": target}  # a repeat after a crash: already done
+        running = self.vms.running_spec(vm_id)
+        if running is not None:
+            # The guest's hardware moves, not the edits made since it started: those wait
+            # for its next start (the target's QEMU must match the source's).
+            vm = vm.model_copy(update={"spec": running})
         if vm.node != self.node:
             raise TaskFailed(f"the VM runs on {vm.node}, not here")
         qemu = self.vms.runtime(vm_id).qemu
@@ -135,6 +140,7 @@ class Migrations:
             target=target,
             **params.model_dump(exclude={"target"}),
             ram_kib=ram,
+            spec=running,
             mirror=[i for i, disk in enumerate(vm.spec.disks) if disk.volume in local],
             created_at=time.time(),
         )
@@ -372,7 +378,8 @@ class Migrations:
                 .put(record.key, done)
             )
             for index in mirrored:
-                volume = await self.db.get(Volume, keys.volume(vm.value.spec.disks[index].volume))
+                disks = (record.value.spec or vm.value.spec).disks
+                volume = await self.db.get(Volume, keys.volume(disks[index].volume))
                 if volume is None:
                     raise TaskFailed(f"the volume of disk {index} vanished")
                 txn.require_revision(volume.key, volume.revision)
@@ -393,10 +400,11 @@ class Migrations:
         if entry is None or vm is None or entry.value.target != self.node:
             return {"skipped": "no migration to this node"}
         record = entry.value
-        copies = await self._volumes(vm.value, record.mirror)
+        arriving = vm.value.model_copy(update={"spec": record.spec or vm.value.spec})
+        copies = await self._volumes(arriving, record.mirror)
         if record.state == MigrationState.preparing:
             try:
-                await self._prepare(vm.value, record, copies)
+                await self._prepare(arriving, record, copies)
             except Exception as exc:  # whatever it was, nothing half-made may stay here
                 await self._set(vm_id, state=MigrationState.failed, error=str(exc))
                 try:

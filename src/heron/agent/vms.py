@@ -23,8 +23,8 @@ from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
-from heron.models.vm import VM, PowerState, RunState, VMStatus
-from heron.scheduler.inventory import group_of
+from heron.models.vm import VM, PowerState, RunState, VMSpec, VMStatus
+from heron.scheduler.inventory import Inventory, group_of
 from heron.storage.driver import StorageError
 from heron.storage.registry import driver_for
 
@@ -166,21 +166,53 @@ class VMController:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         # The fence watchdog kills the QEMUs marked HA when the node loses its lease.
-        marker = paths.root / fence.HA_MARKER
-        if effective_ha(vm, await group_of(self.db, vm)).enabled:
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
+        self._mark_ha(vm.id, effective_ha(vm, await group_of(self.db, vm)).enabled)
         (paths.root / fence.FENCED_MARKER).unlink(missing_ok=True)
         if ram is None:
             ram = command.ram_kib(vm.spec.memory_mib, self.accelerator, self.qemu_version)
         args = command.build(vm, disks, paths, self.accelerator, ram=ram)
+        paths.hardware.write_text(vm.spec.model_dump_json())
         rt.expect_exit = False
         rt.guest_shutdown = False
         # Start paused when the user wants it paused, so the guest never runs a cycle.
         paused = ["-S"] if vm.power == PowerState.paused else []
         self.on_launch(await rt.qemu.launch([*args, *paused, *extra]))
         self._watch(vm.id)
+
+    def running_spec(self, vm_id: str) -> VMSpec | None:
+        """The spec the VM's QEMU runs with, if it runs here (edits since wait for a restart)."""
+        try:
+            return VMSpec.model_validate_json(self.paths(vm_id).hardware.read_text())
+        except (FileNotFoundError, ValueError):
+            return None  # started by a release that did not record it
+
+    def _mark_ha(self, vm_id: str, enabled: bool) -> None:
+        marker = self.paths(vm_id).root / fence.HA_MARKER
+        if enabled:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
+    async def follow_ha(self, inventory: Inventory) -> None:
+        """Keep the HA mark of every QEMU running here true to its VM's (or group's) policy
+        as an administrator changes it: without the mark, a node cut off from the cluster
+        would keep running a VM that HA restarts elsewhere."""
+        inv = await inventory.ready()
+        changed = inv.vms.listen()
+        groups = inv.groups.listen()
+        while True:
+            for vm in inv.vms.values():
+                if vm.node == self.node and self.runtime(vm.id).qemu.running():
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        self._mark_ha(vm.id, effective_ha(vm, inv.group_of(vm)).enabled)
+            waiters = [asyncio.ensure_future(e.wait()) for e in (changed, groups)]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            changed.clear()
+            groups.clear()
 
     async def start_incoming(self, vm: VM, source: str, ram: int) -> QemuVM:
         """Start a QEMU that waits for this VM's state to arrive by migration from `source`,
@@ -260,9 +292,11 @@ class VMController:
         rt = self.runtime(vm_id)
         pid = rt.qemu.pid() if state in (RunState.running, RunState.paused) else None
         vnc = None
+        hardware = None
         if pid is not None:
             with contextlib.suppress(QemuError):
                 vnc = await rt.qemu.vnc_address()
+            hardware = self.running_spec(vm_id)
         previous = rt.last_status
         observed = (
             vm.generation if vm is not None else (previous.observed_generation if previous else 0)
@@ -276,6 +310,7 @@ class VMController:
             accelerator=self.accelerator if pid else None,
             message=message,
             updated_at=time.time(),
+            hardware=hardware,
         )
         if previous is not None and previous.model_copy(update={"updated_at": 0}) == (
             status.model_copy(update={"updated_at": 0})

@@ -10,7 +10,7 @@ from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
 from heron.cli.task import finish
-from heron.models.vm import Hardware
+from heron.models.vm import DiskBus, Hardware
 
 app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
 
@@ -23,10 +23,12 @@ VM_COLUMNS = [
     ("memory", lambda v: size(v["spec"]["memory_mib"] << 20)),
     ("pid", lambda v: (v["status"] or {}).get("pid")),
     ("vnc", lambda v: (v["status"] or {}).get("vnc")),
+    ("pending", lambda v: ", ".join(v.get("pending") or []) or None),
     ("id", lambda v: v["id"]),
 ]
 
 FIRMWARE = parse.Choice(get_args(Hardware.model_fields["firmware"].annotation))
+BUS = parse.Choice(get_args(DiskBus))
 
 
 @app.command("list")
@@ -169,23 +171,66 @@ def vm_update(
     memory: Annotated[int | None, typer.Option(parser=parse.mebibytes, metavar="SIZE")] = None,
     name: Annotated[str | None, typer.Option("--name")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    group: Annotated[str | None, typer.Option(help="move it into this VM group")] = None,
+    no_group: Annotated[bool, typer.Option("--no-group", help="take it out of its group")] = False,
+    ha: Annotated[
+        bool | None, typer.Option("--ha/--no-ha", help="restart it elsewhere if its node fails")
+    ] = None,
+    ha_priority: Annotated[int | None, typer.Option(help="0-100, higher restarts first")] = None,
     revision: Annotated[
         int | None, typer.Option(help="refuse if the VM changed since this revision")
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """Change a VM's hardware (takes effect at its next start)."""
+    """Change a VM: hardware takes effect at its next start (shown as pending until then),
+    name, description, group and HA policy at once."""
+    if group is not None and no_group:
+        raise typer.BadParameter("give --group or --no-group, not both")
+    client = Client()
     body: dict[str, Any] = {
         "vcpus": vcpus,
         "name": name,
         "description": description,
         "revision": revision,
         "memory_mib": memory,
+        "group": group,
     }
-    data = Client().request(
-        "PATCH", f"/vms/{vm}", json={k: v for k, v in body.items() if v is not None}
-    )
+    body = {k: v for k, v in body.items() if v is not None}
+    if no_group:
+        body["group"] = None
+    if ha is not None or ha_priority is not None:
+        current = client.get(f"/vms/{vm}")["spec"]["ha"]
+        body["ha"] = {
+            "enabled": current["enabled"] if ha is None else ha,
+            "priority": current["priority"] if ha_priority is None else ha_priority,
+        }
+    emit(client.request("PATCH", f"/vms/{vm}", json=body), as_json, VM_COLUMNS)
+
+
+disk_app = typer.Typer(no_args_is_help=True, help="A VM's disks.")
+app.add_typer(disk_app, name="disk")
+
+
+@disk_app.command("attach")
+def disk_attach(
+    vm: str,
+    volume: Annotated[str, typer.Argument(help="pool/name or id of a free, ready volume")],
+    bus: Annotated[str, typer.Option(parser=BUS, help="virtio, scsi, sata or ide")] = "virtio",
+    as_json: Json = False,
+) -> None:
+    """Give a VM a volume as its next disk (a running VM gets it at its next start)."""
+    data = Client().post(f"/vms/{vm}/disks", json={"volume": volume, "bus": bus})
     emit(data, as_json, VM_COLUMNS)
+
+
+@disk_app.command("detach")
+def disk_detach(
+    vm: str,
+    index: Annotated[int, typer.Argument(metavar="INDEX", help="0 for disk0")],
+    as_json: Json = False,
+) -> None:
+    """Take a disk from a switched-off VM; its volume stays in its pool."""
+    emit(Client().request("DELETE", f"/vms/{vm}/disks/{index}"), as_json, VM_COLUMNS)
 
 
 @app.command("console")

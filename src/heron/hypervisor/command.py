@@ -41,6 +41,11 @@ class RuntimePaths:
     def efivars(self) -> Path:
         return self.root / "efivars.fd"
 
+    @property
+    def hardware(self) -> Path:
+        """The VM spec this QEMU was started with (what its guest has until it restarts)."""
+        return self.root / "spec.json"
+
 
 @dataclass(frozen=True)
 class ResolvedDisk:

@@ -5,6 +5,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from heron.models.common import Name, Record
+from heron.models.vm import VMSpec
 
 # How long the guest may be paused at the end of a move, unless asked otherwise.
 DEFAULT_MAX_DOWNTIME_MS = 300
@@ -54,6 +55,11 @@ class Migration(MigrationOptions, Record):
         default=None,
         description="the source QEMU's RAM in KiB, which the target must match "
         "(not written by releases before it: then exactly the VM's memory)",
+    )
+    spec: VMSpec | None = Field(
+        default=None,
+        description="the hardware the guest runs with, which the target starts (edits made "
+        "since its start wait for a restart); not written by older releases",
     )
     error: str = ""
     downtime_ms: int | None = None

@@ -153,6 +153,20 @@ class VMStatus(Record):
     accelerator: str | None = None
     message: str = ""
     updated_at: float
+    hardware: VMSpec | None = Field(
+        default=None, description="the spec the running QEMU was started with"
+    )
+
+
+# What a running QEMU takes only when it starts again (the rest applies at once).
+RESTART_FIELDS = ("vcpus", "memory_mib", "firmware", "machine", "boot_order", "disks", "nics")
+
+
+def pending_changes(spec: VMSpec, running: VMSpec | None) -> list[str]:
+    """The fields of `spec` that the running QEMU does not have yet (none when it is off)."""
+    if running is None:
+        return []
+    return [f for f in RESTART_FIELDS if getattr(spec, f) != getattr(running, f)]
 
 
 # -- what users ask for ------------------------------------------------------------------
@@ -207,6 +221,18 @@ class VMUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=1024)
     boot_order: list[BootDevice] | None = Field(default=None, max_length=8)
     ha: HAPolicy | None = None
+    group: Name | None = Field(
+        default=None, description="VM group to join; null (given explicitly) leaves its group"
+    )
+
+
+class DiskAttach(BaseModel):
+    """An existing volume to give a VM as its next disk (applied at its next start)."""
+
+    model_config = {"extra": "forbid"}
+    volume: str = Field(description="the volume as pool/name or id; ready and not in use")
+    bus: DiskBus = "virtio"
+    revision: int | None = Field(default=None, description="write only if still at this revision")
 
 
 # A Name short enough for the longest suffix ("-1000") to leave a valid name.

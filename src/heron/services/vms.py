@@ -27,6 +27,7 @@ from heron.models.task import (
 from heron.models.vm import (
     VM,
     BatchCreate,
+    DiskAttach,
     DiskSpec,
     Hardware,
     PowerState,
@@ -46,7 +47,7 @@ from heron.scheduler.placement import (
     migration_target,
     node_loads,
 )
-from heron.services.errors import Conflict, Invalid
+from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import (
     attached,
     find_pool,
@@ -245,14 +246,63 @@ async def volume_by_ref(db: ConfigDB, ref: str, field: str) -> Volume:
 
 
 async def update(db: ConfigDB, ref: str, body: VMUpdate) -> Entry[VM]:
-    """Change a VM's hardware (applied at its next start); `body.revision` guards the write."""
+    """Change a VM's hardware (applied at its next start) and policies (at once);
+    `body.revision` guards the write. A `group` given as null takes the VM out of its group."""
     entry = await find_vm(db, ref)
-    if body.revision is not None and body.revision != entry.revision:
+    changes = {
+        name: value
+        for name, value in body.model_dump(exclude_unset=True, exclude={"revision"}).items()
+        if value is not None or name == "group"
+    }
+    if changes.get("group") is not None and await db.get_raw(keys.group(changes["group"])) is None:
+        raise Invalid("body.group", f"no group {changes['group']!r}")
+    return await _revise(db, entry, body.revision, changes)
+
+
+async def attach_disk(db: ConfigDB, ref: str, body: DiskAttach) -> Entry[VM]:
+    """Give a VM an existing volume as its next disk, used from its next start."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    volume = await volume_by_ref(db, body.volume, "body.volume")
+    if volume.state != "ready":
+        raise Conflict(f"volume {volume.name} is {volume.state}")
+    user = attached([e.value for e in await db.list(VM, keys.VMS)]).get(volume.id)
+    if user is not None:
+        raise Conflict(f"volume {volume.name} is a disk of VM {user}")
+    if volume.node not in (None, vm.node):
+        raise Invalid(
+            "body.volume", f"volume {volume.name} is on node {volume.node}, the VM on {vm.node}"
+        )
+    disks = [*vm.spec.disks, DiskSpec(bus=body.bus, volume=volume.id)]
+    return await _revise(db, entry, body.revision, {"disks": [d.model_dump() for d in disks]})
+
+
+async def detach_disk(db: ConfigDB, ref: str, index: int) -> Entry[VM]:
+    """Take disk `index` from a switched-off VM; its volume stays, free for another VM."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    if not 0 <= index < len(vm.spec.disks):
+        raise NotFound(f"VM {vm.spec.name} has no disk{index}")
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    if vm.power != PowerState.stopped or (
+        status is not None and status.value.state in (RunState.running, RunState.paused)
+    ):
+        # Its QEMU still writes to the volume: free, it could be given to another VM.
+        raise Conflict(f"VM {vm.spec.name} is running: switch it off to take a disk away")
+    disks = [d.model_dump() for i, d in enumerate(vm.spec.disks) if i != index]
+    return await _revise(db, entry, None, {"disks": disks})
+
+
+async def _revise(
+    db: ConfigDB, entry: Entry[VM], revision: int | None, changes: dict[str, object]
+) -> Entry[VM]:
+    """Write `changes` to a VM's spec if it is still at `revision` (when given)."""
+    ref = entry.value.spec.name
+    if revision is not None and revision != entry.revision:
         raise Conflict(
-            f"VM {ref} changed since revision {body.revision} (now {entry.revision}); read it again"
+            f"VM {ref} changed since revision {revision} (now {entry.revision}); read it again"
         )
     vm = entry.value.model_copy(deep=True)
-    changes = body.model_dump(exclude_none=True, exclude={"revision"})
     try:
         spec = VMSpec.model_validate({**vm.spec.model_dump(), **changes})
     except ValueError as exc:
@@ -263,10 +313,10 @@ async def update(db: ConfigDB, ref: str, body: VMUpdate) -> Entry[VM]:
         txn.require_absent(keys.vm_name(spec.name)).put(keys.vm_name(spec.name), vm.id)
         txn.delete(keys.vm_name(entry.value.spec.name))
     try:
-        revision = await db.commit(txn)
+        written = await db.commit(txn)
     except StoreConflict as exc:
         raise Conflict(f"VM {ref} was changed by someone else, or the name is taken") from exc
-    return Entry(entry.key, vm, revision)
+    return Entry(entry.key, vm, written)
 
 
 async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) -> Task:

@@ -3,7 +3,7 @@
 from functools import partial
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from heron.api import auth, listing
@@ -15,12 +15,14 @@ from heron.models.migration import MigrateRequest
 from heron.models.vm import (
     VM,
     BatchCreate,
+    DiskAttach,
     PowerState,
     RunState,
     VMCreate,
     VMSpec,
     VMStatus,
     VMUpdate,
+    pending_changes,
 )
 from heron.scheduler.inventory import Inventory
 from heron.services import vms as vm_service
@@ -48,6 +50,9 @@ class VMView(BaseModel):
     state: RunState | Literal["unknown"]
     spec: VMSpec
     status: VMStatus | None
+    pending: list[str] = Field(
+        description="hardware fields changed since its QEMU started: they apply at the next start"
+    )
     revision: int
     created_at: float
 
@@ -79,6 +84,7 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
         state=state,
         spec=vm.spec,
         status=status,
+        pending=pending_changes(vm.spec, status.hardware if status and known else None),
         revision=revision,
         created_at=vm.created_at,
     )
@@ -204,6 +210,33 @@ async def update_vm(
 ) -> VMView:
     db = _ctx(request).db
     entry = await vm_service.update(db, ref, body)
+    request.state.audit_target = entry.value.id
+    return await _one_view(db, entry)
+
+
+@router.post("/vms/{ref}/disks", response_model=VMView, status_code=201)
+async def attach_disk(
+    ref: Name, body: DiskAttach, request: Request, _: Principal = Depends(auth.operator)
+) -> VMView:
+    """Give the VM an existing volume as its next disk; a running VM gets it at its next
+    start (the disk is listed in `pending` until then)."""
+    db = _ctx(request).db
+    entry = await vm_service.attach_disk(db, ref, body)
+    request.state.audit_target = entry.value.id
+    return await _one_view(db, entry)
+
+
+@router.delete("/vms/{ref}/disks/{index}", response_model=VMView)
+async def detach_disk(
+    ref: Name,
+    index: int = Path(ge=0, le=15, description="the disk's place: 0 for disk0"),
+    *,
+    request: Request,
+    _: Principal = Depends(auth.operator),
+) -> VMView:
+    """Take a disk from a switched-off VM; its volume stays in its pool."""
+    db = _ctx(request).db
+    entry = await vm_service.detach_disk(db, ref, index)
     request.state.audit_target = entry.value.id
     return await _one_view(db, entry)
 
