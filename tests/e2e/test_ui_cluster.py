@@ -92,9 +92,15 @@ def test_drs_proposes_a_move_then_makes_it_with_its_reason(
     expect(page.locator("[data-load]")).to_have_count(3)
     proposal = page.locator("[data-testid=drs-proposal]")
     expect(proposal).to_contain_text(re.compile(r"move drs\d from node1 to node[23]"))
-    expect(proposal).to_contain_text("applied by hand")
+    expect(proposal).to_contain_text("DRS is off")
+    expect(page.locator("[data-testid=drs-apply]")).to_have_count(0)
 
-    # Off, DRS only proposes: the first move is applied by hand, as a live migration.
+    # In mode advise, DRS only proposes: the first move is applied by hand (a live migration).
+    form = page.locator("[data-testid=settings-form]")
+    form.locator("select[name='drs.mode']").select_option("advise")
+    form.locator("[data-op='PUT /cluster/settings']").click()
+    expect(page.locator("[data-testid=drs-mode]")).to_have_attribute("data-mode", "advise")
+    expect(proposal).to_contain_text("applied by hand")
     page.click("[data-testid=drs-apply]")
     expect(page.locator(".notice").filter(has_text=re.compile(r"Migrating drs\d"))).to_be_visible()
     wait = 3 * STEP
@@ -105,9 +111,8 @@ def test_drs_proposes_a_move_then_makes_it_with_its_reason(
     wait_for(lambda: spread() == [1, 2], wait / 1000, "the move applied by hand")
     expect(proposal).to_contain_text(re.compile(r"move drs\d from node1 to node[23]"))
 
-    # On, it makes the next move itself and says why.
-    form = page.locator("[data-testid=settings-form]")
-    form.locator("input[name='drs.enabled']").check()
+    # Automatic, it makes the next move itself and says why.
+    form.locator("select[name='drs.mode']").select_option("automatic")
     form.locator("[data-op='PUT /cluster/settings']").click()
     decision = page.locator("[data-testid=decision]")
     expect(decision).to_have_count(1, timeout=DECIDE)
@@ -117,7 +122,8 @@ def test_drs_proposes_a_move_then_makes_it_with_its_reason(
     expect(decision.locator("a[href='/tasks']")).to_be_visible()
     shot(page, screenshots, "cluster-drs-decision")
     drs = api.ok("GET", "/cluster/settings")["drs"]
-    api.ok("PUT", "/cluster/settings", json={"drs": {**drs, "enabled": False}})
+    assert drs["mode"] == "automatic" and drs["enabled"] is True  # as older agents read it
+    api.ok("PUT", "/cluster/settings", json={"drs": {**drs, "mode": "off", "enabled": False}})
     [made] = api.ok("GET", "/cluster/drs")["decisions"]
     api.wait_task(made["task"])
     assert spread() == [1, 1, 1]

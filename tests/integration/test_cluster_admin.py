@@ -33,6 +33,12 @@ def test_drs_shows_its_proposal_then_its_decision(api: Api) -> None:
     proposal = status["proposal"]
     assert proposal["source"] == "node1" and "brings it to" in proposal["explanation"]
     assert status["decisions"] == []  # disabled: it proposes, and does nothing
+    advise = {k: v for k, v in settings["drs"].items() if k != "enabled"} | {"mode": "advise"}
+    assert api.ok("PUT", "/cluster/settings", json={"drs": advise})["drs"]["enabled"] is False
+    refused = api.put("/cluster/settings", json={"drs": {**advise, "enabled": True}})
+    assert refused.status_code == 422 and "contradicts" in refused.text
+    assert refused.json()["fields"][0]["field"] == "body.drs"
+    assert api.ok("GET", "/cluster/drs")["settings"]["mode"] == "advise"
 
     api.ok("PUT", "/cluster/settings", json={"drs": {**settings["drs"], "enabled": True}})
     wait_for(lambda: api.ok("GET", "/cluster/drs")["decisions"], 60, "a DRS decision")

@@ -11,6 +11,7 @@ export interface EtcdMember {
 }
 
 export interface DrsSettings {
+  mode: "off" | "advise" | "automatic";
   enabled: boolean;
   threshold: number;
   interval: number;

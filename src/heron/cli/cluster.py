@@ -1,14 +1,17 @@
 """heron cluster: the cluster as a whole, and its dynamic balancing (DRS)."""
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
 from heron.cli import parse
-from heron.cli.client import Client
+from heron.cli.client import Client, fail
 from heron.cli.options import Json
 from heron.cli.output import emit, size
+from heron.models.settings import DRSMode
+
+MODE = parse.Choice(get_args(DRSMode))
 
 app = typer.Typer(no_args_is_help=True, help="The cluster as a whole.")
 
@@ -26,7 +29,7 @@ def cluster_show(as_json: Json = False) -> None:
             ("nodes", lambda c: c["nodes"]),
             ("vms", lambda c: c["vms"]),
             ("version", lambda c: c["version"]),
-            ("drs", lambda c: "on" if c["settings"]["drs"]["enabled"] else "off"),
+            ("drs", lambda c: c["settings"]["drs"]["mode"]),
         ],
     )
 
@@ -63,7 +66,14 @@ def cluster_join(as_json: Json = False) -> None:
 @app.command("drs")
 def cluster_drs(
     enable: Annotated[
-        bool | None, typer.Option("--enable/--disable", help="turn balancing on or off")
+        bool | None,
+        typer.Option("--enable/--disable", help="the same as --mode automatic / --mode off"),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            parser=MODE, metavar="MODE", help="off, advise (only propose moves) or automatic"
+        ),
     ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="memory load spread that triggers")
@@ -76,14 +86,19 @@ def cluster_drs(
     as_json: Json = False,
 ) -> None:
     """Dynamic balancing: without options, its state (loads, spread, the move it would make
-    now, its last decisions); with them, change its settings."""
+    now, its last decisions); with them, change its settings (--mode advise: it only
+    proposes, and `heron vm migrate` applies a proposal)."""
     client = Client()
-    if enable is None and threshold is None and interval is None:
+    if enable is not None:
+        if mode is not None:
+            fail("give --mode or --enable/--disable, not both")
+        mode = "automatic" if enable else "off"
+    if mode is None and threshold is None and interval is None:
         show_drs(client.get("/cluster/drs", params={"decisions": decisions}), as_json)
         return
     settings = client.get("/cluster/settings")
-    drs = dict(settings["drs"])
-    changes = {"enabled": enable, "threshold": threshold, "interval": interval}
+    drs = {k: v for k, v in settings["drs"].items() if k != "enabled"}  # the mode says it
+    changes = {"mode": mode, "threshold": threshold, "interval": interval}
     drs.update({k: v for k, v in changes.items() if v is not None})
     client.request("PUT", "/cluster/settings", json={**settings, "drs": drs})
 
@@ -94,7 +109,7 @@ def show_drs(status: dict[str, Any], as_json: bool) -> None:
         return
     drs = status["settings"]
     typer.echo(
-        f"DRS {'on' if drs['enabled'] else 'off'}: threshold {drs['threshold']:.0%}, every "
+        f"DRS {drs['mode']}: threshold {drs['threshold']:.0%}, every "
         f"{drs['interval']:g} s, {drs['hysteresis']} checks in a row, "
         f"{drs['max_concurrent']} at once"
     )

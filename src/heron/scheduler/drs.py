@@ -1,4 +1,5 @@
-"""The balancing controller (DRS), run by the leader when the administrator turns it on.
+"""The balancing controller (DRS), run by the leader when the administrator sets its mode to
+automatic (in mode advise, GET /cluster/drs shows the move it would make, and nothing moves).
 
 Every `interval` seconds it asks the balancer for the one best move; the imbalance must
 persist for `hysteresis` checks in a row before it acts, and at most `max_concurrent` of its
@@ -68,14 +69,14 @@ class BalancingController:
     async def run(self, election: Election) -> None:
         while True:
             drs = await self.settings()
-            if drs.enabled:
+            if drs.mode == "automatic":
                 try:
                     await self.step(election, drs)
                 except Conflict:
                     self.streak = 0  # the cluster changed under us: start counting again
             else:
                 self.streak = 0
-            await asyncio.sleep(drs.interval if drs.enabled else _IDLE_CHECK)  # check period
+            await asyncio.sleep(drs.interval if drs.mode == "automatic" else _IDLE_CHECK)
 
     async def step(self, election: Election, drs: DRSSettings) -> None:
         inv = await self.inventory.ready()
