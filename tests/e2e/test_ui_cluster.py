@@ -170,6 +170,10 @@ def test_leave_shows_its_consequences_first_and_refuses_a_node_with_vms(
     dialog.locator("[data-op='POST /nodes/{name}/leave']").click()
     expect(page.locator(".notice").filter(has_text=f"{empty} left the cluster")).to_be_visible()
     expect(dialog).to_have_count(0)
+    card = page.locator(f"[data-node={empty}]")
+    expect(card.locator("[data-testid=node-left]")).to_have_text("left the cluster")
+    expect(card.locator("[data-testid=leave-open]")).to_have_count(0)
+    expect(card.get_by_role("button", name="Exit maintenance")).to_have_count(0)
     assert api.ok("GET", f"/nodes/{empty}")["state"] == "maintenance"
 
 

@@ -73,4 +73,7 @@ def test_leave_says_what_it_would_do_and_refuses_what_blocks(
     assert api.ok("GET", f"/nodes/{empty}")["state"] == "online"
     done = api.ok("POST", f"/nodes/{empty}/leave")
     assert not done["etcd_member_removed"] and not done["dry_run"]
-    assert api.ok("GET", f"/nodes/{empty}")["state"] == "maintenance"  # out of placement
+    node = api.ok("GET", f"/nodes/{empty}")
+    assert node["state"] == "maintenance" and node["left"]  # out of placement for good
+    refused = api.post(f"/nodes/{empty}/maintenance/exit")
+    assert refused.status_code == 409 and "left the cluster" in refused.text

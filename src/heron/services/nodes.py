@@ -35,9 +35,13 @@ async def enter_maintenance(db: ConfigDB, name: str, user: str) -> Task:
 
 
 async def exit_maintenance(db: ConfigDB, name: str) -> None:
-    """Let the node take VMs again (they are not moved back by themselves)."""
-    if await db.get_raw(keys.node_settings(name)) is None and name not in await live_nodes(db):
+    """Let the node take VMs again (they are not moved back by themselves); refused for a
+    node that left the cluster, which stays out of placement for good."""
+    current = await db.get(NodeSettings, keys.node_settings(name))
+    if current is None and name not in await live_nodes(db):
         raise NotFound(f"no node {name!r}")
+    if current is not None and current.value.left:
+        raise Conflict(f"node {name} left the cluster: it takes no VMs again")
     await _update_settings(db, name, maintenance=False)
 
 
@@ -52,6 +56,15 @@ async def reserve_io(db: ConfigDB, name: str, cpus: int, memory_mib: int) -> Non
     if memory_mib >= node.memory_mib:
         raise Invalid("body.memory_mib", f"node {name} has {node.memory_mib} MiB")
     await _update_settings(db, name, io_cpus=cpus, io_memory_mib=memory_mib)
+
+
+async def left_nodes(db: ConfigDB) -> set[str]:
+    """The nodes an administrator took out of the cluster."""
+    return {
+        e.key.rsplit("/", 1)[1]
+        for e in await db.list(NodeSettings, keys.NODE_SETTINGS)
+        if e.value.left
+    }
 
 
 async def plan_leave(db: ConfigDB, name: str) -> LeavePlan:
@@ -70,11 +83,7 @@ async def _plan_leave(db: ConfigDB, name: str) -> tuple[LeavePlan, Member | None
         raise NotFound(f"no node {name!r}")
     state = leave_plan.ClusterState(
         live=set(nodes),
-        left={
-            e.key.rsplit("/", 1)[1]
-            for e in await db.list(NodeSettings, keys.NODE_SETTINGS)
-            if e.value.left
-        },
+        left=await left_nodes(db),
         vms_on=[e.value.spec.name for e in await db.list(VM, keys.VMS) if e.value.node == name],
         members=members,
         pools={e.value.name: e.value for e in await db.list(Pool, keys.POOLS)},

@@ -496,6 +496,7 @@ const en = {
   "leave.placement": "It is kept in maintenance and out of placement for good.",
   "leave.fixFirst": "The leave is refused while anything blocks it.",
   "leave.confirm": "Leave the cluster",
+  "leave.left": "left the cluster",
   "leave.done": "{node} left the cluster",
 };
 

@@ -31,6 +31,9 @@ router = APIRouter(tags=["nodes"])
 
 class NodeView(Node):
     state: str = Field(description="online or maintenance (a node without a lease is not listed)")
+    left: bool = Field(
+        default=False, description="taken out of the cluster for good (its agent still runs)"
+    )
     leader: bool
     vms: int
     memory_used_mib: int
@@ -44,10 +47,12 @@ async def _views(request: Request) -> list[NodeView]:
     by_name = {load.name: load for load in node_loads(nodes, vms)}
     found = await db.get_raw(keys.LEADER)
     leader = found[0].decode().split(" ", 1)[0] if found else None
+    left = await node_service.left_nodes(db)
     return [
         NodeView(
             **node.model_dump(),
             state="maintenance" if node.maintenance else "online",
+            left=name in left,
             leader=name == leader,
             vms=by_name[name].vms,
             memory_used_mib=by_name[name].memory_used_mib,
