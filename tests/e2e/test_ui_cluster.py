@@ -224,3 +224,28 @@ def test_at_phone_width(browser: Browser, ui: str, admin_password: str, screensh
         shot(phone, screenshots, "phone-nodes-leave")
     finally:
         context.close()
+
+
+def test_a_viewer_reads_the_cluster_and_is_offered_no_change(
+    browser: Browser, ui: str, api: Api
+) -> None:
+    api.ok("POST", "/users", json={"name": "onlooker", "role": "viewer", "password": "look-only"})
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    context.set_default_timeout(STEP)
+    try:
+        viewer = context.new_page()
+        viewer.goto(ui)
+        viewer.fill("input[name=username]", "onlooker")
+        viewer.fill("input[name=password]", "look-only")
+        viewer.click("[data-testid=login-submit]")
+        expect(viewer.locator("[data-testid=who]")).to_contain_text("viewer")
+        go(viewer, ui, "/cluster")
+        expect(viewer.locator("[data-testid=members] tbody tr")).to_have_count(3)
+        expect(viewer.locator("[data-testid=decision]")).to_have_count(1)
+        expect(viewer.locator("[data-testid=error]")).to_have_count(0)
+        expect(viewer.locator("[data-op]")).to_have_count(0)
+        go(viewer, ui, "/nodes")
+        expect(viewer.locator("[data-node=node1]")).to_be_visible()
+        expect(viewer.locator("[data-testid=join-card], [data-op]")).to_have_count(0)
+    finally:
+        context.close()
