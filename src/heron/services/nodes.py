@@ -93,10 +93,10 @@ async def _plan_leave(db: ConfigDB, name: str) -> tuple[LeavePlan, Member | None
     return leave_plan.plan(name, state), mine
 
 
-async def leave(db: ConfigDB, name: str) -> bool:
+async def leave(db: ConfigDB, name: str) -> tuple[LeavePlan, bool]:
     """Take an empty node out of the cluster for good: its etcd member (if any) is removed
     and placement never uses it again. Refused (Conflict) for what its plan calls blocking.
-    Returns whether it had an etcd member."""
+    Returns the plan it followed and whether it had an etcd member."""
     plan, mine = await _plan_leave(db, name)
     if not plan.can_leave:
         raise Conflict(leave_plan.refusal(plan))
@@ -106,7 +106,7 @@ async def leave(db: ConfigDB, name: str) -> bool:
     settings = _changed(current, maintenance=True, left=True)
     txn = Txn().require_revision(keys.node_settings(name), current.revision if current else 0)
     await db.commit(txn.put(keys.node_settings(name), settings).delete(keys.etcd_join(name)))
-    return mine is not None
+    return plan, mine is not None
 
 
 async def _remove_member(membership: Membership, member_id: int) -> None:

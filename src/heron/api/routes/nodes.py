@@ -169,10 +169,10 @@ async def leave_cluster(
     the leave refuses (409) exactly what the plan lists as blockers."""
     db = request.app.state.ctx.db
     request.state.audit_target = name
-    plan = await node_service.plan_leave(db, name)
     if body is not None and body.dry_run:
+        plan = await node_service.plan_leave(db, name)
         return LeaveReply(node=name, dry_run=True, etcd_member_removed=False, plan=plan)
-    removed = await node_service.leave(db, name)
+    plan, removed = await node_service.leave(db, name)
     return LeaveReply(node=name, dry_run=False, etcd_member_removed=removed, plan=plan)
 
 
