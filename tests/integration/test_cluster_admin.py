@@ -64,8 +64,26 @@ def test_leave_says_what_it_would_do_and_refuses_what_blocks(
     # DRS moved a VM to node2 or node3 (test above): the other one is empty.
     taken = {v["node"] for v in api.ok("GET", "/vms")}
     empty = next(n for n in ("node3", "node2") if n not in taken)
+    # Data on it: a replicated ardfs volume over every node's disk, and a node-local volume.
+    api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
+    for node in cluster3[0].nodes:
+        api.ok("POST", "/pools/hci/disks", json={"node": node.name, "path": f"{node.state_dir}/d0"})
+    for pool, body in (("hci", {}), ("local", {"node": empty})):
+        reply = api.ok(
+            "POST", f"/pools/{pool}/volumes", json={"name": "data", "size": 2**24, **body}
+        )
+        api.wait_task(reply["task"], timeout=180)
+
     free = api.ok("POST", f"/nodes/{empty}/leave", json=dry)
     assert free["plan"]["can_leave"] and not free["etcd_member_removed"]
+    [hci] = free["plan"]["ardfs"]
+    assert (hci["pool"], hci["outcome"], hci["volumes"], hci["disks_left"]) == (
+        "hci",
+        "rebuilt",
+        1,
+        2,
+    )
+    assert [(v["pool"], v["name"]) for v in free["plan"]["local_volumes"]] == [("local", "data")]
     assert len(api.ok("GET", "/cluster/members")) == 3  # the dry run changed nothing
     assert api.post("/nodes/nowhere/leave", json=dry).status_code == 404
     assert api.post(f"/nodes/{empty}/leave", json={"dry_run": 1, "x": 2}).status_code == 422
