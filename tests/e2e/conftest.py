@@ -21,7 +21,11 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Playwright, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Playwright, expect, sync_playwright  # noqa: E402
+
+# What the cluster does takes its time under TCG on two cores (a task, a live update):
+# expect() waits up to this long by default, as the pages' own actions do.
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ VM_NAME = "web1"
 
 # Every main view, by path; the VM's own page is added once it exists.
 VIEWS = ["/", "/nodes", "/vms", "/vms/new", "/storage", "/tasks", "/events", "/access"]
-VM_TABS = ["summary", "disks", "nics", "serial", "console"]
+VM_TABS = ["summary", "hardware", "disks", "nics", "serial", "console"]
 
 # What the page shows that no dictionary produced, in one language or the other.
 UNTRANSLATED = """(language) => {
@@ -171,7 +171,7 @@ def test_start_and_see_it_running_without_reload(
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
 
     page.click("[data-testid=tab-serial]")
-    expect(page.locator("[data-testid=serial]")).to_contain_text(
+    expect(page.locator("[data-testid=serial-screen]")).to_contain_text(
         f"HERON-GUEST-READY uuid={vm_state['id']}", timeout=BOOT
     )
     shot(page, screenshots, "vm-serial")
@@ -628,6 +628,8 @@ def test_keyboard_moves_between_tabs(page: Page, ui: str, vm_state: dict[str, An
     page.keyboard.press("Tab")
     expect(page.locator(".skip")).to_be_focused()
     page.locator("[data-testid=tab-summary]").focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("[data-testid=tab-hardware]")).to_be_focused()
     page.keyboard.press("ArrowRight")
     expect(page.locator("[data-testid=tab-disks]")).to_have_attribute("aria-selected", "true")
     expect(page.locator("[data-testid=tab-disks]")).to_be_focused()

@@ -9,6 +9,8 @@ What generated inputs may do is bounded (`_bounded`): they run as root on a shar
 machine, and the operations that would take the cluster itself away are left out (`EXCLUDED`).
 """
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import schemathesis
 from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
+from support import cli
 
 from heron.api.docs import openapi
 from heron.devcluster import DevCluster
@@ -119,6 +122,67 @@ def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]]) -> None:
     refused = api.get("/vms", params={"continue": "not-a-token"})
     assert refused.status_code == 422
     assert refused.json()["fields"][0]["field"] == "query.continue"
+
+
+def test_a_group_s_rules_change_unless_its_members_break_them(
+    node: tuple[str, dict[str, str]],
+) -> None:
+    url, headers = node
+    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60)
+    made = api.post("/groups", json={"name": "rules", "placement": "spread", "strict": False})
+    assert made.status_code == 201, made.text
+    for name in ("rules-1", "rules-2"):  # one node: a soft spread lets both onto it
+        reply = api.post("/vms", json={"name": name, "memory_mib": 16, "group": "rules"})
+        assert reply.status_code == 202, reply.text
+
+    refused = api.patch("/groups/rules", json={"strict": True})
+    assert refused.status_code == 409, refused.text
+    body = refused.json()
+    assert "rules-1, rules-2 on node1" in body["message"]
+    assert body["fields"][0]["field"] == "body.strict"
+    stored = next(g for g in api.get("/groups").json() if g["name"] == "rules")
+    assert stored["strict"] is False  # a refusal writes nothing
+
+    changed = api.patch(
+        "/groups/rules",
+        json={"placement": "together", "strict": True, "ha": {"enabled": True, "priority": 80}},
+    )
+    assert changed.status_code == 200, changed.text
+    assert {k: changed.json()[k] for k in ("placement", "strict", "ha")} == {
+        "placement": "together",
+        "strict": True,
+        "ha": {"enabled": True, "priority": 80},
+    }
+    kept = api.patch("/groups/rules", json={"ha": None}).json()
+    assert (kept["placement"], kept["ha"]) == ("together", None)
+    wrong = api.patch("/groups/rules", json={"placement": "apart"})
+    assert wrong.status_code == 422 and wrong.json()["fields"][0]["field"] == "body.placement"
+    assert api.patch("/groups/nope", json={"strict": True}).status_code == 404
+
+
+def test_heron_group_set(cluster1: tuple[DevCluster, str], tmp_path: Path) -> None:
+    cluster, token = cluster1
+    env = {
+        "HERON_URL": cluster.nodes[0].url,
+        "HERON_TOKEN": token,
+        "HERON_CONFIG": str(tmp_path / "cli.json"),
+    }
+    cli(env, "group", "create", "viacli", "--placement", "spread", "--soft")
+    for name in ("viacli-1", "viacli-2"):
+        cli(env, "vm", "create", name, "--memory", "16M", "--group", "viacli")
+
+    refused = cli(env, "group", "set", "viacli", "--strict", check=False)
+    assert refused.returncode == 1, refused
+    assert "viacli-1, viacli-2 on node1" in refused.stderr
+    changed = cli(env, "group", "set", "viacli", "--placement", "together", "--strict",
+                  "--ha-priority", "90")  # fmt: skip
+    assert re.search(r"viacli\s+together\s+True\s+priority 90", changed.stdout), changed.stdout
+    cli(env, "group", "set", "viacli", "--no-strict", "--clear-ha")
+    group = next(
+        g for g in json.loads(cli(env, "group", "list", "--json").stdout) if g["name"] == "viacli"
+    )
+    assert (group["placement"], group["strict"], group["ha"]) == ("together", False, None)
+    assert cli(env, "group", "set", "viacli", check=False).returncode == 2  # nothing to change
 
 
 def test_a_wrong_method_is_answered_with_the_allowed_ones(node: tuple[str, dict[str, str]]) -> None:

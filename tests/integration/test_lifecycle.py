@@ -209,6 +209,9 @@ def test_edits_of_a_running_vm_wait_for_its_next_start(api, image) -> None:
     )
     attached = api.ok("POST", f"/vms/{vm}/disks", json={"volume": "local/extra", "bus": "scsi"})
     assert attached["pending"] == ["vcpus", "disks"] and len(attached["spec"]["disks"]) == 2
+    # Its QEMU does not have the disk yet: the volume grows offline, not through QMP.
+    grown = api.ok("PATCH", "/pools/local/volumes/extra", json={"size": 32 << 20})
+    assert api.wait_task(grown["task"])["result"]["online"] is False
     taken = api.post(f"/vms/{vm}/disks", json={"volume": "local/extra"})
     assert taken.status_code == 409 and "a disk of VM edited" in taken.json()["message"]
     # Its QEMU does not have the disk, but nothing may take the volume from under a restart.

@@ -46,6 +46,12 @@ export function request<T>(method: string, path: string, body?: unknown): Promis
 }
 
 async function send<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const reply = await answer(method, path, body);
+  return (reply.status === 204 ? null : await reply.json()) as T;
+}
+
+/** The reply to a request that succeeded (its headers too); an ApiError otherwise. */
+async function answer(method: string, path: string, body?: unknown): Promise<Response> {
   const init: RequestInit = { method, headers: headers() };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
@@ -58,13 +64,32 @@ async function send<T>(method: string, path: string, body?: unknown): Promise<T>
     throw new ApiError(0, "network", String(error));
   }
   if (!reply.ok) throw await failure(reply);
-  return (reply.status === 204 ? null : await reply.json()) as T;
+  return reply;
 }
 
 export const get = <T>(path: string) => request<T>("GET", path);
 export const post = <T>(path: string, body?: unknown) => request<T>("POST", path, body ?? {});
 export const put = <T>(path: string, body: unknown) => request<T>("PUT", path, body);
 export const del = <T>(path: string) => request<T>("DELETE", path);
+
+/**
+ * Every item of a paged list (`GET /vms`): pages of `limit`, each next one asked for with the
+ * token the previous reply carried in `X-Continue`, until a reply carries none.
+ */
+export function getAll<T>(path: string, limit = 500): Promise<T[]> {
+  return busy(async () => {
+    const items: T[] = [];
+    let cursor: string | null = null;
+    do {
+      const query = new URLSearchParams({ limit: String(limit) });
+      if (cursor) query.set("continue", cursor);
+      const reply = await answer("GET", `${path}${path.includes("?") ? "&" : "?"}${query}`);
+      items.push(...((await reply.json()) as T[]));
+      cursor = reply.headers.get("X-Continue");
+    } while (cursor);
+    return items;
+  });
+}
 
 /** A multipart upload with progress (fetch cannot report upload progress; XHR can). */
 export function upload<T>(

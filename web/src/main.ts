@@ -11,12 +11,12 @@ import "./style.css";
 const router = createRouter({
   history: createWebHistory(),
   routes: [
-    { path: "/login", name: "login", component: LoginView, meta: { title: "login.title" } },
+    { path: "/login", name: "login", component: LoginView, meta: { title: "login.title", bare: true } },
     ...views.map((view) => ({
       path: view.path,
       name: view.name,
       component: view.component,
-      meta: { title: view.title, role: view.role },
+      meta: { title: view.title, role: view.role, bare: view.bare },
     })),
     { path: "/:rest(.*)*", redirect: "/" },
   ],

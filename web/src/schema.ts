@@ -105,7 +105,9 @@ export async function operationFields(op: string): Promise<Field[]> {
   const body = api.paths[API + path]?.[method.toLowerCase()]?.requestBody;
   const schema = body?.content["application/json"]?.schema;
   if (!schema) throw new Error(`the API has no JSON body for ${op}`);
-  return fieldsOf(deref(schema, api), "", api);
+  // An optional body is "the model, or null": its fields are the model's.
+  const model = (schema.anyOf ?? [schema]).map((s) => deref(s, api)).find((s) => s.type !== "null");
+  return fieldsOf(model ?? {}, "", api);
 }
 
 /** The fields of `op`, loaded once the view mounts; `only` picks and orders them. */

@@ -48,6 +48,8 @@ export interface VM {
   revision: number;
   created_at: number;
   status: VMStatus | null;
+  /** Hardware fields changed since its QEMU started: they apply at its next start. */
+  pending: string[];
   spec: {
     name: string;
     vcpus: number;
@@ -128,6 +130,8 @@ export interface Volume {
   owner?: string | null;
   epoch?: number;
   health?: VolumeHealth | null;
+  placement?: PlacedDisk[] | null;
+  moving_to?: PlacedDisk[] | null;
   state: string;
   error: string;
   allocation: number | null;
@@ -183,4 +187,32 @@ export interface TaskRef {
   task: string;
   vm?: string | null;
   volume?: string | null;
+}
+
+/** A VM group: where its members may run, and the HA of members without their own. */
+export interface Group {
+  name: string;
+  placement: "none" | "spread" | "together";
+  strict: boolean;
+  ha: { enabled: boolean; priority: number } | null;
+  created_at: number;
+}
+
+/** POST /vms/batch: where each VM goes (dry run), or the VM and task made for it. */
+export interface BatchItem {
+  name: string;
+  node: string;
+  vm: string | null;
+  task: string | null;
+}
+
+export interface BatchReply {
+  dry_run: boolean;
+  vms: BatchItem[];
+}
+
+/** A disk an ardfs volume's blocks are placed over. */
+export interface PlacedDisk {
+  id: string;
+  node: string;
 }

@@ -13,6 +13,8 @@ export interface ViewDef {
   icon?: string;
   nav?: boolean;
   role?: Role;
+  /** Shown alone, without the menu and the top bar (a console in its own window). */
+  bare?: boolean;
 }
 
 export const views: ViewDef[] = [
@@ -26,8 +28,14 @@ export const views: ViewDef[] = [
     component: () => import("./views/VmsView.vue") },
   { path: "/vms/new", name: "vm-create", title: "create.title", role: "operator",
     component: () => import("./views/VmCreateView.vue") },
+  { path: "/vms/:id/console", name: "vm-console", title: "console.title", role: "operator", bare: true,
+    component: () => import("./views/VmConsoleView.vue") },
+  { path: "/vms/batch", name: "vm-batch", title: "batch.title", role: "operator",
+    component: () => import("./views/VmBatchView.vue") },
   { path: "/vms/:id", name: "vm", title: "vm.title",
     component: () => import("./views/VmDetailView.vue") },
+  { path: "/groups", name: "groups", title: "nav.groups", icon: "⊞", nav: true,
+    component: () => import("./views/GroupsView.vue") },
   { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
     component: () => import("./views/StorageView.vue") },
   { path: "/tasks", name: "tasks", title: "nav.tasks", icon: "↻", nav: true,

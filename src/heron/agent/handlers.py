@@ -210,13 +210,12 @@ class Handlers:
         online = False
         if vm_id is not None:
             rt = self.vms.runtime(vm_id)
-            if rt.qemu.running():
-                entry = await self.db.get(VM, keys.vm(vm_id))
-                index = (
-                    next(i for i, d in enumerate(entry.value.spec.disks) if d.volume == volume.id)
-                    if entry
-                    else 0
-                )
+            entry = await self.db.get(VM, keys.vm(vm_id))
+            # What the running QEMU has: a disk given to it since waits for its next start.
+            spec = self.vms.running_spec(vm_id) or (entry.value.spec if entry else None)
+            disks = [d.volume for d in spec.disks] if spec else []
+            if rt.qemu.running() and volume.id in disks:
+                index = disks.index(volume.id)
                 try:
                     if pool.capabilities.grows_by_reconnect:
                         await self._reconnect_grown(rt.qemu, pool, volume, index, size)

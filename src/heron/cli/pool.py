@@ -123,7 +123,8 @@ def pool_add_disk(
 
 @app.command("remove-disk")
 def pool_remove_disk(name: str, disk: str, as_json: Json = False) -> None:
-    """Take a disk out of an ardfs pool: its copies are made on the other disks."""
+    """Take a disk out of an ardfs pool: its copies are made on the other disks (refused in
+    an rf1 pool while volumes are placed on it: it holds their only copies)."""
     emit(Client().request("DELETE", f"/pools/{name}/disks/{disk}"), as_json, MEMBER_COLUMNS)
 
 

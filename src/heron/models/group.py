@@ -2,10 +2,12 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from heron.models.common import Name, Record
 from heron.models.vm import VM, HAPolicy
+
+Placement = Literal["none", "spread", "together"]
 
 
 class VMGroup(Record):
@@ -13,12 +15,30 @@ class VMGroup(Record):
     together: all members on one node (affinity, e.g. an app and its cache)."""
 
     name: Name
-    placement: Literal["none", "spread", "together"] = "none"
+    placement: Placement = "none"
     strict: bool = Field(default=True, description="must (refuse to place) or should (prefer)")
     ha: HAPolicy | None = Field(
         default=None, description="HA for members that do not enable it themselves"
     )
     created_at: float
+
+
+class GroupCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    placement: Placement = "none"
+    strict: bool = Field(default=True, description="must (refuse to place) or should (prefer)")
+    ha: HAPolicy | None = Field(default=None, description="HA for members without their own")
+
+
+class GroupUpdate(BaseModel):
+    """A change of a group's rules; what is left out stays. `ha: null` removes the group's HA
+    policy. A strict rule its current members already break is refused."""
+
+    model_config = {"extra": "forbid"}
+    placement: Placement | None = None
+    strict: bool | None = None
+    ha: HAPolicy | None = Field(default=None, description="null: members without their own HA")
 
 
 def effective_ha(vm: VM, group: VMGroup | None) -> HAPolicy:

@@ -134,6 +134,27 @@ def affinity_for(vm_id: str | None, group: VMGroupRule | None, vms: list[VM]) ->
     return Affinity(group.name, group.placement, group.strict, members)
 
 
+def rule_broken(group: VMGroupRule, vms: list[VM]) -> str | None:
+    """Why the group's members, where they are now, break its rule if it is strict; None if
+    they keep it. A soft rule is never broken: it only weighs the choice of nodes."""
+    if not group.strict or group.placement == "none":
+        return None
+    by_node: dict[str, list[str]] = {}
+    for vm in sorted(vms, key=lambda v: v.spec.name):
+        if vm.spec.group == group.name:
+            by_node.setdefault(vm.node, []).append(vm.spec.name)
+    if group.placement == "spread":
+        shared = {node: names for node, names in sorted(by_node.items()) if len(names) > 1}
+        if not shared:
+            return None
+        where = "; ".join(f"{', '.join(names)} on {node}" for node, names in shared.items())
+        return f"one VM per node is broken by members sharing a node: {where}"
+    if len(by_node) <= 1:
+        return None
+    where = "; ".join(f"{', '.join(names)} on {node}" for node, names in sorted(by_node.items()))
+    return f"all on one node is broken by members on {len(by_node)} nodes: {where}"
+
+
 def migration_target(
     nodes: list[NodeLoad],
     source: str,

@@ -78,7 +78,8 @@ async def add_disk(
 
 async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
     """Take a disk out of the pool; refused when the disks left would be fewer than the
-    protection spans. The leader then moves the copies it held."""
+    protection spans, or when the pool keeps one copy (rf1) and volumes are placed on it.
+    The leader then makes the copies it held again from the others."""
     pool = (await find_pool(db, name)).value
 
     async def attempt() -> ArdfsMember:
@@ -92,12 +93,31 @@ async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
                 f"pool {name} would keep {left} disks, {pool.protection} needs {pool.width}: "
                 "add a disk first"
             )
+        if pool.redundancy.width == 1:
+            # One copy of each block: what the disk holds exists nowhere else, and the move
+            # that follows a removal would have nothing to copy from.
+            only = sorted(v.value.name for v in await db.list(Volume, keys.VOLUMES)
+                          if v.value.pool == name and _placed_on(v.value, disk))  # fmt: skip
+            if only:
+                raise Conflict(
+                    f"pool {name} keeps one copy ({pool.protection}) and volumes "
+                    f"{', '.join(only[:5])}{' ...' if len(only) > 5 else ''} have blocks only "
+                    f"on disk {disk}: delete them first"
+                )
         disks = [d for d in entry.value.disks if d.id != disk]
         member = entry.value.model_copy(update={"disks": disks})
         await db.put(entry.key, member, revision=entry.revision)
         return member
 
     return await cas.retry(attempt, f"the disks of pool {name}")
+
+
+def _placed_on(volume: Volume, disk: str) -> bool:
+    """Whether the volume may have blocks on the disk; one not pinned yet may have them on
+    any (its first heron-io pins the pool's disks)."""
+    if volume.placement is None and volume.moving_to is None:
+        return True
+    return any(d.id == disk for d in [*(volume.placement or []), *(volume.moving_to or [])])
 
 
 async def capacity(db: ConfigDB, state_dir: Path, pool: Pool) -> PoolCapacity | None:

@@ -269,7 +269,9 @@ async def remove_disk(
 ) -> ArdfsMember:
     """Take a disk out of an ardfs pool (it failed, or leaves): the leader moves the copies it
     held onto the pool's other disks at once (`volume.rebalance` tasks); its directory is
-    left as it is. Refused when the disks left would be fewer than the protection spans."""
+    left as it is. Refused when the disks left would be fewer than the protection spans, and in
+    a pool that keeps one copy (rf1) while volumes have blocks on it (they exist nowhere
+    else)."""
     member = await pool_service.remove_disk(_ctx(request).db, name, disk)
     request.state.audit_target = f"{name}/{member.node}/{disk}"
     return member

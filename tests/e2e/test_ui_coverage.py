@@ -1,0 +1,137 @@
+"""Everything the API can change, an administrator can change in the browser.
+
+The test reads the API's OpenAPI schema for its mutating operations, walks the web UI as an
+administrator (every view of the menu, every tab of a VM's page, every pool of the storage
+view) against a cluster that has one of everything, and collects the operations the controls
+on the way offer: each control that sends a mutating request names it in `data-op`. An
+operation of the schema that no control offers fails the test, unless it is listed below
+with the reason it cannot be on the walk; those must still be offered somewhere in the UI's
+source, and a browser test must use them.
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page
+from support import Api
+from test_ui import STEP, log_in, settle
+
+from heron.devcluster import DevCluster
+
+pytestmark = pytest.mark.integration
+
+WEB_SOURCE = Path(__file__).parents[2] / "web" / "src"
+MUTATING = ("post", "put", "patch", "delete")
+
+# Operations the walk cannot meet, and why. Each is still checked against the UI's source.
+NOT_ON_THE_WALK = {
+    "POST /tasks/{task_id}/cancel": (
+        "offered only while a task runs; test_ui_vm.py cancels a migration with it"
+    ),
+}
+
+
+def schema_operations(url: str) -> set[str]:
+    spec = httpx.get(f"{url}/api/v1/openapi.json").json()
+    return {
+        f"{method.upper()} {path.removeprefix('/api/v1')}"
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in MUTATING
+    }
+
+
+def offered(page: Page) -> set[str]:
+    settle(page)
+    return set(page.eval_on_selector_all("[data-op]", "els => els.map(e => e.dataset.op)"))
+
+
+@pytest.fixture(scope="module")
+def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) -> dict[str, Any]:
+    """A cluster with something of every kind on it, so that every control has a row."""
+    cluster, _ = cluster3
+    api.ok("POST", "/groups", json={"name": "walk"})
+    running = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "walker",
+            "memory_mib": 96,
+            "start": True,
+            "group": "walk",
+            "disks": [{"pool": "shared", "source": image}],
+        },
+    )
+    api.wait_task(running["task"])
+    api.wait_task(
+        api.ok("POST", "/pools/shared/volumes", json={"name": "spare", "size": 1 << 20})["task"]
+    )
+    api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf1"})
+    disk = f"{cluster.nodes[0].state_dir}/walk-disk"
+    api.ok("POST", "/pools/hci/disks", json={"node": cluster.nodes[0].name, "path": disk})
+    api.ok("POST", "/users", json={"name": "someone", "role": "viewer", "password": "12345678"})
+    api.ok("POST", "/tokens", json={"description": "walk"})
+    return {"vm": running["vm"]}
+
+
+def walk(page: Page, ui: str, vm_id: str) -> set[str]:
+    found: set[str] = set()
+    menu = page.eval_on_selector_all("nav#nav a", "els => els.map(e => e.getAttribute('href'))")
+    assert len(menu) >= 7, menu
+    for path in menu:
+        page.goto(f"{ui}{path}")
+        found |= offered(page)
+    for path in ("/vms/new",):
+        page.goto(f"{ui}{path}")
+        found |= offered(page)
+    page.goto(f"{ui}/vms/{vm_id}")
+    settle(page)
+    for tab in page.eval_on_selector_all(
+        "[role=tab]", "els => els.map(e => e.dataset.testid.replace('tab-', ''))"
+    ):
+        page.goto(f"{ui}/vms/{vm_id}?tab={tab}")
+        found |= offered(page)
+    page.goto(f"{ui}/storage")
+    settle(page)
+    pools = page.eval_on_selector_all(
+        "[data-testid=pool-select] option", "els => els.map(e => e.value)"
+    )
+    for pool in pools:
+        page.select_option("[data-testid=pool-select]", pool)
+        found |= offered(page)
+    return found
+
+
+def test_every_mutating_operation_is_offered_by_the_ui(
+    browser: Browser,
+    cluster3: tuple[DevCluster, str],
+    admin_password: str,
+    one_of_everything: dict[str, Any],
+) -> None:
+    cluster, _ = cluster3
+    ui = cluster.nodes[0].url
+    wanted = schema_operations(ui)
+    assert len(wanted) >= 29, wanted
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="en-US")
+    context.set_default_timeout(STEP)
+    try:
+        page = context.new_page()
+        page.goto(ui)
+        found = offered(page)  # the login page
+        log_in(page, ui, admin_password)
+        found |= walk(page, ui, one_of_everything["vm"])
+    finally:
+        context.close()
+
+    unknown = found - wanted
+    assert not unknown, f"data-op names operations the API does not have: {sorted(unknown)}"
+    missing = wanted - found - set(NOT_ON_THE_WALK)
+    assert not missing, f"no way in the UI to: {sorted(missing)}"
+    stale = set(NOT_ON_THE_WALK) & found
+    assert not stale, f"listed as not on the walk, but offered there: {sorted(stale)}"
+    source = "\n".join(p.read_text() for p in WEB_SOURCE.rglob("*.vue"))
+    for op in NOT_ON_THE_WALK:
+        assert re.search(rf'data-op="{re.escape(op)}"', source), f"{op}: offered nowhere"
