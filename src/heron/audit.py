@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,16 @@ class AuditLog:
                         line = "\n" + line
                 out.write(line.encode())
 
-    def read(self, limit: int, since: float = 0.0) -> list[dict[str, Any]]:
-        """The newest `limit` entries after `since`, newest first."""
+    def read(
+        self,
+        limit: int,
+        since: float = 0.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        marker: str = "",
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` entries after `since` (and for which `where` holds), newest
+        first. Lines without the text `marker` are skipped unparsed: a cheap first sieve
+        for `where` when few entries match (the file holds up to 16 MiB)."""
         entries: list[dict[str, Any]] = []
         for path in (self.path, self.path.with_suffix(".1.jsonl")):
             try:
@@ -48,12 +57,16 @@ class AuditLog:
             except FileNotFoundError:
                 continue
             for line in reversed(lines):
+                if marker not in line:
+                    continue
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue  # a line cut short by a crash
                 if entry.get("time", 0) <= since:
                     return entries
+                if where is not None and not where(entry):
+                    continue
                 entries.append(entry)
                 if len(entries) >= limit:
                     return entries

@@ -153,3 +153,16 @@ def test_concurrent_records_are_whole_lines(tmp_path: Path) -> None:
     assert len(entries) == 800
     for worker in range(4):
         assert [e["seq"] for e in entries if e["worker"] == worker] == list(range(200))
+
+
+def test_a_filter_picks_entries_and_its_marker_skips_lines_unparsed(log: AuditLog) -> None:
+    from heron.services.cluster import DRS_MARKER, is_drs_decision
+
+    for i in range(5):
+        log.record(user="drs" if i % 2 else "admin", method="DRS" if i % 2 else "PUT", n=i)
+    found = log.read(10, where=is_drs_decision, marker=DRS_MARKER)
+    assert [e["n"] for e in found] == [3, 1]
+    assert [e["n"] for e in log.read(1, where=is_drs_decision, marker=DRS_MARKER)] == [3]
+    with open(log.path, "a") as out:
+        out.write('{"method":"DRS", cut short\n')  # carries the marker, yet is no entry
+    assert [e["n"] for e in log.read(10, where=is_drs_decision, marker=DRS_MARKER)] == [3, 1]

@@ -46,3 +46,12 @@ def test_respects_group_rules_and_what_may_move() -> None:
     move = propose(loads(vms), vms, threshold=0.1, groups=groups)
     assert move is not None and move.target == "c"  # b already runs a member
     assert propose(loads(vms), vms, threshold=0.1, groups=groups, movable=set()) is None
+
+
+def test_why_none_says_which_case() -> None:
+    from heron.scheduler.balancer import why_none
+
+    assert "fewer than two" in why_none(loads([], names=("a",)), 0.2)
+    assert "within the threshold 30%" in why_none(loads([vm("x", "a")]), 0.3)
+    big = [vm("big", "a", memory=1024)]
+    assert "no single move" in why_none(loads(big), 0.1)

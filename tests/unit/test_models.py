@@ -385,3 +385,20 @@ def test_vm_round_trips_through_json() -> None:
         created_at=1.5,
     )
     assert VM.model_validate_json(vm.model_dump_json()) == vm
+
+
+def test_drs_mode_and_the_older_enabled_say_the_same() -> None:
+    from heron.models.settings import DRSSettings
+
+    assert (DRSSettings().mode, DRSSettings().enabled) == ("off", False)
+    # A record or a client of a release before `mode` sets only `enabled`.
+    assert DRSSettings.model_validate({"enabled": True}).mode == "automatic"
+    assert DRSSettings.model_validate({"enabled": False}).mode == "off"
+    # The mode alone sets `enabled`, which older agents read.
+    assert DRSSettings.model_validate({"mode": "advise"}).enabled is False
+    assert DRSSettings.model_validate({"mode": "automatic"}).enabled is True
+    assert DRSSettings.model_validate({"mode": "automatic", "enabled": True}).mode == "automatic"
+    with pytest.raises(ValidationError, match="contradicts mode"):
+        DRSSettings.model_validate({"mode": "advise", "enabled": True})
+    with pytest.raises(ValidationError):
+        DRSSettings.model_validate({"mode": "sometimes"})

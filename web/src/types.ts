@@ -18,6 +18,8 @@ export interface Node {
   /** Cores and memory the admin reserved for heron-io (not for VMs). */
   io_cpus: number;
   io_memory_mib: number;
+  /** Taken out of the cluster for good (its agent may still run). */
+  left?: boolean;
 }
 
 export interface Cluster {

@@ -22,6 +22,8 @@ export const views: ViewDef[] = [
     component: () => import("./views/OverviewView.vue") },
   { path: "/nodes", name: "nodes", title: "nav.nodes", icon: "▤", nav: true,
     component: () => import("./views/NodesView.vue") },
+  { path: "/cluster", name: "cluster", title: "nav.cluster", icon: "⬡", nav: true,
+    component: () => import("./views/ClusterView.vue") },
   { path: "/vms", name: "vms", title: "nav.vms", icon: "▣", nav: true,
     component: () => import("./views/VmsView.vue") },
   { path: "/vms/new", name: "vm-create", title: "create.title", role: "operator",

@@ -1,13 +1,17 @@
 """heron cluster: the cluster as a whole, and its dynamic balancing (DRS)."""
 
-from typing import Annotated
+import time
+from typing import Annotated, Any, get_args
 
 import typer
 
 from heron.cli import parse
-from heron.cli.client import Client
+from heron.cli.client import Client, fail
 from heron.cli.options import Json
-from heron.cli.output import emit
+from heron.cli.output import emit, size
+from heron.models.settings import DRSMode
+
+MODE = parse.Choice(get_args(DRSMode))
 
 app = typer.Typer(no_args_is_help=True, help="The cluster as a whole.")
 
@@ -25,14 +29,52 @@ def cluster_show(as_json: Json = False) -> None:
             ("nodes", lambda c: c["nodes"]),
             ("vms", lambda c: c["vms"]),
             ("version", lambda c: c["version"]),
-            ("drs", lambda c: "on" if c["settings"]["drs"]["enabled"] else "off"),
+            ("drs", lambda c: c["settings"]["drs"]["mode"]),
         ],
     )
 
 
+@app.command("members")
+def cluster_members(as_json: Json = False) -> None:
+    """etcd's members: voters, learners, and which one leads raft."""
+    emit(
+        Client().get("/cluster/members"),
+        as_json,
+        [
+            ("id", lambda m: m["id"]),
+            ("name", lambda m: m["name"] or "(not started)"),
+            ("role", lambda m: "learner" if m["learner"] else "voter"),
+            ("leader", lambda m: "*" if m["leader"] else ""),
+            ("peer", lambda m: ",".join(m["peer_urls"])),
+            ("client", lambda m: ",".join(m["client_urls"])),
+        ],
+    )
+
+
+@app.command("join")
+def cluster_join(as_json: Json = False) -> None:
+    """How to add a node: etcd's endpoints and the command lines to run on it."""
+    data = Client().get("/cluster/join")
+    if as_json:
+        emit(data, True)
+        return
+    typer.echo(f"etcd endpoints: {','.join(data['etcd_endpoints'])}")
+    for command in data["commands"]:
+        typer.echo(f"\n{command['description']}:\n  {command['command']}")
+
+
 @app.command("drs")
 def cluster_drs(
-    enable: Annotated[bool, typer.Option("--enable/--disable")],
+    enable: Annotated[
+        bool | None,
+        typer.Option("--enable/--disable", help="the same as --mode automatic / --mode off"),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            parser=MODE, metavar="MODE", help="off, advise (only propose moves) or automatic"
+        ),
+    ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="memory load spread that triggers")
     ] = None,
@@ -40,10 +82,62 @@ def cluster_drs(
         float | None,
         typer.Option(parser=parse.seconds, metavar="SECONDS", help="seconds between checks"),
     ] = None,
+    decisions: Annotated[int, typer.Option(help="how many of its last decisions to show")] = 10,
+    as_json: Json = False,
 ) -> None:
-    """Turn dynamic balancing on or off."""
+    """Dynamic balancing: without options, its state (loads, spread, the move it would make
+    now, its last decisions); with them, change its settings (--mode advise: it only
+    proposes, and `heron vm migrate` applies a proposal)."""
     client = Client()
+    if enable is not None:
+        if mode is not None:
+            fail("give --mode or --enable/--disable, not both")
+        mode = "automatic" if enable else "off"
+    if mode is None and threshold is None and interval is None:
+        show_drs(client.get("/cluster/drs", params={"decisions": decisions}), as_json)
+        return
     settings = client.get("/cluster/settings")
-    drs = {**settings["drs"], "enabled": enable}
-    drs.update({k: v for k, v in (("threshold", threshold), ("interval", interval)) if v})
+    drs = {k: v for k, v in settings["drs"].items() if k != "enabled"}  # the mode says it
+    changes = {"mode": mode, "threshold": threshold, "interval": interval}
+    drs.update({k: v for k, v in changes.items() if v is not None})
     client.request("PUT", "/cluster/settings", json={**settings, "drs": drs})
+
+
+def show_drs(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(status, True)
+        return
+    drs = status["settings"]
+    typer.echo(
+        f"DRS {drs['mode']}: threshold {drs['threshold']:.0%}, every "
+        f"{drs['interval']:g} s, {drs['hysteresis']} checks in a row, "
+        f"{drs['max_concurrent']} at once"
+    )
+    emit(
+        status["loads"],
+        False,
+        [
+            ("node", lambda n: n["node"] + (" (maintenance)" if n["maintenance"] else "")),
+            ("memory", lambda n: size(n["memory_mib"] << 20)),
+            ("used", lambda n: size(n["memory_used_mib"] << 20)),
+            ("load", lambda n: f"{n['load']:.1%}"),
+        ],
+    )
+    over = "exceeds" if status["exceeded"] else "within"
+    typer.echo(f"spread {status['spread']:.1%}: {over} the threshold")
+    proposal = status["proposal"]
+    typer.echo(f"proposal: {proposal['explanation'] if proposal else status['why_none']}")
+    if status["decisions"]:
+        typer.echo("last decisions:")
+        emit(
+            status["decisions"],
+            False,
+            [
+                ("time", lambda d: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["time"]))),
+                ("vm", lambda d: d["vm_name"] or d["vm"]),
+                ("from", lambda d: d["source"]),
+                ("to", lambda d: d["destination"]),
+                ("task", lambda d: d["task"]),
+                ("reason", lambda d: d["reason"]),
+            ],
+        )

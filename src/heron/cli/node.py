@@ -1,6 +1,6 @@
 """heron node: the nodes of the cluster, their IO reservation and maintenance mode."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,16 +64,40 @@ app.add_typer(maintenance_app, name="maintenance")
 
 
 @app.command("leave")
-def node_leave(name: str, as_json: Json = False) -> None:
-    """Take an empty node out of the cluster (and out of etcd, if it runs a member)."""
-    emit(
-        Client().post(f"/nodes/{name}/leave"),
-        as_json,
-        [
-            ("node", lambda r: r["node"]),
-            ("etcd member removed", lambda r: r["etcd_member_removed"]),
-        ],
-    )
+def node_leave(
+    name: str,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only say what leaving would do; change nothing")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Take an empty node out of the cluster (and out of etcd, if it runs a member). Says
+    what happens to the data on its disks; refused while anything blocks it."""
+    reply = Client().post(f"/nodes/{name}/leave", json={"dry_run": dry_run})
+    if as_json:
+        emit(reply, True)
+        return
+    for line in plan_lines(reply["plan"]):
+        typer.echo(line)
+    if not dry_run:
+        removed = "removed" if reply["etcd_member_removed"] else "none"
+        typer.echo(f"{name} left the cluster (etcd member: {removed})")
+
+
+def plan_lines(plan: dict[str, Any]) -> list[str]:
+    """A leave plan as an administrator reads it: blockers first, then the consequences."""
+    node = plan["node"]
+    lines = [f"{node} {'can' if plan['can_leave'] else 'cannot'} leave the cluster"
+             + ("" if plan["live"] else " (its agent is down)")]  # fmt: skip
+    lines += [f"  BLOCKED: {b['message']}" for b in plan["blockers"]]
+    if plan["etcd_member"]:
+        lines.append("  its etcd member is removed")
+    for pool in plan["ardfs"]:
+        mark = "BLOCKED: " if pool["blocking"] else ""
+        lines.append(f"  ardfs {mark}{pool['message']} (disks {', '.join(pool['disks'])})")
+    for volume in plan["local_volumes"]:
+        lines.append(f"  volume {volume['pool']}/{volume['name']} stays on it, unreachable")
+    return lines
 
 
 @maintenance_app.command("enter")

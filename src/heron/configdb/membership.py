@@ -31,11 +31,11 @@ class Membership:
         self.db = db
 
     # Any: the reply is one of etcd's protobuf messages, which aetcd does not type.
-    async def _call(self, method: str, request: object) -> Any:
+    async def _call(self, method: str, request: object, stub: str = "clusterstub") -> Any:
         client = self.db.client
         await client.connect()
         try:
-            return await getattr(client.clusterstub, method)(
+            return await getattr(getattr(client, stub), method)(
                 request, timeout=REQUEST_TIMEOUT, metadata=client.metadata
             )
         except aetcd.rpc.AioRpcError as exc:
@@ -55,6 +55,13 @@ class Membership:
             Member(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
             for m in reply.members
         ]
+
+    async def leader(self) -> int | None:
+        """The id of the member leading raft, as the member answering sees it (None: none)."""
+        reply = await self.db.retrying_read(
+            lambda: self._call("Status", aetcd.rpc.StatusRequest(), "maintenancestub")
+        )
+        return int(reply.leader) or None
 
     async def add_learner(self, peer_url: str) -> int:
         request = aetcd.rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)

@@ -1,14 +1,32 @@
 """Cluster-wide settings the administrator changes at run time."""
 
-from pydantic import Field
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from heron.models.common import Record
 
+DRSMode = Literal["off", "advise", "automatic"]
+
 
 class DRSSettings(Record):
-    """Dynamic balancing: live-migrate VMs to even out memory load across nodes."""
+    """Dynamic balancing: live-migrate VMs to even out memory load across nodes.
 
-    enabled: bool = False
+    `mode` is what the administrator chooses, as vSphere's manual and fully automated DRS:
+    `advise` only proposes moves (GET /cluster/drs), an administrator applies them;
+    `automatic` makes them. `enabled` is `mode == "automatic"`, always stored with it: records
+    and clients of releases before `mode` set only `enabled`, and older agents read only it.
+    """
+
+    mode: DRSMode = Field(
+        default="off",
+        description="off; advise: propose moves only; automatic: make them",
+    )
+    enabled: bool = Field(
+        default=False,
+        description='the same as mode "automatic" (given alone, it sets the mode: on is '
+        "automatic, off is off)",
+    )
     threshold: float = Field(
         default=0.2,
         gt=0,
@@ -21,6 +39,23 @@ class DRSSettings(Record):
         default=3, ge=1, le=100, description="checks in a row the imbalance must persist"
     )
     max_concurrent: int = Field(default=1, ge=1, le=16, description="migrations at once")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_and_enabled(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        mode, enabled = data.get("mode"), data.get("enabled")
+        if mode is None and isinstance(enabled, bool):
+            return {**data, "mode": "automatic" if enabled else "off"}
+        if isinstance(mode, str) and enabled is None:
+            return {**data, "enabled": mode == "automatic"}
+        if isinstance(mode, str) and isinstance(enabled, bool) and enabled != (mode == "automatic"):
+            raise ValueError(
+                f'enabled {str(enabled).lower()} contradicts mode "{mode}": enabled means '
+                'mode "automatic"; give the mode alone'
+            )
+        return data
 
 
 class ClusterSettings(Record):

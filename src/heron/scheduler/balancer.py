@@ -79,3 +79,17 @@ def propose(
             if after < before - 1e-9 and (best is None or after < best.after - 1e-9):
                 best = Move(vm, busiest.name, target.name, before, after)
     return best
+
+
+def why_none(loads: list[NodeLoad], threshold: float) -> str:
+    """Why `propose` finds no move for these loads (when it finds none)."""
+    usable = [n for n in loads if not n.maintenance]
+    if len(usable) < 2:
+        return "fewer than two nodes take VMs"
+    now = spread(usable)
+    if now <= threshold:
+        return f"memory load spread {now:.0%} is within the threshold {threshold:.0%}"
+    return (
+        f"memory load spread {now:.0%} exceeds the threshold {threshold:.0%}, but no single "
+        "move of a running VM off the busiest node lowers it"
+    )

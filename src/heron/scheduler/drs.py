@@ -1,4 +1,5 @@
-"""The balancing controller (DRS), run by the leader when the administrator turns it on.
+"""The balancing controller (DRS), run by the leader when the administrator sets its mode to
+automatic (in mode advise, GET /cluster/drs shows the move it would make, and nothing moves).
 
 Every `interval` seconds it asks the balancer for the one best move; the imbalance must
 persist for `hysteresis` checks in a row before it acts, and at most `max_concurrent` of its
@@ -7,6 +8,7 @@ migrations run at once. Each decision goes to the audit log with the numbers beh
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from heron.audit import AuditLog
 from heron.configdb import Txn, keys
@@ -15,13 +17,42 @@ from heron.configdb.store import Conflict
 from heron.models.settings import ClusterSettings, DRSSettings
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import RunState
-from heron.scheduler.balancer import propose
+from heron.scheduler.balancer import Move, propose
 from heron.scheduler.inventory import Inventory
-from heron.scheduler.placement import node_loads
+from heron.scheduler.placement import NodeLoad, node_loads
 
 log = logging.getLogger(__name__)
 
 _IDLE_CHECK = 2.0  # how often a disabled balancer looks whether it was turned on
+
+
+@dataclass(frozen=True)
+class Assessment:
+    loads: list[NodeLoad]  # every live node's
+    move: Move | None  # the one DRS would make now
+
+
+def assess(inv: Inventory, threshold: float) -> Assessment:
+    """The cluster's memory loads and the move the balancer proposes for them: only running
+    VMs move, and none that is migrating or has a migration task waiting."""
+    nodes = inv.live_nodes()
+    vms = inv.vms.values()
+    running = [
+        v
+        for v in vms
+        if v.node in nodes
+        and (s := inv.vm_status.get(v.id)) is not None
+        and s.value.state == RunState.running
+    ]
+    migrating = {m.vm for m in inv.migrations.values()}
+    pending = {
+        t.target
+        for t in inv.tasks.values()
+        if t.kind == TaskKind.vm_migrate and not t.state.finished
+    }
+    movable = {v.id for v in running} - migrating - pending
+    loads = node_loads(nodes, vms)
+    return Assessment(loads, propose(loads, running, threshold, inv.groups_by_name(), movable))
 
 
 class BalancingController:
@@ -38,35 +69,19 @@ class BalancingController:
     async def run(self, election: Election) -> None:
         while True:
             drs = await self.settings()
-            if drs.enabled:
+            if drs.mode == "automatic":
                 try:
                     await self.step(election, drs)
                 except Conflict:
                     self.streak = 0  # the cluster changed under us: start counting again
             else:
                 self.streak = 0
-            await asyncio.sleep(drs.interval if drs.enabled else _IDLE_CHECK)  # check period
+            await asyncio.sleep(drs.interval if drs.mode == "automatic" else _IDLE_CHECK)
 
     async def step(self, election: Election, drs: DRSSettings) -> None:
         inv = await self.inventory.ready()
-        nodes = inv.live_nodes()
-        vms = inv.vms.values()
-        running = [
-            v
-            for v in vms
-            if v.node in nodes
-            and (s := inv.vm_status.get(v.id)) is not None
-            and s.value.state == RunState.running
-        ]
-        migrating = {m.vm for m in inv.migrations.values()}
-        tasks = inv.tasks.values()
-        ours = [t for t in tasks if t.user == "drs" and not t.state.finished]
-        groups = inv.groups_by_name()
-        pending = {
-            t.target for t in tasks if t.kind == TaskKind.vm_migrate and not t.state.finished
-        }
-        movable = {v.id for v in running} - migrating - pending
-        move = propose(node_loads(nodes, vms), running, drs.threshold, groups, movable)
+        ours = [t for t in inv.tasks.values() if t.user == "drs" and not t.state.finished]
+        move = assess(inv, drs.threshold).move
         if move is None:
             self.streak = 0
             return
@@ -87,5 +102,8 @@ class BalancingController:
             target=move.vm.id,
             reason=move.explanation,
             task=task.id,
+            vm_name=move.vm.spec.name,
+            source=move.source,
+            destination=move.target,
         )
         log.info("DRS: %s", move.explanation)

@@ -6,10 +6,13 @@ from typing import Any
 import aetcd.exceptions
 
 from heron.configdb import ConfigDB, Entry, Txn, cas, keys
-from heron.configdb.membership import Membership
+from heron.configdb.membership import Member, Membership
+from heron.models.cluster import LeavePlan
 from heron.models.node import NodeSettings
+from heron.models.storage import ArdfsMember, Pool, Volume
 from heron.models.task import Task, TaskKind, new_task
 from heron.models.vm import VM
+from heron.services import leave as leave_plan
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import live_nodes
 from heron.services.tasks import with_task
@@ -32,9 +35,13 @@ async def enter_maintenance(db: ConfigDB, name: str, user: str) -> Task:
 
 
 async def exit_maintenance(db: ConfigDB, name: str) -> None:
-    """Let the node take VMs again (they are not moved back by themselves)."""
-    if await db.get_raw(keys.node_settings(name)) is None and name not in await live_nodes(db):
+    """Let the node take VMs again (they are not moved back by themselves); refused for a
+    node that left the cluster, which stays out of placement for good."""
+    current = await db.get(NodeSettings, keys.node_settings(name))
+    if current is None and name not in await live_nodes(db):
         raise NotFound(f"no node {name!r}")
+    if current is not None and current.value.left:
+        raise Conflict(f"node {name} left the cluster: it takes no VMs again")
     await _update_settings(db, name, maintenance=False)
 
 
@@ -51,32 +58,55 @@ async def reserve_io(db: ConfigDB, name: str, cpus: int, memory_mib: int) -> Non
     await _update_settings(db, name, io_cpus=cpus, io_memory_mib=memory_mib)
 
 
-async def leave(db: ConfigDB, name: str) -> bool:
-    """Take an empty node out of the cluster for good: its etcd member (if any) is removed
-    and placement never uses it again. Returns whether it had an etcd member."""
+async def left_nodes(db: ConfigDB) -> set[str]:
+    """The nodes an administrator took out of the cluster."""
+    return {
+        e.key.rsplit("/", 1)[1]
+        for e in await db.list(NodeSettings, keys.NODE_SETTINGS)
+        if e.value.left
+    }
+
+
+async def plan_leave(db: ConfigDB, name: str) -> LeavePlan:
+    """What leaving would do now: the VMs in the way, the etcd member, the data on its
+    disks. NotFound for a node the cluster does not know at all."""
+    plan, _ = await _plan_leave(db, name)
+    return plan
+
+
+async def _plan_leave(db: ConfigDB, name: str) -> tuple[LeavePlan, Member | None]:
     nodes = await live_nodes(db)
-    membership = Membership(db)
-    members = await membership.list()
+    members = await Membership(db).list()
     mine = next((m for m in members if m.name == name), None)
     # A node that is gone for good may be known only as an etcd member any more.
     if name not in nodes and mine is None and await db.get_raw(keys.node_settings(name)) is None:
         raise NotFound(f"no node {name!r}")
-    still = [e.value.spec.name for e in await db.list(VM, keys.VMS) if e.value.node == name]
-    if still:
-        raise Conflict(
-            f"node {name} still has VMs ({', '.join(sorted(still)[:5])}): "
-            "drain it first with maintenance enter"
-        )
+    state = leave_plan.ClusterState(
+        live=set(nodes),
+        left=await left_nodes(db),
+        vms_on=[e.value.spec.name for e in await db.list(VM, keys.VMS) if e.value.node == name],
+        members=members,
+        pools={e.value.name: e.value for e in await db.list(Pool, keys.POOLS)},
+        ardfs_members=[e.value for e in await db.list(ArdfsMember, keys.ARDFS_MEMBERS)],
+        volumes=[e.value for e in await db.list(Volume, keys.VOLUMES)],
+    )
+    return leave_plan.plan(name, state), mine
+
+
+async def leave(db: ConfigDB, name: str) -> tuple[LeavePlan, bool]:
+    """Take an empty node out of the cluster for good: its etcd member (if any) is removed
+    and placement never uses it again. Refused (Conflict) for what its plan calls blocking.
+    Returns the plan it followed and whether it had an etcd member."""
+    plan, mine = await _plan_leave(db, name)
+    if not plan.can_leave:
+        raise Conflict(leave_plan.refusal(plan))
     if mine is not None:
-        voters = [m for m in members if not m.learner]
-        if voters == [mine]:
-            raise Conflict(f"node {name} runs the cluster's only etcd voter")
-        await _remove_member(membership, mine.id)
+        await _remove_member(Membership(db), mine.id)
     current = await db.get(NodeSettings, keys.node_settings(name))
     settings = _changed(current, maintenance=True, left=True)
     txn = Txn().require_revision(keys.node_settings(name), current.revision if current else 0)
     await db.commit(txn.put(keys.node_settings(name), settings).delete(keys.etcd_join(name)))
-    return mine is not None
+    return plan, mine is not None
 
 
 async def _remove_member(membership: Membership, member_id: int) -> None:

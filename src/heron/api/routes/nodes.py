@@ -1,18 +1,28 @@
 """Nodes: the live members of the cluster and their load."""
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 import heron
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.errors import NotFound
+from heron.api.fanout import ask_others
 from heron.configdb import keys
+from heron.models.cluster import (
+    DRSDecision,
+    DRSStatus,
+    EtcdMemberView,
+    JoinInstructions,
+    LeaveReply,
+    LeaveRequest,
+)
 from heron.models.common import Name
 from heron.models.node import Node
 from heron.models.settings import ClusterSettings
 from heron.models.vm import VM
 from heron.scheduler.placement import node_loads
+from heron.services import cluster as cluster_service
 from heron.services import nodes as node_service
 from heron.services.lookup import live_nodes
 
@@ -21,6 +31,9 @@ router = APIRouter(tags=["nodes"])
 
 class NodeView(Node):
     state: str = Field(description="online or maintenance (a node without a lease is not listed)")
+    left: bool = Field(
+        default=False, description="taken out of the cluster for good (its agent still runs)"
+    )
     leader: bool
     vms: int
     memory_used_mib: int
@@ -34,10 +47,12 @@ async def _views(request: Request) -> list[NodeView]:
     by_name = {load.name: load for load in node_loads(nodes, vms)}
     found = await db.get_raw(keys.LEADER)
     leader = found[0].decode().split(" ", 1)[0] if found else None
+    left = await node_service.left_nodes(db)
     return [
         NodeView(
             **node.model_dump(),
             state="maintenance" if node.maintenance else "online",
+            left=name in left,
             leader=name == leader,
             vms=by_name[name].vms,
             memory_used_mib=by_name[name].memory_used_mib,
@@ -141,17 +156,81 @@ async def put_settings(
     return body
 
 
-class LeaveReply(BaseModel):
-    node: str
-    etcd_member_removed: bool
-
-
 @router.post("/nodes/{name}/leave", response_model=LeaveReply)
 async def leave_cluster(
-    name: Name, request: Request, _: Principal = Depends(auth.admin)
+    name: Name,
+    request: Request,
+    body: LeaveRequest | None = None,
+    _: Principal = Depends(auth.admin),
 ) -> LeaveReply:
     """Take an empty node out of the cluster: its etcd member (if any) is removed, and it is
-    kept out of placement for good. Drain it first (maintenance enter)."""
-    removed = await node_service.leave(request.app.state.ctx.db, name)
+    kept out of placement for good. Drain it first (maintenance enter). With `dry_run`, only
+    the plan: the VMs in the way, the etcd member, what happens to the data on its disks;
+    the leave refuses (409) exactly what the plan lists as blockers."""
+    db = request.app.state.ctx.db
     request.state.audit_target = name
-    return LeaveReply(node=name, etcd_member_removed=removed)
+    if body is not None and body.dry_run:
+        plan = await node_service.plan_leave(db, name)
+        return LeaveReply(node=name, dry_run=True, etcd_member_removed=False, plan=plan)
+    plan, removed = await node_service.leave(db, name)
+    return LeaveReply(node=name, dry_run=False, etcd_member_removed=removed, plan=plan)
+
+
+@router.get("/cluster/members", response_model=list[EtcdMemberView])
+async def cluster_members(
+    request: Request, _: Principal = Depends(auth.viewer)
+) -> list[EtcdMemberView]:
+    """etcd's members: voters and learners, and which one leads raft."""
+    return await cluster_service.members(request.app.state.ctx.db)
+
+
+_DECISIONS_MAX = 500
+
+
+async def _decisions(request: Request, limit: int, local: bool) -> list[DRSDecision]:
+    """DRS's decisions in this node's audit log and, unless `local`, every other node's."""
+    ctx = request.app.state.ctx
+    found = cluster_service.drs_decisions(
+        ctx.audit.read(
+            limit, where=cluster_service.is_drs_decision, marker=cluster_service.DRS_MARKER
+        )
+    )
+    if not local:
+        others = await ask_others(request, "/cluster/drs/decisions", {"limit": limit})
+        found += [DRSDecision.model_validate(d) for part in others.values() for d in part]
+    return cluster_service.newest(found, limit)
+
+
+@router.get("/cluster/drs/decisions", response_model=list[DRSDecision])
+async def drs_decisions(
+    request: Request,
+    limit: int = Query(default=20, ge=1, le=_DECISIONS_MAX),
+    local: bool = False,
+    _: Principal = Depends(auth.viewer),
+) -> list[DRSDecision]:
+    """DRS's last moves with their reasons, newest first, from every node's audit log (the
+    leader of the moment writes them); `local=true` reads only the node that answers."""
+    return await _decisions(request, limit, local)
+
+
+@router.get("/cluster/drs", response_model=DRSStatus)
+async def drs_status(
+    request: Request,
+    decisions: int = Query(default=20, ge=0, le=_DECISIONS_MAX),
+    _: Principal = Depends(auth.viewer),
+) -> DRSStatus:
+    """Dynamic balancing now: its settings, each live node's memory load, the spread against
+    the threshold, the move it would make now (or why none) and its last `decisions`."""
+    ctx = request.app.state.ctx
+    status = await cluster_service.drs_status(ctx.db, ctx.inventory)
+    if decisions:
+        status.decisions = await _decisions(request, decisions, local=False)
+    return status
+
+
+@router.get("/cluster/join", response_model=JoinInstructions)
+async def join_instructions(
+    request: Request, _: Principal = Depends(auth.admin)
+) -> JoinInstructions:
+    """What a new node needs: etcd's client endpoints and the command lines that start it."""
+    return await cluster_service.join_instructions(request.app.state.ctx.db)

@@ -1,0 +1,135 @@
+"""What an administrator reads about the cluster as a whole: etcd's members, the state of
+dynamic balancing (DRS), how a node joins, and what a node's leaving would do."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from heron.models.settings import DRSSettings
+
+
+class EtcdMemberView(BaseModel):
+    id: str = Field(description="etcd's member id, in hex as etcdctl prints it")
+    name: str = Field(description="empty until the member has started")
+    peer_urls: list[str]
+    client_urls: list[str]
+    learner: bool = Field(description="a learner catches up and does not vote")
+    leader: bool = Field(description="leads etcd's raft (false for all when it cannot be told)")
+
+
+class NodeMemoryLoad(BaseModel):
+    node: str
+    memory_mib: int = Field(description="memory for VMs")
+    memory_used_mib: int = Field(description="taken by its VMs")
+    load: float = Field(description="memory_used_mib / memory_mib")
+    maintenance: bool = Field(description="not balanced (kept free of VMs)")
+
+
+class DRSProposal(BaseModel):
+    vm: str = Field(description="the VM's id")
+    vm_name: str
+    memory_mib: int
+    source: str
+    destination: str
+    spread_after: float
+    explanation: str
+
+
+class DRSDecision(BaseModel):
+    """A move DRS made, as it wrote it to the audit log."""
+
+    time: float
+    node: str = Field(description="the node (the leader then) whose audit log holds it")
+    vm: str = Field(description="the VM's id")
+    vm_name: str | None = None
+    source: str | None = None
+    destination: str | None = None
+    reason: str
+    task: str | None = None
+
+
+class DRSStatus(BaseModel):
+    settings: DRSSettings
+    loads: list[NodeMemoryLoad] = Field(description="every live node's memory load now")
+    spread: float = Field(description="busiest minus idlest load, nodes in maintenance aside")
+    exceeded: bool = Field(description="the spread is above the threshold")
+    proposal: DRSProposal | None = Field(
+        description="the move DRS would make now (it acts once the imbalance persisted "
+        "`hysteresis` checks and while enabled)"
+    )
+    why_none: str | None = Field(default=None, description="why there is no proposal")
+    decisions: list[DRSDecision] = Field(
+        default_factory=list, description="its last decisions, newest first"
+    )
+
+
+class JoinCommand(BaseModel):
+    kind: Literal["client", "etcd-capable"]
+    description: str
+    command: str
+
+
+class JoinInstructions(BaseModel):
+    etcd_endpoints: list[str] = Field(description="client endpoints of etcd's voting members")
+    commands: list[JoinCommand]
+
+
+# -- leaving ------------------------------------------------------------------------------
+
+
+class ArdfsLeave(BaseModel):
+    """What happens to one ardfs pool's data on the disks of a node that leaves."""
+
+    pool: str
+    protection: str
+    disks: list[str] = Field(description="the node's disks in the pool")
+    volumes: int = Field(description="volumes with blocks on those disks")
+    disks_left: int = Field(description="the pool's disks on the other nodes")
+    disks_needed: int = Field(description="disks the protection spans")
+    outcome: Literal["none", "rebuilt", "copied-off", "lost", "degraded"] = Field(
+        description="none: nothing on its disks; rebuilt: made again on the other disks from "
+        "the other copies; copied-off: some blocks have their only copies on this node, "
+        "copied off while it runs; lost: those blocks are gone (the node is down); degraded: "
+        "too few disks left for the protection"
+    )
+    blocking: bool
+    message: str
+
+
+class LocalVolumeLeft(BaseModel):
+    pool: str
+    id: str
+    name: str
+
+
+class LeaveBlocker(BaseModel):
+    kind: Literal["vms", "only-voter", "ardfs"]
+    message: str
+
+
+class LeavePlan(BaseModel):
+    """What `POST /nodes/{name}/leave` would do now, changing nothing."""
+
+    node: str
+    live: bool = Field(description="the node's agent is up (its lease is held)")
+    can_leave: bool
+    blockers: list[LeaveBlocker] = Field(description="what the leave refuses for, to fix first")
+    vms: list[str] = Field(description="names of the VMs still on it (drain it first)")
+    etcd_member: bool = Field(description="its etcd member will be removed")
+    only_voter: bool = Field(description="its member is etcd's only voter")
+    ardfs: list[ArdfsLeave]
+    local_volumes: list[LocalVolumeLeft] = Field(
+        description="volumes of node-local pools on it: unreachable once it is gone"
+    )
+
+
+class LeaveRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    dry_run: bool = Field(default=False, description="only say what leaving would do")
+
+
+class LeaveReply(BaseModel):
+    node: str
+    dry_run: bool
+    etcd_member_removed: bool = Field(description="false in a dry run: see plan.etcd_member")
+    plan: LeavePlan
