@@ -6,29 +6,23 @@ first. In English, in Russian, and at phone width."""
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from browsing import STEP, assert_fits, assert_translated, log_in, settle, shot
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from support import Api, wait_for
-from test_ui import STEP, assert_translated, log_in, settle, shot, ui
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["ui"]  # the fixture, shared with test_ui
 
 DECIDE = 90_000  # ms: DRS checks every half second; the migration is a real one under TCG
 
 
 @pytest.fixture(scope="module")
-def page(browser: Browser, ui: str, admin_password: str) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
-    context.set_default_timeout(STEP)
-    page = context.new_page()
+def page(desktop: BrowserContext, ui: str, admin_password: str) -> Page:
+    page = desktop.new_page()
     log_in(page, ui, admin_password)
-    yield page
-    context.close()
+    return page
 
 
 def go(page: Page, ui: str, path: str) -> None:
@@ -196,34 +190,25 @@ def test_in_russian(page: Page, ui: str, screenshots: Path) -> None:
     page.select_option("[data-testid=language]", "en")
 
 
-def test_at_phone_width(browser: Browser, ui: str, admin_password: str, screenshots: Path) -> None:
-    context = browser.new_context(
-        viewport={"width": 375, "height": 812}, locale="ru-RU", is_mobile=True, has_touch=True
-    )
-    context.set_default_timeout(STEP)
-    try:
-        phone = context.new_page()
-        log_in(phone, ui, admin_password)
+def test_at_phone_width(phone: Page, ui: str, admin_password: str, screenshots: Path) -> None:
+    log_in(phone, ui, admin_password)
 
-        def fits(where: str) -> None:
-            wide = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-            assert wide[0] <= wide[1], f"{where} scrolls sideways at 375 px: {wide}"
-            assert_translated(phone, "ru", where)
+    def fits(where: str) -> None:
+        assert_fits(phone, where)
+        assert_translated(phone, "ru", where)
 
-        go(phone, ui, "/cluster")
-        expect(phone.locator("[data-testid=decision]")).to_have_count(1)
-        fits("/cluster")
-        shot(phone, screenshots, "phone-cluster")
-        go(phone, ui, "/nodes")
-        phone.click("[data-testid=join-toggle]")
-        expect(phone.locator("[data-testid=join-command]")).to_have_count(2)
-        fits("/nodes (join)")
-        phone.locator("[data-node=node1] [data-testid=leave-open]").click()
-        expect(phone.locator("[data-testid=leave-vms]")).to_be_visible()
-        fits("/nodes (leave)")
-        shot(phone, screenshots, "phone-nodes-leave")
-    finally:
-        context.close()
+    go(phone, ui, "/cluster")
+    expect(phone.locator("[data-testid=decision]")).to_have_count(1)
+    fits("/cluster")
+    shot(phone, screenshots, "phone-cluster")
+    go(phone, ui, "/nodes")
+    phone.click("[data-testid=join-toggle]")
+    expect(phone.locator("[data-testid=join-command]")).to_have_count(2)
+    fits("/nodes (join)")
+    phone.locator("[data-node=node1] [data-testid=leave-open]").click()
+    expect(phone.locator("[data-testid=leave-vms]")).to_be_visible()
+    fits("/nodes (leave)")
+    shot(phone, screenshots, "phone-nodes-leave")
 
 
 def test_a_viewer_reads_the_cluster_and_is_offered_no_change(

@@ -31,12 +31,6 @@ NOT_ON_THE_WALK = {
     "POST /tasks/{task_id}/cancel": (
         "offered only while a task runs; test_ui_vm.py cancels a migration with it"
     ),
-    "POST /nodes/{name}/maintenance/exit": (
-        "offered only for a node in maintenance; test_ui.py enters and exits with it"
-    ),
-    "PUT /nodes/{name}/io": (
-        "its form opens from a node's Change button; test_ui.py reserves cores with it"
-    ),
 }
 
 
