@@ -70,6 +70,9 @@ def test_create_a_vm_from_an_image_with_the_wizard(
     page.click("[data-testid=vm-new]")
     page.fill("[data-testid=create-name]", VM_NAME)
     page.fill("input[name=memory_mib]", "128")
+    # The hardware comes from the API's schema: what the API takes, the wizard asks.
+    expect(page.locator("select[name=firmware] option")).to_have_text(["bios", "uefi"])
+    expect(page.locator("input[name='ha.enabled']")).not_to_be_checked()
     page.select_option("select[name=node]", other_node)
     page.click("[data-testid=create-next]")
     page.select_option("[data-testid=create-image]", image)

@@ -131,7 +131,10 @@ export function defaults(fields: Field[]): Record<string, unknown> {
   return Object.fromEntries(
     fields.map((f) => [
       f.name,
-      f.kind === "object" && !f.nullable ? defaults(f.children) : (f.default ?? null),
+      f.kind === "object" && !f.nullable
+        ? defaults(f.children)
+        : // A list made by a default factory has no default in the schema: empty.
+          (f.default ?? (f.kind === "list" && !f.nullable ? [] : null)),
     ]),
   );
 }

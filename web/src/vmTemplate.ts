@@ -1,14 +1,17 @@
 // What one VM is made of, as the create forms ask for it: shared by the one-VM wizard and
 // mass deployment, which differ only in how VMs are named and how many are made.
-import { computed, reactive, type ComputedRef, type Ref } from "vue";
+import { computed, reactive, watch, type ComputedRef, type Ref } from "vue";
 import { get } from "./api";
 import { useLive } from "./live";
+import { defaults, useFields, type Field } from "./schema";
 import type { Group, Node, Pool, Volume } from "./types";
 
+/** The VMCreate fields drawn from the API's schema: a new one appears in the forms by itself. */
+export const HARDWARE = ["vcpus", "memory_mib", "firmware", "machine", "description", "boot_order", "ha"];
+
 export interface VmTemplate {
-  vcpus: number;
-  memory_mib: number;
-  description: string;
+  /** vcpus, memory, firmware, machine, description, boot order, HA: as the schema has them. */
+  hardware: Record<string, unknown>;
   diskKind: "image" | "empty" | "none";
   source: string;
   pool: string;
@@ -33,11 +36,11 @@ export function useVmTemplate(start: boolean): {
   form: VmTemplate;
   choices: Ref<TemplateChoices>;
   body: ComputedRef<Record<string, unknown>>;
+  hardwareFields: Ref<Field[]>;
+  schemaError: Ref<unknown>;
 } {
   const form = reactive<VmTemplate>({
-    vcpus: 1,
-    memory_mib: 256,
-    description: "",
+    hardware: {},
     diskKind: "image",
     source: "",
     pool: "",
@@ -72,6 +75,10 @@ export function useVmTemplate(start: boolean): {
     { pools: [], images: [], nodes: [], groups: [] },
   );
 
+  const { fields: hardwareFields, error: schemaError } = useFields("POST /vms", HARDWARE);
+  // The schema's defaults, but a small VM's memory to begin with.
+  watch(hardwareFields, (now) => Object.assign(form.hardware, defaults(now), { memory_mib: 256 }), { once: true });
+
   // The VMCreate body but for its name.
   const body = computed(() => {
     const disks =
@@ -83,9 +90,7 @@ export function useVmTemplate(start: boolean): {
               : { pool: form.pool, size: Math.round(form.sizeGiB * 1073741824), bus: form.bus },
           ];
     return {
-      vcpus: form.vcpus,
-      memory_mib: form.memory_mib,
-      description: form.description,
+      ...form.hardware,
       disks,
       nics: form.network === "none" ? [] : [{ network: form.network, model: form.nicModel }],
       node: form.node || null,
@@ -93,5 +98,5 @@ export function useVmTemplate(start: boolean): {
       start: form.start,
     };
   });
-  return { form, choices, body };
+  return { form, choices, body, hardwareFields, schemaError };
 }
