@@ -27,7 +27,19 @@ pytestmark = pytest.mark.integration
 VM_NAME = "web1"
 
 # Every main view, by path; the VM's own page is added once it exists.
-VIEWS = ["/", "/nodes", "/vms", "/vms/new", "/storage", "/tasks", "/events", "/access"]
+VIEWS = [
+    "/",
+    "/nodes",
+    "/cluster",
+    "/vms",
+    "/vms/new",
+    "/vms/batch",
+    "/groups",
+    "/storage",
+    "/tasks",
+    "/events",
+    "/access",
+]
 VM_TABS = ["summary", "hardware", "disks", "nics", "serial", "console"]
 
 
