@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,13 +29,6 @@ from heron.ardfs.peerauth import PeerKeyError, new_key, read_key, write_key
 
 class IoError(ArdfsError):
     """heron-io did not start or stop as expected."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    # heron.util.ports has the same for the rest of Heron: ARDFS imports nothing else from it.
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def nbd_uri(socket_path: Path, volume: str) -> str:
@@ -67,6 +61,7 @@ def local_cluster(
     except PeerKeyError:
         write_key(key_file, new_key())
     specs = []
+    ports = _listen_ports(nodes)
     for i in range(nodes):
         name = f"n{i + 1}"
         disks = [
@@ -74,7 +69,7 @@ def local_cluster(
         ]
         site = sites[i % len(sites)] if sites else "default"
         specs.append(
-            NodeSpec(name=name, site=site, address=f"127.0.0.1:{free_port()}", disks=disks)
+            NodeSpec(name=name, site=site, address=f"127.0.0.1:{ports[i]}", disks=disks)
         )
     return [
         IoConfig(
@@ -162,6 +157,28 @@ def start(config: IoConfig, directory: Path, timeout: float = 30) -> IoProcess:
             io.kill()
             raise IoError(f"heron-io {config.node} not ready after {timeout}s")
         time.sleep(0.05)
+
+
+# Below the kernel's usual ephemeral range (32768-60999): the nodes started first connect to
+# one another while the later ones start, and one of those outgoing connections could take a
+# later node's port from the ephemeral range before it binds it.
+_LOCAL_PEER_PORTS = (28000, 32768)
+
+
+def _listen_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that are free now, outside the ephemeral range."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(*_LOCAL_PEER_PORTS)
+        if port in chosen:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 @contextlib.contextmanager
