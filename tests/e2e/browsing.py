@@ -43,10 +43,10 @@ def shot(page: Page, screenshots: Path, name: str) -> None:
     page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
 
 
-def log_in(page: Page, url: str, password: str) -> None:
+def log_in(page: Page, url: str, password: str, user: str = "admin") -> None:
     page.goto(url)
     expect(page).to_have_url(re.compile(r"/login"))
-    page.fill("input[name=username]", "admin")
+    page.fill("input[name=username]", user)
     page.fill("input[name=password]", password)
     page.click("[data-testid=login-submit]")
     expect(page.locator("[data-testid=logout]")).to_be_visible()

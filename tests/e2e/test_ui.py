@@ -522,10 +522,7 @@ def test_a_viewer_is_not_offered_what_it_may_not_do(
     context.set_default_timeout(STEP)
     try:
         viewer = context.new_page()
-        viewer.goto(ui)
-        viewer.fill("input[name=username]", "watcher")
-        viewer.fill("input[name=password]", "watch-only")
-        viewer.click("[data-testid=login-submit]")
+        log_in(viewer, ui, "watch-only", user="watcher")
         expect(viewer.locator("[data-testid=who]")).to_contain_text("viewer")
         viewer.click("[data-testid=nav-vms]")
         expect(viewer.locator(f"tr[data-vm={VM_NAME}]")).to_have_count(1)

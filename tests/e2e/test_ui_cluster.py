@@ -219,10 +219,7 @@ def test_a_viewer_reads_the_cluster_and_is_offered_no_change(
     context.set_default_timeout(STEP)
     try:
         viewer = context.new_page()
-        viewer.goto(ui)
-        viewer.fill("input[name=username]", "onlooker")
-        viewer.fill("input[name=password]", "look-only")
-        viewer.click("[data-testid=login-submit]")
+        log_in(viewer, ui, "look-only", user="onlooker")
         expect(viewer.locator("[data-testid=who]")).to_contain_text("viewer")
         go(viewer, ui, "/cluster")
         expect(viewer.locator("[data-testid=members] tbody tr")).to_have_count(3)

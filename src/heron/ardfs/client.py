@@ -68,9 +68,7 @@ def local_cluster(
             DiskSpec(id=f"{name}d{j}", path=base / name / f"disk{j}") for j in range(disks_per_node)
         ]
         site = sites[i % len(sites)] if sites else "default"
-        specs.append(
-            NodeSpec(name=name, site=site, address=f"127.0.0.1:{ports[i]}", disks=disks)
-        )
+        specs.append(NodeSpec(name=name, site=site, address=f"127.0.0.1:{ports[i]}", disks=disks))
     return [
         IoConfig(
             node=node.name,
