@@ -70,7 +70,10 @@ def dhcp_mac(network: str) -> str:
 
 @dataclass(frozen=True)
 class Port:
-    """A VM NIC plugged into a bridge on this node."""
+    """A port of a bridge on this node: a VM NIC's tap, or (isolated) the bridge end of a
+    DHCP server's link. Isolated ports, like the uplinks and VXLAN devices, never forward to
+    one another (the bridge's `isolated` flag, OVS's `protected`): a DHCP server talks only
+    to the VMs of its own node."""
 
     tap: str
     vm: str
@@ -82,6 +85,7 @@ class Port:
     address: str | None = None
     mtu: int = 1500
     link_up: bool = True
+    isolated: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,22 @@ def plan_node(
                 hosts.setdefault(network.name, []).append(
                     DhcpHost(nic.mac, nic.address, f"{vm.spec.name}")
                 )
+    for name in sorted(ports):
+        network = networks[name]
+        server = dhcp_address(network)
+        if server is not None:
+            ports[name].append(
+                Port(
+                    tap=dhcp_link(name)[0],
+                    vm="",
+                    nic=-1,
+                    mac=dhcp_mac(name),
+                    mode="access" if network.kind == "vlan" else "untagged",
+                    vlan=network.vlan,
+                    mtu=ports[name][0].mtu,
+                    isolated=True,
+                )
+            )
     local = nodes[node].underlay if node in nodes else None
     peers = tuple(sorted(n.underlay for name, n in nodes.items() if name != node and n.underlay))
     switch_plans = []
