@@ -23,7 +23,7 @@ import pytest
 from pyroute2 import IPRoute
 from support import eventually, wait_for
 
-from heron.network import dnsmasq
+from heron.network import dhcp, dnsmasq
 from heron.network.dataplane import DataPlane
 from heron.network.dhcp import DhcpServers
 from heron.network.plan import DhcpHost, DhcpServer, dhcp_link, dhcp_mac, dhcp_namespace
@@ -402,6 +402,47 @@ async def test_a_server_that_died_is_started_again(fabric: Fabric) -> None:
     await fabric.b.realise((HOST_B,))
 
     assert fabric.b.pid() not in (None, pid)
+
+
+async def test_a_server_whose_namespace_was_replaced_is_started_in_the_new_one(
+    fabric: Fabric,
+) -> None:
+    await fabric.b.realise((HOST_B,))
+    pid = fabric.b.pid()
+    namespace = fabric.b.dhcp.plane.namespace(dhcp_namespace(NETWORK))
+    # Deleted under it (the old one lives on, held by dnsmasq alone), with the link.
+    await asyncio.to_thread(pyroute2.netns.remove, namespace)
+
+    await fabric.b.realise((HOST_B,))
+
+    assert fabric.b.pid() not in (None, pid)
+    assert (
+        os.stat(f"/proc/{fabric.b.pid()}/ns/net").st_ino
+        == os.stat(f"/run/netns/{namespace}").st_ino
+    )
+    guest = fabric.clients["b"]
+    seen = len(guest.lines())
+    guest.processes[0].send_signal(signal.SIGUSR1)
+    assert (await bound(guest, after=seen, event="renew"))["ip"] == ADDRESS_B
+
+
+async def test_a_long_log_is_set_aside_and_begun_anew(
+    fabric: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fabric.b.realise((HOST_B,))
+    pid = fabric.b.pid()
+    monkeypatch.setattr(dhcp, "LOG_LIMIT", 1)
+
+    await fabric.b.realise((HOST_B,))
+
+    log = fabric.b.files().log
+    assert "started" in log.with_name(log.name + ".1").read_text()
+    guest = fabric.clients["b"]
+    seen = len(guest.lines())
+    guest.processes[0].send_signal(signal.SIGUSR1)
+    await bound(guest, after=seen, event="renew")
+    wait_for(lambda: MAC_B in fabric.b.log(), 10, "the renewal in the new log")
+    assert fabric.b.pid() == pid
 
 
 async def test_a_subnet_without_router_or_dns_gives_neither(fabric: Fabric) -> None:

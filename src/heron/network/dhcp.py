@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ OWNER = "heron"  # the alias marking the links Heron made
 NETNS_DIR = Path("/run/netns")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+LOG_LIMIT = 8 << 20
 
 
 class DhcpServers:
@@ -42,15 +44,20 @@ class DhcpServers:
     def __init__(self, plane: DataPlane, directory: Path) -> None:
         self.plane = plane
         self.directory = directory
+        # One change at a time per network: two passes must not both start a dnsmasq.
+        self._busy: dict[str, asyncio.Lock] = {}
 
     async def realise(self, server: DhcpServer) -> list[str]:
         """Make `server` run as planned: its namespace, its link, its dnsmasq with these
         hosts. Problems are returned as sentences; nothing that matches is disturbed."""
-        return await asyncio.to_thread(self._realise, server)
+        async with self._busy.setdefault(server.network, asyncio.Lock()):
+            return await asyncio.to_thread(self._realise, server)
 
     async def remove(self, network: str) -> None:
-        """Stop `network`'s server and delete its namespace, links and files."""
-        await asyncio.to_thread(self._remove, network)
+        """Stop `network`'s server and delete its namespace, links and files. Raises OSError
+        if its dnsmasq outlives SIGKILL (then nothing else is removed)."""
+        async with self._busy.setdefault(network, asyncio.Lock()):
+            await asyncio.to_thread(self._remove, network)
 
     async def running(self) -> set[str]:
         """The networks with (anything left of) a server on this node: what `remove` clears."""
@@ -64,24 +71,34 @@ class DhcpServers:
         return dnsmasq.ServerFiles(self.directory / network)
 
     def _realise(self, server: DhcpServer) -> list[str]:
+        what = f"DHCP of network {server.network}"
+        if not self._plane_exists():
+            return [f"{what}: the data plane's namespace {self.plane.netns} does not exist"]
         namespace = self.plane.namespace(server.namespace)
         files = self._files(server.network)
-        if namespace not in pyroute2.netns.listnetns():
-            pyroute2.netns.create(namespace)
-        problems = self._link(server, namespace)
-        if problems:
-            return problems
-        return self._dnsmasq(server, namespace, files)
+        try:
+            if namespace not in pyroute2.netns.listnetns():
+                pyroute2.netns.create(namespace)
+            self._link(server, namespace)
+        except (NetlinkError, OSError) as exc:
+            return [f"{what}: its link: {exc}"]
+        problem = self._dnsmasq(server, namespace, files)
+        return [f"{what}: {problem}"] if problem else []
 
-    def _link(self, server: DhcpServer, namespace: str) -> list[str]:
+    def _plane_exists(self) -> bool:
+        # pyroute2 would make a missing namespace: the data plane is the agent's to make.
+        return self.plane.netns is None or self.plane.netns in pyroute2.netns.listnetns()
+
+    def _link(self, server: DhcpServer, namespace: str) -> None:
         outside, inside = server.links
         with _ipr(self.plane.netns) as plane, _ipr(namespace) as dhcp:
             _set(dhcp, "lo", state="up")
             if not dhcp.link_lookup(ifname=inside):
-                if plane.link_lookup(ifname=outside) and not plane.link_lookup(ifname=inside):
-                    # Half a pair (not ours, or not a veth): ours is made anew.
-                    plane.link("del", index=plane.link_lookup(ifname=outside)[0])
-                if not plane.link_lookup(ifname=outside):
+                pair = [plane.link_lookup(ifname=name) for name in (outside, inside)]
+                if not all(pair):
+                    # None, or half a pair left by something else: ours is made anew.
+                    for index in (i for found in pair for i in found):
+                        plane.link("del", index=index)
                     plane.link("add", ifname=outside, kind="veth", peer=inside)
                     _set(plane, outside, ifalias=OWNER)
                 plane.link("set", index=plane.link_lookup(ifname=inside)[0], net_ns_fd=namespace)
@@ -94,47 +111,59 @@ class DhcpServers:
                 dhcp.link("set", index=index, address=server.mac)
             _set(dhcp, inside, ifalias=OWNER, mtu=server.mtu, state="up")
             address, _, prefix = server.address.partition("/")
-            present = {(a.get("address"), a["prefixlen"]) for a in dhcp.get_addr(index=index)}
+            present = {
+                (a.get("address"), a["prefixlen"])
+                for a in dhcp.get_addr(index=index, family=socket.AF_INET)
+            }
             for other, length in present - {(address, int(prefix))}:
                 dhcp.addr("del", index=index, address=other, prefixlen=length)
             if (address, int(prefix)) not in present:
                 dhcp.addr("add", index=index, address=address, prefixlen=int(prefix))
-        return []
 
-    def _dnsmasq(self, server: DhcpServer, namespace: str, files: dnsmasq.ServerFiles) -> list[str]:
+    def _dnsmasq(
+        self, server: DhcpServer, namespace: str, files: dnsmasq.ServerFiles
+    ) -> str | None:
+        """dnsmasq running as `server` says; why it does not, or None."""
         files.directory.mkdir(parents=True, exist_ok=True)
         config = dnsmasq.config(server, files)
         hosts = dnsmasq.hosts_file(server)
         marker = dnsmasq.marker(files)
         pid = read_pidfile(files.pid, marker)
         if pid is not None and (_read(files.config) != config or not _in_namespace(pid, namespace)):
-            _stop(pid, marker)
+            if not _stop(pid, marker):
+                return f"dnsmasq {pid} does not stop"
             pid = None
         if pid is None:
-            for stray in find_running(marker):  # its pidfile lost: it must not answer twice
-                _stop(stray, marker)
+            # One whose pidfile was lost must not answer beside the new one.
+            if not all(_stop(stray, marker) for stray in find_running(marker)):
+                return "an earlier dnsmasq does not stop"
             _write(files.config, config)
             _write(files.hosts, hosts)
             problem = _start(namespace, files)
             if problem:
-                return [f"DHCP of network {server.network}: {problem}"]
+                return problem
             _write(files.hosts_loaded, hosts)
-        elif _read(files.hosts) != hosts or _read(files.hosts_loaded) != hosts:
+            return None
+        if _read(files.hosts) != hosts or _read(files.hosts_loaded) != hosts:
             _write(files.hosts, hosts)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)  # dnsmasq re-reads its hosts file
+            _signal(pid, signal.SIGHUP)  # dnsmasq re-reads its hosts file
             _write(files.hosts_loaded, hosts)
-        return []
+        _rotate(files.log, pid)
+        return None
 
     def _remove(self, network: str) -> None:
         files = self._files(network)
         marker = dnsmasq.marker(files)
         pid = read_pidfile(files.pid, marker)
         for found in {*([pid] if pid else []), *find_running(marker)}:
-            _stop(found, marker)
+            if not _stop(found, marker):
+                raise OSError(errno.EBUSY, f"dnsmasq {found} of network {network} does not stop")
         namespace = self.plane.namespace(dhcp_namespace(network))
         if namespace in pyroute2.netns.listnetns():
             pyroute2.netns.remove(namespace)
+        if not self._plane_exists():
+            shutil.rmtree(files.directory, ignore_errors=True)
+            return
         # The pair went with its end in the namespace, unless that end never got there.
         with _ipr(self.plane.netns) as plane:
             for index in plane.link_lookup(ifname=dhcp_link(network)[0]):
@@ -191,6 +220,23 @@ def _write(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it died: the next pass starts it
+        os.kill(pid, sig)
+
+
+def _rotate(log: Path, pid: int) -> None:
+    """Keep the previous log and start a new one past LOG_LIMIT: log-dhcp writes a dozen
+    lines for every lease given or renewed."""
+    try:
+        if log.stat().st_size < LOG_LIMIT:
+            return
+    except FileNotFoundError:
+        return
+    log.replace(log.with_name(log.name + ".1"))
+    _signal(pid, signal.SIGUSR2)  # dnsmasq reopens its log file
+
+
 def _in_namespace(pid: int, namespace: str) -> bool:
     """Whether `pid` serves in `namespace` as it is now, not in one deleted and made anew."""
     try:
@@ -223,6 +269,8 @@ def _start(namespace: str, files: dnsmasq.ServerFiles) -> str | None:
             ).returncode
         except subprocess.TimeoutExpired:
             return "dnsmasq did not start in time"
+        except OSError as exc:  # nsenter missing
+            return f"dnsmasq could not be started: {exc}"
     marker = dnsmasq.marker(files)
     if status != 0 or until_sync(lambda: read_pidfile(files.pid, marker), 5.0) is None:
         said = (_read(files.output) or "").strip().splitlines()
@@ -230,13 +278,14 @@ def _start(namespace: str, files: dnsmasq.ServerFiles) -> str | None:
     return None
 
 
-def _stop(pid: int, marker: str) -> None:
-    """SIGTERM, then SIGKILL. dnsmasq daemonized: it is not our child, nothing to reap."""
+def _stop(pid: int, marker: str) -> bool:
+    """SIGTERM, then SIGKILL; whether it is gone. dnsmasq daemonized: it is not our child,
+    there is nothing to reap."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
-            return
+            return True
         if until_sync(lambda: not alive(pid, marker), STOP_TIMEOUT, 0.02):
-            return
-    raise OSError(errno.EBUSY, f"dnsmasq {pid} outlived SIGKILL")
+            return True
+    return False
