@@ -133,7 +133,8 @@ class Client:
     port: str
     mac: str
     events: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]]  # the fabric's: every one is stopped at the end
+    daemon: subprocess.Popen[bytes] | None = None
 
     def lines(self) -> list[dict[str, str]]:
         try:
@@ -158,13 +159,13 @@ class Client:
             stderr=subprocess.DEVNULL,
         )
         self.processes.append(process)
+        self.daemon = process
         return process
 
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
+    def renew(self) -> None:
+        """At once, as it would at half the lease."""
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGUSR1)
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Capture:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
+        client.processes.append(process)
         capture = cls(process, file, errors)
         wait_for(lambda: "listening on" in errors.read_text(), 10, "tcpdump to listen")
         return capture
@@ -215,6 +217,7 @@ class Fabric:
     script: Path
     directory: Path
     clients: dict[str, Client] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def client(self, node: Node, name: str, mac: str) -> Client:
         namespace = f"{PREFIX}vm{name}"
@@ -228,19 +231,18 @@ class Fabric:
             ip.link("set", index=eth0, address=mac, state="up")
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         plug(node.plane, port, isolated=False)
-        client = Client(namespace, port, mac, self.directory / f"{name}.events")
+        client = Client(namespace, port, mac, self.directory / f"{name}.events", self.processes)
         self.clients[name] = client
         return client
 
 
-def make_node(name: str, directory: Path) -> Node:
-    plane = f"{PREFIX}node{name}"
+def make_plane(plane: str) -> None:
+    """A node's data plane: a namespace with one plain bridge."""
     pyroute2.netns.create(plane)
     with ipr(plane) as ip:
         ip.link("add", ifname="br0", kind="bridge")
         for link in ("br0", "lo"):
             ip.link("set", index=ip.link_lookup(ifname=link)[0], state="up")
-    return Node(name, DhcpServers(DataPlane(plane), directory / name))
 
 
 def ours() -> list[str]:
@@ -253,8 +255,13 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
     script = directory / "udhcpc.sh"
     script.write_text(SCRIPT)
     script.chmod(0o755)
-    made = Fabric(make_node("a", directory), make_node("b", directory), script, directory)
+    nodes = [
+        Node(name, DhcpServers(DataPlane(f"{PREFIX}node{name}"), directory / name)) for name in "ab"
+    ]
+    made = Fabric(*nodes, script, directory)
     try:
+        for node in nodes:
+            make_plane(node.plane)
         # The two nodes' uplinks, one segment between them, isolated as uplinks are.
         with ipr(made.a.plane) as ip:
             ip.link("add", ifname="uplink", kind="veth", peer="uplinkb")
@@ -266,9 +273,11 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
             plug(node.plane, "uplink", isolated=True)
         yield made
     finally:
-        for client in made.clients.values():
-            client.stop()
-        for node in (made.a, made.b):
+        for process in made.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        for node in nodes:
             with contextlib.suppress(Exception):
                 asyncio.run(node.dhcp.remove(NETWORK))
             for pid in find_running(str(node.dhcp.directory)):
@@ -283,6 +292,18 @@ async def bound(client: Client, after: int = 0, event: str = "bound") -> dict[st
         return found[0] if found else None
 
     return await eventually(check, 20, f"{client.port} {event}")
+
+
+async def guest_of(fabric: Fabric, name: str) -> Client:
+    """Guest `name` ("a" or "b") holding its lease, on its node (as the first test leaves it)."""
+    if name not in fabric.clients:
+        await fabric.a.realise((HOST_A,))
+        await fabric.b.realise((HOST_B,))
+        node, mac = (fabric.a, MAC_A) if name == "a" else (fabric.b, MAC_B)
+        client = await asyncio.to_thread(fabric.client, node, name, mac)
+        client.start(fabric.script)
+    await bound(fabric.clients[name])
+    return fabric.clients[name]
 
 
 async def test_each_guest_gets_its_own_address_router_and_mtu_from_its_node_alone(
@@ -344,10 +365,7 @@ async def test_a_mac_no_node_knows_gets_no_answer(fabric: Fabric) -> None:
 async def test_a_migrated_guest_renews_with_its_new_node_and_keeps_its_address(
     fabric: Fabric,
 ) -> None:
-    guest = fabric.clients.get("a")
-    if guest is None:
-        pytest.skip("needs the first test's guests")
-    await bound(guest)
+    guest = await guest_of(fabric, "a")
     seen = len(guest.lines())
 
     # The guest's NIC moves to node b's bridge; the IPAM lists it with node b now.
@@ -360,7 +378,7 @@ async def test_a_migrated_guest_renews_with_its_new_node_and_keeps_its_address(
     await asyncio.to_thread(move)
     await fabric.a.realise(())
     await fabric.b.realise((HOST_B, HOST_A))
-    guest.processes[0].send_signal(signal.SIGUSR1)  # renew now, as at half the lease
+    guest.renew()
 
     renewed = await bound(guest, after=seen, event="renew")
 
@@ -420,9 +438,9 @@ async def test_a_server_whose_namespace_was_replaced_is_started_in_the_new_one(
         os.stat(f"/proc/{fabric.b.pid()}/ns/net").st_ino
         == os.stat(f"/run/netns/{namespace}").st_ino
     )
-    guest = fabric.clients["b"]
+    guest = await guest_of(fabric, "b")
     seen = len(guest.lines())
-    guest.processes[0].send_signal(signal.SIGUSR1)
+    guest.renew()
     assert (await bound(guest, after=seen, event="renew"))["ip"] == ADDRESS_B
 
 
@@ -437,9 +455,9 @@ async def test_a_long_log_is_set_aside_and_begun_anew(
 
     log = fabric.b.files().log
     assert "started" in log.with_name(log.name + ".1").read_text()
-    guest = fabric.clients["b"]
+    guest = await guest_of(fabric, "b")
     seen = len(guest.lines())
-    guest.processes[0].send_signal(signal.SIGUSR1)
+    guest.renew()
     await bound(guest, after=seen, event="renew")
     wait_for(lambda: MAC_B in fabric.b.log(), 10, "the renewal in the new log")
     assert fabric.b.pid() == pid
@@ -472,6 +490,7 @@ async def test_a_subnet_without_router_or_dns_gives_neither(fabric: Fabric) -> N
 
 async def test_remove_leaves_nothing_of_the_server(fabric: Fabric) -> None:
     await fabric.a.realise((HOST_A,))
+    await fabric.b.realise((HOST_B,))
     assert await fabric.a.dhcp.running() == {NETWORK}
     namespace = fabric.a.dhcp.plane.namespace(dhcp_namespace(NETWORK))
     marker = dnsmasq.marker(fabric.a.files())
