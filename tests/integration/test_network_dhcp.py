@@ -509,3 +509,17 @@ async def test_remove_leaves_nothing_of_the_server(fabric: Fabric) -> None:
     assert dhcp_link(NETWORK)[0] not in await asyncio.to_thread(links)
     # Node b's server is another's: untouched.
     assert fabric.b.pid() is not None
+
+
+async def test_a_missing_data_plane_is_reported_not_made(fabric: Fabric) -> None:
+    plane = f"{PREFIX}gone"
+    servers = DhcpServers(DataPlane(plane), fabric.directory / "gone")
+
+    problems = await servers.realise(server((HOST_A,)))
+
+    assert problems == [
+        f"DHCP of network {NETWORK}: the data plane's namespace {plane} does not exist"
+    ]
+    assert not [n for n in pyroute2.netns.listnetns() if n.startswith(plane)]
+    await servers.remove(NETWORK)
+    assert await servers.running() == set()
