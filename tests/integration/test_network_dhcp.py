@@ -51,8 +51,8 @@ TCPDUMP = ("tcpdump", "-i", "eth0", "-n", "--immediate-mode", "-U")
 
 SCRIPT = """#!/bin/sh
 # udhcpc's events, one line each, and the address configured (a renewal is unicast from it)
-printf '%s\tip=%s\tmask=%s\trouter=%s\tdns=%s\tmtu=%s\tserverid=%s\thostname=%s\n' \
-  "$1" "$ip" "$mask" "$router" "$dns" "$mtu" "$serverid" "$hostname" >> "$EVENTS"
+printf '%s\tip=%s\tmask=%s\trouter=%s\tdns=%s\tmtu=%s\tserverid=%s\thostname=%s\tlease=%s\n' \
+  "$1" "$ip" "$mask" "$router" "$dns" "$mtu" "$serverid" "$hostname" "$lease" >> "$EVENTS"
 case "$1" in
   deconfig) ip addr flush dev "$interface" ;;
   bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
@@ -330,6 +330,7 @@ async def test_each_guest_gets_its_own_address_router_and_mtu_from_its_node_alon
         assert lease["mtu"] == "1450"
         assert lease["mask"] == "24"
         assert lease["serverid"] == "10.77.0.254"
+        assert lease["lease"] == "600"
     # Each node's server logs its own guest's exchange, and never even sees the other's.
     ack = "DHCPACK(" + dhcp_link(NETWORK)[1] + ") {} {}"
     wait_for(lambda: ack.format(ADDRESS_A, MAC_A) in fabric.a.log(), 10, "node a's ACK logged")
