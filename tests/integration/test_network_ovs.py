@@ -6,6 +6,7 @@ namespace holding a plain Linux bridge; 'VMs' are veth pairs, one end a port of 
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -138,7 +139,8 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
         # pyroute2's IPRoute runs an event loop of its own: not in the test's loop's thread.
         await asyncio.to_thread(build_namespaces)
         for node in (1, 2):
-            runtimes[node] = await OvsRuntime.start(node_ns(node), directory / f"node{node}")
+            plane = DataPlane(node_ns(node))
+            runtimes[node] = await OvsRuntime.for_plane(plane, directory / f"node{node}")
         switches = {n: OpenVSwitch(DataPlane(node_ns(n)), runtimes[n]) for n in (1, 2)}
         for node in (1, 2):
             assert await switches[node].realise(plan(node)) == []
@@ -208,9 +210,10 @@ def capture(ns: str, interface: str) -> Iterator[list[str]]:
 
 
 def arp_storm() -> None:
-    """Broadcasts in VLAN 100 (from a) and VLAN 200 (from c): an unknown neighbour's ARP."""
-    for vm in ("a", "c"):
-        run(VM[vm].ns, "busybox", "arping", "-c", "2", "-w", "1", "-I", "eth0", "10.100.0.99")
+    """Broadcasts in VLAN 100 (from a), VLAN 200 (from c) and untagged (from u1): an unknown
+    neighbour's ARP."""
+    for vm, address in (("a", "10.100.0.99"), ("c", "10.100.0.99"), ("u1", "10.0.0.99")):
+        run(VM[vm].ns, "busybox", "arping", "-c", "2", "-w", "1", "-I", "eth0", address)
 
 
 def test_the_uplink_and_a_trunk_port_carry_802_1q_tags(lab: Lab) -> None:
@@ -219,6 +222,10 @@ def test_the_uplink_and_a_trunk_port_carry_802_1q_tags(lab: Lab) -> None:
     for lines in (fabric, trunk):
         text = "\n".join(lines)
         assert re.search(r"vlan 100\b", text) and re.search(r"vlan 200\b", text), text
+    # Untagged frames leave untagged (not priority-tagged as VLAN 0), and not to the trunk.
+    untagged = [line for line in fabric if "10.0.0.99" in line]
+    assert untagged and not any("vlan" in line for line in untagged), fabric
+    assert not any("10.0.0.99" in line for line in trunk), trunk
 
 
 SERVER = """
@@ -287,6 +294,15 @@ async def test_an_agent_restart_keeps_the_daemons(lab: Lab) -> None:
     assert again == lab.runtimes[1]
     assert pids == {p.name: p.read_text() for p in (lab.directory / "node1").glob("*.pid")}
     assert ping("a", "10.100.0.2")
+
+    # ovs-vswitchd killed: the next start brings it back, and it rebuilds the switch from
+    # the database.
+    os.kill(int(pids["ovs-vswitchd.pid"]), signal.SIGKILL)
+    wait_for(lambda: not lab.runtimes[1].running(), 10, "ovs-vswitchd to die")
+    await OvsRuntime.start(node_ns(1), lab.directory / "node1")
+    assert lab.runtimes[1].running()
+    wait_for(lambda: ping("a", "10.100.0.2"), 20, "a to reach b again")
+    assert await lab.switches[1].realise(plan(1)) == []
 
 
 async def test_link_down_and_a_port_removed_from_the_plan(lab: Lab) -> None:

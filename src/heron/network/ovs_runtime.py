@@ -15,8 +15,10 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from heron.errors import HeronError
+from heron.network.dataplane import DataPlane
 from heron.util.proc import alive, read_pidfile
 from heron.util.wait import until, until_sync
 
@@ -25,6 +27,8 @@ SYSTEM_SOCKET = Path("/var/run/openvswitch/db.sock")
 KERNEL_MODULE = Path("/sys/module/openvswitch")
 DAEMONS = ("ovsdb-server", "ovs-vswitchd")
 STOP_SECONDS = 10.0
+# Of the bridges: the kernel's datapath, or the userspace one where the kernel has none.
+DatapathType = Literal["system", "netdev"]
 
 
 class OvsError(HeronError):
@@ -45,7 +49,7 @@ class OvsRuntime:
     """An OVS database (at `socket`) and the ovs-vswitchd realising it in `netns`."""
 
     socket: Path
-    datapath_type: str  # of the bridges: "system" (kernel) or "netdev" (userspace)
+    datapath_type: DatapathType
     netns: str | None = None
     directory: Path | None = None  # of a runtime of Heron's own; None: the system's
 
@@ -60,10 +64,22 @@ class OvsRuntime:
         the daemons already running from there are kept, the missing ones started.
 
         Raises OvsError if a daemon does not start."""
-        datapath = "system" if await asyncio.to_thread(kernel_datapath) else "netdev"
+        datapath: DatapathType = "system" if await asyncio.to_thread(kernel_datapath) else "netdev"
         runtime = cls(directory / "db.sock", datapath, netns, directory)
         await asyncio.to_thread(runtime._start)
         return runtime
+
+    @classmethod
+    async def for_plane(cls, plane: DataPlane, directory: Path) -> "OvsRuntime":
+        """The runtime of a node's data plane: the system's on a real host, where Open
+        vSwitch is a service of its own (upgraded, restarted and logged like the host's
+        others, and alone in driving the kernel datapath); one of Heron's own, its files in
+        `directory`, for a node standing in a namespace of a devcluster.
+
+        Raises OvsError if the daemons of Heron's own do not start."""
+        if plane.netns is None:
+            return await asyncio.to_thread(cls.system)
+        return await cls.start(plane.netns, directory)
 
     def ctl_args(self) -> list[str]:
         """The options telling ovs-vsctl (or ovs-ofctl, ovsdb-client) which database to use."""
