@@ -258,8 +258,8 @@ def test_tcp_between_vms_on_two_nodes(lab: Lab) -> None:
     )
     try:
         # The driver turned TX checksum offload off where the VMs' frames come from.
-        for vm in ("a", "b"):
-            assert "tx-checksumming: off" in run(VM[vm].ns, "ethtool", "-k", "eth0").stdout
+        for ns, interface in ((VM["a"].ns, "eth0"), (VM["b"].ns, "eth0"), (FABRIC, "up1")):
+            assert "tx-checksumming: off" in run(ns, "ethtool", "-k", interface).stdout
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         sent = run(VM["a"].ns, sys.executable, "-c", CLIENT, timeout=30)
         assert sent.returncode == 0, sent.stderr

@@ -225,6 +225,8 @@ def test_checksum_offload_of_veth_peers_in_the_userspace_datapath() -> None:
     remade = {**LINKS, "hdnet": Link("hdnet", 40, "veth", True)}
     assert veth_fixes(PLAN, in_sync(), remade, "netdev") == ["hdnet"]
     assert veth_fixes(PLAN, ovsdb.State(), LINKS, "system") == []
+    devcluster = {**LINKS, "eth1": Link("eth1", 2, "veth", True)}  # an uplink into a fabric
+    assert veth_fixes(PLAN, ovsdb.State(), devcluster, "netdev") == ["hdnet", "eth1"]
     commands = plan_sync(PLAN, in_sync(), remade, "netdev", {"hdnet": 40}).commands
     assert commands == [["set", "Interface", "hdnet", f"external_ids:{OFFLOAD_KEY}=40"]]
 

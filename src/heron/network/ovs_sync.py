@@ -107,7 +107,8 @@ def port_settings(want: PortConfig, have: PortConfig | None = None) -> list[str]
 def veth_fixes(
     plan: SwitchPlan, state: ovsdb.State, links: Mapping[str, Link], datapath_type: str
 ) -> list[str]:
-    """The veth ports of the plan whose peer may still send with TX checksum offload on.
+    """The veth ports of the plan (VMs', DHCP servers', the uplink) whose peer may still send
+    with TX checksum offload on.
 
     In the userspace (netdev) datapath, ovs-vswitchd reads a port's frames with a packet
     socket. A frame from a peer with checksum offload on arrives there with its TCP/UDP
@@ -118,14 +119,15 @@ def veth_fixes(
     if datapath_type != "netdev":
         return []
     fixes = []
-    for port in plan.ports:
-        link = links.get(port.tap)
+    # An uplink that is a veth (a devcluster node's, into its fabric) is one too.
+    for name in [*(port.tap for port in plan.ports), *([plan.uplink] if plan.uplink else [])]:
+        link = links.get(name)
         if link is None or link.kind != "veth":
             continue
-        interface = state.interfaces.get(port.tap)
+        interface = state.interfaces.get(name)
         marked = interface.external_ids.get(OFFLOAD_KEY) if interface else None
         if marked != str(link.index):
-            fixes.append(port.tap)
+            fixes.append(name)
     return fixes
 
 
