@@ -164,6 +164,7 @@ def test_a_userspace_bridge_with_a_trunk_uplink(lab: Lab) -> None:
     state = lab.state(1)
     bridge = state.bridges[BRIDGE]
     assert lab.runtimes[1].datapath_type == "netdev"  # this kernel has no OVS module
+    assert not lab.switches[1].guest_checksum_offload
     assert bridge.owned and bridge.datapath_type == "netdev"
     assert set(bridge.ports) == {BRIDGE, "eth1", "hta", "htc", "htt", "htu1"}
     uplink = state.ports["eth1"]

@@ -32,6 +32,14 @@ class OpenVSwitch:
         self.plane = plane
         self.runtime = runtime
 
+    @property
+    def guest_checksum_offload(self) -> bool:
+        """Whether a VM's NIC on these switches may leave its checksums to the host
+        (virtio-net's csum feature). Not with the userspace datapath: a frame QEMU writes to
+        its tap with the checksum left undone would be forwarded as it is (the veth ports'
+        trouble, ovs_sync.veth_fixes), so the guest must compute its own (csum=off)."""
+        return self.runtime.datapath_type == "system"
+
     async def realise(self, plan: SwitchPlan) -> list[str]:
         """Make `plan.bridge` match `plan`; the problems that remain (empty: in sync)."""
         return await asyncio.to_thread(self._realise, plan)
