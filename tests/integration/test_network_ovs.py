@@ -134,20 +134,22 @@ class Lab:
 @pytest.fixture(scope="module")
 async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
     directory = tmp_path_factory.mktemp("ovs")
-    runtimes: dict[int, OvsRuntime] = {}
     try:
         # pyroute2's IPRoute runs an event loop of its own: not in the test's loop's thread.
         await asyncio.to_thread(build_namespaces)
-        for node in (1, 2):
-            plane = DataPlane(node_ns(node))
-            runtimes[node] = await OvsRuntime.for_plane(plane, directory / f"node{node}")
+        runtimes = {
+            node: await OvsRuntime.for_plane(DataPlane(node_ns(node)), directory / f"node{node}")
+            for node in (1, 2)
+        }
         switches = {n: OpenVSwitch(DataPlane(node_ns(n)), runtimes[n]) for n in (1, 2)}
         for node in (1, 2):
             assert await switches[node].realise(plan(node)) == []
         yield Lab(runtimes, switches, directory)
     finally:
-        for runtime in runtimes.values():
-            await runtime.stop()
+        for node in (1, 2):
+            # By its pid files: also the daemons of a start that failed half-way.
+            place = directory / f"node{node}"
+            await OvsRuntime(place / "db.sock", "netdev", node_ns(node), place).stop()
         for name in [FABRIC, node_ns(1), node_ns(2), *(vm.ns for vm in VMS)]:
             with suppress(OSError):
                 netns.remove(name)
