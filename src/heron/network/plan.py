@@ -22,6 +22,7 @@ from heron.models.network import (
 )
 from heron.models.node import Node
 from heron.models.vm import VM
+from heron.network.ipam import dhcp_server
 
 PortMode = Literal["untagged", "access", "trunk"]
 VXLAN_PORT = 4789
@@ -150,15 +151,9 @@ class NodePlan:
 
 
 def dhcp_address(network: Network) -> str | None:
-    """The address of `network`'s DHCP server (the same on every node): the highest host
-    address that is not the gateway; never given to a NIC."""
-    if network.subnet is None or not network.subnet.dhcp:
-        return None
-    net = ipaddress.IPv4Network(network.subnet.cidr)
-    candidate = net.broadcast_address - 1
-    if network.subnet.gateway == str(candidate):
-        candidate -= 1
-    return str(candidate)
+    """The address of `network`'s DHCP server, if it has one; never given to a NIC."""
+    server = dhcp_server(network.subnet) if network.subnet else None
+    return str(server) if server else None
 
 
 def plan_node(
