@@ -11,7 +11,10 @@ import pytest
 from planes import address, exchange, link_table, links, namespaces, rtnl, veth
 
 from heron.network.bridge import LinuxBridge
+from heron.network.bridgeports import RANGE_BEGIN, RANGE_END, AddVlans
 from heron.network.dataplane import DataPlane
+from heron.network.links import apply, read_links, read_vlans
+from heron.network.links import netlink as links_netlink
 from heron.network.plan import Port, SwitchPlan, switch_bridge
 
 pytestmark = [
@@ -108,6 +111,22 @@ def test_a_vlan_port_on_this_kernel_is_a_clear_problem_and_stays_off_the_bridge(
     assert master(node, "htvm0") is not None
     assert len(realise(node, plan(vlan_port))) == 1
     assert master(node, "htvm0") is None
+
+
+def test_the_vlan_messages_reach_this_kernel_which_refuses_them(
+    world: tuple[str, str, str],
+) -> None:
+    """What runs where bridges filter VLANs, run here as far as this kernel allows: the port
+    VLAN dump answers (without VLANs) and the ranged message is refused, not mangled."""
+    node, _, _ = world
+    assert realise(node, plan(port("htvm0"))) == []
+    with links_netlink(DataPlane(node)) as ipr:
+        current = read_links(ipr)
+        assert read_vlans(ipr, current) == {}
+        change = AddVlans("htvm0", ((RANGE_BEGIN, 100), (RANGE_END, 199)))
+        assert apply(ipr, [change], current) == [
+            "adding VLANs to htvm0 failed: Operation not supported"
+        ]
 
 
 def test_a_missing_uplink_is_a_problem_and_removal_releases_the_uplink(

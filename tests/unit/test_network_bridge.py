@@ -2,7 +2,9 @@
 bridge there, and the AF_BRIDGE netlink messages that carry the VLANs (this kernel cannot
 filter VLANs, so the messages are checked here, byte for byte through pyroute2's decoder)."""
 
+from pyroute2 import IPBatch
 from pyroute2.config import AF_BRIDGE
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_SETLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from heron.network.bridgeports import (
@@ -24,8 +26,8 @@ from heron.network.bridgeports import (
     port_changes,
     switch_ports,
     vlan_entries,
-    vlan_message,
 )
+from heron.network.links import send_vlans
 from heron.network.plan import Port, SwitchPlan
 
 BRIDGE = LinkState("hbsw", 10, "bridge", up=True, alias="heron")
@@ -39,12 +41,21 @@ def plan(*ports: Port, uplink: str | None = "eth1") -> SwitchPlan:
     return SwitchPlan("sw", "bridge", "hbsw", uplink, 9000, tuple(ports))
 
 
-def decoded(message: ifinfmsg) -> tuple[int, int, list[tuple[int, int]]]:
-    message.encode()
-    back = ifinfmsg(message.data)
-    back.decode()
-    infos = back.get_attr("IFLA_AF_SPEC").get_attrs("IFLA_BRIDGE_VLAN_INFO")
-    return back["family"], back["index"], [(i["flags"], i["vid"]) for i in infos]
+def sent(command: str, index: int, entries: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """The message `send_vlans` puts on the wire, compiled by pyroute2 (not sent) and decoded:
+    its type, family, port and (flags, vid) entries."""
+    batch = IPBatch()
+    send_vlans(batch, command, index, entries)
+    message = ifinfmsg(batch.batch)
+    message.decode()
+    infos = message.get_attr("IFLA_AF_SPEC").get_attrs("IFLA_BRIDGE_VLAN_INFO")
+    batch.close()
+    return (
+        message["header"]["type"],
+        message["family"],
+        message["index"],
+        *[(i["flags"], i["vid"]) for i in infos],
+    )
 
 
 def test_access_trunk_and_untagged_ports_and_the_uplink_carrying_their_vlans() -> None:
@@ -106,9 +117,13 @@ def test_vlan_entries_pack_runs_into_ranges_and_keep_the_pvid_alone() -> None:
 
 def test_a_full_trunk_is_one_message_of_two_entries() -> None:
     entries = vlan_entries(dict.fromkeys(range(1, 4095), 0))
-    family, index, infos = decoded(vlan_message(42, entries))
-    assert (family, index) == (AF_BRIDGE, 42)
-    assert infos == [(RANGE_BEGIN, 1), (RANGE_END, 4094)]
+    assert sent("add", 42, entries) == (
+        RTM_SETLINK,
+        AF_BRIDGE,
+        42,
+        (RANGE_BEGIN, 1),
+        (RANGE_END, 4094),
+    )
 
 
 def test_new_access_port_is_enslaved_flagged_moved_off_vlan_1_then_brought_up() -> None:
@@ -125,8 +140,8 @@ def test_new_access_port_is_enslaved_flagged_moved_off_vlan_1_then_brought_up() 
     ]
     add, delete = changes[3], changes[4]
     assert isinstance(add, AddVlans) and isinstance(delete, DelVlans)
-    assert decoded(vlan_message(11, add.entries))[2] == [(PVID | UNTAGGED, 100)]
-    assert decoded(vlan_message(11, delete.entries))[2] == [(0, 1)]
+    assert sent("add", 11, add.entries) == (RTM_SETLINK, AF_BRIDGE, 11, (PVID | UNTAGGED, 100))
+    assert sent("del", 11, delete.entries) == (RTM_DELLINK, AF_BRIDGE, 11, (0, 1))
 
 
 def test_a_port_that_matches_gets_no_change() -> None:

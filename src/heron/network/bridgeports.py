@@ -4,15 +4,13 @@ A driver reads the links of its plane (LinkState) and, where the bridge filters 
 port's VLANs; `port_changes` compares that with the wanted ports and lists the changes in the
 order that is safe for running VMs: a port is enslaved, flagged and given its VLANs before it
 is brought up, so a new tap never forwards on the wrong VLAN, and a port that already matches
-gets no change at all. The VLAN changes are single netlink messages (`vlan_message`): ranges
+gets no change at all. The VLAN changes are single netlink messages (`vlan_spec`): ranges
 of VLANs travel as a begin/end pair, so a trunk of thousands costs one request.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-from pyroute2.config import AF_BRIDGE
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from typing import Any
 
 from heron.network.plan import Port, SwitchPlan
 
@@ -227,24 +225,12 @@ def parse_vlan_entries(entries: Iterable[tuple[int, int]]) -> dict[int, int]:
     return vlans
 
 
-def vlan_message(index: int, entries: Sequence[tuple[int, int]]) -> ifinfmsg:
-    """The AF_BRIDGE link message carrying `entries` for the port `index`: sent as
-    RTM_SETLINK it adds them, as RTM_DELLINK it removes them."""
-    message = ifinfmsg()
-    message["family"] = AF_BRIDGE
-    message["index"] = index
-    message["attrs"] = [
-        (
-            "IFLA_AF_SPEC",
-            {
-                "attrs": [
-                    ("IFLA_BRIDGE_VLAN_INFO", {"flags": flags, "vid": vid})
-                    for flags, vid in entries
-                ]
-            },
-        )
-    ]
-    return message
+def vlan_spec(entries: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """The IFLA_AF_SPEC of an AF_BRIDGE link message carrying `entries` for one port: sent
+    as RTM_SETLINK it adds them, as RTM_DELLINK it removes them."""
+    return {
+        "attrs": [("IFLA_BRIDGE_VLAN_INFO", {"flags": flags, "vid": vid}) for flags, vid in entries]
+    }
 
 
 def _port_change(

@@ -13,10 +13,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.config import AF_BRIDGE
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_SETLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from heron.network.bridgeports import (
     AddVlans,
@@ -30,7 +27,7 @@ from heron.network.bridgeports import (
     SetUp,
     Vlans,
     parse_vlan_entries,
-    vlan_message,
+    vlan_spec,
 )
 from heron.network.dataplane import DataPlane
 from heron.network.plan import OWNED_PREFIXES
@@ -91,18 +88,21 @@ def mark(ipr: Any, link: LinkState) -> None:
 
 def read_vlans(ipr: Any, links: Mapping[str, LinkState]) -> dict[str, Vlans]:
     """Each bridge port's VLANs, asked in the compressed form (ranges), by port name."""
-    request = ifinfmsg()
-    request["family"] = AF_BRIDGE
-    request["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN_COMPRESSED)]
     names = {link.index: link.name for link in links.values()}
     vlans: dict[str, Vlans] = {}
-    for reply in ipr.nlm_request(request, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP):
+    for reply in ipr.link("dump", family=AF_BRIDGE, ext_mask=RTEXT_FILTER_BRVLAN_COMPRESSED):
         spec = reply.get_attr("IFLA_AF_SPEC")
         if spec is None or reply["index"] not in names:
             continue
         entries = [(e["flags"], e["vid"]) for e in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO")]
         vlans[names[reply["index"]]] = parse_vlan_entries(entries)
     return vlans
+
+
+def send_vlans(ipr: Any, command: str, index: int, entries: Sequence[tuple[int, int]]) -> None:
+    """One AF_BRIDGE message for the port `index`: "add" (RTM_SETLINK) or "del"
+    (RTM_DELLINK) every entry, however many VLANs its ranges span."""
+    ipr.vlan_filter(command, index=index, af_spec=vlan_spec(entries))
 
 
 def _apply_one(ipr: Any, change: Change, index: Mapping[str, int]) -> None:
@@ -116,11 +116,9 @@ def _apply_one(ipr: Any, change: Change, index: Mapping[str, int]) -> None:
         case SetIsolated(port, isolated):
             ipr.link("set", index=index[port], kind="bridge_slave", isolated=int(isolated))
         case AddVlans(port, entries):
-            message = vlan_message(index[port], entries)
-            ipr.nlm_request(message, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK)
+            send_vlans(ipr, "add", index[port], entries)
         case DelVlans(port, entries):
-            message = vlan_message(index[port], entries)
-            ipr.nlm_request(message, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
+            send_vlans(ipr, "del", index[port], entries)
         case SetUp(link, up):
             ipr.link("set", index=index[link], state="up" if up else "down")
 
