@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from planes import address, exchange, link_table, links, namespaces, rtnl, veth
+from planes import address, exchange, index, link_table, links, namespaces, rtnl, veth
 
 from heron.network.bridge import LinuxBridge
 from heron.network.bridgeports import RANGE_BEGIN, RANGE_END, AddVlans
@@ -137,8 +137,16 @@ def test_a_missing_uplink_is_a_problem_and_removal_releases_the_uplink(
     assert master(node, "htvm0") is not None
     assert master(node, "up0") is None  # the former uplink is released from Heron's bridge
     assert realise(node, plan(port("htvm0"))) == []
+    # The host's own bridge holds the switch's uplink: Heron leaves it there and says so.
+    with rtnl(node) as ipr:
+        ipr.link("add", ifname="br0", kind="bridge")
+        ipr.link("set", index=ipr.link_lookup(ifname="up0")[0], master=index(ipr, "br0"))
+    assert realise(node, plan(port("htvm0"))) == ["uplink up0 is a port of br0: free it first"]
+    assert master(node, "up0") == links(node)["br0"]["index"]
     asyncio.run(LinuxBridge(DataPlane(node)).remove(BRIDGE))
     left = links(node)
     assert BRIDGE not in left
-    assert "up0" in left and "htvm0" in left
+    assert "up0" in left and "htvm0" in left and "br0" in left
     assert asyncio.run(LinuxBridge(DataPlane(node)).owned()) == set()
+    asyncio.run(LinuxBridge(DataPlane(node)).remove("br0"))  # not Heron's: left alone
+    assert "br0" in links(node)

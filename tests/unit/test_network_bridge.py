@@ -37,6 +37,10 @@ def port(tap: str, mode: str = "untagged", **kwargs: object) -> Port:
     return Port(tap=tap, vm="vm1", nic=0, mac="02:00:00:00:00:01", mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
+def present(*names: str) -> dict[str, LinkState]:
+    return {name: LinkState(name, 100 + i) for i, name in enumerate(names)}
+
+
 def plan(*ports: Port, uplink: str | None = "eth1") -> SwitchPlan:
     return SwitchPlan("sw", "bridge", "hbsw", uplink, 9000, tuple(ports))
 
@@ -67,7 +71,7 @@ def test_access_trunk_and_untagged_ports_and_the_uplink_carrying_their_vlans() -
             port("ht4", "access", vlan=7, isolated=True, mtu=1400),
         ),
         vlan_filtering=True,
-        existing=["eth1", "ht1", "ht2", "ht3", "ht4"],
+        links=present("eth1", "ht1", "ht2", "ht3", "ht4"),
     )
     assert wanted.problems == ()
     by_name = {p.name: p for p in wanted.ports}
@@ -84,7 +88,7 @@ def test_without_vlan_filtering_vlan_ports_are_problems_and_left_out() -> None:
     wanted = switch_ports(
         plan(port("ht1", "access", vlan=100), port("ht2", "trunk", trunk=((5, 9),)), port("ht3")),
         vlan_filtering=False,
-        existing=["eth1", "ht1", "ht2", "ht3"],
+        links=present("eth1", "ht1", "ht2", "ht3"),
     )
     assert [p.name for p in wanted.ports] == ["eth1", "ht3"]
     assert all(p.vlans is None for p in wanted.ports)
@@ -97,9 +101,22 @@ def test_without_vlan_filtering_vlan_ports_are_problems_and_left_out() -> None:
 
 
 def test_taps_not_yet_open_are_skipped_and_a_missing_uplink_is_a_problem() -> None:
-    wanted = switch_ports(plan(port("ht1")), vlan_filtering=False, existing=[])
+    wanted = switch_ports(plan(port("ht1")), vlan_filtering=False, links=present())
     assert wanted.ports == ()
     assert wanted.problems == ("uplink eth1 does not exist",)
+
+
+def test_an_uplink_held_by_another_master_is_left_alone_with_a_problem() -> None:
+    links = {
+        "hbsw": BRIDGE,
+        "br0": LinkState("br0", 3, "bridge"),
+        "eth1": LinkState("eth1", 2, None, master=3),
+    }
+    wanted = switch_ports(plan(), vlan_filtering=False, links=links)
+    assert wanted.ports == ()
+    assert wanted.problems == ("uplink eth1 is a port of br0: free it first",)
+    on_ours = {**links, "eth1": LinkState("eth1", 2, None, master=BRIDGE.index)}
+    assert [p.name for p in switch_ports(plan(), False, on_ours).ports] == ["eth1"]
 
 
 def test_vlan_entries_pack_runs_into_ranges_and_keep_the_pvid_alone() -> None:

@@ -141,12 +141,15 @@ def _vlan_text(port: Port) -> str:
     return f"VLANs {spans} need"
 
 
-def switch_ports(plan: SwitchPlan, vlan_filtering: bool, existing: Iterable[str]) -> SwitchPorts:
+def switch_ports(
+    plan: SwitchPlan, vlan_filtering: bool, links: Mapping[str, LinkState]
+) -> SwitchPorts:
     """The ports of `plan`'s bridge that can be realised now: its uplink, and the ports whose
     taps exist (the others are attached once QEMU has opened them). On a kernel whose bridges
     cannot filter VLANs, a VLAN or trunk port is left out with a problem: attached anyway, it
-    would join the untagged network."""
-    present = set(existing)
+    would join the untagged network. An uplink that already serves another master (the
+    host's own bridge or bond, another switch) is left there with a problem: taking it could
+    cut the host off."""
     problems: list[str] = []
     wanted: list[WantedPort] = []
     usable: list[Port] = []
@@ -159,7 +162,7 @@ def switch_ports(plan: SwitchPlan, vlan_filtering: bool, existing: Iterable[str]
             )
             continue
         usable.append(port)
-        if port.tap in present:
+        if port.tap in links:
             wanted.append(
                 WantedPort(
                     name=port.tap,
@@ -170,16 +173,26 @@ def switch_ports(plan: SwitchPlan, vlan_filtering: bool, existing: Iterable[str]
                 )
             )
     if plan.uplink is not None:
-        if plan.uplink in present:
-            uplink = WantedPort(
-                name=plan.uplink,
-                mtu=plan.mtu,
-                isolated=True,
-                vlans=uplink_vlans(usable) if vlan_filtering else None,
-            )
-            wanted.insert(0, uplink)
-        else:
+        uplink = links.get(plan.uplink)
+        bridge = links.get(plan.bridge)
+        if uplink is None:
             problems.insert(0, f"uplink {plan.uplink} does not exist")
+        elif uplink.master is not None and (bridge is None or uplink.master != bridge.index):
+            holder = next(
+                (link.name for link in links.values() if link.index == uplink.master),
+                f"link {uplink.master}",
+            )
+            problems.insert(0, f"uplink {plan.uplink} is a port of {holder}: free it first")
+        else:
+            wanted.insert(
+                0,
+                WantedPort(
+                    name=plan.uplink,
+                    mtu=plan.mtu,
+                    isolated=True,
+                    vlans=uplink_vlans(usable) if vlan_filtering else None,
+                ),
+            )
     return SwitchPorts(tuple(wanted), tuple(problems))
 
 

@@ -1,6 +1,7 @@
 """Netlink in a data plane: the links Heron's Linux drivers read and the changes they apply.
 
-Blocking (pyroute2's synchronous IPRoute): the drivers call these from `asyncio.to_thread`.
+Blocking (pyroute2's synchronous IPRoute, which runs an event loop of its own and so fails on
+a thread whose loop is running): the drivers call these from `asyncio.to_thread`.
 Only the kernel's refusals become problems (sentences); a link that vanished between reading
 and changing it (a VM that stopped) is skipped: the next realise sees the truth.
 """
