@@ -6,6 +6,7 @@ plane's namespace (a tap's namespace is that of the /dev/net/tun opener), never 
 and moved: two devcluster nodes' taps of one name never meet.
 """
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -55,7 +56,9 @@ def _in_namespace(netns: str | None, work: Callable[[], T]) -> T:
             try:
                 outcome.append(work())
             finally:
-                _setns(home)
+                # Hygiene only: the thread ends here, and its namespace with it.
+                with contextlib.suppress(OSError):
+                    _setns(home)
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
         finally:
