@@ -60,9 +60,8 @@ def vm(vm_id: str, where: str, *nics: tuple[str, str, str | None]) -> VM:
 
 
 def test_kernel_names_fit_and_are_distinct() -> None:
-    names = {switch_bridge("a" * 63), segment_bridge(2**24 - 1), tap_name("x" * 36, 7)}
+    names = {switch_bridge("a" * 63), segment_bridge(2**24 - 1), tap_name("52:54:00:ab:cd:ef")}
     assert all(len(n) <= 15 for n in names) and len(names) == 3
-    assert tap_name("vm-a", 0) != tap_name("vm-b", 0) != tap_name("vm-a", 1)
     mac = dhcp_mac("v100")
     assert int(mac.split(":")[0], 16) & 0b11 == 0b10  # locally administered, unicast
 
@@ -77,10 +76,10 @@ def test_a_node_builds_every_switch_but_only_its_own_vms_ports() -> None:
     (switch,) = plan.switches
     assert (switch.bridge, switch.uplink, switch.backend) == (switch_bridge("dvs"), "eth1", "ovs")
     ports = {p.tap: p for p in switch.ports}
-    access, trunk = ports[tap_name("a", 0)], ports[tap_name("a", 1)]
+    access, trunk = ports[tap_name("52:54:00:00:00:01")], ports[tap_name("52:54:00:00:00:02")]
     assert (access.mode, access.vlan, access.address) == ("access", 100, "10.1.0.5")
     assert (trunk.mode, trunk.trunk) == ("trunk", ((100, 200), (300, 300)))
-    assert tap_name("b", 0) not in ports  # n2's
+    assert tap_name("52:54:00:00:00:03") not in ports  # n2's
     # The DHCP server of v100 answers only n1's NIC, through an isolated port in VLAN 100.
     (dhcp,) = plan.dhcp
     assert [h.mac for h in dhcp.hosts] == ["52:54:00:00:00:01"]
@@ -106,7 +105,7 @@ def test_vxlan_segments_reach_every_other_node_with_an_underlay() -> None:
         ("10.99.0.2",),  # n3 has no underlay address; n1 is itself
         1450,
     )
-    assert {p.tap for p in segment.ports} == {tap_name("a", 0), plan.dhcp[0].links[0]}
+    assert {p.tap for p in segment.ports} == {tap_name("52:54:00:00:00:01"), plan.dhcp[0].links[0]}
     assert plan.dhcp[0].mtu == 1450 and plan.dhcp[0].bridge == segment.bridge
     # A node without VMs on the segment does not build it; one without underlay says why.
     assert plan_node("n2", SWITCHES, NETWORKS, NODES, vms).segments == ()

@@ -72,10 +72,11 @@ def _in_namespace(netns: str | None, work: Callable[[], T]) -> T:
     return outcome[0]
 
 
-def _create(name: str, mtu: int) -> int:
+def _create(name: str, mtu: int, offload: bool) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
     try:
-        request = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        request = struct.pack("16sH22x", name.encode(), flags)
         fcntl.ioctl(fd, TUNSETIFF, request)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             fcntl.ioctl(sock, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
@@ -85,16 +86,21 @@ def _create(name: str, mtu: int) -> int:
     return fd
 
 
-def open_tap(plane: DataPlane, name: str, mtu: int) -> int:
-    """Create the tap `name` in the plane (TAP, no packet info, virtio-net headers) with its
-    MTU, and return its open fd (not inheritable: pass it with pass_fds). The caller hands it
-    to QEMU and closes its own copy; the tap goes when the last copy closes.
+def open_tap(plane: DataPlane, name: str, mtu: int, offload: bool = True) -> int:
+    """Create the tap `name` in the plane (TAP, no packet info; with `offload`, virtio-net
+    headers) with its MTU, and return its open fd (not inheritable: pass it with pass_fds).
+    The caller hands it to QEMU and closes its own copy; the tap goes when the last copy
+    closes.
+
+    Without virtio-net headers QEMU offers the guest no checksum offload, so every frame
+    leaves the guest with its checksums done: what a switch that reads frames in user space
+    (Open vSwitch's netdev datapath) needs, since it would pass half-made checksums on.
 
     Raises NetworkError when the kernel refuses (the name is in use, the plane is gone)."""
     if not 0 < len(name.encode()) <= 15:
         raise NetworkError(f"{name!r} is not an interface name (1-15 bytes)")
     try:
-        return _in_namespace(plane.netns, lambda: _create(name, mtu))
+        return _in_namespace(plane.netns, lambda: _create(name, mtu, offload))
     except OSError as exc:
         where = f"namespace {plane.netns}" if plane.netns else "the host namespace"
         raise NetworkError(f"cannot open tap {name} in {where}: {exc.strerror}") from exc
