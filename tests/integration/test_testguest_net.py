@@ -37,15 +37,17 @@ class Guest:
     def text(self) -> str:
         return self.log.read_bytes().decode(errors="replace")
 
-    def nic(self, what: str, check: Callable[[net.NicState], bool]) -> net.NicState:
-        """eth0 once the guest reports it in a state that passes `check`."""
+    def nic(
+        self, what: str, check: Callable[[net.NicState], bool], nic: str = "eth0"
+    ) -> net.NicState:
+        """`nic` once the guest reports it in a state that passes `check`."""
 
         def found() -> net.NicState | None:
-            state = net.guest_addresses(self.text()).get("eth0")
+            state = net.guest_addresses(self.text()).get(nic)
             return state if state is not None and check(state) else None
 
         try:
-            return wait_for(found, LEASE, f"eth0 {what} in {self.log}")
+            return wait_for(found, LEASE, f"{nic} {what} in {self.log}")
         except AssertionError as exc:
             lines = [line for line in self.text().splitlines() if net.NET_PREFIX in line]
             raise AssertionError(f"{exc}; it said: {lines}") from None
@@ -141,15 +143,25 @@ def free_udp_ports(count: int) -> list[int]:
             sock.close()
 
 
-UDHCPD_CONF = (
-    "interface eth0\\nstart 10.9.0.10\\nend 10.9.0.20\\nlease_file /tmp/udhcpd.leases\\n"
-    "option subnet 255.255.255.0\\noption mtu 1400\\n"
-)
+def udhcpd_conf(nic: str, subnet: str, mtu: int) -> str:
+    """busybox udhcpd's configuration, as a printf format for the guest's shell."""
+    return (
+        f"interface {nic}\\nstart {subnet}.10\\nend {subnet}.20\\n"
+        f"lease_file /tmp/udhcpd.{nic}.leases\\n"
+        f"option subnet 255.255.255.0\\noption mtu {mtu}\\n"
+    )
+
+
+def serve_dhcp(channel: net.CommandChannel, nic: str, subnet: str, mtu: int) -> None:
+    conf = f"/tmp/udhcpd.{nic}.conf"
+    ok(channel, f"printf '{udhcpd_conf(nic, subnet, mtu)}' >{conf}")
+    # In the background, its output away from the answer, or the answer would never end.
+    ok(channel, f"udhcpd -f {conf} >/dev/null 2>&1 &")
 
 
 def test_two_guests_on_one_wire(guests: Guests) -> None:
-    """Two guests joined by a UDP tunnel: one serves DHCP to the other, late; then they ping,
-    over VLAN 100 too, and nettool measures between them."""
+    """Two guests joined by a UDP tunnel: one serves DHCP to the other, late, and on VLAN 100
+    too; they ping each other, and nettool measures between them."""
     a_port, b_port = free_udp_ports(2)
     a = guests.boot(
         "a", f"socket,udp=127.0.0.1:{b_port},localaddr=127.0.0.1:{a_port}", "52:54:00:4e:00:0a"
@@ -163,9 +175,7 @@ def test_two_guests_on_one_wire(guests: Guests) -> None:
     with net.CommandChannel(a.serial) as at_a, net.CommandChannel(b.serial) as at_b:
         # b's own DHCP client must not take the address away once b serves the wire itself.
         ok(at_b, "killall udhcpc && ip addr add 10.9.0.1/24 dev eth0")
-        ok(at_b, f"printf '{UDHCPD_CONF}' >/tmp/udhcpd.conf")
-        # In the background, its output away from the answer, or the answer would never end.
-        ok(at_b, "udhcpd -f /tmp/udhcpd.conf >/dev/null 2>&1 &")
+        serve_dhcp(at_b, "eth0", "10.9.0", 1400)
         # a's DHCP client is still trying, so the late server gives it an address and the MTU.
         eth0 = a.nic("with a lease from b", lambda state: state.address is not None)
         assert eth0.address is not None
@@ -177,10 +187,17 @@ def test_two_guests_on_one_wire(guests: Guests) -> None:
         ok(at_a, "ping -c 3 -i 0.2 -W 5 10.9.0.1")
         ok(at_b, f"ping -c 3 -i 0.01 -W 5 {a_ip}")
 
-        for channel, ip in ((at_a, "10.100.0.2"), (at_b, "10.100.0.1")):
+        for channel in (at_a, at_b):
             ok(channel, "ip link add link eth0 name eth0.100 type vlan id 100")
-            ok(channel, f"ip addr add {ip}/24 dev eth0.100 && ip link set eth0.100 up")
+        ok(at_b, "ip addr add 10.100.0.1/24 dev eth0.100 && ip link set eth0.100 up")
+        serve_dhcp(at_b, "eth0.100", "10.100.0", 1300)
+        ok(at_a, "heron-net-up eth0.100")
+        vlan = a.nic("with a lease on VLAN 100", lambda s: s.address is not None, "eth0.100")
+        assert vlan.address is not None and vlan.mtu == 1300
+        assert vlan.address.network == IPv4Interface("10.100.0.1/24").network
         ok(at_a, "ping -c 3 -i 0.2 -W 5 10.100.0.1")
+        # Tagged frames on the wire, untagged ones apart: eth0's lease is untouched.
+        assert net.guest_addresses(a.text())["eth0"] == eth0
 
         sent = ok(at_a, "nettool send 10.9.0.1 7 2").output
         throughput = re.search(r"throughput_bps=(\d+) bytes=(\d+)", sent)

@@ -30,6 +30,7 @@ Why it is built this way:
   for VLAN sub-interfaces) gets DHCP with the MTU of option 26, and each new state is one line:
   ``heron-net eth0 mac=... addr=10.1.0.5/24 mtu=1450 router=10.1.0.1`` (or ``addr=none`` when
   the first try finds no server; the client keeps trying, and the line with the lease follows).
+  ``heron-net-up NIC`` does the same for a NIC made later (a VLAN sub-interface).
   ``nettool serve 7`` answers TCP echo and sink requests; ``nettool send`` and ``nettool rtt``
   measure throughput and round trips to another guest. Busybox brings ping, ip, nc, udhcpc.
 * Tests command the guest over the serial console: a line ``heron-run TAG COMMAND`` runs the
