@@ -6,6 +6,7 @@ cluster's directory records ports and commands, so `down` and `start_node` work 
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import httpx
 
 from heron.configdb.etcd import EtcdMember
 from heron.errors import HeronError
+from heron.network import fabric
 from heron.util.ports import free_ports
 from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
 
@@ -62,6 +64,17 @@ class DevCluster:
     memory_mib: int | None = None
     # etcd runs inside the nodes: node1's member first, the others join as the cluster grows.
     embedded: bool = False
+    # Each node's data plane in a network namespace of its own, on a fabric of veths (see
+    # heron.network.fabric): two nodes on one machine are as apart as two hosts.
+    network: bool = False
+
+    @property
+    def netns_prefix(self) -> str:
+        """Short, and distinct for every devcluster directory on the machine."""
+        return "hn" + hashlib.blake2s(self.dir.encode(), digest_size=3).hexdigest()
+
+    def fabric_nodes(self) -> list[fabric.FabricNode]:
+        return fabric.nodes_of(self.netns_prefix, [n.name for n in self.nodes])
 
     @property
     def root(self) -> Path:
@@ -119,6 +132,7 @@ class DevCluster:
             external_etcd=data.get("external_etcd", []),
             memory_mib=data.get("memory_mib"),
             embedded=data.get("embedded", False),
+            network=data.get("network", False),
         )
 
     def node(self, name: str) -> NodeSpec:
@@ -151,6 +165,10 @@ class DevCluster:
 
     def _node_options(self, node: NodeSpec) -> list[str]:
         options = ["--memory-mib", str(self.memory_mib)] if self.memory_mib else []
+        if self.network:
+            for place in self.fabric_nodes():
+                if place.name == node.name:
+                    options += ["--data-netns", place.netns, "--underlay", place.underlay]
         if self.embedded and node.etcd_ports:
             client, peer = node.etcd_ports
             if node is self.nodes[0]:
@@ -174,6 +192,8 @@ class DevCluster:
         )
         self.nodes.append(node)
         self.save()
+        if self.network:
+            fabric.build(self.netns_prefix, self.fabric_nodes())
         self.start_node(name)
         self.wait_api(node, timeout)
         return node
@@ -269,6 +289,7 @@ def up(
     memory_mib: int | None = None,
     embedded: bool = False,
     source: str | None = None,
+    network: bool = False,
 ) -> tuple[DevCluster, str]:
     """Start (or find running) a devcluster; returns it and an admin token."""
     directory = directory.resolve()
@@ -308,8 +329,11 @@ def up(
             external_etcd=external_etcd or [],
             memory_mib=memory_mib,
             embedded=embedded,
+            network=network,
         )
         cluster.save()
+    if cluster.network:
+        fabric.build(cluster.netns_prefix, cluster.fabric_nodes())
     if not cluster.embedded:  # embedded members are started by their nodes
         for member in cluster.members():
             member.start()
@@ -337,6 +361,12 @@ def down(directory: Path) -> None:
         marker = f"{Path(node.state_dir) / 'ardfs'}/"
         for pid in find_running(marker):
             terminate(pid, marker, timeout=30)
+        # So do the DHCP servers and Open vSwitch daemons of the node's switches.
+        marker = f"{Path(node.state_dir) / 'network'}/"
+        for pid in find_running(marker):
+            terminate(pid, marker, timeout=10)
+    if cluster.network:
+        fabric.remove(cluster.netns_prefix)
     for member in cluster.members():
         member.stop()
 

@@ -42,6 +42,11 @@ BAD: dict[Callable[..., Any], list[str]] = {
         "local:from=",
     ],
     parse.nic: ["", "model=e1000", "user,e1000", "user,model="],
+    parse.ipv4: ["10.1.0", "10.1.0.256", "abc", ""],
+    parse.cidr: ["10.1.0.1/24", "10.1.0.0/33", "10.1.0.0/x", "abc"],
+    parse.address_range: ["10.1.0.1", "10.1.0.1-", "-10.1.0.9", "a-b"],
+    parse.uplink: ["node1", "=eth1", "node1=eth1=x", ""],
+    parse.vlans: ["0", "4095", "100-", "200-100", "a", "100,,200"],
 }
 GOOD: dict[Callable[..., Any], str] = {
     parse.size: "10G",
@@ -49,10 +54,18 @@ GOOD: dict[Callable[..., Any], str] = {
     parse.seconds: "30",
     parse.disk: "local:10G",
     parse.nic: "user",
+    parse.ipv4: "10.1.0.1",
+    parse.cidr: "10.1.0.0/24",
+    parse.address_range: "10.1.0.10-10.1.0.20",
+    parse.uplink: "node1=eth1",
+    parse.vlans: "100,200-299",
 }
 BAD_NUMBERS = {int: ["abc", "1.5", "1e3x"], float: ["abc", "1,5"]}
 # What a command needs beyond its required parameters to get past its own checks.
-EXTRA = {"volume import": ["--path", "/image.qcow2"]}
+EXTRA = {
+    "volume import": ["--path", "/image.qcow2"],
+    "network create": ["--subnet", "10.1.0.0/24"],
+}
 
 # Options and arguments whose text goes to the API as it is: names and references the API
 # resolves, paths on a node, free text, and values the API validates against live state
@@ -87,6 +100,7 @@ FREE_TEXT = {
     "conf",
     "machine",
     "protection",
+    "switch",
 }
 
 
@@ -123,6 +137,8 @@ class Param:
         self.type, info = base_type(annotation)
         self.parser = info.parser if info is not None else None
         self.hint = self.opts[0] if self.is_option else (param.metavar or param.name.upper())
+        # A number option's least allowed value (typer's min=) is surely well-formed.
+        self.least = info.min if info is not None else None
 
     def __repr__(self) -> str:
         return f"heron {' '.join(self.command)} {self.hint}"
@@ -153,7 +169,7 @@ class Param:
         elif self.type is bool or self.is_flag:
             return [self.opts[0]]
         else:
-            value = "1" if self.type in BAD_NUMBERS else "x"
+            value = str(self.least or 1) if self.type in BAD_NUMBERS else "x"
         return [self.opts[0], value] if self.is_option else [value]
 
 
@@ -190,7 +206,8 @@ def invocation(target: Param, value: str) -> list[str]:
         else:
             continue
         (options if param.is_option else arguments).extend(given)
-    return [*target.command, *options, *EXTRA.get(" ".join(target.command), []), "--", *arguments]
+    # The extra options come first, so the option under test wins where they overlap.
+    return [*target.command, *EXTRA.get(" ".join(target.command), []), *options, "--", *arguments]
 
 
 def heron(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -278,8 +278,11 @@ def test_nic_defaults_and_choices() -> None:
     assert NicSpec(model="e1000", network="none").network == "none"
     with pytest.raises(ValidationError):
         NicSpec(model="rtl8139")
+    assert NicSpec(network="lan-100").network == "lan-100"  # a network, checked by the service
     with pytest.raises(ValidationError):
-        NicSpec(network="bridge")
+        NicSpec(network="Bad Name")
+    with pytest.raises(ValidationError):
+        NicSpec(network="lan", address="10.1.0.300")
 
 
 # -- roles and tasks -----------------------------------------------------------------------

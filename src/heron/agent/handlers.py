@@ -26,6 +26,7 @@ from heron.models.task import (
     VolumeResizeParams,
 )
 from heron.models.vm import VM, RunState
+from heron.network.ipam import release_nics
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.qemuimg import QemuImgError
 from heron.storage.registry import driver_for
@@ -171,6 +172,7 @@ class Handlers:
             .delete(keys.vm_name(vm.spec.name))
             .delete(keys.vm_status(vm_id))
         )
+        release_nics(txn, vm.spec.nics)
         removed = []
         if ctx.params(VMDeleteParams).volumes:
             for disk in vm.spec.disks:

@@ -8,7 +8,18 @@ from fastapi import FastAPI, Request, Response
 import heron
 from heron.api import contract, errors, web
 from heron.api.context import ApiContext
-from heron.api.routes import auth, console, events, groups, nodes, pools, stream, tasks, vms
+from heron.api.routes import (
+    auth,
+    console,
+    events,
+    groups,
+    networks,
+    nodes,
+    pools,
+    stream,
+    tasks,
+    vms,
+)
 
 API = "/api/v1"
 _CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -26,7 +37,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (auth, nodes, vms, groups, pools, tasks, events, stream, console):
+    for module in (auth, nodes, vms, groups, networks, pools, tasks, events, stream, console):
         app.include_router(module.router, prefix=API)
 
     @app.middleware("http")

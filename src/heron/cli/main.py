@@ -11,9 +11,11 @@ from heron.cli import (
     devcluster,
     event,
     group,
+    network,
     node,
     pool,
     session,
+    switch,
     task,
     token,
     user,
@@ -25,7 +27,21 @@ from heron.cli.client import CliError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.command()(session.login)
 # Each resource's module is named after its command, in the order `heron --help` lists them.
-for module in (vm, node, pool, volume, task, event, token, user, devcluster, group, cluster):
+for module in (
+    vm,
+    node,
+    pool,
+    volume,
+    switch,
+    network,
+    task,
+    event,
+    token,
+    user,
+    devcluster,
+    group,
+    cluster,
+):
     app.add_typer(module.app, name=module.__name__.rsplit(".", 1)[-1])
 
 

@@ -5,6 +5,7 @@ Each parser is given to an option as `typer.Option(parser=...)`; bad text raises
 any request is sent. The messages say what the option wants, with an example.
 """
 
+import ipaddress
 import math
 import re
 from collections.abc import Iterable
@@ -91,11 +92,11 @@ def disk(text: str) -> dict[str, Any]:
     return result
 
 
-_NIC_WANTED = "give a network (user or none), then ,model=e1000 etc."
+_NIC_WANTED = "give a network (or user, none), then ,model=e1000,mac=..,address=.. etc."
 
 
 def nic(text: str) -> dict[str, str]:
-    """NETWORK[,key=value...]: e.g. 'user' or 'user,model=e1000'."""
+    """NETWORK[,key=value...]: e.g. 'user', 'lan,address=10.1.0.9' or 'user,model=e1000'."""
     network, *rest = text.split(",")
     if not network or "=" in network:
         raise typer.BadParameter(f"{text!r} names no network; {_NIC_WANTED}")
@@ -114,3 +115,48 @@ class Choice:
             wanted = ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}"
             raise typer.BadParameter(f"{text!r} is not {wanted}")
         return text
+
+
+def ipv4(text: str) -> str:
+    """An IPv4 address, as 10.1.0.1."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an IPv4 address like 10.1.0.1") from None
+
+
+def cidr(text: str) -> str:
+    """An IPv4 network, as 10.1.0.0/24."""
+    try:
+        return str(ipaddress.IPv4Network(text, strict=True))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a network like 10.1.0.0/24 ({exc})") from None
+
+
+def address_range(text: str) -> dict[str, str]:
+    """FIRST-LAST, as 10.1.0.100-10.1.0.199."""
+    first, dash, last = text.partition("-")
+    if not dash:
+        raise typer.BadParameter(f"{text!r} is not a range like 10.1.0.100-10.1.0.199")
+    return {"first": ipv4(first), "last": ipv4(last)}
+
+
+def uplink(text: str) -> dict[str, str]:
+    """NODE=INTERFACE, as node1=eth1 (NODE= alone: the node has none)."""
+    node, equals, interface = text.partition("=")
+    if not equals or not node or "=" in interface:
+        raise typer.BadParameter(f"{text!r} is not NODE=INTERFACE, e.g. node1=eth1")
+    return {node: interface}
+
+
+_VLANS = re.compile(r"[0-9]{1,4}(-[0-9]{1,4})?")
+
+
+def vlans(text: str) -> list[str]:
+    """VLANs and ranges, as 100,200-299."""
+    items = text.split(",")
+    for item in items:
+        low, _, high = item.partition("-")
+        if not _VLANS.fullmatch(item) or not 1 <= int(low) <= int(high or low) <= 4094:
+            raise typer.BadParameter(f"{text!r} is not VLANs (1-4094) and ranges like 100,200-299")
+    return items

@@ -26,6 +26,14 @@ ARDFS_DELETED = ROOT + "ardfs-deleted/"
 # not under any prefix the UI's event stream follows.
 ARDFS_SECRETS = ROOT + "ardfs-secrets/"
 ETCD_JOINS = ROOT + "etcd-joins/"
+SWITCHES = ROOT + "switches/"
+NETWORKS = ROOT + "networks/"
+NETWORK_STATUS = ROOT + "network-status/"
+# Index keys, written in the VM's own transactions: a MAC is unique in the cluster, an
+# address in its network, a VNI among the overlay segments.
+MACS = ROOT + "names/mac/"
+LEASES = ROOT + "leases/"
+VNIS = ROOT + "names/vni/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
 
@@ -104,3 +112,27 @@ def ardfs_deleted(pool: str, volume_id: str) -> str:
 
 def ardfs_secret(pool: str) -> str:
     return ARDFS_SECRETS + pool
+
+
+def switch(name: str) -> str:
+    return SWITCHES + name
+
+
+def network(name: str) -> str:
+    return NETWORKS + name
+
+
+def network_status(node_name: str) -> str:
+    return NETWORK_STATUS + node_name
+
+
+def mac(address: str) -> str:
+    return MACS + address
+
+
+def lease(network_name: str, address: str) -> str:
+    return f"{LEASES}{network_name}/{address}"
+
+
+def vni(number: int) -> str:
+    return f"{VNIS}{number}"

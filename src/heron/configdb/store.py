@@ -146,6 +146,13 @@ class Txn:
         self.deletes.append(key)
         return self
 
+    def merge(self, other: Txn) -> Txn:
+        """Add `other`'s checks and writes to this transaction."""
+        self.checks += other.checks
+        self.puts += other.puts
+        self.deletes += other.deletes
+        return self
+
 
 def grpc_target(endpoints: Sequence[str]) -> tuple[str, int]:
     """Turn ["127.0.0.1:2379", ...] into the host and port aetcd joins into one gRPC target.

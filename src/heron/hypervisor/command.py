@@ -1,6 +1,7 @@
 """The QEMU command line for a VM: pure, so it is unit-tested without starting anything."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,10 @@ def build(
     binary: str = "qemu-system-x86_64",
     *,
     ram: int | None = None,
+    taps: Mapping[int, int] | None = None,
 ) -> list[str]:
-    """QEMU's arguments for `vm`; `ram` in KiB, by default exactly the spec's memory."""
+    """QEMU's arguments for `vm`; `ram` in KiB, by default exactly the spec's memory; `taps`:
+    the open tap (its fd, inherited by QEMU) of each NIC on a network, by NIC index."""
     spec = vm.spec
     boot = boot_indexes(vm)
     args = [
@@ -183,6 +186,13 @@ def build(
     for index, nic in enumerate(spec.nics):
         if nic.network == "none":
             continue
+        if nic.network == "user":
+            netdev = f"user,id=net{index}"
+        elif taps and index in taps:
+            # vhost-net would need /dev/vhost-net (absent on some hosts: QEMU aborts there).
+            netdev = f"tap,id=net{index},fd={taps[index]},vhost=off"
+        else:
+            raise ValueError(f"NIC {index} on network {nic.network} has no tap")
         model = "virtio-net-pci" if nic.model == "virtio" else "e1000"
         mac = nic.mac or mac_for(vm.id, index)
         bootindex = boot.get(f"net{index}")
@@ -190,7 +200,7 @@ def build(
         rom = f",bootindex={bootindex}" if bootindex else ",romfile="
         args += [
             "-netdev",
-            f"user,id=net{index}",
+            netdev,
             "-device",
             f"{model},netdev=net{index},mac={mac},id=net{index}-dev{rom}",
         ]

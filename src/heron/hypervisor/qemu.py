@@ -46,8 +46,9 @@ class QemuVM(MigrationCommands, BlockCommands):
         pid = self.pid()
         return pid is not None and alive(pid, self.vm_id)
 
-    async def launch(self, args: list[str]) -> int:
-        """Start QEMU; returns once it has daemonized (its devices and sockets exist).
+    async def launch(self, args: list[str], pass_fds: tuple[int, ...] = ()) -> int:
+        """Start QEMU, handing it `pass_fds` (its taps); returns once it has daemonized (its
+        devices and sockets exist).
 
         Raises QemuError when QEMU exits with an error or leaves no pidfile.
         """
@@ -59,6 +60,7 @@ class QemuVM(MigrationCommands, BlockCommands):
                 stdout=qemu_log,
                 stderr=qemu_log,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
             code = await proc.wait()
         if code != 0:

@@ -24,6 +24,9 @@ class Node(Record):
         default=None, description="where this node can run an etcd member, if it can"
     )
     etcd_client_url: str | None = None
+    underlay: str | None = Field(
+        default=None, description="the address other nodes' VXLAN tunnels reach this node on"
+    )
     maintenance: bool = Field(
         default=False, description="kept free of VMs; set by the admin (NodeSettings)"
     )

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from heron.models.common import NAME_REASON, Name, Record, matching, string_schema
+from heron.models.network import IPv4
 from heron.models.storage import VolumeFormat
 
 DiskBus = Literal["virtio", "scsi", "sata", "ide"]
@@ -60,8 +61,17 @@ class DiskSpec(Record):
 
 class NicSpec(Record):
     model: NicModel = "virtio"
-    network: Literal["user", "none"] = "user"
-    mac: Mac | None = Field(default=None, description="lower-case aa:bb:cc:dd:ee:ff")
+    network: Name = Field(
+        default="user",
+        description="a network (port group) of a switch; 'user': QEMU's NAT; 'none': no link",
+    )
+    mac: Mac | None = Field(
+        default=None, description="lower-case aa:bb:cc:dd:ee:ff; given unique in the cluster"
+    )
+    address: IPv4 | None = Field(
+        default=None, description="IPv4 address from the network's subnet; given if left out"
+    )
+    link_up: bool = Field(default=True, description="the cable plugged in")
 
 
 class HAPolicy(Record):

@@ -7,6 +7,7 @@ from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
 from heron.models.group import VMGroup
 from heron.models.migration import Migration
+from heron.models.network import Network, Switch
 from heron.models.node import Node, NodeSettings
 from heron.models.storage import ArdfsMember, ArdfsNodeStatus, Pool, Volume
 from heron.models.task import Task
@@ -63,6 +64,8 @@ class Inventory:
         self.ardfs_status = Cache(db, ArdfsNodeStatus, keys.ARDFS_STATUS)
         self.migrations = Cache(db, Migration, keys.MIGRATIONS)
         self.tasks = Cache(db, Task, keys.TASKS)
+        self.switches = Cache(db, Switch, keys.SWITCHES)
+        self.networks = Cache(db, Network, keys.NETWORKS)
         self._caches: list[Cache[Any]] = [
             self.nodes,
             self.node_settings,
@@ -75,6 +78,8 @@ class Inventory:
             self.ardfs_status,
             self.migrations,
             self.tasks,
+            self.switches,
+            self.networks,
         ]
         self._ready: asyncio.Future[None] | None = None
 

@@ -56,6 +56,7 @@ from heron.services.lookup import (
     new_placement,
     new_volume_format,
 )
+from heron.services.networks import address_nics
 from heron.services.tasks import with_task
 from heron.storage.registry import capabilities
 
@@ -208,11 +209,12 @@ async def plan_create(
         pool = (await find_pool(db, volume.pool)).value
         if not capabilities(pool).shared:
             volume.node = node
+    nics, addressed = await address_nics(db, vm_id, body.nics, vms)
     spec = VMSpec(
         **body.model_dump(include=set(Hardware.model_fields)),
         name=body.name,
         disks=disks,
-        nics=body.nics,
+        nics=nics,
     )
     vm = VM(
         id=vm_id,
@@ -224,7 +226,7 @@ async def plan_create(
     made = [NewVolume(id=v.id, source=s) for v, s in new_volumes]
     task = new_task(TaskKind.vm_create, node, vm_id, user, VMCreateParams(volumes=made))
     txn = Txn().require_absent(keys.vm_name(body.name)).put(keys.vm_name(body.name), vm_id)
-    txn.put(keys.vm(vm_id), vm)
+    txn.put(keys.vm(vm_id), vm).merge(addressed)
     for volume, _ in new_volumes:
         txn.require_absent(keys.volume_name(volume.pool, volume.name))
         txn.put(keys.volume_name(volume.pool, volume.name), volume.id)
