@@ -22,9 +22,11 @@ from heron.models.vm import VM
 from heron.network.bridge import LinuxBridge
 from heron.network.dataplane import DataPlane
 from heron.network.dhcp import DhcpServers
+from heron.network.firewall import Firewall
 from heron.network.ovs import OpenVSwitch
 from heron.network.ovs_runtime import OvsError, OvsRuntime
-from heron.network.plan import NodePlan, plan_node, tap_name
+from heron.network.plan import NodePlan, Port, plan_node, tap_name
+from heron.network.shaping import realise_shaping
 from heron.network.tap import open_tap
 from heron.network.vxlan import realise_segment, remove_segment, segments
 from heron.scheduler.inventory import Inventory
@@ -54,6 +56,7 @@ class NetworkController:
         self.bridge = LinuxBridge(plane)
         self._ovs: OpenVSwitch | None = None
         self.dhcp = DhcpServers(plane, self.directory / "dhcp")
+        self.firewall = Firewall(plane)
         self._lock = asyncio.Lock()
         self._arriving: dict[str, VM] = {}
         self.last: NodePlan = NodePlan()
@@ -81,6 +84,7 @@ class NetworkController:
             {e.value.name: e.value for e in inv.networks},
             inv.live_nodes(),
             vms,
+            {e.value.name: e.value for e in inv.security_groups},
         )
 
     async def realise(self) -> dict[str, SwitchState]:
@@ -120,6 +124,8 @@ class NetworkController:
                 ]
             for vni in await segments(self.plane) - {s.vni for s in plan.segments}:
                 await remove_segment(self.plane, vni)
+            for switch_name, found in (await self._filter(plan)).items():
+                problems.setdefault(switch_name, []).extend(found)
             for problem in plan.problems:
                 log.warning("network plan: %s", problem)
             for switch in plan.switches:
@@ -131,6 +137,32 @@ class NetworkController:
                 states[switch.name] = SwitchState(in_sync=not found, problems=found, ports=ports)
             self.last = plan
             return states
+
+    async def _filter(self, plan: NodePlan) -> dict[str, list[str]]:
+        """Security groups and rate limits of the VM ports, once their bridges stand: the
+        problems by switch. Only Linux bridges (and every VXLAN segment's) are filtered."""
+        bridged: dict[str, list[Port]] = {}
+        problems: dict[str, list[str]] = {}
+        for switch in plan.switches:
+            if switch.backend == "bridge":
+                bridged.setdefault(switch.name, []).extend(switch.ports)
+                continue
+            for port in switch.ports:
+                if port.firewall is not None or port.ingress_mbps or port.egress_mbps:
+                    problems.setdefault(switch.name, []).append(
+                        f"VM {port.vm} NIC {port.nic}: security groups and rate limits on "
+                        "Open vSwitch ports are not enforced yet"
+                    )
+        for segment in plan.segments:
+            bridged.setdefault(segment.switch, []).extend(segment.ports)
+        ports = [p for found in bridged.values() for p in found]
+        shared = await self.firewall.realise(ports)
+        shared += await realise_shaping(self.plane, ports)
+        if shared:
+            for switch_name, found in bridged.items():
+                if any(p.firewall or p.ingress_mbps or p.egress_mbps for p in found):
+                    problems.setdefault(switch_name, []).extend(shared)
+        return problems
 
     def _switch_of(self, network: str) -> str:
         found = self.inventory.networks.get(network)
@@ -149,7 +181,8 @@ class NetworkController:
     async def run(self) -> None:
         """Keep this node's switches built as the ConfigDB says, repairing drift."""
         inv = await self.inventory.ready()
-        changes = [c.listen() for c in (inv.switches, inv.networks, inv.nodes, inv.vms)]
+        caches = (inv.switches, inv.networks, inv.nodes, inv.vms, inv.security_groups)
+        changes = [c.listen() for c in caches]
         while True:
             try:
                 await self.report(await self.realise())

@@ -29,6 +29,7 @@ ETCD_JOINS = ROOT + "etcd-joins/"
 SWITCHES = ROOT + "switches/"
 NETWORKS = ROOT + "networks/"
 NETWORK_STATUS = ROOT + "network-status/"
+SECURITY_GROUPS = ROOT + "security-groups/"
 # Index keys, written in the VM's own transactions: a MAC is unique in the cluster, an
 # address in its network, a VNI among the overlay segments.
 MACS = ROOT + "names/mac/"
@@ -120,6 +121,10 @@ def switch(name: str) -> str:
 
 def network(name: str) -> str:
     return NETWORKS + name
+
+
+def security_group(name: str) -> str:
+    return SECURITY_GROUPS + name
 
 
 def network_status(node_name: str) -> str:

@@ -235,3 +235,83 @@ class Lease(Record):
     vm: str
     nic: int
     mac: str
+
+
+# -- security groups ---------------------------------------------------------------------
+
+Direction = Literal["in", "out"]
+Protocol = Literal["any", "tcp", "udp", "icmp"]
+PORTS_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?$"
+
+
+def _ports(value: str) -> str:
+    matching(PORTS_PATTERN, "must be a port (1-65535) or a range like 1000-2000")(value)
+    low, _, high = value.partition("-")
+    if not 1 <= int(low) <= int(high or low) <= 65535:
+        raise ValueError("must be a port (1-65535) or a range like 1000-2000, low to high")
+    return value
+
+
+def port_range(ports: str) -> tuple[int, int]:
+    low, _, high = ports.partition("-")
+    return int(low), int(high or low)
+
+
+def _remote(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"is not an IPv4 network like 10.1.0.0/24 or an address ({exc})") from exc
+
+
+PortRange = Annotated[str, AfterValidator(_ports), string_schema(PORTS_PATTERN, 1, 11)]
+Remote = Annotated[str, AfterValidator(_remote), Field(examples=["10.1.0.0/24", "0.0.0.0/0"])]
+
+
+class Rule(Record):
+    """What a security group lets through: traffic of `protocol` (to `ports`, for tcp and udp)
+    from (in) or to (out) `remote` or the addresses of `remote_group`'s NICs; from or to
+    anywhere when neither is given."""
+
+    direction: Direction = "in"
+    protocol: Protocol = "any"
+    ports: PortRange | None = Field(default=None, description="tcp/udp: '22' or '1000-2000'")
+    remote: Remote | None = Field(default=None, description="an IPv4 network or address")
+    remote_group: Name | None = Field(
+        default=None, description="a security group: the addresses of its members' NICs"
+    )
+    description: str = Field(default="", max_length=256)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Rule":
+        if self.ports is not None and self.protocol not in ("tcp", "udp"):
+            raise ValueError("ports are only for tcp and udp")
+        if self.remote is not None and self.remote_group is not None:
+            raise ValueError("give remote or remote_group, not both")
+        return self
+
+
+class SecurityGroupCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name
+    description: str = Field(default="", max_length=1024)
+    rules: list[Rule] = Field(default_factory=list, max_length=256)
+
+
+class SecurityGroup(Record):
+    """Stateful rules for the NICs naming it: inbound, only what a rule of one of the NIC's
+    groups allows (and replies to what the NIC sent); outbound, everything unless the groups
+    have 'out' rules, then only what those allow."""
+
+    name: Name
+    description: str = ""
+    rules: list[Rule] = Field(default_factory=list)
+    created_at: float
+
+
+class SecurityGroupUpdate(BaseModel):
+    """A new description, or a new list of rules replacing the old."""
+
+    model_config = {"extra": "forbid"}
+    description: str | None = Field(default=None, max_length=1024)
+    rules: list[Rule] | None = Field(default=None, max_length=256)

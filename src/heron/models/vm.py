@@ -59,6 +59,10 @@ class DiskSpec(Record):
     volume: str = Field(description="id of the pool volume backing this disk")
 
 
+RATE_IN = "the most the VM receives on it, Mbit/s; none: no limit"
+RATE_OUT = "the most the VM sends on it, Mbit/s; none: no limit"
+
+
 class NicSpec(Record):
     model: NicModel = "virtio"
     network: Name = Field(
@@ -72,6 +76,13 @@ class NicSpec(Record):
         default=None, description="IPv4 address from the network's subnet; given if left out"
     )
     link_up: bool = Field(default=True, description="the cable plugged in")
+    security_groups: list[Name] = Field(
+        default_factory=list,
+        max_length=8,
+        description="filter its traffic (stateful, default deny inbound); empty: no filtering",
+    )
+    ingress_mbps: int | None = Field(default=None, ge=1, le=100_000, description=RATE_IN)
+    egress_mbps: int | None = Field(default=None, ge=1, le=100_000, description=RATE_OUT)
     slot: int | None = Field(
         default=None,
         ge=0,
@@ -277,17 +288,24 @@ class NicAttach(BaseModel):
     mac: Mac | None = Field(default=None, description="given unique in the cluster if left out")
     address: IPv4 | None = Field(default=None, description="from the network's subnet")
     link_up: bool = True
+    security_groups: list[Name] = Field(default_factory=list, max_length=8)
+    ingress_mbps: int | None = Field(default=None, ge=1, le=100_000, description=RATE_IN)
+    egress_mbps: int | None = Field(default=None, ge=1, le=100_000, description=RATE_OUT)
     revision: int | None = Field(default=None, description="write only if still at this revision")
 
 
 class NicUpdate(BaseModel):
     """Changes to one NIC, applied at once to a running VM (layout 2): its network (the tap
-    moves to the other port group), its address, its cable."""
+    moves to the other port group), its address, its cable, its security groups and rate
+    limits (a rate given as null removes the limit)."""
 
     model_config = {"extra": "forbid"}
     network: Name | None = None
     address: IPv4 | None = None
     link_up: bool | None = None
+    security_groups: list[Name] | None = Field(default=None, max_length=8)
+    ingress_mbps: int | None = Field(default=None, ge=1, le=100_000, description=RATE_IN)
+    egress_mbps: int | None = Field(default=None, ge=1, le=100_000, description=RATE_OUT)
     revision: int | None = Field(default=None, description="write only if still at this revision")
 
 

@@ -16,12 +16,14 @@ from typing import Literal
 from heron.models.network import (
     BUILTIN_NETWORKS,
     Network,
+    SecurityGroup,
     Switch,
     network_mtu,
+    port_range,
     vlan_ranges,
 )
 from heron.models.node import Node
-from heron.models.vm import VM
+from heron.models.vm import VM, NicSpec
 from heron.network.ipam import dhcp_server
 
 PortMode = Literal["untagged", "access", "trunk"]
@@ -71,6 +73,31 @@ def dhcp_mac(network: str) -> str:
     return "02:48:" + ":".join(digits[i : i + 2] for i in range(0, 8, 2))
 
 
+ANYWHERE = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One allowing rule of a NIC's groups, its remote group resolved to addresses."""
+
+    direction: Literal["in", "out"]
+    protocol: Literal["any", "tcp", "udp", "icmp"]
+    remotes: tuple[str, ...]  # IPv4 networks; ANYWHERE for any
+    ports: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class PortFirewall:
+    """What a NIC with security groups may do: send only from its MAC (and its address, when
+    its network has a subnet), receive only what `rules` allow or replies; send anything unless
+    `deny_out`, then only what the 'out' rules allow."""
+
+    mac: str
+    address: str | None
+    rules: tuple[FirewallRule, ...] = ()
+    deny_out: bool = False
+
+
 @dataclass(frozen=True)
 class Port:
     """A port of a bridge on this node: a VM NIC's tap, or (isolated) the bridge end of a
@@ -89,6 +116,9 @@ class Port:
     mtu: int = 1500
     link_up: bool = True
     isolated: bool = False
+    firewall: PortFirewall | None = None
+    ingress_mbps: int | None = None  # what the VM receives
+    egress_mbps: int | None = None  # what the VM sends
 
 
 @dataclass(frozen=True)
@@ -158,16 +188,71 @@ def dhcp_address(network: Network) -> str | None:
     return str(server) if server else None
 
 
+def group_members(vms: Iterable[VM]) -> dict[str, tuple[str, ...]]:
+    """The addresses of each security group's NICs (in the whole cluster), sorted."""
+    members: dict[str, set[str]] = {}
+    for vm in vms:
+        for nic in vm.spec.nics:
+            for group in nic.security_groups:
+                if nic.address:
+                    members.setdefault(group, set()).add(nic.address)
+    return {g: tuple(sorted(a, key=ipaddress.IPv4Address)) for g, a in members.items()}
+
+
+def port_firewall(
+    nic: NicSpec,
+    groups: Mapping[str, SecurityGroup],
+    members: Mapping[str, tuple[str, ...]],
+) -> tuple[PortFirewall | None, list[str]]:
+    """A NIC's firewall from its groups (None without groups: no filtering), and the names it
+    gives that are not groups (left out: the NIC gets less, never more)."""
+    if not nic.security_groups or nic.mac is None:
+        return None, []
+    missing: list[str] = []
+    rules: list[FirewallRule] = []
+    for name in nic.security_groups:
+        group = groups.get(name)
+        if group is None:
+            missing.append(name)
+            continue
+        for rule in group.rules:
+            if rule.remote_group is not None:
+                if rule.remote_group not in groups:
+                    missing.append(rule.remote_group)
+                remotes = tuple(f"{a}/32" for a in members.get(rule.remote_group, ()))
+                if not remotes:
+                    continue  # a group without addresses matches nothing
+            else:
+                remotes = (rule.remote or ANYWHERE,)
+            ports = port_range(rule.ports) if rule.ports else None
+            found = FirewallRule(rule.direction, rule.protocol, remotes, ports)
+            if found not in rules:
+                rules.append(found)
+    deny_out = any(
+        r.direction == "out"
+        for name in nic.security_groups
+        if name in groups
+        for r in groups[name].rules
+    )
+    firewall = PortFirewall(nic.mac, nic.address, tuple(rules), deny_out)
+    return firewall, sorted(set(missing))
+
+
 def plan_node(
     node: str,
     switches: Mapping[str, Switch],
     networks: Mapping[str, Network],
     nodes: Mapping[str, Node],
     vms: Iterable[VM],
+    security_groups: Mapping[str, SecurityGroup] | None = None,
 ) -> NodePlan:
     """What `node` must build: every switch (so its uplink carries the VLANs at once), and the
-    segments and DHCP servers of the networks its VMs' NICs use."""
+    segments and DHCP servers of the networks its VMs' NICs use, each NIC's port with its
+    firewall and rate limits."""
     problems: list[str] = []
+    vms = list(vms)
+    groups = security_groups or {}
+    members = group_members(vms)
     ports: dict[str, list[Port]] = {}  # by network
     hosts: dict[str, list[DhcpHost]] = {}
     for vm in sorted(vms, key=lambda v: v.id):
@@ -182,6 +267,11 @@ def plan_node(
                 problems.append(f"VM {vm.spec.name} NIC {index}: no network {nic.network}")
                 continue
             mode: PortMode = {"vlan": "access", "trunk": "trunk"}.get(network.kind, "untagged")  # type: ignore[assignment]
+            firewall, missing = port_firewall(nic, groups, members)
+            if missing:
+                problems.append(
+                    f"VM {vm.spec.name} NIC {index}: no security group {', '.join(missing)}"
+                )
             ports.setdefault(network.name, []).append(
                 Port(
                     tap=tap_name(nic.mac),
@@ -194,6 +284,9 @@ def plan_node(
                     address=nic.address,
                     mtu=network_mtu(network, switch),
                     link_up=nic.link_up,
+                    firewall=firewall,
+                    ingress_mbps=nic.ingress_mbps,
+                    egress_mbps=nic.egress_mbps,
                 )
             )
             if nic.address:

@@ -7,7 +7,7 @@ from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
 from heron.models.group import VMGroup
 from heron.models.migration import Migration
-from heron.models.network import Network, Switch
+from heron.models.network import Network, SecurityGroup, Switch
 from heron.models.node import Node, NodeSettings
 from heron.models.storage import ArdfsMember, ArdfsNodeStatus, Pool, Volume
 from heron.models.task import Task
@@ -66,6 +66,7 @@ class Inventory:
         self.tasks = Cache(db, Task, keys.TASKS)
         self.switches = Cache(db, Switch, keys.SWITCHES)
         self.networks = Cache(db, Network, keys.NETWORKS)
+        self.security_groups = Cache(db, SecurityGroup, keys.SECURITY_GROUPS)
         self._caches: list[Cache[Any]] = [
             self.nodes,
             self.node_settings,
@@ -80,6 +81,7 @@ class Inventory:
             self.tasks,
             self.switches,
             self.networks,
+            self.security_groups,
         ]
         self._ready: asyncio.Future[None] | None = None
 
