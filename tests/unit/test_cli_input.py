@@ -47,6 +47,8 @@ BAD: dict[Callable[..., Any], list[str]] = {
     parse.address_range: ["10.1.0.1", "10.1.0.1-", "-10.1.0.9", "a-b"],
     parse.uplink: ["node1", "=eth1", "node1=eth1=x", ""],
     parse.vlans: ["0", "4095", "100-", "200-100", "a", "100,,200"],
+    parse.ports: ["0", "65536", "22-", "2000-1000", "a", "22,80"],
+    parse.remote: ["10.1.0.1/24", "10.1.0.0/33", "abc", ""],
 }
 GOOD: dict[Callable[..., Any], str] = {
     parse.size: "10G",
@@ -59,6 +61,8 @@ GOOD: dict[Callable[..., Any], str] = {
     parse.address_range: "10.1.0.10-10.1.0.20",
     parse.uplink: "node1=eth1",
     parse.vlans: "100,200-299",
+    parse.ports: "22",
+    parse.remote: "10.1.0.0/24",
 }
 BAD_NUMBERS = {int: ["abc", "1.5", "1e3x"], float: ["abc", "1,5"]}
 # What a command needs beyond its required parameters to get past its own checks.
@@ -104,6 +108,8 @@ FREE_TEXT = {
     "switch",
     "network",  # a network's name, or user
     "mac",  # checked by the API (the same pattern as the models)
+    "security_group",  # names of security groups, checked by the API
+    "remote_group",
 }
 
 

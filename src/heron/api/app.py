@@ -16,6 +16,7 @@ from heron.api.routes import (
     networks,
     nodes,
     pools,
+    secgroups,
     stream,
     tasks,
     vms,
@@ -37,7 +38,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (auth, nodes, vms, groups, networks, pools, tasks, events, stream, console):
+    for module in (
+        auth,
+        nodes,
+        vms,
+        groups,
+        networks,
+        secgroups,
+        pools,
+        tasks,
+        events,
+        stream,
+        console,
+    ):
         app.include_router(module.router, prefix=API)
 
     @app.middleware("http")

@@ -160,3 +160,23 @@ def vlans(text: str) -> list[str]:
         if not _VLANS.fullmatch(item) or not 1 <= int(low) <= int(high or low) <= 4094:
             raise typer.BadParameter(f"{text!r} is not VLANs (1-4094) and ranges like 100,200-299")
     return items
+
+
+def ports(text: str) -> str:
+    """A port or a range of ports, as 22 or 1000-2000."""
+    low, _, high = text.partition("-")
+    if not re.fullmatch(r"[0-9]{1,5}(-[0-9]{1,5})?", text) or not (
+        1 <= int(low) <= int(high or low) <= 65535
+    ):
+        raise typer.BadParameter(f"{text!r} is not a port (1-65535) or a range like 1000-2000")
+    return text
+
+
+def remote(text: str) -> str:
+    """An IPv4 network or one address, as 10.1.0.0/24, 0.0.0.0/0 or 10.1.0.9."""
+    try:
+        return str(ipaddress.IPv4Network(text, strict=True))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{text!r} is not a network like 10.1.0.0/24 or an address ({exc})"
+        ) from None

@@ -242,8 +242,32 @@ NIC_COLUMNS = [
     ("address", lambda n: n["address"] or "-"),
     ("model", lambda n: n["model"]),
     ("link", lambda n: "up" if n["link_up"] else "down"),
+    ("groups", lambda n: ",".join(n.get("security_groups") or []) or "-"),
 ]
 NicIndex = Annotated[int, typer.Argument(metavar="INDEX", help="0 for the first NIC")]
+SecurityGroups = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--security-group",
+        help="filter it by this security group (repeat for more; replaces its groups)",
+    ),
+]
+IngressMbps = Annotated[
+    int | None, typer.Option(min=0, help="most it receives, Mbit/s (0: no limit)")
+]
+EgressMbps = Annotated[int | None, typer.Option(min=0, help="most it sends, Mbit/s (0: no limit)")]
+
+
+def _filtering(groups: list[str] | None, ingress: int | None, egress: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if groups is not None:
+        body["security_groups"] = groups
+    for key, value in (("ingress_mbps", ingress), ("egress_mbps", egress)):
+        if value is not None:
+            body[key] = value or None
+    return body
+
+
 NIC_MODEL = parse.Choice(get_args(NicModel))
 LINK = parse.Choice(("up", "down"))
 
@@ -275,11 +299,15 @@ def nic_add(
         str | None, typer.Option(parser=parse.ipv4, metavar="IP", help="default: the next free")
     ] = None,
     link: Annotated[str, typer.Option(parser=LINK, metavar="LINK", help="up or down")] = "up",
+    security_group: SecurityGroups = None,
+    ingress_mbps: IngressMbps = None,
+    egress_mbps: EgressMbps = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
     """Give a VM a NIC; a running VM gets it plugged in at once."""
     body = {"network": network, "model": model, "mac": mac, "address": address}
+    body |= _filtering(security_group, ingress_mbps, egress_mbps)
     client = Client()
     reply = client.post(f"/vms/{vm}/nics", json={**body, "link_up": link == "up"})
     _nic_result(client, reply, wait, as_json)
@@ -296,11 +324,19 @@ def nic_set(
     link: Annotated[
         str | None, typer.Option(parser=LINK, metavar="LINK", help="up or down (the cable)")
     ] = None,
+    security_group: SecurityGroups = None,
+    no_security_groups: Annotated[
+        bool, typer.Option("--no-security-groups", help="no filtering at all")
+    ] = False,
+    ingress_mbps: IngressMbps = None,
+    egress_mbps: EgressMbps = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Move a NIC to another network, change its address or its link; at once if it runs."""
-    body: dict[str, Any] = {}
+    """Move a NIC to another network, change its address, its link, its security groups or
+    rate limits; at once if it runs."""
+    groups = [] if no_security_groups else security_group
+    body: dict[str, Any] = _filtering(groups, ingress_mbps, egress_mbps)
     if network is not None:
         body["network"] = network
     if address is not None:
@@ -308,7 +344,9 @@ def nic_set(
     if link is not None:
         body["link_up"] = link == "up"
     if not body:
-        raise typer.BadParameter("give --network, --address or --link")
+        raise typer.BadParameter(
+            "give --network, --address, --link, --security-group or a rate limit"
+        )
     client = Client()
     _nic_result(
         client, client.request("PATCH", f"/vms/{vm}/nics/{index}", json=body), wait, as_json

@@ -66,6 +66,7 @@ from heron.services.lookup import (
     new_volume_format,
 )
 from heron.services.networks import address_nics
+from heron.services.secgroups import check_nics
 from heron.services.tasks import with_task
 from heron.storage.registry import capabilities
 
@@ -226,6 +227,7 @@ async def plan_create(
         pool = (await find_pool(db, volume.pool)).value
         if not capabilities(pool).shared:
             volume.node = node
+    await check_nics(db, body.nics)
     nics, addressed = await address_nics(db, vm_id, body.nics, vms)
     spec = VMSpec(
         **body.model_dump(include=set(Hardware.model_fields)),
@@ -321,6 +323,7 @@ async def attach_nic(db: ConfigDB, ref: str, body: NicAttach, user: str) -> NicC
     if slot is None:
         raise Conflict(f"VM {vm.spec.name} has {NIC_SLOTS} NICs: no slot is free")
     asked = NicSpec(**body.model_dump(exclude={"revision"}), slot=slot)
+    await check_nics(db, [asked], field="body")
     vms = [e.value for e in await db.list(VM, keys.VMS)]
     index = len(vm.spec.nics)
     (nic,), addressed = await address_nics(db, vm.id, [asked], vms, index)
@@ -336,7 +339,10 @@ async def update_nic(db: ConfigDB, ref: str, index: int, body: NicUpdate, user: 
     changes = body.model_dump(exclude_unset=True, exclude={"revision"})
     if "network" in changes and changes["network"] != old.network and "address" not in changes:
         changes["address"] = None  # a new network: a new address from its subnet
+    if "security_groups" in changes and changes["security_groups"] is None:
+        changes["security_groups"] = []
     nic = old.model_copy(update=changes)
+    await check_nics(db, [nic], field="body")
     txn = Txn()
     if (nic.network, nic.address) != (old.network, old.address):
         vms = [e.value for e in await db.list(VM, keys.VMS)]
