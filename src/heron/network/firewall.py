@@ -29,6 +29,7 @@ TABLE = "heron"
 CALL_IPTABLES = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 MAX_PORTS = 0xFFFF
 DHCP_CLIENT, DHCP_SERVER = 68, 67
+BRIDGE_PREFIXES = ("hb", "hx")  # a switch's bridge, a segment's (plan.switch_bridge...)
 
 
 def _quoted(name: str) -> str:
@@ -146,9 +147,13 @@ def ruleset(ports: Sequence[Port]) -> str:
             inet_chains += allowed
     lines += [f"table bridge {TABLE} {{", *pre, "\t}", *fwd, "\t}", *chains, "}"]
     if inet_in:
+        # Only what Heron's bridges forward: br_netfilter gives the bridge as the input
+        # device; marks of other software on routed packets never select a port's chain.
+        bridges = ", ".join(f'"{prefix}*"' for prefix in BRIDGE_PREFIXES)
         base = [
             "\tchain forward {",
             "\t\ttype filter hook forward priority 0; policy accept;",
+            f"\t\tiifname != {{ {bridges} }} accept",
         ]
         if inet_out:
             base.append(f"\t\tmeta mark & 0xffff0000 vmap {{ {', '.join(inet_out)} }}")
