@@ -63,7 +63,7 @@ def lan() -> Iterator[dict[str, str]]:
 
 
 def realise(node: str, *ports: Port) -> list[str]:
-    return asyncio.run(Firewall(DataPlane(node)).realise(ports))
+    return asyncio.run(Firewall(DataPlane(node)).realise(ports, ["hbfwtest"]))
 
 
 def connects(lan: dict[str, str], source: str, target: str, port: int = 7) -> bool:

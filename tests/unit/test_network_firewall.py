@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from heron.models.network import Network, Rule, SecurityGroup, Subnet, Switch
 from heron.models.vm import VM, NicSpec, VMSpec
-from heron.network.firewall import ruleset
+from heron.network.firewall import conntrack_zone, ruleset
 from heron.network.plan import (
     ANYWHERE,
     FirewallRule,
@@ -147,7 +147,7 @@ def test_the_ruleset_replaces_both_tables_in_one_script() -> None:
             FirewallRule("in", "udp", ("10.1.0.6/32", "10.1.0.7/32"), (1000, 2000)),
         ),
     )
-    text = ruleset([port("ht0"), port("ht1", guard), port("ht2", egress_mbps=8)])
+    text = ruleset([port("ht0"), port("ht1", guard), port("ht2", egress_mbps=8)], ["hx1", "hb2"])
     lines = [line.strip() for line in text.splitlines()]
     assert lines[:4] == [
         "add table bridge heron",
@@ -180,6 +180,10 @@ def test_the_ruleset_replaces_both_tables_in_one_script() -> None:
         "ip saddr 10.1.0.0/24 tcp dport 7 accept",
         "meta nfproto ipv4 meta l4proto icmp accept",
         "ip saddr { 10.1.0.6/32, 10.1.0.7/32 } udp dport 1000-2000 accept",
+        # each bridge's connections tracked apart, before conntrack sees them
+        "type filter hook prerouting priority -300; policy accept;",
+        f'iifname "hb2" ct zone set {conntrack_zone("hb2")}',
+        f'iifname "hx1" ct zone set {conntrack_zone("hx1")}',
     ]:
         assert line in lines, line
     inbound = lines[lines.index("chain to_1 {", lines.index("table inet heron {")) :]
@@ -201,3 +205,10 @@ def test_out_rules_return_so_the_receiver_still_decides() -> None:
     # without an address: no IPv4 source check, the MAC's still
     assert not any(line.startswith("ip saddr !=") for line in lines)
     assert "ether saddr != 52:54:00:00:00:01 drop" in lines
+
+
+def test_conntrack_zones_are_stable_and_never_the_default() -> None:
+    zones = {conntrack_zone(f"hx{vni:x}") for vni in range(1, 2000)}
+    assert 0 not in zones and all(1 <= z <= 0xFFFF for z in zones)
+    assert conntrack_zone("hb0123456789") == conntrack_zone("hb0123456789")
+    assert len(zones) > 1900  # a collision only shares a zone, as without zones

@@ -142,10 +142,12 @@ class NetworkController:
         """Security groups and rate limits of the VM ports, once their bridges stand: the
         problems by switch. Only Linux bridges (and every VXLAN segment's) are filtered."""
         bridged: dict[str, list[Port]] = {}
+        bridges: list[str] = []
         problems: dict[str, list[str]] = {}
         for switch in plan.switches:
             if switch.backend == "bridge":
                 bridged.setdefault(switch.name, []).extend(switch.ports)
+                bridges.append(switch.bridge)
                 continue
             for port in switch.ports:
                 if port.firewall is not None or port.ingress_mbps or port.egress_mbps:
@@ -155,8 +157,9 @@ class NetworkController:
                     )
         for segment in plan.segments:
             bridged.setdefault(segment.switch, []).extend(segment.ports)
+            bridges.append(segment.bridge)
         ports = [p for found in bridged.values() for p in found]
-        shared = await self.firewall.realise(ports)
+        shared = await self.firewall.realise(ports, bridges)
         shared += await realise_shaping(self.plane, ports)
         if shared:
             for switch_name, found in bridged.items():

@@ -16,6 +16,7 @@ Only Linux bridges pass frames through these hooks: an Open vSwitch port is not 
 """
 
 import asyncio
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,10 +68,19 @@ def _burst(mbps: int) -> int:
     return max(mbps * 125_000 // 10, 65536)
 
 
-def ruleset(ports: Sequence[Port]) -> str:
-    """The nft script making Heron's tables those for `ports` (all of a node's bridge ports):
-    both tables deleted and, when a port is filtered or rate limited, made anew, in one
-    transaction."""
+def conntrack_zone(bridge: str) -> int:
+    """A bridge's own connection-tracking zone (1-65535), the same on every realise so that
+    connections outlive a ruleset's replacement: two networks may use the same addresses, and
+    a flow of one must never pass for a reply in the other. (Two bridges of one node sharing a
+    zone by chance are no worse off than without zones.)"""
+    digest = hashlib.blake2s(bridge.encode(), digest_size=2).digest()
+    return int.from_bytes(digest, "big") % 0xFFFF + 1
+
+
+def ruleset(ports: Sequence[Port], bridges: Sequence[str] = ()) -> str:
+    """The nft script making Heron's tables those for `ports` (all of a node's Linux bridge
+    ports, on `bridges`): both tables deleted and, when a port is filtered or rate limited,
+    made anew, in one transaction."""
     lines = [f"add table bridge {TABLE}", f"delete table bridge {TABLE}"]
     lines += [f"add table inet {TABLE}", f"delete table inet {TABLE}"]
     wanted = [p for p in ports if p.firewall is not None or p.egress_mbps]
@@ -149,16 +159,25 @@ def ruleset(ports: Sequence[Port]) -> str:
     if inet_in:
         # Only what Heron's bridges forward: br_netfilter gives the bridge as the input
         # device; marks of other software on routed packets never select a port's chain.
-        bridges = ", ".join(f'"{prefix}*"' for prefix in BRIDGE_PREFIXES)
+        ours = ", ".join(f'"{prefix}*"' for prefix in BRIDGE_PREFIXES)
         base = [
             "\tchain forward {",
             "\t\ttype filter hook forward priority 0; policy accept;",
-            f"\t\tiifname != {{ {bridges} }} accept",
+            f"\t\tiifname != {{ {ours} }} accept",
         ]
         if inet_out:
             base.append(f"\t\tmeta mark & 0xffff0000 vmap {{ {', '.join(inet_out)} }}")
         base.append(f"\t\tmeta mark & 0xffff vmap {{ {', '.join(inet_in)} }}")
-        lines += [f"table inet {TABLE} {{", *base, "\t}", *inet_chains, "}"]
+        zones = [
+            # br_netfilter's IPv4 prerouting sees the bridge as the input device.
+            "\tchain prerouting {",
+            "\t\ttype filter hook prerouting priority -300; policy accept;",
+        ]
+        zones += [
+            f"\t\tiifname {_quoted(b)} ct zone set {conntrack_zone(b)}" for b in sorted(bridges)
+        ]
+        zones.append("\t}")
+        lines += [f"table inet {TABLE} {{", *zones, *base, "\t}", *inet_chains, "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -220,9 +239,10 @@ class Firewall:
 
         return netns.run_in(self.plane.netns, work)
 
-    async def realise(self, ports: Sequence[Port]) -> list[str]:
-        """Make Heron's tables those for `ports` (every Linux bridge port of the node)."""
-        script = ruleset(ports)
+    async def realise(self, ports: Sequence[Port], bridges: Sequence[str] = ()) -> list[str]:
+        """Make Heron's tables those for `ports` (every Linux bridge port of the node, on
+        `bridges`)."""
+        script = ruleset(ports, bridges)
         problems: list[str] = []
         filtered = any(p.firewall is not None for p in ports)
         if filtered and not await asyncio.to_thread(self._bridged_ipv4_hooked):
