@@ -35,6 +35,9 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.POOLS, "pools", Role.viewer),
     (keys.VOLUMES, "volumes", Role.viewer),
     (keys.GROUPS, "groups", Role.viewer),
+    (keys.SWITCHES, "networks", Role.viewer),
+    (keys.NETWORKS, "networks", Role.viewer),
+    (keys.NETWORK_STATUS, "networks", Role.viewer),
     (keys.SETTINGS, "settings", Role.viewer),
     (keys.USERS, "users", Role.admin),
     (keys.TOKENS, "tokens", Role.viewer),
@@ -118,9 +121,9 @@ async def stream(
     request: Request, principal: Principal = Depends(auth.viewer)
 ) -> StreamingResponse:
     """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
-    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, settings, tokens, users
-    for admins, resync); `expired` when the session ends. Read the records through the other
-    routes."""
+    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches,
+    networks and the nodes' network status), settings, tokens, users for admins, resync);
+    `expired` when the session ends. Read the records through the other routes."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     return StreamingResponse(
         _events(request, principal, token),
