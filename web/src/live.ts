@@ -12,6 +12,7 @@ export type Kind =
   | "pools"
   | "volumes"
   | "groups"
+  | "networks"
   | "settings"
   | "tokens"
   | "users"
@@ -37,7 +38,9 @@ function handle(event: string, data: string): void {
   const changes = (JSON.parse(data) as { changes: { kind: string }[] }).changes;
   const kinds = new Set(changes.map((c) => c.kind));
   if (kinds.has("resync")) {
-    dispatch(new Set(["vms", "nodes", "tasks", "pools", "volumes", "groups", "settings", "tokens", "users"]));
+    dispatch(
+      new Set(["vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "settings", "tokens", "users"]),
+    );
   } else {
     dispatch(kinds);
   }
@@ -59,7 +62,7 @@ async function run(signal: AbortSignal): Promise<void> {
       connected.value = true;
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
-      dispatch(new Set(["vms", "nodes", "tasks", "pools", "volumes", "tokens", "users"]));
+      dispatch(new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "tokens", "users"]));
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
