@@ -35,3 +35,8 @@ class SchedulingError(HeronError):
 
 class AgentError(HeronError):
     """A node agent's task or VM controller stopped an operation."""
+
+
+class NetworkError(HeronError):
+    """The kernel refused a network object a VM needs now (its tap); drivers that realise
+    switches report problems as sentences instead."""

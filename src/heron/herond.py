@@ -30,6 +30,7 @@ from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
 from heron.agent.mounts import MountKeeper
+from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
 from heron.agent.reservation import CoreReservation
 from heron.agent.tasks import TaskRunner
@@ -46,6 +47,7 @@ from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
 from heron.models.node import Node
 from heron.models.storage import Pool
+from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.rebalance import RebalanceController
@@ -69,6 +71,11 @@ class AgentConfig:
     etcd_member_ports: tuple[int, int] | None = None
     embedded_etcd: EtcdMember | None = None
     admin_password_file: Path | None = None
+    # The network namespace of this node's bridges and taps (a devcluster's stand-in for a
+    # host); None: the host's own.
+    data_netns: str | None = None
+    # The address other nodes' VXLAN tunnels reach this node on (default: `address`).
+    underlay: str | None = None
 
 
 def _memory_mib() -> int:
@@ -131,6 +138,7 @@ async def run(config: AgentConfig) -> None:
         accelerator=accelerator,
         versions=_versions(),
         started_at=time.time(),
+        underlay=config.underlay or config.address,
     )
     start_fence_watchdog(config.state_dir, deadline=deadline_for(config.lease_ttl))
     registration = Registration(
@@ -149,6 +157,15 @@ async def run(config: AgentConfig) -> None:
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
     runner = TaskRunner(db, config.name, handlers.table())
     inventory = Inventory(db)
+    network = NetworkController(
+        db,
+        config.name,
+        DataPlane(config.data_netns),
+        config.state_dir,
+        inventory,
+        running_here=vms.running_here,
+    )
+    vms.network = network
     async with httpx.AsyncClient(timeout=10) as http:
         ctx = ApiContext(
             db=db,
@@ -198,6 +215,7 @@ async def run(config: AgentConfig) -> None:
                 ),
                 ("io-cores", cores.run()),
                 ("ha-marks", vms.follow_ha(inventory)),
+                ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 (
                     "etcd-endpoints",
@@ -295,6 +313,13 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         "--memory-mib", type=int, help="memory offered to VMs (default: all of the host's)"
     )
     parser.add_argument(
+        "--data-netns", help="network namespace of this node's switches (default: the host's)"
+    )
+    parser.add_argument(
+        "--underlay",
+        help="address other nodes' VXLAN tunnels reach this node on (default: --address)",
+    )
+    parser.add_argument(
         "--admin-password-file",
         type=Path,
         help="on a new cluster, create user admin with the password in this "
@@ -336,6 +361,8 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         etcd_member_ports=ports,
         embedded_etcd=member,
         admin_password_file=args.admin_password_file,
+        data_netns=args.data_netns,
+        underlay=args.underlay,
     )
 
 

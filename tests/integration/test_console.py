@@ -1,8 +1,8 @@
 """`heron vm console` against a real devcluster and the test guest's serial console.
 
 The test guest has no shell on its console: it prints ticks. What is typed still reaches it:
-the guest kernel's terminal echoes what arrives on ttyS0, so a word sent through the console
-comes back in its output.
+the guest echoes each line that arrives on ttyS0, so a word sent through the console comes
+back in its output.
 """
 
 import os
@@ -111,7 +111,7 @@ def test_console_shows_the_guest_and_carries_what_is_typed(cluster3, vm, node) -
         session.shows(b"heron-tick")
         word = f"heron-typed-{node}".encode()
         session.type(word + b"\r")
-        session.shows(word)  # echoed by the guest's terminal
+        session.shows(word)  # echoed by the guest
         session.type(b"\x1d")
         assert session.exit_code() == 0, str(session)
         assert b"connected to console1 serial console, Ctrl-] to leave" in session.errors

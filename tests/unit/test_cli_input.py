@@ -65,6 +65,7 @@ BAD_NUMBERS = {int: ["abc", "1.5", "1e3x"], float: ["abc", "1,5"]}
 EXTRA = {
     "volume import": ["--path", "/image.qcow2"],
     "network create": ["--subnet", "10.1.0.0/24"],
+    "vm nic set": ["--link", "up"],
 }
 
 # Options and arguments whose text goes to the API as it is: names and references the API
@@ -101,6 +102,8 @@ FREE_TEXT = {
     "machine",
     "protection",
     "switch",
+    "network",  # a network's name, or user
+    "mac",  # checked by the API (the same pattern as the models)
 }
 
 

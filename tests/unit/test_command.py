@@ -347,6 +347,15 @@ def test_nic_with_network_none_is_skipped() -> None:
     assert props(nic_devices[0])["mac"] == mac_for(VM_ID, 1)
 
 
+def test_nic_on_a_network_takes_its_tap_fd() -> None:
+    vm = make_vm(nics=[{"network": "lan", "mac": "52:54:00:00:00:07"}, {}])
+    args = build(vm, resolved(vm), RuntimePaths(Path("/run/vm")), "tcg", taps={0: 9})
+    assert values(args, "-netdev") == ["tap,id=net0,fd=9,vhost=off", "user,id=net1"]
+    assert props(next(d for d in devices(args) if "netdev=net0" in d))["mac"] == "52:54:00:00:00:07"
+    with pytest.raises(ValueError, match="no tap"):
+        build(vm, resolved(vm), RuntimePaths(Path("/run/vm")), "tcg")
+
+
 def test_mac_for_is_stable_and_distinct() -> None:
     assert mac_for(VM_ID, 0) == mac_for(VM_ID, 0)
     assert mac_for(VM_ID, 0) == "52:54:0f:1e:2d:00"

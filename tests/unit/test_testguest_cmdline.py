@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
+import socket
 import stat
 import struct
 import subprocess
@@ -118,6 +120,21 @@ def test_modules_to_load_follows_kernel_config() -> None:
         build.modules_to_load({**builtins, **config, "CONFIG_DMIID": "m"})
 
 
+def test_network_modules_follow_kernel_config() -> None:
+    config = {
+        "CONFIG_VIRTIO_PCI": "m",
+        "CONFIG_VIRTIO_NET": "m",
+        "CONFIG_VLAN_8021Q": "m",
+        "CONFIG_PACKET": "y",
+    }
+    assert build.network_modules(config) == ["virtio_pci", "virtio_net", "8021q"]
+    assert build.network_modules({**config, "CONFIG_E1000": "m"})[-1] == "e1000"
+    assert "e1000" not in build.network_modules({**config, "CONFIG_E1000": "y"})
+    for key in config:
+        with pytest.raises(BuildError, match=key):
+            build.network_modules({k: v for k, v in config.items() if k != key})
+
+
 def test_read_modinfo() -> None:
     info = build.read_modinfo(fake_module({"license": "GPL", "depends": "a,b-c"}))
     assert info == {"license": "GPL", "depends": "a,b-c"}
@@ -165,11 +182,22 @@ def test_newc_archive_round_trip() -> None:
 
 def test_initramfs_is_reproducible_and_complete() -> None:
     modules = [("button", b"\x7fELF-button"), ("evdev", b"\x7fELF-evdev")]
-    first = build.build_initramfs(b"BUSYBOX", modules, b"MEMCHECK")
-    assert first == build.build_initramfs(b"BUSYBOX", modules, b"MEMCHECK")
+    net = [("virtio_net", b"\x7fELF-virtio_net")]
+    first = build.build_initramfs(
+        b"BUSYBOX", modules, b"MEMCHECK", network_modules=net, nettool=b"NETTOOL"
+    )
+    assert first == build.build_initramfs(
+        b"BUSYBOX", modules, b"MEMCHECK", network_modules=net, nettool=b"NETTOOL"
+    )
     entries = read_newc(gzip.decompress(first))
     assert entries["bin/busybox"][1] == b"BUSYBOX"
     assert entries[build.MEMCHECK_BINARY][1] == b"MEMCHECK"
+    assert entries[build.NETTOOL_BINARY][1] == b"NETTOOL"
+    for path, source in build.GUEST_SCRIPTS.items():
+        assert entries[path][1] == source.read_bytes()
+        assert stat.S_IMODE(entries[path][0][1]) == 0o755
+    assert entries["lib/modules/virtio_net.ko"][1] == b"\x7fELF-virtio_net"
+    assert "insmod /lib/modules/virtio_net.ko" in entries["init"][1].decode()
     assert stat.S_IMODE(entries[build.MEMCHECK_BINARY][0][1]) == 0o755
     for applet in build.BUSYBOX_APPLETS:
         assert entries[f"bin/{applet}"][1] == b"busybox"
@@ -201,11 +229,45 @@ def test_init_script_protocol() -> None:
     assert {"mount", "insmod"} <= used
 
 
+def test_init_brings_the_network_up_without_holding_up_ready() -> None:
+    script = build.render_init(["button"], ["virtio_net", "8021q"])
+    lines = script.splitlines()
+    ready = script.index("HERON-GUEST-READY")
+    # Drivers, DHCP and nettool's server in one background job started before READY...
+    start = lines.index("(")
+    end = lines.index(") &")
+    job = lines[start:end]
+    assert "    insmod /lib/modules/virtio_net.ko" in job
+    assert job.index("    insmod /lib/modules/8021q.ko") < job.index("    /bin/heron-net-up")
+    assert f"    /{build.NETTOOL_BINARY} serve {build.NETTOOL_PORT}" in job
+    assert script.index(") &") < ready
+    # ...and the command channel reads the console, also from before READY.
+    assert "/bin/heron-commands </dev/console &" in lines
+    assert script.index("/bin/heron-commands") < ready
+    # The scripts use only applets the image links.
+    for applet in ("ip", "udhcpc", "stty", "mkdir", "rm", "ping", "nc"):
+        assert applet in build.BUSYBOX_APPLETS
+    assert set(build.GUEST_SCRIPTS) == {
+        "bin/heron-net-up",
+        "bin/heron-dhcp-event",
+        "bin/heron-commands",
+    }
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell to syntax-check with")
+@pytest.mark.parametrize("path", sorted(build.GUEST_SCRIPTS))
+def test_guest_scripts_are_valid_shell(path: str) -> None:
+    source = build.GUEST_SCRIPTS[path]
+    result = subprocess.run(["sh", "-n", str(source)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert source.read_text().startswith("#!/bin/sh\n")
+
+
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell to syntax-check with")
 def test_init_script_is_valid_shell() -> None:
     result = subprocess.run(
         ["sh", "-n"],
-        input=build.render_init(["button"]),
+        input=build.render_init(["button"], ["virtio_net"]),
         text=True,
         capture_output=True,
         check=False,
@@ -230,6 +292,39 @@ def test_memcheck_compiles_to_a_static_binary(tmp_path: Path) -> None:
     phentsize, phnum = struct.unpack_from("<HH", binary, 0x36)
     types = [struct.unpack_from("<I", binary, phoff + i * phentsize)[0] for i in range(phnum)]
     assert types and 3 not in types
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_nettool_measures_over_loopback(tmp_path: Path) -> None:
+    """The guest's network tool, run here: an echo/sink server and its two clients."""
+    build.compile_nettool(tmp_path)
+    tool = tmp_path / "nettool"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    server = subprocess.Popen([tool, "serve", port], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        # It says so once it listens: no polling for the port.
+        assert server.stdout.readline() == f"heron-nettool serving port={port}\n"
+        rtt = subprocess.run(
+            [tool, "rtt", "127.0.0.1", port, "5"], capture_output=True, text=True, timeout=30
+        )
+        assert rtt.returncode == 0, rtt.stderr
+        assert re.fullmatch(
+            r"rtt_us_median=\d+ rtt_us_min=\d+ rtt_us_max=\d+ count=5\n", rtt.stdout
+        )
+        send = subprocess.run(
+            [tool, "send", "::1", port, "1"], capture_output=True, text=True, timeout=30
+        )
+        assert send.returncode == 0, send.stderr
+        found = re.fullmatch(r"throughput_bps=(\d+) bytes=(\d+) seconds=[\d.]+\n", send.stdout)
+        assert found and int(found.group(1)) > 0 and int(found.group(2)) > 0
+        bad = subprocess.run([tool, "rtt", "localhost", port, "1"], capture_output=True, text=True)
+        assert bad.returncode == 2 and "not an IPv4 or IPv6 address" in bad.stderr
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_disk_layout() -> None:

@@ -47,3 +47,14 @@ def test_memory_and_kernel_trouble_are_problems() -> None:
     ]
     report = console.read("\n".join(lines), booted_here=False)
     assert report.problems == [*lines[:5], "tick 9 after 7"]
+
+
+def test_what_tests_run_in_the_guest_is_not_its_health() -> None:
+    commands = (
+        "heron-run a1 dmesg | grep WARNING:\n"
+        "heron-out a1 [    1.0] WARNING: CPU: 0 PID: 1 at somewhere\n"
+        "heron-out a1 HERON-GUEST-READY uuid=1234\n"
+        "heron-done a1 rc=0\n"
+    )
+    report = console.read(BOOT + commands, booted_here=True)
+    assert report.intact and report.boots == 1

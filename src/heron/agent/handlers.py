@@ -53,6 +53,7 @@ class Handlers:
             TaskKind.vm_resume: self.vm_power,
             TaskKind.vm_reboot: self.vm_reboot,
             TaskKind.vm_delete: self.vm_delete,
+            TaskKind.vm_nics: self.vm_nics,
             TaskKind.vm_migrate: self.migrations.migrate,
             TaskKind.vm_receive: self.migrations.receive,
             TaskKind.node_drain: Drain(self.db, self.node, self.vms),
@@ -157,6 +158,17 @@ class Handlers:
         except (VMError, QemuError) as exc:
             raise TaskFailed(str(exc)) from exc
         return {"state": RunState.running.value}
+
+    async def vm_nics(self, ctx: TaskContext) -> dict[str, Any]:
+        entry = await self.db.get(VM, keys.vm(ctx.task.target))
+        if entry is None:
+            raise TaskFailed("the VM is gone")
+        try:
+            done = await self.vms.sync_nics(entry.value)
+        except (VMError, QemuError) as exc:
+            raise TaskFailed(str(exc)) from exc
+        await self.vms.reconcile(entry.value.id)  # its status shows the running hardware
+        return {"done": done}
 
     async def vm_delete(self, ctx: TaskContext) -> dict[str, Any]:
         vm_id = ctx.task.target

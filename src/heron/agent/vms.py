@@ -9,21 +9,23 @@ operator's stop (shutoff) from an unexpected death (crashed).
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heron.agent.network import NetworkController
 from heron.configdb import ConfigDB, keys
-from heron.errors import AgentError
+from heron.errors import AgentError, NetworkError
 from heron.ha import fence
 from heron.hypervisor import command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
-from heron.models.vm import VM, PowerState, RunState, VMSpec, VMStatus
+from heron.models.vm import VM, NicSpec, PowerState, RunState, VMSpec, VMStatus
 from heron.scheduler.inventory import Inventory, group_of
 from heron.storage.driver import StorageError
 from heron.storage.registry import driver_for
@@ -65,6 +67,7 @@ class VMController:
         self.qemu_version = qemu_version
         self.on_launch = on_launch  # e.g. keep QEMU off the cores reserved for I/O
         self._vms: dict[str, _Runtime] = {}
+        self.network: NetworkController | None = None  # set by herond where it has one
         self._jobs: set[asyncio.Task[None]] = set()
 
     def paths(self, vm_id: str) -> RuntimePaths:
@@ -170,14 +173,101 @@ class VMController:
         (paths.root / fence.FENCED_MARKER).unlink(missing_ok=True)
         if ram is None:
             ram = command.ram_kib(vm.spec.memory_mib, self.accelerator, self.qemu_version)
-        args = command.build(vm, disks, paths, self.accelerator, ram=ram)
-        paths.hardware.write_text(vm.spec.model_dump_json())
-        rt.expect_exit = False
-        rt.guest_shutdown = False
-        # Start paused when the user wants it paused, so the guest never runs a cycle.
-        paused = ["-S"] if vm.power == PowerState.paused else []
-        self.on_launch(await rt.qemu.launch([*args, *paused, *extra]))
+        try:
+            taps = await self.network.plug(vm) if self.network else {}
+        except NetworkError as exc:
+            raise VMError(f"VM {vm.spec.name}: {exc}") from exc
+        try:
+            try:
+                args = command.build(vm, disks, paths, self.accelerator, ram=ram, taps=taps)
+            except ValueError as exc:
+                raise VMError(f"VM {vm.spec.name}: {exc} (this node has no networking)") from exc
+            paths.hardware.write_text(vm.spec.model_dump_json())
+            rt.expect_exit = False
+            rt.guest_shutdown = False
+            # Start paused when the user wants it paused, so the guest never runs a cycle.
+            paused = ["-S"] if vm.power == PowerState.paused else []
+            pid = await rt.qemu.launch([*args, *paused, *extra], pass_fds=tuple(taps.values()))
+        finally:
+            # QEMU holds the taps now (or never will): ours go, and theirs keep them alive.
+            for fd in taps.values():
+                os.close(fd)
+            if self.network:
+                self.network.settled(vm.id)
+        self.on_launch(pid)
         self._watch(vm.id)
+
+    async def sync_nics(self, vm: VM) -> list[str]:
+        """Make the running QEMU's NICs those of `vm`'s spec: unplug the ones gone (or moved
+        to another slot or model), plug the new ones, plug or pull cables. A NIC that only
+        changes network keeps its tap, which the network controller moves to the other port
+        group. Returns what was done.
+
+        Raises VMError (a VM started with the first device layout: its NICs change at its
+        next start), QemuError (the guest did not release a NIC).
+        """
+        rt = self.runtime(vm.id)
+        async with rt.lock:
+            running = self.running_spec(vm.id)
+            if running is None or not rt.qemu.running():
+                return ["not running: its NICs apply at its next start"]
+            if running.layout < 2:
+                raise VMError(
+                    f"VM {vm.spec.name} runs with the first device layout: "
+                    "its NICs change at its next start"
+                )
+            before = vm.model_copy(update={"spec": running})
+            was = {n.mac: (i, n) for i, n in enumerate(running.nics)}
+
+            def kind(nic: NicSpec) -> tuple[object, ...]:
+                plugged = nic.network not in ("none", "user")
+                return (nic.slot, nic.model, nic.network if not plugged else "tap")
+
+            done = []
+            kept: set[str | None] = set()
+            for mac, (index, nic) in was.items():
+                same = next((n for n in vm.spec.nics if n.mac == mac), None)
+                if same is not None and kind(same) == kind(nic):
+                    kept.add(mac)
+                    continue
+                if nic.network != "none":
+                    await rt.qemu.remove_nic(*command.nic_ids(before, index))
+                done.append(f"unplugged NIC {mac}")
+            added = [
+                i for i, n in enumerate(vm.spec.nics) if n.mac not in kept and n.network != "none"
+            ]
+            try:
+                taps = await self.network.plug(vm, set(added)) if self.network else {}
+            except NetworkError as exc:
+                raise VMError(f"VM {vm.spec.name}: {exc}") from exc
+            try:
+                for index in added:
+                    nic = vm.spec.nics[index]
+                    if nic.network not in ("user", "none") and index not in taps:
+                        raise VMError(f"NIC {index}: this node has no networking")
+                    device = command.nic_device(vm, index)
+                    await rt.qemu.add_nic(device["netdev"], device, taps.get(index))
+                    done.append(f"plugged NIC {nic.mac} into {nic.network}")
+            finally:
+                for fd in taps.values():
+                    os.close(fd)
+                if self.network:
+                    self.network.settled(vm.id)
+            for index, nic in enumerate(vm.spec.nics):
+                old = was.get(nic.mac)
+                if nic.network != "none" and (old is None or old[1].link_up != nic.link_up):
+                    await rt.qemu.set_link(command.nic_ids(vm, index)[0], nic.link_up)
+                    if old is not None:
+                        done.append(f"NIC {nic.mac} link {'up' if nic.link_up else 'down'}")
+            hardware = running.model_copy(update={"nics": vm.spec.nics})
+            rt.qemu.paths.hardware.write_text(hardware.model_dump_json())
+        if self.network:
+            await self.network.realise()  # taps to their (new) port groups, DHCP hosts
+        return done
+
+    def running_here(self) -> list[str]:
+        """The VMs whose QEMU runs on this node, arrivals of migrations included."""
+        return [vm_id for vm_id, rt in self._vms.items() if rt.qemu.running()]
 
     def running_spec(self, vm_id: str) -> VMSpec | None:
         """The spec the VM's QEMU runs with, if it runs here (edits since wait for a restart)."""

@@ -10,7 +10,7 @@ from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
 from heron.cli.task import finish
-from heron.models.vm import DiskBus, Hardware
+from heron.models.vm import DiskBus, Hardware, NicModel
 
 app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
 
@@ -231,6 +231,95 @@ def disk_detach(
 ) -> None:
     """Take a disk from a switched-off VM; its volume stays in its pool."""
     emit(Client().request("DELETE", f"/vms/{vm}/disks/{index}"), as_json, VM_COLUMNS)
+
+
+nic_app = typer.Typer(no_args_is_help=True, help="A VM's NICs (plugged in at once if it runs).")
+app.add_typer(nic_app, name="nic")
+NIC_COLUMNS = [
+    ("nic", lambda n: n["index"]),
+    ("network", lambda n: n["network"]),
+    ("mac", lambda n: n["mac"] or "-"),
+    ("address", lambda n: n["address"] or "-"),
+    ("model", lambda n: n["model"]),
+    ("link", lambda n: "up" if n["link_up"] else "down"),
+]
+NicIndex = Annotated[int, typer.Argument(metavar="INDEX", help="0 for the first NIC")]
+NIC_MODEL = parse.Choice(get_args(NicModel))
+LINK = parse.Choice(("up", "down"))
+
+
+def _nic_result(client: Client, reply: dict[str, Any], wait: bool, as_json: bool) -> None:
+    """The VM's NICs after a change, once the task plugging it into the guest has ended."""
+    if reply["task"] and wait:
+        client.wait_task(reply["task"], show=not as_json)
+        reply["vm"] = client.get(f"/vms/{reply['vm']['id']}")
+    nics = [{"index": i, **n} for i, n in enumerate(reply["vm"]["spec"]["nics"])]
+    emit(reply if as_json else nics, as_json, NIC_COLUMNS)
+
+
+@nic_app.command("list")
+def nic_list(vm: str, as_json: Json = False) -> None:
+    nics = Client().get(f"/vms/{vm}")["spec"]["nics"]
+    emit([{"index": i, **n} for i, n in enumerate(nics)], as_json, NIC_COLUMNS)
+
+
+@nic_app.command("add")
+def nic_add(
+    vm: str,
+    network: Annotated[str, typer.Option(help="a network, or user (NAT)")],
+    model: Annotated[
+        str, typer.Option(parser=NIC_MODEL, metavar="MODEL", help="virtio or e1000")
+    ] = "virtio",
+    mac: Annotated[str | None, typer.Option(help="default: given by the cluster")] = None,
+    address: Annotated[
+        str | None, typer.Option(parser=parse.ipv4, metavar="IP", help="default: the next free")
+    ] = None,
+    link: Annotated[str, typer.Option(parser=LINK, metavar="LINK", help="up or down")] = "up",
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Give a VM a NIC; a running VM gets it plugged in at once."""
+    body = {"network": network, "model": model, "mac": mac, "address": address}
+    client = Client()
+    reply = client.post(f"/vms/{vm}/nics", json={**body, "link_up": link == "up"})
+    _nic_result(client, reply, wait, as_json)
+
+
+@nic_app.command("set")
+def nic_set(
+    vm: str,
+    index: NicIndex,
+    network: Annotated[str | None, typer.Option(help="move it to this network")] = None,
+    address: Annotated[
+        str | None, typer.Option(parser=parse.ipv4, metavar="IP", help="a new address")
+    ] = None,
+    link: Annotated[
+        str | None, typer.Option(parser=LINK, metavar="LINK", help="up or down (the cable)")
+    ] = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Move a NIC to another network, change its address or its link; at once if it runs."""
+    body: dict[str, Any] = {}
+    if network is not None:
+        body["network"] = network
+    if address is not None:
+        body["address"] = address
+    if link is not None:
+        body["link_up"] = link == "up"
+    if not body:
+        raise typer.BadParameter("give --network, --address or --link")
+    client = Client()
+    _nic_result(
+        client, client.request("PATCH", f"/vms/{vm}/nics/{index}", json=body), wait, as_json
+    )
+
+
+@nic_app.command("remove")
+def nic_remove(vm: str, index: NicIndex, wait: Wait = True, as_json: Json = False) -> None:
+    """Take a NIC away (out of a running guest too); its MAC and address are free again."""
+    client = Client()
+    _nic_result(client, client.request("DELETE", f"/vms/{vm}/nics/{index}"), wait, as_json)
 
 
 @app.command("console")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heron.models.vm import VM, DiskBus, i440fx
+from heron.models.vm import NIC_SLOTS, VM, DiskBus, i440fx
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -174,6 +174,15 @@ def build(
             "-drive",
             f"if=pflash,format=raw,unit=1,file={paths.efivars}",
         ]
+    if spec.layout >= 2 and not i440fx(spec.machine):
+        # One PCIe root port per NIC slot, at fixed addresses before any device placed by
+        # QEMU: a NIC plugged in later goes into its slot's port.
+        for slot in range(NIC_SLOTS):
+            args += [
+                "-device",
+                f"pcie-root-port,id={nic_port(slot)},chassis={slot + 1},bus=pcie.0,"
+                f"addr={NIC_ADDR + slot:#x}",
+            ]
     buses = {d.bus for d in disks}
     if "scsi" in buses:
         args += ["-device", "virtio-scsi-pci,id=scsi0"]
@@ -186,25 +195,57 @@ def build(
     for index, nic in enumerate(spec.nics):
         if nic.network == "none":
             continue
+        netdev_id = nic_ids(vm, index)[0]
         if nic.network == "user":
-            netdev = f"user,id=net{index}"
+            netdev = f"user,id={netdev_id}"
         elif taps and index in taps:
             # vhost-net would need /dev/vhost-net (absent on some hosts: QEMU aborts there).
-            netdev = f"tap,id=net{index},fd={taps[index]},vhost=off"
+            netdev = f"tap,id={netdev_id},fd={taps[index]},vhost=off"
         else:
             raise ValueError(f"NIC {index} on network {nic.network} has no tap")
-        model = "virtio-net-pci" if nic.model == "virtio" else "e1000"
-        mac = nic.mac or mac_for(vm.id, index)
-        bootindex = boot.get(f"net{index}")
-        # Without a boot index the option ROM is only dead weight in guest memory.
-        rom = f",bootindex={bootindex}" if bootindex else ",romfile="
-        args += [
-            "-netdev",
-            netdev,
-            "-device",
-            f"{model},netdev=net{index},mac={mac},id=net{index}-dev{rom}",
-        ]
+        device = nic_device(vm, index, boot.get(f"net{index}"))
+        driver = device.pop("driver")
+        args += ["-netdev", netdev, "-device", ",".join([driver, *map("=".join, device.items())])]
     return args
+
+
+NIC_ADDR = 0x10  # the PCI slot of NIC slot 0 (layout 2): clear of what QEMU places itself
+
+
+def nic_port(slot: int) -> str:
+    return f"nicslot{slot}"
+
+
+def nic_ids(vm: VM, index: int) -> tuple[str, str]:
+    """The netdev id and device id of `vm`'s NIC `index`."""
+    slot = vm.spec.nics[index].slot
+    if vm.spec.layout < 2 or slot is None:
+        return f"net{index}", f"net{index}-dev"
+    return f"nic{slot}", f"nic{slot}-dev"
+
+
+def nic_device(vm: VM, index: int, bootindex: int | None = None) -> dict[str, str]:
+    """The properties of `vm`'s NIC `index` as a device (the driver first): the same on the
+    command line and when it is plugged in while the VM runs."""
+    nic = vm.spec.nics[index]
+    netdev_id, device_id = nic_ids(vm, index)
+    props = {
+        "driver": "virtio-net-pci" if nic.model == "virtio" else "e1000",
+        "netdev": netdev_id,
+        "mac": nic.mac or mac_for(vm.id, index),
+        "id": device_id,
+    }
+    if vm.spec.layout >= 2 and nic.slot is not None:
+        if i440fx(vm.spec.machine):
+            props |= {"bus": "pci.0", "addr": f"{NIC_ADDR + nic.slot:#x}"}
+        else:
+            props["bus"] = nic_port(nic.slot)
+    # Without a boot index the option ROM is only dead weight in guest memory.
+    if bootindex:
+        props["bootindex"] = str(bootindex)
+    else:
+        props["romfile"] = ""
+    return props
 
 
 def mac_for(vm_id: str, index: int) -> str:

@@ -23,13 +23,14 @@ from heron.hypervisor.qmp_base import QemuError as QemuError  # the agent catche
 from heron.hypervisor.qmp_base import QMPCommandError, QMPSessionError
 from heron.hypervisor.qmp_block import BlockCommands
 from heron.hypervisor.qmp_migration import MigrationCommands
+from heron.hypervisor.qmp_net import NetCommands
 from heron.util.proc import alive, read_pidfile
 from heron.util.wait import until
 
 log = logging.getLogger(__name__)
 
 
-class QemuVM(MigrationCommands, BlockCommands):
+class QemuVM(MigrationCommands, BlockCommands, NetCommands):
     """The QEMU of one VM on this node: its process, and one QMP session to it that is
     (re)connected when a command needs it."""
 
@@ -38,6 +39,7 @@ class QemuVM(MigrationCommands, BlockCommands):
         self.paths = paths
         self._qmp: QMPClient | None = None
         self._lock = asyncio.Lock()
+        self._fd_lock = asyncio.Lock()
 
     def pid(self) -> int | None:
         return read_pidfile(self.paths.pidfile, self.vm_id)
@@ -111,6 +113,20 @@ class QemuVM(MigrationCommands, BlockCommands):
             raise QMPCommandError(command, exc.error_class, str(exc)) from exc
         except (QMPError, TimeoutError, OSError) as exc:
             raise QMPSessionError(f"{command}: {exc}") from exc
+
+    async def pass_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU the open file `fd` under `name`: QMP `getfd` takes the fd that travels
+        with it over the socket (SCM_RIGHTS). Our copy stays open.
+
+        Raises QMPCommandError, QMPSessionError.
+        """
+        client = await self.qmp()
+        async with self._fd_lock:  # the fd belongs to the very next command
+            try:
+                client.send_fd_scm(fd)
+            except (QMPError, OSError) as exc:
+                raise QMPSessionError(f"getfd: {exc}") from exc
+            await self.execute("getfd", {"fdname": name})
 
     async def next_event(self, timeout: float) -> dict[str, Any] | None:
         """The next QMP event, or None after `timeout` seconds or a lost session."""

@@ -29,6 +29,7 @@ class TaskKind(StrEnum):
     vm_delete = "vm.delete"
     vm_migrate = "vm.migrate"
     vm_receive = "vm.receive"
+    vm_nics = "vm.nics"
     node_drain = "node.drain"
     volume_create = "volume.create"
     volume_import = "volume.import"
@@ -98,6 +99,7 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.vm_delete: VMDeleteParams,
     TaskKind.vm_migrate: MigrateParams,
     TaskKind.vm_receive: NoParams,
+    TaskKind.vm_nics: NoParams,
     TaskKind.node_drain: NoParams,
     TaskKind.volume_create: NoParams,
     TaskKind.volume_import: VolumeImportParams,

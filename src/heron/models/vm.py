@@ -72,6 +72,12 @@ class NicSpec(Record):
         default=None, description="IPv4 address from the network's subnet; given if left out"
     )
     link_up: bool = Field(default=True, description="the cable plugged in")
+    slot: int | None = Field(
+        default=None,
+        ge=0,
+        lt=8,
+        description="its hot-pluggable PCI slot (given by the cluster; layout 2 VMs)",
+    )
 
 
 class HAPolicy(Record):
@@ -129,16 +135,33 @@ def check_boot_order(boot_order: list[str], disks: int, nics: int) -> None:
             raise ValueError(f"boot_order names {item}, which the VM does not have")
 
 
+NIC_SLOTS = 8
+# How QEMU's devices are laid out. 1: as the first releases did (NICs where QEMU puts them);
+# 2: each NIC in a slot of its own that can take one while the VM runs. A VM keeps its layout
+# for life, so a live migration between releases finds the same devices on both sides.
+LAYOUT: Literal[1, 2] = 2
+
+
 class VMSpec(Hardware):
     name: Name
     disks: list[DiskSpec] = Field(default_factory=list, max_length=16)
-    nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+    nics: list[NicSpec] = Field(default_factory=list, max_length=NIC_SLOTS)
+    layout: Literal[1, 2] = Field(default=1, description="QEMU's device layout (see LAYOUT)")
 
     @model_validator(mode="after")
     def _devices(self) -> "VMSpec":
         check_boot_order(self.boot_order, len(self.disks), len(self.nics))
         check_disk_buses([d.bus for d in self.disks], self.machine)
+        slots = [n.slot for n in self.nics if n.slot is not None]
+        if len(set(slots)) != len(slots):
+            raise ValueError("two NICs share a slot")
         return self
+
+
+def free_slot(nics: list[NicSpec]) -> int | None:
+    """The lowest NIC slot no NIC has."""
+    taken = {n.slot for n in nics}
+    return next((slot for slot in range(NIC_SLOTS) if slot not in taken), None)
 
 
 class VM(Record):
@@ -242,6 +265,29 @@ class DiskAttach(BaseModel):
     model_config = {"extra": "forbid"}
     volume: str = Field(description="the volume as pool/name or id; ready and not in use")
     bus: DiskBus = "virtio"
+    revision: int | None = Field(default=None, description="write only if still at this revision")
+
+
+class NicAttach(BaseModel):
+    """A NIC to give a VM: plugged into it at once if it runs (layout 2), else at its start."""
+
+    model_config = {"extra": "forbid"}
+    network: Name = Field(description="a network (port group); 'user': QEMU's NAT")
+    model: NicModel = "virtio"
+    mac: Mac | None = Field(default=None, description="given unique in the cluster if left out")
+    address: IPv4 | None = Field(default=None, description="from the network's subnet")
+    link_up: bool = True
+    revision: int | None = Field(default=None, description="write only if still at this revision")
+
+
+class NicUpdate(BaseModel):
+    """Changes to one NIC, applied at once to a running VM (layout 2): its network (the tap
+    moves to the other port group), its address, its cable."""
+
+    model_config = {"extra": "forbid"}
+    network: Name | None = None
+    address: IPv4 | None = None
+    link_up: bool | None = None
     revision: int | None = Field(default=None, description="write only if still at this revision")
 
 

@@ -46,8 +46,10 @@ def segment_device(vni: int) -> str:
     return f"hv{vni:x}"
 
 
-def tap_name(vm_id: str, nic: int) -> str:
-    return f"ht{_short(vm_id)}{nic:x}"
+def tap_name(mac: str) -> str:
+    """A NIC's tap, named after its MAC (unique in the cluster), so it keeps its name when
+    other NICs of the VM come and go."""
+    return "ht" + mac.replace(":", "")
 
 
 def dhcp_namespace(network: str) -> str:
@@ -182,7 +184,7 @@ def plan_node(
             mode: PortMode = {"vlan": "access", "trunk": "trunk"}.get(network.kind, "untagged")  # type: ignore[assignment]
             ports.setdefault(network.name, []).append(
                 Port(
-                    tap=tap_name(vm.id, index),
+                    tap=tap_name(nic.mac),
                     vm=vm.id,
                     nic=index,
                     mac=nic.mac,

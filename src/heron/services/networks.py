@@ -181,25 +181,35 @@ async def leases(db: ConfigDB, network: str) -> dict[str, Lease]:
 
 
 async def address_nics(
-    db: ConfigDB, vm_id: str, nics: list[NicSpec], vms: Iterable[VM], field: str = "body.nics"
+    db: ConfigDB,
+    vm_id: str,
+    nics: list[NicSpec],
+    vms: Iterable[VM],
+    first: int = 0,
+    field: str = "body.nics",
 ) -> tuple[list[NicSpec], Txn]:
-    """Give `nics` their MACs and addresses: what the request asks when it is free, the next
-    free one otherwise; the index keys that hold them come back as a transaction to merge
-    into the VM's own, so two VMs can never get one MAC or address."""
-    others = [v for v in vms if v.id != vm_id]
-    macs = {n.mac for v in others for n in v.spec.nics if n.mac}
+    """Give `nics` (the VM's NICs `first`, `first + 1`...) their MACs and addresses: what is
+    asked when it is free, the next free one otherwise. A NIC is known by its MAC: what it
+    holds already stays its own. The index keys come back as a transaction to merge into the
+    VM's own, so two NICs can never get one MAC or address."""
+    mine = {n.mac for n in nics if n.mac}
+    macs: set[str] = set()
     used: dict[str, set[str]] = {}
-    for v in others:
+    for v in vms:
         for n in v.spec.nics:
+            if v.id == vm_id and n.mac in mine:
+                continue
+            if n.mac:
+                macs.add(n.mac)
             if n.address:
                 used.setdefault(n.network, set()).add(n.address)
     networks: dict[str, Network] = {}
     txn = Txn()
     out = []
-    for index, nic in enumerate(nics):
-        where = f"{field}.{index}"
+    for offset, nic in enumerate(nics):
+        where = f"{field}.{first + offset}" if field.endswith("nics") else field
         mac = nic.mac or random_mac(macs)
-        if mac in macs or not await _claim(db, txn, keys.mac(mac), vm_id, vm_id):
+        if mac in macs or not await _claim(db, txn, keys.mac(mac), vm_id, (vm_id, mac)):
             raise Conflict(
                 f"MAC {mac} is another NIC's", [{"field": f"{where}.mac", "reason": "in use"}]
             )
@@ -215,7 +225,7 @@ async def address_nics(
             subnet = networks[nic.network].subnet
             given = await leases(db, nic.network) if subnet else {}
             taken = used.setdefault(nic.network, set()) | {
-                ip for ip, lease in given.items() if lease.vm != vm_id
+                ip for ip, lease in given.items() if (lease.vm, lease.mac) != (vm_id, mac)
             }
             if subnet is None:
                 if nic.address is not None:
@@ -234,9 +244,9 @@ async def address_nics(
                     raise Conflict(f"network {nic.network} has no free address left")
                 address = str(free)
             if address is not None:
-                lease = Lease(vm=vm_id, nic=index, mac=mac)
+                lease = Lease(vm=vm_id, nic=first + offset, mac=mac)
                 if address in taken or not await _claim(
-                    db, txn, keys.lease(nic.network, address), lease, vm_id
+                    db, txn, keys.lease(nic.network, address), lease, (vm_id, mac)
                 ):
                     raise Conflict(
                         f"address {address} of network {nic.network} is in use",
@@ -247,17 +257,23 @@ async def address_nics(
     return out, txn
 
 
-async def _claim(db: ConfigDB, txn: Txn, key: str, value: Lease | str, vm_id: str) -> bool:
-    """Add writing index `key` to `txn`: as a new key, or over the VM's own; False when it
-    is another VM's."""
+async def _claim(
+    db: ConfigDB, txn: Txn, key: str, value: Lease | str, owner: tuple[str, str]
+) -> bool:
+    """Add writing index `key` to `txn`: as a new key, or over the NIC's own (`owner`: its
+    VM and MAC); False when it is another NIC's."""
     found = await db.get_raw(key)
     if found is None:
         txn.require_absent(key)
     else:
         raw = found[0].decode()
-        owner = raw if isinstance(value, str) else Lease.model_validate_json(raw).vm
-        if owner != vm_id:
-            return False
+        if isinstance(value, str):
+            if raw != owner[0]:
+                return False
+        else:
+            held = Lease.model_validate_json(raw)
+            if (held.vm, held.mac) != owner:
+                return False
         txn.require_revision(key, found[1])
     txn.put(key, value)
     return True

@@ -4,6 +4,7 @@ writes the change with the task that carries it out in one transaction, and rais
 `services.errors` when it cannot."""
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +13,7 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
 from heron.models.group import VMGroup
 from heron.models.migration import MigrateRequest
+from heron.models.network import BUILTIN_NETWORKS
 from heron.models.node import Node
 from heron.models.storage import Volume
 from heron.models.task import (
@@ -25,18 +27,25 @@ from heron.models.task import (
     new_task,
 )
 from heron.models.vm import (
+    LAYOUT,
+    NIC_SLOTS,
     VM,
     BatchCreate,
     DiskAttach,
     DiskSpec,
     Hardware,
+    NicAttach,
+    NicSpec,
+    NicUpdate,
     PowerState,
     RunState,
     VMCreate,
     VMSpec,
     VMStatus,
     VMUpdate,
+    free_slot,
 )
+from heron.network.ipam import release_nics
 from heron.scheduler.inventory import Inventory, group_of
 from heron.scheduler.placement import (
     NoCapacity,
@@ -70,6 +79,14 @@ _DESIRED: dict[str, PowerState | None] = {
     "shutdown": PowerState.stopped,
     "reboot": None,
 }
+
+
+@dataclass
+class NicChange:
+    """A VM with its NICs changed, and the task that applies them to its running QEMU."""
+
+    vm: Entry[VM]
+    task: Task | None
 
 
 @dataclass
@@ -214,7 +231,8 @@ async def plan_create(
         **body.model_dump(include=set(Hardware.model_fields)),
         name=body.name,
         disks=disks,
-        nics=nics,
+        nics=[n.model_copy(update={"slot": slot}) for slot, n in enumerate(nics)],
+        layout=LAYOUT,
     )
     vm = VM(
         id=vm_id,
@@ -295,10 +313,86 @@ async def detach_disk(db: ConfigDB, ref: str, index: int) -> Entry[VM]:
     return await _revise(db, entry, None, {"disks": disks})
 
 
+async def attach_nic(db: ConfigDB, ref: str, body: NicAttach, user: str) -> NicChange:
+    """Give a VM one more NIC, with its MAC and address; plugged in at once if it runs."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    slot = free_slot(vm.spec.nics)
+    if slot is None:
+        raise Conflict(f"VM {vm.spec.name} has {NIC_SLOTS} NICs: no slot is free")
+    asked = NicSpec(**body.model_dump(exclude={"revision"}), slot=slot)
+    vms = [e.value for e in await db.list(VM, keys.VMS)]
+    index = len(vm.spec.nics)
+    (nic,), addressed = await address_nics(db, vm.id, [asked], vms, index)
+    nics = [*vm.spec.nics, nic]
+    return await _change_nics(db, entry, body.revision, nics, addressed, user)
+
+
+async def update_nic(db: ConfigDB, ref: str, index: int, body: NicUpdate, user: str) -> NicChange:
+    """Move a NIC to another network, give it another address, or pull its cable."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    old = _nic(vm, index)
+    changes = body.model_dump(exclude_unset=True, exclude={"revision"})
+    if "network" in changes and changes["network"] != old.network and "address" not in changes:
+        changes["address"] = None  # a new network: a new address from its subnet
+    nic = old.model_copy(update=changes)
+    txn = Txn()
+    if (nic.network, nic.address) != (old.network, old.address):
+        vms = [e.value for e in await db.list(VM, keys.VMS)]
+        (nic,), txn = await address_nics(db, vm.id, [nic], vms, index)
+        if old.address and old.network not in BUILTIN_NETWORKS:
+            txn.delete(keys.lease(old.network, old.address))
+    nics = [nic if i == index else n for i, n in enumerate(vm.spec.nics)]
+    return await _change_nics(db, entry, body.revision, nics, txn, user)
+
+
+async def detach_nic(db: ConfigDB, ref: str, index: int, user: str) -> NicChange:
+    """Take a NIC from a VM (out of the running guest too), giving back its MAC and address."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    nic = _nic(vm, index)
+    nics = [n for i, n in enumerate(vm.spec.nics) if i != index]
+    return await _change_nics(db, entry, None, nics, release_nics(Txn(), [nic]), user)
+
+
+def _nic(vm: VM, index: int) -> NicSpec:
+    if not 0 <= index < len(vm.spec.nics):
+        raise NotFound(f"VM {vm.spec.name} has no NIC {index}")
+    return vm.spec.nics[index]
+
+
+async def _change_nics(
+    db: ConfigDB,
+    entry: Entry[VM],
+    revision: int | None,
+    nics: list[NicSpec],
+    txn: Txn,
+    user: str,
+) -> NicChange:
+    """Write a VM's new NICs; a running VM of layout 2 gets them at once, by a `vm.nics` task
+    on its node (others at their next start)."""
+    vm = entry.value
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    running = status is not None and status.value.state in (RunState.running, RunState.paused)
+    task = None
+    if running and vm.spec.layout >= 2:
+        task = new_task(TaskKind.vm_nics, vm.node, vm.id, user)
+        with_task(txn, task)
+    changes = {"nics": [n.model_dump() for n in nics]}
+    written = await _revise(db, entry, revision, changes, txn)
+    return NicChange(vm=written, task=task)
+
+
 async def _revise(
-    db: ConfigDB, entry: Entry[VM], revision: int | None, changes: dict[str, object]
+    db: ConfigDB,
+    entry: Entry[VM],
+    revision: int | None,
+    changes: Mapping[str, object],
+    extra: Txn | None = None,
 ) -> Entry[VM]:
-    """Write `changes` to a VM's spec if it is still at `revision` (when given)."""
+    """Write `changes` to a VM's spec if it is still at `revision` (when given), with `extra`
+    (index keys, a task) in the same transaction."""
     ref = entry.value.spec.name
     if revision is not None and revision != entry.revision:
         raise Conflict(
@@ -311,6 +405,8 @@ async def _revise(
         raise Invalid("body", str(exc).splitlines()[-1] if str(exc) else "invalid") from exc
     vm.spec = spec
     txn = Txn().require_revision(entry.key, entry.revision).put(entry.key, vm)
+    if extra is not None:
+        txn.merge(extra)
     if spec.name != entry.value.spec.name:
         txn.require_absent(keys.vm_name(spec.name)).put(keys.vm_name(spec.name), vm.id)
         txn.delete(keys.vm_name(entry.value.spec.name))

@@ -25,6 +25,17 @@ Why it is built this way:
   live migration that loses a page therefore shows in the guest's own output
   (``heron.testguest.console`` reads it). ``heron.memcheck=MIB:HOT:RATE`` on the kernel command
   line sets its size; ``variant()`` makes an image with other settings.
+* The guest has a network (``guest/*.sh``, ``nettool.c``), brought up in the background so READY,
+  the ticks and the memory checker never wait for it. Every NIC (virtio-net; 8021q is loaded
+  for VLAN sub-interfaces) gets DHCP with the MTU of option 26, and each new state is one line:
+  ``heron-net eth0 mac=... addr=10.1.0.5/24 mtu=1450 router=10.1.0.1`` (or ``addr=none`` when
+  the first try finds no server; the client keeps trying, and the line with the lease follows).
+  ``heron-net-up NIC`` does the same for a NIC made later (a VLAN sub-interface).
+  ``nettool serve 7`` answers TCP echo and sink requests; ``nettool send`` and ``nettool rtt``
+  measure throughput and round trips to another guest. Busybox brings ping, ip, nc, udhcpc.
+* Tests command the guest over the serial console: a line ``heron-run TAG COMMAND`` runs the
+  command (side by side with others) and the guest answers ``heron-out TAG LINE`` for each line
+  of output, then ``heron-done TAG rc=N``. ``heron.testguest.net`` sends them and reads both.
 * /init opens the power button before it prints READY, so ``system_powerdown`` works from the
   READY line on. A press before that is lost, as on any OS still booting: QEMU drops it while
   the guest has not yet enabled the ACPI power button event. Callers wait for READY first.
@@ -52,7 +63,7 @@ from pathlib import Path
 from heron.errors import HeronError
 
 # Bump whenever the output of this script changes for the same packages: it invalidates stamps.
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 
 IMAGE_NAME = "testguest.raw"
 STAMP_NAME = "testguest.stamp.json"
@@ -74,6 +85,15 @@ TICK_PREFIX = "heron-tick"
 MEMCHECK_DEFAULT = "32:64:256"
 KERNEL_CMDLINE = f"console=ttyS0,115200 quiet panic=-1 heron.memcheck={MEMCHECK_DEFAULT}"
 MEMCHECK_SOURCE = Path(__file__).with_name("memcheck.c")
+NETTOOL_SOURCE = Path(__file__).with_name("nettool.c")
+# The guest's own shell scripts: where they go in the initramfs, and their sources here.
+GUEST_SCRIPTS = {
+    "bin/heron-net-up": Path(__file__).with_name("guest") / "net-up.sh",
+    "bin/heron-dhcp-event": Path(__file__).with_name("guest") / "dhcp-event.sh",
+    "bin/heron-commands": Path(__file__).with_name("guest") / "command-channel.sh",
+}
+# nettool's server, started at boot: the well-known echo port.
+NETTOOL_PORT = 7
 
 SECTOR_SIZE = 512
 MIB = 1024 * 1024
@@ -102,8 +122,27 @@ REQUIRED_BUILTIN_CONFIG = (
 # both as modules, so they have to travel in the initramfs and be loaded by /init.
 POWER_BUTTON_CONFIG = (("CONFIG_ACPI_BUTTON", "button"), ("CONFIG_INPUT_EVDEV", "evdev"))
 
-BUSYBOX_APPLETS = ("sh", "mount", "cat", "sleep", "insmod", "dd", "poweroff")
+# Drivers for the guest's network, loaded by /init in the background: the NIC (virtio-pci is a
+# module in the cloud kernel too), VLAN sub-interfaces for trunk tests, and raw packet sockets
+# for udhcpc. Each must be built in or a module; a kernel without one fails the build.
+NETWORK_CONFIG = (
+    ("CONFIG_VIRTIO_PCI", "virtio_pci"),
+    ("CONFIG_VIRTIO_NET", "virtio_net"),
+    ("CONFIG_VLAN_8021Q", "8021q"),
+    ("CONFIG_PACKET", "af_packet"),
+)
+# Loaded when the kernel has them, skipped when not: Debian's cloud kernel has no e1000.
+OPTIONAL_NETWORK_CONFIG = (("CONFIG_E1000", "e1000"),)
+
+BUSYBOX_APPLETS = (
+    "sh", "mount", "cat", "sleep", "insmod", "dd", "poweroff",
+    # the network and the commands tests run over the console
+    "ip", "udhcpc", "ping", "nc", "vconfig", "arping", "ifconfig", "route", "netstat",
+    "mkdir", "rm", "ls", "ps", "kill", "grep", "head", "tail", "wc", "seq", "timeout", "dmesg",
+    "lsmod", "sysctl", "stty", "udhcpd", "killall", "pidof",
+)  # fmt: skip
 MEMCHECK_BINARY = "bin/heron-memcheck"
+NETTOOL_BINARY = "bin/nettool"
 
 # The ACPI button driver names its input device like this for the fixed and the PNP0C0C button.
 POWER_BUTTON_INPUT_NAME = "Power Button"
@@ -296,6 +335,19 @@ def modules_to_load(config: dict[str, str]) -> list[str]:
     return wanted
 
 
+def network_modules(config: dict[str, str]) -> list[str]:
+    """The modules /init must load for the guest's network; fails on a kernel without one."""
+    wanted = []
+    for key, module in NETWORK_CONFIG:
+        value = config.get(key)
+        if value == "m":
+            wanted.append(module)
+        elif value != "y":
+            raise BuildError(f"kernel has no {key}: the guest would have no network")
+    wanted += [module for key, module in OPTIONAL_NETWORK_CONFIG if config.get(key) == "m"]
+    return wanted
+
+
 def read_modinfo(data: bytes) -> dict[str, str]:
     """Parse the .modinfo section of a 64-bit little-endian kernel module (ELF relocatable)."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
@@ -425,9 +477,10 @@ class NewcArchive:
         return b"".join(self._chunks)
 
 
-def render_init(modules: Sequence[str]) -> str:
+def render_init(modules: Sequence[str], network_modules: Sequence[str] = ()) -> str:
     """The guest's /init: a busybox shell script running as PID 1."""
     insmods = "".join(f"insmod /lib/modules/{name}.ko\n" for name in modules)
+    net_insmods = "".join(f"    insmod /lib/modules/{name}.ko\n" for name in network_modules)
     return f"""#!/bin/sh
 # Heron test guest init, generated by heron.testguest.build. Runs as PID 1 from the initramfs.
 export PATH=/bin
@@ -465,6 +518,16 @@ if [ -n "$memcheck" ]; then
     /{MEMCHECK_BINARY} "$@" &
 fi
 
+# The network, in the background: nothing below waits for a driver or a DHCP server.
+(
+{net_insmods}    /bin/heron-net-up
+    /{NETTOOL_BINARY} serve {NETTOOL_PORT}
+) &
+
+# Tests' commands from the console. Started before READY, so a request sent once READY is seen
+# finds it; until it reads them, requests wait in the terminal's input buffer.
+/bin/heron-commands </dev/console &
+
 uuid=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null)
 # The empty line first: SeaBIOS's serial console (QEMU -nographic) leaves terminal escapes
 # without a newline, which would otherwise end up at the start of the READY line.
@@ -480,18 +543,30 @@ done
 """
 
 
-def compile_memcheck(work: Path) -> bytes:
-    """The memory checker as a static binary: the guest has no libc of its own."""
-    binary = work / "heron-memcheck"
-    run(
-        ["gcc", "-static", "-O2", "-s", "-Wall", "-Werror", "-o", str(binary), str(MEMCHECK_SOURCE)]
-    )
+def compile_static(source: Path, binary: Path) -> bytes:
+    """A C program of the guest as a static binary: the guest has no libc of its own."""
+    run(["gcc", "-static", "-O2", "-s", "-Wall", "-Werror", "-o", str(binary), str(source)])
     return binary.read_bytes()
 
 
-def build_initramfs(busybox: bytes, modules: Sequence[tuple[str, bytes]], memcheck: bytes) -> bytes:
+def compile_memcheck(work: Path) -> bytes:
+    return compile_static(MEMCHECK_SOURCE, work / "heron-memcheck")
+
+
+def compile_nettool(work: Path) -> bytes:
+    return compile_static(NETTOOL_SOURCE, work / "nettool")
+
+
+def build_initramfs(
+    busybox: bytes,
+    modules: Sequence[tuple[str, bytes]],
+    memcheck: bytes,
+    *,
+    network_modules: Sequence[tuple[str, bytes]] = (),
+    nettool: bytes = b"",
+) -> bytes:
     archive = NewcArchive()
-    for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules"):
+    for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "run", "tmp"):
         archive.directory(directory)
     # The kernel opens /dev/console for PID 1 before /init can mount devtmpfs.
     archive.char_device("dev/console", 5, 1)
@@ -499,9 +574,13 @@ def build_initramfs(busybox: bytes, modules: Sequence[tuple[str, bytes]], memche
     for applet in BUSYBOX_APPLETS:
         archive.symlink(f"bin/{applet}", "busybox")
     archive.file(MEMCHECK_BINARY, memcheck, 0o755)
-    for name, data in modules:
+    archive.file(NETTOOL_BINARY, nettool, 0o755)
+    for path, source in GUEST_SCRIPTS.items():
+        archive.file(path, source.read_bytes(), 0o755)
+    for name, data in [*modules, *network_modules]:
         archive.file(f"lib/modules/{name}.ko", data)
-    archive.file("init", render_init([name for name, _ in modules]).encode(), 0o755)
+    init = render_init([name for name, _ in modules], [name for name, _ in network_modules])
+    archive.file("init", init.encode(), 0o755)
     # mtime=0 keeps the initramfs byte-for-byte reproducible.
     return gzip.compress(archive.finish(), compresslevel=9, mtime=0)
 
@@ -590,7 +669,10 @@ def stamp_inputs(kernel: DebPackage, busybox: DebPackage) -> dict[str, object]:
         "kernel": kernel.spec,
         "busybox": busybox.spec,
         "host": {name: host_package_version(name) for name in HOST_PACKAGES},
-        "memcheck": hashlib.sha256(MEMCHECK_SOURCE.read_bytes()).hexdigest(),
+        "sources": {
+            path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in (MEMCHECK_SOURCE, NETTOOL_SOURCE, *GUEST_SCRIPTS.values())
+        },
     }
 
 
@@ -634,10 +716,21 @@ def _build_locked(out: Path, *, force: bool) -> Path:
         kernel = find_kernel(extract_deb(kernel_deb, tmp / "kernel"))
         busybox = (extract_deb(busybox_deb, tmp / "busybox") / "bin" / "busybox").read_bytes()
 
-        wanted = modules_to_load(parse_kernel_config(kernel.config.read_text()))
+        config = parse_kernel_config(kernel.config.read_text())
+        wanted = modules_to_load(config)
         modules = resolve_modules(kernel.modules, wanted)
-        initrd = build_initramfs(busybox, modules, compile_memcheck(tmp))
-        log(f"initramfs {len(initrd) // 1024} KiB with modules {', '.join(wanted) or 'none'}")
+        loaded = {name for name, _ in modules}
+        net_wanted = network_modules(config)
+        net = [m for m in resolve_modules(kernel.modules, net_wanted) if m[0] not in loaded]
+        initrd = build_initramfs(
+            busybox,
+            modules,
+            compile_memcheck(tmp),
+            network_modules=net,
+            nettool=compile_nettool(tmp),
+        )
+        names = ", ".join(name for name, _ in [*modules, *net]) or "none"
+        log(f"initramfs {len(initrd) // 1024} KiB with modules {names}")
 
         files = {
             "vmlinuz": kernel.vmlinuz.read_bytes(),

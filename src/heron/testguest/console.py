@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heron.testguest.build import READY_MARKER, TICK_PREFIX
+from heron.testguest.net import DONE_PREFIX, OUT_PREFIX, RUN_PREFIX
 
 MEMCHECK_PREFIX = "heron-memcheck"
 
 _TICK = re.compile(rf"{TICK_PREFIX} (\d+)$")
 _VERIFIED = re.compile(rf"{MEMCHECK_PREFIX} verified=(\d+) errors=(\d+) pass=(\d+)")
+# What tests run in the guest (heron.testguest.net) says nothing about its health: a `dmesg`
+# there must not read as a kernel complaint.
+_COMMAND_TRAFFIC = re.compile(rf"(?:{RUN_PREFIX}|{OUT_PREFIX}|{DONE_PREFIX}) ")
 _MEMCHECK_BAD = re.compile(rf"{MEMCHECK_PREFIX} (MISMATCH|CLOCK-BACKWARDS|cannot run)")
 # The guest boots with `quiet`: the kernel prints only warnings and worse, so any of these is
 # news. Covers oopses, panics, BUG/WARN splats, soft lockups, RCU stalls and crashed processes.
@@ -50,6 +54,8 @@ def read(text: str, *, booted_here: bool) -> GuestReport:
     report = GuestReport()
     for raw in text.splitlines():
         line = raw.strip()
+        if _COMMAND_TRAFFIC.match(line):
+            continue
         if READY_MARKER in line:
             report.boots += 1
             if report.boots > 1 or not booted_here:

@@ -16,6 +16,8 @@ from heron.models.vm import (
     VM,
     BatchCreate,
     DiskAttach,
+    NicAttach,
+    NicUpdate,
     PowerState,
     RunState,
     VMCreate,
@@ -55,6 +57,13 @@ class VMView(BaseModel):
     )
     revision: int
     created_at: float
+
+
+class NicChangeView(BaseModel):
+    vm: VMView
+    task: str | None = Field(
+        description="the task plugging the change into the running VM; null: at its next start"
+    )
 
 
 class TaskRef(BaseModel):
@@ -239,6 +248,53 @@ async def detach_disk(
     entry = await vm_service.detach_disk(db, ref, index)
     request.state.audit_target = entry.value.id
     return await _one_view(db, entry)
+
+
+@router.post("/vms/{ref}/nics", response_model=NicChangeView, status_code=201)
+async def attach_nic(
+    ref: Name, body: NicAttach, request: Request, principal: Principal = Depends(auth.operator)
+) -> NicChangeView:
+    """Give the VM a NIC (its MAC and address from the cluster); a running VM gets it plugged
+    in by a task on its node."""
+    db = _ctx(request).db
+    change = await vm_service.attach_nic(db, ref, body, principal.user)
+    return await _nic_view(db, request, change)
+
+
+@router.patch("/vms/{ref}/nics/{index}", response_model=NicChangeView)
+async def update_nic(
+    ref: Name,
+    body: NicUpdate,
+    index: int = Path(ge=0, le=7, description="the NIC's place: 0 for the first"),
+    *,
+    request: Request,
+    principal: Principal = Depends(auth.operator),
+) -> NicChangeView:
+    """Move a NIC to another network, change its address, or plug/pull its cable; a running
+    VM gets the change at once."""
+    db = _ctx(request).db
+    change = await vm_service.update_nic(db, ref, index, body, principal.user)
+    return await _nic_view(db, request, change)
+
+
+@router.delete("/vms/{ref}/nics/{index}", response_model=NicChangeView)
+async def detach_nic(
+    ref: Name,
+    index: int = Path(ge=0, le=7, description="the NIC's place: 0 for the first"),
+    *,
+    request: Request,
+    principal: Principal = Depends(auth.operator),
+) -> NicChangeView:
+    """Take a NIC away (out of the running guest too); its MAC and address are free again."""
+    db = _ctx(request).db
+    change = await vm_service.detach_nic(db, ref, index, principal.user)
+    return await _nic_view(db, request, change)
+
+
+async def _nic_view(db: ConfigDB, request: Request, change: vm_service.NicChange) -> NicChangeView:
+    request.state.audit_target = change.vm.value.id
+    view = await _one_view(db, change.vm)
+    return NicChangeView(vm=view, task=change.task.id if change.task else None)
 
 
 @router.post("/vms/{ref}/actions/migrate", response_model=TaskRef, status_code=202)

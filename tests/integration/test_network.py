@@ -1,0 +1,210 @@
+"""VM networking across the nodes of a real devcluster, each node's data plane in a network
+namespace of its own on a fabric of veths (heron.network.fabric), with real test guests that
+get their addresses by DHCP and ping each other (heron.testguest.net).
+
+What this kernel cannot do is done by what can: VLANs through Open vSwitch's userspace
+datapath (no bridge VLAN filtering, no 802.1Q devices here), VXLAN through the kernel.
+"""
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from heron.testguest.net import CommandChannel, NicState, guest_addresses
+from support import Api, wait_for
+
+from heron import devcluster
+from heron.devcluster import DevCluster
+from heron.network import fabric
+
+pytestmark = pytest.mark.integration
+
+BOOT = 180
+UNDERLAY_MTU = 1500
+
+
+@pytest.fixture(scope="module")
+def netcluster(
+    tmp_path_factory: pytest.TempPathFactory, testguest: Path
+) -> Iterator[tuple[DevCluster, Api]]:
+    directory = tmp_path_factory.mktemp("netcluster")
+    cluster, token = devcluster.up(directory, 3, network=True)
+    try:
+        api = Api(cluster.nodes[0].url, token)
+        shared = Path(cluster.dir) / "shared"
+        shared.mkdir()
+        api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
+        reply = api.ok(
+            "POST",
+            "/pools/shared/volumes/import",
+            json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
+        )
+        api.wait_task(reply["task"])
+        yield cluster, api
+    finally:
+        devcluster.down(directory)
+
+
+def vm_dir(cluster: DevCluster, node: str, vm_id: str) -> Path:
+    return Path(cluster.node(node).state_dir) / "vms" / vm_id
+
+
+def start_guest(
+    cluster: DevCluster, api: Api, name: str, node: str, *nics: str | dict[str, Any]
+) -> dict[str, Any]:
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": name,
+            "memory_mib": 128,
+            "node": node,
+            "start": True,
+            "disks": [{"pool": "shared", "source": "shared/testguest"}],
+            "nics": [{"network": n} if isinstance(n, str) else n for n in nics],
+        },
+    )
+    api.wait_task(reply["task"])
+    return api.vm(reply["vm"])
+
+
+def leased(cluster: DevCluster, vm: dict[str, Any], nic: str = "eth0") -> NicState:
+    """The guest's report of `nic` once it has an address (read from its console log)."""
+    log = vm_dir(cluster, vm["node"], vm["id"]) / "console.log"
+
+    def lease() -> NicState | None:
+        if not log.exists():
+            return None
+        state = guest_addresses(log.read_text(errors="replace")).get(nic)
+        return state if state and state.address else None
+
+    return wait_for(lease, BOOT, f"{vm['name']} to get an address on {nic}")
+
+
+def shell(cluster: DevCluster, vm: dict[str, Any]) -> CommandChannel:
+    return CommandChannel(vm_dir(cluster, vm["node"], vm["id"]) / "serial.sock")
+
+
+def ping(channel: CommandChannel, address: str, count: int = 3) -> bool:
+    return channel.run(f"ping -c {count} -W 2 {address}", timeout=30).rc == 0
+
+
+def in_netns(netns: str, *command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def dhcp_logs(cluster: DevCluster, network: str) -> dict[str, str]:
+    """Each node's DHCP server log for `network` (empty where it runs none)."""
+    logs = {}
+    for node in cluster.nodes:
+        found = list((Path(node.state_dir) / "network" / "dhcp").glob(f"**/{network}*/*.log"))
+        found += list((Path(node.state_dir) / "network" / "dhcp" / network).glob("*.log"))
+        logs[node.name] = "".join(p.read_text(errors="replace") for p in set(found))
+    return logs
+
+
+def test_a_vxlan_segment_spans_nodes_with_one_dhcp_answer_per_guest(
+    netcluster: tuple[DevCluster, Api],
+) -> None:
+    cluster, api = netcluster
+    api.ok("POST", "/switches", json={"name": "dvs", "mtu": UNDERLAY_MTU})
+    api.ok(
+        "POST",
+        "/networks",
+        json={
+            "name": "overlay",
+            "switch": "dvs",
+            "kind": "vxlan",
+            "vni": 4242,
+            "subnet": {"cidr": "10.42.0.0/24", "gateway": "10.42.0.1"},
+        },
+    )
+    guests = [
+        start_guest(cluster, api, f"ov-{n}", n, "overlay") for n in ("node1", "node2", "node3")
+    ]
+    states = [leased(cluster, g) for g in guests]
+    for guest, state in zip(guests, states, strict=True):
+        nic = guest["spec"]["nics"][0]
+        assert str(state.address.ip) == nic["address"]  # the IPAM's address, by DHCP
+        assert state.mac == nic["mac"]
+        assert state.mtu == UNDERLAY_MTU - 50  # the segment's MTU, given by DHCP
+        assert str(state.router) == "10.42.0.1"
+    with shell(cluster, guests[0]) as channel:
+        for other in states[1:]:
+            assert ping(channel, str(other.address.ip))
+        # Full-size frames cross without fragmentation (DF set): the MTU is right end to end.
+        payload = UNDERLAY_MTU - 50 - 28
+        assert channel.run(f"ping -c 2 -W 2 -M do -s {payload} {states[1].address.ip}").rc == 0
+    # Exactly one server answered each guest: its own node's. The others never saw it.
+    logs = dhcp_logs(cluster, "overlay")
+    for guest in guests:
+        mac = guest["spec"]["nics"][0]["mac"]
+        for node, text in logs.items():
+            answered = re.search(rf"DHCP(OFFER|ACK)\(\S+\) \S+ {mac}", text)
+            seen = mac in text
+            if node == guest["node"]:
+                assert answered, f"{node} did not answer {guest['name']}: {text[-2000:]}"
+            else:
+                assert not seen, f"{node}'s DHCP server saw {guest['name']}"
+    status = {s["node"]: s for s in api.ok("GET", "/switches/status")}
+    assert all(status[n.name]["switches"]["dvs"]["in_sync"] for n in cluster.nodes), status
+
+
+def test_vlans_are_tagged_on_the_wire_and_kept_apart(netcluster: tuple[DevCluster, Api]) -> None:
+    cluster, api = netcluster
+    uplinks = {n.name: fabric.UPLINK for n in cluster.nodes}
+    api.ok("POST", "/switches", json={"name": "phys", "backend": "ovs", "uplinks": uplinks})
+    subnet = {"cidr": "10.100.0.0/24"}
+    for vlan in (100, 200):
+        api.ok(
+            "POST",
+            "/networks",
+            json={
+                "name": f"v{vlan}",
+                "switch": "phys",
+                "kind": "vlan",
+                "vlan": vlan,
+                "subnet": subnet,
+            },
+        )
+    d = start_guest(cluster, api, "v100-a", "node1", "v100")
+    e = start_guest(cluster, api, "v100-b", "node2", "v100")
+    # The same subnet in the other VLAN, and an address of its own in it.
+    f = start_guest(cluster, api, "v200-a", "node2", {"network": "v200", "address": "10.100.0.50"})
+    d_ip, e_ip = (str(leased(cluster, g).address.ip) for g in (d, e))
+    leased(cluster, f)
+    node2 = next(p for p in cluster.fabric_nodes() if p.name == "node2")
+    capture = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{fabric.fabric_netns(cluster.netns_prefix)}",
+            "tcpdump",
+            "-e",
+            "-n",
+            "-l",
+            "-i",
+            node2.fabric_port("up"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        with shell(cluster, e) as channel:
+            assert ping(channel, d_ip)
+        with shell(cluster, f) as channel:
+            # Same subnet, other VLAN: the ARP request goes out tagged 200 and nobody answers.
+            assert not ping(channel, d_ip, count=2)
+    finally:
+        capture.terminate()
+        seen, _ = capture.communicate(timeout=30)
+    assert "vlan 100" in seen and "vlan 200" in seen, seen
+    assert e_ip != d_ip
