@@ -13,6 +13,7 @@ export type Kind =
   | "volumes"
   | "groups"
   | "networks"
+  | "network-status"
   | "settings"
   | "tokens"
   | "users"
@@ -39,7 +40,10 @@ function handle(event: string, data: string): void {
   const kinds = new Set(changes.map((c) => c.kind));
   if (kinds.has("resync")) {
     dispatch(
-      new Set(["vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "settings", "tokens", "users"]),
+      new Set([
+        "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
+        "users",
+      ]),
     );
   } else {
     dispatch(kinds);
@@ -62,7 +66,9 @@ async function run(signal: AbortSignal): Promise<void> {
       connected.value = true;
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
-      dispatch(new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "tokens", "users"]));
+      dispatch(
+        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users"]),
+      );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
