@@ -66,6 +66,7 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
             "start": True,
             "group": "walk",
             "disks": [{"pool": "shared", "source": image}],
+            "nics": [{"network": "user"}],  # a row for the NIC controls
         },
     )
     api.wait_task(running["task"])

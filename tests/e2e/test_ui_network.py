@@ -245,6 +245,41 @@ def test_create_a_vm_with_nics_in_the_wizard(
     shot(page, screenshots, "vm-nics")
 
 
+def test_change_the_nics_of_the_vm(page: Page, api: Api, made: dict[str, Any]) -> None:
+    table = page.locator("[data-testid=nic-table]")
+    net0, net1 = table.locator("tr[data-nic='0']"), table.locator("tr[data-nic='1']")
+    # Its cable pulled (the VM is off: the guest finds it so at its start).
+    with page.expect_request(lambda r: r.method == "PATCH" and "/nics/1" in r.url) as sent:
+        net1.locator("[data-testid=nic-cable]").click()
+    assert sent.value.post_data_json == {"link_up": False}
+    expect(net1.locator("[data-testid=nic-link]")).to_have_attribute("data-link", "false")
+    expect(net1.locator("[data-testid=nic-cable]")).to_have_text("Plug the cable in")
+
+    # Another address for the first.
+    net0.locator("[data-testid=nic-edit]").click()
+    form = net0.locator("[data-testid=nic-edit-form]")
+    expect(form.locator("[data-testid=nic-edit-address]")).to_have_value("10.100.0.15")
+    form.locator("[data-testid=nic-edit-address]").fill("10.100.0.16")
+    form.locator("[data-testid=nic-save]").click()
+    expect(net0.locator("[data-testid=nic-address]")).to_have_text("10.100.0.16")
+
+    # A third, its address from the subnet's range; then taken away again.
+    attach = page.locator("[data-testid=nic-attach-form]")
+    attach.locator("[data-testid=nic-attach-network]").select_option("vlan100")
+    expect(attach.locator("[data-testid=nic-attach-address]")).to_be_visible()
+    attach.locator("[data-testid=nic-attach]").click()
+    net2 = table.locator("tr[data-nic='2']")
+    expect(net2.locator("[data-testid=nic-address]")).to_have_text(
+        re.compile(r"^10\.100\.0\.(1[0-9]|20)$")
+    )
+    expect(net2.locator("[data-testid=nic-mac]")).to_have_text(MAC)
+    nics = api.vm(made["vm"])["spec"]["nics"]
+    assert [n["address"] for n in nics][:2] == ["10.100.0.16", None], nics
+    net2.locator("[data-testid=nic-detach]").click()
+    confirm(page, "net2", "vlan100")
+    expect(table.locator("tr[data-nic]")).to_have_count(2)
+
+
 def test_a_network_in_use_is_not_deleted(page: Page, ui: str) -> None:
     page.goto(f"{ui}/networks")
     page.locator("tr[data-network=vlan100] [data-testid=network-delete]").click()

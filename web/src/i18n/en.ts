@@ -714,6 +714,15 @@ const en = {
   "vm.linkUp": "up",
   "vm.linkDown": "down",
   "tree.networks": "Networks",
+  "nics.add": "Add the adapter",
+  "nics.remove": "Remove",
+  "nics.removeTitle": "Remove {nic} from {vm}?",
+  "nics.removeText": "The adapter on {network} (MAC {mac}) is taken out of the guest, and its MAC and address are free again.",
+  "nics.unplug": "Pull the cable",
+  "nics.plug": "Plug the cable in",
+  "nics.live": "{vm}: network adapters changed, applied to the running guest",
+  "nics.saved": "{vm}: network adapters changed",
+  "nics.pending": "The network adapters changed since the VM started: the guest gets them at its next start.",
 };
 
 export default en;

@@ -716,6 +716,15 @@ const ru: Record<keyof typeof en, string> = {
   "vm.linkUp": "подключён",
   "vm.linkDown": "отключён",
   "tree.networks": "Сети",
+  "nics.add": "Добавить адаптер",
+  "nics.remove": "Убрать",
+  "nics.removeTitle": "Убрать {nic} из {vm}?",
+  "nics.removeText": "Адаптер в сети {network} (MAC {mac}) будет извлечён из гостя, его MAC и адрес освободятся.",
+  "nics.unplug": "Отключить кабель",
+  "nics.plug": "Подключить кабель",
+  "nics.live": "{vm}: сетевые адаптеры изменены, изменения применены к работающему гостю",
+  "nics.saved": "{vm}: сетевые адаптеры изменены",
+  "nics.pending": "Сетевые адаптеры изменились после запуска ВМ: гость получит их при следующем запуске.",
 };
 
 export default ru;
