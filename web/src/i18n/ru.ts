@@ -712,7 +712,7 @@ const ru: Record<keyof typeof en, string> = {
   "create.nicAddressHint": "Постоянный, из {cidr}",
   "create.nicAuto": "автоматически",
   "vm.address": "IPv4-адрес",
-  "vm.link": "Линк",
+  "vm.link": "Кабель",
   "vm.linkUp": "подключён",
   "vm.linkDown": "отключён",
   "tree.networks": "Сети",
