@@ -21,11 +21,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyroute2.netns
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from heron.network import dnsmasq
+from heron.network import dnsmasq, netns
 from heron.network.dataplane import DataPlane
 from heron.network.plan import DhcpServer, dhcp_link, dhcp_namespace
 from heron.util.proc import alive, find_running, read_pidfile
@@ -77,8 +76,7 @@ class DhcpServers:
         namespace = self.plane.namespace(server.namespace)
         files = self._files(server.network)
         try:
-            if namespace not in pyroute2.netns.listnetns():
-                pyroute2.netns.create(namespace)
+            netns.create(namespace)
             self._link(server, namespace)
         except (NetlinkError, OSError) as exc:
             return [f"{what}: its link: {exc}"]
@@ -86,8 +84,8 @@ class DhcpServers:
         return [f"{what}: {problem}"] if problem else []
 
     def _plane_exists(self) -> bool:
-        # pyroute2 would make a missing namespace: the data plane is the agent's to make.
-        return self.plane.netns is None or self.plane.netns in pyroute2.netns.listnetns()
+        # The data plane is the agent's to make, never made here as a side effect.
+        return self.plane.netns is None or netns.exists(self.plane.netns)
 
     def _link(self, server: DhcpServer, namespace: str) -> None:
         outside, inside = server.links
@@ -129,11 +127,19 @@ class DhcpServers:
         hosts = dnsmasq.hosts_file(server)
         marker = dnsmasq.marker(files)
         pid = read_pidfile(files.pid, marker)
-        if pid is not None and (_read(files.config) != config or not _in_namespace(pid, namespace)):
+        # A NIC gone or given another address: dnsmasq would keep its lease and refuse the
+        # address to the next NIC given it. With every address fixed by the cluster's IPAM its
+        # leases are of no use: it starts afresh without them.
+        loaded = _read(files.hosts_loaded) or ""
+        forgotten = not set(loaded.splitlines()) <= set(hosts.splitlines())
+        if pid is not None and (
+            forgotten or _read(files.config) != config or not _in_namespace(pid, namespace)
+        ):
             if not _stop(pid, marker):
                 return f"dnsmasq {pid} does not stop"
             pid = None
         if pid is None:
+            files.leases.unlink(missing_ok=True)
             # One whose pidfile was lost must not answer beside the new one.
             if not all(_stop(stray, marker) for stray in find_running(marker)):
                 return "an earlier dnsmasq does not stop"
@@ -159,8 +165,7 @@ class DhcpServers:
             if not _stop(found, marker):
                 raise OSError(errno.EBUSY, f"dnsmasq {found} of network {network} does not stop")
         namespace = self.plane.namespace(dhcp_namespace(network))
-        if namespace in pyroute2.netns.listnetns():
-            pyroute2.netns.remove(namespace)
+        netns.remove(namespace)
         if not self._plane_exists():
             shutil.rmtree(files.directory, ignore_errors=True)
             return
@@ -177,7 +182,7 @@ class DhcpServers:
         if self.directory.is_dir():
             found = {entry.name for entry in self.directory.iterdir() if entry.is_dir()}
         prefix = self.plane.namespace(dhcp_namespace(""))
-        for name in pyroute2.netns.listnetns():
+        for name in netns.names():
             if name.startswith(prefix) and len(name) > len(prefix):
                 found.add(name[len(prefix) :])
         return found
@@ -185,7 +190,7 @@ class DhcpServers:
 
 @contextlib.contextmanager
 def _ipr(namespace: str | None) -> Iterator[IPRoute]:
-    ipr = IPRoute(netns=namespace) if namespace else IPRoute()
+    ipr = netns.netlink(namespace)
     try:
         yield ipr
     finally:

@@ -12,8 +12,10 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from heron.network import netns
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,6 @@ def nodes_of(prefix: str, names: list[str]) -> list[FabricNode]:
     return [FabricNode(name, f"{prefix}-{name}", str(hosts[i])) for i, name in enumerate(names)]
 
 
-def _ensure_netns(name: str) -> None:
-    if name not in netns.listnetns():
-        netns.create(name)
-
-
 def _up(ipr: IPRoute, ifname: str) -> int:
     index = ipr.link_lookup(ifname=ifname)[0]
     ipr.link("set", index=index, state="up")
@@ -58,37 +55,37 @@ def _up(ipr: IPRoute, ifname: str) -> int:
 def build(prefix: str, nodes: list[FabricNode]) -> None:
     """Make (or complete) the fabric and every node's namespace and links; idempotent."""
     fabric = fabric_netns(prefix)
-    _ensure_netns(fabric)
-    with IPRoute(netns=fabric) as ipr:
+    netns.create(fabric)
+    with netns.netlink(fabric) as ipr:
         for bridge in (FABRIC_UNDERLAY, FABRIC_TRUNK):
             if not ipr.link_lookup(ifname=bridge):
                 ipr.link("add", ifname=bridge, kind="bridge")
             _up(ipr, bridge)
         _up(ipr, "lo")
     for node in nodes:
-        _ensure_netns(node.netns)
+        netns.create(node.netns)
         for inside, kind, bridge in (
             (UNDERLAY_LINK, "un", FABRIC_UNDERLAY),
             (UPLINK, "up", FABRIC_TRUNK),
         ):
             outside = node.fabric_port(kind)
-            with IPRoute(netns=fabric) as ipr:
+            with netns.netlink(fabric) as ipr:
                 present = bool(ipr.link_lookup(ifname=outside))
             if not present:
-                with IPRoute(netns=node.netns) as ipr:
+                with netns.netlink(node.netns) as ipr:
                     ipr.link(
                         "add",
                         ifname=inside,
                         kind="veth",
                         peer={"ifname": outside, "net_ns_fd": fabric},
                     )
-            with IPRoute(netns=fabric) as ipr:
+            with netns.netlink(fabric) as ipr:
                 index = _up(ipr, outside)
                 ipr.link("set", index=index, master=ipr.link_lookup(ifname=bridge)[0])
-            with IPRoute(netns=node.netns) as ipr:
+            with netns.netlink(node.netns) as ipr:
                 _up(ipr, inside)
                 _up(ipr, "lo")
-        with IPRoute(netns=node.netns) as ipr:
+        with netns.netlink(node.netns) as ipr:
             index = ipr.link_lookup(ifname=UNDERLAY_LINK)[0]
             try:
                 ipr.addr("add", index=index, address=node.underlay, prefixlen=UNDERLAY.prefixlen)
@@ -99,7 +96,7 @@ def build(prefix: str, nodes: list[FabricNode]) -> None:
 
 def remove(prefix: str) -> None:
     """Delete the fabric and the nodes' namespaces (their links go with them)."""
-    for name in netns.listnetns():
+    for name in netns.names():
         if name.startswith(f"{prefix}-"):
             try:
                 netns.remove(name)

@@ -12,10 +12,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.config import AF_BRIDGE
 from pyroute2.netlink.exceptions import NetlinkError
 
+from heron.network import netns
 from heron.network.bridgeports import (
     AddVlans,
     Change,
@@ -42,10 +42,7 @@ RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2
 def netlink(plane: DataPlane) -> Iterator[Any]:
     """An rtnetlink socket in the plane's namespace. flags=0: a plane whose namespace is gone
     is an error, never a new empty namespace; groups=0: no event subscriptions."""
-    if plane.netns is None:
-        ipr = IPRoute(groups=0)
-    else:
-        ipr = IPRoute(netns=plane.netns, flags=0, groups=0)
+    ipr = netns.netlink(plane.netns, groups=0)
     try:
         yield ipr
     finally:

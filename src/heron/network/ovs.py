@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, NetlinkError
 
-from heron.network import ovsdb
+from heron.network import netns, ovsdb
 from heron.network.dataplane import DataPlane
 from heron.network.ovs_runtime import OvsError, OvsRuntime
 from heron.network.ovs_sync import Link, plan_sync, transaction, veth_fixes
@@ -67,7 +67,7 @@ class OpenVSwitch:
         except OvsError as exc:
             return [str(exc)]
         try:
-            ipr = IPRoute(netns=self.plane.netns) if self.plane.netns else IPRoute()
+            ipr = netns.netlink(self.plane.netns)
         except (NetlinkError, OSError) as exc:
             return [f"network namespace {self.plane.netns} cannot be entered: {exc}"]
         with ipr:
@@ -119,7 +119,7 @@ class OpenVSwitch:
         if namespace is None or link.peer is None:
             return lost
         try:
-            with IPRoute(netns=namespace) as there:
+            with netns.netlink(namespace) as there:
                 peer = there.get_links(link.peer)[0].get("ifname")
         except (NetlinkError, OSError, IndexError):
             return lost  # its namespace or the veth went meanwhile

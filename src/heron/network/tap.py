@@ -6,17 +6,14 @@ plane's namespace (a tap's namespace is that of the /dev/net/tun opener), never 
 and moved: two devcluster nodes' taps of one name never meet.
 """
 
-import contextlib
-import ctypes
 import fcntl
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable
 from typing import TypeVar
 
 from heron.errors import NetworkError
+from heron.network import netns
 from heron.network.dataplane import DataPlane
 
 T = TypeVar("T")
@@ -28,48 +25,6 @@ IFF_VNET_HDR = 0x4000
 SIOCSIFMTU = 0x8922
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def _in_namespace(netns: str | None, work: Callable[[], T]) -> T:
-    """Run `work` in the network namespace `netns`, on a thread of its own: setns changes
-    only the calling thread, so the event loop and every other thread stay where they are."""
-    if netns is None:
-        return work()
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            target = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
-            try:
-                _setns(target)
-            finally:
-                os.close(target)
-            try:
-                outcome.append(work())
-            finally:
-                # Hygiene only: the thread ends here, and its namespace with it.
-                with contextlib.suppress(OSError):
-                    _setns(home)
-        except BaseException as exc:  # handed to the caller's thread
-            failure.append(exc)
-        finally:
-            os.close(home)
-
-    thread = threading.Thread(target=run, name=f"netns-{netns}")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]
 
 
 def _create(name: str, mtu: int, offload: bool) -> int:
@@ -100,7 +55,7 @@ def open_tap(plane: DataPlane, name: str, mtu: int, offload: bool = True) -> int
     if not 0 < len(name.encode()) <= 15:
         raise NetworkError(f"{name!r} is not an interface name (1-15 bytes)")
     try:
-        return _in_namespace(plane.netns, lambda: _create(name, mtu, offload))
+        return netns.run_in(plane.netns, lambda: _create(name, mtu, offload))
     except OSError as exc:
         where = f"namespace {plane.netns}" if plane.netns else "the host namespace"
         raise NetworkError(f"cannot open tap {name} in {where}: {exc.strerror}") from exc
