@@ -145,20 +145,40 @@ def heron_side(work: Path, runs: int) -> dict[str, Any]:
         lost = []
         with CommandChannel(home(vms[1]) / "serial.sock") as channel:
             for move in range(runs):
+                # The same stream without a move first: what this machine's load loses anyway.
+                still = pings(channel, addresses[0], lambda: time.sleep(3))
                 target = "node2" if move % 2 == 0 else "node1"
-                pinging = channel.start(f"ping -i 0.01 -W 1 {addresses[0]}")
-                time.sleep(1)  # a steady stream before the move starts
-                reply = api.ok(
-                    "POST", f"/vms/{vms[0]['id']}/actions/migrate", json={"target": target}
+
+                moved: dict[str, Any] = {}
+
+                def migrate(target: str = target, moved: dict[str, Any] = moved) -> None:
+                    reply = api.ok(
+                        "POST", f"/vms/{vms[0]['id']}/actions/migrate", json={"target": target}
+                    )
+                    moved.update(api.wait_task(reply["task"], timeout=600))
+
+                counted = pings(channel, addresses[0], migrate)
+                downtime = moved.get("result", {}).get("downtime_ms")
+                lost.append(
+                    {**counted, "downtime_ms": downtime, "lost_without_move": still["lost"]}
                 )
-                api.wait_task(reply["task"], timeout=600)
-                time.sleep(1)  # and after it: late losses count too
-                channel.run("killall -INT ping")
-                summary = channel.wait(pinging, 30).output
-                sent = int(re.search(r"(\d+) packets transmitted", summary).group(1))  # type: ignore[union-attr]
-                got = int(re.search(r"(\d+) packets received", summary).group(1))  # type: ignore[union-attr]
-                lost.append({"sent": sent, "received": got, "lost": sent - got})
         return {"transfer": figures, "migration_pings": lost}
+
+
+def pings(channel: CommandChannel, address: str, during: Any) -> dict[str, int]:
+    """Pings every 10 ms from the guest of `channel` while `during()` runs, with a second of
+    steady stream before and after (late losses count too)."""
+    pinging = channel.start(f"ping -i 0.01 -W 1 {address}")
+    time.sleep(1)
+    during()
+    time.sleep(1)
+    channel.run("killall -INT ping")
+    summary = channel.wait(pinging, 30).output
+    found = [re.search(rf"(\d+) packets {word}", summary) for word in ("transmitted", "received")]
+    if not all(found):
+        raise BenchError(f"no ping summary: {summary!r}")
+    sent, got = (int(f.group(1)) for f in found if f)
+    return {"sent": sent, "received": got, "lost": sent - got}
 
 
 # -- by hand ---------------------------------------------------------------------------------
@@ -441,6 +461,8 @@ def summarize(
         "bare_rtt_us": stats(bare_rtt, 0),
         "rtt_ratio": ratio(stats(heron_rtt)["p50"], stats(bare_rtt)["p50"]),
         "migration_pings_lost": {"each": lost, "max": max(lost)},
+        "migration_downtime_ms": [m["downtime_ms"] for m in heron["migration_pings"]],
+        "pings_lost_without_move": [m["lost_without_move"] for m in heron["migration_pings"]],
         "port_groups": groups,
         "port_groups_ratio": ratio(groups["realise_s"], groups["by_hand_s"]),
     }
