@@ -212,12 +212,13 @@ class Api:
 
 @contextlib.contextmanager
 def running_devcluster(
-    directory: Path, nodes: int, keep: bool = False
+    directory: Path, nodes: int, keep: bool = False, network: bool = False
 ) -> Iterator[tuple[devcluster.DevCluster, str]]:
-    """A devcluster that is taken down again however the block ends."""
+    """A devcluster that is taken down again however the block ends; with `network`, each
+    node's data plane in a namespace of its own (heron.network.fabric)."""
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        yield devcluster.up(directory, nodes)
+        yield devcluster.up(directory, nodes, network=network)
     finally:
         # `up` records the cluster before it starts anything, so this finds whatever did start.
         if (directory / devcluster.STATE_FILE).exists():

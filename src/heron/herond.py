@@ -78,6 +78,15 @@ class AgentConfig:
     underlay: str | None = None
 
 
+def _forget_stop_signals() -> None:
+    """In a child forked without exec (pyroute2 forks one to enter a namespace, and sends it
+    SIGTERM when done with it): the inherited loop wakeup fd would carry that SIGTERM to
+    herond's own loop, which would stop as if told to. The child gets the defaults back."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _memory_mib() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -192,6 +201,7 @@ async def run(config: AgentConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        os.register_at_fork(after_in_child=_forget_stop_signals)
         await vms.resume()
         controllers = [
             FailoverController(inventory, ctx.audit).run,

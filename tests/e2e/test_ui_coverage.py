@@ -54,6 +54,8 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     """A cluster with something of every kind on it, so that every control has a row."""
     cluster, _ = cluster3
     api.ok("POST", "/groups", json={"name": "walk"})
+    api.ok("POST", "/switches", json={"name": "walk-sw"})
+    api.ok("POST", "/networks", json={"name": "walk-net", "switch": "walk-sw"})
     running = api.ok(
         "POST",
         "/vms",
@@ -64,6 +66,7 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
             "start": True,
             "group": "walk",
             "disks": [{"pool": "shared", "source": image}],
+            "nics": [{"network": "user"}],  # a row for the NIC controls
         },
     )
     api.wait_task(running["task"])

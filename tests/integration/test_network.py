@@ -6,7 +6,9 @@ What this kernel cannot do is done by what can: VLANs through Open vSwitch's use
 datapath (no bridge VLAN filtering, no 802.1Q devices here), VXLAN through the kernel.
 """
 
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +101,14 @@ def in_netns(netns: str, *command: str, timeout: float = 30) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+def segment_peers(cluster: DevCluster, node: str, vni: int) -> str:
+    """Where `node`'s VXLAN device for `vni` sends floods: its all-zero FDB entries, one a
+    peer (the MACs it learned point at nodes too, until they age out)."""
+    place = next(p for p in cluster.fabric_nodes() if p.name == node)
+    fdb = in_netns(place.netns, "bridge", "fdb", "show", "dev", f"hv{vni:x}").stdout
+    return "\n".join(line for line in fdb.splitlines() if line.startswith("00:00:00:00:00:00"))
 
 
 def dhcp_logs(cluster: DevCluster, network: str) -> dict[str, str]:
@@ -209,3 +219,158 @@ def test_vlans_are_tagged_on_the_wire_and_kept_apart(netcluster: tuple[DevCluste
         seen, _ = capture.communicate(timeout=30)
     assert "vlan 100" in seen and "vlan 200" in seen, seen
     assert e_ip != d_ip
+
+
+def delete(api: Api, *vms: dict[str, Any]) -> None:
+    """Delete VMs a test is done with: fewer TCG guests for the next tests' two cores."""
+    for vm in vms:
+        api.wait_task(api.ok("DELETE", f"/vms/{vm['id']}")["task"])
+
+
+def nic_task(api: Api, method: str, path: str, **body: Any) -> dict[str, Any]:
+    reply = api.ok(method, path, **({"json": body} if body or method != "DELETE" else {}))
+    assert reply["task"], "a running VM gets its NICs changed by a task"
+    assert api.task_end(reply["task"])["state"] == "succeeded"
+    return api.vm(reply["vm"]["id"])
+
+
+def test_nics_plug_into_a_running_guest_and_out_again(netcluster: tuple[DevCluster, Api]) -> None:
+    cluster, api = netcluster
+    peer = start_guest(cluster, api, "hp-peer", "node2", "overlay")
+    vm = start_guest(cluster, api, "hp", "node1", "user")
+    peer_ip = str(leased(cluster, peer).address.ip)
+    vm = nic_task(api, "POST", f"/vms/{vm['id']}/nics", network="overlay")
+    added = vm["spec"]["nics"][1]
+    assert added["slot"] == 1 and added["address"] and vm["pending"] == []
+    with shell(cluster, vm) as channel:
+        # The guest's DHCP client runs for the NICs it booted with; a new one is started.
+        assert channel.run("heron-net-up eth1").rc == 0
+        state = leased(cluster, vm, "eth1")
+        assert (str(state.address.ip), state.mac) == (added["address"], added["mac"])
+        assert ping(channel, peer_ip)
+        nic_task(api, "PATCH", f"/vms/{vm['id']}/nics/1", link_up=False)
+        assert not ping(channel, peer_ip, count=2)  # the cable is out
+        nic_task(api, "PATCH", f"/vms/{vm['id']}/nics/1", link_up=True)
+        wait_for(lambda: ping(channel, peer_ip, count=1), 30, "the link to come back")
+        vm = nic_task(api, "DELETE", f"/vms/{vm['id']}/nics/1")
+        assert len(vm["spec"]["nics"]) == 1
+        assert channel.run("ip link show eth1").rc != 0  # the guest let it go
+    delete(api, vm, peer)
+
+
+def test_a_guest_keeps_its_address_and_peers_through_live_migration(
+    netcluster: tuple[DevCluster, Api],
+) -> None:
+    cluster, api = netcluster
+    moving = start_guest(cluster, api, "mig", "node1", "overlay")
+    watcher = start_guest(cluster, api, "mig-watch", "node2", "overlay")
+    address = str(leased(cluster, moving).address.ip)
+    leased(cluster, watcher)
+    with shell(cluster, watcher) as channel:
+        assert ping(channel, address)
+        # 10 ms pings all through the move (bench/ counts what is lost; here: it goes on).
+        pinging = channel.start(f"ping -i 0.01 -W 1 {address}")
+        reply = api.ok("POST", f"/vms/{moving['id']}/actions/migrate", json={"target": "node3"})
+        assert api.task_end(reply["task"], timeout=300)["state"] == "succeeded"
+        channel.run("killall -INT ping")  # it prints what it sent and got back
+        summary = channel.wait(pinging, timeout=30).output
+        moved = api.vm(moving["id"])
+        assert moved["node"] == "node3"
+        assert ping(channel, address)  # reachable where it is now
+    received = int(re.search(r"(\d+) packets received", summary).group(1))
+    assert received > 0, summary
+    # Its lease renews with its new node's DHCP server: the same address.
+    mac = moved["spec"]["nics"][0]["mac"]
+    acked = rf"DHCPACK\(\S+\) {re.escape(address)} {mac}"
+    with shell(cluster, moved) as channel:
+        assert channel.run("killall -USR1 udhcpc").rc == 0
+        wait_for(
+            lambda: re.search(acked, dhcp_logs(cluster, "overlay")["node3"]),
+            60,
+            "node3's DHCP server to renew the lease",
+        )
+        assert f"inet {address}/" in channel.run("ip -4 addr show eth0").output
+    delete(api, moved, watcher)
+
+
+def test_traffic_goes_on_without_the_agent_and_drift_is_repaired(
+    netcluster: tuple[DevCluster, Api],
+) -> None:
+    cluster, api = netcluster
+    a = start_guest(cluster, api, "dp-a", "node1", "overlay")
+    b = start_guest(cluster, api, "dp-b", "node2", "overlay")
+    b_ip = str(leased(cluster, b).address.ip)
+    leased(cluster, a)
+    node2 = cluster.node("node2")
+    with shell(cluster, a) as channel:
+        # The agent of b's node dies: its bridges, taps and DHCP server stay, so does traffic.
+        os.kill(cluster.herond_pid(node2), signal.SIGKILL)
+        assert ping(channel, b_ip)
+        cluster.start_node("node2")
+        cluster.wait_api(node2, 60)
+        assert ping(channel, b_ip)
+        # So does etcd, all of it: the data plane needs none of the ConfigDB.
+        members = cluster.members()
+        for member in members:
+            member.stop()
+        try:
+            assert ping(channel, b_ip)
+        finally:
+            for member in members:
+                member.start()
+            for member in members:
+                member.wait_healthy(60)
+        wait_for(lambda: api.get("/switches/status").status_code == 200, 60, "the API")
+        # Someone deletes a's segment bridge by hand: the agent builds it again, taps too.
+        place = next(p for p in cluster.fabric_nodes() if p.name == "node1")
+        segment = "hx" + format(4242, "x")
+        assert in_netns(place.netns, "ip", "link", "del", segment).returncode == 0
+        assert not ping(channel, b_ip, count=1)
+        wait_for(lambda: ping(channel, b_ip, count=1), 60, "the agent to repair the segment")
+    delete(api, a, b)
+
+
+def test_an_ha_restart_elsewhere_keeps_the_address(netcluster: tuple[DevCluster, Api]) -> None:
+    cluster, api = netcluster
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "ha-net",
+            "memory_mib": 128,
+            "node": "node3",
+            "start": True,
+            "ha": {"enabled": True},
+            "disks": [{"pool": "shared", "source": "shared/testguest"}],
+            "nics": [{"network": "overlay"}],
+        },
+    )
+    api.wait_task(reply["task"])
+    vm = api.vm(reply["vm"])
+    watcher = start_guest(cluster, api, "ha-watch", "node1", "overlay")
+
+    def peers(node: str) -> str:
+        return segment_peers(cluster, node, 4242)
+
+    address = str(leased(cluster, vm).address.ip)
+    leased(cluster, watcher)
+    cluster.kill_node("node3")
+    try:
+        # The other nodes stop sending the segment's floods to the dead node, and take it
+        # back as a peer when it returns.
+        dead = next(p for p in cluster.fabric_nodes() if p.name == "node3").underlay
+        wait_for(lambda: dead not in peers("node1"), 60, "node1 to drop node3 as a peer")
+        restarted = wait_for(
+            lambda: (v := api.vm(vm["id"]))["node"] != "node3" and v["state"] == "running" and v,
+            180,
+            "HA to restart the VM on another node",
+        )
+        # A fresh boot asks DHCP anew: the cluster's IPAM gives it the same address.
+        state = leased(cluster, restarted)
+        assert str(state.address.ip) == address
+        with shell(cluster, watcher) as channel:
+            assert ping(channel, address)
+    finally:
+        cluster.start_node("node3")
+        cluster.wait_api(cluster.node("node3"), 60)
+    wait_for(lambda: dead in peers("node1"), 60, "node1 to take node3 back as a peer")

@@ -524,3 +524,17 @@ async def test_a_missing_data_plane_is_reported_not_made(fabric: Fabric) -> None
     assert not [n for n in pyroute2.netns.listnetns() if n.startswith(plane)]
     await servers.remove(NETWORK)
     assert await servers.running() == set()
+
+
+async def test_an_address_given_anew_is_served_to_its_new_nic(fabric: Fabric) -> None:
+    # A VM is deleted and the IPAM gives its address to a new VM's NIC on the same node: the
+    # server must not keep the address for the old MAC's lease.
+    await fabric.b.realise((HOST_B,))
+    first = await asyncio.to_thread(fabric.client, fabric.b, "old", MAC_B)
+    first.start(fabric.script)
+    assert (await bound(first))["ip"] == ADDRESS_B
+    first.daemon.terminate()  # type: ignore[union-attr]
+    await fabric.b.realise((DhcpHost(MAC_STRANGER, ADDRESS_B, "vm-new"),))
+    newcomer = await asyncio.to_thread(fabric.client, fabric.b, "new", MAC_STRANGER)
+    newcomer.start(fabric.script)
+    assert (await bound(newcomer))["ip"] == ADDRESS_B

@@ -49,3 +49,12 @@ def test_unknown_keys_and_index_keys_are_not_sent() -> None:
     assert changes.change(put(keys.ROOT + "console-tickets/x")) is None
     assert changes.change(put(keys.ardfs_secret("hci"), b"00" * 32)) is None  # a peer key
     assert changes.change(WatchEvent("resync", keys.ROOT, b"", 5))["kind"] == "resync"  # type: ignore[index]
+
+
+def test_switches_and_networks_are_one_kind_the_nodes_reports_another() -> None:
+    changes = Filter(Role.viewer)
+    for key in (keys.switch("sw0"), keys.network("lan")):
+        assert changes.change(put(key))["kind"] == "networks"  # type: ignore[index]
+    report = changes.change(put(keys.network_status("node1")))
+    assert report == {"kind": "network-status", "id": "node1", "type": "put"}
+    assert changes.change(put(keys.lease("lan", "10.1.0.5"))) is None  # an index key

@@ -12,6 +12,8 @@ export type Kind =
   | "pools"
   | "volumes"
   | "groups"
+  | "networks"
+  | "network-status"
   | "settings"
   | "tokens"
   | "users"
@@ -37,7 +39,12 @@ function handle(event: string, data: string): void {
   const changes = (JSON.parse(data) as { changes: { kind: string }[] }).changes;
   const kinds = new Set(changes.map((c) => c.kind));
   if (kinds.has("resync")) {
-    dispatch(new Set(["vms", "nodes", "tasks", "pools", "volumes", "groups", "settings", "tokens", "users"]));
+    dispatch(
+      new Set([
+        "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
+        "users",
+      ]),
+    );
   } else {
     dispatch(kinds);
   }
@@ -59,7 +66,9 @@ async function run(signal: AbortSignal): Promise<void> {
       connected.value = true;
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
-      dispatch(new Set(["vms", "nodes", "tasks", "pools", "volumes", "tokens", "users"]));
+      dispatch(
+        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users"]),
+      );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {

@@ -45,6 +45,7 @@ export interface Field {
   min?: number;
   max?: number;
   maxLength?: number;
+  /** An object's fields, or those of each item of a list of objects. */
   children: Field[];
 }
 
@@ -76,6 +77,8 @@ function field(name: string, path: string, raw: JsonSchema, required: boolean, a
         ? "list"
         : ((schema.type ?? "string") as FieldKind);
   const exclusive = schema.exclusiveMinimum !== undefined;
+  // A list of models (a subnet's address ranges) is edited item by item, each with its fields.
+  const item = kind === "list" && schema.items ? deref(schema.items, api) : undefined;
   return {
     name,
     path,
@@ -87,7 +90,7 @@ function field(name: string, path: string, raw: JsonSchema, required: boolean, a
     min: schema.minimum ?? (exclusive ? schema.exclusiveMinimum : undefined),
     max: schema.maximum ?? schema.exclusiveMaximum,
     maxLength: schema.maxLength,
-    children: kind === "object" ? fieldsOf(schema, path, api) : [],
+    children: kind === "object" ? fieldsOf(schema, path, api) : item?.properties ? fieldsOf(item, path, api) : [],
   };
 }
 

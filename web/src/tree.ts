@@ -1,10 +1,13 @@
 // The resource tree's model, without Vue or the DOM: what the cluster holds as a tree
-// (Cluster → nodes → VMs, Storage → pools → volumes, Groups → groups → member VMs) and which of
+// (Cluster → nodes → VMs, Storage → pools → volumes, Groups → groups → member VMs, Networks →
+// switches → their networks) and which of
 // its items are on screen, given what is expanded and what the search asks for. Only the
 // children of expanded items are walked, so a thousand VMs under collapsed nodes cost nothing.
 import type { Node, Pool, VM, Volume } from "./types";
 
-export type ItemKind = "cluster" | "node" | "vm" | "storage" | "pool" | "volume" | "groups" | "group";
+export type ItemKind =
+  | "cluster" | "node" | "vm" | "storage" | "pool" | "volume" | "groups" | "group"
+  | "networks" | "switch" | "network";
 
 export interface TreeItem {
   /** Unique in the tree: the path of ids from the root ("cluster/node:n1/vm:…"). */
@@ -37,6 +40,8 @@ export interface TreeData {
   /** Volumes by pool name, for the pools whose volumes were read. */
   volumes: Record<string, Volume[]>;
   groups: Group[];
+  switches: { name: string; backend: string }[];
+  networks: { name: string; switch: string; kind: string }[];
 }
 
 const byName = <T extends { name: string }>(a: T, b: T): number =>
@@ -97,10 +102,29 @@ export function buildTree(data: TreeData): TreeItem[] {
       children: members.map((vm) => vmItem(key, vm)), count: members.length,
     };
   });
+  const perSwitch = new Map<string, TreeData["networks"]>();
+  for (const network of [...data.networks].sort(byName)) {
+    const list = perSwitch.get(network.switch);
+    if (list) list.push(network);
+    else perSwitch.set(network.switch, [network]);
+  }
+  const switches: TreeItem[] = [...data.switches].sort(byName).map((sw) => {
+    const key = `networks/switch:${sw.name}`;
+    const networks = perSwitch.get(sw.name) ?? [];
+    return {
+      key, kind: "switch", name: sw.name, note: sw.backend, to: "/networks",
+      children: networks.map((network) => ({
+        key: `${key}/network:${network.name}`, kind: "network" as const, name: network.name, note: network.kind,
+        to: "/networks", children: null, count: null,
+      })),
+      count: networks.length,
+    };
+  });
   return [
     { key: "cluster", kind: "cluster", name: "tree.cluster", to: "/nodes", children: nodes, count: data.nodes.length },
     { key: "storage", kind: "storage", name: "tree.storage", to: "/storage", children: pools, count: pools.length },
     { key: "groups", kind: "groups", name: "tree.groups", to: "/groups", children: groups, count: groups.length },
+    { key: "networks", kind: "networks", name: "tree.networks", to: "/networks", children: switches, count: switches.length },
   ];
 }
 

@@ -61,7 +61,7 @@ export interface VM {
     ha: { enabled: boolean; priority: number };
     group: string | null;
     disks: { bus: string; volume: string }[];
-    nics: { model: string; network: string; mac: string | null }[];
+    nics: Nic[];
   };
 }
 
@@ -215,4 +215,60 @@ export interface BatchReply {
 export interface PlacedDisk {
   id: string;
   node: string;
+}
+
+/** A VM's network adapter as its spec has it; the cluster fills in the MAC and the address. */
+export interface Nic {
+  model: string;
+  network: string;
+  mac: string | null;
+  address?: string | null;
+  link_up?: boolean;
+}
+
+export interface Switch {
+  name: string;
+  backend: string;
+  mtu: number;
+  /** node → its interface carrying the switch's VLANs. */
+  uplinks: Record<string, string>;
+  description: string;
+  created_at: number;
+}
+
+export interface Subnet {
+  cidr: string;
+  gateway: string | null;
+  dns: string[];
+  ranges: { first: string; last: string }[];
+  dhcp: boolean;
+  lease_seconds: number;
+}
+
+export type NetworkKind = "untagged" | "vlan" | "trunk" | "vxlan";
+
+export interface Network {
+  name: string;
+  switch: string;
+  kind: NetworkKind;
+  vlan: number | null;
+  trunk: string[];
+  vni: number | null;
+  mtu: number | null;
+  subnet: Subnet | null;
+  description: string;
+  created_at: number;
+}
+
+export interface SwitchState {
+  in_sync: boolean;
+  problems: string[];
+  ports: number;
+}
+
+export interface NodeNetworkStatus {
+  node: string;
+  switches: Record<string, SwitchState>;
+  underlay: string | null;
+  updated_at: number;
 }

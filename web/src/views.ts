@@ -36,6 +36,8 @@ export const views: ViewDef[] = [
     component: () => import("./views/VmDetailView.vue") },
   { path: "/groups", name: "groups", title: "nav.groups", icon: "⊞", nav: true,
     component: () => import("./views/GroupsView.vue") },
+  { path: "/networks", name: "networks", title: "nav.networks", icon: "⇄", nav: true,
+    component: () => import("./views/NetworksView.vue") },
   { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
     component: () => import("./views/StorageView.vue") },
   { path: "/tasks", name: "tasks", title: "nav.tasks", icon: "↻", nav: true,

@@ -4,7 +4,7 @@ import { computed, reactive, watch, type ComputedRef, type Ref } from "vue";
 import { get } from "./api";
 import { useLive } from "./live";
 import { defaults, useFields, type Field } from "./schema";
-import type { Group, Node, Pool, Volume } from "./types";
+import type { Group, Network, Node, Pool, Volume } from "./types";
 
 /** The VMCreate fields drawn from the API's schema: a new one appears in the forms by itself. */
 export const HARDWARE = ["vcpus", "memory_mib", "firmware", "machine", "description", "boot_order", "ha"];
@@ -17,19 +17,33 @@ export interface VmTemplate {
   pool: string;
   sizeGiB: number;
   bus: string;
-  network: "user" | "none";
-  nicModel: string;
+  /** The network adapters, in order (net0, net1…). */
+  nics: NicDraft[];
   node: string;
   group: string;
   start: boolean;
 }
 
-/** What the fields offer: pools that make volumes, free images, live nodes, groups. */
+/** One adapter as the form edits it: empty MAC and address are the cluster's to give. */
+export interface NicDraft {
+  /** "user" (QEMU's NAT), "none" (no link), or a network's name. */
+  network: string;
+  model: string;
+  mac: string;
+  address: string;
+}
+
+export function newNic(): NicDraft {
+  return { network: "user", model: "virtio", mac: "", address: "" };
+}
+
+/** What the fields offer: pools that make volumes, free images, live nodes, groups, networks. */
 export interface TemplateChoices {
   pools: Pool[];
   images: Volume[];
   nodes: Node[];
   groups: Group[];
+  networks: Network[];
 }
 
 export function useVmTemplate(start: boolean): {
@@ -46,20 +60,20 @@ export function useVmTemplate(start: boolean): {
     pool: "",
     sizeGiB: 1,
     bus: "virtio",
-    network: "user",
-    nicModel: "virtio",
+    nics: [newNic()],
     node: "",
     group: "",
     start,
   });
 
   const { data: choices } = useLive<TemplateChoices>(
-    ["pools", "volumes", "nodes", "groups"],
+    ["pools", "volumes", "nodes", "groups", "networks"],
     async () => {
-      const [pools, nodes, groups] = await Promise.all([
+      const [pools, nodes, groups, networks] = await Promise.all([
         get<Pool[]>("/pools"),
         get<Node[]>("/nodes"),
         get<Group[]>("/groups"),
+        get<Network[]>("/networks"),
       ]);
       const images = (
         await Promise.all(pools.map((p) => get<Volume[]>(`/pools/${p.name}/volumes`)))
@@ -70,9 +84,10 @@ export function useVmTemplate(start: boolean): {
       const creating = pools.filter((p) => p.type !== "iscsi" && p.type !== "block");
       if (!form.pool && creating.length) form.pool = creating[0].name;
       if (!form.source && images.length) form.source = `${images[0].pool}/${images[0].name}`;
-      return { pools: creating, images, nodes, groups };
+      networks.sort((a, b) => a.name.localeCompare(b.name));
+      return { pools: creating, images, nodes, groups, networks };
     },
-    { pools: [], images: [], nodes: [], groups: [] },
+    { pools: [], images: [], nodes: [], groups: [], networks: [] },
   );
 
   const { fields: hardwareFields, error: schemaError } = useFields("POST /vms", HARDWARE);
@@ -92,11 +107,21 @@ export function useVmTemplate(start: boolean): {
     return {
       ...form.hardware,
       disks,
-      nics: form.network === "none" ? [] : [{ network: form.network, model: form.nicModel }],
+      nics: form.nics.map((nic) => nicBody(nic, choices.value.networks)),
       node: form.node || null,
       group: form.group || null,
       start: form.start,
     };
   });
   return { form, choices, body, hardwareFields, schemaError };
+}
+
+/** A NIC of the request: MAC and address only when given (and an address only where the
+ * network has a subnet to take it from). */
+export function nicBody(nic: NicDraft, networks: Network[]): Record<string, unknown> {
+  const body: Record<string, unknown> = { network: nic.network, model: nic.model };
+  if (nic.mac.trim()) body.mac = nic.mac.trim().toLowerCase();
+  const subnet = networks.find((n) => n.name === nic.network)?.subnet;
+  if (subnet && nic.address.trim()) body.address = nic.address.trim();
+  return body;
 }

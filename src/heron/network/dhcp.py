@@ -127,11 +127,19 @@ class DhcpServers:
         hosts = dnsmasq.hosts_file(server)
         marker = dnsmasq.marker(files)
         pid = read_pidfile(files.pid, marker)
-        if pid is not None and (_read(files.config) != config or not _in_namespace(pid, namespace)):
+        # A NIC gone or given another address: dnsmasq would keep its lease and refuse the
+        # address to the next NIC given it. With every address fixed by the cluster's IPAM its
+        # leases are of no use: it starts afresh without them.
+        loaded = _read(files.hosts_loaded) or ""
+        forgotten = not set(loaded.splitlines()) <= set(hosts.splitlines())
+        if pid is not None and (
+            forgotten or _read(files.config) != config or not _in_namespace(pid, namespace)
+        ):
             if not _stop(pid, marker):
                 return f"dnsmasq {pid} does not stop"
             pid = None
         if pid is None:
+            files.leases.unlink(missing_ok=True)
             # One whose pidfile was lost must not answer beside the new one.
             if not all(_stop(stray, marker) for stray in find_running(marker)):
                 return "an earlier dnsmasq does not stop"

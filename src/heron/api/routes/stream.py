@@ -35,6 +35,11 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.POOLS, "pools", Role.viewer),
     (keys.VOLUMES, "volumes", Role.viewer),
     (keys.GROUPS, "groups", Role.viewer),
+    (keys.SWITCHES, "networks", Role.viewer),
+    (keys.NETWORKS, "networks", Role.viewer),
+    # Each node re-writes its report on every pass of its network controller: a kind of its
+    # own, so that only the views showing it reload that often.
+    (keys.NETWORK_STATUS, "network-status", Role.viewer),
     (keys.SETTINGS, "settings", Role.viewer),
     (keys.USERS, "users", Role.admin),
     (keys.TOKENS, "tokens", Role.viewer),
@@ -118,9 +123,9 @@ async def stream(
     request: Request, principal: Principal = Depends(auth.viewer)
 ) -> StreamingResponse:
     """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
-    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, settings, tokens, users
-    for admins, resync); `expired` when the session ends. Read the records through the other
-    routes."""
+    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches
+    and networks), network-status, settings, tokens, users for admins, resync); `expired`
+    when the session ends. Read the records through the other routes."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     return StreamingResponse(
         _events(request, principal, token),
