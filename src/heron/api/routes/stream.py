@@ -37,6 +37,8 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.GROUPS, "groups", Role.viewer),
     (keys.SWITCHES, "networks", Role.viewer),
     (keys.NETWORKS, "networks", Role.viewer),
+    # Security groups are shown with the networks and the NICs that name them.
+    (keys.SECURITY_GROUPS, "networks", Role.viewer),
     # Each node re-writes its report on every pass of its network controller: a kind of its
     # own, so that only the views showing it reload that often.
     (keys.NETWORK_STATUS, "network-status", Role.viewer),
