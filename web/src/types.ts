@@ -224,6 +224,28 @@ export interface Nic {
   mac: string | null;
   address?: string | null;
   link_up?: boolean;
+  security_groups?: string[];
+  ingress_mbps?: number | null;
+  egress_mbps?: number | null;
+}
+
+export type RuleDirection = "in" | "out";
+
+/** What a security group lets through (see the API's Rule). */
+export interface SecurityRule {
+  direction: RuleDirection;
+  protocol: "any" | "tcp" | "udp" | "icmp";
+  ports: string | null;
+  remote: string | null;
+  remote_group: string | null;
+  description: string;
+}
+
+export interface SecurityGroup {
+  name: string;
+  description: string;
+  rules: SecurityRule[];
+  created_at: number;
 }
 
 export interface Switch {

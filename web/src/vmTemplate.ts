@@ -4,7 +4,8 @@ import { computed, reactive, watch, type ComputedRef, type Ref } from "vue";
 import { get } from "./api";
 import { useLive } from "./live";
 import { defaults, useFields, type Field } from "./schema";
-import type { Group, Network, Node, Pool, Volume } from "./types";
+import { newPolicy, policyBody, type NicPolicy } from "./secgroups";
+import type { Group, Network, Node, Pool, SecurityGroup, Volume } from "./types";
 
 /** The VMCreate fields drawn from the API's schema: a new one appears in the forms by itself. */
 export const HARDWARE = ["vcpus", "memory_mib", "firmware", "machine", "description", "boot_order", "ha"];
@@ -31,10 +32,17 @@ export interface NicDraft {
   model: string;
   mac: string;
   address: string;
+  /** Its security groups and rate limits: only on a network of a switch. */
+  policy: NicPolicy;
 }
 
 export function newNic(): NicDraft {
-  return { network: "user", model: "virtio", mac: "", address: "" };
+  return { network: "user", model: "virtio", mac: "", address: "", policy: newPolicy() };
+}
+
+/** QEMU's NAT and "no link" are neither filtered nor shaped: only a switch's networks are. */
+export function filtered(network: string): boolean {
+  return network !== "user" && network !== "none";
 }
 
 /** What the fields offer: pools that make volumes, free images, live nodes, groups, networks. */
@@ -44,6 +52,8 @@ export interface TemplateChoices {
   nodes: Node[];
   groups: Group[];
   networks: Network[];
+  /** The security groups' names, for the NICs to choose from. */
+  securityGroups: string[];
 }
 
 export function useVmTemplate(start: boolean): {
@@ -69,11 +79,12 @@ export function useVmTemplate(start: boolean): {
   const { data: choices } = useLive<TemplateChoices>(
     ["pools", "volumes", "nodes", "groups", "networks"],
     async () => {
-      const [pools, nodes, groups, networks] = await Promise.all([
+      const [pools, nodes, groups, networks, securityGroups] = await Promise.all([
         get<Pool[]>("/pools"),
         get<Node[]>("/nodes"),
         get<Group[]>("/groups"),
         get<Network[]>("/networks"),
+        get<SecurityGroup[]>("/security-groups"),
       ]);
       const images = (
         await Promise.all(pools.map((p) => get<Volume[]>(`/pools/${p.name}/volumes`)))
@@ -85,9 +96,10 @@ export function useVmTemplate(start: boolean): {
       if (!form.pool && creating.length) form.pool = creating[0].name;
       if (!form.source && images.length) form.source = `${images[0].pool}/${images[0].name}`;
       networks.sort((a, b) => a.name.localeCompare(b.name));
-      return { pools: creating, images, nodes, groups, networks };
+      const sgNames = securityGroups.map((g) => g.name).sort();
+      return { pools: creating, images, nodes, groups, networks, securityGroups: sgNames };
     },
-    { pools: [], images: [], nodes: [], groups: [], networks: [] },
+    { pools: [], images: [], nodes: [], groups: [], networks: [], securityGroups: [] },
   );
 
   const { fields: hardwareFields, error: schemaError } = useFields("POST /vms", HARDWARE);
@@ -117,11 +129,12 @@ export function useVmTemplate(start: boolean): {
 }
 
 /** A NIC of the request: MAC and address only when given (and an address only where the
- * network has a subnet to take it from). */
+ * network has a subnet to take it from); groups and rates only when given, on a switch's
+ * network. */
 export function nicBody(nic: NicDraft, networks: Network[]): Record<string, unknown> {
   const body: Record<string, unknown> = { network: nic.network, model: nic.model };
   if (nic.mac.trim()) body.mac = nic.mac.trim().toLowerCase();
   const subnet = networks.find((n) => n.name === nic.network)?.subnet;
   if (subnet && nic.address.trim()) body.address = nic.address.trim();
-  return body;
+  return filtered(nic.network) ? { ...body, ...policyBody(nic.policy) } : body;
 }
