@@ -56,6 +56,8 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     api.ok("POST", "/groups", json={"name": "walk"})
     api.ok("POST", "/switches", json={"name": "walk-sw"})
     api.ok("POST", "/networks", json={"name": "walk-net", "switch": "walk-sw"})
+    rule = {"protocol": "tcp", "ports": "22"}  # a row for the rule controls
+    api.ok("POST", "/security-groups", json={"name": "walk-sg", "rules": [rule]})
     running = api.ok(
         "POST",
         "/vms",
@@ -66,7 +68,11 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
             "start": True,
             "group": "walk",
             "disks": [{"pool": "shared", "source": image}],
-            "nics": [{"network": "user"}],  # a row for the NIC controls
+            # Rows for the NIC controls, one of them filtered by the group and rate-limited.
+            "nics": [
+                {"network": "user"},
+                {"network": "walk-net", "security_groups": ["walk-sg"], "egress_mbps": 100},
+            ],
         },
     )
     api.wait_task(running["task"])
