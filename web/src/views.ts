@@ -38,7 +38,7 @@ export const views: ViewDef[] = [
     component: () => import("./views/GroupsView.vue") },
   { path: "/networks", name: "networks", title: "nav.networks", icon: "⇄", nav: true,
     component: () => import("./views/NetworksView.vue") },
-  { path: "/security-groups", name: "security-groups", title: "nav.securityGroups", icon: "⛨", nav: true,
+  { path: "/security-groups", name: "security-groups", title: "nav.securityGroups", icon: "⊘", nav: true,
     component: () => import("./views/SecurityGroupsView.vue") },
   { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
     component: () => import("./views/StorageView.vue") },

@@ -125,9 +125,9 @@ async def stream(
     request: Request, principal: Principal = Depends(auth.viewer)
 ) -> StreamingResponse:
     """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
-    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches
-    and networks), network-status, settings, tokens, users for admins, resync); `expired`
-    when the session ends. Read the records through the other routes."""
+    ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches,
+    networks and security groups), network-status, settings, tokens, users for admins,
+    resync); `expired` when the session ends. Read the records through the other routes."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     return StreamingResponse(
         _events(request, principal, token),
