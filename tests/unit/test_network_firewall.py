@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from heron.models.network import Network, Rule, SecurityGroup, Subnet, Switch
+from heron.models.node import Node
 from heron.models.vm import VM, NicSpec, VMSpec
 from heron.network.firewall import conntrack_zone, ruleset
 from heron.network.plan import (
@@ -12,9 +13,11 @@ from heron.network.plan import (
     FirewallRule,
     Port,
     PortFirewall,
+    filtering,
     group_members,
     plan_node,
     port_firewall,
+    switch_bridge,
 )
 
 WEB = SecurityGroup(
@@ -212,3 +215,48 @@ def test_conntrack_zones_are_stable_and_never_the_default() -> None:
     assert 0 not in zones and all(1 <= z <= 0xFFFF for z in zones)
     assert conntrack_zone("hb0123456789") == conntrack_zone("hb0123456789")
     assert len(zones) > 1900  # a collision only shares a zone, as without zones
+
+
+def test_only_linux_bridges_are_filtered_and_ovs_ports_are_reported() -> None:
+    switches = {
+        "sw": Switch(name="sw", backend="bridge", mtu=1500, uplinks={}, created_at=0),
+        "dvs": Switch(name="dvs", backend="ovs", mtu=1500, uplinks={}, created_at=0),
+    }
+    networks = {
+        "lan": Network(name="lan", switch="sw", kind="untagged", created_at=0),
+        "v": Network(name="v", switch="dvs", kind="untagged", created_at=0),
+        "ov": Network(name="ov", switch="dvs", kind="vxlan", vni=7, created_at=0),
+    }
+    vms = [
+        vm("a", nic("52:54:00:00:00:01", None, "web")),
+        vm(
+            "b",
+            NicSpec(network="v", mac="52:54:00:00:00:02", egress_mbps=5),
+            NicSpec(network="v", mac="52:54:00:00:00:03"),
+            NicSpec(network="ov", mac="52:54:00:00:00:04", security_groups=["web"]),
+        ),
+    ]
+    nodes = {"n1": node_with_underlay()}
+    where = filtering(plan_node("n1", switches, networks, nodes, vms, GROUPS))
+    assert [p.tap for p in where.ports["sw"]] == ["ht525400000001"]
+    # a VXLAN segment is a Linux bridge whatever its switch's backend: filtered
+    assert [p.tap for p in where.ports["dvs"]] == ["ht525400000004"]
+    assert set(where.bridges) == {"hx7", switch_bridge("sw")}
+    assert where.unenforced == {
+        "dvs": [
+            "VM b NIC 0: security groups and rate limits on Open vSwitch ports are not enforced yet"
+        ]
+    }
+
+
+def node_with_underlay() -> Node:
+    return Node(
+        name="n1",
+        address="127.0.0.1",
+        api_url="http://x",
+        cpus=1,
+        memory_mib=1,
+        accelerator="tcg",
+        started_at=0,
+        underlay="10.99.0.1",
+    )

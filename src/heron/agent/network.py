@@ -25,7 +25,7 @@ from heron.network.dhcp import DhcpServers
 from heron.network.firewall import Firewall
 from heron.network.ovs import OpenVSwitch
 from heron.network.ovs_runtime import OvsError, OvsRuntime
-from heron.network.plan import NodePlan, Port, plan_node, tap_name
+from heron.network.plan import NodePlan, filtering, plan_node, tap_name
 from heron.network.shaping import realise_shaping
 from heron.network.tap import open_tap
 from heron.network.vxlan import realise_segment, remove_segment, segments
@@ -140,30 +140,15 @@ class NetworkController:
 
     async def _filter(self, plan: NodePlan) -> dict[str, list[str]]:
         """Security groups and rate limits of the VM ports, once their bridges stand: the
-        problems by switch. Only Linux bridges (and every VXLAN segment's) are filtered."""
-        bridged: dict[str, list[Port]] = {}
-        bridges: list[str] = []
-        problems: dict[str, list[str]] = {}
-        for switch in plan.switches:
-            if switch.backend == "bridge":
-                bridged.setdefault(switch.name, []).extend(switch.ports)
-                bridges.append(switch.bridge)
-                continue
-            for port in switch.ports:
-                if port.firewall is not None or port.ingress_mbps or port.egress_mbps:
-                    problems.setdefault(switch.name, []).append(
-                        f"VM {port.vm} NIC {port.nic}: security groups and rate limits on "
-                        "Open vSwitch ports are not enforced yet"
-                    )
-        for segment in plan.segments:
-            bridged.setdefault(segment.switch, []).extend(segment.ports)
-            bridges.append(segment.bridge)
-        ports = [p for found in bridged.values() for p in found]
-        shared = await self.firewall.realise(ports, bridges)
+        problems by switch."""
+        where = filtering(plan)
+        problems = {name: list(found) for name, found in where.unenforced.items()}
+        ports = [p for found in where.ports.values() for p in found]
+        shared = await self.firewall.realise(ports, where.bridges)
         shared += await realise_shaping(self.plane, ports)
         if shared:
-            for switch_name, found in bridged.items():
-                if any(p.firewall or p.ingress_mbps or p.egress_mbps for p in found):
+            for switch_name, found in where.ports.items():
+                if any(p.guarded for p in found):
                     problems.setdefault(switch_name, []).extend(shared)
         return problems
 

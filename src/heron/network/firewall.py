@@ -83,7 +83,7 @@ def ruleset(ports: Sequence[Port], bridges: Sequence[str] = ()) -> str:
     made anew, in one transaction."""
     lines = [f"add table bridge {TABLE}", f"delete table bridge {TABLE}"]
     lines += [f"add table inet {TABLE}", f"delete table inet {TABLE}"]
-    wanted = [p for p in ports if p.firewall is not None or p.egress_mbps]
+    wanted = [p for p in ports if p.firewall is not None or p.egress_mbps]  # in the ruleset
     if not wanted:
         return "\n".join(lines) + "\n"
     if len(wanted) > MAX_PORTS:

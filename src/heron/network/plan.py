@@ -120,6 +120,11 @@ class Port:
     ingress_mbps: int | None = None  # what the VM receives
     egress_mbps: int | None = None  # what the VM sends
 
+    @property
+    def guarded(self) -> bool:
+        """Whether it is filtered or rate limited."""
+        return self.firewall is not None or bool(self.ingress_mbps or self.egress_mbps)
+
 
 @dataclass(frozen=True)
 class SwitchPlan:
@@ -375,3 +380,36 @@ def plan_node(
             )
         )
     return NodePlan(tuple(switch_plans), tuple(segments), tuple(dhcp), tuple(problems))
+
+
+@dataclass(frozen=True)
+class Filtering:
+    """What the firewall and shaping drivers get from a node's plan: the ports of its Linux
+    bridges (every VXLAN segment's too) by switch, those bridges, and by switch the guarded
+    ports they cannot reach (Open vSwitch's userspace datapath reads a tap before the kernel's
+    hooks)."""
+
+    ports: dict[str, tuple[Port, ...]]
+    bridges: tuple[str, ...]
+    unenforced: dict[str, list[str]]
+
+
+def filtering(plan: NodePlan) -> Filtering:
+    ports: dict[str, list[Port]] = {}
+    bridges: list[str] = []
+    unenforced: dict[str, list[str]] = {}
+    for switch in plan.switches:
+        if switch.backend == "bridge":
+            ports.setdefault(switch.name, []).extend(switch.ports)
+            bridges.append(switch.bridge)
+            continue
+        for port in switch.ports:
+            if port.guarded:
+                unenforced.setdefault(switch.name, []).append(
+                    f"VM {port.vm} NIC {port.nic}: security groups and rate limits on "
+                    "Open vSwitch ports are not enforced yet"
+                )
+    for segment in plan.segments:
+        ports.setdefault(segment.switch, []).extend(segment.ports)
+        bridges.append(segment.bridge)
+    return Filtering({k: tuple(v) for k, v in ports.items()}, tuple(bridges), unenforced)
