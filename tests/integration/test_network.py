@@ -247,7 +247,8 @@ def test_nics_plug_into_a_running_guest_and_out_again(netcluster: tuple[DevClust
         assert channel.run("heron-net-up eth1").rc == 0
         state = leased(cluster, vm, "eth1")
         assert (str(state.address.ip), state.mac) == (added["address"], added["mac"])
-        assert ping(channel, peer_ip)
+        # The first ping may go before the guest has finished bringing eth1 up.
+        wait_for(lambda: ping(channel, peer_ip, count=1), 30, "the new NIC to reach the peer")
         nic_task(api, "PATCH", f"/vms/{vm['id']}/nics/1", link_up=False)
         assert not ping(channel, peer_ip, count=2)  # the cable is out
         nic_task(api, "PATCH", f"/vms/{vm['id']}/nics/1", link_up=True)
