@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netguests import in_netns, leased, network_cluster, ping, shell, start_guest
 from support import Api, wait_for
 
-from heron import devcluster
 from heron.devcluster import DevCluster
 from heron.network import fabric
-from heron.testguest.net import CommandChannel, NicState, guest_addresses
 
 pytestmark = pytest.mark.integration
 
-BOOT = 180
 UNDERLAY_MTU = 1500
 
 
@@ -32,75 +30,7 @@ UNDERLAY_MTU = 1500
 def netcluster(
     tmp_path_factory: pytest.TempPathFactory, testguest: Path
 ) -> Iterator[tuple[DevCluster, Api]]:
-    directory = tmp_path_factory.mktemp("netcluster")
-    cluster, token = devcluster.up(directory, 3, network=True)
-    try:
-        api = Api(cluster.nodes[0].url, token)
-        shared = Path(cluster.dir) / "shared"
-        shared.mkdir()
-        api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-        reply = api.ok(
-            "POST",
-            "/pools/shared/volumes/import",
-            json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
-        )
-        api.wait_task(reply["task"])
-        yield cluster, api
-    finally:
-        devcluster.down(directory)
-
-
-def vm_dir(cluster: DevCluster, node: str, vm_id: str) -> Path:
-    return Path(cluster.node(node).state_dir) / "vms" / vm_id
-
-
-def start_guest(
-    cluster: DevCluster, api: Api, name: str, node: str, *nics: str | dict[str, Any]
-) -> dict[str, Any]:
-    reply = api.ok(
-        "POST",
-        "/vms",
-        json={
-            "name": name,
-            "memory_mib": 128,
-            "node": node,
-            "start": True,
-            "disks": [{"pool": "shared", "source": "shared/testguest"}],
-            "nics": [{"network": n} if isinstance(n, str) else n for n in nics],
-        },
-    )
-    api.wait_task(reply["task"])
-    return api.vm(reply["vm"])
-
-
-def leased(cluster: DevCluster, vm: dict[str, Any], nic: str = "eth0") -> NicState:
-    """The guest's report of `nic` once it has an address (read from its console log)."""
-    log = vm_dir(cluster, vm["node"], vm["id"]) / "console.log"
-
-    def lease() -> NicState | None:
-        if not log.exists():
-            return None
-        state = guest_addresses(log.read_text(errors="replace")).get(nic)
-        return state if state and state.address else None
-
-    return wait_for(lease, BOOT, f"{vm['name']} to get an address on {nic}")
-
-
-def shell(cluster: DevCluster, vm: dict[str, Any]) -> CommandChannel:
-    return CommandChannel(vm_dir(cluster, vm["node"], vm["id"]) / "serial.sock")
-
-
-def ping(channel: CommandChannel, address: str, count: int = 3) -> bool:
-    return channel.run(f"ping -c {count} -W 2 {address}", timeout=30).rc == 0
-
-
-def in_netns(netns: str, *command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["nsenter", f"--net=/run/netns/{netns}", *command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    yield from network_cluster(tmp_path_factory, testguest, "netcluster")
 
 
 def segment_peers(cluster: DevCluster, node: str, vni: int) -> str:

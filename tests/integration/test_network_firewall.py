@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netguests import leased, network_cluster, ping, shell, start_guest
 from support import Api, wait_for
 
-from heron import devcluster
 from heron.devcluster import DevCluster
-from heron.testguest.net import CommandChannel, NicState, guest_addresses
+from heron.testguest.net import CommandChannel
 
 pytestmark = pytest.mark.integration
 
-BOOT = 180
 APPLIED = 90  # a change reaches the node's ruleset: the agent follows the ConfigDB
 SEGMENT = "10.43.0.0/24"
 
@@ -30,69 +29,12 @@ SEGMENT = "10.43.0.0/24"
 def netcluster(
     tmp_path_factory: pytest.TempPathFactory, testguest: Path
 ) -> Iterator[tuple[DevCluster, Api]]:
-    directory = tmp_path_factory.mktemp("fwcluster")
-    cluster, token = devcluster.up(directory, 3, network=True)
-    try:
-        api = Api(cluster.nodes[0].url, token)
-        shared = Path(cluster.dir) / "shared"
-        shared.mkdir()
-        api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-        reply = api.ok(
-            "POST",
-            "/pools/shared/volumes/import",
-            json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
-        )
-        api.wait_task(reply["task"])
-        yield cluster, api
-    finally:
-        devcluster.down(directory)
-
-
-def vm_dir(cluster: DevCluster, vm: dict[str, Any]) -> Path:
-    return Path(cluster.node(vm["node"]).state_dir) / "vms" / vm["id"]
-
-
-def start_guest(cluster: DevCluster, api: Api, name: str, node: str, nic: dict[str, Any]) -> Any:
-    reply = api.ok(
-        "POST",
-        "/vms",
-        json={
-            "name": name,
-            "memory_mib": 128,
-            "node": node,
-            "start": True,
-            "disks": [{"pool": "shared", "source": "shared/testguest"}],
-            "nics": [nic],
-        },
-    )
-    api.wait_task(reply["task"])
-    return api.vm(reply["vm"])
-
-
-def leased(cluster: DevCluster, vm: dict[str, Any]) -> NicState:
-    log = vm_dir(cluster, vm) / "console.log"
-
-    def lease() -> NicState | None:
-        if not log.exists():
-            return None
-        state = guest_addresses(log.read_text(errors="replace")).get("eth0")
-        return state if state and state.address else None
-
-    return wait_for(lease, BOOT, f"{vm['name']} to get an address")
-
-
-def shell(cluster: DevCluster, vm: dict[str, Any]) -> CommandChannel:
-    return CommandChannel(vm_dir(cluster, vm) / "serial.sock")
+    yield from network_cluster(tmp_path_factory, testguest, "fwcluster", nodes=2)
 
 
 def echo(channel: CommandChannel, address: str) -> bool:
     """Whether TCP port 7 of `address` answers (nettool gives up after 10 s)."""
     return channel.run(f"nettool rtt {address} 7 3", timeout=60).rc == 0
-
-
-def ping(channel: CommandChannel, address: str, source: str | None = None) -> bool:
-    via = f"-I {source} " if source else ""
-    return channel.run(f"ping -c 2 -W 2 {via}{address}", timeout=30).rc == 0
 
 
 def throughput(channel: CommandChannel, address: str) -> float:
@@ -149,10 +91,10 @@ def test_rules_let_in_what_they_allow_and_replies(
     a, b, a_ip, b_ip = guests
     with shell(cluster, b) as at_b, shell(cluster, a) as at_a:
         assert echo(at_b, a_ip)  # the rule
-        assert not ping(at_b, a_ip)  # icmp: denied inbound by default
+        assert not ping(at_b, a_ip, 2)  # icmp: denied inbound by default
         # A's own connections and pings: their replies come back, no rule needed.
         assert echo(at_a, b_ip)
-        assert ping(at_a, b_ip)
+        assert ping(at_a, b_ip, 2)
 
         api.ok("DELETE", "/security-groups/echo/rules/0")
         until(lambda: not echo(at_b, a_ip), "the rule's removal to block port 7")
@@ -165,7 +107,7 @@ def test_rules_let_in_what_they_allow_and_replies(
         until(lambda: echo(at_b, a_ip), "the rule given back to let port 7 in")
 
         api.ok("POST", "/security-groups/echo/rules", json={"protocol": "icmp"})
-        until(lambda: ping(at_b, a_ip), "an icmp rule to let pings in")
+        until(lambda: ping(at_b, a_ip, 2), "an icmp rule to let pings in")
     status = {s["node"]: s for s in api.ok("GET", "/switches/status")}
     assert status["node1"]["switches"]["fwsw"]["in_sync"], status
 
@@ -177,20 +119,20 @@ def test_a_guest_sends_only_from_its_own_address_and_mac(
     a, _, a_ip, b_ip = guests
     spoofed = "10.43.0.200"
     with shell(cluster, a) as at_a:
-        assert ping(at_a, b_ip, a_ip)
+        assert ping(at_a, b_ip, 2, source=a_ip)
         assert at_a.run(f"ip addr add {spoofed}/24 dev eth0").rc == 0
         try:
-            assert not ping(at_a, b_ip, spoofed)
-            assert ping(at_a, b_ip, a_ip)
+            assert not ping(at_a, b_ip, 2, source=spoofed)
+            assert ping(at_a, b_ip, 2, source=a_ip)
         finally:
             at_a.run(f"ip addr del {spoofed}/24 dev eth0")
         mac = a["spec"]["nics"][0]["mac"]
         assert at_a.run("ip link set eth0 address 02:00:00:43:00:99").rc == 0
         try:
-            assert not ping(at_a, b_ip)
+            assert not ping(at_a, b_ip, 2)
         finally:
             at_a.run(f"ip link set eth0 address {mac}")
-        until(lambda: ping(at_a, b_ip), "A to talk again with its own MAC")
+        until(lambda: ping(at_a, b_ip, 2), "A to talk again with its own MAC")
 
 
 def test_rate_limits_apply_to_a_running_guest(
