@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # How often the node looks for drift (a bridge or port removed by hand) without a change.
 DRIFT_CHECK = 15.0
+# A report that did not change is written again this often (its time says the node looks).
+REPORT_AGAIN = 60.0
 
 
 class NetworkController:
@@ -59,7 +61,7 @@ class NetworkController:
         self.firewall = Firewall(plane)
         self._lock = asyncio.Lock()
         self._arriving: dict[str, VM] = {}
-        self.last: NodePlan = NodePlan()
+        self._reported: tuple[NodeNetworkStatus, float] | None = None
 
     async def _ovs_switch(self) -> OpenVSwitch:
         """Open vSwitch, once a switch uses it: the host's own service, or on a devcluster
@@ -135,7 +137,6 @@ class NetworkController:
                 )
                 found = problems.get(switch.name, [])
                 states[switch.name] = SwitchState(in_sync=not found, problems=found, ports=ports)
-            self.last = plan
             return states
 
     async def _filter(self, plan: NodePlan) -> dict[str, list[str]]:
@@ -158,13 +159,20 @@ class NetworkController:
 
     async def report(self, states: dict[str, SwitchState]) -> None:
         underlay = self.inventory.live_nodes().get(self.node)
+        now = time.time()
         status = NodeNetworkStatus(
             node=self.node,
             switches=states,
             underlay=underlay.underlay if underlay else None,
-            updated_at=time.time(),
+            updated_at=now,
         )
+        if self._reported is not None:
+            last, at = self._reported
+            same = last.model_copy(update={"updated_at": now}) == status
+            if same and now - at < REPORT_AGAIN:
+                return  # a thousand nodes re-writing the same every 15 s is etcd's load
         await self.db.put(keys.network_status(self.node), status)
+        self._reported = (status, now)
 
     async def run(self) -> None:
         """Keep this node's switches built as the ConfigDB says, repairing drift."""
