@@ -27,6 +27,7 @@ BENCHMARKS = [
     "migration",
     "scale",
     "ardfs",
+    "network",
 ]
 DEADLINE = 900  # seconds for one benchmark before it is killed: a hung run, not a slow one
 
@@ -93,6 +94,10 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
         return found
     if name == "ardfs":
         return {"ratios_to_local": results["ratios_to_local"], "rebuild": results["rebuild"]}
+    if name == "network":
+        s = results["summary"]
+        keys = ("throughput_ratio", "rtt_ratio", "migration_pings_lost", "port_groups_ratio")
+        return {k: s[k] for k in keys}
     if name == "scale":
         windows = {
             "real_nodes": results["window_real_nodes"],
