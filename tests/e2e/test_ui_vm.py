@@ -135,8 +135,9 @@ def test_type_into_the_serial_console(page: Page, ui: str, vm: dict[str, Any]) -
     expect(screen).to_contain_text("heron-tick", timeout=BOOT)
     screen.click()
     page.keyboard.type("hello-from-the-browser")
-    # The guest kernel's terminal echoes what arrives on its serial port, between the lines
-    # the guest prints by itself.
+    page.keyboard.press("Enter")
+    # The test guest echoes each line that reaches its serial port once it is whole (so an
+    # echo never splits a line it prints by itself), between its ticks.
     page.wait_for_function(
         """(word) => document.querySelector("[data-testid=serial-screen]").textContent
              .replace(/heron-(tick \\d+|memcheck[^\\n]*)\\n?/g, "").includes(word)""",
