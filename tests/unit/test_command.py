@@ -352,6 +352,8 @@ def test_nic_on_a_network_takes_its_tap_fd() -> None:
     args = build(vm, resolved(vm), RuntimePaths(Path("/run/vm")), "tcg", taps={0: 9})
     assert values(args, "-netdev") == ["tap,id=net0,fd=9,vhost=off", "user,id=net1"]
     assert props(next(d for d in devices(args) if "netdev=net0" in d))["mac"] == "52:54:00:00:00:07"
+    vhost = build(vm, resolved(vm), RuntimePaths(Path("/run/vm")), "tcg", taps={0: 9}, vhost=True)
+    assert values(vhost, "-netdev")[0] == "tap,id=net0,fd=9,vhost=on"
     with pytest.raises(ValueError, match="no tap"):
         build(vm, resolved(vm), RuntimePaths(Path("/run/vm")), "tcg")
 

@@ -26,6 +26,7 @@ from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
 from heron.models.vm import VM, NicSpec, PowerState, RunState, VMSpec, VMStatus
+from heron.network.tap import vhost_net_available
 from heron.scheduler.inventory import Inventory, group_of
 from heron.storage.driver import StorageError
 from heron.storage.registry import driver_for
@@ -68,6 +69,7 @@ class VMController:
         self.on_launch = on_launch  # e.g. keep QEMU off the cores reserved for I/O
         self._vms: dict[str, _Runtime] = {}
         self.network: NetworkController | None = None  # set by herond where it has one
+        self.vhost = vhost_net_available()
         self._jobs: set[asyncio.Task[None]] = set()
 
     def paths(self, vm_id: str) -> RuntimePaths:
@@ -179,7 +181,9 @@ class VMController:
             raise VMError(f"VM {vm.spec.name}: {exc}") from exc
         try:
             try:
-                args = command.build(vm, disks, paths, self.accelerator, ram=ram, taps=taps)
+                args = command.build(
+                    vm, disks, paths, self.accelerator, ram=ram, taps=taps, vhost=self.vhost
+                )
             except ValueError as exc:
                 raise VMError(f"VM {vm.spec.name}: {exc} (this node has no networking)") from exc
             paths.hardware.write_text(vm.spec.model_dump_json())

@@ -126,9 +126,11 @@ def build(
     *,
     ram: int | None = None,
     taps: Mapping[int, int] | None = None,
+    vhost: bool = False,
 ) -> list[str]:
     """QEMU's arguments for `vm`; `ram` in KiB, by default exactly the spec's memory; `taps`:
-    the open tap (its fd, inherited by QEMU) of each NIC on a network, by NIC index."""
+    the open tap (its fd, inherited by QEMU) of each NIC on a network, by NIC index; `vhost`:
+    the host has vhost-net (QEMU aborts asking for it where it has not)."""
     spec = vm.spec
     boot = boot_indexes(vm)
     args = [
@@ -199,8 +201,7 @@ def build(
         if nic.network == "user":
             netdev = f"user,id={netdev_id}"
         elif taps and index in taps:
-            # vhost-net would need /dev/vhost-net (absent on some hosts: QEMU aborts there).
-            netdev = f"tap,id={netdev_id},fd={taps[index]},vhost=off"
+            netdev = f"tap,id={netdev_id},fd={taps[index]},vhost={'on' if vhost else 'off'}"
         else:
             raise ValueError(f"NIC {index} on network {nic.network} has no tap")
         device = nic_device(vm, index, boot.get(f"net{index}"))
