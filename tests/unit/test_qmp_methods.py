@@ -3,7 +3,6 @@ which errors come out. Plus the layer rule: no raw QMP command outside hyperviso
 
 import ast
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import re
@@ -376,12 +375,15 @@ QMP_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
 
 def _parse(source: str) -> ast.Module:
-    """ast.parse in a thread of its own. CPython 3.11 has a bug where a parse can fail with
-    "AST constructor recursion depth mismatch" if the calling thread's recursion count was
-    left off by earlier code (seen once in CI, late in the unit tests); a new thread starts
-    from zero."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(ast.parse, source).result()
+    """ast.parse, tried again when CPython 3.11 fails it with "AST constructor recursion depth
+    mismatch": that check counts in state shared by all threads, so another thread building
+    an AST at the same moment upsets it (seen twice in CI; a fresh thread did not help)."""
+    for _ in range(4):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            continue
+    return ast.parse(source)
 
 
 def raw_qmp_calls(source: str) -> list[str]:

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from heron.util.wait import until_sync
 
+# Children started by spawn_detached that may still need reaping. Only these: waitpid(-1)
+# would also collect the children asyncio waits for, which then report exit status 255.
+_spawned: set[int] = set()
+
 
 def cmdline(pid: int) -> list[str]:
     try:
@@ -76,16 +80,19 @@ def spawn_detached(
     pidfile.write_text(f"{proc.pid}\n")
     # The Popen object is dropped on purpose: the child is reaped by whoever ends up its
     # parent; `reap_children` collects it if that is still us.
+    _spawned.add(proc.pid)
     return proc.pid
 
 
 def reap_children() -> None:
-    """Collect exited children so they do not linger as zombies."""
-    with contextlib.suppress(ChildProcessError):
-        while True:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                return
+    """Collect our detached children that have exited, so they do not linger as zombies."""
+    for pid in list(_spawned):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _spawned.discard(pid)
 
 
 def terminate(pid: int, marker: str, timeout: float = 10.0) -> None:
