@@ -150,3 +150,19 @@ def test_a_missing_uplink_is_a_problem_and_removal_releases_the_uplink(
     assert asyncio.run(LinuxBridge(DataPlane(node)).owned()) == set()
     asyncio.run(LinuxBridge(DataPlane(node)).remove("br0"))  # not Heron's: left alone
     assert "br0" in links(node)
+
+
+def test_an_uplink_holding_the_hosts_address_is_refused_and_the_host_still_answers(
+    world: tuple[str, str, str],
+) -> None:
+    """The node's own address on the interface named as uplink (a management NIC chosen by
+    mistake): enslaved, the node would stop answering there. Heron leaves it alone."""
+    node, wire, _ = world
+    address(node, "up0", "10.66.0.9/24")
+    problems = realise(node, plan(port("htvm0")))
+    assert problems == [
+        "uplink up0 holds this host's address 10.66.0.9/24: as a port of the switch it would "
+        "stop answering there; move the address off it or name another interface"
+    ]
+    assert master(node, "up0") is None
+    assert exchange((wire, "10.66.0.1"), (node, "10.66.0.9"))

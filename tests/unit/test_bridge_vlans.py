@@ -119,6 +119,23 @@ def test_an_uplink_held_by_another_master_is_left_alone_with_a_problem() -> None
     assert [p.name for p in switch_ports(plan(), False, on_ours).ports] == ["eth1"]
 
 
+def test_an_uplink_holding_the_hosts_address_is_not_taken() -> None:
+    """Enslaved, it would stop answering for the address: the node could cut itself off."""
+    eth1 = LinkState("eth1", 2, None, addresses=("192.0.2.7/24", "2001:db8::7/64"))
+    wanted = switch_ports(plan(), vlan_filtering=False, links={"hbsw": BRIDGE, "eth1": eth1})
+    assert wanted.ports == ()
+    assert wanted.problems == (
+        "uplink eth1 holds this host's address 192.0.2.7/24, 2001:db8::7/64: as a port of the "
+        "switch it would stop answering there; move the address off it or name another "
+        "interface",
+    )
+    # Already a port of ours (an administrator's doing): left as it is, not torn out.
+    ours = LinkState("eth1", 2, None, master=BRIDGE.index, addresses=eth1.addresses)
+    assert [p.name for p in switch_ports(plan(), False, {"hbsw": BRIDGE, "eth1": ours}).ports] == [
+        "eth1"
+    ]
+
+
 def test_vlan_entries_pack_runs_into_ranges_and_keep_the_pvid_alone() -> None:
     vlans = {1: NATIVE, 2: 0, 3: 0, 4: 0, 6: 0, 8: UNTAGGED, 9: UNTAGGED}
     assert vlan_entries(vlans) == (

@@ -2,6 +2,7 @@
 a bridge match its plan."""
 
 import json
+from dataclasses import replace
 
 from heron.network import ovsdb
 from heron.network.ovs_sync import (
@@ -199,6 +200,12 @@ def test_the_uplinks_problems() -> None:
     )
     sync = plan_sync(PLAN, elsewhere, LINKS, "netdev")
     assert sync.problems == ["uplink eth1 is already a port of bridge hbother"]
+    assert not any("eth1" in c for c in sync.commands)
+
+    # The host's own address on it: taking it could cut the node off.
+    addressed = {**LINKS, "eth1": replace(LINKS["eth1"], addresses=("192.0.2.7/24",))}
+    sync = plan_sync(PLAN, ovsdb.State(), addressed, "netdev")
+    assert sync.problems[0].startswith("uplink eth1 holds this host's address 192.0.2.7/24")
     assert not any("eth1" in c for c in sync.commands)
 
 

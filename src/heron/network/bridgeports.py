@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from heron.network.plan import Port, SwitchPlan
+from heron.network.plan import Port, SwitchPlan, uplink_holds_addresses
 
 # struct bridge_vlan_info flags (linux/if_bridge.h)
 PVID = 0x2
@@ -39,6 +39,7 @@ class LinkState:
     up: bool = False
     alias: str | None = None
     isolated: bool = False
+    addresses: tuple[str, ...] = ()  # the host's own (global scope), as address/prefix
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,8 @@ def switch_ports(
     taps exist (the others are attached once QEMU has opened them). On a kernel whose bridges
     cannot filter VLANs, a VLAN or trunk port is left out with a problem: attached anyway, it
     would join the untagged network. An uplink that already serves another master (the
-    host's own bridge or bond, another switch) is left there with a problem: taking it could
-    cut the host off."""
+    host's own bridge or bond, another switch) or holds the host's addresses is left alone
+    with a problem: taking it could cut the host off."""
     problems: list[str] = []
     wanted: list[WantedPort] = []
     usable: list[Port] = []
@@ -183,6 +184,8 @@ def switch_ports(
                 f"link {uplink.master}",
             )
             problems.insert(0, f"uplink {plan.uplink} is a port of {holder}: free it first")
+        elif uplink.addresses and (bridge is None or uplink.master != bridge.index):
+            problems.insert(0, uplink_holds_addresses(plan.uplink, uplink.addresses))
         else:
             wanted.insert(
                 0,

@@ -49,7 +49,18 @@ def netlink(plane: DataPlane) -> Iterator[Any]:
         ipr.close()
 
 
-def link_state(message: Any) -> LinkState:
+def host_addresses(ipr: Any) -> dict[int, tuple[str, ...]]:
+    """The global-scope addresses of the plane's links (link-local ones are on every link and
+    say nothing), as address/prefix, by link index."""
+    found: dict[int, list[str]] = {}
+    for message in ipr.get_addr():
+        if message["scope"] == 0:
+            address = message.get_attr("IFA_ADDRESS")
+            found.setdefault(message["index"], []).append(f"{address}/{message['prefixlen']}")
+    return {index: tuple(addresses) for index, addresses in found.items()}
+
+
+def link_state(message: Any, addresses: Mapping[int, tuple[str, ...]] | None = None) -> LinkState:
     info = message.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
     isolated = False
@@ -65,12 +76,14 @@ def link_state(message: Any) -> LinkState:
         up=bool(message["flags"] & IFF_UP),
         alias=message.get_attr("IFLA_IFALIAS"),
         isolated=isolated,
+        addresses=(addresses or {}).get(message["index"], ()),
     )
 
 
 def read_links(ipr: Any) -> dict[str, LinkState]:
     """Every link of the plane, by name."""
-    links = (link_state(message) for message in ipr.get_links())
+    addresses = host_addresses(ipr)
+    links = (link_state(message, addresses) for message in ipr.get_links())
     return {link.name: link for link in links}
 
 

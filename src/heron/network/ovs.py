@@ -16,6 +16,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from heron.network import netns, ovsdb
 from heron.network.dataplane import DataPlane
+from heron.network.links import host_addresses
 from heron.network.ovs_runtime import OvsError, OvsRuntime
 from heron.network.ovs_sync import Link, plan_sync, transaction, veth_fixes
 from heron.network.plan import SwitchPlan
@@ -165,6 +166,7 @@ def _set_link(ipr: IPRoute, link: Link, state: str) -> list[str]:
 
 def _links(ipr: IPRoute) -> dict[str, Link]:
     links = {}
+    addresses = host_addresses(ipr)
     for message in ipr.get_links():
         name = message.get("ifname")
         links[name] = Link(
@@ -174,5 +176,6 @@ def _links(ipr: IPRoute) -> dict[str, Link]:
             up=bool(message["flags"] & IFF_UP),
             peer=message.get("link"),
             peer_netnsid=message.get("link_netnsid"),
+            addresses=addresses.get(message["index"], ()),
         )
     return links

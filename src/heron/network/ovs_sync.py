@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from heron.network import ovsdb
-from heron.network.plan import Port, SwitchPlan
+from heron.network.plan import Port, SwitchPlan, uplink_holds_addresses
 
 OWNER = f"external_ids:{ovsdb.OWNER_KEY}=true"
 # Where the peer of a veth port has had its TX checksum offload turned off, the port's
@@ -32,6 +32,7 @@ class Link:
     up: bool = False
     peer: int | None = None  # a veth's other end: its ifindex
     peer_netnsid: int | None = None  # and its namespace's id here, if not this one
+    addresses: tuple[str, ...] = ()  # the host's own (global scope), as address/prefix
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ def plan_sync(
         other = state.ports.get(plan.uplink)
         if other is not None and other.bridge not in (None, plan.bridge):
             sync.problems.append(f"uplink {plan.uplink} is already a port of bridge {other.bridge}")
+        elif uplink is not None and uplink.addresses and plan.uplink not in on_bridge:
+            sync.problems.append(uplink_holds_addresses(plan.uplink, uplink.addresses))
         else:
             if uplink is None:
                 sync.problems.append(f"uplink {plan.uplink} does not exist")

@@ -35,6 +35,16 @@ def _short(text: str, length: int = 10) -> str:
     return hashlib.blake2s(text.encode(), digest_size=8).hexdigest()[:length]
 
 
+def uplink_holds_addresses(uplink: str, addresses: Iterable[str]) -> str:
+    """Why an interface carrying the host's own addresses is not taken as an uplink: as a
+    port of a switch it would stop answering for them, and the node could cut itself off."""
+    return (
+        f"uplink {uplink} holds this host's address {', '.join(addresses)}: as a port of the "
+        "switch it would stop answering there; move the address off it or name another "
+        "interface"
+    )
+
+
 def switch_bridge(switch: str) -> str:
     """The bridge (kernel or OVS) realising `switch` on a node."""
     return "hb" + _short(switch)
