@@ -22,7 +22,9 @@ def testguest() -> Path:
 
 def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:
     directory = factory.mktemp(f"cluster{nodes}")
-    cluster, token = devcluster.up(directory, nodes)
+    # Each node's data plane in a namespace of its own: a switch made by a test (schemathesis
+    # makes them by the dozen) never touches this machine's own interfaces.
+    cluster, token = devcluster.up(directory, nodes, network=True)
     try:
         yield cluster, token
     finally:

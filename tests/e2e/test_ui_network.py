@@ -8,6 +8,7 @@ VM uses it and allowed after; each view in both languages and at phone width.
 """
 
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from playwright.sync_api import Page, Request, expect
 from support import Api
 from test_ui_groups_storage import confirm, in_russian
 from test_ui_tree import expand, item
+
+from heron.devcluster import DevCluster
+from heron.network.plan import switch_bridge
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +102,19 @@ def test_edit_the_switch_uplinks(page: Page, api: Api) -> None:
         "node3: bond0"
     )
     assert api.ok("GET", "/switches/lan")["uplinks"] == {"node2": "eth1", "node3": "bond0"}
+
+
+def test_drift_put_back_is_shown_per_node(page: Page, cluster3: tuple[DevCluster, str]) -> None:
+    """The switch's bridge deleted by hand on node1: the node builds it again and says so."""
+    cluster, _ = cluster3
+    node1 = page.locator("tr[data-switch=lan] li[data-node=node1]")
+    expect(node1).to_have_attribute("data-sync", "in-sync", timeout=60_000)
+    place = next(p for p in cluster.fabric_nodes() if p.name == "node1")
+    bridge = switch_bridge("lan")
+    subprocess.run(["ip", "-n", place.netns, "link", "del", bridge], check=True)
+    expect(node1.locator("[data-testid=switch-repaired]")).to_contain_text(
+        f"{bridge} was missing: made again", timeout=90_000
+    )
 
 
 def test_create_a_vlan_network_with_a_subnet(page: Page, screenshots: Path) -> None:

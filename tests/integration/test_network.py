@@ -258,6 +258,16 @@ def test_traffic_goes_on_without_the_agent_and_drift_is_repaired(
         assert in_netns(place.netns, "ip", "link", "del", segment).returncode == 0
         assert not ping(channel, b_ip, count=1)
         wait_for(lambda: ping(channel, b_ip, count=1), 60, "the agent to repair the segment")
+
+        # And it says what it put back, in the switch's status on that node.
+        def repaired() -> dict[str, Any] | None:
+            status = {s["node"]: s for s in api.ok("GET", "/switches/status")}
+            state = status["node1"]["switches"]["dvs"]
+            return state if state["repaired_at"] else None
+
+        state = wait_for(repaired, 60, "node1 to report the repair")
+        assert f"{segment} was missing: made again" in state["repaired"], state
+        assert any(line.endswith(f"attached to {segment}") for line in state["repaired"]), state
     delete(api, a, b)
 
 

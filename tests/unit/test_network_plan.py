@@ -3,8 +3,10 @@
 from heron.models.network import Network, Subnet, Switch
 from heron.models.node import Node
 from heron.models.vm import VM, NicSpec, VMSpec
+from heron.network.links import drift
 from heron.network.plan import (
     dhcp_mac,
+    link_owners,
     plan_node,
     segment_bridge,
     switch_bridge,
@@ -112,6 +114,38 @@ def test_vxlan_segments_reach_every_other_node_with_an_underlay() -> None:
     moved = [v.model_copy(update={"node": "n3"}) for v in vms]
     lost = plan_node("n3", SWITCHES, NETWORKS, NODES, moved)
     assert lost.segments == () and "no underlay address" in lost.problems[0]
+
+
+def test_every_link_of_the_plan_belongs_to_its_switch() -> None:
+    vms = [vm("a", "n1", ("ov", "52:54:00:00:00:01", None), ("v100", "52:54:00:00:00:02", None))]
+    plan = plan_node("n1", SWITCHES, NETWORKS, NODES, vms)
+    owners = link_owners(plan)
+    segment = plan.segments[0]
+    named = [switch_bridge("dvs"), "eth1", segment.bridge, segment.device]
+    named += [tap_name("52:54:00:00:00:01"), tap_name("52:54:00:00:00:02")]
+    named += [name for server in plan.dhcp for name in server.links]
+    assert {name: owners.get(name) for name in named} == dict.fromkeys(named, "dvs")
+
+
+def test_drift_is_what_a_realise_put_back_not_what_qemu_made() -> None:
+    before = {
+        "hbdvs": ("bridge", None, True, 1500),
+        "htaa": ("tun", None, True, 1500),  # detached by hand
+        "eth1": (None, "hbdvs", False, 9000),  # downed, MTU changed by hand
+    }
+    after = {
+        "hbdvs": ("bridge", None, True, 1500),
+        "htaa": ("tun", "hbdvs", True, 1500),
+        "eth1": (None, "hbdvs", True, 1500),
+        "hx1388": ("bridge", None, True, 1450),  # deleted by hand, made again
+        "htbb": ("tun", None, True, 1500),  # a VM started meanwhile: QEMU's, not drift
+    }
+    assert drift(before, after) == {
+        "htaa": "htaa attached to hbdvs",
+        "eth1": "eth1 brought up, MTU set back to 1500",
+        "hx1388": "hx1388 was missing: made again",
+    }
+    assert drift(after, after) == {}
 
 
 def test_a_nic_on_an_unknown_network_is_a_problem_not_a_crash() -> None:

@@ -9,11 +9,14 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.models.network import (
     NetworkCreate,
     NetworkUpdate,
+    NodeNetworkStatus,
     Subnet,
     SwitchCreate,
+    SwitchState,
     SwitchUpdate,
     vlan_ranges,
 )
+from heron.models.node import Node
 from heron.models.vm import VM, NicSpec, VMSpec
 from heron.network.ipam import dhcp_server, fits, release_nics
 from heron.services import networks
@@ -151,3 +154,29 @@ async def test_in_use_networks_keep_their_addresses() -> None:
     await networks.update_network(db, "lan", NetworkUpdate(mtu=1400))
     with pytest.raises(Invalid, match=r"more than 1300"):
         await networks.update_switch(db, "sw", SwitchUpdate(mtu=1300))
+    # An explicit null takes the network back to the switch's MTU; leaving it out keeps it.
+    kept = await networks.update_network(db, "lan", NetworkUpdate(description="x"))
+    assert kept.mtu == 1400
+    back = await networks.update_network(db, "lan", NetworkUpdate.model_validate({"mtu": None}))
+    assert back.mtu is None
+
+
+async def test_the_report_of_a_node_that_is_down_is_marked_so() -> None:
+    db = FakeConfigDB()
+    for name in ("n1", "n2"):
+        status = NodeNetworkStatus(
+            node=name, switches={"sw": SwitchState(in_sync=True)}, updated_at=0
+        )
+        await db.put(keys.network_status(name), status)
+    node = Node(
+        name="n1",
+        address="127.0.0.1",
+        api_url="http://x",
+        cpus=1,
+        memory_mib=1,
+        accelerator="tcg",
+        started_at=0,
+    )
+    await db.put(keys.node("n1"), node)  # n2's lease has run out: it has no record
+    up = {s.node: s.node_up for s in await networks.node_status(db)}
+    assert up == {"n1": True, "n2": False}

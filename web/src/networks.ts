@@ -29,9 +29,11 @@ export function tagOf(network: Network): string {
 
 export interface SwitchOnNode {
   node: string;
-  state: "in-sync" | "problems" | "no-report";
+  state: "in-sync" | "problems" | "no-report" | "node-down";
   problems: string[];
   ports: number;
+  repaired: string[];
+  repairedAt: number | null;
 }
 
 /** How a switch stands on each node: the nodes' own reports, "no-report" where none has come. */
@@ -39,13 +41,18 @@ export function switchOnNodes(name: string, nodes: string[], reports: NodeNetwor
   const byNode = new Map(reports.map((r) => [r.node, r]));
   const all = [...new Set([...nodes, ...reports.filter((r) => name in r.switches).map((r) => r.node)])].sort();
   return all.map((node) => {
-    const state = byNode.get(node)?.switches[name];
-    if (!state) return { node, state: "no-report", problems: [], ports: 0 };
+    const report = byNode.get(node);
+    const state = report?.switches[name];
+    if (!state) return { node, state: "no-report", problems: [], ports: 0, repaired: [], repairedAt: null };
+    const synced = state.in_sync && !state.problems.length;
     return {
       node,
-      state: state.in_sync && !state.problems.length ? "in-sync" : "problems",
+      // A node that is down: its last report may no longer hold.
+      state: report?.node_up === false ? "node-down" : synced ? "in-sync" : "problems",
       problems: state.problems,
       ports: state.ports,
+      repaired: state.repaired ?? [],
+      repairedAt: state.repaired_at ?? null,
     };
   });
 }

@@ -286,6 +286,8 @@ export interface SwitchState {
   in_sync: boolean;
   problems: string[];
   ports: number;
+  repaired?: string[];
+  repaired_at?: number | null;
 }
 
 export interface NodeNetworkStatus {
@@ -293,4 +295,5 @@ export interface NodeNetworkStatus {
   switches: Record<string, SwitchState>;
   underlay: string | null;
   updated_at: number;
+  node_up?: boolean;
 }

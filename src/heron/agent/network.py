@@ -19,13 +19,14 @@ from heron.configdb import ConfigDB, keys
 from heron.errors import NetworkError
 from heron.models.network import BUILTIN_NETWORKS, NodeNetworkStatus, SwitchState, network_mtu
 from heron.models.vm import VM
+from heron.network import links
 from heron.network.bridge import LinuxBridge
 from heron.network.dataplane import DataPlane
 from heron.network.dhcp import DhcpServers
 from heron.network.firewall import Firewall
 from heron.network.ovs import OpenVSwitch
 from heron.network.ovs_runtime import OvsError, OvsRuntime
-from heron.network.plan import NodePlan, filtering, plan_node, tap_name
+from heron.network.plan import NodePlan, filtering, link_owners, plan_node, tap_name
 from heron.network.shaping import realise_shaping
 from heron.network.tap import open_tap
 from heron.network.vxlan import realise_segment, remove_segment, segments
@@ -62,6 +63,8 @@ class NetworkController:
         self._lock = asyncio.Lock()
         self._arriving: dict[str, VM] = {}
         self._reported: tuple[NodeNetworkStatus, float] | None = None
+        self._realised: NodePlan | None = None  # the plan the last realise built
+        self._repairs: dict[str, tuple[float, list[str]]] = {}  # the last drift, by switch
 
     async def _ovs_switch(self) -> OpenVSwitch:
         """Open vSwitch, once a switch uses it: the host's own service, or on a devcluster
@@ -93,6 +96,7 @@ class NetworkController:
         """Build this node's part of every switch; returns how each stands."""
         async with self._lock:
             plan = self.plan()
+            before = await self._snapshot()
             states: dict[str, SwitchState] = {}
             problems: dict[str, list[str]] = {s.name: [] for s in plan.switches}
             # DHCP servers first: a link made anew is plugged into its bridge below.
@@ -130,14 +134,42 @@ class NetworkController:
                 problems.setdefault(switch_name, []).extend(found)
             for problem in plan.problems:
                 log.warning("network plan: %s", problem)
+            after = await self._snapshot()
+            if plan == self._realised and before is not None and after is not None:
+                self._note_drift(plan, links.drift(before, after))
+            self._realised = plan
             for switch in plan.switches:
                 ports = sum(1 for p in switch.ports if p.vm)
                 ports += sum(
                     1 for s in plan.segments if s.switch == switch.name for p in s.ports if p.vm
                 )
                 found = problems.get(switch.name, [])
-                states[switch.name] = SwitchState(in_sync=not found, problems=found, ports=ports)
+                at, repaired = self._repairs.get(switch.name, (None, []))
+                states[switch.name] = SwitchState(
+                    in_sync=not found,
+                    problems=found,
+                    ports=ports,
+                    repaired=repaired,
+                    repaired_at=at,
+                )
             return states
+
+    async def _snapshot(self) -> dict[str, links.LinkView] | None:
+        return await asyncio.to_thread(links.snapshot, self.plane)
+
+    def _note_drift(self, plan: NodePlan, repaired: dict[str, str]) -> None:
+        """What a realise changed although nothing in the plan did: someone or something
+        changed the data plane behind the agent's back. Logged, and kept in the switch's
+        status until the next drift."""
+        owners = link_owners(plan)
+        by_switch: dict[str, list[str]] = {}
+        for name, what in sorted(repaired.items()):
+            log.warning("network drift repaired: %s", what)
+            if name in owners:
+                by_switch.setdefault(owners[name], []).append(what)
+        now = time.time()
+        for switch, found in by_switch.items():
+            self._repairs[switch] = (now, found)
 
     async def _filter(self, plan: NodePlan) -> dict[str, list[str]]:
         """Security groups and rate limits of the VM ports, once their bridges stand: the

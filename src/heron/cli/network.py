@@ -132,13 +132,18 @@ def network_set(
     address_range: Ranges = None,
     dhcp: Annotated[bool | None, typer.Option("--dhcp/--no-dhcp", help="serve by DHCP")] = None,
     no_subnet: Annotated[bool, typer.Option("--no-subnet", help="remove the subnet")] = False,
+    default_mtu: Annotated[
+        bool, typer.Option("--default-mtu", help="the MTU back to the switch's default")
+    ] = False,
     description: Annotated[str | None, typer.Option(help="free text")] = None,
     as_json: Json = False,
 ) -> None:
     """Change a network; what is not given stays. Subnet options change its subnet."""
     client = Client()
     body: dict[str, Any] = {}
-    if mtu is not None:
+    if mtu is not None and default_mtu:
+        raise typer.BadParameter("give --mtu or --default-mtu, not both")
+    if mtu is not None or default_mtu:
         body["mtu"] = mtu
     if description is not None:
         body["description"] = description

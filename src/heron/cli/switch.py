@@ -1,5 +1,6 @@
 """heron switch: distributed virtual switches, realised on every node."""
 
+import time
 from typing import Annotated, Any, get_args
 
 import typer
@@ -57,18 +58,34 @@ def switch_status(as_json: Json = False) -> None:
     rows = []
     for node in Client().get("/switches/status"):
         for switch, state in sorted(node["switches"].items()):
-            rows.append({"node": node["node"], "switch": switch, **state})
+            rows.append(
+                {"node": node["node"], "node_up": node.get("node_up", True), "switch": switch}
+                | state
+            )
     emit(
         rows,
         as_json,
         [
             ("node", lambda r: r["node"]),
             ("switch", lambda r: r["switch"]),
-            ("in sync", lambda r: "yes" if r["in_sync"] else "no"),
+            ("in sync", _in_sync),
             ("ports", lambda r: r["ports"]),
             ("problems", lambda r: "; ".join(r["problems"]) or "-"),
+            ("drift put back", _repaired),
         ],
     )
+
+
+def _in_sync(row: dict[str, Any]) -> str:
+    said = "yes" if row["in_sync"] else "no"
+    return said if row["node_up"] else f"{said} (node down: its last report)"
+
+
+def _repaired(row: dict[str, Any]) -> str:
+    if not row.get("repaired_at"):
+        return "-"
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["repaired_at"]))
+    return f"{at}: {'; '.join(row['repaired'])}"
 
 
 @app.command("create")

@@ -200,8 +200,10 @@ class NetworkUpdate(BaseModel):
     (the CIDR only while no address is given out)."""
 
     model_config = {"extra": "forbid"}
-    mtu: int | None = Field(default=None, ge=MIN_MTU, le=MAX_MTU)
-    subnet: Subnet | None = None
+    mtu: int | None = Field(
+        default=None, ge=MIN_MTU, le=MAX_MTU, description="null: back to the switch's default"
+    )
+    subnet: Subnet | None = Field(default=None, description="null: no subnet, no DHCP")
     description: str | None = Field(default=None, max_length=1024)
 
 
@@ -218,6 +220,11 @@ class SwitchState(Record):
     in_sync: bool
     problems: list[str] = Field(default_factory=list)
     ports: int = Field(default=0, description="VM NICs plugged in on this node")
+    repaired: list[str] = Field(
+        default_factory=list,
+        description="what the node last put back that had changed behind its back (drift)",
+    )
+    repaired_at: float | None = Field(default=None, description="when it did")
 
 
 class NodeNetworkStatus(Record):
@@ -227,6 +234,9 @@ class NodeNetworkStatus(Record):
     switches: dict[Name, SwitchState] = Field(default_factory=dict)
     underlay: str | None = Field(default=None, description="the node's VXLAN tunnel address")
     updated_at: float
+    node_up: bool = Field(
+        default=True, description="false: the node is down, this is its last word (stale)"
+    )
 
 
 class Lease(Record):

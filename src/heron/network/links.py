@@ -198,3 +198,46 @@ def delete_owned(ipr: Any, name: str) -> None:
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise
+
+
+# -- drift ----------------------------------------------------------------------------------
+
+# What of a link the drivers keep as planned: its kind, master (by name), up, MTU.
+LinkView = tuple[str | None, str | None, bool, int]
+
+
+def snapshot(plane: DataPlane) -> dict[str, LinkView] | None:
+    """The plane's links as far as drift goes, by name; None if its namespace cannot be
+    entered (blocking: call it from a thread)."""
+    try:
+        with netlink(plane) as ipr:
+            found = read_links(ipr)
+    except (NetlinkError, OSError):
+        return None
+    names = {link.index: link.name for link in found.values()}
+    return {
+        link.name: (link.kind, names.get(link.master) if link.master else None, link.up, link.mtu)
+        for link in found.values()
+    }
+
+
+def drift(before: Mapping[str, LinkView], after: Mapping[str, LinkView]) -> dict[str, str]:
+    """What a realise put back, by link: links it made again and links whose master, state or
+    MTU it changed (pure). A tap that appeared is QEMU's doing, not a repair."""
+    repaired: dict[str, str] = {}
+    for name, (kind, master, up, mtu) in after.items():
+        was = before.get(name)
+        if was is None:
+            if kind != "tun":
+                repaired[name] = f"{name} was missing: made again"
+            continue
+        fixed = []
+        if was[1] != master:
+            fixed.append(f"attached to {master}" if master else "detached")
+        if was[2] != up:
+            fixed.append("brought up" if up else "brought down")
+        if was[3] != mtu:
+            fixed.append(f"MTU set back to {mtu}")
+        if fixed:
+            repaired[name] = f"{name} {', '.join(fixed)}"
+    return repaired

@@ -197,6 +197,24 @@ class NodePlan:
     problems: tuple[str, ...] = field(default=())
 
 
+def link_owners(plan: NodePlan) -> dict[str, str]:
+    """The switch each link of the plan belongs to, by link name: bridges, uplinks, VXLAN
+    devices, the VMs' taps and the DHCP servers' links."""
+    owners: dict[str, str] = {}
+    for switch in plan.switches:
+        named = [switch.bridge, *([switch.uplink] if switch.uplink else [])]
+        for name in [*named, *(p.tap for p in switch.ports)]:
+            owners[name] = switch.name
+    for segment in plan.segments:
+        for name in [segment.bridge, segment.device, *(p.tap for p in segment.ports)]:
+            owners[name] = segment.switch
+    for server in plan.dhcp:
+        if server.bridge in owners:
+            for name in server.links:
+                owners[name] = owners[server.bridge]
+    return owners
+
+
 def dhcp_address(network: Network) -> str | None:
     """The address of `network`'s DHCP server, if it has one; never given to a NIC."""
     server = dhcp_server(network.subnet) if network.subnet else None

@@ -19,6 +19,7 @@ from heron.models.network import (
     SwitchCreate,
     SwitchUpdate,
 )
+from heron.models.node import Node
 from heron.models.vm import VM, NicSpec
 from heron.network.ipam import fits, pool_of, random_mac
 from heron.services.errors import Conflict, Invalid, NotFound
@@ -73,7 +74,13 @@ async def delete_switch(db: ConfigDB, name: str) -> None:
 
 
 async def node_status(db: ConfigDB) -> list[NodeNetworkStatus]:
-    return [e.value for e in await db.list(NodeNetworkStatus, keys.NETWORK_STATUS)]
+    """Every node's last report; a report of a node that is down now says so (`node_up`
+    false): what it last built may have changed since, unseen."""
+    up = {e.value.name for e in await db.list(Node, keys.NODES)}
+    return [
+        e.value.model_copy(update={"node_up": e.value.node in up})
+        for e in await db.list(NodeNetworkStatus, keys.NETWORK_STATUS)
+    ]
 
 
 # -- networks ----------------------------------------------------------------------------
@@ -132,8 +139,10 @@ async def create_network(db: ConfigDB, body: NetworkCreate) -> Network:
 
 async def update_network(db: ConfigDB, name: str, body: NetworkUpdate) -> Network:
     changes = body.model_dump(include=body.model_fields_set, exclude_none=True)
-    if "subnet" in body.model_fields_set:
-        changes["subnet"] = body.subnet  # null removes the subnet (and DHCP)
+    for field in ("subnet", "mtu"):
+        if field in body.model_fields_set:
+            # null: no subnet (and no DHCP); the MTU back to the switch's default
+            changes[field] = getattr(body, field)
 
     async def attempt() -> Network:
         entry = await find_network(db, name)

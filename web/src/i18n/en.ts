@@ -642,6 +642,8 @@ const en = {
   "net.noUplinks": "none (VLANs stay on each node)",
   "net.inSync": "in sync",
   "net.problems": "problems",
+  "net.repaired": "drift put back at {at}:",
+  "net.nodeDown": "node down: its last report",
   "net.noReport": "no report yet",
   "net.ports": "({count} ports)",
   "net.edit": "Edit",

@@ -644,6 +644,8 @@ const ru: Record<keyof typeof en, string> = {
   "net.noUplinks": "нет (VLAN остаются на каждом узле)",
   "net.inSync": "синхронизирован",
   "net.problems": "есть проблемы",
+  "net.repaired": "расхождение исправлено {at}:",
+  "net.nodeDown": "узел недоступен: последний отчёт",
   "net.noReport": "отчёта пока нет",
   "net.ports": "(портов: {count})",
   "net.edit": "Изменить",
