@@ -8,8 +8,10 @@ trunk port of a physical switch would). On the fabric side the links are named a
 so a capture there (`tcpdump -i <node>-up`) sees what the node puts on the wire.
 """
 
+import concurrent.futures
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -52,8 +54,20 @@ def _up(ipr: IPRoute, ifname: str) -> int:
     return int(index)
 
 
+def _on_own_thread(work: Callable[[], None]) -> None:
+    """pyroute2's synchronous sockets run an event loop of their own, which fails on a thread
+    whose loop runs already (a caller inside asyncio, or Playwright's sync API in the browser
+    tests): the work goes to a thread of its own."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(work).result()
+
+
 def build(prefix: str, nodes: list[FabricNode]) -> None:
     """Make (or complete) the fabric and every node's namespace and links; idempotent."""
+    _on_own_thread(lambda: _build(prefix, nodes))
+
+
+def _build(prefix: str, nodes: list[FabricNode]) -> None:
     fabric = fabric_netns(prefix)
     netns.create(fabric)
     with netns.netlink(fabric) as ipr:
@@ -96,6 +110,10 @@ def build(prefix: str, nodes: list[FabricNode]) -> None:
 
 def remove(prefix: str) -> None:
     """Delete the fabric and the nodes' namespaces (their links go with them)."""
+    _on_own_thread(lambda: _remove(prefix))
+
+
+def _remove(prefix: str) -> None:
     for name in netns.names():
         if name.startswith(f"{prefix}-"):
             try:
