@@ -20,6 +20,7 @@ from playwright.sync_api import Page, Request, expect
 from support import Api
 from test_ui_groups_storage import confirm, in_russian
 from test_ui_network import fits_375
+from test_ui_tree import expand, item
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +148,15 @@ def test_edit_the_group_and_remove_a_rule(page: Page, api: Api) -> None:
     expect(card.locator("tr[data-rule]")).to_have_count(1)
     expect(card.locator("tr[data-rule='0'] [data-testid=rule-protocol]")).to_have_text("ICMP")
     assert [r["protocol"] for r in api.ok("GET", "/security-groups/web")["rules"]] == ["icmp"]
+
+
+def test_the_tree_lists_the_groups_with_their_rules(page: Page, api: Api) -> None:
+    tree = page.locator("[role=tree]")
+    expand(item(tree, "secgroups", "tree.securityGroups"))
+    web = item(tree, "secgroup", "web", "secgroups")
+    rules = len(api.ok("GET", "/security-groups/web")["rules"])
+    expect(web).to_contain_text(f"rules: {rules}")
+    expect(web).to_have_attribute("data-to", "/security-groups")
 
 
 def test_give_a_nic_the_group_and_a_rate(page: Page, ui: str, api: Api, vm: str) -> None:

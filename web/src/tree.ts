@@ -1,13 +1,13 @@
 // The resource tree's model, without Vue or the DOM: what the cluster holds as a tree
 // (Cluster → nodes → VMs, Storage → pools → volumes, Groups → groups → member VMs, Networks →
-// switches → their networks) and which of
+// switches → their networks, Security groups → groups with their rule counts) and which of
 // its items are on screen, given what is expanded and what the search asks for. Only the
 // children of expanded items are walked, so a thousand VMs under collapsed nodes cost nothing.
 import type { Node, Pool, VM, Volume } from "./types";
 
 export type ItemKind =
   | "cluster" | "node" | "vm" | "storage" | "pool" | "volume" | "groups" | "group"
-  | "networks" | "switch" | "network";
+  | "networks" | "switch" | "network" | "secgroups" | "secgroup";
 
 export interface TreeItem {
   /** Unique in the tree: the path of ids from the root ("cluster/node:n1/vm:…"). */
@@ -42,6 +42,7 @@ export interface TreeData {
   groups: Group[];
   switches: { name: string; backend: string }[];
   networks: { name: string; switch: string; kind: string }[];
+  securityGroups: { name: string; rules: unknown[] }[];
 }
 
 const byName = <T extends { name: string }>(a: T, b: T): number =>
@@ -120,11 +121,19 @@ export function buildTree(data: TreeData): TreeItem[] {
       count: networks.length,
     };
   });
+  const securityGroups: TreeItem[] = [...data.securityGroups].sort(byName).map((group) => ({
+    key: `secgroups/secgroup:${group.name}`, kind: "secgroup", name: group.name, note: String(group.rules.length),
+    to: "/security-groups", children: null, count: null,
+  }));
   return [
     { key: "cluster", kind: "cluster", name: "tree.cluster", to: "/nodes", children: nodes, count: data.nodes.length },
     { key: "storage", kind: "storage", name: "tree.storage", to: "/storage", children: pools, count: pools.length },
     { key: "groups", kind: "groups", name: "tree.groups", to: "/groups", children: groups, count: groups.length },
     { key: "networks", kind: "networks", name: "tree.networks", to: "/networks", children: switches, count: switches.length },
+    {
+      key: "secgroups", kind: "secgroups", name: "tree.securityGroups", to: "/security-groups",
+      children: securityGroups, count: securityGroups.length,
+    },
   ];
 }
 

@@ -715,6 +715,8 @@ const en = {
   "vm.link": "Link",
   "vm.linkUp": "up",
   "vm.linkDown": "down",
+  "tree.securityGroups": "Security groups",
+  "tree.rules": "rules: {count}",
   "tree.networks": "Networks",
   "nics.add": "Add the adapter",
   "nics.remove": "Remove",

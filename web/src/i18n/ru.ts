@@ -717,6 +717,8 @@ const ru: Record<keyof typeof en, string> = {
   "vm.link": "Кабель",
   "vm.linkUp": "подключён",
   "vm.linkDown": "отключён",
+  "tree.securityGroups": "Группы безопасности",
+  "tree.rules": "правил: {count}",
   "tree.networks": "Сети",
   "nics.add": "Добавить адаптер",
   "nics.remove": "Убрать",
