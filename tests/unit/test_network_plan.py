@@ -139,11 +139,13 @@ def test_drift_is_what_a_realise_put_back_not_what_qemu_made() -> None:
         "eth1": (None, "hbdvs", True, 1500),
         "hx1388": ("bridge", None, True, 1450),  # deleted by hand, made again
         "htbb": ("tun", None, True, 1500),  # a VM started meanwhile: QEMU's, not drift
+        "hbovs": ("tun", None, True, 1500),  # an OVS userspace bridge's port, deleted by hand
     }
     assert drift(before, after) == {
         "htaa": "htaa attached to hbdvs",
         "eth1": "eth1 brought up, MTU set back to 1500",
         "hx1388": "hx1388 was missing: made again",
+        "hbovs": "hbovs was missing: made again",
     }
     assert drift(after, after) == {}
 

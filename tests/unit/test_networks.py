@@ -3,6 +3,7 @@ in-memory ConfigDB): what is refused, and that no two NICs ever get one MAC or a
 
 import pytest
 from fakes.configdb import FakeConfigDB
+from test_network_plan import node
 
 from heron.configdb import keys
 from heron.configdb.store import Conflict as StoreConflict
@@ -16,7 +17,6 @@ from heron.models.network import (
     SwitchUpdate,
     vlan_ranges,
 )
-from heron.models.node import Node
 from heron.models.vm import VM, NicSpec, VMSpec
 from heron.network.ipam import dhcp_server, fits, release_nics
 from heron.services import networks
@@ -168,15 +168,6 @@ async def test_the_report_of_a_node_that_is_down_is_marked_so() -> None:
             node=name, switches={"sw": SwitchState(in_sync=True)}, updated_at=0
         )
         await db.put(keys.network_status(name), status)
-    node = Node(
-        name="n1",
-        address="127.0.0.1",
-        api_url="http://x",
-        cpus=1,
-        memory_mib=1,
-        accelerator="tcg",
-        started_at=0,
-    )
-    await db.put(keys.node("n1"), node)  # n2's lease has run out: it has no record
+    await db.put(keys.node("n1"), node("n1", None))  # n2's lease has run out: no record
     up = {s.node: s.node_up for s in await networks.node_status(db)}
     assert up == {"n1": True, "n2": False}

@@ -31,7 +31,7 @@ from heron.network.bridgeports import (
     vlan_spec,
 )
 from heron.network.dataplane import DataPlane
-from heron.network.plan import OWNED_PREFIXES
+from heron.network.plan import OWNED_PREFIXES, TAP_PREFIX
 
 MARK = "heron"
 IFF_UP = 0x1
@@ -223,12 +223,12 @@ def snapshot(plane: DataPlane) -> dict[str, LinkView] | None:
 
 def drift(before: Mapping[str, LinkView], after: Mapping[str, LinkView]) -> dict[str, str]:
     """What a realise put back, by link: links it made again and links whose master, state or
-    MTU it changed (pure). A tap that appeared is QEMU's doing, not a repair."""
+    MTU it changed (pure). A VM's tap that appeared is its QEMU's doing, not a repair."""
     repaired: dict[str, str] = {}
-    for name, (kind, master, up, mtu) in after.items():
+    for name, (_, master, up, mtu) in after.items():
         was = before.get(name)
         if was is None:
-            if kind != "tun":
+            if not name.startswith(TAP_PREFIX):
                 repaired[name] = f"{name} was missing: made again"
             continue
         fixed = []

@@ -29,6 +29,7 @@ from heron.network.ipam import dhcp_server
 PortMode = Literal["untagged", "access", "trunk"]
 VXLAN_PORT = 4789
 OWNED_PREFIXES = ("hb", "hx", "hv", "ht", "hd")
+TAP_PREFIX = "ht"  # a VM NIC's tap: QEMU's, opened by the agent when the VM starts
 
 
 def _short(text: str, length: int = 10) -> str:
@@ -61,7 +62,7 @@ def segment_device(vni: int) -> str:
 def tap_name(mac: str) -> str:
     """A NIC's tap, named after its MAC (unique in the cluster), so it keeps its name when
     other NICs of the VM come and go."""
-    return "ht" + mac.replace(":", "")
+    return TAP_PREFIX + mac.replace(":", "")
 
 
 def dhcp_namespace(network: str) -> str:
