@@ -17,6 +17,8 @@ from pyroute2 import IPRoute, NetlinkError
 from heron.network import netns, ovsdb
 from heron.network.dataplane import DataPlane
 from heron.network.links import host_addresses
+from heron.network.ovs_filter import BridgeFilter
+from heron.network.ovs_flows import bridge_flows
 from heron.network.ovs_runtime import OvsError, OvsRuntime
 from heron.network.ovs_sync import Link, plan_sync, transaction, veth_fixes
 from heron.network.plan import SwitchPlan
@@ -32,6 +34,7 @@ class OpenVSwitch:
     def __init__(self, plane: DataPlane, runtime: OvsRuntime) -> None:
         self.plane = plane
         self.runtime = runtime
+        self.filter = BridgeFilter(runtime)
 
     @property
     def guest_checksum_offload(self) -> bool:
@@ -92,10 +95,29 @@ class OpenVSwitch:
                 self._vsctl(transaction(sync.commands))
             except OvsError as exc:
                 problems.append(f"bridge {plan.bridge}: {exc}")
+        problems.extend(self._filter(plan, state, bool(sync.commands)))
         for wanted, names in (("up", sync.links_up), ("down", sync.links_down)):
             for name in names:
                 problems.extend(_set_link(ipr, links[name], wanted))
         return problems
+
+    def _filter(self, plan: SwitchPlan, state: ovsdb.State, changed: bool) -> list[str]:
+        """The security groups and rate limits of the plan's ports, as OpenFlow flows."""
+        if changed:
+            try:
+                state = self._state()  # the ports just added have their OpenFlow numbers
+            except OvsError as exc:
+                return [str(exc)]
+        if plan.bridge not in state.bridges:
+            return []
+        on_bridge = set(state.bridges[plan.bridge].ports)
+        ofports = {
+            name: interface.ofport
+            for name, interface in state.interfaces.items()
+            if name in on_bridge and interface.ofport is not None
+        }
+        wanted = bridge_flows(plan.bridge, plan.ports, ofports)
+        return self.filter.apply(plan.bridge, wanted)
 
     def _state(self) -> ovsdb.State:
         return ovsdb.parse_state(self._vsctl(ovsdb.READ_STATE))

@@ -14,7 +14,7 @@ OWNER_KEY = "heron-owner"
 _COLUMNS = {
     "Bridge": "_uuid,name,ports,datapath_type,external_ids",
     "Port": "_uuid,name,interfaces,tag,trunks,vlan_mode,protected,external_ids",
-    "Interface": "_uuid,name,type,ifindex,mtu_request,external_ids",
+    "Interface": "_uuid,name,type,ifindex,ofport,mtu_request,external_ids",
 }
 # The ovs-vsctl arguments (after the --db option) that print the whole state, one JSON
 # document per table in the order of _COLUMNS.
@@ -32,6 +32,7 @@ class Interface:
     ifindex: int | None = None
     mtu_request: int | None = None
     external_ids: dict[str, str] = field(default_factory=dict)
+    ofport: int | None = None  # its OpenFlow port number (-1: it could not be added)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def parse_state(text: str) -> State:
             ifindex=_optional(row["ifindex"]),
             mtu_request=_optional(row["mtu_request"]),
             external_ids=_map(row["external_ids"]),
+            ofport=_optional(row.get("ofport", ["set", []])),
         )
         for row in interface_rows
     }
