@@ -288,10 +288,10 @@ def test_parse_ovs_vsctl_json() -> None:
         ],
     }
     interfaces = {
-        "headings": ["_uuid", "name", "type", "ifindex", "mtu_request", "external_ids"],
+        "headings": ["_uuid", "name", "type", "ifindex", "ofport", "mtu_request", "external_ids"],
         "data": [
-            [["uuid", "i1"], "htvm0", "", 7, 1500, ["map", [[OFFLOAD_KEY, "7"]]]],
-            [["uuid", "i2"], "eth1", "", ["set", []], ["set", []], ["map", []]],
+            [["uuid", "i1"], "htvm0", "", 7, 3, 1500, ["map", [[OFFLOAD_KEY, "7"]]]],
+            [["uuid", "i2"], "eth1", "", ["set", []], ["set", []], ["set", []], ["map", []]],
         ],
     }
     text = "\n".join(json.dumps(d) for d in (bridge, ports, interfaces)) + "\n"
@@ -303,6 +303,6 @@ def test_parse_ovs_vsctl_json() -> None:
     )
     assert state.ports["eth1"].trunks == (100, 200) and state.ports["eth1"].tag is None
     assert state.ports["other"].trunks == (7,) and state.ports["other"].bridge == "br0"
-    assert state.interfaces["htvm0"] == ovsdb.Interface("htvm0", "", 7, 1500, {OFFLOAD_KEY: "7"})
-    assert state.interfaces["eth1"].ifindex is None
+    assert state.interfaces["htvm0"] == ovsdb.Interface("htvm0", "", 7, 1500, {OFFLOAD_KEY: "7"}, 3)
+    assert state.interfaces["eth1"].ifindex is None and state.interfaces["eth1"].ofport is None
     assert ovsdb.READ_STATE[:2] == ["--format=json", "--"]
