@@ -5,6 +5,7 @@
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from planes import address, exchange, index, namespaces, rtnl, veth
 from pyroute2 import netns as pyroute2_netns
+from support import wait_for
 
 from heron.network.dataplane import DataPlane
 from heron.network.ovs import OpenVSwitch
@@ -61,14 +63,14 @@ class Lan:
         plan = SwitchPlan("sw", "ovs", BRIDGE, None, 1500, ports)
         return asyncio.run(self.switch.realise(plan))
 
-    def ofctl(self, *args: str) -> str:
-        command = ["ovs-ofctl", "-O", "OpenFlow14", *args[:1], self.runtime.ofctl_target(BRIDGE)]
-        done = subprocess.run([*command, *args[1:]], capture_output=True, text=True, check=True)
-        return done.stdout
+    def ofctl(self, verb: str, *args: str) -> str:
+        target = self.runtime.ofctl_target(BRIDGE)
+        command = ["ovs-ofctl", "-O", "OpenFlow14", "--no-stats", verb, target, *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     def heron_flows(self) -> list[str]:
         dump = self.ofctl("dump-flows", f"cookie={COOKIE:#x}/-1")
-        return [line for line in dump.splitlines() if "cookie=" in line]
+        return sorted(line.strip() for line in dump.splitlines() if "cookie=" in line)
 
 
 @pytest.fixture
@@ -222,22 +224,39 @@ def test_flows_go_with_the_firewall_and_realising_again_changes_nothing(lan: Lan
     calls.clear()
     assert lan.realise(*ports) == []
     assert {c[0] for c in calls} <= {"--no-stats", "dump-meters"}  # read, nothing written
-    assert [f.split(" n_packets")[0].split("duration=")[0] for f in lan.heron_flows()] == [
-        f.split(" n_packets")[0].split("duration=")[0] for f in flows
-    ]
+    assert lan.heron_flows() == flows
 
     # Lost behind the driver's back (ovs-vswitchd keeps flows in memory only): put back.
     lan.ofctl("del-flows", f"cookie={COOKIE:#x}/-1")
     assert lan.realise(*ports) == []
     assert len(lan.heron_flows()) == len(flows)
 
-    # Another's flow on the bridge stays; the firewall taken away takes Heron's with it.
+    # Another's flow on the bridge stays; the firewall taken away takes Heron's with it, but
+    # for plain forwarding.
     lan.ofctl("add-flow", "cookie=0x7,priority=5,udp,tp_dst=9,actions=drop")
     assert lan.realise(port("a"), port("b"), port("c")) == []
-    assert lan.heron_flows() == []
+    assert lan.heron_flows() == [f"cookie={COOKIE:#x}, priority=0 actions=NORMAL"]
     assert "meter=" not in lan.ofctl("dump-meters")
     assert "cookie=0x7" in lan.ofctl("dump-flows")
     assert eventually_connects(lan, "b", "a")
+
+
+def test_a_restarted_ovs_vswitchd_forwards_nothing_until_the_flows_are_back(lan: Lan) -> None:
+    assert lan.realise(port("a", guarded("a", ECHO)), port("b"), port("c")) == []
+    assert eventually_connects(lan, "b", "a")
+    assert lan.runtime.directory is not None
+    pid = int((lan.runtime.directory / "ovs-vswitchd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not lan.runtime.running(), 10, "ovs-vswitchd to die")
+    asyncio.run(OvsRuntime.start(lan.ns["node"], lan.runtime.directory))
+    # Its flows are gone with it: the secure bridge drops everything, never lets a in open.
+    wait_for(lambda: lan.heron_flows() == [], 10, "the bridge to be back, without flows")
+    assert not connects(lan, "b", "a", 8)
+    assert not exchange((lan.ns["b"], IPS["b"]), (lan.ns["c"], IPS["c"]), timeout=2)
+    assert lan.realise(port("a", guarded("a", ECHO)), port("b"), port("c")) == []
+    assert eventually_connects(lan, "b", "a")
+    assert not connects(lan, "b", "a", 8)
+    assert exchange((lan.ns["b"], IPS["b"]), (lan.ns["c"], IPS["c"]))
 
 
 def blast(lan: Lan, source: str, target: str, total: int) -> tuple[int, float]:

@@ -57,11 +57,15 @@ def test_rules_become_matches_like_the_nftables_rules() -> None:
     assert rule_matches(FirewallRule("in", "tcp", ("10.1.0.0/16", ANYWHERE))) == ["tcp"]
 
 
-def test_a_bridge_without_guarded_ports_has_no_flow_of_heron_s() -> None:
-    assert flows_of(port("ht1"), port("ht2")) == []
-    # a guarded port whose tap is not on the bridge yet: nothing either
-    assert flows_of(port("ht1", guard()), ofports={}) == []
-    assert replacement(bridge_flows("hbsw", [], {})) == f"delete cookie={COOKIE:#x}/-1\n"
+def test_a_bridge_without_guarded_ports_only_forwards_normally() -> None:
+    normal = [f"{C},table=0,priority=0,actions=NORMAL"]
+    assert flows_of(port("ht1"), port("ht2")) == normal
+    # a guarded port whose tap is not on the bridge yet: nothing more
+    assert flows_of(port("ht1", guard()), ofports={}) == normal
+    assert replacement(bridge_flows("hbsw", [], {})).splitlines() == [
+        f"delete cookie={COOKIE:#x}/-1",
+        f"add {normal[0]}",
+    ]
 
 
 def test_every_flow_is_heron_s_and_the_rest_goes_normal() -> None:

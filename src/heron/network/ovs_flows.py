@@ -3,9 +3,9 @@ OpenFlow flows and meters: pure, from a switch plan's ports and their OpenFlow p
 
 The userspace (netdev) datapath reads a tap before the kernel's netfilter and tc hooks, so
 the nftables driver (firewall.py) never sees these ports: the same semantics are built in
-OVS itself. Every flow carries COOKIE, so that a realise replaces exactly Heron's flows
-(and the bridge's default `priority=0 actions=NORMAL`, anyone else's, are left alone). A
-bridge without a guarded port gets no flow at all: plain NORMAL forwarding.
+OVS itself. Every flow carries COOKIE, so that a realise replaces exactly Heron's flows and
+leaves anyone else's alone. Heron's bridges are secure (ovs_sync: without flows they forward
+nothing), so a bridge without a guarded port gets Heron's one flow, plain NORMAL forwarding.
 
 The pipeline (tables):
 - CLASSIFY (0): what a filtered port sends goes to SPOOF, through its egress meter if it has
@@ -216,7 +216,7 @@ def bridge_flows(bridge: str, ports: Sequence[Port], ofports: Mapping[str, int])
     VM has not started, are left out until they are)."""
     present = [(p, ofports[p.tap]) for p in ports if p.guarded and ofports.get(p.tap, -1) > 0]
     if not present:
-        return BridgeFlows()
+        return BridgeFlows((_flow(CLASSIFY, 0, "", "NORMAL"),))
     flows = [
         _flow(CLASSIFY, 10, "", _goto(TO_PORT)),
         _flow(SPOOF, 0, "", "drop"),

@@ -12,7 +12,7 @@ from typing import Any
 OWNER_KEY = "heron-owner"
 
 _COLUMNS = {
-    "Bridge": "_uuid,name,ports,datapath_type,external_ids",
+    "Bridge": "_uuid,name,ports,datapath_type,fail_mode,external_ids",
     "Port": "_uuid,name,interfaces,tag,trunks,vlan_mode,protected,external_ids",
     "Interface": "_uuid,name,type,ifindex,ofport,mtu_request,external_ids",
 }
@@ -57,6 +57,7 @@ class Bridge:
     datapath_type: str = ""
     external_ids: dict[str, str] = field(default_factory=dict)
     ports: tuple[str, ...] = ()
+    fail_mode: str | None = None
 
     @property
     def owned(self) -> bool:
@@ -140,6 +141,7 @@ def parse_state(text: str) -> State:
             datapath_type=row["datapath_type"],
             external_ids=_map(row["external_ids"]),
             ports=names,
+            fail_mode=_optional(row.get("fail_mode", ["set", []])),
         )
     ports = {}
     for row in port_rows:
