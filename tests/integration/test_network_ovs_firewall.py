@@ -98,8 +98,14 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
 
 def connects(lan: Lan, source: str, target: str, port: int = 7) -> bool:
     """Whether `source` opens a TCP connection to `target`'s `port` and gets bytes back."""
-    server = pyroute2_netns.create_socket(lan.ns[target], socket.AF_INET, socket.SOCK_STREAM)
-    client = pyroute2_netns.create_socket(lan.ns[source], socket.AF_INET, socket.SOCK_STREAM)
+    return tcp_connects(lan.ns[source], lan.ns[target], target, port)
+
+
+def tcp_connects(source_ns: str, target_ns: str, target: str, port: int = 7) -> bool:
+    """Whether a TCP connection from `source_ns` to `target` (a VM's name) in `target_ns`
+    opens and brings bytes back."""
+    server = pyroute2_netns.create_socket(target_ns, socket.AF_INET, socket.SOCK_STREAM)
+    client = pyroute2_netns.create_socket(source_ns, socket.AF_INET, socket.SOCK_STREAM)
     try:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind((IPS[target], port))
@@ -312,3 +318,67 @@ def test_rate_limits_hold(lan: Lan, direction: str) -> None:
     bound = 65536 + mbps * 125_000 * (seconds + 0.2)
     assert 0 < received <= bound, (received, seconds, unlimited)
     assert unlimited > 4 * received  # without the meter, far more came through
+
+
+@pytest.fixture
+def vlan_lan(tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[int, OpenVSwitch]]]:
+    """Two nodes whose OVS uplinks meet in a fabric's Linux bridge: VM a on node 1 and VM b
+    on node 2, both in VLAN 100, so that what a receives from b comes in tagged."""
+    with namespaces("ovsn1", "ovsn2", "ovsfab", "a", "b") as (n1, n2, fabric, a, b):
+        nodes = {1: n1, 2: n2}
+        try:
+            with rtnl(fabric) as ipr:
+                ipr.link("add", ifname="br0", kind="bridge")
+                ipr.link("set", index=index(ipr, "br0"), state="up")
+            for number, node in nodes.items():
+                veth((node, "eth1"), (fabric, f"up{number}"))
+                with rtnl(fabric) as ipr:
+                    ipr.link("set", index=index(ipr, f"up{number}"), master=index(ipr, "br0"))
+            for name, ns, node in (("a", a, n1), ("b", b, n2)):
+                veth((node, f"htof{name}"), (ns, "eth0"))
+                with rtnl(ns) as ipr:
+                    ipr.link("set", index=index(ipr, "eth0"), address=MACS[name])
+                address(ns, "eth0", f"{IPS[name]}/24")
+            switches = {
+                number: OpenVSwitch(
+                    DataPlane(node),
+                    asyncio.run(OvsRuntime.start(node, tmp_path / f"ovs{number}")),
+                )
+                for number, node in nodes.items()
+            }
+            yield {"a": a, "b": b}, switches
+        finally:
+            for number, node in nodes.items():
+                place = tmp_path / f"ovs{number}"
+                asyncio.run(OvsRuntime(place / "db.sock", "netdev", node, place).stop())
+
+
+def test_tagged_frames_from_the_uplink_are_filtered_too(
+    vlan_lan: tuple[dict[str, str], dict[int, OpenVSwitch]],
+) -> None:
+    ns, switches = vlan_lan
+
+    def realise(node: int, *ports: Port) -> list[str]:
+        plan = SwitchPlan("sw", "ovs", BRIDGE, "eth1", 1500, ports)
+        return asyncio.run(switches[node].realise(plan))
+
+    a = replace(port("a", guarded("a", ECHO)), mode="access", vlan=100)
+    assert realise(1, a) == []
+    assert realise(2, replace(port("b"), mode="access", vlan=100)) == []
+    deadline = time.monotonic() + 15
+    while not tcp_connects(ns["b"], ns["a"], "a") and time.monotonic() < deadline:
+        pass
+    assert tcp_connects(ns["b"], ns["a"], "a")  # the rule, tagged on the way in
+    assert not tcp_connects(ns["b"], ns["a"], "a", 8)
+    assert tcp_connects(ns["a"], ns["b"], "b")  # a's own: the replies come back tagged
+    assert not exchange((ns["b"], IPS["b"]), (ns["a"], IPS["a"]), timeout=3)
+    # They did come tagged: the flows for a's MAC in VLAN 100 saw them.
+    target = switches[1].runtime.ofctl_target(BRIDGE)
+    dump = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow14", "dump-flows", target],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    tagged = [line for line in dump.splitlines() if "dl_vlan=100" in line]
+    assert tagged and any("n_packets=0," not in line for line in tagged), dump
