@@ -214,23 +214,34 @@ def test_a_port_sends_only_from_its_own_address_and_mac(lan: Lan) -> None:
 
 def test_flows_go_with_the_firewall_and_realising_again_changes_nothing(lan: Lan) -> None:
     calls: list[tuple[str, ...]] = []
-    ofctl = lan.switch.filter._ofctl
 
-    def recorded(bridge: str, *args: str, stdin: str | None = None) -> str:
-        calls.append(args)
-        return ofctl(bridge, *args, stdin=stdin)
+    def recording(switch: OpenVSwitch) -> OpenVSwitch:
+        ofctl = switch.filter._ofctl
 
-    lan.switch.filter._ofctl = recorded  # type: ignore[method-assign]
+        def recorded(bridge: str, *args: str, stdin: str | None = None) -> str:
+            calls.append(args)
+            return ofctl(bridge, *args, stdin=stdin)
+
+        switch.filter._ofctl = recorded  # type: ignore[method-assign]
+        return switch
+
+    recording(lan.switch)
     ports = (port("a", guarded("a", ECHO), egress_mbps=50), port("b"), port("c"))
     assert lan.realise(*ports) == []
     flows = lan.heron_flows()
     assert flows and "meter=" in lan.ofctl("dump-meters")
     assert any(c[:2] == ("--bundle", "add-flows") for c in calls)
 
-    calls.clear()
-    assert lan.realise(*ports) == []
-    assert {c[0] for c in calls} <= {"--no-stats", "dump-meters"}  # read, nothing written
-    assert lan.heron_flows() == flows
+    vsctl = ["ovs-vsctl", *lan.runtime.ctl_args(), "get", "Open_vSwitch", ".", "next_cfg"]
+    next_cfg = subprocess.run(vsctl, capture_output=True, text=True, check=True).stdout
+    # Again, and from an agent started anew: read, nothing written.
+    for switch in (lan.switch, recording(OpenVSwitch(DataPlane(lan.ns["node"]), lan.runtime))):
+        lan.switch = switch
+        calls.clear()
+        assert lan.realise(*ports) == []
+        assert {c[0] for c in calls} <= {"--no-stats", "dump-meters"}
+        assert lan.heron_flows() == flows
+    assert subprocess.run(vsctl, capture_output=True, text=True, check=True).stdout == next_cfg
 
     # Lost behind the driver's back (ovs-vswitchd keeps flows in memory only): put back.
     lan.ofctl("del-flows", f"cookie={COOKIE:#x}/-1")

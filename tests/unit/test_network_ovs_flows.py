@@ -5,6 +5,7 @@ from heron.network.ovs_flows import (
     Meter,
     bridge_flows,
     conntrack_zone,
+    fingerprint,
     heron_flows,
     meter_changes,
     parse_meters,
@@ -198,3 +199,15 @@ def test_zones_differ_by_vlan_and_are_stable() -> None:
     assert conntrack_zone("hbsw", 100) == conntrack_zone("hbsw", 100)
     zones = {conntrack_zone("hbsw", vlan) for vlan in range(4095)}
     assert all(1 <= z <= 0xFFFF for z in zones) and len(zones) > 3900
+
+
+def test_the_fingerprint_changes_with_what_is_wanted_or_what_the_switch_shows() -> None:
+    wanted = bridge_flows("hbsw", [port("ht1", guard(), egress_mbps=5)], {"ht1": 3})
+    shown = [f"{C}, priority=10 actions=goto_table:3"]
+    meters = {m.id: m for m in wanted.meters}
+    same = fingerprint(wanted, shown, meters)
+    assert same == fingerprint(wanted, list(shown), dict(meters))
+    other = bridge_flows("hbsw", [port("ht1", guard(), egress_mbps=6)], {"ht1": 3})
+    assert fingerprint(other, shown, meters) != same
+    assert fingerprint(wanted, [], meters) != same  # the flows lost
+    assert fingerprint(wanted, shown, {}) != same  # a meter lost

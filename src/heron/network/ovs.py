@@ -24,6 +24,8 @@ from heron.network.ovs_sync import Link, plan_sync, transaction, veth_fixes
 from heron.network.plan import SwitchPlan
 
 IFF_UP = 0x1
+# The fingerprint of Heron's flows and meters on a bridge (ovs_filter).
+FLOWS_KEY = "heron-flows"
 # ovs-vsctl waits for ovs-vswitchd to apply a change; a daemon that does not is a problem.
 VSCTL_TIMEOUT = 30
 
@@ -117,7 +119,14 @@ class OpenVSwitch:
             if name in on_bridge and interface.ofport is not None
         }
         wanted = bridge_flows(plan.bridge, plan.ports, ofports)
-        return self.filter.apply(plan.bridge, wanted)
+        recorded = state.bridges[plan.bridge].external_ids.get(FLOWS_KEY)
+        problems, record = self.filter.apply(plan.bridge, wanted, recorded)
+        if record is not None and record != recorded:
+            try:
+                self._vsctl(["set", "Bridge", plan.bridge, f"external_ids:{FLOWS_KEY}={record}"])
+            except OvsError as exc:
+                problems.append(f"bridge {plan.bridge}: {exc}")
+        return problems
 
     def _state(self) -> ovsdb.State:
         return ovsdb.parse_state(self._vsctl(ovsdb.READ_STATE))

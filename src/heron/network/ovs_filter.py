@@ -3,17 +3,19 @@ in place with ovs-ofctl: meters first (the flows name them), then every flow of 
 cookie replaced in one bundle (a transaction: never a moment without a filtered port's
 rules), then the meters no flow uses any more deleted.
 
-A bridge whose flows and meters are what was last put there is not touched: its flows are
-read back (ovs-vswitchd keeps them in memory only: after it restarts, they are put back).
+A bridge records a fingerprint of what was put there and of what the switch then showed
+(external_ids:heron-flows): a realise that wants the same and finds the same writes nothing,
+whichever agent process made them. Flows lost (ovs-vswitchd keeps them in memory only) or
+changed behind Heron's back do not match it, and are put back.
 """
 
 import subprocess
-from dataclasses import dataclass, field
 
 from heron.network.ovs_flows import (
     COOKIE,
     BridgeFlows,
     Meter,
+    fingerprint,
     heron_flows,
     meter_changes,
     parse_meters,
@@ -26,38 +28,27 @@ OFCTL_TIMEOUT = 30
 PROTOCOL = "OpenFlow14"
 
 
-@dataclass
-class _Applied:
-    flows: BridgeFlows
-    dump: list[str] = field(default_factory=list)
-
-
 class BridgeFilter:
     """Heron's flows and meters on the bridges of one Open vSwitch runtime."""
 
     def __init__(self, runtime: OvsRuntime) -> None:
         self.runtime = runtime
-        self._applied: dict[str, _Applied] = {}
 
-    def apply(self, bridge: str, wanted: BridgeFlows) -> list[str]:
-        """Make Heron's flows and meters on `bridge` those of `wanted`; the problems."""
+    def apply(
+        self, bridge: str, wanted: BridgeFlows, recorded: str | None
+    ) -> tuple[list[str], str | None]:
+        """Make Heron's flows and meters on `bridge` those of `wanted`: the problems, and the
+        fingerprint to record on the bridge if it is not `recorded` (ovs_flows.fingerprint;
+        None: nothing to record)."""
         try:
-            self._apply(bridge, wanted)
+            return [], self._apply(bridge, wanted, recorded)
         except OvsError as exc:
-            self._applied.pop(bridge, None)
-            return [f"bridge {bridge}: security groups and rate limits not applied: {exc}"]
-        return []
+            return [f"bridge {bridge}: security groups and rate limits not applied: {exc}"], None
 
-    def _apply(self, bridge: str, wanted: BridgeFlows) -> None:
-        dump = self._heron_flows(bridge)
+    def _apply(self, bridge: str, wanted: BridgeFlows, recorded: str | None) -> str | None:
         meters = self._meters(bridge)
-        last = self._applied.get(bridge)
-        in_sync = {m.id: m for m in wanted.meters} == meters
-        if last is not None and last.flows == wanted and last.dump == dump and in_sync:
-            return
-        if not wanted.flows and not dump and not meters:
-            self._applied[bridge] = _Applied(wanted, dump)
-            return
+        if recorded == fingerprint(wanted, self._heron_flows(bridge), meters):
+            return None
         add, modify, delete = meter_changes(wanted.meters, meters)
         for meter in add:
             self._ofctl(bridge, "add-meter", meter.spec())
@@ -66,7 +57,7 @@ class BridgeFilter:
         self._ofctl(bridge, "--bundle", "add-flows", "-", stdin=replacement(wanted))
         for meter_id in delete:
             self._ofctl(bridge, "del-meter", f"meter={meter_id}")
-        self._applied[bridge] = _Applied(wanted, self._heron_flows(bridge))
+        return fingerprint(wanted, self._heron_flows(bridge), self._meters(bridge))
 
     def _heron_flows(self, bridge: str) -> list[str]:
         return heron_flows(

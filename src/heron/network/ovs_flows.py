@@ -288,3 +288,15 @@ def heron_flows(dump: str) -> list[str]:
     return sorted(
         line.strip() for line in dump.splitlines() if line.strip().startswith(f"cookie={COOKIE:#x}")
     )
+
+
+def fingerprint(wanted: BridgeFlows, flows: Sequence[str], meters: Mapping[int, Meter]) -> str:
+    """What a bridge records (in its external_ids) once `wanted` is in place, with the flows
+    and meters the switch then shows: the next realise, from whichever agent, compares it
+    with what it wants and what the switch shows, and writes nothing when all agree."""
+    digest = hashlib.blake2s(digest_size=16)
+    for line in [*wanted.flows, *(m.spec() for m in wanted.meters), "", *flows]:
+        digest.update(line.encode() + b"\n")
+    for meter_id in sorted(meters):
+        digest.update(meters[meter_id].spec().encode() + b"\n")
+    return digest.hexdigest()
