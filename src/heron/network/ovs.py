@@ -4,6 +4,8 @@ trunk of the VLANs in use, each VM's tap an access or trunk port.
 The state is read from the database once per realise, the differences (ovs_sync, pure) are
 written in one ovs-vsctl transaction, and ovs-vsctl waits until ovs-vswitchd has applied
 them. Everything Heron makes carries external_ids:heron-owner=true; only that is removed.
+Then the bridge's OpenFlow flows and meters (security groups, anti-spoofing, rate limits:
+ovs_flows, ovs_filter) are put in place, before the new taps are brought up.
 """
 
 import asyncio

@@ -26,8 +26,10 @@ outlive a replacement of the flows), so that two networks with the same addresse
 each other's flows as replies.
 
 What is not the same as on a Linux bridge: broadcast and multicast frames reach a filtered
-port unfiltered (NORMAL floods them and OpenFlow cannot take one port out of a flood), and
-the ingress limit is a meter, which drops above the rate instead of queuing like tbf.
+port unfiltered (NORMAL floods them to every port of the VLAN; taking filtered ports out of
+floods, `no-flood`, would need flows outputting ARP and DHCP floods to them explicitly, VLAN
+by VLAN), and the ingress limit is a meter, which drops above the rate instead of queuing
+like tbf.
 """
 
 import hashlib

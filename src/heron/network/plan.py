@@ -433,7 +433,8 @@ def filtering(plan: NodePlan) -> Filtering:
             continue
         for port in switch.ports:
             if port.firewall is not None:
-                # NORMAL floods them, and OpenFlow cannot take one port out of a flood.
+                # NORMAL floods them to every port of their VLAN: the OVS driver's flows
+                # filter what is addressed to the port (ovs_flows).
                 unenforced.setdefault(switch.name, []).append(
                     f"VM {port.vm} NIC {port.nic}: broadcast and multicast frames reach it "
                     "unfiltered (security groups on Open vSwitch filter unicast only)"
