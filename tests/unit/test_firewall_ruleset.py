@@ -217,7 +217,7 @@ def test_conntrack_zones_are_stable_and_never_the_default() -> None:
     assert len(zones) > 1900  # a collision only shares a zone, as without zones
 
 
-def test_only_linux_bridges_are_filtered_and_ovs_ports_are_reported() -> None:
+def test_only_linux_bridges_are_filtered_here_and_ovs_reports_what_it_cannot() -> None:
     switches = {
         "sw": Switch(name="sw", backend="bridge", mtu=1500, uplinks={}, created_at=0),
         "dvs": Switch(name="dvs", backend="ovs", mtu=1500, uplinks={}, created_at=0),
@@ -232,7 +232,7 @@ def test_only_linux_bridges_are_filtered_and_ovs_ports_are_reported() -> None:
         vm(
             "b",
             NicSpec(network="v", mac="52:54:00:00:00:02", egress_mbps=5),
-            NicSpec(network="v", mac="52:54:00:00:00:03"),
+            NicSpec(network="v", mac="52:54:00:00:00:03", security_groups=["web"]),
             NicSpec(network="ov", mac="52:54:00:00:00:04", security_groups=["web"]),
         ),
     ]
@@ -242,9 +242,11 @@ def test_only_linux_bridges_are_filtered_and_ovs_ports_are_reported() -> None:
     # a VXLAN segment is a Linux bridge whatever its switch's backend: filtered
     assert [p.tap for p in where.ports["dvs"]] == ["ht525400000004"]
     assert set(where.bridges) == {"hx7", switch_bridge("sw")}
+    # The OVS driver filters and limits its ports with OpenFlow, but for floods.
     assert where.unenforced == {
         "dvs": [
-            "VM b NIC 0: security groups and rate limits on Open vSwitch ports are not enforced yet"
+            "VM b NIC 1: broadcast and multicast frames reach it unfiltered (security groups "
+            "on Open vSwitch filter unicast only)"
         ]
     }
 

@@ -57,14 +57,14 @@ def in_sync() -> ovsdb.State:
         "hdnet": ovsdb.Interface("hdnet", "", 4, 1500, {OFFLOAD_KEY: "4"}),
         "httrunk": ovsdb.Interface("httrunk", "", 5, 1500),
     }
-    bridge = ovsdb.Bridge("hbsw", "netdev", OWNED, tuple(sorted(ports)))
+    bridge = ovsdb.Bridge("hbsw", "netdev", OWNED, tuple(sorted(ports)), "secure")
     return ovsdb.State({"hbsw": bridge}, ports, interfaces)
 
 
 def with_port(state: ovsdb.State, port: ovsdb.Port) -> ovsdb.State:
     bridge = state.bridges["hbsw"]
     names = tuple(sorted({*bridge.ports, port.name}))
-    bridges = {**state.bridges, "hbsw": ovsdb.Bridge("hbsw", "netdev", OWNED, names)}
+    bridges = {**state.bridges, "hbsw": ovsdb.Bridge("hbsw", "netdev", OWNED, names, "secure")}
     return ovsdb.State(bridges, {**state.ports, port.name: port}, state.interfaces)
 
 
@@ -91,7 +91,14 @@ def test_a_new_bridge_in_one_transaction() -> None:
     assert sync.problems == [] and sync.links_up == [] and sync.links_down == []
     assert sync.commands == [
         ["--may-exist", "add-br", "hbsw"],
-        ["set", "Bridge", "hbsw", "datapath_type=netdev", "external_ids:heron-owner=true"],
+        [
+            "set",
+            "Bridge",
+            "hbsw",
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "external_ids:heron-owner=true",
+        ],
         ["set", "Interface", "hbsw", "mtu_request=9000"],
         [
             "--may-exist",
@@ -166,6 +173,11 @@ def test_only_what_differs_is_changed() -> None:
     assert plan_sync(PLAN, state, LINKS, "netdev").commands == [["set", "Port", "htvm0", "tag=100"]]
     system = plan_sync(PLAN, in_sync(), LINKS, "system").commands
     assert system == [["set", "Bridge", "hbsw", "datapath_type=system"]]
+    # A bridge made before Heron filtered on OVS becomes secure (its flows are Heron's).
+    bridge = replace(in_sync().bridges["hbsw"], fail_mode=None)
+    standalone = replace(in_sync(), bridges={"hbsw": bridge})
+    commands = plan_sync(PLAN, standalone, LINKS, "netdev").commands
+    assert commands == [["set", "Bridge", "hbsw", "fail_mode=secure"]]
 
 
 def test_ports_heron_owns_that_left_the_plan_are_removed() -> None:
@@ -288,10 +300,10 @@ def test_parse_ovs_vsctl_json() -> None:
         ],
     }
     interfaces = {
-        "headings": ["_uuid", "name", "type", "ifindex", "mtu_request", "external_ids"],
+        "headings": ["_uuid", "name", "type", "ifindex", "ofport", "mtu_request", "external_ids"],
         "data": [
-            [["uuid", "i1"], "htvm0", "", 7, 1500, ["map", [[OFFLOAD_KEY, "7"]]]],
-            [["uuid", "i2"], "eth1", "", ["set", []], ["set", []], ["map", []]],
+            [["uuid", "i1"], "htvm0", "", 7, 3, 1500, ["map", [[OFFLOAD_KEY, "7"]]]],
+            [["uuid", "i2"], "eth1", "", ["set", []], ["set", []], ["set", []], ["map", []]],
         ],
     }
     text = "\n".join(json.dumps(d) for d in (bridge, ports, interfaces)) + "\n"
@@ -303,6 +315,6 @@ def test_parse_ovs_vsctl_json() -> None:
     )
     assert state.ports["eth1"].trunks == (100, 200) and state.ports["eth1"].tag is None
     assert state.ports["other"].trunks == (7,) and state.ports["other"].bridge == "br0"
-    assert state.interfaces["htvm0"] == ovsdb.Interface("htvm0", "", 7, 1500, {OFFLOAD_KEY: "7"})
-    assert state.interfaces["eth1"].ifindex is None
+    assert state.interfaces["htvm0"] == ovsdb.Interface("htvm0", "", 7, 1500, {OFFLOAD_KEY: "7"}, 3)
+    assert state.interfaces["eth1"].ifindex is None and state.interfaces["eth1"].ofport is None
     assert ovsdb.READ_STATE[:2] == ["--format=json", "--"]

@@ -4,6 +4,8 @@ trunk of the VLANs in use, each VM's tap an access or trunk port.
 The state is read from the database once per realise, the differences (ovs_sync, pure) are
 written in one ovs-vsctl transaction, and ovs-vsctl waits until ovs-vswitchd has applied
 them. Everything Heron makes carries external_ids:heron-owner=true; only that is removed.
+Then the bridge's OpenFlow flows and meters (security groups, anti-spoofing, rate limits:
+ovs_flows, ovs_filter) are put in place, before the new taps are brought up.
 """
 
 import asyncio
@@ -17,11 +19,15 @@ from pyroute2 import IPRoute, NetlinkError
 from heron.network import netns, ovsdb
 from heron.network.dataplane import DataPlane
 from heron.network.links import host_addresses
+from heron.network.ovs_filter import BridgeFilter
+from heron.network.ovs_flows import bridge_flows
 from heron.network.ovs_runtime import OvsError, OvsRuntime
 from heron.network.ovs_sync import Link, plan_sync, transaction, veth_fixes
 from heron.network.plan import SwitchPlan
 
 IFF_UP = 0x1
+# The fingerprint of Heron's flows and meters on a bridge (ovs_filter).
+FLOWS_KEY = "heron-flows"
 # ovs-vsctl waits for ovs-vswitchd to apply a change; a daemon that does not is a problem.
 VSCTL_TIMEOUT = 30
 
@@ -32,6 +38,7 @@ class OpenVSwitch:
     def __init__(self, plane: DataPlane, runtime: OvsRuntime) -> None:
         self.plane = plane
         self.runtime = runtime
+        self.filter = BridgeFilter(runtime)
 
     @property
     def guest_checksum_offload(self) -> bool:
@@ -92,9 +99,35 @@ class OpenVSwitch:
                 self._vsctl(transaction(sync.commands))
             except OvsError as exc:
                 problems.append(f"bridge {plan.bridge}: {exc}")
+        problems.extend(self._filter(plan, state, bool(sync.commands)))
         for wanted, names in (("up", sync.links_up), ("down", sync.links_down)):
             for name in names:
                 problems.extend(_set_link(ipr, links[name], wanted))
+        return problems
+
+    def _filter(self, plan: SwitchPlan, state: ovsdb.State, changed: bool) -> list[str]:
+        """The security groups and rate limits of the plan's ports, as OpenFlow flows."""
+        if changed:
+            try:
+                state = self._state()  # the ports just added have their OpenFlow numbers
+            except OvsError as exc:
+                return [str(exc)]
+        if plan.bridge not in state.bridges:
+            return []
+        on_bridge = set(state.bridges[plan.bridge].ports)
+        ofports = {
+            name: interface.ofport
+            for name, interface in state.interfaces.items()
+            if name in on_bridge and interface.ofport is not None
+        }
+        wanted = bridge_flows(plan.bridge, plan.ports, ofports)
+        recorded = state.bridges[plan.bridge].external_ids.get(FLOWS_KEY)
+        problems, record = self.filter.apply(plan.bridge, wanted, recorded)
+        if record is not None and record != recorded:
+            try:
+                self._vsctl(["set", "Bridge", plan.bridge, f"external_ids:{FLOWS_KEY}={record}"])
+            except OvsError as exc:
+                problems.append(f"bridge {plan.bridge}: {exc}")
         return problems
 
     def _state(self) -> ovsdb.State:

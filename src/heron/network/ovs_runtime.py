@@ -85,6 +85,13 @@ class OvsRuntime:
         """The options telling ovs-vsctl (or ovs-ofctl, ovsdb-client) which database to use."""
         return [f"--db=unix:{self.socket}"]
 
+    def ofctl_target(self, bridge: str) -> str:
+        """How ovs-ofctl reaches `bridge`'s OpenFlow switch: ovs-vswitchd's socket for it,
+        in the run directory of a runtime of Heron's own (the system's is the default)."""
+        if self.directory is None:
+            return bridge
+        return f"unix:{self.directory / bridge}.mgmt"
+
     def running(self) -> bool:
         """Whether both daemons run (for the system's: whether its database is there)."""
         if self.directory is None:

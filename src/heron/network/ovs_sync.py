@@ -12,6 +12,11 @@ from heron.network import ovsdb
 from heron.network.plan import Port, SwitchPlan, uplink_holds_addresses
 
 OWNER = f"external_ids:{ovsdb.OWNER_KEY}=true"
+# Without flows a secure bridge forwards nothing, where a standalone one forwards everything
+# (NORMAL): when ovs-vswitchd starts again, its flows (kept in memory only) are gone until
+# the driver puts them back, and a filtered port must not be open meanwhile. Heron's flows
+# include the NORMAL a bridge would otherwise have (ovs_flows).
+SECURE = "fail_mode=secure"
 # Where the peer of a veth port has had its TX checksum offload turned off, the port's
 # interface records the veth's ifindex: a veth made again under the same name (its peer
 # with offload on again) has another one.
@@ -148,12 +153,14 @@ def plan_sync(
     if bridge is None:
         sync.commands.append(["--may-exist", "add-br", plan.bridge])
         sync.commands.append(
-            ["set", "Bridge", plan.bridge, f"datapath_type={datapath_type}", OWNER]
+            ["set", "Bridge", plan.bridge, f"datapath_type={datapath_type}", SECURE, OWNER]
         )
     else:
         changes = (
             [] if bridge.datapath_type == datapath_type else [f"datapath_type={datapath_type}"]
         )
+        if bridge.fail_mode != "secure":
+            changes.append(SECURE)  # OVS flushes the bridge's flows: the driver puts them back
         if not bridge.owned:
             changes.append(OWNER)
         if changes:

@@ -12,9 +12,9 @@ from typing import Any
 OWNER_KEY = "heron-owner"
 
 _COLUMNS = {
-    "Bridge": "_uuid,name,ports,datapath_type,external_ids",
+    "Bridge": "_uuid,name,ports,datapath_type,fail_mode,external_ids",
     "Port": "_uuid,name,interfaces,tag,trunks,vlan_mode,protected,external_ids",
-    "Interface": "_uuid,name,type,ifindex,mtu_request,external_ids",
+    "Interface": "_uuid,name,type,ifindex,ofport,mtu_request,external_ids",
 }
 # The ovs-vsctl arguments (after the --db option) that print the whole state, one JSON
 # document per table in the order of _COLUMNS.
@@ -32,6 +32,7 @@ class Interface:
     ifindex: int | None = None
     mtu_request: int | None = None
     external_ids: dict[str, str] = field(default_factory=dict)
+    ofport: int | None = None  # its OpenFlow port number (-1: it could not be added)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Bridge:
     datapath_type: str = ""
     external_ids: dict[str, str] = field(default_factory=dict)
     ports: tuple[str, ...] = ()
+    fail_mode: str | None = None
 
     @property
     def owned(self) -> bool:
@@ -124,6 +126,7 @@ def parse_state(text: str) -> State:
             ifindex=_optional(row["ifindex"]),
             mtu_request=_optional(row["mtu_request"]),
             external_ids=_map(row["external_ids"]),
+            ofport=_optional(row.get("ofport", ["set", []])),
         )
         for row in interface_rows
     }
@@ -138,6 +141,7 @@ def parse_state(text: str) -> State:
             datapath_type=row["datapath_type"],
             external_ids=_map(row["external_ids"]),
             ports=names,
+            fail_mode=_optional(row.get("fail_mode", ["set", []])),
         )
     ports = {}
     for row in port_rows:

@@ -414,9 +414,9 @@ def plan_node(
 @dataclass(frozen=True)
 class Filtering:
     """What the firewall and shaping drivers get from a node's plan: the ports of its Linux
-    bridges (every VXLAN segment's too) by switch, those bridges, and by switch the guarded
-    ports they cannot reach (Open vSwitch's userspace datapath reads a tap before the kernel's
-    hooks)."""
+    bridges (every VXLAN segment's too) by switch, those bridges, and by switch what is not
+    enforced on the guarded ports they cannot reach (Open vSwitch's userspace datapath reads
+    a tap before the kernel's hooks: the OVS driver filters and limits them with OpenFlow)."""
 
     ports: dict[str, tuple[Port, ...]]
     bridges: tuple[str, ...]
@@ -433,10 +433,12 @@ def filtering(plan: NodePlan) -> Filtering:
             bridges.append(switch.bridge)
             continue
         for port in switch.ports:
-            if port.guarded:
+            if port.firewall is not None:
+                # NORMAL floods them to every port of their VLAN: the OVS driver's flows
+                # filter what is addressed to the port (ovs_flows).
                 unenforced.setdefault(switch.name, []).append(
-                    f"VM {port.vm} NIC {port.nic}: security groups and rate limits on "
-                    "Open vSwitch ports are not enforced yet"
+                    f"VM {port.vm} NIC {port.nic}: broadcast and multicast frames reach it "
+                    "unfiltered (security groups on Open vSwitch filter unicast only)"
                 )
     for segment in plan.segments:
         ports.setdefault(segment.switch, []).extend(segment.ports)
