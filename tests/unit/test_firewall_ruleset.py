@@ -241,14 +241,7 @@ def test_only_linux_bridges_are_filtered_here_and_ovs_reports_what_it_cannot() -
     assert [p.tap for p in where.ports["sw"]] == ["ht525400000001"]
     # a VXLAN segment is a Linux bridge whatever its switch's backend: filtered
     assert [p.tap for p in where.ports["dvs"]] == ["ht525400000004"]
-    assert set(where.bridges) == {"hx7", switch_bridge("sw")}
-    # The OVS driver filters and limits its ports with OpenFlow, but for floods.
-    assert where.unenforced == {
-        "dvs": [
-            "VM b NIC 1: broadcast and multicast frames reach it unfiltered (security groups "
-            "on Open vSwitch filter unicast only)"
-        ]
-    }
+    assert set(where.bridges) == {"hx7", switch_bridge("sw")}  # OVS filters its own ports
 
 
 def node_with_underlay() -> Node:

@@ -175,7 +175,7 @@ class NetworkController:
         """Security groups and rate limits of the VM ports, once their bridges stand: the
         problems by switch."""
         where = filtering(plan)
-        problems = {name: list(found) for name, found in where.unenforced.items()}
+        problems: dict[str, list[str]] = {}
         ports = [p for found in where.ports.values() for p in found]
         shared = await self.firewall.realise(ports, where.bridges)
         shared += await realise_shaping(self.plane, ports)

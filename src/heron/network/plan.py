@@ -414,33 +414,22 @@ def plan_node(
 @dataclass(frozen=True)
 class Filtering:
     """What the firewall and shaping drivers get from a node's plan: the ports of its Linux
-    bridges (every VXLAN segment's too) by switch, those bridges, and by switch what is not
-    enforced on the guarded ports they cannot reach (Open vSwitch's userspace datapath reads
-    a tap before the kernel's hooks: the OVS driver filters and limits them with OpenFlow)."""
+    bridges (every VXLAN segment's too) by switch, and those bridges. Open vSwitch ports are
+    not among them: the userspace datapath reads a tap before the kernel's hooks, so the OVS
+    driver filters and limits them itself, with OpenFlow (ovs_flows)."""
 
     ports: dict[str, tuple[Port, ...]]
     bridges: tuple[str, ...]
-    unenforced: dict[str, list[str]]
 
 
 def filtering(plan: NodePlan) -> Filtering:
     ports: dict[str, list[Port]] = {}
     bridges: list[str] = []
-    unenforced: dict[str, list[str]] = {}
     for switch in plan.switches:
         if switch.backend == "bridge":
             ports.setdefault(switch.name, []).extend(switch.ports)
             bridges.append(switch.bridge)
-            continue
-        for port in switch.ports:
-            if port.firewall is not None:
-                # NORMAL floods them to every port of their VLAN: the OVS driver's flows
-                # filter what is addressed to the port (ovs_flows).
-                unenforced.setdefault(switch.name, []).append(
-                    f"VM {port.vm} NIC {port.nic}: broadcast and multicast frames reach it "
-                    "unfiltered (security groups on Open vSwitch filter unicast only)"
-                )
     for segment in plan.segments:
         ports.setdefault(segment.switch, []).extend(segment.ports)
         bridges.append(segment.bridge)
-    return Filtering({k: tuple(v) for k, v in ports.items()}, tuple(bridges), unenforced)
+    return Filtering({k: tuple(v) for k, v in ports.items()}, tuple(bridges))
