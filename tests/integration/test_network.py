@@ -150,6 +150,19 @@ def test_vlans_are_tagged_on_the_wire_and_kept_apart(netcluster: tuple[DevCluste
     assert "vlan 100" in seen and "vlan 200" in seen, seen
     assert e_ip != d_ip
 
+    # A security group on an Open vSwitch port: enforced by OVS itself (OpenFlow, its
+    # connection tracking), through the agent like on a Linux bridge.
+    api.ok("POST", "/security-groups", json={"name": "closed"})
+    reply = api.ok("PATCH", f"/vms/{e['id']}/nics/0", json={"security_groups": ["closed"]})
+    if reply.get("task"):
+        api.wait_task(reply["task"])
+    with shell(cluster, d) as channel:
+        wait_for(lambda: not ping(channel, e_ip, count=1) or None, 90, "the group to close e")
+        rule = {"protocol": "icmp", "remote": subnet["cidr"]}
+        api.ok("POST", "/security-groups/closed/rules", json=rule)
+        wait_for(lambda: ping(channel, e_ip, count=1) or None, 90, "the rule to let pings in")
+    delete(api, d, e, f)
+
 
 def delete(api: Api, *vms: dict[str, Any]) -> None:
     """Delete VMs a test is done with: fewer TCG guests for the next tests' two cores."""
