@@ -6,6 +6,7 @@ What this kernel cannot do is done by what can: VLANs through Open vSwitch's use
 datapath (no bridge VLAN filtering, no 802.1Q devices here), VXLAN through the kernel.
 """
 
+import json
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 from netguests import in_netns, leased, network_cluster, ping, shell, start_guest
-from support import Api, wait_for
+from support import Api, cli, wait_for
 
 from heron.devcluster import DevCluster
 from heron.network import fabric
@@ -281,6 +282,16 @@ def test_traffic_goes_on_without_the_agent_and_drift_is_repaired(
         state = wait_for(repaired, 60, "node1 to report the repair")
         assert f"{segment} was missing: made again" in state["repaired"], state
         assert any(line.endswith(f"attached to {segment}") for line in state["repaired"]), state
+        env = {
+            "HERON_URL": api.url,
+            "HERON_TOKEN": api.token or "",
+            "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+        }
+        rows = json.loads(cli(env, "switch", "status", "--json").stdout)
+        node1 = next(r for r in rows if r["node"] == "node1" and r["switch"] == "dvs")
+        assert node1["repaired"] == state["repaired"]
+        table = cli(env, "switch", "status").stdout
+        assert "drift put back" in table and segment in table, table
     delete(api, a, b)
 
 
