@@ -239,7 +239,8 @@ def test_flows_go_with_the_firewall_and_realising_again_changes_nothing(lan: Lan
         lan.switch = switch
         calls.clear()
         assert lan.realise(*ports) == []
-        assert {c[0] for c in calls} <= {"--no-stats", "dump-meters"}
+        reads = {f"cookie={COOKIE:#x}/-1", "dump-meters", "dump-ports-desc"}
+        assert {c[-1] for c in calls} <= reads
         assert lan.heron_flows() == flows
     assert subprocess.run(vsctl, capture_output=True, text=True, check=True).stdout == next_cfg
 
