@@ -21,10 +21,22 @@ from pyroute2 import netns as pyroute2_netns
 from support import wait_for
 
 from heron.network.dataplane import DataPlane
+from heron.network.dhcp import DhcpServers
 from heron.network.ovs import OpenVSwitch
 from heron.network.ovs_flows import COOKIE
 from heron.network.ovs_runtime import OvsRuntime
-from heron.network.plan import ANYWHERE, FirewallRule, Port, PortFirewall, SwitchPlan
+from heron.network.plan import (
+    ANYWHERE,
+    DhcpHost,
+    DhcpServer,
+    FirewallRule,
+    Port,
+    PortFirewall,
+    SwitchPlan,
+    dhcp_link,
+    dhcp_mac,
+    dhcp_namespace,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -254,6 +266,50 @@ def test_unknown_unicast_is_not_flooded_to_a_filtered_port(lan: Lan) -> None:
         assert not [frame for frame in seen if frame[:6] == mac_c]
     finally:
         sniffer.close()
+
+
+def test_a_filtered_port_gets_its_lease_from_the_dhcp_server(lan: Lan, tmp_path: Path) -> None:
+    """A real dnsmasq on the bridge (its port isolated, as the plan makes it) and busybox's
+    udhcpc in a: the broadcast DISCOVER goes out, the OFFER and ACK come in through a's
+    flows."""
+    network = f"ovsfl{os.getpid()}"
+    server = DhcpServer(
+        network=network,
+        namespace=dhcp_namespace(network),
+        bridge=BRIDGE,
+        vlan=None,
+        links=dhcp_link(network),
+        address="10.68.0.254/24",
+        mac=dhcp_mac(network),
+        router=None,
+        dns=(),
+        mtu=1500,
+        lease_seconds=600,
+        hosts=(DhcpHost(MACS["a"], IPS["a"], "vm-a"),),
+    )
+    servers = DhcpServers(DataPlane(lan.ns["node"]), tmp_path / "dhcp")
+    try:
+        assert asyncio.run(servers.realise(server)) == []
+        dhcp_port = Port(
+            tap=server.links[0],
+            vm="",
+            nic=0,
+            mac=server.mac,
+            mode="untagged",
+            isolated=True,
+        )
+        ports = (port("a", guarded("a")), port("b"), port("c"), dhcp_port)
+        assert lan.realise(*ports) == []
+        udhcpc = ["busybox", "udhcpc", "-i", "eth0", "-s", "/bin/true", "-n", "-q", "-t", "5"]
+        done = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{lan.ns['a']}", *udhcpc, "-T", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert f"lease of {IPS['a']} obtained" in done.stdout + done.stderr, done
+    finally:
+        asyncio.run(servers.remove(network))
 
 
 def test_inbound_is_denied_but_for_rules_and_replies(lan: Lan) -> None:
