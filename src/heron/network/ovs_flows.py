@@ -8,28 +8,40 @@ leaves anyone else's alone. Heron's bridges are secure (ovs_sync: without flows 
 nothing), so a bridge without a guarded port gets Heron's one flow, plain NORMAL forwarding.
 
 The pipeline (tables):
-- CLASSIFY (0): what a filtered port sends goes to SPOOF, through its egress meter if it has
-  one; a port only rate limited goes through its meter to TO_PORT; everything else to TO_PORT.
+- CLASSIFY (0): notes in REG6 the VLAN a frame is in (an access port's, a trunk's or the
+  uplink's tag, 0 untagged) if its port carries that VLAN, as NORMAL decides it (needed only
+  when a port is filtered). Then what a filtered port sends goes to SPOOF, through its egress
+  meter if it has one; a port only rate limited goes through its meter to TO_PORT; everything
+  else to TO_PORT.
 - SPOOF (1): only from the port's MAC, untagged, IPv4 from its address (or the DHCP client's
   0.0.0.0 before it has one), ARP for its own address: IPv4 is sent through connection
   tracking to FROM_PORT, ARP straight to TO_PORT; anything else is dropped.
 - FROM_PORT (2): a port with 'out' rules (deny_out) sends replies, DHCP requests and what
   its rules allow; the rest is dropped.
-- TO_PORT (3): frames for a filtered port (by destination MAC, untagged or tagged with the
-  port's VLAN: what NORMAL would output to it) pass if ARP, replies of tracked connections,
-  DHCP server replies, or new connections its 'in' rules allow (committed); the rest is
-  dropped. New connections a filtered port opens are committed here too.
-- OUTPUT (4): NORMAL, through the receiving port's ingress meter if it has one.
+- TO_PORT (3): unicast for a filtered port (by destination MAC, in a VLAN it carries) passes
+  to DELIVER if ARP, replies of tracked connections, DHCP server replies, or new connections
+  its 'in' rules allow (committed); the rest is dropped. New connections a filtered port
+  opens are committed here too.
+- OUTPUT (4): NORMAL, through the receiving port's ingress meter if it has one. A broadcast
+  or multicast frame is first copied (a clone each) to FLOOD once per filtered port.
+- FLOOD (5): a flooded frame in a VLAN the filtered port carries passes to DELIVER if ARP, a
+  DHCP server reply or IPv4 its 'in' rules allow; the rest is dropped.
+- DELIVER (6): output to the filtered port (REG7), through its ingress meter, with the
+  802.1Q tag NORMAL would give it.
+
+Filtered ports are NO_FLOOD (ovs_filter sets it), so that NORMAL floods nothing to them:
+neither broadcasts and multicasts (FLOOD delivers what they may get) nor unknown unicast,
+another VM's frames for a MAC the switch has not learned. A filtered port's own unicast is
+delivered by TO_PORT whether or not NORMAL knows its MAC.
 
 Connection tracking uses a zone per bridge and VLAN, the same on every realise (connections
 outlive a replacement of the flows), so that two networks with the same addresses never see
 each other's flows as replies.
 
-What is not the same as on a Linux bridge: broadcast and multicast frames reach a filtered
-port unfiltered (NORMAL floods them to every port of the VLAN; taking filtered ports out of
-floods, `no-flood`, would need flows outputting ARP and DHCP floods to them explicitly, VLAN
-by VLAN), and the ingress limit is a meter, which drops above the rate instead of queuing
-like tbf.
+What is not the same as on a Linux bridge: the ingress limit is a meter, which drops above
+the rate instead of queuing like tbf; and a broadcast or multicast datagram is let in by the
+'in' rules alone, never as a reply of a tracked connection (nor is it tracked), which
+conntrack would not find one to be anyway.
 """
 
 import hashlib
