@@ -4,6 +4,7 @@
 (test_network_firewall_driver.py), plus the rate limits, which there are tc's."""
 
 import asyncio
+import ipaddress
 import os
 import signal
 import socket
@@ -20,10 +21,22 @@ from pyroute2 import netns as pyroute2_netns
 from support import wait_for
 
 from heron.network.dataplane import DataPlane
+from heron.network.dhcp import DhcpServers
 from heron.network.ovs import OpenVSwitch
 from heron.network.ovs_flows import COOKIE
 from heron.network.ovs_runtime import OvsRuntime
-from heron.network.plan import ANYWHERE, FirewallRule, Port, PortFirewall, SwitchPlan
+from heron.network.plan import (
+    ANYWHERE,
+    DhcpHost,
+    DhcpServer,
+    FirewallRule,
+    Port,
+    PortFirewall,
+    SwitchPlan,
+    dhcp_link,
+    dhcp_mac,
+    dhcp_namespace,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -66,6 +79,12 @@ class Lan:
     def ofctl(self, verb: str, *args: str) -> str:
         target = self.runtime.ofctl_target(BRIDGE)
         command = ["ovs-ofctl", "-O", "OpenFlow14", "--no-stats", verb, target, *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    def ofctl_10(self, verb: str) -> str:
+        """`verb` in OpenFlow 1.0, the only version with a port's NO_FLOOD."""
+        target = self.runtime.ofctl_target(BRIDGE)
+        command = ["ovs-ofctl", "-O", "OpenFlow10", verb, target]
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     def heron_flows(self) -> list[str]:
@@ -156,6 +175,143 @@ def udp_arrives(lan: Lan, source: str, sport: int, target: str, dport: int) -> b
         receiver.close()
 
 
+def datagram_arrives(
+    source: tuple[str, str],
+    target: tuple[str, str],
+    destination: str,
+    dport: int,
+    sport: int = 5999,
+) -> bool:
+    """Whether a datagram from `source` (namespace, address) to `destination` (a broadcast or
+    multicast address, or a VM's) reaches a socket of `target` (namespace, address) on
+    `dport`, retried for a while (the first may wait on ARP)."""
+    sender = pyroute2_netns.create_socket(source[0], socket.AF_INET, socket.SOCK_DGRAM)
+    receiver = pyroute2_netns.create_socket(target[0], socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source[1]))
+        sender.bind((source[1], sport))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        receiver.bind(("", dport))  # a broadcast's or a group's address is not the VM's
+        if ipaddress.ip_address(destination).is_multicast:
+            group = socket.inet_aton(destination) + socket.inet_aton(target[1])
+            receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+        receiver.settimeout(0.3)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            sender.sendto(b"x", (destination, dport))
+            try:
+                if receiver.recvfrom(16)[0] == b"x":
+                    return True
+            except TimeoutError:
+                continue
+        return False
+    finally:
+        sender.close()
+        receiver.close()
+
+
+FLOODED = ("255.255.255.255", "10.68.0.255", "239.1.2.3")  # broadcast, subnet's, a group's
+UDP_5000 = FirewallRule("in", "udp", ("10.68.0.0/24",), (5000, 5000))
+
+
+def floods_as_on_a_linux_bridge(lan: Lan) -> None:
+    """With a filtered by ECHO and UDP_5000: what the Linux bridge driver lets reach it."""
+    b = (lan.ns["b"], IPS["b"])
+    for destination in FLOODED:
+        assert datagram_arrives(b, (lan.ns["c"], IPS["c"]), destination, 6000), (
+            destination
+        )  # unfiltered
+        assert not datagram_arrives(b, (lan.ns["a"], IPS["a"]), destination, 6000), destination
+        assert datagram_arrives(b, (lan.ns["a"], IPS["a"]), destination, 5000), (
+            destination
+        )  # the rule
+    # A DHCP server's broadcast reply reaches it; the same from another port does not.
+    assert datagram_arrives(b, (lan.ns["a"], IPS["a"]), "255.255.255.255", 68, sport=67)
+    assert not datagram_arrives(b, (lan.ns["a"], IPS["a"]), "255.255.255.255", 68, sport=66)
+    # Broadcast ARP for it is answered (b has never seen it): the rule's connection opens.
+    assert eventually_connects(lan, "b", "a")
+
+
+def test_floods_reach_a_filtered_port_only_as_its_rules_allow(lan: Lan) -> None:
+    assert lan.realise(port("a", guarded("a", ECHO, UDP_5000)), port("b"), port("c")) == []
+    floods_as_on_a_linux_bridge(lan)
+    # a's own broadcasts and multicasts go everywhere (it may send anything)
+    for destination in FLOODED:
+        assert datagram_arrives((lan.ns["a"], IPS["a"]), (lan.ns["c"], IPS["c"]), destination, 6000)
+
+
+def test_unknown_unicast_is_not_flooded_to_a_filtered_port(lan: Lan) -> None:
+    assert lan.realise(port("a", guarded("a")), port("b"), port("c")) == []
+    b, c = (lan.ns["b"], IPS["b"]), (lan.ns["c"], IPS["c"])
+    assert exchange(b, c)  # each knows the other's MAC now
+    assert lan.runtime.directory is not None
+    control = str(lan.runtime.directory / "ovs-vswitchd.ctl")
+    sniffer = pyroute2_netns.create_socket(
+        lan.ns["a"], socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)
+    )
+    try:
+        sniffer.bind(("eth0", 0))
+        # The switch forgets where c is: b's next datagram to it is flooded.
+        subprocess.run(["ovs-appctl", "-t", control, "fdb/flush"], check=True, capture_output=True)
+        assert datagram_arrives(b, (lan.ns["c"], IPS["c"]), IPS["c"], 6000)
+        sniffer.setblocking(False)
+        seen = []
+        while True:
+            try:
+                seen.append(sniffer.recv(2048))
+            except BlockingIOError:
+                break
+        mac_c = bytes.fromhex(MACS["c"].replace(":", ""))
+        assert not [frame for frame in seen if frame[:6] == mac_c]
+    finally:
+        sniffer.close()
+
+
+def test_a_filtered_port_gets_its_lease_from_the_dhcp_server(lan: Lan, tmp_path: Path) -> None:
+    """A real dnsmasq on the bridge (its port isolated, as the plan makes it) and busybox's
+    udhcpc in a: the broadcast DISCOVER goes out, the OFFER and ACK come in through a's
+    flows."""
+    network = f"ovsfl{os.getpid()}"
+    server = DhcpServer(
+        network=network,
+        namespace=dhcp_namespace(network),
+        bridge=BRIDGE,
+        vlan=None,
+        links=dhcp_link(network),
+        address="10.68.0.254/24",
+        mac=dhcp_mac(network),
+        router=None,
+        dns=(),
+        mtu=1500,
+        lease_seconds=600,
+        hosts=(DhcpHost(MACS["a"], IPS["a"], "vm-a"),),
+    )
+    servers = DhcpServers(DataPlane(lan.ns["node"]), tmp_path / "dhcp")
+    try:
+        assert asyncio.run(servers.realise(server)) == []
+        dhcp_port = Port(
+            tap=server.links[0],
+            vm="",
+            nic=0,
+            mac=server.mac,
+            mode="untagged",
+            isolated=True,
+        )
+        ports = (port("a", guarded("a")), port("b"), port("c"), dhcp_port)
+        assert lan.realise(*ports) == []
+        udhcpc = ["busybox", "udhcpc", "-i", "eth0", "-s", "/bin/true", "-n", "-q", "-t", "5"]
+        done = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{lan.ns['a']}", *udhcpc, "-T", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert f"lease of {IPS['a']} obtained" in done.stdout + done.stderr, done
+    finally:
+        asyncio.run(servers.remove(network))
+
+
 def test_inbound_is_denied_but_for_rules_and_replies(lan: Lan) -> None:
     assert lan.realise(port("a", guarded("a", ECHO)), port("b"), port("c")) == []
     assert eventually_connects(lan, "b", "a")  # the rule: tcp 7 from the subnet
@@ -230,6 +386,7 @@ def test_flows_go_with_the_firewall_and_realising_again_changes_nothing(lan: Lan
     assert lan.realise(*ports) == []
     flows = lan.heron_flows()
     assert flows and "meter=" in lan.ofctl("dump-meters")
+    assert lan.ofctl_10("dump-ports-desc").count("NO_FLOOD") == 1  # a's port only
     assert any(c[:2] == ("--bundle", "add-flows") for c in calls)
 
     vsctl = ["ovs-vsctl", *lan.runtime.ctl_args(), "get", "Open_vSwitch", ".", "next_cfg"]
@@ -239,7 +396,8 @@ def test_flows_go_with_the_firewall_and_realising_again_changes_nothing(lan: Lan
         lan.switch = switch
         calls.clear()
         assert lan.realise(*ports) == []
-        assert {c[0] for c in calls} <= {"--no-stats", "dump-meters"}
+        reads = {f"cookie={COOKIE:#x}/-1", "dump-meters", "dump-ports-desc"}
+        assert {c[-1] for c in calls} <= reads
         assert lan.heron_flows() == flows
     assert subprocess.run(vsctl, capture_output=True, text=True, check=True).stdout == next_cfg
 
@@ -254,12 +412,14 @@ def test_flows_go_with_the_firewall_and_realising_again_changes_nothing(lan: Lan
     assert lan.realise(port("a"), port("b"), port("c")) == []
     assert lan.heron_flows() == [f"cookie={COOKIE:#x}, priority=0 actions=NORMAL"]
     assert "meter=" not in lan.ofctl("dump-meters")
+    assert "NO_FLOOD" not in lan.ofctl_10("dump-ports-desc")  # floods reach it again
     assert "cookie=0x7" in lan.ofctl("dump-flows")
     assert eventually_connects(lan, "b", "a")
 
 
 def test_a_restarted_ovs_vswitchd_forwards_nothing_until_the_flows_are_back(lan: Lan) -> None:
-    assert lan.realise(port("a", guarded("a", ECHO)), port("b"), port("c")) == []
+    filtered = port("a", guarded("a", ECHO, UDP_5000))
+    assert lan.realise(filtered, port("b"), port("c")) == []
     assert eventually_connects(lan, "b", "a")
     assert lan.runtime.directory is not None
     pid = int((lan.runtime.directory / "ovs-vswitchd.pid").read_text())
@@ -270,10 +430,14 @@ def test_a_restarted_ovs_vswitchd_forwards_nothing_until_the_flows_are_back(lan:
     wait_for(lambda: lan.heron_flows() == [], 10, "the bridge to be back, without flows")
     assert not connects(lan, "b", "a", 8)
     assert not exchange((lan.ns["b"], IPS["b"]), (lan.ns["c"], IPS["c"]), timeout=2)
-    assert lan.realise(port("a", guarded("a", ECHO)), port("b"), port("c")) == []
+    # The ports came back without NO_FLOOD (ovs-vswitchd does not keep it): set again.
+    assert "NO_FLOOD" not in lan.ofctl_10("dump-ports-desc")
+    assert lan.realise(filtered, port("b"), port("c")) == []
+    assert "NO_FLOOD" in lan.ofctl_10("dump-ports-desc")
     assert eventually_connects(lan, "b", "a")
     assert not connects(lan, "b", "a", 8)
     assert exchange((lan.ns["b"], IPS["b"]), (lan.ns["c"], IPS["c"]))
+    floods_as_on_a_linux_bridge(lan)
 
 
 def blast(lan: Lan, source: str, target: str, total: int) -> tuple[int, float]:
@@ -373,7 +537,7 @@ def test_tagged_frames_from_the_uplink_are_filtered_too(
         plan = SwitchPlan("sw", "ovs", BRIDGE, "eth1", 1500, ports)
         return asyncio.run(switches[node].realise(plan))
 
-    a = replace(port("a", guarded("a", ECHO)), mode="access", vlan=100)
+    a = replace(port("a", guarded("a", ECHO, UDP_5000)), mode="access", vlan=100)
     assert realise(1, a) == []
     assert realise(2, replace(port("b"), mode="access", vlan=100)) == []
     deadline = time.monotonic() + 15
@@ -383,6 +547,15 @@ def test_tagged_frames_from_the_uplink_are_filtered_too(
     assert not tcp_connects(ns["b"], ns["a"], "a", 8)
     assert tcp_connects(ns["a"], ns["b"], "b")  # a's own: the replies come back tagged
     assert not exchange((ns["b"], IPS["b"]), (ns["a"], IPS["a"]), timeout=3)
+    # Floods from b come tagged too: only what a's rules allow reaches it, untagged.
+    for destination in FLOODED:
+        assert datagram_arrives((ns["b"], IPS["b"]), (ns["a"], IPS["a"]), destination, 5000), (
+            destination
+        )
+        assert not datagram_arrives((ns["b"], IPS["b"]), (ns["a"], IPS["a"]), destination, 6000)
+    # Realised again: nothing changes, and it still holds.
+    assert realise(1, a) == []
+    assert datagram_arrives((ns["b"], IPS["b"]), (ns["a"], IPS["a"]), "255.255.255.255", 5000)
     # They did come tagged: the flows for a's MAC in VLAN 100 saw them.
     target = switches[1].runtime.ofctl_target(BRIDGE)
     dump = subprocess.run(

@@ -7,8 +7,10 @@ from heron.network.ovs_flows import (
     conntrack_zone,
     fingerprint,
     heron_flows,
+    in_vlans,
     meter_changes,
     parse_meters,
+    parse_no_flood,
     port_masks,
     replacement,
     rule_matches,
@@ -74,15 +76,21 @@ def test_every_flow_is_heron_s_and_the_rest_goes_normal() -> None:
     assert all(f.startswith(C + ",") for f in flows)
     assert f"{C},table=4,priority=0,actions=NORMAL" in flows
     assert f"{C},table=0,priority=10,actions=goto_table:3" in flows
-    # the unguarded port has no flow of its own
-    assert not any("in_port=4" in f for f in flows)
+    # the unguarded port's only flows say which VLAN what it sends is in
+    assert [f for f in flows if "in_port=4" in f] == [
+        f"{C},table=0,priority=100,in_port=4,vlan_tci=0x0000/0x1fff,"
+        "actions=load:0x1000->NXM_NX_REG6[],goto_table:3",
+        f"{C},table=0,priority=90,in_port=4,actions=goto_table:3",
+    ]
 
 
 def test_a_filtered_port_sends_only_from_its_mac_and_address() -> None:
     flows = flows_of(port("ht1", guard()))
     zone = conntrack_zone("hbsw", 0)
-    assert f"{C},table=0,priority=100,in_port=3,actions=goto_table:1" in flows
     untagged = "in_port=3,vlan_tci=0x0000/0x1fff"
+    assert (
+        f"{C},table=0,priority=100,{untagged},actions=load:0x1000->NXM_NX_REG6[],goto_table:1"
+    ) in flows
     assert (
         f"{C},table=1,priority=100,{untagged},arp,dl_src={MAC},arp_sha={MAC},arp_spa=10.0.0.5,"
         "actions=goto_table:3"
@@ -115,19 +123,19 @@ def test_what_a_filtered_port_receives() -> None:
     web = FirewallRule("in", "tcp", ("10.0.0.0/24",), (80, 80))
     flows = flows_of(port("ht1", guard(web), mode="access", vlan=100))
     zone = conntrack_zone("hbsw", 100)
-    for dest in (f"dl_dst={MAC},vlan_tci=0x0000/0x1fff", f"dl_dst={MAC},dl_vlan=100"):
-        assert f"{C},table=3,priority=100,{dest},arp,actions=goto_table:4" in flows
+    deliver = "load:3->NXM_NX_REG7[],goto_table:6"
+    # for its MAC in its VLAN, whether it came tagged (from the uplink) or not
+    for dest in (f"dl_dst={MAC},reg6=0x1064",):
+        assert f"{C},table=3,priority=100,{dest},arp,actions={deliver}" in flows
         assert (
             f"{C},table=3,priority=100,{dest},ct_state=-trk,ip,actions=ct(zone={zone},table=3)"
         ) in flows
-        assert f"{C},table=3,priority=90,{dest},ct_state=+est+trk,ip,actions=goto_table:4" in flows
+        assert f"{C},table=3,priority=90,{dest},ct_state=+est+trk,ip,actions={deliver}" in flows
         assert f"{C},table=3,priority=85,{dest},ct_state=+inv+trk,ip,actions=drop" in flows
-        assert (
-            f"{C},table=3,priority=80,{dest},udp,tp_src=67,tp_dst=68,actions=goto_table:4" in flows
-        )
+        assert f"{C},table=3,priority=80,{dest},udp,tp_src=67,tp_dst=68,actions={deliver}" in flows
         assert (
             f"{C},table=3,priority=80,{dest},tcp,nw_src=10.0.0.0/24,tp_dst=80,"
-            f"actions=ct(commit,zone={zone}),goto_table:4"
+            f"actions=ct(commit,zone={zone}),{deliver}"
         ) in flows
     assert f"{C},table=3,priority=10,dl_dst={MAC},actions=drop" in flows
     # no out rules: no FROM_PORT check of its own
@@ -154,8 +162,14 @@ def test_rate_limits_are_meters_named_after_the_port() -> None:
         {"ht1": 3, "ht2": 4, "ht3": 5},
     )
     assert limited.meters == (Meter(7, 10_000, 1000), Meter(8, 20_000, 2000))
-    assert f"{C},table=0,priority=100,in_port=3,actions=meter:7,goto_table:3" in limited.flows
-    assert f"{C},table=4,priority=100,dl_dst={MAC},actions=meter:8,NORMAL" in limited.flows
+    assert (
+        f"{C},table=0,priority=100,in_port=3,vlan_tci=0x0000/0x1fff,"
+        "actions=meter:7,load:0x1000->NXM_NX_REG6[],goto_table:3"
+    ) in limited.flows
+    # what the filtered port receives, through its meter, unicast or flooded
+    assert f"{C},table=6,priority=90,reg7=4,actions=meter:8,output:4" in limited.flows
+    received = bridge_flows("hbsw", [port("ht1", ingress_mbps=20)], {"ht1": 3})
+    assert f"{C},table=4,priority=100,dl_dst={MAC},actions=meter:6,NORMAL" in received.flows
     # a small rate still gets a burst TCP can live with (64 KiB, as nftables polices)
     small = bridge_flows("hbsw", [port("ht1", egress_mbps=1)], {"ht1": 3})
     assert small.meters == (Meter(7, 1000, 524),)
@@ -211,3 +225,81 @@ def test_the_fingerprint_changes_with_what_is_wanted_or_what_the_switch_shows() 
     assert fingerprint(other, shown, meters) != same
     assert fingerprint(wanted, [], meters) != same  # the flows lost
     assert fingerprint(wanted, shown, {}) != same  # a meter lost
+    assert fingerprint(wanted, shown, meters, {3}) != same  # NO_FLOOD set...
+    with_it = fingerprint(wanted, shown, meters, {3})
+    assert fingerprint(wanted, shown, meters, set()) != with_it  # ...and lost (a restart)
+
+
+def test_filtered_ports_leave_floods_to_their_own_flows() -> None:
+    a = port("ht1", guard(FirewallRule("in", "udp", (ANYWHERE,), (5353, 5353))))
+    a = Port(**{**a.__dict__, "mode": "access", "vlan": 100})
+    other = port("ht2", mode="access", vlan=100)
+    wanted = bridge_flows("hbsw", [a, other], {"ht1": 3, "ht2": 4, "eth1": 1}, "eth1")
+    assert (wanted.no_flood, wanted.flood) == ((3,), (1, 4))
+    flows = wanted.flows
+    # every flood gets a copy for each filtered port, then NORMAL floods to the others
+    assert (
+        f"{C},table=4,priority=50,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,"
+        "actions=clone(load:3->NXM_NX_REG7[],resubmit(,5)),NORMAL"
+    ) in flows
+    # which it may receive in its VLAN: ARP, DHCP server replies, what its rules allow
+    mine = [f for f in flows if ",table=5," in f]
+    assert mine == [
+        f"{C},table=5,priority=100,reg7=3,reg6=0x1064,arp,actions=goto_table:6",
+        f"{C},table=5,priority=100,reg7=3,reg6=0x1064,udp,tp_src=67,tp_dst=68,actions=goto_table:6",
+        f"{C},table=5,priority=100,reg7=3,reg6=0x1064,udp,tp_dst=5353,actions=goto_table:6",
+        f"{C},table=5,priority=0,actions=drop",
+    ]
+    # delivered untagged to the access port
+    tagged = "vlan_tci=0x1000/0x1000"
+    assert f"{C},table=6,priority=100,reg7=3,{tagged},actions=strip_vlan,output:3" in flows
+    assert f"{C},table=6,priority=90,reg7=3,actions=output:3" in flows
+    # the VLAN of what comes in: the access port's own, the uplink's tag if it carries it
+    assert (
+        f"{C},table=0,priority=100,in_port=4,vlan_tci=0x0000/0x1fff,"
+        "actions=load:0x1064->NXM_NX_REG6[],goto_table:3"
+    ) in flows
+    assert (
+        f"{C},table=0,priority=100,in_port=1,dl_vlan=100,"
+        "actions=move:NXM_OF_VLAN_TCI[0..12]->NXM_NX_REG6[0..12],goto_table:3"
+    ) in flows
+    assert f"{C},table=0,priority=90,in_port=1,actions=goto_table:3" in flows
+    # no filtered port any more: every port floods again
+    assert bridge_flows("hbsw", [other], {"ht2": 4, "eth1": 1}, "eth1").flood == (1, 4)
+
+
+def test_a_filtered_trunk_port_gets_the_frames_of_its_vlans_tagged() -> None:
+    trunk = Port(**{**port("ht1", guard()).__dict__, "mode": "trunk", "trunk": ((100, 103),)})
+    access = port("ht2", mode="access", vlan=101)
+    flows = bridge_flows("hbsw", [trunk, access], {"ht1": 3, "ht2": 4, "eth1": 1}, "eth1").flows
+    assert f"{C},table=5,priority=100,reg7=3,reg6=0x1064/0x1ffc,arp,actions=goto_table:6" in flows
+    assert (
+        f"{C},table=6,priority=90,reg7=3,actions=push_vlan:0x8100,"
+        "move:NXM_NX_REG6[0..11]->NXM_OF_VLAN_TCI[0..11],output:3"
+    ) in flows
+    assert f"{C},table=6,priority=100,reg7=3,vlan_tci=0x1000/0x1000,actions=output:3" in flows
+    # what it sends is in the VLAN of its tag, if it carries it
+    assert (
+        f"{C},table=0,priority=100,in_port=3,vlan_tci=0x1064/0x1ffc,"
+        "actions=move:NXM_OF_VLAN_TCI[0..12]->NXM_NX_REG6[0..12],goto_table:1"
+    ) in flows
+
+
+def test_vlan_matches_cover_exactly_the_ranges() -> None:
+    assert in_vlans([(0, 0)]) == ["reg6=0x1000"]
+    covered = set()
+    for match in in_vlans([(5, 300), (4000, 4094)]):
+        value, _, mask = match.removeprefix("reg6=").partition("/")
+        base, bits = int(value, 0), int(mask, 0) if mask else 0x1FFF
+        covered |= {v for v in range(4096) if (0x1000 | v) & bits == base}
+    assert covered == set(range(5, 301)) | set(range(4000, 4095))
+
+
+def test_no_flood_ports_are_read_back() -> None:
+    dump = (
+        "OFPST_PORT_DESC reply (xid=0x2):\n"
+        " 1(htofb): addr:26:42:55:4b:49:ca\n     config:     0\n     state:      LIVE\n"
+        " 2(htofa): addr:26:70:1f:51:0b:bf\n     config:     NO_FLOOD\n"
+        " LOCAL(hbovsfwtest): addr:22:bb:eb:b1:51:40\n     config:     PORT_DOWN NO_FLOOD\n"
+    )
+    assert parse_no_flood(dump) == {2}

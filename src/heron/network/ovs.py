@@ -120,7 +120,7 @@ class OpenVSwitch:
             for name, interface in state.interfaces.items()
             if name in on_bridge and interface.ofport is not None
         }
-        wanted = bridge_flows(plan.bridge, plan.ports, ofports)
+        wanted = bridge_flows(plan.bridge, plan.ports, ofports, plan.uplink)
         recorded = state.bridges[plan.bridge].external_ids.get(FLOWS_KEY)
         problems, record = self.filter.apply(plan.bridge, wanted, recorded)
         if record is not None and record != recorded:
