@@ -152,18 +152,14 @@ def eventually_connects(lan: Lan, source: str, target: str) -> bool:
     return False
 
 
-def udp_arrives(lan: Lan, source: str, sport: int, target: str, dport: int) -> bool:
-    """Whether a datagram from `source`'s port `sport` reaches `target`'s `dport` (retried
-    for a while: the first may wait on ARP)."""
-    sender = pyroute2_netns.create_socket(lan.ns[source], socket.AF_INET, socket.SOCK_DGRAM)
-    receiver = pyroute2_netns.create_socket(lan.ns[target], socket.AF_INET, socket.SOCK_DGRAM)
+def received(sender: socket.socket, receiver: socket.socket, destination: tuple[str, int]) -> bool:
+    """Whether a datagram sent to `destination` reaches `receiver`, sent again for a while
+    (the first may wait on ARP); both sockets are closed."""
     try:
-        sender.bind((IPS[source], sport))
-        receiver.bind((IPS[target], dport))
         receiver.settimeout(0.3)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            sender.sendto(b"x", (IPS[target], dport))
+            sender.sendto(b"x", destination)
             try:
                 if receiver.recvfrom(16)[0] == b"x":
                     return True
@@ -173,6 +169,15 @@ def udp_arrives(lan: Lan, source: str, sport: int, target: str, dport: int) -> b
     finally:
         sender.close()
         receiver.close()
+
+
+def udp_arrives(lan: Lan, source: str, sport: int, target: str, dport: int) -> bool:
+    """Whether a datagram from `source`'s port `sport` reaches `target`'s `dport`."""
+    sender = pyroute2_netns.create_socket(lan.ns[source], socket.AF_INET, socket.SOCK_DGRAM)
+    receiver = pyroute2_netns.create_socket(lan.ns[target], socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind((IPS[source], sport))
+    receiver.bind((IPS[target], dport))
+    return received(sender, receiver, (IPS[target], dport))
 
 
 def datagram_arrives(
@@ -184,31 +189,18 @@ def datagram_arrives(
 ) -> bool:
     """Whether a datagram from `source` (namespace, address) to `destination` (a broadcast or
     multicast address, or a VM's) reaches a socket of `target` (namespace, address) on
-    `dport`, retried for a while (the first may wait on ARP)."""
+    `dport`."""
     sender = pyroute2_netns.create_socket(source[0], socket.AF_INET, socket.SOCK_DGRAM)
     receiver = pyroute2_netns.create_socket(target[0], socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source[1]))
-        sender.bind((source[1], sport))
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        receiver.bind(("", dport))  # a broadcast's or a group's address is not the VM's
-        if ipaddress.ip_address(destination).is_multicast:
-            group = socket.inet_aton(destination) + socket.inet_aton(target[1])
-            receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
-        receiver.settimeout(0.3)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            sender.sendto(b"x", (destination, dport))
-            try:
-                if receiver.recvfrom(16)[0] == b"x":
-                    return True
-            except TimeoutError:
-                continue
-        return False
-    finally:
-        sender.close()
-        receiver.close()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source[1]))
+    sender.bind((source[1], sport))
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    receiver.bind(("", dport))  # a broadcast's or a group's address is not the VM's
+    if ipaddress.ip_address(destination).is_multicast:
+        group = socket.inet_aton(destination) + socket.inet_aton(target[1])
+        receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+    return received(sender, receiver, (destination, dport))
 
 
 FLOODED = ("255.255.255.255", "10.68.0.255", "239.1.2.3")  # broadcast, subnet's, a group's
