@@ -231,12 +231,13 @@ def drift(before: Mapping[str, LinkView], after: Mapping[str, LinkView]) -> dict
             if not name.startswith(TAP_PREFIX):
                 repaired[name] = f"{name} was missing: made again"
             continue
+        _, was_master, was_up, was_mtu = was
         fixed = []
-        if was[1] != master:
+        if was_master != master:
             fixed.append(f"attached to {master}" if master else "detached")
-        if was[2] != up:
+        if was_up != up:
             fixed.append("brought up" if up else "brought down")
-        if was[3] != mtu:
+        if was_mtu != mtu:
             fixed.append(f"MTU set back to {mtu}")
         if fixed:
             repaired[name] = f"{name} {', '.join(fixed)}"
