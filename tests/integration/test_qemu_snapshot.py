@@ -273,3 +273,48 @@ async def test_a_memory_snapshot_resumes_the_guest_where_it_was(
     assert deleted is not None and deleted.error == ""
     assert await names(qemu) == {"disk0": [], "disk1": []}
     assert await qemu.jobs() == []
+
+
+async def test_no_snapshot_while_a_disk_is_mirrored(launch: Launch, root: Path) -> None:
+    images = await blank_disks(root)
+    qemu = await launch(images)
+    target = root / "target.qcow2"
+    await qemuimg.create(target, "qcow2", 16 * MiB)
+    await qemu.blockdev_add(
+        "target", {"driver": "qcow2", "file": {"driver": "file", "filename": str(target)}}
+    )
+    await qemu.blockdev_mirror(
+        "move", device="disk1", target="target", sync="full", copy_mode="background"
+    )
+    # The mirror puts a filter node above disk1: a snapshot names a root node, so a storage
+    # move and a snapshot exclude each other, and the transaction takes none on disk0 either.
+    with pytest.raises(QMPCommandError, match="Need a root block node"):
+        await qemu.snapshot_disks(NODES, "during-move")
+    assert await names(qemu) == {"disk0": [], "disk1": []}
+    await qemu.block_job_cancel("move")
+
+
+async def test_a_throttle_filter_above_a_disk_passes_snapshots_down(
+    launch: Launch, root: Path
+) -> None:
+    # QoS may put a throttle node above a disk's format node: it is then the node to name.
+    qemu = await launch([])
+    image = root / "throttled.qcow2"
+    await qemuimg.create(image, "qcow2", 16 * MiB)
+    await qemu.execute(
+        "object-add", {"qom-type": "throttle-group", "id": "qos0", "limits": {"iops-total": 100}}
+    )
+    await qemu.blockdev_add(
+        "disk0", {"driver": "qcow2", "file": {"driver": "file", "filename": str(image)}}
+    )
+    await qemu.blockdev_add(
+        "qos0", {"driver": "throttle", "throttle-group": "qos0", "file": "disk0"}
+    )
+    await qemu.snapshot_disks(["qos0"], "disks")
+    await qemu.snapshot_save("save", "whole", vmstate="qos0", devices=["qos0"])
+    saved = await qemu.wait_job("save", 60)
+    assert saved is not None and saved.error == ""
+    listed = {n.node: n.names() for n in await qemu.disk_snapshots(["qos0", "disk0"])}
+    assert listed == {"qos0": ["disks", "whole"], "disk0": ["disks", "whole"]}
+    await qemu.kill()
+    assert await qemuimg.snapshot_names(image) == ["disks", "whole"]

@@ -23,8 +23,9 @@ a snapshot holds the disk's I/O for its metadata update; QEMU gives no size of o
 snapshot's own clusters, only the memory state's size and the image's whole allocation; a
 mirror (storage move) copies only the current data, so snapshots stay behind.
 
-Nodes are the format nodes of the VM's disks (`disk0`, `disk1`, ... on the command line). A
-QMP job's id is the caller's.
+Nodes are the top nodes of the VM's disks, those their devices use: the format nodes `disk0`,
+`disk1`, ... of the command line, or a filter put above one (a throttle for QoS), which
+passes the snapshot down. A QMP job's id is the caller's.
 """
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -129,8 +130,9 @@ class SnapshotCommands(QMPCommands):
         Raises QMPCommandError, with no snapshot taken on any node, when a node does not
         exist, its format has no internal snapshots ("Block format 'raw' used by device
         'disk1' does not support internal snapshots"), `name` is taken on one of them
-        ("Snapshot with name 'NAME' already exists on device 'disk0'"), or a job holds a
-        node; QMPSessionError.
+        ("Snapshot with name 'NAME' already exists on device 'disk0'"), or a node is not
+        the top of its disk ("Need a root block node": a mirror's filter is above it during
+        a storage move); QMPSessionError.
         """
         if not nodes:
             raise ValueError("a snapshot needs at least one node")
