@@ -315,6 +315,12 @@ async def test_a_throttle_filter_above_a_disk_passes_snapshots_down(
     await qemu.snapshot_save("save", "whole", vmstate="qos0", devices=["qos0"])
     saved = await qemu.wait_job("save", 60)
     assert saved is not None and saved.error == ""
+    assert await qemu.run_state() == "running"  # stopped for the save only
+    # A name taken fails the job, not the command.
+    await qemu.snapshot_save("again", "whole", vmstate="qos0", devices=["qos0"])
+    again = await qemu.wait_job("again", 60)
+    assert again is not None and "Snapshot 'whole' already exists" in again.error, again
+    assert await qemu.run_state() == "running"
     listed = {n.node: n.names() for n in await qemu.disk_snapshots(["qos0", "disk0"])}
     assert listed == {"qos0": ["disks", "whole"], "disk0": ["disks", "whole"]}
     await qemu.kill()

@@ -173,7 +173,8 @@ class SnapshotCommands(QMPCommands):
         `jobs` until concluded, then `job_dismiss` it.
 
         Raises QMPCommandError when the job id is taken; a snapshot that cannot be taken
-        (the name exists, a node without snapshots) fails the job instead. QMPSessionError.
+        fails the job instead ("Snapshot 'NAME' already exists in one or more devices", a
+        node without snapshots), the guest left running. QMPSessionError.
         """
         await self.execute(
             "snapshot-save",
