@@ -193,6 +193,9 @@ async def test_a_middle_snapshot_is_deleted_while_running(launch: Launch, root: 
             await qemuimg.snapshot_revert(image, name)
         assert await holds(images, pattern)
     for image in images:
+        await qemuimg.snapshot_create(image, "offline")
+        await qemuimg.snapshot_delete(image, "first")
+        assert await qemuimg.snapshot_names(image) == ["last", "offline"]
         status, said = await run("qemu-img", "check", str(image))
         assert status == 0, said
 
