@@ -86,3 +86,26 @@ async def convert(
 
 async def detect_format(path: Image) -> str:
     return str((await info(path))["format"])
+
+
+# Internal snapshots of a qcow2 image whose VM is stopped (qemu-img refuses an image a running
+# QEMU holds: its lock). While it runs, the hypervisor's QMP snapshot commands do this; QEMU
+# reverts a snapshot without memory state only here.
+
+
+async def snapshot_names(path: Image) -> list[str]:
+    """The names of the internal snapshots of the image at `path`, oldest first."""
+    return [str(s["name"]) for s in (await info(path)).get("snapshots", [])]
+
+
+async def snapshot_create(path: Image, name: str) -> None:
+    await _run("snapshot", "-q", "-c", name, str(path))
+
+
+async def snapshot_revert(path: Image, name: str) -> None:
+    """Make the image's current data that of its snapshot `name` (which stays)."""
+    await _run("snapshot", "-q", "-a", name, str(path))
+
+
+async def snapshot_delete(path: Image, name: str) -> None:
+    await _run("snapshot", "-q", "-d", name, str(path))
