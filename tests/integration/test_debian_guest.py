@@ -1,0 +1,188 @@
+"""The Debian guest of the snapshot tests, proven under a plain QEMU (TCG, q35, -cpu max) before
+Heron's snapshots rely on it: it boots from its own disk (SeaBIOS, syslinux) to the command
+channel, PostgreSQL takes the insert load's rows, and the guest agent answers, freezes and thaws
+with the PostgreSQL hook run on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import wait_for
+
+from heron.testguest import build, debian, net
+
+pytestmark = pytest.mark.integration
+
+BOOT = 300
+COMMAND = 120
+
+
+class Agent:
+    """A minimal QEMU guest agent client: one JSON request a line, one answer a line."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._sock.connect(str(path))
+        self._buffer = b""
+        self._sync_id = int(time.time())
+
+    def _line(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            data = self._sock.recv(65536)
+            if not data:
+                raise AssertionError("the guest agent socket closed")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        # guest-sync-delimited's answer starts with 0xff, which resets the agent's parser.
+        reply: dict[str, Any] = json.loads(line.lstrip(b"\xff") or b"{}")
+        return reply
+
+    def sync(self) -> None:
+        """Skip whatever an earlier client left unread: read up to our own sync id."""
+        self._sync_id += 1
+        self._send("guest-sync", {"id": self._sync_id})
+        while self._line().get("return") != self._sync_id:
+            pass
+
+    def _send(self, command: str, arguments: dict[str, Any] | None = None) -> None:
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        self._sock.sendall(json.dumps(request).encode() + b"\n")
+
+    def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        self._send(command, arguments)
+        reply = self._line()
+        assert "error" not in reply, f"{command}: {reply}"
+        return reply["return"]
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@dataclass
+class Guest:
+    log: Path
+    serial: Path
+    agent: Path
+    boot_seconds: float
+
+    def text(self) -> str:
+        return self.log.read_bytes().decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def guest(
+    debian_guest: debian.DebianGuest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Guest]:
+    tmp = tmp_path_factory.mktemp("debian")
+    log, serial, agent = tmp / "console.log", tmp / "serial.sock", tmp / "qga.sock"
+    process = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024",
+         "-nodefaults", "-no-user-config", "-display", "none",
+         "-chardev", f"socket,id=serial0,path={serial},server=on,wait=off,logfile={log}",
+         "-serial", "chardev:serial0",
+         "-drive", f"file={debian_guest.image},format=qcow2,if=virtio,snapshot=on",
+         "-device", "virtio-serial-pci,id=vser0",
+         "-chardev", f"socket,id=qga0,path={agent},server=on,wait=off",
+         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    started = time.monotonic()
+    try:
+        wait_for(
+            lambda: (
+                process.poll() is not None
+                or (
+                    log.exists() and build.READY_MARKER in log.read_bytes().decode(errors="replace")
+                )
+            ),
+            BOOT,
+            f"the Debian guest's {build.READY_MARKER} in {log}",
+        )
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        yield Guest(log, serial, agent, time.monotonic() - started)
+    finally:
+        process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def channel(guest: Guest) -> Iterator[net.CommandChannel]:
+    with net.CommandChannel(guest.serial) as channel:
+        yield channel
+
+
+def run(channel: net.CommandChannel, command: str) -> str:
+    result = channel.run(command, COMMAND)
+    assert result.rc == 0, f"{command}: rc={result.rc} {result.output}"
+    return result.output
+
+
+def test_boots_to_the_command_channel(guest: Guest, channel: net.CommandChannel) -> None:
+    print(f"booted to the command channel in {guest.boot_seconds:.0f}s")
+    assert run(channel, "cat /etc/debian_version").startswith("12.")
+    assert run(channel, "systemctl is-active postgresql@15-main").strip() == "active"
+
+
+def test_postgresql_takes_the_insert_load(channel: net.CommandChannel) -> None:
+    last = int(run(channel, "heron-insert-load run 20").strip())
+    count, top = map(int, run(channel, "heron-insert-load count").split())
+    assert top == last and count >= 20
+    run(channel, "heron-insert-load start")
+    wait_for(
+        lambda: int(run(channel, "heron-insert-load last").strip() or 0) > last,
+        COMMAND,
+        "the background load to commit a row",
+    )
+    stopped = int(run(channel, "heron-insert-load stop").split()[-1])
+    count, top = map(int, run(channel, "heron-insert-load count").split())
+    # Every row the load reported committed is there, and nothing beyond one in flight.
+    assert stopped <= top <= stopped + 1 and count == top
+
+
+def test_guest_agent_freezes_with_the_postgresql_hook(
+    guest: Guest, channel: net.CommandChannel
+) -> None:
+    agent = wait_for(lambda: _agent(guest.agent), COMMAND, "the guest agent to answer")
+    try:
+        agent.call("guest-ping")
+        assert agent.call("guest-fsfreeze-status") == "thawed"
+        frozen = agent.call("guest-fsfreeze-freeze")
+        assert frozen >= 1
+        assert agent.call("guest-fsfreeze-status") == "frozen"
+        assert agent.call("guest-fsfreeze-thaw") == frozen
+        assert agent.call("guest-fsfreeze-status") == "thawed"
+    finally:
+        agent.close()
+    hook_log = run(channel, "cat /var/lib/heron/fsfreeze.log").splitlines()
+    assert hook_log[-2].startswith("heron-fsfreeze freeze checkpoint_lsn=")
+    assert hook_log[-1] == "heron-fsfreeze thaw"
+    pg_log = run(channel, "cat /var/log/postgresql/postgresql-15-main.log")
+    assert "checkpoint starting: immediate force wait" in pg_log
+
+
+def _agent(path: Path) -> Agent | None:
+    # qemu-ga starts once udev has seen its port; until then the socket's other end is silent.
+    try:
+        agent = Agent(path, timeout=5)
+    except OSError:
+        return None
+    try:
+        agent.sync()
+        return agent
+    except (OSError, ValueError):
+        agent.close()
+        return None
