@@ -117,6 +117,12 @@ DPKG_OPTIONS = (
     "path-include=/usr/share/doc/*/copyright",
     "path-exclude=/usr/share/locale/*",
     "path-include=/usr/share/locale/locale.alias",
+    # PostgreSQL's JIT and the LLVM it loads: a third of the image, and jit is off
+    # (heron.conf). postgres itself does not link LLVM; without llvmjit.so it never compiles.
+    "path-exclude=/usr/lib/postgresql/*/lib/llvmjit*",
+    "path-exclude=/usr/lib/postgresql/*/lib/bitcode/*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/libLLVM-*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/libz3.so*",
 )
 
 
