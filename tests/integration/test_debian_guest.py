@@ -6,6 +6,7 @@ with the PostgreSQL hook run on the way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -66,6 +67,9 @@ class Agent:
         assert "error" not in reply, f"{command}: {reply}"
         return reply["return"]
 
+    def timeout(self, seconds: float) -> None:
+        self._sock.settimeout(seconds)
+
     def close(self) -> None:
         self._sock.close()
 
@@ -81,21 +85,22 @@ class Guest:
         return self.log.read_bytes().decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def guest(
-    debian_guest: debian.DebianGuest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Guest]:
-    tmp = tmp_path_factory.mktemp("debian")
+@contextlib.contextmanager
+def booted(image: debian.DebianGuest, tmp: Path, *, direct: bool = False) -> Iterator[Guest]:
+    """The guest under QEMU as Heron runs it (q35, TCG, -cpu max, the agent's virtio-serial
+    port), from its own disk through SeaBIOS, or `direct` with -kernel/-initrd; killed after."""
     log, serial, agent = tmp / "console.log", tmp / "serial.sock", tmp / "qga.sock"
+    kernel = ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline]
     process = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024",
          "-nodefaults", "-no-user-config", "-display", "none",
          "-chardev", f"socket,id=serial0,path={serial},server=on,wait=off,logfile={log}",
          "-serial", "chardev:serial0",
-         "-drive", f"file={debian_guest.image},format=qcow2,if=virtio,snapshot=on",
+         "-drive", f"file={image.image},format=qcow2,if=virtio,snapshot=on",
          "-device", "virtio-serial-pci,id=vser0",
          "-chardev", f"socket,id=qga0,path={agent},server=on,wait=off",
-         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"],
+         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+         *(kernel if direct else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     started = time.monotonic()
@@ -117,6 +122,14 @@ def guest(
         process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def guest(
+    debian_guest: debian.DebianGuest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Guest]:
+    with booted(debian_guest, tmp_path_factory.mktemp("debian")) as guest:
+        yield guest
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +181,7 @@ def test_guest_agent_freezes_with_the_postgresql_hook(
     finally:
         agent.close()
     hook_log = run(channel, "cat /var/lib/heron/fsfreeze.log").splitlines()
+    print(f"hook: {hook_log[-2:]}")
     assert hook_log[-2].startswith("heron-fsfreeze freeze checkpoint_lsn=")
     assert hook_log[-1] == "heron-fsfreeze thaw"
     pg_log = run(channel, "cat /var/log/postgresql/postgresql-15-main.log")
@@ -182,7 +196,43 @@ def _agent(path: Path) -> Agent | None:
         return None
     try:
         agent.sync()
-        return agent
     except (OSError, ValueError):
         agent.close()
         return None
+    # A freeze runs the PostgreSQL hook's CHECKPOINT first: give it a command's time.
+    agent.timeout(COMMAND)
+    return agent
+
+
+def test_a_freeze_holds_the_load_and_a_thaw_lets_it_go_on(
+    guest: Guest, channel: net.CommandChannel
+) -> None:
+    run(channel, "heron-insert-load start")
+    agent = wait_for(lambda: _agent(guest.agent), COMMAND, "the guest agent to answer")
+    try:
+        wait_for(lambda: _last(channel) > 0, COMMAND, "the load to commit a row")
+        agent.call("guest-fsfreeze-freeze")
+        try:
+            at_freeze = _last(channel)
+        finally:
+            agent.call("guest-fsfreeze-thaw")
+    finally:
+        agent.close()
+    wait_for(lambda: _last(channel) > at_freeze, COMMAND, "the load to go on after the thaw")
+    stopped = int(run(channel, "heron-insert-load stop").split()[-1])
+    count, top = map(int, run(channel, "heron-insert-load count").split())
+    assert stopped <= top <= stopped + 1 and count == top
+
+
+def _last(channel: net.CommandChannel) -> int:
+    # The load's log is on the root, but reading it needs no write: it answers while frozen.
+    return int(run(channel, "heron-insert-load last").strip() or 0)
+
+
+def test_boots_with_its_kernel_and_initramfs_given_to_qemu(
+    debian_guest: debian.DebianGuest, tmp_path: Path
+) -> None:
+    with booted(debian_guest, tmp_path, direct=True) as guest:
+        print(f"booted with -kernel to the command channel in {guest.boot_seconds:.0f}s")
+        with net.CommandChannel(guest.serial) as channel:
+            assert run(channel, "cat /proc/cmdline").strip() == debian_guest.cmdline

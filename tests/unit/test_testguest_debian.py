@@ -120,3 +120,23 @@ def test_the_stamp_changes_with_the_builder_files() -> None:
     assert "debian/etc/qemu/fsfreeze-hook.d/postgresql" not in digests
     assert "debian/overlay/etc/qemu/fsfreeze-hook.d/postgresql" in digests
     assert any(name.endswith("command-channel.sh") for name in digests)
+
+
+def test_mounts_under_a_build_dir_come_deepest_first_and_others_are_left_out() -> None:
+    mounts = (
+        "sysfs /sys sysfs rw 0 0\n"
+        "/dev/vda1 /var/cache/heron/debian/.build-x/root/sys sysfs rw 0 0\n"
+        "udev /var/cache/heron/debian/.build-x/root/dev/null devtmpfs rw 0 0\n"
+        "sysfs /var/cache/heron/debian/.build-x/root/sys/kernel/security securityfs rw 0 0\n"
+        "tmpfs /var/cache/heron/debian/.build-xy tmpfs rw 0 0\n"
+        "tmpfs /var/cache/heron/debian/.build-x/with\\040space tmpfs rw 0 0\n"
+    )
+    build_dir = Path("/var/cache/heron/debian/.build-x")
+    found = debian.mounts_under(build_dir, mounts)
+    assert found[0] == build_dir / "root/sys/kernel/security"
+    assert set(found) == {
+        build_dir / "root/sys",
+        build_dir / "root/dev/null",
+        build_dir / "root/sys/kernel/security",
+        build_dir / "with space",
+    }

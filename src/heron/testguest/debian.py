@@ -58,6 +58,7 @@ INITRD_NAME = "debian.initrd"
 STAMP_NAME = "debian.stamp.json"
 MANIFEST_NAME = "debian.packages"
 LOCK_NAME = ".debian.lock"
+BUILD_DIR_PREFIX = ".build-"
 
 SUITE = "bookworm"
 # The packages asked for; apt adds their dependencies. Their candidate versions are the stamp's.
@@ -241,6 +242,36 @@ def customize_script(root_var: str = '"$1"') -> str:
 # --- I/O --------------------------------------------------------------------------------------
 
 
+def mounts_under(directory: Path, mounts: str) -> list[Path]:
+    """Mount points at or below `directory` in /proc/self/mounts text, deepest first."""
+    found = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        # The kernel escapes spaces and the like in mount points as octal (\040).
+        point = Path(fields[1].encode().decode("unicode_escape"))
+        if point == directory or directory in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda point: len(point.parts), reverse=True)
+
+
+def remove_build_dir(directory: Path) -> None:
+    """Remove a build directory, unmounting first what mmdebstrap left mounted in its tree.
+
+    mmdebstrap --mode=root bind-mounts the host's /dev nodes and /sys into the tree and
+    unmounts them when it ends, but not when it is killed. Deleting a tree with those still
+    mounted would delete the host's own files through them, so anything left is unmounted, and
+    a directory that stays mounted is left alone, loudly.
+    """
+    for point in mounts_under(directory, Path("/proc/self/mounts").read_text()):
+        subprocess.run(["umount", "--recursive", "--lazy", str(point)], check=False)
+    left = mounts_under(directory, Path("/proc/self/mounts").read_text())
+    if left:
+        raise BuildError(f"not removing {directory}: still mounted there: {left}")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def resolve_packages() -> list[testguest.DebPackage]:
     """The versions apt would pick now for the packages asked for (and the versioned kernel)."""
     kernel = testguest.parse_kernel_dependency(
@@ -375,8 +406,11 @@ def _build_locked(out: Path, *, force: bool) -> DebianGuest:
     if os.geteuid() != 0:
         raise BuildError("building the Debian guest needs root (mmdebstrap --mode=root)")
     stamp.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp_name:
-        work = Path(tmp_name)
+    # Leftovers of a build that was killed (we hold the lock: no build is running).
+    for stale in out.glob(f"{BUILD_DIR_PREFIX}*"):
+        remove_build_dir(stale)
+    work = Path(tempfile.mkdtemp(dir=out, prefix=BUILD_DIR_PREFIX))
+    try:
         root = work / "root"
         log(f"bootstrapping Debian {SUITE} into {root}")
         make_tree(root, work)
@@ -391,6 +425,8 @@ def _build_locked(out: Path, *, force: bool) -> DebianGuest:
         shutil.copyfile(initrd, work / INITRD_NAME)
         for name in (KERNEL_NAME, INITRD_NAME, MANIFEST_NAME, IMAGE_NAME):
             os.replace(work / name, out / name)
+    finally:
+        remove_build_dir(work)
     stamp.write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
     log(f"built {guest.image} ({guest.image.stat().st_size // MIB} MiB)")
     return guest
