@@ -37,8 +37,12 @@ class Agent:
         self._buffer = b""
         self._sync_id = int(time.time())
 
-    def _line(self) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
+    def read(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer or self._buffer.startswith(b'{"event"'):
+            # QMP's events come between answers (this client asks for none of them).
+            if self._buffer.startswith(b'{"event"') and b"\n" in self._buffer:
+                self._buffer = self._buffer.partition(b"\n")[2]
+                continue
             data = self._sock.recv(65536)
             if not data:
                 raise AssertionError("the guest agent socket closed")
@@ -52,7 +56,7 @@ class Agent:
         """Skip whatever an earlier client left unread: read up to our own sync id."""
         self._sync_id += 1
         self._send("guest-sync", {"id": self._sync_id})
-        while self._line().get("return") != self._sync_id:
+        while self.read().get("return") != self._sync_id:
             pass
 
     def _send(self, command: str, arguments: dict[str, Any] | None = None) -> None:
@@ -63,7 +67,7 @@ class Agent:
 
     def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         self._send(command, arguments)
-        reply = self._line()
+        reply = self.read()
         assert "error" not in reply, f"{command}: {reply}"
         return reply["return"]
 
@@ -86,17 +90,26 @@ class Guest:
 
 
 @contextlib.contextmanager
-def booted(image: debian.DebianGuest, tmp: Path, *, direct: bool = False) -> Iterator[Guest]:
+def booted(
+    image: debian.DebianGuest, tmp: Path, *, direct: bool = False, disk: Path | None = None
+) -> Iterator[Guest]:
     """The guest under QEMU as Heron runs it (q35, TCG, -cpu max, the agent's virtio-serial
-    port), from its own disk through SeaBIOS, or `direct` with -kernel/-initrd; killed after."""
+    port), from its own disk through SeaBIOS, or `direct` with -kernel/-initrd; killed after.
+    Its writes go to `disk` (a qcow2 overlay of the image) if given, else nowhere; QMP is on
+    ``tmp/qmp.sock``."""
     log, serial, agent = tmp / "console.log", tmp / "serial.sock", tmp / "qga.sock"
+    drive = f"file={image.image},format=qcow2,if=virtio,snapshot=on"
+    if disk is not None:
+        drive = f"file={disk},format=qcow2,if=virtio,id=disk0"
     kernel = ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline]
     process = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024",
          "-nodefaults", "-no-user-config", "-display", "none",
          "-chardev", f"socket,id=serial0,path={serial},server=on,wait=off,logfile={log}",
          "-serial", "chardev:serial0",
-         "-drive", f"file={image.image},format=qcow2,if=virtio,snapshot=on",
+         "-drive", drive,
+         "-chardev", f"socket,id=qmp,path={tmp / 'qmp.sock'},server=on,wait=off",
+         "-mon", "chardev=qmp,mode=control",
          "-device", "virtio-serial-pci,id=vser0",
          "-chardev", f"socket,id=qga0,path={agent},server=on,wait=off",
          "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
@@ -236,3 +249,77 @@ def test_boots_with_its_kernel_and_initramfs_given_to_qemu(
         print(f"booted with -kernel to the command channel in {guest.boot_seconds:.0f}s")
         with net.CommandChannel(guest.serial) as channel:
             assert run(channel, "cat /proc/cmdline").strip() == debian_guest.cmdline
+
+
+def test_a_clone_of_a_frozen_snapshot_holds_every_committed_row(
+    debian_guest: debian.DebianGuest, tmp_path: Path
+) -> None:
+    """What issue 15's snapshot tests will do through Heron, done here with QEMU alone: under
+    the insert load, freeze, take an external snapshot, thaw; a VM on the snapshot has every
+    row the load had reported committed, and its PostgreSQL redoes only from the hook's
+    checkpoint."""
+    snapshot, after = tmp_path / "snapshot.qcow2", tmp_path / "after.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(debian_guest.image),
+         str(snapshot)],
+        check=True,
+    )  # fmt: skip
+    source = tmp_path / "source"
+    source.mkdir()
+    with (
+        booted(debian_guest, source, disk=snapshot) as guest,
+        net.CommandChannel(guest.serial) as channel,
+    ):
+        run(channel, "heron-insert-load start")
+        agent = wait_for(lambda: _agent(guest.agent), COMMAND, "the guest agent to answer")
+        qmp = Agent(source / "qmp.sock", COMMAND)
+        try:
+            qmp.read()  # the greeting
+            qmp.call("qmp_capabilities")
+            wait_for(lambda: _last(channel) > 0, COMMAND, "the load to commit a row")
+            agent.call("guest-fsfreeze-freeze")
+            try:
+                at_freeze = _last(channel)
+                # From here on the guest writes to `after`; `snapshot` keeps the frozen disk.
+                qmp.call(
+                    "blockdev-snapshot-sync",
+                    {"device": "disk0", "snapshot-file": str(after), "format": "qcow2"},
+                )
+            finally:
+                agent.call("guest-fsfreeze-thaw")
+        finally:
+            agent.close()
+            qmp.close()
+        wait_for(lambda: _last(channel) > at_freeze, COMMAND, "the load to go on")
+    clone_disk = tmp_path / "clone.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(snapshot),
+         str(clone_disk)],
+        check=True,
+    )  # fmt: skip
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    with (
+        booted(debian_guest, clone, disk=clone_disk) as guest,
+        net.CommandChannel(guest.serial) as channel,
+    ):
+        count, top = map(int, run(channel, "heron-insert-load count").split())
+        hook = run(channel, "tail -n 1 /var/lib/heron/fsfreeze.log")
+        pg_log = run(channel, "cat /var/log/postgresql/postgresql-15-main.log")
+    started = pg_log.rsplit("starting PostgreSQL", 1)[1]
+    print(f"at freeze {at_freeze}, clone has {count} rows up to {top}; hook: {hook}")
+    print("clone's PostgreSQL:", [line.split("LOG:", 1)[-1] for line in started.splitlines()])
+    assert count == top >= at_freeze
+    # The snapshot was taken frozen, after the hook's freeze and before its thaw.
+    assert hook.startswith("heron-fsfreeze freeze checkpoint_lsn=")
+    redo_lsn = hook.split("redo_lsn=")[1]
+    # Recovery in the clone replays WAL from the hook's checkpoint on, not from further back.
+    redo = [line for line in started.splitlines() if "redo starts at" in line]
+    if redo:
+        assert _lsn(redo[0].split("redo starts at ")[1].split()[0]) >= _lsn(redo_lsn)
+    assert "database system is ready to accept connections" in started
+
+
+def _lsn(text: str) -> int:
+    high, low = text.rstrip(",").split("/")
+    return (int(high, 16) << 32) | int(low, 16)
