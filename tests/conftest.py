@@ -9,7 +9,7 @@ from support import Api
 
 from heron import devcluster
 from heron.devcluster import DevCluster
-from heron.testguest import build
+from heron.testguest import build, debian
 
 CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
 
@@ -18,6 +18,13 @@ CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
 def testguest() -> Path:
     """The test guest's disk image, built from Debian packages (cached across runs)."""
     return build.build(CACHE / "testguest")
+
+
+@pytest.fixture(scope="session")
+def debian_guest() -> debian.DebianGuest:
+    """The Debian guest of the snapshot tests (systemd, qemu-guest-agent, PostgreSQL 15), built
+    from Debian packages on first use (about a minute) and cached across runs."""
+    return debian.build(CACHE / "debian")
 
 
 def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:
