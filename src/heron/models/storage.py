@@ -177,6 +177,17 @@ class PlacedDisk(Record):
     weight: float = Field(default=1.0, gt=0, le=1000)
 
 
+class VolumeOrigin(Record):
+    """What a cloned volume was copied from; a linked clone still reads its source's blocks."""
+
+    volume: str = Field(description="the source volume's id")
+    snapshot: str | None = Field(default=None, description="the source's snapshot, if any")
+    linked: bool = Field(
+        default=False,
+        description="shares the source's blocks copy-on-write: the source cannot be deleted",
+    )
+
+
 class Volume(Record):
     id: str
     pool: Name
@@ -205,6 +216,7 @@ class Volume(Record):
         description="ardfs: the disks it is being moved onto (a rebalance); they become "
         "its placement once every block has its copies there",
     )
+    origin: VolumeOrigin | None = Field(default=None, description="for a clone: its source")
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
     created_at: float

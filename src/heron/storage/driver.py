@@ -8,6 +8,7 @@ It also says what its pools can do (`Capabilities`): callers decide by that, nev
 pool's type. Which driver serves which type is `storage/registry.py`.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,15 @@ from heron.configdb import ConfigDB
 from heron.errors import StorageError as StorageError
 from heron.models.storage import Pool, PoolSpec, Volume, VolumeFormat
 from heron.storage.qemuimg import Progress
+
+
+@dataclass(frozen=True)
+class VolumeSnapshot:
+    """One snapshot of one volume, as its pool keeps it."""
+
+    name: str
+    created_at: float
+    size: int | None  # bytes that only this snapshot holds; None when the pool cannot tell
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,11 @@ class Capabilities(BaseModel):
     grows_by_reconnect: bool = Field(
         default=False,
         description="QEMU learns a grown volume's size only on a new connection (NBD)",
+    )
+    native_snapshots: bool = Field(
+        default=False,
+        description="the pool snapshots and clones its volumes itself (heron-io, Ceph), "
+        "whatever their format; otherwise only qcow2 volumes have snapshots, inside the image",
     )
 
 
@@ -125,6 +140,41 @@ class PoolDriver:
 
     async def delete(self, volume: Volume) -> None:
         """Remove the volume's data (LUN-backed pools only forget it: the array keeps it)."""
+
+    # Snapshots and clones done by the pool itself (`native_snapshots`); qcow2 volumes of the
+    # other pools have theirs inside the image, taken over QMP or qemu-img by the caller.
+
+    async def snapshot_create(self, volumes: Sequence[Volume], name: str) -> None:
+        """Snapshot `volumes` (all of this pool) as `name`, all at one instant. The caller
+        makes that instant: the VM paused with its disks flushed, or not running. All of
+        them or none: on an error no volume keeps a snapshot `name`."""
+        raise StorageError(self._not_here("its volumes have no snapshots of their own"))
+
+    async def snapshot_delete(self, volume: Volume, name: str) -> None:
+        """Delete the snapshot `name` of `volume`, its VM running or not; the others stay."""
+        raise StorageError(self._not_here("its volumes have no snapshots of their own"))
+
+    async def snapshot_revert(self, volume: Volume, name: str) -> None:
+        """Make `volume`'s data that of its snapshot `name` (which stays); no VM has it open."""
+        raise StorageError(self._not_here("its volumes have no snapshots of their own"))
+
+    async def snapshots(self, volume: Volume) -> list[VolumeSnapshot]:
+        """The snapshots of `volume`, oldest first."""
+        return []
+
+    async def clone(
+        self,
+        source: Volume,
+        snapshot: str | None,
+        target: Volume,
+        linked: bool,
+        progress: Progress | None,
+    ) -> None:
+        """Make `target` (a record of this pool, already written) a copy of `source`'s data,
+        or of its snapshot `snapshot`: `linked`, it shares the source's blocks copy-on-write
+        (`target.origin` names them, and `source` is not deleted while it does); otherwise a
+        full copy."""
+        raise StorageError(self._not_here("its volumes are not cloned by the pool"))
 
     def allocation(self, volume: Volume) -> int | None:
         return None
