@@ -9,6 +9,7 @@ from typing import Any
 from heron.agent.ardfs import io_status
 from heron.agent.drain import Drain
 from heron.agent.migration import Migrations
+from heron.agent.snapshots import Snapshots, forget_vm
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Conflict, Txn, keys
@@ -41,6 +42,7 @@ class Handlers:
         self.state_dir = state_dir
         self.vms = vms
         self.migrations = migrations
+        self.snapshots = Snapshots(db, node, state_dir, vms)
 
     def table(self) -> dict[TaskKind, Handler]:
         """The handler of every kind of task; a test checks that no kind is left out."""
@@ -64,6 +66,9 @@ class Handlers:
             TaskKind.volume_rebuild: self.volume_rebuild,
             TaskKind.volume_rebalance: self.volume_rebalance,
             TaskKind.pool_scan: self.pool_scan,
+            TaskKind.snapshot_create: self.snapshots.create,
+            TaskKind.snapshot_revert: self.snapshots.revert,
+            TaskKind.snapshot_delete: self.snapshots.delete,
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -185,6 +190,7 @@ class Handlers:
             .delete(keys.vm_status(vm_id))
         )
         release_nics(txn, vm.spec.nics)
+        await forget_vm(self.db, vm_id, txn)
         removed = []
         if ctx.params(VMDeleteParams).volumes:
             for disk in vm.spec.disks:

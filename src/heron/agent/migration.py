@@ -27,6 +27,7 @@ from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qmp_migration import MigrationInfo
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import Node
+from heron.models.snapshot import Snapshot, lost_in_migration
 from heron.models.storage import Pool, Volume, VolumeHealth
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import VM
@@ -126,6 +127,13 @@ class Migrations:
             ):
                 return await self._resume(ctx, vm, qemu, found.value)
         local = set(await local_disks(self.db, vm))
+        # Asked by drain or DRS too: a mirror copies only current data, not the snapshots.
+        taken = await self.db.list(Snapshot, keys.snapshots(vm_id))
+        if lost := lost_in_migration([e.value for e in taken], local):
+            raise TaskFailed(
+                f"its snapshots {', '.join(lost)} are on node-local disks, which a live "
+                "migration copies without them: delete them first"
+            )
         shared_volumes = await owned_volumes(self.db, vm)
         ram = await qemu.ram_kib()
         if command.loses_writes(ram, self.vms.accelerator, self.vms.qemu_version):

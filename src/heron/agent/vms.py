@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,6 +336,18 @@ class VMController:
                 return
             log.warning("VM %s ignored ACPI shutdown for %.0fs: forcing", rt.qemu.vm_id, timeout)
         await rt.qemu.kill()
+
+    @contextlib.asynccontextmanager
+    async def offline(self, vm_id: str) -> AsyncIterator[bool]:
+        """Keep the VM's QEMU stopped while its closed images are worked on (a snapshot
+        reverted offline): stopped at once if it runs, without a shutdown (what the guest
+        has is about to be replaced), and its lock held so nothing starts it meanwhile.
+        Yields whether it ran; `reconcile` afterwards starts it again if it should run."""
+        rt = self.runtime(vm_id)
+        async with rt.lock:
+            ran = rt.qemu.running()
+            await self._stop(rt, graceful=False, timeout=DEFAULT_SHUTDOWN_TIMEOUT)
+            yield ran
 
     async def reboot(self, vm_id: str) -> None:
         rt = self.runtime(vm_id)

@@ -35,6 +35,10 @@ SECURITY_GROUPS = ROOT + "security-groups/"
 MACS = ROOT + "names/mac/"
 LEASES = ROOT + "leases/"
 VNIS = ROOT + "names/vni/"
+# A VM's snapshots, their names (unique per VM) and its current snapshot.
+SNAPSHOTS = ROOT + "snapshots/"
+SNAPSHOT_NAMES = ROOT + "names/snapshot/"
+SNAPSHOT_HEADS = ROOT + "snapshot-heads/"
 LEADER = ROOT + "leader"
 SETTINGS = ROOT + "settings/cluster"
 
@@ -141,3 +145,20 @@ def lease(network_name: str, address: str) -> str:
 
 def vni(number: int) -> str:
     return f"{VNIS}{number}"
+
+
+def snapshots(vm_id: str) -> str:
+    """The prefix of one VM's snapshots."""
+    return f"{SNAPSHOTS}{vm_id}/"
+
+
+def snapshot(vm_id: str, snapshot_id: str) -> str:
+    return f"{SNAPSHOTS}{vm_id}/{snapshot_id}"
+
+
+def snapshot_name(vm_id: str, name: str) -> str:
+    return f"{SNAPSHOT_NAMES}{vm_id}/{name}"
+
+
+def snapshot_head(vm_id: str) -> str:
+    return SNAPSHOT_HEADS + vm_id

@@ -8,7 +8,7 @@ still load: every field a release added later has a default.
 """
 
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,6 +38,9 @@ class TaskKind(StrEnum):
     volume_rebuild = "volume.rebuild"
     volume_rebalance = "volume.rebalance"
     pool_scan = "pool.scan"
+    snapshot_create = "snapshot.create"
+    snapshot_revert = "snapshot.revert"
+    snapshot_delete = "snapshot.delete"
 
 
 class TaskParams(BaseModel):
@@ -88,6 +91,14 @@ class RebalanceParams(TaskParams):
     to: list[str] = Field(description="ids of the disks the volume moves onto")
 
 
+class SnapshotParams(TaskParams):
+    snapshot: str = Field(description="id of the snapshot (its tag in the images)")
+    quiesce: Literal["auto", "required", "off"] = Field(
+        default="auto", description="create: freeze the guest's filesystems first"
+    )
+    freeze_limit_s: float = Field(default=10.0, gt=0, description="create: the longest freeze")
+
+
 PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.vm_create: VMCreateParams,
     TaskKind.vm_start: PowerParams,
@@ -108,6 +119,9 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.volume_rebuild: NoParams,
     TaskKind.volume_rebalance: RebalanceParams,
     TaskKind.pool_scan: NoParams,
+    TaskKind.snapshot_create: SnapshotParams,
+    TaskKind.snapshot_revert: SnapshotParams,
+    TaskKind.snapshot_delete: SnapshotParams,
 }
 
 P = TypeVar("P", bound=TaskParams)

@@ -56,6 +56,7 @@ from heron.scheduler.placement import (
     migration_target,
     node_loads,
 )
+from heron.services import snapshots
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import (
     attached,
@@ -433,6 +434,9 @@ async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) ->
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
+    refusal = await snapshots.migration_refusal(db, vm)
+    if refusal is not None:
+        raise Conflict(refusal)
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")

@@ -29,6 +29,8 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.VM_STATUS, "vms", Role.viewer),
     (keys.VMS, "vms", Role.viewer),
     (keys.MIGRATIONS, "vms", Role.viewer),
+    (keys.SNAPSHOTS, "snapshots", Role.viewer),
+    (keys.SNAPSHOT_HEADS, "snapshots", Role.viewer),
     (keys.NODE_SETTINGS, "nodes", Role.viewer),
     (keys.NODES, "nodes", Role.viewer),
     (keys.TASKS, "tasks", Role.viewer),

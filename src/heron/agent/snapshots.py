@@ -1,0 +1,485 @@
+"""Snapshots of this node's VMs: the `snapshot.*` tasks.
+
+Every disk of a snapshot is taken at one instant. qcow2 disks keep theirs inside the image
+(one QMP transaction while the VM runs, qemu-img while it is off); disks of pools with
+`native_snapshots` are snapshotted by their driver, with the guest paused (QMP `stop` drains
+and flushes its I/O) so they and the qcow2 transaction share that instant. A memory snapshot
+stops the guest, saves every qcow2 disk and the memory into one of them (`snapshot-save`),
+takes the native ones, and lets it run again.
+
+Nothing is left half-made: a create that fails removes whatever it took (and the record says
+why), and the guest never stays paused by us (`cont` in `finally`). Each handler is
+idempotent: a task found running after an agent restart removes what the cut-off run took
+and starts again (create), or simply does its work again (revert, delete).
+
+The tag in the images and pools is the snapshot's id. Deleting a qcow2 snapshot frees its
+memory state as well (it lives in the same internal snapshot), so a delete is one
+`blockdev-snapshot-delete-internal-sync` per disk, whatever the snapshot's kind.
+"""
+
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heron.agent.tasks import TaskContext, TaskFailed
+from heron.agent.vms import VMController, VMError
+from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb.store import Conflict as StoreConflict
+from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.hypervisor.qmp_snapshot import Job
+from heron.models.snapshot import (
+    Consistency,
+    Quiesce,
+    Snapshot,
+    SnapshotDisk,
+    SnapshotHead,
+    SnapshotState,
+    head_after_delete,
+    reparented,
+)
+from heron.models.storage import Pool, Volume
+from heron.models.task import SnapshotParams
+from heron.models.vm import VM, PowerState
+from heron.storage import qemuimg
+from heron.storage.driver import PoolDriver, StorageError
+from heron.storage.registry import driver_for
+
+log = logging.getLogger(__name__)
+
+SAVE_TIMEOUT = 600.0  # writing the guest's memory (TCG guests on a busy host are slow)
+LOAD_TIMEOUT = 600.0
+# Failures of snapshot-load that QEMU reports before it changed anything in the guest.
+_LOAD_REFUSED = ("disk-only snapshot", "does not exist", "not found")
+
+
+@dataclass(frozen=True)
+class Quiesced:
+    """How consistent a snapshot taken inside `quiesced` is, and why."""
+
+    consistency: Consistency
+    reason: str
+    freeze_ms: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def quiesced(qemu: QemuVM, mode: Quiesce, limit_s: float) -> AsyncIterator[Quiesced]:
+    """The guest's filesystems frozen (through its guest agent) for the body, at most
+    `limit_s` seconds; the one place the guest agent is asked.
+
+    "off" freezes nothing; "auto" freezes when the guest agent answers, otherwise the
+    snapshot is crash-consistent with the reason recorded; "required" fails without an
+    agent. A freeze that fails, or a body that outlasts the limit, raises: the caller then
+    removes what it took (the guest is thawed either way).
+
+    This release has no guest-agent channel yet (hypervisor/qga.py comes with the guest
+    agent work): no agent ever answers, so "auto" is crash-consistent and "required" fails.
+    """
+    if mode == "off":
+        yield Quiesced("crash", "quiesce was off")
+        return
+    if mode == "required":
+        raise TaskFailed("quiesce is required, but no guest agent answered: nothing was taken")
+    yield Quiesced("crash", "no guest agent answered")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One disk of a snapshot, with what reaches it on this node."""
+
+    disk: SnapshotDisk
+    volume: Volume
+    driver: PoolDriver
+
+    @property
+    def node(self) -> str:
+        # The top node of the disk as the command line names it; a filter put above it
+        # (QoS) passes snapshots down, so the format node is always a valid name.
+        return f"disk{self.disk.index}"
+
+    @property
+    def image(self) -> str:
+        return self.driver.image(self.volume)
+
+
+def _by_pool(parts: Sequence[Part]) -> list[tuple[PoolDriver, list[Volume]]]:
+    grouped: dict[str, list[Part]] = defaultdict(list)
+    for part in parts:
+        grouped[part.volume.pool].append(part)
+    return [(group[0].driver, [p.volume for p in group]) for group in grouped.values()]
+
+
+class Snapshots:
+    def __init__(self, db: ConfigDB, node: str, state_dir: Path, vms: VMController):
+        self.db = db
+        self.node = node
+        self.state_dir = state_dir
+        self.vms = vms
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def _snapshot(self, ctx: TaskContext) -> Snapshot | None:
+        params = ctx.params(SnapshotParams)
+        found = await self.db.get(Snapshot, keys.snapshot(ctx.task.target, params.snapshot))
+        return found.value if found is not None else None
+
+    async def _vm(self, vm_id: str) -> VM:
+        entry = await self.db.get(VM, keys.vm(vm_id))
+        if entry is None:
+            raise TaskFailed("the VM no longer exists")
+        if entry.value.node != self.node:
+            raise TaskFailed(f"the VM is on node {entry.value.node}, not here")
+        return entry.value
+
+    async def _parts(self, snapshot: Snapshot) -> list[Part]:
+        parts = []
+        for disk in snapshot.disks:
+            volume = await self.db.get(Volume, keys.volume(disk.volume))
+            pool = await self.db.get(Pool, keys.pool(disk.pool))
+            if volume is None or pool is None:
+                raise TaskFailed(f"disk{disk.index}: its volume or pool no longer exists")
+            driver = driver_for(pool.value, self.state_dir, self.db)
+            try:
+                await driver.prepare()
+            except StorageError as exc:
+                raise TaskFailed(str(exc)) from exc
+            parts.append(Part(disk, volume.value, driver))
+        return parts
+
+    async def _set(self, snapshot: Snapshot, **changes: Any) -> None:
+        def change(record: Snapshot) -> Snapshot:
+            return record.model_copy(update=changes)
+
+        with contextlib.suppress(KeyError):  # deleted meanwhile
+            await self.db.update(Snapshot, keys.snapshot(snapshot.vm, snapshot.id), change)
+
+    # -- create --------------------------------------------------------------------------
+
+    async def create(self, ctx: TaskContext) -> dict[str, Any]:
+        params = ctx.params(SnapshotParams)
+        snapshot = await self._snapshot(ctx)
+        if snapshot is None:
+            raise TaskFailed("the snapshot's record is gone")
+        if snapshot.state == SnapshotState.ready:
+            return {"snapshot": snapshot.id}  # a repeat after a crash: done already
+        if snapshot.state != SnapshotState.creating:
+            raise TaskFailed(f"snapshot {snapshot.name} is {snapshot.state.value}")
+        try:
+            vm = await self._vm(snapshot.vm)
+            parts = await self._parts(snapshot)
+            rt = self.vms.runtime(vm.id)
+            async with rt.lock:
+                qemu = rt.qemu if rt.qemu.running() else None
+                if ctx.resumed:
+                    # Whatever the run cut off by the restart took is half-made: it goes.
+                    await self._remove(qemu, snapshot, parts)
+                    if qemu is not None and vm.power == PowerState.running:
+                        await _resume_if_paused(qemu)
+                try:
+                    if qemu is not None:
+                        quiet = await self._take_live(ctx, qemu, snapshot, parts, params)
+                    elif snapshot.memory:
+                        raise TaskFailed("the VM is no longer running: it has no memory to save")
+                    else:
+                        quiet = await self._take_offline(ctx, snapshot, parts)
+                except BaseException:
+                    try:
+                        await self._remove(rt.qemu if rt.qemu.running() else None, snapshot, parts)
+                    except Exception as exc:  # the first error is the one to report
+                        log.warning("removing half-made snapshot %s: %r", snapshot.id, exc)
+                    raise
+                sizes = await self._sizes(qemu, snapshot, parts)
+        except (QemuError, StorageError, VMError) as exc:
+            await self._set(snapshot, state=SnapshotState.error, error=str(exc))
+            raise TaskFailed(str(exc)) from exc
+        except Exception as exc:
+            await self._set(snapshot, state=SnapshotState.error, error=str(exc) or "cancelled")
+            raise
+        disks, vm_state_size = sizes
+        done = snapshot.model_copy(
+            update={
+                "state": SnapshotState.ready,
+                "error": "",
+                "consistency": quiet.consistency,
+                "consistency_reason": quiet.reason,
+                "freeze_ms": quiet.freeze_ms,
+                "disks": disks,
+                "vm_state_size": vm_state_size,
+            }
+        )
+        # The new snapshot is where the VM is now: the parent of the next one.
+        await self.db.commit(
+            Txn()
+            .put(keys.snapshot(vm.id, snapshot.id), done)
+            .put(keys.snapshot_head(vm.id), SnapshotHead(snapshot=snapshot.id))
+        )
+        await ctx.log(f"snapshot {snapshot.name} taken ({quiet.consistency}: {quiet.reason})")
+        return {"snapshot": snapshot.id, "consistency": quiet.consistency}
+
+    async def _take_live(
+        self,
+        ctx: TaskContext,
+        qemu: QemuVM,
+        snapshot: Snapshot,
+        parts: list[Part],
+        params: SnapshotParams,
+    ) -> Quiesced:
+        tag = snapshot.id
+        qcow2 = [p for p in parts if p.disk.method == "qcow2"]
+        native = [p for p in parts if p.disk.method == "native"]
+        if snapshot.memory:
+            # Not frozen: a revert brings back the running guest with its writes in flight,
+            # and a guest frozen at the save would come back frozen.
+            quiet = Quiesced("crash", "memory snapshot: the guest resumes where it was")
+            paused = await _pause(qemu)
+            try:
+                for driver, volumes in _by_pool(native):
+                    await driver.snapshot_create(volumes, tag)
+                await ctx.progress(0.1, "saving the guest's memory")
+                await self._save(ctx, qemu, tag, qcow2)
+            finally:
+                if paused:
+                    await qemu.resume()
+            return quiet
+        started = time.monotonic()
+        async with quiesced(qemu, params.quiesce, params.freeze_limit_s) as quiet:
+            # Native snapshots are the pool's: the guest must not write in between them and
+            # the qcow2 transaction, so all are taken while it is paused.
+            paused = await _pause(qemu) if native else False
+            try:
+                for driver, volumes in _by_pool(native):
+                    await driver.snapshot_create(volumes, tag)
+                if qcow2:
+                    await qemu.snapshot_disks([p.node for p in qcow2], tag)
+            finally:
+                if paused:
+                    await qemu.resume()
+        await ctx.progress(0.9)
+        log.info("snapshot %s of %s took %.2fs", tag, snapshot.vm, time.monotonic() - started)
+        return quiet
+
+    async def _save(self, ctx: TaskContext, qemu: QemuVM, tag: str, qcow2: list[Part]) -> None:
+        vmstate = next(p for p in qcow2 if p.disk.vm_state)
+        job_id = f"save-{tag}"
+
+        async def follow(job: Job) -> None:
+            if job.total:
+                await ctx.progress(0.1 + 0.8 * job.current / job.total)
+
+        await qemu.snapshot_save(job_id, tag, vmstate=vmstate.node, devices=[p.node for p in qcow2])
+        job = await qemu.wait_job(job_id, SAVE_TIMEOUT, follow)
+        if job is None:
+            raise TaskFailed(f"QEMU did not save the snapshot within {SAVE_TIMEOUT:.0f}s")
+        if job.error:
+            raise TaskFailed(f"QEMU could not save the snapshot: {job.error}")
+
+    async def _take_offline(
+        self, ctx: TaskContext, snapshot: Snapshot, parts: list[Part]
+    ) -> Quiesced:
+        tag = snapshot.id
+        for part in parts:
+            if part.disk.method == "qcow2":
+                await qemuimg.snapshot_create(part.image, tag)
+        for driver, volumes in _by_pool([p for p in parts if p.disk.method == "native"]):
+            await driver.snapshot_create(volumes, tag)
+        await ctx.progress(0.9)
+        return Quiesced("crash", "taken while the VM was off: its disks as it left them")
+
+    async def _sizes(
+        self, qemu: QemuVM | None, snapshot: Snapshot, parts: list[Part]
+    ) -> tuple[list[SnapshotDisk], int | None]:
+        """Each disk's record with the size the pool gives, and the memory state's size."""
+        disks, vm_state_size = [], None
+        for part in parts:
+            size = None
+            if part.disk.method == "native":
+                with contextlib.suppress(StorageError):
+                    found = await part.driver.snapshots(part.volume)
+                    size = next((s.size for s in found if s.name == snapshot.id), None)
+            elif part.disk.vm_state:
+                vm_state_size = await self._vm_state_size(qemu, part, snapshot.id)
+            disks.append(part.disk.model_copy(update={"size": size}))
+        return disks, vm_state_size
+
+    async def _vm_state_size(self, qemu: QemuVM | None, part: Part, tag: str) -> int | None:
+        if qemu is not None:
+            for node in await qemu.disk_snapshots([part.node]):
+                for taken in node.snapshots:
+                    if taken.name == tag:
+                        return taken.vm_state_size
+            return None
+        info = await qemuimg.info(part.image)
+        for taken in info.get("snapshots", []):
+            if taken.get("name") == tag:
+                return int(taken.get("vm-state-size", 0))
+        return None
+
+    async def _remove(self, qemu: QemuVM | None, snapshot: Snapshot, parts: list[Part]) -> None:
+        """Delete the snapshot from every disk that has it (none may): undoing a create,
+        or a delete."""
+        tag = snapshot.id
+        qcow2 = [p for p in parts if p.disk.method == "qcow2"]
+        if qemu is not None:
+            for job in await qemu.jobs():
+                if job.id in (f"save-{tag}", f"load-{tag}"):
+                    # Left by a run cut off by an agent restart: QEMU carried on with it.
+                    await qemu.wait_job(job.id, SAVE_TIMEOUT)
+            held = {n.node: n.names() for n in await qemu.disk_snapshots([p.node for p in qcow2])}
+            for part in qcow2:
+                if tag in held.get(part.node, []):
+                    await qemu.delete_disk_snapshot(part.node, tag)
+        else:
+            for part in qcow2:
+                if tag in await qemuimg.snapshot_names(part.image):
+                    await qemuimg.snapshot_delete(part.image, tag)
+        for part in [p for p in parts if p.disk.method == "native"]:
+            if any(s.name == tag for s in await part.driver.snapshots(part.volume)):
+                await part.driver.snapshot_delete(part.volume, tag)
+
+    # -- revert --------------------------------------------------------------------------
+
+    async def revert(self, ctx: TaskContext) -> dict[str, Any]:
+        """Back to a snapshot. A memory snapshot of a running VM: to exactly its running
+        state (`snapshot-load`). Otherwise the disks are reverted with QEMU stopped, and the
+        VM started again if it should run (a guest that ran boots from the reverted disks).
+        """
+        snapshot = await self._snapshot(ctx)
+        if snapshot is None:
+            raise TaskFailed("the snapshot no longer exists")
+        if snapshot.state != SnapshotState.ready:
+            raise TaskFailed(f"snapshot {snapshot.name} is {snapshot.state.value}")
+        vm = await self._vm(snapshot.vm)
+        parts = await self._parts(snapshot)
+        rt = self.vms.runtime(vm.id)
+        online = (
+            snapshot.memory and rt.qemu.running() and all(p.disk.method == "qcow2" for p in parts)
+        )
+        try:
+            if online:
+                async with rt.lock:
+                    await self._load(ctx, rt.qemu, snapshot, parts)
+                memory = True
+            else:
+                if snapshot.memory:
+                    await ctx.log(
+                        "its memory is not restored: the VM is off, or has disks that are "
+                        "reverted only offline; the guest starts from the disks"
+                    )
+                async with self.vms.offline(vm.id):
+                    await ctx.progress(0.3, "QEMU stopped; reverting the disks")
+                    for part in parts:
+                        if part.disk.method == "qcow2":
+                            await qemuimg.snapshot_revert(part.image, snapshot.id)
+                        else:
+                            await part.driver.snapshot_revert(part.volume, snapshot.id)
+                memory = False
+            state = await self.vms.reconcile(vm.id)
+        except (QemuError, StorageError, VMError) as exc:
+            raise TaskFailed(str(exc)) from exc
+        await self.db.put(keys.snapshot_head(vm.id), SnapshotHead(snapshot=snapshot.id))
+        await ctx.log(f"reverted to {snapshot.name}; the VM is {state.value}")
+        return {"snapshot": snapshot.id, "memory": memory, "state": state.value}
+
+    async def _load(
+        self, ctx: TaskContext, qemu: QemuVM, snapshot: Snapshot, parts: list[Part]
+    ) -> None:
+        tag = snapshot.id
+        job_id = f"load-{tag}"
+        if any(job.id == job_id for job in await qemu.jobs()):
+            await qemu.wait_job(job_id, LOAD_TIMEOUT)  # a run before a restart left it
+        vmstate = next(p for p in parts if p.disk.vm_state)
+
+        async def follow(job: Job) -> None:
+            if job.total:
+                await ctx.progress(0.9 * job.current / job.total)
+
+        await qemu.snapshot_load(job_id, tag, vmstate=vmstate.node, devices=[p.node for p in parts])
+        job = await qemu.wait_job(job_id, LOAD_TIMEOUT, follow)
+        if job is not None and not job.error:
+            return
+        # QEMU 7.2 leaves the guest stopped after a failed load: it must not stay so. When
+        # the load failed half-way, the guest's memory is a mix: it restarts.
+        why = job.error if job is not None else f"no end within {LOAD_TIMEOUT:.0f}s"
+        if job is not None and not any(r in job.error for r in _LOAD_REFUSED):
+            await qemu.reset()
+            why += "; the guest was reset"
+        await _resume_if_paused(qemu)
+        raise TaskFailed(f"QEMU could not load the snapshot: {why}")
+
+    # -- delete --------------------------------------------------------------------------
+
+    async def delete(self, ctx: TaskContext) -> dict[str, Any]:
+        """Delete a snapshot from every disk, the VM running or not; its children follow
+        its parent, and the VM's current snapshot moves to its parent if it was this one."""
+        params = ctx.params(SnapshotParams)
+        vm_id = ctx.task.target
+        snapshot = await self._snapshot(ctx)
+        if snapshot is None:
+            return {"deleted": params.snapshot}  # a repeat after a crash: gone already
+        try:
+            parts = await self._parts(snapshot)
+            rt = self.vms.runtime(vm_id)
+            async with rt.lock:
+                await self._remove(rt.qemu if rt.qemu.running() else None, snapshot, parts)
+        except (QemuError, StorageError) as exc:
+            await self._set(snapshot, state=SnapshotState.error, error=f"delete: {exc}")
+            raise TaskFailed(str(exc)) from exc
+        await ctx.progress(0.8, "removed from the disks")
+        for _ in range(10):  # a rename of a child meanwhile: read the tree again
+            try:
+                await self.db.commit(await forget_txn(self.db, snapshot))
+                break
+            except StoreConflict:
+                continue
+        else:
+            raise TaskFailed("the snapshot tree kept changing; delete it again")
+        return {"deleted": snapshot.id}
+
+
+async def forget_txn(db: ConfigDB, snapshot: Snapshot) -> Txn:
+    """The transaction that drops a snapshot's records: its children re-parented, the VM's
+    current snapshot moved to its parent if it was this one."""
+    vm_id = snapshot.vm
+    entries = await db.list(Snapshot, keys.snapshots(vm_id))
+    everything = [e.value for e in entries]
+    revisions = {e.value.id: (e.key, e.revision) for e in entries}
+    txn = (
+        Txn()
+        .delete(keys.snapshot(vm_id, snapshot.id))
+        .delete(keys.snapshot_name(vm_id, snapshot.name))
+    )
+    for child in reparented(everything, snapshot.id):
+        key, revision = revisions[child.id]
+        txn.require_revision(key, revision).put(key, child)
+    head = await db.get(SnapshotHead, keys.snapshot_head(vm_id))
+    current = head.value.snapshot if head else None
+    moved = head_after_delete(current, everything, snapshot.id)
+    if head is not None and moved != current:
+        txn.require_revision(head.key, head.revision)
+        txn.put(head.key, SnapshotHead(snapshot=moved))
+    return txn
+
+
+async def forget_vm(db: ConfigDB, vm_id: str, txn: Txn) -> None:
+    """Add to `txn` the removal of every snapshot record of a VM being deleted (its images
+    go with its volumes, or keep their snapshots inside when the volumes are kept)."""
+    for entry in await db.list(Snapshot, keys.snapshots(vm_id)):
+        txn.delete(entry.key).delete(keys.snapshot_name(vm_id, entry.value.name))
+    txn.delete(keys.snapshot_head(vm_id))
+
+
+async def _pause(qemu: QemuVM) -> bool:
+    """Pause a running guest (QMP `stop` drains and flushes its I/O); whether we did."""
+    if await qemu.run_state() == "running":
+        await qemu.pause()
+        return True
+    return False
+
+
+async def _resume_if_paused(qemu: QemuVM) -> None:
+    if await qemu.run_state() in ("paused", "restore-vm"):
+        await qemu.resume()
