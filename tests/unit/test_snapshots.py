@@ -1,0 +1,265 @@
+"""Snapshots without processes: the tree, the service's checks, and the agent's native-pool
+path with a stand-in driver (no real pool of this branch snapshots by itself)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+from fakes.configdb import FakeConfigDB
+
+from heron.agent.snapshots import Snapshots
+from heron.agent.tasks import TaskContext, TaskFailed
+from heron.configdb import Txn, keys
+from heron.models.common import new_id
+from heron.models.node import Node
+from heron.models.snapshot import (
+    Snapshot,
+    SnapshotCreate,
+    SnapshotHead,
+    SnapshotState,
+    head_after_delete,
+    is_snapshot_id,
+    lost_in_migration,
+    new_snapshot_id,
+    reparented,
+    tree_order,
+)
+from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.task import SnapshotParams, TaskKind, new_task
+from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
+from heron.services import snapshots as service
+from heron.services.errors import Conflict, Invalid, NotFound
+from heron.storage import registry
+from heron.storage.dirpool import DirPool
+from heron.storage.driver import Capabilities, StorageError, VolumeSnapshot
+
+
+def snap(name: str, parent: str | None = None, at: float = 1.0, **extra: object) -> Snapshot:
+    return Snapshot(id=new_snapshot_id(), vm="v", name=name, parent=parent, created_at=at, **extra)
+
+
+# -- the tree ------------------------------------------------------------------------------
+
+
+def test_ids_are_short_and_safe_for_every_image_format() -> None:
+    ids = {new_snapshot_id() for _ in range(100)}
+    assert len(ids) == 100 and all(is_snapshot_id(i) and len(i) == 13 for i in ids)
+    assert not is_snapshot_id("s12") and not is_snapshot_id("S0123456789ab")
+
+
+def test_deleting_a_middle_snapshot_gives_its_children_its_parent() -> None:
+    a = snap("a")
+    b = snap("b", a.id, 2)
+    c = snap("c", b.id, 3)
+    d = snap("d", b.id, 4)
+    moved = reparented([a, b, c, d], b.id)
+    assert {(s.name, s.parent) for s in moved} == {("c", a.id), ("d", a.id)}
+    assert reparented([a, b, c, d], c.id) == []
+    # A root's children become roots.
+    assert [(s.name, s.parent) for s in reparented([a, b], a.id)] == [("b", None)]
+
+
+def test_the_current_snapshot_moves_to_the_parent_of_the_deleted_one() -> None:
+    a = snap("a")
+    b = snap("b", a.id, 2)
+    assert head_after_delete(b.id, [a, b], b.id) == a.id
+    assert head_after_delete(b.id, [a, b], a.id) == b.id
+    assert head_after_delete(a.id, [a], a.id) is None
+
+
+def test_tree_order_is_depth_first_by_age() -> None:
+    a = snap("a", at=1)
+    b = snap("b", a.id, 2)
+    c = snap("c", a.id, 5)
+    d = snap("d", b.id, 3)
+    orphan = snap("e", "s000000000000", 0)
+    order = [(depth, s.name) for depth, s in tree_order([c, d, b, a, orphan])]
+    assert order == [(0, "e"), (0, "a"), (1, "b"), (2, "d"), (1, "c")]
+
+
+def test_a_migration_loses_the_snapshots_of_the_disks_it_copies() -> None:
+    from heron.models.snapshot import SnapshotDisk
+
+    local = SnapshotDisk(index=0, volume="v1", pool="local", method="qcow2")
+    shared = SnapshotDisk(index=1, volume="v2", pool="nfs", method="qcow2")
+    taken = [snap("b", disks=[local, shared]), snap("a", disks=[shared])]
+    assert lost_in_migration(taken, {"v1"}) == ["b"]
+    assert lost_in_migration(taken, set()) == []
+
+
+def test_a_freeze_limit_is_bounded() -> None:
+    with pytest.raises(ValueError, match="freeze_limit_s"):
+        SnapshotCreate(name="x", freeze_limit_s=0.5)
+    with pytest.raises(ValueError, match="freeze_limit_s"):
+        SnapshotCreate(name="x", freeze_limit_s=600)
+    assert SnapshotCreate(name="x").freeze_limit_s == 10
+
+
+# -- a pool that snapshots by itself (stand-in) ------------------------------------------
+
+
+class StandInNativePool(DirPool):
+    """Stands in for a pool with native snapshots (heron-io, Ceph): keeps its snapshots in
+    memory, and fails a `snapshot_create` of a volume named in `fail`."""
+
+    CAPABILITIES = Capabilities(shared=True, formats=(VolumeFormat.raw,), native_snapshots=True)
+    taken: dict[str, list[str]] = {}
+    fail: set[str] = set()
+
+    async def snapshot_create(self, volumes: Sequence[Volume], name: str) -> None:
+        if any(v.name in self.fail for v in volumes):
+            raise StorageError(f"pool {self.pool.name}: refused")
+        for volume in volumes:
+            self.taken.setdefault(volume.id, []).append(name)
+
+    async def snapshot_delete(self, volume: Volume, name: str) -> None:
+        self.taken[volume.id].remove(name)
+
+    async def snapshot_revert(self, volume: Volume, name: str) -> None:
+        assert name in self.taken[volume.id]
+
+    async def snapshots(self, volume: Volume) -> list[VolumeSnapshot]:
+        return [VolumeSnapshot(n, 1.0, 4096) for n in self.taken.get(volume.id, [])]
+
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch) -> type[StandInNativePool]:
+    StandInNativePool.taken = {}
+    StandInNativePool.fail = set()
+    drivers = dict(registry.DRIVERS)
+    drivers["rbd"] = StandInNativePool  # the type's driver, replaced for the test
+    monkeypatch.setattr(registry, "DRIVERS", MappingProxyType(drivers))
+    return StandInNativePool
+
+
+async def a_vm(db: FakeConfigDB, disks: list[tuple[str, VolumeFormat]]) -> VM:
+    """A stopped VM on the live node n1 with a volume per (pool, format)."""
+    await db.put(
+        keys.node("n1"),
+        Node(name="n1", address="x", api_url="x", cpus=1, memory_mib=1024,
+             accelerator="tcg", started_at=1),
+    )  # fmt: skip
+    specs = []
+    for index, (pool, fmt) in enumerate(disks):
+        if await db.get(Pool, keys.pool(pool)) is None:
+            kind = "dir" if pool == "local" else "rbd"
+            extra = {"rbd_pool": "r"} if kind == "rbd" else {}
+            await db.put(keys.pool(pool), Pool(name=pool, type=kind, created_at=1, **extra))
+        volume = Volume(id=new_id(), pool=pool, name=f"d{index}", format=fmt, size=1,
+                        state="ready", created_at=1)  # fmt: skip
+        await db.put(keys.volume(volume.id), volume)
+        specs.append(DiskSpec(volume=volume.id))
+    vm = VM(id=new_id(), spec=VMSpec(name="web", disks=specs), node="n1", created_at=1)
+    await db.commit(Txn().put(keys.vm(vm.id), vm).put(keys.vm_name("web"), vm.id))
+    return vm
+
+
+async def test_a_raw_disk_on_a_pool_without_snapshots_is_named(db: FakeConfigDB) -> None:
+    vm = await a_vm(db, [("local", VolumeFormat.qcow2), ("local", VolumeFormat.raw)])
+    with pytest.raises(Conflict) as refused:
+        await service.create(db, "web", SnapshotCreate(name="a"), "t")  # type: ignore[arg-type]
+    assert refused.value.fields[0]["field"] == "disks.1"
+    assert "raw" in refused.value.fields[0]["reason"]
+    assert await db.list(Snapshot, keys.snapshots(vm.id)) == []
+
+
+async def test_memory_needs_a_running_vm_and_a_qcow2_disk(
+    db: FakeConfigDB, native: type[StandInNativePool]
+) -> None:
+    await a_vm(db, [("ceph", VolumeFormat.raw)])
+    with pytest.raises(Invalid, match="not running"):
+        await service.create(db, "web", SnapshotCreate(name="a", memory=True), "t")  # type: ignore[arg-type]
+
+
+async def test_names_are_unique_per_vm_and_busy_vms_refuse(
+    db: FakeConfigDB, native: type[StandInNativePool]
+) -> None:
+    vm = await a_vm(db, [("ceph", VolumeFormat.raw), ("local", VolumeFormat.qcow2)])
+    taken, task = await service.create(db, "web", SnapshotCreate(name="a"), "t")  # type: ignore[arg-type]
+    assert [d.method for d in taken.disks] == ["native", "qcow2"]
+    assert task.kind == TaskKind.snapshot_create and task.node == "n1"
+    # Its task is still queued: the VM is busy with it.
+    with pytest.raises(Conflict, match="busy"):
+        await service.create(db, "web", SnapshotCreate(name="b"), "t")  # type: ignore[arg-type]
+    await db.delete(keys.task(task.id))
+    with pytest.raises(Conflict) as refused:
+        await service.create(db, "web", SnapshotCreate(name="a"), "t")  # type: ignore[arg-type]
+    assert refused.value.fields == [
+        {"field": "body.name", "reason": "is taken by another snapshot of this VM"}
+    ]
+    with pytest.raises(Conflict, match="creating"):
+        await service.delete(db, "web", "a", "t")  # type: ignore[arg-type]
+    with pytest.raises(Conflict, match="creating"):
+        await service.revert(db, "web", taken.id, "t")  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        await service.revert(db, "web", "nothing", "t")  # type: ignore[arg-type]
+    assert len(await db.list(Snapshot, keys.snapshots(vm.id))) == 1
+
+
+async def run_task(
+    db: FakeConfigDB, snapshots: Snapshots, kind: TaskKind, vm: VM, snapshot_id: str
+) -> dict[str, object]:
+    task = new_task(kind, "n1", vm.id, "t", SnapshotParams(snapshot=snapshot_id))
+    await db.create(keys.task(task.id), task)
+    handler = {
+        TaskKind.snapshot_create: snapshots.create,
+        TaskKind.snapshot_revert: snapshots.revert,
+        TaskKind.snapshot_delete: snapshots.delete,
+    }[kind]
+    try:
+        return await handler(TaskContext(db, task))  # type: ignore[arg-type]
+    finally:
+        await db.delete(keys.task(task.id))  # as if the runner had finished it
+
+
+@pytest.fixture
+async def agent(db: FakeConfigDB, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from fakes.running import fake_qemu_on_path, stop_agent
+
+    from heron.agent.vms import VMController
+
+    fake_qemu_on_path(tmp_path, monkeypatch)
+    controller = VMController(db, "n1", state_dir, "tcg")  # type: ignore[arg-type]
+    yield Snapshots(db, "n1", state_dir, controller)  # type: ignore[arg-type]
+    await stop_agent(controller)
+
+
+async def test_native_pools_of_a_stopped_vm(
+    db: FakeConfigDB, native: type[StandInNativePool], agent: Snapshots
+) -> None:
+    vm = await a_vm(db, [("ceph", VolumeFormat.raw), ("ceph2", VolumeFormat.raw)])
+    first, task = await service.create(db, "web", SnapshotCreate(name="a"), "t")  # type: ignore[arg-type]
+    await db.delete(keys.task(task.id))
+    await run_task(db, agent, TaskKind.snapshot_create, vm, first.id)
+    done = (await db.get(Snapshot, keys.snapshot(vm.id, first.id))).value  # type: ignore[union-attr]
+    assert done.state == SnapshotState.ready and [d.size for d in done.disks] == [4096, 4096]
+    assert sorted(native.taken.values()) == [[first.id], [first.id]]
+    head = await db.get(SnapshotHead, keys.snapshot_head(vm.id))
+    assert head is not None and head.value.snapshot == first.id
+
+    # The second pool refuses: nothing stays on the first, the record says why.
+    native.fail = {"d1"}
+    second, task = await service.create(db, "web", SnapshotCreate(name="b"), "t")  # type: ignore[arg-type]
+    assert second.parent == first.id
+    await db.delete(keys.task(task.id))
+    with pytest.raises(TaskFailed, match="refused"):
+        await run_task(db, agent, TaskKind.snapshot_create, vm, second.id)
+    assert sorted(native.taken.values()) == [[first.id], [first.id]]
+    failed = (await db.get(Snapshot, keys.snapshot(vm.id, second.id))).value  # type: ignore[union-attr]
+    assert failed.state == SnapshotState.error and "refused" in failed.error
+
+    result = await run_task(db, agent, TaskKind.snapshot_revert, vm, first.id)
+    assert result == {"snapshot": first.id, "memory": False, "state": "shutoff"}
+    # A failed one is deleted like any other (there is nothing of it in the pools).
+    await run_task(db, agent, TaskKind.snapshot_delete, vm, second.id)
+    await run_task(db, agent, TaskKind.snapshot_delete, vm, first.id)
+    assert sorted(native.taken.values()) == [[], []]
+    assert await db.list(Snapshot, keys.snapshots(vm.id)) == []
+    head = await db.get(SnapshotHead, keys.snapshot_head(vm.id))
+    assert head is not None and head.value.snapshot is None
+    # Again, after a crash: nothing left to do.
+    assert await run_task(db, agent, TaskKind.snapshot_delete, vm, first.id) == {
+        "deleted": first.id
+    }
+    assert vm.power == PowerState.stopped
