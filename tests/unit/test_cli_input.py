@@ -110,6 +110,7 @@ FREE_TEXT = {
     "mac",  # checked by the API (the same pattern as the models)
     "security_group",  # names of security groups, checked by the API
     "remote_group",
+    "snapshot",  # a VM's snapshot, by name or id
 }
 
 

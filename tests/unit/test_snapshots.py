@@ -263,3 +263,14 @@ async def test_native_pools_of_a_stopped_vm(
         "deleted": first.id
     }
     assert vm.power == PowerState.stopped
+
+
+def test_the_cli_prints_the_tree_with_the_current_one_marked() -> None:
+    from heron.cli.snapshot import rows
+
+    a = snap("a", at=1)
+    b = snap("b", a.id, 2)
+    c = snap("c", a.id, 3)
+    views = [{**s.model_dump(), "current": s is b, "revision": 1} for s in (c, b, a)]
+    printed = [r["tree"] for r in rows({"vm": "v", "current": b.id, "snapshots": views})]
+    assert printed == ["a", "  └ b *", "  └ c"]

@@ -5,7 +5,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 
-from heron.cli import console, parse
+from heron.cli import console, parse, snapshot
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
@@ -13,6 +13,7 @@ from heron.cli.task import finish
 from heron.models.vm import DiskBus, Hardware, NicModel
 
 app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
+app.add_typer(snapshot.app, name="snapshot")
 
 VM_COLUMNS = [
     ("name", lambda v: v["name"]),
