@@ -17,7 +17,8 @@ export type Kind =
   | "settings"
   | "tokens"
   | "users"
-  | "events";
+  | "events"
+  | "snapshots";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();
