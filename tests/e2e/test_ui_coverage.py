@@ -76,6 +76,8 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
         },
     )
     api.wait_task(running["task"])
+    snapshot = api.ok("POST", f"/vms/{running['vm']}/snapshots", json={"name": "walk"})
+    api.wait_task(snapshot["task"])  # a row for the snapshot controls
     api.wait_task(
         api.ok("POST", "/pools/shared/volumes", json={"name": "spare", "size": 1 << 20})["task"]
     )

@@ -1,0 +1,81 @@
+"""A VM's snapshots in a real browser against a real devcluster: take two from the form drawn
+from the API's schema (a bad name refused beside its input), see the tree, revert to the first
+after confirming, and delete the second."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browsing import STEP, log_in, settle, shot
+from playwright.sync_api import BrowserContext, Page, expect
+from support import Api
+
+pytestmark = pytest.mark.integration
+
+SLOW = 240_000  # ms: a revert restarts a TCG guest's QEMU on a busy host
+
+
+@pytest.fixture(scope="module")
+def page(desktop: BrowserContext, ui: str, admin_password: str) -> Page:
+    page = desktop.new_page()
+    log_in(page, ui, admin_password)
+    return page
+
+
+@pytest.fixture(scope="module")
+def vm(api: Api, image: str) -> dict[str, Any]:
+    body = {
+        "name": "snapped",
+        "memory_mib": 96,
+        "node": "node1",
+        "start": True,
+        "disks": [{"pool": "shared", "source": image}],
+    }
+    reply = api.ok("POST", "/vms", json=body)
+    api.wait_task(reply["task"])
+    return api.vm(reply["vm"])
+
+
+def take(page: Page, name: str) -> None:
+    page.click("[data-testid=snapshot-new]")
+    form = page.locator("[data-testid=snapshot-form]")
+    form.locator("input[name=name]").fill(name)
+    form.locator("select[name=quiesce]").select_option("off")
+    page.click("[data-testid=snapshot-submit]")
+
+
+def test_take_revert_and_delete_snapshots(
+    page: Page, ui: str, api: Api, vm: dict[str, Any], screenshots: Path
+) -> None:
+    page.goto(f"{ui}/vms/{vm['id']}?tab=snapshots")
+    settle(page)
+    expect(page.locator("[data-testid=snapshots-empty]")).to_be_visible()
+
+    take(page, "Not A Name")
+    expect(page.locator("[data-testid=field-error]")).to_be_visible(timeout=STEP)
+    page.locator("[data-testid=snapshot-form] input[name=name]").fill("first")
+    page.click("[data-testid=snapshot-submit]")
+    first = page.locator("tr[data-snapshot=first]")
+    expect(first).to_contain_text("ready", timeout=SLOW)
+    expect(page.locator("[data-testid=snapshot-task]")).to_have_attribute(
+        "data-state", "succeeded", timeout=STEP
+    )
+    take(page, "second")
+    second = page.locator("tr[data-snapshot=second]")
+    expect(second).to_contain_text("ready", timeout=SLOW)
+    expect(second).to_have_attribute("data-current", "true", timeout=STEP)
+    shot(page, screenshots, "vm-snapshots")
+
+    first.locator("[data-testid=snapshot-revert]").click()
+    expect(page.locator("[data-testid=confirm]")).to_be_visible()
+    page.click("[data-testid=confirm-ok]")
+    expect(first).to_have_attribute("data-current", "true", timeout=SLOW)
+    expect(page.locator("[data-testid=snapshot-task]")).to_have_attribute(
+        "data-state", "succeeded", timeout=SLOW
+    )
+    assert api.vm(vm["id"])["state"] == "running"  # it ran, so it runs again
+
+    second.locator("[data-testid=snapshot-delete]").click()
+    page.click("[data-testid=confirm-ok]")
+    expect(second).to_have_count(0, timeout=SLOW)
+    expect(first).to_be_visible()
