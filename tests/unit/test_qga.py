@@ -297,4 +297,5 @@ async def test_a_refused_freeze_enters_no_body(fake: FakeAgent) -> None:
     with pytest.raises(FreezeError):
         async with frozen(GuestAgent(fake.path), limit_s=5):
             raise AssertionError("the body ran")
-    assert fake.state == "thawed"
+    # A thaw went anyway: the hooks before the failing one release what they took.
+    assert fake.state == "thawed" and fake.thaws == 1

@@ -446,10 +446,11 @@ async def frozen(
     A failing thaw is retried until `thaw_grace_s` past the limit.
 
     Raises FreezeError (the agent's message: a hook or a filesystem failed; the guest is
-    thawed) or AgentUnavailable (no answer within the limit; thaws were sent anyway) before
-    the body runs; at exit FreezeWindowExceeded when the limit passed before the body ended
-    (the caller deletes what it took: it is not consistent), ThawError when the guest could
-    not be thawed. An error of the body itself passes through unchanged.
+    thawed, and a thaw was sent for the hooks that had run) or AgentUnavailable (no answer
+    within the limit; thaws were sent anyway) before the body runs; at exit
+    FreezeWindowExceeded when the limit passed before the body ended (the caller deletes
+    what it took: it is not consistent), ThawError when the guest could not be thawed. An
+    error of the body itself passes through unchanged.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -467,6 +468,10 @@ async def frozen(
     try:
         count = await agent.freeze(timeout=limit_s)
     except FreezeError:
+        # The agent froze nothing, but hooks that ran before the failing one did their
+        # "freeze" (took a lock) and see no "thaw" unless one is sent: a thaw runs every hook.
+        with contextlib.suppress(GuestAgentError):
+            await asyncio.shield(start_thaw())
         raise
     except BaseException:
         # No reply (or we were cancelled): the freeze may still land in the guest.

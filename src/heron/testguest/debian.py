@@ -19,8 +19,9 @@ Why it is built this way:
   VM boots it from its disk like any other image, and QEMU can also boot it directly with
   ``-kernel``/``-initrd`` (``DebianGuest.kernel``/``initrd``, copies beside the image).
 * Inside (``debian/overlay``): qemu-guest-agent (started by udev when the
-  ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on and a
-  PostgreSQL hook that checkpoints before a freeze; PostgreSQL 15 with a database ``heron``,
+  ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on and the
+  PostgreSQL hook Heron ships (``guest/fsfreeze-hook.d/postgresql``), which checkpoints before
+  a freeze; PostgreSQL 15 with a database ``heron``,
   a table ``load_rows`` and a superuser role ``root``; ``heron-insert-load``, an insert load that
   reports the last committed row; and the test guest's command channel (``heron-run TAG CMD``,
   driven by ``heron.testguest.net.CommandChannel``) as a systemd service on ttyS0 in place of
@@ -77,6 +78,10 @@ HOST_PACKAGES = ("mmdebstrap", "e2fsprogs", "syslinux", "syslinux-common", "mtoo
 
 HERE = Path(__file__).with_name("debian")
 OVERLAY = HERE / "overlay"
+# The PostgreSQL fsfreeze hook Heron ships for guests (in the repository, beside src/): the
+# guest runs the very file administrators install, not a copy of it.
+SHIPPED_HOOKS = HERE.parents[3] / "guest" / "fsfreeze-hook.d"
+HOOKS = {"postgresql": "etc/qemu/fsfreeze-hook.d/postgresql"}
 INITRAMFS_CONFIG = HERE / "initramfs"
 # The test guest's command channel, the same script in both guests.
 COMMAND_CHANNEL = testguest.GUEST_SCRIPTS["bin/heron-commands"]
@@ -283,10 +288,14 @@ def resolve_packages() -> list[testguest.DebPackage]:
 def source_digests() -> dict[str, str]:
     files = [Path(__file__), COMMAND_CHANNEL]
     files += sorted(p for d in (OVERLAY, INITRAMFS_CONFIG) for p in d.rglob("*") if p.is_file())
-    return {
+    digests = {
         str(path.relative_to(HERE.parent)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in files
     }
+    for name in HOOKS:
+        hook = SHIPPED_HOOKS / name
+        digests[f"guest/fsfreeze-hook.d/{name}"] = hashlib.sha256(hook.read_bytes()).hexdigest()
+    return digests
 
 
 def stamp_inputs(packages: Sequence[testguest.DebPackage]) -> dict[str, object]:
@@ -306,6 +315,11 @@ def make_tree(root: Path, work: Path) -> None:
     channel.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(COMMAND_CHANNEL, channel)
     channel.chmod(0o755)
+    for name, path in HOOKS.items():
+        target = overlay / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHIPPED_HOOKS / name, target)
+        target.chmod(0o755)
     hook = work / "customize.sh"
     hook.write_text(customize_script())
     cmd = [
