@@ -104,3 +104,48 @@ def test_the_mysql_hook_fails_the_freeze_without_the_lock(tmp_path: Path) -> Non
 
 def test_a_thaw_without_a_freeze_is_a_no_op(tmp_path: Path) -> None:
     assert run_hook(tmp_path, "thaw").returncode == 0
+
+
+# -- the runner (/etc/qemu/fsfreeze-hook) ------------------------------------------------------
+
+RUNNER = HOOKS.parent / "fsfreeze-hook"
+
+
+def test_the_runner_parses_and_passes_shellcheck() -> None:
+    subprocess.run(["sh", "-n", str(RUNNER)], check=True)
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", str(RUNNER)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
+
+
+def runner(tmp_path: Path, action: str, fail: dict[str, str]) -> tuple[int, list[str]]:
+    """Run the runner over hooks a, b, c (plus files it must skip); `fail` maps a hook to the
+    action it fails. Returns its status and the calls the hooks saw, in order."""
+    hooks, calls = tmp_path / "hooks", tmp_path / "calls"
+    hooks.mkdir(exist_ok=True)
+    for name in ("a", "b", "c", "d.dpkg-old", ".hidden", "e"):
+        script = hooks / name
+        failing = fail.get(name, "none")
+        script.write_text(
+            f'#!/bin/sh\necho "{name} $1" >>{calls}\n[ "$1" = {failing} ] && exit 7\nexit 0\n'
+        )
+        script.chmod(0o644 if name == "e" else 0o755)
+    proc = subprocess.run(
+        ["sh", str(RUNNER), action],
+        env={**os.environ, "HERON_HOOK_DIR": str(hooks), "HERON_HOOK_LOG": str(tmp_path / "l")},
+        capture_output=True,
+        timeout=60,
+    )
+    return proc.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_the_runner_freezes_in_order_and_unwinds_at_the_first_failure(tmp_path: Path) -> None:
+    assert runner(tmp_path, "freeze", {}) == (0, ["a freeze", "b freeze", "c freeze"])
+    (tmp_path / "calls").unlink()
+    status, calls = runner(tmp_path, "freeze", {"b": "freeze"})
+    assert status == 7
+    assert calls == ["a freeze", "b freeze", "a thaw"]  # c never froze; a is released
+
+
+def test_the_runner_thaws_everything_in_reverse_and_never_fails(tmp_path: Path) -> None:
+    assert runner(tmp_path, "thaw", {"b": "thaw"}) == (0, ["c thaw", "b thaw", "a thaw"])

@@ -120,6 +120,7 @@ def test_the_stamp_changes_with_the_builder_files() -> None:
     assert "debian.py" in digests
     # The guest's PostgreSQL hook is the one Heron ships, not a copy in the overlay.
     assert "guest/fsfreeze-hook.d/postgresql" in digests
+    assert "guest/fsfreeze-hook" in digests
     assert not any(name.startswith("debian/overlay/etc/qemu/fsfreeze-hook.d") for name in digests)
     assert any(name.endswith("command-channel.sh") for name in digests)
 

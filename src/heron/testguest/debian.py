@@ -19,13 +19,13 @@ Why it is built this way:
   VM boots it from its disk like any other image, and QEMU can also boot it directly with
   ``-kernel``/``-initrd`` (``DebianGuest.kernel``/``initrd``, copies beside the image).
 * Inside (``debian/overlay``): qemu-guest-agent (started by udev when the
-  ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on and the
-  PostgreSQL hook Heron ships (``guest/fsfreeze-hook.d/postgresql``), which checkpoints before
-  a freeze; PostgreSQL 15 with a database ``heron``,
-  a table ``load_rows`` and a superuser role ``root``; ``heron-insert-load``, an insert load that
-  reports the last committed row; and the test guest's command channel (``heron-run TAG CMD``,
-  driven by ``heron.testguest.net.CommandChannel``) as a systemd service on ttyS0 in place of
-  a login prompt, which prints ``HERON-GUEST-READY uuid=...`` once it reads requests.
+  ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on: the
+  runner and the PostgreSQL hook Heron ships (``guest/``), which checkpoints before a freeze;
+  PostgreSQL 15 with a database ``heron``, a table ``load_rows`` and a superuser role
+  ``root``; ``heron-insert-load``, an insert load that reports the last committed row; and
+  the test guest's command channel (``heron-run TAG CMD``, driven by
+  ``heron.testguest.net.CommandChannel``) as a systemd service on ttyS0 in place of a login
+  prompt, which prints ``HERON-GUEST-READY uuid=...`` once it reads requests.
 * The image is rebuilt only when an input changes: the versions apt would install now of the
   packages named here (from the host's package lists, so the check is offline), the versions of
   the host tools that shape the image, and the builder's own files. ``debian.packages`` beside
@@ -78,10 +78,14 @@ HOST_PACKAGES = ("mmdebstrap", "e2fsprogs", "syslinux", "syslinux-common", "mtoo
 
 HERE = Path(__file__).with_name("debian")
 OVERLAY = HERE / "overlay"
-# The PostgreSQL fsfreeze hook Heron ships for guests (in the repository, beside src/): the
-# guest runs the very file administrators install, not a copy of it.
-SHIPPED_HOOKS = HERE.parents[3] / "guest" / "fsfreeze-hook.d"
-HOOKS = {"postgresql": "etc/qemu/fsfreeze-hook.d/postgresql"}
+# What Heron ships for guests (in the repository, beside src/): the fsfreeze hook runner and
+# the PostgreSQL hook. The guest runs the very files administrators install, not copies.
+SHIPPED = HERE.parents[3] / "guest"
+SHIPPED_HOOKS = SHIPPED / "fsfreeze-hook.d"
+HOOKS = {
+    "fsfreeze-hook": "etc/qemu/fsfreeze-hook",
+    "fsfreeze-hook.d/postgresql": "etc/qemu/fsfreeze-hook.d/postgresql",
+}
 INITRAMFS_CONFIG = HERE / "initramfs"
 # The test guest's command channel, the same script in both guests.
 COMMAND_CHANNEL = testguest.GUEST_SCRIPTS["bin/heron-commands"]
@@ -293,8 +297,7 @@ def source_digests() -> dict[str, str]:
         for path in files
     }
     for name in HOOKS:
-        hook = SHIPPED_HOOKS / name
-        digests[f"guest/fsfreeze-hook.d/{name}"] = hashlib.sha256(hook.read_bytes()).hexdigest()
+        digests[f"guest/{name}"] = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
     return digests
 
 
@@ -318,7 +321,7 @@ def make_tree(root: Path, work: Path) -> None:
     for name, path in HOOKS.items():
         target = overlay / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHIPPED_HOOKS / name, target)
+        shutil.copyfile(SHIPPED / name, target)
         target.chmod(0o755)
     hook = work / "customize.sh"
     hook.write_text(customize_script())
