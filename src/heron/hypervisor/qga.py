@@ -227,6 +227,11 @@ class GuestAgent:
         # Thaws that must finish even when their caller is cancelled (see `frozen`).
         self.background: set[asyncio.Task[Any]] = set()
 
+    @property
+    def busy(self) -> bool:
+        """A call is under way (from any caller of this object)."""
+        return self._lock.locked() or self._holders > 0
+
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[GuestAgent]:
         """Keep one connection across the calls inside (a handshake saved per call)."""

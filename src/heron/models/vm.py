@@ -192,6 +192,13 @@ class VM(Record):
     created_at: float
 
 
+class GuestAgentStatus(Record):
+    """The guest agent as the VM's node last found it (probed now and then, not per request)."""
+
+    connected: bool = Field(description="qemu-ga answered the last probe")
+    version: str | None = Field(default=None, description="qemu-ga's version, once it answered")
+
+
 class VMStatus(Record):
     """Written by the VM's node; by the leader only while no node holds it (HA pending)."""
 
@@ -205,6 +212,9 @@ class VMStatus(Record):
     updated_at: float
     hardware: VMSpec | None = Field(
         default=None, description="the spec the running QEMU was started with"
+    )
+    guest_agent: GuestAgentStatus | None = Field(
+        default=None, description="null: the running QEMU has no guest agent channel"
     )
 
 
