@@ -1,6 +1,7 @@
 """The guest agent client (heron.hypervisor.qga): its framing and handshake (pure), and the
 client and the bounded freeze against a fake agent on a unix socket, which can answer, refuse,
-leave stale replies or go silent like a real one."""
+leave stale replies or go silent like a real one; then what stands on it: the VM status's
+probe, and freeze hooks through the agent (hypervisor.guest_hooks, services.guest)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.configdb import FakeConfigDB
 
+from heron.agent import guest_agent
+from heron.configdb import keys
 from heron.errors import HypervisorError
-from heron.hypervisor import qga
+from heron.hypervisor import guest_hooks, qga
 from heron.hypervisor.qga import (
     AgentCommandError,
     AgentUnavailable,
@@ -28,6 +32,9 @@ from heron.hypervisor.qga import (
     frozen,
 )
 from heron.hypervisor.qmp_base import QemuError
+from heron.models.vm import VM, GuestAgentStatus, RunState, VMSpec, VMStatus
+from heron.services import guest as guest_service
+from heron.services.errors import Conflict, Invalid, NotFound
 
 # -- pure -----------------------------------------------------------------------------------
 
@@ -124,6 +131,7 @@ class FakeAgent:
         self.stale = b""
         self.received: list[str] = []
         self.files: dict[int, bytearray] = {}
+        self.exec_output, self.exec_status = b"hello\n", 3
         self._server: asyncio.Server | None = None
         self._busy = asyncio.Lock()
         self.thawed = asyncio.Event()
@@ -161,6 +169,8 @@ class FakeAgent:
     def _answer(self, command: str, arguments: dict[str, Any]) -> dict[str, Any]:
         if command == "guest-ping":
             return {"return": {}}
+        if command == "guest-info":
+            return {"return": {"version": "7.2.0", "supported_commands": []}}
         if command == "guest-fsfreeze-freeze":
             if self.freeze_error:
                 return {"error": {"class": "GenericError", "desc": self.freeze_error}}
@@ -188,8 +198,8 @@ class FakeAgent:
         if command == "guest-exec":
             return {"return": {"pid": 99}}
         if command == "guest-exec-status":
-            out = base64.b64encode(b"hello\n").decode()
-            return {"return": {"exited": True, "exitcode": 3, "out-data": out}}
+            out = base64.b64encode(self.exec_output).decode()
+            return {"return": {"exited": True, "exitcode": self.exec_status, "out-data": out}}
         return {"error": {"class": "CommandNotFound", "desc": f"{command} not found"}}
 
 
@@ -299,3 +309,100 @@ async def test_a_refused_freeze_enters_no_body(fake: FakeAgent) -> None:
             raise AssertionError("the body ran")
     # A thaw went anyway: the hooks before the failing one release what they took.
     assert fake.state == "thawed" and fake.thaws == 1
+
+
+# -- the VM status's probe (agent/guest_agent.py) --------------------------------------------
+
+
+async def test_the_probe_finds_the_agent_and_its_version_once(fake: FakeAgent) -> None:
+    agent = GuestAgent(fake.path)
+    first = await guest_agent.probe(agent, None)
+    assert first == GuestAgentStatus(connected=True, version="7.2.0")
+    again = await guest_agent.probe(agent, first)
+    assert again == first and fake.received.count("guest-info") == 1
+
+
+async def test_the_probe_keeps_the_version_of_an_agent_gone_silent(fake: FakeAgent) -> None:
+    fake.silent = True
+    last = GuestAgentStatus(connected=True, version="7.2.0")
+    assert await guest_agent.probe(GuestAgent(fake.path), last) == GuestAgentStatus(
+        connected=False, version="7.2.0"
+    )
+
+
+async def test_the_probe_leaves_a_busy_agent_alone(fake: FakeAgent) -> None:
+    agent = GuestAgent(fake.path)
+    async with agent.held():
+        assert await guest_agent.probe(agent, None) is None
+    assert fake.received == []
+
+
+# -- hooks through the agent (hypervisor/guest_hooks.py, services/guest.py) -------------------
+
+
+def test_a_hook_listing_is_read_in_run_order() -> None:
+    listing = guest_hooks.parse_listing("runner\n120 1 ab12 mysql\n88 0 cd34 postgresql\n")
+    assert listing.runner
+    assert [(h.name, h.size, h.executable) for h in listing.hooks] == [
+        ("mysql", 120, True),
+        ("postgresql", 88, False),
+    ]
+    assert not guest_hooks.parse_listing("no-runner\n").runner
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a.bak", "x y", "-dash", "a" * 65, "a/b"])
+def test_hook_names_that_the_runner_would_skip_or_that_escape_are_refused(name: str) -> None:
+    assert not guest_hooks.valid_name(name)
+
+
+async def test_installing_a_hook_writes_aside_then_renames(fake: FakeAgent) -> None:
+    fake.exec_status = 0
+    await guest_hooks.install_hook(GuestAgent(fake.path), "mysql", b"#!/bin/sh\n")
+    assert bytes(fake.files[1]) == b"#!/bin/sh\n"
+    assert fake.received.count("guest-exec") == 2  # mkdir, then chmod and mv
+    with pytest.raises(ValueError):
+        await guest_hooks.install_hook(GuestAgent(fake.path), "big", b"x" * (256 * 1024 + 1))
+
+
+async def test_removing_a_missing_hook_says_so(fake: FakeAgent) -> None:
+    fake.exec_status = 3
+    with pytest.raises(guest_hooks.NoSuchHook):
+        await guest_hooks.remove_hook(GuestAgent(fake.path), "gone")
+
+
+async def running(db: FakeConfigDB, agent: bool = True, state: RunState = RunState.running) -> VM:
+    vm = VM(id="v1", spec=VMSpec(name="db", guest_agent=agent), node="n1", created_at=0)
+    await db.put(keys.vm("v1"), vm)
+    status = VMStatus(state=state, node="n1", updated_at=0, hardware=vm.spec)
+    await db.put(keys.vm_status("v1"), status)
+    return vm
+
+
+async def test_the_service_says_why_no_agent_can_answer(fake: FakeAgent) -> None:
+    db = FakeConfigDB()
+    await running(db, state=RunState.shutoff)
+    with pytest.raises(Conflict, match="shutoff"):
+        await guest_service.list_hooks(db, "v1", lambda _: GuestAgent(fake.path))
+    await running(db, agent=False)
+    with pytest.raises(Conflict, match="without the guest agent channel"):
+        await guest_service.list_hooks(db, "v1", lambda _: GuestAgent(fake.path))
+    await running(db)
+    fake.silent = True
+    with pytest.raises(Conflict, match="no guest agent answers"):
+        await guest_service.list_hooks(db, "v1", lambda _: GuestAgent(fake.path))
+    with pytest.raises(Invalid):
+        await guest_service.remove_hook(db, "v1", "../etc", lambda _: GuestAgent(fake.path))
+
+
+async def test_the_service_lists_installs_and_removes(fake: FakeAgent) -> None:
+    db = FakeConfigDB()
+    await running(db)
+    fake.exec_status, fake.exec_output = 0, b"runner\n10 1 " + b"0" * 64 + b" mysql\n"
+    listing = await guest_service.install_hook(
+        db, "v1", "mysql", "#!/bin/sh\n", lambda _: GuestAgent(fake.path)
+    )
+    assert listing.vm == "v1" and [h.name for h in listing.hooks] == ["mysql"]
+    await guest_service.remove_hook(db, "v1", "mysql", lambda _: GuestAgent(fake.path))
+    fake.exec_status = 3
+    with pytest.raises(NotFound):
+        await guest_service.remove_hook(db, "v1", "mysql", lambda _: GuestAgent(fake.path))
