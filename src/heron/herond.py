@@ -183,6 +183,7 @@ async def run(config: AgentConfig) -> None:
             audit=AuditLog(config.state_dir / "audit.jsonl", config.name),
             http=http,
             inventory=inventory,
+            guest_agent=vms.guest_agent,
         )
         server = uvicorn.Server(
             uvicorn.Config(

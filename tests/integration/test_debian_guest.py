@@ -6,76 +6,25 @@ with the PostgreSQL hook run on the way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import wait_for
+from qemu.qmp import QMPClient
+from support import eventually, wait_for
 
+from heron.hypervisor.qga import GuestAgent, frozen
 from heron.testguest import build, debian, net
 
 pytestmark = pytest.mark.integration
 
 BOOT = 300
 COMMAND = 120
-
-
-class Agent:
-    """A minimal QEMU guest agent client: one JSON request a line, one answer a line."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        self._sock.connect(str(path))
-        self._buffer = b""
-        self._sync_id = int(time.time())
-
-    def read(self) -> dict[str, Any]:
-        while b"\n" not in self._buffer or self._buffer.startswith(b'{"event"'):
-            # QMP's events come between answers (this client asks for none of them).
-            if self._buffer.startswith(b'{"event"') and b"\n" in self._buffer:
-                self._buffer = self._buffer.partition(b"\n")[2]
-                continue
-            data = self._sock.recv(65536)
-            if not data:
-                raise AssertionError("the guest agent socket closed")
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        # guest-sync-delimited's answer starts with 0xff, which resets the agent's parser.
-        reply: dict[str, Any] = json.loads(line.lstrip(b"\xff") or b"{}")
-        return reply
-
-    def sync(self) -> None:
-        """Skip whatever an earlier client left unread: read up to our own sync id."""
-        self._sync_id += 1
-        self._send("guest-sync", {"id": self._sync_id})
-        while self.read().get("return") != self._sync_id:
-            pass
-
-    def _send(self, command: str, arguments: dict[str, Any] | None = None) -> None:
-        request: dict[str, Any] = {"execute": command}
-        if arguments is not None:
-            request["arguments"] = arguments
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
-
-    def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        self._send(command, arguments)
-        reply = self.read()
-        assert "error" not in reply, f"{command}: {reply}"
-        return reply["return"]
-
-    def timeout(self, seconds: float) -> None:
-        self._sock.settimeout(seconds)
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 @dataclass
@@ -182,17 +131,17 @@ def test_postgresql_takes_the_insert_load(channel: net.CommandChannel) -> None:
 def test_guest_agent_freezes_with_the_postgresql_hook(
     guest: Guest, channel: net.CommandChannel
 ) -> None:
-    agent = wait_for(lambda: _agent(guest.agent), COMMAND, "the guest agent to answer")
-    try:
-        agent.call("guest-ping")
-        assert agent.call("guest-fsfreeze-status") == "thawed"
-        frozen = agent.call("guest-fsfreeze-freeze")
-        assert frozen >= 1
-        assert agent.call("guest-fsfreeze-status") == "frozen"
-        assert agent.call("guest-fsfreeze-thaw") == frozen
-        assert agent.call("guest-fsfreeze-status") == "thawed"
-    finally:
-        agent.close()
+    async def freeze_and_thaw() -> None:
+        agent = await _agent(guest.agent)
+        assert await agent.freeze_status() == "thawed"
+        # A freeze runs the PostgreSQL hook's CHECKPOINT first: give it a command's time.
+        count = await agent.freeze(timeout=COMMAND)
+        assert count >= 1
+        assert await agent.freeze_status() == "frozen"
+        assert await agent.thaw(timeout=COMMAND) == count
+        assert await agent.freeze_status() == "thawed"
+
+    asyncio.run(freeze_and_thaw())
     hook_log = run(channel, "cat /var/lib/heron/fsfreeze.log").splitlines()
     print(f"hook: {hook_log[-2:]}")
     assert hook_log[-2].startswith("heron-fsfreeze freeze checkpoint_lsn=")
@@ -201,19 +150,10 @@ def test_guest_agent_freezes_with_the_postgresql_hook(
     assert "checkpoint starting: immediate force wait" in pg_log
 
 
-def _agent(path: Path) -> Agent | None:
+async def _agent(path: Path) -> GuestAgent:
     # qemu-ga starts once udev has seen its port; until then the socket's other end is silent.
-    try:
-        agent = Agent(path, timeout=5)
-    except OSError:
-        return None
-    try:
-        agent.sync()
-    except (OSError, ValueError):
-        agent.close()
-        return None
-    # A freeze runs the PostgreSQL hook's CHECKPOINT first: give it a command's time.
-    agent.timeout(COMMAND)
+    agent = GuestAgent(path)
+    await eventually(agent.ping, COMMAND, "the guest agent to answer")
     return agent
 
 
@@ -221,16 +161,13 @@ def test_a_freeze_holds_the_load_and_a_thaw_lets_it_go_on(
     guest: Guest, channel: net.CommandChannel
 ) -> None:
     run(channel, "heron-insert-load start")
-    agent = wait_for(lambda: _agent(guest.agent), COMMAND, "the guest agent to answer")
-    try:
-        wait_for(lambda: _last(channel) > 0, COMMAND, "the load to commit a row")
-        agent.call("guest-fsfreeze-freeze")
-        try:
-            at_freeze = _last(channel)
-        finally:
-            agent.call("guest-fsfreeze-thaw")
-    finally:
-        agent.close()
+    wait_for(lambda: _last(channel) > 0, COMMAND, "the load to commit a row")
+
+    async def freeze() -> int:
+        async with frozen(await _agent(guest.agent), COMMAND):
+            return await asyncio.to_thread(_last, channel)
+
+    at_freeze = asyncio.run(freeze())
     wait_for(lambda: _last(channel) > at_freeze, COMMAND, "the load to go on after the thaw")
     stopped = int(run(channel, "heron-insert-load stop").split()[-1])
     count, top = map(int, run(channel, "heron-insert-load count").split())
@@ -271,25 +208,8 @@ def test_a_clone_of_a_frozen_snapshot_holds_every_committed_row(
         net.CommandChannel(guest.serial) as channel,
     ):
         run(channel, "heron-insert-load start")
-        agent = wait_for(lambda: _agent(guest.agent), COMMAND, "the guest agent to answer")
-        qmp = Agent(source / "qmp.sock", COMMAND)
-        try:
-            qmp.read()  # the greeting
-            qmp.call("qmp_capabilities")
-            wait_for(lambda: _last(channel) > 0, COMMAND, "the load to commit a row")
-            agent.call("guest-fsfreeze-freeze")
-            try:
-                at_freeze = _last(channel)
-                # From here on the guest writes to `after`; `snapshot` keeps the frozen disk.
-                qmp.call(
-                    "blockdev-snapshot-sync",
-                    {"device": "disk0", "snapshot-file": str(after), "format": "qcow2"},
-                )
-            finally:
-                agent.call("guest-fsfreeze-thaw")
-        finally:
-            agent.close()
-            qmp.close()
+        wait_for(lambda: _last(channel) > 0, COMMAND, "the load to commit a row")
+        at_freeze = asyncio.run(_snapshot_frozen(guest, source / "qmp.sock", after, channel))
         wait_for(lambda: _last(channel) > at_freeze, COMMAND, "the load to go on")
     clone_disk = tmp_path / "clone.qcow2"
     subprocess.run(
@@ -318,6 +238,26 @@ def test_a_clone_of_a_frozen_snapshot_holds_every_committed_row(
     if redo:
         assert _lsn(redo[0].split("redo starts at ")[1].split()[0]) >= _lsn(redo_lsn)
     assert "database system is ready to accept connections" in started
+
+
+async def _snapshot_frozen(
+    guest: Guest, qmp_path: Path, after: Path, channel: net.CommandChannel
+) -> int:
+    """Freeze, take an external snapshot, thaw; the load's last row at the freeze."""
+    agent = await _agent(guest.agent)
+    qmp = QMPClient("test")
+    await qmp.connect(str(qmp_path))
+    try:
+        async with frozen(agent, COMMAND):
+            at_freeze = await asyncio.to_thread(_last, channel)
+            # From here on the guest writes to `after`; the snapshot keeps the frozen disk.
+            await qmp.execute(
+                "blockdev-snapshot-sync",
+                {"device": "disk0", "snapshot-file": str(after), "format": "qcow2"},
+            )
+    finally:
+        await qmp.disconnect()
+    return at_freeze
 
 
 def _lsn(text: str) -> int:

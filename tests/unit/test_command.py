@@ -499,3 +499,39 @@ def test_qemu_accepts_ide_on_versioned_q35(tmp_path: Path) -> None:
 @needs_qemu
 def test_qemu_accepts_sata_after_other_disks(tmp_path: Path) -> None:
     qemu_accepts(make_vm(["virtio"] * 6 + ["sata"]), tmp_path)
+
+
+# -- the guest agent's channel -----------------------------------------------------------------
+
+
+def test_no_guest_agent_channel_unless_asked() -> None:
+    # Records from before the field keep their command line: a live migration from the
+    # previous release must find the same devices on both sides.
+    args = args_for(make_vm(["virtio"]))
+    assert not any("virtserialport" in a or "virtio-serial" in a for a in args)
+
+
+def test_the_guest_agent_channel_is_a_named_port_on_a_socket() -> None:
+    args = args_for(make_vm(["virtio"], guest_agent=True), root=Path("/run/vm"))
+    devices = values(args, "-device")
+    assert "virtio-serial-pci,id=vser0" in devices
+    port = next(d for d in devices if d.startswith("virtserialport,"))
+    assert "name=org.qemu.guest_agent.0" in port and "chardev=qga0" in port
+    assert "socket,id=qga0,path=/run/vm/qga.sock,server=on,wait=off" in values(args, "-chardev")
+    # After every other device, so turning it on moves none of them.
+    assert args.index("virtio-serial-pci,id=vser0") > args.index("-blockdev")
+
+
+def test_new_vms_get_the_guest_agent_and_stored_ones_keep_theirs() -> None:
+    from heron.models.vm import VMCreate
+
+    assert VMCreate(name="a").guest_agent is True
+    assert VMSpec.model_validate({"name": "a"}).guest_agent is False
+
+
+@pytest.mark.integration
+@needs_qemu
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_qemu_accepts_the_guest_agent_channel(machine: str, tmp_path: Path) -> None:
+    vm = make_vm(["virtio"], nics=[{"slot": 0}], machine=machine, layout=2, guest_agent=True)
+    qemu_accepts(vm, tmp_path)

@@ -108,7 +108,8 @@ def test_the_customize_hook_sets_up_the_database_and_masks_the_serial_getty() ->
 def test_the_guest_scripts_are_executable() -> None:
     for path in (
         debian.OVERLAY / "usr/local/bin/heron-insert-load",
-        debian.OVERLAY / "etc/qemu/fsfreeze-hook.d/postgresql",
+        debian.SHIPPED_HOOKS / "postgresql",
+        debian.SHIPPED_HOOKS / "mysql",
         debian.INITRAMFS_CONFIG / "hooks/heron",
     ):
         assert os.stat(path).st_mode & stat.S_IXUSR, path
@@ -117,8 +118,10 @@ def test_the_guest_scripts_are_executable() -> None:
 def test_the_stamp_changes_with_the_builder_files() -> None:
     digests = debian.source_digests()
     assert "debian.py" in digests
-    assert "debian/etc/qemu/fsfreeze-hook.d/postgresql" not in digests
-    assert "debian/overlay/etc/qemu/fsfreeze-hook.d/postgresql" in digests
+    # The guest's PostgreSQL hook is the one Heron ships, not a copy in the overlay.
+    assert "guest/fsfreeze-hook.d/postgresql" in digests
+    assert "guest/fsfreeze-hook" in digests
+    assert not any(name.startswith("debian/overlay/etc/qemu/fsfreeze-hook.d") for name in digests)
     assert any(name.endswith("command-channel.sh") for name in digests)
 
 

@@ -343,3 +343,27 @@ async def test_a_vm_deleted_while_the_agent_was_down_is_cleared_away(
 
 async def _gone(agent: VMController, vm_id: str) -> bool:
     return not agent.runtime(vm_id).qemu.running()
+
+
+# -- the guest agent in the status ------------------------------------------------------
+
+
+async def test_the_status_says_whether_the_guest_agent_answers(
+    agent: VMController, db: FakeConfigDB
+) -> None:
+    plain = await new_vm(db)
+    with_agent = VM(
+        id=new_id(), spec=VMSpec(name="db", guest_agent=True), node="n1", created_at=1.0
+    )
+    with_agent.power = PowerState.running
+    await db.put(keys.vm(with_agent.id), with_agent)
+    assert await agent.reconcile(plain.id) == RunState.running
+    assert await agent.reconcile(with_agent.id) == RunState.running
+
+    # The fake QEMU serves no agent socket: the channel is there, nobody answers on it.
+    async def probed() -> VMStatus | None:
+        current = await status(db, with_agent.id)
+        return current if current.guest_agent is not None else None
+
+    assert not (await until(probed, "the agent's state in the status")).guest_agent.connected
+    assert (await status(db, plain.id)).guest_agent is None  # no channel in its QEMU

@@ -37,6 +37,8 @@ export interface VMStatus {
   accelerator: string | null;
   message: string;
   updated_at: number;
+  /** null: the running QEMU has no guest agent channel. */
+  guest_agent?: { connected: boolean; version: string | null } | null;
 }
 
 export interface VM {
@@ -296,4 +298,17 @@ export interface NodeNetworkStatus {
   underlay: string | null;
   updated_at: number;
   node_up?: boolean;
+}
+
+export interface GuestHook {
+  name: string;
+  size: number;
+  executable: boolean;
+  sha256: string;
+}
+
+export interface GuestHookList {
+  vm: string;
+  runner: boolean;
+  hooks: GuestHook[];
 }

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heron.agent import guest_agent
 from heron.agent.network import NetworkController
 from heron.configdb import ConfigDB, keys
 from heron.errors import AgentError, NetworkError
@@ -23,9 +24,18 @@ from heron.ha import fence
 from heron.hypervisor import command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.hypervisor.qga import GuestAgent
 from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
-from heron.models.vm import VM, NicSpec, PowerState, RunState, VMSpec, VMStatus
+from heron.models.vm import (
+    VM,
+    GuestAgentStatus,
+    NicSpec,
+    PowerState,
+    RunState,
+    VMSpec,
+    VMStatus,
+)
 from heron.network.tap import vhost_net_available
 from heron.scheduler.inventory import Inventory, group_of
 from heron.storage.driver import StorageError
@@ -49,6 +59,7 @@ class _Runtime:
     expect_exit: bool = False
     guest_shutdown: bool = False
     last_status: VMStatus | None = None
+    agent_status: GuestAgentStatus | None = None  # from its probe (agent/guest_agent.py)
 
 
 class VMController:
@@ -269,6 +280,10 @@ class VMController:
             await self.network.realise()  # taps to their (new) port groups, DHCP hosts
         return done
 
+    def guest_agent(self, vm_id: str) -> GuestAgent:
+        """The guest agent of a VM of this node: one per VM, shared by all its callers."""
+        return self.runtime(vm_id).qemu.guest_agent()
+
     def running_here(self) -> list[str]:
         """The VMs whose QEMU runs on this node, arrivals of migrations included."""
         return [vm_id for vm_id, rt in self._vms.items() if rt.qemu.running()]
@@ -403,6 +418,7 @@ class VMController:
             with contextlib.suppress(QemuError):
                 vnc = await rt.qemu.vnc_address()
             hardware = self.running_spec(vm_id)
+        agent = rt.agent_status if hardware is not None and hardware.guest_agent else None
         previous = rt.last_status
         observed = (
             vm.generation if vm is not None else (previous.observed_generation if previous else 0)
@@ -417,6 +433,7 @@ class VMController:
             message=message,
             updated_at=time.time(),
             hardware=hardware,
+            guest_agent=agent,
         )
         if previous is not None and previous.model_copy(update={"updated_at": 0}) == (
             status.model_copy(update={"updated_at": 0})
@@ -437,6 +454,25 @@ class VMController:
     async def _monitor(self, vm_id: str) -> None:
         """Follow one QEMU until it exits; polls its pid and listens to its QMP events."""
         rt = self.runtime(vm_id)
+        spec = self.running_spec(vm_id)
+        probe = None
+        if spec is not None and spec.guest_agent:
+            rt.agent_status = GuestAgentStatus(connected=False)
+
+            def publish(status: GuestAgentStatus) -> None:
+                rt.agent_status = status  # the loop below reports it
+
+            probe = asyncio.create_task(guest_agent.follow(rt.qemu.guest_agent(), publish))
+        try:
+            await self._follow(vm_id, rt)
+        finally:
+            if probe is not None:
+                probe.cancel()
+            rt.agent_status = None
+        await rt.qemu.close()
+        await self._exited(vm_id)
+
+    async def _follow(self, vm_id: str, rt: _Runtime) -> None:
         while rt.qemu.running():
             try:
                 qemu_state = await rt.qemu.run_state()
@@ -448,8 +484,6 @@ class VMController:
             event = await rt.qemu.next_event(timeout=1.0)
             if event and event.get("event") == "SHUTDOWN" and event.get("data", {}).get("guest"):
                 rt.guest_shutdown = True
-        await rt.qemu.close()
-        await self._exited(vm_id)
 
     async def _exited(self, vm_id: str) -> None:
         rt = self.runtime(vm_id)

@@ -13,6 +13,7 @@ from heron.api.routes import (
     console,
     events,
     groups,
+    guest,
     networks,
     nodes,
     pools,
@@ -52,6 +53,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         events,
         stream,
         console,
+        guest,
     ):
         app.include_router(module.router, prefix=API)
 

@@ -1,5 +1,6 @@
 """What every route needs, passed in once when the app is built (no global state)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import httpx
 from heron.api.listing import RenderedViews
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB
+from heron.hypervisor.qga import GuestAgent
 from heron.scheduler.inventory import Inventory
 
 
@@ -22,3 +24,6 @@ class ApiContext:
     inventory: Inventory  # watch-fed copies for placement and the big lists
     # The JSON of each VM's view, kept until the VM, its status or its node's liveness change.
     vm_views: RenderedViews[Any] = field(default_factory=RenderedViews)
+    # A VM of this node to its guest agent: herond shares its VM controller's, so API calls
+    # and the controller's probes take turns on the one channel.
+    guest_agent: Callable[[str], GuestAgent] | None = None

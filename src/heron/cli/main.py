@@ -11,6 +11,7 @@ from heron.cli import (
     devcluster,
     event,
     group,
+    guest,
     network,
     node,
     pool,
@@ -45,6 +46,7 @@ for module in (
     cluster,
 ):
     app.add_typer(module.app, name=module.__name__.rsplit(".", 1)[-1])
+vm.app.add_typer(guest.app, name="hook")
 
 
 def _fail(message: str, code: int, command: str = "heron") -> NoReturn:

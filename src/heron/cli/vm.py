@@ -39,10 +39,21 @@ def vm_list(
     emit(Client().get("/vms", params={"node": node} if node else None), as_json, VM_COLUMNS)
 
 
+def _guest_agent(v: dict[str, Any]) -> str | None:
+    agent = (v["status"] or {}).get("guest_agent")
+    if agent is None:
+        return None  # off, or its QEMU has no agent channel
+    version = f" {agent['version']}" if agent.get("version") else ""
+    return f"connected{version}" if agent["connected"] else f"not connected{version}"
+
+
+SHOW_COLUMNS = [*VM_COLUMNS[:-1], ("guest agent", _guest_agent), VM_COLUMNS[-1]]
+
+
 @app.command("show")
 def vm_show(vm: str, as_json: Json = False) -> None:
     data = Client().get(f"/vms/{vm}")
-    emit(data, True) if as_json else emit(data, False, VM_COLUMNS)
+    emit(data, True) if as_json else emit(data, False, SHOW_COLUMNS)
 
 
 @app.command("create")
@@ -178,6 +189,10 @@ def vm_update(
         bool | None, typer.Option("--ha/--no-ha", help="restart it elsewhere if its node fails")
     ] = None,
     ha_priority: Annotated[int | None, typer.Option(help="0-100, higher restarts first")] = None,
+    guest_agent: Annotated[
+        bool | None,
+        typer.Option("--guest-agent/--no-guest-agent", help="the guest agent's channel"),
+    ] = None,
     revision: Annotated[
         int | None, typer.Option(help="refuse if the VM changed since this revision")
     ] = None,
@@ -195,6 +210,7 @@ def vm_update(
         "revision": revision,
         "memory_mib": memory,
         "group": group,
+        "guest_agent": guest_agent,
     }
     body = {k: v for k, v in body.items() if v is not None}
     if no_group:

@@ -27,6 +27,11 @@ class RuntimePaths:
         return self.root / "serial.sock"
 
     @property
+    def guest_agent(self) -> Path:
+        """The host end of the guest agent's virtio-serial port (VMs with `guest_agent`)."""
+        return self.root / "qga.sock"
+
+    @property
     def console_log(self) -> Path:
         return self.root / "console.log"
 
@@ -207,7 +212,26 @@ def build(
         device = nic_device(vm, index, boot.get(f"net{index}"))
         driver = device.pop("driver")
         args += ["-netdev", netdev, "-device", ",".join([driver, *map("=".join, device.items())])]
+    if spec.guest_agent:
+        # Last: QEMU places it in the first free slot, so turning it on moves no other device.
+        args += guest_agent_devices(paths)
     return args
+
+
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga's udev rule waits for
+
+
+def guest_agent_devices(paths: RuntimePaths) -> list[str]:
+    """The guest agent's channel: a virtio-serial port whose host end is a unix socket that
+    QEMU serves without waiting for a client (the guest boots whether anyone listens)."""
+    return [
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        f"socket,id=qga0,path={paths.guest_agent},server=on,wait=off",
+        "-device",
+        f"virtserialport,bus=vser0.0,nr=1,chardev=qga0,id=qga0-port,name={GUEST_AGENT_PORT}",
+    ]
 
 
 NIC_ADDR = 0x10  # the PCI slot of NIC slot 0 (layout 2): clear of what QEMU places itself

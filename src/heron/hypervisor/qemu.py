@@ -20,6 +20,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.error import QMPError
 
 from heron.hypervisor.command import RuntimePaths
+from heron.hypervisor.qga import GuestAgent
 from heron.hypervisor.qmp_base import QemuError as QemuError  # the agent catches it from here
 from heron.hypervisor.qmp_base import QMPCommandError, QMPSessionError
 from heron.hypervisor.qmp_block import BlockCommands
@@ -42,6 +43,15 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands):
         self._qmp: QMPClient | None = None
         self._lock = asyncio.Lock()
         self._fd_lock = asyncio.Lock()
+        self._agent: GuestAgent | None = None
+
+    def guest_agent(self) -> GuestAgent:
+        """The VM's guest agent, through the socket beside its QMP one: one object per VM, so
+        its callers take turns (QEMU serves the channel to one client at a time). It answers
+        only if the VM was started with `guest_agent` and qemu-ga runs in the guest."""
+        if self._agent is None:
+            self._agent = GuestAgent(self.paths.guest_agent)
+        return self._agent
 
     def pid(self) -> int | None:
         return read_pidfile(self.paths.pidfile, self.vm_id)

@@ -115,6 +115,12 @@ class Hardware(Record):
     description: str = Field(default="", max_length=1024)
     ha: HAPolicy = Field(default_factory=HAPolicy)
     group: Name | None = Field(default=None, description="VM group whose placement rule applies")
+    # Off for records written before the field existed: a device added to their QEMU would
+    # break a live migration from the previous release. New VMs get it (VMCreate).
+    guest_agent: bool = Field(
+        default=False,
+        description="a virtio-serial channel for the QEMU guest agent (qemu-ga) in the guest",
+    )
 
     @field_validator("boot_order")
     @classmethod
@@ -186,6 +192,13 @@ class VM(Record):
     created_at: float
 
 
+class GuestAgentStatus(Record):
+    """The guest agent as the VM's node last found it (probed now and then, not per request)."""
+
+    connected: bool = Field(description="qemu-ga answered the last probe")
+    version: str | None = Field(default=None, description="qemu-ga's version, once it answered")
+
+
 class VMStatus(Record):
     """Written by the VM's node; by the leader only while no node holds it (HA pending)."""
 
@@ -200,10 +213,22 @@ class VMStatus(Record):
     hardware: VMSpec | None = Field(
         default=None, description="the spec the running QEMU was started with"
     )
+    guest_agent: GuestAgentStatus | None = Field(
+        default=None, description="null: the running QEMU has no guest agent channel"
+    )
 
 
 # What a running QEMU takes only when it starts again (the rest applies at once).
-RESTART_FIELDS = ("vcpus", "memory_mib", "firmware", "machine", "boot_order", "disks", "nics")
+RESTART_FIELDS = (
+    "vcpus",
+    "memory_mib",
+    "firmware",
+    "machine",
+    "boot_order",
+    "disks",
+    "nics",
+    "guest_agent",
+)
 
 
 def pending_changes(spec: VMSpec, running: VMSpec | None) -> list[str]:
@@ -242,6 +267,10 @@ class DiskRequest(BaseModel):
 
 class VMCreate(Hardware):
     name: Name
+    guest_agent: bool = Field(
+        default=True,
+        description="a virtio-serial channel for the QEMU guest agent (qemu-ga) in the guest",
+    )
     disks: list[DiskRequest] = Field(default_factory=list, max_length=16)
     nics: list[NicSpec] = Field(default_factory=list, max_length=8)
     node: Name | None = Field(default=None, description="where to run it; chosen if omitted")
@@ -267,6 +296,9 @@ class VMUpdate(BaseModel):
     ha: HAPolicy | None = None
     group: Name | None = Field(
         default=None, description="VM group to join; null (given explicitly) leaves its group"
+    )
+    guest_agent: bool | None = Field(
+        default=None, description="give it the guest agent's channel (from its next start)"
     )
 
 

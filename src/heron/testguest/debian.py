@@ -19,12 +19,13 @@ Why it is built this way:
   VM boots it from its disk like any other image, and QEMU can also boot it directly with
   ``-kernel``/``-initrd`` (``DebianGuest.kernel``/``initrd``, copies beside the image).
 * Inside (``debian/overlay``): qemu-guest-agent (started by udev when the
-  ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on and a
-  PostgreSQL hook that checkpoints before a freeze; PostgreSQL 15 with a database ``heron``,
-  a table ``load_rows`` and a superuser role ``root``; ``heron-insert-load``, an insert load that
-  reports the last committed row; and the test guest's command channel (``heron-run TAG CMD``,
-  driven by ``heron.testguest.net.CommandChannel``) as a systemd service on ttyS0 in place of
-  a login prompt, which prints ``HERON-GUEST-READY uuid=...`` once it reads requests.
+  ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on: the
+  runner and the PostgreSQL hook Heron ships (``guest/``), which checkpoints before a freeze;
+  PostgreSQL 15 with a database ``heron``, a table ``load_rows`` and a superuser role
+  ``root``; ``heron-insert-load``, an insert load that reports the last committed row; and
+  the test guest's command channel (``heron-run TAG CMD``, driven by
+  ``heron.testguest.net.CommandChannel``) as a systemd service on ttyS0 in place of a login
+  prompt, which prints ``HERON-GUEST-READY uuid=...`` once it reads requests.
 * The image is rebuilt only when an input changes: the versions apt would install now of the
   packages named here (from the host's package lists, so the check is offline), the versions of
   the host tools that shape the image, and the builder's own files. ``debian.packages`` beside
@@ -77,6 +78,14 @@ HOST_PACKAGES = ("mmdebstrap", "e2fsprogs", "syslinux", "syslinux-common", "mtoo
 
 HERE = Path(__file__).with_name("debian")
 OVERLAY = HERE / "overlay"
+# What Heron ships for guests (in the repository, beside src/): the fsfreeze hook runner and
+# the PostgreSQL hook. The guest runs the very files administrators install, not copies.
+SHIPPED = HERE.parents[3] / "guest"
+SHIPPED_HOOKS = SHIPPED / "fsfreeze-hook.d"
+HOOKS = {
+    "fsfreeze-hook": "etc/qemu/fsfreeze-hook",
+    "fsfreeze-hook.d/postgresql": "etc/qemu/fsfreeze-hook.d/postgresql",
+}
 INITRAMFS_CONFIG = HERE / "initramfs"
 # The test guest's command channel, the same script in both guests.
 COMMAND_CHANNEL = testguest.GUEST_SCRIPTS["bin/heron-commands"]
@@ -283,10 +292,13 @@ def resolve_packages() -> list[testguest.DebPackage]:
 def source_digests() -> dict[str, str]:
     files = [Path(__file__), COMMAND_CHANNEL]
     files += sorted(p for d in (OVERLAY, INITRAMFS_CONFIG) for p in d.rglob("*") if p.is_file())
-    return {
+    digests = {
         str(path.relative_to(HERE.parent)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in files
     }
+    for name in HOOKS:
+        digests[f"guest/{name}"] = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
+    return digests
 
 
 def stamp_inputs(packages: Sequence[testguest.DebPackage]) -> dict[str, object]:
@@ -306,6 +318,11 @@ def make_tree(root: Path, work: Path) -> None:
     channel.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(COMMAND_CHANNEL, channel)
     channel.chmod(0o755)
+    for name, path in HOOKS.items():
+        target = overlay / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHIPPED / name, target)
+        target.chmod(0o755)
     hook = work / "customize.sh"
     hook.write_text(customize_script())
     cmd = [
