@@ -274,3 +274,83 @@ def test_the_cli_prints_the_tree_with_the_current_one_marked() -> None:
     views = [{**s.model_dump(), "current": s is b, "revision": 1} for s in (c, b, a)]
     printed = [r["tree"] for r in rows({"vm": "v", "current": b.id, "snapshots": views})]
     assert printed == ["a", "  └ b *", "  └ c"]
+
+
+# -- quiesce through the guest agent (the fake agent of test_qga) -------------------------
+
+
+class AgentOnly:
+    """The one thing `quiesced` asks of a QEMU: its guest agent."""
+
+    def __init__(self, path: Path):
+        from heron.hypervisor.qga import GuestAgent
+
+        self.agent = GuestAgent(path)
+
+    def guest_agent(self):  # type: ignore[no-untyped-def]
+        return self.agent
+
+
+@pytest.fixture
+async def guest(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    import shutil
+    import tempfile
+
+    from test_qga import FakeAgent
+
+    from heron.agent import snapshots as agent_module
+
+    monkeypatch.setattr(agent_module, "AGENT_PING_S", 0.2)
+    directory = Path(tempfile.mkdtemp(prefix="qga-", dir="/tmp"))  # short: sun_path limit
+    fake = FakeAgent(directory / "qga.sock")
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_auto_freezes_when_the_agent_answers(guest) -> None:  # type: ignore[no-untyped-def]
+    from heron.agent.snapshots import quiesced
+
+    async with quiesced(AgentOnly(guest.path), "auto", 10) as quiet:  # type: ignore[arg-type]
+        assert guest.state == "frozen"
+    assert (quiet.consistency, guest.state, guest.thaws) == ("application", "thawed", 1)
+    assert quiet.freeze_ms is not None and "2 filesystem(s)" in quiet.reason
+
+
+async def test_without_an_agent_auto_is_crash_consistent_and_required_fails(
+    guest,  # type: ignore[no-untyped-def]
+) -> None:
+    from heron.agent.snapshots import quiesced
+
+    guest.silent = True
+    async with quiesced(AgentOnly(guest.path), "auto", 10) as quiet:  # type: ignore[arg-type]
+        pass
+    assert (quiet.consistency, quiet.reason) == ("crash", "no guest agent answered")
+    ran = False
+    with pytest.raises(TaskFailed, match="required"):
+        async with quiesced(AgentOnly(guest.path), "required", 10):  # type: ignore[arg-type]
+            ran = True
+    assert not ran
+
+
+async def test_a_failing_hook_aborts_before_anything_is_taken(guest) -> None:  # type: ignore[no-untyped-def]
+    from heron.agent.snapshots import quiesced
+
+    guest.freeze_error = "hook /etc/qemu/fsfreeze-hook.d/pg failed"
+    ran = False
+    with pytest.raises(TaskFailed, match=r"could not be frozen.*pg failed"):
+        async with quiesced(AgentOnly(guest.path), "auto", 10):  # type: ignore[arg-type]
+            ran = True
+    assert not ran and guest.state == "thawed"
+
+
+async def test_a_body_past_the_limit_fails_with_the_guest_thawed(guest) -> None:  # type: ignore[no-untyped-def]
+    from heron.agent.snapshots import quiesced
+
+    with pytest.raises(TaskFailed, match=r"freeze limit.*removed"):
+        async with quiesced(AgentOnly(guest.path), "auto", 0.3):  # type: ignore[arg-type]
+            await guest.thawed.wait()  # the watchdog thaws at the limit, the body still runs
+    assert guest.state == "thawed"

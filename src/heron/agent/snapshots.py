@@ -31,6 +31,7 @@ from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.hypervisor.qemu import QemuError, QemuVM
+from heron.hypervisor.qga import FreezeError, FreezeWindowExceeded, GuestAgentError, frozen
 from heron.hypervisor.qmp_snapshot import Job
 from heron.models.snapshot import (
     Consistency,
@@ -57,34 +58,52 @@ LOAD_TIMEOUT = 600.0
 _LOAD_REFUSED = ("disk-only snapshot", "does not exist", "not found")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Quiesced:
-    """How consistent a snapshot taken inside `quiesced` is, and why."""
+    """How consistent a snapshot taken inside `quiesced` is, and why; `freeze_ms` is known
+    once the guest is thawed."""
 
     consistency: Consistency
     reason: str
     freeze_ms: int | None = None
 
 
+AGENT_PING_S = 3.0  # a TCG guest on a busy host answers slowly
+
+
 @contextlib.asynccontextmanager
 async def quiesced(qemu: QemuVM, mode: Quiesce, limit_s: float) -> AsyncIterator[Quiesced]:
-    """The guest's filesystems frozen (through its guest agent) for the body, at most
-    `limit_s` seconds; the one place the guest agent is asked.
+    """The guest's filesystems frozen (through its guest agent, hooks first) for the body,
+    at most `limit_s` seconds: the one place a snapshot asks the guest agent.
 
-    "off" freezes nothing; "auto" freezes when the guest agent answers, otherwise the
-    snapshot is crash-consistent with the reason recorded; "required" fails without an
-    agent. A freeze that fails, or a body that outlasts the limit, raises: the caller then
-    removes what it took (the guest is thawed either way).
-
-    This release has no guest-agent channel yet (hypervisor/qga.py comes with the guest
-    agent work): no agent ever answers, so "auto" is crash-consistent and "required" fails.
+    "off" freezes nothing; "auto" freezes when the agent answers a ping, otherwise the
+    snapshot is crash-consistent and says so; "required" fails without an agent. Raises
+    TaskFailed before the body when the freeze fails (a hook or a filesystem refused: the
+    guest is thawed), and after it when the body outlasted the limit (the guest was thawed
+    at the limit: the caller removes what it took, as for any error).
     """
     if mode == "off":
         yield Quiesced("crash", "quiesce was off")
         return
-    if mode == "required":
-        raise TaskFailed("quiesce is required, but no guest agent answered: nothing was taken")
-    yield Quiesced("crash", "no guest agent answered")
+    agent = qemu.guest_agent()
+    if not await agent.ping(timeout=AGENT_PING_S):
+        if mode == "required":
+            raise TaskFailed("quiesce is required, but no guest agent answered: nothing was taken")
+        yield Quiesced("crash", "no guest agent answered")
+        return
+    quiet = Quiesced("application", "")
+    try:
+        async with frozen(agent, limit_s) as report:
+            quiet.reason = f"{report.filesystems} filesystem(s) frozen by the guest agent"
+            yield quiet
+    except FreezeError as exc:
+        raise TaskFailed(f"the guest could not be frozen, nothing was taken: {exc}") from exc
+    except FreezeWindowExceeded as exc:
+        raise TaskFailed(f"{exc}; the snapshot was removed") from exc
+    except GuestAgentError as exc:
+        raise TaskFailed(f"guest agent: {exc}") from exc
+    if report.window_s is not None:
+        quiet.freeze_ms = round(report.window_s * 1000)
 
 
 @dataclass(frozen=True)
