@@ -40,7 +40,7 @@ VIEWS = [
     "/events",
     "/access",
 ]
-VM_TABS = ["summary", "hardware", "disks", "nics", "guest", "serial", "console"]
+VM_TABS = ["summary", "hardware", "disks", "nics", "snapshots", "guest", "serial", "console"]
 
 
 @pytest.fixture(scope="module")
