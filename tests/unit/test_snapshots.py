@@ -354,3 +354,18 @@ async def test_a_body_past_the_limit_fails_with_the_guest_thawed(guest) -> None:
         async with quiesced(AgentOnly(guest.path), "auto", 0.3):  # type: ignore[arg-type]
             await guest.thawed.wait()  # the watchdog thaws at the limit, the body still runs
     assert guest.state == "thawed"
+
+
+async def test_a_create_cut_off_by_a_restart_starts_again_from_nothing(
+    db: FakeConfigDB, native: type[StandInNativePool], agent: Snapshots
+) -> None:
+    vm = await a_vm(db, [("ceph", VolumeFormat.raw), ("ceph2", VolumeFormat.raw)])
+    taken, task = await service.create(db, "web", SnapshotCreate(name="a"), "t")  # type: ignore[arg-type]
+    # The first pool had its snapshot when the agent died: half-made.
+    volume = (await db.get(Volume, keys.volume(vm.spec.disks[0].volume))).value  # type: ignore[union-attr]
+    native.taken[volume.id] = [taken.id]
+    ctx = TaskContext(db, task, resumed=True)  # type: ignore[arg-type]
+    assert await agent.create(ctx) == {"snapshot": taken.id, "consistency": "crash"}
+    assert sorted(native.taken.values()) == [[taken.id], [taken.id]]
+    # And once more: it is done.
+    assert await agent.create(ctx) == {"snapshot": taken.id}
