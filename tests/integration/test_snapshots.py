@@ -3,11 +3,12 @@ a node-local dir pool: disk snapshots taken off and running, a middle one delete
 a memory snapshot brings back what the running guest held in RAM (through its command
 channel); bad requests are refused and change nothing."""
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import Api, serial_lines, wait_for
+from support import Api, cli, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
 from heron.testguest.net import CommandChannel
@@ -233,3 +234,29 @@ def test_bad_requests_change_nothing(api: Api) -> None:
     act(api, off, "DELETE", "frozen")
     for vm in (raw, off):
         api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})
+
+
+def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, tmp_path: Path) -> None:
+    cluster, token = cluster1
+    env = {
+        "HERON_URL": cluster.nodes[0].url,
+        "HERON_TOKEN": token,
+        "HERON_CONFIG": str(tmp_path / "cli.json"),
+    }
+    cli(env, "vm", "create", "snap-cli", "--memory", "64M", "--disk", "local:1M")
+    cli(env, "vm", "snapshot", "create", "snap-cli", "one", "--quiesce", "off")
+    cli(env, "vm", "snapshot", "create", "snap-cli", "two", "--description", "second")
+    cli(env, "vm", "snapshot", "set", "snap-cli", "two", "--name", "deux")
+    listed = cli(env, "vm", "snapshot", "list", "snap-cli").stdout
+    assert "one" in listed and "└ deux *" in listed and "second" in listed, listed
+    refused = cli(env, "vm", "snapshot", "revert", "snap-cli", "one", check=False)
+    # It asked, had no answer, and reverted nothing.
+    assert refused.returncode == 130 and "Revert VM snap-cli to one?" in refused.stdout
+    assert api.ok("GET", "/vms/snap-cli/snapshots/deux")["current"]
+    cli(env, "vm", "snapshot", "revert", "snap-cli", "one", "--yes")
+    cli(env, "vm", "snapshot", "delete", "snap-cli", "deux")
+    shown = json.loads(cli(env, "vm", "snapshot", "list", "snap-cli", "--json").stdout)
+    assert [(s["name"], s["current"]) for s in shown["snapshots"]] == [("one", True)]
+    bad = cli(env, "vm", "snapshot", "create", "snap-cli", "x", "--quiesce", "maybe", check=False)
+    assert bad.returncode == 2 and "--quiesce" in bad.stderr, bad.stderr
+    api.ok("DELETE", "/vms/snap-cli", params={"volumes": True})
