@@ -350,7 +350,7 @@ def test_a_hook_listing_is_read_in_run_order() -> None:
     assert not guest_hooks.parse_listing("no-runner\n").runner
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a.bak", "x y", "-dash", "a" * 65, "a/b"])
+@pytest.mark.parametrize("name", ["", ".hidden", "a.bak", "x y", "-dash", "a" * 65, "a/b", "a\n"])
 def test_hook_names_that_the_runner_would_skip_or_that_escape_are_refused(name: str) -> None:
     assert not guest_hooks.valid_name(name)
 

@@ -55,7 +55,7 @@ class GuestHooks:
 
 
 def valid_name(name: str) -> bool:
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 def parse_listing(text: str) -> GuestHooks:

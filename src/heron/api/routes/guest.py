@@ -62,7 +62,13 @@ async def _relayed(request: Request, ref: str, local: bool, body: Any = None) ->
     return JSONResponse(reply.json(), reply.status_code)
 
 
-@router.get("/vms/{ref}/guest/hooks", response_model=GuestHookList)
+@router.get(
+    "/vms/{ref}/guest/hooks",
+    response_model=GuestHookList,
+    responses={
+        409: {"description": "The VM is not running, has no agent channel, or no agent answers"}
+    },
+)
 async def list_hooks(
     ref: Name, request: Request, local: bool = False, _: Principal = Depends(auth.viewer)
 ) -> Any:
