@@ -116,8 +116,9 @@ class Part:
 
     @property
     def node(self) -> str:
-        # The top node of the disk as the command line names it; a filter put above it
-        # (QoS) passes snapshots down, so the format node is always a valid name.
+        # The top node of the disk, as the command line names it. QEMU wants the root
+        # ("Need a root block node"): should a filter (QoS throttling) be put above the
+        # format node, its name is the one to give here (it passes snapshots down).
         return f"disk{self.disk.index}"
 
     @property
