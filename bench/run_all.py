@@ -28,6 +28,7 @@ BENCHMARKS = [
     "scale",
     "ardfs",
     "network",
+    "snapshot_freeze",
 ]
 DEADLINE = 900  # seconds for one benchmark before it is killed: a hung run, not a slow one
 
@@ -98,6 +99,12 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
         s = results["summary"]
         keys = ("throughput_ratio", "rtt_ratio", "migration_pings_lost", "port_groups_ratio")
         return {k: s[k] for k in keys}
+    if name == "snapshot_freeze":
+        return {
+            "heron_freeze_ms": {k: results["heron_freeze_ms"][k] for k in ("p50", "max")},
+            "bare_freeze_ms": {k: results["bare_freeze_ms"][k] for k in ("p50", "max")},
+            "ratios": results["ratios"],
+        }
     if name == "scale":
         windows = {
             "real_nodes": results["window_real_nodes"],

@@ -102,8 +102,8 @@ async def quiesced(qemu: QemuVM, mode: Quiesce, limit_s: float) -> AsyncIterator
         raise TaskFailed(f"{exc}; the snapshot was removed") from exc
     except GuestAgentError as exc:
         raise TaskFailed(f"guest agent: {exc}") from exc
-    if report.window_s is not None:
-        quiet.freeze_ms = round(report.window_s * 1000)
+    if report.frozen_s is not None:
+        quiet.freeze_ms = round(report.frozen_s * 1000)
 
 
 @dataclass(frozen=True)
