@@ -1,0 +1,150 @@
+"""Snapshots inside heron-io (layered.py) with real heron-io processes: a snapshot freezes the
+top layer, writes copy blocks up, a revert reads the snapshot again, a middle snapshot is
+merged away while a client writes, and a linked clone sharing its source's frozen layers
+reads through the loss of a node and is rebuilt when it comes back."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from support import wait_for
+
+from heron.ardfs.client import IoProcess, io_cluster, start
+from heron.ardfs.config import Scheme, VolumeSpec
+from heron.ardfs.nbdtools import qemu_io
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+SCHEMES = [Scheme(copies=2), Scheme(kind="ec", data=2)]
+
+
+def configure(nodes: list[IoProcess], *volumes: VolumeSpec) -> None:
+    """Give every heron-io these volumes, and wait until each serves their stacks."""
+    for io in nodes:
+        io.update(io.config.model_copy(update={"volumes": list(volumes)}))
+
+    def applied() -> bool:
+        for io in nodes:
+            served = io.status().get("volumes", {})
+            for volume in volumes:
+                if served.get(volume.name, {}).get("layers") != volume.chain:
+                    return False
+        return True
+
+    wait_for(applied, 30, "every heron-io to serve the new layers")
+
+
+def new_layer() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.label())
+def test_snapshot_write_revert_read_back(tmp_path: Path, scheme: Scheme) -> None:
+    volume = VolumeSpec(name="v", size=16 * MiB, scheme=scheme)
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        uri = nodes[0].uri("v")
+        qemu_io(uri, "write -P 0x11 0 12M", "flush")
+        top = new_layer()
+        snapped = volume.model_copy(update={"layers": [volume.id, top]})
+        configure(nodes, snapped)
+        # A partial write copies its block up; a whole-block write copies nothing.
+        qemu_io(uri, "write -P 0x22 4K 8K", "write -P 0x33 4M 4M", "write -P 0x44 14M 4K")
+        qemu_io(uri, "flush")
+        now = ("read -P 0x11 0 4K", "read -P 0x22 4K 8K", "read -P 0x11 12K 4084K",
+               "read -P 0x33 4M 4M", "read -P 0x11 8M 4M", "read -P 0 12M 2M",
+               "read -P 0x44 14M 4K", "read -P 0 14684160 2093056")  # fmt: skip
+        for io in nodes:  # any node reads the same stack
+            qemu_io(io.uri("v"), *now)
+        # The frozen layer is untouched: only the blocks written went to the new top.
+        layer_status = nodes[0].status()["volumes"][f"layer:{volume.id}"]
+        assert layer_status["state"] == "healthy"
+        # A revert: a new empty top above the snapshot's layer; what was written since is gone.
+        reverted = volume.model_copy(update={"layers": [volume.id, new_layer()]})
+        configure(nodes, reverted)
+        qemu_io(uri, "read -P 0x11 0 12M", "read -P 0 12M 4M")
+        # Trimming what a lower layer holds reads back as zeroes, not as the layer below.
+        qemu_io(uri, "discard 0 4M", "write -z 4M 4K", "flush")
+        qemu_io(uri, "read -P 0 0 4M", "read -P 0 4M 4K", "read -P 0x11 4198400 8384512")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.label())
+def test_a_middle_snapshot_is_merged_away_while_a_client_writes(
+    tmp_path: Path, scheme: Scheme
+) -> None:
+    volume = VolumeSpec(name="m", size=24 * MiB, scheme=scheme, owner="n1")
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        uri = nodes[0].uri("m")
+        qemu_io(uri, "write -P 0x11 0 24M", "flush")
+        middle, top = new_layer(), new_layer()
+        configure(nodes, volume.model_copy(update={"layers": [volume.id, middle]}))
+        qemu_io(uri, "write -P 0x22 4M 12M", "flush")  # blocks 1-3 in the middle layer
+        three = volume.model_copy(update={"layers": [volume.id, middle, top]})
+        configure(nodes, three)
+        qemu_io(uri, "write -P 0x33 8M 4K", "flush")  # block 2 copied up into the top
+        # Delete the middle snapshot: its blocks go into the top, which a client writes now.
+        writer = subprocess.Popen(
+            ["qemu-io", "-f", "raw", "-c", "write -P 0x44 12648448 64K", "-c", "flush", uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        merging = three.model_copy(update={"merges": {middle: [top]}})
+        for io in nodes:
+            io.update(io.config.model_copy(update={"volumes": [merging]}))
+        out, _ = writer.communicate(timeout=120)
+        assert writer.returncode == 0 and b"failed" not in out, out
+        wait_for(
+            lambda: nodes[0].status()["volumes"]["m"].get("merged") == [middle],
+            120,
+            "the owner to merge the middle layer",
+        )
+        expected = ("read -P 0x11 0 4M", "read -P 0x22 4M 4M", "read -P 0x33 8M 4K",
+                    "read -P 0x22 8392704 4190208", "read -P 0x22 12M 64K",
+                    "read -P 0x44 12648448 64K", "read -P 0x22 12713984 4063232",
+                    "read -P 0x11 16M 8M")  # fmt: skip
+        qemu_io(uri, *expected)
+        merged = volume.model_copy(update={"layers": [volume.id, top]})
+        configure(nodes, merged)
+        assert f"layer:{middle}" not in nodes[0].status()["volumes"]
+        qemu_io(uri, *expected)
+
+
+def test_a_linked_clone_reads_through_a_node_loss_and_is_rebuilt(tmp_path: Path) -> None:
+    source = VolumeSpec(name="src", size=16 * MiB, scheme=Scheme(copies=2))
+    frozen, source_top, clone_top = source.id, new_layer(), new_layer()
+    with io_cluster(tmp_path, 3, [source], settings={"peer_timeout_s": 2}) as nodes:
+        qemu_io(nodes[0].uri("src"), "write -P 0x51 0 16M", "flush")
+        source = source.model_copy(update={"layers": [frozen, source_top]})
+        clone = VolumeSpec(
+            name="clone", size=16 * MiB, scheme=Scheme(copies=2), layers=[frozen, clone_top]
+        )
+        configure(nodes, source, clone)
+        qemu_io(nodes[0].uri("clone"), "write -P 0x52 0 4K", "write -P 0x53 8M 4M", "flush")
+        qemu_io(nodes[0].uri("src"), "write -P 0x54 4M 4K", "flush")
+        qemu_io(nodes[0].uri("src"), "read -P 0x51 0 4M", "read -P 0x54 4M 4K")
+        victim = nodes[2]
+        victim.kill()
+        clone_view = ("read -P 0x52 0 4K", "read -P 0x51 4K 8384512", "read -P 0x53 8M 4M",
+                      "read -P 0x51 12M 4M")  # fmt: skip
+        qemu_io(nodes[0].uri("clone"), *clone_view)
+        qemu_io(nodes[1].uri("clone"), *clone_view)
+        # Written while a node is down: degraded, then rebuilt when it is back.
+        qemu_io(nodes[0].uri("clone"), "write -P 0x55 0 16M", "flush")
+        back = start(victim.config, tmp_path / victim.config.node)
+        try:
+
+            def healthy() -> bool:
+                served = nodes[0].status().get("volumes", {})
+                return all(
+                    served.get(name, {}).get("state") == "healthy"
+                    for name in ("clone", "src", f"layer:{frozen}")
+                )
+
+            wait_for(healthy, 120, "the clone's copies rebuilt")
+            qemu_io(back.uri("clone"), "read -P 0x55 0 16M")
+            qemu_io(back.uri("src"), "read -P 0x51 0 4M", "read -P 0x54 4M 4K")
+        finally:
+            back.kill()
