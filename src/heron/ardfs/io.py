@@ -315,9 +315,10 @@ class Io:
                 del self.stacks[name]
 
     def start_merges(self) -> None:
-        """Merge the layers of deleted snapshots where this node writes the volume."""
+        """Merge the layers of deleted snapshots where this node owns the volume (one writer:
+        two nodes merging into one erasure-coded layer would race on its parity)."""
         for name, spec in self.specs.items():
-            if spec.owner not in (None, self.config.node) or name in self.opening:
+            if spec.owner != self.config.node or name in self.opening:
                 continue
             for layer, into in spec.merges.items():
                 if layer in self.merging or self.merged.get(layer) == "":
