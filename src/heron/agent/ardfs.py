@@ -227,12 +227,13 @@ class IoSupervisor:
                     continue
                 if not seen.get("owned", True):
                     continue  # still taking over: its word counts once it serves as owner
+                stale = seen["stale_chunks"] + seen.get("layers_stale_chunks", 0)
                 health = VolumeHealth(
-                    state=seen["state"],
-                    stale_chunks=seen["stale_chunks"],
+                    state="degraded" if stale else seen["state"],
+                    stale_chunks=stale,
                     rebuilt_chunks=seen["rebuilt_chunks"],
                     rebuild_bytes_per_s=seen.get("rebuild_bytes_per_s", 0),
-                    move_left=seen.get("move_left", 0),
+                    move_left=seen.get("move_left", 0) + seen.get("layers_move_left", 0),
                     node=self.node,
                     epoch=volume.epoch,
                     updated_at=time.time(),
@@ -261,6 +262,8 @@ class IoSupervisor:
         target = [d.id for d in volume.moving_to]
         if seen.get("moving_to") != target or seen.get("move_left") != 0:
             return
+        if seen.get("layers_move_left", 0):
+            return  # the snapshots' layers are moved too before the placement changes
 
         def switch(current: Volume) -> Volume:
             if current.moving_to != volume.moving_to or current.owner != self.node:

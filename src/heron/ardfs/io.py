@@ -351,8 +351,13 @@ class Io:
         spec = self.specs.get(name)
         if spec is None:
             return {}
+        frozen = [self.volumes.get(layer_name(x)) for x in spec.chain[:-1] + spec.kept]
         return {
             "layers": spec.chain,
+            # The frozen layers are the volume's too: a move is done, and the volume healthy,
+            # only when theirs are.
+            "layers_move_left": sum(v.move_left() for v in frozen if v is not None),
+            "layers_stale_chunks": sum(len(v.stale_chunks()) for v in frozen if v is not None),
             "merged": sorted(k for k in spec.merges if self.merged.get(k) == ""),
             "merge_errors": {k: v for k, v in self.merged.items() if v and k in spec.merges},
         }
