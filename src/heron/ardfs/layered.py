@@ -46,6 +46,8 @@ class LayerVolume(Protocol):
 
     async def allocated_blocks(self, first: int, count: int) -> list[bool]: ...
 
+    async def extents(self, offset: int, length: int) -> list[Extent]: ...
+
 
 class BlockLocks:
     """One lock per block, made when first needed and dropped when free: a copy-up or a
@@ -129,6 +131,9 @@ class Stack:
         """Switch to another stack at once: the caller (a paused VM) has nothing in flight."""
         if not layers:
             raise ValueError("a stack needs a top layer")
+        if not self.below:
+            # Alone, the top was written past its block set (a plain volume's fast paths).
+            self.top.forget()
         self.layers = layers
         self._size = size
 
@@ -264,6 +269,8 @@ class Stack:
                 await self.write(at, memoryview(ZEROES)[: piece.length], fua)
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
+        if not self.below:
+            return await self.top.volume.extents(offset, length)
         first = offset // BLOCK_SIZE
         last = min(offset + length, self.size) - 1
         extents: list[Extent] = []
