@@ -1,15 +1,22 @@
 """VM snapshots through the API with a disk on an ARDFS pool: heron-io takes them itself (a
 new layer, no copy), the running VM paused around it; a middle snapshot is deleted while the
 VM runs (merged online by the owner's heron-io, then dropped by its agent); reverts read
-each snapshot back."""
+each snapshot back. A linked clone of a snapshot (made by the pool driver, as the clone
+service does) reads it, and keeps it from being deleted until the clone goes."""
 
+import asyncio
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 from support import Api, wait_for
 
+from heron.configdb import ConfigDB, Txn, keys
 from heron.devcluster import DevCluster
+from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.storage.registry import driver_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +78,26 @@ def act(api: Api, vm_id: str, method: str, path: str) -> dict:
     return api.wait_task(reply["task"], timeout=300)
 
 
+async def linked_clone(cluster: DevCluster, source_id: str, snapshot: str, name: str) -> str:
+    """A new volume record, made a linked clone of the snapshot by the node's pool driver."""
+    node = cluster.nodes[0]
+    async with ConfigDB(cluster.endpoints) as db:
+        pool = await db.get(Pool, keys.pool("hci"))
+        source = await db.get(Volume, keys.volume(source_id))
+        assert pool is not None and source is not None
+        target = Volume(id=str(uuid.uuid4()), pool="hci", name=name, format=VolumeFormat.raw,
+                        size=source.value.size, state="ready", created_at=time.time())  # fmt: skip
+        await db.commit(
+            Txn()
+            .require_absent(keys.volume_name("hci", name))
+            .put(keys.volume_name("hci", name), target.id)
+            .put(keys.volume(target.id), target)
+        )
+        driver = driver_for(pool.value, Path(node.state_dir), db)
+        await driver.clone(source.value, snapshot, target, linked=True, progress=None)
+        return target.id
+
+
 def test_snapshots_of_a_vm_with_an_ardfs_disk(
     cluster1: tuple[DevCluster, str], api: Api, image: str
 ) -> None:
@@ -130,6 +157,21 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
         assert holds(uri, pattern)
     write(uri, 5)  # after a revert the volume is written as usual
     assert holds(uri, 5)
+    # A linked clone of s1: it reads s1's data, its writes are its own, and s1 stays while
+    # it exists.
+    s1 = api.ok("GET", f"/vms/{vm}/snapshots/s1")["id"]
+    clone = asyncio.run(linked_clone(cluster, volume_id, s1, "s1-clone"))
+    clone_uri = nbd(cluster, clone)
+    assert holds(clone_uri, 1)
+    write(clone_uri, 7)
+    assert holds(clone_uri, 7) and holds(uri, 5)
+    record = api.ok("GET", f"/pools/hci/volumes/{clone}")
+    assert record["origin"] == {"volume": volume_id, "snapshot": s1, "linked": True}
+    refused = api.ok("DELETE", f"/vms/{vm}/snapshots/s1")
+    failed = api.task_end(refused["task"], timeout=120)
+    assert failed["state"] == "failed" and "linked clone" in failed["error"], failed
+    api.wait_task(api.ok("DELETE", f"/pools/hci/volumes/{clone}")["task"], timeout=120)
+
     act(api, vm, "DELETE", "s3")  # s1's stack has no layer above s3's: it goes at once
     act(api, vm, "DELETE", "s1")
     assert api.ok("GET", f"/vms/{vm}/snapshots")["snapshots"] == []
