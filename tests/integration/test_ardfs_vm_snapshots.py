@@ -78,8 +78,10 @@ def act(api: Api, vm_id: str, method: str, path: str) -> dict:
     return api.wait_task(reply["task"], timeout=300)
 
 
-async def linked_clone(cluster: DevCluster, source_id: str, snapshot: str, name: str) -> str:
-    """A new volume record, made a linked clone of the snapshot by the node's pool driver."""
+async def clone_of(
+    cluster: DevCluster, source_id: str, snapshot: str, name: str, linked: bool = True
+) -> str:
+    """A new volume record, made a clone of the snapshot by the node's pool driver."""
     node = cluster.nodes[0]
     async with ConfigDB(cluster.endpoints) as db:
         pool = await db.get(Pool, keys.pool("hci"))
@@ -94,7 +96,7 @@ async def linked_clone(cluster: DevCluster, source_id: str, snapshot: str, name:
             .put(keys.volume(target.id), target)
         )
         driver = driver_for(pool.value, Path(node.state_dir), db)
-        await driver.clone(source.value, snapshot, target, linked=True, progress=None)
+        await driver.clone(source.value, snapshot, target, linked=linked, progress=None)
         return target.id
 
 
@@ -160,7 +162,7 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
     # A linked clone of s1: it reads s1's data, its writes are its own, and s1 stays while
     # it exists.
     s1 = api.ok("GET", f"/vms/{vm}/snapshots/s1")["id"]
-    clone = asyncio.run(linked_clone(cluster, volume_id, s1, "s1-clone"))
+    clone = asyncio.run(clone_of(cluster, volume_id, s1, "s1-clone"))
     clone_uri = nbd(cluster, clone)
     assert holds(clone_uri, 1)
     write(clone_uri, 7)
@@ -171,6 +173,13 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
     failed = api.task_end(refused["task"], timeout=120)
     assert failed["state"] == "failed" and "linked clone" in failed["error"], failed
     api.wait_task(api.ok("DELETE", f"/pools/hci/volumes/{clone}")["task"], timeout=120)
+    # A full clone of s1: made linked, then every block copied into its own top; it no
+    # longer reads s1's layer, so s1 may go before it.
+    copy = asyncio.run(clone_of(cluster, volume_id, s1, "s1-copy", linked=False))
+    record = api.ok("GET", f"/pools/hci/volumes/{copy}")
+    assert record["origin"] == {"volume": volume_id, "snapshot": s1, "linked": False}
+    assert len(record["layers"]) == 1
+    assert holds(nbd(cluster, copy), 1)
 
     act(api, vm, "DELETE", "s3")  # s1's stack has no layer above s3's: it goes at once
     act(api, vm, "DELETE", "s1")
@@ -180,4 +189,6 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
         120, "every snapshot's layer merged away",
     )  # fmt: skip
     assert holds(uri, 5)
+    assert holds(nbd(cluster, copy), 1)
+    api.wait_task(api.ok("DELETE", f"/pools/hci/volumes/{copy}")["task"], timeout=120)
     api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})

@@ -209,12 +209,12 @@ class ArdfsPool(PoolDriver):
         the size. Full: every block copied (qemu-img) from the source as it is now."""
         db = self._db()
         now = time.time()
+        if not linked and snapshot is not None:
+            # Linked first, then every block it reads written into its own top: independent.
+            await self.clone(source, snapshot, target, True, None)
+            await self._flatten(target, progress)
+            return
         if not linked:
-            if snapshot is not None:
-                raise StorageError(
-                    f"volume {source.name}: a full copy of an ardfs snapshot is not made; "
-                    "clone it linked, or copy the volume itself"
-                )
             size = -(-source.size // SECTOR) * SECTOR
             await self._set_size(target, size)
             await self.wait_members()
@@ -253,6 +253,29 @@ class ArdfsPool(PoolDriver):
         entry = await db.update(Volume, keys.volume(target.id), link)
         await self.wait_members()
         await self.wait_served(entry.value, -(-entry.value.size // SECTOR) * SECTOR)
+
+    async def _flatten(self, volume: Volume, progress: Progress | None) -> None:
+        """Copy every block a linked clone reads from its source's layers into its own top
+        (read through its stack and written back whole), then let go of those layers."""
+        db = self._db()
+        found = await db.get(Volume, keys.volume(volume.id))
+        if found is None:
+            raise StorageError(f"volume {volume.name} no longer exists")
+        image = self.image(found.value)
+        await qemuimg.convert(image, "raw", image, "raw", progress, existing_zero_target=True)
+
+        def independent(current: Volume) -> Volume:
+            top = layers.top_of(current)
+            own = [
+                x.model_copy(update={"parent": None}) if x.id == top else x
+                for x in current.layers
+                if x.volume is None
+            ]
+            origin = current.origin.model_copy(update={"linked": False}) if current.origin else None
+            return current.model_copy(update={"layers": own, "origin": origin})
+
+        entry = await db.update(Volume, keys.volume(volume.id), independent)
+        await self.wait_layers([entry.value])
 
     async def wait_layers(self, volumes: Sequence[Volume]) -> None:
         """Until this node's heron-io serves each volume's stack (as the owner, where this
