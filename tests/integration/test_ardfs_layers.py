@@ -148,3 +148,23 @@ def test_a_linked_clone_reads_through_a_node_loss_and_is_rebuilt(tmp_path: Path)
             qemu_io(back.uri("src"), "read -P 0x51 0 4M", "read -P 0x54 4M 4K")
         finally:
             back.kill()
+
+
+def test_a_new_owner_reads_and_writes_what_the_old_one_copied_up(tmp_path: Path) -> None:
+    """A live migration's target serves the stack before the switch (and may read it then):
+    at the handover it asks again what the top holds, so it neither reads a block the old
+    owner copied up from the layer below nor copies it up a second time over its writes."""
+    volume = VolumeSpec(name="h", size=16 * MiB, scheme=Scheme(copies=2), owner="n1")
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+        source, target = nodes[0], nodes[1]
+        qemu_io(source.uri("h"), "write -P 0x11 0 16M", "flush")
+        layered = volume.model_copy(update={"layers": [volume.id, new_layer()], "standby": "n2"})
+        configure(nodes, layered)
+        qemu_io(target.uri("h"), "read -P 0x11 0 4096")  # the target learns the top is empty
+        qemu_io(source.uri("h"), "write -P 0x22 4096 4096", "flush")  # block 0 copied up
+        moved = layered.model_copy(update={"owner": "n2", "epoch": 2, "standby": None})
+        configure(nodes, moved)
+        wait_for(lambda: target.status()["volumes"]["h"].get("owned"), 30, "the new owner to serve")
+        qemu_io(target.uri("h"), "write -P 0x33 8192 4096", "flush")
+        qemu_io(target.uri("h"), "read -P 0x11 0 4096", "read -P 0x22 4096 4096",
+                "read -P 0x33 8192 4096", "read -P 0x11 12288 16764928")  # fmt: skip
