@@ -124,8 +124,19 @@ class Stack:
         if not layers:
             raise ValueError("a stack needs a top layer")
         self.name = name
-        self.layers = layers  # bottom first; the last is written
         self._size = size
+        self._use(layers)
+
+    def _use(self, layers: list[Layer]) -> None:
+        # Kept as attributes, not computed per request: every NBD request of every volume
+        # goes through here, most of them to a volume that has no snapshot.
+        self.layers = layers  # bottom first; the last is written
+        self.top = layers[-1]
+        self.below = layers[:-1]
+        volume = self.top.volume
+        self._read_now: Callable[[int, memoryview], bool] | None = getattr(volume, "read_now", None)
+        self._read_start: Callable[..., bool] | None = getattr(volume, "read_start", None)
+        self._write_now: Callable[..., bool] | None = getattr(volume, "write_now", None)
 
     def set_layers(self, layers: list[Layer], size: int) -> None:
         """Switch to another stack at once: the caller (a paused VM) has nothing in flight."""
@@ -134,20 +145,12 @@ class Stack:
         if not self.below:
             # Alone, the top was written past its block set (a plain volume's fast paths).
             self.top.forget()
-        self.layers = layers
+        self._use(layers)
         self._size = size
 
     @property
     def size(self) -> int:
         return self._size
-
-    @property
-    def top(self) -> Layer:
-        return self.layers[-1]
-
-    @property
-    def below(self) -> list[Layer]:
-        return self.layers[:-1]
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -166,6 +169,8 @@ class Stack:
 
     def read_now(self, offset: int, view: memoryview) -> bool:
         """The placed volume's inline read, when the block's layer is known (see nbd.py)."""
+        if not self.below:
+            return self._read_now is not None and self._read_now(offset, view)
         found = self._only_holder(offset, len(view))
         if found is None:
             return False
@@ -175,6 +180,8 @@ class Stack:
     def read_start(
         self, offset: int, view: memoryview, done: Callable[[Exception | None], None]
     ) -> bool:
+        if not self.below:
+            return self._read_start is not None and bool(self._read_start(offset, view, done))
         found = self._only_holder(offset, len(view))
         if found is None:
             return False
@@ -230,12 +237,12 @@ class Stack:
         self, offset: int, data: memoryview, fua: bool, done: Callable[[Exception | None], None]
     ) -> bool:
         """The placed volume's callback write, when the top holds the block already."""
-        top = self.top
         if self.below:
             block, inside = divmod(offset, BLOCK_SIZE)
-            if inside + len(data) > BLOCK_SIZE or top.blocks is None or block not in top.blocks:
+            blocks = self.top.blocks
+            if inside + len(data) > BLOCK_SIZE or blocks is None or block not in blocks:
                 return False
-        now = getattr(top.volume, "write_now", None)
+        now = self._write_now
         return now is not None and bool(now(offset, data, fua, done))
 
     async def flush(self) -> None:
