@@ -47,6 +47,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
 # How long a handover waits for each chunk store to take the claim and give its stale notes:
 # a hung node must not keep the volume from its new owner (its notes are on the good copies).
 TAKEOVER_WAIT = 5.0
+MERGE_RETRY = 10.0  # seconds before a merge that failed is tried again
 LAYER = "layer:"  # the name under which a volume's frozen layer is served (never exported)
 
 
@@ -345,6 +346,9 @@ class Io:
             self.merging.discard(layer)
         with contextlib.suppress(OSError):
             await self.maintenance.write_status()
+        if self.merged.get(layer):  # failed (a layer unreadable for now): again, later
+            await asyncio.sleep(MERGE_RETRY)
+            self.start_merges()
 
     def layer_status(self, name: str) -> dict[str, Any]:
         """What the status file says of a volume's layers (nothing for a layer itself)."""
@@ -460,6 +464,7 @@ class Io:
             volume = self.volumes.get(spec.name)
             if volume is not None and volume.spec.id == spec.id:
                 self.steer(volume)
+            self.start_merges()  # those waiting for this node to own the volume
             # Say so at once: a live migration waits for the new owner to report it.
             with contextlib.suppress(OSError):
                 await self.maintenance.write_status()
