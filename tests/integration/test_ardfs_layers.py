@@ -13,7 +13,7 @@ import pytest
 from support import wait_for
 
 from heron.ardfs.client import IoProcess, io_cluster, start
-from heron.ardfs.config import Scheme, VolumeSpec
+from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
 from heron.ardfs.nbdtools import qemu_io
 
 pytestmark = pytest.mark.integration
@@ -168,3 +168,54 @@ def test_a_new_owner_reads_and_writes_what_the_old_one_copied_up(tmp_path: Path)
         qemu_io(target.uri("h"), "write -P 0x33 8192 4096", "flush")
         qemu_io(target.uri("h"), "read -P 0x11 0 4096", "read -P 0x22 4096 4096",
                 "read -P 0x33 8192 4096", "read -P 0x11 12288 16764928")  # fmt: skip
+
+
+def test_a_move_off_a_lost_node_moves_the_snapshots_layers_too(tmp_path: Path) -> None:
+    """A snapshot is as redundant as its volume: when a node is lost for good and the volume
+    moved onto the others, its frozen layers get their copies there too, and the status holds
+    the move open (`layers_move_left`) until they have."""
+    volume = VolumeSpec(name="mv", size=16 * MiB, scheme=Scheme(copies=2), owner="n1")
+    with io_cluster(tmp_path, 3, [volume]) as nodes:
+
+        def placed(io_nodes: list[IoProcess]) -> list[PlacedDisk]:
+            return [PlacedDisk(id=d.id, node=io.config.node) for io in io_nodes
+                    for d in io.config.me.disks]  # fmt: skip
+
+        pinned = volume.model_copy(update={"placement": placed(nodes)})
+        configure(nodes, pinned)
+        owner = nodes[0]
+        qemu_io(owner.uri("mv"), "write -P 0x61 0 16M", "flush")
+        snapped = pinned.model_copy(update={"layers": [volume.id, new_layer()]})
+        configure(nodes, snapped)
+        qemu_io(owner.uri("mv"), "write -P 0x62 0 4M", "flush")  # one block in the top
+        nodes[2].kill()
+        moving = snapped.model_copy(update={"moving_to": placed(nodes[:2])})
+        for io in nodes[:2]:
+            io.update(io.config.model_copy(update={"volumes": [moving]}))
+
+        def moved() -> bool:
+            seen = owner.status().get("volumes", {}).get("mv", {})
+            return seen.get("move_left") == 0 and seen.get("layers_move_left") == 0
+
+        wait_for(moved, 120, "the top and the frozen layer moved onto the two nodes left")
+        done = moving.model_copy(update={"placement": placed(nodes[:2]), "moving_to": None})
+        for io in nodes[:2]:
+            io.update(io.config.model_copy(update={"volumes": [done]}))
+        wait_for(
+            lambda: (
+                owner.status()["volumes"][f"layer:{volume.id}"]["placement"]
+                == [d.id for d in done.placement or []]
+            ),
+            30,
+            "the new placement",
+        )
+        qemu_io(owner.uri("mv"), "read -P 0x62 0 4M", "read -P 0x61 4M 12M")
+        # Node 2 alone now holds a copy of every block of both layers: it takes the volume
+        # over with node 1 gone too, and reads it all from its own disk.
+        owner.kill()
+        survivor = nodes[1]
+        survivor.update(survivor.config.model_copy(
+            update={"volumes": [done.model_copy(update={"owner": "n2", "epoch": 2})]}
+        ))  # fmt: skip
+        wait_for(lambda: survivor.status()["volumes"]["mv"].get("owned"), 30, "node 2 to own it")
+        qemu_io(survivor.uri("mv"), "read -P 0x62 0 4M", "read -P 0x61 4M 12M")
