@@ -161,11 +161,15 @@ class ArdfsPool(PoolDriver):
             changed, dropped = layers.deleting(current, name)
             return changed
 
-        await db.update(Volume, keys.volume(volume.id), change)
+        entry = await db.update(Volume, keys.volume(volume.id), change)
         if dropped:
             txn = Txn()
             self._tombstones(txn, dropped)
             await db.commit(txn)
+        here = self.status().get("node")
+        if entry.value.owner is None and layers.merging(entry.value) and here:
+            # Merges are the owner's: a volume nobody owns (its VM never ran) is owned here.
+            await claim(db, volume.id, str(here))
 
     async def snapshot_revert(self, volume: Volume, name: str) -> None:
         """A new empty top above the snapshot's layer (no VM has the volume open); what was
