@@ -171,7 +171,7 @@ def test_what_each_pool_type_can_do() -> None:
         assert capabilities(lun) == Capabilities(scanned=True)
     assert capabilities(rbd) == Capabilities()
     assert capabilities(ardfs) == Capabilities(
-        member_disks=True, owned=True, grows_by_reconnect=True
+        member_disks=True, owned=True, grows_by_reconnect=True, native_snapshots=True
     )
     # A driver made for a node says the same as the registry.
     for each in (local, nfs, *luns, rbd, ardfs):

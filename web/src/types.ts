@@ -134,6 +134,8 @@ export interface Volume {
   health?: VolumeHealth | null;
   placement?: PlacedDisk[] | null;
   moving_to?: PlacedDisk[] | null;
+  layers?: { id: string; parent: string | null; snapshot: string | null; volume: string | null; merging: boolean }[];
+  origin?: { volume: string; snapshot: string | null; linked: boolean } | null;
   state: string;
   error: string;
   allocation: number | null;

@@ -40,6 +40,7 @@ from heron.models.storage import (
     VolumeHealth,
 )
 from heron.models.task import Task, TaskKind, new_task
+from heron.storage import layers
 from heron.storage.ardfspool import SECTOR, socket_path
 from heron.storage.registry import capabilities
 from heron.util.ports import free_port_in
@@ -101,6 +102,9 @@ def io_config(
                 standby=v.standby,
                 placement=_placed(v.placement),
                 moving_to=_placed(v.moving_to),
+                layers=layers.stack(v) if v.layers else [],
+                kept=layers.kept(v),
+                merges=layers.merging(v),
             )
             for v in sorted(volumes, key=lambda v: v.id)
             if v.pool == pool.name and v.size > 0
@@ -223,12 +227,13 @@ class IoSupervisor:
                     continue
                 if not seen.get("owned", True):
                     continue  # still taking over: its word counts once it serves as owner
+                stale = seen["stale_chunks"] + seen.get("layers_stale_chunks", 0)
                 health = VolumeHealth(
-                    state=seen["state"],
-                    stale_chunks=seen["stale_chunks"],
+                    state="degraded" if stale else seen["state"],
+                    stale_chunks=stale,
                     rebuilt_chunks=seen["rebuilt_chunks"],
                     rebuild_bytes_per_s=seen.get("rebuild_bytes_per_s", 0),
-                    move_left=seen.get("move_left", 0),
+                    move_left=seen.get("move_left", 0) + seen.get("layers_move_left", 0),
                     node=self.node,
                     epoch=volume.epoch,
                     updated_at=time.time(),
@@ -243,6 +248,8 @@ class IoSupervisor:
                 if self._published.get(volume.id) != summary:
                     await self.db.put(keys.volume_health(volume.id), health)
                     self._published[volume.id] = summary
+                if seen.get("merged"):
+                    await self._finish_merges(pool, volume, seen["merged"])
                 if volume.moving_to is not None:
                     await self._finish_move(volume, seen)  # a volume.rebalance task follows
                 elif health.stale_chunks:
@@ -255,6 +262,8 @@ class IoSupervisor:
         target = [d.id for d in volume.moving_to]
         if seen.get("moving_to") != target or seen.get("move_left") != 0:
             return
+        if seen.get("layers_move_left", 0):
+            return  # the snapshots' layers are moved too before the placement changes
 
         def switch(current: Volume) -> Volume:
             if current.moving_to != volume.moving_to or current.owner != self.node:
@@ -263,6 +272,28 @@ class IoSupervisor:
 
         await self.db.update(Volume, keys.volume(volume.id), switch)
         log.info("ardfs volume %s placed on %s", volume.id, ", ".join(target))
+
+    async def _finish_merges(self, pool: Pool, volume: Volume, done: list[str]) -> None:
+        """Drop the layers of deleted snapshots heron-io has merged into the layers above
+        them, and have their chunks removed."""
+        dropped: list[str] = []
+
+        def drop(current: Volume) -> Volume:
+            dropped.clear()
+            if current.owner != self.node:
+                return current  # handed over meanwhile: the new owner merges again
+            for layer in current.layers:
+                if layer.merging and layer.id in done:
+                    current = layers.merged(current, layer.id)
+                    dropped.append(layer.id)
+            return current
+
+        await self.db.update(Volume, keys.volume(volume.id), drop)
+        now = time.time()
+        for layer_id in dropped:
+            mark = ArdfsTombstone(pool=pool.name, volume=layer_id, deleted_at=now)
+            await self.db.put(keys.ardfs_deleted(pool.name, layer_id), mark)
+            log.info("ardfs volume %s: layer %s merged and dropped", volume.id, layer_id)
 
     async def _publish_disks(self, pool: str, disks: dict[str, Any]) -> None:
         """This node's disks' space, when it moved by 1 % or a minute has passed, and at
@@ -368,6 +399,7 @@ class IoSupervisor:
     async def _remove_deleted(self, pool: Pool, serving: IoConfig) -> None:
         """The chunks (and degraded log) of deleted volumes heron-io no longer serves."""
         served = {v.name for v in serving.volumes}
+        served |= {layer for v in serving.volumes for layer in v.chain + v.kept}
         for entry in self.deleted:
             mark = entry.value
             if mark.pool != pool.name or mark.volume in served:

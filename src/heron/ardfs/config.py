@@ -94,6 +94,39 @@ class VolumeSpec(BaseModel):
     # gives each block group copies or shards there too, written with the others and copied
     # from them; once all are, `placement` becomes this list.
     moving_to: list[PlacedDisk] | None = None
+    # Snapshots (layered.py): the ids of the layers the volume reads, oldest first; the last
+    # is the one written. Empty: the volume is one layer, `id`. Every layer is stored like a
+    # volume of its own (its chunks named by its id), placed and protected like this one.
+    layers: list[str] = []
+    # Frozen layers of this volume's snapshots that it does not read now (after a revert to
+    # an older one): kept redundant, rebuilt and moved, never exported.
+    kept: list[str] = []
+    # Layers (of a deleted snapshot) to copy into the layers above them where those lack a
+    # block; the owner's status lists them under `merged` when done, and then they go.
+    merges: dict[str, list[str]] = {}
+
+    @property
+    def chain(self) -> list[str]:
+        """The layers read, oldest first; the last is written."""
+        return self.layers or [self.id]
+
+    @field_validator("layers", "kept")
+    @classmethod
+    def _layer_ids(cls, value: list[str]) -> list[str]:
+        found = [uuid.UUID(hex=v).hex for v in value]
+        if len(set(found)) != len(found):
+            raise ValueError("a layer is named twice")
+        return found
+
+    @model_validator(mode="after")
+    def _merges_known(self) -> VolumeSpec:
+        known = set(self.chain) | set(self.kept)
+        for layer, into in self.merges.items():
+            if layer not in known or not set(into) <= known or layer in into:
+                raise ValueError(f"merges: {layer} into {into}: not layers of this volume")
+            if layer == self.chain[-1]:
+                raise ValueError("merges: the top layer is written, it cannot be merged")
+        return self
 
     @model_validator(mode="after")
     def _wide_enough(self) -> VolumeSpec:

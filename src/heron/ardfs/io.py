@@ -31,6 +31,7 @@ from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.disks import claim_disk
 from heron.ardfs.erasure import ErasureVolume
 from heron.ardfs.kinds import AnyVolume
+from heron.ardfs.layered import Layer, Stack, merge
 from heron.ardfs.maintenance import Maintenance
 from heron.ardfs.nbd import ExportTable, NbdServer
 from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget
@@ -46,6 +47,29 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
 # How long a handover waits for each chunk store to take the claim and give its stale notes:
 # a hung node must not keep the volume from its new owner (its notes are on the good copies).
 TAKEOVER_WAIT = 5.0
+MERGE_RETRY = 10.0  # seconds before a merge that failed is tried again
+LAYER = "layer:"  # the name under which a volume's frozen layer is served (never exported)
+
+
+def layer_name(layer: str) -> str:
+    return f"{LAYER}{layer}"
+
+
+def expand(specs: list[VolumeSpec]) -> list[VolumeSpec]:
+    """One placed volume per layer: each volume's top under the volume's name (its own id
+    while it has no snapshots, so nothing changes for it), each frozen layer under
+    `layer:ID`, once even where linked clones share it. Every layer is placed, protected,
+    owned and moved like its volume."""
+    found: dict[str, VolumeSpec] = {}
+    plain: dict[str, object] = {"layers": [], "kept": [], "merges": {}}
+    for spec in specs:
+        found[spec.name] = spec.model_copy(update={"id": spec.chain[-1], **plain})
+    for spec in specs:
+        for layer in spec.chain[:-1] + spec.kept:
+            name = layer_name(layer)
+            if name not in found:
+                found[name] = spec.model_copy(update={"id": layer, "name": name, **plain})
+    return list(found.values())
 
 
 def descriptors_per_store(disks: int) -> int:
@@ -96,7 +120,12 @@ class Io:
             for disk in node.disks:
                 targets[disk.id] = RemoteTarget(disk.id, client)
         self.cluster = Cluster(config.node, config.placement_disks(), targets)
-        self.volumes: dict[str, AnyVolume] = {}
+        self.volumes: dict[str, AnyVolume] = {}  # every layer's placed volume (expand())
+        self.specs: dict[str, VolumeSpec] = {}  # the volumes as configured, by name
+        self.layers: dict[str, Layer] = {}  # layer id -> what it holds
+        self.stacks: dict[str, Stack] = {}  # what NBD clients of a volume get
+        self.merging: set[str] = set()  # layers being merged into the layers above
+        self.merged: dict[str, str] = {}  # layer id -> "" when merged, else why it failed
         self.claimed: dict[str, int] = {}  # volume id -> epoch claimed on the chunk stores
         self.claims: set[asyncio.Task[object]] = set()
         self.opening: set[str] = set()  # volumes being taken over: not served yet
@@ -120,18 +149,20 @@ class Io:
         self.cluster.fail(disk, self.config.node, why)
         store.abandon()
 
-    def export(self, name: str) -> AnyVolume | None:
+    def export(self, name: str) -> Stack | None:
         """The volume NBD clients may open by this name: only where it is owned (or nobody
         owns it), and only once a new owner has merged what the old one knew was stale."""
         volume = self.volumes.get(name)
         if volume is None or name in self.opening or name in self.pinning:
+            return None
+        if name.startswith(LAYER):
             return None
         if (
             volume.spec.owner not in (None, self.config.node)
             and volume.spec.standby != self.config.node
         ):
             return None  # another node's, and this is not the target of its live migration
-        return volume
+        return self.stacks.get(name)
 
     def owns(self, name: str) -> bool:
         """Served here as its owner, with the previous owner's stale notes merged."""
@@ -205,9 +236,13 @@ class Io:
             return ErasureVolume(spec, self.cluster, degraded)
         return ReplicatedVolume(spec, self.cluster, degraded)
 
-    def apply_volumes(self, specs: list[VolumeSpec]) -> None:
-        """Bring the served volumes in line with `specs` (on start and on reload)."""
+    def apply_volumes(self, configured: list[VolumeSpec]) -> None:
+        """Bring the served volumes in line with `configured` (on start and on reload)."""
+        before = self.specs
+        self.specs = {s.name: s for s in configured}
+        specs = expand(configured)
         wanted = {s.name: s for s in specs}
+        by_id = {v.spec.id: v for v in self.volumes.values()}
         for name in list(self.volumes):
             if name not in wanted:
                 log.info("volume %s no longer served", name)
@@ -215,6 +250,13 @@ class Io:
         for name, spec in wanted.items():
             current = self.volumes.get(name)
             if current is None or current.spec.id != spec.id or current.spec.scheme != spec.scheme:
+                known = by_id.get(spec.id)
+                if known is not None and known.spec.scheme == spec.scheme:
+                    # A layer frozen by a snapshot: the same object (its unsynced writes,
+                    # gates) under its new name.
+                    known.spec = spec
+                    self.volumes[name] = known
+                    continue
                 if not self.pin_placement(spec):
                     self.pinning.add(spec.name)
                     self.background(self.find_pin(spec))
@@ -231,6 +273,98 @@ class Io:
                 self.background(self.claim(spec))
             else:
                 self.steer(self.volumes[spec.name])
+        self.restack(before)
+        self.start_merges()
+
+    # -- layers (snapshots) ------------------------------------------------------------------
+
+    def restack(self, before: dict[str, VolumeSpec]) -> None:
+        """Give every volume's stack its layers as configured: at once, so a snapshot taken
+        while its VM is paused switches the top between two of its writes."""
+        layers: dict[str, Layer] = {}
+        for name, spec in self.specs.items():
+            chain = []
+            for index, layer_id in enumerate(spec.chain):
+                volume = self.volumes[
+                    name if index == len(spec.chain) - 1 else layer_name(layer_id)
+                ]
+                layer = layers.get(layer_id) or self.layers.get(layer_id)
+                if layer is None or layer.volume is not volume:
+                    layer = Layer(layer_id, volume)
+                layers[layer_id] = layer
+                chain.append(layer)
+            for layer_id in spec.kept:
+                volume = self.volumes[layer_name(layer_id)]
+                known = self.layers.get(layer_id)
+                layers[layer_id] = (
+                    known
+                    if known is not None and known.volume is volume
+                    else Layer(layer_id, volume)
+                )
+            old = before.get(name)
+            if old is not None and (old.epoch, old.owner) != (spec.epoch, spec.owner):
+                for layer in chain:  # another node may have written them meanwhile
+                    layer.forget()
+            stack = self.stacks.get(name)
+            if stack is None:
+                self.stacks[name] = Stack(name, chain, spec.size)
+            else:
+                stack.set_layers(chain, spec.size)
+        self.layers = layers
+        for name in list(self.stacks):
+            if name not in self.specs:
+                del self.stacks[name]
+
+    def start_merges(self) -> None:
+        """Merge the layers of deleted snapshots where this node owns the volume (one writer:
+        two nodes merging into one erasure-coded layer would race on its parity)."""
+        for name, spec in self.specs.items():
+            if spec.owner != self.config.node or name in self.opening:
+                continue
+            for layer, into in spec.merges.items():
+                if layer in self.merging or self.merged.get(layer) == "":
+                    continue
+                self.merging.add(layer)
+                self.background(self._merge(name, layer, into))
+        wanted = {layer for spec in self.specs.values() for layer in spec.merges}
+        for layer in list(self.merged):
+            if layer not in wanted:
+                del self.merged[layer]
+
+    async def _merge(self, name: str, layer: str, into: list[str]) -> None:
+        try:
+            source, targets = self.layers[layer], [self.layers[t] for t in into]
+            copied = 0
+            for target in targets:
+                copied += await merge(source, target)
+            self.merged[layer] = ""
+            log.info("volume %s: layer %s merged (%d blocks copied)", name, layer, copied)
+        except Exception as exc:
+            self.merged[layer] = str(exc) or type(exc).__name__
+            log.warning("volume %s: merging layer %s failed: %s", name, layer, exc)
+        finally:
+            self.merging.discard(layer)
+        with contextlib.suppress(OSError):
+            await self.maintenance.write_status()
+        if self.merged.get(layer):  # failed (a layer unreadable for now): again, later
+            await asyncio.sleep(MERGE_RETRY)
+            self.start_merges()
+
+    def layer_status(self, name: str) -> dict[str, Any]:
+        """What the status file says of a volume's layers (nothing for a layer itself)."""
+        spec = self.specs.get(name)
+        if spec is None:
+            return {}
+        frozen = [self.volumes.get(layer_name(x)) for x in spec.chain[:-1] + spec.kept]
+        return {
+            "layers": spec.chain,
+            # The frozen layers are the volume's too: a move is done, and the volume healthy,
+            # only when theirs are.
+            "layers_move_left": sum(v.move_left() for v in frozen if v is not None),
+            "layers_stale_chunks": sum(len(v.stale_chunks()) for v in frozen if v is not None),
+            "merged": sorted(k for k in spec.merges if self.merged.get(k) == ""),
+            "merge_errors": {k: v for k, v in self.merged.items() if v and k in spec.merges},
+        }
 
     # -- moves (rebalance) -------------------------------------------------------------------
 
@@ -330,6 +464,7 @@ class Io:
             volume = self.volumes.get(spec.name)
             if volume is not None and volume.spec.id == spec.id:
                 self.steer(volume)
+            self.start_merges()  # those waiting for this node to own the volume
             # Say so at once: a live migration waits for the new owner to report it.
             with contextlib.suppress(OSError):
                 await self.maintenance.write_status()

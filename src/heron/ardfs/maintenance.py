@@ -109,6 +109,8 @@ class Host(Protocol):
 
     def owns(self, name: str) -> bool: ...
 
+    def layer_status(self, name: str) -> dict[str, Any]: ...
+
 
 class Maintenance:
     def __init__(self, io: Host):
@@ -316,6 +318,7 @@ class Maintenance:
                 "rebuilt_chunks": progress.rebuilt_chunks,
                 "rebuild_bytes_per_s": round(progress.rate()),
                 "last_rebuild_bytes_per_s": round(progress.last_run_bytes_per_s),
+                **self.io.layer_status(name),
             }
         disks: dict[str, dict[str, Any]] = {
             disk: {"error": why} for disk, why in self.io.failed_disks.items()

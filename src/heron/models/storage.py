@@ -188,6 +188,29 @@ class VolumeOrigin(Record):
     )
 
 
+class VolumeLayer(Record):
+    """ardfs: one layer of a volume's data (snapshots in heron-io): a sparse set of 4 MiB
+    blocks stored, placed and protected like a volume under `id`. A block is read from the
+    newest layer of the stack (top, its parent, ...) that holds it."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{32}$", description="its blocks' name in heron-io")
+    parent: str | None = Field(default=None, description="the layer below; None: the bottom")
+    snapshot: str | None = Field(
+        default=None, description="the snapshot (its id) whose data ends with this layer"
+    )
+    volume: str | None = Field(
+        default=None,
+        description="the volume this layer belongs to, when another (a linked clone reads its "
+        "source's frozen layers, never writes them)",
+    )
+    merging: bool = Field(
+        default=False,
+        description="its snapshot is deleted: its blocks are being copied into the layers "
+        "above (those lacking them), then it goes",
+    )
+    created_at: float = 0.0
+
+
 class Volume(Record):
     id: str
     pool: Name
@@ -217,6 +240,12 @@ class Volume(Record):
         "its placement once every block has its copies there",
     )
     origin: VolumeOrigin | None = Field(default=None, description="for a clone: its source")
+    layers: list[VolumeLayer] = Field(
+        default_factory=list,
+        description="ardfs: the layers its data and snapshots are made of; empty: one layer, "
+        "named by the volume's id",
+    )
+    top: str | None = Field(default=None, description="ardfs: the layer written (of `layers`)")
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
     created_at: float

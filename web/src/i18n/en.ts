@@ -309,6 +309,8 @@ const en = {
   "storage.protectionName.ec3+1": "erasure coding: 3 data shards and 1 parity shard",
   "storage.redundancy": "Redundancy",
   "storage.toRebuild": "{count} block(s) to rebuild",
+  "storage.snapshotLayers": "{count} snapshot layer(s)",
+  "storage.linkedClone": "linked clone",
   "storage.toMove": "moving: {count} copies to make",
   "storage.owner": "Owner",
   "storage.epoch": "Epoch",

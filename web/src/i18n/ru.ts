@@ -311,6 +311,8 @@ const ru: Record<keyof typeof en, string> = {
   "storage.protectionName.ec3+1": "помехоустойчивое кодирование: 3 части данных и 1 часть чётности",
   "storage.redundancy": "Избыточность",
   "storage.toRebuild": "блоков к восстановлению: {count}",
+  "storage.snapshotLayers": "слоёв снимков: {count}",
+  "storage.linkedClone": "связанный клон",
   "storage.toMove": "перенос: осталось копий {count}",
   "storage.owner": "Владелец",
   "storage.epoch": "Эпоха",

@@ -1,0 +1,204 @@
+"""VM snapshots through the API with a disk on an ARDFS pool: heron-io takes them itself (a
+new layer, no copy), the running VM paused around it; a middle snapshot is deleted while the
+VM runs (merged online by the owner's heron-io, then dropped by its agent); reverts read
+each snapshot back. A linked clone of a snapshot (made by the pool driver, as the clone
+service does) reads it, and keeps it from being deleted until the clone goes."""
+
+import asyncio
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from support import Api, wait_for
+
+from heron.configdb import ConfigDB, Txn, keys
+from heron.devcluster import DevCluster
+from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.storage.registry import driver_for
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def api(cluster1: tuple[DevCluster, str]) -> Api:
+    cluster, token = cluster1
+    return Api(cluster.nodes[0].url, token)
+
+
+@pytest.fixture(scope="module")
+def image(api: Api, testguest: Path) -> str:
+    reply = api.ok(
+        "POST",
+        "/pools/local/volumes/import",
+        json={"name": "guest", "path": str(testguest), "format": "qcow2"},
+    )
+    api.wait_task(reply["task"])
+    return "local/guest"
+
+
+def nbd(cluster: DevCluster, volume_id: str) -> str:
+    sock = Path(cluster.nodes[0].state_dir) / "ardfs" / "hci" / "nbd.sock"
+    return f"nbd+unix:///{volume_id}?socket={sock}"
+
+
+def qemu_io(uri: str, command: str) -> str:
+    said = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", command, uri], capture_output=True, text=True, check=False
+    )
+    return said.stdout + said.stderr
+
+
+def holds(uri: str, pattern: int) -> bool:
+    said = qemu_io(uri, f"read -P {pattern} 0 1M")
+    assert "read 1048576/1048576" in said or "Pattern verification failed" in said, said
+    return "Pattern verification failed" not in said
+
+
+def write(uri: str, pattern: int) -> None:
+    said = qemu_io(uri, f"write -P {pattern} 0 1M")
+    assert "wrote 1048576/1048576" in said, said
+
+
+def power(api: Api, vm_id: str, action: str) -> None:
+    api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/{action}")["task"])
+
+
+def snapshot(api: Api, vm_id: str, name: str) -> dict:
+    reply = api.ok("POST", f"/vms/{vm_id}/snapshots", json={"name": name})
+    api.wait_task(reply["task"], timeout=300)
+    return api.ok("GET", f"/vms/{vm_id}/snapshots/{name}")
+
+
+def act(api: Api, vm_id: str, method: str, path: str) -> dict:
+    reply = api.ok(method, f"/vms/{vm_id}/snapshots/{path}")
+    return api.wait_task(reply["task"], timeout=300)
+
+
+async def clone_of(
+    cluster: DevCluster, source_id: str, snapshot: str, name: str, linked: bool = True
+) -> str:
+    """A new volume record, made a clone of the snapshot by the node's pool driver."""
+    node = cluster.nodes[0]
+    async with ConfigDB(cluster.endpoints) as db:
+        pool = await db.get(Pool, keys.pool("hci"))
+        source = await db.get(Volume, keys.volume(source_id))
+        assert pool is not None and source is not None
+        target = Volume(id=str(uuid.uuid4()), pool="hci", name=name, format=VolumeFormat.raw,
+                        size=source.value.size, state="ready", created_at=time.time())  # fmt: skip
+        await db.commit(
+            Txn()
+            .require_absent(keys.volume_name("hci", name))
+            .put(keys.volume_name("hci", name), target.id)
+            .put(keys.volume(target.id), target)
+        )
+        driver = driver_for(pool.value, Path(node.state_dir), db)
+        await driver.clone(source.value, snapshot, target, linked=linked, progress=None)
+        return target.id
+
+
+def test_snapshots_of_a_vm_with_an_ardfs_disk(
+    cluster1: tuple[DevCluster, str], api: Api, image: str
+) -> None:
+    cluster, _ = cluster1
+    node = cluster.nodes[0]
+    api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
+    for index in (0, 1):
+        path = f"{node.state_dir}/ardfs-disk{index}"
+        api.ok("POST", "/pools/hci/disks", json={"node": node.name, "path": path})
+    wait_for(
+        lambda: all(len(m["disks"]) == 2 and m["address"]
+                    for m in api.ok("GET", "/pools/hci/members")) or None,
+        60, "the node to join the pool with its two disks",
+    )  # fmt: skip
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "ardfs-snap",
+            "memory_mib": 128,
+            "disks": [{"pool": "local", "source": image}, {"pool": "hci", "size": 16 * MiB}],
+        },
+    )
+    api.wait_task(reply["task"], timeout=180)
+    vm = reply["vm"]
+    volume_id = api.vm(vm)["spec"]["disks"][1]["volume"]
+    uri = nbd(cluster, volume_id)
+    # A snapshot deleted before the VM ever ran (its volume has no owner yet): the node
+    # doing the delete takes the volume, so that its heron-io merges the layer.
+    write(uri, 9)
+    snapshot(api, vm, "s0")
+    write(uri, 1)
+    act(api, vm, "DELETE", "s0")
+    wait_for(
+        lambda: len(api.ok("GET", f"/pools/hci/volumes/{volume_id}")["layers"]) == 1 or None,
+        120, "s0's layer merged away",
+    )  # fmt: skip
+    assert holds(uri, 1)
+    taken = snapshot(api, vm, "s1")  # the VM off
+    assert taken["state"] == "ready", taken
+    assert [d["method"] for d in taken["disks"]] == ["qcow2", "native"]
+    power(api, vm, "start")
+    for index in (2, 3):  # written beside the running VM (its guest does not use the disk)
+        write(uri, index)
+        taken = snapshot(api, vm, f"s{index}")  # paused, heron-io switches its top layer
+        assert taken["state"] == "ready", taken
+    write(uri, 4)
+    record = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
+    assert len(record["layers"]) == 4  # three frozen by s1..s3, and the top
+    assert holds(uri, 4)
+
+    # The middle snapshot goes while the VM runs: merged into s3's layer, then dropped.
+    act(api, vm, "DELETE", "s2")
+    names = [s["name"] for s in api.ok("GET", f"/vms/{vm}/snapshots")["snapshots"]]
+    assert names == ["s1", "s3"]
+
+    def merged() -> bool:
+        layers = api.ok("GET", f"/pools/hci/volumes/{volume_id}")["layers"]
+        return len(layers) == 3 and not any(x["merging"] for x in layers)
+
+    wait_for(merged, 120, "the owner to merge and drop s2's layer")
+    assert holds(uri, 4)
+
+    for name, pattern in (("s3", 3), ("s1", 1)):
+        done = act(api, vm, "POST", f"{name}/revert")
+        assert done["result"]["state"] == "running", done
+        assert holds(uri, pattern)
+    write(uri, 5)  # after a revert the volume is written as usual
+    assert holds(uri, 5)
+    # A linked clone of s1: it reads s1's data, its writes are its own, and s1 stays while
+    # it exists.
+    s1 = api.ok("GET", f"/vms/{vm}/snapshots/s1")["id"]
+    clone = asyncio.run(clone_of(cluster, volume_id, s1, "s1-clone"))
+    clone_uri = nbd(cluster, clone)
+    assert holds(clone_uri, 1)
+    write(clone_uri, 7)
+    assert holds(clone_uri, 7) and holds(uri, 5)
+    record = api.ok("GET", f"/pools/hci/volumes/{clone}")
+    assert record["origin"] == {"volume": volume_id, "snapshot": s1, "linked": True}
+    refused = api.ok("DELETE", f"/vms/{vm}/snapshots/s1")
+    failed = api.task_end(refused["task"], timeout=120)
+    assert failed["state"] == "failed" and "linked clone" in failed["error"], failed
+    api.wait_task(api.ok("DELETE", f"/pools/hci/volumes/{clone}")["task"], timeout=120)
+    # A full clone of s1: made linked, then every block copied into its own top; it no
+    # longer reads s1's layer, so s1 may go before it.
+    copy = asyncio.run(clone_of(cluster, volume_id, s1, "s1-copy", linked=False))
+    record = api.ok("GET", f"/pools/hci/volumes/{copy}")
+    assert record["origin"] == {"volume": volume_id, "snapshot": s1, "linked": False}
+    assert len(record["layers"]) == 1
+    assert holds(nbd(cluster, copy), 1)
+
+    act(api, vm, "DELETE", "s3")  # s1's stack has no layer above s3's: it goes at once
+    act(api, vm, "DELETE", "s1")
+    assert api.ok("GET", f"/vms/{vm}/snapshots")["snapshots"] == []
+    wait_for(
+        lambda: len(api.ok("GET", f"/pools/hci/volumes/{volume_id}")["layers"]) == 1 or None,
+        120, "every snapshot's layer merged away",
+    )  # fmt: skip
+    assert holds(uri, 5)
+    assert holds(nbd(cluster, copy), 1)
+    api.wait_task(api.ok("DELETE", f"/pools/hci/volumes/{copy}")["task"], timeout=120)
+    api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})

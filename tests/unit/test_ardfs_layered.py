@@ -1,0 +1,189 @@
+"""The layer logic of ARDFS snapshots (layered.py) over in-memory layers: fall-through reads,
+copy-up of partial writes only, zeroes that hide the layers below, merges, extents, and the
+layers of a volume expanded into placed volumes (io.expand)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from heron.ardfs.config import Scheme, VolumeSpec
+from heron.ardfs.io import expand
+from heron.ardfs.layered import Layer, Stack, merge
+from heron.ardfs.layout import BLOCK_SIZE
+from heron.ardfs.volume import Extent
+
+B = BLOCK_SIZE
+
+
+class Memory:
+    """A sparse volume in memory that counts the bytes written to it."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self.blocks: dict[int, bytearray] = {}
+        self.written = 0
+        self.asked = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read_into(self, offset: int, view: memoryview) -> None:
+        at = 0
+        while at < len(view):
+            block, inside = divmod(offset + at, B)
+            n = min(len(view) - at, B - inside)
+            data = self.blocks.get(block)
+            view[at : at + n] = data[inside : inside + n] if data is not None else bytes(n)
+            at += n
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        self.written += len(data)
+        block, inside = divmod(offset, B)
+        assert inside + len(data) <= B
+        self.blocks.setdefault(block, bytearray(B))[inside : inside + len(data)] = data
+
+    async def flush(self) -> None:
+        pass
+
+    async def trim(self, offset: int, length: int, fua: bool) -> None:
+        await self.write(offset, memoryview(bytes(length)), fua)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool, may_trim: bool) -> None:
+        await self.write(offset, memoryview(bytes(length)), fua)
+
+    async def allocated_blocks(self, first: int, count: int) -> list[bool]:
+        self.asked += 1
+        return [b in self.blocks for b in range(first, first + count)]
+
+    async def extents(self, offset: int, length: int) -> list[Extent]:
+        return [Extent(length, False)]
+
+
+def layer(size: int = 4 * B) -> Layer:
+    return Layer(uuid.uuid4().hex, Memory(size))
+
+
+def memory(found: Layer) -> Memory:
+    assert isinstance(found.volume, Memory)
+    return found.volume
+
+
+async def read(stack: Stack, offset: int, length: int) -> bytes:
+    out = memoryview(bytearray(length))
+    await stack.read_into(offset, out)
+    return bytes(out)
+
+
+def test_reads_fall_through_and_partial_writes_copy_the_block_up() -> None:
+    async def scenario() -> None:
+        base, top = layer(), layer()
+        await memory(base).write(0, memoryview(b"a" * B), False)
+        await memory(base).write(B, memoryview(b"b" * B), False)
+        stack = Stack("v", [base, top], 4 * B)
+        assert await read(stack, B - 2, 4) == b"aabb"
+        assert await read(stack, 2 * B, 3) == bytes(3)  # no layer holds it
+        await stack.write(10, memoryview(b"xy"), False)
+        assert memory(top).written == B  # the whole block, once
+        await stack.write(12, memoryview(b"z"), False)
+        assert memory(top).written == B + 1  # the top holds it now: a plain write
+        await stack.write(B, memoryview(b"c" * B), False)
+        assert memory(top).written == 2 * B + 1  # a whole block copies nothing up
+        assert await read(stack, 8, 6) == b"aaxyza"
+        assert await read(stack, B, 2) == b"cc"
+        assert bytes(memory(base).blocks[0][8:14]) == b"aaaaaa"  # the snapshot is untouched
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_partial_writes_to_one_block_both_land() -> None:
+    async def scenario() -> None:
+        base, top = layer(), layer()
+        await memory(base).write(0, memoryview(b"a" * B), False)
+        stack = Stack("v", [base, top], 4 * B)
+        await asyncio.gather(
+            stack.write(0, memoryview(b"1"), False), stack.write(1, memoryview(b"2"), False)
+        )
+        assert await read(stack, 0, 3) == b"12a"
+        assert memory(top).written == B + 1  # one copy-up, then a plain write
+
+    asyncio.run(scenario())
+
+
+def test_zeroes_over_a_lower_layer_are_written_not_trimmed() -> None:
+    async def scenario() -> None:
+        base, top = layer(), layer()
+        await memory(base).write(0, memoryview(b"a" * B), False)
+        stack = Stack("v", [base, top], 4 * B)
+        await stack.trim(0, 16, False)
+        await stack.write_zeroes(3 * B, 16, False, True)
+        assert await read(stack, 0, 17) == bytes(16) + b"a"
+        assert 0 in memory(top).blocks  # zeroes copied up over the "a" below
+
+    asyncio.run(scenario())
+
+
+def test_a_merge_copies_what_the_layer_above_lacks() -> None:
+    async def scenario() -> None:
+        base, middle, top = layer(), layer(), layer()
+        await memory(base).write(0, memoryview(b"a" * B), False)
+        await memory(middle).write(0, memoryview(b"m" * B), False)
+        await memory(middle).write(B, memoryview(b"n" * B), False)
+        stack = Stack("v", [base, middle, top], 4 * B)
+        await stack.write(B + 5, memoryview(b"t"), False)  # block 1 copied up into the top
+        copied = await merge(middle, top)
+        assert copied == 1  # block 0; block 1 the top has already
+        stack.set_layers([base, top], 4 * B)
+        assert await read(stack, 0, 2) == b"mm"
+        assert await read(stack, B + 4, 3) == b"ntn"
+
+    asyncio.run(scenario())
+
+
+def test_extents_are_holes_only_where_no_layer_holds_the_block() -> None:
+    async def scenario() -> None:
+        base, top = layer(), layer()
+        await memory(base).write(0, memoryview(b"a"), False)
+        await memory(top).write(2 * B, memoryview(b"b"), False)
+        stack = Stack("v", [base, top], 4 * B)
+        assert await stack.extents(0, 4 * B) == [
+            Extent(B, False),
+            Extent(B, True),
+            Extent(B, False),
+            Extent(B, True),
+        ]
+        # What a layer holds is asked of its chunk stores once, then kept.
+        await stack.extents(0, 4 * B)
+        assert memory(base).asked == 1 and memory(top).asked == 1
+
+    asyncio.run(scenario())
+
+
+def test_one_layer_stacks_are_the_volume_itself() -> None:
+    async def scenario() -> None:
+        only = layer()
+        stack = Stack("v", [only], 4 * B)
+        await only.held()  # known once, then written past by the plain volume's paths
+        await stack.write(1, memoryview(b"x"), False)
+        assert memory(only).written == 1 and memory(only).asked == 1
+        # A snapshot: what the old top holds is asked again, not taken from before.
+        stack.set_layers([only, layer()], 4 * B)
+        assert await read(stack, 0, 2) == b"\x00x"
+        assert memory(only).asked == 2
+
+    asyncio.run(scenario())
+
+
+def test_expand_serves_each_layer_once_under_its_own_name() -> None:
+    frozen, top, kept, clone_top = (uuid.uuid4().hex for _ in range(4))
+    source = VolumeSpec(name="src", size=B, scheme=Scheme(copies=2), layers=[frozen, top],
+                        kept=[kept], owner="a")  # fmt: skip
+    clone = VolumeSpec(name="clone", size=B, layers=[frozen, clone_top], owner="b")
+    plain = VolumeSpec(name="plain", size=B)
+    specs = {s.name: s for s in expand([source, clone, plain])}
+    assert set(specs) == {"src", "clone", "plain", f"layer:{frozen}", f"layer:{kept}"}
+    assert specs["src"].id == top and specs["clone"].id == clone_top
+    assert specs["plain"].id == plain.id  # no snapshots: served as it always was
+    assert specs[f"layer:{frozen}"].owner == "a"  # the source's, first named
+    assert all(not s.layers and not s.merges for s in specs.values())
