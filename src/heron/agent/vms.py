@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +21,17 @@ from heron.agent.network import NetworkController
 from heron.configdb import ConfigDB, keys
 from heron.errors import AgentError, NetworkError
 from heron.ha import fence
-from heron.hypervisor import command
+from heron.hypervisor import cgroups, command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qga import GuestAgent
+from heron.models import hotplug
 from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
 from heron.models.vm import (
     VM,
+    DiskQoS,
+    DiskSpec,
     GuestAgentStatus,
     NicSpec,
     PowerState,
@@ -81,6 +84,7 @@ class VMController:
         self._vms: dict[str, _Runtime] = {}
         self.network: NetworkController | None = None  # set by herond where it has one
         self.vhost = vhost_net_available()
+        self.cgroup_root = cgroups.ROOT
         self._jobs: set[asyncio.Task[None]] = set()
 
     def paths(self, vm_id: str) -> RuntimePaths:
@@ -185,7 +189,9 @@ class VMController:
         self._mark_ha(vm.id, effective_ha(vm, await group_of(self.db, vm)).enabled)
         (paths.root / fence.FENCED_MARKER).unlink(missing_ok=True)
         if ram is None:
-            ram = command.ram_kib(vm.spec.memory_mib, self.accelerator, self.qemu_version)
+            ram = command.ram_kib(
+                command.base_memory_mib(vm.spec), self.accelerator, self.qemu_version
+            )
         try:
             taps = await self.network.plug(vm) if self.network else {}
         except NetworkError as exc:
@@ -211,6 +217,106 @@ class VMController:
                 self.network.settled(vm.id)
         self.on_launch(pid)
         self._watch(vm.id)
+        await self._limit(rt, vm.spec, pid)
+
+    async def _limit(self, rt: _Runtime, spec: VMSpec, pid: int) -> None:
+        """Give a QEMU just started its disks' I/O limits and its cgroup limits (neither is
+        on its command line, nor carried by a migration)."""
+        for index, disk in enumerate(spec.disks):
+            if disk.qos != DiskQoS():
+                await rt.qemu.set_disk_qos(f"disk{index}-dev", f"disk{index}", disk.qos)
+        limits = cgroups.Limits(spec.cpu_weight, spec.cpu_limit, spec.memory_limit_mib)
+        if limits != cgroups.Limits():
+            try:
+                cgroups.apply(rt.qemu.vm_id, pid, limits, self.cgroup_root)
+            except cgroups.CgroupError as exc:
+                raise VMError(f"VM {spec.name} runs, without its limits: {exc}") from exc
+
+    async def apply_hardware(
+        self, vm: VM, progress: Callable[[float, str], Awaitable[None]] | None = None
+    ) -> list[str]:
+        """Give the running QEMU what of `vm`'s spec it can take live (`hotplug.plan_live`):
+        vCPUs, a DIMM, disks added or taken from the end, disk I/O limits, cgroup limits.
+        The running spec is written after each step, so a repeat does only what is left.
+        Returns what was done, and what waits for the next start.
+
+        Raises QemuError (QEMU refused a step, the guest kept a disk), VMError.
+        """
+        rt = self.runtime(vm.id)
+        async with rt.lock:
+            running = self.running_spec(vm.id)
+            if running is None or not rt.qemu.running():
+                return ["not running: its hardware applies at its next start"]
+            plan = hotplug.plan_live(running, vm.spec)
+            target = hotplug.applied(running, vm.spec, plan)
+            done: list[str] = []
+            steps = [
+                *(["vcpus"] if plan.vcpus is not None else []),
+                *(["memory"] if plan.dimm_mib is not None else []),
+                *(f"remove{i}" for i in reversed(plan.remove_disks)),
+                *(f"add{i}" for i in plan.add_disks),
+                *(["qos"] if plan.qos else []),
+                *(["cgroup"] if plan.cgroup else []),
+            ]
+            current = running
+            for number, step in enumerate(steps):
+                if progress is not None:
+                    await progress(number / len(steps), step)
+                if step == "vcpus":
+                    assert plan.vcpus is not None
+                    await rt.qemu.add_vcpus(plan.vcpus)
+                    current = current.model_copy(update={"vcpus": plan.vcpus})
+                    done.append(f"{plan.vcpus} vCPUs")
+                elif step == "memory":
+                    assert plan.dimm_mib is not None
+                    await rt.qemu.add_dimm(command.dimm_id(len(running.dimms_mib)), plan.dimm_mib)
+                    current = current.model_copy(
+                        update={"memory_mib": target.memory_mib, "dimms_mib": target.dimms_mib}
+                    )
+                    done.append(f"plugged in {plan.dimm_mib} MiB of memory")
+                elif step.startswith("remove"):
+                    index = int(step.removeprefix("remove"))
+                    await rt.qemu.remove_disk(f"disk{index}", f"disk{index}-dev")
+                    current = current.model_copy(update={"disks": current.disks[:index]})
+                    done.append(f"unplugged disk{index}")
+                elif step.startswith("add"):
+                    index = int(step.removeprefix("add"))
+                    disk = vm.spec.disks[index]
+                    resolved = await self.resolve_disk(disk)
+                    node = command.format_node(f"disk{index}", resolved.format, resolved.protocol)
+                    with_disk = vm.model_copy(update={"spec": target})
+                    await rt.qemu.add_disk(node, command.disk_device(with_disk, index))
+                    if disk.qos != DiskQoS():
+                        await rt.qemu.set_disk_qos(f"disk{index}-dev", f"disk{index}", disk.qos)
+                    current = current.model_copy(update={"disks": [*current.disks, disk]})
+                    done.append(f"plugged in disk{index}")
+                elif step == "qos":
+                    for index, qos in plan.qos.items():
+                        await rt.qemu.set_disk_qos(f"disk{index}-dev", f"disk{index}", qos)
+                    disks = [
+                        d.model_copy(update={"qos": plan.qos.get(i, d.qos)})
+                        for i, d in enumerate(current.disks)
+                    ]
+                    current = current.model_copy(update={"disks": disks})
+                    done.append("disk limits " + ", ".join(f"disk{i}" for i in plan.qos))
+                elif step == "cgroup":
+                    pid = rt.qemu.pid()
+                    limits = cgroups.Limits(
+                        target.cpu_weight, target.cpu_limit, target.memory_limit_mib
+                    )
+                    if pid is not None:
+                        try:
+                            cgroups.apply(vm.id, pid, limits, self.cgroup_root)
+                        except cgroups.CgroupError as exc:
+                            raise VMError(str(exc)) from exc
+                    current = current.model_copy(
+                        update={f: getattr(target, f) for f in hotplug.CGROUP_FIELDS}
+                    )
+                    done.append("CPU and memory limits")
+                rt.qemu.paths.hardware.write_text(current.model_dump_json())
+            if plan.pending:
+                done.append("at the next start: " + ", ".join(plan.pending))
+            return done
 
     async def sync_nics(self, vm: VM) -> list[str]:
         """Make the running QEMU's NICs those of `vm`'s spec: unplug the ones gone (or moved
@@ -379,33 +485,33 @@ class VMController:
             if rt.monitor is not None:
                 rt.monitor.cancel()
             shutil.rmtree(rt.qemu.paths.root, ignore_errors=True)
+            cgroups.remove(vm_id, self.cgroup_root)
         self._vms.pop(vm_id, None)
 
     async def resolve_disks(self, vm: VM, arriving_from: str | None = None) -> list[ResolvedDisk]:
         """How QEMU reaches the VM's disks on this node. During a migration from
         `arriving_from`, that node's local volumes are the copies being made here."""
-        disks = []
-        for disk in vm.spec.disks:
-            volume = await self.db.get(Volume, keys.volume(disk.volume))
-            if volume is None:
-                raise VMError(f"volume {disk.volume} does not exist")
-            if volume.value.state != "ready":
-                raise VMError(f"volume {volume.value.name} is {volume.value.state}")
-            if volume.value.node not in (None, self.node, arriving_from):
-                raise VMError(f"volume {volume.value.name} is on node {volume.value.node}")
-            pool = await self.db.get(Pool, keys.pool(volume.value.pool))
-            if pool is None:
-                raise VMError(f"pool {volume.value.pool} does not exist")
-            driver = driver_for(pool.value, self.state_dir, self.db)
-            try:
-                await driver.prepare()
-                await driver.attach(volume.value, self.node, incoming=arriving_from is not None)
-            except StorageError as exc:
-                raise VMError(str(exc)) from exc
-            disks.append(
-                ResolvedDisk(disk.bus, driver.protocol(volume.value), volume.value.format.value)
-            )
-        return disks
+        return [await self.resolve_disk(disk, arriving_from) for disk in vm.spec.disks]
+
+    async def resolve_disk(self, disk: DiskSpec, arriving_from: str | None = None) -> ResolvedDisk:
+        """How QEMU reaches one disk on this node (see `resolve_disks`)."""
+        volume = await self.db.get(Volume, keys.volume(disk.volume))
+        if volume is None:
+            raise VMError(f"volume {disk.volume} does not exist")
+        if volume.value.state != "ready":
+            raise VMError(f"volume {volume.value.name} is {volume.value.state}")
+        if volume.value.node not in (None, self.node, arriving_from):
+            raise VMError(f"volume {volume.value.name} is on node {volume.value.node}")
+        pool = await self.db.get(Pool, keys.pool(volume.value.pool))
+        if pool is None:
+            raise VMError(f"pool {volume.value.pool} does not exist")
+        driver = driver_for(pool.value, self.state_dir, self.db)
+        try:
+            await driver.prepare()
+            await driver.attach(volume.value, self.node, incoming=arriving_from is not None)
+        except StorageError as exc:
+            raise VMError(str(exc)) from exc
+        return ResolvedDisk(disk.bus, driver.protocol(volume.value), volume.value.format.value)
 
     # -- status --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from heron.hypervisor.qga import GuestAgent
 from heron.hypervisor.qmp_base import QemuError as QemuError  # the agent catches it from here
 from heron.hypervisor.qmp_base import QMPCommandError, QMPSessionError
 from heron.hypervisor.qmp_block import BlockCommands
+from heron.hypervisor.qmp_hotplug import HotplugCommands
 from heron.hypervisor.qmp_migration import MigrationCommands
 from heron.hypervisor.qmp_net import NetCommands
 from heron.hypervisor.qmp_snapshot import SnapshotCommands
@@ -33,7 +34,7 @@ from heron.util.wait import until
 log = logging.getLogger(__name__)
 
 
-class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands):
+class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, HotplugCommands):
     """The QEMU of one VM on this node: its process, and one QMP session to it that is
     (re)connected when a command needs it."""
 

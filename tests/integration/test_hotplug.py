@@ -1,0 +1,188 @@
+"""Hotplug into a running test guest (TCG), each change seen from inside the guest: a vCPU,
+memory (a DIMM), a disk and a NIC plugged in, the disk taken out again; and per-disk QoS: an
+IOPS limit set and changed live, measured by direct reads in the guest within 10 %."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netguests import BOOT, network_cluster, shell, vm_dir
+from support import Api, wait_for
+
+from heron.devcluster import DevCluster
+from heron.testguest.net import CommandChannel
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory, testguest: Path
+) -> Iterator[tuple[DevCluster, Api]]:
+    yield from network_cluster(tmp_path_factory, testguest, "hotplug", nodes=1)
+
+
+@pytest.fixture(scope="module")
+def guest(env: tuple[DevCluster, Api]) -> Iterator[tuple[dict[str, Any], CommandChannel]]:
+    cluster, api = env
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "grow",
+            "vcpus": 1,
+            "max_vcpus": 2,
+            "memory_mib": 256,
+            "max_memory_mib": 512,
+            "start": True,
+            "disks": [{"pool": "shared", "source": "shared/testguest"}],
+        },
+    )
+    api.wait_task(reply["task"])
+    for name in ("extra", "extra2"):
+        made = api.ok("POST", "/pools/shared/volumes", json={"name": name, "size": 16 * 2**20})
+        api.wait_task(made["task"])
+    vm = api.vm("grow")
+    with shell(cluster, vm) as channel:
+        assert channel.run("true", timeout=BOOT).rc == 0
+        yield vm, channel
+
+
+def run(channel: CommandChannel, command: str) -> str:
+    result = channel.run(command, timeout=60)
+    assert result.rc == 0, result.output
+    return result.output
+
+
+def change(api: Api, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make a change and wait for the task that gives it to the running VM."""
+    view = api.ok(method, path, json=body) if body is not None else api.ok(method, path)
+    assert view["task"], view
+    api.wait_task(view["task"])
+    return api.vm("grow")
+
+
+def until_guest(channel: CommandChannel, command: str, expected: str, what: str) -> str:
+    def seen() -> str | None:
+        out = run(channel, command)
+        return out if expected in out else None
+
+    return wait_for(seen, 60, what)
+
+
+def mem_total_kib(channel: CommandChannel) -> int:
+    return int(run(channel, "grep MemTotal /proc/meminfo").split()[1])
+
+
+def test_a_vcpu_plugged_in_comes_online_in_the_guest(
+    env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
+) -> None:
+    _, api = env
+    _, channel = guest
+    assert run(channel, "cat /sys/devices/system/cpu/online") == "0"
+    vm = change(api, "PATCH", "/vms/grow", {"vcpus": 2})
+    assert vm["status"]["hardware"]["vcpus"] == 2 and vm["pending"] == []
+    # No udev in the test guest: bring the new CPU online as udev would.
+    until_guest(channel, "ls /sys/devices/system/cpu", "cpu1", "the guest to see cpu1")
+    run(channel, "echo 1 > /sys/devices/system/cpu/cpu1/online")
+    assert run(channel, "cat /sys/devices/system/cpu/online") == "0-1"
+    # Past the maximum: waits for the next start, and says so.
+    assert api.ok("PATCH", "/vms/grow", json={"vcpus": 3, "max_vcpus": 4})["task"] is None
+    assert api.vm("grow")["pending"] == ["vcpus", "max_vcpus"]
+    api.ok("PATCH", "/vms/grow", json={"vcpus": 2, "max_vcpus": 2})
+    assert api.vm("grow")["pending"] == []
+
+
+def test_memory_plugged_in_adds_to_the_guests_total(
+    env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
+) -> None:
+    _, api = env
+    _, channel = guest
+    before = mem_total_kib(channel)
+    vm = change(api, "PATCH", "/vms/grow", {"memory_mib": 384})
+    assert vm["status"]["hardware"]["dimms_mib"] == [128] and vm["pending"] == []
+    online = (
+        "for m in /sys/devices/system/memory/memory*; do "
+        'if [ "$(cat $m/state)" = offline ]; then echo online > $m/state; fi; done'
+    )
+
+    def grown() -> int | None:
+        run(channel, online)
+        total = mem_total_kib(channel)
+        return total if total >= before + 120 * 1024 else None
+
+    total = wait_for(grown, 60, "the guest's memory to grow by the DIMM")
+    assert total <= before + 128 * 1024
+
+
+def test_a_disk_plugged_in_and_taken_out(
+    env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
+) -> None:
+    _, api = env
+    _, channel = guest
+    vm = change(api, "POST", "/vms/grow/disks", {"volume": "shared/extra"})
+    assert vm["spec"]["disks"][1]["slot"] == 0 and vm["pending"] == []
+    until_guest(channel, "ls /sys/block", "vdb", "the guest to see vdb")
+    assert run(channel, "cat /sys/block/vdb/size") == str(16 * 2**20 // 512)
+    # A disk not at the end cannot leave a running VM.
+    refused = api.delete("/vms/grow/disks/0")
+    assert refused.status_code == 409, refused.text
+    vm = change(api, "DELETE", "/vms/grow/disks/1")
+    assert len(vm["status"]["hardware"]["disks"]) == 1 and vm["pending"] == []
+    wait_for(lambda: "vdb" not in run(channel, "ls /sys/block"), 60, "the guest to let vdb go")
+
+
+def test_a_nic_plugged_in_shows_in_the_guest(
+    env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
+) -> None:
+    _, api = env
+    _, channel = guest
+    before = run(channel, "ls /sys/class/net").split()
+    reply = api.ok("POST", "/vms/grow/nics", json={"network": "user"})
+    api.wait_task(reply["task"])
+    wait_for(
+        lambda: len(run(channel, "ls /sys/class/net").split()) == len(before) + 1,
+        60,
+        "the guest to see the new NIC",
+    )
+
+
+READ_OPS = 150
+
+
+def measured_iops(channel: CommandChannel) -> float:
+    """Direct 4 KiB reads from vdb, timed by the guest's own clock."""
+    out = run(
+        channel,
+        "a=$(cat /proc/uptime); "
+        f"dd if=/dev/vdb of=/dev/null bs=4096 count={READ_OPS} iflag=direct 2>/dev/null; "
+        "b=$(cat /proc/uptime); echo ${a%% *} ${b%% *}",
+    )
+    start, end = map(float, out.split()[-2:])
+    return READ_OPS / (end - start)
+
+
+def test_an_iops_limit_holds_within_ten_percent_and_changes_live(
+    env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
+) -> None:
+    _, api = env
+    _, channel = guest
+    change(api, "POST", "/vms/grow/disks", {"volume": "shared/extra2", "qos": {"iops": 50}})
+    until_guest(channel, "ls /sys/block", "vdb", "the guest to see vdb")
+    first = measured_iops(channel)
+    assert 45 <= first <= 55, first
+    vm = change(api, "PATCH", "/vms/grow/disks/1", {"qos": {"iops": 100}})
+    assert vm["status"]["hardware"]["disks"][1]["qos"]["iops"] == 100
+    second = measured_iops(channel)
+    assert 90 <= second <= 110, second
+    # Bad input changes nothing.
+    bad = api.patch("/vms/grow/disks/1", json={"qos": {"iops": 10, "iops_burst": 5}})
+    assert bad.status_code == 422 and "iops_burst" in bad.text
+    bad = api.patch("/vms/grow/disks/9", json={"qos": {}})
+    assert bad.status_code == 404
+    assert api.vm("grow")["spec"]["disks"][1]["qos"]["iops"] == 100
+    # No limit: much faster than the limit was.
+    change(api, "PATCH", "/vms/grow/disks/1", {"qos": {}})
+    assert measured_iops(channel) > 150
+    assert vm_dir(env[0], vm).exists()
