@@ -224,7 +224,8 @@ class VMController:
         on its command line, nor carried by a migration)."""
         for index, disk in enumerate(spec.disks):
             if disk.qos != DiskQoS():
-                await rt.qemu.set_disk_qos(f"disk{index}-dev", f"disk{index}", disk.qos)
+                backend = command.disk_backend(index, disk.bus)
+                await rt.qemu.set_disk_qos(backend, f"disk{index}", disk.qos)
         limits = cgroups.Limits(spec.cpu_weight, spec.cpu_limit, spec.memory_limit_mib)
         if limits != cgroups.Limits():
             try:
@@ -287,12 +288,14 @@ class VMController:
                     with_disk = vm.model_copy(update={"spec": target})
                     await rt.qemu.add_disk(node, command.disk_device(with_disk, index))
                     if disk.qos != DiskQoS():
-                        await rt.qemu.set_disk_qos(f"disk{index}-dev", f"disk{index}", disk.qos)
+                        backend = command.disk_backend(index, disk.bus)
+                        await rt.qemu.set_disk_qos(backend, f"disk{index}", disk.qos)
                     current = current.model_copy(update={"disks": [*current.disks, disk]})
                     done.append(f"plugged in disk{index}")
                 elif step == "qos":
                     for index, qos in plan.qos.items():
-                        await rt.qemu.set_disk_qos(f"disk{index}-dev", f"disk{index}", qos)
+                        backend = command.disk_backend(index, current.disks[index].bus)
+                        await rt.qemu.set_disk_qos(backend, f"disk{index}", qos)
                     disks = [
                         d.model_copy(update={"qos": plan.qos.get(i, d.qos)})
                         for i, d in enumerate(current.disks)

@@ -302,6 +302,13 @@ def guest_agent_devices(paths: RuntimePaths) -> list[str]:
 NIC_ADDR = 0x10  # the PCI slot of NIC slot 0 (layout 2): clear of what QEMU places itself
 
 
+def disk_backend(index: int, bus: DiskBus) -> str:
+    """The qdev path of the device holding disk `index`'s block backend (what I/O limits are
+    set on): a virtio-blk-pci proxies a virtio-blk device of its own."""
+    device = f"disk{index}-dev"
+    return f"/machine/peripheral/{device}/virtio-backend" if bus == "virtio" else device
+
+
 DISK_ADDR = 0x18  # the PCI slot of the disk slots' root ports (layout 3)
 
 

@@ -111,7 +111,8 @@ class HotplugCommands(QMPCommands):
             await self.execute("blockdev-del", {"node-name": node_name})
 
     async def set_disk_qos(self, device_id: str, group: str, qos: DiskQoS) -> None:
-        """Give a disk's device the limits `qos` (none: unthrottled), in the throttle group
+        """Give the device `device_id` (the qdev id or path holding the disk's block backend:
+        `command.disk_backend`) the limits `qos` (none: unthrottled), in the throttle group
         `group` of its own; takes effect at once.
 
         Raises QMPCommandError (no such device), QMPSessionError.
