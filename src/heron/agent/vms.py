@@ -74,6 +74,7 @@ class VMController:
         accelerator: str,
         on_launch: Callable[[int], None] = lambda _: None,
         qemu_version: tuple[int, int] = (0, 0),
+        cgroup_root: Path | None = None,
     ):
         self.db = db
         self.node = node
@@ -84,7 +85,9 @@ class VMController:
         self._vms: dict[str, _Runtime] = {}
         self.network: NetworkController | None = None  # set by herond where it has one
         self.vhost = vhost_net_available()
-        self.cgroup_root = cgroups.ROOT
+        # Where the VMs' control groups are made (herond: /sys/fs/cgroup); None: nowhere,
+        # and a VM with CPU or memory limits does not start.
+        self.cgroup_root = cgroup_root
         self._jobs: set[asyncio.Task[None]] = set()
 
     def paths(self, vm_id: str) -> RuntimePaths:
@@ -208,7 +211,11 @@ class VMController:
             rt.guest_shutdown = False
             # Start paused when the user wants it paused, so the guest never runs a cycle.
             paused = ["-S"] if vm.power == PowerState.paused else []
-            pid = await rt.qemu.launch([*args, *paused, *extra], pass_fds=tuple(taps.values()))
+            pid = await rt.qemu.launch(
+                [*args, *paused, *extra],
+                pass_fds=tuple(taps.values()),
+                cgroups=self._cgroups(vm.id, vm.spec),
+            )
         finally:
             # QEMU holds the taps now (or never will): ours go, and theirs keep them alive.
             for fd in taps.values():
@@ -219,19 +226,33 @@ class VMController:
         self._watch(vm.id)
         await self._limit(rt, vm.spec, pid)
 
+    def _cgroups(self, vm_id: str, spec: VMSpec) -> list[Path]:
+        """The VM's control groups with its CPU and memory limits, for QEMU to start in (so
+        a limit set later counts all of its memory). Without them (no cgroup tree we may
+        write) a VM with no limits still starts; one with limits does not.
+
+        Raises VMError.
+        """
+        limits = cgroups.Limits(spec.cpu_weight, spec.cpu_limit, spec.memory_limit_mib)
+        if self.cgroup_root is None:
+            if limits != cgroups.Limits():
+                raise VMError(f"VM {spec.name} has limits: this agent manages no cgroups")
+            return []
+        try:
+            return cgroups.prepare(vm_id, limits, self.cgroup_root)
+        except cgroups.CgroupError as exc:
+            if limits != cgroups.Limits():
+                raise VMError(f"VM {spec.name}: {exc}") from exc
+            log.warning("VM %s starts outside a cgroup of its own: %s", spec.name, exc)
+            return []
+
     async def _limit(self, rt: _Runtime, spec: VMSpec, pid: int) -> None:
-        """Give a QEMU just started its disks' I/O limits and its cgroup limits (neither is
-        on its command line, nor carried by a migration)."""
+        """Give a QEMU just started its disks' I/O limits (not on its command line, nor
+        carried by a migration)."""
         for index, disk in enumerate(spec.disks):
             if disk.qos != DiskQoS():
                 backend = command.disk_backend(index, disk.bus)
                 await rt.qemu.set_disk_qos(backend, f"disk{index}", disk.qos)
-        limits = cgroups.Limits(spec.cpu_weight, spec.cpu_limit, spec.memory_limit_mib)
-        if limits != cgroups.Limits():
-            try:
-                cgroups.apply(rt.qemu.vm_id, pid, limits, self.cgroup_root)
-            except cgroups.CgroupError as exc:
-                raise VMError(f"VM {spec.name} runs, without its limits: {exc}") from exc
 
     async def apply_hardware(
         self, vm: VM, progress: Callable[[float, str], Awaitable[None]] | None = None
@@ -308,6 +329,8 @@ class VMController:
                         target.cpu_weight, target.cpu_limit, target.memory_limit_mib
                     )
                     if pid is not None:
+                        if self.cgroup_root is None:
+                            raise VMError("this agent manages no control groups")
                         try:
                             cgroups.apply(vm.id, pid, limits, self.cgroup_root)
                         except cgroups.CgroupError as exc:
@@ -488,7 +511,8 @@ class VMController:
             if rt.monitor is not None:
                 rt.monitor.cancel()
             shutil.rmtree(rt.qemu.paths.root, ignore_errors=True)
-            cgroups.remove(vm_id, self.cgroup_root)
+            if self.cgroup_root is not None:
+                cgroups.remove(vm_id, self.cgroup_root)
         self._vms.pop(vm_id, None)
 
     async def resolve_disks(self, vm: VM, arriving_from: str | None = None) -> list[ResolvedDisk]:

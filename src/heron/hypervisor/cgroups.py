@@ -5,8 +5,8 @@ memory.limit_in_bytes), as on the machines of this project's tests, and the unif
 (cpu.weight, cpu.max, memory.max) of most production hosts. Which one is detected at run time
 from the mount; what to write is pure (`settings`), so both are unit-tested.
 
-Each VM gets a group `heron/vm-<id>` (v1: one in the cpu and one in the memory tree); QEMU is
-moved into it as a whole (cgroup.procs moves every thread).
+Each VM gets a group `heron/vm-<id>` (v1: one in the cpu and one in the memory tree) that its
+QEMU joins before it starts, limits or not, so a limit given later counts all its memory.
 """
 
 import contextlib
@@ -61,8 +61,11 @@ def settings(cgroup_version: int, limits: Limits) -> dict[str, str]:
     }
 
 
-def apply(vm_id: str, pid: int, limits: Limits, root: Path = ROOT) -> None:
-    """Put QEMU `pid` into its VM's group(s) with `limits`; repeating it changes the limits.
+def prepare(vm_id: str, limits: Limits, root: Path = ROOT) -> list[Path]:
+    """Make the VM's group(s) with `limits`; returns the cgroup.procs files a process writes
+    its pid into to join them. QEMU joins before it starts (`QemuVM.launch`), so every page
+    it ever takes is charged to its group: the kernel no longer moves a process's charges
+    along when it changes group (v2 never did; v1 dropped it in 6.x).
 
     Raises CgroupError when a controller is missing or refuses a value.
     """
@@ -71,23 +74,30 @@ def apply(vm_id: str, pid: int, limits: Limits, root: Path = ROOT) -> None:
     try:
         if cgroup_version == 2:
             _enable_v2(root, name)
-            group = root / name
-            group.mkdir(parents=True, exist_ok=True)
-            for file, value in settings(2, limits).items():
-                (group / file).write_text(value)
-            (group / "cgroup.procs").write_text(str(pid))
-            return
-        groups = {}
-        for controller in ("cpu", "memory"):
-            groups[controller] = root / controller / name
-            groups[controller].mkdir(parents=True, exist_ok=True)
-        for file, value in settings(1, limits).items():
-            controller, _, leaf = file.partition("/")
-            (groups[controller] / leaf).write_text(value)
+            groups = {"": root / name}
+        else:
+            groups = {c: root / c / name for c in ("cpu", "memory")}
         for group in groups.values():
-            (group / "cgroup.procs").write_text(str(pid))
+            group.mkdir(parents=True, exist_ok=True)
+        for file, value in settings(cgroup_version, limits).items():
+            controller, _, leaf = file.rpartition("/")
+            (groups[controller] / leaf).write_text(value)
     except OSError as exc:
         raise CgroupError(f"cgroup limits of VM {vm_id}: {exc}") from exc
+    return [group / "cgroup.procs" for group in groups.values()]
+
+
+def apply(vm_id: str, pid: int, limits: Limits, root: Path = ROOT) -> None:
+    """Give the VM's group(s) `limits` and put QEMU `pid` in them (where it is already when
+    it started there). A memory limit below what QEMU uses is refused (EBUSY on v1).
+
+    Raises CgroupError when a controller is missing or refuses a value.
+    """
+    for procs in prepare(vm_id, limits, root):
+        try:
+            procs.write_text(str(pid))
+        except OSError as exc:
+            raise CgroupError(f"cgroup of VM {vm_id}: {exc}") from exc
 
 
 def remove(vm_id: str, root: Path = ROOT) -> None:

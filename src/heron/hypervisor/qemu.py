@@ -14,6 +14,9 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient
@@ -61,9 +64,12 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, Ho
         pid = self.pid()
         return pid is not None and alive(pid, self.vm_id)
 
-    async def launch(self, args: list[str], pass_fds: tuple[int, ...] = ()) -> int:
-        """Start QEMU, handing it `pass_fds` (its taps); returns once it has daemonized (its
-        devices and sockets exist).
+    async def launch(
+        self, args: list[str], pass_fds: tuple[int, ...] = (), cgroups: Sequence[Path] = ()
+    ) -> int:
+        """Start QEMU, handing it `pass_fds` (its taps), in the control groups whose
+        cgroup.procs files are `cgroups` (joined before it runs); returns once it has
+        daemonized (its devices and sockets exist).
 
         Raises QemuError when QEMU exits with an error or leaves no pidfile.
         """
@@ -76,6 +82,7 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, Ho
                 stderr=qemu_log,
                 start_new_session=True,
                 pass_fds=pass_fds,
+                preexec_fn=partial(_join, tuple(cgroups)) if cgroups else None,
             )
             code = await proc.wait()
         if code != 0:
@@ -252,3 +259,9 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, Ho
             with contextlib.suppress(Exception):
                 await self._qmp.disconnect()
             self._qmp = None
+
+
+def _join(cgroups: tuple[Path, ...]) -> None:
+    """In the child before exec: join the groups, so all QEMU ever allocates is theirs."""
+    for procs in cgroups:
+        procs.write_text("0")  # 0: the writing process itself
