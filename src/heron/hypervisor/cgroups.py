@@ -81,7 +81,12 @@ def prepare(vm_id: str, limits: Limits, root: Path = ROOT) -> list[Path]:
             group.mkdir(parents=True, exist_ok=True)
         for file, value in settings(cgroup_version, limits).items():
             controller, _, leaf = file.rpartition("/")
-            (groups[controller] / leaf).write_text(value)
+            try:
+                (groups[controller] / leaf).write_text(value)
+            except OSError as exc:
+                # EBUSY on a memory limit: below what the VM's QEMU uses now.
+                reason = exc.strerror or str(exc)
+                raise CgroupError(f"VM {vm_id}: {leaf} = {value} refused: {reason}") from exc
     except OSError as exc:
         raise CgroupError(f"cgroup limits of VM {vm_id}: {exc}") from exc
     return [group / "cgroup.procs" for group in groups.values()]

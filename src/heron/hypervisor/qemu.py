@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, Ho
         Raises QemuError when QEMU exits with an error or leaves no pidfile.
         """
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        if cgroups:
+            args = _joining(cgroups, args)
         with open(self.paths.qemu_log, "ab") as qemu_log:
             proc = await asyncio.create_subprocess_exec(
                 *args,
@@ -82,7 +84,6 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, Ho
                 stderr=qemu_log,
                 start_new_session=True,
                 pass_fds=pass_fds,
-                preexec_fn=partial(_join, tuple(cgroups)) if cgroups else None,
             )
             code = await proc.wait()
         if code != 0:
@@ -261,7 +262,9 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, Ho
             self._qmp = None
 
 
-def _join(cgroups: tuple[Path, ...]) -> None:
-    """In the child before exec: join the groups, so all QEMU ever allocates is theirs."""
-    for procs in cgroups:
-        procs.write_text("0")  # 0: the writing process itself
+def _joining(cgroups: Sequence[Path], args: list[str]) -> list[str]:
+    """`args` run by a shell that first joins the groups and then becomes QEMU (exec), so all
+    QEMU ever allocates is theirs. A shell, not a preexec_fn: Python code between fork and
+    exec in a process with threads can crash the child (it did: SIGSEGV)."""
+    joins = "".join(f"echo $$ > {shlex.quote(str(procs))} && " for procs in cgroups)
+    return ["/bin/sh", "-c", f'{joins}exec "$0" "$@"', *args]
