@@ -1,14 +1,16 @@
 """Hotplug into a running test guest (TCG), each change seen from inside the guest: a vCPU,
-memory (a DIMM), a disk and a NIC plugged in, the disk taken out again; and per-disk QoS: an
-IOPS limit set and changed live, measured by direct reads in the guest within 10 %."""
+memory (a DIMM), a disk and a NIC plugged in, the disk taken out again; per-disk QoS: an
+IOPS limit set and changed live, measured by direct reads in the guest within 10 %; CPU and
+memory limits in the QEMU's cgroup (v1 here); and the grown VM live-migrated with all of it."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from netguests import BOOT, network_cluster, shell, vm_dir
-from support import Api, wait_for
+from support import Api, cli, wait_for
 
 from heron.devcluster import DevCluster
 from heron.testguest.build import READY_MARKER
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.integration
 def env(
     tmp_path_factory: pytest.TempPathFactory, testguest: Path
 ) -> Iterator[tuple[DevCluster, Api]]:
-    yield from network_cluster(tmp_path_factory, testguest, "hotplug", nodes=1)
+    yield from network_cluster(tmp_path_factory, testguest, "hotplug", nodes=2)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,7 @@ def guest(env: tuple[DevCluster, Api]) -> Iterator[tuple[dict[str, Any], Command
             "max_vcpus": 2,
             "memory_mib": 256,
             "max_memory_mib": 512,
+            "node": "node1",
             "start": True,
             "disks": [{"pool": "shared", "source": "shared/testguest"}],
         },
@@ -100,6 +103,12 @@ def test_a_vcpu_plugged_in_comes_online_in_the_guest(
     assert api.vm("grow")["pending"] == ["vcpus", "max_vcpus"]
     api.ok("PATCH", "/vms/grow", json={"vcpus": 2, "max_vcpus": 2})
     assert api.vm("grow")["pending"] == []
+    # Bad input: 422 naming the field, nothing changed.
+    bad = api.patch("/vms/grow", json={"max_vcpus": 1})
+    assert bad.status_code == 422 and "max_vcpus" in bad.text, bad.text
+    bad = api.post("/vms", json={"name": "small", "vcpus": 4, "max_vcpus": 2})
+    assert bad.status_code == 422 and "max_vcpus" in bad.text, bad.text
+    assert api.vm("grow")["spec"]["max_vcpus"] == 2
 
 
 def test_memory_plugged_in_adds_to_the_guests_total(
@@ -180,14 +189,24 @@ def measured_iops(channel: CommandChannel, limit: int) -> float:
 def test_an_iops_limit_holds_within_ten_percent_and_changes_live(
     env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
 ) -> None:
-    _, api = env
+    cluster, api = env
     _, channel = guest
     change(api, "POST", "/vms/grow/disks", {"volume": "shared/extra2", "qos": {"iops": 50}})
     until_guest(channel, "ls /sys/block", "vdb", "the guest to see vdb")
     first = measured_iops(channel, 50)
     print(f"IOPS limit 50: measured {first:.1f}")
     assert 45 <= first <= 55, first
-    vm = change(api, "PATCH", "/vms/grow/disks/1", {"qos": {"iops": 100}})
+    # The second change through the CLI, which waits for the task.
+    cli_env = {
+        "HERON_URL": api.url,
+        "HERON_TOKEN": api.token or "",
+        "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+    }
+    shown = json.loads(
+        cli(cli_env, "vm", "disk", "limit", "grow", "1", "--iops", "100", "--json").stdout
+    )
+    assert shown["task"] and shown["spec"]["disks"][1]["qos"]["iops"] == 100
+    vm = api.vm("grow")
     assert vm["status"]["hardware"]["disks"][1]["qos"]["iops"] == 100
     second = measured_iops(channel, 100)
     print(f"IOPS limit 100: measured {second:.1f}")
@@ -197,12 +216,14 @@ def test_an_iops_limit_holds_within_ten_percent_and_changes_live(
     assert bad.status_code == 422 and "iops_burst" in bad.text
     bad = api.patch("/vms/grow/disks/9", json={"qos": {}})
     assert bad.status_code == 404
+    limit = ["vm", "disk", "limit", "grow", "1", "--iops", "10", "--iops-burst", "5"]
+    refused = cli(cli_env, *limit, check=False)
+    assert refused.returncode != 0 and "iops_burst" in refused.stderr, refused.stderr
     assert api.vm("grow")["spec"]["disks"][1]["qos"]["iops"] == 100
     # No limit: much faster than the limit was.
     change(api, "PATCH", "/vms/grow/disks/1", {"qos": {}})
     [unlimited] = timed_reads(channel, 300)
     assert 300 / unlimited > 150
-    assert vm_dir(env[0], vm).exists()
 
 
 def test_cpu_and_memory_limits_put_qemu_in_its_cgroup(
@@ -230,3 +251,29 @@ def test_cpu_and_memory_limits_put_qemu_in_its_cgroup(
     assert api.vm("grow")["state"] == "running"
     change(api, "PATCH", "/vms/grow", {"memory_limit_mib": None})
     assert int((memory / "memory.limit_in_bytes").read_text()) > 2**60
+
+
+def test_the_grown_vm_migrates_with_what_was_plugged_in(
+    env: tuple[DevCluster, Api], guest: tuple[dict[str, Any], CommandChannel]
+) -> None:
+    """The target starts from the running hardware: its DIMM, its vCPUs, its slotted disk."""
+    cluster, api = env
+    _, channel = guest
+    memory = mem_total_kib(channel)
+    channel.close()  # the source's serial socket goes with its QEMU
+    before = api.vm("grow")["status"]["hardware"]
+    assert before["dimms_mib"] == [128], before
+    reply = api.ok("POST", "/vms/grow/actions/migrate", json={"target": "node2"})
+    api.wait_task(reply["task"], timeout=300)
+    moved = api.vm("grow")
+    assert moved["node"] == "node2" and moved["state"] == "running", moved
+    hardware = moved["status"]["hardware"]
+    # Not started afresh there: the very QEMU that received the guest, DIMM and vCPU included.
+    assert (hardware["vcpus"], hardware["memory_mib"], hardware["dimms_mib"]) == (2, 384, [128])
+    assert len(hardware["plugged_vcpus"]) == 1
+    assert len(hardware["disks"]) == 2 and moved["pending"] == []
+    with shell(cluster, moved) as there:
+        assert run(there, "cat /sys/devices/system/cpu/online") == "0-1"
+        assert mem_total_kib(there) == memory
+        assert "vdb" in run(there, "ls /sys/block")
+    assert vm_dir(cluster, moved).exists()

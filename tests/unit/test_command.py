@@ -577,6 +577,17 @@ def test_dimms_plugged_in_while_running_are_on_a_receiving_command_line() -> Non
     assert "pc-dimm,id=dimm1,memdev=dimm1-mem" in devices(args)
 
 
+def test_vcpus_plugged_in_while_running_are_devices_on_a_receiving_command_line() -> None:
+    # A migration target must have them as the source has them: devices, not boot CPUs
+    # (a guest that onlined a plugged-in vCPU died on a target that booted it).
+    vm = grown_vm(
+        vcpus=3, max_vcpus=4, plugged_vcpus=[{"socket-id": 1, "core-id": 0, "thread-id": 0}]
+    )
+    args = args_for(vm)
+    assert value(args, "-smp") == "2,maxcpus=4"
+    assert "max-x86_64-cpu,id=cpu0-1-0,core-id=0,socket-id=1,thread-id=0" in devices(args)
+
+
 def test_disk_slots_are_root_ports_and_a_slotted_disk_sits_in_its_own() -> None:
     args = args_for(grown_vm())
     ports = [d for d in devices(args) if d.startswith("pcie-root-port,id=diskslot")]
@@ -606,6 +617,7 @@ def test_qemu_accepts_room_to_grow(machine: str, tmp_path: Path) -> None:
         memory_mib=384,
         max_memory_mib=1024,
         dimms_mib=[128],
+        plugged_vcpus=[{"socket-id": 0, "core-id": 3, "thread-id": 0}],
         guest_agent=True,
     )
     qemu_accepts(vm, tmp_path, ram=command.ram_kib(256, "tcg", (7, 2)))

@@ -286,8 +286,11 @@ class VMController:
                     await progress(number / len(steps), step)
                 if step == "vcpus":
                     assert plan.vcpus is not None
-                    await rt.qemu.add_vcpus(plan.vcpus)
-                    current = current.model_copy(update={"vcpus": plan.vcpus})
+                    added = await rt.qemu.add_vcpus(plan.vcpus)
+                    plugged = [*current.plugged_vcpus, *added]
+                    current = current.model_copy(
+                        update={"vcpus": plan.vcpus, "plugged_vcpus": plugged}
+                    )
                     done.append(f"{plan.vcpus} vCPUs")
                 elif step == "memory":
                     assert plan.dimm_mib is not None

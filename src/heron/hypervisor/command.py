@@ -150,7 +150,24 @@ def base_memory_mib(spec: VMSpec) -> int:
 def smp(spec: VMSpec) -> str:
     if spec.layout < 3:
         return str(spec.vcpus)
-    return f"{spec.vcpus},maxcpus={reserved_vcpus(spec)}"
+    boot = spec.vcpus - len(spec.plugged_vcpus)
+    return f"{boot},maxcpus={reserved_vcpus(spec)}"
+
+
+def vcpu_id(props: Mapping[str, int]) -> str:
+    """The device id of a vCPU plugged in at `props` (its socket, core, thread)."""
+    return "cpu" + "-".join(f"{props[k]}" for k in sorted(props))
+
+
+def plugged_vcpus(spec: VMSpec, accelerator: str) -> list[str]:
+    """The vCPUs plugged in while the VM ran, as devices: a QEMU receiving its migration
+    must have them as the source has them (devices, not boot CPUs)."""
+    model = "host" if accelerator == "kvm" else "max"
+    args = []
+    for props in spec.plugged_vcpus:
+        place = ",".join(f"{k}={v}" for k, v in sorted(props.items()))
+        args += ["-device", f"{model}-x86_64-cpu,id={vcpu_id(props)},{place}"]
+    return args
 
 
 def memory(spec: VMSpec, ram: int | None) -> list[str]:
@@ -205,6 +222,7 @@ def build(
         "-smp",
         smp(spec),
         *memory(spec, ram),
+        *plugged_vcpus(spec, accelerator),
         "-nodefaults",
         "-no-user-config",
         "-display",

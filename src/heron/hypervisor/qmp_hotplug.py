@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from heron.hypervisor.qmp_base import QemuError, QMPCommands
+from heron.hypervisor.qmp_base import QemuError, QMPCommandError, QMPCommands
 from heron.models.vm import DiskQoS
 
 MIB = 1024 * 1024
@@ -24,9 +24,10 @@ class HotplugCommands(QMPCommands):
         """
         return sum(1 for cpu in await self.execute("query-hotpluggable-cpus") if "qom-path" in cpu)
 
-    async def add_vcpus(self, count: int) -> int:
+    async def add_vcpus(self, count: int) -> list[dict[str, int]]:
         """Plug vCPUs in until the guest has `count` (the guest's OS still has to bring them
-        online); returns how many were added. Safe to repeat.
+        online); returns where each added one sits (its socket-id, core-id, thread-id: the
+        device id is `command.vcpu_id` of it). Safe to repeat.
 
         Raises QemuError when `count` is more than QEMU was started to allow (maxcpus);
         QMPCommandError, QMPSessionError.
@@ -38,13 +39,12 @@ class HotplugCommands(QMPCommands):
         free.sort(key=lambda cpu: tuple(sorted(cpu["props"].items())))
         if count - present > len(free):
             raise QemuError(f"QEMU can take {present + len(free)} vCPUs, not {count}")
-        added = 0
+        added = []
         for cpu in free[: max(0, count - present)]:
-            props = dict(cpu["props"])
-            props.pop("node-id", None)
-            ident = "cpu" + "-".join(str(props[k]) for k in sorted(props))
+            props = {k: int(v) for k, v in cpu["props"].items() if k != "node-id"}
+            ident = "cpu" + "-".join(f"{props[k]}" for k in sorted(props))
             await self.execute("device_add", {"driver": cpu["type"], "id": ident, **props})
-            added += 1
+            added.append(props)
         return added
 
     async def add_dimm(self, dimm_id: str, size_mib: int) -> None:
@@ -96,19 +96,29 @@ class HotplugCommands(QMPCommands):
         Raises QemuError when the guest keeps the device past `timeout` (the disk stays);
         QMPCommandError, QMPSessionError.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if device_id in await self._peripherals():
             await self.execute("device_del", {"id": device_id})
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
             while device_id in await self._peripherals():
                 if loop.time() > deadline:
                     raise QemuError(
                         f"the guest did not release disk {device_id} within {timeout:.0f} s"
                     )
                 await asyncio.sleep(0.2)
-        names = {str(n.get("node-name")) for n in await self.execute("query-named-block-nodes")}
-        if node_name in names:
-            await self.execute("blockdev-del", {"node-name": node_name})
+        while True:
+            names = {str(n.get("node-name")) for n in await self.execute("query-named-block-nodes")}
+            if node_name not in names:
+                return
+            try:
+                await self.execute("blockdev-del", {"node-name": node_name})
+                return
+            except QMPCommandError as exc:
+                # The device leaves the tree before QEMU lets go of its block backend (it
+                # finishes with DEVICE_DELETED): "Node disk1 is in use" for a moment.
+                if "in use" not in exc.desc or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
 
     async def set_disk_qos(self, device_id: str, group: str, qos: DiskQoS) -> None:
         """Give the device `device_id` (the qdev id or path holding the disk's block backend:

@@ -191,6 +191,16 @@ class Hardware(Record):
             raise ValueError("lists a device twice")
         return value
 
+    @model_validator(mode="after")
+    def _maxima(self) -> "Hardware":
+        if self.max_vcpus is not None and self.max_vcpus < self.vcpus:
+            raise ValueError(f"max_vcpus {self.max_vcpus} is below vcpus {self.vcpus}")
+        if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:
+            raise ValueError(
+                f"max_memory_mib {self.max_memory_mib} is below memory_mib {self.memory_mib}"
+            )
+        return self
+
 
 def i440fx(machine: str) -> bool:
     """The old PC board (two IDE buses of two units); every other machine here is q35 (AHCI)."""
@@ -238,6 +248,13 @@ class VMSpec(Hardware):
         "(part of memory_mib; a start gives it all as boot memory)",
     )
 
+    plugged_vcpus: list[dict[str, int]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="of a running QEMU: where each vCPU plugged in since it started sits "
+        "(socket-id, core-id, thread-id); part of vcpus",
+    )
+
     @model_validator(mode="after")
     def _devices(self) -> "VMSpec":
         check_boot_order(self.boot_order, len(self.disks), len(self.nics))
@@ -248,12 +265,6 @@ class VMSpec(Hardware):
         disk_slots = [d.slot for d in self.disks if d.slot is not None]
         if len(set(disk_slots)) != len(disk_slots):
             raise ValueError("two disks share a slot")
-        if self.max_vcpus is not None and self.max_vcpus < self.vcpus:
-            raise ValueError(f"max_vcpus {self.max_vcpus} is below vcpus {self.vcpus}")
-        if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:
-            raise ValueError(
-                f"max_memory_mib {self.max_memory_mib} is below memory_mib {self.memory_mib}"
-            )
         return self
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import ValidationError
+
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
@@ -318,11 +320,20 @@ async def _check_reserve(db: ConfigDB, vm: VM, changes: Mapping[str, object]) ->
         raise Conflict(f"node {vm.node} has {free} MiB free for VMs, the VM would reserve {need}")
 
 
+def _invalid(exc: ValueError) -> Invalid:
+    """A spec the change would make, refused: the first reason, with where it is."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return Invalid(f"body.{where}" if where else "body", first["msg"])
+    return Invalid("body", str(exc) or "invalid")
+
+
 def _merged(vm: VM, changes: Mapping[str, object]) -> VMSpec:
     try:
         return VMSpec.model_validate({**vm.spec.model_dump(), **changes})
     except ValueError as exc:
-        raise Invalid("body", str(exc).splitlines()[-1] if str(exc) else "invalid") from exc
+        raise _invalid(exc) from exc
 
 
 async def _change_hardware(
@@ -502,7 +513,7 @@ async def _revise(
     try:
         spec = VMSpec.model_validate({**vm.spec.model_dump(), **changes})
     except ValueError as exc:
-        raise Invalid("body", str(exc).splitlines()[-1] if str(exc) else "invalid") from exc
+        raise _invalid(exc) from exc
     vm.spec = spec
     txn = Txn().require_revision(entry.key, entry.revision).put(entry.key, vm)
     if extra is not None:
