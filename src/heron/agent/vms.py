@@ -606,6 +606,8 @@ class VMController:
                 probe.cancel()
             rt.agent_status = None
         await rt.qemu.close()
+        if self.cgroup_root is not None:
+            cgroups.remove(vm_id, self.cgroup_root)  # empty now; made again at its next start
         await self._exited(vm_id)
 
     async def _follow(self, vm_id: str, rt: _Runtime) -> None:
