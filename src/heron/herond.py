@@ -43,6 +43,7 @@ from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.ha.controller import FailoverController
 from heron.ha.fence import deadline_for, ha_vms_running, write_beat
+from heron.hypervisor import cgroups
 from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
 from heron.models.node import Node
@@ -161,6 +162,7 @@ async def run(config: AgentConfig) -> None:
         accelerator,
         on_launch=cores.pin_vm,
         qemu_version=await asyncio.to_thread(qemu_version),
+        cgroup_root=cgroups.ROOT,
     )
     migrations = Migrations(db, config.name, config.address, vms)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)

@@ -225,7 +225,7 @@ def test_edits_of_a_running_vm_wait_for_its_next_start(api, image) -> None:
     view = api.vm(vm)
     assert view["pending"] == [] and view["status"]["hardware"]["vcpus"] == 2
     args = Path(f"/proc/{qemu_processes(vm)[0]}/cmdline").read_bytes().split(b"\0")
-    assert args[args.index(b"-smp") + 1] == b"2"
+    assert args[args.index(b"-smp") + 1] == b"2,maxcpus=2"  # layout 3: no room asked for
     act(api, vm, "stop")
     detached = api.ok("DELETE", f"/vms/{vm}/disks/1")
     assert len(detached["spec"]["disks"]) == 1

@@ -535,3 +535,89 @@ def test_new_vms_get_the_guest_agent_and_stored_ones_keep_theirs() -> None:
 def test_qemu_accepts_the_guest_agent_channel(machine: str, tmp_path: Path) -> None:
     vm = make_vm(["virtio"], nics=[{"slot": 0}], machine=machine, layout=2, guest_agent=True)
     qemu_accepts(vm, tmp_path)
+
+
+# -- room to grow (layout 3: hotplug) -----------------------------------------------------------
+
+
+def grown_vm(machine: str = "q35", **hardware: object) -> VM:
+    vm = make_vm(["virtio"], nics=[{"slot": 0}], machine=machine, layout=3, **hardware)
+    disks = [*vm.spec.disks, vm.spec.disks[0].model_copy(update={"volume": "v1", "slot": 2})]
+    return vm.model_copy(update={"spec": vm.spec.model_copy(update={"disks": disks})})
+
+
+def test_layout_3_starts_with_room_for_vcpus_and_memory() -> None:
+    args = args_for(grown_vm(vcpus=2, max_vcpus=6, memory_mib=256, max_memory_mib=1024))
+    assert value(args, "-smp") == "2,maxcpus=6"
+    assert value(args, "-m") == f"{256 * 1024}K,slots=8,maxmem={1024 * 1024}K"
+
+
+def test_layout_3_without_maxima_has_no_memory_slots() -> None:
+    args = args_for(grown_vm(vcpus=2))
+    assert value(args, "-smp") == "2,maxcpus=2"
+    assert value(args, "-m") == "512"
+
+
+def test_the_maximum_keeps_its_distance_from_a_padded_ram() -> None:
+    # TCG pads the boot memory by 8 KiB: the room to grow stays whole DIMM blocks.
+    vm = grown_vm(memory_mib=256, max_memory_mib=512)
+    ram = command.ram_kib(256, "tcg", (7, 2))
+    args = build(vm, resolved(vm), RuntimePaths(Path("/r")), "tcg", ram=ram)
+    assert value(args, "-m") == f"{ram}K,slots=8,maxmem={ram + 256 * 1024}K"
+
+
+def test_dimms_plugged_in_while_running_are_on_a_receiving_command_line() -> None:
+    vm = grown_vm(memory_mib=640, max_memory_mib=1024, dimms_mib=[256, 128])
+    args = args_for(vm)
+    assert value(args, "-m") == f"{256 * 1024}K,slots=8,maxmem={1024 * 1024}K"
+    assert values(args, "-object") == [
+        "memory-backend-ram,id=dimm0-mem,size=256M",
+        "memory-backend-ram,id=dimm1-mem,size=128M",
+    ]
+    assert "pc-dimm,id=dimm1,memdev=dimm1-mem" in devices(args)
+
+
+def test_vcpus_plugged_in_while_running_are_devices_on_a_receiving_command_line() -> None:
+    # A migration target must have them as the source has them: devices, not boot CPUs
+    # (a guest that onlined a plugged-in vCPU died on a target that booted it).
+    vm = grown_vm(
+        vcpus=3, max_vcpus=4, plugged_vcpus=[{"socket-id": 1, "core-id": 0, "thread-id": 0}]
+    )
+    args = args_for(vm)
+    assert value(args, "-smp") == "2,maxcpus=4"
+    assert "max-x86_64-cpu,id=cpu0-1-0,core-id=0,socket-id=1,thread-id=0" in devices(args)
+
+
+def test_disk_slots_are_root_ports_and_a_slotted_disk_sits_in_its_own() -> None:
+    args = args_for(grown_vm())
+    ports = [d for d in devices(args) if d.startswith("pcie-root-port,id=diskslot")]
+    assert len(ports) == 8
+    assert ports[0].endswith("addr=0x18.0x0,multifunction=on")
+    assert props(disk_device(args, 1))["bus"] == "diskslot2"
+    assert "bus" not in props(disk_device(args, 0))
+    # Before every device QEMU places itself, as the NIC slots.
+    assert args.index(ports[-1]) < args.index(disk_device(args, 0))
+
+
+def test_on_i440fx_a_slotted_disk_takes_a_slot_of_the_bus() -> None:
+    args = args_for(grown_vm("pc"))
+    assert not [d for d in devices(args) if "diskslot" in d]
+    placed = props(disk_device(args, 1))
+    assert (placed["bus"], placed["addr"]) == ("pci.0", "0x1a")
+
+
+@pytest.mark.integration
+@needs_qemu
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_qemu_accepts_room_to_grow(machine: str, tmp_path: Path) -> None:
+    vm = grown_vm(
+        machine,
+        vcpus=2,
+        max_vcpus=4,
+        memory_mib=384,
+        max_memory_mib=1024,
+        dimms_mib=[128],
+        plugged_vcpus=[{"socket-id": 0, "core-id": 3, "thread-id": 0}],
+        guest_agent=True,
+    )
+    qemu_accepts(vm, tmp_path, ram=command.ram_kib(256, "tcg", (7, 2)))

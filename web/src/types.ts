@@ -41,6 +41,14 @@ export interface VMStatus {
   guest_agent?: { connected: boolean; version: string | null } | null;
 }
 
+/** A disk's I/O limits; null: no limit. */
+export interface DiskQoS {
+  iops: number | null;
+  iops_burst: number | null;
+  mbps: number | null;
+  mbps_burst: number | null;
+}
+
 export interface VM {
   id: string;
   name: string;
@@ -52,17 +60,22 @@ export interface VM {
   status: VMStatus | null;
   /** Hardware fields changed since its QEMU started: they apply at its next start. */
   pending: string[];
+  /** In the reply to a change: the task giving the running VM what it can take at once. */
+  task?: string | null;
   spec: {
     name: string;
     vcpus: number;
     memory_mib: number;
+    max_vcpus?: number | null;
+    max_memory_mib?: number | null;
+    layout?: number;
     firmware: string;
     machine: string;
     boot_order: string[];
     description: string;
     ha: { enabled: boolean; priority: number };
     group: string | null;
-    disks: { bus: string; volume: string }[];
+    disks: { bus: string; volume: string; slot?: number | null; qos?: DiskQoS }[];
     nics: Nic[];
   };
 }

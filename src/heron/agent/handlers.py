@@ -56,6 +56,7 @@ class Handlers:
             TaskKind.vm_reboot: self.vm_reboot,
             TaskKind.vm_delete: self.vm_delete,
             TaskKind.vm_nics: self.vm_nics,
+            TaskKind.vm_hardware: self.vm_hardware,
             TaskKind.vm_migrate: self.migrations.migrate,
             TaskKind.vm_receive: self.migrations.receive,
             TaskKind.node_drain: Drain(self.db, self.node, self.vms),
@@ -170,6 +171,17 @@ class Handlers:
             raise TaskFailed("the VM is gone")
         try:
             done = await self.vms.sync_nics(entry.value)
+        except (VMError, QemuError) as exc:
+            raise TaskFailed(str(exc)) from exc
+        await self.vms.reconcile(entry.value.id)  # its status shows the running hardware
+        return {"done": done}
+
+    async def vm_hardware(self, ctx: TaskContext) -> dict[str, Any]:
+        entry = await self.db.get(VM, keys.vm(ctx.task.target))
+        if entry is None:
+            raise TaskFailed("the VM is gone")
+        try:
+            done = await self.vms.apply_hardware(entry.value, ctx.progress)
         except (VMError, QemuError) as exc:
             raise TaskFailed(str(exc)) from exc
         await self.vms.reconcile(entry.value.id)  # its status shows the running hardware

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +21,17 @@ from heron.agent.network import NetworkController
 from heron.configdb import ConfigDB, keys
 from heron.errors import AgentError, NetworkError
 from heron.ha import fence
-from heron.hypervisor import command
+from heron.hypervisor import cgroups, command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qga import GuestAgent
+from heron.models import hotplug
 from heron.models.group import effective_ha
 from heron.models.storage import Pool, Volume
 from heron.models.vm import (
     VM,
+    DiskQoS,
+    DiskSpec,
     GuestAgentStatus,
     NicSpec,
     PowerState,
@@ -71,6 +74,7 @@ class VMController:
         accelerator: str,
         on_launch: Callable[[int], None] = lambda _: None,
         qemu_version: tuple[int, int] = (0, 0),
+        cgroup_root: Path | None = None,
     ):
         self.db = db
         self.node = node
@@ -81,6 +85,9 @@ class VMController:
         self._vms: dict[str, _Runtime] = {}
         self.network: NetworkController | None = None  # set by herond where it has one
         self.vhost = vhost_net_available()
+        # Where the VMs' control groups are made (herond: /sys/fs/cgroup); None: nowhere,
+        # and a VM with CPU or memory limits does not start.
+        self.cgroup_root = cgroup_root
         self._jobs: set[asyncio.Task[None]] = set()
 
     def paths(self, vm_id: str) -> RuntimePaths:
@@ -185,7 +192,9 @@ class VMController:
         self._mark_ha(vm.id, effective_ha(vm, await group_of(self.db, vm)).enabled)
         (paths.root / fence.FENCED_MARKER).unlink(missing_ok=True)
         if ram is None:
-            ram = command.ram_kib(vm.spec.memory_mib, self.accelerator, self.qemu_version)
+            ram = command.ram_kib(
+                command.base_memory_mib(vm.spec), self.accelerator, self.qemu_version
+            )
         try:
             taps = await self.network.plug(vm) if self.network else {}
         except NetworkError as exc:
@@ -202,7 +211,11 @@ class VMController:
             rt.guest_shutdown = False
             # Start paused when the user wants it paused, so the guest never runs a cycle.
             paused = ["-S"] if vm.power == PowerState.paused else []
-            pid = await rt.qemu.launch([*args, *paused, *extra], pass_fds=tuple(taps.values()))
+            pid = await rt.qemu.launch(
+                [*args, *paused, *extra],
+                pass_fds=tuple(taps.values()),
+                cgroups=self._cgroups(vm.id, vm.spec),
+            )
         finally:
             # QEMU holds the taps now (or never will): ours go, and theirs keep them alive.
             for fd in taps.values():
@@ -211,6 +224,128 @@ class VMController:
                 self.network.settled(vm.id)
         self.on_launch(pid)
         self._watch(vm.id)
+        await self._limit(rt, vm.spec, pid)
+
+    def _cgroups(self, vm_id: str, spec: VMSpec) -> list[Path]:
+        """The VM's control groups with its CPU and memory limits, for QEMU to start in (so
+        a limit set later counts all of its memory). Without them (no cgroup tree we may
+        write) a VM with no limits still starts; one with limits does not.
+
+        Raises VMError.
+        """
+        limits = cgroups.Limits(spec.cpu_weight, spec.cpu_limit, spec.memory_limit_mib)
+        if self.cgroup_root is None:
+            if limits != cgroups.Limits():
+                raise VMError(f"VM {spec.name} has limits: this agent manages no cgroups")
+            return []
+        try:
+            return cgroups.prepare(vm_id, limits, self.cgroup_root)
+        except cgroups.CgroupError as exc:
+            if limits != cgroups.Limits():
+                raise VMError(f"VM {spec.name}: {exc}") from exc
+            log.warning("VM %s starts outside a cgroup of its own: %s", spec.name, exc)
+            return []
+
+    async def _limit(self, rt: _Runtime, spec: VMSpec, pid: int) -> None:
+        """Give a QEMU just started its disks' I/O limits (not on its command line, nor
+        carried by a migration)."""
+        for index, disk in enumerate(spec.disks):
+            if disk.qos != DiskQoS():
+                backend = command.disk_backend(index, disk.bus)
+                await rt.qemu.set_disk_qos(backend, f"disk{index}", disk.qos)
+
+    async def apply_hardware(
+        self, vm: VM, progress: Callable[[float, str], Awaitable[None]] | None = None
+    ) -> list[str]:
+        """Give the running QEMU what of `vm`'s spec it can take live (`hotplug.plan_live`):
+        vCPUs, a DIMM, disks added or taken from the end, disk I/O limits, cgroup limits.
+        The running spec is written after each step, so a repeat does only what is left.
+        Returns what was done, and what waits for the next start.
+
+        Raises QemuError (QEMU refused a step, the guest kept a disk), VMError.
+        """
+        rt = self.runtime(vm.id)
+        async with rt.lock:
+            running = self.running_spec(vm.id)
+            if running is None or not rt.qemu.running():
+                return ["not running: its hardware applies at its next start"]
+            plan = hotplug.plan_live(running, vm.spec)
+            target = hotplug.applied(running, vm.spec, plan)
+            done: list[str] = []
+            steps = [
+                *(["vcpus"] if plan.vcpus is not None else []),
+                *(["memory"] if plan.dimm_mib is not None else []),
+                *(f"remove{i}" for i in reversed(plan.remove_disks)),
+                *(f"add{i}" for i in plan.add_disks),
+                *(["qos"] if plan.qos else []),
+                *(["cgroup"] if plan.cgroup else []),
+            ]
+            current = running
+            for number, step in enumerate(steps):
+                if progress is not None:
+                    await progress(number / len(steps), step)
+                if step == "vcpus":
+                    assert plan.vcpus is not None
+                    added = await rt.qemu.add_vcpus(plan.vcpus)
+                    plugged = [*current.plugged_vcpus, *added]
+                    current = current.model_copy(
+                        update={"vcpus": plan.vcpus, "plugged_vcpus": plugged}
+                    )
+                    done.append(f"{plan.vcpus} vCPUs")
+                elif step == "memory":
+                    assert plan.dimm_mib is not None
+                    await rt.qemu.add_dimm(command.dimm_id(len(running.dimms_mib)), plan.dimm_mib)
+                    current = current.model_copy(
+                        update={"memory_mib": target.memory_mib, "dimms_mib": target.dimms_mib}
+                    )
+                    done.append(f"plugged in {plan.dimm_mib} MiB of memory")
+                elif step.startswith("remove"):
+                    index = int(step.removeprefix("remove"))
+                    await rt.qemu.remove_disk(f"disk{index}", f"disk{index}-dev")
+                    current = current.model_copy(update={"disks": current.disks[:index]})
+                    done.append(f"unplugged disk{index}")
+                elif step.startswith("add"):
+                    index = int(step.removeprefix("add"))
+                    disk = vm.spec.disks[index]
+                    resolved = await self.resolve_disk(disk)
+                    node = command.format_node(f"disk{index}", resolved.format, resolved.protocol)
+                    with_disk = vm.model_copy(update={"spec": target})
+                    await rt.qemu.add_disk(node, command.disk_device(with_disk, index))
+                    if disk.qos != DiskQoS():
+                        backend = command.disk_backend(index, disk.bus)
+                        await rt.qemu.set_disk_qos(backend, f"disk{index}", disk.qos)
+                    current = current.model_copy(update={"disks": [*current.disks, disk]})
+                    done.append(f"plugged in disk{index}")
+                elif step == "qos":
+                    for index, qos in plan.qos.items():
+                        backend = command.disk_backend(index, current.disks[index].bus)
+                        await rt.qemu.set_disk_qos(backend, f"disk{index}", qos)
+                    disks = [
+                        d.model_copy(update={"qos": plan.qos.get(i, d.qos)})
+                        for i, d in enumerate(current.disks)
+                    ]
+                    current = current.model_copy(update={"disks": disks})
+                    done.append("disk limits " + ", ".join(f"disk{i}" for i in plan.qos))
+                elif step == "cgroup":
+                    pid = rt.qemu.pid()
+                    limits = cgroups.Limits(
+                        target.cpu_weight, target.cpu_limit, target.memory_limit_mib
+                    )
+                    if pid is not None:
+                        if self.cgroup_root is None:
+                            raise VMError("this agent manages no control groups")
+                        try:
+                            cgroups.apply(vm.id, pid, limits, self.cgroup_root)
+                        except cgroups.CgroupError as exc:
+                            raise VMError(str(exc)) from exc
+                    current = current.model_copy(
+                        update={f: getattr(target, f) for f in hotplug.CGROUP_FIELDS}
+                    )
+                    done.append("CPU and memory limits")
+                rt.qemu.paths.hardware.write_text(current.model_dump_json())
+            if plan.pending:
+                done.append("at the next start: " + ", ".join(plan.pending))
+            return done
 
     async def sync_nics(self, vm: VM) -> list[str]:
         """Make the running QEMU's NICs those of `vm`'s spec: unplug the ones gone (or moved
@@ -390,33 +525,34 @@ class VMController:
             if rt.monitor is not None:
                 rt.monitor.cancel()
             shutil.rmtree(rt.qemu.paths.root, ignore_errors=True)
+            if self.cgroup_root is not None:
+                cgroups.remove(vm_id, self.cgroup_root)
         self._vms.pop(vm_id, None)
 
     async def resolve_disks(self, vm: VM, arriving_from: str | None = None) -> list[ResolvedDisk]:
         """How QEMU reaches the VM's disks on this node. During a migration from
         `arriving_from`, that node's local volumes are the copies being made here."""
-        disks = []
-        for disk in vm.spec.disks:
-            volume = await self.db.get(Volume, keys.volume(disk.volume))
-            if volume is None:
-                raise VMError(f"volume {disk.volume} does not exist")
-            if volume.value.state != "ready":
-                raise VMError(f"volume {volume.value.name} is {volume.value.state}")
-            if volume.value.node not in (None, self.node, arriving_from):
-                raise VMError(f"volume {volume.value.name} is on node {volume.value.node}")
-            pool = await self.db.get(Pool, keys.pool(volume.value.pool))
-            if pool is None:
-                raise VMError(f"pool {volume.value.pool} does not exist")
-            driver = driver_for(pool.value, self.state_dir, self.db)
-            try:
-                await driver.prepare()
-                await driver.attach(volume.value, self.node, incoming=arriving_from is not None)
-            except StorageError as exc:
-                raise VMError(str(exc)) from exc
-            disks.append(
-                ResolvedDisk(disk.bus, driver.protocol(volume.value), volume.value.format.value)
-            )
-        return disks
+        return [await self.resolve_disk(disk, arriving_from) for disk in vm.spec.disks]
+
+    async def resolve_disk(self, disk: DiskSpec, arriving_from: str | None = None) -> ResolvedDisk:
+        """How QEMU reaches one disk on this node (see `resolve_disks`)."""
+        volume = await self.db.get(Volume, keys.volume(disk.volume))
+        if volume is None:
+            raise VMError(f"volume {disk.volume} does not exist")
+        if volume.value.state != "ready":
+            raise VMError(f"volume {volume.value.name} is {volume.value.state}")
+        if volume.value.node not in (None, self.node, arriving_from):
+            raise VMError(f"volume {volume.value.name} is on node {volume.value.node}")
+        pool = await self.db.get(Pool, keys.pool(volume.value.pool))
+        if pool is None:
+            raise VMError(f"pool {volume.value.pool} does not exist")
+        driver = driver_for(pool.value, self.state_dir, self.db)
+        try:
+            await driver.prepare()
+            await driver.attach(volume.value, self.node, incoming=arriving_from is not None)
+        except StorageError as exc:
+            raise VMError(str(exc)) from exc
+        return ResolvedDisk(disk.bus, driver.protocol(volume.value), volume.value.format.value)
 
     # -- status --------------------------------------------------------------------------
 
@@ -481,6 +617,8 @@ class VMController:
                 probe.cancel()
             rt.agent_status = None
         await rt.qemu.close()
+        if self.cgroup_root is not None:
+            cgroups.remove(vm_id, self.cgroup_root)  # empty now; made again at its next start
         await self._exited(vm_id)
 
     async def _follow(self, vm_id: str, rt: _Runtime) -> None:

@@ -31,6 +31,47 @@ VM_COLUMNS = [
 FIRMWARE = parse.Choice(get_args(Hardware.model_fields["firmware"].annotation))
 BUS = parse.Choice(get_args(DiskBus))
 
+# Room to grow while running, and limits; 0 for a limit takes it away (in an update).
+MaxVcpus = Annotated[
+    int | None, typer.Option(min=1, help="vCPUs it may grow to while running (reserved)")
+]
+MaxMemory = Annotated[
+    int | None,
+    typer.Option(
+        parser=parse.mebibytes, metavar="SIZE", help="memory it may grow to while running"
+    ),
+]
+CpuWeight = Annotated[
+    int | None, typer.Option(min=0, help="CPU share against other VMs, 100 normal (0: default)")
+]
+CpuLimit = Annotated[
+    int | None, typer.Option(min=0, help="most CPU, percent of one host CPU (0: no limit)")
+]
+MemoryLimit = Annotated[
+    int | None,
+    typer.Option(parser=parse.mebibytes, metavar="SIZE", help="most host memory its QEMU uses"),
+]
+NoMemoryLimit = Annotated[
+    bool, typer.Option("--no-memory-limit", help="take its memory limit away")
+]
+Iops = Annotated[int | None, typer.Option(min=0, help="I/O operations/s (0: no limit)")]
+IopsBurst = Annotated[int | None, typer.Option(min=0, help="I/O operations/s for a burst")]
+Mbps = Annotated[int | None, typer.Option(min=0, help="MiB/s read + written (0: no limit)")]
+MbpsBurst = Annotated[int | None, typer.Option(min=0, help="MiB/s for a burst")]
+
+
+def _limits(**values: int | None) -> dict[str, int | None]:
+    """The limits given; 0 (no limit) is sent as null."""
+    return {k: v or None for k, v in values.items() if v is not None}
+
+
+def _hardware_result(client: Client, view: dict[str, Any], wait: bool, as_json: bool) -> None:
+    """The VM after a change, once the task giving it to the running guest has ended."""
+    if view.get("task") and wait:
+        client.wait_task(view["task"], show=not as_json)
+        view = {**client.get(f"/vms/{view['id']}"), "task": view["task"]}
+    emit(view, as_json, VM_COLUMNS)
+
 
 @app.command("list")
 def vm_list(
@@ -91,6 +132,11 @@ def vm_create(
         bool, typer.Option("--ha", help="restart it elsewhere if its node fails")
     ] = False,
     group: Annotated[str | None, typer.Option(help="VM group (placement rule)")] = None,
+    max_vcpus: MaxVcpus = None,
+    max_memory: MaxMemory = None,
+    cpu_weight: CpuWeight = None,
+    cpu_limit: CpuLimit = None,
+    memory_limit: MemoryLimit = None,
     count: Annotated[int, typer.Option(help="create NAME-001..NAME-N from this template")] = 0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="with --count: only show where")
@@ -112,6 +158,13 @@ def vm_create(
     if node:
         body["node"] = node
     body.update({"ha": {"enabled": ha}, "group": group})
+    body |= _limits(
+        max_vcpus=max_vcpus,
+        max_memory_mib=max_memory,
+        cpu_weight=cpu_weight,
+        cpu_limit=cpu_limit,
+        memory_limit_mib=memory_limit,
+    )
     client = Client()
     if not count:
         finish(client, client.post("/vms", json=body), wait, as_json)
@@ -193,13 +246,21 @@ def vm_update(
         bool | None,
         typer.Option("--guest-agent/--no-guest-agent", help="the guest agent's channel"),
     ] = None,
+    max_vcpus: MaxVcpus = None,
+    max_memory: MaxMemory = None,
+    cpu_weight: CpuWeight = None,
+    cpu_limit: CpuLimit = None,
+    memory_limit: MemoryLimit = None,
+    no_memory_limit: NoMemoryLimit = False,
     revision: Annotated[
         int | None, typer.Option(help="refuse if the VM changed since this revision")
     ] = None,
+    wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Change a VM: hardware takes effect at its next start (shown as pending until then),
-    name, description, group and HA policy at once."""
+    """Change a VM. A running VM gets more vCPUs and memory (up to its maxima) and its CPU
+    and memory limits at once; other hardware at its next start (shown as pending until
+    then); name, description, group and HA policy at once."""
     if group is not None and no_group:
         raise typer.BadParameter("give --group or --no-group, not both")
     client = Client()
@@ -213,6 +274,15 @@ def vm_update(
         "guest_agent": guest_agent,
     }
     body = {k: v for k, v in body.items() if v is not None}
+    body |= _limits(
+        max_vcpus=max_vcpus,
+        max_memory_mib=max_memory,
+        cpu_weight=cpu_weight,
+        cpu_limit=cpu_limit,
+        memory_limit_mib=memory_limit,
+    )
+    if no_memory_limit:
+        body["memory_limit_mib"] = None
     if no_group:
         body["group"] = None
     if ha is not None or ha_priority is not None:
@@ -221,7 +291,7 @@ def vm_update(
             "enabled": current["enabled"] if ha is None else ha,
             "priority": current["priority"] if ha_priority is None else ha_priority,
         }
-    emit(client.request("PATCH", f"/vms/{vm}", json=body), as_json, VM_COLUMNS)
+    _hardware_result(client, client.request("PATCH", f"/vms/{vm}", json=body), wait, as_json)
 
 
 disk_app = typer.Typer(no_args_is_help=True, help="A VM's disks.")
@@ -233,21 +303,49 @@ def disk_attach(
     vm: str,
     volume: Annotated[str, typer.Argument(help="pool/name or id of a free, ready volume")],
     bus: Annotated[str, typer.Option(parser=BUS, help="virtio, scsi, sata or ide")] = "virtio",
+    iops: Iops = None,
+    iops_burst: IopsBurst = None,
+    mbps: Mbps = None,
+    mbps_burst: MbpsBurst = None,
+    wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Give a VM a volume as its next disk (a running VM gets it at its next start)."""
-    data = Client().post(f"/vms/{vm}/disks", json={"volume": volume, "bus": bus})
-    emit(data, as_json, VM_COLUMNS)
+    """Give a VM a volume as its next disk: a running VM gets a virtio disk plugged in at
+    once, others at its next start."""
+    qos = _limits(iops=iops, iops_burst=iops_burst, mbps=mbps, mbps_burst=mbps_burst)
+    client = Client()
+    body = {"volume": volume, "bus": bus, "qos": qos}
+    _hardware_result(client, client.post(f"/vms/{vm}/disks", json=body), wait, as_json)
+
+
+DiskIndex = Annotated[int, typer.Argument(metavar="INDEX", help="0 for disk0")]
+
+
+@disk_app.command("limit")
+def disk_limit(
+    vm: str,
+    index: DiskIndex,
+    iops: Iops = None,
+    iops_burst: IopsBurst = None,
+    mbps: Mbps = None,
+    mbps_burst: MbpsBurst = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Set a disk's I/O limits (those not given: none); a running VM gets them at once."""
+    qos = _limits(iops=iops, iops_burst=iops_burst, mbps=mbps, mbps_burst=mbps_burst)
+    client = Client()
+    reply = client.request("PATCH", f"/vms/{vm}/disks/{index}", json={"qos": qos})
+    _hardware_result(client, reply, wait, as_json)
 
 
 @disk_app.command("detach")
-def disk_detach(
-    vm: str,
-    index: Annotated[int, typer.Argument(metavar="INDEX", help="0 for disk0")],
-    as_json: Json = False,
-) -> None:
-    """Take a disk from a switched-off VM; its volume stays in its pool."""
-    emit(Client().request("DELETE", f"/vms/{vm}/disks/{index}"), as_json, VM_COLUMNS)
+def disk_detach(vm: str, index: DiskIndex, wait: Wait = True, as_json: Json = False) -> None:
+    """Take a disk away; its volume stays in its pool. A running VM gives up only its last
+    disk, one plugged in while it ran; others need it switched off."""
+    client = Client()
+    reply = client.request("DELETE", f"/vms/{vm}/disks/{index}")
+    _hardware_result(client, reply, wait, as_json)
 
 
 nic_app = typer.Typer(no_args_is_help=True, help="A VM's NICs (plugged in at once if it runs).")

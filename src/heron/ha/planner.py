@@ -3,7 +3,7 @@
 from dataclasses import dataclass, replace
 
 from heron.models.group import VMGroup, effective_ha
-from heron.models.vm import VM
+from heron.models.vm import VM, reserved_memory_mib, reserved_vcpus
 from heron.scheduler.placement import NoCapacity, NodeLoad, affinity_for, choose_node
 
 
@@ -40,7 +40,10 @@ def plan_restarts(
         rule = affinity_for(vm.id, groups.get(vm.spec.group or ""), placed)
         try:
             target = choose_node(
-                list(loads.values()), vm.spec.memory_mib, vm.spec.vcpus, affinity=rule
+                list(loads.values()),
+                reserved_memory_mib(vm.spec),
+                reserved_vcpus(vm.spec),
+                affinity=rule,
             )
         except NoCapacity as exc:
             pending.append((vm, f"waiting for capacity: {exc}"))
@@ -48,8 +51,8 @@ def plan_restarts(
         load = loads[target]
         loads[target] = replace(
             load,
-            memory_used_mib=load.memory_used_mib + vm.spec.memory_mib,
-            vcpus_used=load.vcpus_used + vm.spec.vcpus,
+            memory_used_mib=load.memory_used_mib + reserved_memory_mib(vm.spec),
+            vcpus_used=load.vcpus_used + reserved_vcpus(vm.spec),
             vms=load.vms + 1,
         )
         moves.append((vm, target))

@@ -6,7 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heron.models.vm import NIC_SLOTS, VM, DiskBus, i440fx
+from heron.models.vm import (
+    DISK_SLOTS,
+    MEMORY_SLOTS,
+    NIC_SLOTS,
+    VM,
+    DiskBus,
+    VMSpec,
+    i440fx,
+    reserved_memory_mib,
+    reserved_vcpus,
+)
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -80,12 +90,21 @@ def _blockdev(node: str, disk: ResolvedDisk) -> str:
 
 
 def disk_devices(
-    index: int, slot: int, disk: ResolvedDisk, machine: str, bootindex: int | None
+    index: int,
+    slot: int,
+    disk: ResolvedDisk,
+    machine: str,
+    bootindex: int | None,
+    hot_slot: int | None = None,
 ) -> list[str]:
-    """-device arguments for disk `index`, the `slot`-th disk on its bus."""
+    """-device arguments for disk `index`, the `slot`-th disk on its bus; `hot_slot`: the
+    hot-pluggable slot of a virtio disk that has one (layout 3)."""
     node = f"disk{index}"
     tail = f"drive={node},id={node}-dev" + (f",bootindex={bootindex}" if bootindex else "")
     if disk.bus == "virtio":
+        if hot_slot is not None:
+            place = ",".join("=".join(p) for p in disk_slot_place(hot_slot, machine).items())
+            return ["-device", f"virtio-blk-pci,{tail},{place}"]
         return ["-device", f"virtio-blk-pci,{tail}"]
     if disk.bus == "scsi":
         return ["-device", f"scsi-hd,bus=scsi0.0,scsi-id={slot},lun=0,{tail}"]
@@ -122,6 +141,58 @@ def ram_kib(memory_mib: int, accelerator: str, qemu_version: tuple[int, int]) ->
     return exact + TCG_RAM_PAD_KIB if loses_writes(exact, accelerator, qemu_version) else exact
 
 
+def base_memory_mib(spec: VMSpec) -> int:
+    """The memory QEMU gets at start: all of it, but for DIMMs plugged in while it ran
+    (which a QEMU receiving its migration must be given as DIMMs too)."""
+    return spec.memory_mib - sum(spec.dimms_mib)
+
+
+def smp(spec: VMSpec) -> str:
+    if spec.layout < 3:
+        return str(spec.vcpus)
+    boot = spec.vcpus - len(spec.plugged_vcpus)
+    return f"{boot},maxcpus={reserved_vcpus(spec)}"
+
+
+def vcpu_id(props: Mapping[str, int]) -> str:
+    """The device id of a vCPU plugged in at `props` (its socket, core, thread)."""
+    return "cpu" + "-".join(f"{props[k]}" for k in sorted(props))
+
+
+def plugged_vcpus(spec: VMSpec, accelerator: str) -> list[str]:
+    """The vCPUs plugged in while the VM ran, as devices: a QEMU receiving its migration
+    must have them as the source has them (devices, not boot CPUs)."""
+    model = "host" if accelerator == "kvm" else "max"
+    args = []
+    for props in spec.plugged_vcpus:
+        place = ",".join(f"{k}={v}" for k, v in sorted(props.items()))
+        args += ["-device", f"{model}-x86_64-cpu,id={vcpu_id(props)},{place}"]
+    return args
+
+
+def memory(spec: VMSpec, ram: int | None) -> list[str]:
+    """-m (boot memory `ram` KiB, by default exactly the spec's) with room to grow to
+    max_memory_mib, and the DIMMs plugged in while it ran."""
+    if spec.layout < 3 or (reserved_memory_mib(spec) <= spec.memory_mib and not spec.dimms_mib):
+        return ["-m", str(base_memory_mib(spec)) if ram is None else f"{ram}K"]
+    if ram is None:
+        ram = base_memory_mib(spec) * 1024
+    room = (reserved_memory_mib(spec) - base_memory_mib(spec)) * 1024
+    args = ["-m", f"{ram}K,slots={MEMORY_SLOTS},maxmem={ram + room}K"]
+    for index, size in enumerate(spec.dimms_mib):
+        args += [
+            "-object",
+            f"memory-backend-ram,id={dimm_id(index)}-mem,size={size}M",
+            "-device",
+            f"pc-dimm,id={dimm_id(index)},memdev={dimm_id(index)}-mem",
+        ]
+    return args
+
+
+def dimm_id(index: int) -> str:
+    return f"dimm{index}"
+
+
 def build(
     vm: VM,
     disks: list[ResolvedDisk],
@@ -149,9 +220,9 @@ def build(
         "-cpu",
         "host" if accelerator == "kvm" else "max",
         "-smp",
-        str(spec.vcpus),
-        "-m",
-        str(spec.memory_mib) if ram is None else f"{ram}K",
+        smp(spec),
+        *memory(spec, ram),
+        *plugged_vcpus(spec, accelerator),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -190,6 +261,15 @@ def build(
                 f"pcie-root-port,id={nic_port(slot)},chassis={slot + 1},bus=pcie.0,"
                 f"addr={NIC_ADDR + slot:#x}",
             ]
+    if spec.layout >= 3 and not i440fx(spec.machine):
+        # The disk slots: one multifunction PCI slot of root ports, after the NICs'.
+        for slot in range(DISK_SLOTS):
+            args += [
+                "-device",
+                f"pcie-root-port,id={disk_port(slot)},chassis={NIC_SLOTS + slot + 1},"
+                f"bus=pcie.0,addr={DISK_ADDR:#x}.{slot:#x}"
+                + (",multifunction=on" if slot == 0 else ""),
+            ]
     buses = {d.bus for d in disks}
     if "scsi" in buses:
         args += ["-device", "virtio-scsi-pci,id=scsi0"]
@@ -198,7 +278,10 @@ def build(
     for index, disk in enumerate(disks):
         args += ["-blockdev", _blockdev(f"disk{index}", disk)]
         slot = sum(1 for other in disks[:index] if other.bus == disk.bus)
-        args += disk_devices(index, slot, disk, spec.machine, boot.get(f"disk{index}"))
+        hot_slot = spec.disks[index].slot if spec.layout >= 3 else None
+        args += disk_devices(
+            index, slot, disk, spec.machine, boot.get(f"disk{index}"), hot_slot=hot_slot
+        )
     for index, nic in enumerate(spec.nics):
         if nic.network == "none":
             continue
@@ -235,6 +318,40 @@ def guest_agent_devices(paths: RuntimePaths) -> list[str]:
 
 
 NIC_ADDR = 0x10  # the PCI slot of NIC slot 0 (layout 2): clear of what QEMU places itself
+
+
+def disk_backend(index: int, bus: DiskBus) -> str:
+    """The qdev path of the device holding disk `index`'s block backend (what I/O limits are
+    set on): a virtio-blk-pci proxies a virtio-blk device of its own."""
+    device = f"disk{index}-dev"
+    return f"/machine/peripheral/{device}/virtio-backend" if bus == "virtio" else device
+
+
+DISK_ADDR = 0x18  # the PCI slot of the disk slots' root ports (layout 3)
+
+
+def disk_port(slot: int) -> str:
+    return f"diskslot{slot}"
+
+
+def disk_slot_place(slot: int, machine: str) -> dict[str, str]:
+    """Where the virtio disk in hot-pluggable slot `slot` goes: its root port (q35), or a
+    slot of the PCI bus itself (i440fx, whose bus takes devices while running)."""
+    if i440fx(machine):
+        return {"bus": "pci.0", "addr": f"{DISK_ADDR + slot:#x}"}
+    return {"bus": disk_port(slot)}
+
+
+def disk_device(vm: VM, index: int) -> dict[str, str]:
+    """The properties of a hot-pluggable disk's device, plugged into the running VM."""
+    disk = vm.spec.disks[index]
+    assert disk.slot is not None and disk.bus == "virtio"
+    return {
+        "driver": "virtio-blk-pci",
+        "drive": f"disk{index}",
+        "id": f"disk{index}-dev",
+        **disk_slot_place(disk.slot, vm.spec.machine),
+    }
 
 
 def nic_port(slot: int) -> str:

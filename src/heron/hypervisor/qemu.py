@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient
@@ -24,6 +27,7 @@ from heron.hypervisor.qga import GuestAgent
 from heron.hypervisor.qmp_base import QemuError as QemuError  # the agent catches it from here
 from heron.hypervisor.qmp_base import QMPCommandError, QMPSessionError
 from heron.hypervisor.qmp_block import BlockCommands
+from heron.hypervisor.qmp_hotplug import HotplugCommands
 from heron.hypervisor.qmp_migration import MigrationCommands
 from heron.hypervisor.qmp_net import NetCommands
 from heron.hypervisor.qmp_snapshot import SnapshotCommands
@@ -33,7 +37,7 @@ from heron.util.wait import until
 log = logging.getLogger(__name__)
 
 
-class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands):
+class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands, HotplugCommands):
     """The QEMU of one VM on this node: its process, and one QMP session to it that is
     (re)connected when a command needs it."""
 
@@ -60,13 +64,18 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands):
         pid = self.pid()
         return pid is not None and alive(pid, self.vm_id)
 
-    async def launch(self, args: list[str], pass_fds: tuple[int, ...] = ()) -> int:
-        """Start QEMU, handing it `pass_fds` (its taps); returns once it has daemonized (its
-        devices and sockets exist).
+    async def launch(
+        self, args: list[str], pass_fds: tuple[int, ...] = (), cgroups: Sequence[Path] = ()
+    ) -> int:
+        """Start QEMU, handing it `pass_fds` (its taps), in the control groups whose
+        cgroup.procs files are `cgroups` (joined before it runs); returns once it has
+        daemonized (its devices and sockets exist).
 
         Raises QemuError when QEMU exits with an error or leaves no pidfile.
         """
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        if cgroups:
+            args = _joining(cgroups, args)
         with open(self.paths.qemu_log, "ab") as qemu_log:
             proc = await asyncio.create_subprocess_exec(
                 *args,
@@ -251,3 +260,11 @@ class QemuVM(MigrationCommands, BlockCommands, NetCommands, SnapshotCommands):
             with contextlib.suppress(Exception):
                 await self._qmp.disconnect()
             self._qmp = None
+
+
+def _joining(cgroups: Sequence[Path], args: list[str]) -> list[str]:
+    """`args` run by a shell that first joins the groups and then becomes QEMU (exec), so all
+    QEMU ever allocates is theirs. A shell, not a preexec_fn: Python code between fork and
+    exec in a process with threads can crash the child (it did: SIGSEGV)."""
+    joins = "".join(f"echo $$ > {shlex.quote(str(procs))} && " for procs in cgroups)
+    return ["/bin/sh", "-c", f'{joins}exec "$0" "$@"', *args]

@@ -30,6 +30,7 @@ class TaskKind(StrEnum):
     vm_migrate = "vm.migrate"
     vm_receive = "vm.receive"
     vm_nics = "vm.nics"
+    vm_hardware = "vm.hardware"
     node_drain = "node.drain"
     volume_create = "volume.create"
     volume_import = "volume.import"
@@ -111,6 +112,7 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.vm_migrate: MigrateParams,
     TaskKind.vm_receive: NoParams,
     TaskKind.vm_nics: NoParams,
+    TaskKind.vm_hardware: NoParams,
     TaskKind.node_drain: NoParams,
     TaskKind.volume_create: NoParams,
     TaskKind.volume_import: VolumeImportParams,

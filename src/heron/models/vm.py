@@ -54,9 +54,41 @@ class RunState(StrEnum):
     error = "error"
 
 
+DISK_SLOTS = 8  # hot-pluggable disk slots of a layout 3 VM
+
+
+class DiskQoS(Record):
+    """Limits on one disk's I/O (a QEMU throttle group of its own, changed live); a limit
+    left out (null) is no limit. A burst lets the disk go above its limit for one second."""
+
+    iops: int | None = Field(default=None, ge=1, le=1_000_000, description="I/O operations/s")
+    iops_burst: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="I/O operations/s for a short burst"
+    )
+    mbps: int | None = Field(default=None, ge=1, le=100_000, description="MiB/s read + written")
+    mbps_burst: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="MiB/s for a short burst"
+    )
+
+    @model_validator(mode="after")
+    def _bursts(self) -> "DiskQoS":
+        for limit, burst in (("iops", "iops_burst"), ("mbps", "mbps_burst")):
+            value, peak = getattr(self, limit), getattr(self, burst)
+            if peak is not None and (value is None or peak < value):
+                raise ValueError(f"{burst} needs {limit}, and may not be below it")
+        return self
+
+
 class DiskSpec(Record):
     bus: DiskBus = "virtio"
     volume: str = Field(description="id of the pool volume backing this disk")
+    slot: int | None = Field(
+        default=None,
+        ge=0,
+        lt=DISK_SLOTS,
+        description="its hot-pluggable PCI slot (virtio disks attached to a running VM)",
+    )
+    qos: DiskQoS = Field(default_factory=DiskQoS)
 
 
 RATE_IN = "the most the VM receives on it, Mbit/s; none: no limit"
@@ -121,6 +153,36 @@ class Hardware(Record):
         default=False,
         description="a virtio-serial channel for the QEMU guest agent (qemu-ga) in the guest",
     )
+    max_vcpus: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="vCPUs it may grow to while running (reserved on its node); none: vcpus",
+    )
+    max_memory_mib: int | None = Field(
+        default=None,
+        ge=16,
+        le=4 * 1024 * 1024,
+        description="memory it may grow to while running (reserved on its node); none: memory",
+    )
+    cpu_weight: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="its share of contended CPU time against other VMs (100: normal)",
+    )
+    cpu_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=25_600,
+        description="the most CPU time it may use, percent of one host CPU; none: no limit",
+    )
+    memory_limit_mib: int | None = Field(
+        default=None,
+        ge=16,
+        le=8 * 1024 * 1024,
+        description="the most host memory its QEMU may use (RAM and overhead); none: no limit",
+    )
 
     @field_validator("boot_order")
     @classmethod
@@ -128,6 +190,16 @@ class Hardware(Record):
         if len(set(value)) != len(value):
             raise ValueError("lists a device twice")
         return value
+
+    @model_validator(mode="after")
+    def _maxima(self) -> "Hardware":
+        if self.max_vcpus is not None and self.max_vcpus < self.vcpus:
+            raise ValueError(f"max_vcpus {self.max_vcpus} is below vcpus {self.vcpus}")
+        if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:
+            raise ValueError(
+                f"max_memory_mib {self.max_memory_mib} is below memory_mib {self.memory_mib}"
+            )
+        return self
 
 
 def i440fx(machine: str) -> bool:
@@ -153,17 +225,35 @@ def check_boot_order(boot_order: list[str], disks: int, nics: int) -> None:
 
 
 NIC_SLOTS = 8
+MEMORY_SLOTS = 8  # DIMMs a layout 3 VM can take while running
+MEMORY_BLOCK_MIB = 128  # the guest onlines memory in blocks of this size (x86)
 # How QEMU's devices are laid out. 1: as the first releases did (NICs where QEMU puts them);
-# 2: each NIC in a slot of its own that can take one while the VM runs. A VM keeps its layout
-# for life, so a live migration between releases finds the same devices on both sides.
-LAYOUT: Literal[1, 2] = 2
+# 2: each NIC in a slot of its own that can take one while the VM runs; 3: also room to grow
+# (vCPUs up to max_vcpus, DIMM slots up to max_memory_mib, hot-pluggable disk slots). A VM
+# keeps its layout until it starts again, so a live migration between releases finds the same
+# devices on both sides.
+Layout = Literal[1, 2, 3]
+LAYOUT: Layout = 3
 
 
 class VMSpec(Hardware):
     name: Name
     disks: list[DiskSpec] = Field(default_factory=list, max_length=16)
     nics: list[NicSpec] = Field(default_factory=list, max_length=NIC_SLOTS)
-    layout: Literal[1, 2] = Field(default=1, description="QEMU's device layout (see LAYOUT)")
+    layout: Layout = Field(default=1, description="QEMU's device layout (see LAYOUT)")
+    dimms_mib: list[int] = Field(
+        default_factory=list,
+        max_length=MEMORY_SLOTS,
+        description="of a running QEMU: the memory plugged in as DIMMs since it started "
+        "(part of memory_mib; a start gives it all as boot memory)",
+    )
+
+    plugged_vcpus: list[dict[str, int]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="of a running QEMU: where each vCPU plugged in since it started sits "
+        "(socket-id, core-id, thread-id); part of vcpus",
+    )
 
     @model_validator(mode="after")
     def _devices(self) -> "VMSpec":
@@ -172,7 +262,24 @@ class VMSpec(Hardware):
         slots = [n.slot for n in self.nics if n.slot is not None]
         if len(set(slots)) != len(slots):
             raise ValueError("two NICs share a slot")
+        disk_slots = [d.slot for d in self.disks if d.slot is not None]
+        if len(set(disk_slots)) != len(disk_slots):
+            raise ValueError("two disks share a slot")
         return self
+
+
+def reserved_memory_mib(spec: Hardware) -> int:
+    """The memory a node keeps for the VM: what it may grow to while running."""
+    return max(spec.memory_mib, spec.max_memory_mib or 0)
+
+
+def reserved_vcpus(spec: Hardware) -> int:
+    return max(spec.vcpus, spec.max_vcpus or 0)
+
+
+def free_disk_slot(disks: list[DiskSpec]) -> int | None:
+    taken = {d.slot for d in disks}
+    return next((slot for slot in range(DISK_SLOTS) if slot not in taken), None)
 
 
 def free_slot(nics: list[NicSpec]) -> int | None:
@@ -218,24 +325,23 @@ class VMStatus(Record):
     )
 
 
-# What a running QEMU takes only when it starts again (the rest applies at once).
+# What a running QEMU takes only when it starts again, unless `hotplug.plan_live` finds a
+# way to give it at once (the rest applies at once).
 RESTART_FIELDS = (
     "vcpus",
+    "max_vcpus",
     "memory_mib",
+    "max_memory_mib",
     "firmware",
     "machine",
     "boot_order",
     "disks",
     "nics",
     "guest_agent",
+    "cpu_weight",
+    "cpu_limit",
+    "memory_limit_mib",
 )
-
-
-def pending_changes(spec: VMSpec, running: VMSpec | None) -> list[str]:
-    """The fields of `spec` that the running QEMU does not have yet (none when it is off)."""
-    if running is None:
-        return []
-    return [f for f in RESTART_FIELDS if getattr(spec, f) != getattr(running, f)]
 
 
 # -- what users ask for ------------------------------------------------------------------
@@ -300,14 +406,32 @@ class VMUpdate(BaseModel):
     guest_agent: bool | None = Field(
         default=None, description="give it the guest agent's channel (from its next start)"
     )
+    max_vcpus: int | None = Field(default=None, ge=1, le=256)
+    max_memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
+    cpu_weight: int | None = Field(default=None, ge=1, le=10_000)
+    cpu_limit: int | None = Field(
+        default=None, ge=1, le=25_600, description="percent of one host CPU"
+    )
+    memory_limit_mib: int | None = Field(default=None, ge=16, le=8 * 1024 * 1024)
+
+
+class DiskUpdate(BaseModel):
+    """A disk's I/O limits, applied at once to a running VM; the limits given replace all
+    of its previous ones (an empty qos: no limits)."""
+
+    model_config = {"extra": "forbid"}
+    qos: DiskQoS
+    revision: int | None = Field(default=None, description="write only if still at this revision")
 
 
 class DiskAttach(BaseModel):
-    """An existing volume to give a VM as its next disk (applied at its next start)."""
+    """An existing volume to give a VM as its next disk: plugged into it at once if it runs
+    (layout 3, virtio), else at its next start."""
 
     model_config = {"extra": "forbid"}
     volume: str = Field(description="the volume as pool/name or id; ready and not in use")
     bus: DiskBus = "virtio"
+    qos: DiskQoS = Field(default_factory=DiskQoS)
     revision: int | None = Field(default=None, description="write only if still at this revision")
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from heron.errors import SchedulingError
 from heron.models.group import VMGroup as VMGroupRule
 from heron.models.node import Node
-from heron.models.vm import VM, PowerState
+from heron.models.vm import VM, PowerState, reserved_memory_mib, reserved_vcpus
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,9 @@ def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
     for vm in vms:  # one pass: this runs for every create, with thousands of VMs
         count[vm.node] += 1
         if vm.power != PowerState.stopped:
-            memory[vm.node] += vm.spec.memory_mib
-            vcpus[vm.node] += vm.spec.vcpus
+            # What it may grow to while running is kept for it (hotplug).
+            memory[vm.node] += reserved_memory_mib(vm.spec)
+            vcpus[vm.node] += reserved_vcpus(vm.spec)
     return [
         NodeLoad(
             name=n.name,

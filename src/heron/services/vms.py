@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import ValidationError
+
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
 from heron.models.group import VMGroup
+from heron.models.hotplug import plan_live
 from heron.models.migration import MigrateRequest
 from heron.models.network import BUILTIN_NETWORKS
 from heron.models.node import Node
@@ -33,6 +36,7 @@ from heron.models.vm import (
     BatchCreate,
     DiskAttach,
     DiskSpec,
+    DiskUpdate,
     Hardware,
     NicAttach,
     NicSpec,
@@ -43,7 +47,10 @@ from heron.models.vm import (
     VMSpec,
     VMStatus,
     VMUpdate,
+    free_disk_slot,
     free_slot,
+    reserved_memory_mib,
+    reserved_vcpus,
 )
 from heron.network.ipam import release_nics
 from heron.scheduler.inventory import Inventory, group_of
@@ -86,6 +93,15 @@ _DESIRED: dict[str, PowerState | None] = {
 @dataclass
 class NicChange:
     """A VM with its NICs changed, and the task that applies them to its running QEMU."""
+
+    vm: Entry[VM]
+    task: Task | None
+
+
+@dataclass
+class HardwareChange:
+    """A VM with its hardware changed, and the task that gives the running QEMU what it can
+    take at once (`hotplug.plan_live`); the rest is pending until its next start."""
 
     vm: Entry[VM]
     task: Task | None
@@ -217,8 +233,8 @@ async def plan_create(
     try:
         node = choose_node(
             node_loads(nodes, vms),
-            body.memory_mib,
-            body.vcpus,
+            reserved_memory_mib(body),
+            reserved_vcpus(body),
             pinned,
             affinity_for(vm_id, group, vms),
         )
@@ -268,52 +284,140 @@ async def volume_by_ref(db: ConfigDB, ref: str, field: str) -> Volume:
     return entry.value
 
 
-async def update(db: ConfigDB, ref: str, body: VMUpdate) -> Entry[VM]:
-    """Change a VM's hardware (applied at its next start) and policies (at once);
-    `body.revision` guards the write. A `group` given as null takes the VM out of its group."""
+# Limits a null in an update takes away (other fields given as null are left as they are).
+_CLEARABLE = {"group", "max_vcpus", "max_memory_mib", "cpu_weight", "cpu_limit", "memory_limit_mib"}
+
+
+async def update(db: ConfigDB, ref: str, body: VMUpdate, user: str = "") -> HardwareChange:
+    """Change a VM's hardware and policies; a running VM gets at once what it can take
+    (vCPUs and memory up to its maxima, CPU and memory limits) by a `vm.hardware` task, the
+    rest at its next start. `body.revision` guards the write. A `group` or a limit given as
+    null takes it away."""
     entry = await find_vm(db, ref)
     changes = {
         name: value
         for name, value in body.model_dump(exclude_unset=True, exclude={"revision"}).items()
-        if value is not None or name == "group"
+        if value is not None or name in _CLEARABLE
     }
     if changes.get("group") is not None and await db.get_raw(keys.group(changes["group"])) is None:
         raise Invalid("body.group", f"no group {changes['group']!r}")
-    return await _revise(db, entry, body.revision, changes)
+    if any(f in changes for f in ("max_vcpus", "max_memory_mib", "vcpus", "memory_mib")):
+        await _check_reserve(db, entry.value, changes)
+    return await _change_hardware(db, entry, body.revision, changes, user)
 
 
-async def attach_disk(db: ConfigDB, ref: str, body: DiskAttach) -> Entry[VM]:
-    """Give a VM an existing volume as its next disk, used from its next start."""
+async def _check_reserve(db: ConfigDB, vm: VM, changes: Mapping[str, object]) -> None:
+    """A VM may not grow its reservation past what its node has free."""
+    merged = _merged(vm, changes)
+    nodes = await live_nodes(db)
+    if vm.node not in nodes or vm.power == PowerState.stopped:
+        return  # its node is away: HA places it with what it asks for when it comes back
+    others = [e.value for e in await db.list(VM, keys.VMS) if e.value.id != vm.id]
+    load = node_loads({vm.node: nodes[vm.node]}, others)[0]
+    need = reserved_memory_mib(merged)
+    if need > reserved_memory_mib(vm.spec) and not load.fits(need):
+        free = load.memory_mib - load.memory_used_mib
+        raise Conflict(f"node {vm.node} has {free} MiB free for VMs, the VM would reserve {need}")
+
+
+def _invalid(exc: ValueError) -> Invalid:
+    """A spec the change would make, refused: the first reason, with where it is."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return Invalid(f"body.{where}" if where else "body", first["msg"])
+    return Invalid("body", str(exc) or "invalid")
+
+
+def _merged(vm: VM, changes: Mapping[str, object]) -> VMSpec:
+    try:
+        return VMSpec.model_validate({**vm.spec.model_dump(), **changes})
+    except ValueError as exc:
+        raise _invalid(exc) from exc
+
+
+async def _change_hardware(
+    db: ConfigDB,
+    entry: Entry[VM],
+    revision: int | None,
+    changes: Mapping[str, object],
+    user: str,
+) -> HardwareChange:
+    """Write a hardware change; with a `vm.hardware` task when the running QEMU can take
+    some of it at once."""
+    vm = entry.value
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    task = None
+    txn = Txn()
+    if (
+        status is not None
+        and status.value.state in (RunState.running, RunState.paused)
+        and status.value.hardware is not None
+        and plan_live(status.value.hardware, _merged(vm, changes)).live
+    ):
+        task = new_task(TaskKind.vm_hardware, vm.node, vm.id, user)
+        with_task(txn, task)
+    written = await _revise(db, entry, revision, changes, txn)
+    return HardwareChange(vm=written, task=task)
+
+
+async def update_disk(
+    db: ConfigDB, ref: str, index: int, body: DiskUpdate, user: str
+) -> HardwareChange:
+    """Set a disk's I/O limits; a running VM gets them at once."""
+    entry = await find_vm(db, ref)
+    vm = entry.value
+    if not 0 <= index < len(vm.spec.disks):
+        raise NotFound(f"VM {vm.spec.name} has no disk{index}")
+    disks = [
+        {**d.model_dump(), "qos": body.qos.model_dump()} if i == index else d.model_dump()
+        for i, d in enumerate(vm.spec.disks)
+    ]
+    return await _change_hardware(db, entry, body.revision, {"disks": disks}, user)
+
+
+async def attach_disk(db: ConfigDB, ref: str, body: DiskAttach, user: str = "") -> HardwareChange:
+    """Give a VM an existing volume as its next disk: plugged into it at once if it runs
+    (layout 3, virtio: the disk gets a hot-pluggable slot), else used from its next start."""
     entry = await find_vm(db, ref)
     vm = entry.value
     volume = await volume_by_ref(db, body.volume, "body.volume")
     if volume.state != "ready":
         raise Conflict(f"volume {volume.name} is {volume.state}")
-    user = attached([e.value for e in await db.list(VM, keys.VMS)]).get(volume.id)
-    if user is not None:
-        raise Conflict(f"volume {volume.name} is a disk of VM {user}")
+    other = attached([e.value for e in await db.list(VM, keys.VMS)]).get(volume.id)
+    if other is not None:
+        raise Conflict(f"volume {volume.name} is a disk of VM {other}")
     if volume.node not in (None, vm.node):
         raise Invalid(
             "body.volume", f"volume {volume.name} is on node {volume.node}, the VM on {vm.node}"
         )
-    disks = [*vm.spec.disks, DiskSpec(bus=body.bus, volume=volume.id)]
-    return await _revise(db, entry, body.revision, {"disks": [d.model_dump() for d in disks]})
+    slot = free_disk_slot(vm.spec.disks) if vm.spec.layout >= 3 and body.bus == "virtio" else None
+    disk = DiskSpec(bus=body.bus, volume=volume.id, slot=slot, qos=body.qos)
+    disks = [*vm.spec.disks, disk]
+    changes = {"disks": [d.model_dump() for d in disks]}
+    return await _change_hardware(db, entry, body.revision, changes, user)
 
 
-async def detach_disk(db: ConfigDB, ref: str, index: int) -> Entry[VM]:
-    """Take disk `index` from a switched-off VM; its volume stays, free for another VM."""
+async def detach_disk(db: ConfigDB, ref: str, index: int, user: str = "") -> HardwareChange:
+    """Take disk `index` from a VM; its volume stays, free for another VM. A running VM
+    gives up only its last disk, one plugged into a slot (the guest must release it)."""
     entry = await find_vm(db, ref)
     vm = entry.value
     if not 0 <= index < len(vm.spec.disks):
         raise NotFound(f"VM {vm.spec.name} has no disk{index}")
-    status = await db.get(VMStatus, keys.vm_status(vm.id))
-    if vm.power != PowerState.stopped or (
-        status is not None and status.value.state in (RunState.running, RunState.paused)
-    ):
-        # Its QEMU still writes to the volume: free, it could be given to another VM.
-        raise Conflict(f"VM {vm.spec.name} is running: switch it off to take a disk away")
     disks = [d.model_dump() for i, d in enumerate(vm.spec.disks) if i != index]
-    return await _revise(db, entry, None, {"disks": disks})
+    status = await db.get(VMStatus, keys.vm_status(vm.id))
+    running = status is not None and status.value.state in (RunState.running, RunState.paused)
+    if vm.power != PowerState.stopped or running:
+        hardware = status.value.hardware if status is not None and running else None
+        plan = plan_live(hardware, _merged(vm, {"disks": disks})) if hardware else None
+        if plan is None or index not in plan.remove_disks:
+            # Its QEMU still writes to the volume: free, it could be given to another VM.
+            raise Conflict(
+                f"VM {vm.spec.name} is running: only its last disk, one plugged in while it "
+                "ran, can be taken away now; switch it off to take this one"
+            )
+    return await _change_hardware(db, entry, None, {"disks": disks}, user)
 
 
 async def attach_nic(db: ConfigDB, ref: str, body: NicAttach, user: str) -> NicChange:
@@ -409,7 +513,7 @@ async def _revise(
     try:
         spec = VMSpec.model_validate({**vm.spec.model_dump(), **changes})
     except ValueError as exc:
-        raise Invalid("body", str(exc).splitlines()[-1] if str(exc) else "invalid") from exc
+        raise _invalid(exc) from exc
     vm.spec = spec
     txn = Txn().require_revision(entry.key, entry.revision).put(entry.key, vm)
     if extra is not None:
@@ -444,7 +548,12 @@ async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) ->
     rule = affinity_for(vm.id, await group_of(db, vm), vms)
     try:
         target = migration_target(
-            node_loads(nodes, vms), vm.node, vm.spec.memory_mib, vm.spec.vcpus, rule, request.target
+            node_loads(nodes, vms),
+            vm.node,
+            reserved_memory_mib(vm.spec),
+            reserved_vcpus(vm.spec),
+            rule,
+            request.target,
         )
     except UnknownNode as exc:
         raise Invalid("body.target", str(exc)) from exc

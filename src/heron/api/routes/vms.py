@@ -11,11 +11,13 @@ from heron.api.auth import Principal
 from heron.api.context import ApiContext
 from heron.configdb import ConfigDB, Entry, keys
 from heron.models.common import Name
+from heron.models.hotplug import pending_changes
 from heron.models.migration import MigrateRequest
 from heron.models.vm import (
     VM,
     BatchCreate,
     DiskAttach,
+    DiskUpdate,
     NicAttach,
     NicUpdate,
     PowerState,
@@ -24,7 +26,6 @@ from heron.models.vm import (
     VMSpec,
     VMStatus,
     VMUpdate,
-    pending_changes,
 )
 from heron.scheduler.inventory import Inventory
 from heron.services import vms as vm_service
@@ -57,6 +58,11 @@ class VMView(BaseModel):
     )
     revision: int
     created_at: float
+    task: str | None = Field(
+        default=None,
+        description="in the reply to a change: the task giving the running VM what it can "
+        "take at once (null: nothing, or all at its next start)",
+    )
 
 
 class NicChangeView(BaseModel):
@@ -215,24 +221,40 @@ async def create_vms(
 
 @router.patch("/vms/{ref}", response_model=VMView)
 async def update_vm(
-    ref: Name, body: VMUpdate, request: Request, _: Principal = Depends(auth.operator)
+    ref: Name, body: VMUpdate, request: Request, principal: Principal = Depends(auth.operator)
 ) -> VMView:
+    """Change the VM: a running VM (layout 3) gets more vCPUs and memory up to its maxima,
+    and its CPU and memory limits, at once by the `task`; the rest is `pending` until its
+    next start."""
     db = _ctx(request).db
-    entry = await vm_service.update(db, ref, body)
-    request.state.audit_target = entry.value.id
-    return await _one_view(db, entry)
+    change = await vm_service.update(db, ref, body, principal.user)
+    return await _hardware_view(db, request, change)
 
 
 @router.post("/vms/{ref}/disks", response_model=VMView, status_code=201)
 async def attach_disk(
-    ref: Name, body: DiskAttach, request: Request, _: Principal = Depends(auth.operator)
+    ref: Name, body: DiskAttach, request: Request, principal: Principal = Depends(auth.operator)
 ) -> VMView:
-    """Give the VM an existing volume as its next disk; a running VM gets it at its next
-    start (the disk is listed in `pending` until then)."""
+    """Give the VM an existing volume as its next disk: a running VM (layout 3, virtio) gets
+    it plugged in by the `task`; otherwise at its next start (listed in `pending` until then)."""
     db = _ctx(request).db
-    entry = await vm_service.attach_disk(db, ref, body)
-    request.state.audit_target = entry.value.id
-    return await _one_view(db, entry)
+    change = await vm_service.attach_disk(db, ref, body, principal.user)
+    return await _hardware_view(db, request, change)
+
+
+@router.patch("/vms/{ref}/disks/{index}", response_model=VMView)
+async def update_disk(
+    ref: Name,
+    body: DiskUpdate,
+    index: int = Path(ge=0, le=15, description="the disk's place: 0 for disk0"),
+    *,
+    request: Request,
+    principal: Principal = Depends(auth.operator),
+) -> VMView:
+    """Set a disk's I/O limits (IOPS, bandwidth, bursts); a running VM gets them at once."""
+    db = _ctx(request).db
+    change = await vm_service.update_disk(db, ref, index, body, principal.user)
+    return await _hardware_view(db, request, change)
 
 
 @router.delete("/vms/{ref}/disks/{index}", response_model=VMView)
@@ -241,13 +263,21 @@ async def detach_disk(
     index: int = Path(ge=0, le=15, description="the disk's place: 0 for disk0"),
     *,
     request: Request,
-    _: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.operator),
 ) -> VMView:
-    """Take a disk from a switched-off VM; its volume stays in its pool."""
+    """Take a disk away; its volume stays in its pool. A running VM gives up only its last
+    disk, one plugged in while it ran (the `task` unplugs it); others need it switched off."""
     db = _ctx(request).db
-    entry = await vm_service.detach_disk(db, ref, index)
-    request.state.audit_target = entry.value.id
-    return await _one_view(db, entry)
+    change = await vm_service.detach_disk(db, ref, index, principal.user)
+    return await _hardware_view(db, request, change)
+
+
+async def _hardware_view(
+    db: ConfigDB, request: Request, change: vm_service.HardwareChange
+) -> VMView:
+    request.state.audit_target = change.vm.value.id
+    view = await _one_view(db, change.vm)
+    return view.model_copy(update={"task": change.task.id if change.task else None})
 
 
 @router.post("/vms/{ref}/nics", response_model=NicChangeView, status_code=201)
