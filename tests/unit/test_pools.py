@@ -164,9 +164,10 @@ def test_what_each_pool_type_can_do() -> None:
             pool(type="block", path="/dev/mapper", pattern="mpath*")]  # fmt: skip
     rbd, ardfs = pool(type="rbd", rbd_pool="vms"), pool(type="ardfs")
     files = (VolumeFormat.qcow2, VolumeFormat.raw)
-    assert capabilities(local) == Capabilities(shared=False, formats=files)
-    assert capabilities(shared_dir) == Capabilities(shared=True, formats=files)
-    assert capabilities(nfs) == Capabilities(formats=files, mounted=True)
+    linked = {"formats": files, "linked_clones": True}  # qcow2 overlays
+    assert capabilities(local) == Capabilities(shared=False, **linked)
+    assert capabilities(shared_dir) == Capabilities(shared=True, **linked)
+    assert capabilities(nfs) == Capabilities(mounted=True, **linked)
     for lun in luns:
         assert capabilities(lun) == Capabilities(scanned=True)
     assert capabilities(rbd) == Capabilities()

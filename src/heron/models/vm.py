@@ -190,6 +190,10 @@ class VM(Record):
     power: PowerState = PowerState.stopped
     generation: int = 1
     created_at: float
+    template: bool = Field(
+        default=False,
+        description="a template: it never starts or migrates; VMs are cloned from it",
+    )
 
 
 class GuestAgentStatus(Record):
@@ -356,3 +360,49 @@ class BatchCreate(VMCreate):
     name: NamePrefix = Field(description="prefix of the names")
     count: int = Field(ge=1, le=1000)
     dry_run: bool = Field(default=False, description="only say where each VM would go")
+    template: Name | None = Field(
+        default=None,
+        description="clone each VM from this template VM (its hardware, disks and NICs; "
+        "fresh MACs and addresses); `disks` and the hardware fields are then not given",
+    )
+    linked: bool = Field(
+        default=True, description="with `template`: linked clones (copy-on-write) of its disks"
+    )
+    pool: Name | None = Field(
+        default=None, description="with `template`: pool for full clones (default: the source's)"
+    )
+
+
+class TemplateSet(BaseModel):
+    """Make a stopped VM a template (it cannot start or migrate), or a template a VM again."""
+
+    model_config = {"extra": "forbid"}
+    template: bool
+    revision: int | None = Field(default=None, description="write only if still at this revision")
+
+
+class CloneRequest(BaseModel):
+    """A new VM with copies of a VM's (or a template's, or a snapshot's) disks and its
+    hardware; its NICs get fresh MACs and addresses."""
+
+    model_config = {"extra": "forbid"}
+    name: Name = Field(description="the new VM's name")
+    snapshot: Name | None = Field(
+        default=None, description="clone this snapshot of the source (id or name), not its disks"
+    )
+    linked: bool = Field(
+        default=False,
+        description="share the source's blocks copy-on-write (a template's disks, or a snapshot "
+        "on a pool that clones snapshots itself); the source then cannot be deleted",
+    )
+    full_if_unlinked: bool = Field(
+        default=False,
+        description="with `linked`: make a full copy of a disk whose pool cannot link one, "
+        "instead of refusing",
+    )
+    pool: Name | None = Field(
+        default=None, description="pool for full copies (default: each source volume's pool)"
+    )
+    node: Name | None = Field(default=None, description="where the clone runs; chosen if omitted")
+    description: str | None = Field(default=None, max_length=1024)
+    start: bool = False

@@ -57,6 +57,7 @@ class VMView(BaseModel):
     )
     revision: int
     created_at: float
+    template: bool = Field(default=False, description="a template: it never starts")
 
 
 class NicChangeView(BaseModel):
@@ -96,6 +97,7 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
         pending=pending_changes(vm.spec, status.hardware if status and known else None),
         revision=revision,
         created_at=vm.created_at,
+        template=vm.template,
     )
 
 
@@ -156,7 +158,7 @@ def _render_all(
     return rendered
 
 
-async def _one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
+async def one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
     """One VM's view, read from etcd (not the caches): right after a change, it shows it."""
     found = await db.get(VMStatus, keys.vm_status(entry.value.id))
     alive = entry.value.node in await live_nodes(db)
@@ -166,7 +168,7 @@ async def _one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
 @router.get("/vms/{ref}", response_model=VMView)
 async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
     db = _ctx(request).db
-    return await _one_view(db, await find_vm(db, ref))
+    return await one_view(db, await find_vm(db, ref))
 
 
 @router.post("/vms", response_model=TaskRef, status_code=202)
@@ -220,7 +222,7 @@ async def update_vm(
     db = _ctx(request).db
     entry = await vm_service.update(db, ref, body)
     request.state.audit_target = entry.value.id
-    return await _one_view(db, entry)
+    return await one_view(db, entry)
 
 
 @router.post("/vms/{ref}/disks", response_model=VMView, status_code=201)
@@ -232,7 +234,7 @@ async def attach_disk(
     db = _ctx(request).db
     entry = await vm_service.attach_disk(db, ref, body)
     request.state.audit_target = entry.value.id
-    return await _one_view(db, entry)
+    return await one_view(db, entry)
 
 
 @router.delete("/vms/{ref}/disks/{index}", response_model=VMView)
@@ -247,7 +249,7 @@ async def detach_disk(
     db = _ctx(request).db
     entry = await vm_service.detach_disk(db, ref, index)
     request.state.audit_target = entry.value.id
-    return await _one_view(db, entry)
+    return await one_view(db, entry)
 
 
 @router.post("/vms/{ref}/nics", response_model=NicChangeView, status_code=201)
@@ -293,7 +295,7 @@ async def detach_nic(
 
 async def _nic_view(db: ConfigDB, request: Request, change: vm_service.NicChange) -> NicChangeView:
     request.state.audit_target = change.vm.value.id
-    view = await _one_view(db, change.vm)
+    view = await one_view(db, change.vm)
     return NicChangeView(vm=view, task=change.task.id if change.task else None)
 
 
