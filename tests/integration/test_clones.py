@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import Api, serial_lines, wait_for
+from support import Api, cli, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
 
@@ -237,3 +237,29 @@ def test_batch_from_a_template(api: Api, image: str):
     assert len({vm["spec"]["nics"][0]["mac"] for vm in vms}) == 3
     for vm in vms:
         assert volume(api, vm, 0)["origin"]["linked"] is True
+
+
+def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, tmp_path: Path) -> None:
+    cluster, token = cluster1
+    env = {
+        "HERON_URL": cluster.nodes[0].url,
+        "HERON_TOKEN": token,
+        "HERON_CONFIG": str(tmp_path / "cli.json"),
+    }
+    cli(env, "vm", "create", "cli-tpl", "--memory", "64M", "--disk", "local:1M")
+    cli(env, "vm", "template", "cli-tpl")
+    assert "template" in cli(env, "vm", "show", "cli-tpl").stdout
+    refused = cli(env, "vm", "start", "cli-tpl", check=False)
+    assert refused.returncode != 0 and "template" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    cli(env, "vm", "clone", "cli-tpl", "cli-linked", "--linked")
+    cli(env, "vm", "create", "cli-desk", "--count", "2", "--template", "cli-tpl", "--full")
+    for name in ("cli-linked", "cli-desk-001", "cli-desk-002"):
+        disk = api.vm(name)["spec"]["disks"][0]["volume"]
+        made = next(v for v in api.ok("GET", "/pools/local/volumes") if v["id"] == disk)
+        assert made["origin"]["linked"] is (name == "cli-linked"), made
+    gone = cli(env, "vm", "delete", "cli-tpl", check=False)
+    assert gone.returncode != 0 and "cli-linked-disk0" in gone.stderr, gone.stderr
+    cli(env, "vm", "delete", "cli-linked", "--volumes")
+    cli(env, "vm", "template", "cli-tpl", "--off")
+    assert api.vm("cli-tpl")["template"] is False

@@ -111,6 +111,7 @@ FREE_TEXT = {
     "security_group",  # names of security groups, checked by the API
     "remote_group",
     "snapshot",  # a VM's snapshot, by name or id
+    "template",  # a template VM's name
 }
 
 

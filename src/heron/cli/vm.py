@@ -5,7 +5,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 
-from heron.cli import console, parse, snapshot
+from heron.cli import console, parse, snapshot, template
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
@@ -14,6 +14,8 @@ from heron.models.vm import DiskBus, Hardware, NicModel
 
 app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
 app.add_typer(snapshot.app, name="snapshot")
+app.command("template")(template.vm_template)
+app.command("clone")(template.vm_clone)
 
 VM_COLUMNS = [
     ("name", lambda v: v["name"]),
@@ -47,7 +49,12 @@ def _guest_agent(v: dict[str, Any]) -> str | None:
     return f"connected{version}" if agent["connected"] else f"not connected{version}"
 
 
-SHOW_COLUMNS = [*VM_COLUMNS[:-1], ("guest agent", _guest_agent), VM_COLUMNS[-1]]
+SHOW_COLUMNS = [
+    *VM_COLUMNS[:-1],
+    ("guest agent", _guest_agent),
+    ("template", lambda v: v.get("template") or None),
+    VM_COLUMNS[-1],
+]
 
 
 @app.command("show")
@@ -92,6 +99,13 @@ def vm_create(
     ] = False,
     group: Annotated[str | None, typer.Option(help="VM group (placement rule)")] = None,
     count: Annotated[int, typer.Option(help="create NAME-001..NAME-N from this template")] = 0,
+    template: Annotated[
+        str | None,
+        typer.Option(help="with --count: clone a template VM (its hardware, disks and NICs)"),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="with --template: full copies, not linked clones")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="with --count: only show where")
     ] = False,
@@ -113,10 +127,17 @@ def vm_create(
         body["node"] = node
     body.update({"ha": {"enabled": ha}, "group": group})
     client = Client()
+    if template is not None and not count:
+        raise typer.BadParameter("--template is for --count (one clone: heron vm clone)")
     if not count:
         finish(client, client.post("/vms", json=body), wait, as_json)
         return
-    reply = client.post("/vms/batch", json={**body, "count": count, "dry_run": dry_run})
+    batch = {**body, "count": count, "dry_run": dry_run}
+    if template is not None:
+        batch.update(template=template, linked=not full, disks=[], nics=[])
+    elif full:
+        raise typer.BadParameter("--full is for --template")
+    reply = client.post("/vms/batch", json=batch)
     if wait and not dry_run:
         for item in reply["vms"]:
             client.wait_task(item["task"], show=not as_json)
