@@ -52,6 +52,8 @@ export interface VM {
   status: VMStatus | null;
   /** Hardware fields changed since its QEMU started: they apply at its next start. */
   pending: string[];
+  /** A template: it never starts; VMs are cloned from it. */
+  template: boolean;
   spec: {
     name: string;
     vcpus: number;

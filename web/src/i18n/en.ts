@@ -846,6 +846,23 @@ const en = {
   "guest.removed": "Hook {name} removed from {vm}",
   "guest.badName": "A hook name is 1–64 letters, digits, '-' or '_'.",
   "guest.tooLarge": "A hook is at most 256 KiB.",
+  "clone.title": "Clone",
+  "clone.new": "Clone…",
+  "clone.submit": "Clone now",
+  "clone.started": "Clone {name} is being made",
+  "clone.open": "Open the clone",
+  "clone.snapshot": "From",
+  "clone.current": "Its disks as they are now",
+  "clone.isTemplate": "Template: it does not start; VMs are cloned from it",
+  "clone.makeTemplate": "Make a template",
+  "clone.makeVm": "Make a VM again",
+  "clone.madeTemplate": "{name} is a template now",
+  "clone.madeVm": "{name} is a VM again",
+  "field.linked": "Linked clone (copy-on-write)",
+  "field.full_if_unlinked": "Copy what cannot be linked",
+  "field.pool": "Pool",
+  "field.start": "Start it once made",
+  "hint.linked": "Shares the template’s blocks: made at once, whatever the disk size; the template stays while it exists.",
 };
 
 export default en;

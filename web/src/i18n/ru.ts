@@ -848,6 +848,23 @@ const ru: Record<keyof typeof en, string> = {
   "guest.removed": "Хук {name} удалён из {vm}",
   "guest.badName": "Имя хука: 1–64 латинских букв, цифр, «-» или «_».",
   "guest.tooLarge": "Хук не больше 256 КиБ.",
+  "clone.title": "Клонирование",
+  "clone.new": "Клонировать…",
+  "clone.submit": "Клонировать",
+  "clone.started": "Создаётся клон {name}",
+  "clone.open": "Открыть клон",
+  "clone.snapshot": "Источник",
+  "clone.current": "Текущие диски",
+  "clone.isTemplate": "Шаблон: не запускается, из него клонируют ВМ",
+  "clone.makeTemplate": "Сделать шаблоном",
+  "clone.makeVm": "Снова сделать ВМ",
+  "clone.madeTemplate": "{name} теперь шаблон",
+  "clone.madeVm": "{name} снова ВМ",
+  "field.linked": "Связанный клон (копирование при записи)",
+  "field.full_if_unlinked": "Копировать то, что нельзя связать",
+  "field.pool": "Пул",
+  "field.start": "Запустить после создания",
+  "hint.linked": "Использует блоки шаблона: создаётся сразу, каков бы ни был размер диска; шаблон не удалить, пока клон существует.",
 };
 
 export default ru;
