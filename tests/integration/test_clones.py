@@ -13,6 +13,7 @@ import pytest
 from support import Api, cli, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
+from heron.hypervisor import cloudinit
 
 pytestmark = pytest.mark.integration
 
@@ -263,3 +264,39 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, tmp_path: Path) -> 
     cli(env, "vm", "delete", "cli-linked", "--volumes")
     cli(env, "vm", "template", "cli-tpl", "--off")
     assert api.vm("cli-tpl")["template"] is False
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeronTestKeyOnly alice@test"
+
+
+def test_batch_with_cloud_init_gives_each_vm_its_identity(
+    cluster1: tuple[DevCluster, str], api: Api, image: str
+):
+    cluster, _ = cluster1
+    stopped_vm(api, "ci-tpl", image)
+    api.ok("PUT", "/vms/ci-tpl/template", json={"template": True})
+    seed = {"users": [{"name": "alice", "ssh_keys": [KEY], "sudo": True}]}
+    bad = {**seed, "users": [{"name": "alice", "ssh_keys": ["not a key"]}]}
+    refused(
+        api, "POST", "/vms/batch", 422, "body.cloud_init.users.0.ssh_keys.0",
+        json={"name": "ci", "count": 2, "template": "ci-tpl", "cloud_init": bad},
+    )  # fmt: skip
+    body = {"name": "ci", "count": 2, "template": "ci-tpl", "cloud_init": seed, "start": True}
+    reply = api.ok("POST", "/vms/batch", json=body)
+    seen = set()
+    for item in reply["vms"]:
+        api.wait_task(item["task"], timeout=300)
+        vm = api.vm(item["vm"])
+        assert vm["spec"]["cloud_init"]["users"][0]["name"] == "alice"
+        root = Path(cluster.nodes[0].state_dir) / "vms" / vm["id"]
+        files = cloudinit.read_iso(root / "cidata.iso")
+        meta = json.loads(files["meta-data"])
+        assert meta == {"instance-id": vm["id"], "local-hostname": vm["name"]}
+        assert KEY in files["user-data"].decode()
+        seen.add(files["meta-data"])
+        # Its QEMU has the seed, read-only, as its last disk.
+        pid = vm["status"]["pid"]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"virtio-blk-pci,drive=cidata,id=cidata-dev" in cmdline
+        assert json.loads(cmdline[cmdline.index(b"-blockdev", len(cmdline) - 6) + 1])["read-only"]
+    assert len(seen) == 2

@@ -100,6 +100,64 @@ class HAPolicy(Record):
     )
 
 
+HOSTNAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+LOGIN_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+SSH_KEY_PATTERN = (
+    r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [^\n]*)?$"
+)
+PASSWORD_HASH_PATTERN = r"^\$[0-9a-z]+\$[^\s:]+$"
+Hostname = Annotated[
+    str,
+    AfterValidator(matching(HOSTNAME_PATTERN, "is not a hostname (a-z, 0-9, '-'; 1-63)")),
+    string_schema(HOSTNAME_PATTERN, 1, 63),
+]
+Login = Annotated[
+    str,
+    AfterValidator(matching(LOGIN_PATTERN, "is not a user name (a-z, 0-9, '_', '-'; 1-32)")),
+    string_schema(LOGIN_PATTERN, 1, 32),
+]
+SshKey = Annotated[
+    str,
+    AfterValidator(matching(SSH_KEY_PATTERN, "is not an OpenSSH public key line")),
+    string_schema(SSH_KEY_PATTERN, 1, 16384),
+]
+PasswordHash = Annotated[
+    str,
+    AfterValidator(matching(PASSWORD_HASH_PATTERN, "is not a crypt(3) hash ($6$salt$...)")),
+    string_schema(PASSWORD_HASH_PATTERN, 1, 512),
+]
+
+
+class CloudUser(Record):
+    """A user cloud-init makes in the guest."""
+
+    name: Login
+    ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16)
+    password_hash: PasswordHash | None = Field(
+        default=None, description="crypt(3) hash (mkpasswd -m sha-512); none: no password login"
+    )
+    sudo: bool = Field(default=False, description="may run anything as root without a password")
+
+
+class CloudInit(Record):
+    """What cloud-init in the guest is told, from a NoCloud seed Heron builds (an ISO labelled
+    cidata, the VM's last disk, read-only). Each VM gets its own identity: its id is the
+    instance-id, and its name the hostname unless one is given."""
+
+    hostname: Hostname | None = Field(default=None, description="none: the VM's name")
+    users: list[CloudUser] = Field(default_factory=list, max_length=16)
+    user_data: str = Field(
+        default="",
+        max_length=65536,
+        description="more user-data (#cloud-config, a script...), given to cloud-init too",
+    )
+    network: bool = Field(
+        default=True,
+        description="network-config from the NICs' addresses on networks with a subnet "
+        "(static); other NICs: DHCP",
+    )
+
+
 class Hardware(Record):
     """The VM's hardware and policies; shared by the stored spec and the create request."""
 
@@ -120,6 +178,10 @@ class Hardware(Record):
     guest_agent: bool = Field(
         default=False,
         description="a virtio-serial channel for the QEMU guest agent (qemu-ga) in the guest",
+    )
+
+    cloud_init: CloudInit | None = Field(
+        default=None, description="give the guest a cloud-init NoCloud seed; none: no seed"
     )
 
     @field_validator("boot_order")
@@ -232,6 +294,7 @@ RESTART_FIELDS = (
     "disks",
     "nics",
     "guest_agent",
+    "cloud_init",
 )
 
 
@@ -303,6 +366,9 @@ class VMUpdate(BaseModel):
     )
     guest_agent: bool | None = Field(
         default=None, description="give it the guest agent's channel (from its next start)"
+    )
+    cloud_init: CloudInit | None = Field(
+        default=None, description="its cloud-init seed (next start); null given: none"
     )
 
 
@@ -405,4 +471,7 @@ class CloneRequest(BaseModel):
     )
     node: Name | None = Field(default=None, description="where the clone runs; chosen if omitted")
     description: str | None = Field(default=None, max_length=1024)
+    cloud_init: CloudInit | None = Field(
+        default=None, description="its own cloud-init seed; none: the source's (own hostname)"
+    )
     start: bool = False

@@ -282,6 +282,8 @@ async def plan_clone(
     ]
     if body.description is not None:
         hardware["description"] = body.description
+    if body.cloud_init is not None:
+        hardware["cloud_init"] = body.cloud_init.model_dump()
     spec = VMSpec(
         **hardware,
         name=body.name,

@@ -126,6 +126,7 @@ async def create_batch(
                 node=body.node,
                 start=body.start,
                 description=body.description or None,
+                cloud_init=body.cloud_init,
             )
             plan = await clones.plan_clone(db, template, request, nodes, vms, user, None)
             vms.append(plan.vm)
@@ -301,7 +302,7 @@ async def update(db: ConfigDB, ref: str, body: VMUpdate) -> Entry[VM]:
     changes = {
         name: value
         for name, value in body.model_dump(exclude_unset=True, exclude={"revision"}).items()
-        if value is not None or name == "group"
+        if value is not None or name in ("group", "cloud_init")
     }
     if changes.get("group") is not None and await db.get_raw(keys.group(changes["group"])) is None:
         raise Invalid("body.group", f"no group {changes['group']!r}")
