@@ -265,6 +265,19 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, tmp_path: Path) -> 
     cli(env, "vm", "template", "cli-tpl", "--off")
     assert api.vm("cli-tpl")["template"] is False
 
+    key_file = tmp_path / "id.pub"
+    key_file.write_text(KEY + "\n")
+    cli(env, "vm", "create", "cli-ci", "--user", "alice", "--ssh-key", f"@{key_file}", "--sudo")
+    seed = api.vm("cli-ci")["spec"]["cloud_init"]
+    assert seed["users"] == [
+        {"name": "alice", "ssh_keys": [KEY], "password_hash": None, "sudo": True}
+    ]
+    lonely = cli(env, "vm", "create", "cli-ci2", "--ssh-key", KEY, check=False)
+    assert lonely.returncode == 2 and "--user" in lonely.stderr, lonely.stderr
+    bad = cli(env, "vm", "create", "cli-ci2", "--user", "alice", "--ssh-key", "nope", check=False)
+    assert bad.returncode == 1 and "ssh_keys" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeronTestKeyOnly alice@test"
 

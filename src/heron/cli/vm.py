@@ -1,6 +1,7 @@
 """heron vm: virtual machines, their power, placement and serial console."""
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
@@ -109,6 +110,24 @@ def vm_create(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="with --count: only show where")
     ] = False,
+    cloud_init: Annotated[
+        bool, typer.Option("--cloud-init", help="give the guest a cloud-init seed")
+    ] = False,
+    hostname: Annotated[
+        str | None, typer.Option(help="cloud-init: its hostname (default: the VM's name)")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="cloud-init: a user to make")] = None,
+    ssh_key: Annotated[
+        list[str] | None,
+        typer.Option(help="cloud-init: the user's SSH public key, or @FILE holding it"),
+    ] = None,
+    password_hash: Annotated[
+        str | None, typer.Option(help="cloud-init: the user's crypt(3) password hash")
+    ] = None,
+    sudo: Annotated[bool, typer.Option("--sudo", help="cloud-init: the user may sudo")] = False,
+    user_data: Annotated[
+        Path | None, typer.Option(help="cloud-init: a file of more user-data")
+    ] = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
@@ -126,6 +145,9 @@ def vm_create(
     if node:
         body["node"] = node
     body.update({"ha": {"enabled": ha}, "group": group})
+    seed = _cloud_init(hostname, user, ssh_key or [], password_hash, sudo, user_data)
+    if cloud_init or seed:
+        body["cloud_init"] = seed
     client = Client()
     if template is not None and not count:
         raise typer.BadParameter("--template is for --count (one clone: heron vm clone)")
@@ -150,6 +172,37 @@ def vm_create(
             ("id", lambda v: v["vm"] or "(dry run)"),
         ],
     )
+
+
+def _cloud_init(
+    hostname: str | None,
+    user: str | None,
+    keys: list[str],
+    password_hash: str | None,
+    sudo: bool,
+    user_data: Path | None,
+) -> dict[str, Any]:
+    """The cloud_init of a create request from the options given (empty: none given)."""
+    seed: dict[str, Any] = {}
+    if hostname:
+        seed["hostname"] = hostname
+    if (keys or password_hash or sudo) and not user:
+        raise typer.BadParameter("--ssh-key, --password-hash and --sudo are for a --user")
+    if user:
+        texts = [_read(k[1:], "--ssh-key").strip() if k.startswith("@") else k for k in keys]
+        seed["users"] = [
+            {"name": user, "ssh_keys": texts, "password_hash": password_hash, "sudo": sudo}
+        ]
+    if user_data is not None:
+        seed["user_data"] = _read(str(user_data), "--user-data")
+    return seed
+
+
+def _read(path: str, option: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{option}: cannot read {path}: {exc}") from exc
 
 
 def _action(action: str) -> None:

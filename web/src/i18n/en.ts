@@ -863,6 +863,15 @@ const en = {
   "field.pool": "Pool",
   "field.start": "Start it once made",
   "hint.linked": "Shares the template’s blocks: made at once, whatever the disk size; the template stays while it exists.",
+  "field.cloud_init": "cloud-init (a NoCloud seed for the guest)",
+  "field.cloud_init.hostname": "Hostname (empty: the VM’s name)",
+  "field.cloud_init.users": "Users",
+  "field.cloud_init.users.name": "User name",
+  "field.cloud_init.users.ssh_keys": "SSH public keys (comma-separated)",
+  "field.cloud_init.users.password_hash": "Password hash (mkpasswd -m sha-512)",
+  "field.cloud_init.users.sudo": "May use sudo without a password",
+  "field.cloud_init.user_data": "More user-data",
+  "field.cloud_init.network": "Network settings from the NICs’ addresses",
 };
 
 export default en;

@@ -865,6 +865,15 @@ const ru: Record<keyof typeof en, string> = {
   "field.pool": "Пул",
   "field.start": "Запустить после создания",
   "hint.linked": "Использует блоки шаблона: создаётся сразу, каков бы ни был размер диска; шаблон не удалить, пока клон существует.",
+  "field.cloud_init": "cloud-init (NoCloud-образ для гостя)",
+  "field.cloud_init.hostname": "Имя хоста (пусто: имя ВМ)",
+  "field.cloud_init.users": "Пользователи",
+  "field.cloud_init.users.name": "Имя пользователя",
+  "field.cloud_init.users.ssh_keys": "Открытые SSH-ключи (через запятую)",
+  "field.cloud_init.users.password_hash": "Хеш пароля (mkpasswd -m sha-512)",
+  "field.cloud_init.users.sudo": "sudo без пароля",
+  "field.cloud_init.user_data": "Дополнительные user-data",
+  "field.cloud_init.network": "Сетевые настройки из адресов сетевых адаптеров",
 };
 
 export default ru;
