@@ -60,3 +60,27 @@ def test_template_and_linked_clone(
     page.click("[data-testid=clone-open]")
     expect(page).to_have_url(f"{ui}/vms/{clone['id']}", timeout=STEP)
     expect(page.locator("[data-testid=vm-start]")).to_be_visible(timeout=STEP)
+
+
+def test_mass_deployment_from_the_template(page: Page, ui: str, api: Api) -> None:
+    page.goto(f"{ui}/vms/batch")
+    form = page.locator("[data-testid=batch-form]")
+    form.locator("[data-testid=batch-prefix]").fill("gold")
+    form.locator("[data-testid=batch-count]").fill("2")
+    form.locator("[data-testid=batch-template]").select_option("golden")
+    expect(form.locator("input[type=radio][value=none]")).to_have_count(0)  # its disks
+    form.locator("[data-testid=batch-plan]").click()
+    plan = page.locator("[data-testid=batch-plan-table]")
+    expect(plan.locator("tbody tr")).to_have_count(2, timeout=STEP)
+    with page.expect_request(lambda r: r.url.endswith("/vms/batch")) as sent:
+        plan.locator("[data-testid=batch-submit]").click()
+    body = sent.value.post_data_json
+    assert (body["template"], body["linked"], body["count"]) == ("golden", True, 2)
+    made = page.locator("[data-testid=batch-made]")
+    expect(made.locator("tbody tr")).to_have_count(2, timeout=STEP)
+    for task in made.locator("[data-testid=made-task]").all():
+        expect(task).to_have_attribute("data-state", "succeeded", timeout=SLOW)
+    for name in ("gold-001", "gold-002"):
+        disk = api.vm(name)["spec"]["disks"][0]["volume"]
+        made_volume = next(v for v in api.ok("GET", "/pools/shared/volumes") if v["id"] == disk)
+        assert made_volume["origin"]["linked"] is True

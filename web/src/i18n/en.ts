@@ -872,6 +872,8 @@ const en = {
   "field.cloud_init.users.sudo": "May use sudo without a password",
   "field.cloud_init.user_data": "More user-data",
   "field.cloud_init.network": "Network settings from the NICs’ addresses",
+  "batch.fromTemplate": "Clone a template",
+  "batch.noTemplate": "No: new VMs from the settings below",
 };
 
 export default en;

@@ -874,6 +874,8 @@ const ru: Record<keyof typeof en, string> = {
   "field.cloud_init.users.sudo": "sudo без пароля",
   "field.cloud_init.user_data": "Дополнительные user-data",
   "field.cloud_init.network": "Сетевые настройки из адресов сетевых адаптеров",
+  "batch.fromTemplate": "Клонировать шаблон",
+  "batch.noTemplate": "Нет: новые ВМ по настройкам ниже",
 };
 
 export default ru;
