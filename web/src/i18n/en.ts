@@ -345,6 +345,7 @@ const en = {
   "kind.vm.reboot": "Reboot VM",
   "kind.vm.pause": "Pause VM",
   "kind.vm.resume": "Resume VM",
+  "kind.vm.clone": "Clone VM",
   "kind.vm.delete": "Delete VM",
   "kind.vm.migrate": "Migrate VM",
   "kind.vm.receive": "Receive migrated VM",

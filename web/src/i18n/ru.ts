@@ -347,6 +347,7 @@ const ru: Record<keyof typeof en, string> = {
   "kind.vm.reboot": "Перезагрузка ВМ",
   "kind.vm.pause": "Приостановка ВМ",
   "kind.vm.resume": "Возобновление ВМ",
+  "kind.vm.clone": "Клонирование ВМ",
   "kind.vm.delete": "Удаление ВМ",
   "kind.vm.migrate": "Миграция ВМ",
   "kind.vm.receive": "Приём мигрирующей ВМ",
