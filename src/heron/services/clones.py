@@ -30,7 +30,7 @@ from heron.models.vm import (
     VMSpec,
     VMStatus,
 )
-from heron.scheduler.inventory import Inventory
+from heron.scheduler.inventory import Inventory, group_of
 from heron.scheduler.placement import NoCapacity, affinity_for, choose_node, node_loads
 from heron.services.errors import Conflict, Invalid
 from heron.services.lookup import find_pool, find_vm, new_placement
@@ -150,7 +150,7 @@ async def plan_clone(
     if await db.get_raw(keys.vm_name(body.name)) is not None or any(
         v.spec.name == body.name for v in vms
     ):
-        raise Invalid("body.name", f"a VM named {body.name!r} already exists")
+        raise Conflict(f"a VM named {body.name!r} already exists")
     snapshot = await _snapshot(db, source, body.snapshot) if body.snapshot else None
     if snapshot is None and not source.template:
         running = source.power != PowerState.stopped or (
@@ -264,7 +264,7 @@ async def plan_clone(
             source.spec.memory_mib,
             source.spec.vcpus,
             pinned,
-            affinity_for(vm_id, None, vms),
+            affinity_for(vm_id, await group_of(db, source), vms),
         )
     except NoCapacity as exc:
         raise Conflict(str(exc)) from exc
