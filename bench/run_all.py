@@ -29,6 +29,7 @@ BENCHMARKS = [
     "ardfs",
     "network",
     "clones",
+    "snapshot_freeze",
 ]
 DEADLINE = 900  # seconds for one benchmark before it is killed: a hung run, not a slow one
 
@@ -107,6 +108,12 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
             "linked_1g_ratio_p50": c["linked_1g"]["ratio_p50"],
             "clones_per_s": m["clones_per_s"],
             "mass_ratio_until_done": m["ratio_until_done"],
+        }
+    if name == "snapshot_freeze":
+        return {
+            "heron_freeze_ms": {k: results["heron_freeze_ms"][k] for k in ("p50", "max")},
+            "bare_freeze_ms": {k: results["bare_freeze_ms"][k] for k in ("p50", "max")},
+            "ratios": results["ratios"],
         }
     if name == "scale":
         windows = {

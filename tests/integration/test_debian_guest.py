@@ -39,18 +39,15 @@ class Guest:
 
 
 @contextlib.contextmanager
-def booted(
-    image: debian.DebianGuest, tmp: Path, *, direct: bool = False, disk: Path | None = None
-) -> Iterator[Guest]:
+def booted(image: debian.DebianGuest, tmp: Path, *, disk: Path | None = None) -> Iterator[Guest]:
     """The guest under QEMU as Heron runs it (q35, TCG, -cpu max, the agent's virtio-serial
-    port), from its own disk through SeaBIOS, or `direct` with -kernel/-initrd; killed after.
+    port), from its own disk through SeaBIOS; killed after.
     Its writes go to `disk` (a qcow2 overlay of the image) if given, else nowhere; QMP is on
     ``tmp/qmp.sock``."""
     log, serial, agent = tmp / "console.log", tmp / "serial.sock", tmp / "qga.sock"
     drive = f"file={image.image},format=qcow2,if=virtio,snapshot=on"
     if disk is not None:
         drive = f"file={disk},format=qcow2,if=virtio,id=disk0"
-    kernel = ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline]
     process = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024",
          "-nodefaults", "-no-user-config", "-display", "none",
@@ -61,8 +58,7 @@ def booted(
          "-mon", "chardev=qmp,mode=control",
          "-device", "virtio-serial-pci,id=vser0",
          "-chardev", f"socket,id=qga0,path={agent},server=on,wait=off",
-         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
-         *(kernel if direct else [])],
+         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     started = time.monotonic()
@@ -177,15 +173,6 @@ def test_a_freeze_holds_the_load_and_a_thaw_lets_it_go_on(
 def _last(channel: net.CommandChannel) -> int:
     # The load's log is on the root, but reading it needs no write: it answers while frozen.
     return int(run(channel, "heron-insert-load last").strip() or 0)
-
-
-def test_boots_with_its_kernel_and_initramfs_given_to_qemu(
-    debian_guest: debian.DebianGuest, tmp_path: Path
-) -> None:
-    with booted(debian_guest, tmp_path, direct=True) as guest:
-        print(f"booted with -kernel to the command channel in {guest.boot_seconds:.0f}s")
-        with net.CommandChannel(guest.serial) as channel:
-            assert run(channel, "cat /proc/cmdline").strip() == debian_guest.cmdline
 
 
 def test_a_clone_of_a_frozen_snapshot_holds_every_committed_row(

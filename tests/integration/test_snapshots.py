@@ -179,6 +179,14 @@ def test_a_memory_snapshot_comes_back_running(
     # The same boot, its memory as it was: no new boot, the file in RAM says "before".
     assert run(cluster, vm, "cat /tmp/mark").strip() == "before"
     assert readies(cluster, vm) == 1
+    # Off, the VM comes back from the snapshot too: a new QEMU with that memory, running.
+    run(cluster, vm, "echo after > /tmp/mark")
+    api.wait_task(api.ok("POST", f"/vms/{vm}/actions/stop")["task"])
+    done = act(api, vm, "POST", "warm/revert")
+    assert done["result"] == {"snapshot": taken["id"], "memory": True, "state": "running"}
+    assert api.vm(vm)["power"] == "running"
+    assert run(cluster, vm, "cat /tmp/mark").strip() == "before"
+    assert readies(cluster, vm) == 1
     act(api, vm, "DELETE", "warm")
     assert api.ok("GET", f"/vms/{vm}/snapshots")["snapshots"] == []
     api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})

@@ -257,6 +257,7 @@ async def test_frozen_thaws_when_the_body_ends(fake: FakeAgent) -> None:
     async with frozen(agent, limit_s=30) as report:
         assert fake.state == "frozen" and report.filesystems == 2
     assert fake.state == "thawed" and report.window_s is not None
+    assert report.frozen_s is not None and 0 <= report.frozen_s <= report.window_s
     assert not report.thawed_at_limit
 
 

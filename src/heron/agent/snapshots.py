@@ -102,8 +102,8 @@ async def quiesced(qemu: QemuVM, mode: Quiesce, limit_s: float) -> AsyncIterator
         raise TaskFailed(f"{exc}; the snapshot was removed") from exc
     except GuestAgentError as exc:
         raise TaskFailed(f"guest agent: {exc}") from exc
-    if report.window_s is not None:
-        quiet.freeze_ms = round(report.window_s * 1000)
+    if report.frozen_s is not None:
+        quiet.freeze_ms = round(report.frozen_s * 1000)
 
 
 @dataclass(frozen=True)
@@ -363,9 +363,11 @@ class Snapshots:
     # -- revert --------------------------------------------------------------------------
 
     async def revert(self, ctx: TaskContext) -> dict[str, Any]:
-        """Back to a snapshot. A memory snapshot of a running VM: to exactly its running
-        state (`snapshot-load`). Otherwise the disks are reverted with QEMU stopped, and the
-        VM started again if it should run (a guest that ran boots from the reverted disks).
+        """Back to a snapshot. A memory snapshot: to exactly its running state, in the
+        running QEMU when all disks are qcow2 (`snapshot-load`), otherwise in a new QEMU
+        started paused once the pool's disks are reverted (the VM runs after, as when the
+        snapshot was taken). Otherwise the disks are reverted with QEMU stopped, and the VM
+        started again if it should run (a guest that ran boots from the reverted disks).
         """
         snapshot = await self._snapshot(ctx)
         if snapshot is None:
@@ -374,21 +376,22 @@ class Snapshots:
             raise TaskFailed(f"snapshot {snapshot.name} is {snapshot.state.value}")
         vm = await self._vm(snapshot.vm)
         parts = await self._parts(snapshot)
+        qcow2 = [p for p in parts if p.disk.method == "qcow2"]
         rt = self.vms.runtime(vm.id)
-        online = (
-            snapshot.memory and rt.qemu.running() and all(p.disk.method == "qcow2" for p in parts)
-        )
         try:
-            if online:
+            if snapshot.memory and rt.qemu.running() and len(qcow2) == len(parts):
                 async with rt.lock:
-                    await self._load(ctx, rt.qemu, snapshot, parts)
-                memory = True
+                    await self._load(ctx, rt.qemu, snapshot, qcow2)
+            elif snapshot.memory:
+                await self._power_on(vm.id)
+                async with self.vms.offline(vm.id):
+                    await ctx.progress(0.1, "QEMU stopped; reverting the pool's disks")
+                    for part in parts:
+                        if part.disk.method == "native":
+                            await part.driver.snapshot_revert(part.volume, snapshot.id)
+                    qemu = await self.vms.launch_paused(vm.id)
+                    await self._load(ctx, qemu, snapshot, qcow2)
             else:
-                if snapshot.memory:
-                    await ctx.log(
-                        "its memory is not restored: the VM is off, or has disks that are "
-                        "reverted only offline; the guest starts from the disks"
-                    )
                 async with self.vms.offline(vm.id):
                     await ctx.progress(0.3, "QEMU stopped; reverting the disks")
                     for part in parts:
@@ -396,13 +399,23 @@ class Snapshots:
                             await qemuimg.snapshot_revert(part.image, snapshot.id)
                         else:
                             await part.driver.snapshot_revert(part.volume, snapshot.id)
-                memory = False
             state = await self.vms.reconcile(vm.id)
         except (QemuError, StorageError, VMError) as exc:
             raise TaskFailed(str(exc)) from exc
         await self.db.put(keys.snapshot_head(vm.id), SnapshotHead(snapshot=snapshot.id))
         await ctx.log(f"reverted to {snapshot.name}; the VM is {state.value}")
-        return {"snapshot": snapshot.id, "memory": memory, "state": state.value}
+        return {"snapshot": snapshot.id, "memory": snapshot.memory, "state": state.value}
+
+    async def _power_on(self, vm_id: str) -> None:
+        """A memory snapshot was taken of a running guest: reverting to it runs the VM."""
+
+        def on(vm: VM) -> VM:
+            if vm.power == PowerState.stopped:
+                vm.power = PowerState.running
+                vm.generation += 1
+            return vm
+
+        await self.db.update(VM, keys.vm(vm_id), on)
 
     async def _load(
         self, ctx: TaskContext, qemu: QemuVM, snapshot: Snapshot, parts: list[Part]
@@ -417,6 +430,7 @@ class Snapshots:
             if job.total:
                 await ctx.progress(0.9 * job.current / job.total)
 
+        # Only the qcow2 disks hold the tag: a pool's own disks were reverted by the pool.
         await qemu.snapshot_load(job_id, tag, vmstate=vmstate.node, devices=[p.node for p in parts])
         job = await qemu.wait_job(job_id, LOAD_TIMEOUT, follow)
         if job is not None and not job.error:

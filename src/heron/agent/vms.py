@@ -389,6 +389,17 @@ class VMController:
             await self._stop(rt, graceful=False, timeout=DEFAULT_SHUTDOWN_TIMEOUT)
             yield ran
 
+    async def launch_paused(self, vm_id: str) -> QemuVM:
+        """Start the VM's QEMU with its guest not yet running (to load a memory snapshot into
+        it), inside `offline` (whose lock this needs held); `reconcile` lets it run after."""
+        rt = self.runtime(vm_id)
+        entry = await self.db.get(VM, keys.vm(vm_id))
+        if entry is None or entry.value.node != self.node:
+            raise VMError(f"VM {vm_id} is not on {self.node}")
+        vm = entry.value
+        await self._start(rt, vm, () if vm.power == PowerState.paused else ("-S",))
+        return rt.qemu
+
     async def reboot(self, vm_id: str) -> None:
         rt = self.runtime(vm_id)
         async with rt.lock:

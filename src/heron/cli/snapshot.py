@@ -112,9 +112,9 @@ def snapshot_revert(
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Bring the VM back to a snapshot; what it has now is lost. A memory snapshot of a
-    running VM: it runs on from the snapshot's instant. Otherwise the VM is stopped, its
-    disks reverted, and it starts again if it was running."""
+    """Bring the VM back to a snapshot; what it has now is lost. A memory snapshot: the VM
+    runs on from the snapshot's instant (started if it was off). Otherwise the VM is
+    stopped, its disks reverted, and it starts again if it was running."""
     if not yes:
         typer.confirm(f"Revert VM {vm} to {snapshot}? What it has now is lost", abort=True)
     client = Client()

@@ -424,42 +424,55 @@ class GuestAgent:
 # -- a bounded freeze ----------------------------------------------------------------------
 
 THAW_ATTEMPT_S = 5.0  # one thaw's wait for its reply
+# The guest's freeze hooks' time before it freezes (beyond the freeze limit): more than the
+# PostgreSQL hook's own bound (HERON_PG_TIMEOUT, 60 s), so a hung CHECKPOINT fails the hook, and
+# so the freeze, with the hook's message rather than with silence.
+HOOKS_S = 90.0
 THAW_GRACE_S = 10.0  # how long past the limit thaws are retried before giving up loudly
 THAW_RETRY_PAUSE_S = 0.5  # between failed thaws: pacing, the agent may be restarting
 
 
 @dataclass
 class FreezeReport:
-    """What `frozen` did. `window_s`, filled at exit: from the freeze request to the thaw's
-    reply, an upper bound of how long the guest's writes waited."""
+    """What `frozen` did, filled at exit. `window_s`: from the freeze request to the thaw's
+    reply (the hooks' work before the freeze included). `frozen_s`: from the freeze's reply
+    to the thaw's, the span the limit bounds; about how long the guest's writes waited."""
 
     filesystems: int
     limit_s: float
     window_s: float | None = None
+    frozen_s: float | None = None
     thawed_at_limit: bool = False
 
 
 @contextlib.asynccontextmanager
 async def frozen(
-    agent: GuestAgent, limit_s: float, *, thaw_grace_s: float = THAW_GRACE_S
+    agent: GuestAgent,
+    limit_s: float,
+    *,
+    hooks_s: float = HOOKS_S,
+    thaw_grace_s: float = THAW_GRACE_S,
 ) -> AsyncIterator[FreezeReport]:
-    """Freeze the guest (its hooks first) for the body, never longer than `limit_s`.
+    """Freeze the guest (its hooks first) for the body, frozen never longer than `limit_s`.
 
-    The guest is thawed when the body ends or when `limit_s` has passed since the freeze was
-    asked for, whichever comes first: a watchdog thaws at the limit even while the body
-    hangs, and a cancelled caller still gets its guest thawed (the thaw runs on, shielded).
-    A failing thaw is retried until `thaw_grace_s` past the limit.
+    The freeze request runs the guest's hooks before it freezes anything (PostgreSQL's
+    CHECKPOINT under load takes seconds), while the guest's writes still flow: it gets
+    `hooks_s` more than the limit for them. From the agent's reply (the filesystems frozen)
+    the guest is thawed when the body ends or when `limit_s` has passed, whichever comes
+    first: a watchdog thaws at the limit even while the body hangs, and a cancelled caller
+    still gets its guest thawed (the thaw runs on, shielded). A failing thaw is retried until
+    `thaw_grace_s` past the limit.
 
     Raises FreezeError (the agent's message: a hook or a filesystem failed; the guest is
     thawed, and a thaw was sent for the hooks that had run) or AgentUnavailable (no answer
-    within the limit; thaws were sent anyway) before the body runs; at exit
-    FreezeWindowExceeded when the limit passed before the body ended (the caller deletes
-    what it took: it is not consistent), ThawError when the guest could not be thawed. An
-    error of the body itself passes through unchanged.
+    in time; thaws were sent anyway) before the body runs; at exit FreezeWindowExceeded when
+    the limit passed before the body ended (the caller deletes what it took: it is not
+    consistent), ThawError when the guest could not be thawed. An error of the body itself
+    passes through unchanged.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = started + limit_s
+    deadline = started + hooks_s + limit_s  # until the freeze's reply moves it closer
     thaw: asyncio.Task[float] | None = None
 
     def start_thaw() -> asyncio.Task[float]:
@@ -471,7 +484,7 @@ async def frozen(
         return thaw
 
     try:
-        count = await agent.freeze(timeout=limit_s)
+        count = await agent.freeze(timeout=hooks_s + limit_s)
     except FreezeError:
         # The agent froze nothing, but hooks that ran before the failing one did their
         # "freeze" (took a lock) and see no "thaw" unless one is sent: a thaw runs every hook.
@@ -483,6 +496,8 @@ async def frozen(
         with contextlib.suppress(ThawError):
             await asyncio.shield(start_thaw())
         raise
+    frozen_at = loop.time()
+    deadline = frozen_at + limit_s
     report = FreezeReport(filesystems=count, limit_s=limit_s)
 
     async def watchdog() -> None:
@@ -502,6 +517,7 @@ async def frozen(
         dog.cancel()
         thawed_at = await asyncio.shield(start_thaw())
         report.window_s = thawed_at - started
+        report.frozen_s = thawed_at - frozen_at
         if report.thawed_at_limit and not body_failed:
             raise FreezeWindowExceeded(
                 f"the body took longer than the freeze limit of {limit_s:g}s: "
