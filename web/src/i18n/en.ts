@@ -875,6 +875,7 @@ const en = {
   "field.cloud_init.network": "Network settings from the NICs’ addresses",
   "batch.fromTemplate": "Clone a template",
   "batch.noTemplate": "No: new VMs from the settings below",
+  "clone.stopFirst": "Only a stopped VM becomes a template: stop it first",
 };
 
 export default en;

@@ -877,6 +877,7 @@ const ru: Record<keyof typeof en, string> = {
   "field.cloud_init.network": "Сетевые настройки из адресов сетевых адаптеров",
   "batch.fromTemplate": "Клонировать шаблон",
   "batch.noTemplate": "Нет: новые ВМ по настройкам ниже",
+  "clone.stopFirst": "Шаблоном становится только остановленная ВМ: сначала остановите её",
 };
 
 export default ru;
