@@ -28,6 +28,7 @@ BENCHMARKS = [
     "scale",
     "ardfs",
     "network",
+    "clones",
     "snapshot_freeze",
 ]
 DEADLINE = 900  # seconds for one benchmark before it is killed: a hung run, not a slow one
@@ -99,6 +100,15 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
         s = results["summary"]
         keys = ("throughput_ratio", "rtt_ratio", "migration_pings_lost", "port_groups_ratio")
         return {k: s[k] for k in keys}
+    if name == "clones":
+        c, m = results["clone"], results["mass"]
+        return {
+            "linked_32g_vs_1g": c["linked_32g_vs_1g"],
+            "full_32g_vs_1g": c["full_32g_vs_1g"],
+            "linked_1g_ratio_p50": c["linked_1g"]["ratio_p50"],
+            "clones_per_s": m["clones_per_s"],
+            "mass_ratio_until_done": m["ratio_until_done"],
+        }
     if name == "snapshot_freeze":
         return {
             "heron_freeze_ms": {k: results["heron_freeze_ms"][k] for k in ("p50", "max")},

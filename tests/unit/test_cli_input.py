@@ -111,6 +111,11 @@ FREE_TEXT = {
     "security_group",  # names of security groups, checked by the API
     "remote_group",
     "snapshot",  # a VM's snapshot, by name or id
+    "template",  # a template VM's name
+    "hostname",  # cloud-init: checked by the API (the model's pattern)
+    "ssh_key",  # cloud-init: an OpenSSH key line (checked by the API), or @FILE
+    "password_hash",  # cloud-init: a crypt(3) hash, checked by the API
+    "user_data",  # cloud-init: a file of user-data
 }
 
 

@@ -164,14 +164,19 @@ def test_what_each_pool_type_can_do() -> None:
             pool(type="block", path="/dev/mapper", pattern="mpath*")]  # fmt: skip
     rbd, ardfs = pool(type="rbd", rbd_pool="vms"), pool(type="ardfs")
     files = (VolumeFormat.qcow2, VolumeFormat.raw)
-    assert capabilities(local) == Capabilities(shared=False, formats=files)
-    assert capabilities(shared_dir) == Capabilities(shared=True, formats=files)
-    assert capabilities(nfs) == Capabilities(formats=files, mounted=True)
+    linked = {"formats": files, "linked_clones": True}  # qcow2 overlays
+    assert capabilities(local) == Capabilities(shared=False, **linked)
+    assert capabilities(shared_dir) == Capabilities(shared=True, **linked)
+    assert capabilities(nfs) == Capabilities(mounted=True, **linked)
     for lun in luns:
         assert capabilities(lun) == Capabilities(scanned=True)
     assert capabilities(rbd) == Capabilities()
     assert capabilities(ardfs) == Capabilities(
-        member_disks=True, owned=True, grows_by_reconnect=True, native_snapshots=True
+        member_disks=True,
+        owned=True,
+        grows_by_reconnect=True,
+        native_snapshots=True,
+        linked_clones=True,
     )
     # A driver made for a node says the same as the registry.
     for each in (local, nfs, *luns, rbd, ardfs):

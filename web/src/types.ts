@@ -62,6 +62,8 @@ export interface VM {
   pending: string[];
   /** In the reply to a change: the task giving the running VM what it can take at once. */
   task?: string | null;
+  /** A template: it never starts; VMs are cloned from it. */
+  template: boolean;
   spec: {
     name: string;
     vcpus: number;

@@ -10,7 +10,8 @@ export type PowerAction = "start" | "shutdown" | "stop" | "reboot" | "pause" | "
 export type VmAction = PowerAction | "migrate" | "delete";
 
 /** The power actions a VM's desired power allows, in the order they are offered. */
-export function powerActions(vm: Pick<VM, "power">): PowerAction[] {
+export function powerActions(vm: Pick<VM, "power"> & { template?: boolean }): PowerAction[] {
+  if (vm.template) return []; // a template never starts
   if (vm.power === "paused") return ["resume", "stop"];
   if (vm.power === "running") return ["shutdown", "reboot", "pause", "stop"];
   return ["start"];
@@ -18,7 +19,7 @@ export function powerActions(vm: Pick<VM, "power">): PowerAction[] {
 
 /** Everything one VM's menu offers: its power actions, a live move (running or paused),
  * deletion. */
-export function vmActions(vm: Pick<VM, "power">): VmAction[] {
+export function vmActions(vm: Pick<VM, "power"> & { template?: boolean }): VmAction[] {
   const moves: VmAction[] = vm.power === "stopped" ? [] : ["migrate"];
   return [...powerActions(vm), ...moves, "delete"];
 }

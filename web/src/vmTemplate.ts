@@ -8,7 +8,7 @@ import { newPolicy, policyBody, type NicPolicy } from "./secgroups";
 import type { Group, Network, Node, Pool, SecurityGroup, Volume } from "./types";
 
 /** The VMCreate fields drawn from the API's schema: a new one appears in the forms by itself. */
-export const HARDWARE = ["vcpus", "memory_mib", "firmware", "machine", "description", "boot_order", "ha"];
+export const HARDWARE = ["vcpus", "memory_mib", "firmware", "machine", "description", "boot_order", "ha", "cloud_init"];
 
 export interface VmTemplate {
   /** vcpus, memory, firmware, machine, description, boot order, HA: as the schema has them. */

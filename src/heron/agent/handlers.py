@@ -21,6 +21,7 @@ from heron.models.task import (
     PowerParams,
     RebalanceParams,
     TaskKind,
+    VMCloneParams,
     VMCreateParams,
     VMDeleteParams,
     VolumeImportParams,
@@ -57,6 +58,7 @@ class Handlers:
             TaskKind.vm_delete: self.vm_delete,
             TaskKind.vm_nics: self.vm_nics,
             TaskKind.vm_hardware: self.vm_hardware,
+            TaskKind.vm_clone: self.vm_clone,
             TaskKind.vm_migrate: self.migrations.migrate,
             TaskKind.vm_receive: self.migrations.receive,
             TaskKind.node_drain: Drain(self.db, self.node, self.vms),
@@ -104,8 +106,10 @@ class Handlers:
         source_id: str | None,
         source_image: str | None,
         share: tuple[float, float],
+        clone: bool = False,
     ) -> None:
-        """Create one volume, empty or copied from a source; progress in [share)."""
+        """Create one volume, empty or copied from a source (`clone`: by its pool's clone,
+        as the volume's `origin` says); progress in [share)."""
         try:
             volume, pool = await self._volume(volume_id)
         except TaskFailed as exc:  # e.g. the pool cannot be mounted here
@@ -120,6 +124,14 @@ class Handlers:
             await ctx.progress(low + (high - low) * fraction)
 
         try:
+            if clone and source_id is not None:
+                source, _ = await self._volume(source_id)
+                origin = volume.origin
+                snapshot, linked = (origin.snapshot, origin.linked) if origin else (None, False)
+                await pool.clone(source, snapshot, volume, linked, progress)
+                await self._set_volume(volume_id, state="ready", error="")
+                await ctx.log(f"volume {volume.name} ready ({'linked' if linked else 'full'})")
+                return
             if source_id is not None:
                 source, source_pool = await self._volume(source_id)
                 source_image = source_pool.image(source)
@@ -141,6 +153,16 @@ class Handlers:
         for index, item in enumerate(volumes):
             share = (index / (len(volumes) + 1), (index + 1) / (len(volumes) + 1))
             await self._make_volume(ctx, item.id, item.source, None, share)
+        state = await self._reconcile(ctx.task.target)
+        return {"vm": ctx.task.target, "state": state.value}
+
+    async def vm_clone(self, ctx: TaskContext) -> dict[str, Any]:
+        """A VM cloned from another: its volumes by their pools' clones (or copies, into
+        another pool), then it is started if asked."""
+        volumes = ctx.params(VMCloneParams).volumes
+        for index, item in enumerate(volumes):
+            share = (index / (len(volumes) + 1), (index + 1) / (len(volumes) + 1))
+            await self._make_volume(ctx, item.id, item.source, None, share, clone=item.clone)
         state = await self._reconcile(ctx.task.target)
         return {"vm": ctx.task.target, "state": state.value}
 

@@ -21,12 +21,13 @@ from heron.agent.network import NetworkController
 from heron.configdb import ConfigDB, keys
 from heron.errors import AgentError, NetworkError
 from heron.ha import fence
-from heron.hypervisor import cgroups, command
+from heron.hypervisor import cgroups, cloudinit, command
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qga import GuestAgent
 from heron.models import hotplug
 from heron.models.group import effective_ha
+from heron.models.network import Network
 from heron.models.storage import Pool, Volume
 from heron.models.vm import (
     VM,
@@ -200,9 +201,17 @@ class VMController:
         except NetworkError as exc:
             raise VMError(f"VM {vm.spec.name}: {exc}") from exc
         try:
+            seed = await self._seed(vm, paths.root / "cidata.iso")
             try:
                 args = command.build(
-                    vm, disks, paths, self.accelerator, ram=ram, taps=taps, vhost=self.vhost
+                    vm,
+                    disks,
+                    paths,
+                    self.accelerator,
+                    ram=ram,
+                    taps=taps,
+                    vhost=self.vhost,
+                    seed=seed,
                 )
             except ValueError as exc:
                 raise VMError(f"VM {vm.spec.name}: {exc} (this node has no networking)") from exc
@@ -346,6 +355,22 @@ class VMController:
             if plan.pending:
                 done.append("at the next start: " + ", ".join(plan.pending))
             return done
+
+    async def _seed(self, vm: VM, path: Path) -> Path | None:
+        """The VM's cloud-init seed ISO at `path`, made anew when what it says changed."""
+        if vm.spec.cloud_init is None:
+            return None
+        networks = {}
+        for nic in vm.spec.nics:
+            found = await self.db.get(Network, keys.network(nic.network))
+            if found is not None:
+                networks[nic.network] = found.value
+        files = cloudinit.seed_files(vm, networks)
+        try:
+            await asyncio.to_thread(cloudinit.write_iso, files, path)
+        except OSError as exc:
+            raise VMError(f"VM {vm.spec.name}: its cloud-init seed: {exc}") from exc
+        return path
 
     async def sync_nics(self, vm: VM) -> list[str]:
         """Make the running QEMU's NICs those of `vm`'s spec: unplug the ones gone (or moved

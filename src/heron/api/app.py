@@ -21,6 +21,7 @@ from heron.api.routes import (
     snapshots,
     stream,
     tasks,
+    templates,
     vms,
 )
 
@@ -44,6 +45,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         auth,
         nodes,
         vms,
+        templates,
         snapshots,
         groups,
         networks,

@@ -1,11 +1,12 @@
 """heron vm: virtual machines, their power, placement and serial console."""
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
 
-from heron.cli import console, parse, snapshot
+from heron.cli import console, parse, snapshot, template
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
@@ -14,6 +15,8 @@ from heron.models.vm import DiskBus, Hardware, NicModel
 
 app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
 app.add_typer(snapshot.app, name="snapshot")
+app.command("template")(template.vm_template)
+app.command("clone")(template.vm_clone)
 
 VM_COLUMNS = [
     ("name", lambda v: v["name"]),
@@ -88,7 +91,12 @@ def _guest_agent(v: dict[str, Any]) -> str | None:
     return f"connected{version}" if agent["connected"] else f"not connected{version}"
 
 
-SHOW_COLUMNS = [*VM_COLUMNS[:-1], ("guest agent", _guest_agent), VM_COLUMNS[-1]]
+SHOW_COLUMNS = [
+    *VM_COLUMNS[:-1],
+    ("guest agent", _guest_agent),
+    ("template", lambda v: v.get("template") or None),
+    VM_COLUMNS[-1],
+]
 
 
 @app.command("show")
@@ -138,9 +146,34 @@ def vm_create(
     cpu_limit: CpuLimit = None,
     memory_limit: MemoryLimit = None,
     count: Annotated[int, typer.Option(help="create NAME-001..NAME-N from this template")] = 0,
+    template: Annotated[
+        str | None,
+        typer.Option(help="with --count: clone a template VM (its hardware, disks and NICs)"),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="with --template: full copies, not linked clones")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="with --count: only show where")
     ] = False,
+    cloud_init: Annotated[
+        bool, typer.Option("--cloud-init", help="give the guest a cloud-init seed")
+    ] = False,
+    hostname: Annotated[
+        str | None, typer.Option(help="cloud-init: its hostname (default: the VM's name)")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="cloud-init: a user to make")] = None,
+    ssh_key: Annotated[
+        list[str] | None,
+        typer.Option(help="cloud-init: the user's SSH public key, or @FILE holding it"),
+    ] = None,
+    password_hash: Annotated[
+        str | None, typer.Option(help="cloud-init: the user's crypt(3) password hash")
+    ] = None,
+    sudo: Annotated[bool, typer.Option("--sudo", help="cloud-init: the user may sudo")] = False,
+    user_data: Annotated[
+        Path | None, typer.Option(help="cloud-init: a file of more user-data")
+    ] = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
@@ -165,11 +198,21 @@ def vm_create(
         cpu_limit=cpu_limit,
         memory_limit_mib=memory_limit,
     )
+    seed = _cloud_init(hostname, user, ssh_key or [], password_hash, sudo, user_data)
+    if cloud_init or seed:
+        body["cloud_init"] = seed
     client = Client()
+    if template is not None and not count:
+        raise typer.BadParameter("--template is for --count (one clone: heron vm clone)")
     if not count:
         finish(client, client.post("/vms", json=body), wait, as_json)
         return
-    reply = client.post("/vms/batch", json={**body, "count": count, "dry_run": dry_run})
+    batch = {**body, "count": count, "dry_run": dry_run}
+    if template is not None:
+        batch.update(template=template, linked=not full, disks=[], nics=[])
+    elif full:
+        raise typer.BadParameter("--full is for --template")
+    reply = client.post("/vms/batch", json=batch)
     if wait and not dry_run:
         for item in reply["vms"]:
             client.wait_task(item["task"], show=not as_json)
@@ -182,6 +225,37 @@ def vm_create(
             ("id", lambda v: v["vm"] or "(dry run)"),
         ],
     )
+
+
+def _cloud_init(
+    hostname: str | None,
+    user: str | None,
+    keys: list[str],
+    password_hash: str | None,
+    sudo: bool,
+    user_data: Path | None,
+) -> dict[str, Any]:
+    """The cloud_init of a create request from the options given (empty: none given)."""
+    seed: dict[str, Any] = {}
+    if hostname:
+        seed["hostname"] = hostname
+    if (keys or password_hash or sudo) and not user:
+        raise typer.BadParameter("--ssh-key, --password-hash and --sudo are for a --user")
+    if user:
+        texts = [_read(k[1:], "--ssh-key").strip() if k.startswith("@") else k for k in keys]
+        seed["users"] = [
+            {"name": user, "ssh_keys": texts, "password_hash": password_hash, "sudo": sudo}
+        ]
+    if user_data is not None:
+        seed["user_data"] = _read(str(user_data), "--user-data")
+    return seed
+
+
+def _read(path: str, option: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{option}: cannot read {path}: {exc}") from exc
 
 
 def _action(action: str) -> None:

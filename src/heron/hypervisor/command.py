@@ -203,6 +203,7 @@ def build(
     ram: int | None = None,
     taps: Mapping[int, int] | None = None,
     vhost: bool = False,
+    seed: Path | None = None,
 ) -> list[str]:
     """QEMU's arguments for `vm`; `ram` in KiB, by default exactly the spec's memory; `taps`:
     the open tap (its fd, inherited by QEMU) of each NIC on a network, by NIC index; `vhost`:
@@ -298,7 +299,27 @@ def build(
     if spec.guest_agent:
         # Last: QEMU places it in the first free slot, so turning it on moves no other device.
         args += guest_agent_devices(paths)
+    if seed is not None:
+        # cloud-init's seed (an ISO labelled cidata) after everything else, for the same
+        # reason; read-only, so a guest cannot change what the next boot is told.
+        args += seed_devices(seed)
     return args
+
+
+def seed_devices(seed: Path) -> list[str]:
+    """The cloud-init seed ISO as a read-only virtio disk, never booted from."""
+    node = {
+        "node-name": "cidata",
+        "driver": "raw",
+        "read-only": True,
+        "file": {"driver": "file", "filename": str(seed), "read-only": True},
+    }
+    return [
+        "-blockdev",
+        json.dumps(node, separators=(",", ":")),
+        "-device",
+        "virtio-blk-pci,drive=cidata,id=cidata-dev",
+    ]
 
 
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga's udev rule waits for

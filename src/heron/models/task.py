@@ -31,6 +31,7 @@ class TaskKind(StrEnum):
     vm_receive = "vm.receive"
     vm_nics = "vm.nics"
     vm_hardware = "vm.hardware"
+    vm_clone = "vm.clone"
     node_drain = "node.drain"
     volume_create = "volume.create"
     volume_import = "volume.import"
@@ -58,10 +59,19 @@ class NoParams(TaskParams):
 class NewVolume(BaseModel):
     id: str
     source: str | None = Field(default=None, description="volume id to copy from")
+    clone: bool = Field(
+        default=False,
+        description="made by its pool's clone of `source` (the volume's `origin` says how)",
+    )
 
 
 class VMCreateParams(TaskParams):
     volumes: list[NewVolume] = Field(default_factory=list, description="to make first")
+
+
+class VMCloneParams(VMCreateParams):
+    source: str = Field(description="id of the VM cloned (not started while this runs)")
+    snapshot: str | None = Field(default=None, description="id of its snapshot cloned")
 
 
 class PowerParams(TaskParams):
@@ -113,6 +123,7 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.vm_receive: NoParams,
     TaskKind.vm_nics: NoParams,
     TaskKind.vm_hardware: NoParams,
+    TaskKind.vm_clone: VMCloneParams,
     TaskKind.node_drain: NoParams,
     TaskKind.volume_create: NoParams,
     TaskKind.volume_import: VolumeImportParams,

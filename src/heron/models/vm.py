@@ -132,6 +132,64 @@ class HAPolicy(Record):
     )
 
 
+HOSTNAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+LOGIN_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+SSH_KEY_PATTERN = (
+    r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [^\n]*)?$"
+)
+PASSWORD_HASH_PATTERN = r"^\$[0-9a-z]+\$[^\s:]+$"
+Hostname = Annotated[
+    str,
+    AfterValidator(matching(HOSTNAME_PATTERN, "is not a hostname (a-z, 0-9, '-'; 1-63)")),
+    string_schema(HOSTNAME_PATTERN, 1, 63),
+]
+Login = Annotated[
+    str,
+    AfterValidator(matching(LOGIN_PATTERN, "is not a user name (a-z, 0-9, '_', '-'; 1-32)")),
+    string_schema(LOGIN_PATTERN, 1, 32),
+]
+SshKey = Annotated[
+    str,
+    AfterValidator(matching(SSH_KEY_PATTERN, "is not an OpenSSH public key line")),
+    string_schema(SSH_KEY_PATTERN, 1, 16384),
+]
+PasswordHash = Annotated[
+    str,
+    AfterValidator(matching(PASSWORD_HASH_PATTERN, "is not a crypt(3) hash ($6$salt$...)")),
+    string_schema(PASSWORD_HASH_PATTERN, 1, 512),
+]
+
+
+class CloudUser(Record):
+    """A user cloud-init makes in the guest."""
+
+    name: Login
+    ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16)
+    password_hash: PasswordHash | None = Field(
+        default=None, description="crypt(3) hash (mkpasswd -m sha-512); none: no password login"
+    )
+    sudo: bool = Field(default=False, description="may run anything as root without a password")
+
+
+class CloudInit(Record):
+    """What cloud-init in the guest is told, from a NoCloud seed Heron builds (an ISO labelled
+    cidata, the VM's last disk, read-only). Each VM gets its own identity: its id is the
+    instance-id, and its name the hostname unless one is given."""
+
+    hostname: Hostname | None = Field(default=None, description="none: the VM's name")
+    users: list[CloudUser] = Field(default_factory=list, max_length=16)
+    user_data: str = Field(
+        default="",
+        max_length=65536,
+        description="more user-data (#cloud-config, a script...), given to cloud-init too",
+    )
+    network: bool = Field(
+        default=True,
+        description="network-config from the NICs' addresses on networks with a subnet "
+        "(static); other NICs: DHCP",
+    )
+
+
 class Hardware(Record):
     """The VM's hardware and policies; shared by the stored spec and the create request."""
 
@@ -182,6 +240,10 @@ class Hardware(Record):
         ge=16,
         le=8 * 1024 * 1024,
         description="the most host memory its QEMU may use (RAM and overhead); none: no limit",
+    )
+
+    cloud_init: CloudInit | None = Field(
+        default=None, description="give the guest a cloud-init NoCloud seed; none: no seed"
     )
 
     @field_validator("boot_order")
@@ -297,6 +359,10 @@ class VM(Record):
     power: PowerState = PowerState.stopped
     generation: int = 1
     created_at: float
+    template: bool = Field(
+        default=False,
+        description="a template: it never starts or migrates; VMs are cloned from it",
+    )
 
 
 class GuestAgentStatus(Record):
@@ -341,6 +407,7 @@ RESTART_FIELDS = (
     "cpu_weight",
     "cpu_limit",
     "memory_limit_mib",
+    "cloud_init",
 )
 
 
@@ -405,6 +472,9 @@ class VMUpdate(BaseModel):
     )
     guest_agent: bool | None = Field(
         default=None, description="give it the guest agent's channel (from its next start)"
+    )
+    cloud_init: CloudInit | None = Field(
+        default=None, description="its cloud-init seed (next start); null given: none"
     )
     max_vcpus: int | None = Field(default=None, ge=1, le=256)
     max_memory_mib: int | None = Field(default=None, ge=16, le=4 * 1024 * 1024)
@@ -480,3 +550,52 @@ class BatchCreate(VMCreate):
     name: NamePrefix = Field(description="prefix of the names")
     count: int = Field(ge=1, le=1000)
     dry_run: bool = Field(default=False, description="only say where each VM would go")
+    template: Name | None = Field(
+        default=None,
+        description="clone each VM from this template VM (its hardware, disks and NICs; "
+        "fresh MACs and addresses); `disks` and the hardware fields are then not given",
+    )
+    linked: bool = Field(
+        default=True, description="with `template`: linked clones (copy-on-write) of its disks"
+    )
+    pool: Name | None = Field(
+        default=None, description="with `template`: pool for full clones (default: the source's)"
+    )
+
+
+class TemplateSet(BaseModel):
+    """Make a stopped VM a template (it cannot start or migrate), or a template a VM again."""
+
+    model_config = {"extra": "forbid"}
+    template: bool
+    revision: int | None = Field(default=None, description="write only if still at this revision")
+
+
+class CloneRequest(BaseModel):
+    """A new VM with copies of a VM's (or a template's, or a snapshot's) disks and its
+    hardware; its NICs get fresh MACs and addresses."""
+
+    model_config = {"extra": "forbid"}
+    name: Name = Field(description="the new VM's name")
+    snapshot: Name | None = Field(
+        default=None, description="clone this snapshot of the source (id or name), not its disks"
+    )
+    linked: bool = Field(
+        default=False,
+        description="share the source's blocks copy-on-write (a template's disks, or a snapshot "
+        "on a pool that clones snapshots itself); the source then cannot be deleted",
+    )
+    full_if_unlinked: bool = Field(
+        default=False,
+        description="with `linked`: make a full copy of a disk whose pool cannot link one, "
+        "instead of refusing",
+    )
+    pool: Name | None = Field(
+        default=None, description="pool for full copies (default: each source volume's pool)"
+    )
+    node: Name | None = Field(default=None, description="where the clone runs; chosen if omitted")
+    description: str | None = Field(default=None, max_length=1024)
+    cloud_init: CloudInit | None = Field(
+        default=None, description="its own cloud-init seed; none: the source's (own hostname)"
+    )
+    start: bool = False

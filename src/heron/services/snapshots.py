@@ -21,6 +21,7 @@ from heron.models.snapshot import (
 from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.task import SnapshotParams, Task, TaskKind, new_task
 from heron.models.vm import VM, RunState, VMSpec, VMStatus
+from heron.services import clones
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import find_vm, live_nodes
 from heron.services.tasks import with_task
@@ -255,6 +256,9 @@ async def revert(db: ConfigDB, ref: str, snap_ref: str, user: str) -> Task:
             f"VM {vm.spec.name}'s disks changed since snapshot {snapshot.name} was taken: "
             "give it back the disks it had, or take the snapshot's disks one by one"
         )
+    await clones.refuse_if_read(
+        db, f"VM {vm.spec.name} is not reverted", [d.volume for d in vm.spec.disks]
+    )
     task = new_task(
         TaskKind.snapshot_revert, vm.node, vm.id, user, SnapshotParams(snapshot=snapshot.id)
     )
@@ -271,6 +275,7 @@ async def delete(db: ConfigDB, ref: str, snap_ref: str, user: str) -> Task:
     if snapshot.state in (SnapshotState.creating, SnapshotState.deleting):
         raise Conflict(f"snapshot {snapshot.name} is {snapshot.state.value}: wait for it")
     await _check_vm_free(db, vm, await _status(db, vm))
+    await clones.refuse_snapshot_if_read(db, snapshot)
     task = new_task(
         TaskKind.snapshot_delete, vm.node, vm.id, user, SnapshotParams(snapshot=snapshot.id)
     )

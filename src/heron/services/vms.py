@@ -34,6 +34,7 @@ from heron.models.vm import (
     NIC_SLOTS,
     VM,
     BatchCreate,
+    CloneRequest,
     DiskAttach,
     DiskSpec,
     DiskUpdate,
@@ -63,7 +64,7 @@ from heron.scheduler.placement import (
     migration_target,
     node_loads,
 )
-from heron.services import snapshots
+from heron.services import clones, snapshots
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import (
     attached,
@@ -74,6 +75,7 @@ from heron.services.lookup import (
     new_volume_format,
 )
 from heron.services.networks import address_nics
+from heron.services.plan import Plan
 from heron.services.secgroups import check_nics
 from heron.services.tasks import with_task
 from heron.storage.registry import capabilities
@@ -107,15 +109,6 @@ class HardwareChange:
     task: Task | None
 
 
-@dataclass
-class Plan:
-    """A VM that may be created, and the transaction (with its task) that creates it."""
-
-    vm: VM
-    txn: Txn
-    task: Task
-
-
 async def create(db: ConfigDB, inventory: Inventory, body: VMCreate, user: str) -> Plan:
     """Define a VM and create its disks (a `vm.create` task on its node does the work)."""
     inventory = await inventory.ready()
@@ -138,10 +131,26 @@ async def create_batch(
     nodes, vms = inventory.live_nodes(), inventory.vms.values()
     width = max(3, len(str(body.count)))
     plans = []
+    template = await _batch_template(db, body)
     for i in range(1, body.count + 1):
+        name = f"{body.name}-{i:0{width}}"
+        if template is not None:
+            request = CloneRequest(
+                name=name,
+                linked=body.linked,
+                pool=body.pool,
+                node=body.node,
+                start=body.start,
+                description=body.description or None,
+                cloud_init=body.cloud_init,
+            )
+            plan = await clones.plan_clone(db, template, request, nodes, vms, user, None)
+            vms.append(plan.vm)
+            plans.append(plan)
+            continue
         one = VMCreate(
-            **body.model_dump(exclude={"name", "count", "dry_run"}),
-            name=f"{body.name}-{i:0{width}}",
+            **body.model_dump(exclude={"name", "count", "dry_run", "template", "linked", "pool"}),
+            name=name,
         )
         plan = await plan_create(db, one, nodes, vms, user)
         vms.append(plan.vm)
@@ -155,6 +164,24 @@ async def create_batch(
             raise Conflict(f"{plan.vm.spec.name} was created meanwhile; stopped there") from exc
     await inventory.vms.wait_for(revision)
     return plans
+
+
+async def _batch_template(db: ConfigDB, body: BatchCreate) -> VM | None:
+    """The template a batch is cloned from, if it names one; refuses what it then decides."""
+    if body.template is None:
+        if "linked" in body.model_fields_set or body.pool is not None:
+            field = "body.linked" if "linked" in body.model_fields_set else "body.pool"
+            raise Invalid(field, "is for a batch cloned from a template (give `template`)")
+        return None
+    if body.disks:
+        raise Invalid("body.disks", "a batch from a template gets its disks from the template")
+    try:
+        vm = (await find_vm(db, body.template)).value
+    except NotFound as exc:
+        raise Invalid("body.template", f"no VM {body.template!r}") from exc
+    if not vm.template:
+        raise Invalid("body.template", f"VM {vm.spec.name} is not a template")
+    return vm
 
 
 async def plan_create(
@@ -285,7 +312,15 @@ async def volume_by_ref(db: ConfigDB, ref: str, field: str) -> Volume:
 
 
 # Limits a null in an update takes away (other fields given as null are left as they are).
-_CLEARABLE = {"group", "max_vcpus", "max_memory_mib", "cpu_weight", "cpu_limit", "memory_limit_mib"}
+_CLEARABLE = {
+    "group",
+    "max_vcpus",
+    "max_memory_mib",
+    "cpu_weight",
+    "cpu_limit",
+    "memory_limit_mib",
+    "cloud_init",
+}
 
 
 async def update(db: ConfigDB, ref: str, body: VMUpdate, user: str = "") -> HardwareChange:
@@ -405,6 +440,9 @@ async def detach_disk(db: ConfigDB, ref: str, index: int, user: str = "") -> Har
     vm = entry.value
     if not 0 <= index < len(vm.spec.disks):
         raise NotFound(f"VM {vm.spec.name} has no disk{index}")
+    await clones.refuse_if_read(
+        db, f"disk{index} of VM {vm.spec.name} stays", [vm.spec.disks[index].volume]
+    )
     disks = [d.model_dump() for i, d in enumerate(vm.spec.disks) if i != index]
     status = await db.get(VMStatus, keys.vm_status(vm.id))
     running = status is not None and status.value.state in (RunState.running, RunState.paused)
@@ -538,7 +576,7 @@ async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) ->
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
-    refusal = await snapshots.migration_refusal(db, vm)
+    refusal = await snapshots.migration_refusal(db, vm) or await clones.migration_refusal(db, vm)
     if refusal is not None:
         raise Conflict(refusal)
     nodes = await live_nodes(db)
@@ -574,6 +612,10 @@ async def power(db: ConfigDB, ref: str, action: Action, timeout: float, user: st
     task = new_task(TaskKind(f"vm.{action}"), vm.node, vm.id, user, params)
     txn = Txn().require_revision(entry.key, entry.revision)
     desired = _DESIRED[action]
+    if vm.template and desired in (PowerState.running, PowerState.paused):
+        raise Conflict(f"VM {vm.spec.name} is a template: it does not start; clone it")
+    if desired == PowerState.running and (busy := await clones.cloning_from(db, vm.id)):
+        raise Conflict(f"VM {vm.spec.name} is being cloned (task {busy.id}): start it after")
     if desired is not None:
         if action == "resume" and vm.power != PowerState.paused:
             raise Conflict(f"VM {vm.spec.name} is not paused")
@@ -595,6 +637,8 @@ async def delete(db: ConfigDB, ref: str, volumes: bool, user: str) -> Task:
         t = found.value
         if t.target == vm.id and t.kind == TaskKind.vm_delete and not t.state.finished:
             return t
+    what = f"{'template' if vm.template else 'VM'} {vm.spec.name} stays"
+    await clones.refuse_if_read(db, what, [d.volume for d in vm.spec.disks])
     params = VMDeleteParams(volumes=volumes)
     task = new_task(TaskKind.vm_delete, vm.node, vm.id, user, params)
     await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))

@@ -16,6 +16,7 @@ from heron.models.task import (
     new_task,
 )
 from heron.models.vm import VM
+from heron.services.clones import refuse_if_read
 from heron.services.errors import Conflict, Invalid
 from heron.services.lookup import (
     attached,
@@ -98,6 +99,7 @@ async def delete(db: ConfigDB, here: str, pool_name: str, ref: str, user: str) -
     users = attached([e.value for e in await db.list(VM, keys.VMS)])
     if entry.value.id in users:
         raise Conflict(f"volume {entry.value.name} is used by VM {users[entry.value.id]}")
+    await refuse_if_read(db, f"volume {entry.value.name} stays", [entry.value.id])
     node = entry.value.node or here
     task = new_task(TaskKind.volume_delete, node, entry.value.id, user)
     await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))

@@ -36,7 +36,11 @@ def socket_path(state_dir: Path, pool: str) -> Path:
 
 class ArdfsPool(PoolDriver):
     CAPABILITIES = Capabilities(
-        member_disks=True, owned=True, grows_by_reconnect=True, native_snapshots=True
+        member_disks=True,
+        owned=True,
+        grows_by_reconnect=True,
+        native_snapshots=True,
+        linked_clones=True,
     )
 
     def __init__(self, pool: Pool, state_dir: Path, db: ConfigDB | None = None):

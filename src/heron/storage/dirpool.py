@@ -20,7 +20,7 @@ from heron.storage.qemuimg import Progress
 
 
 class DirPool(PoolDriver):
-    CAPABILITIES = Capabilities(formats=(VolumeFormat.qcow2, VolumeFormat.raw))
+    CAPABILITIES = Capabilities(formats=(VolumeFormat.qcow2, VolumeFormat.raw), linked_clones=True)
 
     @classmethod
     def capabilities_of(cls, pool: PoolSpec) -> Capabilities:
@@ -78,6 +78,43 @@ class DirPool(PoolDriver):
         # Only a complete copy gets the volume's name: a crash leaves just a .partial file.
         await asyncio.to_thread(os.replace, partial, target)
         return int((await qemuimg.info(target))["virtual-size"])
+
+    async def clone(
+        self,
+        source: Volume,
+        snapshot: str | None,
+        target: Volume,
+        linked: bool,
+        progress: Progress | None,
+    ) -> None:
+        """Linked: a qcow2 overlay whose backing file is the source's (named relative to the
+        pool's directory); full: a copy by qemu-img, of the snapshot `snapshot` inside a
+        qcow2 source if given. A snapshot inside an image cannot back an overlay."""
+        if source.pool != self.pool.name:
+            raise StorageError(self._not_here(f"volume {source.name} is of another pool"))
+        if linked and snapshot is not None:
+            raise StorageError(
+                self._not_here("a snapshot inside a qcow2 image cannot back a linked clone")
+            )
+        if linked and target.format != VolumeFormat.qcow2:
+            raise StorageError(self._not_here("a linked clone is a qcow2 overlay"))
+        await self.prepare()
+        origin, path = self.path(source), self.path(target)
+        partial = path.with_name(path.name + ".partial")
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+        if linked:
+            await qemuimg.create_overlay(partial, origin.name, source.format.value, source.size)
+        else:
+            # A snapshot is read while its VM may run: QEMU never rewrites a snapshot's
+            # clusters in place, and the task keeps the snapshot from being deleted meanwhile.
+            await qemuimg.convert(
+                origin, source.format.value, partial, target.format.value, progress,
+                snapshot=snapshot, force_share=snapshot is not None,
+            )  # fmt: skip
+        # Only a complete clone gets the volume's name: a crash leaves just a .partial file.
+        await asyncio.to_thread(os.replace, partial, path)
+        if progress is not None:
+            await progress(1.0)
 
     async def resize(self, volume: Volume, size: int) -> None:
         await qemuimg.resize(self.path(volume), volume.format.value, size)

@@ -83,6 +83,11 @@ class Capabilities(BaseModel):
         description="the pool snapshots and clones its volumes itself (heron-io, Ceph), "
         "whatever their format; otherwise only qcow2 volumes have snapshots, inside the image",
     )
+    linked_clones: bool = Field(
+        default=False,
+        description="clones share their source's blocks copy-on-write (qcow2 overlays, or "
+        "the pool's own clones); a full copy otherwise",
+    )
 
 
 class PoolDriver:

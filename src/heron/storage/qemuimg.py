@@ -39,6 +39,14 @@ async def create(path: Image, fmt: str, size: int) -> None:
     await _run("create", "-q", "-f", fmt, str(path), str(size))
 
 
+async def create_overlay(path: Path, backing: str, backing_format: str, size: int) -> None:
+    """A qcow2 image at `path` that reads `backing` (a name relative to `path`'s directory,
+    so the pair can move together) wherever it has not been written itself."""
+    await _run(
+        "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, str(path), str(size)
+    )
+
+
 async def info(path: Image) -> dict[str, Any]:
     return json.loads(await _run("info", "--output=json", "-U", str(path)))
 
@@ -54,10 +62,17 @@ async def convert(
     target_format: str,
     progress: Progress | None = None,
     existing_zero_target: bool = False,
+    snapshot: str | None = None,
+    force_share: bool = False,
 ) -> None:
     """Copy an image into a new file (or into an existing target that reads as zeroes),
-    reporting progress as qemu-img prints it."""
+    reporting progress as qemu-img prints it; `snapshot`: the source's internal snapshot of
+    that name, not its current data; `force_share`: read it though a QEMU has it open."""
     args = ["convert", "-p", "-O", target_format]
+    if snapshot is not None:
+        args += ["-l", f"snapshot.name={snapshot}"]
+    if force_share:
+        args += ["-U"]
     if existing_zero_target:
         args += ["-n", "--target-is-zero"]
     if source_format:

@@ -58,6 +58,7 @@ class VMView(BaseModel):
     )
     revision: int
     created_at: float
+    template: bool = Field(default=False, description="a template: it never starts")
     task: str | None = Field(
         default=None,
         description="in the reply to a change: the task giving the running VM what it can "
@@ -102,6 +103,7 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
         pending=pending_changes(vm.spec, status.hardware if status and known else None),
         revision=revision,
         created_at=vm.created_at,
+        template=vm.template,
     )
 
 
@@ -162,7 +164,7 @@ def _render_all(
     return rendered
 
 
-async def _one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
+async def one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
     """One VM's view, read from etcd (not the caches): right after a change, it shows it."""
     found = await db.get(VMStatus, keys.vm_status(entry.value.id))
     alive = entry.value.node in await live_nodes(db)
@@ -172,7 +174,7 @@ async def _one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
 @router.get("/vms/{ref}", response_model=VMView)
 async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
     db = _ctx(request).db
-    return await _one_view(db, await find_vm(db, ref))
+    return await one_view(db, await find_vm(db, ref))
 
 
 @router.post("/vms", response_model=TaskRef, status_code=202)
@@ -276,7 +278,7 @@ async def _hardware_view(
     db: ConfigDB, request: Request, change: vm_service.HardwareChange
 ) -> VMView:
     request.state.audit_target = change.vm.value.id
-    view = await _one_view(db, change.vm)
+    view = await one_view(db, change.vm)
     return view.model_copy(update={"task": change.task.id if change.task else None})
 
 
@@ -323,7 +325,7 @@ async def detach_nic(
 
 async def _nic_view(db: ConfigDB, request: Request, change: vm_service.NicChange) -> NicChangeView:
     request.state.audit_target = change.vm.value.id
-    view = await _one_view(db, change.vm)
+    view = await one_view(db, change.vm)
     return NicChangeView(vm=view, task=change.task.id if change.task else None)
 
 
