@@ -134,6 +134,14 @@ class Migrations:
                 f"its snapshots {', '.join(lost)} are on node-local disks, which a live "
                 "migration copies without them: delete them first"
             )
+        for volume_id in local:
+            volume = await self.db.get(Volume, keys.volume(volume_id))
+            if volume is not None and volume.value.origin and volume.value.origin.linked:
+                # A mirror would copy it whole while its record still says it reads the source.
+                raise TaskFailed(
+                    f"its disk {volume.value.name} is a linked clone on a node-local pool: "
+                    "it stays with the source it reads; stop the VM, or make it a full clone"
+                )
         shared_volumes = await owned_volumes(self.db, vm)
         ram = await qemu.ram_kib()
         if command.loses_writes(ram, self.vms.accelerator, self.vms.qemu_version):
