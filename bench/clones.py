@@ -1,5 +1,6 @@
-"""Clones: linked and full clones of a template's disk against its size, and mass deployment
-of linked clones from a template through `/vms/batch`, on a 1-node devcluster (dir pool).
+"""Clones: disk snapshots, linked and full clones of a template's disk against its size, and
+mass deployment of linked clones from a template through `/vms/batch`, on a 1-node
+devcluster (dir pool).
 
 Clone time against the volume size: a template with one qcow2 disk of 1 GiB and one of
 32 GiB, each with 1/32 of it written (1 MiB every 32 MiB, so a full copy has data to copy
@@ -7,7 +8,9 @@ across the whole disk). Measured: `POST /vms/{tpl}/clone` until its `vm.clone` t
 linked and full, `--runs` times each (the clone deleted in between). The baseline, in the same
 run on the same files: qemu-img alone doing what the pool driver does (an overlay with
 `qemu-img create -b`, a copy with `qemu-img convert`). A linked clone must not grow with the
-size; a full one does, with the data.
+size; a full one does, with the data. Before each disk becomes a template, `--runs` disk
+snapshots of its (stopped) VM through the API, against `qemu-img snapshot -c` on the same
+file: an internal qcow2 snapshot copies tables, not data.
 
 Mass deployment: `POST /vms/batch` of `--count` linked clones of a template (one 1 GiB
 disk), until the reply and until every `vm.clone` task is done. The baseline: as many VMs
@@ -59,15 +62,38 @@ def fill(image: Path, size: int) -> None:
     qemu("qemu-io", "-f", "qcow2", *commands, str(image))
 
 
-def template(api: Api, pool: Path, name: str, size: int) -> None:
+def template(api: Api, pool: Path, name: str, size: int, snapshot_runs: int = 0) -> Any:
+    """A template with one filled qcow2 disk of `size`; before it becomes one, the times of
+    `snapshot_runs` disk snapshots of it (taken and deleted through the API, and by qemu-img
+    alone on the same file), or None."""
     reply = api.ok(
         "POST",
         "/vms",
         json={"name": name, "memory_mib": 16, "disks": [{"pool": "local", "size": size}]},
     )
     api.wait_task(reply["task"])
-    fill(pool / f"{name}-disk0.qcow2", size)
+    image = pool / f"{name}-disk0.qcow2"
+    fill(image, size)
+    found = None
+    if snapshot_runs:
+        heron, qemu_img = [], []
+        for run in range(snapshot_runs):
+            start = time.perf_counter()
+            taken = api.ok("POST", f"/vms/{name}/snapshots", json={"name": f"s{run}"})
+            api.wait_task(taken["task"], timeout=1800)
+            heron.append(time.perf_counter() - start)
+            api.wait_task(api.ok("DELETE", f"/vms/{name}/snapshots/s{run}")["task"])
+            start = time.perf_counter()
+            qemu("qemu-img", "snapshot", "-c", "bare", str(image))
+            qemu_img.append(time.perf_counter() - start)
+            qemu("qemu-img", "snapshot", "-d", "bare", str(image))
+        found = {
+            "heron_s": stats(heron),
+            "qemu_img_s": stats(qemu_img),
+            "ratio_p50": ratio(stats(heron)["p50"], stats(qemu_img)["p50"]),
+        }
     api.ok("PUT", f"/vms/{name}/template", json={"template": True})
+    return found
 
 
 def timed_clone(api: Api, source: str, name: str, linked: bool) -> float:
@@ -96,7 +122,7 @@ def clone_times(api: Api, pool: Path, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for gib in SIZES_GIB:
         name = f"tpl{gib}g"
-        template(api, pool, name, gib * GiB)
+        out[f"snapshot_{gib}g"] = template(api, pool, name, gib * GiB, runs)
         for kind, linked in (("linked", True), ("full", False)):
             heron, qemu_img = [], []
             for run in range(runs):
@@ -107,7 +133,7 @@ def clone_times(api: Api, pool: Path, runs: int) -> dict[str, Any]:
                 "qemu_img_s": stats(qemu_img),
                 "ratio_p50": ratio(stats(heron)["p50"], stats(qemu_img)["p50"]),
             }
-    for kind in ("linked", "full"):
+    for kind in ("snapshot", "linked", "full"):
         small, big = out[f"{kind}_1g"]["heron_s"]["p50"], out[f"{kind}_32g"]["heron_s"]["p50"]
         out[f"{kind}_32g_vs_1g"] = ratio(big, small)
     return out
@@ -170,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(value, dict):
             rows.append(
                 (
-                    f"{key} clone",
+                    key.replace("_", " "),
                     f"p50 {value['heron_s']['p50'] * 1000:.0f} ms (qemu-img alone "
                     f"{value['qemu_img_s']['p50'] * 1000:.0f} ms, {value['ratio_p50']}x)",
                 )

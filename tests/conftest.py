@@ -54,24 +54,37 @@ def cluster1(
     yield from _cluster(tmp_path_factory, 1)
 
 
+def _module_cluster(request: pytest.FixtureRequest) -> tuple[DevCluster, str]:
+    """The module's devcluster: cluster3, or cluster1 in a module that sets `CLUSTER_NODES = 1`."""
+    nodes = getattr(request.module, "CLUSTER_NODES", 3)
+    found: tuple[DevCluster, str] = request.getfixturevalue(f"cluster{nodes}")
+    return found
+
+
 @pytest.fixture(scope="module")
-def api(cluster3: tuple[DevCluster, str]) -> Api:
-    """An admin client of the 3-node devcluster's first node."""
-    cluster, token = cluster3
+def api(request: pytest.FixtureRequest) -> Api:
+    """An admin client of the first node of the module's devcluster (see `_module_cluster`)."""
+    cluster, token = _module_cluster(request)
     return Api(cluster.nodes[0].url, token)
 
 
 @pytest.fixture(scope="module")
-def image(cluster3: tuple[DevCluster, str], api: Api, testguest: Path) -> str:
-    """The test guest imported into a pool every node sees (a stand-in for an NFS mount)."""
-    cluster, _ = cluster3
-    shared = Path(cluster.dir) / "shared"
-    shared.mkdir()
-    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
+def image(request: pytest.FixtureRequest, api: Api, testguest: Path) -> str:
+    """The test guest imported into a pool: on one node its local pool; on three a pool every
+    node sees (a stand-in for an NFS mount)."""
+    cluster, _ = _module_cluster(request)
+    if len(cluster.nodes) == 1:
+        pool = "local"
+    else:
+        pool = "shared"
+        shared = Path(cluster.dir) / "shared"
+        shared.mkdir()
+        api.ok("POST", "/pools", json={"name": pool, "path": str(shared), "shared": True})
+    name = "guest" if pool == "local" else "testguest"
     reply = api.ok(
         "POST",
-        "/pools/shared/volumes/import",
-        json={"name": "testguest", "path": str(testguest), "format": "qcow2"},
+        f"/pools/{pool}/volumes/import",
+        json={"name": name, "path": str(testguest), "format": "qcow2"},
     )
     api.wait_task(reply["task"])
-    return "shared/testguest"
+    return f"{pool}/{name}"

@@ -12,23 +12,7 @@ from support import Api, qemu_processes, serial_lines, wait_for
 from heron.devcluster import DevCluster
 
 BOOT = 120
-
-
-@pytest.fixture(scope="module")
-def api(cluster1: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster1
-    return Api(cluster.nodes[0].url, token)
-
-
-@pytest.fixture(scope="module")
-def image(api: Api, testguest: Path) -> str:
-    reply = api.ok(
-        "POST",
-        "/pools/local/volumes/import",
-        json={"name": "guest", "path": str(testguest), "format": "qcow2"},
-    )
-    api.wait_task(reply["task"])
-    return "local/guest"
+CLUSTER_NODES = 1  # cluster1 for the `api` and `image` fixtures (tests/conftest.py)
 
 
 def console(cluster: DevCluster, vm_id: str) -> Path:

@@ -5,8 +5,9 @@ reported committed before the snapshot began. From the application-consistent on
 replays only what was written after the hook's checkpoint (a filesystem frozen under a running
 PostgreSQL always opens as "not shut down": what the hook buys is a known, short redo); from the
 crash-consistent one, recovery runs from an older checkpoint and must succeed. Also: quiesce
-required without a channel fails cleanly, leaving nothing taken. Three 1 GiB TCG boots: the
-slowest snapshot test."""
+required without a channel fails cleanly, leaving nothing taken. The crash-consistent clone
+carries a cloud-init seed: its hostname, instance-id and user are checked inside. Three 1 GiB
+TCG boots: the slowest snapshot test."""
 
 from __future__ import annotations
 
@@ -21,9 +22,17 @@ from heron.testguest import build, debian
 from heron.testguest.net import CommandChannel
 
 pytestmark = pytest.mark.integration
+CLUSTER_NODES = 1  # cluster1 for the `api` and `image` fixtures (tests/conftest.py)
 
-BOOT = 400  # TCG on a shared machine (see test_guest_agent.py)
+BOOT = 600  # TCG on a shared machine: systemd, PostgreSQL, and in one clone cloud-init
 COMMAND = 120
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeronCloudInitTestKey alice@heron"
+# The user's own part is merged by cloud-init with Heron's: this guest has no locales and no
+# OpenSSH (the locale module would fail, host keys would not be made).
+SEED = {
+    "users": [{"name": "alice", "ssh_keys": [KEY], "sudo": True}],
+    "user_data": "#cloud-config\nlocale: false\nssh_genkeytypes: []\nssh_deletekeys: false\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +40,13 @@ def cluster(cluster1: tuple[DevCluster, str]) -> DevCluster:
     return cluster1[0]
 
 
-@pytest.fixture(scope="module")
-def api(cluster1: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster1
-    return Api(cluster.nodes[0].url, token)
-
-
 def vm_dir(cluster: DevCluster, vm_id: str) -> Path:
     return Path(cluster.nodes[0].state_dir) / "vms" / vm_id
 
 
-def run(cluster: DevCluster, vm_id: str, command: str) -> str:
+def run(cluster: DevCluster, vm_id: str, command: str, timeout: float = COMMAND) -> str:
     with CommandChannel(vm_dir(cluster, vm_id) / "serial.sock") as channel:
-        result = channel.run(command, COMMAND)
+        result = channel.run(command, timeout)
     assert result.rc == 0, f"{command}: rc={result.rc} {result.output}"
     return result.output
 
@@ -116,11 +119,12 @@ def snapshot_under_load(api: Api, cluster: DevCluster, vm: str, name: str, quies
     return before
 
 
-def clone_and_boot(api: Api, cluster: DevCluster, vm: str, snapshot: str, name: str) -> str:
+def clone_and_boot(
+    api: Api, cluster: DevCluster, vm: str, snapshot: str, name: str, **extra: object
+) -> str:
     # A full copy: a snapshot inside a qcow2 image cannot back an overlay.
-    reply = api.ok(
-        "POST", f"/vms/{vm}/clone", json={"name": name, "snapshot": snapshot, "start": True}
-    )
+    body = {"name": name, "snapshot": snapshot, "start": True, **extra}
+    reply = api.ok("POST", f"/vms/{vm}/clone", json=body)
     api.wait_task(reply["task"], timeout=600)
     clone = str(reply["vm"])
     booted(api, cluster, clone)
@@ -165,14 +169,24 @@ def test_an_application_consistent_clone_holds_every_committed_row(
 def test_a_crash_consistent_clone_recovers_every_committed_row(
     api: Api, cluster: DevCluster, source: str
 ) -> None:
+    """This clone also gets a cloud-init seed of its own (one boot fewer for the test of
+    cloud-init in a real guest): its identity and its user are checked inside."""
     before = snapshot_under_load(api, cluster, source, "crash", "off")
-    clone = clone_and_boot(api, cluster, source, "crash", "db-crash")
+    clone = clone_and_boot(api, cluster, source, "crash", "db-crash", cloud_init=SEED)
     started = postgres_start(cluster, clone)
     count, top = map(int, run(cluster, clone, "heron-insert-load count").split())
     print(f"before {before}; clone has {count} rows up to {top}")
     print("clone's PostgreSQL:", [line.split("LOG:", 1)[-1] for line in started])
     assert count == top >= before
     assert any("not properly shut down" in line or "interrupted" in line for line in started)
+    # cloud-init: all its stages done in this boot, with the clone's own identity.
+    status = run(cluster, clone, "cloud-init status --wait || cloud-init status --long", BOOT)
+    assert "done" in status, status
+    assert run(cluster, clone, "hostname").strip() == "db-crash"
+    assert run(cluster, clone, "cat /var/lib/cloud/data/instance-id").strip() == clone
+    assert run(cluster, clone, "id -un alice").strip() == "alice"
+    assert KEY in run(cluster, clone, "cat /home/alice/.ssh/authorized_keys")
+    assert "NOPASSWD:ALL" in run(cluster, clone, "cat /etc/sudoers.d/90-cloud-init-users")
 
 
 def _lsn(text: str) -> int:

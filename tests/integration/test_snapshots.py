@@ -14,26 +14,10 @@ from heron.devcluster import DevCluster
 from heron.testguest.net import CommandChannel
 
 pytestmark = pytest.mark.integration
+CLUSTER_NODES = 1  # cluster1 for the `api` and `image` fixtures (tests/conftest.py)
 
 BOOT = 180
 MiB = 1024**2
-
-
-@pytest.fixture(scope="module")
-def api(cluster1: tuple[DevCluster, str]) -> Api:
-    cluster, token = cluster1
-    return Api(cluster.nodes[0].url, token)
-
-
-@pytest.fixture(scope="module")
-def image(api: Api, testguest: Path) -> str:
-    reply = api.ok(
-        "POST",
-        "/pools/local/volumes/import",
-        json={"name": "guest", "path": str(testguest), "format": "qcow2"},
-    )
-    api.wait_task(reply["task"])
-    return "local/guest"
 
 
 def vm_dir(cluster: DevCluster, vm_id: str) -> Path:
