@@ -3,6 +3,7 @@ check, the phone-width check and screenshots."""
 
 import re
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page, expect
 
@@ -71,3 +72,10 @@ def assert_fits(page: Page, where: str) -> None:
     settle(page)
     wide = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert wide[0] <= wide[1], f"{where} scrolls sideways at {wide[1]} px: {wide}"
+
+
+def open_tab(page: Page, ui: str, vm: dict[str, Any], tab: str) -> None:
+    """A VM's page at one of its tabs, once it has drawn."""
+    page.goto(f"{ui}/vms/{vm['id']}?tab={tab}")
+    expect(page.locator("[data-testid=vm-state]")).to_be_visible()
+    settle(page)

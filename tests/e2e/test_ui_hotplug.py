@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browsing import STEP, assert_translated, log_in, settle, shot
+from browsing import STEP, assert_translated, log_in, open_tab, settle, shot
 from playwright.sync_api import BrowserContext, Page, expect
 from support import Api
 
@@ -34,12 +34,6 @@ def vm(api: Api, image: str) -> dict[str, Any]:
     reply = api.ok("POST", "/vms", json=body)
     api.wait_task(reply["task"])
     return api.vm(reply["vm"])
-
-
-def open_tab(page: Page, ui: str, vm: dict[str, Any], tab: str) -> None:
-    page.goto(f"{ui}/vms/{vm['id']}?tab={tab}")
-    expect(page.locator("[data-testid=vm-state]")).to_be_visible()
-    settle(page)
 
 
 def test_a_vcpu_plugged_in_from_the_hardware_form(

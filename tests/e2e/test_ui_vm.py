@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browsing import BOOT, STEP, assert_fits, assert_translated, log_in, settle, shot
+from browsing import BOOT, STEP, assert_fits, assert_translated, log_in, open_tab, settle, shot
 from playwright.sync_api import BrowserContext, Page, expect
 from support import Api
 
@@ -47,12 +47,6 @@ def vm(api: Api, image: str) -> dict[str, Any]:
     reply = api.ok("POST", "/vms", json=body)
     api.wait_task(reply["task"])
     return api.vm(reply["vm"])
-
-
-def open_tab(page: Page, ui: str, vm: dict[str, Any], tab: str) -> None:
-    page.goto(f"{ui}/vms/{vm['id']}?tab={tab}")
-    expect(page.locator("[data-testid=vm-state]")).to_be_visible()
-    settle(page)
 
 
 def test_edit_hardware_with_the_apis_reasons_and_pending_marks(
