@@ -170,7 +170,7 @@ def test_what_each_pool_type_can_do() -> None:
     assert capabilities(nfs) == Capabilities(mounted=True, **linked)
     for lun in luns:
         assert capabilities(lun) == Capabilities(scanned=True)
-    assert capabilities(rbd) == Capabilities()
+    assert capabilities(rbd) == Capabilities(native_snapshots=True, linked_clones=True)
     assert capabilities(ardfs) == Capabilities(
         member_disks=True,
         owned=True,

@@ -1,6 +1,7 @@
 """Snapshots without processes: the tree, the service's checks, and the agent's native-pool
-path with a stand-in driver (no real pool of this branch snapshots by itself)."""
+path with a stand-in driver, and with the rbd driver over a stand-in `rbd` tool."""
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -263,6 +264,38 @@ async def test_native_pools_of_a_stopped_vm(
         "deleted": first.id
     }
     assert vm.power == PowerState.stopped
+
+
+async def test_an_rbd_pool_snapshots_through_the_rbd_tool(
+    db: FakeConfigDB, agent: Snapshots, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's tasks with the real rbd driver, over a stand-in rbd (no Ceph here)."""
+    from fakes.rbd import Cluster, install
+
+    program = install(tmp_path / "rbd-bin", tmp_path / "stand-in-rbd.json")
+    monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
+    ceph = Cluster(tmp_path / "stand-in-rbd.json")
+    vm = await a_vm(db, [("ceph", VolumeFormat.raw), ("ceph", VolumeFormat.raw)])
+    ceph.add("r/d0", 2**30, "boot")
+    ceph.add("r/d1", 2**30, "data-1")
+    ceph.write("r/d1", "data-1", 8192)
+    taken, task = await service.create(db, "web", SnapshotCreate(name="a"), "t")  # type: ignore[arg-type]
+    assert [d.method for d in taken.disks] == ["native", "native"]
+    await db.delete(keys.task(task.id))
+    await run_task(db, agent, TaskKind.snapshot_create, vm, taken.id)
+    done = (await db.get(Snapshot, keys.snapshot(vm.id, taken.id))).value  # type: ignore[union-attr]
+    assert done.state == SnapshotState.ready and [d.size for d in done.disks] == [0, 8192]
+    assert [c for c in ceph.changes() if c.startswith("snap")] == [
+        f"snap create r/d0@{taken.id}",
+        f"snap create r/d1@{taken.id}",
+    ]
+
+    ceph.write("r/d1", "data-2", 4096)
+    result = await run_task(db, agent, TaskKind.snapshot_revert, vm, taken.id)
+    assert result["state"] == "shutoff" and ceph.image("r/d1")["data"] == "data-1"  # type: ignore[index]
+    await run_task(db, agent, TaskKind.snapshot_delete, vm, taken.id)
+    assert ceph.image("r/d0")["snaps"] == ceph.image("r/d1")["snaps"] == []  # type: ignore[index]
+    assert await db.list(Snapshot, keys.snapshots(vm.id)) == []
 
 
 def test_the_cli_prints_the_tree_with_the_current_one_marked() -> None:
