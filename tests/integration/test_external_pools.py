@@ -7,6 +7,7 @@ rest of an nfs pool's life run for real. RBD needs a Ceph cluster: see
 test_rbd_pool_where_ceph_is_reachable.
 """
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Api, guest_intact, qemu_homes, serial_lines, wait_for
@@ -311,25 +313,110 @@ def test_nfs_pool_each_node_mounts_it_where_used_and_unmounts_it_when_deleted(
     assert sorted(p.name for p in (nfs_stand_in / "vm").iterdir()) == []  # the file went too
 
 
+@dataclass
+class Ceph:
+    """The Ceph pool of HERON_TEST_RBD, seen through the real rbd tool and qemu-io."""
+
+    pool: str
+    conf: str
+
+    def rbd(self, *args: str) -> Any:
+        found = subprocess.run(
+            ["rbd", *(["-c", self.conf] if self.conf else []), *args, "--format", "json"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return json.loads(found) if found.strip() else None
+
+    def snapshots(self, image: str) -> dict[str, bool]:
+        """The image's snapshots: name -> protected."""
+        return {s["name"]: s["protected"] == "true"
+                for s in self.rbd("snap", "ls", f"{self.pool}/{image}")}  # fmt: skip
+
+    def qemu_io(self, image: str, command: str, *, shared: bool = False) -> str:
+        name = f"rbd:{self.pool}/{image}" + (f":conf={self.conf}" if self.conf else "")
+        extra = ["-U", "-r"] if shared else []
+        said = subprocess.run(["qemu-io", *extra, "-f", "raw", "-c", command, name],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        return said.stdout + said.stderr
+
+    def holds(self, image: str, pattern: int, *, shared: bool = False) -> bool:
+        said = self.qemu_io(image, f"read -P {pattern} 0 1M", shared=shared)
+        assert "read 1048576/1048576" in said or "Pattern verification failed" in said, said
+        return "Pattern verification failed" not in said
+
+
 @pytest.mark.skipif(
     not os.environ.get("HERON_TEST_RBD"),
     reason="needs a Ceph cluster: set HERON_TEST_RBD=<pool>[,<ceph.conf>] where one is reachable",
 )
 def test_rbd_pool_where_ceph_is_reachable(cluster3, api, image) -> None:
     rbd_pool, _, conf = os.environ["HERON_TEST_RBD"].partition(",")
+    ceph = Ceph(rbd_pool, conf)
     body = {"name": "ceph", "type": "rbd", "rbd_pool": rbd_pool}
     if conf:
         body["conf"] = conf
     api.ok("POST", "/pools", json=body)
+    capabilities = api.ok("GET", "/pools/ceph")["capabilities"]
+    assert capabilities["native_snapshots"] and capabilities["linked_clones"], capabilities
     reply = api.ok(
         "POST",
         "/vms",
         json={"name": "on-ceph", "memory_mib": 128, "start": True,
-              "disks": [{"pool": "ceph", "source": image, "format": "raw"}]},
+              "disks": [{"pool": "ceph", "source": image, "format": "raw"},
+                        {"pool": "ceph", "size": 16 * 2**20}]},
     )  # fmt: skip
     api.wait_task(reply["task"])
     cluster, _ = cluster3
-    node = api.vm(reply["vm"])["node"]
-    log = console(cluster, reply["vm"], node)
+    vm = reply["vm"]
+    node = api.vm(vm)["node"]
+    log = console(cluster, vm, node)
     wait_for(lambda: serial_lines(log, "HERON-GUEST-READY"), BOOT, "the guest to boot from RBD")
-    api.wait_task(api.ok("DELETE", f"/vms/{reply['vm']}", params={"volumes": True})["task"])
+
+    # Snapshots: RBD snapshots of both images, taken with the guest paused. The guest runs
+    # from its initramfs: the data disk is written with qemu-io while the VM is off.
+    def act(method: str, path: str, **body: object) -> dict:
+        return api.wait_task(api.ok(method, path, **body)["task"], timeout=300)
+
+    act("POST", f"/vms/{vm}/actions/stop")
+    assert "wrote 1048576/1048576" in ceph.qemu_io("on-ceph-disk1", "write -P 1 0 1M")
+    act("POST", f"/vms/{vm}/actions/start")
+    act("POST", f"/vms/{vm}/snapshots", json={"name": "s1"})
+    s1 = api.ok("GET", f"/vms/{vm}/snapshots/s1")
+    assert [d["method"] for d in s1["disks"]] == ["native", "native"], s1
+    for disk in ("on-ceph-disk0", "on-ceph-disk1"):
+        assert ceph.snapshots(disk) == {s1["id"]: False}
+    act("POST", f"/vms/{vm}/actions/stop")
+    assert "wrote" in ceph.qemu_io("on-ceph-disk1", "write -P 2 0 1M")
+    act("POST", f"/vms/{vm}/snapshots/s1/revert")
+    assert ceph.holds("on-ceph-disk1", 1)
+
+    # Clones of the snapshot: linked (rbd clone of the protected snapshot) and full (rbd cp).
+    linked = api.ok("POST", f"/vms/{vm}/clone",
+                    json={"name": "ceph-linked", "snapshot": "s1", "linked": True})  # fmt: skip
+    full = api.ok("POST", f"/vms/{vm}/clone", json={"name": "ceph-full", "snapshot": "s1"})
+    api.wait_task(linked["task"], timeout=300)
+    api.wait_task(full["task"], timeout=300)
+    parent = ceph.rbd("info", f"{rbd_pool}/ceph-linked-disk1")["parent"]
+    assert (parent["image"], parent["snapshot"]) == ("on-ceph-disk1", s1["id"])
+    assert "parent" not in ceph.rbd("info", f"{rbd_pool}/ceph-full-disk1")
+    assert ceph.holds("ceph-linked-disk1", 1) and ceph.holds("ceph-full-disk1", 1)
+    assert ceph.snapshots("on-ceph-disk1") == {s1["id"]: True}
+    assert api.delete(f"/vms/{vm}/snapshots/s1").status_code == 409  # a clone reads it
+    for clone in (linked, full):
+        act("DELETE", f"/vms/{clone['vm']}", params={"volumes": True})
+    act("DELETE", f"/vms/{vm}/snapshots/s1")  # unprotected, then removed
+    assert ceph.snapshots("on-ceph-disk1") == {}
+
+    # A template and a linked clone of it: the clone's base snapshot goes with the clone.
+    api.ok("PUT", f"/vms/{vm}/template", json={"template": True})
+    child = api.ok("POST", f"/vms/{vm}/clone", json={"name": "ceph-child", "linked": True})
+    api.wait_task(child["task"], timeout=300)
+    base = ceph.rbd("info", f"{rbd_pool}/ceph-child-disk1")["parent"]["snapshot"]
+    assert base.startswith("heron-base-") and ceph.snapshots("on-ceph-disk1") == {base: True}
+    assert ceph.holds("ceph-child-disk1", 1)
+    assert api.delete(f"/vms/{vm}", params={"volumes": True}).status_code == 409
+    act("DELETE", f"/vms/{child['vm']}", params={"volumes": True})
+    assert ceph.snapshots("on-ceph-disk1") == {}
+    act("DELETE", f"/vms/{vm}", params={"volumes": True})
+    left = set(ceph.rbd("ls", rbd_pool) or [])
+    assert not left & {"on-ceph-disk0", "on-ceph-disk1", "ceph-linked-disk0", "ceph-full-disk0"}
