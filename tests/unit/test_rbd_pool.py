@@ -193,7 +193,9 @@ async def test_rbd_missing_or_failing_is_said(
     ceph: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rbd = driver(tmp_path)
-    with pytest.raises(StorageError, match=r"rbd snap: .*\(2\) No such file"):
+    with pytest.raises(
+        StorageError, match=r"rbd snap create .*vms/nothing@s1: .*\(2\) No such file"
+    ):
         await rbd.snapshot_create([volume("nothing")], "s1")
     assert await rbd.snapshots(volume("nothing")) == []
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

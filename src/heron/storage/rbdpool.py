@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from heron.models.storage import Volume
 from heron.storage import qemuimg
 from heron.storage.driver import Capabilities, PoolDriver, StorageError, VolumeSnapshot
 from heron.storage.qemuimg import Progress
+
+log = logging.getLogger(__name__)
 
 BASE_PREFIX = "heron-base-"  # the snapshot of a template that one linked clone reads
 _ERRNO = re.compile(r"\((\d+)\) ")  # rbd says "rbd: <what> failed: (17) File exists"
@@ -140,7 +143,10 @@ class RbdPool(PoolDriver):
                 str(p) for p in (parent.get("pool"), parent.get("pool_namespace"),
                                  parent.get("image")) if p
             ) + f"@{parent['snapshot']}"  # fmt: skip
-            await self._drop_snapshot(spec)
+            try:
+                await self._drop_snapshot(spec)
+            except StorageError as exc:  # the clone is gone; its template's delete purges it
+                log.warning("%s stays behind its deleted clone %s: %s", spec, volume.name, exc)
 
     # -- snapshots and clones ---------------------------------------------------------------
 
@@ -329,7 +335,8 @@ class RbdPool(PoolDriver):
             said = [x for x in lines if x and "% complete" not in x]
             message = said[-1] if said else f"exit status {proc.returncode}"
             code = _ERRNO.search(message)
-            raise RbdError(f"rbd {args[0]}: {message}", int(code.group(1)) if code else 0)
+            message = message.removeprefix("rbd: ")
+            raise RbdError(f"rbd {' '.join(args)}: {message}", int(code.group(1)) if code else 0)
         return out
 
 
