@@ -258,7 +258,7 @@ const en = {
   "storage.typeHint.nfs": "Every node mounts the export itself; volumes are files Heron creates there.",
   "storage.typeHint.iscsi": "The target's LUNs, reached by QEMU's own initiator; a scan finds them. The array must admit iqn.2026-11.org.heron:initiator.",
   "storage.typeHint.block": "Block devices every node sees under the same name (FC or multipath LUNs); a scan finds them.",
-  "storage.typeHint.rbd": "Images in a Ceph pool, created by Heron; they are raw.",
+  "storage.typeHint.rbd": "Images in a Ceph pool, created by Heron; they are raw. Ceph snapshots and clones them itself (linked clones too); every node needs the rbd tool (ceph-common).",
   "storage.field.dirPath": "Directory",
   "storage.hint.dirPath": "Empty: a directory in each node's state directory.",
   "storage.field.server": "NFS server",

@@ -260,7 +260,7 @@ const ru: Record<keyof typeof en, string> = {
   "storage.typeHint.nfs": "Каждый узел сам монтирует экспорт; тома — файлы, которые Heron создаёт в нём.",
   "storage.typeHint.iscsi": "LUN цели, доступные через собственный инициатор QEMU; их находит сканирование. Массив должен допускать iqn.2026-11.org.heron:initiator.",
   "storage.typeHint.block": "Блочные устройства, которые все узлы видят под одним именем (LUN через FC или multipath); их находит сканирование.",
-  "storage.typeHint.rbd": "Образы в пуле Ceph, которые создаёт Heron; формат — raw.",
+  "storage.typeHint.rbd": "Образы в пуле Ceph, которые создаёт Heron; формат — raw. Снимки и клоны (в том числе связанные) делает сам Ceph; на каждом узле нужна утилита rbd (ceph-common).",
   "storage.field.dirPath": "Каталог",
   "storage.hint.dirPath": "Пусто — каталог в каталоге состояния каждого узла.",
   "storage.field.server": "Сервер NFS",
