@@ -129,7 +129,7 @@ class Rbd:
     def do_snap_rm(self, spec: str, options: dict[str, str]) -> None:
         image, taken = self.snap(spec)
         if taken["protected"]:
-            raise fail("failed to remove snapshot", 16, "Device or resource busy")
+            raise Failed(f"rbd: snapshot '{taken['name']}' is protected from removal.", 16)
         image["snaps"].remove(taken)
 
     def do_snap_rollback(self, spec: str, options: dict[str, str]) -> None:
@@ -139,13 +139,13 @@ class Rbd:
     def do_snap_protect(self, spec: str, options: dict[str, str]) -> None:
         _, taken = self.snap(spec)
         if taken["protected"]:
-            raise fail("protecting snap failed", 16, "Device or resource busy")
+            raise Failed("rbd: snap is already protected", 16)
         taken["protected"] = True
 
     def do_snap_unprotect(self, spec: str, options: dict[str, str]) -> None:
         _, taken = self.snap(spec)
         if not taken["protected"]:
-            raise fail("unprotecting snap failed", 22, "Invalid argument")
+            raise Failed("rbd: snap is already unprotected", 22)
         if self.children(spec):
             raise fail("unprotecting snap failed", 16, "Device or resource busy")
         taken["protected"] = False

@@ -164,6 +164,13 @@ async def test_a_failed_template_clone_leaves_no_base(ceph: Cluster, tmp_path: P
         await rbd.clone(template, None, clone, True, None)
     assert ceph.image("vms/tpl")["snaps"] == []  # type: ignore[index]
     assert ceph.image("vms/web")["data"] == "someone else's"  # type: ignore[index]
+    # Failed before its protection: removed all the same (rbd: "already unprotected").
+    other = volume("db", id_="c8")
+    protect = f"snap protect vms/tpl@{base_snapshot(other)}"
+    ceph.fail(protect, "rbd: protecting snap failed: (5) Input/output error")
+    with pytest.raises(StorageError, match="Input/output error"):
+        await rbd.clone(template, None, other, True, None)
+    assert ceph.image("vms/tpl")["snaps"] == [] and ceph.image("vms/db") is None  # type: ignore[index]
 
 
 async def test_full_clones_copy_with_progress_and_grow_to_the_record(

@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 BASE_PREFIX = "heron-base-"  # the snapshot of a template that one linked clone reads
 _ERRNO = re.compile(r"\((\d+)\) ")  # rbd says "rbd: <what> failed: (17) File exists"
 _PERCENT = re.compile(rb"(\d+)% complete")  # rbd's progress on stderr: "Image copy: 42% ..."
+# What rbd says without an errno in the text (src/tools/rbd/action/Snap.cc, Remove.cc).
+_SAID = {
+    "snap is already unprotected": errno.EINVAL,
+    "snap is already protected": errno.EBUSY,
+    "is protected from removal": errno.EBUSY,
+    "image has snapshots": errno.ENOTEMPTY,
+}
 
 
 class RbdError(StorageError):
@@ -334,9 +341,11 @@ class RbdPool(PoolDriver):
             lines = [x.strip() for x in re.split(r"[\r\n]", err.decode(errors="replace"))]
             said = [x for x in lines if x and "% complete" not in x]
             message = said[-1] if said else f"exit status {proc.returncode}"
-            code = _ERRNO.search(message)
+            number = _ERRNO.search(message)
+            code = int(number.group(1)) if number else 0
+            code = next((c for text, c in _SAID.items() if text in message), code)
             message = message.removeprefix("rbd: ")
-            raise RbdError(f"rbd {' '.join(args)}: {message}", int(code.group(1)) if code else 0)
+            raise RbdError(f"rbd {' '.join(args)}: {message}", code)
         return out
 
 
