@@ -61,6 +61,24 @@ def test_degraded_log_survives_reopening_and_compacts(tmp_path: Path) -> None:
     assert path.read_text() == "+ 2 d2\n"
 
 
+def test_degraded_log_says_when_it_first_holds_a_stale_copy(tmp_path: Path) -> None:
+    """heron-io publishes its status on that call, before the I/O that marked the copy is
+    answered: once per step from healthy to degraded, not once per stale copy."""
+    calls: list[int] = []
+    log = DegradedLog(tmp_path / "v.log", lambda: calls.append(log.count()))
+    log.mark([])
+    assert calls == []
+    log.mark([(1, "d1"), (2, "d2")])
+    assert calls == [2]  # called with the marks made: the status it writes shows them
+    log.mark([(3, "d1")])
+    log.clear(1, "d1")
+    assert calls == [2]
+    log.clear(2, "d2")
+    log.clear(3, "d1")
+    log.mark([(4, "d2")])
+    assert calls == [2, 1]
+
+
 async def test_exclusive_waits_for_writers_and_holds_new_ones() -> None:
     gates = BlockGates()
     order: list[str] = []

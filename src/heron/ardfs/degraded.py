@@ -8,12 +8,20 @@ when loaded.
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 
+def _nothing() -> None:
+    pass
+
+
 class DegradedLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_degraded: Callable[[], None] = _nothing):
+        """`on_degraded` is called when the log goes from no stale copy to some, in the same
+        step as the mark (heron-io publishes its status then: see maintenance.py)."""
         self.path = path
+        self.on_degraded = on_degraded
         self.missing: defaultdict[int, set[str]] = defaultdict(set)
         self._load()
 
@@ -64,8 +72,11 @@ class DegradedLog:
             os.fsync(handle.fileno())
 
     def mark(self, pairs: list[tuple[int, str]]) -> None:
+        was_healthy = not self.missing
         for chunk, disk in pairs:
             self.missing[chunk].add(disk)
+        if was_healthy and self.missing:
+            self.on_degraded()
 
     def clear(self, chunk: int, disk: str) -> None:
         found = self.missing.get(chunk)

@@ -231,7 +231,9 @@ class Io:
             self.pinning.discard(spec.name)
 
     def make_volume(self, spec: VolumeSpec) -> AnyVolume:
-        degraded = DegradedLog(self.config.state_dir / "degraded" / f"{spec.id}.log")
+        degraded = DegradedLog(
+            self.config.state_dir / "degraded" / f"{spec.id}.log", self.maintenance.volume_degraded
+        )
         if spec.scheme.kind == "ec":
             return ErasureVolume(spec, self.cluster, degraded)
         return ReplicatedVolume(spec, self.cluster, degraded)

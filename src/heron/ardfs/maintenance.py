@@ -12,7 +12,9 @@ slowly (rate-limited, a slice at a time so VM I/O barely notices). A corrupt cop
 stale with the volume's owner (this node, or the owner's heron-io over the peer protocol),
 which rebuilds it like any other stale copy.
 
-Status: state_dir/status.json, rewritten every second, for herond (and people) to read.
+Status: state_dir/status.json, rewritten every second, for herond (and people) to read; and
+at once when a volume goes from healthy to degraded, before the I/O that degraded it is
+answered, so a status read after that answer says "healthy" only once the copies are rebuilt.
 """
 
 from __future__ import annotations
@@ -342,8 +344,25 @@ class Maintenance:
         }
 
     async def write_status(self) -> bool:
+        self.publish()
+        return False
+
+    def publish(self) -> None:
+        """Write the status file now (on the loop, in one step: nothing changes meanwhile)."""
         path = self.io.config.state_dir / "status.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.status(), indent=1))
         os.replace(tmp, path)
-        return False
+
+    def volume_degraded(self) -> None:
+        """A volume (or layer) has just had its first copy marked stale: publish that before
+        the write, flush or read that found it is answered. The file is otherwise up to a
+        second old, and one written just before the mark would tell whoever reads it after
+        that answer "healthy" (say, that the node which came back has its copies again and
+        another may go down). Once per healthy-to-degraded step of a volume: a node loss
+        costs one rewrite per volume, not one per stale chunk. Best effort: a failure here
+        must not fail the I/O, and the next periodic rewrite says the same."""
+        try:
+            self.publish()
+        except Exception:
+            log.exception("status not rewritten when a volume became degraded")

@@ -66,8 +66,20 @@ WHOLE = 4 * 1024 * 1024  # a whole chunk: the common large write
 # A peer that does not answer within this long is treated as dead for the request.
 REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 2.0
-# After a failed connection, requests fail at once for this long instead of each waiting.
+# After a slow failure (see holds_back), requests fail at once for this long instead of each
+# waiting.
 RETRY_AFTER = 1.0
+
+
+def holds_back(lost: BaseException) -> bool:
+    """Whether a connection lost this way should hold requests back for RETRY_AFTER.
+
+    Not when the peer's end closed or reset it (ConnectionError): its heron-io died, or was
+    restarted, and trying again costs a refused connect at worst. A restart can take less
+    than RETRY_AFTER, and a read whose other copies are gone must then reach the restarted
+    node rather than fail with EIO. A stall, a timeout or a broken protocol does hold them.
+    """
+    return not isinstance(lost, ConnectionError)
 
 
 def _status(exc: BaseException) -> int:
@@ -414,18 +426,24 @@ class PeerClient:
                 self.watchdog = asyncio.create_task(self._watch())
             return sock
 
-    def _drop(self, sock: socket.socket, reason: str) -> None:
-        """Fail everything in flight on `sock`: each caller decides what a lost copy means."""
-        if self.sock is sock:
-            self.sock = None
-            if self.sender is not None:
-                self.sender.close()
-                self.sender = None
-            if self.rx is not None:
-                self.rx.close()  # a read waiting on it ends
-                self.rx = None
+    def _drop(self, sock: socket.socket, reason: str, hold: bool = True) -> None:
+        """Fail everything in flight on `sock`: each caller decides what a lost copy means.
+        `hold`: requests fail at once for RETRY_AFTER instead of connecting again."""
+        if self.sock is not sock:
+            # Dropped already (the reader of an old connection ending after the drop): what
+            # is in flight now was sent on the next connection, and stays.
+            sock.close()
+            return
+        self.sock = None
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+        if self.rx is not None:
+            self.rx.close()  # a read waiting on it ends
+            self.rx = None
+        if hold:
             self.failed_at = time.monotonic()
-            self.failure = reason
+        self.failure = reason
         sock.close()
         pending, self.pending = self.pending, {}
         for item in pending.values():
@@ -458,7 +476,7 @@ class PeerClient:
                     error = _error(status, body.decode(errors="replace")) if status else None
                     item.finish(error, body)
         except (Disconnect, OSError) as exc:
-            self._drop(sock, str(exc) or type(exc).__name__)
+            self._drop(sock, str(exc) or type(exc).__name__, holds_back(exc))
 
     async def _watch(self) -> None:
         """Drop a connection whose peer stopped answering (SIGSTOP, a hung disk): requests
@@ -503,7 +521,7 @@ class PeerClient:
             if len(payload) >= 65536:
                 sender.flush()
         except OSError as exc:
-            self._drop(self.sock, str(exc))
+            self._drop(self.sock, str(exc), holds_back(exc))
         return True
 
     async def call(
@@ -536,7 +554,7 @@ class PeerClient:
         try:
             sender.send(header, payload if payload is not None else b"")
         except OSError as exc:
-            self._drop(sock, str(exc))
+            self._drop(sock, str(exc), holds_back(exc))
         # No timer per request: the watchdog drops a connection whose peer stops answering
         # (SIGSTOP, a hung disk), which fails this future like every other in flight.
         return await future
