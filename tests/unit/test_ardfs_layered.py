@@ -1,6 +1,6 @@
 """The layer logic of ARDFS snapshots (layered.py) over in-memory layers: fall-through reads,
-copy-up of partial writes only, zeroes that hide the layers below, merges, extents, and the
-layers of a volume expanded into placed volumes (io.expand)."""
+copy-up of partial writes only, zeroes that hide the layers below, merges, extents, a layer's
+size, and the layers of a volume expanded into placed volumes (io.expand)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 
 from heron.ardfs.config import Scheme, VolumeSpec
 from heron.ardfs.io import expand
-from heron.ardfs.layered import Layer, Stack, merge
+from heron.ardfs.layered import Layer, Stack, held_bytes, merge
 from heron.ardfs.layout import BLOCK_SIZE
 from heron.ardfs.volume import Extent
 
@@ -137,6 +137,29 @@ def test_a_merge_copies_what_the_layer_above_lacks() -> None:
         stack.set_layers([base, top], 4 * B)
         assert await read(stack, 0, 2) == b"mm"
         assert await read(stack, B + 4, 3) == b"ntn"
+
+    asyncio.run(scenario())
+
+
+def test_a_layers_size_is_its_blocks_counted_once_and_grows_with_a_merge_into_it() -> None:
+    assert held_bytes([], 10 * B) == 0
+    assert held_bytes([0, 2, 5], 10 * B) == 3 * B
+    # The last block of a volume that is not a whole number of blocks counts its part only.
+    assert held_bytes([0, 2], 2 * B + 4096) == B + 4096
+
+    async def scenario() -> None:
+        below, frozen, top = layer(), layer(), layer()
+        assert frozen.known_bytes() is None  # not asked yet: no size, rather than 0
+        for block in (0, 1, 2):
+            await memory(below).write(block * B, memoryview(b"b" * B), False)
+        await memory(frozen).write(B, memoryview(b"f" * B), False)
+        await frozen.held()
+        assert frozen.known_bytes() == B
+        stack = Stack("v", [below, frozen, top], 4 * B)
+        await stack.write(5, memoryview(b"t"), False)  # the top's, not the frozen layer's
+        assert frozen.known_bytes() == B
+        await merge(below, frozen)  # the snapshot below deleted: blocks 0 and 2 move up
+        assert frozen.known_bytes() == 3 * B
 
     asyncio.run(scenario())
 

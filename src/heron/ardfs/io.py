@@ -126,6 +126,7 @@ class Io:
         self.stacks: dict[str, Stack] = {}  # what NBD clients of a volume get
         self.merging: set[str] = set()  # layers being merged into the layers above
         self.merged: dict[str, str] = {}  # layer id -> "" when merged, else why it failed
+        self.learning: set[str] = set()  # frozen layers whose blocks are being asked
         self.claimed: dict[str, int] = {}  # volume id -> epoch claimed on the chunk stores
         self.claims: set[asyncio.Task[object]] = set()
         self.opening: set[str] = set()  # volumes being taken over: not served yet
@@ -275,6 +276,7 @@ class Io:
                 self.steer(self.volumes[spec.name])
         self.restack(before)
         self.start_merges()
+        self.learn_layers()
 
     # -- layers (snapshots) ------------------------------------------------------------------
 
@@ -314,6 +316,31 @@ class Io:
         for name in list(self.stacks):
             if name not in self.specs:
                 del self.stacks[name]
+
+    def learn_layers(self) -> None:
+        """Ask the chunk stores what each frozen layer holds, where this node owns the
+        volume (or nobody does), so the status gives every snapshot's size without waiting
+        for a read to need the layer. A frozen layer changes only by a merge, which the
+        owner does and keeps in the set."""
+        for name, spec in self.specs.items():
+            if spec.owner not in (None, self.config.node) or name in self.opening:
+                continue
+            for layer_id in spec.chain[:-1] + spec.kept:
+                layer = self.layers.get(layer_id)
+                if layer is not None and layer.blocks is None and layer_id not in self.learning:
+                    self.learning.add(layer_id)
+                    self.background(self._learn(layer))
+
+    async def _learn(self, layer: Layer) -> None:
+        try:
+            await layer.held()
+        except Exception as exc:  # a copy unreachable for now: asked again later
+            log.info("layer %s: its blocks are not known yet: %s", layer.id, exc)
+            await asyncio.sleep(MERGE_RETRY)
+            self.learning.discard(layer.id)
+            self.learn_layers()
+            return
+        self.learning.discard(layer.id)
 
     def start_merges(self) -> None:
         """Merge the layers of deleted snapshots where this node owns the volume (one writer:
@@ -362,6 +389,14 @@ class Io:
             # only when theirs are.
             "layers_move_left": sum(v.move_left() for v in frozen if v is not None),
             "layers_stale_chunks": sum(len(v.stale_chunks()) for v in frozen if v is not None),
+            # What each frozen layer holds, where this node knows it (learn_layers): a
+            # snapshot's size. Only the owner's word is sure (it alone writes, and merges).
+            "layer_bytes": {
+                x: size
+                for x in spec.chain[:-1] + spec.kept
+                if (layer := self.layers.get(x)) is not None
+                and (size := layer.known_bytes()) is not None
+            },
             "merged": sorted(k for k in spec.merges if self.merged.get(k) == ""),
             "merge_errors": {k: v for k, v in self.merged.items() if v and k in spec.merges},
         }
@@ -465,6 +500,7 @@ class Io:
             if volume is not None and volume.spec.id == spec.id:
                 self.steer(volume)
             self.start_merges()  # those waiting for this node to own the volume
+            self.learn_layers()
             # Say so at once: a live migration waits for the new owner to report it.
             with contextlib.suppress(OSError):
                 await self.maintenance.write_status()
