@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
+from heron.ardfs.client import local_cluster
 from heron.ardfs.config import Scheme, VolumeSpec
-from heron.ardfs.io import expand
+from heron.ardfs.io import Io, expand
 from heron.ardfs.layered import Layer, Stack, held_bytes, merge
 from heron.ardfs.layout import BLOCK_SIZE
 from heron.ardfs.volume import Extent
@@ -164,6 +166,35 @@ def test_a_layers_size_is_its_blocks_counted_once_and_grows_with_a_merge_into_it
     asyncio.run(scenario())
 
 
+def test_an_answer_asked_before_a_forget_is_not_kept() -> None:
+    """A handover forgets what a layer holds while a read may be asking the chunk stores:
+    that answer may miss what the other node wrote, so it is asked again."""
+
+    async def scenario() -> None:
+        found = layer()
+        volume = memory(found)
+        asked = asyncio.Event()
+        go = asyncio.Event()
+        plain = volume.allocated_blocks
+
+        async def slow(first: int, count: int) -> list[bool]:
+            answer = await plain(first, count)
+            asked.set()
+            await go.wait()
+            return answer
+
+        volume.allocated_blocks = slow  # type: ignore[method-assign]
+        reading = asyncio.ensure_future(found.held())
+        await asyncio.wait_for(asked.wait(), 5)
+        await volume.write(B, memoryview(b"w" * B), False)  # by the other node, meanwhile
+        found.forget()
+        go.set()
+        assert await asyncio.wait_for(reading, 5) == {1}
+        assert volume.asked == 2
+
+    asyncio.run(scenario())
+
+
 def test_extents_are_holes_only_where_no_layer_holds_the_block() -> None:
     async def scenario() -> None:
         base, top = layer(), layer()
@@ -210,3 +241,37 @@ def test_expand_serves_each_layer_once_under_its_own_name() -> None:
     assert specs["plain"].id == plain.id  # no snapshots: served as it always was
     assert specs[f"layer:{frozen}"].owner == "a"  # the source's, first named
     assert all(not s.layers and not s.merges for s in specs.values())
+
+
+def test_heron_io_gives_its_frozen_layers_sizes_and_asks_again_for_an_unowned_top(
+    tmp_path: Path,
+) -> None:
+    """One heron-io over a real chunk store in a directory (not started: no sockets): it
+    learns what a snapshot's frozen layer holds without a read needing it, and a client
+    opening a layered volume nobody owns makes it ask again what the top holds (another
+    node may have written it)."""
+
+    async def scenario() -> None:
+        volume = VolumeSpec(name="v", size=16 * 2**20, scheme=Scheme(copies=1))
+        io = Io(local_cluster(tmp_path, 1, [volume])[0])
+        try:
+            io.apply_volumes([volume])
+            await asyncio.gather(*io.claims)
+            plain = io.open_export("v")
+            assert plain is not None
+            for block in (0, 2):
+                await plain.write(block * B, memoryview(b"a" * B), False)
+            snapped = volume.model_copy(update={"layers": [volume.id, uuid.uuid4().hex]})
+            io.apply_volumes([snapped])
+            await asyncio.gather(*io.claims)
+            assert io.layer_status("v")["layer_bytes"] == {volume.id: 2 * B}
+            stack = io.open_export("v")
+            assert stack is plain and await stack.top.has(1) is False
+            # Written through another node's heron-io: here, straight into the top's copies.
+            await io.volumes["v"].write(B, memoryview(b"b" * B), False)
+            assert await stack.top.has(1) is False  # what it knew
+            assert io.open_export("v") is stack and await stack.top.has(1)
+        finally:
+            await io.stop()
+
+    asyncio.run(scenario())

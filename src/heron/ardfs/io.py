@@ -134,7 +134,7 @@ class Io:
         self.starting: set[str] = set()  # volumes whose move is being started
         self.maintenance = Maintenance(self)
         self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt, key=key)
-        self.nbd = NbdServer(ExportTable(self.export, self.export_names))
+        self.nbd = NbdServer(ExportTable(self.open_export, self.export_names))
 
     def fail_disk(self, disk: str, why: str) -> None:
         """Stop serving a disk that failed while served, as if it had failed at start: its
@@ -164,6 +164,16 @@ class Io:
         ):
             return None  # another node's, and this is not the target of its live migration
         return self.stacks.get(name)
+
+    def open_export(self, name: str) -> Stack | None:
+        """`export`, for a client opening it. A layered volume nobody owns may have been
+        written through another node since this one last asked what its top holds: it asks
+        again (frozen layers change only by merges, which only an owner makes)."""
+        stack = self.export(name)
+        spec = self.specs.get(name)
+        if stack is not None and stack.below and spec is not None and spec.owner is None:
+            stack.top.forget()
+        return stack
 
     def owns(self, name: str) -> bool:
         """Served here as its owner, with the previous owner's stale notes merged."""

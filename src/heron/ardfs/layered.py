@@ -80,6 +80,7 @@ class Layer:
         self.blocks: set[int] | None = None  # None: not asked yet
         self.locks = BlockLocks()
         self._loading = asyncio.Lock()
+        self._forgotten = 0  # forgets so far: an answer asked before the last one is old
 
     def known_bytes(self) -> int | None:
         """What its blocks hold (`held_bytes`), if they are known here yet."""
@@ -90,15 +91,20 @@ class Layer:
     def forget(self) -> None:
         """Ask the chunk stores again at the next use (another node may have written)."""
         self.blocks = None
+        self._forgotten += 1
 
     async def held(self) -> set[int]:
-        if self.blocks is None:
+        while True:
+            blocks = self.blocks
+            if blocks is not None:
+                return blocks
             async with self._loading:
                 if self.blocks is None:
+                    asked = self._forgotten
                     count = blocks_of(self.volume.size)
                     present = await self.volume.allocated_blocks(0, count) if count else []
-                    self.blocks = {b for b, here in enumerate(present) if here}
-        return self.blocks
+                    if asked == self._forgotten:  # else forgotten meanwhile: ask again
+                        self.blocks = {b for b, here in enumerate(present) if here}
 
     async def has(self, block: int) -> bool:
         return block in await self.held()
