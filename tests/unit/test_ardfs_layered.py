@@ -275,3 +275,28 @@ def test_heron_io_gives_its_frozen_layers_sizes_and_asks_again_for_an_unowned_to
             await io.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_owner_change_forgets_the_kept_layers_too(tmp_path: Path) -> None:
+    """A snapshot's layer off the stack (after a revert to an older one) is merged into
+    when the snapshot below it goes, by whichever node owns the volume then: what this node
+    knew of it is old once another node owned the volume."""
+
+    async def scenario() -> None:
+        base, kept, top = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+        volume = VolumeSpec(name="v", size=16 * 2**20, scheme=Scheme(copies=1), id=base,
+                            layers=[base, top], kept=[kept])  # fmt: skip
+        io = Io(local_cluster(tmp_path, 1, [volume])[0])
+        try:
+            io.apply_volumes([volume])
+            await asyncio.gather(*io.claims)
+            assert io.layers[kept].blocks == set()  # learned: nobody owns the volume
+            elsewhere = volume.model_copy(update={"owner": "n2", "epoch": 2})
+            io.apply_volumes([elsewhere])
+            assert io.layers[kept].blocks is None and io.layers[top].blocks is None
+            assert "layer_bytes" in io.layer_status("v")
+            assert io.layer_status("v")["layer_bytes"] == {}  # not this node's word now
+        finally:
+            await io.stop()
+
+    asyncio.run(scenario())

@@ -315,8 +315,10 @@ class Io:
                 )
             old = before.get(name)
             if old is not None and (old.epoch, old.owner) != (spec.epoch, spec.owner):
-                for layer in chain:  # another node may have written them meanwhile
-                    layer.forget()
+                # Another node may have written them meanwhile: the top, and merges into
+                # frozen layers, kept ones too.
+                for layer_id in spec.chain + spec.kept:
+                    layers[layer_id].forget()
             stack = self.stacks.get(name)
             if stack is None:
                 self.stacks[name] = Stack(name, chain, spec.size)
