@@ -14,7 +14,7 @@ from heron.ardfs.client import IoProcess, io_cluster
 from heron.ardfs.config import Scheme, VolumeSpec
 from heron.ardfs.degraded import DegradedLog
 from heron.ardfs.layout import ec_chunk
-from heron.ardfs.nbdtools import fio, qemu_io
+from heron.ardfs.nbdtools import extents, fio, qemu_io
 from heron.ardfs.placement import group_key, place
 
 pytestmark = pytest.mark.integration
@@ -88,11 +88,18 @@ def test_partial_stripe_writes_and_any_lost_shard(tmp_path: Path, data: int) -> 
 @pytest.mark.parametrize("data", [2, 3])
 def test_a_killed_node_loses_one_shard_of_every_stripe_it_held(tmp_path: Path, data: int) -> None:
     volume = VolumeSpec(name="ec", size=64 * MiB, scheme=Scheme(kind="ec", data=data))
-    with io_cluster(tmp_path, data + 1, [volume]) as nodes:
+    half = VolumeSpec(name="half", size=24 * MiB, scheme=volume.scheme)
+    with io_cluster(tmp_path, data + 1, [volume, half]) as nodes:
         uri = nodes[0].uri("ec")
         qemu_io(uri, "write -P 0x4e 0 64M", "flush")
+        stripe = data * 4 * MiB
+        qemu_io(nodes[0].uri("half"), f"write -P 0x4d 0 {stripe}", "flush")
         nodes[-1].kill()  # with k+1 nodes, every stripe loses exactly one shard
         qemu_io(uri, "read -P 0x4e 0 64M")
+        # What holds data is still told apart from holes (a snapshot's layer relies on it): a
+        # stripe without parity was never written, whichever of its shards is away.
+        kinds = [(e["offset"], e["length"], e["type"]) for e in extents(nodes[0].uri("half"))]
+        assert kinds == [(0, stripe, 0), (stripe, 24 * MiB - stripe, 3)], kinds
         # writes go on, degraded (reconstruct-write or parity-less), and read back
         qemu_io(uri, "write -P 0x4f 3M 10M", "write -P 0x50 33M 1000", "flush")
         qemu_io(uri, "read -P 0x4e 0 3M", "read -P 0x4f 3M 10M", "read -P 0x50 33M 1000")

@@ -1,8 +1,9 @@
 """VM snapshots through the API with a disk on an ARDFS pool: heron-io takes them itself (a
 new layer, no copy), the running VM paused around it; a middle snapshot is deleted while the
 VM runs (merged online by the owner's heron-io, then dropped by its agent); reverts read
-each snapshot back. A linked clone of a snapshot (made by the pool driver, as the clone
-service does) reads it, and keeps it from being deleted until the clone goes."""
+each snapshot back; each snapshot's size is what its own layer holds. A linked clone of a
+snapshot (made by the pool driver, as the clone service does) reads it, and keeps it from
+being deleted until the clone goes."""
 
 import asyncio
 import subprocess
@@ -42,9 +43,15 @@ def holds(uri: str, pattern: int) -> bool:
     return "Pattern verification failed" not in said
 
 
-def write(uri: str, pattern: int) -> None:
-    said = qemu_io(uri, f"write -P {pattern} 0 1M")
-    assert "wrote 1048576/1048576" in said, said
+def write(uri: str, pattern: int, mib: int = 1) -> None:
+    said = qemu_io(uri, f"write -P {pattern} 0 {mib}M")
+    assert f"wrote {mib * MiB}/{mib * MiB}" in said, said
+
+
+def sizes(api: Api, vm_id: str) -> dict[str, int | None]:
+    """Each snapshot's size of the ARDFS disk (disk1)."""
+    listing = api.ok("GET", f"/vms/{vm_id}/snapshots")["snapshots"]
+    return {s["name"]: s["disks"][1]["size"] for s in listing}
 
 
 def power(api: Api, vm_id: str, action: str) -> None:
@@ -126,14 +133,21 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
     assert taken["state"] == "ready", taken
     assert [d["method"] for d in taken["disks"]] == ["qcow2", "native"]
     power(api, vm, "start")
-    for index in (2, 3):  # written beside the running VM (its guest does not use the disk)
-        write(uri, index)
+    # Written beside the running VM (its guest does not use the disk): three whole blocks
+    # before s2, 1 MiB of one block before s3.
+    for index, mib in ((2, 12), (3, 1)):
+        write(uri, index, mib)
         taken = snapshot(api, vm, f"s{index}")  # paused, heron-io switches its top layer
         assert taken["state"] == "ready", taken
     write(uri, 4)
     record = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
     assert len(record["layers"]) == 4  # three frozen by s1..s3, and the top
     assert holds(uri, 4)
+    # Each snapshot's size is what its own layer holds, in whole 4 MiB blocks, counted once
+    # though the pool keeps two copies: s1 block 0, s2 blocks 0-2, s3 block 0 (1 MiB of it
+    # written). The owner's agent writes it shortly after the snapshot.
+    own = {"s1": 4 * MiB, "s2": 12 * MiB, "s3": 4 * MiB}
+    wait_for(lambda: sizes(api, vm) == own or None, 30, f"the sizes {own}")
 
     # The middle snapshot goes while the VM runs: merged into s3's layer, then dropped.
     act(api, vm, "DELETE", "s2")
@@ -146,6 +160,9 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
 
     wait_for(merged, 120, "the owner to merge and drop s2's layer")
     assert holds(uri, 4)
+    # s3's layer took the two blocks of s2's that it lacked: it holds three now.
+    own = {"s1": 4 * MiB, "s3": 12 * MiB}
+    wait_for(lambda: sizes(api, vm) == own or None, 30, f"the sizes {own}")
 
     for name, pattern in (("s3", 3), ("s1", 1)):
         done = act(api, vm, "POST", f"{name}/revert")

@@ -1,7 +1,8 @@
-"""An ardfs pool in a real devcluster: every node's agent runs heron-io, a VM boots from a
-replicated volume and live-migrates (the volume changes owner at the switch), and when its
-node dies as a whole (agent, QEMU, heron-io) HA starts it on another node, which claims the
-volume with a new epoch and boots from the surviving copy."""
+"""An ardfs pool in a real devcluster: every node's agent runs heron-io, a VM (a linked clone
+of a template: its volume reads the template's frozen layer under a layer of its own) boots
+from a replicated volume and live-migrates (the volume changes owner at the switch), and when
+its node dies as a whole (agent, QEMU, heron-io) HA starts it on another node, which claims
+the volume with a new epoch and boots from the surviving copies of both layers."""
 
 import contextlib
 import os
@@ -92,21 +93,33 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == (
         "body.disks.0.format"
     )
+    # The VM is a linked clone of a template on ARDFS: its disk reads the template's frozen
+    # layer and writes a layer of its own (no data copied), through everything below.
     reply = api.ok(
         "POST",
         "/vms",
-        json={"name": "hci-vm", "memory_mib": 128, "node": "node1", "start": True,
-              "ha": {"enabled": True},
+        json={"name": "hci-tpl", "memory_mib": 128, "node": "node1", "ha": {"enabled": True},
               # hybrid: its boot disk on ARDFS, a data disk on another (shared) pool
               "disks": [{"pool": "hci", "source": image}, {"pool": "shared", "size": 2**20}]},
+    )  # fmt: skip
+    api.wait_task(reply["task"], timeout=180)
+    template_id = reply["vm"]
+    api.ok("PUT", "/vms/hci-tpl/template", json={"template": True})
+    reply = api.ok(
+        "POST", "/vms/hci-tpl/clone",
+        json={"name": "hci-vm", "linked": True, "node": "node1", "start": True},
     )  # fmt: skip
     api.wait_task(reply["task"], timeout=180)
     vm_id = reply["vm"]
     first = console(cluster, vm_id, "node1")
     wait_for(lambda: serial_lines(first, "HERON-GUEST-READY"), BOOT, "the guest to boot on ARDFS")
+    template_volume = api.vm(template_id)["spec"]["disks"][0]["volume"]
     volume_id = api.vm(vm_id)["spec"]["disks"][0]["volume"]
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
     assert (volume["format"], volume["owner"], volume["epoch"]) == ("raw", "node1", 1)
+    assert volume["origin"] == {"volume": template_volume, "snapshot": None, "linked": True}
+    shared = [x for x in volume["layers"] if x["volume"] == template_volume]
+    assert len(shared) == 1 and len(volume["layers"]) == 2  # the template's, and its own top
     # Two copies of each block, on two different nodes' disks.
     holders = [
         n.name
@@ -148,7 +161,7 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     second = console(cluster, vm_id, vm["node"])
     wait_for(lambda: serial_lines(second, "HERON-GUEST-READY"), BOOT, "the guest to boot again")
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
-    assert (volume["owner"], volume["epoch"]) == (vm["node"], 3)
+    assert (volume["owner"], volume["epoch"]) == (vm["node"], 3)  # read through both layers
 
     # Written while node2 is away, the copies there are stale: the volume is degraded and its
     # owner follows the rebuild as a task, which ends once node2 is back and caught up. (The
@@ -161,6 +174,9 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         capture_output=True, text=True,
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
+    # The guest lives on, node2 still away: it keeps counting.
+    seen = ticks(second)[-1] if ticks(second) else -1
+    wait_for(lambda: ticks(second) and ticks(second)[-1] > seen, 60, "the guest to tick on")
 
     def health() -> dict:
         return api.ok("GET", f"/pools/hci/volumes/{volume_id}")["health"] or {}
@@ -179,15 +195,26 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     assert done["result"]["rebuilt_chunks"] >= 1, done
     wait_for(lambda: health().get("state") == "healthy", 30, "healthy again")
 
-    # Deleted with the VM, the volume's chunks leave every node's disk.
+    def chunk_dirs(record: dict) -> list[Path]:
+        """Where the nodes keep the chunks of a volume's own layers."""
+        own = [x["id"] for x in record["layers"] if x["volume"] is None]
+        return [Path(f"{n.state_dir}/ardfs-disk0/volumes/{layer}")
+                for n in cluster.nodes for layer in own]  # fmt: skip
+
+    # Deleted with the VM, the clone's chunks leave every node's disk; the template's stay
+    # until it goes too (it cannot while the clone reads it).
+    refused = api.delete("/vms/hci-tpl", params={"volumes": True})
+    assert refused.status_code == 409, refused.text
+    clone_dirs = chunk_dirs(api.ok("GET", f"/pools/hci/volumes/{volume_id}"))
+    template_dirs = chunk_dirs(api.ok("GET", f"/pools/hci/volumes/{template_volume}"))
+    assert any(d.exists() for d in clone_dirs) and any(d.exists() for d in template_dirs)
     api.wait_task(api.ok("DELETE", f"/vms/{vm_id}", params={"volumes": True})["task"])
-    chunk_dirs = [
-        Path(f"{n.state_dir}/ardfs-disk0/volumes/{volume_id.replace('-', '')}")
-        for n in cluster.nodes
-    ]
-    assert any(d.exists() for d in chunk_dirs)
-    wait_for(lambda: not any(d.exists() for d in chunk_dirs), 60, "the chunks to be removed")
+    wait_for(lambda: not any(d.exists() for d in clone_dirs), 60, "the chunks to be removed")
     assert api.get(f"/pools/hci/volumes/{volume_id}").status_code == 404
+    assert any(d.exists() for d in template_dirs)
+    api.ok("PUT", "/vms/hci-tpl/template", json={"template": False})
+    api.wait_task(api.ok("DELETE", "/vms/hci-tpl", params={"volumes": True})["task"])
+    wait_for(lambda: not any(d.exists() for d in template_dirs), 60, "the template's chunks")
 
     # The pool's peer key goes with the pool.
     api.ok("DELETE", "/pools/hci")

@@ -1,15 +1,17 @@
 """The layer logic of ARDFS snapshots (layered.py) over in-memory layers: fall-through reads,
-copy-up of partial writes only, zeroes that hide the layers below, merges, extents, and the
-layers of a volume expanded into placed volumes (io.expand)."""
+copy-up of partial writes only, zeroes that hide the layers below, merges, extents, a layer's
+size, and the layers of a volume expanded into placed volumes (io.expand)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
+from heron.ardfs.client import local_cluster
 from heron.ardfs.config import Scheme, VolumeSpec
-from heron.ardfs.io import expand
-from heron.ardfs.layered import Layer, Stack, merge
+from heron.ardfs.io import Io, expand
+from heron.ardfs.layered import Layer, Stack, held_bytes, merge
 from heron.ardfs.layout import BLOCK_SIZE
 from heron.ardfs.volume import Extent
 
@@ -141,6 +143,58 @@ def test_a_merge_copies_what_the_layer_above_lacks() -> None:
     asyncio.run(scenario())
 
 
+def test_a_layers_size_is_its_blocks_counted_once_and_grows_with_a_merge_into_it() -> None:
+    assert held_bytes([], 10 * B) == 0
+    assert held_bytes([0, 2, 5], 10 * B) == 3 * B
+    # The last block of a volume that is not a whole number of blocks counts its part only.
+    assert held_bytes([0, 2], 2 * B + 4096) == B + 4096
+
+    async def scenario() -> None:
+        below, frozen, top = layer(), layer(), layer()
+        assert frozen.known_bytes() is None  # not asked yet: no size, rather than 0
+        for block in (0, 1, 2):
+            await memory(below).write(block * B, memoryview(b"b" * B), False)
+        await memory(frozen).write(B, memoryview(b"f" * B), False)
+        await frozen.held()
+        assert frozen.known_bytes() == B
+        stack = Stack("v", [below, frozen, top], 4 * B)
+        await stack.write(5, memoryview(b"t"), False)  # the top's, not the frozen layer's
+        assert frozen.known_bytes() == B
+        await merge(below, frozen)  # the snapshot below deleted: blocks 0 and 2 move up
+        assert frozen.known_bytes() == 3 * B
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_asked_before_a_forget_is_not_kept() -> None:
+    """A handover forgets what a layer holds while a read may be asking the chunk stores:
+    that answer may miss what the other node wrote, so it is asked again."""
+
+    async def scenario() -> None:
+        found = layer()
+        volume = memory(found)
+        asked = asyncio.Event()
+        go = asyncio.Event()
+        plain = volume.allocated_blocks
+
+        async def slow(first: int, count: int) -> list[bool]:
+            answer = await plain(first, count)
+            asked.set()
+            await go.wait()
+            return answer
+
+        volume.allocated_blocks = slow  # type: ignore[method-assign]
+        reading = asyncio.ensure_future(found.held())
+        await asyncio.wait_for(asked.wait(), 5)
+        await volume.write(B, memoryview(b"w" * B), False)  # by the other node, meanwhile
+        found.forget()
+        go.set()
+        assert await asyncio.wait_for(reading, 5) == {1}
+        assert volume.asked == 2
+
+    asyncio.run(scenario())
+
+
 def test_extents_are_holes_only_where_no_layer_holds_the_block() -> None:
     async def scenario() -> None:
         base, top = layer(), layer()
@@ -187,3 +241,62 @@ def test_expand_serves_each_layer_once_under_its_own_name() -> None:
     assert specs["plain"].id == plain.id  # no snapshots: served as it always was
     assert specs[f"layer:{frozen}"].owner == "a"  # the source's, first named
     assert all(not s.layers and not s.merges for s in specs.values())
+
+
+def test_heron_io_gives_its_frozen_layers_sizes_and_asks_again_for_an_unowned_top(
+    tmp_path: Path,
+) -> None:
+    """One heron-io over a real chunk store in a directory (not started: no sockets): it
+    learns what a snapshot's frozen layer holds without a read needing it, and a client
+    opening a layered volume nobody owns makes it ask again what the top holds (another
+    node may have written it)."""
+
+    async def scenario() -> None:
+        volume = VolumeSpec(name="v", size=16 * 2**20, scheme=Scheme(copies=1))
+        io = Io(local_cluster(tmp_path, 1, [volume])[0])
+        try:
+            io.apply_volumes([volume])
+            await asyncio.gather(*io.claims)
+            plain = io.open_export("v")
+            assert plain is not None
+            for block in (0, 2):
+                await plain.write(block * B, memoryview(b"a" * B), False)
+            snapped = volume.model_copy(update={"layers": [volume.id, uuid.uuid4().hex]})
+            io.apply_volumes([snapped])
+            await asyncio.gather(*io.claims)
+            assert io.layer_status("v")["layer_bytes"] == {volume.id: 2 * B}
+            stack = io.open_export("v")
+            assert stack is plain and await stack.top.has(1) is False
+            # Written through another node's heron-io: here, straight into the top's copies.
+            await io.volumes["v"].write(B, memoryview(b"b" * B), False)
+            assert await stack.top.has(1) is False  # what it knew
+            assert io.open_export("v") is stack and await stack.top.has(1)
+        finally:
+            await io.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_owner_change_forgets_the_kept_layers_too(tmp_path: Path) -> None:
+    """A snapshot's layer off the stack (after a revert to an older one) is merged into
+    when the snapshot below it goes, by whichever node owns the volume then: what this node
+    knew of it is old once another node owned the volume."""
+
+    async def scenario() -> None:
+        base, kept, top = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+        volume = VolumeSpec(name="v", size=16 * 2**20, scheme=Scheme(copies=1), id=base,
+                            layers=[base, top], kept=[kept])  # fmt: skip
+        io = Io(local_cluster(tmp_path, 1, [volume])[0])
+        try:
+            io.apply_volumes([volume])
+            await asyncio.gather(*io.claims)
+            assert io.layers[kept].blocks == set()  # learned: nobody owns the volume
+            elsewhere = volume.model_copy(update={"owner": "n2", "epoch": 2})
+            io.apply_volumes([elsewhere])
+            assert io.layers[kept].blocks is None and io.layers[top].blocks is None
+            assert "layer_bytes" in io.layer_status("v")
+            assert io.layer_status("v")["layer_bytes"] == {}  # not this node's word now
+        finally:
+            await io.stop()
+
+    asyncio.run(scenario())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from heron.ardfs.checksum import CHUNK_SIZE, sector_span
 from heron.ardfs.degraded import DegradedLog
-from heron.ardfs.erasure import RegionLocks
+from heron.ardfs.erasure import RegionLocks, held_data_shards
 from heron.ardfs.gates import BlockGates
 from heron.ardfs.layout import Piece, ec_chunk, ec_shard, pieces
 from heron.ardfs.maintenance import RateLimiter
@@ -137,3 +137,17 @@ async def test_region_locks_conflict_only_on_the_same_range_of_a_stripe() -> Non
     await job
     assert order == ["rebuild"]
     assert locks.try_acquire(0, 0, CHUNK_SIZE)
+
+
+def test_ec_blocks_whose_shard_is_unreachable_are_told_from_their_stripe() -> None:
+    """EC 2+1, stripe 0 = blocks 0, 1 (chunks 0, 1, parity 2), stripe 1 = blocks 2, 3
+    (chunks 3, 4, parity 5). A hole reported where data is would show a layer below."""
+    answers: dict[int, bool | None] = {
+        0: True, 1: None, 2: True,  # block 1 unknown, its stripe written: data
+        3: None, 4: None, 5: False,  # no parity: nothing of stripe 1 was ever written
+    }  # fmt: skip
+    assert held_data_shards(2, range(4), answers.__getitem__) == [True, True, False, False]
+    answers[5] = None  # the parity unknown too: data, never a hole
+    assert held_data_shards(2, range(4), answers.__getitem__) == [True, True, True, True]
+    answers.update({3: False, 4: None, 5: True})  # parity for block 3's data alone
+    assert held_data_shards(2, [2, 3], answers.__getitem__) == [False, True]

@@ -17,6 +17,7 @@ from heron.models.node import Node
 from heron.models.snapshot import (
     Snapshot,
     SnapshotCreate,
+    SnapshotDisk,
     SnapshotHead,
     SnapshotState,
     head_after_delete,
@@ -307,6 +308,16 @@ def test_the_cli_prints_the_tree_with_the_current_one_marked() -> None:
     views = [{**s.model_dump(), "current": s is b, "revision": 1} for s in (c, b, a)]
     printed = [r["tree"] for r in rows({"vm": "v", "current": b.id, "snapshots": views})]
     assert printed == ["a", "  └ b *", "  └ c"]
+
+
+def test_the_cli_gives_the_total_of_the_disks_that_tell_and_each_disk() -> None:
+    from heron.cli.snapshot import COLUMNS, each_disk
+
+    qcow2 = SnapshotDisk(index=0, volume="v0", pool="local", method="qcow2")
+    ardfs = SnapshotDisk(index=1, volume="v1", pool="hci", method="native", size=12 * 2**20)
+    view = snap("a", at=1).model_copy(update={"disks": [qcow2, ardfs]}).model_dump()
+    total = dict(COLUMNS)["disk size"]
+    assert (total(view), each_disk(view)) == ("12.0 MiB", "disk0 -, disk1 12.0 MiB")
 
 
 # -- quiesce through the guest agent (the fake agent of test_qga) -------------------------

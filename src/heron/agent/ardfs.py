@@ -27,6 +27,7 @@ from heron.ardfs.io import READY
 from heron.ardfs.peerauth import new_key, write_key
 from heron.configdb import ConfigDB, Conflict, Txn, keys
 from heron.configdb.cache import Cache
+from heron.models.snapshot import Snapshot, SnapshotState
 from heron.models.storage import (
     ArdfsDisk,
     ArdfsMember,
@@ -110,6 +111,17 @@ def io_config(
             if v.pool == pool.name and v.size > 0
         ],
     )
+
+
+def _disk_sized(volume_id: str, size: int) -> Callable[[Snapshot], Snapshot]:
+    """A snapshot record with the size of its disk on that volume."""
+
+    def change(snapshot: Snapshot) -> Snapshot:
+        disks = [d.model_copy(update={"size": size}) if d.volume == volume_id else d
+                 for d in snapshot.disks]  # fmt: skip
+        return snapshot.model_copy(update={"disks": disks})
+
+    return change
 
 
 def _placed(disks: list[PlacedDisk] | None) -> list[IoPlacedDisk] | None:
@@ -250,10 +262,37 @@ class IoSupervisor:
                     self._published[volume.id] = summary
                 if seen.get("merged"):
                     await self._finish_merges(pool, volume, seen["merged"])
+                sizes = layers.resized(volume, seen.get("layer_bytes", {}))
+                if sizes:
+                    await self._publish_sizes(volume, sizes)
                 if volume.moving_to is not None:
                     await self._finish_move(volume, seen)  # a volume.rebalance task follows
                 elif health.stale_chunks:
                     await self._follow_rebuild(volume)
+
+    async def _publish_sizes(self, volume: Volume, sizes: dict[str, int]) -> None:
+        """Write what its snapshots' layers hold (heron-io's word, as their only writer)
+        into their snapshots' records, then into the volume's record, which says they are
+        written. A snapshot still being taken is left for a later look: its task writes its
+        record last."""
+        by_layer = {x.id: x.snapshot for x in volume.layers if x.id in sizes}
+        taken = {
+            e.value.id: e for e in await self.db.list(Snapshot, keys.SNAPSHOTS)
+            if e.value.id in by_layer.values()
+        }  # fmt: skip
+        done: dict[str, int] = {}
+        for layer_id, size in sizes.items():
+            entry = taken.get(by_layer[layer_id] or "")
+            if entry is not None and entry.value.state == SnapshotState.creating:
+                continue
+            if entry is not None:
+                with contextlib.suppress(KeyError):  # deleted meanwhile
+                    await self.db.update(Snapshot, entry.key, _disk_sized(volume.id, size))
+            done[layer_id] = size
+        if done:
+            await self.db.update(
+                Volume, keys.volume(volume.id), lambda current: layers.with_bytes(current, done)
+            )
 
     async def _finish_move(self, volume: Volume, seen: dict[str, Any]) -> None:
         """Make the destination of a move the placement once heron-io has made every copy

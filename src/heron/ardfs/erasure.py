@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 
 import numpy as np
@@ -132,6 +132,25 @@ def reachable(target: ChunkTarget) -> bool:
     if isinstance(target, RemoteTarget):
         return target.client.up
     return isinstance(target, LocalTarget)
+
+
+def held_data_shards(
+    k: int, blocks: Iterable[int], known: Callable[[int], bool | None]
+) -> list[bool]:
+    """Which blocks hold data, from what the shards' disks answered (`known(chunk)`: None
+    where its disk did not answer). A block whose own shard is unknown is told from its
+    stripe: no parity means no data shard of the stripe was ever written (every write
+    updates the parity, or marks it stale); parity with the other data shards all absent
+    means this one was written. Otherwise it is reported as data, never as a hole: a layer
+    that holds a block hides the layers below it (see the README, "Not done yet")."""
+    held = []
+    for block in blocks:
+        stripe, shard = ec_shard(block, k)
+        mine = known(ec_chunk(stripe, shard, k))
+        if mine is None and known(ec_chunk(stripe, k, k)) is False:
+            mine = False
+        held.append(True if mine is None else mine)
+    return held
 
 
 class ErasureVolume(PlacedVolume):
@@ -557,21 +576,31 @@ class ErasureVolume(PlacedVolume):
 
     async def allocated_blocks(self, first: int, count: int) -> list[bool]:
         k = self.k
-        chunks = [self.chunk(*ec_shard(b, k)) for b in range(first, first + count)]
-        low, high = chunks[0], chunks[-1]
+        low = self.chunk(*ec_shard(first, k))
+        high = self.chunk(ec_shard(first + count - 1, k)[0], k)  # the last stripe's parity
         found = [False] * (high - low + 1)
+        targets = self.cluster.all_targets()
         results = await asyncio.gather(
-            *(t.allocated(self.id, low, high - low + 1) for t in self.cluster.all_targets()),
+            *(t.allocated(self.id, low, high - low + 1) for t in targets),
             return_exceptions=True,
         )
-        unknown = False
-        for result in results:
+        failed = set()
+        for target, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
-                unknown = True
+                failed.add(target.disk)
                 continue
             found = [a or b for a, b in zip(found, result, strict=True)]
-        # A shard on an unreachable disk may hold data: report it as data, never as a hole.
-        return [found[c - low] or unknown for c in chunks]
+
+        def known(chunk: int) -> bool | None:
+            if found[chunk - low]:
+                return True
+            stripe, shard = divmod(chunk, k + 1)
+            target = self.shards(stripe)[shard]
+            if target.disk in failed or not self.ok(stripe, shard, target):
+                return None  # its disk did not answer, or its copy is stale
+            return False
+
+        return held_data_shards(k, range(first, first + count), known)
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
         return await block_extents(self.allocated_blocks, offset, length, self.size)

@@ -126,6 +126,7 @@ class Io:
         self.stacks: dict[str, Stack] = {}  # what NBD clients of a volume get
         self.merging: set[str] = set()  # layers being merged into the layers above
         self.merged: dict[str, str] = {}  # layer id -> "" when merged, else why it failed
+        self.learning: set[str] = set()  # frozen layers whose blocks are being asked
         self.claimed: dict[str, int] = {}  # volume id -> epoch claimed on the chunk stores
         self.claims: set[asyncio.Task[object]] = set()
         self.opening: set[str] = set()  # volumes being taken over: not served yet
@@ -133,7 +134,7 @@ class Io:
         self.starting: set[str] = set()  # volumes whose move is being started
         self.maintenance = Maintenance(self)
         self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt, key=key)
-        self.nbd = NbdServer(ExportTable(self.export, self.export_names))
+        self.nbd = NbdServer(ExportTable(self.open_export, self.export_names))
 
     def fail_disk(self, disk: str, why: str) -> None:
         """Stop serving a disk that failed while served, as if it had failed at start: its
@@ -163,6 +164,16 @@ class Io:
         ):
             return None  # another node's, and this is not the target of its live migration
         return self.stacks.get(name)
+
+    def open_export(self, name: str) -> Stack | None:
+        """`export`, for a client opening it. A layered volume nobody owns may have been
+        written through another node since this one last asked what its top holds: it asks
+        again (frozen layers change only by merges, which only an owner makes)."""
+        stack = self.export(name)
+        spec = self.specs.get(name)
+        if stack is not None and stack.below and spec is not None and spec.owner is None:
+            stack.top.forget()
+        return stack
 
     def owns(self, name: str) -> bool:
         """Served here as its owner, with the previous owner's stale notes merged."""
@@ -277,6 +288,7 @@ class Io:
                 self.steer(self.volumes[spec.name])
         self.restack(before)
         self.start_merges()
+        self.learn_layers()
 
     # -- layers (snapshots) ------------------------------------------------------------------
 
@@ -305,8 +317,10 @@ class Io:
                 )
             old = before.get(name)
             if old is not None and (old.epoch, old.owner) != (spec.epoch, spec.owner):
-                for layer in chain:  # another node may have written them meanwhile
-                    layer.forget()
+                # Another node may have written them meanwhile: the top, and merges into
+                # frozen layers, kept ones too.
+                for layer_id in spec.chain + spec.kept:
+                    layers[layer_id].forget()
             stack = self.stacks.get(name)
             if stack is None:
                 self.stacks[name] = Stack(name, chain, spec.size)
@@ -316,6 +330,31 @@ class Io:
         for name in list(self.stacks):
             if name not in self.specs:
                 del self.stacks[name]
+
+    def learn_layers(self) -> None:
+        """Ask the chunk stores what each frozen layer holds, where this node owns the
+        volume (or nobody does), so the status gives every snapshot's size without waiting
+        for a read to need the layer. A frozen layer changes only by a merge, which the
+        owner does and keeps in the set."""
+        for name, spec in self.specs.items():
+            if spec.owner not in (None, self.config.node) or name in self.opening:
+                continue
+            for layer_id in spec.chain[:-1] + spec.kept:
+                layer = self.layers.get(layer_id)
+                if layer is not None and layer.blocks is None and layer_id not in self.learning:
+                    self.learning.add(layer_id)
+                    self.background(self._learn(layer))
+
+    async def _learn(self, layer: Layer) -> None:
+        try:
+            await layer.held()
+        except Exception as exc:  # a copy unreachable for now: asked again later
+            log.info("layer %s: its blocks are not known yet: %s", layer.id, exc)
+            await asyncio.sleep(MERGE_RETRY)
+            self.learning.discard(layer.id)
+            self.learn_layers()
+            return
+        self.learning.discard(layer.id)
 
     def start_merges(self) -> None:
         """Merge the layers of deleted snapshots where this node owns the volume (one writer:
@@ -364,6 +403,14 @@ class Io:
             # only when theirs are.
             "layers_move_left": sum(v.move_left() for v in frozen if v is not None),
             "layers_stale_chunks": sum(len(v.stale_chunks()) for v in frozen if v is not None),
+            # What each frozen layer holds, where this node knows it (learn_layers): a
+            # snapshot's size. Only the owner's word is sure (it alone writes, and merges).
+            "layer_bytes": {
+                x: size
+                for x in spec.chain[:-1] + spec.kept
+                if (layer := self.layers.get(x)) is not None
+                and (size := layer.known_bytes()) is not None
+            },
             "merged": sorted(k for k in spec.merges if self.merged.get(k) == ""),
             "merge_errors": {k: v for k, v in self.merged.items() if v and k in spec.merges},
         }
@@ -467,6 +514,7 @@ class Io:
             if volume is not None and volume.spec.id == spec.id:
                 self.steer(volume)
             self.start_merges()  # those waiting for this node to own the volume
+            self.learn_layers()
             # Say so at once: a live migration waits for the new owner to report it.
             with contextlib.suppress(OSError):
                 await self.maintenance.write_status()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from heron.ardfs.layout import BLOCK_SIZE, blocks_of, pieces
@@ -80,22 +80,40 @@ class Layer:
         self.blocks: set[int] | None = None  # None: not asked yet
         self.locks = BlockLocks()
         self._loading = asyncio.Lock()
+        self._forgotten = 0  # forgets so far: an answer asked before the last one is old
+
+    def known_bytes(self) -> int | None:
+        """What its blocks hold (`held_bytes`), if they are known here yet."""
+        if self.blocks is None:
+            return None
+        return held_bytes(self.blocks, self.volume.size)
 
     def forget(self) -> None:
         """Ask the chunk stores again at the next use (another node may have written)."""
         self.blocks = None
+        self._forgotten += 1
 
     async def held(self) -> set[int]:
-        if self.blocks is None:
+        while True:
+            blocks = self.blocks
+            if blocks is not None:
+                return blocks
             async with self._loading:
                 if self.blocks is None:
+                    asked = self._forgotten
                     count = blocks_of(self.volume.size)
                     present = await self.volume.allocated_blocks(0, count) if count else []
-                    self.blocks = {b for b, here in enumerate(present) if here}
-        return self.blocks
+                    if asked == self._forgotten:  # else forgotten meanwhile: ask again
+                        self.blocks = {b for b, here in enumerate(present) if here}
 
     async def has(self, block: int) -> bool:
         return block in await self.held()
+
+
+def held_bytes(blocks: Iterable[int], size: int) -> int:
+    """The bytes of a volume of `size` that these blocks hold: 4 MiB each, the last block of
+    a volume whose size is not a multiple of 4 MiB only as far as the volume goes."""
+    return sum(max(0, min(BLOCK_SIZE, size - block * BLOCK_SIZE)) for block in blocks)
 
 
 async def holder(layers: list[Layer], block: int) -> Layer | None:

@@ -21,6 +21,12 @@ def _disks(s: dict[str, Any]) -> str:
     return size(sum(known)) if known else "-"
 
 
+def each_disk(s: dict[str, Any]) -> str:
+    """Every disk's own size ("-": its pool cannot tell, or not yet): on a VM with disks of
+    several pools the total above counts only those that can."""
+    return ", ".join(f"disk{d['index']} {size(d.get('size'))}" for d in s["disks"]) or "-"
+
+
 def rows(listing: dict[str, Any]) -> list[dict[str, Any]]:
     """The snapshots in tree order, each name indented by its depth and the current one
     marked."""
@@ -66,7 +72,8 @@ def snapshot_show(vm: str, snapshot: str, as_json: Json = False) -> None:
         emit(data, True)
         return
     reason = f"{data['consistency']} ({data['consistency_reason']})"
-    emit({**data, "tree": data["name"], "consistency": reason}, False, COLUMNS)
+    columns = [*COLUMNS[:6], ("disks", each_disk), *COLUMNS[6:]]
+    emit({**data, "tree": data["name"], "consistency": reason}, False, columns)
 
 
 @app.command("create")

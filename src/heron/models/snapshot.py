@@ -58,7 +58,14 @@ class SnapshotDisk(Record):
     )
     vm_state: bool = Field(default=False, description="its image holds the memory state")
     size: int | None = Field(
-        default=None, description="bytes only this snapshot holds, when the pool can tell"
+        default=None,
+        description="bytes only this snapshot holds, when the pool can tell. ardfs: what the "
+        "snapshot's own layer holds, its 4 MiB blocks (those written between the snapshot "
+        "before it and this one, plus any merged into it when an older snapshot was deleted), "
+        "counted once whatever the pool's copies (rf2 stores twice as much); known a few "
+        "seconds after the snapshot, once its volume has an owner. Deleting the snapshot "
+        "frees at most this: its blocks written again since are freed, the others move up "
+        "into the newer layer",
     )
 
 

@@ -208,6 +208,12 @@ class VolumeLayer(Record):
         description="its snapshot is deleted: its blocks are being copied into the layers "
         "above (those lacking them), then it goes",
     )
+    bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="what its own 4 MiB blocks hold, counted once whatever the pool's copies "
+        "(as the owner's heron-io last reported it); None: not reported yet",
+    )
     created_at: float = 0.0
 
 

@@ -201,7 +201,9 @@ class ArdfsPool(PoolDriver):
             record = found.value if found is not None else volume
         taken = [x for x in layers.layers_of(record) if x.snapshot is not None and x.volume is None]
         taken.sort(key=lambda x: x.created_at)
-        return [VolumeSnapshot(name=x.snapshot or "", created_at=x.created_at, size=None)
+        # The size is what the snapshot's own layer holds, as the owner's agent last wrote it
+        # from its heron-io (agent/ardfs.py): None until then.
+        return [VolumeSnapshot(name=x.snapshot or "", created_at=x.created_at, size=x.bytes)
                 for x in taken]  # fmt: skip
 
     async def clone(

@@ -154,6 +154,26 @@ def kept(volume: Volume) -> list[str]:
     return [x.id for x in layers_of(volume) if x.id not in on and x.volume is None]
 
 
+def resized(volume: Volume, reported: dict[str, int]) -> dict[str, int]:
+    """The volume's own snapshot layers whose size heron-io reports (layer id -> bytes)
+    differently from the record: what to write into it, and into their snapshots."""
+    return {
+        x.id: reported[x.id]
+        for x in layers_of(volume)
+        if x.volume is None
+        and x.snapshot is not None
+        and x.id in reported
+        and reported[x.id] != x.bytes
+    }
+
+
+def with_bytes(volume: Volume, sizes: dict[str, int]) -> Volume:
+    """The record with these layers' sizes."""
+    layers = [x.model_copy(update={"bytes": sizes[x.id]}) if x.id in sizes else x
+              for x in volume.layers]  # fmt: skip
+    return volume.model_copy(update={"layers": layers})
+
+
 def _children(volume: Volume, layer_id: str) -> list[str]:
     return [x.id for x in layers_of(volume) if x.parent == layer_id]
 

@@ -823,6 +823,8 @@ const en = {
   "snap.size": "Size",
   "snap.memorySize": "memory {size}",
   "snap.diskSize": "disks {size}",
+  "snap.diskEach": "disk{index}: {size}",
+  "snap.sizeHint": "What each snapshot holds on its own (the data written between the snapshot before it and this one), counted once whatever the pool's copies; a disk whose pool cannot tell is left out",
   "snap.state": "State",
   "snap.state.creating": "being taken",
   "snap.state.ready": "ready",

@@ -825,6 +825,8 @@ const ru: Record<keyof typeof en, string> = {
   "snap.size": "Размер",
   "snap.memorySize": "память {size}",
   "snap.diskSize": "диски {size}",
+  "snap.diskEach": "диск{index}: {size}",
+  "snap.sizeHint": "Что хранит сам снимок (данные, записанные между предыдущим снимком и этим), один раз, сколько бы копий ни держал пул; диски пулов, которые этого не знают, не учтены",
   "snap.state": "Состояние",
   "snap.state.creating": "создаётся",
   "snap.state.ready": "готов",
