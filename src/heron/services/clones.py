@@ -16,7 +16,7 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
 from heron.models.node import Node
 from heron.models.snapshot import DiskMethod, Snapshot, SnapshotState, is_snapshot_id
-from heron.models.storage import Pool, Volume, VolumeFormat, VolumeOrigin
+from heron.models.storage import Volume, VolumeFormat, VolumeOrigin
 from heron.models.task import NewVolume, Task, TaskKind, VMCloneParams, new_task
 from heron.models.vm import (
     LAYOUT,
@@ -99,23 +99,6 @@ async def cloning_from(db: ConfigDB, vm_id: str) -> Task | None:
             and task.params.get("snapshot") is None
         ):
             return task
-    return None
-
-
-async def migration_refusal(db: ConfigDB, vm: VM) -> str | None:
-    """A linked clone on a node-local pool stays with the source it reads: a live migration
-    would copy it whole (and leave its record saying it still reads the source)."""
-    for disk in vm.spec.disks:
-        volume = await db.get(Volume, keys.volume(disk.volume))
-        if volume is None or volume.value.origin is None or not volume.value.origin.linked:
-            continue
-        pool = await db.get(Pool, keys.pool(volume.value.pool))
-        if pool is None or not capabilities(pool.value).shared:
-            return (
-                f"VM {vm.spec.name}: its disk {volume.value.name} is a linked clone on the "
-                f"node-local pool {volume.value.pool}, which stays on node {vm.node} with "
-                "its source; stop the VM, or make it a full clone"
-            )
     return None
 
 

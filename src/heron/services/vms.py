@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from heron.agent import migration
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
@@ -64,7 +65,7 @@ from heron.scheduler.placement import (
     migration_target,
     node_loads,
 )
-from heron.services import clones, snapshots
+from heron.services import clones
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import (
     attached,
@@ -576,9 +577,8 @@ async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) ->
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
-    refusal = await snapshots.migration_refusal(db, vm) or await clones.migration_refusal(db, vm)
-    if refusal is not None:
-        raise Conflict(refusal)
+    if refused := await migration.refusal(db, vm):
+        raise Conflict(refused)
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")
