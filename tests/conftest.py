@@ -3,6 +3,7 @@
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Api
@@ -25,6 +26,21 @@ def debian_guest() -> debian.DebianGuest:
     """The Debian guest of the snapshot tests (systemd, qemu-guest-agent, PostgreSQL 15), built
     from Debian packages on first use (about a minute) and cached across runs."""
     return debian.build(CACHE / "debian")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """scripts/test runs two xdist workers, and this schedules the tests by folder: the
+    integration tests stay in one worker, one module after another as always (their guests
+    and clusters keep the machine busy), while the other worker runs the unit tests, then
+    the browser tests, which mostly wait on pages. (xdist's own `loadgroup` loses its groups
+    with pytest 9.2: pytest-dev/pytest-xdist#1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFolder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid.split("::", 1)[0].rsplit("/", 1)[0]  # tests/unit, tests/e2e, ...
+
+    return ByFolder(config, log)
 
 
 def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:

@@ -18,6 +18,7 @@ from heron.agent.vms import VMController
 from heron.configdb import keys
 from heron.models.common import new_id
 from heron.models.migration import Migration, MigrationState
+from heron.models.node import Node
 from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.task import MigrateParams, Task, TaskKind, new_task
 from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
@@ -37,8 +38,16 @@ async def controllers(
         await stop_agent(controller)
 
 
+def registered(name: str) -> Node:
+    """The record a live node keeps under its lease."""
+    return Node(name=name, address="127.0.0.1", api_url="x", cpus=1, memory_mib=1024,
+                accelerator="tcg", started_at=1)  # fmt: skip
+
+
 @pytest.fixture
-def source(db: FakeConfigDB, controllers: dict[str, VMController]) -> Migrations:
+async def source(db: FakeConfigDB, controllers: dict[str, VMController]) -> Migrations:
+    for node in ("n1", "n2"):
+        await db.put(keys.node(node), registered(node))
     return Migrations(db, "n1", "127.0.0.1", controllers["n1"])  # type: ignore[arg-type]
 
 
@@ -183,6 +192,23 @@ async def test_a_target_that_cannot_prepare_leaves_the_vm_running_here(
     assert "migrate" not in actions(controllers["n1"], vm.id)
     assert actions(controllers["n1"], vm.id)[-1] == "migrate_cancel"
     await stays_on_the_source(db, controllers, vm)
+
+
+async def test_a_target_that_leaves_the_cluster_is_not_waited_for(
+    db: FakeConfigDB, controllers: dict[str, VMController], source: Migrations
+) -> None:
+    """A target whose lease ran out (its agent stopped or cut off) cannot answer: the move
+    fails as soon as its node record is gone, not after the whole preparation deadline."""
+    vm = await running_vm(db, controllers)
+    await db.delete(keys.node("n2"))
+    with pytest.raises(TaskFailed, match="no answer from node n2: it is no longer in the cluster"):
+        await asyncio.wait_for(source.migrate(await migrate_task(db, vm)), 10)
+    entry = await db.get(VM, keys.vm(vm.id))
+    assert entry is not None and entry.value.node == "n1"
+    assert await controllers["n1"].runtime(vm.id).qemu.run_state() == "running"
+    # The verdict waits for the target: its vm.receive task closes the move when it is back.
+    left = await record(db, vm.id)
+    assert left is not None and left.state == MigrationState.failed
 
 
 async def test_a_transfer_qemu_fails_is_undone(

@@ -13,6 +13,7 @@ from heron.agent.snapshots import Snapshots
 from heron.agent.tasks import TaskContext, TaskFailed
 from heron.configdb import Txn, keys
 from heron.models.common import new_id
+from heron.models.migration import pinned
 from heron.models.node import Node
 from heron.models.snapshot import (
     Snapshot,
@@ -22,12 +23,11 @@ from heron.models.snapshot import (
     SnapshotState,
     head_after_delete,
     is_snapshot_id,
-    lost_in_migration,
     new_snapshot_id,
     reparented,
     tree_order,
 )
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Pool, Volume, VolumeFormat, VolumeOrigin
 from heron.models.task import SnapshotParams, TaskKind, new_task
 from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
 from heron.services import snapshots as service
@@ -80,14 +80,31 @@ def test_tree_order_is_depth_first_by_age() -> None:
     assert order == [(0, "e"), (0, "a"), (1, "b"), (2, "d"), (1, "c")]
 
 
-def test_a_migration_loses_the_snapshots_of_the_disks_it_copies() -> None:
+def test_snapshots_or_a_linked_clone_on_node_local_pools_pin_a_vm_to_its_node() -> None:
     from heron.models.snapshot import SnapshotDisk
 
-    local = SnapshotDisk(index=0, volume="v1", pool="local", method="qcow2")
-    shared = SnapshotDisk(index=1, volume="v2", pool="nfs", method="qcow2")
-    taken = [snap("b", disks=[local, shared]), snap("a", disks=[shared])]
-    assert lost_in_migration(taken, {"v1"}) == ["b"]
-    assert lost_in_migration(taken, set()) == []
+    def volume(id_: str, pool: str, **extra: object) -> Volume:
+        return Volume(id=id_, pool=pool, name=f"d-{id_}", format="qcow2", size=1,
+                      state="ready", created_at=1, **extra)  # fmt: skip
+
+    vm = VM(id="v", spec=VMSpec(name="web", disks=[DiskSpec(volume="v1"), DiskSpec(volume="v2")]),
+            node="n1", created_at=1)  # fmt: skip
+    volumes = {"v1": volume("v1", "local"), "v2": volume("v2", "nfs")}
+    on_local = SnapshotDisk(index=0, volume="v1", pool="local", method="qcow2")
+    on_nfs = SnapshotDisk(index=1, volume="v2", pool="nfs", method="qcow2")
+    taken = [snap("b", disks=[on_local, on_nfs]), snap("a", disks=[on_nfs])]
+    # A mirror copies only the current data of node-local disks: snapshot b would be lost.
+    assert "has snapshots (b) of disks on node-local pools" in str(
+        pinned(vm, volumes, {"nfs"}, taken)
+    )
+    assert pinned(vm, volumes, {"nfs"}, taken[1:]) is None
+    assert pinned(vm, volumes, {"nfs", "local"}, taken) is None
+    # A linked clone on a node-local pool stays with the source it reads.
+    linked = {**volumes, "v1": volume("v1", "local", origin=VolumeOrigin(volume="t", linked=True))}
+    assert "d-v1 is a linked clone on the node-local pool local" in str(
+        pinned(vm, linked, {"nfs"}, [])
+    )
+    assert pinned(vm, linked, {"nfs", "local"}, []) is None
 
 
 def test_a_freeze_limit_is_bounded() -> None:

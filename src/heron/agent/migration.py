@@ -25,9 +25,9 @@ from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qmp_migration import MigrationInfo
-from heron.models.migration import Migration, MigrationState
+from heron.models.migration import Migration, MigrationState, pinned
 from heron.models.node import Node
-from heron.models.snapshot import Snapshot, lost_in_migration
+from heron.models.snapshot import Snapshot
 from heron.models.storage import Pool, Volume, VolumeHealth
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import VM
@@ -71,22 +71,31 @@ class Migrations:
                 # The target removes the record when it gives up preparing.
                 raise TaskFailed("the target gave up preparing (see its vm.receive task)")
             target = entry.value.target
-            return entry.value if entry.value.state in states else None
+            if entry.value.state in states:
+                return entry.value
+            if await self.db.get_raw(keys.node(target)) is None:
+                # Its lease ran out: a stopped or cut-off agent answers nothing in time.
+                raise TaskFailed(f"no answer from node {target}: it is no longer in the cluster")
+            return None
 
         found = await until(reached, timeout, _POLL)
         if found is None:
             raise TaskFailed(f"no answer from node {target} in {timeout:.0f}s")
         return found
 
-    async def _wait_gone(self, vm_id: str, timeout: float = 30.0) -> None:
+    async def _wait_gone(self, vm_id: str, target: str, timeout: float = 30.0) -> None:
         """Until the target has taken the VM over and removed the record: only then may the
-        next migration of this VM begin."""
+        next migration of this VM begin. A target no longer in the cluster closes it when it
+        is back (its vm.receive task finds the verdict); nobody is waited for meanwhile."""
 
-        async def gone() -> bool:  # polling the record the target removes
-            return await self.db.get_raw(keys.migration(vm_id)) is None
+        async def gone() -> str | None:  # polling the record the target removes
+            if await self.db.get_raw(keys.migration(vm_id)) is None:
+                return "closed"
+            return "away" if await self.db.get_raw(keys.node(target)) is None else None
 
-        if await until(gone, timeout, _POLL) is None:
-            log.warning("the target has not closed the migration of %s", vm_id)
+        outcome = await until(gone, timeout, _POLL)
+        if outcome != "closed":
+            log.warning("node %s has not closed the migration of %s", target, vm_id)
 
     async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, PoolDriver]]:
         found = []
@@ -126,22 +135,9 @@ class Migrations:
                 target,
             ):
                 return await self._resume(ctx, vm, qemu, found.value)
+        if refused := await refusal(self.db, vm):  # asked by drain or DRS too
+            raise TaskFailed(refused)
         local = set(await local_disks(self.db, vm))
-        # Asked by drain or DRS too: a mirror copies only current data, not the snapshots.
-        taken = await self.db.list(Snapshot, keys.snapshots(vm_id))
-        if lost := lost_in_migration([e.value for e in taken], local):
-            raise TaskFailed(
-                f"its snapshots {', '.join(lost)} are on node-local disks, which a live "
-                "migration copies without them: delete them first"
-            )
-        for volume_id in local:
-            volume = await self.db.get(Volume, keys.volume(volume_id))
-            if volume is not None and volume.value.origin and volume.value.origin.linked:
-                # A mirror would copy it whole while its record still says it reads the source.
-                raise TaskFailed(
-                    f"its disk {volume.value.name} is a linked clone on a node-local pool: "
-                    "it stays with the source it reads; stop the VM, or make it a full clone"
-                )
         shared_volumes = await owned_volumes(self.db, vm)
         ram = await qemu.ram_kib()
         if command.loses_writes(ram, self.vms.accelerator, self.vms.qemu_version):
@@ -238,7 +234,7 @@ class Migrations:
                 await qemu.block_job_cancel(f"mirror{index}")
         with contextlib.suppress(Exception):
             await self._set(record.vm, state=MigrationState.failed, error=str(exc) or "cancelled")
-            await self._wait_gone(record.vm)
+            await self._wait_gone(record.vm, record.target)
         for volume_id in shared_volumes:
             with contextlib.suppress(Exception):
                 await claim(self.db, volume_id, self.node)
@@ -253,7 +249,7 @@ class Migrations:
             with contextlib.suppress(QemuError):
                 await self.vms.runtime(vm.id).qemu.block_job_cancel(f"mirror{index}")
         await self._hand_record_over(vm.id, record.target, downtime, record.mirror)
-        await self._wait_gone(vm.id)
+        await self._wait_gone(vm.id, record.target)
         await self.vms.hand_over(vm.id)
         for volume, pool in await self._volumes(vm, record.mirror):
             await pool.delete(volume)  # the target holds the disk now
@@ -486,6 +482,18 @@ class Migrations:
                     vm_id, state=MigrationState.failed, error=f"source node {source} failed"
                 )
             await asyncio.sleep(_POLL)  # polling the record the source writes
+
+
+async def refusal(db: ConfigDB, vm: VM) -> str | None:
+    """Why `vm` may not be live-migrated (`models.migration.pinned`), if it may not."""
+    pools = await db.list(Pool, keys.POOLS)
+    shared = {e.value.name for e in pools if capabilities(e.value).shared}
+    volumes = {}
+    for disk in vm.spec.disks:
+        if (volume := await db.get(Volume, keys.volume(disk.volume))) is not None:
+            volumes[disk.volume] = volume.value
+    snapshots = [e.value for e in await db.list(Snapshot, keys.snapshots(vm.id))]
+    return pinned(vm, volumes, shared, snapshots)
 
 
 async def local_disks(db: ConfigDB, vm: VM) -> list[str]:

@@ -1,11 +1,14 @@
 """A live migration in flight: the record both nodes use to hand a VM over."""
 
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
 from heron.models.common import Name, Record
-from heron.models.vm import VMSpec
+from heron.models.snapshot import Snapshot, lost_in_migration
+from heron.models.storage import Volume
+from heron.models.vm import VM, VMSpec
 
 # How long the guest may be paused at the end of a move, unless asked otherwise.
 DEFAULT_MAX_DOWNTIME_MS = 300
@@ -64,3 +67,32 @@ class Migration(MigrationOptions, Record):
     error: str = ""
     downtime_ms: int | None = None
     created_at: float
+
+
+def pinned(
+    vm: VM, volumes: Mapping[str, Volume], shared_pools: set[str], snapshots: Iterable[Snapshot]
+) -> str | None:
+    """Why a live migration may not move `vm`, if something keeps it on its node. Its disks on
+    node-local pools are mirrored, and a mirror copies only their current data: their
+    snapshots would be lost, and a linked clone would be copied whole while its record still
+    says it reads its source (which stays on this node)."""
+    local = {
+        d.volume
+        for d in vm.spec.disks
+        if (v := volumes.get(d.volume)) is None or v.pool not in shared_pools
+    }
+    if lost := lost_in_migration(list(snapshots), local):
+        return (
+            f"VM {vm.spec.name} has snapshots ({', '.join(lost)}) of disks on node-local "
+            "pools: a live migration copies only their current data and would lose them; "
+            "delete the snapshots first, or stop the VM and move it"
+        )
+    for disk in vm.spec.disks:
+        v = volumes.get(disk.volume)
+        if disk.volume in local and v is not None and v.origin is not None and v.origin.linked:
+            return (
+                f"VM {vm.spec.name}: its disk {v.name} is a linked clone on the node-local "
+                f"pool {v.pool}, which stays on node {vm.node} with its source; stop the VM, "
+                "or make it a full clone"
+            )
+    return None

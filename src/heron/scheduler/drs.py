@@ -14,12 +14,15 @@ from heron.audit import AuditLog
 from heron.configdb import Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
+from heron.models.migration import pinned
 from heron.models.settings import ClusterSettings, DRSSettings
+from heron.models.snapshot import Snapshot
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import RunState
 from heron.scheduler.balancer import Move, propose
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.placement import NodeLoad, node_loads
+from heron.storage.registry import capabilities
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,8 @@ class Assessment:
 
 def assess(inv: Inventory, threshold: float) -> Assessment:
     """The cluster's memory loads and the move the balancer proposes for them: only running
-    VMs move, and none that is migrating or has a migration task waiting."""
+    VMs move, and none that is migrating, has a migration task waiting, or is pinned to its
+    node (`models.migration.pinned`)."""
     nodes = inv.live_nodes()
     vms = inv.vms.values()
     running = [
@@ -50,7 +54,15 @@ def assess(inv: Inventory, threshold: float) -> Assessment:
         for t in inv.tasks.values()
         if t.kind == TaskKind.vm_migrate and not t.state.finished
     }
-    movable = {v.id for v in running} - migrating - pending
+    shared = {p.name for p in inv.pools.values() if capabilities(p).shared}
+    snapshots: dict[str, list[Snapshot]] = {}
+    for snapshot in inv.snapshots.values():
+        snapshots.setdefault(snapshot.vm, []).append(snapshot)
+    volumes = {v.id: v for v in inv.volumes.values()}
+    stuck = {  # a live migration of these would be refused
+        v.id for v in running if pinned(v, volumes, shared, snapshots.get(v.id, []))
+    }
+    movable = {v.id for v in running} - migrating - pending - stuck
     loads = node_loads(nodes, vms)
     return Assessment(loads, propose(loads, running, threshold, inv.groups_by_name(), movable))
 

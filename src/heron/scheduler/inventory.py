@@ -9,6 +9,7 @@ from heron.models.group import VMGroup
 from heron.models.migration import Migration
 from heron.models.network import Network, SecurityGroup, Switch
 from heron.models.node import Node, NodeSettings
+from heron.models.snapshot import Snapshot
 from heron.models.storage import ArdfsMember, ArdfsNodeStatus, Pool, Volume
 from heron.models.task import Task
 from heron.models.vm import VM, VMStatus
@@ -63,6 +64,7 @@ class Inventory:
         self.ardfs_members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self.ardfs_status = Cache(db, ArdfsNodeStatus, keys.ARDFS_STATUS)
         self.migrations = Cache(db, Migration, keys.MIGRATIONS)
+        self.snapshots = Cache(db, Snapshot, keys.SNAPSHOTS)
         self.tasks = Cache(db, Task, keys.TASKS)
         self.switches = Cache(db, Switch, keys.SWITCHES)
         self.networks = Cache(db, Network, keys.NETWORKS)
@@ -78,6 +80,7 @@ class Inventory:
             self.ardfs_members,
             self.ardfs_status,
             self.migrations,
+            self.snapshots,
             self.tasks,
             self.switches,
             self.networks,

@@ -11,15 +11,14 @@ clone exists: `linked_clones` names the clones that hold it.
 import time
 from collections.abc import Iterable
 
-from heron.configdb import ConfigDB, Entry, Txn, keys
+from heron.configdb import ConfigDB, Entry, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
 from heron.models.node import Node
 from heron.models.snapshot import DiskMethod, Snapshot, SnapshotState, is_snapshot_id
-from heron.models.storage import Pool, Volume, VolumeFormat, VolumeOrigin
-from heron.models.task import NewVolume, Task, TaskKind, VMCloneParams, new_task
+from heron.models.storage import Volume, VolumeFormat, VolumeOrigin
+from heron.models.task import NewVolume, Task, TaskKind, VMCloneParams
 from heron.models.vm import (
-    LAYOUT,
     VM,
     CloneRequest,
     DiskBus,
@@ -27,16 +26,13 @@ from heron.models.vm import (
     Hardware,
     PowerState,
     RunState,
-    VMSpec,
     VMStatus,
 )
 from heron.scheduler.inventory import Inventory, group_of
-from heron.scheduler.placement import NoCapacity, affinity_for, choose_node, node_loads
+from heron.scheduler.placement import affinity_for
 from heron.services.errors import Conflict, Invalid
 from heron.services.lookup import find_pool, find_vm, new_placement
-from heron.services.networks import address_nics
-from heron.services.plan import Plan
-from heron.services.tasks import with_task
+from heron.services.plan import Plan, asked_node, narrowed, place, refuse_taken_name
 from heron.storage.registry import capabilities
 
 # -- who reads what ------------------------------------------------------------------------
@@ -102,23 +98,6 @@ async def cloning_from(db: ConfigDB, vm_id: str) -> Task | None:
     return None
 
 
-async def migration_refusal(db: ConfigDB, vm: VM) -> str | None:
-    """A linked clone on a node-local pool stays with the source it reads: a live migration
-    would copy it whole (and leave its record saying it still reads the source)."""
-    for disk in vm.spec.disks:
-        volume = await db.get(Volume, keys.volume(disk.volume))
-        if volume is None or volume.value.origin is None or not volume.value.origin.linked:
-            continue
-        pool = await db.get(Pool, keys.pool(volume.value.pool))
-        if pool is None or not capabilities(pool.value).shared:
-            return (
-                f"VM {vm.spec.name}: its disk {volume.value.name} is a linked clone on the "
-                f"node-local pool {volume.value.pool}, which stays on node {vm.node} with "
-                "its source; stop the VM, or make it a full clone"
-            )
-    return None
-
-
 # -- the plan ------------------------------------------------------------------------------
 
 
@@ -147,10 +126,7 @@ async def plan_clone(
     status: VMStatus | None,
 ) -> Plan:
     """Check a clone request and place the new VM; the transaction that makes it, unwritten."""
-    if await db.get_raw(keys.vm_name(body.name)) is not None or any(
-        v.spec.name == body.name for v in vms
-    ):
-        raise Conflict(f"a VM named {body.name!r} already exists")
+    await refuse_taken_name(db, body.name, vms)
     snapshot = await _snapshot(db, source, body.snapshot) if body.snapshot else None
     if snapshot is None and not source.template:
         running = source.power != PowerState.stopped or (
@@ -170,13 +146,7 @@ async def plan_clone(
     target_pool = (await find_pool(db, body.pool, "body.pool")).value if body.pool else None
     now = time.time()
     vm_id = new_id()
-    pinned: set[str] | None = None
-    if body.node is not None:
-        if body.node not in nodes:
-            raise Invalid("body.node", f"no live node {body.node!r}")
-        if nodes[body.node].maintenance:
-            raise Conflict(f"node {body.node} is in maintenance")
-        pinned = {body.node}
+    pinned = asked_node(nodes, body.node)  # narrowed by node-local sources
 
     # (bus, volume id, how its snapshot is kept) of each disk to copy, in the new VM's order.
     buses = {d.volume: d.bus for d in source.spec.disks}
@@ -232,14 +202,7 @@ async def plan_clone(
         else:
             fmt = into_can.formats[0]
         # The task reads the source where it is: a clone of a node-local volume is made there.
-        if src.node is not None:
-            if pinned is not None and src.node not in pinned:
-                raise Invalid(
-                    "body.node" if body.node else field,
-                    f"disk{index}'s volume {src.name} is on node {src.node}, "
-                    f"but the clone must run on {', '.join(sorted(pinned))}",
-                )
-            pinned = {src.node}
+        pinned = narrowed(pinned, src.node, "body.node" if body.node else field)
         volume = Volume(
             id=new_id(),
             pool=into.name,
@@ -258,25 +221,11 @@ async def plan_clone(
         same_pool = into.name == pool.name
         made.append((volume, NewVolume(id=volume.id, source=src.id, clone=same_pool)))
         disks.append(DiskSpec(bus=bus, volume=volume.id))
-    try:
-        node = choose_node(
-            node_loads(nodes, vms),
-            source.spec.memory_mib,
-            source.spec.vcpus,
-            pinned,
-            affinity_for(vm_id, await group_of(db, source), vms),
-        )
-    except NoCapacity as exc:
-        raise Conflict(str(exc)) from exc
-    for volume, _ in made:
-        pool = (await find_pool(db, volume.pool)).value
-        if not capabilities(pool).shared:
-            volume.node = node
     fresh = [
         n.model_copy(update={"mac": None, "address": None, "slot": None}) for n in source.spec.nics
     ]
-    nics, addressed = await address_nics(db, vm_id, fresh, vms)
     hardware = source.spec.model_dump(include=set(Hardware.model_fields))
+    hardware["name"] = body.name
     hardware["boot_order"] = [
         b for b in source.spec.boot_order if not b.startswith("disk") or int(b[4:]) < len(disks)
     ]
@@ -284,33 +233,26 @@ async def plan_clone(
         hardware["description"] = body.description
     if body.cloud_init is not None:
         hardware["cloud_init"] = body.cloud_init.model_dump()
-    spec = VMSpec(
-        **hardware,
-        name=body.name,
-        disks=disks,
-        nics=[n.model_copy(update={"slot": slot}) for slot, n in enumerate(nics)],
-        layout=LAYOUT,
-    )
-    vm = VM(
-        id=vm_id,
-        spec=spec,
-        node=node,
-        power=PowerState.running if body.start else PowerState.stopped,
-        created_at=now,
-    )
     params = VMCloneParams(
         volumes=[n for _, n in made],
         source=source.id,
         snapshot=snapshot.id if snapshot else None,
     )
-    task = new_task(TaskKind.vm_clone, node, vm_id, user, params)
-    txn = Txn().require_absent(keys.vm_name(body.name)).put(keys.vm_name(body.name), vm_id)
-    txn.put(keys.vm(vm_id), vm).merge(addressed)
-    for volume, _ in made:
-        txn.require_absent(keys.volume_name(volume.pool, volume.name))
-        txn.put(keys.volume_name(volume.pool, volume.name), volume.id)
-        txn.put(keys.volume(volume.id), volume)
-    return Plan(vm, with_task(txn, task), task)
+    return await place(
+        db,
+        vm_id,
+        hardware,
+        disks,
+        fresh,
+        [v for v, _ in made],
+        nodes=nodes,
+        vms=vms,
+        pinned=pinned,
+        rule=affinity_for(vm_id, await group_of(db, source), vms),
+        start=body.start,
+        now=now,
+        task=(TaskKind.vm_clone, params, user),
+    )
 
 
 async def source_of(db: ConfigDB, ref: str) -> tuple[Entry[VM], VMStatus | None]:

@@ -15,7 +15,6 @@ from heron.models.snapshot import (
     SnapshotState,
     SnapshotUpdate,
     is_snapshot_id,
-    lost_in_migration,
     new_snapshot_id,
 )
 from heron.models.storage import Pool, Volume, VolumeFormat
@@ -127,28 +126,6 @@ async def plan_disks(db: ConfigDB, spec: VMSpec) -> list[SnapshotDisk]:
             SnapshotDisk(index=index, volume=v.id, pool=v.pool, method=method)  # type: ignore[arg-type]
         )
     return disks
-
-
-async def migration_refusal(db: ConfigDB, vm: VM) -> str | None:
-    """Why a live migration of `vm` would lose its snapshots, if it would: it copies the
-    disks of pools that are not shared, and a mirror copies only their current data."""
-    found = await db.list(Snapshot, keys.snapshots(vm.id))
-    if not found:
-        return None
-    copied = set()
-    for disk in vm.spec.disks:
-        volume = await db.get(Volume, keys.volume(disk.volume))
-        pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
-        if pool is None or not capabilities(pool.value).shared:
-            copied.add(disk.volume)
-    lost = lost_in_migration([e.value for e in found], copied)
-    if not lost:
-        return None
-    return (
-        f"VM {vm.spec.name} has snapshots ({', '.join(lost)}) of disks on node-local pools: "
-        "a live migration copies only their current data and would lose them; delete the "
-        "snapshots first, or stop the VM and move it"
-    )
 
 
 # -- changes -----------------------------------------------------------------------------

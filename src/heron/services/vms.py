@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from heron.agent import migration
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
@@ -30,7 +31,6 @@ from heron.models.task import (
     new_task,
 )
 from heron.models.vm import (
-    LAYOUT,
     NIC_SLOTS,
     VM,
     BatchCreate,
@@ -60,11 +60,10 @@ from heron.scheduler.placement import (
     NotAllowed,
     UnknownNode,
     affinity_for,
-    choose_node,
     migration_target,
     node_loads,
 )
-from heron.services import clones, snapshots
+from heron.services import clones
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import (
     attached,
@@ -75,10 +74,9 @@ from heron.services.lookup import (
     new_volume_format,
 )
 from heron.services.networks import address_nics
-from heron.services.plan import Plan
+from heron.services.plan import Plan, asked_node, narrowed, place, refuse_taken_name
 from heron.services.secgroups import check_nics
 from heron.services.tasks import with_task
-from heron.storage.registry import capabilities
 
 Action = Literal["start", "shutdown", "stop", "reboot", "pause", "resume"]
 
@@ -188,22 +186,13 @@ async def plan_create(
     db: ConfigDB, body: VMCreate, nodes: dict[str, Node], vms: list[VM], user: str
 ) -> Plan:
     """Check a create request and place the VM; the transaction that makes it, unwritten."""
-    if await db.get_raw(keys.vm_name(body.name)) is not None or any(
-        v.spec.name == body.name for v in vms
-    ):
-        raise Conflict(f"a VM named {body.name!r} already exists")
+    await refuse_taken_name(db, body.name, vms)
     in_use = attached(vms)
     now = time.time()
     vm_id = new_id()
     disks: list[DiskSpec] = []
     new_volumes: list[tuple[Volume, str | None]] = []
-    pinned: set[str] | None = None  # nodes the VM may run on, narrowed by local volumes
-    if body.node is not None:
-        if body.node not in nodes:
-            raise Invalid("body.node", f"no live node {body.node!r}")
-        if nodes[body.node].maintenance:
-            raise Conflict(f"node {body.node} is in maintenance")
-        pinned = {body.node}
+    pinned = asked_node(nodes, body.node)  # narrowed by node-local volumes
     group = None
     if body.group is not None:
         found = await db.get(VMGroup, keys.group(body.group))
@@ -211,23 +200,13 @@ async def plan_create(
             raise Invalid("body.group", f"no group {body.group!r}")
         group = found.value
 
-    def pin(node: str | None, field: str) -> None:
-        nonlocal pinned
-        if node is None:
-            return
-        if pinned is not None and node not in pinned:
-            raise Invalid(
-                field, f"is on node {node}, but the VM must run on {', '.join(sorted(pinned))}"
-            )
-        pinned = {node}
-
     for index, disk in enumerate(body.disks):
         field = f"body.disks.{index}"
         if disk.volume is not None:
             volume = await volume_by_ref(db, disk.volume, f"{field}.volume")
             if volume.id in in_use:
                 raise Conflict(f"volume {disk.volume} is used by VM {in_use[volume.id]}")
-            pin(volume.node, f"{field}.volume")
+            pinned = narrowed(pinned, volume.node, f"{field}.volume")
             disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
             continue
         assert disk.pool is not None  # DiskRequest's validator: a volume, or a pool
@@ -239,7 +218,7 @@ async def plan_create(
             source = await volume_by_ref(db, disk.source, f"{field}.source")
             if source.state != "ready":
                 raise Invalid(f"{field}.source", f"volume is {source.state}")
-            pin(source.node, f"{field}.source")
+            pinned = narrowed(pinned, source.node, f"{field}.source")
             source_id = source.id
             if size and size < source.size:
                 raise Invalid(f"{field}.size", f"smaller than the source ({source.size} bytes)")
@@ -257,45 +236,23 @@ async def plan_create(
             raise Conflict(f"pool {pool.name} already has a volume {volume.name}")
         new_volumes.append((volume, source_id))
         disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
-    try:
-        node = choose_node(
-            node_loads(nodes, vms),
-            reserved_memory_mib(body),
-            reserved_vcpus(body),
-            pinned,
-            affinity_for(vm_id, group, vms),
-        )
-    except NoCapacity as exc:
-        raise Conflict(str(exc)) from exc
-    for volume, _ in new_volumes:
-        pool = (await find_pool(db, volume.pool)).value
-        if not capabilities(pool).shared:
-            volume.node = node
     await check_nics(db, body.nics)
-    nics, addressed = await address_nics(db, vm_id, body.nics, vms)
-    spec = VMSpec(
-        **body.model_dump(include=set(Hardware.model_fields)),
-        name=body.name,
-        disks=disks,
-        nics=[n.model_copy(update={"slot": slot}) for slot, n in enumerate(nics)],
-        layout=LAYOUT,
-    )
-    vm = VM(
-        id=vm_id,
-        spec=spec,
-        node=node,
-        power=PowerState.running if body.start else PowerState.stopped,
-        created_at=now,
-    )
     made = [NewVolume(id=v.id, source=s) for v, s in new_volumes]
-    task = new_task(TaskKind.vm_create, node, vm_id, user, VMCreateParams(volumes=made))
-    txn = Txn().require_absent(keys.vm_name(body.name)).put(keys.vm_name(body.name), vm_id)
-    txn.put(keys.vm(vm_id), vm).merge(addressed)
-    for volume, _ in new_volumes:
-        txn.require_absent(keys.volume_name(volume.pool, volume.name))
-        txn.put(keys.volume_name(volume.pool, volume.name), volume.id)
-        txn.put(keys.volume(volume.id), volume)
-    return Plan(vm, with_task(txn, task), task)
+    return await place(
+        db,
+        vm_id,
+        {**body.model_dump(include=set(Hardware.model_fields)), "name": body.name},
+        disks,
+        body.nics,
+        [v for v, _ in new_volumes],
+        nodes=nodes,
+        vms=vms,
+        pinned=pinned,
+        rule=affinity_for(vm_id, group, vms),
+        start=body.start,
+        now=now,
+        task=(TaskKind.vm_create, VMCreateParams(volumes=made), user),
+    )
 
 
 async def volume_by_ref(db: ConfigDB, ref: str, field: str) -> Volume:
@@ -576,9 +533,8 @@ async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) ->
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
     if await db.get_raw(keys.migration(vm.id)) is not None:
         raise Conflict(f"VM {vm.spec.name} is already migrating")
-    refusal = await snapshots.migration_refusal(db, vm) or await clones.migration_refusal(db, vm)
-    if refusal is not None:
-        raise Conflict(refusal)
+    if refused := await migration.refusal(db, vm):
+        raise Conflict(refused)
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")
