@@ -128,8 +128,13 @@ class Migrations:
                 return await self._resume(ctx, vm, qemu, found.value)
         local = set(await local_disks(self.db, vm))
         # Asked by drain or DRS too: a mirror copies only current data, not the snapshots.
-        taken = await self.db.list(Snapshot, keys.snapshots(vm_id))
-        if lost := lost_in_migration([e.value for e in taken], local):
+        taken = [e.value for e in await self.db.list(Snapshot, keys.snapshots(vm_id))]
+        left = set(local)
+        for state in [s.state_volume for s in taken if s.state_volume is not None]:
+            found_state = await self.db.get(Volume, keys.volume(state))
+            if found_state is not None and found_state.value.node is not None:
+                left.add(state)  # a memory state on a node-local pool stays behind
+        if lost := lost_in_migration(taken, left):
             raise TaskFailed(
                 f"its snapshots {', '.join(lost)} are on node-local disks, which a live "
                 "migration copies without them: delete them first"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
-from heron.models.common import now
+from heron.models.common import new_id, now
 from heron.models.snapshot import (
     Snapshot,
     SnapshotCreate,
@@ -18,13 +18,14 @@ from heron.models.snapshot import (
     lost_in_migration,
     new_snapshot_id,
 )
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Pool, StateOf, Volume, VolumeFormat
 from heron.models.task import SnapshotParams, Task, TaskKind, new_task
-from heron.models.vm import VM, RunState, VMSpec, VMStatus
+from heron.models.vm import VM, RunState, VMSpec, VMStatus, reserved_memory_mib
 from heron.services import clones
 from heron.services.errors import Conflict, Invalid, NotFound
-from heron.services.lookup import find_vm, live_nodes
+from heron.services.lookup import find_vm, live_nodes, new_placement
 from heron.services.tasks import with_task
+from heron.storage import vmstate
 from heron.storage.registry import capabilities
 
 KINDS = (TaskKind.snapshot_create, TaskKind.snapshot_revert, TaskKind.snapshot_delete)
@@ -136,18 +137,19 @@ async def migration_refusal(db: ConfigDB, vm: VM) -> str | None:
     if not found:
         return None
     copied = set()
-    for disk in vm.spec.disks:
-        volume = await db.get(Volume, keys.volume(disk.volume))
+    states = [s.state_volume for e in found if (s := e.value).state_volume is not None]
+    for volume_id in [*(d.volume for d in vm.spec.disks), *states]:
+        volume = await db.get(Volume, keys.volume(volume_id))
         pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
         if pool is None or not capabilities(pool.value).shared:
-            copied.add(disk.volume)
+            copied.add(volume_id)
     lost = lost_in_migration([e.value for e in found], copied)
     if not lost:
         return None
     return (
-        f"VM {vm.spec.name} has snapshots ({', '.join(lost)}) of disks on node-local pools: "
-        "a live migration copies only their current data and would lose them; delete the "
-        "snapshots first, or stop the VM and move it"
+        f"VM {vm.spec.name} has snapshots ({', '.join(lost)}) of disks or memory on "
+        "node-local pools: a live migration copies only the disks' current data, and "
+        "would lose them; delete the snapshots first, or stop the VM and move it"
     )
 
 
@@ -172,20 +174,19 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
             [{"field": "body.name", "reason": reason}],
         )
     disks = await plan_disks(db, spec)
+    snapshot_id = new_snapshot_id()
+    state: Volume | None = None
     if body.memory:
         if not running:
             raise Invalid("body.memory", "the VM is not running: it has no memory to save")
         qcow2 = [d for d in disks if d.method == "qcow2"]
-        if not qcow2:
-            raise Invalid(
-                "body.memory",
-                "the memory state is kept inside a qcow2 image, and none of the VM's disks "
-                "is qcow2: add a small qcow2 disk, or take a disk-only snapshot",
-            )
-        qcow2[0].vm_state = True
+        if qcow2:
+            qcow2[0].vm_state = True  # the memory goes inside the first qcow2 image
+        else:
+            state = await plan_state_volume(db, vm, spec, disks, snapshot_id)
     head = await db.get(SnapshotHead, keys.snapshot_head(vm.id))
     snapshot = Snapshot(
-        id=new_snapshot_id(),
+        id=snapshot_id,
         vm=vm.id,
         name=body.name,
         description=body.description,
@@ -193,6 +194,8 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
         created_at=now(),
         memory=body.memory,
         disks=disks,
+        state_pool=state.pool if state else None,
+        state_volume=state.id if state else None,
     )
     params = SnapshotParams(
         snapshot=snapshot.id, quiesce=body.quiesce, freeze_limit_s=body.freeze_limit_s
@@ -201,6 +204,9 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
     txn = Txn().require_revision(entry.key, entry.revision)
     txn.require_absent(name_key).put(name_key, snapshot.id)
     txn.put(keys.snapshot(vm.id, snapshot.id), snapshot)
+    if state is not None:  # made by the task; written now, so that nothing loses track of it
+        state_name = keys.volume_name(state.pool, state.name)
+        txn.require_absent(state_name).put(state_name, state.id).put(keys.volume(state.id), state)
     try:
         await db.commit(with_task(txn, task))
     except StoreConflict as exc:
@@ -208,6 +214,36 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
             f"VM {vm.spec.name} changed meanwhile, or the name {body.name!r} was taken"
         ) from exc
     return snapshot, task
+
+
+async def plan_state_volume(
+    db: ConfigDB, vm: VM, spec: VMSpec, disks: list[SnapshotDisk], snapshot_id: str
+) -> Volume:
+    """The record of the volume that will hold a memory snapshot's state, for a VM none of
+    whose disks is qcow2 (storage/vmstate.py); refuses, naming the pools, when no pool can."""
+    pools = [e.value for e in await db.list(Pool, keys.POOLS)]
+    by_name = {p.name: p for p in pools}
+    disk_pools = [by_name[d.pool] for d in disks if d.pool in by_name]
+    served = set()
+    for pool in pools:
+        member = keys.ardfs_member(pool.name, vm.node)
+        if capabilities(pool).member_disks and await db.get_raw(member) is not None:
+            served.add(pool.name)
+    plan = vmstate.plan_state_pool(disk_pools, pools, vm.node, served)
+    if plan.pool is None:
+        raise Invalid("body.memory", plan.reason)
+    pool = plan.pool
+    return Volume(
+        id=new_id(),
+        pool=pool.name,
+        name=vmstate.state_volume_name(vm.spec.name, snapshot_id),
+        format=vmstate.state_format(pool),
+        size=vmstate.state_size(reserved_memory_mib(spec) * 1024**2),
+        node=None if capabilities(pool).shared else vm.node,
+        placement=await new_placement(db, pool, "body.memory"),
+        state_of=StateOf(vm=vm.id, snapshot=snapshot_id),
+        created_at=now(),
+    )
 
 
 async def update(db: ConfigDB, ref: str, snap_ref: str, body: SnapshotUpdate) -> Entry[Snapshot]:
