@@ -193,7 +193,7 @@ async def test_memory_of_a_vm_without_a_qcow2_disk_goes_into_a_volume_of_its_own
     assert await db.list(Snapshot, keys.snapshots(vm.id)) == []
 
     await db.put(keys.pool("local"), Pool(name="local", type="dir", created_at=1))
-    taken, _ = await service.create(db, "web", memory, "t")  # type: ignore[arg-type]
+    taken, task = await service.create(db, "web", memory, "t")  # type: ignore[arg-type]
     assert taken.state_pool == "local" and not any(d.vm_state for d in taken.disks)
     found = await db.get(Volume, keys.volume(taken.state_volume or ""))
     assert found is not None
@@ -211,6 +211,14 @@ async def test_memory_of_a_vm_without_a_qcow2_disk_goes_into_a_volume_of_its_own
     # On a node-local pool, it would stay behind in a live migration.
     refusal = await service.migration_refusal(db, vm)  # type: ignore[arg-type]
     assert refusal is not None and "(a)" in refusal
+    # Nor is the VM reverted to it from another node (moved while off).
+    await db.delete(keys.task(task.id))
+    ready = {"state": SnapshotState.ready}
+    await db.update(Snapshot, keys.snapshot(vm.id, taken.id), lambda s: s.model_copy(update=ready))
+    elsewhere = {"node": "n2"}
+    await db.update(Volume, keys.volume(state.id), lambda v: v.model_copy(update=elsewhere))
+    with pytest.raises(Conflict, match="memory state of snapshot a is on node n2"):
+        await service.revert(db, "web", "a", "t")  # type: ignore[arg-type]
 
 
 async def test_names_are_unique_per_vm_and_busy_vms_refuse(

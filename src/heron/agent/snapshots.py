@@ -208,12 +208,21 @@ class Snapshots:
         await qemu.open_image(node, driver.protocol(volume))
         return node
 
-    async def _open_state(self, qemu: QemuVM, snapshot: Snapshot) -> str:
-        """Open the snapshot's memory-state volume in QEMU (to load it); returns its node."""
+    async def _state_here(self, snapshot: Snapshot) -> tuple[Volume, PoolDriver]:
+        """The snapshot's memory-state volume, which this node must reach."""
         found = await self._state(snapshot)
         if found is None:
             raise TaskFailed(f"the memory state of snapshot {snapshot.name} is gone")
-        volume, driver = found
+        if found[0].node not in (None, self.node):
+            raise TaskFailed(
+                f"the memory state of snapshot {snapshot.name} is on node {found[0].node}'s "
+                f"pool {found[0].pool}, not reachable here"
+            )
+        return found
+
+    async def _open_state(self, qemu: QemuVM, snapshot: Snapshot) -> str:
+        """Open the snapshot's memory-state volume in QEMU (to load it); returns its node."""
+        volume, driver = await self._state_here(snapshot)
         await driver.attach(volume, self.node)  # ardfs: this node writes it now
         node = state_node(snapshot.id)
         await qemu.open_image(node, driver.protocol(volume))
@@ -472,6 +481,8 @@ class Snapshots:
         rt = self.vms.runtime(vm.id)
         try:
             own_state = snapshot.memory and snapshot.state_volume is not None
+            if own_state:
+                await self._state_here(snapshot)  # before anything changes
             if snapshot.memory and not own_state and rt.qemu.running() and len(qcow2) == len(parts):
                 async with rt.lock:
                     await self._load(ctx, rt.qemu, snapshot, qcow2, None)

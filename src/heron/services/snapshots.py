@@ -295,6 +295,14 @@ async def revert(db: ConfigDB, ref: str, snap_ref: str, user: str) -> Task:
     await clones.refuse_if_read(
         db, f"VM {vm.spec.name} is not reverted", [d.volume for d in vm.spec.disks]
     )
+    if snapshot.state_volume is not None:
+        state = await db.get(Volume, keys.volume(snapshot.state_volume))
+        if state is None or state.value.node not in (None, vm.node):
+            where = f"is on node {state.value.node}" if state else "is gone"
+            raise Conflict(
+                f"the memory state of snapshot {snapshot.name} {where}: VM {vm.spec.name} "
+                f"on node {vm.node} cannot be reverted to it"
+            )
     task = new_task(
         TaskKind.snapshot_revert, vm.node, vm.id, user, SnapshotParams(snapshot=snapshot.id)
     )
