@@ -105,7 +105,8 @@ class SnapshotCreate(BaseModel):
     memory: bool = Field(
         default=False,
         description="save the running guest's memory too: a revert brings it back running "
-        "at this instant (the guest is paused while its memory is written)",
+        "at this instant (the guest is paused while its memory is written into its first "
+        "qcow2 disk, or else into a volume made for it: see state_pool)",
     )
     quiesce: Quiesce = Field(
         default="auto",
