@@ -3,21 +3,25 @@ new layer, no copy), the running VM paused around it; a middle snapshot is delet
 VM runs (merged online by the owner's heron-io, then dropped by its agent); reverts read
 each snapshot back; each snapshot's size is what its own layer holds. A linked clone of a
 snapshot (made by the pool driver, as the clone service does) reads it, and keeps it from
-being deleted until the clone goes."""
+being deleted until the clone goes. A VM whose only disk is on ARDFS gets a memory snapshot
+all the same: its memory goes into a volume of the pool made for it, and a revert brings the
+guest back exactly where it was."""
 
 import asyncio
+import re
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from support import Api, wait_for
+from support import Api, serial_lines, wait_for
 
 from heron.configdb import ConfigDB, Txn, keys
 from heron.devcluster import DevCluster
 from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.storage.registry import driver_for
+from heron.testguest.net import CommandChannel
 
 pytestmark = pytest.mark.integration
 CLUSTER_NODES = 1  # cluster1 for the `api` and `image` fixtures (tests/conftest.py)
@@ -58,8 +62,8 @@ def power(api: Api, vm_id: str, action: str) -> None:
     api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/{action}")["task"])
 
 
-def snapshot(api: Api, vm_id: str, name: str) -> dict:
-    reply = api.ok("POST", f"/vms/{vm_id}/snapshots", json={"name": name})
+def snapshot(api: Api, vm_id: str, name: str, **extra: object) -> dict:
+    reply = api.ok("POST", f"/vms/{vm_id}/snapshots", json={"name": name, **extra})
     api.wait_task(reply["task"], timeout=300)
     return api.ok("GET", f"/vms/{vm_id}/snapshots/{name}")
 
@@ -91,9 +95,9 @@ async def clone_of(
         return target.id
 
 
-def test_snapshots_of_a_vm_with_an_ardfs_disk(
-    cluster1: tuple[DevCluster, str], api: Api, image: str
-) -> None:
+@pytest.fixture(scope="module")
+def hci(cluster1: tuple[DevCluster, str], api: Api) -> str:
+    """The rf2 ARDFS pool "hci" over two disks of the node."""
     cluster, _ = cluster1
     node = cluster.nodes[0]
     api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
@@ -105,6 +109,33 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
                     for m in api.ok("GET", "/pools/hci/members")) or None,
         60, "the node to join the pool with its two disks",
     )  # fmt: skip
+    return "hci"
+
+
+@pytest.fixture(scope="module")
+def ardfs_guest(api: Api, image: str, hci: str) -> str:
+    """A running test guest whose only disk is on the ARDFS pool (no qcow2 disk at all): its
+    id. The first test asks for it too, without using it: a TCG guest takes tens of seconds
+    to boot, and this one boots meanwhile."""
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "ardfs-mem",
+            "memory_mib": 128,
+            "start": True,
+            "disks": [{"pool": hci, "source": image}],
+        },
+    )
+    api.wait_task(reply["task"], timeout=180)
+    return str(reply["vm"])
+
+
+@pytest.mark.usefixtures("ardfs_guest")
+def test_snapshots_of_a_vm_with_an_ardfs_disk(
+    cluster1: tuple[DevCluster, str], api: Api, image: str, hci: str
+) -> None:
+    cluster, _ = cluster1
     reply = api.ok(
         "POST",
         "/vms",
@@ -203,4 +234,67 @@ def test_snapshots_of_a_vm_with_an_ardfs_disk(
     assert holds(uri, 5)
     assert holds(nbd(cluster, copy), 1)
     api.wait_task(api.ok("DELETE", f"/pools/hci/volumes/{copy}")["task"], timeout=120)
+    api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})
+
+
+TICK = re.compile(r"heron-tick (\d+)")
+
+
+def console_text(cluster: DevCluster, vm_id: str) -> str:
+    log = Path(cluster.nodes[0].state_dir) / "vms" / vm_id / "console.log"
+    return log.read_bytes().decode(errors="replace") if log.exists() else ""
+
+
+def guest_run(cluster: DevCluster, vm_id: str, command: str) -> str:
+    sock = Path(cluster.nodes[0].state_dir) / "vms" / vm_id / "serial.sock"
+    with CommandChannel(sock) as channel:
+        result = channel.run(command, timeout=60)
+    assert result.rc == 0, result
+    return result.output
+
+
+def test_a_memory_snapshot_of_a_vm_all_on_ardfs(
+    cluster1: tuple[DevCluster, str], api: Api, ardfs_guest: str
+) -> None:
+    cluster, _ = cluster1
+    vm = ardfs_guest
+
+    def ticks() -> list[int]:
+        return [int(t) for t in TICK.findall(console_text(cluster, vm))]
+
+    wait_for(lambda: len(ticks()) >= 1 or None, 180, "the guest to boot and tick")
+    guest_run(cluster, vm, "echo before > /tmp/mark")
+    first = ticks()[-1]
+    taken = snapshot(api, vm, "warm", memory=True)
+    # No qcow2 disk: the memory went into a volume of the VM's own pool, made for it.
+    assert taken["state"] == "ready" and taken["memory"], taken
+    assert [d["method"] for d in taken["disks"]] == ["native"]
+    assert taken["state_pool"] == "hci" and taken["vm_state_size"] > 0, taken
+    state = api.ok("GET", f"/pools/hci/volumes/{taken['state_volume']}")
+    assert state["state_of"] == {"vm": vm, "snapshot": taken["id"]} and state["state"] == "ready"
+    assert state["attached_to"] is None and len(api.vm(vm)["spec"]["disks"]) == 1
+    refused = api.delete(f"/pools/hci/volumes/{state['id']}")
+    assert refused.status_code == 409 and "memory state" in refused.text, refused.text
+    last = ticks()[-1]  # the snapshot's instant lies between `first` and this tick
+
+    # The guest goes on, then comes back to the snapshot: no new boot, its RAM as it was,
+    # its counter going on from the snapshot's instant.
+    guest_run(cluster, vm, "echo after > /tmp/mark")
+    wait_for(lambda: ticks()[-1] >= last + 2 or None, 30, "the guest to tick on")
+    before_revert = len(console_text(cluster, vm))
+    done = act(api, vm, "POST", "warm/revert")
+    assert done["result"] == {"snapshot": taken["id"], "memory": True, "state": "running"}
+    assert guest_run(cluster, vm, "cat /tmp/mark").strip() == "before"
+
+    def resumed() -> list[int] | None:
+        after = [int(t) for t in TICK.findall(console_text(cluster, vm)[before_revert:])]
+        return after or None
+
+    after = wait_for(resumed, 30, "a tick after the revert")
+    assert first + 1 <= after[0] <= last + 1, (first, last, after)
+    assert len(serial_lines(Path(cluster.nodes[0].state_dir) / "vms" / vm / "console.log",
+                            f"HERON-GUEST-READY uuid={vm}")) == 1  # fmt: skip
+
+    act(api, vm, "DELETE", "warm")  # its memory-state volume goes with it
+    assert api.get(f"/pools/hci/volumes/{state['id']}").status_code == 404
     api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})

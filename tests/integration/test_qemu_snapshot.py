@@ -330,6 +330,35 @@ async def test_a_throttle_filter_above_a_disk_passes_snapshots_down(
     assert await qemuimg.snapshot_names(image) == ["disks", "whole"]
 
 
+async def test_the_memory_goes_into_an_image_no_device_uses(launch: Launch, root: Path) -> None:
+    # A VM without a qcow2 disk (none at all, here): its memory goes into an image opened for
+    # the save (agent/snapshots.py), which must be among `devices` (QEMU 7.2 saves nothing
+    # without one), and is closed after; it is opened again for the load.
+    qemu = await launch([])
+    image = root / "state.qcow2"
+    await qemuimg.create(image, "qcow2", MiB)
+    protocol = {"driver": "file", "filename": str(image)}
+    await qemu.open_image("mem-s1", protocol)
+    await qemu.snapshot_save("none", "whole", vmstate="mem-s1", devices=[])
+    refused = await qemu.wait_job("none", 60)
+    assert refused is not None and "At least one device" in refused.error, refused
+    await qemu.snapshot_save("save", "whole", vmstate="mem-s1", devices=["mem-s1"])
+    saved = await qemu.wait_job("save", 60)
+    assert saved is not None and saved.error == "", saved
+    assert await qemu.run_state() == "running"
+    await qemu.close_image("mem-s1")
+    assert "mem-s1" not in {n.node for n in await qemu.disk_snapshots()}
+    info = await qemuimg.info(image)
+    assert [s["name"] for s in info["snapshots"]] == ["whole"]
+    assert info["snapshots"][0]["vm-state-size"] > 0
+    await qemu.open_image("mem-s1", protocol)
+    await qemu.snapshot_load("load", "whole", vmstate="mem-s1", devices=["mem-s1"])
+    loaded = await qemu.wait_job("load", 60)
+    assert loaded is not None and loaded.error == "", loaded
+    assert await qemu.run_state() == "running"
+    await qemu.close_image("mem-s1")
+
+
 async def test_snapshots_travel_with_the_images_in_a_live_migration(
     launch: Launch, root: Path
 ) -> None:

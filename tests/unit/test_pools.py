@@ -164,7 +164,8 @@ def test_what_each_pool_type_can_do() -> None:
             pool(type="block", path="/dev/mapper", pattern="mpath*")]  # fmt: skip
     rbd, ardfs = pool(type="rbd", rbd_pool="vms"), pool(type="ardfs")
     files = (VolumeFormat.qcow2, VolumeFormat.raw)
-    linked = {"formats": files, "linked_clones": True}  # qcow2 overlays
+    # qcow2 overlays; a snapshot's memory state in a qcow2 file
+    linked = {"formats": files, "linked_clones": True, "memory_state": True}
     assert capabilities(local) == Capabilities(shared=False, **linked)
     assert capabilities(shared_dir) == Capabilities(shared=True, **linked)
     assert capabilities(nfs) == Capabilities(mounted=True, **linked)
@@ -177,6 +178,7 @@ def test_what_each_pool_type_can_do() -> None:
         grows_by_reconnect=True,
         native_snapshots=True,
         linked_clones=True,
+        memory_state=True,  # qcow2 written into a raw volume
     )
     # A driver made for a node says the same as the registry.
     for each in (local, nfs, *luns, rbd, ardfs):

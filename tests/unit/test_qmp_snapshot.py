@@ -154,3 +154,18 @@ async def test_wait_job_for_a_job_that_is_gone_or_slow_is_none() -> None:
     slow = Scripted(query_jobs=[[job("running", 0)]] * 3)
     assert await slow.wait_job("save", 0) is None
     assert ("job-dismiss", {"id": "save"}) not in slow.sent
+
+
+async def test_a_memory_state_image_is_opened_and_closed_once() -> None:
+    protocol = {"driver": "nbd", "server": {"type": "unix", "path": "/s"}, "export": "v"}
+    opened = {"node-name": "mem-s1", "drv": "qcow2"}
+    qemu = Scripted(query_named_block_nodes=[[NODE], [NODE, opened], [NODE, opened], [NODE]])
+    await qemu.open_image("mem-s1", protocol)
+    await qemu.open_image("mem-s1", protocol)  # a repeat: it is open already
+    await qemu.close_image("mem-s1")
+    await qemu.close_image("mem-s1")  # closed already: nothing to do
+    sent = [(c, a) for c, a in qemu.sent if c != "query-named-block-nodes"]
+    assert sent == [
+        ("blockdev-add", {"node-name": "mem-s1", "driver": "qcow2", "file": protocol}),
+        ("blockdev-del", {"node-name": "mem-s1"}),
+    ]

@@ -9,6 +9,7 @@ from types import MappingProxyType
 import pytest
 from fakes.configdb import FakeConfigDB
 
+from heron.agent import migration
 from heron.agent.snapshots import Snapshots
 from heron.agent.tasks import TaskContext, TaskFailed
 from heron.configdb import Txn, keys
@@ -94,7 +95,7 @@ def test_snapshots_or_a_linked_clone_on_node_local_pools_pin_a_vm_to_its_node() 
     on_nfs = SnapshotDisk(index=1, volume="v2", pool="nfs", method="qcow2")
     taken = [snap("b", disks=[on_local, on_nfs]), snap("a", disks=[on_nfs])]
     # A mirror copies only the current data of node-local disks: snapshot b would be lost.
-    assert "has snapshots (b) of disks on node-local pools" in str(
+    assert "has snapshots (b) of disks or memory on node-local pools" in str(
         pinned(vm, volumes, {"nfs"}, taken)
     )
     assert pinned(vm, volumes, {"nfs"}, taken[1:]) is None
@@ -105,6 +106,13 @@ def test_snapshots_or_a_linked_clone_on_node_local_pools_pin_a_vm_to_its_node() 
         pinned(vm, linked, {"nfs"}, [])
     )
     assert pinned(vm, linked, {"nfs", "local"}, []) is None
+    # A memory state left behind on a node-local pool is lost as well.
+    memory = snap("c", disks=[on_nfs], memory=True, state_volume="m1")
+    states = {**volumes, "m1": volume("m1", "local")}
+    assert "has snapshots (c) of disks or memory on node-local pools" in str(
+        pinned(vm, states, {"nfs"}, [memory])
+    )
+    assert pinned(vm, states, {"nfs", "local"}, [memory]) is None
 
 
 def test_a_freeze_limit_is_bounded() -> None:
@@ -189,6 +197,52 @@ async def test_memory_needs_a_running_vm_and_a_qcow2_disk(
     await a_vm(db, [("ceph", VolumeFormat.raw)])
     with pytest.raises(Invalid, match="not running"):
         await service.create(db, "web", SnapshotCreate(name="a", memory=True), "t")  # type: ignore[arg-type]
+
+
+async def test_memory_of_a_vm_without_a_qcow2_disk_goes_into_a_volume_of_its_own(
+    db: FakeConfigDB, native: type[StandInNativePool]
+) -> None:
+    from heron.models.vm import RunState, VMStatus
+    from heron.services import vms, volumes
+    from heron.storage import vmstate
+
+    vm = await a_vm(db, [("ceph", VolumeFormat.raw)])
+    await db.put(keys.vm_status(vm.id), VMStatus(state=RunState.running, node="n1", updated_at=1))
+    memory = SnapshotCreate(name="a", memory=True)
+    # The (stand-in) Ceph pool keeps no memory state, and there is no other pool.
+    with pytest.raises(Invalid) as refused:
+        await service.create(db, "web", memory, "t")  # type: ignore[arg-type]
+    assert refused.value.fields[0]["field"] == "body.memory"
+    assert "ceph (rbd) holds no memory states" in refused.value.fields[0]["reason"]
+    assert await db.list(Snapshot, keys.snapshots(vm.id)) == []
+
+    await db.put(keys.pool("local"), Pool(name="local", type="dir", created_at=1))
+    taken, task = await service.create(db, "web", memory, "t")  # type: ignore[arg-type]
+    assert taken.state_pool == "local" and not any(d.vm_state for d in taken.disks)
+    found = await db.get(Volume, keys.volume(taken.state_volume or ""))
+    assert found is not None
+    state = found.value
+    assert state.state_of is not None and state.state_of.snapshot == taken.id
+    assert (state.pool, state.format, state.node) == ("local", VolumeFormat.qcow2, "n1")
+    assert state.size == vmstate.state_size(512 * 1024**2)  # the VM's memory, and room
+    # It is no disk: not to be attached, deleted or grown as one.
+    with pytest.raises(Invalid, match="memory state"):
+        await vms.volume_by_ref(db, f"local/{state.name}", "body.volume")  # type: ignore[arg-type]
+    with pytest.raises(Conflict, match="delete the snapshot instead"):
+        await volumes.delete(db, "n1", "local", state.name, "t")  # type: ignore[arg-type]
+    with pytest.raises(Conflict, match="memory state"):
+        await volumes.resize(db, "n1", "local", state.name, 2 * state.size, "t")  # type: ignore[arg-type]
+    # On a node-local pool, it would stay behind in a live migration.
+    refusal = await migration.refusal(db, vm)  # type: ignore[arg-type]
+    assert refusal is not None and "(a)" in refusal
+    # Nor is the VM reverted to it from another node (moved while off).
+    await db.delete(keys.task(task.id))
+    ready = {"state": SnapshotState.ready}
+    await db.update(Snapshot, keys.snapshot(vm.id, taken.id), lambda s: s.model_copy(update=ready))
+    elsewhere = {"node": "n2"}
+    await db.update(Volume, keys.volume(state.id), lambda v: v.model_copy(update=elsewhere))
+    with pytest.raises(Conflict, match="memory state of snapshot a is on node n2"):
+        await service.revert(db, "web", "a", "t")  # type: ignore[arg-type]
 
 
 async def test_names_are_unique_per_vm_and_busy_vms_refuse(
@@ -314,6 +368,31 @@ async def test_an_rbd_pool_snapshots_through_the_rbd_tool(
     await run_task(db, agent, TaskKind.snapshot_delete, vm, taken.id)
     assert ceph.image("r/d0")["snaps"] == ceph.image("r/d1")["snaps"] == []  # type: ignore[index]
     assert await db.list(Snapshot, keys.snapshots(vm.id)) == []
+
+
+async def test_a_memory_snapshot_that_fails_leaves_no_memory_state_behind(
+    db: FakeConfigDB, native: type[StandInNativePool], agent: Snapshots, state_dir: Path
+) -> None:
+    # The fake QEMU knows no query-named-block-nodes: QEMU errs once the volume is made,
+    # when it is to be opened, and again when it is to be closed.
+    vm = await a_vm(db, [("ceph", VolumeFormat.raw)])
+    await db.put(keys.pool("local"), Pool(name="local", type="dir", created_at=1))
+    running = {"power": PowerState.running}
+    await db.update(VM, keys.vm(vm.id), lambda v: v.model_copy(update=running))
+    await agent.vms.reconcile(vm.id)
+    qemu = agent.vms.runtime(vm.id).qemu
+    taken, task = await service.create(db, "web", SnapshotCreate(name="a", memory=True), "t")  # type: ignore[arg-type]
+    await db.delete(keys.task(task.id))
+    state = (await db.get(Volume, keys.volume(taken.state_volume or ""))).value  # type: ignore[union-attr]
+    image = DirPool(Pool(name="local", type="dir", created_at=1), state_dir).path(state)
+    with pytest.raises(TaskFailed):
+        await run_task(db, agent, TaskKind.snapshot_create, vm, taken.id)
+    failed = (await db.get(Snapshot, keys.snapshot(vm.id, taken.id))).value  # type: ignore[union-attr]
+    assert failed.state == SnapshotState.error and "query-named-block-nodes" in failed.error
+    assert await db.get(Volume, keys.volume(state.id)) is None
+    assert await db.get_raw(keys.volume_name("local", state.name)) is None
+    assert not image.exists() and native.taken == {}
+    assert await qemu.run_state() == "running"  # never paused: the volume came first
 
 
 def test_the_cli_prints_the_tree_with_the_current_one_marked() -> None:

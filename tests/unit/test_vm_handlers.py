@@ -52,6 +52,37 @@ async def context(db: FakeConfigDB, kind: TaskKind, vm: VM) -> TaskContext:
     return TaskContext(db, task)  # type: ignore[arg-type]
 
 
+async def test_delete_deletes_the_memory_states_of_its_snapshots(
+    db: FakeConfigDB, handlers: Handlers, state_dir: Path
+) -> None:
+    from heron.models.snapshot import Snapshot
+    from heron.models.storage import Pool, StateOf, Volume, VolumeFormat
+    from heron.storage.dirpool import DirPool
+
+    vm = await created(db, PowerState.stopped)
+    local = Pool(name="local", type="dir", created_at=1)
+    state = Volume(id=new_id(), pool="local", name="web-mem-s0123456789ab", node="n1",
+                   format=VolumeFormat.qcow2, size=1, state="ready", created_at=1,
+                   state_of=StateOf(vm=vm.id, snapshot="s0123456789ab"))  # fmt: skip
+    taken = Snapshot(id="s0123456789ab", vm=vm.id, name="warm", created_at=1, memory=True,
+                     state_pool="local", state_volume=state.id, state="ready")  # fmt: skip
+    image = DirPool(local, state_dir).path(state)
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"QFI")
+    await db.commit(
+        Txn()
+        .put(keys.pool("local"), local)
+        .put(keys.volume(state.id), state)
+        .put(keys.volume_name("local", state.name), state.id)
+        .put(keys.snapshot(vm.id, taken.id), taken)
+    )
+    result = await handlers.vm_delete(await context(db, TaskKind.vm_delete, vm))
+    assert result["memory_states"] == [state.name]
+    assert not image.exists()
+    left = await db.dump("/heron/")
+    assert [k for k in left if state.id in k or state.name in k or vm.id in k] == []
+
+
 async def test_create_starts_the_vm(
     db: FakeConfigDB, handlers: Handlers, vms: VMController
 ) -> None:
@@ -68,7 +99,7 @@ async def test_delete_stops_qemu_and_removes_every_record_of_the_vm(
     await vms.reconcile(vm.id)
     ctx = await context(db, TaskKind.vm_delete, vm)
     before = await db.revision()
-    assert await handlers.vm_delete(ctx) == {"deleted": vm.id, "volumes": []}
+    assert await handlers.vm_delete(ctx) == {"deleted": vm.id, "volumes": [], "memory_states": []}
     assert not vms.runtime(vm.id).qemu.running()
     assert not vms.paths(vm.id).root.exists()
     left = await db.dump("/heron/")

@@ -151,6 +151,7 @@ export interface Volume {
   moving_to?: PlacedDisk[] | null;
   layers?: { id: string; parent: string | null; snapshot: string | null; volume: string | null; merging: boolean }[];
   origin?: { volume: string; snapshot: string | null; linked: boolean } | null;
+  state_of?: { vm: string; snapshot: string } | null;
   state: string;
   error: string;
   allocation: number | null;

@@ -90,7 +90,7 @@ export function useVmTemplate(start: boolean): {
         await Promise.all(pools.map((p) => get<Volume[]>(`/pools/${p.name}/volumes`)))
       )
         .flat()
-        .filter((v) => v.state === "ready" && !v.attached_to);
+        .filter((v) => v.state === "ready" && !v.attached_to && !v.state_of);
       // New disks go to pools that create volumes: LUN-backed ones hold what the array made.
       const creating = pools.filter((p) => p.type !== "iscsi" && p.type !== "block");
       if (!form.pool && creating.length) form.pool = creating[0].name;

@@ -9,7 +9,7 @@ from typing import Any
 from heron.agent.ardfs import io_status
 from heron.agent.drain import Drain
 from heron.agent.migration import Migrations
-from heron.agent.snapshots import Snapshots, forget_vm
+from heron.agent.snapshots import Snapshots, drop_state_volumes, forget_vm
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Conflict, Txn, keys
@@ -224,6 +224,8 @@ class Handlers:
             .delete(keys.vm_status(vm_id))
         )
         release_nics(txn, vm.spec.nics)
+        # Its snapshots' memory states mean nothing without their records: they go too.
+        states = await drop_state_volumes(self.db, self.state_dir, vm_id)
         await forget_vm(self.db, vm_id, txn)
         removed = []
         if ctx.params(VMDeleteParams).volumes:
@@ -235,7 +237,7 @@ class Handlers:
                     txn.delete(keys.volume_name(volume.pool, volume.name))
                     removed.append(volume.name)
         await self.db.commit(txn)
-        return {"deleted": vm_id, "volumes": removed}
+        return {"deleted": vm_id, "volumes": removed, "memory_states": states}
 
     # -- volumes -------------------------------------------------------------------------
 

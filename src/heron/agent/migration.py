@@ -488,11 +488,12 @@ async def refusal(db: ConfigDB, vm: VM) -> str | None:
     """Why `vm` may not be live-migrated (`models.migration.pinned`), if it may not."""
     pools = await db.list(Pool, keys.POOLS)
     shared = {e.value.name for e in pools if capabilities(e.value).shared}
-    volumes = {}
-    for disk in vm.spec.disks:
-        if (volume := await db.get(Volume, keys.volume(disk.volume))) is not None:
-            volumes[disk.volume] = volume.value
     snapshots = [e.value for e in await db.list(Snapshot, keys.snapshots(vm.id))]
+    states = [s.state_volume for s in snapshots if s.state_volume is not None]
+    volumes = {}
+    for volume_id in [*(d.volume for d in vm.spec.disks), *states]:
+        if (volume := await db.get(Volume, keys.volume(volume_id))) is not None:
+            volumes[volume_id] = volume.value
     return pinned(vm, volumes, shared, snapshots)
 
 

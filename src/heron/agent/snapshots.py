@@ -5,7 +5,10 @@ Every disk of a snapshot is taken at one instant. qcow2 disks keep theirs inside
 `native_snapshots` are snapshotted by their driver, with the guest paused (QMP `stop` drains
 and flushes its I/O) so they and the qcow2 transaction share that instant. A memory snapshot
 stops the guest, saves every qcow2 disk and the memory into one of them (`snapshot-save`),
-takes the native ones, and lets it run again.
+takes the native ones, and lets it run again. A VM without a qcow2 disk has its memory
+saved into a volume made for the snapshot (`Snapshot.state_volume`, storage/vmstate.py):
+made and opened in QEMU (no guest device) before the guest is paused, closed after the
+save or the load, deleted with the snapshot or with a create that failed.
 
 Nothing is left half-made: a create that fails removes whatever it took (and the record says
 why), and the guest never stays paused by us (`cont` in `finally`). Each handler is
@@ -46,7 +49,7 @@ from heron.models.snapshot import (
 from heron.models.storage import Pool, Volume
 from heron.models.task import SnapshotParams
 from heron.models.vm import VM, PowerState
-from heron.storage import qemuimg
+from heron.storage import qemuimg, vmstate
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.registry import driver_for
 
@@ -170,6 +173,81 @@ class Snapshots:
             parts.append(Part(disk, volume.value, driver))
         return parts
 
+    async def _state(self, snapshot: Snapshot) -> tuple[Volume, PoolDriver] | None:
+        """The snapshot's memory-state volume and its pool's driver here; None if it has
+        none (or it is gone)."""
+        if snapshot.state_volume is None:
+            return None
+        volume = await self.db.get(Volume, keys.volume(snapshot.state_volume))
+        if volume is None:
+            return None
+        pool = await self.db.get(Pool, keys.pool(volume.value.pool))
+        if pool is None:
+            raise TaskFailed(f"pool {volume.value.pool} of the memory state no longer exists")
+        driver = driver_for(pool.value, self.state_dir, self.db)
+        try:
+            await driver.prepare()
+        except StorageError as exc:
+            raise TaskFailed(str(exc)) from exc
+        return volume.value, driver
+
+    async def _make_state(self, qemu: QemuVM, snapshot: Snapshot) -> str:
+        """Make (again, after a restart) the snapshot's memory-state volume, an empty qcow2
+        image, and open it in QEMU; returns its node."""
+        found = await self._state(snapshot)
+        if found is None:
+            raise TaskFailed("the snapshot's memory-state volume is gone")
+        volume, driver = found
+        await driver.create(volume)
+        await driver.attach(volume, self.node)
+        if vmstate.needs_inner_image(volume.format):
+            # Written over whatever a cut-off run left: a new image knows nothing of it.
+            await qemuimg.create(driver.image(volume), "qcow2", vmstate.INNER_SIZE)
+        await self._set_volume(volume.id, state="ready")
+        node = state_node(snapshot.id)
+        await qemu.open_image(node, driver.protocol(volume))
+        return node
+
+    async def _state_here(self, snapshot: Snapshot) -> tuple[Volume, PoolDriver]:
+        """The snapshot's memory-state volume, which this node must reach."""
+        found = await self._state(snapshot)
+        if found is None:
+            raise TaskFailed(f"the memory state of snapshot {snapshot.name} is gone")
+        if found[0].node not in (None, self.node):
+            raise TaskFailed(
+                f"the memory state of snapshot {snapshot.name} is on node {found[0].node}'s "
+                f"pool {found[0].pool}, not reachable here"
+            )
+        return found
+
+    async def _open_state(self, qemu: QemuVM, snapshot: Snapshot) -> str:
+        """Open the snapshot's memory-state volume in QEMU (to load it); returns its node."""
+        volume, driver = await self._state_here(snapshot)
+        await driver.attach(volume, self.node)  # ardfs: this node writes it now
+        node = state_node(snapshot.id)
+        await qemu.open_image(node, driver.protocol(volume))
+        return node
+
+    async def _drop_state(self, qemu: QemuVM | None, snapshot: Snapshot) -> None:
+        """Close and delete the snapshot's memory-state volume, if it has one: its snapshot
+        goes, or was never made."""
+        if qemu is not None:
+            try:
+                await qemu.close_image(state_node(snapshot.id))
+            except QemuError as exc:
+                # A QEMU that errs here is no reason to keep a volume nothing will read:
+                # its node fails any further I/O, and it goes with that QEMU.
+                log.warning("closing the memory state of %s: %r", snapshot.id, exc)
+        found = await self._state(snapshot)
+        if found is not None:
+            await delete_state_volume(self.db, *found)
+
+    async def _set_volume(self, volume_id: str, **changes: Any) -> None:
+        def change(record: Volume) -> Volume:
+            return record.model_copy(update=changes)
+
+        await self.db.update(Volume, keys.volume(volume_id), change)
+
     async def _set(self, snapshot: Snapshot, **changes: Any) -> None:
         def change(record: Snapshot) -> Snapshot:
             return record.model_copy(update=changes)
@@ -196,30 +274,42 @@ class Snapshots:
                 qemu = rt.qemu if rt.qemu.running() else None
                 if ctx.resumed:
                     # Whatever the run cut off by the restart took is half-made: it goes.
+                    # (A memory-state volume stays, to be made empty again.)
                     await self._remove(qemu, snapshot, parts)
+                    if qemu is not None:
+                        await qemu.close_image(state_node(snapshot.id))
                     if qemu is not None and vm.power == PowerState.running:
                         await _resume_if_paused(qemu)
+                state_size = None
                 try:
                     if qemu is not None:
-                        quiet = await self._take_live(ctx, qemu, snapshot, parts, params)
+                        quiet, state_size = await self._take_live(
+                            ctx, qemu, snapshot, parts, params
+                        )
                     elif snapshot.memory:
                         raise TaskFailed("the VM is no longer running: it has no memory to save")
                     else:
                         quiet = await self._take_offline(ctx, snapshot, parts)
                 except BaseException:
+                    live = rt.qemu if rt.qemu.running() else None
                     try:
-                        await self._remove(rt.qemu if rt.qemu.running() else None, snapshot, parts)
+                        await self._remove(live, snapshot, parts)
                     except Exception as exc:  # the first error is the one to report
                         log.warning("removing half-made snapshot %s: %r", snapshot.id, exc)
+                    try:
+                        await self._drop_state(live, snapshot)
+                    except Exception as exc:
+                        log.warning("deleting the memory state of %s: %r", snapshot.id, exc)
                     raise
-                sizes = await self._sizes(qemu, snapshot, parts)
+                disks, vm_state_size = await self._sizes(qemu, snapshot, parts)
         except (QemuError, StorageError, VMError) as exc:
             await self._set(snapshot, state=SnapshotState.error, error=str(exc))
             raise TaskFailed(str(exc)) from exc
         except Exception as exc:
             await self._set(snapshot, state=SnapshotState.error, error=str(exc) or "cancelled")
             raise
-        disks, vm_state_size = sizes
+        if state_size is not None:
+            vm_state_size = state_size
         done = snapshot.model_copy(
             update={
                 "state": SnapshotState.ready,
@@ -247,7 +337,9 @@ class Snapshots:
         snapshot: Snapshot,
         parts: list[Part],
         params: SnapshotParams,
-    ) -> Quiesced:
+    ) -> tuple[Quiesced, int | None]:
+        """Take the snapshot of the running VM; returns how consistent it is, and the size
+        of its memory state when that is in a volume of its own."""
         tag = snapshot.id
         qcow2 = [p for p in parts if p.disk.method == "qcow2"]
         native = [p for p in parts if p.disk.method == "native"]
@@ -255,16 +347,27 @@ class Snapshots:
             # Not frozen: a revert brings back the running guest with its writes in flight,
             # and a guest frozen at the save would come back frozen.
             quiet = Quiesced("crash", "memory snapshot: the guest resumes where it was")
+            devices = [p.node for p in qcow2]
+            if snapshot.state_volume is not None:  # made while the guest still runs
+                await ctx.progress(0.05, "making the volume for the memory state")
+                vmstate_node = await self._make_state(qemu, snapshot)
+                devices.append(vmstate_node)  # QEMU saves only into one of `devices`
+            else:
+                vmstate_node = next(p.node for p in qcow2 if p.disk.vm_state)
             paused = await _pause(qemu)
             try:
                 for driver, volumes in _by_pool(native):
                     await driver.snapshot_create(volumes, tag)
                 await ctx.progress(0.1, "saving the guest's memory")
-                await self._save(ctx, qemu, tag, qcow2)
+                await self._save(ctx, qemu, tag, vmstate_node, devices)
             finally:
                 if paused:
                     await qemu.resume()
-            return quiet
+            if snapshot.state_volume is None:
+                return quiet, None
+            size = await _vm_state_size_of(qemu, vmstate_node, tag)
+            await qemu.close_image(vmstate_node)
+            return quiet, size
         started = time.monotonic()
         async with quiesced(qemu, params.quiesce, params.freeze_limit_s) as quiet:
             # Native snapshots are the pool's: the guest must not write in between them and
@@ -280,17 +383,18 @@ class Snapshots:
                     await qemu.resume()
         await ctx.progress(0.9)
         log.info("snapshot %s of %s took %.2fs", tag, snapshot.vm, time.monotonic() - started)
-        return quiet
+        return quiet, None
 
-    async def _save(self, ctx: TaskContext, qemu: QemuVM, tag: str, qcow2: list[Part]) -> None:
-        vmstate = next(p for p in qcow2 if p.disk.vm_state)
+    async def _save(
+        self, ctx: TaskContext, qemu: QemuVM, tag: str, vmstate: str, devices: list[str]
+    ) -> None:
         job_id = f"save-{tag}"
 
         async def follow(job: Job) -> None:
             if job.total:
                 await ctx.progress(0.1 + 0.8 * job.current / job.total)
 
-        await qemu.snapshot_save(job_id, tag, vmstate=vmstate.node, devices=[p.node for p in qcow2])
+        await qemu.snapshot_save(job_id, tag, vmstate=vmstate, devices=devices)
         job = await qemu.wait_job(job_id, SAVE_TIMEOUT, follow)
         if job is None:
             raise TaskFailed(f"QEMU did not save the snapshot within {SAVE_TIMEOUT:.0f}s")
@@ -327,11 +431,7 @@ class Snapshots:
 
     async def _vm_state_size(self, qemu: QemuVM | None, part: Part, tag: str) -> int | None:
         if qemu is not None:
-            for node in await qemu.disk_snapshots([part.node]):
-                for taken in node.snapshots:
-                    if taken.name == tag:
-                        return taken.vm_state_size
-            return None
+            return await _vm_state_size_of(qemu, part.node, tag)
         info = await qemuimg.info(part.image)
         for taken in info.get("snapshots", []):
             if taken.get("name") == tag:
@@ -366,8 +466,9 @@ class Snapshots:
         """Back to a snapshot. A memory snapshot: to exactly its running state, in the
         running QEMU when all disks are qcow2 (`snapshot-load`), otherwise in a new QEMU
         started paused once the pool's disks are reverted (the VM runs after, as when the
-        snapshot was taken). Otherwise the disks are reverted with QEMU stopped, and the VM
-        started again if it should run (a guest that ran boots from the reverted disks).
+        snapshot was taken), its memory read from its qcow2 disk or its memory-state
+        volume. Otherwise the disks are reverted with QEMU stopped, and the VM started
+        again if it should run (a guest that ran boots from the reverted disks).
         """
         snapshot = await self._snapshot(ctx)
         if snapshot is None:
@@ -379,9 +480,12 @@ class Snapshots:
         qcow2 = [p for p in parts if p.disk.method == "qcow2"]
         rt = self.vms.runtime(vm.id)
         try:
-            if snapshot.memory and rt.qemu.running() and len(qcow2) == len(parts):
+            own_state = snapshot.memory and snapshot.state_volume is not None
+            if own_state:
+                await self._state_here(snapshot)  # before anything changes
+            if snapshot.memory and not own_state and rt.qemu.running() and len(qcow2) == len(parts):
                 async with rt.lock:
-                    await self._load(ctx, rt.qemu, snapshot, qcow2)
+                    await self._load(ctx, rt.qemu, snapshot, qcow2, None)
             elif snapshot.memory:
                 await self._power_on(vm.id)
                 async with self.vms.offline(vm.id):
@@ -390,7 +494,12 @@ class Snapshots:
                         if part.disk.method == "native":
                             await part.driver.snapshot_revert(part.volume, snapshot.id)
                     qemu = await self.vms.launch_paused(vm.id)
-                    await self._load(ctx, qemu, snapshot, qcow2)
+                    state = await self._open_state(qemu, snapshot) if own_state else None
+                    try:
+                        await self._load(ctx, qemu, snapshot, qcow2, state)
+                    finally:
+                        if state is not None:
+                            await qemu.close_image(state)
             else:
                 async with self.vms.offline(vm.id):
                     await ctx.progress(0.3, "QEMU stopped; reverting the disks")
@@ -418,20 +527,32 @@ class Snapshots:
         await self.db.update(VM, keys.vm(vm_id), on)
 
     async def _load(
-        self, ctx: TaskContext, qemu: QemuVM, snapshot: Snapshot, parts: list[Part]
+        self,
+        ctx: TaskContext,
+        qemu: QemuVM,
+        snapshot: Snapshot,
+        parts: list[Part],
+        state: str | None,
     ) -> None:
+        """Load the snapshot's memory (from the node `state`, its memory-state volume, or
+        else its qcow2 disk that holds it) and its qcow2 disks into `qemu`."""
         tag = snapshot.id
         job_id = f"load-{tag}"
         if any(job.id == job_id for job in await qemu.jobs()):
             await qemu.wait_job(job_id, LOAD_TIMEOUT)  # a run before a restart left it
-        vmstate = next(p for p in parts if p.disk.vm_state)
+        devices = [p.node for p in parts]
+        if state is not None:
+            holder = state
+            devices.append(state)
+        else:
+            holder = next(p.node for p in parts if p.disk.vm_state)
 
         async def follow(job: Job) -> None:
             if job.total:
                 await ctx.progress(0.9 * job.current / job.total)
 
         # Only the qcow2 disks hold the tag: a pool's own disks were reverted by the pool.
-        await qemu.snapshot_load(job_id, tag, vmstate=vmstate.node, devices=[p.node for p in parts])
+        await qemu.snapshot_load(job_id, tag, vmstate=holder, devices=devices)
         job = await qemu.wait_job(job_id, LOAD_TIMEOUT, follow)
         if job is not None and not job.error:
             return
@@ -458,7 +579,9 @@ class Snapshots:
             parts = await self._parts(snapshot)
             rt = self.vms.runtime(vm_id)
             async with rt.lock:
-                await self._remove(rt.qemu if rt.qemu.running() else None, snapshot, parts)
+                live = rt.qemu if rt.qemu.running() else None
+                await self._remove(live, snapshot, parts)
+                await self._drop_state(live, snapshot)
         except (QemuError, StorageError) as exc:
             await self._set(snapshot, state=SnapshotState.error, error=f"delete: {exc}")
             raise TaskFailed(str(exc)) from exc
@@ -504,6 +627,51 @@ async def forget_vm(db: ConfigDB, vm_id: str, txn: Txn) -> None:
     for entry in await db.list(Snapshot, keys.snapshots(vm_id)):
         txn.delete(entry.key).delete(keys.snapshot_name(vm_id, entry.value.name))
     txn.delete(keys.snapshot_head(vm_id))
+
+
+def state_node(snapshot_id: str) -> str:
+    """The QEMU node of a snapshot's memory-state volume while it is open."""
+    return f"mem-{snapshot_id}"
+
+
+async def _vm_state_size_of(qemu: QemuVM, node: str, tag: str) -> int | None:
+    for found in await qemu.disk_snapshots([node]):
+        for taken in found.snapshots:
+            if taken.name == tag:
+                return taken.vm_state_size
+    return None
+
+
+async def delete_state_volume(db: ConfigDB, volume: Volume, driver: PoolDriver) -> None:
+    """Delete a memory-state volume's data and records (no QEMU has it open)."""
+    await driver.delete(volume)
+    await db.commit(
+        Txn()
+        .delete(keys.volume(volume.id))
+        .delete(keys.volume_name(volume.pool, volume.name))
+        .delete(keys.volume_health(volume.id))
+    )
+
+
+async def drop_state_volumes(db: ConfigDB, state_dir: Path, vm_id: str) -> list[str]:
+    """Delete the memory-state volumes of a deleted VM's snapshots (with their records, the
+    states mean nothing); returns their names. One that cannot be deleted now stays, listed
+    in its pool with the snapshot it held, to be deleted as a volume."""
+    deleted = []
+    for entry in await db.list(Snapshot, keys.snapshots(vm_id)):
+        if entry.value.state_volume is None:
+            continue
+        volume = await db.get(Volume, keys.volume(entry.value.state_volume))
+        pool = await db.get(Pool, keys.pool(volume.value.pool)) if volume else None
+        if volume is None or pool is None:
+            continue
+        try:
+            await delete_state_volume(db, volume.value, driver_for(pool.value, state_dir, db))
+        except StorageError as exc:
+            log.warning("memory-state volume %s stays: %s", volume.value.name, exc)
+            continue
+        deleted.append(volume.value.name)
+    return deleted
 
 
 async def _pause(qemu: QemuVM) -> bool:

@@ -27,6 +27,13 @@ def each_disk(s: dict[str, Any]) -> str:
     return ", ".join(f"disk{d['index']} {size(d.get('size'))}" for d in s["disks"]) or "-"
 
 
+def _memory(s: dict[str, Any]) -> str:
+    """Whether it holds the memory, and where when not in a disk: a volume of that pool."""
+    if not s["memory"]:
+        return "no"
+    return f"yes (pool {s['state_pool']})" if s.get("state_pool") else "yes"
+
+
 def rows(listing: dict[str, Any]) -> list[dict[str, Any]]:
     """The snapshots in tree order, each name indented by its depth and the current one
     marked."""
@@ -48,7 +55,7 @@ def _record(view: dict[str, Any]) -> dict[str, Any]:
 COLUMNS = [
     ("name", lambda s: s["tree"]),
     ("state", lambda s: s["state"]),
-    ("memory", lambda s: "yes" if s["memory"] else "no"),
+    ("memory", _memory),
     ("consistency", lambda s: s["consistency"]),
     ("memory size", lambda s: size(s["vm_state_size"]) if s["vm_state_size"] else "-"),
     ("disk size", _disks),
@@ -82,7 +89,12 @@ def snapshot_create(
     name: str,
     description: Annotated[str, typer.Option(help="what it is for")] = "",
     memory: Annotated[
-        bool, typer.Option("--memory", help="save the running guest's memory too")
+        bool,
+        typer.Option(
+            "--memory",
+            help="save the running guest's memory too (into its first qcow2 disk, or else "
+            "into a volume made for it in a pool: `memory` in the list says which)",
+        ),
     ] = False,
     quiesce: Annotated[
         str,

@@ -16,6 +16,12 @@ app = typer.Typer(no_args_is_help=True, help="Volumes in pools.")
 
 FORMAT = parse.Choice(f.value for f in VolumeFormat)
 
+
+def _memory_of(v: dict[str, Any]) -> str | None:
+    state = v.get("state_of")
+    return f"memory of snapshot {state['snapshot']}" if state else None
+
+
 VOLUME_COLUMNS = [
     ("name", lambda v: v["name"]),
     ("format", lambda v: v["format"]),
@@ -24,7 +30,7 @@ VOLUME_COLUMNS = [
     ("state", lambda v: v["state"]),
     ("node", lambda v: v["node"] or "shared"),
     ("redundancy", lambda v: redundancy(v.get("health"))),
-    ("vm", lambda v: v["attached_to"]),
+    ("vm", lambda v: v["attached_to"] or _memory_of(v)),
     ("id", lambda v: v["id"]),
 ]
 

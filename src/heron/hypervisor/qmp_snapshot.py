@@ -208,6 +208,31 @@ class SnapshotCommands(QMPCommands):
             "snapshot-delete", {"job-id": job_id, "tag": name, "devices": list(devices)}
         )
 
+    async def open_image(self, node: str, protocol: Mapping[str, Any]) -> None:
+        """Open a qcow2 image that no guest device uses (a snapshot's memory-state volume)
+        as the node `node`, over the protocol node `protocol` (a pool driver's): a node to
+        name as `vmstate` and in `devices`. Already open (a repeat), it is kept.
+
+        Raises QMPCommandError when the image cannot be opened; QMPSessionError.
+        """
+        if node in await self._node_names():
+            return
+        options = {"node-name": node, "driver": "qcow2", "file": dict(protocol)}
+        await self.execute("blockdev-add", options)
+
+    async def close_image(self, node: str) -> None:
+        """Close what `open_image` opened (its protocol node goes with it); nothing open,
+        nothing to do.
+
+        Raises QMPCommandError while a job still uses it ("Node 'NODE' is busy");
+        QMPSessionError.
+        """
+        if node in await self._node_names():
+            await self.execute("blockdev-del", {"node-name": node})
+
+    async def _node_names(self) -> set[str]:
+        return {str(n.get("node-name")) for n in await self.execute("query-named-block-nodes")}
+
     async def jobs(self) -> list[Job]:
         """Every QMP job, block jobs included, concluded ones until dismissed.
 

@@ -74,18 +74,24 @@ def pinned(
 ) -> str | None:
     """Why a live migration may not move `vm`, if something keeps it on its node. Its disks on
     node-local pools are mirrored, and a mirror copies only their current data: their
-    snapshots would be lost, and a linked clone would be copied whole while its record still
-    says it reads its source (which stays on this node)."""
+    snapshots would be lost, as would those whose memory state stays behind on such a pool;
+    and a linked clone would be copied whole while its record still says it reads its source
+    (which stays on this node). `volumes` holds the disks' and the memory states' records."""
+    snapshots = list(snapshots)
     local = {
         d.volume
         for d in vm.spec.disks
         if (v := volumes.get(d.volume)) is None or v.pool not in shared_pools
     }
-    if lost := lost_in_migration(list(snapshots), local):
+    states = {s.state_volume for s in snapshots if s.state_volume is not None}
+    left = local | {
+        s for s in states if (v := volumes.get(s)) is not None and v.pool not in shared_pools
+    }
+    if lost := lost_in_migration(snapshots, left):
         return (
-            f"VM {vm.spec.name} has snapshots ({', '.join(lost)}) of disks on node-local "
-            "pools: a live migration copies only their current data and would lose them; "
-            "delete the snapshots first, or stop the VM and move it"
+            f"VM {vm.spec.name} has snapshots ({', '.join(lost)}) of disks or memory on "
+            "node-local pools: a live migration copies only the disks' current data and "
+            "would lose them; delete the snapshots first, or stop the VM and move it"
         )
     for disk in vm.spec.disks:
         v = volumes.get(disk.volume)

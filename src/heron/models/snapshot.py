@@ -84,6 +84,14 @@ class Snapshot(Record):
     )
     disks: list[SnapshotDisk] = Field(default_factory=list)
     vm_state_size: int | None = Field(default=None, description="bytes of memory state")
+    state_pool: Name | None = Field(
+        default=None,
+        description="a memory snapshot of a VM without a qcow2 disk: the pool of the volume "
+        "Heron made to hold its memory state",
+    )
+    state_volume: str | None = Field(
+        default=None, description="id of that memory-state volume (not a disk of the VM)"
+    )
     state: SnapshotState = SnapshotState.creating
     error: str = ""
 
@@ -104,7 +112,8 @@ class SnapshotCreate(BaseModel):
     memory: bool = Field(
         default=False,
         description="save the running guest's memory too: a revert brings it back running "
-        "at this instant (the guest is paused while its memory is written)",
+        "at this instant (the guest is paused while its memory is written into its first "
+        "qcow2 disk, or else into a volume made for it: see state_pool)",
     )
     quiesce: Quiesce = Field(
         default="auto",
@@ -160,7 +169,12 @@ def tree_order(snapshots: list[Snapshot]) -> list[tuple[int, Snapshot]]:
     return order
 
 
-def lost_in_migration(snapshots: list[Snapshot], copied_volumes: set[str]) -> list[str]:
+def lost_in_migration(snapshots: list[Snapshot], left_volumes: set[str]) -> list[str]:
     """Names of the snapshots a live migration would lose: those of volumes it copies (a
-    mirror copies only the current data)."""
-    return sorted({s.name for s in snapshots for d in s.disks if d.volume in copied_volumes})
+    mirror copies only the current data), and those whose memory-state volume it leaves
+    behind on a node-local pool (`left_volumes` holds both kinds)."""
+    return sorted(
+        s.name
+        for s in snapshots
+        if s.state_volume in left_volumes or any(d.volume in left_volumes for d in s.disks)
+    )

@@ -217,6 +217,13 @@ class VolumeLayer(Record):
     created_at: float = 0.0
 
 
+class StateOf(Record):
+    """The snapshot a memory-state volume belongs to."""
+
+    vm: str = Field(description="id of the VM")
+    snapshot: str = Field(description="id of the snapshot")
+
+
 class Volume(Record):
     id: str
     pool: Name
@@ -252,6 +259,11 @@ class Volume(Record):
         "named by the volume's id",
     )
     top: str | None = Field(default=None, description="ardfs: the layer written (of `layers`)")
+    state_of: StateOf | None = Field(
+        default=None,
+        description="a memory-state volume: the snapshot whose memory it holds. It is no "
+        "disk (never attached, cloned or moved with a VM) and goes with its snapshot",
+    )
     state: Literal["creating", "ready", "error"] = "creating"
     error: str = ""
     created_at: float

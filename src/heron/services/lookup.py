@@ -97,6 +97,17 @@ async def new_placement(db: ConfigDB, pool: Pool, field: str) -> list[PlacedDisk
     return chosen
 
 
+def memory_state_of(volume: Volume) -> str | None:
+    """Why `volume` is not to be used or changed as a disk: it holds a snapshot's memory
+    state (it goes when that snapshot is deleted); None for any other volume."""
+    if volume.state_of is None:
+        return None
+    return (
+        f"volume {volume.name} holds the memory state of snapshot {volume.state_of.snapshot} "
+        f"of VM {volume.state_of.vm}: it is no disk, and goes when that snapshot is deleted"
+    )
+
+
 def attached(vms: list[VM]) -> dict[str, str]:
     """volume id -> name of the VM using it."""
     return {disk.volume: vm.spec.name for vm in vms for disk in vm.spec.disks}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
-from heron.models.common import now
+from heron.models.common import new_id, now
 from heron.models.snapshot import (
     Snapshot,
     SnapshotCreate,
@@ -17,13 +17,14 @@ from heron.models.snapshot import (
     is_snapshot_id,
     new_snapshot_id,
 )
-from heron.models.storage import Pool, Volume, VolumeFormat
+from heron.models.storage import Pool, StateOf, Volume, VolumeFormat
 from heron.models.task import SnapshotParams, Task, TaskKind, new_task
-from heron.models.vm import VM, RunState, VMSpec, VMStatus
+from heron.models.vm import VM, RunState, VMSpec, VMStatus, reserved_memory_mib
 from heron.services import clones
 from heron.services.errors import Conflict, Invalid, NotFound
-from heron.services.lookup import find_vm, live_nodes
+from heron.services.lookup import find_vm, live_nodes, new_placement
 from heron.services.tasks import with_task
+from heron.storage import vmstate
 from heron.storage.registry import capabilities
 
 KINDS = (TaskKind.snapshot_create, TaskKind.snapshot_revert, TaskKind.snapshot_delete)
@@ -149,20 +150,19 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
             [{"field": "body.name", "reason": reason}],
         )
     disks = await plan_disks(db, spec)
+    snapshot_id = new_snapshot_id()
+    state: Volume | None = None
     if body.memory:
         if not running:
             raise Invalid("body.memory", "the VM is not running: it has no memory to save")
         qcow2 = [d for d in disks if d.method == "qcow2"]
-        if not qcow2:
-            raise Invalid(
-                "body.memory",
-                "the memory state is kept inside a qcow2 image, and none of the VM's disks "
-                "is qcow2: add a small qcow2 disk, or take a disk-only snapshot",
-            )
-        qcow2[0].vm_state = True
+        if qcow2:
+            qcow2[0].vm_state = True  # the memory goes inside the first qcow2 image
+        else:
+            state = await plan_state_volume(db, vm, spec, disks, snapshot_id)
     head = await db.get(SnapshotHead, keys.snapshot_head(vm.id))
     snapshot = Snapshot(
-        id=new_snapshot_id(),
+        id=snapshot_id,
         vm=vm.id,
         name=body.name,
         description=body.description,
@@ -170,6 +170,8 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
         created_at=now(),
         memory=body.memory,
         disks=disks,
+        state_pool=state.pool if state else None,
+        state_volume=state.id if state else None,
     )
     params = SnapshotParams(
         snapshot=snapshot.id, quiesce=body.quiesce, freeze_limit_s=body.freeze_limit_s
@@ -178,6 +180,9 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
     txn = Txn().require_revision(entry.key, entry.revision)
     txn.require_absent(name_key).put(name_key, snapshot.id)
     txn.put(keys.snapshot(vm.id, snapshot.id), snapshot)
+    if state is not None:  # made by the task; written now, so that nothing loses track of it
+        state_name = keys.volume_name(state.pool, state.name)
+        txn.require_absent(state_name).put(state_name, state.id).put(keys.volume(state.id), state)
     try:
         await db.commit(with_task(txn, task))
     except StoreConflict as exc:
@@ -185,6 +190,36 @@ async def create(db: ConfigDB, ref: str, body: SnapshotCreate, user: str) -> tup
             f"VM {vm.spec.name} changed meanwhile, or the name {body.name!r} was taken"
         ) from exc
     return snapshot, task
+
+
+async def plan_state_volume(
+    db: ConfigDB, vm: VM, spec: VMSpec, disks: list[SnapshotDisk], snapshot_id: str
+) -> Volume:
+    """The record of the volume that will hold a memory snapshot's state, for a VM none of
+    whose disks is qcow2 (storage/vmstate.py); refuses, naming the pools, when no pool can."""
+    pools = [e.value for e in await db.list(Pool, keys.POOLS)]
+    by_name = {p.name: p for p in pools}
+    disk_pools = [by_name[d.pool] for d in disks if d.pool in by_name]
+    served = set()
+    for pool in pools:
+        member = keys.ardfs_member(pool.name, vm.node)
+        if capabilities(pool).member_disks and await db.get_raw(member) is not None:
+            served.add(pool.name)
+    plan = vmstate.plan_state_pool(disk_pools, pools, vm.node, served)
+    if plan.pool is None:
+        raise Invalid("body.memory", plan.reason)
+    pool = plan.pool
+    return Volume(
+        id=new_id(),
+        pool=pool.name,
+        name=vmstate.state_volume_name(vm.spec.name, snapshot_id),
+        format=vmstate.state_format(pool),
+        size=vmstate.state_size(reserved_memory_mib(spec) * 1024**2),
+        node=None if capabilities(pool).shared else vm.node,
+        placement=await new_placement(db, pool, "body.memory"),
+        state_of=StateOf(vm=vm.id, snapshot=snapshot_id),
+        created_at=now(),
+    )
 
 
 async def update(db: ConfigDB, ref: str, snap_ref: str, body: SnapshotUpdate) -> Entry[Snapshot]:
@@ -236,6 +271,14 @@ async def revert(db: ConfigDB, ref: str, snap_ref: str, user: str) -> Task:
     await clones.refuse_if_read(
         db, f"VM {vm.spec.name} is not reverted", [d.volume for d in vm.spec.disks]
     )
+    if snapshot.state_volume is not None:
+        state = await db.get(Volume, keys.volume(snapshot.state_volume))
+        if state is None or state.value.node not in (None, vm.node):
+            where = f"is on node {state.value.node}" if state else "is gone"
+            raise Conflict(
+                f"the memory state of snapshot {snapshot.name} {where}: VM {vm.spec.name} "
+                f"on node {vm.node} cannot be reverted to it"
+            )
     task = new_task(
         TaskKind.snapshot_revert, vm.node, vm.id, user, SnapshotParams(snapshot=snapshot.id)
     )

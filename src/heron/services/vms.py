@@ -70,6 +70,7 @@ from heron.services.lookup import (
     find_pool,
     find_vm,
     live_nodes,
+    memory_state_of,
     new_placement,
     new_volume_format,
 )
@@ -265,6 +266,8 @@ async def volume_by_ref(db: ConfigDB, ref: str, field: str) -> Volume:
         entry = await db.get(Volume, keys.volume(ref))
     if entry is None:
         raise Invalid(field, f"no volume {ref!r}")
+    if why := memory_state_of(entry.value):
+        raise Invalid(field, why)
     return entry.value
 
 

@@ -23,6 +23,7 @@ from heron.services.lookup import (
     find_pool,
     find_volume,
     live_nodes,
+    memory_state_of,
     new_placement,
     new_volume_format,
 )
@@ -82,6 +83,8 @@ async def resize(db: ConfigDB, here: str, pool_name: str, ref: str, size: int, u
     pool = (await find_pool(db, pool_name)).value
     if capabilities(pool).scanned:
         raise Conflict(f"grow the LUN on the array, then scan pool {pool_name}")
+    if why := memory_state_of(volume):
+        raise Conflict(why)
     if size < volume.size:
         raise Invalid("body.size", f"volumes only grow; it is {volume.size} bytes")
     vms = [e.value for e in await db.list(VM, keys.VMS)]
@@ -99,6 +102,9 @@ async def delete(db: ConfigDB, here: str, pool_name: str, ref: str, user: str) -
     users = attached([e.value for e in await db.list(VM, keys.VMS)])
     if entry.value.id in users:
         raise Conflict(f"volume {entry.value.name} is used by VM {users[entry.value.id]}")
+    state_of = entry.value.state_of
+    if state_of is not None and await db.get_raw(keys.snapshot(state_of.vm, state_of.snapshot)):
+        raise Conflict(f"{memory_state_of(entry.value)}: delete the snapshot instead")
     await refuse_if_read(db, f"volume {entry.value.name} stays", [entry.value.id])
     node = entry.value.node or here
     task = new_task(TaskKind.volume_delete, node, entry.value.id, user)

@@ -41,6 +41,7 @@ class ArdfsPool(PoolDriver):
         grows_by_reconnect=True,
         native_snapshots=True,
         linked_clones=True,
+        memory_state=True,
     )
 
     def __init__(self, pool: Pool, state_dir: Path, db: ConfigDB | None = None):

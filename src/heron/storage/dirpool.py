@@ -20,7 +20,9 @@ from heron.storage.qemuimg import Progress
 
 
 class DirPool(PoolDriver):
-    CAPABILITIES = Capabilities(formats=(VolumeFormat.qcow2, VolumeFormat.raw), linked_clones=True)
+    CAPABILITIES = Capabilities(
+        formats=(VolumeFormat.qcow2, VolumeFormat.raw), linked_clones=True, memory_state=True
+    )
 
     @classmethod
     def capabilities_of(cls, pool: PoolSpec) -> Capabilities:

@@ -88,6 +88,12 @@ class Capabilities(BaseModel):
         description="clones share their source's blocks copy-on-write (qcow2 overlays, or "
         "the pool's own clones); a full copy otherwise",
     )
+    memory_state: bool = Field(
+        default=False,
+        description="holds the memory state of snapshots of VMs without a qcow2 disk: a "
+        "volume Heron makes with a qcow2 image in it (a qcow2 file, or qcow2 written into a "
+        "raw volume that QEMU reaches over NBD)",
+    )
 
 
 class PoolDriver:
