@@ -1,8 +1,8 @@
 """A VM's page in a real browser against a real 3-node devcluster: edit its hardware and
 policies (the form drawn from the API's schema, the API's field errors beside the inputs,
-pending changes marked), live-migrate it with progress and cancel one, add and grow a disk,
-type into its serial console, and open its console in a window of its own; in both languages
-and at phone width.
+pending changes marked, its cloud-init seed among them), live-migrate it with progress and
+cancel one, add and grow a disk, type into its serial console, and open its console in a window
+of its own; in both languages and at phone width.
 """
 
 import re
@@ -92,6 +92,34 @@ def test_edit_hardware_with_the_apis_reasons_and_pending_marks(
     save.click()
     expect(save).to_be_disabled()
     assert api.vm(vm["id"])["spec"]["group"] is None
+
+    # A cloud-init seed, set in the same form (user-data keeps its lines): the guest reads it
+    # as it boots, so for this running VM it waits for the next start.
+    cloud = form.locator("[data-field=cloud_init]")
+    cloud.locator("input[name=cloud_init]").check()
+    cloud.locator("input[name='cloud_init.hostname']").fill("edited-host")
+    cloud.locator("[data-field='cloud_init.users'] [data-testid=item-add]").click()
+    cloud.locator("input[name='cloud_init.users.name']").fill("alice")
+    cloud.locator("input[name='cloud_init.users.ssh_keys']").fill(KEY)
+    cloud.locator("textarea[name='cloud_init.user_data']").fill(USER_DATA)
+    mark = form.locator("[data-field=cloud_init] > legend [data-testid=pending-mark]")
+    expect(mark).to_have_text("not saved")
+    save.click()
+    expect(mark).to_have_text("pending until restart")
+    expect(pending).to_contain_text("cloud-init")
+    expect(cloud.locator("input[name='cloud_init.hostname']")).to_have_value("edited-host")
+    shown = api.vm(vm["id"])
+    assert shown["spec"]["cloud_init"] == {
+        "hostname": "edited-host",
+        "users": [{"name": "alice", "ssh_keys": [KEY], "password_hash": None, "sudo": False}],
+        "user_data": USER_DATA,
+        "network": True,
+    }
+    assert "cloud_init" in shown["pending"]
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeronTestKeyOnly alice@test"
+USER_DATA = "#cloud-config\npackages: [htop]\n"
 
 
 def test_add_a_disk_and_grow_it(
@@ -188,8 +216,9 @@ def test_cancel_a_slow_migration_then_migrate(
     expect(task.locator("[data-testid=migrate-result]")).to_contain_text("Runs on node")
     moved = api.vm(vm["id"])
     assert moved["node"] != "node2" and moved["state"] == "running"
-    # The guest moved as it runs: the vCPUs edited earlier still wait for its next start.
-    assert moved["pending"] == ["vcpus", "disks"]
+    # The guest moved as it runs: the vCPUs and the cloud-init seed edited earlier still wait
+    # for its next start.
+    assert moved["pending"] == ["vcpus", "disks", "cloud_init"]
     shot(page, screenshots, "vm-migrated")
 
 

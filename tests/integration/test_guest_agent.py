@@ -1,8 +1,9 @@
-"""The guest agent against a real qemu-ga: the Debian guest (PostgreSQL, the fsfreeze hook Heron
-ships) started on Heron's own command line with its agent channel (`guest_agent`), launched
-as herond launches QEMU. One boot for the module: ping and what the agent reports, a bounded
-freeze and thaw through the PostgreSQL hook, a body that outlives the limit thawed under it,
-and hooks installed through the agent, one of them failing the freeze.
+"""The guest agent against a real qemu-ga: the Debian guest (PostgreSQL, MariaDB, the fsfreeze
+hooks Heron ships) started on Heron's own command line with its agent channel (`guest_agent`),
+launched as herond launches QEMU. One boot for the module: ping and what the agent reports, a
+bounded freeze and thaw through both database hooks, a body that outlives the limit thawed
+under it, and hooks installed through the agent, one of them failing the freeze after MariaDB's
+lock was taken (the runner releases it).
 """
 
 from __future__ import annotations
@@ -85,16 +86,22 @@ async def test_the_agent_reports_itself_and_the_guests_addresses(agent: GuestAge
     assert await agent.freeze_status() == "thawed"
 
 
-async def test_a_freeze_runs_the_postgresql_hook_and_thaws(agent: GuestAgent) -> None:
+async def test_a_freeze_runs_the_database_hooks_and_thaws(agent: GuestAgent) -> None:
     async with frozen(agent, FREEZE_LIMIT) as report:
         assert report.filesystems >= 1
         assert await agent.freeze_status() == "frozen"
     assert await agent.freeze_status() == "thawed"
     assert report.window_s is not None and not report.thawed_at_limit
     print(f"frozen {report.filesystems} filesystems for {report.window_s:.1f}s")
-    log = (await shell(agent, "tail -n 2 /var/lib/heron/fsfreeze.log")).splitlines()
-    assert log[0].startswith("heron-fsfreeze freeze checkpoint_lsn=")
-    assert log[1] == "heron-fsfreeze thaw"
+    log = (await shell(agent, "tail -n 4 /var/lib/heron/fsfreeze.log")).splitlines()
+    # Freeze in name order (10-postgresql, 90-mysql), thaw in reverse.
+    assert log[0].startswith("heron-fsfreeze freeze checkpoint_lsn="), log
+    assert log[1].startswith("heron-fsfreeze mysql freeze locked connection="), log
+    session = log[1].split("connection=")[1].split()[0]
+    assert log[2] == (
+        f"heron-fsfreeze mysql thaw unlocked connection={session}: the lock was held until the thaw"
+    )
+    assert log[3] == "heron-fsfreeze thaw"
 
 
 async def test_a_body_past_the_limit_is_thawed_at_the_limit(agent: GuestAgent) -> None:
@@ -121,18 +128,24 @@ async def test_a_failing_hook_fails_the_freeze_and_leaves_the_guest_thawed(
         listing = await guest_hooks.list_hooks(agent)
         assert listing.runner
         names = [hook.name for hook in listing.hooks]
-        assert names == ["postgresql", "zz-fail"]  # the order they run in
+        assert names == ["10-postgresql", "90-mysql", "zz-fail"]  # the order they run in
         assert all(hook.executable for hook in listing.hooks)
         with pytest.raises(FreezeError, match="7"):
             async with frozen(agent, FREEZE_LIMIT):
                 raise AssertionError("the body ran")
         assert await agent.freeze_status() == "thawed"
-        # The PostgreSQL hook ran its freeze before the failing one: it saw a thaw too.
-        assert (await shell(agent, "tail -n 1 /var/lib/heron/fsfreeze.log")).strip() == (
-            "heron-fsfreeze thaw"
-        )
+        # Both database hooks ran their freeze before the failing one: they were thawed too,
+        # MariaDB's lock released (a thaw Heron sends after a failed freeze may follow).
+        log = (await shell(agent, "cat /var/lib/heron/fsfreeze.log")).splitlines()
+        locked = max(i for i, line in enumerate(log) if "mysql freeze locked" in line)
+        after = log[locked + 1 :]
+        assert any(line.startswith("heron-fsfreeze mysql thaw unlocked") for line in after), log
+        assert log[-1] == "heron-fsfreeze thaw"
     finally:
         await guest_hooks.remove_hook(agent, "zz-fail")
-    assert [h.name for h in (await guest_hooks.list_hooks(agent)).hooks] == ["postgresql"]
+    assert [h.name for h in (await guest_hooks.list_hooks(agent)).hooks] == [
+        "10-postgresql",
+        "90-mysql",
+    ]
     with pytest.raises(guest_hooks.NoSuchHook):
         await guest_hooks.remove_hook(agent, "zz-fail")

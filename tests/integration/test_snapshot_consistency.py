@@ -1,13 +1,17 @@
-"""Issue 15's consistency test through Heron: the Debian guest (qemu-ga, the PostgreSQL freeze
-hook Heron ships) under a continuous insert load; an application-consistent snapshot and a
-crash-consistent one; a clone of each boots, and its PostgreSQL holds every row the load had
-reported committed before the snapshot began. From the application-consistent one, recovery
-replays only what was written after the hook's checkpoint (a filesystem frozen under a running
-PostgreSQL always opens as "not shut down": what the hook buys is a known, short redo); from the
-crash-consistent one, recovery runs from an older checkpoint and must succeed. Also: quiesce
-required without a channel fails cleanly, leaving nothing taken. The crash-consistent clone
-carries a cloud-init seed: its hostname, instance-id and user are checked inside. Three 1 GiB
-TCG boots: the slowest snapshot test."""
+"""Issue 15's consistency test through Heron: the Debian guest (qemu-ga, the PostgreSQL and
+MySQL freeze hooks Heron ships) under a continuous insert load into PostgreSQL and into MariaDB
+(InnoDB) at once; an application-consistent snapshot and a crash-consistent one; a clone of each
+boots, and both its databases hold every row the loads had reported committed before the
+snapshot began. From the application-consistent one, PostgreSQL's recovery replays only what
+was written after the hook's checkpoint (a filesystem frozen under a running PostgreSQL always
+opens as "not shut down": what the hook buys is a known, short redo), and MariaDB's read lock
+was taken before the freeze and held until the thaw (the snapshot holds the hook's "locked"
+line and not its "unlocked" one; the source's hook saw the locking session still asleep under
+the lock at the thaw, then killed it, and the load went on). From the crash-consistent one,
+both run their crash recovery, which must succeed. Also: quiesce required without a channel
+fails cleanly, leaving nothing taken. The crash-consistent clone carries a cloud-init seed: its
+hostname, instance-id and user are checked inside. Three 1 GiB TCG boots: the slowest snapshot
+test."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from heron.testguest.net import CommandChannel
 pytestmark = pytest.mark.integration
 CLUSTER_NODES = 1  # cluster1 for the `api` and `image` fixtures (tests/conftest.py)
 
-BOOT = 600  # TCG on a shared machine: systemd, PostgreSQL, and in one clone cloud-init
+BOOT = 600  # TCG on a shared machine: systemd, PostgreSQL, MariaDB, in one clone cloud-init
 COMMAND = 120
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeronCloudInitTestKey alice@heron"
 # The user's own part is merged by cloud-init with Heron's: this guest has no locales and no
@@ -87,18 +91,24 @@ def source(api: Api, cluster: DevCluster, debian_guest: debian.DebianGuest) -> I
         "the guest agent to answer",
         interval=1,
     )
-    run(cluster, vm, "heron-insert-load start")
-    wait_for(lambda: last(cluster, vm) > 0, COMMAND, "the load to commit a row")
+    for db in DATABASES:
+        run(cluster, vm, f"heron-insert-load {db} start")
+        wait_for(lambda db=db: last(cluster, vm, db) > 0, COMMAND, f"{db}'s load to commit a row")
     yield vm
 
 
-def last(cluster: DevCluster, vm: str) -> int:
-    return int(run(cluster, vm, "heron-insert-load last").strip() or 0)
+DATABASES = ("postgresql", "mariadb")
 
 
-def snapshot_under_load(api: Api, cluster: DevCluster, vm: str, name: str, quiesce: str) -> int:
-    """Take the snapshot while the load runs; the last row committed before it began."""
-    before = last(cluster, vm)
+def last(cluster: DevCluster, vm: str, db: str) -> int:
+    return int(run(cluster, vm, f"heron-insert-load {db} last").strip() or 0)
+
+
+def snapshot_under_load(
+    api: Api, cluster: DevCluster, vm: str, name: str, quiesce: str
+) -> dict[str, int]:
+    """Take the snapshot while the loads run; the last row each committed before it began."""
+    before = {db: last(cluster, vm, db) for db in DATABASES}
     taken = api.ok(
         "POST",
         f"/vms/{vm}/snapshots",
@@ -114,8 +124,9 @@ def snapshot_under_load(api: Api, cluster: DevCluster, vm: str, name: str, quies
         assert record["freeze_ms"] is not None and record["freeze_ms"] > 0
     else:
         assert record["consistency_reason"] == "quiesce was off" and record["freeze_ms"] is None
-    # The load went on through it.
-    wait_for(lambda: last(cluster, vm) > before, COMMAND, "the load to go on")
+    # The loads went on through it (MariaDB's only once the hook's lock was released).
+    for db in DATABASES:
+        wait_for(lambda db=db: last(cluster, vm, db) > before[db], COMMAND, f"{db}'s load to go on")
     return before
 
 
@@ -146,23 +157,57 @@ def _since_start(cluster: DevCluster, vm: str) -> list[str]:
     return text.rsplit("starting PostgreSQL", 1)[-1].splitlines()
 
 
+def mariadb_start(cluster: DevCluster, vm: str) -> list[str]:
+    """The clone's MariaDB error log since its last start, once it accepts connections."""
+
+    def since_start() -> list[str]:
+        text = run(cluster, vm, "cat /var/log/mysql/error.log")
+        return text.rsplit("Starting MariaDB", 1)[-1].splitlines()
+
+    wait_for(
+        lambda: "ready for connections" in "".join(since_start()),
+        COMMAND,
+        "the clone's MariaDB to accept connections",
+    )
+    return since_start()
+
+
+def rows(cluster: DevCluster, vm: str, db: str) -> tuple[int, int]:
+    count, top = map(int, run(cluster, vm, f"heron-insert-load {db} count").split())
+    return count, top
+
+
 def test_an_application_consistent_clone_holds_every_committed_row(
     api: Api, cluster: DevCluster, source: str
 ) -> None:
     before = snapshot_under_load(api, cluster, source, "app", "required")
     clone = clone_and_boot(api, cluster, source, "app", "db-app")
     started = postgres_start(cluster, clone)
-    count, top = map(int, run(cluster, clone, "heron-insert-load count").split())
-    hook = run(cluster, clone, "grep '^heron-fsfreeze' /var/lib/heron/fsfreeze.log | tail -n 1")
-    print(f"before {before}; clone has {count} rows up to {top}; hook: {hook.strip()}")
+    mariadb = mariadb_start(cluster, clone)
+    found = {db: rows(cluster, clone, db) for db in DATABASES}
+    # Freeze order is name order (10-postgresql, 90-mysql), each line synced before the
+    # freeze: the snapshot ends with both freeze lines and neither thaw line.
+    pg_hook, mysql_hook = run(cluster, clone, "tail -n 2 /var/lib/heron/fsfreeze.log").splitlines()
+    print(f"before {before}; clone has (count, max) {found}; hooks: {pg_hook}, {mysql_hook}")
     print("clone's PostgreSQL:", [line.split("LOG:", 1)[-1] for line in started])
-    assert count == top >= before
-    # The snapshot holds the hook's freeze line and not its thaw: taken inside the freeze.
-    assert hook.startswith("heron-fsfreeze freeze checkpoint_lsn="), hook
-    redo_lsn = _lsn(hook.split("redo_lsn=")[1].strip())
+    print("clone's MariaDB:", [line.split("[Note]", 1)[-1] for line in mariadb if "InnoDB" in line])
+    for db in DATABASES:
+        count, top = found[db]
+        assert count == top >= before[db], db
+    assert pg_hook.startswith("heron-fsfreeze freeze checkpoint_lsn="), pg_hook
+    redo_lsn = _lsn(pg_hook.split("redo_lsn=")[1].strip())
     redo = [line for line in started if "redo starts at" in line]
     for line in redo:
         assert _lsn(line.split("redo starts at ")[1].split()[0]) >= redo_lsn, line
+    # MariaDB: locked before the freeze, in the session the source's thaw found still holding
+    # the lock, and then killed.
+    assert mysql_hook.startswith("heron-fsfreeze mysql freeze locked connection="), mysql_hook
+    session = int(mysql_hook.split("connection=")[1].split()[0])
+    thaw = f"heron-fsfreeze mysql thaw unlocked connection={session}: the lock was held until"
+    assert thaw in run(cluster, source, "cat /var/lib/heron/fsfreeze.log")
+    alive = f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {session}"
+    assert run(cluster, source, f'mariadb -N -e "{alive}"').strip() == "0"
+    assert not any("[ERROR]" in line for line in mariadb), mariadb
     api.ok("POST", f"/vms/{clone}/actions/stop")
 
 
@@ -174,11 +219,18 @@ def test_a_crash_consistent_clone_recovers_every_committed_row(
     before = snapshot_under_load(api, cluster, source, "crash", "off")
     clone = clone_and_boot(api, cluster, source, "crash", "db-crash", cloud_init=SEED)
     started = postgres_start(cluster, clone)
-    count, top = map(int, run(cluster, clone, "heron-insert-load count").split())
-    print(f"before {before}; clone has {count} rows up to {top}")
+    mariadb = mariadb_start(cluster, clone)
+    found = {db: rows(cluster, clone, db) for db in DATABASES}
+    print(f"before {before}; clone has (count, max) {found}")
     print("clone's PostgreSQL:", [line.split("LOG:", 1)[-1] for line in started])
-    assert count == top >= before
+    print("clone's MariaDB:", [line.split("[Note]", 1)[-1] for line in mariadb if "InnoDB" in line])
+    for db in DATABASES:
+        count, top = found[db]
+        assert count == top >= before[db], db
     assert any("not properly shut down" in line or "interrupted" in line for line in started)
+    # InnoDB found its redo log ahead of its checkpoint (the load ran), and recovered.
+    assert any("crash recovery" in line for line in mariadb), mariadb
+    assert not any("[ERROR]" in line for line in mariadb), mariadb
     # cloud-init: all its stages done in this boot, with the clone's own identity.
     status = run(cluster, clone, "cloud-init status --wait || cloud-init status --long", BOOT)
     assert "done" in status, status

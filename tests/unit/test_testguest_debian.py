@@ -4,6 +4,7 @@ layout and sizes, and the guest's files it ships."""
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from pathlib import Path
 
@@ -103,6 +104,20 @@ def test_the_customize_hook_sets_up_the_database_and_masks_the_serial_getty() ->
     assert "serial-getty@ttyS0.service" in script
     # Single-user mode reads one statement a line: none may span lines.
     assert all(line.endswith(";") for line in debian.database_setup_sql().splitlines())
+    # MariaDB's table is made by its bootstrap mode, in InnoDB, and the server starts at boot.
+    mariadb = debian.mariadb_setup_sql().splitlines()
+    assert "ENGINE=InnoDB" in mariadb[-1]
+    assert all(line.endswith(";") for line in mariadb)  # bootstrap mode reads up to a ";" line
+    assert f"printf '%s\\n' {shlex.join(mariadb)} | chroot \"$1\" mariadbd" in script
+    assert "postgresql.service mariadb.service" in script
+
+
+def test_the_lock_holding_mysql_hook_freezes_after_postgresql_checkpoints() -> None:
+    """Hooks freeze in name order: MariaDB's lock, which stops its commits, must not also
+    wait out PostgreSQL's CHECKPOINT."""
+    installed = sorted(Path(path).name for path in debian.HOOKS.values() if ".d/" in path)
+    assert installed == ["10-postgresql", "90-mysql"]
+    assert debian.HOOKS["fsfreeze-hook.d/mysql"].endswith("/90-mysql")
 
 
 def test_the_guest_scripts_are_executable() -> None:
@@ -118,8 +133,9 @@ def test_the_guest_scripts_are_executable() -> None:
 def test_the_stamp_changes_with_the_builder_files() -> None:
     digests = debian.source_digests()
     assert "debian.py" in digests
-    # The guest's PostgreSQL hook is the one Heron ships, not a copy in the overlay.
+    # The guest's database hooks are the ones Heron ships, not a copy in the overlay.
     assert "guest/fsfreeze-hook.d/postgresql" in digests
+    assert "guest/fsfreeze-hook.d/mysql" in digests
     assert "guest/fsfreeze-hook" in digests
     assert not any(name.startswith("debian/overlay/etc/qemu/fsfreeze-hook.d") for name in digests)
     assert any(name.endswith("command-channel.sh") for name in digests)

@@ -24,6 +24,8 @@ export interface JsonSchema {
   minLength?: number;
   maxLength?: number;
   pattern?: string;
+  /** Text whose lines matter (cloud-init user-data): a text area, not a one-line input. */
+  "x-multiline"?: boolean;
 }
 
 interface OpenApi {
@@ -45,6 +47,7 @@ export interface Field {
   min?: number;
   max?: number;
   maxLength?: number;
+  multiline: boolean;
   /** An object's fields, or those of each item of a list of objects. */
   children: Field[];
 }
@@ -90,6 +93,7 @@ function field(name: string, path: string, raw: JsonSchema, required: boolean, a
     min: schema.minimum ?? (exclusive ? schema.exclusiveMinimum : undefined),
     max: schema.maximum ?? schema.exclusiveMaximum,
     maxLength: schema.maxLength,
+    multiline: Boolean(raw["x-multiline"] ?? schema["x-multiline"]),
     children: kind === "object" ? fieldsOf(schema, path, api) : item?.properties ? fieldsOf(item, path, api) : [],
   };
 }

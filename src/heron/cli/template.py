@@ -1,9 +1,10 @@
 """heron vm template / heron vm clone: templates, and VMs cloned from VMs or snapshots."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from heron.cli import cloudinit
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit
@@ -40,12 +41,19 @@ def vm_clone(
     ] = None,
     node: Annotated[str | None, typer.Option(help="where it runs (default: chosen)")] = None,
     start: Annotated[bool, typer.Option("--start", help="start it once made")] = False,
+    hostname: cloudinit.Hostname = None,
+    user: cloudinit.User = None,
+    ssh_key: cloudinit.SshKey = None,
+    password_hash: cloudinit.PasswordHash = None,
+    sudo: cloudinit.Sudo = False,
+    user_data: cloudinit.UserData = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
     """A new VM with copies of a VM's disks (a template's, a stopped VM's or a snapshot's)
-    and its hardware; fresh MACs and addresses."""
-    body = {
+    and its hardware; fresh MACs and addresses. The cloud-init options give it a seed of its
+    own; without them it has the source's (with its own hostname and instance-id)."""
+    body: dict[str, Any] = {
         "name": name,
         "snapshot": snapshot,
         "linked": linked,
@@ -54,6 +62,9 @@ def vm_clone(
         "node": node,
         "start": start,
     }
+    given = cloudinit.seed(hostname, user, ssh_key or [], password_hash, sudo, user_data)
+    if given:
+        body["cloud_init"] = given
     client = Client()
     reply = client.post(f"/vms/{vm}/clone", json={k: v for k, v in body.items() if v is not None})
     finish(client, reply, wait, as_json)

@@ -1,12 +1,11 @@
 """heron vm: virtual machines, their power, placement and serial console."""
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
 
-from heron.cli import console, parse, snapshot, template
+from heron.cli import cloudinit, console, parse, snapshot, template
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
@@ -159,21 +158,12 @@ def vm_create(
     cloud_init: Annotated[
         bool, typer.Option("--cloud-init", help="give the guest a cloud-init seed")
     ] = False,
-    hostname: Annotated[
-        str | None, typer.Option(help="cloud-init: its hostname (default: the VM's name)")
-    ] = None,
-    user: Annotated[str | None, typer.Option(help="cloud-init: a user to make")] = None,
-    ssh_key: Annotated[
-        list[str] | None,
-        typer.Option(help="cloud-init: the user's SSH public key, or @FILE holding it"),
-    ] = None,
-    password_hash: Annotated[
-        str | None, typer.Option(help="cloud-init: the user's crypt(3) password hash")
-    ] = None,
-    sudo: Annotated[bool, typer.Option("--sudo", help="cloud-init: the user may sudo")] = False,
-    user_data: Annotated[
-        Path | None, typer.Option(help="cloud-init: a file of more user-data")
-    ] = None,
+    hostname: cloudinit.Hostname = None,
+    user: cloudinit.User = None,
+    ssh_key: cloudinit.SshKey = None,
+    password_hash: cloudinit.PasswordHash = None,
+    sudo: cloudinit.Sudo = False,
+    user_data: cloudinit.UserData = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
@@ -198,7 +188,7 @@ def vm_create(
         cpu_limit=cpu_limit,
         memory_limit_mib=memory_limit,
     )
-    seed = _cloud_init(hostname, user, ssh_key or [], password_hash, sudo, user_data)
+    seed = cloudinit.seed(hostname, user, ssh_key or [], password_hash, sudo, user_data)
     if cloud_init or seed:
         body["cloud_init"] = seed
     client = Client()
@@ -225,37 +215,6 @@ def vm_create(
             ("id", lambda v: v["vm"] or "(dry run)"),
         ],
     )
-
-
-def _cloud_init(
-    hostname: str | None,
-    user: str | None,
-    keys: list[str],
-    password_hash: str | None,
-    sudo: bool,
-    user_data: Path | None,
-) -> dict[str, Any]:
-    """The cloud_init of a create request from the options given (empty: none given)."""
-    seed: dict[str, Any] = {}
-    if hostname:
-        seed["hostname"] = hostname
-    if (keys or password_hash or sudo) and not user:
-        raise typer.BadParameter("--ssh-key, --password-hash and --sudo are for a --user")
-    if user:
-        texts = [_read(k[1:], "--ssh-key").strip() if k.startswith("@") else k for k in keys]
-        seed["users"] = [
-            {"name": user, "ssh_keys": texts, "password_hash": password_hash, "sudo": sudo}
-        ]
-    if user_data is not None:
-        seed["user_data"] = _read(str(user_data), "--user-data")
-    return seed
-
-
-def _read(path: str, option: str) -> str:
-    try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"{option}: cannot read {path}: {exc}") from exc
 
 
 def _action(action: str) -> None:
@@ -326,6 +285,19 @@ def vm_update(
     cpu_limit: CpuLimit = None,
     memory_limit: MemoryLimit = None,
     no_memory_limit: NoMemoryLimit = False,
+    cloud_init: Annotated[
+        bool | None,
+        typer.Option(
+            "--cloud-init/--no-cloud-init",
+            help="give it a cloud-init seed (the options below change it), or take it away",
+        ),
+    ] = None,
+    hostname: cloudinit.Hostname = None,
+    user: cloudinit.User = None,
+    ssh_key: cloudinit.SshKey = None,
+    password_hash: cloudinit.PasswordHash = None,
+    sudo: cloudinit.Sudo = False,
+    user_data: cloudinit.UserData = None,
     revision: Annotated[
         int | None, typer.Option(help="refuse if the VM changed since this revision")
     ] = None,
@@ -334,9 +306,12 @@ def vm_update(
 ) -> None:
     """Change a VM. A running VM gets more vCPUs and memory (up to its maxima) and its CPU
     and memory limits at once; other hardware at its next start (shown as pending until
-    then); name, description, group and HA policy at once."""
+    then); name, description, group and HA policy at once. The cloud-init options change the
+    VM's seed field by field (a --user replaces its users); the guest reads it at its next
+    start."""
     if group is not None and no_group:
         raise typer.BadParameter("give --group or --no-group, not both")
+    given = cloudinit.seed(hostname, user, ssh_key or [], password_hash, sudo, user_data)
     client = Client()
     body: dict[str, Any] = {
         "vcpus": vcpus,
@@ -359,6 +334,9 @@ def vm_update(
         body["memory_limit_mib"] = None
     if no_group:
         body["group"] = None
+    if cloud_init is not None or given:
+        current = None if cloud_init is False else client.get(f"/vms/{vm}")["spec"]["cloud_init"]
+        body["cloud_init"] = cloudinit.updated(current, cloud_init, given)
     if ha is not None or ha_priority is not None:
         current = client.get(f"/vms/{vm}")["spec"]["ha"]
         body["ha"] = {

@@ -182,6 +182,8 @@ class CloudInit(Record):
         default="",
         max_length=65536,
         description="more user-data (#cloud-config, a script...), given to cloud-init too",
+        # Lines matter (YAML, a script): the web UI's schema-driven forms give it a text area.
+        json_schema_extra={"x-multiline": True},
     )
     network: bool = Field(
         default=True,

@@ -1,5 +1,5 @@
-"""Build the Debian guest of the snapshot tests: Debian 12 with systemd, qemu-guest-agent and
-PostgreSQL 15, on a disk that boots by itself under SeaBIOS.
+"""Build the Debian guest of the snapshot tests: Debian 12 with systemd, qemu-guest-agent,
+PostgreSQL 15 and MariaDB 10.11, on a disk that boots by itself under SeaBIOS.
 
 Usage: ``python -m heron.testguest.debian --out DIR`` prints the path of ``DIR/debian.qcow2``.
 
@@ -22,12 +22,17 @@ Why it is built this way:
   cloud-init one, it is disabled at boot by its generator and costs nothing.
 * Inside (``debian/overlay``): qemu-guest-agent (started by udev when the
   ``org.qemu.guest_agent.0`` virtio-serial port appears) with its fsfreeze hook on: the
-  runner and the PostgreSQL hook Heron ships (``guest/``), which checkpoints before a freeze;
+  runner and the PostgreSQL and MySQL hooks Heron ships (``guest/``), the first checkpointing
+  before a freeze, the second holding FLUSH TABLES WITH READ LOCK across it (installed as
+  ``10-postgresql`` and ``90-mysql``: hooks freeze in name order, and the lock, which stops
+  MariaDB's commits, then lasts only the freeze and not PostgreSQL's checkpoint);
   PostgreSQL 15 with a database ``heron``, a table ``load_rows`` and a superuser role
-  ``root``; ``heron-insert-load``, an insert load that reports the last committed row; and
-  the test guest's command channel (``heron-run TAG CMD``, driven by
-  ``heron.testguest.net.CommandChannel``) as a systemd service on ttyS0 in place of a login
-  prompt, which prints ``HERON-GUEST-READY uuid=...`` once it reads requests.
+  ``root``; MariaDB 10.11 (Debian's ``mariadb-server``) with the same database and table in
+  InnoDB, root connecting over the unix socket; ``heron-insert-load``, an insert load into
+  either that reports the last committed row; and the test guest's command channel
+  (``heron-run TAG CMD``, driven by ``heron.testguest.net.CommandChannel``) as a systemd
+  service on ttyS0 in place of a login prompt, which prints ``HERON-GUEST-READY uuid=...``
+  once it reads requests (after both databases are up).
 * The image is rebuilt only when an input changes: the versions apt would install now of the
   packages named here (from the host's package lists, so the check is offline), the versions of
   the host tools that shape the image, and the builder's own files. ``debian.packages`` beside
@@ -41,6 +46,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +59,7 @@ from heron.testguest import build as testguest
 from heron.testguest.build import BuildError, run
 
 # Bump whenever the output of this module changes for the same inputs: it invalidates stamps.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 IMAGE_NAME = "debian.qcow2"
 KERNEL_NAME = "debian.vmlinuz"
@@ -74,6 +80,8 @@ PACKAGES = (
     "qemu-guest-agent",
     "postgresql-15",
     "postgresql-client-15",
+    # MariaDB and its client (a dependency): the MySQL freeze hook's real server.
+    "mariadb-server",
     # The cloud-init tests' NoCloud seed; without a seed ds-identify turns it off at boot
     # (datasource_list in the overlay names only NoCloud), so the other tests do not wait on it.
     "cloud-init",
@@ -84,12 +92,13 @@ HOST_PACKAGES = ("mmdebstrap", "e2fsprogs", "syslinux", "syslinux-common", "mtoo
 HERE = Path(__file__).with_name("debian")
 OVERLAY = HERE / "overlay"
 # What Heron ships for guests (in the repository, beside src/): the fsfreeze hook runner and
-# the PostgreSQL hook. The guest runs the very files administrators install, not copies.
+# the database hooks. The guest runs the very files administrators install, not copies.
 SHIPPED = HERE.parents[3] / "guest"
 SHIPPED_HOOKS = SHIPPED / "fsfreeze-hook.d"
 HOOKS = {
     "fsfreeze-hook": "etc/qemu/fsfreeze-hook",
-    "fsfreeze-hook.d/postgresql": "etc/qemu/fsfreeze-hook.d/postgresql",
+    "fsfreeze-hook.d/postgresql": "etc/qemu/fsfreeze-hook.d/10-postgresql",
+    "fsfreeze-hook.d/mysql": "etc/qemu/fsfreeze-hook.d/90-mysql",
 }
 INITRAMFS_CONFIG = HERE / "initramfs"
 # The test guest's command channel, the same script in both guests.
@@ -138,6 +147,21 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/lib/postgresql/*/lib/bitcode/*",
     "path-exclude=/usr/lib/x86_64-linux-gnu/libLLVM-*",
     "path-exclude=/usr/lib/x86_64-linux-gnu/libz3.so*",
+    # MariaDB's offline tools, 5 MiB each (a hundred in all): neither its install (which runs
+    # mariadb-install-db, my_print_defaults and resolveip), nor the server, nor the tests
+    # (the mariadb client) run them.
+    "path-exclude=/usr/bin/aria_*",
+    "path-exclude=/usr/bin/myisam*",
+    "path-exclude=/usr/bin/mariadb-binlog",
+    "path-exclude=/usr/bin/mariadb-conv",
+    "path-exclude=/usr/bin/mariadb-dump*",
+    "path-exclude=/usr/bin/mariadb-import",
+    "path-exclude=/usr/bin/mariadb-plugin",
+    "path-exclude=/usr/bin/mariadb-show",
+    "path-exclude=/usr/bin/mariadb-slap",
+    "path-exclude=/usr/bin/mariadb-waitpid",
+    "path-exclude=/usr/bin/perror",
+    "path-exclude=/usr/bin/resolve_stack_dump",
 )
 
 
@@ -224,6 +248,17 @@ def database_setup_sql() -> str:
     )
 
 
+def mariadb_setup_sql() -> str:
+    """What MariaDB's bootstrap mode runs at build time, one statement a line (it reads a
+    statement up to a line ending in ";"): the load's database and table, in InnoDB (the
+    engine whose crash recovery the tests see)."""
+    return (
+        f"CREATE DATABASE {DATABASE};\n"
+        f"CREATE TABLE {DATABASE}.{TABLE} (n BIGINT PRIMARY KEY, "
+        "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB;\n"
+    )
+
+
 def customize_script(root_var: str = '"$1"') -> str:
     """mmdebstrap's customize hook (run on the host with the root tree as $1)."""
     r = root_var
@@ -241,10 +276,20 @@ def customize_script(root_var: str = '"$1"') -> str:
             # No root password: the console runs the command channel, and nothing listens on
             # a network.
             f"chroot {r} passwd -d root >/dev/null",
-            f"chroot {r} systemctl enable --quiet heron-commands.service postgresql.service",
+            f"chroot {r} systemctl enable --quiet heron-commands.service postgresql.service "
+            "mariadb.service",
             f"chroot {r} systemctl mask --quiet {masks}",
             f"echo 'CREATE DATABASE {DATABASE};' | {single} postgres >/dev/null",
             *(f"echo '{sql}' | {single} {DATABASE} >/dev/null" for sql in statements),
+            # Debian's MariaDB logs to the journal and makes no /var/log/mysql; the overlay's
+            # log_error (a file the tests read across reboots of clones) needs it.
+            f"chroot {r} install -d -o mysql -g adm -m 2750 /var/log/mysql",
+            # The package's postinst made MariaDB's system tables; bootstrap mode runs SQL
+            # without a socket, and resizes the redo log to the overlay's setting on the way.
+            f"printf '%s\\n' {shlex.join(mariadb_setup_sql().splitlines())}"
+            f" | chroot {r} mariadbd --user=mysql --bootstrap",
+            # Its messages went to the error log: the guest's starts with its first boot.
+            f"rm -f {r}/var/log/mysql/error.log",
             f"chroot {r} dpkg-query -W > {r}/.heron-packages",
             # What apt downloaded is not part of the guest.
             f"rm -rf {r}/var/cache/apt/archives/*.deb {r}/var/lib/apt/lists/*",
