@@ -32,13 +32,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """scripts/test runs two xdist workers, and this schedules the tests by folder: the
     integration tests stay in one worker, one module after another as always (their guests
     and clusters keep the machine busy), while the other worker runs the unit tests, then
-    the browser tests, which mostly wait on pages. (xdist's own `loadgroup` loses its groups
-    with pytest 9.2: pytest-dev/pytest-xdist#1386.)"""
-    from xdist.scheduler import LoadScopeScheduling
+    the browser tests, which mostly wait on pages. Items are sent by their index: the
+    contract test's operations share one node id, which xdist's scope schedulers would
+    collapse into one test (and its `loadgroup` loses its groups with pytest 9.2:
+    pytest-dev/pytest-xdist#1386)."""
+    from xdist.scheduler import LoadScheduling
 
-    class ByFolder(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return nodeid.split("::", 1)[0].rsplit("/", 1)[0]  # tests/unit, tests/e2e, ...
+    class ByFolder(LoadScheduling):
+        def schedule(self) -> None:
+            if self.collection is not None or not self._check_nodes_have_same_collection():
+                return  # sent once, all of it; a different collection is xdist's to report
+            self.collection = collection = next(iter(self.node2collection.values()))
+            first = [i for i, nodeid in enumerate(collection) if "/integration/" in nodeid]
+            rest = [i for i, nodeid in enumerate(collection) if "/integration/" not in nodeid]
+            rest.sort(key=lambda i: "/unit/" not in collection[i])  # the quick ones first
+            lanes = [first, rest] if len(self.nodes) > 1 else [first + rest]
+            self.pending = []
+            for node, lane in zip(self.nodes, [*lanes, *[[]] * len(self.nodes)], strict=False):
+                if lane:
+                    self.node2pending[node].extend(lane)
+                    node.send_runtest_some(lane)
+                node.shutdown()  # once its lane has run
 
     return ByFolder(config, log)
 
