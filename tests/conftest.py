@@ -28,33 +28,56 @@ def debian_guest() -> debian.DebianGuest:
     return debian.build(CACHE / "debian")
 
 
+# Integration modules that keep no guests running (heron-io, etcd, the API of one node; one
+# test boots the test guest from an ARDFS volume and stops it): they run in the second worker
+# after the unit and browser tests, beside the modules whose clusters of guests keep the first
+# worker busy, so that both end at about the same time.
+BESIDE_THE_GUESTS = {
+    "test_api_contract", "test_ardfs_erasure", "test_ardfs_layers", "test_ardfs_move",
+    "test_ardfs_nbd", "test_ardfs_peer_key", "test_ardfs_replication", "test_configdb",
+    "test_configdb_contract", "test_election", "test_qemu_contract", "test_registration",
+    "test_tasks",
+}  # fmt: skip
+
+
+def lane(nodeid: str) -> int:
+    """0: the integration modules with clusters of guests; 1: the rest, in `rank` order."""
+    path = Path(nodeid.split("::", 1)[0])
+    return 0 if path.parent.name == "integration" and path.stem not in BESIDE_THE_GUESTS else 1
+
+
+def rank(nodeid: str) -> int:
+    """Within the second lane: unit tests first (quick to fail), then browser, integration."""
+    return {"unit": 0, "e2e": 1}.get(Path(nodeid.split("::", 1)[0]).parent.name, 2)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """scripts/test runs two xdist workers, and this schedules the tests by folder: the
-    integration tests stay in one worker, one module after another as always (their guests
-    and clusters keep the machine busy), while the other worker runs the unit tests, then
-    the browser tests, which mostly wait on pages. Items are sent by their index: the
-    contract test's operations share one node id, which xdist's scope schedulers would
-    collapse into one test (and its `loadgroup` loses its groups with pytest 9.2:
+    """scripts/test runs two xdist workers, and this schedules the tests in two lanes (`lane`):
+    the integration tests with clusters of guests stay in one worker, one module after another
+    as they were written to run; the other worker runs the unit tests, the browser tests (which
+    mostly wait on pages), then the other integration tests. Items are sent by their
+    index: the contract test's operations share one node id, which xdist's scope schedulers
+    would collapse into one test (and its `loadgroup` loses its groups with pytest 9.2:
     pytest-dev/pytest-xdist#1386)."""
     from xdist.scheduler import LoadScheduling
 
-    class ByFolder(LoadScheduling):
+    class InLanes(LoadScheduling):
         def schedule(self) -> None:
             if self.collection is not None or not self._check_nodes_have_same_collection():
                 return  # sent once, all of it; a different collection is xdist's to report
             self.collection = collection = next(iter(self.node2collection.values()))
-            first = [i for i, nodeid in enumerate(collection) if "/integration/" in nodeid]
-            rest = [i for i, nodeid in enumerate(collection) if "/integration/" not in nodeid]
-            rest.sort(key=lambda i: "/unit/" not in collection[i])  # the quick ones first
+            first = [i for i, nodeid in enumerate(collection) if lane(nodeid) == 0]
+            rest = [i for i, nodeid in enumerate(collection) if lane(nodeid) == 1]
+            rest.sort(key=lambda i: rank(collection[i]))  # stable: modules stay whole
             lanes = [first, rest] if len(self.nodes) > 1 else [first + rest]
             self.pending = []
-            for node, lane in zip(self.nodes, [*lanes, *[[]] * len(self.nodes)], strict=False):
-                if lane:
-                    self.node2pending[node].extend(lane)
-                    node.send_runtest_some(lane)
+            for node, items in zip(self.nodes, [*lanes, *[[]] * len(self.nodes)], strict=False):
+                if items:
+                    self.node2pending[node].extend(items)
+                    node.send_runtest_some(items)
                 node.shutdown()  # once its lane has run
 
-    return ByFolder(config, log)
+    return InLanes(config, log)
 
 
 def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:
