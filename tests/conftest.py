@@ -28,15 +28,17 @@ def debian_guest() -> debian.DebianGuest:
     return debian.build(CACHE / "debian")
 
 
-# Integration modules that keep no guests running (heron-io, etcd, the API of one node; one
-# test boots the test guest from an ARDFS volume and stops it): they run in the second worker
-# after the unit and browser tests, beside the modules whose clusters of guests keep the first
-# worker busy, so that both end at about the same time.
+# Integration modules that keep no guests running (heron-io, etcd, the API of one node, the
+# network backends on namespaces, one QEMU; a few boot the test guest once and stop it): they
+# run in the second worker after the unit and browser tests, beside the modules whose clusters
+# of guests keep the first worker busy, so that both end at about the same time.
 BESIDE_THE_GUESTS = {
     "test_api_contract", "test_ardfs_erasure", "test_ardfs_layers", "test_ardfs_move",
     "test_ardfs_nbd", "test_ardfs_peer_key", "test_ardfs_replication", "test_configdb",
-    "test_configdb_contract", "test_election", "test_qemu_contract", "test_registration",
-    "test_tasks",
+    "test_configdb_contract", "test_election", "test_network_bridge", "test_network_dhcp",
+    "test_network_firewall_driver", "test_network_ovs", "test_network_tap",
+    "test_network_vxlan", "test_qemu_contract", "test_qemu_snapshot", "test_registration",
+    "test_tasks", "test_testguest_memcheck",
 }  # fmt: skip
 
 
