@@ -165,12 +165,7 @@ class Snapshots:
             pool = await self.db.get(Pool, keys.pool(disk.pool))
             if volume is None or pool is None:
                 raise TaskFailed(f"disk{disk.index}: its volume or pool no longer exists")
-            driver = driver_for(pool.value, self.state_dir, self.db)
-            try:
-                await driver.prepare()
-            except StorageError as exc:
-                raise TaskFailed(str(exc)) from exc
-            parts.append(Part(disk, volume.value, driver))
+            parts.append(Part(disk, volume.value, await self._driver(pool.value)))
         return parts
 
     async def _state(self, snapshot: Snapshot) -> tuple[Volume, PoolDriver] | None:
@@ -184,12 +179,16 @@ class Snapshots:
         pool = await self.db.get(Pool, keys.pool(volume.value.pool))
         if pool is None:
             raise TaskFailed(f"pool {volume.value.pool} of the memory state no longer exists")
-        driver = driver_for(pool.value, self.state_dir, self.db)
+        return volume.value, await self._driver(pool.value)
+
+    async def _driver(self, pool: Pool) -> PoolDriver:
+        """The pool's driver here, ready (a mounted pool mounted)."""
+        driver = driver_for(pool, self.state_dir, self.db)
         try:
             await driver.prepare()
         except StorageError as exc:
             raise TaskFailed(str(exc)) from exc
-        return volume.value, driver
+        return driver
 
     async def _make_state(self, qemu: QemuVM, snapshot: Snapshot) -> str:
         """Make (again, after a restart) the snapshot's memory-state volume, an empty qcow2
