@@ -67,7 +67,7 @@ from heron.configdb import election as election_module
 from heron.configdb import keys
 from heron.devcluster import DevCluster
 from heron.ha import controller as ha_controller
-from heron.ha.fence import deadline_for
+from heron.ha.fence import BEFORE_EXPIRY
 from heron.herond import AgentConfig
 
 NAME = "ha_failover"
@@ -504,7 +504,7 @@ def constants() -> dict[str, Any]:
         "election_beat_s": election_module.BEAT,
         "election_timeout_s": election_module.TIMEOUT,
         "lease_ttl_s": lease_ttl,
-        "fence_deadline_s": deadline_for(lease_ttl),
+        "fence_deadline_s": lease_ttl - BEFORE_EXPIRY,
         "ha_margin_s": ha_controller.MARGIN,
         "ha_controller_tick_s": ha_controller._TICK,
     }

@@ -82,15 +82,15 @@ from bench.common import (
     write_result,
 )
 from heron.agent import registration as registration_module
-from heron.agent.registration import LeaseKeeper
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb import election as election_module
 from heron.configdb.election import Election
 from heron.configdb.etcd import EtcdMember
+from heron.configdb.lease import LeaseKeeper
 from heron.devcluster import DevCluster
 from heron.ha import controller as ha_controller
-from heron.ha.fence import deadline_for
+from heron.ha.fence import BEFORE_EXPIRY
 from heron.herond import AgentConfig
 from heron.models.common import new_id
 from heron.models.node import Node
@@ -211,6 +211,7 @@ class SimNodes:
         index = self.names.index(name)
         reg = LeaseKeeper(
             self.dbs[index % len(self.dbs)],
+            keys.node(name),
             self.node(name),
             self.ttl,
             on_renewed=lambda: self._renewed(name),
@@ -522,7 +523,7 @@ def renewal_summary(replies: list[dict[str, Any]], window: float) -> dict[str, A
         "refresh_call_s": stats(refreshes, 3) if refreshes else None,
         "worker_loop_lag_s": stats(lags, 3) if lags else None,
         "gaps_over_2_periods": sum(1 for g in gaps if g > 2 * period),
-        "gaps_over_fence_deadline": sum(1 for g in gaps if g > deadline_for(TTL)),
+        "gaps_over_fence_deadline": sum(1 for g in gaps if g > TTL - BEFORE_EXPIRY),
         "gaps_over_ttl": sum(1 for g in gaps if g > TTL),
         "longest_open_gap_s": max(r["open_gap_max"] for r in replies),
         "leases_lost_and_registered_again": sum(r["reregistered"] for r in replies),

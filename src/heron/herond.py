@@ -24,7 +24,7 @@ import uvicorn
 
 import heron
 from heron.agent.ardfs import IoSupervisor
-from heron.agent.endpoints import EndpointFollower, startup_endpoints
+from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
@@ -41,8 +41,9 @@ from heron.api.context import ApiContext
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
+from heron.configdb.lease import startup_endpoints
 from heron.ha.controller import FailoverController
-from heron.ha.fence import deadline_for, ha_vms_running, write_beat
+from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups
 from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
@@ -52,7 +53,7 @@ from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.rebalance import RebalanceController
-from heron.util.proc import read_pidfile, spawn_detached
+from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 log = logging.getLogger("herond")
 
@@ -150,7 +151,7 @@ async def run(config: AgentConfig) -> None:
         started_at=time.time(),
         underlay=config.underlay or config.address,
     )
-    start_fence_watchdog(config.state_dir, deadline=deadline_for(config.lease_ttl))
+    start_fence_watchdog(config.state_dir, config.lease_ttl, config.name, config.etcd)
     registration = Registration(
         endpoints, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
     )
@@ -228,6 +229,7 @@ async def run(config: AgentConfig) -> None:
                 ),
                 ("io-cores", cores.run()),
                 ("ha-marks", vms.follow_ha(inventory)),
+                ("agent-grace", tell_grace(db, config.state_dir)),
                 ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 (
@@ -267,22 +269,41 @@ def _url(host: str, ports: tuple[int, int] | None, which: int) -> str | None:
     return f"http://{host}:{ports[which]}" if ports else None
 
 
-def start_fence_watchdog(state_dir: Path, deadline: float) -> int:
-    """The fence watchdog runs beside the agent, in a process of its own; one per node."""
+def start_fence_watchdog(state_dir: Path, ttl: int, name: str, endpoints: list[str]) -> int:
+    """The fence watchdog runs beside the agent, in a process of its own; one per node.
+
+    One that runs with other arguments (started by an older release, or with another TTL) is
+    replaced: the agent is alive meanwhile, so nothing needs fencing in the moment between.
+    """
     pidfile = state_dir / "fence.pid"
-    pid = read_pidfile(pidfile, str(state_dir))
-    if pid is not None:
-        return pid
     command = [
         sys.executable,
         "-m",
         "heron.ha.fence",
         "--state-dir",
         str(state_dir),
-        "--deadline",
-        str(deadline),
+        "--ttl",
+        str(ttl),
+        "--name",
+        name,
+        "--etcd",
+        ",".join(endpoints),
     ]
+    pid = read_pidfile(pidfile, str(state_dir))
+    if pid is not None:
+        if _cmdline(pid) == command[1:]:
+            return pid
+        log.info("replacing the fence watchdog %d, started with other arguments", pid)
+        terminate(pid, str(state_dir))
     return spawn_detached(command, state_dir / "fence.log", pidfile)
+
+
+def _cmdline(pid: int) -> list[str]:
+    """A process's arguments after its program (the interpreter may be named differently)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[1:-1]
+    except OSError:
+        return []
 
 
 def parse(argv: list[str] | None = None) -> AgentConfig:

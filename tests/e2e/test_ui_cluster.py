@@ -46,7 +46,7 @@ def test_the_cluster_view_shows_the_leader_and_etcds_members(
     shot(page, screenshots, "cluster")
 
 
-def test_drs_settings_are_checked_by_the_api_then_saved(page: Page, ui: str, api: Api) -> None:
+def test_cluster_settings_are_checked_by_the_api_then_saved(page: Page, ui: str, api: Api) -> None:
     go(page, ui, "/cluster")
     form = page.locator("[data-testid=settings-form]")
     threshold = form.locator("input[name='drs.threshold']")
@@ -58,6 +58,9 @@ def test_drs_settings_are_checked_by_the_api_then_saved(page: Page, ui: str, api
     assert api.ok("GET", "/cluster/settings")["drs"]["threshold"] == 0.2  # nothing changed
 
     # Host-sized nodes: a threshold of 0.1 % lets two 64 MiB VMs unbalance the cluster.
+    grace = form.locator("input[name='ha.agent_grace']")
+    expect(grace).to_have_value("30")
+    grace.fill("45")
     threshold.fill("0.001")
     form.locator("input[name='drs.interval']").fill("0.5")
     form.locator("input[name='drs.hysteresis']").fill("1")
@@ -68,6 +71,7 @@ def test_drs_settings_are_checked_by_the_api_then_saved(page: Page, ui: str, api
     expect(form.locator("input[name='drs.threshold']")).to_have_value("0.001")
     expect(form.locator("input[name='drs.hysteresis']")).to_have_value("1")
     assert api.ok("GET", "/cluster/settings")["drs"]["interval"] == 0.5
+    assert api.ok("GET", "/cluster/settings")["ha"]["agent_grace"] == 45
     expect(page.locator("[data-testid=drs-state]")).to_contain_text("0.1 %")
 
 

@@ -35,6 +35,18 @@ def create(api: Api, name: str, image: str, node: str, ha: bool = True) -> str:
     return reply["vm"]
 
 
+def set_agent_grace(api: Api, cluster: DevCluster, node: str, seconds: int) -> None:
+    """Set the grace, and wait until `node`'s agent has told its watchdog."""
+    settings = api.ok("GET", "/cluster/settings")
+    api.ok("PUT", "/cluster/settings", json={**settings, "ha": {"agent_grace": seconds}})
+    told = Path(cluster.node(node).state_dir) / "fence.grace"
+    wait_for(
+        lambda: told.exists() and told.read_text().strip() == str(seconds),
+        10,
+        f"{node}'s watchdog to be told the grace",
+    )
+
+
 def ready_on(cluster: DevCluster, vm_id: str, node: str) -> int:
     log = Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
     return len(serial_lines(log, f"HERON-GUEST-READY uuid={vm_id}"))
@@ -121,17 +133,41 @@ def test_ha_vms_of_a_dead_node_restart_elsewhere(cluster3, api, image) -> None:
     cluster.wait_api(cluster.node(victim), 60)
 
 
-def test_a_stopped_agent_is_fenced_before_its_vms_restart_elsewhere(cluster3, api, image) -> None:
+def test_an_agent_away_keeps_its_ha_vms_for_the_grace_and_is_fenced_after(
+    cluster3, api, image
+) -> None:
     cluster, token = cluster3
     victim = "node3"
+    set_agent_grace(api, cluster, victim, 60)
     vm_id = create(api, "fenced", image, victim)
     wait_for(lambda: ready_on(cluster, vm_id, victim), BOOT, "first boot")
+    other = live_api(cluster, token, victim)
+    # Killed (or restarted for an upgrade) while its watchdog keeps the node present: the HA
+    # VM is neither fenced nor restarted elsewhere, though the agent's lease is gone.
+    pid = api.vm(vm_id)["status"]["pid"]
+    os.kill(cluster.herond_pid(cluster.node(victim)), signal.SIGKILL)
+    wait_for(
+        lambda: victim not in {n["name"] for n in other.ok("GET", "/nodes")},
+        30,
+        "the agent's lease to expire",
+    )
+    deadline = time.monotonic() + 3  # a bounded observation window past the old fence deadline
+    while time.monotonic() < deadline:
+        assert other.vm(vm_id)["node"] == victim
+        assert qemu_processes(vm_id) == [pid], "the watchdog fenced within the grace"
+        time.sleep(0.2)
+    cluster.start_node(victim)
+    cluster.wait_api(cluster.node(victim), 60)
+    wait_for(lambda: api.vm(vm_id)["state"] == "running", 30, "the VM seen running again")
+    assert api.vm(vm_id)["status"]["pid"] == pid and api.vm(vm_id)["node"] == victim
+    assert not (Path(cluster.node(victim).state_dir) / "vms" / vm_id / "fenced").exists()
+    # Hung past the grace: fenced by its own watchdog, then restarted elsewhere.
+    set_agent_grace(api, cluster, victim, 5)
     checker = DoubleRunChecker([vm_id])
     checker.start()
     herond = cluster.herond_pid(cluster.node(victim))
     os.kill(herond, signal.SIGSTOP)  # hung agent: QEMU runs, nobody renews the lease
     try:
-        other = live_api(cluster, token, victim)
         moved = wait_for(
             lambda: (vm := other.vm(vm_id))["node"] != victim and vm,
             30,
@@ -171,6 +207,7 @@ def test_a_clean_agent_stop_never_runs_an_ha_vm_twice(cluster3, api, image) -> N
     stops them before the leader may start them elsewhere."""
     cluster, token = cluster3
     victim = "node2"
+    set_agent_grace(api, cluster, victim, 5)
     vm_id = create(api, "graceful", image, victim)
     wait_for(lambda: ready_on(cluster, vm_id, victim), BOOT, "first boot")
     checker = DoubleRunChecker([vm_id])

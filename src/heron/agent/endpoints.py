@@ -10,25 +10,16 @@ is saved in the state directory, so a restarted agent starts from the cluster it
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from heron.configdb import ConfigDB
+from heron.configdb.lease import ENDPOINTS_FILE
 from heron.configdb.membership import client_endpoints
 
 log = logging.getLogger(__name__)
 
-FILE = "etcd-endpoints.json"
 INTERVAL = 5.0  # membership changes take tens of seconds; a new one is picked up within this
-
-
-def startup_endpoints(configured: Sequence[str], state_dir: Path) -> list[str]:
-    """The configured endpoints, then those last seen (members that joined since)."""
-    try:
-        saved = json.loads((state_dir / FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        saved = []
-    return list(dict.fromkeys([*configured, *(e for e in saved if isinstance(e, str))]))
 
 
 class EndpointFollower:
@@ -54,7 +45,7 @@ class EndpointFollower:
         endpoints = await client_endpoints(self.db)
         if not await self.db.use_endpoints(endpoints):
             return False
-        path = self.state_dir / FILE
+        path = self.state_dir / ENDPOINTS_FILE
         path.with_suffix(".tmp").write_text(json.dumps(endpoints))
         path.with_suffix(".tmp").replace(path)
         self.also(endpoints)

@@ -30,6 +30,7 @@ def cluster_show(as_json: Json = False) -> None:
             ("vms", lambda c: c["vms"]),
             ("version", lambda c: c["version"]),
             ("drs", lambda c: c["settings"]["drs"]["mode"]),
+            ("agent grace", lambda c: f"{c['settings']['ha']['agent_grace']:g} s"),
         ],
     )
 
@@ -101,6 +102,28 @@ def cluster_drs(
     changes = {"mode": mode, "threshold": threshold, "interval": interval}
     drs.update({k: v for k, v in changes.items() if v is not None})
     client.request("PUT", "/cluster/settings", json={**settings, "drs": drs})
+
+
+@app.command("ha")
+def cluster_ha(
+    agent_grace: Annotated[
+        float | None,
+        typer.Option(
+            parser=parse.seconds,
+            metavar="SECONDS",
+            help="how long a node's agent may be away while the node answers before its HA "
+            "VMs are restarted elsewhere",
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """High availability settings: without options, show them; with them, change them."""
+    client = Client()
+    settings = client.get("/cluster/settings")
+    if agent_grace is not None:
+        ha = {**settings["ha"], "agent_grace": agent_grace}
+        settings = client.request("PUT", "/cluster/settings", json={**settings, "ha": ha})
+    emit(settings["ha"], as_json, [("agent grace", lambda h: f"{h['agent_grace']:g} s")])
 
 
 def show_drs(status: dict[str, Any], as_json: bool) -> None:

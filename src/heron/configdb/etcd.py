@@ -81,7 +81,8 @@ class EtcdMember:
             "1s",
             # A new raft leader within about a second of losing one (defaults: 100 ms and
             # 1 s, which took 1.3 s and more here): meanwhile no lease can be renewed, and
-            # a node's fence watchdog stops its HA VMs 2.5 s after its last renewal.
+            # a node's fence watchdog stops its HA VMs 2.5 s after the last renewal of both
+            # its leases.
             "--heartbeat-interval",
             str(HEARTBEAT_MS),
             "--election-timeout",

@@ -7,6 +7,7 @@ same transaction as the record, so a name clash is caught by etcd, not by a read
 ROOT = "/heron/"
 NODES = ROOT + "nodes/"
 NODE_SETTINGS = ROOT + "node-settings/"
+WATCHDOGS = ROOT + "watchdogs/"  # a node's presence kept by its fence watchdog, under a lease
 VMS = ROOT + "vms/"
 VM_STATUS = ROOT + "vm-status/"
 VM_NAMES = ROOT + "names/vm/"
@@ -45,6 +46,10 @@ SETTINGS = ROOT + "settings/cluster"
 
 def node(name: str) -> str:
     return NODES + name
+
+
+def watchdog(name: str) -> str:
+    return WATCHDOGS + name
 
 
 def node_settings(name: str) -> str:

@@ -1,10 +1,12 @@
 """The failover controller, run by the leader.
 
-A node is failed when its lease has expired (its record is gone from /heron/nodes/). After a
-margin, which covers the failed node's fence deadline, its HA VMs are given to the least-loaded
-nodes that fit them, highest priority first; a VM that fits nowhere waits as `pending`, with the
-reason, until capacity returns. An HA VM whose QEMU crashed on a live node is started again
-there. Every decision is fenced by the leader's token and written to the audit log.
+A node is failed when its agent's lease has expired (its record is gone from /heron/nodes/) and
+its fence watchdog's too (/heron/watchdogs/: a watchdog keeps it while the agent is within its
+grace, see ha/fence.py). After a margin, which covers the failed node's fence deadline, its HA
+VMs are given to the least-loaded nodes that fit them, highest priority first; a VM that fits
+nowhere waits as `pending`, with the reason, until capacity returns. An HA VM whose QEMU
+crashed on a live node is started again there. Every decision is fenced by the leader's token
+and written to the audit log.
 """
 
 import asyncio
@@ -65,12 +67,13 @@ class FailoverController:
     async def step(self, election: Election) -> None:
         inv = await self.inventory.ready()
         nodes = inv.live_nodes()
+        present = set(nodes) | {name for name, _ in inv.watchdogs.items()}
         vm_entries = list(inv.vms)
         now = self.clock()
-        for name in {e.value.node for e in vm_entries} - set(nodes):
+        for name in {e.value.node for e in vm_entries} - present:
             self._missing_since.setdefault(name, now)
         for name in list(self._missing_since):
-            if name in nodes:
+            if name in present:
                 del self._missing_since[name]
         groups = inv.groups_by_name()
         wanted = [

@@ -68,3 +68,11 @@ class EtcdJoin(Record):
     client_url: str
     peer_url: str
     initial_cluster: dict[str, str]
+
+
+class Watchdog(Record):
+    """A node's fence watchdog, present while it runs and the node's agent was heard from
+    within the grace (`HASettings.agent_grace`); it vanishes with its lease otherwise."""
+
+    node: Name
+    started_at: float

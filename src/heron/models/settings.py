@@ -58,5 +58,25 @@ class DRSSettings(Record):
         return data
 
 
+class HASettings(Record):
+    """How long a node's agent may be away before its HA VMs are restarted elsewhere.
+
+    A node whose agent stops (killed, restarted for an upgrade, hung) but whose fence watchdog
+    still renews the node's presence keeps its VMs for `agent_grace` seconds: an agent back in
+    time changes nothing. A node that is gone whole (power, network, kernel) loses its agent's
+    lease and its watchdog's presence together and fails over after the lease TTL, whatever
+    the grace.
+    """
+
+    agent_grace: float = Field(
+        default=30,
+        ge=2,
+        le=3600,
+        description="seconds a node's agent may be silent while its watchdog answers before "
+        "its HA VMs are fenced and restarted elsewhere",
+    )
+
+
 class ClusterSettings(Record):
     drs: DRSSettings = Field(default_factory=DRSSettings)
+    ha: HASettings = Field(default_factory=HASettings)

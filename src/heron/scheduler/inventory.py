@@ -8,7 +8,7 @@ from heron.configdb.cache import Cache
 from heron.models.group import VMGroup
 from heron.models.migration import Migration
 from heron.models.network import Network, SecurityGroup, Switch
-from heron.models.node import Node, NodeSettings
+from heron.models.node import Node, NodeSettings, Watchdog
 from heron.models.snapshot import Snapshot
 from heron.models.storage import ArdfsMember, ArdfsNodeStatus, Pool, Volume
 from heron.models.task import Task
@@ -56,6 +56,7 @@ class Inventory:
         self.db = db
         self.nodes = Cache(db, Node, keys.NODES)
         self.node_settings = Cache(db, NodeSettings, keys.NODE_SETTINGS)
+        self.watchdogs = Cache(db, Watchdog, keys.WATCHDOGS)
         self.vms = Cache(db, VM, keys.VMS)
         self.vm_status = Cache(db, VMStatus, keys.VM_STATUS)
         self.groups = Cache(db, VMGroup, keys.GROUPS)
@@ -72,6 +73,7 @@ class Inventory:
         self._caches: list[Cache[Any]] = [
             self.nodes,
             self.node_settings,
+            self.watchdogs,
             self.vms,
             self.vm_status,
             self.groups,

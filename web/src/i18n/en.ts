@@ -494,6 +494,8 @@ const en = {
   "cluster.applied": "Migrating {vm} to {target}",
   "cluster.proposal.off": "(DRS is off: nothing moves)",
   "cluster.proposal.advise": "(advise only: it moves when applied by hand)",
+  "field.ha.agent_grace": "Agent grace (seconds)",
+  "hint.ha.agent_grace": "How long a node's agent may be away (killed, restarting, hung) while the node itself answers before its HA VMs are stopped there and restarted elsewhere. A node that is gone whole fails over after about 4 s whatever this says.",
   "field.drs.mode": "Mode",
   "hint.drs.mode": "Advise: DRS only proposes moves, you apply them; automatic: it makes them",
   "enum.drs.mode.off": "off",
