@@ -47,7 +47,7 @@ from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups
 from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
-from heron.models.node import Node
+from heron.models.node import WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
 from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
@@ -150,6 +150,7 @@ async def run(config: AgentConfig) -> None:
         versions=_versions(),
         started_at=time.time(),
         underlay=config.underlay or config.address,
+        features=[WATCHDOG_PRESENCE],
     )
     start_fence_watchdog(config.state_dir, config.lease_ttl, config.name, config.etcd)
     registration = Registration(
@@ -229,7 +230,7 @@ async def run(config: AgentConfig) -> None:
                 ),
                 ("io-cores", cores.run()),
                 ("ha-marks", vms.follow_ha(inventory)),
-                ("agent-grace", tell_grace(db, config.state_dir)),
+                ("agent-grace", tell_grace(db, config.state_dir, config.lease_ttl)),
                 ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 (

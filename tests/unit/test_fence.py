@@ -11,12 +11,14 @@ from heron.configdb.election import Election
 from heron.ha.controller import FailoverController
 from heron.ha.fence import (
     BEFORE_EXPIRY,
+    agent_grace,
     fence_due,
     keeps_presence,
     read_grace,
     write_grace,
 )
-from heron.models.node import Node, Watchdog
+from heron.models.node import WATCHDOG_PRESENCE, Node, Watchdog
+from heron.models.settings import ClusterSettings, HASettings
 from heron.models.vm import VM, HAPolicy, PowerState, VMSpec
 from heron.scheduler.inventory import Inventory
 
@@ -60,9 +62,17 @@ def test_the_grace_file_defaults_to_no_grace(tmp_path: Path) -> None:
     assert read_grace(tmp_path, TTL) == 45
 
 
-def node(name: str) -> Node:
+def node(name: str, features: tuple[str, ...] = (WATCHDOG_PRESENCE,)) -> Node:
     return Node(name=name, address=name, api_url="x", cpus=4, memory_mib=4096,
-                accelerator="tcg", started_at=1)  # fmt: skip
+                accelerator="tcg", started_at=1, features=list(features))  # fmt: skip
+
+
+def test_no_grace_until_every_node_honours_watchdogs() -> None:
+    """During a rolling upgrade, a leader of the older release would restart an absent
+    agent's VMs after the TTL while its watchdog still let them run."""
+    settings = ClusterSettings(ha=HASettings(agent_grace=45))
+    assert agent_grace(settings, [node("a"), node("b")], TTL) == 45
+    assert agent_grace(settings, [node("a"), node("b", features=())], TTL) == TTL
 
 
 async def test_the_leader_waits_while_the_watchdog_keeps_the_node_present(tmp_path: Path) -> None:

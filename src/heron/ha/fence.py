@@ -25,6 +25,7 @@ Run as `python -m heron.ha.fence --state-dir DIR --ttl SECONDS [--name NODE --et
 """
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
 from heron.configdb.lease import LeaseThread, startup_endpoints
-from heron.models.node import Watchdog
+from heron.models.node import WATCHDOG_PRESENCE, Node, Watchdog
 from heron.models.settings import ClusterSettings
 from heron.util.proc import read_pidfile
 
@@ -163,20 +164,38 @@ def watch(state_dir: Path, ttl: float, presence: Presence | None, interval: floa
         time.sleep(interval)  # the watchdog's check period
 
 
-async def tell_grace(db: ConfigDB, state_dir: Path) -> None:
-    """Run by the agent: keep `fence.grace` at the cluster's agent grace."""
+def agent_grace(settings: ClusterSettings, nodes: list[Node], ttl: float) -> float:
+    """The grace to tell the watchdog: none beyond the TTL until every live node's release
+    honours watchdogs' presence — a leader of an older release would restart the VMs of an
+    agent away for longer than the TTL while its watchdog still let them run."""
+    if all(WATCHDOG_PRESENCE in n.features for n in nodes):
+        return settings.ha.agent_grace
+    return ttl
+
+
+async def tell_grace(db: ConfigDB, state_dir: Path, ttl: float) -> None:
+    """Run by the agent: keep `fence.grace` at the grace in force, as settings and nodes
+    change."""
     settings = Cache(db, ClusterSettings, keys.SETTINGS)
-    await settings.start()
-    changed = settings.listen()
+    nodes = Cache(db, Node, keys.NODES)
+    await asyncio.gather(settings.start(), nodes.start())
+    changed = [settings.listen(), nodes.listen()]
     told = None
     while True:
         found = settings.get("")  # the cache's prefix is the one key
-        grace = (found.value if found else ClusterSettings()).ha.agent_grace
+        grace = agent_grace(found.value if found else ClusterSettings(), nodes.values(), ttl)
         if grace != told:
             write_grace(state_dir, grace)
+            log.info("agent grace %gs", grace)
             told = grace
-        await changed.wait()
-        changed.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in changed]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        for event in changed:
+            event.clear()
 
 
 def main() -> None:

@@ -8,6 +8,10 @@ from heron.models.common import Name, Record
 
 Accelerator = Literal["kvm", "tcg"]
 
+# What a node's release can do that older releases cannot (`Node.features`): a behaviour that
+# needs every node to take part waits until every live node says it can.
+WATCHDOG_PRESENCE = "watchdog-presence"  # its leader honours watchdogs' presence (ha/fence.py)
+
 
 class Node(Record):
     """What a node registers about itself under its lease. It vanishes when the lease expires."""
@@ -26,6 +30,10 @@ class Node(Record):
     etcd_client_url: str | None = None
     underlay: str | None = Field(
         default=None, description="the address other nodes' VXLAN tunnels reach this node on"
+    )
+    features: list[str] = Field(
+        default_factory=list,
+        description="what this node's release can do that older releases cannot",
     )
     maintenance: bool = Field(
         default=False, description="kept free of VMs; set by the admin (NodeSettings)"
