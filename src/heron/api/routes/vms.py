@@ -337,7 +337,10 @@ async def migrate_vm(
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Live-migrate a running VM to another node; disks on local storage are copied along."""
-    task = await vm_service.migrate(_ctx(request).db, ref, body or MigrateRequest(), principal.user)
+    ctx = _ctx(request)
+    task = await vm_service.migrate(
+        ctx.db, ref, body or MigrateRequest(), principal.user, ctx.audit
+    )
     request.state.audit_target = task.target
     return TaskRef(task=task.id, vm=task.target)
 
