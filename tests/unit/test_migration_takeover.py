@@ -1,9 +1,19 @@
 """When a migration record its target never closed may be closed by someone else
 (`models.migration.takeover`), and which record a returning target may act on (`receives`)."""
 
-import pytest
+from pathlib import Path
 
-from heron.models.migration import Migration, MigrationState, receives, takeover
+import pytest
+from fakes.configdb import FakeConfigDB
+
+from heron.audit import AuditLog
+from heron.configdb import keys
+from heron.models.migration import MigrateRequest, Migration, MigrationState, receives, takeover
+from heron.models.node import Node
+from heron.models.task import MigrateParams, Task
+from heron.models.vm import VM, PowerState, RunState, VMSpec, VMStatus
+from heron.services import vms as vm_service
+from heron.services.errors import Conflict
 
 ENDED = [MigrationState.failed, MigrationState.completed]
 IN_FLIGHT = [MigrationState.preparing, MigrationState.ready, MigrationState.running]
@@ -65,3 +75,53 @@ def test_a_target_acts_only_on_the_record_of_its_own_task() -> None:
     assert not receives(move(MigrationState.ready), "c", "r1")
     # Written by a release without the field: any receive task of the target's.
     assert receives(move(MigrationState.ready, receive_task=None), "b", "r2")
+
+
+# -- through the service: what an administrator's next request does ------------------------
+
+
+async def running_on_n1(db: FakeConfigDB, left: Migration | None) -> VM:
+    for name in ("n1", "n2"):
+        node = Node(name=name, address="127.0.0.1", api_url="x", cpus=4, memory_mib=4096,
+                    accelerator="tcg", started_at=1)  # fmt: skip
+        await db.put(keys.node(name), node)
+    vm = VM(id="vm1", spec=VMSpec(name="web", memory_mib=128), node="n1",
+            power=PowerState.running, created_at=1.0)  # fmt: skip
+    await db.put(keys.vm(vm.id), vm)
+    await db.put(keys.vm_name("web"), vm.id)
+    status = VMStatus(state=RunState.running, node="n1", updated_at=1.0)
+    await db.put(keys.vm_status(vm.id), status)
+    if left is not None:
+        await db.put(keys.migration(vm.id), left)
+    return vm
+
+
+async def test_a_new_move_closes_the_record_a_gone_target_left(
+    db: FakeConfigDB, tmp_path: Path
+) -> None:
+    await running_on_n1(db, move(MigrationState.failed).model_copy(update={"source": "n1"}))
+    audit = AuditLog(tmp_path / "audit.jsonl", "n1")
+    task = await vm_service.migrate(db, "web", MigrateRequest(target="n2"), "alice", audit)
+    assert (task.kind, task.node, task.params_as(MigrateParams).target) == (
+        "vm.migrate",
+        "n1",
+        "n2",
+    )
+    assert await db.get(Migration, keys.migration("vm1")) is None
+    (entry,) = audit.read(10)
+    assert (entry["method"], entry["result"], entry["user"]) == ("MIGRATION", "closed", "alice")
+    assert "node b left the cluster before closing it" in entry["reason"]
+
+
+async def test_a_record_that_cannot_be_closed_is_named_in_the_refusal(
+    db: FakeConfigDB, tmp_path: Path
+) -> None:
+    left = move(MigrationState.running).model_copy(update={"source": "n1"})
+    await running_on_n1(db, left)
+    audit = AuditLog(tmp_path / "audit.jsonl", "n1")
+    with pytest.raises(Conflict, match=r"VM web is already migrating: .*/heron/migrations/vm1"):
+        await vm_service.migrate(db, "web", MigrateRequest(target="n2"), "alice", audit)
+    found = await db.get(Migration, keys.migration("vm1"))
+    assert found is not None and found.value == left  # nothing changed
+    assert [t for t in await db.list(Task, keys.TASKS)] == []
+    assert audit.read(10) == []
