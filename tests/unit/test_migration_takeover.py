@@ -27,14 +27,25 @@ def move(state: MigrationState, receive_task: str | None = "r1") -> Migration:
 @pytest.mark.parametrize("state", ENDED)
 def test_an_ended_move_whose_target_left_is_closed(state: MigrationState) -> None:
     vm_node = "b" if state == MigrationState.completed else "a"
-    verdict = takeover(move(state), live={"a", "c"}, vm_node=vm_node, source_busy=False)
+    verdict = takeover(move(state), {"a", "c"}, vm_node, source_busy=False, target_busy=True)
     assert verdict.close
     assert "node b left the cluster before closing it" in verdict.why
 
 
+@pytest.mark.parametrize("state", ENDED)
+def test_an_ended_move_whose_target_task_ended_without_closing_it_is_closed(
+    state: MigrationState,
+) -> None:
+    """The target is there, but its receive task ended (failed before it removed the
+    record): nobody would ever close it."""
+    verdict = takeover(move(state), {"a", "b"}, "a", source_busy=False, target_busy=False)
+    assert verdict.close
+    assert "the receive task on node b ended without closing it" in verdict.why
+
+
 @pytest.mark.parametrize("state", ENDED + IN_FLIGHT)
-def test_a_target_holding_its_lease_closes_its_own(state: MigrationState) -> None:
-    verdict = takeover(move(state), live={"a", "b"}, vm_node="c", source_busy=False)
+def test_a_target_at_work_closes_its_own(state: MigrationState) -> None:
+    verdict = takeover(move(state), {"a", "b"}, "c", source_busy=False, target_busy=True)
     assert not verdict.close and "being closed by node b" in verdict.why
 
 
@@ -44,7 +55,7 @@ def test_a_target_holding_its_lease_closes_its_own(state: MigrationState) -> Non
 def test_a_move_whose_source_task_has_not_ended_is_left_to_it(live: set[str], where: str) -> None:
     """The source's task may still be sending (its verdict was the target's own): it ends
     the move, and closes the record itself then."""
-    verdict = takeover(move(MigrationState.failed), live=live, vm_node="a", source_busy=True)
+    verdict = takeover(move(MigrationState.failed), live, "a", source_busy=True, target_busy=True)
     assert not verdict.close
     assert f"the migrate task on node a has not ended{where}" in verdict.why
 
@@ -53,7 +64,7 @@ def test_a_move_whose_source_task_has_not_ended_is_left_to_it(live: set[str], wh
 def test_a_move_without_a_verdict_is_never_closed_by_guess(state: MigrationState) -> None:
     """Without a verdict nobody knows whether QEMU finished the move: the guest may run on
     the target. The refusal names the record and what an administrator must check."""
-    verdict = takeover(move(state), live={"a"}, vm_node="a", source_busy=False)
+    verdict = takeover(move(state), {"a"}, "a", source_busy=False, target_busy=False)
     assert not verdict.close
     assert "made sure no QEMU of the VM runs on b" in verdict.why
     assert "/heron/migrations/vm1" in verdict.why
@@ -65,7 +76,7 @@ def test_a_vm_ha_restarted_elsewhere_frees_its_record(
     state: MigrationState, source_busy: bool
 ) -> None:
     """HA restarted the VM on c after its node failed: both nodes' QEMUs of it were fenced."""
-    verdict = takeover(move(state), live={"a", "c"}, vm_node="c", source_busy=source_busy)
+    verdict = takeover(move(state), {"a", "c"}, "c", source_busy, target_busy=True)
     assert verdict.close and "HA restarted the VM on c" in verdict.why
 
 

@@ -122,23 +122,21 @@ class Migrations:
             log.warning("node %s has not closed the migration of %s", target, vm_id)
         return outcome == "closed"
 
-    async def _close_left(self, ctx: TaskContext, record: Migration) -> None:
+    async def _close_left(self, ctx: TaskContext, vm_id: str) -> None:
         """The source's part of a move is done (its QEMU cancelled or handed over, its ARDFS
         volumes back at a new epoch) and the target did not close the record: close it
-        without the target if `takeover` allows, so the VM can move again."""
-        entry = await self.db.get(Migration, keys.migration(record.vm))
-        if entry is None or entry.value.receive_task != record.receive_task:
-            return  # closed meanwhile (by the target, back in time)
-        vm = await self.db.get(VM, keys.vm(record.vm))
-        live = await live_names(self.db)
-        verdict = takeover(entry.value, live, vm.value.node if vm else self.node, False)
-        if not verdict.close:
-            await ctx.log(f"the migration record stays: {verdict.why}")
-            return
-        with contextlib.suppress(Conflict):  # changed meanwhile: its target is back
-            await self.db.delete(entry.key, revision=entry.revision)
-            await ctx.log(f"closed the migration record: {verdict.why}")
-            audit_takeover(self.audit, ctx.task.user, record.vm, verdict)
+        without the target if `takeover` allows, so the VM can move again. Never fails the
+        task: the move's own outcome is the one to report."""
+        try:
+            vm = await self.db.get(VM, keys.vm(vm_id))
+            if vm is None:
+                return
+            verdict = await close_stale(self.db, vm.value, self.audit, ctx.task.user, ctx.task.id)
+            if verdict is not None:
+                done = "closed the migration record" if verdict.close else "the record stays"
+                await ctx.log(f"{done}: {verdict.why}")
+        except Exception as exc:
+            log.warning("could not close the migration record of %s: %r", vm_id, exc)
 
     async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, PoolDriver]]:
         found = []
@@ -299,8 +297,7 @@ class Migrations:
                 await claim(self.db, volume_id, self.node)
                 await self._set_standby(volume_id, None)
         if not closed:
-            with contextlib.suppress(Exception):  # the task's own error is the one to report
-                await self._close_left(ctx, record)
+            await self._close_left(ctx, record.vm)
 
     async def _complete(
         self, ctx: TaskContext, vm: VM, record: Migration, downtime: int | None, started: float
@@ -316,7 +313,7 @@ class Migrations:
         for volume, pool in await self._volumes(vm, record.mirror):
             await pool.delete(volume)  # the target holds the disk now
         if not closed:
-            await self._close_left(ctx, record)
+            await self._close_left(ctx, vm.id)
         total = round((time.monotonic() - started) * 1000)
         await ctx.log(f"migrated to {record.target} in {total} ms, downtime {downtime} ms")
         return {
@@ -633,14 +630,21 @@ async def close_stale(
     entry = await db.get(Migration, keys.migration(vm.id))
     if entry is None:
         return None
-    busy = any(
-        t.value.kind == TaskKind.vm_migrate
-        and t.value.target == vm.id
-        and t.value.id != asking
-        and not t.value.state.finished
+    record = entry.value
+    unfinished = [
+        t.value
         for t in await db.list(Task, keys.TASKS)
+        if t.value.target == vm.id and not t.value.state.finished and t.value.id != asking
+    ]
+    source_busy = any(t.kind == TaskKind.vm_migrate for t in unfinished)
+    target_busy = any(
+        t.kind == TaskKind.vm_receive
+        and t.node == record.target
+        and record.receive_task in (None, t.id)
+        for t in unfinished
     )
-    verdict = takeover(entry.value, await live_names(db), vm.node, busy)
+    live = await live_names(db)
+    verdict = takeover(record, live, vm.node, source_busy, target_busy)
     if not verdict.close:
         return verdict
     try:

@@ -94,39 +94,47 @@ class Verdict:
 _ENDED = (MigrationState.failed, MigrationState.completed)
 
 
-def takeover(record: Migration, live: Collection[str], vm_node: str, source_busy: bool) -> Verdict:
-    """Whether a migration record whose target has not closed it may be closed by someone
+def takeover(
+    record: Migration,
+    live: Collection[str],
+    vm_node: str,
+    source_busy: bool,
+    target_busy: bool,
+) -> Verdict:
+    """Whether a migration record that its target has not closed may be closed by someone
     else: `live` are the nodes holding a lease, `vm_node` is where the VM's record puts it,
-    `source_busy` whether a `vm.migrate` task of the VM has not finished.
+    `source_busy` whether a `vm.migrate` task of the VM has not finished, `target_busy`
+    whether the record's `vm.receive` task has not.
 
     Only the target closes a record it took part in, because only it knows what it made: an
-    incoming QEMU and disk copies. A target that never comes back would pin the VM for good,
-    so another may close it when all of these hold (the argument, in full, is in
-    docs/architecture.md, "A target that does not come back"):
-    - the target holds no lease: its fence deadline has passed, so its HA-marked QEMUs are
-      dead, and a node cut off from etcd cannot be told anything anyway;
-    - the move has a verdict (failed or completed) and no migrate task is still running:
-      the source's QEMU was told to cancel (or finished and handed the VM over) and its
-      ARDFS volumes went back to it at a new epoch, so nothing of this move still sends or
-      writes. A source task that is still running (its agent away) decides itself;
-    - or the VM was restarted by HA on a third node (only HA moves a VM without a migration
-      record, and only after its node failed): the VM is HA, so the QEMUs of it on the
-      nodes that lost their lease were fenced, and an agent drops what it has of a VM
-      placed elsewhere when it starts; the source's task, resumed, finds the VM elsewhere
-      and ends without touching the record.
+    incoming QEMU and disk copies. A target that never comes back (or whose task ended
+    without closing it) would pin the VM for good, so another may close it when one holds
+    (the argument, in full, is in docs/architecture.md, "A target that does not come back"):
+    - the move has a verdict (failed or completed), no migrate task is still running and the
+      target holds no lease or its receive task has ended: the source's QEMU was told to
+      cancel (or finished and handed the VM over) and its ARDFS volumes went back to it at a
+      new epoch, so nothing of this move still sends or writes, and the target no longer
+      acts on it. A source task that is still running (its agent away) decides itself;
+    - the VM was restarted by HA on a third node and the target holds no lease (only HA
+      moves a VM without a migration record, and only after its node failed): the VM is HA,
+      so its QEMUs on the nodes that lost their lease were fenced, an agent drops what it
+      has of a VM placed elsewhere when it starts, and the source's task, resumed, finds the
+      VM elsewhere and ends without touching the record.
     A returning target checks that the record is still its own (`receives`) before it
     touches anything, and otherwise drops its incoming QEMU and copies: so a closed record
-    never lets two QEMUs run the guest or write its disks."""
+    never lets two QEMUs run the guest or write its disks. A move without a verdict is
+    never closed by guess: QEMU may have finished it, and the guest may run on the target."""
     source, target = record.source, record.target
     moved = f"the migration of the VM from {source} to {target} ({record.state})"
-    if target in live:
-        return Verdict(False, f"{moved} is being closed by node {target}; try again shortly")
-    if vm_node not in (source, target):
+    away = target not in live
+    if away and vm_node not in (source, target):
         return Verdict(
             True,
             f"{moved}: HA restarted the VM on {vm_node} after its node failed; closed "
             f"without {target}",
         )
+    if not away and target_busy:
+        return Verdict(False, f"{moved} is being closed by node {target}; try again shortly")
     if source_busy:
         where = "" if source in live else f" (node {source} is away: when its agent is back)"
         return Verdict(
@@ -135,16 +143,20 @@ def takeover(record: Migration, live: Collection[str], vm_node: str, source_busy
             "move, or cancel it",
         )
     if record.state in _ENDED:
+        gone = (
+            f"node {target} left the cluster before closing it"
+            if away
+            else f"the receive task on node {target} ended without closing it"
+        )
         return Verdict(
             True,
-            f"{moved}: node {target} left the cluster before closing it; closed without "
-            f"{target}, which drops what it made for the move if it comes back",
+            f"{moved}: {gone}; closed without {target}, which drops what it made for the "
+            "move if it comes back",
         )
     return Verdict(
         False,
-        f"{moved} has no task left to end it and node {target} is away: once you made sure "
-        f"no QEMU of the VM runs on {target}, delete the record /heron/migrations/{record.vm} "
-        "in etcd",
+        f"{moved} has no task left to end it: once you made sure no QEMU of the VM runs on "
+        f"{target}, delete the record /heron/migrations/{record.vm} in etcd",
     )
 
 
