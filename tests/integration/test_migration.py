@@ -246,6 +246,45 @@ def test_a_migrated_in_guest_whose_next_move_fails_stays_where_it_is(cluster3, a
     ]  # fmt: skip
     assert [(e["node"], e["result"]) for e in closed] == [("node2", "closed")], closed
     assert "node node3 left the cluster before closing it" in closed[0]["reason"]
+    seen = ticks(console(cluster, vm_id, "node1"))[-1]
+
+    # Now node3 has its incoming QEMU and its receive task is waiting for the verdict when
+    # its agent hangs; the move is cancelled and closed without it, and the VM moves on.
+    slow = api.ok(
+        "POST",
+        f"/vms/{vm_id}/actions/migrate",
+        json={"target": "node3", "max_bandwidth_mib": 1, "auto_converge": False},
+    )
+    wait_for(
+        lambda: (api.vm(vm_id).get("migration") or {}).get("state") == "running",
+        60,
+        "the memory transfer to node3",
+    )
+    os.kill(target, signal.SIGSTOP)
+    try:
+        api.ok("POST", f"/tasks/{slow['task']}/cancel")
+        task = api.task_end(slow["task"], timeout=60)
+        assert task["state"] == "cancelled", task
+        assert any("closed the migration record" in line for line in task["log"]), task["log"]
+        assert api.vm(vm_id)["migration"] is None
+        again = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})
+        assert again.status_code == 202, again.text
+        assert api.wait_task(again.json()["task"])["result"]["node"] == "node2"
+    finally:
+        os.kill(target, signal.SIGCONT)
+    # Back, node3's receive task finds the record gone: it drops its side, runs nothing.
+    receive = [
+        t for t in api.ok("GET", "/tasks", params={"limit": 1000})
+        if t["kind"] == "vm.receive" and t["target"] == vm_id and t["node"] == "node3"
+        and t["id"] != ended["id"]
+    ]  # fmt: skip
+    assert len(receive) == 1, receive
+    dropped = api.task_end(receive[0]["id"], timeout=60)
+    assert dropped["state"] == "failed" and "closed without this node" in dropped["error"], dropped
+    vm = api.vm(vm_id)
+    assert vm["node"] == "node2" and vm["state"] == "running", vm
+    assert qemu_homes(vm_id) == {cluster.node("node2").state_dir}
+    guest_intact(console(cluster, vm_id, "node2"), last_tick=seen)
 
 
 def test_a_target_that_cannot_prepare_leaves_the_vm_where_it_was(cluster3, api, image) -> None:
