@@ -166,7 +166,8 @@ async def run(config: AgentConfig) -> None:
         qemu_version=await asyncio.to_thread(qemu_version),
         cgroup_root=cgroups.ROOT,
     )
-    migrations = Migrations(db, config.name, config.address, vms)
+    audit = AuditLog(config.state_dir / "audit.jsonl", config.name)
+    migrations = Migrations(db, config.name, config.address, vms, audit)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
     runner = TaskRunner(db, config.name, handlers.table())
     inventory = Inventory(db)
@@ -184,7 +185,7 @@ async def run(config: AgentConfig) -> None:
             db=db,
             node=config.name,
             state_dir=config.state_dir,
-            audit=AuditLog(config.state_dir / "audit.jsonl", config.name),
+            audit=audit,
             http=http,
             inventory=inventory,
             guest_agent=vms.guest_agent,

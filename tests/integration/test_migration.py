@@ -197,7 +197,9 @@ def test_a_migration_survives_a_crash_of_the_source_agent(cluster3, api, image) 
 def test_a_migrated_in_guest_whose_next_move_fails_stays_where_it_is(cluster3, api, image) -> None:
     """A QEMU that was migrated in reports that incoming migration as "completed" until it
     sends one of its own: a failure before its own migration starts must not be taken for
-    the end of one (which would hand the VM to a target that holds nothing)."""
+    the end of one (which would hand the VM to a target that holds nothing). The target
+    that left never closes the failed move: the VM moves on all the same, and the target,
+    back, acts on nothing of it."""
     cluster, _ = cluster3
     vm_id = running_guest(cluster, api, "twice", image, "node1")
     api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})["task"])
@@ -209,17 +211,80 @@ def test_a_migrated_in_guest_whose_next_move_fails_stays_where_it_is(cluster3, a
     try:
         reply = api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node3"})
         task = api.task_end(reply["task"], timeout=180)
+        assert task["state"] == "failed" and "no answer from node node3" in task["error"], task
+        assert any("closed the migration record" in line for line in task["log"]), task["log"]
+        vm = api.vm(vm_id)
+        assert vm["node"] == "node2" and vm["state"] == "running", vm
+        log = console(cluster, vm_id, "node2")
+        wait_for(lambda: ticks(log)[-1] > seen, 30, "the guest to count on where it was")
+        guest_intact(log)
+        seen = ticks(log)[-1]
+        # node3 still away: the VM moves to the third node all the same.
+        again = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node1"})
+        assert again.status_code == 202, again.text
+        assert api.wait_task(again.json()["task"])["result"]["node"] == "node1"
     finally:
         os.kill(target, signal.SIGCONT)
     wait_for(
         lambda: "node3" in {n["name"] for n in api.ok("GET", "/nodes")}, 30, "node3 to be back"
     )
-    assert task["state"] == "failed" and "no answer from node node3" in task["error"], task
+    # Back, node3 runs the receive task of the closed move: it finds nothing of its own.
+    receive = [
+        t for t in api.ok("GET", "/tasks", params={"limit": 1000})
+        if t["kind"] == "vm.receive" and t["target"] == vm_id and t["node"] == "node3"
+    ]  # fmt: skip
+    assert len(receive) == 1, receive
+    ended = api.task_end(receive[0]["id"], timeout=30)
+    assert ended["result"] == {"skipped": "no migration to this node"}, ended
+    vm = api.vm(vm_id)
+    assert vm["node"] == "node1" and vm["state"] == "running", vm
+    assert qemu_homes(vm_id) == {cluster.node("node1").state_dir}
+    guest_intact(console(cluster, vm_id, "node1"), last_tick=seen)
+    closed = [
+        e for e in api.ok("GET", "/events", params={"limit": 1000})
+        if e.get("method") == "MIGRATION" and e.get("target") == vm_id
+    ]  # fmt: skip
+    assert [(e["node"], e["result"]) for e in closed] == [("node2", "closed")], closed
+    assert "node node3 left the cluster before closing it" in closed[0]["reason"]
+    seen = ticks(console(cluster, vm_id, "node1"))[-1]
+
+    # Now node3 has its incoming QEMU and its receive task is waiting for the verdict when
+    # its agent hangs; the move is cancelled and closed without it, and the VM moves on.
+    slow = api.ok(
+        "POST",
+        f"/vms/{vm_id}/actions/migrate",
+        json={"target": "node3", "max_bandwidth_mib": 1, "auto_converge": False},
+    )
+    wait_for(
+        lambda: (api.vm(vm_id).get("migration") or {}).get("state") == "running",
+        60,
+        "the memory transfer to node3",
+    )
+    os.kill(target, signal.SIGSTOP)
+    try:
+        api.ok("POST", f"/tasks/{slow['task']}/cancel")
+        task = api.task_end(slow["task"], timeout=60)
+        assert task["state"] == "cancelled", task
+        assert any("closed the migration record" in line for line in task["log"]), task["log"]
+        assert api.vm(vm_id)["migration"] is None
+        again = api.post(f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})
+        assert again.status_code == 202, again.text
+        assert api.wait_task(again.json()["task"])["result"]["node"] == "node2"
+    finally:
+        os.kill(target, signal.SIGCONT)
+    # Back, node3's receive task finds the record gone: it drops its side, runs nothing.
+    receive = [
+        t for t in api.ok("GET", "/tasks", params={"limit": 1000})
+        if t["kind"] == "vm.receive" and t["target"] == vm_id and t["node"] == "node3"
+        and t["id"] != ended["id"]
+    ]  # fmt: skip
+    assert len(receive) == 1, receive
+    dropped = api.task_end(receive[0]["id"], timeout=60)
+    assert dropped["state"] == "failed" and "closed without this node" in dropped["error"], dropped
     vm = api.vm(vm_id)
     assert vm["node"] == "node2" and vm["state"] == "running", vm
-    log = console(cluster, vm_id, "node2")
-    wait_for(lambda: ticks(log)[-1] > seen, 30, "the guest to count on where it was")
-    guest_intact(log)
+    assert qemu_homes(vm_id) == {cluster.node("node2").state_dir}
+    guest_intact(console(cluster, vm_id, "node2"), last_tick=seen)
 
 
 def test_a_target_that_cannot_prepare_leaves_the_vm_where_it_was(cluster3, api, image) -> None:

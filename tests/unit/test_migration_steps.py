@@ -94,7 +94,12 @@ class Target:
     ) -> None:
         """Answer the source's request: ready (listening, and serving its disks over NBD
         when it has some to receive), or failed."""
-        await until(lambda: record(self.db, self.vm_id), "the migration record")
+
+        async def asked() -> Migration | None:  # n2's: not one to another node left behind
+            found = await record(self.db, self.vm_id)
+            return found if found is not None and found.target == "n2" else None
+
+        await until(asked, "the migration record")
         uri = "tcp:127.0.0.1:1" if outcome == MigrationState.ready else None
         changes = {"state": outcome, "uri": uri, "error": error, "nbd": nbd}
 
@@ -201,14 +206,50 @@ async def test_a_target_that_leaves_the_cluster_is_not_waited_for(
     fails as soon as its node record is gone, not after the whole preparation deadline."""
     vm = await running_vm(db, controllers)
     await db.delete(keys.node("n2"))
+    ctx = await migrate_task(db, vm)
     with pytest.raises(TaskFailed, match="no answer from node n2: it is no longer in the cluster"):
-        await asyncio.wait_for(source.migrate(await migrate_task(db, vm)), 10)
+        await asyncio.wait_for(source.migrate(ctx), 10)
     entry = await db.get(VM, keys.vm(vm.id))
     assert entry is not None and entry.value.node == "n1"
     assert await controllers["n1"].runtime(vm.id).qemu.run_state() == "running"
-    # The verdict waits for the target: its vm.receive task closes the move when it is back.
-    left = await record(db, vm.id)
-    assert left is not None and left.state == MigrationState.failed
+    # Its QEMU cancelled and nothing left to hand back, the source closes the record the
+    # gone target would have closed (a target that returns drops its side): the VM can move.
+    assert await record(db, vm.id) is None
+    task = await db.get(Task, keys.task(ctx.task.id))
+    assert task is not None
+    assert any("closed the migration record" in line for line in task.value.log)
+
+
+async def test_a_record_left_by_a_target_that_never_came_back_is_closed_by_the_next_move(
+    db: FakeConfigDB, controllers: dict[str, VMController], source: Migrations
+) -> None:
+    """A failed move to n3, which left the cluster without closing it (the record an older
+    release's source left standing): a drain's or DRS's next move closes it and goes on."""
+    vm = await running_vm(db, controllers)
+    left = Migration(vm=vm.id, source="n1", target="n3", state=MigrationState.failed,
+                     receive_task="old", created_at=1.0)  # fmt: skip
+    await db.put(keys.migration(vm.id), left)
+    target = Target(db, vm.id)
+    playing = asyncio.create_task(play(target, MigrationState.ready))
+    result = await source.migrate(await migrate_task(db, vm))
+    await asyncio.wait_for(playing, 10)
+    assert result["node"] == "n2" and target.last is not None
+    assert target.last.target == "n2" and target.last.state == MigrationState.completed
+
+
+async def test_a_record_whose_source_task_still_runs_is_not_taken_over(
+    db: FakeConfigDB, controllers: dict[str, VMController], source: Migrations
+) -> None:
+    """The source's task of the failed move has not ended (its agent is away): it may still
+    be sending, so the record stays, and the refusal says what ends it."""
+    vm = await running_vm(db, controllers)
+    left = Migration(vm=vm.id, source="n1", target="n3", state=MigrationState.failed,
+                     created_at=1.0)  # fmt: skip
+    await db.put(keys.migration(vm.id), left)
+    await migrate_task(db, vm)  # queued, as if its node had not got to it
+    with pytest.raises(TaskFailed, match="the migrate task on node n1 has not ended"):
+        await source.migrate(await migrate_task(db, vm))
+    assert await record(db, vm.id) == left
 
 
 async def test_a_transfer_qemu_fails_is_undone(
@@ -416,3 +457,64 @@ async def test_a_target_whose_qemu_cannot_listen_drops_everything_at_once(
     assert await record(db, vm.id) is None
     entry = await db.get(VM, keys.vm(vm.id))
     assert entry is not None and entry.value.node == "n1"
+
+
+async def receiving_vm(db: FakeConfigDB) -> tuple[VM, Migration, Task]:
+    """A VM on n1 whose move to n2 is being prepared: the record and n2's vm.receive task."""
+    vm = VM(
+        id=new_id(), spec=VMSpec(name="web"), node="n1", power=PowerState.running, created_at=1.0
+    )
+    await db.put(keys.vm(vm.id), vm)
+    await db.put(keys.node("n1"), registered("n1"))
+    task = new_task(TaskKind.vm_receive, "n2", vm.id, "tester")
+    await db.create(keys.task(task.id), task)
+    asked = Migration(vm=vm.id, source="n1", target="n2", ram_kib=524288,
+                      receive_task=task.id, created_at=1.0)  # fmt: skip
+    await db.put(keys.migration(vm.id), asked)
+    return vm, asked, task
+
+
+async def test_a_target_whose_move_was_closed_without_it_drops_its_side(
+    db: FakeConfigDB, controllers: dict[str, VMController]
+) -> None:
+    """n2 was away while its move was taken over, and the VM's next move (to n2 again) was
+    asked for: the old vm.receive neither acts on that record nor removes it, and stops the
+    incoming QEMU it had started."""
+    vm, _, task = await receiving_vm(db)
+    receiving = Migrations(db, "n2", "127.0.0.1", controllers["n2"])  # type: ignore[arg-type]
+    old = asyncio.create_task(receiving.receive(TaskContext(db, task)))  # type: ignore[arg-type]
+    ready = await until(
+        lambda: _state_is(db, vm.id, MigrationState.ready), "the target to be ready"
+    )
+    assert ready and controllers["n2"].runtime(vm.id).qemu.running()
+    next_move = Migration(vm=vm.id, source="n1", target="n2", receive_task="next",
+                          created_at=2.0)  # fmt: skip
+    await db.put(keys.migration(vm.id), next_move)  # closed, and the next one written
+
+    with pytest.raises(TaskFailed, match="closed without this node"):
+        await asyncio.wait_for(old, 10)
+    assert not controllers["n2"].runtime(vm.id).qemu.running()
+    assert not controllers["n2"].paths(vm.id).root.exists()
+    assert await record(db, vm.id) == next_move  # untouched: not its own
+    entry = await db.get(VM, keys.vm(vm.id))
+    assert entry is not None and entry.value.node == "n1"
+
+
+async def test_a_target_back_from_a_restart_does_not_prepare_a_move_not_its_own(
+    db: FakeConfigDB, controllers: dict[str, VMController]
+) -> None:
+    """Its agent restarted; the record now is another move to this node (its receive task
+    came first or comes later): the old task starts nothing and leaves the record alone."""
+    vm, asked, task = await receiving_vm(db)
+    next_move = asked.model_copy(update={"receive_task": "next"})
+    await db.put(keys.migration(vm.id), next_move)
+    receiving = Migrations(db, "n2", "127.0.0.1", controllers["n2"])  # type: ignore[arg-type]
+    result = await receiving.receive(TaskContext(db, task, resumed=True))  # type: ignore[arg-type]
+    assert result == {"skipped": "no migration to this node"}
+    assert not controllers["n2"].runtime(vm.id).qemu.running()
+    assert await record(db, vm.id) == next_move
+
+
+async def _state_is(db: FakeConfigDB, vm_id: str, state: MigrationState) -> bool:
+    found = await record(db, vm_id)
+    return found is not None and found.state == state

@@ -64,6 +64,8 @@ export interface VM {
   task?: string | null;
   /** A template: it never starts; VMs are cloned from it. */
   template: boolean;
+  /** Its live migration under way, or one its target has not closed yet (no other move begins). */
+  migration?: { source: string; target: string; state: string; error: string; created_at: number } | null;
   spec: {
     name: string;
     vcpus: number;

@@ -10,6 +10,13 @@ converges), and only when every mirror is in sync does the memory follow. On com
 source gives the VM and its local volumes to the target in one transaction and drops its own,
 now paused, QEMU and its old volume files. On failure or cancel the VM stays on the source and
 the target drops what it made.
+
+The target closes the record (removes it) when it has dropped or taken what it made: only then
+may the VM's next migration begin. A target that left the cluster and never comes back would
+pin the VM for good, so the record may then be closed without it (`models.migration.takeover`
+says when): by the source at the end of its task, or by whoever asks for the VM's next move.
+A returning target acts only on the record written for its own `vm.receive` task
+(`models.migration.receives`) and drops its side of any other.
 """
 
 import asyncio
@@ -20,16 +27,17 @@ from typing import Any
 
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, cas, keys
 from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qmp_migration import MigrationInfo
-from heron.models.migration import Migration, MigrationState, pinned
+from heron.models.migration import Migration, MigrationState, Verdict, pinned, receives, takeover
 from heron.models.node import Node
 from heron.models.snapshot import Snapshot
 from heron.models.storage import Pool, Volume, VolumeHealth
-from heron.models.task import MigrateParams, TaskKind, new_task
+from heron.models.task import MigrateParams, Task, TaskKind, new_task
 from heron.models.vm import VM
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.ownership import claim
@@ -46,12 +54,27 @@ _POLL = 0.1
 _DISKS_SHARE = 0.6
 
 
+class NotOurs(Exception):
+    """The migration record a `vm.receive` task was made for has been closed without it."""
+
+
 class Migrations:
-    def __init__(self, db: ConfigDB, node: str, address: str, vms: VMController):
+    def __init__(
+        self,
+        db: ConfigDB,
+        node: str,
+        address: str,
+        vms: VMController,
+        audit: AuditLog | None = None,
+    ):
         self.db = db
         self.node = node
         self.address = address
         self.vms = vms
+        self.audit = audit
+        # One vm.receive per VM at a time here: a receive left over from a move closed
+        # without this node must have dropped its QEMU before the next one starts its own.
+        self._receiving: dict[str, asyncio.Lock] = {}
 
     # -- shared ----------------------------------------------------------------------------
 
@@ -83,10 +106,11 @@ class Migrations:
             raise TaskFailed(f"no answer from node {target} in {timeout:.0f}s")
         return found
 
-    async def _wait_gone(self, vm_id: str, target: str, timeout: float = 30.0) -> None:
+    async def _wait_gone(self, vm_id: str, target: str, timeout: float = 30.0) -> bool:
         """Until the target has taken the VM over and removed the record: only then may the
-        next migration of this VM begin. A target no longer in the cluster closes it when it
-        is back (its vm.receive task finds the verdict); nobody is waited for meanwhile."""
+        next migration of this VM begin. A target no longer in the cluster is not waited
+        for: the caller closes the record without it when its own part is done
+        (`_close_left`). Whether the target closed it."""
 
         async def gone() -> str | None:  # polling the record the target removes
             if await self.db.get_raw(keys.migration(vm_id)) is None:
@@ -96,6 +120,23 @@ class Migrations:
         outcome = await until(gone, timeout, _POLL)
         if outcome != "closed":
             log.warning("node %s has not closed the migration of %s", target, vm_id)
+        return outcome == "closed"
+
+    async def _close_left(self, ctx: TaskContext, vm_id: str) -> None:
+        """The source's part of a move is done (its QEMU cancelled or handed over, its ARDFS
+        volumes back at a new epoch) and the target did not close the record: close it
+        without the target if `takeover` allows, so the VM can move again. Never fails the
+        task: the move's own outcome is the one to report."""
+        try:
+            vm = await self.db.get(VM, keys.vm(vm_id))
+            if vm is None:
+                return
+            verdict = await close_stale(self.db, vm.value, self.audit, ctx.task.user, ctx.task.id)
+            if verdict is not None:
+                done = "closed the migration record" if verdict.close else "the record stays"
+                await ctx.log(f"{done}: {verdict.why}")
+        except Exception as exc:
+            log.warning("could not close the migration record of %s: %r", vm_id, exc)
 
     async def _volumes(self, vm: VM, indexes: list[int]) -> list[tuple[Volume, PoolDriver]]:
         found = []
@@ -157,13 +198,22 @@ class Migrations:
             created_at=time.time(),
         )
         receive = new_task(TaskKind.vm_receive, target, vm_id, ctx.task.user)
+        record.receive_task = receive.id
         key = keys.migration(vm_id)
+        txn = Txn().require_absent(key).put(key, record).put(keys.task(receive.id), receive)
         try:
-            await self.db.commit(
-                Txn().require_absent(key).put(key, record).put(keys.task(receive.id), receive)
-            )
+            await self.db.commit(txn)
         except Conflict as exc:
-            raise TaskFailed("another migration of this VM is in progress") from exc
+            # Drains and DRS ask here, not through the API: a record its target will never
+            # close is closed here as it would be there.
+            verdict = await close_stale(self.db, vm, self.audit, ctx.task.user, ctx.task.id)
+            if verdict is not None and not verdict.close:
+                why = f"another migration of this VM is in progress: {verdict.why}"
+                raise TaskFailed(why) from exc
+            try:
+                await self.db.commit(txn)
+            except Conflict as exc:
+                raise TaskFailed("another migration of this VM is in progress") from exc
         started = time.monotonic()
         try:
             for volume_id in shared_volumes:
@@ -217,28 +267,37 @@ class Migrations:
         except QemuError:
             info = MigrationInfo()
         if info.status != "completed":
-            await self._abort(qemu, record, exc, shared_volumes)
+            await self._abort(ctx, qemu, record, exc, shared_volumes)
             raise exc
         await ctx.log(f"QEMU completed the migration despite an error, carried on: {exc}")
         return info.downtime_ms
 
     async def _abort(
-        self, qemu: QemuVM, record: Migration, exc: BaseException, shared_volumes: list[str]
+        self,
+        ctx: TaskContext,
+        qemu: QemuVM,
+        record: Migration,
+        exc: BaseException,
+        shared_volumes: list[str],
     ) -> None:
         """Stop QEMU's side, tell the target, and wait until it has dropped its own; ardfs
-        volumes stay with (or come back to) this node."""
+        volumes stay with (or come back to) this node. A target that left is not waited
+        for: the record is closed without it once the volumes are back."""
         with contextlib.suppress(QemuError):
             await qemu.migrate_cancel()
         for index in record.mirror:
             with contextlib.suppress(QemuError):
                 await qemu.block_job_cancel(f"mirror{index}")
+        closed = False
         with contextlib.suppress(Exception):
             await self._set(record.vm, state=MigrationState.failed, error=str(exc) or "cancelled")
-            await self._wait_gone(record.vm, record.target)
+            closed = await self._wait_gone(record.vm, record.target)
         for volume_id in shared_volumes:
             with contextlib.suppress(Exception):
                 await claim(self.db, volume_id, self.node)
                 await self._set_standby(volume_id, None)
+        if not closed:
+            await self._close_left(ctx, record.vm)
 
     async def _complete(
         self, ctx: TaskContext, vm: VM, record: Migration, downtime: int | None, started: float
@@ -249,10 +308,12 @@ class Migrations:
             with contextlib.suppress(QemuError):
                 await self.vms.runtime(vm.id).qemu.block_job_cancel(f"mirror{index}")
         await self._hand_record_over(vm.id, record.target, downtime, record.mirror)
-        await self._wait_gone(vm.id, record.target)
+        closed = await self._wait_gone(vm.id, record.target)
         await self.vms.hand_over(vm.id)
         for volume, pool in await self._volumes(vm, record.mirror):
             await pool.delete(volume)  # the target holds the disk now
+        if not closed:
+            await self._close_left(ctx, vm.id)
         total = round((time.monotonic() - started) * 1000)
         await ctx.log(f"migrated to {record.target} in {total} ms, downtime {downtime} ms")
         return {
@@ -407,39 +468,82 @@ class Migrations:
 
     async def receive(self, ctx: TaskContext) -> dict[str, Any]:
         vm_id = ctx.task.target
+        async with self._receiving.setdefault(vm_id, asyncio.Lock()):
+            try:
+                return await self._receive(ctx, vm_id)
+            except NotOurs as exc:
+                raise TaskFailed(
+                    "the migration was closed without this node while it was away; dropped "
+                    "what it had made for it"
+                ) from exc
+
+    async def _receive(self, ctx: TaskContext, vm_id: str) -> dict[str, Any]:
+        mine = ctx.task.id
         entry = await self.db.get(Migration, keys.migration(vm_id))
         vm = await self.db.get(VM, keys.vm(vm_id))
-        if entry is None or vm is None or entry.value.target != self.node:
+        if entry is None or vm is None or not receives(entry.value, self.node, mine):
+            if ctx.resumed:
+                # Cut off by an agent restart, and the move was closed meanwhile: the
+                # restart stopped the QEMU of a VM placed elsewhere, not the disk copies.
+                await self._drop_stale(vm_id, None)
             return {"skipped": "no migration to this node"}
         record = entry.value
         arriving = vm.value.model_copy(update={"spec": record.spec or vm.value.spec})
         copies = await self._volumes(arriving, record.mirror)
-        if record.state == MigrationState.preparing:
-            try:
-                await self._prepare(arriving, record, copies)
-            except Exception as exc:  # whatever it was, nothing half-made may stay here
-                await self._set(vm_id, state=MigrationState.failed, error=str(exc))
+        try:
+            if record.state == MigrationState.preparing:
                 try:
-                    await self._drop(vm_id, copies)
-                finally:
-                    # Nothing of the move runs here: the next migration of this VM may begin.
-                    await self.db.delete(keys.migration(vm_id))
-                raise TaskFailed(str(exc)) from exc
-        end = await self._until_done(vm_id, record.source)
+                    await self._prepare(arriving, record, copies, mine)
+                except NotOurs:
+                    raise
+                except Exception as exc:  # whatever it was, nothing half-made may stay here
+                    await self._answer(vm_id, mine, state=MigrationState.failed, error=str(exc))
+                    try:
+                        await self._drop(vm_id, copies)
+                    finally:
+                        # Nothing of the move runs here: the next migration may begin.
+                        await self._close(vm_id, mine)
+                    raise TaskFailed(str(exc)) from exc
+            end = await self._until_done(vm_id, record.source, mine)
+        except NotOurs:
+            await self._drop_stale(vm_id, copies)
+            raise
         qemu = self.vms.runtime(vm_id).qemu
         if end.state == MigrationState.completed:
             if record.mirror:
                 with contextlib.suppress(QemuError):
                     await qemu.nbd_server_stop()
             await self.vms.reconcile(vm_id)
-            await self.db.delete(keys.migration(vm_id))
+            await self._close(vm_id, mine)
             return {"node": self.node, "downtime_ms": end.downtime_ms}
         await self._drop(vm_id, copies)
-        await self.db.delete(keys.migration(vm_id))
+        await self._close(vm_id, mine)
         raise TaskFailed(f"the migration failed: {end.error}")
 
+    async def _answer(self, vm_id: str, mine: str, **changes: Any) -> Migration:
+        """Write the target's side into the record, if it is still this task's
+        (`receives`); raises NotOurs otherwise."""
+
+        def change(record: Migration) -> Migration:
+            if not receives(record, self.node, mine):
+                raise NotOurs(vm_id)
+            return record.model_copy(update=changes)
+
+        try:
+            return (await self.db.update(Migration, keys.migration(vm_id), change)).value
+        except KeyError as exc:
+            raise NotOurs(vm_id) from exc
+
+    async def _close(self, vm_id: str, mine: str) -> None:
+        """Remove the record this task was made for, and only that one (compare-and-swap):
+        a record that is not its own is the VM's next migration."""
+        entry = await self.db.get(Migration, keys.migration(vm_id))
+        if entry is not None and receives(entry.value, self.node, mine):
+            with contextlib.suppress(Conflict):  # changed meanwhile: no longer ours either
+                await self.db.delete(entry.key, revision=entry.revision)
+
     async def _prepare(
-        self, vm: VM, record: Migration, copies: list[tuple[Volume, PoolDriver]]
+        self, vm: VM, record: Migration, copies: list[tuple[Volume, PoolDriver]], mine: str
     ) -> None:
         for volume, pool in copies:
             await pool.create(volume)  # empty, the same size: the mirror fills it
@@ -457,7 +561,7 @@ class Migrations:
         uri = f"tcp:{self.address}:{free_port(self.address)}"
         await qemu.migrate_set_capabilities({"events": True})
         await qemu.migrate_incoming(uri)
-        await self._set(vm.id, state=MigrationState.ready, uri=uri, nbd=nbd)
+        await self._answer(vm.id, mine, state=MigrationState.ready, uri=uri, nbd=nbd)
 
     async def _drop(self, vm_id: str, copies: list[tuple[Volume, PoolDriver]]) -> None:
         """Undo the target's side: its incoming QEMU and the partial disk copies."""
@@ -469,19 +573,100 @@ class Migrations:
                 # An unfinished copy that stays behind holds nothing anyone needs.
                 log.warning("could not delete the partial copy of %s: %s", volume.name, exc)
 
-    async def _until_done(self, vm_id: str, source: str) -> Migration:
-        """Wait for the source's verdict; a source whose lease expired gives none."""
+    async def _drop_stale(self, vm_id: str, copies: list[tuple[Volume, PoolDriver]] | None) -> None:
+        """Undo what this node made for a move that was closed without it (its copies;
+        None: whichever of the VM's node-local disks it may hold). A VM whose record has
+        since put it here (the move completed before it was closed) is this node's own:
+        it is reconciled instead, never stopped."""
+        vm = await self.db.get(VM, keys.vm(vm_id))
+        if vm is not None and vm.value.node == self.node:
+            await self.vms.reconcile(vm_id)
+            return
+        log.warning("migration of VM %s was closed without this node: dropping its side", vm_id)
+        if copies is None:
+            copies = await self._node_local_disks(vm.value) if vm is not None else []
+        kept = []
+        for volume, pool in copies:
+            now = await self.db.get(Volume, keys.volume(volume.id))
+            if now is None or now.value.node != self.node:
+                kept.append((volume, pool))  # a copy: the disk itself lives elsewhere
+        await self._drop(vm_id, kept)
+
+    async def _node_local_disks(self, vm: VM) -> list[tuple[Volume, PoolDriver]]:
+        local = set(await local_disks(self.db, vm))
+        indexes = [i for i, d in enumerate(vm.spec.disks) if d.volume in local]
+        with contextlib.suppress(TaskFailed):  # a volume or pool gone: nothing copied here
+            return await self._volumes(vm, indexes)
+        return []
+
+    async def _until_done(self, vm_id: str, source: str, mine: str) -> Migration:
+        """Wait for the source's verdict; a source whose lease expired gives none. Raises
+        NotOurs if the record was closed without this node meanwhile."""
         while True:
             entry = await self.db.get(Migration, keys.migration(vm_id))
-            if entry is None:
-                raise TaskFailed("the migration record vanished")
+            if entry is None or not receives(entry.value, self.node, mine):
+                raise NotOurs(vm_id)
             if entry.value.state in (MigrationState.completed, MigrationState.failed):
                 return entry.value
             if await self.db.get(Node, keys.node(source)) is None:
-                return await self._set(
-                    vm_id, state=MigrationState.failed, error=f"source node {source} failed"
+                return await self._answer(
+                    vm_id, mine, state=MigrationState.failed, error=f"source node {source} failed"
                 )
             await asyncio.sleep(_POLL)  # polling the record the source writes
+
+
+async def live_names(db: ConfigDB) -> set[str]:
+    """The nodes holding a lease now."""
+    return {e.value.name for e in await db.list(Node, keys.NODES)}
+
+
+async def close_stale(
+    db: ConfigDB, vm: VM, audit: AuditLog | None, user: str, asking: str | None = None
+) -> Verdict | None:
+    """The VM's migration record, if one stands in the way of a new move: closed when
+    `models.migration.takeover` allows (audited), else the reason it stays and what clears
+    it. None: there is none (any more). `asking` is the migrate task that asks, if any
+    (it does not count as the record's own)."""
+    entry = await db.get(Migration, keys.migration(vm.id))
+    if entry is None:
+        return None
+    record = entry.value
+    unfinished = [
+        t.value
+        for t in await db.list(Task, keys.TASKS)
+        if t.value.target == vm.id and not t.value.state.finished and t.value.id != asking
+    ]
+    source_busy = any(t.kind == TaskKind.vm_migrate for t in unfinished)
+    target_busy = any(
+        t.kind == TaskKind.vm_receive
+        and t.node == record.target
+        and record.receive_task in (None, t.id)
+        for t in unfinished
+    )
+    live = await live_names(db)
+    verdict = takeover(record, live, vm.node, source_busy, target_busy)
+    if not verdict.close:
+        return verdict
+    try:
+        await db.delete(entry.key, revision=entry.revision)
+    except Conflict:
+        return Verdict(False, "its migration record changed meanwhile; try again")
+    log.warning("closed the migration record of VM %s: %s", vm.id, verdict.why)
+    audit_takeover(audit, user, vm.id, verdict)
+    return verdict
+
+
+def audit_takeover(audit: AuditLog | None, user: str, vm_id: str, verdict: Verdict) -> None:
+    if audit is not None:
+        audit.record(
+            user=user,
+            method="MIGRATION",
+            path=f"/vms/{vm_id}/migration",
+            status=0,
+            result="closed",
+            target=vm_id,
+            reason=verdict.why,
+        )
 
 
 async def refusal(db: ConfigDB, vm: VM) -> str | None:

@@ -90,10 +90,20 @@ def _guest_agent(v: dict[str, Any]) -> str | None:
     return f"connected{version}" if agent["connected"] else f"not connected{version}"
 
 
+def _migration(v: dict[str, Any]) -> str | None:
+    """Its migration record: one under way, or one its target has not closed yet."""
+    record = v.get("migration")
+    if not record:
+        return None
+    error = f": {record['error']}" if record.get("error") else ""
+    return f"{record['source']} -> {record['target']}, {record['state']}{error}"
+
+
 SHOW_COLUMNS = [
     *VM_COLUMNS[:-1],
     ("guest agent", _guest_agent),
     ("template", lambda v: v.get("template") or None),
+    ("migration", _migration),
     VM_COLUMNS[-1],
 ]
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from heron.agent import migration
+from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Entry, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
@@ -526,16 +527,22 @@ async def _revise(
     return Entry(entry.key, vm, written)
 
 
-async def migrate(db: ConfigDB, ref: str, request: MigrateRequest, user: str) -> Task:
-    """Live-migrate a running VM to `request.target`, or to the best node if none is named."""
+async def migrate(
+    db: ConfigDB, ref: str, request: MigrateRequest, user: str, audit: AuditLog | None = None
+) -> Task:
+    """Live-migrate a running VM to `request.target`, or to the best node if none is named.
+    A migration record that its target, gone from the cluster, never closed is closed first
+    when that is safe (`models.migration.takeover`, audited); otherwise the refusal says
+    what keeps it and what will clear it."""
     entry = await find_vm(db, ref)
     vm = entry.value
     status = await db.get(VMStatus, keys.vm_status(vm.id))
     state = status.value.state if status else None
     if vm.power == PowerState.stopped or state not in (RunState.running, RunState.paused):
         raise Conflict(f"VM {vm.spec.name} is not running; start it where you want it instead")
-    if await db.get_raw(keys.migration(vm.id)) is not None:
-        raise Conflict(f"VM {vm.spec.name} is already migrating")
+    stale = await migration.close_stale(db, vm, audit, user)
+    if stale is not None and not stale.close:
+        raise Conflict(f"VM {vm.spec.name} is already migrating: {stale.why}")
     if refused := await migration.refusal(db, vm):
         raise Conflict(refused)
     nodes = await live_nodes(db)

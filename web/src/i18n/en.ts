@@ -562,6 +562,8 @@ const en = {
   "migrate.done": "Runs on {node} now; the guest was paused for {ms} ms.",
   "migrate.cancelTitle": "Cancel the migration of {name}?",
   "migrate.cancelText": "The VM keeps running where it was; what was copied is removed.",
+  "migrate.record": "Migration record: {source} → {target}, {state}",
+  "migrate.recordHint": "Node {target} closes it; while it stands, the VM does not move again. If {target} has left the cluster, the next migration closes it when that is safe, or its refusal says what keeps it.",
   "disks.resize": "Grow",
   "disks.newSize": "New size (GiB)",
   "disks.resizing": "Volume {name} is growing",

@@ -564,6 +564,8 @@ const ru: Record<keyof typeof en, string> = {
   "migrate.done": "Теперь работает на {node}; гостевая система стояла {ms} мс.",
   "migrate.cancelTitle": "Отменить миграцию {name}?",
   "migrate.cancelText": "ВМ продолжит работать там, где была; скопированное будет удалено.",
+  "migrate.record": "Запись о миграции: {source} → {target}, {state}",
+  "migrate.recordHint": "Её закрывает узел {target}; пока она есть, ВМ больше не мигрирует. Если {target} покинул кластер, следующая миграция закроет её, когда это безопасно, или в отказе будет сказано, что её держит.",
   "disks.resize": "Увеличить",
   "disks.newSize": "Новый размер (ГиБ)",
   "disks.resizing": "Том {name} увеличивается",

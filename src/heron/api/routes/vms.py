@@ -12,7 +12,7 @@ from heron.api.context import ApiContext
 from heron.configdb import ConfigDB, Entry, keys
 from heron.models.common import Name
 from heron.models.hotplug import pending_changes
-from heron.models.migration import MigrateRequest
+from heron.models.migration import MigrateRequest, Migration
 from heron.models.vm import (
     VM,
     BatchCreate,
@@ -59,6 +59,11 @@ class VMView(BaseModel):
     revision: int
     created_at: float
     template: bool = Field(default=False, description="a template: it never starts")
+    migration: Migration | None = Field(
+        default=None,
+        description="its live migration under way, or one its target has not closed yet "
+        "(no other move of the VM begins while it stands)",
+    )
     task: str | None = Field(
         default=None,
         description="in the reply to a change: the task giving the running VM what it can "
@@ -82,7 +87,13 @@ def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
-def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> VMView:
+def _view(
+    vm: VM,
+    revision: int,
+    status: VMStatus | None,
+    node_alive: bool,
+    migration: Migration | None = None,
+) -> VMView:
     # A node that is gone cannot vouch for its VMs: their state is unknown until it is back
     # (the last status it wrote stays visible in `status`).
     # `pending` is the leader's word, not the node's, so it stands without the node.
@@ -104,6 +115,7 @@ def _view(vm: VM, revision: int, status: VMStatus | None, node_alive: bool) -> V
         revision=revision,
         created_at=vm.created_at,
         template=vm.template,
+        migration=migration,
     )
 
 
@@ -128,7 +140,12 @@ async def list_vms(
     after = listing.decode_cursor(cursor)
     inventory = await ctx.inventory.ready()
     live = frozenset(inventory.live_nodes())
-    version = (inventory.vms.revision, inventory.vm_status.revision, live)
+    version = (
+        inventory.vms.revision,
+        inventory.vm_status.revision,
+        inventory.migrations.revision,
+        live,
+    )
     everything = ctx.vm_views.whole(version, partial(_render_all, ctx, inventory, live))
     chosen = [
         r
@@ -153,12 +170,25 @@ def _render_all(
     for entry in entries:
         vm = entry.value
         status = inventory.vm_status.get(vm.id)
+        moving = inventory.migrations.get(vm.id)
         alive = vm.node in live
         rendered.append(
             views.get(
                 vm.id,
-                (entry.revision, status.revision if status else 0, alive),
-                partial(_view, vm, entry.revision, status.value if status else None, alive),
+                (
+                    entry.revision,
+                    status.revision if status else 0,
+                    moving.revision if moving else 0,
+                    alive,
+                ),
+                partial(
+                    _view,
+                    vm,
+                    entry.revision,
+                    status.value if status else None,
+                    alive,
+                    moving.value if moving else None,
+                ),
             )
         )
     return rendered
@@ -168,7 +198,14 @@ async def one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
     """One VM's view, read from etcd (not the caches): right after a change, it shows it."""
     found = await db.get(VMStatus, keys.vm_status(entry.value.id))
     alive = entry.value.node in await live_nodes(db)
-    return _view(entry.value, entry.revision, found.value if found else None, alive)
+    moving = await db.get(Migration, keys.migration(entry.value.id))
+    return _view(
+        entry.value,
+        entry.revision,
+        found.value if found else None,
+        alive,
+        moving.value if moving else None,
+    )
 
 
 @router.get("/vms/{ref}", response_model=VMView)
@@ -337,7 +374,10 @@ async def migrate_vm(
     principal: Principal = Depends(auth.operator),
 ) -> TaskRef:
     """Live-migrate a running VM to another node; disks on local storage are copied along."""
-    task = await vm_service.migrate(_ctx(request).db, ref, body or MigrateRequest(), principal.user)
+    ctx = _ctx(request)
+    task = await vm_service.migrate(
+        ctx.db, ref, body or MigrateRequest(), principal.user, ctx.audit
+    )
     request.state.audit_target = task.target
     return TaskRef(task=task.id, vm=task.target)
 
