@@ -63,7 +63,7 @@ from pathlib import Path
 from heron.errors import HeronError
 
 # Bump whenever the output of this script changes for the same packages: it invalidates stamps.
-BUILD_VERSION = 6
+BUILD_VERSION = 7
 
 IMAGE_NAME = "testguest.raw"
 STAMP_NAME = "testguest.stamp.json"
@@ -86,6 +86,7 @@ MEMCHECK_DEFAULT = "32:64:256"
 KERNEL_CMDLINE = f"console=ttyS0,115200 quiet panic=-1 heron.memcheck={MEMCHECK_DEFAULT}"
 MEMCHECK_SOURCE = Path(__file__).with_name("memcheck.c")
 NETTOOL_SOURCE = Path(__file__).with_name("nettool.c")
+DISKLOG_SOURCE = Path(__file__).with_name("disklog.c")
 # The guest's own shell scripts: where they go in the initramfs, and their sources here.
 GUEST_SCRIPTS = {
     "bin/heron-net-up": Path(__file__).with_name("guest") / "net-up.sh",
@@ -145,6 +146,7 @@ BUSYBOX_APPLETS = (
 )  # fmt: skip
 MEMCHECK_BINARY = "bin/heron-memcheck"
 NETTOOL_BINARY = "bin/nettool"
+DISKLOG_BINARY = "bin/heron-disklog"
 
 # The ACPI button driver names its input device like this for the fixed and the PNP0C0C button.
 POWER_BUTTON_INPUT_NAME = "Power Button"
@@ -522,7 +524,22 @@ fi
 
 # The network, in the background: nothing below waits for a driver or a DHCP server.
 (
-{net_insmods}    /bin/heron-net-up
+{net_insmods}    # A writer for each disk prepared for the disk log (heron.testguest.disklog); it
+    # touches no other disk. The disks show up within moments of virtio_blk's load.
+    (
+        started=
+        for _ in $(seq 20); do
+            for dev in /dev/vd[b-z]; do
+                case " $started " in *" $dev "*) continue ;; esac
+                if /{DISKLOG_BINARY} probe "$dev" 2>/dev/null; then
+                    /{DISKLOG_BINARY} write "$dev" &
+                    started="$started $dev"
+                fi
+            done
+            sleep 0.25
+        done
+    ) &
+    /bin/heron-net-up
     /{NETTOOL_BINARY} serve {NETTOOL_PORT}
 ) &
 
@@ -559,6 +576,10 @@ def compile_nettool(work: Path) -> bytes:
     return compile_static(NETTOOL_SOURCE, work / "nettool")
 
 
+def compile_disklog(work: Path) -> bytes:
+    return compile_static(DISKLOG_SOURCE, work / "heron-disklog")
+
+
 def build_initramfs(
     busybox: bytes,
     modules: Sequence[tuple[str, bytes]],
@@ -566,6 +587,7 @@ def build_initramfs(
     *,
     network_modules: Sequence[tuple[str, bytes]] = (),
     nettool: bytes = b"",
+    disklog: bytes = b"",
 ) -> bytes:
     archive = NewcArchive()
     for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "run", "tmp"):
@@ -577,6 +599,7 @@ def build_initramfs(
         archive.symlink(f"bin/{applet}", "busybox")
     archive.file(MEMCHECK_BINARY, memcheck, 0o755)
     archive.file(NETTOOL_BINARY, nettool, 0o755)
+    archive.file(DISKLOG_BINARY, disklog, 0o755)
     for path, source in GUEST_SCRIPTS.items():
         archive.file(path, source.read_bytes(), 0o755)
     for name, data in [*modules, *network_modules]:
@@ -673,7 +696,7 @@ def stamp_inputs(kernel: DebPackage, busybox: DebPackage) -> dict[str, object]:
         "host": {name: host_package_version(name) for name in HOST_PACKAGES},
         "sources": {
             path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in (MEMCHECK_SOURCE, NETTOOL_SOURCE, *GUEST_SCRIPTS.values())
+            for path in (MEMCHECK_SOURCE, NETTOOL_SOURCE, DISKLOG_SOURCE, *GUEST_SCRIPTS.values())
         },
     }
 
@@ -730,6 +753,7 @@ def _build_locked(out: Path, *, force: bool) -> Path:
             compile_memcheck(tmp),
             network_modules=net,
             nettool=compile_nettool(tmp),
+            disklog=compile_disklog(tmp),
         )
         names = ", ".join(name for name, _ in [*modules, *net]) or "none"
         log(f"initramfs {len(initrd) // 1024} KiB with modules {names}")
