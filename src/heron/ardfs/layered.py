@@ -12,18 +12,21 @@ blocks they lack), online, then drops it. A linked clone's stack starts with its
 frozen layers, shared and read-only.
 
 What a layer holds is asked of its chunk stores once (`allocated_blocks`) and then kept here:
-only this process writes a layer it serves (the owner's heron-io), so the set stays true.
+only this process writes a layer it serves (the owner's heron-io), so the set stays true. A
+block its stores cannot tell (an erasure-coded stripe written before parity marks, with a disk
+down) is asked again at each use, and its reads and writes fail until they can: reading it
+as data would give zeroes over the layers below, as a hole would show them over its data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 from heron.ardfs.layout import BLOCK_SIZE, blocks_of, pieces
-from heron.ardfs.volume import Extent
+from heron.ardfs.volume import Extent, UnavailableError
 
 ZEROES = bytes(BLOCK_SIZE)
 
@@ -44,7 +47,7 @@ class LayerVolume(Protocol):
 
     async def write_zeroes(self, offset: int, length: int, fua: bool, may_trim: bool) -> None: ...
 
-    async def allocated_blocks(self, first: int, count: int) -> list[bool]: ...
+    async def allocated_blocks(self, first: int, count: int) -> Sequence[bool | None]: ...
 
     async def extents(self, offset: int, length: int) -> list[Extent]: ...
 
@@ -78,19 +81,21 @@ class Layer:
         self.id = layer_id
         self.volume = volume
         self.blocks: set[int] | None = None  # None: not asked yet
+        self.unsure: set[int] = set()  # blocks the stores could not tell: asked at each use
         self.locks = BlockLocks()
         self._loading = asyncio.Lock()
         self._forgotten = 0  # forgets so far: an answer asked before the last one is old
 
     def known_bytes(self) -> int | None:
         """What its blocks hold (`held_bytes`), if they are known here yet."""
-        if self.blocks is None:
+        if self.blocks is None or self.unsure:
             return None
         return held_bytes(self.blocks, self.volume.size)
 
     def forget(self) -> None:
         """Ask the chunk stores again at the next use (another node may have written)."""
         self.blocks = None
+        self.unsure = set()
         self._forgotten += 1
 
     async def held(self) -> set[int]:
@@ -104,10 +109,29 @@ class Layer:
                     count = blocks_of(self.volume.size)
                     present = await self.volume.allocated_blocks(0, count) if count else []
                     if asked == self._forgotten:  # else forgotten meanwhile: ask again
+                        self.unsure = {b for b, here in enumerate(present) if here is None}
                         self.blocks = {b for b, here in enumerate(present) if here}
 
     async def has(self, block: int) -> bool:
-        return block in await self.held()
+        blocks = await self.held()
+        if block in self.unsure:
+            return await self._ask_again(blocks, block)
+        return block in blocks
+
+    async def _ask_again(self, blocks: set[int], block: int) -> bool:
+        """Whether an unsure block is here, asked of the stores again (a disk may be back);
+        UnavailableError while they still cannot tell."""
+        here = (await self.volume.allocated_blocks(block, 1))[0]
+        if here is None:
+            raise UnavailableError(
+                f"layer {self.id}: whether it holds block {block} is not known while a disk "
+                "does not answer"
+            )
+        if self.blocks is blocks and block in self.unsure:  # not forgotten meanwhile
+            self.unsure.discard(block)
+            if here:
+                blocks.add(block)
+        return here
 
 
 def held_bytes(blocks: Iterable[int], size: int) -> int:
@@ -127,7 +151,7 @@ async def holder(layers: list[Layer], block: int) -> Layer | None:
 def holder_now(layers: list[Layer], block: int) -> Layer | bool | None:
     """`holder` without suspending: False when a layer's blocks are not known yet."""
     for layer in reversed(layers):
-        if layer.blocks is None:
+        if layer.blocks is None or block in layer.unsure:
             return False
         if block in layer.blocks:
             return layer
@@ -302,7 +326,10 @@ class Stack:
         for block in range(first, last // BLOCK_SIZE + 1):
             start = max(offset, block * BLOCK_SIZE)
             end = min(offset + length, (block + 1) * BLOCK_SIZE)
-            hole = await holder(self.layers, block) is None
+            try:
+                hole = await holder(self.layers, block) is None
+            except UnavailableError:
+                hole = False  # not known yet: data, which a reader copies, never a hole
             if extents and extents[-1].hole == hole:
                 extents[-1] = Extent(extents[-1].length + end - start, hole)
             else:
@@ -318,7 +345,10 @@ async def merge(
     lock for it, so a write of the block waits or finds it copied). The number copied."""
     copied = 0
     size = into.volume.size
-    for block in sorted(await source.held()):
+    held = await source.held()
+    for block in sorted(source.unsure):
+        await source.has(block)  # UnavailableError while unknown: the merge is tried again
+    for block in sorted(held):
         start = block * BLOCK_SIZE
         if start >= size:
             continue
