@@ -118,3 +118,28 @@ async def test_a_stripe_written_without_marks_is_asked_again_not_read_as_zeroes(
         assert isinstance(layer.volume, ErasureVolume)
         layer.volume.cluster = disks.cluster()
     assert await read(stack, B, 4096) == b"\x11" * 4096
+
+
+async def test_rebuilt_shards_keep_what_the_stripe_holds(tmp_path: Path) -> None:
+    """A rebuild leaves out an all-zero shard (thin), which must not turn written data into
+    a hole: a parity of two equal data shards is zero but kept, with its mark; a data shard
+    written with zeroes (hiding a layer below) is kept too."""
+    disks = Disks(tmp_path)
+    spec = VolumeSpec(name="v", size=4 * B, scheme=EC)
+    volume = disks.volume(spec, disks.cluster())
+    await volume.write(0, memoryview(b"\x33" * (2 * B)), False)  # stripe 0: parity all zero
+    await volume.write(2 * B, memoryview(bytes(B)), False)  # stripe 1: block 2 zeroes
+    await volume.write(3 * B, memoryview(b"\x44" * B), False)
+    targets = [volume.shards(stripe) for stripe in (0, 1)]
+    rebuilt = [(2, targets[0][2]), (3, targets[1][0])]  # stripe 0's parity, block 2's shard
+    await volume.mark_stale([(chunk, target.disk) for chunk, target in rebuilt])
+    for chunk, target in rebuilt:
+        target.store.delete(spec.id, chunk)  # type: ignore[attr-defined]  # the disk replaced
+        assert await volume.rebuild_chunk(chunk)
+        assert target.store.exists(spec.id, chunk)  # type: ignore[attr-defined]
+    parity = targets[0][2]
+    assert await parity.marks(spec.id, 2, 1, 1) == [0b11]
+    # Whichever disk is pulled now, every block reads as data, none as a hole.
+    for disk in disks.disks:
+        pulled = disks.volume(spec, disks.cluster(pulled=disk.id))
+        assert await pulled.allocated_blocks(0, 4) == [True] * 4, disk.id

@@ -112,26 +112,41 @@ class Layer:
                         self.unsure = {b for b, here in enumerate(present) if here is None}
                         self.blocks = {b for b, here in enumerate(present) if here}
 
-    async def has(self, block: int) -> bool:
+    async def has(self, block: int, bottom: bool = False) -> bool:
+        """Whether the layer holds the block; UnavailableError while its stores cannot tell.
+        The `bottom` layer of a stack may say yes then: its block, held or not, reads the
+        same (a data shard never written decodes as the zeroes of a hole)."""
         blocks = await self.held()
         if block in self.unsure:
-            return await self._ask_again(blocks, block)
+            if bottom:
+                return True
+            await self._ask_again(blocks, block, block)
+            return block in blocks
         return block in blocks
 
-    async def _ask_again(self, blocks: set[int], block: int) -> bool:
-        """Whether an unsure block is here, asked of the stores again (a disk may be back);
-        UnavailableError while they still cannot tell."""
-        here = (await self.volume.allocated_blocks(block, 1))[0]
-        if here is None:
+    async def settle(self) -> None:
+        """Ask again about every block the stores could not tell (a disk may be back);
+        UnavailableError while some still cannot be told."""
+        blocks = await self.held()
+        if self.unsure:
+            await self._ask_again(blocks, min(self.unsure), max(self.unsure))
+
+    async def _ask_again(self, blocks: set[int], first: int, last: int) -> None:
+        present = await self.volume.allocated_blocks(first, last - first + 1)
+        if self.blocks is not blocks:
+            raise UnavailableError(f"layer {self.id}: forgotten while asked, ask again")
+        for block in [b for b in self.unsure if first <= b <= last]:
+            here = present[block - first]
+            if here is not None:
+                self.unsure.discard(block)
+                if here:
+                    blocks.add(block)
+        unknown = sorted(b for b in self.unsure if first <= b <= last)
+        if unknown:
             raise UnavailableError(
-                f"layer {self.id}: whether it holds block {block} is not known while a disk "
-                "does not answer"
+                f"layer {self.id}: whether it holds blocks {unknown[:8]} is not known while a "
+                "disk does not answer"
             )
-        if self.blocks is blocks and block in self.unsure:  # not forgotten meanwhile
-            self.unsure.discard(block)
-            if here:
-                blocks.add(block)
-        return here
 
 
 def held_bytes(blocks: Iterable[int], size: int) -> int:
@@ -142,9 +157,9 @@ def held_bytes(blocks: Iterable[int], size: int) -> int:
 
 async def holder(layers: list[Layer], block: int) -> Layer | None:
     """The newest layer (of a bottom-first stack) holding the block."""
-    for layer in reversed(layers):
-        if await layer.has(block):
-            return layer
+    for index in range(len(layers) - 1, -1, -1):
+        if await layers[index].has(block, bottom=index == 0):
+            return layers[index]
     return None
 
 
@@ -346,8 +361,7 @@ async def merge(
     copied = 0
     size = into.volume.size
     held = await source.held()
-    for block in sorted(source.unsure):
-        await source.has(block)  # UnavailableError while unknown: the merge is tried again
+    await source.settle()  # UnavailableError while some block is unknown: tried again later
     for block in sorted(held):
         start = block * BLOCK_SIZE
         if start >= size:
