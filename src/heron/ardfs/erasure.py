@@ -632,10 +632,12 @@ class ErasureVolume(PlacedVolume):
 
         # The marks of the parities of stripes with a data shard unknown, from their disks.
         asked: dict[str, tuple[ChunkTarget, list[int]]] = {}
-        for stripe in range(first // k, (first + count - 1) // k + 1):
+        doubtful = failed or self.degraded.missing  # else every shard answered for itself
+        for stripe in range(first // k, (first + count - 1) // k + 1) if doubtful else ():
             parity = self.shards(stripe)[k]
             unknown = any(known(self.chunk(stripe, i)) is None for i in range(k))
-            if unknown and known(self.chunk(stripe, k)) and parity.disk not in failed:
+            sound = parity.disk not in failed and self.ok(stripe, k, parity)  # its mark too
+            if unknown and known(self.chunk(stripe, k)) and sound:
                 asked.setdefault(parity.disk, (parity, []))[1].append(stripe)
         marks: dict[int, int | None] = {}
         jobs = list(asked.values())
