@@ -42,6 +42,18 @@ class Disks:
             cluster.fail(pulled, pulled[:2], "pulled out")
         return cluster
 
+    def as_before_marks(self, spec: VolumeSpec, chunks: list[int]) -> None:
+        """Take the marks off these parity chunks, as the format before marks wrote them."""
+        for disk in self.disks:
+            self.stores[disk.id].close()
+            for chunk in chunks:
+                table = self.base / disk.id / "volumes" / spec.id / f"{chunk:016x}.sum"
+                if table.exists():
+                    assert table.stat().st_size == 4096 + 8  # the mark after the checksums
+                    with open(table, "r+b") as handle:
+                        handle.truncate(4096)
+            self.stores[disk.id] = ChunkStore(self.base / disk.id)
+
     def volume(self, spec: VolumeSpec, cluster: Cluster) -> ErasureVolume:
         return ErasureVolume(spec, cluster, DegradedLog(self.base / f"{spec.id}.log"))
 
@@ -99,15 +111,7 @@ async def test_a_stripe_written_without_marks_is_asked_again_not_read_as_zeroes(
 ) -> None:
     disks = Disks(tmp_path)
     base, top, victim = await snapshot_with_copied_up_shards(disks)
-    # The store of the parity of stripe 0 loses its mark: as written by the previous format.
-    parity = disks.cluster().place(top.id, 0, 3)[2]
-    disks.stores[parity.disk].close()
-    table = tmp_path / parity.disk / "volumes" / top.id / f"{2:016x}.sum"
-    os_size = table.stat().st_size
-    assert os_size > 4096  # the mark follows the checksum table
-    with open(table, "r+b") as handle:
-        handle.truncate(4096)
-    disks.stores[parity.disk] = ChunkStore(tmp_path / parity.disk)
+    disks.as_before_marks(top, [2])  # stripe 0's parity, as the previous format wrote it
     stack = stack_of(disks, base, top, disks.cluster(pulled=victim))
     with pytest.raises(UnavailableError):
         await read(stack, B, 4096)  # an error, not the zeroes of a block never written
@@ -143,3 +147,21 @@ async def test_rebuilt_shards_keep_what_the_stripe_holds(tmp_path: Path) -> None
     for disk in disks.disks:
         pulled = disks.volume(spec, disks.cluster(pulled=disk.id))
         assert await pulled.allocated_blocks(0, 4) == [True] * 4, disk.id
+
+
+async def test_the_owner_gives_parities_written_before_marks_their_marks(tmp_path: Path) -> None:
+    disks = Disks(tmp_path)
+    base, top, victim = await snapshot_with_copied_up_shards(disks)
+    parities = [2, 5, 8, 11]
+    disks.as_before_marks(top, parities)
+    # With a disk down, stripes whose shards it holds are left for later.
+    assert not await disks.volume(top, disks.cluster(pulled=victim)).adopt_marks()
+    volume = disks.volume(top, disks.cluster())
+    assert await volume.adopt_marks()
+    for stripe, chunk in enumerate(parities):
+        parity = volume.shards(stripe)[2]
+        assert await parity.marks(top.id, chunk, 1, 1) == [0b01]  # block 2 * stripe only
+    assert await volume.adopt_marks()  # nothing left to do
+    stack = stack_of(disks, base, top, disks.cluster(pulled=victim))
+    assert await read(stack, B, 4096) == b"\x11" * 4096
+    assert await read(stack, 0, 8192) == b"\x11" * 4096 + b"\x22" * 4096

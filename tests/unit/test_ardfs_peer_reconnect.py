@@ -99,6 +99,8 @@ async def test_parity_marks_cross_the_peer_protocol(tmp_path: Path) -> None:
         await disk.write(VOL, 2, 0, memoryview(b"x" * 4096), False, 1)  # says nothing
         await disk.write(VOL, 5, 0, memoryview(bytes(4 << 20)), True, 1, Held(3, exact=True))
         assert await disk.marks(VOL, 2, 2, 3) == [None, 0b11]
+        await disk.adopt_mark(VOL, 2, 0b01, 1)  # the owner found only data shard 0 there
+        assert await disk.marks(VOL, 2, 1, 1) == [0b01]
     finally:
         await client.close()
         await server.close()

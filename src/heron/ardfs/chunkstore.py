@@ -429,6 +429,24 @@ class ChunkStore:
         present = set(self.chunks(volume))
         return [first + i in present for i in range(count)]
 
+    def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int = 0) -> None:
+        """Give a parity its whole mark (`held`, the data shards its stripe holds), one
+        written before marks too: its table grows by the mark. Not synced here: lost in a
+        crash, the parity is as before, without a mark. The caller (the owner) holds the
+        stripe's lock and asked its data shards. Nothing if the chunk is absent."""
+        self.check_epoch(volume, epoch)
+        entry = self._get(volume, chunk, create=False)
+        if entry is None:
+            return
+        if entry.mark is None:
+            entry.sums.release()
+            entry.table.resize(MARKED_TABLE)  # the new words are zeroes: no mark until set
+            whole = memoryview(entry.table)
+            entry.sums, entry.mark = whole[:TABLE].cast("I"), whole[TABLE:].cast("I")
+            whole.release()
+        entry.set_held(Held(add=held, exact=True))
+        entry.dirty = True
+
     def marks(self, volume: str, first: int, count: int, step: int) -> list[int | None]:
         """The data shards the marks of chunks first, first + step, ... (count of them) say
         are written (None: the chunk is absent, or has no mark)."""

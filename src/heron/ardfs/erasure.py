@@ -696,6 +696,55 @@ class ErasureVolume(PlacedVolume):
         finally:
             self.locks.release(stripe, 0, CHUNK_SIZE)
 
+    async def adopt_marks(self) -> bool:
+        """Give every parity without a mark (written before marks, or by an older heron-io)
+        its mark, stripe by stripe under the stripe's lock: the owner's job, as the one
+        writer. True when none is left without one (False: a disk did not answer)."""
+        k = self.k
+        by_disk: dict[str, tuple[ChunkTarget, list[int]]] = {}
+        for stripe in range(self.groups()):
+            parity = self.shards(stripe)[k]
+            if self.ok(stripe, k, parity):  # a stale one gets its mark when rebuilt
+                by_disk.setdefault(parity.disk, (parity, []))[1].append(stripe)
+        complete = True
+        # A few hundred at a time: the disk's store reads a mark per parity on its loop.
+        runs = [
+            (t, run[i : i + 512]) for t, run in by_disk.values() for i in range(0, len(run), 512)
+        ]
+        for target, stripes in runs:
+            low, high = stripes[0], stripes[-1]
+            first = self.chunk(low, k)
+            try:
+                present = await target.allocated(self.id, first, self.chunk(high, k) - first + 1)
+                marks = await target.marks(self.id, first, high - low + 1, k + 1)
+            except (VolumeError, OSError) as exc:
+                log.info("parity marks of %s on %s not asked: %s", self.spec.name, target.disk,
+                         exc)  # fmt: skip
+                complete = False
+                continue
+            for stripe in stripes:
+                if present[self.chunk(stripe, k) - first] and marks[stripe - low] is None:
+                    complete = await self._adopt_mark(stripe) and complete
+        return complete
+
+    async def _adopt_mark(self, stripe: int) -> bool:
+        await self.locks.acquire(stripe, 0, CHUNK_SIZE)
+        try:
+            parity = self.shards(stripe)[self.k]
+            held = await self._whole_mark(stripe)
+            if held is None or not self.ok(stripe, self.k, parity):
+                return False
+            try:
+                await parity.adopt_mark(self.id, self.chunk(stripe, self.k), held.add, self.epoch)
+            except FencedError:
+                raise
+            except (VolumeError, OSError) as exc:
+                log.info("parity mark of stripe %d of %s: %s", stripe, self.spec.name, exc)
+                return False
+            return True
+        finally:
+            self.locks.release(stripe, 0, CHUNK_SIZE)
+
     async def _whole_mark(self, stripe: int) -> Held | None:
         """A rebuilt parity's mark: which data shards of the stripe exist, if every one is
         healthy and its disk answers (None: unknown, the parity is written without one)."""

@@ -59,6 +59,7 @@ OP_STALE = 12  # payload "+ chunk disk" / "- chunk disk" lines: record them in t
 OP_STALE_LIST = 13  # the stale log's copies, as "chunk disk" lines
 OP_PIN = 14  # payload: a placement to keep unless one is kept; reply: the one kept
 OP_MARKS = 15  # chunks chunk, chunk + offset, ... (length of them): u16 marks (NO_MARK: none)
+OP_ADOPT_MARK = 16  # give parity `chunk` the whole mark in the held word (a parity from before)
 OP_CORRUPT = 10  # to a volume's owner: "chunk <chunk> on disk <disk> is corrupt, repair it"
 
 FLAG_DURABLE = 1
@@ -329,6 +330,10 @@ class PeerServer:
             marks = await target.marks(volume, chunk, length, max(offset, 1))
             words = [NO_MARK if m is None else m for m in marks]
             return struct.pack(f"<{len(words)}H", *words)
+        elif op == OP_ADOPT_MARK:
+            if held is None:
+                raise VolumeError("a mark to adopt needs its held word", errno.EINVAL)
+            await target.adopt_mark(volume, chunk, held.add, epoch)
         elif op == OP_CHUNKS:
             found = await target.chunks(volume)
             return struct.pack(f"<{len(found)}Q", *found)
@@ -660,6 +665,11 @@ class RemoteTarget:
             raise VolumeError(f"{len(body)} bytes of marks for {count} chunks", errno.EIO)
         words = struct.unpack(f"<{count}H", body)
         return [None if w == NO_MARK else w for w in words]
+
+    async def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int) -> None:
+        await self.client.call(
+            OP_ADOPT_MARK, volume, self.disk, chunk, epoch=epoch, held=Held(held, exact=True)
+        )
 
     async def chunks(self, volume: str) -> list[int]:
         body = await self.client.call(OP_CHUNKS, volume, self.disk)

@@ -50,6 +50,8 @@ class ChunkTarget(Protocol):
         """The marks of the parity chunks first, first + step, ... (count of them)."""
         ...
 
+    async def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int) -> None: ...
+
     async def chunks(self, volume: str) -> list[int]: ...
 
     async def verify(self, volume: str, chunk: int) -> list[int]: ...
@@ -131,6 +133,9 @@ class LocalTarget:
 
     async def marks(self, volume: str, first: int, count: int, step: int) -> list[int | None]:
         return self.store.marks(volume, first, count, step)
+
+    async def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int) -> None:
+        self.store.adopt_mark(volume, chunk, held, epoch)
 
     async def chunks(self, volume: str) -> list[int]:
         return self.store.chunks(volume)
