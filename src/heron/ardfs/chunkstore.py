@@ -440,10 +440,15 @@ class ChunkStore:
             return
         if entry.mark is None:
             entry.sums.release()
-            entry.table.resize(MARKED_TABLE)  # the new words are zeroes: no mark until set
-            whole = memoryview(entry.table)
-            entry.sums, entry.mark = whole[:TABLE].cast("I"), whole[TABLE:].cast("I")
-            whole.release()
+            try:
+                entry.table.resize(MARKED_TABLE)  # the new words are zeroes: no mark until set
+            except (BufferError, OSError) as exc:
+                raise VolumeError(f"{volume}/{chunk}: no room for a mark: {exc}") from exc
+            finally:
+                whole = memoryview(entry.table)
+                entry.sums = whole[:TABLE].cast("I")
+                entry.mark = whole[TABLE:].cast("I") if len(whole) == MARKED_TABLE else None
+                whole.release()
         entry.set_held(Held(add=held, exact=True))
         entry.dirty = True
 

@@ -327,6 +327,8 @@ class PeerServer:
         elif op == OP_ALLOCATED:
             return bytes(await target.allocated(volume, chunk, length))
         elif op == OP_MARKS:
+            if length > MAX_PAYLOAD // 2:
+                raise VolumeError("too many marks asked at once", errno.EINVAL)
             marks = await target.marks(volume, chunk, length, max(offset, 1))
             words = [NO_MARK if m is None else m for m in marks]
             return struct.pack(f"<{len(words)}H", *words)
