@@ -1,7 +1,8 @@
 """Snapshots inside heron-io (layered.py) with real heron-io processes: a snapshot freezes the
-top layer, writes copy blocks up, a revert reads the snapshot again, a middle snapshot is
-merged away while a client writes, and a linked clone sharing its source's frozen layers
-reads through the loss of a node and is rebuilt when it comes back."""
+top layer, writes copy blocks up, a revert reads the snapshot again (and, with a node down,
+a node asking anew what the top holds still reads the layer below where it should), a middle
+snapshot is merged away while a client writes, and a linked clone sharing its source's frozen
+layers reads through the loss of a node and is rebuilt when it comes back."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from support import wait_for
 
 from heron.ardfs.client import IoProcess, io_cluster, start
 from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
+from heron.ardfs.layout import ec_shard
 from heron.ardfs.nbdtools import qemu_io
+from heron.ardfs.placement import group_key, place
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +72,22 @@ def test_snapshot_write_revert_read_back(tmp_path: Path, scheme: Scheme) -> None
         # Trimming what a lower layer holds reads back as zeroes, not as the layer below.
         qemu_io(uri, "discard 0 4M", "write -z 4M 4K", "flush")
         qemu_io(uri, "read -P 0 0 4M", "read -P 0 4M 4K", "read -P 0x11 4198400 8384512")
+        # Block 3 copied up, block 2 not: under EC 2+1 the top's stripe 1 then has a parity
+        # and one of its two data shards. The node holding the other one (block 2's) is
+        # lost, and a node asks anew what the top holds (a client opening a volume nobody
+        # owns): block 2 is still the layer below's, not zeroes decoded from the top.
+        qemu_io(uri, "write -P 0x66 12M 4K", "flush")
+        victim = nodes[2]
+        if scheme.kind == "ec":
+            stripe, shard = ec_shard(2, scheme.data)
+            disks = nodes[0].config.placement_disks()
+            chosen = place(disks, group_key(reverted.chain[-1], stripe), scheme.width)[shard]
+            victim = next(io for io in nodes if io.config.node == chosen.node)
+        victim.kill()
+        reader = next(io for io in nodes if io is not victim)
+        qemu_io(reader.uri("v"), "read -P 0 0 4M", "read -P 0 4M 4K",
+                "read -P 0x11 4198400 8384512", "read -P 0x66 12M 4K",
+                "read -P 0 12587008 4190208")  # fmt: skip
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.label())

@@ -1,6 +1,7 @@
 """The layer logic of ARDFS snapshots (layered.py) over in-memory layers: fall-through reads,
 copy-up of partial writes only, zeroes that hide the layers below, merges, extents, a layer's
-size, and the layers of a volume expanded into placed volumes (io.expand)."""
+size, blocks a layer's stores cannot tell, and the layers of a volume expanded into placed
+volumes (io.expand)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
+
 from heron.ardfs.client import local_cluster
 from heron.ardfs.config import Scheme, VolumeSpec
 from heron.ardfs.io import Io, expand
 from heron.ardfs.layered import Layer, Stack, held_bytes, merge
 from heron.ardfs.layout import BLOCK_SIZE
-from heron.ardfs.volume import Extent
+from heron.ardfs.volume import Extent, UnavailableError
 
 B = BLOCK_SIZE
 
@@ -26,6 +29,7 @@ class Memory:
         self.blocks: dict[int, bytearray] = {}
         self.written = 0
         self.asked = 0
+        self.unknown: set[int] = set()  # blocks its stores cannot tell (an EC disk down)
 
     @property
     def size(self) -> int:
@@ -55,9 +59,11 @@ class Memory:
     async def write_zeroes(self, offset: int, length: int, fua: bool, may_trim: bool) -> None:
         await self.write(offset, memoryview(bytes(length)), fua)
 
-    async def allocated_blocks(self, first: int, count: int) -> list[bool]:
+    async def allocated_blocks(self, first: int, count: int) -> list[bool | None]:
         self.asked += 1
-        return [b in self.blocks for b in range(first, first + count)]
+        return [
+            None if b in self.unknown else b in self.blocks for b in range(first, first + count)
+        ]
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
         return [Extent(length, False)]
@@ -95,6 +101,33 @@ def test_reads_fall_through_and_partial_writes_copy_the_block_up() -> None:
         assert await read(stack, 8, 6) == b"aaxyza"
         assert await read(stack, B, 2) == b"cc"
         assert bytes(memory(base).blocks[0][8:14]) == b"aaaaaa"  # the snapshot is untouched
+
+    asyncio.run(scenario())
+
+
+def test_a_block_a_layer_cannot_tell_is_neither_read_as_data_nor_as_a_hole() -> None:
+    async def scenario() -> None:
+        base, middle, top = layer(), layer(), layer()
+        for block in (0, 1):
+            await memory(base).write(block * B, memoryview(b"a" * B), False)
+        await memory(middle).write(B, memoryview(b"m" * B), False)
+        memory(middle).unknown = {0, 1}  # held or not: its stores cannot say for now
+        memory(base).unknown = {2}
+        stack = Stack("v", [base, middle, top], 4 * B)
+        for offset in (0, B):
+            with pytest.raises(UnavailableError):
+                await read(stack, offset, 4)
+            with pytest.raises(UnavailableError):
+                await stack.write(offset + 1, memoryview(b"w"), False)  # a copy-up of what?
+        with pytest.raises(UnavailableError):
+            await merge(middle, top)
+        assert middle.known_bytes() is None and not memory(top).blocks
+        # The bottom layer's blocks read alike held or not: no error there.
+        assert await read(stack, 2 * B, 4) == bytes(4)
+        assert await stack.extents(0, 4 * B) == [Extent(3 * B, False), Extent(B, True)]
+        memory(middle).unknown = set()  # the disk is back: asked again at the next use
+        assert await read(stack, 0, 2) + await read(stack, B, 2) == b"aamm"
+        assert middle.known_bytes() == B and await merge(middle, top) == 1
 
     asyncio.run(scenario())
 

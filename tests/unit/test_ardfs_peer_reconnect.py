@@ -1,5 +1,6 @@
 """A peer connection that ends: when it holds requests back, and what a late end of an old
-connection may touch. In-process: PeerServers over a chunk store on loopback."""
+connection may touch; and the parity marks a peer write carries. In-process: PeerServers over
+a chunk store on loopback."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 from support import eventually
 
-from heron.ardfs.chunkstore import ChunkStore
-from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget, _Pending, holds_back
+from heron.ardfs.chunkstore import ChunkStore, Held
+from heron.ardfs.peer import OP_WRITE, PeerClient, PeerServer, RemoteTarget, _Pending, holds_back
 from heron.ardfs.receiver import Closed
 from heron.ardfs.target import LocalTarget
 
@@ -76,3 +77,31 @@ async def test_the_late_end_of_an_old_connection_leaves_the_new_one_alone() -> N
         client.sock = None
         old.close()
         new.close()
+
+
+async def test_parity_marks_cross_the_peer_protocol(tmp_path: Path) -> None:
+    """A write or trim tells the peer's store how a parity's mark changes, on the callback
+    path too; the marks are read back in one request."""
+    store = ChunkStore(tmp_path / "disk")
+    server = PeerServer({"d1": LocalTarget("d1", "n2", store)}.get, key=KEY)
+    port = await server.listen("127.0.0.1", 0)
+    client = PeerClient("n2", "127.0.0.1", port, key=KEY)
+    try:
+        disk = RemoteTarget("d1", client)
+        await disk.write(VOL, 2, 0, memoryview(b"p" * 4096), True, 1, Held(add=0b01))
+        done: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        payload = memoryview(b"q" * 4096)
+        assert client.send(OP_WRITE, VOL, "d1", 5, 0, 1, payload, done.set_result,
+                           held=Held(add=0b10))  # fmt: skip
+        assert await done is None
+        await disk.trim(VOL, 8, 0, 4096, False, 1, Held(remove=0b01))  # absent: stays so
+        assert await disk.marks(VOL, 2, 3, 3) == [0b01, 0b10, None]
+        await disk.write(VOL, 2, 0, memoryview(b"x" * 4096), False, 1)  # says nothing
+        await disk.write(VOL, 5, 0, memoryview(bytes(4 << 20)), True, 1, Held(3, exact=True))
+        assert await disk.marks(VOL, 2, 2, 3) == [None, 0b11]
+        await disk.adopt_mark(VOL, 2, 0b01, 1)  # the owner found only data shard 0 there
+        assert await disk.marks(VOL, 2, 1, 1) == [0b01]
+    finally:
+        await client.close()
+        await server.close()
+        store.close()

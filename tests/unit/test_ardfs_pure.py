@@ -141,13 +141,26 @@ async def test_region_locks_conflict_only_on_the_same_range_of_a_stripe() -> Non
 
 def test_ec_blocks_whose_shard_is_unreachable_are_told_from_their_stripe() -> None:
     """EC 2+1, stripe 0 = blocks 0, 1 (chunks 0, 1, parity 2), stripe 1 = blocks 2, 3
-    (chunks 3, 4, parity 5). A hole reported where data is would show a layer below."""
+    (chunks 3, 4, parity 5). A hole reported where data is would show a layer below; data
+    reported where there is none reads zeroes over it: unknown (None) is neither."""
     answers: dict[int, bool | None] = {
-        0: True, 1: None, 2: True,  # block 1 unknown, its stripe written: data
+        0: True, 1: None, 2: True,  # block 1 unknown, its stripe written
         3: None, 4: None, 5: False,  # no parity: nothing of stripe 1 was ever written
     }  # fmt: skip
-    assert held_data_shards(2, range(4), answers.__getitem__) == [True, True, False, False]
-    answers[5] = None  # the parity unknown too: data, never a hole
-    assert held_data_shards(2, range(4), answers.__getitem__) == [True, True, True, True]
-    answers.update({3: False, 4: None, 5: True})  # parity for block 3's data alone
-    assert held_data_shards(2, [2, 3], answers.__getitem__) == [False, True]
+    marks: dict[int, int] = {0: 0b01}  # stripe 0's parity: only data shard 0 written
+    held = held_data_shards(2, range(4), answers.__getitem__, marks.get)
+    assert held == [True, False, False, False]
+    marks[0] = 0b11
+    assert held_data_shards(2, [1], answers.__getitem__, marks.get) == [True]
+    del marks[0]  # a parity written before marks: block 1 cannot be told
+    assert held_data_shards(2, range(4), answers.__getitem__, marks.get) == [
+        True,
+        None,
+        False,
+        False,
+    ]
+    answers[5] = None  # the parity unknown too: two shards of the stripe gone
+    assert held_data_shards(2, [2, 3], answers.__getitem__, marks.get) == [None, None]
+    answers.update({3: False, 4: None, 5: True})
+    marks[1] = 0b10  # the parity's mark has block 3's shard, not block 2's
+    assert held_data_shards(2, [2, 3], answers.__getitem__, marks.get) == [False, True]

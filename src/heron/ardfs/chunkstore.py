@@ -2,7 +2,8 @@
 
 Layout under the store's root:
     volumes/<volume id>/<chunk number, 16 hex digits>      the chunk's bytes, sparse
-    volumes/<volume id>/<chunk number>.sum                 one CRC-32 per 4 KiB sector
+    volumes/<volume id>/<chunk number>.sum                 one CRC-32 per 4 KiB sector, and
+                                                           for an EC parity chunk its mark
     volumes/<volume id>/epoch                              the newest owner epoch seen
 
 An absent chunk reads as zeroes (thin provisioning). Writes go to the page cache and become
@@ -10,6 +11,13 @@ durable on `sync` (fdatasync of every chunk written since) or at once with `dura
 The checksum table is written after the data: a crash between the two leaves sectors whose
 checksum does not match, which read as an error (and are repaired from another copy), never as
 wrong data.
+
+The parity chunk of an erasure-coded stripe also keeps a mark of which data shards of its
+stripe the volume holds (`Held`), eight bytes after the checksums in the same file: the writes
+that change the parity say how the mark changes, so it is as current and as durable as the
+parity itself. With one disk of a stripe not answering, the mark tells whether its data shard
+was ever written (see erasure.py). A parity written by a writer that does not say (an older
+heron-io) loses its mark: unknown, never a wrong answer.
 
 The methods are synchronous and meant to be called on the event loop for page-cache I/O
 (a thread hop per 4 KiB request costs more than the copy); `sync` is the one that waits for
@@ -67,16 +75,56 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         os.pwrite(fd, bytes(length), offset)
 
 
+TABLE = SECTORS * 4  # the checksum table's bytes
+MARK_MAGIC = 0x444C4548  # "HELD": the two words after the table are a mark
+MARKED_TABLE = TABLE + 8  # a table followed by a mark: magic u32, data shards held u32
+
+
+@dataclass(frozen=True)
+class Held:
+    """How a write to an EC parity chunk changes its mark of the data shards written: those
+    of `add` are written now, those of `remove` deleted (a whole-shard trim). `exact` says
+    `add` is the whole truth (a rebuilt or moved parity): it gives a mark to a parity that
+    had none."""
+
+    add: int = 0
+    remove: int = 0
+    exact: bool = False
+
+    def apply(self, held: int) -> int:
+        return self.add if self.exact else (held & ~self.remove) | self.add
+
+
 @dataclass
 class OpenChunk:
     data_fd: int
     sum_fd: int
     table: mmap.mmap  # the .sum file, shared-mapped: updating a CRC is a store, not a syscall
     sums: memoryview  # the table as SECTORS unsigned 32-bit CRCs
+    mark: memoryview | None = None  # [magic, data shards held] of a parity chunk
     dirty: bool = False
+
+    def held(self) -> int | None:
+        """The data shards the mark says are written; None: no mark (unknown)."""
+        if self.mark is None or self.mark[0] != MARK_MAGIC:
+            return None
+        return int(self.mark[1])
+
+    def set_held(self, held: Held | None) -> None:
+        """Change the mark as a write says; a write that says nothing makes it unknown."""
+        if self.mark is None:
+            return
+        known = self.held()
+        if held is None or (known is None and not held.exact):
+            self.mark[0] = 0
+            return
+        self.mark[1] = held.apply(known or 0)
+        self.mark[0] = MARK_MAGIC
 
     def close(self) -> None:
         self.sums.release()
+        if self.mark is not None:
+            self.mark.release()
         self.table.close()
         os.close(self.data_fd)
         os.close(self.sum_fd)
@@ -105,7 +153,8 @@ class ChunkStore:
     def chunk_path(self, volume: str, chunk: int) -> Path:
         return self.volume_dir(volume) / f"{chunk:016x}"
 
-    def _get(self, volume: str, chunk: int, create: bool) -> OpenChunk | None:
+    def _get(self, volume: str, chunk: int, create: bool, marked: bool = False) -> OpenChunk | None:
+        """The open chunk; `create` makes it if absent, with a mark (empty) if `marked`."""
         key = (volume, chunk)
         found = self._open.get(key)
         if found is not None:
@@ -121,20 +170,27 @@ class ChunkStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             # The checksum table first: a data file never exists without one.
             fd = os.open(sum_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.pwrite(fd, array.array("I", [ZERO_CRC]) * SECTORS, 0)
+            empty = array.array("I", [ZERO_CRC]) * SECTORS
+            if marked:
+                empty.extend([MARK_MAGIC, 0])
+            os.pwrite(fd, empty, 0)
             os.close(fd)
             data_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.ftruncate(data_fd, CHUNK_SIZE)
         try:
             sum_fd = os.open(sum_path, os.O_RDWR)
-            if os.fstat(sum_fd).st_size != SECTORS * 4:
+            length = os.fstat(sum_fd).st_size
+            if length not in (TABLE, MARKED_TABLE):
                 os.close(sum_fd)
                 raise ChecksumError(f"checksum table of {volume}/{chunk} is damaged")
-            table = mmap.mmap(sum_fd, SECTORS * 4)
+            table = mmap.mmap(sum_fd, length)
         except BaseException:
             os.close(data_fd)
             raise
-        entry = OpenChunk(data_fd, sum_fd, table, memoryview(table).cast("I"))
+        whole = memoryview(table)
+        mark = whole[TABLE:].cast("I") if length == MARKED_TABLE else None
+        entry = OpenChunk(data_fd, sum_fd, table, whole[:TABLE].cast("I"), mark)
+        whole.release()
         self._open[key] = entry
         while len(self._open) > self.open_chunks:
             _, old = self._open.popitem(last=False)
@@ -231,13 +287,26 @@ class ChunkStore:
             view[:] = target[skip : skip + len(view)]
 
     def write(
-        self, volume: str, chunk: int, offset: int, data: memoryview, durable: bool, epoch: int = 0
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        data: memoryview,
+        durable: bool,
+        epoch: int = 0,
+        held: Held | None = None,
     ) -> None:
-        """Store `data` at `offset` in the chunk, creating it if needed."""
+        """Store `data` at `offset` in the chunk, creating it if needed; `held`: how the mark
+        of a parity chunk changes (see Held; None: unknown from now on)."""
         _check_range(offset, len(data))
         self.check_epoch(volume, epoch)
-        entry = self._get(volume, chunk, create=True)
+        entry = self._get(volume, chunk, create=True, marked=held is not None)
         assert entry is not None
+        if entry.mark is None and held is not None and held.exact and len(data) == CHUNK_SIZE:
+            # A whole parity whose mark is known (a rebuild, a move): made again with one.
+            self.delete(volume, chunk)
+            entry = self._get(volume, chunk, create=True, marked=True)
+            assert entry is not None
         first, count = sector_span(offset, len(data))
         start = first * SECTOR
         if offset % SECTOR or len(data) % SECTOR:
@@ -253,23 +322,39 @@ class ChunkStore:
             os.pwrite(entry.data_fd, data[at : at + PIECE], start + at)
         # After the data: a crash in between leaves a mismatch (an error), never wrong data.
         entry.sums[first : first + count] = memoryview(array.array("I", sector_sums(data)))
+        entry.set_held(held)
         self._settle(entry, durable)
 
     def trim(
-        self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int = 0
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        length: int,
+        durable: bool,
+        epoch: int = 0,
+        held: Held | None = None,
     ) -> None:
-        """Make the range read as zeroes and free its space; a whole chunk is deleted."""
+        """Make the range read as zeroes and free its space; a whole chunk is deleted, unless
+        it is a parity whose mark still holds data shards (their stripe is not empty: an
+        absent parity says that no data shard of it was ever written)."""
         _check_range(offset, length)
         self.check_epoch(volume, epoch)
-        if offset == 0 and length == CHUNK_SIZE:
+        everything = offset == 0 and length == CHUNK_SIZE
+        if everything and held is None:
             self.delete(volume, chunk)
             return
         entry = self._get(volume, chunk, create=False)
         if entry is None:
             return  # already reads as zeroes
+        if everything:
+            known = entry.held()
+            if held is None or known is None or not held.apply(known):
+                self.delete(volume, chunk)
+                return
         head = min(length, (-offset) % SECTOR)
         if head:
-            self.write(volume, chunk, offset, memoryview(bytes(head)), False, epoch)
+            self.write(volume, chunk, offset, memoryview(bytes(head)), False, epoch, held)
             offset, length = offset + head, length - head
         whole = length - length % SECTOR
         if whole:
@@ -277,9 +362,9 @@ class ChunkStore:
             first, count = offset // SECTOR, whole // SECTOR
             entry.sums[first : first + count] = memoryview(array.array("I", [ZERO_CRC]) * count)
         if length - whole:
-            self.write(
-                volume, chunk, offset + whole, memoryview(bytes(length - whole)), False, epoch
-            )
+            tail = memoryview(bytes(length - whole))
+            self.write(volume, chunk, offset + whole, tail, False, epoch, held)
+        entry.set_held(held)
         self._settle(entry, durable)
 
     def delete(self, volume: str, chunk: int) -> None:
@@ -343,6 +428,55 @@ class ChunkStore:
             return [self.exists(volume, first + i) for i in range(count)]
         present = set(self.chunks(volume))
         return [first + i in present for i in range(count)]
+
+    def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int = 0) -> None:
+        """Give a parity its whole mark (`held`, the data shards its stripe holds), one
+        written before marks too: its table grows by the mark. Not synced here: lost in a
+        crash, the parity is as before, without a mark. The caller (the owner) holds the
+        stripe's lock and asked its data shards. Nothing if the chunk is absent."""
+        self.check_epoch(volume, epoch)
+        entry = self._get(volume, chunk, create=False)
+        if entry is None:
+            return
+        if entry.mark is None:
+            entry.sums.release()
+            try:
+                entry.table.resize(MARKED_TABLE)  # the new words are zeroes: no mark until set
+            except (BufferError, OSError) as exc:
+                raise VolumeError(f"{volume}/{chunk}: no room for a mark: {exc}") from exc
+            finally:
+                whole = memoryview(entry.table)
+                entry.sums = whole[:TABLE].cast("I")
+                entry.mark = whole[TABLE:].cast("I") if len(whole) == MARKED_TABLE else None
+                whole.release()
+        entry.set_held(Held(add=held, exact=True))
+        entry.dirty = True
+
+    def marks(self, volume: str, first: int, count: int, step: int) -> list[int | None]:
+        """The data shards the marks of chunks first, first + step, ... (count of them) say
+        are written (None: the chunk is absent, or has no mark)."""
+        chunks = [first + i * step for i in range(count)]
+        present = set(self.chunks(volume)) if count > 64 else None
+        found: list[int | None] = []
+        for chunk in chunks:
+            if present is not None and chunk not in present:
+                found.append(None)
+                continue
+            entry = self._open.get((volume, chunk))
+            if entry is not None:
+                found.append(entry.held())
+                continue
+            path = self.chunk_path(volume, chunk)
+            try:
+                with open(path.with_suffix(".sum"), "rb") as handle:
+                    handle.seek(TABLE)
+                    raw = handle.read(8)
+            except FileNotFoundError:
+                raw = b""
+            words = array.array("I", raw if len(raw) == 8 else bytes(8))
+            known = words[0] == MARK_MAGIC and path.exists()
+            found.append(words[1] if known else None)
+        return found
 
     def chunks(self, volume: str) -> list[int]:
         try:

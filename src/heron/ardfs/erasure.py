@@ -9,6 +9,10 @@ acknowledged, and the write still succeeds as long as the stripe stays decodable
     the data lives in the parity until the shard is rebuilt;
   * parity lost: the data is written, the parity rebuilt later.
 A read of a lost or corrupt data shard is the XOR of the same range of all other shards.
+
+Every write of a parity also says which data shard it writes (or deletes), and the parity's
+chunk store keeps that mark with it (chunkstore.Held): asked what it holds while a disk does
+not answer, the volume tells from the mark whether that disk's data shard was ever written.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from functools import partial
 import numpy as np
 
 from heron.ardfs.checksum import CHUNK_SIZE
+from heron.ardfs.chunkstore import Held
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog
@@ -135,21 +140,31 @@ def reachable(target: ChunkTarget) -> bool:
 
 
 def held_data_shards(
-    k: int, blocks: Iterable[int], known: Callable[[int], bool | None]
-) -> list[bool]:
+    k: int,
+    blocks: Iterable[int],
+    known: Callable[[int], bool | None],
+    marked: Callable[[int], int | None],
+) -> list[bool | None]:
     """Which blocks hold data, from what the shards' disks answered (`known(chunk)`: None
-    where its disk did not answer). A block whose own shard is unknown is told from its
-    stripe: no parity means no data shard of the stripe was ever written (every write
-    updates the parity, or marks it stale); parity with the other data shards all absent
-    means this one was written. Otherwise it is reported as data, never as a hole: a layer
-    that holds a block hides the layers below it (see the README, "Not done yet")."""
-    held = []
+    where its disk did not answer) and the marks of the parities (`marked(stripe)`: the
+    data shards written, None where unknown). A block whose own shard is unknown is told
+    from its stripe: no parity means no data shard of the stripe was ever written (every
+    write updates the parity, or marks it stale); a parity's mark says which were. Without
+    a mark (a stripe written before marks, the parity's disk down too) the block is
+    unknown (None): neither data, which would read as zeroes over the layers below, nor a
+    hole, which would show them over data."""
+    held: list[bool | None] = []
     for block in blocks:
         stripe, shard = ec_shard(block, k)
         mine = known(ec_chunk(stripe, shard, k))
-        if mine is None and known(ec_chunk(stripe, k, k)) is False:
-            mine = False
-        held.append(True if mine is None else mine)
+        if mine is None:
+            parity = known(ec_chunk(stripe, k, k))
+            mark = marked(stripe) if parity else None
+            if parity is False:
+                mine = False
+            elif mark is not None:
+                mine = bool(mark >> shard & 1)
+        held.append(mine)
     return held
 
 
@@ -366,7 +381,7 @@ class ErasureVolume(PlacedVolume):
             errors.clear()
             xor_into(memoryview(parity), data, *(buffer for _, _, buffer in reads[:-1]))
             self._issue(parity_t, OP_WRITE, parity_chunk, inside, memoryview(parity),
-                        lambda e: written("parity", e))  # fmt: skip
+                        lambda e: written("parity", e), Held(add=1 << shard))  # fmt: skip
             self._issue(data_t, OP_WRITE, data_chunk, inside, data, lambda e: written("data", e))
 
         for target, chunk, buffer in reads:
@@ -381,14 +396,16 @@ class ErasureVolume(PlacedVolume):
         offset: int,
         buffer: memoryview,
         callback: Callable[[Exception | None], None],
+        held: Held | None = None,
     ) -> None:
-        """One shard read (into `buffer`) or write (of it) by callback: inline if local."""
+        """One shard read (into `buffer`) or write (of it, `held` for a parity) by callback:
+        inline if local."""
         if isinstance(target, LocalTarget):
             try:
                 if op == OP_READ:
                     target.store.read_into(self.id, chunk, offset, buffer)
                 else:
-                    target.store.write(self.id, chunk, offset, buffer, False, self.epoch)
+                    target.store.write(self.id, chunk, offset, buffer, False, self.epoch, held)
             except (VolumeError, OSError) as exc:
                 callback(exc)
             else:
@@ -401,7 +418,7 @@ class ErasureVolume(PlacedVolume):
             )
         else:
             started = target.client.send(
-                op, self.id, target.disk, chunk, offset, self.epoch, buffer, callback
+                op, self.id, target.disk, chunk, offset, self.epoch, buffer, callback, held=held
             )
         if not started:
             callback(UnavailableError(f"node {target.node} is not connected"))
@@ -500,6 +517,10 @@ class ErasureVolume(PlacedVolume):
 
         new_parity = None if parity is None else memoryview(parity)
         zero = parity is not None and trim and not np.frombuffer(parity, dtype=np.uint8).any()
+        # The parity's mark: this data shard is written now, or deleted by a whole-shard trim
+        # (a partial trim leaves its chunk as it was).
+        bit = 1 << shard
+        held = Held(remove=bit) if trim and n == CHUNK_SIZE else Held() if trim else Held(add=bit)
         writes: list[tuple[ChunkTarget, int, Callable[[], Awaitable[None]]]] = []
         if data_ok:
             writes.append(
@@ -510,7 +531,7 @@ class ErasureVolume(PlacedVolume):
                 (
                     parity_t,
                     parity_chunk,
-                    lambda: self._put(parity_t, parity_chunk, offset, new_parity, fua, zero),
+                    lambda: self._put(parity_t, parity_chunk, offset, new_parity, fua, zero, held),
                 )
             )
         primary = len(writes)
@@ -527,7 +548,8 @@ class ErasureVolume(PlacedVolume):
                 if content is None:
                     missed.append((chunk, mirror.disk))  # the parity was not computed
                     continue
-                job = partial(self._put, mirror, chunk, offset, content, fua, hole)
+                job = partial(self._put, mirror, chunk, offset, content, fua, hole,
+                              held if index == k else None)  # fmt: skip
                 writes.append((mirror, chunk, job))
         results = await together([(t, job) for t, _, job in writes])
         errors = failures(results)
@@ -550,12 +572,19 @@ class ErasureVolume(PlacedVolume):
             await self.mark_stale(lost + missed)
 
     async def _put(
-        self, target: ChunkTarget, chunk: int, offset: int, data: memoryview, fua: bool, trim: bool
+        self,
+        target: ChunkTarget,
+        chunk: int,
+        offset: int,
+        data: memoryview,
+        fua: bool,
+        trim: bool,
+        held: Held | None = None,
     ) -> None:
         if trim:
-            await target.trim(self.id, chunk, offset, len(data), fua, self.epoch)
+            await target.trim(self.id, chunk, offset, len(data), fua, self.epoch, held)
         else:
-            await target.write(self.id, chunk, offset, data, fua, self.epoch)
+            await target.write(self.id, chunk, offset, data, fua, self.epoch, held)
 
     async def flush(self) -> None:
         pending, self.unsynced = self.unsynced, defaultdict(set)
@@ -574,7 +603,8 @@ class ErasureVolume(PlacedVolume):
 
     # -- allocation --------------------------------------------------------------------------
 
-    async def allocated_blocks(self, first: int, count: int) -> list[bool]:
+    async def allocated_blocks(self, first: int, count: int) -> list[bool | None]:
+        """Which blocks hold data (None: unknown for now, see held_data_shards)."""
         k = self.k
         low = self.chunk(*ec_shard(first, k))
         high = self.chunk(ec_shard(first + count - 1, k)[0], k)  # the last stripe's parity
@@ -600,7 +630,28 @@ class ErasureVolume(PlacedVolume):
                 return None  # its disk did not answer, or its copy is stale
             return False
 
-        return held_data_shards(k, range(first, first + count), known)
+        # The marks of the parities of stripes with a data shard unknown, from their disks.
+        asked: dict[str, tuple[ChunkTarget, list[int]]] = {}
+        doubtful = failed or self.degraded.missing  # else every shard answered for itself
+        for stripe in range(first // k, (first + count - 1) // k + 1) if doubtful else ():
+            parity = self.shards(stripe)[k]
+            unknown = any(known(self.chunk(stripe, i)) is None for i in range(k))
+            sound = parity.disk not in failed and self.ok(stripe, k, parity)  # its mark too
+            if unknown and known(self.chunk(stripe, k)) and sound:
+                asked.setdefault(parity.disk, (parity, []))[1].append(stripe)
+        marks: dict[int, int | None] = {}
+        jobs = list(asked.values())
+        answers = await asyncio.gather(
+            *(t.marks(self.id, self.chunk(s[0], k), s[-1] - s[0] + 1, k + 1) for t, s in jobs),
+            return_exceptions=True,
+        )
+        for (_, stripes), answer in zip(jobs, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.info("marks of %s not known: %s", self.spec.name, answer)
+                continue  # unknown: asked again at the next use
+            marks.update({s: answer[s - stripes[0]] for s in stripes})
+
+        return held_data_shards(k, range(first, first + count), known, marks.get)
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
         return await block_extents(self.allocated_blocks, offset, length, self.size)
@@ -634,9 +685,90 @@ class ErasureVolume(PlacedVolume):
                 log.info("rebuild of chunk %d: %s", chunk, exc)
                 return False
             empty = not np.frombuffer(data, dtype=np.uint8).any()  # thin: leave none there
-            return await self._put_back(chunk, stale, None if empty else data)
+            held = await self._whole_mark(stripe) if shard == self.k else None
+            if empty and shard == self.k:
+                # Only a stripe known to hold no data shard may lose its parity: an absent
+                # parity says that none was ever written.
+                empty = held is not None and not held.add
+            elif empty:
+                empty = not await self._marked(stripe, shard)  # written zeroes: kept
+            return await self._put_back(chunk, stale, None if empty else data, held)
         finally:
             self.locks.release(stripe, 0, CHUNK_SIZE)
+
+    async def adopt_marks(self) -> bool:
+        """Give every parity without a mark (written before marks, or by an older heron-io)
+        its mark, stripe by stripe under the stripe's lock: the owner's job, as the one
+        writer. True when none is left without one (False: a disk did not answer)."""
+        k = self.k
+        by_disk: dict[str, tuple[ChunkTarget, list[int]]] = {}
+        for stripe in range(self.groups()):
+            parity = self.shards(stripe)[k]
+            if self.ok(stripe, k, parity):  # a stale one gets its mark when rebuilt
+                by_disk.setdefault(parity.disk, (parity, []))[1].append(stripe)
+        complete = True
+        # A few hundred at a time: the disk's store reads a mark per parity on its loop.
+        runs = [
+            (t, run[i : i + 512]) for t, run in by_disk.values() for i in range(0, len(run), 512)
+        ]
+        for target, stripes in runs:
+            low, high = stripes[0], stripes[-1]
+            first = self.chunk(low, k)
+            try:
+                present = await target.allocated(self.id, first, self.chunk(high, k) - first + 1)
+                marks = await target.marks(self.id, first, high - low + 1, k + 1)
+            except (VolumeError, OSError) as exc:
+                log.info("parity marks of %s on %s not asked: %s", self.spec.name, target.disk,
+                         exc)  # fmt: skip
+                complete = False
+                continue
+            for stripe in stripes:
+                if present[self.chunk(stripe, k) - first] and marks[stripe - low] is None:
+                    complete = await self._adopt_mark(stripe) and complete
+        return complete
+
+    async def _adopt_mark(self, stripe: int) -> bool:
+        await self.locks.acquire(stripe, 0, CHUNK_SIZE)
+        try:
+            parity = self.shards(stripe)[self.k]
+            held = await self._whole_mark(stripe)
+            if held is None or not self.ok(stripe, self.k, parity):
+                return False
+            try:
+                await parity.adopt_mark(self.id, self.chunk(stripe, self.k), held.add, self.epoch)
+            except FencedError:
+                raise
+            except (VolumeError, OSError) as exc:
+                log.info("parity mark of stripe %d of %s: %s", stripe, self.spec.name, exc)
+                return False
+            return True
+        finally:
+            self.locks.release(stripe, 0, CHUNK_SIZE)
+
+    async def _whole_mark(self, stripe: int) -> Held | None:
+        """A rebuilt parity's mark: which data shards of the stripe exist, if every one is
+        healthy and its disk answers (None: unknown, the parity is written without one)."""
+        held = 0
+        for shard, target in enumerate(self.shards(stripe)[: self.k]):
+            if not self.ok(stripe, shard, target):
+                return None
+            try:
+                if (await target.allocated(self.id, self.chunk(stripe, shard), 1))[0]:
+                    held |= 1 << shard
+            except (VolumeError, OSError):
+                return None
+        return Held(add=held, exact=True)
+
+    async def _marked(self, stripe: int, shard: int) -> bool:
+        """Whether the stripe's parity says the data shard was written (False if unknown)."""
+        parity = self.shards(stripe)[self.k]
+        if not self.ok(stripe, self.k, parity):
+            return False
+        try:
+            mark = (await parity.marks(self.id, self.chunk(stripe, self.k), 1, 1))[0]
+        except (VolumeError, OSError):
+            return False
+        return mark is not None and bool(mark >> shard & 1)
 
     async def _shard_content(self, stripe: int, shard: int, into: memoryview) -> None:
         """A whole shard: read where it is healthy, else decoded from the other shards."""

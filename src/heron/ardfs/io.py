@@ -341,13 +341,15 @@ class Io:
                 continue
             for layer_id in spec.chain[:-1] + spec.kept:
                 layer = self.layers.get(layer_id)
-                if layer is not None and layer.blocks is None and layer_id not in self.learning:
+                if layer is None or layer_id in self.learning:
+                    continue
+                if layer.blocks is None or layer.unsure:  # unsure: asked until a disk is back
                     self.learning.add(layer_id)
                     self.background(self._learn(layer))
 
     async def _learn(self, layer: Layer) -> None:
         try:
-            await layer.held()
+            await layer.settle()
         except Exception as exc:  # a copy unreachable for now: asked again later
             log.info("layer %s: its blocks are not known yet: %s", layer.id, exc)
             await asyncio.sleep(MERGE_RETRY)

@@ -12,18 +12,21 @@ blocks they lack), online, then drops it. A linked clone's stack starts with its
 frozen layers, shared and read-only.
 
 What a layer holds is asked of its chunk stores once (`allocated_blocks`) and then kept here:
-only this process writes a layer it serves (the owner's heron-io), so the set stays true.
+only this process writes a layer it serves (the owner's heron-io), so the set stays true. A
+block its stores cannot tell (an erasure-coded stripe written before parity marks, with a disk
+down) is asked again at each use, and its reads and writes fail until they can: reading it
+as data would give zeroes over the layers below, as a hole would show them over its data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 from heron.ardfs.layout import BLOCK_SIZE, blocks_of, pieces
-from heron.ardfs.volume import Extent
+from heron.ardfs.volume import Extent, UnavailableError
 
 ZEROES = bytes(BLOCK_SIZE)
 
@@ -44,7 +47,7 @@ class LayerVolume(Protocol):
 
     async def write_zeroes(self, offset: int, length: int, fua: bool, may_trim: bool) -> None: ...
 
-    async def allocated_blocks(self, first: int, count: int) -> list[bool]: ...
+    async def allocated_blocks(self, first: int, count: int) -> Sequence[bool | None]: ...
 
     async def extents(self, offset: int, length: int) -> list[Extent]: ...
 
@@ -78,19 +81,21 @@ class Layer:
         self.id = layer_id
         self.volume = volume
         self.blocks: set[int] | None = None  # None: not asked yet
+        self.unsure: set[int] = set()  # blocks the stores could not tell: asked at each use
         self.locks = BlockLocks()
         self._loading = asyncio.Lock()
         self._forgotten = 0  # forgets so far: an answer asked before the last one is old
 
     def known_bytes(self) -> int | None:
         """What its blocks hold (`held_bytes`), if they are known here yet."""
-        if self.blocks is None:
+        if self.blocks is None or self.unsure:
             return None
         return held_bytes(self.blocks, self.volume.size)
 
     def forget(self) -> None:
         """Ask the chunk stores again at the next use (another node may have written)."""
         self.blocks = None
+        self.unsure = set()
         self._forgotten += 1
 
     async def held(self) -> set[int]:
@@ -104,10 +109,44 @@ class Layer:
                     count = blocks_of(self.volume.size)
                     present = await self.volume.allocated_blocks(0, count) if count else []
                     if asked == self._forgotten:  # else forgotten meanwhile: ask again
+                        self.unsure = {b for b, here in enumerate(present) if here is None}
                         self.blocks = {b for b, here in enumerate(present) if here}
 
-    async def has(self, block: int) -> bool:
-        return block in await self.held()
+    async def has(self, block: int, bottom: bool = False) -> bool:
+        """Whether the layer holds the block; UnavailableError while its stores cannot tell.
+        The `bottom` layer of a stack may say yes then: its block, held or not, reads the
+        same (a data shard never written decodes as the zeroes of a hole)."""
+        blocks = await self.held()
+        if block in self.unsure:
+            if bottom:
+                return True
+            await self._ask_again(blocks, block, block)
+            return block in blocks
+        return block in blocks
+
+    async def settle(self) -> None:
+        """Ask again about every block the stores could not tell (a disk may be back);
+        UnavailableError while some still cannot be told."""
+        blocks = await self.held()
+        if self.unsure:
+            await self._ask_again(blocks, min(self.unsure), max(self.unsure))
+
+    async def _ask_again(self, blocks: set[int], first: int, last: int) -> None:
+        present = await self.volume.allocated_blocks(first, last - first + 1)
+        if self.blocks is not blocks:
+            raise UnavailableError(f"layer {self.id}: forgotten while asked, ask again")
+        for block in [b for b in self.unsure if first <= b <= last]:
+            here = present[block - first]
+            if here is not None:
+                self.unsure.discard(block)
+                if here:
+                    blocks.add(block)
+        unknown = sorted(b for b in self.unsure if first <= b <= last)
+        if unknown:
+            raise UnavailableError(
+                f"layer {self.id}: whether it holds blocks {unknown[:8]} is not known while a "
+                "disk does not answer"
+            )
 
 
 def held_bytes(blocks: Iterable[int], size: int) -> int:
@@ -118,16 +157,16 @@ def held_bytes(blocks: Iterable[int], size: int) -> int:
 
 async def holder(layers: list[Layer], block: int) -> Layer | None:
     """The newest layer (of a bottom-first stack) holding the block."""
-    for layer in reversed(layers):
-        if await layer.has(block):
-            return layer
+    for index in range(len(layers) - 1, -1, -1):
+        if await layers[index].has(block, bottom=index == 0):
+            return layers[index]
     return None
 
 
 def holder_now(layers: list[Layer], block: int) -> Layer | bool | None:
     """`holder` without suspending: False when a layer's blocks are not known yet."""
     for layer in reversed(layers):
-        if layer.blocks is None:
+        if layer.blocks is None or block in layer.unsure:
             return False
         if block in layer.blocks:
             return layer
@@ -302,7 +341,10 @@ class Stack:
         for block in range(first, last // BLOCK_SIZE + 1):
             start = max(offset, block * BLOCK_SIZE)
             end = min(offset + length, (block + 1) * BLOCK_SIZE)
-            hole = await holder(self.layers, block) is None
+            try:
+                hole = await holder(self.layers, block) is None
+            except UnavailableError:
+                hole = False  # not known yet: data, which a reader copies, never a hole
             if extents and extents[-1].hole == hole:
                 extents[-1] = Extent(extents[-1].length + end - start, hole)
             else:
@@ -318,7 +360,9 @@ async def merge(
     lock for it, so a write of the block waits or finds it copied). The number copied."""
     copied = 0
     size = into.volume.size
-    for block in sorted(await source.held()):
+    held = await source.held()
+    await source.settle()  # UnavailableError while some block is unknown: tried again later
+    for block in sorted(held):
         start = block * BLOCK_SIZE
         if start >= size:
             continue

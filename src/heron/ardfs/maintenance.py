@@ -12,6 +12,9 @@ slowly (rate-limited, a slice at a time so VM I/O barely notices). A corrupt cop
 stale with the volume's owner (this node, or the owner's heron-io over the peer protocol),
 which rebuilds it like any other stale copy.
 
+Parity marks: the owner of an EC volume gives every parity written before marks its mark
+(erasure.py), once per volume and epoch, again a minute later while a disk does not answer.
+
 Status: state_dir/status.json, rewritten every second, for herond (and people) to read; and
 at once when a volume goes from healthy to degraded, before the I/O that degraded it is
 answered, so a status read after that answer says "healthy" only once the copies are rebuilt.
@@ -34,6 +37,7 @@ from heron.ardfs.chunkstore import ChunkStore
 from heron.ardfs.cluster import Cluster, GoneTarget
 from heron.ardfs.config import IoConfig
 from heron.ardfs.disks import check_disk
+from heron.ardfs.erasure import ErasureVolume
 from heron.ardfs.kinds import AnyVolume
 from heron.ardfs.peer import OP_CORRUPT, OP_PING, PeerClient, RemoteTarget
 from heron.ardfs.volume import VolumeError
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 IDLE = 1.0  # seconds between looks at the degraded logs when there was nothing to do
 DISK_CHECK = 5.0  # seconds between checks of this node's disks
 DISK_HANG = 30.0  # a disk whose check has not returned by then has failed
+MARKS_RETRY = 60.0  # seconds before parity marks left unset (a disk did not answer) are retried
 SCRUB_SLICE = 64  # sectors verified in one step on the event loop (256 KiB)
 
 
@@ -123,12 +128,15 @@ class Maintenance:
         self.rebuild: dict[str, RebuildProgress] = {}
         self.scrub = ScrubProgress()
         self.usage: dict[str, tuple[int, int]] = {}  # disk -> (total, free) at its last check
+        # (volume id, owner epoch) -> when to give its parities marks again (inf: all have)
+        self.marks_due: dict[tuple[str, int], float] = {}
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self.tasks.append(asyncio.create_task(self._check_disks_forever()))
         self.tasks.append(asyncio.create_task(self._forever(self.rebuild_pass, "rebuild")))
         self.tasks.append(asyncio.create_task(self._forever(self.write_status, "status")))
+        self.tasks.append(asyncio.create_task(self._forever(self.marks_pass, "parity marks")))
         if self.io.config.scrub_mb_s > 0:
             self.tasks.append(asyncio.create_task(self._scrub_forever()))
 
@@ -235,6 +243,23 @@ class Maintenance:
                 return True
             progress.failed_attempts += 1
             return False
+
+    # -- parity marks ------------------------------------------------------------------------
+
+    async def marks_pass(self) -> bool:
+        """Give the parities of the EC volumes (and layers) this node owns their marks where
+        they have none: one writer only, so never for a volume nobody owns."""
+        did = False
+        for name, volume in list(self.io.volumes.items()):
+            if not isinstance(volume, ErasureVolume) or not self.io.owns(name):
+                continue
+            key = (volume.id, volume.epoch)
+            if self.marks_due.get(key, 0.0) > time.monotonic():
+                continue
+            done = await volume.adopt_marks()
+            self.marks_due[key] = float("inf") if done else time.monotonic() + MARKS_RETRY
+            did = True
+        return did
 
     # -- scrub -------------------------------------------------------------------------------
 

@@ -6,8 +6,11 @@ Requests are pipelined on one connection and matched to replies by id, so a clie
 many in flight as its volumes have. Payloads are received straight into their final buffers
 (a read lands in the NBD reply buffer), by receiver.py, as in the NBD server.
 
-Request:  magic u32 | op u8 | flags u8 | pad u16 | id u64 | volume 16 bytes (uuid) |
+Request:  magic u32 | op u8 | flags u8 | held u16 | id u64 | volume 16 bytes (uuid) |
           disk 16 bytes (ascii, NUL padded) | chunk u64 | offset u32 | length u32 | epoch u64
+The `held` word of a write or trim of an EC parity chunk (with FLAG_HELD) says how the mark of
+the data shards written changes (chunkstore.Held: the added shards in its low byte, the removed
+ones in its high byte). A heron-io from before marks ignores it, and the parity then has none.
 Reply:    magic u32 | status u32 (0 or an errno) | id u64 | length u32
 
 Before the first request, both ends of a connection prove they hold the cluster's peer key
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heron.ardfs import peerauth
+from heron.ardfs.chunkstore import Held
 from heron.ardfs.nbd import Disconnect
 from heron.ardfs.receiver import Receiver
 from heron.ardfs.sender import Sender
@@ -54,9 +58,14 @@ OP_CLAIM = 11  # a new owner's epoch: refuse older ones from now on
 OP_STALE = 12  # payload "+ chunk disk" / "- chunk disk" lines: record them in the stale log
 OP_STALE_LIST = 13  # the stale log's copies, as "chunk disk" lines
 OP_PIN = 14  # payload: a placement to keep unless one is kept; reply: the one kept
+OP_MARKS = 15  # chunks chunk, chunk + offset, ... (length of them): u16 marks (NO_MARK: none)
+OP_ADOPT_MARK = 16  # give parity `chunk` the whole mark in the held word (a parity from before)
 OP_CORRUPT = 10  # to a volume's owner: "chunk <chunk> on disk <disk> is corrupt, repair it"
 
 FLAG_DURABLE = 1
+FLAG_HELD = 2  # the write changes a parity's mark as the `held` word says
+FLAG_HELD_EXACT = 4  # ... and `held` is the whole mark (Held.exact)
+NO_MARK = 0xFFFF
 # A read of a chunk that does not exist is answered with this status and no bytes: the reader
 # fills zeroes itself instead of 4 MiB of them crossing the network (thin volumes, EC parity).
 ABSENT = errno.ENODATA
@@ -98,6 +107,20 @@ def _error(status: int, message: str) -> VolumeError:
     if status == errno.EPERM:
         return FencedError(message)
     return VolumeError(message, status)
+
+
+def held_word(held: Held | None) -> tuple[int, int]:
+    """(flags, held word) of a request carrying `held`."""
+    if held is None:
+        return 0, 0
+    flags = FLAG_HELD | (FLAG_HELD_EXACT if held.exact else 0)
+    return flags, held.add | held.remove << 8
+
+
+def held_of(flags: int, word: int) -> Held | None:
+    if not flags & FLAG_HELD:
+        return None
+    return Held(word & 0xFF, word >> 8, bool(flags & FLAG_HELD_EXACT))
 
 
 def _volume_bytes(volume: str) -> bytes:
@@ -213,7 +236,7 @@ class PeerServer:
         Most peer requests are these, and they never wait; a task per request was a good part
         of a replicated 4 KiB write's CPU. Durable writes and the rest go through _handle.
         """
-        _, op, flags, _, rid, raw_volume, raw_disk, chunk, offset, length, epoch = fields
+        _, op, flags, word, rid, raw_volume, raw_disk, chunk, offset, length, epoch = fields
         if op not in (OP_READ, OP_WRITE) or flags & FLAG_DURABLE:
             return False
         target = self.disks(raw_disk.rstrip(b"\0").decode(errors="replace"))
@@ -231,7 +254,8 @@ class PeerServer:
                 target.store.read_into(volume, chunk, offset, memoryview(body))
             else:
                 assert payload is not None
-                target.store.write(volume, chunk, offset, memoryview(payload), False, epoch)
+                held = held_of(flags, word)
+                target.store.write(volume, chunk, offset, memoryview(payload), False, epoch, held)
         except (VolumeError, OSError) as exc:
             status = _status(exc)
             body = str(exc).encode()[:4096]
@@ -246,10 +270,11 @@ class PeerServer:
     async def _handle(
         self, sender: Sender, fields: tuple[Any, ...], payload: bytearray | None
     ) -> None:
-        _, op, flags, _, rid, raw_volume, raw_disk, chunk, offset, length, epoch = fields
+        _, op, flags, word, rid, raw_volume, raw_disk, chunk, offset, length, epoch = fields
         volume = raw_volume.hex()
         disk = raw_disk.rstrip(b"\0").decode(errors="replace")
         durable = bool(flags & FLAG_DURABLE)
+        held = held_of(flags, word)
         body: bytes | bytearray = b""
         status = 0
         try:
@@ -259,7 +284,7 @@ class PeerServer:
                 await self.corrupt(volume, chunk, disk)
             elif op != OP_PING:
                 body = await self._on_disk(op, volume, disk, chunk, offset, length, epoch,
-                                           durable, payload)  # fmt: skip
+                                           durable, held, payload)  # fmt: skip
         except (VolumeError, OSError) as exc:
             status = _status(exc)
             body = str(exc).encode()[:4096]
@@ -280,6 +305,7 @@ class PeerServer:
         length: int,
         epoch: int,
         durable: bool,
+        held: Held | None,
         payload: bytearray | None,
     ) -> bytes | bytearray:
         target = self.disks(disk)
@@ -293,13 +319,23 @@ class PeerServer:
             return body
         if op == OP_WRITE:
             assert payload is not None
-            await target.write(volume, chunk, offset, memoryview(payload), durable, epoch)
+            await target.write(volume, chunk, offset, memoryview(payload), durable, epoch, held)
         elif op == OP_SYNC:
             await target.sync(volume)
         elif op == OP_TRIM:
-            await target.trim(volume, chunk, offset, length, durable, epoch)
+            await target.trim(volume, chunk, offset, length, durable, epoch, held)
         elif op == OP_ALLOCATED:
             return bytes(await target.allocated(volume, chunk, length))
+        elif op == OP_MARKS:
+            if length > MAX_PAYLOAD // 2:
+                raise VolumeError("too many marks asked at once", errno.EINVAL)
+            marks = await target.marks(volume, chunk, length, max(offset, 1))
+            words = [NO_MARK if m is None else m for m in marks]
+            return struct.pack(f"<{len(words)}H", *words)
+        elif op == OP_ADOPT_MARK:
+            if held is None:
+                raise VolumeError("a mark to adopt needs its held word", errno.EINVAL)
+            await target.adopt_mark(volume, chunk, held.add, epoch)
         elif op == OP_CHUNKS:
             found = await target.chunks(volume)
             return struct.pack(f"<{len(found)}Q", *found)
@@ -499,6 +535,7 @@ class PeerClient:
         payload: memoryview,
         callback: Callable[[Exception | None], None],
         into: memoryview | None = None,
+        held: Held | None = None,
     ) -> bool:
         """Start a write (or with `into`, a read) on an open connection, `callback` called
         with its outcome once. False (and no callback) when the connection is down: the
@@ -512,8 +549,9 @@ class PeerClient:
             self.last_reply = time.monotonic()  # the stall clock starts with the first request
         self.pending[rid] = _Pending(into, callback=callback)
         length = len(into) if into is not None else len(payload)
+        flags, word = held_word(held)
         header = REQUEST.pack(
-            REQUEST_MAGIC, op, 0, 0, rid, _volume_bytes(volume), _disk_bytes(disk),
+            REQUEST_MAGIC, op, flags, word, rid, _volume_bytes(volume), _disk_bytes(disk),
             chunk, offset, length, epoch,
         )  # fmt: skip
         try:
@@ -536,6 +574,7 @@ class PeerClient:
         flags: int = 0,
         payload: memoryview | None = None,
         into: memoryview | None = None,
+        held: Held | None = None,
     ) -> bytes:
         sock = self.sock if self.sock is not None else await self._connect()
         sender = self.sender
@@ -547,9 +586,10 @@ class PeerClient:
         if not self.pending:
             self.last_reply = time.monotonic()
         self.pending[rid] = _Pending(into, future=future)
+        marked, word = held_word(held)
         header = REQUEST.pack(
-            REQUEST_MAGIC, op, flags, 0, rid, _volume_bytes(volume), _disk_bytes(disk),
-            chunk, offset, length, epoch,
+            REQUEST_MAGIC, op, flags | marked, word, rid, _volume_bytes(volume),
+            _disk_bytes(disk), chunk, offset, length, epoch,
         )  # fmt: skip
         try:
             sender.send(header, payload if payload is not None else b"")
@@ -584,18 +624,33 @@ class RemoteTarget:
         await self.client.call(OP_READ, volume, self.disk, chunk, offset, len(view), into=view)
 
     async def write(
-        self, volume: str, chunk: int, offset: int, data: memoryview, durable: bool, epoch: int
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        data: memoryview,
+        durable: bool,
+        epoch: int,
+        held: Held | None = None,
+    ) -> None:
+        flags = FLAG_DURABLE if durable else 0
+        await self.client.call(OP_WRITE, volume, self.disk, chunk, offset, len(data), epoch,
+                               flags, payload=data, held=held)  # fmt: skip
+
+    async def trim(
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        length: int,
+        durable: bool,
+        epoch: int,
+        held: Held | None = None,
     ) -> None:
         flags = FLAG_DURABLE if durable else 0
         await self.client.call(
-            OP_WRITE, volume, self.disk, chunk, offset, len(data), epoch, flags, payload=data
+            OP_TRIM, volume, self.disk, chunk, offset, length, epoch, flags, held=held
         )
-
-    async def trim(
-        self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int
-    ) -> None:
-        flags = FLAG_DURABLE if durable else 0
-        await self.client.call(OP_TRIM, volume, self.disk, chunk, offset, length, epoch, flags)
 
     async def sync(self, volume: str) -> None:
         await self.client.call(OP_SYNC, volume, self.disk)
@@ -603,6 +658,20 @@ class RemoteTarget:
     async def allocated(self, volume: str, first: int, count: int) -> list[bool]:
         body = await self.client.call(OP_ALLOCATED, volume, self.disk, first, 0, count)
         return [bool(b) for b in body]
+
+    async def marks(self, volume: str, first: int, count: int, step: int) -> list[int | None]:
+        # No payload: a heron-io without this op answers EINVAL and reads no bytes it does
+        # not expect.
+        body = await self.client.call(OP_MARKS, volume, self.disk, first, step, count)
+        if len(body) != 2 * count:
+            raise VolumeError(f"{len(body)} bytes of marks for {count} chunks", errno.EIO)
+        words = struct.unpack(f"<{count}H", body)
+        return [None if w == NO_MARK else w for w in words]
+
+    async def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int) -> None:
+        await self.client.call(
+            OP_ADOPT_MARK, volume, self.disk, chunk, epoch=epoch, held=Held(held, exact=True)
+        )
 
     async def chunks(self, volume: str) -> list[int]:
         body = await self.client.call(OP_CHUNKS, volume, self.disk)

@@ -25,6 +25,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
+from heron.ardfs.chunkstore import Held
 from heron.ardfs.cluster import Cluster
 from heron.ardfs.config import VolumeSpec
 from heron.ardfs.degraded import DegradedLog
@@ -114,17 +115,22 @@ class PlacedVolume:
         await share(self.id, [(chunk, target.disk)], False, self.holders)
 
     async def _put_back(
-        self, chunk: int, stale: Sequence[ChunkTarget], data: memoryview | None
+        self,
+        chunk: int,
+        stale: Sequence[ChunkTarget],
+        data: memoryview | None,
+        held: Held | None = None,
     ) -> bool:
         """Write a chunk's content to its stale copies (None: it holds nothing, so they are
-        deleted) and record each that took it; True if every one did."""
+        deleted; `held`: an EC parity's mark) and record each that took it; True if every
+        one did."""
         done = True
         for target in stale:
             try:
                 if data is None:
                     await target.delete(self.id, chunk, self.epoch)
                 else:
-                    await target.write(self.id, chunk, 0, data, True, self.epoch)
+                    await target.write(self.id, chunk, 0, data, True, self.epoch, held)
             except FencedError:
                 raise  # a newer owner exists: this node must stop writing
             except (VolumeError, OSError) as exc:

@@ -432,9 +432,13 @@ class ReplicatedVolume(PlacedVolume):
 
 
 async def block_extents(
-    allocated: Callable[[int, int], Awaitable[list[bool]]], offset: int, length: int, size: int
+    allocated: Callable[[int, int], Awaitable[Sequence[bool | None]]],
+    offset: int,
+    length: int,
+    size: int,
 ) -> list[Extent]:
-    """Extents of a byte range from per-block allocation, merged and clipped to the range."""
+    """Extents of a byte range from per-block allocation (None: unknown, reported as data),
+    merged and clipped to the range."""
     first = offset // CHUNK_SIZE
     last = min(offset + length, size) - 1
     count = last // CHUNK_SIZE - first + 1
@@ -443,7 +447,7 @@ async def block_extents(
     for i, here in enumerate(present):
         start = max(offset, (first + i) * CHUNK_SIZE)
         end = min(offset + length, (first + i + 1) * CHUNK_SIZE)
-        hole = not here
+        hole = here is False
         if extents and extents[-1].hole == hole:
             extents[-1] = Extent(extents[-1].length + end - start, hole)
         else:

@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Protocol
 
-from heron.ardfs.chunkstore import ChunkStore
+from heron.ardfs.chunkstore import ChunkStore, Held
 
 
 class ChunkTarget(Protocol):
@@ -21,16 +21,36 @@ class ChunkTarget(Protocol):
     async def read_into(self, volume: str, chunk: int, offset: int, view: memoryview) -> None: ...
 
     async def write(
-        self, volume: str, chunk: int, offset: int, data: memoryview, durable: bool, epoch: int
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        data: memoryview,
+        durable: bool,
+        epoch: int,
+        held: Held | None = None,
     ) -> None: ...
 
     async def trim(
-        self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        length: int,
+        durable: bool,
+        epoch: int,
+        held: Held | None = None,
     ) -> None: ...
 
     async def sync(self, volume: str) -> None: ...
 
     async def allocated(self, volume: str, first: int, count: int) -> list[bool]: ...
+
+    async def marks(self, volume: str, first: int, count: int, step: int) -> list[int | None]:
+        """The marks of the parity chunks first, first + step, ... (count of them)."""
+        ...
+
+    async def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int) -> None: ...
 
     async def chunks(self, volume: str) -> list[int]: ...
 
@@ -70,16 +90,30 @@ class LocalTarget:
         self.store.read_into(volume, chunk, offset, view)
 
     async def write(
-        self, volume: str, chunk: int, offset: int, data: memoryview, durable: bool, epoch: int
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        data: memoryview,
+        durable: bool,
+        epoch: int,
+        held: Held | None = None,
     ) -> None:
-        self.store.write(volume, chunk, offset, data, False, epoch)
+        self.store.write(volume, chunk, offset, data, False, epoch, held)
         if durable:
             await self._sync_chunk(volume, chunk)
 
     async def trim(
-        self, volume: str, chunk: int, offset: int, length: int, durable: bool, epoch: int
+        self,
+        volume: str,
+        chunk: int,
+        offset: int,
+        length: int,
+        durable: bool,
+        epoch: int,
+        held: Held | None = None,
     ) -> None:
-        self.store.trim(volume, chunk, offset, length, False, epoch)
+        self.store.trim(volume, chunk, offset, length, False, epoch, held)
         if durable:
             await self._sync_chunk(volume, chunk)
 
@@ -96,6 +130,12 @@ class LocalTarget:
 
     async def allocated(self, volume: str, first: int, count: int) -> list[bool]:
         return self.store.allocated(volume, first, count)
+
+    async def marks(self, volume: str, first: int, count: int, step: int) -> list[int | None]:
+        return self.store.marks(volume, first, count, step)
+
+    async def adopt_mark(self, volume: str, chunk: int, held: int, epoch: int) -> None:
+        self.store.adopt_mark(volume, chunk, held, epoch)
 
     async def chunks(self, volume: str) -> list[int]:
         return self.store.chunks(volume)
