@@ -248,10 +248,10 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
     assert sorted(d["node"] for d in volume["placement"]) == ["node1", "node2", "node3"]
 
-    def qemu_io(node: str, *commands: str) -> None:
+    def qemu_io(node: str, *commands: str, volume: str = volume_id) -> None:
         socket_path = Path(cluster.node(node).state_dir) / "ardfs/moves/nbd.sock"
         args = [a for c in commands for a in ("-c", c)]
-        uri = f"nbd+unix:///{volume_id}?socket={socket_path}"
+        uri = f"nbd+unix:///{volume}?socket={socket_path}"
         done = subprocess.run(["qemu-io", "-f", "raw", *args, uri], capture_output=True,
                               text=True)  # fmt: skip
         assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, (
@@ -262,11 +262,40 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     qemu_io("node1", *pattern, "flush")
     hexid = volume_id.replace("-", "")
 
-    def chunks(node: str) -> int:
-        folder = disks[node] / "volumes" / hexid
+    def chunks(node: str, layer: str = hexid) -> int:
+        folder = disks[node] / "volumes" / layer
         return sum(1 for p in folder.iterdir() if len(p.name) == 16) if folder.is_dir() else 0
 
     assert chunks("node3") > 0
+
+    # A template's disk and a linked clone of it: the clone reads the template's frozen layer
+    # (shared, one copy set for both) under a top of its own. node3 holds copies of it.
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "mv-tpl",
+            "memory_mib": 64,
+            "node": "node1",
+            "disks": [{"pool": "moves", "size": 48 * 2**20}],
+        },
+    )
+    api.wait_task(reply["task"], timeout=120)
+    template_volume = api.vm(reply["vm"])["spec"]["disks"][0]["volume"]
+    golden = [f"write -P {0x70 + i} {i * 4}M 4M" for i in range(12)]
+    qemu_io("node1", *golden, "flush", volume=template_volume)
+    api.ok("PUT", "/vms/mv-tpl/template", json={"template": True})
+    reply = api.ok("POST", "/vms/mv-tpl/clone", json={"name": "mv-lc", "linked": True,
+                                                      "node": "node1"})  # fmt: skip
+    api.wait_task(reply["task"], timeout=120)
+    clone_vm = reply["vm"]
+    clone_volume = api.vm(clone_vm)["spec"]["disks"][0]["volume"]
+    record = api.ok("GET", f"/pools/moves/volumes/{clone_volume}")
+    base = next(x["id"] for x in record["layers"] if x["volume"] == template_volume)
+    qemu_io("node1", "write -P 0x6f 4M 4M", "flush", volume=clone_volume)
+    clone_view = [w.replace("write", "read") for w in golden]
+    clone_view[1] = "read -P 0x6f 4M 4M"
+    assert chunks("node3", base) > 0 and sum(chunks(n, base) for n in disks) == 2 * 12
 
     def placed_on(*nodes: str) -> Callable[[], bool]:
         """The volume is placed on those nodes' disks, and no move is under way."""
@@ -307,6 +336,29 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     # Two copies of every block again: each of the two disks holds all twelve.
     assert (chunks("node1"), chunks("node2")) == (12, 12)
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
+    # The template and its clone moved too, the shared layer with them: its twelve blocks
+    # have their two copies on the disks left, and the clone reads what it read before
+    # (through its owner; the template's volume through its own).
+    for moved_volume in (template_volume, clone_volume):
+        wait_for(
+            lambda v=moved_volume: (
+                (r := api.ok("GET", f"/pools/moves/volumes/{v}"))["moving_to"] is None
+                and sorted(d["node"] for d in r["placement"]) == ["node1", "node2"]
+                and (r["health"] or {}).get("state") == "healthy"
+            ),
+            90,
+            f"volume {moved_volume} moved onto node1 and node2, healthy",
+        )
+    assert (chunks("node1", base), chunks("node2", base)) == (12, 12)
+    record = api.ok("GET", f"/pools/moves/volumes/{clone_volume}")
+    qemu_io(record["owner"], *clone_view, volume=clone_volume)
+    record = api.ok("GET", f"/pools/moves/volumes/{template_volume}")
+    qemu_io(record["owner"], *[w.replace("write", "read") for w in golden],
+            volume=template_volume)  # fmt: skip
+    # They go (node3's copies with its return), so that what follows moves "data" alone.
+    api.wait_task(api.ok("DELETE", f"/vms/{clone_vm}", params={"volumes": True})["task"])
+    api.ok("PUT", "/vms/mv-tpl/template", json={"template": False})
+    api.wait_task(api.ok("DELETE", "/vms/mv-tpl", params={"volumes": True})["task"])
 
     # node3 comes back: the volume spreads onto its disk again (a move like the one before),
     # and no disk keeps a chunk the placement does not give it (node3 held old copies).
