@@ -122,7 +122,7 @@ class RbdPool(PoolDriver):
     ) -> int:
         fmt = source_format or await qemuimg.detect_format(source)
         await qemuimg.convert(source, fmt, self.image(volume), "raw", progress)
-        size = int((await qemuimg.info(self.image(volume)))["virtual-size"])
+        size = int((await qemuimg.info(self.image(volume), "raw"))["virtual-size"])
         if volume.size > size:
             await qemuimg.resize(self.image(volume), "raw", volume.size)
             size = volume.size
