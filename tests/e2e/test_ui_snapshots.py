@@ -1,12 +1,13 @@
 """A VM's snapshots in a real browser against a real devcluster: take two from the form drawn
-from the API's schema (a bad name refused beside its input), see the tree, revert to the first
-after confirming, and delete the second."""
+from the API's schema (a bad name refused beside its input; the second with the guest's
+memory, which its row says in both languages), see the tree, revert to the first after
+confirming, and delete the second."""
 
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browsing import STEP, log_in, settle, shot
+from browsing import STEP, assert_translated, log_in, settle, shot
 from playwright.sync_api import BrowserContext, Page, expect
 from support import Api
 
@@ -36,11 +37,13 @@ def vm(api: Api, image: str) -> dict[str, Any]:
     return api.vm(reply["vm"])
 
 
-def take(page: Page, name: str) -> None:
+def take(page: Page, name: str, memory: bool = False) -> None:
     page.click("[data-testid=snapshot-new]")
     form = page.locator("[data-testid=snapshot-form]")
     form.locator("input[name=name]").fill(name)
     form.locator("select[name=quiesce]").select_option("off")
+    if memory:
+        form.locator("input[name=memory]").check()
     page.click("[data-testid=snapshot-submit]")
 
 
@@ -60,11 +63,25 @@ def test_take_revert_and_delete_snapshots(
     expect(page.locator("[data-testid=snapshot-task]")).to_have_attribute(
         "data-state", "succeeded", timeout=STEP
     )
-    take(page, "second")
+    take(page, "second", memory=True)
     second = page.locator("tr[data-snapshot=second]")
     expect(second).to_contain_text("ready", timeout=SLOW)
     expect(second).to_have_attribute("data-current", "true", timeout=STEP)
+    # The memory snapshot says so, with its memory's size; the disk-only one does not.
+    holds = "[data-testid=snapshot-holds]"
+    expect(second.locator(holds)).to_have_text("disks and memory")
+    expect(second.locator("[data-testid=snapshot-size]")).to_contain_text("memory ")
+    expect(first.locator(holds)).to_have_text("disks")
+    expect(first.locator("[data-testid=snapshot-size]")).not_to_contain_text("memory")
     shot(page, screenshots, "vm-snapshots")
+    page.locator("[data-testid=language]").select_option("ru")
+    try:
+        expect(second.locator(holds)).to_have_text("диски и память")
+        expect(second.locator("[data-testid=snapshot-size]")).to_contain_text("память ")
+        expect(first.locator(holds)).to_have_text("диски")
+        assert_translated(page, "ru", "the snapshot table")
+    finally:
+        page.locator("[data-testid=language]").select_option("en")
 
     first.locator("[data-testid=snapshot-revert]").click()
     expect(page.locator("[data-testid=confirm]")).to_be_visible()

@@ -12,14 +12,17 @@ status 1), and the rules that make clones safe: a clone only of a protected snap
 format 1), no unprotecting a snapshot that clones read (EBUSY), no removing a protected
 snapshot (EBUSY), nor an image that has snapshots (ENOTEMPTY). An image's data is a token
 (`data`): a snapshot keeps its image's, a rollback brings it back, a clone reads its parent
-snapshot's, a copy copies it. `fail` maps a command line (without options) to the error it
-gets instead. Every command line is appended to `journal` in the state file.
+snapshot's, a copy copies it (and the image's metadata, `image-meta`, as rbd does). `fail`
+maps a command line (without options) to the error it gets instead; `cut` lists command
+lines killed (SIGKILL) halfway: a `cp` so cut leaves its target made, holding part of the
+data. Every command line is appended to `journal` in the state file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,7 +43,9 @@ def install(directory: Path, state: Path) -> Path:
     )
     program.chmod(0o755)
     if not state.exists():
-        state.write_text(json.dumps({"images": {}, "next_id": 1, "fail": {}, "journal": []}))
+        state.write_text(
+            json.dumps({"images": {}, "next_id": 1, "fail": {}, "cut": [], "journal": []})
+        )
     return program
 
 
@@ -57,6 +62,10 @@ def fail(what: str, code: int, text: str) -> Failed:
 def split(spec: str) -> tuple[str, str | None]:
     image, _, snap = spec.partition("@")
     return image, snap or None
+
+
+class Cut(Exception):
+    """The command is killed here (its state so far is kept)."""
 
 
 class Rbd:
@@ -85,9 +94,11 @@ class Rbd:
         ]  # fmt: skip
 
     def run(self, args: list[str], options: dict[str, str]) -> Any:
-        verb = args[:2] if args[0] in ("snap",) else args[:1]
+        verb = args[:2] if args[0] in ("snap", "image-meta") else args[:1]
         rest = args[len(verb) :]
-        return getattr(self, "do_" + "_".join(verb))(*rest, **{"options": options})
+        self.cut = " ".join(args) in self.state.get("cut", [])
+        method = "do_" + "_".join(verb).replace("-", "_")
+        return getattr(self, method)(*rest, **{"options": options})
 
     def do_info(self, spec: str, options: dict[str, str]) -> Any:
         image = self.image(spec)
@@ -191,7 +202,12 @@ class Rbd:
     def do_cp(self, source: str, target: str, options: dict[str, str]) -> None:
         name, snap = split(source)
         found = self.snap(source)[1] if snap else self.image(name)
+        if self.cut:
+            self.new_image(target, found["size"], f"part of {found['data']}")
+            sys.stderr.write("\rImage copy: 42% complete...")
+            raise Cut
         self.new_image(target, found["size"], found["data"])
+        self.images[target]["meta"] = dict(self.image(name).get("meta", {}))
         if "no-progress" not in options:
             for percent in (25, 50, 75):
                 sys.stderr.write(f"\rImage copy: {percent}% complete...")
@@ -200,6 +216,28 @@ class Rbd:
     def do_resize(self, spec: str, options: dict[str, str]) -> None:
         size = options["--size"]
         self.image(spec)["size"] = int(size[:-1]) if size.endswith("B") else int(size) << 20
+
+    def do_rename(self, source: str, target: str, options: dict[str, str]) -> None:
+        image = self.image(source)
+        if source.partition("/")[0] != target.partition("/")[0]:
+            raise Failed("rbd: mv/rename across pools not supported", 22)
+        if target in self.images:
+            raise fail("rename error", 17, "File exists")
+        self.images[target] = image
+        del self.images[source]
+
+    do_mv = do_rename
+
+    def do_image_meta_set(self, spec: str, key: str, value: str, options: dict[str, str]) -> None:
+        self.image(spec).setdefault("meta", {})[key] = value
+
+    def do_image_meta_get(self, spec: str, key: str, options: dict[str, str]) -> None:
+        meta = self.image(spec).get("meta", {})
+        if key not in meta:
+            sys.stderr.write(f"failed to get metadata {key} of image : ")
+            sys.stderr.write("(2) No such file or directory\n")
+            raise fail("getting metadata failed", 2, "No such file or directory")
+        sys.stdout.write(f"{meta[key]}\n")
 
     def do_rm(self, spec: str, options: dict[str, str]) -> None:
         image = self.image(spec)
@@ -236,6 +274,10 @@ def main(argv: list[str]) -> int:
     except Failed as exc:
         sys.stderr.write(f"{exc}\n")
         code = 1
+    except Cut:
+        path.write_text(json.dumps(state))
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
     path.write_text(json.dumps(state))
     return code
 
@@ -278,13 +320,20 @@ class Cluster:
         state["fail"][command] = message
         self.save(state)
 
+    def cut(self, command: str, cut: bool = True) -> None:
+        """Kill `command` halfway each time it runs (or no more, `cut` False)."""
+        state = self.load()
+        state["cut"] = [c for c in state.get("cut", []) if c != command] + ([command] * cut)
+        self.save(state)
+
     def journal(self) -> list[str]:
         """Each command run, its options (the connection's, --format...) left out."""
         return [" ".join(w for w in self._positional(argv)) for argv in self.load()["journal"]]
 
     def changes(self) -> list[str]:
-        """The journal's commands that change something (no info, snap ls, du, children)."""
-        reads = ("info ", "snap ls ", "du ", "children ")
+        """The journal's commands that change something (no info, snap ls, du, children,
+        image-meta get)."""
+        reads = ("info ", "snap ls ", "du ", "children ", "image-meta get ")
         return [c for c in self.journal() if not c.startswith(reads)]
 
     @staticmethod

@@ -5,10 +5,13 @@ each snapshot back; each snapshot's size is what its own layer holds. A linked c
 snapshot (made by the pool driver, as the clone service does) reads it, and keeps it from
 being deleted until the clone goes. A VM whose only disk is on ARDFS gets a memory snapshot
 all the same: its memory goes into a volume of the pool made for it, and a revert brings the
-guest back exactly where it was."""
+guest back exactly where it was; an agent killed while QEMU saves that memory resumes the task
+when it is back, and the snapshot is taken again, the guest running, nothing left behind."""
 
 import asyncio
+import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -297,4 +300,46 @@ def test_a_memory_snapshot_of_a_vm_all_on_ardfs(
 
     act(api, vm, "DELETE", "warm")  # its memory-state volume goes with it
     assert api.get(f"/pools/hci/volumes/{state['id']}").status_code == 404
+
+    # The agent killed (SIGKILL) while QEMU saves the guest's memory into the state volume:
+    # QEMU and heron-io carry on without it. The restarted agent resumes the task: it waits
+    # for QEMU's save, removes what the cut-off run took (the disk's snapshot layer), lets the
+    # paused guest run and takes the snapshot again, into the same state volume.
+    node = cluster.nodes[0]
+    guest_run(cluster, vm, "echo cut > /tmp/mark")
+    reply = api.ok("POST", f"/vms/{vm}/snapshots", json={"name": "cut", "memory": True})
+
+    def saving() -> dict | None:
+        task = api.ok("GET", f"/tasks/{reply['task']}")
+        return task if "saving the guest's memory" in task["log"] else None
+
+    wait_for(saving, 120, "QEMU to save the guest's memory", interval=0.02)
+    herond = cluster.herond_pid(node)
+    assert herond is not None
+    os.kill(herond, signal.SIGKILL)
+    wait_for(lambda: cluster.herond_pid(node) is None, 10, "herond to die")
+    killed_at = ticks()[-1]
+    cluster.start_node(node.name)
+    cluster.wait_api(node, 120)
+    done = api.wait_task(reply["task"], timeout=300)
+    assert "resumed after an agent restart" in done["log"], done["log"]
+    assert any("left running by the run an agent restart cut short" in x for x in done["log"])
+    cut = api.ok("GET", f"/vms/{vm}/snapshots/cut")
+    assert cut["state"] == "ready" and cut["memory"] and cut["vm_state_size"] > 0, cut
+    states = [v for v in api.ok("GET", "/pools/hci/volumes") if v["state_of"]]
+    assert [v["id"] for v in states] == [cut["state_volume"]], states
+    # Not left paused: the guest counts on.
+    wait_for(lambda: ticks()[-1] >= killed_at + 2 or None, 60, "the guest to tick on")
+    # The half-made snapshot's layer is merged away: the frozen layer of "cut" and the top.
+    disk = api.vm(vm)["spec"]["disks"][0]["volume"]
+    wait_for(
+        lambda: len(api.ok("GET", f"/pools/hci/volumes/{disk}")["layers"]) == 2 or None,
+        120, "the cut-off run's layer merged away",
+    )  # fmt: skip
+    guest_run(cluster, vm, "echo later > /tmp/mark")
+    done = act(api, vm, "POST", "cut/revert")
+    assert done["result"] == {"snapshot": cut["id"], "memory": True, "state": "running"}
+    assert guest_run(cluster, vm, "cat /tmp/mark").strip() == "cut"
+    act(api, vm, "DELETE", "cut")
+    assert api.get(f"/pools/hci/volumes/{cut['state_volume']}").status_code == 404
     api.ok("DELETE", f"/vms/{vm}", params={"volumes": True})

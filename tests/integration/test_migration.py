@@ -14,6 +14,8 @@ from support import Api, guest_intact, qemu_homes, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
 from heron.testguest import build
+from heron.testguest.console import GuestReport
+from heron.testguest.console import read as read_console
 
 BOOT = 120
 # The loop test's guest: 48 MiB checked, 256 hot pages rewritten 100 times a second, and a
@@ -357,12 +359,22 @@ def noisy_neighbour() -> Iterator[None]:
 def test_back_and_forth_the_guest_stays_whole(
     cluster3, api, busy_image, ardfs_pool, noisy_neighbour, storage
 ) -> None:
-    """A bounded soak: every move with another setting, each one checked from inside."""
+    """A bounded soak: every move with another setting, each one checked from inside. On
+    ARDFS the guest also takes a memory snapshot before the first move and is reverted to
+    it after the last, on another node than the one that saved it."""
     cluster, _ = cluster3
     pool = {"shared": "shared", "local": "local", "ardfs": ardfs_pool}[storage]
     nodes = ["node1", "node3"]
     vm_id = running_guest(cluster, api, f"soak-{storage}", busy_image, nodes[0], pool=pool)
     guest_intact(console(cluster, vm_id, nodes[0]), booted_here=True)
+    if storage == "ardfs":  # no qcow2 disk: the memory goes into a volume of the pool
+        log = console(cluster, vm_id, nodes[0])
+        before_snapshot = ticks(log)[-1]
+        reply = api.ok("POST", f"/vms/{vm_id}/snapshots", json={"name": "warm", "memory": True})
+        api.wait_task(reply["task"], timeout=300)
+        warm = api.ok("GET", f"/vms/{vm_id}/snapshots/warm")
+        assert warm["state_pool"] == ardfs_pool and warm["vm_state_size"] > 0, warm
+        after_snapshot = ticks(log)[-1]  # the snapshot's instant lies between the two
     for move in range(MOVES):
         source, target = nodes[move % 2], nodes[(move + 1) % 2]
         log = console(cluster, vm_id, source)
@@ -375,4 +387,26 @@ def test_back_and_forth_the_guest_stays_whole(
             guest_intact(console(cluster, vm_id, target), last_tick=seen)
         except AssertionError as exc:
             raise AssertionError(f"move {move + 1} ({settings}): {exc}") from None
+    if storage == "ardfs":
+        # Reverted where it is now, its memory read from the volume node1 wrote: the guest is
+        # back at the snapshot's instant, without a new boot, and its memory checker finds
+        # every word as it was then.
+        here = nodes[MOVES % 2]
+        assert here != nodes[0] and api.vm(vm_id)["node"] == here
+        log = console(cluster, vm_id, here)
+        offset = len(log.read_bytes())
+        done = api.wait_task(
+            api.ok("POST", f"/vms/{vm_id}/snapshots/warm/revert")["task"], timeout=300
+        )
+        assert done["result"] == {"snapshot": warm["id"], "memory": True, "state": "running"}
+
+        def checked_after() -> GuestReport | None:
+            text = log.read_bytes()[offset:].decode(errors="replace")
+            report = read_console(text, booted_here=False)
+            done = report.verifications >= 1 and report.ticks
+            return report if report.problems or done else None
+
+        report = wait_for(checked_after, 60, "a memory check and a tick after the revert")
+        assert report.intact and report.ticks, report.problems[:10]
+        assert before_snapshot + 1 <= report.ticks[0] <= after_snapshot + 1, report.ticks[:3]
     api.wait_task(api.ok("DELETE", f"/vms/{vm_id}?volumes=true")["task"])

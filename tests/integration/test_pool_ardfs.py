@@ -1,8 +1,11 @@
 """An ardfs pool in a real devcluster: every node's agent runs heron-io, a VM (a linked clone
 of a template: its volume reads the template's frozen layer under a layer of its own) boots
-from a replicated volume and live-migrates (the volume changes owner at the switch), and when
-its node dies as a whole (agent, QEMU, heron-io) HA starts it on another node, which claims
-the volume with a new epoch and boots from the surviving copies of both layers."""
+from a replicated volume, takes a memory snapshot, live-migrates (the volume changes owner at
+the switch) and is reverted to the snapshot on its new node (the guest back where it was),
+and when its node dies as a whole (agent, QEMU, heron-io) HA starts it on another node, which
+claims the volume with a new epoch and boots from the surviving copies of both layers. Copies
+on a node gone past the grace, a template's layer shared with its clone among them, are made
+on the disks left."""
 
 import contextlib
 import os
@@ -18,6 +21,7 @@ from support import etcd_snapshot, guest_intact, serial_lines, wait_for
 
 from heron.configdb import keys
 from heron.devcluster import DevCluster
+from heron.testguest.net import CommandChannel
 from heron.util.proc import find_running
 
 pytestmark = pytest.mark.integration
@@ -35,6 +39,15 @@ def ticks(log: Path) -> list[int]:
         for line in serial_lines(log, r"heron-tick \d+")
         if (m := re.search(r"heron-tick (\d+)", line))
     ]
+
+
+def guest_run(cluster: DevCluster, vm_id: str, node: str, command: str) -> str:
+    """Run a shell command in the test guest through its serial command channel."""
+    sock = Path(cluster.node(node).state_dir) / "vms" / vm_id / "serial.sock"
+    with CommandChannel(sock) as channel:
+        result = channel.run(command, timeout=60)
+    assert result.rc == 0, result
+    return result.output
 
 
 def heron_io_pid(cluster: DevCluster, node: str, pool: str) -> int | None:
@@ -136,9 +149,24 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
                                                       "online": True}  # fmt: skip
     assert api.ok("GET", f"/pools/hci/volumes/{volume_id}")["size"] == grown
 
+    # A memory snapshot on node1: the memory goes into the data disk's qcow2 image on the
+    # shared pool, the ARDFS disk gets a frozen layer of heron-io's.
+    wait_for(lambda: len(ticks(first)) >= 2, BOOT, "the guest to tick")
+    guest_run(cluster, vm_id, "node1", "echo before > /tmp/mark")
+    before_snapshot = ticks(first)[-1]
+    reply = api.ok("POST", f"/vms/{vm_id}/snapshots", json={"name": "warm", "memory": True})
+    api.wait_task(reply["task"], timeout=300)
+    warm = api.ok("GET", f"/vms/{vm_id}/snapshots/warm")
+    assert warm["state"] == "ready" and warm["memory"], warm
+    assert [(d["method"], d["vm_state"]) for d in warm["disks"]] == [
+        ("native", False), ("qcow2", True)
+    ]  # fmt: skip
+    after_snapshot = ticks(first)[-1]  # the snapshot's instant lies between the two
+    guest_run(cluster, vm_id, "node1", "echo after > /tmp/mark")
+
     # Live migration to node2: the volume changes owner while the guest is stopped at the
     # switch, and the guest counts on without a reboot.
-    wait_for(lambda: len(ticks(first)) >= 2, BOOT, "the guest to tick")
+    wait_for(lambda: ticks(first)[-1] > after_snapshot, BOOT, "the guest to tick on")
     seen = ticks(first)[-1]
     reply = api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node2"})
     task = api.wait_task(reply["task"], timeout=180)
@@ -146,6 +174,26 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     guest_intact(console(cluster, vm_id, "node2"), last_tick=seen)
     volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
     assert (volume["owner"], volume["epoch"], volume["standby"]) == ("node2", 2, None)
+
+    # Reverted to the snapshot on node2, the guest is back exactly where it was on node1:
+    # the same boot, its RAM saying "before", its counter going on from the snapshot.
+    on_node2 = console(cluster, vm_id, "node2")
+    offset = len(on_node2.read_bytes())
+    reply = api.ok("POST", f"/vms/{vm_id}/snapshots/warm/revert")
+    done = api.wait_task(reply["task"], timeout=300)
+    assert done["result"] == {"snapshot": warm["id"], "memory": True, "state": "running"}
+    assert api.vm(vm_id)["node"] == "node2"
+    assert guest_run(cluster, vm_id, "node2", "cat /tmp/mark").strip() == "before"
+
+    def reverted_ticks() -> list[int] | None:
+        text = on_node2.read_bytes()[offset:].decode(errors="replace")
+        return [int(t) for t in re.findall(r"heron-tick (\d+)", text)] or None
+
+    after = wait_for(reverted_ticks, 60, "a tick after the revert")
+    assert before_snapshot + 1 <= after[0] <= after_snapshot + 1, (before_snapshot, after)
+    assert not serial_lines(on_node2, "HERON-GUEST-READY")  # booted once, on node1
+    volume = api.ok("GET", f"/pools/hci/volumes/{volume_id}")
+    assert (volume["owner"], volume["epoch"]) == ("node2", 2)
 
     # node2 dies as a whole: its agent, watchdog, QEMU and heron-io.
     io_pid = heron_io_pid(cluster, "node2", "hci")
@@ -248,10 +296,10 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     volume = api.ok("GET", f"/pools/moves/volumes/{volume_id}")
     assert sorted(d["node"] for d in volume["placement"]) == ["node1", "node2", "node3"]
 
-    def qemu_io(node: str, *commands: str) -> None:
+    def qemu_io(node: str, *commands: str, volume: str = volume_id) -> None:
         socket_path = Path(cluster.node(node).state_dir) / "ardfs/moves/nbd.sock"
         args = [a for c in commands for a in ("-c", c)]
-        uri = f"nbd+unix:///{volume_id}?socket={socket_path}"
+        uri = f"nbd+unix:///{volume}?socket={socket_path}"
         done = subprocess.run(["qemu-io", "-f", "raw", *args, uri], capture_output=True,
                               text=True)  # fmt: skip
         assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, (
@@ -262,11 +310,40 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     qemu_io("node1", *pattern, "flush")
     hexid = volume_id.replace("-", "")
 
-    def chunks(node: str) -> int:
-        folder = disks[node] / "volumes" / hexid
+    def chunks(node: str, layer: str = hexid) -> int:
+        folder = disks[node] / "volumes" / layer
         return sum(1 for p in folder.iterdir() if len(p.name) == 16) if folder.is_dir() else 0
 
     assert chunks("node3") > 0
+
+    # A template's disk and a linked clone of it: the clone reads the template's frozen layer
+    # (shared, one copy set for both) under a top of its own. node3 holds copies of it.
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={
+            "name": "mv-tpl",
+            "memory_mib": 64,
+            "node": "node1",
+            "disks": [{"pool": "moves", "size": 48 * 2**20}],
+        },
+    )
+    api.wait_task(reply["task"], timeout=120)
+    template_volume = api.vm(reply["vm"])["spec"]["disks"][0]["volume"]
+    golden = [f"write -P {0x70 + i} {i * 4}M 4M" for i in range(12)]
+    qemu_io("node1", *golden, "flush", volume=template_volume)
+    api.ok("PUT", "/vms/mv-tpl/template", json={"template": True})
+    reply = api.ok("POST", "/vms/mv-tpl/clone", json={"name": "mv-lc", "linked": True,
+                                                      "node": "node1"})  # fmt: skip
+    api.wait_task(reply["task"], timeout=120)
+    clone_vm = reply["vm"]
+    clone_volume = api.vm(clone_vm)["spec"]["disks"][0]["volume"]
+    record = api.ok("GET", f"/pools/moves/volumes/{clone_volume}")
+    base = next(x["id"] for x in record["layers"] if x["volume"] == template_volume)
+    qemu_io("node1", "write -P 0x6f 4M 4M", "flush", volume=clone_volume)
+    clone_view = [w.replace("write", "read") for w in golden]
+    clone_view[1] = "read -P 0x6f 4M 4M"
+    assert chunks("node3", base) > 0 and sum(chunks(n, base) for n in disks) == 2 * 12
 
     def placed_on(*nodes: str) -> Callable[[], bool]:
         """The volume is placed on those nodes' disks, and no move is under way."""
@@ -307,6 +384,29 @@ def test_copies_on_a_node_down_past_the_grace_are_made_on_the_others(cluster3, a
     # Two copies of every block again: each of the two disks holds all twelve.
     assert (chunks("node1"), chunks("node2")) == (12, 12)
     qemu_io(volume["owner"], *[w.replace("write", "read") for w in pattern])
+    # The template and its clone moved too, the shared layer with them: its twelve blocks
+    # have their two copies on the disks left, and the clone reads what it read before
+    # (through its owner; the template's volume through its own).
+    for moved_volume in (template_volume, clone_volume):
+        wait_for(
+            lambda v=moved_volume: (
+                (r := api.ok("GET", f"/pools/moves/volumes/{v}"))["moving_to"] is None
+                and sorted(d["node"] for d in r["placement"]) == ["node1", "node2"]
+                and (r["health"] or {}).get("state") == "healthy"
+            ),
+            90,
+            f"volume {moved_volume} moved onto node1 and node2, healthy",
+        )
+    assert (chunks("node1", base), chunks("node2", base)) == (12, 12)
+    record = api.ok("GET", f"/pools/moves/volumes/{clone_volume}")
+    qemu_io(record["owner"], *clone_view, volume=clone_volume)
+    record = api.ok("GET", f"/pools/moves/volumes/{template_volume}")
+    qemu_io(record["owner"], *[w.replace("write", "read") for w in golden],
+            volume=template_volume)  # fmt: skip
+    # They go (node3's copies with its return), so that what follows moves "data" alone.
+    api.wait_task(api.ok("DELETE", f"/vms/{clone_vm}", params={"volumes": True})["task"])
+    api.ok("PUT", "/vms/mv-tpl/template", json={"template": False})
+    api.wait_task(api.ok("DELETE", "/vms/mv-tpl", params={"volumes": True})["task"])
 
     # node3 comes back: the volume spreads onto its disk again (a move like the one before),
     # and no disk keeps a chunk the placement does not give it (node3 held old copies).

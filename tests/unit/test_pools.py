@@ -1,5 +1,5 @@
 """Pool drivers' pure parts: definitions, capabilities, LUN listings, names QEMU and
-qemu-img get."""
+qemu-img get; and the size qemu-img reads of a raw volume whose data looks like a qcow2."""
 
 from pathlib import Path
 from typing import get_args
@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from heron.models.storage import Pool, PoolType, Protection, Volume, VolumeFormat
+from heron.storage import qemuimg
 from heron.storage.driver import Capabilities
 from heron.storage.lunpool import disk_luns, volume_name
 from heron.storage.registry import DRIVERS, capabilities, definition_problem, driver_for
@@ -225,3 +226,16 @@ def test_new_volume_formats_follow_the_pool() -> None:
         fmt(rbd, VolumeFormat.qcow2)
     with pytest.raises(Invalid, match="holds the array's LUNs"):
         fmt(pool(type="block", path="/dev/mapper", pattern="mpath*"), None)
+
+
+async def test_a_raw_volume_holding_a_qcow2_image_is_sized_as_raw(tmp_path: Path) -> None:
+    """A raw ARDFS volume holding a memory state (a qcow2 image written into it): asked
+    without its format, qemu-img reports the inner image's size, and a wait for the
+    volume's size never ended (a snapshot resumed after an agent restart failed so)."""
+    volume_file = tmp_path / "state"
+    await qemuimg.create(volume_file, "qcow2", 1024**2)
+    with volume_file.open("r+b") as raw:
+        raw.truncate(16 * 1024**2)
+    assert (await qemuimg.info(volume_file))["virtual-size"] == 1024**2  # a guess
+    found = await qemuimg.info(volume_file, "raw")
+    assert (found["format"], found["virtual-size"]) == ("raw", 16 * 1024**2)

@@ -11,7 +11,7 @@ from fakes.rbd import Cluster, install
 
 from heron.models.storage import Pool, Volume
 from heron.storage.driver import StorageError
-from heron.storage.rbdpool import RbdPool, base_snapshot
+from heron.storage.rbdpool import RbdPool, base_snapshot, partial_image
 
 GIB = 2**30
 
@@ -197,7 +197,8 @@ async def test_full_clones_copy_with_progress_and_grow_to_the_record(
     assert (copied["data"], copied["parent"], copied["snaps"]) == ("v1", None, [])
     assert copied["size"] == 2 * GIB  # the snapshot was 1 GiB: grown to the record's size
     assert now["data"] == "v2"
-    assert "cp vms/src@s1 vms/c1" in ceph.journal()
+    assert "cp vms/src@s1 vms/heron-partial-id-c1" in ceph.journal()
+    assert "rename vms/heron-partial-id-c1 vms/c1" in ceph.journal()
     await rbd.delete(source)  # copies read nothing of it
     assert ceph.image("vms/src") is None
 
@@ -214,3 +215,61 @@ async def test_rbd_missing_or_failing_is_said(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(StorageError, match="need the rbd tool"):
         await rbd.snapshot_create([volume("a")], "s1")
+
+
+async def test_a_full_clone_cut_short_is_made_again_and_no_image_of_others_removed(
+    ceph: Cluster, tmp_path: Path
+) -> None:
+    rbd = driver(tmp_path)
+    source, target = volume("src"), volume("copy", id_="c7")
+    ceph.add("vms/src", GIB, "v1")
+    state = ceph.load()  # a source tagged by its own copy (rbd cp copies the tag)
+    state["images"]["vms/src"]["meta"] = {"heron.volume": "id-src"}
+    ceph.save(state)
+    partial = f"vms/{partial_image(target)}"
+    # The agent's rbd cp killed halfway: part of the data under the partial name only.
+    ceph.cut(f"cp vms/src {partial}")
+    with pytest.raises(StorageError, match="killed by signal 9"):
+        await rbd.clone(source, None, target, False, None)
+    assert ceph.image(partial)["data"] == "part of v1"  # type: ignore[index]
+    assert ceph.image("vms/copy") is None
+    # The task's rerun removes its own leftover and copies again (rbd said "File exists").
+    ceph.cut(f"cp vms/src {partial}", False)
+    await rbd.clone(source, None, target, False, None)
+    copied = ceph.image("vms/copy")
+    assert copied is not None and copied["data"] == "v1"
+    assert copied["meta"] == {"heron.volume": "c7"}
+    assert ceph.image(partial) is None
+    assert ceph.changes()[-4:] == [
+        f"rm {partial}",
+        f"cp vms/src {partial}",
+        f"image-meta set {partial} heron.volume c7",
+        f"rename {partial} vms/copy",
+    ]
+    # A rerun after the rename (its record not yet ready) finds the copy its own: no copy.
+    before = len(ceph.changes())
+    await rbd.clone(source, None, target, False, None)
+    assert ceph.changes()[before:] == [] and ceph.image("vms/copy")["data"] == "v1"  # type: ignore[index]
+
+    # Someone else's image under the volume's name is refused and left alone, tagged or not.
+    other = volume("web", id_="c6")
+    ceph.add("vms/web", GIB, "someone else's")
+    with pytest.raises(StorageError, match="already has an image web"):
+        await rbd.clone(source, None, other, False, None)
+    state = ceph.load()
+    state["images"]["vms/web"]["meta"] = {"heron.volume": "c5"}
+    ceph.save(state)
+    with pytest.raises(StorageError, match="already has an image web"):
+        await rbd.clone(source, None, other, False, None)
+    assert ceph.image("vms/web")["data"] == "someone else's"  # type: ignore[index]
+    assert not any(c.startswith("cp ") for c in ceph.changes()[before:])
+
+    # A volume whose copy was cut short and is then deleted takes its leftover with it.
+    third = volume("db", id_="c4")
+    ceph.cut(f"cp vms/src vms/{partial_image(third)}")
+    with pytest.raises(StorageError, match="killed"):
+        await rbd.clone(source, None, third, False, None)
+    assert ceph.image(f"vms/{partial_image(third)}") is not None
+    await rbd.delete(third.model_copy(update={"state": "error"}))
+    assert ceph.image(f"vms/{partial_image(third)}") is None
+    assert set(ceph.load()["images"]) == {"vms/src", "vms/copy", "vms/web"}

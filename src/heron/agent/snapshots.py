@@ -274,7 +274,12 @@ class Snapshots:
                 if ctx.resumed:
                     # Whatever the run cut off by the restart took is half-made: it goes.
                     # (A memory-state volume stays, to be made empty again.)
-                    await self._remove(qemu, snapshot, parts)
+                    if await self._remove(qemu, snapshot, parts):
+                        await ctx.log(
+                            "QEMU's save of the guest's memory, left running by the run an "
+                            "agent restart cut short, has ended: what it took is removed, "
+                            "and the snapshot is taken again"
+                        )
                     if qemu is not None:
                         await qemu.close_image(state_node(snapshot.id))
                     if qemu is not None and vm.power == PowerState.running:
@@ -437,16 +442,21 @@ class Snapshots:
                 return int(taken.get("vm-state-size", 0))
         return None
 
-    async def _remove(self, qemu: QemuVM | None, snapshot: Snapshot, parts: list[Part]) -> None:
+    async def _remove(
+        self, qemu: QemuVM | None, snapshot: Snapshot, parts: list[Part]
+    ) -> list[str]:
         """Delete the snapshot from every disk that has it (none may): undoing a create,
-        or a delete."""
+        or a delete. Returns the ids of the QEMU jobs of this snapshot (a save, a load)
+        that a run cut off by an agent restart left, waited for first."""
         tag = snapshot.id
         qcow2 = [p for p in parts if p.disk.method == "qcow2"]
+        left = []
         if qemu is not None:
             for job in await qemu.jobs():
                 if job.id in (f"save-{tag}", f"load-{tag}"):
                     # Left by a run cut off by an agent restart: QEMU carried on with it.
                     await qemu.wait_job(job.id, SAVE_TIMEOUT)
+                    left.append(job.id)
             held = {n.node: n.names() for n in await qemu.disk_snapshots([p.node for p in qcow2])}
             for part in qcow2:
                 if tag in held.get(part.node, []):
@@ -458,6 +468,7 @@ class Snapshots:
         for part in [p for p in parts if p.disk.method == "native"]:
             if any(s.name == tag for s in await part.driver.snapshots(part.volume)):
                 await part.driver.snapshot_delete(part.volume, tag)
+        return left
 
     # -- revert --------------------------------------------------------------------------
 

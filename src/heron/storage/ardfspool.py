@@ -356,7 +356,7 @@ class ArdfsPool(PoolDriver):
         async def served() -> bool:  # heron-io applies configuration changes in the background
             nonlocal why
             try:
-                found = int((await qemuimg.info(self.image(volume)))["virtual-size"])
+                found = int((await qemuimg.info(self.image(volume), "raw"))["virtual-size"])
             except QemuImgError as exc:
                 why = str(exc)
                 return False

@@ -74,12 +74,12 @@ class DirPool(PoolDriver):
         fmt = source_format or await qemuimg.detect_format(source)
         await qemuimg.convert(source, fmt, str(partial), volume.format.value, progress)
         if volume.size > 0:
-            current = int((await qemuimg.info(partial))["virtual-size"])
+            current = int((await qemuimg.info(partial, volume.format.value))["virtual-size"])
             if volume.size > current:
                 await qemuimg.resize(partial, volume.format.value, volume.size)
         # Only a complete copy gets the volume's name: a crash leaves just a .partial file.
         await asyncio.to_thread(os.replace, partial, target)
-        return int((await qemuimg.info(target))["virtual-size"])
+        return int((await qemuimg.info(target, volume.format.value))["virtual-size"])
 
     async def clone(
         self,

@@ -66,7 +66,7 @@ class IscsiPool(PoolDriver):
         found = []
         for lun in luns:
             try:
-                size = int((await qemuimg.info(self.url(lun)))["virtual-size"])
+                size = int((await qemuimg.info(self.url(lun), "raw"))["virtual-size"])
             except QemuImgError as exc:
                 raise StorageError(f"LUN {lun}: {exc}") from exc
             found.append(Found(name=f"lun{lun}", size=size, location=str(lun)))

@@ -47,8 +47,12 @@ async def create_overlay(path: Path, backing: str, backing_format: str, size: in
     )
 
 
-async def info(path: Image) -> dict[str, Any]:
-    return json.loads(await _run("info", "--output=json", "-U", str(path)))
+async def info(path: Image, fmt: str | None = None) -> dict[str, Any]:
+    """qemu-img's JSON about the image. `fmt`: its format where the caller knows it; qemu-img
+    otherwise guesses from the data, and a raw volume whose data begins like a qcow2 image
+    (a memory state's, or any that a guest wrote) is then reported at that image's size."""
+    args = ["-f", fmt] if fmt else []
+    return json.loads(await _run("info", "--output=json", "-U", *args, str(path)))
 
 
 async def resize(path: Image, fmt: str, size: int) -> None:

@@ -19,6 +19,14 @@ template: there is nothing to share, hence no race between clones made and delet
 belong to the source VM). Ceph refuses to unprotect a snapshot that clones read; this driver
 refuses, naming them, to delete such a snapshot or its image, as Heron does by its records.
 
+A full copy may be cut short (the agent killed, the node down) and its task run again: the
+copy goes to a name of its own (`heron-partial-<clone's volume id>`), is tagged with the
+volume's id (image metadata `heron.volume`) and only then renamed to the volume's name.
+A leftover under the partial name was made by Heron for that clone alone, so a rerun removes
+it and copies again; an image under the volume's name carrying its id is the finished copy
+(the rename was the last step done); any other image of that name is someone else's: the
+clone is refused and the image left alone. Nothing Heron cannot prove it made is deleted.
+
 Tested where a Ceph cluster is reachable (see docs/operations.md): these machines have none;
 the unit tests run these command sequences against a stand-in `rbd` (tests/fakes/rbd.py).
 """
@@ -41,6 +49,8 @@ from heron.storage.qemuimg import Progress
 log = logging.getLogger(__name__)
 
 BASE_PREFIX = "heron-base-"  # the snapshot of a template that one linked clone reads
+PARTIAL_PREFIX = "heron-partial-"  # a full copy being made, before it gets its volume's name
+OWNER_KEY = "heron.volume"  # image metadata: the id of the volume a full copy was made for
 _ERRNO = re.compile(r"\((\d+)\) ")  # rbd says "rbd: <what> failed: (17) File exists"
 _PERCENT = re.compile(rb"(\d+)% complete")  # rbd's progress on stderr: "Image copy: 42% ..."
 # What rbd says without an errno in the text (src/tools/rbd/action/Snap.cc, Remove.cc).
@@ -63,6 +73,11 @@ class RbdError(StorageError):
 def base_snapshot(clone: Volume) -> str:
     """The template's snapshot that the linked clone `clone` reads (made for it alone)."""
     return f"{BASE_PREFIX}{clone.id}"
+
+
+def partial_image(clone: Volume) -> str:
+    """The name a full copy has until it is complete (made for the clone `clone` alone)."""
+    return f"{PARTIAL_PREFIX}{clone.id}"
 
 
 class RbdPool(PoolDriver):
@@ -107,7 +122,7 @@ class RbdPool(PoolDriver):
     ) -> int:
         fmt = source_format or await qemuimg.detect_format(source)
         await qemuimg.convert(source, fmt, self.image(volume), "raw", progress)
-        size = int((await qemuimg.info(self.image(volume)))["virtual-size"])
+        size = int((await qemuimg.info(self.image(volume), "raw"))["virtual-size"])
         if volume.size > size:
             await qemuimg.resize(self.image(volume), "raw", volume.size)
             size = volume.size
@@ -119,6 +134,8 @@ class RbdPool(PoolDriver):
     async def delete(self, volume: Volume) -> None:
         """Remove the image with its snapshots; refused while linked clones read one of
         them. A linked clone of a template takes its base snapshot with it."""
+        if volume.state != "ready":  # a full copy may have been cut short: its leftover
+            await self._remove_partial(volume)
         try:
             info = await self._info(volume)
         except RbdError as exc:
@@ -227,11 +244,12 @@ class RbdPool(PoolDriver):
         progress: Progress | None,
     ) -> None:
         """Linked: `rbd clone` of the snapshot (protected first), or of a snapshot of the
-        template made for this clone. Full: `rbd cp` of the image or of its snapshot.
-        The clone is then grown to the target's size if the snapshot was smaller."""
+        template made for this clone. Full: `rbd cp` of the image or of its snapshot
+        (see `_copy`). The clone is then grown to the target's size if the snapshot was
+        smaller."""
         if not linked:
             source_spec = self.snap_spec(source, snapshot) if snapshot else self.image_spec(source)
-            await self._rbd("cp", source_spec, self.image_spec(target), progress=progress)
+            await self._copy(source_spec, target, progress)
         elif snapshot is not None:
             await self._protect(source, snapshot)
             await self._clone(source, snapshot, target)
@@ -251,6 +269,55 @@ class RbdPool(PoolDriver):
             await self._rbd(
                 "resize", "--no-progress", "--size", f"{target.size}B", self.image_spec(target)
             )
+
+    async def _copy(self, source_spec: str, target: Volume, progress: Progress | None) -> None:
+        """`rbd cp` under the partial name, tagged with the target's id, renamed when
+        complete, so that a rerun can tell its own work from someone else's image."""
+        if await self._owner(self.image_spec(target)) == target.id:
+            return  # copied and renamed by a run cut short before its record said ready
+        if await self._exists(self.image_spec(target)):
+            raise StorageError(f"Ceph pool {self.pool.rbd_pool} already has an image {target.name}")
+        partial = f"{self.pool.rbd_pool}/{partial_image(target)}"
+        await self._remove_partial(target)
+        await self._rbd("cp", source_spec, partial, progress=progress)
+        # rbd cp copies the source's metadata too: the tag is set after it, for the target.
+        await self._rbd("image-meta", "set", partial, OWNER_KEY, target.id)
+        try:
+            await self._rbd("rename", partial, self.image_spec(target))
+        except RbdError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            with contextlib.suppress(StorageError):  # ours: no garbage left behind
+                await self._remove_partial(target)
+            raise StorageError(
+                f"Ceph pool {self.pool.rbd_pool} already has an image {target.name}"
+            ) from exc
+
+    async def _remove_partial(self, target: Volume) -> None:
+        """Remove what a full copy for `target` cut short left (if anything)."""
+        try:
+            await self._rbd("rm", "--no-progress", f"{self.pool.rbd_pool}/{partial_image(target)}")
+        except RbdError as exc:
+            if exc.code != errno.ENOENT:
+                raise
+
+    async def _owner(self, spec: str) -> str | None:
+        """The volume id an image is tagged with; None if it has no tag or no image."""
+        try:
+            return (await self._rbd("image-meta", "get", spec, OWNER_KEY)).decode().strip()
+        except RbdError as exc:
+            if exc.code == errno.ENOENT:
+                return None
+            raise
+
+    async def _exists(self, spec: str) -> bool:
+        try:
+            await self._json("info", spec)
+        except RbdError as exc:
+            if exc.code == errno.ENOENT:
+                return False
+            raise
+        return True
 
     async def _clone(self, source: Volume, snapshot: str, target: Volume) -> None:
         """`rbd clone`; an image of that name already cloned from that snapshot (by a run
@@ -336,11 +403,12 @@ class RbdPool(PoolDriver):
             if progress is not None and found:
                 await progress(min(int(found[-1]), 100) / 100)
         out = await reading
-        await proc.wait()
-        if proc.returncode != 0:
+        status = await proc.wait()
+        if status != 0:
             lines = [x.strip() for x in re.split(r"[\r\n]", err.decode(errors="replace"))]
             said = [x for x in lines if x and "% complete" not in x]
-            message = said[-1] if said else f"exit status {proc.returncode}"
+            ended = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+            message = said[-1] if said else ended
             number = _ERRNO.search(message)
             code = int(number.group(1)) if number else 0
             code = next((c for text, c in _SAID.items() if text in message), code)
