@@ -127,6 +127,8 @@ def _invalid_requests(
         ("viewer deletes", viewer, "DELETE", "/vms/web1", {}, 403),
         ("viewer creates", viewer, "POST", "/vms", {"json": vm}, 403),
         ("viewer starts", viewer, "POST", "/vms/web1/actions/stop", {}, 403),
+        ("viewer reads a serial log", viewer, "GET", "/vms/web1/console/serial", {}, 403),
+        ("viewer asks for a console", viewer, "POST", "/vms/web1/console/ticket", {}, 403),
         ("operator makes a pool", operator, "POST", "/pools", {"json": {"name": "p2"}}, 403),
         (
             "operator makes a user",
@@ -373,6 +375,9 @@ def test_invalid_requests_get_4xx_and_change_nothing(cluster3, api, six_vms) -> 
             assert body["fields"] and all(f["field"] and f["reason"] for f in body["fields"])
     assert not failures, "\n".join(failures)
     assert etcd_snapshot(cluster.endpoints) == before
+    # What a viewer is refused, an operator has: the console permission.
+    log = operator.ok("GET", "/vms/web1/console/serial")
+    assert "HERON-GUEST-READY" in log["text"]
     refused = [
         e for e in api.ok("GET", "/events", params={"limit": 1000}) if e["result"] == "refused"
     ]

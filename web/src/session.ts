@@ -3,6 +3,13 @@ import { computed, reactive } from "vue";
 
 export type Role = "viewer" | "operator" | "admin";
 const RANK: Record<Role, number> = { viewer: 0, operator: 1, admin: 2 };
+// What each role may do beyond the nesting of roles, as models/auth.py's ROLE_PERMISSIONS.
+export type Permission = "read" | "console" | "operate" | "administer";
+const PERMISSIONS: Record<Role, Permission[]> = {
+  viewer: ["read"],
+  operator: ["read", "console", "operate"],
+  admin: ["read", "console", "operate", "administer"],
+};
 const KEY = "heron.session";
 
 interface Stored {
@@ -39,4 +46,10 @@ export function end(): void {
 export function can(needed: Role): boolean {
   const role = session.current?.role;
   return role !== undefined && RANK[role] >= RANK[needed];
+}
+
+/** Whether the logged-in user's role carries `permission` (the console: operators and admins). */
+export function may(permission: Permission): boolean {
+  const role = session.current?.role;
+  return role !== undefined && PERMISSIONS[role].includes(permission);
 }

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from heron.api.errors import Forbidden, Unauthorized
 from heron.configdb import ConfigDB, keys
-from heron.models.auth import Role, TokenKind, TokenRecord, User
+from heron.models.auth import Permission, Role, TokenKind, TokenRecord, User
 from heron.models.common import new_id
 
 SESSION_TTL = 12 * 3600
@@ -91,6 +91,21 @@ def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return check
 
 
+def require_permission(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: Principal = Depends(authenticate)) -> Principal:
+        if not principal.role.may(permission):
+            raise Forbidden(
+                f"this needs the {permission.value} permission, which the "
+                f"{principal.role.value} role does not have"
+            )
+        return principal
+
+    return check
+
+
 viewer = require(Role.viewer)
 operator = require(Role.operator)
 admin = require(Role.admin)
+console = require_permission(Permission.console)
+# The checks that may answer 403 (the API contract declares it on the routes using them).
+REFUSING = frozenset({operator, admin, console})

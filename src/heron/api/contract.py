@@ -4,7 +4,7 @@ Generated clients trust `/api/v1/openapi.json`: an answer whose status code is n
 breaks them. Writing the codes by hand on each route drifts, so they follow from the route:
 
 - 401 everywhere (no or bad token; the login's wrong password);
-- 403 where a role above viewer is required;
+- 403 where a role above viewer or a permission viewers lack is required;
 - 404 where a path names something (and where a route declares it itself);
 - 409 on every change (name clash, stale revision, conflicting state);
 - 422 wherever there is input to validate; 400 where a body that cannot be parsed is refused;
@@ -62,7 +62,7 @@ def error_codes(route: APIRoute, method: str) -> set[int]:
     dependant = route.dependant
     calls = set(_calls(dependant))
     codes = {401, 503}
-    if calls & {auth.operator, auth.admin}:
+    if calls & auth.REFUSING:
         codes.add(403)
     if dependant.path_params:
         codes.add(404)

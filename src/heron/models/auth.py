@@ -22,6 +22,35 @@ class Role(StrEnum):
     def allows(self, needed: "Role") -> bool:
         return self.rank >= needed.rank
 
+    @property
+    def permissions(self) -> frozenset["Permission"]:
+        return ROLE_PERMISSIONS[self]
+
+    def may(self, permission: "Permission") -> bool:
+        return permission in ROLE_PERMISSIONS[self]
+
+
+class Permission(StrEnum):
+    """What a role lets its holder do. Most checks still ask for a role (roles nest); a
+    permission exists where the nesting is not the whole story.
+
+    `console` is one: the serial log holds whatever the guest printed (boot messages, a
+    password typed at a prompt, keys), and the serial and graphical consoles type into the
+    guest. Viewers read a VM's configuration and state, not its screen.
+    """
+
+    read = "read"
+    console = "console"
+    operate = "operate"
+    administer = "administer"
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.viewer: frozenset({Permission.read}),
+    Role.operator: frozenset({Permission.read, Permission.console, Permission.operate}),
+    Role.admin: frozenset(Permission),
+}
+
 
 class User(Record):
     name: Name

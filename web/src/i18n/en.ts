@@ -184,7 +184,7 @@ const en = {
   "console.reconnect": "Reconnect",
   "console.graphical": "Graphical console",
   "console.notRunning": "The console is available while the VM is running.",
-  "console.needsOperator": "The console needs the operator role.",
+  "console.needsOperator": "The console and the serial log need the console permission (operators and administrators).",
 
   "create.title": "Create a virtual machine",
   "create.steps": "Steps",

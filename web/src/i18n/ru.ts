@@ -186,7 +186,7 @@ const ru: Record<keyof typeof en, string> = {
   "console.reconnect": "Переподключиться",
   "console.graphical": "Графическая консоль",
   "console.notRunning": "Консоль доступна, пока ВМ работает.",
-  "console.needsOperator": "Для консоли нужна роль оператора.",
+  "console.needsOperator": "Для консоли и журнала последовательного порта нужно право на консоль (операторы и администраторы).",
 
   "create.title": "Создание виртуальной машины",
   "create.steps": "Шаги",
