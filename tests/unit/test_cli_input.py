@@ -90,6 +90,8 @@ FREE_TEXT = {
     "description",
     "username",
     "password",
+    "current_password",
+    "subject",  # heron user unlock: a user name or a client address, as recorded
     "url",
     "path",
     "upload",

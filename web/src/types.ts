@@ -193,6 +193,15 @@ export interface User {
   created_at: number;
 }
 
+export interface Lockout {
+  id: string;
+  kind: "user" | "address";
+  subject: string;
+  failures: number;
+  last_at: number;
+  locked_until: number | null;
+}
+
 export interface Token {
   id: string;
   user: string;

@@ -36,6 +36,7 @@ _WHY = {
     404: "It does not exist",
     409: "It conflicts with the current state (name taken, stale revision, busy)",
     422: "Invalid input: `fields` names each offending field and the reason",
+    429: "Too many failed logins: the user name or client address is locked for a while",
     503: "The ConfigDB (etcd) cannot be reached",
 }
 

@@ -16,6 +16,9 @@ VOLUME_NAMES = ROOT + "names/volume/"
 TASKS = ROOT + "tasks/"
 USERS = ROOT + "users/"
 TOKENS = ROOT + "tokens/"
+# Failed logins per user name and per client address (models/auth.py LoginFailures), each
+# under a lease; only administrators read them (and hear of them in the UI's event stream).
+LOGIN_FAILURES = ROOT + "login-failures/"
 MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
 ARDFS_MEMBERS = ROOT + "ardfs-members/"
@@ -81,6 +84,10 @@ def task(task_id: str) -> str:
 
 def user(name: str) -> str:
     return USERS + name
+
+
+def login_failures(record_id: str) -> str:
+    return LOGIN_FAILURES + record_id
 
 
 def token(token_hash: str) -> str:

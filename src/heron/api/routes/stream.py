@@ -46,6 +46,8 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.NETWORK_STATUS, "network-status", Role.viewer),
     (keys.SETTINGS, "settings", Role.viewer),
     (keys.USERS, "users", Role.admin),
+    # Failed logins and locks are shown with the users (their ids are hashes, no secret).
+    (keys.LOGIN_FAILURES, "users", Role.admin),
     (keys.TOKENS, "tokens", Role.viewer),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
