@@ -139,6 +139,83 @@ def test_password_rules_and_a_new_password_ends_sessions(api: Api) -> None:
     api.ok("PUT", "/cluster/settings", json=settings)
 
 
+def test_an_operator_of_one_group_reaches_its_vms_only(api: Api) -> None:
+    vms = {}
+    for vm, group in (("va", "ga"), ("vb", "gb")):
+        api.ok("POST", "/groups", json={"name": group})
+        made = api.ok("POST", "/vms", json={"name": vm, "memory_mib": 16, "group": group})
+        api.wait_task(made["task"])
+        vms[vm] = made["vm"]
+    password = "scoped-pw-1"
+    api.ok("POST", "/users", json={"name": "gina", "role": "viewer", "password": password})
+    api.ok("POST", "/users", json={"name": "nora", "role": None, "password": password})
+    grants = {
+        user: api.ok(
+            "POST",
+            "/grants",
+            json={"user": user, "role": "operator", "scope": "group", "name": "ga"},
+        )
+        for user in ("gina", "nora")
+    }
+    bad = {"user": "nobody", "role": "operator", "scope": "group", "name": "ga"}
+    refused = api.post("/grants", json=bad)
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.user"
+    refused = api.post("/grants", json={**bad, "user": "gina", "name": "nope"})
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.name"
+    assert api.post("/grants", json={**bad, "user": "gina"}).status_code == 409
+
+    gina = Api(api.url, login(api.url, "gina", password)[1]["token"])
+    assert gina.post("/grants", json={**bad, "user": "gina", "name": "gb"}).status_code == 403
+    # Cluster-wide viewer: sees every VM, but changes and opens the consoles of ga's only.
+    assert {"va", "vb"} <= {v["name"] for v in gina.ok("GET", "/vms")}
+    assert gina.patch("/vms/va", json={"description": "mine"}).status_code == 200
+    for method, path, body in (
+        ("PATCH", "/vms/vb", {"description": "not mine"}),
+        ("GET", "/vms/vb/console/serial", None),
+        ("POST", "/vms/vb/console/ticket", None),
+        ("POST", "/vms/vb/actions/start", None),
+        ("DELETE", "/vms/vb", None),
+        ("POST", "/vms", {"name": "vx", "memory_mib": 16, "group": "gb"}),
+        ("POST", "/vms", {"name": "vx", "memory_mib": 16}),  # in no group: cluster-wide only
+        ("PATCH", "/vms/va", {"group": "gb"}),  # moving it into a group it does not operate
+        ("POST", "/vms/va/disks", {"volume": "local/anything"}),  # another pool's data
+    ):
+        reply = gina.request(method, path, **({"json": body} if body is not None else {}))
+        assert reply.status_code == 403, f"{method} {path}: {reply.status_code} {reply.text}"
+    assert gina.ok("GET", "/vms/va/console/serial")["vm"] == vms["va"]
+    assert gina.post("/vms/va/console/ticket").status_code == 201
+    made = gina.ok("POST", "/vms", json={"name": "va2", "memory_mib": 16, "group": "ga"})
+    api.wait_task(made["task"])
+    assert api.vm("vb")["spec"]["description"] == ""
+
+    # No cluster-wide role: only ga's VMs and their tasks exist for nora.
+    nora = Api(api.url, login(api.url, "nora", password)[1]["token"])
+    assert sorted(v["name"] for v in nora.ok("GET", "/vms")) == ["va", "va2"]
+    assert nora.get("/vms/vb").status_code == 404
+    assert nora.get("/nodes").status_code == 403
+    tasks = nora.ok("GET", "/tasks")
+    assert tasks and {t["target"] for t in tasks} <= {vms["va"], made["vm"]}
+    whoami = nora.ok("GET", "/auth/whoami")
+    assert whoami["role"] is None and whoami["grants"] == [
+        {"scope": "group", "name": "ga", "role": "operator"}
+    ]
+    # A token made with a lower role carries no more on the group either.
+    reader = Api(api.url, nora.ok("POST", "/tokens", json={"role": "viewer"})["token"])
+    assert reader.ok("GET", "/vms/va")["name"] == "va"
+    assert reader.patch("/vms/va", json={"description": "x"}).status_code == 403
+    assert reader.get("/vms/va/console/serial").status_code == 403
+
+    api.ok("DELETE", f"/grants/{grants['gina']['id']}")
+    assert gina.patch("/vms/va", json={"description": "again"}).status_code == 403
+    assert [g["user"] for g in api.ok("GET", "/grants")] == ["nora"]
+    audit = api.ok("GET", "/events", params={"limit": 300})
+    assert any(e["method"] == "DELETE" and e["path"].startswith("/api/v1/grants/") for e in audit)
+    api.ok("DELETE", "/users/nora")
+    assert api.ok("GET", "/grants") == []  # a user's grants go with the user
+    for vm in ("va", "va2", "vb"):
+        api.wait_task(api.ok("DELETE", f"/vms/{vm}")["task"])
+
+
 def test_leave_says_what_it_would_do_and_refuses_what_blocks(
     cluster3: tuple[DevCluster, str], api: Api
 ) -> None:

@@ -1,4 +1,5 @@
-"""The pure rules of access: what each role may do, login locks, password rules."""
+"""The pure rules of access: what each role may do, login locks, password rules, and the
+role a user has on an object from its cluster-wide role and the roles granted on scopes."""
 
 import itertools
 
@@ -6,11 +7,16 @@ import pytest
 
 from heron.models.auth import (
     ROLE_PERMISSIONS,
+    Grant,
     LoginFailures,
     Permission,
     Role,
+    Scope,
+    ScopeKind,
     count_failure,
+    effective_role,
     password_problem,
+    reachable,
 )
 
 
@@ -87,3 +93,57 @@ def test_password_rules(password: str, problem: str | None) -> None:
 
 def test_the_user_name_rule_can_be_turned_off() -> None:
     assert password_problem("annabelle", "annabelle", min_length=8, refuse_user_name=False) is None
+
+
+# -- roles granted on scopes --------------------------------------------------------------
+
+
+def grant(user: str, role: Role, scope: ScopeKind, name: str) -> Grant:
+    return Grant(id=f"{user}-{name}", user=user, role=role, scope=scope, name=name, created_at=0)
+
+
+GRANTS = [
+    grant("ann", Role.operator, "group", "web"),
+    grant("ann", Role.viewer, "group", "db"),
+    grant("bob", Role.admin, "group", "db"),
+    grant("ann", Role.admin, "pool", "web"),  # a pool named like the group: another scope
+]
+
+
+@pytest.mark.parametrize(
+    ("cluster", "scopes", "limit", "expected"),
+    [
+        (Role.viewer, [("group", "web")], None, Role.operator),  # the grant raises it
+        (Role.viewer, [("group", "db")], None, Role.viewer),
+        (Role.viewer, [("group", "other")], None, Role.viewer),  # out of grants: cluster
+        (Role.viewer, [], None, Role.viewer),  # a VM in no group
+        (None, [("group", "other")], None, None),  # out of sight altogether
+        (None, [("group", "db")], None, Role.viewer),  # bob's admin grant is not ann's
+        (None, [("group", "web")], Role.viewer, Role.viewer),  # a token capped at viewer
+        (Role.admin, [("group", "db")], None, Role.admin),  # a grant never lowers
+        (Role.admin, [], Role.operator, Role.operator),
+        (None, [("group", "web"), ("pool", "web")], None, Role.admin),
+        (None, [("pool", "db")], None, None),
+    ],
+)
+def test_the_effective_role_on_an_object(
+    cluster: Role | None, scopes: list[Scope], limit: Role | None, expected: Role | None
+) -> None:
+    assert effective_role(cluster, GRANTS, "ann", scopes, limit) is expected
+
+
+def test_reachable_scopes_for_lists() -> None:
+    assert reachable(Role.viewer, GRANTS, "ann", "group", Role.viewer) is None  # all of them
+    assert reachable(None, GRANTS, "ann", "group", Role.viewer) == {"web", "db"}
+    assert reachable(None, GRANTS, "ann", "group", Role.operator) == {"web"}
+    assert reachable(Role.viewer, GRANTS, "ann", "group", Role.operator) == {"web"}
+    assert reachable(None, GRANTS, "ann", "group", Role.operator, limit=Role.viewer) == set()
+    assert reachable(None, GRANTS, "carl", "group", Role.viewer) == set()
+    assert reachable(None, GRANTS, "ann", "switch", Role.viewer) == set()
+
+
+def test_a_group_operator_has_the_console_there_only() -> None:
+    on_web = effective_role(Role.viewer, GRANTS, "ann", [("group", "web")])
+    on_db = effective_role(Role.viewer, GRANTS, "ann", [("group", "db")])
+    assert on_web is not None and on_web.may(Permission.console)
+    assert on_db is not None and not on_db.may(Permission.console)

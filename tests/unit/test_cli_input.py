@@ -91,6 +91,7 @@ FREE_TEXT = {
     "username",
     "password",
     "current_password",
+    "grant_id",
     "subject",  # heron user unlock: a user name or a client address, as recorded
     "url",
     "path",

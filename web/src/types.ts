@@ -187,9 +187,18 @@ export interface AuditEntry {
   target: string | null;
 }
 
+export interface Grant {
+  id: string;
+  user: string;
+  role: Role;
+  scope: "group" | "pool" | "switch";
+  name: string;
+  created_at: number;
+}
+
 export interface User {
   name: string;
-  role: Role;
+  role: Role | null;
   created_at: number;
 }
 
@@ -205,7 +214,7 @@ export interface Lockout {
 export interface Token {
   id: string;
   user: string;
-  role: Role;
+  role: Role | null;
   kind: string;
   description: string;
   created_at: number;

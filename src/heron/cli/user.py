@@ -2,7 +2,7 @@
 
 import getpass
 import time
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -10,12 +10,15 @@ from heron.cli import parse
 from heron.cli.client import Client, fail
 from heron.cli.options import Json
 from heron.cli.output import emit
-from heron.models.auth import Role
+from heron.models.auth import Role, ScopeKind
 
 app = typer.Typer(no_args_is_help=True, help="Users and roles.")
 
 ROLE = parse.Choice(r.value for r in Role)
+# A user's cluster-wide role, or none (the user reaches only what grants give).
+USER_ROLE = parse.Choice([*(r.value for r in Role), "none"])
 LOCK_KIND = parse.Choice(["user", "address"])
+SCOPE = parse.Choice(get_args(ScopeKind))
 
 
 @app.command("list")
@@ -23,18 +26,63 @@ def user_list(as_json: Json = False) -> None:
     emit(
         Client().get("/users"),
         as_json,
-        [("name", lambda u: u["name"]), ("role", lambda u: u["role"])],
+        [("name", lambda u: u["name"]), ("role", lambda u: u["role"] or "none")],
     )
 
 
 @app.command("create")
 def user_create(
     name: str,
-    role: Annotated[str, typer.Option(parser=ROLE, metavar="ROLE")] = "viewer",
+    role: Annotated[
+        str,
+        typer.Option(
+            parser=USER_ROLE,
+            metavar="ROLE",
+            help="cluster-wide; none: only what grants give (heron user grant)",
+        ),
+    ] = "viewer",
     password: Annotated[str | None, typer.Option(envvar="HERON_NEW_PASSWORD")] = None,
 ) -> None:
     secret = password if password is not None else getpass.getpass("new password: ")
-    Client().post("/users", json={"name": name, "role": role, "password": secret})
+    body = {"name": name, "role": None if role == "none" else role, "password": secret}
+    Client().post("/users", json=body)
+
+
+@app.command("grant")
+def user_grant(
+    user: str,
+    role: Annotated[str, typer.Argument(parser=ROLE, metavar="ROLE")],
+    scope: Annotated[
+        str, typer.Argument(parser=SCOPE, metavar="SCOPE", help="group, pool or switch")
+    ],
+    target: Annotated[str, typer.Argument(metavar="NAME", help="the group, pool or switch")],
+    as_json: Json = False,
+) -> None:
+    """Grant USER the ROLE on one VM group, pool or switch, on top of their cluster-wide
+    role: `heron user grant ann operator group web`."""
+    body = {"user": user, "role": role, "scope": scope, "name": target}
+    emit(Client().post("/grants", json=body), as_json, [("id", lambda g: g["id"])])
+
+
+@app.command("grants")
+def user_grants(as_json: Json = False) -> None:
+    """Roles granted on scopes (an administrator sees all, others their own)."""
+    emit(
+        Client().get("/grants"),
+        as_json,
+        [
+            ("id", lambda g: g["id"]),
+            ("user", lambda g: g["user"]),
+            ("role", lambda g: g["role"]),
+            ("scope", lambda g: f"{g['scope']} {g['name']}"),
+        ],
+    )
+
+
+@app.command("revoke")
+def user_revoke(grant_id: str) -> None:
+    """Take a grant back (its id from `heron user grants`)."""
+    Client().request("DELETE", f"/grants/{grant_id}")
 
 
 @app.command("delete")

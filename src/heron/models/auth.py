@@ -1,5 +1,6 @@
 """Users, roles and the tokens that carry them."""
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Literal
 
@@ -122,7 +123,8 @@ def password_problem(
 
 class User(Record):
     name: Name
-    role: Role
+    # None: no cluster-wide role; the user reaches only what grants give (models Grant).
+    role: Role | None
     password_hash: str = Field(repr=False)
     created_at: float
 
@@ -136,8 +138,73 @@ class TokenRecord(Record):
 
     id: str
     user: Name
-    role: Role
+    role: Role | None = Field(description="the cluster-wide role it carries; null: none")
     kind: TokenKind
     description: str = ""
     created_at: float
     expires_at: float | None = None
+    limit: Role | None = Field(
+        default=None,
+        description="made with a lower role: the most it carries on any scope too; null: "
+        "whatever the user's grants give",
+    )
+
+
+# What a role can be granted on besides the whole cluster (Proxmox's ACL paths, flattened):
+# a VM group (its VMs), a pool (its volumes), a switch (its networks).
+ScopeKind = Literal["group", "pool", "switch"]
+Scope = tuple[ScopeKind, str]
+
+
+class Grant(Record):
+    """A role on one scope, on top of the user's cluster-wide role (which it never lowers).
+
+    An operator of group `web` changes, starts, deletes and opens the consoles of the VMs in
+    `web`, and of no other; a user whose cluster-wide role is none sees only what grants show.
+    """
+
+    id: str
+    user: Name
+    role: Role
+    scope: ScopeKind
+    name: Name = Field(description="the group, pool or switch")
+    created_at: float
+
+
+def effective_role(
+    cluster_role: Role | None,
+    grants: Iterable[Grant],
+    user: str,
+    scopes: Iterable[Scope],
+    limit: Role | None = None,
+) -> Role | None:
+    """The role `user` has on an object that lies in `scopes` (a VM: its group): the highest
+    of the cluster-wide role and the roles granted on those scopes, capped by `limit` (an API
+    token made with a lower role carries no more anywhere). None: the object is out of reach.
+    """
+    where = set(scopes)
+    best = cluster_role
+    for grant in grants:
+        mine = grant.user == user and (grant.scope, grant.name) in where
+        if mine and (best is None or grant.role.rank > best.rank):
+            best = grant.role
+    if best is not None and limit is not None and best.rank > limit.rank:
+        best = limit
+    return best
+
+
+def reachable(
+    cluster_role: Role | None,
+    grants: Iterable[Grant],
+    user: str,
+    kind: ScopeKind,
+    needed: Role,
+    limit: Role | None = None,
+) -> set[str] | None:
+    """The names of the scopes of `kind` on which `user` has at least `needed`; None: all of
+    them (the cluster-wide role suffices), which is what lists filter with."""
+    if cluster_role is not None and cluster_role.allows(needed):
+        return None
+    if limit is not None and not limit.allows(needed):
+        return set()
+    return {g.name for g in grants if g.user == user and g.scope == kind and g.role.allows(needed)}

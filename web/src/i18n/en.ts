@@ -423,6 +423,18 @@ const en = {
   "hint.login.lockout": "An administrator can lift a lock sooner (Users and tokens)",
   "field.login.min_password_length": "Shortest password",
   "field.login.refuse_user_name": "Refuse a password equal to the user name",
+  "role.none": "no cluster-wide role",
+  "access.grants": "Roles on groups, pools and switches",
+  "access.grantsText": "A role granted on a VM group (its VMs), a pool (its volumes) or a switch (its networks), on top of the cluster-wide role: an operator of group web changes and opens the consoles of web's VMs only. A user with no cluster-wide role sees only what these grant.",
+  "access.scope": "Scope",
+  "access.scope.group": "VM group",
+  "access.scope.pool": "pool",
+  "access.scope.switch": "switch",
+  "access.scopeName": "Name",
+  "access.grant": "Grant",
+  "access.granted": "{user} is {role} on {scope}",
+  "access.grantRevoked": "Grant revoked",
+  "access.noGrants": "No roles granted on scopes.",
   "access.roles": "Viewers read (but not consoles or serial logs); operators also manage VMs and volumes and use their consoles; administrators also manage nodes, pools and users.",
 
   // Resource tree and VM list actions (ui-tree)

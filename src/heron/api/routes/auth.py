@@ -1,7 +1,7 @@
 """Login, API tokens, users, passwords and login locks."""
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -11,9 +11,20 @@ from heron.api.auth import Principal
 from heron.api.errors import Conflict, Forbidden, Invalid, Locked, NotFound, Unauthorized
 from heron.configdb import ConfigDB, keys
 from heron.configdb import Conflict as StoreConflict
-from heron.models.auth import LoginFailures, Role, TokenRecord, User, password_problem
-from heron.models.common import Name, is_name
+from heron.models.auth import (
+    Grant,
+    LoginFailures,
+    Role,
+    ScopeKind,
+    TokenRecord,
+    User,
+    password_problem,
+)
+from heron.models.common import Name, Record, is_name, new_id
+from heron.models.group import VMGroup
+from heron.models.network import Switch
 from heron.models.settings import LoginSettings
+from heron.models.storage import Pool
 
 router = APIRouter(tags=["auth"])
 
@@ -27,7 +38,7 @@ class TokenReply(BaseModel):
     token: str
     id: str
     user: str
-    role: Role
+    role: Role | None = Field(description="its cluster-wide role; null: only what grants give")
     expires_at: float | None
 
 
@@ -45,7 +56,9 @@ class TokenRequest(BaseModel):
 
 class UserRequest(BaseModel):
     name: Name
-    role: Role
+    role: Role | None = Field(
+        description="the cluster-wide role; null: none, the user reaches only what grants give"
+    )
     password: str = Field(
         min_length=8, max_length=1024, description="checked against the cluster's login rules"
     )
@@ -76,8 +89,16 @@ class PasswordReply(BaseModel):
 
 class UserView(BaseModel):
     name: str
-    role: Role
+    role: Role | None
     created_at: float
+
+
+class GrantRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    user: Name
+    role: Role
+    scope: ScopeKind = Field(description="group: its VMs; pool: its volumes; switch: its networks")
+    name: Name = Field(description="the group, pool or switch")
 
 
 class LockoutView(BaseModel):
@@ -164,13 +185,22 @@ async def login(body: Login, request: Request) -> TokenReply:
 
 
 @router.get("/auth/whoami")
-async def whoami(principal: Principal = Depends(auth.viewer)) -> dict[str, str]:
-    return {"user": principal.user, "role": principal.role.value, "token": principal.token_id}
+async def whoami(request: Request, principal: Principal = Depends(auth.authenticate)) -> Any:
+    """Who the token is: its cluster-wide role, its limit, and the user's grants (which the
+    token carries up to its limit)."""
+    grants = await auth.grants_of(_db(request), principal.user)
+    return {
+        "user": principal.user,
+        "role": principal.role.value if principal.role else None,
+        "token": principal.token_id,
+        "limit": principal.limit.value if principal.limit else None,
+        "grants": [{"scope": g.scope, "name": g.name, "role": g.role.value} for g in grants],
+    }
 
 
 @router.get("/tokens", response_model=list[TokenRecord])
 async def list_tokens(
-    request: Request, principal: Principal = Depends(auth.viewer)
+    request: Request, principal: Principal = Depends(auth.authenticate)
 ) -> list[TokenRecord]:
     records = [e.value for e in await _db(request).list(TokenRecord, keys.TOKENS)]
     if principal.role != Role.admin:
@@ -185,7 +215,7 @@ async def list_tokens(
     responses={404: {"description": "The caller's user no longer exists"}},
 )
 async def create_token(
-    body: TokenRequest, request: Request, principal: Principal = Depends(auth.viewer)
+    body: TokenRequest, request: Request, principal: Principal = Depends(auth.authenticate)
 ) -> TokenReply:
     """An API token for automation: carries the caller's role or a lower one, and expires
     after `expires_in_days` if given (never otherwise)."""
@@ -193,10 +223,15 @@ async def create_token(
     user = await db.get(User, keys.user(principal.user))
     if user is None:
         raise NotFound(f"user {principal.user} no longer exists")
-    # The caller's token may itself carry less than the user's role: never more than it.
-    if body.role is not None and not principal.role.allows(body.role):
-        raise Invalid("body.role", f"above your own role ({principal.role.value})")
-    role = body.role or principal.role
+    # The caller's token may itself carry less than the user's roles: never more than it.
+    if body.role is not None:
+        reach = [principal.role] + [g.role for g in await auth.grants_of(db, principal.user)]
+        top = max((r.rank for r in reach if r is not None), default=-1)
+        if principal.limit is not None:
+            top = min(top, principal.limit.rank)
+        if body.role.rank > top:
+            raise Invalid("body.role", "above your own roles")
+    role = body.role if body.role is not None else principal.limit
     ttl = body.expires_in_days * 86400 if body.expires_in_days else None
     token, record = await auth.issue_token(db, user.value, "api", body.description, ttl, role)
     return TokenReply(
@@ -206,7 +241,7 @@ async def create_token(
 
 @router.delete("/tokens/{token_id}", status_code=204)
 async def revoke_token(
-    token_id: Name, request: Request, principal: Principal = Depends(auth.viewer)
+    token_id: Name, request: Request, principal: Principal = Depends(auth.authenticate)
 ) -> None:
     db = _db(request)
     for entry in await db.list(TokenRecord, keys.TOKENS):
@@ -251,7 +286,10 @@ async def create_user(
     responses={403: {"description": "Another user's password, and the caller is no admin"}},
 )
 async def change_password(
-    name: Name, body: PasswordChange, request: Request, principal: Principal = Depends(auth.viewer)
+    name: Name,
+    body: PasswordChange,
+    request: Request,
+    principal: Principal = Depends(auth.authenticate),
 ) -> PasswordReply:
     """Set a user's password: users their own (giving the current one), administrators
     anyone's. Every session of the user ends, the caller's own included (whoever held a
@@ -298,6 +336,69 @@ async def delete_user(
     for token in await db.list(TokenRecord, keys.TOKENS):
         if token.value.user == name:
             await db.delete(token.key)
+    for grant in await db.list(Grant, keys.GRANTS):
+        if grant.value.user == name:
+            await db.delete(grant.key)
+
+
+_SCOPES: dict[str, tuple[type[Record], Any]] = {
+    "group": (VMGroup, keys.group),
+    "pool": (Pool, keys.pool),
+    "switch": (Switch, keys.switch),
+}
+
+
+@router.get("/grants", response_model=list[Grant])
+async def list_grants(
+    request: Request, principal: Principal = Depends(auth.authenticate)
+) -> list[Grant]:
+    """Roles granted on scopes: all of them for an administrator, one's own for the others."""
+    grants = [e.value for e in await _db(request).list(Grant, keys.GRANTS)]
+    if principal.role != Role.admin:
+        grants = [g for g in grants if g.user == principal.user]
+    return sorted(grants, key=lambda g: (g.user, g.scope, g.name))
+
+
+@router.post("/grants", response_model=Grant, status_code=201)
+async def create_grant(
+    body: GrantRequest, request: Request, _: Principal = Depends(auth.admin)
+) -> Grant:
+    """Grant a user a role on a VM group, a pool or a switch, on top of their cluster-wide
+    role: an operator of group `web` changes and opens the consoles of its VMs only."""
+    db = _db(request)
+    if await db.get(User, keys.user(body.user)) is None:
+        raise Invalid("body.user", f"no user {body.user}")
+    model, key = _SCOPES[body.scope]
+    if await db.get(model, key(body.name)) is None:
+        raise Invalid("body.name", f"no {body.scope} {body.name}")
+    existing = [e.value for e in await db.list(Grant, keys.GRANTS)]
+    if any((g.user, g.scope, g.name) == (body.user, body.scope, body.name) for g in existing):
+        raise Conflict(
+            f"{body.user} already has a role on {body.scope} {body.name}: revoke it first"
+        )
+    grant = Grant(
+        id=new_id()[:13],
+        user=body.user,
+        role=body.role,
+        scope=body.scope,
+        name=body.name,
+        created_at=time.time(),
+    )
+    await db.create(keys.grant(grant.id), grant)
+    request.state.audit_target = f"{body.scope}:{body.name}"
+    return grant
+
+
+@router.delete("/grants/{grant_id}", status_code=204)
+async def revoke_grant(
+    grant_id: Name, request: Request, _: Principal = Depends(auth.admin)
+) -> None:
+    db = _db(request)
+    entry = await db.get(Grant, keys.grant(grant_id))
+    if entry is None:
+        raise NotFound(f"no grant {grant_id}")
+    request.state.audit_target = f"{entry.value.scope}:{entry.value.name}"
+    await db.delete(entry.key, revision=entry.revision)
 
 
 @router.get("/lockouts", response_model=list[LockoutView])

@@ -84,7 +84,7 @@ async def serial_log(
     request: Request,
     limit: int = SERIAL_MAX // 4,
     local: bool = False,
-    _: Principal = Depends(auth.console),
+    _: Principal = Depends(auth.vm_console),
 ) -> SerialLog:
     """The end of the VM's serial console log (at most `limit` bytes), read on its node.
 
@@ -117,7 +117,7 @@ async def serial_log(
 
 @router.post("/vms/{ref}/console/ticket", response_model=TicketReply, status_code=201)
 async def console_ticket(
-    ref: Name, request: Request, principal: Principal = Depends(auth.console)
+    ref: Name, request: Request, principal: Principal = Depends(auth.vm_console)
 ) -> TicketReply:
     """A one-time ticket for the websocket `/api/v1/vms/{id}/console/vnc?ticket=...`, which
     speaks the RFB protocol (noVNC) with the VM's graphical console."""
