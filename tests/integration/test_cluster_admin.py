@@ -82,6 +82,10 @@ def test_failed_logins_lock_a_name_on_every_node_until_lifted(
     api.ok("DELETE", f"/lockouts/{lock['id']}")
     assert login(urls[1], "lena", "lenas-pw-1")[0] == 200
     assert api.delete(f"/lockouts/{lock['id']}").status_code == 404
+    # A name nobody has counts the same: a lock says nothing about which names exist.
+    assert login(urls[2], "nobody-here", "guess")[0] == 401
+    [unknown] = [r for r in api.ok("GET", "/lockouts") if r["subject"] == "nobody-here"]
+    assert unknown["kind"] == "user" and unknown["failures"] == 1
     api.ok("PUT", "/cluster/settings", json=settings)
 
 
