@@ -495,6 +495,9 @@ def test_viewers_hear_only_what_they_may_read(api: Api, vm_state: dict[str, Any]
     login = {"username": "watcher", "password": "watch-only"}
     viewer = Api(api.url, api.ok("POST", "/auth/login", json=login)["token"])
     assert viewer.post(f"/vms/{vm_state['id']}/console/ticket").status_code == 403
+    # The serial log holds what the guest printed: the console permission, not a viewer's.
+    refused = viewer.get(f"/vms/{vm_state['id']}/console/serial")
+    assert refused.status_code == 403 and "console" in refused.json()["message"]
 
     headers = {"authorization": f"Bearer {viewer.token}"}
     with httpx.stream("GET", f"{api.url}/api/v1/stream", headers=headers, timeout=STEP / 1000) as s:
@@ -530,6 +533,10 @@ def test_a_viewer_is_not_offered_what_it_may_not_do(
         viewer.goto(f"{ui}/vms/{vm_state['id']}")
         expect(viewer.locator("[data-testid=vm-state]")).to_be_visible()
         expect(viewer.locator("[data-testid^=vm-shutdown], [data-testid=vm-delete]")).to_have_count(
+            0
+        )
+        expect(viewer.locator("[data-testid=tab-hardware]")).to_have_count(1)
+        expect(viewer.locator("[data-testid=tab-serial], [data-testid=tab-console]")).to_have_count(
             0
         )
         viewer.goto(f"{ui}/vms/new")  # not for viewers: back to the overview

@@ -88,6 +88,11 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     api.wait_task(api.ok("POST", "/nodes/node3/maintenance/enter")["task"])  # its exit button
     api.ok("POST", "/users", json={"name": "someone", "role": "viewer", "password": "12345678"})
     api.ok("POST", "/tokens", json={"description": "walk"})
+    grant = {"user": "someone", "role": "operator", "scope": "group", "name": "walk"}
+    api.ok("POST", "/grants", json=grant)  # a row for the grant controls
+    # A row for the lock controls: one failed login of a name nobody has.
+    failed = httpx.post(f"{api.url}/api/v1/auth/login", json={"username": "x", "password": "y"})
+    assert failed.status_code == 401
     return {"vm": running["vm"]}
 
 

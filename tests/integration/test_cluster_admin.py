@@ -1,6 +1,10 @@
 """What an administrator reads and does about the cluster as a whole, on a real devcluster:
-etcd's members, the join instructions, DRS's status with its proposal and decisions, and a
-node's leave with its plan first (the plan changes nothing; the leave refuses its blockers)."""
+etcd's members, the join instructions, DRS's status with its proposal and decisions, login
+protection (a lock counted on one node holds on the others), password rules and changes,
+scoped tokens, and a node's leave with its plan first (the plan changes nothing; the leave
+refuses its blockers)."""
+
+import time
 
 from support import Api, wait_for
 
@@ -48,6 +52,172 @@ def test_drs_shows_its_proposal_then_its_decision(api: Api) -> None:
     assert decision["reason"].startswith("memory load spread") and decision["task"]
     assert api.ok("GET", "/cluster/drs/decisions", params={"limit": 1}) == [decision]
     api.wait_task(decision["task"])
+
+
+def login(url: str, user: str, password: str) -> tuple[int, dict]:
+    reply = Api(url, None).post("/auth/login", json={"username": user, "password": password})
+    return reply.status_code, reply.json()
+
+
+def test_failed_logins_lock_a_name_on_every_node_until_lifted(
+    cluster3: tuple[DevCluster, str], api: Api
+) -> None:
+    urls = [node.url for node in cluster3[0].nodes]
+    settings = api.ok("GET", "/cluster/settings")
+    rules = {"max_failures": 3, "max_failures_per_address": 1000, "lockout": 600}
+    api.ok("PUT", "/cluster/settings", json={**settings, "login": rules})
+    api.ok("POST", "/users", json={"name": "lena", "role": "viewer", "password": "lenas-pw-1"})
+    # Three failures, each on another node: the count is the cluster's, not a node's.
+    for url in urls:
+        assert login(url, "lena", "guess")[0] == 401
+    status, body = login(urls[0], "lena", "lenas-pw-1")  # the right password, but locked
+    assert status == 429 and body["error"] == "locked" and "user lena" in body["message"]
+    [lock] = [r for r in api.ok("GET", "/lockouts") if r["subject"] == "lena"]
+    assert lock["kind"] == "user" and lock["failures"] == 3 and lock["locked_until"] > time.time()
+    audit = api.ok("GET", "/events", params={"limit": 200})
+    assert any(e.get("result") == "locked" and e.get("target") == "user:lena" for e in audit)
+    failures = [e for e in audit if e.get("user") == "lena" and e.get("status") == 401]
+    assert len(failures) == 3  # each failed login is audited, on the node that refused it
+
+    api.ok("DELETE", f"/lockouts/{lock['id']}")
+    assert login(urls[1], "lena", "lenas-pw-1")[0] == 200
+    assert api.delete(f"/lockouts/{lock['id']}").status_code == 404
+    # A name nobody has counts the same: a lock says nothing about which names exist.
+    assert login(urls[2], "nobody-here", "guess")[0] == 401
+    [unknown] = [r for r in api.ok("GET", "/lockouts") if r["subject"] == "nobody-here"]
+    assert unknown["kind"] == "user" and unknown["failures"] == 1
+    api.ok("PUT", "/cluster/settings", json=settings)
+
+
+def test_password_rules_and_a_new_password_ends_sessions(api: Api) -> None:
+    user = {"name": "olga-ivanova", "role": "operator", "password": "Olga-Ivanova"}
+    refused = api.post("/users", json=user)
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.password"
+    assert "user name" in refused.text
+    settings = api.ok("GET", "/cluster/settings")
+    api.ok("PUT", "/cluster/settings", json={**settings, "login": {"min_password_length": 12}})
+    refused = api.post("/users", json={**user, "name": "olga", "password": "eleven-char"})
+    assert refused.status_code == 422 and "at least 12" in refused.text
+    api.ok("POST", "/users", json={**user, "name": "olga", "password": "olgas-pw-12c"})
+
+    olga = Api(api.url, login(api.url, "olga", "olgas-pw-12c")[1]["token"])
+    # Tokens scoped by role: never above the caller's own, and optionally expiring.
+    too_high = olga.post("/tokens", json={"role": "admin"})
+    assert too_high.status_code == 422 and too_high.json()["fields"][0]["field"] == "body.role"
+    monitor = olga.ok("POST", "/tokens", json={"role": "viewer", "expires_in_days": 2})
+    assert monitor["role"] == "viewer"
+    assert abs(monitor["expires_at"] - (time.time() + 2 * 86400)) < 300
+    reader = Api(api.url, monitor["token"])
+    assert reader.ok("GET", "/auth/whoami")["role"] == "viewer"
+    assert reader.post("/groups", json={"name": "by-token"}).status_code == 403
+    automation = Api(api.url, olga.ok("POST", "/tokens", json={"description": "ci"})["token"])
+
+    wrong = olga.put("/users/olga/password", json={"password": "new-pw-olga-1"})
+    assert wrong.status_code == 422 and "current_password" in wrong.text
+    wrong = olga.put(
+        "/users/olga/password",
+        json={"password": "new-pw-olga-1", "current_password": "not-it"},
+    )
+    assert (
+        wrong.status_code == 422 and wrong.json()["fields"][0]["field"] == "body.current_password"
+    )
+    assert olga.put("/users/admin/password", json={"password": "x" * 12}).status_code == 403
+    changed = olga.ok(
+        "PUT",
+        "/users/olga/password",
+        json={"password": "new-pw-olga-1", "current_password": "olgas-pw-12c"},
+    )
+    assert changed["revoked"] == 3  # her session and both API tokens
+    for ended in (olga, reader, automation):
+        assert ended.get("/auth/whoami").status_code == 401
+    assert login(api.url, "olga", "olgas-pw-12c")[0] == 401
+    second = Api(api.url, login(api.url, "olga", "new-pw-olga-1")[1]["token"])
+    kept = Api(api.url, second.ok("POST", "/tokens", json={"description": "kept"})["token"])
+    # An administrator sets it without the old one, and may keep the API tokens.
+    reply = api.ok(
+        "PUT", "/users/olga/password", json={"password": "third-pw-olga", "keep_api_tokens": True}
+    )
+    assert reply["revoked"] == 1
+    assert second.get("/auth/whoami").status_code == 401
+    assert kept.ok("GET", "/auth/whoami")["user"] == "olga"
+    api.ok("PUT", "/cluster/settings", json=settings)
+
+
+def test_an_operator_of_one_group_reaches_its_vms_only(api: Api) -> None:
+    vms = {}
+    for vm, group in (("va", "ga"), ("vb", "gb")):
+        api.ok("POST", "/groups", json={"name": group})
+        made = api.ok("POST", "/vms", json={"name": vm, "memory_mib": 16, "group": group})
+        api.wait_task(made["task"])
+        vms[vm] = made["vm"]
+    password = "scoped-pw-1"
+    api.ok("POST", "/users", json={"name": "gina", "role": "viewer", "password": password})
+    api.ok("POST", "/users", json={"name": "nora", "role": None, "password": password})
+    grants = {
+        user: api.ok(
+            "POST",
+            "/grants",
+            json={"user": user, "role": "operator", "scope": "group", "name": "ga"},
+        )
+        for user in ("gina", "nora")
+    }
+    bad = {"user": "nobody", "role": "operator", "scope": "group", "name": "ga"}
+    refused = api.post("/grants", json=bad)
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.user"
+    refused = api.post("/grants", json={**bad, "user": "gina", "name": "nope"})
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.name"
+    assert api.post("/grants", json={**bad, "user": "gina"}).status_code == 409
+
+    gina = Api(api.url, login(api.url, "gina", password)[1]["token"])
+    assert gina.post("/grants", json={**bad, "user": "gina", "name": "gb"}).status_code == 403
+    # Cluster-wide viewer: sees every VM, but changes and opens the consoles of ga's only.
+    assert {"va", "vb"} <= {v["name"] for v in gina.ok("GET", "/vms")}
+    assert gina.patch("/vms/va", json={"description": "mine"}).status_code == 200
+    for method, path, body in (
+        ("PATCH", "/vms/vb", {"description": "not mine"}),
+        ("GET", "/vms/vb/console/serial", None),
+        ("POST", "/vms/vb/console/ticket", None),
+        ("POST", "/vms/vb/actions/start", None),
+        ("DELETE", "/vms/vb", None),
+        ("POST", "/vms", {"name": "vx", "memory_mib": 16, "group": "gb"}),
+        ("POST", "/vms", {"name": "vx", "memory_mib": 16}),  # in no group: cluster-wide only
+        ("PATCH", "/vms/va", {"group": "gb"}),  # moving it into a group it does not operate
+        ("POST", "/vms/va/disks", {"volume": "local/anything"}),  # another pool's data
+    ):
+        reply = gina.request(method, path, **({"json": body} if body is not None else {}))
+        assert reply.status_code == 403, f"{method} {path}: {reply.status_code} {reply.text}"
+    assert gina.ok("GET", "/vms/va/console/serial")["vm"] == vms["va"]
+    assert gina.post("/vms/va/console/ticket").status_code == 201
+    made = gina.ok("POST", "/vms", json={"name": "va2", "memory_mib": 16, "group": "ga"})
+    api.wait_task(made["task"])
+    assert api.vm("vb")["spec"]["description"] == ""
+
+    # No cluster-wide role: only ga's VMs and their tasks exist for nora.
+    nora = Api(api.url, login(api.url, "nora", password)[1]["token"])
+    assert sorted(v["name"] for v in nora.ok("GET", "/vms")) == ["va", "va2"]
+    assert nora.get("/vms/vb").status_code == 404
+    assert nora.get("/nodes").status_code == 403
+    tasks = nora.ok("GET", "/tasks")
+    assert tasks and {t["target"] for t in tasks} <= {vms["va"], made["vm"]}
+    whoami = nora.ok("GET", "/auth/whoami")
+    assert whoami["role"] is None and whoami["grants"] == [
+        {"scope": "group", "name": "ga", "role": "operator"}
+    ]
+    # A token made with a lower role carries no more on the group either.
+    reader = Api(api.url, nora.ok("POST", "/tokens", json={"role": "viewer"})["token"])
+    assert reader.ok("GET", "/vms/va")["name"] == "va"
+    assert reader.patch("/vms/va", json={"description": "x"}).status_code == 403
+    assert reader.get("/vms/va/console/serial").status_code == 403
+
+    api.ok("DELETE", f"/grants/{grants['gina']['id']}")
+    assert gina.patch("/vms/va", json={"description": "again"}).status_code == 403
+    assert [g["user"] for g in api.ok("GET", "/grants")] == ["nora"]
+    audit = api.ok("GET", "/events", params={"limit": 300})
+    assert any(e["method"] == "DELETE" and e["path"].startswith("/api/v1/grants/") for e in audit)
+    api.ok("DELETE", "/users/nora")
+    assert api.ok("GET", "/grants") == []  # a user's grants go with the user
+    for vm in ("va", "va2", "vb"):
+        api.wait_task(api.ok("DELETE", f"/vms/{vm}")["task"])
 
 
 def test_leave_says_what_it_would_do_and_refuses_what_blocks(

@@ -90,6 +90,9 @@ FREE_TEXT = {
     "description",
     "username",
     "password",
+    "current_password",
+    "grant_id",
+    "subject",  # heron user unlock: a user name or a client address, as recorded
     "url",
     "path",
     "upload",

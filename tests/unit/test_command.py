@@ -95,6 +95,15 @@ def test_identity_and_resources() -> None:
     assert "-nodefaults" in args
 
 
+def test_the_consoles_are_reachable_from_the_node_only() -> None:
+    # docs/threat-model.md: VNC listens on loopback (the API relays it behind a ticket), and
+    # the serial console is a unix socket.
+    args = args_for(make_vm())
+    assert value(args, "-vnc").split(",")[0].startswith("127.0.0.1:")
+    [serial] = [c for c in values(args, "-chardev") if c.startswith("socket,id=serial0,")]
+    assert "path=/run/vm/serial.sock" in serial and "host=" not in serial
+
+
 @pytest.mark.parametrize("memory_mib", [64, 128, 768, 4096, 65536])
 def test_tcg_on_qemu_before_9_gets_ram_off_the_256k_grid(memory_mib: int) -> None:
     # Off the grid, QEMU 7.2's dirty-bitmap sync goes page by page and keeps TCG's TLB in step

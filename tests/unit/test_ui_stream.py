@@ -58,3 +58,11 @@ def test_switches_and_networks_are_one_kind_the_nodes_reports_another() -> None:
     report = changes.change(put(keys.network_status("node1")))
     assert report == {"kind": "network-status", "id": "node1", "type": "put"}
     assert changes.change(put(keys.lease("lan", "10.1.0.5"))) is None  # an index key
+
+
+def test_a_user_without_a_cluster_role_hears_only_that_vms_or_tasks_changed() -> None:
+    changes = Filter(None)
+    assert changes.change(put(keys.vm("secret-vm-id"))) == {"kind": "vms", "id": "", "type": "put"}
+    assert changes.change(put(keys.task("t1"))) == {"kind": "tasks", "id": "", "type": "put"}
+    assert changes.change(put(keys.pool("p"))) is None
+    assert changes.change(put(keys.user("bob"))) is None

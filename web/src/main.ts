@@ -3,7 +3,7 @@ import { createRouter, createWebHistory } from "vue-router";
 import App from "./App.vue";
 import { t } from "./i18n";
 import { startLive } from "./live";
-import { can, loggedIn } from "./session";
+import { can, canSomewhere, loggedIn, SCOPED_VIEWS, session } from "./session";
 import { views } from "./views";
 import LoginView from "./views/LoginView.vue";
 import "./style.css";
@@ -26,8 +26,10 @@ router.beforeEach((to) => {
   if (to.name !== "login" && !loggedIn.value) {
     return { name: "login", query: to.fullPath !== "/" ? { next: to.fullPath } : {} };
   }
+  if (to.name !== "login" && session.current?.role === null && !SCOPED_VIEWS.has(String(to.name)))
+    return { name: "vms" };
   const role = to.meta.role as Parameters<typeof can>[0] | undefined;
-  if (role && !can(role)) return { name: "overview" };
+  if (role && !canSomewhere(role)) return { name: session.current?.role === null ? "vms" : "overview" };
   return true;
 });
 

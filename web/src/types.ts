@@ -189,16 +189,34 @@ export interface AuditEntry {
   target: string | null;
 }
 
+export interface Grant {
+  id: string;
+  user: string;
+  role: Role;
+  scope: "group" | "pool" | "switch";
+  name: string;
+  created_at: number;
+}
+
 export interface User {
   name: string;
-  role: Role;
+  role: Role | null;
   created_at: number;
+}
+
+export interface Lockout {
+  id: string;
+  kind: "user" | "address";
+  subject: string;
+  failures: number;
+  last_at: number;
+  locked_until: number | null;
 }
 
 export interface Token {
   id: string;
   user: string;
-  role: Role;
+  role: Role | null;
   kind: string;
   description: string;
   created_at: number;

@@ -4,7 +4,7 @@ Generated clients trust `/api/v1/openapi.json`: an answer whose status code is n
 breaks them. Writing the codes by hand on each route drifts, so they follow from the route:
 
 - 401 everywhere (no or bad token; the login's wrong password);
-- 403 where a role above viewer is required;
+- 403 where a role above viewer or a permission viewers lack is required;
 - 404 where a path names something (and where a route declares it itself);
 - 409 on every change (name clash, stale revision, conflicting state);
 - 422 wherever there is input to validate; 400 where a body that cannot be parsed is refused;
@@ -36,6 +36,7 @@ _WHY = {
     404: "It does not exist",
     409: "It conflicts with the current state (name taken, stale revision, busy)",
     422: "Invalid input: `fields` names each offending field and the reason",
+    429: "Too many failed logins: the user name or client address is locked for a while",
     503: "The ConfigDB (etcd) cannot be reached",
 }
 
@@ -62,7 +63,7 @@ def error_codes(route: APIRoute, method: str) -> set[int]:
     dependant = route.dependant
     calls = set(_calls(dependant))
     codes = {401, 503}
-    if calls & {auth.operator, auth.admin}:
+    if calls & auth.REFUSING:
         codes.add(403)
     if dependant.path_params:
         codes.add(404)

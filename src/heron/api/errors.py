@@ -18,7 +18,16 @@ from heron.configdb.store import Conflict as StoreConflict
 from heron.errors import HeronError
 from heron.services.errors import Conflict, Invalid, NotFound, ServiceError
 
-__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "Unauthorized", "install"]
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "Locked",
+    "NotFound",
+    "Unauthorized",
+    "install",
+]
 
 
 class FieldError(BaseModel):
@@ -52,6 +61,13 @@ class Unauthorized(ApiError):
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"
+
+
+class Locked(ApiError):
+    """Too many failed logins of a user name or from an address: refused until the lock ends."""
+
+    status = 429
+    code = "locked"
 
 
 # The service layer's errors, as HTTP: status and the body's `error` code.

@@ -17,6 +17,11 @@ VOLUME_NAMES = ROOT + "names/volume/"
 TASKS = ROOT + "tasks/"
 USERS = ROOT + "users/"
 TOKENS = ROOT + "tokens/"
+# Roles granted on a scope (models/auth.py Grant), by grant id.
+GRANTS = ROOT + "grants/"
+# Failed logins per user name and per client address (models/auth.py LoginFailures), each
+# under a lease; only administrators read them (and hear of them in the UI's event stream).
+LOGIN_FAILURES = ROOT + "login-failures/"
 MIGRATIONS = ROOT + "migrations/"
 GROUPS = ROOT + "groups/"
 ARDFS_MEMBERS = ROOT + "ardfs-members/"
@@ -86,6 +91,14 @@ def task(task_id: str) -> str:
 
 def user(name: str) -> str:
     return USERS + name
+
+
+def login_failures(record_id: str) -> str:
+    return LOGIN_FAILURES + record_id
+
+
+def grant(grant_id: str) -> str:
+    return GRANTS + grant_id
 
 
 def token(token_hash: str) -> str:

@@ -77,6 +77,43 @@ class HASettings(Record):
     )
 
 
+class LoginSettings(Record):
+    """Login protection and password rules, read by every node at each login.
+
+    Failures are counted per user name and per client address in the ConfigDB, so a guesser
+    gains nothing by spreading its attempts over the nodes. A lock refuses every login of the
+    name (or from the address) until it expires or an administrator lifts it; the right
+    password does not open a locked name, or the lock would only slow a guesser down.
+    """
+
+    max_failures: int = Field(
+        default=5, ge=1, le=1000, description="failed logins of one user name that lock it"
+    )
+    max_failures_per_address: int = Field(
+        default=20,
+        ge=1,
+        le=100000,
+        description="failed logins from one client address that lock it (many users may "
+        "share one address behind a proxy)",
+    )
+    window: float = Field(
+        default=900,
+        ge=10,
+        le=86400,
+        description="seconds over which failures count: older ones are forgotten",
+    )
+    lockout: float = Field(
+        default=900, ge=10, le=86400, description="seconds a lock lasts unless lifted"
+    )
+    min_password_length: int = Field(
+        default=8, ge=8, le=256, description="shortest password accepted for a user"
+    )
+    refuse_user_name: bool = Field(
+        default=True, description="refuse a password equal to the user name (in any case)"
+    )
+
+
 class ClusterSettings(Record):
     drs: DRSSettings = Field(default_factory=DRSSettings)
     ha: HASettings = Field(default_factory=HASettings)
+    login: LoginSettings = Field(default_factory=LoginSettings)

@@ -3,9 +3,11 @@
 QEMU's VNC listens on loopback on the VM's node. The browser talks to whichever node served
 the UI; that node relays the websocket to the VM's node when the VM runs elsewhere, and the
 VM's node relays it to QEMU. Browsers cannot put a bearer token on a websocket, so the UI
-first asks for a ticket (an operator's right: the console types into the guest): a random
-string, good for one connection to one VM within TICKET_TTL seconds. It lives in etcd under a
-lease, so any node can check it and only the node that opens the VNC connection consumes it.
+first asks for a ticket (the console permission, which viewers lack: the console types into
+the guest): a random string, good for one connection to one VM within TICKET_TTL seconds. It
+lives in etcd under a lease, so any node can check it and only the node that opens the VNC
+connection consumes it. The serial log needs the same permission: it holds what the guest
+printed, which can be a secret.
 The serial console (`heron vm console`) works the same way: the same ticket opens the websocket
 `/api/v1/vms/{id}/console/serial/ws`, relayed to the unix socket of the VM's first serial port;
 its bytes are the guest's terminal, as raw as a serial line.
@@ -82,9 +84,11 @@ async def serial_log(
     request: Request,
     limit: int = SERIAL_MAX // 4,
     local: bool = False,
-    _: Principal = Depends(auth.viewer),
+    _: Principal = Depends(auth.vm_console),
 ) -> SerialLog:
-    """The end of the VM's serial console log (at most `limit` bytes), read on its node."""
+    """The end of the VM's serial console log (at most `limit` bytes), read on its node.
+
+    It needs the console permission (operators, admins): it holds what the guest printed."""
     ctx = _ctx(request)
     vm = (await find_vm(ctx.db, ref)).value
     limit = max(1, min(limit, SERIAL_MAX))
@@ -113,7 +117,7 @@ async def serial_log(
 
 @router.post("/vms/{ref}/console/ticket", response_model=TicketReply, status_code=201)
 async def console_ticket(
-    ref: Name, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, request: Request, principal: Principal = Depends(auth.vm_console)
 ) -> TicketReply:
     """A one-time ticket for the websocket `/api/v1/vms/{id}/console/vnc?ticket=...`, which
     speaks the RFB protocol (noVNC) with the VM's graphical console."""

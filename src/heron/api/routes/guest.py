@@ -70,7 +70,7 @@ async def _relayed(request: Request, ref: str, local: bool, body: Any = None) ->
     },
 )
 async def list_hooks(
-    ref: Name, request: Request, local: bool = False, _: Principal = Depends(auth.viewer)
+    ref: Name, request: Request, local: bool = False, _: Principal = Depends(auth.vm_viewer)
 ) -> Any:
     """The freeze hooks in the running guest (/etc/qemu/fsfreeze-hook.d), in the order they
     run. 409 when no guest agent answers."""
@@ -88,7 +88,7 @@ async def install_hook(
     body: HookInstall,
     request: Request,
     local: bool = False,
-    _: Principal = Depends(auth.operator),
+    _: Principal = Depends(auth.vm_operator),
 ) -> Any:
     """Install or replace a freeze hook in the running guest: it runs with `freeze` before
     every snapshot's freeze (a non-zero exit aborts the snapshot) and `thaw` after. Returns
@@ -107,7 +107,7 @@ async def remove_hook(
     name: HookName,
     request: Request,
     local: bool = False,
-    _: Principal = Depends(auth.operator),
+    _: Principal = Depends(auth.vm_operator),
 ) -> Response:
     """Remove a freeze hook from the running guest. 409 when no guest agent answers."""
     request.state.audit_target = ref

@@ -74,9 +74,15 @@ def _ctx(request: Request) -> ApiContext:
 
 
 @router.get("/pools", response_model=list[PoolView])
-async def list_pools(request: Request, _: Principal = Depends(auth.viewer)) -> list[PoolView]:
+async def list_pools(
+    request: Request, principal: Principal = Depends(auth.authenticate)
+) -> list[PoolView]:
+    """The pools the caller sees: all with a cluster-wide role, else those granted to it."""
     ctx = _ctx(request)
-    entries = await ctx.db.list(Pool, keys.POOLS)
+    names = await auth.reachable_names(ctx.db, principal, "pool")
+    entries = [
+        e for e in await ctx.db.list(Pool, keys.POOLS) if names is None or e.value.name in names
+    ]
     return [await _pool_view(ctx, e.value, e.revision) for e in entries]
 
 
@@ -98,7 +104,9 @@ async def create_pool(
 
 
 @router.get("/pools/{name}", response_model=PoolView)
-async def get_pool(name: Name, request: Request, _: Principal = Depends(auth.viewer)) -> PoolView:
+async def get_pool(
+    name: Name, request: Request, _: Principal = Depends(auth.pool_viewer)
+) -> PoolView:
     ctx = _ctx(request)
     entry = await find_pool(ctx.db, name)
     return await _pool_view(ctx, entry.value, entry.revision)
@@ -111,7 +119,7 @@ async def delete_pool(name: Name, request: Request, _: Principal = Depends(auth.
 
 @router.get("/pools/{name}/volumes", response_model=list[VolumeView])
 async def list_volumes(
-    name: Name, request: Request, local: bool = False, _: Principal = Depends(auth.viewer)
+    name: Name, request: Request, local: bool = False, _: Principal = Depends(auth.pool_viewer)
 ) -> list[VolumeView]:
     """Volumes of the pool; allocation is read by the node holding each file.
 
@@ -152,7 +160,7 @@ async def list_volumes(
 
 @router.get("/pools/{name}/volumes/{ref}", response_model=VolumeView)
 async def get_volume(
-    name: Name, ref: Name, request: Request, _: Principal = Depends(auth.viewer)
+    name: Name, ref: Name, request: Request, _: Principal = Depends(auth.pool_viewer)
 ) -> VolumeView:
     ctx = _ctx(request)
     pool = (await find_pool(ctx.db, name)).value
@@ -181,7 +189,10 @@ async def _health(ctx: ApiContext, pool: Pool) -> dict[str, VolumeHealth]:
 
 @router.post("/pools/{name}/volumes", response_model=TaskRef, status_code=202)
 async def create_volume(
-    name: Name, body: VolumeCreate, request: Request, principal: Principal = Depends(auth.operator)
+    name: Name,
+    body: VolumeCreate,
+    request: Request,
+    principal: Principal = Depends(auth.pool_operator),
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volume_service.create(
@@ -212,7 +223,7 @@ async def upload_volume(
     volume_name: Annotated[Name, Form(alias="name")],
     file: UploadFile = File(...),
     format: VolumeFormat | None = Form(None),
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.pool_operator),
 ) -> TaskRef:
     """Upload an image (any format qemu-img reads) into a new volume on this node."""
     ctx = _ctx(request)
@@ -244,7 +255,7 @@ class DiskAdd(BaseModel):
 
 @router.get("/pools/{name}/members", response_model=list[ArdfsMember])
 async def list_members(
-    name: Name, request: Request, _: Principal = Depends(auth.viewer)
+    name: Name, request: Request, _: Principal = Depends(auth.pool_viewer)
 ) -> list[ArdfsMember]:
     """The nodes of an ardfs pool, with their heron-io address and the disks they give."""
     ctx = _ctx(request)
@@ -294,7 +305,7 @@ async def resize_volume(
     ref: Name,
     body: VolumeResize,
     request: Request,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.pool_operator),
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volume_service.resize(ctx.db, ctx.node, name, ref, body.size, principal.user)
@@ -303,7 +314,7 @@ async def resize_volume(
 
 @router.delete("/pools/{name}/volumes/{ref}", response_model=TaskRef, status_code=202)
 async def delete_volume(
-    name: Name, ref: Name, request: Request, principal: Principal = Depends(auth.operator)
+    name: Name, ref: Name, request: Request, principal: Principal = Depends(auth.pool_operator)
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volume_service.delete(ctx.db, ctx.node, name, ref, principal.user)

@@ -38,7 +38,7 @@ def _view(entry: Entry[Snapshot], current: str | None) -> SnapshotView:
 
 @router.get("/vms/{ref}/snapshots", response_model=SnapshotList)
 async def list_snapshots(
-    ref: Name, request: Request, _: Principal = Depends(auth.viewer)
+    ref: Name, request: Request, _: Principal = Depends(auth.vm_viewer)
 ) -> SnapshotList:
     found = await service.list_snapshots(request.app.state.ctx.db, ref)
     return SnapshotList(
@@ -50,7 +50,10 @@ async def list_snapshots(
 
 @router.post("/vms/{ref}/snapshots", response_model=SnapshotTask, status_code=202)
 async def create_snapshot(
-    ref: Name, body: SnapshotCreate, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name,
+    body: SnapshotCreate,
+    request: Request,
+    principal: Principal = Depends(auth.vm_operator),
 ) -> SnapshotTask:
     """Take a snapshot of every disk at one instant (and of the memory, with `memory`); a
     `snapshot.create` task on the VM's node does it."""
@@ -61,7 +64,7 @@ async def create_snapshot(
 
 @router.get("/vms/{ref}/snapshots/{snapshot}", response_model=SnapshotView)
 async def get_snapshot(
-    ref: Name, snapshot: Name, request: Request, _: Principal = Depends(auth.viewer)
+    ref: Name, snapshot: Name, request: Request, _: Principal = Depends(auth.vm_viewer)
 ) -> SnapshotView:
     db = request.app.state.ctx.db
     found = await service.list_snapshots(db, ref)
@@ -75,7 +78,7 @@ async def update_snapshot(
     snapshot: Name,
     body: SnapshotUpdate,
     request: Request,
-    _: Principal = Depends(auth.operator),
+    _: Principal = Depends(auth.vm_operator),
 ) -> SnapshotView:
     """Rename it or change its description."""
     db = request.app.state.ctx.db
@@ -87,7 +90,7 @@ async def update_snapshot(
 
 @router.post("/vms/{ref}/snapshots/{snapshot}/revert", response_model=SnapshotTask, status_code=202)
 async def revert_snapshot(
-    ref: Name, snapshot: Name, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, snapshot: Name, request: Request, principal: Principal = Depends(auth.vm_operator)
 ) -> SnapshotTask:
     """Bring the VM back to the snapshot. A memory snapshot of a running VM: it runs on from
     the snapshot's instant. Otherwise its disks are reverted with QEMU stopped, and the VM
@@ -99,7 +102,7 @@ async def revert_snapshot(
 
 @router.delete("/vms/{ref}/snapshots/{snapshot}", response_model=SnapshotTask, status_code=202)
 async def delete_snapshot(
-    ref: Name, snapshot: Name, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, snapshot: Name, request: Request, principal: Principal = Depends(auth.vm_operator)
 ) -> SnapshotTask:
     """Delete it, wherever it is in the tree, the VM running or not; its children follow its
     parent."""

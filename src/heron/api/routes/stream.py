@@ -46,17 +46,23 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.NETWORK_STATUS, "network-status", Role.viewer),
     (keys.SETTINGS, "settings", Role.viewer),
     (keys.USERS, "users", Role.admin),
+    # Failed logins and locks are shown with the users (their ids are hashes, no secret).
+    (keys.LOGIN_FAILURES, "users", Role.admin),
+    (keys.GRANTS, "users", Role.admin),
     (keys.TOKENS, "tokens", Role.viewer),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
 _SECRET_IDS = {"tokens"}
+# What a user without a cluster-wide role (reaching only what grants give) hears of: that
+# something of the kind changed, never which (the ids could be of VMs out of its sight).
+_SCOPED_KINDS = {"vms", "snapshots", "tasks", "tokens"}
 
 
 @dataclass
 class Filter:
     """Turns watch events into what one principal may hear; pure, so it is tested alone."""
 
-    role: Role
+    role: Role | None
     leader: str | None = None
 
     def change(self, event: WatchEvent) -> dict[str, str] | None:
@@ -71,6 +77,10 @@ class Filter:
             return {"kind": "nodes", "id": leader or "", "type": "leader"}
         for prefix, kind, needed in KINDS:
             if event.key.startswith(prefix):
+                if self.role is None:
+                    if kind not in _SCOPED_KINDS:
+                        return None
+                    return {"kind": kind, "id": "", "type": event.type}
                 if not self.role.allows(needed):
                     return None
                 ident = "" if kind in _SECRET_IDS else event.key[len(prefix) :]
@@ -95,7 +105,8 @@ async def _events(request: Request, principal: Principal, token: str) -> AsyncIt
     pump = asyncio.create_task(_pump(db, await db.revision() + 1, queue))
     try:
         yield "retry: 2000\n\n"
-        yield _message("hello", {"user": principal.user, "role": principal.role.value})
+        role = principal.role.value if principal.role else None
+        yield _message("hello", {"user": principal.user, "role": role})
         while True:
             try:
                 first = await asyncio.wait_for(queue.get(), HEARTBEAT)
@@ -124,7 +135,7 @@ async def _events(request: Request, principal: Principal, token: str) -> AsyncIt
 
 @router.get("/stream", response_class=StreamingResponse)
 async def stream(
-    request: Request, principal: Principal = Depends(auth.viewer)
+    request: Request, principal: Principal = Depends(auth.authenticate)
 ) -> StreamingResponse:
     """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
     ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches,

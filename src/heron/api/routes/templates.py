@@ -14,7 +14,7 @@ router = APIRouter(tags=["vms"])
 
 @router.put("/vms/{ref}/template", response_model=VMView)
 async def set_template(
-    ref: Name, body: TemplateSet, request: Request, _: Principal = Depends(auth.operator)
+    ref: Name, body: TemplateSet, request: Request, _: Principal = Depends(auth.vm_operator)
 ) -> VMView:
     """Make a stopped VM a template (it then never starts or migrates; VMs are cloned from
     it), or a template a VM again when no linked clone reads its disks."""
@@ -26,7 +26,10 @@ async def set_template(
 
 @router.post("/vms/{ref}/clone", response_model=TaskRef, status_code=202)
 async def clone_vm(
-    ref: Name, body: CloneRequest, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name,
+    body: CloneRequest,
+    request: Request,
+    principal: Principal = Depends(auth.vm_operator),
 ) -> TaskRef:
     """A new VM with copies of the VM's disks (of a template, of a stopped VM, or of one of
     its snapshots) and its hardware; its NICs get fresh MACs and addresses. `linked`: the

@@ -132,11 +132,13 @@ async def list_vms(
     cursor: str | None = Query(
         None, alias="continue", description="the X-Continue header of the previous page"
     ),
-    _: Principal = Depends(auth.viewer),
+    principal: Principal = Depends(auth.authenticate),
 ) -> Response:
     """Sorted by name; without `limit`, all of them. Served from this node's watch-fed copy
-    of the ConfigDB, which may be a few milliseconds behind it."""
+    of the ConfigDB, which may be a few milliseconds behind it. Only the VMs the caller may
+    see: all with a cluster-wide role, else those of the groups granted to it."""
     ctx = _ctx(request)
+    groups = await auth.reachable_groups(ctx.db, principal)
     after = listing.decode_cursor(cursor)
     inventory = await ctx.inventory.ready()
     live = frozenset(inventory.live_nodes())
@@ -154,6 +156,7 @@ async def list_vms(
         and (state is None or r.view.state == state)
         and (power is None or r.view.power == power)
         and (group is None or r.view.spec.group == group)
+        and (groups is None or r.view.spec.group in groups)
     ]
     items, next_cursor = listing.page(chosen, lambda r: r.view.name, limit, after)
     return listing.json_list(items, next_cursor)
@@ -209,17 +212,19 @@ async def one_view(db: ConfigDB, entry: Entry[VM]) -> VMView:
 
 
 @router.get("/vms/{ref}", response_model=VMView)
-async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.viewer)) -> VMView:
+async def get_vm(ref: Name, request: Request, _: Principal = Depends(auth.vm_viewer)) -> VMView:
     db = _ctx(request).db
     return await one_view(db, await find_vm(db, ref))
 
 
 @router.post("/vms", response_model=TaskRef, status_code=202)
 async def create_vm(
-    body: VMCreate, request: Request, principal: Principal = Depends(auth.operator)
+    body: VMCreate, request: Request, principal: Principal = Depends(auth.signed_in)
 ) -> TaskRef:
-    """Define a VM and create its disks; a `vm.create` task on its node does the work."""
+    """Define a VM and create its disks; a `vm.create` task on its node does the work.
+    Operators of a group (not cluster-wide) create VMs in that group only."""
     ctx = _ctx(request)
+    await auth.may_create_vms(ctx.db, principal, body)
     plan = await vm_service.create(ctx.db, ctx.inventory, body, principal.user)
     request.state.audit_target = plan.vm.id
     return TaskRef(task=plan.task.id, vm=plan.vm.id)
@@ -239,11 +244,12 @@ class BatchReply(BaseModel):
 
 @router.post("/vms/batch", response_model=BatchReply, status_code=202)
 async def create_vms(
-    body: BatchCreate, request: Request, principal: Principal = Depends(auth.operator)
+    body: BatchCreate, request: Request, principal: Principal = Depends(auth.signed_in)
 ) -> BatchReply:
     """Mass deployment: place every VM first (each one counting against the next), refuse
     all if any does not fit, then create them; with `dry_run` nothing is written."""
     ctx = _ctx(request)
+    await auth.may_create_vms(ctx.db, principal, body)
     plans = await vm_service.create_batch(ctx.db, ctx.inventory, body, principal.user)
     made = not body.dry_run
     items = [
@@ -260,23 +266,26 @@ async def create_vms(
 
 @router.patch("/vms/{ref}", response_model=VMView)
 async def update_vm(
-    ref: Name, body: VMUpdate, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, body: VMUpdate, request: Request, principal: Principal = Depends(auth.vm_operator)
 ) -> VMView:
     """Change the VM: a running VM (layout 3) gets more vCPUs and memory up to its maxima,
     and its CPU and memory limits, at once by the `task`; the rest is `pending` until its
     next start."""
     db = _ctx(request).db
+    if "group" in body.model_fields_set:  # into another group: operating that one too
+        await auth.may_use_group(db, principal, body.group)
     change = await vm_service.update(db, ref, body, principal.user)
     return await _hardware_view(db, request, change)
 
 
 @router.post("/vms/{ref}/disks", response_model=VMView, status_code=201)
 async def attach_disk(
-    ref: Name, body: DiskAttach, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, body: DiskAttach, request: Request, principal: Principal = Depends(auth.vm_operator)
 ) -> VMView:
     """Give the VM an existing volume as its next disk: a running VM (layout 3, virtio) gets
     it plugged in by the `task`; otherwise at its next start (listed in `pending` until then)."""
     db = _ctx(request).db
+    await auth.may_use_volumes(db, principal, [body.volume])
     change = await vm_service.attach_disk(db, ref, body, principal.user)
     return await _hardware_view(db, request, change)
 
@@ -288,7 +297,7 @@ async def update_disk(
     index: int = Path(ge=0, le=15, description="the disk's place: 0 for disk0"),
     *,
     request: Request,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> VMView:
     """Set a disk's I/O limits (IOPS, bandwidth, bursts); a running VM gets them at once."""
     db = _ctx(request).db
@@ -302,7 +311,7 @@ async def detach_disk(
     index: int = Path(ge=0, le=15, description="the disk's place: 0 for disk0"),
     *,
     request: Request,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> VMView:
     """Take a disk away; its volume stays in its pool. A running VM gives up only its last
     disk, one plugged in while it ran (the `task` unplugs it); others need it switched off."""
@@ -321,7 +330,7 @@ async def _hardware_view(
 
 @router.post("/vms/{ref}/nics", response_model=NicChangeView, status_code=201)
 async def attach_nic(
-    ref: Name, body: NicAttach, request: Request, principal: Principal = Depends(auth.operator)
+    ref: Name, body: NicAttach, request: Request, principal: Principal = Depends(auth.vm_operator)
 ) -> NicChangeView:
     """Give the VM a NIC (its MAC and address from the cluster); a running VM gets it plugged
     in by a task on its node."""
@@ -337,7 +346,7 @@ async def update_nic(
     index: int = Path(ge=0, le=7, description="the NIC's place: 0 for the first"),
     *,
     request: Request,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> NicChangeView:
     """Move a NIC to another network, change its address, or plug/pull its cable; a running
     VM gets the change at once."""
@@ -352,7 +361,7 @@ async def detach_nic(
     index: int = Path(ge=0, le=7, description="the NIC's place: 0 for the first"),
     *,
     request: Request,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> NicChangeView:
     """Take a NIC away (out of the running guest too); its MAC and address are free again."""
     db = _ctx(request).db
@@ -371,7 +380,7 @@ async def migrate_vm(
     ref: Name,
     request: Request,
     body: MigrateRequest | None = None,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> TaskRef:
     """Live-migrate a running VM to another node; disks on local storage are copied along."""
     ctx = _ctx(request)
@@ -388,7 +397,7 @@ async def vm_action(
     action: Action,
     request: Request,
     body: ActionRequest | None = None,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> TaskRef:
     """Power actions. The desired power state is written with the task in one transaction,
     so a node that restarts mid-way still knows what the VM should be doing."""
@@ -403,7 +412,7 @@ async def delete_vm(
     ref: Name,
     request: Request,
     volumes: bool = False,
-    principal: Principal = Depends(auth.operator),
+    principal: Principal = Depends(auth.vm_operator),
 ) -> TaskRef:
     """Delete a VM (stopping it first); with `volumes=true` its volumes go too."""
     task = await vm_service.delete(_ctx(request).db, ref, volumes, principal.user)
