@@ -11,6 +11,7 @@ machine, and the operations that would take the cluster itself away are left out
 
 import json
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +81,20 @@ def node(cluster1: tuple[DevCluster, str]) -> tuple[str, dict[str, str]]:
     return cluster.nodes[0].url, {"authorization": f"Bearer {token}"}
 
 
-def test_node_serves_this_schema(node: tuple[str, dict[str, str]]) -> None:
+@pytest.fixture(scope="module")
+def tls(cluster1: tuple[DevCluster, str]) -> ssl.SSLContext:
+    """Trusts the node's cluster CA (and nothing else)."""
+    return cluster1[0].tls()
+
+
+def test_node_serves_this_schema(node: tuple[str, dict[str, str]], tls: ssl.SSLContext) -> None:
     url, _ = node
-    assert httpx.get(f"{url}/api/v1/openapi.json", timeout=30).json() == openapi()
+    assert httpx.get(f"{url}/api/v1/openapi.json", timeout=30, verify=tls).json() == openapi()
 
 
-def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]]) -> None:
+def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]], tls: ssl.SSLContext) -> None:
     url, headers = node
-    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60)
+    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60, verify=tls)
     assert api.post("/groups", json={"name": "paged"}).status_code == 201
     names = [f"paged-{i}" for i in range(5)]
     for name in names:
@@ -124,10 +131,10 @@ def test_vm_list_pages_and_filters(node: tuple[str, dict[str, str]]) -> None:
 
 
 def test_a_group_s_rules_change_unless_its_members_break_them(
-    node: tuple[str, dict[str, str]],
+    node: tuple[str, dict[str, str]], tls: ssl.SSLContext
 ) -> None:
     url, headers = node
-    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60)
+    api = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60, verify=tls)
     made = api.post("/groups", json={"name": "rules", "placement": "spread", "strict": False})
     assert made.status_code == 201, made.text
     for name in ("rules-1", "rules-2"):  # one node: a soft spread lets both onto it
@@ -164,6 +171,7 @@ def test_heron_group_set(cluster1: tuple[DevCluster, str], tmp_path: Path) -> No
     env = {
         "HERON_URL": cluster.nodes[0].url,
         "HERON_TOKEN": token,
+        "HERON_CA_FILE": str(cluster.ca_file),
         "HERON_CONFIG": str(tmp_path / "cli.json"),
     }
     cli(env, "group", "create", "viacli", "--placement", "spread", "--soft")
@@ -184,9 +192,11 @@ def test_heron_group_set(cluster1: tuple[DevCluster, str], tmp_path: Path) -> No
     assert cli(env, "group", "set", "viacli", check=False).returncode == 2  # nothing to change
 
 
-def test_a_wrong_method_is_answered_with_the_allowed_ones(node: tuple[str, dict[str, str]]) -> None:
+def test_a_wrong_method_is_answered_with_the_allowed_ones(
+    node: tuple[str, dict[str, str]], tls: ssl.SSLContext
+) -> None:
     url, headers = node
-    reply = httpx.delete(f"{url}/api/v1/vms", headers=headers, timeout=30)
+    reply = httpx.delete(f"{url}/api/v1/vms", headers=headers, timeout=30, verify=tls)
     assert reply.status_code == 405
     assert reply.headers["allow"] == "GET, POST"
 
@@ -216,8 +226,13 @@ def _bounded(case: Any, scratch: Path) -> None:
 
 @schema.parametrize()
 def test_api_keeps_its_contract(
-    case: Any, node: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+    case: Any,
+    node: tuple[str, dict[str, str]],
+    cluster1: tuple[DevCluster, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     url, headers = node
     _bounded(case, tmp_path_factory.getbasetemp() / "contract")
-    case.call_and_validate(base_url=url, headers=headers, checks=CHECKS, timeout=60)
+    case.call_and_validate(
+        base_url=url, headers=headers, checks=CHECKS, timeout=60, verify=str(cluster1[0].ca_file)
+    )

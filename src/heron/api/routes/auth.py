@@ -11,7 +11,9 @@ from heron.api.errors import Conflict, NotFound, Unauthorized
 from heron.configdb import ConfigDB, keys
 from heron.configdb import Conflict as StoreConflict
 from heron.models.auth import Role, TokenRecord, User
+from heron.models.cluster import ClusterAuthority
 from heron.models.common import Name, is_name
+from heron.tls import fingerprint
 
 router = APIRouter(tags=["auth"])
 
@@ -39,6 +41,12 @@ class UserRequest(BaseModel):
     password: str = Field(min_length=8, max_length=1024)
 
 
+class AuthorityView(BaseModel):
+    certificate: str = Field(description="the cluster CA's certificate, PEM")
+    fingerprint: str = Field(description="SHA-256 of its DER, as `openssl x509 -fingerprint "
+                             "-sha256` prints it")  # fmt: skip
+
+
 class UserView(BaseModel):
     name: str
     role: Role
@@ -47,6 +55,18 @@ class UserView(BaseModel):
 
 def _db(request: Request) -> ConfigDB:
     return request.app.state.ctx.db
+
+
+@router.get("/auth/ca", response_model=AuthorityView)
+async def authority(request: Request) -> AuthorityView:
+    """The cluster CA's certificate, without logging in: a client fetches it before it sends
+    a password, shows its fingerprint to be confirmed (as SSH does a host key), then checks
+    every node against it. Public by nature; the CA's key is never served."""
+    found = await _db(request).get(ClusterAuthority, keys.CLUSTER_CA)
+    if found is None:
+        raise NotFound("the cluster has no CA yet")
+    pem = found.value.certificate
+    return AuthorityView(certificate=pem, fingerprint=fingerprint(pem))
 
 
 @router.post("/auth/login", response_model=TokenReply)
