@@ -12,6 +12,7 @@ machine, and the operations that would take the cluster itself away are left out
 import json
 import re
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from support import cli
 
 from heron.api.docs import openapi
 from heron.devcluster import DevCluster
+from heron.tls import fingerprint
+from heron.tls.certs import make_authority
 
 # A bound per operation that keeps the whole module to a few minutes on a 2-core machine
 # (about 90 operations, each example one HTTP call, both modes).
@@ -190,6 +193,44 @@ def test_heron_group_set(cluster1: tuple[DevCluster, str], tmp_path: Path) -> No
     )
     assert (group["placement"], group["strict"], group["ha"]) == ("together", False, None)
     assert cli(env, "group", "set", "viacli", check=False).returncode == 2  # nothing to change
+
+
+def test_the_api_is_https_only_and_checked_against_the_cluster_ca(
+    cluster1: tuple[DevCluster, str], tls: ssl.SSLContext
+) -> None:
+    cluster, _ = cluster1
+    url = cluster.nodes[0].url
+    assert url.startswith("https://")
+    # Plain HTTP to the port gets no HTTP answer (the server wants a TLS handshake).
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url.replace("https://", "http://") + "/api/v1/openapi.json", timeout=10)
+    # A client that trusts another CA, or only the system's, refuses the node.
+    stranger = ssl.create_default_context(cadata=make_authority("x", time.time()).certificate)
+    for verify in (stranger, True):
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{url}/api/v1/openapi.json", timeout=10, verify=verify)
+    # The CA a client is offered before it logs in is the one the node's certificate chains to.
+    offered = httpx.get(f"{url}/api/v1/auth/ca", timeout=10, verify=tls).json()
+    assert offered["certificate"] == cluster.ca_file.read_text()
+    assert offered["fingerprint"] == fingerprint(offered["certificate"])
+
+
+def test_the_cli_pins_the_cluster_ca_at_login(
+    cluster1: tuple[DevCluster, str], tmp_path: Path
+) -> None:
+    cluster, _ = cluster1
+    env = {"HERON_CONFIG": str(tmp_path / "cli.json"), "HERON_URL": "", "HERON_TOKEN": ""}
+    login = [
+        "login",
+        "--url",
+        cluster.nodes[0].url,
+        "--password",
+        cluster.password_file.read_text().strip(),
+    ]
+    # (The question asked at a first login, and a changed CA: tests/unit/test_cli_tls.py.)
+    cli(env, *login, "--ca-fingerprint", fingerprint(cluster.ca_file.read_text()))
+    # Later commands check the node against the pinned CA, with no HERON_CA_FILE.
+    assert "node1" in cli(env, "node", "list").stdout
 
 
 def test_a_wrong_method_is_answered_with_the_allowed_ones(
