@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fakes.configdb import FakeConfigDB
 
+from heron import herond
 from heron.agent.certificates import CertificateKeeper, cluster_authority, node_names
 from heron.configdb import keys
 from heron.models.cluster import ClusterAuthority
@@ -202,3 +203,14 @@ def test_node_names_add_loopback_and_drop_a_wildcard_address() -> None:
         "n1", "10.0.0.5", "n1.example", "localhost", "127.0.0.1", "::1",
     ]  # fmt: skip
     assert node_names("n1", "0.0.0.0") == ["n1", "localhost", "127.0.0.1", "::1"]
+
+
+def test_herond_serves_https_unless_plain_http_is_asked_for() -> None:
+    base = ["--name", "n1", "--state-dir", "/tmp/none"]
+    assert not herond.parse(base).insecure_http
+    config = herond.parse([*base, "--insecure-http", "--cert-name", "n1.example"])
+    assert config.insecure_http and config.cert_names == ("n1.example",)
+    own = herond.parse([*base, "--ca-cert", "ca.pem", "--ca-key", "ca.key"]).own_ca
+    assert own == (Path("ca.pem"), Path("ca.key"))
+    with pytest.raises(SystemExit):
+        herond.parse([*base, "--ca-cert", "ca.pem"])  # the key is missing
