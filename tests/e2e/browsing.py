@@ -9,7 +9,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, Playwright, expect
+
+# Debian's chromium: no browser is downloaded (install-deps installs it).
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def trusting(ca_file: Path) -> list[str]:
@@ -23,6 +26,16 @@ def trusting(ca_file: Path) -> list[str]:
     )
     pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
     return [f"--ignore-certificate-errors-spki-list={pin}"]
+
+
+def launch(playwright: Playwright, ca_file: Path) -> Browser:
+    """Chromium trusting the CA in `ca_file`. --no-sandbox: the tests run as root, where
+    chromium refuses its sandbox."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", *trusting(ca_file)],
+    )
 
 
 BOOT = 240_000  # ms: the guest boots under TCG on these hosts

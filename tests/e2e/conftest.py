@@ -21,7 +21,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from browsing import STEP, trusting  # noqa: E402
+from browsing import STEP, launch  # noqa: E402
 from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
@@ -59,18 +59,8 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright, cluster3: tuple[DevCluster, str]) -> Iterator[Browser]:
-    # --no-sandbox: the tests run as root, where chromium refuses its sandbox. The pages are
-    # served over HTTPS by the devcluster, whose CA the browser trusts.
-    browser = playwright.chromium.launch(
-        executable_path=str(CHROMIUM),
-        headless=True,
-        args=[
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            *trusting(cluster3[0].ca_file),
-        ],
-    )
+    # The pages are served over HTTPS by the devcluster, whose CA the browser trusts.
+    browser = launch(playwright, cluster3[0].ca_file)
     yield browser
     browser.close()
 
