@@ -14,6 +14,21 @@ NAME=${HERON_NODE_NAME:-$(hostname -s | tr 'A-Z' 'a-z')}
 mkdir -p "$STATE"
 HEROND=("$PWD/.venv/bin/herond" --name "$NAME" --state-dir "$STATE" --address "$ADDRESS"
         --api-port "$PORT" --admin-password-file "$STATE/admin-password")
+# HTTPS with a CA the new cluster makes, unless the administrator gives their own
+# (HERON_CA_CERT and HERON_CA_KEY, PEM files; used when the cluster has no CA yet), or asks
+# for plain HTTP with HERON_INSECURE_HTTP=1.
+if [ -n "${HERON_CA_CERT:-}" ] || [ -n "${HERON_CA_KEY:-}" ]; then
+  HEROND+=(--ca-cert "${HERON_CA_CERT:?HERON_CA_KEY needs HERON_CA_CERT}"
+           --ca-key "${HERON_CA_KEY:?HERON_CA_CERT needs HERON_CA_KEY}")
+fi
+SCHEME=https
+if [ "${HERON_INSECURE_HTTP:-}" = 1 ]; then
+  HEROND+=(--insecure-http)
+  SCHEME=http
+fi
+for name in ${HERON_CERT_NAMES:-}; do  # more names/addresses for this node's certificate
+  HEROND+=(--cert-name "$name")
+done
 # Three ways to take part in the ConfigDB:
 #  - nothing set: a single-node cluster with its own etcd member;
 #  - HERON_ETCD_INITIAL_CLUSTER=n1=http://h1:2380,n2=...,n3=...: one of 3 or 5 voting members
@@ -49,13 +64,31 @@ elif ! pgrep -f "herond --name $NAME" >/dev/null; then
   setsid "${HEROND[@]}" >>"$STATE/herond.log" 2>&1 < /dev/null &
 fi
 
-URL="http://$ADDRESS:$PORT"
+HOST=$ADDRESS
+[[ $HOST == *:* ]] && HOST="[$HOST]"
+URL="$SCHEME://$HOST:$PORT"
+CA="$STATE/tls/ca-cert.pem"  # written by the agent with its certificate
+answers() {
+  if [ "$SCHEME" = https ]; then
+    [ -f "$CA" ] && curl -fsS --cacert "$CA" "$URL/api/v1/openapi.json" >/dev/null 2>&1
+  else
+    curl -fsS "$URL/api/v1/openapi.json" >/dev/null 2>&1
+  fi
+}
 for _ in $(seq 1 300); do
-  curl -fsS "$URL/api/v1/openapi.json" >/dev/null 2>&1 && break
+  answers && break
   sleep 0.2  # waiting for the agent to answer, at most a minute
 done
-curl -fsS "$URL/api/v1/openapi.json" >/dev/null || { echo "herond did not start; see $STATE/herond.log" >&2; exit 1; }
+answers || { echo "herond did not start; see $STATE/herond.log" >&2; exit 1; }
 
 echo "Heron is running on $NAME: API $URL/api/v1 (docs at $URL/api/v1/docs)"
+if [ "$SCHEME" = https ]; then
+  FINGERPRINT=$(.venv/bin/python -c 'import sys; from heron.tls import fingerprint; print(fingerprint(open(sys.argv[1]).read()))' "$CA")
+  echo "cluster CA: $CA"
+  echo "cluster CA SHA-256 fingerprint: $FINGERPRINT"
+  echo "  (browsers: trust $CA, or compare this fingerprint before accepting the certificate)"
+else
+  echo "WARNING: plain HTTP (HERON_INSECURE_HTTP=1): passwords and tokens cross the network readable"
+fi
 echo "admin password: $(cat "$STATE/admin-password")"
-echo "CLI: $PWD/.venv/bin/heron login --url $URL --username admin"
+echo "CLI: $PWD/.venv/bin/heron login --url $URL --username admin${FINGERPRINT:+ --ca-fingerprint $FINGERPRINT}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import tempfile
 import time
 from collections import Counter
@@ -46,7 +47,9 @@ CONCURRENCY = 12  # four clients per node
 PAGE = 100  # VMs on one page of the paged list
 
 
-async def define_vms(urls: list[str], token: str, count: int) -> dict[str, Any]:
+async def define_vms(
+    urls: list[str], token: str, count: int, tls: ssl.SSLContext | bool = True
+) -> dict[str, Any]:
     """Create `count` VMs concurrently; returns the wall time and each create's latency."""
     headers = {"authorization": f"Bearer {token}"}
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -55,7 +58,9 @@ async def define_vms(urls: list[str], token: str, count: int) -> dict[str, Any]:
     latencies: list[tuple[int, float]] = []
 
     async def worker(url: str) -> None:
-        async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=60) as c:
+        async with httpx.AsyncClient(
+            base_url=f"{url}/api/v1", headers=headers, timeout=60, verify=tls
+        ) as c:
             while True:
                 try:
                     index = queue.get_nowait()
@@ -83,10 +88,10 @@ def all_defined(api: Api, count: int) -> bool:
 
 def measure(cluster: DevCluster, token: str, count: int, calls: int) -> dict[str, Any]:
     urls = [node.url for node in cluster.nodes]
-    apis = [Api(url, token) for url in urls]
+    apis = [Api(url, token, cluster.tls()) for url in urls]
     try:
         start = time.perf_counter()
-        created = asyncio.run(define_vms(urls, token, count))
+        created = asyncio.run(define_vms(urls, token, count, cluster.tls()))
         wait_for(lambda: all_defined(apis[0], count), 300, "every vm.create task", interval=0.5)
         settled = time.perf_counter() - start
 

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     load = load_snapshot()
     directory = Path(tempfile.mkdtemp(prefix="heron-bench-clones-"))
     with running_devcluster(directory, 1, keep=args.keep) as (cluster, token):
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         pool = Path(cluster.nodes[0].state_dir) / "pools" / "local"
         try:
             results = {

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -182,12 +183,16 @@ async def migrate_bare(
 class Api:
     """A small synchronous client: `ok` raises BenchError on any HTTP error."""
 
-    def __init__(self, url: str, token: str, timeout: float = 60):
+    def __init__(
+        self, url: str, token: str, tls: ssl.SSLContext | bool = True, timeout: float = 60
+    ):
+        """`tls`: the devcluster's `tls()`, which trusts its CA."""
         self.url = url
         self.http = httpx.Client(
             base_url=f"{url}/api/v1",
             headers={"authorization": f"Bearer {token}"},
             timeout=timeout,
+            verify=tls,
         )
 
     def close(self) -> None:

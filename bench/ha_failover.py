@@ -376,7 +376,7 @@ def measure(
     work: Path, leader_rounds: int, failover_rounds: int, victim: str, keep: bool
 ) -> dict[str, Any]:
     with running_devcluster(work / "cluster", NODES, keep=keep) as (dc, token):
-        apis = {n.name: Api(n.url, token) for n in dc.nodes}
+        apis = {n.name: Api(n.url, token, dc.tls()) for n in dc.nodes}
         observer = Observer(dc.endpoints)
         try:
             observer.start()

@@ -420,7 +420,7 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
     bare: list[BareGuest] = []
     spawned: list[subprocess.Popen[bytes]] = []  # every bare QEMU, to end them all
     with running_devcluster(work / "cluster", len(NODES), keep=keep) as (cluster, token):
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         try:
             shared = work / "shared"
             shared.mkdir()

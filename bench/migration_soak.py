@@ -166,7 +166,7 @@ def run(moves: int, kinds: list[str], settings: list[str], keep: bool) -> dict[s
     image = build.variant(HERON_CACHE / "testguest", MEMCHECK)
     work = Path(tempfile.mkdtemp(prefix="hms-"))  # short: QEMU's socket paths are limited
     with running_devcluster(work / "cluster", len(NODES), keep=keep) as (cluster, token):
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         shared = work / "shared"
         shared.mkdir()
         api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
@@ -217,7 +217,7 @@ def run(moves: int, kinds: list[str], settings: list[str], keep: bool) -> dict[s
         errors: list[BaseException] = []
 
         def worker(kind: str) -> None:
-            client = Api(cluster.nodes[0].url, token)
+            client = Api(cluster.nodes[0].url, token, cluster.tls())
             try:
                 found[kind] = soak(client, cluster, kind, vms[kind], moves, settings)
             except BaseException as exc:

@@ -104,7 +104,7 @@ def lease(log: Path) -> str:
 def heron_guests(work: Path) -> Iterator[HeronGuests]:
     """Two guests on a Heron VXLAN network, one on each node of a 2-node cluster."""
     with running_devcluster(work / "cluster", 2, network=True) as (cluster, token):
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         shared = work / "shared"
         shared.mkdir()
         api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})

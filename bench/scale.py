@@ -51,6 +51,7 @@ import logging
 import os
 import queue
 import random
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -501,7 +502,7 @@ class Bench:
         return next(w for w in self.workers if name in w.names)
 
     def leader(self) -> str:
-        api = Api(self.urls[0], self.token)
+        api = Api(self.urls[0], self.token, self.cluster.tls())
         try:
             return str(wait_for(lambda: api.ok("GET", "/cluster")["leader"], 30, "a leader"))
         finally:
@@ -557,7 +558,7 @@ def measure_window(bench: Bench, label: str) -> dict[str, Any]:
     # The window is a fixed span by definition; meanwhile the API's cheapest call is timed
     # on every node, to see how responsive the agents stay.
     whoami: dict[str, list[float]] = {n.name: [] for n in bench.cluster.nodes}
-    apis = {n.name: Api(n.url, bench.token) for n in bench.cluster.nodes}
+    apis = {n.name: Api(n.url, bench.token, bench.cluster.tls()) for n in bench.cluster.nodes}
     try:
         while time.monotonic() - start < seconds:
             for name, api in apis.items():
@@ -681,7 +682,14 @@ async def write_vms(endpoints: list[str], vms: list[tuple[VM, VMStatus]]) -> flo
         return time.perf_counter() - start
 
 
-async def place(urls: list[str], token: str, prefix: str, count: int, budget: float) -> dict:
+async def place(
+    urls: list[str],
+    token: str,
+    prefix: str,
+    count: int,
+    budget: float,
+    tls: ssl.SSLContext | bool = True,
+) -> dict:
     """Create up to `count` VMs through the API; no new create starts after `budget` s."""
     headers = {"authorization": f"Bearer {token}"}
     todo: asyncio.Queue[int] = asyncio.Queue()
@@ -693,7 +701,9 @@ async def place(urls: list[str], token: str, prefix: str, count: int, budget: fl
     start = time.perf_counter()
 
     async def worker(url: str) -> None:
-        async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=120) as c:
+        async with httpx.AsyncClient(
+            base_url=f"{url}/api/v1", headers=headers, timeout=120, verify=tls
+        ) as c:
             while time.perf_counter() - start < budget:
                 try:
                     index = todo.get_nowait()
@@ -786,7 +796,7 @@ async def placement_and_step_cost(endpoints: list[str], directory: Path) -> dict
 
 def wait_tasks_done(bench: Bench, prefix: str, count: int) -> None:
     """Every VM named `prefix`* has the status its node wrote after its vm.create task."""
-    api = Api(bench.urls[0], bench.token)
+    api = Api(bench.urls[0], bench.token, bench.cluster.tls())
 
     def done() -> bool:
         vms = [v for v in api.ok("GET", "/vms") if v["name"].startswith(prefix)]
@@ -887,7 +897,9 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
     print(f"placing {args.place} VMs with the {REAL_NODES} real nodes only", flush=True)
     start = time.perf_counter()
-    base = asyncio.run(place(bench.urls, bench.token, "base", args.place, float("inf")))
+    base = asyncio.run(
+        place(bench.urls, bench.token, "base", args.place, float("inf"), bench.cluster.tls())
+    )
     wait_tasks_done(bench, "base", args.place)
     base["until_all_tasks_done_s"] = round(time.perf_counter() - start, 2)
     base["placed_on"] = placed_on(bench, "base")
@@ -966,7 +978,9 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     metrics_before = {m.name: etcd_metrics(m) for m in members}
     start_mono = time.monotonic()
-    loaded = asyncio.run(place(bench.urls, bench.token, "load", args.place, args.place_budget))
+    loaded = asyncio.run(
+        place(bench.urls, bench.token, "load", args.place, args.place_budget, bench.cluster.tls())
+    )
     elapsed = time.monotonic() - start_mono
     replies = [w.request(cmd="window") for w in bench.workers]
     cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}

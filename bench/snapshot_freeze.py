@@ -165,7 +165,7 @@ async def measure(rounds: int, work: Path) -> dict[str, Any]:
         running_devcluster(work / "cluster", 1) as (cluster, token),
         bare_guest(guest.image, work) as (process, bare_log),
     ):
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         state_dir = Path(cluster.nodes[0].state_dir)
         vm = heron_vm(api, guest.image, state_dir)
         wait_for(lambda: line_after(bare_log, READY_MARKER), BOOT_TIMEOUT, "bare boot", 1)

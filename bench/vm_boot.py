@@ -222,7 +222,7 @@ def run(runs: int, warmup: int, keep: bool) -> dict[str, Any]:
 def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, Any]]:
     rounds: list[dict[str, Any]] = []
     with running_devcluster(work / "cluster", 1, keep=keep) as (cluster, token):
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         try:
             shared = work / "shared"
             shared.mkdir()

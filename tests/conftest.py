@@ -120,7 +120,7 @@ def _module_cluster(request: pytest.FixtureRequest) -> tuple[DevCluster, str]:
 def api(request: pytest.FixtureRequest) -> Api:
     """An admin client of the first node of the module's devcluster (see `_module_cluster`)."""
     cluster, token = _module_cluster(request)
-    return Api(cluster.nodes[0].url, token)
+    return Api(cluster.nodes[0].url, token, cluster.tls())
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def network_cluster(
     directory = factory.mktemp(name)
     cluster, token = devcluster.up(directory, nodes, network=True)
     try:
-        api = Api(cluster.nodes[0].url, token)
+        api = Api(cluster.nodes[0].url, token, cluster.tls())
         shared = Path(cluster.dir) / "shared"
         shared.mkdir()
         api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})

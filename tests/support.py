@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -42,13 +43,21 @@ async def eventually(
 
 
 class Api:
-    """A thin client for tests: returns replies, never raises on HTTP errors."""
+    """A thin client for tests: returns replies, never raises on HTTP errors.
 
-    def __init__(self, url: str, token: str | None):
+    `tls`: what the node's certificate is checked with, a devcluster's `tls()` (its CA).
+    """
+
+    def __init__(self, url: str, token: str | None, tls: ssl.SSLContext | bool = True):
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = url
         self.token = token
-        self.http = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60)
+        self.tls = tls
+        self.http = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=60, verify=tls)
+
+    def as_token(self, token: str | None) -> "Api":
+        """The same node, as another principal."""
+        return Api(self.url, token, self.tls)
 
     def __getattr__(self, method: str) -> Callable[..., httpx.Response]:
         return getattr(self.http, method)

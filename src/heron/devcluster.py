@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import ssl
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,17 @@ class NodeSpec:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
+    def tls(self) -> bool:
+        """HTTPS, as every release since issue 16 serves; an older `source` serves HTTP."""
+        return self.source is None or (Path(self.source) / "heron" / "tls").is_dir()
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster CA as this node keeps it (written when it got its certificate)."""
+        return Path(self.state_dir) / "tls" / "ca-cert.pem"
 
 
 @dataclass
@@ -83,6 +94,18 @@ class DevCluster:
     @property
     def password_file(self) -> Path:
         return self.root / "admin-password"
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster CA's certificate (PEM): clients of this devcluster verify with it."""
+        for node in self.nodes:
+            if node.ca_file.exists():
+                return node.ca_file
+        return self.nodes[0].ca_file
+
+    def tls(self) -> ssl.SSLContext:
+        """A client context that trusts this cluster's CA (and nothing else)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def endpoints(self) -> list[str]:
@@ -245,8 +268,12 @@ class DevCluster:
 
     def wait_api(self, node: NodeSpec, timeout: float) -> None:
         def answers() -> bool:
+            if node.tls and not node.ca_file.exists():
+                return False
             try:
-                return httpx.get(f"{node.url}/api/v1/openapi.json", timeout=1).status_code == 200
+                verify = ssl.create_default_context(cafile=str(node.ca_file)) if node.tls else True
+                reply = httpx.get(f"{node.url}/api/v1/openapi.json", timeout=1, verify=verify)
+                return reply.status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -261,6 +288,7 @@ class DevCluster:
             f"{self.nodes[0].url}/api/v1/auth/login",
             json={"username": "admin", "password": password},
             timeout=10,
+            verify=self._verify(self.nodes[0]),
         )
         reply.raise_for_status()
         return str(reply.json()["token"])
@@ -273,11 +301,15 @@ class DevCluster:
                 f"{self.nodes[0].url}/api/v1/nodes",
                 timeout=5,
                 headers={"authorization": f"Bearer {token}"},
+                verify=self._verify(self.nodes[0]),
             )
             return reply.status_code == 200 and want <= {n["name"] for n in reply.json()}
 
         if not wait_until(registered, timeout, interval=0.1):
             raise DevClusterError("not every node registered in time")
+
+    def _verify(self, node: NodeSpec) -> ssl.SSLContext | bool:
+        return self.tls() if node.tls else True
 
 
 def up(

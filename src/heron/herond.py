@@ -24,6 +24,7 @@ import uvicorn
 
 import heron
 from heron.agent.ardfs import IoSupervisor
+from heron.agent.certificates import CertificateKeeper, cluster_authority, node_names
 from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
@@ -53,6 +54,7 @@ from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.rebalance import RebalanceController
+from heron.tls import NodeCredentials
 from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 log = logging.getLogger("herond")
@@ -78,6 +80,12 @@ class AgentConfig:
     data_netns: str | None = None
     # The address other nodes' VXLAN tunnels reach this node on (default: `address`).
     underlay: str | None = None
+    # Serve the API over plain HTTP (asked for explicitly; HTTPS is the default).
+    insecure_http: bool = False
+    # The administrator's own CA (certificate file, key file), stored on a new cluster.
+    own_ca: tuple[Path, Path] | None = None
+    # More names and addresses for this node's certificate (a DNS name, a floating address).
+    cert_names: tuple[str, ...] = ()
 
 
 def _forget_stop_signals() -> None:
@@ -138,10 +146,20 @@ async def run(config: AgentConfig) -> None:
     db = ConfigDB(endpoints)
     await db.connect()
     await bootstrap(db, config.admin_password_file)
+    await cluster_authority(db, config.own_ca)
+    credentials = NodeCredentials(config.state_dir / "tls")
+    certificates = CertificateKeeper(
+        db, credentials, node_names(config.name, config.address, config.cert_names)
+    )
+    await certificates.ensure()
+    scheme = "http" if config.insecure_http else "https"
+    if config.insecure_http:
+        log.warning("the API is served over plain HTTP (--insecure-http): passwords and "
+                    "tokens cross the network readable")  # fmt: skip
     node = Node(
         name=config.name,
         address=config.address,
-        api_url=f"http://{config.address}:{config.api_port}",
+        api_url=f"{scheme}://{_host(config.address)}:{config.api_port}",
         cpus=os.cpu_count() or 1,
         memory_mib=config.memory_mib or _memory_mib(),
         etcd_client_url=_url(config.address, config.etcd_member_ports, 0),
@@ -180,7 +198,12 @@ async def run(config: AgentConfig) -> None:
         running_here=vms.running_here,
     )
     vms.network = network
-    async with httpx.AsyncClient(timeout=10) as http:
+    # Calls to other nodes check their certificates against the cluster CA.
+    peer_tls = credentials.client_context()
+    serving = None if config.insecure_http else credentials.server_context()
+    if serving is not None:
+        certificates.serving.append(serving)
+    async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(
             db=db,
             node=config.name,
@@ -189,6 +212,7 @@ async def run(config: AgentConfig) -> None:
             http=http,
             inventory=inventory,
             guest_agent=vms.guest_agent,
+            peer_tls=peer_tls,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -198,6 +222,8 @@ async def run(config: AgentConfig) -> None:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                # One context for the server's life: a renewed certificate is loaded into it.
+                ssl_context_factory=None if serving is None else lambda _c, _d: serving,
             )
         )
         # uvicorn (0.29 on) has no install_signal_handlers to turn off: while it serves it
@@ -230,6 +256,7 @@ async def run(config: AgentConfig) -> None:
                     ).run(),
                 ),
                 ("io-cores", cores.run()),
+                ("certificates", certificates.run()),
                 ("ha-marks", vms.follow_ha(inventory)),
                 ("agent-grace", tell_grace(db, config.state_dir, config.lease_ttl)),
                 ("network", network.run()),
@@ -265,6 +292,11 @@ async def run(config: AgentConfig) -> None:
         await asyncio.gather(*background, return_exceptions=True)
     await inventory.stop()
     await db.close()
+
+
+def _host(address: str) -> str:
+    """An address as the host part of a URL (an IPv6 one in brackets)."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _url(host: str, ports: tuple[int, int] | None, which: int) -> str | None:
@@ -361,7 +393,27 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         help="on a new cluster, create user admin with the password in this "
         "file (generated and written there if it does not exist)",
     )
+    parser.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve the API and web UI over plain HTTP instead of HTTPS (not for networks "
+        "anyone else can listen on: passwords and tokens cross it readable)",
+    )
+    parser.add_argument(
+        "--ca-cert",
+        type=Path,
+        help="on a new cluster, use this CA certificate (PEM) instead of making one; with --ca-key",
+    )
+    parser.add_argument("--ca-key", type=Path, help="the private key (PEM) of --ca-cert")
+    parser.add_argument(
+        "--cert-name",
+        action="append",
+        default=[],
+        help="another host name or address this node's certificate is valid for (repeatable)",
+    )
     args = parser.parse_args(argv)
+    if (args.ca_cert is None) != (args.ca_key is None):
+        parser.error("--ca-cert and --ca-key go together")
     member = None
     if args.embedded_etcd:
         initial = dict(
@@ -399,6 +451,9 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         admin_password_file=args.admin_password_file,
         data_netns=args.data_netns,
         underlay=args.underlay,
+        insecure_http=args.insecure_http,
+        own_ca=(args.ca_cert, args.ca_key) if args.ca_cert else None,
+        cert_names=tuple(args.cert_name),
     )
 
 

@@ -1,11 +1,42 @@
-"""What the browser tests share: logging in, waiting for a view to settle, the translation
-check, the phone-width check and screenshots."""
+"""What the browser tests share: trusting the cluster's CA, logging in, waiting for a view to
+settle, the translation check, the phone-width check and screenshots."""
 
+import base64
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, expect
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from playwright.sync_api import Browser, Page, Playwright, expect
+
+# Debian's chromium: no browser is downloaded (install-deps installs it).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def trusting(ca_file: Path) -> list[str]:
+    """Chromium's options to trust the devcluster's CA. Chromium reads CAs from an NSS database
+    only; instead it is told to accept a chain that holds this public key (the CA's, which
+    every node serves after its own certificate), so the pages run over real HTTPS and a
+    certificate from any other CA is still refused."""
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    spki = ca.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    return [f"--ignore-certificate-errors-spki-list={pin}"]
+
+
+def launch(playwright: Playwright, ca_file: Path) -> Browser:
+    """Chromium trusting the CA in `ca_file`. --no-sandbox: the tests run as root, where
+    chromium refuses its sandbox."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", *trusting(ca_file)],
+    )
+
 
 BOOT = 240_000  # ms: the guest boots under TCG on these hosts
 STEP = 30_000  # ms: anything the cluster does quickly (tasks, live updates)

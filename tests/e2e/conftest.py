@@ -21,7 +21,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from browsing import STEP  # noqa: E402
+from browsing import STEP, launch  # noqa: E402
 from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
@@ -58,13 +58,9 @@ def playwright() -> Iterator[Playwright]:
 
 
 @pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    # --no-sandbox: the tests run as root, where chromium refuses its sandbox.
-    browser = playwright.chromium.launch(
-        executable_path=str(CHROMIUM),
-        headless=True,
-        args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
-    )
+def browser(playwright: Playwright, cluster3: tuple[DevCluster, str]) -> Iterator[Browser]:
+    # The pages are served over HTTPS by the devcluster, whose CA the browser trusts.
+    browser = launch(playwright, cluster3[0].ca_file)
     yield browser
     browser.close()
 

@@ -9,6 +9,7 @@ it all at phone width. Screenshots of the main views go to tests/e2e/screenshots
 
 import json
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -467,9 +468,9 @@ def test_phone_width_without_horizontal_scrolling(
     shot(phone, screenshots, "phone-menu")
 
 
-def vnc_banner(url: str, vm_id: str, ticket: str) -> bytes:
-    ws_url = url.replace("http://", "ws://") + f"/api/v1/vms/{vm_id}/console/vnc?ticket={ticket}"
-    with connect(ws_url, subprotocols=["binary"], open_timeout=STEP / 1000) as ws:  # type: ignore[list-item]
+def vnc_banner(url: str, vm_id: str, ticket: str, tls: ssl.SSLContext) -> bytes:
+    ws_url = url.replace("https://", "wss://") + f"/api/v1/vms/{vm_id}/console/vnc?ticket={ticket}"
+    with connect(ws_url, subprotocols=["binary"], open_timeout=STEP / 1000, ssl=tls) as ws:  # type: ignore[list-item]
         return ws.recv(timeout=STEP / 1000)  # type: ignore[return-value]
 
 
@@ -480,27 +481,29 @@ def test_console_tickets_are_checked_and_used_once(
     vm_id = vm_state["id"]
     for node in cluster.nodes[:2]:  # relayed by node1, and direct on node2 where the VM runs
         with pytest.raises(InvalidStatus):
-            vnc_banner(node.url, vm_id, "")
+            vnc_banner(node.url, vm_id, "", cluster.tls())
         with pytest.raises(InvalidStatus):
-            vnc_banner(node.url, vm_id, "forged")
+            vnc_banner(node.url, vm_id, "forged", cluster.tls())
         ticket = api.ok("POST", f"/vms/{vm_id}/console/ticket")["ticket"]
-        assert vnc_banner(node.url, vm_id, ticket).startswith(b"RFB 003.")
+        assert vnc_banner(node.url, vm_id, ticket, cluster.tls()).startswith(b"RFB 003.")
         with pytest.raises(InvalidStatus):
-            vnc_banner(node.url, vm_id, ticket)
+            vnc_banner(node.url, vm_id, ticket, cluster.tls())
 
 
 def test_viewers_hear_only_what_they_may_read(api: Api, vm_state: dict[str, Any]) -> None:
-    assert httpx.get(f"{api.url}/api/v1/stream").status_code == 401
+    assert httpx.get(f"{api.url}/api/v1/stream", verify=api.tls).status_code == 401
     api.ok("POST", "/users", json={"name": "watcher", "role": "viewer", "password": "watch-only"})
     login = {"username": "watcher", "password": "watch-only"}
-    viewer = Api(api.url, api.ok("POST", "/auth/login", json=login)["token"])
+    viewer = api.as_token(api.ok("POST", "/auth/login", json=login)["token"])
     assert viewer.post(f"/vms/{vm_state['id']}/console/ticket").status_code == 403
     # The serial log holds what the guest printed: the console permission, not a viewer's.
     refused = viewer.get(f"/vms/{vm_state['id']}/console/serial")
     assert refused.status_code == 403 and "console" in refused.json()["message"]
 
     headers = {"authorization": f"Bearer {viewer.token}"}
-    with httpx.stream("GET", f"{api.url}/api/v1/stream", headers=headers, timeout=STEP / 1000) as s:
+    with httpx.stream(
+        "GET", f"{api.url}/api/v1/stream", headers=headers, timeout=STEP / 1000, verify=api.tls
+    ) as s:
         lines = s.iter_lines()
         assert next(line for line in lines if line.startswith("event:")) == "event: hello"
         # A change a viewer may not read (a user), then one it may (a group): in etcd's order.
@@ -550,10 +553,11 @@ def test_every_node_serves_the_ui_and_api_paths_stay_api(
 ) -> None:
     cluster, _ = cluster3
     for node in cluster.nodes:
-        reply = httpx.get(f"{node.url}/vms/some-vm?tab=console")  # a deep link of the UI
+        # a deep link of the UI
+        reply = httpx.get(f"{node.url}/vms/some-vm?tab=console", verify=cluster.tls())
         assert reply.status_code == 200 and "text/html" in reply.headers["content-type"]
         assert '<div id="app">' in reply.text
-    missing = httpx.get(f"{cluster.nodes[0].url}/api/v1/no-such-thing")
+    missing = httpx.get(f"{cluster.nodes[0].url}/api/v1/no-such-thing", verify=cluster.tls())
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 

@@ -5,13 +5,17 @@ it makes with its reason, the join instructions, and a node's leave with its con
 first. In English, in Russian, and at phone width."""
 
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from browsing import STEP, assert_fits, assert_translated, log_in, settle, shot
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from browsing import STEP, assert_fits, assert_translated, launch, log_in, settle, shot
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect
+from playwright.sync_api import Error as PlaywrightError
 from support import Api, wait_for
+
+from heron.tls.certs import make_authority
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +239,19 @@ def test_a_viewer_reads_the_cluster_and_is_offered_no_change(
         expect(viewer.locator("[data-testid=join-card], main [data-op]")).to_have_count(0)
     finally:
         context.close()
+
+
+def test_the_ui_is_served_over_https_the_browser_trusting_only_the_cluster_ca(
+    playwright: Playwright, ui: str, tmp_path: Path
+) -> None:
+    """The browser of these tests trusts the cluster's CA (see conftest): one that trusts
+    another CA is refused the same page, so the pages above really ran over checked HTTPS."""
+    assert ui.startswith("https://")
+    stranger = tmp_path / "stranger-ca.pem"
+    stranger.write_text(make_authority("stranger", time.time()).certificate)
+    browser = launch(playwright, stranger)
+    try:
+        with pytest.raises(PlaywrightError, match="ERR_CERT_AUTHORITY_INVALID"):
+            browser.new_page().goto(ui)
+    finally:
+        browser.close()

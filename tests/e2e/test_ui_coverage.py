@@ -10,6 +10,7 @@ source, and a browser test must use them.
 """
 
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,8 @@ NOT_ON_THE_WALK = {
 }
 
 
-def schema_operations(url: str) -> set[str]:
-    spec = httpx.get(f"{url}/api/v1/openapi.json").json()
+def schema_operations(url: str, tls: ssl.SSLContext) -> set[str]:
+    spec = httpx.get(f"{url}/api/v1/openapi.json", verify=tls).json()
     return {
         f"{method.upper()} {path.removeprefix('/api/v1')}"
         for path, item in spec["paths"].items()
@@ -125,9 +126,13 @@ def walk(page: Page, ui: str, vm_id: str) -> set[str]:
 
 
 def test_every_mutating_operation_is_offered_by_the_ui(
-    desktop: BrowserContext, ui: str, admin_password: str, one_of_everything: dict[str, Any]
+    desktop: BrowserContext,
+    ui: str,
+    admin_password: str,
+    one_of_everything: dict[str, Any],
+    cluster3: tuple[DevCluster, str],
 ) -> None:
-    wanted = schema_operations(ui)
+    wanted = schema_operations(ui, cluster3[0].tls())
     assert len(wanted) >= 29, wanted
     page = desktop.new_page()
     page.goto(ui)

@@ -46,7 +46,7 @@ def settled(api: Api, dead: set[str]) -> list[dict]:
 
 def test_four_nodes_at_half_load_lose_three(cluster4: tuple[DevCluster, str]) -> None:
     cluster, token = cluster4
-    api = Api(cluster.node("node1").url, token)  # node1 survives to the end
+    api = Api(cluster.node("node1").url, token, cluster.tls())  # node1 survives to the end
     for i in range(16):
         reply = api.ok(
             "POST",

@@ -230,6 +230,7 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, tmp_path: Path) -> 
         "HERON_URL": cluster.nodes[0].url,
         "HERON_TOKEN": token,
         "HERON_CONFIG": str(tmp_path / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
     }
     cli(env, "vm", "create", "cli-tpl", "--memory", "64M", "--disk", "local:1M")
     cli(env, "vm", "template", "cli-tpl")

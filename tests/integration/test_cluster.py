@@ -22,6 +22,7 @@ def env(cluster3: tuple[DevCluster, str]) -> dict[str, str]:
         "HERON_URL": cluster.nodes[1].url,
         "HERON_TOKEN": token,
         "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
     }
 
 
@@ -103,7 +104,7 @@ def test_kill_9_of_an_agent_stops_no_vm(cluster3, api, six_vms) -> None:
 
 def test_two_writers_one_wins_the_other_gets_409(cluster3, api, six_vms) -> None:
     cluster, token = cluster3
-    other = Api(cluster.nodes[2].url, token)
+    other = Api(cluster.nodes[2].url, token, cluster.tls())
     revision = api.vm("web0")["revision"]
     replies = [
         client.patch("/vms/web0", json={"revision": revision, "description": text})
@@ -123,7 +124,7 @@ def _invalid_requests(
     volume = web1["spec"]["disks"][0]["volume"]
     cases = [
         ("no token", anonymous, "POST", "/vms", {"json": vm}, 401),
-        ("bad token", Api(api.url, "hrn_forged"), "POST", "/vms", {"json": vm}, 401),
+        ("bad token", api.as_token("hrn_forged"), "POST", "/vms", {"json": vm}, 401),
         ("no token on a read", anonymous, "GET", "/vms", {}, 401),
         ("viewer deletes", viewer, "DELETE", "/vms/web1", {}, 403),
         ("viewer creates", viewer, "POST", "/vms", {"json": vm}, 403),
@@ -365,9 +366,9 @@ def test_invalid_requests_get_4xx_and_change_nothing(cluster3, api, six_vms) -> 
         ]
         for name in ("vera", "otto")
     }
-    viewer, operator = Api(api.url, tokens["vera"]), Api(api.url, tokens["otto"])
+    viewer, operator = api.as_token(tokens["vera"]), api.as_token(tokens["otto"])
     finished = api.ok("GET", "/tasks")[-1]["id"]
-    cases = _invalid_requests(api, viewer, operator, Api(api.url, None), finished)
+    cases = _invalid_requests(api, viewer, operator, api.as_token(None), finished)
     assert len(cases) >= 50
     # A failed login is counted (login protection): the only write a refused request makes.
     before = without_login_failures(etcd_snapshot(cluster.endpoints))

@@ -6,6 +6,7 @@ back in its output.
 """
 
 import os
+import ssl
 import subprocess
 import termios
 import threading
@@ -82,6 +83,7 @@ def env_for(cluster: DevCluster, token: str, node: int) -> dict[str, str]:
         "HERON_URL": cluster.nodes[node].url,
         "HERON_TOKEN": token,
         "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
     }
 
 
@@ -140,9 +142,10 @@ def test_a_terminal_is_raw_during_the_session_and_restored_after(cluster3, vm) -
         os.close(follower)
 
 
-def first_bytes(node_url: str, vm_id: str, kind: str, ticket: str) -> bytes:
-    url = node_url.replace("http://", "ws://") + f"/api/v1/vms/{vm_id}/console/{kind}"
-    with connect(f"{url}?ticket={ticket}", open_timeout=30) as ws:
+def first_bytes(node_url: str, vm_id: str, kind: str, ticket: str, tls: ssl.SSLContext) -> bytes:
+    """Over wss, checked against the cluster CA (the node relays over wss to the VM's node)."""
+    url = node_url.replace("https://", "wss://") + f"/api/v1/vms/{vm_id}/console/{kind}"
+    with connect(f"{url}?ticket={ticket}", open_timeout=30, ssl=tls) as ws:
         data = ws.recv(timeout=30)
         return data if isinstance(data, bytes) else data.encode()
 
@@ -152,11 +155,11 @@ def test_both_consoles_check_tickets_and_use_them_once(cluster3, api, vm) -> Non
     for node in cluster.nodes[:2]:  # relayed by node1, and direct on node2 where the VM runs
         for kind, first in (("vnc", b"RFB 003."), ("serial/ws", b"")):
             with pytest.raises(InvalidStatus):
-                first_bytes(node.url, vm, kind, "forged")
+                first_bytes(node.url, vm, kind, "forged", cluster.tls())
             ticket = api.ok("POST", f"/vms/{vm}/console/ticket")["ticket"]
-            assert first_bytes(node.url, vm, kind, ticket).startswith(first)
+            assert first_bytes(node.url, vm, kind, ticket, cluster.tls()).startswith(first)
             with pytest.raises(InvalidStatus):
-                first_bytes(node.url, vm, kind, ticket)
+                first_bytes(node.url, vm, kind, ticket, cluster.tls())
 
 
 def test_a_vm_that_stops_ends_the_console_and_a_stopped_one_has_none(cluster3, api, vm) -> None:

@@ -24,7 +24,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevClust
 
 def test_an_uneven_cluster_is_balanced(cluster) -> None:
     dev, token = cluster
-    api = Api(dev.nodes[0].url, token)
+    api = Api(dev.nodes[0].url, token, dev.tls())
     # Four running VMs (no disks: only their firmware runs), all on node1: 50 % / 0 / 0.
     for i in range(4):
         reply = api.ok(

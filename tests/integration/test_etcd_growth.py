@@ -41,7 +41,7 @@ def voters(cluster: DevCluster) -> set[str]:
 
 def test_etcd_grows_to_five_voters_and_shrinks(cluster) -> None:
     dev, token = cluster
-    api = Api(dev.nodes[0].url, token)
+    api = Api(dev.nodes[0].url, token, dev.tls())
     assert voters(dev) == {"node1"}
     vm = api.ok("POST", "/vms", json={"name": "steady", "memory_mib": 64, "start": True})
     api.wait_task(vm["task"])
@@ -76,7 +76,7 @@ def test_etcd_grows_to_five_voters_and_shrinks(cluster) -> None:
         saved = Path(dev.node(name).state_dir) / "etcd-endpoints.json"
         wait_for(lambda s=saved: s.exists() and len(json.loads(s.read_text())) == 3, 30,
                  f"{name} to follow etcd's three voters")  # fmt: skip
-    survivor = Api(dev.node("node2").url, token)
+    survivor = Api(dev.node("node2").url, token, dev.tls())
     [first] = [m for m in dev.members() if m.name == "node1"]
     etcd_pid = first.pid()
     assert etcd_pid is not None

@@ -15,7 +15,7 @@ BOOT = 120
 
 def live_api(cluster: DevCluster, token: str, avoid: str) -> Api:
     """A client on a node other than `avoid`."""
-    return Api(next(n.url for n in cluster.nodes if n.name != avoid), token)
+    return Api(next(n.url for n in cluster.nodes if n.name != avoid), token, cluster.tls())
 
 
 def create(api: Api, name: str, image: str, node: str, ha: bool = True) -> str:

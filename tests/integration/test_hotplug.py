@@ -203,6 +203,7 @@ def test_an_iops_limit_holds_within_ten_percent_and_changes_live(
         "HERON_URL": api.url,
         "HERON_TOKEN": api.token or "",
         "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
     }
     shown = json.loads(
         cli(cli_env, "vm", "disk", "limit", "grow", "1", "--iops", "100", "--json").stdout

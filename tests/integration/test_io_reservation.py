@@ -23,7 +23,7 @@ def affinity(pid: int) -> set[int]:
 
 def test_heron_io_and_vms_on_separate_cores(cluster1, testguest) -> None:
     cluster, token = cluster1
-    api = Api(cluster.nodes[0].url, token)
+    api = Api(cluster.nodes[0].url, token, cluster.tls())
     node = api.ok("GET", "/nodes/node1")
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:

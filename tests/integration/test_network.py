@@ -286,6 +286,7 @@ def test_traffic_goes_on_without_the_agent_and_drift_is_repaired(
             "HERON_URL": api.url,
             "HERON_TOKEN": api.token or "",
             "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+            "HERON_CA_FILE": str(cluster.ca_file),
         }
         rows = json.loads(cli(env, "switch", "status", "--json").stdout)
         node1 = next(r for r in rows if r["node"] == "node1" and r["switch"] == "dvs")

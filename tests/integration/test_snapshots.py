@@ -234,6 +234,7 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, tmp_path: Path) -> 
         "HERON_URL": cluster.nodes[0].url,
         "HERON_TOKEN": token,
         "HERON_CONFIG": str(tmp_path / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
     }
     cli(env, "vm", "create", "snap-cli", "--memory", "64M", "--disk", "local:1M")
     cli(env, "vm", "snapshot", "create", "snap-cli", "one", "--quiesce", "off")

@@ -81,8 +81,10 @@ def test_rolling_upgrade_from_the_previous_release_stops_no_vm(
 ) -> None:
     cluster, token = old_cluster
     assert {runs_from(cluster, n.name) for n in cluster.nodes} == {str(previous_release)}
+    # The previous release serves plain HTTP; an upgraded node HTTPS with the cluster CA (made
+    # by the first node upgraded): its client is replaced when it comes back.
     apis = {n.name: Api(n.url, token) for n in cluster.nodes}
-    api = apis["node3"]  # the last to be upgraded: it serves the old API throughout
+    api = apis["node3"]  # the last to be upgraded: it serves the old API until then
     shared = Path(cluster.dir) / "shared"
     shared.mkdir()
     api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
@@ -108,7 +110,7 @@ def test_rolling_upgrade_from_the_previous_release_stops_no_vm(
         vms.append(reply["vm"])
 
     def console(vm_id: str) -> Path:
-        node = api.vm(vm_id)["node"]
+        node = apis["node3"].vm(vm_id)["node"]
         return Path(cluster.node(node).state_dir) / "vms" / vm_id / "console.log"
 
     for vm_id in vms:
@@ -131,6 +133,8 @@ def test_rolling_upgrade_from_the_previous_release_stops_no_vm(
         cluster.save()
         cluster.start_node(node.name)
         cluster.wait_api(node, 60)
+        assert node.url.startswith("https://")
+        apis[node.name] = Api(node.url, token, cluster.tls())
         assert runs_from(cluster, node.name) is None
         wait_for(
             lambda name=node.name, other=other: (

@@ -8,7 +8,9 @@ must be listed below as such, or the test fails until someone decides which it i
 import inspect
 import json
 import sys
+import tempfile
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +24,18 @@ from typer.models import ParameterInfo
 from typer.testing import CliRunner
 
 from heron.cli import main, parse
+from heron.tls.certs import make_authority
 
 # Nothing listens there: a command that wrongly got past parsing fails fast, not by hanging.
 NOWHERE = {"HERON_URL": "http://127.0.0.1:9", "HERON_CONFIG": "/nonexistent/heron-cli.json"}
+
+# Files for --ca-file: a real CA certificate, one that only looks like one, and no PEM at all.
+_FILES = Path(tempfile.mkdtemp(prefix="heron-cli-input-"))
+(_FILES / "ca.pem").write_text(make_authority("test", time.time()).certificate)
+(_FILES / "mangled.pem").write_text(
+    "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+)
+(_FILES / "empty.pem").write_text("")
 
 # Malformed and well-formed text for each parser of heron.cli.parse.
 BAD: dict[Callable[..., Any], list[str]] = {
@@ -49,6 +60,13 @@ BAD: dict[Callable[..., Any], list[str]] = {
     parse.vlans: ["0", "4095", "100-", "200-100", "a", "100,,200"],
     parse.ports: ["0", "65536", "22-", "2000-1000", "a", "22,80"],
     parse.remote: ["10.1.0.1/24", "10.1.0.0/33", "abc", ""],
+    parse.fingerprint: ["abc", "AB:CD", "SHA256:" + "G" * 64, "A" * 63, "A" * 66],
+    parse.certificate_file: [
+        str(_FILES / "missing.pem"),
+        str(_FILES / "empty.pem"),
+        str(_FILES / "mangled.pem"),
+        str(_FILES),
+    ],
 }
 GOOD: dict[Callable[..., Any], str] = {
     parse.size: "10G",
@@ -63,6 +81,8 @@ GOOD: dict[Callable[..., Any], str] = {
     parse.vlans: "100,200-299",
     parse.ports: "22",
     parse.remote: "10.1.0.0/24",
+    parse.fingerprint: "AB" * 32,
+    parse.certificate_file: str(_FILES / "ca.pem"),
 }
 BAD_NUMBERS = {int: ["abc", "1.5", "1e3x"], float: ["abc", "1,5"]}
 # What a command needs beyond its required parameters to get past its own checks.
@@ -328,6 +348,9 @@ def test_sizes_and_specs_mean_what_they_meant() -> None:
     assert parse.disk("vol=local/data,bus=sata") == {"volume": "local/data", "bus": "sata"}
     assert parse.nic("user,model=e1000") == {"network": "user", "model": "e1000"}
     assert parse.nic("none") == {"network": "none"}
+    colons = ":".join(["AB"] * 32)
+    for given in ("ab" * 32, colons.lower(), f"SHA256:{colons}", f"sha256 Fingerprint={colons}"):
+        assert parse.fingerprint(given) == colons
 
 
 class _Refusing(BaseHTTPRequestHandler):

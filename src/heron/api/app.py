@@ -33,8 +33,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="Heron API",
         version=heron.__version__,
-        description="Manage a Heron cluster from any of its nodes. Every call except "
-        "`POST /auth/login` needs `Authorization: Bearer <token>`.",
+        description="Manage a Heron cluster from any of its nodes, over HTTPS. Every call "
+        "except `POST /auth/login` and `GET /auth/ca` needs `Authorization: Bearer <token>`.",
         openapi_url=f"{API}/openapi.json",
         docs_url=f"{API}/docs",
         redoc_url=None,

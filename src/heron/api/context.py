@@ -1,5 +1,6 @@
 """What every route needs, passed in once when the app is built (no global state)."""
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,3 +28,6 @@ class ApiContext:
     # A VM of this node to its guest agent: herond shares its VM controller's, so API calls
     # and the controller's probes take turns on the one channel.
     guest_agent: Callable[[str], GuestAgent] | None = None
+    # What calls to other nodes check their certificates with (the cluster CA): `http` has
+    # it already; the console relay's websockets need it too.
+    peer_tls: ssl.SSLContext | None = None

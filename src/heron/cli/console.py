@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import stat
 import termios
 import tty
@@ -64,15 +65,18 @@ def attach(client: Client, ref: str, stdin: int, out: BinaryIO, err: TextIO) -> 
         raise CliError(f"VM {vm['name']} is {vm['state']}: it has a console only while it runs")
     ticket = client.post(f"/vms/{vm['id']}/console/ticket")
     url = websocket_url(client, ticket["vm"], ticket["ticket"])
-    code = asyncio.run(_session(url, vm["name"], stdin, out, err))
+    tls = client.tls if url.startswith("wss://") else None
+    code = asyncio.run(_session(url, vm["name"], stdin, out, err, tls))
     if code == CLOSED:
         raise CliError(f"the console of {vm['name']} closed: it stopped, moved, or its node left")
     return code
 
 
-async def _session(url: str, name: str, stdin: int, out: BinaryIO, err: TextIO) -> int:
+async def _session(
+    url: str, name: str, stdin: int, out: BinaryIO, err: TextIO, tls: ssl.SSLContext | None = None
+) -> int:
     try:
-        connection = await websockets.connect(url, max_size=None, compression=None)
+        connection = await websockets.connect(url, max_size=None, compression=None, ssl=tls)
     except InvalidStatus as exc:
         # The node refuses before the handshake when the ticket or the VM's state is wrong.
         code = exc.response.status_code

@@ -29,6 +29,7 @@ def devcluster_up(
         "dir": cluster.dir,
         "token": token,
         "etcd": cluster.endpoints,
+        "ca_file": str(cluster.ca_file),
         "nodes": [{"name": n.name, "url": n.url} for n in cluster.nodes],
     }
     if as_json:
@@ -36,7 +37,10 @@ def devcluster_up(
         return
     for node in data["nodes"]:
         typer.echo(f"{node['name']}  {node['url']}")
-    typer.echo(f"export HERON_URL={cluster.nodes[0].url} HERON_TOKEN={token}")
+    typer.echo(
+        f"export HERON_URL={cluster.nodes[0].url} HERON_TOKEN={token} "
+        f"HERON_CA_FILE={cluster.ca_file}"
+    )
 
 
 @app.command("down")

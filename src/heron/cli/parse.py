@@ -8,6 +8,7 @@ any request is sent. The messages say what the option wants, with an example.
 import ipaddress
 import math
 import re
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -180,3 +181,40 @@ def remote(text: str) -> str:
         raise typer.BadParameter(
             f"{text!r} is not a network like 10.1.0.0/24 or an address ({exc})"
         ) from None
+
+
+_FINGERPRINT_WANTED = (
+    "a SHA-256 fingerprint: 64 hex digits, in pairs with colons or not "
+    "(as `openssl x509 -noout -fingerprint -sha256` prints it)"
+)
+
+
+def fingerprint(text: str) -> str:
+    """A SHA-256 certificate fingerprint, written as OpenSSL prints it (AB:CD:...); given
+    with or without colons, a 'SHA256:'/'sha256 Fingerprint=' prefix, in either case."""
+    value = text.strip()
+    for prefix in ("sha256 fingerprint=", "sha256:"):
+        if value.lower().startswith(prefix):
+            value = value[len(prefix) :]
+    digits = value.replace(":", "").upper()
+    if len(digits) != 64 or not re.fullmatch(r"[0-9A-F]{64}", digits):
+        raise typer.BadParameter(f"{text!r} is not {_FINGERPRINT_WANTED}")
+    return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
+
+
+def certificate_file(text: str) -> str:
+    """The PEM certificate in the file named (its text)."""
+    try:
+        with open(text) as file:
+            pem = file.read(1 << 20)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {text!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(f"{text!r} is not a PEM certificate (binary data)") from exc
+    if "-----BEGIN CERTIFICATE-----" not in pem or "-----END CERTIFICATE-----" not in pem:
+        raise typer.BadParameter(f"{text!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise typer.BadParameter(f"{text!r} holds no readable certificate: {exc}") from exc
+    return pem

@@ -46,6 +46,9 @@ SNAPSHOTS = ROOT + "snapshots/"
 SNAPSHOT_NAMES = ROOT + "names/snapshot/"
 SNAPSHOT_HEADS = ROOT + "snapshot-heads/"
 LEADER = ROOT + "leader"
+# The cluster CA's certificate and private key: read by the node agents only (each signs its
+# own certificate), never by an API route nor under a prefix the UI's event stream follows.
+CLUSTER_CA = ROOT + "pki/ca"
 SETTINGS = ROOT + "settings/cluster"
 
 

@@ -3,7 +3,7 @@ dynamic balancing (DRS), how a node joins, and what a node's leaving would do.""
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from heron.models.settings import DRSSettings
 
@@ -133,3 +133,16 @@ class LeaveReply(BaseModel):
     dry_run: bool
     etcd_member_removed: bool = Field(description="false in a dry run: see plan.etcd_member")
     plan: LeavePlan
+
+
+class ClusterAuthority(BaseModel):
+    """The cluster's certificate authority, kept in the ConfigDB so that every node can sign
+    its own certificate when it joins or renews (as Proxmox keeps its CA in its cluster file
+    system). Only node agents read it: no API route returns the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certificate: str = Field(description="PEM")
+    key: str = Field(description="PEM, unencrypted")
+    created_at: float
+    provided: bool = Field(description="the administrator's own CA, given at install")

@@ -20,11 +20,13 @@ from heron.models.auth import (
     User,
     password_problem,
 )
+from heron.models.cluster import ClusterAuthority
 from heron.models.common import Name, Record, is_name, new_id
 from heron.models.group import VMGroup
 from heron.models.network import Switch
 from heron.models.settings import LoginSettings
 from heron.models.storage import Pool
+from heron.tls import fingerprint
 
 router = APIRouter(tags=["auth"])
 
@@ -87,6 +89,12 @@ class PasswordReply(BaseModel):
     )
 
 
+class AuthorityView(BaseModel):
+    certificate: str = Field(description="the cluster CA's certificate, PEM")
+    fingerprint: str = Field(description="SHA-256 of its DER, as `openssl x509 -fingerprint "
+                             "-sha256` prints it")  # fmt: skip
+
+
 class UserView(BaseModel):
     name: str
     role: Role | None
@@ -112,6 +120,18 @@ class LockoutView(BaseModel):
 
 def _db(request: Request) -> ConfigDB:
     return request.app.state.ctx.db
+
+
+@router.get("/auth/ca", response_model=AuthorityView)
+async def authority(request: Request) -> AuthorityView:
+    """The cluster CA's certificate, without logging in: a client fetches it before it sends
+    a password, shows its fingerprint to be confirmed (as SSH does a host key), then checks
+    every node against it. Public by nature; the CA's key is never served."""
+    found = await _db(request).get(ClusterAuthority, keys.CLUSTER_CA)
+    if found is None:
+        raise NotFound("the cluster has no CA yet")
+    pem = found.value.certificate
+    return AuthorityView(certificate=pem, fingerprint=fingerprint(pem))
 
 
 def _client(request: Request) -> str | None:

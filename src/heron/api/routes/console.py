@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -180,12 +181,16 @@ async def _relay_stream(websocket: WebSocket, connect: Connect) -> None:
             await writer.wait_closed()
 
 
-async def _relay_ws(websocket: WebSocket, url: str, subprotocols: list[str]) -> None:
+async def _relay_ws(
+    websocket: WebSocket, url: str, subprotocols: list[str], tls: ssl.SSLContext | None
+) -> None:
     async with websockets.connect(
         url,
         subprotocols=[Subprotocol(p) for p in subprotocols] or None,
         max_size=None,
         compression=None,
+        # wss to the node that runs the VM, checked against the cluster CA.
+        ssl=tls if url.startswith("wss://") else None,
     ) as remote:
 
         async def upstream() -> None:
@@ -288,6 +293,6 @@ async def _console(
         await websocket.accept(subprotocol=chosen)
         with contextlib.suppress(Exception):
             await _relay_ws(websocket, f"{base}/api/v1/vms/{vm.id}/console/{kind}?ticket={ticket}",
-                            offered)  # fmt: skip
+                            offered, ctx.peer_tls)  # fmt: skip
     with contextlib.suppress(Exception):
         await websocket.close()
