@@ -1,6 +1,7 @@
 """Helpers shared by the tests: waiting on conditions, the API, the CLI and etcd."""
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import re
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import websockets.asyncio.client
+from websockets.typing import Subprotocol
 
 from heron.configdb import ConfigDB, keys
 from heron.testguest import console
@@ -83,6 +86,28 @@ class Api:
 
     def vm(self, ref: str) -> dict[str, Any]:
         return self.ok("GET", f"/vms/{ref}")
+
+
+def websocket_first_message(
+    url: str, tls: ssl.SSLContext, subprotocols: list[str] | None = None, timeout: float = 30
+) -> bytes:
+    """Open a wss console and return the first message it sends (websockets' InvalidStatus
+    when the node refuses the handshake). The asyncio client, not the threaded one: that one
+    reads and writes one SSLSocket from two threads, which OpenSSL does not allow, and now
+    and then loses a connection that the node answered."""
+
+    async def first() -> bytes:
+        protocols = [Subprotocol(p) for p in subprotocols] if subprotocols else None
+        async with websockets.asyncio.client.connect(
+            url, ssl=tls, subprotocols=protocols, open_timeout=timeout
+        ) as ws:
+            data = await asyncio.wait_for(ws.recv(), timeout)
+            return data if isinstance(data, bytes) else data.encode()
+
+    # On a thread of its own: the browser tests' synchronous Playwright keeps an event loop
+    # marked running on this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, first()).result()
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

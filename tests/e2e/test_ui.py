@@ -17,9 +17,8 @@ import httpx
 import pytest
 from browsing import BOOT, STEP, assert_fits, assert_translated, log_in, settle, shot
 from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
-from support import Api
+from support import Api, websocket_first_message
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from heron.devcluster import DevCluster
 
@@ -470,8 +469,7 @@ def test_phone_width_without_horizontal_scrolling(
 
 def vnc_banner(url: str, vm_id: str, ticket: str, tls: ssl.SSLContext) -> bytes:
     ws_url = url.replace("https://", "wss://") + f"/api/v1/vms/{vm_id}/console/vnc?ticket={ticket}"
-    with connect(ws_url, subprotocols=["binary"], open_timeout=STEP / 1000, ssl=tls) as ws:  # type: ignore[list-item]
-        return ws.recv(timeout=STEP / 1000)  # type: ignore[return-value]
+    return websocket_first_message(ws_url, tls, ["binary"], timeout=STEP / 1000)
 
 
 def test_console_tickets_are_checked_and_used_once(

@@ -8,6 +8,7 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from browsing import STEP, assert_fits, assert_translated, launch, log_in, settle, shot
@@ -15,6 +16,8 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expec
 from playwright.sync_api import Error as PlaywrightError
 from support import Api, wait_for
 
+from heron.devcluster import DevCluster
+from heron.tls import fingerprint
 from heron.tls.certs import make_authority
 
 pytestmark = pytest.mark.integration
@@ -36,7 +39,7 @@ def go(page: Page, ui: str, path: str) -> None:
 
 
 def test_the_cluster_view_shows_the_leader_and_etcds_members(
-    page: Page, ui: str, screenshots: Path
+    page: Page, ui: str, screenshots: Path, cluster3: tuple[DevCluster, str]
 ) -> None:
     page.goto(ui)
     page.click("[data-testid=nav-cluster]")
@@ -47,6 +50,11 @@ def test_the_cluster_view_shows_the_leader_and_etcds_members(
     expect(page.locator("[data-testid=etcd-leader]")).to_have_count(1)
     expect(members.first).to_contain_text("voter")
     expect(page.locator("[data-testid=no-decisions]")).to_be_visible()
+    # The cluster CA's fingerprint, to compare with the browser's, and its certificate.
+    ca = cluster3[0].ca_file.read_text()
+    expect(page.locator("[data-testid=cluster-ca]")).to_have_text(fingerprint(ca))
+    href = page.locator("[data-testid=cluster-ca-download]").get_attribute("href") or ""
+    assert unquote(href.split(",", 1)[1]) == ca
     shot(page, screenshots, "cluster")
 
 

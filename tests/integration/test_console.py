@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from support import HERON, Api, wait_for
+from support import HERON, Api, wait_for, websocket_first_message
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from heron.devcluster import DevCluster
 
@@ -145,9 +144,7 @@ def test_a_terminal_is_raw_during_the_session_and_restored_after(cluster3, vm) -
 def first_bytes(node_url: str, vm_id: str, kind: str, ticket: str, tls: ssl.SSLContext) -> bytes:
     """Over wss, checked against the cluster CA (the node relays over wss to the VM's node)."""
     url = node_url.replace("https://", "wss://") + f"/api/v1/vms/{vm_id}/console/{kind}"
-    with connect(f"{url}?ticket={ticket}", open_timeout=30, ssl=tls) as ws:
-        data = ws.recv(timeout=30)
-        return data if isinstance(data, bytes) else data.encode()
+    return websocket_first_message(f"{url}?ticket={ticket}", tls)
 
 
 def test_both_consoles_check_tickets_and_use_them_once(cluster3, api, vm) -> None:

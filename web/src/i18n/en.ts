@@ -494,6 +494,8 @@ const en = {
   "cluster.leader": "Leader (runs the controllers)",
   "cluster.noLeader": "none",
   "cluster.version": "Version",
+  "cluster.ca": "Cluster CA (SHA-256)",
+  "cluster.caDownload": "download the certificate",
   "cluster.nodes": "Nodes",
   "cluster.vms": "Virtual machines",
   "cluster.members": "etcd members",

@@ -496,6 +496,8 @@ const ru: Record<keyof typeof en, string> = {
   "cluster.leader": "Лидер (выполняет контроллеры)",
   "cluster.noLeader": "нет",
   "cluster.version": "Версия",
+  "cluster.ca": "Центр сертификации кластера (SHA-256)",
+  "cluster.caDownload": "скачать сертификат",
   "cluster.nodes": "Узлы",
   "cluster.vms": "Виртуальные машины",
   "cluster.members": "Члены etcd",
