@@ -92,7 +92,9 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     grant = {"user": "someone", "role": "operator", "scope": "group", "name": "walk"}
     api.ok("POST", "/grants", json=grant)  # a row for the grant controls
     # A row for the lock controls: one failed login of a name nobody has.
-    failed = httpx.post(f"{api.url}/api/v1/auth/login", json={"username": "x", "password": "y"})
+    failed = httpx.post(
+        f"{api.url}/api/v1/auth/login", json={"username": "x", "password": "y"}, verify=api.tls
+    )
     assert failed.status_code == 401
     return {"vm": running["vm"]}
 
