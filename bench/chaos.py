@@ -10,7 +10,8 @@ pool (and one on an RF2 ARDFS pool with `--ardfs`), plus short-lived VMs without
 * faults, one at a time per node and never two etcd members at once: an agent killed (and
   started again after a while, sometimes past the HA agent grace), an agent paused
   (SIGSTOP/SIGCONT), a guest's QEMU killed, a heron-io killed, an etcd member killed (and
-  started again);
+  started again), a node's links to the other nodes cut (and mended: `bench/linkcut.py`, where
+  the machine has what it needs; a run says when it has not);
 * a checker reading every QEMU on the machine 20 times a second: no VM ever runs on two nodes.
 
 Then every fault is undone, and within `--settle` seconds the cluster must converge: all
@@ -54,8 +55,10 @@ from bench.common import (
     wait_for,
     write_result,
 )
+from bench.linkcut import LinkCutError, LinkCuts
 from heron.devcluster import DevCluster
 from heron.testguest import build, disklog
+from heron.testguest.build import READY_MARKER
 from heron.testguest.net import GuestCommandError, run_command
 
 BOOT = 240  # a test guest's boot under TCG on a loaded machine
@@ -126,7 +129,8 @@ class Chaos:
         self.protected: list[str] = []
         self.transient: list[str] = []
         self.active: dict[str, Fault] = {}  # node -> its fault now
-        self.etcd_down = False
+        self.quorum_fault = False  # an etcd member down or cut off: never two at once
+        self.links: LinkCuts | None = None
         self.stop = threading.Event()
         tls = cluster.tls()
         self.clients = {
@@ -276,9 +280,8 @@ class Chaos:
             if not free or self.stop.is_set():
                 continue
             node = self.rng.choice(free)
-            kind = self.rng.choice(
-                ["kill_agent", "pause_agent", "kill_qemu", "kill_heron_io", "kill_etcd"]
-            )
+            kinds = ["kill_agent", "pause_agent", "kill_qemu", "kill_heron_io", "kill_etcd"]
+            kind = self.rng.choice([*kinds, "cut_links"] if self.links else kinds)
             fault = getattr(self, kind)(node)
             if fault is not None:
                 self.active[node] = fault
@@ -309,6 +312,8 @@ class Chaos:
 
     def _start(self, node: str) -> None:
         self.cluster.start_node(node)
+        if self.links:
+            self.links.adopt(node)
 
     def pause_agent(self, node: str) -> Fault | None:
         pid = self.cluster.herond_pid(self.cluster.node(node))
@@ -340,7 +345,7 @@ class Chaos:
         return Fault("kill_heron_io", node, f"pid {pid}", None, time.monotonic())
 
     def kill_etcd(self, node: str) -> Fault | None:
-        if self.etcd_down:
+        if self.quorum_fault:
             return None
         index = [n.name for n in self.cluster.nodes].index(node)
         member = self.cluster.members()[index]
@@ -348,13 +353,38 @@ class Chaos:
         if pid is None:
             return None
         os.kill(pid, signal.SIGKILL)
-        self.etcd_down = True
+        self.quorum_fault = True
 
         def restart() -> None:
             member.start()
-            self.etcd_down = False
+            if self.links:
+                self.links.adopt(node)  # the new member
+            self.quorum_fault = False
 
         return Fault("kill_etcd", node, member.name, restart, self._later(1, 10))
+
+    def cut_links(self, node: str) -> Fault | None:
+        """Every link between the node and the others, its etcd member's included: a short
+        cut is ridden out, a long one fences the node and fails its HA VMs over."""
+        if self.quorum_fault or self.links is None:
+            return None
+        links = self.links
+        links.isolate(node)
+        self.quorum_fault = True
+
+        def mend() -> None:
+            links.heal(node)
+            self.quorum_fault = False
+
+        return Fault("cut_links", node, "", mend, self._later(1, 3 * GRACE))
+
+    def node_processes(self) -> dict[str, list[str]]:
+        """Node -> the directories naming its processes, for the link cuts."""
+        members = self.cluster.members()
+        return {
+            n.name: [n.state_dir, *([str(members[i].data_dir)] if i < len(members) else [])]
+            for i, n in enumerate(self.cluster.nodes)
+        }
 
     # -- the invariants ----------------------------------------------------------------------
 
@@ -440,11 +470,25 @@ class Chaos:
     def check_disklog(self, vm_id: str) -> None:
         vm = self.ok("GET", f"/vms/{vm_id}")
         socket = Path(self.cluster.node(vm["node"]).state_dir) / "vms" / vm_id / "serial.sock"
+        console = socket.with_name("console.log")
+
+        def ready() -> bool:
+            """The guest's command channel listens: its latest boot printed the ready line
+            and then a tick (a request sent while the kernel owns the console is lost)."""
+            text = console.read_text(errors="replace")
+            return (
+                "heron-tick" in text[text.rfind(READY_MARKER) :] if READY_MARKER in text else False
+            )
+
         try:
+            wait_for(ready, BOOT, f"{vm['name']} ready for commands", interval=1)
             answer = run_command(socket, disklog.verify_command(), timeout=300)
-        except GuestCommandError as exc:
-            console = Path(socket).with_name("console.log").read_text(errors="replace")
-            said = [line for line in console.splitlines() if not _CHATTER.search(line)]
+        except (BenchError, GuestCommandError) as exc:
+            said = [
+                line
+                for line in console.read_text(errors="replace").splitlines()
+                if not _CHATTER.search(line)
+            ]
             self.run.violated(
                 f"{vm['name']}: its disk log could not be read back: {exc}; its console's "
                 f"last lines but ticks and acknowledgements: {said[-30:]}"
@@ -481,6 +525,18 @@ def chaos(
     settings = engine.ok("GET", "/cluster/settings")
     engine.ok("PUT", "/cluster/settings", json={**settings, "ha": {"agent_grace": GRACE}})
     engine.create_protected(vms, ardfs, "testguest", "disklog")
+    with contextlib.ExitStack() as stack:
+        try:
+            engine.links = stack.enter_context(LinkCuts(engine.node_processes()))
+        except LinkCutError as exc:
+            run.note(f"no link cuts in this run: {exc}")
+        _faults_then_converge(engine, run, duration, gap, settle)
+    return run
+
+
+def _faults_then_converge(
+    engine: Chaos, run: Run, duration: float, gap: float, settle: float
+) -> None:
     threads = [
         threading.Thread(target=engine.watch_double_runs, daemon=True),
         threading.Thread(target=engine.workload, daemon=True),
@@ -500,18 +556,18 @@ def chaos(
     engine.converge(settle)
     checker.set()
     watcher.join()
-    return run
 
 
-def prepare(cluster: DevCluster, token: str, work: Path, ardfs: bool) -> None:
-    """The shared pool with the test guest and an empty disk log image in it; with `ardfs`,
-    an RF2 ARDFS pool on every node."""
+def prepare(cluster: DevCluster, token: str, work: Path, ardfs: bool, log_mib: int = 256) -> None:
+    """The shared pool with the test guest and an empty disk log image of `log_mib` (sparse)
+    in it; with `ardfs`, an RF2 ARDFS pool on every node. A guest fills about 0.3 MiB of log
+    a second; once full, its log stops growing (`heron-disklog full`)."""
     shared = Path(cluster.dir) / "shared"
     shared.mkdir(exist_ok=True)
     engine = Chaos(cluster, token, random.Random(0), Run(0))
     engine.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
     image = build.build(HERON_CACHE / "testguest")
-    log_image = disklog.prepare(work / "disklog.raw", 32)
+    log_image = disklog.prepare(work / "disklog.raw", log_mib)
     for name, path, fmt in (("testguest", image, "qcow2"), ("disklog", log_image, "raw")):
         reply = engine.ok(
             "POST",
@@ -545,7 +601,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="heron-chaos-") as tmp:
         work = Path(tmp)
         with running_devcluster(work / "cluster", 3, network=True) as (cluster, token):
-            prepare(cluster, token, work, args.ardfs)
+            prepare(cluster, token, work, args.ardfs, log_mib=max(256, int(args.duration) // 2))
             run = chaos(
                 cluster, token, seed, args.duration, vms=args.vms, ardfs=args.ardfs, gap=args.gap
             )
