@@ -54,8 +54,11 @@ def test_drs_shows_its_proposal_then_its_decision(api: Api) -> None:
     api.wait_task(decision["task"])
 
 
-def login(url: str, user: str, password: str) -> tuple[int, dict]:
-    reply = Api(url, None).post("/auth/login", json={"username": user, "password": password})
+def login(api: Api, user: str, password: str, url: str | None = None) -> tuple[int, dict]:
+    """Log in as `user` through `url` (default: `api`'s node), trusting `api`'s CA."""
+    reply = Api(url or api.url, None, api.tls).post(
+        "/auth/login", json={"username": user, "password": password}
+    )
     return reply.status_code, reply.json()
 
 
@@ -69,8 +72,8 @@ def test_failed_logins_lock_a_name_on_every_node_until_lifted(
     api.ok("POST", "/users", json={"name": "lena", "role": "viewer", "password": "lenas-pw-1"})
     # Three failures, each on another node: the count is the cluster's, not a node's.
     for url in urls:
-        assert login(url, "lena", "guess")[0] == 401
-    status, body = login(urls[0], "lena", "lenas-pw-1")  # the right password, but locked
+        assert login(api, "lena", "guess", url)[0] == 401
+    status, body = login(api, "lena", "lenas-pw-1", urls[0])  # the right password, but locked
     assert status == 429 and body["error"] == "locked" and "user lena" in body["message"]
     [lock] = [r for r in api.ok("GET", "/lockouts") if r["subject"] == "lena"]
     assert lock["kind"] == "user" and lock["failures"] == 3 and lock["locked_until"] > time.time()
@@ -80,10 +83,10 @@ def test_failed_logins_lock_a_name_on_every_node_until_lifted(
     assert len(failures) == 3  # each failed login is audited, on the node that refused it
 
     api.ok("DELETE", f"/lockouts/{lock['id']}")
-    assert login(urls[1], "lena", "lenas-pw-1")[0] == 200
+    assert login(api, "lena", "lenas-pw-1", urls[1])[0] == 200
     assert api.delete(f"/lockouts/{lock['id']}").status_code == 404
     # A name nobody has counts the same: a lock says nothing about which names exist.
-    assert login(urls[2], "nobody-here", "guess")[0] == 401
+    assert login(api, "nobody-here", "guess", urls[2])[0] == 401
     [unknown] = [r for r in api.ok("GET", "/lockouts") if r["subject"] == "nobody-here"]
     assert unknown["kind"] == "user" and unknown["failures"] == 1
     api.ok("PUT", "/cluster/settings", json=settings)
@@ -100,17 +103,19 @@ def test_password_rules_and_a_new_password_ends_sessions(api: Api) -> None:
     assert refused.status_code == 422 and "at least 12" in refused.text
     api.ok("POST", "/users", json={**user, "name": "olga", "password": "olgas-pw-12c"})
 
-    olga = Api(api.url, login(api.url, "olga", "olgas-pw-12c")[1]["token"])
+    olga = Api(api.url, login(api, "olga", "olgas-pw-12c")[1]["token"], api.tls)
     # Tokens scoped by role: never above the caller's own, and optionally expiring.
     too_high = olga.post("/tokens", json={"role": "admin"})
     assert too_high.status_code == 422 and too_high.json()["fields"][0]["field"] == "body.role"
     monitor = olga.ok("POST", "/tokens", json={"role": "viewer", "expires_in_days": 2})
     assert monitor["role"] == "viewer"
     assert abs(monitor["expires_at"] - (time.time() + 2 * 86400)) < 300
-    reader = Api(api.url, monitor["token"])
+    reader = Api(api.url, monitor["token"], api.tls)
     assert reader.ok("GET", "/auth/whoami")["role"] == "viewer"
     assert reader.post("/groups", json={"name": "by-token"}).status_code == 403
-    automation = Api(api.url, olga.ok("POST", "/tokens", json={"description": "ci"})["token"])
+    automation = Api(
+        api.url, olga.ok("POST", "/tokens", json={"description": "ci"})["token"], api.tls
+    )
 
     wrong = olga.put("/users/olga/password", json={"password": "new-pw-olga-1"})
     assert wrong.status_code == 422 and "current_password" in wrong.text
@@ -130,9 +135,11 @@ def test_password_rules_and_a_new_password_ends_sessions(api: Api) -> None:
     assert changed["revoked"] == 3  # her session and both API tokens
     for ended in (olga, reader, automation):
         assert ended.get("/auth/whoami").status_code == 401
-    assert login(api.url, "olga", "olgas-pw-12c")[0] == 401
-    second = Api(api.url, login(api.url, "olga", "new-pw-olga-1")[1]["token"])
-    kept = Api(api.url, second.ok("POST", "/tokens", json={"description": "kept"})["token"])
+    assert login(api, "olga", "olgas-pw-12c")[0] == 401
+    second = Api(api.url, login(api, "olga", "new-pw-olga-1")[1]["token"], api.tls)
+    kept = Api(
+        api.url, second.ok("POST", "/tokens", json={"description": "kept"})["token"], api.tls
+    )
     # An administrator sets it without the old one, and may keep the API tokens.
     reply = api.ok(
         "PUT", "/users/olga/password", json={"password": "third-pw-olga", "keep_api_tokens": True}
@@ -168,7 +175,7 @@ def test_an_operator_of_one_group_reaches_its_vms_only(api: Api) -> None:
     assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "body.name"
     assert api.post("/grants", json={**bad, "user": "gina"}).status_code == 409
 
-    gina = Api(api.url, login(api.url, "gina", password)[1]["token"])
+    gina = Api(api.url, login(api, "gina", password)[1]["token"], api.tls)
     assert gina.post("/grants", json={**bad, "user": "gina", "name": "gb"}).status_code == 403
     # Cluster-wide viewer: sees every VM, but changes and opens the consoles of ga's only.
     assert {"va", "vb"} <= {v["name"] for v in gina.ok("GET", "/vms")}
@@ -193,7 +200,7 @@ def test_an_operator_of_one_group_reaches_its_vms_only(api: Api) -> None:
     assert api.vm("vb")["spec"]["description"] == ""
 
     # No cluster-wide role: only ga's VMs and their tasks exist for nora.
-    nora = Api(api.url, login(api.url, "nora", password)[1]["token"])
+    nora = Api(api.url, login(api, "nora", password)[1]["token"], api.tls)
     assert sorted(v["name"] for v in nora.ok("GET", "/vms")) == ["va", "va2"]
     assert nora.get("/vms/vb").status_code == 404
     assert nora.get("/nodes").status_code == 403
@@ -204,7 +211,7 @@ def test_an_operator_of_one_group_reaches_its_vms_only(api: Api) -> None:
         {"scope": "group", "name": "ga", "role": "operator"}
     ]
     # A token made with a lower role carries no more on the group either.
-    reader = Api(api.url, nora.ok("POST", "/tokens", json={"role": "viewer"})["token"])
+    reader = Api(api.url, nora.ok("POST", "/tokens", json={"role": "viewer"})["token"], api.tls)
     assert reader.ok("GET", "/vms/va")["name"] == "va"
     assert reader.patch("/vms/va", json={"description": "x"}).status_code == 403
     assert reader.get("/vms/va/console/serial").status_code == 403
