@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from heron.configdb.store import ConfigDB
+from heron.configdb.store import ConfigDB, EtcdTls
 from heron.models.common import Record
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,10 @@ class LeaseThread:
         ttl: int,
         on_renewed: Callable[[], None] | None = None,
         may_renew: Callable[[], bool] = lambda: True,
+        tls: EtcdTls | None = None,
     ):
         self.endpoints = list(endpoints)
+        self.tls = tls
         self.key = key
         self.record = record
         self.ttl = ttl
@@ -144,7 +146,7 @@ class LeaseThread:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._keeper = LeaseKeeper(
-            ConfigDB(self.endpoints),
+            ConfigDB(self.endpoints, self.tls),
             self.key,
             self.record,
             self.ttl,
