@@ -106,5 +106,11 @@ if [ "$SCHEME" = https ]; then
 else
   echo "WARNING: plain HTTP (HERON_INSECURE_HTTP=1): passwords and tokens cross the network readable"
 fi
+if [[ " ${HEROND[*]} " == *" --etcd-tls "* ]] || [[ "${HERON_ETCD:-}" == https://* ]]; then
+  echo "etcd: TLS with client certificates of the cluster CA (files in $STATE/tls)"
+  echo "  add a node: 'heron cluster join' prints its command line with a one-time token"
+else
+  echo "WARNING: etcd is plain: keep its ports reachable from the nodes only (docs/operations.md: converting)"
+fi
 echo "admin password: $(cat "$STATE/admin-password")"
 echo "CLI: $PWD/.venv/bin/heron login --url $URL --username admin${FINGERPRINT:+ --ca-fingerprint $FINGERPRINT}"
