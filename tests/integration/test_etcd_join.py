@@ -127,3 +127,30 @@ def test_a_wrong_fingerprint_stops_the_join(cluster, api: Api, tmp_path: Path) -
     with pytest.raises(TlsError, match="not the"):
         asyncio.run(join_cluster(reply["api_url"], reply["token"], "AB:" * 31 + "AB", store, ["n"]))
     assert store.certificate() is None
+
+
+def test_nodes_that_joined_with_tokens_host_etcd_members(tmp_path: Path) -> None:
+    """etcd grows onto nodes that joined with a token: their members serve and peer over TLS
+    with the certificates the join gave them."""
+    made, token = devcluster.up(tmp_path / "grow", 1, embedded=True)
+    try:
+        api = Api(made.nodes[0].url, token, made.tls())
+        for _ in range(2):
+            reply = api.ok("POST", "/cluster/join")
+            made.add_node(
+                join=["--join", reply["api_url"], "--join-token", reply["token"],
+                      "--ca-fingerprint", reply["ca_fingerprint"]]
+            )  # fmt: skip
+
+        def voters() -> set[str]:
+            members = api.ok("GET", "/cluster/members")
+            return {m["name"] for m in members if m["name"] and not m["learner"]}
+
+        wait_for(lambda: voters() == {"node1", "node2", "node3"}, 90, "three voters")
+        members = api.ok("GET", "/cluster/members")
+        assert all(u.startswith("https://") for m in members for u in m["peer_urls"])
+        assert all(u.startswith("https://") for m in members for u in m["client_urls"])
+        for name in ("node2", "node3"):
+            assert not (Path(made.node(name).state_dir) / "tls" / "pending-ca.json").exists()
+    finally:
+        devcluster.down(tmp_path / "grow")
