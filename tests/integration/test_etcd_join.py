@@ -5,23 +5,29 @@ without a cluster certificate reads nothing from etcd, the CA's key least of all
 
 import asyncio
 import json
+import ssl
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aetcd.exceptions
+import httpx
 import pytest
 from support import Api, wait_for
 
 from heron import devcluster
 from heron.agent.certificates import join_cluster, node_names
 from heron.configdb import ConfigDB, keys
+from heron.configdb.etcd import EtcdMember
 from heron.configdb.store import EtcdTls
 from heron.devcluster import DevCluster
 from heron.models.cluster import ClusterAuthority
 from heron.services.cluster import join_token_hash
 from heron.tls import NodeCredentials, TlsError, issue, make_authority
 from heron.tls.certs import make_request
+from heron.util.ports import free_ports
+from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +160,51 @@ def test_nodes_that_joined_with_tokens_host_etcd_members(tmp_path: Path) -> None
             assert not (Path(made.node(name).state_dir) / "tls" / "pending-ca.json").exists()
     finally:
         devcluster.down(tmp_path / "grow")
+
+
+def test_a_new_single_node_makes_its_ca_before_its_etcd(tmp_path: Path) -> None:
+    """What install.sh starts on a new machine: herond --embedded-etcd --etcd-tls with no CA
+    given. The CA is made before etcd starts, stored in etcd once it runs, and its key is not
+    left on disk."""
+    api_port, client, peer = free_ports(3)
+    state = tmp_path / "solo"
+    state.mkdir()
+    command = [
+        sys.executable, "-m", "heron.herond", "--name", "solo", "--state-dir", str(state),
+        "--address", "127.0.0.1", "--api-port", str(api_port), "--embedded-etcd",
+        "--etcd-tls", "--etcd-client-port", str(client), "--etcd-peer-port", str(peer),
+        "--admin-password-file", str(state / "admin-password"),
+    ]  # fmt: skip
+    pid = spawn_detached(command, state / "herond.log", state / "herond.pid")
+    member = EtcdMember("solo", state / "etcd", client, peer, tls=EtcdTls.in_state_dir(state))
+    try:
+        ca_file = state / "tls" / "ca-cert.pem"
+
+        def answers() -> bool:
+            if not ca_file.exists():
+                return False
+            context = ssl.create_default_context(cafile=str(ca_file))
+            url = f"https://127.0.0.1:{api_port}/api/v1/auth/ca"
+            try:
+                return httpx.get(url, verify=context, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 60, "the new node's API")
+        assert "--client-cert-auth" in Path(f"/proc/{member.pid()}/cmdline").read_text()
+
+        async def stored() -> ClusterAuthority | None:
+            async with ConfigDB([member.endpoint], member.tls) as db:
+                found = await db.get(ClusterAuthority, keys.CLUSTER_CA)
+                return found.value if found else None
+
+        record = asyncio.run(stored())
+        assert record is not None and record.certificate == ca_file.read_text()
+        assert not record.provided
+        wait_for(lambda: not (state / "tls" / "pending-ca.json").exists(), 30, "no CA key on disk")
+    finally:
+        terminate(pid, str(state))
+        fence = read_pidfile(state / "fence.pid", str(state))
+        if fence is not None:
+            terminate(fence, str(state))
+        member.stop()
