@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -168,9 +168,10 @@ def request_names(request: str) -> list[str]:
     signed by its own key, with 1 to MAX_REQUEST_NAMES names."""
     try:
         csr = x509.load_pem_x509_csr(request.encode())
-    except ValueError as exc:
+        signed = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise TlsError(f"not a PEM certificate signing request: {exc}") from exc
-    if not csr.is_signature_valid:
+    if not signed:
         raise TlsError("the request's signature does not match its key")
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
