@@ -13,6 +13,7 @@ from heron import herond
 from heron.agent.certificates import (
     cluster_authority,
     forget_pending,
+    join_cluster,
     local_authority,
     node_names,
     pending_authority,
@@ -137,3 +138,8 @@ def test_herond_takes_tls_from_the_flag_or_the_scheme(tmp_path: Path) -> None:
     assert not plain.etcd_tls and plain.etcd == ["h1:2379"]
     with pytest.raises(SystemExit):
         herond.parse(["--state-dir", str(tmp_path), "--join", "https://h1:8443"])
+
+
+async def test_a_join_goes_over_https_only(tmp_path: Path) -> None:
+    with pytest.raises(TlsError, match="https://"):
+        await join_cluster("http://h1:8080", "t", "AA", NodeCredentials(tmp_path), ["n"])

@@ -135,6 +135,9 @@ async def join_cluster(
     node of the cluster (`GET /auth/ca`, trusting nothing yet), accept it only if its SHA-256
     fingerprint is the one the administrator gave, then send the join token and a signing
     request (the key stays here) over a connection checked against that CA."""
+    if not api_url.startswith("https://"):
+        # The token would cross the network readable, and the node could not be checked.
+        raise TlsError(f"join through a node's https:// API URL, not {api_url}")
     base = api_url.rstrip("/") + "/api/v1"
     # Not verified yet: the fingerprint check below is what makes the CA trusted.
     async with httpx.AsyncClient(timeout=30, verify=False) as bare:
