@@ -1,6 +1,7 @@
 """etcd over TLS, the pure parts: signing requests, the first node's local CA, join tokens,
 which endpoints speak TLS, and the flags an etcd member gets."""
 
+import json
 import stat
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from heron.agent.certificates import (
     pending_authority,
 )
 from heron.configdb.etcd import EtcdMember
+from heron.configdb.lease import ENDPOINTS_FILE, startup_endpoints
 from heron.configdb.store import EtcdTls, grpc_target, secure
 from heron.errors import ConfigDBError
 from heron.services import cluster
@@ -143,3 +145,9 @@ def test_herond_takes_tls_from_the_flag_or_the_scheme(tmp_path: Path) -> None:
 async def test_a_join_goes_over_https_only(tmp_path: Path) -> None:
     with pytest.raises(TlsError, match="https://"):
         await join_cluster("http://h1:8080", "t", "AA", NodeCredentials(tmp_path), ["n"])
+
+
+def test_endpoints_saved_before_a_conversion_are_left_out(tmp_path: Path) -> None:
+    (tmp_path / ENDPOINTS_FILE).write_text(json.dumps(["h1:2379", "h2:2379"]))
+    assert startup_endpoints(["https://h1:2379"], tmp_path) == ["https://h1:2379"]
+    assert startup_endpoints(["h1:2379"], tmp_path) == ["h1:2379", "h2:2379"]

@@ -162,9 +162,15 @@ class LeaseThread:
 
 
 def startup_endpoints(configured: Sequence[str], state_dir: Path) -> list[str]:
-    """The configured endpoints, then those last seen (members that joined since)."""
+    """The configured endpoints, then those last seen (members that joined since). Saved
+    ones of the other kind (plain ones saved before the cluster's etcd was converted to TLS)
+    are left out: the configured ones say which kind the cluster speaks now."""
     try:
         saved = json.loads((state_dir / ENDPOINTS_FILE).read_text())
     except (FileNotFoundError, ValueError):
         saved = []
-    return list(dict.fromkeys([*configured, *(e for e in saved if isinstance(e, str))]))
+    found = [e for e in saved if isinstance(e, str)]
+    if configured:
+        tls = configured[0].startswith("https://")
+        found = [e for e in found if e.startswith("https://") == tls]
+    return list(dict.fromkeys([*configured, *found]))
