@@ -30,17 +30,33 @@ for name in ${HERON_CERT_NAMES:-}; do  # more names/addresses for this node's ce
   HEROND+=(--cert-name "$name")
 done
 # Three ways to take part in the ConfigDB:
-#  - nothing set: a single-node cluster with its own etcd member;
-#  - HERON_ETCD_INITIAL_CLUSTER=n1=http://h1:2380,n2=...,n3=...: one of 3 or 5 voting members
-#    (run on each of them; set HERON_ETCD to all their client endpoints);
-#  - HERON_ETCD=h1:2379,h2:2379,h3:2379 alone: a client of an existing cluster.
+#  - nothing set: a single-node cluster with its own etcd member, over TLS with client
+#    certificates of the cluster CA (made here first; HERON_PLAIN_ETCD=1: plain etcd);
+#  - HERON_ETCD_INITIAL_CLUSTER=n1=https://h1:2380,n2=...,n3=...: one of 3 or 5 voting
+#    members (run on each of them, with the same HERON_CA_CERT and HERON_CA_KEY for TLS; set
+#    HERON_ETCD to all their client endpoints; http:// peer URLs: plain etcd);
+#  - HERON_ETCD=https://h1:2379,... alone: a client of an existing cluster; with etcd over
+#    TLS, with HERON_JOIN, HERON_JOIN_TOKEN and HERON_CA_FINGERPRINT (`heron cluster join` on
+#    the cluster prints the whole line).
+# A node installed before etcd's TLS (its etcd data here, no etcd-tls mark) stays plain:
+# docs/operations.md says how to convert a cluster.
 if [ -n "${HERON_ETCD_INITIAL_CLUSTER:-}" ]; then
   HEROND+=(--embedded-etcd --etcd-initial-cluster "$HERON_ETCD_INITIAL_CLUSTER")
   [ -n "${HERON_ETCD:-}" ] && HEROND+=(--etcd "$HERON_ETCD")
+  [[ $HERON_ETCD_INITIAL_CLUSTER == *https://* ]] && HEROND+=(--etcd-tls)
 elif [ -n "${HERON_ETCD:-}" ]; then
   HEROND+=(--etcd "$HERON_ETCD")
+  if [ -n "${HERON_JOIN_TOKEN:-}" ]; then
+    HEROND+=(--etcd-tls --join "${HERON_JOIN:?HERON_JOIN_TOKEN needs HERON_JOIN}"
+             --join-token "$HERON_JOIN_TOKEN"
+             --ca-fingerprint "${HERON_CA_FINGERPRINT:?HERON_JOIN_TOKEN needs HERON_CA_FINGERPRINT}")
+  fi
 else
   HEROND+=(--embedded-etcd)
+  if [ "${HERON_PLAIN_ETCD:-}" != 1 ] && { [ -f "$STATE/etcd-tls" ] || [ ! -d "$STATE/etcd" ]; }; then
+    HEROND+=(--etcd-tls)
+    touch "$STATE/etcd-tls"  # this node's etcd speaks TLS from its start
+  fi
 fi
 if [ -d /run/systemd/system ]; then
   cat > /etc/systemd/system/herond.service <<UNIT
@@ -89,6 +105,12 @@ if [ "$SCHEME" = https ]; then
   echo "  (browsers: trust $CA, or compare this fingerprint before accepting the certificate)"
 else
   echo "WARNING: plain HTTP (HERON_INSECURE_HTTP=1): passwords and tokens cross the network readable"
+fi
+if [[ " ${HEROND[*]} " == *" --etcd-tls "* ]] || [[ "${HERON_ETCD:-}" == https://* ]]; then
+  echo "etcd: TLS with client certificates of the cluster CA (files in $STATE/tls)"
+  echo "  add a node: 'heron cluster join' prints its command line with a one-time token"
+else
+  echo "WARNING: etcd is plain: keep its ports reachable from the nodes only (docs/operations.md: converting)"
 fi
 echo "admin password: $(cat "$STATE/admin-password")"
 echo "CLI: $PWD/.venv/bin/heron login --url $URL --username admin${FINGERPRINT:+ --ca-fingerprint $FINGERPRINT}"

@@ -16,7 +16,8 @@ import httpx
 import websockets.asyncio.client
 from websockets.typing import Subprotocol
 
-from heron.configdb import ConfigDB, keys
+from heron.configdb import keys
+from heron.devcluster import DevCluster
 from heron.testguest import console
 from heron.util.wait import until, until_sync
 
@@ -145,7 +146,7 @@ def guest_intact(
     return report
 
 
-def etcd_snapshot(endpoints: list[str]) -> dict[str, tuple[bytes, int]]:
+def etcd_snapshot(cluster: DevCluster) -> dict[str, tuple[bytes, int]]:
     """Every key with its value and last-modified revision: to prove nothing was written.
 
     The leader's key is the one exception to "an idle cluster writes nothing": its heartbeat
@@ -153,7 +154,7 @@ def etcd_snapshot(endpoints: list[str]) -> dict[str, tuple[bytes, int]]:
     """
 
     async def read() -> dict[str, tuple[bytes, int]]:
-        async with ConfigDB(endpoints) as db:
+        async with cluster.configdb() as db:
             result = await db.client.get_prefix(b"/")
             return {
                 kv.key.decode(): (

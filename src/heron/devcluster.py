@@ -12,14 +12,19 @@ import os
 import signal
 import ssl
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
+from heron.agent.certificates import node_names
+from heron.configdb import ConfigDB
 from heron.configdb.etcd import EtcdMember
+from heron.configdb.store import EtcdTls
 from heron.errors import HeronError
 from heron.network import fabric
+from heron.tls import Authority, NodeCredentials, issue, make_authority
 from heron.util.ports import free_ports
 from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
 
@@ -40,6 +45,9 @@ class NodeSpec:
     # A directory holding another version's `heron` package to run this node from (rolling
     # upgrade tests); None: the installed one.
     source: str | None = None
+    # herond's --join, --join-token, --ca-fingerprint: a node that joins as an administrator
+    # would add one (its certificate signed for a one-time token), not handed the CA.
+    join: list[str] | None = None
 
     @property
     def url(self) -> str:
@@ -78,6 +86,44 @@ class DevCluster:
     # Each node's data plane in a network namespace of its own, on a fabric of veths (see
     # heron.network.fabric): two nodes on one machine are as apart as two hosts.
     network: bool = False
+    # etcd speaks TLS with client certificates of the cluster CA, which the devcluster makes
+    # (in ca/) and hands to the etcd members and nodes it starts. False: plain etcd (a cluster
+    # of an older release, or an external etcd).
+    etcd_tls: bool = False
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    def authority(self) -> Authority:
+        """The devcluster's CA, made on first use (the key 0600 beside it)."""
+        cert, key = self.ca_dir / "ca-cert.pem", self.ca_dir / "ca-key.pem"
+        if not key.exists():
+            made = make_authority(f"dev-{self.netns_prefix}", time.time())
+            self.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cert.write_text(made.certificate)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(made.key)
+        return Authority(cert.read_text(), key.read_text())
+
+    def credentials(self, directory: Path, name: str) -> EtcdTls:
+        """A certificate of the devcluster's CA for `name` (on loopback) in `directory`,
+        made once: for the etcd members it starts and for clients (tests, benchmarks)."""
+        store = NodeCredentials(directory)
+        if store.certificate() is None:
+            authority = self.authority()
+            names = node_names(name, "127.0.0.1")
+            store.write(issue(authority, names, time.time()), authority.certificate)
+        return EtcdTls.of(store)
+
+    def etcd_tls_files(self) -> EtcdTls | None:
+        """What a client of this devcluster's etcd shows (None: plain etcd)."""
+        return self.credentials(self.root / "client-tls", "client") if self.etcd_tls else None
+
+    def configdb(self) -> ConfigDB:
+        """A ConfigDB client of this devcluster's etcd (TLS or not, as it runs)."""
+        return ConfigDB(self.endpoints, self.etcd_tls_files())
 
     @property
     def netns_prefix(self) -> str:
@@ -109,10 +155,11 @@ class DevCluster:
 
     @property
     def endpoints(self) -> list[str]:
+        prefix = "https://" if self.etcd_tls else ""
         if self.embedded:
             assert self.nodes[0].etcd_ports is not None
-            return [f"127.0.0.1:{self.nodes[0].etcd_ports[0]}"]
-        return self.external_etcd or [f"127.0.0.1:{e.client_port}" for e in self.etcd]
+            return [f"{prefix}127.0.0.1:{self.nodes[0].etcd_ports[0]}"]
+        return self.external_etcd or [f"{prefix}127.0.0.1:{e.client_port}" for e in self.etcd]
 
     def members(self) -> list[EtcdMember]:
         if self.embedded:
@@ -122,11 +169,13 @@ class DevCluster:
                     Path(node.state_dir) / "etcd",
                     node.etcd_ports[0],
                     node.etcd_ports[1],
+                    tls=EtcdTls.in_state_dir(Path(node.state_dir)) if self.etcd_tls else None,
                 )
                 for node in self.nodes
                 if node.etcd_ports
             ]
-        cluster = {e.name: f"http://127.0.0.1:{e.peer_port}" for e in self.etcd}
+        scheme = "https" if self.etcd_tls else "http"
+        cluster = {e.name: f"{scheme}://127.0.0.1:{e.peer_port}" for e in self.etcd}
         return [
             EtcdMember(
                 name=e.name,
@@ -134,6 +183,7 @@ class DevCluster:
                 client_port=e.client_port,
                 peer_port=e.peer_port,
                 initial_cluster=cluster,
+                tls=self.credentials(Path(e.data_dir + "-tls"), e.name) if self.etcd_tls else None,
             )
             for e in self.etcd
         ]
@@ -156,6 +206,7 @@ class DevCluster:
             memory_mib=data.get("memory_mib"),
             embedded=data.get("embedded", False),
             network=data.get("network", False),
+            etcd_tls=data.get("etcd_tls", False),
         )
 
     def node(self, name: str) -> NodeSpec:
@@ -188,6 +239,18 @@ class DevCluster:
 
     def _node_options(self, node: NodeSpec) -> list[str]:
         options = ["--memory-mib", str(self.memory_mib)] if self.memory_mib else []
+        if self.etcd_tls:
+            options.append("--etcd-tls")
+            if node.join:
+                options += node.join
+            else:
+                self.authority()
+                options += [
+                    "--ca-cert",
+                    str(self.ca_dir / "ca-cert.pem"),
+                    "--ca-key",
+                    str(self.ca_dir / "ca-key.pem"),
+                ]
         if self.network:
             for place in self.fabric_nodes():
                 if place.name == node.name:
@@ -206,12 +269,17 @@ class DevCluster:
                 options += ["--etcd-member-ports", f"{client}:{peer}"]
         return options
 
-    def add_node(self, timeout: float = 120.0) -> NodeSpec:
-        """Start one more node and let it join the running cluster."""
+    def add_node(self, timeout: float = 120.0, join: list[str] | None = None) -> NodeSpec:
+        """Start one more node and let it join the running cluster; `join`: herond's
+        --join options (a one-time token) instead of handing it the devcluster's CA."""
         ports = free_ports(3 if self.embedded else 1)
         name = f"node{len(self.nodes) + 1}"
         node = NodeSpec(
-            name, ports[0], str(self.root / "nodes" / name), ports[1:] if self.embedded else None
+            name,
+            ports[0],
+            str(self.root / "nodes" / name),
+            ports[1:] if self.embedded else None,
+            join=join,
         )
         self.nodes.append(node)
         self.save()
@@ -322,8 +390,11 @@ def up(
     embedded: bool = False,
     source: str | None = None,
     network: bool = False,
+    etcd_tls: bool | None = None,
 ) -> tuple[DevCluster, str]:
-    """Start (or find running) a devcluster; returns it and an admin token."""
+    """Start (or find running) a devcluster; returns it and an admin token. `etcd_tls`:
+    etcd over TLS (default: yes, unless the nodes run an older release or the etcd is
+    external)."""
     directory = directory.resolve()
     if (directory / STATE_FILE).exists():
         cluster = DevCluster.load(directory)
@@ -362,6 +433,7 @@ def up(
             memory_mib=memory_mib,
             embedded=embedded,
             network=network,
+            etcd_tls=(source is None and not external_etcd) if etcd_tls is None else etcd_tls,
         )
         cluster.save()
     if cluster.network:

@@ -24,7 +24,15 @@ import uvicorn
 
 import heron
 from heron.agent.ardfs import IoSupervisor
-from heron.agent.certificates import CertificateKeeper, cluster_authority, node_names
+from heron.agent.certificates import (
+    CertificateKeeper,
+    cluster_authority,
+    forget_pending,
+    join_cluster,
+    local_authority,
+    node_names,
+    pending_authority,
+)
 from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
@@ -43,6 +51,7 @@ from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.lease import startup_endpoints
+from heron.configdb.store import EtcdTls
 from heron.ha.controller import FailoverController
 from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups
@@ -54,7 +63,7 @@ from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.rebalance import RebalanceController
-from heron.tls import NodeCredentials
+from heron.tls import Authority, NodeCredentials, TlsError
 from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 log = logging.getLogger("herond")
@@ -86,6 +95,12 @@ class AgentConfig:
     own_ca: tuple[Path, Path] | None = None
     # More names and addresses for this node's certificate (a DNS name, a floating address).
     cert_names: tuple[str, ...] = ()
+    # etcd speaks TLS with client certificates (https:// endpoints; every new cluster since
+    # issue 16); False: a plain etcd, as clusters made before.
+    etcd_tls: bool = False
+    # Joining a cluster whose etcd speaks TLS, without a certificate yet: (API URL of a node,
+    # one-time join token, SHA-256 fingerprint of the cluster CA).
+    join: tuple[str, str, str] | None = None
 
 
 def _forget_stop_signals() -> None:
@@ -136,21 +151,46 @@ async def bootstrap(db: ConfigDB, password_file: Path | None) -> None:
         await db.create(keys.user("admin"), admin)
 
 
+async def etcd_credentials(
+    config: AgentConfig, credentials: NodeCredentials, names: list[str]
+) -> Authority | None:
+    """Before etcd over TLS can be reached (or, for the first node, started): this node's
+    certificate. Returns the CA this node made or loaded itself, to be stored in the ConfigDB
+    once etcd is up; None when the node had a certificate already or got one by joining."""
+    if pending_authority(credentials) or config.own_ca is not None:
+        return local_authority(credentials, names, config.own_ca)
+    if credentials.certificate() is not None:
+        return None
+    if config.join is not None:
+        await join_cluster(*config.join, credentials, names)
+        return None
+    member = config.embedded_etcd
+    if member is not None and member.cluster_state == "new" and len(member.initial_cluster) <= 1:
+        return local_authority(credentials, names, None)  # the first node of a new cluster
+    raise TlsError(
+        "this node has no certificate for etcd over TLS: join it with a token (`heron "
+        "cluster join` on the cluster prints the command), or give every member of a new "
+        "multi-member etcd the same --ca-cert and --ca-key"
+    )
+
+
 async def run(config: AgentConfig) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    credentials = NodeCredentials(config.state_dir / "tls")
+    names = node_names(config.name, config.address, config.cert_names)
+    local = await etcd_credentials(config, credentials, names) if config.etcd_tls else None
+    etcd_tls = EtcdTls.of(credentials) if config.etcd_tls else None
     if config.embedded_etcd is not None:
         config.embedded_etcd.start()
         await asyncio.to_thread(config.embedded_etcd.wait_healthy)
     accelerator = await asyncio.to_thread(choose_accelerator, DEFAULT_CACHE)
     endpoints = startup_endpoints(config.etcd, config.state_dir)
-    db = ConfigDB(endpoints)
+    db = ConfigDB(endpoints, etcd_tls)
     await db.connect()
     await bootstrap(db, config.admin_password_file)
-    await cluster_authority(db, config.own_ca)
-    credentials = NodeCredentials(config.state_dir / "tls")
-    certificates = CertificateKeeper(
-        db, credentials, node_names(config.name, config.address, config.cert_names)
-    )
+    await cluster_authority(db, config.own_ca, local)
+    forget_pending(credentials)
+    certificates = CertificateKeeper(db, credentials, names)
     await certificates.ensure()
     scheme = "http" if config.insecure_http else "https"
     if config.insecure_http:
@@ -162,8 +202,8 @@ async def run(config: AgentConfig) -> None:
         api_url=f"{scheme}://{_host(config.address)}:{config.api_port}",
         cpus=os.cpu_count() or 1,
         memory_mib=config.memory_mib or _memory_mib(),
-        etcd_client_url=_url(config.address, config.etcd_member_ports, 0),
-        etcd_peer_url=_url(config.address, config.etcd_member_ports, 1),
+        etcd_client_url=_url(config.address, config.etcd_member_ports, 0, config.etcd_tls),
+        etcd_peer_url=_url(config.address, config.etcd_member_ports, 1, config.etcd_tls),
         accelerator=accelerator,
         versions=_versions(),
         started_at=time.time(),
@@ -172,7 +212,11 @@ async def run(config: AgentConfig) -> None:
     )
     start_fence_watchdog(config.state_dir, config.lease_ttl, config.name, config.etcd)
     registration = Registration(
-        endpoints, node, config.lease_ttl, on_renewed=lambda: write_beat(config.state_dir)
+        endpoints,
+        node,
+        config.lease_ttl,
+        on_renewed=lambda: write_beat(config.state_dir),
+        tls=etcd_tls,
     )
     cores = CoreReservation(db, config.name, config.state_dir)
     vms = VMController(
@@ -270,7 +314,7 @@ async def run(config: AgentConfig) -> None:
         if config.etcd_member_ports is not None:
             client_port, peer_port = config.etcd_member_ports
             keeper = MemberKeeper(
-                db, config.name, config.state_dir, config.address, client_port, peer_port
+                db, config.name, config.state_dir, config.address, client_port, peer_port, etcd_tls
             )
             background.append(asyncio.create_task(keeper.run(), name="etcd-member"))
         registration.start()
@@ -299,8 +343,8 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _url(host: str, ports: tuple[int, int] | None, which: int) -> str | None:
-    return f"http://{host}:{ports[which]}" if ports else None
+def _url(host: str, ports: tuple[int, int] | None, which: int, tls: bool) -> str | None:
+    return f"{'https' if tls else 'http'}://{_host(host)}:{ports[which]}" if ports else None
 
 
 def start_fence_watchdog(state_dir: Path, ttl: int, name: str, endpoints: list[str]) -> int:
@@ -406,6 +450,23 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
     )
     parser.add_argument("--ca-key", type=Path, help="the private key (PEM) of --ca-cert")
     parser.add_argument(
+        "--etcd-tls",
+        action="store_true",
+        help="etcd speaks TLS with client certificates of the cluster CA: the embedded member "
+        "and any this node starts serve it, endpoints without a scheme are https:// (implied "
+        "by https:// endpoints). A new cluster's first node makes its CA (or uses --ca-cert).",
+    )
+    parser.add_argument(
+        "--join",
+        metavar="API_URL",
+        help="join a cluster whose etcd speaks TLS through this node's API (with --join-token "
+        "and --ca-fingerprint; `heron cluster join` prints the whole command)",
+    )
+    parser.add_argument("--join-token", help="the one-time join token (see --join)")
+    parser.add_argument(
+        "--ca-fingerprint", help="SHA-256 fingerprint of the cluster CA, checked when joining"
+    )
+    parser.add_argument(
         "--cert-name",
         action="append",
         default=[],
@@ -414,6 +475,15 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
     args = parser.parse_args(argv)
     if (args.ca_cert is None) != (args.ca_key is None):
         parser.error("--ca-cert and --ca-key go together")
+    join = (args.join, args.join_token, args.ca_fingerprint)
+    if any(join) and not all(join):
+        parser.error("--join, --join-token and --ca-fingerprint go together")
+    etcd_tls = args.etcd_tls or any(
+        e.strip().startswith("https://") for e in (args.etcd or "").split(",")
+    )
+    if all(join) and not etcd_tls:
+        parser.error("--join is for clusters whose etcd speaks TLS (--etcd-tls)")
+    tls_files = EtcdTls.in_state_dir(args.state_dir) if etcd_tls else None
     member = None
     if args.embedded_etcd:
         initial = dict(
@@ -429,6 +499,7 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
             peer_port=args.etcd_peer_port,
             initial_cluster=initial,
             cluster_state=args.etcd_cluster_state,
+            tls=tls_files,
         )
     default = member.endpoint if member else "127.0.0.1:2379"
     ports = None
@@ -438,6 +509,8 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
     elif member is not None:
         ports = (member.client_port, member.peer_port)
     endpoints = [e.strip() for e in (args.etcd or default).split(",") if e.strip()]
+    if etcd_tls:
+        endpoints = [e if "://" in e else f"https://{e}" for e in endpoints]
     return AgentConfig(
         name=args.name,
         state_dir=args.state_dir,
@@ -454,6 +527,8 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
         insecure_http=args.insecure_http,
         own_ca=(args.ca_cert, args.ca_key) if args.ca_cert else None,
         cert_names=tuple(args.cert_name),
+        etcd_tls=etcd_tls,
+        join=join if all(join) else None,
     )
 
 

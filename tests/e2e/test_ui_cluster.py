@@ -147,8 +147,16 @@ def test_join_instructions_are_ready_to_copy(page: Page, ui: str, api: Api) -> N
     expect(page.locator("[data-testid=join-endpoints]")).to_have_text(endpoints)
     commands = page.locator("[data-testid=join-command]")
     expect(commands).to_have_count(2)
-    expect(commands.first).to_contain_text(f"HERON_ETCD={endpoints} ./install.sh")
+    expect(commands.first).to_contain_text(f"HERON_ETCD={endpoints}")
     expect(commands.nth(1)).to_contain_text("--etcd-member-ports")
+    # etcd speaks TLS: the commands need a one-time token, made on request.
+    expect(commands.nth(1)).to_contain_text("--join-token '<token>'")
+    page.click("[data-testid=join-token-make]")
+    expect(page.locator("[data-testid=join-token-made]")).to_be_visible()
+    fingerprint = api.ok("GET", "/auth/ca")["fingerprint"]
+    expect(page.locator("[data-testid=join-fingerprint]")).to_have_text(fingerprint)
+    expect(commands.nth(1)).not_to_contain_text("<token>")
+    expect(commands.nth(1)).to_contain_text(f"--ca-fingerprint {fingerprint}")
 
 
 def test_leave_shows_its_consequences_first_and_refuses_a_node_with_vms(

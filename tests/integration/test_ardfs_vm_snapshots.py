@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from support import Api, serial_lines, wait_for
 
-from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb import Txn, keys
 from heron.devcluster import DevCluster
 from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.storage.registry import driver_for
@@ -81,7 +81,7 @@ async def clone_of(
 ) -> str:
     """A new volume record, made a clone of the snapshot by the node's pool driver."""
     node = cluster.nodes[0]
-    async with ConfigDB(cluster.endpoints) as db:
+    async with cluster.configdb() as db:
         pool = await db.get(Pool, keys.pool("hci"))
         source = await db.get(Volume, keys.volume(source_id))
         assert pool is not None and source is not None

@@ -371,7 +371,7 @@ def test_invalid_requests_get_4xx_and_change_nothing(cluster3, api, six_vms) -> 
     cases = _invalid_requests(api, viewer, operator, api.as_token(None), finished)
     assert len(cases) >= 50
     # A failed login is counted (login protection): the only write a refused request makes.
-    before = without_login_failures(etcd_snapshot(cluster.endpoints))
+    before = without_login_failures(etcd_snapshot(cluster))
     failures = []
     for name, client, method, path, kwargs, expected in cases:
         reply = client.request(method, path, **kwargs)
@@ -381,7 +381,7 @@ def test_invalid_requests_get_4xx_and_change_nothing(cluster3, api, six_vms) -> 
         elif expected == 422:
             assert body["fields"] and all(f["field"] and f["reason"] for f in body["fields"])
     assert not failures, "\n".join(failures)
-    assert without_login_failures(etcd_snapshot(cluster.endpoints)) == before
+    assert without_login_failures(etcd_snapshot(cluster)) == before
     # What a viewer is refused, an operator has: the console permission.
     log = operator.ok("GET", "/vms/web1/console/serial")
     assert "HERON-GUEST-READY" in log["text"]

@@ -12,7 +12,6 @@ import pytest
 from support import Api, wait_for
 
 from heron import devcluster
-from heron.configdb import ConfigDB
 from heron.configdb.membership import Member, Membership
 from heron.devcluster import DevCluster
 
@@ -29,7 +28,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevClust
 
 def members(cluster: DevCluster) -> list[Member]:
     async def read() -> list[Member]:
-        async with ConfigDB(cluster.endpoints) as db:
+        async with cluster.configdb() as db:
             return await Membership(db).list()
 
     return asyncio.run(read())

@@ -81,7 +81,7 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
     )
     # One peer key for the pool, in the ConfigDB and in a 0600 file on every node (heron-io
     # refuses any other mode); no API reply carries it.
-    secret = etcd_snapshot(cluster.endpoints)[keys.ardfs_secret("hci")][0].decode()
+    secret = etcd_snapshot(cluster)[keys.ardfs_secret("hci")][0].decode()
     assert len(bytes.fromhex(secret)) >= 32
     for node in cluster.nodes:
         key_file = Path(node.state_dir) / "ardfs" / "hci" / "peer.key"
@@ -266,7 +266,7 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
 
     # The pool's peer key goes with the pool.
     api.ok("DELETE", "/pools/hci")
-    left = etcd_snapshot(cluster.endpoints)
+    left = etcd_snapshot(cluster)
     assert keys.ardfs_secret("hci") not in left
     assert not [k for k in left if k.startswith(f"{keys.ARDFS_MEMBERS}hci/")]
     # and every node stops the pool's heron-io

@@ -67,6 +67,11 @@ export interface JoinCommand {
 export interface JoinInstructions {
   etcd_endpoints: string[];
   commands: JoinCommand[];
+  etcd_tls: boolean;
+  token: string | null;
+  expires_at: number | null;
+  api_url: string | null;
+  ca_fingerprint: string | null;
 }
 
 export interface ArdfsLeave {

@@ -19,7 +19,7 @@ from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.membership import Membership, voters_wanted
-from heron.configdb.store import parse
+from heron.configdb.store import EtcdTls, parse
 from heron.models.node import EtcdJoin, NodeSettings
 from heron.scheduler.inventory import live_nodes
 
@@ -101,9 +101,17 @@ class MemberKeeper:
     """On every node that can host a member: do what its EtcdJoin says."""
 
     def __init__(
-        self, db: ConfigDB, node: str, state_dir: Path, host: str, client_port: int, peer_port: int
+        self,
+        db: ConfigDB,
+        node: str,
+        state_dir: Path,
+        host: str,
+        client_port: int,
+        peer_port: int,
+        tls: EtcdTls | None = None,
     ):
         self.db = db
+        self.tls = tls
         self.node = node
         self.state_dir = state_dir
         self.host = host
@@ -119,6 +127,7 @@ class MemberKeeper:
             peer_port=self.peer_port,
             initial_cluster=join.initial_cluster if join else {},
             cluster_state="existing",
+            tls=self.tls,
         )
 
     async def run(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from heron.configdb import keys
 from heron.configdb.lease import LeaseThread
+from heron.configdb.store import EtcdTls
 from heron.models.node import Node
 
 STALL_LIMIT = 10.0
@@ -32,9 +33,10 @@ class Registration(LeaseThread):
         ttl: int,
         on_renewed: Callable[[], None] | None = None,
         stall_limit: float = STALL_LIMIT,
+        tls: EtcdTls | None = None,
     ):
         super().__init__(
-            endpoints, keys.node(node.name), node, ttl, on_renewed, may_renew=self._pulsed
+            endpoints, keys.node(node.name), node, ttl, on_renewed, may_renew=self._pulsed, tls=tls
         )
         self.node = node
         self.stall_limit = stall_limit

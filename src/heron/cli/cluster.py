@@ -53,13 +53,28 @@ def cluster_members(as_json: Json = False) -> None:
 
 
 @app.command("join")
-def cluster_join(as_json: Json = False) -> None:
-    """How to add a node: etcd's endpoints and the command lines to run on it."""
-    data = Client().get("/cluster/join")
+def cluster_join(
+    ttl: Annotated[
+        float,
+        typer.Option(
+            parser=parse.seconds,
+            metavar="SECONDS",
+            help="how long the join token may be used (60 s to 7 days; once only)",
+        ),
+    ] = 3600,
+    as_json: Json = False,
+) -> None:
+    """How to add a node: a one-time join token (when etcd speaks TLS), etcd's endpoints and
+    the command lines to run on the new node, the token in them."""
+    data = Client().post("/cluster/join", json={"ttl_seconds": int(ttl)})
     if as_json:
         emit(data, True)
         return
     typer.echo(f"etcd endpoints: {','.join(data['etcd_endpoints'])}")
+    if data.get("token"):
+        left = max(0, round(data["expires_at"] - time.time()))
+        typer.echo(f"join token: {data['token']} (one use, expires in {left} s)")
+        typer.echo(f"cluster CA SHA-256 fingerprint: {data['ca_fingerprint']}")
     for command in data["commands"]:
         typer.echo(f"\n{command['description']}:\n  {command['command']}")
 

@@ -21,10 +21,17 @@ def devcluster_up(
     embedded_etcd: Annotated[
         bool, typer.Option("--embedded-etcd", help="etcd inside the nodes, grown as they join")
     ] = False,
+    plain_etcd: Annotated[
+        bool,
+        typer.Option("--plain-etcd", help="etcd without TLS (as clusters before etcd's TLS were)"),
+    ] = False,
     as_json: Json = False,
 ) -> None:
-    """Start N agents and an etcd of 3 members (1 for one node) on loopback."""
-    cluster, token = dev.up(directory, nodes, embedded=embedded_etcd)
+    """Start N agents and an etcd of 3 members (1 for one node) on loopback; etcd speaks
+    TLS with client certificates of a CA the devcluster makes (in DIR/ca)."""
+    cluster, token = dev.up(
+        directory, nodes, embedded=embedded_etcd, etcd_tls=False if plain_etcd else None
+    )
     data: dict[str, Any] = {
         "dir": cluster.dir,
         "token": token,

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heron.configdb.store import EtcdTls
 from heron.errors import ConfigDBError
 from heron.util.proc import read_pidfile, spawn_detached, terminate, wait_until
 
@@ -32,18 +33,26 @@ class EtcdMember:
     # name -> peer URL of every voting member, this one included
     initial_cluster: dict[str, str] = field(default_factory=dict)
     cluster_state: str = "new"
+    # TLS on the client and peer URLs, with a certificate asked of every client and peer and
+    # checked against the cluster CA alone; None: plain (clusters from before issue 16).
+    tls: EtcdTls | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
-        return f"{self.host}:{self.client_port}"
+        """What a ConfigDB is given: host:port, or the https:// URL of a TLS member."""
+        return self.client_url if self.tls else f"{self.host}:{self.client_port}"
 
     @property
     def pidfile(self) -> Path:
@@ -97,7 +106,19 @@ class EtcdMember:
             "warn",
             "--logger",
             "zap",
+            *self._tls_options(),
         ]
+
+    def _tls_options(self) -> list[str]:
+        if self.tls is None:
+            return []
+        cert, key, ca = str(self.tls.cert_file), str(self.tls.key_file), str(self.tls.ca_file)
+        return [
+            "--cert-file", cert, "--key-file", key,
+            "--trusted-ca-file", ca, "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key,
+            "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
+        ]  # fmt: skip
 
     def pid(self) -> int | None:
         return read_pidfile(self.pidfile, str(self.data_dir))
@@ -112,7 +133,10 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=1) as reply:
+            context = self.tls.ssl_context() if self.tls else None
+            with urllib.request.urlopen(
+                self.client_url + "/health", timeout=1, context=context
+            ) as reply:
                 return json.load(reply).get("health") == "true"
         except (OSError, ValueError):
             return False

@@ -49,7 +49,14 @@ LEADER = ROOT + "leader"
 # The cluster CA's certificate and private key: read by the node agents only (each signs its
 # own certificate), never by an API route nor under a prefix the UI's event stream follows.
 CLUSTER_CA = ROOT + "pki/ca"
+# One-time join tokens (models/cluster.py JoinToken) by the SHA-256 of the token, each under
+# a lease that ends it; read by the API's join route only, beside the CA under pki/.
+JOIN_TOKENS = ROOT + "pki/join-tokens/"
 SETTINGS = ROOT + "settings/cluster"
+
+
+def join_token(token_hash: str) -> str:
+    return JOIN_TOKENS + token_hash
 
 
 def node(name: str) -> str:

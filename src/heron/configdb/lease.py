@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from heron.configdb.store import ConfigDB
+from heron.configdb.store import ConfigDB, EtcdTls
 from heron.models.common import Record
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,10 @@ class LeaseThread:
         ttl: int,
         on_renewed: Callable[[], None] | None = None,
         may_renew: Callable[[], bool] = lambda: True,
+        tls: EtcdTls | None = None,
     ):
         self.endpoints = list(endpoints)
+        self.tls = tls
         self.key = key
         self.record = record
         self.ttl = ttl
@@ -144,7 +146,7 @@ class LeaseThread:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._keeper = LeaseKeeper(
-            ConfigDB(self.endpoints),
+            ConfigDB(self.endpoints, self.tls),
             self.key,
             self.record,
             self.ttl,
@@ -160,9 +162,15 @@ class LeaseThread:
 
 
 def startup_endpoints(configured: Sequence[str], state_dir: Path) -> list[str]:
-    """The configured endpoints, then those last seen (members that joined since)."""
+    """The configured endpoints, then those last seen (members that joined since). Saved
+    ones of the other kind (plain ones saved before the cluster's etcd was converted to TLS)
+    are left out: the configured ones say which kind the cluster speaks now."""
     try:
         saved = json.loads((state_dir / ENDPOINTS_FILE).read_text())
     except (FileNotFoundError, ValueError):
         saved = []
-    return list(dict.fromkeys([*configured, *(e for e in saved if isinstance(e, str))]))
+    found = [e for e in saved if isinstance(e, str)]
+    if configured:
+        tls = configured[0].startswith("https://")
+        found = [e for e in found if e.startswith("https://") == tls]
+    return list(dict.fromkeys([*configured, *found]))

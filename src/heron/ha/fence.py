@@ -36,6 +36,7 @@ from pathlib import Path
 from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
 from heron.configdb.lease import LeaseThread, startup_endpoints
+from heron.configdb.store import EtcdTls, secure
 from heron.models.node import WATCHDOG_PRESENCE, Node, Watchdog
 from heron.models.settings import ClusterSettings
 from heron.util.proc import read_pidfile
@@ -125,13 +126,16 @@ class Presence:
         self.ttl = ttl
         self.last: float | None = None  # monotonic time of the last successful renewal
         record = Watchdog(node=name, started_at=time.time())
+        endpoints = startup_endpoints(endpoints, state_dir)
         self.lease = LeaseThread(
-            startup_endpoints(endpoints, state_dir),
+            endpoints,
             keys.watchdog(name),
             record,
             ttl,
             on_renewed=self._renewed,
             may_renew=self._may_renew,
+            # etcd over TLS: the node's own certificate, as the agent's (same state dir).
+            tls=EtcdTls.in_state_dir(state_dir) if secure(endpoints) else None,
         )
 
     def _renewed(self) -> None:

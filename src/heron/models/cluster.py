@@ -72,6 +72,52 @@ class JoinCommand(BaseModel):
 class JoinInstructions(BaseModel):
     etcd_endpoints: list[str] = Field(description="client endpoints of etcd's voting members")
     commands: list[JoinCommand]
+    etcd_tls: bool = Field(
+        default=False,
+        description="etcd speaks TLS with client certificates: a new node needs a join token",
+    )
+    token: str | None = Field(
+        default=None,
+        description="a one-time join token (POST only), in the commands; shown once, stored hashed",
+    )
+    expires_at: float | None = Field(default=None, description="when the token ends")
+    api_url: str | None = Field(default=None, description="the node the new one asks to join")
+    ca_fingerprint: str | None = Field(
+        default=None, description="SHA-256 of the cluster CA: the new node checks it"
+    )
+
+
+class JoinTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_seconds: int = Field(
+        default=3600, ge=60, le=7 * 86400, description="how long the token may be used"
+    )
+
+
+class JoinToken(BaseModel):
+    """A one-time token a new node shows to have its certificate signed (stored by the
+    SHA-256 of the token, under a lease that ends with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    created_by: str
+    created_at: float
+    expires_at: float
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=16, max_length=128)
+    csr: str = Field(
+        min_length=64,
+        max_length=16384,
+        description="the new node's certificate signing request, PEM: its names and addresses "
+        "in the subjectAltName (its private key stays on it)",
+    )
+
+
+class JoinReply(BaseModel):
+    certificate: str = Field(description="the node's certificate, PEM, signed by the cluster CA")
+    ca_certificate: str = Field(description="the cluster CA's certificate, PEM")
 
 
 # -- leaving ------------------------------------------------------------------------------

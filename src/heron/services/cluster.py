@@ -1,14 +1,17 @@
 """The cluster as a whole: etcd's members, the state of dynamic balancing (DRS), and what a
 new node needs to join."""
 
+import hashlib
 import logging
+import secrets
 import shlex
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import aetcd.exceptions
 
-from heron.configdb import ConfigDB, keys
+from heron.configdb import ConfigDB, Conflict, keys
 from heron.configdb.membership import Member, Membership, client_endpoints
 from heron.models.cluster import (
     DRSDecision,
@@ -17,6 +20,7 @@ from heron.models.cluster import (
     EtcdMemberView,
     JoinCommand,
     JoinInstructions,
+    JoinToken,
     NodeMemoryLoad,
 )
 from heron.models.settings import ClusterSettings
@@ -124,13 +128,85 @@ def newest(decisions: Iterable[DRSDecision], limit: int) -> list[DRSDecision]:
     return sorted(decisions, key=lambda d: d.time, reverse=True)[:limit]
 
 
-async def join_instructions(db: ConfigDB) -> JoinInstructions:
-    return instructions(await client_endpoints(db))
+async def join_instructions(
+    db: ConfigDB, join: tuple[str, JoinToken, str, str] | None = None
+) -> JoinInstructions:
+    """`join`: a token just made (token, record, this node's API URL, the CA's fingerprint)."""
+    return instructions(await client_endpoints(db), join)
 
 
-def instructions(endpoints: list[str]) -> JoinInstructions:
+async def new_join_token(db: ConfigDB, user: str, ttl: int) -> tuple[str, JoinToken]:
+    """A one-time join token: random, stored only as its SHA-256, gone with its lease."""
+    token = secrets.token_urlsafe(32)
+    now = time.time()
+    record = JoinToken(created_by=user, created_at=now, expires_at=now + ttl)
+    lease = await db.grant(ttl)
+    await db.create(keys.join_token(join_token_hash(token)), record, lease=lease)
+    return token, record
+
+
+def join_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def redeem_join_token(db: ConfigDB, token: str) -> JoinToken | None:
+    """Use the token up: deleted in the same step it is checked, so two nodes racing with
+    one token get one certificate. None: unknown, already used, or expired."""
+    key = keys.join_token(join_token_hash(token))
+    found = await db.get(JoinToken, key)
+    if found is None or found.value.expires_at <= time.time():
+        return None
+    try:
+        await db.delete(key, revision=found.revision)
+    except Conflict:
+        return None  # another request used it first
+    return found.value
+
+
+def instructions(
+    endpoints: list[str], join: tuple[str, JoinToken, str, str] | None = None
+) -> JoinInstructions:
     """The command lines of docs/operations.md "Several nodes", filled in for this cluster."""
     etcd = shlex.quote(",".join(endpoints))
+    tls = any(e.startswith("https://") for e in endpoints)
+    if not tls:
+        return _plain_instructions(endpoints, etcd)
+    token, record, api_url, fingerprint = join or ("<token>", None, "<API URL>", "<fingerprint>")
+    joining = (
+        f"--join {shlex.quote(api_url)} --join-token {shlex.quote(token)} "
+        f"--ca-fingerprint {shlex.quote(fingerprint)}"
+    )
+    return JoinInstructions(
+        etcd_endpoints=endpoints,
+        etcd_tls=True,
+        token=token if join else None,
+        expires_at=record.expires_at if record else None,
+        api_url=api_url if join else None,
+        ca_fingerprint=fingerprint if join else None,
+        commands=[
+            JoinCommand(
+                kind="client",
+                description="on the new node, from the Heron source tree: it checks the "
+                "cluster CA's fingerprint, has its certificate signed with the one-time "
+                "token, then joins as a client of the cluster's etcd",
+                command=f"HERON_ADDRESS=<address of the new node> HERON_ETCD={etcd} "
+                f"HERON_JOIN={shlex.quote(api_url)} HERON_JOIN_TOKEN={shlex.quote(token)} "
+                f"HERON_CA_FINGERPRINT={shlex.quote(fingerprint)} ./install.sh",
+            ),
+            JoinCommand(
+                kind="etcd-capable",
+                description="or an agent that may also host an etcd member: the leader adds "
+                "it as a learner and promotes it while the cluster has fewer than 3 or 5 voters",
+                command=f"herond --name <name> --address <address of the new node> "
+                f"--etcd {etcd} --etcd-tls --etcd-member-ports 2379:2380 {joining} "
+                "--state-dir /var/lib/heron",
+            ),
+        ],
+    )
+
+
+def _plain_instructions(endpoints: list[str], etcd: str) -> JoinInstructions:
+    """A cluster whose etcd is plain (made before etcd's TLS): no token to join."""
     return JoinInstructions(
         etcd_endpoints=endpoints,
         commands=[

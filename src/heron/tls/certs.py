@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -139,12 +139,74 @@ def issue(
 ) -> Issued:
     """A certificate for a node, valid for `names` (host names and IP addresses; the first is
     its common name), for serving and for being a client (etcd and peers ask for both)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Issued(
+        _node_certificate(authority, names, key.public_key(), now, lifetime), _key_pem(key)
+    )
+
+
+def make_request(names: Sequence[str]) -> tuple[str, str]:
+    """A new key and a certificate signing request for `names`, both PEM: what a joining
+    node sends so that its key never leaves it."""
+    if not names:
+        raise TlsError("a certificate needs at least one name")
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _key_pem(key), request.public_bytes(serialization.Encoding.PEM).decode()
+
+
+MAX_REQUEST_NAMES = 32
+
+
+def request_names(request: str) -> list[str]:
+    """The names a signing request asks for (its subjectAltName), checked: a valid request
+    signed by its own key, with 1 to MAX_REQUEST_NAMES names."""
+    try:
+        csr = x509.load_pem_x509_csr(request.encode())
+        signed = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise TlsError(f"not a PEM certificate signing request: {exc}") from exc
+    if not signed:
+        raise TlsError("the request's signature does not match its key")
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise TlsError("the request names nothing (no subjectAltName)") from exc
+    names = [str(n.value) for n in san if isinstance(n, x509.DNSName | x509.IPAddress)]
+    if not 1 <= len(names) <= MAX_REQUEST_NAMES or len(names) != len(list(san)):
+        raise TlsError(f"the request must name 1 to {MAX_REQUEST_NAMES} hosts or addresses")
+    return names
+
+
+def sign_request(
+    authority: Authority, request: str, now: float, lifetime: float = NODE_LIFETIME
+) -> str:
+    """A node certificate (PEM) for the key and names of a signing request."""
+    names = request_names(request)
+    csr = x509.load_pem_x509_csr(request.encode())
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise TlsError(f"the request's key type ({type(public).__name__}) is not accepted")
+    return _node_certificate(authority, names, public, now, lifetime)
+
+
+def _node_certificate(
+    authority: Authority,
+    names: Sequence[str],
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    now: float,
+    lifetime: float,
+) -> str:
     if not names:
         raise TlsError("a certificate needs at least one name")
     ca_cert = x509.load_pem_x509_certificate(authority.certificate.encode())
     ca_key = serialization.load_pem_private_key(authority.key.encode(), password=None)
     assert isinstance(ca_key, SigningKey)
-    key = ec.generate_private_key(ec.SECP256R1())
     # Never past the CA's own end: a chain is only as valid as its authority.
     until = min(_utc(now + lifetime), ca_cert.not_valid_after_utc)
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -152,7 +214,7 @@ def issue(
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(_utc(now - CLOCK_SKEW))
         .not_valid_after(until)
@@ -170,7 +232,7 @@ def issue(
         )
         .sign(ca_key, _digest(ca_key))
     )
-    return Issued(_cert_pem(certificate), _key_pem(key))
+    return _cert_pem(certificate)
 
 
 def due_for_renewal(

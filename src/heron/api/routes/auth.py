@@ -20,13 +20,15 @@ from heron.models.auth import (
     User,
     password_problem,
 )
-from heron.models.cluster import ClusterAuthority
+from heron.models.cluster import ClusterAuthority, JoinReply, JoinRequest
 from heron.models.common import Name, Record, is_name, new_id
 from heron.models.group import VMGroup
 from heron.models.network import Switch
 from heron.models.settings import LoginSettings
 from heron.models.storage import Pool
-from heron.tls import fingerprint
+from heron.services.cluster import join_token_hash, redeem_join_token
+from heron.tls import Authority, TlsError, fingerprint
+from heron.tls.certs import request_names, sign_request
 
 router = APIRouter(tags=["auth"])
 
@@ -132,6 +134,43 @@ async def authority(request: Request) -> AuthorityView:
         raise NotFound("the cluster has no CA yet")
     pem = found.value.certificate
     return AuthorityView(certificate=pem, fingerprint=fingerprint(pem))
+
+
+@router.post(
+    "/auth/join",
+    response_model=JoinReply,
+    responses={403: {"description": "The join token is unknown, used or expired"}},
+)
+async def join(body: JoinRequest, request: Request) -> JoinReply:
+    """A new node's certificate, for a one-time join token (made by an administrator with
+    `POST /cluster/join`) and the node's certificate signing request; no login (the node has
+    no user), the token is the proof. The request is checked before the token is used up,
+    so a malformed one does not waste it; a token works once."""
+    request.state.login_user = "join-token"
+    try:
+        request_names(body.csr)
+    except TlsError as exc:
+        raise Invalid("body.csr", str(exc)) from exc
+    db = _db(request)
+    request.state.audit_target = f"join-token:{join_token_hash(body.token)[:12]}"
+    if await redeem_join_token(db, body.token) is None:
+        raise Forbidden("the join token is unknown, already used or expired")
+    found = await db.get(ClusterAuthority, keys.CLUSTER_CA)
+    if found is None:
+        raise NotFound("the cluster has no CA yet")
+    authority = Authority(found.value.certificate, found.value.key)
+    certificate = sign_request(authority, body.csr, time.time())
+    request.app.state.ctx.audit.record(
+        user="join-token",
+        method="JOIN",
+        path=request.url.path,
+        status=200,
+        result="ok",
+        client=_client(request),
+        target=", ".join(request_names(body.csr)),
+        reason="node certificate signed for a join token",
+    )
+    return JoinReply(certificate=certificate, ca_certificate=authority.certificate)
 
 
 def _client(request: Request) -> str | None:

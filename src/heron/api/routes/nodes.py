@@ -10,10 +10,12 @@ from heron.api.errors import NotFound
 from heron.api.fanout import ask_others
 from heron.configdb import keys
 from heron.models.cluster import (
+    ClusterAuthority,
     DRSDecision,
     DRSStatus,
     EtcdMemberView,
     JoinInstructions,
+    JoinTokenRequest,
     LeaveReply,
     LeaveRequest,
 )
@@ -25,6 +27,7 @@ from heron.scheduler.placement import node_loads
 from heron.services import cluster as cluster_service
 from heron.services import nodes as node_service
 from heron.services.lookup import live_nodes
+from heron.tls import fingerprint
 
 router = APIRouter(tags=["nodes"])
 
@@ -232,5 +235,33 @@ async def drs_status(
 async def join_instructions(
     request: Request, _: Principal = Depends(auth.admin)
 ) -> JoinInstructions:
-    """What a new node needs: etcd's client endpoints and the command lines that start it."""
+    """What a new node needs: etcd's client endpoints and the command lines that start it
+    (with etcd over TLS, with a placeholder where POST puts a join token)."""
     return await cluster_service.join_instructions(request.app.state.ctx.db)
+
+
+@router.post("/cluster/join", response_model=JoinInstructions, status_code=201)
+async def new_join_token(
+    request: Request,
+    body: JoinTokenRequest | None = None,
+    principal: Principal = Depends(auth.admin),
+) -> JoinInstructions:
+    """A one-time join token and the command lines that use it: the new node checks the
+    CA's fingerprint, sends the token with its certificate signing request to
+    `POST /auth/join` of this node, and connects to etcd with the certificate it gets. The
+    token is shown only here; it ends after `ttl_seconds` or its first use. (A cluster whose
+    etcd is plain needs none: its instructions come back without one.)"""
+    ctx = request.app.state.ctx
+    instructions = await cluster_service.join_instructions(ctx.db)
+    if not instructions.etcd_tls:
+        return instructions
+    ttl = (body or JoinTokenRequest()).ttl_seconds
+    found = await ctx.db.get(ClusterAuthority, keys.CLUSTER_CA)
+    me = await ctx.db.get(Node, keys.node(ctx.node))
+    if found is None or me is None:
+        raise NotFound("the cluster CA or this node's record is not there yet")
+    token, record = await cluster_service.new_join_token(ctx.db, principal.user, ttl)
+    request.state.audit_target = f"join-token:{cluster_service.join_token_hash(token)[:12]}"
+    return await cluster_service.join_instructions(
+        ctx.db, (token, record, me.value.api_url, fingerprint(found.value.certificate))
+    )
