@@ -16,8 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import uvicorn
@@ -48,7 +50,7 @@ from heron.api.app import create_app
 from heron.api.auth import hash_password
 from heron.api.context import ApiContext
 from heron.audit import AuditLog
-from heron.configdb import ConfigDB, Conflict, keys
+from heron.configdb import UNREACHABLE, ConfigDB, Conflict, keys
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.lease import startup_endpoints
 from heron.configdb.store import EtcdTls
@@ -67,6 +69,8 @@ from heron.tls import Authority, NodeCredentials, TlsError
 from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 log = logging.getLogger("herond")
+
+T = TypeVar("T")
 
 DEFAULT_CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
 
@@ -174,6 +178,20 @@ async def etcd_credentials(
     )
 
 
+async def patiently(what: str, step: Callable[[], Awaitable[T]], first: float = 1.0) -> T:
+    """A startup step that needs the ConfigDB, tried until etcd answers: a node that starts
+    cut off from the etcd quorum (a partition, the other nodes still booting after a power
+    cut) comes up when it returns, instead of exiting into its service manager's restarts."""
+    delay = first
+    while True:
+        try:
+            return await step()
+        except UNREACHABLE as exc:
+            log.warning("%s: the ConfigDB cannot be reached (%r); again in %g s", what, exc, delay)
+            await asyncio.sleep(delay)  # etcd's return is not announced
+            delay = min(delay * 2, 15.0)
+
+
 async def run(config: AgentConfig) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     credentials = NodeCredentials(config.state_dir / "tls")
@@ -187,11 +205,11 @@ async def run(config: AgentConfig) -> None:
     endpoints = startup_endpoints(config.etcd, config.state_dir)
     db = ConfigDB(endpoints, etcd_tls)
     await db.connect()
-    await bootstrap(db, config.admin_password_file)
-    await cluster_authority(db, config.own_ca, local)
+    await patiently("first start", lambda: bootstrap(db, config.admin_password_file))
+    await patiently("the cluster CA", lambda: cluster_authority(db, config.own_ca, local))
     forget_pending(credentials)
     certificates = CertificateKeeper(db, credentials, names)
-    await certificates.ensure()
+    await patiently("the node certificate", certificates.ensure)
     scheme = "http" if config.insecure_http else "https"
     if config.insecure_http:
         log.warning("the API is served over plain HTTP (--insecure-http): passwords and "

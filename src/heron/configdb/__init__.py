@@ -4,8 +4,9 @@ from heron.configdb.store import (
     ConfigDB,
     Conflict,
     Entry,
+    UNREACHABLE,
     Txn,
     WatchEvent,
 )
 
-__all__ = ["ConfigDB", "Conflict", "Entry", "Txn", "WatchEvent"]
+__all__ = ["UNREACHABLE", "ConfigDB", "Conflict", "Entry", "Txn", "WatchEvent"]

@@ -50,6 +50,8 @@ _RETRYABLE = (
     aetcd.exceptions.InternalError,
     aetcd.exceptions.WatchTimeoutError,
 )
+# What a request raises while etcd cannot be reached (no quorum, cut off, members down).
+UNREACHABLE = _RETRYABLE
 
 
 # What a member that was just removed from the cluster answers: its raft has stopped, so
