@@ -275,6 +275,7 @@ class Chaos:
         while not self.stop.is_set():
             self.stop.wait(self.rng.uniform(gap / 2, gap * 1.5))  # the time between faults
             self.undo_due()
+            self.supervise()
             free = [n.name for n in self.cluster.nodes if n.name not in self.active]
             if not free or self.stop.is_set():
                 continue
@@ -287,6 +288,18 @@ class Chaos:
                 self.run.faults[kind] += 1
                 self.run.note(f"fault {kind} on {node} {fault.detail}")
         self.undo_due(everything=True)
+
+    def supervise(self) -> None:
+        """Start again an agent that exited on its own, as systemd does (install.sh's unit
+        has Restart=always); each such exit is counted and noted, not a violation."""
+        for node in self.cluster.nodes:
+            fault = self.active.get(node.name)
+            if (fault is None or fault.kind != "kill_agent") and self.cluster.herond_pid(
+                node
+            ) is None:
+                self.run.operations["agent exited by itself"] += 1
+                self.run.note(f"{node.name}'s agent exited by itself: started again")
+                self._start(node.name)
 
     def undo_due(self, everything: bool = False) -> None:
         now = time.monotonic()
@@ -424,6 +437,7 @@ class Chaos:
         return disklog.read(texts)
 
     def converge(self, settle: float) -> None:
+        self.supervise()
         names = {n.name for n in self.cluster.nodes}
         try:
             wait_for(
