@@ -1,10 +1,10 @@
 """Typed access to the ConfigDB (etcd): records, compare-and-swap, watches, leases, election."""
 
 from heron.configdb.store import (
+    UNREACHABLE,
     ConfigDB,
     Conflict,
     Entry,
-    UNREACHABLE,
     Txn,
     WatchEvent,
 )
