@@ -74,6 +74,9 @@ def test_live_migration_keeps_the_guest_running(cluster3, api, image) -> None:
     )
     task = api.wait_task(reply["task"])
     assert task["result"]["node"] == "node2" and task["result"]["downtime_ms"] is not None
+    # Both nodes run this release: the guest crossed over TLS (test_migration_tls.py shows
+    # what that keeps off the wire).
+    assert any("go over TLS" in line for line in task["log"]), task["log"]
     vm = api.vm(vm_id)
     assert vm["node"] == "node2" and vm["state"] == "running"
     assert vm["pending"] == ["vcpus"] and vm["status"]["hardware"]["vcpus"] == 1
@@ -104,6 +107,7 @@ def test_local_disks_are_copied_while_the_guest_runs(cluster3, api, image) -> No
         api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": "node1"})["task"]
     )
     assert task["result"]["disks_copied"] == 1
+    assert any("go over TLS" in line for line in task["log"]), task["log"]
     assert api.vm(vm_id)["node"] == "node1" and api.vm(vm_id)["state"] == "running"
     assert api.ok("GET", f"/pools/local/volumes/{volume_id}")["node"] == "node1"
     assert target_file.exists() and not source_file.exists()
