@@ -252,7 +252,12 @@ async def run(config: AgentConfig) -> None:
                 (
                     "ardfs",
                     IoSupervisor(
-                        db, config.name, config.address, config.state_dir, cores.pin_io
+                        db,
+                        config.name,
+                        config.address,
+                        config.state_dir,
+                        cores.pin_io,
+                        credentials,
                     ).run(),
                 ),
                 ("io-cores", cores.run()),
