@@ -178,3 +178,15 @@ def renewed_der(node: NodeCredentials) -> bytes:
     certificate = node.certificate()
     assert certificate is not None
     return ssl.PEM_cert_to_DER_cert(certificate)
+
+
+def test_files_caught_mid_renewal_keep_the_loaded_certificate(tmp_path: Path) -> None:
+    """A renewal replaces the key first: a connection opened just then uses the certificate
+    loaded before instead of failing (or, in "prefer", going plain)."""
+    tls = credentials(tmp_path, "n1")
+    loaded = tls.contexts()
+    other = issue(CLUSTER, ["n1"], time.time())
+    tls.key_file.write_text(other.key)  # the new key, the old certificate
+    assert tls.contexts() == loaded and tls.available()
+    NodeCredentials(tmp_path / "n1").write(other, CLUSTER.certificate)  # the renewal done
+    assert tls.contexts() != loaded

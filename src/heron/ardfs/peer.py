@@ -189,7 +189,11 @@ class PeerServer:
 
     async def _serve(self, plain: socket.socket, address: object = None) -> None:
         loop = asyncio.get_running_loop()
-        authenticated = await self._authenticate(plain, address)
+        try:
+            authenticated = await self._authenticate(plain, address)
+        except BaseException:  # cancelled (the server closes)
+            plain.close()
+            raise
         if authenticated is None:
             plain.close()
             return

@@ -72,6 +72,21 @@ class PeerTls:
         stamp = self._stamp()
         if self._loaded is not None and self._loaded[0] == stamp:
             return self._loaded[1], self._loaded[2]
+        try:
+            server, client = self._make()
+        except (OSError, ssl.SSLError) as exc:
+            if self._loaded is None:
+                raise
+            # Caught between the renewal's files (a new key, the old certificate): the
+            # certificate loaded before serves until the files agree again.
+            log.warning("peer TLS: keeping the loaded certificate: %s", exc)
+            return self._loaded[1], self._loaded[2]
+        if self._loaded is not None:
+            log.info("peer TLS: loaded the renewed certificate")
+        self._loaded = (stamp, server, client)
+        return server, client
+
+    def _make(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname, CERT_REQUIRED
         for context in (server, client):
@@ -81,9 +96,6 @@ class PeerTls:
             context.load_cert_chain(self.cert_file, self.key_file)
             context.load_verify_locations(cafile=str(self.ca_file))
         server.verify_mode = ssl.CERT_REQUIRED  # a client shows a certificate of the CA too
-        if self._loaded is not None:
-            log.info("peer TLS: loaded the renewed certificate")
-        self._loaded = (stamp, server, client)
         return server, client
 
     def available(self) -> bool:
