@@ -54,7 +54,7 @@ from heron.models.vm import VM
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.ownership import claim
 from heron.storage.registry import capabilities, driver_for
-from heron.tls import NodeCredentials
+from heron.tls import NodeCredentials, TlsError
 from heron.util.ports import free_port
 from heron.util.wait import until
 
@@ -371,6 +371,8 @@ class Migrations:
         try:
             await asyncio.to_thread(self.credentials.export_for_qemu, directory)
             await qemu.tls_creds_add(object_id, str(directory), server=server)
+        except (TlsError, OSError) as exc:
+            raise TaskFailed(f"this node's credentials cannot be given to QEMU: {exc}") from exc
         finally:
             await asyncio.to_thread(shutil.rmtree, directory, True)
         return object_id
