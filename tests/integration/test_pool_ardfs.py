@@ -8,6 +8,7 @@ on a node gone past the grace, a template's layer shared with its clone among th
 on the disks left."""
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -140,6 +141,15 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         if any(p.is_file() for p in Path(f"{n.state_dir}/ardfs-disk0").rglob("*"))
     ]
     assert len(holders) >= 2, holders
+    # The copies crossed between the nodes' heron-io in TLS: every node runs this release,
+    # so TLS is required (agent/ardfs.py), with the node certificates herond keeps.
+    root = Path(cluster.node("node1").state_dir) / "ardfs" / "hci"
+    wait_for(
+        lambda: json.loads((root / "io.json").read_text())["peer_tls"] == "require",
+        30,
+        "heron-io to require TLS",
+    )
+    assert "over TLSv1.3" in (root / "heron-io.log").read_text()
 
     # Grown online: heron-io serves the larger volume, QEMU takes a new NBD connection to it
     # (an NBD client learns a size only when it connects) and the guest's disk grows.
