@@ -21,7 +21,7 @@ from heron.models.common import new_id
 from heron.models.migration import Migration, MigrationState
 from heron.models.node import MIGRATION_TLS, Node
 from heron.models.storage import Pool, Volume, VolumeFormat
-from heron.models.task import MigrateParams, Task, TaskKind, new_task
+from heron.models.task import MigrateParams, Task, TaskKind, TaskState, new_task
 from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
 from heron.tls import NodeCredentials, issue, make_authority
 
@@ -520,6 +520,57 @@ async def test_a_target_back_from_a_restart_does_not_prepare_a_move_not_its_own(
 async def _state_is(db: FakeConfigDB, vm_id: str, state: MigrationState) -> bool:
     found = await record(db, vm_id)
     return found is not None and found.state == state
+
+
+async def _receiving_and_ready(
+    db: FakeConfigDB, controllers: dict[str, VMController]
+) -> tuple[VM, Task, asyncio.Task[Any]]:
+    """n2 receiving the move, ready, and n1's migrate task sending (as the record says)."""
+    vm, _, task = await receiving_vm(db)
+    sending = new_task(TaskKind.vm_migrate, "n1", vm.id, "tester", MigrateParams(target="n2"))
+    await db.create(keys.task(sending.id), sending)
+    receiving = Migrations(db, "n2", "127.0.0.1", controllers["n2"])  # type: ignore[arg-type]
+    running = asyncio.create_task(receiving.receive(TaskContext(db, task)))  # type: ignore[arg-type]
+    assert await until(lambda: _state_is(db, vm.id, MigrationState.ready), "the target ready")
+    await db.update(
+        Migration,
+        keys.migration(vm.id),
+        lambda r: r.model_copy(update={"state": MigrationState.running}),
+    )
+    return vm, sending, running
+
+
+async def test_a_target_gives_up_a_move_whose_vm_ha_placed_elsewhere(
+    db: FakeConfigDB, controllers: dict[str, VMController]
+) -> None:
+    """The source was cut off mid-move and fenced, and HA restarted the VM on n3, while the
+    source's lease came back: no verdict will ever come, so n2 fails the move at once."""
+    vm, _, running = await _receiving_and_ready(db, controllers)
+    await db.update(VM, keys.vm(vm.id), lambda v: v.model_copy(update={"node": "n3"}))
+
+    with pytest.raises(TaskFailed, match="placed on n3 meanwhile"):
+        await asyncio.wait_for(running, 10)
+    assert not controllers["n2"].runtime(vm.id).qemu.running()
+    assert await record(db, vm.id) is None
+
+
+async def test_a_target_gives_up_when_the_source_task_ended_without_a_verdict(
+    db: FakeConfigDB, controllers: dict[str, VMController], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's task failed while the ConfigDB could not be reached, so the record
+    still says running: once no migrate task of the VM runs on the source, n2 fails it."""
+    monkeypatch.setattr("heron.agent.migration.SOURCE_CHECK", 0.0)
+    vm, sending, running = await _receiving_and_ready(db, controllers)
+    await asyncio.sleep(0)  # let the target look once while the source's task runs
+    assert not running.done()
+    await db.update(
+        Task, keys.task(sending.id), lambda t: t.model_copy(update={"state": TaskState.failed})
+    )
+
+    with pytest.raises(TaskFailed, match="ended without a verdict"):
+        await asyncio.wait_for(running, 10)
+    assert not controllers["n2"].runtime(vm.id).qemu.running()
+    assert await record(db, vm.id) is None
 
 
 # -- TLS: who decides, and what an older node gets ------------------------------------------

@@ -4,13 +4,14 @@ and cancels recorded, old tasks pruned. (tests/integration/test_tasks.py runs it
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import aetcd.exceptions
 import pytest
 from fakes.configdb import FakeConfigDB
 from fakes.running import until
 
 from heron.agent import tasks as runner_module
 from heron.agent.tasks import Handler, TaskContext, TaskFailed, TaskRunner
-from heron.configdb import keys
+from heron.configdb import Txn, keys
 from heron.models.task import Task, TaskKind, TaskState, new_task
 
 # Stand-ins: the runner only needs kinds its table maps, with no parameters.
@@ -232,3 +233,31 @@ async def test_a_task_deleted_while_it_ran_does_not_stop_the_runner(
     later = await submit(db, new_task(WORK, "n1", "t", "u"))
     assert (await ended(db, later.id)).state == TaskState.succeeded
     assert await db.get_raw(keys.task(gone.id)) is None  # its end was not written back
+
+
+async def test_a_start_and_an_end_that_cannot_be_written_are_written_when_the_configdb_returns(
+    db: FakeConfigDB, start_runner: Callable[..., TaskRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos test: a node cut off from etcd while its task failed logged "could
+    not record the end" once, and the task stayed running for good."""
+    monkeypatch.setattr(runner_module, "_RECORD_RETRY", (0.01, 0.05))
+    commit, away = db.commit, {"writes": 0}
+
+    async def unreachable(txn: Txn) -> int:
+        if away["writes"]:
+            away["writes"] -= 1
+            raise aetcd.exceptions.ConnectionTimeoutError("Deadline Exceeded")
+        return await commit(txn)
+
+    monkeypatch.setattr(db, "commit", unreachable)
+
+    async def work(ctx: TaskContext) -> dict[str, str]:
+        away["writes"] = 3  # the ConfigDB is away when the end is written
+        return {"ran": ctx.task.id}
+
+    task = await submit(db, new_task(WORK, "n1", "t", "u"))
+    away["writes"] = 2  # and when the start is
+    start_runner({WORK: work})
+    done = await ended(db, task.id)
+    assert (done.state, done.result) == (TaskState.succeeded, {"ran": task.id})
+    assert away["writes"] == 0

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 PREPARE_TIMEOUT = 60.0
 HANDOVER_TIMEOUT = 30.0
 _POLL = 0.1
+ARRIVAL_TIMEOUT = 60.0  # from the source's end of the transfer to the target's QEMU's
+SOURCE_CHECK = 5.0  # how often a waiting target looks whether the source's task still runs
 # Task progress: disks are copied in the first part, memory in the rest.
 _DISKS_SHARE = 0.6
 # The scheme of a target's URI when it listens with TLS (QEMU itself is given "tcp:...").
@@ -589,6 +591,9 @@ class Migrations:
             if record.mirror:
                 with contextlib.suppress(QemuError):
                     await qemu.nbd_server_stop()
+            # The record is ours: let the guest run (reconcile resumes it, or keeps it
+            # paused if the VM is), once QEMU has loaded all of the state.
+            await until(lambda: self._arrived(qemu), ARRIVAL_TIMEOUT, _POLL)
             await self.vms.reconcile(vm_id)
             await self._close(vm_id, mine)
             return {"node": self.node, "downtime_ms": end.downtime_ms}
@@ -689,20 +694,48 @@ class Migrations:
             return await self._volumes(vm, indexes)
         return []
 
+    @staticmethod
+    async def _arrived(qemu: QemuVM) -> bool:
+        with contextlib.suppress(QemuError):
+            return await qemu.run_state() != "inmigrate"
+        return False
+
     async def _until_done(self, vm_id: str, source: str, mine: str) -> Migration:
-        """Wait for the source's verdict; a source whose lease expired gives none. Raises
-        NotOurs if the record was closed without this node meanwhile."""
+        """Wait for the source's verdict. None will come from a source whose lease expired,
+        nor once the source's migrate task has ended without one (cut off from the ConfigDB
+        while it failed), nor for a VM placed on another node meanwhile (restarted there by
+        HA): the migration is failed then. Raises NotOurs if the record was closed without
+        this node meanwhile."""
+        checked = time.monotonic()
         while True:
             entry = await self.db.get(Migration, keys.migration(vm_id))
             if entry is None or not receives(entry.value, self.node, mine):
                 raise NotOurs(vm_id)
             if entry.value.state in (MigrationState.completed, MigrationState.failed):
                 return entry.value
+            why = None
             if await self.db.get(Node, keys.node(source)) is None:
-                return await self._answer(
-                    vm_id, mine, state=MigrationState.failed, error=f"source node {source} failed"
-                )
+                why = f"source node {source} failed"
+            vm = await self.db.get(VM, keys.vm(vm_id))
+            if vm is not None and vm.value.node not in (source, self.node):
+                why = f"the VM was placed on {vm.value.node} meanwhile"
+            if why is None and time.monotonic() - checked > SOURCE_CHECK:
+                checked = time.monotonic()
+                if not await self._source_sends(vm_id, source):
+                    why = f"the migrate task on {source} ended without a verdict"
+            if why is not None:
+                return await self._answer(vm_id, mine, state=MigrationState.failed, error=why)
             await asyncio.sleep(_POLL)  # polling the record the source writes
+
+    async def _source_sends(self, vm_id: str, source: str) -> bool:
+        """Whether a migrate task of the VM on `source` is unfinished (a resumed one too)."""
+        return any(
+            t.value.kind == TaskKind.vm_migrate
+            and t.value.node == source
+            and t.value.target == vm_id
+            and not t.value.state.finished
+            for t in await self.db.list(Task, keys.TASKS)
+        )
 
 
 async def live_names(db: ConfigDB) -> set[str]:

@@ -26,6 +26,10 @@ _PROGRESS_INTERVAL = 0.25
 RETENTION = 24 * 3600
 KEEP_FINISHED = 1000
 _PRUNE_INTERVAL = 300
+# Recording a task's start or end is retried while the ConfigDB cannot be reached (a node cut
+# off from it, etcd losing its quorum): a task whose end is never written stays "running" for
+# good on an agent that goes on running. First wait, then doubled up to the last.
+_RECORD_RETRY = (0.5, 10.0)
 
 
 class TaskCancelled(AgentError):
@@ -145,10 +149,19 @@ class TaskRunner:
 
     async def _execute(self, task: Task, resume: bool) -> None:
         ctx = TaskContext(self.db, task, resume)
+        tried = False
+
+        def claim(current: Task) -> None:
+            nonlocal tried
+            if tried and current.state == TaskState.running:
+                return  # an attempt whose answer was lost had been applied: ours
+            tried = True
+            _claim(current, resume)
+
         try:
-            await ctx._write(lambda t: _claim(t, resume))
-        except Conflict:
-            return  # claimed by another delivery of the same event
+            await _recorded(ctx, claim, "the start", retry_conflicts=False)
+        except (Conflict, KeyError):
+            return  # claimed by another delivery of the same event, or deleted
         kind = task.known_kind
         handler = None if kind is None else self.handlers.get(kind)
         try:
@@ -175,10 +188,8 @@ class TaskRunner:
                 task.progress = 1.0
             task.log = [*task.log, error or state.value][-LOG_LINES:]
 
-        try:
-            await ctx._write(change)
-        except Exception:
-            log.exception("could not record the end of task %s", ctx.task.id)
+        with contextlib.suppress(KeyError):  # deleted while it ran: nothing to write back
+            await _recorded(ctx, change, "the end", retry_conflicts=True)
 
 
 def _claim(task: Task, resume: bool) -> None:
@@ -188,3 +199,27 @@ def _claim(task: Task, resume: bool) -> None:
     task.state = TaskState.running
     if resume:
         task.log = [*task.log, "resumed after an agent restart"][-LOG_LINES:]
+
+
+async def _recorded(
+    ctx: TaskContext, change: Callable[[Task], None], what: str, *, retry_conflicts: bool
+) -> None:
+    """Write `change` to the task, retried until the ConfigDB takes it. KeyError (the task
+    is gone) goes to the caller, and Conflict too unless `retry_conflicts`."""
+    delay, longest = _RECORD_RETRY
+    while True:
+        try:
+            await ctx._write(change)
+            return
+        except KeyError:
+            raise
+        except Conflict:
+            if not retry_conflicts:
+                raise
+            reason = "it kept changing"
+        except Exception as exc:
+            reason = repr(exc)
+        log.warning("could not record %s of task %s (%s): again in %g s", what, ctx.task.id,
+                    reason, delay)  # fmt: skip
+        await asyncio.sleep(delay)  # the ConfigDB's return is not announced: try again
+        delay = min(delay * 2, longest)

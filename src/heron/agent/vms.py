@@ -485,12 +485,16 @@ class VMController:
 
     async def start_incoming(self, vm: VM, source: str, ram: int) -> QemuVM:
         """Start a QEMU that waits for this VM's state to arrive by migration from `source`,
-        with the source's RAM size in KiB."""
+        with the source's RAM size in KiB. It stays paused once the state is in (-S): the
+        guest runs here only after the source has handed the VM's record over, so a source
+        that dies between QEMU's end of the transfer and the hand-over leaves a paused copy
+        here, which the migration drops, and never a guest running here while HA starts it
+        again elsewhere."""
         rt = self.runtime(vm.id)
         async with rt.lock:
             if rt.qemu.running():
                 raise VMError(f"VM {vm.spec.name} already runs on {self.node}")
-            await self._start(rt, vm, ("-incoming", "defer"), arriving_from=source, ram=ram)
+            await self._start(rt, vm, ("-S", "-incoming", "defer"), arriving_from=source, ram=ram)
         return rt.qemu
 
     async def hand_over(self, vm_id: str) -> None:
