@@ -194,13 +194,15 @@ class IoSupervisor:
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self.deleted = Cache(db, ArdfsTombstone, keys.ARDFS_DELETED)
+        # Read, not followed: whether every member's node can speak TLS to its peers.
+        self.nodes = Cache(db, Node, keys.NODES)
         self._published: dict[str, tuple[str, int, int, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
 
     async def run(self) -> None:
         caches = (self.pools, self.volumes, self.members, self.deleted)
-        for cache in caches:
+        for cache in (*caches, self.nodes):
             await cache.start()
         wakes = [cache.listen() for cache in caches]
         publisher = asyncio.create_task(self._publish_forever())
@@ -220,7 +222,7 @@ class IoSupervisor:
                     wake.clear()
         finally:
             publisher.cancel()
-            for cache in caches:
+            for cache in (*caches, self.nodes):
                 await cache.stop()
 
     def _served(self) -> list[Pool]:
@@ -400,7 +402,7 @@ class IoSupervisor:
         if not await self._registered(pool):
             return  # the record changes: this runs again
         members = [e.value for e in self.members if e.value.pool == pool.name]
-        require = self.credentials is not None and await self._all_speak_tls(members)
+        require = self.credentials is not None and self._all_speak_tls(members)
         try:
             config = io_config(
                 self.node,
@@ -458,11 +460,12 @@ class IoSupervisor:
             if "Address already in use" in tail:
                 await self._new_address(pool)  # someone took the port: pick another
 
-    async def _all_speak_tls(self, members: list[ArdfsMember]) -> bool:
+    def _all_speak_tls(self, members: list[ArdfsMember]) -> bool:
         """Whether every member's node is up and announces ARDFS_PEER_TLS: its heron-io may
         then refuse plain peers. A member whose node is down may come back with an older
-        release: it is talked to in the clear until it is seen again."""
-        nodes = {e.value.name: e.value for e in await self.db.list(Node, keys.NODES)}
+        release: it is talked to in the clear until it is seen again. (From the cache, not
+        the ConfigDB: a step must not wait longer before it applies a volume's change.)"""
+        nodes = {node.name: node for node in self.nodes.values()}
         return all(m.node in nodes and ARDFS_PEER_TLS in nodes[m.node].features for m in members)
 
     async def _peer_key(self, pool: Pool, path: Path) -> bool:
