@@ -8,6 +8,10 @@ In one run, on this machine:
 * ARDFS RF=2, RF=3 and EC 2+1: one volume each on a cluster of three heron-io processes on
   loopback (one per simulated node, each with its own chunk store directory), used through
   node 1's NBD socket as a VM on node 1 would.
+* the same three with TLS between the peers ("rf2 tls", ...): a second cluster of three
+  whose heron-io hold node certificates of one CA and require TLS (ardfs/peertls.py), as
+  herond runs them once every node has this release. "tls / plain" is the ratio per scheme,
+  within a round, median over rounds: what encrypting the peer traffic costs here.
 
 Then the rebuild: node 3 is killed, the RF=2 volume overwritten (degraded), node 3 restarted,
 and the time until node 1 reports the volume healthy again gives the rebuild speed. Last, the
@@ -49,6 +53,7 @@ from heron.ardfs.checksum import CHUNK_SIZE
 from heron.ardfs.client import IoProcess, io_cluster, nbd_uri, start
 from heron.ardfs.config import PlacedDisk, Scheme, VolumeSpec
 from heron.ardfs.nbdtools import fio
+from heron.tls import NodeCredentials, issue, make_authority
 
 NAME = "ardfs"
 MiB = 1024 * 1024
@@ -109,6 +114,17 @@ def local_limit(directory: Path, size_mib: int) -> Iterator[str]:
         process.wait(timeout=30)
 
 
+def certify(directory: Path, nodes: int) -> Path:
+    """Node credentials for n1..n`nodes` from a CA made for the run, as herond keeps them."""
+    now = time.time()
+    authority = make_authority("bench", now)
+    for i in range(nodes):
+        name = f"n{i + 1}"
+        node = NodeCredentials(directory / name)
+        node.write(issue(authority, [name, "127.0.0.1"], now), authority.certificate)
+    return directory
+
+
 def run(size_mib: int, runtime: int, rounds: int, keep: bool) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="heron-bench-ardfs-", dir="/var/tmp"))
     volumes = [
@@ -117,12 +133,17 @@ def run(size_mib: int, runtime: int, rounds: int, keep: bool) -> dict[str, Any]:
     ]
     raw: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
+        tls = certify(directory / "tls", 3)
         with (
             local_limit(directory, size_mib) as local_uri,
             io_cluster(directory / "cluster", 3, volumes) as nodes,
+            io_cluster(
+                directory / "cluster-tls", 3, volumes, settings={"peer_tls": "require"}, tls=tls
+            ) as sealed,
         ):
             uris = {"local": local_uri}
             uris |= {label: nodes[0].uri(label) for label in SCHEMES}
+            uris |= {f"{label} tls": sealed[0].uri(label) for label in SCHEMES}
             targets = list(uris)
             for n in range(rounds):
                 for pattern in PATTERNS:
@@ -249,6 +270,19 @@ def summarise(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, An
                 for mine, local in zip(raw[target][pattern], raw["local"][pattern], strict=True)
             ]
             ratios[target][name] = round(statistics.median(per_round), 2)
+    tls_cost: dict[str, dict[str, float]] = {}
+    for target in SCHEMES:
+        if f"{target} tls" not in raw:
+            continue
+        tls_cost[target] = {}
+        for name, (pattern, key) in measures.items():
+            per_round = [
+                ratio(sealed[key], plain[key])
+                for sealed, plain in zip(
+                    raw[f"{target} tls"][pattern], raw[target][pattern], strict=True
+                )
+            ]
+            tls_cost[target][name] = round(statistics.median(per_round), 2)
     goals = {
         target: {
             "sequential_at_least_0.5": min(r["seq_write_mb_s"], r["seq_read_mb_s"]) >= 0.5,
@@ -256,7 +290,13 @@ def summarise(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, An
         }
         for target, r in ratios.items()
     }
-    return {"figures": table, "ratios_to_local": ratios, "goals": goals, "rounds": raw}
+    return {
+        "figures": table,
+        "ratios_to_local": ratios,
+        "tls_to_plain": tls_cost,
+        "goals": goals,
+        "rounds": raw,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for target, r in results["ratios_to_local"].items():
         rows.append((f"{target} / local", str(r)))
+    for target, r in results["tls_to_plain"].items():
+        rows.append((f"{target}: tls / plain", str(r)))
     rows.append(("rebuild (rf2)", str(results["rebuild"])))
     rows.append(("move off a lost node (rf2)", str(results["move"])))
     print_rows(f"ARDFS vs qemu-nbd ({path})", rows)

@@ -155,7 +155,7 @@ async def connect_qmp(proc: subprocess.Popen[bytes], qmp: Path, log: Path) -> QM
 
 
 async def migrate_bare(
-    src: QMPClient, uri: str, auto_converge: bool, parameters: dict[str, int], timeout: float
+    src: QMPClient, uri: str, auto_converge: bool, parameters: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """Migrate a bare source QEMU to `uri` with the capabilities Heron sets, waiting on QMP's
     MIGRATION events; returns `query-migrate` at completion."""

@@ -29,7 +29,15 @@ and each round moves every one of them once, in a shuffled order, back and forth
   `blockdev-add` (nbd) and `blockdev-mirror` on the source, waiting for BLOCK_JOB_READY, and
   `block-job-cancel` after the memory moved; the source's disk file is deleted at the end.
 
-So the ratio heron / bare is the cost of Heron's orchestration around the same QEMU operations.
+* bare shared TLS, bare local TLS: the same as bare shared and bare local, with the memory
+  stream and the NBD disk copy over TLS as Heron sets it up (issue 16): a `tls-creds-x509`
+  object on each QEMU from node credentials of one CA (the target's asking for the source's
+  certificate), `tls-creds`/`tls-hostname` in the migration parameters, on the NBD server and
+  on the source's NBD blockdev. Heron's own moves go over TLS (both nodes run this release).
+
+So the ratio heron / bare is the cost of Heron's orchestration around the same QEMU operations
+(with TLS on Heron's side: heron / bare TLS compares like with like), and bare TLS / bare the
+cost of TLS itself on this machine.
 After every move the guest's serial console is checked: the first `heron-tick N` on the new
 side must be greater than the last one before the move, and no READY line may appear there
 (a rebooted guest would print one and count from 1 again).
@@ -77,6 +85,7 @@ from heron.devcluster import DevCluster
 from heron.hypervisor import command
 from heron.hypervisor.accel import qemu_version
 from heron.models.vm import VM, PowerState, VMSpec
+from heron.tls import NodeCredentials, issue, make_authority
 from heron.util.ports import free_port
 
 NAME = "migration"
@@ -88,7 +97,17 @@ BOOT_TIMEOUT = 180.0
 MIGRATE_TIMEOUT = 120.0
 TICK_TIMEOUT = 30.0
 TICK = re.compile(rb"heron-tick (\d+)")
-KINDS = ("heron_shared", "heron_local", "heron_ardfs", "bare_shared", "bare_local")
+KINDS = (
+    "heron_shared",
+    "heron_local",
+    "heron_ardfs",
+    "bare_shared",
+    "bare_local",
+    "bare_shared_tls",
+    "bare_local_tls",
+)
+# The name the bare guests' certificate carries, checked by the source (tls-hostname).
+TLS_NAME = "bench-node"
 
 
 def ticks(path: Path) -> list[int]:
@@ -217,6 +236,8 @@ class BareGuest:
     current: BareQemu
     spawned: list[subprocess.Popen[bytes]]  # every bare QEMU started, to end them all
     moves: int = 0
+    # QEMU's TLS files (ca-cert.pem, server-*.pem, client-*.pem): moves go over TLS.
+    tls: Path | None = None
 
     def migrate(self) -> dict[str, Any]:
         seen = ticks(self.current.paths.console_log)
@@ -226,7 +247,8 @@ class BareGuest:
         if self.kind == "shared":
             disk = self.current.disk
         else:
-            disk = self.work / f"bare-local-{self.moves}.qcow2"
+            tls = "-tls" if self.tls is not None else ""
+            disk = self.work / f"bare-local{tls}-{self.moves}.qcow2"
         source = self.current
         figures, target = asyncio.run(self._migrate(disk))
         self.current = target
@@ -247,13 +269,31 @@ class BareGuest:
                 await run_exec(
                     "qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(self.disk_size)
                 )
-            root = self.work / f"bare-{self.kind}-{len(self.spawned)}"
+            tls = "-tls" if self.tls is not None else ""
+            root = self.work / f"bare-{self.kind}{tls}-{len(self.spawned)}"
             target = launch_bare(root, self.vm, disk, True, self.spawned)
             dst = await connect_qmp(target.proc, target.paths.qmp, target.paths.qemu_log)
             await dst.execute(
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": "events", "state": True}]},
             )
+            # As Heron: a credentials object per move on each side (ids differ from the
+            # source's earlier ones).
+            creds: dict[str, str] = {}
+            if self.tls is not None:
+                creds = {"tls-creds": f"tls{self.moves}"}
+                for qmp, endpoint in ((dst, "server"), (src, "client")):
+                    await qmp.execute(
+                        "object-add",
+                        {
+                            "qom-type": "tls-creds-x509",
+                            "id": creds["tls-creds"],
+                            "dir": str(self.tls),
+                            "endpoint": endpoint,
+                            "verify-peer": True,
+                        },
+                    )
+                await dst.execute("migrate-set-parameters", creds)
             nbd_port = free_port()
             if local:
                 await dst.execute(
@@ -262,7 +302,8 @@ class BareGuest:
                         "addr": {
                             "type": "inet",
                             "data": {"host": "127.0.0.1", "port": str(nbd_port)},
-                        }
+                        },
+                        **creds,
                     },
                 )
                 await dst.execute(
@@ -287,6 +328,8 @@ class BareGuest:
                             "node-name": "mirror0",
                             "export": "disk0",
                             "server": {"type": "inet", "host": "127.0.0.1", "port": str(nbd_port)},
+                            **creds,
+                            **({"tls-hostname": TLS_NAME} if creds else {}),
                         },
                     )
                     await src.execute(
@@ -301,7 +344,9 @@ class BareGuest:
                     )
                     await asyncio.wait_for(ready.get(), MIGRATE_TIMEOUT)
             mirrored = time.perf_counter()
-            parameters = {"downtime-limit": DOWNTIME_LIMIT_MS}
+            parameters: dict[str, Any] = {"downtime-limit": DOWNTIME_LIMIT_MS, **creds}
+            if creds:
+                parameters["tls-hostname"] = TLS_NAME
             info = await migrate_bare(src, uri, True, parameters, MIGRATE_TIMEOUT)
             migrated = time.perf_counter()
             if local:
@@ -377,14 +422,32 @@ async def run_exec(*args: str) -> None:
         raise BenchError(f"{args[0]} failed: {out.decode(errors='replace')[-500:]}")
 
 
+def bare_credentials(work: Path) -> Path:
+    """QEMU's TLS files for the bare guests: a node certificate of a CA made for the run,
+    exported as Heron exports a node's (NodeCredentials.export_for_qemu)."""
+    now = time.time()
+    authority = make_authority("bench", now)
+    node = NodeCredentials(work / "bare-tls-node")
+    node.write(issue(authority, [TLS_NAME, "127.0.0.1"], now), authority.certificate)
+    directory = work / "bare-tls"
+    node.export_for_qemu(directory)
+    return directory
+
+
 def bare_guest(
-    work: Path, spec: VMSpec, kind: str, master: Path, spawned: list[subprocess.Popen[bytes]]
+    work: Path,
+    spec: VMSpec,
+    kind: str,
+    master: Path,
+    spawned: list[subprocess.Popen[bytes]],
+    tls: Path | None = None,
 ) -> BareGuest:
-    disk = work / f"bare-{kind}-0.qcow2"
+    label = f"{kind}-tls" if tls is not None else kind
+    disk = work / f"bare-{label}-0.qcow2"
     shutil.copyfile(master, disk)
     vm = VM(
         id=str(uuid.uuid4()),
-        spec=spec.model_copy(update={"name": f"bare-{kind}"}),
+        spec=spec.model_copy(update={"name": f"bare-{label}"}),
         node="bare",
         power=PowerState.running,
         created_at=time.time(),
@@ -395,8 +458,9 @@ def bare_guest(
         capture_output=True,
         text=True,
     )
-    first = launch_bare(work / f"bare-{kind}-0", vm, disk, False, spawned)
-    return BareGuest(kind, work, vm, int(json.loads(info.stdout)["virtual-size"]), first, spawned)
+    first = launch_bare(work / f"bare-{label}-0", vm, disk, False, spawned)
+    size = int(json.loads(info.stdout)["virtual-size"])
+    return BareGuest(kind, work, vm, size, first, spawned, tls=tls)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -450,6 +514,9 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
             )
             for kind in ("shared", "local"):
                 bare.append(bare_guest(work, spec, kind, master, spawned))
+            tls = bare_credentials(work)
+            for kind in ("shared", "local"):
+                bare.append(bare_guest(work, spec, kind, master, spawned, tls))
             consoles = [g.console(g.node) for g in heron.values()]
             consoles += [g.current.paths.console_log for g in bare]
             for log in consoles:
@@ -461,6 +528,8 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
                 "heron_ardfs": heron["ardfs"].migrate,
                 "bare_shared": bare[0].migrate,
                 "bare_local": bare[1].migrate,
+                "bare_shared_tls": bare[2].migrate,
+                "bare_local_tls": bare[3].migrate,
             }
             for index in range(warmup + runs):
                 order = list(KINDS)
@@ -501,10 +570,15 @@ def summarize(measured: list[dict[str, Any]]) -> dict[str, Any]:
             "bare_memory_s": stats(series(bare, "memory_s"), 3),
             "bare_finish_s": stats(series(bare, "finish_s"), 3),
             "bare_downtime_ms": stats(series(bare, "downtime_ms"), 0),
+            "bare_tls_total_s": stats(series(f"{bare}_tls", "total_s"), 3),
+            "bare_tls_mirror_s": stats(series(f"{bare}_tls", "mirror_s"), 3),
+            "bare_tls_memory_s": stats(series(f"{bare}_tls", "memory_s"), 3),
+            "bare_tls_downtime_ms": stats(series(f"{bare}_tls", "downtime_ms"), 0),
             "bare_ram_transferred_mib": stats(series(bare, "ram_transferred_mib"), 1),
             "max_bandwidth_mib_s": sorted(set(series(bare, "max_bandwidth_mib_s"))),
             "continued": {
-                kind: sum(1 for r in measured if r[kind]["continued"]) for kind in (heron, bare)
+                kind: sum(1 for r in measured if r[kind]["continued"])
+                for kind in (heron, bare, f"{bare}_tls")
             },
             # Bare only (Heron deletes the source's console log): the source's last tick and
             # the target's first are consecutive, so not one tick was lost or repeated.
@@ -518,6 +592,17 @@ def summarize(measured: list[dict[str, Any]]) -> dict[str, Any]:
             "total_p90": ratio(part["heron_total_s"]["p90"], part["bare_total_s"]["p90"]),
             "downtime_p50": ratio(
                 part["heron_downtime_ms"]["p50"], part["bare_downtime_ms"]["p50"]
+            ),
+            # Heron's moves go over TLS: against the bare ones that do too.
+            "total_p50_vs_bare_tls": ratio(
+                part["heron_total_s"]["p50"], part["bare_tls_total_s"]["p50"]
+            ),
+            # What TLS costs the same bare QEMU operations.
+            "tls_total_p50": ratio(part["bare_tls_total_s"]["p50"], part["bare_total_s"]["p50"]),
+            "tls_memory_p50": ratio(part["bare_tls_memory_s"]["p50"], part["bare_memory_s"]["p50"]),
+            "tls_mirror_p50": ratio(part["bare_tls_mirror_s"]["p50"], part["bare_mirror_s"]["p50"]),
+            "tls_downtime_p50": ratio(
+                part["bare_tls_downtime_ms"]["p50"], part["bare_downtime_ms"]["p50"]
             ),
         }
         summary[disk] = part
@@ -570,6 +655,14 @@ def main(argv: list[str] | None = None) -> int:
             (f"{disk}: heron downtime", fmt("heron_downtime_ms", "ms")),
             (f"{disk}: heron until receive ended", fmt("heron_receive_done_s", "s")),
             (f"{disk}: ratio heron / bare", f"{r['total_p50']}x median, {r['total_p90']}x p90"),
+            (f"{disk}: bare TLS total", fmt("bare_tls_total_s", "s")),
+            (f"{disk}: bare TLS downtime", fmt("bare_tls_downtime_ms", "ms")),
+            (
+                f"{disk}: ratio bare TLS / bare",
+                f"{r['tls_total_p50']}x total, {r['tls_memory_p50']}x memory, "
+                f"{r['tls_mirror_p50']}x disk copy, {r['tls_downtime_p50']}x downtime",
+            ),
+            (f"{disk}: ratio heron / bare TLS", f"{r['total_p50_vs_bare_tls']}x median"),
             (f"{disk}: guest continued", f"{s['continued']} of {s['rounds']}"),
         ]
     a = ardfs["ratios_to_bare_shared"]

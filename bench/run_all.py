@@ -95,7 +95,11 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
         }
         return found
     if name == "ardfs":
-        return {"ratios_to_local": results["ratios_to_local"], "rebuild": results["rebuild"]}
+        return {
+            "ratios_to_local": results["ratios_to_local"],
+            "tls_to_plain": results.get("tls_to_plain"),
+            "rebuild": results["rebuild"],
+        }
     if name == "network":
         s = results["summary"]
         keys = ("throughput_ratio", "rtt_ratio", "migration_pings_lost", "port_groups_ratio")

@@ -59,7 +59,7 @@ from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups
 from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
-from heron.models.node import WATCHDOG_PRESENCE, Node
+from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
 from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
@@ -226,7 +226,7 @@ async def run(config: AgentConfig) -> None:
         versions=_versions(),
         started_at=time.time(),
         underlay=config.underlay or config.address,
-        features=[WATCHDOG_PRESENCE],
+        features=[WATCHDOG_PRESENCE, MIGRATION_TLS, ARDFS_PEER_TLS],
     )
     start_fence_watchdog(config.state_dir, config.lease_ttl, config.name, config.etcd)
     registration = Registration(
@@ -247,7 +247,7 @@ async def run(config: AgentConfig) -> None:
         cgroup_root=cgroups.ROOT,
     )
     audit = AuditLog(config.state_dir / "audit.jsonl", config.name)
-    migrations = Migrations(db, config.name, config.address, vms, audit)
+    migrations = Migrations(db, config.name, config.address, vms, audit, credentials)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
     runner = TaskRunner(db, config.name, handlers.table())
     inventory = Inventory(db)
@@ -314,7 +314,12 @@ async def run(config: AgentConfig) -> None:
                 (
                     "ardfs",
                     IoSupervisor(
-                        db, config.name, config.address, config.state_dir, cores.pin_io
+                        db,
+                        config.name,
+                        config.address,
+                        config.state_dir,
+                        cores.pin_io,
+                        credentials,
                     ).run(),
                 ),
                 ("io-cores", cores.run()),

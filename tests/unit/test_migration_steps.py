@@ -3,6 +3,7 @@ other node by writing the migration record as it would. The whole move between t
 QEMUs is tests/integration/test_migration.py."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,17 @@ from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
 from fakes.running import stop_agent, until
 
-from heron.agent.migration import Migrations
+from heron.agent.migration import Migrations, tls_uri
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
 from heron.agent.vms import VMController
 from heron.configdb import keys
 from heron.models.common import new_id
 from heron.models.migration import Migration, MigrationState
-from heron.models.node import Node
+from heron.models.node import MIGRATION_TLS, Node
 from heron.models.storage import Pool, Volume, VolumeFormat
 from heron.models.task import MigrateParams, Task, TaskKind, TaskState, new_task
 from heron.models.vm import VM, DiskSpec, PowerState, VMSpec
+from heron.tls import NodeCredentials, issue, make_authority
 
 
 @pytest.fixture
@@ -569,3 +571,30 @@ async def test_a_target_gives_up_when_the_source_task_ended_without_a_verdict(
         await asyncio.wait_for(running, 10)
     assert not controllers["n2"].runtime(vm.id).qemu.running()
     assert await record(db, vm.id) is None
+
+
+# -- TLS: who decides, and what an older node gets ------------------------------------------
+
+
+def test_the_target_says_tls_by_the_scheme_of_its_uri() -> None:
+    assert tls_uri("tls+tcp:10.0.0.2:4444") == ("tcp:10.0.0.2:4444", True)
+    assert tls_uri("tcp:10.0.0.2:4444") == ("tcp:10.0.0.2:4444", False)
+
+
+async def test_a_target_listens_with_tls_only_for_a_source_that_can(
+    db: FakeConfigDB, controllers: dict[str, VMController], tmp_path: Path
+) -> None:
+    now = time.time()
+    authority = make_authority("c", now)
+    credentials = NodeCredentials(tmp_path / "tls")
+    credentials.write(issue(authority, ["n2"], now), authority.certificate)
+    target = Migrations(db, "n2", "127.0.0.1", controllers["n2"], None, credentials)  # type: ignore[arg-type]
+    older = registered("n1")
+    await db.put(keys.node("n1"), older)
+    assert not await target._tls_with("n1")  # a release before the feature: plain
+    await db.put(keys.node("n1"), older.model_copy(update={"features": [MIGRATION_TLS]}))
+    assert await target._tls_with("n1")
+    assert not await target._tls_with("gone")  # no record: no TLS it could not verify
+    # A node without its certificate (none issued yet) does not ask for TLS.
+    plain = Migrations(db, "n2", "127.0.0.1", controllers["n2"])  # type: ignore[arg-type]
+    assert not await plain._tls_with("n1")

@@ -152,6 +152,20 @@ def test_ardfs_io_config_from_the_configdb_records() -> None:
     assert config.peer_key_file == STATE / "ardfs" / "hci" / "peer.key"
     with pytest.raises(ValueError, match="needs more disks"):
         io_config("n2", STATE, hci, members[:2], volumes)
+    # Without the node's credentials: no TLS (as before); with them, the files of the node's
+    # TLS directory, and "require" only when every member can.
+    assert config.tls_files is None
+    from heron.tls import NodeCredentials
+
+    credentials = NodeCredentials(STATE / "tls")
+    sealed = io_config("n2", STATE, hci, members, volumes, credentials)
+    assert sealed.tls_files == (
+        credentials.key_file,
+        credentials.cert_file,
+        credentials.ca_file,
+    )
+    assert sealed.peer_tls == "prefer"
+    assert io_config("n2", STATE, hci, members, volumes, credentials, True).peer_tls == "require"
 
 
 def test_every_pool_type_has_a_driver() -> None:

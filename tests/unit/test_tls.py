@@ -138,6 +138,27 @@ def test_credentials_keep_the_key_private(tmp_path: Path) -> None:
     assert credentials.cert_file.read_text().endswith(authority.certificate)
 
 
+def test_credentials_exported_for_qemu_under_its_names(tmp_path: Path) -> None:
+    """What a migration gives QEMU's tls-creds-x509: the key private, one certificate for
+    both ends, the CA; and never a key of one issue with the certificate of the next."""
+    authority = make_authority("c1", NOW)
+    credentials = NodeCredentials(tmp_path / "tls")
+    issued = issue(authority, NAMES, NOW)
+    credentials.write(issued, authority.certificate)
+    copy = tmp_path / "qemu"
+    credentials.export_for_qemu(copy)
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o700
+    assert (copy / "ca-cert.pem").read_text() == authority.certificate
+    for side in ("server", "client"):
+        assert (copy / f"{side}-key.pem").read_text() == issued.key
+        assert stat.S_IMODE((copy / f"{side}-key.pem").stat().st_mode) == 0o600
+        assert (copy / f"{side}-cert.pem").read_text() == credentials.cert_file.read_text()
+    # Caught between a renewal's files: a new key beside the old certificate is no snapshot.
+    credentials.key_file.write_text(issue(authority, NAMES, NOW).key)
+    with pytest.raises(TlsError, match="do not match"):
+        credentials.snapshot()
+
+
 async def _served_serial(port: int, client: ssl.SSLContext) -> int:
     _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
     try:

@@ -6,6 +6,12 @@ process: started detached like etcd and QEMU, so restarting the agent never touc
 path. Its configuration file is written from the pool, its members and its volumes; volume
 changes (new, grown, deleted, a new owner) are applied by SIGHUP, membership changes by a
 restart, which QEMU rides out by reconnecting to the NBD socket.
+
+heron-io speaks TLS to its peers with this node's certificate (ardfs/peertls.py): it is given
+the files of the node's credentials, which it reads again when they are renewed. While some
+member of the pool runs a release without it (no ARDFS_PEER_TLS among its node's features),
+heron-io talks to such a peer in the clear; once every member's node announces it, heron-io
+is told (SIGHUP) to require TLS.
 """
 
 import asyncio
@@ -27,6 +33,7 @@ from heron.ardfs.io import READY
 from heron.ardfs.peerauth import new_key, write_key
 from heron.configdb import ConfigDB, Conflict, Txn, keys
 from heron.configdb.cache import Cache
+from heron.models.node import ARDFS_PEER_TLS, Node
 from heron.models.snapshot import Snapshot, SnapshotState
 from heron.models.storage import (
     ArdfsDisk,
@@ -44,6 +51,7 @@ from heron.models.task import Task, TaskKind, new_task
 from heron.storage import layers
 from heron.storage.ardfspool import SECTOR, socket_path
 from heron.storage.registry import capabilities
+from heron.tls import NodeCredentials
 from heron.util.ports import free_port_in
 from heron.util.proc import (
     alive,
@@ -73,15 +81,31 @@ def scheme(protection: str) -> Scheme:
 
 
 def io_config(
-    node: str, state_dir: Path, pool: Pool, members: list[ArdfsMember], volumes: list[Volume]
+    node: str,
+    state_dir: Path,
+    pool: Pool,
+    members: list[ArdfsMember],
+    volumes: list[Volume],
+    credentials: NodeCredentials | None = None,
+    require_tls: bool = False,
 ) -> IoConfig:
-    """What this node's heron-io for `pool` is to serve (raises ValueError if impossible)."""
+    """What this node's heron-io for `pool` is to serve (raises ValueError if impossible):
+    with TLS to its peers if `credentials` are given, required if `require_tls`."""
     root = state_dir / "ardfs" / pool.name
+    tls: dict[str, Any] = {}
+    if credentials is not None:
+        tls = {
+            "peer_tls_key": credentials.key_file,
+            "peer_tls_cert": credentials.cert_file,
+            "peer_tls_ca": credentials.ca_file,
+            "peer_tls": "require" if require_tls else "prefer",
+        }
     return IoConfig(
         node=node,
         nbd_socket=socket_path(state_dir, pool.name),
         state_dir=root / "state",
         peer_key_file=root / "peer.key",
+        **tls,
         nodes=[
             NodeSpec(
                 name=m.node,
@@ -158,23 +182,27 @@ class IoSupervisor:
         address: str,
         state_dir: Path,
         on_start: Callable[[int], None] = lambda _: None,
+        credentials: NodeCredentials | None = None,
     ):
         self.db = db
         self.node = node
         self.address = address
         self.state_dir = state_dir
         self.on_start = on_start  # e.g. onto the cores reserved for I/O
+        self.credentials = credentials  # heron-io's TLS to its peers (None: plain)
         self.pools = Cache(db, Pool, keys.POOLS)
         self.volumes = Cache(db, Volume, keys.VOLUMES)
         self.members = Cache(db, ArdfsMember, keys.ARDFS_MEMBERS)
         self.deleted = Cache(db, ArdfsTombstone, keys.ARDFS_DELETED)
+        # Read, not followed: whether every member's node can speak TLS to its peers.
+        self.nodes = Cache(db, Node, keys.NODES)
         self._published: dict[str, tuple[str, int, int, int, int]] = {}
         self._rebuilds: dict[str, str] = {}  # volume id -> its rebuild task
         self._disks_published: dict[str, tuple[float, dict[str, DiskUsage]]] = {}
 
     async def run(self) -> None:
         caches = (self.pools, self.volumes, self.members, self.deleted)
-        for cache in caches:
+        for cache in (*caches, self.nodes):
             await cache.start()
         wakes = [cache.listen() for cache in caches]
         publisher = asyncio.create_task(self._publish_forever())
@@ -194,7 +222,7 @@ class IoSupervisor:
                     wake.clear()
         finally:
             publisher.cancel()
-            for cache in caches:
+            for cache in (*caches, self.nodes):
                 await cache.stop()
 
     def _served(self) -> list[Pool]:
@@ -374,8 +402,17 @@ class IoSupervisor:
         if not await self._registered(pool):
             return  # the record changes: this runs again
         members = [e.value for e in self.members if e.value.pool == pool.name]
+        require = self.credentials is not None and self._all_speak_tls(members)
         try:
-            config = io_config(self.node, self.state_dir, pool, members, self.volumes.values())
+            config = io_config(
+                self.node,
+                self.state_dir,
+                pool,
+                members,
+                self.volumes.values(),
+                self.credentials,
+                require,
+            )
         except ValueError as exc:
             log.warning("ardfs pool %s cannot be served yet: %s", pool.name, exc)
             return
@@ -390,6 +427,10 @@ class IoSupervisor:
             running = None
         if rekeyed or (pid is not None and _newer(config.peer_key_file, pidfile)):
             running = None  # heron-io reads its key when it starts: it restarts to use a new one
+        if running is not None and running.tls_files != config.tls_files:
+            # A heron-io of before (TLS files appear) or other files: a SIGHUP would not
+            # change what it offers its peers.
+            running = None
         if running == config:
             await self._remove_deleted(pool, config)
             return
@@ -418,6 +459,14 @@ class IoSupervisor:
             log.error("ardfs pool %s: heron-io did not start: %s", pool.name, tail)
             if "Address already in use" in tail:
                 await self._new_address(pool)  # someone took the port: pick another
+
+    def _all_speak_tls(self, members: list[ArdfsMember]) -> bool:
+        """Whether every member's node is up and announces ARDFS_PEER_TLS: its heron-io may
+        then refuse plain peers. A member whose node is down may come back with an older
+        release: it is talked to in the clear until it is seen again. (From the cache, not
+        the ConfigDB: a step must not wait longer before it applies a volume's change.)"""
+        nodes = {node.name: node for node in self.nodes.values()}
+        return all(m.node in nodes and ARDFS_PEER_TLS in nodes[m.node].features for m in members)
 
     async def _peer_key(self, pool: Pool, path: Path) -> bool:
         """Write the pool's peer key to `path` (mode 0600); True if the file changed (heron-io

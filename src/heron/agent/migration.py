@@ -11,6 +11,15 @@ source gives the VM and its local volumes to the target in one transaction and d
 now paused, QEMU and its old volume files. On failure or cancel the VM stays on the source and
 the target drops what it made.
 
+Both streams between the nodes, the memory and the disk copies over NBD, go over TLS with the
+nodes' certificates when both nodes can (`MIGRATION_TLS` among their features): the target
+decides, since it listens, and says so by the scheme of the URI it publishes ("tls+tcp:...";
+a source of an older release never gets one). Each QEMU gets a `tls-creds-x509` object made
+from a copy of its node's credentials taken for this migration (QEMU reads the files once, when
+the object is made: a certificate renewed meanwhile does not touch a running migration); the
+target's asks the source for a certificate of the cluster CA, the source's checks that the
+target's names the target node.
+
 The target closes the record (removes it) when it has dropped or taken what it made: only then
 may the VM's next migration begin. A target that left the cluster and never comes back would
 pin the VM for good, so the record may then be closed without it (`models.migration.takeover`
@@ -22,7 +31,10 @@ A returning target acts only on the record written for its own `vm.receive` task
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
@@ -34,7 +46,7 @@ from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.hypervisor.qmp_migration import MigrationInfo
 from heron.models.migration import Migration, MigrationState, Verdict, pinned, receives, takeover
-from heron.models.node import Node
+from heron.models.node import MIGRATION_TLS, Node
 from heron.models.snapshot import Snapshot
 from heron.models.storage import Pool, Volume, VolumeHealth
 from heron.models.task import MigrateParams, Task, TaskKind, new_task
@@ -42,6 +54,7 @@ from heron.models.vm import VM
 from heron.storage.driver import PoolDriver, StorageError
 from heron.storage.ownership import claim
 from heron.storage.registry import capabilities, driver_for
+from heron.tls import NodeCredentials, TlsError
 from heron.util.ports import free_port
 from heron.util.wait import until
 
@@ -54,6 +67,21 @@ ARRIVAL_TIMEOUT = 60.0  # from the source's end of the transfer to the target's 
 SOURCE_CHECK = 5.0  # how often a waiting target looks whether the source's task still runs
 # Task progress: disks are copied in the first part, memory in the rest.
 _DISKS_SHARE = 0.6
+# The scheme of a target's URI when it listens with TLS (QEMU itself is given "tcp:...").
+TLS_SCHEME = "tls+"
+
+
+def tls_uri(uri: str) -> tuple[str, bool]:
+    """(QEMU's URI, whether the stream is TLS) of the URI a target published."""
+    if uri.startswith(TLS_SCHEME):
+        return uri[len(TLS_SCHEME) :], True
+    return uri, False
+
+
+def creds_id(record: Migration) -> str:
+    """The id of the migration's `tls-creds-x509` object, one per migration: a source QEMU
+    that sent before keeps its old object, and the new one must not clash with it."""
+    return f"heron-tls-{record.receive_task or record.vm}"
 
 
 class NotOurs(Exception):
@@ -68,12 +96,15 @@ class Migrations:
         address: str,
         vms: VMController,
         audit: AuditLog | None = None,
+        credentials: NodeCredentials | None = None,
     ):
         self.db = db
         self.node = node
         self.address = address
         self.vms = vms
         self.audit = audit
+        # The node's certificate: migrations go over TLS with it (None: plain, as before).
+        self.credentials = credentials
         # One vm.receive per VM at a time here: a receive left over from a move closed
         # without this node must have dropped its QEMU before the next one starts its own.
         self._receiving: dict[str, asyncio.Lock] = {}
@@ -226,10 +257,17 @@ class Migrations:
             if ready.state == MigrationState.failed:
                 raise TaskFailed(f"the target could not prepare: {ready.error}")
             await ctx.progress(0.01, f"{target} listens on {ready.uri}")
+            uri, tls = tls_uri(str(ready.uri))
+            creds = await self._tls_creds(qemu, ready, server=False) if tls else None
+            await ctx.log(
+                "memory and disk copies go over TLS"
+                if tls
+                else f"{target} runs an older release: the migration goes plain"
+            )
             await self._set(vm_id, state=MigrationState.running)
             if record.mirror:
-                await self._mirror(ctx, qemu, record.mirror, str(ready.nbd))
-            downtime = await self._send(ctx, qemu, record, str(ready.uri), shared_volumes)
+                await self._mirror(ctx, qemu, record.mirror, str(ready.nbd), creds, target)
+            downtime = await self._send(ctx, qemu, record, uri, shared_volumes, creds)
         except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
             downtime = await self._after_error(ctx, qemu, record, exc, shared_volumes)
         return await self._complete(ctx, vm, record, downtime, started)
@@ -325,11 +363,44 @@ class Migrations:
             "disks_copied": len(record.mirror),
         }
 
-    async def _mirror(self, ctx: TaskContext, qemu: QemuVM, disks: list[int], nbd: str) -> None:
-        """Copy local disks into the target's NBD exports until they are in sync."""
+    async def _tls_creds(self, qemu: QemuVM, record: Migration, *, server: bool) -> str:
+        """Give `qemu` a `tls-creds-x509` object from a copy of this node's credentials made
+        now; the copy is removed once QEMU has read it. Its id."""
+        if self.credentials is None:
+            raise TaskFailed("the target asked for TLS, and this node has no certificate")
+        object_id = creds_id(record)
+        directory = Path(tempfile.mkdtemp(prefix="migration-tls-", dir=self.vms.state_dir))
+        try:
+            await asyncio.to_thread(self.credentials.export_for_qemu, directory)
+            await qemu.tls_creds_add(object_id, str(directory), server=server)
+        except (TlsError, OSError) as exc:
+            raise TaskFailed(f"this node's credentials cannot be given to QEMU: {exc}") from exc
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+        return object_id
+
+    async def _mirror(
+        self,
+        ctx: TaskContext,
+        qemu: QemuVM,
+        disks: list[int],
+        nbd: str,
+        creds: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        """Copy local disks into the target's NBD exports until they are in sync (over TLS
+        with the `tls-creds-x509` object `creds`, the server's certificate checked for the
+        name of the node `target`)."""
         host, port = nbd.rsplit(":", 1)
         for index in disks:
-            await qemu.blockdev_add_nbd(f"mirror{index}", host, port, export=f"disk{index}")
+            await qemu.blockdev_add_nbd(
+                f"mirror{index}",
+                host,
+                port,
+                export=f"disk{index}",
+                tls_creds=creds,
+                tls_hostname=target if creds is not None else None,
+            )
             await qemu.blockdev_mirror(
                 f"mirror{index}",
                 device=f"disk{index}",
@@ -357,6 +428,7 @@ class Migrations:
         record: Migration,
         uri: str,
         shared_volumes: list[str],
+        creds: str | None = None,
     ) -> int | None:
         capabilities = {
             "auto-converge": record.auto_converge,
@@ -368,6 +440,10 @@ class Migrations:
         await qemu.migrate_set_parameters(
             downtime_limit_ms=record.max_downtime_ms,
             max_bandwidth=record.max_bandwidth_mib * 1024 * 1024,
+            # Set either way: a QEMU that once sent or arrived over TLS keeps the setting,
+            # and a target of an older release listens plain.
+            tls_creds=creds or "",
+            tls_hostname=record.target if creds else "",
         )
         await qemu.migrate(uri)
         return await self._follow_send(ctx, qemu, record, shared_volumes)
@@ -554,10 +630,12 @@ class Migrations:
             await pool.create(volume)  # empty, the same size: the mirror fills it
         ram = record.ram_kib or vm.spec.memory_mib * 1024
         qemu = await self.vms.start_incoming(vm, record.source, ram)
+        tls = await self._tls_with(record.source)
+        creds = await self._tls_creds(qemu, record, server=True) if tls else None
         nbd = None
         if record.mirror:
             port = free_port(self.address)
-            await qemu.nbd_server_start(self.address, port)
+            await qemu.nbd_server_start(self.address, port, tls_creds=creds)
             for index in record.mirror:
                 await qemu.block_export_add_nbd(
                     f"export{index}", node_name=f"disk{index}", name=f"disk{index}", writable=True
@@ -565,8 +643,20 @@ class Migrations:
             nbd = f"{self.address}:{port}"
         uri = f"tcp:{self.address}:{free_port(self.address)}"
         await qemu.migrate_set_capabilities({"events": True})
+        if creds is not None:
+            await qemu.migrate_set_parameters(tls_creds=creds)
         await qemu.migrate_incoming(uri)
-        await self._answer(vm.id, mine, state=MigrationState.ready, uri=uri, nbd=nbd)
+        published = TLS_SCHEME + uri if creds is not None else uri
+        await self._answer(vm.id, mine, state=MigrationState.ready, uri=published, nbd=nbd)
+
+    async def _tls_with(self, source: str) -> bool:
+        """Whether a migration from `source` goes over TLS: both nodes can (this one has its
+        certificate, the source's release announces MIGRATION_TLS). A source of an older
+        release sends plain; it would not understand the URI's scheme."""
+        if self.credentials is None or self.credentials.certificate() is None:
+            return False
+        found = await self.db.get(Node, keys.node(source))
+        return found is not None and MIGRATION_TLS in found.value.features
 
     async def _drop(self, vm_id: str, copies: list[tuple[Volume, PoolDriver]]) -> None:
         """Undo the target's side: its incoming QEMU and the partial disk copies."""

@@ -52,9 +52,12 @@ def local_cluster(
     sites: list[str] | None = None,
     disks_per_node: int = 1,
     settings: dict[str, Any] | None = None,
+    tls: Path | None = None,
 ) -> list[IoConfig]:
     """Configurations of `nodes` heron-io processes on loopback, each with its own dirs, and
-    one peer key for them all (`base/peer.key`, made unless a valid one is there already)."""
+    one peer key for them all (`base/peer.key`, made unless a valid one is there already).
+    `tls`: a directory with one per node (n1, n2, ...) holding node-key.pem, node-cert.pem
+    and ca-cert.pem (a node's credentials, as herond keeps them): peers speak TLS."""
     key_file = base / "peer.key"
     try:
         read_key(key_file)
@@ -76,10 +79,20 @@ def local_cluster(
             state_dir=base / node.name / "state",
             nodes=specs,
             volumes=volumes,
-            **({"peer_key_file": key_file} | (settings or {})),
+            **({"peer_key_file": key_file} | _tls_files(tls, node.name) | (settings or {})),
         )
         for node in specs
     ]
+
+
+def _tls_files(tls: Path | None, node: str) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    return {
+        "peer_tls_key": tls / node / "node-key.pem",
+        "peer_tls_cert": tls / node / "node-cert.pem",
+        "peer_tls_ca": tls / node / "ca-cert.pem",
+    }
 
 
 @dataclass
@@ -187,9 +200,10 @@ def io_cluster(
     sites: list[str] | None = None,
     disks_per_node: int = 1,
     settings: dict[str, Any] | None = None,
+    tls: Path | None = None,
 ) -> Iterator[list[IoProcess]]:
     """`nodes` heron-io processes on loopback, stopped (or killed) however the block ends."""
-    configs = local_cluster(base, nodes, volumes, sites, disks_per_node, settings)
+    configs = local_cluster(base, nodes, volumes, sites, disks_per_node, settings, tls)
     started: list[IoProcess] = []
     try:
         for config in configs:

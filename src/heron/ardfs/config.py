@@ -157,6 +157,14 @@ class IoConfig(BaseModel):
     # The cluster's secret key, in hex (peerauth.py): every peer connection proves both ends
     # hold it. Mode 0600 or stricter, or heron-io refuses to start.
     peer_key_file: Path
+    # TLS on peer connections after the key (peertls.py): this node's private key, its
+    # certificate chain and the cluster CA, PEM files, re-read when they change. None: plain.
+    peer_tls_key: Path | None = None
+    peer_tls_cert: Path | None = None
+    peer_tls_ca: Path | None = None
+    # "prefer": TLS with every peer that can, the clear with one that cannot (an older
+    # release); "require": no peer without TLS. Applied by SIGHUP to new connections.
+    peer_tls: Literal["prefer", "require"] = "prefer"
     nodes: list[NodeSpec]
     volumes: list[VolumeSpec] = []
     # A peer with requests in flight and no reply for this long is treated as down.
@@ -182,6 +190,13 @@ class IoConfig(BaseModel):
             if volume.scheme.width > len(disks):
                 raise ValueError(f"volume {volume.name}: {volume.scheme.label()} needs more disks")
         return self
+
+    @property
+    def tls_files(self) -> tuple[Path, Path, Path] | None:
+        """(key, certificate chain, CA) for peer TLS, when all three are given."""
+        if self.peer_tls_key and self.peer_tls_cert and self.peer_tls_ca:
+            return self.peer_tls_key, self.peer_tls_cert, self.peer_tls_ca
+        return None
 
     @property
     def me(self) -> NodeSpec:

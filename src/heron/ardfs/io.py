@@ -36,6 +36,7 @@ from heron.ardfs.maintenance import Maintenance
 from heron.ardfs.nbd import ExportTable, NbdServer
 from heron.ardfs.peer import PeerClient, PeerServer, RemoteTarget
 from heron.ardfs.peerauth import PeerKeyError, read_key
+from heron.ardfs.peertls import PeerTls
 from heron.ardfs.placement import Disk
 from heron.ardfs.replicated import ReplicatedVolume
 from heron.ardfs.target import ChunkTarget, LocalTarget
@@ -110,12 +111,15 @@ class Io:
             self.stores[disk.id] = store
             self.local[disk.id] = LocalTarget(disk.id, config.node, store)
         self.peers: dict[str, PeerClient] = {}
+        files = config.tls_files
+        # One for the server and every client: a SIGHUP changes its mode for them all.
+        self.tls = None if files is None else PeerTls(*files, mode=config.peer_tls)
         targets: dict[str, ChunkTarget] = dict(self.local)
         for node in config.nodes:
             if node.name == config.node:
                 continue
             host, port = node.host_port()
-            client = PeerClient(node.name, host, port, config.peer_timeout_s, key=key)
+            client = PeerClient(node.name, host, port, config.peer_timeout_s, key=key, tls=self.tls)
             self.peers[node.name] = client
             for disk in node.disks:
                 targets[disk.id] = RemoteTarget(disk.id, client)
@@ -133,7 +137,9 @@ class Io:
         self.pinning: set[str] = set()  # volumes whose placement is being looked up
         self.starting: set[str] = set()  # volumes whose move is being started
         self.maintenance = Maintenance(self)
-        self.peer_server = PeerServer(self.local.get, self.maintenance.mark_corrupt, key=key)
+        self.peer_server = PeerServer(
+            self.local.get, self.maintenance.mark_corrupt, key=key, tls=self.tls
+        )
         self.nbd = NbdServer(ExportTable(self.open_export, self.export_names))
 
     def fail_disk(self, disk: str, why: str) -> None:
@@ -248,6 +254,13 @@ class Io:
         if spec.scheme.kind == "ec":
             return ErasureVolume(spec, self.cluster, degraded)
         return ReplicatedVolume(spec, self.cluster, degraded)
+
+    def apply_tls(self, config: IoConfig) -> None:
+        """Take a new peer TLS mode (the agent requires TLS once every member can); new
+        connections follow it, open ones go on. New files need a restart, as a new key does."""
+        if self.tls is not None and self.tls.mode != config.peer_tls:
+            log.info("peer TLS: %s from now on", config.peer_tls)
+            self.tls.mode = config.peer_tls
 
     def apply_volumes(self, configured: list[VolumeSpec]) -> None:
         """Bring the served volumes in line with `configured` (on start and on reload)."""
@@ -591,6 +604,7 @@ async def run(config_path: Path) -> None:
             log.error("config reload failed, keeping the old one: %s", exc)
             return
         io.apply_volumes(fresh.volumes)
+        io.apply_tls(fresh)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

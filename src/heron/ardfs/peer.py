@@ -14,7 +14,9 @@ ones in its high byte). A heron-io from before marks ignores it, and the parity 
 Reply:    magic u32 | status u32 (0 or an errno) | id u64 | length u32
 
 Before the first request, both ends of a connection prove they hold the cluster's peer key
-(peerauth.py); a connection that does not is closed before anything is served.
+(peerauth.py); a connection that does not is closed before anything is served. When both ends
+can, the connection then turns to TLS with the nodes' certificates (peertls.py), and every
+request and reply travels in it.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from heron.ardfs import peerauth
+from heron.ardfs import peerauth, peertls
 from heron.ardfs.chunkstore import Held
 from heron.ardfs.nbd import Disconnect
 from heron.ardfs.receiver import Receiver
@@ -151,10 +154,12 @@ class PeerServer:
         corrupt: Callable[[str, int, str], Awaitable[None]] | None = None,
         *,
         key: bytes,
+        tls: peertls.PeerTls | None = None,
     ):
         self.disks = disks
         self.corrupt = corrupt
         self.key = key  # the cluster's peer key: a client must prove it holds it
+        self.tls = tls  # the node's certificate: offered (or required) after the key
         self.handshake_timeout = peerauth.HANDSHAKE_TIMEOUT
         self.listener: socket.socket | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -182,15 +187,22 @@ class PeerServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._serve(sock, address))
 
-    async def _serve(self, sock: socket.socket, address: object = None) -> None:
+    async def _serve(self, plain: socket.socket, address: object = None) -> None:
         loop = asyncio.get_running_loop()
+        try:
+            authenticated = await self._authenticate(plain, address)
+        except BaseException:  # cancelled (the server closes)
+            plain.close()
+            raise
+        if authenticated is None:
+            plain.close()
+            return
+        sock = authenticated  # the TLS socket, if it turned to TLS
         sender = Sender(sock, loop)
         rx = Receiver(sock, loop)
         pending: set[asyncio.Task[None]] = set()
         spare: list[bytearray] = []  # a whole chunk's receive buffer, used again (see nbd.py)
         try:
-            if not await self._authenticate(sock, address):
-                return
             while True:
                 fields = REQUEST.unpack(await rx.exactly(REQUEST.size))
                 if fields[0] != REQUEST_MAGIC:
@@ -218,17 +230,32 @@ class PeerServer:
             rx.close()
             sock.close()
 
-    async def _authenticate(self, sock: socket.socket, address: object) -> bool:
-        """The client proved it holds the peer key (bounded in time); else one warning."""
+    async def _authenticate(self, sock: socket.socket, address: object) -> socket.socket | None:
+        """The socket to serve on once the client proved it holds the peer key and, if both
+        ends can, showed a certificate of the cluster in a TLS handshake (bounded in time):
+        the TLS socket then, `sock` else. None (and one warning) when it did not."""
+        loop = asyncio.get_running_loop()
+        tls = self.tls
+        offer = tls is not None and tls.available()
         try:
-            await peerauth.accept(
-                asyncio.get_running_loop(), sock, self.key, self.handshake_timeout
+            turn = await peerauth.accept(
+                loop,
+                sock,
+                self.key,
+                self.handshake_timeout,
+                offer=offer,
+                require=tls is not None and tls.required,
             )
-        except peerauth.AuthError as exc:
+            if not turn:
+                return sock
+            assert tls is not None
+            return await peertls.wrap(
+                loop, sock, tls, server_hostname=None, timeout=self.handshake_timeout
+            )
+        except (peerauth.AuthError, peertls.TlsHandshakeError, OSError) as exc:
             where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else address
             log.warning("peer connection from %s refused: %s", where, exc)
-            return False
-        return True
+            return None
 
     def _now(self, sender: Sender, fields: tuple[Any, ...], payload: bytearray | None) -> bool:
         """Carry out a page-cache read or write at once, without a task: True if done.
@@ -395,10 +422,20 @@ class PeerClient:
     """One pipelined connection to another node's heron-io, reconnected when lost."""
 
     def __init__(
-        self, node: str, host: str, port: int, timeout: float = REQUEST_TIMEOUT, *, key: bytes
+        self,
+        node: str,
+        host: str,
+        port: int,
+        timeout: float = REQUEST_TIMEOUT,
+        *,
+        key: bytes,
+        tls: peertls.PeerTls | None = None,
     ):
         self.node = node
         self.key = key  # the cluster's peer key, proved at each connection
+        # This node's certificate: the connection turns to TLS when the peer can, and the
+        # peer's certificate must name `node`.
+        self.tls = tls
         self.timeout = timeout
         self.host = host
         self.port = port
@@ -439,13 +476,25 @@ class PeerClient:
                 self.failure = str(exc) or type(exc).__name__
                 raise UnavailableError(f"node {self.node} is unreachable: {self.failure}") from exc
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.tls
+            limit = min(peerauth.HANDSHAKE_TIMEOUT, self.timeout)
             try:
-                await peerauth.connect(
-                    loop, sock, self.key, min(peerauth.HANDSHAKE_TIMEOUT, self.timeout)
+                turn = await peerauth.connect(
+                    loop,
+                    sock,
+                    self.key,
+                    limit,
+                    want=tls is not None and tls.available(),
+                    require=tls is not None and tls.required,
                 )
+                if turn:
+                    assert tls is not None
+                    sock = await peertls.wrap(
+                        loop, sock, tls, server_hostname=self.node, timeout=limit
+                    )
             except BaseException as exc:
                 sock.close()
-                if not isinstance(exc, peerauth.AuthError):
+                if not isinstance(exc, peerauth.AuthError | peertls.TlsHandshakeError | OSError):
                     raise  # cancelled
                 self.failed_at = time.monotonic()  # a wrong key is not fixed in a second
                 if self.failure != (failure := f"peer authentication failed: {exc}"):
@@ -453,6 +502,8 @@ class PeerClient:
                 self.failure = failure
                 raise UnavailableError(f"node {self.node}: {self.failure}") from exc
             self.failure = ""  # a later failure is news again
+            how = f"over {sock.version()}" if isinstance(sock, ssl.SSLSocket) else "in the clear"
+            log.info("connected to node %s %s", self.node, how)
             self.sock = sock
             self.sender = Sender(sock, loop)
             self.last_reply = time.monotonic()

@@ -14,7 +14,15 @@ before the server's does: neither side talks to someone without the key. Both no
 fresh and random, so a recorded handshake cannot be replayed; the labels keep one side's MAC
 from being reflected back as the other's. This authenticates the opening of a connection; it
 neither encrypts nor protects the bytes after it (someone able to rewrite traffic on the path
-could still take over an open connection: that needs TLS, not done).
+could still take over an open connection: that is what TLS after it is for, peertls.py).
+
+The spare words of HELLO and ANSWER carry flags; bit 0 (TLS) says "this end can turn the
+connection to TLS" (peertls.py). A release before them sends zero there and ignores them, so
+old and new ends still agree: the connection turns to TLS after the verdict only when both
+set the bit. A server that requires TLS answers a client that did not set it with the status
+EPROTO (a client of an older release reads any non-zero status as a refusal). The flags are
+not covered by the MACs (an older end could not check them): an attacker on the path can
+clear them, which only the "require" mode resists.
 
 The key file holds the key in hex (at least 32 bytes, 64 hex digits; surrounding whitespace
 is ignored) and must not be readable by group or others (mode 0600 or stricter).
@@ -47,6 +55,7 @@ VERDICT = struct.Struct("<II32s")
 HELLO_MAGIC = 0x48445241  # "ARDH" little-endian on the wire
 ANSWER_MAGIC = 0x43445241  # "ARDC"
 VERDICT_MAGIC = 0x56445241  # "ARDV"
+TLS = 1  # flag: this end can turn the connection to TLS (peertls.py)
 CLIENT = b"heron-ardfs-peer-auth client"
 SERVER = b"heron-ardfs-peer-auth server"
 
@@ -80,14 +89,20 @@ async def accept(
     sock: socket.socket,
     key: bytes,
     timeout: float = HANDSHAKE_TIMEOUT,
-) -> None:
+    *,
+    offer: bool = False,
+    require: bool = False,
+) -> bool:
     """Server side: returns once the client proved it holds `key` (and was told we do too);
-    raises AuthError otherwise. Nothing of the peer protocol is read before it returns."""
+    raises AuthError otherwise. Nothing of the peer protocol is read before it returns.
+    `offer`: say we can turn to TLS; `require`: refuse a client that does not. Whether the
+    connection turns to TLS now (both said they can)."""
     try:
         async with asyncio.timeout(timeout):
             server_nonce = secrets.token_bytes(NONCE)
-            await loop.sock_sendall(sock, HELLO.pack(HELLO_MAGIC, VERSION, 0, server_nonce))
-            magic, version, _, client_nonce, mac = ANSWER.unpack(
+            flags = TLS if offer else 0
+            await loop.sock_sendall(sock, HELLO.pack(HELLO_MAGIC, VERSION, flags, server_nonce))
+            magic, version, answered, client_nonce, mac = ANSWER.unpack(
                 await _recv(loop, sock, ANSWER.size)
             )
             if magic != ANSWER_MAGIC:
@@ -100,8 +115,15 @@ async def accept(
                 with contextlib.suppress(OSError):
                     await loop.sock_sendall(sock, refusal)
                 raise AuthError("wrong peer key")
+            tls = offer and bool(answered & TLS)
+            if require and not tls:
+                refusal = VERDICT.pack(VERDICT_MAGIC, errno.EPROTO, bytes(32))
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(sock, refusal)
+                raise AuthError("the client does not speak TLS (an older release?): required")
             proof = _mac(key, SERVER, server_nonce, client_nonce)
             await loop.sock_sendall(sock, VERDICT.pack(VERDICT_MAGIC, 0, proof))
+            return tls
     except TimeoutError:
         raise AuthError(f"no authentication within {timeout:g}s") from None
     except OSError as exc:
@@ -113,25 +135,41 @@ async def connect(
     sock: socket.socket,
     key: bytes,
     timeout: float = HANDSHAKE_TIMEOUT,
-) -> None:
-    """Client side: returns once both ends proved they hold `key`; raises AuthError otherwise."""
+    *,
+    want: bool = False,
+    require: bool = False,
+) -> bool:
+    """Client side: returns once both ends proved they hold `key`; raises AuthError otherwise.
+    `want`: say we can turn to TLS; `require`: give up on a server that cannot. Whether the
+    connection turns to TLS now (both said they can)."""
     try:
         async with asyncio.timeout(timeout):
-            magic, version, _, server_nonce = HELLO.unpack(await _recv(loop, sock, HELLO.size))
+            magic, version, offered, server_nonce = HELLO.unpack(
+                await _recv(loop, sock, HELLO.size)
+            )
             if magic != HELLO_MAGIC:
                 raise AuthError(f"the peer does not authenticate (magic {magic:#x})")
             if version != VERSION:
                 raise AuthError(f"the peer authenticates with version {version}, not {VERSION}")
+            tls = want and bool(offered & TLS)
+            if require and not tls:
+                raise AuthError("the peer does not offer TLS (an older release?): required")
             client_nonce = secrets.token_bytes(NONCE)
             mac = _mac(key, CLIENT, server_nonce, client_nonce)
-            await loop.sock_sendall(sock, ANSWER.pack(ANSWER_MAGIC, VERSION, 0, client_nonce, mac))
+            flags = TLS if tls else 0
+            await loop.sock_sendall(
+                sock, ANSWER.pack(ANSWER_MAGIC, VERSION, flags, client_nonce, mac)
+            )
             magic, status, proof = VERDICT.unpack(await _recv(loop, sock, VERDICT.size))
             if magic != VERDICT_MAGIC:
                 raise AuthError(f"bad authentication verdict (magic {magic:#x})")
+            if status == errno.EPROTO:
+                raise AuthError("the peer requires TLS, and this node cannot offer it")
             if status:
                 raise AuthError("the peer refused our key (the nodes hold different peer keys)")
             if not hmac.compare_digest(proof, _mac(key, SERVER, server_nonce, client_nonce)):
                 raise AuthError("the peer did not prove it holds the peer key")
+            return tls
     except TimeoutError:
         raise AuthError(f"no authentication within {timeout:g}s") from None
     except OSError as exc:

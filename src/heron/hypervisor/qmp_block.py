@@ -48,22 +48,33 @@ class BlockCommands(QMPCommands):
         await self.execute("blockdev-add", {"node-name": node_name, **options})
 
     async def blockdev_add_nbd(
-        self, node_name: str, host: str, port: int | str, *, export: str
+        self,
+        node_name: str,
+        host: str,
+        port: int | str,
+        *,
+        export: str,
+        tls_creds: str | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
-        """Add a block node that is the NBD export `export` of the server at host:port.
+        """Add a block node that is the NBD export `export` of the server at host:port; over
+        TLS with the `tls-creds-x509` object `tls_creds` (client endpoint), the server's
+        certificate checked for `tls_hostname` (default: `host`).
 
         Raises QMPCommandError when the name is taken or the server cannot be reached or
         has no such export; QMPSessionError.
         """
-        await self.execute(
-            "blockdev-add",
-            {
-                "driver": "nbd",
-                "node-name": node_name,
-                "export": export,
-                "server": {"type": "inet", "host": host, "port": str(port)},
-            },
-        )
+        options: dict[str, Any] = {
+            "driver": "nbd",
+            "node-name": node_name,
+            "export": export,
+            "server": {"type": "inet", "host": host, "port": str(port)},
+        }
+        if tls_creds is not None:
+            options["tls-creds"] = tls_creds
+            if tls_hostname is not None:
+                options["tls-hostname"] = tls_hostname
+        await self.execute("blockdev-add", options)
 
     async def blockdev_reopen(self, options: list[Mapping[str, Any]]) -> None:
         """Reopen existing nodes with new options, all at once (e.g. give a format node a
@@ -128,16 +139,21 @@ class BlockCommands(QMPCommands):
         """
         await self.execute("block_resize", {"node-name": node_name, "size": size})
 
-    async def nbd_server_start(self, host: str, port: int | str) -> None:
-        """Start QEMU's NBD server on host:port; it serves the exports added later.
+    async def nbd_server_start(
+        self, host: str, port: int | str, tls_creds: str | None = None
+    ) -> None:
+        """Start QEMU's NBD server on host:port; it serves the exports added later, only
+        over TLS if `tls_creds` names a `tls-creds-x509` object (server endpoint).
 
         Raises QMPCommandError when one already runs ("NBD server already running") or the
         address cannot be bound; QMPSessionError.
         """
-        await self.execute(
-            "nbd-server-start",
-            {"addr": {"type": "inet", "data": {"host": host, "port": str(port)}}},
-        )
+        arguments: dict[str, Any] = {
+            "addr": {"type": "inet", "data": {"host": host, "port": str(port)}}
+        }
+        if tls_creds is not None:
+            arguments["tls-creds"] = tls_creds
+        await self.execute("nbd-server-start", arguments)
 
     async def nbd_server_stop(self) -> None:
         """Stop QEMU's NBD server and drop its exports.

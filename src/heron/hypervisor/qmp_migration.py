@@ -66,10 +66,18 @@ class MigrationCommands(QMPCommands):
         )
 
     async def migrate_set_parameters(
-        self, *, downtime_limit_ms: int | None = None, max_bandwidth: int | None = None
+        self,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth: int | None = None,
+        tls_creds: str | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
         """Set the longest pause QEMU may take for the switch, and the transfer's bandwidth
-        cap in bytes per second; a parameter left out keeps its value.
+        cap in bytes per second; a parameter left out keeps its value. `tls_creds` names a
+        `tls-creds-x509` object (`tls_creds_add`): the migration stream then goes over TLS
+        ("" turns TLS off again); `tls_hostname` is the name the target's certificate must
+        carry (by default the host of the migration URI).
 
         Raises QMPCommandError for a value out of QEMU's range (the downtime limit is at most
         2000 s); QMPSessionError.
@@ -79,7 +87,48 @@ class MigrationCommands(QMPCommands):
             parameters["downtime-limit"] = downtime_limit_ms
         if max_bandwidth is not None:
             parameters["max-bandwidth"] = max_bandwidth
+        if tls_creds is not None:
+            parameters["tls-creds"] = tls_creds
+        if tls_hostname is not None:
+            parameters["tls-hostname"] = tls_hostname
         await self.execute("migrate-set-parameters", parameters)
+
+    async def migration_parameters(self) -> dict[str, Any]:
+        """QEMU's current migration parameters (`query-migrate-parameters`), by QMP name:
+        "tls-creds" is "" while the stream is plain.
+
+        Raises QMPSessionError.
+        """
+        return dict(await self.execute("query-migrate-parameters"))
+
+    async def tls_creds_add(self, object_id: str, directory: str, *, server: bool) -> None:
+        """Create a `tls-creds-x509` object from the files in `directory`: ca-cert.pem, and
+        server-cert.pem/server-key.pem (`server`) or client-cert.pem/client-key.pem. QEMU reads
+        them now, once: replacing the files later changes nothing for this object. A server
+        asks its clients for a certificate of the same CA (verify-peer); a client checks the
+        server's.
+
+        Raises QMPCommandError when the id is taken or a file is missing or unreadable;
+        QMPSessionError.
+        """
+        await self.execute(
+            "object-add",
+            {
+                "qom-type": "tls-creds-x509",
+                "id": object_id,
+                "dir": directory,
+                "endpoint": "server" if server else "client",
+                "verify-peer": True,
+            },
+        )
+
+    async def object_del(self, object_id: str) -> None:
+        """Remove a QOM object made by `object-add`.
+
+        Raises QMPCommandError when there is none by that id or it is still in use;
+        QMPSessionError.
+        """
+        await self.execute("object-del", {"id": object_id})
 
     async def migrate(self, uri: str) -> None:
         """Start sending the guest to `uri` ("tcp:HOST:PORT") where a target listens; returns

@@ -11,6 +11,12 @@ Accelerator = Literal["kvm", "tcg"]
 # What a node's release can do that older releases cannot (`Node.features`): a behaviour that
 # needs every node to take part waits until every live node says it can.
 WATCHDOG_PRESENCE = "watchdog-presence"  # its leader honours watchdogs' presence (ha/fence.py)
+# It receives and sends live migrations over TLS with its node certificate (agent/migration.py):
+# a migration is encrypted when both of its nodes say so, plain otherwise.
+MIGRATION_TLS = "migration-tls"
+# Its heron-io offers and accepts TLS on peer connections (ardfs/peertls.py); once every member
+# of a pool says so, its heron-io refuse plain peers.
+ARDFS_PEER_TLS = "ardfs-peer-tls"
 
 
 class Node(Record):
