@@ -56,7 +56,7 @@ from bench.common import (
     write_result,
 )
 from bench.linkcut import LinkCutError, LinkCuts
-from heron.devcluster import DevCluster
+from heron.devcluster import DevCluster, NodeSpec
 from heron.testguest import build, disklog
 from heron.testguest.net import GuestCommandError, run_command
 
@@ -129,6 +129,12 @@ class Chaos:
         self.transient: list[str] = []
         self.active: dict[str, Fault] = {}  # node -> its fault now
         self.quorum_fault = False  # an etcd member down or cut off: never two at once
+        # Each VM's console on each node, as read so far: a node deletes a VM's directory,
+        # console log included, when the VM leaves it, and what the guest acknowledged there
+        # must still count.
+        self.consoles: dict[tuple[str, str], list[str]] = {}
+        self.read_upto: dict[tuple[str, str], int] = {}
+        self.console_lock = threading.Lock()
         self.links: LinkCuts | None = None
         self.stop = threading.Event()
         tls = cluster.tls()
@@ -201,7 +207,17 @@ class Chaos:
             self.task_end(reply["task"], 300)
             self.protected.append(reply["vm"])
         for vm_id in self.protected:
-            wait_for(lambda v=vm_id: self.disklog(v).writers, BOOT, f"{vm_id}'s disk log")
+            try:
+                wait_for(lambda v=vm_id: self.disklog(v).writers, BOOT, f"{vm_id}'s disk log")
+            except BenchError as exc:
+                vm = self.ok("GET", f"/vms/{vm_id}")
+                with self.console_lock:
+                    said = "".join(t for (v, _), ts in self.consoles.items() if v == vm_id
+                                   for t in ts)  # fmt: skip
+                raise BenchError(
+                    f"{exc}: {vm['name']} is {vm['power']}/{vm['state']} on {vm['node']}; "
+                    f"its console's end: {said[-1500:]!r}"
+                ) from exc
 
     # -- the workload ------------------------------------------------------------------------
 
@@ -406,18 +422,13 @@ class Chaos:
         its memory check, its disk log). Counting QEMU processes would not do: a live
         migration has two for a while, one of them paused."""
         grew: dict[str, dict[int, set[str]]] = {}  # VM -> second -> nodes whose console grew
-        sizes: dict[tuple[str, str], int] = {}
         reported: set[str] = set()
         while not self.stop.is_set():
             second = int(time.monotonic())
             for vm_id in list(self.protected):
                 for node in self.cluster.nodes:
-                    log = Path(node.state_dir) / "vms" / vm_id / "console.log"
-                    with contextlib.suppress(OSError):
-                        size = log.stat().st_size
-                        if size > sizes.get((vm_id, node.name), size):
-                            grew.setdefault(vm_id, {}).setdefault(second, set()).add(node.name)
-                        sizes[(vm_id, node.name)] = size
+                    if self.collect(vm_id, node):
+                        grew.setdefault(vm_id, {}).setdefault(second, set()).add(node.name)
                 seconds = grew.get(vm_id, {})
                 both = [t for t in range(second - OVERLAP, second) if len(seconds.get(t, ())) > 1]
                 if len(both) == OVERLAP and vm_id not in reported:
@@ -428,12 +439,33 @@ class Chaos:
                     del seconds[old]
             self.stop.wait(0.1)  # the polling period
 
+    def collect(self, vm_id: str, node: NodeSpec) -> bool:
+        """Read what the VM's console on `node` printed since the last look; whether it
+        grew. A new file (the VM back on a node that had deleted its directory) is read from
+        its start; what the old one said is kept."""
+        key = (vm_id, node.name)
+        log = Path(node.state_dir) / "vms" / vm_id / "console.log"
+        with self.console_lock:
+            first = key not in self.read_upto
+            try:
+                with log.open("rb") as console:
+                    size = console.seek(0, os.SEEK_END)
+                    upto = self.read_upto.get(key, 0)
+                    if size < upto:
+                        upto = 0
+                    console.seek(upto)
+                    text = console.read(size - upto).decode(errors="replace")
+            except OSError:
+                return False
+            self.read_upto[key] = size
+            self.consoles.setdefault(key, []).append(text)
+            return bool(text) and not first
+
     def disklog(self, vm_id: str) -> disklog.DiskLog:
-        texts = []
         for node in self.cluster.nodes:
-            with contextlib.suppress(OSError):
-                log = Path(node.state_dir) / "vms" / vm_id / "console.log"
-                texts.append(log.read_text(errors="replace"))
+            self.collect(vm_id, node)
+        with self.console_lock:
+            texts = ["".join(v) for (vm, _), v in self.consoles.items() if vm == vm_id]
         return disklog.read(texts)
 
     def converge(self, settle: float) -> None:
