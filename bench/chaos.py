@@ -59,6 +59,8 @@ from bench.linkcut import LinkCutError, LinkCuts
 from heron.devcluster import DevCluster, NodeSpec
 from heron.testguest import build, disklog
 from heron.testguest.net import GuestCommandError, run_command
+from heron.util.proc import command_lines
+from heron.util.wait import until_sync
 
 BOOT = 240  # a test guest's boot under TCG on a loaded machine
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -105,14 +107,8 @@ def qemus_by_vm(root: str) -> dict[str, set[str]]:
     """VM id -> the runtime directories (one per node) where a QEMU of it runs, for the
     devcluster under `root` (other clusters may run on the machine)."""
     found: dict[str, set[str]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if args and args[0].endswith("qemu-system-x86_64") and "-uuid" in args:
+    for _, args in command_lines():
+        if args[0].endswith("qemu-system-x86_64") and "-uuid" in args:
             home = str(Path(args[args.index("-pidfile") + 1]).parent.parent.parent)
             if home.startswith(root):
                 found.setdefault(args[args.index("-uuid") + 1], set()).add(home)
@@ -310,9 +306,12 @@ class Chaos:
         has Restart=always); each such exit is counted and noted, not a violation."""
         for node in self.cluster.nodes:
             fault = self.active.get(node.name)
-            if (fault is None or fault.kind != "kill_agent") and self.cluster.herond_pid(
-                node
-            ) is None:
+            if fault is not None and fault.kind == "kill_agent":
+                continue
+            # Looked at twice: one read of its pidfile and /proc can miss a live process.
+            if self.cluster.herond_pid(node) is None and not until_sync(
+                lambda n=node: self.cluster.herond_pid(n), 1, 0.2
+            ):
                 self.run.operations["agent exited by itself"] += 1
                 self.run.note(f"{node.name}'s agent exited by itself: started again")
                 self._start(node.name)

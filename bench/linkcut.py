@@ -23,6 +23,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from heron.util.proc import command_lines
+
 NET_CLS = Path("/sys/fs/cgroup/net_cls")
 CLASS_BASE = 0x4E520000  # "NR": class ids far from any that traffic control may use
 MAX_NODES = 16  # conntrack marks are 32 bits: one per node for each direction
@@ -55,17 +57,11 @@ def processes_of(markers: Iterable[str]) -> list[int]:
     """Pids whose command line names one of `markers` (a node's directories) or a path
     under one."""
     wanted = list(markers)
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any(a == m or a.startswith(m + "/") or f"={m}/" in a for a in args for m in wanted):
-            found.append(int(proc.name))
-    return found
+    return [
+        pid
+        for pid, args in command_lines()
+        if any(a == m or a.startswith(m + "/") or f"={m}/" in a for a in args for m in wanted)
+    ]
 
 
 class LinkCuts:

@@ -19,6 +19,7 @@ from websockets.typing import Subprotocol
 from heron.configdb import keys
 from heron.devcluster import DevCluster
 from heron.testguest import console
+from heron.util.proc import command_lines
 from heron.util.wait import until, until_sync
 
 T = TypeVar("T")
@@ -169,17 +170,11 @@ def etcd_snapshot(cluster: DevCluster) -> dict[str, tuple[bytes, int]]:
 
 def _qemus(vm_id: str) -> dict[int, str]:
     """pid -> pidfile path of every QEMU on this machine running `vm_id` (its -uuid)."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if args and args[0].endswith("qemu-system-x86_64") and vm_id in args:
-            found[int(proc.name)] = args[args.index("-pidfile") + 1]
-    return found
+    return {
+        pid: args[args.index("-pidfile") + 1]
+        for pid, args in command_lines()
+        if args[0].endswith("qemu-system-x86_64") and vm_id in args
+    }
 
 
 def qemu_processes(vm_id: str) -> list[int]:

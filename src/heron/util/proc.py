@@ -4,7 +4,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from heron.util.wait import until_sync
@@ -20,6 +20,13 @@ def cmdline(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def command_lines() -> Iterator[tuple[int, list[str]]]:
+    """(pid, its arguments) of every process that has any (kernel threads have none)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (args := cmdline(int(entry))):
+            yield int(entry), args
 
 
 def is_zombie(pid: int) -> bool:
