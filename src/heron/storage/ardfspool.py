@@ -68,8 +68,30 @@ class ArdfsPool(PoolDriver):
             raise StorageError("an ardfs volume is attached only through the node agent")
         if incoming:
             await self.wait_served(volume)  # exported here as the standby
-        else:
-            await self.wait_served(await claim(self.db, volume.id, node))
+            return
+        claimed = await claim(self.db, volume.id, node)
+        await self.wait_owned(claimed)
+        await self.wait_served(claimed)
+
+    async def wait_owned(self, volume: Volume) -> None:
+        """Until this node's heron-io serves the volume as its owner at its epoch, as its
+        status file says (rewritten every second). Serving alone is not enough: heron-io
+        may still export the volume as it was while it applies the claim, and a client
+        that opens it then meets "no export" once the new owner is applied."""
+        status = self.state_dir / "ardfs" / self.pool.name / "state" / "status.json"
+
+        async def owned() -> bool:
+            try:
+                seen = json.loads(status.read_text()).get("volumes", {}).get(volume.id)
+            except (OSError, ValueError):
+                return False
+            return bool(seen) and seen.get("owned", True) and seen.get("epoch") == volume.epoch
+
+        if await until(owned, SERVE_TIMEOUT, 0.2) is None:
+            raise StorageError(
+                f"heron-io on this node does not serve {volume.name} as its owner at epoch "
+                f"{volume.epoch}"
+            )
 
     async def create(self, volume: Volume) -> None:
         await self.wait_members()
