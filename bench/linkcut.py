@@ -81,6 +81,7 @@ class LinkCuts:
         self.origin: dict[int, Path] = {}  # pid -> the net_cls cgroup it was in
 
     def __enter__(self) -> LinkCuts:
+        self.sweep()
         for node, group in self.groups.items():
             group.mkdir(exist_ok=True)
             (group / "net_cls.classid").write_text(str(self._class(node)))
@@ -102,6 +103,23 @@ class LinkCuts:
                     )
             with contextlib.suppress(OSError):
                 group.rmdir()
+
+    def sweep(self) -> None:
+        """Remove the tables and cgroups of runs that were killed before they could."""
+        listing = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        for line in listing.stdout.splitlines():
+            name = line.split()[-1]
+            pid = name.removeprefix("heron_cuts_")
+            if pid != name and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                subprocess.run(["nft", "delete", "table", "inet", name], capture_output=True)
+        for group in self.root.glob("heron-cut-*"):
+            pid = group.name.split("-")[2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                for member in _members(group):
+                    with contextlib.suppress(OSError):
+                        (self.root / "cgroup.procs").write_text(str(member))
+                with contextlib.suppress(OSError):
+                    group.rmdir()
 
     def _class(self, node: str) -> int:
         return CLASS_BASE + self.bits[node] + 1
