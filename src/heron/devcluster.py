@@ -20,8 +20,8 @@ import httpx
 
 from heron.agent.certificates import node_names
 from heron.configdb import ConfigDB
+from heron.configdb.client import EtcdTls
 from heron.configdb.etcd import EtcdMember
-from heron.configdb.store import EtcdTls
 from heron.errors import HeronError
 from heron.network import fabric
 from heron.tls import Authority, NodeCredentials, issue, make_authority

@@ -51,9 +51,9 @@ from heron.api.auth import hash_password
 from heron.api.context import ApiContext
 from heron.audit import AuditLog
 from heron.configdb import UNREACHABLE, ConfigDB, Conflict, keys
+from heron.configdb.client import EtcdTls
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.lease import startup_endpoints
-from heron.configdb.store import EtcdTls
 from heron.ha.controller import FailoverController
 from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups

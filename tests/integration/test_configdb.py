@@ -10,6 +10,8 @@ client fail-over.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -161,6 +163,42 @@ async def test_watch_resumes_across_etcd_restart(tmp_path: Path) -> None:
                 await watcher.close()
     finally:
         member.stop()
+
+
+async def test_a_watch_answered_late_never_feeds_the_next_one(
+    db: ConfigDB, etcd: EtcdMember, prefix: str
+) -> None:
+    """A watch whose create timed out (etcd paused) is answered once etcd runs again; that
+    answer must not be taken for the next watch created meanwhile (configdb.client.Watcher),
+    which would then see the first prefix's events and never its own."""
+    # The channel and the watch stream open first: a paused etcd would not let them.
+    opened = await db.client.watch_prefix(f"{prefix}opened/".encode())
+    watcher = db.client._watcher  # the client's one watch stream (made at connect)
+    pid = etcd.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        watcher._timeout = 0.5  # well before gRPC's keepalive gives up on the paused member
+        with pytest.raises(aetcd.exceptions.WatchTimeoutError):
+            await db.client.watch_prefix(f"{prefix}first/".encode())
+        watcher._timeout = 30
+        second = asyncio.create_task(db.client.watch_prefix(f"{prefix}second/".encode()))
+
+        async def sent() -> bool:
+            return watcher._new_callback is not None  # its create request is queued
+
+        await eventually(sent, 10, "the second watch's create request")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    watch = await second
+    try:
+        await db.put(f"{prefix}first/k", "1")
+        await db.put(f"{prefix}second/k", "2")
+        event = await asyncio.wait_for(anext(aiter(watch)), 30)
+        assert (event.kv.key, event.kv.value) == (f"{prefix}second/k".encode(), b"2")
+    finally:
+        await watch.cancel()
+        await opened.cancel()
 
 
 # -- watch-fed caches -------------------------------------------------------------------------

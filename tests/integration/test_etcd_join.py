@@ -19,8 +19,8 @@ from support import Api, wait_for
 from heron import devcluster
 from heron.agent.certificates import join_cluster, node_names
 from heron.configdb import ConfigDB, keys
+from heron.configdb.client import EtcdTls
 from heron.configdb.etcd import EtcdMember
-from heron.configdb.store import EtcdTls
 from heron.devcluster import DevCluster
 from heron.models.cluster import ClusterAuthority
 from heron.services.cluster import join_token_hash

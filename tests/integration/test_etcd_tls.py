@@ -16,8 +16,8 @@ import pytest
 
 from heron.agent.certificates import node_names
 from heron.configdb import ConfigDB, keys
+from heron.configdb.client import EtcdTls
 from heron.configdb.etcd import EtcdMember
-from heron.configdb.store import EtcdTls
 from heron.errors import ConfigDBError
 from heron.models.cluster import ClusterAuthority
 from heron.tls import Authority, NodeCredentials, issue, make_authority

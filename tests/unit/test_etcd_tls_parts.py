@@ -19,9 +19,9 @@ from heron.agent.certificates import (
     node_names,
     pending_authority,
 )
+from heron.configdb.client import EtcdTls, grpc_target, secure
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.lease import ENDPOINTS_FILE, startup_endpoints
-from heron.configdb.store import EtcdTls, grpc_target, secure
 from heron.errors import ConfigDBError
 from heron.services import cluster
 from heron.tls import NodeCredentials, TlsError, due_for_renewal, make_authority

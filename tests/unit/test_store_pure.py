@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from heron.configdb.store import Txn, grpc_target
+from heron.configdb.client import grpc_target
+from heron.configdb.store import Txn
 from heron.models import Pool
 
 

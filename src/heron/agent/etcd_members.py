@@ -16,10 +16,11 @@ import aetcd.exceptions
 
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB, Txn, keys
+from heron.configdb.client import EtcdTls
 from heron.configdb.election import Election
 from heron.configdb.etcd import EtcdMember
 from heron.configdb.membership import Membership, voters_wanted
-from heron.configdb.store import EtcdTls, parse
+from heron.configdb.store import parse
 from heron.models.node import EtcdJoin, NodeSettings
 from heron.scheduler.inventory import live_nodes
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from heron.configdb import keys
+from heron.configdb.client import EtcdTls
 from heron.configdb.lease import LeaseThread
-from heron.configdb.store import EtcdTls
 from heron.models.node import Node
 
 STALL_LIMIT = 10.0

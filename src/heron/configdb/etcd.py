@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heron.configdb.store import EtcdTls
+from heron.configdb.client import EtcdTls
 from heron.errors import ConfigDBError
 from heron.util.proc import read_pidfile, spawn_detached, terminate, wait_until
 

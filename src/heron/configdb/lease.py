@@ -11,7 +11,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from heron.configdb.store import ConfigDB, EtcdTls
+from heron.configdb.client import EtcdTls
+from heron.configdb.store import ConfigDB
 from heron.models.common import Record
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ from typing import Any
 import aetcd.exceptions
 import aetcd.rpc
 
-from heron.configdb.store import REQUEST_TIMEOUT, ConfigDB, member_removed
+from heron.configdb.client import REQUEST_TIMEOUT
+from heron.configdb.store import ConfigDB, member_removed
 
 
 @dataclass(frozen=True)

@@ -14,35 +14,28 @@ import builtins
 import contextlib
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import aetcd
 import aetcd.exceptions
 import aetcd.rpc
 import aetcd.rtypes
 import aetcd.watcher
-import grpc
 from pydantic import BaseModel, ValidationError
 
 from heron.configdb import cas
 
 # Conflict is defined with the retry that handles it; callers have always imported it here.
 from heron.configdb.cas import Conflict as Conflict
-from heron.errors import ConfigDBError
-from heron.tls import NodeCredentials
+from heron.configdb.client import REQUEST_TIMEOUT, Client, EtcdTls, make_client
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
-# A request that etcd has not answered in this time is failed rather than hung on.
-REQUEST_TIMEOUT = 5.0
 READ_ATTEMPTS = 3
 _RETRYABLE = (
     aetcd.exceptions.ConnectionFailedError,
@@ -163,141 +156,6 @@ class Txn:
         return self
 
 
-@dataclass(frozen=True)
-class EtcdTls:
-    """What a client of an etcd that speaks TLS shows and trusts: the cluster CA (the only
-    one trusted), and this node's certificate and key (etcd asks every client for one)."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-    @classmethod
-    def of(cls, credentials: NodeCredentials) -> EtcdTls:
-        return cls(credentials.ca_file, credentials.cert_file, credentials.key_file)
-
-    @classmethod
-    def in_state_dir(cls, state_dir: Path) -> EtcdTls:
-        """A node's own credentials (where `NodeCredentials` keeps them)."""
-        return cls.of(NodeCredentials(state_dir / "tls"))
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.key_file.read_bytes(),
-            certificate_chain=self.cert_file.read_bytes(),
-        )
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """The same, for HTTP calls to etcd (its /health)."""
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
-def secure(endpoints: Sequence[str]) -> bool:
-    """Whether these endpoints speak TLS: https:// ones do; plain host:port or http:// ones
-    do not (every cluster before etcd's TLS, which keeps working as it was). A mix is
-    refused: one client talks to one cluster, and a cluster is one or the other."""
-    kinds = {e.startswith("https://") for e in endpoints}
-    if len(kinds) > 1:
-        raise ConfigDBError(f"etcd endpoints mix https:// and plain ones: {list(endpoints)}")
-    return kinds == {True}
-
-
-def strip_scheme(endpoint: str) -> str:
-    return endpoint.removeprefix("https://").removeprefix("http://")
-
-
-def grpc_target(endpoints: Sequence[str]) -> tuple[str, int]:
-    """Turn ["127.0.0.1:2379", ...] into the host and port aetcd joins into one gRPC target.
-
-    gRPC's `ipv4:` scheme takes a list of addresses and fails over between them, which is how
-    one client talks to a 3- or 5-member cluster; aetcd only joins host and port with a colon.
-    """
-    hosts = [strip_scheme(e) for e in endpoints]
-    if len(hosts) == 1:
-        host, port = hosts[0].rsplit(":", 1)
-        return host, int(port)
-    last_host, last_port = hosts[-1].rsplit(":", 1)
-    return "ipv4:" + ",".join([*hosts[:-1], last_host]), int(last_port)
-
-
-class _TlsClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd's client over a TLS channel: aetcd 1.0 only opens plaintext ones, so `connect`
-    is its own here (the same stubs and watcher, on `grpc.aio.secure_channel`)."""
-
-    def __init__(self, tls: EtcdTls, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._tls = tls
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        if self._is_connecting:  # type: ignore[has-type]  # another task opens the channel: wait for it
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
-            return
-        self._is_connecting = True
-        try:
-            # Read on each connect: a renewed certificate is used from the next channel on.
-            self.channel = aetcd.rpc.secure_channel(
-                f"{self._host}:{self._port}",
-                self._tls.channel_credentials(),
-                options=self._options.items(),
-            )
-            self.kvstub = aetcd.rpc.KVStub(self.channel)
-            self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
-            self.leasestub = aetcd.rpc.LeaseStub(self.channel)
-            self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
-            self._watcher = aetcd.watcher.Watcher(
-                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
-            )
-            self._connected.set()
-        finally:
-            self._is_connecting = False
-
-
-def _client(endpoints: Sequence[str], tls: EtcdTls | None = None) -> aetcd.Client:
-    host, port = grpc_target(endpoints)
-    options: dict[str, Any] = {}
-    if secure(endpoints):
-        if tls is None:
-            raise ConfigDBError(
-                f"etcd at {list(endpoints)} speaks TLS: a client needs the cluster CA and a "
-                "node certificate"
-            )
-        if len(endpoints) > 1:
-            # One target of several addresses has no one name to check: every member's
-            # certificate names its loopback addresses too (`node_names`), and only the
-            # cluster's CA is trusted, so "a node of this cluster" is what is checked.
-            options["grpc.ssl_target_name_override"] = "localhost"
-    make = aetcd.Client if tls is None or not secure(endpoints) else partial(_TlsClient, tls)
-    return make(
-        host=host,
-        port=port,
-        timeout=int(REQUEST_TIMEOUT),
-        options=options
-        | {
-            # Notice a dead member quickly so the channel fails over to another one.
-            "grpc.keepalive_time_ms": 2000,
-            "grpc.keepalive_timeout_ms": 2000,
-            # Only while calls or watches are open: etcd counts a ping on an idle
-            # connection as abuse and closes it (GOAWAY "too_many_pings"), whatever
-            # its --grpc-keepalive-min-time. An idle client has nothing to fail over.
-            "grpc.keepalive_permit_without_calls": 0,
-            "grpc.http2.max_pings_without_data": 0,
-            "grpc.max_receive_message_length": 64 * 1024 * 1024,
-            # Spread requests over every member rather than all to the first that answers.
-            "grpc.lb_policy_name": "round_robin",
-            # gRPC waits up to 120 s before redialling a member that was down: far too
-            # long for a ConfigDB that is back within seconds.
-            "grpc.initial_reconnect_backoff_ms": 100,
-            "grpc.min_reconnect_backoff_ms": 100,
-            "grpc.max_reconnect_backoff_ms": 1000,
-        },
-    )
-
-
 class Writes(abc.ABC):
     """The ConfigDB's writes of one record, all made of `commit` and `get` (so the tests'
     in-memory ConfigDB, which provides those two, writes exactly the same way)."""
@@ -348,16 +206,16 @@ class ConfigDB(Writes):
         `tls` says what to show and trust)."""
         self.endpoints = list(endpoints)
         self.tls = tls
-        self.client = _client(self.endpoints, tls)
+        self.client = make_client(self.endpoints, tls)
         # Clients of earlier endpoint lists: watches opened on them carry on until they
         # break and resume on the current client; closed with this ConfigDB.
-        self._retired: list[aetcd.Client] = []
+        self._retired: list[Client] = []
 
     async def use_endpoints(self, endpoints: Sequence[str]) -> bool:
         """Talk to these members from now on (etcd grew or shrank); False if unchanged."""
         if not endpoints or set(endpoints) == set(self.endpoints):
             return False
-        client = _client(endpoints, self.tls)
+        client = make_client(endpoints, self.tls)
         await client.connect()
         self._retired.append(self.client)
         self.client, self.endpoints = client, list(endpoints)

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
+from heron.configdb.client import EtcdTls, secure
 from heron.configdb.lease import LeaseThread, startup_endpoints
-from heron.configdb.store import EtcdTls, secure
 from heron.models.node import WATCHDOG_PRESENCE, Node, Watchdog
 from heron.models.settings import ClusterSettings
 from heron.util.proc import read_pidfile
