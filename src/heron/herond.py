@@ -40,6 +40,7 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
+from heron.agent.monitor import Measurements
 from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
@@ -61,6 +62,9 @@ from heron.hypervisor.accel import choose_accelerator, qemu_version
 from heron.models.auth import Role, User
 from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
+from heron.monitor.catalog import METRICS
+from heron.monitor.recorder import Recorder
+from heron.monitor.store import Store
 from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
@@ -265,6 +269,11 @@ async def run(config: AgentConfig) -> None:
     serving = None if config.insecure_http else credentials.server_context()
     if serving is not None:
         certificates.serving.append(serving)
+    recorder = Recorder(
+        await asyncio.to_thread(Store, config.state_dir / "monitor"),
+        {m.name: m.kind for m in METRICS.values()},
+    )
+    measurements = Measurements(recorder, [])
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(
             db=db,
@@ -275,6 +284,7 @@ async def run(config: AgentConfig) -> None:
             inventory=inventory,
             guest_agent=vms.guest_agent,
             peer_tls=peer_tls,
+            monitor=recorder,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -328,6 +338,7 @@ async def run(config: AgentConfig) -> None:
                 ("agent-grace", tell_grace(db, config.state_dir, config.lease_ttl)),
                 ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
+                ("metrics", measurements.run()),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),

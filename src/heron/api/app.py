@@ -14,6 +14,7 @@ from heron.api.routes import (
     events,
     groups,
     guest,
+    metrics,
     networks,
     nodes,
     pools,
@@ -56,8 +57,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         stream,
         console,
         guest,
+        metrics,
     ):
         app.include_router(module.router, prefix=API)
+    app.include_router(metrics.prometheus)
 
     @app.middleware("http")
     async def audit(

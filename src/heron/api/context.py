@@ -12,6 +12,7 @@ from heron.api.listing import RenderedViews
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB
 from heron.hypervisor.qga import GuestAgent
+from heron.monitor.recorder import Recorder
 from heron.scheduler.inventory import Inventory
 
 
@@ -31,3 +32,5 @@ class ApiContext:
     # What calls to other nodes check their certificates with (the cluster CA): `http` has
     # it already; the console relay's websockets need it too.
     peer_tls: ssl.SSLContext | None = None
+    # This node's metrics (its history and latest samples); None where nothing is measured.
+    monitor: Recorder | None = None

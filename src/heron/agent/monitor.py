@@ -1,0 +1,62 @@
+"""The node's measuring loop: every ten seconds each source is asked for its samples, and
+the round is recorded (history on the node's disk, latest for `/metrics`).
+
+A source that fails or overruns its time is left out of that round, never the others'; the
+rounds stay on the ten-second grid (a slow round skips a slot rather than drift).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from heron.monitor.recorder import Recorder
+from heron.monitor.series import Sample
+from heron.monitor.store import RAW
+
+log = logging.getLogger(__name__)
+
+Source = Callable[[], Awaitable[list[Sample]]]
+
+
+class Measurements:
+    def __init__(
+        self,
+        recorder: Recorder,
+        sources: Sequence[tuple[str, Source]],
+        interval: float = RAW.step,
+        timeout: float = 5.0,
+    ):
+        self.recorder = recorder
+        self.sources = sources
+        self.interval = interval
+        self.timeout = timeout
+        self.failing: set[str] = set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval - time.time() % self.interval)
+                await self.round(time.time())
+        finally:
+            await asyncio.to_thread(self.recorder.store.flush)
+
+    async def round(self, t: float) -> None:
+        parts = await asyncio.gather(*(self._ask(name, source) for name, source in self.sources))
+        samples = [s for part in parts for s in part]
+        await asyncio.to_thread(self.recorder.record, t, samples)
+
+    async def _ask(self, name: str, source: Source) -> list[Sample]:
+        try:
+            samples = await asyncio.wait_for(source(), self.timeout)
+        except Exception as exc:  # one source's trouble is not the round's
+            if name not in self.failing:
+                log.warning("metrics source %s failed: %r", name, exc)
+                self.failing.add(name)
+            return []
+        if name in self.failing:
+            log.info("metrics source %s works again", name)
+            self.failing.discard(name)
+        return samples

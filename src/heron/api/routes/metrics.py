@@ -1,0 +1,106 @@
+"""Monica over HTTP: the history of any series, gathered from the nodes that hold it; the
+catalog of metrics; and `/metrics` (mounted outside /api/v1, where Prometheus looks)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from heron.api import auth
+from heron.api.auth import Principal
+from heron.api.context import ApiContext
+from heron.api.errors import Forbidden, Invalid, NotFound
+from heron.api.fanout import ask_others
+from heron.models.auth import Role
+from heron.monitor import query
+from heron.monitor.catalog import METRICS
+from heron.monitor.export import exposition
+from heron.monitor.recorder import Recorder
+from heron.monitor.store import HOUR
+from heron.services.lookup import find_vm
+
+router = APIRouter(tags=["metrics"])
+prometheus = APIRouter(tags=["metrics"])  # at the server's root
+
+
+def _recorder(request: Request) -> Recorder:
+    ctx: ApiContext = request.app.state.ctx
+    if ctx.monitor is None:
+        raise NotFound("this node keeps no metrics")
+    return ctx.monitor
+
+
+@router.get("/metrics/catalog")
+async def catalog(_: Principal = Depends(auth.signed_in)) -> list[dict[str, str]]:
+    """Every metric: its name, kind (counter: its history is a rate per second) and meaning."""
+    return [{"name": m.name, "kind": m.kind, "help": m.help} for m in METRICS.values()]
+
+
+def _labels(given: list[str]) -> tuple[tuple[str, str], ...]:
+    labels = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier() or '"' in value or "\n" in value:
+            raise Invalid("query.label", f"{item!r} is not name=value")
+        labels[name] = value
+    return tuple(sorted(labels.items()))
+
+
+@router.get("/metrics/history")
+async def history(
+    request: Request,
+    metric: str = Query(description="a metric of the catalog"),
+    label: list[str] = Query(
+        default_factory=list, description="name=value, repeated: e.g. vm=<id>, mode=user"
+    ),
+    start: float | None = Query(None, description="seconds since the epoch; default: an hour ago"),
+    end: float | None = Query(None, description="seconds since the epoch; default: now"),
+    step: float | None = Query(None, gt=0, description="seconds a point covers at least"),
+    now: float | None = Query(None, description="(between nodes) the asking node's clock"),
+    local: bool = False,
+    principal: Principal = Depends(auth.signed_in),
+) -> dict[str, Any]:
+    """Points (time, min, avg, max) of every series of `metric` whose labels include the
+    given ones: 10 s samples for recent short ranges, 1 min and 1 h rollups beyond. Without
+    a cluster-wide viewer role, only a VM's series (a `vm` label) the caller may see."""
+    ctx: ApiContext = request.app.state.ctx
+    recorder = _recorder(request)
+    if metric not in METRICS:
+        raise Invalid("query.metric", f"no metric {metric!r} (GET /metrics/catalog lists them)")
+    labels = _labels(label)
+    now = time.time() if now is None else now
+    end = now if end is None else end
+    start = end - 3600 if start is None else start
+    if end <= start:
+        raise Invalid("query.end", "must be after start")
+    if now - start > HOUR.keep:
+        raise Invalid("query.start", f"history goes back {HOUR.keep // 86400} days at most")
+    await _may_read(request, principal, dict(labels))
+    answer = query.read(recorder.store, metric, labels, start, end, step, now)
+    if local:
+        return answer
+    params = {"metric": metric, "label": label, "start": start, "end": end, "now": now}
+    if step is not None:
+        params["step"] = step
+    others = await ask_others(request, "/metrics/history", params)
+    return query.merge({ctx.node: answer, **others})
+
+
+async def _may_read(request: Request, principal: Principal, labels: dict[str, str]) -> None:
+    if auth.suffices(principal.role, Role.viewer):
+        return
+    if "vm" not in labels:
+        raise Forbidden("series of nodes and of every VM need the viewer role cluster-wide")
+    db = request.app.state.ctx.db
+    vm = (await find_vm(db, labels["vm"])).value
+    await auth.check_on(db, principal, auth.vm_scopes(vm), Role.viewer, f"VM {labels['vm']!r}")
+
+
+@prometheus.get("/metrics", response_class=Response)
+async def metrics(request: Request, _: Principal = Depends(auth.viewer)) -> Response:
+    """This node's latest samples in Prometheus's text exposition (for a scraper with a token)."""
+    samples = _recorder(request).current()[1]
+    return Response(exposition(samples, METRICS), media_type=CONTENT_TYPE_LATEST)
