@@ -1,0 +1,121 @@
+"""heron metrics: what Monica measured, as a table with a sparkline per series."""
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from heron.cli.client import Client, fail
+from heron.cli.options import Json
+from heron.cli.output import Column, emit
+
+app = typer.Typer(no_args_is_help=True, help="Measurements and their history.")
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def duration(text: str) -> float:
+    """`90s`, `15m`, `6h`, `7d`, `1y` (or plain seconds)."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "s")
+    try:
+        value = float(number) * UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 15m, 6h, 7d, 1y)")
+    return value
+
+
+def sparkline(values: list[float | None], width: int = 40) -> str:
+    if not values:
+        return ""
+    per = max(1, -(-len(values) // width))
+    buckets = [values[i : i + per] for i in range(0, len(values), per)]
+    means = [
+        sum(known) / len(known) if (known := [v for v in b if v is not None]) else None
+        for b in buckets
+    ]
+    known = [m for m in means if m is not None]
+    low, high = (min(known), max(known)) if known else (0.0, 0.0)
+    span = high - low or 1.0
+    return "".join(
+        " " if m is None else BARS[min(len(BARS) - 1, int((m - low) / span * len(BARS)))]
+        for m in means
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def summary(series: dict[str, Any]) -> dict[str, Any]:
+    points = series["points"]
+    avgs = [p[2] for p in points]
+    lows = [p[1] for p in points if p[1] is not None]
+    highs = [p[3] for p in points if p[3] is not None]
+    last = next((v for v in reversed(avgs) if v is not None), None)
+    return {
+        "series": series["key"],
+        "last": _number(last),
+        "min": _number(min(lows) if lows else None),
+        "max": _number(max(highs) if highs else None),
+        "history": sparkline(avgs),
+    }
+
+
+SHOW_COLUMNS: list[Column] = [
+    ("series", lambda r: r["series"]),
+    ("last", lambda r: r["last"]),
+    ("min", lambda r: r["min"]),
+    ("max", lambda r: r["max"]),
+    ("history", lambda r: r["history"]),
+]
+
+
+@app.command("catalog")
+def metrics_catalog(as_json: Json = False) -> None:
+    """Every metric: a counter's history is its rate per second."""
+    emit(
+        Client().get("/metrics/catalog"),
+        as_json,
+        [
+            ("metric", lambda m: m["name"]),
+            ("kind", lambda m: m["kind"]),
+            ("meaning", lambda m: m["help"]),
+        ],
+    )
+
+
+@app.command("show")
+def metrics_show(
+    metric: str,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="NAME=VALUE, repeatable (vm=ID)")
+    ] = None,
+    since: Annotated[str, typer.Option(help="how far back: 15m, 6h, 7d, 1y")] = "1h",
+    step: Annotated[str | None, typer.Option(help="seconds a point covers (default: fits)")] = None,
+    as_json: Json = False,
+) -> None:
+    """The history of every series of METRIC with the given labels, from every node."""
+    for item in label or []:
+        if "=" not in item:
+            fail(f"--label {item!r}: give NAME=VALUE")
+    end = time.time()
+    params: dict[str, Any] = {
+        "metric": metric,
+        "label": label or [],
+        "start": end - duration(since),
+        "end": end,
+    }
+    if step is not None:
+        params["step"] = duration(step)
+    answer = Client().get("/metrics/history", params=params)
+    if as_json:
+        emit(answer, True)
+        return
+    rows = [summary(s) for s in answer["series"]]
+    if not rows:
+        fail(f"no {metric} measured in the last {since}", code=1)
+    print(f"{metric}: {answer['resolution']} points, one every {answer['step']:g} s")
+    emit(rows, False, SHOW_COLUMNS)
