@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,7 +41,7 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
-from heron.agent.monitor import Measurements
+from heron.agent.monitor import Measurements, storage_samples
 from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
@@ -273,7 +274,9 @@ async def run(config: AgentConfig) -> None:
         await asyncio.to_thread(Store, config.state_dir / "monitor"),
         {m.name: m.kind for m in METRICS.values()},
     )
-    measurements = Measurements(recorder, [])
+    measurements = Measurements(
+        recorder, [("storage", partial(storage_samples, inventory, config.state_dir))]
+    )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(
             db=db,

@@ -11,10 +11,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
 
+from heron.agent.ardfs import io_status
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
+from heron.monitor.storage import ardfs_samples, pool_samples
 from heron.monitor.store import RAW
+from heron.scheduler.inventory import Inventory
+from heron.storage.probe import probe
+from heron.storage.registry import driver_for
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +69,23 @@ class Measurements:
             log.info("metrics source %s works again", name)
             self.failing.discard(name)
         return samples
+
+
+async def storage_samples(inventory: Inventory, state_dir: Path) -> list[Sample]:
+    """Every pool's capacity as this node sees it (a pool that cannot tell is left out; one
+    that does not answer in time counts as unreachable), and this node's heron-io status."""
+    samples: list[Sample] = []
+    for pool in inventory.pools.values():
+        capacity = driver_for(pool, state_dir).capacity
+        answer = await probe(pool.name, partial(_told, capacity))
+        if answer is None or answer[0] is not None:
+            samples += pool_samples(pool.name, None if answer is None else answer[0])
+        status = io_status(state_dir, pool.name)
+        if status:
+            samples += ardfs_samples(pool.name, status, None)
+    return samples
+
+
+def _told(call: Callable[[], tuple[int, int] | None]) -> tuple[tuple[int, int] | None]:
+    """A driver's answer wrapped, so that "cannot tell" (None) differs from no answer."""
+    return (call(),)
