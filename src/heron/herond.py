@@ -26,6 +26,7 @@ import httpx
 import uvicorn
 
 import heron
+from heron.agent.alerts import AlertController, NodeAlerts, undeliverable
 from heron.agent.ardfs import IoSupervisor
 from heron.agent.certificates import (
     CertificateKeeper,
@@ -275,7 +276,9 @@ async def run(config: AgentConfig) -> None:
         {m.name: m.kind for m in METRICS.values()},
     )
     measurements = Measurements(
-        recorder, [("storage", partial(storage_samples, inventory, config.state_dir))]
+        recorder,
+        [("storage", partial(storage_samples, inventory, config.state_dir))],
+        NodeAlerts(db, config.name, audit),
     )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(
@@ -315,6 +318,7 @@ async def run(config: AgentConfig) -> None:
             BalancingController(inventory, ctx.audit).run,
             RebalanceController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
+            AlertController(inventory, ctx.audit, undeliverable, etcd_tls).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
         background = [

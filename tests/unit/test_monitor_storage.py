@@ -45,7 +45,7 @@ def test_a_pool_that_did_not_answer_is_unreachable_with_no_sizes() -> None:
     assert [s.name for s in pool_samples("nfs1", None)] == ["heron_pool_reachable"]
     answered = {s.name: s.value for s in pool_samples("nfs1", (100, 40))}
     assert answered == {"heron_pool_reachable": 1, "heron_pool_size_bytes": 100,
-                        "heron_pool_free_bytes": 40}  # fmt: skip
+                        "heron_pool_free_bytes": 40, "heron_pool_used_ratio": 0.6}  # fmt: skip
 
 
 def test_every_storage_sample_is_in_the_catalog() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+from heron.agent.alerts import NodeAlerts
 from heron.agent.ardfs import io_status
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
@@ -33,11 +34,13 @@ class Measurements:
         self,
         recorder: Recorder,
         sources: Sequence[tuple[str, Source]],
+        alerts: NodeAlerts | None = None,
         interval: float = RAW.step,
         timeout: float = 5.0,
     ):
         self.recorder = recorder
         self.sources = sources
+        self.alerts = alerts
         self.interval = interval
         self.timeout = timeout
         self.failing: set[str] = set()
@@ -55,7 +58,12 @@ class Measurements:
     async def round(self, t: float) -> None:
         parts = await asyncio.gather(*(self._ask(name, source) for name, source in self.sources))
         samples = [s for part in parts for s in part]
-        await asyncio.to_thread(self.recorder.record, t, samples)
+        values = await asyncio.to_thread(self.recorder.record, t, samples)
+        if self.alerts is not None:
+            try:
+                await self.alerts.round(t, values)
+            except Exception as exc:  # etcd away: the rules are checked again next round
+                log.warning("alert rules not checked this round: %r", exc)
 
     async def _ask(self, name: str, source: Source) -> list[Sample]:
         try:

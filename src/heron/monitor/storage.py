@@ -18,6 +18,7 @@ def pool_samples(pool: str, capacity: tuple[int, int] | None) -> list[Sample]:
         Sample("heron_pool_reachable", labels, 1.0),
         Sample("heron_pool_size_bytes", labels, float(total)),
         Sample("heron_pool_free_bytes", labels, float(free)),
+        Sample("heron_pool_used_ratio", labels, 1 - free / total if total else 0.0),
     ]
 
 
@@ -51,6 +52,11 @@ def ardfs_samples(pool: str, status: dict[str, Any], cpu_seconds: float | None) 
                 labels,
                 float(info["rebuild_bytes_per_s"]),
             ),
+            Sample(
+                "heron_ardfs_volume_rebuild_stalled",
+                labels,
+                float(info["stale_chunks"] > 0 and not info["rebuild_bytes_per_s"]),
+            ),
         ]
     scrub = status.get("scrub")
     if scrub is not None:
@@ -72,6 +78,7 @@ STORAGE_METRICS = [
     Metric("heron_pool_reachable", "gauge", "1 when the pool answered this node's capacity probe."),
     Metric("heron_pool_size_bytes", "gauge", "The pool's size as this node sees it."),
     Metric("heron_pool_free_bytes", "gauge", "The pool's free bytes as this node sees it."),
+    Metric("heron_pool_used_ratio", "gauge", "The share of the pool in use (0 to 1)."),
     Metric("heron_ardfs_disk_failed", "gauge", "1 when heron-io took this ARDFS disk out of use."),
     Metric("heron_ardfs_disk_size_bytes", "gauge", "An ARDFS disk's size."),
     Metric("heron_ardfs_disk_free_bytes", "gauge", "An ARDFS disk's free bytes."),
@@ -87,6 +94,11 @@ STORAGE_METRICS = [
         "Chunks rebuilt since heron-io started.",
     ),
     Metric("heron_ardfs_volume_rebuild_bytes_per_second", "gauge", "The rebuild's current rate."),
+    Metric(
+        "heron_ardfs_volume_rebuild_stalled",
+        "gauge",
+        "1 while the volume is degraded and nothing is being rebuilt.",
+    ),
     Metric(
         "heron_ardfs_scrub_chunks_checked_total", "counter", "Chunks the scrub read and checked."
     ),
