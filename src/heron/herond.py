@@ -42,7 +42,7 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
-from heron.agent.monitor import Measurements, storage_samples
+from heron.agent.monitor import Measurements, service_samples, storage_samples
 from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
@@ -277,7 +277,10 @@ async def run(config: AgentConfig) -> None:
     )
     measurements = Measurements(
         recorder,
-        [("storage", partial(storage_samples, inventory, config.state_dir))],
+        [
+            ("storage", partial(storage_samples, inventory, config.state_dir)),
+            ("services", partial(service_samples, db, credentials)),
+        ],
         NodeAlerts(db, config.name, audit),
     )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:

@@ -51,3 +51,19 @@ def test_a_pool_that_did_not_answer_is_unreachable_with_no_sizes() -> None:
 def test_every_storage_sample_is_in_the_catalog() -> None:
     names = {s.name for s in ardfs_samples("p", STATUS, 1.0) + pool_samples("p", (1, 1))}
     assert names <= set(METRICS)
+
+
+def test_certificates_give_their_time_left_and_the_configdb_its_latency() -> None:
+    import time
+
+    from heron.monitor.services import certificate_samples, configdb_samples
+    from heron.tls import make_authority
+
+    now = time.time()
+    authority = make_authority("c1", now, lifetime=30 * 86400)
+    [sample] = certificate_samples({"ca": authority.certificate, "node": None}, now)
+    assert sample.key == 'heron_certificate_expiry_seconds{certificate="ca"}'
+    assert 29 * 86400 < sample.value <= 30 * 86400
+    assert certificate_samples({"ca": "not a certificate"}, now) == []
+    assert [s.value for s in configdb_samples(0.25)] == [1.0, 0.25]
+    assert [s.key for s in configdb_samples(None)] == ["heron_configdb_up"]

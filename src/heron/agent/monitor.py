@@ -16,13 +16,16 @@ from pathlib import Path
 
 from heron.agent.alerts import NodeAlerts
 from heron.agent.ardfs import io_status
+from heron.configdb import UNREACHABLE, ConfigDB
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
+from heron.monitor.services import certificate_samples, configdb_samples
 from heron.monitor.storage import ardfs_samples, pool_samples
 from heron.monitor.store import RAW
 from heron.scheduler.inventory import Inventory
 from heron.storage.probe import probe
 from heron.storage.registry import driver_for
+from heron.tls import NodeCredentials
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,15 @@ async def storage_samples(inventory: Inventory, state_dir: Path) -> list[Sample]
 def _told(call: Callable[[], tuple[int, int] | None]) -> tuple[tuple[int, int] | None]:
     """A driver's answer wrapped, so that "cannot tell" (None) differs from no answer."""
     return (call(),)
+
+
+async def service_samples(db: ConfigDB, credentials: NodeCredentials) -> list[Sample]:
+    """The node's certificate and the cluster CA's time left; a ConfigDB read's latency."""
+    started = time.monotonic()
+    try:
+        await db.revision()
+        took: float | None = time.monotonic() - started
+    except UNREACHABLE:
+        took = None
+    certificates = {"node": credentials.certificate(), "ca": credentials.authority()}
+    return certificate_samples(certificates, time.time()) + configdb_samples(took)

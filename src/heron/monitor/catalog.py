@@ -1,6 +1,7 @@
 """Every metric Heron exposes (a stand-in until the collectors land: replaced by theirs)."""
 
 from heron.monitor.series import Metric
+from heron.monitor.services import SERVICE_METRICS
 from heron.monitor.storage import STORAGE_METRICS
 
 METRICS: dict[str, Metric] = {
@@ -12,5 +13,6 @@ METRICS: dict[str, Metric] = {
             "libvirt_domain_info_cpu_time_seconds_total", "counter", "CPU time of the VM's QEMU."
         ),
         *STORAGE_METRICS,
+        *SERVICE_METRICS,
     )
 }
