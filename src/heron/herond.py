@@ -294,6 +294,7 @@ async def run(config: AgentConfig) -> None:
             guest_agent=vms.guest_agent,
             peer_tls=peer_tls,
             monitor=recorder,
+            deliver=undeliverable,
         )
         server = uvicorn.Server(
             uvicorn.Config(
