@@ -275,13 +275,15 @@ async def run(config: AgentConfig) -> None:
         await asyncio.to_thread(Store, config.state_dir / "monitor"),
         {m.name: m.kind for m in METRICS.values()},
     )
+    node_alerts = NodeAlerts(db, config.name, audit)
+    vms.on_crash = node_alerts.vm_crashed
     measurements = Measurements(
         recorder,
         [
             ("storage", partial(storage_samples, inventory, config.state_dir)),
             ("services", partial(service_samples, db, credentials)),
         ],
-        NodeAlerts(db, config.name, audit),
+        node_alerts,
     )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(

@@ -24,15 +24,18 @@ from heron.configdb.client import EtcdTls
 from heron.configdb.election import Election
 from heron.configdb.membership import Membership
 from heron.models.alerts import Alert, AlertRule, Channel, Silence
-from heron.models.vm import RunState
+from heron.models.vm import VM, RunState
 from heron.monitor.rules import (
     NODE_DOWN,
     STATE_RULES,
+    VM_CRASHED,
     Checker,
     Finding,
+    alert_id,
     effective,
     summary,
 )
+from heron.monitor.series import series_key
 from heron.scheduler.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,20 @@ class NodeAlerts:
             if alert is not None:
                 record(self.audit, alert)
 
+    async def vm_crashed(self, vm: VM, why: str) -> None:
+        """A VM's QEMU ended unexpectedly here: its alert fires now (HA may restart it within
+        a second, before any round would see it crashed); the leader resolves it once the
+        VM runs again."""
+        rule = next((r for r in await self.rules.current() if r.name == VM_CRASHED), None)
+        if rule is None or not rule.enabled:
+            return
+        t = time.time()
+        labels = crash_labels(vm.id, vm.spec.name, self.node)
+        finding = Finding(alert_id(VM_CRASHED, labels), VM_CRASHED, labels, 1.0, rule)
+        alert = await write(self.db, finding, t)
+        if alert is not None:
+            record(self.audit, alert, reason=f"{alert.summary}: {why}")
+
     def _adopt(self, alerts: Iterable[Alert], rules: list[AlertRule]) -> None:
         """What this node fired before it restarted resolves when its condition is gone."""
         metrics = {r.name: r.metric for r in rules}
@@ -127,17 +144,23 @@ class NodeAlerts:
 
 def record(audit: AuditLog, alert: Alert, **more: object) -> None:
     audit.record(
-        user="monica",
-        method="ALERT",
-        path=f"/alerts/{alert.id}",
-        status=0,
-        result=alert.state,
-        target=alert.id,
-        rule=alert.rule,
-        severity=alert.severity.value,
-        reason=alert.summary,
-        **more,
+        **{
+            "user": "monica",
+            "method": "ALERT",
+            "path": f"/alerts/{alert.id}",
+            "status": 0,
+            "result": alert.state,
+            "target": alert.id,
+            "rule": alert.rule,
+            "severity": alert.severity.value,
+            "reason": alert.summary,
+            **more,
+        }
     )
+
+
+def crash_labels(vm_id: str, name: str, node: str) -> dict[str, str]:
+    return {"node": node, "vm": vm_id, "vm_name": name}
 
 
 class AlertController:
@@ -173,8 +196,7 @@ class AlertController:
     async def step(self, t: float) -> None:
         inv = await self.inventory.ready()
         alerts = {e.value.id: e.value for e in await self.db.list(Alert, keys.ALERTS)}
-        if not self.known:
-            self._adopt(alerts.values())
+        self._adopt(alerts.values())
         values = await self.state_values(inv)
         rules = [r for r in await self.rules.current() if r.name in STATE_NAMES]
         for finding in self.checker.round(t, values, rules):
@@ -185,6 +207,8 @@ class AlertController:
         await self.dispatch(t, alerts)
 
     def _adopt(self, alerts: Iterable[Alert]) -> None:
+        """The state rules' alerts that fire (fired by an earlier leader, or by a node for a
+        VM that crashed there) resolve here when their condition is gone."""
         for alert in alerts:
             if alert.state == "firing" and alert.rule in STATE_NAMES:
                 metric = next(r.metric for r in STATE_RULES if r.name == alert.rule)
@@ -205,9 +229,8 @@ class AlertController:
                 vm_id = entry.key.rsplit("/", 1)[1]
                 vm = inv.vms.get(vm_id)
                 name = vm.value.spec.name if vm else vm_id
-                values[
-                    f'heron_vm_crashed{{node="{status.node}",vm="{vm_id}",vm_name="{name}"}}'
-                ] = 1.0
+                labels = tuple(sorted(crash_labels(vm_id, name, status.node).items()))
+                values[series_key("heron_vm_crashed", labels)] = 1.0
         for member, healthy in (await self.etcd_members()).items():
             values[f'heron_etcd_member_healthy{{member="{member}"}}'] = float(healthy)
         return values
