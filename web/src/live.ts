@@ -18,7 +18,8 @@ export type Kind =
   | "tokens"
   | "users"
   | "events"
-  | "snapshots";
+  | "snapshots"
+  | "alerts";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();
@@ -43,7 +44,7 @@ function handle(event: string, data: string): void {
     dispatch(
       new Set([
         "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
-        "users",
+        "users", "alerts",
       ]),
     );
   } else {
@@ -68,7 +69,7 @@ async function run(signal: AbortSignal): Promise<void> {
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
       dispatch(
-        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users"]),
+        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts"]),
       );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";

@@ -105,8 +105,9 @@ function fieldsOf(schema: JsonSchema, prefix: string, api: OpenApi): Field[] {
   );
 }
 
-/** The fields of an operation's JSON body, e.g. `operationFields("PATCH /vms/{ref}")`. */
-export async function operationFields(op: string): Promise<Field[]> {
+/** The fields of an operation's JSON body, e.g. `operationFields("PATCH /vms/{ref}")`; their
+ * paths (and so their dictionary keys) start with `prefix` when one is given. */
+export async function operationFields(op: string, prefix = ""): Promise<Field[]> {
   const api = await openapi();
   const [method, path] = op.split(" ");
   const body = api.paths[API + path]?.[method.toLowerCase()]?.requestBody;
@@ -114,14 +115,27 @@ export async function operationFields(op: string): Promise<Field[]> {
   if (!schema) throw new Error(`the API has no JSON body for ${op}`);
   // An optional body is "the model, or null": its fields are the model's.
   const model = (schema.anyOf ?? [schema]).map((s) => deref(s, api)).find((s) => s.type !== "null");
-  return fieldsOf(model ?? {}, "", api);
+  return fieldsOf(model ?? {}, prefix, api);
+}
+
+/** The fields of one model of the schema by its name (a member of a union, such as a
+ * channel's `WebhookSettings`, which a form shows once its kind is chosen). */
+export async function modelFields(name: string, prefix = ""): Promise<Field[]> {
+  const api = await openapi();
+  const model = api.components.schemas[name];
+  if (!model) throw new Error(`the API has no model ${name}`);
+  return fieldsOf(model, prefix, api);
 }
 
 /** The fields of `op`, loaded once the view mounts; `only` picks and orders them. */
-export function useFields(op: string, only?: string[]): { fields: Ref<Field[]>; error: Ref<unknown> } {
+export function useFields(
+  op: string,
+  only?: string[],
+  prefix = "",
+): { fields: Ref<Field[]>; error: Ref<unknown> } {
   const fields = ref<Field[]>([]);
   const error = ref<unknown>(null);
-  operationFields(op)
+  operationFields(op, prefix)
     .then((all) => {
       fields.value = only
         ? only.map((name) => all.find((f) => f.name === name)).filter((f): f is Field => !!f)
@@ -146,8 +160,14 @@ export function defaults(fields: Field[]): Record<string, unknown> {
   );
 }
 
-/** The API's reasons by field path ("body.drs.threshold" → "drs.threshold"). */
-export function fieldErrors(error: unknown): Record<string, string> {
+/** The API's reasons by field path ("body.drs.threshold" → "drs.threshold"; with a prefix
+ * "rule": "rule.drs.threshold", as fields made with that prefix are labelled). */
+export function fieldErrors(error: unknown, prefix = ""): Record<string, string> {
   if (!(error instanceof ApiError)) return {};
-  return Object.fromEntries(error.fields.map((f) => [f.field.replace(/^body\.?/, ""), f.reason]));
+  return Object.fromEntries(
+    error.fields.map((f) => {
+      const path = f.field.replace(/^body\.?/, "");
+      return [prefix ? (path ? `${prefix}.${path}` : prefix) : path, f.reason];
+    }),
+  );
 }

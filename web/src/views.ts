@@ -44,6 +44,8 @@ export const views: ViewDef[] = [
     component: () => import("./views/StorageView.vue") },
   { path: "/tasks", name: "tasks", title: "nav.tasks", icon: "↻", nav: true,
     component: () => import("./views/TasksView.vue") },
+  { path: "/alerts", name: "alerts", title: "nav.alerts", icon: "⚠", nav: true,
+    component: () => import("./views/AlertsView.vue") },
   { path: "/events", name: "events", title: "nav.events", icon: "≡", nav: true,
     component: () => import("./views/EventsView.vue") },
   { path: "/access", name: "access", title: "nav.access", icon: "◈", nav: true,
