@@ -1,12 +1,12 @@
 """Everything the API can change, an administrator can change in the browser.
 
 The test reads the API's OpenAPI schema for its mutating operations, walks the web UI as an
-administrator (every view of the menu, every tab of a VM's page, every pool of the storage
-view) against a cluster that has one of everything, and collects the operations the controls
-on the way offer: each control that sends a mutating request names it in `data-op`. An
-operation of the schema that no control offers fails the test, unless it is listed below
-with the reason it cannot be on the walk; those must still be offered somewhere in the UI's
-source, and a browser test must use them.
+administrator (every view of the menu, every tab of a VM's page and of the Alerts page, every
+pool of the storage view) against a cluster that has one of everything, and collects the
+operations the controls on the way offer: each control that sends a mutating request names it
+in `data-op`. An operation of the schema that no control offers fails the test, unless it is
+listed below with the reason it cannot be on the walk; those must still be offered somewhere in
+the UI's source, and a browser test must use them.
 """
 
 import re
@@ -18,7 +18,7 @@ import httpx
 import pytest
 from browsing import log_in, settle
 from playwright.sync_api import BrowserContext, Page
-from support import Api
+from support import Api, wait_for
 
 from heron.devcluster import DevCluster
 
@@ -102,6 +102,20 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
         f"{api.url}/api/v1/auth/login", json={"username": "x", "password": "y"}, verify=api.tls
     )
     assert failed.status_code == 401
+    # Rows for the alert controls: a rule of the administrator's that fires on every node (the
+    # ConfigDB is up), one of its alerts, a silence and a channel.
+    up = {"name": "walk-up", "metric": "heron_configdb_up", "op": ">=", "value": 1}
+    api.ok("PUT", "/alerts/rules/walk-up", json={**up, "for_seconds": 0})
+    wait_for(
+        lambda: any(a["rule"] == "walk-up" for a in api.ok("GET", "/alerts?state=firing")),
+        120,
+        "an alert of the rule walk-up",
+        interval=1,
+    )
+    silence = {"rule": "walk-up", "matchers": {"node": "node2"}, "duration": 3600}
+    api.ok("POST", "/alerts/silences", json=silence)
+    hook = {"kind": "webhook", "url": "http://127.0.0.1:9/"}
+    api.ok("PUT", "/alerts/channels/walk", json={"name": "walk", "settings": hook})
     return {"vm": running["vm"]}
 
 
@@ -127,6 +141,13 @@ def walk(page: Page, ui: str, vm_id: str) -> set[str]:
         "[role=tab]", "els => els.map(e => e.dataset.testid.replace('tab-', ''))"
     ):
         page.goto(f"{ui}/vms/{vm_id}?tab={tab}")
+        found |= offered(page)
+    page.goto(f"{ui}/alerts")
+    settle(page)
+    for tab in page.eval_on_selector_all(
+        "[role=tab]", "els => els.map(e => e.dataset.testid.replace('tab-', ''))"
+    ):
+        page.goto(f"{ui}/alerts?tab={tab}")
         found |= offered(page)
     page.goto(f"{ui}/storage")
     settle(page)
