@@ -7,8 +7,9 @@ real on every node (the ConfigDB is up everywhere), counted in the top bar and t
 one alert acknowledged (the name shown, and in the API); one silenced from its row with its
 rule and labels filled in (the leader marks it silenced), and the silence ended; a built-in
 rule changed and reset to its default; a webhook channel made (its signing key kept out of
-every answer) and its "send test" pressed against a receiver the test runs; both languages
-on every tab; phone width.
+every answer) and its "send test" pressed against a receiver the test runs; SNMP v3 and mail
+channels with their own fields (a stored key kept, or cleared); a viewer offered no control;
+both languages on every tab; phone width.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import test_ui
 from browsing import assert_translated, log_in, settle, shot
-from playwright.sync_api import Page, Request, expect
+from playwright.sync_api import BrowserContext, Page, Request, expect
 from support import Api, wait_for
 from test_ui_groups_storage import confirm, in_russian
 from test_ui_network import fits_375
@@ -322,6 +323,88 @@ def test_webhook_channel_and_send_test(
     shot(page, screenshots, "alerts-channel-tested")
 
 
+def test_snmp_and_mail_channels_with_their_own_fields(page: Page, api: Api) -> None:
+    page.click("[data-testid=channel-new]")
+    form = page.locator("[data-testid=channel-form]")
+    form.locator("[data-testid=channel-name]").fill("traps")
+    form.locator("[data-testid=channel-kind]").select_option("snmp")
+    form.locator("input[name='channel.settings.host']").fill("127.0.0.1")
+    # v2c has a community; v3 a user and keys instead.
+    expect(form.locator("[data-testid=channel-secret-community]")).to_be_visible()
+    expect(form.locator("input[name='channel.settings.user']")).to_have_count(0)
+    form.locator("select[name='channel.settings.version']").select_option("v3")
+    expect(form.locator("[data-testid=channel-secret-community]")).to_have_count(0)
+    form.locator("input[name='channel.settings.user']").fill("heron")
+    form.locator("select[name='channel.settings.auth_protocol']").select_option("SHA")
+    form.locator("[data-testid=channel-secret-auth_key]").fill("short")
+    form.locator("[data-testid=channel-submit]").click()
+    refused = form.locator("[data-field='channel.settings.auth_key'] [data-testid=field-error]")
+    expect(refused).to_contain_text("8 characters")
+    form.locator("[data-testid=channel-secret-auth_key]").fill("auth-key-123")
+    form.locator("select[name='channel.settings.priv_protocol']").select_option("AES")
+    form.locator("[data-testid=channel-secret-priv_key]").fill("priv-key-123")
+    form.locator("[data-testid=channel-submit]").click()
+    expect(form).to_have_count(0)
+    shown = {c["name"]: c for c in api.ok("GET", "/alerts/channels")}["traps"]["settings"]
+    assert (shown["version"], shown["user"], shown["auth_protocol"]) == ("v3", "heron", "SHA")
+    assert (shown["auth_key"], shown["priv_key"], shown["community"]) == ("set", "set", None)
+
+    # No more privacy: the protocol unset and the stored key cleared ("" in the request).
+    page.locator("[data-channel=traps] [data-testid=channel-edit]").click()
+    form.locator("select[name='channel.settings.priv_protocol']").select_option("")
+    form.locator("[data-testid=channel-clear-priv_key]").check()
+    expect(form.locator("[data-testid=channel-secret-priv_key]")).to_be_disabled()
+    with page.expect_request(sent_to("PUT", "/alerts/channels/traps")) as sent:
+        form.locator("[data-testid=channel-submit]").click()
+    expect(form).to_have_count(0)
+    settings = sent.value.post_data_json["settings"]
+    assert (settings["priv_key"], settings["auth_key"], settings["priv_protocol"]) == (
+        "",
+        None,
+        None,
+    )
+    shown = {c["name"]: c for c in api.ok("GET", "/alerts/channels")}["traps"]["settings"]
+    assert (shown["auth_key"], shown["priv_key"]) == ("set", None)
+
+    page.click("[data-testid=channel-new]")
+    form.locator("[data-testid=channel-name]").fill("mail")
+    form.locator("[data-testid=channel-kind]").select_option("smtp")
+    form.locator("input[name='channel.settings.host']").fill("mail.example.org")
+    form.locator("select[name='channel.settings.security']").select_option("tls")
+    form.locator("input[name='channel.settings.port']").fill("465")
+    form.locator("input[name='channel.settings.sender']").fill("heron@example.org")
+    form.locator("input[name='channel.settings.recipients']").fill(
+        "ops@example.org, me@example.org"
+    )
+    form.locator("input[name='channel.settings.username']").fill("heron")
+    form.locator("[data-testid=channel-secret-password]").fill("mail-password")
+    form.locator("[data-testid=channel-submit]").click()
+    expect(form).to_have_count(0)
+    shown = {c["name"]: c for c in api.ok("GET", "/alerts/channels")}["mail"]["settings"]
+    assert shown["recipients"] == ["ops@example.org", "me@example.org"]
+    assert (shown["port"], shown["security"], shown["password"]) == (465, "tls", "set")
+    expect(page.locator("[data-channel=mail]")).to_contain_text("ops@example.org")
+
+
+def test_a_viewer_sees_alerts_but_changes_nothing(
+    desktop: BrowserContext, ui: str, api: Api
+) -> None:
+    api.ok("POST", "/users", json={"name": "watcher", "role": "viewer", "password": "watch-123"})
+    viewer = desktop.new_page()  # a tab of its own: a session of its own
+    try:
+        log_in(viewer, ui, "watch-123", user="watcher")
+        expect(viewer.locator("[data-testid=alerts-bell]")).to_be_visible()
+        viewer.click("[data-testid=nav-alerts]")
+        expect(viewer.locator(f"tr[data-rule={RULE}]").first).to_be_visible()
+        expect(viewer.locator("[data-testid=tab-channels]")).to_have_count(0)
+        for tab in ("alerts", "silences", "rules"):
+            viewer.goto(f"{ui}/alerts?tab={tab}")
+            settle(viewer)
+            expect(viewer.locator("[data-op]:not([data-testid=logout])")).to_have_count(0)
+    finally:
+        viewer.close()
+
+
 def dismiss_notices(page: Page) -> None:
     """Notices said in English (they fade after a while) are not the page's Russian."""
     notices = page.locator(".notice button")
@@ -383,8 +466,10 @@ def test_delete_the_rule_and_the_channel(page: Page, api: Api) -> None:
     expect(page.locator(f"tr[data-rule={RULE}]")).to_have_count(0)
     assert RULE not in {r["name"] for r in api.ok("GET", "/alerts/rules")}
     open_tab(page, "channels")
-    with page.expect_request(sent_to("DELETE", "/alerts/channels/hook")):
-        page.locator("[data-channel=hook] [data-testid=channel-delete]").click()
-        confirm(page, "hook")
+    for name in ("hook", "traps", "mail"):
+        with page.expect_request(sent_to("DELETE", f"/alerts/channels/{name}")):
+            page.locator(f"[data-channel={name}] [data-testid=channel-delete]").click()
+            confirm(page, name)
+        expect(page.locator(f"[data-channel={name}]")).to_have_count(0)
     expect(page.locator("[data-testid=channels-empty]")).to_be_visible()
     assert api.ok("GET", "/alerts/channels") == []
