@@ -37,6 +37,7 @@ VIEWS = [
     "/groups",
     "/storage",
     "/tasks",
+    "/alerts",
     "/events",
     "/access",
 ]
