@@ -95,7 +95,11 @@ def names(samples: list[Sample]) -> set[str]:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """/proc and /sys as the captured host has them."""
+    return captured_host(tmp_path)
+
+
+def captured_host(tmp_path: Path) -> Path:
+    """/proc and /sys as the captured host has them, under `tmp_path`."""
     proc = tmp_path / "proc"
     (proc / "pressure").mkdir(parents=True)
     (proc / "net").mkdir()
