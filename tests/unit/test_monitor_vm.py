@@ -13,6 +13,7 @@ from heron.hypervisor.command import RuntimePaths
 from heron.hypervisor.qemu import QemuVM
 from heron.hypervisor.qmp_base import QMPCommandError
 from heron.hypervisor.qmp_stats import BlockStats
+from heron.models.vm import NicSpec, VMSpec
 from heron.monitor.collect import vm as collector
 from heron.monitor.collect.node import parse_net_dev
 from heron.monitor.collect.vm import VmProbe, collect_vms
@@ -97,6 +98,19 @@ def test_a_taps_counters_are_reported_from_the_guests_side() -> None:
     assert value(samples, "libvirt_domain_interface_stats_transmit_errors_total", **nic) == 1
     assert value(samples, "libvirt_domain_interface_stats_transmit_drops_total", **nic) == 2
     assert {dict(s.labels)["target_device"] for s in samples} == {"ht525400123456"}
+
+
+def test_a_vms_taps_are_its_nics_on_switches() -> None:
+    spec = VMSpec(
+        name="t",
+        nics=[
+            NicSpec(network="lan", mac="52:54:00:12:34:56"),
+            NicSpec(network="user"),
+            NicSpec(network="none", mac="52:54:00:00:00:01"),
+            NicSpec(network="dmz", mac="52:54:00:ab:cd:ef"),
+        ],
+    )
+    assert collector.vm_taps(spec) == ["ht525400123456", "ht525400abcdef"]
 
 
 def test_block_samples_per_disk_in_seconds() -> None:

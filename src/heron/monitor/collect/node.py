@@ -101,7 +101,7 @@ def parse_pressure(resource: str, text: str) -> list[Sample]:
     names = {"some": "waiting", "full": "stalled"}
     samples = []
     for line in text.splitlines():
-        kind, *pairs = line.split()
+        kind, *pairs = line.split() or [""]
         if kind not in names or (resource == "cpu" and kind == "full"):
             continue
         totals = [p.removeprefix("total=") for p in pairs if p.startswith("total=")]

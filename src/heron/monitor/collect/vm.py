@@ -30,9 +30,12 @@ from pathlib import Path
 from heron.hypervisor.qemu import QemuVM
 from heron.hypervisor.qmp_base import QemuError
 from heron.hypervisor.qmp_stats import BlockStats
+from heron.models.network import BUILTIN_NETWORKS
+from heron.models.vm import VMSpec
 from heron.monitor.collect.node import USER_HZ, parse_net_dev
 from heron.monitor.series import Sample, labels_of
 from heron.network.netns import run_in
+from heron.network.plan import tap_name
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,23 @@ GUEST_COLUMNS = {
 @dataclass(frozen=True)
 class VmProbe:
     """What the collector needs of one running VM: its QEMU (process and QMP session), the
-    names of its taps, and the network namespace they are in (the data plane's; None: the
-    host's, as on a real server)."""
+    names of its taps (`vm_taps` of the spec it runs with), and the network namespace they
+    are in (the data plane's `netns`; None: the host's, as on a real server)."""
 
     vm_id: str
     qemu: QemuVM
     taps: Sequence[str] = ()
     netns: str | None = None
+
+
+def vm_taps(spec: VMSpec) -> list[str]:
+    """The taps of a VM running with `spec`: one per NIC on a network of a switch (QEMU's
+    own user-mode NAT and unplugged NICs have none), named as the agent names them."""
+    return [
+        tap_name(nic.mac)
+        for nic in spec.nics
+        if nic.network not in BUILTIN_NETWORKS and nic.mac is not None
+    ]
 
 
 @dataclass
