@@ -112,6 +112,9 @@ async def launch(root: Path, testguest: Path, plane: str, index: int) -> Guest:
         await qemu.launch(args, pass_fds=(fd,))
     finally:
         os.close(fd)  # QEMU holds the tap now
+    # Up, as the agent's network controller brings a VM's taps up.
+    up = await asyncio.create_subprocess_exec("ip", "-n", plane, "link", "set", tap, "up")
+    assert await up.wait() == 0
     return Guest(VmProbe(vm.id, qemu, [tap], plane), qemu.paths.serial)
 
 
