@@ -54,18 +54,23 @@ def test_readings_by_unit_with_id_and_name() -> None:
     assert value(samples, "ipmi_current_amperes", id="10", name="PS1 Current") == 0.6
     fahrenheit = value(samples, "ipmi_temperature_celsius", id="12", name="Inlet Temp")
     assert math.isclose(fahrenheit, 25.0)
-    # No reading (FAN2), discrete sensors, percentages: nothing.
+    # Another unit: the generic family, the unit as its type.
+    duty = {"id": "11", "name": "PS1 Fan Duty", "type": "percent"}
+    assert value(samples, "ipmi_sensor_value", **duty) == 35.0
+    assert value(samples, "ipmi_sensor_state", **duty) == 0
+    # No reading (FAN2: its state "na" too), discrete sensors: nothing.
     names = {dict(s.labels)["name"] for s in samples}
-    assert not names & {"FAN2", "PS1 Status", "PS1 Fan Duty", "Chassis Intru"}
+    assert not names & {"FAN2", "PS1 Status", "Chassis Intru"}
 
 
 def test_threshold_sensors_states_as_the_ipmi_exporter_grades_them() -> None:
     samples = parse_sensors(SENSORS)
-    assert value(samples, "ipmi_sensor_state", id="1", name="CPU1 Temp", type="Temperature") == 0
-    assert value(samples, "ipmi_sensor_state", id="6", name="12V", type="Voltage") == 1
-    assert value(samples, "ipmi_sensor_state", id="5", name="FAN3", type="Fan") == 2
-    states = {dict(s.labels)["name"] for s in samples if s.name == "ipmi_sensor_state"}
-    assert "FAN2" not in states  # "na": the BMC judged nothing
+    assert value(samples, "ipmi_temperature_state", id="1", name="CPU1 Temp") == 0
+    assert value(samples, "ipmi_voltage_state", id="6", name="12V") == 1  # nc
+    assert value(samples, "ipmi_fan_speed_state", id="5", name="FAN3") == 2  # cr
+    assert value(samples, "ipmi_power_state", id="9", name="PS1 Input Power") == 0
+    assert value(samples, "ipmi_current_state", id="10", name="PS1 Current") == 0
+    assert value(samples, "ipmi_temperature_state", id="12", name="Inlet Temp") == 0
 
 
 def test_noise_is_not_a_sensor() -> None:

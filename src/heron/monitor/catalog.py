@@ -174,17 +174,25 @@ for _direction, _verb in (("receive", "received"), ("transmit", "transmitted")):
 
 # -- IPMI sensors (ipmitool sensor), as the IPMI exporter names them -------------------------
 
-_add("ipmi_temperature_celsius", "gauge", "Temperature sensor reading in degrees Celsius.")
-_add("ipmi_fan_speed_rpm", "gauge", "Fan speed sensor reading in rotations per minute.")
-_add("ipmi_voltage_volts", "gauge", "Voltage sensor reading in volts.")
-_add("ipmi_current_amperes", "gauge", "Current sensor reading in amperes.")
-_add("ipmi_power_watts", "gauge", "Power sensor reading in watts.")
-_add(
-    "ipmi_sensor_state",
-    "gauge",
-    "State of a threshold sensor as the BMC judges it: 0 nominal, 1 warning (non-critical), "
-    "2 critical (critical or non-recoverable).",
+_STATE = (
+    "as the BMC judges it: 0 nominal, 1 warning (non-critical), 2 critical (critical or "
+    "non-recoverable)."
 )
+for _family, _what, _unit in (
+    ("temperature", "Temperature", ("celsius", "degrees Celsius")),
+    ("fan_speed", "Fan speed", ("rpm", "rotations per minute")),
+    ("voltage", "Voltage", ("volts", "volts")),
+    ("current", "Current", ("amperes", "amperes")),
+    ("power", "Power", ("watts", "watts")),
+):
+    _add(f"ipmi_{_family}_{_unit[0]}", "gauge", f"{_what} sensor reading in {_unit[1]}.")
+    _add(f"ipmi_{_family}_state", "gauge", f"State of a {_what.lower()} sensor {_STATE}")
+_add(
+    "ipmi_sensor_value",
+    "gauge",
+    "Reading of a threshold sensor in another unit (type: the unit, e.g. percent).",
+)
+_add("ipmi_sensor_state", "gauge", f"State of a threshold sensor in another unit {_STATE}")
 
 # -- the node's services and storage (monitor.services, monitor.storage) ----------------------
 

@@ -14,9 +14,10 @@ and says why.
 name, reading ("na" when there is none), unit ("discrete" for state sensors, whose reading
 and status are bit masks), status (ok, nc: non-critical, cr: critical, nr: non-recoverable,
 na), then the six thresholds. Names follow the IPMI exporter's (which reads FreeIPMI):
-`ipmi_temperature_celsius{id,name}` and so on; `id` here is the sensor's place in ipmitool's
-listing, which follows the BMC's sensor repository (ipmitool does not print record ids), so it
-stays while the repository does and tells apart sensors of one name.
+`ipmi_temperature_celsius{id,name}`, `ipmi_temperature_state{id,name}` and so on. `id` here
+is the sensor's place in ipmitool's listing, which follows the BMC's sensor repository
+(ipmitool does not print record ids), so it stays while the repository does and tells apart
+sensors of one name.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ COMMAND = ("ipmitool", "sensor")
 INTERVAL = 60.0
 TIMEOUT = 30.0
 
-# Unit -> (metric, sensor type as the IPMI exporter's `type` label says it).
+# Unit -> the reading's metric and its state's, as the IPMI exporter names them.
 UNITS: dict[str, tuple[str, str]] = {
-    "degrees C": ("ipmi_temperature_celsius", "Temperature"),
-    "RPM": ("ipmi_fan_speed_rpm", "Fan"),
-    "Volts": ("ipmi_voltage_volts", "Voltage"),
-    "Amps": ("ipmi_current_amperes", "Current"),
-    "Watts": ("ipmi_power_watts", "Power"),
+    "degrees C": ("ipmi_temperature_celsius", "ipmi_temperature_state"),
+    "RPM": ("ipmi_fan_speed_rpm", "ipmi_fan_speed_state"),
+    "Volts": ("ipmi_voltage_volts", "ipmi_voltage_state"),
+    "Amps": ("ipmi_current_amperes", "ipmi_current_state"),
+    "Watts": ("ipmi_power_watts", "ipmi_power_state"),
 }
 STATES = {"ok": 0, "nc": 1, "cr": 2, "nr": 2}
 
@@ -62,27 +63,34 @@ def _number(text: str) -> float | None:
 
 
 def parse_sensors(text: str) -> list[Sample]:
-    """The samples of `ipmitool sensor` output: a reading for each sensor in a unit the
-    catalog has (Fahrenheit converted), and the state of each threshold sensor the BMC
-    judged. Sensors without a reading ("na": absent, or not powered) give none."""
+    """The samples of `ipmitool sensor` output. A threshold sensor in a unit the IPMI
+    exporter has a family for gives its reading (Fahrenheit converted) and its state as that
+    family (`ipmi_temperature_celsius`, `ipmi_temperature_state`); one in another unit
+    (percent, ...) gives `ipmi_sensor_value` and `ipmi_sensor_state` with `type`: the unit,
+    as ipmitool prints no sensor type. Discrete sensors (their reading is a bit mask whose
+    meaning depends on the sensor type) and readings of "na" (absent, not powered) give
+    nothing, nor does a status of "na"."""
     samples = []
     for index, line in enumerate(text.splitlines(), start=1):
         columns = [c.strip() for c in line.split("|")]
         if len(columns) < 4 or not columns[0]:
             continue
         name, reading, unit, status = columns[:4]
+        if unit in ("", "discrete"):
+            continue
         value = _number(reading)
         if unit == "degrees F" and value is not None:
             unit, value = "degrees C", (value - 32) * 5 / 9
-        if unit not in UNITS:
-            continue  # discrete sensors, percentages, unspecified units
-        metric, kind = UNITS[unit]
         labels = labels_of(id=str(index), name=name)
+        if unit in UNITS:
+            metric, state = UNITS[unit]
+        else:
+            labels = labels_of(id=str(index), name=name, type=unit)
+            metric, state = "ipmi_sensor_value", "ipmi_sensor_state"
         if value is not None:
             samples.append(Sample(metric, labels, value))
         if status in STATES:
-            state_labels = labels_of(id=str(index), name=name, type=kind)
-            samples.append(Sample("ipmi_sensor_state", state_labels, STATES[status]))
+            samples.append(Sample(state, labels, STATES[status]))
     return samples
 
 
