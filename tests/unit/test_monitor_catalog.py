@@ -8,7 +8,7 @@ from pathlib import Path
 
 from test_monitor_ipmi import SENSORS
 from test_monitor_node import FakeStatvfs, captured_host
-from test_monitor_vm import NET_DEV, VM, fake_proc
+from test_monitor_vm_parts import NET_DEV, VM, fake_proc
 
 from heron.hypervisor.qmp_stats import BlockStats
 from heron.monitor.catalog import METRICS

@@ -14,6 +14,7 @@ from heron.hypervisor.qemu import QemuVM
 from heron.hypervisor.qmp_base import QMPCommandError
 from heron.hypervisor.qmp_stats import BlockStats
 from heron.models.vm import NicSpec, VMSpec
+from heron.monitor.collect import node
 from heron.monitor.collect import vm as collector
 from heron.monitor.collect.node import parse_net_dev
 from heron.monitor.collect.vm import VmProbe, collect_vms
@@ -57,7 +58,7 @@ def fake_proc(root: Path, stat: str = STAT) -> Path:
 def test_process_samples_cpu_ready_vcpus_and_rss(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path)
     samples = collector.process_samples(VM, 4242, proc)
-    ticks = collector.USER_HZ
+    ticks = node.USER_HZ
     assert value(samples, "libvirt_domain_info_cpu_time_seconds_total", vm=VM) == (
         (1234 + 567) / ticks
     )
