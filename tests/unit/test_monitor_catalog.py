@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from test_monitor_ipmi import SENSORS
 from test_monitor_node import FakeStatvfs, captured_host
 from test_monitor_vm_parts import NET_DEV, VM, fake_proc
@@ -15,6 +16,7 @@ from heron.monitor.catalog import METRICS
 from heron.monitor.collect import vm
 from heron.monitor.collect.ipmi import parse_sensors
 from heron.monitor.collect.node import StatFs, collect_node, parse_net_dev
+from heron.monitor.export import exposition
 from heron.monitor.series import Sample
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -56,3 +58,22 @@ def test_the_ipmi_parser_gives_catalogued_metrics() -> None:
     assert samples and uncatalogued(samples) == set()
     ipmi = {n for n in METRICS if n.startswith("ipmi_")}
     assert ipmi - {s.name for s in samples} == set()
+
+
+def test_every_collectors_samples_go_through_the_exposition(tmp_path: Path) -> None:
+    root = captured_host(tmp_path / "host")
+    samples = collect_node(root / "proc", root / "sys", statfs=StatFs(statvfs=FakeStatvfs()))
+    samples += vm.process_samples(VM, 4242, fake_proc(tmp_path / "vm"))
+    samples += vm.block_samples(VM, [BlockStats("disk0", 1, 2, 3, 4, 5, 6, 7, 8)])
+    samples += vm.interface_samples(VM, ["ht525400123456"], parse_net_dev(NET_DEV))
+    samples += parse_sensors(SENSORS)
+    text = exposition(samples, METRICS).decode()
+    parsed = {
+        s.name: family.type
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    # Every sample is there, under its name and kind (a counter's family is its name
+    # without _total, its samples keep it).
+    assert {s.name for s in samples} == set(parsed)
+    assert all(parsed[s.name] == METRICS[s.name].kind for s in samples)
