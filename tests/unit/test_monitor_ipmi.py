@@ -161,3 +161,22 @@ async def test_a_failing_command_keeps_the_last_reading(tmp_path: Path, bmc: lis
     # Some sensors unreadable, the rest printed: ipmitool exits 1, and that is a reading.
     poller.command = stand_in(tmp_path, f"cat {tmp_path / 'out.txt'}\nexit 1\n")
     assert await poller.poll() and poller.error is None
+
+
+async def test_the_poller_runs_in_the_background_until_cancelled(
+    tmp_path: Path, bmc: list[Path]
+) -> None:
+    (tmp_path / "out.txt").write_text(SENSORS)
+    runs = tmp_path / "runs"
+    command = stand_in(tmp_path, f"echo run >> {runs}\ncat {tmp_path / 'out.txt'}\n")
+    poller = IpmiPoller(command, devices=bmc, interval=0.05, timeout=30)
+    task = asyncio.create_task(poller.run())
+
+    async def polled_twice() -> bool:
+        return runs.exists() and len(runs.read_text().splitlines()) >= 2
+
+    await eventually(polled_twice, 30, "the poller to read the sensors twice")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert poller.reading is not None and poller.error is None
