@@ -42,7 +42,14 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
-from heron.agent.monitor import Measurements, service_samples, storage_samples
+from heron.agent.monitor import (
+    Measurements,
+    ipmi_source,
+    node_source,
+    service_samples,
+    storage_samples,
+    vm_source,
+)
 from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
@@ -65,6 +72,7 @@ from heron.models.auth import Role, User
 from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
 from heron.monitor.catalog import METRICS
+from heron.monitor.collect.ipmi import IpmiPoller
 from heron.monitor.recorder import Recorder
 from heron.monitor.store import Store
 from heron.network.dataplane import DataPlane
@@ -275,11 +283,15 @@ async def run(config: AgentConfig) -> None:
         await asyncio.to_thread(Store, config.state_dir / "monitor"),
         {m.name: m.kind for m in METRICS.values()},
     )
+    ipmi = IpmiPoller()
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
     measurements = Measurements(
         recorder,
         [
+            ("node", node_source()),
+            ("vms", vm_source(vms, network.plane.netns)),
+            ("ipmi", ipmi_source(ipmi)),
             ("storage", partial(storage_samples, inventory, config.state_dir)),
             ("services", partial(service_samples, db, credentials)),
         ],
@@ -352,6 +364,7 @@ async def run(config: AgentConfig) -> None:
                 ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 ("metrics", measurements.run()),
+                ("ipmi", ipmi.run()),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),

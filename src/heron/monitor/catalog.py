@@ -14,9 +14,9 @@ Labels: node metrics carry none of their own beyond `mode`, `device`, `mountpoin
 
 from __future__ import annotations
 
+from heron.monitor.collect.services import SERVICE_METRICS
+from heron.monitor.collect.storage import STORAGE_METRICS
 from heron.monitor.series import Kind, Metric
-from heron.monitor.services import SERVICE_METRICS
-from heron.monitor.storage import STORAGE_METRICS
 
 METRICS: dict[str, Metric] = {}
 
