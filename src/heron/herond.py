@@ -364,13 +364,16 @@ async def run(config: AgentConfig) -> None:
                 ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 ("metrics", measurements.run()),
-                ("ipmi", ipmi.run()),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),
                 ),
             )
         ]
+        if ipmi.disabled is None:  # a BMC to read (a background task must not end)
+            background.append(asyncio.create_task(ipmi.run(), name="ipmi"))
+        else:
+            log.info("IPMI sensors are not read: %s", ipmi.disabled)
         if config.etcd_member_ports is not None:
             client_port, peer_port = config.etcd_member_ports
             keeper = MemberKeeper(
