@@ -370,3 +370,25 @@ async def test_deliver_names_the_channel_and_ends_a_driver_that_hangs(
     fast = Context(cluster_id="c", cluster_name="prod", timeout=0.2)
     with pytest.raises(NotifyError, match=r"not delivered within 0.2 s"):
         await notify.deliver(channel, [notice()], fast)
+
+
+async def test_the_notifier_turns_alerts_into_notices_with_their_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    got: list[list[Notice]] = []
+
+    async def driver(settings: object, notices: list[Notice], context: Context) -> None:
+        got.append(notices)
+
+    monkeypatch.setitem(notify.DRIVERS, "smtp", driver)
+    alert = Alert(id="a7", rule="test", severity=Severity.info, summary="hello", started_at=T0)
+    send = notify.notifier(CONTEXT, lambda a: f"https://heron.example/#/alerts/{a.id}")
+    await send(Channel(name="mail", settings=SMTP), [alert])
+    [[sent]] = got
+    assert (sent.alert_id, sent.cluster, sent.url) == (
+        "a7",
+        "prod",
+        "https://heron.example/#/alerts/a7",
+    )
+    # The API's test alert (rule "test") reads as a test in every medium.
+    assert sent.test

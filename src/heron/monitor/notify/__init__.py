@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from heron.models.alerts import Channel
+from heron.models.alerts import Alert, Channel
 from heron.monitor.notify import smtp, snmp, webhook
 from heron.monitor.notify.notice import (
     HERON_PEN,
@@ -40,6 +40,7 @@ __all__ = [
     "engine_id",
     "engine_id_hex",
     "notice_of",
+    "notifier",
     "send_test",
     "tls_context",
     "wants",
@@ -81,3 +82,16 @@ async def send_test(channel: Channel, context: Context) -> None:
     """Send one clearly marked test notice through `channel` (enabled or not, whatever its
     minimum severity): the settings page's "send test"."""
     await deliver(channel, [probe_notice(channel.name, context.cluster_name, time.time())], context)
+
+
+def notifier(
+    context: Context, link: Callable[[Alert], str | None] | None = None
+) -> Callable[[Channel, list[Alert]], Awaitable[None]]:
+    """`deliver` for alerts, as the leader's alert controller and the API's "send test" call
+    it: each alert becomes its notice, with `link(alert)` as the link to the UI."""
+
+    async def send(channel: Channel, alerts: list[Alert]) -> None:
+        notices = [notice_of(a, context.cluster_name, link(a) if link else None) for a in alerts]
+        await deliver(channel, notices, context)
+
+    return send
