@@ -42,12 +42,19 @@ class Mailbox:
         return "250 OK"
 
 
+def content(mail: EmailMessage) -> str:
+    text = mail.get_content()
+    assert isinstance(text, str)
+    return text.replace("\r\n", "\n")
+
+
 def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
     ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
         USER.encode(),
         PASSWORD.encode(),
     )
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers a failure with its 535 itself.
+    return AuthResult(success=ok, handled=False)
 
 
 @dataclass
@@ -81,7 +88,9 @@ def serve(mailbox: Mailbox, pki: Pki, implicit: bool) -> Iterator[int]:
         hostname="127.0.0.1",
         port=port,
         authenticator=authenticate,
-        auth_require_tls=True,
+        # aiosmtpd knows TLS only when it came by STARTTLS: behind implicit TLS it would
+        # not offer AUTH at all, though the session is encrypted.
+        auth_require_tls=not implicit,
         **tls,
     )
     controller.start()
@@ -155,7 +164,7 @@ async def test_a_mail_over_starttls_with_login_arrives_with_subject_and_details(
     assert recipients == ["ops@example.org", "oncall@example.org"]
     assert mail["Subject"] == "[Heron critical] node node2 is down"
     assert mail["Auto-Submitted"] == "auto-generated"
-    text = mail.get_content()
+    text = content(mail)
     english, russian = text.split("\n-- \n")
     assert "FIRING critical: node node2 is down" in english
     assert "Object:   node=node2" in english
@@ -181,7 +190,7 @@ async def test_several_notices_are_one_mail_and_implicit_tls_works(
     await notify.deliver(channel(tls_port, security="tls"), notices, context(pki))
     [(_, _, mail)] = mailbox.mails
     assert mail["Subject"] == "[Heron critical] 2 alerts: node node2 is down; VM web1 crashed"
-    text = mail.get_content()
+    text = content(mail)
     assert "2 alerts (1 firing, 1 resolved)" in text
     assert "RESOLVED warning: VM web1 crashed" in text
 
@@ -192,7 +201,7 @@ async def test_the_test_notice_is_marked_as_one(
     await notify.send_test(channel(starttls_port), context(pki))
     [(_, _, mail)] = mailbox.mails
     assert mail["Subject"].startswith("[Heron test] TEST: a test notice from Heron")
-    assert "no alert fired" in mail.get_content()
+    assert "no alert fired" in content(mail)
 
 
 async def test_a_wrong_password_is_named_as_the_reason(

@@ -114,7 +114,8 @@ def message(settings: SmtpSettings, notices: list[Notice], cluster: str) -> Emai
     # RFC 3834: a machine's message; vacation responders must not answer it.
     mail["Auto-Submitted"] = "auto-generated"
     mail["X-Heron-Cluster"] = cluster
-    mail.set_content(body(notices, cluster))
+    # Quoted-printable: 7-bit safe through any relay, still readable in the raw.
+    mail.set_content(body(notices, cluster), cte="quoted-printable")
     return mail
 
 
@@ -145,6 +146,13 @@ def _send(settings: SmtpSettings, mail: EmailMessage, context: Context) -> None:
             refused = client.send_message(mail)
     except NotifyError:
         raise
+    except smtplib.SMTPServerDisconnected as exc:
+        # smtplib reports a read that timed out as a disconnection (the timeout its context).
+        if isinstance(exc.__context__, TimeoutError):
+            raise NotifyError(
+                f"no answer from the mail server {where} within {context.timeout:g} s"
+            ) from exc
+        raise NotifyError(f"the mail server {where} closed the connection: {exc}") from exc
     except smtplib.SMTPAuthenticationError as exc:
         raise NotifyError(f"the mail server {where} refused the login: {_reply(exc)}") from exc
     except smtplib.SMTPRecipientsRefused as exc:

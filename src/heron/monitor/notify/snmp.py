@@ -31,6 +31,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
     UsmUserData,
     send_notification,
 )
+from pysnmp.proto.errind import RequestTimedOut
 from pysnmp.proto.rfc1902 import Integer32, ObjectIdentifier, OctetString
 from pysnmp.smi.rfc1902 import ObjectIdentity, ObjectType
 
@@ -178,7 +179,7 @@ async def send(settings: SnmpSettings, notices: list[Notice], context: Context) 
                 engine, auth, target, ContextData(), kind, *binds
             )
             if error:
-                if settings.inform and "timed out" in str(error).lower():
+                if isinstance(error, RequestTimedOut):
                     raise NotifyError(
                         f"no acknowledgement of an SNMP inform from {where} within "
                         f"{context.timeout:g} s"
