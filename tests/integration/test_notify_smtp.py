@@ -237,3 +237,25 @@ async def test_a_server_that_is_not_there_or_never_answers_fails_within_the_time
         port = silent.getsockname()[1]
         with pytest.raises(NotifyError, match=r"no answer from the mail server .* within 2 s"):
             await notify.deliver(channel(port), [node_down()], context(pki, timeout=2))
+
+
+async def test_starttls_is_required_when_asked_and_none_sends_plain(
+    mailbox: Mailbox, pki: Pki
+) -> None:
+    port = free_port()
+    plain = Controller(mailbox, hostname="127.0.0.1", port=port)  # no TLS, no AUTH
+    plain.start()
+    try:
+        with pytest.raises(NotifyError, match=f"127.0.0.1:{port} does not offer STARTTLS"):
+            await notify.deliver(channel(port, username=None), [node_down()], context(pki))
+        assert mailbox.mails == []
+        # A relay on a trusted network, by the administrator's choice.
+        await notify.deliver(
+            channel(port, security="none", username=None, password=None),
+            [node_down()],
+            context(pki),
+        )
+        [(_, _, mail)] = mailbox.mails
+        assert mail["Subject"] == "[Heron critical] node node2 is down"
+    finally:
+        plain.stop()

@@ -11,6 +11,7 @@ import email.utils
 import logging
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 
 from heron.models.alerts import Severity, SmtpSettings
@@ -126,6 +127,17 @@ async def send(settings: SmtpSettings, notices: list[Notice], context: Context) 
 
 def _send(settings: SmtpSettings, mail: EmailMessage, context: Context) -> None:
     where = f"{settings.host}:{settings.port}"
+    deadline = time.monotonic() + context.timeout
+
+    def step(client: smtplib.SMTP) -> None:
+        """Give the next exchange only the time left: the whole conversation ends within
+        the timeout, so deliver's own limit never cuts a mail half sent (then sent twice)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if client.sock is not None:
+            client.sock.settimeout(left)
+
     try:
         client: smtplib.SMTP
         if settings.security == "tls":
@@ -136,13 +148,18 @@ def _send(settings: SmtpSettings, mail: EmailMessage, context: Context) -> None:
             client = smtplib.SMTP(settings.host, settings.port, timeout=context.timeout)
         with client:
             if settings.security == "starttls":
+                step(client)
                 client.ehlo()
                 if not client.has_extn("starttls"):
                     raise NotifyError(f"the mail server {where} does not offer STARTTLS")
+                step(client)
                 client.starttls(context=context.tls)
+                step(client)
                 client.ehlo()
             if settings.username:
+                step(client)
                 client.login(settings.username, settings.password or "")
+            step(client)
             refused = client.send_message(mail)
     except NotifyError:
         raise
