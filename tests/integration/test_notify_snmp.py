@@ -117,6 +117,7 @@ def trapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trapd]:
         "-F",
         "HERON %s %P\t%v\n",
         f"udp:127.0.0.1:{port}",
+        f"udp6:[::1]:{port}",
     ]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
@@ -198,6 +199,12 @@ async def test_a_v2c_trap_is_decoded_by_name_with_the_shipped_mib(trapd: Trapd) 
     assert binds["HERON-MIB::heronClusterName.0"] == "prod"
     assert binds["HERON-MIB::heronAlertUrl.0"] == "https://prod.example:8006/#/alerts/v2c-1"
     assert "HERON-MIB::heronAlertResolvedAt.0" not in binds
+
+
+async def test_a_trap_goes_to_an_ipv6_address(trapd: Trapd) -> None:
+    await notify.deliver(channel(trapd.port, host="::1"), [notice("v6-1")], context())
+    [trap] = arrived(trapd, "v6-1")
+    assert trap.oid == "HERON-MIB::heronNodeDown"
 
 
 async def test_each_notice_is_one_trap_and_a_custom_rule_resolves_generically(

@@ -27,6 +27,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,
     ContextData,
     SnmpEngine,
+    Udp6TransportTarget,
     UdpTransportTarget,
     UsmUserData,
     send_notification,
@@ -167,11 +168,13 @@ async def send(settings: SnmpSettings, notices: list[Notice], context: Context) 
     auth = credentials(settings)
     where = f"{settings.host}:{settings.port}"
     kind = "inform" if settings.inform else "trap"
-    engine = SnmpEngine(OctetString(context.engine_id))
+    # Making an engine loads MIB modules from disk (a tenth of a second): not on the loop.
+    engine = await asyncio.to_thread(SnmpEngine, OctetString(context.engine_id))
     try:
         # Each try waits a third of the timeout, so that a lost datagram is sent again.
-        target = await UdpTransportTarget.create(
-            (settings.host, settings.port), timeout=context.timeout / 3, retries=2
+        kind_of_target = Udp6TransportTarget if ":" in settings.host else UdpTransportTarget
+        target = await kind_of_target.create(
+            (settings.host.strip("[]"), settings.port), timeout=context.timeout / 3, retries=2
         )
         for notice in notices:
             binds = [ObjectType(ObjectIdentity(oid), value) for oid, value in varbinds(notice)]
@@ -196,7 +199,7 @@ async def send(settings: SnmpSettings, notices: list[Notice], context: Context) 
         engine.close_dispatcher()
 
 
-async def _flushed(target: UdpTransportTarget) -> None:
+async def _flushed(target: UdpTransportTarget | Udp6TransportTarget) -> None:
     """Wait until the datagrams are handed to the kernel: pysnmp opens its socket in the
     background and queues what is sent before it is open, and a trap is "sent" at once."""
     transport = target.transport
