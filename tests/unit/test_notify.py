@@ -392,3 +392,23 @@ async def test_the_notifier_turns_alerts_into_notices_with_their_links(
     )
     # The API's test alert (rule "test") reads as a test in every medium.
     assert sent.test
+
+
+def test_snmp_text_is_cut_between_characters() -> None:
+    binds = dict(snmp.varbinds(notice(summary="ж" * 1000)))
+    summary = bytes(binds[(*snmp.OBJECTS, snmp.SUMMARY, 0)])
+    assert len(summary) == snmp.TEXT_MAX
+    assert summary.decode() == "ж" * (snmp.TEXT_MAX // 2)
+    odd = bytes(
+        dict(snmp.varbinds(notice(summary="x" + "ж" * 1000)))[(*snmp.OBJECTS, snmp.SUMMARY, 0)]
+    )
+    assert odd.decode() == "x" + "ж" * ((snmp.TEXT_MAX - 1) // 2)
+
+
+async def test_settings_that_cannot_make_a_request_fail_as_notify_errors() -> None:
+    bad_mail = Channel(name="mail", settings=SMTP.model_copy(update={"sender": "a@b\nBcc: x@y"}))
+    with pytest.raises(NotifyError, match=r"channel mail \(smtp\): cannot make the mail"):
+        await notify.deliver(bad_mail, [notice()], CONTEXT)
+    bad_hook = Channel(name="hook", settings=WebhookSettings(url="https://exa mple:99999/x"))
+    with pytest.raises(NotifyError, match=r"channel hook \(webhook\): cannot reach https://"):
+        await notify.deliver(bad_hook, [notice()], CONTEXT)

@@ -121,7 +121,10 @@ def message(settings: SmtpSettings, notices: list[Notice], cluster: str) -> Emai
 
 
 async def send(settings: SmtpSettings, notices: list[Notice], context: Context) -> None:
-    mail = message(settings, notices, context.cluster_name)
+    try:
+        mail = message(settings, notices, context.cluster_name)
+    except ValueError as exc:  # an address or a name that cannot be a header
+        raise NotifyError(f"cannot make the mail: {_one_line(exc)}") from exc
     await asyncio.to_thread(_send, settings, mail, context)
 
 

@@ -117,7 +117,8 @@ def varbinds(notice: Notice) -> list[tuple[Oid, Any]]:
     """snmpTrapOID.0 and the objects, as (OID, pysnmp value) pairs."""
 
     def text(value: str) -> OctetString:
-        return OctetString(value.encode()[:TEXT_MAX])
+        # At most TEXT_MAX octets, cut between characters (a receiver decodes UTF-8).
+        return OctetString(value.encode()[:TEXT_MAX].decode(errors="ignore").encode())
 
     result: list[tuple[Oid, Any]] = [
         (SNMP_TRAP_OID, ObjectIdentifier(notification_type(notice)[1])),

@@ -61,7 +61,11 @@ def where(url: str) -> str:
     """The URL without path or query, which often carry a token (chat services' hooks):
     what error messages, logs and events may show."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{port}" if port else "")
 
 
 async def send(settings: WebhookSettings, notices: list[Notice], context: Context) -> None:
@@ -76,7 +80,7 @@ async def send(settings: WebhookSettings, notices: list[Notice], context: Contex
             )
     except httpx.TimeoutException as exc:
         raise NotifyError(f"no answer from {target} within {context.timeout:g} s") from exc
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise NotifyError(f"cannot reach {target}: {_one_line(exc)}") from exc
     if not answer.is_success:
         raise NotifyError(f"{target} answered {answer.status_code} {answer.reason_phrase}".rstrip())
