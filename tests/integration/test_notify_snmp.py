@@ -280,6 +280,24 @@ async def test_a_v3_inform_is_acknowledged(trapd: Trapd) -> None:
     assert trap.version == "3"
 
 
+async def test_an_inform_the_receiver_refuses_fails(trapd: Trapd) -> None:
+    # A community snmptrapd does not know: it drops the inform, nothing acknowledges it.
+    stranger = channel(trapd.port, inform=True, community="not-this-one")
+    with pytest.raises(NotifyError, match="no acknowledgement of an SNMP inform"):
+        await notify.deliver(stranger, [notice("refused-1")], context(timeout=1.5))
+    # A v3 user with the wrong key: snmptrapd reports the wrong digest.
+    wrong = v3(trapd.port, inform=True, auth_key="not-the-key")
+    with pytest.raises(
+        NotifyError, match=r"SNMP inform to 127\.0\.0\.1:\d+ failed: Wrong SNMP PDU"
+    ):
+        await notify.deliver(wrong, [notice("refused-2")], context(timeout=3))
+    assert not [
+        t
+        for t in trapd.traps()
+        if t.binds.get("HERON-MIB::heronAlertId.0", "").startswith("refused")
+    ]
+
+
 async def test_an_inform_nobody_answers_fails_within_the_timeout() -> None:
     nobody = free_port()
     with pytest.raises(NotifyError) as failed:
