@@ -167,15 +167,16 @@ def credentials(settings: SnmpSettings) -> CommunityData | UsmUserData:
 
 async def send(settings: SnmpSettings, notices: list[Notice], context: Context) -> None:
     auth = credentials(settings)
-    where = f"{settings.host}:{settings.port}"
+    host = settings.host.strip("[]")
+    where = f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
     kind = "inform" if settings.inform else "trap"
     # Making an engine loads MIB modules from disk (a tenth of a second): not on the loop.
     engine = await asyncio.to_thread(SnmpEngine, OctetString(context.engine_id))
     try:
         # Each try waits a third of the timeout, so that a lost datagram is sent again.
-        kind_of_target = Udp6TransportTarget if ":" in settings.host else UdpTransportTarget
+        kind_of_target = Udp6TransportTarget if ":" in host else UdpTransportTarget
         target = await kind_of_target.create(
-            (settings.host.strip("[]"), settings.port), timeout=context.timeout / 3, retries=2
+            (host, settings.port), timeout=context.timeout / 3, retries=2
         )
         for notice in notices:
             binds = [ObjectType(ObjectIdentity(oid), value) for oid, value in varbinds(notice)]
