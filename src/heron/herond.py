@@ -26,7 +26,7 @@ import httpx
 import uvicorn
 
 import heron
-from heron.agent.alerts import AlertController, NodeAlerts, undeliverable
+from heron.agent.alerts import AlertController, NodeAlerts
 from heron.agent.ardfs import IoSupervisor
 from heron.agent.certificates import (
     CertificateKeeper,
@@ -68,18 +68,20 @@ from heron.ha.controller import FailoverController
 from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups
 from heron.hypervisor.accel import choose_accelerator, qemu_version
+from heron.models.alerts import Alert
 from heron.models.auth import Role, User
 from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
 from heron.monitor.catalog import METRICS
 from heron.monitor.collect.ipmi import IpmiPoller
+from heron.monitor.notify import Context, notifier
 from heron.monitor.recorder import Recorder
 from heron.monitor.store import Store
 from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.rebalance import RebalanceController
-from heron.tls import Authority, NodeCredentials, TlsError
+from heron.tls import Authority, NodeCredentials, TlsError, authority_name, fingerprint
 from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 log = logging.getLogger("herond")
@@ -284,6 +286,8 @@ async def run(config: AgentConfig) -> None:
         {m.name: m.kind for m in METRICS.values()},
     )
     ipmi = IpmiPoller()
+    notify = notify_context(credentials, config.name)
+    deliver = notifier(notify, alerts_link(node.api_url))
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
     measurements = Measurements(
@@ -308,7 +312,8 @@ async def run(config: AgentConfig) -> None:
             guest_agent=vms.guest_agent,
             peer_tls=peer_tls,
             monitor=recorder,
-            deliver=undeliverable,
+            deliver=deliver,
+            notify=notify,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -336,7 +341,7 @@ async def run(config: AgentConfig) -> None:
             BalancingController(inventory, ctx.audit).run,
             RebalanceController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
-            AlertController(inventory, ctx.audit, undeliverable, etcd_tls).run,
+            AlertController(inventory, ctx.audit, deliver, etcd_tls).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
         background = [
@@ -605,3 +610,24 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def notify_context(credentials: NodeCredentials, node: str) -> Context:
+    """Who sends the notices: the cluster, known by its CA (every node has the same one;
+    the SNMP engine ID is made of it, so it stays when the leader changes)."""
+    authority = credentials.authority()
+    if authority is None:
+        return Context(cluster_id=node, cluster_name=node)
+    return Context(
+        cluster_id=fingerprint(authority).replace(":", "").lower(),
+        cluster_name=authority_name(authority),
+    )
+
+
+def alerts_link(api_url: str) -> Callable[[Alert], str | None]:
+    """A notice's link: the alerts page of the node that sent it."""
+
+    def link(alert: Alert) -> str | None:
+        return f"{api_url}/alerts"
+
+    return link
