@@ -7,9 +7,10 @@ real on every node (the ConfigDB is up everywhere), counted in the top bar and t
 one alert acknowledged (the name shown, and in the API); one silenced from its row with its
 rule and labels filled in (the leader marks it silenced), and the silence ended; a built-in
 rule changed and reset to its default; a webhook channel made (its signing key kept out of
-every answer) and its "send test" pressed against a receiver the test runs; SNMP v3 and mail
-channels with their own fields (a stored key kept, or cleared); a viewer offered no control;
-both languages on every tab; phone width.
+every answer) and its "send test" pressed against a receiver the test runs (the signed notice
+received; a refusal's reason shown); the SNMP engine ID and HERON-MIB for managers; SNMP v3
+and mail channels with their own fields (a stored key kept, or cleared); a viewer offered no
+control; both languages on every tab; phone width.
 """
 
 import hashlib
@@ -53,13 +54,14 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.refuse = False  # answer 503, as a receiver that is down for maintenance
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
+                self.send_response(503 if outer.refuse else 204)
                 self.end_headers()
 
             def log_message(self, *_: object) -> None:
@@ -299,31 +301,44 @@ def test_webhook_channel_and_send_test(
     ) as answer:
         item.locator("[data-testid=channel-test]").click()
     result = item.locator("[data-testid=channel-test-result]")
-    reply = answer.value
-    if reply.status == 502:
-        # No driver sends webhooks yet: the server's reason is what the page shows.
-        reason = reply.json()["message"]
-        assert "no driver sends webhook notices yet" in reason
+    assert answer.value.status == 200, answer.value.status
+    expect(result).to_have_attribute("data-ok", "true")
+    expect(result).to_contain_text("Test notice sent")
+
+    def tested() -> tuple[dict[str, str], bytes] | None:
+        return next((r for r in receiver.received if json.loads(r[1]).get("test")), None)
+
+    # The test notice arrived, signed with the key the form set (the webhook's contract:
+    # HMAC-SHA256 of "<X-Heron-Timestamp>.<body>").
+    headers, body = wait_for(tested, 30, "the test notice at the receiver")
+    signed = headers["x-heron-timestamp"].encode() + b"." + body
+    mac = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
+    assert headers.get("x-heron-signature") == f"sha256={mac}", headers
+
+    # A channel that refuses: the server's reason is what the page shows.
+    receiver.refuse = True
+    try:
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and r.url.endswith(tested_path)
+        ) as answer:
+            item.locator("[data-testid=channel-test]").click()
+        assert answer.value.status == 502
+        reason = answer.value.json()["message"]
+        assert "503" in reason, reason
         expect(result).to_have_attribute("data-ok", "false")
         expect(result).to_contain_text(reason)
-    else:
-        assert reply.status == 200, reply.status
-        expect(result).to_have_attribute("data-ok", "true")
-        expect(result).to_contain_text("Test notice sent")
-
-        def tested() -> tuple[dict[str, str], bytes] | None:
-            return next((r for r in receiver.received if json.loads(r[1]).get("test")), None)
-
-        # A test notice arrived, signed with the key the form set (the webhook's contract:
-        # HMAC-SHA256 of "<X-Heron-Timestamp>.<body>").
-        headers, body = wait_for(tested, 30, "the test notice at the receiver")
-        signed = headers["x-heron-timestamp"].encode() + b"." + body
-        mac = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
-        assert headers.get("x-heron-signature") == f"sha256={mac}", headers
+    finally:
+        receiver.refuse = False
     shot(page, screenshots, "alerts-channel-tested")
 
 
 def test_snmp_and_mail_channels_with_their_own_fields(page: Page, api: Api) -> None:
+    # What an SNMP manager needs: the cluster's engine ID, and HERON-MIB to load.
+    identity = api.ok("GET", "/alerts/snmp")
+    expect(page.locator("[data-testid=snmp-engine-id]")).to_have_text(identity["engine_id"])
+    with page.expect_download() as download:
+        page.click("[data-testid=snmp-mib]")
+    assert "HERON-MIB DEFINITIONS" in Path(download.value.path()).read_text()
     page.click("[data-testid=channel-new]")
     form = page.locator("[data-testid=channel-form]")
     form.locator("[data-testid=channel-name]").fill("traps")

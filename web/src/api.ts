@@ -68,6 +68,8 @@ async function answer(method: string, path: string, body?: unknown): Promise<Res
 }
 
 export const get = <T>(path: string) => request<T>("GET", path);
+/** A document the API serves as plain text (a MIB). */
+export const getText = (path: string) => busy(async () => (await answer("GET", path)).text());
 export const post = <T>(path: string, body?: unknown) => request<T>("POST", path, body ?? {});
 export const put = <T>(path: string, body: unknown) => request<T>("PUT", path, body);
 export const del = <T>(path: string) => request<T>("DELETE", path);
