@@ -43,6 +43,9 @@ DESIGN_WORST = 2 * ROUND
 
 
 class Receiver:
+    """A webhook receiver in this process, noting when each notice arrived (the tests use it
+    too)."""
+
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, dict]] = []
         arrivals = self.arrivals
@@ -64,6 +67,12 @@ class Receiver:
 
     def seen(self, rule: str, state: str, since: float) -> list[float]:
         return [t - since for t, n in self.arrivals if n["rule"] == rule and n["state"] == state]
+
+    def notices(self, rule: str) -> list[dict]:
+        return [n for _, n in self.arrivals if n["rule"] == rule]
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 def main() -> None:
@@ -108,7 +117,7 @@ def main() -> None:
             resolved += receiver.seen(name, "resolved", started)
             api.ok("DELETE", f"/alerts/rules/{name}")
         api.close()
-    receiver.server.shutdown()
+    receiver.close()
     results = {
         "firing_s": stats(firing),
         "resolved_s": stats(resolved),
