@@ -77,13 +77,15 @@ function pair(
 ): Source {
   return async (w) => {
     const read = await Promise.all(metrics.map((m) => history(m, labels, w)));
-    return sorted(
-      read.flatMap((series: Series[], i) =>
-        series
-          .filter((s) => !skip(s.labels[device] ?? ""))
-          .map((s) => line(t(names[i], { device: s.labels[device] ?? "" }), s)),
-      ),
+    // Device by device (disk2 before disk10), each's first counter first.
+    const order = new Intl.Collator(undefined, { numeric: true });
+    const found = read.flatMap((series: Series[], i) =>
+      series
+        .filter((s) => !skip(s.labels[device] ?? ""))
+        .map((s) => ({ device: s.labels[device] ?? "", i, s })),
     );
+    found.sort((a, b) => order.compare(a.device, b.device) || a.i - b.i);
+    return found.map(({ device: name, i, s }) => line(t(names[i], { device: name }), s));
   };
 }
 

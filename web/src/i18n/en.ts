@@ -964,7 +964,7 @@ const en = {
   "metrics.title": "Activity",
   "metrics.nothing": "Nothing measured yet in this range",
   "metrics.unavailable": "No history to show: {reason}",
-  "metrics.latest": "Latest values (point at the chart for others)",
+  "metrics.latest": "Latest values",
   "metrics.toggleLine": "Show or hide this line",
   "metrics.range": "Time range",
   "metrics.range.15m": "15 min",

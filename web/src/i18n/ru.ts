@@ -966,7 +966,7 @@ const ru: Record<keyof typeof en, string> = {
   "metrics.title": "Активность",
   "metrics.nothing": "В этом интервале ещё ничего не измерено",
   "metrics.unavailable": "Нет истории для показа: {reason}",
-  "metrics.latest": "Последние значения (наведите на график, чтобы увидеть другие)",
+  "metrics.latest": "Последние значения",
   "metrics.toggleLine": "Показать или скрыть эту линию",
   "metrics.range": "Интервал времени",
   "metrics.range.15m": "15 мин",
