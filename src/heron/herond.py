@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +26,7 @@ import httpx
 import uvicorn
 
 import heron
+from heron.agent.alerts import AlertController, NodeAlerts, undeliverable
 from heron.agent.ardfs import IoSupervisor
 from heron.agent.certificates import (
     CertificateKeeper,
@@ -40,7 +42,7 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
-from heron.agent.monitor import Measurements
+from heron.agent.monitor import Measurements, service_samples, storage_samples
 from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
@@ -273,7 +275,16 @@ async def run(config: AgentConfig) -> None:
         await asyncio.to_thread(Store, config.state_dir / "monitor"),
         {m.name: m.kind for m in METRICS.values()},
     )
-    measurements = Measurements(recorder, [])
+    node_alerts = NodeAlerts(db, config.name, audit)
+    vms.on_crash = node_alerts.vm_crashed
+    measurements = Measurements(
+        recorder,
+        [
+            ("storage", partial(storage_samples, inventory, config.state_dir)),
+            ("services", partial(service_samples, db, credentials)),
+        ],
+        node_alerts,
+    )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(
             db=db,
@@ -285,6 +296,7 @@ async def run(config: AgentConfig) -> None:
             guest_agent=vms.guest_agent,
             peer_tls=peer_tls,
             monitor=recorder,
+            deliver=undeliverable,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -312,6 +324,7 @@ async def run(config: AgentConfig) -> None:
             BalancingController(inventory, ctx.audit).run,
             RebalanceController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
+            AlertController(inventory, ctx.audit, undeliverable, etcd_tls).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
         background = [

@@ -11,10 +11,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
 
+from heron.agent.alerts import NodeAlerts
+from heron.agent.ardfs import io_status
+from heron.configdb import UNREACHABLE, ConfigDB
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
+from heron.monitor.services import certificate_samples, configdb_samples
+from heron.monitor.storage import ardfs_samples, pool_samples
 from heron.monitor.store import RAW
+from heron.scheduler.inventory import Inventory
+from heron.storage.probe import probe
+from heron.storage.registry import driver_for
+from heron.tls import NodeCredentials
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +37,13 @@ class Measurements:
         self,
         recorder: Recorder,
         sources: Sequence[tuple[str, Source]],
+        alerts: NodeAlerts | None = None,
         interval: float = RAW.step,
         timeout: float = 5.0,
     ):
         self.recorder = recorder
         self.sources = sources
+        self.alerts = alerts
         self.interval = interval
         self.timeout = timeout
         self.failing: set[str] = set()
@@ -39,14 +52,21 @@ class Measurements:
         try:
             while True:
                 await asyncio.sleep(self.interval - time.time() % self.interval)
-                await self.round(time.time())
+                # Stamped with the grid's time: a counter's rate is then its growth over a
+                # whole number of intervals, which the history compresses far better.
+                await self.round(round(time.time() / self.interval) * self.interval)
         finally:
             await asyncio.to_thread(self.recorder.store.flush)
 
     async def round(self, t: float) -> None:
         parts = await asyncio.gather(*(self._ask(name, source) for name, source in self.sources))
         samples = [s for part in parts for s in part]
-        await asyncio.to_thread(self.recorder.record, t, samples)
+        values = await asyncio.to_thread(self.recorder.record, t, samples)
+        if self.alerts is not None:
+            try:
+                await self.alerts.round(t, values)
+            except Exception as exc:  # etcd away: the rules are checked again next round
+                log.warning("alert rules not checked this round: %r", exc)
 
     async def _ask(self, name: str, source: Source) -> list[Sample]:
         try:
@@ -60,3 +80,35 @@ class Measurements:
             log.info("metrics source %s works again", name)
             self.failing.discard(name)
         return samples
+
+
+async def storage_samples(inventory: Inventory, state_dir: Path) -> list[Sample]:
+    """Every pool's capacity as this node sees it (a pool that cannot tell is left out; one
+    that does not answer in time counts as unreachable), and this node's heron-io status."""
+    samples: list[Sample] = []
+    for pool in inventory.pools.values():
+        capacity = driver_for(pool, state_dir).capacity
+        answer = await probe(pool.name, partial(_told, capacity))
+        if answer is None or answer[0] is not None:
+            samples += pool_samples(pool.name, None if answer is None else answer[0])
+        status = io_status(state_dir, pool.name)
+        if status:
+            samples += ardfs_samples(pool.name, status, None)
+    return samples
+
+
+def _told(call: Callable[[], tuple[int, int] | None]) -> tuple[tuple[int, int] | None]:
+    """A driver's answer wrapped, so that "cannot tell" (None) differs from no answer."""
+    return (call(),)
+
+
+async def service_samples(db: ConfigDB, credentials: NodeCredentials) -> list[Sample]:
+    """The node's certificate and the cluster CA's time left; a ConfigDB read's latency."""
+    started = time.monotonic()
+    try:
+        await db.revision()
+        took: float | None = time.monotonic() - started
+    except UNREACHABLE:
+        took = None
+    certificates = {"node": credentials.certificate(), "ca": credentials.authority()}
+    return certificate_samples(certificates, time.time()) + configdb_samples(took)

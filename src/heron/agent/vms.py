@@ -85,6 +85,8 @@ class VMController:
         self.on_launch = on_launch  # e.g. keep QEMU off the cores reserved for I/O
         self._vms: dict[str, _Runtime] = {}
         self.network: NetworkController | None = None  # set by herond where it has one
+        # Told at once when a VM's QEMU ends unexpectedly (its alert must not wait a round).
+        self.on_crash: Callable[[VM, str], Awaitable[None]] | None = None
         self.vhost = vhost_net_available()
         # Where the VMs' control groups are made (herond: /sys/fs/cgroup); None: nowhere,
         # and a VM with CPU or memory limits does not start.
@@ -690,3 +692,8 @@ class VMController:
             )
             log.warning("VM %s: %s", vm_id, why)
             await self._report(vm_id, RunState.crashed, None, message=why)
+            if self.on_crash is not None:
+                try:
+                    await self.on_crash(entry.value, why)
+                except Exception as exc:  # the leader's round finds it all the same
+                    log.warning("VM %s: crash alert not written: %r", vm_id, exc)

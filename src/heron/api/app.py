@@ -9,6 +9,7 @@ import heron
 from heron.api import contract, errors, web
 from heron.api.context import ApiContext
 from heron.api.routes import (
+    alerts,
     auth,
     console,
     events,
@@ -58,9 +59,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         console,
         guest,
         metrics,
+        alerts,
     ):
         app.include_router(module.router, prefix=API)
-    app.include_router(metrics.prometheus)
 
     @app.middleware("http")
     async def audit(

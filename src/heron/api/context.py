@@ -1,7 +1,7 @@
 """What every route needs, passed in once when the app is built (no global state)."""
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from heron.api.listing import RenderedViews
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB
 from heron.hypervisor.qga import GuestAgent
+from heron.models.alerts import Alert, Channel
 from heron.monitor.recorder import Recorder
 from heron.scheduler.inventory import Inventory
 
@@ -34,3 +35,5 @@ class ApiContext:
     peer_tls: ssl.SSLContext | None = None
     # This node's metrics (its history and latest samples); None where nothing is measured.
     monitor: Recorder | None = None
+    # Sends one channel its notices (raising on failure): for the channels' "send test".
+    deliver: Callable[[Channel, list[Alert]], Awaitable[None]] | None = None

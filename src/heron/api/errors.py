@@ -20,6 +20,7 @@ from heron.services.errors import Conflict, Invalid, NotFound, ServiceError
 
 __all__ = [
     "ApiError",
+    "BadGateway",
     "Conflict",
     "Forbidden",
     "Invalid",
@@ -68,6 +69,14 @@ class Locked(ApiError):
 
     status = 429
     code = "locked"
+
+
+class BadGateway(ApiError):
+    """Something outside the cluster that a request reached refused it (a mail server, an
+    SNMP manager, a webhook): the message says what it answered."""
+
+    status = 502
+    code = "bad_gateway"
 
 
 # The service layer's errors, as HTTP: status and the body's `error` code.

@@ -7,6 +7,7 @@ import typer
 
 from heron import devcluster as dev
 from heron.cli import (
+    alert,
     cluster,
     devcluster,
     event,
@@ -41,6 +42,7 @@ for module in (
     task,
     event,
     metrics,
+    alert,
     token,
     user,
     devcluster,

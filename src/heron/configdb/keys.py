@@ -36,6 +36,13 @@ SWITCHES = ROOT + "switches/"
 NETWORKS = ROOT + "networks/"
 NETWORK_STATUS = ROOT + "network-status/"
 SECURITY_GROUPS = ROOT + "security-groups/"
+# Monica: alerts (one record per rule and object), the administrator's rules (by name; a
+# built-in rule's name replaces it), silences, and notification channels — whose secrets
+# are never read by an API route, nor under a prefix the UI's event stream follows.
+ALERTS = ROOT + "alerts/"
+ALERT_RULES = ROOT + "alert-rules/"
+SILENCES = ROOT + "silences/"
+CHANNELS = ROOT + "channels/"
 # Index keys, written in the VM's own transactions: a MAC is unique in the cluster, an
 # address in its network, a VNI among the overlay segments.
 MACS = ROOT + "names/mac/"
@@ -190,3 +197,19 @@ def snapshot_name(vm_id: str, name: str) -> str:
 
 def snapshot_head(vm_id: str) -> str:
     return SNAPSHOT_HEADS + vm_id
+
+
+def alert(alert_id: str) -> str:
+    return ALERTS + alert_id
+
+
+def alert_rule(name: str) -> str:
+    return ALERT_RULES + name
+
+
+def silence(silence_id: str) -> str:
+    return SILENCES + silence_id
+
+
+def channel(name: str) -> str:
+    return CHANNELS + name

@@ -41,12 +41,16 @@ class Recorder:
         self.latest: list[Sample] = []
         self.latest_at = 0.0
 
-    def record(self, t: float, samples: list[Sample]) -> None:
+    def record(self, t: float, samples: list[Sample]) -> dict[str, float]:
+        """Keep the round; what was written to the history (series key -> value), which is
+        also what the alert rules look at."""
         counters = [s for s in samples if self.kinds.get(s.name) == "counter"]
         gauges = [(s.key, s.value) for s in samples if self.kinds.get(s.name) != "counter"]
-        self.store.append(t, [*gauges, *self.rates(t, counters)])
+        values = dict([*gauges, *self.rates(t, counters)])
+        self.store.append(t, values.items())
         with self.lock:
             self.latest, self.latest_at = samples, t
+        return values
 
     def current(self) -> tuple[float, list[Sample]]:
         with self.lock:

@@ -235,6 +235,15 @@ def _node_certificate(
     return _cert_pem(certificate)
 
 
+def expires_at(certificate: str) -> float:
+    """When the (first) certificate in `certificate` ends, in seconds since the epoch."""
+    try:
+        cert = x509.load_pem_x509_certificate(first_certificate(certificate).encode())
+    except ValueError as exc:
+        raise TlsError(f"not a certificate: {exc}") from exc
+    return cert.not_valid_after_utc.timestamp()
+
+
 def due_for_renewal(
     certificate: str | None, authority: str, names: Iterable[str], now: float
 ) -> str | None:

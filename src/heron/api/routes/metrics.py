@@ -1,5 +1,6 @@
 """Monica over HTTP: the history of any series, gathered from the nodes that hold it; the
-catalog of metrics; and `/metrics` (mounted outside /api/v1, where Prometheus looks)."""
+catalog of metrics; and `/metrics`, this node's samples for Prometheus (its scrape config
+names `metrics_path: /api/v1/metrics` and a bearer token)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from heron.monitor.store import HOUR
 from heron.services.lookup import find_vm
 
 router = APIRouter(tags=["metrics"])
-prometheus = APIRouter(tags=["metrics"])  # at the server's root
 
 
 def _recorder(request: Request) -> Recorder:
@@ -115,7 +115,7 @@ async def _may_read(request: Request, principal: Principal, labels: dict[str, st
     await auth.check_on(db, principal, auth.vm_scopes(vm), Role.viewer, f"VM {labels['vm']!r}")
 
 
-@prometheus.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response)
 async def metrics(request: Request, _: Principal = Depends(auth.viewer)) -> Response:
     """This node's latest samples in Prometheus's text exposition (for a scraper with a token)."""
     samples = _recorder(request).current()[1]

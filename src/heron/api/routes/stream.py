@@ -50,12 +50,14 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.LOGIN_FAILURES, "users", Role.admin),
     (keys.GRANTS, "users", Role.admin),
     (keys.TOKENS, "tokens", Role.viewer),
+    (keys.ALERTS, "alerts", Role.viewer),
+    (keys.SILENCES, "alerts", Role.viewer),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
 _SECRET_IDS = {"tokens"}
 # What a user without a cluster-wide role (reaching only what grants give) hears of: that
 # something of the kind changed, never which (the ids could be of VMs out of its sight).
-_SCOPED_KINDS = {"vms", "snapshots", "tasks", "tokens"}
+_SCOPED_KINDS = {"vms", "snapshots", "tasks", "tokens", "alerts"}
 
 
 @dataclass

@@ -1,0 +1,192 @@
+"""Monica on a real 3-node devcluster: every node measures and keeps its history, a query
+through one node gathers all of them, Prometheus's exposition, and alerts — fired by the
+nodes and by the leader, acknowledged, silenced, inhibited by a node down, resolved."""
+
+import os
+import signal
+
+import httpx
+import pytest
+from support import Api, wait_for
+
+from heron.devcluster import DevCluster
+
+pytestmark = pytest.mark.integration
+
+ROUND = 10  # seconds between a node's measurements
+ROUNDS = 6 * ROUND  # a wait of a few rounds: the condition, the round, the leader's round
+
+
+def series(api: Api, metric: str, *labels: str) -> dict[str, list[list[float | None]]]:
+    answer = api.ok("GET", "/metrics/history", params={"metric": metric, "label": list(labels)})
+    return {s["key"]: s["points"] for s in answer["series"]}
+
+
+def measured(points: list[list[float | None]]) -> list[float]:
+    return [p[2] for p in points if p[2] is not None]
+
+
+def test_every_node_keeps_its_history_and_one_query_gathers_them(cluster3, api: Api) -> None:
+    found = wait_for(
+        lambda: (
+            len(got := series(api, "heron_configdb_up")) == 3
+            and all(measured(p) for p in got.values())
+            and got
+        ),
+        ROUNDS,
+        "a sample of every node",
+    )
+    assert sorted(found) == [f'heron_configdb_up{{node="node{i}"}}' for i in (1, 2, 3)]
+    assert all(set(measured(p)) == {1.0} for p in found.values())
+    # The certificate's time left goes down as the rounds go by.
+    left = wait_for(
+        lambda: (
+            (got := series(api, "heron_certificate_expiry_seconds", "certificate=node"))
+            and all(len(measured(p)) >= 2 for p in got.values())
+            and got
+        ),
+        ROUNDS,
+        "two rounds of certificate samples",
+    )
+    for points in left.values():
+        first, last = measured(points)[0], measured(points)[-1]
+        assert 0 < first - last < 3 * ROUNDS
+
+
+def test_bad_queries_are_refused_with_the_field(api: Api) -> None:
+    reply = api.get("/metrics/history", params={"metric": "no_such_metric"})
+    assert reply.status_code == 422
+    assert reply.json()["fields"][0]["field"] == "query.metric"
+    reply = api.get(
+        "/metrics/history", params={"metric": "heron_configdb_up", "start": 10, "end": 5}
+    )
+    assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.end"
+    reply = api.get("/metrics/history", params={"metric": "heron_configdb_up", "label": "x"})
+    assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.label"
+
+
+def test_prometheus_reads_a_node_with_a_token_only(cluster3, api: Api) -> None:
+    cluster, _ = cluster3
+    url = f"{cluster.nodes[1].url}/api/v1/metrics"
+    assert httpx.get(url, verify=cluster.tls()).status_code == 401
+    text = wait_for(
+        lambda: "heron_configdb_up 1.0" in (t := api.as_token(api.token).http.get(url).text) and t,
+        ROUNDS,
+        "the node's latest round",
+    )
+    assert "# TYPE heron_certificate_expiry_seconds gauge" in text
+
+
+def rule(api: Api, name: str, **fields: object) -> None:
+    body = {"name": name, "metric": "heron_configdb_up", "op": ">=", "value": 1,
+            "for_seconds": 0, "severity": "warning", "summary": "{node} reads etcd"}  # fmt: skip
+    api.ok("PUT", f"/alerts/rules/{name}", json={**body, **fields})
+
+
+def alerts(api: Api, name: str, state: str | None = None) -> dict[str, dict]:
+    found = api.ok("GET", "/alerts", params={"state": state} if state else {})
+    return {a["labels"]["node"]: a for a in found if a["rule"] == name}
+
+
+def test_a_rule_fires_on_every_node_and_is_acknowledged_silenced_and_resolved(
+    api: Api,
+) -> None:
+    rule(api, "reads-etcd")
+    firing = wait_for(
+        lambda: len(got := alerts(api, "reads-etcd", "firing")) == 3 and got,
+        ROUNDS,
+        "the rule firing on every node",
+    )
+    assert firing["node2"]["summary"] == "node2 reads etcd"
+    acked = api.ok("POST", f"/alerts/{firing['node1']['id']}/acknowledge")
+    assert acked["acknowledged_by"] == "admin"
+    silence = api.ok(
+        "POST",
+        "/alerts/silences",
+        json={"rule": "reads-etcd", "matchers": {"node": "node2"}, "duration": 600},
+    )
+    wait_for(
+        lambda: alerts(api, "reads-etcd")["node2"]["silenced_by"] == silence["id"],
+        ROUNDS,
+        "the leader to mark the alert silenced",
+    )
+    assert alerts(api, "reads-etcd")["node3"]["silenced_by"] is None
+    rule(api, "reads-etcd", enabled=False)
+    wait_for(
+        lambda: len(got := alerts(api, "reads-etcd", "resolved")) == 3 and got,
+        ROUNDS,
+        "every alert of the rule turned off to resolve",
+    )
+    api.ok("DELETE", "/alerts/rules/reads-etcd")
+    api.ok("DELETE", f"/alerts/silences/{silence['id']}")
+
+
+def test_bad_rules_and_silences_are_refused_and_built_ins_stay(api: Api) -> None:
+    reply = api.put(
+        "/alerts/rules/odd", json={"name": "odd", "metric": "no_such_metric", "value": 1}
+    )
+    assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "body.metric"
+    reply = api.post("/alerts/silences", json={"matchers": {}, "duration": 60})
+    assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "body.matchers"
+    assert api.delete("/alerts/rules/node-down").status_code == 409
+    names = {r["name"] for r in api.ok("GET", "/alerts/rules")}
+    assert {"node-down", "vm-crashed", "pool-nearly-full", "certificate-expiring"} <= names
+    assert "odd" not in names
+
+
+def test_a_node_down_fires_and_inhibits_the_node_s_other_alerts(
+    cluster3: tuple[DevCluster, str], api: Api
+) -> None:
+    cluster, _ = cluster3
+    rule(api, "reads-etcd-too")
+    wait_for(lambda: len(alerts(api, "reads-etcd-too", "firing")) == 3, ROUNDS, "the rule firing")
+    victim = cluster.node("node3")
+    pid = cluster.herond_pid(victim)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    try:
+        down = wait_for(
+            lambda: alerts(api, "node-down", "firing").get("node3"), ROUNDS, "node3 down"
+        )
+        assert down["severity"] == "critical"
+        wait_for(
+            lambda: alerts(api, "reads-etcd-too")["node3"]["inhibited_by"] == down["id"],
+            ROUNDS,
+            "node3's other alert to be inhibited",
+        )
+        assert alerts(api, "reads-etcd-too")["node2"]["inhibited_by"] is None
+    finally:
+        cluster.start_node("node3")
+    cluster.wait_api(victim, 60)
+    wait_for(
+        lambda: "node3" in alerts(api, "node-down", "resolved"), ROUNDS, "node3 back: resolved"
+    )
+    rule(api, "reads-etcd-too", enabled=False)
+
+
+def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(api: Api, image: str) -> None:
+    reply = api.ok(
+        "POST",
+        "/vms",
+        json={"name": "watched", "memory_mib": 64, "node": "node1", "start": True,
+              "ha": {"enabled": True}, "disks": [{"pool": "shared", "source": image}]},
+    )  # fmt: skip
+    api.wait_task(reply["task"])
+    vm_id = reply["vm"]
+    pid = api.vm(vm_id)["status"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    crashed = wait_for(
+        lambda: next((a for a in api.ok("GET", "/alerts") if a["labels"].get("vm") == vm_id), None),
+        ROUNDS,
+        "the VM's crash alert",
+    )
+    assert (crashed["rule"], crashed["labels"]["vm_name"]) == ("vm-crashed", "watched")
+    wait_for(
+        lambda: (
+            next(a for a in api.ok("GET", "/alerts") if a["id"] == crashed["id"])["state"]
+            == "resolved"
+        ),
+        ROUNDS,
+        "the alert to resolve once HA restarted the VM",
+    )
+    assert api.vm(vm_id)["state"] == "running"
