@@ -186,3 +186,14 @@ def test_the_overview_charts_in_russian_at_phone_width(
     assert_fits(phone, "the VM's metrics tab")
     assert_translated(phone, "ru", f"/vms/{vm['name']}?tab=metrics (phone)")
     shot(phone, screenshots, "phone-vm-metrics")
+
+
+def test_the_storage_view_charts_the_pools_use(page: Page, ui: str, image: str) -> None:
+    pool = image.split("/")[0]
+    page.goto(f"{ui}/storage?pool={pool}")
+    settle(page)
+    drawn(page, "chart-pool-used")
+    used = page.locator("[data-testid=chart-pool-used]")
+    # A pool every node mounts: each node's view of it, one line a node.
+    expect(used.locator(".legend-label")).to_have_text(["node1", "node2", "node3"], timeout=SAMPLED)
+    expect(used.locator(".legend-value").first).to_contain_text("iB")

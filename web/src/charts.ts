@@ -147,6 +147,18 @@ export const vmNics = (id: string): Source =>
     ["metrics.received", "metrics.sent"],
   );
 
+/** A pool's bytes in use as each node sees it (its size less its free space). */
+export function poolUse(pool: string): Source {
+  return async (w) => {
+    const [size, free] = await Promise.all([
+      history("heron_pool_size_bytes", { pool }, w),
+      history("heron_pool_free_bytes", { pool }, w),
+    ]);
+    const left = byLabel(free, "node");
+    return sorted(size.map((s) => difference(node(s.labels), s, left.get(node(s.labels)))));
+  };
+}
+
 /**
  * Filesystem use in % of the nodes in `nodes` (all when null): of the filesystem holding each
  * of `paths` where they are known, else of every filesystem the node measures.
