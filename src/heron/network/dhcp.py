@@ -169,11 +169,13 @@ class DhcpServers:
         if not self._plane_exists():
             shutil.rmtree(files.directory, ignore_errors=True)
             return
-        # The pair went with its end in the namespace, unless that end never got there.
+        # The pair went with its end in the namespace, unless that end never got there. The
+        # kernel deletes the pair after the namespace is gone, so the end found here may be
+        # gone by the time it is read or deleted.
         with _ipr(self.plane.netns) as plane:
             for index in plane.link_lookup(ifname=dhcp_link(network)[0]):
-                if plane.get_links(index)[0].get("ifalias") == OWNER:
-                    with contextlib.suppress(NetlinkError):  # gone meanwhile
+                with contextlib.suppress(NetlinkError):  # gone meanwhile
+                    if plane.get_links(index)[0].get("ifalias") == OWNER:
                         plane.link("del", index=index)
         shutil.rmtree(files.directory, ignore_errors=True)
 
