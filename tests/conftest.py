@@ -37,7 +37,8 @@ BESIDE_THE_GUESTS = {
     "test_ardfs_nbd", "test_ardfs_peer_key", "test_ardfs_replication", "test_configdb",
     "test_configdb_contract", "test_election", "test_network_bridge", "test_network_dhcp",
     "test_network_firewall_driver", "test_network_ovs", "test_network_tap",
-    "test_network_vxlan", "test_migration_tls", "test_qemu_contract", "test_qemu_snapshot",
+    "test_network_vxlan", "test_migration_tls", "test_notify_smtp", "test_notify_snmp",
+    "test_notify_webhook", "test_qemu_contract", "test_qemu_snapshot",
     "test_registration",
     "test_tasks", "test_testguest_memcheck",
 }  # fmt: skip

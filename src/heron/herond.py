@@ -26,7 +26,7 @@ import httpx
 import uvicorn
 
 import heron
-from heron.agent.alerts import AlertController, NodeAlerts, undeliverable
+from heron.agent.alerts import AlertController, NodeAlerts
 from heron.agent.ardfs import IoSupervisor
 from heron.agent.certificates import (
     CertificateKeeper,
@@ -42,7 +42,14 @@ from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
-from heron.agent.monitor import Measurements, service_samples, storage_samples
+from heron.agent.monitor import (
+    Measurements,
+    ipmi_source,
+    node_source,
+    service_samples,
+    storage_samples,
+    vm_source,
+)
 from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
@@ -61,17 +68,20 @@ from heron.ha.controller import FailoverController
 from heron.ha.fence import ha_vms_running, tell_grace, write_beat
 from heron.hypervisor import cgroups
 from heron.hypervisor.accel import choose_accelerator, qemu_version
+from heron.models.alerts import Alert
 from heron.models.auth import Role, User
 from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
 from heron.monitor.catalog import METRICS
+from heron.monitor.collect.ipmi import IpmiPoller
+from heron.monitor.notify import Context, notifier
 from heron.monitor.recorder import Recorder
 from heron.monitor.store import Store
 from heron.network.dataplane import DataPlane
 from heron.scheduler.drs import BalancingController
 from heron.scheduler.inventory import Inventory
 from heron.scheduler.rebalance import RebalanceController
-from heron.tls import Authority, NodeCredentials, TlsError
+from heron.tls import Authority, NodeCredentials, TlsError, authority_name, fingerprint
 from heron.util.proc import read_pidfile, spawn_detached, terminate
 
 log = logging.getLogger("herond")
@@ -275,11 +285,17 @@ async def run(config: AgentConfig) -> None:
         await asyncio.to_thread(Store, config.state_dir / "monitor"),
         {m.name: m.kind for m in METRICS.values()},
     )
+    ipmi = IpmiPoller()
+    notify = notify_context(credentials, config.name)
+    deliver = notifier(notify, alerts_link(node.api_url))
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
     measurements = Measurements(
         recorder,
         [
+            ("node", node_source()),
+            ("vms", vm_source(vms, network.plane.netns)),
+            ("ipmi", ipmi_source(ipmi)),
             ("storage", partial(storage_samples, inventory, config.state_dir)),
             ("services", partial(service_samples, db, credentials)),
         ],
@@ -296,7 +312,8 @@ async def run(config: AgentConfig) -> None:
             guest_agent=vms.guest_agent,
             peer_tls=peer_tls,
             monitor=recorder,
-            deliver=undeliverable,
+            deliver=deliver,
+            notify=notify,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -324,7 +341,7 @@ async def run(config: AgentConfig) -> None:
             BalancingController(inventory, ctx.audit).run,
             RebalanceController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
-            AlertController(inventory, ctx.audit, undeliverable, etcd_tls).run,
+            AlertController(inventory, ctx.audit, deliver, etcd_tls).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
         background = [
@@ -358,6 +375,10 @@ async def run(config: AgentConfig) -> None:
                 ),
             )
         ]
+        if ipmi.disabled is None:  # a BMC to read (a background task must not end)
+            background.append(asyncio.create_task(ipmi.run(), name="ipmi"))
+        else:
+            log.info("IPMI sensors are not read: %s", ipmi.disabled)
         if config.etcd_member_ports is not None:
             client_port, peer_port = config.etcd_member_ports
             keeper = MemberKeeper(
@@ -589,3 +610,24 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def notify_context(credentials: NodeCredentials, node: str) -> Context:
+    """Who sends the notices: the cluster, known by its CA (every node has the same one;
+    the SNMP engine ID is made of it, so it stays when the leader changes)."""
+    authority = credentials.authority()
+    if authority is None:
+        return Context(cluster_id=node, cluster_name=node)
+    return Context(
+        cluster_id=fingerprint(authority).replace(":", "").lower(),
+        cluster_name=authority_name(authority),
+    )
+
+
+def alerts_link(api_url: str) -> Callable[[Alert], str | None]:
+    """A notice's link: the alerts page of the node that sent it."""
+
+    def link(alert: Alert) -> str | None:
+        return f"{api_url}/alerts"
+
+    return link

@@ -51,6 +51,19 @@ def test_every_node_keeps_its_history_and_one_query_gathers_them(cluster3, api: 
     for points in left.values():
         first, last = measured(points)[0], measured(points)[-1]
         assert 0 < first - last < 3 * ROUNDS
+    # A counter's history is its rate: CPU seconds a second, between none and every core.
+    busy = wait_for(
+        lambda: (
+            (got := series(api, "node_cpu_seconds_total", "mode=idle"))
+            and all(measured(p) for p in got.values())
+            and got
+        ),
+        ROUNDS,
+        "a rate of the CPUs' idle time",
+    )
+    assert len(busy) == 3
+    for points in busy.values():
+        assert all(0 <= rate <= (os.cpu_count() or 1) * 1.05 for rate in measured(points))
 
 
 def test_bad_queries_are_refused_with_the_field(api: Api) -> None:
@@ -190,3 +203,12 @@ def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(api: Api, im
         "the alert to resolve once HA restarted the VM",
     )
     assert api.vm(vm_id)["state"] == "running"
+    # Its QEMU's CPU time is measured, as one series with the VM's id.
+    wait_for(
+        lambda: (
+            f'libvirt_domain_info_cpu_time_seconds_total{{vm="{vm_id}"}}'
+            in series(api, "libvirt_domain_info_cpu_time_seconds_total", f"vm={vm_id}")
+        ),
+        ROUNDS,
+        "the VM's CPU time",
+    )

@@ -61,6 +61,8 @@ BAD: dict[Callable[..., Any], list[str]] = {
     parse.ports: ["0", "65536", "22-", "2000-1000", "a", "22,80"],
     parse.remote: ["10.1.0.1/24", "10.1.0.0/33", "abc", ""],
     parse.fingerprint: ["abc", "AB:CD", "SHA256:" + "G" * 64, "A" * 63, "A" * 66],
+    parse.duration: ["abc", "", "0", "-5m", "5x", "m", "nanh"],
+    parse.label: ["node", "=x", "no de=x", ""],
     parse.certificate_file: [
         str(_FILES / "missing.pem"),
         str(_FILES / "empty.pem"),
@@ -82,6 +84,8 @@ GOOD: dict[Callable[..., Any], str] = {
     parse.ports: "22",
     parse.remote: "10.1.0.0/24",
     parse.fingerprint: "AB" * 32,
+    parse.duration: "15m",
+    parse.label: "node=node1",
     parse.certificate_file: str(_FILES / "ca.pem"),
 }
 BAD_NUMBERS = {int: ["abc", "1.5", "1e3x"], float: ["abc", "1,5"]}
@@ -139,6 +143,21 @@ FREE_TEXT = {
     "ssh_key",  # cloud-init: an OpenSSH key line (checked by the API), or @FILE
     "password_hash",  # cloud-init: a crypt(3) hash, checked by the API
     "user_data",  # cloud-init: a file of user-data
+    # Monica: a metric, rule, alert or silence the API looks up; what the alerts say; where
+    # notices go and the secrets to send them with (the API checks what it can)
+    "metric",
+    "rule",
+    "alert_id",
+    "silence_id",
+    "summary",
+    "comment",
+    "host",
+    "sender",
+    "to",
+    "community",
+    "auth_key",
+    "priv_key",
+    "secret",
 }
 
 
@@ -184,7 +203,8 @@ class Param:
     def bad(self) -> list[str] | None:
         """Malformed values for it; None for free text and flags."""
         if isinstance(self.parser, parse.Choice):
-            return ["bogus", self.parser.choices[0].upper()]
+            shouted = self.parser.choices[0].upper()  # unless the words are upper case already
+            return ["bogus", *([shouted] if shouted not in self.parser.choices else [])]
         if self.parser is not None:
             assert self.parser in BAD, f"{self}: add malformed examples for {self.parser}"
             return BAD[self.parser]

@@ -3,7 +3,8 @@
 import pytest
 import typer
 
-from heron.cli.metrics import duration, sparkline, summary
+from heron.cli.metrics import sparkline, summary
+from heron.cli.parse import duration
 
 
 @pytest.mark.parametrize(

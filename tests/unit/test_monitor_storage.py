@@ -1,7 +1,7 @@
-"""heron.monitor.storage: pools and heron-io's status as samples."""
+"""heron.monitor.collect.storage: pools and heron-io's status as samples."""
 
 from heron.monitor.catalog import METRICS
-from heron.monitor.storage import ardfs_samples, pool_samples
+from heron.monitor.collect.storage import ardfs_samples, pool_samples
 
 STATUS = {
     "node": "node1",
@@ -56,7 +56,7 @@ def test_every_storage_sample_is_in_the_catalog() -> None:
 def test_certificates_give_their_time_left_and_the_configdb_its_latency() -> None:
     import time
 
-    from heron.monitor.services import certificate_samples, configdb_samples
+    from heron.monitor.collect.services import certificate_samples, configdb_samples
     from heron.tls import make_authority
 
     now = time.time()

@@ -19,6 +19,7 @@ from heron.hypervisor.qemu import QemuVM
 from heron.hypervisor.qmp_base import QemuError, QMPCommandError, QMPSessionError
 from heron.hypervisor.qmp_block import BlockJob
 from heron.hypervisor.qmp_migration import MigrationInfo
+from heron.hypervisor.qmp_stats import BlockStats, MemorySize
 
 GREETING = {
     "QMP": {
@@ -323,6 +324,51 @@ async def test_outgoing_migration_is_read_into_migration_info() -> None:
 )
 def test_migration_info_from_query_migrate(reply: dict[str, Any], expected: MigrationInfo) -> None:
     assert MigrationInfo.from_qmp(reply) == expected
+
+
+def _blockstats(qdev: str, node: str, device: str = "", **counts: int) -> dict[str, Any]:
+    """One entry of QEMU 7.2's `query-blockstats` (fields the reader ignores trimmed)."""
+    stats = {
+        "rd_bytes": 0, "wr_bytes": 0, "rd_operations": 0, "wr_operations": 0,
+        "flush_operations": 0, "rd_total_time_ns": 0, "wr_total_time_ns": 0,
+        "flush_total_time_ns": 0, "wr_highest_offset": 0, "account_invalid": True,
+    } | counts  # fmt: skip
+    entry: dict[str, Any] = {"device": device, "stats": stats, "node-name": node}
+    if qdev:
+        entry["qdev"] = qdev
+    return entry
+
+
+async def test_stats_are_read_into_typed_records() -> None:
+    disk0 = _blockstats(
+        "/machine/peripheral/disk0-dev/virtio-backend",
+        "disk0-1a2b3c4d",  # the top node after a snapshot: not the disk's name
+        rd_bytes=4096, wr_bytes=8192, rd_operations=1, wr_operations=2, flush_operations=3,
+        rd_total_time_ns=1500, wr_total_time_ns=2500, flush_total_time_ns=500,
+    )  # fmt: skip
+    ide = _blockstats("/machine/peripheral/disk1-dev", "disk1")
+    drive = _blockstats("/machine/unattached/device[3]", "#block123", device="ide0-hd0")
+    copying = _blockstats("", "mirror0")  # a mirror's target: no guest device
+    async with qemu_with_fake() as (qemu, fake):
+        fake.script("query-blockstats", {"return": [disk0, ide, drive, copying]})
+        fake.script(
+            "query-memory-size-summary", {"return": {"base-memory": GiB, "plugged-memory": GiB}}
+        )
+        fake.script("query-balloon", {"return": {"actual": GiB // 2}})
+        fake.script(
+            "query-balloon",
+            {"error": {"class": "DeviceNotActive", "desc": "No balloon device has been activated"}},
+        )
+        stats = await qemu.block_stats()
+        memory = await qemu.memory_size()
+        assert await qemu.balloon_bytes() == GiB // 2
+        assert await qemu.balloon_bytes() is None  # no balloon device
+    assert stats[0] == BlockStats(
+        disk="disk0", read_bytes=4096, write_bytes=8192, read_ops=1, write_ops=2, flush_ops=3,
+        read_ns=1500, write_ns=2500, flush_ns=500,
+    )  # fmt: skip
+    assert [s.disk for s in stats] == ["disk0", "disk1", "ide0-hd0"]
+    assert memory == MemorySize(base=GiB, plugged=GiB) and memory.total == 2 * GiB
 
 
 # -- errors ----------------------------------------------------------------------------------

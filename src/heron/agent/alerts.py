@@ -46,10 +46,6 @@ KEEP_RESOLVED = 7 * 86400  # a resolved alert stays listed this long
 Deliver = Callable[[Channel, list[Alert]], Awaitable[None]]
 
 
-async def undeliverable(channel: Channel, alerts: list[Alert]) -> None:
-    raise RuntimeError(f"no driver sends {channel.settings.kind} notices yet")
-
-
 class Rules:
     """The effective rules (built-ins, replaced or added to by the administrator's)."""
 

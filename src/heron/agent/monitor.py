@@ -16,16 +16,21 @@ from pathlib import Path
 
 from heron.agent.alerts import NodeAlerts
 from heron.agent.ardfs import io_status
+from heron.agent.vms import VMController
 from heron.configdb import UNREACHABLE, ConfigDB
+from heron.monitor.collect.ipmi import IpmiPoller
+from heron.monitor.collect.node import collect_node
+from heron.monitor.collect.services import certificate_samples, configdb_samples
+from heron.monitor.collect.storage import ardfs_samples, pool_samples
+from heron.monitor.collect.vm import VmProbe, collect_vms, parse_pid_stat, vm_taps
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
-from heron.monitor.services import certificate_samples, configdb_samples
-from heron.monitor.storage import ardfs_samples, pool_samples
 from heron.monitor.store import RAW
 from heron.scheduler.inventory import Inventory
 from heron.storage.probe import probe
 from heron.storage.registry import driver_for
 from heron.tls import NodeCredentials
+from heron.util.proc import read_pidfile
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +98,20 @@ async def storage_samples(inventory: Inventory, state_dir: Path) -> list[Sample]
             samples += pool_samples(pool.name, None if answer is None else answer[0])
         status = io_status(state_dir, pool.name)
         if status:
-            samples += ardfs_samples(pool.name, status, None)
+            samples += ardfs_samples(pool.name, status, _io_cpu(state_dir, pool.name))
     return samples
+
+
+def _io_cpu(state_dir: Path, pool: str) -> float | None:
+    """CPU seconds of the pool's heron-io on this node."""
+    root = state_dir / "ardfs" / pool
+    pid = read_pidfile(root / "heron-io.pid", str(root / "io.json"))
+    if pid is None:
+        return None
+    try:
+        return parse_pid_stat(Path(f"/proc/{pid}/stat").read_text())[1]
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _told(call: Callable[[], tuple[int, int] | None]) -> tuple[tuple[int, int] | None]:
@@ -112,3 +129,41 @@ async def service_samples(db: ConfigDB, credentials: NodeCredentials) -> list[Sa
         took = None
     certificates = {"node": credentials.certificate(), "ca": credentials.authority()}
     return certificate_samples(certificates, time.time()) + configdb_samples(took)
+
+
+def vm_source(vms: VMController, netns: str | None) -> Source:
+    """The running VMs' samples; a QEMU that does not answer in time costs only its own."""
+    late: set[str] = set()
+
+    async def samples() -> list[Sample]:
+        probes = []
+        for vm_id in vms.running_here():
+            spec = vms.running_spec(vm_id)
+            taps = vm_taps(spec) if spec is not None else []
+            probes.append(VmProbe(vm_id, vms.runtime(vm_id).qemu, taps, netns))
+        got = await collect_vms(probes)
+        if set(got.late) != late:
+            if got.late:
+                log.warning("metrics: QEMU of %s did not answer in time", ", ".join(got.late))
+            late.clear()
+            late.update(got.late)
+        return got.samples
+
+    return samples
+
+
+def node_source() -> Source:
+    async def samples() -> list[Sample]:
+        return await asyncio.to_thread(collect_node)
+
+    return samples
+
+
+def ipmi_source(poller: IpmiPoller) -> Source:
+    """The BMC's last good reading (the poller reads in the background: a sensor read can
+    stall for minutes, and the round must not wait for it)."""
+
+    async def samples() -> list[Sample]:
+        return poller.samples()
+
+    return samples

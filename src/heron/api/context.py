@@ -13,6 +13,7 @@ from heron.audit import AuditLog
 from heron.configdb import ConfigDB
 from heron.hypervisor.qga import GuestAgent
 from heron.models.alerts import Alert, Channel
+from heron.monitor.notify import Context
 from heron.monitor.recorder import Recorder
 from heron.scheduler.inventory import Inventory
 
@@ -37,3 +38,5 @@ class ApiContext:
     monitor: Recorder | None = None
     # Sends one channel its notices (raising on failure): for the channels' "send test".
     deliver: Callable[[Channel, list[Alert]], Awaitable[None]] | None = None
+    # Who the cluster is to the outside (its id makes the SNMP engine ID).
+    notify: Context | None = None

@@ -1,14 +1,15 @@
 """heron alert: alerts, silences, rules and the channels notices go to."""
 
 import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from heron.cli import parse
 from heron.cli.client import Client, fail
-from heron.cli.metrics import duration
 from heron.cli.options import Json
 from heron.cli.output import emit
+from heron.models.alerts import Alert, AlertRule, Severity, SmtpSettings, SnmpSettings
 
 app = typer.Typer(no_args_is_help=True, help="Alerts, silences, rules and notification channels.")
 silence_app = typer.Typer(no_args_is_help=True, help="Silences: alerts that send no notices.")
@@ -18,7 +19,26 @@ app.add_typer(silence_app, name="silence")
 app.add_typer(rule_app, name="rule")
 app.add_typer(channel_app, name="channel")
 
-Labels = Annotated[list[str] | None, typer.Option("--match", "-m", help="NAME=VALUE, repeatable")]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option("--match", "-m", parser=parse.label, help="NAME=VALUE, repeatable"),
+]
+Length = Annotated[float, typer.Option("--for", parser=parse.duration, help="30m, 2h, 1d")]
+SEVERITY = parse.Choice(s.value for s in Severity)
+MinSeverity = Annotated[
+    str,
+    typer.Option(
+        parser=SEVERITY, metavar="SEVERITY", help="send alerts of this severity and worse"
+    ),
+]
+Resolved = Annotated[bool, typer.Option("--resolved/--no-resolved", help="also say when resolved")]
+
+
+def _choice(model: Any, field: str) -> parse.Choice:
+    """The words a model's Literal field takes (Optional or not)."""
+    annotation = model.model_fields[field].annotation
+    literal = next((a for a in get_args(annotation) if get_args(a)), annotation)
+    return parse.Choice(get_args(literal))
 
 
 def _when(t: float | None) -> str:
@@ -26,13 +46,7 @@ def _when(t: float | None) -> str:
 
 
 def _labels(items: list[str] | None) -> dict[str, str]:
-    labels = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            fail(f"{item!r}: give NAME=VALUE")
-        labels[name] = value
-    return labels
+    return dict(item.partition("=")[::2] for item in items or [])
 
 
 def _shown_labels(labels: dict[str, str]) -> str:
@@ -58,11 +72,12 @@ ALERT_COLUMNS = [
 
 @app.command("list")
 def alert_list(
-    state: Annotated[str | None, typer.Option(help="firing or resolved")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(parser=_choice(Alert, "state"), metavar="STATE", help="firing or resolved"),
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    if state not in (None, "firing", "resolved"):
-        fail(f"--state {state!r}: give firing or resolved")
     params = {"state": state} if state else {}
     emit(Client().get("/alerts", params=params), as_json, ALERT_COLUMNS)
 
@@ -94,12 +109,12 @@ def silence_list(as_json: Json = False) -> None:
 
 @silence_app.command("add")
 def silence_add(
-    length: Annotated[str, typer.Option("--for", help="how long: 30m, 2h, 1d")],
+    length: Length,
     rule: Annotated[str | None, typer.Option(help="only this rule's alerts")] = None,
     match: Labels = None,
     comment: str = "",
 ) -> None:
-    body = {"rule": rule, "matchers": _labels(match), "duration": duration(length)}
+    body = {"rule": rule, "matchers": _labels(match), "duration": length}
     made = Client().post("/alerts/silences", json={**body, "comment": comment})
     print(made["id"])
 
@@ -137,11 +152,15 @@ def _selector(rule: dict[str, Any]) -> str:
 def rule_set(
     name: str,
     metric: Annotated[str | None, typer.Option(help="a metric (heron metrics catalog)")] = None,
-    kind: Annotated[str | None, typer.Option(help="threshold, absence or rate")] = None,
-    op: Annotated[str | None, typer.Option(help=">, >=, < or <=")] = None,
+    kind: Annotated[
+        str | None, typer.Option(parser=_choice(AlertRule, "kind"), metavar="KIND")
+    ] = None,
+    op: Annotated[str | None, typer.Option(parser=_choice(AlertRule, "op"), metavar="OP")] = None,
     value: float | None = None,
-    length: Annotated[str | None, typer.Option("--for", help="how long it must hold")] = None,
-    severity: Annotated[str | None, typer.Option(help="critical, warning or info")] = None,
+    length: Annotated[
+        float | None, typer.Option("--for", parser=parse.duration, help="how long it must hold")
+    ] = None,
+    severity: Annotated[str | None, typer.Option(parser=SEVERITY, metavar="SEVERITY")] = None,
     summary: str | None = None,
     match: Labels = None,
     enabled: Annotated[bool | None, typer.Option("--enable/--disable")] = None,
@@ -157,7 +176,7 @@ def rule_set(
         "kind": kind,
         "op": op,
         "value": value,
-        "for_seconds": None if length is None else duration(length),
+        "for_seconds": length,
         "severity": severity,
         "summary": summary,
         "labels": _labels(match) if match else None,
@@ -211,10 +230,6 @@ def _put(name: str, settings: dict[str, Any], min_severity: str, resolved: bool)
     Client().request("PUT", f"/alerts/channels/{name}", json=body)
 
 
-MinSeverity = Annotated[str, typer.Option(help="send alerts of this severity and worse")]
-Resolved = Annotated[bool, typer.Option("--resolved/--no-resolved", help="also say when resolved")]
-
-
 @channel_app.command("smtp")
 def channel_smtp(
     name: str,
@@ -222,7 +237,9 @@ def channel_smtp(
     sender: Annotated[str, typer.Option("--from")],
     to: Annotated[list[str], typer.Option(help="a recipient, repeatable")],
     port: int = 587,
-    security: Annotated[str, typer.Option(help="starttls, tls or none")] = "starttls",
+    security: Annotated[
+        str, typer.Option(parser=_choice(SmtpSettings, "security"), metavar="SECURITY")
+    ] = "starttls",
     user: str | None = None,
     password: Annotated[
         str | None, typer.Option(prompt=False, hide_input=True, help="kept if not given")
@@ -242,13 +259,21 @@ def channel_snmp(
     name: str,
     host: Annotated[str, typer.Option()],
     port: int = 162,
-    version: Annotated[str, typer.Option(help="v2c or v3")] = "v2c",
+    version: Annotated[
+        str, typer.Option(parser=_choice(SnmpSettings, "version"), metavar="VERSION")
+    ] = "v2c",
     inform: Annotated[bool, typer.Option(help="informs (acknowledged) instead of traps")] = False,
     community: str | None = None,
     user: str | None = None,
-    auth_protocol: str | None = None,
+    auth_protocol: Annotated[
+        str | None,
+        typer.Option(parser=_choice(SnmpSettings, "auth_protocol"), metavar="PROTOCOL"),
+    ] = None,
     auth_key: str | None = None,
-    priv_protocol: str | None = None,
+    priv_protocol: Annotated[
+        str | None,
+        typer.Option(parser=_choice(SnmpSettings, "priv_protocol"), metavar="PROTOCOL"),
+    ] = None,
     priv_key: str | None = None,
     min_severity: MinSeverity = "warning",
     resolved: Resolved = True,

@@ -5,26 +5,14 @@ from typing import Annotated, Any
 
 import typer
 
+from heron.cli import parse
 from heron.cli.client import Client, fail
 from heron.cli.options import Json
 from heron.cli.output import Column, emit
 
 app = typer.Typer(no_args_is_help=True, help="Measurements and their history.")
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 BARS = "▁▂▃▄▅▆▇█"
-
-
-def duration(text: str) -> float:
-    """`90s`, `15m`, `6h`, `7d`, `1y` (or plain seconds)."""
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "s")
-    try:
-        value = float(number) * UNITS[unit]
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 15m, 6h, 7d, 1y)")
-    return value
 
 
 def sparkline(values: list[float | None], width: int = 40) -> str:
@@ -91,31 +79,35 @@ def metrics_catalog(as_json: Json = False) -> None:
 def metrics_show(
     metric: str,
     label: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="NAME=VALUE, repeatable (vm=ID)")
+        list[str] | None,
+        typer.Option("--label", "-l", parser=parse.label, help="NAME=VALUE, repeatable (vm=ID)"),
     ] = None,
-    since: Annotated[str, typer.Option(help="how far back: 15m, 6h, 7d, 1y")] = "1h",
-    step: Annotated[str | None, typer.Option(help="seconds a point covers (default: fits)")] = None,
+    since: Annotated[
+        float,
+        typer.Option(parser=parse.duration, help="how far back: 15m, 6h, 7d, 1y [default: 1h]"),
+    ] = 3600.0,
+    step: Annotated[
+        float | None,
+        typer.Option(parser=parse.duration, help="what a point covers (default: what fits)"),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """The history of every series of METRIC with the given labels, from every node."""
-    for item in label or []:
-        if "=" not in item:
-            fail(f"--label {item!r}: give NAME=VALUE")
     end = time.time()
     params: dict[str, Any] = {
         "metric": metric,
         "label": label or [],
-        "start": end - duration(since),
+        "start": end - since,
         "end": end,
     }
     if step is not None:
-        params["step"] = duration(step)
+        params["step"] = step
     answer = Client().get("/metrics/history", params=params)
     if as_json:
         emit(answer, True)
         return
     rows = [summary(s) for s in answer["series"]]
     if not rows:
-        fail(f"no {metric} measured in the last {since}", code=1)
+        fail(f"no {metric} measured in that time", code=1)
     print(f"{metric}: {answer['resolution']} points, one every {answer['step']:g} s")
     emit(rows, False, SHOW_COLUMNS)

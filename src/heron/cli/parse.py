@@ -104,6 +104,32 @@ def nic(text: str) -> dict[str, str]:
     return {"network": network, **_options(rest, text, _NIC_WANTED)}
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def duration(text: str | float) -> float:
+    """A length of time: `90s`, `15m`, `6h`, `7d`, `1y`, or plain seconds; more than 0. A
+    number is a default, already in seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    try:
+        value = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{text!r} is not a length of time (e.g. 15m, 6h, 7d, 1y)")
+    return value
+
+
+def label(text: str) -> str:
+    """NAME=VALUE, as a series' or an alert's label (the value may be empty)."""
+    name, sep, _ = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise typer.BadParameter(f"{text!r} is not NAME=VALUE (e.g. node=node1)")
+    return text
+
+
 class Choice:
     """One of a fixed set of words (the vocabulary comes from the models)."""
 

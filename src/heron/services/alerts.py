@@ -183,11 +183,15 @@ def _check_channel(settings: Any) -> None:
             raise Invalid("body.settings.community", "SNMP v2c needs a community")
         if settings.version == "v3" and not settings.user:
             raise Invalid("body.settings.user", "SNMP v3 needs a user")
-        if settings.version == "v3" and settings.priv_protocol and not settings.auth_protocol:
-            raise Invalid("body.settings.auth_protocol", "privacy needs authentication too")
-        for protocol, key in (("auth_protocol", "auth_key"), ("priv_protocol", "priv_key")):
-            if getattr(settings, protocol) and len(getattr(settings, key) or "") < 8:
-                raise Invalid(f"body.settings.{key}", "at least 8 characters (RFC 3414)")
+        if settings.version == "v3":
+            # A key turns its part on (SHA and AES when no protocol is named).
+            for protocol, key in (("auth_protocol", "auth_key"), ("priv_protocol", "priv_key")):
+                if getattr(settings, protocol) and not getattr(settings, key):
+                    raise Invalid(f"body.settings.{key}", f"{protocol} needs {key}")
+                if getattr(settings, key) and len(getattr(settings, key)) < 8:
+                    raise Invalid(f"body.settings.{key}", "at least 8 characters (RFC 3414)")
+            if settings.priv_key and not settings.auth_key:
+                raise Invalid("body.settings.auth_key", "privacy needs authentication too")
     if settings.kind == "smtp" and settings.password and not settings.username:
         raise Invalid("body.settings.username", "a password needs a user name")
 

@@ -69,6 +69,15 @@ def fingerprint(certificate: str) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)).upper()
 
 
+def authority_name(certificate: str) -> str:
+    """The cluster name `make_authority` put in a CA's common name (an administrator's own
+    CA: its whole common name)."""
+    cert = x509.load_pem_x509_certificate(first_certificate(certificate).encode())
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common = str(names[0].value) if names else ""
+    return common.removeprefix("Heron cluster CA ") or "heron"
+
+
 def first_certificate(pem: str) -> str:
     """The first certificate of a PEM chain (a node's file holds its own, then the CA's)."""
     end = "-----END CERTIFICATE-----"

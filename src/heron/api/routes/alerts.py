@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from heron.api import auth
 from heron.api.auth import Principal
@@ -14,6 +16,8 @@ from heron.configdb import keys
 from heron.models.alerts import Alert, AlertRule, Channel, Silence
 from heron.models.common import Name
 from heron.models.vm import VM
+from heron.monitor.notify.notice import HERON_PEN, engine_id_hex
+from heron.monitor.notify.snmp import mib_text
 from heron.services import alerts as service
 from heron.services.alerts import RuleView, SilenceCreate
 
@@ -133,3 +137,24 @@ async def test_channel(
     except Exception as exc:
         raise BadGateway(f"{name}: {str(exc) or repr(exc)}") from exc
     return {"sent": name}
+
+
+class SnmpIdentity(BaseModel):
+    engine_id: str = Field(description="the SNMPv3 engine ID of every trap and inform, hex")
+    enterprise: int = Field(description="the enterprise number of HERON-MIB's OIDs")
+
+
+@router.get("/alerts/snmp")
+async def snmp_identity(request: Request, _: Principal = Depends(auth.admin)) -> SnmpIdentity:
+    """What an SNMP manager must be told of the cluster: the engine ID its v3 user is set
+    up for (the same from every node and every leader), and the MIB's enterprise number."""
+    context = _ctx(request).notify
+    if context is None:
+        raise BadGateway("this node sends no notices")
+    return SnmpIdentity(engine_id=engine_id_hex(context.cluster_id), enterprise=HERON_PEN)
+
+
+@router.get("/alerts/mib", response_class=PlainTextResponse)
+async def mib(_: Principal = Depends(auth.viewer)) -> str:
+    """HERON-MIB, the notifications Heron sends, for an SNMP manager to load."""
+    return mib_text()

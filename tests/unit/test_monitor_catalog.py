@@ -1,0 +1,79 @@
+"""Every sample a collector gives is a metric of the catalog (heron.monitor.catalog), and the
+catalog itself follows Prometheus's naming rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from test_monitor_ipmi import SENSORS
+from test_monitor_node import FakeStatvfs, captured_host
+from test_monitor_vm_parts import NET_DEV, VM, fake_proc
+
+from heron.hypervisor.qmp_stats import BlockStats
+from heron.monitor.catalog import METRICS
+from heron.monitor.collect import vm
+from heron.monitor.collect.ipmi import parse_sensors
+from heron.monitor.collect.node import StatFs, collect_node, parse_net_dev
+from heron.monitor.export import exposition
+from heron.monitor.series import Sample
+
+NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def uncatalogued(samples: list[Sample]) -> set[str]:
+    return {s.name for s in samples} - set(METRICS)
+
+
+def test_the_catalog_follows_prometheus_naming() -> None:
+    for name, metric in METRICS.items():
+        assert metric.name == name and NAME.fullmatch(name), name
+        # Counters end in _total; gauges do not.
+        assert (metric.kind == "counter") == name.endswith("_total"), name
+        assert metric.help.strip() and "\n" not in metric.help, name
+
+
+def test_the_node_collector_gives_catalogued_metrics(tmp_path: Path) -> None:
+    root = captured_host(tmp_path)
+    captured = collect_node(root / "proc", root / "sys", statfs=StatFs(statvfs=FakeStatvfs()))
+    here = collect_node()
+    assert captured and here
+    assert uncatalogued(captured) == set() and uncatalogued(here) == set()
+    # Everything the captured host has is measured: each family appears.
+    families = {s.name for s in captured}
+    node_metrics = {n for n in METRICS if n.startswith("node_")}
+    assert node_metrics - families == set()
+
+
+def test_the_vm_collector_gives_catalogued_metrics(tmp_path: Path) -> None:
+    samples = vm.process_samples(VM, 4242, fake_proc(tmp_path))
+    samples += vm.block_samples(VM, [BlockStats("disk0", 1, 2, 3, 4, 5, 6, 7, 8)])
+    samples += vm.interface_samples(VM, ["ht525400123456"], parse_net_dev(NET_DEV))
+    assert samples and uncatalogued(samples) == set()
+
+
+def test_the_ipmi_parser_gives_catalogued_metrics() -> None:
+    samples = parse_sensors(SENSORS)
+    assert samples and uncatalogued(samples) == set()
+    ipmi = {n for n in METRICS if n.startswith("ipmi_")}
+    assert ipmi - {s.name for s in samples} == set()
+
+
+def test_every_collectors_samples_go_through_the_exposition(tmp_path: Path) -> None:
+    root = captured_host(tmp_path / "host")
+    samples = collect_node(root / "proc", root / "sys", statfs=StatFs(statvfs=FakeStatvfs()))
+    samples += vm.process_samples(VM, 4242, fake_proc(tmp_path / "vm"))
+    samples += vm.block_samples(VM, [BlockStats("disk0", 1, 2, 3, 4, 5, 6, 7, 8)])
+    samples += vm.interface_samples(VM, ["ht525400123456"], parse_net_dev(NET_DEV))
+    samples += parse_sensors(SENSORS)
+    text = exposition(samples, METRICS).decode()
+    parsed = {
+        s.name: family.type
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    # Every sample is there, under its name and kind (a counter's family is its name
+    # without _total, its samples keep it).
+    assert {s.name for s in samples} == set(parsed)
+    assert all(parsed[s.name] == METRICS[s.name].kind for s in samples)
