@@ -600,18 +600,6 @@ def parse(argv: list[str] | None = None) -> AgentConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=os.environ.get("HERON_LOG", "INFO"),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    asyncio.run(run(parse(argv)))
-
-
-if __name__ == "__main__":
-    main()
-
-
 def notify_context(credentials: NodeCredentials, node: str) -> Context:
     """Who sends the notices: the cluster, known by its CA (every node has the same one;
     the SNMP engine ID is made of it, so it stays when the leader changes)."""
@@ -631,3 +619,15 @@ def alerts_link(api_url: str) -> Callable[[Alert], str | None]:
         return f"{api_url}/alerts"
 
     return link
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=os.environ.get("HERON_LOG", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(run(parse(argv)))
+
+
+if __name__ == "__main__":
+    main()

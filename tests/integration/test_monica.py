@@ -2,8 +2,11 @@
 through one node gathers all of them, Prometheus's exposition, and alerts — fired by the
 nodes and by the leader, acknowledged, silenced, inhibited by a node down, resolved."""
 
+import http.server
+import json
 import os
 import signal
+import threading
 
 import httpx
 import pytest
@@ -212,3 +215,72 @@ def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(api: Api, im
         ROUNDS,
         "the VM's CPU time",
     )
+
+
+class Receiver:
+    """A webhook receiver on this machine: what it was sent, body by body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        received = self.bodies
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def notices(self, rule: str) -> list[dict]:
+        return [n for body in self.bodies for n in body["notices"] if n["rule"] == rule]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_notices_reach_a_webhook_but_not_for_a_silenced_alert(api: Api) -> None:
+    receiver = Receiver()
+    try:
+        api.ok(
+            "PUT",
+            "/alerts/channels/hook",
+            json={"name": "hook", "settings": {"kind": "webhook", "url": receiver.url},
+                  "min_severity": "info"},
+        )  # fmt: skip
+        api.ok(
+            "POST",
+            "/alerts/silences",
+            json={"rule": "told", "matchers": {"node": "node1"}, "duration": 600},
+        )
+        rule(api, "told")
+        sent = wait_for(
+            lambda: len(got := receiver.notices("told")) >= 2 and got, ROUNDS, "two notices"
+        )
+        assert {n["labels"]["node"] for n in sent} == {"node2", "node3"}
+        assert all(n["state"] == "firing" for n in sent)
+        # The silenced one is marked, and its notice was never sent.
+        wait_for(
+            lambda: alerts(api, "told")["node1"]["silenced_by"] is not None,
+            ROUNDS,
+            "node1's alert marked silenced",
+        )
+        assert "node1" not in {n["labels"]["node"] for n in receiver.notices("told")}
+        rule(api, "told", enabled=False)
+        wait_for(
+            lambda: (
+                {n["labels"]["node"] for n in receiver.notices("told") if n["state"] == "resolved"}
+                == {"node2", "node3"}
+            ),
+            ROUNDS,
+            "the resolved notices",
+        )
+    finally:
+        receiver.close()
+        api.delete("/alerts/channels/hook")
