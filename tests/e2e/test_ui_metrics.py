@@ -136,7 +136,9 @@ def test_the_range_picker_changes_the_request(page: Page, ui: str, vm: dict[str,
     settle(page)
 
 
-def test_a_nodes_charts_show_that_node_alone(page: Page, ui: str, api: Api) -> None:
+def test_a_nodes_charts_show_that_node_alone(
+    page: Page, ui: str, api: Api, screenshots: Path
+) -> None:
     # The history API: a node label reads that node's store alone.
     def node2() -> list[str] | None:
         query = {"metric": "node_load1", "label": "node=node2"}
@@ -156,6 +158,7 @@ def test_a_nodes_charts_show_that_node_alone(page: Page, ui: str, api: Api) -> N
     modes = card.locator("[data-testid=chart-node-cpu] .legend-label")
     expect(modes.filter(has_text="user")).to_have_count(1)
     expect(modes.filter(has_text="idle")).to_have_count(0)
+    shot(page, screenshots, "node-metrics")
 
 
 def test_the_overview_charts_in_russian_at_phone_width(
@@ -188,7 +191,9 @@ def test_the_overview_charts_in_russian_at_phone_width(
     shot(phone, screenshots, "phone-vm-metrics")
 
 
-def test_the_storage_view_charts_the_pools_use(page: Page, ui: str, image: str) -> None:
+def test_the_storage_view_charts_the_pools_use(
+    page: Page, ui: str, image: str, screenshots: Path
+) -> None:
     pool = image.split("/")[0]
     page.goto(f"{ui}/storage?pool={pool}")
     settle(page)
@@ -197,3 +202,5 @@ def test_the_storage_view_charts_the_pools_use(page: Page, ui: str, image: str) 
     # A pool every node mounts: each node's view of it, one line a node.
     expect(used.locator(".legend-label")).to_have_text(["node1", "node2", "node3"], timeout=SAMPLED)
     expect(used.locator(".legend-value").first).to_contain_text("iB")
+    drawn(page, "chart-pool-filesystems")  # the filesystem holding the pool's directory
+    shot(page, screenshots, "storage-metrics")
