@@ -99,6 +99,12 @@ def test_the_metrics_tab_draws_the_vms_samples(
     page.mouse.move(box["x"] + box["width"] - 4, box["y"] + box["height"] / 2)
     expect(cpu.locator(".chart-moment")).not_to_have_text("Latest values", timeout=5_000)
     shot(page, screenshots, "vm-metrics")
+    # A legend entry hides its line, and shows it again.
+    entry = cpu.locator(".legend-item").first
+    entry.click()
+    expect(entry).to_have_attribute("aria-pressed", "false")
+    entry.click()
+    expect(entry).to_have_attribute("aria-pressed", "true")
 
 
 def test_a_vm_never_measured_says_so(page: Page, ui: str, idle_vm: dict[str, Any]) -> None:
