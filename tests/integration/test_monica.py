@@ -2,16 +2,14 @@
 through one node gathers all of them, Prometheus's exposition, and alerts — fired by the
 nodes and by the leader, acknowledged, silenced, inhibited by a node down, resolved."""
 
-import http.server
-import json
 import os
 import signal
-import threading
 
 import httpx
 import pytest
 from support import Api, wait_for
 
+from bench.alert_latency import Receiver
 from heron.devcluster import DevCluster
 
 pytestmark = pytest.mark.integration
@@ -215,34 +213,6 @@ def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(api: Api, im
         ROUNDS,
         "the VM's CPU time",
     )
-
-
-class Receiver:
-    """A webhook receiver on this machine: what it was sent, body by body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers["content-length"])
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def notices(self, rule: str) -> list[dict]:
-        return [n for body in self.bodies for n in body["notices"] if n["rule"] == rule]
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def test_notices_reach_a_webhook_but_not_for_a_silenced_alert(api: Api) -> None:

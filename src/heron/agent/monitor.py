@@ -140,7 +140,10 @@ def vm_source(vms: VMController, netns: str | None) -> Source:
         for vm_id in vms.running_here():
             spec = vms.running_spec(vm_id)
             taps = vm_taps(spec) if spec is not None else []
-            probes.append(VmProbe(vm_id, vms.runtime(vm_id).qemu, taps, netns))
+            memory = spec.memory_mib << 20 if spec is not None else None
+            # Heron's command line gives a VM no balloon device.
+            probe = VmProbe(vm_id, vms.runtime(vm_id).qemu, taps, netns, memory, balloon=False)
+            probes.append(probe)
         got = await collect_vms(probes)
         if set(got.late) != late:
             if got.late:

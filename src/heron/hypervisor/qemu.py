@@ -38,6 +38,22 @@ from heron.util.wait import until
 log = logging.getLogger(__name__)
 
 
+class _Client(QMPClient):
+    """qemu.qmp's client, without the debug log line of every message when that log is off:
+    qemu.qmp formats the line (a JSON encoding of the message) before the logger decides,
+    which cost Monica's collection half its CPU with a hundred VMs."""
+
+    def _cb_outbound(self, msg: Any) -> Any:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", msg)
+        return msg
+
+    def _cb_inbound(self, msg: Any) -> Any:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", msg)
+        return msg
+
+
 class QemuVM(
     MigrationCommands,
     BlockCommands,
@@ -119,7 +135,7 @@ class QemuVM(
             if self._qmp is not None:
                 with contextlib.suppress(Exception):
                     await self._qmp.disconnect()
-            client = QMPClient(f"heron-{self.vm_id[:8]}")
+            client = _Client(f"heron-{self.vm_id[:8]}")
             client.logger.setLevel(logging.WARNING)
             try:
                 await asyncio.wait_for(client.connect(str(self.paths.qmp)), timeout=10)

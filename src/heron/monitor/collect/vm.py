@@ -66,6 +66,10 @@ class VmProbe:
     qemu: QemuVM
     taps: Sequence[str] = ()
     netns: str | None = None
+    # What the agent knows without asking QEMU (each QMP call costs the round CPU): the
+    # guest's RAM from the spec it runs with, and whether it has a balloon at all.
+    memory: int | None = None
+    balloon: bool = True
 
 
 def vm_taps(spec: VMSpec) -> list[str]:
@@ -155,29 +159,27 @@ def process_samples(vm_id: str, pid: int, proc: Path = Path("/proc")) -> list[Sa
     return samples
 
 
-def _process_part(probe: VmProbe) -> list[Sample]:
+def _process_parts(probes: Sequence[VmProbe]) -> list[Sample]:
     # Only files whose reading takes no lock of the process's memory (its cmdline would):
     # a QEMU stuck with that lock held must not hold this thread.
-    pid = probe.qemu.pid()
-    return [] if pid is None else process_samples(probe.vm_id, pid)
+    samples = []
+    for probe in probes:
+        pid = probe.qemu.pid()
+        if pid is not None:
+            samples += process_samples(probe.vm_id, pid)
+    return samples
 
 
-# The process part's thread of each VM while it runs: a thread stuck in the kernel is not
-# joined by another for the same VM (threads do not pile up in the executor).
-_reading: dict[str, asyncio.Future[list[Sample]]] = {}
+# The thread reading the QEMU processes while it runs: one for all VMs (a thread per VM cost
+# as much CPU as the reading itself), and no second one while it is stuck in the kernel.
+_reading: asyncio.Future[list[Sample]] | None = None
 
 
-async def _bounded_process_part(probe: VmProbe, timeout: float) -> list[Sample]:
-    running = _reading.get(probe.vm_id)
-    if running is None or running.done():
-        running = asyncio.ensure_future(asyncio.to_thread(_process_part, probe))
-        _reading[probe.vm_id] = running
-        running.add_done_callback(
-            lambda done: (
-                _reading.pop(probe.vm_id, None) if _reading.get(probe.vm_id) is done else None
-            )
-        )
-    return await asyncio.wait_for(asyncio.shield(running), timeout)
+async def _bounded_process_parts(probes: Sequence[VmProbe], timeout: float) -> list[Sample]:
+    global _reading
+    if _reading is None or _reading.done():
+        _reading = asyncio.ensure_future(asyncio.to_thread(_process_parts, probes))
+    return await asyncio.wait_for(asyncio.shield(_reading), timeout)
 
 
 # -- QMP -----------------------------------------------------------------------------------
@@ -204,9 +206,9 @@ def block_samples(vm_id: str, disks: Sequence[BlockStats]) -> list[Sample]:
 async def _qmp_part(probe: VmProbe) -> list[Sample]:
     qemu, vm = probe.qemu, labels_of(vm=probe.vm_id)
     samples = block_samples(probe.vm_id, await qemu.block_stats())
-    memory = await qemu.memory_size()
-    samples.append(Sample("libvirt_domain_info_maximum_memory_bytes", vm, memory.total))
-    balloon = await qemu.balloon_bytes()
+    memory = probe.memory if probe.memory is not None else (await qemu.memory_size()).total
+    samples.append(Sample("libvirt_domain_info_maximum_memory_bytes", vm, memory))
+    balloon = await qemu.balloon_bytes() if probe.balloon else None
     if balloon is not None:
         samples.append(Sample("libvirt_domain_memory_stats_actual_balloon_bytes", vm, balloon))
     return samples
@@ -261,24 +263,23 @@ async def collect_vms(vms: Sequence[VmProbe], timeout: float = DEFAULT_TIMEOUT) 
         except (OSError, TimeoutError) as exc:
             log.warning("cannot read the taps' counters in %s: %s", netns or "the host", exc)
 
-    async def one(probe: VmProbe) -> None:
-        process, qmp = await asyncio.gather(
-            _bounded_process_part(probe, timeout),
-            asyncio.wait_for(_qmp_part(probe), timeout),
-            return_exceptions=True,
-        )
-        for part in (process, qmp):
-            if isinstance(part, list):
-                result.samples += part
-            elif isinstance(part, TimeoutError):
-                if probe.vm_id not in result.late:
-                    result.late.append(probe.vm_id)
-            elif isinstance(part, QemuError | OSError):
-                result.failed[probe.vm_id] = str(part)
-            elif isinstance(part, BaseException):
-                raise part
+    async def processes() -> None:
+        try:
+            result.samples += await _bounded_process_parts(vms, timeout)
+        except TimeoutError:
+            log.warning("the QEMU processes' /proc did not answer in %s s", timeout)
 
-    await asyncio.gather(*(interfaces_of(n) for n in namespaces), *(one(p) for p in vms))
+    async def one(probe: VmProbe) -> None:
+        try:
+            result.samples += await asyncio.wait_for(_qmp_part(probe), timeout)
+        except TimeoutError:
+            result.late.append(probe.vm_id)
+        except (QemuError, OSError) as exc:
+            result.failed[probe.vm_id] = str(exc)
+
+    await asyncio.gather(
+        processes(), *(interfaces_of(n) for n in namespaces), *(one(p) for p in vms)
+    )
     for probe in vms:
         result.samples += interface_samples(probe.vm_id, probe.taps, counters.get(probe.netns, {}))
     return result
