@@ -41,7 +41,17 @@ VIEWS = [
     "/events",
     "/access",
 ]
-VM_TABS = ["summary", "hardware", "disks", "nics", "snapshots", "guest", "serial", "console"]
+VM_TABS = [
+    "summary",
+    "metrics",
+    "hardware",
+    "disks",
+    "nics",
+    "snapshots",
+    "guest",
+    "serial",
+    "console",
+]
 
 
 @pytest.fixture(scope="module")
@@ -565,6 +575,8 @@ def test_keyboard_moves_between_tabs(page: Page, ui: str, vm_state: dict[str, An
     page.keyboard.press("Tab")
     expect(page.locator(".skip")).to_be_focused()
     page.locator("[data-testid=tab-summary]").focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("[data-testid=tab-metrics]")).to_be_focused()
     page.keyboard.press("ArrowRight")
     expect(page.locator("[data-testid=tab-hardware]")).to_be_focused()
     page.keyboard.press("ArrowRight")

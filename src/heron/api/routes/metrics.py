@@ -54,7 +54,8 @@ async def history(
     request: Request,
     metric: str = Query(description="a metric of the catalog"),
     label: list[str] = Query(
-        default_factory=list, description="name=value, repeated: e.g. vm=<id>, mode=user"
+        default_factory=list,
+        description="name=value, repeated: e.g. vm=<id>, mode=user, node=<name>",
     ),
     start: float | None = Query(None, description="seconds since the epoch; default: an hour ago"),
     end: float | None = Query(None, description="seconds since the epoch; default: now"),
@@ -65,12 +66,14 @@ async def history(
 ) -> dict[str, Any]:
     """Points (time, min, avg, max) of every series of `metric` whose labels include the
     given ones: 10 s samples for recent short ranges, 1 min and 1 h rollups beyond. Without
-    a cluster-wide viewer role, only a VM's series (a `vm` label) the caller may see."""
+    a cluster-wide viewer role, only a VM's series (a `vm` label) the caller may see.
+    A `node` label (merged answers carry it) reads that node's store alone."""
     ctx: ApiContext = request.app.state.ctx
     recorder = _recorder(request)
     if metric not in METRICS:
         raise Invalid("query.metric", f"no metric {metric!r} (GET /metrics/catalog lists them)")
-    labels = _labels(label)
+    # `node` is the label merging adds (a node's own store has none): it picks whose store.
+    labels, node = _without_node(_labels(label))
     now = time.time() if now is None else now
     end = now if end is None else end
     start = end - 3600 if start is None else start
@@ -82,11 +85,24 @@ async def history(
     answer = query.read(recorder.store, metric, labels, start, end, step, now)
     if local:
         return answer
+    if node not in (None, ctx.node):
+        answer = {**answer, "series": []}  # still the resolution and step of the others'
     params = {"metric": metric, "label": label, "start": start, "end": end, "now": now}
     if step is not None:
         params["step"] = step
-    others = await ask_others(request, "/metrics/history", params)
+    others = {}
+    if node != ctx.node:
+        asked = None if node is None else {node}
+        others = await ask_others(request, "/metrics/history", params, only=asked)
     return query.merge({ctx.node: answer, **others})
+
+
+def _without_node(
+    labels: tuple[tuple[str, str], ...],
+) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """The labels a store matches, and the node named by a `node` label (None: every node)."""
+    node = dict(labels).get("node")
+    return tuple(item for item in labels if item[0] != "node"), node
 
 
 async def _may_read(request: Request, principal: Principal, labels: dict[str, str]) -> None:
