@@ -88,11 +88,14 @@ def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevC
     directory = factory.mktemp(f"cluster{nodes}")
     # Each node's data plane in a namespace of its own: a switch made by a test (schemathesis
     # makes them by the dozen) never touches this machine's own interfaces.
-    cluster, token = devcluster.up(directory, nodes, network=True)
     try:
+        # `up` records the cluster before it starts anything: `down` finds whatever started,
+        # also when `up` itself fails half-way (the processes and namespaces must not leak).
+        cluster, token = devcluster.up(directory, nodes, network=True)
         yield cluster, token
     finally:
-        devcluster.down(directory)
+        if (directory / devcluster.STATE_FILE).exists():
+            devcluster.down(directory)
 
 
 @pytest.fixture(scope="module")
