@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -38,9 +41,11 @@ BUDGET_SHARE = 0.01
 def start_qemu(root: Path, index: int) -> QemuVM:
     paths = RuntimePaths(root / f"vm{index:03d}")
     paths.root.mkdir(parents=True)
+    vm_id = f"bench-{index:04d}"  # on its command line, as Heron's QEMUs carry their VM's id
     subprocess.run(
         [
-            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "16", "-S", "-nodefaults",
+            "qemu-system-x86_64", "-name", f"{vm_id},debug-threads=on", "-machine", "pc,accel=tcg", "-m", "16", "-S",
+            "-nodefaults",
             "-display", "none", "-daemonize", "-pidfile", str(paths.pidfile),
             "-qmp", f"unix:{paths.qmp},server=on,wait=off",
             "-blockdev", "driver=null-co,node-name=disk0,size=1073741824",
@@ -49,7 +54,7 @@ def start_qemu(root: Path, index: int) -> QemuVM:
         check=True,
         capture_output=True,
     )  # fmt: skip
-    return QemuVM(f"bench-{index:04d}", paths)
+    return QemuVM(vm_id, paths)
 
 
 async def rounds(vms: list[QemuVM], count: int, store: Store) -> list[float]:
@@ -64,6 +69,8 @@ async def rounds(vms: list[QemuVM], count: int, store: Store) -> list[float]:
         got = await collect_vms(probes)
         if got.late or got.failed:
             raise BenchError(f"VMs did not answer: late {got.late}, failed {got.failed}")
+        if not any(s.name == "libvirt_domain_info_cpu_time_seconds_total" for s in got.samples):
+            raise BenchError("no QEMU process was read: are their pids known?")
         recorder.record(t, samples + got.samples)
         spent.append(time.process_time() - started)
         t += RAW.step
@@ -88,10 +95,9 @@ def main() -> None:
             raise BenchError("not every QEMU opened its QMP socket")
         spent = asyncio.run(rounds(vms, args.rounds, Store(root / "store")))
     finally:
-        for vm in vms:
-            pid = vm.pid()
-            if pid is not None:
-                subprocess.run(["kill", "-9", str(pid)], check=False)
+        for vm in vms:  # by their pidfiles: QemuVM.pid() knows only QEMUs Heron started
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(vm.paths.pidfile.read_text()), signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
     per_round = stats(spent)
     share = per_round["mean"] / RAW.step

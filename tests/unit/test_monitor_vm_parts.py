@@ -17,7 +17,7 @@ from heron.models.vm import NicSpec, VMSpec
 from heron.monitor.collect import node
 from heron.monitor.collect import vm as collector
 from heron.monitor.collect.node import parse_net_dev
-from heron.monitor.collect.vm import VmProbe, collect_vms
+from heron.monitor.collect.vm import PAGE, VmProbe, collect_vms
 from heron.monitor.series import Sample, labels_of
 
 VM = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -27,7 +27,7 @@ STAT = (
     "1234 567 0 0 20 0 9 0 10526 1637117952 40000 18446744073709551615 1 1 0 0 0 0 0 4096 "
     "17987 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0"
 )
-STATUS = "Name:\tqemu-system-x86\nState:\tS (sleeping)\nVmRSS:\t  160000 kB\nThreads:\t9\n"
+STATM = f"90000 {160000 * 1024 // PAGE} 2000 700 0 50000 0\n"  # resident: 160000 KiB
 THREADS = {  # tid: (comm, schedstat "run_ns wait_ns slices")
     "4242": ("qemu-system-x86", "900000000 500000000 100"),
     "4243": ("call_rcu", "1000 2000 3"),
@@ -47,7 +47,7 @@ def fake_proc(root: Path, stat: str = STAT) -> Path:
     base = root / "4242"
     (base / "task").mkdir(parents=True)
     (base / "stat").write_text(stat)
-    (base / "status").write_text(STATUS)
+    (base / "statm").write_text(STATM)
     for tid, (comm, schedstat) in THREADS.items():
         (base / "task" / tid).mkdir()
         (base / "task" / tid / "comm").write_text(comm + "\n")
