@@ -297,7 +297,12 @@ def test_a_migrated_in_guest_whose_next_move_fails_stays_where_it_is(cluster3, a
     ]  # fmt: skip
     assert len(receive) == 1, receive
     dropped = api.task_end(receive[0]["id"], timeout=60)
-    assert dropped["state"] == "failed" and "closed without this node" in dropped["error"], dropped
+    # It says so; or, on a loaded machine, it gave up reading the ConfigDB first: either way
+    # it fails and starts nothing.
+    assert dropped["state"] == "failed", dropped
+    assert any(
+        why in dropped["error"] for why in ("closed without this node", "Deadline Exceeded")
+    ), dropped
     vm = api.vm(vm_id)
     assert vm["node"] == "node2" and vm["state"] == "running", vm
     assert qemu_homes(vm_id) == {cluster.node("node2").state_dir}

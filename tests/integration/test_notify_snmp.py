@@ -283,7 +283,10 @@ async def test_a_v3_inform_is_acknowledged(trapd: Trapd) -> None:
 async def test_an_inform_the_receiver_refuses_fails(trapd: Trapd) -> None:
     # A community snmptrapd does not know: it drops the inform, nothing acknowledges it.
     stranger = channel(trapd.port, inform=True, community="not-this-one")
-    with pytest.raises(NotifyError, match="no acknowledgement of an SNMP inform"):
+    # (Under load the bound on the whole delivery may end it first: the same failure.)
+    with pytest.raises(
+        NotifyError, match="no acknowledgement of an SNMP inform|not delivered within"
+    ):
         await notify.deliver(stranger, [notice("refused-1")], context(timeout=1.5))
     # A v3 user with the wrong key: snmptrapd reports the wrong digest.
     wrong = v3(trapd.port, inform=True, auth_key="not-the-key")
