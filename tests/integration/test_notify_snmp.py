@@ -285,7 +285,7 @@ async def test_an_inform_the_receiver_refuses_fails(trapd: Trapd) -> None:
     stranger = channel(trapd.port, inform=True, community="not-this-one")
     # (Under load the bound on the whole delivery may end it first: the same failure.)
     with pytest.raises(
-        NotifyError, match="no acknowledgement of an SNMP inform|not delivered within"
+        NotifyError, match=r"no acknowledgement of an SNMP inform|not delivered within"
     ):
         await notify.deliver(stranger, [notice("refused-1")], context(timeout=1.5))
     # A v3 user with the wrong key: snmptrapd reports the wrong digest.
