@@ -35,7 +35,8 @@ def debian_guest() -> debian.DebianGuest:
 BESIDE_THE_GUESTS = {
     "test_api_contract", "test_ardfs_erasure", "test_ardfs_layers", "test_ardfs_move",
     "test_ardfs_nbd", "test_ardfs_peer_key", "test_ardfs_replication", "test_configdb",
-    "test_configdb_contract", "test_election", "test_network_bridge", "test_network_dhcp",
+    "test_configdb_contract", "test_election", "test_etcd_growth", "test_etcd_join",
+    "test_etcd_tls", "test_monica", "test_monitor_vm", "test_network_bridge", "test_network_dhcp",
     "test_network_firewall_driver", "test_network_ovs", "test_network_tap",
     "test_network_vxlan", "test_migration_tls", "test_notify_smtp", "test_notify_snmp",
     "test_notify_webhook", "test_qemu_contract", "test_qemu_snapshot",
