@@ -626,6 +626,8 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("HERON_LOG", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # httpx logs every request at INFO: the leader asks each etcd member's health every round.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(run(parse(argv)))
 
 
