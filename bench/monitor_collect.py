@@ -44,8 +44,8 @@ def start_qemu(root: Path, index: int) -> QemuVM:
     vm_id = f"bench-{index:04d}"  # on its command line, as Heron's QEMUs carry their VM's id
     subprocess.run(
         [
-            "qemu-system-x86_64", "-name", f"{vm_id},debug-threads=on", "-machine", "pc,accel=tcg", "-m", "16", "-S",
-            "-nodefaults",
+            "qemu-system-x86_64", "-name", f"{vm_id},debug-threads=on",
+            "-machine", "pc,accel=tcg", "-m", "16", "-S", "-nodefaults",
             "-display", "none", "-daemonize", "-pidfile", str(paths.pidfile),
             "-qmp", f"unix:{paths.qmp},server=on,wait=off",
             "-blockdev", "driver=null-co,node-name=disk0,size=1073741824",

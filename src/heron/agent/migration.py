@@ -64,7 +64,14 @@ PREPARE_TIMEOUT = 60.0
 HANDOVER_TIMEOUT = 30.0
 _POLL = 0.1
 ARRIVAL_TIMEOUT = 60.0  # from the source's end of the transfer to the target's QEMU's
-SOURCE_CHECK = 5.0  # how often a waiting target looks whether the source's task still runs
+SOURCE_CHECK = 5.0  # how often one side of a move looks whether the other (or the VM) is there
+
+
+class PlacedElsewhere(TaskFailed):
+    """The VM being sent was deleted or given to another node meanwhile (HA restarted it
+    there while this agent was away): the send stops, and nothing of it is claimed back."""
+
+
 # Task progress: disks are copied in the first part, memory in the rest.
 _DISKS_SHARE = 0.6
 # The scheme of a target's URI when it listens with TLS (QEMU itself is given "tcp:...").
@@ -325,6 +332,8 @@ class Migrations:
         for: the record is closed without it once the volumes are back."""
         with contextlib.suppress(QemuError):
             await qemu.migrate_cancel()
+        if isinstance(exc, PlacedElsewhere):
+            shared_volumes = []  # they serve the VM where it runs now: not claimed back here
         for index in record.mirror:
             with contextlib.suppress(QemuError):
                 await qemu.block_job_cancel(f"mirror{index}")
@@ -455,11 +464,21 @@ class Migrations:
         ardfs volumes over when QEMU pauses before the switch."""
         low = 0.01 + (_DISKS_SHARE if record.mirror else 0.0)
         continued = False
+        checked = time.monotonic()
         while True:
             info = await qemu.outgoing_migration()
             status = info.status
             if status == "completed":
                 return info.downtime_ms
+            if time.monotonic() - checked > SOURCE_CHECK:
+                # A send to a target that stopped answering never ends by itself, and this
+                # task holds the VM: were it restarted elsewhere meanwhile (HA, while this
+                # agent was away), the QEMU here would stay up beside the new one.
+                checked = time.monotonic()
+                vm = await self.db.get(VM, keys.vm(qemu.vm_id))
+                if vm is None or vm.value.node != self.node:
+                    where = "deleted" if vm is None else f"placed on {vm.value.node}"
+                    raise PlacedElsewhere(f"the VM was {where} while it was being sent")
             # QEMU may still say pre-switchover just after migrate-continue: act once only.
             if status == "pre-switchover" and not continued:
                 # The guest is stopped and its disks flushed: the target takes them over.
