@@ -93,8 +93,9 @@ async def end_silence(db: ConfigDB, silence_id: str) -> None:
 
 
 async def list_rules(db: ConfigDB) -> list[RuleView]:
-    stored = {e.value.name for e in await db.list(AlertRule, keys.ALERT_RULES)}
-    rules = effective(e.value for e in await db.list(AlertRule, keys.ALERT_RULES))
+    mine = [e.value for e in await db.list(AlertRule, keys.ALERT_RULES)]
+    stored = {r.name for r in mine}
+    rules = effective(mine)
     return [
         RuleView(
             **r.model_dump(),
