@@ -1,6 +1,7 @@
 """The agent grace: a node whose agent stops but whose watchdog answers keeps its HA VMs for
 the grace; a node gone whole fails over after the lease TTL."""
 
+import threading
 from pathlib import Path
 
 from fakes.configdb import FakeConfigDB
@@ -14,7 +15,9 @@ from heron.ha.fence import (
     agent_grace,
     fence_due,
     keeps_presence,
+    read_beat,
     read_grace,
+    write_beat,
     write_grace,
 )
 from heron.models.node import WATCHDOG_PRESENCE, Node, Watchdog
@@ -60,6 +63,31 @@ def test_the_grace_file_defaults_to_no_grace(tmp_path: Path) -> None:
     assert read_grace(tmp_path, TTL) == TTL
     write_grace(tmp_path, 45)
     assert read_grace(tmp_path, TTL) == 45
+
+
+def test_beat_and_grace_written_at_once_from_two_threads(tmp_path: Path) -> None:
+    """The lease thread writes the beat while the agent's loop writes the grace: neither
+    write may fail (a shared temporary name once made one of them FileNotFoundError) and
+    both files are whole afterwards."""
+    failures: list[BaseException] = []
+
+    def beats() -> None:
+        try:
+            for _ in range(2000):
+                write_beat(tmp_path)
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=beats)
+    thread.start()
+    try:
+        for grace in range(2000):
+            write_grace(tmp_path, 10 + grace % 7)
+    finally:
+        thread.join()
+    assert failures == []
+    assert read_beat(tmp_path) is not None and read_grace(tmp_path, TTL) in range(10, 17)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fence.beat", "fence.grace"]
 
 
 def node(name: str, features: tuple[str, ...] = (WATCHDOG_PRESENCE,)) -> Node:

@@ -16,6 +16,7 @@ from pathlib import Path
 from heron.configdb import ConfigDB
 from heron.configdb.lease import ENDPOINTS_FILE
 from heron.configdb.membership import client_endpoints
+from heron.util.files import replace_text
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ class EndpointFollower:
         if not await self.db.use_endpoints(endpoints):
             return False
         path = self.state_dir / ENDPOINTS_FILE
-        path.with_suffix(".tmp").write_text(json.dumps(endpoints))
-        path.with_suffix(".tmp").replace(path)
+        replace_text(path, json.dumps(endpoints))
         self.also(endpoints)
         log.info("etcd members now %s", ", ".join(endpoints))
         return True

@@ -39,6 +39,7 @@ from heron.configdb.client import EtcdTls, secure
 from heron.configdb.lease import LeaseThread, startup_endpoints
 from heron.models.node import WATCHDOG_PRESENCE, Node, Watchdog
 from heron.models.settings import ClusterSettings
+from heron.util.files import replace_text
 from heron.util.proc import read_pidfile
 
 log = logging.getLogger("heron-fence")
@@ -52,12 +53,6 @@ HA_MARKER = "ha"  # in a VM's runtime directory: this VM is fenced
 FENCED_MARKER = "fenced"  # written next to it when the watchdog killed that VM
 
 
-def _write(path: Path, text: str) -> None:
-    partial = path.with_suffix(".tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def _read_float(path: Path) -> float | None:
     try:
         return float(path.read_text())
@@ -67,7 +62,7 @@ def _read_float(path: Path) -> float | None:
 
 def write_beat(state_dir: Path) -> None:
     """Called by the agent after each successful lease renewal."""
-    _write(state_dir / BEAT_FILE, f"{time.monotonic():.3f}\n")
+    replace_text(state_dir / BEAT_FILE, f"{time.monotonic():.3f}\n")
 
 
 def read_beat(state_dir: Path) -> float | None:
@@ -75,7 +70,7 @@ def read_beat(state_dir: Path) -> float | None:
 
 
 def write_grace(state_dir: Path, grace: float) -> None:
-    _write(state_dir / GRACE_FILE, f"{grace:g}\n")
+    replace_text(state_dir / GRACE_FILE, f"{grace:g}\n")
 
 
 def read_grace(state_dir: Path, ttl: float) -> float:
