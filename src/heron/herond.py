@@ -37,6 +37,7 @@ from heron.agent.certificates import (
     node_names,
     pending_authority,
 )
+from heron.agent.demand import DemandPublisher
 from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
@@ -290,6 +291,7 @@ async def run(config: AgentConfig) -> None:
     deliver = notifier(notify, alerts_link(node.api_url))
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
+    demand = DemandPublisher(db, config.name)
     measurements = Measurements(
         recorder,
         [
@@ -299,7 +301,7 @@ async def run(config: AgentConfig) -> None:
             ("storage", partial(storage_samples, inventory, config.state_dir)),
             ("services", partial(service_samples, db, credentials)),
         ],
-        node_alerts,
+        [("alert rules", node_alerts.round), ("measured demand", demand.round)],
     )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
         ctx = ApiContext(
@@ -369,6 +371,7 @@ async def run(config: AgentConfig) -> None:
                 ("network", network.run()),
                 ("nfs-mounts", MountKeeper(db, config.state_dir).run()),
                 ("metrics", measurements.run()),
+                ("demand", demand.run()),
                 (
                     "etcd-endpoints",
                     EndpointFollower(db, config.state_dir, registration.use_endpoints).run(),

@@ -69,7 +69,11 @@ def test_cluster_settings_are_checked_by_the_api_then_saved(page: Page, ui: str,
     expect(form.locator("[data-testid=error]")).to_contain_text("422")
     assert api.ok("GET", "/cluster/settings")["drs"]["threshold"] == 0.2  # nothing changed
 
-    # Host-sized nodes: a threshold of 0.1 % lets two 64 MiB VMs unbalance the cluster.
+    # Host-sized nodes: a threshold of 0.1 % lets two 64 MiB VMs unbalance the cluster, as
+    # allocated memory weighs them (measured demand needs half a minute of measurements).
+    basis = form.locator("select[name='drs.basis']")
+    expect(basis).to_have_value("demand")
+    basis.select_option("allocated")
     grace = form.locator("input[name='ha.agent_grace']")
     expect(grace).to_have_value("30")
     grace.fill("45")
@@ -82,6 +86,8 @@ def test_cluster_settings_are_checked_by_the_api_then_saved(page: Page, ui: str,
     go(page, ui, "/cluster")  # read back from the API
     expect(form.locator("input[name='drs.threshold']")).to_have_value("0.001")
     expect(form.locator("input[name='drs.hysteresis']")).to_have_value("1")
+    expect(form.locator("select[name='drs.basis']")).to_have_value("allocated")
+    expect(page.locator("[data-testid=drs-basis]")).to_have_attribute("data-basis", "allocated")
     assert api.ok("GET", "/cluster/settings")["drs"]["interval"] == 0.5
     assert api.ok("GET", "/cluster/settings")["ha"]["agent_grace"] == 45
     expect(page.locator("[data-testid=drs-state]")).to_contain_text("0.1 %")

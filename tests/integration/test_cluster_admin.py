@@ -29,7 +29,15 @@ def test_drs_shows_its_proposal_then_its_decision(api: Api) -> None:
             "POST", "/vms", json={"name": f"d{i}", "memory_mib": 64, "node": "node1", "start": True}
         )
         api.wait_task(reply["task"])
-    settings = {"drs": {"enabled": False, "threshold": 0.001, "interval": 0.5, "hysteresis": 1}}
+    settings = {
+        "drs": {
+            "enabled": False,
+            "basis": "allocated",  # measured demand needs half a minute of measurements
+            "threshold": 0.001,
+            "interval": 0.5,
+            "hysteresis": 1,
+        }
+    }
     api.ok("PUT", "/cluster/settings", json=settings)
     status = api.ok("GET", "/cluster/drs")
     assert status["exceeded"] and status["spread"] > 0.001

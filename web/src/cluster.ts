@@ -13,18 +13,22 @@ export interface EtcdMember {
 export interface DrsSettings {
   mode: "off" | "advise" | "automatic";
   enabled: boolean;
+  basis: "demand" | "allocated";
   threshold: number;
   interval: number;
   hysteresis: number;
   max_concurrent: number;
 }
 
-export interface NodeMemoryLoad {
+export interface NodeLoadView {
   node: string;
   memory_mib: number;
   memory_used_mib: number;
   load: number;
   maintenance: boolean;
+  cpus: number;
+  cpu_demand: number | null;
+  memory_demand_mib: number | null;
 }
 
 export interface DrsProposal {
@@ -35,6 +39,8 @@ export interface DrsProposal {
   destination: string;
   spread_after: number;
   explanation: string;
+  cpu_demand: number | null;
+  memory_demand_mib: number | null;
 }
 
 export interface DrsDecision {
@@ -50,7 +56,9 @@ export interface DrsDecision {
 
 export interface DrsStatus {
   settings: DrsSettings;
-  loads: NodeMemoryLoad[];
+  basis: "demand" | "allocated";
+  basis_note: string | null;
+  loads: NodeLoadView[];
   spread: number;
   exceeded: boolean;
   proposal: DrsProposal | null;

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from heron.agent.alerts import NodeAlerts
 from heron.agent.ardfs import io_status
 from heron.agent.vms import VMController
 from heron.configdb import UNREACHABLE, ConfigDB
@@ -35,6 +34,9 @@ from heron.util.proc import read_pidfile
 log = logging.getLogger(__name__)
 
 Source = Callable[[], Awaitable[list[Sample]]]
+# Told each round's values (series key -> value, counters as rates): the alert rules, the
+# measured demand.
+Consumer = Callable[[float, dict[str, float]], Awaitable[None]]
 
 
 class Measurements:
@@ -42,13 +44,13 @@ class Measurements:
         self,
         recorder: Recorder,
         sources: Sequence[tuple[str, Source]],
-        alerts: NodeAlerts | None = None,
+        consumers: Sequence[tuple[str, Consumer]] = (),
         interval: float = RAW.step,
         timeout: float = 5.0,
     ):
         self.recorder = recorder
         self.sources = sources
-        self.alerts = alerts
+        self.consumers = consumers
         self.interval = interval
         self.timeout = timeout
         self.failing: set[str] = set()
@@ -67,11 +69,11 @@ class Measurements:
         parts = await asyncio.gather(*(self._ask(name, source) for name, source in self.sources))
         samples = [s for part in parts for s in part]
         values = await asyncio.to_thread(self.recorder.record, t, samples)
-        if self.alerts is not None:
+        for name, consumer in self.consumers:
             try:
-                await self.alerts.round(t, values)
-            except Exception as exc:  # etcd away: the rules are checked again next round
-                log.warning("alert rules not checked this round: %r", exc)
+                await consumer(t, values)
+            except Exception as exc:  # etcd away: tried again next round
+                log.warning("%s not told this round: %r", name, exc)
 
     async def _ask(self, name: str, source: Source) -> list[Sample]:
         try:

@@ -1,6 +1,7 @@
 """heron cluster: the cluster as a whole, and its dynamic balancing (DRS)."""
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, get_args
 
 import typer
@@ -9,9 +10,10 @@ from heron.cli import parse
 from heron.cli.client import Client, fail
 from heron.cli.options import Json
 from heron.cli.output import emit, size
-from heron.models.settings import DRSMode
+from heron.models.settings import DRSBasis, DRSMode
 
 MODE = parse.Choice(get_args(DRSMode))
+BASIS = parse.Choice(get_args(DRSBasis))
 
 app = typer.Typer(no_args_is_help=True, help="The cluster as a whole.")
 
@@ -91,8 +93,17 @@ def cluster_drs(
             parser=MODE, metavar="MODE", help="off, advise (only propose moves) or automatic"
         ),
     ] = None,
+    basis: Annotated[
+        str | None,
+        typer.Option(
+            parser=BASIS,
+            metavar="BASIS",
+            help="demand (CPU and memory the VMs were measured to use) or allocated (memory "
+            "they were given)",
+        ),
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="memory load spread that triggers")
+        float | None, typer.Option(help="spread of load (share of cores or memory) that triggers")
     ] = None,
     interval: Annotated[
         float | None,
@@ -109,12 +120,12 @@ def cluster_drs(
         if mode is not None:
             fail("give --mode or --enable/--disable, not both")
         mode = "automatic" if enable else "off"
-    if mode is None and threshold is None and interval is None:
+    if mode is None and basis is None and threshold is None and interval is None:
         show_drs(client.get("/cluster/drs", params={"decisions": decisions}), as_json)
         return
     settings = client.get("/cluster/settings")
     drs = {k: v for k, v in settings["drs"].items() if k != "enabled"}  # the mode says it
-    changes = {"mode": mode, "threshold": threshold, "interval": interval}
+    changes = {"mode": mode, "basis": basis, "threshold": threshold, "interval": interval}
     drs.update({k: v for k, v in changes.items() if v is not None})
     client.request("PUT", "/cluster/settings", json={**settings, "drs": drs})
 
@@ -151,18 +162,24 @@ def show_drs(status: dict[str, Any], as_json: bool) -> None:
         f"{drs['interval']:g} s, {drs['hysteresis']} checks in a row, "
         f"{drs['max_concurrent']} at once"
     )
-    emit(
-        status["loads"],
-        False,
-        [
-            ("node", lambda n: n["node"] + (" (maintenance)" if n["maintenance"] else "")),
-            ("memory", lambda n: size(n["memory_mib"] << 20)),
-            ("used", lambda n: size(n["memory_used_mib"] << 20)),
-            ("load", lambda n: f"{n['load']:.1%}"),
-        ],
-    )
+    weighed = "measured demand" if status["basis"] == "demand" else "allocated memory"
+    note = f" ({status['basis_note']})" if status["basis_note"] else ""
+    typer.echo(f"weighed: {weighed}{note}")
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("node", lambda n: n["node"] + (" (maintenance)" if n["maintenance"] else "")),
+        ("memory", lambda n: size(n["memory_mib"] << 20)),
+        ("given", lambda n: size(n["memory_used_mib"] << 20)),
+    ]
+    if status["basis"] == "demand":
+        columns += [
+            ("held", lambda n: size(int(n["memory_demand_mib"]) << 20)),
+            ("cpu", lambda n: f"{n['cpu_demand']:.2f} of {n['cpus']} cores"),
+        ]
+    else:
+        columns.append(("load", lambda n: f"{n['load']:.1%}"))
+    emit(status["loads"], False, columns)
     over = "exceeds" if status["exceeded"] else "within"
-    typer.echo(f"spread {status['spread']:.1%}: {over} the threshold")
+    typer.echo(f"imbalance {status['spread']:.1%}: {over} the threshold")
     proposal = status["proposal"]
     typer.echo(f"proposal: {proposal['explanation'] if proposal else status['why_none']}")
     if status["decisions"]:

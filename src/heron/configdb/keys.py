@@ -52,6 +52,8 @@ VNIS = ROOT + "names/vni/"
 SNAPSHOTS = ROOT + "snapshots/"
 SNAPSHOT_NAMES = ROOT + "names/snapshot/"
 SNAPSHOT_HEADS = ROOT + "snapshot-heads/"
+# What each node's VMs measured to use (models/demand.py), by node: for DRS and placement.
+DEMAND = ROOT + "demand/"
 LEADER = ROOT + "leader"
 # The cluster CA's certificate and private key: read by the node agents only (each signs its
 # own certificate), never by an API route nor under a prefix the UI's event stream follows.
@@ -68,6 +70,10 @@ def join_token(token_hash: str) -> str:
 
 def node(name: str) -> str:
     return NODES + name
+
+
+def demand(name: str) -> str:
+    return DEMAND + name
 
 
 def watchdog(name: str) -> str:

@@ -114,7 +114,7 @@ class FailoverController:
         orphan_ids = {e.value.id for e in orphans}
         survivors = [v for v in vms if v.id not in orphan_ids]
         # The orphans' memory no longer counts anywhere: their node is gone.
-        loads = node_loads(nodes, survivors)
+        loads = node_loads(nodes, survivors, self.inventory.measured(time.time()))
         shared = self.inventory.shared_volumes()
         plan = plan_restarts([e.value for e in orphans], loads, shared, groups, survivors)
         by_id = {e.value.id: e for e in orphans}

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from heron.models.settings import DRSSettings
+from heron.models.settings import DRSBasis, DRSSettings
 
 
 class EtcdMemberView(BaseModel):
@@ -17,12 +17,23 @@ class EtcdMemberView(BaseModel):
     leader: bool = Field(description="leads etcd's raft (false for all when it cannot be told)")
 
 
-class NodeMemoryLoad(BaseModel):
+class NodeLoadView(BaseModel):
+    """A node as DRS weighs it."""
+
     node: str
     memory_mib: int = Field(description="memory for VMs")
-    memory_used_mib: int = Field(description="taken by its VMs")
+    memory_used_mib: int = Field(description="given to its running VMs")
     load: float = Field(description="memory_used_mib / memory_mib")
     maintenance: bool = Field(description="not balanced (kept free of VMs)")
+    cpus: int = Field(description="cores for VMs")
+    cpu_demand: float | None = Field(
+        default=None,
+        description="cores its VMs were measured to want (used and waited for); null when "
+        "the basis in force is allocated",
+    )
+    memory_demand_mib: float | None = Field(
+        default=None, description="RAM its VMs hold (resident); null as cpu_demand"
+    )
 
 
 class DRSProposal(BaseModel):
@@ -33,6 +44,10 @@ class DRSProposal(BaseModel):
     destination: str
     spread_after: float
     explanation: str
+    cpu_demand: float | None = Field(default=None, description="cores the VM wanted (basis demand)")
+    memory_demand_mib: float | None = Field(
+        default=None, description="RAM the VM holds (basis demand)"
+    )
 
 
 class DRSDecision(BaseModel):
@@ -50,8 +65,18 @@ class DRSDecision(BaseModel):
 
 class DRSStatus(BaseModel):
     settings: DRSSettings
-    loads: list[NodeMemoryLoad] = Field(description="every live node's memory load now")
-    spread: float = Field(description="busiest minus idlest load, nodes in maintenance aside")
+    basis: DRSBasis = Field(
+        description="the basis in force: the one asked for, or allocated while a node "
+        "running VMs has no recent measurement"
+    )
+    basis_note: str | None = Field(
+        default=None, description="why the basis in force is not the one asked for"
+    )
+    loads: list[NodeLoadView] = Field(description="every live node's load now")
+    spread: float = Field(
+        description="the imbalance: busiest minus idlest load of the most uneven dimension, "
+        "nodes in maintenance aside"
+    )
     exceeded: bool = Field(description="the spread is above the threshold")
     proposal: DRSProposal | None = Field(
         description="the move DRS would make now (it acts once the imbalance persisted "

@@ -7,10 +7,13 @@ from pydantic import Field, model_validator
 from heron.models.common import Record
 
 DRSMode = Literal["off", "advise", "automatic"]
+DRSBasis = Literal["demand", "allocated"]
 
 
 class DRSSettings(Record):
-    """Dynamic balancing: live-migrate VMs to even out memory load across nodes.
+    """Dynamic balancing: live-migrate VMs to even out the load across nodes — the CPU and
+    memory their VMs were measured to use (basis `demand`), or the memory they were given
+    (basis `allocated`).
 
     `mode` is what the administrator chooses, as vSphere's manual and fully automated DRS:
     `advise` only proposes moves (GET /cluster/drs), an administrator applies them;
@@ -27,12 +30,17 @@ class DRSSettings(Record):
         description='the same as mode "automatic" (given alone, it sets the mode: on is '
         "automatic, off is off)",
     )
+    basis: DRSBasis = Field(
+        default="demand",
+        description="demand: the CPU (used and waited for) and resident memory the VMs were "
+        "measured to use over the last minute; allocated: the memory the VMs were given",
+    )
     threshold: float = Field(
         default=0.2,
         gt=0,
         le=1,
         description="act when the busiest and the idlest node differ by more than this share "
-        "of their memory",
+        "of their cores or memory",
     )
     interval: float = Field(default=30, ge=0.5, le=3600, description="seconds between checks")
     hysteresis: int = Field(

@@ -8,14 +8,16 @@ migrations run at once. Each decision goes to the audit log with the numbers beh
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from heron.audit import AuditLog
 from heron.configdb import Txn, keys
 from heron.configdb.election import Election
 from heron.configdb.store import Conflict
+from heron.models.demand import by_vm
 from heron.models.migration import pinned
-from heron.models.settings import ClusterSettings, DRSSettings
+from heron.models.settings import ClusterSettings, DRSBasis, DRSSettings
 from heron.models.snapshot import Snapshot
 from heron.models.task import MigrateParams, TaskKind, new_task
 from heron.models.vm import RunState
@@ -33,12 +35,18 @@ _IDLE_CHECK = 2.0  # how often a disabled balancer looks whether it was turned o
 class Assessment:
     loads: list[NodeLoad]  # every live node's
     move: Move | None  # the one DRS would make now
+    basis: DRSBasis  # the basis in force
+    note: str | None = None  # why it is not the basis asked for
 
 
-def assess(inv: Inventory, threshold: float) -> Assessment:
-    """The cluster's memory loads and the move the balancer proposes for them: only running
-    VMs move, and none that is migrating, has a migration task waiting, or is pinned to its
-    node (`models.migration.pinned`)."""
+def assess(inv: Inventory, drs: DRSSettings, now: float | None = None) -> Assessment:
+    """The cluster's loads and the move the balancer proposes for them: only running VMs
+    move, and none that is migrating, has a migration task waiting, or is pinned to its node
+    (`models.migration.pinned`).
+
+    On basis demand, a node running VMs without a recent measurement (just started, or its
+    agent away) would look idle: until every such node has one, allocated memory is
+    balanced instead, and the assessment says why."""
     nodes = inv.live_nodes()
     vms = inv.vms.values()
     running = [
@@ -63,8 +71,21 @@ def assess(inv: Inventory, threshold: float) -> Assessment:
         v.id for v in running if pinned(v, volumes, shared, snapshots.get(v.id, []))
     }
     movable = {v.id for v in running} - migrating - pending - stuck
-    loads = node_loads(nodes, vms)
-    return Assessment(loads, propose(loads, running, threshold, inv.groups_by_name(), movable))
+    basis, note, measured = drs.basis, None, None
+    if basis == "demand":
+        measured = inv.measured(time.time() if now is None else now)
+        unmeasured = sorted({v.node for v in running} - measured.keys())
+        if unmeasured:
+            basis, measured = "allocated", None
+            note = (
+                f"no recent measurement from {', '.join(unmeasured)}: allocated memory is "
+                "balanced meanwhile"
+            )
+    loads = node_loads(nodes, vms, measured)
+    demand = None if measured is None else by_vm(measured.values())
+    groups = inv.groups_by_name()
+    move = propose(loads, running, drs.threshold, groups, movable, demand)
+    return Assessment(loads, move, basis, note)
 
 
 class BalancingController:
@@ -93,7 +114,7 @@ class BalancingController:
     async def step(self, election: Election, drs: DRSSettings) -> None:
         inv = await self.inventory.ready()
         ours = [t for t in inv.tasks.values() if t.user == "drs" and not t.state.finished]
-        move = assess(inv, drs.threshold).move
+        move = assess(inv, drs).move
         if move is None:
             self.streak = 0
             return

@@ -1,10 +1,12 @@
 """The nodes VMs may use and what runs on them, as the controllers and placement see it."""
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from heron.configdb import ConfigDB, keys
 from heron.configdb.cache import Cache
+from heron.models.demand import NodeDemand
 from heron.models.group import VMGroup
 from heron.models.migration import Migration
 from heron.models.network import Network, SecurityGroup, Switch
@@ -15,6 +17,9 @@ from heron.models.task import Task
 from heron.models.vm import VM, VMStatus
 from heron.storage.registry import capabilities
 
+# A node's measured demand older than this (three of its half-minute writes) is not used.
+FRESH = 90.0
+
 
 async def live_nodes(db: ConfigDB) -> dict[str, Node]:
     """Nodes whose lease is alive, with what the admin set (maintenance, I/O reservation)."""
@@ -23,6 +28,19 @@ async def live_nodes(db: ConfigDB) -> dict[str, Node]:
         e.key.rsplit("/", 1)[1]: e.value for e in await db.list(NodeSettings, keys.NODE_SETTINGS)
     }
     return _with_settings(nodes, settings)
+
+
+async def measured_demand(
+    db: ConfigDB, nodes: dict[str, Node], now: float
+) -> dict[str, NodeDemand]:
+    """What the VMs of these nodes were measured to use, by node, where it is recent."""
+    return fresh_demand((e.value for e in await db.list(NodeDemand, keys.DEMAND)), nodes, now)
+
+
+def fresh_demand(
+    records: Iterable[NodeDemand], nodes: dict[str, Node], now: float
+) -> dict[str, NodeDemand]:
+    return {d.node: d for d in records if d.node in nodes and now - d.at <= FRESH}
 
 
 def _with_settings(nodes: dict[str, Node], settings: dict[str, NodeSettings]) -> dict[str, Node]:
@@ -70,6 +88,7 @@ class Inventory:
         self.switches = Cache(db, Switch, keys.SWITCHES)
         self.networks = Cache(db, Network, keys.NETWORKS)
         self.security_groups = Cache(db, SecurityGroup, keys.SECURITY_GROUPS)
+        self.demand = Cache(db, NodeDemand, keys.DEMAND)
         self._caches: list[Cache[Any]] = [
             self.nodes,
             self.node_settings,
@@ -87,6 +106,7 @@ class Inventory:
             self.switches,
             self.networks,
             self.security_groups,
+            self.demand,
         ]
         self._ready: asyncio.Future[None] | None = None
 
@@ -111,6 +131,10 @@ class Inventory:
         nodes = {e.value.name: e.value for e in self.nodes}
         settings = {name: e.value for name, e in self.node_settings.items()}
         return _with_settings(nodes, settings)
+
+    def measured(self, now: float) -> dict[str, NodeDemand]:
+        """The live nodes' measured demand, by node, where it is recent (`FRESH`)."""
+        return fresh_demand((e.value for e in self.demand), self.live_nodes(), now)
 
     def groups_by_name(self) -> dict[str, VMGroup]:
         return {e.value.name: e.value for e in self.groups}

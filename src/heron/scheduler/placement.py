@@ -1,11 +1,13 @@
 """Placement: the node with the lowest load that fits the VM, within the VM group's rule.
 Pure logic, no I/O."""
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from heron.errors import SchedulingError
+from heron.models.demand import NodeDemand, by_vm
 from heron.models.group import VMGroup as VMGroupRule
 from heron.models.node import Node
 from heron.models.vm import VM, PowerState, reserved_memory_mib, reserved_vcpus
@@ -20,15 +22,20 @@ class NodeLoad:
     vcpus_used: int = 0
     vms: int = 0
     maintenance: bool = False
+    # What its VMs were measured to use (models/demand.py): cores wanted, MiB resident.
+    cpu_demand: float = 0.0
+    memory_demand_mib: float = 0.0
 
     def fits(self, memory_mib: int) -> bool:
         return self.memory_used_mib + memory_mib <= self.memory_mib
 
     def score(self, memory_mib: int, vcpus: int) -> float:
-        """Lower is better: the busier resource after placing the VM, then the VM count."""
+        """Lower is better: the busier resource after placing the VM, then the VM count.
+        CPU counts as the vCPUs given (four per core before it weighs as much as memory) or
+        as the cores the VMs were measured to want, whichever is busier."""
         memory = (self.memory_used_mib + memory_mib) / self.memory_mib
-        cpu = (self.vcpus_used + vcpus) / self.cpus
-        return max(memory, cpu / 4) + self.vms / 1000
+        cpu = max((self.vcpus_used + vcpus) / self.cpus / 4, self.cpu_demand / self.cpus)
+        return max(memory, cpu) + self.vms / 1000
 
 
 class PlacementError(SchedulingError):
@@ -102,17 +109,26 @@ def choose_node(
     return min(fitting, key=rank).name
 
 
-def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
-    """Each node's load from the VMs assigned to it (running or paused ones use resources)."""
+def node_loads(
+    nodes: dict[str, Node], vms: list[VM], demand: Mapping[str, NodeDemand] | None = None
+) -> list[NodeLoad]:
+    """Each node's load from the VMs assigned to it (running or paused ones use resources),
+    with what they were measured to use where the nodes' `demand` records tell it."""
     count: Counter[str] = Counter()
     memory: Counter[str] = Counter()
     vcpus: Counter[str] = Counter()
+    measured = by_vm(demand.values()) if demand else {}
+    wanted: defaultdict[str, float] = defaultdict(float)
+    resident: defaultdict[str, float] = defaultdict(float)
     for vm in vms:  # one pass: this runs for every create, with thousands of VMs
         count[vm.node] += 1
         if vm.power != PowerState.stopped:
             # What it may grow to while running is kept for it (hotplug).
             memory[vm.node] += reserved_memory_mib(vm.spec)
             vcpus[vm.node] += reserved_vcpus(vm.spec)
+            if (d := measured.get(vm.id)) is not None:
+                wanted[vm.node] += d.cpu_demand
+                resident[vm.node] += d.memory_mib
     return [
         NodeLoad(
             name=n.name,
@@ -122,6 +138,8 @@ def node_loads(nodes: dict[str, Node], vms: list[VM]) -> list[NodeLoad]:
             vcpus_used=vcpus[n.name],
             vms=count[n.name],
             maintenance=n.maintenance,
+            cpu_demand=wanted[n.name],
+            memory_demand_mib=resident[n.name],
         )
         for n in nodes.values()
     ]

@@ -21,7 +21,7 @@ from heron.models.cluster import (
     JoinCommand,
     JoinInstructions,
     JoinToken,
-    NodeMemoryLoad,
+    NodeLoadView,
 )
 from heron.models.settings import ClusterSettings
 from heron.scheduler.balancer import spread, why_none
@@ -62,19 +62,26 @@ async def drs_status(db: ConfigDB, inventory: Inventory) -> DRSStatus:
     found = await db.get(ClusterSettings, keys.SETTINGS)
     drs = (found.value if found else ClusterSettings()).drs
     inv = await inventory.ready()
-    assessment = assess(inv, drs.threshold)
+    assessment = assess(inv, drs)
+    basis = assessment.basis
     loads = sorted(assessment.loads, key=lambda n: n.name)
-    now = spread(loads)
+    now = spread(loads, basis)
     move = assessment.move
+    measured = basis == "demand"
     return DRSStatus(
         settings=drs,
+        basis=basis,
+        basis_note=assessment.note,
         loads=[
-            NodeMemoryLoad(
+            NodeLoadView(
                 node=n.name,
                 memory_mib=n.memory_mib,
                 memory_used_mib=n.memory_used_mib,
                 load=n.memory_used_mib / n.memory_mib,
                 maintenance=n.maintenance,
+                cpus=n.cpus,
+                cpu_demand=round(n.cpu_demand, 3) if measured else None,
+                memory_demand_mib=round(n.memory_demand_mib, 1) if measured else None,
             )
             for n in loads
         ],
@@ -90,8 +97,10 @@ async def drs_status(db: ConfigDB, inventory: Inventory) -> DRSStatus:
             destination=move.target,
             spread_after=move.after,
             explanation=move.explanation,
+            cpu_demand=None if move.demand is None else round(move.demand.cpu_demand, 3),
+            memory_demand_mib=None if move.demand is None else round(move.demand.memory_mib, 1),
         ),
-        why_none=why_none(loads, drs.threshold) if move is None else None,
+        why_none=why_none(loads, drs.threshold, basis) if move is None else None,
     )
 
 

@@ -18,6 +18,7 @@ from heron.models.vm import (
     reserved_memory_mib,
     reserved_vcpus,
 )
+from heron.scheduler.inventory import measured_demand
 from heron.scheduler.placement import Affinity, NoCapacity, choose_node, node_loads
 from heron.services.errors import Conflict, Invalid
 from heron.services.lookup import find_pool
@@ -87,10 +88,9 @@ async def place(
         nics=[n.model_copy(update={"slot": slot}) for slot, n in enumerate(addressed_nics)],
         layout=LAYOUT,
     )
+    loads = node_loads(nodes, vms, await measured_demand(db, nodes, now))
     try:
-        node = choose_node(
-            node_loads(nodes, vms), reserved_memory_mib(spec), reserved_vcpus(spec), pinned, rule
-        )
+        node = choose_node(loads, reserved_memory_mib(spec), reserved_vcpus(spec), pinned, rule)
     except NoCapacity as exc:
         raise Conflict(str(exc)) from exc
     for volume in volumes:
