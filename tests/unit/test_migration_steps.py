@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aetcd.exceptions
 import pytest
 from fakes import qemu as fake_qemu
 from fakes.configdb import FakeConfigDB
@@ -282,6 +283,49 @@ async def test_a_transfer_qemu_fails_is_undone(
         "migrate",
         "migrate_cancel",
     ]
+    await stays_on_the_source(db, controllers, vm)
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        # etcd out of reach while progress is told: the send goes on, to QEMU's own end.
+        (aetcd.exceptions.ConnectionFailedError("Stream removed"), TaskFailed),
+        # Anything else unforeseen: the move is undone all the same, then the error raised.
+        (RuntimeError("unforeseen"), RuntimeError),
+    ],
+)
+async def test_an_error_while_the_memory_is_sent_never_leaves_the_move_half_done(
+    db: FakeConfigDB,
+    controllers: dict[str, VMController],
+    source: Migrations,
+    script: fake_qemu.Script,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    raised: type[Exception],
+) -> None:
+    script.set(
+        migration=[
+            {"status": "active", "ram": {"total": 1000, "transferred": 100}},
+            {"status": "failed", "error-desc": "Unable to write to socket: Broken pipe"},
+        ]
+    )
+    told = TaskContext.progress
+
+    async def progress(self: TaskContext, fraction: float, message: str | None = None) -> None:
+        if fraction > 0.01:  # the transfer's
+            raise error
+        await told(self, fraction, message)
+
+    monkeypatch.setattr(TaskContext, "progress", progress)
+    vm = await running_vm(db, controllers)
+    target = Target(db, vm.id)
+    playing = asyncio.create_task(play(target, MigrationState.ready))
+    with pytest.raises(raised):
+        await source.migrate(await migrate_task(db, vm))
+    await asyncio.wait_for(playing, 10)
+    assert target.last is not None and target.last.state == MigrationState.failed
+    assert actions(controllers["n1"], vm.id)[-1] == "migrate_cancel"
     await stays_on_the_source(db, controllers, vm)
 
 

@@ -37,10 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heron.agent.tasks import TaskCancelled, TaskContext, TaskFailed
-from heron.agent.vms import VMController, VMError
+from heron.agent.tasks import TaskContext, TaskFailed
+from heron.agent.vms import VMController
 from heron.audit import AuditLog
-from heron.configdb import ConfigDB, Txn, cas, keys
+from heron.configdb import UNREACHABLE, ConfigDB, Txn, cas, keys
 from heron.configdb.store import Conflict
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError, QemuVM
@@ -275,7 +275,7 @@ class Migrations:
             if record.mirror:
                 await self._mirror(ctx, qemu, record.mirror, str(ready.nbd), creds, target)
             downtime = await self._send(ctx, qemu, record, uri, shared_volumes, creds)
-        except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
+        except Exception as exc:  # whatever it was (etcd away too), the move is undone
             downtime = await self._after_error(ctx, qemu, record, exc, shared_volumes)
         return await self._complete(ctx, vm, record, downtime, started)
 
@@ -294,7 +294,7 @@ class Migrations:
             if record.state != MigrationState.running or status == "none":
                 raise TaskFailed("cut off by an agent restart before the memory transfer")
             downtime = await self._follow_send(ctx, qemu, record, shared_volumes)
-        except (TaskFailed, TaskCancelled, QemuError, VMError) as exc:
+        except Exception as exc:
             downtime = await self._after_error(ctx, qemu, record, exc, shared_volumes)
         return await self._complete(ctx, vm, record, downtime, started)
 
@@ -303,7 +303,7 @@ class Migrations:
         ctx: TaskContext,
         qemu: QemuVM,
         record: Migration,
-        exc: TaskFailed | TaskCancelled | QemuError | VMError,
+        exc: Exception,
         shared_volumes: list[str],
     ) -> int | None:
         """After an error: QEMU's downtime if it finished the move all the same (the guest
@@ -474,11 +474,9 @@ class Migrations:
                 # A send to a target that stopped answering never ends by itself, and this
                 # task holds the VM: were it restarted elsewhere meanwhile (HA, while this
                 # agent was away), the QEMU here would stay up beside the new one.
-                checked = time.monotonic()
-                vm = await self.db.get(VM, keys.vm(qemu.vm_id))
-                if vm is None or vm.value.node != self.node:
-                    where = "deleted" if vm is None else f"placed on {vm.value.node}"
-                    raise PlacedElsewhere(f"the VM was {where} while it was being sent")
+                with contextlib.suppress(*UNREACHABLE):  # etcd away: QEMU goes on, ask again
+                    await self._still_here(qemu.vm_id)
+                    checked = time.monotonic()
             # QEMU may still say pre-switchover just after migrate-continue: act once only.
             if status == "pre-switchover" and not continued:
                 # The guest is stopped and its disks flushed: the target takes them over.
@@ -495,8 +493,16 @@ class Migrations:
                 raise TaskFailed(f"QEMU migration {status}: {info.error}")
             if info.ram_total:
                 done = min(info.ram_transferred / info.ram_total, 0.99)
-                await ctx.progress(low + (0.99 - low) * done)
+                # Progress is told, not needed: etcd out of reach must not stop the send.
+                with contextlib.suppress(*UNREACHABLE):
+                    await ctx.progress(low + (0.99 - low) * done)
             await asyncio.sleep(_POLL)  # QEMU reports progress only when asked
+
+    async def _still_here(self, vm_id: str) -> None:
+        vm = await self.db.get(VM, keys.vm(vm_id))
+        if vm is None or vm.value.node != self.node:
+            where = "deleted" if vm is None else f"placed on {vm.value.node}"
+            raise PlacedElsewhere(f"the VM was {where} while it was being sent")
 
     async def _set_standby(self, volume_id: str, node: str | None) -> None:
         def change(volume: Volume) -> Volume:
