@@ -11,6 +11,7 @@ import typing
 from email.message import EmailMessage
 
 import pytest
+from pydantic import ValidationError
 
 from heron.models.alerts import (
     Alert,
@@ -412,3 +413,9 @@ async def test_settings_that_cannot_make_a_request_fail_as_notify_errors() -> No
     bad_hook = Channel(name="hook", settings=WebhookSettings(url="https://exa mple:99999/x"))
     with pytest.raises(NotifyError, match=r"channel hook \(webhook\): cannot reach https://"):
         await notify.deliver(bad_hook, [notice()], CONTEXT)
+
+
+@pytest.mark.parametrize("url", ["http://", "https:///x", "ftp://host/x", "http:// host/"])
+def test_a_webhook_url_without_a_host_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError):
+        WebhookSettings(url=url)

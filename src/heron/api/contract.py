@@ -8,7 +8,8 @@ breaks them. Writing the codes by hand on each route drifts, so they follow from
 - 404 where a path names something (and where a route declares it itself);
 - 409 on every change (name clash, stale revision, conflicting state);
 - 422 wherever there is input to validate; 400 where a body that cannot be parsed is refused;
-- 503 everywhere: the ConfigDB may be out of reach.
+- 503 everywhere: the ConfigDB may be out of reach;
+- 502 where a route declares it: an outside system it reaches refused or did not answer.
 
 All of them carry `ErrorBody` (see `errors`), which replaces FastAPI's own 422 schema: the
 app's handler reshapes validation errors, so FastAPI's would be a lie. Operations that need a
@@ -37,6 +38,7 @@ _WHY = {
     409: "It conflicts with the current state (name taken, stale revision, busy)",
     422: "Invalid input: `fields` names each offending field and the reason",
     429: "Too many failed logins: the user name or client address is locked for a while",
+    502: "An outside system (e.g. a notification channel's receiver) refused or did not answer",
     503: "The ConfigDB (etcd) cannot be reached",
 }
 

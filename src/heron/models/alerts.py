@@ -108,7 +108,9 @@ class SnmpSettings(Record):
 
 class WebhookSettings(Record):
     kind: Literal["webhook"] = "webhook"
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: str = Field(
+        pattern=r"^https?://[^/?#\s]+", max_length=2000, description="http(s)://host[:port]/path"
+    )
     secret: str | None = Field(
         default=None, description="write-only; signs each body (HMAC-SHA256, X-Heron-Signature)"
     )

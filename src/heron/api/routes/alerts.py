@@ -123,7 +123,7 @@ async def delete_channel(name: Name, request: Request, _: Principal = Depends(au
     await service.delete_channel(_ctx(request).db, name)
 
 
-@router.post("/alerts/channels/{name}/test")
+@router.post("/alerts/channels/{name}/test", responses={502: {}})
 async def test_channel(
     name: Name, request: Request, principal: Principal = Depends(auth.admin)
 ) -> dict[str, str]:
