@@ -55,8 +55,11 @@ class LeaseKeeper:
         self.registered = asyncio.Event()
 
     async def _register(self) -> None:
-        self.lease = await self.db.grant(self.ttl)
-        await self.db.put(self.key, self.record, lease=self.lease)
+        lease = await self.db.grant(self.ttl)
+        await self.db.put(self.key, self.record, lease=lease)
+        # Kept only once the record is under it: a put cut off by the call's timeout (etcd
+        # slow to apply) must be made again, not a bare lease renewed forever without it.
+        self.lease = lease
         self.registered.set()
         log.info("%s registered (lease %x, ttl %ds)", self.key, self.lease, self.ttl)
 
