@@ -217,16 +217,23 @@ class Api:
 
 @contextlib.contextmanager
 def running_devcluster(
-    directory: Path, nodes: int, keep: bool = False, network: bool = False
+    directory: Path,
+    nodes: int,
+    keep: bool = False,
+    network: bool = False,
+    memory_mib: int | None = None,
 ) -> Iterator[tuple[devcluster.DevCluster, str]]:
     """A devcluster that is taken down again however the block ends; with `network`, each
-    node's data plane in a namespace of its own (heron.network.fabric)."""
+    node's data plane in a namespace of its own (heron.network.fabric); with `memory_mib`,
+    nodes that say they have that much memory (not the host's)."""
     directory.mkdir(parents=True, exist_ok=True)
     try:
         # Plain etcd: the benchmarks' own etcd clients (the scale benchmark's worker
         # processes, the observers) take bare endpoints, and their results stay comparable
         # with earlier runs. etcd over TLS in the benchmarks is left to do.
-        yield devcluster.up(directory, nodes, network=network, etcd_tls=False)
+        yield devcluster.up(
+            directory, nodes, network=network, etcd_tls=False, memory_mib=memory_mib
+        )
     finally:
         # `up` records the cluster before it starts anything, so this finds whatever did start.
         if (directory / devcluster.STATE_FILE).exists():

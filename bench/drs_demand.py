@@ -1,9 +1,9 @@
 """DRS on measured demand: a CPU-bound guest on a busy node moves, idle guests with more
 memory do not.
 
-A 3-node devcluster; on node1 four test guests from a shared pool: two that spin a CPU
-(`hog*`, 256 MiB) and two idle ones given more memory (`idle*`, 768 MiB); node2 and node3
-run nothing. DRS in mode advise is asked for its move twice over the same placement:
+A 3-node devcluster (nodes of 4 GiB); on node1 four test guests from a shared pool: two that
+spin a CPU (`hog*`, 256 MiB) and two idle ones given more memory (`idle*`, 768 MiB); node2 and
+node3 run nothing. DRS in mode advise is asked for its move twice over the same placement:
 
 * baseline, basis `allocated` (Heron's balancing before measured demand, and what a
   memory-only balancer does): it proposes an idle guest, the most memory to take off node1;
@@ -46,6 +46,7 @@ from bench.common import (
 from heron.testguest.net import CommandChannel
 
 GUESTS = {"hog1": 256, "hog2": 256, "idle1": 768, "idle2": 768}
+NODE_MEMORY_MIB = 4096  # node1's guests are given half of it
 SPIN = "sh -c 'while :; do :; done' >/dev/null 2>&1 &"
 BOOT_TIMEOUT = 300.0
 MEASURED_TIMEOUT = 180.0  # half a minute per write, a minute's window, slow rounds
@@ -76,7 +77,7 @@ def loads(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def run(work: Path) -> dict[str, Any]:
     if not TESTGUEST.exists():
         raise BenchError(f"no test guest at {TESTGUEST}: run scripts/install-deps")
-    with running_devcluster(work / "cluster", 3) as (cluster, token):
+    with running_devcluster(work / "cluster", 3, memory_mib=NODE_MEMORY_MIB) as (cluster, token):
         api = Api(cluster.nodes[0].url, token, cluster.tls())
         shared = work / "shared"
         shared.mkdir()
