@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 ROUNDS = 60  # a few of the nodes' 10 s rounds
-SCRAPE = 2  # seconds between Prometheus's scrapes here (10 s in production: a node's round)
+SCRAPE = 3  # seconds between Prometheus's scrapes here (10 s in production: a node's round)
 # promtool's lint wants snake_case, and node_exporter names /proc/meminfo's fields as the
 # kernel spells them (node_memory_MemTotal_bytes): Heron keeps its names so that dashboards
 # and rules written for node_exporter read Heron's series, and node_exporter's own exposition
