@@ -63,7 +63,7 @@ def latest_round(cluster: DevCluster, index: int, token: str) -> str:
     )
 
 
-def test_promtool_finds_no_problem_in_a_nodes_exposition(cluster3, viewer: str) -> None:
+def test_promtool_lints_a_nodes_exposition_as_node_exporters(cluster3, viewer: str) -> None:
     cluster, _ = cluster3
     text = latest_round(cluster, 1, viewer)
     assert "node_cpu_seconds_total{" in text and "heron_pool_size_bytes{" in text
