@@ -84,7 +84,11 @@ def test_prometheus_reads_a_node_with_a_token_only(cluster3, api: Api) -> None:
     url = f"{cluster.nodes[1].url}/api/v1/metrics"
     assert httpx.get(url, verify=cluster.tls()).status_code == 401
     text = wait_for(
-        lambda: "heron_configdb_up 1.0" in (t := api.as_token(api.token).http.get(url).text) and t,
+        lambda: (
+            'heron_configdb_up{node="node2"} 1.0'
+            in (t := api.as_token(api.token).http.get(url).text)
+            and t
+        ),
         ROUNDS,
         "the node's latest round",
     )

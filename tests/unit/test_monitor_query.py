@@ -124,3 +124,16 @@ def test_the_exposition_has_help_type_and_the_samples() -> None:
     assert "# HELP node_load1 Load." in text
     assert "node_load1 0.25" in text
     assert "not_in_the_catalog" not in text
+
+
+def test_the_exposition_labels_every_sample_with_its_node() -> None:
+    text = exposition(
+        [
+            Sample("node_cpu_seconds_total", labels_of(mode="user"), 12.5),
+            Sample("node_load1", (), 0.25),
+        ],
+        CATALOG,
+        node="node2",
+    ).decode()
+    assert 'node_cpu_seconds_total{mode="user",node="node2"} 12.5' in text
+    assert 'node_load1{node="node2"} 0.25' in text

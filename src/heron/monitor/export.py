@@ -1,4 +1,8 @@
-"""Samples in Prometheus's text exposition, written by prometheus_client."""
+"""Samples in Prometheus's text exposition, written by prometheus_client.
+
+Every sample carries `node`, the node that measured it, as the history's merged answers do:
+Prometheus's own `instance` is only the address it scraped, and dashboards and alert rules
+select and group by `node` (a VM's series say where it ran)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from heron.monitor.series import Metric, Sample
 
 
 class _Samples:
-    def __init__(self, samples: list[Sample], catalog: Mapping[str, Metric]):
+    def __init__(self, samples: list[Sample], catalog: Mapping[str, Metric], node: str | None):
         self.samples = samples
         self.catalog = catalog
+        self.node = node
 
     def collect(self) -> Iterator[Family]:
         families: dict[str, Family] = {}
@@ -28,11 +33,18 @@ class _Samples:
                     sample.name.removesuffix("_total") if metric.kind == "counter" else sample.name
                 )
                 family = families[sample.name] = Family(name, metric.help, metric.kind)
-            family.add_sample(sample.name, dict(sample.labels), sample.value)
+            labels = dict(sample.labels)
+            if self.node is not None:
+                labels["node"] = self.node
+            family.add_sample(sample.name, labels, sample.value)
         yield from families.values()
 
 
-def exposition(samples: list[Sample], catalog: Mapping[str, Metric]) -> bytes:
+def exposition(
+    samples: list[Sample], catalog: Mapping[str, Metric], node: str | None = None
+) -> bytes:
+    """The samples of the catalog's metrics (others are left out), each labelled with
+    `node` when given."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Samples(samples, catalog))
+    registry.register(_Samples(samples, catalog, node))
     return generate_latest(registry)

@@ -117,6 +117,8 @@ async def _may_read(request: Request, principal: Principal, labels: dict[str, st
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request, _: Principal = Depends(auth.viewer)) -> Response:
-    """This node's latest samples in Prometheus's text exposition (for a scraper with a token)."""
+    """This node's latest samples in Prometheus's text exposition (for a scraper with a token),
+    each labelled with `node` (this node's name)."""
+    ctx: ApiContext = request.app.state.ctx
     samples = _recorder(request).current()[1]
-    return Response(exposition(samples, METRICS), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(samples, METRICS, ctx.node), media_type=CONTENT_TYPE_LATEST)
