@@ -146,7 +146,9 @@ async def forecast(
     start = now - days * 86400
 
     async def gathered(metric: str) -> dict[str, Any]:
-        answer = query.read(recorder.store, metric, (), start, now, fc.STEP, now)
+        answer = await asyncio.to_thread(
+            query.read, recorder.store, metric, (), start, now, fc.STEP, now
+        )
         params = {"metric": metric, "start": start, "end": now, "now": now, "step": fc.STEP}
         others = await ask_others(request, "/metrics/history", params)
         return query.merge({ctx.node: answer, **others})
@@ -161,7 +163,7 @@ async def forecast(
         ardfs = pool.type == "ardfs"
         share = pool.redundancy.share if ardfs else 1.0  # what volumes can fill of the disks
         pools.append(fc.PoolInfo(pool.name, pool.shared, ardfs, share, disks))
-    found = fc.resources(answers, pools, nodes, start, now, now)
+    found = await asyncio.to_thread(fc.resources, answers, pools, nodes, start, now, now)
     return Forecasts(
         window_days=days,
         resources=[
