@@ -211,6 +211,12 @@ def test_the_overview_charts_in_russian_at_phone_width(
 def test_the_overview_forecasts_memory_cpu_and_the_pool_that_fills_first(
     page: Page, ui: str, api: Api, screenshots: Path
 ) -> None:
+    def cores() -> dict[str, Any] | None:
+        answer = api.ok("GET", "/metrics/forecast")
+        return answer if answer["resources"][-1]["capacity"] else None
+
+    # The card reads the forecast when the view opens: after the nodes' cores are measured.
+    answer = wait_for(cores, SAMPLED / 1000, "the nodes' cores measured")
     page.goto(ui)
     settle(page)
     forecast = page.locator("[data-testid=forecast]")
@@ -221,13 +227,12 @@ def test_the_overview_forecasts_memory_cpu_and_the_pool_that_fills_first(
     expect(rows.nth(1)).to_have_attribute("data-kind", "cpu")
     expect(rows.nth(2)).to_have_attribute("data-kind", "pool")
     # What the API says, as the card says it: a fresh cluster has under a day of history.
-    answer = api.ok("GET", "/metrics/forecast")
     assert {r["status"] for r in answer["resources"]} == {"not_enough_history"}
     expect(rows.locator("[data-testid=forecast-text]")).to_have_text(
         ["not enough history yet (a day at least)"] * 3
     )
     # Once measured, the CPU row shows the cores in use of the cores there are.
-    expect(rows.nth(1).locator(".forecast-details")).to_contain_text(" cores", timeout=SAMPLED)
+    expect(rows.nth(1).locator(".forecast-details")).to_contain_text(" cores")
     assert_translated(page, "en", "/ (forecast)")
     shot(page, screenshots, "overview-forecast")
 
