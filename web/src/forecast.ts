@@ -87,8 +87,14 @@ export function urgency(r: ResourceForecast): number {
   return r.days_low ?? r.days ?? Number.MAX_VALUE;
 }
 
-/** The pool that fills first (one pool's part on a node counts as the pool). */
+/** The share in use now (-1: unknown, after any known one). */
+function fullness(r: ResourceForecast): number {
+  return r.used !== null && r.capacity ? r.used / r.capacity : -1;
+}
+
+/** The pool that fills first (one pool's part on a node counts as the pool); among those
+ * with no day to tell, the fullest. */
 export function firstPool(list: ResourceForecast[]): ResourceForecast | undefined {
   const pools = list.filter((r) => r.kind === "pool");
-  return [...pools].sort((a, b) => urgency(a) - urgency(b))[0];
+  return [...pools].sort((a, b) => urgency(a) - urgency(b) || fullness(b) - fullness(a))[0];
 }

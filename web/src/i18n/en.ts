@@ -1168,7 +1168,7 @@ const en = {
   "metrics.mode.guest_nice": "guest nice",
   "metrics.mode.idle": "idle",
   "forecast.title": "Forecast",
-  "forecast.hint": "When it is full at the trend of the last 30 days; in brackets the earliest and the latest day (90 %)",
+  "forecast.hint": "Days until full at the trend of the last 30 days; in brackets the earliest and the latest (90 % interval)",
   "forecast.memory": "Memory of the VMs",
   "forecast.cpu": "CPU",
   "forecast.pool": "Pool {name}",

@@ -1170,7 +1170,7 @@ const ru: Record<keyof typeof en, string> = {
   "metrics.mode.guest_nice": "гость nice",
   "metrics.mode.idle": "простой",
   "forecast.title": "Прогноз",
-  "forecast.hint": "Когда закончится место при тренде последних 30 дней; в скобках самый ранний и самый поздний срок (90 %)",
+  "forecast.hint": "Дней до заполнения при тренде последних 30 дней; в скобках самый ранний и самый поздний срок (интервал 90 %)",
   "forecast.memory": "Память ВМ",
   "forecast.cpu": "Процессоры",
   "forecast.pool": "Пул {name}",
