@@ -1,9 +1,11 @@
 """Monica's charts in a real browser against a real devcluster whose nodes sample every 10 s:
 a running VM's Metrics tab draws its CPU, memory and disk series once samples exist, a VM
 that never ran says nothing was measured, the range picker changes what is asked for, a
-node's charts read that node's series alone, and the overview's charts in Russian at phone
-width."""
+node's charts read that node's series alone, the overview's charts in Russian at phone
+width, and the forecast (memory, CPU, pools) on the overview and the storage view in both
+languages."""
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -183,6 +185,15 @@ def test_the_overview_charts_in_russian_at_phone_width(
     expect(cpu.locator(".legend-value").first).to_contain_text("%")
     memory = phone.locator("[data-testid=chart-cluster-memory] .legend-value").first
     expect(memory).to_contain_text("иБ")  # ГиБ or МиБ, in Russian
+    forecast = phone.locator("[data-testid=forecast]")
+    expect(forecast.locator("h2")).to_have_text("Прогноз")
+    expect(forecast.locator(".forecast-label")).to_have_text(
+        [re.compile(r"^Память"), "Процессоры", re.compile(r"^Пул ")]
+    )
+    # A cluster minutes old: no trend yet, and the card says why.
+    expect(forecast.locator("[data-testid=forecast-text]").first).to_have_text(
+        "пока мало истории (нужны хотя бы сутки)"
+    )
     assert_fits(phone, "the overview with charts")
     assert_translated(phone, "ru", "/ (phone, charts)")
     shot(phone, screenshots, "phone-overview-metrics")
@@ -197,6 +208,35 @@ def test_the_overview_charts_in_russian_at_phone_width(
     shot(phone, screenshots, "phone-vm-metrics")
 
 
+def test_the_overview_forecasts_memory_cpu_and_the_pool_that_fills_first(
+    page: Page, ui: str, api: Api, screenshots: Path
+) -> None:
+    def cores() -> dict[str, Any] | None:
+        answer = api.ok("GET", "/metrics/forecast")
+        return answer if answer["resources"][-1]["capacity"] else None
+
+    # The card reads the forecast when the view opens: after the nodes' cores are measured.
+    answer = wait_for(cores, SAMPLED / 1000, "the nodes' cores measured")
+    page.goto(ui)
+    settle(page)
+    forecast = page.locator("[data-testid=forecast]")
+    expect(forecast.locator("h2")).to_have_text("Forecast")
+    rows = forecast.locator("[data-testid=forecast-row]")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_have_attribute("data-kind", "memory")
+    expect(rows.nth(1)).to_have_attribute("data-kind", "cpu")
+    expect(rows.nth(2)).to_have_attribute("data-kind", "pool")
+    # What the API says, as the card says it: a fresh cluster has under a day of history.
+    assert {r["status"] for r in answer["resources"]} == {"not_enough_history"}
+    expect(rows.locator("[data-testid=forecast-text]")).to_have_text(
+        ["not enough history yet (a day at least)"] * 3
+    )
+    # Once measured, the CPU row shows the cores in use of the cores there are.
+    expect(rows.nth(1).locator(".forecast-details")).to_contain_text(" cores")
+    assert_translated(page, "en", "/ (forecast)")
+    shot(page, screenshots, "overview-forecast")
+
+
 def test_the_storage_view_charts_the_pools_use(
     page: Page, ui: str, image: str, screenshots: Path
 ) -> None:
@@ -209,4 +249,11 @@ def test_the_storage_view_charts_the_pools_use(
     expect(used.locator(".legend-label")).to_have_text(["node1", "node2", "node3"], timeout=SAMPLED)
     expect(used.locator(".legend-value").first).to_contain_text("iB")
     drawn(page, "chart-pool-filesystems")  # the filesystem holding the pool's directory
+    # The pool's forecast: one row (every node sees the same pool).
+    forecast = page.locator("[data-testid=pool-forecast] [data-testid=forecast-row]")
+    expect(forecast).to_have_count(1)
+    expect(forecast).to_have_attribute("data-name", pool)
+    expect(forecast.locator("[data-testid=forecast-text]")).to_have_text(
+        "not enough history yet (a day at least)"
+    )
     shot(page, screenshots, "storage-metrics")

@@ -79,6 +79,32 @@ def test_bad_queries_are_refused_with_the_field(api: Api) -> None:
     assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.label"
 
 
+def test_the_forecast_lists_pools_memory_and_cpu_with_what_history_it_lacks(
+    cluster3, api: Api
+) -> None:
+    pools = {p["name"] for p in api.ok("GET", "/pools")}
+
+    def measured_capacity() -> dict | None:
+        answer = api.ok("GET", "/metrics/forecast")
+        found = {r["kind"]: r for r in answer["resources"]}
+        return answer if found["cpu"]["capacity"] and found["memory"]["capacity"] else None
+
+    answer = wait_for(measured_capacity, ROUNDS, "the nodes' memory and cores measured")
+    assert answer["window_days"] == 30
+    kinds = [(r["kind"], r["name"]) for r in answer["resources"]]
+    assert {name for kind, name in kinds if kind == "pool"} >= pools
+    assert kinds[-2:] == [("memory", "memory"), ("cpu", "cpu")]
+    cpu = answer["resources"][-1]
+    # Three nodes on this machine: three times its cores (CPU seconds a second, all modes).
+    assert cpu["capacity"] == pytest.approx(3 * (os.cpu_count() or 1), rel=0.1)
+    # A cluster minutes old has not a day of history: it says so, and guesses nothing.
+    for resource in answer["resources"]:
+        assert resource["status"] == "not_enough_history", resource
+        assert resource["days"] is None and resource["history_hours"] < 24
+    reply = api.get("/metrics/forecast", params={"days": 0})
+    assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.days"
+
+
 def test_prometheus_reads_a_node_with_a_token_only(cluster3, api: Api) -> None:
     cluster, _ = cluster3
     url = f"{cluster.nodes[1].url}/api/v1/metrics"

@@ -8,7 +8,7 @@ import typer
 from heron.cli import parse
 from heron.cli.client import Client, fail
 from heron.cli.options import Json
-from heron.cli.output import Column, emit
+from heron.cli.output import Column, emit, size
 
 app = typer.Typer(no_args_is_help=True, help="Measurements and their history.")
 
@@ -111,3 +111,68 @@ def metrics_show(
         fail(f"no {metric} measured in that time", code=1)
     print(f"{metric}: {answer['resolution']} points, one every {answer['step']:g} s")
     emit(rows, False, SHOW_COLUMNS)
+
+
+STATUS = {
+    "not_growing": "not growing",
+    "not_enough_history": "not enough history (a day at least)",
+    "full": "full",
+}
+
+
+def amount(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return ("-" if value < 0 else "") + size(round(abs(value)))
+    return f"{value:.2f} cores"
+
+
+def days(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def full_in(row: dict[str, Any]) -> str:
+    """ "in about N days (M-K)", or what the status says instead."""
+    if row["status"] != "growing":
+        return STATUS.get(row["status"], row["status"])
+    high = "later" if row["days_high"] is None else days(row["days_high"])
+    if row["days"] is None:
+        return f"not within five years ({days(row['days_low'])}-{high})"
+    return f"in about {days(row['days'])} days ({days(row['days_low'])}-{high})"
+
+
+def resource_name(row: dict[str, Any]) -> str:
+    if row["kind"] != "pool":
+        return row["name"]
+    return f"pool {row['name']}" + (f" on {row['node']}" if row["node"] else "")
+
+
+FORECAST_COLUMNS: list[Column] = [
+    ("resource", resource_name),
+    ("used", lambda r: amount(r["used"], r["unit"])),
+    ("capacity", lambda r: amount(r["capacity"], r["unit"])),
+    (
+        "growth a day",
+        lambda r: "-" if r["growth_per_day"] is None else amount(r["growth_per_day"], r["unit"]),
+    ),
+    ("full", full_in),
+]
+
+
+@app.command("forecast")
+def metrics_forecast(
+    since: Annotated[
+        float,
+        typer.Option(parser=parse.duration, help="history to fit: 7d, 90d [default: 30d]"),
+    ] = 30 * 86400.0,
+    as_json: Json = False,
+) -> None:
+    """Days until each pool, the cluster's memory and its CPU are full, with bounds (a trend
+    through the hourly history; docs/operations.md, Monitoring)."""
+    answer = Client().get("/metrics/forecast", params={"days": max(1, round(since / 86400))})
+    if as_json:
+        emit(answer, True)
+        return
+    print(f"trend of the last {answer['window_days']} days; bounds: 90 % prediction interval")
+    emit(answer["resources"], False, FORECAST_COLUMNS)

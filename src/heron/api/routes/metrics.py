@@ -4,18 +4,24 @@ names `metrics_path: /api/v1/metrics` and a bearer token)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.context import ApiContext
 from heron.api.errors import Forbidden, Invalid, NotFound
 from heron.api.fanout import ask_others
+from heron.configdb import keys
 from heron.models.auth import Role
+from heron.models.node import Node
+from heron.models.storage import ArdfsMember, Pool
+from heron.monitor import forecast as fc
 from heron.monitor import query
 from heron.monitor.catalog import METRICS
 from heron.monitor.export import exposition
@@ -95,6 +101,76 @@ async def history(
         asked = None if node is None else {node}
         others = await ask_others(request, "/metrics/history", params, only=asked)
     return query.merge({ctx.node: answer, **others})
+
+
+class ResourceForecast(BaseModel):
+    """When a resource is full, from the trend of its use (docs/operations.md, Monitoring)."""
+
+    kind: Literal["pool", "memory", "cpu"]
+    name: str = Field(description="the pool's name; memory, cpu")
+    node: str | None = Field(default=None, description="a local pool: the node whose part")
+    unit: Literal["bytes", "cores"]
+    status: fc.Status = Field(
+        description="growing (days given); not_growing (flat, shrinking, or growth the noise "
+        "hides); full; not_enough_history (under a day, or under 12 hourly points)"
+    )
+    capacity: float | None = Field(description="the latest capacity")
+    used: float | None = Field(description="in use now (the current hour's average)")
+    growth_per_day: float | None = Field(description="the trend's slope, unit per day")
+    days: float | None = Field(description="days until full: the estimate")
+    days_low: float | None = Field(description="the earliest (90 % prediction interval)")
+    days_high: float | None = Field(
+        description="the latest; null while growing: not within five years"
+    )
+    history_hours: float = Field(description="the history the trend is fitted on")
+    steps: int = Field(description="falls of a pool's use (data deleted) taken as new levels")
+
+
+class Forecasts(BaseModel):
+    window_days: int
+    resources: list[ResourceForecast]
+
+
+@router.get("/metrics/forecast", response_model=Forecasts)
+async def forecast(
+    request: Request,
+    days: int = Query(fc.WINDOW_DAYS, ge=2, le=365, description="history to fit, in days"),
+    _: Principal = Depends(auth.viewer),
+) -> Forecasts:
+    """Days until each storage pool (a local pool per node), the cluster's memory (what the
+    VMs' QEMUs hold against the nodes' RAM) and its CPU (busy cores against cores) are full,
+    with bounds: a least-squares trend through the hourly history of every node."""
+    ctx: ApiContext = request.app.state.ctx
+    recorder = _recorder(request)
+    now = time.time()
+    start = now - days * 86400
+
+    async def gathered(metric: str) -> dict[str, Any]:
+        answer = await asyncio.to_thread(
+            query.read, recorder.store, metric, (), start, now, fc.STEP, now
+        )
+        params = {"metric": metric, "start": start, "end": now, "now": now, "step": fc.STEP}
+        others = await ask_others(request, "/metrics/history", params)
+        return query.merge({ctx.node: answer, **others})
+
+    answers = dict(zip(fc.READ, await asyncio.gather(*map(gathered, fc.READ)), strict=True))
+    nodes = {e.value.name for e in await ctx.db.list(Node, keys.NODES)}
+    members = await ctx.db.list(ArdfsMember, keys.ARDFS_MEMBERS)
+    pools = []
+    for entry in await ctx.db.list(Pool, keys.POOLS):
+        pool = entry.value
+        disks = frozenset(d.id for m in members if m.value.pool == pool.name for d in m.value.disks)
+        ardfs = pool.type == "ardfs"
+        share = pool.redundancy.share if ardfs else 1.0  # what volumes can fill of the disks
+        pools.append(fc.PoolInfo(pool.name, pool.shared, ardfs, share, disks))
+    found = await asyncio.to_thread(fc.resources, answers, pools, nodes, start, now, now)
+    return Forecasts(
+        window_days=days,
+        resources=[
+            ResourceForecast(kind=r.kind, name=r.name, node=r.node, unit=r.unit, **vars(r.forecast))
+            for r in found
+        ],
+    )
 
 
 def _without_node(
