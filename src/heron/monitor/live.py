@@ -33,6 +33,8 @@ STEP = 1.0  # seconds between live points
 POINTS = 900  # 15 minutes of them
 LINGER = 300.0  # seconds a watch lasts after the last request for it
 TIMEOUT = 0.8  # an object's bound per second: under the step, so the seconds stay on grid
+# A VM's QMP part's bound, under TIMEOUT: a hung QEMU's second still has what /proc tells.
+VM_TIMEOUT = 0.6
 
 # What the charts of a node and of a VM draw (web/src/charts.ts), nothing more.
 LIVE_METRICS = frozenset(
@@ -205,7 +207,7 @@ def node_sampler() -> Sampler:
     return samples
 
 
-def vm_sampler(probe: Callable[[], VmProbe | None], timeout: float = TIMEOUT) -> Sampler:
+def vm_sampler(probe: Callable[[], VmProbe | None], timeout: float = VM_TIMEOUT) -> Sampler:
     """One VM's CPU, memory, disks and NICs through the VM collector, with a reader of its
     QEMU's /proc of its own (the 10 s round's reader is not held up or cut short by it).
     `probe` gives the VM's probe, None when it does not run here (any more)."""
