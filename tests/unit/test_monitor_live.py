@@ -1,5 +1,6 @@
 """The live view (heron.monitor.live): its ring of the last points, the watches a request
-starts and keeps, their expiry, and a sampler that hangs costing only its own seconds."""
+starts and keeps, their expiry and their number, and a sampler that hangs costing only its
+own seconds."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from heron.monitor.live import (
     NotHere,
     Ring,
     Sampler,
+    TooMany,
     Watch,
     as_series,
     parse_object,
@@ -184,5 +186,19 @@ async def test_a_hung_object_misses_its_seconds_and_delays_no_other() -> None:
 
         await eventually(five, 10, "five points of vm:fine")
         assert live.ask("vm:hung") == []
+    finally:
+        live.stop()
+
+
+async def test_a_node_watches_so_many_objects_at_most() -> None:
+    calls: list[str] = []
+    live = Live(lambda kind, name: counting(calls, name), KINDS, most=2)
+    try:
+        live.ask("vm:a")
+        live.ask("vm:b")
+        with pytest.raises(TooMany):
+            live.ask("vm:c")
+        live.ask("vm:a")  # those watched are still answered
+        assert sorted(live.watches) == ["vm:a", "vm:b"]
     finally:
         live.stop()

@@ -35,6 +35,9 @@ LINGER = 300.0  # seconds a watch lasts after the last request for it
 TIMEOUT = 0.8  # an object's bound per second: under the step, so the seconds stay on grid
 # A VM's QMP part's bound, under TIMEOUT: a hung QEMU's second still has what /proc tells.
 VM_TIMEOUT = 0.6
+# Watches a node keeps at once: a signed-in user asking for every VM must not make the node
+# sample all of them each second (a VM's second costs about what its 10 s round does).
+MAX_WATCHES = 32
 
 # What the charts of a node and of a VM draw (web/src/charts.ts), nothing more.
 LIVE_METRICS = frozenset(
@@ -66,6 +69,10 @@ Sampler = Callable[[], Awaitable[list[Sample]]]
 
 class NotHere(Exception):
     """The object is not on this node (a VM that runs elsewhere or not at all)."""
+
+
+class TooMany(Exception):
+    """The node watches as many objects as it may: the request starts no other."""
 
 
 def parse_object(text: str) -> tuple[str, str]:
@@ -129,6 +136,7 @@ class Live:
         linger: float = LINGER,
         timeout: float = TIMEOUT,
         size: int = POINTS,
+        most: int = MAX_WATCHES,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.resolve = resolve
@@ -137,6 +145,7 @@ class Live:
         self.linger = linger
         self.timeout = timeout
         self.size = size
+        self.most = most
         self.clock = clock
         self.watches: dict[str, Watch] = {}
 
@@ -146,6 +155,8 @@ class Live:
         kind, name = parse_object(obj)
         watch = self.watches.get(obj)
         if watch is None:
+            if len(self.watches) >= self.most:
+                raise TooMany(f"this node watches {self.most} objects already; try later")
             watch = Watch(self.resolve(kind, name), self.clock(), Ring(self.size))
             self.watches[obj] = watch
             watch.task = asyncio.get_running_loop().create_task(

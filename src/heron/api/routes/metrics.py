@@ -20,7 +20,7 @@ from heron.models.auth import Role
 from heron.monitor import query
 from heron.monitor.catalog import METRICS
 from heron.monitor.export import exposition
-from heron.monitor.live import POINTS, NotHere, as_series, parse_object
+from heron.monitor.live import POINTS, NotHere, TooMany, as_series, parse_object
 from heron.monitor.recorder import Recorder
 from heron.monitor.store import HOUR
 from heron.services.lookup import find_vm, live_nodes
@@ -119,7 +119,12 @@ async def _may_read(request: Request, principal: Principal, labels: dict[str, st
 
 @router.get(
     "/metrics/live",
-    responses={409: {"description": "The object's node is not reachable, or the VM not running"}},
+    responses={
+        409: {
+            "description": "The object's node is not reachable, the VM not running, or the "
+            "node watches as many objects as it may (32)"
+        }
+    },
 )
 async def live(
     request: Request,
@@ -151,7 +156,7 @@ async def live(
         raise NotFound("this node offers no live view")
     try:
         points = ctx.live.ask(object, since)
-    except NotHere as exc:
+    except (NotHere, TooMany) as exc:
         raise Conflict(str(exc)) from exc
     return {
         "object": object,
