@@ -183,7 +183,12 @@ def by_time(series: list[dict[str, Any]]) -> list[tuple[float, dict[str, float]]
 
 @app.command("live")
 def metrics_live(
-    obj: Annotated[str, typer.Argument(metavar="OBJECT", help="node:NAME or vm:ID (or vm:NAME)")],
+    obj: Annotated[
+        str,
+        typer.Argument(
+            metavar="OBJECT", parser=parse.watched, help="node:NAME or vm:ID (or vm:NAME)"
+        ),
+    ],
     count: Annotated[
         int | None, typer.Option(min=1, help="stop after this many seconds shown")
     ] = None,

@@ -182,9 +182,12 @@ async def _relay_live(request: Request, node: str, params: dict[str, Any]) -> di
         )
     except httpx.HTTPError as exc:
         raise Conflict(f"node {node} did not answer: {exc}") from exc
+    try:
+        answer: dict[str, Any] = reply.json()
+    except ValueError:
+        answer = {}
     if reply.status_code != 200:
-        raise Conflict(f"node {node}: {reply.json().get('message', reply.status_code)}")
-    answer: dict[str, Any] = reply.json()
+        raise Conflict(f"node {node}: {answer.get('message', reply.status_code)}")
     return answer
 
 
