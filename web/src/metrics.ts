@@ -173,7 +173,7 @@ async function follow(object: string): Promise<Followed> {
     await mine.pending;
     return mine;
   }
-  if (Date.now() - mine.asked < 500) return mine;
+  if (Date.now() - mine.asked < 900) return mine;
   mine.asked = Date.now();
   mine.pending = (async () => {
     const query = new URLSearchParams({ object });
