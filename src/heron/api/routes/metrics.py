@@ -120,10 +120,11 @@ async def _may_read(request: Request, principal: Principal, labels: dict[str, st
 @router.get(
     "/metrics/live",
     responses={
+        404: {"description": "No such VM"},
         409: {
             "description": "The object's node is not reachable, the VM not running, or the "
             "node watches as many objects as it may (32)"
-        }
+        },
     },
 )
 async def live(
