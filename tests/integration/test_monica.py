@@ -4,12 +4,14 @@ Prometheus's exposition, and alerts — fired by the nodes and by the leader, ac
 silenced, inhibited by a node down, resolved."""
 
 import itertools
+import json
 import os
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
-from support import Api, wait_for
+from support import Api, cli, wait_for
 
 from bench.alert_latency import Receiver
 from heron.devcluster import DevCluster
@@ -90,7 +92,7 @@ def successive_seconds(times: list[float]) -> int:
     return longest
 
 
-def test_a_nodes_live_view_each_second_through_another_node(api: Api) -> None:
+def test_a_nodes_live_view_each_second_through_another_node(cluster3, api: Api) -> None:
     # Asked of node1, answered by node2: the first call starts node2 watching itself.
     first = api.ok("GET", "/metrics/live", params={"object": "node:node2"})
     assert (first["object"], first["node"], first["step"]) == ("node:node2", "node2", 1)
@@ -117,6 +119,18 @@ def test_a_nodes_live_view_each_second_through_another_node(api: Api) -> None:
     assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.object"
     assert api.get("/metrics/live", params={"object": "node:nowhere"}).status_code == 409
     assert api.get("/metrics/live", params={"object": "vm:nosuch"}).status_code == 404
+
+    # The CLI: a line a second (here as JSON), the times one after another.
+    cluster, _ = cluster3
+    env = {
+        "HERON_URL": api.url,
+        "HERON_TOKEN": api.token or "",
+        "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
+    }
+    lines = cli(env, "metrics", "live", "node:node3", "--count", "3", "--json").stdout
+    times = [json.loads(line)["time"] for line in lines.splitlines()]
+    assert len(times) == 3 and times == sorted(set(times)), lines
 
 
 def test_prometheus_reads_a_node_with_a_token_only(cluster3, api: Api) -> None:
