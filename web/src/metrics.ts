@@ -181,9 +181,14 @@ async function follow(object: string): Promise<Followed> {
     const answer = await get<LiveAnswer>(`/metrics/live?${query}`);
     const oldest = answer.now - LIVE_KEEP;
     for (const s of answer.series) {
-      const points = [...(mine.series.get(s.key) ?? []), ...s.points].filter((p) => p[0] >= oldest);
-      mine.series.set(s.key, points);
+      mine.series.set(s.key, [...(mine.series.get(s.key) ?? []), ...s.points]);
       for (const [time] of s.points) mine.last = Math.max(mine.last ?? time, time);
+    }
+    // The last 15 minutes, of series still measured and of those gone (a disk unplugged).
+    for (const [key, points] of mine.series) {
+      const kept = points.filter((p) => p[0] >= oldest);
+      if (kept.length) mine.series.set(key, kept);
+      else mine.series.delete(key);
     }
   })().finally(() => {
     mine.pending = null;
