@@ -178,7 +178,9 @@ def points(page: Page, testid: str) -> int:
     return int(page.locator(f"[data-testid={testid}]").get_attribute("data-points") or 0)
 
 
-def test_live_on_a_nodes_charts_adds_a_point_each_second(page: Page, ui: str) -> None:
+def test_live_on_a_nodes_charts_adds_a_point_each_second(
+    page: Page, ui: str, screenshots: Path
+) -> None:
     page.goto(f"{ui}/nodes")
     settle(page)
     card = page.locator("[data-node=node2].card")
@@ -201,6 +203,7 @@ def test_live_on_a_nodes_charts_adds_a_point_each_second(page: Page, ui: str) ->
         seen = points(page, "chart-node-memory")
         page.wait_for_function(MORE, arg=["chart-node-memory", seen], timeout=30_000)
     drawn(page, "chart-node-cpu")
+    shot(page, screenshots, "node-metrics-live")
     page.remove_listener("request", record)
     assert asked and all("object=node%3Anode2" in url for url in asked), asked
     assert any("since=" in url for url in asked), asked  # later reads: the new points only
