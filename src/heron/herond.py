@@ -46,6 +46,7 @@ from heron.agent.migration import Migrations
 from heron.agent.monitor import (
     Measurements,
     ipmi_source,
+    live_samplers,
     node_source,
     service_samples,
     storage_samples,
@@ -75,6 +76,7 @@ from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, 
 from heron.models.storage import Pool
 from heron.monitor.catalog import METRICS
 from heron.monitor.collect.ipmi import IpmiPoller
+from heron.monitor.live import Live
 from heron.monitor.notify import Context, notifier
 from heron.monitor.recorder import Recorder
 from heron.monitor.store import Store
@@ -314,6 +316,10 @@ async def run(config: AgentConfig) -> None:
             guest_agent=vms.guest_agent,
             peer_tls=peer_tls,
             monitor=recorder,
+            live=Live(
+                live_samplers(config.name, vms, network.plane.netns),
+                {m.name: m.kind for m in METRICS.values()},
+            ),
             deliver=deliver,
             notify=notify,
         )
@@ -405,6 +411,8 @@ async def run(config: AgentConfig) -> None:
         for job in background:
             job.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if ctx.live is not None:
+            ctx.live.stop()
     await inventory.stop()
     await db.close()
 

@@ -1,9 +1,9 @@
 """Monica's charts in a real browser against a real devcluster whose nodes sample every 10 s:
 a running VM's Metrics tab draws its CPU, memory and disk series once samples exist, a VM
 that never ran says nothing was measured, the range picker changes what is asked for, a
-node's charts read that node's series alone, the overview's charts in Russian at phone
-width, and the forecast (memory, CPU, pools) on the overview and the storage view in both
-languages."""
+node's charts read that node's series alone and, live, gain a point each second, the
+overview's charts in Russian at phone width, and the forecast (memory, CPU, pools) on the
+overview and the storage view in both languages."""
 
 import re
 from pathlib import Path
@@ -167,6 +167,50 @@ def test_a_nodes_charts_show_that_node_alone(
     expect(modes.filter(has_text="user")).to_have_count(1)
     expect(modes.filter(has_text="idle")).to_have_count(0)
     shot(page, screenshots, "node-metrics")
+
+
+# A chart whose measured points outnumber `count` (each second adds a point to each line).
+MORE = """([testid, count]) => {
+  const chart = document.querySelector(`[data-testid=${testid}]`);
+  return chart && chart.dataset.state === "ready" && Number(chart.dataset.points) > count;
+}"""
+
+
+def points(page: Page, testid: str) -> int:
+    return int(page.locator(f"[data-testid={testid}]").get_attribute("data-points") or 0)
+
+
+def test_live_on_a_nodes_charts_adds_a_point_each_second(
+    page: Page, ui: str, screenshots: Path
+) -> None:
+    page.goto(f"{ui}/nodes")
+    settle(page)
+    card = page.locator("[data-node=node2].card")
+    if not card.locator("[data-testid=node-metrics]").is_visible():
+        card.locator("[data-testid=node-metrics-toggle]").click()
+    asked: list[str] = []
+
+    def record(request: Request) -> None:
+        if "/metrics/live?" in request.url:
+            asked.append(request.url)
+
+    page.on("request", record)
+    live = card.locator("[data-testid=range-live]")
+    expect(live).to_have_text("Live")
+    live.click()
+    expect(live).to_have_attribute("aria-pressed", "true")
+    # The first read starts node2 watching itself: then each second brings a point.
+    drawn(page, "chart-node-memory")
+    for _ in range(3):
+        seen = points(page, "chart-node-memory")
+        page.wait_for_function(MORE, arg=["chart-node-memory", seen], timeout=30_000)
+    drawn(page, "chart-node-cpu")
+    shot(page, screenshots, "node-metrics-live")
+    page.remove_listener("request", record)
+    assert asked and all("object=node%3Anode2" in url for url in asked), asked
+    assert any("since=" in url for url in asked), asked  # later reads: the new points only
+    card.locator("[data-testid=range-1h]").click()
+    settle(page)
 
 
 def test_the_overview_charts_in_russian_at_phone_width(

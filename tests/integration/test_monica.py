@@ -1,13 +1,17 @@
 """Monica on a real 3-node devcluster: every node measures and keeps its history, a query
-through one node gathers all of them, Prometheus's exposition, and alerts — fired by the
-nodes and by the leader, acknowledged, silenced, inhibited by a node down, resolved."""
+through one node gathers all of them, a node's 1 s live view asked through another,
+Prometheus's exposition, and alerts — fired by the nodes and by the leader, acknowledged,
+silenced, inhibited by a node down, resolved."""
 
+import itertools
+import json
 import os
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
-from support import Api, wait_for
+from support import Api, cli, wait_for
 
 from bench.alert_latency import Receiver
 from heron.devcluster import DevCluster
@@ -103,6 +107,56 @@ def test_the_forecast_lists_pools_memory_and_cpu_with_what_history_it_lacks(
         assert resource["days"] is None and resource["history_hours"] < 24
     reply = api.get("/metrics/forecast", params={"days": 0})
     assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.days"
+
+
+def successive_seconds(times: list[float]) -> int:
+    """The longest run of points one second apart."""
+    longest = run = 1 if times else 0
+    for a, b in itertools.pairwise(times):
+        run = run + 1 if b - a == 1.0 else 1
+        longest = max(longest, run)
+    return longest
+
+
+def test_a_nodes_live_view_each_second_through_another_node(cluster3, api: Api) -> None:
+    # Asked of node1, answered by node2: the first call starts node2 watching itself.
+    first = api.ok("GET", "/metrics/live", params={"object": "node:node2"})
+    assert (first["object"], first["node"], first["step"]) == ("node:node2", "node2", 1)
+
+    def seconds() -> dict | None:
+        got = api.ok("GET", "/metrics/live", params={"object": "node:node2"})
+        times = sorted({p[0] for s in got["series"] for p in s["points"]})
+        return got if successive_seconds(times) >= 5 else None
+
+    got = wait_for(seconds, 60, "five successive seconds of node2")
+    keys = {s["key"] for s in got["series"]}
+    assert {'node_cpu_seconds_total{mode="user"}', "node_memory_MemTotal_bytes"} <= keys, keys
+    assert not any(key.startswith("node_filesystem") for key in keys)  # not drawn live
+    for s in got["series"]:
+        times = [p[0] for p in s["points"]]
+        assert times == sorted(set(times)), s
+        if s["key"].startswith("node_cpu_seconds_total"):  # a rate: CPU seconds a second
+            assert all(0 <= p[1] <= (os.cpu_count() or 1) * 1.05 for p in s["points"]), s
+    last = max(p[0] for s in got["series"] for p in s["points"])
+    newer = api.ok("GET", "/metrics/live", params={"object": "node:node2", "since": last})
+    assert all(p[0] > last for s in newer["series"] for p in s["points"])
+
+    reply = api.get("/metrics/live", params={"object": "pool:shared"})
+    assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "query.object"
+    assert api.get("/metrics/live", params={"object": "node:nowhere"}).status_code == 409
+    assert api.get("/metrics/live", params={"object": "vm:nosuch"}).status_code == 404
+
+    # The CLI: a line a second (here as JSON), the times one after another.
+    cluster, _ = cluster3
+    env = {
+        "HERON_URL": api.url,
+        "HERON_TOKEN": api.token or "",
+        "HERON_CONFIG": str(Path(cluster.dir) / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
+    }
+    lines = cli(env, "metrics", "live", "node:node3", "--count", "3", "--json").stdout
+    times = [json.loads(line)["time"] for line in lines.splitlines()]
+    assert len(times) == 3 and times == sorted(set(times)), lines
 
 
 def test_prometheus_reads_a_node_with_a_token_only(cluster3, api: Api) -> None:

@@ -1,15 +1,18 @@
-"""The VM collector (heron.monitor.collect.vm) on real QEMUs: two test guests launched as
-the agent launches them (daemonized, Heron's command line), each with its boot disk, a blank
-data disk and a NIC on a tap in a namespace of its own (as a devcluster node's data plane).
+"""The VM collector (heron.monitor.collect.vm) and the live view's sampling of a VM on real
+QEMUs: two test guests launched as the agent launches them (daemonized, Heron's command
+line), each with its boot disk, a blank data disk and a NIC on a tap in a namespace of its
+own (as a devcluster node's data plane).
 CPU time grows while a guest runs, disk bytes and requests grow while it writes and reads its
 data disk, its NIC's counters grow while it sends (its DHCP client does); and a QEMU stopped
-with SIGSTOP is reported late while the other VM's samples come all the same.
+with SIGSTOP is reported late while the other VM's samples come all the same, and misses
+its own live seconds' QMP part while the other VM's come each second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -29,6 +32,7 @@ from heron.models.common import new_id
 from heron.models.vm import VM, NicSpec, VMSpec
 from heron.monitor.catalog import METRICS
 from heron.monitor.collect.vm import VmCollection, VmProbe, collect_vms
+from heron.monitor.live import LIVE_METRICS, Live, vm_sampler
 from heron.monitor.series import Sample, labels_of
 from heron.network.dataplane import DataPlane
 from heron.network.plan import tap_name
@@ -257,3 +261,56 @@ async def test_a_stopped_qemu_delays_nobody(guests: list[Guest]) -> None:
         vm=stopped.vm,
         target_device="disk0",
     )
+
+
+def successive_seconds(times: list[float]) -> int:
+    """The longest run of points one second apart."""
+    longest = run = 1 if times else 0
+    for a, b in itertools.pairwise(times):
+        run = run + 1 if b - a == 1.0 else 1
+        longest = max(longest, run)
+    return longest
+
+
+async def test_the_live_view_samples_each_second_and_a_stopped_qemu_only_itself(
+    guests: list[Guest],
+) -> None:
+    stopped, running = guests
+    probes = {g.vm: g.probe for g in guests}
+    live = Live(
+        lambda kind, name: vm_sampler(lambda: probes[name]),
+        {m.name: m.kind for m in METRICS.values()},
+    )
+    pid = stopped.qemu.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for guest in guests:
+            assert live.ask(f"vm:{guest.vm}") == []
+
+        async def seconds() -> list[tuple[float, dict[str, float]]] | None:
+            points = live.ask(f"vm:{running.vm}")
+            times = [t for t, _ in points]
+            assert times == sorted(set(times)), times
+            return points if successive_seconds(times) >= 5 else None
+
+        points = await eventually(seconds, 60, "five successive live seconds of the running VM")
+        latest = points[-1][1]
+        disk0 = f'{{target_device="disk0",vm="{running.vm}"}}'
+        assert f"libvirt_domain_block_stats_read_bytes_total{disk0}" in latest, latest
+        assert f'libvirt_domain_info_cpu_time_seconds_total{{vm="{running.vm}"}}' in latest
+        # Only what the charts draw.
+        assert all(key.partition("{")[0] in LIVE_METRICS for _, v in points for key in v)
+        # The stopped QEMU answers no QMP: its seconds have what /proc tells (CPU standing
+        # still), no disk counters.
+        held = live.ask(f"vm:{stopped.vm}")
+        assert held, "the stopped VM's seconds from /proc"
+        assert not any("block_stats" in key for _, v in held for key in v)
+        cpu = [
+            v.get(f'libvirt_domain_info_cpu_time_seconds_total{{vm="{stopped.vm}"}}')
+            for _, v in held
+        ]
+        assert {c for c in cpu if c is not None} <= {0.0}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        live.stop()

@@ -63,6 +63,7 @@ BAD: dict[Callable[..., Any], list[str]] = {
     parse.fingerprint: ["abc", "AB:CD", "SHA256:" + "G" * 64, "A" * 63, "A" * 66],
     parse.duration: ["abc", "", "0", "-5m", "5x", "m", "nanh"],
     parse.label: ["node", "=x", "no de=x", ""],
+    parse.watched: ["node1", "pool:shared", "vm:", ":x", "node:a/b"],
     parse.certificate_file: [
         str(_FILES / "missing.pem"),
         str(_FILES / "empty.pem"),
@@ -86,6 +87,7 @@ GOOD: dict[Callable[..., Any], str] = {
     parse.fingerprint: "AB" * 32,
     parse.duration: "15m",
     parse.label: "node=node1",
+    parse.watched: "node:node1",
     parse.certificate_file: str(_FILES / "ca.pem"),
 }
 BAD_NUMBERS = {int: ["abc", "1.5", "1e3x"], float: ["abc", "1,5"]}

@@ -1,13 +1,14 @@
 """heron metrics: durations, sparklines and the summary of a series."""
 
 import json
+from typing import Any
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from heron.cli import main, metrics
-from heron.cli.metrics import full_in, resource_name, sparkline, summary
+from heron.cli.metrics import by_time, full_in, live_line, resource_name, sparkline, summary
 from heron.cli.parse import duration
 
 
@@ -98,3 +99,77 @@ def test_heron_metrics_forecast_prints_a_table_or_json(monkeypatch: pytest.Monke
     json_out = runner.invoke(main.app, ["metrics", "forecast", "--json"])
     assert json_out.exit_code == 0 and json.loads(json_out.output) == answer
     assert asked[-1] == {"days": 30}
+
+
+NODE_SECOND = {
+    'node_cpu_seconds_total{mode="user"}': 0.5,
+    'node_cpu_seconds_total{mode="system"}': 0.25,
+    'node_cpu_seconds_total{mode="idle"}': 1.0,
+    'node_cpu_seconds_total{mode="iowait"}': 0.25,
+    "node_memory_MemTotal_bytes": 4 * 1024**3,
+    "node_memory_MemAvailable_bytes": 3 * 1024**3,
+    'node_disk_read_bytes_total{device="sda"}': 1024.0,
+    'node_disk_read_bytes_total{device="sdb"}': 1024.0,
+    'node_disk_written_bytes_total{device="sda"}': 0.0,
+    'node_network_receive_bytes_total{device="eth0"}': 3 * 1024**2,
+    'node_network_transmit_bytes_total{device="eth0"}': 10.0,
+}
+
+
+def test_a_live_line_of_a_node_sums_its_devices_and_leaves_idle_out() -> None:
+    line = live_line(0, NODE_SECOND)
+    assert line.split("  ")[1:] == [
+        "cpu 75.0%",
+        "mem 1.0 GiB",
+        "disk r 2.0 KiB/s w 0 B/s",
+        "net rx 3.0 MiB/s tx 10 B/s",
+    ]
+
+
+def test_a_live_line_of_a_vm_shows_what_was_measured_and_dashes_the_rest() -> None:
+    second = {
+        'libvirt_domain_info_cpu_time_seconds_total{vm="a"}': 1.5,
+        'libvirt_domain_info_memory_usage_bytes{vm="a"}': 512 * 1024**2,
+        'libvirt_domain_block_stats_write_bytes_total{target_device="vda",vm="a"}': 2048.0,
+    }
+    assert live_line(0, second).split("  ")[1:] == [
+        "cpu 150.0%",
+        "mem 512.0 MiB",
+        "disk r - w 2.0 KiB/s",
+        "net rx - tx -",
+    ]
+
+
+def test_live_series_become_points_by_time() -> None:
+    series = [{"key": "a", "points": [[2, 1.0], [1, 0.5]]}, {"key": "b", "points": [[2, 3.0]]}]
+    assert by_time(series) == [(1, {"a": 0.5}), (2, {"a": 1.0, "b": 3.0})]
+
+
+class FakeClient:
+    """The API's answers to a poll each second: the first has what the ring held, each next
+    one the point after `since`."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    def get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        assert path == "/metrics/live"
+        self.asked.append(params)
+        since = params.get("since", 100)
+        points = [[t, 0.5] for t in ([98, 99, 100] if "since" not in params else [since + 1])]
+        return {"step": 1, "series": [{"key": "node_load1", "points": points}]}
+
+
+def test_live_polls_with_since_and_stops_after_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClient()
+    monkeypatch.setattr(metrics, "Client", lambda: fake)
+    monkeypatch.setattr(metrics, "pause", lambda seconds: None)
+    result = CliRunner().invoke(metrics.app, ["live", "node:node1", "--count", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line)["time"] for line in result.output.splitlines()]
+    assert shown == [100, 101, 102]  # the ring's last point, then one a poll
+    assert fake.asked == [
+        {"object": "node:node1"},
+        {"object": "node:node1", "since": 100},
+        {"object": "node:node1", "since": 101},
+    ]

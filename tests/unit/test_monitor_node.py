@@ -283,3 +283,19 @@ def test_this_machines_proc_makes_sense() -> None:
 
     # CPU seconds of all modes together grow with wall time (idle counts too).
     wait_for(lambda: grown() or None, 10, "the node's CPU seconds to grow")
+
+
+def test_the_live_view_leaves_out_filesystems_and_pressure(root: Path) -> None:
+    statvfs = FakeStatvfs()
+    samples = collect_node(
+        root / "proc",
+        root / "sys",
+        statfs=StatFs(statvfs=statvfs),
+        filesystems=False,
+        pressure=False,
+    )
+    names = {s.name for s in samples}
+    assert not {n for n in names if n.startswith(("node_filesystem_", "node_pressure_"))}
+    assert {"node_cpu_seconds_total", "node_memory_MemTotal_bytes", "node_load1"} <= names
+    assert {"node_disk_read_bytes_total", "node_network_receive_bytes_total"} <= names
+    assert statvfs.asked == []  # no statvfs a second

@@ -1,6 +1,7 @@
 """The VM collector's parts (heron.monitor.collect.vm) without QEMU: /proc/PID texts written
 into a directory, tap counters, and `collect_vms` over QEMUs whose QMP answers are scripted,
-one of which never answers. tests/integration/test_monitor_vm.py runs it on real QEMUs."""
+one of which never answers, also as the live view samples one VM. tests/integration/
+test_monitor_vm.py runs it on real QEMUs."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from support import eventually
+
 from heron.hypervisor.command import RuntimePaths
 from heron.hypervisor.qemu import QemuVM
 from heron.hypervisor.qmp_base import QMPCommandError
 from heron.hypervisor.qmp_stats import BlockStats
 from heron.models.vm import NicSpec, VMSpec
+from heron.monitor.catalog import METRICS
 from heron.monitor.collect import node
 from heron.monitor.collect import vm as collector
 from heron.monitor.collect.node import parse_net_dev
 from heron.monitor.collect.vm import PAGE, VmProbe, collect_vms
+from heron.monitor.live import Live, vm_sampler
 from heron.monitor.series import Sample, labels_of
 
 VM = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -192,3 +197,44 @@ async def test_a_qemu_that_does_not_answer_delays_nobody() -> None:
     # No balloon device: no balloon sample.
     names = {s.name for s in result.samples}
     assert "libvirt_domain_memory_stats_actual_balloon_bytes" not in names
+
+
+async def test_a_live_views_reader_leaves_the_rounds_vcpu_threads_alone() -> None:
+    # The 10 s round's reader reads every running VM, and forgets the threads of the others;
+    # a live view's reads one VM, and must not.
+    collector._threads[999999] = (["1"], 3)
+    try:
+        probes = [VmProbe("vm-good", ScriptedQemu("vm-good", REPLIES))]
+        await collect_vms(probes, 0.5, collector.ProcessReads(prune=False))
+        assert 999999 in collector._threads
+        await collect_vms(probes, 0.5)
+        assert 999999 not in collector._threads
+    finally:
+        collector._threads.pop(999999, None)
+
+
+async def test_a_live_vm_second_comes_while_another_qemu_hangs() -> None:
+    qemus = {
+        "vm-good": ScriptedQemu("vm-good", REPLIES),
+        "vm-hung": ScriptedQemu("vm-hung", REPLIES, hang=True),
+    }
+    kinds = {m.name: m.kind for m in METRICS.values()}
+    live = Live(
+        lambda kind, name: vm_sampler(lambda: VmProbe(name, qemus[name]), timeout=0.05),
+        kinds,
+        step=0.1,
+        timeout=0.08,
+    )
+    try:
+        assert live.ask("vm:vm-hung") == live.ask("vm:vm-good") == []
+
+        async def three() -> list[tuple[float, dict[str, float]]] | None:
+            points = live.ask("vm:vm-good")
+            return points if len(points) >= 3 else None
+
+        points = await eventually(three, 10, "three live seconds of the VM that answers")
+        disk = 'libvirt_domain_block_stats_read_bytes_total{target_device="disk0",vm="vm-good"}'
+        assert disk in points[-1][1]  # a rate, from the second point on
+        assert live.ask("vm:vm-hung") == []  # no process, and its QMP never answers
+    finally:
+        live.stop()

@@ -43,8 +43,11 @@ export type Unit = "percent" | "cpu" | "bytes" | "bytesPerSecond" | "number";
  * The ranges offered: how far back, the step asked for (about 1000-1500 points: the server
  * rolls finer data up into buckets of it) and how often a chart reads again. Up to 24 h a
  * chart follows the 10 s samples; longer ranges move by their step, read each minute or so.
+ * "live": a node's or a VM's points of each second, from the node that runs it (GET
+ * /metrics/live, in memory for the last 15 minutes while someone watches).
  */
 export const RANGES = [
+  { key: "live", seconds: 900, step: 1, refresh: 1 },
   { key: "15m", seconds: 900, step: 10, refresh: 10 },
   { key: "1h", seconds: 3600, step: 10, refresh: 10 },
   { key: "6h", seconds: 6 * 3600, step: 30, refresh: 10 },
@@ -70,16 +73,17 @@ export function rangeOf(key: RangeKey): Range {
   return RANGES.find((r) => r.key === key) ?? RANGES[1];
 }
 
-/** The span a read covers: the last `seconds` up to now. */
+/** The span a read covers: the last `seconds` up to now; `live`: from the live view. */
 export interface Window {
   start: number;
   end: number;
   step: number;
+  live?: boolean;
 }
 
 export function windowOf(range: Range, now = Date.now() / 1000): Window {
   const end = Math.ceil(now);
-  return { start: end - range.seconds, end, step: range.step };
+  return { start: end - range.seconds, end, step: range.step, live: range.key === "live" };
 }
 
 // -- reading ---------------------------------------------------------------------------------
@@ -96,12 +100,34 @@ export function labelsOf(key: string): Record<string, string> {
   return labels;
 }
 
-/** Every series of `metric` whose labels include `labels`, over `w`, from all nodes. */
+/**
+ * Every series of `metric` whose labels include `labels`, over `w`, from all nodes. In a
+ * live window, a VM's (a `vm` label) or a node's (a `node` label) series come from the live
+ * view; other series (the cluster's, a pool's) from the 10 s history of the last 15 minutes.
+ */
 export async function history(
   metric: string,
   labels: Record<string, string>,
   w: Window,
 ): Promise<Series[]> {
+  if (w.live) {
+    const object = labels.vm ? `vm:${labels.vm}` : labels.node ? `node:${labels.node}` : null;
+    if (object !== null) return liveSeries(object, metric, labels);
+    // Read each second, these change each 10 s: an answer serves for that long.
+    const key = JSON.stringify([metric, labels]);
+    const kept = recent.get(key);
+    if (kept && Date.now() - kept.at < 10_000) return kept.answer;
+    const answer = fromHistory(metric, labels, { ...w, step: 10, live: false });
+    recent.set(key, { at: Date.now(), answer });
+    answer.catch(() => recent.delete(key));
+    return answer;
+  }
+  return fromHistory(metric, labels, w);
+}
+
+const recent = new Map<string, { at: number; answer: Promise<Series[]> }>();
+
+async function fromHistory(metric: string, labels: Record<string, string>, w: Window): Promise<Series[]> {
   const query = new URLSearchParams({
     metric,
     start: String(w.start),
@@ -111,6 +137,78 @@ export async function history(
   for (const [name, value] of Object.entries(labels)) query.append("label", `${name}=${value}`);
   const answer = await get<History>(`/metrics/history?${query}`);
   return answer.series.map((s) => ({ key: s.key, labels: labelsOf(s.key), points: s.points }));
+}
+
+// -- the live view ---------------------------------------------------------------------------
+
+interface LiveAnswer {
+  object: string;
+  now: number;
+  series: { key: string; points: [number, number][] }[];
+}
+
+/** What the page holds of one watched object: its series' points, the last point's time. */
+interface Followed {
+  series: Map<string, [number, number][]>;
+  last: number | null;
+  asked: number;
+  pending: Promise<void> | null;
+}
+
+const LIVE_KEEP = 900; // seconds of points kept, as the node keeps them
+const followed = new Map<string, Followed>();
+
+/**
+ * The object's points, new ones asked for at most about once a second whatever the number of
+ * charts reading them (one request serves all of them; `since` asks for the new points only).
+ */
+async function follow(object: string): Promise<Followed> {
+  let f = followed.get(object);
+  if (!f) {
+    f = { series: new Map(), last: null, asked: 0, pending: null };
+    followed.set(object, f);
+  }
+  const mine = f;
+  if (mine.pending) {
+    await mine.pending;
+    return mine;
+  }
+  if (Date.now() - mine.asked < 900) return mine;
+  mine.asked = Date.now();
+  mine.pending = (async () => {
+    const query = new URLSearchParams({ object });
+    if (mine.last !== null) query.set("since", String(mine.last));
+    const answer = await get<LiveAnswer>(`/metrics/live?${query}`);
+    const oldest = answer.now - LIVE_KEEP;
+    for (const s of answer.series) {
+      mine.series.set(s.key, [...(mine.series.get(s.key) ?? []), ...s.points]);
+      for (const [time] of s.points) mine.last = Math.max(mine.last ?? time, time);
+    }
+    // The last 15 minutes, of series still measured and of those gone (a disk unplugged).
+    for (const [key, points] of mine.series) {
+      const kept = points.filter((p) => p[0] >= oldest);
+      if (kept.length) mine.series.set(key, kept);
+      else mine.series.delete(key);
+    }
+  })().finally(() => {
+    mine.pending = null;
+  });
+  await mine.pending;
+  return mine;
+}
+
+/** The live series of `metric` of `object` whose labels include `labels` (but `node`). */
+async function liveSeries(object: string, metric: string, labels: Record<string, string>): Promise<Series[]> {
+  const f = await follow(object);
+  const found: Series[] = [];
+  const node: Record<string, string> = object.startsWith("node:") ? { node: object.slice(5) } : {};
+  for (const [key, points] of [...f.series].sort((a, b) => a[0].localeCompare(b[0]))) {
+    if (key.split("{")[0] !== metric) continue;
+    const own: Record<string, string> = { ...labelsOf(key), ...node };
+    if (!Object.entries(labels).every(([name, value]) => name === "node" || own[name] === value)) continue;
+    found.push({ key, labels: own, points: points.map(([time, v]): Point => [time, v, v, v]) });
+  }
+  return found;
 }
 
 /** A series as a line of the chart, band and all. */

@@ -22,6 +22,7 @@ from heron.monitor.collect.node import collect_node
 from heron.monitor.collect.services import certificate_samples, configdb_samples
 from heron.monitor.collect.storage import ardfs_samples, pool_samples
 from heron.monitor.collect.vm import VmProbe, collect_vms, parse_pid_stat, vm_taps
+from heron.monitor.live import NotHere, Sampler, node_sampler, vm_sampler
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
 from heron.monitor.store import RAW
@@ -133,19 +134,21 @@ async def service_samples(db: ConfigDB, credentials: NodeCredentials) -> list[Sa
     return certificate_samples(certificates, time.time()) + configdb_samples(took)
 
 
+def vm_probe(vms: VMController, vm_id: str, netns: str | None) -> VmProbe:
+    """What the collector needs of a VM running here."""
+    spec = vms.running_spec(vm_id)
+    taps = vm_taps(spec) if spec is not None else []
+    memory = spec.memory_mib << 20 if spec is not None else None
+    # Heron's command line gives a VM no balloon device.
+    return VmProbe(vm_id, vms.runtime(vm_id).qemu, taps, netns, memory, balloon=False)
+
+
 def vm_source(vms: VMController, netns: str | None) -> Source:
     """The running VMs' samples; a QEMU that does not answer in time costs only its own."""
     late: set[str] = set()
 
     async def samples() -> list[Sample]:
-        probes = []
-        for vm_id in vms.running_here():
-            spec = vms.running_spec(vm_id)
-            taps = vm_taps(spec) if spec is not None else []
-            memory = spec.memory_mib << 20 if spec is not None else None
-            # Heron's command line gives a VM no balloon device.
-            probe = VmProbe(vm_id, vms.runtime(vm_id).qemu, taps, netns, memory, balloon=False)
-            probes.append(probe)
+        probes = [vm_probe(vms, vm_id, netns) for vm_id in vms.running_here()]
         got = await collect_vms(probes)
         if set(got.late) != late:
             if got.late:
@@ -155,6 +158,26 @@ def vm_source(vms: VMController, netns: str | None) -> Source:
         return got.samples
 
     return samples
+
+
+def live_samplers(node: str, vms: VMController, netns: str | None) -> Callable[[str, str], Sampler]:
+    """The live view's sampler of an object of this node: the node itself, or a VM that runs
+    here (its probe is made anew each second: a VM that stops or leaves is not sampled)."""
+
+    def resolve(kind: str, name: str) -> Sampler:
+        if kind == "node":
+            if name != node:
+                raise NotHere(f"this is node {node}, not {name}")
+            return node_sampler()
+        if name not in vms.running_here():
+            raise NotHere(f"VM {name} does not run on {node}")
+
+        def probe() -> VmProbe | None:
+            return vm_probe(vms, name, netns) if name in vms.running_here() else None
+
+        return vm_sampler(probe)
+
+    return resolve
 
 
 def node_source() -> Source:

@@ -13,6 +13,7 @@ from heron.audit import AuditLog
 from heron.configdb import ConfigDB
 from heron.hypervisor.qga import GuestAgent
 from heron.models.alerts import Alert, Channel
+from heron.monitor.live import Live
 from heron.monitor.notify import Context
 from heron.monitor.recorder import Recorder
 from heron.scheduler.inventory import Inventory
@@ -36,6 +37,8 @@ class ApiContext:
     peer_tls: ssl.SSLContext | None = None
     # This node's metrics (its history and latest samples); None where nothing is measured.
     monitor: Recorder | None = None
+    # The 1 s live view of the objects of this node being watched; None: none is offered.
+    live: Live | None = None
     # Sends one channel its notices (raising on failure): for the channels' "send test".
     deliver: Callable[[Channel, list[Alert]], Awaitable[None]] | None = None
     # Who the cluster is to the outside (its id makes the SNMP engine ID).

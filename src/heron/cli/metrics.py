@@ -1,5 +1,7 @@
 """heron metrics: what Monica measured, as a table with a sparkline per series."""
 
+import json
+import sys
 import time
 from typing import Annotated, Any
 
@@ -176,3 +178,110 @@ def metrics_forecast(
         return
     print(f"trend of the last {answer['window_days']} days; bounds: 90 % prediction interval")
     emit(answer["resources"], False, FORECAST_COLUMNS)
+
+
+# -- the live view --------------------------------------------------------------------------
+
+IDLE_MODES = ("idle", "iowait")
+pause = time.sleep
+
+
+def _metric(key: str) -> str:
+    return key.partition("{")[0]
+
+
+def _sum(values: dict[str, float], *metrics: str) -> float | None:
+    found = [v for k, v in values.items() if _metric(k) in metrics]
+    return sum(found) if found else None
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{size(round(value))}/s"
+
+
+def live_line(t: float, values: dict[str, float]) -> str:
+    """One second of a node or a VM: the time, CPU (% of one CPU), memory in use, disk and
+    network throughput (read/written, received/sent), from its series' values."""
+    cpu = _sum(values, "libvirt_domain_info_cpu_time_seconds_total")
+    if cpu is None:
+        busy = {k: v for k, v in values.items() if _metric(k) == "node_cpu_seconds_total"}
+        cpu = sum(v for k, v in busy.items() if not any(f'"{m}"' in k for m in IDLE_MODES))
+        cpu = cpu if busy else None
+    memory = _sum(values, "libvirt_domain_info_memory_usage_bytes")
+    total = values.get("node_memory_MemTotal_bytes")
+    available = values.get("node_memory_MemAvailable_bytes")
+    if memory is None and total is not None and available is not None:
+        memory = total - available
+    read = _sum(values, "node_disk_read_bytes_total", "libvirt_domain_block_stats_read_bytes_total")
+    written = _sum(
+        values, "node_disk_written_bytes_total", "libvirt_domain_block_stats_write_bytes_total"
+    )
+    received = _sum(
+        values,
+        "node_network_receive_bytes_total",
+        "libvirt_domain_interface_stats_receive_bytes_total",
+    )
+    sent = _sum(
+        values,
+        "node_network_transmit_bytes_total",
+        "libvirt_domain_interface_stats_transmit_bytes_total",
+    )
+    return "  ".join(
+        [
+            time.strftime("%H:%M:%S", time.localtime(t)),
+            f"cpu {'-' if cpu is None else f'{100 * cpu:.1f}%'}",
+            f"mem {size(None if memory is None else round(memory))}",
+            f"disk r {_rate(read)} w {_rate(written)}",
+            f"net rx {_rate(received)} tx {_rate(sent)}",
+        ]
+    )
+
+
+def by_time(series: list[dict[str, Any]]) -> list[tuple[float, dict[str, float]]]:
+    """The live answer's series as points by time, oldest first."""
+    points: dict[float, dict[str, float]] = {}
+    for s in series:
+        for t, value in s["points"]:
+            points.setdefault(t, {})[s["key"]] = value
+    return sorted(points.items())
+
+
+@app.command("live")
+def metrics_live(
+    obj: Annotated[
+        str,
+        typer.Argument(
+            metavar="OBJECT", parser=parse.watched, help="node:NAME or vm:ID (or vm:NAME)"
+        ),
+    ],
+    count: Annotated[
+        int | None, typer.Option(min=1, help="stop after this many seconds shown")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """A line a second of OBJECT's CPU, memory, disk and network, until Ctrl-C: the node that
+    runs it samples it each second while someone watches (the first seconds come after a
+    moment: the watch starts with the first request)."""
+    client = Client()
+    since: float | None = None
+    shown = 0
+    try:
+        while count is None or shown < count:
+            params: dict[str, Any] = {"object": obj}
+            if since is not None:
+                params["since"] = since
+            answer = client.get("/metrics/live", params=params)
+            points = by_time(answer["series"])
+            if since is None:
+                points = points[-1:]  # what was measured before: the view starts now
+            for t, values in points:
+                if count is not None and shown >= count:
+                    break
+                print(json.dumps({"time": t, **values}) if as_json else live_line(t, values))
+                shown += 1
+                since = t
+            sys.stdout.flush()
+            if count is None or shown < count:
+                pause(answer.get("step", 1.0))  # a poll's pace, not a synchronisation
+    except KeyboardInterrupt:
+        return

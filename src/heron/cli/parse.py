@@ -130,6 +130,14 @@ def label(text: str) -> str:
     return text
 
 
+def watched(text: str) -> str:
+    """What the live view watches: node:NAME or vm:ID (or vm:NAME)."""
+    kind, sep, name = text.partition(":")
+    if not sep or kind not in ("node", "vm") or not name or "/" in name:
+        raise typer.BadParameter(f"{text!r} is not node:NAME or vm:ID (e.g. node:node1)")
+    return text
+
+
 class Choice:
     """One of a fixed set of words (the vocabulary comes from the models)."""
 

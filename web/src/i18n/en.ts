@@ -1129,6 +1129,8 @@ const en = {
   "metrics.latest": "Latest values",
   "metrics.toggleLine": "Show or hide this line",
   "metrics.range": "Time range",
+  "metrics.range.live": "Live",
+  "metrics.range.liveHint": "Every second, from the node that runs it (the last 15 minutes)",
   "metrics.range.15m": "15 min",
   "metrics.range.1h": "1 h",
   "metrics.range.6h": "6 h",

@@ -1131,6 +1131,8 @@ const ru: Record<keyof typeof en, string> = {
   "metrics.latest": "Последние значения",
   "metrics.toggleLine": "Показать или скрыть эту линию",
   "metrics.range": "Интервал времени",
+  "metrics.range.live": "Онлайн",
+  "metrics.range.liveHint": "Каждую секунду, с узла, где работает объект (последние 15 минут)",
   "metrics.range.15m": "15 мин",
   "metrics.range.1h": "1 ч",
   "metrics.range.6h": "6 ч",

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any, Literal
 
+import httpx
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field
 from heron.api import auth
 from heron.api.auth import Principal
 from heron.api.context import ApiContext
-from heron.api.errors import Forbidden, Invalid, NotFound
+from heron.api.errors import Conflict, Forbidden, Invalid, NotFound
 from heron.api.fanout import ask_others
 from heron.configdb import keys
 from heron.models.auth import Role
@@ -25,9 +26,10 @@ from heron.monitor import forecast as fc
 from heron.monitor import query
 from heron.monitor.catalog import METRICS
 from heron.monitor.export import exposition
+from heron.monitor.live import POINTS, NotHere, TooMany, as_series, parse_object
 from heron.monitor.recorder import Recorder
 from heron.monitor.store import HOUR
-from heron.services.lookup import find_vm
+from heron.services.lookup import find_vm, live_nodes
 
 router = APIRouter(tags=["metrics"])
 
@@ -189,6 +191,81 @@ async def _may_read(request: Request, principal: Principal, labels: dict[str, st
     db = request.app.state.ctx.db
     vm = (await find_vm(db, labels["vm"])).value
     await auth.check_on(db, principal, auth.vm_scopes(vm), Role.viewer, f"VM {labels['vm']!r}")
+
+
+@router.get(
+    "/metrics/live",
+    responses={
+        404: {"description": "No such VM"},
+        409: {
+            "description": "The object's node is not reachable, the VM not running, or the "
+            "node watches as many objects as it may (32)"
+        },
+    },
+)
+async def live(
+    request: Request,
+    object: str = Query(description="node:NAME or vm:ID (or vm:NAME)"),
+    since: float | None = Query(None, description="only the points after this time (epoch s)"),
+    local: bool = False,
+    principal: Principal = Depends(auth.signed_in),
+) -> dict[str, Any]:
+    """One object's key metrics every second, kept in memory on the node that runs it for the
+    last 15 minutes, while someone watches: the first call starts watching (and returns what
+    there is: nothing yet), each call keeps it going; a few minutes after the last call it
+    stops. Counters are rates per second, as in the history. Poll with `since` set to the
+    last point's time to get only the new ones. Asked elsewhere, the object's node answers."""
+    ctx: ApiContext = request.app.state.ctx
+    try:
+        kind, name = parse_object(object)
+    except ValueError as exc:
+        raise Invalid("query.object", str(exc)) from exc
+    if kind == "node":
+        await _may_read(request, principal, {})
+        node = name
+    else:
+        vm = (await find_vm(ctx.db, name)).value
+        await _may_read(request, principal, {"vm": vm.id})
+        node, object = vm.node, f"vm:{vm.id}"
+    if node != ctx.node and not local:
+        return await _relay_live(request, node, {"object": object, "since": since})
+    if ctx.live is None:
+        raise NotFound("this node offers no live view")
+    try:
+        points = ctx.live.ask(object, since)
+    except (NotHere, TooMany) as exc:
+        raise Conflict(str(exc)) from exc
+    return {
+        "object": object,
+        "node": ctx.node,
+        "step": ctx.live.step,
+        "keep": POINTS,
+        "now": time.time(),
+        "series": as_series(points),
+    }
+
+
+async def _relay_live(request: Request, node: str, params: dict[str, Any]) -> dict[str, Any]:
+    ctx: ApiContext = request.app.state.ctx
+    found = (await live_nodes(ctx.db)).get(node)
+    if found is None:  # a node's record lives as long as its lease
+        raise Conflict(f"node {node!r} is not up")
+    asked = {k: v for k, v in params.items() if v is not None}
+    try:
+        reply = await ctx.http.get(
+            f"{found.api_url}/api/v1/metrics/live",
+            params={**asked, "local": True},
+            headers={"authorization": request.headers.get("authorization", "")},
+        )
+    except httpx.HTTPError as exc:
+        raise Conflict(f"node {node} did not answer: {exc}") from exc
+    try:
+        answer: dict[str, Any] = reply.json()
+    except ValueError:
+        answer = {}
+    if reply.status_code != 200:
+        raise Conflict(f"node {node}: {answer.get('message', reply.status_code)}")
+    return answer
 
 
 @router.get("/metrics", response_class=Response)

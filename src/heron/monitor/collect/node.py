@@ -299,10 +299,13 @@ def collect_node(
     sys: Path = Path("/sys"),
     mounts: Path | None = None,
     statfs: StatFs | None = None,
+    filesystems: bool = True,
+    pressure: bool = True,
 ) -> list[Sample]:
     """Everything measured of this node, now. `mounts` is the mount table to read (default:
     PROC/self/mounts); `statfs` the statvfs to use (default: one shared by the process, which
-    remembers hung mounts across calls). Files this kernel lacks are skipped."""
+    remembers hung mounts across calls). Files this kernel lacks are skipped. Without
+    `filesystems` and `pressure` (the live view draws neither), those are not read."""
     samples: list[Sample] = []
     if (text := _read(proc / "stat")) is not None:
         samples += parse_stat(text)
@@ -310,13 +313,13 @@ def collect_node(
         samples += parse_loadavg(text)
     if (text := _read(proc / "meminfo")) is not None:
         samples += parse_meminfo(text)
-    for resource in ("cpu", "memory", "io"):
+    for resource in ("cpu", "memory", "io") if pressure else ():
         if (text := _read(proc / "pressure" / resource)) is not None:
             samples += parse_pressure(resource, text)
     if (text := _read(proc / "diskstats")) is not None:
         samples += parse_diskstats(text, whole_disks(sys))
     if (text := _read(proc / "net" / "dev")) is not None:
         samples += network_samples(parse_net_dev(text))
-    if (text := _read(mounts or proc / "self" / "mounts")) is not None:
+    if filesystems and (text := _read(mounts or proc / "self" / "mounts")) is not None:
         samples += filesystem_samples(parse_mounts(text), statfs or _STATFS)
     return samples

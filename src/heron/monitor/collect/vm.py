@@ -184,7 +184,7 @@ def process_samples(vm_id: str, pid: int, proc: Path = Path("/proc")) -> list[Sa
     return samples
 
 
-def _process_parts(probes: Sequence[VmProbe]) -> list[Sample]:
+def _process_parts(probes: Sequence[VmProbe], prune: bool = True) -> list[Sample]:
     # Only files whose reading takes no lock of the process's memory (its cmdline would):
     # a QEMU stuck with that lock held must not hold this thread.
     samples, pids = [], set()
@@ -193,21 +193,32 @@ def _process_parts(probes: Sequence[VmProbe]) -> list[Sample]:
         if pid is not None:
             pids.add(pid)
             samples += process_samples(probe.vm_id, pid)
-    for gone in set(_threads) - pids:
-        del _threads[gone]
+    if prune:  # `probes` are all the running VMs: the threads of the others are gone
+        for gone in set(_threads) - pids:
+            del _threads[gone]
     return samples
 
 
-# The thread reading the QEMU processes while it runs: one for all VMs (a thread per VM cost
-# as much CPU as the reading itself), and no second one while it is stuck in the kernel.
-_reading: asyncio.Future[list[Sample]] | None = None
+class ProcessReads:
+    """The thread reading the QEMU processes while it runs: one for all VMs (a thread per VM
+    cost as much CPU as the reading itself), and no second one while it is stuck in the
+    kernel. The 10 s round has one (`prune`: it reads every running VM, and forgets the
+    vCPU threads of the VMs gone); a live view of one VM has its own, so that neither waits
+    for, nor takes the answer of, the other's reading."""
+
+    def __init__(self, prune: bool = True):
+        self.prune = prune
+        self.reading: asyncio.Future[list[Sample]] | None = None
+
+    async def __call__(self, probes: Sequence[VmProbe], timeout: float) -> list[Sample]:
+        if self.reading is None or self.reading.done():
+            self.reading = asyncio.ensure_future(
+                asyncio.to_thread(_process_parts, probes, self.prune)
+            )
+        return await asyncio.wait_for(asyncio.shield(self.reading), timeout)
 
 
-async def _bounded_process_parts(probes: Sequence[VmProbe], timeout: float) -> list[Sample]:
-    global _reading
-    if _reading is None or _reading.done():
-        _reading = asyncio.ensure_future(asyncio.to_thread(_process_parts, probes))
-    return await asyncio.wait_for(asyncio.shield(_reading), timeout)
+_ROUND_READS = ProcessReads()
 
 
 # -- QMP -----------------------------------------------------------------------------------
@@ -276,9 +287,13 @@ def read_interfaces(netns: str | None) -> dict[str, list[int]]:
 # -- all of them ---------------------------------------------------------------------------
 
 
-async def collect_vms(vms: Sequence[VmProbe], timeout: float = DEFAULT_TIMEOUT) -> VmCollection:
+async def collect_vms(
+    vms: Sequence[VmProbe], timeout: float = DEFAULT_TIMEOUT, reads: ProcessReads | None = None
+) -> VmCollection:
     """Everything measured of the VMs `vms`, each VM's parts concurrently and bounded by
-    `timeout` seconds, so that the whole takes about `timeout` at worst."""
+    `timeout` seconds, so that the whole takes about `timeout` at worst. `reads` reads their
+    processes (default: the 10 s round's reader, for all the running VMs)."""
+    read_processes = reads or _ROUND_READS
     result = VmCollection()
     namespaces = {probe.netns for probe in vms if probe.taps}
     counters: dict[str | None, dict[str, list[int]]] = {}
@@ -293,7 +308,7 @@ async def collect_vms(vms: Sequence[VmProbe], timeout: float = DEFAULT_TIMEOUT) 
 
     async def processes() -> None:
         try:
-            result.samples += await _bounded_process_parts(vms, timeout)
+            result.samples += await read_processes(vms, timeout)
         except TimeoutError:
             log.warning("the QEMU processes' /proc did not answer in %s s", timeout)
 
