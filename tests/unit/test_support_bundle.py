@@ -7,6 +7,7 @@ import email
 import gzip
 import io
 import json
+import socket
 import tarfile
 import time
 from email import policy
@@ -17,10 +18,12 @@ import httpx
 import pytest
 from fakes.configdb import FakeConfigDB
 
+from heron.agent import support as agent_support
 from heron.agent.support import SupportBundles, bundle_for_critical, bundle_mail, is_bundle_name
 from heron.agent.tasks import TaskContext
 from heron.configdb import keys
 from heron.models.alerts import Alert, Severity
+from heron.models.node import Node
 from heron.models.settings import ClusterSettings, SupportSettings
 from heron.models.task import SupportBundleParams, Task, TaskKind, new_task
 from heron.monitor import support
@@ -281,3 +284,32 @@ async def test_a_critical_alert_has_the_leader_build_one_bundle_an_hour(db: Fake
     assert await bundle_for_critical(db, "n1", {"a3": silenced}, t + 3800) is None
     again = later.model_copy(update={"started_at": t + 3700})
     assert await bundle_for_critical(db, "n1", {"a3": again}, t + 3800) is not None
+
+
+async def test_a_node_that_does_not_answer_in_time_is_named_not_waited_for(
+    db: FakeConfigDB, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node whose API takes the connection and never answers (a hung agent).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    monkeypatch.setattr(agent_support, "PEER_TIMEOUT", 0.5)
+    for name, url in (("n1", "http://127.0.0.1:9"), ("n2", f"http://127.0.0.1:{port}")):
+        node = Node(
+            name=name,
+            address="127.0.0.1",
+            api_url=url,
+            cpus=1,
+            memory_mib=512,
+            accelerator="tcg",
+            started_at=time.time(),
+        )
+        await db.put(keys.node(name), node)
+    try:
+        result, path = await build(db, state_dir)
+    finally:
+        silent.close()
+    assert result["missing"] == ["n2"]
+    readme = members(path)["README.txt"].decode()
+    assert "did not answer within 0.5 s: n2" in readme and "nodes in it: n1\n" in readme
