@@ -61,12 +61,35 @@ def built(apis: list[Api], mailbox: tuple[Mailbox, int]) -> dict[str, Any]:
     """A bundle built on node1, with channels holding secrets in the ConfigDB."""
     api = apis[0]
     _, port = mailbox
-    api.ok("PUT", "/alerts/channels/support-mail", json={"name": "support-mail", "settings": {
-        "kind": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
-        "username": None, "password": SMTP_PASSWORD, "sender": "heron@cluster.example",
-        "recipients": ["ops@cluster.example"]}})  # fmt: skip
-    api.ok("PUT", "/alerts/channels/hook", json={"name": "hook", "settings": {
-        "kind": "webhook", "url": "http://127.0.0.1:9/x", "secret": WEBHOOK_SECRET}})  # fmt: skip
+    api.ok(
+        "PUT",
+        "/alerts/channels/support-mail",
+        json={
+            "name": "support-mail",
+            "settings": {
+                "kind": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "username": None,
+                "password": SMTP_PASSWORD,
+                "sender": "heron@cluster.example",
+                "recipients": ["ops@cluster.example"],
+            },
+        },
+    )
+    api.ok(
+        "PUT",
+        "/alerts/channels/hook",
+        json={
+            "name": "hook",
+            "settings": {
+                "kind": "webhook",
+                "url": "http://127.0.0.1:9/x",
+                "secret": WEBHOOK_SECRET,
+            },
+        },
+    )
     task = api.ok("POST", "/support/bundles", json={})
     assert task["kind"] == "support.bundle" and task["node"] == "node1"
     done = api.wait_task(task["id"], timeout=120)
