@@ -192,3 +192,24 @@ def test_a_bundle_built_with_send_is_mailed_and_deleted_from_any_node(
     assert deleted.status_code == 204, deleted.text
     assert name not in {b["name"] for b in apis[2].ok("GET", "/support/bundles")}
     assert apis[1].get(f"/support/bundles/{name}").status_code == 404
+
+
+def test_bundles_are_for_administrators_only(apis: list[Api], built: dict[str, Any]) -> None:
+    api = apis[0]
+    api.ok(
+        "POST", "/users", json={"name": "watcher", "role": "operator", "password": "w-pass-1234"}
+    )
+    reply = Api(api.url, None, api.tls).post(
+        "/auth/login", json={"username": "watcher", "password": "w-pass-1234"}
+    )
+    operator = api.as_token(reply.json()["token"])
+    name = built["bundle"]
+    for method, path in (
+        ("GET", "/support/bundles"),
+        ("GET", f"/support/bundles/{name}"),
+        ("GET", "/support/node"),
+        ("POST", "/support/bundles"),
+        ("POST", f"/support/bundles/{name}/send"),
+        ("DELETE", f"/support/bundles/{name}"),
+    ):
+        assert operator.request(method, path).status_code == 403, (method, path)
