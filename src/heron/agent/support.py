@@ -24,6 +24,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -183,6 +184,19 @@ async def ephemeral_token(db: ConfigDB, user: str, why: str) -> tuple[str, str]:
     return token, key
 
 
+@dataclass
+class Findings:
+    """What a bundle is made of, before it is written."""
+
+    config: dict[str, list[Any]]
+    hidden: set[str]  # secret values, to be searched for in every text
+    parts: dict[str, dict[str, Any]]  # node -> its part
+    missing: set[str]  # nodes that did not answer in time
+    etcd: dict[str, Any]
+    failed: list[Any]
+    firing: list[Any]
+
+
 class SupportBundles:
     """This node's bundles: building them (the task handler), listing, reading, mailing."""
 
@@ -221,72 +235,29 @@ class SupportBundles:
         params = ctx.params(SupportBundleParams)
         started = time.monotonic()
         user = ctx.task.user or "monica"
-        await ctx.progress(0.02, "reading the configuration")
-        config, hidden = await config_part(self.db)
-        token, token_key = await ephemeral_token(self.db, user, f"support bundle {ctx.task.id}")
-        hidden.add(token)
-        try:
-            await ctx.progress(0.1, "asking every node for its logs and metrics")
-            parts, missing = await self._gather(token)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.db.delete(token_key)
-        await ctx.progress(0.7, "reading etcd, tasks and alerts")
-        etcd = await etcd_part(self.db, self.tls)
+        found = await self._find(ctx, user)
         now = time.time()
-        failed = [
-            t for t in await records(self.db, keys.TASKS)
-            if t.get("state") == TaskState.failed.value
-            and float(t.get("updated_at", 0)) > now - FAILED_TASKS_DAYS * 86400
-        ]  # fmt: skip
-        firing = [a for a in await records(self.db, keys.ALERTS) if a.get("state") == "firing"]
-        name = self._new_name(now)
-        await ctx.progress(0.8, "writing the archive")
-        archive = support.Archive(root=name.removesuffix(".tar.gz"), secrets=hidden)
-        archive.add_json(
-            "versions.json",
-            {n: p.get("versions", {}) for n, p in parts.items()},
-            "heron, Python, kernel, QEMU, etcd and library versions of each node",
-        )
-        for file, records_ in config.items():
-            archive.add_json(
-                f"config/{file}.json", records_, f"the ConfigDB's {file}, secrets removed"
+        name = self._reserve(now)
+        try:
+            await ctx.progress(0.8, "writing the archive")
+            info = BundleInfo(
+                name=name,
+                node=self.node,
+                size=0,
+                created_at=now,
+                created_by=user,
+                task=ctx.task.id,
+                missing=sorted(found.missing),
             )
-        archive.add_json("etcd.json", etcd, "etcd members, leader, health and database size")
-        archive.add_json("tasks-failed.json", failed,
-                         f"tasks failed in the last {FAILED_TASKS_DAYS} days")  # fmt: skip
-        archive.add_json("alerts-firing.json", firing, "alerts firing now")
-        for node, part in sorted(parts.items()):
-            for log_name, text in sorted(part.get("logs", {}).items()):
-                archive.add_text(f"nodes/{node}/{log_name}", text, f"{node}: end of {log_name}")
-            archive.add_text(
-                f"nodes/{node}/metrics.json",
-                json.dumps(part.get("metrics", {}), sort_keys=True),
-                f"{node}: its own series, last hour, one point a minute (min, avg, max)",
-            )
-        info = BundleInfo(
-            name=name,
-            node=self.node,
-            size=0,
-            created_at=now,
-            created_by=user,
-            task=ctx.task.id,
-            missing=sorted(missing),
-        )
-        archive.add_json("bundle.json", info.model_dump(), "this bundle: when, by whom, where")
-        header = (
-            f"Heron diagnostic bundle {name}\nbuilt on node {self.node} by {user} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))}\n"
-            f"nodes in it: {', '.join(sorted(parts)) or 'none'}\n"
-            f"nodes that did not answer within {PEER_TIMEOUT:g} s: "
-            f"{', '.join(sorted(missing)) or 'none'}"
-        )
-        data = await asyncio.to_thread(archive.build, header, now)
-        info.size = len(data)
-        await asyncio.to_thread(self._store, info, data)
-        await ctx.progress(0.95, f"{name}: {len(data)} bytes in {time.monotonic() - started:.1f} s")
+            data = await asyncio.to_thread(self._archive, info, found)
+            info.size = len(data)
+            await asyncio.to_thread(self._store, info, data)
+        finally:
+            (self.directory / f"{name}.part").unlink(missing_ok=True)
+        took = time.monotonic() - started
+        await ctx.progress(0.95, f"{name}: {len(data)} bytes in {took:.1f} s")
         result: dict[str, Any] = {"bundle": name, "node": self.node, "size": len(data),
-                                  "missing": sorted(missing)}  # fmt: skip
+                                  "missing": info.missing}  # fmt: skip
         if params.send:
             try:
                 sent = await self.send(name)
@@ -296,43 +267,118 @@ class SupportBundles:
             await ctx.log(f"sent to {sent.to} through {sent.channel}")
         return result
 
-    async def _gather(self, token: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    async def _find(self, ctx: TaskContext, user: str) -> Findings:
+        """What goes into the bundle, read from the ConfigDB, etcd and every live node."""
+        await ctx.progress(0.02, "reading the configuration")
+        config, hidden = await config_part(self.db)
+        token, token_key = await ephemeral_token(self.db, user, f"support bundle {ctx.task.id}")
+        hidden.add(token)
+        try:
+            await ctx.progress(0.1, "asking every node for its logs and metrics")
+            parts, missing = await self._gather(token, ctx)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.db.delete(token_key)
+        await ctx.progress(0.7, "reading etcd, tasks and alerts")
+        etcd = await etcd_part(self.db, self.tls)
+        since = time.time() - FAILED_TASKS_DAYS * 86400
+        failed = [
+            t for t in await records(self.db, keys.TASKS)
+            if t.get("state") == TaskState.failed.value and float(t.get("updated_at", 0)) > since
+        ]  # fmt: skip
+        firing = [a for a in await records(self.db, keys.ALERTS) if a.get("state") == "firing"]
+        return Findings(config, hidden, parts, missing, etcd, failed, firing)
+
+    def _archive(self, info: BundleInfo, found: Findings) -> bytes:
+        archive = support.Archive(root=info.name.removesuffix(".tar.gz"), secrets=found.hidden)
+        archive.add_json(
+            "versions.json",
+            {n: p.get("versions", {}) for n, p in found.parts.items()},
+            "heron, Python, kernel, QEMU, etcd and library versions of each node",
+        )
+        for file, stored in found.config.items():
+            about = f"the ConfigDB's {file}, secrets removed"
+            archive.add_json(f"config/{file}.json", stored, about)
+        archive.add_json("etcd.json", found.etcd, "etcd members, leader, health and database size")
+        archive.add_json("tasks-failed.json", found.failed,
+                         f"tasks failed in the last {FAILED_TASKS_DAYS} days")  # fmt: skip
+        archive.add_json("alerts-firing.json", found.firing, "alerts firing now")
+        for node, part in sorted(found.parts.items()):
+            for log_name, text in sorted(part.get("logs", {}).items()):
+                archive.add_text(f"nodes/{node}/{log_name}", text, f"{node}: end of {log_name}")
+            archive.add_text(
+                f"nodes/{node}/metrics.json",
+                json.dumps(part.get("metrics", {}), sort_keys=True),
+                f"{node}: its own series, last hour, one point a minute (min, avg, max)",
+            )
+        archive.add_json("bundle.json", info.model_dump(), "this bundle: when, by whom, where")
+        header = (
+            f"Heron diagnostic bundle {info.name}\nbuilt on node {self.node} by "
+            f"{info.created_by} at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(info.created_at))}\n"
+            f"nodes in it: {', '.join(sorted(found.parts)) or 'none'}\n"
+            f"nodes that did not answer within {PEER_TIMEOUT:g} s: "
+            f"{', '.join(sorted(found.missing)) or 'none'}"
+        )
+        return archive.build(header, info.created_at)
+
+    async def _gather(
+        self, token: str, ctx: TaskContext
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Every live node's part (this one's read here), each other node asked at once and
+        given PEER_TIMEOUT; the parts, and the nodes that did not answer in time."""
         nodes = await live_nodes(self.db)
         headers = {"authorization": f"Bearer {token}"}
 
-        async def ask(url: str) -> dict[str, Any] | None:
+        async def ask(name: str, url: str) -> tuple[str, dict[str, Any] | None]:
             try:
                 async with asyncio.timeout(PEER_TIMEOUT):
                     reply = await self.http.get(
                         f"{url}/api/v1/support/node", headers=headers, timeout=PEER_TIMEOUT
                     )
             except (httpx.HTTPError, TimeoutError, OSError) as exc:
-                log.info("support bundle: %s did not answer: %r", url, exc)
-                return None
+                log.info("support bundle: %s did not answer: %r", name, exc)
+                return name, None
             if reply.status_code != 200:
-                return None
+                log.info("support bundle: %s answered %d", name, reply.status_code)
+                return name, None
             part: dict[str, Any] = reply.json()
-            return part
+            return name, part
+
+        async def own() -> tuple[str, dict[str, Any] | None]:
+            return self.node, await self.node_part()
 
         others = [n for n in nodes.values() if n.name != self.node]
-        own, *answers = await asyncio.gather(self.node_part(), *(ask(n.api_url) for n in others))
-        parts = {self.node: own}
+        asked = [own(), *(ask(n.name, n.api_url) for n in others)]
+        parts: dict[str, dict[str, Any]] = {}
         missing = set()
-        for node, answer in zip(others, answers, strict=True):
-            if answer is None:
-                missing.add(node.name)
+        for done, answer in enumerate(asyncio.as_completed(asked), start=1):
+            name, part = await answer
+            if part is None:
+                missing.add(name)
             else:
-                parts[node.name] = answer
+                parts[name] = part
+            said = "did not answer" if part is None else "answered"
+            await ctx.progress(0.1 + 0.6 * done / len(asked), f"{name} {said}")
         return parts, missing
 
-    def _new_name(self, now: float) -> str:
+    def _reserve(self, now: float) -> str:
+        """A name of its own for a new bundle, held by its partial file until it is stored
+        (two builds in the same second get two names)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        name = f"heron-support-{self.node}-{stamp}.tar.gz"
         n = 1
-        while (self.directory / name).exists():
+        while True:
+            suffix = "" if n == 1 else f"-{n}"
+            name = f"heron-support-{self.node}-{stamp}{suffix}.tar.gz"
             n += 1
-            name = f"heron-support-{self.node}-{stamp}-{n}.tar.gz"
-        return name
+            if (self.directory / name).exists():
+                continue
+            try:
+                os.close(os.open(self.directory / f"{name}.part", os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                continue
+            return name
 
     def _store(self, info: BundleInfo, data: bytes) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -438,21 +484,28 @@ async def bundle_for_critical(
     settings = (found.value if found else ClusterSettings()).support
     if not (settings.on_critical and settings.address and settings.channel):
         return None
-    tasks = [e.value for e in await db.list(Task, keys.TASKS)]
-    auto = [
-        t.created_at for t in tasks
-        if t.kind == TaskKind.support_bundle and t.params.get("alert")
-    ]  # fmt: skip
-    last = max(auto, default=0.0)
-    if t - last < AUTO_INTERVAL:
-        return None
-    since = max(last, t - AUTO_INTERVAL)
     critical = sorted(
         (a for a in alerts.values()
-         if a.state == "firing" and a.severity.value == "critical" and a.started_at > since
+         if a.state == "firing" and a.severity.value == "critical"
+         and a.started_at > t - AUTO_INTERVAL
          and a.silenced_by is None and a.inhibited_by is None),
         key=lambda a: a.started_at,
     )  # fmt: skip
+    if not critical:
+        return None
+    # The last bundle made for an alert: tasks are kept a day, longer than the hour counted.
+    tasks = [e.value for e in await db.list(Task, keys.TASKS)]
+    last = max(
+        (
+            task.created_at
+            for task in tasks
+            if task.kind == TaskKind.support_bundle and task.params.get("alert")
+        ),
+        default=0.0,
+    )
+    if t - last < AUTO_INTERVAL:
+        return None
+    critical = [a for a in critical if a.started_at > last]
     if not critical:
         return None
     task = new_task(

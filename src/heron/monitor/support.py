@@ -51,7 +51,7 @@ SECRET_KEYS = frozenset(
 _TEXT_SECRETS = (
     re.compile(r"hrn_[A-Za-z0-9_-]{16,}"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL),
-    re.compile(r"(?i)(password|passwd|secret|token)(\s*[=:]\s*)(\S+)"),
+    re.compile(r"(?i)(password|passwd|secret|token)(\s*[=:]\s*)([^\s\"',;()\[\]{}]+)"),
     re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),
 )
 # Secret values shorter than this are not searched for in texts (they would blot out words).
