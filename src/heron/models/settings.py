@@ -127,7 +127,7 @@ class SupportSettings(Record):
 
     address: str | None = Field(
         default=None,
-        pattern=r"^[^@\s<>]+@[^@\s<>]+$",
+        pattern=r"^[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+$",
         max_length=254,
         description="the support team's mail address; none: bundles are not mailed",
     )

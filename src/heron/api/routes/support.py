@@ -134,7 +134,10 @@ async def list_bundles(
 @router.get(
     "/support/bundles/{name}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}, "description": "the .tar.gz"}},
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "the .tar.gz"},
+        409: {"description": "The node that keeps it cannot be reached"},
+    },
 )
 async def download(
     name: str, request: Request, local: bool = False, _: Principal = Depends(auth.admin)
@@ -164,7 +167,11 @@ async def delete(
     return Response(status_code=204)
 
 
-@router.post("/support/bundles/{name}/send", response_model=BundleSent)
+@router.post(
+    "/support/bundles/{name}/send",
+    response_model=BundleSent,
+    responses={502: {"description": "The mail server refused it: the message says why"}},
+)
 async def send(
     name: str, request: Request, local: bool = False, _: Principal = Depends(auth.admin)
 ) -> Any:
