@@ -102,6 +102,15 @@ async def build(
     send = body is not None and body.send
     if send:
         await _may_send(ctx)
+    # One at a time per node: a bundle reads every node's logs and metrics.
+    for entry in await ctx.db.list(Task, keys.TASKS):
+        busy = entry.value
+        if (
+            busy.kind == TaskKind.support_bundle
+            and busy.node == ctx.node
+            and not busy.state.finished
+        ):
+            raise Conflict(f"a bundle is being built on {ctx.node} (task {busy.id})")
     task = new_task(
         TaskKind.support_bundle, ctx.node, "", principal.user, SupportBundleParams(send=send)
     )
