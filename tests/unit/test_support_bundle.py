@@ -177,6 +177,7 @@ async def test_no_secret_of_the_configdb_is_anywhere_in_the_bundle(
     assert mail["settings"]["host"] == "mx" and mail["settings"]["password"] == support.REDACTED
     users = json.loads(files["config/users.json"])
     assert users[0]["name"] == "admin" and users[0]["password_hash"] == support.REDACTED
+    assert users[0]["etcd_key"] == keys.user("admin")
     assert "login with <redacted>" in files["nodes/n1/herond.log"].decode()
     assert result["node"] == "n1" and result["missing"] == []
 

@@ -117,9 +117,9 @@ async def records(db: ConfigDB, prefix: str) -> list[Any]:
     found = []
     for entry in entries:
         try:
-            found.append({"key": entry.key, **json.loads(entry.value)})
+            found.append({"etcd_key": entry.key, **json.loads(entry.value)})
         except (ValueError, TypeError):
-            found.append({"key": entry.key, "unreadable": len(entry.value)})
+            found.append({"etcd_key": entry.key, "unreadable": len(entry.value)})
     return found
 
 
@@ -144,8 +144,8 @@ def _secrets_of(raw: bytes) -> set[str]:
         text = raw.decode(errors="replace").strip()
         return {text} if len(text) >= 8 else set()
     found = support.secret_values(value)
-    if not isinstance(value, dict):
-        found.add(str(value))
+    if not isinstance(value, dict):  # a bare value (a pool's key in hex): all of it
+        found |= {t for t in (str(value), raw.decode(errors="replace").strip()) if len(t) >= 8}
     return found
 
 
