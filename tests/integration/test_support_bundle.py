@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from support import Api
 
 from heron.devcluster import DevCluster
@@ -42,7 +43,18 @@ class Mailbox:
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
     box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"heron",
+            SMTP_PASSWORD.encode(),
+        )
+        return AuthResult(success=ok, handled=False)
+
+    # Plain, with a login: the channel's password is used to send, and is in no bundle.
+    controller = Controller(
+        box, hostname="127.0.0.1", port=port, authenticator=authenticate, auth_require_tls=False
+    )
     controller.start()
     try:
         yield box, port
@@ -71,7 +83,7 @@ def built(apis: list[Api], mailbox: tuple[Mailbox, int]) -> dict[str, Any]:
                 "host": "127.0.0.1",
                 "port": port,
                 "security": "none",
-                "username": None,
+                "username": "heron",
                 "password": SMTP_PASSWORD,
                 "sender": "heron@cluster.example",
                 "recipients": ["ops@cluster.example"],
