@@ -56,6 +56,7 @@ from heron.agent.mounts import MountKeeper
 from heron.agent.network import NetworkController
 from heron.agent.registration import Registration
 from heron.agent.reservation import CoreReservation
+from heron.agent.support import SupportBundles, bundle_for_critical
 from heron.agent.tasks import TaskRunner
 from heron.agent.vms import VMController
 from heron.api.app import create_app
@@ -268,7 +269,6 @@ async def run(config: AgentConfig) -> None:
     audit = AuditLog(config.state_dir / "audit.jsonl", config.name)
     migrations = Migrations(db, config.name, config.address, vms, audit, credentials)
     handlers = Handlers(db, config.name, config.state_dir, vms, migrations)
-    runner = TaskRunner(db, config.name, handlers.table())
     inventory = Inventory(db)
     network = NetworkController(
         db,
@@ -306,6 +306,17 @@ async def run(config: AgentConfig) -> None:
         [("alert rules", node_alerts.round), ("measured demand", demand.round)],
     )
     async with httpx.AsyncClient(timeout=10, verify=peer_tls) as http:
+        handlers.support = SupportBundles(
+            db,
+            config.name,
+            config.state_dir,
+            http,
+            store=lambda: recorder.store,
+            node_versions=node.versions,
+            notify=notify,
+            tls=etcd_tls,
+        )
+        runner = TaskRunner(db, config.name, handlers.table())
         ctx = ApiContext(
             db=db,
             node=config.name,
@@ -322,6 +333,7 @@ async def run(config: AgentConfig) -> None:
             ),
             deliver=deliver,
             notify=notify,
+            support=handlers.support,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -349,7 +361,13 @@ async def run(config: AgentConfig) -> None:
             BalancingController(inventory, ctx.audit).run,
             RebalanceController(inventory, ctx.audit).run,
             MembershipController(db, ctx.audit).run,
-            AlertController(inventory, ctx.audit, deliver, etcd_tls).run,
+            AlertController(
+                inventory,
+                ctx.audit,
+                deliver,
+                etcd_tls,
+                after_round=partial(bundle_for_critical, db, config.name),
+            ).run,
         ]
         leader = LeaderRole(db, config.name, controllers)
         background = [

@@ -116,6 +116,7 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     api.ok("POST", "/alerts/silences", json=silence)
     hook = {"kind": "webhook", "url": "http://127.0.0.1:9/"}
     api.ok("PUT", "/alerts/channels/walk", json={"name": "walk", "settings": hook})
+    api.wait_task(api.ok("POST", "/support/bundles", json={})["id"])  # a row for its controls
     return {"vm": running["vm"]}
 
 

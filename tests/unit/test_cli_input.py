@@ -160,6 +160,11 @@ FREE_TEXT = {
     "auth_key",
     "priv_key",
     "secret",
+    # Auto-support: the file a bundle is written to; the support address and the channel
+    # it goes through (the API checks the address's form and that the channel exists)
+    "output",
+    "address",
+    "channel",
 }
 
 

@@ -70,6 +70,16 @@ async function answer(method: string, path: string, body?: unknown): Promise<Res
 export const get = <T>(path: string) => request<T>("GET", path);
 /** A document the API serves as plain text (a MIB). */
 export const getText = (path: string) => busy(async () => (await answer("GET", path)).text());
+/** A file the API serves (a support bundle), saved by the browser under `filename`. */
+export const download = (path: string, filename: string) =>
+  busy(async () => {
+    const blob = await (await answer("GET", path)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = filename;
+    link.click();
+    URL.revokeObjectURL(link.href);
+  });
 export const post = <T>(path: string, body?: unknown) => request<T>("POST", path, body ?? {});
 export const put = <T>(path: string, body: unknown) => request<T>("PUT", path, body);
 export const del = <T>(path: string) => request<T>("DELETE", path);

@@ -44,6 +44,8 @@ ROUND = 10.0
 KEEP_RESOLVED = 7 * 86400  # a resolved alert stays listed this long
 
 Deliver = Callable[[Channel, list[Alert]], Awaitable[None]]
+# Called after each round with the alerts as they stand (e.g. a support bundle on a critical one).
+AfterRound = Callable[[dict[str, Alert], float], Awaitable[object]]
 
 
 class Rules:
@@ -169,8 +171,10 @@ class AlertController:
         deliver: Deliver,
         tls: EtcdTls | None = None,
         interval: float = ROUND,
+        after_round: AfterRound | None = None,
     ):
         self.inventory = inventory
+        self.after_round = after_round
         self.db = inventory.db
         self.audit = audit
         self.deliver = deliver
@@ -201,6 +205,11 @@ class AlertController:
                 alerts[alert.id] = alert
                 record(self.audit, alert)
         await self.dispatch(t, alerts)
+        if self.after_round is not None:
+            try:
+                await self.after_round(alerts, t)
+            except Exception:  # not the alerts' business: they went out already
+                log.exception("after the alert round")
 
     def _adopt(self, alerts: Iterable[Alert]) -> None:
         """The state rules' alerts that fire (fired by an earlier leader, or by a node for a
@@ -232,24 +241,7 @@ class AlertController:
         return values
 
     async def etcd_members(self) -> dict[str, bool]:
-        """Each started voter's health, asked at its own /health (2 s at most)."""
-        try:
-            members = await Membership(self.db).list()
-        except Exception:
-            return {}
-        verify = self.tls.ssl_context() if self.tls else True
-        async with httpx.AsyncClient(timeout=2.0, verify=verify) as http:
-
-            async def healthy(url: str) -> bool:
-                try:
-                    reply = await http.get(f"{url}/health")
-                    return reply.status_code == 200 and reply.json().get("health") == "true"
-                except (httpx.HTTPError, ValueError):
-                    return False
-
-            started = [m for m in members if m.started and not m.learner and m.client_urls]
-            answers = await asyncio.gather(*(healthy(m.client_urls[0]) for m in started))
-        return {m.name: ok for m, ok in zip(started, answers, strict=True)}
+        return await etcd_health(self.db, self.tls)
 
     # -- silences, inhibition and notices ----------------------------------------------------
 
@@ -323,6 +315,27 @@ class AlertController:
 
 
 STATE_NAMES = {r.name for r in STATE_RULES}
+
+
+async def etcd_health(db: ConfigDB, tls: EtcdTls | None) -> dict[str, bool]:
+    """Each started voter's health, asked at its own /health (2 s at most)."""
+    try:
+        members = await Membership(db).list()
+    except Exception:
+        return {}
+    verify = tls.ssl_context() if tls else True
+    async with httpx.AsyncClient(timeout=2.0, verify=verify) as http:
+
+        async def healthy(url: str) -> bool:
+            try:
+                reply = await http.get(f"{url}/health")
+                return reply.status_code == 200 and reply.json().get("health") == "true"
+            except (httpx.HTTPError, ValueError):
+                return False
+
+        started = [m for m in members if m.started and not m.learner and m.client_urls]
+        answers = await asyncio.gather(*(healthy(m.client_urls[0]) for m in started))
+    return {m.name: ok for m, ok in zip(started, answers, strict=True)}
 
 
 def _silences(silence: Silence, alert: Alert) -> bool:

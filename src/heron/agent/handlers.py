@@ -10,6 +10,7 @@ from heron.agent.ardfs import io_status
 from heron.agent.drain import Drain
 from heron.agent.migration import Migrations
 from heron.agent.snapshots import Snapshots, drop_state_volumes, forget_vm
+from heron.agent.support import SupportBundles
 from heron.agent.tasks import Handler, TaskContext, TaskFailed
 from heron.agent.vms import VMController, VMError
 from heron.configdb import ConfigDB, Conflict, Txn, keys
@@ -44,6 +45,8 @@ class Handlers:
         self.vms = vms
         self.migrations = migrations
         self.snapshots = Snapshots(db, node, state_dir, vms)
+        # Diagnostic bundles need the peers' HTTP client: herond sets them before the runner.
+        self.support: SupportBundles | None = None
 
     def table(self) -> dict[TaskKind, Handler]:
         """The handler of every kind of task; a test checks that no kind is left out."""
@@ -72,7 +75,13 @@ class Handlers:
             TaskKind.snapshot_create: self.snapshots.create,
             TaskKind.snapshot_revert: self.snapshots.revert,
             TaskKind.snapshot_delete: self.snapshots.delete,
+            TaskKind.support_bundle: self.support_bundle,
         }
+
+    async def support_bundle(self, ctx: TaskContext) -> dict[str, Any]:
+        if self.support is None:
+            raise TaskFailed("this node builds no diagnostic bundles")
+        return await self.support.build(ctx)
 
     # -- helpers -------------------------------------------------------------------------
 

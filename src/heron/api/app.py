@@ -22,6 +22,7 @@ from heron.api.routes import (
     secgroups,
     snapshots,
     stream,
+    support,
     tasks,
     templates,
     vms,
@@ -60,6 +61,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         guest,
         metrics,
         alerts,
+        support,
     ):
         app.include_router(module.router, prefix=API)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from heron.agent.support import SupportBundles
 from heron.api.listing import RenderedViews
 from heron.audit import AuditLog
 from heron.configdb import ConfigDB
@@ -43,3 +44,5 @@ class ApiContext:
     deliver: Callable[[Channel, list[Alert]], Awaitable[None]] | None = None
     # Who the cluster is to the outside (its id makes the SNMP engine ID).
     notify: Context | None = None
+    # This node's diagnostic bundles (building them is a task; listing, serving, mailing here).
+    support: SupportBundles | None = None

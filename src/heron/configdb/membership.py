@@ -75,6 +75,22 @@ class Membership:
     async def remove(self, member_id: int) -> None:
         await self._call("MemberRemove", aetcd.rpc.MemberRemoveRequest(ID=member_id))
 
+    async def status(self) -> dict[str, Any]:
+        """The answering member's own status: its version, database size, raft leader."""
+        reply = await self.db.retrying_read(
+            lambda: self._call("Status", aetcd.rpc.StatusRequest(), "maintenancestub")
+        )
+        return {
+            "member": f"{reply.header.member_id:x}",
+            "version": reply.version,
+            "db_size": int(reply.dbSize),
+            "db_size_in_use": int(reply.dbSizeInUse),
+            "leader": f"{reply.leader:x}",
+            "raft_term": int(reply.raftTerm),
+            "raft_index": int(reply.raftIndex),
+            "errors": list(reply.errors),
+        }
+
 
 async def client_endpoints(db: ConfigDB) -> list[str]:
     """host:port of every started voting member: where a client should send its requests

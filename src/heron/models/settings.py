@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from heron.models.common import Record
+from heron.models.common import Name, Record
 
 DRSMode = Literal["off", "advise", "automatic"]
 DRSBasis = Literal["demand", "allocated"]
@@ -121,7 +121,29 @@ class LoginSettings(Record):
     )
 
 
+class SupportSettings(Record):
+    """Where diagnostic bundles (`/support/bundles`) are mailed, and whether the leader
+    mails one by itself when a critical alert fires (at most once an hour)."""
+
+    address: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+$",
+        max_length=254,
+        description="the support team's mail address; none: bundles are not mailed",
+    )
+    channel: Name | None = Field(
+        default=None,
+        description="the SMTP notification channel whose server and sender the mail goes "
+        "through (its own recipients are not used)",
+    )
+    on_critical: bool = Field(
+        default=False,
+        description="build and mail a bundle when a critical alert fires (at most once an hour)",
+    )
+
+
 class ClusterSettings(Record):
     drs: DRSSettings = Field(default_factory=DRSSettings)
     ha: HASettings = Field(default_factory=HASettings)
     login: LoginSettings = Field(default_factory=LoginSettings)
+    support: SupportSettings = Field(default_factory=SupportSettings)

@@ -43,6 +43,7 @@ class TaskKind(StrEnum):
     snapshot_create = "snapshot.create"
     snapshot_revert = "snapshot.revert"
     snapshot_delete = "snapshot.delete"
+    support_bundle = "support.bundle"
 
 
 class TaskParams(BaseModel):
@@ -110,6 +111,13 @@ class SnapshotParams(TaskParams):
     freeze_limit_s: float = Field(default=10.0, gt=0, description="create: the longest freeze")
 
 
+class SupportBundleParams(TaskParams):
+    send: bool = Field(default=False, description="mail it to the support address when built")
+    alert: str | None = Field(
+        default=None, description="the critical alert that had the leader build it, if any"
+    )
+
+
 PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.vm_create: VMCreateParams,
     TaskKind.vm_start: PowerParams,
@@ -135,6 +143,7 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.snapshot_create: SnapshotParams,
     TaskKind.snapshot_revert: SnapshotParams,
     TaskKind.snapshot_delete: SnapshotParams,
+    TaskKind.support_bundle: SupportBundleParams,
 }
 
 P = TypeVar("P", bound=TaskParams)

@@ -6,9 +6,10 @@ from pydantic import BaseModel, Field
 import heron
 from heron.api import auth
 from heron.api.auth import Principal
-from heron.api.errors import NotFound
+from heron.api.errors import Invalid, NotFound
 from heron.api.fanout import ask_others
 from heron.configdb import keys
+from heron.models.alerts import Channel, SmtpSettings
 from heron.models.cluster import (
     ClusterAuthority,
     DRSDecision,
@@ -155,7 +156,13 @@ async def put_settings(
     body: ClusterSettings, request: Request, _: Principal = Depends(auth.admin)
 ) -> ClusterSettings:
     """Cluster-wide settings, e.g. dynamic balancing (DRS); the leader applies them."""
-    await request.app.state.ctx.db.put(keys.SETTINGS, body)
+    db = request.app.state.ctx.db
+    channel = body.support.channel
+    if channel is not None:
+        found = await db.get(Channel, keys.channel(channel))
+        if found is None or not isinstance(found.value.settings, SmtpSettings):
+            raise Invalid("body.support.channel", f"there is no SMTP channel {channel!r}")
+    await db.put(keys.SETTINGS, body)
     return body
 
 

@@ -125,6 +125,12 @@ async def send(settings: SmtpSettings, notices: list[Notice], context: Context) 
         mail = message(settings, notices, context.cluster_name)
     except ValueError as exc:  # an address or a name that cannot be a header
         raise NotifyError(f"cannot make the mail: {_one_line(exc)}") from exc
+    await send_message(settings, mail, context)
+
+
+async def send_message(settings: SmtpSettings, mail: EmailMessage, context: Context) -> None:
+    """Hand `mail` (its own From and To) to the channel's server, as the notices go: TLS,
+    login and timeouts of `settings`; NotifyError with a one-line reason if it is refused."""
     await asyncio.to_thread(_send, settings, mail, context)
 
 
