@@ -242,6 +242,20 @@ def running_devcluster(
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def shared_testguest(api: Api, work: Path) -> None:
+    """A shared directory pool `shared` under `work` holding the test guest's image as volume
+    `testguest`: VMs made from it may run and live-migrate on any node."""
+    shared = work / "shared"
+    shared.mkdir()
+    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
+    reply = api.ok(
+        "POST",
+        "/pools/shared/volumes/import",
+        json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
+    )
+    api.wait_task(reply["task"])
+
+
 # -- the machine and the results file --------------------------------------------------------
 
 

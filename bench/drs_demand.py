@@ -40,6 +40,7 @@ from bench.common import (
     print_rows,
     ratio,
     running_devcluster,
+    shared_testguest,
     wait_for,
     write_result,
 )
@@ -79,15 +80,7 @@ def run(work: Path) -> dict[str, Any]:
         raise BenchError(f"no test guest at {TESTGUEST}: run scripts/install-deps")
     with running_devcluster(work / "cluster", 3, memory_mib=NODE_MEMORY_MIB) as (cluster, token):
         api = Api(cluster.nodes[0].url, token, cluster.tls())
-        shared = work / "shared"
-        shared.mkdir()
-        api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-        reply = api.ok(
-            "POST",
-            "/pools/shared/volumes/import",
-            json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
-        )
-        api.wait_task(reply["task"])
+        shared_testguest(api, work)
         settings(api, mode="advise", basis="allocated", threshold=0.2, interval=5, hysteresis=1)
         ids = {}
         for name, memory in GUESTS.items():

@@ -58,6 +58,7 @@ from bench.common import (
     print_rows,
     ratio,
     running_devcluster,
+    shared_testguest,
     stats,
     wait_for,
     write_result,
@@ -360,18 +361,6 @@ def failover_round(cluster: Cluster, index: int, victim_kind: str) -> dict[str, 
 # -- the run ---------------------------------------------------------------------------------
 
 
-def setup_pool(api: Api, work: Path) -> None:
-    shared = work / "shared"
-    shared.mkdir()
-    api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-    reply = api.ok(
-        "POST",
-        "/pools/shared/volumes/import",
-        json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
-    )
-    api.wait_task(reply["task"])
-
-
 def measure(
     work: Path, leader_rounds: int, failover_rounds: int, victim: str, keep: bool
 ) -> dict[str, Any]:
@@ -381,7 +370,7 @@ def measure(
         try:
             observer.start()
             cluster = Cluster(dc, apis, observer)
-            setup_pool(cluster.api_other_than(), work)
+            shared_testguest(cluster.api_other_than(), work)
             master = work / "master.qcow2"
             qemu_img_convert(TESTGUEST, master)
 

@@ -77,6 +77,7 @@ from bench.common import (
     print_rows,
     ratio,
     running_devcluster,
+    shared_testguest,
     stats,
     wait_for,
     write_result,
@@ -486,15 +487,7 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
     with running_devcluster(work / "cluster", len(NODES), keep=keep) as (cluster, token):
         api = Api(cluster.nodes[0].url, token, cluster.tls())
         try:
-            shared = work / "shared"
-            shared.mkdir()
-            api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-            reply = api.ok(
-                "POST",
-                "/pools/shared/volumes/import",
-                json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
-            )
-            api.wait_task(reply["task"])
+            shared_testguest(api, work)
             api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
             for node in cluster.nodes:
                 disk = f"{node.state_dir}/ardfs-disk0"

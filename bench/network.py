@@ -48,6 +48,7 @@ from bench.common import (
     print_rows,
     ratio,
     running_devcluster,
+    shared_testguest,
     stats,
     wait_for,
     write_result,
@@ -105,15 +106,7 @@ def heron_guests(work: Path) -> Iterator[HeronGuests]:
     """Two guests on a Heron VXLAN network, one on each node of a 2-node cluster."""
     with running_devcluster(work / "cluster", 2, network=True) as (cluster, token):
         api = Api(cluster.nodes[0].url, token, cluster.tls())
-        shared = work / "shared"
-        shared.mkdir()
-        api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-        reply = api.ok(
-            "POST",
-            "/pools/shared/volumes/import",
-            json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
-        )
-        api.wait_task(reply["task"])
+        shared_testguest(api, work)
         api.ok("POST", "/switches", json={"name": "dvs"})
         api.ok(
             "POST",

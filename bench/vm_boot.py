@@ -47,6 +47,7 @@ from bench.common import (
     print_rows,
     ratio,
     running_devcluster,
+    shared_testguest,
     stats,
     wait_for,
     write_result,
@@ -224,15 +225,7 @@ def measure(work: Path, runs: int, warmup: int, keep: bool) -> list[dict[str, An
     with running_devcluster(work / "cluster", 1, keep=keep) as (cluster, token):
         api = Api(cluster.nodes[0].url, token, cluster.tls())
         try:
-            shared = work / "shared"
-            shared.mkdir()
-            api.ok("POST", "/pools", json={"name": "shared", "path": str(shared), "shared": True})
-            reply = api.ok(
-                "POST",
-                "/pools/shared/volumes/import",
-                json={"name": "testguest", "path": str(TESTGUEST), "format": "qcow2"},
-            )
-            api.wait_task(reply["task"])
+            shared_testguest(api, work)
             # The baseline copies from a qcow2 master as Heron copies from the imported volume.
             master = work / "master.qcow2"
             qemu_img_convert(TESTGUEST, master)
