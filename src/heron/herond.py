@@ -50,6 +50,7 @@ from heron.agent.monitor import (
     node_source,
     service_samples,
     storage_samples,
+    switch_port_source,
     vm_source,
 )
 from heron.agent.mounts import MountKeeper
@@ -294,6 +295,7 @@ async def run(config: AgentConfig) -> None:
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
     demand = DemandPublisher(db, config.name)
+    runner = TaskRunner(db, config.name, handlers.table())
     measurements = Measurements(
         recorder,
         [
@@ -301,7 +303,8 @@ async def run(config: AgentConfig) -> None:
             ("vms", vm_source(vms, network.plane.netns)),
             ("ipmi", ipmi_source(ipmi)),
             ("storage", partial(storage_samples, inventory, config.state_dir)),
-            ("services", partial(service_samples, db, credentials)),
+            ("services", partial(service_samples, db, config.name, credentials, runner, inventory)),
+            ("switches", switch_port_source(network, network.plane.netns)),
         ],
         [("alert rules", node_alerts.round), ("measured demand", demand.round)],
     )
@@ -316,7 +319,6 @@ async def run(config: AgentConfig) -> None:
             notify=notify,
             tls=etcd_tls,
         )
-        runner = TaskRunner(db, config.name, handlers.table())
         ctx = ApiContext(
             db=db,
             node=config.name,

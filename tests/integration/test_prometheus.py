@@ -178,9 +178,11 @@ def label_values(url: str, label: str, metric: str) -> list[str]:
 
 
 def test_prometheus_scrapes_every_node_with_the_ca_and_a_token(
-    cluster3: tuple[DevCluster, str], prometheus: str
+    cluster3: tuple[DevCluster, str], prometheus: str, api: Api
 ) -> None:
     cluster, _ = cluster3
+    created = api.ok("POST", "/vms", json={"name": "counted", "memory_mib": 16})
+    api.wait_task(created["task"])  # a task ended, for heron_tasks_ended_total
     node_of = {f"127.0.0.1:{n.api_port}": n.name for n in cluster.nodes}
 
     def every_target_up() -> bool:
@@ -205,6 +207,21 @@ def test_prometheus_scrapes_every_node_with_the_ca_and_a_token(
         )
     modes = {r["metric"]["mode"] for r in results(prometheus, "node_cpu_seconds_total")}
     assert {"user", "system", "idle"} <= modes
+    # The cluster as the leader alone counts it (a sum over the nodes counts each once), and
+    # the tasks the nodes ended: the VM's create.
+    leader = wait_for(
+        lambda: (got := results(prometheus, "heron_leader == 1")) and got,
+        ROUNDS,
+        "the leader's heron_leader",
+    )
+    assert len(leader) == 1
+    [up] = wait_for(lambda: results(prometheus, "sum(heron_cluster_nodes_up)"), ROUNDS, "nodes up")
+    assert up["value"][1] == "3"
+    wait_for(
+        lambda: results(prometheus, 'heron_tasks_ended_total{kind="vm.create",state="succeeded"}'),
+        ROUNDS,
+        "the VM's create counted",
+    )
 
 
 def test_every_dashboard_query_is_evaluated_and_what_is_measured_has_data(

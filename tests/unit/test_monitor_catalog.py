@@ -21,8 +21,14 @@ from heron.monitor.catalog import METRICS
 from heron.monitor.collect import vm
 from heron.monitor.collect.ipmi import parse_sensors
 from heron.monitor.collect.node import StatFs, collect_node, parse_net_dev
-from heron.monitor.collect.services import certificate_samples, configdb_samples
+from heron.monitor.collect.services import (
+    certificate_samples,
+    cluster_samples,
+    configdb_samples,
+    task_samples,
+)
 from heron.monitor.collect.storage import ardfs_samples, pool_samples
+from heron.monitor.collect.switch import port_samples
 from heron.monitor.export import exposition
 from heron.monitor.series import Sample, labels_of
 from heron.tls import make_authority
@@ -86,6 +92,9 @@ def every_collectors_samples(tmp_path: Path) -> list[Sample]:
     samples += pool_samples("local", (100, 40)) + ardfs_samples("fast", STATUS, 12.5)
     now = time.time()
     samples += certificate_samples({"ca": make_authority("c1", now).certificate}, now)
+    samples += task_samples({("vm.migrate", "succeeded"): 3, ("vm.migrate", "failed"): 1})
+    samples += cluster_samples(True, 3, {"running": 2, "stopped": 1})
+    samples += port_samples([("dvs", "ht525400123456", "uplink")], parse_net_dev(NET_DEV))
     return samples + configdb_samples(0.25)
 
 

@@ -101,10 +101,12 @@ async def test_a_failing_handler_fails_its_task_with_the_reason(
     async def mute(ctx: TaskContext) -> None:
         raise ValueError()
 
-    start_runner({REFUSED: refused, BROKEN: broken, MUTE: mute})
+    runner = start_runner({REFUSED: refused, BROKEN: broken, MUTE: mute})
     tasks = [await submit(db, new_task(kind, "n1", "t", "u")) for kind in (REFUSED, BROKEN, MUTE)]
     errors = [(await ended(db, t.id)).error for t in tasks]
     assert errors == ["the disk is on fire", "unexpected", "ValueError"]
+    # Counted for Monica (heron_tasks_ended_total): failures by kind.
+    assert runner.ended == {(str(k), "failed"): 1 for k in (REFUSED, BROKEN, MUTE)}
     for task in tasks:
         done = await ended(db, task.id)
         assert (done.state, done.result, done.log[-1]) == (TaskState.failed, None, done.error)

@@ -10,18 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 from heron.agent.ardfs import io_status
+from heron.agent.network import NetworkController
+from heron.agent.tasks import TaskRunner
 from heron.agent.vms import VMController
-from heron.configdb import UNREACHABLE, ConfigDB
+from heron.configdb import UNREACHABLE, ConfigDB, keys
+from heron.configdb.election import leader_of
 from heron.monitor.collect.ipmi import IpmiPoller
 from heron.monitor.collect.node import collect_node
-from heron.monitor.collect.services import certificate_samples, configdb_samples
+from heron.monitor.collect.services import (
+    certificate_samples,
+    cluster_samples,
+    configdb_samples,
+    task_samples,
+)
 from heron.monitor.collect.storage import ardfs_samples, pool_samples
-from heron.monitor.collect.vm import VmProbe, collect_vms, parse_pid_stat, vm_taps
+from heron.monitor.collect.switch import port_samples
+from heron.monitor.collect.vm import VmProbe, collect_vms, parse_pid_stat, read_interfaces, vm_taps
 from heron.monitor.live import NotHere, Sampler, node_sampler, vm_sampler
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
@@ -122,16 +132,45 @@ def _told(call: Callable[[], tuple[int, int] | None]) -> tuple[tuple[int, int] |
     return (call(),)
 
 
-async def service_samples(db: ConfigDB, credentials: NodeCredentials) -> list[Sample]:
-    """The node's certificate and the cluster CA's time left; a ConfigDB read's latency."""
+async def service_samples(
+    db: ConfigDB,
+    node: str,
+    credentials: NodeCredentials,
+    tasks: TaskRunner,
+    inventory: Inventory,
+) -> list[Sample]:
+    """The node's certificate and the cluster CA's time left; a ConfigDB read's latency (the
+    read of who leads); the tasks it ended; whether it leads, and if so the cluster's live
+    nodes and VMs by state."""
     started = time.monotonic()
     try:
-        await db.revision()
+        leader = await leader_of(db, keys.LEADER) == node
         took: float | None = time.monotonic() - started
     except UNREACHABLE:
-        took = None
+        leader, took = False, None
     certificates = {"node": credentials.certificate(), "ca": credentials.authority()}
-    return certificate_samples(certificates, time.time()) + configdb_samples(took)
+    samples = certificate_samples(certificates, time.time()) + configdb_samples(took)
+    samples += task_samples(tasks.ended)
+    states = None
+    if leader:
+        inv = await inventory.ready()
+        states = Counter(
+            s.value.state.value if (s := inv.vm_status.get(v.id)) else "stopped"
+            for v in inv.vms.values()
+        )
+    nodes_up = len(inventory.live_nodes()) if leader else 0
+    return samples + cluster_samples(leader, nodes_up, states)
+
+
+def switch_port_source(network: NetworkController, netns: str | None) -> Source:
+    async def samples() -> list[Sample]:
+        ports = network.switch_ports()
+        if not ports:
+            return []
+        interfaces = await asyncio.to_thread(read_interfaces, netns)
+        return port_samples(ports, interfaces)
+
+    return samples
 
 
 def vm_probe(vms: VMController, vm_id: str, netns: str | None) -> VmProbe:

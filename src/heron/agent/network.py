@@ -154,6 +154,15 @@ class NetworkController:
                 )
             return states
 
+    def switch_ports(self) -> list[tuple[str, str, str]]:
+        """(switch, link, kind) of this node's ports that are not a VM's, as last built:
+        each switch's uplink and each VXLAN segment's device."""
+        plan = self._realised
+        if plan is None:
+            return []
+        ports = [(s.name, s.uplink, "uplink") for s in plan.switches if s.uplink]
+        return ports + [(s.switch, s.device, "vxlan") for s in plan.segments]
+
     async def _snapshot(self) -> dict[str, links.LinkView] | None:
         return await asyncio.to_thread(links.snapshot, self.plane)
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,6 +95,8 @@ class TaskRunner:
         self.node = node
         self.handlers = handlers
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Tasks this node ended since its agent started, by (kind, end state): for Monica.
+        self.ended: Counter[tuple[str, str]] = Counter()
 
     async def run(self) -> None:
         pruner = asyncio.create_task(self._prune_forever(), name="task-pruner")
@@ -188,6 +191,7 @@ class TaskRunner:
                 task.progress = 1.0
             task.log = [*task.log, error or state.value][-LOG_LINES:]
 
+        self.ended[str(ctx.task.kind), state.value] += 1
         with contextlib.suppress(KeyError):  # deleted while it ran: nothing to write back
             await _recorded(ctx, change, "the end", retry_conflicts=True)
 

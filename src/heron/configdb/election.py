@@ -23,6 +23,12 @@ BEAT = 0.2
 TIMEOUT = 0.8
 
 
+async def leader_of(db: ConfigDB, key: str) -> str | None:
+    """The candidate that holds the election's key now, if any."""
+    found = await db.get_raw(key)
+    return found[0].decode().split(" ", 1)[0] if found else None
+
+
 class Election:
     def __init__(
         self, db: ConfigDB, key: str, candidate: str, beat: float = BEAT, timeout: float = TIMEOUT
@@ -38,8 +44,7 @@ class Election:
         self._heart: asyncio.Task[None] | None = None
 
     async def leader(self) -> str | None:
-        found = await self.db.get_raw(self.key)
-        return found[0].decode().split(" ", 1)[0] if found else None
+        return await leader_of(self.db, self.key)
 
     def fence(self, txn: Txn) -> Txn:
         """Make `txn` apply only while this candidate still leads."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from heron.monitor.collect.services import SERVICE_METRICS
 from heron.monitor.collect.storage import STORAGE_METRICS
+from heron.monitor.collect.switch import SWITCH_METRICS
 from heron.monitor.series import Kind, Metric
 
 METRICS: dict[str, Metric] = {}
@@ -196,6 +197,6 @@ _add("ipmi_sensor_state", "gauge", f"State of a threshold sensor in another unit
 
 # -- the node's services and storage (monitor.services, monitor.storage) ----------------------
 
-for _metric in (*STORAGE_METRICS, *SERVICE_METRICS):
+for _metric in (*STORAGE_METRICS, *SERVICE_METRICS, *SWITCH_METRICS):
     assert _metric.name not in METRICS, _metric.name
     METRICS[_metric.name] = _metric
