@@ -44,8 +44,8 @@ NO_VM = "00000000-0000-4000-8000-000000000000"
 
 @pytest.fixture(scope="module", autouse=True)
 def shared_pool(cluster3: tuple[DevCluster, str], api: Api) -> str:
-    """A pool every node measures (a directory all of them see, a stand-in for an NFS mount):
-    the `local` pools have no directory, hence no size, until a volume is made in them."""
+    """A pool every node measures alike (a directory all of them see, a stand-in for an NFS
+    mount)."""
     cluster, _ = cluster3
     shared = cluster.root / "shared"
     shared.mkdir()

@@ -1,6 +1,7 @@
 """Pool drivers' pure parts: definitions, capabilities, LUN listings, names QEMU and
 qemu-img get; and the size qemu-img reads of a raw volume whose data looks like a qcow2."""
 
+import os
 from pathlib import Path
 from typing import get_args
 
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from heron.models.storage import Pool, PoolType, Protection, Volume, VolumeFormat
 from heron.storage import qemuimg
+from heron.storage.dirpool import DirPool
 from heron.storage.driver import Capabilities
 from heron.storage.lunpool import disk_luns, volume_name
 from heron.storage.registry import DRIVERS, capabilities, definition_problem, driver_for
@@ -253,3 +255,15 @@ async def test_a_raw_volume_holding_a_qcow2_image_is_sized_as_raw(tmp_path: Path
     assert (await qemuimg.info(volume_file))["virtual-size"] == 1024**2  # a guess
     found = await qemuimg.info(volume_file, "raw")
     assert (found["format"], found["virtual-size"]) == ("raw", 16 * 1024**2)
+
+
+def test_a_dir_pool_without_its_directory_yet_has_the_capacity_it_will_have(
+    tmp_path: Path,
+) -> None:
+    """A node's `local` pool gets its directory with its first volume; before, its size is
+    that of the filesystem the directory will be made on (charts and forecasts need it)."""
+    pool = DirPool(Pool(name="local", type="dir", created_at=1), tmp_path / "state")
+    assert not pool.root.exists()
+    found = pool.capacity()
+    stat = os.statvfs(tmp_path)
+    assert found is not None and found[0] == stat.f_blocks * stat.f_frsize

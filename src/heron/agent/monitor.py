@@ -104,7 +104,7 @@ async def storage_samples(inventory: Inventory, state_dir: Path) -> list[Sample]
     """Every pool's capacity as this node sees it (a pool that cannot tell is left out; one
     that does not answer in time counts as unreachable), and this node's heron-io status."""
     samples: list[Sample] = []
-    for pool in inventory.pools.values():
+    for pool in (await inventory.ready()).pools.values():
         capacity = driver_for(pool, state_dir).capacity
         answer = await probe(pool.name, partial(_told, capacity))
         if answer is None or answer[0] is not None:

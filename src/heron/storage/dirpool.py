@@ -132,9 +132,13 @@ class DirPool(PoolDriver):
             return None
 
     def capacity(self) -> tuple[int, int] | None:
-        """(total, free) bytes of the filesystem holding the pool."""
+        """(total, free) bytes of the filesystem holding the pool: before its first volume
+        makes its directory, of the filesystem the directory will be made on."""
+        place = self.root
+        while not place.exists() and place != place.parent:
+            place = place.parent
         try:
-            stat = os.statvfs(self.root)
+            stat = os.statvfs(place)
         except OSError:
             return None
         return stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
