@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
 import re
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -40,7 +38,7 @@ from heron.configdb.client import EtcdTls
 from heron.configdb.membership import Membership
 from heron.errors import AgentError
 from heron.models.alerts import Alert, Channel, SmtpSettings
-from heron.models.auth import Role, TokenRecord
+from heron.models.auth import Role, TokenRecord, new_token, token_hash
 from heron.models.common import new_id
 from heron.models.settings import ClusterSettings
 from heron.models.support import BUNDLE_PATTERN, BundleInfo, BundleSent
@@ -168,7 +166,7 @@ async def etcd_part(db: ConfigDB, tls: EtcdTls | None) -> dict[str, Any]:
 
 async def ephemeral_token(db: ConfigDB, user: str, why: str) -> tuple[str, str]:
     """An administrator token for `user` that vanishes with its lease: (token, its key)."""
-    token = "hrn_" + secrets.token_urlsafe(32)
+    token = new_token()
     now = time.time()
     record = TokenRecord(
         id=new_id()[:13],
@@ -179,7 +177,7 @@ async def ephemeral_token(db: ConfigDB, user: str, why: str) -> tuple[str, str]:
         created_at=now,
         expires_at=now + TOKEN_TTL,
     )
-    key = keys.token(hashlib.sha256(token.encode()).hexdigest())
+    key = keys.token(token_hash(token))
     await db.create(key, record, lease=await db.grant(TOKEN_TTL))
     return token, key
 

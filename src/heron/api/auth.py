@@ -2,7 +2,6 @@
 
 import hashlib
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +25,9 @@ from heron.models.auth import (
     User,
     count_failure,
     effective_role,
+    new_token,
     reachable,
+    token_hash,
 )
 from heron.models.common import Name, new_id
 from heron.models.settings import ClusterSettings, LoginSettings
@@ -47,14 +48,6 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerifyMismatchError, InvalidHashError):
         return False
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return "hrn_" + secrets.token_urlsafe(32)
 
 
 @dataclass(frozen=True)

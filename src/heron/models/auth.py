@@ -1,5 +1,7 @@
 """Users, roles and the tokens that carry them."""
 
+import hashlib
+import secrets
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Literal
@@ -131,6 +133,15 @@ class User(Record):
 
 # A session ends with its lease (a login); an API token lives until revoked or it expires.
 TokenKind = Literal["session", "api"]
+
+
+def token_hash(token: str) -> str:
+    """How a token is known in the ConfigDB (`keys.token`): never as itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "hrn_" + secrets.token_urlsafe(32)
 
 
 class TokenRecord(Record):

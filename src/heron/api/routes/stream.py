@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from heron.api import auth
-from heron.api.auth import Principal, token_hash
+from heron.api.auth import Principal
 from heron.configdb import ConfigDB, keys
 from heron.configdb.store import WatchEvent
-from heron.models.auth import Role, TokenRecord
+from heron.models.auth import Role, TokenRecord, token_hash
 
 router = APIRouter(tags=["stream"])
 
