@@ -33,7 +33,8 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # The labels of Heron's series (see heron.monitor.catalog): its own, and Prometheus's target.
 LABELS = {
     "node", "mode", "device", "mountpoint", "fstype", "vm", "target_device", "id", "name",
-    "type", "pool", "disk", "peer", "volume", "certificate", "job", "instance",
+    "type", "pool", "disk", "peer", "volume", "certificate", "kind", "state", "switch", "port",
+    "job", "instance",
 }  # fmt: skip
 BOARDS = dashboards()
 

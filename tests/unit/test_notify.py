@@ -419,3 +419,12 @@ async def test_settings_that_cannot_make_a_request_fail_as_notify_errors() -> No
 def test_a_webhook_url_without_a_host_is_refused(url: str) -> None:
     with pytest.raises(ValidationError):
         WebhookSettings(url=url)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"sender": "a@b\nBcc: x@y"}, {"recipients": ["ops@example.org\r\nX: y"]}, {"sender": "ops"}],
+)
+def test_a_mail_address_that_could_break_a_header_is_refused(change: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        SmtpSettings.model_validate({**SMTP.model_dump(), **change})

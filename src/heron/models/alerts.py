@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from heron.models.common import Name, Record
+from heron.models.common import MailAddress, Name, Record
 
 
 class Severity(StrEnum):
@@ -88,8 +88,8 @@ class SmtpSettings(Record):
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
     password: str | None = Field(default=None, description="write-only")
-    sender: str = Field(min_length=3, max_length=254)
-    recipients: list[str] = Field(min_length=1, max_length=50)
+    sender: MailAddress
+    recipients: list[MailAddress] = Field(min_length=1, max_length=50)
 
 
 class SnmpSettings(Record):

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 # Anchored, and written in the common subset of Python's and ECMAScript's regex syntax, so the
 # OpenAPI schema states exactly what the validator accepts (generated clients check it too).
@@ -47,6 +47,13 @@ def string_schema(
 # Ids (UUIDs, token ids) fit it too, so a path segment that takes "an id or a name" is a Name.
 Name = Annotated[
     str, AfterValidator(matching(NAME_PATTERN, NAME_REASON)), string_schema(NAME_PATTERN, 1, 63)
+]
+
+
+# A mail address as mail headers carry it: plain ASCII, no display name, nothing that could
+# end a header line. One pattern for Python and the schema's clients.
+MailAddress = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+$", min_length=3, max_length=254)
 ]
 
 

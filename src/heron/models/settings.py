@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from heron.models.common import Name, Record
+from heron.models.common import MailAddress, Name, Record
 
 DRSMode = Literal["off", "advise", "automatic"]
 DRSBasis = Literal["demand", "allocated"]
@@ -125,11 +125,8 @@ class SupportSettings(Record):
     """Where diagnostic bundles (`/support/bundles`) are mailed, and whether the leader
     mails one by itself when a critical alert fires (at most once an hour)."""
 
-    address: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+$",
-        max_length=254,
-        description="the support team's mail address; none: bundles are not mailed",
+    address: MailAddress | None = Field(
+        default=None, description="the support team's mail address; none: bundles are not mailed"
     )
     channel: Name | None = Field(
         default=None,
