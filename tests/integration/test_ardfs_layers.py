@@ -218,9 +218,10 @@ def test_a_move_off_a_lost_node_moves_the_snapshots_layers_too(tmp_path: Path) -
         for io in nodes[:2]:
             io.update(io.config.model_copy(update={"volumes": [moving]}))
 
-        def moved() -> bool:
+        def moved() -> bool:  # as the agent judges it (agent/ardfs.py `_finish_move`)
             seen = owner.status().get("volumes", {}).get("mv", {})
-            return seen.get("move_left") == 0 and seen.get("layers_move_left") == 0
+            started = seen.get("moving_to") == [d.id for d in moving.moving_to or []]
+            return started and seen.get("move_left") == 0 and seen.get("layers_move_left") == 0
 
         wait_for(moved, 120, "the top and the frozen layer moved onto the two nodes left")
         done = moving.model_copy(update={"placement": placed(nodes[:2]), "moving_to": None})

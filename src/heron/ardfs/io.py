@@ -412,11 +412,20 @@ class Io:
         if spec is None:
             return {}
         frozen = [self.volumes.get(layer_name(x)) for x in spec.chain[:-1] + spec.kept]
+        top = [d.id for d in self.cluster.moving.get(spec.id, [])]
+
+        def move_left(layer: AnyVolume) -> int:
+            # A layer whose own move has not begun yet (each layer is steered on its own)
+            # has copies to make, however few its degraded log lists so far.
+            if top and [d.id for d in self.cluster.moving.get(layer.id, [])] != top:
+                return 1
+            return layer.move_left()
+
         return {
             "layers": spec.chain,
             # The frozen layers are the volume's too: a move is done, and the volume healthy,
             # only when theirs are.
-            "layers_move_left": sum(v.move_left() for v in frozen if v is not None),
+            "layers_move_left": sum(move_left(v) for v in frozen if v is not None),
             "layers_stale_chunks": sum(len(v.stale_chunks()) for v in frozen if v is not None),
             # What each frozen layer holds, where this node knows it (learn_layers): a
             # snapshot's size. Only the owner's word is sure (it alone writes, and merges).
