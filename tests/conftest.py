@@ -1,6 +1,7 @@
 """Fixtures with real parts: the test guest image, etcd members and devclusters."""
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
                 node.shutdown()  # once its lane has run
 
     return InLanes(config, log)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_files(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """What a module's tests and fixtures wrote under the base temporary directory goes once
+    the module has passed (its module fixtures, set up after this one, are down by then); a
+    module with a failure keeps its files for a look. Kept all, a whole run's reach 18 GiB."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:
