@@ -1,0 +1,1 @@
+"""V2V: import VMs from VMware and Hyper-V"""
