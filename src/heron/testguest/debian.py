@@ -37,6 +37,10 @@ Why it is built this way:
   packages named here (from the host's package lists, so the check is offline), the versions of
   the host tools that shape the image, and the builder's own files. ``debian.packages`` beside
   the image lists every package version inside it.
+* Other guests are flavours of this one (``Flavour``: packages, initramfs configuration,
+  kernel command line, fstab, overlay files, customize steps), built by the same code into
+  their own files: the V2V tests' VMware-style guest (``heron.testguest.vmware``) is one.
+  ``SNAPSHOT`` is this guest, the default everywhere.
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ DEVICE_NAME = re.compile(
     r"(?<![\w/.-])/dev/(?P<kind>sd|hd|xvd|vd)(?P<disk>[a-z]{1,3})(?P<part>[0-9]*)(?![\w/.-])"
 )
 PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+CACHE_DIR = "/var/cache/heron"
 
 
 class GuestFixError(HeronError):
@@ -316,15 +317,41 @@ class Guestfish:
     """A guestfish server (``--listen``) with one disk, driven one remote command at a time,
     every command bounded by the fix's deadline."""
 
-    def __init__(self, disk: Path, fmt: str, env: dict[str, str], deadline: float) -> None:
+    def __init__(
+        self, disk: Path, fmt: str, env: dict[str, str], deadline: float, errors: Path
+    ) -> None:
         self.env = env
         self.deadline = deadline
+        self.errors = errors
         self.qemu_pid: int | None = None
-        out = self._run(["guestfish", "--listen", f"--format={fmt}", "-a", str(disk)])
+        # The server forks, its parent prints the PID and exits; the server closes its stdout
+        # (so reading it ends) but keeps stderr: a file, read when something fails.
+        args = ["guestfish", "--listen", f"--format={fmt}", "-a", str(disk)]
+        try:
+            with errors.open("ab") as stderr:
+                proc = subprocess.run(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                    env=env, timeout=max(1.0, deadline - time.monotonic()), check=False,
+                )  # fmt: skip
+        except FileNotFoundError:
+            raise GuestFixError(
+                "guestfish is not installed (Debian package guestfish; scripts/install-deps "
+                "installs it)"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise GuestFixError("guestfish --listen did not start in time") from None
+        out = proc.stdout.decode(errors="replace")
         found = re.search(r"GUESTFISH_PID=(\d+)", out)
-        if found is None:
-            raise GuestFixError(f"guestfish --listen printed no PID: {out.strip()}")
+        if proc.returncode != 0 or found is None:
+            raise GuestFixError(f"guestfish --listen failed: {out.strip()} {self.stderr()}")
         self.pid = int(found.group(1))
+
+    def stderr(self, tail: int = 2000) -> str:
+        """The end of what the server and its appliance wrote to stderr."""
+        try:
+            return self.errors.read_text(errors="replace")[-tail:].strip()
+        except FileNotFoundError:
+            return ""
 
     def _run(self, args: list[str]) -> str:
         left = self.deadline - time.monotonic()
@@ -336,13 +363,8 @@ class Guestfish:
             )
         except subprocess.TimeoutExpired:
             raise GuestFixError(f"the guest fix ran out of time in: {' '.join(args)}") from None
-        except FileNotFoundError:
-            raise GuestFixError(
-                "guestfish is not installed (Debian package guestfish/guestfs-tools; "
-                "scripts/install-deps installs it)"
-            ) from None
         if proc.returncode != 0:
-            raise GuestFixError(f"{' '.join(args[2:])}: {(proc.stderr or proc.stdout).strip()}")
+            raise GuestFixError(f"{' '.join(args[3:])}: {(proc.stderr or proc.stdout).strip()}")
         return proc.stdout
 
     def __call__(self, *command: str) -> str:
@@ -651,18 +673,19 @@ def fix_linux(
     env = appliance_env(accelerator, kernel_dir)
     log(f"starting the libguestfs appliance ({accelerator}) on {disk}")
     with tempfile.TemporaryDirectory(prefix="heron-guestfix-") as tmp:
-        env["TMPDIR"] = env.get("TMPDIR", tempfile.gettempdir())
-        g = Guestfish(disk, fmt, env, deadline)
+        g = Guestfish(disk, fmt, env, deadline, Path(tmp) / "guestfish.log")
         try:
-            g.launch()
+            try:
+                g.launch()
+            except GuestFixError as exc:
+                raise GuestFixError(
+                    f"libguestfs' appliance did not start: {exc}\n{g.stderr()}"
+                ) from exc
             log(f"appliance up after {time.monotonic() - started:.0f}s")
             fix = _Fix(g, Path(tmp), log)
             return _fix(fix, started)
         finally:
             g.close()
-
-
-CACHE_DIR = "/var/cache/heron"
 
 
 def _fix(fix: _Fix, started: float) -> GuestFixReport:
@@ -707,3 +730,31 @@ def _fix(fix: _Fix, started: float) -> GuestFixReport:
         warnings=fix.warnings,
         duration_seconds=round(time.monotonic() - started, 1),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m heron.v2v.guestfix DISK --format FMT``: fix a disk by hand, print the
+    report as JSON (the import calls fix_linux itself)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m heron.v2v.guestfix", description=__doc__)
+    parser.add_argument("disk", type=Path)
+    parser.add_argument("--format", default="qcow2", help="the disk's format (qemu-img's name)")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds")
+    args = parser.parse_args(argv)
+
+    def log(line: str) -> None:
+        print(f"guestfix: {line}", file=sys.stderr, flush=True)
+
+    try:
+        report = fix_linux(args.disk, args.format, timeout=args.timeout, log=log)
+    except GuestFixError as exc:
+        log(f"error: {exc}")
+        return 1
+    print(report.model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
