@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from fakes.running import short_directory
-from support import eventually
+from support import eventually, wait_for
 
 from heron.hypervisor import command
 from heron.hypervisor.accel import choose_accelerator
@@ -30,6 +30,7 @@ from heron.hypervisor.qemu import QemuVM
 from heron.models.common import new_id
 from heron.models.vm import VM, VMSpec
 from heron.testguest import build, debian, vmware
+from heron.util.proc import find_running
 from heron.v2v import guestfix
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def test_unfixed_the_guest_finds_no_root_on_virtio(
         "qemu-system-x86_64", "-accel", accel, "-m", "512", "-display", "none", "-nodefaults",
         "-no-user-config", "-no-reboot", "-serial", "stdio", "-monitor", "none",
         "-kernel", str(vmware_guest.kernel), "-initrd", str(vmware_guest.initrd),
-        "-append", f"{vmware_guest.cmdline} rootdelay=5",
+        "-append", f"{vmware_guest.cmdline} rootdelay=2",
         "-drive", f"file={disk},format=qcow2,if=virtio,snapshot=on",
     ]  # fmt: skip
     started = time.monotonic()
@@ -99,8 +100,13 @@ def test_unfixed_the_guest_finds_no_root_on_virtio(
 
 async def test_fixed_the_guest_boots_on_virtio(disk: Path) -> None:
     lines: list[str] = []
+    started = time.monotonic()
+
+    def log(line: str) -> None:
+        lines.append(f"{time.monotonic() - started:6.1f}s {line}")
+
     report = await asyncio.to_thread(
-        guestfix.fix_linux, disk, "qcow2", timeout=FIX_TIMEOUT, log=lines.append
+        guestfix.fix_linux, disk, "qcow2", timeout=FIX_TIMEOUT, log=log
     )
     print("\n".join(lines))
     print(f"guest fix took {report.duration_seconds:.0f}s")
@@ -137,3 +143,18 @@ async def test_fixed_the_guest_boots_on_virtio(disk: Path) -> None:
         finally:
             await qemu.kill()
             await qemu.close()
+
+
+def test_a_disk_without_an_os_is_refused_and_the_deadline_holds(
+    vmware_guest: debian.DebianGuest,
+) -> None:
+    """A clear error for a disk with no guest in it; and a fix cut by its deadline leaves
+    neither guestfish nor the appliance running."""
+    with short_directory() as root:
+        empty = root / "empty.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(empty), "64M"], check=True)
+        with pytest.raises(guestfix.GuestFixError, match="no operating system found"):
+            guestfix.fix_linux(empty, "qcow2", timeout=FIX_TIMEOUT, log=print)
+        with pytest.raises(guestfix.GuestFixError, match="ran out of time"):
+            guestfix.fix_linux(empty, "qcow2", timeout=2.0, log=print)
+        wait_for(lambda: not find_running(str(empty)), 60, "the cut fix's processes to end")
