@@ -302,6 +302,8 @@ class Flavour:
     # Its own customize steps, given the shell expression of the root tree.
     setup: Callable[[str], list[str]]
     root_headroom: int = ROOT_HEADROOM_BYTES
+    # The boot partition's size as a multiple of its files' (room for a bigger initramfs).
+    boot_room: int = 1
     # Files of its own its stamp follows (its module, its configuration).
     sources: tuple[Path, ...] = ()
 
@@ -486,8 +488,9 @@ def make_disk(
         "initrd.gz": initrd.read_bytes(),
         "syslinux.cfg": testguest.render_syslinux_cfg(flavour.cmdline).encode(),
     }
-    # Room for the initramfs to grow (a guest fix rebuilds it with more drivers).
-    boot_bytes = testguest.partition_size(sum(len(data) for data in files.values()) * 2)
+    boot_bytes = testguest.partition_size(
+        sum(len(data) for data in files.values()) * flavour.boot_room
+    )
     root_bytes = root_size(tree_bytes(root), flavour.root_headroom)
     ext4 = work / "root.ext4"
     log(f"making the {root_bytes // MIB} MiB ext4 root")

@@ -71,6 +71,8 @@ FLAVOUR = debian.Flavour(
     overlay_files=("etc/systemd/system/heron-commands.service",),
     setup=setup,
     root_headroom=128 * debian.MIB,
+    # The guest fix writes a bigger initramfs (with the virtio drivers) over the old one.
+    boot_room=2,
     sources=(Path(__file__),),
 )
 
