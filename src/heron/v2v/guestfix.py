@@ -665,23 +665,34 @@ def _scan_boot_partitions(
     return loaded
 
 
+BOOT_MOUNT = "/.heron-boot"
+
+
 def _refresh_copies(
-    fix: _Fix, loaded: Sequence[tuple[str, str, str]], new_initrds: Mapping[str, bytes]
+    fix: _Fix, loaded: Sequence[tuple[str, str, str]], rebuilt: Mapping[str, str]
 ) -> None:
-    """Replace each initramfs a boot partition loads that was a copy of one rebuilt."""
+    """Replace each initramfs a boot partition loads that was a copy of one rebuilt
+    (`rebuilt`: the old one's sha256 -> the rebuilt one's path in the guest's root, which is
+    mounted). The partition is mounted inside the root, on a directory made for it and
+    removed after, and the file copied by the appliance: uploading it to the partition mounted
+    alone took 40 s after update-initramfs under TCG, a copy 0.3 s."""
     for device, path, digest in loaded:
-        if digest not in new_initrds:
+        if digest not in rebuilt:
             continue
-        fix.g("mount-options", "", device, "/")
+        fix.g("mkdir", BOOT_MOUNT)
         try:
-            fix.write(path, new_initrds[digest])
-            fix.change(
-                "boot-file",
-                f"{path} (partition {device})",
-                "replaced by the rebuilt initramfs it was a copy of",
-            )
+            fix.g("mount-options", "", device, BOOT_MOUNT)
+            try:
+                fix.g("cp", rebuilt[digest], f"{BOOT_MOUNT}{path}")
+            finally:
+                fix.g("umount", BOOT_MOUNT)
         finally:
-            fix.g("umount-all")
+            fix.g("rmdir", BOOT_MOUNT)
+        fix.change(
+            "boot-file",
+            f"{path} (partition {device})",
+            f"replaced by {rebuilt[digest]}, rebuilt, of which it was a copy",
+        )
 
 
 def fix_linux(
@@ -745,14 +756,10 @@ def _fix(fix: _Fix, started: float) -> GuestFixReport:
     _remove_tools(fix, package_format)
     tool, before = _rebuild_initramfs(fix, kernels)
     # The rebuilt initramfs files by the digest of what they replaced, for the copies.
-    new_initrds: dict[str, bytes] = {}
-    for kernel, path in initramfs_paths(tool or "", kernels).items():
-        data = fix.read(path) if kernel in before else None
-        if data is not None:
-            new_initrds[before[kernel]] = data
+    paths = initramfs_paths(tool or "", kernels)
+    _refresh_copies(fix, loaded, {before[k]: paths[k] for k in kernels if k in before})
     _selinux(fix)
     g("umount-all")
-    _refresh_copies(fix, loaded, new_initrds)
     if not fix.boot_loaders:
         fix.warn("no boot loader configuration found: its kernel command line is as it was")
     g("sync")
