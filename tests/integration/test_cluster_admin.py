@@ -70,6 +70,19 @@ def login(api: Api, user: str, password: str, url: str | None = None) -> tuple[i
     return reply.status_code, reply.json()
 
 
+def test_a_settings_change_keeps_the_sections_it_leaves_out(api: Api) -> None:
+    before = api.ok("GET", "/cluster/settings")
+    ha = {**before["ha"], "agent_grace": before["ha"]["agent_grace"] + 5}
+    assert api.ok("PUT", "/cluster/settings", json={"ha": ha})["ha"] == ha
+    # Another admin (an older CLI, a DRS script) changes DRS alone: HA stays as just set.
+    drs = {k: v for k, v in before["drs"].items() if k != "enabled"} | {"threshold": 0.3}
+    after = api.ok("PUT", "/cluster/settings", json={"drs": drs})
+    assert after["ha"] == ha and after["drs"]["threshold"] == 0.3
+    assert after["login"] == before["login"] and after["support"] == before["support"]
+    assert api.ok("PUT", "/cluster/settings", json={}) == after  # nothing given, nothing changed
+    api.ok("PUT", "/cluster/settings", json=before)
+
+
 def test_failed_logins_lock_a_name_on_every_node_until_lifted(
     cluster3: tuple[DevCluster, str], api: Api
 ) -> None:

@@ -127,7 +127,7 @@ def cluster_drs(
     drs = {k: v for k, v in settings["drs"].items() if k != "enabled"}  # the mode says it
     changes = {"mode": mode, "basis": basis, "threshold": threshold, "interval": interval}
     drs.update({k: v for k, v in changes.items() if v is not None})
-    client.request("PUT", "/cluster/settings", json={**settings, "drs": drs})
+    client.request("PUT", "/cluster/settings", json={"drs": drs})
 
 
 @app.command("ha")
@@ -148,7 +148,7 @@ def cluster_ha(
     settings = client.get("/cluster/settings")
     if agent_grace is not None:
         ha = {**settings["ha"], "agent_grace": agent_grace}
-        settings = client.request("PUT", "/cluster/settings", json={**settings, "ha": ha})
+        settings = client.request("PUT", "/cluster/settings", json={"ha": ha})
     emit(settings["ha"], as_json, [("agent grace", lambda h: f"{h['agent_grace']:g} s")])
 
 

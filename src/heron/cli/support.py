@@ -137,7 +137,7 @@ def support_settings(
         changes["on_critical"] = on_critical
     if changes:
         current.update(changes)
-        settings = client.request("PUT", "/cluster/settings", json={**settings, "support": current})
+        settings = client.request("PUT", "/cluster/settings", json={"support": current})
         current = settings["support"]
     emit(
         current,

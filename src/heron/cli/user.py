@@ -193,5 +193,5 @@ def user_rules(
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes:
         login = {**settings["login"], **changes}
-        settings = client.request("PUT", "/cluster/settings", json={**settings, "login": login})
+        settings = client.request("PUT", "/cluster/settings", json={"login": login})
     emit(settings["login"], as_json)

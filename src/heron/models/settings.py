@@ -144,3 +144,14 @@ class ClusterSettings(Record):
     ha: HASettings = Field(default_factory=HASettings)
     login: LoginSettings = Field(default_factory=LoginSettings)
     support: SupportSettings = Field(default_factory=SupportSettings)
+
+
+class ClusterSettingsUpdate(Record):
+    """A change of the cluster settings: each section given replaces that section; a section
+    left out (or null) keeps what is stored, so a client that knows only some sections (an
+    older CLI, a script for DRS) never resets the others to their defaults."""
+
+    drs: DRSSettings | None = None
+    ha: HASettings | None = None
+    login: LoginSettings | None = None
+    support: SupportSettings | None = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import aetcd.exceptions
 
-from heron.configdb import ConfigDB, Conflict, keys
+from heron.configdb import ConfigDB, Conflict, cas, keys
 from heron.configdb.membership import Member, Membership, client_endpoints
 from heron.models.cluster import (
     DRSDecision,
@@ -23,7 +23,7 @@ from heron.models.cluster import (
     JoinToken,
     NodeLoadView,
 )
-from heron.models.settings import ClusterSettings
+from heron.models.settings import ClusterSettings, ClusterSettingsUpdate
 from heron.scheduler.balancer import spread, why_none
 from heron.scheduler.drs import assess
 from heron.scheduler.inventory import Inventory
@@ -235,3 +235,18 @@ def _plain_instructions(endpoints: list[str], etcd: str) -> JoinInstructions:
             ),
         ],
     )
+
+
+async def update_settings(db: ConfigDB, update: ClusterSettingsUpdate) -> ClusterSettings:
+    """Replace the sections `update` gives, keep the others; a write by someone else in
+    between (another section changed by another admin) is read again, not overwritten."""
+    given = {name: getattr(update, name) for name in update.model_fields_set}
+    changes = {name: section for name, section in given.items() if section is not None}
+
+    async def attempt() -> ClusterSettings:
+        found = await db.get(ClusterSettings, keys.SETTINGS)
+        settings = (found.value if found else ClusterSettings()).model_copy(update=changes)
+        await db.put(keys.SETTINGS, settings, revision=found.revision if found else 0)
+        return settings
+
+    return await cas.retry(attempt, "the cluster settings")

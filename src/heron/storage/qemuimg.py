@@ -81,13 +81,32 @@ async def convert(
         args += ["-n", "--target-is-zero"]
     if source_format:
         args += ["-f", source_format]
+    code, err = await _with_progress([*args, str(source), str(target)], progress)
+    if code != 0:
+        raise QemuImgError(err or "qemu-img convert failed")
+
+
+async def compare(
+    source: Image,
+    source_format: str,
+    target: Image,
+    target_format: str,
+    progress: Progress | None = None,
+) -> None:
+    """Check that `target` reads exactly as `source` (a copy verified after it was made);
+    where one is larger, the rest must read as zeroes. Raises QemuImgError on a difference."""
+    args = ["compare", "-p", "-f", source_format, "-F", target_format, str(source), str(target)]
+    code, err = await _with_progress(args, progress)
+    if code == 1:
+        raise QemuImgError(f"the copy differs from its source: {err or 'contents differ'}")
+    if code != 0:
+        raise QemuImgError(err or "qemu-img compare failed")
+
+
+async def _with_progress(args: list[str], progress: Progress | None) -> tuple[int, str]:
+    """Run qemu-img with `-p`, passing on its progress; its exit status and last error line."""
     proc = await asyncio.create_subprocess_exec(
-        "qemu-img",
-        *args,
-        str(source),
-        str(target),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        "qemu-img", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stdout is not None and proc.stderr is not None
     buffer = b""
@@ -98,9 +117,9 @@ async def convert(
             await progress(float(found[-1]) / 100)
             buffer = b""
     err = await proc.stderr.read()
-    if await proc.wait() != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise QemuImgError(lines[-1] if lines else "qemu-img convert failed")
+    code = await proc.wait()
+    lines = err.decode(errors="replace").strip().splitlines()
+    return code, lines[-1] if lines else ""
 
 
 async def detect_format(path: Image) -> str:

@@ -22,7 +22,7 @@ from heron.models.cluster import (
 )
 from heron.models.common import Name
 from heron.models.node import Node
-from heron.models.settings import ClusterSettings
+from heron.models.settings import ClusterSettings, ClusterSettingsUpdate
 from heron.models.vm import VM
 from heron.scheduler.placement import node_loads
 from heron.services import cluster as cluster_service
@@ -153,17 +153,17 @@ async def get_settings(request: Request, _: Principal = Depends(auth.viewer)) ->
 
 @router.put("/cluster/settings", response_model=ClusterSettings)
 async def put_settings(
-    body: ClusterSettings, request: Request, _: Principal = Depends(auth.admin)
+    body: ClusterSettingsUpdate, request: Request, _: Principal = Depends(auth.admin)
 ) -> ClusterSettings:
-    """Cluster-wide settings, e.g. dynamic balancing (DRS); the leader applies them."""
+    """Cluster-wide settings, e.g. dynamic balancing (DRS); the leader applies them. Each
+    section given replaces that section; sections left out keep what is stored."""
     db = request.app.state.ctx.db
-    channel = body.support.channel
+    channel = body.support.channel if body.support else None
     if channel is not None:
         found = await db.get(Channel, keys.channel(channel))
         if found is None or not isinstance(found.value.settings, SmtpSettings):
             raise Invalid("body.support.channel", f"there is no SMTP channel {channel!r}")
-    await db.put(keys.SETTINGS, body)
-    return body
+    return await cluster_service.update_settings(db, body)
 
 
 @router.post("/nodes/{name}/leave", response_model=LeaveReply)
