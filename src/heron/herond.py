@@ -41,6 +41,7 @@ from heron.agent.demand import DemandPublisher
 from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
+from heron.agent.imports import import_slots
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
 from heron.agent.monitor import (
@@ -76,6 +77,7 @@ from heron.models.alerts import Alert
 from heron.models.auth import Role, User
 from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
+from heron.models.task import TaskKind
 from heron.monitor.catalog import METRICS
 from heron.monitor.collect.ipmi import IpmiPoller
 from heron.monitor.live import Live
@@ -295,7 +297,9 @@ async def run(config: AgentConfig) -> None:
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
     demand = DemandPublisher(db, config.name)
-    runner = TaskRunner(db, config.name, handlers.table())
+    runner = TaskRunner(
+        db, config.name, handlers.table(), {TaskKind.v2v_import: lambda: import_slots(db)}
+    )
     measurements = Measurements(
         recorder,
         [

@@ -212,16 +212,18 @@ class TaskRunner:
         job.add_done_callback(lambda _: self._running.pop(task.id, None))
 
     async def _execute(self, task: Task, resume: bool) -> None:
+        # Cancelled while it waited: its handler runs at once, to see the cancel at its first
+        # progress and undo what was made for it (an import's VM and volumes).
         if not await self._slot(task, resume):
-            await self._execute_claimed(task, resume, cancelled=True)
+            await self._run(task, resume)
             return
         try:
-            await self._execute_claimed(task, resume, cancelled=False)
+            await self._run(task, resume)
         finally:
             if task.known_kind in self.limits:
                 await self._free(task)
 
-    async def _execute_claimed(self, task: Task, resume: bool, cancelled: bool) -> None:
+    async def _run(self, task: Task, resume: bool) -> None:
         ctx = TaskContext(self.db, task, resume)
         tried = False
 
@@ -239,8 +241,6 @@ class TaskRunner:
         kind = task.known_kind
         handler = None if kind is None else self.handlers.get(kind)
         try:
-            if cancelled or ctx.task.cancel_requested:
-                raise TaskCancelled()  # cancelled while it was queued: it never starts
             if handler is None:
                 raise TaskFailed(f"this node cannot carry out {str(task.kind)!r} tasks")
             result = await handler(ctx)

@@ -88,14 +88,16 @@ async def convert(
 
 async def compare(
     source: Image,
-    source_format: str,
+    source_format: str | None,
     target: Image,
     target_format: str,
     progress: Progress | None = None,
 ) -> None:
     """Check that `target` reads exactly as `source` (a copy verified after it was made);
-    where one is larger, the rest must read as zeroes. Raises QemuImgError on a difference."""
-    args = ["compare", "-p", "-f", source_format, "-F", target_format, str(source), str(target)]
+    where one is larger, the rest must read as zeroes. Raises QemuImgError on a difference.
+    `source_format`: none only for a json: name, which carries its format."""
+    given = ["-f", source_format] if source_format else []
+    args = ["compare", "-p", *given, "-F", target_format, str(source), str(target)]
     code, err = await _with_progress(args, progress)
     if code == 1:
         raise QemuImgError(f"the copy differs from its source: {err or 'contents differ'}")

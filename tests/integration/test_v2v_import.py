@@ -1,0 +1,168 @@
+"""V2V imports through the API and the CLI on a real node: a folder laid out as a VMware
+datastore and a Hyper-V export, its disks made by qemu-img from the bootable test guest in
+several VMDK variants and as VHD/VHDX; scanned, imported into a pool (converted, compared
+with their sources), one of them booted to its READY line with its MAC kept. A queue of
+imports with one broken disk: the others finish, the broken one fails with its reason and
+leaves nothing behind; a queued import cancelled leaves nothing either; requests that cannot
+be imported are refused whole and make nothing."""
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Api, cli, serial_lines, wait_for
+
+from heron.devcluster import DevCluster
+
+pytestmark = pytest.mark.integration
+CLUSTER_NODES = 1
+
+BOOT = 180
+MAC = "00:50:56:a1:b2:c3"
+
+VMX = """.encoding = "UTF-8"
+config.version = "8"
+virtualHW.version = "19"
+displayName = "{name}"
+guestOS = "debian12-64"
+numvcpus = "1"
+memsize = "128"
+scsi0.present = "TRUE"
+scsi0.virtualDev = "pvscsi"
+scsi0:0.present = "TRUE"
+scsi0:0.fileName = "{disk}"
+ethernet0.present = "TRUE"
+ethernet0.virtualDev = "vmxnet3"
+ethernet0.networkName = "VM Network"
+ethernet0.addressType = "{kind}"
+ethernet0.{key} = "{mac}"
+"""
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def vmware_vm(ds: Path, name: str, guest: Path, subformat: str, mac: str) -> None:
+    folder = ds / name
+    folder.mkdir()
+    disk = folder / f"{name}.vmdk"
+    qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
+             str(guest), str(disk))  # fmt: skip
+    kind, key = ("static", "address") if mac.startswith("00:50:56:0") else (
+        "generated", "generatedAddress")  # fmt: skip
+    text = VMX.format(name=name.title(), disk=disk.name, kind=kind, key=key, mac=mac)
+    (folder / f"{name}.vmx").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Path:
+    ds = tmp_path_factory.mktemp("datastore")
+    vmware_vm(ds, "web01", testguest, "monolithicSparse", MAC)
+    vmware_vm(ds, "db02", testguest, "twoGbMaxExtentFlat", "00:50:56:a1:b2:c4")
+    vmware_vm(ds, "app03", testguest, "streamOptimized", "00:50:56:a1:b2:c5")
+    vmware_vm(ds, "broken05", testguest, "monolithicFlat", "00:50:56:a1:b2:c6")
+    hyperv = ds / "hv04" / "Virtual Hard Disks"
+    hyperv.mkdir(parents=True)
+    qemu_img("convert", "-f", "raw", "-O", "vhdx", str(testguest), str(hyperv / "hv04.vhdx"))
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed",
+             str(testguest), str(ds / "fixed06.vhd"))  # fmt: skip
+    return ds
+
+
+def by_name(scan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {vm["name"]: vm for vm in scan["report"]["vms"]}
+
+
+def volumes(api: Api) -> set[str]:
+    return {v["name"] for v in api.ok("GET", "/pools/local/volumes")}
+
+
+def test_scan_import_verify_and_boot(
+    cluster1: tuple[DevCluster, str], api: Api, datastore: Path, testguest: Path
+) -> None:
+    cluster, _ = cluster1
+    node = cluster.nodes[0].name
+    api.ok("POST", "/imports/sources", json={
+        "name": "ds1", "type": "directory", "path": str(datastore), "node": node})  # fmt: skip
+    ref = api.ok("POST", "/imports/sources/ds1/scan")
+    api.wait_task(ref["task"])
+    scan = api.ok("GET", "/imports/sources/ds1/scan")
+    found = by_name(scan)
+    assert {"Web01", "Db02", "App03", "Broken05", "hv04", "fixed06"} <= set(found), found.keys()
+    web = found["Web01"]
+    assert web["disks"][0]["format"] == "vmdk" and web["nics"][0]["mac"] == MAC
+    assert found["fixed06"]["disks"][0]["format"] == "vpc"
+    size = testguest.stat().st_size
+    assert found["fixed06"]["disks"][0]["capacity"] == size  # not 512 bytes more
+    assert found["hv04"]["vcpus"] is None  # a disk without its configuration
+
+    # Refused whole, nothing made: not scanned, an unmapped network, hardware not read.
+    before = (volumes(api), {v["name"] for v in api.ok("GET", "/vms")})
+    base = {"source": "ds1", "pool": "local", "networks": {"VM Network": "user"}}
+    for body, field in [
+        ({**base, "vms": [{"vm": "/nowhere.vmx"}]}, "body.vms.0.vm"),
+        ({**base, "networks": {}, "vms": [{"vm": web["path"]}]}, "body.networks"),
+        ({**base, "vms": [{"vm": web["path"]}, {"vm": found["hv04"]["path"]}]}, "body.vms.1.vcpus"),
+    ]:
+        reply = api.request("POST", "/imports", json=body)
+        assert reply.status_code == 422, reply.text
+        assert reply.json()["fields"][0]["field"] == field, reply.text
+    assert (volumes(api), {v["name"] for v in api.ok("GET", "/vms")}) == before
+
+    # One at a time on the node: the others wait, queued, in their order.
+    api.ok("PUT", "/cluster/settings", json={"imports": {"parallel": 1}})
+    # The broken VM's disk is lost after the scan: its import fails, the others go on.
+    (datastore / "broken05" / "broken05-flat.vmdk").write_bytes(b"")
+    items = [{"vm": found[n]["path"]} for n in ("Web01", "Broken05", "Db02", "App03")]
+    items += [{"vm": found["hv04"]["path"], "vcpus": 1, "memory_mib": 128}]
+    items += [{"vm": found["fixed06"]["path"], "vcpus": 1, "memory_mib": 128}]
+    reply = api.ok("POST", "/imports", json={**base, "vms": items, "start": False})
+    tasks = {vm["name"]: vm["task"] for vm in reply["vms"]}
+    assert list(tasks) == ["web01", "broken05", "db02", "app03", "hv04", "fixed06"]
+    # The last is cancelled while it waits its turn.
+    api.ok("POST", f"/tasks/{tasks['fixed06']}/cancel")
+    ended = {name: api.task_end(task, 300) for name, task in tasks.items()}
+    assert {n: t["state"] for n, t in ended.items()} == {
+        "web01": "succeeded", "broken05": "failed", "db02": "succeeded",
+        "app03": "succeeded", "hv04": "succeeded", "fixed06": "cancelled",
+    }  # fmt: skip
+    assert "broken05-disk0" in ended["broken05"]["error"]
+    assert any("verified" in line for line in ended["web01"]["log"])
+    names = {v["name"] for v in api.ok("GET", "/vms")}
+    assert {"web01", "db02", "app03", "hv04"} <= names
+    assert not {"broken05", "fixed06"} & names
+    assert not {"broken05-disk0", "fixed06-disk0"} & volumes(api)  # nothing half-imported
+
+    # The imported VM boots, with its MAC.
+    vm = api.ok("GET", "/vms/web01")
+    assert vm["spec"]["nics"][0]["mac"] == MAC
+    assert vm["spec"]["disks"][0]["bus"] == "virtio"  # a Linux guest, fixed for virtio
+    api.wait_task(api.ok("POST", "/vms/web01/actions/start")["task"])
+    log = Path(cluster.nodes[0].state_dir) / "vms" / vm["id"] / "console.log"
+    wait_for(lambda: serial_lines(log, f"HERON-GUEST-READY uuid={vm['id']}"), BOOT, "web01")
+    api.ok("POST", "/vms/web01/actions/stop")
+
+
+def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, datastore: Path, tmp_path: Path):
+    cluster, token = cluster1
+    env = {
+        "HERON_URL": cluster.nodes[0].url,
+        "HERON_TOKEN": token,
+        "HERON_CONFIG": str(tmp_path / "cli.json"),
+        "HERON_CA_FILE": str(cluster.ca_file),
+    }
+    node = cluster.nodes[0].name
+    cli(env, "import", "source", "add", "ds2", "--dir", str(datastore / "app03"), "--node", node)
+    listed = cli(env, "import", "scan", "ds2").stdout
+    assert "App03" in listed and "yes" in listed
+    refused = cli(env, "import", "start", "ds2", "App03", "--pool", "local", check=False)
+    assert refused.returncode != 0 and "VM Network" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    done = cli(env, "import", "start", "ds2", "App03", "--pool", "local", "--network",
+               "VM Network=user", "--name", "app03-cli", "--wait")  # fmt: skip
+    assert "app03-cli" in done.stdout
+    assert api.ok("GET", "/vms/app03-cli")["spec"]["nics"][0]["network"] == "user"
+    listed = cli(env, "import", "list").stdout
+    assert "succeeded" in listed and "app03.vmx" in listed
