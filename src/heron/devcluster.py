@@ -13,8 +13,10 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -450,6 +452,18 @@ def up(
     token = cluster.login()
     cluster.wait_registered(token, timeout)
     return cluster, token
+
+
+@contextlib.contextmanager
+def running(directory: Path, nodes: int, **options: Any) -> Iterator[tuple[DevCluster, str]]:
+    """`up` for the length of a block, then `down` however it ends — also when `up` itself
+    failed half-way (it records the cluster before it starts anything): no process, QEMU or
+    namespace outlives the block. `options`: those of `up`."""
+    try:
+        yield up(directory, nodes, **options)
+    finally:
+        if (directory / STATE_FILE).exists():
+            down(directory)
 
 
 def down(directory: Path) -> None:
