@@ -156,7 +156,7 @@ def parse_descriptor(text: str, path: str | None = None) -> VmdkDescriptor:
     other: dict[str, str] = {}
     extents: list[Extent] = []
     seen_any = False
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             seen_any = seen_any or "Disk DescriptorFile" in line

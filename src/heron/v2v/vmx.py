@@ -80,7 +80,7 @@ def parse_pairs(text: str, path: str | None = None) -> dict[str, VmxValue]:
     """The .vmx's settings by lower-cased key (the last of a repeated key wins, as in VMware).
     Raises ParseError naming the line of anything that is not `key = value`."""
     pairs: dict[str, VmxValue] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -308,7 +308,7 @@ def _follow_chain(disk: ScannedDisk, resolve: DiskResolver, vm: ScannedVm) -> No
             found = resolve(name)
         except ParseError as e:
             code = "unreadable-descriptor"
-            vm.block(code, f"the descriptor {name} does not read: {e.reason}", device)
+            vm.block(code, f"a descriptor does not read: {e}", device)
             break
         if found is None:
             what = "disk file" if not chain else "snapshot parent"
