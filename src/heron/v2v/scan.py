@@ -103,11 +103,16 @@ def inside(path: str, root: str) -> bool:
     return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def _read_text(path: str, limit: int) -> str:
+def _read_bytes(path: str, limit: int) -> bytes:
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ParseError(f"larger than {limit} bytes: not a description", path=path)
+    return data
+
+
+def _read_text(path: str, limit: int) -> str:
+    data = _read_bytes(path, limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -409,11 +414,7 @@ def _hyperv_export(folder: str, disks: _HardDisks, report: ScanReport) -> set[st
     by_name = {os.path.basename(p).lower(): p for p in own}
     for path in xml_files:
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_XML + 1)
-            if len(data) > MAX_XML:
-                raise ParseError("too large for a configuration", path=path)
-            config = hyperv.parse_legacy_config(data, path)
+            config = hyperv.parse_legacy_config(_read_bytes(path, MAX_XML), path)
         except _READ_ERRORS as e:
             report.failures.append(ScanFailure(path=path, reason=str(e)))
             continue
@@ -437,7 +438,14 @@ def _hyperv_export(folder: str, disks: _HardDisks, report: ScanReport) -> set[st
             vm.disks.append(disk)
             claimed.update([local, *disk.chain])
         report.vms.append(vm)
-    if not xml_files:
+    if xml_files:
+        unused = sorted(set(own) - claimed)
+        claimed.update(own)  # the export's own: not loose disks of VMs of their own
+        if unused:
+            report.notes.append(
+                f"{folder}: disks no configuration names, not listed: {', '.join(unused)}"
+            )
+    else:
         # A .vmcx export (2012 R2 and later), or no configuration at all: the disks alone.
         why = (
             "the configuration is a binary .vmcx, whose format is not documented"
@@ -481,8 +489,8 @@ async def scan_directory(
         report.vms.append(vm)
     for path in walk.ovf:
         try:
-            text = await asyncio.to_thread(_read_text, path, ovf.MAX_OVF)
-            vms = ovf.parse_ovf(text.encode(), path, _ovf_locator(path))
+            data = await asyncio.to_thread(_read_bytes, path, ovf.MAX_OVF)
+            vms = ovf.parse_ovf(data, path, _ovf_locator(path))
         except _READ_ERRORS as e:
             report.failures.append(ScanFailure(path=path, reason=str(e)))
             continue
@@ -500,7 +508,10 @@ async def scan_directory(
     disks = _HardDisks(walk.hard_disks, root)
     claimed: set[str] = set()
     for folder in walk.hyperv_exports:
-        claimed |= await asyncio.to_thread(_hyperv_export, folder, disks, report)
+        try:
+            claimed |= await asyncio.to_thread(_hyperv_export, folder, disks, report)
+        except OSError as e:  # the folder went away or became unreadable since the walk
+            report.failures.append(ScanFailure(path=folder, reason=f"not readable ({e})"))
     loose = [p for p in walk.hard_disks if p not in claimed]
     for top in await asyncio.to_thread(disks.tops, loose):
         name = os.path.splitext(os.path.basename(top))[0]
