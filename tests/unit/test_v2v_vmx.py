@@ -368,6 +368,11 @@ def test_escaped_values_and_name_fallback() -> None:
     assert parse_vmx('displayName = "Ünïcode VM"\nmemsize = "1"', "/d/u.vmx").name == "Ünïcode VM"
 
 
+def test_numbers_with_leading_zeros_or_in_hex() -> None:
+    vm = parse_vmx('memsize = "08192"\nnumvcpus = "0x4"', "/d/n.vmx")
+    assert (vm.memory_mib, vm.vcpus) == (8192, 4)
+
+
 def test_missing_memsize_is_left_to_the_administrator() -> None:
     vm = parse_vmx('displayName = "m"', "/d/m.vmx")
     assert vm.memory_mib is None

@@ -119,7 +119,8 @@ class _Settings:
         if found is None or found.value.strip() == "":
             return None
         try:
-            value = int(found.value.strip(), 0)
+            spelled = found.value.strip()
+            value = int(spelled, 16) if spelled.lower().startswith("0x") else int(spelled)
         except ValueError:
             raise ParseError(
                 f"not a number: {found.value!r}", path=self.path, line=found.line, field=key
