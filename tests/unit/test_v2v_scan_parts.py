@@ -9,7 +9,7 @@ import pytest
 
 from heron.models.v2v import ScannedDisk
 from heron.v2v.common import ParseError
-from heron.v2v.scan import _walk, inside, qemu_source, read_vmdk_descriptor
+from heron.v2v.scan import DirectorySource, _walk, inside, qemu_source, read_vmdk_descriptor
 
 
 def test_inside_follows_links(tmp_path: Path) -> None:
@@ -25,6 +25,9 @@ def test_inside_follows_links(tmp_path: Path) -> None:
     # A sibling whose name starts like the root is not inside it.
     (tmp_path / "root2").mkdir()
     assert not inside(str(tmp_path / "root2"), str(root))
+    source = DirectorySource(root)
+    assert source.capabilities.files and not source.capabilities.warm
+    assert source.contains(str(root / "in")) and not source.contains(str(root / "out"))
 
 
 def test_walk_finds_each_file_once_despite_loops(tmp_path: Path) -> None:

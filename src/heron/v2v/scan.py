@@ -533,3 +533,32 @@ def _ovf_locator(path: str) -> ovf.FileLocator:
         return ovf.Located(file=file) if os.path.isfile(file) else None
 
     return locate
+
+
+@dataclass(frozen=True)
+class SourceCapabilities:
+    """What a source can do, for callers to ask instead of testing its type."""
+
+    files: bool  # its disks are files on the node that scanned (qemu-img opens them in place)
+    warm: bool  # it can copy a running VM's disks and then their changes (CBT)
+
+
+class DirectorySource:
+    """A directory on a node as a V2V source: a copied datastore, an export, or an NFS
+    datastore the node mounted (read-only, soft)."""
+
+    kind = "directory"
+    capabilities = SourceCapabilities(files=True, warm=False)
+
+    def __init__(
+        self, root: Path | str, max_depth: int = DEFAULT_DEPTH, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.root, self.max_depth, self.timeout = Path(root), max_depth, timeout
+
+    async def scan(self) -> ScanReport:
+        return await scan_directory(self.root, max_depth=self.max_depth, timeout=self.timeout)
+
+    def contains(self, path: str) -> bool:
+        """Whether the import may read `path`: inside the directory, links followed. The
+        import checks each file again when it opens it (the directory may change)."""
+        return inside(path, str(self.root))
