@@ -85,3 +85,14 @@ def test_qemu_source_of_a_member_reads_it_in_place() -> None:
             "file": {"driver": "file", "filename": '/x/odd "name".ova'},
         },
     }
+
+
+def test_a_scan_report_reads_back_from_its_json(tmp_path: Path) -> None:
+    from heron.models.v2v import ScannedVm, ScanReport
+
+    vm = ScannedVm(kind="vmware", path="/d/a.vmx", name="a", vcpus=2, memory_mib=512)
+    vm.disks.append(ScannedDisk(device="scsi0:0", file="/d/a.vmdk", chain=["/d/b.vmdk"]))
+    vm.block("rdm", "a raw device mapping", "scsi0:0")
+    report = ScanReport(root="/d", vms=[vm])
+    again = ScanReport.model_validate_json(report.model_dump_json())
+    assert again == report and not again.vms[0].importable
