@@ -300,6 +300,13 @@ def test_vhdx_errors() -> None:
         parse_vhdx_parent_locator(bytes(bad))
 
 
+@pytest.mark.parametrize("cut", [8, 1000, 196 * 1024, (1 << 20) + 40, (1 << 20) + 4100])
+def test_a_truncated_vhdx_is_a_parse_error(cut: int) -> None:
+    data = vhdx(1 << 30, 2, {"relative_path": "p.vhdx"})[:cut]
+    with pytest.raises(ParseError):
+        read_vhdx(reader(data), "/d/t.vhdx")
+
+
 def test_parent_candidates() -> None:
     found = parent_candidates(
         "/ds/vm/Virtual Hard Disks",
