@@ -9,7 +9,14 @@ import pytest
 
 from heron.models.v2v import ScannedDisk
 from heron.v2v.common import ParseError
-from heron.v2v.scan import DirectorySource, _walk, inside, qemu_source, read_vmdk_descriptor
+from heron.v2v.scan import (
+    DirectorySource,
+    _vmfs_relative,
+    _walk,
+    inside,
+    qemu_source,
+    read_vmdk_descriptor,
+)
 
 
 def test_inside_follows_links(tmp_path: Path) -> None:
@@ -96,3 +103,11 @@ def test_a_scan_report_reads_back_from_its_json(tmp_path: Path) -> None:
     report = ScanReport(root="/d", vms=[vm])
     again = ScanReport.model_validate_json(report.model_dump_json())
     assert again == report and not again.vms[0].importable
+
+
+def test_datastore_paths_map_into_the_copy() -> None:
+    assert list(_vmfs_relative("/vmfs/volumes/ds1/vm/vm.vmdk", "/mnt/copy")) == [
+        "/mnt/copy/vm/vm.vmdk",
+        "/mnt/copy/ds1/vm/vm.vmdk",
+    ]
+    assert list(_vmfs_relative("vm.vmdk", "/mnt/copy")) == []

@@ -153,10 +153,12 @@ def read_vmdk_descriptor(path: str) -> vmdk.VmdkDescriptor:
 
 
 def _vmfs_relative(name: str, root: str) -> Iterator[str]:
-    """Where a datastore path (/vmfs/volumes/<datastore>/<vm>/<file>) is in the copy."""
+    """Where a datastore path (/vmfs/volumes/<datastore>/<vm>/<file>) is in the copy: `root`
+    is the datastore, or the directory that holds several datastores by name."""
     parts = name.split("/")
     if name.startswith("/vmfs/volumes/") and len(parts) > 4:
         yield posixpath.join(root, *parts[4:])
+        yield posixpath.join(root, *parts[3:])
 
 
 def _resolver(vmx_path: str, root: str) -> vmx.DiskResolver:
