@@ -6,6 +6,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from heron.v2v.common import ParseError
 from heron.v2v.ovf import Located, allocation_units, parse_ovf, read_ova
@@ -420,3 +422,61 @@ def test_ova_without_envelope_or_not_a_tar(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a tar file" * 40)
     with pytest.raises(ParseError, match="not a readable tar"):
         read_ova(junk)
+
+
+def envelope(vcpus: int, memory_mib: int, disks: list[int], nics: list[tuple[str, str]]) -> str:
+    files = "".join(f'<File ovf:id="f{i}" ovf:href="d{i}.vmdk"/>' for i in range(len(disks)))
+    disk_section = "".join(
+        f'<Disk ovf:diskId="d{i}" ovf:fileRef="f{i}" ovf:capacity="{mib}" '
+        f'ovf:capacityAllocationUnits="byte * 2^20"/>'
+        for i, mib in enumerate(disks)
+    )
+    items = [
+        f"<Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>"
+        f"<rasd:VirtualQuantity>{vcpus}</rasd:VirtualQuantity></Item>",
+        f"<Item><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType>"
+        f"<rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>"
+        f"<rasd:VirtualQuantity>{memory_mib}</rasd:VirtualQuantity></Item>",
+        "<Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>",
+    ]
+    items += [
+        f"<Item><rasd:InstanceID>{10 + i}</rasd:InstanceID><rasd:ResourceType>17"
+        f"</rasd:ResourceType><rasd:HostResource>ovf:/disk/d{i}</rasd:HostResource>"
+        f"<rasd:Parent>3</rasd:Parent><rasd:AddressOnParent>{i}</rasd:AddressOnParent></Item>"
+        for i in range(len(disks))
+    ]
+    items += [
+        f"<Item><rasd:InstanceID>{100 + i}</rasd:InstanceID><rasd:ResourceType>10"
+        f"</rasd:ResourceType><rasd:Address>{mac}</rasd:Address>"
+        f"<rasd:Connection>{network}</rasd:Connection></Item>"
+        for i, (mac, network) in enumerate(nics)
+    ]
+    return (
+        '<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" '
+        'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">'
+        f"<References>{files}</References><DiskSection>{disk_section}</DiskSection>"
+        '<VirtualSystem ovf:id="vm"><VirtualHardwareSection>'
+        + "".join(items)
+        + "</VirtualHardwareSection></VirtualSystem></Envelope>"
+    )
+
+
+macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
+networks = st.from_regex(r"[A-Za-z0-9 _-]{1,20}", fullmatch=True).map(str.strip).filter(bool)
+
+
+@given(
+    st.integers(1, 768),
+    st.integers(1, 1 << 22),
+    st.lists(st.integers(1, 1 << 24), max_size=6),
+    st.lists(st.tuples(macs, networks), max_size=4),
+)
+def test_written_envelopes_read_back(
+    vcpus: int, memory_mib: int, disks: list[int], nics: list[tuple[str, str]]
+) -> None:
+    (vm,) = parse_ovf(envelope(vcpus, memory_mib, disks, nics), "/x/vm.ovf")
+    assert (vm.vcpus, vm.memory_mib) == (vcpus, memory_mib)
+    assert [(d.capacity, d.unit, d.file) for d in vm.disks] == [
+        (mib << 20, i, f"/x/d{i}.vmdk") for i, mib in enumerate(disks)
+    ]
+    assert [(n.mac, n.network) for n in vm.nics] == nics
