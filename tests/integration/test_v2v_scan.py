@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import tarfile
@@ -325,6 +326,8 @@ def loose_disks(store: Path) -> None:
 
 @pytest.fixture(scope="module")
 def datastore(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
     top = tmp_path_factory.mktemp("v2v")
     store, outside = top / "datastore", top / "outside"
     store.mkdir()

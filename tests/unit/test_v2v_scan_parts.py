@@ -62,6 +62,11 @@ def test_descriptor_files(tmp_path: Path) -> None:
     header = struct.pack("<4sIIQQQQ", b"KDMV", 1, 3, 4096, 128, 1, 20).ljust(512, b"\0")
     (tmp_path / "s.vmdk").write_bytes(header + embedded.encode().ljust(20 * 512, b"\0"))
     assert read_vmdk_descriptor(str(tmp_path / "s.vmdk")).capacity == 2 << 20
+    # A header that puts its descriptor far into a big file: only those sectors are read.
+    far = struct.pack("<4sIIQQQQ", b"KDMV", 1, 3, 4096, 128, 1 << 30, 20).ljust(512, b"\0")
+    (tmp_path / "far.vmdk").write_bytes(far)
+    with pytest.raises(ParseError, match="ends before its embedded descriptor"):
+        read_vmdk_descriptor(str(tmp_path / "far.vmdk"))
     (tmp_path / "flat.vmdk").write_bytes(b"\0" * 4096)
     with pytest.raises(ParseError, match="neither a text descriptor nor a sparse VMDK"):
         read_vmdk_descriptor(str(tmp_path / "flat.vmdk"))

@@ -134,10 +134,11 @@ def read_vmdk_descriptor(path: str) -> vmdk.VmdkDescriptor:
         head = f.read(512)
         if head[:4] == vmdk.SPARSE_MAGIC:
             header = vmdk.parse_sparse_header(head, path)
-            f.seek(0)
-            end = (header.descriptor_offset + header.descriptor_sectors) * vmdk.SECTOR
-            data = f.read(end) if header.descriptor_offset else b""
-            return vmdk.parse_descriptor(vmdk.embedded_descriptor(data, header, path), path)
+            # Only the descriptor's sectors are read, wherever the header puts them (its
+            # size is bounded by parse_sparse_header): never the data before them.
+            f.seek(header.descriptor_offset * vmdk.SECTOR)
+            blob = f.read(header.descriptor_sectors * vmdk.SECTOR)
+            return vmdk.parse_descriptor(vmdk.descriptor_sectors(blob, header, path), path)
         if head[:4] == vmdk.COWD_MAGIC:
             raise ParseError(
                 "a vmfsSparse data extent, not a descriptor (the .vmx names its descriptor)",
