@@ -341,6 +341,18 @@ def test_entities_are_refused() -> None:
         parse_ovf(external, "/x/ext.ovf")
 
 
+def line_of(needle: str) -> int:
+    """The line of VSPHERE that holds `needle`."""
+    return next(n for n, line in enumerate(VSPHERE.split("\n"), 1) if needle in line)
+
+
+QUANTITY = line_of("<rasd:VirtualQuantity>8192<")
+UNITS = line_of(">byte * 2^20<")
+DISK_ITEM = line_of("<rasd:ElementName>Hard disk 2<") - 2  # its <Item> line
+DISK = line_of('ovf:diskId="vmdisk1"')  # its <Disk line
+FILE = line_of("app01-disk2.vmdk")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -350,18 +362,24 @@ def test_entities_are_refused() -> None:
         ("<Envelope><VirtualSystem ovf:id='a'/></Envelope>", "no VirtualHardwareSection"),
         (
             VSPHERE.replace("<rasd:VirtualQuantity>8192<", "<rasd:VirtualQuantity>lots<"),
-            "Item 2/VirtualQuantity: not a number",
+            f"b.ovf:{QUANTITY}: Item 2/VirtualQuantity: not a number",
         ),
         (
             VSPHERE.replace(">byte * 2^20<", ">furlongs<"),
-            "Item 2/AllocationUnits: unknown allocation units",
+            f"b.ovf:{UNITS}: Item 2/AllocationUnits: unknown allocation units",
         ),
         (
             VSPHERE.replace("ovf:/disk/vmdisk2", "ovf:/disk/nope"),
-            "Item 6: HostResource ovf:/disk/nope names no Disk",
+            f"b.ovf:{DISK_ITEM}: Item 6: HostResource ovf:/disk/nope names no Disk",
         ),
-        (VSPHERE.replace('ovf:diskId="vmdisk1"', ""), "DiskSection/Disk: a Disk needs a diskId"),
-        (VSPHERE.replace('ovf:id="file2"', ""), "References/File: a File needs id and href"),
+        (
+            VSPHERE.replace('ovf:diskId="vmdisk1"', ""),
+            f"b.ovf:{DISK}: DiskSection/Disk: a Disk needs a diskId",
+        ),
+        (
+            VSPHERE.replace('ovf:id="file2"', ""),
+            f"b.ovf:{FILE}: References/File: a File needs id and href",
+        ),
     ],
 )
 def test_bad_envelopes_name_the_line_or_field(text: str, message: str) -> None:
