@@ -154,7 +154,7 @@ def test_vmcx_hardware_is_left_to_the_administrator() -> None:
         ("<configuration>", "not well-formed XML"),
         (
             LEGACY.replace('"integer">2</count>', '"integer">two</count>'),
-            "processors/count: not a number",
+            "c.xml:13: processors/count: not a number",
         ),
     ],
 )

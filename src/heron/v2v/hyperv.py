@@ -27,7 +27,7 @@ from typing import Literal
 from xml.etree.ElementTree import Element
 
 from heron.models.v2v import DiskBus, Firmware, GuestOs, ScannedDisk, ScannedNic, ScannedVm
-from heron.v2v.common import ParseError, normalize_mac, parse_xml, text
+from heron.v2v.common import ParseError, line_of, normalize_mac, parse_xml, text
 from heron.v2v.findings import hardware_warnings
 
 VhdKind = Literal["fixed", "dynamic", "differencing"]
@@ -272,7 +272,9 @@ def _int(element: Element | None, what: str, path: str | None) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ParseError(f"not a number: {value!r}", path=path, field=what) from None
+        raise ParseError(
+            f"not a number: {value!r}", path=path, line=line_of(element), field=what
+        ) from None
 
 
 def _bool(element: Element | None) -> bool | None:
