@@ -41,17 +41,19 @@ def test_walk_finds_each_file_once_despite_loops(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "x.VMX").write_text("")
     (tmp_path / "a" / "y.ova").write_text("")
+    (tmp_path / "a" / "t.vmtx").write_text("")
     (tmp_path / "a" / "b" / "up").symlink_to(tmp_path)
     (tmp_path / "e" / "Virtual Machines").mkdir(parents=True)
     (tmp_path / "e" / "d.vhdx").write_text("")
     found = _walk(str(tmp_path), 8)
-    assert found.vmx == [str(tmp_path / "a" / "b" / "x.VMX")]
+    assert found.vmx == [str(tmp_path / "a" / "t.vmtx"), str(tmp_path / "a" / "b" / "x.VMX")]
     assert found.ova == [str(tmp_path / "a" / "y.ova")]
     assert found.hyperv_exports == [str(tmp_path / "e")]
     assert found.hard_disks == [str(tmp_path / "e" / "d.vhdx")]
     assert any("loops back" in note for note in found.notes)
     shallow = _walk(str(tmp_path), 1)
-    assert shallow.vmx == [] and any("below depth 1" in n for n in shallow.notes)
+    assert shallow.vmx == [str(tmp_path / "a" / "t.vmtx")]
+    assert any("below depth 1" in n for n in shallow.notes)
 
 
 def test_descriptor_files(tmp_path: Path) -> None:

@@ -373,6 +373,12 @@ def test_numbers_with_leading_zeros_or_in_hex() -> None:
     assert (vm.memory_mib, vm.vcpus) == (8192, 4)
 
 
+def test_windows_line_ends() -> None:
+    vm = parse_vmx(WORKSTATION_WINDOWS.replace("\n", "\r\n"), "/vms/w/w.vmx")
+    assert vm.name == "Windows Server 2022" and [d.device for d in vm.disks] == ["nvme0:0"]
+    assert vm.nics[0].mac == "00:50:56:3f:00:10"
+
+
 def test_missing_memsize_is_left_to_the_administrator() -> None:
     vm = parse_vmx('displayName = "m"', "/d/m.vmx")
     assert vm.memory_mib is None

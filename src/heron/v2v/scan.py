@@ -1,14 +1,15 @@
 """The directory source: a directory on a node (a copied datastore, an export, an NFS datastore
 mounted read-only) walked for VMs, read with the pure parsers, checked with qemu-img.
 
-Found: VMware VM folders (every .vmx, its .vmdk descriptors, extents and snapshot chains),
-OVF envelopes and OVA archives, Hyper-V exports (a folder with "Virtual Machines/" and
-"Virtual Hard Disks/") and VHD/VHDX files that belong to none of them. Each disk is opened
-with `qemu-img info` with its format given (never guessed: a fixed VHD would read as raw,
-512 bytes too large) and a time limit, and its capacity and chain are compared with what the
-descriptors said. A description that does not parse is a failure of the report; a disk that is
-missing or that qemu-img cannot read is a blocker of its VM: nothing found in a directory
-raises out of the scan. The walk is bounded in depth and follows a symlinked directory once.
+Found: VMware VM folders (every .vmx or template .vmtx, its .vmdk descriptors, extents and
+snapshot chains), OVF envelopes and OVA archives, Hyper-V exports (a folder with "Virtual
+Machines/" and "Virtual Hard Disks/") and VHD/VHDX files that belong to none of them. Each
+disk is opened with `qemu-img info` with its format given (never guessed: a fixed VHD would
+read as raw, 512 bytes too large) and a time limit, and its capacity and chain are compared
+with what the descriptors said. A description that does not parse is a failure of the
+report; a disk that is missing or that qemu-img cannot read is a blocker of its VM: nothing
+found in a directory raises out of the scan. The walk is bounded in depth and follows a
+symlinked directory once.
 """
 
 import asyncio
@@ -77,7 +78,7 @@ def _walk(root: str, max_depth: int) -> _Walk:
                     found.hyperv_exports.append(directory)
                 subdirs.append(entry.path)
             elif is_file:
-                if name.endswith(".vmx"):
+                if name.endswith((".vmx", ".vmtx")):  # .vmtx: a template, read alike
                     found.vmx.append(entry.path)
                 elif name.endswith(".ovf"):
                     found.ovf.append(entry.path)

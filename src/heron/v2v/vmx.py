@@ -386,7 +386,8 @@ def _nics(settings: _Settings, vm: ScannedVm) -> None:
         elif mac is None:
             vm.warn(
                 "mac-unknown",
-                "VMware assigns this NIC's MAC at power on and has not yet: a new one is made",
+                "the NIC has no MAC yet (VMware assigns a generated one at power on): a new "
+                "one is made",
                 prefix,
             )
         nic_model_warning(vm, model, prefix)
