@@ -214,6 +214,8 @@ def test_sparse_header_errors() -> None:
 def test_text_descriptor_detection() -> None:
     assert looks_like_text_descriptor(ESXI_THIN.encode())
     assert not looks_like_text_descriptor(b"\0" * 512)
+    # qemu-img pads the descriptors it writes (convert -o subformat=monolithicFlat) to 512.
+    assert looks_like_text_descriptor(ESXI_THIN.encode()[:400].ljust(512, b"\0"))
     assert not looks_like_text_descriptor(b"COWD" + b"\0" * 100)
 
 

@@ -151,7 +151,7 @@ def read_vmdk_descriptor(path: str) -> vmdk.VmdkDescriptor:
         data = f.read(vmdk.MAX_DESCRIPTOR + 1)
     if len(data) > vmdk.MAX_DESCRIPTOR:
         raise ParseError("too large for a descriptor", path=path)
-    return vmdk.parse_descriptor(data.decode("utf-8", errors="replace"), path)
+    return vmdk.parse_descriptor(data.rstrip(b"\0").decode("utf-8", errors="replace"), path)
 
 
 def _vmfs_relative(name: str, root: str) -> Iterator[str]:

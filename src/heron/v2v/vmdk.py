@@ -299,5 +299,6 @@ def looks_like_text_descriptor(head: bytes) -> bool:
     """Whether the file's first bytes are a text descriptor (not a data extent)."""
     if head[:4] in (SPARSE_MAGIC, COWD_MAGIC):
         return False
-    sample = head[:1024]
+    # qemu-img pads the descriptors it writes to a whole sector with NULs.
+    sample = head[:1024].rstrip(b"\0")
     return b"\0" not in sample and (b"Disk DescriptorFile" in sample or b"createType" in sample)
