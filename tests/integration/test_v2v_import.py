@@ -63,6 +63,7 @@ def datastore(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Path
     vmware_vm(ds, "db02", testguest, "twoGbMaxExtentFlat", "00:50:56:a1:b2:c4")
     vmware_vm(ds, "app03", testguest, "streamOptimized", "00:50:56:a1:b2:c5")
     vmware_vm(ds, "broken05", testguest, "monolithicFlat", "00:50:56:a1:b2:c6")
+    vmware_vm(ds, "evil07", testguest, "monolithicFlat", "00:50:56:a1:b2:c7")
     hyperv = ds / "hv04" / "Virtual Hard Disks"
     hyperv.mkdir(parents=True)
     qemu_img("convert", "-f", "raw", "-O", "vhdx", str(testguest), str(hyperv / "hv04.vhdx"))
@@ -90,7 +91,7 @@ def test_scan_import_verify_and_boot(
     api.wait_task(ref["task"])
     scan = api.ok("GET", "/imports/sources/ds1/scan")
     found = by_name(scan)
-    assert {"Web01", "Db02", "App03", "Broken05", "hv04", "fixed06"} <= set(found), found.keys()
+    assert {"Web01", "Db02", "App03", "Broken05", "hv04", "fixed06", "Evil07"} <= set(found)
     web = found["Web01"]
     assert web["disks"][0]["format"] == "vmdk" and web["nics"][0]["mac"] == MAC
     assert found["fixed06"]["disks"][0]["format"] == "vpc"
@@ -116,25 +117,33 @@ def test_scan_import_verify_and_boot(
     api.ok("PUT", "/cluster/settings", json={"imports": {"parallel": 1}})
     # The broken VM's disk is lost after the scan: its import fails, the others go on.
     (datastore / "broken05" / "broken05-flat.vmdk").write_bytes(b"")
-    items = [{"vm": found[n]["path"]} for n in ("Web01", "Broken05", "Db02", "App03")]
+    # Another's descriptor now names a file of the node's own as its data.
+    descriptor = datastore / "evil07" / "evil07.vmdk"
+    descriptor.write_text(descriptor.read_text().replace('"evil07-flat.vmdk"', '"/etc/hostname"'))
+    names = ("Web01", "Broken05", "Db02", "App03", "Evil07")
+    items = [{"vm": found[n]["path"]} for n in names]
     items += [{"vm": found["hv04"]["path"], "vcpus": 1, "memory_mib": 128}]
     items += [{"vm": found["fixed06"]["path"], "vcpus": 1, "memory_mib": 128}]
     reply = api.ok("POST", "/imports", json={**base, "vms": items, "start": False})
     tasks = {vm["name"]: vm["task"] for vm in reply["vms"]}
-    assert list(tasks) == ["web01", "broken05", "db02", "app03", "hv04", "fixed06"]
+    assert list(tasks) == ["web01", "broken05", "db02", "app03", "evil07", "hv04", "fixed06"]
     # The last is cancelled while it waits its turn.
     api.ok("POST", f"/tasks/{tasks['fixed06']}/cancel")
     ended = {name: api.task_end(task, 300) for name, task in tasks.items()}
     assert {n: t["state"] for n, t in ended.items()} == {
         "web01": "succeeded", "broken05": "failed", "db02": "succeeded",
-        "app03": "succeeded", "hv04": "succeeded", "fixed06": "cancelled",
+        "app03": "succeeded", "evil07": "failed", "hv04": "succeeded", "fixed06": "cancelled",
     }  # fmt: skip
-    assert "broken05-disk0" in ended["broken05"]["error"]
+    # A data file cut short would be read on as zeroes: refused with what it holds.
+    assert "broken05-disk0:" in ended["broken05"]["error"]
+    assert "holds 0 bytes" in ended["broken05"]["error"]
+    assert "outside it: /etc/hostname" in ended["evil07"]["error"]
     assert any("verified" in line for line in ended["web01"]["log"])
     names = {v["name"] for v in api.ok("GET", "/vms")}
     assert {"web01", "db02", "app03", "hv04"} <= names
-    assert not {"broken05", "fixed06"} & names
-    assert not {"broken05-disk0", "fixed06-disk0"} & volumes(api)  # nothing half-imported
+    assert not {"broken05", "evil07", "fixed06"} & names
+    made = {"broken05-disk0", "evil07-disk0", "fixed06-disk0"}
+    assert not made & volumes(api)  # nothing half-imported
 
     # The imported VM boots, with its MAC.
     vm = api.ok("GET", "/vms/web01")

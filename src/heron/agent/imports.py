@@ -152,14 +152,21 @@ class Imports:
 
     async def _inside(self, source: str, fmt: str | None, root: Path, name: str) -> None:
         """The scan refused disks that read files outside the source; their files may have
-        changed since (a descriptor naming /etc/shadow as an extent): checked again here."""
+        changed since (a descriptor naming /etc/shadow as an extent, a data file cut short,
+        which qemu-img would read on as zeroes): checked again here."""
         try:
             files = await qemuimg.files_read(source, fmt)
         except StorageError as exc:
             raise TaskFailed(f"{name}: the source cannot be read: {exc}") from exc
-        outside = [f for f in files if not inside(f, str(root))]
+        outside = [f for f, _ in files if not inside(f, str(root))]
         if outside:
             raise TaskFailed(f"{name}: the source reads files outside it: {', '.join(outside)}")
+        for path, least in files:
+            held = Path(path).stat().st_size
+            if held < least:
+                raise TaskFailed(
+                    f"{name}: {path} holds {held} bytes of the {least} its descriptor says"
+                )
 
     async def _finish(self, vm_id: str, start: bool) -> RunState:
         if start:
