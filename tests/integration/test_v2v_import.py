@@ -170,8 +170,12 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, datastore: Path, tm
     refused = cli(env, "import", "start", "ds2", "App03", "--pool", "local", check=False)
     assert refused.returncode != 0 and "VM Network" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    done = cli(env, "import", "start", "ds2", "App03", "--pool", "local", "--network",
-               "VM Network=user", "--name", "app03-cli", "--wait")  # fmt: skip
+    again = ["import", "start", "ds2", "App03", "--pool", "local", "--network",
+             "VM Network=user", "--name", "app03-cli", "--wait"]  # fmt: skip
+    # app03, imported before, has its MAC: a second copy must take a new one.
+    taken = cli(env, *again, check=False)
+    assert taken.returncode != 0 and "00:50:56:a1:b2:c5 is another NIC's" in taken.stderr
+    done = cli(env, *again, "--no-keep-macs")
     assert "app03-cli" in done.stdout
     assert api.ok("GET", "/vms/app03-cli")["spec"]["nics"][0]["network"] == "user"
     listed = cli(env, "import", "list").stdout

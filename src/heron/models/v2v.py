@@ -1,11 +1,12 @@
-"""V2V scans: what a source (a directory, a datastore, an OVA) holds that Heron can import.
+"""V2V: what a scan finds in a source (a directory, a datastore, an OVA) that Heron can
+import, and what the guest fix found and changed in an imported Linux guest.
 
 A scan reads each VM's description (a VMware .vmx with its .vmdk descriptors, an OVF envelope
 or OVA archive, a Hyper-V export) and lists, per VM, the hardware it had, its disks and NICs,
 and what will not carry over: `blockers` stop its import (an encrypted disk, a raw device
 mapping, a missing disk file), `warnings` carry over with a change the administrator should
 know of (vmxnet3 becomes virtio-net, only the current state of a snapshot chain is imported).
-Nothing here is stored in the ConfigDB: a scan is read again whenever it is asked for. The
+A source's last scan is kept with it (models/imports.py ScanResult) until the next one. The
 parsers are in heron.v2v; docs/v2v.md says what each format gives and why each finding is one.
 """
 
@@ -155,3 +156,39 @@ class ScanReport(_Model):
         description="what the scan skipped and why (depth limit, symlink loops, unreadable "
         "directories)",
     )
+
+
+# -- the guest fix: what it found in an imported Linux guest and what it changed ---------
+
+GuestFixKind = Literal["device-names", "initramfs", "package-removed", "boot-file", "selinux"]
+InitramfsTool = Literal["update-initramfs", "dracut"]
+
+
+class GuestFixChange(BaseModel):
+    """One change made inside the guest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: GuestFixKind
+    # The file changed in the guest (a path on the filesystem it is on; "(partition /dev/sda1)"
+    # names a filesystem the guest does not mount), or the package removed.
+    path: str
+    detail: str
+
+
+class GuestFixReport(BaseModel):
+    """What the guest fix found (distribution, kernels) and changed, with its warnings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    os_type: Literal["linux"] = "linux"
+    distro: str = Field(description="libguestfs' name for the distribution, e.g. debian, rhel")
+    product: str = Field(description="the distribution's own name and version")
+    version: str = Field(description="major.minor")
+    root: str = Field(description="the guest's root filesystem, as the fix's appliance names it")
+    kernels: list[str] = Field(description="kernel versions installed in the guest")
+    initramfs_tool: InitramfsTool | None
+    boot_loaders: list[str] = Field(description="boot loader configuration files found")
+    changes: list[GuestFixChange]
+    warnings: list[str] = Field(description="what was not fixed or may still stop a boot")
+    duration_seconds: float

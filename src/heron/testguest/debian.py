@@ -37,6 +37,10 @@ Why it is built this way:
   packages named here (from the host's package lists, so the check is offline), the versions of
   the host tools that shape the image, and the builder's own files. ``debian.packages`` beside
   the image lists every package version inside it.
+* Other guests are flavours of this one (``Flavour``: packages, initramfs configuration,
+  kernel command line, fstab, overlay files, customize steps), built by the same code into
+  their own files: the V2V tests' VMware-style guest (``heron.testguest.vmware``) is one.
+  ``SNAPSHOT`` is this guest, the default everywhere.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +65,8 @@ from heron.testguest.build import BuildError, run
 # Bump whenever the output of this module changes for the same inputs: it invalidates stamps.
 BUILD_VERSION = 3
 
-IMAGE_NAME = "debian.qcow2"
-KERNEL_NAME = "debian.vmlinuz"
-INITRD_NAME = "debian.initrd"
-STAMP_NAME = "debian.stamp.json"
-MANIFEST_NAME = "debian.packages"
-LOCK_NAME = ".debian.lock"
+# A flavour's files in the output directory are NAME.qcow2, NAME.vmlinuz, NAME.initrd,
+# NAME.packages (the versions inside), NAME.stamp.json and .NAME.lock (Flavour.guest, build).
 BUILD_DIR_PREFIX = ".build-"
 
 SUITE = "bookworm"
@@ -220,11 +220,9 @@ def host_mirrors(apt: Path = Path("/etc/apt"), suite: str = SUITE) -> list[str]:
     return lines
 
 
-def root_size(tree_bytes: int) -> int:
+def root_size(tree_bytes: int, headroom: int = ROOT_HEADROOM_BYTES) -> int:
     """The root filesystem's size for a tree of `tree_bytes`: room for metadata and growth."""
-    return testguest.round_up(
-        tree_bytes + tree_bytes // 4 + ROOT_HEADROOM_BYTES, ROOT_ROUNDING_BYTES
-    )
+    return testguest.round_up(tree_bytes + tree_bytes // 4 + headroom, ROOT_ROUNDING_BYTES)
 
 
 def disk_layout(boot_bytes: int, root_bytes: int) -> str:
@@ -259,37 +257,90 @@ def mariadb_setup_sql() -> str:
     )
 
 
-def customize_script(root_var: str = '"$1"') -> str:
-    """mmdebstrap's customize hook (run on the host with the root tree as $1)."""
+def database_setup(root_var: str) -> list[str]:
+    """The snapshot guest's own customize steps: its databases, started at boot."""
     r = root_var
     pg = f"/usr/lib/postgresql/{PG_VERSION}/bin/postgres"
     data = f"/var/lib/postgresql/{PG_VERSION}/main"
     conf = f"config_file=/etc/postgresql/{PG_VERSION}/main/postgresql.conf"
     single = f"chroot {r} runuser -u postgres -- {pg} --single -D {data} -c {conf}"
-    masks = " ".join(MASKED_UNITS)
     statements = database_setup_sql().splitlines()
+    return [
+        f"chroot {r} systemctl enable --quiet postgresql.service mariadb.service",
+        f"echo 'CREATE DATABASE {DATABASE};' | {single} postgres >/dev/null",
+        *(f"echo '{sql}' | {single} {DATABASE} >/dev/null" for sql in statements),
+        # Debian's MariaDB logs to the journal and makes no /var/log/mysql; the overlay's
+        # log_error (a file the tests read across reboots of clones) needs it.
+        f"chroot {r} install -d -o mysql -g adm -m 2750 /var/log/mysql",
+        # The package's postinst made MariaDB's system tables; bootstrap mode runs SQL
+        # without a socket, and resizes the redo log to the overlay's setting on the way.
+        f"printf '%s\\n' {shlex.join(mariadb_setup_sql().splitlines())}"
+        f" | chroot {r} mariadbd --user=mysql --bootstrap",
+        # Its messages went to the error log: the guest's starts with its first boot.
+        f"rm -f {r}/var/log/mysql/error.log",
+    ]
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """What makes one guest built here differ from another: the snapshot tests' guest
+    (`SNAPSHOT`, the default everywhere) and variants of it, such as the V2V tests'
+    VMware-style guest (heron.testguest.vmware)."""
+
+    # The prefix of its files in the output directory (NAME.qcow2, NAME.vmlinuz, ...).
+    name: str
+    packages: tuple[str, ...]
+    # Copied into /etc/initramfs-tools before any package is installed.
+    initramfs: Path
+    cmdline: str
+    # /etc/fstab, whole.
+    fstab: str
+    # The root filesystem's UUID (mkfs.ext4 -U).
+    root_uuid: str
+    # Files of OVERLAY (relative paths) it takes; None: all of it, with the freeze hooks.
+    overlay_files: tuple[str, ...] | None
+    # Its own customize steps, given the shell expression of the root tree.
+    setup: Callable[[str], list[str]]
+    root_headroom: int = ROOT_HEADROOM_BYTES
+    # The boot partition's size as a multiple of its files' (room for a bigger initramfs).
+    boot_room: int = 1
+    # Files of its own its stamp follows (its module, its configuration).
+    sources: tuple[Path, ...] = ()
+
+    def guest(self, out: Path) -> DebianGuest:
+        return DebianGuest(
+            out / f"{self.name}.qcow2", out / f"{self.name}.vmlinuz", out / f"{self.name}.initrd",
+            self.cmdline,
+        )  # fmt: skip
+
+
+SNAPSHOT = Flavour(
+    name="debian",
+    packages=PACKAGES,
+    initramfs=INITRAMFS_CONFIG,
+    cmdline=KERNEL_CMDLINE,
+    fstab=f"UUID={ROOT_UUID} / ext4 rw,errors=remount-ro 0 0\n",
+    root_uuid=ROOT_UUID,
+    overlay_files=None,
+    setup=database_setup,
+)
+
+
+def customize_script(root_var: str = '"$1"', flavour: Flavour = SNAPSHOT) -> str:
+    """mmdebstrap's customize hook (run on the host with the root tree as $1)."""
+    r = root_var
+    masks = " ".join(MASKED_UNITS)
     return "\n".join(
         [
             "set -eu",
             f"echo heron-debian > {r}/etc/hostname",
-            f"printf 'UUID={ROOT_UUID} / ext4 rw,errors=remount-ro 0 0\\n' > {r}/etc/fstab",
+            f"printf '%s' {shlex.quote(flavour.fstab)} > {r}/etc/fstab",
             # No root password: the console runs the command channel, and nothing listens on
             # a network.
             f"chroot {r} passwd -d root >/dev/null",
-            f"chroot {r} systemctl enable --quiet heron-commands.service postgresql.service "
-            "mariadb.service",
+            f"chroot {r} systemctl enable --quiet heron-commands.service",
             f"chroot {r} systemctl mask --quiet {masks}",
-            f"echo 'CREATE DATABASE {DATABASE};' | {single} postgres >/dev/null",
-            *(f"echo '{sql}' | {single} {DATABASE} >/dev/null" for sql in statements),
-            # Debian's MariaDB logs to the journal and makes no /var/log/mysql; the overlay's
-            # log_error (a file the tests read across reboots of clones) needs it.
-            f"chroot {r} install -d -o mysql -g adm -m 2750 /var/log/mysql",
-            # The package's postinst made MariaDB's system tables; bootstrap mode runs SQL
-            # without a socket, and resizes the redo log to the overlay's setting on the way.
-            f"printf '%s\\n' {shlex.join(mariadb_setup_sql().splitlines())}"
-            f" | chroot {r} mariadbd --user=mysql --bootstrap",
-            # Its messages went to the error log: the guest's starts with its first boot.
-            f"rm -f {r}/var/log/mysql/error.log",
+            *flavour.setup(r),
             f"chroot {r} dpkg-query -W > {r}/.heron-packages",
             # What apt downloaded is not part of the guest.
             f"rm -rf {r}/var/cache/apt/archives/*.deb {r}/var/lib/apt/lists/*",
@@ -331,63 +382,78 @@ def remove_build_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def resolve_packages() -> list[testguest.DebPackage]:
+def resolve_packages(flavour: Flavour = SNAPSHOT) -> list[testguest.DebPackage]:
     """The versions apt would pick now for the packages asked for (and the versioned kernel)."""
     kernel = testguest.parse_kernel_dependency(
         run(["apt-cache", "depends", testguest.KERNEL_METAPACKAGE])
     )
-    return testguest.candidates([*PACKAGES, kernel])
+    return testguest.candidates([*flavour.packages, kernel])
 
 
-def source_digests() -> dict[str, str]:
-    files = [Path(__file__), COMMAND_CHANNEL]
-    files += sorted(p for d in (OVERLAY, INITRAMFS_CONFIG) for p in d.rglob("*") if p.is_file())
+def overlay_sources(flavour: Flavour = SNAPSHOT) -> list[Path]:
+    """The overlay files a flavour takes."""
+    if flavour.overlay_files is None:
+        return sorted(p for p in OVERLAY.rglob("*") if p.is_file())
+    return [OVERLAY / name for name in flavour.overlay_files]
+
+
+def source_digests(flavour: Flavour = SNAPSHOT) -> dict[str, str]:
+    files = [Path(__file__), COMMAND_CHANNEL, *overlay_sources(flavour), *flavour.sources]
+    files += sorted(p for p in flavour.initramfs.rglob("*") if p.is_file())
     digests = {
         str(path.relative_to(HERE.parent)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in files
     }
-    for name in HOOKS:
-        digests[f"guest/{name}"] = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
+    if flavour.overlay_files is None:
+        for name in HOOKS:
+            digests[f"guest/{name}"] = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
     return digests
 
 
-def stamp_inputs(packages: Sequence[testguest.DebPackage]) -> dict[str, object]:
+def stamp_inputs(
+    packages: Sequence[testguest.DebPackage], flavour: Flavour = SNAPSHOT
+) -> dict[str, object]:
     return {
         "build_version": BUILD_VERSION,
         "packages": [package.spec for package in packages],
         "host": {name: testguest.host_package_version(name) for name in HOST_PACKAGES},
-        "sources": source_digests(),
+        "sources": source_digests(flavour),
     }
 
 
-def make_tree(root: Path, work: Path) -> None:
+def make_tree(root: Path, work: Path, flavour: Flavour = SNAPSHOT) -> None:
     """The root tree, by mmdebstrap, with Heron's files and setup in it."""
     overlay = work / "overlay"
-    shutil.copytree(OVERLAY, overlay, symlinks=True)
+    if flavour.overlay_files is None:
+        shutil.copytree(OVERLAY, overlay, symlinks=True)
+        for name, path in HOOKS.items():
+            target = overlay / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(SHIPPED / name, target)
+            target.chmod(0o755)
+    for name in flavour.overlay_files or ():
+        target = overlay / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(OVERLAY / name, target)
     channel = overlay / COMMAND_CHANNEL_PATH
     channel.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(COMMAND_CHANNEL, channel)
     channel.chmod(0o755)
-    for name, path in HOOKS.items():
-        target = overlay / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHIPPED / name, target)
-        target.chmod(0o755)
     hook = work / "customize.sh"
-    hook.write_text(customize_script())
+    hook.write_text(customize_script(flavour=flavour))
     cmd = [
         "mmdebstrap",
         "--mode=root",
         "--variant=minbase",
         "--format=directory",
         "--quiet",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(flavour.packages)}",
         "--aptopt=Acquire::Check-Valid-Until false",
         "--aptopt=APT::Install-Recommends false",
         *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
         # Before any package: the kernel's first initramfs is then already the small one.
         f'--setup-hook=mkdir -p "$1/etc/initramfs-tools" && '
-        f'cp -r {INITRAMFS_CONFIG}/. "$1/etc/initramfs-tools/"',
+        f'cp -r {flavour.initramfs}/. "$1/etc/initramfs-tools/"',
         f'--customize-hook=cp -r {overlay}/. "$1/"',
         f'--customize-hook=sh {hook} "$1"',
         SUITE,
@@ -413,21 +479,26 @@ def tree_bytes(root: Path) -> int:
     return int(run(["du", "-sb", "--one-file-system", str(root)]).split()[0])
 
 
-def make_disk(raw: Path, root: Path, kernel: Path, initrd: Path, work: Path) -> None:
+def make_disk(
+    raw: Path, root: Path, kernel: Path, initrd: Path, work: Path, flavour: Flavour = SNAPSHOT
+) -> None:
     """The partitioned raw disk: syslinux + kernel + initramfs on FAT, the tree on ext4."""
     files = {
         "vmlinuz": kernel.read_bytes(),
         "initrd.gz": initrd.read_bytes(),
-        "syslinux.cfg": testguest.render_syslinux_cfg(KERNEL_CMDLINE).encode(),
+        "syslinux.cfg": testguest.render_syslinux_cfg(flavour.cmdline).encode(),
     }
-    boot_bytes = testguest.partition_size(sum(len(data) for data in files.values()))
-    root_bytes = root_size(tree_bytes(root))
+    boot_bytes = testguest.partition_size(
+        sum(len(data) for data in files.values()) * flavour.boot_room
+    )
+    root_bytes = root_size(tree_bytes(root), flavour.root_headroom)
     ext4 = work / "root.ext4"
     log(f"making the {root_bytes // MIB} MiB ext4 root")
     env_mkfs = ["env", f"E2FSPROGS_FAKE_TIME={SOURCE_DATE_EPOCH}"]
+    uuid = flavour.root_uuid
     run(
-        [*env_mkfs, "mkfs.ext4", "-q", "-F", "-L", "heron-root", "-U", ROOT_UUID,
-         "-E", f"hash_seed={ROOT_UUID}", "-d", str(root), str(ext4), f"{root_bytes // 1024}k"]
+        [*env_mkfs, "mkfs.ext4", "-q", "-F", "-L", "heron-root", "-U", uuid,
+         "-E", f"hash_seed={uuid}", "-d", str(root), str(ext4), f"{root_bytes // 1024}k"]
     )  # fmt: skip
     boot_offset = BOOT_START_SECTOR * SECTOR_SIZE
     root_offset = boot_offset + boot_bytes
@@ -454,18 +525,20 @@ def make_disk(raw: Path, root: Path, kernel: Path, initrd: Path, work: Path) -> 
          "conv=notrunc,sparse", "status=none"])  # fmt: skip
 
 
-def build(out: Path, *, force: bool = False) -> DebianGuest:
-    """Build ``out/debian.qcow2`` unless an image from the same inputs is already there."""
+def build(out: Path, *, force: bool = False, flavour: Flavour = SNAPSHOT) -> DebianGuest:
+    """Build ``out/debian.qcow2`` (``NAME.qcow2`` of another flavour) unless an image from the
+    same inputs is already there."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / LOCK_NAME).open("w") as lock:
+    with (out / f".{flavour.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(out, force=force)
+        return _build_locked(out, force=force, flavour=flavour)
 
 
-def _build_locked(out: Path, *, force: bool) -> DebianGuest:
-    guest = DebianGuest(out / IMAGE_NAME, out / KERNEL_NAME, out / INITRD_NAME)
-    stamp = out / STAMP_NAME
-    inputs = stamp_inputs(resolve_packages())
+def _build_locked(out: Path, *, force: bool, flavour: Flavour) -> DebianGuest:
+    guest = flavour.guest(out)
+    stamp = out / f"{flavour.name}.stamp.json"
+    manifest_name = f"{flavour.name}.packages"
+    inputs = stamp_inputs(resolve_packages(flavour), flavour)
     complete = all(path.is_file() for path in (guest.image, guest.kernel, guest.initrd))
     if not force and complete and testguest.up_to_date(guest.image, stamp, inputs):
         log("up to date")
@@ -474,24 +547,24 @@ def _build_locked(out: Path, *, force: bool) -> DebianGuest:
         raise BuildError("building the Debian guest needs root (mmdebstrap --mode=root)")
     stamp.unlink(missing_ok=True)
     # Leftovers of a build that was killed (we hold the lock: no build is running).
-    for stale in out.glob(f"{BUILD_DIR_PREFIX}*"):
+    for stale in out.glob(f"{BUILD_DIR_PREFIX}{flavour.name}-*"):
         remove_build_dir(stale)
-    work = Path(tempfile.mkdtemp(dir=out, prefix=BUILD_DIR_PREFIX))
+    work = Path(tempfile.mkdtemp(dir=out, prefix=f"{BUILD_DIR_PREFIX}{flavour.name}-"))
     try:
         root = work / "root"
         log(f"bootstrapping Debian {SUITE} into {root}")
-        make_tree(root, work)
+        make_tree(root, work, flavour)
         kernel, initrd = boot_files(root)
         manifest = root / ".heron-packages"
-        shutil.move(manifest, work / MANIFEST_NAME)
+        shutil.move(manifest, work / manifest_name)
         raw = work / "debian.raw"
-        make_disk(raw, root, kernel, initrd, work)
-        partial = work / IMAGE_NAME
+        make_disk(raw, root, kernel, initrd, work, flavour)
+        partial = work / guest.image.name
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
-        shutil.copyfile(kernel, work / KERNEL_NAME)
-        shutil.copyfile(initrd, work / INITRD_NAME)
-        for name in (KERNEL_NAME, INITRD_NAME, MANIFEST_NAME, IMAGE_NAME):
-            os.replace(work / name, out / name)
+        shutil.copyfile(kernel, work / guest.kernel.name)
+        shutil.copyfile(initrd, work / guest.initrd.name)
+        for path in (guest.kernel, guest.initrd, out / manifest_name, guest.image):
+            os.replace(work / path.name, path)
     finally:
         remove_build_dir(work)
     stamp.write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
