@@ -8,6 +8,7 @@ nothing half-imported stays. A source is read where it is: a directory of this n
 NFS export mounted read-only under `<state>/mnt/import-<source>`.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from heron.models.vm import VM, PowerState, RunState
 from heron.storage import qemuimg
 from heron.storage.dirpool import mount_nfs
 from heron.storage.driver import PoolDriver, StorageError
+from heron.v2v.guestfix import GuestFixError, fix_linux
 from heron.v2v.scan import inside, scan_directory
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_SCAN_BYTES = 1024 * 1024
 # Of a disk's share of the progress, the copy takes this much and the comparison the rest.
 COPY_SHARE = 0.7
+# The guest fix boots libguestfs' appliance (about 2 minutes under TCG, docs/v2v.md).
+FIX_TIMEOUT = 900.0
 
 VolumeOf = Callable[[str], Awaitable[tuple[Volume, PoolDriver]]]
 SetVolume = Callable[..., Awaitable[None]]
@@ -110,7 +114,7 @@ class Imports:
             root = await self.root(await self._source(params.source))
             await self._disks(ctx, params, root)
             if params.guest_fix == "auto":
-                await ctx.log("the guest is imported as it was: no guest fix on this node")
+                await self._fix_guest(ctx, params, vm_id)
             state = await self._finish(vm_id, params.start)
         except BaseException as exc:
             log.warning("import of %s failed (%r): removing what it made", vm_id, exc)
@@ -167,6 +171,39 @@ class Imports:
                 raise TaskFailed(
                     f"{name}: {path} holds {held} bytes of the {least} its descriptor says"
                 )
+
+    async def _fix_guest(self, ctx: TaskContext, params: ImportParams, vm_id: str) -> None:
+        """Fix the Linux guest on its first disk to boot on virtio (heron.v2v.guestfix). When
+        it cannot be fixed, its disks become SATA and its NICs e1000, which every Linux
+        has drivers for, and the task's log says why: the import itself goes on."""
+        volume, pool = await self.volume(params.disks[0].volume)
+        image = Path(pool.image(volume))
+        if not image.is_file():
+            await self._plain_buses(ctx, vm_id, f"{volume.name} is not a file on this node")
+            return
+        await ctx.progress(ctx.task.progress, "fixing the guest to boot on virtio")
+        said: list[str] = []
+        try:
+            report = await asyncio.to_thread(
+                fix_linux, image, volume.format.value, timeout=FIX_TIMEOUT, log=said.append
+            )
+        except GuestFixError as exc:
+            await self._plain_buses(ctx, vm_id, str(exc))
+            return
+        changed = "; ".join(f"{c.kind} {c.path}" for c in report.changes) or "nothing to change"
+        await ctx.log(f"guest fixed ({report.product}, {report.duration_seconds:.0f} s): {changed}")
+        for warning in report.warnings:
+            await ctx.log(f"guest fix: {warning}")
+
+    async def _plain_buses(self, ctx: TaskContext, vm_id: str, why: str) -> None:
+        def plain(vm: VM) -> VM:
+            disks = [d.model_copy(update={"bus": "sata"}) for d in vm.spec.disks]
+            nics = [n.model_copy(update={"model": "e1000"}) for n in vm.spec.nics]
+            return vm.model_copy(update={"spec": vm.spec.model_copy(
+                update={"disks": disks, "nics": nics})})  # fmt: skip
+
+        await self.db.update(VM, keys.vm(vm_id), plain)
+        await ctx.log(f"guest not fixed ({why}): its disks are SATA and its NICs e1000")
 
     async def _finish(self, vm_id: str, start: bool) -> RunState:
         if start:
