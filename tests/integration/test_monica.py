@@ -338,3 +338,22 @@ def test_notices_reach_a_webhook_but_not_for_a_silenced_alert(api: Api) -> None:
     finally:
         receiver.close()
         api.delete("/alerts/channels/hook")
+
+
+def test_a_node_that_left_has_its_alerts_resolved_as_object_removed(api: Api) -> None:
+    """The module's last test: a node leaves the cluster for good. Its agent still runs here,
+    its condition still holds; its alert resolves all the same, saying why."""
+    rule(api, "reads-etcd-left")
+    wait_for(lambda: len(alerts(api, "reads-etcd-left", "firing")) == 3, ROUNDS, "the rule firing")
+    taken = {v["node"] for v in api.ok("GET", "/vms")}
+    empty = next(n for n in ("node3", "node2") if n not in taken)
+    api.ok("POST", f"/nodes/{empty}/leave")
+    resolved = wait_for(
+        lambda: (a := alerts(api, "reads-etcd-left")[empty])["state"] == "resolved" and a,
+        ROUNDS,
+        f"{empty}'s alert resolved once it left",
+    )
+    assert resolved["resolved_reason"] == "object removed"
+    still = alerts(api, "reads-etcd-left")
+    assert [still[n]["state"] for n in sorted(still) if n != empty] == ["firing", "firing"]
+    rule(api, "reads-etcd-left", enabled=False)

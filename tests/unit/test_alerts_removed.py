@@ -109,3 +109,17 @@ async def test_a_node_does_not_fire_an_alert_about_a_vm_that_no_longer_exists(
     fired = {e.value.labels.get("vm") for e in await db.list(Alert, keys.ALERTS)}
     assert fired == {WEB}
     await node.rules.stored.stop()
+
+
+async def test_a_node_that_left_fires_no_alert_of_its_own(tmp_path: Path) -> None:
+    db = FakeConfigDB()
+    await db.put(keys.node_settings("node3"), NodeSettings(left=True, changed_at=T0))
+    rule = AlertRule(name="busy", metric="node_load1", op=">", value=4, for_seconds=0)
+    await db.put(keys.alert_rule(rule.name), rule)
+    left = NodeAlerts(db, "node3", AuditLog(tmp_path / "audit.jsonl", "node3"))
+    here = NodeAlerts(db, "node1", AuditLog(tmp_path / "audit.jsonl", "node1"))
+    for node in (left, here):
+        await node.round(T0, {"node_load1": 9.0})
+        await node.rules.stored.stop()
+    fired = {e.value.labels["node"] for e in await db.list(Alert, keys.ALERTS)}
+    assert fired == {"node1"}

@@ -24,6 +24,7 @@ from heron.configdb.client import EtcdTls
 from heron.configdb.election import Election
 from heron.configdb.membership import Membership
 from heron.models.alerts import Alert, AlertRule, Channel, ResolvedReason, Silence
+from heron.models.node import NodeSettings
 from heron.models.vm import VM, RunState
 from heron.monitor.rules import (
     NODE_DOWN,
@@ -122,16 +123,21 @@ class NodeAlerts:
         if not self.adopted:
             self._adopt([e.value for e in await self.db.list(Alert, keys.ALERTS)], rules)
         for finding in self.checker.round(t, values, rules):
-            vm = finding.labels.get("vm")
-            if finding.firing is not None and vm is not None and not await self._exists(vm):
-                # A deleted VM's series went (an absence rule's case): nothing to alert about.
-                continue
+            if finding.firing is not None and await self._removed(finding.labels):
+                continue  # the leader would resolve it at once (AlertController)
             alert = await write(self.db, finding, t)
             if alert is not None:
                 record(self.audit, alert)
 
-    async def _exists(self, vm_id: str) -> bool:
-        return await self.db.get_raw(keys.vm(vm_id)) is not None
+    async def _removed(self, labels: Mapping[str, str]) -> bool:
+        """Whether an alert about to fire is about an object gone for good: a deleted VM
+        (an absence rule sees its series stop), or this node after it left the cluster.
+        One read per alert that fires, none per round."""
+        vm = labels.get("vm")
+        if vm is not None:
+            return await self.db.get_raw(keys.vm(vm)) is None
+        settings = await self.db.get(NodeSettings, keys.node_settings(self.node))
+        return settings is not None and settings.value.left
 
     async def vm_crashed(self, vm: VM, why: str) -> None:
         """A VM's QEMU ended unexpectedly here: its alert fires now (HA may restart it within
