@@ -15,6 +15,7 @@ export interface Alert {
   value: number | null;
   started_at: number;
   resolved_at: number | null;
+  resolved_reason: "object removed" | null;
   acknowledged_by: string | null;
   acknowledged_at: number | null;
   silenced_by: string | null;

@@ -73,6 +73,7 @@ const en = {
   "alerts.silencedBy": "Silenced (silence {id}): no notices",
   "alerts.inhibitedBy": "Inhibited by alert {id}: no notices",
   "alerts.resolvedAt": "Resolved {time}",
+  "alerts.objectRemoved": "Its object was removed: the node left the cluster, or the VM was deleted",
   "alerts.silence": "Silence",
   "alerts.silenced": "Silenced",
   "alerts.newSilence": "New silence",

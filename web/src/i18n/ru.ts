@@ -75,6 +75,7 @@ const ru: Record<keyof typeof en, string> = {
   "alerts.silencedBy": "Заглушено (заглушка {id}): уведомления не отправляются",
   "alerts.inhibitedBy": "Подавлено оповещением {id}: уведомления не отправляются",
   "alerts.resolvedAt": "Завершено {time}",
+  "alerts.objectRemoved": "Объект удалён: узел выведен из кластера или ВМ удалена",
   "alerts.silence": "Заглушить",
   "alerts.silenced": "Заглушено",
   "alerts.newSilence": "Новая заглушка",
