@@ -79,10 +79,10 @@ export const CHANNEL_MODELS: Record<ChannelKind, string> = {
 
 export const TONE: Record<Severity, string> = { critical: "bad", warning: "warn", info: "neutral" };
 
-/** The rules' names: what a silence may name. */
+/** The rules' names, kept up to date from the live stream: what a silence may name. */
 export function useRuleNames(): Ref<string[]> {
   return useLive<string[]>(
-    ["alerts"],
+    ["alert-rules"],
     async () => (await get<Rule[]>("/alerts/rules")).map((r) => r.name),
     [],
   ).data;
