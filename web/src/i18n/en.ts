@@ -25,6 +25,7 @@ const en = {
   "common.back": "Back",
   "common.next": "Next",
   "common.create": "Create",
+  "common.save": "Save",
   "common.delete": "Delete",
   "common.actions": "Actions",
   "common.no": "no",
@@ -109,7 +110,6 @@ const en = {
   "alerts.metricSearch": "Search metrics",
   "alerts.ruleLabels": "Only series with these labels",
   "alerts.ruleLabelsHint": "name=value, separated by commas; empty: every series of the metric.",
-  "alerts.nameNeeded": "Give it a name",
   "alerts.condition": "Condition",
   "alerts.conditionAbsence": "no sample for {seconds} s",
   "alerts.conditionRate": "change per second ",
@@ -120,7 +120,6 @@ const en = {
   "alerts.builtIn": "built-in",
   "alerts.changed": "changed",
   "alerts.edit": "Edit",
-  "alerts.save": "Save",
   "alerts.turnOff": "Turn off",
   "alerts.turnOn": "Turn on",
   "alerts.turnOffInstead": "turn it off instead",
@@ -656,6 +655,7 @@ const en = {
 
   // Forms drawn from the API's schema: a label per field path, optional hints and options.
   "form.setThis": "Set",
+  "form.nameNeeded": "Give it a name",
   "field.name": "Name",
   "field.vcpus": "vCPUs",
   "field.memory_mib": "Memory (MiB)",

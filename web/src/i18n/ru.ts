@@ -27,6 +27,7 @@ const ru: Record<keyof typeof en, string> = {
   "common.back": "Назад",
   "common.next": "Далее",
   "common.create": "Создать",
+  "common.save": "Сохранить",
   "common.delete": "Удалить",
   "common.actions": "Действия",
   "common.no": "нет",
@@ -111,7 +112,6 @@ const ru: Record<keyof typeof en, string> = {
   "alerts.metricSearch": "Поиск метрики",
   "alerts.ruleLabels": "Только ряды с этими метками",
   "alerts.ruleLabelsHint": "имя=значение через запятую; пусто — все ряды метрики.",
-  "alerts.nameNeeded": "Укажите имя",
   "alerts.condition": "Условие",
   "alerts.conditionAbsence": "нет данных {seconds} с",
   "alerts.conditionRate": "изменение в секунду ",
@@ -122,7 +122,6 @@ const ru: Record<keyof typeof en, string> = {
   "alerts.builtIn": "встроенное",
   "alerts.changed": "изменено",
   "alerts.edit": "Изменить",
-  "alerts.save": "Сохранить",
   "alerts.turnOff": "Выключить",
   "alerts.turnOn": "Включить",
   "alerts.turnOffInstead": "его можно только выключить",
@@ -658,6 +657,7 @@ const ru: Record<keyof typeof en, string> = {
 
   // Forms drawn from the API's schema: a label per field path, optional hints and options.
   "form.setThis": "Задать",
+  "form.nameNeeded": "Укажите имя",
   "field.name": "Имя",
   "field.vcpus": "Число vCPU",
   "field.memory_mib": "Память (МиБ)",
