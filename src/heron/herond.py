@@ -52,6 +52,7 @@ from heron.agent.monitor import (
     service_samples,
     storage_samples,
     switch_port_source,
+    vm_info_source,
     vm_source,
 )
 from heron.agent.mounts import MountKeeper
@@ -307,6 +308,7 @@ async def run(config: AgentConfig) -> None:
         [
             ("node", node_source()),
             ("vms", vm_source(vms, network.plane.netns)),
+            ("vm names", vm_info_source(vms, inventory)),
             ("ipmi", ipmi_source(ipmi)),
             ("storage", partial(storage_samples, inventory, config.state_dir)),
             ("services", partial(service_samples, db, config.name, credentials, runner, inventory)),

@@ -19,7 +19,9 @@ export type Kind =
   | "users"
   | "events"
   | "snapshots"
-  | "alerts";
+  | "alerts"
+  | "alert-rules"
+  | "channels";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();
@@ -44,7 +46,7 @@ function handle(event: string, data: string): void {
     dispatch(
       new Set([
         "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
-        "users", "alerts",
+        "users", "alerts", "alert-rules", "channels",
       ]),
     );
   } else {
@@ -69,7 +71,10 @@ async function run(signal: AbortSignal): Promise<void> {
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
       dispatch(
-        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts"]),
+        new Set([
+          "vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts",
+          "alert-rules", "channels",
+        ]),
       );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
