@@ -66,3 +66,14 @@ def test_a_user_without_a_cluster_role_hears_only_that_vms_or_tasks_changed() ->
     assert changes.change(put(keys.task("t1"))) == {"kind": "tasks", "id": "", "type": "put"}
     assert changes.change(put(keys.pool("p"))) is None
     assert changes.change(put(keys.user("bob"))) is None
+
+
+def test_import_sources_and_their_scans_are_one_kind_scans_for_admins() -> None:
+    assert Filter(Role.viewer).change(put(keys.import_source("ds1"))) == {
+        "kind": "imports",
+        "id": "ds1",
+        "type": "put",
+    }
+    assert Filter(Role.operator).change(put(keys.import_scan("ds1"))) is None
+    assert Filter(Role.admin).change(put(keys.import_scan("ds1")))["kind"] == "imports"  # type: ignore[index]
+    assert Filter(None).change(put(keys.import_source("ds1"))) is None  # grants only: not theirs

@@ -52,6 +52,9 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.TOKENS, "tokens", Role.viewer),
     (keys.ALERTS, "alerts", Role.viewer),
     (keys.SILENCES, "alerts", Role.viewer),
+    # V2V sources anyone may list; their scans (the VMs found, with paths) admins only read.
+    (keys.IMPORT_SOURCES, "imports", Role.viewer),
+    (keys.IMPORT_SCANS, "imports", Role.admin),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
 _SECRET_IDS = {"tokens"}
