@@ -19,7 +19,8 @@ export type Kind =
   | "users"
   | "events"
   | "snapshots"
-  | "alerts";
+  | "alerts"
+  | "imports";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();
@@ -44,7 +45,7 @@ function handle(event: string, data: string): void {
     dispatch(
       new Set([
         "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
-        "users", "alerts",
+        "users", "alerts", "imports",
       ]),
     );
   } else {
@@ -69,7 +70,9 @@ async function run(signal: AbortSignal): Promise<void> {
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
       dispatch(
-        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts"]),
+        new Set([
+          "vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts", "imports",
+        ]),
       );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
