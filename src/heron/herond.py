@@ -16,11 +16,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -94,6 +94,8 @@ from heron.util.proc import read_pidfile, spawn_detached, terminate
 log = logging.getLogger("herond")
 
 T = TypeVar("T")
+# How long a stopping agent may take before it exits anyway (herond.bounded).
+SHUTDOWN_LIMIT = 60.0
 
 DEFAULT_CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
 
@@ -426,19 +428,42 @@ async def run(config: AgentConfig) -> None:
         for job in done:
             if job is not waiter and job.exception() is not None:
                 log.error("%s stopped: %r", job.get_name(), job.exception())
-        server.should_exit = True
-        await leader.stop()
-        # With HA VMs running, the lease must run out instead: the watchdog stops them a
-        # second before the leader may start them elsewhere. Revoking it now would let the
-        # leader act while they still run.
-        await registration.stop(leave=not ha_vms_running(config.state_dir))
-        for job in background:
-            job.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if ctx.live is not None:
-            ctx.live.stop()
-    await inventory.stop()
-    await db.close()
+
+        async def shut_down() -> None:
+            server.should_exit = True
+            await leader.stop()
+            # With HA VMs running, the lease must run out instead: the watchdog stops them a
+            # second before the leader may start them elsewhere. Revoking it now would let
+            # the leader act while they still run.
+            await registration.stop(leave=not ha_vms_running(config.state_dir))
+            for job in background:
+                job.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if ctx.live is not None:
+                ctx.live.stop()
+            await inventory.stop()
+            await db.close()
+
+        await bounded(shut_down(), SHUTDOWN_LIMIT)
+
+
+async def bounded(stopping: Coroutine[Any, Any, None], limit: float) -> None:
+    """Stop within `limit` seconds: a step that hangs (a call to an etcd that never answers,
+    a job deaf to its cancel) must not leave a process that neither works nor ends, which
+    its service manager would wait on forever. What was still running is logged."""
+    job = asyncio.create_task(stopping, name="shutdown")
+    done, _ = await asyncio.wait([job], timeout=limit)
+    if job in done:
+        job.result()
+        return
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            frames = task.get_stack(limit=1)
+            where = f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else "?"
+            log.error("still running after %g s of shutdown: %s at %s", limit, task.get_name(),
+                      where)  # fmt: skip
+    logging.shutdown()
+    os._exit(1)
 
 
 def _host(address: str) -> str:

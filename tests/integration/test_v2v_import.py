@@ -29,6 +29,7 @@ def datastore(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Path
     vmware_vm(ds, "db02", testguest, "twoGbMaxExtentFlat", "00:50:56:a1:b2:c4")
     vmware_vm(ds, "app03", testguest, "streamOptimized", "00:50:56:a1:b2:c5")
     vmware_vm(ds, "broken05", testguest, "monolithicFlat", "00:50:56:a1:b2:c6")
+    vmware_vm(ds, "evil07", testguest, "monolithicFlat", "00:50:56:a1:b2:c7")
     hyperv_disk(ds, "hv04", testguest)
     fixed_vhd(ds, "fixed06", testguest)
     return ds
@@ -43,7 +44,7 @@ def volumes(api: Api) -> set[str]:
 
 
 def test_scan_import_verify_and_boot(
-    cluster1: tuple[DevCluster, str], api: Api, datastore: Path, testguest: Path
+    cluster1: tuple[DevCluster, str], api: Api, datastore: Path
 ) -> None:
     cluster, _ = cluster1
     node = cluster.nodes[0].name
@@ -53,12 +54,13 @@ def test_scan_import_verify_and_boot(
     api.wait_task(ref["task"])
     scan = api.ok("GET", "/imports/sources/ds1/scan")
     found = by_name(scan)
-    assert {"Web01", "Db02", "App03", "Broken05", "hv04", "fixed06"} <= set(found), found.keys()
+    assert {"Web01", "Db02", "App03", "Broken05", "hv04", "fixed06", "Evil07"} <= set(found)
     web = found["Web01"]
     assert web["disks"][0]["format"] == "vmdk" and web["nics"][0]["mac"] == MAC
     assert found["fixed06"]["disks"][0]["format"] == "vpc"
-    size = testguest.stat().st_size
-    assert found["fixed06"]["disks"][0]["capacity"] == size  # not 512 bytes more
+    # A fixed VHD is its data and a 512-byte footer: read as raw it would be 512 bytes more.
+    vhd = datastore / "fixed06.vhd"
+    assert found["fixed06"]["disks"][0]["capacity"] == vhd.stat().st_size - 512
     assert found["hv04"]["vcpus"] is None  # a disk without its configuration
 
     # Refused whole, nothing made: not scanned, an unmapped network, hardware not read.
@@ -78,25 +80,33 @@ def test_scan_import_verify_and_boot(
     api.ok("PUT", "/cluster/settings", json={"imports": {"parallel": 1}})
     # The broken VM's disk is lost after the scan: its import fails, the others go on.
     (datastore / "broken05" / "broken05-flat.vmdk").write_bytes(b"")
-    items = [{"vm": found[n]["path"]} for n in ("Web01", "Broken05", "Db02", "App03")]
+    # Another's descriptor now names a file of the node's own as its data.
+    descriptor = datastore / "evil07" / "evil07.vmdk"
+    descriptor.write_text(descriptor.read_text().replace('"evil07-flat.vmdk"', '"/etc/hostname"'))
+    names = ("Web01", "Broken05", "Db02", "App03", "Evil07")
+    items = [{"vm": found[n]["path"]} for n in names]
     items += [{"vm": found["hv04"]["path"], "vcpus": 1, "memory_mib": 128}]
     items += [{"vm": found["fixed06"]["path"], "vcpus": 1, "memory_mib": 128}]
     reply = api.ok("POST", "/imports", json={**base, "vms": items, "start": False})
     tasks = {vm["name"]: vm["task"] for vm in reply["vms"]}
-    assert list(tasks) == ["web01", "broken05", "db02", "app03", "hv04", "fixed06"]
+    assert list(tasks) == ["web01", "broken05", "db02", "app03", "evil07", "hv04", "fixed06"]
     # The last is cancelled while it waits its turn.
     api.ok("POST", f"/tasks/{tasks['fixed06']}/cancel")
     ended = {name: api.task_end(task, 300) for name, task in tasks.items()}
     assert {n: t["state"] for n, t in ended.items()} == {
         "web01": "succeeded", "broken05": "failed", "db02": "succeeded",
-        "app03": "succeeded", "hv04": "succeeded", "fixed06": "cancelled",
+        "app03": "succeeded", "evil07": "failed", "hv04": "succeeded", "fixed06": "cancelled",
     }  # fmt: skip
-    assert "broken05-disk0" in ended["broken05"]["error"]
+    # A data file cut short would be read on as zeroes: refused with what it holds.
+    assert "broken05-disk0:" in ended["broken05"]["error"]
+    assert "holds 0 bytes" in ended["broken05"]["error"]
+    assert "outside it: /etc/hostname" in ended["evil07"]["error"]
     assert any("verified" in line for line in ended["web01"]["log"])
     names = {v["name"] for v in api.ok("GET", "/vms")}
     assert {"web01", "db02", "app03", "hv04"} <= names
-    assert not {"broken05", "fixed06"} & names
-    assert not {"broken05-disk0", "fixed06-disk0"} & volumes(api)  # nothing half-imported
+    assert not {"broken05", "evil07", "fixed06"} & names
+    made = {"broken05-disk0", "evil07-disk0", "fixed06-disk0"}
+    assert not made & volumes(api)  # nothing half-imported
 
     # The imported VM boots, with its MAC.
     vm = api.ok("GET", "/vms/web01")

@@ -38,3 +38,24 @@ async def test_a_fixed_vhd_is_read_at_its_size_only_with_its_format(tmp_path: Pa
     guessed = await qemuimg.info(fixed)
     given = await qemuimg.info(fixed, "vpc")
     assert guessed["format"] == "raw" and guessed["virtual-size"] == given["virtual-size"] + 512
+
+
+async def test_files_read_lists_the_chain_and_the_extents_a_descriptor_names(
+    tmp_path: Path,
+) -> None:
+    """What an import checks before it copies: a VMDK descriptor edited to name a node's
+    own file as its extent shows that file."""
+    disk = tmp_path / "vm.vmdk"
+    await qemuimg._run("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat",
+                       str(disk), "1M")  # fmt: skip
+    flat = (str(tmp_path / "vm-flat.vmdk"), MIB)  # a flat extent must hold its size
+    assert await qemuimg.files_read(disk, "vmdk") == [(str(disk), 0), flat]
+    top = tmp_path / "top.qcow2"
+    await qemuimg.create_overlay(top, disk.name, "vmdk", MIB)
+    assert (await qemuimg.files_read(top, "qcow2"))[:2] == [(str(top), 0), (str(disk), 0)]
+
+    stolen = tmp_path / "secret"
+    stolen.write_bytes(b"s" * MIB)
+    text = disk.read_text().replace('"vm-flat.vmdk"', f'"{stolen}"')
+    disk.write_text(text)
+    assert (str(stolen), MIB) in await qemuimg.files_read(disk, "vmdk")

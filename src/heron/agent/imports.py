@@ -25,7 +25,7 @@ from heron.models.vm import VM, PowerState, RunState
 from heron.storage import qemuimg
 from heron.storage.dirpool import mount_nfs
 from heron.storage.driver import PoolDriver, StorageError
-from heron.v2v.scan import scan_directory
+from heron.v2v.scan import inside, scan_directory
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,11 @@ class Imports:
         else:
             path = self.state_dir / "mnt" / f"import-{source.name}"
             try:
-                await mount_nfs(f"{source.server}:{source.path}", path, "ro,vers=4.2,hard")
+                # Read-only, and soft: a datastore that stops answering fails the scan or
+                # the import with an error instead of hanging them for good.
+                await mount_nfs(
+                    f"{source.server}:{source.path}", path, "ro,soft,timeo=150,retrans=3"
+                )
             except StorageError as exc:
                 raise TaskFailed(str(exc)) from exc
         if not path.is_dir():
@@ -126,6 +130,7 @@ class Imports:
             if volume.state == "ready":
                 continue  # converted before a restart cut the task short
             source = _rerooted(disk, params, root)
+            await self._inside(source, disk.format, root, volume.name)
             await ctx.progress(low, f"{volume.name}: converting from {source.split('/')[-1]}")
 
             async def copied(fraction: float, low: float = low, share: float = share) -> None:
@@ -144,6 +149,24 @@ class Imports:
                 raise TaskFailed(f"{volume.name}: {exc}") from exc
             await self.set_volume(volume.id, state="ready", size=size, error="")
             await ctx.log(f"{volume.name}: verified")
+
+    async def _inside(self, source: str, fmt: str | None, root: Path, name: str) -> None:
+        """The scan refused disks that read files outside the source; their files may have
+        changed since (a descriptor naming /etc/shadow as an extent, a data file cut short,
+        which qemu-img would read on as zeroes): checked again here."""
+        try:
+            files = await qemuimg.files_read(source, fmt)
+        except StorageError as exc:
+            raise TaskFailed(f"{name}: the source cannot be read: {exc}") from exc
+        outside = [f for f, _ in files if not inside(f, str(root))]
+        if outside:
+            raise TaskFailed(f"{name}: the source reads files outside it: {', '.join(outside)}")
+        for path, least in files:
+            held = Path(path).stat().st_size
+            if held < least:
+                raise TaskFailed(
+                    f"{name}: {path} holds {held} bytes of the {least} its descriptor says"
+                )
 
     async def _finish(self, vm_id: str, start: bool) -> RunState:
         if start:

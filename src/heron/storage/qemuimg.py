@@ -55,6 +55,34 @@ async def info(path: Image, fmt: str | None = None) -> dict[str, Any]:
     return json.loads(await _run("info", "--output=json", "-U", *args, str(path)))
 
 
+async def files_read(image: Image, fmt: str | None) -> list[tuple[str, int]]:
+    """Every file qemu-img reads for `image` — it, its backing chain, and their extents (a
+    VMDK's descriptor names its data files) — each with the bytes it must hold at least:
+    a flat extent shorter than its descriptor says would be read as zeroes, without error.
+    A `json:` name's inner file counts as itself."""
+    args = ["--backing-chain", *(["-f", fmt] if fmt else []), str(image)]
+    chain = json.loads(await _run("info", "--output=json", "-U", *args))
+    found = []
+    for layer in chain if isinstance(chain, list) else [chain]:
+        found.append((_plain(str(layer["filename"])), 0))
+        extents = layer.get("format-specific", {}).get("data", {}).get("extents", [])
+        found += [
+            (_plain(str(e["filename"])), int(e["virtual-size"]) if e.get("format") == "FLAT" else 0)
+            for e in extents
+        ]
+    return found
+
+
+def _plain(name: str) -> str:
+    """A file name as qemu-img reports it; for a json: name, the file it reads in the end."""
+    if not name.startswith("json:"):
+        return name
+    spec = json.loads(name[5:])
+    while isinstance(spec.get("file"), dict):
+        spec = spec["file"]
+    return str(spec.get("filename", name))
+
+
 async def resize(path: Image, fmt: str, size: int) -> None:
     await _run("resize", "-q", "-f", fmt, str(path), str(size))
 

@@ -59,11 +59,23 @@ def local_name(name: str) -> str:
     return name.rsplit("}", 1)[-1].rsplit(":", 1)[-1]
 
 
+# Each element's line in its document, kept as an attribute no XML name can spell.
+LINE = "{heron}line"
+
+
+def line_of(element: Element | None) -> int | None:
+    """The line an element of parse_xml's tree starts on, for errors."""
+    if element is None or LINE not in element.attrib:
+        return None
+    return int(element.attrib[LINE])
+
+
 def parse_xml(data: bytes | str, path: str | None = None) -> Element:
     """The document's root element, with tags and attribute names stripped of namespaces and
     prefixes (OVF files come with a default namespace, with ovf:/rasd:/vmw: prefixes, and from
-    some tools with prefixes never declared). Refuses a DOCTYPE, so no entity is ever
-    expanded; errors are ParseErrors naming the line."""
+    some tools with prefixes never declared), and each element's line kept (line_of).
+    Refuses a DOCTYPE, so no entity is ever expanded; errors are ParseErrors naming the
+    line."""
     builder = TreeBuilder()
     # No namespace processing: an undeclared prefix is then not an error, and local_name
     # drops whatever prefix a name has.
@@ -78,9 +90,9 @@ def parse_xml(data: bytes | str, path: str | None = None) -> Element:
         )
 
     def start(name: str, attributes: dict[str, str]) -> None:
-        builder.start(
-            local_name(name), {local_name(key): value for key, value in attributes.items()}
-        )
+        names = {local_name(key): value for key, value in attributes.items()}
+        names[LINE] = str(parser.CurrentLineNumber)
+        builder.start(local_name(name), names)
 
     parser.StartDoctypeDeclHandler = refuse_doctype
     parser.EntityDeclHandler = refuse_doctype

@@ -27,7 +27,7 @@ from typing import Literal
 from xml.etree.ElementTree import Element
 
 from heron.models.v2v import DiskBus, Firmware, GuestOs, ScannedDisk, ScannedNic, ScannedVm
-from heron.v2v.common import ParseError, normalize_mac, parse_xml, text
+from heron.v2v.common import ParseError, line_of, normalize_mac, parse_xml, text
 from heron.v2v.findings import hardware_warnings
 
 VhdKind = Literal["fixed", "dynamic", "differencing"]
@@ -133,6 +133,13 @@ class VhdxInfo:
         return "differencing" if self.has_parent else "fixed" if self.fixed else "dynamic"
 
 
+def _exact(read: Reader, offset: int, length: int, what: str, path: str | None) -> bytes:
+    data = read(offset, length)
+    if len(data) < length:
+        raise ParseError(f"the file ends inside its {what}", path=path, field=what)
+    return data
+
+
 def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
     """A VHDX's virtual size, fixed/dynamic/differencing, and its parent locator."""
     if read(0, 8) != VHDX_SIGNATURE:
@@ -140,7 +147,7 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
     metadata = None
     for table_at in (VHDX_REGION_TABLE, VHDX_REGION_TABLE_COPY):
         table = read(table_at, 64 * 1024)
-        if table[:4] != b"regi":
+        if len(table) < 16 or table[:4] != b"regi":
             continue
         (count,) = struct.unpack_from("<I", table, 8)
         for index in range(min(count, 2047)):
@@ -156,7 +163,7 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
         raise ParseError("no metadata region in the region table", path=path, field="regions")
     region_at, region_length = metadata
     table = read(region_at, 64 * 1024)
-    if table[:8] != b"metadata":
+    if len(table) < 32 or table[:8] != b"metadata":
         raise ParseError("the metadata table is missing", path=path, field="metadata")
     (count,) = struct.unpack_from("<H", table, 10)
     items: dict[uuid.UUID, tuple[int, int]] = {}
@@ -171,8 +178,9 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
     for needed, name in ((_FILE_PARAMETERS, "file parameters"), (_VIRTUAL_DISK_SIZE, "size")):
         if needed not in items:
             raise ParseError(f"no {name} item", path=path, field="metadata")
-    block_size, flags = struct.unpack("<II", read(items[_FILE_PARAMETERS][0], 8))
-    (size,) = struct.unpack("<Q", read(items[_VIRTUAL_DISK_SIZE][0], 8))
+    at = items[_FILE_PARAMETERS][0]
+    block_size, flags = struct.unpack("<II", _exact(read, at, 8, "file parameters", path))
+    (size,) = struct.unpack("<Q", _exact(read, items[_VIRTUAL_DISK_SIZE][0], 8, "size", path))
     info = VhdxInfo(
         size=size,
         block_size=block_size,
@@ -264,7 +272,9 @@ def _int(element: Element | None, what: str, path: str | None) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ParseError(f"not a number: {value!r}", path=path, field=what) from None
+        raise ParseError(
+            f"not a number: {value!r}", path=path, line=line_of(element), field=what
+        ) from None
 
 
 def _bool(element: Element | None) -> bool | None:

@@ -19,7 +19,15 @@ from typing import cast
 from xml.etree.ElementTree import Element
 
 from heron.models.v2v import DiskBus, Firmware, GuestOs, ScannedDisk, ScannedNic, ScannedVm
-from heron.v2v.common import ParseError, guest_family, normalize_mac, parse_xml, text
+from heron.v2v.common import (
+    ParseError,
+    child,
+    guest_family,
+    line_of,
+    normalize_mac,
+    parse_xml,
+    text,
+)
 from heron.v2v.findings import (
     controller_warning,
     hardware_warnings,
@@ -66,7 +74,9 @@ class Located:
 FileLocator = Callable[[str], Located | None]
 
 
-def allocation_units(value: str | None, field: str, path: str | None = None) -> int:
+def allocation_units(
+    value: str | None, field: str, path: str | None = None, line: int | None = None
+) -> int:
     """Bytes per unit of an OVF AllocationUnits / capacityAllocationUnits ("byte * 2^20")."""
     if value is None or not value.strip():
         return 1
@@ -75,24 +85,31 @@ def allocation_units(value: str | None, field: str, path: str | None = None) -> 
         return _NAMED_UNITS[spelled.lower()]
     match = _UNITS.match(spelled)
     if match is None:
-        raise ParseError(f"unknown allocation units {spelled!r}", path=path, field=field)
+        raise ParseError(f"unknown allocation units {spelled!r}", path=path, line=line, field=field)
     base, power = match[1], match[2]
     if base is None:
         return 1
     if power is None:
         return int(base)
     if int(power) > 80:
-        raise ParseError(f"allocation units {spelled!r} too large", path=path, field=field)
+        raise ParseError(
+            f"allocation units {spelled!r} too large", path=path, line=line, field=field
+        )
     return int(base) ** int(power)
 
 
-def _number(value: str | None, field: str, path: str | None) -> int | None:
+def _number(item: Element, name: str, where: str, path: str | None) -> int | None:
+    """The integer in the item's child `name`, None if absent; ParseError naming its line."""
+    element = child(item, name)
+    value = text(element)
     if value is None or value == "":
         return None
     try:
         return int(value)
     except ValueError:
-        raise ParseError(f"not a number: {value!r}", path=path, field=field) from None
+        raise ParseError(
+            f"not a number: {value!r}", path=path, line=line_of(element), field=f"{where}/{name}"
+        ) from None
 
 
 def _format_of(url: str | None, href: str | None) -> tuple[str | None, str | None]:
@@ -156,14 +173,24 @@ def parse_ovf(data: bytes | str, path: str, locate: FileLocator | None = None) -
         for element in section.iter("File"):
             file_id = element.attrib.get("id")
             if not file_id or "href" not in element.attrib:
-                raise ParseError("a File needs id and href", path=path, field="References/File")
+                raise ParseError(
+                    "a File needs id and href",
+                    path=path,
+                    line=line_of(element),
+                    field="References/File",
+                )
             files[file_id] = element
     disks: dict[str, Element] = {}
     for section in root.iter("DiskSection"):
         for element in section.iter("Disk"):
             disk_id = element.attrib.get("diskId")
             if not disk_id:
-                raise ParseError("a Disk needs a diskId", path=path, field="DiskSection/Disk")
+                raise ParseError(
+                    "a Disk needs a diskId",
+                    path=path,
+                    line=line_of(element),
+                    field="DiskSection/Disk",
+                )
             disks[disk_id] = element
     systems = list(root.iter("VirtualSystem"))
     if not systems:
@@ -189,7 +216,12 @@ def _system(
         family = "other"
     hardware = next(system.iter("VirtualHardwareSection"), None)
     if hardware is None:
-        raise ParseError("no VirtualHardwareSection", path=path, field=f"VirtualSystem {name}")
+        raise ParseError(
+            "no VirtualHardwareSection",
+            path=path,
+            line=line_of(system),
+            field=f"VirtualSystem {name}",
+        )
     config = _config(hardware)
     firmware: Firmware = "uefi" if config.get("firmware", "").lower() == "efi" else "bios"
     vm = ScannedVm(
@@ -207,14 +239,17 @@ def _system(
     counts: dict[str, int] = {}
     for item in items:
         where = f"Item {text(item, 'InstanceID') or text(item, 'ElementName') or '?'}"
-        kind = _number(text(item, "ResourceType"), f"{where}/ResourceType", path)
+        kind = _number(item, "ResourceType", where, path)
         if kind == RT_CPU:
-            vm.vcpus = _number(text(item, "VirtualQuantity"), f"{where}/VirtualQuantity", path)
-            cores = _number(text(item, "CoresPerSocket"), f"{where}/CoresPerSocket", path)
+            vm.vcpus = _number(item, "VirtualQuantity", where, path)
+            cores = _number(item, "CoresPerSocket", where, path)
             vm.cores_per_socket = cores or None
         elif kind == RT_MEMORY:
-            quantity = _number(text(item, "VirtualQuantity"), f"{where}/VirtualQuantity", path)
-            unit = allocation_units(text(item, "AllocationUnits"), f"{where}/AllocationUnits", path)
+            quantity = _number(item, "VirtualQuantity", where, path)
+            units_element = child(item, "AllocationUnits")
+            unit = allocation_units(
+                text(units_element), f"{where}/AllocationUnits", path, line_of(units_element)
+            )
             if quantity is not None:
                 vm.memory_mib = max(1, quantity * unit >> 20)
         elif kind in _CONTROLLERS:
@@ -224,7 +259,7 @@ def _system(
                 bus = "nvme"
             number = counts.get(bus, 0)
             counts[bus] = number + 1
-            address = _number(text(item, "Address"), f"{where}/Address", path)
+            address = _number(item, "Address", where, path)
             if address is not None and kind == RT_IDE:
                 number = address
             controllers[text(item, "InstanceID") or ""] = (bus, number, subtype)
@@ -232,7 +267,7 @@ def _system(
                 controller_warning(vm, subtype, f"scsi{number}")
     for item in items:
         where = f"Item {text(item, 'InstanceID') or text(item, 'ElementName') or '?'}"
-        kind = _number(text(item, "ResourceType"), f"{where}/ResourceType", path)
+        kind = _number(item, "ResourceType", where, path)
         if kind == RT_DISK:
             _disk(vm, item, where, path, controllers, files, disks, locate)
         elif kind == RT_NIC:
@@ -261,15 +296,20 @@ def _disk(
 ) -> None:
     host = text(item, "HostResource")
     if not host:
-        raise ParseError("a disk Item needs a HostResource", path=path, field=where)
+        raise ParseError(
+            "a disk Item needs a HostResource", path=path, line=line_of(item), field=where
+        )
     bus, number, model = controllers.get(text(item, "Parent") or "", ("scsi", 0, None))
-    unit = _number(text(item, "AddressOnParent"), f"{where}/AddressOnParent", path)
+    unit = _number(item, "AddressOnParent", where, path)
     device = f"{bus}{number}:{unit if unit is not None else len(vm.disks)}"
     kind, ref = _strip_disk_ref(host)
     disk_element = disks.get(ref) if kind == "disk" else None
     if kind == "disk" and disk_element is None:
         raise ParseError(
-            f"HostResource {host} names no Disk of the DiskSection", path=path, field=where
+            f"HostResource {host} names no Disk of the DiskSection",
+            path=path,
+            line=line_of(item),
+            field=where,
         )
     file_id = disk_element.attrib.get("fileRef") if disk_element is not None else ref
     disk = ScannedDisk(
@@ -287,6 +327,7 @@ def _disk(
             disk_element.attrib.get("capacityAllocationUnits"),
             f"Disk {ref}/capacityAllocationUnits",
             path,
+            line_of(disk_element),
         )
         capacity = disk_element.attrib.get("capacity", "")
         if capacity.isdigit():

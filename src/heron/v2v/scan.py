@@ -1,14 +1,15 @@
 """The directory source: a directory on a node (a copied datastore, an export, an NFS datastore
 mounted read-only) walked for VMs, read with the pure parsers, checked with qemu-img.
 
-Found: VMware VM folders (every .vmx, its .vmdk descriptors, extents and snapshot chains),
-OVF envelopes and OVA archives, Hyper-V exports (a folder with "Virtual Machines/" and
-"Virtual Hard Disks/") and VHD/VHDX files that belong to none of them. Each disk is opened
-with `qemu-img info` with its format given (never guessed: a fixed VHD would read as raw,
-512 bytes too large) and a time limit, and its capacity and chain are compared with what the
-descriptors said. A description that does not parse is a failure of the report; a disk that is
-missing or that qemu-img cannot read is a blocker of its VM: nothing found in a directory
-raises out of the scan. The walk is bounded in depth and follows a symlinked directory once.
+Found: VMware VM folders (every .vmx or template .vmtx, its .vmdk descriptors, extents and
+snapshot chains), OVF envelopes and OVA archives, Hyper-V exports (a folder with "Virtual
+Machines/" and "Virtual Hard Disks/") and VHD/VHDX files that belong to none of them. Each
+disk is opened with `qemu-img info` with its format given (never guessed: a fixed VHD would
+read as raw, 512 bytes too large) and a time limit, and its capacity and chain are compared
+with what the descriptors said. A description that does not parse is a failure of the
+report; a disk that is missing or that qemu-img cannot read is a blocker of its VM: nothing
+found in a directory raises out of the scan. The walk is bounded in depth and follows a
+symlinked directory once.
 """
 
 import asyncio
@@ -77,7 +78,7 @@ def _walk(root: str, max_depth: int) -> _Walk:
                     found.hyperv_exports.append(directory)
                 subdirs.append(entry.path)
             elif is_file:
-                if name.endswith(".vmx"):
+                if name.endswith((".vmx", ".vmtx")):  # .vmtx: a template, read alike
                     found.vmx.append(entry.path)
                 elif name.endswith(".ovf"):
                     found.ovf.append(entry.path)
@@ -103,11 +104,16 @@ def inside(path: str, root: str) -> bool:
     return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def _read_text(path: str, limit: int) -> str:
+def _read_bytes(path: str, limit: int) -> bytes:
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ParseError(f"larger than {limit} bytes: not a description", path=path)
+    return data
+
+
+def _read_text(path: str, limit: int) -> str:
+    data = _read_bytes(path, limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -129,10 +135,11 @@ def read_vmdk_descriptor(path: str) -> vmdk.VmdkDescriptor:
         head = f.read(512)
         if head[:4] == vmdk.SPARSE_MAGIC:
             header = vmdk.parse_sparse_header(head, path)
-            f.seek(0)
-            end = (header.descriptor_offset + header.descriptor_sectors) * vmdk.SECTOR
-            data = f.read(end) if header.descriptor_offset else b""
-            return vmdk.parse_descriptor(vmdk.embedded_descriptor(data, header, path), path)
+            # Only the descriptor's sectors are read, wherever the header puts them (its
+            # size is bounded by parse_sparse_header): never the data before them.
+            f.seek(header.descriptor_offset * vmdk.SECTOR)
+            blob = f.read(header.descriptor_sectors * vmdk.SECTOR)
+            return vmdk.parse_descriptor(vmdk.descriptor_sectors(blob, header, path), path)
         if head[:4] == vmdk.COWD_MAGIC:
             raise ParseError(
                 "a vmfsSparse data extent, not a descriptor (the .vmx names its descriptor)",
@@ -144,14 +151,16 @@ def read_vmdk_descriptor(path: str) -> vmdk.VmdkDescriptor:
         data = f.read(vmdk.MAX_DESCRIPTOR + 1)
     if len(data) > vmdk.MAX_DESCRIPTOR:
         raise ParseError("too large for a descriptor", path=path)
-    return vmdk.parse_descriptor(data.decode("utf-8", errors="replace"), path)
+    return vmdk.parse_descriptor(data.rstrip(b"\0").decode("utf-8", errors="replace"), path)
 
 
 def _vmfs_relative(name: str, root: str) -> Iterator[str]:
-    """Where a datastore path (/vmfs/volumes/<datastore>/<vm>/<file>) is in the copy."""
+    """Where a datastore path (/vmfs/volumes/<datastore>/<vm>/<file>) is in the copy: `root`
+    is the datastore, or the directory that holds several datastores by name."""
     parts = name.split("/")
     if name.startswith("/vmfs/volumes/") and len(parts) > 4:
         yield posixpath.join(root, *parts[4:])
+        yield posixpath.join(root, *parts[3:])
 
 
 def _resolver(vmx_path: str, root: str) -> vmx.DiskResolver:
@@ -409,11 +418,7 @@ def _hyperv_export(folder: str, disks: _HardDisks, report: ScanReport) -> set[st
     by_name = {os.path.basename(p).lower(): p for p in own}
     for path in xml_files:
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_XML + 1)
-            if len(data) > MAX_XML:
-                raise ParseError("too large for a configuration", path=path)
-            config = hyperv.parse_legacy_config(data, path)
+            config = hyperv.parse_legacy_config(_read_bytes(path, MAX_XML), path)
         except _READ_ERRORS as e:
             report.failures.append(ScanFailure(path=path, reason=str(e)))
             continue
@@ -437,7 +442,14 @@ def _hyperv_export(folder: str, disks: _HardDisks, report: ScanReport) -> set[st
             vm.disks.append(disk)
             claimed.update([local, *disk.chain])
         report.vms.append(vm)
-    if not xml_files:
+    if xml_files:
+        unused = sorted(set(own) - claimed)
+        claimed.update(own)  # the export's own: not loose disks of VMs of their own
+        if unused:
+            report.notes.append(
+                f"{folder}: disks no configuration names, not listed: {', '.join(unused)}"
+            )
+    else:
         # A .vmcx export (2012 R2 and later), or no configuration at all: the disks alone.
         why = (
             "the configuration is a binary .vmcx, whose format is not documented"
@@ -481,8 +493,8 @@ async def scan_directory(
         report.vms.append(vm)
     for path in walk.ovf:
         try:
-            text = await asyncio.to_thread(_read_text, path, ovf.MAX_OVF)
-            vms = ovf.parse_ovf(text.encode(), path, _ovf_locator(path))
+            data = await asyncio.to_thread(_read_bytes, path, ovf.MAX_OVF)
+            vms = ovf.parse_ovf(data, path, _ovf_locator(path))
         except _READ_ERRORS as e:
             report.failures.append(ScanFailure(path=path, reason=str(e)))
             continue
@@ -500,7 +512,10 @@ async def scan_directory(
     disks = _HardDisks(walk.hard_disks, root)
     claimed: set[str] = set()
     for folder in walk.hyperv_exports:
-        claimed |= await asyncio.to_thread(_hyperv_export, folder, disks, report)
+        try:
+            claimed |= await asyncio.to_thread(_hyperv_export, folder, disks, report)
+        except OSError as e:  # the folder went away or became unreadable since the walk
+            report.failures.append(ScanFailure(path=folder, reason=f"not readable ({e})"))
     loose = [p for p in walk.hard_disks if p not in claimed]
     for top in await asyncio.to_thread(disks.tops, loose):
         name = os.path.splitext(os.path.basename(top))[0]
@@ -522,3 +537,32 @@ def _ovf_locator(path: str) -> ovf.FileLocator:
         return ovf.Located(file=file) if os.path.isfile(file) else None
 
     return locate
+
+
+@dataclass(frozen=True)
+class SourceCapabilities:
+    """What a source can do, for callers to ask instead of testing its type."""
+
+    files: bool  # its disks are files on the node that scanned (qemu-img opens them in place)
+    warm: bool  # it can copy a running VM's disks and then their changes (CBT)
+
+
+class DirectorySource:
+    """A directory on a node as a V2V source: a copied datastore, an export, or an NFS
+    datastore the node mounted (read-only, soft)."""
+
+    kind = "directory"
+    capabilities = SourceCapabilities(files=True, warm=False)
+
+    def __init__(
+        self, root: Path | str, max_depth: int = DEFAULT_DEPTH, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.root, self.max_depth, self.timeout = Path(root), max_depth, timeout
+
+    async def scan(self) -> ScanReport:
+        return await scan_directory(self.root, max_depth=self.max_depth, timeout=self.timeout)
+
+    def contains(self, path: str) -> bool:
+        """Whether the import may read `path`: inside the directory, links followed. The
+        import checks each file again when it opens it (the directory may change)."""
+        return inside(path, str(self.root))

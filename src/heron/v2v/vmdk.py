@@ -156,7 +156,7 @@ def parse_descriptor(text: str, path: str | None = None) -> VmdkDescriptor:
     other: dict[str, str] = {}
     extents: list[Extent] = []
     seen_any = False
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             seen_any = seen_any or "Disk DescriptorFile" in line
@@ -274,17 +274,31 @@ def embedded_descriptor(data: bytes, header: SparseHeader, path: str | None = No
             field="header",
         )
     start = header.descriptor_offset * SECTOR
-    end = start + header.descriptor_sectors * SECTOR
-    if len(data) < end:
+    return descriptor_sectors(data[start:], header, path)
+
+
+def descriptor_sectors(blob: bytes, header: SparseHeader, path: str | None = None) -> str:
+    """The descriptor text from `blob` = the file's bytes from the descriptor's first sector
+    (read there by the caller, without the data before it)."""
+    if not header.descriptor_offset:
+        raise ParseError(
+            "this sparse extent has no embedded descriptor (a part of a split disk: open its "
+            "descriptor file)",
+            path=path,
+            field="header",
+        )
+    size = header.descriptor_sectors * SECTOR
+    if len(blob) < size:
         raise ParseError(
             "the file ends before its embedded descriptor", path=path, field="descriptor"
         )
-    return data[start:end].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    return blob[:size].split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
 def looks_like_text_descriptor(head: bytes) -> bool:
     """Whether the file's first bytes are a text descriptor (not a data extent)."""
     if head[:4] in (SPARSE_MAGIC, COWD_MAGIC):
         return False
-    sample = head[:1024]
+    # qemu-img pads the descriptors it writes to a whole sector with NULs.
+    sample = head[:1024].rstrip(b"\0")
     return b"\0" not in sample and (b"Disk DescriptorFile" in sample or b"createType" in sample)

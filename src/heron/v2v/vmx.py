@@ -80,7 +80,7 @@ def parse_pairs(text: str, path: str | None = None) -> dict[str, VmxValue]:
     """The .vmx's settings by lower-cased key (the last of a repeated key wins, as in VMware).
     Raises ParseError naming the line of anything that is not `key = value`."""
     pairs: dict[str, VmxValue] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -119,7 +119,8 @@ class _Settings:
         if found is None or found.value.strip() == "":
             return None
         try:
-            value = int(found.value.strip(), 0)
+            spelled = found.value.strip()
+            value = int(spelled, 16) if spelled.lower().startswith("0x") else int(spelled)
         except ValueError:
             raise ParseError(
                 f"not a number: {found.value!r}", path=self.path, line=found.line, field=key
@@ -308,7 +309,7 @@ def _follow_chain(disk: ScannedDisk, resolve: DiskResolver, vm: ScannedVm) -> No
             found = resolve(name)
         except ParseError as e:
             code = "unreadable-descriptor"
-            vm.block(code, f"the descriptor {name} does not read: {e.reason}", device)
+            vm.block(code, f"a descriptor does not read: {e}", device)
             break
         if found is None:
             what = "disk file" if not chain else "snapshot parent"
@@ -385,7 +386,8 @@ def _nics(settings: _Settings, vm: ScannedVm) -> None:
         elif mac is None:
             vm.warn(
                 "mac-unknown",
-                "VMware assigns this NIC's MAC at power on and has not yet: a new one is made",
+                "the NIC has no MAC yet (VMware assigns a generated one at power on): a new "
+                "one is made",
                 prefix,
             )
         nic_model_warning(vm, model, prefix)
