@@ -4,15 +4,16 @@ configuration, a VM whose disk is missing) is added as a source and scanned; the
 cannot be picked, the others can; two are picked (one's vCPUs and memory given, as its
 source does not say them), the Check shows the API's reason in place until the source
 network is mapped, then the plan; the import's queue reaches succeeded and the VMs are in
-the VM list. The view and the imports.parallel setting in English and in Russian."""
+the VM list. The view and the imports.parallel setting in English and in Russian; no view
+for an operator, even one who administers a group."""
 
 import re
 from pathlib import Path
 
 import pytest
-from browsing import assert_translated, log_in, settle, shot
+from browsing import STEP, assert_translated, log_in, settle, shot
 from datastores import hyperv_disk, vmware_vm, vmware_vm_without_disk
-from playwright.sync_api import BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from support import Api
 
 pytestmark = pytest.mark.integration
@@ -148,3 +149,24 @@ def test_the_view_and_its_setting_in_russian(page: Page, ui: str) -> None:
         assert_translated(page, "ru", "the import queue")
     finally:
         page.select_option("[data-testid=language]", "en")
+
+
+def test_no_import_view_below_a_cluster_wide_administrator(
+    browser: Browser, ui: str, api: Api
+) -> None:
+    # An operator who administers a group: the API refuses it imports all the same.
+    api.ok("POST", "/groups", json={"name": "imp-group"})
+    api.ok("POST", "/users", json={"name": "grouper", "role": "operator", "password": "group-op1"})
+    grant = {"user": "grouper", "role": "admin", "scope": "group", "name": "imp-group"}
+    api.ok("POST", "/grants", json=grant)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    context.set_default_timeout(STEP)
+    try:
+        page = context.new_page()
+        log_in(page, ui, "group-op1", user="grouper")
+        expect(page.locator("[data-testid=nav-vms]")).to_be_visible()
+        expect(page.locator("[data-testid=nav-imports]")).to_have_count(0)
+        page.goto(f"{ui}/imports")  # not theirs: back to the overview
+        expect(page).to_have_url(re.compile(r"/$"))
+    finally:
+        context.close()
