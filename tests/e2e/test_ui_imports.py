@@ -4,14 +4,14 @@ configuration, a VM whose disk is missing) is added as a source and scanned; the
 cannot be picked, the others can; two are picked (one's vCPUs and memory given, as its
 source does not say them), the Check shows the API's reason in place until the source
 network is mapped, then the plan; the import's queue reaches succeeded and the VMs are in
-the VM list. The view and the imports.parallel setting in English and in Russian; no view
-for an operator, even one who administers a group."""
+the VM list. The view and the imports.parallel setting in English and in Russian, the view
+at phone width; no view for an operator, even one who administers a group."""
 
 import re
 from pathlib import Path
 
 import pytest
-from browsing import STEP, assert_translated, log_in, settle, shot
+from browsing import STEP, assert_fits, assert_translated, log_in, settle, shot
 from datastores import hyperv_disk, vmware_vm, vmware_vm_without_disk
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from support import Api
@@ -149,6 +149,22 @@ def test_the_view_and_its_setting_in_russian(page: Page, ui: str) -> None:
         assert_translated(page, "ru", "the import queue")
     finally:
         page.select_option("[data-testid=language]", "en")
+
+
+def test_the_view_fits_a_phone(
+    phone: Page, ui: str, admin_password: str, screenshots: Path
+) -> None:
+    log_in(phone, ui, admin_password)
+    phone.goto(f"{ui}/imports")
+    expect(phone.locator("main h1")).to_have_text("Импорт")
+    assert_fits(phone, "the import sources on a phone")
+    phone.locator("tr[data-source=ds1] [data-testid=source-open]").click()
+    expect(row(phone, "Web01")).to_be_visible()
+    assert_fits(phone, "the scan's VMs on a phone")
+    shot(phone, screenshots, "phone-import-scan")
+    phone.click("[data-testid=step-queue]")
+    expect(phone.locator("[data-testid=queue] tr[data-state=succeeded]")).to_have_count(2)
+    assert_fits(phone, "the import queue on a phone")
 
 
 def test_no_import_view_below_a_cluster_wide_administrator(
