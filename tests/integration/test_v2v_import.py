@@ -1,16 +1,17 @@
 """V2V imports through the API and the CLI on a real node: a folder laid out as a VMware
 datastore and a Hyper-V export, its disks made by qemu-img from the bootable test guest in
 several VMDK variants and as VHD/VHDX; scanned, imported into a pool (converted, compared
-with their sources), one of them booted to its READY line with its MAC kept. A queue of
+with their sources), one of them booted to its READY line with its MAC kept, on SATA as
+its guest (running from its initramfs) is none the guest fix can read. A queue of
 imports with one broken disk: the others finish, the broken one fails with its reason and
 leaves nothing behind; a queued import cancelled leaves nothing either; requests that cannot
 be imported are refused whole and make nothing."""
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from datastores import fixed_vhd, hyperv_disk, vmware_vm
 from support import Api, cli, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
@@ -21,40 +22,6 @@ CLUSTER_NODES = 1
 BOOT = 180
 MAC = "00:50:56:a1:b2:c3"
 
-VMX = """.encoding = "UTF-8"
-config.version = "8"
-virtualHW.version = "19"
-displayName = "{name}"
-guestOS = "debian12-64"
-numvcpus = "1"
-memsize = "128"
-scsi0.present = "TRUE"
-scsi0.virtualDev = "pvscsi"
-scsi0:0.present = "TRUE"
-scsi0:0.fileName = "{disk}"
-ethernet0.present = "TRUE"
-ethernet0.virtualDev = "vmxnet3"
-ethernet0.networkName = "VM Network"
-ethernet0.addressType = "{kind}"
-ethernet0.{key} = "{mac}"
-"""
-
-
-def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
-
-
-def vmware_vm(ds: Path, name: str, guest: Path, subformat: str, mac: str) -> None:
-    folder = ds / name
-    folder.mkdir()
-    disk = folder / f"{name}.vmdk"
-    qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
-             str(guest), str(disk))  # fmt: skip
-    kind, key = ("static", "address") if mac.startswith("00:50:56:0") else (
-        "generated", "generatedAddress")  # fmt: skip
-    text = VMX.format(name=name.title(), disk=disk.name, kind=kind, key=key, mac=mac)
-    (folder / f"{name}.vmx").write_text(text)
-
 
 @pytest.fixture(scope="module")
 def datastore(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Path:
@@ -64,11 +31,8 @@ def datastore(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Path
     vmware_vm(ds, "app03", testguest, "streamOptimized", "00:50:56:a1:b2:c5")
     vmware_vm(ds, "broken05", testguest, "monolithicFlat", "00:50:56:a1:b2:c6")
     vmware_vm(ds, "evil07", testguest, "monolithicFlat", "00:50:56:a1:b2:c7")
-    hyperv = ds / "hv04" / "Virtual Hard Disks"
-    hyperv.mkdir(parents=True)
-    qemu_img("convert", "-f", "raw", "-O", "vhdx", str(testguest), str(hyperv / "hv04.vhdx"))
-    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed",
-             str(testguest), str(ds / "fixed06.vhd"))  # fmt: skip
+    hyperv_disk(ds, "hv04", testguest)
+    fixed_vhd(ds, "fixed06", testguest)
     return ds
 
 
@@ -184,6 +148,7 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, datastore: Path, tm
     assert taken.returncode != 0 and "00:50:56:a1:b2:c5 is another NIC's" in taken.stderr
     done = cli(env, *again, "--no-keep-macs")
     assert "app03-cli" in done.stdout
-    assert api.ok("GET", "/vms/app03-cli")["spec"]["nics"][0]["network"] == "user"
+    nic = api.ok("GET", "/vms/app03-cli")["spec"]["nics"][0]
+    assert nic["network"] == "user" and nic["mac"] != "00:50:56:a1:b2:c5"
     listed = cli(env, "import", "list").stdout
     assert "succeeded" in listed and "app03.vmx" in listed

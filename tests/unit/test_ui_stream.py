@@ -85,3 +85,14 @@ def test_alert_rules_for_viewers_channels_for_admins_alerts_apart() -> None:
     # Without a cluster-wide role: rules and channels are not theirs to read.
     assert Filter(None).change(put(keys.alert_rule("disk-full"))) is None
     assert Filter(None).change(put(keys.channel("pager"))) is None
+
+
+def test_import_sources_and_their_scans_are_one_kind_scans_for_admins() -> None:
+    assert Filter(Role.viewer).change(put(keys.import_source("ds1"))) == {
+        "kind": "imports",
+        "id": "ds1",
+        "type": "put",
+    }
+    assert Filter(Role.operator).change(put(keys.import_scan("ds1"))) is None
+    assert Filter(Role.admin).change(put(keys.import_scan("ds1")))["kind"] == "imports"  # type: ignore[index]
+    assert Filter(None).change(put(keys.import_source("ds1"))) is None  # grants only: not theirs

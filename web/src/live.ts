@@ -21,7 +21,8 @@ export type Kind =
   | "snapshots"
   | "alerts"
   | "alert-rules"
-  | "channels";
+  | "channels"
+  | "imports";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();
@@ -46,7 +47,7 @@ function handle(event: string, data: string): void {
     dispatch(
       new Set([
         "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
-        "users", "alerts", "alert-rules", "channels",
+        "users", "alerts", "alert-rules", "channels", "imports",
       ]),
     );
   } else {
@@ -73,7 +74,7 @@ async function run(signal: AbortSignal): Promise<void> {
       dispatch(
         new Set([
           "vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts",
-          "alert-rules", "channels",
+          "alert-rules", "channels", "imports",
         ]),
       );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -57,6 +57,9 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     # their names say where notices go): administrators only, as GET /alerts/channels.
     (keys.ALERT_RULES, "alert-rules", Role.viewer),
     (keys.CHANNELS, "channels", Role.admin),
+    # V2V sources anyone may list; their scans (the VMs found, with paths) admins only read.
+    (keys.IMPORT_SOURCES, "imports", Role.viewer),
+    (keys.IMPORT_SCANS, "imports", Role.admin),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
 _SECRET_IDS = {"tokens"}
