@@ -123,3 +123,16 @@ def text(element: Element | None, name: str | None = None) -> str | None:
     if element is None or element.text is None:
         return None
     return element.text.strip()
+
+
+def integer(element: Element | None, path: str | None, field: str) -> int | None:
+    """The integer an element holds, None if absent or empty; ParseError naming its line."""
+    value = text(element)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ParseError(
+            f"not a number: {value!r}", path=path, line=line_of(element), field=field
+        ) from None

@@ -27,7 +27,7 @@ from typing import Literal
 from xml.etree.ElementTree import Element
 
 from heron.models.v2v import DiskBus, Firmware, GuestOs, ScannedDisk, ScannedNic, ScannedVm
-from heron.v2v.common import ParseError, line_of, normalize_mac, parse_xml, text
+from heron.v2v.common import ParseError, integer, normalize_mac, parse_xml, text
 from heron.v2v.findings import hardware_warnings
 
 VhdKind = Literal["fixed", "dynamic", "differencing"]
@@ -265,18 +265,6 @@ def _find(root: Element, *names: str) -> Element | None:
     return element
 
 
-def _int(element: Element | None, what: str, path: str | None) -> int | None:
-    value = text(element)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ParseError(
-            f"not a number: {value!r}", path=path, line=line_of(element), field=what
-        ) from None
-
-
 def _bool(element: Element | None) -> bool | None:
     value = text(element)
     return None if value is None else value.lower() in ("true", "1")
@@ -292,12 +280,14 @@ def parse_legacy_config(data: bytes | str, path: str | None = None) -> HyperVCon
     if not name:
         raise ParseError("missing", path=path, field="properties/name")
     config = HyperVConfig(name=name)
-    config.vcpus = _int(_find(root, "settings", "processors", "count"), "processors/count", path)
-    config.memory_mib = _int(_find(root, "settings", "memory", "bank", "size"), "memory/size", path)
+    config.vcpus = integer(_find(root, "settings", "processors", "count"), path, "processors/count")
+    config.memory_mib = integer(
+        _find(root, "settings", "memory", "bank", "size"), path, "memory/size"
+    )
     config.dynamic_memory = bool(
         _bool(_find(root, "settings", "memory", "bank", "dynamic_memory_enabled"))
     )
-    subtype = _int(_find(root, "properties", "subtype"), "properties/subtype", path)
+    subtype = integer(_find(root, "properties", "subtype"), path, "properties/subtype")
     config.generation = 2 if subtype == 1 else 1
     for element in root.iter():
         if element.tag.lower() == "secure_boot_enabled":

@@ -23,6 +23,7 @@ from heron.v2v.common import (
     ParseError,
     child,
     guest_family,
+    integer,
     line_of,
     normalize_mac,
     parse_xml,
@@ -100,16 +101,7 @@ def allocation_units(
 
 def _number(item: Element, name: str, where: str, path: str | None) -> int | None:
     """The integer in the item's child `name`, None if absent; ParseError naming its line."""
-    element = child(item, name)
-    value = text(element)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ParseError(
-            f"not a number: {value!r}", path=path, line=line_of(element), field=f"{where}/{name}"
-        ) from None
+    return integer(child(item, name), path, f"{where}/{name}")
 
 
 def _format_of(url: str | None, href: str | None) -> tuple[str | None, str | None]:
