@@ -116,7 +116,8 @@ class Imports:
             if params.guest_fix == "auto":
                 await self._fix_guest(ctx, params, vm_id)
             state = await self._finish(vm_id, params.start)
-        except BaseException as exc:
+        except Exception as exc:  # a failure or a cancel; an agent stopping (CancelledError)
+            # leaves the task to resume at its restart, with what it made
             log.warning("import of %s failed (%r): removing what it made", vm_id, exc)
             await self.delete_vm(vm_id, True, _quiet)
             if isinstance(exc, StorageError):
@@ -166,7 +167,10 @@ class Imports:
         if outside:
             raise TaskFailed(f"{name}: the source reads files outside it: {', '.join(outside)}")
         for path, least in files:
-            held = Path(path).stat().st_size
+            try:
+                held = Path(path).stat().st_size
+            except OSError as exc:
+                raise TaskFailed(f"{name}: {path}: {exc.strerror}") from exc
             if held < least:
                 raise TaskFailed(
                     f"{name}: {path} holds {held} bytes of the {least} its descriptor says"
