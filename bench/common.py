@@ -231,13 +231,11 @@ def running_devcluster(
         # Plain etcd: the benchmarks' own etcd clients (the scale benchmark's worker
         # processes, the observers) take bare endpoints, and their results stay comparable
         # with earlier runs. etcd over TLS in the benchmarks is left to do.
-        yield devcluster.up(
+        with devcluster.running(
             directory, nodes, network=network, etcd_tls=False, memory_mib=memory_mib
-        )
+        ) as made:
+            yield made
     finally:
-        # `up` records the cluster before it starts anything, so this finds whatever did start.
-        if (directory / devcluster.STATE_FILE).exists():
-            devcluster.down(directory)
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
 

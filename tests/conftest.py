@@ -42,7 +42,7 @@ BESIDE_THE_GUESTS = {
     "test_network_vxlan", "test_migration_tls", "test_notify_smtp", "test_notify_snmp",
     "test_notify_webhook", "test_prometheus", "test_qemu_contract", "test_qemu_snapshot",
     "test_registration", "test_support_bundle",
-    "test_tasks", "test_testguest_memcheck",
+    "test_tasks", "test_testguest_memcheck", "test_v2v_scan",
 }  # fmt: skip
 
 
@@ -103,17 +103,10 @@ def _module_files(
 
 
 def _cluster(factory: pytest.TempPathFactory, nodes: int) -> Iterator[tuple[DevCluster, str]]:
-    directory = factory.mktemp(f"cluster{nodes}")
     # Each node's data plane in a namespace of its own: a switch made by a test (schemathesis
     # makes them by the dozen) never touches this machine's own interfaces.
-    try:
-        # `up` records the cluster before it starts anything: `down` finds whatever started,
-        # also when `up` itself fails half-way (the processes and namespaces must not leak).
-        cluster, token = devcluster.up(directory, nodes, network=True)
-        yield cluster, token
-    finally:
-        if (directory / devcluster.STATE_FILE).exists():
-            devcluster.down(directory)
+    with devcluster.running(factory.mktemp(f"cluster{nodes}"), nodes, network=True) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\
 _TOKEN = re.compile(r"\$\{?\w+\}?|\d+(?:\.\d+)?(?:e[+-]?\d+)?|[a-zA-Z_:][a-zA-Z0-9_:]*")
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-_LABEL_VALUES = re.compile(r"label_values\((\w+),\s*(\w+)\)")
+_LABEL_VALUES = re.compile(r"label_values\((\w+(?:\{[^}]*\})?),\s*(\w+)\)")
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -47,7 +47,8 @@ def exprs(board: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def query_variables(board: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """Each query variable: the (metric, label) of its label_values()."""
+    """Each query variable, in the dashboard's order: the (series selector, label) of its
+    label_values() (a selector may use the variables before it)."""
     found = {}
     for variable in board["templating"]["list"]:
         if variable["type"] == "query":

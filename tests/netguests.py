@@ -22,9 +22,7 @@ def network_cluster(
     factory: pytest.TempPathFactory, testguest: Path, name: str, nodes: int = 3
 ) -> Iterator[tuple[DevCluster, Api]]:
     """For a module fixture: the cluster and an admin client, taken down afterwards."""
-    directory = factory.mktemp(name)
-    cluster, token = devcluster.up(directory, nodes, network=True)
-    try:
+    with devcluster.running(factory.mktemp(name), nodes, network=True) as (cluster, token):
         api = Api(cluster.nodes[0].url, token, cluster.tls())
         shared = Path(cluster.dir) / "shared"
         shared.mkdir()
@@ -36,8 +34,6 @@ def network_cluster(
         )
         api.wait_task(reply["task"])
         yield cluster, api
-    finally:
-        devcluster.down(directory)
 
 
 def vm_dir(cluster: DevCluster, vm: dict[str, Any]) -> Path:

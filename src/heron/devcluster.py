@@ -13,8 +13,10 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -25,7 +27,7 @@ from heron.configdb.etcd import EtcdMember
 from heron.errors import HeronError
 from heron.network import fabric
 from heron.tls import Authority, NodeCredentials, issue, make_authority
-from heron.util.ports import free_ports
+from heron.util.ports import DEVCLUSTER_PORTS, free_ports
 from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
 
 STATE_FILE = "devcluster.json"
@@ -272,7 +274,7 @@ class DevCluster:
     def add_node(self, timeout: float = 120.0, join: list[str] | None = None) -> NodeSpec:
         """Start one more node and let it join the running cluster; `join`: herond's
         --join options (a one-time token) instead of handing it the devcluster's CA."""
-        ports = free_ports(3 if self.embedded else 1)
+        ports = free_ports(3 if self.embedded else 1, span=DEVCLUSTER_PORTS)
         name = f"node{len(self.nodes) + 1}"
         node = NodeSpec(
             name,
@@ -406,7 +408,7 @@ def up(
     else:
         members = 0 if external_etcd or embedded else (etcd_members or (1 if nodes == 1 else 3))
         per_node = 3 if embedded else 1
-        ports = free_ports(2 * members + per_node * nodes)
+        ports = free_ports(2 * members + per_node * nodes, span=DEVCLUSTER_PORTS)
         base = 2 * members
         cluster = DevCluster(
             dir=str(directory),
@@ -450,6 +452,18 @@ def up(
     token = cluster.login()
     cluster.wait_registered(token, timeout)
     return cluster, token
+
+
+@contextlib.contextmanager
+def running(directory: Path, nodes: int, **options: Any) -> Iterator[tuple[DevCluster, str]]:
+    """`up` for the length of a block, then `down` however it ends — also when `up` itself
+    failed half-way (it records the cluster before it starts anything): no process, QEMU or
+    namespace outlives the block. `options`: those of `up`."""
+    try:
+        yield up(directory, nodes, **options)
+    finally:
+        if (directory / STATE_FILE).exists():
+            down(directory)
 
 
 def down(directory: Path) -> None:

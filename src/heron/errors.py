@@ -40,3 +40,8 @@ class AgentError(HeronError):
 class NetworkError(HeronError):
     """The kernel refused a network object a VM needs now (its tap); drivers that realise
     switches report problems as sentences instead."""
+
+
+class V2VError(HeronError):
+    """A V2V source could not be read: a description that does not parse, a disk that does
+    not open. A scan turns these into a VM's blockers or the report's failures."""

@@ -16,11 +16,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -41,6 +41,7 @@ from heron.agent.demand import DemandPublisher
 from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
+from heron.agent.imports import import_slots
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
 from heron.agent.monitor import (
@@ -51,6 +52,7 @@ from heron.agent.monitor import (
     service_samples,
     storage_samples,
     switch_port_source,
+    vm_info_source,
     vm_source,
 )
 from heron.agent.mounts import MountKeeper
@@ -76,6 +78,7 @@ from heron.models.alerts import Alert
 from heron.models.auth import Role, User
 from heron.models.node import ARDFS_PEER_TLS, MIGRATION_TLS, WATCHDOG_PRESENCE, Node
 from heron.models.storage import Pool
+from heron.models.task import TaskKind
 from heron.monitor.catalog import METRICS
 from heron.monitor.collect.ipmi import IpmiPoller
 from heron.monitor.live import Live
@@ -92,6 +95,8 @@ from heron.util.proc import read_pidfile, spawn_detached, terminate
 log = logging.getLogger("herond")
 
 T = TypeVar("T")
+# How long a stopping agent may take before it exits anyway (herond.bounded).
+SHUTDOWN_LIMIT = 60.0
 
 DEFAULT_CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
 
@@ -295,12 +300,15 @@ async def run(config: AgentConfig) -> None:
     node_alerts = NodeAlerts(db, config.name, audit)
     vms.on_crash = node_alerts.vm_crashed
     demand = DemandPublisher(db, config.name)
-    runner = TaskRunner(db, config.name, handlers.table())
+    runner = TaskRunner(
+        db, config.name, handlers.table(), {TaskKind.v2v_import: lambda: import_slots(db)}
+    )
     measurements = Measurements(
         recorder,
         [
             ("node", node_source()),
             ("vms", vm_source(vms, network.plane.netns)),
+            ("vm names", vm_info_source(vms, inventory)),
             ("ipmi", ipmi_source(ipmi)),
             ("storage", partial(storage_samples, inventory, config.state_dir)),
             ("services", partial(service_samples, db, config.name, credentials, runner, inventory)),
@@ -422,19 +430,42 @@ async def run(config: AgentConfig) -> None:
         for job in done:
             if job is not waiter and job.exception() is not None:
                 log.error("%s stopped: %r", job.get_name(), job.exception())
-        server.should_exit = True
-        await leader.stop()
-        # With HA VMs running, the lease must run out instead: the watchdog stops them a
-        # second before the leader may start them elsewhere. Revoking it now would let the
-        # leader act while they still run.
-        await registration.stop(leave=not ha_vms_running(config.state_dir))
-        for job in background:
-            job.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if ctx.live is not None:
-            ctx.live.stop()
-    await inventory.stop()
-    await db.close()
+
+        async def shut_down() -> None:
+            server.should_exit = True
+            await leader.stop()
+            # With HA VMs running, the lease must run out instead: the watchdog stops them a
+            # second before the leader may start them elsewhere. Revoking it now would let
+            # the leader act while they still run.
+            await registration.stop(leave=not ha_vms_running(config.state_dir))
+            for job in background:
+                job.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if ctx.live is not None:
+                ctx.live.stop()
+            await inventory.stop()
+            await db.close()
+
+        await bounded(shut_down(), SHUTDOWN_LIMIT)
+
+
+async def bounded(stopping: Coroutine[Any, Any, None], limit: float) -> None:
+    """Stop within `limit` seconds: a step that hangs (a call to an etcd that never answers,
+    a job deaf to its cancel) must not leave a process that neither works nor ends, which
+    its service manager would wait on forever. What was still running is logged."""
+    job = asyncio.create_task(stopping, name="shutdown")
+    done, _ = await asyncio.wait([job], timeout=limit)
+    if job in done:
+        job.result()
+        return
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            frames = task.get_stack(limit=1)
+            where = f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else "?"
+            log.error("still running after %g s of shutdown: %s at %s", limit, task.get_name(),
+                      where)  # fmt: skip
+    logging.shutdown()
+    os._exit(1)
 
 
 def _host(address: str) -> str:

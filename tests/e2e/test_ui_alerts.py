@@ -2,7 +2,9 @@
 devcluster.
 
 The tests run in order on one page: a rule made with the rule editor (a duration out of
-bounds refused next to its input) and found in GET /alerts/rules; the rule's alert firing for
+bounds refused next to its input) and found in GET /alerts/rules; a rule, a silence and a
+channel that another client makes, changes and deletes through the API shown in the open page
+as the live stream tells of them, with no reload; the rule's alert firing for
 real on every node (the ConfigDB is up everywhere), counted in the top bar and the menu;
 one alert acknowledged (the name shown, and in the API); one silenced from its row with its
 rule and labels filled in (the leader marks it silenced), and the silence ended; a built-in
@@ -142,6 +144,46 @@ def test_create_a_rule_with_the_editor(page: Page, api: Api, screenshots: Path) 
     assert (rules[RULE]["op"], rules[RULE]["value"], rules[RULE]["for_seconds"]) == (">=", 1, 0)
     assert rules[RULE]["severity"] == "critical" and not rules[RULE]["built_in"]
     expect(page.locator(f"tr[data-rule={RULE}]")).to_contain_text("heron_configdb_up")
+
+
+def test_what_another_client_changes_shows_without_a_reload(page: Page, api: Api) -> None:
+    # The page stays the same document throughout: a reload would lose this mark.
+    page.evaluate("window.__heronSameDocument = true")
+    # Another client (here the API, with a token of its own) makes a rule while the Rules tab
+    # is open. Off, so that it fires nothing the later tests count.
+    other = {"name": "elsewhere", "metric": "heron_configdb_up", "op": "<", "value": 1}
+    api.ok("PUT", "/alerts/rules/elsewhere", json={**other, "enabled": False})
+    row = page.locator("tr[data-rule=elsewhere]")
+    expect(row).to_have_attribute("data-enabled", "false")
+    api.ok(
+        "PUT",
+        "/alerts/rules/elsewhere",
+        json={**other, "enabled": False, "summary": "made elsewhere"},
+    )
+    expect(row).to_contain_text("made elsewhere")
+    api.ok("DELETE", "/alerts/rules/elsewhere")
+    expect(row).to_have_count(0)
+
+    page.click("[data-testid=tab-silences]")
+    expect(page.locator("[data-testid=silences-empty]")).to_be_visible()
+    made = api.ok(
+        "POST", "/alerts/silences", json={"matchers": {"node": "nowhere"}, "duration": 3600}
+    )
+    silence = page.locator(f"tr[data-silence='{made['id']}']")
+    expect(silence).to_contain_text("node=nowhere")
+    api.ok("DELETE", f"/alerts/silences/{made['id']}")
+    expect(silence).to_have_count(0)
+
+    page.click("[data-testid=tab-channels]")
+    expect(page.locator("[data-testid=channels-empty]")).to_be_visible()
+    hook = {"kind": "webhook", "url": "http://127.0.0.1:9/elsewhere"}
+    api.ok("PUT", "/alerts/channels/elsewhere", json={"name": "elsewhere", "settings": hook})
+    item = page.locator("[data-channel=elsewhere]")
+    expect(item).to_contain_text("http://127.0.0.1:9/elsewhere")
+    api.ok("DELETE", "/alerts/channels/elsewhere")
+    expect(item).to_have_count(0)
+    expect(page.locator("[data-testid=channels-empty]")).to_be_visible()
+    assert page.evaluate("window.__heronSameDocument") is True
 
 
 def test_the_alert_fires_and_is_counted_on_every_page(

@@ -32,6 +32,10 @@ NOT_ON_THE_WALK = {
     "POST /tasks/{task_id}/cancel": (
         "offered only while a task runs; test_ui_vm.py cancels a migration with it"
     ),
+    "POST /imports": (
+        "offered once VMs of a source's scan are picked (the import wizard's mapping step); "
+        "test_ui_imports.py checks and imports with it"
+    ),
 }
 
 
@@ -117,6 +121,9 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     hook = {"kind": "webhook", "url": "http://127.0.0.1:9/"}
     api.ok("PUT", "/alerts/channels/walk", json={"name": "walk", "settings": hook})
     api.wait_task(api.ok("POST", "/support/bundles", json={})["id"])  # a row for its controls
+    # A row for the import source controls (scan, remove): a folder on a node.
+    source = {"name": "walk-ds", "type": "directory", "path": str(cluster.dir), "node": "node1"}
+    api.ok("POST", "/imports/sources", json=source)
     return {"vm": running["vm"]}
 
 

@@ -20,12 +20,8 @@ NODE_MIB, VM_MIB = 1024, 128
 
 @pytest.fixture(scope="module")
 def cluster4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevCluster, str]]:
-    directory = tmp_path_factory.mktemp("cluster4")
-    cluster, token = devcluster.up(directory, 4, memory_mib=NODE_MIB)
-    try:
-        yield cluster, token
-    finally:
-        devcluster.down(directory)
+    with devcluster.running(tmp_path_factory.mktemp("cluster4"), 4, memory_mib=NODE_MIB) as made:
+        yield made
 
 
 def usage(api: Api) -> dict[str, float]:

@@ -16,12 +16,8 @@ from heron.devcluster import DevCluster
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevCluster, str]]:
-    directory = tmp_path_factory.mktemp("drs")
-    cluster, token = devcluster.up(directory, 3, memory_mib=1024)
-    try:
-        yield cluster, token
-    finally:
-        devcluster.down(directory)
+    with devcluster.running(tmp_path_factory.mktemp("drs"), 3, memory_mib=1024) as made:
+        yield made
 
 
 def test_an_uneven_cluster_is_balanced(cluster) -> None:

@@ -18,12 +18,8 @@ from heron.devcluster import DevCluster
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevCluster, str]]:
-    directory = tmp_path_factory.mktemp("growth")
-    cluster, token = devcluster.up(directory, 1, embedded=True)
-    try:
-        yield cluster, token
-    finally:
-        devcluster.down(directory)
+    with devcluster.running(tmp_path_factory.mktemp("growth"), 1, embedded=True) as made:
+        yield made
 
 
 def members(cluster: DevCluster) -> list[Member]:

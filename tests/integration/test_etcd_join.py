@@ -34,12 +34,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevCluster, str]]:
-    directory = tmp_path_factory.mktemp("join")
-    made, token = devcluster.up(directory, 1)
-    try:
-        yield made, token
-    finally:
-        devcluster.down(directory)
+    with devcluster.running(tmp_path_factory.mktemp("join"), 1) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +134,7 @@ def test_a_wrong_fingerprint_stops_the_join(cluster, api: Api, tmp_path: Path) -
 def test_nodes_that_joined_with_tokens_host_etcd_members(tmp_path: Path) -> None:
     """etcd grows onto nodes that joined with a token: their members serve and peer over TLS
     with the certificates the join gave them."""
-    made, token = devcluster.up(tmp_path / "grow", 1, embedded=True)
-    try:
+    with devcluster.running(tmp_path / "grow", 1, embedded=True) as (made, token):
         api = Api(made.nodes[0].url, token, made.tls())
         for _ in range(2):
             reply = api.ok("POST", "/cluster/join")
@@ -158,8 +153,6 @@ def test_nodes_that_joined_with_tokens_host_etcd_members(tmp_path: Path) -> None
         assert all(u.startswith("https://") for m in members for u in m["client_urls"])
         for name in ("node2", "node3"):
             assert not (Path(made.node(name).state_dir) / "tls" / "pending-ca.json").exists()
-    finally:
-        devcluster.down(tmp_path / "grow")
 
 
 def test_a_new_single_node_makes_its_ca_before_its_etcd(tmp_path: Path) -> None:

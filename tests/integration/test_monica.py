@@ -262,7 +262,9 @@ def test_a_node_down_fires_and_inhibits_the_node_s_other_alerts(
     rule(api, "reads-etcd-too", enabled=False)
 
 
-def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(api: Api, image: str) -> None:
+def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(
+    cluster3: tuple[DevCluster, str], api: Api, image: str
+) -> None:
     reply = api.ok(
         "POST",
         "/vms",
@@ -297,6 +299,11 @@ def test_a_killed_vm_s_alert_fires_and_resolves_when_ha_restarts_it(api: Api, im
         ROUNDS,
         "the VM's CPU time",
     )
+    # Its node's /metrics says which VM the id is (dashboards pick VMs by name through it).
+    node = api.vm(vm_id)["node"]
+    url = f"{cluster3[0].node(node).url}/api/v1/metrics"
+    info = f'heron_vm_info{{name="watched",node="{node}",vm="{vm_id}"}} 1.0'
+    wait_for(lambda: info in api.http.get(url).text, ROUNDS, "the VM's heron_vm_info")
 
 
 def test_notices_reach_a_webhook_but_not_for_a_silenced_alert(api: Api) -> None:
@@ -338,3 +345,22 @@ def test_notices_reach_a_webhook_but_not_for_a_silenced_alert(api: Api) -> None:
     finally:
         receiver.close()
         api.delete("/alerts/channels/hook")
+
+
+def test_a_node_that_left_has_its_alerts_resolved_as_object_removed(api: Api) -> None:
+    """The module's last test: a node leaves the cluster for good. Its agent still runs here,
+    its condition still holds; its alert resolves all the same, saying why."""
+    rule(api, "reads-etcd-left")
+    wait_for(lambda: len(alerts(api, "reads-etcd-left", "firing")) == 3, ROUNDS, "the rule firing")
+    taken = {v["node"] for v in api.ok("GET", "/vms")}
+    empty = next(n for n in ("node3", "node2") if n not in taken)
+    api.ok("POST", f"/nodes/{empty}/leave")
+    resolved = wait_for(
+        lambda: (a := alerts(api, "reads-etcd-left")[empty])["state"] == "resolved" and a,
+        ROUNDS,
+        f"{empty}'s alert resolved once it left",
+    )
+    assert resolved["resolved_reason"] == "object removed"
+    still = alerts(api, "reads-etcd-left")
+    assert [still[n]["state"] for n in sorted(still) if n != empty] == ["firing", "firing"]
+    rule(api, "reads-etcd-left", enabled=False)

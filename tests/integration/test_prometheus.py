@@ -240,8 +240,8 @@ def test_every_dashboard_query_is_evaluated_and_what_is_measured_has_data(
     evaluated = with_data = 0
     for name, board in dashboards().items():
         values = dict(BUILTINS)
-        for variable, (metric, label) in query_variables(board).items():
-            listed = label_values(prometheus, label, metric)
+        for variable, (selector, label) in query_variables(board).items():
+            listed = label_values(prometheus, label, substitute(selector, values))
             if variable == "node":
                 assert listed == sorted(n.name for n in cluster.nodes)
             if variable == "pool":

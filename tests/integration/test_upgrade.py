@@ -58,11 +58,8 @@ def old_cluster(
     tmp_path_factory: pytest.TempPathFactory, previous_release: Path, testguest: Path
 ) -> Iterator[tuple[DevCluster, str]]:
     directory = tmp_path_factory.mktemp("upgrade")
-    cluster, token = devcluster.up(directory, 3, source=str(previous_release))
-    try:
-        yield cluster, token
-    finally:
-        devcluster.down(directory)
+    with devcluster.running(directory, 3, source=str(previous_release)) as made:
+        yield made
 
 
 def runs_from(cluster: DevCluster, name: str) -> str | None:

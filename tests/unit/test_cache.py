@@ -1,8 +1,11 @@
 """The watch-fed Cache on the in-memory ConfigDB, down to the branch real etcd rarely shows:
 a watch that comes back after its history was compacted, and lists again."""
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aetcd.exceptions
 import pytest
 from fakes.configdb import FakeConfigDB
 
@@ -75,3 +78,34 @@ async def test_a_watch_back_from_a_short_break_misses_nothing(
         last = await db.put(PREFIX + "b", Counter(name="b", count=9))
     assert await cache.wait_for(last)
     assert held(cache) == [("b", 9)]
+
+
+async def test_the_first_list_waits_for_an_etcd_out_of_reach(
+    db: FakeConfigDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node starting while etcd is slow or cut off (its first list times out) gets its
+    copy once etcd answers: the start is not a failure that stops the agent."""
+    await db.put(PREFIX + "a", Counter(name="a", count=1))
+    listed = db.list_raw_at
+    failures = [aetcd.exceptions.ConnectionTimeoutError("Deadline Exceeded")] * 2
+
+    async def slow_start(prefix: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return await listed(prefix)
+
+    monkeypatch.setattr(db, "list_raw_at", slow_start)
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    copy = Cache(db, Counter, PREFIX)
+    await copy.start()
+    try:
+        assert held(copy) == [("a", 1)] and not failures
+    finally:
+        await copy.stop()
+
+
+_sleep = asyncio.sleep
+
+
+async def _no_wait(delay: float, result: Any = None) -> Any:
+    return await _sleep(0, result)

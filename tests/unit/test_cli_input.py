@@ -165,6 +165,11 @@ FREE_TEXT = {
     "output",
     "address",
     "channel",
+    # V2V: an import source's name; VMs by their name or path in its scan; an NFS export
+    # as SERVER:/PATH (the API checks the server's and the path's form)
+    "source",
+    "vms",
+    "nfs",
 }
 
 

@@ -17,6 +17,7 @@ from dashboards import (
     GRAFANA,
     PROVISIONING,
     dashboards,
+    exprs,
     label_names,
     metric_names,
     panels,
@@ -54,9 +55,13 @@ def test_a_dashboard_follows_grafanas_model(name: str) -> None:
     templating = {v["name"]: v for v in board["templating"]["list"]}
     source = templating["datasource"]
     assert (source["type"], source["query"]) == ("datasource", "prometheus")
-    for variable, (metric, label) in query_variables(board).items():
+    before = {"datasource"}
+    for variable, (selector, label) in query_variables(board).items():
         assert templating[variable]["datasource"] == DATASOURCE
-        assert metric in METRICS and label == variable
+        assert len(metric_names(selector)) == 1 and metric_names(selector) <= set(METRICS)
+        assert label == variable and label in LABELS and label_names(selector) <= LABELS
+        assert variables(selector) <= before, (variable, selector)
+        before.add(variable)
 
 
 @pytest.mark.parametrize("name", sorted(BOARDS))
@@ -142,3 +147,40 @@ def test_the_package_ships_every_dashboard_and_provisioning_file() -> None:
     for path in shipped:
         relative = path.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+
+
+def _metrics_of(board: dict[str, Any]) -> set[str]:
+    return {name for _, expr in exprs(board) for name in metric_names(expr)}
+
+
+def test_the_cluster_dashboard_charts_the_leader_nodes_vms_tasks_and_switches() -> None:
+    cluster = _metrics_of(BOARDS["heron-cluster"])
+    assert {"heron_leader", "heron_cluster_nodes_up", "heron_cluster_vms"} <= cluster
+    assert "heron_tasks_ended_total" in cluster
+    switches = {n for n in METRICS if n.startswith("heron_switch_port_")}
+    assert switches and switches <= cluster
+    # A node's own switch ports on its dashboard.
+    node = _metrics_of(BOARDS["heron-node"])
+    assert {
+        "heron_switch_port_receive_bytes_total",
+        "heron_switch_port_transmit_bytes_total",
+    } <= node
+
+
+def test_a_vm_is_picked_and_named_by_its_name_through_heron_vm_info() -> None:
+    picked = query_variables(BOARDS["heron-vm"])
+    assert list(picked) == ["name", "vm"]
+    assert picked["name"] == ("heron_vm_info", "name")
+    assert picked["vm"] == ('heron_vm_info{name="$name"}', "vm")
+    # Where other dashboards list VMs, they name them, and link to the VM's by name and id.
+    for board in (BOARDS["heron-cluster"], BOARDS["heron-node"]):
+        for panel in panels(board):
+            targets = panel.get("targets", [])
+            if not any("vm" in label_names(t["expr"]) for t in targets):
+                continue
+            for t in targets:
+                assert "heron_vm_info" in metric_names(t["expr"]), (panel["title"], t["expr"])
+                assert t["legendFormat"] == "{{name}}", panel["title"]
+            [link] = panel["fieldConfig"]["defaults"]["links"]
+            assert "var-name=${__field.labels.name}" in link["url"]
+            assert "var-vm=${__field.labels.vm}" in link["url"]

@@ -80,6 +80,7 @@ def every_collectors_samples(tmp_path: Path) -> list[Sample]:
     samples += vm.process_samples(VM, 4242, fake_proc(tmp_path / "vm"))
     samples += vm.block_samples(VM, [BlockStats("disk0", 1, 2, 3, 4, 5, 6, 7, 8)])
     samples += vm.interface_samples(VM, ["ht525400123456"], parse_net_dev(NET_DEV))
+    samples += vm.info_samples({VM: "web"})
     # What vm._qmp_part adds to the block stats, read from a running QEMU's QMP.
     samples += [
         Sample(name, labels_of(vm=VM), 2.0**30)

@@ -1,7 +1,7 @@
 """heron.monitor.rules: conditions held for a while fire, and resolve when they end."""
 
 from heron.models.alerts import AlertRule, Severity
-from heron.monitor.rules import BUILT_IN, Checker, alert_id, effective, summary
+from heron.monitor.rules import BUILT_IN, Checker, alert_id, effective, object_removed, summary
 
 HOT = AlertRule(name="hot", metric="node_load1", op=">", value=4, for_seconds=20)
 
@@ -94,3 +94,12 @@ def test_a_summary_names_the_object_and_survives_a_bad_template() -> None:
     odd = pool.model_copy(update={"summary": "{nothing} at {value:.1f}"})
     assert summary(odd, {}, 2.0) == "? at 2.0"
     assert summary(odd.model_copy(update={"summary": "{value:d}"}), {}, 2.5) == "{value:d}"
+
+
+def test_an_alert_s_object_is_removed_when_its_vm_is_deleted_or_its_node_left() -> None:
+    vms, left = {"web"}, {"node3"}
+    assert object_removed({"vm": "gone", "node": "node1"}, vms, left)
+    assert not object_removed({"vm": "web", "node": "node3"}, vms, left)  # the VM's, not node's
+    assert object_removed({"node": "node3", "pool": "p"}, vms, left)
+    assert not object_removed({"node": "node1", "pool": "p"}, vms, left)
+    assert not object_removed({"member": "node3"}, vms, left)  # an etcd member: its own rule

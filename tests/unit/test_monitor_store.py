@@ -13,6 +13,7 @@ from heron.monitor.store import (
     Block,
     Store,
     StoreError,
+    block_ids,
     pick_resolution,
     write_block,
 )
@@ -155,3 +156,78 @@ def test_the_resolution_fits_the_range_and_what_is_kept() -> None:
     assert pick_resolution(now - 30 * 86400, now, now) is HOUR
     # Ten days ago for fifteen minutes: raw samples are gone by then.
     assert pick_resolution(now - 10 * 86400, now - 10 * 86400 + 900, now) is MINUTE
+
+
+def vm_series(vm: str) -> list[str]:
+    return [
+        f'libvirt_domain_info_cpu_time_seconds_total{{vm="{vm}"}}',
+        f'libvirt_domain_block_stats_read_bytes_total{{target_device="disk0",vm="{vm}"}}',
+    ]
+
+
+def test_a_deleted_vms_series_leave_the_index_when_no_kept_block_holds_them(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(T0)
+    store = Store(tmp_path, clock=clock)
+    gone, kept = vm_series("gone"), vm_series("kept")
+    measure(store, clock, [*gone, *kept], 1.0, T0, T0 + 7200)
+    # The VM "gone" is deleted; "kept" is measured now and then (each sample seals an hour).
+    index = tmp_path / "series"
+    assert set(index.read_text().splitlines()) == {*gone, *kept}
+    held = {store.index.id(key) for key in gone}
+    index_bytes = index.stat().st_size
+
+    def holding(series: set[int]) -> list[Path]:
+        return [p for p in tmp_path.rglob("*.blk") if block_ids(p) & series]
+
+    # Kept while the hourly rollups hold it (raw and minute blocks are long gone).
+    measure(store, clock, kept, 2.0, T0 + HOUR.keep - 3 * 86400)
+    assert [p.relative_to(tmp_path).as_posix() for p in holding(held)] == [f"1h/{T0}.blk"]
+    assert set(index.read_text().splitlines()) == {*gone, *kept}
+    [points] = store.read(
+        "libvirt_domain_info_cpu_time_seconds_total", labels_of(vm="gone"), T0, T0 + 86400, HOUR
+    ).values()
+    assert points.values[0].tolist() == [1.0, 1.0, 1.0]
+    # Then its last day's rollups go, and the series with them: from the index on disk and in
+    # memory; no byte of it is left.
+    measure(store, clock, kept, 2.0, T0 + HOUR.keep + 2 * 86400)
+    assert holding(held) == []
+    assert set(index.read_text().splitlines()) == {"", *kept}
+    assert index.stat().st_size == index_bytes - sum(len(key) for key in gone)
+    assert not set(gone) & set(store.index.ids) and not held & set(store.last_day)
+    cpu_time = store.read("libvirt_domain_info_cpu_time_seconds_total", (), T0, clock.t, HOUR)
+    assert list(cpu_time) == [kept[0]]
+    # A new VM's series take the freed ids (the file does not grow), and a store opened
+    # again reads the index as it was left.
+    new = vm_series("new")
+    measure(store, clock, new, 3.0, clock.t + 10)
+    store.flush()
+    assert set(index.read_text().splitlines()) == {*kept, *new}
+    assert {store.index.id(key) for key in new} == held
+    again = Store(tmp_path, clock=clock)
+    assert {again.index.id(key) for key in [*kept, *new]} == {0, 1, 2, 3}
+    [points] = again.read(
+        "libvirt_domain_info_cpu_time_seconds_total", labels_of(vm="new"), T0, clock.t + 10, HOUR
+    ).values()
+    assert np.nanmax(points.values) == 3.0  # not the old VM's 1.0
+
+
+def measure(
+    store: Store, clock: Clock, keys: list[str], value: float, start: float, end: float = 0
+) -> None:
+    """Samples of `keys` every 10 s over [start, end), or one at `start`."""
+    t = start
+    while t < max(end, start + 10):
+        clock.t = t
+        store.append(t, [(key, value) for key in keys])
+        t += 10
+
+
+def test_series_of_an_older_store_that_no_block_holds_leave_its_index(tmp_path: Path) -> None:
+    """An index written before series could leave it, naming series with no data left."""
+    (tmp_path / "series").write_text("old_metric\nnode_load1\n")
+    write_block(tmp_path / "1h" / f"{T0}.blk", {1: np.ones((24, 3))})
+    store = Store(tmp_path, clock=Clock(T0 + 3600))
+    assert (tmp_path / "series").read_text() == "\nnode_load1\n"
+    assert store.index.id("node_load15") == 0

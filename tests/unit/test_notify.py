@@ -182,6 +182,7 @@ def test_the_webhook_body_lists_the_notices_and_its_signature_covers_the_timesta
         "resolved_at": None,
         "value": 1.0,
         "url": "https://heron.example/#/alerts/a1",
+        "reason": None,
     }
     settings = WebhookSettings(url="https://hooks.example/x", secret="s3cret")
     sent = webhook.headers(settings, body, T0 + 0.7)

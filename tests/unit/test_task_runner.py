@@ -142,6 +142,62 @@ async def test_cancel_is_seen_at_the_next_progress(
     assert done.progress == 0.9  # the progress it reported is kept
 
 
+async def test_a_limited_kind_runs_that_many_at_once_in_the_order_made(
+    db: FakeConfigDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "_SLOT_RECHECK", 0.05)
+    limit = 2
+    started: list[str] = []
+    release: dict[str, asyncio.Event] = {}
+
+    async def slow(ctx: TaskContext) -> None:
+        await ctx.progress(0.0, "begun")  # a task cancelled while it waited ends here
+        started.append(ctx.task.target)
+        release[ctx.task.target] = event = asyncio.Event()
+        await event.wait()
+
+    async def slots() -> int:
+        return limit
+
+    runner = TaskRunner(db, "n1", {SLOW: slow}, {SLOW: slots})  # type: ignore[arg-type]
+    job = asyncio.create_task(runner.run())
+    try:
+        tasks = []
+        for name in "abcde":
+            task = new_task(SLOW, "n1", name, "u")
+            task.created_at += len(tasks)  # made one after another
+            tasks.append(await submit(db, task))
+        await until(lambda: asyncio.sleep(0, started == ["a", "b"]), "two running")
+
+        async def state(task: Task) -> TaskState:
+            entry = await db.get(Task, keys.task(task.id))
+            assert entry is not None
+            return entry.value.state
+
+        assert [await state(t) for t in tasks[2:]] == [TaskState.queued] * 3
+
+        # Cancelled while it waits: its handler sees it at its first progress, at once.
+        def cancel(t: Task) -> Task:
+            t.cancel_requested = True
+            return t
+
+        await db.update(Task, keys.task(tasks[2].id), cancel)
+        assert (await ended(db, tasks[2].id)).state == TaskState.cancelled
+        release["a"].set()
+        await until(lambda: asyncio.sleep(0, started == ["a", "b", "d"]), "d after a")
+        limit = 3  # a raised limit is read again while tasks wait
+        await until(lambda: asyncio.sleep(0, started == ["a", "b", "d", "e"]), "e")
+        for name in "bde":
+            release[name].set()
+        assert {(await ended(db, t.id)).state for t in tasks if t.target != "c"} == {
+            TaskState.succeeded
+        }
+        assert "c" not in started
+    finally:
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+
+
 async def test_a_running_task_is_resumed_after_a_restart(
     db: FakeConfigDB, start_runner: Callable[..., TaskRunner]
 ) -> None:

@@ -66,3 +66,33 @@ def test_a_user_without_a_cluster_role_hears_only_that_vms_or_tasks_changed() ->
     assert changes.change(put(keys.task("t1"))) == {"kind": "tasks", "id": "", "type": "put"}
     assert changes.change(put(keys.pool("p"))) is None
     assert changes.change(put(keys.user("bob"))) is None
+
+
+def test_alert_rules_for_viewers_channels_for_admins_alerts_apart() -> None:
+    viewer, admin = Filter(Role.viewer), Filter(Role.admin)
+    rule = {"kind": "alert-rules", "id": "disk-full", "type": "put"}
+    assert viewer.change(put(keys.alert_rule("disk-full"))) == rule
+    # Where notices go is the administrators' to know, as GET /alerts/channels.
+    assert Filter(Role.operator).change(put(keys.channel("pager"))) is None
+    assert admin.change(put(keys.channel("pager"))) == {
+        "kind": "channels",
+        "id": "pager",
+        "type": "put",
+    }
+    # "alert-rules/" is not under "alerts/": a rule's change is not an alert's, nor the reverse.
+    assert viewer.change(put(keys.alert("a1")))["kind"] == "alerts"  # type: ignore[index]
+    assert viewer.change(put(keys.silence("s1")))["kind"] == "alerts"  # type: ignore[index]
+    # Without a cluster-wide role: rules and channels are not theirs to read.
+    assert Filter(None).change(put(keys.alert_rule("disk-full"))) is None
+    assert Filter(None).change(put(keys.channel("pager"))) is None
+
+
+def test_import_sources_and_their_scans_are_one_kind_scans_for_admins() -> None:
+    assert Filter(Role.viewer).change(put(keys.import_source("ds1"))) == {
+        "kind": "imports",
+        "id": "ds1",
+        "type": "put",
+    }
+    assert Filter(Role.operator).change(put(keys.import_scan("ds1"))) is None
+    assert Filter(Role.admin).change(put(keys.import_scan("ds1")))["kind"] == "imports"  # type: ignore[index]
+    assert Filter(None).change(put(keys.import_source("ds1"))) is None  # grants only: not theirs

@@ -1,7 +1,9 @@
 // Alerts as the UI shows them (GET /alerts, /alerts/silences, /alerts/rules,
 // /alerts/channels): the records, the count of firing alerts nobody acknowledged yet (the
 // menu's badge, from every page), and the small helpers the Alerts page's tabs share.
-import { ref } from "vue";
+import { ref, type Ref } from "vue";
+import { get } from "./api";
+import { useLive } from "./live";
 
 export type Severity = "critical" | "warning" | "info";
 
@@ -15,6 +17,7 @@ export interface Alert {
   value: number | null;
   started_at: number;
   resolved_at: number | null;
+  resolved_reason: "object removed" | null;
   acknowledged_by: string | null;
   acknowledged_at: number | null;
   silenced_by: string | null;
@@ -76,6 +79,15 @@ export const CHANNEL_MODELS: Record<ChannelKind, string> = {
 };
 
 export const TONE: Record<Severity, string> = { critical: "bad", warning: "warn", info: "neutral" };
+
+/** The rules' names, kept up to date from the live stream: what a silence may name. */
+export function useRuleNames(): Ref<string[]> {
+  return useLive<string[]>(
+    ["alert-rules"],
+    async () => (await get<Rule[]>("/alerts/rules")).map((r) => r.name),
+    [],
+  ).data;
+}
 
 /** Durations a silence may be given, in seconds. */
 export const DURATIONS = [3600, 4 * 3600, 24 * 3600, 7 * 86400];

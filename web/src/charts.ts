@@ -3,7 +3,7 @@
 import { t, tOr } from "./i18n";
 import {
   byLabel, difference, history, line, pointwise, sorted, sumBy, type Line, type Point, type Series,
-  type Window,
+  type Unit, type Window,
 } from "./metrics";
 
 export type Source = (w: Window) => Promise<Line[]>;
@@ -210,3 +210,34 @@ function holding(series: Series[], paths: string[]): Series[] {
 function inside(path: string, mountpoint: string): boolean {
   return mountpoint === "/" || path === mountpoint || path.startsWith(`${mountpoint}/`);
 }
+
+/** One chart of an object's panel (MetricsPanel.vue): its title and hint as dictionary keys,
+ * the unit of its values, the lines it draws and its test id. */
+export interface Chart {
+  title: string;
+  hint?: string;
+  unit: Unit;
+  source: Source;
+  testid: string;
+}
+
+/** The charts of a node (its card on the Nodes page) and of a VM (its Metrics tab). A VM's
+ * series carry its id, so they go on across migrations and restarts on other nodes. */
+export const OBJECT_CHARTS: Record<"node" | "vm", (of: string) => Chart[]> = {
+  node: (name) => [
+    {
+      title: "metrics.nodeCpu", hint: "metrics.nodeCpuHint", unit: "cpu", source: nodeCpu(name),
+      testid: "chart-node-cpu",
+    },
+    { title: "metrics.load", unit: "number", source: nodeLoad(name), testid: "chart-node-load" },
+    { title: "metrics.memory", unit: "bytes", source: nodeMemory(name), testid: "chart-node-memory" },
+    { title: "metrics.disks", unit: "bytesPerSecond", source: nodeDisks(name), testid: "chart-node-disks" },
+    { title: "metrics.network", unit: "bytesPerSecond", source: nodeNetwork(name), testid: "chart-node-network" },
+  ],
+  vm: (id) => [
+    { title: "metrics.cpu", hint: "metrics.cpuHint", unit: "cpu", source: vmCpu(id), testid: "chart-vm-cpu" },
+    { title: "metrics.memory", unit: "bytes", source: vmMemory(id), testid: "chart-vm-memory" },
+    { title: "metrics.vmDisks", unit: "bytesPerSecond", source: vmDisks(id), testid: "chart-vm-disks" },
+    { title: "metrics.vmNics", unit: "bytesPerSecond", source: vmNics(id), testid: "chart-vm-nics" },
+  ],
+};

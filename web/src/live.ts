@@ -19,7 +19,10 @@ export type Kind =
   | "users"
   | "events"
   | "snapshots"
-  | "alerts";
+  | "alerts"
+  | "alert-rules"
+  | "channels"
+  | "imports";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();
@@ -44,7 +47,7 @@ function handle(event: string, data: string): void {
     dispatch(
       new Set([
         "vms", "nodes", "tasks", "pools", "volumes", "groups", "networks", "network-status", "settings", "tokens",
-        "users", "alerts",
+        "users", "alerts", "alert-rules", "channels", "imports",
       ]),
     );
   } else {
@@ -69,7 +72,10 @@ async function run(signal: AbortSignal): Promise<void> {
       backoff = 500;
       // Whatever happened while we were away: everyone reloads once.
       dispatch(
-        new Set(["vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts"]),
+        new Set([
+          "vms", "nodes", "tasks", "pools", "volumes", "networks", "network-status", "tokens", "users", "alerts",
+          "alert-rules", "channels", "imports",
+        ]),
       );
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";

@@ -3,8 +3,8 @@ import { createRouter, createWebHistory } from "vue-router";
 import App from "./App.vue";
 import { t } from "./i18n";
 import { startLive } from "./live";
-import { can, canSomewhere, loggedIn, SCOPED_VIEWS, session } from "./session";
-import { views } from "./views";
+import { type Role, loggedIn, SCOPED_VIEWS, session } from "./session";
+import { allowed, views } from "./views";
 import LoginView from "./views/LoginView.vue";
 import "./style.css";
 
@@ -16,7 +16,7 @@ const router = createRouter({
       path: view.path,
       name: view.name,
       component: view.component,
-      meta: { title: view.title, role: view.role, bare: view.bare },
+      meta: { title: view.title, role: view.role, clusterWide: view.clusterWide, bare: view.bare },
     })),
     { path: "/:rest(.*)*", redirect: "/" },
   ],
@@ -28,8 +28,8 @@ router.beforeEach((to) => {
   }
   if (to.name !== "login" && session.current?.role === null && !SCOPED_VIEWS.has(String(to.name)))
     return { name: "vms" };
-  const role = to.meta.role as Parameters<typeof can>[0] | undefined;
-  if (role && !canSomewhere(role)) return { name: session.current?.role === null ? "vms" : "overview" };
+  const role = to.meta.role as Role | undefined;
+  if (role && !allowed({ role, clusterWide: to.meta.clusterWide === true })) return { name: session.current?.role === null ? "vms" : "overview" };
   return true;
 });
 

@@ -171,3 +171,7 @@ export function fieldErrors(error: unknown, prefix = ""): Record<string, string>
     }),
   );
 }
+
+/** What a form sends (SchemaDialog's `build`): the request's body, or the reasons by field
+ * path that it cannot be sent yet (what only the form can tell, such as text it parses). */
+export type Built = { body: Record<string, unknown> } | { invalid: Record<string, string> };

@@ -3,7 +3,7 @@
 // view is adding an entry, its component and its dictionary keys.
 import type { Component } from "vue";
 import type { Key } from "./i18n";
-import type { Role } from "./session";
+import { can, canSomewhere, type Role } from "./session";
 
 export interface ViewDef {
   path: string;
@@ -13,8 +13,16 @@ export interface ViewDef {
   icon?: string;
   nav?: boolean;
   role?: Role;
+  /** The role must be the user's cluster-wide role: a grant on a group is not enough. */
+  clusterWide?: boolean;
   /** Shown alone, without the menu and the top bar (a console in its own window). */
   bare?: boolean;
+}
+
+/** Whether the current user may open `view`. */
+export function allowed(view: Pick<ViewDef, "role" | "clusterWide">): boolean {
+  if (!view.role) return true;
+  return view.clusterWide ? can(view.role) : canSomewhere(view.role);
 }
 
 export const views: ViewDef[] = [
@@ -42,6 +50,8 @@ export const views: ViewDef[] = [
     component: () => import("./views/SecurityGroupsView.vue") },
   { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
     component: () => import("./views/StorageView.vue") },
+  { path: "/imports", name: "imports", title: "nav.imports", icon: "⇲", nav: true, role: "admin", clusterWide: true,
+    component: () => import("./views/ImportView.vue") },
   { path: "/tasks", name: "tasks", title: "nav.tasks", icon: "↻", nav: true,
     component: () => import("./views/TasksView.vue") },
   { path: "/alerts", name: "alerts", title: "nav.alerts", icon: "⚠", nav: true,

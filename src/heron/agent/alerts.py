@@ -23,16 +23,19 @@ from heron.configdb.cache import Cache
 from heron.configdb.client import EtcdTls
 from heron.configdb.election import Election
 from heron.configdb.membership import Membership
-from heron.models.alerts import Alert, AlertRule, Channel, Silence
+from heron.models.alerts import Alert, AlertRule, Channel, ResolvedReason, Silence
+from heron.models.node import NodeSettings
 from heron.models.vm import VM, RunState
 from heron.monitor.rules import (
     NODE_DOWN,
+    OBJECT_REMOVED,
     STATE_RULES,
     VM_CRASHED,
     Checker,
     Finding,
     alert_id,
     effective,
+    object_removed,
     summary,
 )
 from heron.monitor.series import series_key
@@ -62,9 +65,12 @@ class Rules:
         return effective(self.stored.values())
 
 
-async def write(db: ConfigDB, finding: Finding, t: float) -> Alert | None:
+async def write(
+    db: ConfigDB, finding: Finding, t: float, reason: ResolvedReason | None = None
+) -> Alert | None:
     """The finding as its alert record; the record as written, or None if nothing changed
-    (already firing, or already resolved or gone)."""
+    (already firing, or already resolved or gone). `reason`: why a resolved one resolved,
+    when not because its condition ended."""
     key = keys.alert(finding.id)
     for _ in range(5):
         entry = await db.get(Alert, key)
@@ -86,7 +92,12 @@ async def write(db: ConfigDB, finding: Finding, t: float) -> Alert | None:
             if current is None or current.state != "firing":
                 return None
             alert = current.model_copy(
-                update={"state": "resolved", "resolved_at": t, "value": finding.value}
+                update={
+                    "state": "resolved",
+                    "resolved_at": t,
+                    "value": finding.value,
+                    "resolved_reason": reason,
+                }
             )
         try:
             await db.put(key, alert, revision=entry.revision if entry else 0)
@@ -112,9 +123,21 @@ class NodeAlerts:
         if not self.adopted:
             self._adopt([e.value for e in await self.db.list(Alert, keys.ALERTS)], rules)
         for finding in self.checker.round(t, values, rules):
+            if finding.firing is not None and await self._removed(finding.labels):
+                continue  # the leader would resolve it at once (AlertController)
             alert = await write(self.db, finding, t)
             if alert is not None:
                 record(self.audit, alert)
+
+    async def _removed(self, labels: Mapping[str, str]) -> bool:
+        """Whether an alert about to fire is about an object gone for good: a deleted VM
+        (an absence rule sees its series stop), or this node after it left the cluster.
+        One read per alert that fires, none per round."""
+        vm = labels.get("vm")
+        if vm is not None:
+            return await self.db.get_raw(keys.vm(vm)) is None
+        settings = await self.db.get(NodeSettings, keys.node_settings(self.node))
+        return settings is not None and settings.value.left
 
     async def vm_crashed(self, vm: VM, why: str) -> None:
         """A VM's QEMU ended unexpectedly here: its alert fires now (HA may restart it within
@@ -196,6 +219,7 @@ class AlertController:
     async def step(self, t: float) -> None:
         inv = await self.inventory.ready()
         alerts = {e.value.id: e.value for e in await self.db.list(Alert, keys.ALERTS)}
+        await self._resolve_removed(t, inv, alerts)
         self._adopt(alerts.values())
         values = await self.state_values(inv)
         rules = [r for r in await self.rules.current() if r.name in STATE_NAMES]
@@ -210,6 +234,20 @@ class AlertController:
                 await self.after_round(alerts, t)
             except Exception:  # not the alerts' business: they went out already
                 log.exception("after the alert round")
+
+    async def _resolve_removed(self, t: float, inv: Inventory, alerts: dict[str, Alert]) -> None:
+        """Alerts about a node that left the cluster or a VM that was deleted resolve: no node
+        measures them any more, so nothing else would ever resolve them."""
+        left = {name for name, s in inv.node_settings.items() if s.value.left}
+        vms = {e.value.id for e in inv.vms}
+        for alert in list(alerts.values()):
+            if alert.state != "firing" or not object_removed(alert.labels, vms, left):
+                continue
+            finding = Finding(alert.id, alert.rule, dict(alert.labels), alert.value, None)
+            resolved = await write(self.db, finding, t, reason=OBJECT_REMOVED)
+            if resolved is not None:
+                alerts[alert.id] = resolved
+                record(self.audit, resolved, reason=f"{resolved.summary} ({OBJECT_REMOVED})")
 
     def _adopt(self, alerts: Iterable[Alert]) -> None:
         """The state rules' alerts that fire (fired by an earlier leader, or by a node for a
@@ -233,8 +271,9 @@ class AlertController:
             if status.state == RunState.crashed:
                 vm_id = entry.key.rsplit("/", 1)[1]
                 vm = inv.vms.get(vm_id)
-                name = vm.value.spec.name if vm else vm_id
-                labels = tuple(sorted(crash_labels(vm_id, name, status.node).items()))
+                if vm is None:
+                    continue  # deleted: its crash is no one's concern any more
+                labels = tuple(sorted(crash_labels(vm_id, vm.value.spec.name, status.node).items()))
                 values[series_key("heron_vm_crashed", labels)] = 1.0
         for member, healthy in (await self.etcd_members()).items():
             values[f'heron_etcd_member_healthy{{member="{member}"}}'] = float(healthy)

@@ -31,7 +31,7 @@ from heron.ardfs.config import DiskSpec, IoConfig, NodeSpec, Scheme, VolumeSpec
 from heron.ardfs.config import PlacedDisk as IoPlacedDisk
 from heron.ardfs.io import READY
 from heron.ardfs.peerauth import new_key, write_key
-from heron.configdb import ConfigDB, Conflict, Txn, keys
+from heron.configdb import UNREACHABLE, ConfigDB, Conflict, Txn, keys
 from heron.configdb.cache import Cache
 from heron.models.node import ARDFS_PEER_TLS, Node
 from heron.models.snapshot import Snapshot, SnapshotState
@@ -213,7 +213,10 @@ class IoSupervisor:
                         await self.step(pool)
                     except Exception as exc:
                         log.warning("ardfs pool %s: %s", pool.name, exc)
-                await self._stop_deleted_pools()
+                try:
+                    await self._stop_deleted_pools()
+                except UNREACHABLE as exc:  # asked again next round: never a reason to stop
+                    log.warning("ardfs: deleted pools not checked: %r", exc)
                 woken = [asyncio.create_task(w.wait()) for w in wakes]
                 await asyncio.wait(woken, timeout=CHECK, return_when=asyncio.FIRST_COMPLETED)
                 for task in woken:

@@ -3,11 +3,13 @@
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from heron.agent.ardfs import io_status
 from heron.agent.drain import Drain
+from heron.agent.imports import Imports
 from heron.agent.migration import Migrations
 from heron.agent.snapshots import Snapshots, drop_state_volumes, forget_vm
 from heron.agent.support import SupportBundles
@@ -45,6 +47,9 @@ class Handlers:
         self.vms = vms
         self.migrations = migrations
         self.snapshots = Snapshots(db, node, state_dir, vms)
+        self.imports = Imports(
+            db, node, state_dir, self._volume, self._set_volume, self.delete_vm, self._reconcile
+        )
         # Diagnostic bundles need the peers' HTTP client: herond sets them before the runner.
         self.support: SupportBundles | None = None
 
@@ -76,6 +81,8 @@ class Handlers:
             TaskKind.snapshot_revert: self.snapshots.revert,
             TaskKind.snapshot_delete: self.snapshots.delete,
             TaskKind.support_bundle: self.support_bundle,
+            TaskKind.v2v_scan: self.imports.scan,
+            TaskKind.v2v_import: self.imports.run,
         }
 
     async def support_bundle(self, ctx: TaskContext) -> dict[str, Any]:
@@ -219,10 +226,17 @@ class Handlers:
         return {"done": done}
 
     async def vm_delete(self, ctx: TaskContext) -> dict[str, Any]:
-        vm_id = ctx.task.target
+        return await self.delete_vm(
+            ctx.task.target, ctx.params(VMDeleteParams).volumes, ctx.progress
+        )
+
+    async def delete_vm(
+        self, vm_id: str, volumes: bool, progress: Callable[[float, str], Awaitable[None]]
+    ) -> dict[str, Any]:
+        """Stop the VM's QEMU and remove its records (and its volumes' data, if asked)."""
         entry = await self.db.get(VM, keys.vm(vm_id))
         await self.vms.destroy(vm_id)
-        await ctx.progress(0.5, "QEMU stopped")
+        await progress(0.5, "QEMU stopped")
         if entry is None:
             return {"deleted": vm_id}  # a repeat after a crash: the record is already gone
         vm = entry.value
@@ -237,7 +251,7 @@ class Handlers:
         states = await drop_state_volumes(self.db, self.state_dir, vm_id)
         await forget_vm(self.db, vm_id, txn)
         removed = []
-        if ctx.params(VMDeleteParams).volumes:
+        if volumes:
             for disk in vm.spec.disks:
                 with contextlib.suppress(TaskFailed, StorageError):
                     volume, pool = await self._volume(disk.volume)

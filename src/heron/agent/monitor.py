@@ -31,7 +31,14 @@ from heron.monitor.collect.services import (
 )
 from heron.monitor.collect.storage import ardfs_samples, pool_samples
 from heron.monitor.collect.switch import port_samples
-from heron.monitor.collect.vm import VmProbe, collect_vms, parse_pid_stat, read_interfaces, vm_taps
+from heron.monitor.collect.vm import (
+    VmProbe,
+    collect_vms,
+    info_samples,
+    parse_pid_stat,
+    read_interfaces,
+    vm_taps,
+)
 from heron.monitor.live import NotHere, Sampler, node_sampler, vm_sampler
 from heron.monitor.recorder import Recorder
 from heron.monitor.series import Sample
@@ -195,6 +202,30 @@ def vm_source(vms: VMController, netns: str | None) -> Source:
             late.clear()
             late.update(got.late)
         return got.samples
+
+    return samples
+
+
+def vm_info_source(vms: VMController, inventory: Inventory) -> Source:
+    """`heron_vm_info` of the VMs running here: each one's name as the cluster has it now
+    (a VM renamed while it runs keeps its old one in the spec its QEMU started with, which
+    stands in while the ConfigDB cannot be read)."""
+
+    async def samples() -> list[Sample]:
+        running = vms.running_here()
+        if not running:
+            return []
+        try:
+            records = (await asyncio.wait_for(inventory.ready(), 2.0)).vms
+        except (TimeoutError, *UNREACHABLE):
+            records = None
+        names = {}
+        for vm_id in running:
+            entry = records.get(vm_id) if records is not None else None
+            spec = entry.value.spec if entry is not None else vms.running_spec(vm_id)
+            if spec is not None:
+                names[vm_id] = spec.name
+        return info_samples(names)
 
     return samples
 

@@ -87,13 +87,31 @@ class TaskContext:
 
 
 Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
+# How many tasks of a kind may run at once on this node, read when a slot is sought.
+Limit = Callable[[], Awaitable[int]]
+# A slot freed is announced; a limit raised in the settings is not: it is read again this often.
+_SLOT_RECHECK = 10.0
 
 
 class TaskRunner:
-    def __init__(self, db: ConfigDB, node: str, handlers: dict[TaskKind, Handler]):
+    def __init__(
+        self,
+        db: ConfigDB,
+        node: str,
+        handlers: dict[TaskKind, Handler],
+        limits: dict[TaskKind, Limit] | None = None,
+    ):
         self.db = db
         self.node = node
         self.handlers = handlers
+        # Kinds that queue (imports): at most the limit run, the others stay `queued` on
+        # this node and start in the order they were made as slots free.
+        self.limits = limits or {}
+        self._busy: Counter[str] = Counter()
+        self._waiting: dict[str, list[Task]] = {}
+        self._cancelled: set[str] = set()  # waiting tasks whose cancel came
+        self._slots = asyncio.Condition()
+        self._announcing: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         # Tasks this node ended since its agent started, by (kind, end state): for Monica.
         self.ended: Counter[tuple[str, str]] = Counter()
@@ -141,7 +159,50 @@ class TaskRunner:
 
     def _offer(self, task: Task) -> None:
         if task.node == self.node and task.state == TaskState.queued:
+            if task.cancel_requested and any(
+                t.id == task.id for t in self._waiting.get(str(task.kind), [])
+            ):
+                self._cancelled.add(task.id)
+                announce = asyncio.create_task(self._announce())  # the waiter ends it unrun
+                self._announcing.add(announce)
+                announce.add_done_callback(self._announcing.discard)
             self._start(task, resume=False)
+
+    async def _announce(self) -> None:
+        async with self._slots:
+            self._slots.notify_all()
+
+    async def _slot(self, task: Task, resume: bool) -> bool:
+        """Wait for a slot of the task's kind (queued in creation order); False: it was
+        cancelled while it waited. A resumed task takes its slot back without waiting."""
+        kind = str(task.kind)
+        limit = self.limits.get(task.known_kind) if task.known_kind else None
+        if limit is None:
+            return True
+        if resume:
+            self._busy[kind] += 1
+            return True
+        waiting = self._waiting.setdefault(kind, [])
+        waiting.append(task)
+        waiting.sort(key=lambda t: (t.created_at, t.id))
+        async with self._slots:
+            try:
+                while task.id not in self._cancelled:
+                    if waiting[0].id == task.id and self._busy[kind] < await limit():
+                        self._busy[kind] += 1
+                        return True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slots.wait(), _SLOT_RECHECK)
+                return False
+            finally:
+                waiting.remove(task)
+                self._cancelled.discard(task.id)
+                self._slots.notify_all()  # the next in line may be the head now
+
+    async def _free(self, task: Task) -> None:
+        async with self._slots:
+            self._busy[str(task.kind)] -= 1
+            self._slots.notify_all()
 
     def _start(self, task: Task, resume: bool) -> None:
         if task.id in self._running:
@@ -151,6 +212,18 @@ class TaskRunner:
         job.add_done_callback(lambda _: self._running.pop(task.id, None))
 
     async def _execute(self, task: Task, resume: bool) -> None:
+        # Cancelled while it waited: its handler runs at once, to see the cancel at its first
+        # progress and undo what was made for it (an import's VM and volumes).
+        if not await self._slot(task, resume):
+            await self._run(task, resume)
+            return
+        try:
+            await self._run(task, resume)
+        finally:
+            if task.known_kind in self.limits:
+                await self._free(task)
+
+    async def _run(self, task: Task, resume: bool) -> None:
         ctx = TaskContext(self.db, task, resume)
         tried = False
 

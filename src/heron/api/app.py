@@ -15,6 +15,7 @@ from heron.api.routes import (
     events,
     groups,
     guest,
+    imports,
     metrics,
     networks,
     nodes,
@@ -62,6 +63,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         metrics,
         alerts,
         support,
+        imports,
     ):
         app.include_router(module.router, prefix=API)
 

@@ -53,9 +53,16 @@ def _shown_labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+def _state(alert: dict[str, Any]) -> str:
+    """`firing`, `resolved`, or with the reason when not its condition ended it:
+    `resolved (object removed)`."""
+    reason = alert.get("resolved_reason")
+    return f"{alert['state']} ({reason})" if reason else str(alert["state"])
+
+
 ALERT_COLUMNS = [
     ("id", lambda a: a["id"]),
-    ("state", lambda a: a["state"]),
+    ("state", _state),
     ("severity", lambda a: a["severity"]),
     ("rule", lambda a: a["rule"]),
     ("summary", lambda a: a["summary"]),

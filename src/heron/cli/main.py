@@ -13,6 +13,7 @@ from heron.cli import (
     event,
     group,
     guest,
+    imports,
     metrics,
     network,
     node,
@@ -53,6 +54,7 @@ for module in (
 ):
     app.add_typer(module.app, name=module.__name__.rsplit(".", 1)[-1])
 vm.app.add_typer(guest.app, name="hook")
+app.add_typer(imports.app, name="import")  # `import` is Python's own word: not a module name
 
 
 def _fail(message: str, code: int, command: str = "heron") -> NoReturn:

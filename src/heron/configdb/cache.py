@@ -21,7 +21,7 @@ from typing import Generic
 from pydantic import ValidationError
 
 from heron.configdb.interface import ConfigStore
-from heron.configdb.store import Entry, M, parse
+from heron.configdb.store import UNREACHABLE, Entry, M, parse
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,16 @@ class Cache(Generic[M]):
         return self.revision >= revision
 
     async def _follow(self) -> None:
-        await self._load()
+        delay = 0.5
+        while True:  # the first list waits for etcd: a slow or cut-off start is no failure
+            try:
+                await self._load()
+                break
+            except UNREACHABLE as exc:
+                log.warning("cache %s: etcd cannot be reached (%r); again in %g s",
+                            self.prefix, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)  # etcd's return is not announced
+                delay = min(delay * 2, 15.0)
         self._synced.set()
         while True:
             try:

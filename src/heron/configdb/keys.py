@@ -62,6 +62,9 @@ CLUSTER_CA = ROOT + "pki/ca"
 # a lease that ends it; read by the API's join route only, beside the CA under pki/.
 JOIN_TOKENS = ROOT + "pki/join-tokens/"
 SETTINGS = ROOT + "settings/cluster"
+# V2V: where VMs are imported from (models/imports.py), and each one's last scan.
+IMPORT_SOURCES = ROOT + "import-sources/"
+IMPORT_SCANS = ROOT + "import-scans/"
 
 
 def join_token(token_hash: str) -> str:
@@ -219,3 +222,11 @@ def silence(silence_id: str) -> str:
 
 def channel(name: str) -> str:
     return CHANNELS + name
+
+
+def import_source(name: str) -> str:
+    return IMPORT_SOURCES + name
+
+
+def import_scan(source: str) -> str:
+    return IMPORT_SCANS + source

@@ -423,7 +423,9 @@ class GuestAgent:
 
 # -- a bounded freeze ----------------------------------------------------------------------
 
-THAW_ATTEMPT_S = 5.0  # one thaw's wait for its reply
+# One thaw's wait for its reply: the guest runs its thaw hooks first (a database's unlock),
+# which a busy guest may take seconds over; sent again sooner, it only runs them again.
+THAW_ATTEMPT_S = 15.0
 # The guest's freeze hooks' time before it freezes (beyond the freeze limit): more than the
 # PostgreSQL hook's own bound (HERON_PG_TIMEOUT, 60 s), so a hung CHECKPOINT fails the hook, and
 # so the freeze, with the hook's message rather than with silence.

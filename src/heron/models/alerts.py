@@ -27,6 +27,7 @@ class Severity(StrEnum):
 
 
 Comparison = Literal[">", ">=", "<", "<="]
+ResolvedReason = Literal["object removed"]
 
 
 class AlertRule(Record):
@@ -60,6 +61,11 @@ class Alert(Record):
     value: float | None = None
     started_at: float
     resolved_at: float | None = None
+    resolved_reason: ResolvedReason | None = Field(
+        default=None,
+        description="why it resolved when not because its condition ended: 'object removed' "
+        "(the node it is about left the cluster, or the VM it is about was deleted)",
+    )
     acknowledged_by: str | None = None
     acknowledged_at: float | None = None
     # Set by the leader: why no notice goes out (a silence's id, or the alert inhibiting it).

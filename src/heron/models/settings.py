@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from heron.models.common import MailAddress, Name, Record
+from heron.models.imports import ImportSettings
 
 DRSMode = Literal["off", "advise", "automatic"]
 DRSBasis = Literal["demand", "allocated"]
@@ -144,6 +145,7 @@ class ClusterSettings(Record):
     ha: HASettings = Field(default_factory=HASettings)
     login: LoginSettings = Field(default_factory=LoginSettings)
     support: SupportSettings = Field(default_factory=SupportSettings)
+    imports: ImportSettings = Field(default_factory=ImportSettings)
 
 
 class ClusterSettingsUpdate(Record):
@@ -155,3 +157,4 @@ class ClusterSettingsUpdate(Record):
     ha: HASettings | None = None
     login: LoginSettings | None = None
     support: SupportSettings | None = None
+    imports: ImportSettings | None = None

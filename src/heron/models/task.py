@@ -12,7 +12,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from heron.models.common import Record, new_id, now
+from heron.models.common import Name, Record, new_id, now
+from heron.models.imports import GuestFamily, GuestFixMode, ImportDisk
 from heron.models.migration import MigrationOptions
 
 LOG_LINES = 100  # etcd holds small, current state: older lines are dropped
@@ -44,6 +45,8 @@ class TaskKind(StrEnum):
     snapshot_revert = "snapshot.revert"
     snapshot_delete = "snapshot.delete"
     support_bundle = "support.bundle"
+    v2v_scan = "v2v.scan"
+    v2v_import = "v2v.import"
 
 
 class TaskParams(BaseModel):
@@ -111,6 +114,20 @@ class SnapshotParams(TaskParams):
     freeze_limit_s: float = Field(default=10.0, gt=0, description="create: the longest freeze")
 
 
+class ScanParams(TaskParams):
+    source: Name
+
+
+class ImportParams(TaskParams):
+    source: Name
+    vm: str = Field(description="the scanned VM's path in the source")
+    root: str = Field(description="the folder the scan read the source at")
+    disks: list[ImportDisk] = Field(default_factory=list)
+    guest_fix: GuestFixMode = "auto"
+    family: GuestFamily = "other"
+    start: bool = Field(default=False, description="start the VM once imported")
+
+
 class SupportBundleParams(TaskParams):
     send: bool = Field(default=False, description="mail it to the support address when built")
     alert: str | None = Field(
@@ -144,6 +161,8 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.snapshot_revert: SnapshotParams,
     TaskKind.snapshot_delete: SnapshotParams,
     TaskKind.support_bundle: SupportBundleParams,
+    TaskKind.v2v_scan: ScanParams,
+    TaskKind.v2v_import: ImportParams,
 }
 
 P = TypeVar("P", bound=TaskParams)

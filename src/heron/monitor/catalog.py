@@ -9,7 +9,7 @@ is a bug (tests/unit/test_monitor_catalog.py checks every collector's output).
 
 Labels: node metrics carry none of their own beyond `mode`, `device`, `mountpoint`/`fstype`
 (the gatherer adds `node`); VM metrics carry `vm` (its uuid), per disk or NIC also
-`target_device`; IPMI sensors `id` and `name`.
+`target_device` (`heron_vm_info` also `name`, the VM's); IPMI sensors `id` and `name`.
 """
 
 from __future__ import annotations
@@ -102,6 +102,15 @@ _add(
     "node_filesystem_avail_bytes",
     "gauge",
     "Filesystem space available to unprivileged users in bytes.",
+)
+
+# -- VMs: which VM a uuid is (the node that runs it gives it) --------------------------------
+
+_add(
+    "heron_vm_info",
+    "gauge",
+    "1 for each VM running on the node; name: what the VM is called now (its vm label, the "
+    "uuid, is what its other series carry: join on vm to pick or label them by name).",
 )
 
 # -- VMs: CPU and memory of the QEMU process (/proc/PID), QMP ---------------------------------

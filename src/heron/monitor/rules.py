@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from heron.models.alerts import AlertRule, Comparison, Severity
+from heron.models.alerts import AlertRule, Comparison, ResolvedReason, Severity
 from heron.monitor.query import parse_key
 from heron.monitor.series import series_key
 
@@ -27,6 +27,8 @@ COMPARE: dict[Comparison, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
 }
+
+OBJECT_REMOVED: ResolvedReason = "object removed"  # an alert's object is gone for good
 
 FORGET = 86400.0  # seconds after which a series not seen is forgotten (absence rules too)
 
@@ -109,6 +111,17 @@ def effective(stored: Iterable[AlertRule]) -> list[AlertRule]:
     mine = {rule.name: rule for rule in stored}
     built = [mine.pop(rule.name, rule) for rule in [*BUILT_IN, *STATE_RULES]]
     return [*built, *mine.values()]
+
+
+def object_removed(labels: Mapping[str, str], vms: Container[str], left: Container[str]) -> bool:
+    """Whether an alert's object is gone for good: a VM's alert (a `vm` label) when the VM
+    is not among `vms` any more, another alert when its `node` left the cluster. Its node
+    alone never measures it again (a VM's node may still run and resolve it itself)."""
+    vm = labels.get("vm")
+    if vm is not None:
+        return vm not in vms
+    node = labels.get("node")
+    return node is not None and node in left
 
 
 def alert_id(rule: str, labels: Mapping[str, str]) -> str:

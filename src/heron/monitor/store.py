@@ -9,11 +9,16 @@ Layout, under the store's directory, one folder per resolution:
 - `10s/<start>.blk`: one hour of 10 s samples, one value a slot;
 - `1m/<start>.blk`: one hour of 1 min rollups, `1h/<start>.blk`: one day of 1 h rollups,
   each point min, avg and max of what it covers;
-- `series`: every series key seen, one a line, its line number the id blocks use.
+- `series`: the series keys, one a line, its line number the id blocks use; an empty line
+  is an id no block holds any more, free for the next new series.
 A block is immutable once its period is over. The current hour lives in memory and is
 written out as its block every `checkpoint` seconds (no fsync per sample: a crash loses at
 most that much), so a restarted agent carries on where the last one wrote. The rollups of an
 hour are made when it ends, and on open for hours that ended while no agent ran.
+
+A series that no kept block holds any more (a deleted VM's, two years after its last sample:
+the hourly rollups are kept longest) leaves the index when the hour it went is pruned, so
+the index and the memory it takes follow the series that exist, not all that ever did.
 
 Values are kept to 16 bits of mantissa (relative error below 2e-5: a chart or a threshold
 never sees it) and each series' points are XORed with their predecessors and split into byte
@@ -22,6 +27,7 @@ planes before zstd: steady series cost almost nothing, noisy ones about two byte
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import struct
@@ -61,6 +67,10 @@ RAW = Resolution("10s", 10, 3600, 8 * DAY, 1)
 MINUTE = Resolution("1m", 60, 3600, 92 * DAY, 3)
 HOUR = Resolution("1h", 3600, DAY, 740 * DAY, 3)
 RESOLUTIONS = (RAW, MINUTE, HOUR)
+# Every hour with samples is rolled up into HOUR's block of its day, which outlives the other
+# resolutions' blocks of that hour: a series is in some kept block as long as its last day's
+# HOUR block is kept (what `Store._prune` relies on to drop series from the index).
+assert all(r.keep <= HOUR.keep for r in RESOLUTIONS)
 
 
 @dataclass
@@ -107,6 +117,17 @@ def write_block(path: Path, columns: dict[int, np.ndarray]) -> None:
         for frame in frames:
             out.write(frame)
     os.replace(tmp, path)
+
+
+def block_ids(path: Path) -> set[int]:
+    """The series a block holds, read from its table alone."""
+    with path.open("rb") as source:
+        head = source.read(len(MAGIC) + _HEAD.size)
+        if not head.startswith(MAGIC) or len(head) < len(MAGIC) + _HEAD.size:
+            raise StoreError(f"{path}: not a metrics block")
+        count, _ = _HEAD.unpack_from(head, len(MAGIC))
+        raw = source.read(4 * count)
+    return {int(i) for i in np.frombuffer(raw, dtype=np.uint32, count=len(raw) // 4)}
 
 
 class Block:
@@ -164,23 +185,63 @@ def aggregate(lows: np.ndarray, means: np.ndarray, highs: np.ndarray) -> np.ndar
 
 
 class SeriesIndex:
-    """Series key <-> id, kept in the `series` file (appended to, never rewritten)."""
+    """Series key <-> id, kept in the `series` file: line n holds the key of id n, an empty
+    line an id that is free again (`release`). New keys are appended at once; a file with
+    released or reused ids is written anew (atomically) by `save`, which the store calls
+    before it writes any block that may hold a reused id."""
 
     def __init__(self, path: Path):
         self.path = path
         self.keys: list[str] = path.read_text().splitlines() if path.exists() else []
-        self.ids = {key: i for i, key in enumerate(self.keys)}
+        self.ids = {key: i for i, key in enumerate(self.keys) if key}
+        self.free = [i for i, key in enumerate(self.keys) if not key]
+        heapq.heapify(self.free)
+        self.dirty = False
 
     def id(self, key: str) -> int:
         found = self.ids.get(key)
         if found is None:
-            if "\n" in key:
-                raise StoreError(f"a series key has no line breaks: {key!r}")
-            found = self.ids[key] = len(self.keys)
-            self.keys.append(key)
-            with self.path.open("a") as out:
-                out.write(key + "\n")
+            if "\n" in key or not key:
+                raise StoreError(f"a series key is one line, not empty: {key!r}")
+            if self.free:
+                found = heapq.heappop(self.free)
+                self.keys[found] = key
+                self.dirty = True
+            else:
+                found = len(self.keys)
+                self.keys.append(key)
+                if not self.dirty:
+                    with self.path.open("a") as out:
+                        out.write(key + "\n")
+            self.ids[key] = found
         return found
+
+    def key(self, series: int) -> str | None:
+        return self.keys[series] or None if series < len(self.keys) else None
+
+    def live(self) -> set[int]:
+        return set(self.ids.values())
+
+    def release(self, series: Iterable[int]) -> None:
+        """These ids hold no data anywhere any more: their keys go, the ids are free."""
+        for i in series:
+            key = self.keys[i]
+            if key:
+                del self.ids[key]
+                self.keys[i] = ""
+                self.dirty = True
+        while self.keys and not self.keys[-1]:
+            self.keys.pop()
+        self.free = [i for i, key in enumerate(self.keys) if not key]
+        heapq.heapify(self.free)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(key + "\n" for key in self.keys))
+        os.replace(tmp, self.path)
+        self.dirty = False
 
     def matching(self, name: str, labels: Labels) -> dict[int, str]:
         """The series of metric `name` whose labels include `labels`."""
@@ -188,7 +249,7 @@ class SeriesIndex:
         return {
             i: key
             for i, key in enumerate(self.keys)
-            if (key == name or key.startswith(name + "{")) and all(w in key for w in wanted)
+            if key and (key == name or key.startswith(name + "{")) and all(w in key for w in wanted)
         }
 
 
@@ -210,6 +271,14 @@ class Store:
         self.head_start = _period_start(clock(), RAW)
         self.head: dict[int, np.ndarray] = self._load(RAW, self.head_start)
         self.written = clock()
+        # Series id -> the start of the last day whose HOUR block holds it.
+        self.last_day: dict[int, int] = {}
+        for day in self._starts(HOUR):
+            try:
+                held = block_ids(self._path(HOUR, day))
+            except (OSError, StoreError):
+                continue
+            self.last_day.update(dict.fromkeys(held, day))
         self._catch_up()
 
     # -- writing ---------------------------------------------------------------------------
@@ -239,6 +308,7 @@ class Store:
             self._write_head()
 
     def _write_head(self) -> None:
+        self.index.save()  # before a block that may hold an id it gave again
         if self.head:
             write_block(self._path(RAW, self.head_start), self.head)
         self.written = self.clock()
@@ -247,12 +317,11 @@ class Store:
         """The hour is over: its last samples and its rollups to disk, old blocks away."""
         self._write_head()
         self._roll(self.head_start, self.head)
-        self._prune()
+        self._prune(current=())  # the sealed hour's series are in its blocks now
 
     def _roll(self, start: int, raw: dict[int, np.ndarray]) -> None:
         if not raw:
             return
-        write_block(self._path(MINUTE, start), {s: rollup(v, RAW, MINUTE) for s, v in raw.items()})
         day = _period_start(start, HOUR)
         hours = self._load(HOUR, day)
         slot = (start - day) // HOUR.step
@@ -262,20 +331,40 @@ class Store:
                 column = hours[series] = np.full((HOUR.slots, 3), np.nan)
             column[slot] = rollup(values, RAW, HOUR)[0]
         write_block(self._path(HOUR, day), hours)
+        for series in raw:
+            self.last_day[series] = max(day, self.last_day.get(series, day))
+        # Last: an hour with its MINUTE block is rolled up (`_catch_up`), HOUR's included.
+        write_block(self._path(MINUTE, start), {s: rollup(v, RAW, MINUTE) for s, v in raw.items()})
 
     def _catch_up(self) -> None:
         """Roll up the hours that ended while no agent ran (their raw blocks are there)."""
         for start in self._starts(RAW):
             if start < self.head_start and not self._path(MINUTE, start).exists():
                 self._roll(start, self._load(RAW, start))
-        self._prune()
+        self._prune(current=self.head)
 
-    def _prune(self) -> None:
+    def _prune(self, current: Iterable[int]) -> None:
+        """Blocks older than their resolution keeps go; so do the series no kept block holds
+        any more (nor `current`, the hour under way): their ids are free again."""
         now = self.clock()
         for resolution in RESOLUTIONS:
             for start in self._starts(resolution):
-                if start + resolution.period < now - resolution.keep:
+                if self._expired(resolution, start, now):
                     self._path(resolution, start).unlink(missing_ok=True)
+        gone = {
+            series
+            for series in self.index.live() - set(current)
+            if self._expired(HOUR, self.last_day.get(series, -HOUR.period), now)
+        }
+        if gone:
+            self.index.release(gone)
+            self.index.save()
+            for series in gone:
+                self.last_day.pop(series, None)
+
+    @staticmethod
+    def _expired(resolution: Resolution, start: int, now: float) -> bool:
+        return start + resolution.period < now - resolution.keep
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -307,7 +396,10 @@ class Store:
                 out[wanted[series]][into] = (
                     np.repeat(shaped, 3, axis=1) if shaped.shape[1] == 1 else shaped
                 )
-        return {key: Points(times, values) for key, values in out.items()}
+        with self.lock:
+            # An id freed and given to a new series while this read ran is not the old one.
+            same = {key for series, key in wanted.items() if self.index.key(series) == key}
+        return {key: Points(times, values) for key, values in out.items() if key in same}
 
     def _periods(
         self,

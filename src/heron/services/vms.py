@@ -4,7 +4,7 @@ writes the change with the task that carries it out in one transaction, and rais
 `services.errors` when it cannot."""
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,7 @@ from heron.models.task import (
     PowerParams,
     Task,
     TaskKind,
+    TaskParams,
     VMCreateParams,
     VMDeleteParams,
     new_task,
@@ -184,10 +185,20 @@ async def _batch_template(db: ConfigDB, body: BatchCreate) -> VM | None:
     return vm
 
 
+# What makes the new volumes' data, given them in disk order: a `vm.create` task by default.
+TaskFor = Callable[[list[Volume]], tuple[TaskKind, TaskParams]]
+
+
 async def plan_create(
-    db: ConfigDB, body: VMCreate, nodes: dict[str, Node], vms: list[VM], user: str
+    db: ConfigDB,
+    body: VMCreate,
+    nodes: dict[str, Node],
+    vms: list[VM],
+    user: str,
+    task_for: TaskFor | None = None,
 ) -> Plan:
-    """Check a create request and place the VM; the transaction that makes it, unwritten."""
+    """Check a create request and place the VM; the transaction that makes it, unwritten.
+    `task_for`: the task that fills its new volumes, when not a `vm.create` (a V2V import)."""
     await refuse_taken_name(db, body.name, vms)
     in_use = attached(vms)
     now = time.time()
@@ -240,6 +251,11 @@ async def plan_create(
         disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
     await check_nics(db, body.nics)
     made = [NewVolume(id=v.id, source=s) for v, s in new_volumes]
+    kind, params = (
+        task_for([v for v, _ in new_volumes])
+        if task_for is not None
+        else (TaskKind.vm_create, VMCreateParams(volumes=made))
+    )
     return await place(
         db,
         vm_id,
@@ -253,7 +269,7 @@ async def plan_create(
         rule=affinity_for(vm_id, group, vms),
         start=body.start,
         now=now,
-        task=(TaskKind.vm_create, VMCreateParams(volumes=made), user),
+        task=(kind, params, user),
     )
 
 

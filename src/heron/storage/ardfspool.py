@@ -101,7 +101,8 @@ class ArdfsPool(PoolDriver):
         self, volume: Volume, source: str, progress: Progress | None, source_format: str | None
     ) -> int:
         fmt = source_format or await qemuimg.detect_format(source)
-        size = max(volume.size, int((await qemuimg.info(source))["virtual-size"]))
+        # Read with its format given: a fixed VHD guessed as raw is 512 bytes too large.
+        size = max(volume.size, int((await qemuimg.info(source, fmt))["virtual-size"]))
         size = -(-size // SECTOR) * SECTOR
         if size != volume.size:
             await self._set_size(volume, size)

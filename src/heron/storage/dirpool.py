@@ -159,21 +159,25 @@ class NfsPool(DirPool):
         return f"{self.pool.server}:{self.pool.export}"
 
     async def prepare(self) -> None:
-        if mounted(self.root):
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        options = self.pool.options or "vers=4.2,hard,noatime"
-        proc = await asyncio.create_subprocess_exec(
-            "mount", "-t", "nfs", "-o", options, self.source(), str(self.root),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            message = err.decode(errors="replace").strip() or f"mount exited {proc.returncode}"
-            raise StorageError(f"cannot mount {self.source()}: {message}")
+        await mount_nfs(self.source(), self.root, self.pool.options or "vers=4.2,hard,noatime")
 
     def capacity(self) -> tuple[int, int] | None:
         return super().capacity() if mounted(self.root) else None
+
+
+async def mount_nfs(source: str, root: Path, options: str) -> None:
+    """Mount the NFS export `source` (server:/path) at `root`, unless something already is."""
+    if mounted(root):
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        "mount", "-t", "nfs", "-o", options, source, str(root),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip() or f"mount exited {proc.returncode}"
+        raise StorageError(f"cannot mount {source}: {message}")
 
 
 def mounted(path: Path) -> bool:

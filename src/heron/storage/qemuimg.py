@@ -55,6 +55,34 @@ async def info(path: Image, fmt: str | None = None) -> dict[str, Any]:
     return json.loads(await _run("info", "--output=json", "-U", *args, str(path)))
 
 
+async def files_read(image: Image, fmt: str | None) -> list[tuple[str, int]]:
+    """Every file qemu-img reads for `image` — it, its backing chain, and their extents (a
+    VMDK's descriptor names its data files) — each with the bytes it must hold at least:
+    a flat extent shorter than its descriptor says would be read as zeroes, without error.
+    A `json:` name's inner file counts as itself."""
+    args = ["--backing-chain", *(["-f", fmt] if fmt else []), str(image)]
+    chain = json.loads(await _run("info", "--output=json", "-U", *args))
+    found = []
+    for layer in chain if isinstance(chain, list) else [chain]:
+        found.append((_plain(str(layer["filename"])), 0))
+        extents = layer.get("format-specific", {}).get("data", {}).get("extents", [])
+        found += [
+            (_plain(str(e["filename"])), int(e["virtual-size"]) if e.get("format") == "FLAT" else 0)
+            for e in extents
+        ]
+    return found
+
+
+def _plain(name: str) -> str:
+    """A file name as qemu-img reports it; for a json: name, the file it reads in the end."""
+    if not name.startswith("json:"):
+        return name
+    spec = json.loads(name[5:])
+    while isinstance(spec.get("file"), dict):
+        spec = spec["file"]
+    return str(spec.get("filename", name))
+
+
 async def resize(path: Image, fmt: str, size: int) -> None:
     await _run("resize", "-q", "-f", fmt, str(path), str(size))
 
@@ -81,13 +109,34 @@ async def convert(
         args += ["-n", "--target-is-zero"]
     if source_format:
         args += ["-f", source_format]
+    code, err = await _with_progress([*args, str(source), str(target)], progress)
+    if code != 0:
+        raise QemuImgError(err or "qemu-img convert failed")
+
+
+async def compare(
+    source: Image,
+    source_format: str | None,
+    target: Image,
+    target_format: str,
+    progress: Progress | None = None,
+) -> None:
+    """Check that `target` reads exactly as `source` (a copy verified after it was made);
+    where one is larger, the rest must read as zeroes. Raises QemuImgError on a difference.
+    `source_format`: none only for a json: name, which carries its format."""
+    given = ["-f", source_format] if source_format else []
+    args = ["compare", "-p", *given, "-F", target_format, str(source), str(target)]
+    code, err = await _with_progress(args, progress)
+    if code == 1:
+        raise QemuImgError(f"the copy differs from its source: {err or 'contents differ'}")
+    if code != 0:
+        raise QemuImgError(err or "qemu-img compare failed")
+
+
+async def _with_progress(args: list[str], progress: Progress | None) -> tuple[int, str]:
+    """Run qemu-img with `-p`, passing on its progress; its exit status and last error line."""
     proc = await asyncio.create_subprocess_exec(
-        "qemu-img",
-        *args,
-        str(source),
-        str(target),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        "qemu-img", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stdout is not None and proc.stderr is not None
     buffer = b""
@@ -98,9 +147,9 @@ async def convert(
             await progress(float(found[-1]) / 100)
             buffer = b""
     err = await proc.stderr.read()
-    if await proc.wait() != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise QemuImgError(lines[-1] if lines else "qemu-img convert failed")
+    code = await proc.wait()
+    lines = err.decode(errors="replace").strip().splitlines()
+    return code, lines[-1] if lines else ""
 
 
 async def detect_format(path: Image) -> str:

@@ -572,16 +572,19 @@ def _build_locked(out: Path, *, force: bool, flavour: Flavour) -> DebianGuest:
     return guest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m heron.testguest.debian",
-        description="Build the Debian guest of the snapshot tests from Debian packages.",
-    )
+def main(
+    argv: Sequence[str] | None = None,
+    prog: str = "python -m heron.testguest.debian",
+    description: str = "Build the Debian guest of the snapshot tests from Debian packages.",
+    flavour: Flavour = SNAPSHOT,
+) -> int:
+    """The command line of this builder and of its flavours' (heron.testguest.vmware)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
     try:
-        guest = build(args.out.resolve(), force=args.force)
+        guest = build(args.out.resolve(), force=args.force, flavour=flavour)
     except BuildError as exc:
         log(f"error: {exc}")
         return 1

@@ -25,14 +25,12 @@ gives up; on an IDE disk (an i440fx machine) it boots.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from heron.testguest import build as testguest
 from heron.testguest import debian
-from heron.testguest.build import BuildError
 
 ROOT_DEVICE = "/dev/sda2"
 # Its own filesystem UUID (every ext4 has one; the guest does not use it until fixed).
@@ -83,20 +81,12 @@ def build(out: Path, *, force: bool = False) -> debian.DebianGuest:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return debian.main(
+        argv,
         prog="python -m heron.testguest.vmware",
         description="Build the V2V tests' VMware-style Debian guest from Debian packages.",
+        flavour=FLAVOUR,
     )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    args = parser.parse_args(argv)
-    try:
-        guest = build(args.out.resolve(), force=args.force)
-    except BuildError as exc:
-        debian.log(f"error: {exc}")
-        return 1
-    print(guest.image)
-    return 0
 
 
 if __name__ == "__main__":

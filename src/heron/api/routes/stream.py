@@ -52,6 +52,14 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.TOKENS, "tokens", Role.viewer),
     (keys.ALERTS, "alerts", Role.viewer),
     (keys.SILENCES, "alerts", Role.viewer),
+    # Rules and channels are kinds of their own: the alerts change far more often, and the
+    # rules tab need not read every rule again for each of them. Channels hold addresses (and
+    # their names say where notices go): administrators only, as GET /alerts/channels.
+    (keys.ALERT_RULES, "alert-rules", Role.viewer),
+    (keys.CHANNELS, "channels", Role.admin),
+    # V2V sources anyone may list; their scans (the VMs found, with paths) admins only read.
+    (keys.IMPORT_SOURCES, "imports", Role.viewer),
+    (keys.IMPORT_SCANS, "imports", Role.admin),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
 _SECRET_IDS = {"tokens"}
@@ -141,8 +149,9 @@ async def stream(
 ) -> StreamingResponse:
     """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
     ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches,
-    networks and security groups), network-status, settings, tokens, users for admins,
-    resync); `expired` when the session ends. Read the records through the other routes."""
+    networks and security groups), network-status, settings, tokens, snapshots, alerts
+    (alerts and silences), alert-rules, users and channels for admins, resync); `expired`
+    when the session ends. Read the records through the other routes."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     return StreamingResponse(
         _events(request, principal, token),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +222,15 @@ _ROUND_READS = ProcessReads()
 
 
 # -- QMP -----------------------------------------------------------------------------------
+
+
+def info_samples(names: Mapping[str, str]) -> list[Sample]:
+    """`heron_vm_info` of each VM (uuid -> its name): 1, its labels say which VM it is, as
+    node_exporter's `*_info` metrics do; a dashboard joins on `vm` to pick a VM by name."""
+    return [
+        Sample("heron_vm_info", labels_of(vm=vm_id, name=name), 1.0)
+        for vm_id, name in sorted(names.items())
+    ]
 
 
 def block_samples(vm_id: str, disks: Sequence[BlockStats]) -> list[Sample]:

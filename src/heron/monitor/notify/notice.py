@@ -41,6 +41,7 @@ class Notice:
     value: float | None
     cluster: str
     url: str | None = None
+    reason: str | None = None  # why a resolved alert resolved, when not its condition
 
     @property
     def test(self) -> bool:
@@ -58,24 +59,29 @@ class Notice:
             "resolved_at": self.resolved_at,
             "value": self.value,
             "url": self.url,
+            "reason": self.reason,
         }
 
 
 def notice_of(alert: Alert, cluster: str, url: str | None = None) -> Notice:
     """The notice an alert's current state makes, for the cluster named `cluster`; `url`
-    links to the alert in the web UI (None when no address of the UI is known)."""
+    links to the alert in the web UI (None when no address of the UI is known). A resolved
+    alert's reason (its object removed) ends its summary, so every channel says it."""
+    summary = alert.summary or f"{alert.rule} {labels_text(alert.labels)}".strip()
+    reason = alert.resolved_reason if alert.state == "resolved" else None
     return Notice(
         alert_id=alert.id,
         rule=alert.rule,
         severity=alert.severity,
         state=alert.state,
-        summary=alert.summary or f"{alert.rule} {labels_text(alert.labels)}".strip(),
+        summary=f"{summary} (resolved: {reason})" if reason else summary,
         labels=dict(alert.labels),
         started_at=alert.started_at,
         resolved_at=alert.resolved_at,
         value=alert.value,
         cluster=cluster,
         url=url,
+        reason=reason,
     )
 
 

@@ -1,0 +1,247 @@
+"""V2V on a node: scanning an import source, and carrying out one VM's import.
+
+An import was planned with its VM and volumes (services/imports.py); here each source disk
+is converted into its volume by qemu-img with its format given (never guessed), compared
+byte for byte with its source, and the guest is fixed to boot on virtio when asked. When
+anything fails, or the import is cancelled, the VM and its volumes are removed again:
+nothing half-imported stays. A source is read where it is: a directory of this node, or an
+NFS export mounted read-only under `<state>/mnt/import-<source>`.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from heron.agent.tasks import TaskContext, TaskFailed
+from heron.configdb import ConfigDB, keys
+from heron.models.imports import ImportDisk, ImportSource, ScanResult
+from heron.models.settings import ClusterSettings
+from heron.models.storage import Volume
+from heron.models.task import ImportParams, ScanParams
+from heron.models.vm import VM, PowerState, RunState
+from heron.storage import qemuimg
+from heron.storage.dirpool import mount_nfs
+from heron.storage.driver import PoolDriver, StorageError
+from heron.v2v.guestfix import GuestFixError, fix_linux
+from heron.v2v.scan import inside, scan_directory
+
+log = logging.getLogger(__name__)
+
+# A scan is stored whole in one ConfigDB record: a source with more than this is refused
+# with a word on scanning its folders one by one.
+MAX_SCAN_BYTES = 1024 * 1024
+# Of a disk's share of the progress, the copy takes this much and the comparison the rest.
+COPY_SHARE = 0.7
+# The guest fix boots libguestfs' appliance (about 2 minutes under TCG, docs/v2v.md).
+FIX_TIMEOUT = 900.0
+
+VolumeOf = Callable[[str], Awaitable[tuple[Volume, PoolDriver]]]
+SetVolume = Callable[..., Awaitable[None]]
+DeleteVm = Callable[[str, bool, Callable[[float, str], Awaitable[None]]], Awaitable[Any]]
+Reconcile = Callable[[str], Awaitable[RunState]]
+
+
+class Imports:
+    def __init__(
+        self,
+        db: ConfigDB,
+        node: str,
+        state_dir: Path,
+        volume: VolumeOf,
+        set_volume: SetVolume,
+        delete_vm: DeleteVm,
+        reconcile: Reconcile,
+    ):
+        self.db = db
+        self.node = node
+        self.state_dir = state_dir
+        self.volume = volume
+        self.set_volume = set_volume
+        self.delete_vm = delete_vm
+        self.reconcile = reconcile
+
+    async def _source(self, name: str) -> ImportSource:
+        found = await self.db.get(ImportSource, keys.import_source(name))
+        if found is None:
+            raise TaskFailed(f"import source {name} does not exist")
+        return found.value
+
+    async def root(self, source: ImportSource) -> Path:
+        """Where this node reads the source: its folder, or its NFS export mounted."""
+        if source.type == "directory":
+            if source.node != self.node:
+                raise TaskFailed(f"source {source.name} is a folder of node {source.node}")
+            path = Path(source.path)
+        else:
+            path = self.state_dir / "mnt" / f"import-{source.name}"
+            try:
+                # Read-only, and soft: a datastore that stops answering fails the scan or
+                # the import with an error instead of hanging them for good.
+                await mount_nfs(
+                    f"{source.server}:{source.path}", path, "ro,soft,timeo=150,retrans=3"
+                )
+            except StorageError as exc:
+                raise TaskFailed(str(exc)) from exc
+        if not path.is_dir():
+            raise TaskFailed(f"{path} is not a folder on node {self.node}")
+        return path
+
+    async def scan(self, ctx: TaskContext) -> dict[str, Any]:
+        source = await self._source(ctx.params(ScanParams).source)
+        root = await self.root(source)
+        await ctx.progress(0.1, f"reading {root}")
+        report = await scan_directory(root)
+        result = ScanResult(
+            source=source.name, node=self.node, scanned_at=time.time(), report=report
+        )
+        if len(result.model_dump_json()) > MAX_SCAN_BYTES:
+            raise TaskFailed(
+                f"{len(report.vms)} VMs are too many for one scan: make a source of each folder"
+            )
+        await self.db.put(keys.import_scan(source.name), result)
+        return {"vms": len(report.vms), "failures": len(report.failures)}
+
+    async def run(self, ctx: TaskContext) -> dict[str, Any]:
+        """Convert, verify, fix, and start if asked; on any failure remove what was made."""
+        params = ctx.params(ImportParams)
+        vm_id = ctx.task.target
+        try:
+            await ctx.progress(0.0, "started")  # cancelled while it was queued: undone here
+            root = await self.root(await self._source(params.source))
+            await self._disks(ctx, params, root)
+            if params.guest_fix == "auto":
+                await self._fix_guest(ctx, params, vm_id)
+            state = await self._finish(vm_id, params.start)
+        except Exception as exc:  # a failure or a cancel; an agent stopping (CancelledError)
+            # leaves the task to resume at its restart, with what it made
+            log.warning("import of %s failed (%r): removing what it made", vm_id, exc)
+            await self.delete_vm(vm_id, True, _quiet)
+            if isinstance(exc, StorageError):
+                raise TaskFailed(str(exc)) from exc
+            raise
+        return {"vm": vm_id, "state": state.value}
+
+    async def _disks(self, ctx: TaskContext, params: ImportParams, root: Path) -> None:
+        found = [await self.volume(d.volume) for d in params.disks]
+        total = sum(max(v.size, 1) for v, _ in found) or 1
+        done = 0
+        for disk, (volume, pool) in zip(params.disks, found, strict=True):
+            low, share = done / total, max(volume.size, 1) / total
+            done += max(volume.size, 1)
+            if volume.state == "ready":
+                continue  # converted before a restart cut the task short
+            source = _rerooted(disk, params, root)
+            await self._inside(source, disk.format, root, volume.name)
+            await ctx.progress(low, f"{volume.name}: converting from {source.split('/')[-1]}")
+
+            async def copied(fraction: float, low: float = low, share: float = share) -> None:
+                await ctx.progress(low + share * COPY_SHARE * fraction)
+
+            async def compared(fraction: float, low: float = low, share: float = share) -> None:
+                await ctx.progress(low + share * (COPY_SHARE + (1 - COPY_SHARE) * fraction))
+
+            try:
+                size = await pool.import_image(volume, source, copied, disk.format)
+                await ctx.log(f"{volume.name}: copied, comparing with the source")
+                await qemuimg.compare(
+                    source, disk.format, pool.image(volume), volume.format.value, compared
+                )
+            except StorageError as exc:
+                raise TaskFailed(f"{volume.name}: {exc}") from exc
+            await self.set_volume(volume.id, state="ready", size=size, error="")
+            await ctx.log(f"{volume.name}: verified")
+
+    async def _inside(self, source: str, fmt: str | None, root: Path, name: str) -> None:
+        """The scan refused disks that read files outside the source; their files may have
+        changed since (a descriptor naming /etc/shadow as an extent, a data file cut short,
+        which qemu-img would read on as zeroes): checked again here."""
+        try:
+            files = await qemuimg.files_read(source, fmt)
+        except StorageError as exc:
+            raise TaskFailed(f"{name}: the source cannot be read: {exc}") from exc
+        outside = [f for f, _ in files if not inside(f, str(root))]
+        if outside:
+            raise TaskFailed(f"{name}: the source reads files outside it: {', '.join(outside)}")
+        for path, least in files:
+            try:
+                held = Path(path).stat().st_size
+            except OSError as exc:
+                raise TaskFailed(f"{name}: {path}: {exc.strerror}") from exc
+            if held < least:
+                raise TaskFailed(
+                    f"{name}: {path} holds {held} bytes of the {least} its descriptor says"
+                )
+
+    async def _fix_guest(self, ctx: TaskContext, params: ImportParams, vm_id: str) -> None:
+        """Fix the Linux guest on its first disk to boot on virtio (heron.v2v.guestfix). When
+        it cannot be fixed, its disks become SATA and its NICs e1000, which every Linux
+        has drivers for, and the task's log says why: the import itself goes on."""
+        volume, pool = await self.volume(params.disks[0].volume)
+        image = Path(pool.image(volume))
+        if not image.is_file():
+            await self._plain_buses(ctx, vm_id, f"{volume.name} is not a file on this node")
+            return
+        await ctx.progress(ctx.task.progress, "fixing the guest to boot on virtio")
+        said: list[str] = []
+        try:
+            report = await asyncio.to_thread(
+                fix_linux, image, volume.format.value, timeout=FIX_TIMEOUT, log=said.append
+            )
+        except GuestFixError as exc:
+            await self._plain_buses(ctx, vm_id, str(exc))
+            return
+        changed = "; ".join(f"{c.kind} {c.path}" for c in report.changes) or "nothing to change"
+        await ctx.log(f"guest fixed ({report.product}, {report.duration_seconds:.0f} s): {changed}")
+        for warning in report.warnings:
+            await ctx.log(f"guest fix: {warning}")
+
+    async def _plain_buses(self, ctx: TaskContext, vm_id: str, why: str) -> None:
+        def plain(vm: VM) -> VM:
+            disks = [d.model_copy(update={"bus": "sata"}) for d in vm.spec.disks]
+            nics = [n.model_copy(update={"model": "e1000"}) for n in vm.spec.nics]
+            return vm.model_copy(update={"spec": vm.spec.model_copy(
+                update={"disks": disks, "nics": nics})})  # fmt: skip
+
+        await self.db.update(VM, keys.vm(vm_id), plain)
+        await ctx.log(f"guest not fixed ({why}): its disks are SATA and its NICs e1000")
+
+    async def _finish(self, vm_id: str, start: bool) -> RunState:
+        if start:
+
+            def running(vm: VM) -> VM:
+                return vm.model_copy(update={"power": PowerState.running})
+
+            await self.db.update(VM, keys.vm(vm_id), running)
+        return await self.reconcile(vm_id)
+
+
+def _rerooted(disk: ImportDisk, params: ImportParams, root: Path) -> str:
+    """The disk's qemu-img name on this node: the scan read the source under `params.root`
+    (an NFS export is mounted under each node's own state folder)."""
+    if params.root == str(root):
+        return disk.source
+    if disk.source.startswith("json:"):
+        spec = json.loads(disk.source[5:])
+        inner = spec["file"]["file"]
+        inner["filename"] = _moved(inner["filename"], params.root, root)
+        return "json:" + json.dumps(spec)
+    return _moved(disk.source, params.root, root)
+
+
+def _moved(path: str, old: str, new: Path) -> str:
+    relative = Path(path).relative_to(old)
+    return str(new / relative)
+
+
+async def _quiet(fraction: float, message: str) -> None:
+    """Progress of the clean-up after a failure: the task's own record says why it failed."""
+
+
+async def import_slots(db: ConfigDB) -> int:
+    """How many imports may run at once on a node (the cluster settings' `imports`)."""
+    found = await db.get(ClusterSettings, keys.SETTINGS)
+    return (found.value if found else ClusterSettings()).imports.parallel

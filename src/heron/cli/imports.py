@@ -1,0 +1,189 @@
+"""heron import: bring VMs over from VMware ESXi and Hyper-V (sources, scans, imports)."""
+
+from typing import Annotated, Any
+
+import typer
+
+from heron.cli.client import Client, fail
+from heron.cli.options import Json
+from heron.cli.output import emit, size
+
+app = typer.Typer(no_args_is_help=True, help="Import VMs from VMware ESXi and Hyper-V.")
+source_app = typer.Typer(no_args_is_help=True, help="Where VMs are imported from.")
+app.add_typer(source_app, name="source")
+
+SOURCE_COLUMNS = [
+    ("name", lambda s: s["name"]),
+    ("type", lambda s: s["type"]),
+    ("where", lambda s: f"{s['server']}:{s['path']}" if s.get("server") else s["path"]),
+    ("node", lambda s: s.get("node") or "-"),
+]
+VM_COLUMNS = [
+    ("name", lambda v: v["name"]),
+    ("kind", lambda v: v["kind"]),
+    ("vcpus", lambda v: v.get("vcpus") or "?"),
+    ("memory", lambda v: size((v["memory_mib"] or 0) * 1024**2) if v.get("memory_mib") else "?"),
+    ("firmware", lambda v: v.get("firmware") or "?"),
+    ("os", lambda v: v["guest_os"].get("id") or v["guest_os"]["family"]),
+    ("disks", lambda v: ", ".join(size(d.get("capacity")) for d in v["disks"])),
+    ("networks", lambda v: ", ".join(sorted({n.get("network") or "-" for n in v["nics"]}))),
+    ("import", lambda v: "; ".join(b["message"] for b in v["blockers"]) or "yes"),
+    ("path", lambda v: v["path"]),
+]
+IMPORT_COLUMNS = [
+    ("vm", lambda v: v["name"]),
+    ("node", lambda v: v["node"]),
+    ("task", lambda v: v["task"][:8] or "-"),
+    ("disks", lambda v: ", ".join(v["disks"])),
+    ("changes", lambda v: "; ".join(v["warnings"])),
+]
+
+
+@source_app.command("add")
+def source_add(
+    name: str,
+    directory: Annotated[
+        str | None, typer.Option("--dir", help="a folder on --node (a copied datastore)")
+    ] = None,
+    nfs: Annotated[
+        str | None, typer.Option("--nfs", help="an NFS export, SERVER:/PATH (mounted read-only)")
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option(help="the node that holds the folder (or reads the export)")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Add a source: a folder on a node, or an NFS datastore."""
+    if (directory is None) == (nfs is None):
+        fail("give --dir PATH (with --node) or --nfs SERVER:/PATH")
+    body: dict[str, Any] = {"name": name, "node": node}
+    if directory is not None:
+        body |= {"type": "directory", "path": directory}
+    else:
+        assert nfs is not None
+        server, _, path = nfs.partition(":")
+        if not server or not path:
+            fail(f"--nfs {nfs}: give SERVER:/PATH")
+        body |= {"type": "nfs", "server": server, "path": path}
+    emit(Client().post("/imports/sources", json=body), as_json, SOURCE_COLUMNS)
+
+
+@source_app.command("list")
+def source_list(as_json: Json = False) -> None:
+    emit(Client().get("/imports/sources"), as_json, SOURCE_COLUMNS)
+
+
+@source_app.command("remove")
+def source_remove(name: str) -> None:
+    """Forget a source and its scan (the files stay where they are)."""
+    Client().request("DELETE", f"/imports/sources/{name}")
+
+
+@app.command("scan")
+def scan(source: str, as_json: Json = False) -> None:
+    """Read a source again (with a progress bar) and list the VMs it holds."""
+    client = Client()
+    ref = client.post(f"/imports/sources/{source}/scan")
+    client.wait_task(ref["task"], show=not as_json)
+    _show_scan(client.get(f"/imports/sources/{source}/scan"), as_json)
+
+
+@app.command("vms")
+def vms(source: str, as_json: Json = False) -> None:
+    """The VMs the source's last scan found, and whether each can be imported."""
+    _show_scan(Client().get(f"/imports/sources/{source}/scan"), as_json)
+
+
+def _show_scan(scan: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(scan, True)
+        return
+    emit(scan["report"]["vms"], False, VM_COLUMNS)
+    for failure in scan["report"]["failures"]:
+        typer.echo(f"not read: {failure['path']}: {failure['reason']}", err=True)
+
+
+def _networks(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        source, sep, target = pair.rpartition("=")
+        if not sep or not target:
+            fail(f"--network {pair}: give SOURCE=NETWORK (a Heron network, or none)")
+        mapping[source] = target
+    return mapping
+
+
+@app.command("start")
+def start(
+    source: str,
+    vms: Annotated[list[str], typer.Argument(help="VMs by name or path, as `vms` lists them")],
+    pool: Annotated[str, typer.Option(help="the pool the disks are converted into")],
+    network: Annotated[
+        list[str] | None,
+        typer.Option(help="SOURCE=NETWORK, for each source network of the VMs (repeat)"),
+    ] = None,
+    keep_macs: Annotated[bool, typer.Option(help="keep the NICs' MAC addresses")] = True,
+    guest_fix: Annotated[
+        bool, typer.Option(help="fix Linux guests to boot on virtio (otherwise SATA and e1000)")
+    ] = True,
+    start_vms: Annotated[bool, typer.Option("--start", help="start each VM once imported")] = False,
+    node: Annotated[str | None, typer.Option(help="where the VMs go (NFS sources)")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="the VM's name in Heron (one VM; default: its own)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="check and plan only")] = False,
+    wait: Annotated[bool, typer.Option(help="follow the imports to their end")] = False,
+    as_json: Json = False,
+) -> None:
+    """Queue imports of scanned VMs; each is a task (see `heron import list`)."""
+    client = Client()
+    found = client.get(f"/imports/sources/{source}/scan")["report"]["vms"]
+    if name is not None and len(vms) != 1:
+        fail("--name names one VM: import the others without it")
+    items = []
+    for ref in vms:
+        matches = [v for v in found if ref in (v["path"], v["name"])]
+        if len(matches) != 1:
+            fail(f"{ref}: {'no' if not matches else 'more than one'} VM of that name or path")
+        items.append({"vm": matches[0]["path"], "source_name": matches[0]["name"], "name": name})
+    body = {
+        "source": source,
+        "vms": items,
+        "pool": pool,
+        "networks": _networks(network or []),
+        "keep_macs": keep_macs,
+        "guest_fix": "auto" if guest_fix else "none",
+        "start": start_vms,
+        "node": node,
+        "dry_run": dry_run,
+    }
+    reply = client.post("/imports", json=body)
+    if wait and not dry_run:
+        failed = []
+        for item in reply["vms"]:
+            try:
+                client.wait_task(item["task"], show=not as_json)
+            except Exception as exc:  # one failed import does not stop the others
+                failed.append(f"{item['name']}: {exc}")
+        if failed:
+            emit(reply["vms"], as_json, IMPORT_COLUMNS)
+            fail("; ".join(failed))
+    emit(reply["vms"], as_json, IMPORT_COLUMNS)
+
+
+@app.command("list")
+def imports_list(as_json: Json = False) -> None:
+    """Imports (queued, running and recent), newest first."""
+    tasks = [t for t in Client().get("/tasks", params={"limit": 1000}) if t["kind"] == "v2v.import"]
+    emit(
+        tasks,
+        as_json,
+        [
+            ("task", lambda t: t["id"][:8]),
+            ("vm", lambda t: t["target"][:8]),
+            ("vm file", lambda t: t["params"].get("vm", "")),
+            ("state", lambda t: t["state"]),
+            ("progress", lambda t: f"{t['progress'] * 100:.0f}%"),
+            ("last", lambda t: t["error"] or (t["log"][-1] if t["log"] else "")),
+        ],
+    )

@@ -1,0 +1,124 @@
+"""V2V imports: the sources VMs are imported from, their last scan, and the import requests.
+
+A source is a place a node reads VMs from: a directory on one node (a copied datastore, an
+export), or an NFS export (a VMware or Hyper-V datastore) that the importing node mounts
+read-only. A scan (models/v2v.py) lists what it holds; an import makes a Heron VM of a
+scanned VM: its disks converted into a pool, its NICs mapped to Heron networks, its guest
+fixed to boot on virtio. Each import is a `v2v.import` task, queued on its node: at most
+`ImportSettings.parallel` run at once there, the others wait in the order they were asked.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from heron.models.common import Name, Record
+from heron.models.v2v import ScanReport
+
+SourceType = Literal["directory", "nfs"]
+GuestFixMode = Literal["auto", "none"]
+GuestFamily = Literal["linux", "windows", "other"]
+# A path as a node's kernel takes it: absolute, no NUL (parent steps: `_fits_type`).
+ABSOLUTE_PATH = r"^/[^\x00]*$"
+
+
+class ImportSourceCreate(BaseModel):
+    name: Name
+    type: SourceType
+    path: str = Field(
+        pattern=ABSOLUTE_PATH,
+        max_length=4096,
+        description="directory: the folder on `node`; nfs: the exported path on `server`",
+    )
+    node: Name | None = Field(
+        default=None,
+        description="directory: the node that holds the folder; nfs: the node that imports "
+        "(none: the one the VM is placed on)",
+    )
+    server: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.:\[\]-]+$", description="nfs: the server"
+    )
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> "ImportSourceCreate":
+        if ".." in self.path.split("/"):
+            raise ValueError("path: give it without '..' steps")
+        if self.type == "directory" and self.node is None:
+            raise ValueError("a directory source needs the node that holds it (node)")
+        if self.type == "directory" and self.server is not None:
+            raise ValueError("a directory source has no server")
+        if self.type == "nfs" and self.server is None:
+            raise ValueError("an nfs source needs its server")
+        return self
+
+
+class ImportSource(ImportSourceCreate, Record):
+    created_at: float
+    created_by: str
+
+
+class ScanResult(Record):
+    """A source's last scan: what was found, where and when (the scan task's result)."""
+
+    source: Name
+    node: Name = Field(description="the node that read it")
+    scanned_at: float
+    report: ScanReport
+
+
+class ImportItem(BaseModel):
+    vm: str = Field(min_length=1, description="the scanned VM's `path` (its .vmx, .ovf, ...)")
+    source_name: str | None = Field(
+        default=None, description="its name in the source, when one file describes several"
+    )
+    name: Name | None = Field(default=None, description="its name in Heron; from its own name")
+    vcpus: int | None = Field(default=None, ge=1, le=256, description="none: as scanned")
+    memory_mib: int | None = Field(
+        default=None, ge=16, le=4 * 1024 * 1024, description="none: as scanned"
+    )
+
+
+class ImportRequest(BaseModel):
+    source: Name
+    vms: list[ImportItem] = Field(min_length=1, max_length=64)
+    pool: Name = Field(description="the pool the disks are converted into")
+    networks: dict[str, Name] = Field(
+        default_factory=dict,
+        description="source network → Heron network ('none': not connected); every network "
+        "of the VMs' NICs must be mapped",
+    )
+    keep_macs: bool = Field(default=True, description="keep the NICs' MAC addresses")
+    guest_fix: GuestFixMode = Field(
+        default="auto",
+        description="auto: fix a Linux guest to boot on virtio (drivers, device names, "
+        "VMware tools); none: import as is on the buses the VM had",
+    )
+    start: bool = Field(default=False, description="start each VM once imported")
+    node: Name | None = Field(
+        default=None, description="where the VMs go (a directory source: its node)"
+    )
+    dry_run: bool = Field(default=False, description="check and plan only: nothing is made")
+
+
+class ImportedVm(BaseModel):
+    vm: str = Field(description="the new VM's id")
+    name: Name
+    node: Name
+    task: str = Field(description="its v2v.import task; a dry run: empty")
+    disks: list[str] = Field(description="the volumes its disks are converted into")
+    warnings: list[str] = Field(default_factory=list, description="what changes on the way")
+
+
+class ImportDisk(BaseModel):
+    volume: str = Field(description="id of the volume it is converted into")
+    source: str = Field(description="what qemu-img reads: a file, or a json: name (OVA)")
+    format: str | None = Field(description="-f for a file (never guessed); none: in the name")
+
+
+class ImportSettings(Record):
+    parallel: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="imports that run at once on each node; the others wait in their order",
+    )
