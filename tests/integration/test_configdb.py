@@ -262,12 +262,23 @@ async def test_cache_wait_for_gives_up_on_a_revision_that_never_comes(
         await cache.stop()
 
 
-async def test_cache_start_fails_when_etcd_is_unreachable() -> None:
+async def test_cache_start_waits_while_etcd_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node starting while etcd is out of reach: its caches wait (saying so) instead of
+    failing the agent's tasks; stopped meanwhile, they end cleanly."""
     [port] = free_ports(1)
     async with ConfigDB([f"127.0.0.1:{port}"]) as unreachable:
         cache = Cache(unreachable, Counter, "/heron/test/")
-        with pytest.raises(aetcd.exceptions.ConnectionFailedError):
-            await cache.start()
+        starting = asyncio.create_task(cache.start())
+
+        async def said() -> bool:
+            return "etcd cannot be reached" in caplog.text
+
+        await eventually(said, 60, "the cache to say etcd cannot be reached")
+        assert not starting.done()
+        await cache.stop()
+        await asyncio.gather(starting, return_exceptions=True)
 
 
 # -- a 3-member cluster ----------------------------------------------------------------------
