@@ -484,7 +484,10 @@ class Chaos:
         def open_tasks() -> list[str]:
             tasks = self.ok("GET", "/tasks", params={"limit": 1000})
             return [
-                f"{t['id']} {t['kind']} {t['state']}" for t in tasks if t["state"] not in TERMINAL
+                f"{t['id']} {t['kind']} {t['state']} on {t['node']} for {t['target']}: "
+                f"{(t['log'] or ['-'])[-1]}"
+                for t in tasks
+                if t["state"] not in TERMINAL
             ]
 
         with contextlib.suppress(BenchError):

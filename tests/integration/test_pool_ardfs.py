@@ -250,8 +250,15 @@ def test_a_vm_on_ardfs_boots_and_survives_the_loss_of_its_node(cluster3, api, im
         tasks = [t for t in api.ok("GET", "/tasks") if t["kind"] == "volume.rebuild"]
         return tasks[0] if tasks and tasks[0]["target"] == volume_id else None
 
-    task = wait_for(rebuild_task, 30, "a rebuild task")
-    assert task["node"] == vm["node"] and task["state"] in ("queued", "running")
+    first = wait_for(rebuild_task, 30, "a rebuild task")
+    assert first["node"] == vm["node"] and first["state"] in ("queued", "running")
+    # The VM moves on while still degraded: the old owner's heron-io keeps its stale view but
+    # no longer rebuilds, so its task ends and the new owner follows the rebuild instead.
+    other = next(n.name for n in cluster.nodes if n.name not in ("node2", vm["node"]))
+    api.wait_task(api.ok("POST", f"/vms/{vm_id}/actions/migrate", json={"target": other})["task"])
+    moved = api.wait_task(first["id"], timeout=30)
+    assert moved["state"] == "succeeded" and moved["result"] == {"moved_to": other}, moved
+    task = wait_for(lambda: (t := rebuild_task()) and t["node"] == other and t, 30, "a new one")
     cluster.start_node("node2")
     done = api.wait_task(task["id"], timeout=120)
     assert done["result"]["rebuilt_chunks"] >= 1, done

@@ -387,13 +387,21 @@ class Handlers:
         heron-io does the work (rate-limited, from every healthy copy, resumable); this task
         is how it shows: progress, a log line per change, the end. Cancelling it only stops
         following; heron-io carries on, the volume must become redundant again."""
-        volume, _ = await self._volume(ctx.task.target)
         started, first, last = time.monotonic(), None, None
         while True:
+            entry = await self.db.get(Volume, keys.volume(ctx.task.target))
+            if entry is None:
+                raise TaskFailed(f"volume {ctx.task.target} was deleted")
+            volume = entry.value
+            if volume.owner != self.node:
+                # Only the owner's heron-io rebuilds; the new owner's agent follows it there.
+                await ctx.log(f"{volume.name} is now served by {volume.owner}, which follows on")
+                return {"moved_to": volume.owner}
             seen = io_status(self.state_dir, volume.pool).get("volumes", {}).get(volume.id)
             if seen is None:
                 raise TaskFailed(f"heron-io on {self.node} no longer serves {volume.name}")
-            stale, rebuilt = seen["stale_chunks"], seen["rebuilt_chunks"]
+            stale = seen["stale_chunks"] + seen.get("layers_stale_chunks", 0)
+            rebuilt = seen["rebuilt_chunks"]
             first = rebuilt if first is None else first
             if stale == 0:
                 await ctx.log(f"{volume.name} is redundant again")
