@@ -86,6 +86,30 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return InLanes(config, log)
 
 
+_MODULE_SECONDS: dict[tuple[int, str], float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each module's time (setup, call and teardown of its tests), by lane: summed on the
+    controller, printed at the end, so a run's log says which modules its lanes spend on."""
+    module = report.nodeid.split("::", 1)[0]
+    key = (lane(report.nodeid), module)
+    _MODULE_SECONDS[key] = _MODULE_SECONDS.get(key, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _MODULE_SECONDS:
+        return
+    terminalreporter.section("time by lane and module")
+    for number in (0, 1):
+        modules = {m: t for (n, m), t in _MODULE_SECONDS.items() if n == number}
+        if not modules:
+            continue
+        terminalreporter.write_line(f"lane {number}: {sum(modules.values()):.0f}s in all")
+        for module, seconds in sorted(modules.items(), key=lambda x: -x[1])[:15]:
+            terminalreporter.write_line(f"  {seconds:7.1f}s {module}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_files(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -40,13 +40,19 @@ def write_vmx(folder: Path, name: str, disk: str, mac: str, network: str = "VM N
 
 
 def vmware_vm(
-    ds: Path, name: str, guest: Path, subformat: str, mac: str, network: str = "VM Network"
+    ds: Path,
+    name: str,
+    guest: Path,
+    subformat: str,
+    mac: str,
+    network: str = "VM Network",
+    guest_format: str = "raw",
 ) -> None:
     """A VMware VM's folder: its .vmx and its disk in the VMDK variant `subformat`."""
     folder = ds / name
     folder.mkdir()
     disk = folder / f"{name}.vmdk"
-    qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
+    qemu_img("convert", "-f", guest_format, "-O", "vmdk", "-o", f"subformat={subformat}",
              str(guest), str(disk))  # fmt: skip
     write_vmx(folder, name, disk.name, mac, network)
 

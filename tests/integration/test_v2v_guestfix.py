@@ -1,17 +1,18 @@
 """The V2V guest fix with real parts: the VMware-style Debian guest (heron.testguest.vmware:
 root=/dev/sda2, an initramfs without virtio, open-vm-tools and Hyper-V's daemons) does not
-boot on a virtio disk; heron.v2v.guestfix, running libguestfs' appliance under the host's
-accelerator, fixes it; and it then boots on virtio on Heron's own QEMU command line, to its
-HERON-GUEST-READY line on the serial console.
+boot on a virtio disk; imported as a VMware VM from a folder source, the import task fixes it
+(heron.v2v.guestfix, libguestfs' appliance under the host's accelerator) and Heron starts it:
+it boots on virtio to its HERON-GUEST-READY line on the serial console.
 
 Bounded: one image (built once from Debian packages and cached), one failed boot (its
-initramfs' 180 s wait for the root shortened with rootdelay=), one fix, one boot.
+initramfs' 180 s wait for the root shortened with rootdelay=), one import with its fix, one
+boot, on one node.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -20,20 +21,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from datastores import vmware_vm
 from fakes.running import short_directory
-from support import eventually, wait_for
+from support import Api, serial_lines, wait_for
 
-from heron.hypervisor import command
+from heron.devcluster import DevCluster
 from heron.hypervisor.accel import choose_accelerator
-from heron.hypervisor.command import ResolvedDisk, RuntimePaths
-from heron.hypervisor.qemu import QemuVM
-from heron.models.common import new_id
-from heron.models.vm import VM, VMSpec
 from heron.testguest import build, debian, vmware
 from heron.util.proc import find_running
 from heron.v2v import guestfix
 
 pytestmark = pytest.mark.integration
+CLUSTER_NODES = 1
+MAC = "00:50:56:a1:b2:d0"
 
 CACHE = Path(os.environ.get("HERON_CACHE_DIR", "/var/cache/heron"))
 # TCG on a shared machine: the guest fix takes about 2 minutes alone (the appliance's start,
@@ -98,63 +98,69 @@ def test_unfixed_the_guest_finds_no_root_on_virtio(
     assert "/dev/sda2 does not exist" in console, console[-3000:]
 
 
-async def test_fixed_the_guest_boots_on_virtio(disk: Path) -> None:
-    lines: list[str] = []
-    started = time.monotonic()
-
-    def log(line: str) -> None:
-        lines.append(f"{time.monotonic() - started:6.1f}s {line}")
-
-    report = await asyncio.to_thread(
-        guestfix.fix_linux, disk, "qcow2", timeout=FIX_TIMEOUT, log=log
-    )
-    print("\n".join(lines))
-    print(f"guest fix took {report.duration_seconds:.0f}s")
-    assert (report.distro, report.version) == ("debian", "12.0") or report.distro == "debian"
-    assert report.kernels and all(k.endswith("-cloud-amd64") for k in report.kernels)
-    assert report.initramfs_tool == "update-initramfs"
-    changed = {(c.kind, c.path.split(" ")[0]) for c in report.changes}
-    assert ("device-names", "/etc/fstab") in changed
-    # The boot loader's configuration is on the FAT partition the guest does not mount.
-    assert ("device-names", "/syslinux.cfg") in changed
-    assert ("initramfs", "/etc/initramfs-tools/modules") in changed
-    assert ("initramfs", f"/boot/initrd.img-{report.kernels[0]}") in changed
-    assert ("boot-file", "/initrd.gz") in changed
-    assert ("package-removed", "open-vm-tools") in changed
-    assert ("package-removed", "hyperv-daemons") in changed
-    assert report.warnings == []
-
-    with short_directory() as root:
-        spec = VMSpec(name="imported", memory_mib=512)
-        vm = VM(id=new_id(), spec=spec, node="n", created_at=1)
-        qemu = QemuVM(vm.id, RuntimePaths(root / "run"))
-        resolved = [ResolvedDisk("virtio", {"driver": "file", "filename": str(disk)}, "qcow2")]
-        args = command.build(vm, resolved, qemu.paths, choose_accelerator(CACHE))
-        started = time.monotonic()
-        await qemu.launch(args)
-        try:
-
-            async def ready() -> bool:
-                log = qemu.paths.console_log
-                return log.exists() and build.READY_MARKER in log.read_text(errors="replace")
-
-            await eventually(ready, BOOT, "the fixed guest's ready line on virtio")
-            print(f"booted on virtio {time.monotonic() - started:.0f}s after launch")
-        finally:
-            await qemu.kill()
-            await qemu.close()
+def test_an_import_fixes_the_guest_which_boots_on_virtio(
+    vmware_guest: debian.DebianGuest,
+    cluster1: tuple[DevCluster, str],
+    api: Api,
+    tmp_path: Path,
+) -> None:
+    """The whole path: the guest as a VMware VM in a folder source, scanned, imported (copied,
+    compared, fixed by the import task) and started by Heron, boots on virtio."""
+    cluster, _ = cluster1
+    node = cluster.nodes[0]
+    vmware_vm(tmp_path, "legacy", vmware_guest.image, "monolithicSparse", MAC,
+              guest_format="qcow2")  # fmt: skip
+    source = {"name": "old-esxi", "type": "directory", "path": str(tmp_path), "node": node.name}
+    api.ok("POST", "/imports/sources", json=source)
+    api.wait_task(api.ok("POST", "/imports/sources/old-esxi/scan")["task"])
+    found = api.ok("GET", "/imports/sources/old-esxi/scan")["report"]["vms"]
+    request = {
+        "source": "old-esxi", "pool": "local", "networks": {"VM Network": "user"},
+        "vms": [{"vm": found[0]["path"], "memory_mib": 512}], "start": True,
+    }  # fmt: skip
+    task = api.ok("POST", "/imports", json=request)["vms"][0]["task"]
+    done = api.wait_task(task, FIX_TIMEOUT)
+    print("\n".join(done["log"]))
+    fixed = next(line for line in done["log"] if line.startswith("guest fixed ("))
+    for change in (
+        "device-names /etc/fstab",
+        "device-names /syslinux.cfg",  # on the FAT partition the guest does not mount
+        "initramfs /etc/initramfs-tools/modules",
+        "boot-file /initrd.gz",
+        "package-removed open-vm-tools",
+        "package-removed hyperv-daemons",
+    ):
+        assert change in fixed, fixed
+    assert re.search(r"initramfs /boot/initrd\.img-\S+-cloud-amd64", fixed), fixed
+    assert not [line for line in done["log"] if line.startswith("guest fix:")]  # no warnings
+    vm = api.ok("GET", "/vms/legacy")
+    assert vm["spec"]["disks"][0]["bus"] == "virtio" and vm["spec"]["nics"][0]["mac"] == MAC
+    console = Path(node.state_dir) / "vms" / vm["id"] / "console.log"
+    wait_for(lambda: serial_lines(console, build.READY_MARKER), BOOT, "the fixed guest on virtio")
+    api.ok("POST", "/vms/legacy/actions/stop")
 
 
 def test_a_disk_without_an_os_is_refused_and_the_deadline_holds(
     vmware_guest: debian.DebianGuest,
 ) -> None:
-    """A clear error for a disk with no guest in it; and a fix cut by its deadline leaves
-    neither guestfish nor the appliance running."""
+    """A clear error for a disk with no guest in it, read over NBD as an ARDFS volume is; and
+    a fix cut by its deadline leaves neither guestfish nor the appliance running."""
     with short_directory() as root:
         empty = root / "empty.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(empty), "64M"], check=True)
-        with pytest.raises(guestfix.GuestFixError, match="no operating system found"):
-            guestfix.fix_linux(empty, "qcow2", timeout=FIX_TIMEOUT, log=print)
+        socket = root / "nbd.sock"
+        server = subprocess.Popen(
+            ["qemu-nbd", "-f", "qcow2", "-x", "empty", "-k", str(socket), "--persistent",
+             str(empty)]
+        )  # fmt: skip
+        try:
+            wait_for(socket.exists, 30, "qemu-nbd's socket")
+            over_nbd = guestfix.Drive(f"nbd+unix:///empty?socket={socket}", "raw")
+            with pytest.raises(guestfix.GuestFixError, match="no operating system found"):
+                guestfix.fix_linux([over_nbd], timeout=FIX_TIMEOUT, log=print)
+        finally:
+            server.terminate()
+            server.wait()
         with pytest.raises(guestfix.GuestFixError, match="ran out of time"):
-            guestfix.fix_linux(empty, "qcow2", timeout=2.0, log=print)
+            guestfix.fix_linux([guestfix.Drive(str(empty), "qcow2")], timeout=2.0, log=print)
         wait_for(lambda: not find_running(str(empty)), 60, "the cut fix's processes to end")

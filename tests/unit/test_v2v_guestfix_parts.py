@@ -205,3 +205,22 @@ def test_the_vmware_style_guest_names_its_root_by_device_and_has_no_virtio() -> 
     assert not any("postgresql" in name for name in digests)
     # Without the databases' steps.
     assert "mariadbd" not in debian.customize_script(flavour=flavour)
+
+
+def test_a_file_is_added_as_it_is_and_an_ardfs_volume_over_nbd() -> None:
+    file = guestfix.Drive("/pools/local/web-disk0.qcow2", "qcow2")
+    assert guestfix.add_drive_command(file) == [
+        "add-drive", "/pools/local/web-disk0.qcow2", "format:qcow2"]  # fmt: skip
+    nbd = guestfix.Drive("nbd+unix:///3f2a?socket=/var/lib/heron/ardfs/hci/nbd.sock", "raw")
+    assert guestfix.add_drive_command(nbd) == [
+        "add-drive", "3f2a", "format:raw", "protocol:nbd",
+        "server:unix:/var/lib/heron/ardfs/hci/nbd.sock",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "image", ["rbd:vms/web-disk0:id=heron", "nbd://10.0.0.1/x", "nbd+unix:///x", "http://a/b"]
+)
+def test_other_drives_are_refused_with_a_reason(image: str) -> None:
+    with pytest.raises(guestfix.GuestFixError, match="files and NBD exports on a Unix socket"):
+        guestfix.add_drive_command(guestfix.Drive(image, "raw"))

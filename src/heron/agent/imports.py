@@ -26,7 +26,7 @@ from heron.models.vm import VM, PowerState, RunState
 from heron.storage import qemuimg
 from heron.storage.dirpool import mount_nfs
 from heron.storage.driver import PoolDriver, StorageError
-from heron.v2v.guestfix import GuestFixError, fix_linux
+from heron.v2v.guestfix import Drive, GuestFixError, fix_linux
 from heron.v2v.scan import inside, scan_directory
 
 log = logging.getLogger(__name__)
@@ -177,19 +177,18 @@ class Imports:
                 )
 
     async def _fix_guest(self, ctx: TaskContext, params: ImportParams, vm_id: str) -> None:
-        """Fix the Linux guest on its first disk to boot on virtio (heron.v2v.guestfix). When
-        it cannot be fixed, its disks become SATA and its NICs e1000, which every Linux
-        has drivers for, and the task's log says why: the import itself goes on."""
-        volume, pool = await self.volume(params.disks[0].volume)
-        image = Path(pool.image(volume))
-        if not image.is_file():
-            await self._plain_buses(ctx, vm_id, f"{volume.name} is not a file on this node")
-            return
+        """Fix the Linux guest on its disks to boot on virtio (heron.v2v.guestfix). When it
+        cannot be fixed, its disks become SATA and its NICs e1000, which every Linux has
+        drivers for, and the task's log says why: the import itself goes on."""
+        drives = []
+        for disk in params.disks:
+            volume, pool = await self.volume(disk.volume)
+            drives.append(Drive(pool.image(volume), volume.format.value))
         await ctx.progress(ctx.task.progress, "fixing the guest to boot on virtio")
         said: list[str] = []
         try:
             report = await asyncio.to_thread(
-                fix_linux, image, volume.format.value, timeout=FIX_TIMEOUT, log=said.append
+                fix_linux, drives, timeout=FIX_TIMEOUT, log=said.append
             )
         except GuestFixError as exc:
             await self._plain_buses(ctx, vm_id, str(exc))

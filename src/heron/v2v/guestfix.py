@@ -12,13 +12,14 @@ A VM made on VMware or Hyper-V often cannot boot as it is on virtio disks:
   there and are removed.
 
 How: libguestfs (Debian's ``libguestfs0``/``guestfish``) boots its appliance, a small VM
-with the disk attached, under KVM or TCG as the host allows; guestfish runs as a server
-(``--listen``) and each step is one remote command, so the decisions and the text rewriting
-stay here, in pure functions with unit tests. Device names become ``UUID=`` of the filesystem
-the appliance finds at the same place (same disk, same partition number); the initramfs is
-rebuilt by the guest's own tool (update-initramfs or dracut, run in the guest's root by the
-appliance) with the virtio drivers asked for, and checked to hold them; packages are removed
-with the guest's own package manager. A boot partition the guest does not mount (syslinux on
+with the guest's disks attached (files, or ARDFS volumes over NBD), under KVM or TCG as the
+host allows; guestfish runs as a server (``--listen``) and each step is one remote command,
+so the decisions and the text rewriting stay here, in pure functions with unit tests.
+Device names become ``UUID=`` of the filesystem the appliance finds at the same place (same
+disk, same partition number); the initramfs is rebuilt by the guest's own tool
+(update-initramfs or dracut, run in the guest's root by the appliance) with the virtio
+drivers asked for, and checked to hold them; packages are removed with the guest's own
+package manager. A boot partition the guest does not mount (syslinux on
 FAT) is searched too, and a copy of an initramfs there is refreshed with the rebuilt one.
 
 Why not virt-v2v-in-place (Debian's virt-v2v 2.2): docs/v2v.md ("Guest fixes") gives the
@@ -41,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from heron.errors import HeronError
 from heron.hypervisor.accel import choose_accelerator
@@ -103,6 +105,34 @@ class GuestFixError(HeronError):
 
 
 # --- pure parts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One disk of the guest as qemu-img names it (a file, or an ARDFS volume's NBD export)
+    and its format; in the VM's disk order, which the device names in the guest follow."""
+
+    image: str
+    format: str
+
+
+def add_drive_command(drive: Drive) -> list[str]:
+    """guestfish's ``add-drive`` for a drive: a file as it is; an NBD export on a Unix socket
+    (``nbd+unix:///EXPORT?socket=PATH``, how heron-io serves ARDFS volumes) through
+    libguestfs' NBD protocol. Other kinds (rbd:, http:) raise GuestFixError."""
+    if "://" not in drive.image and ":" not in drive.image.split("/")[0]:
+        return ["add-drive", drive.image, f"format:{drive.format}"]
+    found = urlsplit(drive.image)
+    sockets = parse_qs(found.query).get("socket", [])
+    if found.scheme != "nbd+unix" or len(sockets) != 1:
+        raise GuestFixError(
+            f"{drive.image.split('?')[0]}: the guest fix opens files and NBD exports on a "
+            "Unix socket only"
+        )
+    return [
+        "add-drive", found.path.lstrip("/"), f"format:{drive.format}", "protocol:nbd",
+        f"server:unix:{sockets[0]}",
+    ]  # fmt: skip
 
 
 def disk_index(letters: str) -> int:
@@ -315,12 +345,13 @@ def appliance_env(
 
 
 class Guestfish:
-    """A guestfish server (``--listen``) with one disk, driven one remote command at a time,
-    every command bounded by the fix's deadline."""
+    """A guestfish server (``--listen``) with the guest's disks, driven one remote command at
+    a time, every command bounded by the fix's deadline."""
 
     def __init__(
-        self, disk: Path, fmt: str, env: dict[str, str], deadline: float, errors: Path
+        self, drives: Sequence[Drive], env: dict[str, str], deadline: float, errors: Path
     ) -> None:
+        commands = [add_drive_command(d) for d in drives]  # refused before anything starts
         self.env = env
         self.deadline = deadline
         self.errors = errors
@@ -329,7 +360,7 @@ class Guestfish:
         self.slow: Callable[[str], None] | None = None
         # The server forks, its parent prints the PID and exits; the server closes its stdout
         # (so reading it ends) but keeps stderr: a file, read when something fails.
-        args = ["guestfish", "--listen", f"--format={fmt}", "-a", str(disk)]
+        args = ["guestfish", "--listen"]
         try:
             with errors.open("ab") as stderr:
                 proc = subprocess.run(
@@ -348,6 +379,8 @@ class Guestfish:
         if proc.returncode != 0 or found is None:
             raise GuestFixError(f"guestfish --listen failed: {out.strip()} {self.stderr()}")
         self.pid = int(found.group(1))
+        for command in commands:
+            self(*command)
 
     def stderr(self, tail: int = 2000) -> str:
         """The end of what the server and its appliance wrote to stderr."""
@@ -486,7 +519,7 @@ class _Fix:
 def _inspect(g: Guestfish) -> tuple[str, dict[str, str]]:
     roots = g("inspect-os").split()
     if not roots:
-        raise GuestFixError("no operating system found on the disk (libguestfs inspection)")
+        raise GuestFixError("no operating system found on its disks (libguestfs inspection)")
     kinds = {root: g("inspect-get-type", root).strip() for root in roots}
     linux = [root for root in roots if kinds[root] == "linux"]
     if not linux:
@@ -496,7 +529,7 @@ def _inspect(g: Guestfish) -> tuple[str, dict[str, str]]:
                 f"Debian does not ship; put it at {VIRTIO_WIN_ISO} to have them installed, or "
                 "import the VM with SATA disks and an e1000 NIC"
             )
-        raise GuestFixError(f"no Linux found on the disk (found: {', '.join(kinds.values())})")
+        raise GuestFixError(f"no Linux found on its disks (found: {', '.join(kinds.values())})")
     root = linux[0]
     facts = {
         "distro": g("inspect-get-distro", root).strip(),
@@ -696,17 +729,16 @@ def _refresh_copies(
 
 
 def fix_linux(
-    disk: Path,
-    fmt: str,
+    drives: Sequence[Drive],
     *,
     timeout: float,
     log: Callable[[str], None],
     accelerator: str | None = None,
     kernel_dir: Path | None = None,
 ) -> GuestFixReport:
-    """Fix the Linux guest on `disk` (format `fmt`, as qemu-img names it) so it boots on
-    virtio, in place; raises GuestFixError for a guest it cannot fix (Windows, no Linux found)
-    or when `timeout` seconds pass.
+    """Fix the Linux guest on `drives` (all the VM's disks, in its order: its root, /boot or
+    /usr may be on any) so it boots on virtio, in place; raises GuestFixError for a guest it
+    cannot fix (Windows, no Linux found) or when `timeout` seconds pass.
 
     `accelerator` is "kvm" or "tcg" for the appliance (by default the node's choice,
     heron.hypervisor.accel); `kernel_dir` a kernel for it when the host has none in /boot (by
@@ -718,9 +750,10 @@ def fix_linux(
     if kernel_dir is None:
         kernel_dir = appliance.kernel_dir_if_needed()
     env = appliance_env(accelerator, kernel_dir)
-    log(f"starting the libguestfs appliance ({accelerator}) on {disk}")
+    names = ", ".join(d.image for d in drives)
+    log(f"starting the libguestfs appliance ({accelerator}) on {names}")
     with tempfile.TemporaryDirectory(prefix="heron-guestfix-") as tmp:
-        g = Guestfish(disk, fmt, env, deadline, Path(tmp) / "guestfish.log")
+        g = Guestfish(drives, env, deadline, Path(tmp) / "guestfish.log")
         try:
             try:
                 g.launch()
@@ -778,13 +811,13 @@ def _fix(fix: _Fix, started: float) -> GuestFixReport:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m heron.v2v.guestfix DISK --format FMT``: fix a disk by hand, print the
-    report as JSON (the import calls fix_linux itself)."""
+    """``python -m heron.v2v.guestfix DISK... --format FMT``: fix a guest's disks by hand,
+    print the report as JSON (the import calls fix_linux itself)."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m heron.v2v.guestfix", description=__doc__)
-    parser.add_argument("disk", type=Path)
+    parser.add_argument("disks", nargs="+", help="files or nbd+unix:// exports, in order")
     parser.add_argument("--format", default="qcow2", help="the disk's format (qemu-img's name)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds")
     args = parser.parse_args(argv)
@@ -793,7 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"guestfix: {line}", file=sys.stderr, flush=True)
 
     try:
-        report = fix_linux(args.disk, args.format, timeout=args.timeout, log=log)
+        drives = [Drive(disk, args.format) for disk in args.disks]
+        report = fix_linux(drives, timeout=args.timeout, log=log)
     except GuestFixError as exc:
         log(f"error: {exc}")
         return 1
