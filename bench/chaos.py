@@ -133,6 +133,7 @@ class Chaos:
         self.console_lock = threading.Lock()
         self.links: LinkCuts | None = None
         self.stop = threading.Event()
+        self.verify_timeout = 180.0  # seconds for a guest to read its disk log back
         tls = cluster.tls()
         self.clients = {
             n.name: httpx.Client(
@@ -520,13 +521,15 @@ class Chaos:
         console = socket.with_name("console.log")
 
         # A request sent while the guest boots (HA restarted it at the end) is lost to the
-        # firmware or the kernel: asked again until the deadline. Reading the log is harmless
-        # to do twice.
+        # firmware or the kernel: asked again until the deadline, each time after a wait that
+        # grows with the run's length (the log's). Reading the log is harmless to do twice.
         deadline = time.monotonic() + BOOT + 360
         try:
             while True:
                 try:
-                    answer = run_command(socket, disklog.verify_command(), timeout=180)
+                    answer = run_command(
+                        socket, disklog.verify_command(), timeout=self.verify_timeout
+                    )
                     break
                 except GuestCommandError:
                     if time.monotonic() > deadline:
@@ -570,6 +573,7 @@ def chaos(
     run.note(f"chaos seed {seed}: {duration:g} s, {vms} protected VMs, ardfs {ardfs}")
     rng = random.Random(seed)
     engine = Chaos(cluster, token, rng, run)
+    engine.verify_timeout = 60 + duration / 5
     settings = engine.ok("GET", "/cluster/settings")
     engine.ok("PUT", "/cluster/settings", json={**settings, "ha": {"agent_grace": GRACE}})
     engine.create_protected(vms, ardfs, "testguest", "disklog")
