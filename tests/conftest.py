@@ -42,7 +42,7 @@ BESIDE_THE_GUESTS = {
     "test_network_vxlan", "test_migration_tls", "test_notify_smtp", "test_notify_snmp",
     "test_notify_webhook", "test_prometheus", "test_qemu_contract", "test_qemu_snapshot",
     "test_registration", "test_support_bundle",
-    "test_tasks", "test_testguest_memcheck", "test_v2v_scan",
+    "test_tasks", "test_testguest_memcheck", "test_v2v_scan", "test_v2v_vsphere",
 }  # fmt: skip
 
 
