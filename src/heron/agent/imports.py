@@ -131,7 +131,7 @@ class Imports:
             source = await self._source(params.source)
             if source.type == "vsphere":
                 sources = await self._fetch(ctx, source, params, staging)
-                await self._disks(ctx, params, staging, sources)
+                await self._disks(ctx, params, staging, sources, DOWNLOAD_SHARE)
             else:
                 await self._disks(ctx, params, await self.root(source))
             if params.guest_fix == "auto":
@@ -174,6 +174,9 @@ class Imports:
             with vsphere.Session(source) as session:
                 vm, datacenter = session.find(params.vm)
                 was_on = session.power_off(vm, params.power_off)
+                if was_on:
+                    said = ctx.log(f"{params.vm} was running: powered off at the source")
+                    asyncio.run_coroutine_threadsafe(said, loop).result(timeout=60)
                 started = time.monotonic()
                 local = []
                 for index, disk in enumerate(params.disks):
@@ -182,22 +185,27 @@ class Imports:
                     local.append(str(session.fetch_disk(disk.source, datacenter, into, progress)))
                 return was_on, local, time.monotonic() - started
 
-        was_on, local, seconds = await _call(fetch)
-        if was_on:
-            await ctx.log(f"{params.vm} was running: powered off at the source")
+        _, local, seconds = await _call(fetch)
         size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
         rate = size / max(seconds, 1e-3) / 1e6
         await ctx.log(f"downloaded {size} bytes in {seconds:.1f} s ({rate:.1f} MB/s)")
         return local
 
     async def _disks(
-        self, ctx: TaskContext, params: ImportParams, root: Path, sources: list[str] | None = None
+        self,
+        ctx: TaskContext,
+        params: ImportParams,
+        root: Path,
+        sources: list[str] | None = None,
+        start: float = 0.0,
     ) -> None:
+        """Convert and verify each disk; its progress runs from `start` (after a download)."""
         found = [await self.volume(d.volume) for d in params.disks]
         total = sum(max(v.size, 1) for v, _ in found) or 1
         done = 0
         for index, (disk, (volume, pool)) in enumerate(zip(params.disks, found, strict=True)):
-            low, share = done / total, max(volume.size, 1) / total
+            low = start + (1 - start) * done / total
+            share = (1 - start) * max(volume.size, 1) / total
             done += max(volume.size, 1)
             if volume.state == "ready":
                 continue  # converted before a restart cut the task short
@@ -310,6 +318,8 @@ async def _call(function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(function, *args)
     except (vsphere.VsphereError, PinMismatch) as exc:
         raise TaskFailed(str(exc)) from exc
+    except vsphere.FAULTS as exc:  # the server's fault, or the connection lost mid-way
+        raise TaskFailed(f"the vSphere server: {vsphere.said(exc)}") from exc
 
 
 def _vsphere_scan(source: ImportSource) -> ScanReport:

@@ -34,6 +34,10 @@ MAX_DESCRIPTOR = 64 << 10
 MAX_CHAIN = 255
 
 
+# What a call to the server can raise besides VsphereError.
+FAULTS = (OSError, http.client.HTTPException, vmodl.MethodFault)
+
+
 class VsphereError(Exception):
     """What the server said or did, in a sentence for the task's error."""
 
@@ -72,7 +76,7 @@ class Session:
         except vim.fault.InvalidLogin as exc:
             raise VsphereError(f"{source.host}: the user name or password is refused") from exc
         except (OSError, http.client.HTTPException, vmodl.MethodFault) as exc:
-            raise VsphereError(f"{source.host}:{source.port}: {_said(exc)}") from exc
+            raise VsphereError(f"{source.host}:{source.port}: {said(exc)}") from exc
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -139,7 +143,7 @@ class Session:
             if info.state == "success":
                 return info.result
             if info.state == "error":
-                raise VsphereError(f"{what}: {_said(info.error)}")
+                raise VsphereError(f"{what}: {said(info.error)}")
             if time.monotonic() > deadline:
                 raise VsphereError(f"{what}: no answer in {timeout:.0f} s")
             time.sleep(0.2)  # the server's task: polled, as the API has it
@@ -323,6 +327,6 @@ def _netloc(host: str, port: int) -> str:
     return host if port == 443 else f"{host}:{port}"
 
 
-def _said(error: Any) -> str:
+def said(error: Any) -> str:
     message = getattr(error, "msg", None) or getattr(error, "localizedMessage", None)
     return str(message or error or "failed")
