@@ -44,7 +44,7 @@ BESIDE_THE_GUESTS = {
     "test_notify_webhook", "test_prometheus", "test_qemu_contract", "test_qemu_snapshot",
     "test_registration", "test_support_bundle",
     "test_tasks", "test_testguest_memcheck", "test_v2v_guestfix", "test_v2v_import",
-    "test_v2v_scan",
+    "test_v2v_scan", "test_v2v_vsphere",
 }  # fmt: skip
 
 

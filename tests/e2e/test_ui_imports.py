@@ -64,6 +64,25 @@ def test_add_scan_pick_map_check_import(
     source = page.locator("[data-testid=source-table] tr[data-source=ds1]")
     expect(source).to_contain_text(str(datastore))
 
+    # An ESXi host over its API: its own fields (the password masked); one that does not
+    # answer over TLS is refused on its host field, nothing added.
+    form.locator("select[name='source.type']").select_option("vsphere")
+    for name in ("host", "port", "user", "password", "fingerprint"):
+        expect(form.locator(f"input[name='source.{name}']")).to_have_count(1)
+    for name in ("path", "server"):
+        expect(form.locator(f"input[name='source.{name}']")).to_have_count(0)
+    expect(form.locator("input[name='source.password']")).to_have_attribute("type", "password")
+    form.locator("input[name='source.name']").fill("esx-down")
+    form.locator("input[name='source.host']").fill("127.0.0.1")
+    form.locator("input[name='source.port']").fill("9")
+    form.locator("input[name='source.user']").fill("root")
+    form.locator("input[name='source.password']").fill("not-shown")
+    form.locator("[data-testid=source-submit]").click()
+    refused = form.locator("[data-field='source.host'] [data-testid=field-error]")
+    expect(refused).to_contain_text("does not answer over TLS")
+    expect(page.locator("[data-testid=source-table] tr[data-source=esx-down]")).to_have_count(0)
+    form.locator("select[name='source.type']").select_option("directory")
+
     # (2) Scanned: the VMs found, the blocked one not to be picked.
     source.locator("[data-testid=source-scan]").click()
     expect(page.locator("[data-testid=scan-summary]")).to_contain_text("4 VMs found, 3 of them")

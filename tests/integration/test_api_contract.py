@@ -274,6 +274,11 @@ def _bounded(case: Any, scratch: Path) -> None:
         # servers, and a generated path would be created anywhere on this root-run machine.
         body["type"] = "dir"
         body["path"] = str(scratch / "pools")
+    elif path == "/api/v1/imports/sources" and "host" in body:
+        # Adding a vsphere source reads the certificate its host shows: only this machine's
+        # loopback, on a port where nothing listens, is ever asked.
+        body["host"] = "127.0.0.1"
+        body["port"] = 9
     elif path == "/api/v1/pools/{name}/volumes/import":
         # Admins import node files; a generated path could name any of this machine's.
         body["path"] = str(scratch / "no-such-image.qcow2")

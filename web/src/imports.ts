@@ -4,10 +4,17 @@ import type { Task } from "./types";
 
 export interface ImportSource {
   name: string;
-  type: "directory" | "nfs";
-  path: string;
+  type: "directory" | "nfs" | "vsphere";
+  path: string | null;
   node: string | null;
   server: string | null;
+  host: string | null;
+  port: number;
+  user: string | null;
+  /** "set" when a password is stored: the API never shows it. */
+  password: "set" | null;
+  /** The pinned SHA-256 fingerprint of a vsphere server's certificate (hex). */
+  fingerprint: string | null;
   created_at: number;
   created_by: string;
 }
@@ -99,5 +106,6 @@ export function sourceNetworks(vms: ScannedVm[]): string[] {
 
 /** Where a source is, as its administrator wrote it. */
 export function where(source: ImportSource): string {
-  return source.server ? `${source.server}:${source.path}` : source.path;
+  if (source.type === "vsphere") return `${source.user}@${source.host}:${source.port}`;
+  return source.server ? `${source.server}:${source.path}` : (source.path ?? "");
 }

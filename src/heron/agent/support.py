@@ -76,6 +76,9 @@ CONFIG = {
     "silences": keys.SILENCES,
     "users": keys.USERS,
     "grants": keys.GRANTS,
+    # V2V sources: a vsphere source's password is scrubbed by its field name, and searched
+    # for in the logs (a pyVmomi error could repeat it)
+    "import-sources": keys.IMPORT_SOURCES,
 }
 # Read, and searched for secret values, but never written: what the bundle must not hold.
 NEVER = (keys.TOKENS, keys.CLUSTER_CA, keys.JOIN_TOKENS, keys.ARDFS_SECRETS)

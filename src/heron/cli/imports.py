@@ -1,23 +1,36 @@
 """heron import: bring VMs over from VMware ESXi and Hyper-V (sources, scans, imports)."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from heron.cli import parse
 from heron.cli.client import Client, fail
 from heron.cli.options import Json
 from heron.cli.output import emit, size
+from heron.models.imports import SourceType
 
-app = typer.Typer(no_args_is_help=True, help="Import VMs from VMware ESXi and Hyper-V.")
+SOURCE_TYPE = parse.Choice(get_args(SourceType))
+app = typer.Typer(no_args_is_help=True, help="Import VMs from VMware ESXi/vCenter and Hyper-V.")
 source_app = typer.Typer(no_args_is_help=True, help="Where VMs are imported from.")
 app.add_typer(source_app, name="source")
 
 SOURCE_COLUMNS = [
     ("name", lambda s: s["name"]),
     ("type", lambda s: s["type"]),
-    ("where", lambda s: f"{s['server']}:{s['path']}" if s.get("server") else s["path"]),
+    ("where", lambda s: _where(s)),
     ("node", lambda s: s.get("node") or "-"),
 ]
+
+
+def _where(source: dict[str, Any]) -> str:
+    if source["type"] == "vsphere":
+        return f"{source['user']}@{source['host']}:{source['port']}"
+    if source.get("server"):
+        return f"{source['server']}:{source['path']}"
+    return str(source["path"])
+
+
 VM_COLUMNS = [
     ("name", lambda v: v["name"]),
     ("kind", lambda v: v["kind"]),
@@ -51,20 +64,69 @@ def source_add(
     node: Annotated[
         str | None, typer.Option(help="the node that holds the folder (or reads the export)")
     ] = None,
+    source_type: Annotated[
+        str | None,
+        typer.Option("--type", parser=SOURCE_TYPE, help="default: as --dir, --nfs or --host say"),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="vsphere: the ESXi host or vCenter")] = None,
+    port: Annotated[int | None, typer.Option(help="vsphere: its HTTPS port (443)")] = None,
+    user: Annotated[str | None, typer.Option(help="vsphere: the user to log in as")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HERON_SOURCE_PASSWORD", help="vsphere: its password (asked when not given)"
+        ),
+    ] = None,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            parser=parse.fingerprint,
+            help="vsphere: the SHA-256 fingerprint its certificate must have (as `openssl "
+            "x509 -fingerprint -sha256` prints it); without it, the one it shows now is "
+            "pinned and printed, to be compared",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Add a source: a folder on a node, or an NFS datastore."""
-    if (directory is None) == (nfs is None):
-        fail("give --dir PATH (with --node) or --nfs SERVER:/PATH")
+    """Add a source: a folder on a node, an NFS datastore, or an ESXi host or vCenter read
+    over its API (--type vsphere --host H --user U)."""
+    given = (host, user, port, fingerprint)
+    if source_type == "vsphere" or any(v is not None for v in given):
+        if directory is not None or nfs is not None or node is not None:
+            fail("a vsphere source has no --dir, --nfs nor --node")
+        if password is None and host is not None and user is not None:
+            password = typer.prompt(f"password of {user} on {host}", hide_input=True)
+        reply = Client().post(
+            "/imports/sources",
+            json={
+                "name": name,
+                "type": "vsphere",
+                "host": host,
+                "port": port or 443,
+                "user": user,
+                "password": password,
+                "fingerprint": fingerprint,
+            },
+        )
+        if not as_json and fingerprint is None and reply.get("fingerprint"):
+            pin = reply["fingerprint"]
+            shown = ":".join(pin[i : i + 2] for i in range(0, len(pin), 2)).upper()
+            typer.echo(f"pinned {host}'s certificate, SHA-256 fingerprint {shown}", err=True)
+            typer.echo("compare it with the server's; a changed one is refused", err=True)
+        emit(reply, as_json, SOURCE_COLUMNS)
+        return
+    if directory is not None and nfs is not None:
+        fail("give --dir PATH (with --node) or --nfs SERVER:/PATH, not both")
+    if source_type is None and directory is None and nfs is None:
+        fail("give --dir PATH (with --node), --nfs SERVER:/PATH or --type vsphere --host HOST")
     body: dict[str, Any] = {"name": name, "node": node}
-    if directory is not None:
-        body |= {"type": "directory", "path": directory}
-    else:
-        assert nfs is not None
+    if nfs is not None:
         server, _, path = nfs.partition(":")
         if not server or not path:
             fail(f"--nfs {nfs}: give SERVER:/PATH")
         body |= {"type": "nfs", "server": server, "path": path}
+    else:  # a folder, or a type the API says what it lacks of
+        body |= {"type": source_type or "directory", "path": directory}
     emit(Client().post("/imports/sources", json=body), as_json, SOURCE_COLUMNS)
 
 
@@ -123,6 +185,9 @@ def start(
         typer.Option(help="SOURCE=NETWORK, for each source network of the VMs (repeat)"),
     ] = None,
     keep_macs: Annotated[bool, typer.Option(help="keep the NICs' MAC addresses")] = True,
+    power_off: Annotated[
+        bool, typer.Option(help="vsphere: power off a source VM that runs (else refused)")
+    ] = False,
     guest_fix: Annotated[
         bool, typer.Option(help="fix Linux guests to boot on virtio (otherwise SATA and e1000)")
     ] = True,
@@ -152,6 +217,7 @@ def start(
         "pool": pool,
         "networks": _networks(network or []),
         "keep_macs": keep_macs,
+        "power_off": power_off,
         "guest_fix": "auto" if guest_fix else "none",
         "start": start_vms,
         "node": node,

@@ -126,6 +126,9 @@ class ImportParams(TaskParams):
     guest_fix: GuestFixMode = "auto"
     family: GuestFamily = "other"
     start: bool = Field(default=False, description="start the VM once imported")
+    power_off: bool = Field(
+        default=False, description="vsphere: power the source VM off first when it runs"
+    )
 
 
 class SupportBundleParams(TaskParams):

@@ -8,6 +8,7 @@ half-imported stays in the pool. Everything a request asks is checked, for every
 anything is written: a batch is imported whole or refused whole.
 """
 
+import asyncio
 import re
 import time
 
@@ -39,6 +40,7 @@ from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.plan import Plan
 from heron.services.tasks import with_task
 from heron.services.vms import plan_create
+from heron.tls.pinned import server_fingerprint
 from heron.v2v.scan import qemu_source
 
 MIB = 1024**2
@@ -59,12 +61,31 @@ async def create_source(
     inventory = await inventory.ready()
     if body.node is not None and inventory.nodes.get(body.node) is None:
         raise Invalid("body.node", f"no node {body.node!r}")
+    if body.type == "vsphere":
+        body = body.model_copy(update={"fingerprint": await _pin(body)})
     source = ImportSource(**body.model_dump(), created_at=time.time(), created_by=user)
     try:
         await db.create(keys.import_source(body.name), source)
     except StoreConflict as exc:
         raise Conflict(f"an import source {body.name!r} already exists") from exc
     return source
+
+
+async def _pin(body: ImportSourceCreate) -> str:
+    """The fingerprint of the certificate the server shows now, which must be the one given;
+    none given: it is pinned as it is (the reply shows it, to be compared with the server's)."""
+    host = body.host or ""
+    try:
+        shown = await asyncio.to_thread(server_fingerprint, host, body.port)
+    except (OSError, ValueError) as exc:
+        raise Invalid("body.host", f"{host}:{body.port} does not answer over TLS: {exc}") from exc
+    if body.fingerprint is not None and body.fingerprint != shown:
+        raise Invalid(
+            "body.fingerprint",
+            f"{host}:{body.port} shows a certificate with SHA-256 fingerprint {shown}, not "
+            f"{body.fingerprint}",
+        )
+    return shown
 
 
 async def delete_source(db: ConfigDB, name: str) -> None:
@@ -138,6 +159,12 @@ async def plan_imports(
     for index, item in enumerate(body.vms):
         field = f"body.vms.{index}"
         vm = _scanned(report.vms, item, field)
+        if any(w.code == "powered-on" for w in vm.warnings) and not body.power_off:
+            raise Invalid(
+                f"{field}.vm",
+                f"{vm.name} was running at the last scan: power it off in vSphere (and scan "
+                "again), or ask power_off to have Heron power it off",
+            )
         name = item.name or heron_name(vm.name)
         if item.name is None and name in names:
             raise Invalid(f"{field}.name", f"{name!r} is asked twice: give each VM its own name")
@@ -159,6 +186,7 @@ async def plan_imports(
                 guest_fix=fix,
                 family=vm.guest_os.family,
                 start=body.start,
+                power_off=body.power_off,
             )
             return TaskKind.v2v_import, params
 

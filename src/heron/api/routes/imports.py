@@ -13,6 +13,7 @@ from heron.models.imports import (
     ImportRequest,
     ImportSource,
     ImportSourceCreate,
+    ImportSourceView,
     ScanResult,
 )
 from heron.services import imports as import_service
@@ -30,21 +31,28 @@ class ImportReply(BaseModel):
     vms: list[ImportedVm]
 
 
-@router.get("/imports/sources", response_model=list[ImportSource])
-async def list_sources(request: Request, _: Principal = Depends(auth.viewer)) -> list[ImportSource]:
+@router.get("/imports/sources", response_model=list[ImportSourceView])
+async def list_sources(
+    request: Request, _: Principal = Depends(auth.viewer)
+) -> list[ImportSourceView]:
+    """The sources; a vsphere source's password is shown only as whether one is set."""
     db = request.app.state.ctx.db
-    return [e.value for e in await db.list(ImportSource, keys.IMPORT_SOURCES)]
+    return [ImportSourceView.of(e.value) for e in await db.list(ImportSource, keys.IMPORT_SOURCES)]
 
 
-@router.post("/imports/sources", response_model=ImportSource, status_code=201)
+@router.post("/imports/sources", response_model=ImportSourceView, status_code=201)
 async def create_source(
     body: ImportSourceCreate, request: Request, principal: Principal = Depends(auth.admin)
-) -> ImportSource:
-    """A place to import VMs from: a folder on a node, or an NFS export (mounted read-only
-    by the node that reads it)."""
+) -> ImportSourceView:
+    """A place to import VMs from: a folder on a node, an NFS export (mounted read-only by
+    the node that reads it), or an ESXi host or vCenter (`vsphere`) read over its API. A
+    vsphere source's certificate is pinned: by the `fingerprint` given, which must be the one
+    the server shows, or else as the server shows it now (compare the reply's `fingerprint`
+    with the server's). Its password is write-only."""
     ctx = request.app.state.ctx
     request.state.audit_target = body.name
-    return await import_service.create_source(ctx.db, ctx.inventory, body, principal.user)
+    source = await import_service.create_source(ctx.db, ctx.inventory, body, principal.user)
+    return ImportSourceView.of(source)
 
 
 @router.delete("/imports/sources/{name}", status_code=204)
