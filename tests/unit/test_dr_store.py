@@ -595,3 +595,42 @@ def test_point_files_round_trip_and_list_without_their_maps(tmp_path: Path) -> N
             points.decode("vm/p1", data[:cut])
     with pytest.raises(InvalidArgument):
         points.DiskMap(CHUNK * 2, CHUNK, table)  # three entries for two chunks
+
+
+def test_gc_cutoff_goes_back_to_the_oldest_running_writer(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    alone = store.gc(margin=2.0)
+    assert alone.cutoff == alone.started - 2.0
+    before = time.time()
+    with store.writer("vm"):
+        entered = time.time()
+        report = store.gc(margin=0)
+    assert before <= report.cutoff <= entered < report.started
+
+
+def test_a_collection_looking_at_a_writer_never_makes_it_fail(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    with store.writer("vm"):
+        pass  # the writer's files exist now
+    # A collection's look is a shared lock on `.live`, held for an instant: a writer entering
+    # then waits for it instead of failing with WriterBusy.
+    look = os.open(store.root / "writers" / "vm.live", os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH)
+    entered = threading.Event()
+    failed: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            with store.writer("vm"):
+                entered.set()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    try:
+        assert not entered.is_set()
+    finally:
+        os.close(look)
+    thread.join(timeout=30)
+    assert entered.is_set() and not failed

@@ -6,7 +6,8 @@ Layout under the store's directory (docs/dr.md explains each choice):
     chunks/ab/.lock             the lock writers (shared) and GC (exclusive) take, per prefix
     chunks/ab/cd/<hash>         one chunk (heron.dr.chunks)
     points/<vm>/<id>.point      one point: metadata and every disk's complete map
-    writers/<vm>.lock           held (flock) by the VM's writer; says when it started
+    writers/<vm>.lock           held (flock) by the VM's writer: one at a time
+    writers/<vm>.live           held by the VM's writer too; says when it started (GC reads it)
     gc.lock                     held by the running garbage collection
 
 Guarantees:
@@ -437,7 +438,7 @@ class Store:
     def _running_writers(self) -> list[float]:
         """The start times of the writers holding their lock now."""
         starts = []
-        for path in sorted((self.root / "writers").glob("*.lock")):
+        for path in sorted((self.root / "writers").glob("*.live")):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 try:
@@ -616,24 +617,31 @@ class Writer:
         self.store = store
         self.vm = vm
         self._fd: int | None = None
+        self._live = -1
         self._dirs: set[Path] = set()
 
     def __enter__(self) -> Writer:
-        path = self.store.root / "writers" / f"{self.vm}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        folder = self.store.root / "writers"
+        fd = os.open(folder / f"{self.vm}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise WriterBusy(f"another writer is writing points of VM {self.vm}") from None
-        # Taken after the lock: a collection that saw the lock free began before this, and
-        # so before any chunk this writer touches.
-        os.pwrite(fd, _START.pack(time.time_ns()), 0)
-        self._fd = fd
+        # The file a collection looks at is another one: its look (a shared lock taken and
+        # dropped at once) must never make a writer's own lock fail. Only this writer locks
+        # it exclusively, so waiting for it waits only for such a look.
+        live = os.open(folder / f"{self.vm}.live", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(live, fcntl.LOCK_EX)
+        # Taken after the lock: a collection that saw the file unlocked began before this,
+        # and so before any chunk this writer touches.
+        os.pwrite(live, _START.pack(time.time_ns()), 0)
+        self._fd, self._live = fd, live
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            os.close(self._live)
             os.close(self._fd)
             self._fd = None
 
