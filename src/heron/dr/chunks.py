@@ -166,19 +166,25 @@ class ChunkDir:
         finally:
             os.close(fd)
 
-    def put(self, name: bytes, data: bytes, level: int = LEVEL) -> tuple[bool, Path]:
+    def put(self, name: bytes, data: bytes, level: int = LEVEL) -> tuple[bool, list[Path]]:
         """Store chunk `name` holding `data` unless it is there already, in which case its
         mtime is set to now (garbage collection keeps chunks younger than its cutoff).
-        Returns whether it was written and its directory (to fsync before a point names it).
-        The chunk file is fsync'ed before it takes its name."""
+        Returns whether it was written and the directories whose entries must be made
+        durable (fsync'ed) before a point names it: its own, and its parent if that entry
+        was made now. The chunk file is fsync'ed before it takes its name."""
         path = self.path(name)
         with self.locked(path.parent.parent.name, exclusive=False):
             try:
                 os.utime(path)
-                return False, path.parent
+                return False, [path.parent]
             except FileNotFoundError:
                 pass
-            path.parent.mkdir(exist_ok=True)
+            folders = [path.parent]
+            try:
+                path.parent.mkdir()
+                folders.append(path.parent.parent)
+            except FileExistsError:
+                pass
             partial = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -194,7 +200,7 @@ class ChunkDir:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(partial)
                 raise
-            return True, path.parent
+            return True, folders
 
     def get(self, name: bytes, verify: bool = True) -> bytes:
         """The content of chunk `name`: ChunkMissing, or ChunkCorrupt (with `verify`, also

@@ -728,8 +728,8 @@ class Writer:
         if chunks.is_zero(data):
             return chunks.ZERO
         name = chunks.digest(data)
-        _, folder = self.store.chunks.put(name, data, self.store.level)
-        self._dirs.add(folder)
+        _, folders = self.store.chunks.put(name, data, self.store.level)
+        self._dirs.update(folders)
         return name
 
     def _store_chunks(self, items: Iterable[tuple[int, bytes]], workers: int) -> dict[int, bytes]:
