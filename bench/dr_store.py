@@ -6,7 +6,7 @@ repeated low-entropy blocks as in binaries and logs, 30 % random) is written to 
 - baselines, in the same run on the same bytes: `cp --sparse=always` of the image plus an
   fsync of the copy (what a restore must at least cost), and reading the image and hashing
   each 4 MiB piece with BLAKE3 on `--workers` threads (what a verification must at least cost);
-- a full point of VM a from the image (MB/s of the disk, fsync'ed chunks and point);
+- a full point of VM a from the image (MiB/s of the disk, fsync'ed chunks and point);
 - `--increments` increments of `--changed` rewritten chunks each (chunks holding data, given
   new data of their kind), then restores of the full point, the point after 1 increment and
   the point after all of them, in turn, three times each, the best of each kept (an
@@ -79,7 +79,7 @@ def timed(work: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def mb_s(size: int, seconds: float) -> float:
+def mib_s(size: int, seconds: float) -> float:
     return round(size / MIB / seconds, 1) if seconds > 0 else float("nan")
 
 
@@ -226,13 +226,13 @@ def main() -> None:
         },
         "baseline": {
             "cp_sparse_fsync_s": stats(copies),
-            "cp_mb_s": mb_s(size, copy_s),
+            "cp_mib_s": mib_s(size, copy_s),
             "read_and_blake3_s": stats(hashes),
-            "read_and_blake3_mb_s": mb_s(size, hash_s),
+            "read_and_blake3_mib_s": mib_s(size, hash_s),
         },
         "write_full": {
             "seconds": round(write_s, 3),
-            "mb_s": mb_s(size, write_s),
+            "mib_s": mib_s(size, write_s),
             "ratio_to_cp": ratio(copy_s, write_s),
             "stored_mib": round(full_stats.stored_bytes / MIB, 1),
             "compression_ratio": full_stats.compression_ratio,
@@ -241,11 +241,11 @@ def main() -> None:
             "count": args.increments,
             "chunks_each": args.changed,
             "seconds": stats(increment_s),
-            "changed_mb_s": mb_s(changed_bytes, sum(increment_s)),
+            "changed_mib_s": mib_s(changed_bytes, sum(increment_s)),
         },
         "restore": {
             "full_point_s": [round(s, 3) for s in restore_full],
-            "full_point_mb_s": mb_s(size, restore_full_s),
+            "full_point_mib_s": mib_s(size, restore_full_s),
             "ratio_to_cp": ratio(copy_s, restore_full_s),
             "chunks_read_after_n": report.chunks_read,
             "after_1_increment_s": [round(s, 3) for s in restore_1],
@@ -257,16 +257,16 @@ def main() -> None:
         },
         "verify": {
             "point_s": round(verify_s, 3),
-            "point_mb_s": mb_s(verified.bytes_checked, verify_s),
+            "point_mib_s": mib_s(verified.bytes_checked, verify_s),
             "ratio_to_read_and_hash": ratio(hash_s * verified.bytes_checked / size, verify_s),
             "store_s": round(verify_all_s, 3),
             "store_chunks": verified_all.chunks_checked,
-            "store_mb_s": mb_s(verified_all.bytes_checked, verify_all_s),
+            "store_mib_s": mib_s(verified_all.bytes_checked, verify_all_s),
         },
         "clone": {
             "chunks_changed": count,
             "write_s": round(clone_s, 3),
-            "write_mb_s": mb_s(size, clone_s),
+            "write_mib_s": mib_s(size, clone_s),
             "stored_growth_mib": round(
                 (after_clone.stored_bytes - before_clone.stored_bytes) / MIB, 1
             ),
@@ -299,12 +299,12 @@ def main() -> None:
         f"DR store, a {size // MIB} MiB image, {args.increments} increments of "
         f"{args.changed} chunks, {workers} workers",
         [
-            ("baseline cp --sparse + fsync", f"{r['baseline']['cp_mb_s']} MB/s"),
-            ("baseline read + blake3", f"{r['baseline']['read_and_blake3_mb_s']} MB/s"),
-            ("write full point", f"{r['write_full']['mb_s']} MB/s"),
+            ("baseline cp --sparse + fsync", f"{r['baseline']['cp_mib_s']} MiB/s"),
+            ("baseline read + blake3", f"{r['baseline']['read_and_blake3_mib_s']} MiB/s"),
+            ("write full point", f"{r['write_full']['mib_s']} MiB/s"),
             (
                 "restore full point",
-                f"{r['restore']['full_point_mb_s']} MB/s ({r['restore']['ratio_to_cp']} x cp)",
+                f"{r['restore']['full_point_mib_s']} MiB/s ({r['restore']['ratio_to_cp']} x cp)",
             ),
             (
                 "restore, verify: after N / after 1",
@@ -313,7 +313,7 @@ def main() -> None:
             ),
             (
                 "verify point",
-                f"{r['verify']['point_mb_s']} MB/s "
+                f"{r['verify']['point_mib_s']} MiB/s "
                 f"({r['verify']['ratio_to_read_and_hash']} x read+hash)",
             ),
             ("increment p50", f"{r['increments']['seconds']['p50']} s"),
