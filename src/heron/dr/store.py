@@ -9,6 +9,7 @@ Layout under the store's directory (docs/dr.md explains each choice):
     writers/<vm>.lock           held (flock) by the VM's writer: one at a time
     writers/<vm>.live           held by the VM's writer too; says when it started (GC reads it)
     gc.lock                     held by the running garbage collection
+    marks.lock                  held by it while it reads the points; deletions wait for it
 
 Guarantees:
 - A point's file appears only after every chunk it names is on disk (fsync'ed, and so are
@@ -21,7 +22,8 @@ Guarantees:
 - A point being read (`open_point`) or used as the parent of an increment being written
   cannot be deleted (PointBusy), so its chunks stay.
 - Garbage collection removes only chunks that no point names and that no writer touched
-  since the collection began (or since the oldest running writer began, if earlier).
+  since the collection began (or since the oldest running writer began, if earlier); points
+  are not deleted while it reads them (a deletion waits for that phase).
 
 The API is synchronous and blocking (file I/O, hashing, compression); it is thread-safe, and
 BLAKE3, zstd and file I/O release the GIL, so the work of one call is spread over `workers`
@@ -188,6 +190,7 @@ class Store:
         for sub in ("points", "writers"):
             (root / sub).mkdir(exist_ok=True)
         (root / "gc.lock").touch()
+        (root / "marks.lock").touch()
         config = {
             "format": FORMAT,
             "chunk_size": chunk_size,
@@ -282,8 +285,23 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise PointBusy(f"point {vm}/{point_id} is being read or written from") from None
-            os.unlink(path)
+            # Not while a collection reads the points (it waits for that phase to end): a
+            # point the collection listed must still be there when it reads it, or a child
+            # committed after the listing could lose the chunks it took over from it.
+            with self._marking(exclusive=False):
+                os.unlink(path)
             chunks.fsync_dir(path.parent)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _marking(self, exclusive: bool) -> Iterator[None]:
+        """The lock of the mark phase: a collection holds it exclusively while it lists and
+        reads the points, deletions hold it shared."""
+        fd = os.open(self.root / "marks.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
         finally:
             os.close(fd)
 
@@ -383,19 +401,21 @@ class Store:
             cutoff = min([started, *self._running_writers()]) - margin
             named: set[bytes] = set()
             marked = temp = 0
-            for vm in self.vms():
-                folder = self.root / "points" / vm
-                for path in _point_files(folder):
-                    where = f"{vm}/{path.name}"
-                    try:
-                        point = points.decode(where, path.read_bytes())
-                    except FileNotFoundError:
-                        continue  # deleted meanwhile: its chunks wait for the next collection
-                    # A damaged point file stops the collection (PointCorrupt): which chunks
-                    # it needs cannot be known, and removing them would lose it for good.
-                    named |= point.names()
-                    marked += 1
-                temp += _remove_old_temporaries(folder, cutoff)
+            # Mark: no point is deleted meanwhile (delete_point waits), so every point listed
+            # is read. A point committed after the listing began names chunks its writer
+            # touched (after the cutoff) and chunks of its parent, which was listed and read,
+            # or was itself committed after the listing began (and so on up to a listed
+            # point, or a full point whose writer touched every chunk).
+            with self._marking(exclusive=True):
+                for vm in self.vms():
+                    folder = self.root / "points" / vm
+                    for path in _point_files(folder):
+                        where = f"{vm}/{path.name}"
+                        # A damaged point file stops the collection (PointCorrupt): which
+                        # chunks it needs cannot be known, and removing them would lose it.
+                        named |= points.decode(where, path.read_bytes()).names()
+                        marked += 1
+                    temp += _remove_old_temporaries(folder, cutoff)
             removed = freed = young = bad = 0
             for prefix in chunks.PREFIXES:
                 with self.chunks.locked(prefix, exclusive=True):
