@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from heron.dr import chunks, points
+from heron.dr import store as store_module
 from heron.dr.errors import (
     ChunkCorrupt,
     GcBusy,
@@ -430,10 +431,7 @@ def test_gc_between_a_writers_chunks_and_its_point_keeps_the_chunks(
 
 def test_gc_running_beside_writers_never_loses_a_chunk(tmp_path: Path) -> None:
     """Collections in a loop on one thread while another writes increments reusing the
-    content of points deleted as it goes: every point left must verify and restore. (It
-    found that a point deleted between a collection's listing and its reading of the points
-    took with it the chunks its child, committed after the listing, had inherited: points
-    are no longer deleted while a collection reads them.)"""
+    content of points deleted as it goes: every point left must verify and restore."""
     store = make_store(tmp_path)
     rng = random.Random(10)
     contents = [rng.randbytes(CHUNK) for _ in range(6)]
@@ -642,3 +640,60 @@ def test_a_collection_looking_at_a_writer_never_makes_it_fail(tmp_path: Path) ->
         os.close(look)
     thread.join(timeout=30)
     assert entered.is_set() and not failed
+
+
+def test_a_point_deleted_while_a_collection_reads_the_points_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collection has listed a point P; before it reads P, a writer commits P's child C
+    (which takes over P's first chunk, old and untouched) and P is deleted. Were the deletion
+    not to wait, the collection would read neither P nor C and remove the chunk C needs."""
+    store = make_store(tmp_path)
+    rng = random.Random(13)
+    first, second, new = (rng.randbytes(CHUNK) for _ in range(3))
+    with store.writer("vm") as writer:
+        parent = writer.write_point({"d": write_image(tmp_path, first + second)})
+    for path in chunk_files(store):
+        age(path)
+
+    real_files, real_marking = store_module._point_files, Store._marking
+    blocked_or_done = threading.Event()
+    children: list[str] = []
+    failed: list[BaseException] = []
+
+    def marking(self: Store, exclusive: bool):  # type: ignore[no-untyped-def]
+        if not exclusive:
+            blocked_or_done.set()  # the deletion is about to wait for the mark phase
+        return real_marking(self, exclusive)
+
+    def commit_child_then_delete_parent() -> None:
+        try:
+            with store.writer("vm") as writer:
+                children.append(writer.write_increment(parent.id, {"d": {1: new}}).id)
+            store.delete_point("vm", parent.id)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            blocked_or_done.set()
+
+    thread = threading.Thread(target=commit_child_then_delete_parent)
+    armed = [True]
+
+    def listing(folder: Path) -> list[Path]:
+        found = real_files(folder)
+        if armed and found:
+            armed.clear()
+            thread.start()
+            assert blocked_or_done.wait(timeout=60)
+        return found
+
+    monkeypatch.setattr(Store, "_marking", marking)
+    monkeypatch.setattr(store_module, "_point_files", listing)
+    report = store.gc(margin=1.0)
+    thread.join(timeout=60)
+    assert not failed, failed
+    assert report.points_marked == 1  # P, read before it went
+    assert [p.id for p in store.points("vm")] == children
+    assert store.verify().ok
+    store.restore("vm", children[0], "d", tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == first + new
