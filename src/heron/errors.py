@@ -45,3 +45,8 @@ class NetworkError(HeronError):
 class V2VError(HeronError):
     """A V2V source could not be read: a description that does not parse, a disk that does
     not open. A scan turns these into a VM's blockers or the report's failures."""
+
+
+class DRError(HeronError):
+    """The disaster-recovery replica store refused or found damage: a point or chunk that is
+    missing or corrupt, a writer or a garbage collection already running (heron.dr.errors)."""

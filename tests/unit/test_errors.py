@@ -17,9 +17,11 @@ from heron.ardfs.volume import ChecksumError, FencedError, UnavailableError, Vol
 from heron.configdb import Conflict as CasConflict
 from heron.configdb.etcd import EtcdError
 from heron.devcluster import DevClusterError
+from heron.dr import errors as dr
 from heron.errors import (
     AgentError,
     ConfigDBError,
+    DRError,
     HeronError,
     HypervisorError,
     SchedulingError,
@@ -41,6 +43,20 @@ FAMILIES = [
     (ApiError, [Unauthorized, Forbidden]),
     (ServiceError, [Invalid, Conflict, NotFound]),
     (HeronError, [DevClusterError, BuildError]),
+    (
+        DRError,
+        [
+            dr.InvalidArgument,
+            dr.StoreNotFound,
+            dr.PointNotFound,
+            dr.PointCorrupt,
+            dr.ChunkMissing,
+            dr.ChunkCorrupt,
+            dr.WriterBusy,
+            dr.PointBusy,
+            dr.GcBusy,
+        ],
+    ),
 ]
 
 ARDFS = [
@@ -85,3 +101,7 @@ def test_builtin_bases_callers_catch_are_kept() -> None:
         raise Closed()
     with pytest.raises(OSError):
         raise Closed()
+    with pytest.raises(ValueError):
+        raise dr.InvalidArgument("bad name")
+    with pytest.raises(LookupError):
+        raise dr.PointNotFound("gone")
