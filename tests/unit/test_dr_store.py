@@ -440,7 +440,10 @@ def test_gc_running_beside_writers_never_loses_a_chunk(tmp_path: Path) -> None:
     collections = 0
     # Ageing the chunks stands for time passing between collections, never during one: a
     # chunk touched after a collection began is never older than its cutoff.
+    # One collection per round of the writer: a collector that took `between` back at once
+    # starved the writer on a busy machine (Python's locks are not fair).
     between = threading.Lock()
+    aged = threading.Event()
 
     def collect() -> None:
         nonlocal collections
@@ -452,6 +455,9 @@ def test_gc_running_beside_writers_never_loses_a_chunk(tmp_path: Path) -> None:
             except BaseException as exc:
                 errors.append(exc)
                 return
+            while not aged.wait(0.1) and not stop.is_set():
+                pass
+            aged.clear()
 
     thread = threading.Thread(target=collect)
     thread.start()
@@ -469,6 +475,7 @@ def test_gc_running_beside_writers_never_loses_a_chunk(tmp_path: Path) -> None:
                 with between:
                     for path in chunk_files(store):  # everything unnamed is fair game
                         age(path)
+                aged.set()
     finally:
         stop.set()
         thread.join()
