@@ -185,21 +185,7 @@ class ChunkDir:
                 folders.append(path.parent.parent)
             except FileExistsError:
                 pass
-            partial = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    view = memoryview(encode(data, level))
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(partial, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial)
-                raise
+            write_whole(path, encode(data, level))
             return True, folders
 
     def get(self, name: bytes, verify: bool = True) -> bytes:
@@ -259,3 +245,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """`data` as `path`, all or nothing: written under a temporary name of its own (which
+    garbage collection recognises, `TMP_SUFFIX`), fsync'ed, then renamed. The directory's
+    entry is the caller's to make durable."""
+    partial = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise

@@ -863,19 +863,7 @@ def _remove_old_temporaries(folder: Path, cutoff: float) -> int:
 
 def _write_durably(path: Path, data: bytes) -> None:
     """`data` as `path`, all or nothing, and durable (file and directory fsync'ed)."""
-    partial = path.parent / f".{path.name}.{secrets.token_hex(4)}{chunks.TMP_SUFFIX}"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            _write_at(fd, data, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+    chunks.write_whole(path, data)
     chunks.fsync_dir(path.parent)
 
 
