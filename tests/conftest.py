@@ -30,8 +30,7 @@ def debian_guest() -> debian.DebianGuest:
 
 
 # Integration modules that keep no guests running (heron-io, etcd, the API of one node, the
-# network backends on namespaces, one QEMU; a few boot the test guest once and stop it, or
-# run libguestfs' appliance, one at a time): they
+# network backends on namespaces, one QEMU; a few boot the test guest once and stop it): they
 # run in the second worker after the unit and browser tests, beside the modules whose clusters
 # of guests keep the first worker busy, so that both end at about the same time.
 BESIDE_THE_GUESTS = {
@@ -43,8 +42,8 @@ BESIDE_THE_GUESTS = {
     "test_network_vxlan", "test_migration_tls", "test_notify_smtp", "test_notify_snmp",
     "test_notify_webhook", "test_prometheus", "test_qemu_contract", "test_qemu_snapshot",
     "test_registration", "test_support_bundle",
-    "test_tasks", "test_testguest_memcheck", "test_v2v_guestfix", "test_v2v_import",
-    "test_v2v_scan", "test_v2v_vsphere",
+    "test_tasks", "test_testguest_memcheck", "test_v2v_import", "test_v2v_scan",
+    "test_v2v_vsphere",
 }  # fmt: skip
 
 
