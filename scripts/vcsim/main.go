@@ -6,6 +6,7 @@
 // with the certificate it is given, on the address it is given, and prints one JSON line
 // (its URL) once it listens. The tests add a datastore backed by their own folder
 // (HostDatastoreSystem.CreateLocalDatastore) and register their VMs through the API.
+// Changed-block tracking and a guest that writes while its VM runs are added (cbt.go).
 // It is a stand-in: only what docs/v2v.md lists as checked against it is known to work.
 package main
 
@@ -44,10 +45,14 @@ func main() {
 		log.Fatalf("heron-vcsim: %v", err)
 	}
 	defer model.Remove()
+	changes := newCbt()
+	simulator.Map.AddHandler(changes)
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
 	server := model.Service.NewServer()
 	defer server.Close()
+	// Set before the URL is printed, so before any client can connect.
+	server.Server.Config.Handler = changes.handler(server.Server.Config.Handler)
 
 	shown := *server.URL
 	shown.User = nil

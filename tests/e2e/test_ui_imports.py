@@ -108,6 +108,8 @@ def test_add_scan_pick_map_check_import(
     # (3) Checked before the network is mapped: the API's reason, where the networks are.
     mapping = page.locator("[data-testid=map-form]")
     expect(mapping.locator("select[name='import.pool']")).to_have_value("local")
+    for vsphere_only in ("power_off", "warm"):  # a folder's VMs do not run while copied
+        expect(mapping.locator(f"[data-field='import.{vsphere_only}']")).to_have_count(0)
     mapping.locator("[data-testid=import-check]").click()
     networks = mapping.locator("[data-testid=network-map]")
     expect(networks.locator("[data-testid=field-error]")).to_contain_text("'VM Network'")

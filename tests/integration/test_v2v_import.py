@@ -141,6 +141,9 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, datastore: Path, tm
     refused = cli(env, "import", "start", "ds2", "App03", "--pool", "local", check=False)
     assert refused.returncode != 0 and "VM Network" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    warm = cli(env, "import", "start", "ds2", "App03", "--pool", "local", "--network",
+               "VM Network=user", "--warm", check=False)  # fmt: skip
+    assert warm.returncode != 0 and "only a vsphere source" in warm.stderr, warm.stderr
     again = ["import", "start", "ds2", "App03", "--pool", "local", "--network",
              "VM Network=user", "--name", "app03-cli", "--no-guest-fix", "--wait"]  # fmt: skip
     # app03, imported before, has its MAC: a second copy must take a new one.

@@ -110,8 +110,11 @@ def wait(task: Any) -> Any:
     ).result
 
 
-def make_vm(content: Any, name: str, mac: str, capacity: int, power_on: bool) -> Any:
-    """Register a VM whose disk is the VMDK the test put in the datastore's folder."""
+def make_vm(
+    content: Any, name: str, mac: str, capacity: int, power_on: bool, writes: bool = False
+) -> Any:
+    """Register a VM whose disk is the VMDK the test put in the datastore's folder;
+    `writes`: the stand-in writes to its disk while it runs, as a guest would (cbt.go)."""
     dc = content.rootFolder.childEntity[0]
     host = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True).view[
         0
@@ -133,6 +136,8 @@ def make_vm(content: Any, name: str, mac: str, capacity: int, power_on: bool) ->
     spec = vim.vm.ConfigSpec(
         name=name, numCPUs=1, memoryMB=128, guestId="debian12_64Guest",
         files=vim.vm.FileInfo(vmPathName="[heron-ds]"),
+        extraConfig=[vim.option.OptionValue(key="heron.sim.guest-writes", value="TRUE")]
+        if writes else [],
         deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=d)
                       for d in (controller, disk, nic)],
     )  # fmt: skip
@@ -151,6 +156,7 @@ def esx(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Iterator[S
     ds.mkdir()
     vmware_vm(ds, "web01", testguest, "monolithicFlat", MAC)
     vmware_vm(ds, "db02", testguest, "monolithicFlat", "00:50:56:a1:b2:d2")
+    vmware_vm(ds, "app03", testguest, "monolithicFlat", "00:50:56:a1:b2:d3")
     stand_in = start_vcsim(folder, "esx1")
     try:
         si = connect(stand_in)
@@ -162,6 +168,7 @@ def esx(tmp_path_factory: pytest.TempPathFactory, testguest: Path) -> Iterator[S
         size = testguest.stat().st_size
         make_vm(content, "web01", MAC, size, power_on=False)
         make_vm(content, "db02", "00:50:56:a1:b2:d2", size, power_on=True)
+        make_vm(content, "app03", "00:50:56:a1:b2:d3", size, power_on=True, writes=True)
         Disconnect(si)
         yield stand_in
     finally:
@@ -197,7 +204,7 @@ def test_add_scan_and_import_cold(
     api.wait_task(api.ok("POST", "/imports/sources/esx1/scan")["task"])
     scan = api.ok("GET", "/imports/sources/esx1/scan")
     found = {vm["name"]: vm for vm in scan["report"]["vms"]}
-    assert set(found) == {"web01", "db02"}, scan
+    assert set(found) == {"web01", "db02", "app03"}, scan
     web = found["web01"]
     assert web["path"] == "/ha-datacenter/vm/web01"
     assert (web["vcpus"], web["memory_mib"], web["guest_os"]["family"]) == (1, 128, "linux")
@@ -237,6 +244,52 @@ def test_add_scan_and_import_cold(
     image = next(Path(cluster.nodes[0].state_dir).rglob(f"web01-disk0.{volume['format']}"))
     compared = subprocess.run(
         ["qemu-img", "compare", "-f", "raw", "-F", volume["format"], str(testguest), str(image)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+def test_a_running_vm_imported_warm(
+    cluster1: tuple[DevCluster, str], api: Api, esx: StandIn, testguest: Path
+) -> None:
+    """app03 runs and writes to its disk all along (the stand-in's guest): its disk is
+    copied in full and then in rounds of changed blocks while it runs, then it is powered
+    off and its last changes copied; the volume equals its disk as the power-off left it."""
+    cluster, _ = cluster1
+    scan = api.ok("GET", "/imports/sources/esx1/scan")  # scanned by the first test
+    app = next(vm for vm in scan["report"]["vms"] if vm["name"] == "app03")
+    body = {"source": "esx1", "pool": "local", "networks": {"VM Network": "user"},
+            "guest_fix": "none", "vms": [{"vm": app["path"]}]}  # fmt: skip
+    reply = api.request("POST", "/imports", json={**body, "warm": {"max_rounds": 0}})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["fields"][0]["field"] == "body.warm.max_rounds"
+
+    warm = {"interval_seconds": 1, "small_enough_mib": 0, "max_rounds": 3}
+    reply = api.ok("POST", "/imports", json={**body, "warm": warm})
+    task = api.wait_task(reply["vms"][0]["task"], 150)
+    log = "\n".join(task["log"])
+    assert "changed-block tracking turned on" in log, log
+    assert "while the VM runs" in log and "app03 powered off at the source" in log, log
+    copied = task["result"]["warm"]
+    assert len(copied["rounds"]) == 3, copied  # small_enough 0: every round, then the cutover
+    # each delta: whole 64 KiB blocks the guest wrote meanwhile
+    assert all(r > 0 and r % (64 << 10) == 0 for r in copied["rounds"][1:]), copied
+    assert copied["cutover_bytes"] > 0, copied  # written between the last round and the stop
+    assert power_state(esx, "app03") == "poweredOff"
+    si = connect(esx)
+    try:
+        vm = si.RetrieveContent().searchIndex.FindByInventoryPath("ha-datacenter/vm/app03")
+        assert vm.config.changeTrackingEnabled
+        assert not vm.layoutEx.snapshot  # the warm snapshot removed
+    finally:
+        Disconnect(si)
+
+    flat = esx.folder / "datastore" / "app03" / "app03-flat.vmdk"
+    assert flat.read_bytes() != testguest.read_bytes()  # the guest wrote while it was copied
+    volume = next(v for v in api.ok("GET", "/pools/local/volumes") if v["name"] == "app03-disk0")
+    image = next(Path(cluster.nodes[0].state_dir).rglob(f"app03-disk0.{volume['format']}"))
+    compared = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", volume["format"], str(flat), str(image)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert compared.returncode == 0, compared.stdout + compared.stderr

@@ -13,6 +13,7 @@ from heron.v2v.warm import (
     ChangedArea,
     DiskChangeInfo,
     RecordedSource,
+    RecordedVm,
     WarmError,
     changed_since,
     warm_copy,
@@ -28,6 +29,7 @@ def disk(tmp_path: Path, size: int = 4 * MIB) -> Path:
 
 
 def target_of(tmp_path: Path, size: int) -> tuple[Path, Callable[[int, bytes], None]]:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "target.raw"
     path.write_bytes(b"\0" * size)
 
@@ -43,19 +45,52 @@ def test_deltas_then_cutover_leave_the_target_equal(tmp_path: Path) -> None:
     source = RecordedSource(disk(tmp_path), block=64 << 10, page=MIB)
     target, write = target_of(tmp_path, source.capacity)
     guest = random.Random(2)
+    seen: list[int] = []
 
-    def writes(round_: int) -> None:  # the guest writes less each round
-        for _ in range(max(8 >> round_, 1)):
+    def writes(number: int, _: object) -> None:  # the guest writes less each round
+        seen.append(number)
+        for _ in range(max(8 >> number, 1)):
             offset = guest.randrange(0, source.capacity - 4096)
             source.write(offset, guest.randbytes(4096))
 
-    report = warm_copy(source, write, source.stop, small_enough=2 * (64 << 10), between=writes)
+    report = warm_copy(RecordedVm([source]), [write], small_enough=2 * (64 << 10), between=writes)
     assert report.rounds[0].bytes == source.capacity  # the full copy
     assert all(r.bytes < source.capacity for r in report.rounds[1:])
+    assert seen == list(range(len(report.rounds) - 1))  # none after the last round
     assert target.read_bytes() == source.path.read_bytes()
     assert source.stopped and report.cutover_seconds >= 0
     with pytest.raises(WarmError, match="stopped"):
         source.write(0, b"x")
+
+
+def test_two_disks_at_one_instant_and_writes_before_the_cutover(tmp_path: Path) -> None:
+    """Two disks, the rounds bounded: what the guest writes after the last precopy round
+    is copied at the cutover, once the source is stopped."""
+    first = RecordedSource(disk(tmp_path), page=MIB)
+    (tmp_path / "second").mkdir()
+    second = RecordedSource(disk(tmp_path / "second", 2 * MIB), page=MIB)
+    targets = [target_of(tmp_path / "t1", first.capacity), target_of(tmp_path, second.capacity)]
+    vm = RecordedVm([first, second])
+    stop = vm.stop
+
+    def stopped_after_a_write() -> None:
+        second.write(MIB + 5, b"last words")
+        stop()
+
+    vm.stop = stopped_after_a_write  # type: ignore[method-assign]
+
+    def writes(number: int, _: object) -> None:
+        first.write(number * 4096, b"a" * 100)
+        second.write(number * 8192, b"b" * 100)
+
+    report = warm_copy(vm, [w for _, w in targets], small_enough=0, max_rounds=3, between=writes)
+    assert len(report.rounds) == 3
+    assert report.rounds[0].bytes == first.capacity + second.capacity
+    assert report.rounds[1].bytes == 2 * (64 << 10)  # a block of each disk
+    assert report.rounds[2].bytes == 2 * (64 << 10)
+    assert report.cutover_bytes == 64 << 10  # only the write made as the source stopped
+    assert targets[0][0].read_bytes() == first.path.read_bytes()
+    assert targets[1][0].read_bytes() == second.path.read_bytes()
 
 
 def test_pages_cover_the_disk_and_merge_adjacent_blocks(tmp_path: Path) -> None:
@@ -75,9 +110,6 @@ class Liar:
 
     def __init__(self, pages: list[DiskChangeInfo]) -> None:
         self.pages = pages
-
-    def snapshot(self) -> str:
-        return "1"
 
     def changed_areas(self, since: str, start: int) -> DiskChangeInfo:
         return self.pages.pop(0)

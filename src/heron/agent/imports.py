@@ -12,9 +12,12 @@ folder is removed when the import ends, whether it succeeded or not.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 
 from heron.agent import vsphere
 from heron.agent.tasks import TaskContext, TaskFailed
+from heron.agent.vsphere_warm import WarmSession
 from heron.configdb import ConfigDB, keys
 from heron.models.imports import ImportDisk, ImportSource, ScanResult
 from heron.models.settings import ClusterSettings
@@ -36,6 +40,7 @@ from heron.tls.pinned import PinMismatch
 from heron.v2v.guestfix import Drive, GuestFixError, fix_linux
 from heron.v2v.scan import inside, scan_directory
 from heron.v2v.vsphere import scanned_vm
+from heron.v2v.warm import Round, WarmError, WarmReport, warm_copy
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +131,14 @@ class Imports:
         params = ctx.params(ImportParams)
         vm_id = ctx.task.target
         staging = self.state_dir / "import-staging" / ctx.task.id
+        warm: dict[str, Any] = {}
         try:
             await ctx.progress(0.0, "started")  # cancelled while it was queued: undone here
             source = await self._source(params.source)
-            if source.type == "vsphere":
+            if source.type == "vsphere" and params.warm is not None:
+                sources, warm = await self._warm(ctx, source, params, staging)
+                await self._disks(ctx, params, staging, sources, DOWNLOAD_SHARE, raw=True)
+            elif source.type == "vsphere":
                 sources = await self._fetch(ctx, source, params, staging)
                 await self._disks(ctx, params, staging, sources, DOWNLOAD_SHARE)
             else:
@@ -146,7 +155,7 @@ class Imports:
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
-        return {"vm": vm_id, "state": state.value}
+        return {"vm": vm_id, "state": state.value, **({"warm": warm} if warm else {})}
 
     async def _fetch(
         self, ctx: TaskContext, source: ImportSource, params: ImportParams, staging: Path
@@ -191,6 +200,92 @@ class Imports:
         await ctx.log(f"downloaded {size} bytes in {seconds:.1f} s ({rate:.1f} MB/s)")
         return local
 
+    async def _warm(
+        self, ctx: TaskContext, source: ImportSource, params: ImportParams, staging: Path
+    ) -> tuple[list[str], dict[str, Any]]:
+        """Copy the running VM's disks warm into raw files in `staging` (rounds of changed
+        blocks, then the cutover that stops it at the source): the files the conversion
+        reads, and what the rounds copied and how long the cutover took."""
+        options = params.warm
+        assert options is not None
+        found = [await self.volume(d.volume) for d in params.disks]
+        if all(volume.state == "ready" for volume, _ in found):
+            return [d.source for d in params.disks], {}  # converted before a restart
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        staging.mkdir(parents=True)
+        await ctx.progress(0.0, f"connecting to {source.host}")
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        files = [staging / f"disk{index}.raw" for index in range(len(params.disks))]
+
+        def say(line: str) -> None:  # in the copy's thread
+            asyncio.run_coroutine_threadsafe(ctx.log(line), loop).result(timeout=60)
+
+        def copy() -> tuple[WarmReport, str]:
+            with vsphere.Session(source) as session:
+                vm, datacenter = session.find(params.vm)
+                disks = [d.source for d in params.disks]
+                with WarmSession(session, vm, datacenter, disks) as warm_vm:
+                    for line in warm_vm.prepare():
+                        say(line)
+                    total = sum(d.capacity for d in warm_vm.disks) or 1
+                    moved, shown = [0], [0.0]
+                    with contextlib.ExitStack() as stack:
+                        handles = [stack.enter_context(f.open("wb")) for f in files]
+                        for handle, disk in zip(handles, warm_vm.disks, strict=True):
+                            handle.truncate(disk.capacity)
+
+                        def writer(fd: int) -> Callable[[int, bytes], None]:
+                            def write(offset: int, data: bytes) -> None:
+                                if cancelled.is_set():
+                                    raise WarmError("cancelled")
+                                os.pwrite(fd, data, offset)
+                                moved[0] += len(data)
+                                share = min(moved[0] / total, 1.0) * DOWNLOAD_SHARE
+                                if share - shown[0] >= 0.02:  # the first round's progress
+                                    shown[0] = share
+                                    asyncio.run_coroutine_threadsafe(ctx.progress(share), loop)
+
+                            return write
+
+                        def between(number: int, done: Round) -> None:
+                            say(
+                                f"round {number + 1}: {_mib(done.bytes)} copied in "
+                                f"{done.seconds:.1f} s while the VM runs; the next in "
+                                f"{options.interval_seconds} s"
+                            )
+                            if cancelled.wait(options.interval_seconds):
+                                raise WarmError("cancelled")
+
+                        report = warm_copy(
+                            warm_vm,
+                            [writer(h.fileno()) for h in handles],
+                            small_enough=options.small_enough_mib << 20,
+                            max_rounds=options.max_rounds,
+                            between=between,
+                        )
+                        for handle in handles:
+                            os.fsync(handle.fileno())
+                    return report, warm_vm.how_stopped
+
+        try:
+            report, how = await _call(copy)
+        finally:
+            cancelled.set()  # a cancelled task: its thread stops at its next write or wait
+        last = report.rounds[-1]
+        await ctx.log(
+            f"round {len(report.rounds)}: {_mib(last.bytes)} copied in {last.seconds:.1f} s"
+        )
+        await ctx.log(
+            f"cutover: {params.vm} {how} at the source; its last changes, "
+            f"{_mib(report.cutover_bytes)}, copied in {report.cutover_seconds:.1f} s"
+        )
+        return [str(f) for f in files], {
+            "rounds": [r.bytes for r in report.rounds],
+            "cutover_bytes": report.cutover_bytes,
+            "cutover_seconds": round(report.cutover_seconds, 3),
+        }
+
     async def _disks(
         self,
         ctx: TaskContext,
@@ -198,8 +293,10 @@ class Imports:
         root: Path,
         sources: list[str] | None = None,
         start: float = 0.0,
+        raw: bool = False,
     ) -> None:
-        """Convert and verify each disk; its progress runs from `start` (after a download)."""
+        """Convert and verify each disk; its progress runs from `start` (after a download).
+        `raw`: the sources are raw files (a warm copy's), whatever the disks were."""
         found = [await self.volume(d.volume) for d in params.disks]
         total = sum(max(v.size, 1) for v, _ in found) or 1
         done = 0
@@ -210,7 +307,8 @@ class Imports:
             if volume.state == "ready":
                 continue  # converted before a restart cut the task short
             source = sources[index] if sources is not None else _rerooted(disk, params, root)
-            await self._inside(source, disk.format, root, volume.name)
+            fmt = "raw" if raw else disk.format
+            await self._inside(source, fmt, root, volume.name)
             await ctx.progress(low, f"{volume.name}: converting from {source.split('/')[-1]}")
 
             async def copied(fraction: float, low: float = low, share: float = share) -> None:
@@ -220,11 +318,10 @@ class Imports:
                 await ctx.progress(low + share * (COPY_SHARE + (1 - COPY_SHARE) * fraction))
 
             try:
-                size = await pool.import_image(volume, source, copied, disk.format)
+                size = await pool.import_image(volume, source, copied, fmt)
                 await ctx.log(f"{volume.name}: copied, comparing with the source")
-                await qemuimg.compare(
-                    source, disk.format, pool.image(volume), volume.format.value, compared
-                )
+                target = pool.image(volume)
+                await qemuimg.compare(source, fmt, target, volume.format.value, compared)
             except StorageError as exc:
                 raise TaskFailed(f"{volume.name}: {exc}") from exc
             await self.set_volume(volume.id, state="ready", size=size, error="")
@@ -315,7 +412,7 @@ async def _call(function: Callable[..., Any], *args: Any) -> Any:
     """A blocking vSphere call in a thread, its errors made the task's."""
     try:
         return await asyncio.to_thread(function, *args)
-    except (vsphere.VsphereError, PinMismatch) as exc:
+    except (vsphere.VsphereError, PinMismatch, WarmError) as exc:
         raise TaskFailed(str(exc)) from exc
     except vsphere.FAULTS as exc:  # the server's fault, or the connection lost mid-way
         raise TaskFailed(f"the vSphere server: {vsphere.said(exc)}") from exc
@@ -330,6 +427,10 @@ def _vsphere_scan(source: ImportSource) -> ScanReport:
             except Exception as exc:  # one VM the API describes oddly: a failure of the report
                 report.failures.append(ScanFailure(path=path, reason=str(exc) or repr(exc)))
     return report
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
 
 
 async def _quiet(fraction: float, message: str) -> None:

@@ -34,6 +34,9 @@ MAX_DESCRIPTOR = 64 << 10
 MAX_CHAIN = 255
 
 
+# The snapshot warm migration takes each round (one at a time: see WarmSession).
+WARM_SNAPSHOT = "heron-warm"
+
 # What a call to the server can raise besides VsphereError.
 FAULTS = (OSError, http.client.HTTPException, vmodl.MethodFault)
 
@@ -136,17 +139,46 @@ class Session:
         self.wait(vm.PowerOffVM_Task(), f"powering {vm.name} off")
         return True
 
+    def properties(self, obj: Any, *paths: str) -> dict[str, Any]:
+        """Properties of an object read alone, an unset one absent: the whole object can
+        hold what pyVmomi refuses (the stand-in names a snapshot as a task's entity, where
+        vSphere has a ManagedEntity), and the stand-in fails reading an unset one directly."""
+        collector: Any = vmodl.query.PropertyCollector
+        spec = collector.FilterSpec(
+            objectSet=[collector.ObjectSpec(obj=obj)],
+            propSet=[collector.PropertySpec(type=type(obj), pathSet=list(paths))],
+        )
+        found = self.content.propertyCollector.RetrieveContents([spec])
+        return {p.name: p.val for p in found[0].propSet} if found else {}
+
     def wait(self, task: Any, what: str, timeout: float = 300.0) -> Any:
+        """A server task's result."""
         deadline = time.monotonic() + timeout
         while True:
-            info = task.info
-            if info.state == "success":
-                return info.result
-            if info.state == "error":
-                raise VsphereError(f"{what}: {said(info.error)}")
+            info = self.properties(task, "info.state", "info.error", "info.result")
+            if info.get("info.state") == "success":
+                return info.get("info.result")
+            if info.get("info.state") == "error":
+                raise VsphereError(f"{what}: {said(info.get('info.error'))}")
             if time.monotonic() > deadline:
                 raise VsphereError(f"{what}: no answer in {timeout:.0f} s")
             time.sleep(0.2)  # the server's task: polled, as the API has it
+
+    def shut_down(self, vm: Any, timeout: float = 300.0) -> str:
+        """Stop a running VM for good: its guest shuts down when VMware Tools run in it,
+        otherwise (or when it has not stopped after `timeout`) it is powered off. How."""
+        if str(vm.runtime.powerState) == "poweredOff":
+            return "was off"
+        if str(getattr(vm.guest, "toolsRunningStatus", "")) == "guestToolsRunning":
+            with contextlib.suppress(*FAULTS):
+                vm.ShutdownGuest()
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    if str(vm.runtime.powerState) == "poweredOff":
+                        return "shut down by its guest"
+                    time.sleep(1.0)
+        self.wait(vm.PowerOffVM_Task(), f"powering {vm.name} off")
+        return "powered off"
 
     # -- datastore files ---------------------------------------------------------------
 

@@ -188,6 +188,22 @@ def start(
     power_off: Annotated[
         bool, typer.Option(help="vsphere: power off a source VM that runs (else refused)")
     ] = False,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            help="vsphere: copy running VMs warm, stopping them only for the cutover "
+            "(changed-block tracking is turned on)"
+        ),
+    ] = False,
+    warm_interval: Annotated[
+        int, typer.Option(help="warm: seconds between two rounds of changes", min=1)
+    ] = 300,
+    warm_small_enough: Annotated[
+        int, typer.Option(help="warm: cut over once a round copies at most this many MiB", min=0)
+    ] = 64,
+    warm_max_rounds: Annotated[
+        int, typer.Option(help="warm: cut over after this many rounds at the latest", min=1)
+    ] = 8,
     guest_fix: Annotated[
         bool, typer.Option(help="fix Linux guests to boot on virtio (otherwise SATA and e1000)")
     ] = True,
@@ -218,6 +234,13 @@ def start(
         "networks": _networks(network or []),
         "keep_macs": keep_macs,
         "power_off": power_off,
+        "warm": {
+            "interval_seconds": warm_interval,
+            "small_enough_mib": warm_small_enough,
+            "max_rounds": warm_max_rounds,
+        }
+        if warm
+        else None,
         "guest_fix": "auto" if guest_fix else "none",
         "start": start_vms,
         "node": node,

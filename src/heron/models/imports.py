@@ -145,6 +145,25 @@ class ImportItem(BaseModel):
     )
 
 
+class WarmOptions(BaseModel):
+    """Warm migration (vsphere): the disks are copied while the source VM runs, then only the
+    blocks changed since the round before, until a round is small; then the cutover stops the
+    source VM and copies the last changes. The VM is off only for the cutover."""
+
+    interval_seconds: int = Field(
+        default=300, ge=1, le=86400, description="the wait between two rounds of changes"
+    )
+    small_enough_mib: int = Field(
+        default=64,
+        ge=0,
+        le=1024 * 1024,
+        description="cut over once a round copies at most this much",
+    )
+    max_rounds: int = Field(
+        default=8, ge=1, le=100, description="cut over after this many rounds at the latest"
+    )
+
+
 class ImportRequest(BaseModel):
     source: Name
     vms: list[ImportItem] = Field(min_length=1, max_length=64)
@@ -159,6 +178,11 @@ class ImportRequest(BaseModel):
         default=False,
         description="vsphere: power off a source VM that runs (otherwise its import is "
         "refused: a running VM's disks change under the copy)",
+    )
+    warm: WarmOptions | None = Field(
+        default=None,
+        description="vsphere: copy a running VM warm, stopping it only for the cutover "
+        "(changed-block tracking is turned on for it); none: cold",
     )
     guest_fix: GuestFixMode = Field(
         default="auto",

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from heron.models.common import Name, Record, new_id, now
-from heron.models.imports import GuestFamily, GuestFixMode, ImportDisk
+from heron.models.imports import GuestFamily, GuestFixMode, ImportDisk, WarmOptions
 from heron.models.migration import MigrationOptions
 
 LOG_LINES = 100  # etcd holds small, current state: older lines are dropped
@@ -129,6 +129,7 @@ class ImportParams(TaskParams):
     power_off: bool = Field(
         default=False, description="vsphere: power the source VM off first when it runs"
     )
+    warm: WarmOptions | None = Field(default=None, description="vsphere: copy it warm")
 
 
 class SupportBundleParams(TaskParams):

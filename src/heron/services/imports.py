@@ -149,6 +149,12 @@ async def plan_imports(
     report = found.value.report
     inventory = await inventory.ready()
     nodes, vms = inventory.live_nodes(), inventory.vms.values()
+    if body.warm is not None and source.type != "vsphere":
+        raise Invalid(
+            "body.warm",
+            f"source {source.name} is a {source.type} source: only a vsphere source's VMs "
+            "run while they are copied",
+        )
     if source.node is not None and body.node not in (None, source.node):
         raise Invalid("body.node", f"source {source.name} is read on node {source.node} only")
     node = source.node or body.node
@@ -159,11 +165,11 @@ async def plan_imports(
     for index, item in enumerate(body.vms):
         field = f"body.vms.{index}"
         vm = _scanned(report.vms, item, field)
-        if any(w.code == "powered-on" for w in vm.warnings) and not body.power_off:
+        if any(w.code == "powered-on" for w in vm.warnings) and not (body.power_off or body.warm):
             raise Invalid(
                 f"{field}.vm",
                 f"{vm.name} was running at the last scan: power it off in vSphere (and scan "
-                "again), or ask power_off to have Heron power it off",
+                "again), ask power_off to have Heron power it off, or import it warm",
             )
         name = item.name or heron_name(vm.name)
         if item.name is None and name in names:
@@ -187,6 +193,7 @@ async def plan_imports(
                 family=vm.guest_os.family,
                 start=body.start,
                 power_off=body.power_off,
+                warm=body.warm,
             )
             return TaskKind.v2v_import, params
 

@@ -2,17 +2,18 @@
 VM runs, then only the areas changed-block tracking reports changed since the last round,
 then a cutover (the source stopped, the last delta) whose duration is measured.
 
-This is the loop only, over a `ChangeSource`: what vSphere's QueryChangedDiskAreas gives on
-a snapshot, paged as it pages. It is not wired into the import task yet, and the only
-source it has is `RecordedSource`, **an equivalent recorded source** (not VMware, not the
-vcsim stand-in, which lacks CBT): a disk image file whose writes are recorded between rounds
-and answered the way CBT answers. The checks of what a source answers (areas inside the
-disk, in order, not overlapping, the pages covering the disk) hold for any source.
+The loop works on a `WarmVm`: a snapshot of all its disks at one instant gives each disk a
+change id, and each disk (`ChangeSource`) answers what vSphere's QueryChangedDiskAreas gives
+on that snapshot, paged as it pages, and reads the snapshot's bytes. The agent's vSphere
+session is one (heron.agent.vsphere.WarmSession); `RecordedSource` here is **an equivalent
+recorded source** for the unit tests: a disk image file whose writes are recorded between
+rounds and answered the way CBT answers. The checks of what a source answers (areas inside
+the disk, in order, not overlapping, the pages covering the disk) hold for any source.
 """
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,15 +44,28 @@ class DiskChangeInfo:
 
 
 class ChangeSource(Protocol):
-    capacity: int
+    """One disk, as of the VM's newest snapshot."""
 
-    def snapshot(self) -> str:
-        """Freeze a view of the disk; its change id."""
+    capacity: int
 
     def changed_areas(self, since: str, start: int) -> DiskChangeInfo:
         """The areas of the current view changed since change id `since`, from `start`."""
 
     def read(self, offset: int, length: int) -> bytes: ...
+
+
+Write = Callable[[int, bytes], None]
+
+
+class WarmVm(Protocol):
+    @property
+    def disks(self) -> Sequence[ChangeSource]: ...
+
+    def snapshot(self) -> list[str]:
+        """Freeze a view of all disks at one instant; each disk's change id."""
+
+    def stop(self) -> None:
+        """Stop the VM at its source: nothing writes to its disks any more."""
 
 
 def changed_since(source: ChangeSource, since: str) -> list[ChangedArea]:
@@ -80,9 +94,7 @@ def changed_since(source: ChangeSource, since: str) -> list[ChangedArea]:
     return found
 
 
-def copy_areas(
-    source: ChangeSource, write: Callable[[int, bytes], None], areas: list[ChangedArea]
-) -> int:
+def copy_areas(source: ChangeSource, write: Write, areas: list[ChangedArea]) -> int:
     """Copy the areas from the source's view into the target; bytes copied."""
     moved = 0
     for area in areas:
@@ -110,34 +122,43 @@ class WarmReport:
     cutover_seconds: float = 0.0  # source stopped → last delta written
 
 
+def _copy_round(vm: WarmVm, writes: Sequence[Write], since: list[str]) -> tuple[list[str], int]:
+    """Snapshot, then copy each disk's changes since its change id in `since`."""
+    current = vm.snapshot()
+    if len(current) != len(vm.disks):
+        raise WarmError(f"the snapshot gave {len(current)} change ids for {len(vm.disks)} disks")
+    moved = sum(
+        copy_areas(disk, write, changed_since(disk, change))
+        for disk, write, change in zip(vm.disks, writes, since, strict=True)
+    )
+    return current, moved
+
+
 def warm_copy(
-    source: ChangeSource,
-    write: Callable[[int, bytes], None],
-    stop_source: Callable[[], None],
+    vm: WarmVm,
+    writes: Sequence[Write],
     *,
     small_enough: int,
     max_rounds: int = 8,
-    between: Callable[[int], None] | None = None,
+    between: Callable[[int, Round], None] | None = None,
 ) -> WarmReport:
     """Copy in full, repeat deltas until one is at most `small_enough` bytes (or
-    `max_rounds`), then stop the source and copy the last delta. `between(round)` runs after
-    each round (the source VM goes on writing meanwhile)."""
+    `max_rounds` rounds were made), then stop the source and copy the last delta.
+    `writes[i]` writes disk i's bytes at an offset of the target. `between(number, round)`
+    runs after each round but the last (the source VM goes on writing meanwhile)."""
     report = WarmReport()
-    change = ALL
+    change = [ALL] * len(vm.disks)
     for number in range(max_rounds):
         started = time.monotonic()
-        current = source.snapshot()
-        moved = copy_areas(source, write, changed_since(source, change))
+        change, moved = _copy_round(vm, writes, change)
         report.rounds.append(Round(moved, time.monotonic() - started))
-        change = current
-        if between is not None:
-            between(number)
-        if number > 0 and moved <= small_enough:
+        if (number > 0 and moved <= small_enough) or number == max_rounds - 1:
             break
+        if between is not None:
+            between(number, report.rounds[-1])
     started = time.monotonic()
-    stop_source()
-    source.snapshot()
-    report.cutover_bytes = copy_areas(source, write, changed_since(source, change))
+    vm.stop()
+    _, report.cutover_bytes = _copy_round(vm, writes, change)
     report.cutover_seconds = time.monotonic() - started
     return report
 
@@ -188,3 +209,18 @@ class RecordedSource:
 
     def stop(self) -> None:
         self.stopped = True
+
+
+class RecordedVm:
+    """A VM of recorded disks (`RecordedSource`), each snapshotted in turn: the same instant,
+    since nothing writes to them between two of these calls."""
+
+    def __init__(self, disks: Sequence[RecordedSource]) -> None:
+        self.disks = disks
+
+    def snapshot(self) -> list[str]:
+        return [disk.snapshot() for disk in self.disks]
+
+    def stop(self) -> None:
+        for disk in self.disks:
+            disk.stop()
