@@ -2,8 +2,12 @@
 qemu-img from the bootable test guest (VMDK variants, VHD, VHDX), its `.vmx` written as
 VMware writes it. A folder so laid out is what a node reads as an import source."""
 
+import struct
 import subprocess
+import uuid
 from pathlib import Path
+
+from heron.v2v import hyperv
 
 VMX = """.encoding = "UTF-8"
 config.version = "8"
@@ -77,3 +81,72 @@ def fixed_vhd(ds: Path, name: str, guest: Path) -> None:
     too large)."""
     qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed",
              str(guest), str(ds / f"{name}.vhd"))  # fmt: skip
+
+
+def make_differencing_vhdx(path: Path, parent: str) -> None:
+    """Turns qemu-img's dynamic VHDX into a differencing one naming `parent` (MS-VHDX 2.6.2.6:
+    the HasParent file parameter and a parent locator item in the metadata region)."""
+    with open(path, "r+b") as f:
+
+        def read(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
+
+        table = read(hyperv.VHDX_REGION_TABLE, 4096)
+        (count,) = struct.unpack_from("<I", table, 8)
+        for index in range(count):
+            entry = table[16 + 32 * index : 48 + 32 * index]
+            if uuid.UUID(bytes_le=entry[:16]) == uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E"):
+                region, length = struct.unpack_from("<QI", entry, 16)
+        metadata = bytearray(read(region, 4096))
+        (items,) = struct.unpack_from("<H", metadata, 10)
+        for index in range(items):
+            at = 32 + 32 * index
+            if uuid.UUID(bytes_le=bytes(metadata[at : at + 16])) == uuid.UUID(
+                "CAA16737-FA36-4D43-B3B6-33F0AA44E76B"
+            ):
+                (offset,) = struct.unpack_from("<I", metadata, at + 16)
+                block_size, flags = struct.unpack("<II", read(region + offset, 8))
+                f.seek(region + offset)
+                f.write(struct.pack("<II", block_size, flags | 2))
+        pairs = {"parent_linkage": "{" + str(uuid.uuid4()) + "}", "relative_path": parent}
+        pairs["absolute_win32_path"] = "C:\\Hyper-V\\Virtual Hard Disks\\" + parent
+        base = 20 + 12 * len(pairs)
+        entries, blobs = b"", b""
+        for key, value in pairs.items():
+            k, v = key.encode("utf-16-le"), value.encode("utf-16-le")
+            entries += struct.pack(
+                "<IIHH", base + len(blobs), base + len(blobs) + len(k), len(k), len(v)
+            )
+            blobs += k + v
+        locator = uuid.UUID("B04AEFB7-D19E-4A81-B789-25B8E9445913").bytes_le
+        locator += struct.pack("<HH", 0, len(pairs)) + entries + blobs
+        locator_at = length // 2  # the region's second half is free in qemu-img's layout
+        at = 32 + 32 * items
+        metadata[at : at + 32] = uuid.UUID(
+            "A8D35F2D-B30B-454D-ABF7-D3D84834AB0C"
+        ).bytes_le + struct.pack("<IIII", locator_at, len(locator), 6, 0)
+        struct.pack_into("<H", metadata, 10, items + 1)
+        f.seek(region)
+        f.write(metadata)
+        f.seek(region + locator_at)
+        f.write(locator)
+
+
+def make_differencing_vhd(path: Path, parent: str) -> None:
+    """Turns qemu-img's dynamic VHD into a differencing one whose parent is `parent`."""
+    data = bytearray(path.read_bytes())
+
+    def checksum(block: bytearray, at: int) -> None:
+        block[at : at + 4] = b"\0\0\0\0"
+        block[at : at + 4] = struct.pack(">I", ~sum(block) & 0xFFFFFFFF)
+
+    footer = bytearray(data[:512])
+    struct.pack_into(">I", footer, 60, 4)
+    checksum(footer, 64)
+    data[:512] = data[-512:] = footer
+    header = bytearray(data[512:1536])
+    header[64 : 64 + 512] = parent.encode("utf-16-be").ljust(512, b"\0")
+    checksum(header, 36)
+    data[512:1536] = header
+    path.write_bytes(bytes(data))

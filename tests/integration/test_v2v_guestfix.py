@@ -28,6 +28,7 @@ from support import Api, serial_lines, wait_for
 from heron.devcluster import DevCluster
 from heron.hypervisor.accel import choose_accelerator
 from heron.testguest import build, debian, vmware
+from heron.testguest.net import CommandChannel
 from heron.util.proc import find_running
 from heron.v2v import guestfix
 
@@ -129,6 +130,7 @@ def test_an_import_fixes_the_guest_which_boots_on_virtio(
         "boot-file /initrd.gz",
         "package-removed open-vm-tools",
         "package-removed hyperv-daemons",
+        "nic-name /etc/systemd/network/10-heron-v2v-ens160.link",
     ):
         assert change in fixed, fixed
     assert re.search(r"initramfs /boot/initrd\.img-\S+-cloud-amd64", fixed), fixed
@@ -137,6 +139,18 @@ def test_an_import_fixes_the_guest_which_boots_on_virtio(
     assert vm["spec"]["disks"][0]["bus"] == "virtio" and vm["spec"]["nics"][0]["mac"] == MAC
     console = Path(node.state_dir) / "vms" / vm["id"] / "console.log"
     wait_for(lambda: serial_lines(console, build.READY_MARKER), BOOT, "the fixed guest on virtio")
+    # Its network, configured for the NIC's VMware name, is up on virtio under that name.
+    with CommandChannel(console.with_name("serial.sock")) as channel:
+
+        def link() -> str | None:
+            said = channel.run(
+                f"cat /sys/class/net/{vmware.NIC}/address && "
+                f"cat /run/systemd/netif/links/$(cat /sys/class/net/{vmware.NIC}/ifindex)"
+            )
+            return said.output if said.rc == 0 and "OPER_STATE=routable" in said.output else None
+
+        state = wait_for(link, 60, f"{vmware.NIC} configured by DHCP")
+    assert state.splitlines()[0] == MAC, state
     api.ok("POST", "/vms/legacy/actions/stop")
 
 

@@ -7,11 +7,20 @@ imports with one broken disk: the others finish, the broken one fails with its r
 leaves nothing behind; a queued import cancelled leaves nothing either; requests that cannot
 be imported are refused whole and make nothing."""
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from datastores import fixed_vhd, hyperv_disk, vmware_vm
+from datastores import (
+    fixed_vhd,
+    hyperv_disk,
+    make_differencing_vhd,
+    make_differencing_vhdx,
+    qemu_img,
+    vmware_vm,
+)
 from support import Api, cli, serial_lines, wait_for
 
 from heron.devcluster import DevCluster
@@ -155,3 +164,87 @@ def test_the_cli(cluster1: tuple[DevCluster, str], api: Api, datastore: Path, tm
     assert nic["network"] == "user" and nic["mac"] != "00:50:56:a1:b2:c5"
     listed = cli(env, "import", "list").stdout
     assert "succeeded" in listed and "app03.vmx" in listed
+
+
+def chain_of(folder: Path, guest: Path, fmt: str, name: str) -> bytes:
+    """A differencing chain as Hyper-V leaves one: `base` (the guest) and `name` over it,
+    where qemu-io wrote two patterns: qemu-img allocates whole blocks (1 MiB for the VHDX, as
+    made here; 2 MiB for a VHD), the rest of each zeroed. Returns the disk's bytes as the
+    chain reads: the base's, and the child's in each block a write touched."""
+    base, child = folder / ("base.vhdx" if fmt == "vhdx" else "base.vhd"), folder / name
+    qemu_img("convert", "-f", "raw", "-O", fmt, str(guest), str(base))
+    size = json.loads(qemu_info(base, fmt))["virtual-size"]
+    options = ["-o", "block_size=1M,block_state_zero=off"] if fmt == "vhdx" else []
+    qemu_img("create", "-f", fmt, *options, str(child), str(size))
+    block = (1 if fmt == "vhdx" else 2) << 20
+    expected = bytearray(raw_of(base, fmt, folder / "base.raw"))
+    touched = set()
+    for pattern, offset, length in ((0x5A, 3 << 20, 64 << 10), (0xC3, 17 << 20, 1 << 20)):
+        subprocess.run(
+            ["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {offset} {length}", str(child)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        touched |= set(range(offset // block, (offset + length - 1) // block + 1))
+    child_bytes = raw_of(child, fmt, folder / "child.raw")
+    for index in touched:
+        expected[index * block : (index + 1) * block] = child_bytes[
+            index * block : (index + 1) * block
+        ]
+    if fmt == "vhdx":
+        make_differencing_vhdx(child, base.name)
+    else:
+        make_differencing_vhd(child, base.name)
+    return bytes(expected[:size])
+
+
+def qemu_info(image: Path, fmt: str) -> str:
+    return subprocess.run(
+        ["qemu-img", "info", "--output=json", "-f", fmt, str(image)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+def raw_of(image: Path, fmt: str, raw: Path) -> bytes:
+    qemu_img("convert", "-f", fmt, "-O", "raw", str(image), str(raw))
+    data = raw.read_bytes()
+    raw.unlink()
+    return data
+
+
+def test_differencing_chains_are_merged(
+    cluster1: tuple[DevCluster, str], api: Api, testguest: Path, tmp_path: Path
+) -> None:
+    """A differencing VHDX and a differencing VHD (qemu-img follows neither parent) are
+    imported with their parents' data under theirs: the volumes read as the chains do."""
+    cluster, _ = cluster1
+    expected = {}
+    for fmt, name, suffix in (("vhdx", "hvx", "avhdx"), ("vpc", "hvd", "vhd")):
+        folder = tmp_path / name
+        folder.mkdir()
+        expected[name] = chain_of(folder, testguest, fmt, f"{name}.{suffix}")
+    node = cluster.nodes[0].name
+    api.ok("POST", "/imports/sources", json={
+        "name": "chains", "type": "directory", "path": str(tmp_path), "node": node})  # fmt: skip
+    api.wait_task(api.ok("POST", "/imports/sources/chains/scan")["task"])
+    found = by_name(api.ok("GET", "/imports/sources/chains/scan"))
+    assert {"hvx", "hvd"} <= set(found), found
+    for name in ("hvx", "hvd"):
+        assert not found[name]["blockers"], found[name]
+        assert len(found[name]["disks"][0]["chain"]) == 1
+    reply = api.ok("POST", "/imports", json={
+        "source": "chains", "pool": "local", "guest_fix": "none",
+        "vms": [{"vm": found[n]["path"], "vcpus": 1, "memory_mib": 128} for n in ("hvx", "hvd")],
+    })  # fmt: skip
+    for vm in reply["vms"]:
+        task = api.wait_task(vm["task"], 180)
+        assert any("merging" in line for line in task["log"]), task["log"]
+    state = Path(cluster.nodes[0].state_dir)
+    for name, data in expected.items():
+        volume = next(
+            v for v in api.ok("GET", "/pools/local/volumes") if v["name"] == f"{name}-disk0"
+        )
+        image = next(state.rglob(f"{name}-disk0.{volume['format']}"))
+        imported = raw_of(image, volume["format"], tmp_path / "out.raw")
+        # A VHD's volume has its footer's size; qemu-img reads it to its geometry's, smaller
+        assert imported[: len(data)] == data, name
+        assert not imported[len(data) :].strip(b"\0"), name

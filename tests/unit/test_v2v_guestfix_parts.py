@@ -203,8 +203,10 @@ def test_the_vmware_style_guest_names_its_root_by_device_and_has_no_virtio() -> 
     digests = debian.source_digests(flavour)
     assert "vmware.py" in digests and "vmware/initramfs/hooks/heron" in digests
     assert not any("postgresql" in name for name in digests)
-    # Without the databases' steps.
-    assert "mariadbd" not in debian.customize_script(flavour=flavour)
+    # Without the databases' steps; its network named as on VMware.
+    script = debian.customize_script(flavour=flavour)
+    assert "mariadbd" not in script
+    assert "Name=ens160" in script and "enable --quiet systemd-networkd.service" in script
 
 
 def test_a_file_is_added_as_it_is_and_an_ardfs_volume_over_nbd() -> None:
@@ -224,3 +226,32 @@ def test_a_file_is_added_as_it_is_and_an_ardfs_volume_over_nbd() -> None:
 def test_other_drives_are_refused_with_a_reason(image: str) -> None:
     with pytest.raises(guestfix.GuestFixError, match="files and NBD exports on a Unix socket"):
         guestfix.add_drive_command(guestfix.Drive(image, "raw"))
+
+
+def test_predictable_nic_names_in_network_configurations_in_slot_order() -> None:
+    interfaces = "auto lo\niface lo inet loopback\nallow-hotplug ens192\niface ens192 inet dhcp\n"
+    netplan = "network:\n  ethernets:\n    ens160:\n      dhcp4: true\n    enp11s0f1: {}\n"
+    others = [
+        "[Match]\nName=ens224\n\n[Network]\nDHCP=yes\n",
+        "DEVICE=eno1\nBOOTPROTO=dhcp\nONBOOT=yes\n",
+        "[connection]\ninterface-name=enx0050569a1b2c\n",
+        # not NICs of the hardware: kernel names, VLANs, aliases, bridges, words
+        "auto eth0\niface ens160.20 inet manual\niface ens160:1 inet static\nbridge_ports br0\n"
+        "# enabled, ens, enslaved\n",
+    ]
+    assert guestfix.nic_names([interfaces, netplan, *others]) == [
+        "eno1", "enp11s0f1", "ens160", "ens192", "ens224", "enx0050569a1b2c"
+    ]  # fmt: skip
+    assert guestfix.nic_names(["iface eth0 inet dhcp\n"]) == []
+
+
+def test_the_names_are_kept_by_mac_in_link_files_or_udev_rules() -> None:
+    link = guestfix.link_file("ens160", "00:50:56:a1:b2:c3")
+    assert "[Match]\nMACAddress=00:50:56:a1:b2:c3\n" in link and "[Link]\nName=ens160\n" in link
+    assert all(line.startswith("#") for line in link.splitlines()[:3])
+    rules = guestfix.udev_rules({"ens160": "00:50:56:A1:B2:C3", "ens192": "52:54:00:00:00:01"})
+    assert (
+        'SUBSYSTEM=="net", ACTION=="add", ATTR{address}=="00:50:56:a1:b2:c3", NAME="ens160"'
+        in rules.splitlines()
+    )
+    assert rules.count("NAME=") == 2

@@ -37,6 +37,8 @@ from heron.storage import qemuimg
 from heron.storage.dirpool import mount_nfs
 from heron.storage.driver import PoolDriver, StorageError
 from heron.tls.pinned import PinMismatch
+from heron.v2v import chains
+from heron.v2v.common import ParseError
 from heron.v2v.guestfix import Drive, GuestFixError, fix_linux
 from heron.v2v.scan import inside, scan_directory
 from heron.v2v.vsphere import scanned_vm
@@ -142,7 +144,7 @@ class Imports:
                 sources = await self._fetch(ctx, source, params, staging)
                 await self._disks(ctx, params, staging, sources, DOWNLOAD_SHARE)
             else:
-                await self._disks(ctx, params, await self.root(source))
+                await self._disks(ctx, params, await self.root(source), staging=staging)
             if params.guest_fix == "auto":
                 await self._fix_guest(ctx, params, vm_id)
             state = await self._finish(vm_id, params.start)
@@ -241,6 +243,8 @@ class Imports:
                                     raise WarmError("cancelled")
                                 os.pwrite(fd, data, offset)
                                 moved[0] += len(data)
+                                if moved[0] % vsphere.SPACE_CHECK < len(data):
+                                    vsphere.check_space(staging)
                                 share = min(moved[0] / total, 1.0) * DOWNLOAD_SHARE
                                 if share - shown[0] >= 0.02:  # the first round's progress
                                     shown[0] = share
@@ -294,9 +298,11 @@ class Imports:
         sources: list[str] | None = None,
         start: float = 0.0,
         raw: bool = False,
+        staging: Path | None = None,
     ) -> None:
         """Convert and verify each disk; its progress runs from `start` (after a download).
-        `raw`: the sources are raw files (a warm copy's), whatever the disks were."""
+        `raw`: the sources are raw files (a warm copy's), whatever the disks were. A
+        differencing chain is first merged into a raw file in `staging`."""
         found = [await self.volume(d.volume) for d in params.disks]
         total = sum(max(v.size, 1) for v, _ in found) or 1
         done = 0
@@ -308,7 +314,12 @@ class Imports:
                 continue  # converted before a restart cut the task short
             source = sources[index] if sources is not None else _rerooted(disk, params, root)
             fmt = "raw" if raw else disk.format
-            await self._inside(source, fmt, root, volume.name)
+            if disk.chain and staging is not None:
+                chain = [_moved(p, params.root, root) for p in disk.chain]
+                source = await self._merge(ctx, source, chain, disk.format, root, staging, index)
+                fmt = "raw"
+            else:
+                await self._inside(source, fmt, root, volume.name)
             await ctx.progress(low, f"{volume.name}: converting from {source.split('/')[-1]}")
 
             async def copied(fraction: float, low: float = low, share: float = share) -> None:
@@ -326,6 +337,35 @@ class Imports:
                 raise TaskFailed(f"{volume.name}: {exc}") from exc
             await self.set_volume(volume.id, state="ready", size=size, error="")
             await ctx.log(f"{volume.name}: verified")
+
+    async def _merge(
+        self,
+        ctx: TaskContext,
+        top: str,
+        chain: list[str],
+        fmt: str | None,
+        root: Path,
+        staging: Path,
+        index: int,
+    ) -> str:
+        """A differencing chain (`top` on `chain`, nearest first) merged into a raw file:
+        qemu-img converts its base, then each image above writes what it holds over it
+        (heron.v2v.chains). The file's path."""
+        layers = [top, *chain]
+        for layer in layers:
+            if not inside(layer, str(root)) or not Path(layer).is_file():
+                raise TaskFailed(f"{layer} is not a file inside the source any more")
+        staging.mkdir(parents=True, exist_ok=True)
+        merged = staging / f"disk{index}-merged.raw"
+        await ctx.log(f"merging {top} with the {len(chain)} image(s) below it")
+        try:
+            await qemuimg.convert(layers[-1], fmt, merged, "raw")
+            for layer in reversed(layers[:-1]):
+                written = await asyncio.to_thread(chains.overlay, Path(layer), fmt or "", merged)
+                await ctx.log(f"{layer}: {written} bytes written over the images below")
+        except (ParseError, OSError) as exc:
+            raise TaskFailed(f"merging the chain of {top}: {exc}") from exc
+        return str(merged)
 
     async def _inside(self, source: str, fmt: str | None, root: Path, name: str) -> None:
         """The scan refused disks that read files outside the source; their files may have
@@ -356,11 +396,13 @@ class Imports:
         for disk in params.disks:
             volume, pool = await self.volume(disk.volume)
             drives.append(Drive(pool.image(volume), volume.format.value))
+        found = await self.db.get(VM, keys.vm(vm_id))
+        macs = [nic.mac for nic in found.value.spec.nics if nic.mac] if found else []
         await ctx.progress(ctx.task.progress, "fixing the guest to boot on virtio")
         said: list[str] = []
         try:
             report = await asyncio.to_thread(
-                fix_linux, drives, timeout=FIX_TIMEOUT, log=said.append
+                fix_linux, drives, timeout=FIX_TIMEOUT, log=said.append, macs=macs
             )
         except GuestFixError as exc:
             await self._plain_buses(ctx, vm_id, str(exc))

@@ -11,6 +11,7 @@ heron.v2v.vsphere, on the plain data `vm_facts` reduces it to.
 
 import contextlib
 import http.client
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,9 @@ from heron.v2v.common import ParseError
 from heron.v2v.vsphere import DeviceFacts, VmFacts, folder_url, parse_datastore_path, sibling
 
 CHUNK = 1 << 20
+# The staging folder's filesystem keeps this much free; checked every SPACE_CHECK bytes.
+SPACE_RESERVE = 2 << 30
+SPACE_CHECK = 64 << 20
 TIMEOUT = 60.0
 # A VMDK descriptor is a few hundred bytes; more is the data of a sparse file.
 MAX_DESCRIPTOR = 64 << 10
@@ -211,12 +215,18 @@ class Session:
             done = 0
             with target.open("wb") as out:
                 while chunk := response.read(CHUNK):
-                    out.write(chunk)
+                    if chunk.count(0) == len(chunk):
+                        out.seek(len(chunk), 1)  # a hole: a thin disk's flat file is mostly
+                    else:
+                        out.write(chunk)
                     done += len(chunk)
                     if limit is not None and done > limit:
                         raise VsphereError(f"{datastore_path}: more than a descriptor")
+                    if done % SPACE_CHECK < CHUNK:
+                        check_space(into)
                     if progress is not None:
                         progress(len(chunk))
+                out.truncate(done)
             if length >= 0 and done != length:
                 raise VsphereError(f"{datastore_path}: cut short at {done} of {length} bytes")
         except (OSError, http.client.HTTPException) as exc:
@@ -352,6 +362,18 @@ def _inventory_path(vm: Any, dc: Any) -> str:
         names.append(parent.name)
         parent = parent.parent
     return "/" + "/".join([dc.name, "vm", *reversed(names)])
+
+
+def check_space(folder: Path) -> None:
+    """Stop filling the node's disk: the staging folder's filesystem keeps SPACE_RESERVE
+    bytes free (the node's VMs, logs and ConfigDB live there too)."""
+    free = shutil.disk_usage(folder).free
+    if free < SPACE_RESERVE:
+        raise VsphereError(
+            f"the staging folder {folder} has {free >> 20} MiB free, under the "
+            f"{SPACE_RESERVE >> 20} MiB kept free: free space on the node, or import the VM "
+            "from a datastore mounted over NFS (read in place)"
+        )
 
 
 def _netloc(host: str, port: int) -> str:

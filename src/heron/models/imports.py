@@ -209,6 +209,11 @@ class ImportDisk(BaseModel):
     volume: str = Field(description="id of the volume it is converted into")
     source: str = Field(description="what qemu-img reads: a file, or a json: name (OVA)")
     format: str | None = Field(description="-f for a file (never guessed); none: in the name")
+    chain: list[str] = Field(
+        default_factory=list,
+        description="a differencing VHD or VHDX: the images below it, nearest first, which "
+        "the import merges (qemu-img does not follow their parents)",
+    )
 
 
 class ImportSettings(Record):

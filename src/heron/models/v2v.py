@@ -160,7 +160,9 @@ class ScanReport(_Model):
 
 # -- the guest fix: what it found in an imported Linux guest and what it changed ---------
 
-GuestFixKind = Literal["device-names", "initramfs", "package-removed", "boot-file", "selinux"]
+GuestFixKind = Literal[
+    "device-names", "initramfs", "package-removed", "boot-file", "selinux", "nic-name"
+]
 InitramfsTool = Literal["update-initramfs", "dracut"]
 
 

@@ -281,6 +281,7 @@ def _import_disk(disk: ScannedDisk, volume: Volume) -> ImportDisk:
         volume=volume.id,
         source=qemu_source(disk),
         format=disk.format if disk.member is None else None,
+        chain=disk.chain if disk.format in ("vpc", "vhdx") else [],
     )
 
 

@@ -17,7 +17,10 @@ fail on virtio:
   initramfs-tools' ``MODULES=dep`` makes it on VMware;
 * open-vm-tools is installed (from Debian, with its dependencies: 3 MiB), and Hyper-V's
   daemons (``hyperv-daemons``) too, so one fix shows both removed. Their services do not start
-  under QEMU (ConditionVirtualization).
+  under QEMU (ConditionVirtualization);
+* its network is configured for ``ens160`` (systemd-networkd, DHCP), the name udev gives a
+  VMware VM's first NIC (PCI slot 160); on virtio-net the NIC has another name, and the
+  guest no network, until the fix keeps the old name.
 
 On a virtio disk its initramfs waits for /dev/sda2 (180 s, initramfs-tools' default) and
 gives up; on an IDE disk (an i440fx machine) it boots.
@@ -48,8 +51,17 @@ TOOLS = ("open-vm-tools", "hyperv-daemons")
 HERE = Path(__file__).with_name("vmware")
 
 
+NIC = "ens160"
+NETWORK = f"[Match]\nName={NIC}\n\n[Network]\nDHCP=ipv4\n"
+
+
 def setup(root_var: str) -> list[str]:
-    return [f"echo heron-vmware > {root_var}/etc/hostname"]
+    return [
+        f"echo heron-vmware > {root_var}/etc/hostname",
+        f"mkdir -p {root_var}/etc/systemd/network",
+        f"printf '{NETWORK}' > {root_var}/etc/systemd/network/20-{NIC}.network",
+        f"chroot {root_var} systemctl enable --quiet systemd-networkd.service",
+    ]
 
 
 FLAVOUR = debian.Flavour(

@@ -95,6 +95,24 @@ BOOT_CONFIG_GLOBS = ("/boot/loader/entries/*.conf", "/loader/entries/*.conf", "/
 DEVICE_NAME = re.compile(
     r"(?<![\w/.-])/dev/(?P<kind>sd|hd|xvd|vd)(?P<disk>[a-z]{1,3})(?P<part>[0-9]*)(?![\w/.-])"
 )
+# The guest's network configuration, read for the names of its NICs on the source.
+NETWORK_CONFIGS = (
+    "/etc/network/interfaces",
+    "/etc/network/interfaces.d/*",
+    "/etc/netplan/*.yaml",
+    "/etc/systemd/network/*.network",
+    "/etc/sysconfig/network-scripts/ifcfg-*",
+    "/etc/NetworkManager/system-connections/*",
+)
+# A name systemd/udev gives a NIC from where it sits on the bus (its "predictable" name:
+# onboard, PCI slot, PCI path, MAC), which changes when the NIC becomes virtio-net. Kernel
+# names (eth0) and virtual devices (bridges, bonds, VLANs) are not these.
+PREDICTABLE_NIC = re.compile(
+    r"(?<![\w.:-])(en(?:o\d+|s\d+(?:f\d+)?(?:d\d+)?|p\d+s\d+(?:f\d+)?(?:d\d+)?"
+    r"|x[0-9a-f]{12}))(?![\w.-]|:\d)"
+)
+LINK_FILE = "/etc/systemd/network/10-heron-v2v-{name}.link"
+UDEV_RULES = "/etc/udev/rules.d/70-heron-v2v-net-names.rules"
 PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
 CACHE_DIR = "/var/cache/heron"
 SLOW_STEP = 5.0
@@ -208,6 +226,41 @@ def rewrite_device_names(text: str, uuids: Mapping[str, str]) -> Rewrite:
         lines.append(DEVICE_NAME.sub(replace, line))
     result.text = "".join(lines)
     return result
+
+
+def nic_names(configs: Iterable[str]) -> list[str]:
+    """The predictable NIC names the configuration texts use, by kind then in their
+    numbers' order (ens160 before ens192 before ens224, as VMware numbers its NICs' slots)."""
+    found = {m.group(1) for text in configs for m in PREDICTABLE_NIC.finditer(text)}
+
+    def order(name: str) -> tuple[str, list[int], str]:
+        return name[:3], [int(n) for n in re.findall(r"\d+", name)], name
+
+    return sorted(found, key=order)
+
+
+def link_file(name: str, mac: str) -> str:
+    """A systemd .link file that names the NIC with `mac` `name`."""
+    return (
+        "# Written by Heron's V2V guest fix: this VM's NIC was named "
+        f"{name} on its source, and\n# its network configuration names it so. Remove this "
+        "file once the configuration\n# names the NIC as this hardware does.\n"
+        f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n"
+    )
+
+
+def udev_rules(names: Mapping[str, str]) -> str:
+    """udev rules naming each NIC by its MAC (`names`: name -> MAC), for a guest whose udev
+    has no .link files."""
+    lines = [
+        "# Written by Heron's V2V guest fix: the names this VM's NICs had on its source,",
+        "# which its network configuration uses.",
+    ]
+    lines += [
+        f'SUBSYSTEM=="net", ACTION=="add", ATTR{{address}}=="{mac.lower()}", NAME="{name}"'
+        for name, mac in names.items()
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def with_modules(modules_file: str, modules: Sequence[str]) -> str | None:
@@ -593,6 +646,43 @@ def _remove_tools(fix: _Fix, package_format: str) -> None:
             fix.warn(f"VMware Tools (from VMware's tarball) could not be uninstalled: {exc}")
 
 
+def _keep_nic_names(fix: _Fix, macs: Sequence[str]) -> None:
+    """Have the NICs keep the names their source gave them, which the guest's network
+    configuration uses: on virtio-net (another PCI slot) udev would name them otherwise and
+    the guest would come up without its network. Each name the configuration uses is given,
+    in order, to the NIC with the next MAC (the VM's NICs in their source order)."""
+    texts = []
+    for pattern in NETWORK_CONFIGS:
+        for path in (fix.g.try_("glob-expand", pattern) or "").split():
+            data = fix.read(path)
+            if data is not None:
+                texts.append(data.decode(errors="replace"))
+    names = nic_names(texts)
+    if not names:
+        return
+    if len(names) > len(macs):
+        fix.warn(
+            f"the network configuration names {', '.join(names)}; the VM has {len(macs)} "
+            f"NICs: {', '.join(names[len(macs) :])} keep no NIC"
+        )
+    pairs = dict(zip(names, macs, strict=False))
+    has_link_files = any(
+        fix.g.try_("is-dir", d) == "true\n"
+        for d in ("/lib/systemd/network", "/usr/lib/systemd/network")
+    )
+    if has_link_files:
+        fix.g("mkdir-p", "/etc/systemd/network")
+        for name, mac in pairs.items():
+            path = LINK_FILE.format(name=name)
+            fix.write(path, link_file(name, mac).encode())
+            fix.change("nic-name", path, f"the NIC with MAC {mac} keeps its name {name}")
+    else:
+        fix.g("mkdir-p", "/etc/udev/rules.d")
+        fix.write(UDEV_RULES, udev_rules(pairs).encode())
+        named = ", ".join(f"{mac} -> {name}" for name, mac in pairs.items())
+        fix.change("nic-name", UDEV_RULES, f"the NICs keep their names: {named}")
+
+
 def _rebuild_initramfs(
     fix: _Fix, kernels: Sequence[str]
 ) -> tuple[InitramfsTool | None, dict[str, str]]:
@@ -733,12 +823,15 @@ def fix_linux(
     *,
     timeout: float,
     log: Callable[[str], None],
+    macs: Sequence[str] = (),
     accelerator: str | None = None,
     kernel_dir: Path | None = None,
 ) -> GuestFixReport:
     """Fix the Linux guest on `drives` (all the VM's disks, in its order: its root, /boot or
     /usr may be on any) so it boots on virtio, in place; raises GuestFixError for a guest it
-    cannot fix (Windows, no Linux found) or when `timeout` seconds pass.
+    cannot fix (Windows, no Linux found) or when `timeout` seconds pass. `macs`: its NICs'
+    MAC addresses on Heron, in the source's order, which keep the names the guest's network
+    configuration gives them.
 
     `accelerator` is "kvm" or "tcg" for the appliance (by default the node's choice,
     heron.hypervisor.accel); `kernel_dir` a kernel for it when the host has none in /boot (by
@@ -764,12 +857,12 @@ def fix_linux(
             log(f"appliance up after {time.monotonic() - started:.0f}s")
             fix = _Fix(g, Path(tmp), log)
             g.slow = log
-            return _fix(fix, started)
+            return _fix(fix, started, macs)
         finally:
             g.close()
 
 
-def _fix(fix: _Fix, started: float) -> GuestFixReport:
+def _fix(fix: _Fix, started: float, macs: Sequence[str]) -> GuestFixReport:
     g = fix.g
     root, facts = _inspect(g)
     fix.log(f"found {facts['product']} on {root}")
@@ -787,6 +880,7 @@ def _fix(fix: _Fix, started: float) -> GuestFixReport:
         fix.boot_loaders.append(config)
         fix.rewrite(config, config)
     _remove_tools(fix, package_format)
+    _keep_nic_names(fix, macs)  # before the initramfs, which may carry the .link files
     tool, before = _rebuild_initramfs(fix, kernels)
     # The rebuilt initramfs files by the digest of what they replaced, for the copies.
     paths = initramfs_paths(tool or "", kernels)

@@ -7,7 +7,7 @@ size, its block flags (fixed: blocks left allocated; differencing: has a parent)
 locator (relative_path, absolute_win32_path, ...) in its metadata region. qemu-img does not
 follow either kind of parent: it refuses a differencing VHDX, and reads a differencing VHD as
 if it were a whole disk (only the blocks the child wrote), so these headers are read here and
-a differencing disk is reported as such, never as a disk to copy alone.
+a differencing disk is reported with its chain, which the import merges (heron.v2v.chains).
 
 Configuration. Hyper-V 2008 R2 and 2012 export a VM as "Virtual Machines/<GUID>.xml": its name,
 processor count, memory, drives under the IDE and SCSI controllers and NICs are read here.
@@ -43,6 +43,9 @@ _METADATA_REGION = uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E")
 _FILE_PARAMETERS = uuid.UUID("CAA16737-FA36-4D43-B3B6-33F0AA44E76B")
 _VIRTUAL_DISK_SIZE = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8")
 _PARENT_LOCATOR = uuid.UUID("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C")
+_LOGICAL_SECTOR_SIZE = uuid.UUID("8141BF1D-A96F-4709-BA47-F233A8FAAB5F")
+_BAT_REGION = uuid.UUID("2DC27766-F623-4200-9D64-115E9BFD4A08")
+VHDX_HEADERS = (64 * 1024, 128 * 1024)
 _LEAVE_BLOCKS_ALLOCATED, _HAS_PARENT = 1, 2
 MAX_LOCATOR = 64 * 1024
 
@@ -127,6 +130,9 @@ class VhdxInfo:
     fixed: bool  # blocks left allocated: a fixed VHDX
     has_parent: bool  # a differencing VHDX
     parent: dict[str, str] = field(default_factory=dict)  # parent locator: relative_path, ...
+    sector_size: int = 512  # the logical sector size: 512 or 4096
+    bat: tuple[int, int] | None = None  # the BAT region: (offset, length)
+    log_pending: bool = False  # the current header names a log: it may need a replay
 
     @property
     def subformat(self) -> str:
@@ -144,7 +150,7 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
     """A VHDX's virtual size, fixed/dynamic/differencing, and its parent locator."""
     if read(0, 8) != VHDX_SIGNATURE:
         raise ParseError("not a VHDX (no vhdxfile signature)", path=path, field="header")
-    metadata = None
+    metadata, bat = None, None
     for table_at in (VHDX_REGION_TABLE, VHDX_REGION_TABLE_COPY):
         table = read(table_at, 64 * 1024)
         if len(table) < 16 or table[:4] != b"regi":
@@ -154,9 +160,13 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
             entry = table[16 + index * 32 : 16 + (index + 1) * 32]
             if len(entry) < 32:
                 break
-            if uuid.UUID(bytes_le=entry[:16]) == _METADATA_REGION:
+            region = uuid.UUID(bytes_le=entry[:16])
+            if region in (_METADATA_REGION, _BAT_REGION):
                 offset, length = struct.unpack_from("<QI", entry, 16)
-                metadata = (offset, length)
+                if region == _METADATA_REGION:
+                    metadata = (offset, length)
+                else:
+                    bat = (offset, length)
         if metadata:
             break
     if metadata is None:
@@ -181,16 +191,39 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
     at = items[_FILE_PARAMETERS][0]
     block_size, flags = struct.unpack("<II", _exact(read, at, 8, "file parameters", path))
     (size,) = struct.unpack("<Q", _exact(read, items[_VIRTUAL_DISK_SIZE][0], 8, "size", path))
+    sector_size = 512
+    if _LOGICAL_SECTOR_SIZE in items:
+        at = items[_LOGICAL_SECTOR_SIZE][0]
+        (sector_size,) = struct.unpack("<I", _exact(read, at, 4, "sector size", path))
+        if sector_size not in (512, 4096):
+            raise ParseError(f"logical sector size {sector_size}", path=path, field="metadata")
     info = VhdxInfo(
         size=size,
         block_size=block_size,
         fixed=bool(flags & _LEAVE_BLOCKS_ALLOCATED),
         has_parent=bool(flags & _HAS_PARENT),
+        sector_size=sector_size,
+        bat=bat,
+        log_pending=_log_pending(read),
     )
     if info.has_parent and _PARENT_LOCATOR in items:
         at, length = items[_PARENT_LOCATOR]
         info.parent = parse_vhdx_parent_locator(read(at, min(length, MAX_LOCATOR)), path)
     return info
+
+
+def _log_pending(read: Reader) -> bool:
+    """Whether the current header (of the two, the valid one with the higher sequence number)
+    names a log (LogGuid not zero): its entries may still have to be replayed."""
+    current: tuple[int, bytes] | None = None
+    for at in VHDX_HEADERS:
+        header = read(at, 4096)
+        if len(header) < 4096 or header[:4] != b"head":
+            continue
+        (sequence,) = struct.unpack_from("<Q", header, 8)
+        if current is None or sequence > current[0]:
+            current = (sequence, header[48:64])
+    return current is not None and current[1] != bytes(16)
 
 
 def parse_vhdx_parent_locator(data: bytes, path: str | None = None) -> dict[str, str]:

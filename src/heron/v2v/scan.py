@@ -250,8 +250,11 @@ async def _check_disk(vm: ScannedVm, disk: ScannedDisk, root: str, timeout: floa
         if not os.path.isfile(extent):
             vm.block("missing-disk", f"the extent {extent} is not there", disk.device)
             return
+    # A VHD or VHDX chain is merged by the import (heron.v2v.chains): qemu-img reads its base.
+    merged = disk.format in ("vpc", "vhdx") and bool(disk.chain)
+    probe = disk.model_copy(update={"file": disk.chain[-1], "chain": []}) if merged else disk
     try:
-        chain = await qemu_info(disk, timeout)
+        chain = await qemu_info(probe, timeout)
     except (ParseError, OSError, ValueError) as e:
         reason = e.reason if isinstance(e, ParseError) else str(e)
         vm.block("unreadable-disk", f"qemu-img cannot read it: {reason}", disk.device)
@@ -270,7 +273,7 @@ async def _check_disk(vm: ScannedVm, disk: ScannedDisk, root: str, timeout: floa
     if disk.format is None and isinstance(top.get("format"), str):
         disk.format = top["format"]
     below = len(chain) - 1
-    if disk.member is None and below != len(disk.chain):
+    if disk.member is None and not merged and below != len(disk.chain):
         vm.warn(
             "chain-mismatch",
             f"the descriptors give {len(disk.chain)} image(s) below it, qemu-img {below}",
@@ -295,6 +298,13 @@ def _read_hard_disk(path: str) -> _HardDisk:
         read = _reader(f)
         if read(0, 8) == hyperv.VHDX_SIGNATURE:
             info = hyperv.read_vhdx(read, path)
+            if info.log_pending:
+                raise ParseError(
+                    "its header names a log that may hold writes not yet applied: attach it "
+                    "once in Hyper-V (or Mount-VHD) to replay the log, and scan again",
+                    path=path,
+                    field="log",
+                )
             names = [
                 info.parent.get(key, "")
                 for key in ("relative_path", "absolute_win32_path", "volume_path")
@@ -371,17 +381,20 @@ class _HardDisks:
             if isinstance(found, str):
                 vm.block("unreadable-disk", f"{parent} does not read: {found}", device)
                 break
+            if (found.format, found.size) != (read.format, read.size):
+                vm.block(
+                    "chain-incompatible",
+                    f"{parent} ({found.format}, {found.size} bytes) below {current.path} "
+                    f"({read.format}, {read.size} bytes): a chain's images must all be the "
+                    "same format and size",
+                    device,
+                )
+                break
             current = found
         if disk.chain:
+            # qemu-img does not follow a VHD or VHDX parent: the import merges the chain
+            # (heron.v2v.chains).
             chain_warning(vm, len(disk.chain), device)
-            vm.block(
-                "differencing-disk",
-                "a differencing disk: qemu-img does not follow a VHD or VHDX parent (it "
-                "refuses a differencing VHDX and reads a differencing VHD without its "
-                "parent's data); merge the chain in Hyper-V (Edit Disk > Merge, or "
-                "Merge-VHD) and scan again",
-                device,
-            )
         return disk
 
     def tops(self, paths: list[str]) -> list[str]:
