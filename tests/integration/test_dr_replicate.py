@@ -10,13 +10,17 @@ disks at one instant:
 * a round whose store write fails midway (a progress callback raises) leaves no point and
   nothing of its view in QEMU, and the next round still sends those changes;
 * after a clean shutdown and a new start of QEMU, the round is incremental again (the
-  persistent bitmap survived in the qcow2 image).
+  persistent bitmap survived in the qcow2 image);
+* after QEMU was killed, the bitmap is inconsistent, and the round is a resync that sends
+  only the chunks whose hashes differ from the last point's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -102,9 +106,7 @@ class Guest:
         assert await self.qemu.wait_gone(120), "the guest did not power off"
 
     async def round(self, store: Store, **kwargs: object):  # type: ignore[no-untyped-def]
-        return await replicate(
-            self.qemu, self.vm.id, DISKS, store, self.qemu.paths.root, **kwargs
-        )
+        return await replicate(self.qemu, self.vm.id, DISKS, store, self.qemu.paths.root, **kwargs)
 
 
 @pytest.fixture
@@ -209,5 +211,32 @@ async def test_full_incremental_failed_and_after_a_restart(guest: Guest, tmp_pat
     assert image[5 * MiB : 5 * MiB + len(fifth)] == fifth
     assert image[25 * MiB : 25 * MiB + len(fourth)] == fourth
     assert image[1 * MiB : 1 * MiB + len(first)] == first
-    assert store.verify().ok
     assert await leftovers(guest) == []
+
+    # QEMU killed while its bitmap was loaded from the image (so marked in use there): QEMU
+    # loads it as inconsistent, and the round is a resync: it reads every allocated chunk but
+    # sends only those whose hash differs from the last point's.
+    await guest.stop()
+    await guest.start()
+    sixth = guest.write(13 * MiB, 1300000, 1310000)  # chunk 3
+    assert guest.channel is not None
+    guest.channel.close()
+    guest.channel = None
+    pid = guest.qemu.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # not qemu.kill(): it asks QEMU to quit (a clean exit) first
+    assert await guest.qemu.wait_gone(30)
+    await guest.start()
+    nodes = await guest.qemu.block_nodes()
+    assert [b.inconsistent for b in nodes["disk1"].bitmaps] == [True]
+    resync = await guest.round(store)
+    assert resync.kind == "resync" and resync.point.parent == after.point.id
+    assert resync.chunks_read > resync.chunks_sent
+    assert 1 <= resync.chunks_sent <= 3, resync
+    image = restored(store, vm, resync.point.id, tmp_path / "r5.raw")
+    assert image[13 * MiB : 13 * MiB + len(sixth)] == sixth
+    assert image[5 * MiB : 5 * MiB + len(fifth)] == fifth
+    assert await leftovers(guest) == []
+    follows = await guest.round(store)
+    assert follows.kind == "incremental" and follows.chunks_sent <= 2
+    assert store.verify().ok
