@@ -8,7 +8,8 @@ disks at one instant:
   it was at the round's instant (the fleecing view);
 * round 2 is incremental and sends only the chunks the guest changed;
 * a round whose store write fails midway (a progress callback raises) leaves no point and
-  nothing of its view in QEMU, and the next round still sends those changes;
+  nothing of its view in QEMU, and the next round still sends those changes; so does one
+  that leaves its view behind (as when its agent dies), which the next round removes;
 * after a clean shutdown and a new start of QEMU, the round is incremental again (the
   persistent bitmap survived in the qcow2 image);
 * after QEMU was killed, the bitmap is inconsistent, and the round is a resync that sends
@@ -21,16 +22,17 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.running import short_directory
 from support import eventually
 
-from heron.dr.replicate import Progress
+from heron.dr.replicate import Progress, RoundReport
 from heron.dr.store import Store
-from heron.hypervisor import command
+from heron.hypervisor import command, qmp_replica
 from heron.hypervisor.command import ResolvedDisk, RuntimePaths
 from heron.hypervisor.qemu import QemuVM
 from heron.hypervisor.qmp_replica import PREFIX, ReplicaDisk, replicate
@@ -105,8 +107,12 @@ class Guest:
         await self.qemu.powerdown()
         assert await self.qemu.wait_gone(120), "the guest did not power off"
 
-    async def round(self, store: Store, **kwargs: object):  # type: ignore[no-untyped-def]
-        return await replicate(self.qemu, self.vm.id, DISKS, store, self.qemu.paths.root, **kwargs)
+    async def round(
+        self, store: Store, progress: Callable[[Progress], None] | None = None
+    ) -> RoundReport:
+        return await replicate(
+            self.qemu, self.vm.id, DISKS, store, self.qemu.paths.root, progress=progress
+        )
 
 
 @pytest.fixture
@@ -145,7 +151,9 @@ async def leftovers(guest: Guest) -> list[str]:
     return found
 
 
-async def test_full_incremental_failed_and_after_a_restart(guest: Guest, tmp_path: Path) -> None:
+async def test_full_incremental_failed_and_after_a_restart(
+    guest: Guest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = Store.create(tmp_path / "store")
     vm = guest.vm.id
     first = guest.write(1 * MiB, 1, 20000)  # chunk 0 of the data disk
@@ -193,9 +201,26 @@ async def test_full_incremental_failed_and_after_a_restart(guest: Guest, tmp_pat
         await guest.round(store, progress=fail)
     assert [p.id for p in store.points(vm)] == [full.point.id, incremental.point.id]
     assert await leftovers(guest) == []
+
+    # A round whose agent dies midway leaves its view behind (here: a failure without the
+    # cleanup, which also leaves its new bitmap, still exported, unmerged); the next round
+    # removes all that first.
+    real_teardown = qmp_replica._teardown
+
+    async def leftovers_only(*args: Any, leftovers: bool = False) -> None:
+        if leftovers:
+            await real_teardown(*args, leftovers=True)
+
+    monkeypatch.setattr(qmp_replica, "_teardown", leftovers_only)
+    with pytest.raises(RuntimeError, match="injected"):
+        await guest.round(store, progress=fail)
+    monkeypatch.setattr(qmp_replica, "_teardown", real_teardown)
+    assert (await guest.qemu.device_roots())[DISKS[1].qdev] == DISKS[1].cbw
+    assert await leftovers(guest) != []
     again = await guest.round(store)
     assert again.kind == "incremental" and again.point.parent == incremental.point.id
     assert 1 <= again.chunks_sent <= 3, again
+    assert await leftovers(guest) == []
     image = restored(store, vm, again.point.id, tmp_path / "r3.raw")
     assert image[25 * MiB : 25 * MiB + len(fourth)] == fourth
     assert image[17 * MiB : 17 * MiB + len(third)] == third

@@ -288,6 +288,7 @@ async def replicate(
         new = f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
         granularity = min(GRANULARITY, store.chunk_size)
         added = False
+        copy: asyncio.Future[RoundReport] | None = None
         try:
             for disk in disks:
                 image = scratch / f"{disk.fleece}.qcow2"
@@ -337,22 +338,31 @@ async def replicate(
             for disk in disks:
                 bitmaps = [(disk.node, old)] if old is not None else []
                 await qemu.export_view(disk.export, disk.view, disk.name, bitmaps)
-            report = await asyncio.to_thread(
-                _copy,
-                writer,
-                socket_path,
-                disks,
-                kind,
-                parent,
-                old,
-                created,
-                {"bitmap": new},
-                progress,
-                workers,
+            copy = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _copy,
+                    writer,
+                    socket_path,
+                    disks,
+                    kind,
+                    parent,
+                    old,
+                    created,
+                    {"bitmap": new},
+                    progress,
+                    workers,
+                )
             )
+            # Shielded: a cancelled round still waits for its thread (below), which holds
+            # the VM's writer and must not commit a point after the round has given up.
+            report = await asyncio.shield(copy)
         except BaseException:
             with contextlib.suppress(QemuError):
                 await _teardown(qemu, disks, scratch, socket_path)
+            if copy is not None and not copy.done():
+                # The export is gone: the thread's next read fails and it ends.
+                with contextlib.suppress(BaseException):
+                    await copy
             if added:
                 undo: list[tuple[str, Mapping[str, Any]]] = []
                 for disk in disks:
