@@ -254,7 +254,7 @@ async def replicate(
     scratch = run_dir if scratch is None else scratch
     socket_path = run_dir / SOCKET
     with store.writer(vm) as writer:
-        await _teardown(qemu, disks, scratch, socket_path, leftovers=True)
+        await _teardown(qemu, vm, disks, scratch, socket_path, leftovers=True)
         nodes = await qemu.block_nodes()
         roots = await qemu.device_roots()
         for disk in disks:
@@ -291,7 +291,7 @@ async def replicate(
         copy: asyncio.Future[RoundReport] | None = None
         try:
             for disk in disks:
-                image = scratch / f"{disk.fleece}.qcow2"
+                image = _scratch_image(scratch, vm, disk)
                 await _create_image(image, nodes[disk.node].size)
                 await qemu.blockdev_add(
                     disk.fleece,
@@ -358,7 +358,7 @@ async def replicate(
             report = await asyncio.shield(copy)
         except BaseException:
             with contextlib.suppress(QemuError):
-                await _teardown(qemu, disks, scratch, socket_path)
+                await _teardown(qemu, vm, disks, scratch, socket_path)
             if copy is not None and not copy.done():
                 # The export is gone: the thread's next read fails and it ends.
                 with contextlib.suppress(BaseException):
@@ -381,7 +381,7 @@ async def replicate(
                         "VM %s: dirty bitmap %s stays after a failed round: %s", vm, new, exc
                     )
             raise
-        await _teardown(qemu, disks, scratch, socket_path)
+        await _teardown(qemu, vm, disks, scratch, socket_path)
         if old is not None:
             try:
                 await qemu.bitmap_transaction(
@@ -500,6 +500,12 @@ def _copy(
             raise ReplicationError(f"reading the view failed: {exc}") from exc
 
 
+def _scratch_image(scratch: Path, vm: str, disk: ReplicaDisk) -> Path:
+    """A disk's temporary image (the fleecing target): named after the VM too, so that VMs
+    may share a scratch directory."""
+    return scratch / f"{PREFIX}{vm}-{disk.name}.qcow2"
+
+
 async def _create_image(path: Path, size: int) -> None:
     proc = await asyncio.create_subprocess_exec(
         "qemu-img",
@@ -519,6 +525,7 @@ async def _create_image(path: Path, size: int) -> None:
 
 async def _teardown(
     qemu: QemuVM,
+    vm: str,
     disks: Sequence[ReplicaDisk],
     scratch: Path,
     socket_path: Path,
@@ -563,7 +570,7 @@ async def _teardown(
             await attempt(qemu.blockdev_del(disk.cbw))
         if disk.fleece in nodes:
             await attempt(qemu.blockdev_del(disk.fleece))
-        (scratch / f"{disk.fleece}.qcow2").unlink(missing_ok=True)
+        _scratch_image(scratch, vm, disk).unlink(missing_ok=True)
     if errors:
         if leftovers:
             raise ReplicationError(f"what an earlier round left cannot be removed: {errors[0]}")
