@@ -17,7 +17,14 @@ from heron.dr.replicate import (
     write_round,
 )
 from heron.dr.store import Store
-from heron.hypervisor.qmp_replica import DirtyBitmap, NodeInfo, ReplicaDisk, _plan
+from heron.hypervisor.qmp_replica import (
+    DirtyBitmap,
+    NodeInfo,
+    ReplicaDisk,
+    ReplicationUnsupported,
+    _plan,
+    replicate,
+)
 
 CHUNK = 4096
 VM = "vm1"
@@ -186,3 +193,34 @@ def test_the_kind_of_a_round(store: Store) -> None:
         assert _plan(store, VM, disks, {**good, "disk1": changed}) == ("resync", point.id, "b1")
     # Another set of disks: a new full point.
     assert _plan(store, VM, disks[:1], good) == ("full", None, None)
+
+
+class RawDiskQemu:
+    """Just enough of a QemuVM for a round to look at a VM whose disk is a raw image (an
+    ARDFS volume: raw over NBD) and refuse it before touching anything."""
+
+    def __init__(self) -> None:
+        self.changed: list[str] = []
+
+    async def block_exports(self) -> list[str]:
+        return []
+
+    async def block_nodes(self) -> dict[str, NodeInfo]:
+        return {"disk0": NodeInfo("disk0", "raw", CHUNK, ())}
+
+    async def device_roots(self) -> dict[str, str]:
+        return {"q0": "disk0"}
+
+    def __getattr__(self, name: str) -> object:
+        async def refused(*args: object, **kwargs: object) -> None:
+            self.changed.append(name)
+
+        return refused
+
+
+async def test_a_raw_disk_needs_tracking_in_heron_io(store: Store, tmp_path: Path) -> None:
+    qemu = RawDiskQemu()
+    with pytest.raises(ReplicationUnsupported, match="change tracking in heron-io"):
+        await replicate(qemu, VM, [ReplicaDisk("disk0", "disk0", "q0")], store, tmp_path)
+    assert qemu.changed == []
+    assert store.points(VM) == []
