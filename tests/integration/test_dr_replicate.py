@@ -13,7 +13,9 @@ disks at one instant:
 * after a clean shutdown and a new start of QEMU, the round is incremental again (the
   persistent bitmap survived in the qcow2 image);
 * after QEMU was killed, the bitmap is inconsistent, and the round is a resync that sends
-  only the chunks whose hashes differ from the last point's.
+  only the chunks whose hashes differ from the last point's;
+* while the guest counts on both disks in turn, a round's point holds counts that can be
+  seen at one instant.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ BOOT = 300  # TCG on a shared machine
 MiB = 1024**2
 CHUNK = 4 * MiB
 RAM_KIB = 128 * 1024 + 8  # as command.py gives TCG guests
+COUNT_ON_DATA = 30 * MiB  # chunk 7 of the data disk
+COUNT_ON_BOOT = 512 * 1024  # between the boot disk's partition table and its partition
 DISKS = [ReplicaDisk(f"disk{i}", f"disk{i}", command.disk_backend(i, "virtio")) for i in range(2)]
 
 
@@ -130,6 +134,13 @@ async def guest(testguest: Path) -> AsyncIterator[Guest]:
                 found.channel.close()
             await found.qemu.kill()
             await found.qemu.close()
+
+
+def count_at(image: Path, offset: int) -> int:
+    """The number the counting loop wrote at `offset` of a restored disk."""
+    with image.open("rb") as file:
+        file.seek(offset)
+        return int(file.read(32).split(b"\n", 1)[0])
 
 
 def restored(store: Store, vm: str, point: str, target: Path) -> bytes:
@@ -264,4 +275,31 @@ async def test_full_incremental_failed_and_after_a_restart(
     assert await leftovers(guest) == []
     follows = await guest.round(store)
     assert follows.kind == "incremental" and follows.chunks_sent <= 2
+
+    # All disks at one instant: the guest counts on both disks in turn, each write done
+    # (fsync) before the next: the data disk first, then the boot disk (in the gap between
+    # its partition table and its partition). At any instant the data disk's count is the
+    # boot disk's or one more; so it must be in the point.
+    assert guest.channel is not None
+    loop = (
+        "i=0; while :; do i=$((i+1)); "
+        f"echo $i | dd of=/dev/vdb bs=512 seek={COUNT_ON_DATA // 512} conv=notrunc,fsync; "
+        f"echo $i | dd of=/dev/vda bs=512 seek={COUNT_ON_BOOT // 512} conv=notrunc,fsync; "
+        "done"
+    )
+    started = guest.channel.run(f"( {loop} ) >/dev/null 2>&1 & echo $! > /tmp/count.pid")
+    assert started.rc == 0, started.output
+    counted = guest.channel.run(
+        f"timeout 60 sh -c 'until dd if=/dev/vdb bs=512 skip={COUNT_ON_DATA // 512} count=1 "
+        "2>/dev/null | grep -q 5; do sleep 0.1; done'"
+    )
+    assert counted.rc == 0, counted.output
+    counting = await guest.round(store)
+    stopped = guest.channel.run("kill $(cat /tmp/count.pid)")
+    assert stopped.rc == 0, stopped.output
+    store.restore(vm, counting.point.id, "disk0", tmp_path / "boot.raw")
+    store.restore(vm, counting.point.id, "disk1", tmp_path / "data.raw")
+    on_boot = count_at(tmp_path / "boot.raw", COUNT_ON_BOOT)
+    on_data = count_at(tmp_path / "data.raw", COUNT_ON_DATA)
+    assert on_data >= 5 and on_data in (on_boot, on_boot + 1), (on_boot, on_data)
     assert store.verify().ok
