@@ -1,11 +1,13 @@
-"""heron.nbd.client against a real server: qemu-nbd on a Unix socket, exporting a qcow2 image
+"""heron.nbd.client against real servers: qemu-nbd on a Unix socket, exporting a qcow2 image
 with data, holes, zeroes and a persistent dirty bitmap (what QEMU's own server gives the DR
-replication)."""
+replication); and heron-io's own server, in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +15,14 @@ from pathlib import Path
 import pytest
 from fakes.running import short_directory
 
+from heron.ardfs.nbd import Connection, ExportTable
+from heron.ardfs.volume import Extent as VolumeExtent
 from heron.nbd import proto
 from heron.nbd.client import Extent, NBDClient, NBDError
 from heron.util.wait import until_sync
 
 MiB = 1024**2
 BITMAP = "qemu:dirty-bitmap:b1"
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("qemu-nbd") is None or shutil.which("qemu-io") is None,
-    reason="qemu-nbd and qemu-io are not installed",
-)
 
 
 def qemu_io(image: Path, *commands: str) -> None:
@@ -35,6 +34,8 @@ def qemu_io(image: Path, *commands: str) -> None:
 
 @pytest.fixture(scope="module")
 def socket_path() -> Iterator[Path]:
+    if shutil.which("qemu-nbd") is None or shutil.which("qemu-io") is None:
+        pytest.skip("qemu-nbd and qemu-io are not installed")
     with short_directory() as root:
         image = root / "disk.qcow2"
         subprocess.run(
@@ -117,3 +118,50 @@ def test_an_unknown_export_is_refused(socket_path: Path) -> None:
 def test_not_a_server(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         NBDClient.unix(str(tmp_path / "none.sock"), "disk")
+
+
+class HalfHoles:
+    """A heron-io volume in memory: the first half data, the second half a hole."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.data[: size // 2] = bytes(range(256)) * (size // 512)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    async def read_into(self, offset: int, view: memoryview) -> None:
+        view[:] = self.data[offset : offset + len(view)]
+
+    async def extents(self, offset: int, length: int) -> list[VolumeExtent]:
+        half = self.size // 2
+        if offset >= half:
+            return [VolumeExtent(length, True)]
+        data = min(length, half - offset)
+        rest = [VolumeExtent(length - data, True)] if length > data else []
+        return [VolumeExtent(data, False), *rest]
+
+
+async def test_against_heron_ios_own_server() -> None:
+    """The client and heron-io's server (heron.ardfs.nbd) agree: one process, a socketpair."""
+    volume = HalfHoles(2 * MiB)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    table = ExportTable(lambda name: volume if name == "disk" else None, lambda: ["disk"])
+    server = asyncio.create_task(Connection(ours, table).run())  # type: ignore[arg-type]
+
+    def read() -> tuple[int, list[Extent], bytes]:
+        theirs.settimeout(10)
+        with NBDClient(theirs, "disk", [proto.BASE_ALLOCATION]) as client:
+            extents = list(client.extents(proto.BASE_ALLOCATION))
+            return client.size, extents, client.read(MiB - 4096, 8192)
+
+    try:
+        size, extents, data = await asyncio.to_thread(read)
+    finally:
+        await asyncio.wait_for(server, 10)
+    assert size == 2 * MiB
+    hole = proto.STATE_HOLE | proto.STATE_ZERO
+    assert extents == [Extent(0, MiB, 0), Extent(MiB, MiB, hole)]
+    assert data == bytes(volume.data[MiB - 4096 : MiB]) + bytes(4096)
