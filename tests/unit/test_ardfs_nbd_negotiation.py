@@ -8,9 +8,9 @@ import asyncio
 import socket
 import struct
 
-from heron.ardfs import nbdproto as p
 from heron.ardfs.nbd import TRANSMISSION_FLAGS, Connection, ExportTable
 from heron.ardfs.volume import Extent
+from heron.nbd import proto as p
 
 SIZE = 1024 * 1024
 

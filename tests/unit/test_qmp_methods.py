@@ -226,6 +226,57 @@ SENDS: list[tuple[str, Call, str, dict[str, Any] | None]] = [
         "block-export-add",
         {"type": "nbd", "id": "export1", "node-name": "disk1", "name": "disk1", "writable": True},
     ),
+    (
+        "set-device-node",
+        lambda q: q.set_device_node("/machine/peripheral/disk0-dev/virtio-backend", "cbw0"),
+        "qom-set",
+        {
+            "path": "/machine/peripheral/disk0-dev/virtio-backend",
+            "property": "drive",
+            "value": "cbw0",
+        },
+    ),
+    (
+        "bitmap-transaction",
+        lambda q: q.bitmap_transaction(
+            [("block-dirty-bitmap-add", {"node": "disk0", "name": "b", "persistent": True})]
+        ),
+        "transaction",
+        {
+            "actions": [
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {"node": "disk0", "name": "b", "persistent": True},
+                }
+            ]
+        },
+    ),
+    (
+        "nbd-start-unix",
+        lambda q: q.nbd_server_start_unix(Path("/run/vm/dr-nbd.sock")),
+        "nbd-server-start",
+        {"addr": {"type": "unix", "data": {"path": "/run/vm/dr-nbd.sock"}}},
+    ),
+    (
+        "export-view",
+        lambda q: q.export_view("e0", "view0", "disk0", [("disk0", "b1")]),
+        "block-export-add",
+        {
+            "type": "nbd",
+            "id": "e0",
+            "node-name": "view0",
+            "name": "disk0",
+            "writable": False,
+            "bitmaps": [{"node": "disk0", "name": "b1"}],
+        },
+    ),
+    (
+        "export-del",
+        lambda q: q.block_export_del("e0"),
+        "block-export-del",
+        {"id": "e0", "mode": "hard"},
+    ),
+    ("blockdev-del", lambda q: q.blockdev_del("view0"), "blockdev-del", {"node-name": "view0"}),
 ]
 
 
@@ -255,6 +306,41 @@ async def test_queries_return_typed_answers() -> None:
         assert await qemu.ram_kib() == 256 * 1024
         assert await qemu.vnc_address() == ":::5901"
         assert await qemu.vnc_address() is None
+
+
+async def test_block_nodes_and_device_roots_are_read() -> None:
+    async with qemu_with_fake() as (qemu, fake):
+        bitmap = {"name": "heron-dr-1", "recording": True, "persistent": True, "busy": False,
+                  "granularity": 65536, "count": 131072, "inconsistent": True}  # fmt: skip
+        fake.script(
+            "query-named-block-nodes",
+            {
+                "return": [
+                    {"node-name": "disk0", "drv": "qcow2", "image": {"virtual-size": 1024},
+                     "dirty-bitmaps": [bitmap, {"recording": False, "granularity": 65536}]},
+                    {"node-name": "cbw0", "drv": "copy-before-write", "image": {}},
+                ]
+            },
+        )  # fmt: skip
+        fake.script(
+            "query-block",
+            {
+                "return": [
+                    {"device": "", "qdev": "/machine/peripheral/disk0-dev/virtio-backend",
+                     "inserted": {"node-name": "cbw0"}},
+                    {"device": "", "qdev": "cdrom0"},
+                ]
+            },
+        )  # fmt: skip
+        fake.script("query-block-exports", {"return": [{"id": "e0", "node-name": "v"}]})
+        nodes = await qemu.block_nodes()
+        assert nodes["disk0"].driver == "qcow2" and nodes["disk0"].size == 1024
+        assert [(b.name, b.inconsistent, b.count) for b in nodes["disk0"].bitmaps] == [
+            ("heron-dr-1", True, 131072)
+        ]
+        assert nodes["cbw0"].bitmaps == ()
+        assert await qemu.device_roots() == {"/machine/peripheral/disk0-dev/virtio-backend": "cbw0"}
+        assert await qemu.block_exports() == ["e0"]
 
 
 async def test_block_jobs_are_read_into_block_jobs() -> None:

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from heron.ardfs import nbdproto as p
 from heron.ardfs.errors import ArdfsError
 from heron.ardfs.receiver import Receiver
 from heron.ardfs.sender import Sender
 from heron.ardfs.volume import Volume, VolumeError
+from heron.nbd import proto as p
 
 log = logging.getLogger(__name__)
 

@@ -130,6 +130,9 @@ class PointInfo:
     consistency: str
     parent: str | None
     disks: dict[str, int]  # name -> size in bytes
+    # What the writer wants to find again with the point, e.g. the replication's "bitmap":
+    # the name of the dirty bitmaps that hold the changes since this point.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +142,7 @@ class PointInfo:
             "consistency": self.consistency,
             "parent": self.parent,
             "disks": dict(self.disks),
+            "labels": dict(self.labels),
         }
 
 
@@ -176,6 +180,8 @@ def encode(point: Point) -> bytes:
         "parent": info.parent,
         "disks": disks,
     }
+    if info.labels:
+        header["labels"] = dict(info.labels)
     text = json.dumps(header, separators=(",", ":")).encode()
     body = b"".join(
         [MAGIC, _LENGTH.pack(len(text)), text, *(d.table for d in point.disks.values())]
@@ -212,6 +218,7 @@ def info_of(where: str, header: dict[str, Any]) -> PointInfo:
             consistency=str(header["consistency"]),
             parent=None if header["parent"] is None else str(header["parent"]),
             disks={str(d["name"]): int(d["size"]) for d in header["disks"]},
+            labels={str(k): str(v) for k, v in dict(header.get("labels") or {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PointCorrupt(f"{where}: header lacks {exc}") from None

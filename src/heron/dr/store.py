@@ -41,6 +41,7 @@ import os
 import secrets
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -639,6 +640,10 @@ class Writer:
         self._fd: int | None = None
         self._live = -1
         self._dirs: set[Path] = set()
+        self._counting = threading.Lock()
+        # Chunks this writer wrote (not found in the store already), and their bytes.
+        self.chunks_written = 0
+        self.bytes_written = 0
 
     def __enter__(self) -> Writer:
         folder = self.store.root / "writers"
@@ -744,12 +749,87 @@ class Writer:
         finally:
             os.close(fd)
 
+    def write_chunks(
+        self,
+        sizes: Mapping[str, int],
+        changed: Mapping[str, Iterable[tuple[int, bytes]]],
+        parent: str | None = None,
+        consistency: str = "crash",
+        created: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        workers: int = WORKERS,
+    ) -> PointInfo:
+        """A point from chunks given as a stream (what replication reads from a VM's disks):
+        each disk of `sizes` is `parent`'s (resized to its size) or, without a parent, all
+        zeros, with the chunks `changed` yields, (index, whole content), stored as they
+        come, so that the stream is never held in memory. With a parent, the disks must be
+        the parent's; a disk that shrinks to a cut last chunk must give that chunk. An
+        exception raised by a stream (a failed read, a caller's cancellation) stops the
+        write: no point is made (the chunks already stored go at a GC unless named)."""
+        self._check_open()
+        if not sizes:
+            raise InvalidArgument("a point needs at least one disk")
+        unknown = set(changed) - set(sizes)
+        if unknown:
+            raise InvalidArgument(f"chunks of disks not in the point: {', '.join(sorted(unknown))}")
+        held = -1
+        base: Point | None = None
+        if parent is not None:
+            held, base = self.store._hold(self.vm, check_name("point", parent))
+        try:
+            if base is not None and set(base.disks) != set(sizes):
+                raise InvalidArgument(
+                    f"point {self.vm}/{parent} has the disks {sorted(base.disks)}, "
+                    f"not {sorted(sizes)}"
+                )
+            maps = {}
+            for name, size in sizes.items():
+                check_name("disk", name)
+                if size < 0:
+                    raise InvalidArgument(f"disk {name}: size {size}")
+                if base is not None:
+                    start = base.disks[name]
+                else:
+                    count = _count(size, self.store.chunk_size)
+                    start = DiskMap(size, self.store.chunk_size, bytes(count * chunks.DIGEST_SIZE))
+                shape = DiskMap(
+                    size,
+                    start.chunk_size,
+                    bytes(_count(size, start.chunk_size) * chunks.DIGEST_SIZE),
+                )
+
+                def checked(
+                    items: Iterable[tuple[int, bytes]], shape: DiskMap = shape, disk: str = name
+                ) -> Iterator[tuple[int, bytes]]:
+                    for index, data in items:
+                        if not 0 <= index < shape.count:
+                            raise InvalidArgument(
+                                f"disk {disk}: chunk {index} of a disk of {shape.count} chunks"
+                            )
+                        if len(data) != shape.length(index):
+                            raise InvalidArgument(
+                                f"disk {disk}: chunk {index} of {len(data)} bytes, "
+                                f"not {shape.length(index)}"
+                            )
+                        yield index, data
+
+                names = self._store_chunks(checked(changed.get(name, ())), workers)
+                maps[name] = start.changed(names, size)
+            return self._commit(maps, consistency, created, parent, labels)
+        finally:
+            if held >= 0:
+                os.close(held)
+
     def _store_one(self, data: bytes) -> bytes:
         if chunks.is_zero(data):
             return chunks.ZERO
         name = chunks.digest(data)
-        _, folders = self.store.chunks.put(name, data, self.store.level)
-        self._dirs.update(folders)
+        written, folders = self.store.chunks.put(name, data, self.store.level)
+        with self._counting:
+            self._dirs.update(folders)
+            if written:
+                self.chunks_written += 1
+                self.bytes_written += len(data)
         return name
 
     def _store_chunks(self, items: Iterable[tuple[int, bytes]], workers: int) -> dict[int, bytes]:
@@ -793,6 +873,7 @@ class Writer:
         consistency: str,
         created: float | None,
         parent: str | None,
+        labels: Mapping[str, str] | None = None,
     ) -> PointInfo:
         if consistency not in points.CONSISTENCIES:
             raise InvalidArgument(
@@ -808,6 +889,7 @@ class Writer:
             consistency=consistency,
             parent=parent,
             disks={name: m.size for name, m in maps.items()},
+            labels=dict(labels or {}),
         )
         # Every chunk the point names is fsync'ed (ChunkDir.put); their directory entries
         # are made durable here, before the point that relies on them exists.

@@ -5,8 +5,8 @@ every VM running, and a new herond reconnects to the QMP socket it finds in the 
 directory. The pidfile is also QEMU's own lock: a second QEMU for the same VM cannot start.
 
 Every QMP command Heron sends is a method of `QemuVM`: run control here, the others by topic
-in `qmp_migration`, `qmp_block`, `qmp_net`, `qmp_snapshot` and `qmp_stats`. Each says what it
-raises, from the tree in `qmp_base`.
+in `qmp_migration`, `qmp_block`, `qmp_net`, `qmp_snapshot`, `qmp_stats` and `qmp_replica`.
+Each says what it raises, from the tree in `qmp_base`.
 """
 
 import asyncio
@@ -30,6 +30,7 @@ from heron.hypervisor.qmp_block import BlockCommands
 from heron.hypervisor.qmp_hotplug import HotplugCommands
 from heron.hypervisor.qmp_migration import MigrationCommands
 from heron.hypervisor.qmp_net import NetCommands
+from heron.hypervisor.qmp_replica import ReplicaCommands
 from heron.hypervisor.qmp_snapshot import SnapshotCommands
 from heron.hypervisor.qmp_stats import StatsCommands
 from heron.util.proc import alive, read_pidfile
@@ -61,6 +62,7 @@ class QemuVM(
     SnapshotCommands,
     HotplugCommands,
     StatsCommands,
+    ReplicaCommands,
 ):
     """The QEMU of one VM on this node: its process, and one QMP session to it that is
     (re)connected when a command needs it."""

@@ -1,7 +1,8 @@
 """The NBD protocol's numbers and fixed-size records (doc/proto.md of the NBD project).
 
-Only what the server speaks: fixed newstyle negotiation, simple and structured replies, the
-base:allocation meta context. Pure data: no I/O here.
+What heron-io's server (heron.ardfs.nbd) and the client of QEMU's exports (heron.nbd.client)
+speak: fixed newstyle negotiation, simple and structured replies, meta contexts
+(base:allocation, QEMU's qemu:dirty-bitmap:NAME). Pure data: no I/O here.
 """
 
 import struct
@@ -82,6 +83,9 @@ STATE_ZERO = 1 << 1
 
 BASE_ALLOCATION = "base:allocation"
 BASE_ALLOCATION_ID = 1
+# QEMU's export of a dirty bitmap: status flag 1 marks an extent dirty.
+DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
+STATE_DIRTY = 1 << 0
 
 # errno values as the protocol defines them (not the host's, though Linux agrees)
 EPERM = 1
@@ -103,6 +107,8 @@ STRUCTURED_REPLY = struct.Struct(">IHHQI")  # magic, flags, type, cookie, length
 EXPORT_INFO = struct.Struct(">HQH")  # INFO_EXPORT, size, transmission flags
 BLOCK_SIZE_INFO = struct.Struct(">HIII")  # INFO_BLOCK_SIZE, minimum, preferred, maximum
 EXTENT = struct.Struct(">II")  # length, status flags
+OFFSET = struct.Struct(">Q")  # the offset leading an OFFSET_DATA / OFFSET_HOLE chunk
+ERROR_REPLY = struct.Struct(">IH")  # an error chunk: errno, message length
 
 MAX_PAYLOAD = 32 * 1024 * 1024  # the largest request we accept, and advertise
 MAX_OPTION = 64 * 1024  # option data beyond this is a broken or hostile client
