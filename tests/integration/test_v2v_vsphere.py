@@ -184,6 +184,18 @@ def power_state(stand_in: StandIn, name: str) -> str:
         Disconnect(si)
 
 
+def assert_volume_holds(api: Api, cluster: DevCluster, name: str, raw: Path) -> None:
+    """The local pool's volume `name` is ready and reads as the raw image `raw`."""
+    volume = next(v for v in api.ok("GET", "/pools/local/volumes") if v["name"] == name)
+    assert volume["state"] == "ready"
+    image = next(Path(cluster.nodes[0].state_dir).rglob(f"{name}.{volume['format']}"))
+    compared = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", volume["format"], str(raw), str(image)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
 def test_add_scan_and_import_cold(
     cluster1: tuple[DevCluster, str], api: Api, esx: StandIn, testguest: Path
 ) -> None:
@@ -239,14 +251,7 @@ def test_add_scan_and_import_cold(
     vm = api.ok("GET", "/vms/web01")
     assert vm["spec"]["nics"][0]["mac"] == MAC
     # The volume holds the guest's bytes, as the task's own comparison said.
-    volume = next(v for v in api.ok("GET", "/pools/local/volumes") if v["name"] == "web01-disk0")
-    assert volume["state"] == "ready"
-    image = next(Path(cluster.nodes[0].state_dir).rglob(f"web01-disk0.{volume['format']}"))
-    compared = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", volume["format"], str(testguest), str(image)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    assert_volume_holds(api, cluster, "web01-disk0", testguest)
 
 
 def test_a_running_vm_imported_warm(
@@ -286,13 +291,7 @@ def test_a_running_vm_imported_warm(
 
     flat = esx.folder / "datastore" / "app03" / "app03-flat.vmdk"
     assert flat.read_bytes() != testguest.read_bytes()  # the guest wrote while it was copied
-    volume = next(v for v in api.ok("GET", "/pools/local/volumes") if v["name"] == "app03-disk0")
-    image = next(Path(cluster.nodes[0].state_dir).rglob(f"app03-disk0.{volume['format']}"))
-    compared = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", volume["format"], str(flat), str(image)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    assert_volume_holds(api, cluster, "app03-disk0", flat)
 
 
 def test_the_cli_and_a_changed_certificate(

@@ -253,6 +253,7 @@ class Imports:
                             return write
 
                         def between(number: int, done: Round) -> None:
+                            warm_vm.release()
                             say(
                                 f"round {number + 1}: {_mib(done.bytes)} copied in "
                                 f"{done.seconds:.1f} s while the VM runs; the next in "

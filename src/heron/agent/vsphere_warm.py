@@ -2,11 +2,12 @@
 through one snapshot at a time, with changed-block tracking saying what changed since the
 last round; heron.v2v.warm runs the rounds and the cutover.
 
-Each round removes the previous snapshot (its delta is merged into the base disk, whose
-changes CBT goes on tracking) and takes a new one, so the base disk's flat extent is frozen
-at the new snapshot: its bytes are the snapshot's, and are read over the datastore's HTTPS
-file access with ranges. A VM that has snapshots of its own is refused (its current state
-is a chain of deltas, which a range of one file does not read): a cold import reads chains.
+Each round takes a snapshot, so the base disk's flat extent is frozen at it: its bytes are
+the snapshot's, and are read over the datastore's HTTPS file access with ranges. Once they
+are copied the snapshot is removed (its delta merged into the base disk, whose changes CBT
+goes on tracking), so there is never more than one, and none while the copy waits. A VM
+that has snapshots of its own is refused (its current state is a chain of deltas, which a
+range of one file does not read): a cold import reads chains.
 
 Calls block; the agent runs them in a thread.
 """
@@ -159,7 +160,13 @@ class WarmSession:
         return [str(ids[d.key]) for d in self.disks]
 
     def stop(self) -> None:
+        self.release()
         self.how_stopped = self.session.shut_down(self.vm)
+
+    def release(self) -> None:
+        """Remove the round's snapshot once its changes are copied: the VM does not run on a
+        growing delta while the copy waits for its next round (CBT's change ids stay valid)."""
+        self._drop_snapshot()
 
     def _drop_snapshot(self) -> None:
         if self.current is not None:

@@ -97,13 +97,7 @@ def vhd_runs(read: Reader, file_size: int, path: str | None = None) -> list[Run]
 def vhdx_runs(read: Reader, path: str | None = None) -> list[Run]:
     """The sectors a dynamic or differencing VHDX holds (zero blocks as zero runs)."""
     info = hyperv.read_vhdx(read, path)
-    if info.log_pending:
-        raise ParseError(
-            "its header names a log that may hold writes not yet applied: attach it once in "
-            "Hyper-V (or Mount-VHD) to replay the log, and scan again",
-            path=path,
-            field="log",
-        )
+    hyperv.refuse_pending_log(info, path)
     if info.bat is None:
         raise ParseError("no BAT region in the region table", path=path, field="regions")
     block_size, sector = info.block_size, info.sector_size

@@ -212,6 +212,17 @@ def read_vhdx(read: Reader, path: str | None = None) -> VhdxInfo:
     return info
 
 
+def refuse_pending_log(info: VhdxInfo, path: str | None) -> None:
+    """A VHDX whose log may hold writes not yet applied is not read: its data may be stale."""
+    if info.log_pending:
+        raise ParseError(
+            "its header names a log that may hold writes not yet applied: attach it once in "
+            "Hyper-V (or Mount-VHD) to replay the log, and scan again",
+            path=path,
+            field="log",
+        )
+
+
 def _log_pending(read: Reader) -> bool:
     """Whether the current header (of the two, the valid one with the higher sequence number)
     names a log (LogGuid not zero): its entries may still have to be replayed."""

@@ -298,13 +298,7 @@ def _read_hard_disk(path: str) -> _HardDisk:
         read = _reader(f)
         if read(0, 8) == hyperv.VHDX_SIGNATURE:
             info = hyperv.read_vhdx(read, path)
-            if info.log_pending:
-                raise ParseError(
-                    "its header names a log that may hold writes not yet applied: attach it "
-                    "once in Hyper-V (or Mount-VHD) to replay the log, and scan again",
-                    path=path,
-                    field="log",
-                )
+            hyperv.refuse_pending_log(info, path)
             names = [
                 info.parent.get(key, "")
                 for key in ("relative_path", "absolute_win32_path", "volume_path")
