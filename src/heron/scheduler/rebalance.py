@@ -10,6 +10,10 @@ heron-io copies each block's missing copies or shards there while the volume sta
 and the owner's agent switches `placement` to the destination when all are made
 (`agent/ardfs.py`). A `volume.rebalance` task follows each move with progress.
 
+A pool that asks for a device class counts only its disks of that class: a disk whose class
+is set to another is moved off like a disk taken out, copies are only ever made again on
+disks of the class, and a disk given the class is spread onto.
+
 A volume placed on fewer disks than count (disks added, a node back after its copies were
 moved off) is moved onto all of them the same way, a few volumes at a time: rendezvous
 placement moves only the blocks the new disks win, about their share of the data.
@@ -63,8 +67,9 @@ class RebalanceController:
     def counted(
         self, pool: Pool, members: list[ArdfsMember]
     ) -> tuple[list[PlacedDisk], set[str], set[str]]:
-        """The pool's disks that count (on members alive or down for less than the grace, not
-        reported failed for longer), the members that do not, and the disks reported failed."""
+        """The pool's disks that count (of its device class, if it asks for one; on members
+        alive or down for less than the grace, not reported failed for longer), the members
+        that do not, and the disks reported failed."""
         inv = self.inventory
         live = inv.live_nodes()
         now = time.monotonic()
@@ -93,9 +98,12 @@ class RebalanceController:
             disks += [
                 PlacedDisk(id=d.id, node=member.node, site=member.site, weight=d.weight)
                 for d in member.disks
-                if d.id not in failing
-                or now - self.failing_since.setdefault((pool.name, d.id), now)
-                < pool.rebuild_grace_s
+                if pool.takes(d)  # copies are made again within the pool's device class
+                and (
+                    d.id not in failing
+                    or now - self.failing_since.setdefault((pool.name, d.id), now)
+                    < pool.rebuild_grace_s
+                )
             ]
         return sorted(disks, key=lambda d: d.id), gone, failing
 

@@ -70,31 +70,46 @@ def new_volume_format(
 
 
 async def new_placement(db: ConfigDB, pool: Pool, field: str) -> list[PlacedDisk] | None:
-    """ardfs: the disks a new volume's blocks are placed over: every member's, but those of
-    nodes that are down while enough others remain (their copies would only be moved off
-    again); None for other pools. Refused while the pool has too few disks."""
+    """ardfs: the disks a new volume's blocks are placed over: every member's of the pool's
+    device class (any, when it asks for none), but those of nodes that are down while enough
+    others remain (their copies would only be moved off again); None for other pools.
+    Refused while the pool has too few such disks."""
     if not capabilities(pool).member_disks:
         return None
     members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{pool.name}/")
-    disks = sorted(
-        (
-            PlacedDisk(id=d.id, node=m.value.node, site=m.value.site, weight=d.weight)
-            for m in members
-            if m.value.address
-            for d in m.value.disks
-        ),
-        key=lambda d: d.id,
-    )
+    disks = placeable(pool, [m.value for m in members])
     live = await live_nodes(db)
     up = [d for d in disks if d.node in live]
     chosen = up if len(up) >= pool.width else disks
     if len(chosen) < pool.width:
-        raise Invalid(
-            field,
-            f"pool {pool.name} has {len(chosen)} disks, {pool.protection} needs {pool.width}: "
-            f"give it disks first (POST /pools/{pool.name}/disks)",
-        )
+        raise Invalid(field, too_few(pool, chosen))
     return chosen
+
+
+def placeable(pool: Pool, members: list[ArdfsMember]) -> list[PlacedDisk]:
+    """ardfs: the disks of members with a heron-io that the pool places volumes on (those of
+    its device class), sorted by id."""
+    return sorted(
+        (
+            PlacedDisk(id=d.id, node=m.node, site=m.site, weight=d.weight)
+            for m in members
+            if m.address
+            for d in m.disks
+            if pool.takes(d)
+        ),
+        key=lambda d: d.id,
+    )
+
+
+def too_few(pool: Pool, disks: list[PlacedDisk]) -> str:
+    """Why `disks` are too few for the pool's protection, with the counts."""
+    nodes = len({d.node for d in disks})
+    kind = f"{pool.device_class} disks" if pool.device_class else "disks"
+    return (
+        f"pool {pool.name} has {len(disks)} {kind} (on {nodes} node{'s' * (nodes != 1)}), "
+        f"{pool.protection} needs {pool.width}: give it "
+        f"{kind} first (POST /pools/{pool.name}/disks)"
+    )
 
 
 def memory_state_of(volume: Volume) -> str | None:

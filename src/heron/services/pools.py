@@ -11,6 +11,7 @@ from heron.models.storage import (
     ArdfsDisk,
     ArdfsMember,
     ArdfsNodeStatus,
+    DeviceClass,
     Pool,
     PoolCapacity,
     PoolSpec,
@@ -49,9 +50,16 @@ async def delete(db: ConfigDB, name: str) -> None:
 
 
 async def add_disk(
-    db: ConfigDB, name: str, node: str, path: str, site: str | None, weight: float
+    db: ConfigDB,
+    name: str,
+    node: str,
+    path: str,
+    site: str | None,
+    weight: float,
+    device_class: DeviceClass | None = None,
 ) -> ArdfsMember:
-    """Give the pool a directory of `node` for its chunks (a disk, as the pool sees it)."""
+    """Give the pool a directory of `node` for its chunks (a disk, as the pool sees it). Its
+    device class is `device_class` when given, else the node's agent detects it."""
     pool = (await find_pool(db, name)).value
     if not capabilities(pool).member_disks:
         raise Conflict(f"pool {name} ({pool.type}) takes no disks; only ardfs pools do")
@@ -68,7 +76,12 @@ async def add_disk(
             raise Conflict(f"{node}:{path} is already a disk of pool {name}")
         taken = {d.id for e in members for d in e.value.disks}
         disk_id = next(i for i in (f"d{new_id()[:8]}" for _ in range(100)) if i not in taken)
-        disks = [*member.disks, ArdfsDisk(id=disk_id, path=path, weight=weight)]
+        disk = ArdfsDisk(id=disk_id, path=path, weight=weight)
+        if device_class is not None:
+            disk = disk.model_copy(
+                update={"device_class": device_class, "class_source": "set", "class_note": ""}
+            )
+        disks = [*member.disks, disk]
         member = member.model_copy(update={"disks": disks, "site": site or member.site})
         await db.put(key, member, revision=entry.revision if entry else 0)
         return member
@@ -87,29 +100,73 @@ async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
         entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
         if entry is None:
             raise NotFound(f"pool {name} has no disk {disk!r}")
-        left = sum(len(e.value.disks) for e in members) - 1
-        if left < pool.width:
+        gone = next(d for d in entry.value.disks if d.id == disk)
+        # A disk of another class than the pool's holds none of its volumes' blocks.
+        left = sum(1 for e in members for d in e.value.disks if d.id != disk and pool.takes(d))
+        if pool.takes(gone) and left < pool.width:
+            kind = f"{pool.device_class} disks" if pool.device_class else "disks"
             raise Conflict(
-                f"pool {name} would keep {left} disks, {pool.protection} needs {pool.width}: "
+                f"pool {name} would keep {left} {kind}, {pool.protection} needs {pool.width}: "
                 "add a disk first"
             )
-        if pool.redundancy.width == 1:
-            # One copy of each block: what the disk holds exists nowhere else, and the move
-            # that follows a removal would have nothing to copy from.
-            only = sorted(v.value.name for v in await db.list(Volume, keys.VOLUMES)
-                          if v.value.pool == name and _placed_on(v.value, disk))  # fmt: skip
-            if only:
-                raise Conflict(
-                    f"pool {name} keeps one copy ({pool.protection}) and volumes "
-                    f"{', '.join(only[:5])}{' ...' if len(only) > 5 else ''} have blocks only "
-                    f"on disk {disk}: delete them first"
-                )
+        await _only_copies_elsewhere(db, pool, disk, "taken out")
         disks = [d for d in entry.value.disks if d.id != disk]
         member = entry.value.model_copy(update={"disks": disks})
         await db.put(entry.key, member, revision=entry.revision)
         return member
 
     return await cas.retry(attempt, f"the disks of pool {name}")
+
+
+async def set_disk_class(
+    db: ConfigDB, name: str, disk: str, device_class: DeviceClass
+) -> tuple[ArdfsMember, ArdfsDisk]:
+    """Set a disk's device class. In a pool that asks for a class, a disk leaving it is like
+    a disk taken out: the leader moves the copies it holds onto the class's other disks (so
+    refused when those would be fewer than the protection spans, or when the pool keeps one
+    copy and volumes are placed on it); a disk joining it has volumes spread onto it."""
+    pool = (await find_pool(db, name)).value
+
+    async def attempt() -> tuple[ArdfsMember, ArdfsDisk]:
+        members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
+        entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
+        if entry is None:
+            raise NotFound(f"pool {name} has no disk {disk!r}")
+        before = next(d for d in entry.value.disks if d.id == disk)
+        after = before.model_copy(
+            update={"device_class": device_class, "class_source": "set", "class_note": ""}
+        )
+        if pool.takes(before) and not pool.takes(after):
+            left = sum(1 for e in members for d in e.value.disks if d.id != disk and pool.takes(d))
+            if left < pool.width:
+                raise Conflict(
+                    f"pool {name} places on {pool.device_class} disks: it would keep {left}, "
+                    f"{pool.protection} needs {pool.width}: give it another "
+                    f"{pool.device_class} disk first"
+                )
+            await _only_copies_elsewhere(db, pool, disk, f"made a {device_class} disk")
+        disks = [after if d.id == disk else d for d in entry.value.disks]
+        member = entry.value.model_copy(update={"disks": disks})
+        await db.put(entry.key, member, revision=entry.revision)
+        return member, after
+
+    return await cas.retry(attempt, f"the disks of pool {name}")
+
+
+async def _only_copies_elsewhere(db: ConfigDB, pool: Pool, disk: str, becoming: str) -> None:
+    """Refuse (409) to take `disk` from under the volumes of a pool that keeps one copy:
+    what it holds exists nowhere else, and the move that follows would have nothing to copy
+    from."""
+    if pool.redundancy.width != 1:
+        return
+    only = sorted(v.value.name for v in await db.list(Volume, keys.VOLUMES)
+                  if v.value.pool == pool.name and _placed_on(v.value, disk))  # fmt: skip
+    if only:
+        raise Conflict(
+            f"pool {pool.name} keeps one copy ({pool.protection}) and volumes "
+            f"{', '.join(only[:5])}{' ...' if len(only) > 5 else ''} have blocks only "
+            f"on disk {disk}: it cannot be {becoming}; delete them first"
+        )
 
 
 def _placed_on(volume: Volume, disk: str) -> bool:
@@ -127,7 +184,10 @@ async def capacity(db: ConfigDB, state_dir: Path, pool: Pool) -> PoolCapacity | 
     driver = driver_for(pool, state_dir)
     if can.member_disks:
         nodes = await db.list(ArdfsNodeStatus, f"{keys.ARDFS_STATUS}{pool.name}/")
-        disks = [d for e in nodes for d in e.value.disks.values()]
+        members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{pool.name}/")
+        # Only the disks its volumes may be placed on (of its class, if it asks for one).
+        counted = {d.id for m in members for d in m.value.disks if pool.takes(d)}
+        disks = [u for e in nodes for d, u in e.value.disks.items() if d in counted]
         if not disks:
             return None
         total = sum(d.total_bytes for d in disks)
