@@ -55,6 +55,17 @@ def detect(
     return Detected(device_class, "detected", note)
 
 
+def detect_block(
+    name: str, sys_root: Path = Path("/sys"), mountinfo: Path = Path("/proc/self/mountinfo")
+) -> Detected:
+    """The class of the block device `name` (sda, nvme0n1p2, dm-0, loop3). Never raises."""
+    try:
+        device_class, note = _of_block(sys_root / "class" / "block" / name, sys_root, mountinfo, 0)
+    except Unknown as exc:
+        return Detected("ssd", "assumed", f"{exc}; ssd assumed: set the class if it is not")
+    return Detected(device_class, "detected", note)
+
+
 def _of_path(path: Path, sys_root: Path, mountinfo: Path, depth: int) -> tuple[DeviceClass, str]:
     where = path
     while True:
@@ -109,6 +120,8 @@ def _of_block(entry: Path, sys_root: Path, mountinfo: Path, depth: int) -> tuple
     `entry`, following partitions, loop devices and stacked devices to what is under them."""
     if depth > DEPTH:
         raise Unknown(f"{entry.name}: devices stacked deeper than {DEPTH}")
+    if not entry.exists():
+        raise Unknown(f"{entry.name}: not in {sys_root}")
     device = Path(os.path.realpath(entry))
     if (device / "partition").exists():
         device = device.parent  # sda1 lives in sda's directory
