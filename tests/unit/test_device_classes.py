@@ -11,7 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 from fakes.configdb import FakeConfigDB
+from typer.testing import CliRunner
 
+from heron.cli import pool as pool_cli
+from heron.cli.main import app
 from heron.configdb import keys
 from heron.models.storage import (
     ArdfsDisk,
@@ -290,3 +293,55 @@ async def test_a_disk_given_with_a_class_keeps_it_and_others_wait_for_detection(
 def test_device_class_is_for_ardfs_pools_only() -> None:
     with pytest.raises(ValueError, match="applies to ardfs pools"):
         PoolSpec(name="local", type="dir", device_class="ssd")
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+class FakeClient:
+    sent: list[tuple[str, str, object]] = []
+
+    def get(self, path: str) -> object:
+        assert path == "/pools/hci/members"
+        return [MEMBER]
+
+    def request(self, method: str, path: str, json: object = None) -> object:
+        self.sent.append((method, path, json))
+        return MEMBER
+
+    def post(self, path: str, json: dict[str, object]) -> object:
+        self.sent.append(("POST", path, json))
+        return {"shared": True, "protection": "rf2", **json} if path == "/pools" else MEMBER
+
+
+MEMBER = {
+    "pool": "hci", "node": "n1", "site": "default", "address": "n1:7000",
+    "disks": [
+        {"id": "d1", "path": "/srv/fast", "weight": 1.0, "device_class": "nvme",
+         "class_source": "detected", "class_note": "nvme0n1: NVMe, not rotational"},
+        {"id": "d2", "path": "/srv/tmp", "weight": 1.0, "device_class": "ssd",
+         "class_source": "assumed", "class_note": "on tmpfs; ssd assumed"},
+        {"id": "d3", "path": "/srv/new", "weight": 1.0, "device_class": None,
+         "class_source": None, "class_note": ""},
+    ],
+}  # fmt: skip
+
+
+def test_the_cli_shows_and_sets_a_disks_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_cli, "Client", FakeClient)
+    shown = CliRunner().invoke(app, ["pool", "disks", "hci"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert any("d1" in x and "nvme" in x and "NVMe, not rotational" in x for x in lines)
+    assert any("d2" in x and "ssd (assumed)" in x for x in lines)
+    assert any("d3" in x and "not told yet" in x for x in lines)
+    done = CliRunner().invoke(app, ["pool", "set-disk-class", "hci", "d2", "hdd"])
+    assert done.exit_code == 0, done.output
+    assert FakeClient.sent[-1] == ("PATCH", "/pools/hci/disks/d2", {"device_class": "hdd"})
+    wrong = CliRunner().invoke(app, ["pool", "set-disk-class", "hci", "d2", "tape"])
+    assert wrong.exit_code != 0 and "nvme, ssd or hdd" in wrong.output
+    made = CliRunner().invoke(app, ["pool", "create", "fast", "--type", "ardfs",
+                                    "--device-class", "nvme"])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert "rf2 on nvme" in made.output
+    assert FakeClient.sent[-1][2]["device_class"] == "nvme"  # type: ignore[index]
