@@ -250,7 +250,8 @@ async def test_a_disk_leaving_the_class_is_refused_where_too_few_would_be_left(
 ) -> None:
     await mixed_pool(db, "rf2", "hdd")
     # Three hdd disks: one may become ssd (its copies move to the other two), not two.
-    member, changed = await pools.set_disk_class(db, "hci", "d2", "ssd")
+    member, before, changed = await pools.set_disk_class(db, "hci", "d2", "ssd")
+    assert before.device_class == "hdd"
     assert (changed.device_class, changed.class_source) == ("ssd", "set")
     assert next(d for d in member.disks if d.id == "d2").device_class == "ssd"
     with pytest.raises(Conflict, match="places on hdd disks: it would keep 1, rf2 needs 2"):

@@ -120,14 +120,15 @@ async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
 
 async def set_disk_class(
     db: ConfigDB, name: str, disk: str, device_class: DeviceClass
-) -> tuple[ArdfsMember, ArdfsDisk]:
-    """Set a disk's device class. In a pool that asks for a class, a disk leaving it is like
-    a disk taken out: the leader moves the copies it holds onto the class's other disks (so
-    refused when those would be fewer than the protection spans, or when the pool keeps one
-    copy and volumes are placed on it); a disk joining it has volumes spread onto it."""
+) -> tuple[ArdfsMember, ArdfsDisk, ArdfsDisk]:
+    """Set a disk's device class; returns its member record and the disk before and after.
+    In a pool that asks for a class, a disk leaving it is like a disk taken out: the leader
+    moves the copies it holds onto the class's other disks (so refused when those would be
+    fewer than the protection spans, or when the pool keeps one copy and volumes are placed
+    on it); a disk joining it has volumes spread onto it."""
     pool = (await find_pool(db, name)).value
 
-    async def attempt() -> tuple[ArdfsMember, ArdfsDisk]:
+    async def attempt() -> tuple[ArdfsMember, ArdfsDisk, ArdfsDisk]:
         members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
         entry = next((e for e in members if any(d.id == disk for d in e.value.disks)), None)
         if entry is None:
@@ -148,7 +149,7 @@ async def set_disk_class(
         disks = [after if d.id == disk else d for d in entry.value.disks]
         member = entry.value.model_copy(update={"disks": disks})
         await db.put(entry.key, member, revision=entry.revision)
-        return member, after
+        return member, before, after
 
     return await cas.retry(attempt, f"the disks of pool {name}")
 

@@ -296,18 +296,12 @@ async def change_disk(
     the copies it holds moved onto the class's other disks by the leader, as a disk taken
     out (refused, 409, when those would be fewer than the protection spans, or in an rf1 pool
     while volumes have blocks on it); a disk that joins it has volumes spread onto it."""
-    before = {
-        d.id: d.device_class
-        for e in await _ctx(request).db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{name}/")
-        for d in e.value.disks
-    }
-    member, changed = await pool_service.set_disk_class(
+    member, before, after = await pool_service.set_disk_class(
         _ctx(request).db, name, disk, body.device_class
     )
     request.state.audit_target = f"{name}/{member.node}/{disk}"
-    request.state.audit_reason = (
-        f"device class {before.get(disk) or 'not told'} -> {changed.device_class}"
-    )
+    was = before.device_class or "not told"
+    request.state.audit_reason = f"device class {was} -> {after.device_class}"
     return member
 
 
