@@ -97,6 +97,11 @@ def test_volumes_stay_on_the_disks_of_their_pools_class(cluster3, api) -> None:
     api.ok("PATCH", f"/pools/slow/disks/{told['id']}", json={"device_class": "ssd"})
     changed = disk_at("slow", probe)
     assert (changed["device_class"], changed["class_source"]) == ("ssd", "set")
+    # Audited: who, which disk, from which class to which.
+    audit = api.ok("GET", "/events", params={"limit": 200, "local": True})
+    entry = next(e for e in audit if e["method"] == "PATCH" and told["id"] in e["path"])
+    assert entry["target"] == f"slow/{nodes[0]}/{told['id']}" and entry["result"] == "ok"
+    assert entry["reason"] == f"device class {told['device_class']} -> ssd"
 
     for pool in ("fast", "slow"):
         wait_for(lambda p=pool: all(m["address"] for m in members(p)) and len(members(p)) == 3,

@@ -65,6 +65,7 @@ from heron.util.proc import (
 log = logging.getLogger(__name__)
 
 CHECK = 5.0  # also look this often whether heron-io still runs
+DETECT_TIMEOUT = 10.0  # seconds: telling a disk's class from the kernel
 PUBLISH = 0.25  # how often the owner looks at its volumes' redundancy (a file read)
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
 TOMBSTONE_KEEP = 7 * 24 * 3600.0
@@ -525,11 +526,17 @@ class IoSupervisor:
         entry = self.members.get(f"{pool.name}/{self.node}")
         if entry is None or all(d.device_class is not None for d in entry.value.disks):
             return True
-        found = {
-            d.id: await asyncio.to_thread(devclass.detect, d.path)
-            for d in entry.value.disks
-            if d.device_class is None
-        }
+        found: dict[str, devclass.Detected] = {}
+        for disk in [d for d in entry.value.disks if d.device_class is None]:
+            try:
+                # A hung filesystem (a dead NFS server) must not stop this loop: assumed,
+                # once, rather than a blocked thread per round.
+                found[disk.id] = await asyncio.wait_for(
+                    asyncio.to_thread(devclass.detect, disk.path), DETECT_TIMEOUT
+                )
+            except TimeoutError:
+                note = f"{disk.path} did not answer within {DETECT_TIMEOUT:.0f} s"
+                found[disk.id] = devclass.Detected("ssd", "assumed", f"{note}; ssd assumed")
         disks = [
             d.model_copy(
                 update={
