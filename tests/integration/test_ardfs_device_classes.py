@@ -6,8 +6,9 @@ for being told at all; telling classes apart is unit-tested on fake sysfs trees)
 Two pools, one per class, each given both kinds of directories on every node: a volume's
 chunks land only in its pool's class's directories; the pool's capacity counts only those;
 when a node is lost past the grace, the copies it held are made again on the class's disks
-left, never on the other class's; and a disk whose class change would leave the class too few
-disks is refused."""
+left, never on the other class's; a disk set to the class is spread onto and one set to
+another class is moved off; and a class change that would leave the class too few disks is
+refused. A disk given without a class has it told by its node, and a change is audited."""
 
 import os
 import signal
@@ -154,6 +155,25 @@ def test_volumes_stay_on_the_disks_of_their_pools_class(cluster3, api) -> None:
         assert [chunks(dirs[pool, n, kind], volume) for n in nodes[:2]] == [6, 6]
         assert all(chunks(dirs[pool, n, other], volume) == 0 for n in nodes[:2])
         qemu_io(cluster, record["owner"], pool, volume, *READS)
+
+    # In slow: node1's extra disk joins the class, and the volume spreads onto it; then
+    # node1's first hdd disk leaves the class, and the volume's copies move off it.
+    volume = volumes["slow"]
+    n1_hdd = disk_at("slow", dirs["slow", nodes[0], "hdd"])["id"]
+    n2_hdd = disk_at("slow", dirs["slow", nodes[1], "hdd"])["id"]
+
+    def placed_on(*ids: str) -> dict | None:
+        record = api.ok("GET", f"/pools/slow/volumes/{volume}")
+        healthy = (record["health"] or {}).get("state") == "healthy"
+        on = {d["id"] for d in record["placement"]}
+        return record if on == set(ids) and record["moving_to"] is None and healthy else None
+
+    api.ok("PATCH", f"/pools/slow/disks/{told['id']}", json={"device_class": "hdd"})
+    wait_for(lambda: placed_on(n1_hdd, told["id"], n2_hdd), 120, "spread onto the new hdd")
+    api.ok("PATCH", f"/pools/slow/disks/{n1_hdd}", json={"device_class": "ssd"})
+    record = wait_for(lambda: placed_on(told["id"], n2_hdd), 120, "moved off the ex-hdd disk")
+    assert [chunks(probe, volume), chunks(dirs["slow", nodes[1], "hdd"], volume)] == [6, 6]
+    qemu_io(cluster, record["owner"], "slow", volume, *READS)
 
     # Class changes: a disk outside the class may become anything; node3's ssd disk (its
     # copies made elsewhere) leaves the class, leaving two; one more would leave one for rf2,
