@@ -108,6 +108,10 @@ def test_volumes_stay_on_the_disks_of_their_pools_class(cluster3, api) -> None:
         wait_for(lambda p=pool: all(m["address"] for m in members(p)) and len(members(p)) == 3,
                  30, f"every node in pool {pool}")  # fmt: skip
 
+    # A volume asking another class than its pool's is refused.
+    bad = api.post("/pools/fast/volumes", json={"name": "x", "size": MiB, "device_class": "hdd"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "body.device_class"
+
     # A volume per pool: placed on its class's disks only, and its chunks there.
     volumes = {}
     for pool, kind in (("fast", "ssd"), ("slow", "hdd")):

@@ -26,7 +26,7 @@ from heron.models.storage import (
     Volume,
 )
 from heron.scheduler.rebalance import RebalanceController
-from heron.services import pools
+from heron.services import pools, volumes
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import find_pool, new_placement
 from heron.storage.devclass import detect, detect_block
@@ -87,6 +87,7 @@ def fake(tmp_path: Path) -> FakeSysfs:
 
 
 NO_MOUNTS = Path("/nonexistent/mountinfo")
+MiB = 2**20
 
 
 def test_a_directory_on_a_partition_of_a_rotational_disk_is_hdd(
@@ -226,7 +227,7 @@ async def test_moves_count_only_the_disks_of_the_class(db: FakeConfigDB) -> None
     controller.inventory = inventory  # type: ignore[assignment]
     controller.down_since = {"n2": -1e12}
     controller.failing_since = {}
-    counted, gone, failing = controller.counted(pool, members)
+    counted, gone, failing = controller.counted(pool, members, pool.device_class)
     assert [d.id for d in counted] == ["d1", "d5"] and gone == {"n2"} and failing == {"d1"}
 
 
@@ -254,7 +255,7 @@ async def test_a_disk_leaving_the_class_is_refused_where_too_few_would_be_left(
     assert before.device_class == "hdd"
     assert (changed.device_class, changed.class_source) == ("ssd", "set")
     assert next(d for d in member.disks if d.id == "d2").device_class == "ssd"
-    with pytest.raises(Conflict, match="places on hdd disks: it would keep 1, rf2 needs 2"):
+    with pytest.raises(Conflict, match="would keep 1 hdd disks, rf2 needs 2: add another hdd disk"):
         await pools.set_disk_class(db, "hci", "d4", "nvme")
     # A disk joining the class, or one outside it changing, is always allowed.
     await pools.set_disk_class(db, "hci", "d8", "hdd")
@@ -346,3 +347,52 @@ def test_the_cli_shows_and_sets_a_disks_class(monkeypatch: pytest.MonkeyPatch) -
     assert made.exit_code == 0, made.output
     assert "rf2 on nvme" in made.output
     assert FakeClient.sent[-1][2]["device_class"] == "nvme"  # type: ignore[index]
+
+
+# -- a volume asking a class of its own --------------------------------------------------
+
+
+async def test_a_volume_may_ask_a_class_in_a_pool_that_asks_none(db: FakeConfigDB) -> None:
+    await mixed_pool(db, "rf2", None)
+    pool = (await find_pool(db, "hci")).value
+    placed = await new_placement(db, pool, "path.name", "ssd")
+    assert placed is not None and [d.id for d in placed] == ["d1", "d3", "d5"]
+    with pytest.raises(Invalid) as refused:
+        await new_placement(db, pool, "path.name", "nvme")  # one nvme disk
+    assert refused.value.fields[0]["field"] == "path.name"
+    task = await volumes.create(db, "n1", "hci", "fast", None, MiB, None, "admin",
+                                device_class="ssd")  # fmt: skip
+    record = (await db.get(Volume, keys.volume(task.target))).value
+    assert record.device_class == "ssd" and {d.id for d in record.placement} == {"d1", "d3", "d5"}
+
+
+async def test_a_volume_class_other_than_its_pools_is_refused(db: FakeConfigDB) -> None:
+    await mixed_pool(db, "rf2", "hdd")
+    pool = (await find_pool(db, "hci")).value
+    with pytest.raises(Invalid) as refused:
+        await new_placement(db, pool, "path.name", "ssd")
+    assert refused.value.fields == [
+        {"field": "body.device_class", "reason": "pool hci places on hdd disks only"}
+    ]
+    assert await new_placement(db, pool, "path.name", "hdd") is not None  # the same: fine
+
+
+async def test_moves_and_class_changes_follow_a_volumes_own_class(db: FakeConfigDB) -> None:
+    await mixed_pool(db, "rf2", None)
+    await volumes.create(db, "n1", "hci", "slow", None, MiB, None, "admin", device_class="hdd")
+    pool = (await find_pool(db, "hci")).value
+    members = [e.value for e in await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}hci/")]
+    inventory = SimpleNamespace(live_nodes=lambda: {"n1": None, "n2": None, "n3": None},
+                                ardfs_status={}, node_settings={})  # fmt: skip
+    controller = RebalanceController.__new__(RebalanceController)
+    controller.inventory = inventory  # type: ignore[assignment]
+    controller.down_since, controller.failing_since = {}, {}
+    counted, _, _ = controller.counted(pool, members, "hdd")
+    assert [d.id for d in counted] == ["d2", "d4", "d6"]
+    # The pool asks no class, but its volume slow does: hdd disks may go down to two.
+    await pools.set_disk_class(db, "hci", "d2", "ssd")
+    with pytest.raises(Conflict, match="would keep 1 hdd disks for its hdd volumes, rf2"):
+        await pools.set_disk_class(db, "hci", "d4", "ssd")
+    with pytest.raises(Conflict, match="would keep 1 hdd disks for its hdd volumes, rf2"):
+        await pools.remove_disk(db, "hci", "d6")
+    await pools.remove_disk(db, "hci", "d1")  # an ssd disk: slow keeps its two

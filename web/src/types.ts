@@ -153,6 +153,8 @@ export interface Volume {
   name: string;
   format: string;
   size: number;
+  /** ardfs: the class of disk it asks for; null: its pool's. */
+  device_class?: DeviceClass | null;
   node: string | null;
   location?: string;
   owner?: string | null;

@@ -164,7 +164,7 @@ class PoolSpec(Record):
     def takes(self, disk: "ArdfsDisk") -> bool:
         """ardfs: whether volumes may be placed on `disk`: any disk when the pool asks for no
         class, else only a disk of its class (one whose class is not told yet is not)."""
-        return self.device_class is None or disk.device_class == self.device_class
+        return of_class(self.device_class, disk)
 
     @property
     def redundancy(self) -> Protection:
@@ -179,6 +179,11 @@ class PoolSpec(Record):
 
 class Pool(PoolSpec):
     created_at: float
+
+
+def of_class(wanted: str | None, disk: "ArdfsDisk") -> bool:
+    """Whether `disk` is of the class `wanted` (None: any disk, told or not)."""
+    return wanted is None or disk.device_class == wanted
 
 
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -282,6 +287,11 @@ class Volume(Record):
         "named by the volume's id",
     )
     top: str | None = Field(default=None, description="ardfs: the layer written (of `layers`)")
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="ardfs: the class of disk it is placed on, moved and rebuilt onto; None: "
+        "its pool's (any disk, if the pool asks for none)",
+    )
     state_of: StateOf | None = Field(
         default=None,
         description="a memory-state volume: the snapshot whose memory it holds. It is no "
@@ -377,6 +387,11 @@ class VolumeCreate(BaseModel):
         default=None, description="qcow2 by default; raw in rbd and ardfs pools"
     )
     node: Name | None = Field(default=None, description="for a local pool; default this node")
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="ardfs: place it only on disks of this class (nvme, ssd, hdd) in a pool "
+        "that asks for none; default: the pool's",
+    )
 
 
 class VolumeImport(BaseModel):

@@ -16,6 +16,7 @@ from heron.models.storage import (
     PoolCapacity,
     PoolSpec,
     Volume,
+    of_class,
 )
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import find_pool, live_nodes
@@ -90,9 +91,10 @@ async def add_disk(
 
 
 async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
-    """Take a disk out of the pool; refused when the disks left would be fewer than the
-    protection spans, or when the pool keeps one copy (rf1) and volumes are placed on it.
-    The leader then makes the copies it held again from the others."""
+    """Take a disk out of the pool; refused when the disks left (of a device class its
+    volumes are placed on) would be fewer than the protection spans, or when the pool keeps
+    one copy (rf1) and volumes are placed on it. The leader then makes the copies it held
+    again from the others."""
     pool = (await find_pool(db, name)).value
 
     async def attempt() -> ArdfsMember:
@@ -101,15 +103,7 @@ async def remove_disk(db: ConfigDB, name: str, disk: str) -> ArdfsMember:
         if entry is None:
             raise NotFound(f"pool {name} has no disk {disk!r}")
         gone = next(d for d in entry.value.disks if d.id == disk)
-        # A disk of another class than the pool's holds none of its volumes' blocks.
-        left = sum(1 for e in members for d in e.value.disks if d.id != disk and pool.takes(d))
-        if pool.takes(gone) and left < pool.width:
-            kind = f"{pool.device_class} disks" if pool.device_class else "disks"
-            raise Conflict(
-                f"pool {name} would keep {left} {kind}, {pool.protection} needs {pool.width}: "
-                "add a disk first"
-            )
-        await _only_copies_elsewhere(db, pool, disk, "taken out")
+        await _may_leave(db, pool, [e.value for e in members], gone, None, "taken out")
         disks = [d for d in entry.value.disks if d.id != disk]
         member = entry.value.model_copy(update={"disks": disks})
         await db.put(entry.key, member, revision=entry.revision)
@@ -122,10 +116,11 @@ async def set_disk_class(
     db: ConfigDB, name: str, disk: str, device_class: DeviceClass
 ) -> tuple[ArdfsMember, ArdfsDisk, ArdfsDisk]:
     """Set a disk's device class; returns its member record and the disk before and after.
-    In a pool that asks for a class, a disk leaving it is like a disk taken out: the leader
-    moves the copies it holds onto the class's other disks (so refused when those would be
-    fewer than the protection spans, or when the pool keeps one copy and volumes are placed
-    on it); a disk joining it has volumes spread onto it."""
+    Where the pool, or volumes of it, ask for a class, a disk leaving that class is like a
+    disk taken out for them: the leader moves the copies it holds onto the class's other
+    disks (so refused when those would be fewer than the protection spans, or when the pool
+    keeps one copy and such volumes are placed on it); a disk joining a class has its
+    volumes spread onto it."""
     pool = (await find_pool(db, name)).value
 
     async def attempt() -> tuple[ArdfsMember, ArdfsDisk, ArdfsDisk]:
@@ -137,15 +132,8 @@ async def set_disk_class(
         after = before.model_copy(
             update={"device_class": device_class, "class_source": "set", "class_note": ""}
         )
-        if pool.takes(before) and not pool.takes(after):
-            left = sum(1 for e in members for d in e.value.disks if d.id != disk and pool.takes(d))
-            if left < pool.width:
-                raise Conflict(
-                    f"pool {name} places on {pool.device_class} disks: it would keep {left}, "
-                    f"{pool.protection} needs {pool.width}: give it another "
-                    f"{pool.device_class} disk first"
-                )
-            await _only_copies_elsewhere(db, pool, disk, f"made a {device_class} disk")
+        becoming = f"made a {device_class} disk"
+        await _may_leave(db, pool, [e.value for e in members], before, after, becoming)
         disks = [after if d.id == disk else d for d in entry.value.disks]
         member = entry.value.model_copy(update={"disks": disks})
         await db.put(entry.key, member, revision=entry.revision)
@@ -154,20 +142,43 @@ async def set_disk_class(
     return await cas.retry(attempt, f"the disks of pool {name}")
 
 
-async def _only_copies_elsewhere(db: ConfigDB, pool: Pool, disk: str, becoming: str) -> None:
-    """Refuse (409) to take `disk` from under the volumes of a pool that keeps one copy:
-    what it holds exists nowhere else, and the move that follows would have nothing to copy
-    from."""
-    if pool.redundancy.width != 1:
-        return
-    only = sorted(v.value.name for v in await db.list(Volume, keys.VOLUMES)
-                  if v.value.pool == pool.name and _placed_on(v.value, disk))  # fmt: skip
-    if only:
-        raise Conflict(
-            f"pool {pool.name} keeps one copy ({pool.protection}) and volumes "
-            f"{', '.join(only[:5])}{' ...' if len(only) > 5 else ''} have blocks only "
-            f"on disk {disk}: it cannot be {becoming}; delete them first"
-        )
+async def _may_leave(
+    db: ConfigDB,
+    pool: Pool,
+    members: list[ArdfsMember],
+    before: ArdfsDisk,
+    after: ArdfsDisk | None,
+    becoming: str,
+) -> None:
+    """Refuse (409) to take a disk (`after` None) or its class (`after`) from the volumes of
+    each device class it leaves (the pool's, those its volumes ask for; none: any disk) when
+    that class would keep fewer disks than the protection spans, or when the pool keeps one
+    copy and such volumes are placed on it: what the disk holds exists nowhere else, and the
+    move that follows would have nothing to copy from."""
+    volumes = [v.value for v in await db.list(Volume, keys.VOLUMES) if v.value.pool == pool.name]
+    classes = {pool.device_class} | {v.device_class for v in volumes if v.device_class}
+    for wanted in sorted(classes, key=lambda c: c or ""):
+        if not of_class(wanted, before) or (after is not None and of_class(wanted, after)):
+            continue  # it was not of that class, or stays of it
+        left = sum(1 for m in members for d in m.disks if d.id != before.id and of_class(wanted, d))
+        if left < pool.width:
+            kind = f"{wanted} disks" if wanted else "disks"
+            whose = "" if wanted in (None, pool.device_class) else f" for its {wanted} volumes"
+            raise Conflict(
+                f"pool {pool.name} would keep {left} {kind}{whose}, {pool.protection} needs "
+                f"{pool.width}: add {f'another {wanted} disk' if wanted else 'a disk'} first"
+            )
+        if pool.redundancy.width != 1:
+            continue
+        only = sorted(v.name for v in volumes
+                      if (v.device_class or pool.device_class) == wanted
+                      and _placed_on(v, before.id))  # fmt: skip
+        if only:
+            raise Conflict(
+                f"pool {pool.name} keeps one copy ({pool.protection}) and volumes "
+                f"{', '.join(only[:5])}{' ...' if len(only) > 5 else ''} have blocks only "
+                f"on disk {before.id}: it cannot be {becoming}; delete them first"
+            )
 
 
 def _placed_on(volume: Volume, disk: str) -> bool:

@@ -455,6 +455,7 @@ const en = {
   "storage.deviceClass.nvme": "NVMe",
   "storage.deviceClass.ssd": "SSD",
   "storage.deviceClass.hdd": "HDD",
+  "storage.classOfPool": "Any disk of the pool",
   "storage.classAny": "Any disk",
   "storage.classDetect": "Detect on the node",
   "storage.classUnknown": "class not told yet",

@@ -457,6 +457,7 @@ const ru: Record<keyof typeof en, string> = {
   "storage.deviceClass.nvme": "NVMe",
   "storage.deviceClass.ssd": "SSD",
   "storage.deviceClass.hdd": "HDD",
+  "storage.classOfPool": "Любой диск пула",
   "storage.classAny": "Любой диск",
   "storage.classDetect": "Определить на узле",
   "storage.classUnknown": "класс ещё не определён",

@@ -197,7 +197,15 @@ async def create_volume(
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volume_service.create(
-        ctx.db, ctx.node, name, body.name, body.format, body.size, body.node, principal.user
+        ctx.db,
+        ctx.node,
+        name,
+        body.name,
+        body.format,
+        body.size,
+        body.node,
+        principal.user,
+        device_class=body.device_class,
     )
     return TaskRef(task=task.id, volume=task.target)
 
