@@ -456,6 +456,7 @@ const en = {
   "storage.deviceClass.ssd": "SSD",
   "storage.deviceClass.hdd": "HDD",
   "storage.classOfPool": "Any disk of the pool",
+  "storage.volumeClassHint": "Placed only on disks of this class",
   "storage.classAny": "Any disk",
   "storage.classDetect": "Detect on the node",
   "storage.classUnknown": "class not told yet",

@@ -458,6 +458,7 @@ const ru: Record<keyof typeof en, string> = {
   "storage.deviceClass.ssd": "SSD",
   "storage.deviceClass.hdd": "HDD",
   "storage.classOfPool": "Любой диск пула",
+  "storage.volumeClassHint": "Размещён только на дисках этого класса",
   "storage.classAny": "Любой диск",
   "storage.classDetect": "Определить на узле",
   "storage.classUnknown": "класс ещё не определён",
