@@ -34,16 +34,15 @@ def debian_guest() -> debian.DebianGuest:
 # run in the second worker after the unit and browser tests, beside the modules whose clusters
 # of guests keep the first worker busy, so that both end at about the same time.
 BESIDE_THE_GUESTS = {
-    "test_api_contract", "test_ardfs_erasure", "test_ardfs_layers", "test_ardfs_move",
-    "test_ardfs_nbd", "test_ardfs_peer_key", "test_ardfs_replication", "test_configdb",
-    "test_configdb_contract", "test_election", "test_etcd_growth", "test_etcd_join",
-    "test_etcd_tls", "test_monica", "test_monitor_vm", "test_network_bridge", "test_network_dhcp",
-    "test_network_firewall_driver", "test_network_ovs", "test_network_tap",
+    "test_api_contract", "test_ardfs_device_classes", "test_ardfs_erasure", "test_ardfs_layers",
+    "test_ardfs_move", "test_ardfs_nbd", "test_ardfs_peer_key", "test_ardfs_replication",
+    "test_configdb", "test_configdb_contract", "test_election", "test_etcd_growth",
+    "test_etcd_join", "test_etcd_tls", "test_monica", "test_monitor_vm", "test_network_bridge",
+    "test_network_dhcp", "test_network_firewall_driver", "test_network_ovs", "test_network_tap",
     "test_network_vxlan", "test_migration_tls", "test_notify_smtp", "test_notify_snmp",
     "test_notify_webhook", "test_prometheus", "test_qemu_contract", "test_qemu_snapshot",
-    "test_registration", "test_support_bundle",
-    "test_tasks", "test_testguest_memcheck", "test_v2v_import", "test_v2v_scan",
-    "test_v2v_vsphere",
+    "test_registration", "test_support_bundle", "test_tasks", "test_testguest_memcheck",
+    "test_v2v_import", "test_v2v_scan", "test_v2v_vsphere",
 }  # fmt: skip
 
 

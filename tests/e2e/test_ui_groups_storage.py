@@ -272,6 +272,15 @@ def test_add_then_take_out_an_ardfs_disk(
             re.compile(r"^\S+:\d+$")
         )
 
+    # Each disk's device class, told by its node from the kernel, and set here.
+    row1 = disks.locator(f"tr[data-member={node1.name}]")
+    badge = row1.locator("[data-testid=disk-class]")
+    expect(badge).not_to_have_text("class not told yet")
+    with page.expect_response(lambda r: "/pools/hci1/disks/" in r.url) as reply:
+        row1.locator("[data-testid=disk-class-select]").select_option("nvme")
+    assert (reply.value.request.method, reply.value.status) == ("PATCH", 200)
+    expect(badge).to_have_text("NVMe (set)")
+
     # One copy of each block (rf1): a disk that a volume is placed on holds its only copies.
     made = api.ok(
         "POST", "/pools/hci1/volumes", json={"name": "solo", "size": 8 * MIB, "format": "raw"}

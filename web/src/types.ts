@@ -90,6 +90,9 @@ export type PoolType = "dir" | "nfs" | "iscsi" | "block" | "rbd" | "ardfs";
 /** How an ardfs pool keeps its blocks: copies (rf) or erasure coding (ec data+parity). */
 export type Protection = "rf1" | "rf2" | "rf3" | "ec2+1" | "ec3+1";
 
+/** The kind of device an ardfs disk is on; a pool may place its volumes on one kind only. */
+export type DeviceClass = "nvme" | "ssd" | "hdd";
+
 export interface Pool {
   name: string;
   type: string;
@@ -106,6 +109,7 @@ export interface Pool {
   user?: string | null;
   conf?: string | null;
   protection?: string;
+  device_class?: DeviceClass | null;
   created_at: number;
 }
 
@@ -114,6 +118,11 @@ export interface ArdfsDisk {
   id: string;
   path: string;
   weight: number;
+  /** null: not told yet (its node's agent detects it from the kernel). */
+  device_class?: DeviceClass | null;
+  /** detected (the kernel), assumed (the kernel could not tell), set (an administrator). */
+  class_source?: "detected" | "assumed" | "set" | null;
+  class_note?: string;
 }
 
 /** A node's part in an ardfs pool: its heron-io's address and the disks it gives. */
@@ -144,6 +153,8 @@ export interface Volume {
   name: string;
   format: string;
   size: number;
+  /** ardfs: the class of disk it asks for; null: its pool's. */
+  device_class?: DeviceClass | null;
   node: string | null;
   location?: string;
   owner?: string | null;

@@ -48,7 +48,7 @@ from heron.models.storage import (
     VolumeHealth,
 )
 from heron.models.task import Task, TaskKind, new_task
-from heron.storage import layers
+from heron.storage import devclass, layers
 from heron.storage.ardfspool import SECTOR, socket_path
 from heron.storage.registry import capabilities
 from heron.tls import NodeCredentials
@@ -65,6 +65,7 @@ from heron.util.proc import (
 log = logging.getLogger(__name__)
 
 CHECK = 5.0  # also look this often whether heron-io still runs
+DETECT_TIMEOUT = 10.0  # seconds: telling a disk's class from the kernel
 PUBLISH = 0.25  # how often the owner looks at its volumes' redundancy (a file read)
 DISK_REPORT = 60.0  # disks' free space is reported at least this often
 TOMBSTONE_KEEP = 7 * 24 * 3600.0
@@ -402,7 +403,7 @@ class IoSupervisor:
         self._rebuilds[volume.id] = task.id
 
     async def step(self, pool: Pool) -> None:
-        if not await self._registered(pool):
+        if not await self._registered(pool) or not await self._classified(pool):
             return  # the record changes: this runs again
         members = [e.value for e in self.members if e.value.pool == pool.name]
         require = self.credentials is not None and self._all_speak_tls(members)
@@ -517,6 +518,45 @@ class IoSupervisor:
             member = entry.value.model_copy(update={"address": None})
             with contextlib.suppress(Conflict):
                 await self.db.put(entry.key, member, revision=entry.revision)
+
+    async def _classified(self, pool: Pool) -> bool:
+        """This node's disks in the pool each have a device class; False if this had to
+        detect some (from the kernel: storage/devclass.py) and write them into the record.
+        A class an administrator set is never replaced."""
+        entry = self.members.get(f"{pool.name}/{self.node}")
+        if entry is None or all(d.device_class is not None for d in entry.value.disks):
+            return True
+        found: dict[str, devclass.Detected] = {}
+        for disk in [d for d in entry.value.disks if d.device_class is None]:
+            try:
+                # A hung filesystem (a dead NFS server) must not stop this loop: assumed,
+                # once, rather than a blocked thread per round.
+                found[disk.id] = await asyncio.wait_for(
+                    asyncio.to_thread(devclass.detect, disk.path), DETECT_TIMEOUT
+                )
+            except TimeoutError:
+                note = f"{disk.path} did not answer within {DETECT_TIMEOUT:.0f} s"
+                found[disk.id] = devclass.Detected("ssd", "assumed", f"{note}; ssd assumed")
+        disks = [
+            d.model_copy(
+                update={
+                    "device_class": found[d.id].device_class,
+                    "class_source": found[d.id].source,
+                    "class_note": found[d.id].note[:300],
+                }
+            )
+            if d.id in found
+            else d
+            for d in entry.value.disks
+        ]
+        for disk in disks:
+            if disk.id in found:
+                log.info("ardfs pool %s: disk %s (%s) is %s: %s", pool.name, disk.id,
+                         disk.path, disk.device_class, disk.class_note)  # fmt: skip
+        member = entry.value.model_copy(update={"disks": disks})
+        with contextlib.suppress(Conflict):  # changed meanwhile: detected again next round
+            await self.db.put(entry.key, member, revision=entry.revision)
+        return False
 
     async def _registered(self, pool: Pool) -> bool:
         """This node is a member with a peer address; False if the record had to change."""

@@ -75,7 +75,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         response: Response = await call_next(request)
         if request.method in _CHANGES or response.status_code in (401, 403):
             principal = getattr(request.state, "principal", None)
+            # What changed, where the path does not say (a disk's class: from and to).
+            said = getattr(request.state, "audit_reason", None)
             ctx.audit.record(
+                **({"reason": said} if said else {}),
                 user=principal.user if principal else getattr(request.state, "login_user", None),
                 method=request.method,
                 path=request.url.path,

@@ -8,11 +8,12 @@ from heron.cli import parse
 from heron.cli.client import Client
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit
-from heron.models.storage import PoolType
+from heron.models.storage import DEVICE_CLASSES, PoolType
 
 app = typer.Typer(no_args_is_help=True, help="Storage pools.")
 
 POOL_TYPE = parse.Choice(get_args(PoolType))
+DEVICE_CLASS = parse.Choice(DEVICE_CLASSES)
 
 POOL_COLUMNS = [
     ("name", lambda p: p["name"]),
@@ -24,8 +25,26 @@ POOL_COLUMNS = [
 MEMBER_COLUMNS = [
     ("node", lambda m: m["node"]),
     ("site", lambda m: m["site"]),
-    ("disks", lambda m: ", ".join(f"{d['id']}:{d['path']}" for d in m["disks"])),
+    ("disks", lambda m: ", ".join(f"{d['id']}:{d['path']} ({_class(d)})" for d in m["disks"])),
 ]
+
+# One row per disk: `heron pool disks`.
+DISK_COLUMNS = [
+    ("disk", lambda d: d["id"]),
+    ("node", lambda d: d["node"]),
+    ("path", lambda d: d["path"]),
+    ("class", lambda d: _class(d)),
+    ("how", lambda d: d.get("class_note") or "-"),
+]
+
+
+def _class(disk: dict[str, Any]) -> str:
+    """nvme, ssd or hdd, with how it is known unless detected: `ssd (assumed)`, `hdd (set)`."""
+    found = disk.get("device_class")
+    if found is None:
+        return "not told yet"
+    source = disk.get("class_source")
+    return found if source in (None, "detected") else f"{found} ({source})"
 
 
 def _pool_where(pool: dict[str, Any]) -> str:
@@ -39,7 +58,9 @@ def _pool_where(pool: dict[str, Any]) -> str:
     if kind == "rbd":
         return f"rbd:{pool['rbd_pool']}"
     if kind == "ardfs":
-        return pool["protection"]
+        return pool["protection"] + (
+            f" on {pool['device_class']}" if pool.get("device_class") else ""
+        )
     return pool["path"] or "<node>"
 
 
@@ -86,6 +107,14 @@ def pool_create(
             "(default 600)",
         ),
     ] = None,
+    device_class: Annotated[
+        str | None,
+        typer.Option(
+            parser=DEVICE_CLASS,
+            metavar="CLASS",
+            help="ardfs: place volumes only on nvme, ssd or hdd disks (default: any disk)",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     given = {
@@ -102,6 +131,7 @@ def pool_create(
         "conf": conf,
         "protection": protection,
         "rebuild_grace_s": rebuild_grace,
+        "device_class": device_class,
     }
     body = {"name": name, "type": kind, "shared": shared}
     body.update({k: v for k, v in given.items() if v is not None and v != []})
@@ -114,11 +144,43 @@ def pool_add_disk(
     node: Annotated[str, typer.Option(help="the node whose directory it is")],
     path: Annotated[str, typer.Option(help="a directory for the pool's chunks")],
     site: Annotated[str | None, typer.Option(help="the node's site")] = None,
+    device_class: Annotated[
+        str | None,
+        typer.Option(
+            parser=DEVICE_CLASS,
+            metavar="CLASS",
+            help="nvme, ssd or hdd (default: the node detects it from the kernel)",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Give an ardfs pool a disk: a directory on one of the nodes."""
     body = {"node": node, "path": path, **({"site": site} if site else {})}
+    if device_class:
+        body["device_class"] = device_class
     emit(Client().post(f"/pools/{name}/disks", json=body), as_json, MEMBER_COLUMNS)
+
+
+@app.command("disks")
+def pool_disks(name: str, as_json: Json = False) -> None:
+    """An ardfs pool's disks: node, directory and device class (and how it was told)."""
+    members = Client().get(f"/pools/{name}/members")
+    disks = [{**d, "node": m["node"]} for m in members for d in m["disks"]]
+    emit(disks, as_json, DISK_COLUMNS)
+
+
+@app.command("set-disk-class")
+def pool_set_disk_class(
+    name: str,
+    disk: str,
+    device_class: Annotated[str, typer.Argument(parser=DEVICE_CLASS, metavar="CLASS")],
+    as_json: Json = False,
+) -> None:
+    """Set a disk's device class (nvme, ssd or hdd). In a pool placed on one class, a disk
+    leaving it has its copies moved onto the class's other disks."""
+    body = {"device_class": device_class}
+    reply = Client().request("PATCH", f"/pools/{name}/disks/{disk}", json=body)
+    emit(reply, as_json, MEMBER_COLUMNS)
 
 
 @app.command("remove-disk")

@@ -10,11 +10,12 @@ from heron.cli.client import Client, CliError
 from heron.cli.options import Json, Wait
 from heron.cli.output import emit, size
 from heron.cli.task import finish
-from heron.models.storage import VolumeFormat
+from heron.models.storage import DEVICE_CLASSES, VolumeFormat
 
 app = typer.Typer(no_args_is_help=True, help="Volumes in pools.")
 
 FORMAT = parse.Choice(f.value for f in VolumeFormat)
+DEVICE_CLASS = parse.Choice(DEVICE_CLASSES)
 
 
 def _memory_of(v: dict[str, Any]) -> str | None:
@@ -66,11 +67,21 @@ def volume_create(
     size_bytes: Size,
     fmt: Format = None,
     node: Annotated[str | None, typer.Option()] = None,
+    device_class: Annotated[
+        str | None,
+        typer.Option(
+            parser=DEVICE_CLASS,
+            metavar="CLASS",
+            help="ardfs: place it only on nvme, ssd or hdd disks (default: the pool's class)",
+        ),
+    ] = None,
     wait: Wait = True,
     as_json: Json = False,
 ) -> None:
     client = Client()
     body = {"name": name, "size": size_bytes, "format": fmt, "node": node}
+    if device_class:
+        body["device_class"] = device_class
     finish(client, client.post(f"/pools/{pool}/volumes", json=body), wait, as_json)
 
 

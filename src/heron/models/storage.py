@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from heron.models.common import Name, Record
 
@@ -20,6 +20,11 @@ class VolumeFormat(StrEnum):
 
 
 PoolType = Literal["dir", "nfs", "iscsi", "block", "rbd", "ardfs"]
+
+# The kind of device an ardfs disk is on. Detected by its node's agent from the kernel
+# (storage/devclass.py), settable by an administrator; a pool may ask for one.
+DeviceClass = Literal["nvme", "ssd", "hdd"]
+DEVICE_CLASSES: tuple[DeviceClass, ...] = ("nvme", "ssd", "hdd")
 
 _PROTECTION = re.compile(r"^(?:rf(?P<copies>[1-3])|ec(?P<data>[23])\+1)$")
 
@@ -128,6 +133,11 @@ class PoolSpec(Record):
         description="ardfs: how long a member node may be down before the leader moves "
         "the copies its disks held onto the other disks",
     )
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="ardfs: the class of disk (nvme, ssd, hdd) its volumes are placed on, "
+        "moved and rebuilt onto; its capacity counts only those disks. None: any disk",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -143,6 +153,19 @@ class PoolSpec(Record):
             raise ValueError(f"pool type {self.type} needs {', '.join(missing)}")
         return self
 
+    @field_validator("device_class")
+    @classmethod
+    def _class_of_ardfs(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type", "dir")
+        if value is not None and kind != "ardfs":
+            raise ValueError(f"applies to ardfs pools (placed on their own disks), not {kind}")
+        return value
+
+    def takes(self, disk: "ArdfsDisk") -> bool:
+        """ardfs: whether volumes may be placed on `disk`: any disk when the pool asks for no
+        class, else only a disk of its class (one whose class is not told yet is not)."""
+        return of_class(self.device_class, disk)
+
     @property
     def redundancy(self) -> Protection:
         """ardfs: `protection` as a typed value."""
@@ -156,6 +179,11 @@ class PoolSpec(Record):
 
 class Pool(PoolSpec):
     created_at: float
+
+
+def of_class(wanted: str | None, disk: "ArdfsDisk") -> bool:
+    """Whether `disk` is of the class `wanted` (None: any disk, told or not)."""
+    return wanted is None or disk.device_class == wanted
 
 
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -259,6 +287,11 @@ class Volume(Record):
         "named by the volume's id",
     )
     top: str | None = Field(default=None, description="ardfs: the layer written (of `layers`)")
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="ardfs: the class of disk it is placed on, moved and rebuilt onto; None: "
+        "its pool's (any disk, if the pool asks for none)",
+    )
     state_of: StateOf | None = Field(
         default=None,
         description="a memory-state volume: the snapshot whose memory it holds. It is no "
@@ -269,10 +302,27 @@ class Volume(Record):
     created_at: float
 
 
+ClassSource = Literal["detected", "assumed", "set"]
+
+
 class ArdfsDisk(Record):
     id: DiskId = Field(description="unique in the cluster")
     path: str = Field(pattern=r"^/", description="a directory on the node for its chunks")
     weight: float = Field(default=1.0, gt=0, le=1000)
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="nvme, ssd or hdd; None: not told yet (its node's agent detects it from "
+        "the kernel as soon as it sees the disk)",
+    )
+    class_source: ClassSource | None = Field(
+        default=None,
+        description="detected: from the kernel (the block device under its directory); "
+        "assumed: the kernel could not tell (ssd is assumed: see class_note); set: by an "
+        "administrator",
+    )
+    class_note: str = Field(
+        default="", max_length=300, description="how the class was told, or why it could not be"
+    )
 
 
 class ArdfsMember(Record):
@@ -337,6 +387,11 @@ class VolumeCreate(BaseModel):
         default=None, description="qcow2 by default; raw in rbd and ardfs pools"
     )
     node: Name | None = Field(default=None, description="for a local pool; default this node")
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="ardfs: place it only on disks of this class (nvme, ssd, hdd) in a pool "
+        "that asks for none; default: the pool's",
+    )
 
 
 class VolumeImport(BaseModel):

@@ -10,6 +10,11 @@ heron-io copies each block's missing copies or shards there while the volume sta
 and the owner's agent switches `placement` to the destination when all are made
 (`agent/ardfs.py`). A `volume.rebalance` task follows each move with progress.
 
+A pool that asks for a device class counts only its disks of that class (for a volume that
+asks for one of its own, those of its class): a disk whose class is set to another is moved
+off like a disk taken out, copies are only ever made again on disks of the class, and a disk
+given the class is spread onto.
+
 A volume placed on fewer disks than count (disks added, a node back after its copies were
 moved off) is moved onto all of them the same way, a few volumes at a time: rendezvous
 placement moves only the blocks the new disks win, about their share of the data.
@@ -22,17 +27,30 @@ import asyncio
 import logging
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from heron.audit import AuditLog
 from heron.configdb import Conflict, Txn, keys
 from heron.configdb.election import Election
-from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume
+from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume, of_class
 from heron.models.task import RebalanceParams, TaskKind, new_task
 from heron.scheduler.inventory import Inventory
 from heron.storage.registry import capabilities
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _View:
+    """A pool's disks of one device class, as a step of the rebalance sees them."""
+
+    counted: list[PlacedDisk]  # those that count
+    ids: set[str]
+    up: list[PlacedDisk]  # of those, the ones that answer now
+    target: list[PlacedDisk]  # where copies lost are made: up, unless too few are
+    gone: set[str]  # member nodes that do not count
+
 
 CHECK = 2.0  # seconds between two looks
 # Volumes spreading onto disks that joined, at once per pool (copies lost are made again
@@ -61,10 +79,11 @@ class RebalanceController:
             await asyncio.sleep(CHECK)
 
     def counted(
-        self, pool: Pool, members: list[ArdfsMember]
+        self, pool: Pool, members: list[ArdfsMember], wanted: str | None
     ) -> tuple[list[PlacedDisk], set[str], set[str]]:
-        """The pool's disks that count (on members alive or down for less than the grace, not
-        reported failed for longer), the members that do not, and the disks reported failed."""
+        """The pool's disks that count (of the device class `wanted`, if any; on members
+        alive or down for less than the grace, not reported failed for longer), the members
+        that do not, and the disks reported failed."""
         inv = self.inventory
         live = inv.live_nodes()
         now = time.monotonic()
@@ -93,9 +112,12 @@ class RebalanceController:
             disks += [
                 PlacedDisk(id=d.id, node=member.node, site=member.site, weight=d.weight)
                 for d in member.disks
-                if d.id not in failing
-                or now - self.failing_since.setdefault((pool.name, d.id), now)
-                < pool.rebuild_grace_s
+                if of_class(wanted, d)  # copies are made again within the device class
+                and (
+                    d.id not in failing
+                    or now - self.failing_since.setdefault((pool.name, d.id), now)
+                    < pool.rebuild_grace_s
+                )
             ]
         return sorted(disks, key=lambda d: d.id), gone, failing
 
@@ -104,22 +126,25 @@ class RebalanceController:
         live = inv.live_nodes()
         for pool in [p for p in inv.pools.values() if capabilities(p).member_disks]:
             members = [m for m in inv.ardfs_members.values() if m.pool == pool.name]
-            counted, gone, failing = self.counted(pool, members)
-            ids = {d.id for d in counted}
             hosts = sorted({m.node for m in members if m.node in live and m.address})
-            # Copies go to disks that answer now (a node down within its grace still counts,
-            # but a move onto it would wait for it), unless too few do.
-            up = [d for d in counted if d.node in hosts and d.id not in failing]
-            target = up if len(up) >= pool.width else counted
             volumes = [e for e in inv.volumes if e.value.pool == pool.name and e.value.placement]
             moving = sum(1 for e in volumes if e.value.moving_to is not None)
+            # The disks that count, by device class: a volume's own, else its pool's.
+            # (The pool's own at once, as every step: the grace of a node seen down counts
+            # from this look, volumes or not.)
+            views = {pool.device_class: self._view(pool, members, pool.device_class, hosts)}
             for entry in volumes:
                 volume = entry.value
                 assert volume.placement is not None
+                wanted = volume.device_class or pool.device_class
+                if wanted not in views:
+                    views[wanted] = self._view(pool, members, wanted, hosts)
+                view = views[wanted]
+                counted, ids, up = view.counted, view.ids, view.up
                 current = volume.moving_to or volume.placement
                 if all(d.id in ids for d in current):
                     if volume.moving_to is not None:
-                        if volume.owner not in gone | {None}:
+                        if volume.owner not in view.gone | {None}:
                             continue  # its move has an owner
                         destination = volume.moving_to  # the move lost its owner: hand it on
                     elif (
@@ -132,15 +157,25 @@ class RebalanceController:
                         destination = counted  # disks joined: spread onto them too
                         moving += 1
                 elif len(ids) < pool.width:
-                    self._once(pool.name, "narrow", "ardfs pool %s: %d disks left, %s needs %d: "
-                               "volumes stay degraded", pool.name, len(ids), pool.protection,
-                               pool.width)  # fmt: skip
+                    kind = f"{wanted} disks" if wanted else "disks"
+                    self._once(pool.name, f"narrow {kind}", "ardfs pool %s: %d %s left, %s needs "
+                               "%d: volumes stay degraded", pool.name, len(ids), kind,
+                               pool.protection, pool.width)  # fmt: skip
                     continue
                 else:
-                    destination = target
+                    destination = view.target
                 if hosts:
                     await self._move(election, entry.key, entry.revision, volume, destination,
                                      hosts)  # fmt: skip
+
+    def _view(self, pool: Pool, members: list[ArdfsMember], wanted: str | None,
+              hosts: list[str]) -> "_View":  # fmt: skip
+        counted, gone, failing = self.counted(pool, members, wanted)
+        # Copies go to disks that answer now (a node down within its grace still counts,
+        # but a move onto it would wait for it), unless too few do.
+        up = [d for d in counted if d.node in hosts and d.id not in failing]
+        target = up if len(up) >= pool.width else counted
+        return _View(counted, {d.id for d in counted}, up, target, gone)
 
     async def _move(
         self,

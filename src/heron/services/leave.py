@@ -71,7 +71,14 @@ def plan(name: str, state: ClusterState) -> LeavePlan:
 def _ardfs(name: str, live: bool, pool: Pool, state: ClusterState) -> ArdfsLeave:
     members = [m for m in state.ardfs_members if m.pool == pool.name]
     mine = {d.id for m in members if m.node == name for d in m.disks}
-    left = sum(len(m.disks) for m in members if m.node != name and m.node not in state.left)
+    # The disks its volumes may be moved onto: on the other nodes, of the pool's class.
+    left = sum(
+        1
+        for m in members
+        if m.node != name and m.node not in state.left
+        for d in m.disks
+        if pool.takes(d)
+    )
     protection = pool.redundancy
     # How many of a block's copies or shards may be missing with the block still readable.
     tolerance = 1 if protection.erasure_coded else protection.copies - 1

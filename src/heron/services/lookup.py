@@ -1,7 +1,15 @@
 """Finding the objects a request names, and reads of cluster-wide state services share."""
 
 from heron.configdb import ConfigDB, Entry, keys
-from heron.models.storage import ArdfsMember, PlacedDisk, Pool, Volume, VolumeFormat
+from heron.models.storage import (
+    ArdfsMember,
+    DeviceClass,
+    PlacedDisk,
+    Pool,
+    Volume,
+    VolumeFormat,
+    of_class,
+)
 from heron.models.vm import VM
 from heron.scheduler.inventory import live_nodes
 from heron.services.errors import Invalid, NotFound
@@ -69,32 +77,59 @@ def new_volume_format(
     return fmt or can.formats[0]
 
 
-async def new_placement(db: ConfigDB, pool: Pool, field: str) -> list[PlacedDisk] | None:
-    """ardfs: the disks a new volume's blocks are placed over: every member's, but those of
+async def new_placement(
+    db: ConfigDB,
+    pool: Pool,
+    field: str,
+    device_class: DeviceClass | None = None,
+    class_field: str = "body.device_class",
+) -> list[PlacedDisk] | None:
+    """ardfs: the disks a new volume's blocks are placed over: every member's of its device
+    class (`device_class`, else the pool's; any disk when neither asks for one), but those of
     nodes that are down while enough others remain (their copies would only be moved off
-    again); None for other pools. Refused while the pool has too few disks."""
+    again); None for other pools. Refused while the pool has too few such disks."""
     if not capabilities(pool).member_disks:
+        if device_class is not None:
+            raise Invalid(class_field, f"pool {pool.name} ({pool.type}) has no disks of its own")
         return None
+    if device_class is not None and pool.device_class not in (None, device_class):
+        raise Invalid(class_field, f"pool {pool.name} places on {pool.device_class} disks only")
+    wanted = device_class or pool.device_class
     members = await db.list(ArdfsMember, f"{keys.ARDFS_MEMBERS}{pool.name}/")
-    disks = sorted(
-        (
-            PlacedDisk(id=d.id, node=m.value.node, site=m.value.site, weight=d.weight)
-            for m in members
-            if m.value.address
-            for d in m.value.disks
-        ),
-        key=lambda d: d.id,
-    )
+    disks = placeable(pool, [m.value for m in members], wanted)
     live = await live_nodes(db)
     up = [d for d in disks if d.node in live]
     chosen = up if len(up) >= pool.width else disks
     if len(chosen) < pool.width:
-        raise Invalid(
-            field,
-            f"pool {pool.name} has {len(chosen)} disks, {pool.protection} needs {pool.width}: "
-            f"give it disks first (POST /pools/{pool.name}/disks)",
-        )
+        raise Invalid(field, too_few(pool, chosen, wanted))
     return chosen
+
+
+def placeable(pool: Pool, members: list[ArdfsMember], wanted: str | None) -> list[PlacedDisk]:
+    """ardfs: the disks of members with a heron-io that are of the class `wanted` (any disk:
+    None), sorted by id."""
+    return sorted(
+        (
+            PlacedDisk(id=d.id, node=m.node, site=m.site, weight=d.weight)
+            for m in members
+            if m.address
+            for d in m.disks
+            if of_class(wanted, d)
+        ),
+        key=lambda d: d.id,
+    )
+
+
+def too_few(pool: Pool, disks: list[PlacedDisk], wanted: str | None) -> str:
+    """Why `disks` (of the class `wanted`) are too few for the pool's protection, with the
+    counts."""
+    nodes = len({d.node for d in disks})
+    kind = f"{wanted} disks" if wanted else "disks"
+    return (
+        f"pool {pool.name} has {len(disks)} {kind} (on {nodes} node{'s' * (nodes != 1)}), "
+        f"{pool.protection} needs {pool.width}: give it "
+        f"{kind} first (POST /pools/{pool.name}/disks)"
+    )
 
 
 def memory_state_of(volume: Volume) -> str | None:

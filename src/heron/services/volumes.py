@@ -6,7 +6,7 @@ import time
 from heron.configdb import ConfigDB, Txn, keys
 from heron.configdb.store import Conflict as StoreConflict
 from heron.models.common import new_id
-from heron.models.storage import Volume, VolumeFormat
+from heron.models.storage import DeviceClass, Volume, VolumeFormat
 from heron.models.task import (
     NoParams,
     Task,
@@ -41,9 +41,11 @@ async def create(
     node: str | None,
     user: str,
     source: VolumeImportParams | None = None,
+    device_class: DeviceClass | None = None,
 ) -> Task:
     """A new volume in a pool, empty (`size` bytes) or imported from `source`'s file, made by
-    `node` (default: `here`, the node asked)."""
+    `node` (default: `here`, the node asked); in an ardfs pool, placed on disks of
+    `device_class` (default: the pool's)."""
     pool = (await find_pool(db, pool_name)).value
     fmt = new_volume_format(pool, fmt, "path.name", "body.format")
     target = node or here
@@ -56,7 +58,8 @@ async def create(
         format=fmt,
         size=size,
         node=None if capabilities(pool).shared else target,
-        placement=await new_placement(db, pool, "path.name"),
+        placement=await new_placement(db, pool, "path.name", device_class),
+        device_class=device_class,
         created_at=time.time(),
     )
     if source is None:

@@ -14,6 +14,7 @@ from heron.configdb import keys
 from heron.models.common import Name, new_id
 from heron.models.storage import (
     ArdfsMember,
+    DeviceClass,
     DiskId,
     Pool,
     PoolCapacity,
@@ -196,7 +197,15 @@ async def create_volume(
 ) -> TaskRef:
     ctx = _ctx(request)
     task = await volume_service.create(
-        ctx.db, ctx.node, name, body.name, body.format, body.size, body.node, principal.user
+        ctx.db,
+        ctx.node,
+        name,
+        body.name,
+        body.format,
+        body.size,
+        body.node,
+        principal.user,
+        device_class=body.device_class,
     )
     return TaskRef(task=task.id, volume=task.target)
 
@@ -251,6 +260,15 @@ class DiskAdd(BaseModel):
     path: str = Field(pattern=r"^/", description="a directory on that node for its chunks")
     site: Name | None = Field(default=None, description="the node's site (failure domain)")
     weight: float = Field(default=1.0, gt=0, le=1000, description="share of the data, relative")
+    device_class: DeviceClass | None = Field(
+        default=None,
+        description="nvme, ssd or hdd; omitted: the node's agent detects it from the kernel",
+    )
+
+
+class DiskChange(BaseModel):
+    model_config = {"extra": "forbid"}
+    device_class: DeviceClass = Field(description="nvme, ssd or hdd")
 
 
 @router.get("/pools/{name}/members", response_model=list[ArdfsMember])
@@ -267,10 +285,31 @@ async def list_members(
 async def add_disk(
     name: Name, body: DiskAdd, request: Request, _: Principal = Depends(auth.admin)
 ) -> ArdfsMember:
-    """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it)."""
+    """Give an ardfs pool a directory of a node for its chunks (a disk, as the pool sees it).
+    Its device class is the one given, else the node's agent detects it (`class_source`
+    says which; until then a pool that asks for a class does not place on it)."""
     db = _ctx(request).db
-    member = await pool_service.add_disk(db, name, body.node, body.path, body.site, body.weight)
+    member = await pool_service.add_disk(
+        db, name, body.node, body.path, body.site, body.weight, body.device_class
+    )
     request.state.audit_target = f"{name}/{body.node}"
+    return member
+
+
+@router.patch("/pools/{name}/disks/{disk}", response_model=ArdfsMember)
+async def change_disk(
+    name: Name, disk: DiskId, body: DiskChange, request: Request, _: Principal = Depends(auth.admin)
+) -> ArdfsMember:
+    """Set a disk's device class. In a pool that asks for a class, a disk that leaves it has
+    the copies it holds moved onto the class's other disks by the leader, as a disk taken
+    out (refused, 409, when those would be fewer than the protection spans, or in an rf1 pool
+    while volumes have blocks on it); a disk that joins it has volumes spread onto it."""
+    member, before, after = await pool_service.set_disk_class(
+        _ctx(request).db, name, disk, body.device_class
+    )
+    request.state.audit_target = f"{name}/{member.node}/{disk}"
+    was = before.device_class or "not told"
+    request.state.audit_reason = f"device class {was} -> {after.device_class}"
     return member
 
 
