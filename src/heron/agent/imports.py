@@ -12,10 +12,8 @@ folder is removed when the import ends, whether it succeeded or not.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -25,7 +23,7 @@ from typing import Any
 
 from heron.agent import vsphere
 from heron.agent.tasks import TaskContext, TaskFailed
-from heron.agent.vsphere_warm import WarmSession
+from heron.agent.vsphere_warm import copy_warm
 from heron.configdb import ConfigDB, keys
 from heron.models.imports import ImportDisk, ImportSource, ScanResult
 from heron.models.settings import ClusterSettings
@@ -42,7 +40,7 @@ from heron.v2v.common import ParseError
 from heron.v2v.guestfix import Drive, GuestFixError, fix_linux
 from heron.v2v.scan import inside, scan_directory
 from heron.v2v.vsphere import scanned_vm
-from heron.v2v.warm import Round, WarmError, WarmReport, warm_copy
+from heron.v2v.warm import WarmError, WarmReport
 
 log = logging.getLogger(__name__)
 
@@ -223,55 +221,12 @@ class Imports:
         def say(line: str) -> None:  # in the copy's thread
             asyncio.run_coroutine_threadsafe(ctx.log(line), loop).result(timeout=60)
 
+        def progress(fraction: float) -> None:  # in the copy's thread
+            asyncio.run_coroutine_threadsafe(ctx.progress(fraction * DOWNLOAD_SHARE), loop)
+
         def copy() -> tuple[WarmReport, str]:
-            with vsphere.Session(source) as session:
-                vm, datacenter = session.find(params.vm)
-                disks = [d.source for d in params.disks]
-                with WarmSession(session, vm, datacenter, disks) as warm_vm:
-                    for line in warm_vm.prepare():
-                        say(line)
-                    total = sum(d.capacity for d in warm_vm.disks) or 1
-                    moved, shown = [0], [0.0]
-                    with contextlib.ExitStack() as stack:
-                        handles = [stack.enter_context(f.open("wb")) for f in files]
-                        for handle, disk in zip(handles, warm_vm.disks, strict=True):
-                            handle.truncate(disk.capacity)
-
-                        def writer(fd: int) -> Callable[[int, bytes], None]:
-                            def write(offset: int, data: bytes) -> None:
-                                if cancelled.is_set():
-                                    raise WarmError("cancelled")
-                                os.pwrite(fd, data, offset)
-                                moved[0] += len(data)
-                                if moved[0] % vsphere.SPACE_CHECK < len(data):
-                                    vsphere.check_space(staging)
-                                share = min(moved[0] / total, 1.0) * DOWNLOAD_SHARE
-                                if share - shown[0] >= 0.02:  # the first round's progress
-                                    shown[0] = share
-                                    asyncio.run_coroutine_threadsafe(ctx.progress(share), loop)
-
-                            return write
-
-                        def between(number: int, done: Round) -> None:
-                            warm_vm.release()
-                            say(
-                                f"round {number + 1}: {_mib(done.bytes)} copied in "
-                                f"{done.seconds:.1f} s while the VM runs; the next in "
-                                f"{options.interval_seconds} s"
-                            )
-                            if cancelled.wait(options.interval_seconds):
-                                raise WarmError("cancelled")
-
-                        report = warm_copy(
-                            warm_vm,
-                            [writer(h.fileno()) for h in handles],
-                            small_enough=options.small_enough_mib << 20,
-                            max_rounds=options.max_rounds,
-                            between=between,
-                        )
-                        for handle in handles:
-                            os.fsync(handle.fileno())
-                    return report, warm_vm.how_stopped
+            disks = [d.source for d in params.disks]
+            return copy_warm(source, params.vm, disks, files, options, say, progress, cancelled)
 
         try:
             report, how = await _call(copy)

@@ -14,7 +14,10 @@ Calls block; the agent runs them in a thread.
 
 import contextlib
 import http.client
+import os
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,17 +27,20 @@ from pyVmomi import vim
 from heron.agent.vsphere import (
     FAULTS,
     MAX_DESCRIPTOR,
+    SPACE_CHECK,
     TIMEOUT,
     WARM_SNAPSHOT,
     Session,
     VsphereError,
+    check_space,
     said,
 )
+from heron.models.imports import ImportSource, WarmOptions
 from heron.tls.pinned import pinned_connection
 from heron.v2v import vmdk
 from heron.v2v.common import ParseError
 from heron.v2v.vsphere import folder_url, sibling
-from heron.v2v.warm import ChangedArea, DiskChangeInfo
+from heron.v2v.warm import ChangedArea, DiskChangeInfo, Round, WarmError, WarmReport, warm_copy
 
 
 class WarmDisk:
@@ -214,3 +220,68 @@ class WarmSession:
             kinds = ", ".join(e.type for e in extents)
             raise VsphereError(f"{file} has extents {kinds}: only one flat extent is copied warm")
         return sibling(file, extents[0].file or "")
+
+
+def copy_warm(
+    source: ImportSource,
+    vm_path: str,
+    disks: list[str],
+    files: list[Path],
+    options: WarmOptions,
+    say: Callable[[str], None],
+    progress: Callable[[float], None],
+    cancelled: threading.Event,
+) -> tuple[WarmReport, str]:
+    """Copy the VM at `vm_path` warm: each of its `disks` (datastore paths, as scanned) into
+    the raw file of the same index in `files`, rounds of changes while it runs, then the
+    cutover that stops it. `say` logs a line, `progress` the first round's share (0 to 1);
+    `cancelled` stops the copy at its next write or wait. The report, and how the VM was
+    stopped."""
+    with Session(source) as session:
+        vm, datacenter = session.find(vm_path)
+        with (
+            WarmSession(session, vm, datacenter, disks) as warm_vm,
+            contextlib.ExitStack() as stack,
+        ):
+            for line in warm_vm.prepare():
+                say(line)
+            handles = [stack.enter_context(f.open("wb")) for f in files]
+            for handle, disk in zip(handles, warm_vm.disks, strict=True):
+                handle.truncate(disk.capacity)
+            total = sum(d.capacity for d in warm_vm.disks) or 1
+            moved, shown = [0], [0.0]
+
+            def writer(fd: int) -> Callable[[int, bytes], None]:
+                def write(offset: int, data: bytes) -> None:
+                    if cancelled.is_set():
+                        raise WarmError("cancelled")
+                    os.pwrite(fd, data, offset)
+                    moved[0] += len(data)
+                    if moved[0] % SPACE_CHECK < len(data):
+                        check_space(files[0].parent)
+                    if moved[0] / total - shown[0] >= 0.05:  # a record write per 5 %
+                        shown[0] = min(moved[0] / total, 1.0)
+                        progress(shown[0])
+
+                return write
+
+            def between(number: int, done: Round) -> None:
+                warm_vm.release()
+                say(
+                    f"round {number + 1}: {done.bytes / (1 << 20):.1f} MiB copied in "
+                    f"{done.seconds:.1f} s while the VM runs; the next in "
+                    f"{options.interval_seconds} s"
+                )
+                if cancelled.wait(options.interval_seconds):
+                    raise WarmError("cancelled")
+
+            report = warm_copy(
+                warm_vm,
+                [writer(h.fileno()) for h in handles],
+                small_enough=options.small_enough_mib << 20,
+                max_rounds=options.max_rounds,
+                between=between,
+            )
+            for handle in handles:
+                os.fsync(handle.fileno())
+            return report, warm_vm.how_stopped
