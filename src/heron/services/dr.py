@@ -181,10 +181,11 @@ async def restore(
         volumes.append(volume)
     hardware = Hardware.model_validate(status.hardware or {}).model_dump()
     hardware["name"] = body.name
+    # Its disks only: the new VM has no NICs (a DR plan's network mapping will give them).
     hardware["boot_order"] = [
         b
         for b in hardware.get("boot_order", [])
-        if not b.startswith("disk") or int(b[4:]) < len(disks)
+        if b.startswith("disk") and int(b[4:]) < len(disks)
     ]
     params = DRRestoreParams(
         vm=vm_id, point=point.id, volumes=[NewVolume(id=v.id) for v in volumes]
