@@ -27,6 +27,8 @@ class DRSettings(Record):
     store: str | None = Field(
         default=None,
         max_length=4096,
+        # Absolute, no "." or ".." component, no control characters.
+        pattern=r"^(/(?!\.\.?(/|$))[^/\x00-\x1f]+)+/?$",
         description="absolute path of the replica store on the node that runs a protected VM "
         "(made when missing); none: <the node's state directory>/dr-store",
     )
