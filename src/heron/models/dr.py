@@ -9,7 +9,7 @@ replace it.
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from heron.models.common import Name, Record
 
@@ -27,8 +27,7 @@ class DRSettings(Record):
     store: str | None = Field(
         default=None,
         max_length=4096,
-        # Absolute, no "." or ".." component, no control characters.
-        pattern=r"^(/(?!\.\.?(/|$))[^/\x00-\x1f]+)+/?$",
+        pattern=r"^/[^\x00-\x1f]*[^/\x00-\x1f]$",
         description="absolute path of the replica store on the node that runs a protected VM "
         "(made when missing); none: <the node's state directory>/dr-store",
     )
@@ -39,6 +38,13 @@ class DRSettings(Record):
         description="the shortest interval a protection policy may ask for (60 in production; "
         "tests lower it)",
     )
+
+    @field_validator("store")
+    @classmethod
+    def _plain_path(cls, value: str | None) -> str | None:
+        if value is not None and any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("is a path with . or .. in it: give the directory itself")
+        return value
 
 
 class ProtectionPolicy(Record):
