@@ -1379,6 +1379,11 @@ const en = {
   "dr.kind.resync": "Resync",
   "kind.dr.replicate": "Replicate VM",
   "kind.dr.restore": "Restore VM from a DR point",
+  "field.dr": "Disaster recovery",
+  "field.dr.store": "Replica store directory on each node",
+  "hint.dr.store": "Empty: dr-store in the node's state directory",
+  "field.dr.min_interval_seconds": "Shortest replication interval (s)",
+  "hint.dr.min_interval_seconds": "Policies asking for less are refused",
 };
 
 export default en;

@@ -1381,6 +1381,11 @@ const ru: Record<keyof typeof en, string> = {
   "dr.kind.resync": "Пересинхронизация",
   "kind.dr.replicate": "Репликация ВМ",
   "kind.dr.restore": "Восстановление ВМ из точки DR",
+  "field.dr": "Аварийное восстановление",
+  "field.dr.store": "Каталог хранилища реплик на каждом узле",
+  "hint.dr.store": "Пусто: dr-store в каталоге состояния узла",
+  "field.dr.min_interval_seconds": "Наименьший интервал репликации (с)",
+  "hint.dr.min_interval_seconds": "Политики с меньшим интервалом отклоняются",
 };
 
 export default ru;
