@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 from fakes.configdb import FakeConfigDB
 
-from heron.agent.dr import DRScheduler, listed, prune
+from heron.agent.dr import KEEP_ROUNDS, DRScheduler, listed, prune
 from heron.configdb import keys
 from heron.dr import policy
 from heron.dr.replicate import RoundReport
@@ -16,7 +16,7 @@ from heron.dr.store import Store
 from heron.models.dr import DRPoint, DRStatus, Protection, ProtectionPolicy, ProtectRequest
 from heron.models.settings import ClusterSettings
 from heron.models.storage import Volume, VolumeFormat
-from heron.models.task import MigrateParams, TaskKind, TaskState, new_task
+from heron.models.task import MigrateParams, Task, TaskKind, TaskState, new_task
 from heron.models.vm import VM, DiskSpec, VMSpec
 from heron.services import dr as service
 from heron.services.errors import Conflict, Invalid, NotFound
@@ -147,3 +147,22 @@ async def test_the_scheduler_starts_one_round_at_a_time_per_vm(db: FakeConfigDB)
     assert await scheduler.round(1100.0) == []
     await db.delete(keys.task(migrating.id))
     assert len(await scheduler.round(1100.0)) == 1
+
+
+async def test_the_scheduler_keeps_the_last_rounds_of_each_vm(db: FakeConfigDB) -> None:
+    await add_vm(db)
+    vms = cast(Any, SimpleNamespace(running_here=lambda: []))
+    ended = []
+    for n in range(KEEP_ROUNDS + 3):
+        task = new_task(TaskKind.dr_replicate, "n1", "v1", "dr")
+        task = task.model_copy(update={"state": TaskState.succeeded, "updated_at": 100.0 + n})
+        await db.put(keys.task(task.id), task)
+        ended.append(task.id)
+    other = new_task(TaskKind.vm_start, "n1", "v1", "u").model_copy(
+        update={"state": TaskState.succeeded, "updated_at": 1.0}
+    )
+    await db.put(keys.task(other.id), other)
+    await db.put(keys.dr_protection("v1"), protection())
+    await DRScheduler(db, "n1", vms).round(1000.0)
+    left = {e.value.id for e in await db.list(Task, keys.TASKS)}
+    assert left == {*ended[-KEEP_ROUNDS:], other.id}

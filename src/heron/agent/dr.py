@@ -50,6 +50,7 @@ _EXCLUSIVE = (
     TaskKind.snapshot_delete,
 )
 TICK = 2.0  # how often the policies are looked at: a round starts at most this late
+KEEP_ROUNDS = 5  # ended dr.replicate tasks kept per VM
 _PROGRESS_POLL = 0.5
 
 
@@ -93,6 +94,7 @@ class DRScheduler:
         # One round at a time per VM, none while it migrates (the migration record comes a
         # moment after its task) or has a snapshot being taken (that would wait on its lock).
         busy = {t.target for t in tasks if t.kind in _EXCLUSIVE and not t.state.finished}
+        await self._forget_old_rounds(tasks)
         made = []
         for protection in protections:
             vm_id = protection.vm
@@ -110,6 +112,24 @@ class DRScheduler:
             await self.db.create(keys.task(task.id), task)
             made.append(task)
         return made
+
+    async def _forget_old_rounds(self, tasks: list[Task]) -> None:
+        """Keep the last KEEP_ROUNDS ended rounds of each VM: a round every few minutes would
+        otherwise crowd every other task out of the node's list (tasks.KEEP_FINISHED). The
+        status record keeps what they achieved."""
+        ended: dict[str, list[Task]] = {}
+        for task in tasks:
+            if (
+                task.kind == TaskKind.dr_replicate
+                and task.node == self.node
+                and task.state.finished
+            ):
+                ended.setdefault(task.target, []).append(task)
+        for rounds in ended.values():
+            rounds.sort(key=lambda t: t.updated_at)
+            for task in rounds[:-KEEP_ROUNDS]:
+                with contextlib.suppress(KeyError):
+                    await self.db.delete(keys.task(task.id))
 
 
 class DRTasks:
