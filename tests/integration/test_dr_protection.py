@@ -113,7 +113,9 @@ def test_protect_rounds_retention_restore_unprotect(
     protected = api.ok(
         "PUT", f"/dr/vms/{vm}/protection", json={"interval_seconds": 4, "retention": 2}
     )
-    assert protected["policy"] == {"interval_seconds": 4, "retention": 2}
+    assert protected["policy"] == {
+        "interval_seconds": 4, "retention": 2, "hourly": 0, "daily": 0, "monthly": 0
+    }  # fmt: skip
     full = wait_for(lambda: row(api, vm)["last_point"], ROUNDS, "the first point")
     points = api.ok("GET", f"/dr/vms/{vm}/points")["points"]
     assert points[0]["id"] == full and points[0]["kind"] == "full", points

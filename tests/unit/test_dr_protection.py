@@ -52,11 +52,38 @@ def test_a_round_is_due_once_an_interval_has_passed_since_the_last_one_started()
 
 
 def test_retention_keeps_the_newest_points_and_never_the_last() -> None:
-    ids = [f"20261205T1300{i:02d}.000Z-aaaaa{i}" for i in range(6)]
-    assert policy.expired(ids[::-1], 3) == ids[:3]
-    assert policy.expired(ids, 6) == []
-    assert policy.expired(ids, 10) == []
-    assert policy.expired(ids[:1], 0) == []  # the newest stays whatever the number
+    points = [(f"p{i}", 1000.0 + i) for i in range(6)]
+    keep = ProtectionPolicy(retention=3)
+    assert policy.expired(points[::-1], keep) == ["p0", "p1", "p2"]
+    assert policy.expired(points, ProtectionPolicy(retention=6)) == []
+    assert policy.expired(points, ProtectionPolicy(retention=10)) == []
+    assert policy.expired(points[:1], ProtectionPolicy(retention=1)) == []
+
+
+def test_retention_tiers_keep_the_newest_point_of_each_period() -> None:
+    hour, day = 3600.0, 86400.0
+    start = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    # A point every 20 minutes for three days.
+    points = [(f"p{i:04d}", start + i * 1200.0) for i in range(3 * 72)]
+    newest = points[-1][0]
+    hourly = policy.expired(points, ProtectionPolicy(retention=2, hourly=5))
+    kept = sorted(set(p for p, _ in points) - set(hourly))
+    # The two newest, and the newest of each of the last five hours (the last hour's newest
+    # is among the two).
+    assert len(kept) == 2 + 4 and newest in kept
+    for pid in kept[:-2]:
+        created = dict(points)[pid]
+        assert (created + 1200.0) % hour == 0, pid  # the last of its hour
+    daily = policy.expired(points, ProtectionPolicy(retention=1, daily=2, monthly=1))
+    kept = sorted(set(p for p, _ in points) - set(daily))
+    # The newest (also the newest of day 3 and of the month), and the last of day 2.
+    assert kept == [f"p{2 * 72 - 1:04d}", newest]
+    assert dict(points)[kept[0]] == start + 2 * day - 1200.0
+
+
+def test_a_policy_keeps_a_bounded_number_of_points() -> None:
+    with pytest.raises(ValueError, match="at most 200"):
+        ProtectionPolicy(retention=100, hourly=100, daily=1)
 
 
 def test_the_inventory_shows_the_rpo_of_protected_vms_only() -> None:
@@ -77,7 +104,7 @@ def test_store_retention_deletes_old_points_and_collects_their_chunks(tmp_path: 
         for n in range(4):
             data = bytes([n + 1]) * (64 * 1024)
             made.append(writer.write_chunks({"d": 64 * 1024}, {"d": iter([(0, data)])}).id)
-    removed = prune(store, "v1", 2, made[-1])
+    removed = prune(store, "v1", ProtectionPolicy(retention=2), made[-1])
     assert removed == made[:2]
     assert [p.id for p in store.points("v1")] == made[2:]
     assert store.verify().ok

@@ -34,7 +34,7 @@ from heron.errors import DRError
 from heron.hypervisor import command
 from heron.hypervisor.qemu import QemuError
 from heron.hypervisor.qmp_replica import ReplicaDisk, replicate
-from heron.models.dr import DRPoint, DRSettings, DRStatus, Protection
+from heron.models.dr import DRPoint, DRSettings, DRStatus, Protection, ProtectionPolicy
 from heron.models.settings import ClusterSettings
 from heron.models.task import Task, TaskKind, new_task
 from heron.models.vm import VM, Hardware
@@ -183,7 +183,7 @@ class DRTasks:
             await self._save(status)
             raise TaskFailed(f"the replication round failed: {status.last_error}") from exc
         removed = await asyncio.to_thread(
-            prune, store, vm_id, protection.value.policy.retention, report.point.id
+            prune, store, vm_id, protection.value.policy, report.point.id
         )
         status.last_error = None
         status.last_ended = time.time()
@@ -273,11 +273,11 @@ class DRTasks:
         return report
 
 
-def prune(store: Store, vm: str, retention: int, newest: str) -> list[str]:
-    """Retention after a round: delete the points beyond the policy's, then collect the
+def prune(store: Store, vm: str, policy_: ProtectionPolicy, newest: str) -> list[str]:
+    """Retention after a round: delete the points the policy does not keep, then collect the
     chunks no point names. A point busy (being read by a restore) stays until next time."""
     removed = []
-    for point in policy.expired([p.id for p in store.points(vm)], retention):
+    for point in policy.expired([(p.id, p.created) for p in store.points(vm)], policy_):
         if point == newest:
             continue
         try:

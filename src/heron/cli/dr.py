@@ -56,11 +56,20 @@ def dr_list(as_json: Json = False) -> None:
 def dr_protect(
     vm: str,
     interval: Annotated[int, typer.Option(help="seconds between rounds")] = 300,
-    keep: Annotated[int, typer.Option(help="how many points are kept (1-100)")] = 24,
+    keep: Annotated[int, typer.Option(help="how many of the newest points are kept")] = 24,
+    hourly: Annotated[int, typer.Option(help="and the newest point of N hours")] = 0,
+    daily: Annotated[int, typer.Option(help="and the newest point of N days")] = 0,
+    monthly: Annotated[int, typer.Option(help="and the newest point of N months")] = 0,
     as_json: Json = False,
 ) -> None:
     """Protect a VM (or change its policy): its node replicates it every INTERVAL seconds."""
-    body = {"interval_seconds": interval, "retention": keep}
+    body = {
+        "interval_seconds": interval,
+        "retention": keep,
+        "hourly": hourly,
+        "daily": daily,
+        "monthly": monthly,
+    }
     data = Client().request("PUT", f"/dr/vms/{vm}/protection", json=body)
     emit(data, as_json, [("vm", lambda r: r["vm"]), ("policy", lambda r: r["policy"])])
 

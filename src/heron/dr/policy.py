@@ -1,17 +1,18 @@
 """What protection policies decide, without I/O: when a VM's next round is due, which points
 retention removes, and what the inventory shows of a VM (its RPO achieved).
 
-Retention keeps the newest `retention` points and removes the rest, oldest first; tiers
-(every point for a day, hourly for a week, ...) are not done yet. The newest point is never
-removed (an increment needs it as its parent, and it is the RPO).
+Retention keeps the newest `retention` points, and the newest point of each of the last
+`hourly` hours, `daily` days and `monthly` months (UTC); it removes the rest. The newest point
+is never removed (an increment needs it as its parent, and it is the RPO).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heron.models.dr import DRPoint, DRStatus, Protection
+from heron.models.dr import DRPoint, DRStatus, Protection, ProtectionPolicy
 
 
 def due(protection: Protection, status: DRStatus | None, now: float) -> bool:
@@ -29,12 +30,27 @@ def next_round(protection: Protection, status: DRStatus | None, now: float) -> f
     return max(now, status.last_attempt + protection.policy.interval_seconds)
 
 
-def expired(points: Sequence[str], retention: int) -> list[str]:
-    """The ids of the points retention removes: all but the newest `retention` (ids sort by
-    time, as the store makes them), oldest first. Never the newest one."""
-    keep = max(1, retention)
-    ordered = sorted(points)
-    return ordered[: max(0, len(ordered) - keep)]
+def expired(points: Sequence[tuple[str, float]], policy: ProtectionPolicy) -> list[str]:
+    """The ids of the points (id, instant) retention removes, oldest first: a point stays if
+    it is one of the newest `retention`, or the newest of its hour, day or month (UTC) among
+    the newest `hourly`, `daily` or `monthly` such periods that have a point (as Proxmox
+    Backup Server's keep-hourly/daily/monthly). The newest point always stays."""
+    ordered = sorted(points, key=lambda p: (p[1], p[0]), reverse=True)  # newest first
+    kept = {pid for pid, _ in ordered[: max(1, policy.retention)]}
+    for count, period in (
+        (policy.hourly, "%Y-%m-%dT%H"),
+        (policy.daily, "%Y-%m-%d"),
+        (policy.monthly, "%Y-%m"),
+    ):
+        seen: set[str] = set()
+        for pid, created in ordered:
+            if len(seen) >= count:
+                break
+            bucket = time.strftime(period, time.gmtime(created))
+            if bucket not in seen:
+                seen.add(bucket)
+                kept.add(pid)
+    return [pid for pid, _ in reversed(ordered) if pid not in kept]
 
 
 @dataclass
@@ -45,6 +61,9 @@ class InventoryRow:
     protected: bool
     interval_seconds: int | None
     retention: int | None
+    hourly: int | None
+    daily: int | None
+    monthly: int | None
     points: int
     last_point: str | None
     last_point_at: float | None
@@ -82,6 +101,9 @@ def inventory_row(
         protected=protection is not None,
         interval_seconds=protection.policy.interval_seconds if protection else None,
         retention=protection.policy.retention if protection else None,
+        hourly=protection.policy.hourly if protection else None,
+        daily=protection.policy.daily if protection else None,
+        monthly=protection.policy.monthly if protection else None,
         points=len(status.points) if status else 0,
         last_point=latest.id if latest else None,
         last_point_at=latest.created if latest else None,

@@ -9,12 +9,13 @@ replace it.
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from heron.models.common import Name, Record
 
 # Kept small: the status record lists every point, and etcd holds small, current state.
 MAX_RETENTION = 100
+MAX_POINTS = 200
 MAX_INTERVAL_S = 7 * 86400
 DEFAULT_MIN_INTERVAL_S = 60
 
@@ -59,8 +60,30 @@ class ProtectionPolicy(Record):
         default=24,
         ge=1,
         le=MAX_RETENTION,
-        description="how many points are kept: after each round the oldest beyond this go",
+        description="how many of the newest points are kept, whatever their age",
     )
+    hourly: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETENTION,
+        description="besides: the newest point of each of the last N hours (UTC) that have one",
+    )
+    daily: int = Field(
+        default=0, ge=0, le=MAX_RETENTION, description="besides: the newest point of N days"
+    )
+    monthly: int = Field(
+        default=0, ge=0, le=MAX_RETENTION, description="besides: the newest point of N months"
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "ProtectionPolicy":
+        kept = self.retention + self.hourly + self.daily + self.monthly
+        if kept > MAX_POINTS:
+            raise ValueError(
+                f"retention, hourly, daily and monthly keep up to {kept} points: at most "
+                f"{MAX_POINTS} (the status record lists them all)"
+            )
+        return self
 
 
 class Protection(Record):

@@ -1384,6 +1384,9 @@ const en = {
   "hint.dr.store": "Empty: dr-store in the node's state directory",
   "field.dr.min_interval_seconds": "Shortest replication interval (s)",
   "hint.dr.min_interval_seconds": "Policies asking for less are refused",
+  "dr.hourly": "Also keep the newest point of N hours",
+  "dr.daily": "… of N days",
+  "dr.monthly": "… of N months",
 };
 
 export default en;

@@ -1386,6 +1386,9 @@ const ru: Record<keyof typeof en, string> = {
   "hint.dr.store": "Пусто: dr-store в каталоге состояния узла",
   "field.dr.min_interval_seconds": "Наименьший интервал репликации (с)",
   "hint.dr.min_interval_seconds": "Политики с меньшим интервалом отклоняются",
+  "dr.hourly": "Также хранить последнюю точку N часов",
+  "dr.daily": "… N дней",
+  "dr.monthly": "… N месяцев",
 };
 
 export default ru;

@@ -21,7 +21,10 @@ class DRVM(BaseModel):
     node: str | None = Field(description="its node; none: the VM is gone, its points remain")
     protected: bool
     interval_seconds: int | None = None
-    retention: int | None = None
+    retention: int | None = Field(default=None, description="newest points kept")
+    hourly: int | None = Field(default=None, description="hours whose newest point is kept")
+    daily: int | None = Field(default=None, description="days whose newest point is kept")
+    monthly: int | None = Field(default=None, description="months whose newest point is kept")
     points: int = Field(description="how many points its store holds")
     last_point: str | None = Field(default=None, description="id of the newest point")
     last_point_at: float | None = Field(default=None, description="the newest point's instant")
