@@ -1342,7 +1342,7 @@ const en = {
   "nav.dr": "Disaster recovery",
   "dr.intro": "Protected VMs are replicated by their node, each interval, into its replica store: a full copy first, then only the changed blocks. A point can be restored as a new VM.",
   "dr.state": "Protection",
-  "dr.interval": "Interval (s)",
+  "dr.interval": "Interval",
   "dr.retention": "Points kept",
   "dr.points": "Points",
   "dr.lastPoint": "Last point",
@@ -1387,6 +1387,7 @@ const en = {
   "dr.hourly": "Also keep the newest point of N hours",
   "dr.daily": "… of N days",
   "dr.monthly": "… of N months",
+  "dr.intervalSeconds": "Interval (seconds)",
 };
 
 export default en;

@@ -1344,7 +1344,7 @@ const ru: Record<keyof typeof en, string> = {
   "nav.dr": "Аварийное восстановление",
   "dr.intro": "Защищённые ВМ реплицируются своим узлом через заданный интервал в его хранилище реплик: сначала полная копия, затем только изменённые блоки. Точку можно восстановить как новую ВМ.",
   "dr.state": "Защита",
-  "dr.interval": "Интервал (с)",
+  "dr.interval": "Интервал",
   "dr.retention": "Хранить точек",
   "dr.points": "Точки",
   "dr.lastPoint": "Последняя точка",
@@ -1389,6 +1389,7 @@ const ru: Record<keyof typeof en, string> = {
   "dr.hourly": "Также хранить последнюю точку N часов",
   "dr.daily": "… N дней",
   "dr.monthly": "… N месяцев",
+  "dr.intervalSeconds": "Интервал (секунды)",
 };
 
 export default ru;
