@@ -38,6 +38,7 @@ from heron.agent.certificates import (
     pending_authority,
 )
 from heron.agent.demand import DemandPublisher
+from heron.agent.dr import DRScheduler
 from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
@@ -385,6 +386,7 @@ async def run(config: AgentConfig) -> None:
             for n, c in (
                 ("pulse", registration.pulse_forever()),
                 ("tasks", runner.run()),
+                ("dr", DRScheduler(db, config.name, vms).run()),
                 ("api", server.serve()),
                 ("leader", leader.run()),
                 (

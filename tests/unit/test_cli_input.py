@@ -108,6 +108,7 @@ FREE_TEXT = {
     "pool",
     "volume",
     "disk",  # pool remove-disk: a disk id
+    "point",  # dr restore: a point id, found in the VM's list or 404
     "task_id",
     "token_id",
     "target",

@@ -22,7 +22,8 @@ export type Kind =
   | "alerts"
   | "alert-rules"
   | "channels"
-  | "imports";
+  | "imports"
+  | "dr";
 
 type Listener = (kinds: Set<string>) => void;
 const listeners = new Set<Listener>();

@@ -48,6 +48,8 @@ export const views: ViewDef[] = [
     component: () => import("./views/NetworksView.vue") },
   { path: "/security-groups", name: "security-groups", title: "nav.securityGroups", icon: "⊘", nav: true,
     component: () => import("./views/SecurityGroupsView.vue") },
+  { path: "/dr", name: "dr", title: "nav.dr", icon: "⊛", nav: true,
+    component: () => import("./views/DRView.vue") },
   { path: "/storage", name: "storage", title: "nav.storage", icon: "◫", nav: true,
     component: () => import("./views/StorageView.vue") },
   { path: "/imports", name: "imports", title: "nav.imports", icon: "⇲", nav: true, role: "admin", clusterWide: true,

@@ -2,12 +2,14 @@
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from heron.agent.ardfs import io_status
+from heron.agent.dr import DRTasks
 from heron.agent.drain import Drain
 from heron.agent.imports import Imports
 from heron.agent.migration import Migrations
@@ -21,6 +23,7 @@ from heron.hypervisor.qemu import QemuError, QemuVM
 from heron.models.common import new_id
 from heron.models.storage import Pool, Volume, VolumeFormat, VolumeHealth
 from heron.models.task import (
+    DRRestoreParams,
     PowerParams,
     RebalanceParams,
     TaskKind,
@@ -47,6 +50,7 @@ class Handlers:
         self.vms = vms
         self.migrations = migrations
         self.snapshots = Snapshots(db, node, state_dir, vms)
+        self.dr = DRTasks(db, node, state_dir, vms)
         self.imports = Imports(
             db, node, state_dir, self._volume, self._set_volume, self.delete_vm, self._reconcile
         )
@@ -83,6 +87,8 @@ class Handlers:
             TaskKind.support_bundle: self.support_bundle,
             TaskKind.v2v_scan: self.imports.scan,
             TaskKind.v2v_import: self.imports.run,
+            TaskKind.dr_replicate: self.dr.replicate,
+            TaskKind.dr_restore: self.dr_restore,
         }
 
     async def support_bundle(self, ctx: TaskContext) -> dict[str, Any]:
@@ -123,9 +129,11 @@ class Handlers:
         source_image: str | None,
         share: tuple[float, float],
         clone: bool = False,
+        source_format: str | None = None,
     ) -> None:
         """Create one volume, empty or copied from a source (`clone`: by its pool's clone,
-        as the volume's `origin` says); progress in [share)."""
+        as the volume's `origin` says); progress in [share). `source_format`: the image's,
+        never probed (a guest's raw disk may hold what looks like another format)."""
         try:
             volume, pool = await self._volume(volume_id)
         except TaskFailed as exc:  # e.g. the pool cannot be mounted here
@@ -152,7 +160,7 @@ class Handlers:
                 source, source_pool = await self._volume(source_id)
                 source_image = source_pool.image(source)
             if source_image is not None:
-                size = await pool.import_image(volume, source_image, progress, None)
+                size = await pool.import_image(volume, source_image, progress, source_format)
                 await self._set_volume(volume_id, state="ready", size=size, error="")
             else:
                 await pool.create(volume)
@@ -181,6 +189,22 @@ class Handlers:
             await self._make_volume(ctx, item.id, item.source, None, share, clone=item.clone)
         state = await self._reconcile(ctx.task.target)
         return {"vm": ctx.task.target, "state": state.value}
+
+    async def dr_restore(self, ctx: TaskContext) -> dict[str, Any]:
+        """A new VM from a DR point: each disk restored from this node's replica store into a
+        raw file beside it, imported into its volume (the pool's format), the file removed."""
+        params = ctx.params(DRRestoreParams)
+        work = self.state_dir / "dr-restore" / ctx.task.id
+        try:
+            for index, item in enumerate(params.volumes):
+                share = (index / (len(params.volumes) + 1), (index + 1) / (len(params.volumes) + 1))
+                image = await self.dr.restore_disk(params.vm, params.point, f"disk{index}", work)
+                await self._make_volume(ctx, item.id, None, str(image), share, source_format="raw")
+                image.unlink(missing_ok=True)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        state = await self._reconcile(ctx.task.target)
+        return {"vm": ctx.task.target, "point": params.point, "state": state.value}
 
     async def _reconcile(self, vm_id: str, **options: Any) -> RunState:
         try:
@@ -247,6 +271,7 @@ class Handlers:
             .delete(keys.vm_status(vm_id))
         )
         release_nics(txn, vm.spec.nics)
+        txn.delete(keys.dr_protection(vm_id))  # its points stay listed, for a restore
         # Its snapshots' memory states mean nothing without their records: they go too.
         states = await drop_state_volumes(self.db, self.state_dir, vm_id)
         await forget_vm(self.db, vm_id, txn)

@@ -12,6 +12,7 @@ from heron.api.routes import (
     alerts,
     auth,
     console,
+    dr,
     events,
     groups,
     guest,
@@ -64,6 +65,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         alerts,
         support,
         imports,
+        dr,
     ):
         app.include_router(module.router, prefix=API)
 

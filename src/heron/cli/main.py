@@ -10,6 +10,7 @@ from heron.cli import (
     alert,
     cluster,
     devcluster,
+    dr,
     event,
     group,
     guest,
@@ -51,6 +52,7 @@ for module in (
     devcluster,
     group,
     cluster,
+    dr,
 ):
     app.add_typer(module.app, name=module.__name__.rsplit(".", 1)[-1])
 vm.app.add_typer(guest.app, name="hook")

@@ -63,6 +63,9 @@ CLUSTER_CA = ROOT + "pki/ca"
 JOIN_TOKENS = ROOT + "pki/join-tokens/"
 SETTINGS = ROOT + "settings/cluster"
 # V2V: where VMs are imported from (models/imports.py), and each one's last scan.
+# Disaster recovery: a VM's protection policy (the API's) and its rounds' status (the agent's).
+DR_PROTECTIONS = ROOT + "dr/protections/"
+DR_STATUS = ROOT + "dr/status/"
 IMPORT_SOURCES = ROOT + "import-sources/"
 IMPORT_SCANS = ROOT + "import-scans/"
 
@@ -230,3 +233,11 @@ def import_source(name: str) -> str:
 
 def import_scan(source: str) -> str:
     return IMPORT_SCANS + source
+
+
+def dr_protection(vm_id: str) -> str:
+    return DR_PROTECTIONS + vm_id
+
+
+def dr_status(vm_id: str) -> str:
+    return DR_STATUS + vm_id

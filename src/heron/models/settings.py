@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from heron.models.common import MailAddress, Name, Record
+from heron.models.dr import DRSettings
 from heron.models.imports import ImportSettings
 
 DRSMode = Literal["off", "advise", "automatic"]
@@ -146,6 +147,7 @@ class ClusterSettings(Record):
     login: LoginSettings = Field(default_factory=LoginSettings)
     support: SupportSettings = Field(default_factory=SupportSettings)
     imports: ImportSettings = Field(default_factory=ImportSettings)
+    dr: DRSettings = Field(default_factory=DRSettings)
 
 
 class ClusterSettingsUpdate(Record):
@@ -158,3 +160,4 @@ class ClusterSettingsUpdate(Record):
     login: LoginSettings | None = None
     support: SupportSettings | None = None
     imports: ImportSettings | None = None
+    dr: DRSettings | None = None

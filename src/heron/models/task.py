@@ -47,6 +47,8 @@ class TaskKind(StrEnum):
     support_bundle = "support.bundle"
     v2v_scan = "v2v.scan"
     v2v_import = "v2v.import"
+    dr_replicate = "dr.replicate"
+    dr_restore = "dr.restore"
 
 
 class TaskParams(BaseModel):
@@ -114,6 +116,12 @@ class SnapshotParams(TaskParams):
     freeze_limit_s: float = Field(default=10.0, gt=0, description="create: the longest freeze")
 
 
+class DRRestoreParams(TaskParams):
+    vm: str = Field(description="id of the protected VM whose point is restored")
+    point: str = Field(description="id of the point")
+    volumes: list[NewVolume] = Field(description="the new VM's volumes, disk0 first")
+
+
 class ScanParams(TaskParams):
     source: Name
 
@@ -167,6 +175,8 @@ PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.support_bundle: SupportBundleParams,
     TaskKind.v2v_scan: ScanParams,
     TaskKind.v2v_import: ImportParams,
+    TaskKind.dr_replicate: NoParams,
+    TaskKind.dr_restore: DRRestoreParams,
 }
 
 P = TypeVar("P", bound=TaskParams)

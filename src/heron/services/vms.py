@@ -65,7 +65,7 @@ from heron.scheduler.placement import (
     migration_target,
     node_loads,
 )
-from heron.services import clones
+from heron.services import clones, dr
 from heron.services.errors import Conflict, Invalid, NotFound
 from heron.services.lookup import (
     attached,
@@ -561,6 +561,10 @@ async def migrate(
         raise Conflict(f"VM {vm.spec.name} is already migrating: {stale.why}")
     if refused := await migration.refusal(db, vm):
         raise Conflict(refused)
+    if rounds := await dr.tasks_of(db, vm.id):
+        raise Conflict(
+            f"VM {vm.spec.name} is being replicated (task {rounds[0].id}): migrate it after"
+        )
     nodes = await live_nodes(db)
     if vm.node not in nodes:
         raise Conflict(f"the VM's node {vm.node} is not online")

@@ -60,12 +60,15 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     # V2V sources anyone may list; their scans (the VMs found, with paths) admins only read.
     (keys.IMPORT_SOURCES, "imports", Role.viewer),
     (keys.IMPORT_SCANS, "imports", Role.admin),
+    # DR protection (the API's) and the rounds' status (each round's end).
+    (keys.DR_PROTECTIONS, "dr", Role.viewer),
+    (keys.DR_STATUS, "dr", Role.viewer),
 )
 # Ids of these kinds are never sent: a token's key is its hash.
 _SECRET_IDS = {"tokens"}
 # What a user without a cluster-wide role (reaching only what grants give) hears of: that
 # something of the kind changed, never which (the ids could be of VMs out of its sight).
-_SCOPED_KINDS = {"vms", "snapshots", "tasks", "tokens", "alerts"}
+_SCOPED_KINDS = {"vms", "snapshots", "tasks", "tokens", "alerts", "dr"}
 
 
 @dataclass
@@ -150,7 +153,8 @@ async def stream(
     """Server-sent events: `change` with `{"changes": [{"kind", "id", "type"}]}` whenever the
     ConfigDB changes (kinds: vms, nodes, tasks, pools, volumes, groups, networks (switches,
     networks and security groups), network-status, settings, tokens, snapshots, alerts
-    (alerts and silences), alert-rules, users and channels for admins, resync); `expired`
+    (alerts and silences), alert-rules, dr (protection and replication status), users and
+    channels for admins, resync); `expired`
     when the session ends. Read the records through the other routes."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     return StreamingResponse(
