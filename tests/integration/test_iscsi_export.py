@@ -2,11 +2,14 @@
 backing store a FUSE file of qemu-storage-daemon over heron-io's NBD export, and QEMU's own
 initiator (libiscsi, in qemu-io) logging in with CHAP. No guest: beside the guests' lane."""
 
+import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import Api, wait_for
+from support import Api, cli, wait_for
 
 from heron.devcluster import DevCluster
 
@@ -63,9 +66,15 @@ def volume(cluster1: tuple[DevCluster, str], api: Api) -> dict:
 
 
 def test_export_write_read_back_refusals_and_unexport(
-    cluster1: tuple[DevCluster, str], api: Api, volume: dict
+    cluster1: tuple[DevCluster, str], api: Api, volume: dict, tmp_path: Path
 ) -> None:
-    cluster, _ = cluster1
+    cluster, token = cluster1
+    env = {
+        "HERON_URL": cluster.nodes[0].url,
+        "HERON_TOKEN": token,
+        "HERON_CA_FILE": str(cluster.ca_file),
+        "HERON_CONFIG": str(tmp_path / "cli.json"),
+    }
     # Bad input: 422 with the field.
     bad = api.post("/pools/hci/volumes/lun/iscsi", json={"initiators": ["esx"]})
     assert bad.status_code == 422 and bad.json()["fields"][0]["field"].startswith(
@@ -76,7 +85,9 @@ def test_export_write_read_back_refusals_and_unexport(
     )
     assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "body.chap_secret"
 
-    made = api.ok("POST", "/pools/hci/volumes/lun/iscsi", json={"initiators": [ESX]})
+    made = json.loads(
+        cli(env, "volume", "export", "hci", "lun", "--initiator", ESX, "--json").stdout
+    )
     secret, iqn, user = made["chap_secret"], made["iqn"], made["chap_user"]
     assert len(secret) == 16 and iqn.startswith("iqn.2026-12.org.heron:hci.lun.")
     assert api.post("/pools/hci/volumes/lun/iscsi", json={"initiators": [ESX]}).status_code == 409
@@ -104,8 +115,27 @@ def test_export_write_read_back_refusals_and_unexport(
     refused = iscsi_io(portal, iqn, user, secret, OTHER, "read 0 4k")
     assert "Failed to log in" in refused and "read 4096" not in refused, refused
 
-    assert api.delete("/pools/hci/volumes/lun/iscsi").status_code == 204
-    assert api.ok("GET", "/pools/hci/iscsi") == []
+    # The agent restarted: tgtd and the storage daemon go on, the target is left as it is.
+    node = cluster.nodes[0]
+    cluster.stop_node(node.name)
+    said = iscsi_io(portal, iqn, user, secret, ESX, "write -P 0x3c 12M 1M", "read -P 0x5a 0 1M")
+    assert "wrote 1048576/1048576" in said and "read 1048576/1048576" in said, said
+    cluster.start_node(node.name)
+    cluster.wait_api(node, 60)
+
+    # heron-io killed: writes through the LUN meanwhile wait for it to be back (the agent
+    # restarts it, the storage daemon reconnects) and none that was acknowledged is lost.
+    pidfile = Path(node.state_dir) / "ardfs" / "hci" / "heron-io.pid"
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    said = iscsi_io(portal, iqn, user, secret, ESX, *(f"write -P {0x40 + i} {16 + i}M 1M"
+                                                      for i in range(8)))  # fmt: skip
+    assert said.count("wrote 1048576/1048576") == 8, said
+    said = nbd_io(cluster, volume["id"], "read -P 0x3c 12M 1M",
+                  *(f"read -P {0x40 + i} {16 + i}M 1M" for i in range(8)))  # fmt: skip
+    assert said.count("read 1048576/1048576") == 9 and "failed" not in said, said
+
+    cli(env, "volume", "unexport", "hci", "lun")
+    assert json.loads(cli(env, "volume", "exports", "hci", "--json").stdout) == []
     wait_for(
         lambda: "Failed to" in iscsi_io(portal, iqn, user, secret, ESX, "read 0 4k"),
         60,
