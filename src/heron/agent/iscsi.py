@@ -190,8 +190,7 @@ class IscsiSupervisor:
         mine = self._mine()
         if mine:
             await asyncio.to_thread(self.tgt.ensure)
-        if self.tgt.running() is not None:
-            await self._remove_stale({e.iqn for e in mine})
+        await self._remove_stale({e.iqn for e in mine}, self.tgt.running() is not None)
         for export in mine:
             try:
                 await self._serve(export)
@@ -320,8 +319,9 @@ class IscsiSupervisor:
         self.tgt.adm("--op", "delete", "--mode", "target", "--tid", str(tid), "--force")
         log.info("iscsi: target %s (tid %d) removed", iqn, tid)
 
-    async def _remove_stale(self, wanted: set[str]) -> None:
-        for iqn, tid in (await asyncio.to_thread(self.tgt.targets)).items():
+    async def _remove_stale(self, wanted: set[str], tgtd: bool) -> None:
+        """Targets no export wants (when tgtd runs), then the storage daemons under them."""
+        for iqn, tid in (await asyncio.to_thread(self.tgt.targets)).items() if tgtd else []:
             if iqn not in wanted:
                 await asyncio.to_thread(self._delete_target, tid, iqn)
         keep = {e.volume for e in self._mine()}
