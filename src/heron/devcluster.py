@@ -28,7 +28,15 @@ from heron.errors import HeronError
 from heron.network import fabric
 from heron.tls import Authority, NodeCredentials, issue, make_authority
 from heron.util.ports import DEVCLUSTER_PORTS, free_ports
-from heron.util.proc import find_running, read_pidfile, spawn_detached, terminate, wait_until
+from heron.util.proc import (
+    alive,
+    cmdline,
+    find_running,
+    read_pidfile,
+    spawn_detached,
+    terminate,
+    wait_until,
+)
 
 STATE_FILE = "devcluster.json"
 
@@ -474,6 +482,14 @@ def down(directory: Path) -> None:
     for node in cluster.nodes:
         for vm_id, pid in cluster.qemu_pids(node.name).items():
             terminate(pid, vm_id, timeout=5)
+        # iSCSI exports (agent/iscsi.py): tgtd first (it holds the LUN files open; it leaves
+        # on SIGINT), then the storage daemons under them, before the heron-io they read.
+        marker = f"{Path(node.state_dir) / 'iscsi'}/"
+        for pid in find_running(marker):
+            if "tgtd" in " ".join(cmdline(pid)):
+                _interrupt(pid, marker)
+        for pid in find_running(marker):
+            terminate(pid, marker, timeout=10)
         # The ARDFS data path outlives agents too; it goes after the VMs that use it. Found by
         # command line, not pidfile: one whose pool folder is gone would be missed.
         marker = f"{Path(node.state_dir) / 'ardfs'}/"
@@ -487,6 +503,12 @@ def down(directory: Path) -> None:
         fabric.remove(cluster.netns_prefix)
     for member in cluster.members():
         member.stop()
+
+
+def _interrupt(pid: int, marker: str) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    wait_until(lambda: not alive(pid, marker), 10)
 
 
 def _herond_module(source: str | None) -> str:

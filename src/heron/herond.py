@@ -43,6 +43,7 @@ from heron.agent.endpoints import EndpointFollower
 from heron.agent.etcd_members import MemberKeeper, MembershipController
 from heron.agent.handlers import Handlers
 from heron.agent.imports import import_slots
+from heron.agent.iscsi import IscsiSupervisor
 from heron.agent.leader import LeaderRole
 from heron.agent.migration import Migrations
 from heron.agent.monitor import (
@@ -399,6 +400,10 @@ async def run(config: AgentConfig) -> None:
                         cores.pin_io,
                         credentials,
                     ).run(),
+                ),
+                (
+                    "iscsi",
+                    IscsiSupervisor(db, config.name, config.address, config.state_dir).run(),
                 ),
                 ("io-cores", cores.run()),
                 ("certificates", certificates.run()),

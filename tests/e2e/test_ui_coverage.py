@@ -95,6 +95,11 @@ def one_of_everything(cluster3: tuple[DevCluster, str], api: Api, image: str) ->
     api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf1"})
     disk = f"{cluster.nodes[0].state_dir}/walk-disk"
     api.ok("POST", "/pools/hci/disks", json={"node": cluster.nodes[0].name, "path": disk})
+    for lun in ("walk-lun", "walk-spare"):  # rows for the iSCSI export and unexport controls
+        made = api.ok("POST", "/pools/hci/volumes", json={"name": lun, "size": 1 << 22})
+        api.wait_task(made["task"])
+    esx = {"initiators": ["iqn.1998-01.com.vmware:walk"]}
+    api.ok("POST", "/pools/hci/volumes/walk-lun/iscsi", json=esx)
     api.ok("POST", "/pools", json={"name": "san", "type": "block", "path": "/dev", "pattern": "x*"})
     api.wait_task(api.ok("POST", "/nodes/node3/maintenance/enter")["task"])  # its exit button
     api.ok("POST", "/users", json={"name": "someone", "role": "viewer", "password": "12345678"})

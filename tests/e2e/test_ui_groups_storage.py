@@ -318,6 +318,35 @@ def test_add_then_take_out_an_ardfs_disk(
     in_russian(page, "/storage (ardfs disk removal)")
 
 
+def test_export_a_volume_over_iscsi_and_stop_it(page: Page, ui: str, api: Api) -> None:
+    """The export form of an ardfs volume: the CHAP secret shown once, the target served by
+    the node's agent with its portal, then stopped."""
+    made = api.ok("POST", "/pools/hci1/volumes", json={"name": "esx", "size": 8 * MIB})
+    api.wait_task(made["task"])
+    page.goto(f"{ui}/storage")
+    page.select_option("[data-testid=pool-select]", "hci1")
+    row = page.locator("tr[data-volume=esx]")
+    row.locator("[data-testid=volume-export]").click()
+    form = page.locator("[data-testid=export-form]")
+    form.locator("textarea[name=initiators]").fill("not-an-iqn")
+    form.locator("[data-testid=export-submit]").click()
+    expect(form.locator("[data-testid=error]")).to_contain_text("initiators")
+    form.locator("textarea[name=initiators]").fill("iqn.1998-01.com.vmware:esx01")
+    form.locator("[data-testid=export-submit]").click()
+    secret = page.locator("[data-testid=iscsi-secret]")
+    expect(secret).to_contain_text(re.compile(r"esx: [A-Za-z0-9]{16} "))
+    exported = page.locator("[data-testid=export-table] tr[data-export=esx]")
+    expect(exported).to_contain_text("iqn.2026-12.org.heron:hci1.esx.")
+    expect(exported).to_contain_text("serving", timeout=90_000)
+    expect(exported.locator("code").nth(1)).to_have_text(re.compile(r"^\S+:\d+$"))
+    in_russian(page, "/storage (iscsi export)")
+    row.locator("[data-testid=volume-unexport]").click()
+    confirm(page, "initiators logged in lose the LUN")
+    expect(exported).to_have_count(0)
+    expect(row.locator("[data-testid=volume-export]")).to_be_visible()
+    api.wait_task(api.ok("DELETE", f"/pools/hci1/volumes/{made['volume']}")["task"])
+
+
 def test_a_disk_taken_out_has_its_copies_moved_with_progress(
     page: Page, ui: str, api: Api, cluster3: tuple[DevCluster, str], screenshots: Path
 ) -> None:

@@ -128,6 +128,9 @@ FREE_TEXT = {
     "export",
     "options",
     "portal",
+    "initiator",  # heron volume export: an IQN, checked by the API
+    "chap_user",
+    "chap_secret",
     "pattern",
     "rbd_pool",
     "monitor",

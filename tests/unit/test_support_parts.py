@@ -42,6 +42,7 @@ SECRETS = {
         "-----BEGIN PRIVATE KEY-----\nMIIEca-private-key-material-e1\n-----END PRIVATE KEY-----\n"
     ),
     "peer_key": "aa11bb22cc33dd44ee55ff66aa77bb88",
+    "chap": "chapSecret9x1q",
     "token_desc": "hrn_tokenvalue-doesnotleak-0123456789",
 }
 
@@ -122,6 +123,7 @@ async def seed(db: FakeConfigDB) -> None:
         },
     )
     await put(keys.ARDFS_SECRETS + "fast", SECRETS["peer_key"])
+    await put(keys.iscsi_secret("v-exported"), {"chap_secret": SECRETS["chap"]})
     await put(
         keys.vm("v1"),
         {

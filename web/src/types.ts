@@ -147,6 +147,20 @@ export interface VolumeHealth {
   move_left: number;
 }
 
+export interface IscsiExport {
+  volume: string;
+  pool: string;
+  volume_name: string;
+  node: string;
+  iqn: string;
+  chap_user: string;
+  initiators: string[];
+  state: "pending" | "serving" | "failed";
+  portal: string | null;
+  error: string | null;
+  chap_secret?: string | null;
+}
+
 export interface Volume {
   id: string;
   pool: string;

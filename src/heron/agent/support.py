@@ -81,7 +81,13 @@ CONFIG = {
     "import-sources": keys.IMPORT_SOURCES,
 }
 # Read, and searched for secret values, but never written: what the bundle must not hold.
-NEVER = (keys.TOKENS, keys.CLUSTER_CA, keys.JOIN_TOKENS, keys.ARDFS_SECRETS)
+NEVER = (
+    keys.TOKENS,
+    keys.CLUSTER_CA,
+    keys.JOIN_TOKENS,
+    keys.ARDFS_SECRETS,
+    keys.ISCSI_SECRETS,
+)
 
 _NAME = re.compile(BUNDLE_PATTERN)
 

@@ -1,4 +1,4 @@
-"""heron volume: volumes in pools: create, import or upload, grow, delete."""
+"""heron volume: volumes in pools: create, import or upload, grow, delete, export (iSCSI)."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -133,3 +133,48 @@ def volume_resize(
 def volume_delete(pool: str, volume: str, wait: Wait = True, as_json: Json = False) -> None:
     client = Client()
     finish(client, client.request("DELETE", f"/pools/{pool}/volumes/{volume}"), wait, as_json)
+
+
+EXPORT_COLUMNS = [
+    ("volume", lambda e: e["volume_name"]),
+    ("target", lambda e: e["iqn"]),
+    ("portal", lambda e: e["portal"]),
+    ("state", lambda e: (e["error"] and f"{e['state']}: {e['error']}") or e["state"]),
+    ("chap user", lambda e: e["chap_user"]),
+    ("initiators", lambda e: ", ".join(e["initiators"])),
+]
+
+
+@app.command("export")
+def volume_export(
+    pool: str,
+    volume: str,
+    initiator: Annotated[
+        list[str], typer.Option(help="an initiator IQN allowed to log in (repeat for more)")
+    ],
+    chap_user: Annotated[str | None, typer.Option(help="default: the volume's name")] = None,
+    chap_secret: Annotated[
+        str | None, typer.Option(help="12-16 characters; default: one is generated")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Export an ARDFS volume as an iSCSI LUN. The CHAP secret is printed once: keep it."""
+    body = {"initiators": initiator, "chap_user": chap_user, "chap_secret": chap_secret}
+    made = Client().post(f"/pools/{pool}/volumes/{volume}/iscsi", json=body)
+    if as_json:
+        emit(made, True)
+        return
+    emit(made, False, EXPORT_COLUMNS)
+    typer.echo(f"CHAP secret (shown only now): {made['chap_secret']}")
+
+
+@app.command("unexport")
+def volume_unexport(pool: str, volume: str) -> None:
+    """Stop an iSCSI export: the target and its sessions go."""
+    Client().request("DELETE", f"/pools/{pool}/volumes/{volume}/iscsi")
+
+
+@app.command("exports")
+def volume_exports(pool: str, as_json: Json = False) -> None:
+    """The pool's iSCSI exports and their portals."""
+    emit(Client().get(f"/pools/{pool}/iscsi"), as_json, EXPORT_COLUMNS)

@@ -31,6 +31,10 @@ ARDFS_DELETED = ROOT + "ardfs-deleted/"
 # Each ardfs pool's peer key (hex): read by the node agents only, never by an API route, and
 # not under any prefix the UI's event stream follows.
 ARDFS_SECRETS = ROOT + "ardfs-secrets/"
+# iSCSI exports of ARDFS volumes (models/iscsi.py), by volume id; their CHAP secrets apart,
+# read by the node agents only, never by an API route, and not followed by the event stream.
+ISCSI_EXPORTS = ROOT + "iscsi-exports/"
+ISCSI_SECRETS = ROOT + "iscsi-secrets/"
 ETCD_JOINS = ROOT + "etcd-joins/"
 SWITCHES = ROOT + "switches/"
 NETWORKS = ROOT + "networks/"
@@ -164,6 +168,14 @@ def ardfs_deleted(pool: str, volume_id: str) -> str:
 
 def ardfs_secret(pool: str) -> str:
     return ARDFS_SECRETS + pool
+
+
+def iscsi_export(volume_id: str) -> str:
+    return ISCSI_EXPORTS + volume_id
+
+
+def iscsi_secret(volume_id: str) -> str:
+    return ISCSI_SECRETS + volume_id
 
 
 def switch(name: str) -> str:

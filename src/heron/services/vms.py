@@ -219,6 +219,8 @@ async def plan_create(
             volume = await volume_by_ref(db, disk.volume, f"{field}.volume")
             if volume.id in in_use:
                 raise Conflict(f"volume {disk.volume} is used by VM {in_use[volume.id]}")
+            if await db.get_raw(keys.iscsi_export(volume.id)) is not None:
+                raise Conflict(f"volume {disk.volume} is exported over iSCSI")
             pinned = narrowed(pinned, volume.node, f"{field}.volume")
             disks.append(DiskSpec(bus=disk.bus, volume=volume.id))
             continue
@@ -399,6 +401,8 @@ async def attach_disk(db: ConfigDB, ref: str, body: DiskAttach, user: str = "") 
     other = attached([e.value for e in await db.list(VM, keys.VMS)]).get(volume.id)
     if other is not None:
         raise Conflict(f"volume {volume.name} is a disk of VM {other}")
+    if await db.get_raw(keys.iscsi_export(volume.id)) is not None:
+        raise Conflict(f"volume {volume.name} is exported over iSCSI")
     if volume.node not in (None, vm.node):
         raise Invalid(
             "body.volume", f"volume {volume.name} is on node {volume.node}, the VM on {vm.node}"

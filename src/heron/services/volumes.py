@@ -109,6 +109,8 @@ async def delete(db: ConfigDB, here: str, pool_name: str, ref: str, user: str) -
     if state_of is not None and await db.get_raw(keys.snapshot(state_of.vm, state_of.snapshot)):
         raise Conflict(f"{memory_state_of(entry.value)}: delete the snapshot instead")
     await refuse_if_read(db, f"volume {entry.value.name} stays", [entry.value.id])
+    if await db.get_raw(keys.iscsi_export(entry.value.id)) is not None:
+        raise Conflict(f"volume {entry.value.name} is exported over iSCSI: unexport it first")
     node = entry.value.node or here
     task = new_task(TaskKind.volume_delete, node, entry.value.id, user)
     await db.commit(with_task(Txn().require_revision(entry.key, entry.revision), task))

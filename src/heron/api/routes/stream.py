@@ -36,6 +36,8 @@ KINDS: tuple[tuple[str, str, Role], ...] = (
     (keys.TASKS, "tasks", Role.viewer),
     (keys.POOLS, "pools", Role.viewer),
     (keys.VOLUMES, "volumes", Role.viewer),
+    # iSCSI exports are shown with their volumes (their CHAP secrets are kept elsewhere).
+    (keys.ISCSI_EXPORTS, "volumes", Role.viewer),
     (keys.GROUPS, "groups", Role.viewer),
     (keys.SWITCHES, "networks", Role.viewer),
     (keys.NETWORKS, "networks", Role.viewer),
