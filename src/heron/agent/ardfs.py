@@ -61,6 +61,7 @@ from heron.util.proc import (
     terminate,
     wait_until,
 )
+from heron.util.wait import any_set
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +219,7 @@ class IoSupervisor:
                     await self._stop_deleted_pools()
                 except UNREACHABLE as exc:  # asked again next round: never a reason to stop
                     log.warning("ardfs: deleted pools not checked: %r", exc)
-                woken = [asyncio.create_task(w.wait()) for w in wakes]
-                await asyncio.wait(woken, timeout=CHECK, return_when=asyncio.FIRST_COMPLETED)
-                for task in woken:
-                    task.cancel()
-                for wake in wakes:
-                    wake.clear()
+                await any_set(wakes, CHECK)
         finally:
             publisher.cancel()
             for cache in (*caches, self.nodes):

@@ -33,7 +33,7 @@ from heron.models.storage import Pool, Volume
 from heron.storage.ardfspool import ArdfsPool, socket_path
 from heron.util.ports import free_port_in
 from heron.util.proc import alive, read_pidfile, spawn_detached, terminate
-from heron.util.wait import until_sync
+from heron.util.wait import any_set, until_sync
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,7 @@ class IscsiSupervisor:
                     log.warning("iscsi: ConfigDB unreachable: %r", exc)
                 except Exception as exc:
                     log.warning("iscsi: %r", exc)
-                woken = [asyncio.create_task(w.wait()) for w in wakes]
-                await asyncio.wait(woken, timeout=CHECK, return_when=asyncio.FIRST_COMPLETED)
-                for task in woken:
-                    task.cancel()
-                for wake in wakes:
-                    wake.clear()
+                await any_set(wakes, CHECK)
         finally:
             for cache in caches:
                 await cache.stop()

@@ -41,3 +41,16 @@ def until_sync(check: Callable[[], T | None], timeout: float, interval: float = 
         if left <= 0:
             return None
         time.sleep(min(interval, left))
+
+
+async def any_set(events: list[asyncio.Event], timeout: float) -> None:
+    """Wait until one of `events` is set, or `timeout` seconds; then clear them all (a
+    controller's wake-up: a change it listens to, or its periodic look)."""
+    waiting = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiting:
+            task.cancel()
+    for event in events:
+        event.clear()
