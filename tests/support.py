@@ -192,3 +192,17 @@ def qemu_homes(vm_id: str) -> set[str]:
 
 def dump(data: Any) -> str:
     return json.dumps(data, indent=2)
+
+
+def rf2_pool_on_two_disks(node_name: str, state_dir: str, api: Api, name: str = "hci") -> str:
+    """An rf2 ARDFS pool over two disks (folders) of one node, once the node has joined it."""
+    api.ok("POST", "/pools", json={"name": name, "type": "ardfs", "protection": "rf2"})
+    for index in (0, 1):
+        path = f"{state_dir}/ardfs-disk{index}"
+        api.ok("POST", f"/pools/{name}/disks", json={"node": node_name, "path": path})
+    wait_for(
+        lambda: all(len(m["disks"]) == 2 and m["address"]
+                    for m in api.ok("GET", f"/pools/{name}/members")) or None,
+        60, "the node to join the pool with its two disks",
+    )  # fmt: skip
+    return name

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import Api, serial_lines, wait_for
+from support import Api, rf2_pool_on_two_disks, serial_lines, wait_for
 
 from heron.configdb import Txn, keys
 from heron.devcluster import DevCluster
@@ -101,18 +101,8 @@ async def clone_of(
 @pytest.fixture(scope="module")
 def hci(cluster1: tuple[DevCluster, str], api: Api) -> str:
     """The rf2 ARDFS pool "hci" over two disks of the node."""
-    cluster, _ = cluster1
-    node = cluster.nodes[0]
-    api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
-    for index in (0, 1):
-        path = f"{node.state_dir}/ardfs-disk{index}"
-        api.ok("POST", "/pools/hci/disks", json={"node": node.name, "path": path})
-    wait_for(
-        lambda: all(len(m["disks"]) == 2 and m["address"]
-                    for m in api.ok("GET", "/pools/hci/members")) or None,
-        60, "the node to join the pool with its two disks",
-    )  # fmt: skip
-    return "hci"
+    node = cluster1[0].nodes[0]
+    return rf2_pool_on_two_disks(node.name, node.state_dir, api)
 
 
 @pytest.fixture(scope="module")

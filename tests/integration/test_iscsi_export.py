@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import Api, cli, wait_for
+from support import Api, cli, rf2_pool_on_two_disks, wait_for
 
 from heron.devcluster import DevCluster
 
@@ -47,17 +47,8 @@ def nbd_io(cluster: DevCluster, volume_id: str, *cmds: str) -> str:
 @pytest.fixture(scope="module")
 def volume(cluster1: tuple[DevCluster, str], api: Api) -> dict:
     """A 64 MiB volume of the rf2 ARDFS pool "hci" over two disks of the node."""
-    cluster, _ = cluster1
-    node = cluster.nodes[0]
-    api.ok("POST", "/pools", json={"name": "hci", "type": "ardfs", "protection": "rf2"})
-    for index in (0, 1):
-        path = f"{node.state_dir}/ardfs-disk{index}"
-        api.ok("POST", "/pools/hci/disks", json={"node": node.name, "path": path})
-    wait_for(
-        lambda: all(len(m["disks"]) == 2 and m["address"]
-                    for m in api.ok("GET", "/pools/hci/members")) or None,
-        60, "the node to join the pool with its two disks",
-    )  # fmt: skip
+    node = cluster1[0].nodes[0]
+    rf2_pool_on_two_disks(node.name, node.state_dir, api)
     task = api.wait_task(
         api.ok("POST", "/pools/hci/volumes", json={"name": "lun", "size": 64 * MiB})["task"]
     )
